@@ -1,0 +1,38 @@
+"""Errors that reach the user as one clear message instead of a library traceback."""
+
+
+class Seq2SeqEsError(Exception):
+    """Base class: the CLI prints these as `error: <message>` and exits with status 2."""
+
+
+class ConfigError(Seq2SeqEsError):
+    """A configuration value that cannot work. The message names the dotted key."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"config key '{key}': {message}")
+
+
+class DataError(Seq2SeqEsError):
+    """Bad input data. The message names the file, and the row and column when known."""
+
+    def __init__(self, message: str, *, file: str | None = None, row: int | None = None,
+                 column: str | None = None):
+        self.file, self.row, self.column = file, row, column
+        where = []
+        if file is not None:
+            where.append(f"file {file}")
+        if row is not None:
+            where.append(f"row {row}")
+        if column is not None:
+            where.append(f"column '{column}'")
+        prefix = (", ".join(where) + ": ") if where else ""
+        super().__init__(prefix + message)
+
+
+class UnknownNameError(Seq2SeqEsError):
+    """An unknown registry name (model, task, metric); lists the known ones."""
+
+    def __init__(self, kind: str, name: str, known):
+        self.kind, self.name = kind, name
+        super().__init__(f"unknown {kind} '{name}'; known {kind}s: {', '.join(sorted(known))}")

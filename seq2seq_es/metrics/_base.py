@@ -1,0 +1,59 @@
+"""What every metric module shares: its `evaluate.MetricInfo` and reference handling.
+
+The metrics are `evaluate.Metric` subclasses defined in this package and instantiated
+directly, so nothing is fetched from the Hugging Face hub at run time (``evaluate.load("rouge")``
+would be). They are created with ``keep_in_memory=True`` by default so that computing a score
+writes no Arrow cache files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import datasets
+import evaluate
+
+MultiReferences = list[list[str]]
+
+
+def metric_info(description: str, citation: str, inputs_description: str, *,
+                with_sources: bool = False) -> evaluate.MetricInfo:
+    """MetricInfo accepting one reference string per prediction or a list of them."""
+    feature_sets = []
+    for reference_feature in (datasets.Sequence(datasets.Value("string")), datasets.Value("string")):
+        columns = {"predictions": datasets.Value("string"), "references": reference_feature}
+        if with_sources:
+            columns["sources"] = datasets.Value("string")
+        feature_sets.append(datasets.Features(columns))
+    return evaluate.MetricInfo(
+        description=description,
+        citation=citation,
+        inputs_description=inputs_description,
+        features=feature_sets,
+    )
+
+
+def as_reference_lists(references: Sequence[str] | Sequence[Sequence[str]]) -> MultiReferences:
+    """One list of references per prediction, whether given as strings or lists."""
+    return [[reference] if isinstance(reference, str) else list(reference)
+            for reference in references]
+
+
+class InMemoryMetric(evaluate.Metric):
+    """An `evaluate.Metric` that keeps its inputs in memory instead of an on-disk cache."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("keep_in_memory", True)
+        super().__init__(**kwargs)
+
+
+def f_measure(precision: float, recall: float) -> float:
+    """Harmonic mean, 0.0 when both are 0."""
+    if precision + recall == 0:
+        return 0.0
+    return 2 * precision * recall / (precision + recall)
+
+
+def mean(values: Sequence[float]) -> float:
+    """Arithmetic mean; 0.0 for no values."""
+    return sum(values) / len(values) if values else 0.0

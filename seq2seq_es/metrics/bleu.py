@@ -1,0 +1,56 @@
+"""Corpus BLEU through sacreBLEU, the standard for the paper's translation results.
+
+sacreBLEU's default ``13a`` tokenizer is kept so that numbers stay comparable with published
+WMT scores (and with the models' hub cards); pass ``tokenize="intl"`` to split on Unicode
+punctuation too (it separates "¿" and "¡" from the word that follows). Each prediction may
+have one reference or a list of them; when the lists differ in length, the missing ones are
+left out of that sentence's statistics, which sacreBLEU supports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sacrebleu.metrics import BLEU
+
+from seq2seq_es.metrics._base import InMemoryMetric, MultiReferences, as_reference_lists, metric_info
+
+
+def reference_streams(references: MultiReferences) -> list[list[str | None]]:
+    """Transpose per-prediction reference lists into sacreBLEU's per-position streams."""
+    width = max(len(example_references) for example_references in references)
+    return [[example_references[k] if k < len(example_references) else None
+             for example_references in references]
+            for k in range(width)]
+
+
+def corpus_bleu(predictions: Sequence[str], references: MultiReferences, tokenize: str = "13a") -> float:
+    """sacreBLEU corpus score, 0-100."""
+    return BLEU(tokenize=tokenize).corpus_score(list(predictions), reference_streams(references)).score
+
+
+_CITATION = """\
+@inproceedings{post-2018-call,
+  title = "A Call for Clarity in Reporting {BLEU} Scores",
+  author = "Post, Matt",
+  booktitle = "Proceedings of the Third Conference on Machine Translation",
+  year = "2018",
+  pages = "186--191",
+}
+"""
+_INPUTS = """\
+predictions: list of predicted texts.
+references: one reference text per prediction, or a list of references per prediction.
+tokenize: sacreBLEU tokenizer name, default "13a".
+Returns bleu: corpus BLEU, 0-100.
+"""
+
+
+class Bleu(InMemoryMetric):
+    """sacreBLEU corpus BLEU as an `evaluate.Metric`."""
+
+    def _info(self):
+        return metric_info(__doc__, _CITATION, _INPUTS)
+
+    def _compute(self, predictions, references, tokenize: str = "13a"):
+        return {"bleu": corpus_bleu(predictions, as_reference_lists(references), tokenize)}

@@ -1,0 +1,111 @@
+"""`seq2seq-es score`: score prediction files against reference files, print JSON.
+
+    seq2seq-es score --metric rouge [--metric meteor ...] [--mode spanish|paper]
+                     --predictions FILE --references FILE [--sources FILE]
+
+Files hold one example per line (UTF-8; a final newline and Windows line endings are fine).
+A references file ending in ``.jsonl`` holds one JSON value per line: a string, or a list of
+strings for several references. Every line of a plain file is one example, empty lines
+included, so an empty prediction is scored rather than skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from seq2seq_es.errors import DataError, Seq2SeqEsError
+
+METRIC_NAMES_HELP = "rouge, bleu, sari, exact_match, meteor, token_f1"
+
+
+def _read_text(path: str) -> str:
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError("file not found", file=path) from None
+    except OSError as error:
+        raise DataError(f"cannot read it ({error.strerror})", file=path) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError("not valid UTF-8", file=path, row=raw[:error.start].count(b"\n") + 1) from None
+    return text.removeprefix("\ufeff")
+
+
+def read_lines(path: str) -> list[str]:
+    """One string per line. Only "\\n" ends a line, so U+2028 and the like stay inside one."""
+    lines = _read_text(path).split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def read_references(path: str) -> list[str] | list[list[str]]:
+    """Plain lines, or for ``.jsonl`` one string or list of strings per line."""
+    lines = read_lines(path)
+    if not path.endswith(".jsonl"):
+        return lines
+    references: list[str | list[str]] = []
+    for row, line in enumerate(lines, start=1):
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"not valid JSON ({error.msg})", file=path, row=row) from None
+        valid = isinstance(value, str) or (
+            isinstance(value, list) and value and all(isinstance(item, str) for item in value))
+        if not valid:
+            raise DataError("expected a string or a non-empty list of strings", file=path, row=row)
+        references.append(value)
+    return references
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seq2seq-es score",
+        description="Score predictions against references; prints the scores (0-100) as JSON.")
+    parser.add_argument("--metric", action="append", required=True, metavar="NAME",
+                        help=f"metric to compute, repeatable: {METRIC_NAMES_HELP}")
+    parser.add_argument("--mode", choices=("spanish", "paper"), default="spanish",
+                        help="ROUGE tokenization: Spanish-aware (default) or as the paper's scripts")
+    parser.add_argument("--predictions", required=True, metavar="FILE", help="one prediction per line")
+    parser.add_argument("--references", required=True, metavar="FILE",
+                        help="one reference per line, or .jsonl with a string or list per line")
+    parser.add_argument("--sources", metavar="FILE", help="one source per line (needed by sari)")
+    return parser
+
+
+def _score(args: argparse.Namespace) -> dict[str, float]:
+    # Imported here: evaluate pulls in transformers and torch, which `--help` does not need.
+    from seq2seq_es.metrics.scoring import check_metric_names, compute_metrics
+
+    names = check_metric_names(args.metric)
+    predictions = read_lines(args.predictions)
+    references = read_references(args.references)
+    if len(predictions) != len(references):
+        raise DataError(f"{args.predictions} has {len(predictions)} predictions but "
+                        f"{args.references} has {len(references)} references")
+    sources = None
+    if args.sources is not None:
+        sources = read_lines(args.sources)
+        if len(sources) != len(predictions):
+            raise DataError(f"{args.predictions} has {len(predictions)} predictions but "
+                            f"{args.sources} has {len(sources)} sources")
+    return compute_metrics(names, predictions, references, sources, mode=args.mode)
+
+
+def score_main(argv: list[str]) -> int:
+    """Run the command; returns 0, 2 on a usage or input error (message on stderr)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_request:  # argparse has printed usage or help already
+        return exit_request.code if isinstance(exit_request.code, int) else 2
+    try:
+        scores = _score(args)
+    except Seq2SeqEsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(scores, indent=2, ensure_ascii=False))
+    return 0

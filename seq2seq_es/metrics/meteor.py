@@ -1,0 +1,161 @@
+"""METEOR (Banerjee & Lavie 2005; parameters of Lavie & Agarwal 2007) for Spanish, no WordNet.
+
+nltk's METEOR needs WordNet (an English resource, and a download) for its synonym stage. This
+implementation aligns unigrams in two stages instead:
+
+1. exact: identical lowercased Unicode word tokens;
+2. stem: tokens still unaligned whose Snowball Spanish stems are equal ("canciones" and
+   "canción", "ganó" and "ganar").
+
+There is no synonym stage, so scores are lower than a METEOR with Spanish synonyms would give,
+and comparable only with other runs of this implementation.
+
+Within a stage, words with the same key are aligned in order, so same-word links never cross
+(the original METEOR picks the alignment with the fewest crossings). When one side has more
+occurrences of the word than the other, the occurrences chosen are those closest in relative
+position, found by a small dynamic programme.
+
+With m aligned unigrams, a prediction of length t and a reference of length r:
+P = m/t, R = m/r, Fmean = P*R / (alpha*P + (1-alpha)*R) with alpha = 0.9 (recall-weighted);
+the alignment, read in prediction order, falls into ``chunks`` runs that are adjacent on both
+sides, and Penalty = gamma * (chunks/m)^beta with gamma = 0.5, beta = 3;
+METEOR = Fmean * (1 - Penalty). An identical prediction of t words is one chunk, so it scores
+1 - 0.5/t^3, just under 1. Several references: the best one counts. Corpus score: the mean
+over examples, 0-100. No tokens on either side, or no match, scores 0.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+from seq2seq_es.metrics._base import InMemoryMetric, as_reference_lists, mean, metric_info
+from seq2seq_es.metrics.text import spanish_stem, word_tokens
+
+ALPHA = 0.9
+BETA = 3.0
+GAMMA = 0.5
+
+Alignment = list[tuple[int, int]]
+
+
+def _closest_monotone_pairs(prediction_positions: list[int], reference_positions: list[int],
+                            prediction_length: int, reference_length: int) -> Alignment:
+    """In-order pairs of as many positions as the shorter list, closest in relative position."""
+    if len(prediction_positions) == len(reference_positions):
+        return list(zip(prediction_positions, reference_positions))
+    swapped = len(prediction_positions) > len(reference_positions)
+    few, many = ((reference_positions, prediction_positions) if swapped
+                 else (prediction_positions, reference_positions))
+    few_length, many_length = ((reference_length, prediction_length) if swapped
+                               else (prediction_length, reference_length))
+
+    def distance(i: int, j: int) -> float:
+        return abs(few[i] / few_length - many[j] / many_length)
+
+    # cost[i][j]: best total distance pairing few[:i] with a subsequence of many[:j].
+    infinity = float("inf")
+    cost = [[0.0] * (len(many) + 1)] + [[infinity] * (len(many) + 1) for _ in few]
+    for i in range(1, len(few) + 1):
+        for j in range(i, len(many) + 1):
+            cost[i][j] = min(cost[i][j - 1], cost[i - 1][j - 1] + distance(i - 1, j - 1))
+    pairs, j = [], len(many)
+    for i in range(len(few), 0, -1):
+        while cost[i][j] == cost[i][j - 1]:
+            j -= 1
+        pairs.append((few[i - 1], many[j - 1]))
+        j -= 1
+    pairs.reverse()
+    return [(b, a) for a, b in pairs] if swapped else pairs
+
+
+def _align_stage(prediction_keys: Sequence[str], reference_keys: Sequence[str],
+                 alignment: Alignment) -> Alignment:
+    """Add the links of one stage between still-unaligned tokens with equal keys."""
+    aligned_prediction = {i for i, _ in alignment}
+    aligned_reference = {j for _, j in alignment}
+    prediction_by_key: dict[str, list[int]] = defaultdict(list)
+    reference_by_key: dict[str, list[int]] = defaultdict(list)
+    for i, key in enumerate(prediction_keys):
+        if i not in aligned_prediction:
+            prediction_by_key[key].append(i)
+    for j, key in enumerate(reference_keys):
+        if j not in aligned_reference:
+            reference_by_key[key].append(j)
+    new_links = list(alignment)
+    for key, prediction_positions in prediction_by_key.items():
+        if key in reference_by_key:
+            new_links.extend(_closest_monotone_pairs(prediction_positions, reference_by_key[key],
+                                                     len(prediction_keys), len(reference_keys)))
+    return sorted(new_links)
+
+
+STAGES: tuple[Callable[[str], str], ...] = (lambda token: token, spanish_stem)
+
+
+def align(prediction: Sequence[str], reference: Sequence[str]) -> Alignment:
+    """(prediction index, reference index) links, exact stage first, then stems."""
+    alignment: Alignment = []
+    for key_of in STAGES:
+        alignment = _align_stage([key_of(t) for t in prediction], [key_of(t) for t in reference],
+                                 alignment)
+    return alignment
+
+
+def count_chunks(alignment: Alignment) -> int:
+    """Runs of links adjacent in both the prediction and the reference (alignment sorted)."""
+    chunks = 0
+    previous = None
+    for i, j in alignment:
+        if previous is None or (i, j) != (previous[0] + 1, previous[1] + 1):
+            chunks += 1
+        previous = (i, j)
+    return chunks
+
+
+def sentence_meteor(prediction: Sequence[str], reference: Sequence[str]) -> float:
+    """METEOR of one tokenized prediction against one tokenized reference, in [0, 1]."""
+    alignment = align(prediction, reference)
+    matches = len(alignment)
+    if matches == 0:
+        return 0.0
+    precision, recall = matches / len(prediction), matches / len(reference)
+    fmean = precision * recall / (ALPHA * precision + (1 - ALPHA) * recall)
+    penalty = GAMMA * (count_chunks(alignment) / matches) ** BETA
+    return fmean * (1 - penalty)
+
+
+def corpus_meteor(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Mean over examples of the best-reference METEOR, 0-100."""
+    scores = []
+    for prediction, example_references in zip(predictions, references):
+        prediction_tokens = word_tokens(prediction)
+        scores.append(max(sentence_meteor(prediction_tokens, word_tokens(reference))
+                          for reference in example_references))
+    return 100 * mean(scores)
+
+
+_CITATION = """\
+@inproceedings{banerjee-lavie-2005-meteor,
+  title = "{METEOR}: An Automatic Metric for {MT} Evaluation with Improved Correlation with Human Judgments",
+  author = "Banerjee, Satanjeev and Lavie, Alon",
+  booktitle = "Proceedings of the ACL Workshop on Intrinsic and Extrinsic Evaluation Measures for MT and/or Summarization",
+  year = "2005",
+  pages = "65--72",
+}
+"""
+_INPUTS = """\
+predictions: list of predicted texts.
+references: one reference text per prediction, or a list of references per prediction.
+Returns meteor: mean METEOR (exact + Spanish stem stages, no synonyms), 0-100.
+"""
+
+
+class Meteor(InMemoryMetric):
+    """Spanish METEOR (no WordNet) as an `evaluate.Metric`."""
+
+    def _info(self):
+        return metric_info(__doc__, _CITATION, _INPUTS)
+
+    def _compute(self, predictions, references):
+        return {"meteor": corpus_meteor(predictions, as_reference_lists(references))}

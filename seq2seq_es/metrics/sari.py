@@ -1,0 +1,132 @@
+"""SARI (Xu et al. 2016): rewards n-grams correctly added, kept and deleted against the source.
+
+For n = 1..4, with ``I`` the source, ``O`` the prediction and ``R`` the references (``r`` of
+them), the operations are scored as in the authors' released implementation, which is what
+published SARI numbers (and the paper's split-and-rephrase scores, through ``evaluate``'s
+``sari``) come from:
+
+- keep: n-grams in both I and O. Precision averages, over those n-grams, the share of their
+  kept occurrences that the references also keep; recall is the kept occurrences the
+  references support over the source occurrences the references keep. F1 of the two.
+- delete: n-grams of I that O drops. Precision averages, over those n-grams, the share of
+  their deleted occurrences that the references also delete. Only precision counts, as in
+  the paper (recall over-rewards deleting everything).
+- add: n-grams of O not in I (as a set). Precision is the share of them found in some
+  reference, recall the share of the references' new n-grams that O added. F1 of the two.
+
+Occurrences in I and O are multiplied by ``r`` instead of dividing the pooled reference
+counts by ``r``: that is the paper's ``#g(R)/r`` weighting in whole numbers. An empty ratio
+(0/0) counts as 1, so a prediction equal to its only reference scores 100 and copying the
+source when the references keep it whole also scores 100. The keep recall uses the
+correction of github.com/cocoxu/simplification issue 6, as ``evaluate``'s sari does.
+
+SARI = (mean keep F1 + mean delete precision + mean add F1) / 3 over n = 1..4, per example;
+the corpus score is the mean over examples, 0-100.
+
+Spanish-aware tokens: the text is NFC-normalised and lowercased, then split into Unicode
+words and single punctuation marks, so "¿" and "." are tokens of their own (adding a full
+stop between the rephrased sentences is an edit SARI should see) and accented words stay
+whole. The split marker of split-and-rephrase (``<SPLIT>``) is one ordinary token.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from seq2seq_es.metrics._base import InMemoryMetric, as_reference_lists, f_measure, mean, metric_info
+from seq2seq_es.metrics.text import ngram_counts, word_and_punct_tokens
+
+MAX_ORDER = 4
+
+
+def _scaled(counts: Counter, factor: int) -> Counter:
+    return Counter({gram: count * factor for gram, count in counts.items()})
+
+
+def _mean_ratio_or_one(numerators: Counter, denominators: Counter) -> float:
+    """Mean over the n-grams of ``denominators`` of numerator/denominator; 1.0 when there are none."""
+    if not denominators:
+        return 1.0
+    return sum(numerators[gram] / count for gram, count in denominators.items()) / len(denominators)
+
+
+def _ratio_or_one(numerator: int, denominator: int) -> float:
+    return numerator / denominator if denominator else 1.0
+
+
+def keep_f1(source: Counter, prediction: Counter, pooled_references: Counter, n_references: int) -> float:
+    source_rep, prediction_rep = _scaled(source, n_references), _scaled(prediction, n_references)
+    kept = source_rep & prediction_rep
+    kept_correctly = kept & pooled_references
+    kept_by_references = source_rep & pooled_references
+    precision = _mean_ratio_or_one(kept_correctly, kept)
+    recall = _ratio_or_one(sum(kept_correctly.values()), sum(kept_by_references.values()))
+    return f_measure(precision, recall)
+
+
+def delete_precision(source: Counter, prediction: Counter, pooled_references: Counter,
+                     n_references: int) -> float:
+    deleted = _scaled(source, n_references) - _scaled(prediction, n_references)
+    deleted_correctly = deleted - pooled_references
+    return _mean_ratio_or_one(deleted_correctly, deleted)
+
+
+def add_f1(source: Counter, prediction: Counter, pooled_references: Counter) -> float:
+    added = set(prediction) - set(source)
+    added_by_references = set(pooled_references) - set(source)
+    added_correctly = added & added_by_references
+    precision = _ratio_or_one(len(added_correctly), len(added))
+    recall = _ratio_or_one(len(added_correctly), len(added_by_references))
+    return f_measure(precision, recall)
+
+
+def sentence_sari(source: Sequence[str], prediction: Sequence[str],
+                  references: Sequence[Sequence[str]]) -> float:
+    """SARI of one tokenized example, in [0, 1]."""
+    keep_scores, delete_scores, add_scores = [], [], []
+    for n in range(1, MAX_ORDER + 1):
+        source_grams, prediction_grams = ngram_counts(source, n), ngram_counts(prediction, n)
+        pooled_references = sum((ngram_counts(reference, n) for reference in references), Counter())
+        keep_scores.append(keep_f1(source_grams, prediction_grams, pooled_references, len(references)))
+        delete_scores.append(delete_precision(source_grams, prediction_grams, pooled_references,
+                                              len(references)))
+        add_scores.append(add_f1(source_grams, prediction_grams, pooled_references))
+    return (mean(keep_scores) + mean(delete_scores) + mean(add_scores)) / 3
+
+
+def corpus_sari(sources: Sequence[str], predictions: Sequence[str],
+                references: Sequence[Sequence[str]]) -> float:
+    """Mean sentence SARI over examples, 0-100."""
+    scores = [sentence_sari(word_and_punct_tokens(source), word_and_punct_tokens(prediction),
+                            [word_and_punct_tokens(reference) for reference in example_references])
+              for source, prediction, example_references in zip(sources, predictions, references)]
+    return 100 * mean(scores)
+
+
+_CITATION = """\
+@article{xu-etal-2016-optimizing,
+  title = "Optimizing Statistical Machine Translation for Text Simplification",
+  author = "Xu, Wei and Napoles, Courtney and Pavlick, Ellie and Chen, Quanze and Callison-Burch, Chris",
+  journal = "Transactions of the Association for Computational Linguistics",
+  volume = "4",
+  year = "2016",
+  pages = "401--415",
+}
+"""
+_INPUTS = """\
+sources: list of source texts (required).
+predictions: list of predicted texts.
+references: one reference text per prediction, or a list of references per prediction.
+Returns sari: mean SARI, 0-100.
+"""
+
+
+class Sari(InMemoryMetric):
+    """SARI as an `evaluate.Metric`; needs ``sources``."""
+
+    def _info(self):
+        return metric_info(__doc__, _CITATION, _INPUTS, with_sources=True)
+
+    def _compute(self, predictions, references, sources):
+        return {"sari": corpus_sari(sources, predictions, as_reference_lists(references))}

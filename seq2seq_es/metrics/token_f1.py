@@ -1,0 +1,60 @@
+"""Token F1 (SQuAD-style bag-of-tokens overlap) on lowercased Unicode word tokens.
+
+Unlike SQuAD's English normalisation, no articles are removed (Spanish "el", "la", "los",
+"un", ... count like any word) and tokens are Unicode words, so accented words stay whole and
+¿ ¡ and other punctuation never count. An empty prediction or an empty reference (no word
+tokens) scores 0, and so do both empty: there is no overlap to reward, and no division by zero.
+Several references: the best one counts. Corpus score: mean over examples, 0-100.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from seq2seq_es.metrics._base import InMemoryMetric, as_reference_lists, f_measure, mean, metric_info
+from seq2seq_es.metrics.text import word_tokens
+
+
+def sentence_token_f1(prediction: Sequence[str], reference: Sequence[str]) -> float:
+    """F1 of the multiset overlap of two token lists, in [0, 1]."""
+    overlap = sum((Counter(prediction) & Counter(reference)).values())
+    if overlap == 0:
+        return 0.0
+    return f_measure(overlap / len(prediction), overlap / len(reference))
+
+
+def corpus_token_f1(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Mean over examples of the best-reference token F1, 0-100."""
+    scores = []
+    for prediction, example_references in zip(predictions, references):
+        prediction_tokens = word_tokens(prediction)
+        scores.append(max(sentence_token_f1(prediction_tokens, word_tokens(reference))
+                          for reference in example_references))
+    return 100 * mean(scores)
+
+
+_CITATION = """\
+@inproceedings{rajpurkar-etal-2016-squad,
+  title = "{SQ}u{AD}: 100,000+ Questions for Machine Comprehension of Text",
+  author = "Rajpurkar, Pranav and Zhang, Jian and Lopyrev, Konstantin and Liang, Percy",
+  booktitle = "Proceedings of EMNLP",
+  year = "2016",
+  pages = "2383--2392",
+}
+"""
+_INPUTS = """\
+predictions: list of predicted texts.
+references: one reference text per prediction, or a list of references per prediction.
+Returns token_f1: mean token F1, 0-100.
+"""
+
+
+class TokenF1(InMemoryMetric):
+    """Token F1 as an `evaluate.Metric`."""
+
+    def _info(self):
+        return metric_info(__doc__, _CITATION, _INPUTS)
+
+    def _compute(self, predictions, references):
+        return {"token_f1": corpus_token_f1(predictions, as_reference_lists(references))}

@@ -1,0 +1,420 @@
+"""Tests of seq2seq_es.metrics: hand-computed values, cross-checks against independent
+implementations (rouge_score, sacrebleu, nltk), the Spanish sentence splitter, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import unicodedata
+
+import evaluate
+import pytest
+import sacrebleu
+from nltk.translate.meteor_score import single_meteor_score
+from rouge_score import rouge_scorer
+
+from seq2seq_es.errors import ConfigError, DataError, Seq2SeqEsError, UnknownNameError
+from seq2seq_es.metrics import METRICS, compute_metrics, score_main
+from seq2seq_es.metrics.cli import METRIC_NAMES_HELP
+from seq2seq_es.metrics.exact_match import ExactMatch
+from seq2seq_es.metrics.meteor import Meteor, align, count_chunks, sentence_meteor
+from seq2seq_es.metrics.rouge import (ROUGE_TYPES, Rouge, lcs_length, lcs_reference_indices,
+                                      score_spanish, spanish_tokenizer)
+from seq2seq_es.metrics.sari import Sari, corpus_sari
+from seq2seq_es.metrics.text import spanish_stem, split_sentences, word_and_punct_tokens, word_tokens
+from seq2seq_es.metrics.token_f1 import TokenF1
+
+SENTENCE = "La canción española ganó el premio."
+
+
+# --- tokens and sentences -------------------------------------------------------------------
+
+def test_word_tokens_keep_spanish_words_whole():
+    assert word_tokens("¿Qué canción ganó?") == ["qué", "canción", "ganó"]
+    assert word_tokens(unicodedata.normalize("NFD", "Canción")) == ["canción"]
+    assert word_tokens("a <SPLIT> b _SPLIT_ c") == ["a", "<split>", "b", "_split_", "c"]
+    assert word_and_punct_tokens("¡Sí! <SPLIT> Bien.") == ["¡", "sí", "!", "<split>", "bien", "."]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("El Sr. García llegó. La Sra. Pérez no.", ["El Sr. García llegó.", "La Sra. Pérez no."]),
+    ("La Dra. Ruiz viajó a EE.UU. en 2020. Volvió.", ["La Dra. Ruiz viajó a EE.UU. en 2020.", "Volvió."]),
+    ("Costó 3.5 millones. Nadie lo sabía.", ["Costó 3.5 millones.", "Nadie lo sabía."]),
+    ("¿Vienes? ¡Claro! Vamos ya.", ["¿Vienes?", "¡Claro!", "Vamos ya."]),
+    ("¿Vienes?¡Claro!", ["¿Vienes?", "¡Claro!"]),
+    ("¿Qué? preguntó él.", ["¿Qué? preguntó él."]),
+    ("Escribió J. R. R. Tolkien. Fin…", ["Escribió J. R. R. Tolkien.", "Fin…"]),
+    ("Esperó... Nadie vino.", ["Esperó...", "Nadie vino."]),
+    ("Compró pan, etc. Luego salió.", ["Compró pan, etc.", "Luego salió."]),
+    ("Dijo: «Me voy.» Y se fue.", ["Dijo: «Me voy.»", "Y se fue."]),
+    ("Primera línea\nsegunda línea", ["Primera línea", "segunda línea"]),
+    ("  \n", []),
+])
+def test_split_sentences_spanish(text, expected):
+    assert split_sentences(text) == expected
+
+
+# --- ROUGE ----------------------------------------------------------------------------------
+
+def test_rouge_identical_accented_sentence_scores_100_in_both_modes():
+    for mode in ("spanish", "paper"):
+        scores = Rouge().compute(predictions=[SENTENCE], references=[SENTENCE], mode=mode)
+        assert scores == {t: 100.0 for t in ROUGE_TYPES}
+
+
+def test_rouge_paper_mode_breaks_words_at_accents():
+    # rouge_score keeps [a-z0-9] only: "canción" -> "canci" "n", "razón" -> "raz" "n",
+    # so the stray "n" matches: P = R = 1/2.
+    paper = Rouge().compute(predictions=["canción"], references=["razón"], mode="paper")
+    spanish = Rouge().compute(predictions=["canción"], references=["razón"], mode="spanish")
+    assert paper["rouge1"] == pytest.approx(50.0)
+    assert spanish["rouge1"] == 0.0
+    # An unaccented spelling: no shared token in paper mode; one stem in spanish mode.
+    paper = Rouge().compute(predictions=["canción"], references=["cancion"], mode="paper")
+    spanish = Rouge().compute(predictions=["canción"], references=["cancion"])
+    unstemmed = Rouge().compute(predictions=["canción"], references=["cancion"], use_stemmer=False)
+    assert paper["rouge1"] == 0.0
+    assert spanish["rouge1"] == 100.0 and spanish["rougeL"] == 100.0
+    assert unstemmed["rouge1"] == 0.0
+
+
+def test_rouge_hand_computed_values():
+    scores = Rouge().compute(predictions=["El gato come pescado"], references=["el gato negro come"],
+                             use_stemmer=False)
+    # unigrams: el gato come shared (3 of 4 each); bigrams: "el gato" only (1 of 3 each);
+    # LCS "el gato come" = 3.
+    assert scores["rouge1"] == pytest.approx(75.0)
+    assert scores["rouge2"] == pytest.approx(100 / 3)
+    assert scores["rougeL"] == pytest.approx(75.0)
+    assert scores["rougeLsum"] == pytest.approx(75.0)
+
+
+def test_rouge_lsum_matches_reordered_sentences():
+    prediction = "El perro ladra. La casa es roja."
+    reference = "La casa es roja. El perro ladra."
+    scores = Rouge().compute(predictions=[prediction], references=[reference])
+    assert scores["rougeL"] == pytest.approx(100 * 4 / 7)  # LCS "la casa es roja"
+    assert scores["rougeLsum"] == pytest.approx(100.0)
+
+
+def test_rouge_precision_recall_and_mean_over_examples():
+    scores = Rouge().compute(predictions=["el gato", "perro"], references=["el gato negro", "gato"],
+                             use_stemmer=False, with_precision_recall=True)
+    assert scores["rouge1_precision"] == pytest.approx((100 + 0) / 2)
+    assert scores["rouge1_recall"] == pytest.approx((100 * 2 / 3 + 0) / 2)
+    assert scores["rouge1"] == pytest.approx((80 + 0) / 2)
+
+
+def test_rouge_takes_best_reference():
+    scores = Rouge().compute(predictions=[SENTENCE], references=[["Otra cosa.", SENTENCE]])
+    assert scores["rouge1"] == 100.0
+
+
+class _Tokenizer:
+    def __init__(self, tokenize):
+        self.tokenize = tokenize
+
+
+def test_rouge_spanish_mode_agrees_with_rouge_score_given_our_tokens():
+    rng = random.Random(7)
+    vocabulary = "la el canción ganó premio de una y en que . ! ¿ ? Sr. España casa".split()
+    tokenize = spanish_tokenizer(use_stemmer=True)
+    reference_scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), tokenizer=_Tokenizer(tokenize))
+    for _ in range(60):
+        prediction = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(0, 30)))
+        reference = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(0, 30)))
+        ours = score_spanish(prediction, reference)
+        theirs = reference_scorer.score("\n".join(split_sentences(reference)),
+                                        "\n".join(split_sentences(prediction)))
+        for rouge_type in ROUGE_TYPES:
+            assert ours[rouge_type].fmeasure == pytest.approx(theirs[rouge_type].fmeasure, abs=1e-12)
+            assert ours[rouge_type].recall == pytest.approx(theirs[rouge_type].recall, abs=1e-12)
+
+
+def _lcs_by_table(first, second):
+    table = [[0] * (len(second) + 1) for _ in range(len(first) + 1)]
+    for i, a in enumerate(first):
+        for j, b in enumerate(second):
+            table[i + 1][j + 1] = table[i][j] + 1 if a == b else max(table[i][j + 1], table[i + 1][j])
+    return table[-1][-1]
+
+
+def test_bit_parallel_lcs_matches_dynamic_programme():
+    rng = random.Random(3)
+    for _ in range(200):
+        first = [rng.choice("abcd") for _ in range(rng.randint(0, 70))]
+        second = [rng.choice("abcd") for _ in range(rng.randint(0, 70))]
+        expected = _lcs_by_table(first, second)
+        assert lcs_length(first, second) == expected
+        indices = lcs_reference_indices(first, second)
+        assert len(indices) == expected and indices == sorted(set(indices))
+
+
+def test_rouge_unknown_mode():
+    with pytest.raises(UnknownNameError, match="ROUGE mode 'english'"):
+        Rouge().compute(predictions=["a"], references=["a"], mode="english")
+
+
+# --- BLEU -----------------------------------------------------------------------------------
+
+PREDICTIONS = ["El gato come pescado en la cocina.", "¿Dónde está la estación de tren?",
+               "Mañana lloverá en Madrid."]
+REFERENCES = ["El gato come pescado en la cocina grande.", "¿Dónde queda la estación de trenes?",
+              "Mañana va a llover en Madrid."]
+
+
+def test_bleu_equals_sacrebleu():
+    expected = sacrebleu.corpus_bleu(PREDICTIONS, [REFERENCES]).score
+    assert 0 < expected < 100
+    assert compute_metrics(["bleu"], PREDICTIONS, REFERENCES) == {"bleu": pytest.approx(expected)}
+    as_lists = compute_metrics(["bleu"], PREDICTIONS, [[r] for r in REFERENCES])
+    assert as_lists["bleu"] == pytest.approx(expected)
+
+
+def test_bleu_multi_reference_with_varying_counts():
+    references = [[REFERENCES[0], PREDICTIONS[0]], [REFERENCES[1]], [REFERENCES[2]]]
+    expected = sacrebleu.corpus_bleu(
+        PREDICTIONS, [REFERENCES, [PREDICTIONS[0], None, None]]).score
+    score = compute_metrics(["bleu"], PREDICTIONS, references)["bleu"]
+    assert score == pytest.approx(expected)
+    assert score > sacrebleu.corpus_bleu(PREDICTIONS, [REFERENCES]).score
+
+
+# --- SARI -----------------------------------------------------------------------------------
+
+def test_sari_published_example():
+    # The example documented with evaluate's sari (the authors' implementation).
+    sources = ["About 95 species are currently accepted ."]
+    predictions = ["About 95 you now get in ."]
+    references = [["About 95 species are currently known .", "About 95 species are now accepted .",
+                   "95 species are now accepted ."]]
+    score = Sari().compute(sources=sources, predictions=predictions, references=references)
+    assert score["sari"] == pytest.approx(26.953601953601954)
+
+
+def test_sari_identity_scores_100():
+    text = "La canción española ganó el premio."
+    assert corpus_sari([text], [text], [[text]]) == pytest.approx(100.0)
+
+
+def test_sari_hand_computed_copy_of_source():
+    # source "a b", prediction copies it, reference "a c".
+    # n=1: keep P = (1/1 + 0/1)/2 = 1/2, R = 1/1, F = 2/3; delete P = 1 (nothing deleted);
+    #      add P = 1 (nothing added), R = 0/1, F = 0.
+    # n=2: keep P = 0, R = 1 (0/0), F = 0; delete 1; add P = 1, R = 0 ("a c" not added), F = 0.
+    # n=3, n=4: no n-grams, every ratio 0/0 = 1.
+    # SARI = ((2/3 + 0 + 1 + 1)/4 + 1 + (0 + 0 + 1 + 1)/4) / 3 = 13/18.
+    assert corpus_sari(["a b"], ["a b"], [["a c"]]) == pytest.approx(100 * 13 / 18)
+
+
+def test_sari_hand_computed_two_references():
+    # source "a b", prediction "a", references "a" and "a b" (source/prediction counts x2).
+    # n=1: keep P = 2/2, R = 2/3 (source grams the references keep: a x2, b x1), F = 4/5;
+    #      delete: b deleted twice, references delete it once: P = 1/2; add: nothing, F = 1.
+    # n=2: keep P = 1 (0/0), R = 0/1, F = 0; delete "a b": P = 1/2; add F = 1.
+    # n=3, 4: all 1.  SARI = ((4/5 + 0 + 2)/4 + (1/2 + 1/2 + 2)/4 + 1) / 3 = 49/60.
+    assert corpus_sari(["a b"], ["a"], [["a", "a b"]]) == pytest.approx(100 * 49 / 60)
+
+
+def test_sari_split_marker_is_an_ordinary_token():
+    source = "El perro ladra y la casa es roja."
+    split = "El perro ladra. <SPLIT> La casa es roja."
+    assert corpus_sari([source], [split], [[split]]) == pytest.approx(100.0)
+    assert corpus_sari([source], [source], [[split]]) < 100.0
+    without_marker = "El perro ladra. La casa es roja."
+    assert corpus_sari([source], [without_marker], [[split]]) < 100.0
+
+
+# --- METEOR ---------------------------------------------------------------------------------
+
+def test_meteor_identical_is_one_chunk():
+    # 6 words, 1 chunk: Fmean = 1, penalty = 0.5 * (1/6)^3.
+    scores = Meteor().compute(predictions=[SENTENCE], references=[SENTENCE])
+    assert scores["meteor"] == pytest.approx(100 * (1 - 0.5 / 216))
+
+
+def test_meteor_stem_matches_count():
+    # No exact match, both words match on Snowball stems ("cancion", "nuev"): 2 matches, 1 chunk.
+    assert word_tokens("canciones nuevas") != word_tokens("canción nueva")
+    assert sentence_meteor(["canciones", "nuevas"], ["canción", "nueva"]) == pytest.approx(1 - 0.5 / 8)
+
+
+def test_meteor_hand_computed_fmean_and_fragmentation():
+    # P = 1, R = 2/3: Fmean = (2/3) / (0.9 + 0.1 * 2/3); one chunk of 2: penalty 0.5/8.
+    fmean = (2 / 3) / (0.9 + 0.1 * 2 / 3)
+    assert sentence_meteor(["el", "gato"], ["el", "gato", "negro"]) == pytest.approx(fmean * (1 - 0.5 / 8))
+    # Swapped words: 2 chunks of 1, penalty 0.5 * 1^3.
+    assert sentence_meteor(["roja", "casa"], ["casa", "roja"]) == pytest.approx(0.5)
+    assert sentence_meteor([], ["casa"]) == 0.0
+    assert sentence_meteor(["perro"], ["casa"]) == 0.0
+
+
+def test_meteor_repeated_words_pair_in_order():
+    alignment = align(["el", "perro", "y", "el", "gato"], ["el", "perro", "y", "el", "gato"])
+    assert alignment == [(i, i) for i in range(5)]
+    assert count_chunks(alignment) == 1
+
+
+class _NoSynonyms:
+    def synsets(self, *args, **kwargs):
+        return []
+
+
+class _SpanishStemmer:
+    def stem(self, word):
+        return spanish_stem(word)
+
+
+def test_meteor_agrees_with_nltk_without_synonyms():
+    # With distinct words nltk's greedy alignment and ours coincide.
+    pairs = [("las canciones nuevas ganaron premios", "la canción nueva ganó el premio"),
+             ("el perro come en casa", "en casa el perro come"),
+             ("mañana lloverá mucho en madrid", "mañana va a llover en madrid")]
+    for prediction, reference in pairs:
+        expected = single_meteor_score(reference.split(), prediction.split(),
+                                       stemmer=_SpanishStemmer(), wordnet=_NoSynonyms())
+        assert sentence_meteor(prediction.split(), reference.split()) == pytest.approx(expected)
+        assert expected > 0
+
+
+# --- token F1 and exact match ---------------------------------------------------------------
+
+def test_token_f1_values_and_empty_cases():
+    def f1(prediction, reference):
+        return TokenF1().compute(predictions=[prediction], references=[reference])["token_f1"]
+
+    assert f1("La canción", "la canción española") == pytest.approx(80.0)
+    assert f1("¿Qué?", "qué") == 100.0
+    assert f1("", "algo") == 0.0
+    assert f1("algo", "") == 0.0
+    assert f1("", "") == 0.0
+    assert f1("¿?", "¡!") == 0.0
+    multi = TokenF1().compute(predictions=["sí"], references=[["no", "Sí."]])
+    assert multi["token_f1"] == 100.0
+
+
+def test_exact_match_normalises_whitespace_and_optionally_case():
+    def em(prediction, reference, **options):
+        return ExactMatch().compute(predictions=[prediction], references=[reference],
+                                    **options)["exact_match"]
+
+    assert em("  La  canción\n", "La canción") == 100.0
+    assert em(unicodedata.normalize("NFD", "canción"), "canción") == 100.0
+    assert em("la canción", "La canción") == 0.0
+    assert em("la canción", "La canción", ignore_case=True) == 100.0
+    assert em("canción", "cancion") == 0.0
+    scores = ExactMatch().compute(predictions=["a", "b"], references=[["x", "a"], ["c"]])
+    assert scores["exact_match"] == 50.0
+
+
+# --- compute_metrics ------------------------------------------------------------------------
+
+def test_registry_and_help_name_every_metric():
+    assert set(METRICS) == {"rouge", "bleu", "sari", "exact_match", "meteor", "token_f1"}
+    assert all(issubclass(cls, evaluate.Metric) for cls in METRICS.values())
+    assert set(METRIC_NAMES_HELP.split(", ")) == set(METRICS)
+
+
+def test_compute_metrics_merges_all_keys_deterministically():
+    sources = ["El gato come pescado en la cocina grande.", "¿Dónde está la estación?", "Lloverá."]
+    arguments = (list(METRICS), PREDICTIONS, REFERENCES, sources)
+    first = compute_metrics(*arguments)
+    assert set(first) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "sari", "exact_match",
+                          "meteor", "token_f1"}
+    assert all(0.0 <= value <= 100.0 for value in first.values())
+    assert compute_metrics(*arguments) == first
+    assert first["rouge1"] != compute_metrics(["rouge"], PREDICTIONS, REFERENCES, mode="paper")["rouge1"]
+
+
+def test_compute_metrics_options():
+    stemmed = compute_metrics(["rouge"], ["canciones"], ["canción"])
+    unstemmed = compute_metrics(["rouge"], ["canciones"], ["canción"],
+                                options={"rouge": {"use_stemmer": False}})
+    assert (stemmed["rouge1"], unstemmed["rouge1"]) == (100.0, 0.0)
+    with pytest.raises(ConfigError, match="rouge.stemmer"):
+        compute_metrics(["rouge"], ["a"], ["a"], options={"rouge": {"stemmer": False}})
+
+
+def test_compute_metrics_errors():
+    with pytest.raises(UnknownNameError, match="unknown metric 'rogue'"):
+        compute_metrics(["rouge", "rogue"], ["a"], ["a"])
+    with pytest.raises(Seq2SeqEsError, match="3 predictions but 2 references"):
+        compute_metrics(["bleu"], ["a", "b", "c"], ["a", "b"])
+    with pytest.raises(DataError, match="'sari' needs the source texts"):
+        compute_metrics(["sari"], ["a"], ["a"])
+    with pytest.raises(DataError, match="2 predictions but 1 sources"):
+        compute_metrics(["sari"], ["a", "b"], ["a", "b"], sources=["a"])
+    with pytest.raises(DataError, match="no predictions"):
+        compute_metrics(["rouge"], [], [])
+    with pytest.raises(DataError, match="example 1: a reference"):
+        compute_metrics(["rouge"], ["a", "b"], [["a"], []])
+    with pytest.raises(UnknownNameError, match="ROUGE mode"):
+        compute_metrics(["bleu"], ["a"], ["a"], mode="english")
+
+
+# --- score_main -----------------------------------------------------------------------------
+
+def _write(path, text):
+    path.write_bytes(text.encode("utf-8"))
+    return str(path)
+
+
+def test_score_main_prints_the_scores_of_compute_metrics(tmp_path, capsys):
+    predictions = _write(tmp_path / "pred.txt", "\n".join(PREDICTIONS) + "\n")
+    references = _write(tmp_path / "ref.txt", "\r\n".join(REFERENCES) + "\r\n")
+    code = score_main(["--metric", "rouge", "--metric", "meteor", "--mode", "paper",
+                       "--predictions", predictions, "--references", references])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == pytest.approx(compute_metrics(["rouge", "meteor"], PREDICTIONS, REFERENCES,
+                                                    mode="paper"))
+
+
+def test_score_main_jsonl_references_sources_and_empty_lines(tmp_path, capsys):
+    predictions = _write(tmp_path / "pred.txt", "Sí.\n\n")
+    references = _write(tmp_path / "ref.jsonl", '["No.", "Sí."]\n"algo"\n')
+    sources = _write(tmp_path / "src.txt", "Sí, claro.\nalgo\n")
+    code = score_main(["--metric", "exact_match", "--metric", "sari", "--predictions", predictions,
+                       "--references", references, "--sources", sources])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["exact_match"] == 50.0
+    assert printed["sari"] == pytest.approx(
+        compute_metrics(["sari"], ["Sí.", ""], [["No.", "Sí."], ["algo"]], ["Sí, claro.", "algo"])["sari"])
+
+
+def test_score_main_errors_name_the_file(tmp_path, capsys):
+    predictions = _write(tmp_path / "pred.txt", "a\nb\n")
+    missing = str(tmp_path / "missing.txt")
+    assert score_main(["--metric", "bleu", "--predictions", predictions, "--references", missing]) == 2
+    assert f"file {missing}: file not found" in capsys.readouterr().err
+
+    short = _write(tmp_path / "short.txt", "a\n")
+    assert score_main(["--metric", "bleu", "--predictions", predictions, "--references", short]) == 2
+    assert f"{predictions} has 2 predictions but {short} has 1 references" in capsys.readouterr().err
+
+    bad_json = _write(tmp_path / "ref.jsonl", '["a"]\n[1]\n')
+    assert score_main(["--metric", "bleu", "--predictions", predictions, "--references", bad_json]) == 2
+    assert f"file {bad_json}, row 2:" in capsys.readouterr().err
+
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("a\ncanción\n".encode("latin-1"))
+    assert score_main(["--metric", "bleu", "--predictions", str(latin1), "--references", predictions]) == 2
+    assert f"file {latin1}, row 2: not valid UTF-8" in capsys.readouterr().err
+
+    assert score_main(["--metric", "rogue", "--predictions", predictions, "--references", short]) == 2
+    assert "unknown metric 'rogue'" in capsys.readouterr().err
+    assert score_main(["--predictions", predictions]) == 2
+
+
+def test_python_dash_m_runs_the_command(tmp_path):
+    predictions = _write(tmp_path / "pred.txt", SENTENCE + "\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "seq2seq_es.metrics", "--metric", "token_f1", "--metric", "rouge",
+         "--predictions", predictions, "--references", predictions],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"token_f1": 100.0, "rouge1": 100.0, "rouge2": 100.0,
+                                         "rougeL": 100.0, "rougeLsum": 100.0}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv and install seq2seq-es with its test tools. On a machine without an NVIDIA GPU,
+# torch is pinned to the CPU build first, so that the package's torch requirement does not pull
+# a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+  .venv/bin/python -m pip install --quiet "torch==2.13.0"
+fi
+.venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/python -c "import seq2seq_es, torch, transformers, deepspeed; print('seq2seq-es ready: torch', torch.__version__, 'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__)"

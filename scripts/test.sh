@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: set up, start the local two-node SLURM cluster that
+# the launcher tests submit to, run pytest, stop the cluster.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash slurm/local_cluster.sh start
+trap 'bash slurm/local_cluster.sh stop || true' EXIT
+.venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"

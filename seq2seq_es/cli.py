@@ -1,0 +1,132 @@
+"""`seq2seq-es` command line: list, train, demo, score, convert-led, bench, slurm.
+
+Every command that can fail on user input prints one `error: ...` line and exits with 2; the
+library tracebacks stay out of the way (set SEQ2SEQ_ES_DEBUG=1 to see them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import Seq2SeqEsError
+
+USAGE = """usage: seq2seq-es <command> [options]
+
+commands:
+  list                         the models and tasks
+  train --task T --model M [--config FILE] [--section.key VALUE ...]
+  demo [--output-dir DIR] [--section.key VALUE ...]   the embedded CPU demo
+  score --metric NAME --predictions FILE --references FILE [--sources FILE] [--mode spanish|paper]
+  convert-led SRC OUT [--max-positions 16384] [--attention-window 1024]
+  bench led [...]              LED attention implementations at 4K-16K tokens
+  slurm submit|sweep|status|collect ...
+"""
+
+
+def cmd_list(argv: list[str]) -> int:
+    from .models import MODELS
+    from .tasks import TASKS
+
+    print("models:")
+    for name, spec in MODELS.items():
+        if not spec.tiny:
+            print(f"  {name:<16} {spec.family:<10} {spec.hub_id}  (tiny: {name}-tiny)")
+    print("tasks:")
+    for name, task in TASKS.items():
+        config = f" [{task.hub_config}]" if task.hub_config else ""
+        print(f"  {name:<14} {task.kind:<20} {task.hub_id}{config}  metrics: "
+              + ", ".join(task.metrics))
+    return 0
+
+
+def parse_train_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
+    from .config import parse_overrides
+
+    parser = argparse.ArgumentParser(prog="seq2seq-es train", add_help=True)
+    parser.add_argument("--task")
+    parser.add_argument("--model")
+    parser.add_argument("--config", help="YAML file with sections model, data, optim, train, dist, gen")
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    known, rest = parser.parse_known_args(argv)
+    return known, parse_overrides(rest)
+
+
+def build_config(argv: list[str]):
+    from .config import compose
+    from .engine.distributed import launcher_overrides
+
+    known, overrides = parse_train_args(argv)
+    merged = {**launcher_overrides(), **overrides}
+    return compose(task=known.task, model=known.model, config_file=known.config, overrides=merged)
+
+
+def cmd_train(argv: list[str]) -> int:
+    from .engine.trainer import Stopped, train
+
+    cfg = build_config(argv)
+    try:
+        train(cfg)
+    except Stopped as stop:
+        print(str(stop), file=sys.stderr)
+        return stop.exit_code
+    return 0
+
+
+def cmd_demo(argv: list[str]) -> int:
+    from .demo.run import demo_main
+
+    return demo_main(argv)
+
+
+def cmd_score(argv: list[str]) -> int:
+    from .metrics import score_main
+
+    return score_main(argv)
+
+
+def cmd_convert_led(argv: list[str]) -> int:
+    from .models.convert_led import convert_led_main
+
+    return convert_led_main(argv)
+
+
+def cmd_bench(argv: list[str]) -> int:
+    if argv and argv[0] == "led":
+        from .kernels.bench_led import main as bench_led_main
+        return bench_led_main(argv[1:])
+    from .bench.seq2seq import main as bench_main
+    return bench_main(argv)
+
+
+def cmd_slurm(argv: list[str]) -> int:
+    from .slurm.cli import main as slurm_main
+
+    return slurm_main(argv)
+
+
+COMMANDS = {"list": cmd_list, "train": cmd_train, "demo": cmd_demo, "score": cmd_score,
+            "convert-led": cmd_convert_led, "bench": cmd_bench, "slurm": cmd_slurm}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command '{command}'\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[command](rest)
+    except Seq2SeqEsError as exc:
+        if os.environ.get("SEQ2SEQ_ES_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""Run configuration: typed dataclasses, composed from defaults, YAML and dotted command-line keys.
+
+Precedence, lowest first:
+  1. the dataclass defaults below,
+  2. the task's defaults (the paper's runs: lengths, batch, epochs, lr, generation),
+  3. the model's defaults (e.g. BERT2BERT models read at most 512 source tokens),
+  4. a YAML file given with `--config`,
+  5. dotted command-line keys (`--optim.lr 3e-5`).
+Each component owns its section; `validate()` runs before any work starts and names the bad key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "barto-tiny"              # registry name (seq2seq-es list)
+    path: str | None = None               # local folder or hub id overriding the registry's hub id
+    gradient_checkpointing: bool = False  # non-reentrant activation checkpointing
+    attention: str = "hf"                 # LED only: hf | sdpa | flex (seq2seq_es.kernels.led_attention)
+    compile: bool = False                 # torch.compile the model
+    dropout: float | None = None          # override every dropout probability (None: the model's)
+
+
+@dataclass
+class DataConfig:
+    task: str = "mlsum"
+    train_file: str | None = None         # local jsonl/json/csv/parquet with the hub dataset's columns
+    validation_file: str | None = None
+    test_file: str | None = None
+    hub_revision: str | None = None       # e.g. refs/convert/parquet for script-based hub datasets
+    max_source_length: int = 512
+    max_target_length: int = 128
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    skip_bad_rows: bool = True            # skip (and report) empty/non-string fields instead of failing
+    global_attention: str = "first"       # LED: first | prefix:N | sentences
+    cache_dir: str | None = None          # datasets cache for tokenized splits
+    num_workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    weight_decay: float = 0.01            # never applied to biases and norms
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    schedule: str = "linear"              # linear | cosine | constant
+    warmup_ratio: float = 0.0             # fraction of total steps; ignored when warmup_steps > 0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0            # 0 disables clipping
+    fused: bool = False                   # fused AdamW kernel (CUDA only)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    seed: int = 42
+    epochs: int = 6
+    max_steps: int = 0                    # > 0 overrides epochs
+    batch_size: int = 8                   # per device, per micro-batch
+    grad_accum: int = 1
+    eval_batch_size: int = 0              # 0: same as batch_size
+    precision: str = "auto"               # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    log_every: int = 10
+    eval_every: int = 0                   # steps; 0: only at the end
+    eval_at_start: bool = False
+    save_every: int = 0                   # steps; 0: only at the end
+    keep_last: int = 2
+    resume: str = "none"                  # none | auto | must | <checkpoint dir>
+    on_nan: str = "stop"                  # stop | skip
+    export: bool = True                   # write a Hugging Face checkpoint at the end
+    progress_bar: bool = True
+
+
+@dataclass
+class DistConfig:
+    zero_stage: int = 0                   # DeepSpeed ZeRO stage 0..3
+    backend: str = "auto"                 # auto (nccl on GPU, gloo on CPU) | nccl | gloo
+    offload_optimizer: bool = False       # ZeRO-Offload of the optimizer state to CPU (stages 1-3)
+    timeout_min: int = 30
+    deepspeed_config: str | None = None   # JSON merged over the generated config (no "auto")
+
+
+@dataclass
+class GenConfig:
+    num_beams: int = 4
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    early_stopping: bool = True
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    gen: GenConfig = field(default_factory=GenConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Setting values by dotted key, with type conversion from strings (command line) or YAML values.
+
+def _section_types(section_cls) -> dict[str, Any]:
+    return typing.get_type_hints(section_cls)
+
+
+def _convert(key: str, raw: Any, annotation: Any) -> Any:
+    """Convert `raw` to the field's annotated type; a mismatch is a ConfigError naming `key`."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(key, raw, inner[0])
+    if origin is tuple:
+        if isinstance(raw, str):
+            raw = [p for p in raw.replace("(", "").replace(")", "").split(",") if p.strip()]
+        if not isinstance(raw, (list, tuple)) or len(raw) != len(args):
+            raise ConfigError(key, f"expected {len(args)} comma-separated values, got {raw!r}")
+        return tuple(_convert(key, r, a) for r, a in zip(raw, args))
+    if annotation is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(raw, str) and raw.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(key, f"expected true or false, got {raw!r}")
+    if annotation is int:
+        if isinstance(raw, bool):
+            raise ConfigError(key, f"expected an integer, got {raw!r}")
+        try:
+            as_float = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(key, f"expected an integer, got {raw!r}") from None
+        if as_float != int(as_float):
+            raise ConfigError(key, f"expected an integer, got {raw!r}")
+        return int(as_float)
+    if annotation is float:
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(key, f"expected a number, got {raw!r}") from None
+    if annotation is str:
+        if isinstance(raw, (dict, list)):
+            raise ConfigError(key, f"expected a string, got {raw!r}")
+        return str(raw)
+    return raw
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+
+
+def set_dotted(cfg: RunConfig, key: str, raw: Any) -> None:
+    """Set `section.field` on cfg from a raw value; unknown keys are refused with the known ones."""
+    parts = key.split(".")
+    if len(parts) != 2:
+        raise ConfigError(key, "expected <section>.<field>, e.g. optim.lr; sections: "
+                          + ", ".join(SECTIONS))
+    section_name, field_name = parts
+    if not hasattr(cfg, section_name):
+        raise ConfigError(key, f"unknown section '{section_name}'; sections: {', '.join(SECTIONS)}")
+    section = getattr(cfg, section_name)
+    hints = _section_types(type(section))
+    if field_name not in hints:
+        raise ConfigError(key, f"unknown key; keys of '{section_name}': {', '.join(hints)}")
+    setattr(section, field_name, _convert(key, raw, hints[field_name]))
+
+
+def apply_mapping(cfg: RunConfig, values: Mapping[str, Any], prefix: str = "") -> None:
+    """Apply a nested ({'optim': {'lr': ..}}) or flat dotted ({'optim.lr': ..}) mapping."""
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and "." not in dotted:
+            apply_mapping(cfg, value, prefix=dotted + ".")
+        else:
+            set_dotted(cfg, dotted, value)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("--config", f"file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError("--config", f"file {path} is not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError("--config", f"file {path} must hold a mapping of sections")
+    return loaded
+
+
+def parse_overrides(argv: list[str]) -> dict[str, str]:
+    """`--optim.lr 3e-5 --train.epochs=3` -> {'optim.lr': '3e-5', 'train.epochs': '3'}."""
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise ConfigError(arg, "expected a dotted option such as --optim.lr 3e-5")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                raise ConfigError(arg[2:], "missing value")
+            key, value = arg[2:], argv[i + 1]
+            i += 2
+        overrides[key] = value
+    return overrides
+
+
+def compose(task: str | None = None, model: str | None = None, config_file: str | None = None,
+            overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """Build the run config in precedence order (see module docstring) and validate it."""
+    from .models import get_model_spec
+    from .tasks import get_task
+
+    cfg = RunConfig()
+    file_values = load_yaml(config_file) if config_file else {}
+    overrides = dict(overrides or {})
+    # The task and model may come from the command line, the YAML file or the dotted overrides.
+    task = task or overrides.get("data.task") or file_values.get("data", {}).get("task") or cfg.data.task
+    model = model or overrides.get("model.name") or file_values.get("model", {}).get("name") \
+        or cfg.model.name
+    task_spec = get_task(task)
+    model_spec = get_model_spec(model)
+    cfg.data.task, cfg.model.name = task_spec.name, model_spec.name
+    apply_mapping(cfg, dict(task_spec.defaults))
+    apply_mapping(cfg, dict(model_spec.defaults))
+    apply_mapping(cfg, file_values)
+    apply_mapping(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Refuse configs that cannot work, before any model or data is loaded."""
+    from .models import get_model_spec
+    from .tasks import get_task
+
+    get_task(cfg.data.task)
+    spec = get_model_spec(cfg.model.name)
+    d, o, t, dist, g = cfg.data, cfg.optim, cfg.train, cfg.dist, cfg.gen
+    if d.max_source_length < 1:
+        raise ConfigError("data.max_source_length", "must be at least 1")
+    if d.max_source_length > spec.max_source_positions:
+        raise ConfigError("data.max_source_length",
+                          f"{d.max_source_length} exceeds the {spec.max_source_positions} source "
+                          f"positions of model '{spec.name}'")
+    if d.max_target_length < 1:
+        raise ConfigError("data.max_target_length", "must be at least 1")
+    if d.max_target_length > spec.max_target_positions:
+        raise ConfigError("data.max_target_length",
+                          f"{d.max_target_length} exceeds the {spec.max_target_positions} target "
+                          f"positions of model '{spec.name}'")
+    if not (d.global_attention in ("first", "sentences") or
+            (d.global_attention.startswith("prefix:") and d.global_attention[7:].isdigit())):
+        raise ConfigError("data.global_attention", "expected first, sentences or prefix:N")
+    if cfg.model.dropout is not None and not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError("model.dropout", "must be in [0, 1)")
+    if t.on_nan == "skip" and dist.zero_stage == 3:
+        raise ConfigError("train.on_nan", "skip is not supported under ZeRO-3 (the zero loss "
+                          "that replaces a bad micro-batch needs unpartitioned parameters); use stop")
+    if cfg.model.attention not in ("hf", "sdpa", "flex"):
+        raise ConfigError("model.attention", "expected hf, sdpa or flex")
+    if o.lr <= 0:
+        raise ConfigError("optim.lr", "must be positive")
+    if o.schedule not in ("linear", "cosine", "constant"):
+        raise ConfigError("optim.schedule", "expected linear, cosine or constant")
+    if not 0.0 <= o.warmup_ratio < 1.0:
+        raise ConfigError("optim.warmup_ratio", "must be in [0, 1)")
+    if o.warmup_steps < 0:
+        raise ConfigError("optim.warmup_steps", "must be >= 0")
+    if t.max_steps > 0 and o.warmup_steps >= t.max_steps:
+        raise ConfigError("optim.warmup_steps",
+                          f"warmup of {o.warmup_steps} steps is not shorter than training "
+                          f"({t.max_steps} steps)")
+    if t.max_steps < 0:
+        raise ConfigError("train.max_steps", "must be >= 0")
+    if t.max_steps == 0 and t.epochs < 1:
+        raise ConfigError("train.epochs", "must be at least 1 when train.max_steps is 0")
+    if t.batch_size < 1:
+        raise ConfigError("train.batch_size", "must be at least 1")
+    if t.grad_accum < 1:
+        raise ConfigError("train.grad_accum", "must be at least 1")
+    if t.precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError("train.precision", "expected auto, bf16 or fp32")
+    if t.on_nan not in ("stop", "skip"):
+        raise ConfigError("train.on_nan", "expected stop or skip")
+    if t.keep_last < 1:
+        raise ConfigError("train.keep_last", "must be at least 1")
+    for key in ("log_every", "eval_every", "save_every"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key}", "must be >= 0")
+    if dist.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError("dist.zero_stage", f"must be 0, 1, 2 or 3, got {dist.zero_stage}")
+    if dist.backend not in ("auto", "nccl", "gloo"):
+        raise ConfigError("dist.backend", "expected auto, nccl or gloo")
+    if dist.offload_optimizer and dist.zero_stage == 0:
+        raise ConfigError("dist.offload_optimizer", "needs dist.zero_stage 1, 2 or 3")
+    if g.num_beams < 1:
+        raise ConfigError("gen.num_beams", "must be at least 1")
+    if g.max_new_tokens < 1:
+        raise ConfigError("gen.max_new_tokens", "must be at least 1")
+    if g.min_new_tokens > g.max_new_tokens:
+        raise ConfigError("gen.min_new_tokens", "is larger than gen.max_new_tokens")
+
+
+def check_target_coverage(cfg: RunConfig, target_lengths: list[int], threshold: float = 0.5) -> None:
+    """Refuse a target length that cuts most references (a silent quality killer in the old scripts).
+
+    Called by the data pipeline once target lengths are known, still before training starts.
+    """
+    if not target_lengths:
+        return
+    cut = sum(1 for n in target_lengths if n > cfg.data.max_target_length)
+    if cut / len(target_lengths) > threshold:
+        raise ConfigError("data.max_target_length",
+                          f"{cfg.data.max_target_length} tokens cuts {cut} of {len(target_lengths)} "
+                          f"training targets ({100 * cut / len(target_lengths):.0f}%); raise it")
+
+
+def dump(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(cfg.to_yaml(), encoding="utf-8")
+
+
+def from_dict(values: Mapping[str, Any]) -> RunConfig:
+    """Rebuild a RunConfig from `to_dict()` output (resolved config saved in a run directory)."""
+    cfg = RunConfig()
+    apply_mapping(cfg, values)
+    return cfg
+
+
+def to_json(cfg: RunConfig) -> str:
+    return json.dumps(cfg.to_dict(), sort_keys=True)

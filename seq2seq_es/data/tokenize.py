@@ -1,0 +1,166 @@
+"""Tokenize (source, target) examples once, cache the result, and report what truncation cut.
+
+The cache key is a hash of the examples' text, the tokenizer's vocabulary and specials, the length
+limits and the truncation side, so a second run with the same inputs reuses the arrow file that
+`datasets.Dataset.map` wrote, and any change in those inputs builds a new one.
+
+Truncation is done by us, not by the tokenizer, so that one tokenizer pass gives both the
+untruncated length (for the report) and the truncated ids, and so that the family's special
+tokens (BART's <s> ... </s>, T5's trailing </s>, BERT's [CLS] ... [SEP]) survive truncation
+from either side (dialogue histories are cut from the left: the newest turns matter most).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+
+TOKENIZER_VERSION = "1"  # bump when the tokenization below changes, to invalidate caches
+
+
+@dataclass
+class TruncationReport:
+    """How many sources and targets the length limits cut, per split."""
+
+    split: str
+    examples: int = 0
+    sources_truncated: int = 0
+    targets_truncated: int = 0
+    max_source_length: int = 0
+    max_target_length: int = 0
+    source_lengths_p50: int = 0
+    source_lengths_max: int = 0
+    target_lengths_p50: int = 0
+    target_lengths_max: int = 0
+    target_lengths: list[int] = field(default_factory=list, repr=False)
+
+    def summary(self) -> str:
+        def pct(n: int) -> str:
+            return f"{100 * n / max(self.examples, 1):.1f}%"
+        return (f"[{self.split}] {self.examples} examples; sources truncated at "
+                f"{self.max_source_length}: {self.sources_truncated} ({pct(self.sources_truncated)}), "
+                f"median {self.source_lengths_p50}, max {self.source_lengths_max}; targets truncated at "
+                f"{self.max_target_length}: {self.targets_truncated} ({pct(self.targets_truncated)}), "
+                f"median {self.target_lengths_p50}, max {self.target_lengths_max}")
+
+    def to_dict(self) -> dict:
+        out = dict(self.__dict__)
+        out.pop("target_lengths")
+        return out
+
+
+def special_token_frame(tokenizer) -> tuple[int, int]:
+    """Number of special tokens the tokenizer puts before and after a text's own tokens."""
+    probe = "casa"
+    body = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(body) + 1):
+        if full[start:start + len(body)] == body:
+            return start, len(full) - start - len(body)
+    raise ValueError("could not locate the text inside the tokenizer's special-token frame")
+
+
+def truncate_ids(ids: list[int], max_length: int, lead: int, trail: int, side: str) -> list[int]:
+    """Cut `ids` to `max_length`, keeping `lead` leading and `trail` trailing special tokens."""
+    if len(ids) <= max_length:
+        return ids
+    keep = max_length - lead - trail
+    if keep < 1:
+        raise ValueError(f"max_length {max_length} leaves no room besides {lead + trail} specials")
+    head, body, tail = ids[:lead], ids[lead:len(ids) - trail], ids[len(ids) - trail:]
+    body = body[-keep:] if side == "left" else body[:keep]
+    return head + body + tail
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    vocab = tokenizer.get_vocab()
+    h = hashlib.sha256()
+    h.update(type(tokenizer).__name__.encode())
+    h.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
+    h.update(json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                         getattr(tokenizer, "cls_token_id", None),
+                         getattr(tokenizer, "sep_token_id", None)]).encode())
+    h.update(json.dumps(tokenizer("¿Qué tal, España?")["input_ids"]).encode())
+    return h.hexdigest()[:16]
+
+
+def _examples_fingerprint(examples: datasets.Dataset) -> str:
+    h = hashlib.sha256()
+    for batch in examples.select_columns(["source", "target"]).iter(batch_size=2048):
+        for s, t in zip(batch["source"], batch["target"]):
+            h.update(s.encode("utf-8"))
+            h.update(b"\x00")
+            h.update(t.encode("utf-8"))
+            h.update(b"\x01")
+    return h.hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("SEQ2SEQ_ES_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "seq2seq_es")
+    return Path(base) / "tokenized"
+
+
+def tokenize_examples(examples: datasets.Dataset, tokenizer, *, split: str, max_source_length: int,
+                      max_target_length: int, source_truncation_side: str = "right",
+                      drop_leading_label_id: int | None = None, cache_dir: str | None = None,
+                      ) -> tuple[datasets.Dataset, TruncationReport]:
+    """Return a Dataset with `input_ids`, `labels`, `source_length`, `target_length` (untruncated
+    lengths) and `example_id`, and the truncation report.
+
+    `drop_leading_label_id`: the decoder start token, which some tokenizers also put at the front
+    of every text (BERT's [CLS]); the decoder is fed it by the shift, so a label that repeats it
+    would only teach the model to echo it.
+    """
+    lead, trail = special_token_frame(tokenizer)
+    first_id = tokenizer("casa")["input_ids"][0]
+    if drop_leading_label_id is not None and not (lead > 0 and first_id == drop_leading_label_id):
+        drop_leading_label_id = None  # the tokenizer does not repeat the start token: keep labels
+    label_lead = lead - 1 if drop_leading_label_id is not None else lead
+    key_material = json.dumps({
+        "v": TOKENIZER_VERSION, "examples": _examples_fingerprint(examples),
+        "tokenizer": _tokenizer_fingerprint(tokenizer), "src": max_source_length,
+        "tgt": max_target_length, "side": source_truncation_side, "drop": drop_leading_label_id,
+    }, sort_keys=True)
+    key = hashlib.sha256(key_material.encode()).hexdigest()[:20]
+    folder = Path(cache_dir) / "tokenized" if cache_dir else default_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    cache_file = str(folder / f"{split}-{key}.arrow")
+
+    def encode(batch):
+        sources = tokenizer(batch["source"], add_special_tokens=True)["input_ids"]
+        targets = tokenizer(text_target=batch["target"], add_special_tokens=True)["input_ids"]
+        out = {"input_ids": [], "labels": [], "source_length": [], "target_length": []}
+        for src, tgt in zip(sources, targets):
+            if drop_leading_label_id is not None and tgt and tgt[0] == drop_leading_label_id:
+                tgt = tgt[1:]
+            out["source_length"].append(len(src))
+            out["target_length"].append(len(tgt))
+            out["input_ids"].append(truncate_ids(src, max_source_length, lead, trail,
+                                                 source_truncation_side))
+            out["labels"].append(truncate_ids(tgt, max_target_length, label_lead, trail, "right"))
+        return out
+
+    keep = [c for c in ("example_id",) if c in examples.column_names]
+    tokenized = examples.map(
+        encode, batched=True, batch_size=256, remove_columns=[c for c in examples.column_names
+                                                              if c not in keep],
+        cache_file_name=cache_file, load_from_cache_file=True,
+        new_fingerprint=key, desc=f"tokenizing {split}")
+    src_len = tokenized["source_length"]
+    tgt_len = tokenized["target_length"]
+    report = TruncationReport(
+        split=split, examples=len(tokenized), max_source_length=max_source_length,
+        max_target_length=max_target_length,
+        sources_truncated=sum(1 for n in src_len if n > max_source_length),
+        targets_truncated=sum(1 for n in tgt_len if n > max_target_length),
+        source_lengths_p50=sorted(src_len)[len(src_len) // 2] if src_len else 0,
+        source_lengths_max=max(src_len, default=0),
+        target_lengths_p50=sorted(tgt_len)[len(tgt_len) // 2] if tgt_len else 0,
+        target_lengths_max=max(tgt_len, default=0), target_lengths=list(tgt_len))
+    return tokenized, report

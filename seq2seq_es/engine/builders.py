@@ -1,0 +1,142 @@
+"""Builders the training loop calls: model, generation config, data, collator, DeepSpeed engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import RunConfig, check_target_coverage
+from ..data.collator import Seq2SeqCollator, sentence_start_ids
+from ..data.sampler import StepPlan
+from ..data.tokenize import TruncationReport, tokenize_examples
+from ..errors import ConfigError
+from . import distributed as D
+from .optim import build_optimizer, build_scheduler, deepspeed_config
+
+
+def get_model(cfg: RunConfig):
+    from ..models import get_model_spec, load_model_and_tokenizer
+
+    spec = get_model_spec(cfg.model.name)
+    model, tokenizer = load_model_and_tokenizer(spec.name, cfg.model.path)
+    if spec.family == "led" and cfg.model.attention != "hf":
+        from ..kernels.led_attention import apply_led_attention
+        apply_led_attention(model, cfg.model.attention)
+    if cfg.model.dropout is not None:
+        set_dropout(model, cfg.model.dropout)
+    if cfg.model.gradient_checkpointing:
+        # Non-reentrant checkpointing works with shared weights and ZeRO-3's parameter hooks.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model, tokenizer, spec
+
+
+DROPOUT_ATTRIBUTES = ("dropout", "attention_dropout", "activation_dropout", "dropout_rate",
+                      "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
+
+
+def set_dropout(model, p: float) -> None:
+    """Set every dropout probability, whichever way the family stores it.
+
+    BART/LED keep probabilities as float attributes read at call time, T5 and BERT use
+    nn.Dropout modules; the config is updated too so an exported model says what was trained.
+    """
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, p)
+    configs = [model.config] + [getattr(model.config, k) for k in ("encoder", "decoder")
+                                if hasattr(model.config, k)]
+    for config in configs:
+        for name in DROPOUT_ATTRIBUTES:
+            if isinstance(getattr(config, name, None), float):
+                setattr(config, name, p)
+
+
+def get_generation_config(cfg: RunConfig, spec, tokenizer):
+    from ..models import build_generation_config
+
+    g = cfg.gen
+    return build_generation_config(spec, tokenizer, num_beams=g.num_beams,
+                                   max_new_tokens=g.max_new_tokens,
+                                   min_new_tokens=g.min_new_tokens,
+                                   length_penalty=g.length_penalty,
+                                   no_repeat_ngram_size=g.no_repeat_ngram_size,
+                                   early_stopping=g.early_stopping)
+
+
+@dataclass
+class SplitData:
+    examples: object          # datasets.Dataset: source, target, references?, example_id
+    tokenized: object         # datasets.Dataset: input_ids, labels, lengths
+    report: TruncationReport
+
+
+def data_files(cfg: RunConfig) -> dict[str, str] | None:
+    files = {split: path for split, path in (("train", cfg.data.train_file),
+                                             ("validation", cfg.data.validation_file),
+                                             ("test", cfg.data.test_file)) if path}
+    return files or None
+
+
+def get_split(cfg: RunConfig, task, tokenizer, model, split: str, max_samples: int | None,
+              log) -> SplitData:
+    from ..tasks import load_examples
+
+    examples, load_report = load_examples(task, split, data_files=data_files(cfg),
+                                          hub_revision=cfg.data.hub_revision,
+                                          cache_dir=cfg.data.cache_dir, max_samples=max_samples,
+                                          skip_bad_rows=cfg.data.skip_bad_rows)
+    log(f"[{split}] {load_report}")
+    tokenized, report = tokenize_examples(
+        examples, tokenizer, split=split, max_source_length=cfg.data.max_source_length,
+        max_target_length=cfg.data.max_target_length,
+        source_truncation_side=task.source_truncation_side,
+        drop_leading_label_id=model.config.decoder_start_token_id, cache_dir=cfg.data.cache_dir)
+    log(report.summary())
+    return SplitData(examples, tokenized, report)
+
+
+def get_collator(cfg: RunConfig, spec, tokenizer, model) -> Seq2SeqCollator:
+    if spec.family == "led":
+        window = model.config.attention_window
+        window = max(window) if isinstance(window, (list, tuple)) else int(window)
+        return Seq2SeqCollator(tokenizer.pad_token_id, model.config.decoder_start_token_id,
+                               pad_to_multiple_of=window,
+                               global_attention=cfg.data.global_attention,
+                               sentence_end_ids=sentence_start_ids(tokenizer)
+                               if cfg.data.global_attention == "sentences" else frozenset())
+    return Seq2SeqCollator(tokenizer.pad_token_id, model.config.decoder_start_token_id)
+
+
+def get_step_plan(cfg: RunConfig, env: D.DistEnv, num_train: int) -> tuple[StepPlan, int]:
+    plan = StepPlan(num_train, cfg.train.batch_size, cfg.train.grad_accum, env.world_size,
+                    cfg.train.seed)
+    if plan.steps_per_epoch == 0:
+        raise ConfigError("train.batch_size",
+                          f"one step takes {plan.global_batch} examples (batch_size x grad_accum x "
+                          f"{env.world_size} ranks) but the training split has {num_train}")
+    total = cfg.train.max_steps or plan.steps_per_epoch * cfg.train.epochs
+    warmup = cfg.optim.warmup_steps
+    if warmup >= total:
+        raise ConfigError("optim.warmup_steps", f"warmup of {warmup} steps is not shorter than "
+                          f"training ({total} steps)")
+    return plan, total
+
+
+def get_engine(model, cfg: RunConfig, env: D.DistEnv, total_steps: int):
+    import deepspeed
+
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    ds_config = deepspeed_config(cfg, env.world_size)
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    return engine, optimizer, scheduler, ds_config
+
+
+def check_targets(cfg: RunConfig, train: SplitData) -> None:
+    check_target_coverage(cfg, train.report.target_lengths)

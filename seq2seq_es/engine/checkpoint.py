@@ -1,0 +1,99 @@
+"""Atomic, resumable checkpoints behind one interface.
+
+A checkpoint is a folder `checkpoints/step_<N>` holding DeepSpeed's files (weights, optimizer
+and scheduler, partitioned as the ZeRO stage dictates), `trainer_state.json` (step, epoch,
+position inside the epoch) and one RNG file per rank. It is written under a temporary name
+(`.tmp-step_<N>`) and renamed into place by rank 0 after every rank has finished writing, so a
+folder named `step_<N>` is always complete: a run killed while saving resumes from the previous
+one, and the half-written temporary folder is removed at the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import distributed as D
+
+STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class Checkpointer:
+    def __init__(self, root: str | Path, env: D.DistEnv, keep_last: int):
+        self.root = Path(root)
+        self.env = env
+        self.keep_last = keep_last
+
+    def complete(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        found = [p for p in self.root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)
+                 and (p / "trainer_state.json").is_file()]
+        return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+    def latest(self) -> Path | None:
+        done = self.complete()
+        return done[-1] if done else None
+
+    def save(self, engine, trainer_state: dict) -> Path:
+        """Collective: every rank must call it at the same step."""
+        step = trainer_state["step"]
+        name = f"step_{step:08d}"
+        final, tmp = self.root / name, self.root / f".tmp-{name}"
+        if self.env.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob(".tmp-step_*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            if final.exists():  # e.g. the final save right after a periodic one
+                shutil.rmtree(final)
+        D.barrier()
+        engine.save_checkpoint(str(self.root), tag=tmp.name, save_latest=False)
+        (tmp / "rng").mkdir(parents=True, exist_ok=True)
+        torch.save(_rng_state(), tmp / "rng" / f"rank_{self.env.rank}.pt")
+        D.barrier()
+        if self.env.is_main:
+            (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+            tmp.rename(final)
+            for old in self.complete()[:-self.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        D.barrier()
+        return final
+
+    def load(self, engine, path: Path) -> dict:
+        """Collective: restore weights, optimizer, scheduler, this rank's RNG; return the state."""
+        state = json.loads((path / "trainer_state.json").read_text())
+        if state.get("world_size") not in (None, self.env.world_size):
+            from ..errors import ConfigError
+            raise ConfigError("train.resume", f"checkpoint {path} was written by "
+                              f"{state['world_size']} ranks, this run has {self.env.world_size}; "
+                              "the data order and RNG states would not match")
+        load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name,
+                                              load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+        rng_file = path / "rng" / f"rank_{self.env.rank}.pt"
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+        return state

@@ -1,0 +1,115 @@
+"""Launch real training runs (no launcher, torchrun, deepspeed, accelerate) and read them back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from seq2seq_es.demo.synthetic import write_demo_dataset
+from seq2seq_es.engine.run_dir import read_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+ENTRY = str(REPO / "launch" / "train.py")
+
+
+def demo_files(folder: Path, train_size: int = 48) -> dict[str, str]:
+    return write_demo_dataset(folder, train_size=train_size, validation_size=5, seed=11)
+
+
+def base_args(files: dict[str, str], out: Path, *, model: str = "barto-tiny", steps: int = 6,
+              batch: int = 2, extra: list[str] | None = None) -> list[str]:
+    return ["--task", "mlsum", "--model", model, "--train.output_dir", str(out),
+            "--data.train_file", files["train"], "--data.validation_file", files["validation"],
+            "--train.max_steps", str(steps), "--train.batch_size", str(batch),
+            "--train.log_every", "1", "--train.precision", "fp32", "--optim.lr", "1e-3",
+            "--optim.warmup_steps", "1", "--optim.weight_decay", "0.01",
+            "--data.max_source_length", "96", "--data.max_target_length", "32",
+            "--gen.num_beams", "1", "--gen.max_new_tokens", "6", "--gen.min_new_tokens", "0",
+            "--train.progress_bar", "false"] + (extra or [])
+
+
+def _env(tmp_cache: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+                "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def command(launcher: str, nproc: int, args: list[str], port: int = 0) -> list[str]:
+    if launcher == "none":
+        return [sys.executable, ENTRY, *args]
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                "--master_port", str(port or free_port()), ENTRY, *args]
+    if launcher == "deepspeed":
+        return [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc),
+                "--master_port", str(port or free_port()), ENTRY, *args]
+    if launcher.startswith("accelerate:"):
+        config = REPO / "configs" / "accelerate" / launcher.split(":", 1)[1]
+        return [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+                str(config), "--num_processes", str(nproc), "--main_process_port",
+                str(port or free_port()), ENTRY, *args]
+    raise ValueError(launcher)
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(launcher: str, nproc: int, args: list[str], *, check: bool = True,
+        timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(command(launcher, nproc, args), cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-8000:]}")
+    return proc
+
+
+def start(launcher: str, nproc: int, args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(command(launcher, nproc, args), cwd=REPO, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+
+
+def wait_for(predicate, timeout: float = 300, interval: float = 0.05) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError("timed out waiting")
+
+
+def step_losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["train/loss"] for r in read_metrics(out / "metrics.jsonl")
+            if "train/loss" in r}
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "final" / "model.safetensors"))
+
+
+def max_weight_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)

@@ -1,0 +1,80 @@
+"""Config composition (defaults < task < model < YAML < command line) and validation."""
+
+import pytest
+
+from seq2seq_es.cli import build_config, main
+from seq2seq_es.config import compose, parse_overrides
+from seq2seq_es.engine.distributed import launcher_overrides
+from seq2seq_es.errors import ConfigError, UnknownNameError
+from seq2seq_es.models import get_model_spec
+from seq2seq_es.tasks import get_task
+
+
+def test_task_then_model_defaults_then_yaml_then_command_line(tmp_path):
+    task = get_task("mlsum")
+    cfg = compose(task="mlsum", model="barto")
+    assert cfg.data.max_source_length == task.defaults["data.max_source_length"]
+    assert cfg.optim.lr == task.defaults["optim.lr"]
+    # BERT2BERT models read fewer source tokens than the task asks of BART.
+    bert = compose(task="mlsum", model="beto2beto")
+    assert bert.data.max_source_length == get_model_spec("beto2beto").defaults[
+        "data.max_source_length"]
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("optim:\n  lr: 1.0e-4\ntrain:\n  epochs: 2\n")
+    cfg = compose(task="mlsum", model="barto", config_file=str(yaml_file),
+                  overrides=parse_overrides(["--optim.lr", "3e-5", "--train.batch_size=4"]))
+    assert cfg.optim.lr == 3e-5            # command line beats YAML
+    assert cfg.train.epochs == 2           # YAML beats task defaults
+    assert cfg.train.batch_size == 4
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["--optim.lrr", "1"], "optim.lrr"),
+    (["--train.batch_size", "x"], "train.batch_size"),
+    (["--dist.zero_stage", "4"], "dist.zero_stage"),
+    (["--train.grad_accum", "0"], "train.grad_accum"),
+    (["--data.max_source_length", "4096"], "data.max_source_length"),
+    (["--train.max_steps", "10", "--optim.warmup_steps", "40"], "optim.warmup_steps"),
+    (["--model.attention", "fast"], "model.attention"),
+    (["--nosection", "1"], "--nosection"),
+])
+def test_bad_values_name_their_key(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        compose(task="mlsum", model="barto", overrides=parse_overrides(overrides))
+    assert err.value.key == key
+    assert key in str(err.value)
+
+
+def test_unknown_model_and_task_list_the_known_ones():
+    with pytest.raises(UnknownNameError, match="barto"):
+        compose(task="mlsum", model="bart0")
+    with pytest.raises(UnknownNameError, match="wikilingua"):
+        compose(task="wikilinguaa", model="barto")
+
+
+def test_led_accepts_sixteen_thousand_source_tokens_bart_does_not():
+    cfg = compose(task="xlsum", model="ledo",
+                  overrides={"data.max_source_length": "16384"})
+    assert cfg.data.max_source_length == 16384
+    with pytest.raises(ConfigError, match="positions"):
+        compose(task="xlsum", model="barto", overrides={"data.max_source_length": "16384"})
+
+
+def test_accelerate_environment_feeds_config_below_command_line():
+    env = {"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "ACCELERATE_MIXED_PRECISION": "bf16",
+           "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "2"}
+    assert launcher_overrides(env) == {"dist.zero_stage": "3", "train.precision": "bf16",
+                                       "train.grad_accum": "2"}
+    assert launcher_overrides({"ACCELERATE_MIXED_PRECISION": "no"}) == {}
+
+
+def test_cli_reports_one_error_line(capsys, monkeypatch):
+    code = main(["train", "--task", "mlsum", "--model", "barto", "--optim.lr", "-1"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: config key 'optim.lr': must be positive"]
+
+
+def test_deepspeed_launcher_local_rank_argument_is_accepted():
+    cfg = build_config(["--local_rank=1", "--task", "sqac", "--model", "t5s-tiny"])
+    assert cfg.data.task == "sqac" and cfg.model.name == "t5s-tiny"

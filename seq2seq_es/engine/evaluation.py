@@ -27,7 +27,16 @@ def _batches(indices: list[int], batch_size: int):
 
 
 @torch.no_grad()
-def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_config, metrics,
+def clean_prediction(task, text: str) -> str:
+    """Undo tokenizer artefacts that the task's metrics would count as errors."""
+    text = text.strip()
+    if task.kind == "split_rephrase":
+        from ..tasks import normalize_split_markers
+        text = normalize_split_markers(text)
+    return text
+
+
+def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_config, task,
              env: D.DistEnv, batch_size: int, zero_stage: int, bf16: bool, step: int,
              out_dir: Path | None, generate: bool = True) -> dict[str, float]:
     """Return {'eval/loss': ..., 'eval/<metric>': ...} on every rank; rank 0 writes files."""
@@ -57,7 +66,7 @@ def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_conf
                 out = model.generate(**gen_inputs, generation_config=generation_config,
                                      synced_gpus=zero_stage == 3 and env.world_size > 1)
             texts = tokenizer.batch_decode(out, skip_special_tokens=True)
-            predictions += [(i, t.strip()) for i, t in zip(idx, texts) if i >= 0]
+            predictions += [(i, clean_prediction(task, t)) for i, t in zip(idx, texts) if i >= 0]
     total_ce, total_tokens = D.all_reduce_sum([ce_sum, n_tokens], device)
     results = {"eval/loss": total_ce / max(total_tokens, 1.0)}
     if generate:
@@ -66,9 +75,7 @@ def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_conf
             by_index = dict(pair for part in gathered for pair in part)
             assert len(by_index) == len(tokenized), "every example is predicted exactly once"
             ordered = [by_index[i] for i in range(len(tokenized))]
-            scores = compute_metrics(metrics, ordered, list(examples["references"])
-                                     if "references" in examples.column_names
-                                     else list(examples["target"]),
+            scores = compute_metrics(task.metrics, ordered, list(examples["references"]),
                                      sources=list(examples["source"]))
             results.update({f"eval/{k}": v for k, v in scores.items()})
             if out_dir is not None:

@@ -170,7 +170,7 @@ def train(cfg: RunConfig) -> dict:
     def run_eval(step: int) -> dict:
         results = evaluate(engine.module, tokenized=eval_data.tokenized,
                            examples=eval_data.examples, collator=collator, tokenizer=tokenizer,
-                           generation_config=generation_config, metrics=task.metrics, env=env,
+                           generation_config=generation_config, task=task, env=env,
                            batch_size=eval_batch, zero_stage=cfg.dist.zero_stage, bf16=bf16,
                            step=step, out_dir=out / "eval")
         log.log(step, results)

@@ -1,0 +1,420 @@
+"""Loading a task's split, from local files or the hub, as a `datasets.Dataset` of examples.
+
+The result has the string columns `source`, `target`, `example_id` and `references` (a list of
+strings: every distinct gold answer for QA, the dataset's reference list where it has one, else
+`[target]`), so that scoring code never needs to know the task.
+
+Formatting runs as a `datasets` map over the raw split, so it is cached: a second run reuses the
+formatted split, and its fingerprint is stable, so the tokenization map after it is reused too.
+Bad rows are not dropped inside the map but marked there; the report is computed from the marks,
+so a cached run reports the same counts as the first.
+
+Errors a user can cause are `DataError`s naming the file (or hub dataset), and the row and column
+where there is one. Row numbers are 0-based data rows: the header of a CSV file is not counted,
+nor are blank lines of a JSON-lines file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError, DataError
+from .formatting import DialogueFormatter, Example, Formatter, Problem
+from .registry import TaskSpec, get_task
+
+if TYPE_CHECKING:
+    import datasets
+
+logger = logging.getLogger(__name__)
+
+PARQUET_REVISION = "refs/convert/parquet"
+# Bump when formatting changes: the formatting map's cache key includes it.
+FORMAT_VERSION = 1
+
+_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+_COMPRESSION = (".gz", ".bz2", ".xz", ".zst")
+_PROBLEM_COLUMNS = ("_problem_row", "_problem_column", "_problem_reason")
+_OUTPUT_COLUMNS = ("source", "target", "references", "example_id")
+_FIRST_ROWS_KEPT = 5
+
+
+@dataclass
+class LoadReport:
+    """What loading one split read and what it left out; str() gives the line to print."""
+
+    task: str
+    split: str
+    origin: str                                  # "file <path>" or "hub <id> ..."
+    rows_read: int = 0
+    examples: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)           # reason -> rows
+    skipped_rows: dict[str, list[int]] = field(default_factory=dict)  # reason -> first rows
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def __str__(self) -> str:
+        text = (f"task {self.task}, split {self.split}, from {self.origin}: "
+                f"{self.rows_read} rows -> {self.examples} examples")
+        if self.skipped:
+            parts = []
+            for reason, count in self.skipped.items():
+                rows = ", ".join(map(str, self.skipped_rows[reason]))
+                more = ", ..." if count > len(self.skipped_rows[reason]) else ""
+                parts.append(f"{reason}: {count} (rows {rows}{more})")
+            text += (f"; skipped {self.total_skipped} bad rows (0-based data rows): "
+                     + "; ".join(parts))
+        for note in self.notes:
+            text += f"; {note}"
+        return text
+
+
+def load_examples(task: str | TaskSpec, split: str, *, data_files: Mapping[str, str] | None = None,
+                  hub_revision: str | None = None, cache_dir: str | None = None,
+                  max_samples: int | None = None, skip_bad_rows: bool = True,
+                  max_history_turns: int | None = None) -> tuple[datasets.Dataset, LoadReport]:
+    """Load one split of a task as (datasets.Dataset of examples, LoadReport).
+
+    data_files maps our split names to local files; a split not in it comes from the hub.
+    max_samples keeps the first N examples (the report still counts the whole split).
+    max_history_turns caps dialogue histories at the last K turns.
+    Raises DataError for a missing or unreadable file, a missing column, a hub failure, a split
+    with no usable row, and, with skip_bad_rows=False, the first bad row.
+    """
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    _check_request(spec, split, data_files, max_samples)
+    formatter = _formatter_for(spec, max_history_turns)
+    path = (data_files or {}).get(split)
+    if path is not None:
+        file = str(path)
+        raw = _read_local_file(file, formatter, cache_dir)
+        report = LoadReport(spec.name, split, f"file {file}")
+    else:
+        file = None
+        raw, origin, notes = _read_hub(spec, split, hub_revision, cache_dir)
+        report = LoadReport(spec.name, split, origin, notes=notes)
+    _check_columns(raw, formatter, file, report.origin)
+
+    marked = _format(raw, formatter, split)
+    report.rows_read = raw.num_rows
+    first_problem = _count_problems(marked, report)
+    if first_problem is not None and not skip_bad_rows:
+        row, column, reason = first_problem
+        raise DataError(f"{reason}{_in_hub(report, file)} (rows are 0-based data rows; pass "
+                        f"skip_bad_rows / --data.skip_bad_rows true to skip such rows)",
+                        file=file, row=row, column=column)
+    examples = marked.filter(_is_example, input_columns="_problem_reason", batched=True)
+    examples = examples.remove_columns(list(_PROBLEM_COLUMNS))
+    if examples.num_rows == 0:
+        raise DataError(f"no usable example{_in_hub(report, file)}: {report}", file=file)
+    if max_samples is not None and max_samples < examples.num_rows:
+        examples = examples.select(range(max_samples))
+        report.notes.append(f"kept the first {max_samples} examples")
+    report.examples = examples.num_rows
+    return examples, report
+
+
+def _check_request(spec: TaskSpec, split: str, data_files: Mapping[str, str] | None,
+                   max_samples: int | None) -> None:
+    if split not in spec.splits:
+        raise DataError(f"task '{spec.name}' has no split '{split}'; "
+                        f"splits: {', '.join(spec.splits)}")
+    unknown = sorted(set(data_files or {}) - set(spec.splits))
+    if unknown:
+        raise DataError(f"data files given for unknown split(s) {', '.join(unknown)}; "
+                        f"splits: {', '.join(spec.splits)}")
+    if max_samples is not None and max_samples < 1:
+        raise ConfigError(f"data.max_{'train' if split == 'train' else 'eval'}_samples",
+                          f"must be at least 1, got {max_samples}")
+
+
+def _formatter_for(spec: TaskSpec, max_history_turns: int | None) -> Formatter:
+    if max_history_turns is None:
+        return spec.formatter
+    if not isinstance(spec.formatter, DialogueFormatter):
+        raise ConfigError("data.max_history_turns",
+                          f"applies to dialogue tasks, not to '{spec.name}'")
+    if max_history_turns < 1:
+        raise ConfigError("data.max_history_turns", "must be at least 1")
+    return replace(spec.formatter, max_history_turns=max_history_turns)
+
+
+def _in_hub(report: LoadReport, file: str | None) -> str:
+    """Where a problem is, for messages whose DataError has no file to name."""
+    return "" if file is not None else f" in {report.origin}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+def _builder_for(path: str) -> tuple[str, dict[str, Any]]:
+    name = path.lower()
+    for suffix in _COMPRESSION:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    extension = os.path.splitext(name)[1]
+    if extension not in _BUILDERS:
+        raise DataError(f"unsupported file extension '{extension or '(none)'}'; use one of "
+                        f"{', '.join(_BUILDERS)}", file=path)
+    return _BUILDERS[extension], ({"delimiter": "\t"} if extension == ".tsv" else {})
+
+
+def _read_local_file(path: str, formatter: Formatter, cache_dir: str | None):
+    if not os.path.exists(path):
+        raise DataError("file does not exist", file=path)
+    if not os.path.isfile(path):
+        raise DataError("is not a file", file=path)
+    if os.path.getsize(path) == 0:
+        raise DataError("file is empty", file=path)
+    builder, options = _builder_for(path)
+    if builder == "json":
+        _check_looks_like_json(path)
+    raw = _load_file(path, builder, options, cache_dir)
+    # A JSON file may hold its rows under a top-level "data" key.
+    if (builder == "json" and "data" in raw.column_names
+            and not set(formatter.required_columns()) <= set(raw.column_names)):
+        raw = _load_file(path, builder, {"field": "data"}, cache_dir)
+    return raw
+
+
+def _check_looks_like_json(path: str) -> None:
+    """Refuse plain text or CSV named .json/.jsonl with a message that says what the file holds."""
+    if path.lower().endswith(_COMPRESSION):
+        return  # let the reader decompress and judge
+    with open(path, "rb") as f:
+        head = f.read(4096).decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    if head and head[0] not in "{[":
+        first_line = head.splitlines()[0][:60]
+        raise DataError(f"content does not match the extension: a JSON-lines or JSON file starts "
+                        f"with '{{' or '[', this one starts with {first_line!r} (CSV or plain "
+                        f"text? name it .csv)", file=path)
+
+
+def _load_file(path: str, builder: str, options: dict[str, Any], cache_dir: str | None):
+    import datasets
+
+    try:
+        return datasets.load_dataset(builder, data_files={"data": path}, split="data",
+                                     cache_dir=cache_dir, **options)
+    except Exception as exc:  # the library raises many types for unreadable content
+        detail = _library_message(exc)
+        kind = {"json": "JSON lines or a JSON list", "csv": "CSV", "parquet": "Parquet"}[builder]
+        raise DataError(f"content does not match the extension: cannot be read as {kind}: "
+                        f"{detail}", file=path) from exc
+
+
+def _library_message(exc: BaseException) -> str:
+    """The message of the exception that caused `exc`, which names the actual problem
+    (datasets wraps parse errors in a generic "An error occurred while generating the dataset")."""
+    while exc.__cause__ is not None and str(exc.__cause__).strip():
+        exc = exc.__cause__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read_hub(spec: TaskSpec, split: str, revision: str | None, cache_dir: str | None):
+    """(raw split, origin for the report, notes) from the hub, or a DataError saying what to try."""
+    config, hub_split = spec.hub_config_for(split), spec.splits[split]
+    describe = f"hub {spec.hub_id}" + (f" ({config})" if config else "") + f" split {hub_split}"
+    if revision == PARQUET_REVISION:
+        try:
+            return _read_parquet_export(spec.hub_id, config, hub_split, describe, cache_dir)
+        except Exception as exc:
+            raise DataError(_hub_failure(spec, split, describe, revision, exc)) from exc
+    try:
+        raw = _load_hub(spec.hub_id, config, hub_split, revision, cache_dir)
+        return raw, describe + (f" @ {revision}" if revision else ""), []
+    except Exception as exc:
+        if not _is_script_refusal(exc):
+            raise DataError(_hub_failure(spec, split, describe, revision, exc)) from exc
+        if revision is not None:
+            raise DataError(_script_advice(spec, split, describe, tried=revision)) from exc
+    # datasets 4+ no longer runs loading scripts; the hub's automatic parquet export of the
+    # same dataset usually loads instead.
+    logger.warning("%s is script-based; trying its parquet export (%s)", describe,
+                   PARQUET_REVISION)
+    try:
+        raw, origin, notes = _read_parquet_export(spec.hub_id, config, hub_split, describe,
+                                                  cache_dir)
+    except Exception as exc:
+        raise DataError(_script_advice(spec, split, describe, tried=PARQUET_REVISION,
+                                       detail=_library_message(exc))) from exc
+    return raw, origin, ["the dataset is script-based: read its parquet export", *notes]
+
+
+def _read_parquet_export(hub_id: str, config: str | None, split: str, describe: str,
+                         cache_dir: str | None):
+    """The hub's parquet export, laid out as <config>/<split>/NNNN.parquet.
+
+    Its branch has no dataset card naming the configs, so the files are given explicitly.
+    Splits too large to convert whole are exported as <config>/partial-<split>/ (their first
+    rows only), which the report says.
+    """
+    folder, origin = config or "default", f"{describe} @ {PARQUET_REVISION}"
+    try:
+        return _load_parquet_folder(hub_id, f"{folder}/{split}", split, cache_dir), origin, []
+    except FileNotFoundError:
+        raw = _load_parquet_folder(hub_id, f"{folder}/partial-{split}", split, cache_dir)
+        return raw, origin, [f"only a partial parquet export of split {split} exists: its "
+                             f"first rows"]
+
+
+def _load_parquet_folder(hub_id: str, folder: str, split: str, cache_dir: str | None):
+    import datasets
+
+    return datasets.load_dataset(hub_id, revision=PARQUET_REVISION, split=split,
+                                 data_files={split: f"{folder}/*.parquet"}, cache_dir=cache_dir)
+
+
+def _load_hub(hub_id: str, config: str | None, split: str, revision: str | None,
+              cache_dir: str | None):
+    import datasets
+
+    return datasets.load_dataset(hub_id, config, split=split, revision=revision,
+                                 cache_dir=cache_dir)
+
+
+def _is_script_refusal(exc: BaseException) -> bool:
+    return "scripts are no longer supported" in str(exc)
+
+
+def _local_file_advice(spec: TaskSpec, split: str) -> str:
+    return (f"give a local file (jsonl/json/csv/parquet) with the columns "
+            f"{', '.join(spec.columns)} via --data.{split}_file")
+
+
+def _script_advice(spec: TaskSpec, split: str, describe: str, *, tried: str,
+                   detail: str | None = None) -> str:
+    message = (f"{describe} is a script-based dataset, which datasets 4+ no longer runs; "
+               f"revision {tried} did not load either")
+    if detail:
+        message += f" ({detail})"
+    suggestion = (f"try --data.hub_revision {PARQUET_REVISION} (the hub's parquet export), or "
+                  if tried != PARQUET_REVISION else
+                  "convert it with datasets 3 (load it, then to_parquet or to_json), and ")
+    return f"{message}; {suggestion}{_local_file_advice(spec, split)}"
+
+
+def _hub_failure(spec: TaskSpec, split: str, describe: str, revision: str | None,
+                 exc: BaseException) -> str:
+    at = f" @ {revision}" if revision else ""
+    return (f"could not load {describe}{at}: {_library_message(exc)}. Without the hub (no "
+            f"network, HF_HUB_OFFLINE=1) or without this split there, "
+            f"{_local_file_advice(spec, split)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema checks, before any row is formatted
+
+def _check_columns(raw, formatter: Formatter, file: str | None, origin: str) -> None:
+    found = raw.column_names
+    for column in formatter.required_columns():
+        if column not in found:
+            where = "" if file is not None else f" in {origin}"
+            raise DataError(f"missing column '{column}'{where}; columns found: "
+                            f"{', '.join(found) or '(none)'}{_looks_like_json_hint(found)}",
+                            file=file, column=column)
+    for column, keys in formatter.required_keys().items():
+        present = _struct_keys(raw.features[column])
+        if present is None:  # free-form values (JSON text, mixed types): checked per row
+            continue
+        for key in keys:
+            if key not in present:
+                where = "" if file is not None else f" in {origin}"
+                raise DataError(f"column '{column}' has no key '{key}'{where}; keys found: "
+                                f"{', '.join(present) or '(none)'}",
+                                file=file, column=f"{column}.{key}")
+
+
+def _struct_keys(feature) -> list[str] | None:
+    """The keys of a struct-like column's schema, or None when the schema does not say."""
+    import datasets
+
+    if isinstance(feature, datasets.Translation):
+        return list(feature.languages)
+    if isinstance(feature, datasets.TranslationVariableLanguages):
+        return None
+    if isinstance(feature, dict):
+        return list(feature)
+    return None
+
+
+def _looks_like_json_hint(columns: list[str]) -> str:
+    if any(c.lstrip().startswith(("{", "[")) for c in columns):
+        return " (the file looks like JSON: give it a .jsonl or .json extension)"
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting as a cached map
+
+def _output_features():
+    import datasets
+
+    return datasets.Features({
+        "source": datasets.Value("string"),
+        "target": datasets.Value("string"),
+        "references": datasets.List(datasets.Value("string")),
+        "example_id": datasets.Value("string"),
+        "_problem_row": datasets.Value("int64"),
+        "_problem_column": datasets.Value("string"),
+        "_problem_reason": datasets.Value("string"),
+    })
+
+
+def _format(raw, formatter: Formatter, split: str):
+    # Dialogue examples span rows, so the whole split is one batch there.
+    batch_size = None if isinstance(formatter, DialogueFormatter) else 1000
+    return raw.map(_format_batch, batched=True, batch_size=batch_size, with_indices=True,
+                   remove_columns=raw.column_names, features=_output_features(),
+                   fn_kwargs={"formatter": formatter, "split": split,
+                              "format_version": FORMAT_VERSION},
+                   desc=f"Formatting {split}")
+
+
+def _format_batch(batch: dict[str, list], indices: list[int], *, formatter: Formatter,
+                  split: str, format_version: int) -> dict[str, list]:
+    del format_version  # only part of the cache key
+    columns = list(batch)
+    rows = [dict(zip(columns, values)) for values in zip(*(batch[c] for c in columns))]
+    out: dict[str, list] = {name: [] for name in (*_OUTPUT_COLUMNS, *_PROBLEM_COLUMNS)}
+    for item in formatter.format_rows(rows, indices, split):
+        if isinstance(item, Example):
+            values = (item.source, item.target, list(item.references), item.example_id,
+                      -1, "", "")
+        else:
+            assert isinstance(item, Problem)
+            values = ("", "", [], "", item.row, item.column, item.reason)
+        for name, value in zip(out, values):
+            out[name].append(value)
+    return out
+
+
+def _is_example(reasons: list[str]) -> list[bool]:
+    return [reason == "" for reason in reasons]
+
+
+def _count_problems(marked, report: LoadReport) -> tuple[int, str, str] | None:
+    """Fill the report's skip counts; return (row, column, reason) of the first bad row."""
+    import pyarrow.compute as pc
+
+    reasons = marked.data.column("_problem_reason")
+    bad = pc.indices_nonzero(pc.not_equal(reasons, "")).to_pylist()
+    if not bad:
+        return None
+    problems = marked.select(bad).select_columns(list(_PROBLEM_COLUMNS)).to_dict()
+    found = sorted(zip(problems["_problem_row"], problems["_problem_column"],
+                       problems["_problem_reason"]))
+    for row, column, reason in found:
+        key = f"column '{column}' {reason}"
+        report.skipped[key] = report.skipped.get(key, 0) + 1
+        kept = report.skipped_rows.setdefault(key, [])
+        if len(kept) < _FIRST_ROWS_KEPT:
+            kept.append(row)
+    return found[0]

@@ -30,7 +30,7 @@ def base_args(files: dict[str, str], out: Path, *, model: str = "barto-tiny", st
             "--train.max_steps", str(steps), "--train.batch_size", str(batch),
             "--train.log_every", "1", "--train.precision", "fp32", "--optim.lr", "1e-3",
             "--optim.warmup_steps", "1", "--optim.weight_decay", "0.01",
-            "--data.max_source_length", "96", "--data.max_target_length", "32",
+            "--data.max_source_length", "96", "--data.max_target_length", "64",
             "--gen.num_beams", "1", "--gen.max_new_tokens", "6", "--gen.min_new_tokens", "0",
             "--train.progress_bar", "false"] + (extra or [])
 

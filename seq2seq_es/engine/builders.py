@@ -20,6 +20,17 @@ def get_model(cfg: RunConfig):
     model, tokenizer = load_model_and_tokenizer(spec.name, cfg.model.path)
     if spec.family == "led" and cfg.model.attention != "hf":
         from ..kernels.led_attention import apply_led_attention
+        if cfg.model.attention == "flex" and getattr(model.config, "attention_dropout", 0.0):
+            # FlexAttention cannot drop attention probabilities; LED-base itself trains with 0.
+            print(f"model.attention=flex: attention dropout "
+                  f"{model.config.attention_dropout} -> 0.0 (FlexAttention has no dropout)")
+            model.config.attention_dropout = 0.0
+            for module in model.modules():
+                if isinstance(getattr(module, "attention_dropout", None), float):
+                    module.attention_dropout = 0.0
+                if hasattr(module, "dropout") and "Attention" in type(module).__name__ \
+                        and isinstance(module.dropout, float):
+                    module.dropout = 0.0
         apply_led_attention(model, cfg.model.attention)
     if cfg.model.dropout is not None:
         set_dropout(model, cfg.model.dropout)

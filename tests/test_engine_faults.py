@@ -1,0 +1,135 @@
+"""Faults and special cases of the engine: non-finite losses, stop signals, refused resumes,
+shared weights under ZeRO-2 with checkpointing, and the demo's data set.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+
+import pytest
+import torch
+
+from engine_runs import (base_args, demo_files, final_weights, kill_group, run, start,
+                         step_losses, wait_for)
+from seq2seq_es.config import RunConfig
+from seq2seq_es.engine import distributed as D
+from seq2seq_es.engine.builders import get_collator, get_engine, get_model, get_split
+from seq2seq_es.engine.trainer import NonFiniteLoss, train_step
+from seq2seq_es.tasks import get_task
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return demo_files(tmp_path_factory.mktemp("faults") / "data", train_size=32)
+
+
+@pytest.fixture(scope="module")
+def one_rank():
+    D.init(D.read_env({}), "gloo")
+    return D.read_env({})
+
+
+def _engine_and_batches(files, on_nan: str):
+    cfg = RunConfig()
+    cfg.model.name, cfg.data.task = "barto-tiny", "mlsum"
+    cfg.data.train_file = files["train"]
+    cfg.data.max_source_length, cfg.data.max_target_length = 64, 32
+    cfg.train.on_nan, cfg.train.batch_size, cfg.train.precision = on_nan, 2, "fp32"
+    cfg.optim.weight_decay = 0.0
+    model, tokenizer, spec = get_model(cfg)
+    split = get_split(cfg, get_task("mlsum"), tokenizer, model, "train", 8, lambda m: None)
+    collate = get_collator(cfg, spec, tokenizer, model)
+    batches = [collate([split.tokenized[i] for i in (0, 1)]),
+               collate([split.tokenized[i] for i in (2, 3)])]
+    engine, *_ = get_engine(model, cfg, D.read_env({}), total_steps=10)
+    return cfg, engine, batches
+
+
+def _poison_next_forward(engine):
+    """Make the LM head's next output non-finite (as an overflowing forward would)."""
+    def hook(module, inputs, output):
+        handle.remove()
+        return output * float("nan")
+    handle = engine.module.lm_head.register_forward_hook(hook)
+
+
+def test_non_finite_loss_stops_with_step_and_batch_shape(files, one_rank):
+    cfg, engine, batches = _engine_and_batches(files, "stop")
+    _poison_next_forward(engine)
+    with pytest.raises(NonFiniteLoss) as err:
+        train_step(engine, batches[:1], one_rank, cfg, step=6)
+    message = str(err.value)
+    assert "step 7" in message and "source (2," in message and "train.on_nan" in message
+
+
+def test_non_finite_loss_skip_leaves_weights_unchanged(files, one_rank):
+    cfg, engine, batches = _engine_and_batches(files, "skip")
+    before = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+    _poison_next_forward(engine)
+    result = train_step(engine, batches[:1], one_rank, cfg, step=0)
+    assert result["skipped_micro_batches"] == 1
+    after = engine.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # The next, healthy batch trains as usual.
+    result = train_step(engine, batches[1:], one_rank, cfg, step=1)
+    assert result["skipped_micro_batches"] == 0
+    assert any(not torch.equal(before[k], engine.module.state_dict()[k]) for k in before)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 3), (signal.SIGINT, 130)])
+def test_stop_signal_saves_a_checkpoint_and_resume_finishes(files, tmp_path, sig, code):
+    out = tmp_path / "run"
+    args = base_args(files, out, steps=400, batch=2, extra=["--train.resume", "auto"])
+    proc = start("none", 1, args)
+    try:
+        wait_for(lambda: 3 in step_losses(out) or proc.poll() is not None)
+        proc.send_signal(sig)
+        proc.wait(timeout=300)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == code, proc.stdout.read()[-3000:]
+    checkpoints = sorted((out / "checkpoints").glob("step_*"))
+    assert len(checkpoints) == 1
+    stopped_at = json.loads((checkpoints[0] / "trainer_state.json").read_text())["step"]
+    assert 3 <= stopped_at < 400
+    if sig == signal.SIGTERM:
+        assert json.loads((out / "PREEMPTED").read_text())["signal"] == "SIGTERM"
+    short = [a if a != "400" else str(stopped_at + 2) for a in args]
+    run("none", 1, short)
+    assert max(step_losses(out)) == stopped_at + 2
+    assert not (out / "PREEMPTED").exists()
+
+
+@pytest.mark.slow
+def test_resume_that_cannot_work_is_refused(files, tmp_path):
+    out = tmp_path / "empty"
+    proc = run("none", 1, base_args(files, out, steps=2, extra=["--train.resume", "must"]),
+               check=False)
+    assert proc.returncode == 2
+    assert "error: config key 'train.resume': no complete checkpoint" in proc.stderr
+
+
+@pytest.mark.slow
+def test_betoshare_trains_under_zero2_with_checkpointing_and_export_keeps_the_tie(files, tmp_path):
+    from seq2seq_es.models import load_model_and_tokenizer
+    from seq2seq_es.models.sharing import shared_parameter_pairs
+
+    out = tmp_path / "betoshare"
+    run("torchrun", 2, base_args(files, out, model="betoshare-tiny", steps=3, batch=2, extra=[
+        "--dist.zero_stage", "2", "--model.gradient_checkpointing", "true"]))
+    losses = step_losses(out)
+    assert sorted(losses) == [1, 2, 3] and all(torch.isfinite(torch.tensor(v)) for v in
+                                               losses.values())
+    model, _ = load_model_and_tokenizer("betoshare-tiny", str(out / "final"))
+    pairs = shared_parameter_pairs(model)
+    assert pairs, "the exported betoshare lost its encoder-decoder tie"
+    params = dict(model.named_parameters(remove_duplicate=False))
+    enc, dec = pairs[0]
+    assert params[enc] is params[dec]
+    initial, _ = load_model_and_tokenizer("betoshare-tiny")
+    assert not torch.equal(dict(initial.named_parameters())[dec], params[dec])  # it trained
+    weights = final_weights(out)
+    assert dec in weights or enc in weights

@@ -30,7 +30,9 @@ class ModelConfig:
     path: str | None = None               # local folder or hub id overriding the registry's hub id
     gradient_checkpointing: bool = False  # non-reentrant activation checkpointing
     attention: str = "hf"                 # LED only: hf | sdpa | flex (seq2seq_es.kernels.led_attention)
-    compile: bool = False                 # torch.compile the model
+    compile: bool = False                 # torch.compile the model (lengths padded to 64s)
+    lean_ce: bool = False                 # chunked LM-head + cross-entropy, no full logits
+    lean_ce_chunk: int = 2048             # tokens per chunk of the lean cross-entropy
     dropout: float | None = None          # override every dropout probability (None: the model's)
 
 
@@ -70,7 +72,9 @@ class TrainConfig:
     seed: int = 42
     epochs: int = 6
     max_steps: int = 0                    # > 0 overrides epochs
-    batch_size: int = 8                   # per device, per micro-batch
+    batch_size: int = 8                   # per device, per micro-batch (batching=fixed)
+    batching: str = "fixed"               # fixed | token_budget (length-sorted, padded <= max_tokens)
+    max_tokens: int = 0                   # token_budget: padded source+target tokens per micro-batch
     grad_accum: int = 1
     eval_batch_size: int = 0              # 0: same as batch_size
     precision: str = "auto"               # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
@@ -309,6 +313,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("train.epochs", "must be at least 1 when train.max_steps is 0")
     if t.batch_size < 1:
         raise ConfigError("train.batch_size", "must be at least 1")
+    if t.batching not in ("fixed", "token_budget"):
+        raise ConfigError("train.batching", "expected fixed or token_budget")
+    if t.batching == "token_budget" and t.max_tokens < 1:
+        raise ConfigError("train.max_tokens", "token_budget batching needs a positive budget "
+                          "(padded source + target tokens per micro-batch)")
+    if cfg.model.lean_ce_chunk < 1:
+        raise ConfigError("model.lean_ce_chunk", "must be at least 1")
     if t.grad_accum < 1:
         raise ConfigError("train.grad_accum", "must be at least 1")
     if t.precision not in ("auto", "bf16", "fp32"):

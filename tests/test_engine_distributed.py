@@ -69,7 +69,9 @@ def test_two_ranks_match_one_process_under_every_zero_stage(workdir, files, mode
     ref = reference(workdir, files, model)
     out = two_ranks(workdir, files, model, stage)
     assert_losses_close(step_losses(out), step_losses(ref), 1e-5)
-    assert max_weight_diff(final_weights(out), final_weights(ref)) < 1e-5
+    # Adam divides by the gradient's own scale, so float-rounding differences between the splits
+    # move weights by up to ~1e-5 of an lr of 1e-3; a wrong normalisation moves them by ~1e-3.
+    assert max_weight_diff(final_weights(out), final_weights(ref)) < 1e-4
     # The export loads with from_pretrained, under ZeRO-3 too.
     from transformers import AutoModelForSeq2SeqLM
     AutoModelForSeq2SeqLM.from_pretrained(out / "final")
@@ -85,7 +87,7 @@ def test_loss_normalisation_does_not_depend_on_how_a_step_is_split(workdir, file
     ranks = two_ranks(workdir, files, "barto-tiny", 0)                 # 2 x 1 x 4
     for other in (accumulated, ranks):
         assert_losses_close(step_losses(other), step_losses(ref), 1e-5)
-        assert max_weight_diff(final_weights(other), final_weights(ref)) < 1e-5
+        assert max_weight_diff(final_weights(other), final_weights(ref)) < 1e-4
     # A per-micro-batch mean would weight the short targets of a small micro-batch more: the
     # runs above would then differ. Check the targets really differ in length across examples.
     lengths = {len(json.loads(line)["summary"]) for line in open(files["train"])}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ..config import RunConfig, check_target_coverage
 from ..data.collator import Seq2SeqCollator, sentence_start_ids
 from ..data.sampler import StepPlan
@@ -120,16 +122,30 @@ def get_collator(cfg: RunConfig, spec, tokenizer, model) -> Seq2SeqCollator:
                                global_attention=cfg.data.global_attention,
                                sentence_end_ids=sentence_start_ids(tokenizer)
                                if cfg.data.global_attention == "sentences" else frozenset())
-    return Seq2SeqCollator(tokenizer.pad_token_id, model.config.decoder_start_token_id)
+    # Compiled models see few distinct shapes when lengths are padded to multiples of 64.
+    multiple = 64 if cfg.model.compile else (8 if torch.cuda.is_available() else 1)
+    return Seq2SeqCollator(tokenizer.pad_token_id, model.config.decoder_start_token_id,
+                           pad_to_multiple_of=multiple)
 
 
-def get_step_plan(cfg: RunConfig, env: D.DistEnv, num_train: int) -> tuple[StepPlan, int]:
-    plan = StepPlan(num_train, cfg.train.batch_size, cfg.train.grad_accum, env.world_size,
-                    cfg.train.seed)
-    if plan.steps_per_epoch == 0:
-        raise ConfigError("train.batch_size",
-                          f"one step takes {plan.global_batch} examples (batch_size x grad_accum x "
-                          f"{env.world_size} ranks) but the training split has {num_train}")
+def get_step_plan(cfg: RunConfig, env: D.DistEnv, train: SplitData, pad_to_multiple_of: int):
+    """The data order: fixed-size random batches, or token-budget batches of similar lengths."""
+    num_train = len(train.tokenized)
+    if cfg.train.batching == "token_budget":
+        from ..data.token_budget import TokenBudgetPlan
+        lengths = train.tokenized.select_columns(["input_ids", "labels"])
+        plan = TokenBudgetPlan([len(x) for x in lengths["input_ids"]],
+                               [len(x) for x in lengths["labels"]], cfg.train.max_tokens,
+                               cfg.train.grad_accum, env.world_size, cfg.train.seed,
+                               pad_to_multiple_of=pad_to_multiple_of)
+    else:
+        plan = StepPlan(num_train, cfg.train.batch_size, cfg.train.grad_accum, env.world_size,
+                        cfg.train.seed)
+        if plan.steps_per_epoch == 0:
+            raise ConfigError("train.batch_size",
+                              f"one step takes {plan.global_batch} examples (batch_size x "
+                              f"grad_accum x {env.world_size} ranks) but the training split has "
+                              f"{num_train}")
     total = cfg.train.max_steps or plan.steps_per_epoch * cfg.train.epochs
     warmup = cfg.optim.warmup_steps
     if warmup >= total:
@@ -141,11 +157,17 @@ def get_step_plan(cfg: RunConfig, env: D.DistEnv, num_train: int) -> tuple[StepP
 def get_engine(model, cfg: RunConfig, env: D.DistEnv, total_steps: int):
     import deepspeed
 
+    if cfg.model.lean_ce:
+        from ..kernels.lean_ce import install_lean_loss
+        install_lean_loss(model, cfg.model.lean_ce_chunk)
+
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     ds_config = deepspeed_config(cfg, env.world_size)
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    if cfg.model.compile:
+        engine.compile()
     return engine, optimizer, scheduler, ds_config
 
 

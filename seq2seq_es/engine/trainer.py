@@ -86,7 +86,9 @@ def train_step(engine, micro_batches: list[dict], env: D.DistEnv, cfg: RunConfig
     device = env.device
     local_target = sum(int((b["labels"] != -100).sum()) for b in micro_batches)
     local_source = sum(int(b["attention_mask"].sum()) for b in micro_batches)
-    target_tokens, source_tokens = D.all_reduce_sum([local_target, local_source], device)
+    local_padded = sum(b["labels"].numel() + b["input_ids"].numel() for b in micro_batches)
+    target_tokens, source_tokens, padded_tokens = D.all_reduce_sum(
+        [local_target, local_source, local_padded], device)
     scale = env.world_size * len(micro_batches) / max(target_tokens, 1.0)
     ce_local, skipped = 0.0, 0
     for k, batch in enumerate(micro_batches):
@@ -94,8 +96,10 @@ def train_step(engine, micro_batches: list[dict], env: D.DistEnv, cfg: RunConfig
         labels = batch.pop("labels")
         shape = f"source {tuple(batch['input_ids'].shape)}, target {tuple(labels.shape)}"
         try:
-            logits = engine(**batch).logits
-            ce = token_ce_sum(logits, labels)
+            if cfg.model.lean_ce:  # through engine(...): DeepSpeed hooks its forward output
+                ce = engine(**batch, lean_ce_labels=labels)
+            else:
+                ce = token_ce_sum(engine(**batch).logits, labels)
             finite = D.all_reduce_max(0.0 if torch.isfinite(ce).item() else 1.0, device) == 0.0
             if finite:
                 loss = ce * scale
@@ -116,7 +120,8 @@ def train_step(engine, micro_batches: list[dict], env: D.DistEnv, cfg: RunConfig
                 "data.max_source_length, or set model.gradient_checkpointing=true") from exc
     (ce_total,) = D.all_reduce_sum([ce_local], device)
     return {"loss": ce_total / max(target_tokens, 1.0), "target_tokens": target_tokens,
-            "tokens": target_tokens + source_tokens, "skipped_micro_batches": skipped}
+            "tokens": target_tokens + source_tokens, "padded_tokens": padded_tokens,
+            "skipped_micro_batches": skipped}
 
 
 def export_hf(engine, tokenizer, generation_config, out: Path, zero_stage: int,
@@ -151,10 +156,13 @@ def train(cfg: RunConfig) -> dict:
     eval_data = get_split(cfg, task, tokenizer, model, "validation", cfg.data.max_eval_samples, say)
     collator = get_collator(cfg, spec, tokenizer, model)
     generation_config = get_generation_config(cfg, spec, tokenizer)
-    plan, total_steps = get_step_plan(cfg, env, len(train_data.tokenized))
+    plan, total_steps = get_step_plan(cfg, env, train_data, collator.pad_to_multiple_of)
     if plan.dropped_per_epoch:
-        say(f"{plan.dropped_per_epoch} training examples per epoch do not fill a global batch "
-            f"of {plan.global_batch} and are left out of that epoch (the order changes each epoch)")
+        say(f"{plan.dropped_per_epoch} training examples per epoch do not fill a last step and "
+            "are left out of that epoch (the order changes each epoch)")
+    if hasattr(plan, "padded_fraction"):
+        say(f"token-budget batches: {plan.padded_fraction(0):.1%} padding in epoch 0 "
+            f"(random order with the same budget: {plan.random_order_padded_fraction(0):.1%})")
     engine, _, scheduler, ds_config = get_engine(model, cfg, env, total_steps)
 
     state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "world_size": env.world_size}
@@ -185,7 +193,7 @@ def train(cfg: RunConfig) -> dict:
         if cfg.train.eval_at_start and state["step"] == 0:
             run_eval(0)
         steps = plan.iter_steps(state["epoch"], state["step_in_epoch"], env.rank)
-        window_start, window_tokens = time.perf_counter(), 0.0
+        window_start, window_tokens, window_padded = time.perf_counter(), 0.0, 0.0
         while state["step"] < total_steps:
             epoch, step_in_epoch, micro_indices = next(steps)
             micro = [collator([train_data.tokenized[i] for i in idx]) for idx in micro_indices]
@@ -194,15 +202,17 @@ def train(cfg: RunConfig) -> dict:
                      "world_size": env.world_size}
             step = state["step"]
             window_tokens += result["tokens"]
+            window_padded += result["padded_tokens"]
             if step % max(cfg.train.log_every, 1) == 0 or step == total_steps or step == 1:
                 elapsed = time.perf_counter() - window_start
                 lr = scheduler.get_last_lr()[0]
                 tokens_per_s = window_tokens / max(elapsed, 1e-9)
                 log.log(step, {"train/loss": result["loss"], "train/lr": lr,
                                "train/tokens_per_s": tokens_per_s, "train/epoch": epoch,
+                               "train/padded_fraction": 1.0 - window_tokens / max(window_padded, 1),
                                "train/skipped_micro_batches": result["skipped_micro_batches"]})
                 log.progress(step, result["loss"], lr, tokens_per_s)
-                window_start, window_tokens = time.perf_counter(), 0.0
+                window_start, window_tokens, window_padded = time.perf_counter(), 0.0, 0.0
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total_steps:
                 run_eval(step)
             if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps:

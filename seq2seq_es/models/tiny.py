@@ -227,7 +227,14 @@ def _build_t5s(folder: Path) -> None:
         relative_attention_num_buckets=32, relative_attention_max_distance=128,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id)
-    T5ForConditionalGeneration(config).save_pretrained(folder)
+    model = T5ForConditionalGeneration(config)
+    # T5S (v1.1) has its own LM head. transformers 5 ties it to the embeddings for any model built
+    # from a config, and keeps two saved weights apart only when their values differ: give the
+    # head its own, smaller, initialisation (which also starts the loss near ln(vocab)).
+    head = torch.empty_like(model.lm_head.weight)
+    torch.nn.init.normal_(head, std=HIDDEN ** -0.5 * 0.1)
+    model.lm_head.weight = torch.nn.Parameter(head)
+    model.save_pretrained(folder)
 
 
 def _build_bert(folder: Path, specials: list[str]) -> None:

@@ -1,1 +1,11 @@
+"""Training runs and sweeps as SLURM jobs through submitit, safe against pre-emption.
 
+`SlurmConfig` holds a job's resources, `TrainJob` is the callable every task of the job runs,
+`seq2seq_es.slurm.cli.main` implements `seq2seq-es slurm submit|sweep|status|collect`.
+"""
+
+from .config import SlurmConfig, make_executor, render_sbatch
+from .job import EXIT_PREEMPTED, OutOfRequeuesError, TrainJob
+
+__all__ = ["SlurmConfig", "make_executor", "render_sbatch", "TrainJob", "EXIT_PREEMPTED",
+           "OutOfRequeuesError"]

@@ -1,0 +1,265 @@
+"""`seq2seq-es slurm submit|sweep|status|collect`: training runs as SLURM jobs.
+
+  submit --task T --model M [--run-dir DIR] [SLURM options] [--dry-run] [-- train overrides]
+  sweep  --sweep-dir DIR [--models A,B] [--tasks X,Y | --pair M:T ...] [--grid KEY=V1,V2 ...]
+         [--no-grid] [--max-parallel N] [SLURM options] [--dry-run] [-- train overrides]
+  status SWEEP [--json]            SWEEP: a sweep folder, or a run folder made by `submit`
+  collect SWEEP [--split eval] [--metrics A,B] [--markdown FILE] [--csv FILE]
+
+SLURM options come from `--slurm-config FILE` (the `slurm:` section of a YAML file, keys as in
+SlurmConfig) and then from the flags, which win. Train overrides after `--` are passed to
+`seq2seq-es train` as they are (`--optim.lr 3e-5 --train.max_steps 100`).
+Without --grid a sweep uses the paper's grid: train.batch_size 4,8,16 x optim.lr 3e-5,5e-5 x
+train.epochs 3,6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, Seq2SeqEsError
+from . import paper_grid
+from .config import SlurmConfig, load_slurm_yaml
+from .job import DEFAULT_ENTRY
+from .monitor import (build_table, format_csv, format_markdown, format_status, status_json,
+                      sweep_status)
+from .sweep import (RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, check_names,
+                    check_overrides, check_partition, check_run_dir, check_sweep_dir,
+                    dry_run_script, load_manifest, new_manifest, parse_grid, plan_runs,
+                    select_pairs, submit, train_argv)
+
+# flag -> SlurmConfig field, for the flags that map one to one
+_SLURM_FLAGS: dict[str, tuple[str, Any]] = {
+    "nodes": ("nodes", int),
+    "gpus_per_node": ("gpus_per_node", int),
+    "tasks_per_node": ("tasks_per_node", int),
+    "partition": ("partition", str),
+    "account": ("account", str),
+    "qos": ("qos", str),
+    "constraint": ("constraint", str),
+    "time": ("time_min", int),
+    "mem_gb": ("mem_gb", float),
+    "cpus_per_task": ("cpus_per_task", int),
+    "max_requeues": ("max_requeues", int),
+    "signal_delay_s": ("signal_delay_s", int),
+    "job_name": ("job_name", str),
+    "python": ("python", str),
+}
+
+
+def _add_slurm_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("SLURM options (override --slurm-config)")
+    group.add_argument("--slurm-config", metavar="FILE", help="YAML with a slurm: section")
+    group.add_argument("--nodes", type=int)
+    group.add_argument("--gpus-per-node", type=int, help="0: CPU; else one task per GPU")
+    group.add_argument("--tasks-per-node", type=int, help="CPU runs only (default 1)")
+    group.add_argument("--partition")
+    group.add_argument("--account")
+    group.add_argument("--qos")
+    group.add_argument("--constraint")
+    group.add_argument("--time", type=int, metavar="MINUTES", help="time limit per start")
+    group.add_argument("--mem-gb", type=float)
+    group.add_argument("--cpus-per-task", type=int)
+    group.add_argument("--max-requeues", type=int, help="restarts after pre-emption/time limit")
+    group.add_argument("--signal-delay-s", type=int,
+                       help="seconds before the time limit at which the job is told to save")
+    group.add_argument("--job-name")
+    group.add_argument("--python", help="python command on the nodes (default: this interpreter)")
+    group.add_argument("--setup", action="append", default=[], metavar="LINE",
+                       help="shell line run before the job starts (repeatable)")
+    group.add_argument("--sbatch", action="append", default=[], metavar="OPTION=VALUE",
+                       help="any other sbatch option, e.g. --sbatch mail-type=END (repeatable)")
+    group.add_argument("--entry", default=DEFAULT_ENTRY, metavar="MODULE:FUNCTION",
+                       help="training entry called with ['train', ...]; "
+                            "seq2seq_es.slurm.probe:main checks a cluster without training")
+
+
+def slurm_config_from_args(args: argparse.Namespace) -> SlurmConfig:
+    values: dict[str, Any] = load_slurm_yaml(args.slurm_config) if args.slurm_config else {}
+    for flag, (key, _) in _SLURM_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            values[key] = value
+    if args.setup:
+        values["setup"] = list(values.get("setup") or []) + args.setup
+    if args.sbatch:
+        extra = dict(values.get("extra_sbatch") or {})
+        for spec in args.sbatch:
+            key, sep, value = spec.partition("=")
+            key = key.strip().lstrip("-")
+            if not key:
+                raise ConfigError("--sbatch", f"'{spec}' must look like OPTION=VALUE or OPTION")
+            extra[key] = value if sep else True
+        values["extra_sbatch"] = extra
+    return SlurmConfig.from_mapping(values)
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1:]
+    return argv, []
+
+
+def _names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    return names or None
+
+
+# ---- submit ----------------------------------------------------------------------------------
+
+def cmd_submit(argv: list[str]) -> int:
+    own, overrides = _split_overrides(argv)
+    parser = argparse.ArgumentParser(prog="seq2seq-es slurm submit")
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--run-dir", help="the run's folder (default runs/<model>__<task>__<time>)")
+    parser.add_argument("--dry-run", action="store_true", help="print the sbatch script only")
+    _add_slurm_options(parser)
+    args = parser.parse_args(own)
+
+    check_names([args.model], [args.task])
+    check_overrides(overrides)
+    config = slurm_config_from_args(args)
+    check_partition(config.partition, required=not args.dry_run)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(args.run_dir or f"runs/{args.model}__{args.task}__{stamp}").absolute()
+    if not args.dry_run:
+        check_run_dir(run_dir)
+    run = RunPlan(name=run_dir.name, model=args.model, task=args.task, grid_point={},
+                  run_dir=str(run_dir),
+                  argv=train_argv(args.model, args.task, run_dir, {}, overrides))
+    folder = Path(config.folder).absolute() if config.folder else run_dir / SUBMITIT_DIR
+    manifest = new_manifest("run", [run], {}, config, folder, args.entry, overrides, None)
+    if args.dry_run:
+        print(dry_run_script(config, manifest), end="")
+        print(f"# run folder: {run_dir}")
+        print(f"# train arguments: {' '.join(run.argv)}")
+        return 0
+    submit(manifest, config, run_dir / RUN_MANIFEST)
+    print(f"submitted job {run.job_id}: {config.nodes} node(s) x {config.ntasks_per_node} task(s)")
+    print(f"run folder: {run_dir}")
+    print(f"logs: {folder}/{run.job_id}_<rank>_log.out|err (linked in {run_dir}/logs)")
+    print(f"status: seq2seq-es slurm status {run_dir}")
+    return 0
+
+
+# ---- sweep -----------------------------------------------------------------------------------
+
+def cmd_sweep(argv: list[str]) -> int:
+    own, overrides = _split_overrides(argv)
+    parser = argparse.ArgumentParser(prog="seq2seq-es slurm sweep")
+    parser.add_argument("--sweep-dir", required=True)
+    parser.add_argument("--models", help="comma-separated filter on the paper's pairs")
+    parser.add_argument("--tasks", help="comma-separated filter on the paper's pairs")
+    parser.add_argument("--pair", action="append", default=[], metavar="MODEL:TASK",
+                        help="explicit pair instead of the paper's (repeatable)")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                        help="grid axis (repeatable); default: the paper's grid")
+    parser.add_argument("--no-grid", action="store_true", help="one run per pair, no grid")
+    parser.add_argument("--max-parallel", type=int, default=4,
+                        help="array jobs running at once (default 4)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and sbatch script")
+    _add_slurm_options(parser)
+    args = parser.parse_args(own)
+
+    if args.max_parallel < 1:
+        raise ConfigError("--max-parallel", f"expected an integer >= 1, got {args.max_parallel}")
+    if args.no_grid and args.grid:
+        raise ConfigError("--grid", "--grid and --no-grid exclude each other")
+    pairs = select_pairs(_names(args.models), _names(args.tasks), args.pair)
+    if args.no_grid:
+        grid: dict[str, list[str]] = {}
+    elif args.grid:
+        grid = parse_grid(args.grid)
+    else:
+        grid = {key: list(values) for key, values in paper_grid.PAPER_GRID.items()}
+    check_overrides(overrides)
+    config = slurm_config_from_args(args)
+    check_partition(config.partition, required=not args.dry_run)
+    sweep_dir = Path(args.sweep_dir).absolute()
+    runs = plan_runs(sweep_dir, pairs, grid, overrides)
+    check_sweep_dir(sweep_dir, runs)
+    folder = Path(config.folder).absolute() if config.folder else sweep_dir / SUBMITIT_DIR
+    manifest = new_manifest("sweep", runs, grid, config, folder, args.entry, overrides,
+                            args.max_parallel)
+    if args.dry_run:
+        print(dry_run_script(config, manifest), end="")
+        print(f"# {len(runs)} run(s) in {sweep_dir}, at most {args.max_parallel} at once:")
+        for run in runs:
+            print(f"#   {run.name}")
+        return 0
+    submit(manifest, config, sweep_dir / SWEEP_MANIFEST)
+    first, last = runs[0].job_id, runs[-1].job_id
+    print(f"submitted {len(runs)} run(s) as jobs {first}..{last}, at most {args.max_parallel} at "
+          f"once")
+    print(f"sweep folder: {sweep_dir}")
+    print(f"status: seq2seq-es slurm status {sweep_dir}")
+    return 0
+
+
+# ---- status / collect ------------------------------------------------------------------------
+
+def cmd_status(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="seq2seq-es slurm status")
+    parser.add_argument("sweep", metavar="SWEEP", help="sweep folder, run folder or manifest")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    manifest = load_manifest(args.sweep)
+    statuses = sweep_status(manifest)
+    print(status_json(statuses) if args.json else format_status(manifest, statuses))
+    return 0
+
+
+def cmd_collect(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="seq2seq-es slurm collect")
+    parser.add_argument("sweep", metavar="SWEEP")
+    parser.add_argument("--split", default="eval", help="metric prefix to tabulate (eval, test)")
+    parser.add_argument("--metrics", help="comma-separated metric names (default: all task metrics)")
+    parser.add_argument("--markdown", metavar="FILE", help="default <SWEEP>/results.md")
+    parser.add_argument("--csv", metavar="FILE", help="default <SWEEP>/results.csv")
+    args = parser.parse_args(argv)
+    manifest = load_manifest(args.sweep)
+    table = build_table(manifest, split=args.split, metrics=_names(args.metrics))
+    markdown, csv_text = format_markdown(table), format_csv(table)
+    base = Path(manifest.path).parent
+    markdown_path = Path(args.markdown) if args.markdown else base / "results.md"
+    csv_path = Path(args.csv) if args.csv else base / "results.csv"
+    markdown_path.write_text(markdown, encoding="utf-8")
+    csv_path.write_text(csv_text, encoding="utf-8")
+    print(markdown, end="")
+    print(f"\nwritten: {markdown_path}, {csv_path}")
+    return 0
+
+
+COMMANDS = {"submit": cmd_submit, "sweep": cmd_sweep, "status": cmd_status, "collect": cmd_collect}
+
+
+def main(argv: list[str]) -> int:
+    """`seq2seq-es slurm ...`; argv starts with the sub-command. Returns the exit status."""
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(__doc__)
+        return 0
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"error: unknown slurm command '{argv[0]}'; known: {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    try:
+        return command(argv[1:])
+    except Seq2SeqEsError as exc:
+        if os.environ.get("SEQ2SEQ_ES_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,241 @@
+"""The callable a SLURM job runs: distributed environment, training entry, pre-emption and requeue.
+
+How pre-emption works (and why not with submitit's own handler)
+---------------------------------------------------------------
+submitit's job process (`submitit.core._submit` -> `submission.process_job`) installs signal
+handlers before it calls the job: SIGUSR2 -> `SignalHandler.checkpoint_and_try_requeue`, SIGTERM and
+SIGCONT -> `bypass` (logged, ignored). That USR2 handler runs wherever the main thread happens to be;
+on rank 0 it calls the callable's `checkpoint()`, pickles the result over the job's submitted
+pickle, runs `scontrol requeue <job>` and `sys.exit(-1)`; on every other rank it returns and does
+nothing. For training that is wrong: DeepSpeed saving is collective, so rank 0 cannot save alone in
+the middle of a step, and the other ranks never learn about the signal.
+
+So the training engine takes the signals over: while its loop runs its own handlers (SIGUSR2, SIGTERM)
+only set a flag, the ranks all-reduce that flag at the next step boundary, save one checkpoint
+together, rank 0 writes `<run_dir>/PREEMPTED` and every rank leaves with exit status 3
+(`EXIT_PREEMPTED`). TrainJob then does the requeue: after the entry returns it ignores further stop
+signals (so a second SIGUSR2 cannot make submitit's handler requeue twice), and
+
+* rank 0 checks `SLURM_RESTART_COUNT` (SLURM counts requeues of the same job id) against
+  `max_requeues`; below it, it records the event and runs `scontrol requeue $SLURM_JOB_ID`, which
+  puts the job back in the queue under the same id; SLURM then stops the remaining tasks. The
+  restarted job unpickles the same TrainJob, and the entry resumes from the last checkpoint
+  (`--train.resume auto`), so no step is lost or repeated.
+* with the requeues used up, rank 0 writes `<run_dir>/OUT_OF_REQUEUES` and raises
+  `OutOfRequeuesError`: the job fails and `slurm status` says "out of requeues".
+* the other ranks leave with status 0 and let rank 0 decide: the job step runs with srun's
+  --kill-on-bad-exit (so that a crashed rank cannot leave the others waiting in a collective
+  until the process-group timeout), and a non-zero status there would kill rank 0 before it has
+  requeued the job.
+* the ranks leave through SystemExit, which submitit does not catch: no result pickle is
+  written, so the job does not look finished to submitit while it waits in the queue.
+
+A signal that arrives before the engine has installed its handlers (while the model loads) still
+reaches submitit's handler: `checkpoint()` below then applies the same requeue limit and returns
+the unchanged job (all state lives in the run folder's checkpoints), and submitit requeues it.
+
+The time limit follows the same path: the sbatch script asks SLURM for `--signal=USR2@<delay>`
+before the limit (`SlurmConfig.signal_delay_s`). A cluster that requeues pre-empted jobs itself
+(PreemptMode=REQUEUE) sends SIGTERM; the engine saves the same way and the failed
+`scontrol requeue` (the job is already being requeued) is only logged.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Callable
+
+import submitit
+
+EXIT_PREEMPTED = 3
+DEFAULT_ENTRY = "seq2seq_es.cli:main"
+
+EVENTS_FILE = "slurm_events.jsonl"
+OUT_OF_REQUEUES_FILE = "OUT_OF_REQUEUES"
+DONE_FILE = "DONE"
+LOGS_DIR = "logs"
+
+_PORT_RANGE = (20000, 60000)
+
+
+class OutOfRequeuesError(RuntimeError):
+    """The job was pre-empted again after using all its requeues."""
+
+
+class TrainingFailed(RuntimeError):
+    """The training entry returned a non-zero exit status other than EXIT_PREEMPTED."""
+
+
+def resolve_entry(spec: str) -> Callable[[list[str]], Any]:
+    """'package.module:function' -> the function (imported on the node, not pickled)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"entry '{spec}' must look like package.module:function")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def restart_count() -> int:
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+
+
+def master_port(job_id: str, restart: int) -> int:
+    """Same on every rank, different after a requeue (the old port may still be in TIME_WAIT)."""
+    low, high = _PORT_RANGE
+    return low + zlib.crc32(f"{job_id}:{restart}".encode()) % (high - low)
+
+
+def append_event(run_dir: str | Path, event: str, **fields: Any) -> None:
+    path = Path(run_dir) / EVENTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"event": event, "time": round(time.time(), 3), **fields}
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """Runs `entry(["train", *argv])` on every task of a SLURM job and requeues it when pre-empted.
+
+    argv: the train arguments (task, model, output dir, overrides); run_dir: the run's output folder
+    (where the engine writes metrics.jsonl, PREEMPTED and DONE); entry: 'module:function' taking an
+    argv list and returning (or exiting with) a status; max_requeues: how many times the job may put
+    itself back in the queue; bind_gpus: give each task the GPU of its local rank.
+    """
+
+    def __init__(self, argv: list[str], *, run_dir: str | Path, entry: str = DEFAULT_ENTRY,
+                 max_requeues: int = 3, bind_gpus: bool = False):
+        self.argv = [str(arg) for arg in argv]
+        self.run_dir = str(Path(run_dir).absolute())
+        self.entry = entry
+        self.max_requeues = max_requeues
+        self.bind_gpus = bind_gpus
+
+    def __call__(self) -> dict[str, Any]:
+        dist = self._export_distributed_env()
+        restart = restart_count()
+        Path(self.run_dir).mkdir(parents=True, exist_ok=True)
+        self._link_logs(dist.rank)
+        if dist.rank == 0:
+            append_event(self.run_dir, "start", job_id=_job_id(), restart=restart,
+                         world_size=dist.world_size, master=f"{dist.master_addr}:{dist.master_port}",
+                         hosts=os.environ.get("SLURM_JOB_NODELIST", ""))
+        try:
+            status = self._run_entry()
+        except Exception as exc:
+            if dist.rank == 0:
+                append_event(self.run_dir, "failed", job_id=_job_id(), restart=restart,
+                             error=f"{type(exc).__name__}: {exc}")
+            raise
+        _ignore_stop_signals()
+        if status == 0:
+            if dist.rank == 0:
+                append_event(self.run_dir, "finished", job_id=_job_id(), restart=restart)
+            return {"run_dir": self.run_dir, "restarts": restart}
+        if status == EXIT_PREEMPTED:
+            self._requeue_or_give_up(dist.rank, restart)
+        if dist.rank == 0:
+            append_event(self.run_dir, "failed", job_id=_job_id(), restart=restart, status=status)
+        raise TrainingFailed(f"training exited with status {status} on rank {dist.rank}; "
+                             "its error is in this task's log")
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        """submitit's USR2 handler (rank 0, before the engine's own handlers are installed)."""
+        restart = restart_count()
+        if restart >= self.max_requeues:
+            self._mark_out_of_requeues(restart)
+            return None  # submitit then raises UncompletedJobError: the job fails
+        append_event(self.run_dir, "requeued", job_id=_job_id(), restart=restart,
+                     reason="signal before the training loop")
+        return super().checkpoint(*args, **kwargs)
+
+    def _export_distributed_env(self):
+        """RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT for torch's env:// rendezvous."""
+        os.environ["MASTER_PORT"] = str(master_port(_job_id(), restart_count()))
+        dist = submitit.helpers.TorchDistributedEnvironment()
+        dist.export(set_cuda_visible_devices=False, overwrite=True)
+        if self.bind_gpus:
+            _bind_gpu(dist.local_rank)
+        return dist
+
+    def _run_entry(self) -> int:
+        entry = resolve_entry(self.entry)
+        try:
+            status = entry(["train", *self.argv])
+        except SystemExit as exit_:
+            status = exit_.code
+        if status is None:
+            return 0
+        return status if isinstance(status, int) else 1
+
+    def _requeue_or_give_up(self, rank: int, restart: int) -> None:
+        if rank != 0:
+            # Rank 0 decides and reports. Leaving with status 0 keeps srun's --kill-on-bad-exit
+            # from killing rank 0 before it has requeued the job or written the marker.
+            raise SystemExit(0)
+        if restart >= self.max_requeues:
+            self._mark_out_of_requeues(restart)
+            raise OutOfRequeuesError(f"pre-empted after {restart} requeue(s); max_requeues is "
+                                     f"{self.max_requeues}")
+        job_id = os.environ.get("SLURM_JOB_ID", "")
+        append_event(self.run_dir, "requeued", job_id=_job_id(), restart=restart,
+                     reason="pre-empted; checkpoint saved")
+        result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True,
+                                timeout=60)
+        if result.returncode != 0:
+            print(f"scontrol requeue {job_id} failed ({result.stderr.strip()}); a cluster that "
+                  "requeues pre-empted jobs itself reports this", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_PREEMPTED)
+
+    def _mark_out_of_requeues(self, restart: int) -> None:
+        marker = Path(self.run_dir) / OUT_OF_REQUEUES_FILE
+        marker.write_text(json.dumps({"job_id": _job_id(), "restarts": restart,
+                                      "max_requeues": self.max_requeues}) + "\n")
+        append_event(self.run_dir, "out_of_requeues", job_id=_job_id(), restart=restart)
+
+    def _link_logs(self, rank: int) -> None:
+        """Every rank's log, reachable from the run folder (array jobs share one submitit folder)."""
+        try:
+            paths = submitit.JobEnvironment().paths
+        except Exception:  # outside a submitit job (direct call): nothing to link
+            return
+        logs = Path(self.run_dir) / LOGS_DIR
+        logs.mkdir(exist_ok=True)
+        for source in (paths.stdout, paths.stderr):
+            link = logs / f"rank{rank}{source.suffix}"
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(source)
+
+
+def _job_id() -> str:
+    """The id users see: <array job>_<index> for array tasks, else SLURM_JOB_ID."""
+    array_id = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array_id:
+        return f"{array_id}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    return os.environ.get("SLURM_JOB_ID", "")
+
+
+def _bind_gpu(local_rank: int) -> None:
+    """One GPU per task: the local_rank-th of the GPUs SLURM gave this node's tasks."""
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+    if visible:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible[local_rank % len(visible)]
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(local_rank)
+
+
+def _log_and_ignore(signum: int, frame: Any) -> None:
+    print(f"ignoring {signal.Signals(signum).name}: training already stopped", file=sys.stderr,
+          flush=True)
+
+
+def _ignore_stop_signals() -> None:
+    for sig in (signal.SIGUSR2, signal.SIGTERM):
+        signal.signal(sig, _log_and_ignore)

@@ -1,0 +1,355 @@
+"""Planning and submitting runs: model/task validation, the hyper-parameter grid, run folders, manifests.
+
+A sweep folder holds `sweep.json` (the manifest: grid, runs, job ids, SLURM settings), one folder
+per run `<model>__<task>__<grid point>/` (the engine's output dir), and `slurm/` (submitit's
+pickles and every rank's logs; each run folder links its ranks' logs under `logs/`). A single run
+submitted with `slurm submit` gets the same manifest, as `<run_dir>/slurm_job.json`.
+Everything is checked before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import ConfigError, Seq2SeqEsError, UnknownNameError
+from . import paper_grid
+from .config import SlurmConfig, make_executor, render_sbatch
+from .job import DEFAULT_ENTRY, TrainJob
+
+SWEEP_MANIFEST = "sweep.json"
+RUN_MANIFEST = "slurm_job.json"
+SUBMITIT_DIR = "slurm"
+MANIFEST_KIND = "seq2seq-es slurm"
+MANIFEST_VERSION = 1
+
+_AXIS_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9.+-]")
+
+
+class SlurmUnavailableError(Seq2SeqEsError):
+    """A SLURM client command is missing or does not answer."""
+
+
+@dataclass
+class RunPlan:
+    """One training run: where it writes and the train arguments it gets."""
+
+    name: str
+    model: str
+    task: str
+    grid_point: dict[str, str]
+    run_dir: str
+    argv: list[str]
+    job_id: str | None = None
+
+
+@dataclass
+class Manifest:
+    """What `status` and `collect` read back: the runs, their job ids and the SLURM settings."""
+
+    kind: str                                # MANIFEST_KIND: marks the file as ours
+    mode: str                                # "run" (slurm submit) or "sweep"
+    runs: list[RunPlan]
+    grid: dict[str, list[str]]
+    slurm: dict[str, Any]
+    submitit_folder: str
+    entry: str = DEFAULT_ENTRY
+    overrides: list[str] = field(default_factory=list)
+    max_parallel: int | None = None
+    created: float = 0.0
+    submitted: bool = False
+    path: str = ""
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.pop("path")
+        data["version"] = MANIFEST_VERSION
+        return json.dumps(data, indent=1) + "\n"
+
+    def write(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.to_json(), encoding="utf-8")
+        tmp.replace(path)
+        self.path = str(path)
+
+    @property
+    def tasks_per_job(self) -> int:
+        config = SlurmConfig.from_mapping(self.slurm)
+        return config.world_size
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Reads sweep.json / slurm_job.json, or finds one in the folder given."""
+    path = Path(path).absolute()
+    if path.is_dir():
+        for name in (SWEEP_MANIFEST, RUN_MANIFEST):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise ConfigError("SWEEP", f"{path} holds neither {SWEEP_MANIFEST} nor {RUN_MANIFEST}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("SWEEP", f"{path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError("SWEEP", f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("kind") != MANIFEST_KIND:
+        raise ConfigError("SWEEP", f"{path} is not a seq2seq-es sweep manifest")
+    data.pop("version", None)
+    try:
+        runs = [RunPlan(**run) for run in data.pop("runs")]
+        manifest = Manifest(runs=runs, **data)
+    except (TypeError, KeyError) as exc:
+        raise ConfigError("SWEEP", f"{path} does not match this version's manifest: {exc}") from None
+    manifest.path = str(path)
+    return manifest
+
+
+# ---- names -----------------------------------------------------------------------------------
+
+def known_models() -> list[str]:
+    from ..models import MODELS  # imported here: `seq2seq_es.slurm` stays light for status/collect
+
+    return list(MODELS)
+
+
+def known_tasks() -> list[str]:
+    from ..tasks import TASKS
+
+    return list(TASKS)
+
+
+def check_names(models: Iterable[str], tasks: Iterable[str]) -> None:
+    model_names, task_names = known_models(), known_tasks()
+    for model in models:
+        if model not in model_names:
+            raise UnknownNameError("model", model, model_names)
+    for task in tasks:
+        if task not in task_names:
+            raise UnknownNameError("task", task, task_names)
+
+
+def select_pairs(models: list[str] | None = None, tasks: list[str] | None = None,
+                 pairs: list[str] | None = None) -> list[tuple[str, str]]:
+    """The paper's model x task pairs filtered by models/tasks, or explicit MODEL:TASK pairs."""
+    check_names(models or [], tasks or [])
+    if pairs:
+        if models or tasks:
+            raise ConfigError("--pair", "give either --pair or --models/--tasks filters, not both")
+        chosen = []
+        for spec in pairs:
+            model, sep, task = spec.partition(":")
+            if not sep or not model or not task:
+                raise ConfigError("--pair", f"'{spec}' must look like MODEL:TASK")
+            check_names([model], [task])
+            if (model, task) in chosen:
+                raise ConfigError("--pair", f"'{spec}' is given twice")
+            chosen.append((model, task))
+        return chosen
+    chosen = [(model, task) for model, task in paper_grid.paper_pairs()
+              if (not models or model in models) and (not tasks or task in tasks)]
+    if not chosen:
+        raise ConfigError("--models/--tasks",
+                          f"no run of the paper pairs models {models or 'any'} with tasks "
+                          f"{tasks or 'any'}; use --pair MODEL:TASK for other combinations")
+    return chosen
+
+
+# ---- grid ------------------------------------------------------------------------------------
+
+def parse_grid(specs: list[str]) -> dict[str, list[str]]:
+    """['optim.lr=3e-5,5e-5', 'train.epochs=3,6'] -> {'optim.lr': [...], 'train.epochs': [...]}."""
+    grid: dict[str, list[str]] = {}
+    for spec in specs:
+        key, sep, values_text = spec.partition("=")
+        key = key.strip()
+        if not sep or not _AXIS_KEY.match(key):
+            raise ConfigError(f"--grid {spec}", "expected a dotted key and values, "
+                              "e.g. --grid optim.lr=3e-5,5e-5")
+        values = [value.strip() for value in values_text.split(",")]
+        if not values_text.strip() or any(not value for value in values):
+            raise ConfigError(f"--grid {key}", f"empty value in axis '{spec}': every axis needs "
+                              "at least one value and no empty ones")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"--grid {key}", f"repeated value in '{spec}'")
+        if key in grid:
+            raise ConfigError(f"--grid {key}", "axis given twice")
+        grid[key] = values
+    return grid
+
+
+def grid_points(grid: dict[str, list[str]]) -> list[dict[str, str]]:
+    if not grid:
+        return [{}]
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def grid_point_name(point: dict[str, str]) -> str:
+    """{'train.batch_size': '8', 'optim.lr': '5e-5'} -> 'batch_size-8_lr-5e-5' ('default' if empty)."""
+    if not point:
+        return "default"
+    short = [key.rsplit(".", 1)[-1] for key in point]
+    labels = short if len(set(short)) == len(short) else list(point)
+    return "_".join(f"{label}-{_UNSAFE_NAME_CHARS.sub('+', value)}"
+                    for label, value in zip(labels, point.values()))
+
+
+def describe_grid_point(point: dict[str, str]) -> str:
+    return " ".join(f"{key}={value}" for key, value in point.items()) or "(defaults)"
+
+
+# ---- plans -----------------------------------------------------------------------------------
+
+def train_argv(model: str, task: str, run_dir: str | Path, grid_point: dict[str, str],
+               overrides: list[str]) -> list[str]:
+    """The `train` arguments of one run: it writes to run_dir and resumes from its checkpoints."""
+    argv = ["--task", task, "--model", model, "--train.output_dir", str(run_dir),
+            "--train.resume", "auto"]
+    for key, value in grid_point.items():
+        argv += [f"--{key}", value]
+    return argv + list(overrides)
+
+
+def plan_runs(root: str | Path, pairs: list[tuple[str, str]], grid: dict[str, list[str]],
+              overrides: list[str]) -> list[RunPlan]:
+    root = Path(root).absolute()
+    plans = []
+    for model, task in pairs:
+        for point in grid_points(grid):
+            name = f"{model}__{task}__{grid_point_name(point)}"
+            run_dir = root / name
+            plans.append(RunPlan(name=name, model=model, task=task, grid_point=point,
+                                 run_dir=str(run_dir),
+                                 argv=train_argv(model, task, run_dir, point, overrides)))
+    return plans
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Train overrides after `--` must be dotted options (`--optim.lr 3e-5`, `--train.epochs=3`)."""
+    i = 0
+    while i < len(overrides):
+        arg = overrides[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise ConfigError(arg, "train overrides after -- must be dotted options such as "
+                              "--optim.lr 3e-5")
+        if "=" in arg:
+            i += 1
+            continue
+        if i + 1 >= len(overrides):
+            raise ConfigError(arg[2:], "missing value")
+        i += 2
+
+
+def check_sweep_dir(sweep_dir: Path, runs: list[RunPlan]) -> None:
+    """Refuses a folder that holds another sweep, or run folders with results already in them."""
+    manifest = sweep_dir / SWEEP_MANIFEST
+    if manifest.exists():
+        try:
+            previous = load_manifest(manifest)
+        except ConfigError:
+            raise ConfigError("--sweep-dir", f"{sweep_dir} holds a {SWEEP_MANIFEST} that is not "
+                              "a seq2seq-es sweep; choose another folder") from None
+        if previous.submitted:
+            raise ConfigError("--sweep-dir", f"{sweep_dir} already holds another sweep "
+                              f"({len(previous.runs)} runs); choose another folder")
+    for run in runs:
+        run_dir = Path(run.run_dir)
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            raise ConfigError("--sweep-dir", f"run folder {run_dir} is not empty; choose another "
+                              "sweep folder")
+
+
+def check_run_dir(run_dir: Path) -> None:
+    if (run_dir / RUN_MANIFEST).exists():
+        previous = load_manifest(run_dir / RUN_MANIFEST)
+        if previous.submitted:
+            raise ConfigError("--run-dir", f"{run_dir} already holds job "
+                              f"{previous.runs[0].job_id}; choose another folder")
+
+
+# ---- SLURM -----------------------------------------------------------------------------------
+
+def slurm_partitions() -> list[str]:
+    """Partition names from `sinfo -h -o %P` (the default one is marked with * there)."""
+    if shutil.which("sinfo") is None:
+        raise SlurmUnavailableError("sinfo not found: SLURM client commands are needed to check "
+                                    "the partition and to submit (or use --dry-run)")
+    result = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise SlurmUnavailableError(f"sinfo failed: {result.stderr.strip() or result.returncode}")
+    return [line.strip().rstrip("*") for line in result.stdout.splitlines() if line.strip()]
+
+
+def check_partition(partition: str | None, *, required: bool) -> None:
+    """Refuses a partition SLURM does not know. Without sinfo it fails only when `required`."""
+    if partition is None:
+        return
+    try:
+        known = slurm_partitions()
+    except SlurmUnavailableError:
+        if required:
+            raise
+        return
+    if partition not in known:
+        raise ConfigError("slurm.partition", f"SLURM does not know partition '{partition}'; "
+                          f"known partitions: {', '.join(known) or '(none)'}")
+
+
+def new_manifest(mode: str, runs: list[RunPlan], grid: dict[str, list[str]], config: SlurmConfig,
+                 submitit_folder: Path, entry: str, overrides: list[str],
+                 max_parallel: int | None) -> Manifest:
+    return Manifest(kind=MANIFEST_KIND, mode=mode, runs=runs, grid=grid, slurm=config.to_dict(),
+                    submitit_folder=str(submitit_folder), entry=entry, overrides=list(overrides),
+                    max_parallel=max_parallel, created=round(time.time(), 3))
+
+
+def dry_run_script(config: SlurmConfig, manifest: Manifest) -> str:
+    array_size = len(manifest.runs) if len(manifest.runs) > 1 else None
+    return render_sbatch(config, manifest.submitit_folder, array_size=array_size,
+                         array_parallelism=manifest.max_parallel)
+
+
+def submit(manifest: Manifest, config: SlurmConfig, manifest_path: Path) -> Manifest:
+    """Submits every run (one job, or one job array with at most max_parallel running at once).
+
+    The manifest is written before submitting (so a failed sbatch leaves the plan to inspect) and
+    again with the job ids.
+    """
+    for command in ("sbatch", "srun"):
+        if shutil.which(command) is None:
+            raise SlurmUnavailableError(f"{command} not found: submitting needs the SLURM client "
+                                        "commands (--dry-run prints the script without them)")
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write(manifest_path)
+    jobs_callables = [TrainJob(run.argv, run_dir=run.run_dir, entry=manifest.entry,
+                               max_requeues=config.max_requeues,
+                               bind_gpus=config.gpus_per_node > 0) for run in manifest.runs]
+    for run in manifest.runs:
+        Path(run.run_dir).mkdir(parents=True, exist_ok=True)
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+    executor = make_executor(config, manifest.submitit_folder,
+                             array_parallelism=manifest.max_parallel)
+    try:
+        if len(jobs_callables) == 1:
+            jobs = [executor.submit(jobs_callables[0])]
+        else:
+            jobs = executor.submit_array(jobs_callables)
+    except (FailedJobError, FailedSubmissionError) as exc:
+        raise SlurmUnavailableError(f"sbatch refused the job: {str(exc).strip()}") from None
+    for run, job in zip(manifest.runs, jobs):
+        run.job_id = str(job.job_id)
+    manifest.submitted = True
+    manifest.write(manifest_path)
+    return manifest

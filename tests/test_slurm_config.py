@@ -1,0 +1,113 @@
+"""SlurmConfig validation, the sbatch script it renders, and `slurm submit --dry-run` (no cluster)."""
+
+from __future__ import annotations
+
+import pytest
+
+from seq2seq_es.errors import ConfigError
+from seq2seq_es.slurm import SlurmConfig, render_sbatch
+from seq2seq_es.slurm.cli import main as slurm_main
+from seq2seq_es.slurm.config import sbatch_parameters
+
+
+def test_cpu_runs_one_task_per_node_and_gpu_runs_one_task_per_gpu():
+    assert SlurmConfig(nodes=2).ntasks_per_node == 1
+    assert SlurmConfig(nodes=2).world_size == 2
+    gpu = SlurmConfig(nodes=2, gpus_per_node=4)
+    assert gpu.ntasks_per_node == 4 and gpu.world_size == 8
+    assert SlurmConfig(tasks_per_node=2).world_size == 2
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"nodes": 0}, "slurm.nodes"),
+    ({"gpus_per_node": -1}, "slurm.gpus_per_node"),
+    ({"gpus_per_node": 4, "tasks_per_node": 2}, "slurm.tasks_per_node"),
+    ({"time_min": 0}, "slurm.time_min"),
+    ({"mem_gb": -2}, "slurm.mem_gb"),
+    ({"max_requeues": -1}, "slurm.max_requeues"),
+    ({"nodes": "2"}, "slurm.nodes"),
+    ({"partition": ""}, "slurm.partition"),
+    ({"extra_sbatch": {"--mail-user": "x"}}, "slurm.extra_sbatch.--mail-user"),
+    ({"nodez": 2}, "slurm.nodez"),
+])
+def test_bad_values_name_their_key(values, key):
+    with pytest.raises(ConfigError) as info:
+        SlurmConfig.from_mapping(values)
+    assert info.value.key == key
+
+
+def test_sbatch_script_carries_every_option(tmp_path):
+    config = SlurmConfig(nodes=2, gpus_per_node=4, partition="gpu", account="proj", qos="high",
+                         constraint="a100", time_min=90, mem_gb=64, cpus_per_task=8,
+                         signal_delay_s=300, setup=["module load cuda"],
+                         extra_sbatch={"mail-type": "END", "exclusive": True})
+    script = render_sbatch(config, tmp_path / "slurm")
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --partition=gpu", "#SBATCH --account=proj", "#SBATCH --qos=high",
+                 "#SBATCH --constraint=a100", "#SBATCH --time=90", "#SBATCH --mem=64GB",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --signal=USR2@300", "#SBATCH --requeue",
+                 "#SBATCH --mail-type=END", "#SBATCH --exclusive", "module load cuda",
+                 "--kill-on-bad-exit=1"):
+        assert line in script, line
+    assert f"{tmp_path / 'slurm'}/%j_%t_log.out" in script
+    assert "-m submitit.core._submit" in script
+    assert "--array" not in script
+
+
+def test_array_script_limits_parallel_tasks(tmp_path):
+    script = render_sbatch(SlurmConfig(), tmp_path, array_size=12, array_parallelism=3)
+    assert "#SBATCH --array=0-11%3" in script
+    assert "%A_%a_%t_log.out" in script
+
+
+def test_cpu_script_asks_for_no_gpu(tmp_path):
+    params = sbatch_parameters(SlurmConfig(nodes=2))
+    assert "gpus_per_node" not in params
+    assert params["ntasks_per_node"] == 1
+
+
+def test_submit_dry_run_prints_script_and_submits_nothing(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    status = slurm_main(["submit", "--task", "mlsum", "--model", "barto", "--run-dir", str(run_dir),
+                         "--nodes", "2", "--gpus-per-node", "2", "--time", "45", "--mem-gb", "12",
+                         "--account", "acct", "--sbatch", "mail-type=END", "--dry-run",
+                         "--", "--optim.lr", "3e-5"])
+    out = capsys.readouterr().out
+    assert status == 0
+    for line in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=2", "#SBATCH --ntasks-per-node=2",
+                 "#SBATCH --time=45", "#SBATCH --mem=12GB", "#SBATCH --account=acct",
+                 "#SBATCH --mail-type=END", "#SBATCH --requeue"):
+        assert line in out, line
+    assert "--optim.lr 3e-5" in out
+    assert f"--train.output_dir {run_dir}" in out
+    assert not run_dir.exists()
+
+
+def test_yaml_config_and_flags_combine_with_flags_winning(tmp_path, capsys):
+    yaml_file = tmp_path / "slurm.yaml"
+    yaml_file.write_text("slurm:\n  nodes: 3\n  qos: low\n  extra_sbatch:\n    comment: sweep\n")
+    status = slurm_main(["submit", "--task", "mlsum", "--model", "barto", "--run-dir",
+                         str(tmp_path / "run"), "--slurm-config", str(yaml_file), "--qos", "high",
+                         "--dry-run"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "#SBATCH --nodes=3" in out
+    assert "#SBATCH --qos=high" in out
+    assert "#SBATCH --comment=sweep" in out
+
+
+def test_yaml_unknown_key_is_refused_by_name(tmp_path, capsys):
+    yaml_file = tmp_path / "slurm.yaml"
+    yaml_file.write_text("slurm:\n  gpus: 4\n")
+    status = slurm_main(["submit", "--task", "mlsum", "--model", "barto", "--slurm-config",
+                         str(yaml_file), "--dry-run"])
+    assert status == 2
+    assert "slurm.gpus" in capsys.readouterr().err
+
+
+def test_submit_refuses_unknown_model_and_bad_overrides(tmp_path, capsys):
+    assert slurm_main(["submit", "--task", "mlsum", "--model", "bartoo", "--dry-run"]) == 2
+    assert "unknown model 'bartoo'" in capsys.readouterr().err
+    assert slurm_main(["submit", "--task", "mlsum", "--model", "barto", "--dry-run", "--",
+                       "optim.lr=3e-5"]) == 2
+    assert "dotted options" in capsys.readouterr().err

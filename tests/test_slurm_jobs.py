@@ -1,0 +1,195 @@
+"""submitit jobs on the local cluster: rendezvous, pre-emption and requeue, failures, sweeps.
+
+The jobs run seq2seq_es.slurm.probe, which keeps the engine's pre-emption contract (agree on the
+stop at a step boundary, save, exit 3 after writing PREEMPTED) without training a model.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest_slurm import slurm_cluster, wait_finished, wait_until  # noqa: F401  (fixture)
+from seq2seq_es.slurm.cli import main as slurm_main
+from seq2seq_es.slurm.monitor import read_metrics, sweep_status
+from seq2seq_es.slurm.sweep import load_manifest
+
+pytestmark = pytest.mark.slurm
+
+PROBE = "seq2seq_es.slurm.probe:main"
+
+
+def submit_probe(run_dir: Path, *options: str, overrides: tuple[str, ...] = ()) -> str:
+    status = slurm_main(["submit", "--task", "mlsum", "--model", "barto", "--run-dir",
+                         str(run_dir), "--entry", PROBE, "--time", "10", *options, "--",
+                         *overrides])
+    assert status == 0
+    return load_manifest(run_dir).runs[0].job_id
+
+
+def train_records(run_dir: Path) -> list[dict]:
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if "train/loss" in r]
+
+
+def events(run_dir: Path) -> list[str]:
+    lines = (run_dir / "slurm_events.jsonl").read_text().splitlines()
+    return [json.loads(line)["event"] for line in lines]
+
+
+def test_two_node_job_joins_one_gloo_group(slurm_cluster, tmp_path):  # noqa: F811
+    run_dir = tmp_path / "run"
+    job_id = submit_probe(run_dir, "--nodes", "2", overrides=("--probe.steps", "3"))
+    fields = wait_finished(job_id)
+    assert fields["JobState"] == "COMPLETED"
+    records = train_records(run_dir)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(r["world_size"] == 2 and r["allreduce"] == 3.0 for r in records)  # ranks 1 + 2
+    assert records[0]["nodes"] == ["node1", "node2"]
+    for rank in (0, 1):  # every rank's log is reachable from the run folder
+        assert (run_dir / "logs" / f"rank{rank}.out").resolve().is_file()
+    [status] = sweep_status(load_manifest(run_dir))
+    assert status.state == "COMPLETED" and status.step == 3
+
+
+def test_dry_run_prints_the_script_that_is_submitted(slurm_cluster, tmp_path, capsys):  # noqa: F811
+    run_dir = tmp_path / "run"
+    options = ["submit", "--task", "mlsum", "--model", "barto", "--run-dir", str(run_dir),
+               "--entry", PROBE, "--nodes", "2", "--time", "7", "--sbatch", "comment=probe",
+               "--", "--probe.steps", "1"]
+    assert slurm_main([*options[:-3], "--dry-run", *options[-3:]]) == 0
+    printed = capsys.readouterr().out
+    job_id = submit_probe(run_dir, "--nodes", "2", "--time", "7", "--sbatch", "comment=probe",
+                          overrides=("--probe.steps", "1"))
+    submitted = (run_dir / "slurm" / f"{job_id}_submission.sh").read_text()
+    assert printed.startswith(submitted)
+    assert "#SBATCH --comment=probe" in submitted
+    assert wait_finished(job_id)["JobState"] == "COMPLETED"
+
+
+def test_preempted_job_requeues_and_resumes_without_losing_a_step(slurm_cluster, tmp_path):  # noqa: F811
+    run_dir = tmp_path / "run"
+    steps = 24
+    job_id = submit_probe(run_dir, "--nodes", "2", "--max-requeues", "2",
+                          overrides=("--probe.steps", str(steps), "--probe.step_seconds", "0.3"))
+    wait_until(lambda: len(train_records(run_dir)) >= 3, 120, "three training steps")
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=60)
+    fields = wait_finished(job_id)
+    assert fields["JobState"] == "COMPLETED"
+    assert fields["Restarts"] == "1"
+    records = train_records(run_dir)
+    assert [r["step"] for r in records] == list(range(1, steps + 1))  # none lost or repeated
+    restarts = [r["restart"] for r in records]
+    assert restarts[0] == 0 and restarts[-1] == 1 and restarts == sorted(restarts)
+    done = json.loads((run_dir / "DONE").read_text())
+    assert done["eval/total"] == sum(3.0 * step for step in range(1, steps + 1))
+    assert not (run_dir / "PREEMPTED").exists()
+    assert events(run_dir) == ["start", "requeued", "start", "finished"]
+    [status] = sweep_status(load_manifest(run_dir))
+    assert status.state == "COMPLETED" and status.restarts == 1 and status.step == steps
+
+
+def test_job_out_of_requeues_says_so(slurm_cluster, tmp_path, capsys):  # noqa: F811
+    run_dir = tmp_path / "run"
+    job_id = submit_probe(run_dir, "--max-requeues", "0",
+                          overrides=("--probe.steps", "200", "--probe.step_seconds", "0.2"))
+    wait_until(lambda: len(train_records(run_dir)) >= 2, 120, "two training steps")
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=60)
+    assert wait_finished(job_id)["JobState"] == "FAILED"
+    assert (run_dir / "OUT_OF_REQUEUES").is_file()
+    assert (run_dir / "PREEMPTED").is_file()  # the checkpoint is there to resume by hand
+    capsys.readouterr()
+    assert slurm_main(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "OUT_OF_REQUEUES" in out and "out of requeues (max_requeues 0)" in out
+    assert "OutOfRequeuesError" in out
+
+
+def test_failed_rank_shows_its_error_and_log_and_nothing_hangs(slurm_cluster, tmp_path, capsys):  # noqa: F811
+    run_dir = tmp_path / "run"
+    # rank 1 fails as `seq2seq-es train` does (prints `error: ...`, exit 2) while rank 0 waits
+    # in a collective: srun's --kill-on-bad-exit ends the job.
+    job_id = submit_probe(run_dir, "--nodes", "2",
+                          overrides=("--probe.fail", "bad value for optim.lr",
+                                     "--probe.fail_rank", "1", "--probe.fail_mode", "exit"))
+    assert wait_finished(job_id, timeout_s=120)["JobState"] == "FAILED"
+    [status] = sweep_status(load_manifest(run_dir))
+    assert status.state == "FAILED"
+    assert status.error.startswith("bad value for optim.lr (")
+    assert "training exited with status 2 on rank 1" in status.error
+    assert status.log == str(run_dir / "slurm" / f"{job_id}_1_log.err")
+    assert "error: bad value for optim.lr" in Path(status.log).read_text()
+    capsys.readouterr()
+    assert slurm_main(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"log: {status.log}" in out and "error: bad value for optim.lr" in out
+
+
+def test_raised_exception_shows_in_status(slurm_cluster, tmp_path):  # noqa: F811
+    run_dir = tmp_path / "run"
+    job_id = submit_probe(run_dir, overrides=("--probe.fail", "no such dataset column"))
+    assert wait_finished(job_id, timeout_s=120)["JobState"] == "FAILED"
+    [status] = sweep_status(load_manifest(run_dir))
+    assert status.error.endswith(
+        "ConfigError: config key 'probe.fail': no such dataset column")
+    assert status.log == str(run_dir / "slurm" / f"{job_id}_0_log.err")
+
+
+def test_unknown_partition_is_refused(slurm_cluster, tmp_path, capsys):  # noqa: F811
+    sweep_dir = tmp_path / "sweep"
+    assert slurm_main(["sweep", "--sweep-dir", str(sweep_dir), "--models", "barto", "--tasks",
+                       "mlsum", "--partition", "gpu-big"]) == 2
+    err = capsys.readouterr().err
+    assert "SLURM does not know partition 'gpu-big'" in err and "debug" in err
+    assert not sweep_dir.exists()
+
+
+def test_sweep_runs_every_pair_and_grid_point_and_collects(slurm_cluster, tmp_path, capsys):  # noqa: F811
+    sweep_dir = tmp_path / "sweep"
+    assert slurm_main(["sweep", "--sweep-dir", str(sweep_dir), "--pair", "barto:mlsum",
+                       "--pair", "t5s:mlsum", "--pair", "barto:sqac", "--grid",
+                       "optim.lr=3e-5,5e-5", "--max-parallel", "2", "--entry", PROBE,
+                       "--time", "10", "--", "--probe.steps", "2"]) == 0
+    manifest = load_manifest(sweep_dir)
+    assert len(manifest.runs) == 6
+    array_id = manifest.runs[0].job_id.split("_")[0]
+    assert [run.job_id for run in manifest.runs] == [f"{array_id}_{i}" for i in range(6)]
+    for run in manifest.runs:
+        assert wait_finished(run.job_id)["JobState"] == "COMPLETED"
+    statuses = sweep_status(manifest)
+    assert {s.state for s in statuses} == {"COMPLETED"}
+    assert all(s.step == 2 for s in statuses)
+    capsys.readouterr()
+    assert slurm_main(["collect", str(sweep_dir)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # the probe's eval/score grows with the learning rate: 5e-5 (g2) is best everywhere
+    assert out[0] == "| model | mlsum score | mlsum total | sqac score | sqac total |"
+    assert out[2] == "| barto | 50.00 (g2) | 3.00 (g1) | 50.00 (g2) | 3.00 (g1) |"
+    assert out[3] == "| t5s | 50.00 (g2) | 3.00 (g1) | – | – |"
+
+
+@pytest.mark.slow
+def test_job_at_its_time_limit_requeues_and_resumes(slurm_cluster, tmp_path):  # noqa: F811
+    run_dir = tmp_path / "run"
+    steps = 200  # 60 s of steps: more than one 1-minute start can hold
+    job_id = submit_probe(run_dir, "--time", "1", "--signal-delay-s", "40", "--max-requeues", "5",
+                          overrides=("--probe.steps", str(steps), "--probe.step_seconds", "0.3"))
+    fields = wait_finished(job_id, timeout_s=400)
+    assert fields["JobState"] == "COMPLETED"
+    assert int(fields["Restarts"]) >= 1
+    assert [r["step"] for r in train_records(run_dir)] == list(range(1, steps + 1))
+    done = json.loads((run_dir / "DONE").read_text())
+    assert done["eval/total"] == sum(float(step) for step in range(1, steps + 1))
+    assert events(run_dir).count("requeued") == int(fields["Restarts"])
+
+
+def test_options_sbatch_refuses_are_reported_and_nothing_is_marked_submitted(
+        slurm_cluster, tmp_path, capsys):  # noqa: F811
+    run_dir = tmp_path / "run"
+    # the local cluster has no GPUs (no gres): sbatch itself refuses
+    assert slurm_main(["submit", "--task", "mlsum", "--model", "barto", "--run-dir", str(run_dir),
+                       "--gpus-per-node", "1", "--entry", PROBE]) == 2
+    assert "sbatch refused the job" in capsys.readouterr().err
+    assert load_manifest(run_dir).submitted is False

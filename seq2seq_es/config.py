@@ -29,7 +29,7 @@ class ModelConfig:
     name: str = "barto-tiny"              # registry name (seq2seq-es list)
     path: str | None = None               # local folder or hub id overriding the registry's hub id
     gradient_checkpointing: bool = False  # non-reentrant activation checkpointing
-    attention: str = "hf"                 # LED only: hf | sdpa | flex (seq2seq_es.kernels.led_attention)
+    attention: str = "hf"                 # LED and T5: hf | sdpa | flex (seq2seq_es.kernels)
     compile: bool = False                 # torch.compile the model (lengths padded to 64s)
     lean_ce: bool = False                 # chunked LM-head + cross-entropy, no full logits
     lean_ce_chunk: int = 2048             # tokens per chunk of the lean cross-entropy

@@ -34,6 +34,9 @@ def get_model(cfg: RunConfig):
                         and isinstance(module.dropout, float):
                     module.dropout = 0.0
         apply_led_attention(model, cfg.model.attention)
+    if spec.family == "t5" and cfg.model.attention != "hf":
+        from ..kernels.t5_attention import apply_t5_attention
+        apply_t5_attention(model, cfg.model.attention, config_key="model.attention")
     if cfg.model.dropout is not None:
         set_dropout(model, cfg.model.dropout)
     if cfg.model.gradient_checkpointing:

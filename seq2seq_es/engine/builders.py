@@ -9,7 +9,6 @@ import torch
 from ..config import RunConfig, check_target_coverage
 from ..data.collator import Seq2SeqCollator, sentence_start_ids
 from ..data.sampler import StepPlan
-from ..data.tokenize import TruncationReport, tokenize_examples
 from ..errors import ConfigError
 from . import distributed as D
 from .optim import build_optimizer, build_scheduler, deepspeed_config
@@ -86,9 +85,9 @@ def get_generation_config(cfg: RunConfig, spec, tokenizer):
 
 @dataclass
 class SplitData:
-    examples: object          # datasets.Dataset: source, target, references?, example_id
+    examples: object          # datasets.Dataset: source, target, references, example_id
     tokenized: object         # datasets.Dataset: input_ids, labels, lengths
-    report: TruncationReport
+    report: object            # data.tokenize.TruncationReport
 
 
 def data_files(cfg: RunConfig) -> dict[str, str] | None:
@@ -100,6 +99,8 @@ def data_files(cfg: RunConfig) -> dict[str, str] | None:
 
 def get_split(cfg: RunConfig, task, tokenizer, model, split: str, max_samples: int | None,
               log) -> SplitData:
+    # Imported here: `datasets` is only needed once data is loaded (the GPU bench runs without it).
+    from ..data.tokenize import tokenize_examples
     from ..tasks import load_examples
 
     examples, load_report = load_examples(task, split, data_files=data_files(cfg),

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from ..data.sampler import shard_for_eval
-from ..metrics import compute_metrics
 from . import distributed as D
 from .loss import token_ce_sum
 
@@ -72,6 +71,8 @@ def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_conf
     if generate:
         gathered = D.gather_objects(predictions, env.world_size)
         if env.is_main:
+            # Imported on rank 0 only, when first needed: `evaluate` takes seconds to import.
+            from ..metrics import compute_metrics
             by_index = dict(pair for part in gathered for pair in part)
             assert len(by_index) == len(tokenized), "every example is predicted exactly once"
             ordered = [by_index[i] for i in range(len(tokenized))]

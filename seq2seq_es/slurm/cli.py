@@ -1,10 +1,13 @@
-"""`seq2seq-es slurm submit|sweep|status|collect`: training runs as SLURM jobs.
+"""`seq2seq-es slurm submit|sweep|status|collect|bench`: training runs as SLURM jobs.
 
   submit --task T --model M [--run-dir DIR] [SLURM options] [--dry-run] [-- train overrides]
   sweep  --sweep-dir DIR [--models A,B] [--tasks X,Y | --pair M:T ...] [--grid KEY=V1,V2 ...]
          [--no-grid] [--max-parallel N] [SLURM options] [--dry-run] [-- train overrides]
   status SWEEP [--json]            SWEEP: a sweep folder, or a run folder made by `submit`
   collect SWEEP [--split eval] [--metrics A,B] [--markdown FILE] [--csv FILE]
+  bench  --bench-dir DIR [--nodes 1,2,4,8] [--zero-stages 0,2,3] [--model M] [--task T]
+         [--steps 30] [--warmup-steps 5] [--wait] [SLURM options] [-- train overrides]
+  bench  --collect DIR [--wait]    throughput and scaling efficiency: scaling.md/.csv/.json/.png
 
 SLURM options come from `--slurm-config FILE` (the `slurm:` section of a YAML file, keys as in
 SlurmConfig) and then from the flags, which win. Train overrides after `--` are passed to
@@ -239,7 +242,14 @@ def cmd_collect(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"submit": cmd_submit, "sweep": cmd_sweep, "status": cmd_status, "collect": cmd_collect}
+def cmd_bench(argv: list[str]) -> int:
+    from .bench import main as bench_main  # imported here: it imports this module
+
+    return bench_main(argv)
+
+
+COMMANDS = {"submit": cmd_submit, "sweep": cmd_sweep, "status": cmd_status, "collect": cmd_collect,
+            "bench": cmd_bench}
 
 
 def main(argv: list[str]) -> int:

@@ -78,17 +78,33 @@ def run(launcher: str, nproc: int, args: list[str], *, check: bool = True,
     return proc
 
 
-def start(launcher: str, nproc: int, args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(command(launcher, nproc, args), cwd=REPO, env=_env(),
+def start(launcher: str, nproc: int, args: list[str],
+          extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(command(launcher, nproc, args), cwd=REPO,
+                            env={**_env(), **(extra_env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
 
 def kill_group(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
+    """Kill the launcher and every process below it.
+
+    torchrun starts its workers in sessions of their own, so killing the launcher's process
+    group would leave the workers training on as orphans.
+    """
+    import psutil
+
     try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
+        parent = psutil.Process(proc.pid)
+        victims = parent.children(recursive=True) + [parent]
+    except psutil.NoSuchProcess:
+        victims = []
+    for victim in victims:
+        try:
+            victim.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(victims, timeout=60)
     proc.wait(timeout=60)
 
 

@@ -11,9 +11,11 @@ one, and the half-written temporary folder is removed at the next save.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ import torch
 from . import distributed as D
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
+SAVE_DELAY_ENV = "SEQ2SEQ_ES_SAVE_DELAY_S"
 
 
 def _rng_state() -> dict:
@@ -72,6 +75,8 @@ class Checkpointer:
         engine.save_checkpoint(str(self.root), tag=tmp.name, save_latest=False)
         (tmp / "rng").mkdir(parents=True, exist_ok=True)
         torch.save(_rng_state(), tmp / "rng" / f"rank_{self.env.rank}.pt")
+        if SAVE_DELAY_ENV in os.environ:  # lets crash-safety tests kill a run mid-save
+            time.sleep(float(os.environ[SAVE_DELAY_ENV]))
         D.barrier()
         if self.env.is_main:
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))

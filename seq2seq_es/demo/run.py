@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 DEMO_SETTINGS = {
-    "train.max_steps": "400",
+    "train.max_steps": "600",
     "train.batch_size": "16",
     "train.log_every": "20",
     "train.eval_at_start": "true",
@@ -20,10 +20,10 @@ DEMO_SETTINGS = {
     "train.save_every": "0",
     "train.precision": "fp32",
     "optim.lr": "2e-3",
-    "optim.warmup_steps": "40",
+    "optim.warmup_steps": "60",
     "optim.schedule": "linear",
     "optim.weight_decay": "0.0",
-    "data.max_source_length": "160",
+    "data.max_source_length": "128",
     "data.max_target_length": "40",
     "gen.num_beams": "1",
     "gen.max_new_tokens": "40",

@@ -64,7 +64,7 @@ def make_article(rng: random.Random, index: int) -> dict:
     core = [f"{subject_title[0].upper() + subject_title[1:]} de {city} {verb} {day} {obj}.",
             f"El proyecto ha costado {figure}, según la nota difundida por {subject}.",
             f"Es la primera vez que {subject} de {city} {verb} {obj} en la última década."]
-    background = rng.sample(BACKGROUND, k=rng.randint(2, 4))
+    background = rng.sample(BACKGROUND, k=rng.randint(1, 2))
     sentences = [core[0]] + background[:1] + core[1:] + background[1:]
     summary = f"{subject_title} de {city} {headline} por {figure}."
     return {"text": " ".join(sentences), "summary": summary, "topic": rng.choice(TOPICS),

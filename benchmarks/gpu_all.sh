@@ -34,6 +34,6 @@ stamp "T5: hf vs sdpa vs flex at the T5-base shape"
 timeout "${T5_S:-100}" python3 benchmarks/gpu_t5.py "$OUT_DIR/t5" --impls "${T5_IMPLS:-hf,sdpa,flex}"
 if [ -f benchmarks/gpu_seq2seq.py ]; then
   stamp "seq2seq: Seq2SeqTrainer route vs this package's loop"
-  timeout "${SEQ2SEQ_S:-170}" python3 benchmarks/gpu_seq2seq.py "$OUT_DIR/seq2seq"
+  timeout "${SEQ2SEQ_S:-200}" python3 benchmarks/gpu_seq2seq.py "$OUT_DIR/seq2seq" --budget-s "$(( ${SEQ2SEQ_S:-200} - 15 ))"
 fi
 stamp "done"

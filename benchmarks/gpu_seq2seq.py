@@ -1,0 +1,286 @@
+"""One prepared GPU run of `seq2seq-es bench` (issue 6): BARTO and T5S shapes, Trainer route vs loop.
+
+    python benchmarks/gpu_seq2seq.py OUT_DIR                 # on a GPU, under 4 minutes (--budget-s)
+    python benchmarks/gpu_seq2seq.py OUT_DIR --tiny          # same sections, tiny models, on the CPU
+    python benchmarks/gpu_seq2seq.py OUT_DIR --tiny --skip-compile   # plumbing only (the test)
+
+Sections, each in its own child process (a crashed CUDA context or a hang loses only that section;
+on a timeout its process group is killed) with a timeout taken from the overall budget:
+1. environment: card, driver, versions, date (nvidia-smi and package metadata; no CUDA context here);
+2. barto: BART-base shape, mlsum-like lengths then fixed 512x128, batch 32: hf_trainer, loop and
+   the fastest loop variants (token budget + compiled layers + fused AdamW, with and without the
+   lean cross-entropy);
+3. t5s: the same rows on the T5 v1.1-base shape (T5 attention on SDPA in the fused variants),
+   without the lean loss;
+4. extras, if time is left: uncompiled variants for attribution (loop_budget, loop_budget_fused,
+   loop_fused) on both shapes, and T5 with the lean loss.
+Compiled rows first run two untimed priming steps (a padded and an unpadded batch) so that every
+graph is compiled before the warm-up; `graphs_compiled_while_timed` in the JSON says 0 if so.
+Each child appends every row to OUT_DIR/parts/<section>.jsonl as soon as it is measured, so a
+section cut by its timeout keeps the rows it finished. OUT_DIR/gpu_seq2seq.json (everything) and
+OUT_DIR/gpu_seq2seq.md (tables and the issue's targets) are rewritten after every section.
+Progress lines carry the wall-clock time and the seconds since the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+START = time.time()
+DEFAULT_BUDGET_S = 220.0
+TINY_BUDGET_S = 1800.0
+# Issue 6's targets: real tokens/s of the best loop row over the Seq2SeqTrainer row's.
+TARGETS = {("barto", "mlsum"): 2.5, ("t5s", "mlsum"): 3.0, ("barto", "fixed"): 1.8}
+BARTO_ROWS = {
+    "mlsum": ("hf_trainer", "loop", "loop_budget_compile", "loop_budget_compile_lean"),
+    "fixed": ("hf_trainer", "loop", "loop_compile", "loop_compile_lean"),
+}
+# T5's lean loss calls the stacks with other arguments, which costs 4 more compiled graphs (on
+# top of 8: encoder/decoder x first block/others x padded/unpadded): left to the extras.
+T5S_ROWS = {
+    "mlsum": ("hf_trainer", "loop", "loop_budget_compile"),
+    "fixed": ("hf_trainer", "loop", "loop_compile"),
+}
+EXTRA_ROWS = {"mlsum": ("loop_budget", "loop_budget_fused"), "fixed": ("loop_fused",)}
+T5S_EXTRA_ROWS = {"mlsum": ("loop_budget", "loop_budget_fused", "loop_budget_compile_lean"),
+                  "fixed": ("loop_fused",)}
+# name: (model, tiny model, rows, share of the budget at most, least seconds worth starting)
+SECTIONS = {
+    "barto": ("barto", "barto-tiny", BARTO_ROWS, 0.42, 45),
+    "t5s": ("t5s", "t5s-tiny", T5S_ROWS, 0.55, 60),
+    "extras_barto": ("barto", "barto-tiny", EXTRA_ROWS, 0.5, 30),
+    "extras_t5s": ("t5s", "t5s-tiny", T5S_EXTRA_ROWS, 1.0, 30),
+}
+
+
+def log(message: str) -> None:
+    stamp = datetime.datetime.now().strftime("%H:%M:%S")
+    print(f"[{stamp} +{time.time() - START:6.1f}s] {message}", flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", type=Path, nargs="?")
+    parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU (smoke test)")
+    parser.add_argument("--skip-compile", action="store_true",
+                        help="leave out the compiled rows (a quick plumbing check)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help=f"seconds for all sections (default {DEFAULT_BUDGET_S:.0f}; "
+                        f"{TINY_BUDGET_S:.0f} with --tiny)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per row")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps per row")
+    parser.add_argument("--batch", type=int, default=None, help="examples per fixed-size batch")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="comma-separated subset of " + ", ".join(SECTIONS))
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker is None and args.out_dir is None:
+        parser.error("OUT_DIR is required")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Child process: one model's rows
+
+
+def worker(spec: dict) -> int:
+    from seq2seq_es.bench.seq2seq import BenchOptions, _quiet_libraries, run_bench
+
+    _quiet_libraries()
+    pairs = tuple((dist, impl) for dist, impl in spec["pairs"])
+    options = BenchOptions(model=spec["model"], device=spec["device"],
+                           dists=tuple(dict.fromkeys(d for d, _ in pairs)), impls=None,
+                           steps=spec["steps"], warmup=spec["warmup"], batch=spec["batch"],
+                           dropout=spec["dropout"], pairs=pairs)
+    out = Path(spec["jsonl"])
+
+    def on_row(row: dict) -> None:
+        with out.open("a", encoding="utf-8") as file:
+            file.write(json.dumps(row, default=str) + "\n")
+
+    rows = run_bench(options, on_row=on_row, log=log)
+    return 0 if all(row["error"] is None for row in rows) else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent: environment, sections, report
+
+
+def environment(tiny: bool) -> dict:
+    info: dict = {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="seconds"), "python": platform.python_version(), "host": platform.node()}
+    for package in ("torch", "transformers", "deepspeed", "accelerate", "triton"):
+        try:
+            info[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            info[package] = None
+    if not tiny:
+        try:
+            query = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                 "--format=csv,noheader"], capture_output=True, text=True, timeout=30, check=True)
+            first_card = query.stdout.splitlines()[0]
+            name, memory, driver = [part.strip() for part in first_card.split(",")]
+            info.update(card=name, card_memory=memory, driver=driver)
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
+            info["card"] = f"unknown ({type(exc).__name__}: {exc})"
+    return info
+
+
+def section_pairs(rows: dict[str, tuple[str, ...]], skip_compile: bool) -> list[list[str]]:
+    return [[dist, impl] for dist, impls in rows.items() for impl in impls
+            if not (skip_compile and ("compile" in impl or "static" in impl))]
+
+
+def run_section(name: str, args: argparse.Namespace, timeout_s: float) -> dict:
+    model, tiny_model, rows, _, _ = SECTIONS[name]
+    parts = args.out_dir / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    jsonl = parts / f"{name}.jsonl"
+    jsonl.unlink(missing_ok=True)
+    spec = {"model": tiny_model if args.tiny else model, "device": "cpu" if args.tiny else "cuda",
+            "pairs": section_pairs(rows, args.skip_compile),
+            "steps": args.steps or (2 if args.tiny else 10),
+            "warmup": args.warmup or (1 if args.tiny else 3),
+            "batch": args.batch or (4 if args.tiny else 32),
+            "dropout": 0.0 if args.tiny else None, "jsonl": str(jsonl)}
+    env = dict(os.environ)
+    if args.tiny:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    started = time.time()
+    status = "ok"
+    # Its own session, so that a timeout also ends the compile workers it started.
+    child = subprocess.Popen(command, env=env, cwd=str(REPO_ROOT), start_new_session=True)
+    try:
+        code = child.wait(timeout=timeout_s)
+        if code != 0:
+            status = f"exit code {code}"
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        status = f"timed out after {timeout_s:.0f} s"
+    measured = [json.loads(line) for line in jsonl.read_text().splitlines()] \
+        if jsonl.exists() else []
+    return {"status": status, "wall_s": round(time.time() - started, 1), "spec": spec,
+            "rows": measured}
+
+
+def best_speedups(rows: list[dict]) -> dict[tuple[str, str], tuple[float, str]]:
+    """(model, dist) -> (best loop row's real tokens/s over hf_trainer's, that row's impl)."""
+    reference = {(r["model"], r["dist"]): r["real_tokens_per_s"] for r in rows
+                 if r["impl"] == "hf_trainer" and r.get("real_tokens_per_s")}
+    best: dict[tuple[str, str], tuple[float, str]] = {}
+    for r in rows:
+        key = (r["model"], r["dist"])
+        if r["impl"] == "hf_trainer" or not r.get("real_tokens_per_s") or key not in reference:
+            continue
+        ratio = r["real_tokens_per_s"] / reference[key]
+        if key not in best or ratio > best[key][0]:
+            best[key] = (ratio, r["impl"])
+    return best
+
+
+def markdown(report: dict) -> str:
+    from seq2seq_es.bench.seq2seq import add_speedups, format_table
+
+    env = report["environment"]
+    rows = [r for section in report["sections"].values() for r in section["rows"]]
+    add_speedups(rows)
+    lines = ["# seq2seq-es bench: Seq2SeqTrainer route vs this package's loop", "",
+             f"- card: {env.get('card', 'cpu')} ({env.get('card_memory', '-')}, driver "
+             f"{env.get('driver', '-')}); date {env['date_utc']}",
+             f"- torch {env['torch']}, transformers {env['transformers']}, deepspeed "
+             f"{env['deepspeed']}, accelerate {env['accelerate']}, triton {env['triton']}",
+             "- " + ("TINY models on the CPU (smoke test; numbers mean nothing)" if report["tiny"]
+                     else "random-weight models of the real shapes") + "; "
+             "same synthetic data for every row of a (model, dist); MFU against a matmul "
+             "measured in the same process", ""]
+    for name, section in report["sections"].items():
+        lines.append(f"- section {name}: {section['status']}, {section['wall_s']} s, "
+                     f"{len(section['rows'])} rows")
+    lines.append("")
+    if rows:
+        ordered = sorted(rows, key=lambda r: (r["model"], r["dist"] != "mlsum"))
+        lines += [format_table(ordered), ""]
+    lines.append("## Targets (best loop row's real tokens/s over the Seq2SeqTrainer row's)")
+    best = best_speedups(rows)
+    for (model, dist), target in TARGETS.items():
+        key = (model + "-tiny" if report["tiny"] else model, dist)
+        if key in best:
+            ratio, impl = best[key]
+            verdict = "PASS" if ratio >= target else "FAIL"
+            lines.append(f"- {key[0]} {dist}: {ratio:.2f}x ({impl}) vs target {target}x: {verdict}")
+        else:
+            lines.append(f"- {key[0]} {dist}: not measured (target {target}x)")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    for name, text in (("gpu_seq2seq.json", json.dumps(report, indent=1, default=str)),
+                       ("gpu_seq2seq.md", markdown(report))):
+        temporary = out_dir / (name + ".tmp")
+        temporary.write_text(text)
+        temporary.replace(out_dir / name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker is not None:
+        return worker(json.loads(args.worker))
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    budget = args.budget_s or (TINY_BUDGET_S if args.tiny else DEFAULT_BUDGET_S)
+    deadline = START + budget
+    report: dict = {"tiny": args.tiny, "budget_s": budget, "sections": {}}
+    try:
+        report["environment"] = environment(args.tiny)
+    except Exception as exc:  # the report must still be written
+        report["environment"] = {"error": f"{type(exc).__name__}: {exc}", "date_utc": "-",
+                                 "torch": "-", "transformers": "-", "deepspeed": "-",
+                                 "accelerate": "-", "triton": "-"}
+    log("environment: " + json.dumps(report["environment"]))
+    write_report(report, args.out_dir)
+    wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
+    for name in wanted:
+        if name not in SECTIONS:
+            log(f"unknown section {name}; known: {', '.join(SECTIONS)}")
+            continue
+        left = deadline - time.time()
+        share, least = SECTIONS[name][3], SECTIONS[name][4]
+        timeout = min(left, max(least, share * budget)) if not args.tiny else left
+        if left < least:
+            log(f"section {name}: skipped ({left:.0f} s left, needs {least} s)")
+            report["sections"][name] = {"status": "skipped", "wall_s": 0, "rows": []}
+            continue
+        log(f"section {name}: start (timeout {timeout:.0f} s)")
+        try:
+            report["sections"][name] = run_section(name, args, timeout)
+        except Exception as exc:
+            traceback.print_exc()
+            report["sections"][name] = {"status": f"failed: {type(exc).__name__}: {exc}",
+                                        "wall_s": 0, "rows": []}
+        section = report["sections"][name]
+        log(f"section {name}: {section['status']}, {len(section['rows'])} rows, "
+            f"{section['wall_s']} s")
+        write_report(report, args.out_dir)
+    log(f"done; report in {args.out_dir / 'gpu_seq2seq.md'}")
+    print(markdown(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

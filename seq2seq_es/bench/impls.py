@@ -1,0 +1,423 @@
+"""The benchmark rows: transformers' Seq2SeqTrainer route and this package's loop, with variants.
+
+`hf_trainer` is what the paper's scripts run: `Seq2SeqTrainer` with `Seq2SeqTrainingArguments`
+(bf16 and fused AdamW on a GPU), the default random sampler (transformers 5 renamed
+group_by_length to train_sampling_strategy; its default is random), `DataCollatorForSeq2Seq`
+padding each batch, no evaluation, no saving, no reporting. A callback marks step begin/end.
+
+`loop` is the engine as it stands: DeepSpeed ZeRO-0 in one process (bf16 on a GPU), random-order
+batches of the same size (`StepPlan`), `engine.trainer.train_step` per step, the config's
+defaults otherwise. Variants add features named by underscore-separated tokens:
+
+| token     | what it switches on                                                                  |
+|-----------|--------------------------------------------------------------------------------------|
+| `budget`  | token-budget batches (`TokenBudgetPlan`) of the same padded tokens per step on average |
+| `fused`   | fused AdamW, T5's relative-bias attention on SDPA, no KV cache in training, pinned non-blocking copies, and a step that reads no loss value back (no device sync per micro-batch) |
+| `compile` | `torch.compile` of every encoder and decoder layer, dynamic shapes (implies `fused`) |
+| `static`  | the same compilation with static shapes: one graph per batch shape (implies `compile`) |
+| `lean`    | the chunked LM-head cross-entropy of `kernels.lean_ce` (implies `fused`)             |
+| `flex`    | T5 attention on FlexAttention instead of SDPA (implies `fused`; needs dropout 0)     |
+
+so `loop_budget` isolates the batching, `loop_budget_compile` adds compilation with the fused
+settings, and `loop_budget_compile_lean` the lean loss on top.
+
+Compilation is regional: each layer is compiled, and layers of one class share the compiled code,
+so compile time does not grow with depth, and later rows of the same process reuse it. Lengths are
+never padded up to buckets: recompilation is bounded by marking the batch and sequence dims dynamic
+(`dynamic=True`, duck sizing off so that a batch size equal to a length by chance adds no guard),
+so every batch shape runs the same graphs. Matmuls go to cuBLAS either way; the fused elementwise
+kernels take the row count as an argument. What still makes separate graphs: the layer class
+(encoder, decoder), whether the batch is padded (transformers drops an all-ones attention mask),
+and for T5 the first block of a stack, which computes the position bias the others receive: 4
+graphs for BART, 8 for T5 (4 more once T5's lean loss calls the stacks its own way). All layers
+go through one code object, so `torch._dynamo.config.recompile_limit` is raised to
+RECOMPILE_LIMIT; past it torch would run the layer eagerly rather than compile again. Two untimed
+priming steps, on a padded and an unpadded batch, compile them all before the warm-up, and the row
+reports `graphs_compiled_while_timed` (0 when no compilation was timed). `static` compiles each new
+shape instead: right for fixed lengths, a recompilation per shape otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, UnknownNameError
+from .data import BatchTokens, SyntheticData, batch_tokens
+from .shapes import BenchShape, build_model
+from .timing import StepClock
+
+LOOP_TOKENS = ("budget", "fused", "compile", "static", "lean", "flex")
+RECOMPILE_LIMIT = 32
+
+
+@dataclass(frozen=True)
+class ImplSpec:
+    name: str
+    route: str                   # hf_trainer | loop
+    budget: bool = False
+    fused: bool = False
+    compile: bool = False
+    static: bool = False         # compile with static shapes instead of dynamic ones
+    lean: bool = False
+    t5_attention: str = "hf"     # hf | sdpa | flex (T5 models only)
+
+    def describe(self, family: str) -> str:
+        if self.route == "hf_trainer":
+            return "Seq2SeqTrainer, random sampler, DataCollatorForSeq2Seq"
+        parts = ["token budget" if self.budget else "random batches"]
+        if self.fused:
+            parts.append("fused AdamW")
+        if self.compile:
+            parts.append("compiled layers" + (" (static shapes)" if self.static else ""))
+        if self.lean:
+            parts.append("lean CE")
+        if family == "t5" and self.t5_attention != "hf":
+            parts.append(f"T5 {self.t5_attention} attention")
+        return ", ".join(parts)
+
+
+def parse_impl(name: str) -> ImplSpec:
+    if name == "hf_trainer":
+        return ImplSpec(name, "hf_trainer")
+    head, *tokens = name.split("_")
+    unknown = [t for t in tokens if t not in LOOP_TOKENS]
+    if head != "loop" or unknown or len(set(tokens)) != len(tokens):
+        raise UnknownNameError("bench impl", name,
+                               ["hf_trainer", "loop", *(f"loop_{t}" for t in LOOP_TOKENS),
+                                "loop_budget_compile_lean (any combination)"])
+    has = set(tokens)
+    fused = bool(has & {"fused", "compile", "static", "lean", "flex"})
+    t5_attention = "flex" if "flex" in has else ("sdpa" if fused else "hf")
+    return ImplSpec(name, "loop", budget="budget" in has, fused=fused,
+                    compile=bool(has & {"compile", "static"}), static="static" in has,
+                    lean="lean" in has, t5_attention=t5_attention)
+
+
+@dataclass
+class BenchCase:
+    """Everything the rows of one (model, distribution) share."""
+    shape: BenchShape
+    dist: str
+    device: torch.device
+    data: SyntheticData
+    batch_size: int
+    max_tokens: int
+    warmup: int
+    steps: int
+    seed: int = 0
+    dropout: float | None = None
+
+    @property
+    def total_steps(self) -> int:
+        return self.warmup + self.steps
+
+
+@dataclass
+class RowRun:
+    """What a row measured before summarising: micro-batches per step and the step clock."""
+    step_batches: list[list[BatchTokens]]
+    clock: StepClock
+    extra: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Token budget of the fixed-size route
+
+
+def random_batch_budget(source_lengths: np.ndarray, target_lengths: np.ndarray, batch_size: int,
+                        seed: int) -> int:
+    """Average padded tokens, B x (longest source + longest target), of the random-order batches."""
+    from ..data.sampler import StepPlan
+
+    plan = StepPlan(len(source_lengths), batch_size, 1, 1, seed)
+    if plan.steps_per_epoch == 0:
+        raise ConfigError("--batch", f"batch size {batch_size} is larger than the "
+                          f"{len(source_lengths)} synthetic examples")
+    costs = [len(idx) * (int(source_lengths[idx].max()) + int(target_lengths[idx].max()))
+             for step in range(plan.steps_per_epoch)
+             for idx in [np.asarray(plan.micro_batches(0, step, 0)[0])]]
+    return int(round(sum(costs) / len(costs)))
+
+
+# ---------------------------------------------------------------------------------------------
+# hf_trainer
+
+
+def pad_tokenizer(shape: BenchShape):
+    """A minimal fast tokenizer whose only job is DataCollatorForSeq2Seq's padding."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    names = (["<s>", "<pad>", "</s>", "<unk>"] if shape.family == "bart"
+             else ["<pad>", "</s>", "<unk>"])
+    vocab = {token: i for i, token in enumerate(names)}
+    if vocab["<pad>"] != shape.pad_token_id:
+        raise AssertionError(f"{shape.name}: pad id {shape.pad_token_id} is not the tokenizer's")
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>",
+                                   eos_token="</s>")
+
+
+class _RecordingCollator:
+    """Wraps the Trainer's collator and notes each batch's tokens, in the order batches are made.
+
+    accelerate's data loader fetches one batch ahead, but in order: the k-th batch collated is
+    the k-th step's (one micro-batch per step).
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.batches: list[BatchTokens] = []
+
+    def __call__(self, features):
+        out = self.inner(features)
+        self.batches.append(batch_tokens(out))
+        return out
+
+
+def _scrubbed_launcher_env():
+    """Hide RANK/WORLD_SIZE/... (set by the loop's process group) from accelerate's state."""
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+    @contextlib.contextmanager
+    def scrub():
+        saved = {k: os.environ.pop(k) for k in names if k in os.environ}
+        try:
+            yield
+        finally:
+            os.environ.update(saved)
+    return scrub()
+
+
+def run_hf_trainer(case: BenchCase, spec: ImplSpec) -> RowRun:
+    from transformers import (DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments,
+                              TrainerCallback)
+
+    on_gpu = case.device.type == "cuda"
+    clock = StepClock(case.device)
+
+    class StepMarks(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            clock.begin()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.end()
+
+    model = build_model(case.shape, case.device, case.seed, case.dropout)
+    collator = _RecordingCollator(DataCollatorForSeq2Seq(pad_tokenizer(case.shape), model=model,
+                                                         label_pad_token_id=-100))
+    with tempfile.TemporaryDirectory(prefix="seq2seq-es-bench-") as out_dir, \
+            _scrubbed_launcher_env():
+        args = Seq2SeqTrainingArguments(
+            output_dir=out_dir, per_device_train_batch_size=case.batch_size,
+            max_steps=case.total_steps, learning_rate=5e-5, bf16=on_gpu,
+            optim="adamw_torch_fused" if on_gpu else "adamw_torch", use_cpu=not on_gpu,
+            report_to="none", save_strategy="no", eval_strategy="no", logging_strategy="no",
+            disable_tqdm=True, seed=case.seed, dataloader_num_workers=0,
+            remove_unused_columns=False)
+        trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=case.data,
+                                 data_collator=collator, callbacks=[StepMarks()])
+        trainer.train()
+        wrapped = type(trainer.model_wrapped).__name__
+        del trainer, model
+    steps = clock.steps
+    return RowRun([[b] for b in collator.batches[:steps]], clock, {"hf_model_wrapper": wrapped})
+
+
+# ---------------------------------------------------------------------------------------------
+# loop
+
+
+def layer_stacks(model) -> list[torch.nn.ModuleList]:
+    """The encoder's and the decoder's list of layers (BART: layers, T5: block)."""
+    if model.config.model_type == "t5":
+        return [model.encoder.block, model.decoder.block]
+    return [model.model.encoder.layers, model.model.decoder.layers]
+
+
+def compile_layers(model, dynamic: bool) -> int:
+    """torch.compile each encoder and decoder layer in place; returns how many were wrapped."""
+    import torch._dynamo
+    import torch.fx.experimental._config as fx_config
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
+                                               RECOMPILE_LIMIT)
+    if dynamic:
+        fx_config.use_duck_shape = False
+    count = 0
+    for stack in layer_stacks(model):
+        for layer in stack:
+            layer.compile(dynamic=dynamic)
+            count += 1
+    return count
+
+
+def compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _loop_config(case: BenchCase, spec: ImplSpec):
+    from ..config import RunConfig
+
+    cfg = RunConfig()
+    cfg.train.batch_size = case.batch_size
+    cfg.train.grad_accum = 1
+    cfg.train.seed = case.seed
+    cfg.train.max_steps = case.total_steps
+    cfg.optim.fused = spec.fused
+    cfg.dist.zero_stage = 0
+    return cfg
+
+
+def _step_plan(case: BenchCase, spec: ImplSpec):
+    if spec.budget:
+        from ..data.token_budget import TokenBudgetPlan
+
+        return TokenBudgetPlan(case.data.source_lengths, case.data.target_lengths,
+                               max_tokens=case.max_tokens, grad_accum=1, world_size=1,
+                               seed=case.seed)
+    from ..data.sampler import StepPlan
+
+    return StepPlan(len(case.data), case.batch_size, 1, 1, case.seed)
+
+
+def fused_train_step(engine, micro_batches: list[dict], device: torch.device,
+                     lean: bool) -> torch.Tensor:
+    """One optimizer step with the engine's loss normalisation and no loss read back.
+
+    Same normalisation as `engine.trainer.train_step` with one rank: each micro-batch's
+    token-summed cross-entropy times grad_accum / target tokens of the step (DeepSpeed divides by
+    grad_accum again). The token count comes from the CPU labels, and the loss stays on the
+    device, so the host never waits for the GPU inside a step. Returns the mean token loss.
+    """
+    from ..engine.loss import token_ce_sum
+
+    target_tokens = sum(int((b["labels"] != -100).sum()) for b in micro_batches)
+    scale = len(micro_batches) / max(target_tokens, 1)
+    pin = device.type == "cuda"
+    total = torch.zeros((), device=device)
+    for batch in micro_batches:
+        batch = {k: (v.pin_memory() if pin else v).to(device, non_blocking=pin)
+                 for k, v in batch.items()}
+        labels = batch.pop("labels")
+        if lean:
+            ce = engine(**batch, lean_ce_labels=labels)
+        else:
+            ce = token_ce_sum(engine(**batch).logits, labels)
+        engine.backward(ce * scale)
+        engine.step()
+        total = total + ce.detach()
+    return total / max(target_tokens, 1)
+
+
+def priming_batches(examples: list[dict], collator) -> list[dict]:
+    """A batch with source padding and one without, cut from these examples.
+
+    transformers leaves the attention mask out when a batch has no padding, and the compiled
+    layers then run another graph; one untimed step on each compiles both before the warm-up,
+    so no compilation lands in a timed step whatever order the batches come in.
+    """
+    shortest_source = min(len(e["input_ids"]) for e in examples)
+    shortest_target = min(len(e["labels"]) for e in examples)
+    even = [{"input_ids": e["input_ids"][:shortest_source], "labels": e["labels"][:shortest_target]}
+            for e in examples]
+    batches = [collator(even)]
+    if len(even) > 1 and shortest_source > 1:
+        ragged = [dict(even[0], input_ids=even[0]["input_ids"][:-1])] + even[1:]
+        batches.insert(0, collator(ragged))
+    return batches
+
+
+def prepare_loop_model(case: BenchCase, spec: ImplSpec) -> tuple[torch.nn.Module, dict]:
+    """A fresh model with the variant's model-side switches applied (before DeepSpeed wraps it)."""
+    model = build_model(case.shape, case.device, case.seed, case.dropout)
+    notes: dict = {}
+    if spec.fused:
+        model.config.use_cache = False
+    if case.shape.family == "t5" and spec.t5_attention != "hf":
+        from ..kernels.t5_attention import apply_t5_attention
+
+        apply_t5_attention(model, spec.t5_attention)
+        notes["t5_attention"] = spec.t5_attention
+    if spec.lean:
+        from ..kernels.lean_ce import install_lean_loss
+
+        install_lean_loss(model)
+    if spec.compile:
+        notes["compiled_layers"] = compile_layers(model, dynamic=not spec.static)
+        notes["compile"] = "regional, " + ("static shapes" if spec.static else "dynamic=True")
+    return model, notes
+
+
+def run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
+    from ..data.collator import Seq2SeqCollator
+    from ..engine import distributed as D
+    from ..engine.builders import get_engine
+    from ..engine.trainer import train_step
+
+    env = D.read_env()
+    if env.world_size != 1:
+        raise ConfigError("--impls", "the benchmark runs in one process; start it without a "
+                          f"launcher (found world size {env.world_size})")
+    if env.device.type != case.device.type:
+        raise ConfigError("--device", f"DeepSpeed runs on {env.device.type} here; benchmark on the "
+                          "CPU of a CUDA machine with CUDA_VISIBLE_DEVICES= set")
+    D.init(env, "auto")
+    cfg = _loop_config(case, spec)
+    graphs_before = compiled_graphs()
+    model, notes = prepare_loop_model(case, spec)
+    plan = _step_plan(case, spec)
+    engine, _, _, _ = get_engine(model, cfg, env, case.total_steps)
+    engine.train()
+    collator = Seq2SeqCollator(case.shape.pad_token_id, case.shape.decoder_start_token_id)
+    if spec.compile:
+        first = plan.micro_batches(0, 0, 0)[0]
+        primers = priming_batches([case.data[i] for i in first], collator)
+        for batch in primers:
+            fused_train_step(engine, [batch], case.device, spec.lean)
+        notes["priming_steps"] = len(primers)
+    clock = StepClock(case.device)
+    step_batches: list[list[BatchTokens]] = []
+    steps = plan.iter_steps(0, 0, 0)
+    graphs_when_timed = None
+    try:
+        for step in range(case.total_steps):
+            if step == case.warmup:
+                graphs_when_timed = compiled_graphs()
+            _, _, micro_indices = next(steps)
+            micro = [collator([case.data[i] for i in idx]) for idx in micro_indices]
+            step_batches.append([batch_tokens(b) for b in micro])
+            clock.begin()
+            if spec.fused:
+                fused_train_step(engine, micro, case.device, spec.lean)
+            else:
+                train_step(engine, micro, env, cfg, step)
+            clock.end()
+    finally:
+        engine.destroy()
+        del engine, model
+    if spec.compile:
+        notes["compiled_graphs"] = compiled_graphs() - graphs_before
+        # Non-zero means compilation time sits inside the measured steps.
+        notes["graphs_compiled_while_timed"] = compiled_graphs() - graphs_when_timed
+    if spec.budget:
+        notes["plan_padded_fraction"] = plan.padded_fraction(0)
+    return RowRun(step_batches, clock, notes)
+
+
+def run_impl(case: BenchCase, spec: ImplSpec) -> RowRun:
+    if spec.route == "hf_trainer":
+        return run_hf_trainer(case, spec)
+    if spec.t5_attention == "flex" and case.shape.family == "t5" and case.dropout != 0.0:
+        raise ConfigError("--dropout", "T5 flex attention has no attention dropout; pass "
+                          "--dropout 0 (for every row) to benchmark it")
+    return run_loop(case, spec)

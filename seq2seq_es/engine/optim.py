@@ -126,7 +126,12 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
         "gradient_accumulation_steps": t.grad_accum,
         "train_batch_size": t.batch_size * t.grad_accum * world_size,
         "gradient_clipping": cfg.optim.max_grad_norm,
-        "bf16": {"enabled": use_bf16(cfg)},
+        # Without ZeRO, bf16 runs as torch autocast over fp32 weights with our own AdamW (as the
+        # Trainer route does); DeepSpeed's "bf16" mode would add its bf16 optimizer wrapper with
+        # fp32 master copies, which measured slower there. ZeRO stages keep DeepSpeed's bf16.
+        "bf16": {"enabled": use_bf16(cfg) and dist.zero_stage > 0},
+        "torch_autocast": {"enabled": use_bf16(cfg) and dist.zero_stage == 0,
+                           "dtype": "bfloat16"},
         "fp16": {"enabled": False},
         "zero_optimization": zero,
         # Our AdamW has per-group weight decay; DeepSpeed only vouches for its own optimizers.

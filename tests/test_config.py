@@ -78,3 +78,27 @@ def test_cli_reports_one_error_line(capsys, monkeypatch):
 def test_deepspeed_launcher_local_rank_argument_is_accepted():
     cfg = build_config(["--local_rank=1", "--task", "sqac", "--model", "t5s-tiny"])
     assert cfg.data.task == "sqac" and cfg.model.name == "t5s-tiny"
+
+
+def test_reference_deepspeed_configs_are_what_the_builder_writes(tmp_path):
+    import json
+    from pathlib import Path
+
+    from seq2seq_es.engine.optim import write_reference_configs
+
+    repo_configs = Path(__file__).resolve().parent.parent / "configs" / "deepspeed"
+    for written in write_reference_configs(tmp_path):
+        committed = json.loads((repo_configs / written.name).read_text())
+        assert committed == json.loads(written.read_text()), written.name
+        assert "\"auto\"" not in written.read_text()
+
+
+def test_user_deepspeed_config_may_not_leave_values_to_guess(tmp_path):
+    extra = tmp_path / "ds.json"
+    extra.write_text('{"zero_optimization": {"reduce_bucket_size": "auto"}}')
+    cfg = compose(task="mlsum", model="barto-tiny", overrides={"dist.deepspeed_config": str(extra)})
+    from seq2seq_es.engine.optim import deepspeed_config
+    with pytest.raises(ConfigError, match="reduce_bucket_size"):
+        deepspeed_config(cfg, world_size=1)
+    extra.write_text('{"zero_optimization": {"reduce_bucket_size": 1000}}')
+    assert deepspeed_config(cfg, 1)["zero_optimization"]["reduce_bucket_size"] == 1000

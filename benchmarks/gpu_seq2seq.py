@@ -7,9 +7,9 @@
 Sections, each in its own child process (a crashed CUDA context or a hang loses only that section;
 on a timeout its process group is killed) with a timeout taken from the overall budget:
 1. environment: card, driver, versions, date (nvidia-smi and package metadata; no CUDA context here);
-2. barto: BART-base shape, mlsum-like lengths then fixed 512x128, batch 32: hf_trainer, loop and
-   the fastest loop variants (token budget + compiled layers + fused AdamW, with and without the
-   lean cross-entropy);
+2. barto: BART-base shape, mlsum-like lengths and fixed 512x128, batch 32: hf_trainer, the
+   fastest loop variants (token budget + compiled layers + fused AdamW, with and without the
+   lean cross-entropy), then the plain loop (rows the targets need run first);
 3. t5s: the same rows on the T5 v1.1-base shape (T5 attention on SDPA in the fused variants),
    without the lean loss;
 4. extras, if time is left: uncompiled variants for attribution (loop_budget, loop_budget_fused,
@@ -17,7 +17,10 @@ on a timeout its process group is killed) with a timeout taken from the overall 
 Compiled rows first run two untimed priming steps (a padded and an unpadded batch) so that every
 graph is compiled before the warm-up; `graphs_compiled_while_timed` in the JSON says 0 if so.
 Each child appends every row to OUT_DIR/parts/<section>.jsonl as soon as it is measured, so a
-section cut by its timeout keeps the rows it finished. OUT_DIR/gpu_seq2seq.json (everything) and
+section cut by its timeout keeps the rows it finished. After each row that compiled something it
+saves torch.compile's cache artifacts to OUT_DIR/compile_cache/<section>.bin; a later run on the
+same software and card can start from them with --compile-cache-in FOLDER (compilation is what
+decides whether the compiled rows fit the budget). OUT_DIR/gpu_seq2seq.json (everything) and
 OUT_DIR/gpu_seq2seq.md (tables and the issue's targets) are rewritten after every section.
 Progress lines carry the wall-clock time and the seconds since the start.
 """
@@ -45,23 +48,23 @@ DEFAULT_BUDGET_S = 220.0
 TINY_BUDGET_S = 1800.0
 # Issue 6's targets: real tokens/s of the best loop row over the Seq2SeqTrainer row's.
 TARGETS = {("barto", "mlsum"): 2.5, ("t5s", "mlsum"): 3.0, ("barto", "fixed"): 1.8}
-BARTO_ROWS = {
-    "mlsum": ("hf_trainer", "loop", "loop_budget_compile", "loop_budget_compile_lean"),
-    "fixed": ("hf_trainer", "loop", "loop_compile", "loop_compile_lean"),
-}
-# T5's lean loss calls the stacks with other arguments, which costs 4 more compiled graphs (on
-# top of 8: encoder/decoder x first block/others x padded/unpadded): left to the extras.
-T5S_ROWS = {
-    "mlsum": ("hf_trainer", "loop", "loop_budget_compile"),
-    "fixed": ("hf_trainer", "loop", "loop_compile"),
-}
-EXTRA_ROWS = {"mlsum": ("loop_budget", "loop_budget_fused"), "fixed": ("loop_fused",)}
-T5S_EXTRA_ROWS = {"mlsum": ("loop_budget", "loop_budget_fused", "loop_budget_compile_lean"),
-                  "fixed": ("loop_fused",)}
+# (dist, impl) in the order they run, except that the Trainer rows always go first (see
+# bench.seq2seq._row_order): the rows the targets need come before the plain loop rows, so that a
+# section cut by its timeout loses the least useful ones.
+BARTO_ROWS = (("mlsum", "hf_trainer"), ("fixed", "hf_trainer"),
+              ("mlsum", "loop_budget_compile"), ("fixed", "loop_compile"),
+              ("mlsum", "loop_budget_compile_lean"), ("fixed", "loop_compile_lean"),
+              ("mlsum", "loop"), ("fixed", "loop"))
+# T5's lean loss calls the stacks with other arguments, which costs more compiled graphs: extras.
+T5S_ROWS = (("mlsum", "hf_trainer"), ("fixed", "hf_trainer"),
+            ("mlsum", "loop_budget_compile"), ("fixed", "loop_compile"),
+            ("mlsum", "loop"), ("fixed", "loop"))
+EXTRA_ROWS = (("mlsum", "loop_budget"), ("mlsum", "loop_budget_fused"), ("fixed", "loop_fused"))
+T5S_EXTRA_ROWS = EXTRA_ROWS + (("mlsum", "loop_budget_compile_lean"),)
 # name: (model, tiny model, rows, share of the budget at most, least seconds worth starting)
 SECTIONS = {
-    "barto": ("barto", "barto-tiny", BARTO_ROWS, 0.42, 45),
-    "t5s": ("t5s", "t5s-tiny", T5S_ROWS, 0.55, 60),
+    "barto": ("barto", "barto-tiny", BARTO_ROWS, 0.5, 45),
+    "t5s": ("t5s", "t5s-tiny", T5S_ROWS, 1.0, 60),
     "extras_barto": ("barto", "barto-tiny", EXTRA_ROWS, 0.5, 30),
     "extras_t5s": ("t5s", "t5s-tiny", T5S_EXTRA_ROWS, 1.0, 30),
 }
@@ -84,6 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per row")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps per row")
     parser.add_argument("--batch", type=int, default=None, help="examples per fixed-size batch")
+    parser.add_argument("--compile-cache-in", type=Path, default=None,
+                        help="folder holding <section>.bin compile caches that an earlier run "
+                        "wrote to OUT_DIR/compile_cache/ (same torch, triton and card)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help="comma-separated subset of " + ", ".join(SECTIONS))
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -97,10 +103,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # Child process: one model's rows
 
 
+def load_compile_cache(path: Path) -> None:
+    """Preload torch.compile artifacts saved by an earlier run (same torch, triton and card)."""
+    import torch
+
+    if path.is_file():
+        info = torch.compiler.load_cache_artifacts(path.read_bytes())
+        log(f"loaded compile cache {path} ({path.stat().st_size / 2**20:.1f} MiB): {info}")
+
+
+def save_compile_cache(path: Path) -> None:
+    import torch
+
+    saved = torch.compiler.save_cache_artifacts()
+    if saved is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".tmp").write_bytes(saved[0])
+        path.with_suffix(".tmp").replace(path)
+        log(f"saved compile cache {path} ({len(saved[0]) / 2**20:.1f} MiB)")
+
+
 def worker(spec: dict) -> int:
     from seq2seq_es.bench.seq2seq import BenchOptions, _quiet_libraries, run_bench
 
     _quiet_libraries()
+    cache_out = Path(spec["cache_out"])
+    if spec.get("cache_in"):
+        try:
+            load_compile_cache(Path(spec["cache_in"]))
+        except Exception as exc:  # a stale or foreign cache only costs the compilation
+            log(f"compile cache {spec['cache_in']} not used: {type(exc).__name__}: {exc}")
     pairs = tuple((dist, impl) for dist, impl in spec["pairs"])
     options = BenchOptions(model=spec["model"], device=spec["device"],
                            dists=tuple(dict.fromkeys(d for d, _ in pairs)), impls=None,
@@ -111,6 +143,11 @@ def worker(spec: dict) -> int:
     def on_row(row: dict) -> None:
         with out.open("a", encoding="utf-8") as file:
             file.write(json.dumps(row, default=str) + "\n")
+        if row.get("compiled_graphs"):
+            try:
+                save_compile_cache(cache_out)
+            except Exception as exc:
+                log(f"compile cache not saved: {type(exc).__name__}: {exc}")
 
     rows = run_bench(options, on_row=on_row, log=log)
     return 0 if all(row["error"] is None for row in rows) else 1
@@ -141,8 +178,8 @@ def environment(tiny: bool) -> dict:
     return info
 
 
-def section_pairs(rows: dict[str, tuple[str, ...]], skip_compile: bool) -> list[list[str]]:
-    return [[dist, impl] for dist, impls in rows.items() for impl in impls
+def section_pairs(rows: tuple[tuple[str, str], ...], skip_compile: bool) -> list[list[str]]:
+    return [[dist, impl] for dist, impl in rows
             if not (skip_compile and ("compile" in impl or "static" in impl))]
 
 
@@ -154,10 +191,13 @@ def run_section(name: str, args: argparse.Namespace, timeout_s: float) -> dict:
     jsonl.unlink(missing_ok=True)
     spec = {"model": tiny_model if args.tiny else model, "device": "cpu" if args.tiny else "cuda",
             "pairs": section_pairs(rows, args.skip_compile),
-            "steps": args.steps or (2 if args.tiny else 10),
-            "warmup": args.warmup or (1 if args.tiny else 3),
+            "steps": args.steps or (2 if args.tiny else 8),
+            "warmup": args.warmup or (1 if args.tiny else 2),
             "batch": args.batch or (4 if args.tiny else 32),
-            "dropout": 0.0 if args.tiny else None, "jsonl": str(jsonl)}
+            "dropout": 0.0 if args.tiny else None, "jsonl": str(jsonl),
+            "cache_out": str(args.out_dir / "compile_cache" / f"{name}.bin"),
+            "cache_in": str(args.compile_cache_in / f"{name}.bin") if args.compile_cache_in
+            else None}
     env = dict(os.environ)
     if args.tiny:
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -217,6 +257,16 @@ def markdown(report: dict) -> str:
     if rows:
         ordered = sorted(rows, key=lambda r: (r["model"], r["dist"] != "mlsum"))
         lines += [format_table(ordered), ""]
+    compiled = [r for r in rows if r.get("compile")]
+    if compiled:
+        lines.append("## Compilation (priming steps before the warm-up)")
+        for r in compiled:
+            lines.append(f"- {r['model']} {r['dist']} {r['impl']}: {r['compile']}, "
+                         f"{r.get('compiled_graphs')} graphs compiled in "
+                         f"{r.get('priming_s', 0):.1f} s of priming, "
+                         f"{r.get('graphs_compiled_while_timed')} while timed, row "
+                         f"{r.get('row_wall_s', 0):.0f} s")
+        lines.append("")
     lines.append("## Targets (best loop row's real tokens/s over the Seq2SeqTrainer row's)")
     best = best_speedups(rows)
     for (model, dist), target in TARGETS.items():

@@ -16,7 +16,7 @@ import torch
 
 from seq2seq_es.bench.data import batch_tokens, draw_lengths, make_data, padded_fraction
 from seq2seq_es.bench.flops import ModelShape, forward_flops, train_flops
-from seq2seq_es.bench.impls import parse_impl, random_batch_budget
+from seq2seq_es.bench.impls import as_4d_mask, parse_impl, priming_batches, random_batch_budget
 from seq2seq_es.bench.scaling import scaling_plot, scaling_points, scaling_table
 from seq2seq_es.bench.seq2seq import ROW_KEYS, failed_row
 from seq2seq_es.bench.shapes import SHAPES, build_model, get_shape, make_config
@@ -147,6 +147,28 @@ def test_parse_impl_tokens():
     for bad in ("loop_budget_budget", "loop_fast", "trainer", "loop_"):
         with pytest.raises(UnknownNameError):
             parse_impl(bad)
+
+
+@pytest.mark.parametrize("name, t5_attention", [("barto-tiny", None), ("t5s-tiny", "sdpa")])
+def test_4d_mask_of_compiled_rows_gives_the_same_logits(name, t5_attention):
+    # Compiled rows hand transformers a prepared [B, 1, 1, S] mask; padded and unpadded batches
+    # must come out exactly as with the 2D mask.
+    shape = get_shape(name)
+    model = build_model(shape, torch.device("cpu"), dropout=0.0).eval()
+    if t5_attention:
+        from seq2seq_es.kernels.t5_attention import apply_t5_attention
+        apply_t5_attention(model, t5_attention)
+    data = make_data("miam", 6, shape.vocab_size, shape.first_plain_id, seed=2)
+    collator = Seq2SeqCollator(shape.pad_token_id, shape.decoder_start_token_id)
+    padded, unpadded = priming_batches(data.examples, collator)
+    assert not padded["attention_mask"].all() and unpadded["attention_mask"].all()
+    for batch in (padded, unpadded):
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        with torch.no_grad():
+            expected = model(**inputs).logits
+            got = model(**as_4d_mask(inputs)).logits
+        assert as_4d_mask(inputs)["attention_mask"].shape == (6, 1, 1, inputs["input_ids"].shape[1])
+        assert torch.equal(got, expected)
 
 
 def _linear_flops_by_hand(model, source_tokens: int, target_tokens: int) -> float:

@@ -26,15 +26,17 @@ so compile time does not grow with depth, and later rows of the same process reu
 never padded up to buckets: recompilation is bounded by marking the batch and sequence dims dynamic
 (`dynamic=True`, duck sizing off so that a batch size equal to a length by chance adds no guard),
 so every batch shape runs the same graphs. Matmuls go to cuBLAS either way; the fused elementwise
-kernels take the row count as an argument. What still makes separate graphs: the layer class
-(encoder, decoder), whether the batch is padded (transformers drops an all-ones attention mask),
-and for T5 the first block of a stack, which computes the position bias the others receive: 4
-graphs for BART, 8 for T5 (4 more once T5's lean loss calls the stacks its own way). All layers
-go through one code object, so `torch._dynamo.config.recompile_limit` is raised to
+kernels take the row count as an argument. Compiled rows hand the model a prepared 4D padding
+mask (`as_4d_mask`): transformers would drop a 2D mask without padding, and the layers would need
+a second graph for those batches. What still makes separate graphs: the layer class (encoder,
+decoder) and, for T5, the first block of a stack, which computes the position bias the others
+receive: 2 graphs for BART, 4 for T5 (more once T5's lean loss calls the stacks its own way).
+All layers go through one code object, so `torch._dynamo.config.recompile_limit` is raised to
 RECOMPILE_LIMIT; past it torch would run the layer eagerly rather than compile again. Two untimed
-priming steps, on a padded and an unpadded batch, compile them all before the warm-up, and the row
-reports `graphs_compiled_while_timed` (0 when no compilation was timed). `static` compiles each new
-shape instead: right for fixed lengths, a recompilation per shape otherwise.
+priming steps, on a padded and an unpadded batch, compile what is needed before the warm-up
+(`priming_s` says how long that took), and the row reports `graphs_compiled_while_timed` (0 when
+no compilation was timed). `static` compiles each new shape instead: right for fixed lengths, a
+recompilation per shape otherwise.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -290,8 +293,18 @@ def _step_plan(case: BenchCase, spec: ImplSpec):
     return StepPlan(len(case.data), case.batch_size, 1, 1, case.seed)
 
 
+def as_4d_mask(batch: dict) -> dict:
+    """The padding mask as a prepared [B, 1, 1, S] boolean mask, which transformers passes on as is.
+
+    With a 2D mask, transformers drops the mask of a batch without padding, and a compiled layer
+    then needs a second graph; a 4D mask keeps one graph for every batch (at the price of the
+    flash kernel for unpadded BART batches, which then run the masked SDPA kernel).
+    """
+    return {**batch, "attention_mask": batch["attention_mask"][:, None, None, :].bool()}
+
+
 def fused_train_step(engine, micro_batches: list[dict], device: torch.device,
-                     lean: bool) -> torch.Tensor:
+                     lean: bool, mask_4d: bool = False) -> torch.Tensor:
     """One optimizer step with the engine's loss normalisation and no loss read back.
 
     Same normalisation as `engine.trainer.train_step` with one rank: each micro-batch's
@@ -306,6 +319,8 @@ def fused_train_step(engine, micro_batches: list[dict], device: torch.device,
     pin = device.type == "cuda"
     total = torch.zeros((), device=device)
     for batch in micro_batches:
+        if mask_4d:
+            batch = as_4d_mask(batch)
         batch = {k: (v.pin_memory() if pin else v).to(device, non_blocking=pin)
                  for k, v in batch.items()}
         labels = batch.pop("labels")
@@ -322,9 +337,9 @@ def fused_train_step(engine, micro_batches: list[dict], device: torch.device,
 def priming_batches(examples: list[dict], collator) -> list[dict]:
     """A batch with source padding and one without, cut from these examples.
 
-    transformers leaves the attention mask out when a batch has no padding, and the compiled
-    layers then run another graph; one untimed step on each compiles both before the warm-up,
-    so no compilation lands in a timed step whatever order the batches come in.
+    Padded and unpadded batches are the two kinds a compiled layer might need separate graphs
+    for; one untimed step on each compiles whatever they need before the warm-up, so that no
+    compilation lands in a timed step whatever order the batches come in.
     """
     shortest_source = min(len(e["input_ids"]) for e in examples)
     shortest_target = min(len(e["labels"]) for e in examples)
@@ -382,9 +397,13 @@ def run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
     if spec.compile:
         first = plan.micro_batches(0, 0, 0)[0]
         primers = priming_batches([case.data[i] for i in first], collator)
+        started = time.perf_counter()
         for batch in primers:
-            fused_train_step(engine, [batch], case.device, spec.lean)
+            fused_train_step(engine, [batch], case.device, spec.lean, mask_4d=True)
+        if case.device.type == "cuda":
+            torch.cuda.synchronize(case.device)
         notes["priming_steps"] = len(primers)
+        notes["priming_s"] = time.perf_counter() - started      # mostly compilation
     clock = StepClock(case.device)
     step_batches: list[list[BatchTokens]] = []
     steps = plan.iter_steps(0, 0, 0)
@@ -398,7 +417,7 @@ def run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
             step_batches.append([batch_tokens(b) for b in micro])
             clock.begin()
             if spec.fused:
-                fused_train_step(engine, micro, case.device, spec.lean)
+                fused_train_step(engine, micro, case.device, spec.lean, mask_4d=spec.compile)
             else:
                 train_step(engine, micro, env, cfg, step)
             clock.end()

@@ -13,7 +13,8 @@ on a timeout its process group is killed) with a timeout taken from the overall 
 3. t5s: the same rows on the T5 v1.1-base shape (T5 attention on SDPA in the fused variants),
    without the lean loss;
 4. extras, if time is left: uncompiled variants for attribution (loop_budget, loop_budget_fused,
-   loop_fused) on both shapes, and T5 with the lean loss.
+   loop_fused) on both shapes, and T5 compiled with transformers' attention and with the lean
+   loss.
 Compiled rows first run two untimed priming steps (a padded and an unpadded batch) so that every
 graph is compiled before the warm-up; `graphs_compiled_while_timed` in the JSON says 0 if so.
 Each child appends every row to OUT_DIR/parts/<section>.jsonl as soon as it is measured, so a
@@ -60,7 +61,10 @@ T5S_ROWS = (("mlsum", "hf_trainer"), ("fixed", "hf_trainer"),
             ("mlsum", "loop_budget_compile"), ("fixed", "loop_compile"),
             ("mlsum", "loop"), ("fixed", "loop"))
 EXTRA_ROWS = (("mlsum", "loop_budget"), ("mlsum", "loop_budget_fused"), ("fixed", "loop_fused"))
-T5S_EXTRA_ROWS = EXTRA_ROWS + (("mlsum", "loop_budget_compile_lean"),)
+# transformers 5.24's own T5 attention measured as fast as ours uncompiled (BENCHMARKS.md): the
+# compiled rows with it, for comparison.
+T5S_EXTRA_ROWS = EXTRA_ROWS + (("mlsum", "loop_budget_compile_hfattn"),
+                               ("mlsum", "loop_budget_compile_lean"))
 # name: (model, tiny model, rows, share of the budget at most, least seconds worth starting)
 SECTIONS = {
     "barto": ("barto", "barto-tiny", BARTO_ROWS, 0.5, 45),

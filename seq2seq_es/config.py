@@ -81,6 +81,7 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0                   # steps; 0: only at the end
     eval_at_start: bool = False
+    eval_at_end: bool = True              # validation loss + generation + metrics after the last step
     save_every: int = 0                   # steps; 0: only at the end
     keep_last: int = 2
     resume: str = "none"                  # none | auto | must | <checkpoint dir>

@@ -143,8 +143,9 @@ def test_parse_impl_tokens():
     assert spec.t5_attention == "sdpa"
     assert parse_impl("loop_static").compile and parse_impl("loop_static").static
     assert parse_impl("loop_flex").t5_attention == "flex"
+    assert parse_impl("loop_compile_hfattn").t5_attention == "hf"
     assert parse_impl("hf_trainer").route == "hf_trainer"
-    for bad in ("loop_budget_budget", "loop_fast", "trainer", "loop_"):
+    for bad in ("loop_budget_budget", "loop_fast", "trainer", "loop_", "loop_flex_hfattn"):
         with pytest.raises(UnknownNameError):
             parse_impl(bad)
 

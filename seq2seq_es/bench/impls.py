@@ -17,6 +17,7 @@ defaults otherwise. Variants add features named by underscore-separated tokens:
 | `static`  | the same compilation with static shapes: one graph per batch shape (implies `compile`) |
 | `lean`    | the chunked LM-head cross-entropy of `kernels.lean_ce` (implies `fused`)             |
 | `flex`    | T5 attention on FlexAttention instead of SDPA (implies `fused`; needs dropout 0)     |
+| `hfattn`  | T5 attention left to transformers (its own SDPA path) in the fused variants          |
 
 so `loop_budget` isolates the batching, `loop_budget_compile` adds compilation with the fused
 settings, and `loop_budget_compile_lean` the lean loss on top.
@@ -55,7 +56,7 @@ from .data import BatchTokens, SyntheticData, batch_tokens
 from .shapes import BenchShape, build_model
 from .timing import StepClock
 
-LOOP_TOKENS = ("budget", "fused", "compile", "static", "lean", "flex")
+LOOP_TOKENS = ("budget", "fused", "compile", "static", "lean", "flex", "hfattn")
 RECOMPILE_LIMIT = 32
 
 
@@ -90,13 +91,14 @@ def parse_impl(name: str) -> ImplSpec:
         return ImplSpec(name, "hf_trainer")
     head, *tokens = name.split("_")
     unknown = [t for t in tokens if t not in LOOP_TOKENS]
-    if head != "loop" or unknown or len(set(tokens)) != len(tokens):
+    if head != "loop" or unknown or len(set(tokens)) != len(tokens) or \
+            {"flex", "hfattn"} <= set(tokens):
         raise UnknownNameError("bench impl", name,
                                ["hf_trainer", "loop", *(f"loop_{t}" for t in LOOP_TOKENS),
                                 "loop_budget_compile_lean (any combination)"])
     has = set(tokens)
     fused = bool(has & {"fused", "compile", "static", "lean", "flex"})
-    t5_attention = "flex" if "flex" in has else ("sdpa" if fused else "hf")
+    t5_attention = "flex" if "flex" in has else ("sdpa" if fused and "hfattn" not in has else "hf")
     return ImplSpec(name, "loop", budget="budget" in has, fused=fused,
                     compile=bool(has & {"compile", "static"}), static="static" in has,
                     lean="lean" in has, t5_attention=t5_attention)

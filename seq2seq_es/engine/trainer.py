@@ -226,7 +226,7 @@ def train(cfg: RunConfig) -> dict:
                 code = 130 if name == "SIGINT" else PREEMPTED_EXIT_CODE
                 raise Stopped(f"{name} received: saved a checkpoint at step {step}; resume with "
                               "--train.resume auto", code)
-        last_eval = run_eval(state["step"])
+        last_eval = run_eval(state["step"]) if cfg.train.eval_at_end else {}
         save()
         if cfg.train.export:
             export_hf(engine, tokenizer, generation_config, out / "final", cfg.dist.zero_stage, env)

@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash slurm/local_cluster.sh start
 trap 'bash slurm/local_cluster.sh stop || true' EXIT
-.venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"
+# Two workers, one test file each at a time: the SLURM tests mostly wait on the scheduler while
+# the engine tests compute, and files keep their module-level caches of finished runs.
+.venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25 tests "$@"

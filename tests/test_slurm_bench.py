@@ -225,7 +225,7 @@ def test_bench_one_and_two_nodes_zero2(slurm_cluster, tmp_path, capsys):  # noqa
     assert "| efficiency |" in header
     table = [line for line in lines if line.startswith("| 2 |")]
     assert [line.split(" | ")[1] for line in table] == ["1", "2"]
-    assert table[0].endswith("| 1.00x | 100.0% |")
+    assert table[0].endswith("| 1.00 | 100.0% |")
     runs = [line for line in lines if line.startswith("| nodes")]
     assert [line.split(" | ")[0] for line in runs] == ["| nodes1_zero2", "| nodes2_zero2"]
     assert all(line.endswith("| COMPLETED |") for line in runs) and "not finished" not in markdown

@@ -10,9 +10,10 @@ import json
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 
-from conftest_slurm import slurm_cluster, wait_finished, wait_until  # noqa: F401  (fixture)
+from conftest_slurm import job_fields, slurm_cluster, wait_finished, wait_until  # noqa: F401  (fixture)
 from seq2seq_es.slurm.cli import main as slurm_main
 from seq2seq_es.slurm.monitor import read_metrics, sweep_status
 from seq2seq_es.slurm.sweep import load_manifest
@@ -168,6 +169,34 @@ def test_sweep_runs_every_pair_and_grid_point_and_collects(slurm_cluster, tmp_pa
     assert out[0] == "| model | mlsum score | mlsum total | sqac score | sqac total |"
     assert out[2] == "| barto | 50.00 (g2) | 3.00 (g1) | 50.00 (g2) | 3.00 (g1) |"
     assert out[3] == "| t5s | 50.00 (g2) | 3.00 (g1) | – | – |"
+
+
+def test_a_signal_during_start_up_requeues_the_job_instead_of_killing_it(
+        slurm_cluster, tmp_path):  # noqa: F811
+    # SLURM checks time limits on a 30 s tick, so the time-limit signal can come the moment a
+    # job starts, before Python has a handler; the task starts with SIGUSR2 blocked so that the
+    # signal waits for submitit's handler instead of killing the task (the job would end FAILED).
+    run_dir = tmp_path / "run"
+    steps = 5
+    job_id = submit_probe(run_dir, "--max-requeues", "2", overrides=("--probe.steps", str(steps)))
+    submission = (run_dir / "slurm" / f"{job_id}_submission.sh").read_text()
+    assert "env --block-signal=USR2 " in submission
+    # signal as soon as the task's process exists (the nodes are this machine), while Python is
+    # still importing: before submitit has installed its handler
+    folder = str(run_dir / "slurm")
+
+    def task_started() -> bool:
+        return any(folder in (proc.info["cmdline"] or []) and "srun" not in proc.info["name"]
+                   for proc in psutil.process_iter(["cmdline", "name"]))
+
+    wait_until(task_started, 120, "the job's task to start", interval_s=0.01)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=60)
+    fields = wait_finished(job_id, timeout_s=300)
+    assert fields["JobState"] == "COMPLETED"
+    assert int(fields["Restarts"]) == 1
+    assert [r["step"] for r in train_records(run_dir)] == list(range(1, steps + 1))
+    assert events(run_dir)[:2] == ["requeued", "start"] or events(run_dir)[:3] == [
+        "start", "requeued", "start"]
 
 
 @pytest.mark.slow

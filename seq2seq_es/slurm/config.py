@@ -8,7 +8,9 @@ own script writer and needs no SLURM installation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shlex
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,7 +174,28 @@ def _mem_string(mem_gb: float) -> str:
 
 
 def python_command(config: SlurmConfig) -> str:
-    return config.python if config.python else shlex.quote(sys.executable)
+    """The interpreter command of every task, started with SIGUSR2 blocked where `env` can do it.
+
+    SLURM checks time limits on a 30-second tick, so a `--signal=USR2@delay` can arrive the moment
+    a job (or its requeued restart) starts, before Python has installed any handler; SIGUSR2's
+    default action then kills the task and the job ends FAILED instead of requeueing. Blocked, the
+    signal stays pending through exec until TrainJob unblocks it, by which time submitit's handler
+    is in place. GNU env has --block-signal since coreutils 8.31; where it lacks it, the plain
+    command is used and the start-up window stays open.
+    """
+    python = config.python if config.python else shlex.quote(sys.executable)
+    if _env_can_block_signals():
+        return f"env --block-signal=USR2 {python}"
+    return python
+
+
+@functools.lru_cache(maxsize=1)
+def _env_can_block_signals() -> bool:
+    try:
+        return subprocess.run(["env", "--block-signal=USR2", "true"], capture_output=True,
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 def make_executor(config: SlurmConfig, folder: str | Path, *,
@@ -181,7 +204,7 @@ def make_executor(config: SlurmConfig, folder: str | Path, *,
     import submitit
 
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=config.max_requeues,
-                                      python=config.python)
+                                      python=python_command(config))
     executor.update_parameters(**sbatch_parameters(config, array_parallelism=array_parallelism))
     return executor
 

@@ -31,7 +31,9 @@ signals (so a second SIGUSR2 cannot make submitit's handler requeue twice), and
   written, so the job does not look finished to submitit while it waits in the queue.
 
 A signal that arrives before the engine has installed its handlers (while the model loads) still
-reaches submitit's handler: `checkpoint()` below then applies the same requeue limit and returns
+reaches submitit's handler, and one that arrives before Python has started waits: the task's
+command starts with SIGUSR2 blocked (`env --block-signal`, see config.python_command) and
+`__call__` unblocks it once submitit's handler is installed: `checkpoint()` below then applies the same requeue limit and returns
 the unchanged job (all state lives in the run folder's checkpoints), and submitit requeues it.
 
 The time limit follows the same path: the sbatch script asks SLURM for `--signal=USR2@<delay>`
@@ -118,6 +120,9 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.bind_gpus = bind_gpus
 
     def __call__(self) -> dict[str, Any]:
+        # The task started with SIGUSR2 blocked (config.python_command); submitit's handler is in
+        # place now, so a signal that came during start-up is delivered here, not lost.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
         dist = self._export_distributed_env()
         restart = restart_count()
         Path(self.run_dir).mkdir(parents=True, exist_ok=True)

@@ -81,6 +81,44 @@ def test_sweep_refusals_come_before_submitting(tmp_path, capsys, extra, message)
     assert not sweep_dir.exists()
 
 
+def test_data_root_gives_each_task_its_files_before_the_overrides(tmp_path):
+    root = tmp_path / "datasets"
+    for task, splits in (("mlsum", ("train.jsonl", "validation.jsonl")),
+                         ("sqac", ("train.parquet", "validation.csv", "test.json"))):
+        (root / task).mkdir(parents=True)
+        for name in splits:
+            (root / task / name).write_text("")
+    runs = plan_runs(tmp_path / "sweep", [("barto", "mlsum"), ("t5s", "sqac")],
+                     {"optim.lr": ["3e-5", "5e-5"]}, ["--data.validation_file", "/other.jsonl"],
+                     data_root=root)
+    assert len(runs) == 4
+    mlsum_args = runs[0].argv[runs[0].argv.index("--data.train_file"):]
+    assert mlsum_args == ["--data.train_file", str(root / "mlsum" / "train.jsonl"),
+                          "--data.validation_file", str(root / "mlsum" / "validation.jsonl"),
+                          "--data.validation_file", "/other.jsonl"]  # the override comes last
+    sqac_args = runs[3].argv[runs[3].argv.index("--data.train_file"):]
+    assert sqac_args[:6] == ["--data.train_file", str(root / "sqac" / "train.parquet"),
+                             "--data.validation_file", str(root / "sqac" / "validation.csv"),
+                             "--data.test_file", str(root / "sqac" / "test.json")]
+
+
+@pytest.mark.parametrize("files, message", [
+    (["validation.jsonl"], "no train file for task 'mlsum'"),
+    (["train.jsonl", "train.csv"], "holds 2 train files (train.jsonl, train.csv)"),
+])
+def test_a_data_root_without_one_train_file_per_task_is_refused(tmp_path, capsys, files, message):
+    root = tmp_path / "datasets"
+    (root / "mlsum").mkdir(parents=True)
+    for name in files:
+        (root / "mlsum" / name).write_text("")
+    sweep_dir = tmp_path / "sweep"
+    assert slurm_main(_sweep_args(sweep_dir, "--pair", "barto:mlsum", "--data-root", str(root),
+                                  "--dry-run")) == 2
+    err = capsys.readouterr().err
+    assert "--data-root" in err and message in err
+    assert not sweep_dir.exists()
+
+
 def _write_manifest(sweep_dir, pairs, grid, submitted):
     runs = plan_runs(sweep_dir, pairs, grid, [])
     manifest = new_manifest("sweep", runs, grid, SlurmConfig(), sweep_dir / "slurm",

@@ -6,14 +6,18 @@ also when the job is pre-empted mid-training, requeued and resumed.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from conftest_slurm import slurm_cluster, wait_finished, wait_until  # noqa: F401  (fixture)
-from engine_runs import base_args, demo_files, final_weights, max_weight_diff, run, step_losses
+from engine_runs import (base_args, demo_files, final_weights, max_weight_diff, run, start,
+                         step_losses)
+from fixtures import fixture_files
 from seq2seq_es.slurm.cli import main as slurm_main
+from seq2seq_es.slurm.monitor import final_metrics, sweep_status
 from seq2seq_es.slurm.sweep import load_manifest
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -54,10 +58,10 @@ def submit_training(files, out: Path) -> str:
     return load_manifest(out).runs[0].job_id
 
 
-def assert_same_training(out: Path, reference: Path) -> None:
+def assert_same_training(out: Path, reference: Path, steps: int = STEPS) -> None:
     losses, expected = step_losses(out), step_losses(reference)
-    assert sorted(losses) == list(range(1, STEPS + 1))
-    assert sorted(expected) == list(range(1, STEPS + 1))
+    assert sorted(losses) == list(range(1, steps + 1))
+    assert sorted(expected) == list(range(1, steps + 1))
     for step in expected:
         assert abs(losses[step] - expected[step]) <= 1e-6 * max(1.0, abs(expected[step])), step
     assert max_weight_diff(final_weights(out), final_weights(reference)) <= 1e-6
@@ -84,3 +88,104 @@ def test_preempted_training_resumes_exactly(slurm_cluster, workdir, files, torch
     steps = [r["step"] for r in records if "train/loss" in r]
     assert steps == list(range(1, STEPS + 1))  # no step lost or repeated across the requeue
     assert_same_training(out, torchrun_run)
+
+
+# Long enough (about 45 s of steps here, 50 ms each) that SLURM's 30 s time-limit tick falls
+# inside training after the limit is cut.
+TIME_LIMIT_STEPS = 900
+
+
+def test_training_that_reaches_its_time_limit_requeues_and_resumes_exactly(
+        slurm_cluster, workdir, files):  # noqa: F811
+    def overrides(out: Path) -> list[str]:
+        args = base_args(files, out, model=MODEL, steps=TIME_LIMIT_STEPS, batch=4,
+                         extra=["--dist.zero_stage", "2", "--model.dropout", "0.0"])
+        return args[6:]
+
+    reference = workdir / "uninterrupted-one-process"
+    uninterrupted = start("none", 1, ["--task", "mlsum", "--model", MODEL, "--train.output_dir",
+                                      str(reference), *overrides(reference)])
+    out = workdir / "slurm-time-limit"
+    # submitted with room to spare, and SLURM's warning signal 90 s before the limit
+    assert slurm_main(["submit", "--task", "mlsum", "--model", MODEL, "--run-dir", str(out),
+                       "--time", "15", "--signal-delay-s", "90", "--max-requeues", "2", "--",
+                       *overrides(out)]) == 0
+    job_id = load_manifest(out).runs[0].job_id
+    wait_until(lambda: len(step_losses(out)) >= 1, 600, "the first training step", interval_s=0.1)
+    # The job now reaches its time limit mid-training: a 1-minute limit leaves under 90 s, so
+    # slurmctld sends SIGUSR2 at its next time-limit check (within 30 s), as at a real limit.
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=1"], check=True,
+                   capture_output=True, timeout=60)
+    events_file = out / "slurm_events.jsonl"
+    wait_until(lambda: '"requeued"' in events_file.read_text(), 300,
+               "the job to save and requeue itself", interval_s=0.1)
+    # The restart gets its limit back (rank 0 records the requeue before asking SLURM for it);
+    # with the 1-minute limit it would be signalled again as soon as it starts.
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=15"], check=True,
+                   capture_output=True, timeout=60)
+    fields = wait_finished(job_id, timeout_s=600)
+    assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1"
+    events = [json.loads(line) for line in (out / "slurm_events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["start", "requeued", "start", "finished"]
+    assert events[1]["reason"] == "pre-empted; checkpoint saved"  # saved inside the loop
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "train/loss" in r]
+    assert steps == list(range(1, TIME_LIMIT_STEPS + 1))  # no step lost or repeated
+    assert uninterrupted.wait(timeout=600) == 0, uninterrupted.stdout.read()[-4000:]
+    assert_same_training(out, reference, TIME_LIMIT_STEPS)
+
+
+def test_sweep_of_three_pairs_trains_every_run_and_collect_prints_the_table(
+        slurm_cluster, tmp_path, capsys):  # noqa: F811
+    data_root = tmp_path / "data"  # the fixtures, laid out as --data-root expects: <task>/<split>
+    for task in ("mlsum", "sqac"):
+        shutil.copytree(Path(fixture_files(task)["train"]).parent, data_root / task)
+    sweep_dir = tmp_path / "sweep"
+    steps = 3
+    assert slurm_main([
+        "sweep", "--sweep-dir", str(sweep_dir), "--pair", "barto-tiny:mlsum",
+        "--pair", "t5s-tiny:mlsum", "--pair", "barto-tiny:sqac", "--grid", "optim.lr=1e-4,2e-3",
+        "--data-root", str(data_root), "--max-parallel", "2", "--time", "15", "--",
+        "--train.max_steps", str(steps), "--train.batch_size", "2", "--train.log_every", "1",
+        "--train.precision", "fp32", "--train.progress_bar", "false",
+        "--data.max_target_length", "256",  # the fixtures' references, whole, in a tiny vocabulary
+        "--gen.num_beams", "1", "--gen.max_new_tokens", "8", "--gen.min_new_tokens", "0"]) == 0
+    manifest = load_manifest(sweep_dir)
+    assert len(manifest.runs) == 6
+    for run_plan in manifest.runs:
+        assert wait_finished(run_plan.job_id, timeout_s=600)["JobState"] == "COMPLETED", run_plan.name
+    statuses = sweep_status(manifest)
+    assert {status.state for status in statuses} == {"COMPLETED"}
+    assert all(status.step == steps for status in statuses)
+    for run_plan in manifest.runs:  # each run trained on its own task's data and was evaluated
+        run_dir = Path(run_plan.run_dir)
+        assert sorted(step_losses(run_dir)) == list(range(1, steps + 1))
+        config = (run_dir / "config.yaml").read_text()
+        assert str(data_root / run_plan.task / "train.jsonl") in config
+        assert final_metrics(run_dir, "eval"), run_plan.name
+
+    capsys.readouterr()
+    assert slurm_main(["collect", str(sweep_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header[0] == "model"
+    tasks_of_columns = [column.split(" ", 1)[0] for column in header[1:]]
+    assert set(tasks_of_columns) == {"mlsum", "sqac"} and tasks_of_columns[0] == "mlsum"
+    rows = {row.split(" | ")[0].strip("| "): [cell.strip() for cell in row.strip("|").split("|")]
+            for row in lines[2:4]}
+    assert sorted(rows) == ["barto-tiny", "t5s-tiny"]
+    runs = {(r.model, r.task, r.grid_point["optim.lr"]): Path(r.run_dir) for r in manifest.runs}
+    for model, cells in rows.items():
+        for column, cell in zip(header[1:], cells[1:]):
+            task, metric = column.split(" ", 1)
+            if (model, task, "1e-4") not in runs:
+                assert cell == "–"  # t5s-tiny did not run sqac
+                continue
+            values = {label: final_metrics(runs[(model, task, lr)], "eval")[metric]
+                      for label, lr in (("g1", "1e-4"), ("g2", "2e-3"))}
+            label = "g2" if values["g2"] > values["g1"] else "g1"  # a tie keeps the first point
+            value = values[label]
+            shown = f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
+            assert cell == f"{shown} ({label})", (model, column)
+    assert "- g1: optim.lr=1e-4" in lines and "- g2: optim.lr=2e-3" in lines
+    assert (sweep_dir / "results.md").read_text().splitlines()[:4] == lines[:4]

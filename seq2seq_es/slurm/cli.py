@@ -2,7 +2,8 @@
 
   submit --task T --model M [--run-dir DIR] [SLURM options] [--dry-run] [-- train overrides]
   sweep  --sweep-dir DIR [--models A,B] [--tasks X,Y | --pair M:T ...] [--grid KEY=V1,V2 ...]
-         [--no-grid] [--max-parallel N] [SLURM options] [--dry-run] [-- train overrides]
+         [--no-grid] [--data-root DIR] [--max-parallel N] [SLURM options] [--dry-run]
+         [-- train overrides]
   status SWEEP [--json]            SWEEP: a sweep folder, or a run folder made by `submit`
   collect SWEEP [--split eval] [--metrics A,B] [--markdown FILE] [--csv FILE]
   bench  --bench-dir DIR [--nodes 1,2,4,8] [--zero-stages 0,2,3] [--model M] [--task T]
@@ -167,6 +168,9 @@ def cmd_sweep(argv: list[str]) -> int:
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="grid axis (repeatable); default: the paper's grid")
     parser.add_argument("--no-grid", action="store_true", help="one run per pair, no grid")
+    parser.add_argument("--data-root", metavar="DIR",
+                        help="local datasets instead of the hub: DIR/<task>/train.jsonl (and "
+                             "validation, test; jsonl, json, csv or parquet) in the hub's columns")
     parser.add_argument("--max-parallel", type=int, default=4,
                         help="array jobs running at once (default 4)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and sbatch script")
@@ -188,7 +192,7 @@ def cmd_sweep(argv: list[str]) -> int:
     config = slurm_config_from_args(args)
     check_partition(config.partition, required=not args.dry_run)
     sweep_dir = Path(args.sweep_dir).absolute()
-    runs = plan_runs(sweep_dir, pairs, grid, overrides)
+    runs = plan_runs(sweep_dir, pairs, grid, overrides, args.data_root)
     check_sweep_dir(sweep_dir, runs)
     folder = Path(config.folder).absolute() if config.folder else sweep_dir / SUBMITIT_DIR
     manifest = new_manifest("sweep", runs, grid, config, folder, args.entry, overrides,

@@ -221,17 +221,47 @@ def train_argv(model: str, task: str, run_dir: str | Path, grid_point: dict[str,
     return argv + list(overrides)
 
 
+DATA_SPLITS = (("train", "data.train_file"), ("validation", "data.validation_file"),
+               ("test", "data.test_file"))
+DATA_EXTENSIONS = ("jsonl", "json", "csv", "parquet")
+
+
+def data_root_overrides(data_root: str | Path, task: str) -> list[str]:
+    """`--data.train_file DATA_ROOT/<task>/train.jsonl` (and validation, test where present).
+
+    Compute nodes often have no internet: a sweep can read each task's local copy, in the hub
+    dataset's columns, from one folder per task instead of the hub.
+    """
+    folder = Path(data_root).absolute() / task
+    args: list[str] = []
+    for split, key in DATA_SPLITS:
+        found = [folder / f"{split}.{ext}" for ext in DATA_EXTENSIONS
+                 if (folder / f"{split}.{ext}").is_file()]
+        if len(found) > 1:
+            raise ConfigError("--data-root", f"{folder} holds {len(found)} {split} files "
+                              f"({', '.join(path.name for path in found)}); keep one")
+        if found:
+            args += [f"--{key}", str(found[0])]
+    if not args or args[0] != "--data.train_file":
+        raise ConfigError("--data-root", f"no train file for task '{task}': expected "
+                          f"{folder}/train.{{{','.join(DATA_EXTENSIONS)}}}")
+    return args
+
+
 def plan_runs(root: str | Path, pairs: list[tuple[str, str]], grid: dict[str, list[str]],
-              overrides: list[str]) -> list[RunPlan]:
+              overrides: list[str], data_root: str | Path | None = None) -> list[RunPlan]:
+    """One run per pair and grid point; overrides come last, so they win over --data-root."""
     root = Path(root).absolute()
     plans = []
     for model, task in pairs:
+        data_args = data_root_overrides(data_root, task) if data_root is not None else []
         for point in grid_points(grid):
             name = f"{model}__{task}__{grid_point_name(point)}"
             run_dir = root / name
             plans.append(RunPlan(name=name, model=model, task=task, grid_point=point,
                                  run_dir=str(run_dir),
-                                 argv=train_argv(model, task, run_dir, point, overrides)))
+                                 argv=train_argv(model, task, run_dir, point,
+                                                 data_args + list(overrides))))
     return plans
 
 

@@ -1,0 +1,140 @@
+"""Why LEDO's flex encoder attention forward is slow: one-call ablation for a GPU session (issue 5).
+
+On an H100 (BENCHMARKS.md, profile of 2026-11-26) our FlexAttention forward took 2.6 ms per layer
+at 16K tokens while a plain +-512 band took 0.2 ms (benchmarks/gpu_flex_options.py); the backward
+was 1.2 ms against 0.75 ms. This script changes one thing at a time between the two:
+
+  A  plain band BlockMask (create_block_mask), contiguous q/k/v        the 0.2 ms reference
+  B  A with the query as the module passes it (a transposed [B, L, H, d] view)
+  C  our BlockMask (build_flex_block_mask) and mask_mod, keys [1 global slot block | sequence]
+  D  C with the transposed query
+  E  C's block tables with a mask_mod that captures no tensors (band only): the mask_mod's cost
+  F  one FlexLEDEncoderSelfAttention layer forward (projections, global rows, assembly)
+
+and prints forward (with grad) and forward+backward milliseconds, median of --repeat calls.
+    python3 benchmarks/gpu_flex_ablation.py [--src-len 16384] [--repeat 20]
+On the CPU (no GPU) it runs the forwards at --src-len 1024 as a smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention  # noqa: E402
+
+from seq2seq_es.kernels.led_attention import (build_encoder_layout, build_flex_block_mask,  # noqa: E402
+                                              padded_slot_count)
+
+HEADS, HEAD_DIM, ONE_SIDED_WINDOW = 12, 64, 512
+
+
+def timed(fn, device: str, repeat: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeat):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--src-len", type=int, default=None)
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    seq_len = args.src_len or (16384 if device == "cuda" else 1024)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    backward = device == "cuda"  # FlexAttention has no backward on the CPU
+    compiled = torch.compile(flex_attention)
+    torch.manual_seed(0)
+
+    def tensor(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype, requires_grad=backward)
+
+    q = tensor(1, HEADS, seq_len, HEAD_DIM)
+    q_view = tensor(1, seq_len, HEADS, HEAD_DIM)  # the module's layout: [B, L, H, d] viewed as [B, H, L, d]
+    k, v = tensor(1, HEADS, seq_len, HEAD_DIM), tensor(1, HEADS, seq_len, HEAD_DIM)
+
+    def band(b, h, q_idx, kv_idx):
+        return (q_idx - kv_idx).abs() <= ONE_SIDED_WINDOW
+
+    plain_mask = create_block_mask(band, 1, 1, seq_len, seq_len, device=device)
+    key_padding = torch.zeros(1, seq_len, dtype=torch.bool, device=device)
+    is_global = key_padding.clone()
+    is_global[0, 0] = True
+    layout = build_encoder_layout(key_padding, is_global, 1, any_padding=False)
+    ours = build_flex_block_mask(layout, ONE_SIDED_WINDOW)
+    n_slots = padded_slot_count(1)
+    k_slots = tensor(1, HEADS, n_slots + seq_len, HEAD_DIM)
+    v_slots = tensor(1, HEADS, n_slots + seq_len, HEAD_DIM)
+
+    def band_after_slots(b, h, q_idx, kv_idx):
+        return (kv_idx < n_slots) | ((q_idx - (kv_idx - n_slots)).abs() <= ONE_SIDED_WINDOW)
+
+    no_buffers = BlockMask.from_kv_blocks(
+        ours.kv_num_blocks, ours.kv_indices, ours.full_kv_num_blocks, ours.full_kv_indices,
+        BLOCK_SIZE=ours.BLOCK_SIZE, mask_mod=band_after_slots, seq_lengths=ours.seq_lengths)
+
+    cases = {
+        "A plain band, contiguous": (lambda: q, k, v, plain_mask),
+        "B plain band, transposed q": (lambda: q_view.transpose(1, 2), k, v, plain_mask),
+        "C ours, contiguous": (lambda: q, k_slots, v_slots, ours),
+        "D ours, transposed q": (lambda: q_view.transpose(1, 2), k_slots, v_slots, ours),
+        "E ours, mask_mod without buffers": (lambda: q, k_slots, v_slots, no_buffers),
+    }
+    print(f"device {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}), "
+          f"torch {torch.__version__}, L={seq_len}, heads {HEADS}x{HEAD_DIM}, window +-{ONE_SIDED_WINDOW}")
+    for name, (query, key, value, block_mask) in cases.items():
+        try:
+            forward = timed(lambda: compiled(query(), key, value, block_mask=block_mask), device, args.repeat)
+            line = f"{name:36s} forward {forward:8.3f} ms"
+            if backward:
+                both = timed(lambda: compiled(query(), key, value, block_mask=block_mask).sum().backward(),
+                             device, args.repeat)
+                line += f"   forward+backward {both:8.3f} ms"
+            print(line, flush=True)
+        except Exception as error:  # a failing case must not hide the others
+            print(f"{name:36s} error {type(error).__name__}: {str(error)[:200]}", flush=True)
+
+    from seq2seq_es.kernels.bench_led import LED_BASE_SHAPE, TINY_SHAPE, build_led_model
+    from seq2seq_es.kernels.led_attention import apply_led_attention
+
+    shape = LED_BASE_SHAPE if device == "cuda" else TINY_SHAPE
+    model = build_led_model(shape, device)
+    apply_led_attention(model, "flex")
+    layer = model.led.encoder.layers[0].self_attn.longformer_self_attn
+    hidden = torch.randn(1, seq_len, shape.d_model, device=device, requires_grad=backward)
+    masked = torch.zeros(1, seq_len, dtype=torch.bool, device=device)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+
+    def layer_forward():
+        with autocast, torch.set_grad_enabled(backward):
+            return layer(hidden, is_index_masked=masked, is_index_global_attn=is_global,
+                         is_global_attn=True)[0]
+
+    forward = timed(layer_forward, device, args.repeat)
+    line = f"{'F one encoder attention layer':36s} forward {forward:8.3f} ms"
+    if backward:
+        both = timed(lambda: layer_forward().float().sum().backward(), device, args.repeat)
+        line += f"   forward+backward {both:8.3f} ms"
+    print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

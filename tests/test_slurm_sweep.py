@@ -12,8 +12,8 @@ from seq2seq_es.errors import ConfigError, DataError
 from seq2seq_es.slurm import paper_grid
 from seq2seq_es.slurm.cli import main as slurm_main
 from seq2seq_es.slurm.config import SlurmConfig
-from seq2seq_es.slurm.monitor import (build_table, format_csv, format_markdown, read_metrics,
-                                      sweep_status)
+from seq2seq_es.slurm.monitor import (SlurmState, build_table, format_csv, format_markdown,
+                                      read_metrics, run_status, sweep_status)
 from seq2seq_es.slurm.sweep import (SWEEP_MANIFEST, grid_point_name, grid_points, load_manifest,
                                     new_manifest, parse_grid, plan_runs, select_pairs)
 
@@ -227,6 +227,20 @@ def test_status_of_runs_not_submitted_shows_progress(tmp_path, capsys):
     assert slurm_main(["status", str(sweep_dir)]) == 0
     out = capsys.readouterr().out
     assert "train/loss=3.25 eval/rougeL=12.5" in out
+
+
+@pytest.mark.parametrize("state, says", [("CANCELLED", "cancelled"),
+                                          ("TIMEOUT", "killed at its time limit"),
+                                          ("OUT_OF_MEMORY", "--mem-gb")])
+def test_a_job_slurm_ended_says_why_when_its_tasks_left_no_error(tmp_path, state, says):
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], {}, submitted=True)
+    run = manifest.runs[0]
+    run.job_id = "77"
+    status = run_status(run, manifest, {"77": SlurmState(state)})
+    assert status.state == state and status.failed
+    assert says in status.error
+    assert status.log.endswith("77_0_log.err")
 
 
 def test_status_of_a_folder_without_manifest_is_refused(tmp_path, capsys):

@@ -275,7 +275,19 @@ def run_status(run: RunPlan, manifest: Manifest, slurm: dict[str, SlurmState]) -
     if status.failed:
         status.error, status.log = failure_details(manifest.submitit_folder, run.job_id,
                                                    manifest.tasks_per_job)
+        status.error = status.error or _ENDED_BY_SLURM.get(status.state)
     return status
+
+
+# What a job's state says when its tasks left no error of their own.
+_ENDED_BY_SLURM = {
+    "CANCELLED": "cancelled (scancel, or an administrator)",
+    "TIMEOUT": "killed at its time limit without a requeue: raise --signal-delay-s so that the "
+               "checkpoint fits before the limit",
+    "NODE_FAIL": "a node of the job failed",
+    "OUT_OF_MEMORY": "killed by SLURM for using more memory than it asked for (--mem-gb)",
+    "PREEMPTED": "pre-empted and not requeued (the cluster's PreemptMode cancels)",
+}
 
 
 def _state_from_files(folder: str, job_id: str, events: list[dict[str, Any]]) -> str:

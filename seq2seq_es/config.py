@@ -63,7 +63,7 @@ class OptimConfig:
     warmup_ratio: float = 0.0             # fraction of total steps; ignored when warmup_steps > 0
     warmup_steps: int = 0
     max_grad_norm: float = 1.0            # 0 disables clipping
-    fused: bool = False                   # fused AdamW kernel (CUDA only)
+    fused: bool = True                    # fused AdamW kernel on GPUs (measured fastest); CPU: off
 
 
 @dataclass

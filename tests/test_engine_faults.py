@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,7 +32,7 @@ def one_rank():
     return D.read_env({})
 
 
-def _engine_and_batches(files, on_nan: str):
+def _engine_and_batches(files, on_nan: str, env: D.DistEnv | None = None):
     cfg = RunConfig()
     cfg.model.name, cfg.data.task = "barto-tiny", "mlsum"
     cfg.data.train_file = files["train"]
@@ -43,7 +44,7 @@ def _engine_and_batches(files, on_nan: str):
     collate = get_collator(cfg, spec, tokenizer, model)
     batches = [collate([split.tokenized[i] for i in (0, 1)]),
                collate([split.tokenized[i] for i in (2, 3)])]
-    engine, *_ = get_engine(model, cfg, D.read_env({}), total_steps=10)
+    engine, *_ = get_engine(model, cfg, env or D.read_env({}), total_steps=10)
     return cfg, engine, batches
 
 
@@ -76,6 +77,41 @@ def test_non_finite_loss_skip_leaves_weights_unchanged(files, one_rank):
     result = train_step(engine, batches[1:], one_rank, cfg, step=1)
     assert result["skipped_micro_batches"] == 0
     assert any(not torch.equal(before[k], engine.module.state_dict()[k]) for k in before)
+
+
+def _skip_on_one_rank_worker(rank: int, port: int, files: dict, out: str) -> None:
+    import os
+
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    env = D.read_env()
+    D.init(env, "gloo")
+    cfg, engine, batches = _engine_and_batches(files, "skip", env)
+    before = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+    if rank == 1:
+        _poison_next_forward(engine)  # only this rank's loss is NaN
+    poisoned = train_step(engine, batches[rank:rank + 1], env, cfg, step=0)
+    unchanged = all(torch.equal(before[k], v) for k, v in engine.module.state_dict().items())
+    healthy = train_step(engine, batches[rank:rank + 1], env, cfg, step=1)
+    changed = any(not torch.equal(before[k], v) for k, v in engine.module.state_dict().items())
+    Path(out, f"rank{rank}.json").write_text(json.dumps(
+        {"poisoned": poisoned, "unchanged": unchanged, "healthy": healthy, "changed": changed}))
+
+
+def test_a_non_finite_loss_on_one_rank_skips_the_micro_batch_on_every_rank(files, tmp_path):
+    from engine_runs import free_port
+
+    torch.multiprocessing.spawn(_skip_on_one_rank_worker, args=(free_port(), files, str(tmp_path)),
+                                nprocs=2)
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for result in results:
+        assert result["poisoned"]["skipped_micro_batches"] == 1  # rank 0's loss was finite
+        assert result["poisoned"]["loss"] == 0.0 and result["unchanged"]
+        assert result["healthy"]["skipped_micro_batches"] == 0 and result["changed"]
+        assert result["healthy"]["loss"] > 0
+    # the logged loss is the step's, summed over both ranks: the same number on each
+    assert results[0]["healthy"]["loss"] == results[1]["healthy"]["loss"]
 
 
 @pytest.mark.slow

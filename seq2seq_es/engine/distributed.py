@@ -110,8 +110,12 @@ def close() -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+def all_reduce_sum(values: list[float] | torch.Tensor, device: torch.device) -> list[float]:
+    """Sum over ranks, in float64; a tensor stays on its device until the one read-back."""
+    if isinstance(values, torch.Tensor):
+        t = values.to(device=device, dtype=torch.float64)
+    else:
+        t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()

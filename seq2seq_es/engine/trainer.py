@@ -90,7 +90,7 @@ def train_step(engine, micro_batches: list[dict], env: D.DistEnv, cfg: RunConfig
     target_tokens, source_tokens, padded_tokens = D.all_reduce_sum(
         [local_target, local_source, local_padded], device)
     scale = env.world_size * len(micro_batches) / max(target_tokens, 1.0)
-    ce_local, skipped = 0.0, 0
+    ce_total, skipped = 0.0, 0
     for k, batch in enumerate(micro_batches):
         batch = {key: value.to(device) for key, value in batch.items()}
         labels = batch.pop("labels")
@@ -100,10 +100,16 @@ def train_step(engine, micro_batches: list[dict], env: D.DistEnv, cfg: RunConfig
                 ce = engine(**batch, lean_ce_labels=labels)
             else:
                 ce = token_ce_sum(engine(**batch).logits, labels)
-            finite = D.all_reduce_max(0.0 if torch.isfinite(ce).item() else 1.0, device) == 0.0
-            if finite:
+            # One collective and one read-back per micro-batch: how many ranks have a non-finite
+            # loss, and the loss summed over the ranks (a non-finite rank adds 0; the micro-batch
+            # is then skipped on every rank anyway).
+            ce_value = ce.detach().double()
+            nonfinite = ~torch.isfinite(ce_value)
+            bad_ranks, ce_sum = D.all_reduce_sum(
+                torch.stack([nonfinite.double(), torch.where(nonfinite, 0.0, ce_value)]), device)
+            if bad_ranks == 0:
                 loss = ce * scale
-                ce_local += ce.item()
+                ce_total += ce_sum
             elif cfg.train.on_nan == "stop":
                 raise NonFiniteLoss(f"non-finite loss at step {step + 1}, micro-batch {k} "
                                     f"(batch {shape}) on at least one rank; set "
@@ -118,7 +124,6 @@ def train_step(engine, micro_batches: list[dict], env: D.DistEnv, cfg: RunConfig
                 f"out of memory at step {step + 1} on batch {shape}: lower train.batch_size "
                 "(and raise train.grad_accum to keep the step size), lower "
                 "data.max_source_length, or set model.gradient_checkpointing=true") from exc
-    (ce_total,) = D.all_reduce_sum([ce_local], device)
     return {"loss": ce_total / max(target_tokens, 1.0), "target_tokens": target_tokens,
             "tokens": target_tokens + source_tokens, "padded_tokens": padded_tokens,
             "skipped_micro_batches": skipped}

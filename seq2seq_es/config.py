@@ -50,7 +50,6 @@ class DataConfig:
     skip_bad_rows: bool = True            # skip (and report) empty/non-string fields instead of failing
     global_attention: str = "first"       # LED: first | prefix:N | sentences
     cache_dir: str | None = None          # datasets cache for tokenized splits
-    num_workers: int = 0
 
 
 @dataclass

@@ -7,10 +7,9 @@ library tracebacks stay out of the way (set SEQ2SEQ_ES_DEBUG=1 to see them).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from .errors import Seq2SeqEsError
+from .errors import run_command
 
 USAGE = """usage: seq2seq-es <command> [options]
 
@@ -119,13 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"error: unknown command '{command}'\n{USAGE}", file=sys.stderr)
         return 2
-    try:
-        return COMMANDS[command](rest)
-    except Seq2SeqEsError as exc:
-        if os.environ.get("SEQ2SEQ_ES_DEBUG"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(COMMANDS[command], rest)
 
 
 if __name__ == "__main__":

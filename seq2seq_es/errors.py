@@ -1,5 +1,9 @@
 """Errors that reach the user as one clear message instead of a library traceback."""
 
+import os
+import sys
+from typing import Callable
+
 
 class Seq2SeqEsError(Exception):
     """Base class: the CLI prints these as `error: <message>` and exits with status 2."""
@@ -36,3 +40,15 @@ class UnknownNameError(Seq2SeqEsError):
     def __init__(self, kind: str, name: str, known):
         self.kind, self.name = kind, name
         super().__init__(f"unknown {kind} '{name}'; known {kind}s: {', '.join(sorted(known))}")
+
+
+def run_command(command: Callable[[list[str]], int], argv: list[str]) -> int:
+    """Run a CLI command; a Seq2SeqEsError becomes `error: <message>` on stderr and status 2
+    (SEQ2SEQ_ES_DEBUG=1 shows the traceback instead)."""
+    try:
+        return command(argv)
+    except Seq2SeqEsError as exc:
+        if os.environ.get("SEQ2SEQ_ES_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

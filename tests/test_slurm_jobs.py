@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest_slurm import job_fields, slurm_cluster, wait_finished, wait_until  # noqa: F401  (fixture)
+from conftest_slurm import slurm_cluster, wait_finished, wait_until  # noqa: F401  (fixture)
 from seq2seq_es.slurm.cli import main as slurm_main
 from seq2seq_es.slurm.monitor import read_metrics, sweep_status
 from seq2seq_es.slurm.sweep import load_manifest

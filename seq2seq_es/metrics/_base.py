@@ -8,7 +8,7 @@ writes no Arrow cache files.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import datasets
 import evaluate
@@ -57,3 +57,15 @@ def f_measure(precision: float, recall: float) -> float:
 def mean(values: Sequence[float]) -> float:
     """Arithmetic mean; 0.0 for no values."""
     return sum(values) / len(values) if values else 0.0
+
+
+def mean_best_reference(predictions: Sequence[str], references: Sequence[Sequence[str]],
+                        sentence_score: Callable[[list[str], list[str]], float],
+                        tokenize: Callable[[str], list[str]]) -> float:
+    """Mean over examples of the best score against any of the example's references, 0-100."""
+    scores = []
+    for prediction, example_references in zip(predictions, references):
+        prediction_tokens = tokenize(prediction)
+        scores.append(max(sentence_score(prediction_tokens, tokenize(reference))
+                          for reference in example_references))
+    return 100 * mean(scores)

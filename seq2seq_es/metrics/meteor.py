@@ -29,7 +29,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
-from seq2seq_es.metrics._base import InMemoryMetric, as_reference_lists, mean, metric_info
+from seq2seq_es.metrics._base import (InMemoryMetric, as_reference_lists, mean_best_reference,
+                                      metric_info)
 from seq2seq_es.metrics.text import spanish_stem, word_tokens
 
 ALPHA = 0.9
@@ -127,12 +128,7 @@ def sentence_meteor(prediction: Sequence[str], reference: Sequence[str]) -> floa
 
 def corpus_meteor(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """Mean over examples of the best-reference METEOR, 0-100."""
-    scores = []
-    for prediction, example_references in zip(predictions, references):
-        prediction_tokens = word_tokens(prediction)
-        scores.append(max(sentence_meteor(prediction_tokens, word_tokens(reference))
-                          for reference in example_references))
-    return 100 * mean(scores)
+    return mean_best_reference(predictions, references, sentence_meteor, word_tokens)
 
 
 _CITATION = """\

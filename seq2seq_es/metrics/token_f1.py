@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from seq2seq_es.metrics._base import InMemoryMetric, as_reference_lists, f_measure, mean, metric_info
+from seq2seq_es.metrics._base import (InMemoryMetric, as_reference_lists, f_measure,
+                                      mean_best_reference, metric_info)
 from seq2seq_es.metrics.text import word_tokens
 
 
@@ -26,12 +27,7 @@ def sentence_token_f1(prediction: Sequence[str], reference: Sequence[str]) -> fl
 
 def corpus_token_f1(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """Mean over examples of the best-reference token F1, 0-100."""
-    scores = []
-    for prediction, example_references in zip(predictions, references):
-        prediction_tokens = word_tokens(prediction)
-        scores.append(max(sentence_token_f1(prediction_tokens, word_tokens(reference))
-                          for reference in example_references))
-    return 100 * mean(scores)
+    return mean_best_reference(predictions, references, sentence_token_f1, word_tokens)
 
 
 _CITATION = """\

@@ -20,13 +20,12 @@ train.epochs 3,6.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, Seq2SeqEsError
+from ..errors import ConfigError, run_command
 from . import paper_grid
 from .config import SlurmConfig, load_slurm_yaml
 from .job import DEFAULT_ENTRY
@@ -266,13 +265,7 @@ def main(argv: list[str]) -> int:
         print(f"error: unknown slurm command '{argv[0]}'; known: {', '.join(COMMANDS)}",
               file=sys.stderr)
         return 2
-    try:
-        return command(argv[1:])
-    except Seq2SeqEsError as exc:
-        if os.environ.get("SEQ2SEQ_ES_DEBUG"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(command, argv[1:])
 
 
 if __name__ == "__main__":

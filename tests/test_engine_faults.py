@@ -5,7 +5,7 @@ shared weights under ZeRO-2 with checkpointing, and the demo's data set.
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import signal
 from pathlib import Path
 
@@ -80,8 +80,6 @@ def test_non_finite_loss_skip_leaves_weights_unchanged(files, one_rank):
 
 
 def _skip_on_one_rank_worker(rank: int, port: int, files: dict, out: str) -> None:
-    import os
-
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)

@@ -36,8 +36,8 @@ def files(workdir):
     return demo_files(workdir / "data", train_size=48)
 
 
-def train_overrides(files, out: Path) -> list[str]:
-    args = base_args(files, out, model=MODEL, steps=STEPS, batch=2,
+def train_overrides(files, out: Path, steps: int = STEPS, batch: int = 2) -> list[str]:
+    args = base_args(files, out, model=MODEL, steps=steps, batch=batch,
                      extra=["--dist.zero_stage", "2", "--model.dropout", "0.0"])
     # `slurm submit` adds --task, --model and --train.output_dir itself
     assert args[:6] == ["--task", "mlsum", "--model", MODEL, "--train.output_dir", str(out)]
@@ -98,9 +98,7 @@ TIME_LIMIT_STEPS = 900
 def test_training_that_reaches_its_time_limit_requeues_and_resumes_exactly(
         slurm_cluster, workdir, files):  # noqa: F811
     def overrides(out: Path) -> list[str]:
-        args = base_args(files, out, model=MODEL, steps=TIME_LIMIT_STEPS, batch=4,
-                         extra=["--dist.zero_stage", "2", "--model.dropout", "0.0"])
-        return args[6:]
+        return train_overrides(files, out, steps=TIME_LIMIT_STEPS, batch=4)
 
     reference = workdir / "uninterrupted-one-process"
     uninterrupted = start("none", 1, ["--task", "mlsum", "--model", MODEL, "--train.output_dir",

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import datasets
 import evaluate
 
+from seq2seq_es.metrics.text import word_tokens
+
 MultiReferences = list[list[str]]
 
 
@@ -60,12 +62,12 @@ def mean(values: Sequence[float]) -> float:
 
 
 def mean_best_reference(predictions: Sequence[str], references: Sequence[Sequence[str]],
-                        sentence_score: Callable[[list[str], list[str]], float],
-                        tokenize: Callable[[str], list[str]]) -> float:
-    """Mean over examples of the best score against any of the example's references, 0-100."""
+                        sentence_score: Callable[[list[str], list[str]], float]) -> float:
+    """Mean over examples of the best word-token score against any of the example's references,
+    0-100."""
     scores = []
     for prediction, example_references in zip(predictions, references):
-        prediction_tokens = tokenize(prediction)
-        scores.append(max(sentence_score(prediction_tokens, tokenize(reference))
+        prediction_tokens = word_tokens(prediction)
+        scores.append(max(sentence_score(prediction_tokens, word_tokens(reference))
                           for reference in example_references))
     return 100 * mean(scores)

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 
 from seq2seq_es.metrics._base import (InMemoryMetric, as_reference_lists, mean_best_reference,
                                       metric_info)
-from seq2seq_es.metrics.text import spanish_stem, word_tokens
+from seq2seq_es.metrics.text import spanish_stem
 
 ALPHA = 0.9
 BETA = 3.0
@@ -128,7 +128,7 @@ def sentence_meteor(prediction: Sequence[str], reference: Sequence[str]) -> floa
 
 def corpus_meteor(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """Mean over examples of the best-reference METEOR, 0-100."""
-    return mean_best_reference(predictions, references, sentence_meteor, word_tokens)
+    return mean_best_reference(predictions, references, sentence_meteor)
 
 
 _CITATION = """\

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 from seq2seq_es.metrics._base import (InMemoryMetric, as_reference_lists, f_measure,
                                       mean_best_reference, metric_info)
-from seq2seq_es.metrics.text import word_tokens
 
 
 def sentence_token_f1(prediction: Sequence[str], reference: Sequence[str]) -> float:
@@ -27,7 +26,7 @@ def sentence_token_f1(prediction: Sequence[str], reference: Sequence[str]) -> fl
 
 def corpus_token_f1(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """Mean over examples of the best-reference token F1, 0-100."""
-    return mean_best_reference(predictions, references, sentence_token_f1, word_tokens)
+    return mean_best_reference(predictions, references, sentence_token_f1)
 
 
 _CITATION = """\

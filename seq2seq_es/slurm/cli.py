@@ -169,7 +169,8 @@ def cmd_sweep(argv: list[str]) -> int:
     parser.add_argument("--no-grid", action="store_true", help="one run per pair, no grid")
     parser.add_argument("--data-root", metavar="DIR",
                         help="local datasets instead of the hub: DIR/<task>/train.jsonl (and "
-                             "validation, test; jsonl, json, csv or parquet) in the hub's columns")
+                             "validation, test; jsonl, json, csv, tsv or parquet) in the hub's "
+                             "columns")
     parser.add_argument("--max-parallel", type=int, default=4,
                         help="array jobs running at once (default 4)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and sbatch script")

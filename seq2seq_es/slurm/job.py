@@ -31,10 +31,10 @@ signals (so a second SIGUSR2 cannot make submitit's handler requeue twice), and
   written, so the job does not look finished to submitit while it waits in the queue.
 
 A signal that arrives before the engine has installed its handlers (while the model loads) still
-reaches submitit's handler, and one that arrives before Python has started waits: the task's
-command starts with SIGUSR2 blocked (`env --block-signal`, see config.python_command) and
-`__call__` unblocks it once submitit's handler is installed: `checkpoint()` below then applies the same requeue limit and returns
+reaches submitit's handler: `checkpoint()` below then applies the same requeue limit and returns
 the unchanged job (all state lives in the run folder's checkpoints), and submitit requeues it.
+One that arrives before Python has started waits for that handler: the task's command starts with
+SIGUSR2 blocked (`env --block-signal`, see config.python_command) and `__call__` unblocks it.
 
 The time limit follows the same path: the sbatch script asks SLURM for `--signal=USR2@<delay>`
 before the limit (`SlurmConfig.signal_delay_s`). A cluster that requeues pre-empted jobs itself

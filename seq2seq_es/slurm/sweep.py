@@ -221,9 +221,7 @@ def train_argv(model: str, task: str, run_dir: str | Path, grid_point: dict[str,
     return argv + list(overrides)
 
 
-DATA_SPLITS = (("train", "data.train_file"), ("validation", "data.validation_file"),
-               ("test", "data.test_file"))
-DATA_EXTENSIONS = ("jsonl", "json", "csv", "parquet")
+DATA_SPLITS = ("train", "validation", "test")
 
 
 def data_root_overrides(data_root: str | Path, task: str) -> list[str]:
@@ -232,20 +230,22 @@ def data_root_overrides(data_root: str | Path, task: str) -> list[str]:
     Compute nodes often have no internet: a sweep can read each task's local copy, in the hub
     dataset's columns, from one folder per task instead of the hub.
     """
+    from ..tasks.loading import LOCAL_FILE_BUILDERS
+
     folder = Path(data_root).absolute() / task
-    args: list[str] = []
-    for split, key in DATA_SPLITS:
-        found = [folder / f"{split}.{ext}" for ext in DATA_EXTENSIONS
-                 if (folder / f"{split}.{ext}").is_file()]
+    files: dict[str, Path] = {}
+    for split in DATA_SPLITS:
+        found = [folder / f"{split}{suffix}" for suffix in LOCAL_FILE_BUILDERS
+                 if (folder / f"{split}{suffix}").is_file()]
         if len(found) > 1:
             raise ConfigError("--data-root", f"{folder} holds {len(found)} {split} files "
                               f"({', '.join(path.name for path in found)}); keep one")
         if found:
-            args += [f"--{key}", str(found[0])]
-    if not args or args[0] != "--data.train_file":
+            files[split] = found[0]
+    if "train" not in files:
         raise ConfigError("--data-root", f"no train file for task '{task}': expected "
-                          f"{folder}/train.{{{','.join(DATA_EXTENSIONS)}}}")
-    return args
+                          f"{folder}/train{{{','.join(LOCAL_FILE_BUILDERS)}}}")
+    return [arg for split, path in files.items() for arg in (f"--data.{split}_file", str(path))]
 
 
 def plan_runs(root: str | Path, pairs: list[tuple[str, str]], grid: dict[str, list[str]],

@@ -35,7 +35,8 @@ PARQUET_REVISION = "refs/convert/parquet"
 # Bump when formatting changes: the formatting map's cache key includes it.
 FORMAT_VERSION = 1
 
-_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+# Local data files: suffix -> datasets builder (also what `slurm sweep --data-root` looks for).
+LOCAL_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst")
 _PROBLEM_COLUMNS = ("_problem_row", "_problem_column", "_problem_reason")
 _OUTPUT_COLUMNS = ("source", "target", "references", "example_id")
@@ -159,10 +160,10 @@ def _builder_for(path: str) -> tuple[str, dict[str, Any]]:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
     extension = os.path.splitext(name)[1]
-    if extension not in _BUILDERS:
+    if extension not in LOCAL_FILE_BUILDERS:
         raise DataError(f"unsupported file extension '{extension or '(none)'}'; use one of "
-                        f"{', '.join(_BUILDERS)}", file=path)
-    return _BUILDERS[extension], ({"delimiter": "\t"} if extension == ".tsv" else {})
+                        f"{', '.join(LOCAL_FILE_BUILDERS)}", file=path)
+    return LOCAL_FILE_BUILDERS[extension], ({"delimiter": "\t"} if extension == ".tsv" else {})
 
 
 def _read_local_file(path: str, formatter: Formatter, cache_dir: str | None):

@@ -20,6 +20,7 @@ CLUSTER_SCRIPT = REPO / "slurm" / "local_cluster.sh"
 STATE_DIR = Path(os.environ.get("SEQ2SEQ_ES_SLURM_DIR", "/tmp/seq2seq-es-slurm"))
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
             "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+REQUEUE_SETTLE_S = 2.0
 
 
 @pytest.fixture(scope="session")
@@ -56,14 +57,22 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
 
 def wait_finished(job_id: str, timeout_s: float = 180, hurry_requeues: bool = True) -> dict:
     """Waits for the job to end. SLURM makes a requeued job wait 120 s (its BeginTime); with
-    hurry_requeues the wait is cut by setting StartTime=now once the job is pending again."""
+    hurry_requeues the wait is cut by setting StartTime=now once the job has been pending again
+    for REQUEUE_SETTLE_S. Not sooner: slurmd revokes the killed run's job credential with
+    one-second resolution, and a restart launched within that second is refused ("Job credential
+    revoked") and the job ends FAILED."""
+    pending_since: list[float] = []
 
     def finished():
         fields = job_fields(job_id)
         state = fields.get("JobState", "")
         if hurry_requeues and state == "PENDING" and fields.get("Reason") == "BeginTime":
-            subprocess.run(["scontrol", "update", f"JobId={fields['JobId']}", "StartTime=now"],
-                           capture_output=True, timeout=60)
+            pending_since.append(time.monotonic())
+            if pending_since[-1] - pending_since[0] >= REQUEUE_SETTLE_S:
+                subprocess.run(["scontrol", "update", f"JobId={fields['JobId']}",
+                                "StartTime=now"], capture_output=True, timeout=60)
+        else:
+            pending_since.clear()
         return fields if state in FINISHED else None
 
     return wait_until(finished, timeout_s, f"job {job_id} to finish", interval_s=1.0)

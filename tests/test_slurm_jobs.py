@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest_slurm import slurm_cluster, wait_finished, wait_until  # noqa: F401  (fixture)
+from conftest_slurm import job_fields, slurm_cluster, wait_finished, wait_until  # noqa: F401  (fixture)
 from seq2seq_es.slurm.cli import main as slurm_main
 from seq2seq_es.slurm.monitor import read_metrics, sweep_status
 from seq2seq_es.slurm.sweep import load_manifest
@@ -197,6 +197,36 @@ def test_a_signal_during_start_up_requeues_the_job_instead_of_killing_it(
     assert [r["step"] for r in train_records(run_dir)] == list(range(1, steps + 1))
     assert events(run_dir)[:2] == ["requeued", "start"] or events(run_dir)[:3] == [
         "start", "requeued", "start"]
+
+
+def test_a_signal_while_the_model_loads_requeues_through_submitit(slurm_cluster, tmp_path):  # noqa: F811
+    # before the entry has its own handlers, submitit's requeues the job and exits; that exit
+    # must not be read as the entry failing
+    run_dir = tmp_path / "run"
+    job_id = submit_probe(run_dir, "--max-requeues", "2",
+                          overrides=("--probe.steps", "3", "--probe.setup_seconds", "6"))
+    wait_until(lambda: (run_dir / "slurm_events.jsonl").is_file(), 120, "the job to start",
+               interval_s=0.05)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=60)
+    fields = wait_finished(job_id, timeout_s=300)
+    assert fields["JobState"] == "COMPLETED"
+    assert int(fields["Restarts"]) == 1
+    assert events(run_dir) == ["start", "requeued", "start", "finished"]
+    assert [r["step"] for r in train_records(run_dir)] == [1, 2, 3]
+
+
+def test_signals_after_training_has_finished_are_ignored(slurm_cluster, tmp_path):  # noqa: F811
+    # a time-limit warning can meet a run as it exits; it must neither requeue the finished job
+    # nor kill the task while Python shuts down (the job would end FAILED)
+    run_dir = tmp_path / "run"
+    job_id = submit_probe(run_dir, overrides=("--probe.steps", "3"))
+    wait_until(lambda: (run_dir / "DONE").is_file(), 120, "training to finish", interval_s=0.01)
+    while job_fields(job_id).get("JobState") == "RUNNING":
+        subprocess.run(["scancel", "--signal=USR2", job_id], capture_output=True, timeout=60)
+    fields = wait_finished(job_id, hurry_requeues=False)
+    assert fields["JobState"] == "COMPLETED"
+    assert int(fields["Restarts"]) == 0
+    assert events(run_dir) == ["start", "finished"]
 
 
 @pytest.mark.slow

@@ -32,9 +32,18 @@ signals (so a second SIGUSR2 cannot make submitit's handler requeue twice), and
 
 A signal that arrives before the engine has installed its handlers (while the model loads) still
 reaches submitit's handler: `checkpoint()` below then applies the same requeue limit and returns
-the unchanged job (all state lives in the run folder's checkpoints), and submitit requeues it.
-One that arrives before Python has started waits for that handler: the task's command starts with
-SIGUSR2 blocked (`env --block-signal`, see config.python_command) and `__call__` unblocks it.
+the unchanged job (all state lives in the run folder's checkpoints), and submitit requeues it and
+exits; that exit leaves the entry as `RequeuedBySubmitit`, which TrainJob lets through instead of
+reading it as the entry's exit status. One that arrives before Python has started waits for that
+handler: the task's command starts with SIGUSR2 blocked (`env --block-signal`, see
+config.python_command) and `__call__` unblocks it.
+
+A signal can also arrive after training has stopped: SLURM checks time limits on a 30-second tick,
+and a requeued run that needs about one tick to finish meets the next warning as it exits. Once
+this run has written DONE or PREEMPTED, submitit's handler ignores signals (it would requeue a
+finished job, or requeue a pre-empted one twice), and once the entry has returned both stop
+signals are set to SIG_IGN: a Python handler would not do, because the interpreter puts the default
+action (terminate) back while it shuts down, and the job would end FAILED after finishing.
 
 The time limit follows the same path: the sbatch script asks SLURM for `--signal=USR2@<delay>`
 before the limit (`SlurmConfig.signal_delay_s`). A cluster that requeues pre-empted jobs itself
@@ -63,9 +72,14 @@ DEFAULT_ENTRY = "seq2seq_es.cli:main"
 EVENTS_FILE = "slurm_events.jsonl"
 OUT_OF_REQUEUES_FILE = "OUT_OF_REQUEUES"
 DONE_FILE = "DONE"
+PREEMPTED_FILE = "PREEMPTED"  # written by the engine (and the probe) when a stop signal saved
 LOGS_DIR = "logs"
 
 _PORT_RANGE = (20000, 60000)
+
+
+class RequeuedBySubmitit(SystemExit):
+    """submitit's handler requeued the job and exits; not an exit status of the entry."""
 
 
 class OutOfRequeuesError(RuntimeError):
@@ -122,6 +136,7 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, Any]:
         # The task started with SIGUSR2 blocked (config.python_command); submitit's handler is in
         # place now, so a signal that came during start-up is delivered here, not lost.
+        _guard_submitit_handler(self.run_dir)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
         dist = self._export_distributed_env()
         restart = restart_count()
@@ -173,6 +188,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         entry = resolve_entry(self.entry)
         try:
             status = entry(["train", *self.argv])
+        except RequeuedBySubmitit:
+            raise
         except SystemExit as exit_:
             status = exit_.code
         if status is None:
@@ -236,11 +253,52 @@ def _bind_gpu(local_rank: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(local_rank)
 
 
-def _log_and_ignore(signum: int, frame: Any) -> None:
-    print(f"ignoring {signal.Signals(signum).name}: training already stopped", file=sys.stderr,
-          flush=True)
+class _StopMarkers:
+    """Whether this run has written DONE or PREEMPTED since it started (compared by inode and
+    mtime, not by clock, so a file server's clock does not matter)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.paths = [Path(run_dir) / name for name in (DONE_FILE, PREEMPTED_FILE)]
+        self.at_start = [self._identity(path) for path in self.paths]
+
+    @staticmethod
+    def _identity(path: Path):
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
+    def written_since_start(self) -> bool:
+        for path, before in zip(self.paths, self.at_start):
+            now = self._identity(path)
+            if now is not None and now != before:
+                return True
+        return False
+
+
+def _guard_submitit_handler(run_dir: str) -> None:
+    """Wrap submitit's SIGUSR2 handler: ignored once training has stopped, and its requeue exit
+    raised as RequeuedBySubmitit. Outside a submitit job (no Python handler) nothing changes."""
+    submitit_handler = signal.getsignal(signal.SIGUSR2)
+    if not callable(submitit_handler):
+        return
+    markers = _StopMarkers(run_dir)
+
+    def handler(signum: int, frame: Any) -> None:
+        if markers.written_since_start():
+            print(f"ignoring {signal.Signals(signum).name}: training already stopped",
+                  file=sys.stderr, flush=True)
+            return
+        try:
+            submitit_handler(signum, frame)
+        except SystemExit as exit_:
+            raise RequeuedBySubmitit(exit_.code) from None
+
+    signal.signal(signal.SIGUSR2, handler)
 
 
 def _ignore_stop_signals() -> None:
+    # SIG_IGN, not a Python handler: Python restores SIG_DFL for its handlers at shutdown.
     for sig in (signal.SIGUSR2, signal.SIGTERM):
-        signal.signal(sig, _log_and_ignore)
+        signal.signal(sig, signal.SIG_IGN)

@@ -9,6 +9,7 @@ after writing PREEMPTED, as the engine does. It takes the train command line: `t
 
   probe.steps (20)         number of steps
   probe.step_seconds (0)   sleep per step, so that a test can signal it mid-run
+  probe.setup_seconds (0)  sleep before the stop handlers are installed, as a model load would
   probe.fail ("")          fail with this message instead of training (a failing worker) ...
   probe.fail_rank (all)    ... on this rank only (the others wait in a collective)
   probe.fail_mode (raise)  raise: raise ConfigError; exit: print `error: <message>` and return 2,
@@ -85,6 +86,7 @@ def main(argv: list[str]) -> int:
         if failure is not None:
             return failure
         dist.barrier()  # a healthy rank waits here for the one that fails
+    time.sleep(float(options.get("probe.setup_seconds", "0")))
     flag = _StopFlag()
     previous = {sig: signal.signal(sig, flag.handle) for sig in STOP_SIGNALS}
     try:

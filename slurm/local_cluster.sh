@@ -3,7 +3,8 @@
 #
 #   slurm/local_cluster.sh start    install what is missing, write the config, start munged (unless one
 #                                   already answers), slurmctld and two slurmd (node1, node2); wait
-#                                   until both nodes are idle. Already running: says so and succeeds.
+#                                   until both nodes are up. Already running (jobs or not): says so
+#                                   and succeeds.
 #   slurm/local_cluster.sh stop     cancel every job of this cluster, stop exactly the daemons that
 #                                   `start` recorded in its pid files, then any process left over from
 #                                   them (job steps), and undo the /etc edits that `start` made.
@@ -14,7 +15,7 @@
 #   SEQ2SEQ_ES_SLURM_PORT       slurmctld port; the nodes use the next two; default 17000
 #   SEQ2SEQ_ES_SLURM_CPUS       CPUs per node; default 1 (two nodes on a two-core machine)
 #   SEQ2SEQ_ES_SLURM_MEM_MB     RealMemory per node in MB; default 8000
-#   SEQ2SEQ_ES_SLURM_TIMEOUT_S  how long `start` waits for idle nodes; default 90
+#   SEQ2SEQ_ES_SLURM_TIMEOUT_S  how long `start` waits for the nodes; default 90
 #
 # Client commands (sinfo, sbatch, submitit) find the config through SLURM_CONF=<state>/etc/slurm.conf;
 # when /etc/slurm/slurm.conf does not exist, `start` also links it there (and `stop` removes the link)
@@ -228,12 +229,19 @@ start_daemon() {
     wait_for "$name to write its pid file" 20 test -s "$(pid_file "$name")"
 }
 
-nodes_idle() {
-    local states
+# True when every node answers and is up: idle, or running, finishing or planned for jobs (sinfo's
+# short state, whatever flag it carries, e.g. "mix-" or "idle@"). A node that does not respond
+# ("*"), or that is down, drained or failed, is not up.
+nodes_up() {
+    local states node state
     states="$(sinfo -h -N -o '%N %t' 2>/dev/null)" || return 1
-    local node
     for node in "${NODES[@]}"; do
-        grep -Eq "^$node idle\$" <<<"$states" || return 1
+        state="$(awk -v n="$node" '$1 == n { print $2; exit }' <<<"$states")"
+        case "$state" in
+            *'*'*) return 1 ;;
+            idle* | mix* | alloc* | comp* | plnd* | resv*) ;;
+            *) return 1 ;;
+        esac
     done
 }
 
@@ -259,7 +267,10 @@ show_logs() {
 }
 
 cmd_start() {
-    if [[ -n "$(live_pid slurmctld)" && -n "$(live_pid slurmd-node1)" && -n "$(live_pid slurmd-node2)" ]] && nodes_idle_or_busy; then
+    # A cluster in use counts as started: other test workers' jobs may keep its nodes busy, and a
+    # loaded controller may be slow to answer, so its nodes get a while to show up.
+    if [[ -n "$(live_pid slurmctld)" && -n "$(live_pid slurmd-node1)" && -n "$(live_pid slurmd-node2)" ]] &&
+        wait_for "the running cluster's nodes to answer" 30 nodes_up; then
         log "already running (SLURM_CONF=$CONF)"
         return 0
     fi
@@ -281,25 +292,16 @@ cmd_start() {
         cancel_all_jobs
     fi
     local deadline=$((SECONDS + START_TIMEOUT_S))
-    until nodes_idle; do
+    until nodes_up; do
         resume_nodes
         if ((SECONDS >= deadline)); then
             sinfo -N >&2 || true
             show_logs
-            die "nodes not idle after ${START_TIMEOUT_S}s"
+            die "nodes not up after ${START_TIMEOUT_S}s"
         fi
         sleep 1
     done
-    log "running: nodes ${NODES[*]} idle (SLURM_CONF=$CONF)"
-}
-
-# True when every node answers, idle or running jobs: a cluster in use counts as started.
-nodes_idle_or_busy() {
-    local states node
-    states="$(sinfo -h -N -o '%N %t' 2>/dev/null)" || return 1
-    for node in "${NODES[@]}"; do
-        grep -Eq "^$node (idle|mix|alloc|comp)\$" <<<"$states" || return 1
-    done
+    log "running: nodes ${NODES[*]} up (SLURM_CONF=$CONF)"
 }
 
 cancel_all_jobs() {

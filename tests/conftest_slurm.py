@@ -61,18 +61,19 @@ def wait_finished(job_id: str, timeout_s: float = 180, hurry_requeues: bool = Tr
     for REQUEUE_SETTLE_S. Not sooner: slurmd revokes the killed run's job credential with
     one-second resolution, and a restart launched within that second is refused ("Job credential
     revoked") and the job ends FAILED."""
-    pending_since: list[float] = []
+    pending_since = None  # when this wait first saw the job held by its BeginTime
 
     def finished():
+        nonlocal pending_since
         fields = job_fields(job_id)
         state = fields.get("JobState", "")
         if hurry_requeues and state == "PENDING" and fields.get("Reason") == "BeginTime":
-            pending_since.append(time.monotonic())
-            if pending_since[-1] - pending_since[0] >= REQUEUE_SETTLE_S:
+            pending_since = pending_since or time.monotonic()
+            if time.monotonic() - pending_since >= REQUEUE_SETTLE_S:
                 subprocess.run(["scontrol", "update", f"JobId={fields['JobId']}",
                                 "StartTime=now"], capture_output=True, timeout=60)
         else:
-            pending_since.clear()
+            pending_since = None
         return fields if state in FINISHED else None
 
     return wait_until(finished, timeout_s, f"job {job_id} to finish", interval_s=1.0)

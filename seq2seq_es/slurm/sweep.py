@@ -235,8 +235,8 @@ def data_root_overrides(data_root: str | Path, task: str) -> list[str]:
     folder = Path(data_root).absolute() / task
     files: dict[str, Path] = {}
     for split in DATA_SPLITS:
-        found = [folder / f"{split}{suffix}" for suffix in LOCAL_FILE_BUILDERS
-                 if (folder / f"{split}{suffix}").is_file()]
+        candidates = (folder / f"{split}{suffix}" for suffix in LOCAL_FILE_BUILDERS)
+        found = [path for path in candidates if path.is_file()]
         if len(found) > 1:
             raise ConfigError("--data-root", f"{folder} holds {len(found)} {split} files "
                               f"({', '.join(path.name for path in found)}); keep one")

@@ -78,11 +78,17 @@ class TrainConfig:
     eval_batch_size: int = 0              # 0: same as batch_size
     precision: str = "auto"               # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     log_every: int = 10
-    eval_every: int = 0                   # steps; 0: only at the end
+    eval_every: int = 0                   # steps; 0: none between epochs (see eval_per_epoch)
+    eval_per_epoch: bool = True           # validate at the end of every epoch (picks the best)
     eval_at_start: bool = False
     eval_at_end: bool = True              # validation loss + generation + metrics after the last step
-    save_every: int = 0                   # steps; 0: only at the end
-    keep_last: int = 2
+    best_metric: str | None = None        # validation metric picking the best checkpoint (None:
+                                          # the task's main metric; "loss": lowest eval loss)
+    load_best_at_end: bool = True         # final/ and the test scores come from the best checkpoint
+    eval_test: bool = True                # score the best checkpoint on the test split at the end
+    save_every: int = 0                   # steps; 0: none by step count (see save_every_min)
+    save_every_min: float = 30.0          # minutes between checkpoints by wall time; 0: off
+    keep_last: int = 2                    # newest checkpoints kept (the best one is always kept)
     resume: str = "none"                  # none | auto | must | <checkpoint dir>
     on_nan: str = "stop"                  # stop | skip
     export: bool = True                   # write a Hugging Face checkpoint at the end
@@ -101,8 +107,8 @@ class DistConfig:
 @dataclass
 class GenConfig:
     num_beams: int = 4
-    max_new_tokens: int = 128
-    min_new_tokens: int = 0
+    max_new_tokens: int | None = None     # None: data.max_target_length (resolved by compose)
+    min_new_tokens: int = 0               # lowered to max_new_tokens unless set explicitly
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     early_stopping: bool = True
@@ -261,8 +267,33 @@ def compose(task: str | None = None, model: str | None = None, config_file: str 
     apply_mapping(cfg, dict(task_spec.model_defaults.get(model_spec.name, {})))
     apply_mapping(cfg, file_values)
     apply_mapping(cfg, overrides)
+    follow_target_length(cfg, explicit=set(flat_keys(file_values)) | set(overrides))
     validate(cfg)
     return cfg
+
+
+def flat_keys(values: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys of a nested or flat mapping, as apply_mapping would set them."""
+    keys = []
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and "." not in dotted:
+            keys += flat_keys(value, prefix=dotted + ".")
+        else:
+            keys.append(dotted)
+    return keys
+
+
+def follow_target_length(cfg: RunConfig, explicit: set[str]) -> None:
+    """Generation lengths follow the resolved target length unless `gen.*` was set by the user.
+
+    A `--data.max_target_length 64` then generates up to 64 tokens, not the task default's 48;
+    the task's minimum length is lowered to fit a shorter target rather than refused.
+    """
+    if cfg.gen.max_new_tokens is None or "gen.max_new_tokens" not in explicit:
+        cfg.gen.max_new_tokens = cfg.data.max_target_length
+    if "gen.min_new_tokens" not in explicit:
+        cfg.gen.min_new_tokens = min(cfg.gen.min_new_tokens, cfg.gen.max_new_tokens)
 
 
 def validate(cfg: RunConfig) -> None:
@@ -328,7 +359,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("train.on_nan", "expected stop or skip")
     if t.keep_last < 1:
         raise ConfigError("train.keep_last", "must be at least 1")
-    for key in ("log_every", "eval_every", "save_every"):
+    for key in ("log_every", "eval_every", "save_every", "save_every_min"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key}", "must be >= 0")
     if dist.zero_stage not in (0, 1, 2, 3):
@@ -339,6 +370,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("dist.offload_optimizer", "needs dist.zero_stage 1, 2 or 3")
     if g.num_beams < 1:
         raise ConfigError("gen.num_beams", "must be at least 1")
+    if g.max_new_tokens is None:  # a RunConfig built in code, not by compose()
+        g.max_new_tokens = d.max_target_length
     if g.max_new_tokens < 1:
         raise ConfigError("gen.max_new_tokens", "must be at least 1")
     if g.min_new_tokens > g.max_new_tokens:

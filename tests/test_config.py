@@ -102,3 +102,22 @@ def test_user_deepspeed_config_may_not_leave_values_to_guess(tmp_path):
         deepspeed_config(cfg, world_size=1)
     extra.write_text('{"zero_optimization": {"reduce_bucket_size": 1000}}')
     assert deepspeed_config(cfg, 1)["zero_optimization"]["reduce_bucket_size"] == 1000
+
+
+def test_generation_lengths_follow_the_resolved_target_length_unless_set(tmp_path):
+    # mlsum's paper target is 48 tokens (min 8 generated); a longer target generates longer.
+    assert compose("mlsum", "barto").gen.max_new_tokens == 48
+    cfg = compose("mlsum", "barto", overrides={"data.max_target_length": "64"})
+    assert (cfg.gen.max_new_tokens, cfg.gen.min_new_tokens) == (64, 8)
+    # A target shorter than the task's minimum lowers the minimum instead of failing.
+    cfg = compose("mlsum", "barto", overrides={"data.max_target_length": "6"})
+    assert (cfg.gen.max_new_tokens, cfg.gen.min_new_tokens) == (6, 6)
+    # Set explicitly (command line or YAML), gen.* wins and is checked.
+    cfg = compose("mlsum", "barto", overrides={"data.max_target_length": "64",
+                                               "gen.max_new_tokens": "20"})
+    assert cfg.gen.max_new_tokens == 20
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("data:\n  max_target_length: 64\ngen:\n  max_new_tokens: 30\n")
+    assert compose("mlsum", "barto", config_file=str(yaml_file)).gen.max_new_tokens == 30
+    with pytest.raises(ConfigError, match="gen.min_new_tokens"):
+        compose("mlsum", "barto", overrides={"gen.max_new_tokens": "4", "gen.min_new_tokens": "5"})

@@ -25,7 +25,6 @@ def _batches(indices: list[int], batch_size: int):
         yield indices[start:start + batch_size]
 
 
-@torch.no_grad()
 def clean_prediction(task, text: str) -> str:
     """Undo tokenizer artefacts that the task's metrics would count as errors."""
     text = text.strip()
@@ -35,10 +34,15 @@ def clean_prediction(task, text: str) -> str:
     return text
 
 
+@torch.no_grad()
 def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_config, task,
              env: D.DistEnv, batch_size: int, zero_stage: int, bf16: bool, step: int,
-             out_dir: Path | None, generate: bool = True) -> dict[str, float]:
-    """Return {'eval/loss': ..., 'eval/<metric>': ...} on every rank; rank 0 writes files."""
+             out_dir: Path | None, generate: bool = True, prefix: str = "eval") -> dict[str, float]:
+    """Return {'<prefix>/loss': ..., '<prefix>/<metric>': ...} on every rank; rank 0 writes files.
+
+    `prefix` names the split in the keys: "eval" for validation, "test" for the test split.
+    Runs without gradient tracking: the loss forward keeps no activations for a backward.
+    """
     device = env.device
     was_training = model.training
     model.eval()
@@ -67,7 +71,7 @@ def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_conf
             texts = tokenizer.batch_decode(out, skip_special_tokens=True)
             predictions += [(i, clean_prediction(task, t)) for i, t in zip(idx, texts) if i >= 0]
     total_ce, total_tokens = D.all_reduce_sum([ce_sum, n_tokens], device)
-    results = {"eval/loss": total_ce / max(total_tokens, 1.0)}
+    results = {f"{prefix}/loss": total_ce / max(total_tokens, 1.0)}
     if generate:
         gathered = D.gather_objects(predictions, env.world_size)
         if env.is_main:
@@ -78,7 +82,7 @@ def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_conf
             ordered = [by_index[i] for i in range(len(tokenized))]
             scores = compute_metrics(task.metrics, ordered, list(examples["references"]),
                                      sources=list(examples["source"]))
-            results.update({f"eval/{k}": v for k, v in scores.items()})
+            results.update({f"{prefix}/{k}": v for k, v in scores.items()})
             if out_dir is not None:
                 _write_predictions(out_dir / f"step_{step:08d}", examples, ordered, results)
         results = D.broadcast_object(results)

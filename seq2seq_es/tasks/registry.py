@@ -72,7 +72,8 @@ class TaskSpec:
 # epochs / steps: train.epochs / train.max_steps (0 = run by epochs).
 # lr: optim.lr (AdamW); warm: optim.warmup_ratio.
 # min_new, no_rep: gen.min_new_tokens, gen.no_repeat_ngram_size. Every task decodes with
-#     gen.num_beams 4 and gen.length_penalty 1.0, and gen.max_new_tokens is the target length.
+#     gen.num_beams 4 and gen.length_penalty 1.0; gen.max_new_tokens follows the resolved
+#     target length (config.follow_target_length) unless set explicitly.
 # max_train: data.max_train_samples (None = all rows).
 #
 # Notes on single cells:
@@ -128,7 +129,6 @@ def _defaults(row: tuple) -> dict[str, Any]:
         "optim.warmup_ratio": cell["warm"],
         "optim.warmup_steps": 0,
         "gen.num_beams": _NUM_BEAMS,
-        "gen.max_new_tokens": cell["tgt"],
         "gen.min_new_tokens": cell["min_new"],
         "gen.length_penalty": _LENGTH_PENALTY,
         "gen.no_repeat_ngram_size": cell["no_rep"],
@@ -168,10 +168,8 @@ def _model_overrides() -> dict[str, dict[str, dict[str, Any]]]:
     add(("xlsum",), ("ledo",), {"train.batch_size": 8, "data.max_source_length": 4096})
     add(("eurlexsum",), ("ledo",), {"train.batch_size": 8, "data.max_source_length": 16384})
     add(("miam",), _BERT_PAIRS, {"train.epochs": 6})
-    add(("xlsum",), _BERT_PAIRS, {"data.max_target_length": 64, "gen.max_new_tokens": 64,
-                                  "train.batch_size": 8})
-    add(("eurlexsum",), _BERT_PAIRS, {"data.max_target_length": 512, "gen.max_new_tokens": 512,
-                                      "train.batch_size": 8})
+    add(("xlsum",), _BERT_PAIRS, {"data.max_target_length": 64, "train.batch_size": 8})
+    add(("eurlexsum",), _BERT_PAIRS, {"data.max_target_length": 512, "train.batch_size": 8})
     # T5S translation: 32 x 12 per step for 10000 steps.
     add(_TRANSLATION, ("t5s",), {"train.batch_size": 32, "train.grad_accum": 12,
                                  "train.max_steps": 10000})

@@ -418,3 +418,71 @@ def test_python_dash_m_runs_the_command(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"token_f1": 100.0, "rouge1": 100.0, "rouge2": 100.0,
                                          "rougeL": 100.0, "rougeLsum": 100.0}
+
+
+# ---- QA answer conventions ------------------------------------------------------------------
+# Expected values follow the rules of the SQuAD v1.1 and MLQA (lang=es) evaluation scripts,
+# worked out by hand: lowercase; drop punctuation (ASCII only for squad, every Unicode P* for
+# mlqa-es); drop articles as whole words (a/an/the, or un/una/unos/unas/el/la/los/las);
+# collapse whitespace. Accents are never folded.
+QA_CASES = [
+    # prediction, reference, strict EM, squad EM, mlqa-es EM
+    ("Madrid.", "Madrid", 0, 100, 100),
+    ("madrid", "Madrid", 0, 100, 100),
+    ("¿Madrid?", "Madrid", 0, 0, 100),          # ¿ is not ASCII punctuation
+    ("El Prado", "Prado", 0, 0, 100),            # Spanish article
+    ("the Prado", "Prado", 0, 100, 0),           # English article
+    ("Unamuno", "namuno", 0, 0, 0),              # "Un" inside a word stays
+    ("canción", "cancion", 0, 0, 0),             # accents count everywhere
+    ("1936 — 1939", "1936 1939", 0, 0, 100),     # em dash is Unicode punctuation only
+    ("los  años 80", "años 80", 0, 0, 100),
+    ("«La Mancha»", "la mancha", 0, 0, 100),
+    ("Madrid", "Madrid", 100, 100, 100),
+]
+
+
+@pytest.mark.parametrize("prediction, reference, strict, squad, mlqa", QA_CASES)
+def test_exact_match_conventions_follow_the_official_rules(prediction, reference, strict, squad,
+                                                           mlqa):
+    for convention, expected in (("strict", strict), ("squad", squad), ("mlqa-es", mlqa)):
+        score = ExactMatch().compute(predictions=[prediction], references=[reference],
+                                     convention=convention)["exact_match"]
+        assert score == expected, (convention, prediction, reference)
+
+
+def test_token_f1_conventions_follow_the_official_rules():
+    def f1(prediction, reference, convention):
+        return TokenF1().compute(predictions=[prediction], references=[reference],
+                                 convention=convention)["token_f1"]
+
+    # squad keeps "el": 3 of 4 predicted tokens match, all 3 reference tokens found.
+    assert f1("el museo del Prado", "Museo del Prado.", "squad") == pytest.approx(100 * 6 / 7)
+    assert f1("el museo del Prado", "Museo del Prado.", "mlqa-es") == 100.0
+    # mlqa-es splits on whitespace after dropping punctuation: "1936—1939" becomes one token.
+    assert f1("1936—1939", "1936 1939", "mlqa-es") == 0.0
+    assert f1("1936 — 1939", "1936 1939", "mlqa-es") == 100.0
+    # words (the dialogue default) splits at punctuation and keeps articles.
+    assert f1("1936—1939", "1936 1939", "words") == 100.0
+    assert f1("el gato", "gato", "words") == pytest.approx(100 * 2 / 3)
+    # Only articles: nothing left to compare scores 0, as in the scripts.
+    assert f1("el", "la", "mlqa-es") == 0.0
+
+
+def test_unknown_answer_convention_is_named():
+    with pytest.raises(UnknownNameError, match="convention"):
+        ExactMatch().compute(predictions=["a"], references=["a"], convention="english")
+    with pytest.raises(UnknownNameError, match="convention"):
+        TokenF1().compute(predictions=["a"], references=["a"], convention="strict")
+
+
+def test_score_command_takes_the_qa_conventions(tmp_path, capsys):
+    predictions, references = tmp_path / "pred.txt", tmp_path / "ref.txt"
+    predictions.write_text("¿El Prado?\nmuseo del prado\n", encoding="utf-8")
+    references.write_text("Prado\nel Museo del Prado\n", encoding="utf-8")
+    argv = ["--metric", "exact_match", "--metric", "token_f1", "--predictions", str(predictions),
+            "--references", str(references)]
+    assert score_main(argv) == 0
+    strict = json.loads(capsys.readouterr().out)
+    assert strict["exact_match"] == 0.0
+    assert score_main(argv + ["--em-convention", "mlqa-es", "--f1-convention", "mlqa-es"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"exact_match": 100.0, "token_f1": 100.0}

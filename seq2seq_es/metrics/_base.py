@@ -62,12 +62,13 @@ def mean(values: Sequence[float]) -> float:
 
 
 def mean_best_reference(predictions: Sequence[str], references: Sequence[Sequence[str]],
-                        sentence_score: Callable[[list[str], list[str]], float]) -> float:
-    """Mean over examples of the best word-token score against any of the example's references,
-    0-100."""
+                        sentence_score: Callable[[list[str], list[str]], float],
+                        tokenize: Callable[[str], list[str]] = word_tokens) -> float:
+    """Mean over examples of the best token score against any of the example's references,
+    0-100; tokens are lowercased Unicode words unless `tokenize` says otherwise."""
     scores = []
     for prediction, example_references in zip(predictions, references):
-        prediction_tokens = word_tokens(prediction)
-        scores.append(max(sentence_score(prediction_tokens, word_tokens(reference))
+        prediction_tokens = tokenize(prediction)
+        scores.append(max(sentence_score(prediction_tokens, tokenize(reference))
                           for reference in example_references))
     return 100 * mean(scores)

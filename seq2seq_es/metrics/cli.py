@@ -74,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--references", required=True, metavar="FILE",
                         help="one reference per line, or .jsonl with a string or list per line")
     parser.add_argument("--sources", metavar="FILE", help="one source per line (needed by sari)")
+    parser.add_argument("--em-convention", choices=("strict", "squad", "mlqa-es"),
+                        default="strict",
+                        help="exact_match normalisation: strict (whitespace and Unicode NFC only; "
+                             "case, accents, punctuation count), squad (SQuAD v1.1 script: "
+                             "lowercase, ASCII punctuation and a/an/the dropped), mlqa-es (MLQA "
+                             "script, lang=es: lowercase, all Unicode punctuation and "
+                             "el/la/los/las/un/una/unos/unas dropped). Accents always count")
+    parser.add_argument("--f1-convention", choices=("words", "squad", "mlqa-es"), default="words",
+                        help="token_f1 tokens: words (lowercased Unicode words, articles kept), "
+                             "or squad / mlqa-es as for --em-convention")
     return parser
 
 
@@ -93,7 +103,10 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
         if len(sources) != len(predictions):
             raise DataError(f"{args.predictions} has {len(predictions)} predictions but "
                             f"{args.sources} has {len(sources)} sources")
-    return compute_metrics(names, predictions, references, sources, mode=args.mode)
+    options = {"exact_match": {"convention": args.em_convention},
+               "token_f1": {"convention": args.f1_convention}}
+    return compute_metrics(names, predictions, references, sources, mode=args.mode,
+                           options={name: options[name] for name in names if name in options})
 
 
 def score_main(argv: list[str]) -> int:

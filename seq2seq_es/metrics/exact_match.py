@@ -1,28 +1,35 @@
-"""Exact match after whitespace normalisation, optionally ignoring case.
+"""Exact match under a named answer convention (`seq2seq_es.metrics.answers`).
 
-Both sides are NFC-normalised (a composed "ó" equals "o" + combining accent), stripped, and
-every run of whitespace, newlines included, becomes one space. Punctuation and accents are
-kept: "canción" and "cancion" differ. With ``ignore_case`` both sides are lowercased.
-A prediction matches when it equals any of its references. Score: percentage of matches, 0-100.
+``convention="strict"`` (default; BiSECT, as the paper scored it): both sides NFC-normalised
+(a composed "ó" equals "o" + combining accent), stripped, and every run of whitespace, newlines
+included, becomes one space; case, punctuation and accents count: "canción" and "cancion" differ.
+``squad`` and ``mlqa-es`` normalise as the SQuAD v1.1 and MLQA (lang=es) evaluation scripts
+(lowercase, punctuation and articles dropped); QA tasks use ``mlqa-es``. With ``ignore_case``
+both sides are also lowercased. A prediction matches when it equals any of its references.
+Score: percentage of matches, 0-100.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from seq2seq_es.errors import UnknownNameError
 from seq2seq_es.metrics._base import InMemoryMetric, as_reference_lists, mean, metric_info
-from seq2seq_es.metrics.text import normalize_whitespace
+from seq2seq_es.metrics.answers import CONVENTIONS, normalize_answer
 
 
-def _normalized(text: str, ignore_case: bool) -> str:
-    text = normalize_whitespace(text)
+def _normalized(text: str, ignore_case: bool, convention: str) -> str:
+    text = normalize_answer(text, convention)
     return text.lower() if ignore_case else text
 
 
 def corpus_exact_match(predictions: Sequence[str], references: Sequence[Sequence[str]],
-                       ignore_case: bool = False) -> float:
+                       ignore_case: bool = False, convention: str = "strict") -> float:
     """Percentage of predictions equal to one of their references, 0-100."""
-    matches = [float(any(_normalized(prediction, ignore_case) == _normalized(reference, ignore_case)
+    if convention not in CONVENTIONS:
+        raise UnknownNameError("exact_match convention", convention, CONVENTIONS)
+    matches = [float(any(_normalized(prediction, ignore_case, convention)
+                         == _normalized(reference, ignore_case, convention)
                          for reference in example_references))
                for prediction, example_references in zip(predictions, references)]
     return 100 * mean(matches)
@@ -33,6 +40,7 @@ _INPUTS = """\
 predictions: list of predicted texts.
 references: one reference text per prediction, or a list of references per prediction.
 ignore_case: compare lowercased; default False.
+convention: strict (default) | squad | mlqa-es: how answers are normalised before comparing.
 Returns exact_match: percentage of exact matches, 0-100.
 """
 
@@ -43,6 +51,7 @@ class ExactMatch(InMemoryMetric):
     def _info(self):
         return metric_info(__doc__, _CITATION, _INPUTS)
 
-    def _compute(self, predictions, references, ignore_case: bool = False):
+    def _compute(self, predictions, references, ignore_case: bool = False,
+                 convention: str = "strict"):
         return {"exact_match": corpus_exact_match(predictions, as_reference_lists(references),
-                                                  ignore_case)}
+                                                  ignore_case, convention)}

@@ -1,10 +1,13 @@
-"""Token F1 (SQuAD-style bag-of-tokens overlap) on lowercased Unicode word tokens.
+"""Token F1 (SQuAD-style bag-of-tokens overlap) under a named tokenisation convention.
 
-Unlike SQuAD's English normalisation, no articles are removed (Spanish "el", "la", "los",
-"un", ... count like any word) and tokens are Unicode words, so accented words stay whole and
-¿ ¡ and other punctuation never count. An empty prediction or an empty reference (no word
-tokens) scores 0, and so do both empty: there is no overlap to reward, and no division by zero.
-Several references: the best one counts. Corpus score: mean over examples, 0-100.
+``convention="words"`` (default, dialogue): lowercased Unicode word tokens, no articles removed
+(Spanish "el", "la", "los", "un", ... count like any word), accented words stay whole and ¿ ¡ and
+other punctuation never count. ``squad`` and ``mlqa-es`` tokenise as the SQuAD v1.1 and MLQA
+(lang=es) evaluation scripts do after their answer normalisation (`seq2seq_es.metrics.answers`);
+QA tasks use ``mlqa-es``. Matches those scripts' F1 exactly (tests/test_metrics.py).
+An empty prediction or an empty reference (no tokens) scores 0, and so do both empty: there is
+no overlap to reward, and no division by zero (the scripts agree). Several references: the best
+one counts. Corpus score: mean over examples, 0-100.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+from seq2seq_es.errors import UnknownNameError
 from seq2seq_es.metrics._base import (InMemoryMetric, as_reference_lists, f_measure,
                                       mean_best_reference, metric_info)
+from seq2seq_es.metrics.answers import F1_CONVENTIONS, answer_tokens
 
 
 def sentence_token_f1(prediction: Sequence[str], reference: Sequence[str]) -> float:
@@ -24,9 +29,13 @@ def sentence_token_f1(prediction: Sequence[str], reference: Sequence[str]) -> fl
     return f_measure(overlap / len(prediction), overlap / len(reference))
 
 
-def corpus_token_f1(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+def corpus_token_f1(predictions: Sequence[str], references: Sequence[Sequence[str]],
+                    convention: str = "words") -> float:
     """Mean over examples of the best-reference token F1, 0-100."""
-    return mean_best_reference(predictions, references, sentence_token_f1)
+    if convention not in F1_CONVENTIONS:
+        raise UnknownNameError("token_f1 convention", convention, F1_CONVENTIONS)
+    return mean_best_reference(predictions, references, sentence_token_f1,
+                               tokenize=lambda text: answer_tokens(text, convention))
 
 
 _CITATION = """\
@@ -41,6 +50,7 @@ _CITATION = """\
 _INPUTS = """\
 predictions: list of predicted texts.
 references: one reference text per prediction, or a list of references per prediction.
+convention: words (default) | squad | mlqa-es: how answers are normalised and tokenised.
 Returns token_f1: mean token F1, 0-100.
 """
 
@@ -51,5 +61,6 @@ class TokenF1(InMemoryMetric):
     def _info(self):
         return metric_info(__doc__, _CITATION, _INPUTS)
 
-    def _compute(self, predictions, references):
-        return {"token_f1": corpus_token_f1(predictions, as_reference_lists(references))}
+    def _compute(self, predictions, references, convention: str = "words"):
+        return {"token_f1": corpus_token_f1(predictions, as_reference_lists(references),
+                                            convention)}

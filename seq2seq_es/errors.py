@@ -18,14 +18,17 @@ class ConfigError(Seq2SeqEsError):
 
 
 class DataError(Seq2SeqEsError):
-    """Bad input data. The message names the file, and the row and column when known."""
+    """Bad input data. The message names the file, and the line (1-based, as an editor shows
+    it), row (0-based data row, where no line is known) and column when known."""
 
     def __init__(self, message: str, *, file: str | None = None, row: int | None = None,
-                 column: str | None = None):
-        self.file, self.row, self.column = file, row, column
+                 column: str | None = None, line: int | None = None):
+        self.file, self.row, self.column, self.line = file, row, column, line
         where = []
         if file is not None:
             where.append(f"file {file}")
+        if line is not None:  # 1-based, as an editor shows it
+            where.append(f"line {line}")
         if row is not None:
             where.append(f"row {row}")
         if column is not None:

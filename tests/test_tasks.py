@@ -158,7 +158,7 @@ def test_qa_rows_without_an_answer_are_skipped_not_trained_on_empty_targets(tmp_
     examples, report = load("mlqa", "train", cache, data_files={"train": path})
     assert examples.num_rows == 2
     assert report.skipped == {"column 'answers.text' no answer": 1}
-    assert report.skipped_rows == {"column 'answers.text' no answer": [1]}
+    assert report.skipped_rows == {"column 'answers.text' no answer": [2]}  # 1-based lines
 
 
 def test_translation_directions_are_mirror_images(cache):
@@ -388,12 +388,15 @@ def test_garbage_in_a_parquet_file_is_named(tmp_path, cache):
     assert "does not match the extension" in str(err.value) and "Parquet" in str(err.value)
 
 
-def test_broken_json_lines_are_named_with_the_parser_message(tmp_path, cache):
+def test_broken_json_lines_are_skipped_or_named_by_line(tmp_path, cache):
     path = tmp_path / "train.jsonl"
     path.write_text('{"text": "a", "summary": "b"}\n{"text": "c", "summ\n', encoding="utf-8")
+    examples, report = load("mlsum", "train", cache, data_files={"train": str(path)})
+    assert examples.num_rows == 1 and report.skipped == {"not valid JSON": 1}
+    assert report.skipped_rows == {"not valid JSON": [2]}
     with pytest.raises(DataError) as err:
-        load("mlsum", "train", cache, data_files={"train": str(path)})
-    assert err.value.file == str(path) and "JSON" in str(err.value)
+        load("mlsum", "train", cache, data_files={"train": str(path)}, skip_bad_rows=False)
+    assert (err.value.file, err.value.line) == (str(path), 2) and "JSON" in str(err.value)
 
 
 def test_unsupported_extension_and_empty_file_are_named(tmp_path, cache):
@@ -430,10 +433,10 @@ def test_language_key_missing_in_one_row_is_a_bad_row(tmp_path, cache):
     path = write_jsonl(tmp_path / "wmt.jsonl", rows)
     examples, report = load("wmt13-es-en", "train", cache, data_files={"train": path})
     assert examples.num_rows == 2 and report.skipped_rows == {
-        "column 'translation.en' missing language key 'en'": [2]}
+        "column 'translation.en' missing language key 'en'": [3]}  # 1-based lines
     with pytest.raises(DataError) as err:
         load("wmt13-es-en", "train", cache, data_files={"train": path}, skip_bad_rows=False)
-    assert (err.value.file, err.value.row, err.value.column) == (path, 2, "translation.en")
+    assert (err.value.file, err.value.line, err.value.column) == (path, 3, "translation.en")
 
 
 def test_bad_fields_are_skipped_counted_and_reported_per_reason(cache):
@@ -445,8 +448,8 @@ def test_bad_fields_are_skipped_counted_and_reported_per_reason(cache):
     assert report.skipped == {"column 'summary' empty": 2, "column 'summary' missing value": 1,
                               "column 'summary' not a string (int)": 1,
                               "column 'text' empty": 1}
-    assert report.skipped_rows["column 'summary' empty"] == [1, 5]
-    assert "skipped 5 bad rows" in str(report) and "rows 1, 5" in str(report)
+    assert report.skipped_rows["column 'summary' empty"] == [2, 6]  # 1-based lines
+    assert "skipped 5 bad rows" in str(report) and "lines 2, 6" in str(report)
     # The formatting step is cached; a second load reports the same counts.
     _, again = load("mlsum", "train", cache, data_files={"train": path})
     assert again.skipped == report.skipped and again.skipped_rows == report.skipped_rows
@@ -456,17 +459,17 @@ def test_bad_field_without_skipping_names_file_row_and_column(cache):
     path = broken_file("mlsum_bad_fields.jsonl")
     with pytest.raises(DataError) as err:
         load("mlsum", "train", cache, data_files={"train": path}, skip_bad_rows=False)
-    assert (err.value.file, err.value.row, err.value.column) == (path, 1, "summary")
-    assert "0-based" in str(err.value) and "skip_bad_rows" in str(err.value)
+    assert (err.value.file, err.value.line, err.value.column) == (path, 2, "summary")
+    assert "line 2" in str(err.value) and "skip_bad_rows" in str(err.value)
 
 
-def test_csv_empty_cell_is_a_bad_row_with_its_data_row_number(tmp_path, cache):
+def test_csv_empty_cell_is_a_bad_row_with_its_line_number(tmp_path, cache):
     path = tmp_path / "train.csv"
     path.write_text('text,summary\n"Un texto, con coma.",Un resumen.\nOtro texto.,\n',
                     encoding="utf-8")
     with pytest.raises(DataError) as err:
         load("mlsum", "train", cache, data_files={"train": str(path)}, skip_bad_rows=False)
-    assert (err.value.row, err.value.column) == (1, "summary")
+    assert (err.value.line, err.value.column) == (3, "summary")  # the header is line 1
 
 
 def test_a_split_with_no_usable_row_is_an_error(tmp_path, cache):

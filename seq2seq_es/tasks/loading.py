@@ -9,9 +9,11 @@ formatted split, and its fingerprint is stable, so the tokenization map after it
 Bad rows are not dropped inside the map but marked there; the report is computed from the marks,
 so a cached run reports the same counts as the first.
 
-Errors a user can cause are `DataError`s naming the file (or hub dataset), and the row and column
-where there is one. Row numbers are 0-based data rows: the header of a CSV file is not counted,
-nor are blank lines of a JSON-lines file.
+Errors a user can cause are `DataError`s naming the file (or hub dataset), and the line or row
+and column where there is one. Local JSON-lines and CSV files are checked line by line first
+(`local_files.py`: invalid UTF-8, truncated JSON, mixed-type columns, BOM, delimiters), and
+their problems are reported by 1-based line as an editor shows it; rows of hub datasets and of
+JSON documents and parquet files, which have no lines, are 0-based data rows.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, DataError
 from .formatting import DialogueFormatter, Example, Formatter, Problem
+from .local_files import LocalFile, prepare_local_file
 from .registry import TaskSpec, get_task
 
 if TYPE_CHECKING:
@@ -55,6 +58,15 @@ class LoadReport:
     skipped: dict[str, int] = field(default_factory=dict)           # reason -> rows
     skipped_rows: dict[str, list[int]] = field(default_factory=dict)  # reason -> first rows
     notes: list[str] = field(default_factory=list)
+    row_unit: str = "0-based data rows"          # or "lines" (1-based) for local text files
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (the run folder's data_report.json)."""
+        return {"task": self.task, "split": self.split, "origin": self.origin,
+                "rows_read": self.rows_read, "examples": self.examples,
+                "skipped_total": self.total_skipped, "skipped": dict(self.skipped),
+                "first_skipped": dict(self.skipped_rows), "numbered_by": self.row_unit,
+                "notes": list(self.notes)}
 
     @property
     def total_skipped(self) -> int:
@@ -64,12 +76,13 @@ class LoadReport:
         text = (f"task {self.task}, split {self.split}, from {self.origin}: "
                 f"{self.rows_read} rows -> {self.examples} examples")
         if self.skipped:
+            label = "lines" if self.row_unit == "lines" else "rows"
             parts = []
             for reason, count in self.skipped.items():
                 rows = ", ".join(map(str, self.skipped_rows[reason]))
                 more = ", ..." if count > len(self.skipped_rows[reason]) else ""
-                parts.append(f"{reason}: {count} (rows {rows}{more})")
-            text += (f"; skipped {self.total_skipped} bad rows (0-based data rows): "
+                parts.append(f"{reason}: {count} ({label} {rows}{more})")
+            text += (f"; skipped {self.total_skipped} bad rows ({self.row_unit}): "
                      + "; ".join(parts))
         for note in self.notes:
             text += f"; {note}"
@@ -92,10 +105,16 @@ def load_examples(task: str | TaskSpec, split: str, *, data_files: Mapping[str, 
     _check_request(spec, split, data_files, max_samples)
     formatter = _formatter_for(spec, max_history_turns)
     path = (data_files or {}).get(split)
+    local: LocalFile | None = None
     if path is not None:
         file = str(path)
-        raw = _read_local_file(file, formatter, cache_dir)
-        report = LoadReport(spec.name, split, f"file {file}")
+        raw, local = _read_local_file(file, formatter, cache_dir)
+        report = LoadReport(spec.name, split, f"file {file}", notes=list(local.notes))
+        if local.line_of_row is not None:
+            report.row_unit = "lines"
+        for line, column, reason in local.bad_lines:
+            key = f"column '{column}' {reason}" if column else _reason_kind(reason)
+            _count(report, key, line)
     else:
         file = None
         raw, origin, notes = _read_hub(spec, split, hub_revision, cache_dir)
@@ -103,13 +122,19 @@ def load_examples(task: str | TaskSpec, split: str, *, data_files: Mapping[str, 
     _check_columns(raw, formatter, file, report.origin)
 
     marked = _format(raw, formatter, split)
-    report.rows_read = raw.num_rows
-    first_problem = _count_problems(marked, report)
+    report.rows_read = raw.num_rows + (len(local.bad_lines) if local else 0)
+    line_of_row = local.line_of_row if local else None
+    first_problem = _count_problems(marked, report, line_of_row)
+    if local and local.bad_lines:  # lines left out before formatting: the earliest wins
+        line, column, reason = local.bad_lines[0]
+        if first_problem is None or line < first_problem[0]:
+            first_problem = (line, column, reason)
     if first_problem is not None and not skip_bad_rows:
         row, column, reason = first_problem
-        raise DataError(f"{reason}{_in_hub(report, file)} (rows are 0-based data rows; pass "
-                        f"skip_bad_rows / --data.skip_bad_rows true to skip such rows)",
-                        file=file, row=row, column=column)
+        where = {"line": row} if line_of_row is not None else {"row": row}
+        unit = "" if line_of_row is not None else " (rows are 0-based data rows)"
+        raise DataError(f"{reason}{_in_hub(report, file)}{unit}; pass --data.skip_bad_rows true "
+                        "to skip such rows", file=file, column=column, **where)
     examples = marked.filter(_is_example, input_columns="_problem_reason", batched=True)
     examples = examples.remove_columns(list(_PROBLEM_COLUMNS))
     if examples.num_rows == 0:
@@ -166,7 +191,8 @@ def _builder_for(path: str) -> tuple[str, dict[str, Any]]:
     return LOCAL_FILE_BUILDERS[extension], ({"delimiter": "\t"} if extension == ".tsv" else {})
 
 
-def _read_local_file(path: str, formatter: Formatter, cache_dir: str | None):
+def _read_local_file(path: str, formatter: Formatter,
+                     cache_dir: str | None) -> tuple[Any, LocalFile]:
     if not os.path.exists(path):
         raise DataError("file does not exist", file=path)
     if not os.path.isfile(path):
@@ -176,12 +202,16 @@ def _read_local_file(path: str, formatter: Formatter, cache_dir: str | None):
     builder, options = _builder_for(path)
     if builder == "json":
         _check_looks_like_json(path)
-    raw = _load_file(path, builder, options, cache_dir)
+    local = prepare_local_file(path, builder, options, formatter.required_columns(),
+                               cache_dir=cache_dir)
+    raw = _load_file(local.path, builder, local.options, cache_dir, shown_as=path)
     # A JSON file may hold its rows under a top-level "data" key.
     if (builder == "json" and "data" in raw.column_names
             and not set(formatter.required_columns()) <= set(raw.column_names)):
-        raw = _load_file(path, builder, {"field": "data"}, cache_dir)
-    return raw
+        raw = _load_file(local.path, builder, {"field": "data"}, cache_dir, shown_as=path)
+    if local.line_of_row is not None and len(local.line_of_row) != raw.num_rows:
+        local.line_of_row = None  # e.g. quoted CSV fields spanning lines that pandas read apart
+    return raw, local
 
 
 def _check_looks_like_json(path: str) -> None:
@@ -197,7 +227,8 @@ def _check_looks_like_json(path: str) -> None:
                         f"text? name it .csv)", file=path)
 
 
-def _load_file(path: str, builder: str, options: dict[str, Any], cache_dir: str | None):
+def _load_file(path: str, builder: str, options: dict[str, Any], cache_dir: str | None,
+               shown_as: str | None = None):
     import datasets
 
     try:
@@ -207,7 +238,7 @@ def _load_file(path: str, builder: str, options: dict[str, Any], cache_dir: str 
         detail = _library_message(exc)
         kind = {"json": "JSON lines or a JSON list", "csv": "CSV", "parquet": "Parquet"}[builder]
         raise DataError(f"content does not match the extension: cannot be read as {kind}: "
-                        f"{detail}", file=path) from exc
+                        f"{detail}", file=shown_as or path) from exc
 
 
 def _library_message(exc: BaseException) -> str:
@@ -401,8 +432,25 @@ def _is_example(reasons: list[str]) -> list[bool]:
     return [reason == "" for reason in reasons]
 
 
-def _count_problems(marked, report: LoadReport) -> tuple[int, str, str] | None:
-    """Fill the report's skip counts; return (row, column, reason) of the first bad row."""
+def _reason_kind(reason: str) -> str:
+    """The reason without its details (byte values, columns), to group skipped lines by."""
+    for separator in (" (", ": "):
+        reason = reason.split(separator, 1)[0]
+    return reason
+
+
+def _count(report: LoadReport, key: str, row: int) -> None:
+    report.skipped[key] = report.skipped.get(key, 0) + 1
+    kept = report.skipped_rows.setdefault(key, [])
+    if len(kept) < _FIRST_ROWS_KEPT:
+        kept.append(row)
+
+
+def _count_problems(marked, report: LoadReport,
+                    line_of_row: list[int] | None) -> tuple[int, str, str] | None:
+    """Fill the report's skip counts; return (row or line, column, reason) of the first bad row.
+
+    With `line_of_row` (local text files) rows are reported by their 1-based line."""
     import pyarrow.compute as pc
 
     reasons = marked.data.column("_problem_reason")
@@ -410,12 +458,10 @@ def _count_problems(marked, report: LoadReport) -> tuple[int, str, str] | None:
     if not bad:
         return None
     problems = marked.select(bad).select_columns(list(_PROBLEM_COLUMNS)).to_dict()
-    found = sorted(zip(problems["_problem_row"], problems["_problem_column"],
-                       problems["_problem_reason"]))
+    rows = problems["_problem_row"]
+    if line_of_row is not None:
+        rows = [line_of_row[row] for row in rows]
+    found = sorted(zip(rows, problems["_problem_column"], problems["_problem_reason"]))
     for row, column, reason in found:
-        key = f"column '{column}' {reason}"
-        report.skipped[key] = report.skipped.get(key, 0) + 1
-        kept = report.skipped_rows.setdefault(key, [])
-        if len(kept) < _FIRST_ROWS_KEPT:
-            kept.append(row)
+        _count(report, f"column '{column}' {reason}", row)
     return found[0]

@@ -117,6 +117,27 @@ def get_split(cfg: RunConfig, task, tokenizer, model, split: str, max_samples: i
     return SplitData(examples, tokenized, report)
 
 
+def get_test_split(cfg: RunConfig, task, tokenizer, model, log) -> SplitData | None:
+    """The test split scored at the end of the run, or None (said once) when there is none.
+
+    Loaded at the start so that a bad test file fails before hours of training. Local files
+    have a test split only when `data.test_file` is given; the hub when the task lists one.
+    The whole split is scored (not `data.max_eval_samples`): these are the reported numbers.
+    """
+    if not cfg.train.eval_test:
+        log("train.eval_test=false: the test split is not scored")
+        return None
+    if cfg.data.train_file and not cfg.data.test_file:
+        log("no test split: the run reads local files and data.test_file is not set; pass "
+            "--data.test_file to score the best checkpoint on test")
+        return None
+    if not cfg.data.train_file and "test" not in task.splits:
+        log(f"no test split: task {task.name} has none on the hub; pass --data.train_file, "
+            "--data.validation_file and --data.test_file to score one")
+        return None
+    return get_split(cfg, task, tokenizer, model, "test", None, log)
+
+
 def get_collator(cfg: RunConfig, spec, tokenizer, model) -> Seq2SeqCollator:
     if spec.family == "led":
         window = model.config.attention_window

@@ -6,6 +6,11 @@ position inside the epoch) and one RNG file per rank. It is written under a temp
 (`.tmp-step_<N>`) and renamed into place by rank 0 after every rank has finished writing, so a
 folder named `step_<N>` is always complete: a run killed while saving resumes from the previous
 one, and the half-written temporary folder is removed at the next save.
+
+Rotation keeps the `keep_last` newest checkpoints plus the best one: the trainer passes the best
+(step, metric, value) inside the trainer state, so the checkpoint that `final/` and the test
+scores come from is never deleted, also not after a resume (the state is saved with every
+checkpoint).
 """
 
 from __future__ import annotations
@@ -60,11 +65,17 @@ class Checkpointer:
         done = self.complete()
         return done[-1] if done else None
 
+    def path(self, step: int) -> Path:
+        return self.root / f"step_{step:08d}"
+
+    def has(self, step: int) -> bool:
+        return (self.path(step) / "trainer_state.json").is_file()
+
     def save(self, engine, trainer_state: dict) -> Path:
         """Collective: every rank must call it at the same step."""
         step = trainer_state["step"]
-        name = f"step_{step:08d}"
-        final, tmp = self.root / name, self.root / f".tmp-{name}"
+        final = self.path(step)
+        tmp = self.root / f".tmp-{final.name}"
         if self.env.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
             for stale in self.root.glob(".tmp-step_*"):
@@ -81,8 +92,11 @@ class Checkpointer:
         if self.env.is_main:
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
             tmp.rename(final)
+            best = trainer_state.get("best")
+            keep = self.path(best["step"]) if best else None
             for old in self.complete()[:-self.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+                if old != keep:
+                    shutil.rmtree(old, ignore_errors=True)
         D.barrier()
         return final
 
@@ -102,3 +116,19 @@ class Checkpointer:
         rng_file = path / "rng" / f"rank_{self.env.rank}.pt"
         _set_rng_state(torch.load(rng_file, weights_only=False))
         return state
+
+    def load_weights(self, engine, path: Path) -> None:
+        """Collective: put the weights of checkpoint `path` into the engine (end of training).
+
+        Goes through DeepSpeed's full load (weights and optimizer partitions, not the scheduler
+        or the RNG): the optimizer's fp32 partitions are what ZeRO 1-3 copy back into the
+        module, and this is the path the exact-resume tests cover for every stage. The
+        weights-only route (`load_module_only`) would, under ZeRO-3, consolidate every rank's
+        fp32 shards on every rank and needs a `latest` tag file that these checkpoints do not
+        write.
+        """
+        load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name,
+                                              load_optimizer_states=True,
+                                              load_lr_scheduler_states=False)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")

@@ -121,11 +121,13 @@ def all_reduce_sum(values: list[float] | torch.Tensor, device: torch.device) -> 
     return t.tolist()
 
 
-def all_reduce_max(value: float, device: torch.device) -> float:
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+def all_reduce_max(value: float | list[float], device: torch.device) -> float | list[float]:
+    """Maximum over ranks of one value, or of each value of a list in one collective."""
+    t = torch.tensor(value if isinstance(value, list) else [value], dtype=torch.float64,
+                     device=device)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.item()
+    return t.tolist() if isinstance(value, list) else t.item()
 
 
 def gather_objects(obj, world_size: int) -> list:

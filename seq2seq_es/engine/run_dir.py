@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 import sys
 import time
@@ -94,3 +95,12 @@ def read_metrics(path: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    """Write JSON to a temporary file and rename it: readers see the old or the new file, never
+    half of one (other tools poll best.json and final_results.json while runs go on)."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)

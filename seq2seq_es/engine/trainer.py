@@ -21,12 +21,12 @@ from ..config import RunConfig
 from ..errors import ConfigError, Seq2SeqEsError
 from . import distributed as D
 from .builders import (check_targets, get_collator, get_engine, get_generation_config, get_model,
-                       get_split, get_step_plan)
+                       get_split, get_step_plan, get_test_split)
 from .checkpoint import Checkpointer
 from .evaluation import evaluate
 from .loss import token_ce_sum
 from .optim import use_bf16
-from .run_dir import RunLog
+from .run_dir import RunLog, write_json_atomic
 from .signals import StopRequest
 
 
@@ -141,6 +141,33 @@ def export_hf(engine, tokenizer, generation_config, out: Path, zero_stage: int,
     D.barrier()
 
 
+def is_better(value: float, best: dict | None, metric: str) -> bool:
+    """Lower is better for the loss, higher for every other metric; NaN never wins."""
+    if value != value:
+        return False
+    if best is None:
+        return True
+    return value < best["value"] if metric == "loss" else value > best["value"]
+
+
+def without_prefix(results: dict, prefix: str) -> dict:
+    return {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith(prefix + "/")}
+
+
+class SaveClock:
+    """Rank 0's wall clock for time-based saves (train.save_every_min; 0 = off)."""
+
+    def __init__(self, minutes: float, is_main: bool):
+        self.seconds, self.is_main = minutes * 60, is_main
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        return self.is_main and self.seconds > 0 and time.monotonic() - self.last >= self.seconds
+
+    def reset(self) -> None:
+        self.last = time.monotonic()
+
+
 def train(cfg: RunConfig) -> dict:
     env = D.read_env()
     D.init(env, cfg.dist.backend, cfg.dist.timeout_min)
@@ -159,6 +186,7 @@ def train(cfg: RunConfig) -> dict:
     train_data = get_split(cfg, task, tokenizer, model, "train", cfg.data.max_train_samples, say)
     check_targets(cfg, train_data)
     eval_data = get_split(cfg, task, tokenizer, model, "validation", cfg.data.max_eval_samples, say)
+    test_data = get_test_split(cfg, task, tokenizer, model, say)  # None: no test split
     collator = get_collator(cfg, spec, tokenizer, model)
     generation_config = get_generation_config(cfg, spec, tokenizer)
     plan, total_steps = get_step_plan(cfg, env, train_data, collator.pad_to_multiple_of)
@@ -171,32 +199,62 @@ def train(cfg: RunConfig) -> dict:
     engine, _, scheduler, ds_config = get_engine(model, cfg, env, total_steps)
 
     state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "world_size": env.world_size}
+    # The best validation so far: {"step", "metric", "value", "validation": {name: value}}.
+    # It travels in every checkpoint's trainer state, so a resumed run keeps it.
+    best = None
     if resume_from is not None:
         state = ckpt.load(engine, resume_from)
+        best = state.pop("best", None)
         say(f"resumed from {resume_from} at step {state['step']}")
     log = RunLog(out, cfg, env.is_main, total_steps, state["step"])
     if env.is_main:
         (out / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=1))
     bf16 = use_bf16(cfg)
     eval_batch = cfg.train.eval_batch_size or cfg.train.batch_size
+    best_metric = cfg.train.best_metric or task.main_metric
+    last_eval = {}     # validation results at the step evaluated last
+    saved_step = None  # the step of this run's newest checkpoint: never save a step twice
+    clock = SaveClock(cfg.train.save_every_min, env.is_main)
 
-    def run_eval(step: int) -> dict:
-        results = evaluate(engine.module, tokenized=eval_data.tokenized,
-                           examples=eval_data.examples, collator=collator, tokenizer=tokenizer,
+    def run_eval(step: int, data=eval_data, prefix: str = "eval") -> dict:
+        results = evaluate(engine.module, tokenized=data.tokenized, examples=data.examples,
+                           collator=collator, tokenizer=tokenizer,
                            generation_config=generation_config, task=task, env=env,
                            batch_size=eval_batch, zero_stage=cfg.dist.zero_stage, bf16=bf16,
-                           step=step, out_dir=out / "eval")
+                           step=step, out_dir=out / prefix, prefix=prefix)
         log.log(step, results)
         log.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
         return results
 
-    def save() -> None:
-        ckpt.save(engine, state)
+    def maybe_eval(step: int) -> bool:
+        """Validate; return True when the best metric improved (a checkpoint must exist then)."""
+        nonlocal best, last_eval
+        last_eval = run_eval(step)
+        key = f"eval/{best_metric}"
+        if key not in last_eval:
+            raise ConfigError("train.best_metric", f"'{best_metric}' is not among the validation "
+                              f"results; available: {', '.join(without_prefix(last_eval, 'eval'))}")
+        if not is_better(last_eval[key], best, best_metric):
+            return False
+        best = {"step": step, "metric": best_metric, "value": last_eval[key],
+                "validation": without_prefix(last_eval, "eval")}
+        return True
+
+    def maybe_save(step: int) -> None:
+        nonlocal saved_step
+        if saved_step == step:
+            return
+        path = ckpt.save(engine, {**state, "best": best})
+        log.write(f"saved checkpoint {path.name}")
+        saved_step = step
+        clock.reset()
+        if env.is_main and best is not None and best["step"] == step:
+            write_json_atomic(ckpt.root / "best.json", {**best, "checkpoint": ckpt.path(step).name})
 
     stop = StopRequest().install()
     try:
-        if cfg.train.eval_at_start and state["step"] == 0:
-            run_eval(0)
+        if cfg.train.eval_at_start and state["step"] == 0 and maybe_eval(0):
+            maybe_save(0)
         steps = plan.iter_steps(state["epoch"], state["step_in_epoch"], env.rank)
         window_start, window_tokens, window_padded = time.perf_counter(), 0.0, 0.0
         while state["step"] < total_steps:
@@ -218,27 +276,59 @@ def train(cfg: RunConfig) -> dict:
                                "train/skipped_micro_batches": result["skipped_micro_batches"]})
                 log.progress(step, result["loss"], lr, tokens_per_s)
                 window_start, window_tokens, window_padded = time.perf_counter(), 0.0, 0.0
-            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total_steps:
-                run_eval(step)
-            if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps:
-                save()
-            signum = int(D.all_reduce_max(float(stop.signum), env.device))
+            # The last step is validated (or not) by train.eval_at_end below, whatever the epoch.
+            epoch_end = step_in_epoch + 1 == plan.steps_per_epoch
+            eval_due = step < total_steps and (
+                (cfg.train.eval_every and step % cfg.train.eval_every == 0)
+                or (cfg.train.eval_per_epoch and epoch_end))
+            improved = maybe_eval(step) if eval_due else False
+            # One collective per step for both: a stop signal on any rank, and rank 0's clock
+            # saying a save is due. DeepSpeed's save is collective: every rank must save at the
+            # same step, and rank clocks disagree.
+            signum, time_due = D.all_reduce_max([float(stop.signum), float(clock.due())],
+                                                env.device)
+            by_steps = cfg.train.save_every and step % cfg.train.save_every == 0
+            if step < total_steps and (improved or time_due or by_steps or signum):
+                maybe_save(step)
             if signum and step < total_steps:
-                save()
-                name = StopRequest.name(signum)
+                name = StopRequest.name(int(signum))
                 if env.is_main:
-                    (out / "PREEMPTED").write_text(json.dumps({"step": step, "signal": name}))
+                    write_json_atomic(out / "PREEMPTED", {"step": step, "signal": name})
                 code = 130 if name == "SIGINT" else PREEMPTED_EXIT_CODE
                 raise Stopped(f"{name} received: saved a checkpoint at step {step}; resume with "
                               "--train.resume auto", code)
-        last_eval = run_eval(state["step"]) if cfg.train.eval_at_end else {}
-        save()
+        # End of run: validate and save the last step, then go back to the best checkpoint, so
+        # that the test scores and final/ come from the model chosen on validation (the last
+        # step is often past the best one when a run overfits).
+        step = state["step"]
+        end_eval = {}
+        if cfg.train.eval_at_end:
+            maybe_eval(step)
+            end_eval = last_eval
+        maybe_save(step)
+        chosen = best if cfg.train.load_best_at_end else None
+        if chosen is not None and chosen["step"] != step:
+            say(f"best checkpoint: step {chosen['step']} ({best_metric} {chosen['value']:.4f}); "
+                "its weights are scored on test and exported")
+            ckpt.load_weights(engine, ckpt.path(chosen["step"]))
+        final_step = chosen["step"] if chosen else step
+        validation = chosen["validation"] if chosen else without_prefix(end_eval, "eval")
+        test = None
+        if test_data is not None and best is None:
+            say("no validation ran (train.eval_at_end=false and no epoch or eval_every "
+                "evaluation): the test split is not scored")
+        elif test_data is not None:
+            test = without_prefix(run_eval(final_step, test_data, "test"), "test")
         if cfg.train.export:
             export_hf(engine, tokenizer, generation_config, out / "final", cfg.dist.zero_stage, env)
         if env.is_main:
+            write_json_atomic(out / "final_results.json", {
+                "task": task.name, "model": cfg.model.name, "main_metric": best_metric,
+                "best_step": final_step, "steps": step, "validation": validation, "test": test})
             (out / "PREEMPTED").unlink(missing_ok=True)
-            (out / "DONE").write_text(json.dumps({"step": state["step"], **last_eval}))
-        return {"step": state["step"], **last_eval}
+            (out / "DONE").write_text(json.dumps({"step": step, **end_eval,
+                                                  "best_step": final_step}))
+        return {"step": step, **end_eval, "best_step": final_step}
     finally:
         stop.restore()
         log.close()

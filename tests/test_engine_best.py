@@ -1,0 +1,214 @@
+"""The end of every run: the best checkpoint on validation is kept, scored on test and exported.
+
+Real runs through launch/train.py on barto-tiny (fp32, CPU): 16 training examples in steps of 4
+make 4 steps per epoch; 3 epochs are validated at steps 4 and 8 (epoch ends) and 12 (the end).
+A learning rate of 3e-2 makes the tiny model overfit, so the best validation loss is not at the
+last step and the run has to go back to an earlier checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine_runs import (base_args, final_weights, kill_group, run, start, step_losses,
+                         wait_for)
+from seq2seq_es.demo.synthetic import write_demo_dataset
+from seq2seq_es.engine import distributed as D
+from seq2seq_es.engine.checkpoint import Checkpointer
+from seq2seq_es.engine.run_dir import read_metrics
+from seq2seq_es.engine.trainer import is_better
+
+pytestmark = pytest.mark.slow
+
+EPOCHS, STEPS_PER_EPOCH = 3, 4
+LAST = EPOCHS * STEPS_PER_EPOCH
+SCHEMA = {"task", "model", "main_metric", "best_step", "steps", "validation", "test"}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("best")
+
+
+@pytest.fixture(scope="module")
+def files(workdir):
+    # 4 validation and 4 test examples (the test split has the validation split's size).
+    return write_demo_dataset(workdir / "data", train_size=16, validation_size=4, seed=5)
+
+
+def best_args(files, out: Path, *, batch: int = 4, extra: list[str] | None = None) -> list[str]:
+    return base_args(files, out, steps=0, batch=batch, extra=[
+        "--train.epochs", str(EPOCHS), "--data.test_file", files["test"],
+        "--train.eval_at_end", "true", "--train.best_metric", "loss", "--optim.lr", "3e-2",
+        "--optim.schedule", "constant", *(extra or [])])
+
+
+_cache: dict = {}
+
+
+def single_run(workdir, files) -> tuple[Path, str]:
+    """keep_last=1 and a save due every 6 ms: every step saves, and rotation runs each time."""
+    if "single" not in _cache:
+        out = workdir / "single"
+        proc = run("none", 1, best_args(files, out, extra=[
+            "--train.keep_last", "1", "--train.save_every_min", "0.0001"]))
+        _cache["single"] = (out, proc.stdout + proc.stderr)
+    return _cache["single"]
+
+
+def eval_records(out: Path, prefix: str = "eval") -> dict[int, dict]:
+    return {r["step"]: r for r in read_metrics(out / "metrics.jsonl") if f"{prefix}/loss" in r}
+
+
+def module_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The model weights inside a ZeRO-0 DeepSpeed checkpoint."""
+    state = torch.load(checkpoint / "mp_rank_00_model_states.pt", map_location="cpu",
+                       weights_only=False)
+    return state["module"]
+
+
+def assert_same_weights(exported: dict, reference: dict) -> None:
+    assert exported
+    for key, value in exported.items():
+        assert torch.equal(value, reference[key]), key
+
+
+def test_best_checkpoint_is_kept_scored_on_test_and_exported(workdir, files):
+    out, output = single_run(workdir, files)
+    evals = eval_records(out)
+    assert sorted(evals) == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH, LAST]  # per epoch + the end
+    best_step = min(evals, key=lambda s: evals[s]["eval/loss"])
+    assert best_step < LAST, "the run did not overfit: raise --optim.lr so the test covers a reload"
+
+    results = json.loads((out / "final_results.json").read_text())
+    assert set(results) == SCHEMA
+    assert results["task"] == "mlsum" and results["model"] == "barto-tiny"
+    assert results["main_metric"] == "loss"
+    assert results["best_step"] == best_step and results["steps"] == LAST
+    assert results["validation"] == {k.split("/", 1)[1]: v for k, v in evals[best_step].items()
+                                     if k.startswith("eval/")}
+    assert {"loss", "rougeL"} <= set(results["test"])
+
+    # The test split is scored once, by the best checkpoint, one prediction per test example.
+    tests = eval_records(out, "test")
+    assert list(tests) == [best_step]
+    assert results["test"] == {k.split("/", 1)[1]: v for k, v in tests[best_step].items()
+                               if k.startswith("test/")}
+    n_test = len(Path(files["test"]).read_text().splitlines())
+    predictions = out / "test" / f"step_{best_step:08d}" / "predictions.jsonl"
+    assert len(predictions.read_text().splitlines()) == n_test
+    # The best checkpoint's test loss is its own, not the last step's weights' (they differ).
+    assert results["test"]["loss"] != pytest.approx(evals[LAST]["eval/loss"])
+
+    # keep_last=1 keeps the newest checkpoint and the best one; every step was saved by time.
+    kept = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    assert kept == [f"step_{best_step:08d}", f"step_{LAST:08d}"]
+    saved = {int(line.rsplit("_", 1)[1]) for line in output.splitlines()
+             if line.startswith("saved checkpoint step_")}
+    assert saved == set(range(1, LAST + 1)), "time-based saves happen between epoch ends"
+    best = json.loads((out / "checkpoints" / "best.json").read_text())
+    assert best["step"] == best_step and best["metric"] == "loss"
+    assert best["checkpoint"] == f"step_{best_step:08d}"
+    state = json.loads((out / "checkpoints" / f"step_{LAST:08d}" / "trainer_state.json")
+                       .read_text())
+    assert state["best"]["step"] == best_step  # resume keeps the best
+
+    # final/ holds the best checkpoint's weights, not the last step's.
+    exported = final_weights(out)
+    assert_same_weights(exported, module_weights(out / "checkpoints" / f"step_{best_step:08d}"))
+    last = module_weights(out / "checkpoints" / f"step_{LAST:08d}")
+    assert any(not torch.equal(v, last[k]) for k, v in exported.items())
+    done = json.loads((out / "DONE").read_text())
+    assert done["step"] == LAST and done["best_step"] == best_step
+
+
+def test_resume_after_a_stop_keeps_the_best_and_ends_the_same(workdir, files):
+    uninterrupted, _ = single_run(workdir, files)
+    best_step = json.loads((uninterrupted / "final_results.json").read_text())["best_step"]
+    out = workdir / "stopped"
+    shutil.rmtree(out, ignore_errors=True)
+    args = best_args(files, out, extra=["--train.keep_last", "1", "--train.resume", "auto",
+                                        "--train.save_every_min", "0.0001"])
+    # Each save waits 0.3 s so that the stop lands between the best step and the end.
+    proc = start("none", 1, args, {"SEQ2SEQ_ES_SAVE_DELAY_S": "0.3"})
+    try:
+        wait_for(lambda: best_step + 1 in step_losses(out) or proc.poll() is not None)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 3, proc.stdout.read()[-3000:]
+    stopped = json.loads((out / "PREEMPTED").read_text())["step"]
+    assert best_step < stopped < LAST
+    run("none", 1, args)
+    a = json.loads((out / "final_results.json").read_text())
+    b = json.loads((uninterrupted / "final_results.json").read_text())
+    assert a == b
+    assert_same_weights(final_weights(out), final_weights(uninterrupted))
+    assert (out / "checkpoints" / f"step_{best_step:08d}").is_dir()
+
+
+def test_zero3_on_two_ranks_exports_and_tests_the_best_checkpoint(workdir, files):
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    out = workdir / "zero3"
+    # 2 ranks x 2 examples: the same 4 steps per epoch. keep_last large: every save stays.
+    run("torchrun", 2, best_args(files, out, batch=2, extra=[
+        "--dist.zero_stage", "3", "--train.keep_last", "100", "--train.save_every_min",
+        "0.0001", "--model.dropout", "0.0"]))
+    evals = eval_records(out)
+    best_step = min(evals, key=lambda s: evals[s]["eval/loss"])
+    results = json.loads((out / "final_results.json").read_text())
+    assert set(results) == SCHEMA and results["best_step"] == best_step
+    assert list(eval_records(out, "test")) == [best_step]
+    n_test = len(Path(files["test"]).read_text().splitlines())
+    predictions = out / "test" / f"step_{best_step:08d}" / "predictions.jsonl"
+    assert len(predictions.read_text().splitlines()) == n_test  # none lost or doubled
+    # A save at every step: collective time-based saves agreed on by both ranks.
+    kept = sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*"))
+    assert kept == list(range(1, LAST + 1))
+    best = get_fp32_state_dict_from_zero_checkpoint(str(out / "checkpoints"),
+                                                    tag=f"step_{best_step:08d}")
+    exported = final_weights(out)
+    for key, value in exported.items():
+        assert torch.allclose(value.float(), best[key].float(), atol=0, rtol=0), key
+
+
+def test_an_unknown_best_metric_names_the_available_ones(workdir, files):
+    out = workdir / "bad-metric"
+    args = base_args(files, out, steps=2, batch=4, extra=[
+        "--train.eval_at_end", "true", "--train.best_metric", "rouge9"])
+    proc = run("none", 1, args, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "train.best_metric" in proc.stderr and "rougeL" in proc.stderr
+    # No data.test_file with local files: said once, and nothing is scored on test.
+    assert proc.stdout.count("no test split") == 1
+
+
+class _FakeEngine:
+    def save_checkpoint(self, root, tag, save_latest):
+        (Path(root) / tag).mkdir(parents=True)
+
+
+def test_rotation_never_deletes_the_best_checkpoint(tmp_path):
+    ckpt = Checkpointer(tmp_path, D.read_env({}), keep_last=1)
+    best = {"step": 2, "metric": "rougeL", "value": 3.0}
+    for step in range(1, 6):
+        ckpt.save(_FakeEngine(), {"step": step, "best": best if step >= 2 else None})
+    assert [p.name for p in ckpt.complete()] == ["step_00000002", "step_00000005"]
+    # Once a later step is best, the old best is rotated away like any other.
+    ckpt.save(_FakeEngine(), {"step": 6, "best": {**best, "step": 6}})
+    assert [p.name for p in ckpt.complete()] == ["step_00000006"]
+
+
+def test_loss_is_lower_is_better_and_nan_never_wins():
+    assert is_better(1.0, None, "loss") and is_better(1.0, {"value": 2.0}, "loss")
+    assert not is_better(3.0, {"value": 2.0}, "loss")
+    assert is_better(3.0, {"value": 2.0}, "rougeL") and not is_better(2.0, {"value": 2.0}, "rougeL")
+    assert not is_better(float("nan"), None, "rougeL")

@@ -486,3 +486,35 @@ def test_score_command_takes_the_qa_conventions(tmp_path, capsys):
     assert strict["exact_match"] == 0.0
     assert score_main(argv + ["--em-convention", "mlqa-es", "--f1-convention", "mlqa-es"]) == 0
     assert json.loads(capsys.readouterr().out) == {"exact_match": 100.0, "token_f1": 100.0}
+
+
+# Values of Hugging Face evaluate's sari (the published algorithm with its lowercase + 13a
+# tokenization) on these cases; the first is the example of its documentation.
+SARI_PAPER_CASES = [
+    ("About 95 species are currently accepted .", "About 95 you now get in .",
+     ["About 95 species are currently known .", "About 95 species are now accepted .",
+      "95 species are now accepted ."], 26.953601953601954),
+    ("¿Qué pasó en Madrid, dijo el alcalde, que llegó tarde?",
+     "¿Qué pasó en Madrid? <SPLIT> El alcalde llegó tarde.",
+     ["¿Qué pasó en Madrid?, dijo el alcalde. <SPLIT> Él llegó tarde."], 64.43121693121692),
+    ("La canción, que ganó el premio, fue compuesta en 1990.",
+     "La canción ganó el premio. <SPLIT> Fue compuesta en 1990.",
+     ["La canción ganó el premio. <SPLIT> La canción fue compuesta en 1990.",
+      "La canción fue compuesta en 1990. <SPLIT> Ganó el premio."], 89.71428571428571),
+]
+
+
+@pytest.mark.parametrize("source, prediction, references, expected", SARI_PAPER_CASES)
+def test_sari_paper_mode_equals_evaluates_sari_on_raw_text(source, prediction, references,
+                                                           expected):
+    scores = compute_metrics(["sari"], [prediction], [references], sources=[source],
+                             mode="paper")
+    assert scores["sari"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_sari_spanish_mode_keeps_inverted_marks_apart_unlike_paper_mode():
+    source, prediction, references, paper_value = SARI_PAPER_CASES[1]
+    spanish = compute_metrics(["sari"], [prediction], [references], sources=[source])["sari"]
+    assert spanish != pytest.approx(paper_value)
+    assert Sari().compute(predictions=[prediction], references=[references], sources=[source],
+                          mode="paper")["sari"] == pytest.approx(paper_value, abs=1e-9)

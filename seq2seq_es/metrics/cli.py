@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric", action="append", required=True, metavar="NAME",
                         help=f"metric to compute, repeatable: {METRIC_NAMES_HELP}")
     parser.add_argument("--mode", choices=("spanish", "paper"), default="spanish",
-                        help="ROUGE tokenization: Spanish-aware (default) or as the paper's scripts")
+                        help="ROUGE and SARI tokenization: spanish (default: Unicode words, "
+                             "accents kept, ROUGE stems with Snowball Spanish) or paper (as the "
+                             "paper's scripts: ROUGE keeps only [a-z0-9] and stems with English "
+                             "Porter; SARI lowercases and uses sacreBLEU's 13a tokenizer)")
     parser.add_argument("--predictions", required=True, metavar="FILE", help="one prediction per line")
     parser.add_argument("--references", required=True, metavar="FILE",
                         help="one reference per line, or .jsonl with a string or list per line")

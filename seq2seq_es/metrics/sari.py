@@ -23,21 +23,49 @@ correction of github.com/cocoxu/simplification issue 6, as ``evaluate``'s sari d
 SARI = (mean keep F1 + mean delete precision + mean add F1) / 3 over n = 1..4, per example;
 the corpus score is the mean over examples, 0-100.
 
-Spanish-aware tokens: the text is NFC-normalised and lowercased, then split into Unicode
+Two tokenizations (``mode``):
+
+``spanish`` (default): the text is NFC-normalised and lowercased, then split into Unicode
 words and single punctuation marks, so "¿" and "." are tokens of their own (adding a full
 stop between the rephrased sentences is an edit SARI should see) and accented words stay
 whole. The split marker of split-and-rephrase (``<SPLIT>``) is one ordinary token.
+
+``paper``: as Hugging Face evaluate's ``sari`` (what the paper's BiSECT numbers came from) on
+raw text: lowercased, tokenized by sacreBLEU's ``13a`` tokenizer, split at single spaces.
+13a separates ASCII punctuation only, so "¿qué" stays one token and "<SPLIT>" becomes
+"< split >". Equal to evaluate's sari to floating-point precision (tests/test_metrics.py).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import lru_cache
 
+from seq2seq_es.errors import UnknownNameError
 from seq2seq_es.metrics._base import InMemoryMetric, as_reference_lists, f_measure, mean, metric_info
 from seq2seq_es.metrics.text import ngram_counts, word_and_punct_tokens
 
 MAX_ORDER = 4
+SARI_MODES = ("spanish", "paper")
+
+
+@lru_cache(maxsize=1)
+def _tokenizer_13a():
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+    return Tokenizer13a()
+
+
+def paper_tokens(text: str) -> list[str]:
+    """evaluate's sari tokens: lowercase, sacreBLEU 13a, split at single spaces (an empty text
+    is one empty token there, kept so that scores stay equal)."""
+    return _tokenizer_13a()(text.lower()).split(" ")
+
+
+def _tokenizer(mode: str) -> Callable[[str], list[str]]:
+    if mode not in SARI_MODES:
+        raise UnknownNameError("SARI mode", mode, SARI_MODES)
+    return paper_tokens if mode == "paper" else word_and_punct_tokens
 
 
 def _scaled(counts: Counter, factor: int) -> Counter:
@@ -96,10 +124,11 @@ def sentence_sari(source: Sequence[str], prediction: Sequence[str],
 
 
 def corpus_sari(sources: Sequence[str], predictions: Sequence[str],
-                references: Sequence[Sequence[str]]) -> float:
+                references: Sequence[Sequence[str]], mode: str = "spanish") -> float:
     """Mean sentence SARI over examples, 0-100."""
-    scores = [sentence_sari(word_and_punct_tokens(source), word_and_punct_tokens(prediction),
-                            [word_and_punct_tokens(reference) for reference in example_references])
+    tokens = _tokenizer(mode)
+    scores = [sentence_sari(tokens(source), tokens(prediction),
+                            [tokens(reference) for reference in example_references])
               for source, prediction, example_references in zip(sources, predictions, references)]
     return 100 * mean(scores)
 
@@ -118,6 +147,7 @@ _INPUTS = """\
 sources: list of source texts (required).
 predictions: list of predicted texts.
 references: one reference text per prediction, or a list of references per prediction.
+mode: "spanish" (default) or "paper" (evaluate's sari tokenization: lowercase + 13a).
 Returns sari: mean SARI, 0-100.
 """
 
@@ -128,5 +158,5 @@ class Sari(InMemoryMetric):
     def _info(self):
         return metric_info(__doc__, _CITATION, _INPUTS, with_sources=True)
 
-    def _compute(self, predictions, references, sources):
-        return {"sari": corpus_sari(sources, predictions, as_reference_lists(references))}
+    def _compute(self, predictions, references, sources, mode: str = "spanish"):
+        return {"sari": corpus_sari(sources, predictions, as_reference_lists(references), mode)}

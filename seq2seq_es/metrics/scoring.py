@@ -28,6 +28,9 @@ METRICS: dict[str, type] = {
     "token_f1": TokenF1,
 }
 METRICS_NEEDING_SOURCES = frozenset({"sari"})
+# Metrics whose tokenization has a "paper" mode (how the paper's scripts scored); the others
+# have one behaviour.
+METRICS_WITH_MODES = frozenset({"rouge", "sari"})
 # Arguments compute_metrics fills in itself; anything else a metric's _compute takes is an option.
 _INPUT_ARGUMENTS = frozenset({"self", "predictions", "references", "sources", "mode"})
 
@@ -78,8 +81,8 @@ def compute_metrics(names: Sequence[str], predictions: list[str],
     """Compute each named metric and merge their scores (0-100) into one dict.
 
     ``references`` holds one string per prediction or a list of references per prediction.
-    ``sources`` is needed by SARI. ``mode`` ("spanish" or "paper") selects how ROUGE tokenizes
-    (see `seq2seq_es.metrics.rouge`); the other metrics have one behaviour. ``options`` gives
+    ``sources`` is needed by SARI. ``mode`` ("spanish" or "paper") selects how ROUGE and SARI
+    tokenize (see `seq2seq_es.metrics.rouge` and `.sari`); the other metrics have one behaviour. ``options`` gives
     extra keyword arguments per metric, e.g. ``{"rouge": {"use_stemmer": False},
     "bleu": {"tokenize": "intl"}}``.
     """
@@ -111,7 +114,7 @@ def compute_metrics(names: Sequence[str], predictions: list[str],
         arguments = _metric_options(name, options.get(name, {}))
         if name in METRICS_NEEDING_SOURCES:
             arguments["sources"] = list(sources)
-        if name == "rouge":
+        if name in METRICS_WITH_MODES:
             arguments["mode"] = mode
         metric = METRICS[name]()
         scores.update(metric.compute(predictions=list(predictions), references=reference_lists,

@@ -1,4 +1,4 @@
-"""`seq2seq-es` command line: list, train, demo, score, convert-led, bench, slurm.
+"""`seq2seq-es` command line: list, train, evaluate, predict, demo, score, convert-led, bench, slurm.
 
 Every command that can fail on user input prints one `error: ...` line and exits with 2; the
 library tracebacks stay out of the way (set SEQ2SEQ_ES_DEBUG=1 to see them).
@@ -16,6 +16,10 @@ USAGE = """usage: seq2seq-es <command> [options]
 commands:
   list                         the models and tasks
   train --task T --model M [--config FILE] [--section.key VALUE ...]
+  evaluate PATH [--split validation|test] [--output-dir DIR] [--batch-size N] [--section.key VALUE ...]
+                               score a run folder, RUN/final or RUN/checkpoints/step_N
+  predict CHECKPOINT --input FILE --output FILE [--task T] [--batch-size N] [--max-source-length N]
+                     [--gen.key VALUE ...]   generate for a .jsonl or plain-text file
   demo [--output-dir DIR] [--section.key VALUE ...]   the embedded CPU demo
   score --metric NAME --predictions FILE --references FILE [--sources FILE] [--mode spanish|paper]
   convert-led SRC OUT [--max-positions 16384] [--attention-window 1024]
@@ -73,6 +77,18 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
+def cmd_evaluate(argv: list[str]) -> int:
+    from .engine.inference import evaluate_main
+
+    return evaluate_main(argv)
+
+
+def cmd_predict(argv: list[str]) -> int:
+    from .engine.inference import predict_main
+
+    return predict_main(argv)
+
+
 def cmd_demo(argv: list[str]) -> int:
     from .demo.run import demo_main
 
@@ -105,7 +121,8 @@ def cmd_slurm(argv: list[str]) -> int:
     return slurm_main(argv)
 
 
-COMMANDS = {"list": cmd_list, "train": cmd_train, "demo": cmd_demo, "score": cmd_score,
+COMMANDS = {"list": cmd_list, "train": cmd_train, "evaluate": cmd_evaluate,
+            "predict": cmd_predict, "demo": cmd_demo, "score": cmd_score,
             "convert-led": cmd_convert_led, "bench": cmd_bench, "slurm": cmd_slurm}
 
 

@@ -6,11 +6,17 @@ counted twice when the split does not divide by the world size, and every rank m
 number of forward/generate calls, which ZeRO-3's collective parameter gathering requires
 (`synced_gpus`). RNG state is saved and restored around evaluation so that when evaluation runs
 does not change the training randomness (exact resume depends on it).
+
+`evaluate` (loss + generation + metrics, for training and `seq2seq-es evaluate`) and
+`generate_texts` (generation only, for `seq2seq-es predict`) share the sharding, the generate
+call and the ordered gather below.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -19,77 +25,168 @@ from ..data.sampler import shard_for_eval
 from . import distributed as D
 from .loss import token_ce_sum
 
+GENERATE_INPUTS = ("input_ids", "attention_mask", "global_attention_mask")
 
-def _batches(indices: list[int], batch_size: int):
-    for start in range(0, len(indices), batch_size):
-        yield indices[start:start + batch_size]
+
+def shard_batches(order: list[int], env: D.DistEnv, batch_size: int) -> list[list[int]]:
+    """This rank's batches of example indices taken from `order`, padded with -1 so that every
+    rank has the same number of batches of the same sizes."""
+    positions = shard_for_eval(len(order), env.rank, env.world_size)
+    indices = [order[p] if p >= 0 else -1 for p in positions]
+    return [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
+
+
+def batch_features(features, idx: list[int]) -> list[dict]:
+    """The features of a batch; padding slots (-1) repeat a real example of the batch (or example
+    0) so that the batch shape stays valid. Their outputs are dropped."""
+    filler = next((i for i in idx if i >= 0), 0)
+    return [features[i if i >= 0 else filler] for i in idx]
 
 
 def clean_prediction(task, text: str) -> str:
     """Undo tokenizer artefacts that the task's metrics would count as errors."""
     text = text.strip()
-    if task.kind == "split_rephrase":
+    if task is not None and task.kind == "split_rephrase":
         from ..tasks import normalize_split_markers
         text = normalize_split_markers(text)
     return text
 
 
-@torch.no_grad()
-def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_config, task,
-             env: D.DistEnv, batch_size: int, zero_stage: int, bf16: bool, step: int,
-             out_dir: Path | None, generate: bool = True, prefix: str = "eval") -> dict[str, float]:
-    """Return {'<prefix>/loss': ..., '<prefix>/<metric>': ...} on every rank; rank 0 writes files.
+def generate_batch(model, batch: dict, idx: list[int], *, generation_config, tokenizer, task,
+                   synced_gpus: bool, autocast) -> list[tuple[int, str]]:
+    """(index, cleaned prediction) for the real examples of one collated batch on the device."""
+    inputs = {k: batch[k] for k in GENERATE_INPUTS if k in batch}
+    with autocast:
+        out = model.generate(**inputs, generation_config=generation_config,
+                             synced_gpus=synced_gpus)
+    texts = tokenizer.batch_decode(out, skip_special_tokens=True)
+    return [(i, clean_prediction(task, t)) for i, t in zip(idx, texts) if i >= 0]
 
-    `prefix` names the split in the keys: "eval" for validation, "test" for the test split.
-    Runs without gradient tracking: the loss forward keeps no activations for a backward.
-    """
-    device = env.device
+
+def gather_in_order(pairs: list[tuple[int, str]], total: int, env: D.DistEnv) -> list[str] | None:
+    """Collect every rank's (index, text) pairs; rank 0 gets the texts in index order (others
+    None). Fails loudly if an example is missing or was predicted twice."""
+    gathered = D.gather_objects(pairs, env.world_size)
+    if not env.is_main:
+        return None
+    by_index: dict[int, str] = {}
+    for part in gathered:
+        for i, text in part:
+            assert i not in by_index, f"example {i} was predicted twice"
+            by_index[i] = text
+    assert len(by_index) == total, f"{total - len(by_index)} examples were not predicted"
+    return [by_index[i] for i in range(total)]
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _inference_mode(model):
+    """eval() mode and the RNG states of the caller kept, whatever happens inside."""
     was_training = model.training
     model.eval()
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
-    shard = shard_for_eval(len(tokenized), env.rank, env.world_size)
-    ce_sum, n_tokens, predictions = 0.0, 0.0, []
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng)
+        model.train(was_training)
+
+
+@torch.no_grad()
+def generate_texts(model, *, features, collator, tokenizer, generation_config, task,
+                   env: D.DistEnv, batch_size: int, zero_stage: int, bf16: bool,
+                   sort_by_length: bool = True, progress: bool = False,
+                   desc: str = "predict") -> list[str] | None:
+    """Generate for every item of `features` (dicts with `input_ids`), sharded over ranks.
+
+    Returns the predictions in the order of `features` on rank 0, None on the other ranks.
+    With `sort_by_length` the examples are batched longest first (less padding); the result's
+    order does not change. Every rank must call it (collective).
+    """
+    total = len(features)
+    order = list(range(total))
+    if sort_by_length:
+        order.sort(key=lambda i: -len(features[i]["input_ids"]))
+    batches = shard_batches(order, env, batch_size)
+    device = env.device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    for idx in _batches(shard, batch_size):
-        # Padding slots repeat example 0 so that the batch shape stays valid; outputs dropped.
-        features = [tokenized[i if i >= 0 else 0] for i in idx]
-        batch = {k: v.to(device) for k, v in collator(features).items()}
-        labels = batch.pop("labels")
-        keep = torch.tensor([i >= 0 for i in idx], device=device)
-        with autocast:
-            logits = model(**batch).logits
-        masked = labels.masked_fill(~keep[:, None], -100)
-        ce_sum += token_ce_sum(logits, masked).item()
-        n_tokens += (masked != -100).sum().item()
-        if generate:
-            gen_inputs = {k: batch[k] for k in ("input_ids", "attention_mask",
-                                                "global_attention_mask") if k in batch}
+    synced = zero_stage == 3 and env.world_size > 1
+    bar = _progress(len(batches), desc, progress and env.is_main)
+    pairs: list[tuple[int, str]] = []
+    with _inference_mode(model):
+        for idx in batches:
+            batch = {k: v.to(device) for k, v in collator(batch_features(features, idx)).items()}
+            pairs += generate_batch(model, batch, idx, generation_config=generation_config,
+                                    tokenizer=tokenizer, task=task, synced_gpus=synced,
+                                    autocast=autocast)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return gather_in_order(pairs, total, env)
+
+
+@torch.no_grad()
+def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_config, task,
+             env: D.DistEnv, batch_size: int, zero_stage: int, bf16: bool, step: int,
+             out_dir: Path | None, generate: bool = True, prefix: str = "eval",
+             predictions_dir: Path | None = None, progress: bool = False) -> dict[str, float]:
+    """Return {'<prefix>/loss': ..., '<prefix>/<metric>': ...} on every rank; rank 0 writes files.
+
+    `prefix` names the split in the keys: "eval" for validation, "test" for the test split.
+    Predictions and scores go to `predictions_dir` when given, else to out_dir/step_<step>
+    (nowhere when both are None). Runs without gradient tracking: the loss forward keeps no
+    activations for a backward.
+    """
+    device = env.device
+    total = len(tokenized)
+    batches = shard_batches(list(range(total)), env, batch_size)
+    ce_sum, n_tokens, pairs = 0.0, 0.0, []
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    synced = zero_stage == 3 and env.world_size > 1
+    bar = _progress(len(batches), prefix, progress and env.is_main)
+    with _inference_mode(model):
+        for idx in batches:
+            batch = {k: v.to(device) for k, v in collator(batch_features(tokenized, idx)).items()}
+            labels = batch.pop("labels")
+            keep = torch.tensor([i >= 0 for i in idx], device=device)
             with autocast:
-                out = model.generate(**gen_inputs, generation_config=generation_config,
-                                     synced_gpus=zero_stage == 3 and env.world_size > 1)
-            texts = tokenizer.batch_decode(out, skip_special_tokens=True)
-            predictions += [(i, clean_prediction(task, t)) for i, t in zip(idx, texts) if i >= 0]
-    total_ce, total_tokens = D.all_reduce_sum([ce_sum, n_tokens], device)
-    results = {f"{prefix}/loss": total_ce / max(total_tokens, 1.0)}
-    if generate:
-        gathered = D.gather_objects(predictions, env.world_size)
-        if env.is_main:
-            # Imported on rank 0 only, when first needed: `evaluate` takes seconds to import.
-            from ..metrics import compute_metrics
-            by_index = dict(pair for part in gathered for pair in part)
-            assert len(by_index) == len(tokenized), "every example is predicted exactly once"
-            ordered = [by_index[i] for i in range(len(tokenized))]
-            scores = compute_metrics(task.metrics, ordered, list(examples["references"]),
-                                     sources=list(examples["source"]))
-            results.update({f"{prefix}/{k}": v for k, v in scores.items()})
-            if out_dir is not None:
-                _write_predictions(out_dir / f"step_{step:08d}", examples, ordered, results)
-        results = D.broadcast_object(results)
-    torch.set_rng_state(cpu_rng)
-    if cuda_rng is not None:
-        torch.cuda.set_rng_state(cuda_rng)
-    model.train(was_training)
+                logits = model(**batch).logits
+            masked = labels.masked_fill(~keep[:, None], -100)
+            ce_sum += token_ce_sum(logits, masked).item()
+            n_tokens += (masked != -100).sum().item()
+            if generate:
+                pairs += generate_batch(model, batch, idx, generation_config=generation_config,
+                                        tokenizer=tokenizer, task=task, synced_gpus=synced,
+                                        autocast=autocast)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        total_ce, total_tokens = D.all_reduce_sum([ce_sum, n_tokens], device)
+        results = {f"{prefix}/loss": total_ce / max(total_tokens, 1.0)}
+        if generate:
+            ordered = gather_in_order(pairs, total, env)
+            if env.is_main:
+                # Imported on rank 0 only, when first needed: `evaluate` takes seconds to import.
+                from ..metrics import compute_metrics
+                scores = compute_metrics(task.metrics, ordered, list(examples["references"]),
+                                         sources=list(examples["source"]))
+                results.update({f"{prefix}/{k}": v for k, v in scores.items()})
+                folder = predictions_dir if predictions_dir is not None else (
+                    out_dir / f"step_{step:08d}" if out_dir is not None else None)
+                if folder is not None:
+                    _write_predictions(folder, examples, ordered, results)
+            results = D.broadcast_object(results)
     return results
 
 

@@ -1,0 +1,477 @@
+"""`seq2seq-es evaluate` and `seq2seq-es predict`: a saved model, scored on a split or run on a file.
+
+What can be given as the model (`resolve_saved`):
+- a run folder (train.output_dir): its `config.yaml` and its `final/` model;
+- a Hugging Face folder such as RUN/final: the config comes from its parent's `config.yaml`
+  (or `--config FILE`; predict also takes `--model NAME` instead);
+- a DeepSpeed checkpoint RUN/checkpoints/step_N: the model is built from the run's config and
+  the checkpoint's weights are put into it (`load_checkpoint_weights`).
+
+Both commands work alone or under a launcher (torchrun, deepspeed, accelerate, srun), sharded
+over the ranks exactly like the training's evaluation (`evaluation.py`): under ZeRO-3 (the run's
+`dist.zero_stage`, or `--dist.zero_stage 3`) the parameters are partitioned by a DeepSpeed engine
+without optimizer and generation runs with `synced_gpus`; at stages 0-2 each rank holds the
+plain module. Predictions are gathered by index on rank 0, which writes every file.
+
+DeepSpeed checkpoints are read with DeepSpeed's own consolidation (`zero_to_fp32`) into a full
+fp32 state dict before any engine exists, so a checkpoint written by any number of ranks at any
+ZeRO stage can be evaluated by any other number of ranks at any stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError, Seq2SeqEsError
+from . import distributed as D
+
+SPLIT_PREFIX = {"validation": "eval", "test": "test"}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+class InputError(Seq2SeqEsError):
+    """A bad line of the file given to `predict --input`: names the file and the 1-based line."""
+
+    def __init__(self, file: Path, line: int | None, message: str):
+        self.file, self.line = file, line
+        where = f"input file {file}" + (f", line {line}" if line is not None else "")
+        super().__init__(f"{where}: {message}")
+
+
+# ---------------------------------------------------------------------------------------------
+# What was given: run folder, Hugging Face folder or DeepSpeed checkpoint
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    kind: str                  # "hf" | "deepspeed"
+    path: Path                 # the Hugging Face folder or the checkpoint step folder
+    run_dir: Path | None       # the run folder it belongs to, when it has a config.yaml
+    name: str                  # "final", "step_00000400", ...: names the evaluation folder
+
+    @property
+    def config_file(self) -> Path | None:
+        return self.run_dir / "config.yaml" if self.run_dir is not None else None
+
+
+def _is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").is_file()
+
+
+def _checkpoint_list(run_dir: Path) -> str:
+    root = run_dir / "checkpoints"
+    steps = sorted(p.name for p in root.glob("step_*") if (p / "trainer_state.json").is_file()) \
+        if root.is_dir() else []
+    if not steps:
+        return "it holds no complete checkpoint either"
+    return "evaluate one of its checkpoints instead: " + ", ".join(str(root / s) for s in steps)
+
+
+def resolve_saved(path: str | Path) -> SavedModel:
+    """Tell a run folder, a Hugging Face folder and a DeepSpeed checkpoint apart; errors name the
+    path and what is missing."""
+    path = Path(os.path.expanduser(str(path)))
+    if not path.exists():
+        raise Seq2SeqEsError(f"{path} does not exist")
+    if not path.is_dir():
+        raise Seq2SeqEsError(f"{path} is a file; expected a run folder, a model folder such as "
+                             "RUN/final, or a checkpoint folder RUN/checkpoints/step_N")
+    if (path / "trainer_state.json").is_file() or path.name.startswith("step_"):
+        if not (path / "trainer_state.json").is_file():
+            raise Seq2SeqEsError(f"checkpoint {path} is incomplete: no trainer_state.json (it was "
+                                 "not finished saving)")
+        if not any(path.glob("*model_states.pt")):
+            raise Seq2SeqEsError(f"checkpoint {path} has no DeepSpeed model states "
+                                 "(*model_states.pt)")
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+        return SavedModel("deepspeed", path, run_dir if run_dir and _is_run_dir(run_dir) else None,
+                          path.name)
+    if (path / "config.json").is_file():
+        if not any((path / f).is_file() for f in WEIGHT_FILES):
+            raise Seq2SeqEsError(f"model folder {path} has config.json but no weights "
+                                 f"({' or '.join(WEIGHT_FILES[::2])})")
+        run_dir = path.parent if _is_run_dir(path.parent) else None
+        return SavedModel("hf", path, run_dir, path.name)
+    if _is_run_dir(path):
+        final = path / "final"
+        if not (final / "config.json").is_file():
+            raise Seq2SeqEsError(f"run folder {path} has no final/ model (the run has not "
+                                 f"finished, or ran with train.export false); "
+                                 f"{_checkpoint_list(path)}")
+        return resolve_saved(final)
+    raise Seq2SeqEsError(f"{path} is neither a run folder (no config.yaml), a model folder (no "
+                         "config.json) nor a DeepSpeed checkpoint (no trainer_state.json)")
+
+
+def inference_config(saved: SavedModel, *, config_file: str | None = None,
+                     overrides: dict[str, str] | None = None, task: str | None = None,
+                     model: str | None = None, allow_model: bool = False):
+    """The run's resolved config with `overrides` on top, pointing at the saved model.
+
+    `config.yaml` holds every key explicitly, so composing it again gives the run's config;
+    the launcher's environment (accelerate's ZeRO stage) and then the command line override it.
+    """
+    from ..config import compose
+    from .distributed import launcher_overrides
+
+    merged = {**launcher_overrides(), **(overrides or {})}
+    source = config_file or saved.config_file
+    if source is None and model is None:
+        hint = " or --model NAME (seq2seq-es list)" if allow_model else ""
+        raise Seq2SeqEsError(f"no run config for {saved.path}: "
+                             f"{saved.path.parent / 'config.yaml'} does not exist; pass "
+                             f"--config RUN/config.yaml{hint}")
+    if source is not None and not Path(source).is_file():
+        raise Seq2SeqEsError(f"run config {source} does not exist")
+    if saved.kind == "hf":
+        merged["model.path"] = str(saved.path)
+    elif saved.run_dir is not None and (saved.run_dir / "final" / "config.json").is_file():
+        # The checkpoint's weights replace all of the skeleton's: read the run's own export
+        # rather than the pretrained model (which may live on the hub).
+        merged["model.path"] = str(saved.run_dir / "final")
+    return compose(task=None if source else task, model=model if not source else None,
+                   config_file=str(source) if source else None, overrides=merged)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading the model for inference
+
+
+def load_checkpoint_weights(model, checkpoint: Path) -> None:
+    """Put the weights of DeepSpeed checkpoint `checkpoint` into `model` (full, on the CPU).
+
+    ZeRO 1-3 checkpoints hold the fp32 master weights in their optimizer partitions, which
+    DeepSpeed's `zero_to_fp32` consolidates; stage 0 keeps the full module in its model states.
+    """
+    import torch
+
+    optim_files = list(checkpoint.glob("*optim_states.pt"))
+    if any("zero_pp_rank" in f.name for f in optim_files):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints every step it takes
+            state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent),
+                                                             tag=checkpoint.name)
+    else:
+        files = sorted(checkpoint.glob("*model_states.pt"))
+        state = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Tied weights (shared embeddings, the shared BERT2BERT pairs) are one Parameter under
+    # several names; a checkpoint may hold only one of those names.
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded = {id(params[k]) for k in state if k in params}
+    missing = [k for k in missing if not (k in params and id(params[k]) in loaded)]
+    if missing or unexpected:
+        raise Seq2SeqEsError(f"checkpoint {checkpoint} does not fit the run's model "
+                             f"({cfg_summary(missing, unexpected)})")
+
+
+def cfg_summary(missing: list[str], unexpected: list[str]) -> str:
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weights missing, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unknown weights, e.g. {unexpected[0]}")
+    return "; ".join(parts)
+
+
+@dataclass
+class Loaded:
+    model: object              # the module to call (engine.module under ZeRO-3)
+    tokenizer: object
+    spec: object
+    engine: object | None      # kept alive: its hooks gather the ZeRO-3 partitions
+
+
+def load_for_inference(saved: SavedModel, cfg, env: D.DistEnv) -> Loaded:
+    """Build the model, load the saved weights, and place it: partitioned by a DeepSpeed engine
+    without optimizer under ZeRO-3, the plain module on this rank's device otherwise."""
+    from .builders import get_model
+
+    model, tokenizer, spec = get_model(cfg)
+    if saved.kind == "deepspeed":
+        load_checkpoint_weights(model, saved.path)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+        model.config.use_cache = True
+    engine = None
+    if cfg.dist.zero_stage == 3:
+        import deepspeed
+
+        from .optim import deepspeed_config
+        engine, *_ = deepspeed.initialize(model=model, config=deepspeed_config(cfg, env.world_size))
+        model = engine.module
+    else:
+        model = model.to(env.device)
+    model.eval()
+    return Loaded(model, tokenizer, spec, engine)
+
+
+def _say(env: D.DistEnv):
+    def say(message: str) -> None:
+        if env.is_main:
+            print(message, file=sys.stderr, flush=True)
+    return say
+
+
+# ---------------------------------------------------------------------------------------------
+# seq2seq-es evaluate
+
+
+def parse_evaluate_args(argv: list[str]):
+    from ..config import parse_overrides
+
+    parser = argparse.ArgumentParser(
+        prog="seq2seq-es evaluate", allow_abbrev=False,
+        description="Score a saved run, model folder or checkpoint on its task's validation or "
+                    "test split. Any --section.key VALUE overrides the run's config (e.g. "
+                    "--data.test_file FILE, --dist.zero_stage 3, --data.max_eval_samples N).")
+    parser.add_argument("path", help="run folder, model folder (RUN/final) or "
+                                     "RUN/checkpoints/step_N")
+    parser.add_argument("--split", choices=tuple(SPLIT_PREFIX), default="validation")
+    parser.add_argument("--output-dir", help="where predictions and scores go (default "
+                                             "RUN/evaluations/<split>_<checkpoint>)")
+    parser.add_argument("--batch-size", type=int, help="per rank (default: the run's "
+                                                       "train.eval_batch_size or batch_size)")
+    parser.add_argument("--config", help="the run's config.yaml, when PATH is outside its run")
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    known, rest = parser.parse_known_args(argv)
+    return known, parse_overrides(rest)
+
+
+def evaluation_dir(saved: SavedModel, split: str, output_dir: str | None) -> Path:
+    if output_dir:
+        return Path(output_dir)
+    if saved.run_dir is None:
+        raise Seq2SeqEsError(f"{saved.path} is not inside a run folder: pass --output-dir DIR "
+                             "for the predictions and scores")
+    return saved.run_dir / "evaluations" / f"{split}_{saved.name}"
+
+
+def evaluate_main(argv: list[str]) -> int:
+    from ..tasks import get_task
+    from .builders import get_collator, get_generation_config, get_split
+    from .evaluation import evaluate
+    from .optim import use_bf16
+
+    args, overrides = parse_evaluate_args(argv)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError("--batch-size", "must be at least 1")
+    saved = resolve_saved(args.path)
+    cfg = inference_config(saved, config_file=args.config, overrides=overrides)
+    out = evaluation_dir(saved, args.split, args.output_dir)
+    env = D.read_env()
+    D.init(env, cfg.dist.backend, cfg.dist.timeout_min)
+    say = _say(env)
+    say(f"evaluating {saved.path} on {cfg.data.task} {args.split} with {env.world_size} "
+        f"process(es), ZeRO stage {cfg.dist.zero_stage}")
+    task = get_task(cfg.data.task)
+    loaded = load_for_inference(saved, cfg, env)
+    data = get_split(cfg, task, loaded.tokenizer, loaded.model, args.split,
+                     cfg.data.max_eval_samples, say)
+    if len(data.tokenized) == 0:
+        raise Seq2SeqEsError(f"the {args.split} split of {cfg.data.task} has no examples")
+    collator = get_collator(cfg, loaded.spec, loaded.tokenizer, loaded.model)
+    generation_config = get_generation_config(cfg, loaded.spec, loaded.tokenizer)
+    batch_size = args.batch_size or cfg.train.eval_batch_size or cfg.train.batch_size
+    results = evaluate(loaded.model, tokenized=data.tokenized, examples=data.examples,
+                       collator=collator, tokenizer=loaded.tokenizer,
+                       generation_config=generation_config, task=task, env=env,
+                       batch_size=batch_size, zero_stage=cfg.dist.zero_stage, bf16=use_bf16(cfg),
+                       step=0, out_dir=None, prefix=SPLIT_PREFIX[args.split],
+                       predictions_dir=out, progress=True)
+    if env.is_main:
+        (out / "evaluation.json").write_text(json.dumps({
+            "checkpoint": str(saved.path), "split": args.split, "task": cfg.data.task,
+            "model": cfg.model.name, "examples": len(data.tokenized),
+            "world_size": env.world_size, "zero_stage": cfg.dist.zero_stage,
+            "overrides": overrides, "results": results}, indent=1))
+        for key, value in results.items():
+            print(f"{key} {value:.4f}")
+        print(f"predictions and scores: {out}")
+    D.barrier()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# seq2seq-es predict
+
+
+def parse_predict_args(argv: list[str]):
+    from ..config import parse_overrides
+
+    parser = argparse.ArgumentParser(
+        prog="seq2seq-es predict", allow_abbrev=False,
+        description="Generate for every row of a file. Input .jsonl: one object per line, with "
+                    "the task's columns when --task is given (e.g. question and context for "
+                    "sqac), else a 'source' field; any other suffix: one source per line. "
+                    "Output .jsonl: {source, prediction} per row; otherwise one prediction per "
+                    "line. --gen.KEY VALUE and --dist.zero_stage N override the run's config.")
+    parser.add_argument("checkpoint", help="model folder (RUN/final), run folder or "
+                                           "RUN/checkpoints/step_N")
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--task", help="format jsonl rows as this task's sources "
+                                       "(seq2seq-es list)")
+    parser.add_argument("--model", help="registry name, for a model folder without its run's "
+                                        "config.yaml")
+    parser.add_argument("--config", help="the run's config.yaml, when CHECKPOINT is outside "
+                                         "its run")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--max-source-length", type=int)
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    known, rest = parser.parse_known_args(argv)
+    return known, parse_overrides(rest)
+
+
+def _field(row: dict, column: str, file: Path, line: int, label: str | None = None) -> str:
+    value = row.get(column)
+    label = label or column
+    if value is None:
+        raise InputError(file, line, f"missing field '{label}'")
+    if not isinstance(value, str):
+        raise InputError(file, line, f"field '{label}' is not a string "
+                                     f"({type(value).__name__})")
+    if not value.strip():
+        raise InputError(file, line, f"field '{label}' is empty")
+    return value.strip()
+
+
+def source_of(row, task, file: Path, line: int) -> str:
+    """The model input for one jsonl row: the task's formatting of its columns (no target
+    needed), or the row's 'source' field without a task."""
+    from ..tasks.formatting import (QA_PROMPT, PairFormatter, QAFormatter,
+                                    SplitRephraseFormatter, TranslationFormatter)
+
+    if not isinstance(row, dict):
+        raise InputError(file, line, f"expected a JSON object, got {type(row).__name__}")
+    if task is None:
+        if "source" not in row:
+            raise InputError(file, line, "missing field 'source' (or pass --task T to format "
+                                         "the task's own columns)")
+        return _field(row, "source", file, line)
+    formatter = task.formatter
+    if isinstance(formatter, QAFormatter):
+        question = _field(row, formatter.question_column, file, line)
+        context = _field(row, formatter.context_column, file, line)
+        return QA_PROMPT.format(question=question, context=context)
+    if isinstance(formatter, (PairFormatter, SplitRephraseFormatter)):
+        return _field(row, formatter.source_column, file, line)
+    if isinstance(formatter, TranslationFormatter):
+        pair = row.get(formatter.column)
+        if isinstance(pair, dict):
+            return _field(pair, formatter.source_lang, file, line,
+                          f"{formatter.column}.{formatter.source_lang}")
+        return _field(row, formatter.source_lang, file, line)
+    # Dialogue: a history is many rows; take it formatted ("Speaker: text" turns, one a line).
+    return _field(row, "source", file, line)
+
+
+def read_sources(path: Path, task) -> list[str]:
+    """Sources from a .jsonl file (formatted per `task`) or a text file (one per line)."""
+    if not path.is_file():
+        raise InputError(path, None, "does not exist" if not path.exists() else "is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise InputError(path, line, "not UTF-8 text") from None
+    lines = text.splitlines()
+    sources = []
+    if path.suffix.lower() == ".jsonl":
+        for n, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                raise InputError(path, n, "empty line (a .jsonl file holds one JSON object a "
+                                          "line)")
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise InputError(path, n, f"not valid JSON ({exc.msg} at column {exc.colno})") \
+                    from None
+            sources.append(source_of(row, task, path, n))
+    else:
+        for n, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                raise InputError(path, n, "empty line (each line is one source)")
+            sources.append(raw.strip())
+    if not sources:
+        raise InputError(path, None, "is empty")
+    return sources
+
+
+def write_predictions(path: Path, sources: list[str], predictions: list[str]) -> None:
+    """Atomically: a half-written output never looks like a finished one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for source, prediction in zip(sources, predictions, strict=True):
+            if path.suffix.lower() == ".jsonl":
+                f.write(json.dumps({"source": source, "prediction": prediction},
+                                   ensure_ascii=False) + "\n")
+            else:
+                f.write(" ".join(prediction.split("\n")) + "\n")
+    tmp.replace(path)
+
+
+def tokenize_sources(sources: list[str], tokenizer, max_length: int, side: str) -> list[dict]:
+    """input_ids cut to `max_length` as training cuts them (the family's specials kept)."""
+    from ..data.tokenize import special_token_frame, truncate_ids
+
+    lead, trail = special_token_frame(tokenizer)
+    features = []
+    for start in range(0, len(sources), 1024):
+        for ids in tokenizer(sources[start:start + 1024], add_special_tokens=True)["input_ids"]:
+            features.append({"input_ids": truncate_ids(ids, max_length, lead, trail, side),
+                             "length": len(ids)})
+    return features
+
+
+def predict_main(argv: list[str]) -> int:
+    from ..tasks import get_task
+    from .builders import get_collator, get_generation_config
+    from .evaluation import generate_texts
+    from .optim import use_bf16
+
+    args, overrides = parse_predict_args(argv)
+    for flag, value in (("--batch-size", args.batch_size),
+                        ("--max-source-length", args.max_source_length)):
+        if value is not None and value < 1:
+            raise ConfigError(flag, "must be at least 1")
+    if args.max_source_length is not None:
+        overrides["data.max_source_length"] = str(args.max_source_length)
+    task = get_task(args.task) if args.task else None
+    input_path, output_path = Path(args.input), Path(args.output)
+    if output_path.resolve() == input_path.resolve():
+        raise Seq2SeqEsError(f"--output {output_path} is the input file")
+    saved = resolve_saved(args.checkpoint)
+    cfg = inference_config(saved, config_file=args.config, overrides=overrides,
+                           task=args.task, model=args.model, allow_model=saved.kind == "hf")
+    sources = read_sources(input_path, task)  # bad input fails before any model is loaded
+    env = D.read_env()
+    D.init(env, cfg.dist.backend, cfg.dist.timeout_min)
+    say = _say(env)
+    loaded = load_for_inference(saved, cfg, env)
+    side = (task or get_task(cfg.data.task)).source_truncation_side
+    features = tokenize_sources(sources, loaded.tokenizer, cfg.data.max_source_length, side)
+    cut = sum(1 for f in features if f["length"] > cfg.data.max_source_length)
+    say(f"predicting {len(sources)} rows of {input_path} with {saved.path} on "
+        f"{env.world_size} process(es); {cut} sources cut at {cfg.data.max_source_length} tokens")
+    collator = get_collator(cfg, loaded.spec, loaded.tokenizer, loaded.model)
+    predictions = generate_texts(
+        loaded.model, features=features, collator=collator, tokenizer=loaded.tokenizer,
+        generation_config=get_generation_config(cfg, loaded.spec, loaded.tokenizer),
+        task=task or get_task(cfg.data.task),
+        env=env, batch_size=args.batch_size or cfg.train.eval_batch_size or cfg.train.batch_size,
+        zero_stage=cfg.dist.zero_stage, bf16=use_bf16(cfg), progress=True)
+    if env.is_main:
+        write_predictions(output_path, sources, predictions)
+        say(f"wrote {len(predictions)} predictions to {output_path}")
+    D.barrier()
+    return 0

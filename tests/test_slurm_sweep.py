@@ -1,19 +1,16 @@
-"""Sweep planning and refusals, status of planned runs, and collect on run folders (no cluster)."""
+"""Sweep planning and refusals, and status of planned runs (no cluster); collect: its own file."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 
 import pytest
 
-from seq2seq_es.errors import ConfigError, DataError
+from seq2seq_es.errors import ConfigError
 from seq2seq_es.slurm import paper_grid
 from seq2seq_es.slurm.cli import main as slurm_main
 from seq2seq_es.slurm.config import SlurmConfig
-from seq2seq_es.slurm.monitor import (SlurmState, build_table, format_csv, format_markdown,
-                                      read_metrics, run_status, sweep_status)
+from seq2seq_es.slurm.monitor import SlurmState, run_status, sweep_status
 from seq2seq_es.slurm.sweep import (SWEEP_MANIFEST, grid_point_name, grid_points, load_manifest,
                                     new_manifest, parse_grid, plan_runs, select_pairs)
 
@@ -151,68 +148,6 @@ def test_sweep_dry_run_plans_the_paper_grid_as_an_array(tmp_path, capsys):
 def _metrics(path, records, tail=""):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
-
-
-def _finished(run_dir):
-    (run_dir / "DONE").write_text("{}")
-
-
-def test_collect_builds_the_table_with_best_grid_points(tmp_path, capsys):
-    sweep_dir = tmp_path / "sweep"
-    grid = {"optim.lr": ["3e-5", "5e-5"]}
-    manifest = _write_manifest(sweep_dir, [("barto", "mlsum"), ("t5s", "mlsum"), ("barto", "sqac")],
-                               grid, submitted=False)
-    scores = {  # (model, task, lr) -> (rougeL, rouge1)
-        ("barto", "mlsum", "3e-5"): (20.0, 30.5), ("barto", "mlsum", "5e-5"): (22.5, 29.0),
-        ("t5s", "mlsum", "3e-5"): (24.25, 33.0), ("t5s", "mlsum", "5e-5"): (23.0, 31.0),
-        ("barto", "sqac", "3e-5"): (70.0, 71.0), ("barto", "sqac", "5e-5"): (75.0, 76.0),
-    }
-    for run in manifest.runs:
-        rouge_l, rouge_1 = scores[(run.model, run.task, run.grid_point["optim.lr"])]
-        run_dir = sweep_dir / run.name
-        _metrics(run_dir / "metrics.jsonl", [
-            {"step": 10, "train/loss": 2.0},
-            {"step": 20, "eval/loss": 1.5, "eval/rougeL": rouge_l - 5, "eval/rouge1": rouge_1 - 5},
-            {"step": 40, "eval/loss": 1.2, "eval/rougeL": rouge_l, "eval/rouge1": rouge_1},
-        ], tail='{"step": 41, "train/lo')  # a line being written while collect runs
-        if run.model == "barto":
-            _finished(run_dir)
-    assert slurm_main(["collect", str(sweep_dir)]) == 0
-    out = capsys.readouterr().out
-    lines = out.splitlines()
-    assert lines[0] == "| model | mlsum rougeL | mlsum rouge1 | sqac rougeL | sqac rouge1 |"
-    assert lines[2] == "| barto | 22.50 (g2) | 30.50 (g1) | 75.00 (g2) | 76.00 (g2) |"
-    assert lines[3] == "| t5s | 24.25 (g1)* | 33.00 (g1)* | – | – |"
-    assert "- g1: optim.lr=3e-5" in out and "- g2: optim.lr=5e-5" in out
-    assert "* from a run that has not finished" in out
-    assert (sweep_dir / "results.md").read_text() in out
-    rows = list(csv.DictReader(io.StringIO((sweep_dir / "results.csv").read_text())))
-    assert [row["model"] for row in rows] == ["barto", "t5s"]
-    assert float(rows[0]["mlsum rougeL"]) == 22.5
-    assert rows[0]["mlsum rougeL grid point"] == "optim.lr=5e-5"
-    assert rows[1]["mlsum rougeL final"] == "no"
-    assert rows[1]["sqac rougeL"] == ""
-
-
-def test_collect_prefers_lower_for_error_rates(tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    manifest = _write_manifest(sweep_dir, [("barto", "wmt13-es-en")], {"optim.lr": ["1", "2"]},
-                               submitted=False)
-    for run, ter in zip(manifest.runs, (40.0, 35.0)):
-        _metrics(sweep_dir / run.name / "metrics.jsonl", [{"step": 5, "eval/ter": ter,
-                                                           "eval/bleu": 100 - ter}])
-    table = build_table(load_manifest(sweep_dir))
-    assert table.cells[("barto", "wmt13-es-en", "ter")].value == 35.0
-    assert table.cells[("barto", "wmt13-es-en", "bleu")].value == 65.0
-    assert "barto" in format_csv(table) and "ter" in format_markdown(table)
-
-
-def test_a_broken_metrics_line_is_named(tmp_path, capsys):
-    path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 1}\n{"step": 2,\n{"step": 3}\n')
-    with pytest.raises(DataError) as info:
-        read_metrics(path)
-    assert info.value.row == 2 and info.value.file == str(path)
 
 
 def test_status_of_runs_not_submitted_shows_progress(tmp_path, capsys):

@@ -17,7 +17,7 @@ from engine_runs import (base_args, demo_files, final_weights, max_weight_diff, 
                          step_losses)
 from fixtures import fixture_files
 from seq2seq_es.slurm.cli import main as slurm_main
-from seq2seq_es.slurm.monitor import final_metrics, sweep_status
+from seq2seq_es.slurm.monitor import run_result, sweep_status
 from seq2seq_es.slurm.sweep import load_manifest
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -160,30 +160,46 @@ def test_sweep_of_three_pairs_trains_every_run_and_collect_prints_the_table(
         assert sorted(step_losses(run_dir)) == list(range(1, steps + 1))
         config = (run_dir / "config.yaml").read_text()
         assert str(data_root / run_plan.task / "train.jsonl") in config
-        assert final_metrics(run_dir, "eval"), run_plan.name
+        assert run_result(run_plan, "rougeL") is not None, run_plan.name
 
     capsys.readouterr()
     assert slurm_main(["collect", str(sweep_dir)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    assert header[0] == "model"
-    tasks_of_columns = [column.split(" ", 1)[0] for column in header[1:]]
-    assert set(tasks_of_columns) == {"mlsum", "sqac"} and tasks_of_columns[0] == "mlsum"
-    rows = {row.split(" | ")[0].strip("| "): [cell.strip() for cell in row.strip("|").split("|")]
-            for row in lines[2:4]}
-    assert sorted(rows) == ["barto-tiny", "t5s-tiny"]
-    runs = {(r.model, r.task, r.grid_point["optim.lr"]): Path(r.run_dir) for r in manifest.runs}
-    for model, cells in rows.items():
-        for column, cell in zip(header[1:], cells[1:]):
-            task, metric = column.split(" ", 1)
-            if (model, task, "1e-4") not in runs:
-                assert cell == "–"  # t5s-tiny did not run sqac
-                continue
-            values = {label: final_metrics(runs[(model, task, lr)], "eval")[metric]
-                      for label, lr in (("g1", "1e-4"), ("g2", "2e-3"))}
-            label = "g2" if values["g2"] > values["g1"] else "g1"  # a tie keeps the first point
-            value = values[label]
-            shown = f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
-            assert cell == f"{shown} ({label})", (model, column)
+    results = {(r.model, r.task, r.grid_point["optim.lr"]): run_result(r, "rougeL")
+               for r in manifest.runs}
+
+    def shown(value):
+        return "–" if value is None else f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
+
+    tables = {}  # the first task of a table -> (header, {model: cells})
+    for i, line in enumerate(lines):
+        if line.startswith("| model |"):
+            header = [cell.strip() for cell in line.strip("|").split("|")]
+            rows = {}
+            for row in lines[i + 2:]:
+                if not row.startswith("| "):
+                    break
+                cells = [cell.strip() for cell in row.strip("|").split("|")]
+                rows[cells[0]] = cells
+            tables[header[1].split(" ", 1)[0]] = (header, rows)
+    assert sorted(tables) == ["mlsum", "sqac"]  # summarization, then generative QA
+    assert sorted(tables["mlsum"][1]) == ["barto-tiny", "t5s-tiny"]
+    assert sorted(tables["sqac"][1]) == ["barto-tiny"]  # t5s-tiny did not run sqac
+    for header, rows in tables.values():
+        for model, cells in rows.items():
+            task = header[1].split(" ", 1)[0]
+            first, second = results[(model, task, "1e-4")], results[(model, task, "2e-3")]
+            # one run per (model, task): the better dev rougeL (a tie keeps the first point)
+            label, chosen = (("g2", second) if second.validation["rougeL"]
+                             > first.validation["rougeL"] else ("g1", first))
+            assert cells[1] == label, (model, task)
+            for column, cell in zip(header[2:], cells[2:]):
+                if column.startswith("avg "):
+                    continue
+                metric = column.split(" ", 1)[1]
+                test = (chosen.test or {}).get(metric)
+                assert cell == f"{shown(chosen.validation.get(metric))} / {shown(test)}", (
+                    model, column)
     assert "- g1: optim.lr=1e-4" in lines and "- g2: optim.lr=2e-3" in lines
-    assert (sweep_dir / "results.md").read_text().splitlines()[:4] == lines[:4]
+    assert (sweep_dir / "results.md").read_text().splitlines() == lines[:-2]  # less 'written:'
+    assert (sweep_dir / "results.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

@@ -5,7 +5,9 @@
          [--no-grid] [--data-root DIR] [--max-parallel N] [SLURM options] [--dry-run]
          [-- train overrides]
   status SWEEP [--json]            SWEEP: a sweep folder, or a run folder made by `submit`
-  collect SWEEP [--split eval] [--metrics A,B] [--markdown FILE] [--csv FILE]
+  collect SWEEP [--split both|dev|test] [--metrics A,B] [--markdown FILE] [--csv FILE]
+         [--png FILE]      per model and task the run of the best dev main metric:
+                           results.md/.csv/.png (an empty table writes nothing)
   bench  --bench-dir DIR [--nodes 1,2,4,8] [--zero-stages 0,2,3] [--model M] [--task T]
          [--steps 30] [--warmup-steps 5] [--wait] [SLURM options] [-- train overrides]
   bench  --collect DIR [--wait]    throughput and scaling efficiency: scaling.md/.csv/.json/.png
@@ -29,8 +31,8 @@ from ..errors import ConfigError, run_command
 from . import paper_grid
 from .config import SlurmConfig, load_slurm_yaml
 from .job import DEFAULT_ENTRY
-from .monitor import (build_table, format_csv, format_markdown, format_status, status_json,
-                      sweep_status)
+from .monitor import (SPLITS_SHOWN, build_table, empty_message, format_status, status_json,
+                      sweep_status, write_results)
 from .sweep import (RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, check_names,
                     check_overrides, check_partition, check_run_dir, check_sweep_dir,
                     dry_run_script, load_manifest, new_manifest, parse_grid, plan_runs,
@@ -226,23 +228,36 @@ def cmd_status(argv: list[str]) -> int:
 
 
 def cmd_collect(argv: list[str]) -> int:
+    """Tables of a sweep: per (model, task) the grid point with the best dev value of the task's
+    main metric, all of that run's metrics (dev / test), family averages beside the paper's.
+    Writes results.md, results.csv and results.png beside the manifest; when there is nothing to
+    show it says so, writes nothing (earlier results stay) and returns 1."""
     parser = argparse.ArgumentParser(prog="seq2seq-es slurm collect")
     parser.add_argument("sweep", metavar="SWEEP")
-    parser.add_argument("--split", default="eval", help="metric prefix to tabulate (eval, test)")
-    parser.add_argument("--metrics", help="comma-separated metric names (default: all task metrics)")
+    parser.add_argument("--split", choices=SPLITS_SHOWN, default="both",
+                        help="what the markdown cells and the plot show: 'dev / test' (both, the "
+                             "default), dev only or test only; the CSV always holds both")
+    parser.add_argument("--metrics", help="comma-separated metric names to show (default: all "
+                                          "task metrics); the choice of runs does not change")
     parser.add_argument("--markdown", metavar="FILE", help="default <SWEEP>/results.md")
     parser.add_argument("--csv", metavar="FILE", help="default <SWEEP>/results.csv")
+    parser.add_argument("--png", metavar="FILE", help="default <SWEEP>/results.png")
     args = parser.parse_args(argv)
     manifest = load_manifest(args.sweep)
-    table = build_table(manifest, split=args.split, metrics=_names(args.metrics))
-    markdown, csv_text = format_markdown(table), format_csv(table)
+    metrics = _names(args.metrics)
+    table = build_table(manifest, metrics=metrics)
     base = Path(manifest.path).parent
-    markdown_path = Path(args.markdown) if args.markdown else base / "results.md"
-    csv_path = Path(args.csv) if args.csv else base / "results.csv"
-    markdown_path.write_text(markdown, encoding="utf-8")
-    csv_path.write_text(csv_text, encoding="utf-8")
+    paths = [Path(args.markdown) if args.markdown else base / "results.md",
+             Path(args.csv) if args.csv else base / "results.csv",
+             Path(args.png) if args.png else base / "results.png"]
+    if table.is_empty(args.split):
+        print(empty_message(table, args.split))
+        kept = [str(path) for path in paths if path.exists()]
+        print("nothing written" + (f"; kept as they were: {', '.join(kept)}" if kept else ""))
+        return 1
+    markdown = write_results(table, *paths, split=args.split, metrics=metrics)
     print(markdown, end="")
-    print(f"\nwritten: {markdown_path}, {csv_path}")
+    print(f"\nwritten: {', '.join(str(path) for path in paths)}")
     return 0
 
 

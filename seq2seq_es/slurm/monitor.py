@@ -3,8 +3,9 @@
 Job states come from `scontrol show job` (pending, running and recently finished jobs), then
 `sacct` (older jobs, where accounting is configured), then the files the job left: submitit's
 result pickles, the run's OUT_OF_REQUEUES marker and its slurm_events.jsonl. Neither command
-waits for a job. Metrics come from each run's metrics.jsonl; a half-written last line (the run is
-still writing) is skipped, so both commands can run while jobs are going.
+waits for a job. Metrics come from each run's metrics.jsonl (read_metrics: a half-written last
+line, the run still writing it, is skipped, so both commands can run while jobs are going) and,
+for collect, from the final_results.json a finished run writes: see the collect section below.
 """
 
 from __future__ import annotations
@@ -136,14 +137,22 @@ def query_slurm(job_ids: Iterable[str]) -> dict[str, SlurmState]:
 
 # ---- run folders -----------------------------------------------------------------------------
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """metrics.jsonl records; a broken line in the middle is an error, a broken last line is
-    skipped (the run is writing it)."""
+def read_metrics(path: str | Path, merge_steps: bool = True) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl, in file order; [] when there is no file.
+
+    A broken line in the middle is an error (DataError naming file and row); a broken last line
+    is skipped (the run is writing it). With `merge_steps` a step logged more than once (a run
+    resumed from a checkpoint before its last logged step repeats those steps; the engine also
+    logs a step's training and evaluation values as two records) gives one record, at the place
+    of its first, holding the last value of every key. `merge_steps=False` gives the lines as
+    they are.
+    """
     path = Path(path)
     if not path.is_file():
         return []
     lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
+    records: list[dict[str, Any]] = []
+    by_step: dict[int, dict[str, Any]] = {}
     for row, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -155,6 +164,12 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             raise DataError(f"not valid JSON ({exc.msg})", file=str(path), row=row) from None
         if not isinstance(record, dict):
             raise DataError("expected a JSON object", file=str(path), row=row)
+        step = record.get("step")
+        if merge_steps and isinstance(step, int) and not isinstance(step, bool):
+            if step in by_step:
+                by_step[step].update(record)
+                continue
+            by_step[step] = record
         records.append(record)
     return records
 
@@ -346,20 +361,50 @@ def status_json(statuses: list[RunStatus]) -> str:
 
 
 # ---- collect ---------------------------------------------------------------------------------
+#
+# `slurm collect` turns a sweep into the paper's tables. For every (model, task) it chooses ONE
+# run: the grid point whose validation (dev) score on the task's main metric is best. Every
+# number of that task in the model's row comes from that run, dev and test side by side, so a
+# row never mixes runs. Tables follow the paper's experiment families (TaskSpec.kind), each with
+# a per-model average column beside the paper's own average where the paper gives one.
 
-@dataclass
-class Cell:
-    value: float
-    grid_point: dict[str, str]
-    final: bool
-
-
-@dataclass
-class ResultsTable:
-    models: list[str]
-    columns: list[tuple[str, str]]          # (task, metric)
-    cells: dict[tuple[str, str, str], Cell]  # (model, task, metric) -> best grid point
-    grid_labels: dict[str, str]             # describe_grid_point(point) -> 'g1', 'g2', ...
+FINAL_RESULTS_FILE = "final_results.json"
+SPLITS_SHOWN = ("both", "dev", "test")
+OTHER_FAMILY = "other"
+_MISSING = "–"
+# The paper's experiment families (TaskSpec.kind) in its order, with their tables' titles.
+FAMILY_TITLES: dict[str, str] = {
+    "summarization": "Summarization",
+    "long_summarization": "Long summarization",
+    "qa": "Generative QA",
+    "split_rephrase": "Split-and-rephrase",
+    "dialogue": "Dialogue",
+    "translation": "Translation",
+    OTHER_FAMILY: "Other tasks",
+}
+# What a family's average column averages: (label, metrics). A model's average is the plain
+# mean of these metrics over every task of the family in the sweep (each task's value from that
+# model's chosen run), dev and test separately; it is left out ('–') unless the model has every
+# one of those values. So the summarization average over MLSUM + WikiLingua is
+# (R1 + R2 + RL of MLSUM + R1 + R2 + RL of WikiLingua) / 6.
+FAMILY_AVERAGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "summarization": ("ROUGE", ("rouge1", "rouge2", "rougeL")),
+    "long_summarization": ("ROUGE", ("rouge1", "rouge2", "rougeL")),
+    "qa": ("ROUGE", ("rouge1", "rouge2", "rougeL")),
+    "split_rephrase": ("SARI", ("sari",)),
+    "dialogue": ("F1", ("token_f1",)),
+    "translation": ("BLEU", ("bleu",)),
+}
+# The paper's per-model figures for a whole family, as quoted (second-hand) in
+# shared/reference/paper-facts.md: the average ROUGE over MLSUM + WikiLingua and over SQAC + MLQA,
+# and the single-dataset families' scores (BiSECT SARI, MIAM F1). Which split the paper averaged
+# is not stated there; the paper's per-dataset tables give dev/test pairs.
+PAPER_AVERAGES: dict[str, dict[str, float]] = {
+    "summarization": {"t5s": 26.54, "barto": 25.49, "beto2beto": 24.39},
+    "qa": {"t5s": 67.92},
+    "split_rephrase": {"t5s": 56.37},
+    "dialogue": {"barto": 34.30, "betoshare": 32.45, "t5s": 28.80},
+}
 
 
 def is_task_metric(metric: str) -> bool:
@@ -367,100 +412,496 @@ def is_task_metric(metric: str) -> bool:
 
 
 def lower_is_better(metric: str) -> bool:
-    return any(word in metric.lower() for word in _LOWER_IS_BETTER)
+    """Whether a smaller value is better: losses, perplexity and error rates (TER, WER, CER).
+
+    Decided on the words of the name ('eval_loss' yes, 'answer_f1' no)."""
+    return any(word in _LOWER_IS_BETTER for word in re.split(r"[^a-z0-9]+", metric.lower()))
 
 
-def final_metrics(run_dir: Path, split: str) -> dict[str, float]:
-    """The latest value of every `<split>/<metric>` task metric of the run."""
-    _, latest = latest_metrics(read_metrics(run_dir / METRICS_FILE))
-    prefix = f"{split}/"
-    out = {}
-    for key, value in latest.items():
-        if not key.startswith(prefix) or isinstance(value, bool):
-            continue
-        metric = key[len(prefix):]
-        if isinstance(value, (int, float)) and math.isfinite(value) and is_task_metric(metric):
-            out[metric] = float(value)
-    return out
+def _better(value: float, than: float, metric: str) -> bool:
+    return value < than if lower_is_better(metric) else value > than
 
 
-def build_table(manifest: Manifest, split: str = "eval",
-                metrics: list[str] | None = None) -> ResultsTable:
-    models: list[str] = []
-    columns: list[tuple[str, str]] = []
-    cells: dict[tuple[str, str, str], Cell] = {}
+def _numbers(values: Any) -> dict[str, float]:
+    """The finite numbers of a {name: value} mapping (booleans and anything else dropped)."""
+    if not isinstance(values, dict):
+        return {}
+    return {str(key): float(value) for key, value in values.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value)}
+
+
+def task_family(task: str) -> tuple[str, str | None]:
+    """(family, main metric) of a task: its TaskSpec's kind and main_metric, or ('other', None)
+    for a name the registry does not know."""
+    from ..tasks import TASKS  # imported here: status needs no registry
+
+    spec = TASKS.get(task)
+    return (spec.kind, spec.main_metric) if spec is not None else (OTHER_FAMILY, None)
+
+
+@dataclass
+class RunResult:
+    """What one run reached: its dev (validation) and test metrics at its best step."""
+
+    run: RunPlan
+    validation: dict[str, float]          # metric name without prefix -> value; 'loss' included
+    test: dict[str, float] | None         # None: the run has no test scores (yet)
+    main_metric: str | None               # as the run declared it in final_results.json
+    best_step: int | None
+    final: bool                           # finished: final_results.json or DONE is there
+    source: str                           # FINAL_RESULTS_FILE or METRICS_FILE
+
+
+def read_final_results(path: str | Path) -> dict[str, Any] | None:
+    """final_results.json of a finished run (the training engine writes it last), or None."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"not valid JSON ({exc.msg})", file=str(path), row=exc.lineno) from None
+    if not isinstance(data, dict) or not isinstance(data.get("validation"), dict):
+        raise DataError("expected an object with a 'validation' mapping", file=str(path))
+    return data
+
+
+def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None:
+    """The run's result, or None while it has no validation scores.
+
+    A finished run's final_results.json is taken as it is: {"main_metric", "best_step",
+    "validation": {metric: value}, "test": {metric: value} or null}. Without it (a run still
+    going, or an entry that writes only metrics.jsonl) the run's `eval/<metric>` records stand in:
+    the record with the best `main_metric` (the latest record when that metric is not logged), and
+    the latest `test/<metric>` values. Such a run counts as final only if it wrote DONE.
+    Raises DataError for a broken file, naming it.
+    """
+    run_dir = Path(run.run_dir)
+    data = read_final_results(run_dir / FINAL_RESULTS_FILE)
+    if data is not None:
+        validation = _numbers(data["validation"])
+        if not validation:
+            return None
+        test = _numbers(data.get("test")) or None
+        declared = data.get("main_metric")
+        best_step = data.get("best_step")
+        return RunResult(run=run, validation=validation, test=test,
+                         main_metric=declared if isinstance(declared, str) else None,
+                         best_step=best_step if isinstance(best_step, int) else None,
+                         final=True, source=FINAL_RESULTS_FILE)
+    evals: list[tuple[int | None, dict[str, float]]] = []
+    test: dict[str, float] = {}
+    for record in read_metrics(run_dir / METRICS_FILE):
+        step = record.get("step") if isinstance(record.get("step"), int) else None
+        values = _numbers({key[len("eval/"):]: value for key, value in record.items()
+                           if key.startswith("eval/")})
+        if values:
+            evals.append((step, values))
+        test.update(_numbers({key[len("test/"):]: value for key, value in record.items()
+                              if key.startswith("test/")}))
+    if not evals:
+        return None
+    chosen = evals[-1]
+    scored = [item for item in evals if main_metric and main_metric in item[1]]
+    if scored:
+        chosen = scored[0]
+        for item in scored[1:]:
+            if _better(item[1][main_metric], chosen[1][main_metric], main_metric):
+                chosen = item
+    return RunResult(run=run, validation=chosen[1], test=test or None, main_metric=None,
+                     best_step=chosen[0], final=(run_dir / DONE_FILE).exists(),
+                     source=METRICS_FILE)
+
+
+@dataclass
+class Choice:
+    """The run chosen for one (model, task), and what chose it."""
+
+    result: RunResult
+    selected_by: str          # the dev metric that chose the run
+    main_metric: str | None   # the task's main metric (None: unknown task)
+    compared: int             # runs of this (model, task) with a value of selected_by
+
+    @property
+    def note(self) -> str:
+        """Why the choice was not made by the main metric, or ''."""
+        if self.main_metric is None or self.selected_by == self.main_metric:
+            return ""
+        return f"the main metric {self.main_metric} was not logged"
+
+
+def choose_run(results: list[RunResult], main_metric: str | None) -> Choice:
+    """The result with the best dev value of the main metric (lower is better for losses and
+    error rates; a tie keeps the earlier grid point). When no run logged the main metric, the
+    first task metric the runs logged chooses instead (then 'loss')."""
+    declared = next((r.main_metric for r in results if r.main_metric), None) or main_metric
+    if declared and any(declared in r.validation for r in results):
+        metric = declared
+    else:
+        names = [name for r in results for name in r.validation]
+        metric = next((name for name in names if is_task_metric(name)), names[0])
+    candidates = [r for r in results if metric in r.validation]
+    best = candidates[0]
+    for result in candidates[1:]:
+        if _better(result.validation[metric], best.validation[metric], metric):
+            best = result
+    return Choice(result=best, selected_by=metric, main_metric=declared, compared=len(candidates))
+
+
+@dataclass
+class Average:
+    """One family's average column: `label` over `metrics` x `tasks`, per model."""
+
+    family: str
+    label: str
+    metrics: tuple[str, ...]
+    tasks: list[str]
+    dev: dict[str, float | None]
+    test: dict[str, float | None]
+    final: dict[str, bool]
+    paper: dict[str, float]
+
+
+@dataclass
+class ResultsTable:
+    """Everything collect shows: one chosen run per (model, task), grouped into families."""
+
+    source: str                               # the manifest's path
+    runs: int                                 # runs in the manifest
+    models: list[str]                         # in sweep order
+    families: list[tuple[str, list[str]]]     # (family, its tasks in sweep order), paper's order
+    columns: dict[str, list[str]]             # task -> metric columns of its table
+    chosen: dict[tuple[str, str], Choice]     # (model, task) -> the chosen run
+    averages: dict[str, Average]              # family -> its average column
+    grid_labels: dict[str, str]               # describe_grid_point(point) -> 'g1', 'g2', ...
+    notes: list[str] = field(default_factory=list)  # runs left out, and why
+
+    def label(self, choice: Choice) -> str:
+        return self.grid_labels[describe_grid_point(choice.result.run.grid_point)]
+
+    def is_empty(self, split: str = "both") -> bool:
+        """No chosen run, or (split 'test') no chosen run with test scores."""
+        if split == "test":
+            return not any(choice.result.test for choice in self.chosen.values())
+        return not self.chosen
+
+
+def _mean(values: list[float | None]) -> float | None:
+    if not values or any(value is None for value in values):
+        return None
+    return sum(values) / len(values)  # type: ignore[arg-type]
+
+
+def _average(family: str, tasks: list[str], models: list[str],
+             chosen: dict[tuple[str, str], Choice]) -> Average | None:
+    label, wanted = FAMILY_AVERAGES.get(family, ("", ()))
+    logged = {name for task in tasks for model in models if (model, task) in chosen
+              for name in chosen[(model, task)].result.validation}
+    metrics = tuple(name for name in wanted if name in logged)
+    if not metrics:  # nothing of ours to compare with the paper's figure
+        return None
+    paper = {model: value for model, value in PAPER_AVERAGES.get(family, {}).items()
+             if model in models and any((model, task) in chosen for task in tasks)}
+    average = Average(family=family, label=label, metrics=metrics, tasks=tasks, dev={}, test={},
+                      final={}, paper=paper)
+    for model in models:
+        results = [chosen[(model, task)].result if (model, task) in chosen else None
+                   for task in tasks]
+        average.dev[model] = _mean([r.validation.get(name) if r else None
+                                    for r in results for name in metrics])
+        average.test[model] = _mean([(r.test or {}).get(name) if r else None
+                                     for r in results for name in metrics])
+        average.final[model] = all(r is not None and r.final for r in results)
+    return average
+
+
+def build_table(manifest: Manifest, metrics: list[str] | None = None) -> ResultsTable:
+    """Reads every run of the sweep, chooses one run per (model, task) (see choose_run), and
+    lays the chosen runs out by family. `metrics` limits the columns shown, not the choice."""
     labels: dict[str, str] = {}
+    groups: dict[tuple[str, str], list[RunResult]] = {}
+    models: list[str] = []
+    tasks: list[str] = []
+    notes: list[str] = []
+    info: dict[str, tuple[str, str | None]] = {}
     for run in manifest.runs:
         labels.setdefault(describe_grid_point(run.grid_point), f"g{len(labels) + 1}")
+        if run.task not in info:
+            info[run.task] = task_family(run.task)
+        try:
+            result = run_result(run, info[run.task][1])
+        except DataError as exc:
+            notes.append(f"{run.name} left out: {exc}")
+            continue
+        if result is None:
+            continue
+        groups.setdefault((run.model, run.task), []).append(result)
         if run.model not in models:
             models.append(run.model)
-        run_dir = Path(run.run_dir)
-        values = final_metrics(run_dir, split)
-        final = (run_dir / DONE_FILE).exists()
-        for metric, value in values.items():
-            if metrics and metric not in metrics:
-                continue
-            if (run.task, metric) not in columns:
-                columns.append((run.task, metric))
-            key = (run.model, run.task, metric)
-            best = cells.get(key)
-            better = (best is None or (value < best.value if lower_is_better(metric)
-                                       else value > best.value))
-            if better:
-                cells[key] = Cell(value=value, grid_point=run.grid_point, final=final)
-    task_order = list(dict.fromkeys(run.task for run in manifest.runs))
-    columns.sort(key=lambda column: task_order.index(column[0]))
-    return ResultsTable(models=models, columns=columns, cells=cells, grid_labels=labels)
+        if run.task not in tasks:
+            tasks.append(run.task)
+    chosen = {key: choose_run(results, info[key[1]][1]) for key, results in groups.items()}
+    columns: dict[str, list[str]] = {}
+    for task in tasks:
+        names: list[str] = []
+        for model in models:
+            choice = chosen.get((model, task))
+            if choice is not None:
+                for split_values in (choice.result.validation, choice.result.test or {}):
+                    names += [name for name in split_values if name not in names]
+        shown = [name for name in names if is_task_metric(name)] or [
+            name for name in names if name == "loss"]
+        if metrics:
+            shown = [name for name in names if name in metrics]
+        columns[task] = shown
+    order = list(FAMILY_TITLES)
+    families = sorted({info[task][0] for task in tasks}, key=order.index)
+    grouped = [(family, [task for task in tasks if info[task][0] == family]) for family in families]
+    averages = {}
+    for family, family_tasks in grouped:
+        average = _average(family, family_tasks, models, chosen)
+        if average is not None:
+            averages[family] = average
+    return ResultsTable(source=manifest.path, runs=len(manifest.runs), models=models,
+                        families=grouped, columns=columns, chosen=chosen, averages=averages,
+                        grid_labels=labels, notes=notes)
 
 
-def _number(value: float) -> str:
+def _number(value: float | None) -> str:
+    if value is None:
+        return _MISSING
     return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
 
 
-def format_markdown(table: ResultsTable) -> str:
-    if not table.columns:
-        return "No final metrics yet (no run has written metrics.jsonl with evaluation results)."
-    header = ["model"] + [f"{task} {metric}" for task, metric in table.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+def _cell(dev: float | None, test: float | None, split: str) -> str:
+    if split == "dev":
+        return _number(dev)
+    if split == "test":
+        return _number(test)
+    if dev is None and test is None:
+        return _MISSING
+    return f"{_number(dev)} / {_number(test)}"
+
+
+_CELLS = {"both": "dev / test", "dev": "dev (validation) only", "test": "test only"}
+
+
+def empty_message(table: ResultsTable, split: str = "both") -> str:
+    if not table.chosen:
+        return (f"No results yet: none of the {table.runs} run(s) has written final_results.json "
+                "or evaluation records (eval/...) in metrics.jsonl.")
+    return ("No test scores yet: runs write test/... (and final_results.json) when they finish; "
+            "--split dev or both shows the validation scores.")
+
+
+def format_markdown(table: ResultsTable, split: str = "both") -> str:
+    """One table per experiment family: a row per model, per task the chosen run's label and its
+    metrics (cells as `split` says), then the family's average and the paper's; legend below."""
+    if table.is_empty(split):
+        return empty_message(table, split) + "\n"
+    lines = [f"Results of {table.runs} run(s) from {table.source}. Per model and task, the grid "
+             "point with the best dev (validation) score on the task's main metric; every number "
+             f"of that task in a row comes from that one run. Cells: {_CELLS[split]}."]
     any_partial = False
-    for model in table.models:
-        cells = [model]
-        for task, metric in table.columns:
-            cell = table.cells.get((model, task, metric))
-            if cell is None:
-                cells.append("–")
+    for family, tasks in table.families:
+        average = table.averages.get(family)
+        header = ["model"]
+        for task in tasks:
+            header += [f"{task} run"] + [f"{task} {name}" for name in table.columns[task]]
+        if average is not None:
+            header.append(f"avg {average.label}")
+        if average is not None and average.paper:
+            header.append(f"paper avg {average.label}")
+        lines += ["", f"### {FAMILY_TITLES[family]}: {', '.join(tasks)}", "",
+                  "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+        for model in table.models:
+            if not any((model, task) in table.chosen for task in tasks):
                 continue
-            label = table.grid_labels[describe_grid_point(cell.grid_point)]
-            mark = "" if cell.final else "*"
-            any_partial = any_partial or not cell.final
-            cells.append(f"{_number(cell.value)} ({label}){mark}")
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("Each cell: the best grid point of that model and task metric, named in brackets:")
-    for description, label in table.grid_labels.items():
-        lines.append(f"- {label}: {description}")
+            cells = [model]
+            for task in tasks:
+                choice = table.chosen.get((model, task))
+                if choice is None:
+                    cells += [_MISSING] * (1 + len(table.columns[task]))
+                    continue
+                result = choice.result
+                any_partial = any_partial or not result.final
+                cells.append(table.label(choice) + ("" if result.final else "*"))
+                cells += [_cell(result.validation.get(name), (result.test or {}).get(name), split)
+                          for name in table.columns[task]]
+            if average is not None:
+                mark = "" if average.final[model] or (average.dev[model] is None
+                                                      and average.test[model] is None) else "*"
+                cells.append(_cell(average.dev[model], average.test[model], split) + mark)
+            if average is not None and average.paper:
+                cells.append(_number(average.paper.get(model)))
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Grid points (the run columns):"]
+    lines += [f"- {label}: {description}" for description, label in table.grid_labels.items()]
+    lines += ["", "Chosen by the best dev value of:"]
+    for family, tasks in table.families:
+        for task in tasks:
+            by: dict[str, list[str]] = {}
+            for model in table.models:
+                choice = table.chosen.get((model, task))
+                if choice is not None:
+                    text = choice.selected_by + (f" ({choice.note}; the first metric logged "
+                                                 "instead)" if choice.note else "")
+                    by.setdefault(text, []).append(model)
+            for text, models in by.items():
+                who = "" if len(by) == 1 else f" ({', '.join(models)})"
+                lines.append(f"- {task}{who}: {text}")
+    if table.averages:
+        lines += ["", "Averages, per model over the family's tasks in this sweep, each task's "
+                  "value from the model's chosen run (dev and test averaged separately; '–' "
+                  "unless the model has every value):"]
+        for family, average in table.averages.items():
+            lines.append(f"- {FAMILY_TITLES[family]}: avg {average.label} = mean of "
+                         f"{', '.join(average.metrics)} over {', '.join(average.tasks)}")
+        if any(average.paper for average in table.averages.values()):
+            lines.append("- paper avg: the paper's figure for the whole family as quoted in "
+                         "shared/reference/paper-facts.md (ROUGE averaged over MLSUM + WikiLingua, "
+                         "over SQAC + MLQA; SARI on BiSECT; F1 on MIAM); its split is not stated")
     if any_partial:
-        lines.append("")
-        lines.append("* from a run that has not finished: not final")
+        lines += ["", "* from a run that has not finished (no final_results.json or DONE): its "
+                  "best evaluation so far in metrics.jsonl; not final"]
+    if table.notes:
+        lines += ["", "Left out:"] + [f"- {note}" for note in table.notes]
     return "\n".join(lines) + "\n"
 
 
-def format_csv(table: ResultsTable) -> str:
-    """Same layout as the markdown table, with the best grid point in a column beside each value."""
+CSV_COLUMNS = ("model", "family", "task", "metric", "dev", "test", "paper", "grid_label",
+               "grid_point", "best_step", "final", "selected_by", "source", "run_dir")
+
+
+def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
+    """One row per (model, task, metric) of every chosen run: all its metrics ('loss' too), dev and
+    test in their own columns; then one row per (model, family average), whose task is
+    'avg:' and the averaged tasks joined by '+' ('avg:mlsum+wikilingua'), whose metric is the
+    averaged metrics ('avg(rouge1,rouge2,rougeL)') and whose paper column holds the paper's
+    figure."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    header = ["model"]
-    for task, metric in table.columns:
-        header += [f"{task} {metric}", f"{task} {metric} grid point", f"{task} {metric} final"]
-    writer.writerow(header)
-    for model in table.models:
-        row: list[str] = [model]
-        for task, metric in table.columns:
-            cell = table.cells.get((model, task, metric))
-            if cell is None:
-                row += ["", "", ""]
-            else:
-                row += [repr(cell.value), describe_grid_point(cell.grid_point),
-                        "yes" if cell.final else "no"]
-        writer.writerow(row)
+    writer.writerow(CSV_COLUMNS)
+
+    def text(value: float | None) -> str:
+        return "" if value is None else repr(value)
+
+    for family, tasks in table.families:
+        for model in table.models:
+            for task in tasks:
+                choice = table.chosen.get((model, task))
+                if choice is None:
+                    continue
+                result = choice.result
+                names = list(result.validation) + [name for name in result.test or {}
+                                                   if name not in result.validation]
+                for name in names:
+                    if metrics and name not in metrics:
+                        continue
+                    writer.writerow([model, family, task, name, text(result.validation.get(name)),
+                                     text((result.test or {}).get(name)), "", table.label(choice),
+                                     describe_grid_point(result.run.grid_point),
+                                     "" if result.best_step is None else result.best_step,
+                                     "yes" if result.final else "no", choice.selected_by,
+                                     result.source, result.run.run_dir])
+        average = table.averages.get(family)
+        if average is None:
+            continue
+        for model in table.models:
+            if not any((model, task) in table.chosen for task in average.tasks):
+                continue
+            writer.writerow([model, family, "avg:" + "+".join(average.tasks),
+                             f"avg({','.join(average.metrics)})", text(average.dev[model]),
+                             text(average.test[model]), text(average.paper.get(model)), "", "",
+                             "", "yes" if average.final[model] else "no", "", "", ""])
     return buffer.getvalue()
+
+
+def _plot_metric(table: ResultsTable, task: str) -> str | None:
+    """The metric a task's bars show: the one that chose its runs (the main metric if it did)."""
+    chosen = [table.chosen[(model, task)] for model in table.models
+              if (model, task) in table.chosen]
+    by = [choice.selected_by for choice in chosen]
+    main = chosen[0].main_metric if chosen else None
+    return main if main in by else (by[0] if by else None)
+
+
+def plot_results(table: ResultsTable, png_path: str | Path, split: str = "both") -> Path:
+    """results.png: per task, a bar per model for its chosen run's main metric (the metric that
+    chose the run); test where the run has it (hatched bars: dev, no test score yet), dev only
+    with split 'dev', test only with split 'test'."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    tasks = [task for _, family_tasks in table.families for task in family_tasks]
+    models = table.models
+    width = 0.8 / max(len(models), 1)
+    figure = Figure(figsize=(max(6.0, 1.0 + len(tasks) * (0.5 + 0.3 * len(models))), 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    metrics = {task: _plot_metric(table, task) for task in tasks}
+    any_dev = False
+    for i, model in enumerate(models):
+        xs, heights, hatches = [], [], []
+        for x, task in enumerate(tasks):
+            choice, metric = table.chosen.get((model, task)), metrics[task]
+            if choice is None or metric is None:
+                continue
+            dev = choice.result.validation.get(metric)
+            test = (choice.result.test or {}).get(metric)
+            value, is_dev = ((dev, True) if split == "dev" else (test, False) if split == "test"
+                             else (test, False) if test is not None else (dev, True))
+            if value is None:
+                continue
+            xs.append(x - 0.4 + width * (i + 0.5))
+            heights.append(value)
+            hatches.append("//" if is_dev and split == "both" else "")
+            any_dev = any_dev or (is_dev and split == "both")
+        if not xs:
+            axes.bar([], [], width, label=model)
+            continue
+        bars = axes.bar(xs, heights, width, label=model)
+        for bar, hatch in zip(bars, hatches):
+            bar.set_hatch(hatch)
+        axes.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+    axes.set_xticks(range(len(tasks)))
+    axes.set_xticklabels([f"{task}\n{metrics[task] or ''}" for task in tasks], fontsize=8)
+    hatched = "\n(hatched: dev, the run has no test score yet)" if any_dev else ""
+    shown = {"both": "test" + hatched, "dev": "dev (validation)", "test": "test"}[split]
+    axes.set_ylabel("score")
+    axes.set_title(f"Chosen run per model and task: main metric on {shown}", fontsize=10)
+    axes.grid(axis="y", alpha=0.3)
+    axes.set_axisbelow(True)
+    axes.margins(y=0.12)
+    if models:
+        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    figure.tight_layout()
+    path = Path(png_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, format="png")
+    tmp.replace(path)
+    return path
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Writes whole or not at all (temp file + rename): a reader never sees half a table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_results(table: ResultsTable, markdown_path: str | Path, csv_path: str | Path,
+                  png_path: str | Path, split: str = "both",
+                  metrics: list[str] | None = None) -> str:
+    """Writes results.md/.csv/.png and returns the markdown. Refuses an empty table (ValueError):
+    the files of an earlier collect stay as they were."""
+    if table.is_empty(split):
+        raise ValueError(empty_message(table, split))
+    markdown = format_markdown(table, split)
+    _write_text(Path(markdown_path), markdown)
+    _write_text(Path(csv_path), format_csv(table, metrics))
+    plot_results(table, png_path, split)
+    return markdown

@@ -1,0 +1,292 @@
+"""`slurm collect` on hand-made sweep folders (no cluster): one run chosen per (model, task) by
+its dev main metric, all of that run's metrics dev / test, family averages, results.png, and no
+table written when there is nothing to show."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from seq2seq_es.errors import DataError
+from seq2seq_es.slurm.cli import main as slurm_main
+from seq2seq_es.slurm.config import SlurmConfig
+from seq2seq_es.slurm.monitor import (build_table, format_csv, format_markdown, lower_is_better,
+                                      read_metrics, run_result)
+from seq2seq_es.slurm.sweep import SWEEP_MANIFEST, load_manifest, new_manifest, plan_runs
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+LR = {"optim.lr": ["3e-5", "5e-5"]}
+
+
+def _write_manifest(sweep_dir, pairs, grid):
+    runs = plan_runs(sweep_dir, pairs, grid, [])
+    manifest = new_manifest("sweep", runs, grid, SlurmConfig(), sweep_dir / "slurm",
+                            "seq2seq_es.slurm.probe:main", [], 2)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    manifest.write(sweep_dir / SWEEP_MANIFEST)
+    return manifest
+
+
+def _runs(manifest):
+    """(model, task, lr) -> the run's folder, made."""
+    folders = {}
+    for run in manifest.runs:
+        folder = Path(run.run_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        folders[(run.model, run.task, run.grid_point.get("optim.lr"))] = folder
+    return folders
+
+
+def _final(run_dir, validation, test, main_metric="rougeL", best_step=40):
+    """final_results.json as the training engine writes it at the end of a run."""
+    (run_dir / "final_results.json").write_text(json.dumps({
+        "task": "t", "model": "m", "main_metric": main_metric, "best_step": best_step,
+        "steps": 50, "validation": validation, "test": test}))
+
+
+def _metrics(path, records, tail=""):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+
+
+def _rows(out):
+    """{model: cells} of every markdown table row in out, by table (a list per table)."""
+    tables, current = [], None
+    for line in out.splitlines():
+        if line.startswith("| model |"):
+            current = {"header": [cell.strip() for cell in line.strip("|").split("|")]}
+            tables.append(current)
+        elif line.startswith("| ") and current is not None:
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            current[cells[0]] = cells
+        elif not line.startswith("|"):
+            current = None
+    return tables
+
+
+def test_a_row_never_mixes_runs_dev_and_test_side_by_side(tmp_path, capsys):
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum"), ("t5s", "mlsum")], LR)
+    runs = _runs(manifest)
+    # barto: g1 (3e-5) is best on the main metric rougeL, g2 (5e-5) on rouge1 and rouge2
+    _final(runs[("barto", "mlsum", "3e-5")],
+           {"loss": 2.5, "rouge1": 30.0, "rouge2": 10.0, "rougeL": 25.0},
+           {"loss": 2.6, "rouge1": 29.0, "rouge2": 9.5, "rougeL": 24.0})
+    _final(runs[("barto", "mlsum", "5e-5")],
+           {"loss": 2.0, "rouge1": 33.0, "rouge2": 12.0, "rougeL": 24.5},
+           {"loss": 2.1, "rouge1": 32.0, "rouge2": 11.0, "rougeL": 23.5})
+    # t5s: not finished; g2 is best so far at step 20 (step 40 is worse), g1 has no evaluation
+    _metrics(runs[("t5s", "mlsum", "5e-5")] / "metrics.jsonl", [
+        {"step": 10, "train/loss": 3.0},
+        {"step": 20, "eval/loss": 2.2, "eval/rouge1": 31.0, "eval/rouge2": 11.0,
+         "eval/rougeL": 26.0},
+        {"step": 40, "eval/loss": 2.1, "eval/rouge1": 34.0, "eval/rouge2": 13.0,
+         "eval/rougeL": 25.5},
+    ], tail='{"step": 41, "train/lo')  # a line being written while collect runs
+    _metrics(runs[("t5s", "mlsum", "3e-5")] / "metrics.jsonl", [{"step": 10, "train/loss": 3.0}])
+
+    assert slurm_main(["collect", str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    [table] = _rows(out)
+    assert table["header"][:5] == ["model", "mlsum run", "mlsum rouge1", "mlsum rouge2",
+                                   "mlsum rougeL"]
+    # every number of the row is g1's, although g2 has the better rouge1, rouge2 and loss
+    assert table["barto"][:5] == ["barto", "g1", "30.00 / 29.00", "10.00 / 9.50", "25.00 / 24.00"]
+    assert table["t5s"][:5] == ["t5s", "g2*", "31.00 / –", "11.00 / –", "26.00 / –"]
+    assert "- g1: optim.lr=3e-5" in out and "- g2: optim.lr=5e-5" in out
+    assert "- mlsum: rougeL" in out
+    assert "* from a run that has not finished" in out
+    assert (sweep_dir / "results.md").read_text() in out
+
+    rows = list(csv.DictReader(io.StringIO((sweep_dir / "results.csv").read_text())))
+    barto = {row["metric"]: row for row in rows if row["model"] == "barto"
+             and row["task"] == "mlsum"}
+    assert set(barto) == {"loss", "rouge1", "rouge2", "rougeL"}  # all of the run's metrics
+    assert {row["grid_point"] for row in barto.values()} == {"optim.lr=3e-5"}
+    assert (float(barto["rouge1"]["dev"]), float(barto["rouge1"]["test"])) == (30.0, 29.0)
+    assert float(barto["loss"]["dev"]) == 2.5  # g1's loss, not g2's lower one
+    assert barto["rougeL"]["selected_by"] == "rougeL" and barto["rougeL"]["final"] == "yes"
+    assert barto["rougeL"]["best_step"] == "40"
+    t5s = {row["metric"]: row for row in rows if row["model"] == "t5s" and row["task"] == "mlsum"}
+    assert t5s["rougeL"]["final"] == "no" and t5s["rougeL"]["test"] == ""
+    assert t5s["rougeL"]["best_step"] == "20" and t5s["rougeL"]["source"] == "metrics.jsonl"
+
+    png = (sweep_dir / "results.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 1000
+
+
+def test_family_averages_are_the_mean_of_the_chosen_runs_rouge_beside_the_papers(tmp_path, capsys):
+    sweep_dir = tmp_path / "sweep"
+    pairs = [("barto", "mlsum"), ("barto", "wikilingua"), ("t5s", "mlsum"), ("t5s", "wikilingua")]
+    manifest = _write_manifest(sweep_dir, pairs, {})
+    runs = _runs(manifest)
+    values = {  # (model, task) -> dev (rouge1, rouge2, rougeL, rougeLsum); test = dev - 1
+        ("barto", "mlsum"): (30.0, 12.0, 24.0, 25.0),
+        ("barto", "wikilingua"): (36.0, 14.0, 30.0, 31.0),
+        ("t5s", "mlsum"): (31.0, 13.0, 25.0, 26.0),
+        ("t5s", "wikilingua"): (38.0, 15.0, 32.0, 33.0),
+    }
+    for (model, task), (r1, r2, rl, rlsum) in values.items():
+        dev = {"rouge1": r1, "rouge2": r2, "rougeL": rl, "rougeLsum": rlsum}
+        test = ({k: v - 1 for k, v in dev.items()} if (model, task) != ("t5s", "wikilingua")
+                else None)
+        _final(runs[(model, task, None)], dev, test)
+    assert slurm_main(["collect", str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    [table] = _rows(out)
+    assert table["header"][-2:] == ["avg ROUGE", "paper avg ROUGE"]
+    # (R1 + R2 + RL of mlsum + R1 + R2 + RL of wikilingua) / 6; rougeLsum is not averaged
+    barto_dev = (30 + 12 + 24 + 36 + 14 + 30) / 6
+    assert table["barto"][-2:] == [f"{barto_dev:.2f} / {barto_dev - 1:.2f}", "25.49"]
+    t5s_dev = (31 + 13 + 25 + 38 + 15 + 32) / 6
+    assert table["t5s"][-2:] == [f"{t5s_dev:.2f} / –", "26.54"]  # wikilingua has no test score
+    assert "avg ROUGE = mean of rouge1, rouge2, rougeL over mlsum, wikilingua" in out
+    rows = list(csv.DictReader(io.StringIO((sweep_dir / "results.csv").read_text())))
+    average = next(row for row in rows
+                   if row["model"] == "barto" and row["task"] == "avg:mlsum+wikilingua")
+    assert average["metric"] == "avg(rouge1,rouge2,rougeL)"
+    assert float(average["dev"]) == pytest.approx(barto_dev)
+    assert float(average["paper"]) == 25.49
+
+
+def test_an_average_needs_every_task_of_the_family(tmp_path, capsys):
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "sqac"), ("barto", "mlqa"), ("t5s", "sqac")],
+                               {})
+    runs = _runs(manifest)
+    for key in runs:
+        _final(runs[key], {"rouge1": 80.0, "rouge2": 60.0, "rougeL": 70.0, "exact_match": 50.0,
+                           "token_f1": 75.0}, {"rouge1": 79.0, "rouge2": 59.0, "rougeL": 69.0})
+    assert slurm_main(["collect", str(sweep_dir), "--split", "test"]) == 0
+    [table] = _rows(capsys.readouterr().out)
+    assert table["barto"][-2:] == ["69.00", "–"]  # --split test: test values only
+    assert table["t5s"][-2:] == ["–", "67.92"]  # no mlqa run: no average, the paper's is shown
+    assert table["t5s"][table["header"].index("mlqa run")] == "–"
+    assert table["t5s"][table["header"].index("sqac exact_match")] == "–"  # no test score
+
+
+def test_split_dev_shows_validation_only(tmp_path, capsys):
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("t5s", "bisect")], {})
+    _final(_runs(manifest)[("t5s", "bisect", None)],
+           {"sari": 56.0, "bleu": 43.0, "exact_match": 1.0},
+           {"sari": 55.0, "bleu": 42.0, "exact_match": 0.5}, main_metric="sari")
+    assert slurm_main(["collect", str(sweep_dir), "--split", "dev", "--metrics", "sari,bleu"]) == 0
+    out = capsys.readouterr().out
+    [table] = _rows(out)
+    assert table["header"] == ["model", "bisect run", "bisect sari", "bisect bleu", "avg SARI",
+                               "paper avg SARI"]
+    assert table["t5s"] == ["t5s", "g1", "56.00", "43.00", "56.00", "56.37"]
+    assert "Cells: dev (validation) only" in out
+
+
+def test_a_sweep_without_results_leaves_earlier_tables_untouched(tmp_path, capsys):
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], LR)
+    for name in ("results.md", "results.csv", "results.png"):
+        (sweep_dir / name).write_text(f"earlier {name}")
+    _metrics(sweep_dir / manifest.runs[0].name / "metrics.jsonl", [{"step": 5, "train/loss": 3.0}])
+    assert slurm_main(["collect", str(sweep_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "No results yet" in out and "nothing written" in out
+    # dev scores but no test scores yet: --split test has nothing to show either
+    _metrics(sweep_dir / manifest.runs[1].name / "metrics.jsonl",
+             [{"step": 5, "eval/rougeL": 20.0}])
+    assert slurm_main(["collect", str(sweep_dir), "--split", "test"]) == 1
+    assert "No test scores yet" in capsys.readouterr().out
+    for name in ("results.md", "results.csv", "results.png"):
+        assert (sweep_dir / name).read_text() == f"earlier {name}"
+    assert slurm_main(["collect", str(sweep_dir)]) == 0  # dev scores: the table is written
+    assert (sweep_dir / "results.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_runs_without_the_main_metric_are_chosen_by_the_first_task_metric(tmp_path, capsys):
+    # what the SLURM probe entry writes: eval/score and eval/total, DONE, no final_results.json
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum"), ("barto", "sqac")], LR)
+    for run in manifest.runs:
+        run_dir = sweep_dir / run.name
+        score = 30.0 if run.grid_point["optim.lr"] == "3e-5" else 50.0
+        _metrics(run_dir / "metrics.jsonl", [{"step": 1, "train/loss": 1.0},
+                                             {"step": 2, "train/loss": 0.5},
+                                             {"step": 2, "eval/score": score, "eval/total": 3.0}])
+        (run_dir / "DONE").write_text("{}")
+    assert slurm_main(["collect", str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    summaries, qa = _rows(out)
+    assert summaries["header"] == ["model", "mlsum run", "mlsum score", "mlsum total"]
+    assert summaries["barto"] == ["barto", "g2", "50.00 / –", "3.00 / –"]  # DONE: final, no *
+    assert qa["barto"] == ["barto", "g2", "50.00 / –", "3.00 / –"]
+    assert ("- mlsum: score (the main metric rougeL was not logged; the first metric logged "
+            "instead)") in out
+    assert "not finished" not in out
+
+
+def test_lower_is_better_for_losses_and_error_rates(tmp_path):
+    assert lower_is_better("loss") and lower_is_better("ter") and lower_is_better("eval_loss")
+    assert not lower_is_better("answer_f1") and not lower_is_better("meteor")
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "wmt13-es-en"), ("barto", "mlsum")],
+                               {"optim.lr": ["1", "2"]})
+    runs = _runs(manifest)
+    for lr, loss in (("1", 2.0), ("2", 1.5)):  # chosen by the lowest dev loss: lr 2
+        _final(runs[("barto", "wmt13-es-en", lr)], {"loss": loss, "bleu": 30.0 - loss}, None,
+               main_metric="loss")
+    for lr, ter in (("1", 40.0), ("2", 35.0)):  # an entry whose only metric is an error rate
+        _metrics(runs[("barto", "mlsum", lr)] / "metrics.jsonl", [{"step": 5, "eval/ter": ter}])
+    table = build_table(load_manifest(sweep_dir))
+    assert table.chosen[("barto", "wmt13-es-en")].result.validation == {"loss": 1.5, "bleu": 28.5}
+    assert table.chosen[("barto", "wmt13-es-en")].selected_by == "loss"
+    assert table.chosen[("barto", "mlsum")].result.validation == {"ter": 35.0}
+    assert "28.50 / –" in format_markdown(table) and "barto" in format_csv(table)
+
+
+def test_a_broken_final_results_file_leaves_that_run_out_and_says_why(tmp_path, capsys):
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], LR)
+    runs = _runs(manifest)
+    (runs[("barto", "mlsum", "3e-5")] / "final_results.json").write_text('{"validation": ')
+    _final(runs[("barto", "mlsum", "5e-5")], {"rougeL": 20.0}, {"rougeL": 19.0})
+    assert slurm_main(["collect", str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    [table] = _rows(out)
+    assert table["barto"][:3] == ["barto", "g2", "20.00 / 19.00"]
+    assert "barto__mlsum__lr-3e-5 left out: file " in out and "final_results.json" in out
+
+
+def test_a_broken_metrics_line_is_named(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2,\n{"step": 3}\n')
+    with pytest.raises(DataError) as info:
+        read_metrics(path)
+    assert info.value.row == 2 and info.value.file == str(path)
+
+
+def test_a_step_logged_twice_keeps_its_last_values(tmp_path):
+    # a run resumed from its step-2 checkpoint after logging step 3 logs step 3 again
+    path = tmp_path / "metrics.jsonl"
+    _metrics(path, [{"step": 1, "train/loss": 4.0}, {"step": 2, "train/loss": 3.0},
+                    {"step": 2, "eval/rougeL": 10.0}, {"step": 3, "train/loss": 2.5},
+                    {"step": 3, "train/loss": 2.0}, {"step": 4, "train/loss": 1.0}])
+    records = read_metrics(path)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert records[1] == {"step": 2, "train/loss": 3.0, "eval/rougeL": 10.0}
+    assert records[2]["train/loss"] == 2.0
+    assert [r["step"] for r in read_metrics(path, merge_steps=False)] == [1, 2, 2, 3, 3, 4]
+
+
+def test_test_scores_logged_at_the_end_are_read_without_final_results(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], {})
+    run = manifest.runs[0]
+    _metrics(sweep_dir / run.name / "metrics.jsonl", [
+        {"step": 10, "eval/rougeL": 22.0}, {"step": 20, "eval/rougeL": 21.0},
+        {"step": 10, "test/rougeL": 20.5}])  # the engine scores test at the best step
+    result = run_result(run, "rougeL")
+    assert (result.best_step, result.validation, result.test) == (10, {"rougeL": 22.0},
+                                                                   {"rougeL": 20.5})
+    assert not result.final and result.source == "metrics.jsonl"

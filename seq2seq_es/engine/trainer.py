@@ -5,6 +5,12 @@ on all ranks, divided by the number of target tokens in all of them. DeepSpeed d
 backward by the accumulation steps and averages gradients over ranks, so each micro-batch's
 token-summed loss is multiplied by `world_size * grad_accum / tokens_in_step` before backward;
 the resulting update does not depend on how the step is split (1x4x2 = 2x1x4 = 1x1x8).
+
+The best checkpoint: every validation (each epoch end, every `eval_every` steps, the end)
+compares `train.best_metric`; a new best is saved at once and named in the trainer state of
+every later checkpoint, so rotation keeps it and a resume remembers it. At the end the run goes
+back to it (`load_best_at_end`), scores the test split, exports `final/` and writes
+`final_results.json`.
 """
 
 from __future__ import annotations
@@ -212,8 +218,9 @@ def train(cfg: RunConfig) -> dict:
     bf16 = use_bf16(cfg)
     eval_batch = cfg.train.eval_batch_size or cfg.train.batch_size
     best_metric = cfg.train.best_metric or task.main_metric
-    last_eval = {}     # validation results at the step evaluated last
-    saved_step = None  # the step of this run's newest checkpoint: never save a step twice
+    # The step of the newest checkpoint: a step is never saved twice (e.g. a time-based save
+    # and the save of a new best at the same step).
+    saved_step = state["step"] if resume_from is not None else None
     clock = SaveClock(cfg.train.save_every_min, env.is_main)
 
     def run_eval(step: int, data=eval_data, prefix: str = "eval") -> dict:
@@ -226,21 +233,20 @@ def train(cfg: RunConfig) -> dict:
         log.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
         return results
 
-    def maybe_eval(step: int) -> bool:
-        """Validate; return True when the best metric improved (a checkpoint must exist then)."""
-        nonlocal best, last_eval
-        last_eval = run_eval(step)
+    def track_best(step: int, results: dict) -> bool:
+        """True when this validation is the best so far (its step must then be saved)."""
+        nonlocal best
         key = f"eval/{best_metric}"
-        if key not in last_eval:
+        if key not in results:
             raise ConfigError("train.best_metric", f"'{best_metric}' is not among the validation "
-                              f"results; available: {', '.join(without_prefix(last_eval, 'eval'))}")
-        if not is_better(last_eval[key], best, best_metric):
+                              f"results; available: {', '.join(without_prefix(results, 'eval'))}")
+        if not is_better(results[key], best, best_metric):
             return False
-        best = {"step": step, "metric": best_metric, "value": last_eval[key],
-                "validation": without_prefix(last_eval, "eval")}
+        best = {"step": step, "metric": best_metric, "value": results[key],
+                "validation": without_prefix(results, "eval")}
         return True
 
-    def maybe_save(step: int) -> None:
+    def save(step: int) -> None:
         nonlocal saved_step
         if saved_step == step:
             return
@@ -253,8 +259,8 @@ def train(cfg: RunConfig) -> dict:
 
     stop = StopRequest().install()
     try:
-        if cfg.train.eval_at_start and state["step"] == 0 and maybe_eval(0):
-            maybe_save(0)
+        if cfg.train.eval_at_start and state["step"] == 0 and track_best(0, run_eval(0)):
+            save(0)
         steps = plan.iter_steps(state["epoch"], state["step_in_epoch"], env.rank)
         window_start, window_tokens, window_padded = time.perf_counter(), 0.0, 0.0
         while state["step"] < total_steps:
@@ -281,7 +287,7 @@ def train(cfg: RunConfig) -> dict:
             eval_due = step < total_steps and (
                 (cfg.train.eval_every and step % cfg.train.eval_every == 0)
                 or (cfg.train.eval_per_epoch and epoch_end))
-            improved = maybe_eval(step) if eval_due else False
+            improved = track_best(step, run_eval(step)) if eval_due else False
             # One collective per step for both: a stop signal on any rank, and rank 0's clock
             # saying a save is due. DeepSpeed's save is collective: every rank must save at the
             # same step, and rank clocks disagree.
@@ -289,7 +295,7 @@ def train(cfg: RunConfig) -> dict:
                                                 env.device)
             by_steps = cfg.train.save_every and step % cfg.train.save_every == 0
             if step < total_steps and (improved or time_due or by_steps or signum):
-                maybe_save(step)
+                save(step)
             if signum and step < total_steps:
                 name = StopRequest.name(int(signum))
                 if env.is_main:
@@ -301,11 +307,10 @@ def train(cfg: RunConfig) -> dict:
         # that the test scores and final/ come from the model chosen on validation (the last
         # step is often past the best one when a run overfits).
         step = state["step"]
-        end_eval = {}
-        if cfg.train.eval_at_end:
-            maybe_eval(step)
-            end_eval = last_eval
-        maybe_save(step)
+        end_eval = run_eval(step) if cfg.train.eval_at_end else {}
+        if end_eval:
+            track_best(step, end_eval)
+        save(step)
         chosen = best if cfg.train.load_best_at_end else None
         if chosen is not None and chosen["step"] != step:
             say(f"best checkpoint: step {chosen['step']} ({best_metric} {chosen['value']:.4f}); "

@@ -540,7 +540,8 @@ def choose_run(results: list[RunResult], main_metric: str | None) -> Choice:
         metric = declared
     else:
         names = [name for r in results for name in r.validation]
-        metric = next((name for name in names if is_task_metric(name)), names[0])
+        metric = next((name for name in names if is_task_metric(name)),
+                      "loss" if "loss" in names else names[0])
     candidates = [r for r in results if metric in r.validation]
     best = candidates[0]
     for result in candidates[1:]:

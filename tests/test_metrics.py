@@ -11,6 +11,7 @@ import unicodedata
 
 import evaluate
 import pytest
+import numpy as np
 import sacrebleu
 from nltk.translate.meteor_score import single_meteor_score
 from rouge_score import rouge_scorer
@@ -312,7 +313,7 @@ def test_exact_match_normalises_whitespace_and_optionally_case():
 # --- compute_metrics ------------------------------------------------------------------------
 
 def test_registry_and_help_name_every_metric():
-    assert set(METRICS) == {"rouge", "bleu", "sari", "exact_match", "meteor", "token_f1"}
+    assert set(METRICS) == {"rouge", "bleu", "chrf", "sari", "exact_match", "meteor", "token_f1"}
     assert all(issubclass(cls, evaluate.Metric) for cls in METRICS.values())
     assert set(METRIC_NAMES_HELP.split(", ")) == set(METRICS)
 
@@ -321,8 +322,8 @@ def test_compute_metrics_merges_all_keys_deterministically():
     sources = ["El gato come pescado en la cocina grande.", "¿Dónde está la estación?", "Lloverá."]
     arguments = (list(METRICS), PREDICTIONS, REFERENCES, sources)
     first = compute_metrics(*arguments)
-    assert set(first) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "sari", "exact_match",
-                          "meteor", "token_f1"}
+    assert set(first) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "sari",
+                          "exact_match", "meteor", "token_f1"}
     assert all(0.0 <= value <= 100.0 for value in first.values())
     assert compute_metrics(*arguments) == first
     assert first["rouge1"] != compute_metrics(["rouge"], PREDICTIONS, REFERENCES, mode="paper")["rouge1"]
@@ -518,3 +519,86 @@ def test_sari_spanish_mode_keeps_inverted_marks_apart_unlike_paper_mode():
     assert spanish != pytest.approx(paper_value)
     assert Sari().compute(predictions=[prediction], references=[references], sources=[source],
                           mode="paper")["sari"] == pytest.approx(paper_value, abs=1e-9)
+
+
+ROUGE_CASES = (
+    ["La oposición votó en contra. El gobierno aprobó la ley.", "Llueve en Madrid.",
+     "El Real Madrid ganó la final.\nEl público celebró en Cibeles.", "Una canción nueva."],
+    [["El gobierno aprobó la ley. La oposición votó en contra."], ["Hoy llueve en Madrid."],
+     ["El Madrid ganó la final.\nMiles celebraron en Cibeles."], ["Una nueva canción."]],
+)
+
+
+def _reference_rouge(predictions, references, seed=None):
+    """rouge_score itself (what evaluate's rouge calls), per example and aggregated."""
+    from rouge_score import rouge_scorer, scoring
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    per_example = [scorer.score_multi(refs, pred) for pred, refs in zip(predictions, references)]
+    if seed is None:
+        return {t: 100 * sum(s[t].fmeasure for s in per_example) / len(per_example)
+                for t in ROUGE_TYPES}
+    aggregator = scoring.BootstrapAggregator()
+    for scores in per_example:
+        aggregator.add_scores(scores)
+    np.random.seed(seed)
+    result = aggregator.aggregate()
+    return {t: 100 * result[t].mid.fmeasure for t in ROUGE_TYPES}
+
+
+def test_rouge_paper_mode_equals_rouge_score_on_the_same_strings():
+    predictions, references = ROUGE_CASES
+    ours = Rouge().compute(predictions=predictions, references=references, mode="paper")
+    assert ours == pytest.approx(_reference_rouge(predictions, references), abs=1e-9)
+    # Re-splitting sentences (as the paper's scripts did with punkt) changes only ROUGE-Lsum.
+    resplit = Rouge().compute(predictions=predictions, references=references, mode="paper",
+                              split_sentences=True)
+    assert resplit["rougeL"] == ours["rougeL"] and resplit["rougeLsum"] != ours["rougeLsum"]
+
+
+def test_rouge_bootstrap_is_rouge_scores_mid_under_a_fixed_seed():
+    # Eleven examples of uneven quality, so that the bootstrap median is not the mean.
+    words = "el consejo de ministros aprobó ayer la reforma de las pensiones".split()
+    predictions = [" ".join(words[:k]) for k in range(1, 12)]
+    references = [[" ".join(words)]] * len(predictions)
+    state = np.random.get_state()
+    ours = Rouge().compute(predictions=predictions, references=references, mode="paper",
+                           aggregate="bootstrap", bootstrap_seed=7)
+    assert np.array_equal(np.random.get_state()[1], state[1])  # global generator untouched
+    assert ours == pytest.approx(_reference_rouge(predictions, references, seed=7), abs=1e-9)
+    again = Rouge().compute(predictions=predictions, references=references, mode="paper",
+                            aggregate="bootstrap", bootstrap_seed=7)
+    assert again == ours
+    mean = Rouge().compute(predictions=predictions, references=references, mode="paper")
+    assert ours != mean and ours == pytest.approx(mean, abs=15)
+    with pytest.raises(UnknownNameError, match="aggregation"):
+        Rouge().compute(predictions=predictions, references=references, aggregate="median")
+
+
+def test_chrf_equals_sacrebleu_and_credits_word_endings():
+    predictions = ["Los niños cantaban canciones.", "O governo aprovou a lei."]
+    references = [["Los niños cantan canciones."], ["O governo aprovou ontem a lei."]]
+    expected = sacrebleu.corpus_chrf(predictions, [[r[0] for r in references]]).score
+    assert compute_metrics(["chrf"], predictions, references)["chrf"] == pytest.approx(
+        expected, abs=1e-9)
+    # "cantaban" vs "cantan": no BLEU unigram, but shared characters for chrF.
+    one = compute_metrics(["chrf", "bleu"], ["cantaban"], ["cantan"])
+    assert one["bleu"] == 0.0 and one["chrf"] > 30
+
+
+def test_score_command_rouge_switches(tmp_path, capsys):
+    predictions, references = tmp_path / "pred.txt", tmp_path / "ref.txt"
+    predictions.write_text("el público aplaudió\n", encoding="utf-8")
+    references.write_text("el publicó aplaudía\n", encoding="utf-8")
+    argv = ["--metric", "rouge", "--predictions", str(predictions), "--references",
+            str(references)]
+    assert score_main(argv) == 0
+    stemmed = json.loads(capsys.readouterr().out)
+    assert score_main(argv + ["--no-stem"]) == 0
+    unstemmed = json.loads(capsys.readouterr().out)
+    # Snowball folds the accents of "público"/"publicó" and stems "aplaudió"/"aplaudía".
+    assert stemmed["rouge1"] == 100.0 and unstemmed["rouge1"] == pytest.approx(100 / 3)
+    assert score_main(argv + ["--mode", "paper", "--aggregate", "bootstrap"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == set(ROUGE_TYPES)
+    assert score_main(["--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert "--no-stem" in help_text and "accents" in help_text and "13a" in help_text

@@ -1,4 +1,5 @@
-"""Evaluation metrics for Spanish generation: ROUGE, sacreBLEU, SARI, exact match, METEOR, token F1.
+"""Evaluation metrics for Spanish generation: ROUGE, sacreBLEU, chrF, SARI, exact match, METEOR,
+token F1.
 
 Each metric is an `evaluate.Metric` subclass shipped in this package and instantiated directly,
 so nothing is fetched from the Hugging Face hub when scoring. All scores are on a 0-100 scale.
@@ -23,6 +24,7 @@ _LAZY_ATTRIBUTES = {
     "compute_metrics": "seq2seq_es.metrics.scoring",
     "Rouge": "seq2seq_es.metrics.rouge",
     "Bleu": "seq2seq_es.metrics.bleu",
+    "Chrf": "seq2seq_es.metrics.chrf",
     "Sari": "seq2seq_es.metrics.sari",
     "ExactMatch": "seq2seq_es.metrics.exact_match",
     "Meteor": "seq2seq_es.metrics.meteor",
@@ -30,7 +32,7 @@ _LAZY_ATTRIBUTES = {
 }
 
 __all__ = ["METRICS", "compute_metrics", "score_main", "split_sentences", "word_tokens",
-           "Rouge", "Bleu", "Sari", "ExactMatch", "Meteor", "TokenF1"]
+           "Rouge", "Bleu", "Chrf", "Sari", "ExactMatch", "Meteor", "TokenF1"]
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from seq2seq_es.errors import DataError, Seq2SeqEsError
 
-METRIC_NAMES_HELP = "rouge, bleu, sari, exact_match, meteor, token_f1"
+METRIC_NAMES_HELP = "rouge, bleu, chrf, sari, exact_match, meteor, token_f1"
 
 
 def _read_text(path: str) -> str:
@@ -77,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--references", required=True, metavar="FILE",
                         help="one reference per line, or .jsonl with a string or list per line")
     parser.add_argument("--sources", metavar="FILE", help="one source per line (needed by sari)")
+    parser.add_argument("--stem", action=argparse.BooleanOptionalAction, default=True,
+                        help="ROUGE stemming (default on, as in the paper): Snowball Spanish in "
+                             "spanish mode, which also folds acute accents (\"público\" and "
+                             "\"publicó\" share a stem), English Porter in paper mode; --no-stem "
+                             "compares whole lowercased words")
+    parser.add_argument("--aggregate", choices=("mean", "bootstrap"), default="mean",
+                        help="ROUGE over examples: mean of per-example F-measures (default), or "
+                             "rouge_score's bootstrap mid under a fixed seed (what evaluate's "
+                             "rouge, and so the paper, reports)")
+    parser.add_argument("--split-sentences", action="store_true",
+                        help="paper-mode ROUGE-Lsum: re-split texts into sentences (the paper's "
+                             "scripts did, with punkt) instead of taking newlines as given")
     parser.add_argument("--em-convention", choices=("strict", "squad", "mlqa-es"),
                         default="strict",
                         help="exact_match normalisation: strict (whitespace and Unicode NFC only; "
@@ -107,7 +119,9 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
             raise DataError(f"{args.predictions} has {len(predictions)} predictions but "
                             f"{args.sources} has {len(sources)} sources")
     options = {"exact_match": {"convention": args.em_convention},
-               "token_f1": {"convention": args.f1_convention}}
+               "token_f1": {"convention": args.f1_convention},
+               "rouge": {"use_stemmer": args.stem, "aggregate": args.aggregate,
+                         "split_sentences": args.split_sentences}}
     return compute_metrics(names, predictions, references, sources, mode=args.mode,
                            options={name: options[name] for name in names if name in options})
 

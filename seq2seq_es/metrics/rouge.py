@@ -14,14 +14,20 @@ Two modes:
 ``paper``
     Reproduces the paper's scripts: rouge_score's ``RougeScorer`` with its default tokenizer
     (lowercase, only ``[a-z0-9]`` kept, so every accented letter breaks a word: "canción"
-    becomes "canci" "n") and the English Porter stemmer; for ROUGE-Lsum the sentences are joined
-    by newlines. The scripts split sentences with English punkt, which needs a download; the
-    Spanish splitter stands in for it, which changes only where the two disagree on a
+    becomes "canci" "n") and the English Porter stemmer (``use_stemmer``). ROUGE-Lsum takes the
+    text's newlines as sentence boundaries, exactly as rouge_score (and evaluate's ``rouge``)
+    does on the same strings. The paper's scripts first re-joined each text's sentences,
+    split by English punkt (a download), with newlines; ``split_sentences=True`` does that with
+    the Spanish splitter instead, which differs from punkt only where the two disagree on a
     boundary.
 
-In both modes the score is the plain mean of the per-example F-measures (precision and
-recall are averaged the same way when asked for), reported on a 0-100 scale. There is no
-bootstrap resampling, so the same inputs always give the same numbers. With several
+Aggregation (``aggregate``): ``mean`` (default) is the plain mean of the per-example
+F-measures (precision and recall averaged the same way when asked for); ``bootstrap`` is
+rouge_score's ``BootstrapAggregator`` mid value (1000 resamples, the median of the resampled
+means), which is what the paper's numbers are: evaluate's ``rouge`` aggregates that way by
+default, from numpy's unseeded global generator, so they are not repeatable to the last digit.
+Here the resampling runs under ``bootstrap_seed`` (numpy's global state is restored after), so
+the same inputs always give the same numbers. Scores are on a 0-100 scale. With several
 references for one prediction, each ROUGE type takes the reference with the best F-measure,
 as rouge_score's ``score_multi`` does.
 """
@@ -40,6 +46,7 @@ from seq2seq_es.metrics.text import ngram_counts, spanish_stem, split_sentences,
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 ROUGE_MODES = ("spanish", "paper")
+AGGREGATIONS = ("mean", "bootstrap")
 
 
 @dataclass(frozen=True)
@@ -169,8 +176,8 @@ def score_spanish(prediction: str, reference: str, use_stemmer: bool = True) -> 
     }
 
 
-def _paper_text(text: str) -> str:
-    return "\n".join(split_sentences(text))
+def _paper_text(text: str, resplit: bool) -> str:
+    return "\n".join(split_sentences(text)) if resplit else text
 
 
 def _best_per_type(candidates: Sequence[dict[str, PRF]]) -> dict[str, PRF]:
@@ -179,16 +186,20 @@ def _best_per_type(candidates: Sequence[dict[str, PRF]]) -> dict[str, PRF]:
 
 
 def per_example_scores(predictions: Sequence[str], references: Sequence[Sequence[str]],
-                       mode: str = "spanish", use_stemmer: bool = True) -> list[dict[str, PRF]]:
-    """Per-example ROUGE of each type, the best reference taken for each type."""
+                       mode: str = "spanish", use_stemmer: bool = True,
+                       split_sentences: bool = False) -> list[dict[str, PRF]]:
+    """Per-example ROUGE of each type, the best reference taken for each type.
+
+    `split_sentences` applies to paper mode (spanish mode always splits for ROUGE-Lsum)."""
     if mode not in ROUGE_MODES:
         raise UnknownNameError("ROUGE mode", mode, ROUGE_MODES)
     results = []
     if mode == "paper":
         scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
         for prediction, example_references in zip(predictions, references):
-            scores = scorer.score_multi([_paper_text(r) for r in example_references],
-                                        _paper_text(prediction))
+            scores = scorer.score_multi([_paper_text(r, split_sentences)
+                                         for r in example_references],
+                                        _paper_text(prediction, split_sentences))
             results.append({t: PRF(s.precision, s.recall, s.fmeasure) for t, s in scores.items()})
         return results
     for prediction, example_references in zip(predictions, references):
@@ -197,8 +208,38 @@ def per_example_scores(predictions: Sequence[str], references: Sequence[Sequence
     return results
 
 
-def aggregate(scores: Sequence[dict[str, PRF]], with_precision_recall: bool = False) -> dict[str, float]:
-    """Means over examples on a 0-100 scale: F-measure under the type's name, P/R suffixed."""
+def bootstrap_mid(scores: Sequence[dict[str, PRF]], seed: int) -> dict[str, PRF]:
+    """rouge_score's BootstrapAggregator mid values, resampled under a fixed numpy seed."""
+    import numpy as np
+    from rouge_score.scoring import BootstrapAggregator, Score
+
+    aggregator = BootstrapAggregator()
+    for example in scores:
+        aggregator.add_scores({t: Score(s.precision, s.recall, s.fmeasure)
+                               for t, s in example.items()})
+    saved = np.random.get_state()
+    np.random.seed(seed)  # the aggregator draws from numpy's global generator
+    try:
+        result = aggregator.aggregate()
+    finally:
+        np.random.set_state(saved)
+    return {t: PRF(*result[t].mid) for t in ROUGE_TYPES}
+
+
+def aggregate(scores: Sequence[dict[str, PRF]], with_precision_recall: bool = False,
+              method: str = "mean", bootstrap_seed: int = 0) -> dict[str, float]:
+    """Scores over examples on a 0-100 scale: F-measure under the type's name, P/R suffixed;
+    the plain mean, or the bootstrap mid (see the module docstring)."""
+    if method not in AGGREGATIONS:
+        raise UnknownNameError("ROUGE aggregation", method, AGGREGATIONS)
+    if method == "bootstrap":
+        mid = bootstrap_mid(scores, bootstrap_seed)
+        result = {t: 100 * mid[t].fmeasure for t in ROUGE_TYPES}
+        if with_precision_recall:
+            for t in ROUGE_TYPES:
+                result[f"{t}_precision"] = 100 * mid[t].precision
+                result[f"{t}_recall"] = 100 * mid[t].recall
+        return result
     result = {t: 100 * mean([s[t].fmeasure for s in scores]) for t in ROUGE_TYPES}
     if with_precision_recall:
         for rouge_type in ROUGE_TYPES:
@@ -223,6 +264,10 @@ references: one reference text per prediction, or a list of references per predi
 mode: "spanish" (default) or "paper".
 use_stemmer: stem tokens (Snowball Spanish in spanish mode, Porter in paper mode); default True.
 with_precision_recall: also return `<type>_precision` and `<type>_recall`; default False.
+split_sentences: paper mode only: re-split texts into sentences (Spanish splitter) for
+    ROUGE-Lsum, as the paper's scripts did with punkt; default False (newlines as given).
+aggregate: "mean" (default) or "bootstrap" (rouge_score's bootstrap mid, as evaluate's rouge).
+bootstrap_seed: numpy seed of the bootstrap resampling; default 0.
 Returns rouge1, rouge2, rougeL, rougeLsum: mean F-measure, 0-100.
 """
 
@@ -234,6 +279,8 @@ class Rouge(InMemoryMetric):
         return metric_info(_DESCRIPTION, _CITATION, _INPUTS)
 
     def _compute(self, predictions, references, mode: str = "spanish", use_stemmer: bool = True,
-                 with_precision_recall: bool = False):
-        scores = per_example_scores(predictions, as_reference_lists(references), mode, use_stemmer)
-        return aggregate(scores, with_precision_recall)
+                 with_precision_recall: bool = False, split_sentences: bool = False,
+                 aggregate: str = "mean", bootstrap_seed: int = 0):
+        scores = per_example_scores(predictions, as_reference_lists(references), mode, use_stemmer,
+                                    split_sentences)
+        return globals()["aggregate"](scores, with_precision_recall, aggregate, bootstrap_seed)

@@ -13,6 +13,7 @@ from typing import Any
 from seq2seq_es.errors import ConfigError, DataError, Seq2SeqEsError, UnknownNameError
 from seq2seq_es.metrics._base import MultiReferences
 from seq2seq_es.metrics.bleu import Bleu
+from seq2seq_es.metrics.chrf import Chrf
 from seq2seq_es.metrics.exact_match import ExactMatch
 from seq2seq_es.metrics.meteor import Meteor
 from seq2seq_es.metrics.rouge import ROUGE_MODES, Rouge
@@ -22,6 +23,7 @@ from seq2seq_es.metrics.token_f1 import TokenF1
 METRICS: dict[str, type] = {
     "rouge": Rouge,
     "bleu": Bleu,
+    "chrf": Chrf,
     "sari": Sari,
     "exact_match": ExactMatch,
     "meteor": Meteor,

@@ -179,7 +179,12 @@ def _load_bert2bert(spec: ModelSpec, source: str, config, key: str, cache_dir: s
             saved = "shared" if is_shared_config(config) else "unshared"
             raise ConfigError(key, f"{source} holds a {saved} encoder-decoder, but model "
                                    f"'{spec.name}' is {'shared' if spec.shared else 'unshared'}")
-        return Bert2BertModel.from_pretrained(source, cache_dir=cache_dir)
+        model = Bert2BertModel.from_pretrained(source, cache_dir=cache_dir)
+        try:
+            model.check_tie(source)
+        except ValueError as err:
+            raise ConfigError(key, str(err)) from err
+        return model
     # First load from a pretrained BERT/RoBERTa: both halves start from it, cross-attention new.
     return Bert2BertModel.from_encoder_decoder_pretrained(
         source, source, encoder_add_pooling_layer=False, encoder_cache_dir=cache_dir,
@@ -259,11 +264,13 @@ def load_model_and_tokenizer(name: str | ModelSpec, path: str | None = None, *,
 
 
 def save_model(model, out: str | Path, *, state_dict: dict | None = None) -> None:
-    """save_pretrained that keeps the shared pairs' tie loadable (their encoder aliases dropped).
+    """save_pretrained into `out`; a complete checkpoint for plain transformers too.
 
     `state_dict` is the full state dict when the module's own parameters are partitioned
-    (ZeRO-3). A consolidated state dict holds separate copies of tied tensors; from_pretrained
-    re-ties equal copies, so the file is larger but loads the same.
+    (ZeRO-3's consolidated one, where tied keys hold one tensor). A shared BERT2BERT pair
+    writes each encoder weight as its own copy next to the decoder's (Bert2BertModel.
+    save_pretrained): plain `EncoderDecoderModel.from_pretrained` loads every trained weight,
+    and our loader ties the two equal copies back into one Parameter.
     """
     Path(out).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), state_dict=state_dict)

@@ -234,6 +234,9 @@ def test_meteor_identical_is_one_chunk():
     # 6 words, 1 chunk: Fmean = 1, penalty = 0.5 * (1/6)^3.
     scores = Meteor().compute(predictions=[SENTENCE], references=[SENTENCE])
     assert scores["meteor"] == pytest.approx(100 * (1 - 0.5 / 216))
+    # One word: one chunk of one match, penalty 0.5 (what the docstring says, and nltk gives).
+    assert Meteor().compute(predictions=["Sí."], references=["sí"])["meteor"] == 50.0
+    assert single_meteor_score(["sí"], ["sí"]) == pytest.approx(0.5, abs=1e-3)
 
 
 def test_meteor_stem_matches_count():

@@ -1,0 +1,290 @@
+"""`seq2seq-es evaluate` and `seq2seq-es predict` on a tiny trained run: a run folder, its final/
+model and its DeepSpeed checkpoints; validation and test; one process in-process and two
+processes under torchrun with ZeRO-3; jsonl and plain-text input; the QA prompt; bad input.
+
+One short run (barto-tiny, 4 steps, validated and saved at steps 2 and 4) is trained per module;
+its own logged evaluations are the reference the commands must reproduce.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine_runs import REPO, _env, base_args, demo_files, free_port, run
+from seq2seq_es.cli import main as cli
+from seq2seq_es.demo.synthetic import write_demo_dataset
+from seq2seq_es.engine.run_dir import read_metrics
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("inference")
+
+
+@pytest.fixture(scope="module")
+def files(workdir):
+    files = demo_files(workdir / "data", train_size=16)  # validation: 5 examples (odd)
+    # A test split of 7 other articles (another seed): odd as well, and not the validation set.
+    files["test"] = write_demo_dataset(workdir / "test_data", train_size=0, validation_size=7,
+                                       seed=5)["test"]
+    return files
+
+
+@pytest.fixture(scope="module")
+def trained(workdir, files):
+    """4 steps; validated and checkpointed at steps 2 and 4; final/ = the best of the two."""
+    out = workdir / "run"
+    run("none", 1, base_args(files, out, steps=4, batch=2, extra=[
+        "--train.eval_every", "2", "--train.save_every", "2", "--train.eval_at_end", "true",
+        "--train.save_every_min", "0", "--train.eval_test", "false",
+        # A few tokens at least, so that predictions are not all empty.
+        "--gen.min_new_tokens", "3"]))
+    return out
+
+
+def logged_evals(run_dir: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in read_metrics(run_dir / "metrics.jsonl") if "eval/loss" in r}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def close(a: float, b: float, rel: float = 1e-5) -> bool:
+    return abs(a - b) <= rel * max(abs(a), abs(b), 1e-8)
+
+
+def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_port", str(free_port()), "-m", "seq2seq_es.cli", *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def validation_final(trained):
+    """`seq2seq-es evaluate RUN --split validation`, in this process."""
+    metrics_before = (trained / "metrics.jsonl").read_bytes()
+    assert cli(["evaluate", str(trained), "--split", "validation"]) == 0
+    assert (trained / "metrics.jsonl").read_bytes() == metrics_before, \
+        "evaluate must not append to the training's metrics.jsonl"
+    return trained / "evaluations" / "validation_final"
+
+
+def test_evaluate_run_matches_the_training_evaluation(trained, validation_final):
+    scores = json.loads((validation_final / "scores.json").read_text())
+    evals = logged_evals(trained)
+    assert set(evals) == {2, 4}
+    # final/ holds the weights of one of the evaluated steps (the best): same loss, same scores
+    # and the same predictions as the training's own evaluation at that step.
+    step = next(s for s, r in evals.items() if close(r["eval/loss"], scores["eval/loss"]))
+    for key, value in scores.items():
+        assert close(value, evals[step][key]), (key, value, evals[step][key])
+    ours = read_jsonl(validation_final / "predictions.jsonl")
+    theirs = read_jsonl(trained / "eval" / f"step_{step:08d}" / "predictions.jsonl")
+    assert ours == theirs
+    assert len(ours) == 5 and any(r["prediction"] for r in ours)
+    info = json.loads((validation_final / "evaluation.json").read_text())
+    assert info["split"] == "validation" and info["examples"] == 5
+
+
+def test_evaluate_deepspeed_checkpoints(trained, validation_final):
+    """Each step_N folder gives that step's logged scores: its weights replace the model's."""
+    evals = logged_evals(trained)
+    assert not close(evals[2]["eval/loss"], evals[4]["eval/loss"], rel=1e-4)
+    for step in (2, 4):
+        folder = trained / "checkpoints" / f"step_{step:08d}"
+        assert cli(["evaluate", str(folder)]) == 0
+        scores = json.loads((trained / "evaluations" / f"validation_{folder.name}"
+                             / "scores.json").read_text())
+        for key, value in scores.items():
+            assert close(value, evals[step][key]), (step, key, value, evals[step][key])
+
+
+def test_evaluate_test_split(trained, files, validation_final):
+    assert cli(["evaluate", str(trained), "--split", "test",
+                "--data.test_file", files["test"]]) == 0
+    folder = trained / "evaluations" / "test_final"
+    scores = json.loads((folder / "scores.json").read_text())
+    assert {"test/loss", "test/rougeL"} <= set(scores) and not any(k.startswith("eval/")
+                                                                    for k in scores)
+    rows = read_jsonl(folder / "predictions.jsonl")
+    articles = [r["text"] for r in read_jsonl(Path(files["test"]))]
+    assert [r["source"] for r in rows] == articles  # every test example, in file order
+
+
+def test_evaluate_two_processes_zero3_matches_one(trained, validation_final, workdir):
+    """Sharded, partitioned evaluation: same scores and predictions, no example lost or doubled
+    (5 examples over 2 ranks, batches of 2: the second rank's shard is padded)."""
+    out = workdir / "eval_z3"
+    proc = torchrun(["evaluate", str(trained), "--split", "validation", "--dist.zero_stage", "3",
+                     "--batch-size", "2", "--output-dir", str(out)])
+    assert "ZeRO stage 3" in proc.stderr + proc.stdout
+    one = json.loads((validation_final / "scores.json").read_text())
+    two = json.loads((out / "scores.json").read_text())
+    assert one.keys() == two.keys()
+    for key in one:
+        assert close(one[key], two[key], rel=1e-4), (key, one[key], two[key])
+    assert read_jsonl(out / "predictions.jsonl") == read_jsonl(validation_final
+                                                               / "predictions.jsonl")
+    assert json.loads((out / "evaluation.json").read_text())["world_size"] == 2
+
+
+@pytest.fixture(scope="module")
+def plain_input(workdir, files):
+    """7 sources, one a line (odd), from the test split, in a mixed length order."""
+    path = workdir / "sources.txt"
+    articles = [r["text"] for r in read_jsonl(Path(files["test"]))]
+    path.write_text("\n".join(articles) + "\n", encoding="utf-8")
+    return path
+
+
+def test_predict_jsonl_and_plain_lines(trained, files, workdir, plain_input, validation_final):
+    rows = [{"source": r["text"]} for r in read_jsonl(Path(files["validation"]))]
+    jsonl_in = workdir / "validation_sources.jsonl"
+    jsonl_in.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                        encoding="utf-8")
+    jsonl_out = workdir / "out" / "predictions.jsonl"
+    assert cli(["predict", str(trained / "final"), "--input", str(jsonl_in),
+                "--output", str(jsonl_out), "--batch-size", "2"]) == 0
+    out = read_jsonl(jsonl_out)
+    assert [r["source"] for r in out] == [r["source"] for r in rows]
+    # The same sources, tokenized and generated as evaluation does: the same predictions.
+    evaluated = read_jsonl(validation_final / "predictions.jsonl")
+    assert [r["prediction"] for r in out] == [r["prediction"] for r in evaluated]
+
+    lines_out = workdir / "out" / "predictions.txt"
+    assert cli(["predict", str(trained), "--input", str(plain_input), "--output",
+                str(lines_out), "--gen.max_new_tokens", "4"]) == 0
+    predictions = lines_out.read_text(encoding="utf-8").splitlines()
+    assert len(predictions) == 7 and all(predictions)
+
+
+def test_predict_two_processes_keeps_order(trained, plain_input, workdir):
+    one, two = workdir / "one.txt", workdir / "two.txt"
+    args = ["--input", str(plain_input), "--gen.max_new_tokens", "4", "--batch-size", "2"]
+    assert cli(["predict", str(trained / "final"), *args, "--output", str(one)]) == 0
+    torchrun(["predict", str(trained / "final"), *args, "--output", str(two),
+              "--dist.zero_stage", "3"])
+    assert two.read_text(encoding="utf-8").splitlines() == \
+        one.read_text(encoding="utf-8").splitlines()
+    assert len(two.read_text(encoding="utf-8").splitlines()) == 7
+
+
+def test_predict_formats_the_qa_prompt(trained, workdir):
+    """--task sqac: rows with question and context (no answers needed) become the QA prompt."""
+    rows = [{"id": "a", "question": "¿Dónde se celebró la fiesta?",
+             "context": "La fiesta se celebró en Córdoba el sábado."},
+            {"id": "b", "question": "¿Cuánto costó?", "context": "Costó un millón de euros.",
+             "answers": {"text": ["un millón de euros"], "answer_start": [6]}},
+            {"id": "c", "question": "¿Quién ganó?", "context": "Ganó la policía de Logroño."}]
+    path = workdir / "qa.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
+    out = workdir / "qa_out.jsonl"
+    assert cli(["predict", str(trained / "final"), "--input", str(path), "--output", str(out),
+                "--task", "sqac", "--gen.max_new_tokens", "4"]) == 0
+    got = read_jsonl(out)
+    assert [r["source"] for r in got] == [
+        f"question: {r['question']} context: {r['context']}" for r in rows]
+    assert all(isinstance(r["prediction"], str) for r in got)
+
+
+BAD_INPUTS = {
+    "not_json": ('{"source": "uno"}\n{"source": "dos"}\n{"source": tres}\n', [], 3,
+                 "not valid JSON"),
+    "missing_column": ('{"question": "¿Qué?", "context": "Algo."}\n{"question": "¿Cómo?"}\n',
+                       ["--task", "sqac"], 2, "missing field 'context'"),
+    "no_source": ('{"source": "uno"}\n{"text": "dos"}\n', [], 2, "missing field 'source'"),
+    "empty_line": ('{"source": "uno"}\n\n{"source": "dos"}\n', [], 2, "empty line"),
+    "not_a_string": ('{"source": 7}\n', [], 1, "not a string"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_input_names_file_and_line(trained, workdir, capsys, name):
+    text, extra, line, reason = BAD_INPUTS[name]
+    path = workdir / f"bad_{name}.jsonl"
+    path.write_text(text, encoding="utf-8")
+    out = workdir / f"bad_{name}_out.jsonl"
+    assert cli(["predict", str(trained / "final"), "--input", str(path), "--output", str(out),
+                *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: input file {path}, line {line}: "), err
+    assert reason in err[0] and not out.exists()
+
+
+def test_bad_plain_line_and_bad_paths(trained, workdir, capsys):
+    lines = workdir / "bad_lines.txt"
+    lines.write_text("uno\n   \ndos\n", encoding="utf-8")
+    assert cli(["predict", str(trained), "--input", str(lines), "--output",
+                str(workdir / "x.txt")]) == 2
+    assert f"input file {lines}, line 2: empty line" in capsys.readouterr().err
+
+    missing = workdir / "nope"
+    assert cli(["evaluate", str(missing)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {missing} does not exist"
+
+    unfinished = workdir / "unfinished"
+    (unfinished / "checkpoints" / "step_00000002").mkdir(parents=True, exist_ok=True)
+    (unfinished / "config.yaml").write_text((trained / "config.yaml").read_text())
+    assert cli(["evaluate", str(unfinished)]) == 2
+    err = capsys.readouterr().err
+    assert f"run folder {unfinished} has no final/ model" in err and "no complete checkpoint" in err
+    assert cli(["evaluate", str(unfinished / "checkpoints" / "step_00000002")]) == 2
+    assert "no trainer_state.json" in capsys.readouterr().err
+
+    lonely = workdir / "lonely_model"
+    lonely.mkdir(exist_ok=True)
+    (lonely / "config.json").write_text((trained / "final" / "config.json").read_text())
+    assert cli(["evaluate", str(lonely)]) == 2
+    assert f"model folder {lonely} has config.json but no weights" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# The ordered gather on two real ranks with a model whose output reveals its input.
+
+
+class _EchoModel(torch.nn.Module):
+    def generate(self, input_ids, attention_mask, generation_config, synced_gpus):
+        return input_ids
+
+
+class _Digits:
+    def batch_decode(self, out, skip_special_tokens):
+        return [" ".join(str(int(t)) for t in row if t != 0) for row in out]
+
+
+def _echo_rank(rank: int, world: int, port: int, folder: str) -> None:
+    import torch.distributed as dist
+
+    from seq2seq_es.data.collator import Seq2SeqCollator
+    from seq2seq_es.engine.distributed import DistEnv
+    from seq2seq_es.engine.evaluation import generate_texts
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    features = [{"input_ids": [i + 1] * (1 + (i * 3) % 5)} for i in range(7)]
+    got = generate_texts(_EchoModel(), features=features,
+                         collator=Seq2SeqCollator(pad_token_id=0, decoder_start_token_id=0),
+                         tokenizer=_Digits(), generation_config=None, task=None,
+                         env=DistEnv(rank, world, 0, "127.0.0.1", port, "torchrun"),
+                         batch_size=2, zero_stage=0, bf16=False)
+    Path(folder, f"rank_{rank}.json").write_text(json.dumps(got))
+    dist.destroy_process_group()
+
+
+def test_generate_texts_gathers_in_input_order_over_two_ranks(tmp_path):
+    torch.multiprocessing.spawn(_echo_rank, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    expected = [" ".join([str(i + 1)] * (1 + (i * 3) % 5)) for i in range(7)]
+    assert json.loads((tmp_path / "rank_0.json").read_text()) == expected
+    assert json.loads((tmp_path / "rank_1.json").read_text()) is None

@@ -173,7 +173,7 @@ def test_split_dev_shows_validation_only(tmp_path, capsys):
     sweep_dir = tmp_path / "sweep"
     manifest = _write_manifest(sweep_dir, [("t5s", "bisect")], {})
     _final(_runs(manifest)[("t5s", "bisect", None)],
-           {"sari": 56.0, "bleu": 43.0, "exact_match": 1.0},
+           {"sari": 56.0, "bleu": 43.0, "exact_match": 0.0},
            {"sari": 55.0, "bleu": 42.0, "exact_match": 0.5}, main_metric="sari")
     assert slurm_main(["collect", str(sweep_dir), "--split", "dev", "--metrics", "sari,bleu"]) == 0
     out = capsys.readouterr().out
@@ -182,6 +182,9 @@ def test_split_dev_shows_validation_only(tmp_path, capsys):
                                "paper avg SARI"]
     assert table["t5s"] == ["t5s", "g1", "56.00", "43.00", "56.00", "56.37"]
     assert "Cells: dev (validation) only" in out
+    assert slurm_main(["collect", str(sweep_dir)]) == 0  # all metrics; below 1: four decimals
+    [table] = _rows(capsys.readouterr().out)
+    assert table["t5s"][table["header"].index("bisect exact_match")] == "0.00 / 0.5000"
 
 
 def test_a_sweep_without_results_leaves_earlier_tables_untouched(tmp_path, capsys):

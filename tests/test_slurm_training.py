@@ -169,7 +169,9 @@ def test_sweep_of_three_pairs_trains_every_run_and_collect_prints_the_table(
                for r in manifest.runs}
 
     def shown(value):
-        return "–" if value is None else f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
+        if value is None:
+            return "–"
+        return f"{value:.2f}" if value == 0 or abs(value) >= 1 else f"{value:.4f}"
 
     tables = {}  # the first task of a table -> (header, {model: cells})
     for i, line in enumerate(lines):

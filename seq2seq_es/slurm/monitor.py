@@ -672,7 +672,7 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
 def _number(value: float | None) -> str:
     if value is None:
         return _MISSING
-    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
+    return f"{value:.2f}" if value == 0 or abs(value) >= 1 else f"{value:.4f}"
 
 
 def _cell(dev: float | None, test: float | None, split: str) -> str:

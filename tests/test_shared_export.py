@@ -120,6 +120,14 @@ def test_plain_transformers_loads_every_trained_weight_of_a_shared_export(name, 
     assert_plain_load_matches(folder, model)
 
 
+def test_an_unshared_pair_loads_in_plain_transformers_the_same_way(tmp_path):
+    """BETO2BETO has no tie to write out; its export differs from plain transformers' model by
+    the same unused pooler only."""
+    model, tokenizer = trained_like("beto2beto-tiny")
+    assert not shared_parameter_pairs(model)
+    assert_plain_load_matches(export(model, tokenizer, tmp_path / "final"), model)
+
+
 @pytest.mark.parametrize("name", ["betoshare-tiny", "robertashare-tiny"])
 def test_our_loader_ties_the_two_equal_copies_back_into_one_parameter(name, tmp_path):
     model, tokenizer = trained_like(name)

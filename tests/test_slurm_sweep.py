@@ -24,10 +24,15 @@ def test_paper_pairs():
     assert ("beto2beto", "miam") in pairs and ("beto2beto", "fapesp-es-pt") not in pairs
 
 
-def test_paper_grid_has_twelve_points():
+def test_paper_grid_has_twelve_points_and_translation_its_recipe():
     points = grid_points({k: list(v) for k, v in paper_grid.PAPER_GRID.items()})
     assert len(points) == 12
     assert {"train.batch_size": "16", "optim.lr": "3e-5", "train.epochs": "6"} in points
+    assert paper_grid.grid_for("t5s", "bisect") is paper_grid.PAPER_GRID
+    # BARTO and T5S translate with the paper's recipe: lr 5e-3, 384 examples per step
+    recipe = paper_grid.grid_for("barto", "wmt13-en-es")
+    assert grid_points({k: list(v) for k, v in recipe.items()}) == [
+        {"train.batch_size": "384", "optim.lr": "5e-3"}]
 
 
 def test_grid_parsing_and_names():
@@ -140,7 +145,7 @@ def test_sweep_dry_run_plans_the_paper_grid_as_an_array(tmp_path, capsys):
     assert slurm_main(_sweep_args(sweep_dir, "--models", "ledo", "--max-parallel", "5",
                                   "--dry-run")) == 0
     out = capsys.readouterr().out
-    assert "#SBATCH --array=0-23%5" in out  # 2 pairs x 12 grid points
+    assert "#SBATCH --array=0-23%5" in out  # 2 pairs x 12 grid points (batch = per step)
     assert "ledo__eurlexsum__batch_size-16_lr-5e-5_epochs-6" in out
     assert not sweep_dir.exists()
 

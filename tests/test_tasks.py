@@ -91,6 +91,12 @@ def test_defaults_follow_the_paper_runs_without_its_decoding_bugs():
     # EUR-Lex references run to ~1200 tokens; the scripts' cut at 128 is not repeated.
     assert TASKS["eurlexsum"].defaults["data.max_target_length"] >= 1024
     assert TASKS["eurlexsum"].defaults_for("ledo")["data.max_source_length"] == 16384
+    # LEDO keeps the paper's 8 per step as micro-batch x accumulation that fits a 24 GiB GPU
+    # (tests/test_memory.py), with checkpointing at 16K
+    for task, micro, checkpointing in (("xlsum", 4, False), ("eurlexsum", 2, True)):
+        cfg = compose(task, "ledo")
+        assert (cfg.train.batch_size, cfg.train.grad_accum) == (micro, 8 // micro)
+        assert cfg.model.gradient_checkpointing is checkpointing
 
 
 def _paper_models(spec) -> list[str]:

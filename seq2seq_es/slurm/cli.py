@@ -15,8 +15,13 @@
 SLURM options come from `--slurm-config FILE` (the `slurm:` section of a YAML file, keys as in
 SlurmConfig) and then from the flags, which win. Train overrides after `--` are passed to
 `seq2seq-es train` as they are (`--optim.lr 3e-5 --train.max_steps 100`).
-Without --grid a sweep uses the paper's grid: train.batch_size 4,8,16 x optim.lr 3e-5,5e-5 x
-train.epochs 3,6.
+Without --grid a sweep uses the paper's grid for each pair: train.batch_size 4,8,16 x optim.lr
+3e-5,5e-5 x train.epochs 3,6, except translation with BARTO and T5S, which gets the paper's recipe
+(train.batch_size 384, optim.lr 5e-3, the registry's steps). A train.batch_size axis is the
+effective batch per optimizer step: each run gets the pair's default micro-batch (or the whole
+batch, if smaller) and the gradient accumulation that makes up the rest. Every run's config is
+composed and validated before anything is submitted, and runs whose resolved configs are equal
+(an axis a run never reads, e.g. train.epochs under train.max_steps) are dropped, with a summary.
 """
 
 from __future__ import annotations
@@ -27,15 +32,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..config import compose, parse_overrides
 from ..errors import ConfigError, run_command
-from . import paper_grid
 from .config import SlurmConfig, load_slurm_yaml
 from .job import DEFAULT_ENTRY
 from .monitor import (SPLITS_SHOWN, build_table, empty_message, format_status, status_json,
                       sweep_status, write_results)
 from .sweep import (RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, check_names,
                     check_overrides, check_partition, check_run_dir, check_sweep_dir,
-                    dry_run_script, load_manifest, new_manifest, parse_grid, plan_runs,
+                    dry_run_script, load_manifest, new_manifest, parse_grid, plan_sweep,
                     select_pairs, submit, train_argv)
 
 # flag -> SlurmConfig field, for the flags that map one to one
@@ -132,6 +137,8 @@ def cmd_submit(argv: list[str]) -> int:
 
     check_names([args.model], [args.task])
     check_overrides(overrides)
+    # The run's config as `train` will compose it: a bad key or value is refused before sbatch.
+    compose(args.task, args.model, overrides=parse_overrides(overrides))
     config = slurm_config_from_args(args)
     check_partition(config.partition, required=not args.dry_run)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -184,27 +191,32 @@ def cmd_sweep(argv: list[str]) -> int:
     if args.no_grid and args.grid:
         raise ConfigError("--grid", "--grid and --no-grid exclude each other")
     pairs = select_pairs(_names(args.models), _names(args.tasks), args.pair)
+    grid: dict[str, list[str]] | None = None  # None: the paper's grid for each pair
     if args.no_grid:
-        grid: dict[str, list[str]] = {}
+        grid = {}
     elif args.grid:
         grid = parse_grid(args.grid)
-    else:
-        grid = {key: list(values) for key, values in paper_grid.PAPER_GRID.items()}
     check_overrides(overrides)
     config = slurm_config_from_args(args)
     check_partition(config.partition, required=not args.dry_run)
     sweep_dir = Path(args.sweep_dir).absolute()
-    runs = plan_runs(sweep_dir, pairs, grid, overrides, args.data_root)
+    plan = plan_sweep(sweep_dir, pairs, grid, overrides, args.data_root,
+                      world_size=config.world_size)
+    runs = plan.runs
     check_sweep_dir(sweep_dir, runs)
     folder = Path(config.folder).absolute() if config.folder else sweep_dir / SUBMITIT_DIR
-    manifest = new_manifest("sweep", runs, grid, config, folder, args.entry, overrides,
+    manifest = new_manifest("sweep", runs, plan.grid, config, folder, args.entry, overrides,
                             args.max_parallel)
     if args.dry_run:
         print(dry_run_script(config, manifest), end="")
+        for line in plan.dropped_summary():
+            print(f"# {line}")
         print(f"# {len(runs)} run(s) in {sweep_dir}, at most {args.max_parallel} at once:")
         for run in runs:
             print(f"#   {run.name}")
         return 0
+    for line in plan.dropped_summary():
+        print(line)
     submit(manifest, config, sweep_dir / SWEEP_MANIFEST)
     first, last = runs[0].job_id, runs[-1].job_id
     print(f"submitted {len(runs)} run(s) as jobs {first}..{last}, at most {args.max_parallel} at "

@@ -248,21 +248,200 @@ def data_root_overrides(data_root: str | Path, task: str) -> list[str]:
     return [arg for split, path in files.items() for arg in (f"--data.{split}_file", str(path))]
 
 
-def plan_runs(root: str | Path, pairs: list[tuple[str, str]], grid: dict[str, list[str]],
-              overrides: list[str], data_root: str | Path | None = None) -> list[RunPlan]:
-    """One run per pair and grid point; overrides come last, so they win over --data-root."""
+BATCH_AXIS = "train.batch_size"
+ACCUM_KEY = "train.grad_accum"
+
+
+@dataclass
+class DroppedRun:
+    """A planned run left out because its resolved config equals an earlier run's."""
+
+    model: str
+    task: str
+    name: str                # the run left out
+    kept: str                # the run with the same config, which stays
+    point: int               # 1-based number of its grid point in the pair's grid: g<point>
+    kept_point: int
+    reasons: list[str]       # why the grid points differing on paper resolve to one config
+
+    def describe(self) -> str:
+        return (f"{self.model} {self.task} g{self.point} = g{self.kept_point} "
+                f"({'; '.join(self.reasons)})")
+
+
+@dataclass
+class SweepPlan:
+    runs: list[RunPlan]
+    dropped: list[DroppedRun]
+    grid: dict[str, list[str]]   # every axis and value of the pairs' grids, for the manifest
+    configs: dict[str, Any] = field(default_factory=dict)  # run name -> its composed RunConfig
+
+    def dropped_summary(self, limit: int = 20) -> list[str]:
+        """'dropped N duplicate runs:' and one line per dropped run (at most `limit`)."""
+        if not self.dropped:
+            return []
+        lines = [f"dropped {len(self.dropped)} duplicate run{'s' if len(self.dropped) > 1 else ''}"
+                 " (same resolved config as a run that stays):"]
+        lines += [f"  {drop.describe()}" for drop in self.dropped[:limit]]
+        if len(self.dropped) > limit:
+            lines.append(f"  ... and {len(self.dropped) - limit} more")
+        return lines
+
+
+def split_effective_batch(value: str, default_micro: int, world_size: int = 1,
+                          where: str = "") -> tuple[int, int]:
+    """A grid's effective batch -> (train.batch_size, train.grad_accum) per rank.
+
+    The micro-batch is the smaller of the batch each rank gets and `default_micro`, the pair's
+    default micro-batch (one that fits its GPU), so a grid point never needs more memory than
+    the pair's default; accumulation makes up the rest, exactly.
+    """
+    key = f"--grid {BATCH_AXIS}"
+    try:
+        batch = int(value)
+    except ValueError:
+        raise ConfigError(key, f"expected a positive integer (the effective batch per optimizer "
+                          f"step), got '{value}'") from None
+    if batch < 1:
+        raise ConfigError(key, f"expected a positive integer, got '{value}'")
+    if batch % world_size:
+        raise ConfigError(key, f"effective batch {batch} does not split evenly over the "
+                          f"{world_size} ranks of a job")
+    per_rank = batch // world_size
+    micro = min(per_rank, default_micro)
+    if per_rank % micro:
+        ranks = f" per rank ({world_size} ranks)" if world_size > 1 else ""
+        raise ConfigError(key, f"effective batch {batch}{ranks} is not a multiple of the "
+                          f"micro-batch {micro} that fits{where} (its default train.batch_size); "
+                          f"use a multiple of {micro}, or at most {micro}")
+    return micro, per_rank // micro
+
+
+def not_applying(cfg) -> dict[str, str]:
+    """Config keys whose value the run never reads, with the setting that overrides them."""
+    from ..models import get_model_spec
+
+    family = get_model_spec(cfg.model.name).family
+    ignored = {}
+    if cfg.train.max_steps > 0:
+        ignored["train.epochs"] = f"train.max_steps={cfg.train.max_steps}"
+    if cfg.optim.warmup_steps > 0:
+        ignored["optim.warmup_ratio"] = f"optim.warmup_steps={cfg.optim.warmup_steps}"
+    if cfg.train.batching == "fixed":
+        ignored["train.max_tokens"] = "train.batching=fixed"
+    if not cfg.model.lean_ce:
+        ignored["model.lean_ce_chunk"] = "model.lean_ce=False"
+    if family != "led":
+        ignored["data.global_attention"] = f"{cfg.model.name} is no LED"
+    if family not in ("led", "t5"):
+        ignored["model.attention"] = f"{cfg.model.name} has no attention implementations"
+    return ignored
+
+
+def resolved_key(cfg) -> str:
+    """The run's config as it acts: output folder left out, keys it never reads blanked."""
+    values = cfg.to_dict()
+    values["train"].pop("output_dir")
+    values["train"]["eval_batch_size"] = cfg.train.eval_batch_size or cfg.train.batch_size
+    for key in not_applying(cfg):
+        section, name = key.split(".")
+        values[section][name] = None
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def _explain_duplicate(point: dict[str, str], kept: dict[str, str], cfg) -> list[str]:
+    ignored = not_applying(cfg)
+    reasons = []
+    for key, value in point.items():
+        if kept.get(key) == value:
+            continue
+        if key in ignored:
+            reasons.append(f"{key} does not apply: {ignored[key]}")
+        else:
+            section, name = key.split(".")
+            reasons.append(f"{key} {kept.get(key)} and {value} resolve to the same value "
+                           f"({getattr(getattr(cfg, section), name)!r})")
+    return reasons or ["same grid point"]
+
+
+def _dotted(argv: list[str]) -> dict[str, str]:
+    from ..config import parse_overrides
+
+    return parse_overrides(argv)
+
+
+def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
+               grid: dict[str, list[str]] | None, overrides: list[str],
+               data_root: str | Path | None = None, world_size: int = 1) -> SweepPlan:
+    """One run per pair and grid point, each config composed and validated; duplicates dropped.
+
+    grid None: each pair gets the paper's grid for it (`paper_grid.grid_for`); a dict: the same
+    grid for every pair. A train.batch_size axis is the effective batch per optimizer step
+    (`split_effective_batch`). Overrides come last in each run's arguments, so they win over
+    --data-root. Every run's config is composed as `seq2seq-es train` will compose it, which
+    refuses a bad key or value before anything is submitted, and a run whose resolved config
+    equals an earlier run's (an axis the run never reads, such as epochs under max_steps) is
+    dropped and reported.
+    """
+    from ..config import compose
+
     root = Path(root).absolute()
-    plans = []
+    runs: list[RunPlan] = []
+    dropped: list[DroppedRun] = []
+    union: dict[str, list[str]] = {}
+    seen: dict[str, tuple[RunPlan, int]] = {}
+    configs: dict[str, Any] = {}
     for model, task in pairs:
+        pair_grid = ({key: list(values) for key, values in paper_grid.grid_for(model, task).items()}
+                     if grid is None else grid)
+        for key, values in pair_grid.items():
+            union.setdefault(key, [])
+            union[key] += [value for value in values if value not in union[key]]
         data_args = data_root_overrides(data_root, task) if data_root is not None else []
-        for point in grid_points(grid):
+        base_args = data_args + list(overrides)
+        default = compose(task, model, overrides=_dotted(base_args))
+        if BATCH_AXIS in pair_grid:
+            for key in (BATCH_AXIS, ACCUM_KEY):
+                if key in _dotted(list(overrides)):
+                    raise ConfigError(key, f"the grid's {BATCH_AXIS} axis is the effective batch, "
+                                      f"from which the planner sets {BATCH_AXIS} (micro-batch) and "
+                                      f"{ACCUM_KEY}; drop --{key} after --, or the axis")
+            if ACCUM_KEY in pair_grid:
+                raise ConfigError(f"--grid {ACCUM_KEY}", f"the grid's {BATCH_AXIS} axis is the "
+                                  f"effective batch and sets {ACCUM_KEY}; give one of the two")
+        for number, point in enumerate(grid_points(pair_grid), start=1):
             name = f"{model}__{task}__{grid_point_name(point)}"
             run_dir = root / name
-            plans.append(RunPlan(name=name, model=model, task=task, grid_point=point,
-                                 run_dir=str(run_dir),
-                                 argv=train_argv(model, task, run_dir, point,
-                                                 data_args + list(overrides))))
-    return plans
+            args: dict[str, str] = {}
+            for key, value in point.items():
+                if key == BATCH_AXIS:
+                    micro, accum = split_effective_batch(value, default.train.batch_size,
+                                                         world_size, f" {model} on {task}")
+                    args[BATCH_AXIS], args[ACCUM_KEY] = str(micro), str(accum)
+                else:
+                    args[key] = value
+            argv = train_argv(model, task, run_dir, args, base_args)
+            plan = RunPlan(name=name, model=model, task=task, grid_point=point,
+                           run_dir=str(run_dir), argv=argv)
+            cfg = compose(task, model, overrides=_dotted(argv[4:]))
+            key = resolved_key(cfg)
+            if key in seen:
+                kept, kept_number = seen[key]
+                dropped.append(DroppedRun(model=model, task=task, name=name, kept=kept.name,
+                                          point=number, kept_point=kept_number,
+                                          reasons=_explain_duplicate(point, kept.grid_point, cfg)))
+                continue
+            seen[key] = (plan, number)
+            runs.append(plan)
+            configs[name] = cfg
+    return SweepPlan(runs=runs, dropped=dropped, grid=union, configs=configs)
+
+
+def plan_runs(root: str | Path, pairs: list[tuple[str, str]], grid: dict[str, list[str]] | None,
+              overrides: list[str], data_root: str | Path | None = None,
+              world_size: int = 1) -> list[RunPlan]:
+    """The runs of `plan_sweep` (duplicates dropped)."""
+    return plan_sweep(root, pairs, grid, overrides, data_root, world_size).runs
 
 
 def check_overrides(overrides: list[str]) -> None:

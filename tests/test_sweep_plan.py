@@ -1,0 +1,140 @@
+"""The sweep planner: per-pair paper grids (translation's own recipe), the effective-batch axis,
+every run's config composed before submitting, and duplicate runs dropped with a reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from seq2seq_es.config import compose, parse_overrides
+from seq2seq_es.errors import ConfigError
+from seq2seq_es.slurm import paper_grid
+from seq2seq_es.slurm.cli import main as slurm_main
+from seq2seq_es.slurm.sweep import plan_sweep, resolved_key, split_effective_batch
+
+
+def _config(run):
+    """The config `seq2seq-es train` composes from the run's arguments."""
+    return compose(run.task, run.model, overrides=parse_overrides(run.argv[4:]))
+
+
+def _sweep(tmp_path, *extra):
+    return ["sweep", "--sweep-dir", str(tmp_path / "sweep"), "--dry-run", *extra]
+
+
+@pytest.mark.parametrize("model, micro, accum, steps", [("barto", 96, 4, 5000),
+                                                          ("t5s", 32, 12, 10000)])
+def test_translation_grid_is_the_papers_recipe(tmp_path, model, micro, accum, steps):
+    tasks = list(paper_grid.TRANSLATION_TASKS)
+    plan = plan_sweep(tmp_path, [(model, task) for task in tasks], None, [])
+    assert [run.task for run in plan.runs] == tasks  # one run per pair: the recipe
+    for run in plan.runs:
+        assert run.grid_point == {"train.batch_size": "384", "optim.lr": "5e-3"}
+        cfg = _config(run)
+        assert cfg.optim.lr == 5e-3 and cfg.train.max_steps == steps
+        assert (cfg.train.batch_size, cfg.train.grad_accum) == (micro, accum)  # 384 per step
+    assert plan.dropped == []
+
+
+def test_the_mbert_translation_baselines_get_the_bert2bert_grid(tmp_path):
+    assert paper_grid.grid_for("mbert2mbert", "wmt13-es-en") is paper_grid.PAPER_GRID
+    assert paper_grid.grid_for("barto", "mlsum") is paper_grid.PAPER_GRID
+    runs = plan_sweep(tmp_path, [("mbertshare", "fapesp-pt-es")], None, []).runs
+    assert len(runs) == 12
+    assert {_config(run).optim.lr for run in runs} == {3e-5, 5e-5}
+    assert {_config(run).train.epochs for run in runs} == {3, 6}
+
+
+def test_default_sweep_plans_no_duplicates(tmp_path, capsys):
+    pairs = paper_grid.paper_pairs()
+    plan = plan_sweep(tmp_path, pairs, None, [])
+    assert plan.dropped == [] and plan.dropped_summary() == []
+    # 6 models x 8 tasks, 2 mBERT pairs x 4 translation tasks and LEDO x 2 at 12 grid points;
+    # BARTO and T5S x 4 translation tasks at the one recipe point
+    assert len(plan.runs) == (6 * 8 + 2 * 4 + 2) * 12 + 2 * 4
+    assert {resolved_key(plan.configs[run.name]) for run in plan.runs[::7]} \
+        == {resolved_key(_config(run)) for run in plan.runs[::7]}  # the configs `train` composes
+    assert slurm_main(_sweep(tmp_path, "--models", "t5s", "--tasks", "mlsum,wmt13-es-en")) == 0
+    out = capsys.readouterr().out
+    assert "dropped" not in out and "#SBATCH --array=0-12%4" in out  # 12 + the recipe
+
+
+def test_a_user_axis_that_does_not_apply_is_deduplicated_and_reported(tmp_path, capsys):
+    assert slurm_main(_sweep(tmp_path, "--tasks", "wmt13-es-en,wmt13-en-es", "--models", "barto",
+                             "--grid", "train.epochs=3,6", "--grid", "optim.lr=1e-3,5e-3")) == 0
+    out = capsys.readouterr().out
+    assert "# dropped 4 duplicate runs" in out
+    assert ("#   barto wmt13-es-en g3 = g1 (train.epochs does not apply: train.max_steps=5000)"
+            in out)
+    assert "#   barto wmt13-en-es g4 = g2 (train.epochs does not apply" in out
+    assert "#SBATCH --array=0-3%4" in out
+    planned = [line.strip("# ") for line in out.splitlines() if line.startswith("#   barto__")]
+    assert planned == [f"barto__{task}__epochs-3_lr-{lr}" for task in ("wmt13-es-en", "wmt13-en-es")
+                       for lr in ("1e-3", "5e-3")]
+
+
+def test_an_axis_the_overrides_fix_is_deduplicated_with_its_value(tmp_path):
+    plan = plan_sweep(tmp_path, [("barto", "sqac")], {"optim.lr": ["3e-5", "5e-5"]},
+                      ["--optim.lr", "1e-4"])
+    assert [run.grid_point for run in plan.runs] == [{"optim.lr": "3e-5"}]
+    assert plan.dropped[0].describe() == ("barto sqac g2 = g1 (optim.lr 3e-5 and 5e-5 resolve to "
+                                          "the same value (0.0001))")
+    assert plan.dropped_summary()[0] == ("dropped 1 duplicate run (same resolved config as a run "
+                                         "that stays):")
+
+
+@pytest.mark.parametrize("model, task, batches", [
+    ("t5s", "mlsum", {"4": (4, 1), "8": (4, 2), "16": (4, 4)}),       # default micro-batch 4
+    ("barto", "mlsum", {"4": (4, 1), "8": (8, 1), "16": (16, 1)}),    # default 16
+    ("ledo", "eurlexsum", {"4": (2, 2), "8": (2, 4), "16": (2, 8)}),  # 2 at 16K tokens
+])
+def test_the_batch_axis_is_the_effective_batch(tmp_path, model, task, batches):
+    runs = plan_sweep(tmp_path, [(model, task)], None, []).runs
+    default = compose(task, model)
+    for run in runs:
+        cfg = _config(run)
+        assert (cfg.train.batch_size, cfg.train.grad_accum) == batches[run.grid_point[
+            "train.batch_size"]], run.name
+        assert cfg.train.batch_size <= default.train.batch_size
+        assert cfg.model.gradient_checkpointing == default.model.gradient_checkpointing
+
+
+def test_the_effective_batch_is_split_over_ranks_and_refused_when_it_cannot_be():
+    assert split_effective_batch("16", 16, world_size=2) == (8, 1)
+    assert split_effective_batch("384", 32, world_size=4) == (32, 3)
+    assert split_effective_batch("8", 4) == (4, 2)
+    for value, default, world, says in (("24", 16, 1, "not a multiple of the micro-batch 16"),
+                                        ("6", 4, 4, "does not split evenly over the 4 ranks"),
+                                        ("0", 4, 1, "positive integer"),
+                                        ("many", 4, 1, "positive integer")):
+        with pytest.raises(ConfigError) as info:
+            split_effective_batch(value, default, world)
+        assert info.value.key == "--grid train.batch_size" and says in str(info.value)
+
+
+def test_a_job_of_several_ranks_divides_the_batch_among_them(tmp_path):
+    runs = plan_sweep(tmp_path, [("t5s", "wmt13-es-en")], None, [], world_size=4).runs
+    cfg = _config(runs[0])
+    assert (cfg.train.batch_size, cfg.train.grad_accum) == (32, 3)  # 32 x 3 x 4 ranks = 384
+
+
+@pytest.mark.parametrize("extra, key", [
+    (["--grid", "train.batch_size=4,8", "--", "--train.grad_accum", "2"], "train.grad_accum"),
+    (["--grid", "train.batch_size=4,8", "--", "--train.batch_size", "2"], "train.batch_size"),
+    (["--grid", "train.batch_size=4,8", "--grid", "train.grad_accum=1,2"],
+     "--grid train.grad_accum"),
+    (["--grid", "train.batch_size=24"], "--grid train.batch_size"),
+    (["--", "--optim.lrr", "3e-5"], "optim.lrr"),
+    (["--", "--train.epochs", "0"], "train.epochs"),
+    (["--grid", "data.max_source_length=512,2048"], "data.max_source_length"),
+])
+def test_bad_runs_are_refused_before_anything_is_submitted(tmp_path, capsys, extra, key):
+    assert slurm_main(_sweep(tmp_path, "--pair", "barto:mlsum", *extra)) == 2
+    assert f"config key '{key}'" in capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_submit_refuses_a_bad_override_naming_the_key(tmp_path, capsys):
+    assert slurm_main(["submit", "--task", "mlsum", "--model", "barto", "--run-dir",
+                       str(tmp_path / "run"), "--dry-run", "--", "--optim.lr", "-1"]) == 2
+    assert "config key 'optim.lr'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

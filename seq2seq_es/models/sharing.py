@@ -96,12 +96,14 @@ class Bert2BertModel(EncoderDecoderModel):
             mapping.update(self.encoder_to_decoder_names())
         return mapping
 
-    def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, **kwargs):
+    def save_pretrained(self, save_directory, is_main_process: bool = True,
+                        state_dict: dict | None = None, **kwargs):
         """save_pretrained whose file holds the encoder's weights too (see `standalone_state_dict`)
         when the pair is shared, so that plain EncoderDecoderModel loads it completely."""
         if self.is_shared:
             state_dict = standalone_state_dict(self, state_dict)
-        return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        return super().save_pretrained(save_directory, is_main_process=is_main_process,
+                                       state_dict=state_dict, **kwargs)
 
     def check_tie(self, source: str = "the checkpoint") -> None:
         """Raise unless every encoder weight is the decoder's Parameter (a shared pair only)."""

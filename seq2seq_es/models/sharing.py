@@ -25,8 +25,9 @@ encoder's last hidden states only), and parameters that get no gradient break
 DistributedDataParallel without `find_unused_parameters` and inflate parameter counts. There is no
 config key for it (`add_pooling_layer` is a constructor argument), so plain EncoderDecoderModel
 builds an encoder pooler for an export and reports `encoder.pooler.dense.{weight,bias}` as newly
-initialised: the only keys it does not find, and ones its forward and generate never read
-(tests/test_shared_export.py checks both). The export writes no made-up pooler values.
+initialised: the only keys it does not find, and ones that never reach a loss, logit or
+generated token (BertModel computes the pooled output, EncoderDecoderModel discards it;
+tests/test_shared_export.py checks both). The export writes no made-up pooler values.
 """
 
 from __future__ import annotations

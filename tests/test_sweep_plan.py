@@ -138,3 +138,16 @@ def test_submit_refuses_a_bad_override_naming_the_key(tmp_path, capsys):
                        str(tmp_path / "run"), "--dry-run", "--", "--optim.lr", "-1"]) == 2
     assert "config key 'optim.lr'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_entry_other_than_training_gets_its_own_options_unchecked(tmp_path, capsys):
+    """The probe entry takes --probe.* options, which are no config keys: nothing is composed."""
+    assert slurm_main(_sweep(tmp_path, "--pair", "t5s:mlsum", "--grid", "train.batch_size=8",
+                             "--entry", "seq2seq_es.slurm.probe:main", "--",
+                             "--probe.steps", "2")) == 0
+    assert "t5s__mlsum__batch_size-8" in capsys.readouterr().out
+    plan = plan_sweep(tmp_path, [("t5s", "mlsum")], {"train.batch_size": ["8"]},
+                      ["--probe.steps", "2"], compose_runs=False)
+    assert plan.runs[0].argv[-6:] == ["--train.batch_size", "4", "--train.grad_accum", "2",
+                                      "--probe.steps", "2"]
+    assert plan.configs == {}

@@ -137,8 +137,9 @@ def cmd_submit(argv: list[str]) -> int:
 
     check_names([args.model], [args.task])
     check_overrides(overrides)
-    # The run's config as `train` will compose it: a bad key or value is refused before sbatch.
-    compose(args.task, args.model, overrides=parse_overrides(overrides))
+    if args.entry == DEFAULT_ENTRY:
+        # The run's config as `train` will compose it: a bad key or value is refused before sbatch.
+        compose(args.task, args.model, overrides=parse_overrides(overrides))
     config = slurm_config_from_args(args)
     check_partition(config.partition, required=not args.dry_run)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -201,7 +202,7 @@ def cmd_sweep(argv: list[str]) -> int:
     check_partition(config.partition, required=not args.dry_run)
     sweep_dir = Path(args.sweep_dir).absolute()
     plan = plan_sweep(sweep_dir, pairs, grid, overrides, args.data_root,
-                      world_size=config.world_size)
+                      world_size=config.world_size, compose_runs=args.entry == DEFAULT_ENTRY)
     runs = plan.runs
     check_sweep_dir(sweep_dir, runs)
     folder = Path(config.folder).absolute() if config.folder else sweep_dir / SUBMITIT_DIR

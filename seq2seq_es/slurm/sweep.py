@@ -310,7 +310,7 @@ def split_effective_batch(value: str, default_micro: int, world_size: int = 1,
     per_rank = batch // world_size
     micro = min(per_rank, default_micro)
     if per_rank % micro:
-        ranks = f" per rank ({world_size} ranks)" if world_size > 1 else ""
+        ranks = f" ({per_rank} per rank of {world_size})" if world_size > 1 else ""
         raise ConfigError(key, f"effective batch {batch}{ranks} is not a multiple of the "
                           f"micro-batch {micro} that fits{where} (its default train.batch_size); "
                           f"use a multiple of {micro}, or at most {micro}")
@@ -372,7 +372,8 @@ def _dotted(argv: list[str]) -> dict[str, str]:
 
 def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
                grid: dict[str, list[str]] | None, overrides: list[str],
-               data_root: str | Path | None = None, world_size: int = 1) -> SweepPlan:
+               data_root: str | Path | None = None, world_size: int = 1,
+               compose_runs: bool = True) -> SweepPlan:
     """One run per pair and grid point, each config composed and validated; duplicates dropped.
 
     grid None: each pair gets the paper's grid for it (`paper_grid.grid_for`); a dict: the same
@@ -381,7 +382,9 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
     --data-root. Every run's config is composed as `seq2seq-es train` will compose it, which
     refuses a bad key or value before anything is submitted, and a run whose resolved config
     equals an earlier run's (an axis the run never reads, such as epochs under max_steps) is
-    dropped and reported.
+    dropped and reported. compose_runs False (an entry other than training, such as the probe,
+    whose overrides are not config keys): runs are neither composed nor deduplicated, and the
+    micro-batch comes from the registry defaults alone.
     """
     from ..config import compose
 
@@ -399,10 +402,10 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
             union[key] += [value for value in values if value not in union[key]]
         data_args = data_root_overrides(data_root, task) if data_root is not None else []
         base_args = data_args + list(overrides)
-        default = compose(task, model, overrides=_dotted(base_args))
+        default = compose(task, model, overrides=_dotted(base_args) if compose_runs else None)
         if BATCH_AXIS in pair_grid:
             for key in (BATCH_AXIS, ACCUM_KEY):
-                if key in _dotted(list(overrides)):
+                if f"--{key}" in overrides or any(arg.startswith(f"--{key}=") for arg in overrides):
                     raise ConfigError(key, f"the grid's {BATCH_AXIS} axis is the effective batch, "
                                       f"from which the planner sets {BATCH_AXIS} (micro-batch) and "
                                       f"{ACCUM_KEY}; drop --{key} after --, or the axis")
@@ -423,6 +426,9 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
             argv = train_argv(model, task, run_dir, args, base_args)
             plan = RunPlan(name=name, model=model, task=task, grid_point=point,
                            run_dir=str(run_dir), argv=argv)
+            if not compose_runs:
+                runs.append(plan)
+                continue
             cfg = compose(task, model, overrides=_dotted(argv[4:]))
             key = resolved_key(cfg)
             if key in seen:

@@ -22,7 +22,7 @@ from seq2seq_es.tasks import (KINDS, PARQUET_REVISION, SPLIT_MARKER, TASKS, get_
 ALL_SPLITS = ("train", "validation", "test")
 PAPER_TASKS = {"mlsum", "wikilingua", "xlsum", "eurlexsum", "sqac", "mlqa", "bisect", "miam",
                "wmt13-es-en", "wmt13-en-es", "fapesp-es-pt", "fapesp-pt-es"}
-METRIC_NAMES = {"rouge", "bleu", "sari", "exact_match", "meteor", "token_f1"}
+METRIC_NAMES = {"rouge", "bleu", "chrf", "sari", "exact_match", "meteor", "token_f1"}
 
 
 @pytest.fixture(scope="module")
@@ -549,3 +549,19 @@ def test_parquet_export_layout_is_read_with_its_partial_splits(tmp_path, cache):
     assert examples.num_rows == 8 and "partial parquet export" in str(report)
     with pytest.raises(DataError, match="--data.test_file"):
         load(spec, "test", cache, hub_revision=PARQUET_REVISION)
+
+
+def test_qa_scores_answers_like_mlqa_and_translation_reports_chrf():
+    from seq2seq_es.metrics import compute_metrics
+
+    for name in ("sqac", "mlqa"):
+        spec = TASKS[name]
+        scores = compute_metrics(spec.metrics, ["el Museo del Prado."], [["Museo del Prado"]],
+                                 options=spec.metric_options)
+        assert scores["exact_match"] == 100.0 and scores["token_f1"] == 100.0
+    bisect = TASKS["bisect"]
+    scores = compute_metrics(bisect.metrics, ["una frase."], [["Una frase."]],
+                             sources=["una frase."], options=bisect.metric_options)
+    assert scores["exact_match"] == 0.0  # strict, as the paper scored BiSECT
+    for spec in TASKS.values():
+        assert ("chrf" in spec.metrics) == (spec.kind == "translation")

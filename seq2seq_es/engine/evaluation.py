@@ -180,7 +180,8 @@ def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_conf
                 # Imported on rank 0 only, when first needed: `evaluate` takes seconds to import.
                 from ..metrics import compute_metrics
                 scores = compute_metrics(task.metrics, ordered, list(examples["references"]),
-                                         sources=list(examples["source"]))
+                                         sources=list(examples["source"]),
+                                         options=task.metric_options)
                 results.update({f"{prefix}/{k}": v for k, v in scores.items()})
                 folder = predictions_dir if predictions_dir is not None else (
                     out_dir / f"step_{step:08d}" if out_dir is not None else None)

@@ -46,6 +46,8 @@ class TaskSpec:
     split_hub_configs: Mapping[str, str] = field(default_factory=dict)
     # Model registry name -> dotted keys where the paper's run for that model differed.
     model_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Metric name -> keyword options of that metric (e.g. the QA answer convention).
+    metric_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     # The mappings are plain dicts so that a spec pickles (submitit, worker processes); treat
     # them as read-only and use defaults_for() for a copy.
@@ -193,14 +195,23 @@ def _model_overrides() -> dict[str, dict[str, dict[str, Any]]]:
 _MODEL_OVERRIDES = _model_overrides()
 
 # kind: (metrics, the output key that picks checkpoints and grid points). The main keys are
-# the scores the paper led with: ROUGE-L, SARI, token F1 for dialogue, BLEU.
+# the scores the paper led with: ROUGE-L, SARI, token F1 for dialogue, BLEU. Translation also
+# reports chrF, which credits a right stem with a wrong ending (Spanish/Portuguese morphology).
 _METRICS = {
     "summarization": (("rouge",), "rougeL"),
     "long_summarization": (("rouge",), "rougeL"),
     "qa": (("rouge", "exact_match", "token_f1"), "rougeL"),
     "split_rephrase": (("sari", "bleu", "exact_match"), "sari"),
     "dialogue": (("meteor", "token_f1"), "token_f1"),
-    "translation": (("bleu",), "bleu"),
+    "translation": (("bleu", "chrf"), "bleu"),
+}
+# kind: options per metric (seq2seq_es.metrics.compute_metrics). QA answers are compared as the
+# MLQA evaluation script does for Spanish (lowercase, punctuation and Spanish articles dropped),
+# so EM and F1 can be set beside published QA numbers; BiSECT's exact match stays strict, as
+# the paper scored it (evaluate's exact_match with its defaults); dialogue F1 keeps every word.
+_METRIC_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "qa": {"exact_match": {"convention": "mlqa-es"}, "token_f1": {"convention": "mlqa-es"}},
+    "split_rephrase": {"exact_match": {"convention": "strict"}},
 }
 
 
@@ -214,7 +225,9 @@ def _task(name: str, kind: str, hub_id: str, hub_config: str | None, formatter: 
         splits=dict(splits), columns=formatter.required_columns(),
         metrics=metrics, main_metric=main_metric, source_truncation_side=truncation_side,
         defaults=_defaults(_PAPER_RUNS[name]), formatter=formatter, description=description,
-        split_hub_configs=dict(split_hub_configs or {}), model_defaults=_MODEL_OVERRIDES[name])
+        split_hub_configs=dict(split_hub_configs or {}), model_defaults=_MODEL_OVERRIDES[name],
+        metric_options={metric: dict(options)
+                        for metric, options in _METRIC_OPTIONS.get(kind, {}).items()})
 
 
 def _translation(name: str, hub_id: str, config: str, source: str, target: str,

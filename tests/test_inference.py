@@ -62,9 +62,17 @@ def close(a: float, b: float, rel: float = 1e-5) -> bool:
     return abs(a - b) <= rel * max(abs(a), abs(b), 1e-8)
 
 
-def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_port", str(free_port()), "-m", "seq2seq_es.cli", *args]
+def launch(launcher: str, args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    """torchrun on the package's CLI module, or accelerate launch (ZeRO-3 config) on the thin
+    script launch/inference.py."""
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_port", str(free_port()), "-m", "seq2seq_es.cli", *args]
+    else:
+        cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+               str(REPO / "configs" / "accelerate" / "zero3.yaml"), "--num_processes", str(nproc),
+               "--main_process_port", str(free_port()), str(REPO / "launch" / "inference.py"),
+               *args]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
@@ -124,11 +132,13 @@ def test_evaluate_test_split(trained, files, validation_final):
 
 def test_evaluate_two_processes_zero3_matches_one(trained, validation_final, workdir):
     """Sharded, partitioned evaluation: same scores and predictions, no example lost or doubled
-    (5 examples over 2 ranks, batches of 2: the second rank's shard is padded)."""
+    (5 examples over 2 ranks, batches of 2: the second rank's shard is padded). Launched by
+    `accelerate launch launch/inference.py evaluate`."""
     out = workdir / "eval_z3"
-    proc = torchrun(["evaluate", str(trained), "--split", "validation", "--dist.zero_stage", "3",
-                     "--batch-size", "2", "--output-dir", str(out)])
-    assert "ZeRO stage 3" in proc.stderr + proc.stdout
+    # ZeRO-3 comes from accelerate's config (the run itself trained at stage 0).
+    proc = launch("accelerate", ["evaluate", str(trained), "--split", "validation",
+                                 "--batch-size", "2", "--output-dir", str(out)])
+    assert "2 process(es), ZeRO stage 3" in proc.stderr + proc.stdout
     one = json.loads((validation_final / "scores.json").read_text())
     two = json.loads((out / "scores.json").read_text())
     assert one.keys() == two.keys()
@@ -173,8 +183,8 @@ def test_predict_two_processes_keeps_order(trained, plain_input, workdir):
     one, two = workdir / "one.txt", workdir / "two.txt"
     args = ["--input", str(plain_input), "--gen.max_new_tokens", "4", "--batch-size", "2"]
     assert cli(["predict", str(trained / "final"), *args, "--output", str(one)]) == 0
-    torchrun(["predict", str(trained / "final"), *args, "--output", str(two),
-              "--dist.zero_stage", "3"])
+    launch("torchrun", ["predict", str(trained / "final"), *args, "--output", str(two),
+                        "--dist.zero_stage", "3"])
     assert two.read_text(encoding="utf-8").splitlines() == \
         one.read_text(encoding="utf-8").splitlines()
     assert len(two.read_text(encoding="utf-8").splitlines()) == 7

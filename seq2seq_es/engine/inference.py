@@ -206,7 +206,9 @@ def load_for_inference(saved: SavedModel, cfg, env: D.DistEnv) -> Loaded:
         import deepspeed
 
         from .optim import deepspeed_config
-        engine, *_ = deepspeed.initialize(model=model, config=deepspeed_config(cfg, env.world_size))
+        ds_config = deepspeed_config(cfg, env.world_size)
+        ds_config["zero_optimization"].pop("offload_optimizer", None)  # there is no optimizer
+        engine, *_ = deepspeed.initialize(model=model, config=ds_config)
         model = engine.module
     else:
         model = model.to(env.device)
@@ -267,6 +269,14 @@ def evaluate_main(argv: list[str]) -> int:
     saved = resolve_saved(args.path)
     cfg = inference_config(saved, config_file=args.config, overrides=overrides)
     out = evaluation_dir(saved, args.split, args.output_dir)
+    split_file = f"data.{args.split}_file"
+    if cfg.data.train_file and not getattr(cfg.data, f"{args.split}_file"):
+        raise ConfigError(split_file, f"the run read local files and has no {args.split} file; "
+                          f"pass --{split_file} FILE")
+    # Like the training's final test scores, the test split is scored whole unless
+    # --data.max_eval_samples is given here (the run's value is meant for validation).
+    max_samples = cfg.data.max_eval_samples \
+        if args.split == "validation" or "data.max_eval_samples" in overrides else None
     env = D.read_env()
     D.init(env, cfg.dist.backend, cfg.dist.timeout_min)
     say = _say(env)
@@ -274,8 +284,7 @@ def evaluate_main(argv: list[str]) -> int:
         f"process(es), ZeRO stage {cfg.dist.zero_stage}")
     task = get_task(cfg.data.task)
     loaded = load_for_inference(saved, cfg, env)
-    data = get_split(cfg, task, loaded.tokenizer, loaded.model, args.split,
-                     cfg.data.max_eval_samples, say)
+    data = get_split(cfg, task, loaded.tokenizer, loaded.model, args.split, max_samples, say)
     if len(data.tokenized) == 0:
         raise Seq2SeqEsError(f"the {args.split} split of {cfg.data.task} has no examples")
     collator = get_collator(cfg, loaded.spec, loaded.tokenizer, loaded.model)

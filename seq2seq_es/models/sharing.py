@@ -122,7 +122,7 @@ def standalone_state_dict(model: Bert2BertModel, state_dict: dict | None = None)
     """The shared pair's state dict with every encoder tensor its own copy of the decoder's.
 
     `state_dict` is the full state dict to start from (ZeRO-3's consolidated one, where tied
-    keys hold one tensor); the module's own by default. Each encoder key gets a clone of the
+    keys hold one tensor); the module's own by default. Each encoder key gets a CPU copy of the
     decoder's tensor, so both names are in the file with equal values and safetensors sees no
     shared storage. A key that is in neither place is an error, not a silent gap.
     """
@@ -133,7 +133,8 @@ def standalone_state_dict(model: Bert2BertModel, state_dict: dict | None = None)
             raise ValueError(f"the state dict to save has neither {dec} nor its encoder alias "
                              f"{enc}")
         state[dec] = source
-        state[enc] = source.detach().clone()
+        # A fresh copy on the CPU (where save_pretrained writes from): no GPU memory at export.
+        state[enc] = source.detach().to("cpu", copy=True)
     return state
 
 

@@ -3,7 +3,7 @@
     torchrun --nproc_per_node 2 launch/inference.py evaluate RUN --split test --dist.zero_stage 3
     deepspeed --num_gpus 2 launch/inference.py evaluate RUN/checkpoints/step_00000400
     accelerate launch --config_file configs/accelerate/zero3.yaml launch/inference.py evaluate RUN
-    torchrun --nproc_per_node 2 launch/inference.py predict RUN/final --input in.jsonl --output out.jsonl
+    torchrun --nproc_per_node 2 launch/inference.py predict RUN/final --input a.txt --output b.txt
 
 (Not named evaluate.py: a launcher puts this folder first on sys.path, and a script of that name
 would shadow the `evaluate` library the metrics import.)

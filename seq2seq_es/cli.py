@@ -1,4 +1,5 @@
-"""`seq2seq-es` command line: list, train, evaluate, predict, demo, score, convert-led, bench, slurm.
+"""`seq2seq-es` command line: list, train, evaluate, predict, demo, score, convert-led, bench,
+slurm.
 
 Every command that can fail on user input prints one `error: ...` line and exits with 2; the
 library tracebacks stay out of the way (set SEQ2SEQ_ES_DEBUG=1 to see them).
@@ -16,8 +17,8 @@ USAGE = """usage: seq2seq-es <command> [options]
 commands:
   list                         the models and tasks
   train --task T --model M [--config FILE] [--section.key VALUE ...]
-  evaluate PATH [--split validation|test] [--output-dir DIR] [--batch-size N] [--section.key VALUE ...]
-                               score a run folder, RUN/final or RUN/checkpoints/step_N
+  evaluate PATH [--split validation|test] [--output-dir DIR] [--batch-size N]
+           [--section.key VALUE ...]   score a run folder, RUN/final or RUN/checkpoints/step_N
   predict CHECKPOINT --input FILE --output FILE [--task T] [--batch-size N] [--max-source-length N]
                      [--gen.key VALUE ...]   generate for a .jsonl or plain-text file
   demo [--output-dir DIR] [--section.key VALUE ...]   the embedded CPU demo

@@ -1,4 +1,4 @@
-"""`seq2seq-es evaluate` and `seq2seq-es predict`: a saved model, scored on a split or run on a file.
+"""`seq2seq-es evaluate` and `predict`: a saved model scored on a split, or run on a file.
 
 What can be given as the model (`resolve_saved`):
 - a run folder (train.output_dir): its `config.yaml` and its `final/` model;

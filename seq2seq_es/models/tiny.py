@@ -36,6 +36,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -301,6 +302,20 @@ def tiny_checkpoint_dir(name: str | ModelSpec) -> Path:
     return cache_root() / f"{_CHECKPOINT_OF[spec.base_name]}-{_build_digest()}"
 
 
+def _holds_a_model(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def _wait_for_build(final: Path, timeout_s: float = 600.0) -> Path:
+    deadline = time.monotonic() + timeout_s
+    while not (final / COMPLETE_MARKER).is_file():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no other process finished building the tiny model {final} "
+                               f"within {timeout_s:.0f} s (this rank cannot write it)")
+        time.sleep(0.2)
+    return final
+
+
 def ensure_tiny_checkpoint(name: str | ModelSpec) -> Path:
     """Build the tiny checkpoint folder for `name` once (atomically) and return it."""
     final = tiny_checkpoint_dir(name)
@@ -311,6 +326,12 @@ def ensure_tiny_checkpoint(name: str | ModelSpec) -> Path:
     try:
         with quiet_transformers(), seeded():
             _BUILDERS[final.name.rsplit("-", 1)[0]](staging)
+        if not _holds_a_model(staging):
+            # transformers 5's save_pretrained writes nothing on a rank other than 0 once
+            # torch.distributed is up: this rank's build is empty, so it waits for rank 0's
+            # instead of renaming an incomplete folder into place (which every later load
+            # would then fail on).
+            return _wait_for_build(final)
         (staging / COMPLETE_MARKER).write_text(f"seed {TINY_SEED}\n", encoding="utf-8")
         try:
             os.rename(staging, final)

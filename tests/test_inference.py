@@ -118,6 +118,27 @@ def test_evaluate_deepspeed_checkpoints(trained, validation_final):
             assert close(value, evals[step][key]), (step, key, value, evals[step][key])
 
 
+def test_evaluate_zero3_checkpoint_of_two_ranks_on_one_process(workdir, files):
+    """A ZeRO-3 checkpoint written by 2 ranks (weights in 2 optimizer partitions) evaluated by
+    one process without ZeRO: the partitions are consolidated, the logged scores come back."""
+    out = workdir / "run_z3"
+    run("torchrun", 2, base_args(files, out, steps=2, batch=2, extra=[
+        "--dist.zero_stage", "3", "--train.eval_at_end", "true", "--train.eval_at_start", "true",
+        "--train.save_every_min", "0",
+        "--train.eval_test", "false", "--train.export", "false", "--gen.min_new_tokens", "3"]))
+    folder = out / "checkpoints" / "step_00000002"
+    assert len(list(folder.glob("zero_pp_rank_*_optim_states.pt"))) == 2
+    assert cli(["evaluate", str(folder), "--dist.zero_stage", "0"]) == 0
+    scores = json.loads((out / "evaluations" / "validation_step_00000002" / "scores.json")
+                        .read_text())
+    evals = logged_evals(out)
+    # The untrained model (step 0) scores differently: the checkpoint's weights were loaded.
+    assert not close(evals[0]["eval/loss"], evals[2]["eval/loss"], rel=1e-4)
+    logged = evals[2]
+    for key, value in scores.items():
+        assert close(value, logged[key], rel=1e-4), (key, value, logged[key])
+
+
 def test_evaluate_test_split(trained, files, validation_final):
     assert cli(["evaluate", str(trained), "--split", "test",
                 "--data.test_file", files["test"]]) == 0

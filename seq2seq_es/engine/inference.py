@@ -170,10 +170,10 @@ def load_checkpoint_weights(model, checkpoint: Path) -> None:
     missing = [k for k in missing if not (k in params and id(params[k]) in loaded)]
     if missing or unexpected:
         raise Seq2SeqEsError(f"checkpoint {checkpoint} does not fit the run's model "
-                             f"({cfg_summary(missing, unexpected)})")
+                             f"({_mismatch(missing, unexpected)})")
 
 
-def cfg_summary(missing: list[str], unexpected: list[str]) -> str:
+def _mismatch(missing: list[str], unexpected: list[str]) -> str:
     parts = []
     if missing:
         parts.append(f"{len(missing)} weights missing, e.g. {missing[0]}")

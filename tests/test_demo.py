@@ -21,5 +21,10 @@ def test_demo_learns_to_summarise(tmp_path):
     assert summary["rougeL_end"] > summary["rougeL_start"] + 40
     assert "step 0" in proc.stdout and "rougeL" in proc.stdout
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "eval/rougeL" in r] == [0, 600]
+    # Step 0, every epoch end (2000 examples in steps of 16: 125 steps) and the end.
+    assert [r["step"] for r in records if "eval/rougeL" in r] == [0, 125, 250, 375, 500, 600]
     assert (out / "final" / "model.safetensors").is_file()
+    # The best validation checkpoint is scored on the demo's test split.
+    results = json.loads((out / "final_results.json").read_text())
+    assert results["main_metric"] == "rougeL" and results["best_step"] > 0
+    assert results["test"]["rougeL"] > summary["rougeL_start"] + 40

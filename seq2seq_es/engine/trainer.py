@@ -315,6 +315,9 @@ def train(cfg: RunConfig) -> dict:
         if chosen is not None and chosen["step"] != step:
             say(f"best checkpoint: step {chosen['step']} ({best_metric} {chosen['value']:.4f}); "
                 "its weights are scored on test and exported")
+            if not ckpt.has(chosen["step"]):
+                raise Seq2SeqEsError(f"the best checkpoint {ckpt.path(chosen['step'])} is gone; "
+                                     "set train.load_best_at_end=false to keep the last weights")
             ckpt.load_weights(engine, ckpt.path(chosen["step"]))
         final_step = chosen["step"] if chosen else step
         validation = chosen["validation"] if chosen else without_prefix(end_eval, "eval")

@@ -39,7 +39,11 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def files(workdir):
     # 4 validation and 4 test examples (the test split has the validation split's size).
-    return write_demo_dataset(workdir / "data", train_size=16, validation_size=4, seed=5)
+    files = write_demo_dataset(workdir / "data", train_size=16, validation_size=4, seed=5)
+    # A truncated last line: skipped (the 16 examples stay), and reported in data_report.json.
+    with open(files["train"], "a", encoding="utf-8") as f:
+        f.write('{"text": "Un artículo cortado\n')
+    return files
 
 
 def best_args(files, out: Path, *, batch: int = 4, extra: list[str] | None = None) -> list[str]:
@@ -60,6 +64,17 @@ def single_run(workdir, files) -> tuple[Path, str]:
             "--train.keep_last", "1", "--train.save_every_min", "0.00001"]))
         _cache["single"] = (out, proc.stdout + proc.stderr)
     return _cache["single"]
+
+
+def test_the_data_report_is_kept_in_the_run_folder(workdir, files):
+    out, output = single_run(workdir, files)
+    report = json.loads((out / "data_report.json").read_text())
+    assert set(report) == {"train", "validation", "test"}
+    train = report["train"]
+    assert train["examples"] == 16 and train["skipped_total"] == 1
+    assert train["first_skipped"] == {"not valid JSON": [17]} and train["numbered_by"] == "lines"
+    assert report["test"]["examples"] == 4 and report["test"]["truncation"]["examples"] == 4
+    assert "not valid JSON: 1 (lines 17)" in output  # also said on the console
 
 
 def eval_records(out: Path, prefix: str = "eval") -> dict[int, dict]:

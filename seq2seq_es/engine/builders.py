@@ -88,6 +88,12 @@ class SplitData:
     examples: object          # datasets.Dataset: source, target, references, example_id
     tokenized: object         # datasets.Dataset: input_ids, labels, lengths
     report: object            # data.tokenize.TruncationReport
+    load_report: object = None  # tasks.loading.LoadReport: rows read, bad rows skipped and why
+
+    def data_report(self) -> dict:
+        """What loading and tokenizing this split did, for the run folder's data_report.json."""
+        loaded = self.load_report.to_dict() if self.load_report is not None else {}
+        return {**loaded, "truncation": self.report.to_dict()}
 
 
 def data_files(cfg: RunConfig) -> dict[str, str] | None:
@@ -114,7 +120,7 @@ def get_split(cfg: RunConfig, task, tokenizer, model, split: str, max_samples: i
         source_truncation_side=task.source_truncation_side,
         drop_leading_label_id=model.config.decoder_start_token_id, cache_dir=cfg.data.cache_dir)
     log(report.summary())
-    return SplitData(examples, tokenized, report)
+    return SplitData(examples, tokenized, report, load_report)
 
 
 def get_test_split(cfg: RunConfig, task, tokenizer, model, log) -> SplitData | None:

@@ -215,6 +215,11 @@ def train(cfg: RunConfig) -> dict:
     log = RunLog(out, cfg, env.is_main, total_steps, state["step"])
     if env.is_main:
         (out / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=1))
+        # The skip report of bad rows and the truncation counts, kept with the run rather than
+        # only printed: a reader of the results can see what data the scores rest on.
+        splits = {"train": train_data, "validation": eval_data, "test": test_data}
+        write_json_atomic(out / "data_report.json", {name: data.data_report()
+                                                     for name, data in splits.items() if data})
     bf16 = use_bf16(cfg)
     eval_batch = cfg.train.eval_batch_size or cfg.train.batch_size
     best_metric = cfg.train.best_metric or task.main_metric

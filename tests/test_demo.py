@@ -28,3 +28,4 @@ def test_demo_learns_to_summarise(tmp_path):
     results = json.loads((out / "final_results.json").read_text())
     assert results["main_metric"] == "rougeL" and results["best_step"] > 0
     assert results["test"]["rougeL"] > summary["rougeL_start"] + 40
+    assert f"test@{results['best_step']}" in proc.stdout

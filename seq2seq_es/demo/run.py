@@ -1,7 +1,9 @@
 """`seq2seq-es demo`: train barto-tiny on the generated Spanish news set, on the CPU, in minutes.
 
 It goes through the same path as `seq2seq-es train` (task `mlsum` reading local files in MLSUM's
-schema), evaluates at step 0 and at the end, and prints ROUGE before and after.
+schema): validation at step 0, at every epoch end and at the end, the best checkpoint scored on
+the test split and exported. It prints validation ROUGE before and after, and the test ROUGE of
+the best checkpoint.
 """
 
 from __future__ import annotations
@@ -62,7 +64,14 @@ def demo_main(argv: list[str]) -> int:
     for label, row in (("step " + str(first["step"]), first), ("step " + str(last["step"]), last)):
         print(f"  {label:>8} {row['eval/rouge1']:8.2f} {row['eval/rouge2']:8.2f} "
               f"{row['eval/rougeL']:8.2f} {row['eval/rougeLsum']:9.2f}")
-    print(f"  wall time {minutes:.1f} min; predictions in {out / 'eval'}")
+    final = json.loads((out / "final_results.json").read_text())
+    test = final.get("test") or {}
+    if test:
+        label = f"test@{final['best_step']}"
+        print(f"  {label:>8} {test['rouge1']:8.2f} {test['rouge2']:8.2f} {test['rougeL']:8.2f} "
+              f"{test['rougeLsum']:9.2f}   (the best checkpoint on validation rougeL, on test)")
+    print(f"  wall time {minutes:.1f} min; predictions in {out / 'eval'} and {out / 'test'}; "
+          f"the best model in {out / 'final'}")
     (out / "demo_summary.json").write_text(json.dumps({
         "rougeL_start": first["eval/rougeL"], "rougeL_end": last["eval/rougeL"],
         "minutes": minutes}))

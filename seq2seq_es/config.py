@@ -77,7 +77,8 @@ class TrainConfig:
     max_tokens: int = 0                   # token_budget: padded source+target tokens per micro-batch
     grad_accum: int = 1
     eval_batch_size: int = 0              # 0: same as batch_size
-    precision: str = "auto"               # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    precision: str = "auto"               # auto (bf16 where the GPU supports it, else fp16; fp32
+                                          # on CPU) | bf16 | fp16 (dynamic loss scaling) | fp32
     log_every: int = 10
     eval_every: int = 0                   # steps; 0: none between epochs (see eval_per_epoch)
     eval_per_epoch: bool = True           # validate at the end of every epoch (picks the best)
@@ -93,6 +94,9 @@ class TrainConfig:
     resume: str = "none"                  # none | auto | must | <checkpoint dir>
     on_nan: str = "stop"                  # stop | skip
     export: bool = True                   # write a Hugging Face checkpoint at the end
+    export_dtype: str = "fp32"            # dtype of final/'s weights: fp32 | bf16 | fp16
+    report_to: str = "tensorboard"        # trackers, comma-separated: tensorboard, wandb; none
+    push_to_hub: str | None = None        # hub repo id to upload final/ to at the end
     progress_bar: bool = True
 
 
@@ -101,6 +105,8 @@ class DistConfig:
     zero_stage: int = 0                   # DeepSpeed ZeRO stage 0..3
     backend: str = "auto"                 # auto (nccl on GPU, gloo on CPU) | nccl | gloo
     offload_optimizer: bool = False       # ZeRO-Offload of the optimizer state to CPU (stages 1-3)
+    grad_accum_dtype: str = "fp32"        # ZeRO 1-3 with bf16: dtype gradients are accumulated
+                                          # and reduced in: fp32 | bf16 (less memory, less exact)
     timeout_min: int = 30
     deepspeed_config: str | None = None   # JSON merged over the generated config (no "auto")
 
@@ -357,8 +363,17 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("model.lean_ce_chunk", "must be at least 1")
     if t.grad_accum < 1:
         raise ConfigError("train.grad_accum", "must be at least 1")
-    if t.precision not in ("auto", "bf16", "fp32"):
-        raise ConfigError("train.precision", "expected auto, bf16 or fp32")
+    if t.precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise ConfigError("train.precision", "expected auto, bf16, fp16 or fp32")
+    if t.export_dtype not in ("fp32", "bf16", "fp16"):
+        raise ConfigError("train.export_dtype", "expected fp32, bf16 or fp16")
+    trackers = [name.strip() for name in t.report_to.split(",") if name.strip()]
+    if not trackers or any(name not in ("tensorboard", "wandb", "none") for name in trackers) \
+            or ("none" in trackers and len(trackers) > 1):
+        raise ConfigError("train.report_to", "expected a comma-separated list of tensorboard and "
+                          f"wandb, or none; got {t.report_to!r}")
+    if dist.grad_accum_dtype not in ("fp32", "bf16"):
+        raise ConfigError("dist.grad_accum_dtype", "expected fp32 or bf16")
     if t.on_nan not in ("stop", "skip"):
         raise ConfigError("train.on_nan", "expected stop or skip")
     if t.keep_last < 1:

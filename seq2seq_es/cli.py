@@ -1,4 +1,4 @@
-"""`seq2seq-es` command line: list, train, evaluate, predict, demo, score, convert-led, bench,
+"""`seq2seq-es` command line: list, train, config, evaluate, predict, demo, score, convert-led, bench,
 slurm.
 
 Every command that can fail on user input prints one `error: ...` line and exits with 2; the
@@ -17,6 +17,9 @@ USAGE = """usage: seq2seq-es <command> [options]
 commands:
   list                         the models and tasks
   train --task T --model M [--config FILE] [--section.key VALUE ...]
+                               (train --help: every config key, its type, default and meaning)
+  config --task T --model M [--config FILE] [--section.key VALUE ...]
+                               print the resolved config as YAML (what --config accepts)
   evaluate PATH [--split validation|test] [--output-dir DIR] [--batch-size N]
            [--section.key VALUE ...]   score a run folder, RUN/final or RUN/checkpoints/step_N
   predict CHECKPOINT --input FILE --output FILE [--task T] [--batch-size N] [--max-source-length N]
@@ -48,7 +51,9 @@ def cmd_list(argv: list[str]) -> int:
 def parse_train_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     from .config import parse_overrides
 
-    parser = argparse.ArgumentParser(prog="seq2seq-es train", add_help=True)
+    # The help is generated from the config dataclasses (config_help.train_help), not argparse's.
+    parser = argparse.ArgumentParser(prog="seq2seq-es train", add_help=False)
+    parser.add_argument("-h", "--help", action="store_true")
     parser.add_argument("--task")
     parser.add_argument("--model")
     parser.add_argument("--config", help="YAML file with sections model, data, optim, train, dist, gen")
@@ -67,6 +72,14 @@ def build_config(argv: list[str]):
 
 
 def cmd_train(argv: list[str]) -> int:
+    known, overrides = parse_train_args(argv)
+    if known.help:
+        from .config_help import resolve, train_help
+        # With a task and model (or a --config naming them), the defaults that pair resolves to.
+        pair = known.task or known.model or known.config or overrides
+        print(train_help(resolve(known.task, known.model, known.config, overrides)
+                         if pair else None), end="")
+        return 0
     from .engine.trainer import Stopped, train
 
     cfg = build_config(argv)
@@ -75,6 +88,23 @@ def cmd_train(argv: list[str]) -> int:
     except Stopped as stop:
         print(str(stop), file=sys.stderr)
         return stop.exit_code
+    return 0
+
+
+def cmd_config(argv: list[str]) -> int:
+    """Print the resolved config as YAML: exactly what `train --config` accepts (the launcher's
+    environment, which `train` also reads, is left out)."""
+    from .config_help import config_yaml, resolve
+
+    known, overrides = parse_train_args(argv)
+    if known.help:
+        print("usage: seq2seq-es config --task T --model M [--config FILE] "
+              "[--section.key VALUE ...]\n\nPrints the resolved config as YAML, each value not "
+              "a default commented with the layer that set it;\n`seq2seq-es train --config FILE` "
+              "composes the same config from it. Keys: seq2seq-es train --help")
+        return 0
+    resolved = resolve(known.task, known.model, known.config, overrides)
+    print(config_yaml(resolved, " ".join(argv)), end="")
     return 0
 
 
@@ -122,7 +152,7 @@ def cmd_slurm(argv: list[str]) -> int:
     return slurm_main(argv)
 
 
-COMMANDS = {"list": cmd_list, "train": cmd_train, "evaluate": cmd_evaluate,
+COMMANDS = {"list": cmd_list, "train": cmd_train, "config": cmd_config, "evaluate": cmd_evaluate,
             "predict": cmd_predict, "demo": cmd_demo, "score": cmd_score,
             "convert-led": cmd_convert_led, "bench": cmd_bench, "slurm": cmd_slurm}
 

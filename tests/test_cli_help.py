@@ -1,0 +1,183 @@
+"""`seq2seq-es train --help` (every key: type, default, meaning from config.py's comments) and
+`seq2seq-es config` (the resolved YAML, which `--config` composes back to the same config)."""
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from seq2seq_es import config as config_module
+from seq2seq_es.cli import USAGE, build_config, main
+from seq2seq_es.config import RunConfig, compose, parse_overrides
+from seq2seq_es.config_help import format_value, key_docs, parse_field_comments
+
+SECTION_CLASSES = {f.name: type(getattr(RunConfig(), f.name)) for f in dataclasses.fields(RunConfig)}
+
+
+def every_field():
+    """(section, field) of every section dataclass, with the annotation as written in config.py
+    (a string: config.py uses `from __future__ import annotations`) and the default."""
+    for section, cls in SECTION_CLASSES.items():
+        instance = cls()
+        for f in dataclasses.fields(cls):
+            yield section, f.name, f.type, getattr(instance, f.name)
+
+
+def cli_out(capsys, argv):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_help_lists_every_key_with_its_type_and_default(capsys):
+    code, out, _ = cli_out(capsys, ["train", "--help"])
+    assert code == 0
+    lines = out.splitlines()
+    fields = list(every_field())
+    assert len(fields) > 60
+    for section, name, annotation, default in fields:
+        assert isinstance(annotation, str)
+        expected = f"  --{section}.{name} ({annotation}, default: {format_value(default)})"
+        assert expected in lines, expected
+    # Nothing else is listed as a key, and each key once.
+    keys = [line.split()[0] for line in lines if line.startswith("  --") and "." in line.split()[0]]
+    assert sorted(keys) == sorted(f"--{s}.{n}" for s, n, _, _ in fields)
+    assert out.startswith("usage: seq2seq-es train")
+
+
+def test_help_meanings_are_config_py_comments_with_their_continuation_lines(capsys):
+    _, out, _ = cli_out(capsys, ["train", "-h"])
+    flat = " ".join(out.split())  # meanings may be wrapped
+    # A one-line comment.
+    assert "--train.keep_last (int, default: 2) newest checkpoints kept (the best one is always " \
+           "kept)" in flat
+    # Comments continued on the next line belong to the field above.
+    assert "--train.precision (str, default: auto) auto (bf16 where the GPU supports it, else " \
+           "fp16; fp32 on CPU) | bf16 | fp16 (dynamic loss scaling) | fp32" in flat
+    assert "and reduced in: fp32 | bf16 (less memory, less exact) --dist.timeout_min" in flat
+    docs = {doc.key: doc for doc in key_docs()}
+    assert docs["train.best_metric"].meaning.endswith('"loss": lowest eval loss)')
+    # The meanings are read from config.py itself, not a copy.
+    source = Path(config_module.__file__).read_text(encoding="utf-8")
+    assert "# trackers, comma-separated: tensorboard, wandb; none" in source
+    assert docs["train.report_to"].meaning == "trackers, comma-separated: tensorboard, wandb; none"
+
+
+def test_comment_parser_attaches_continuations_and_nothing_else():
+    source = '''
+from dataclasses import dataclass
+
+@dataclass
+class A:
+    x: int = 1              # first line
+                            # second line
+    # a heading comment at field indentation belongs to no field
+    y: str | None = None
+    z: tuple[int, int] = (1,
+                          2)  # after a statement spanning two lines
+
+    w: float = 0.5          # one
+class B:
+    v: bool = True          # other class
+'''
+    parsed = parse_field_comments(source)
+    assert parsed["A"] == {"x": ("int", "first line second line"), "y": ("str | None", ""),
+                           "z": ("tuple[int, int]", "after a statement spanning two lines"),
+                           "w": ("float", "one")}
+    assert parsed["B"] == {"v": ("bool", "other class")}
+
+
+UNDOCUMENTED = {  # fields of config.py without a comment when this test was written
+    "data.task", "data.validation_file", "data.test_file", "data.max_source_length",
+    "data.max_target_length", "data.max_train_samples", "data.max_eval_samples", "optim.lr",
+    "optim.betas", "optim.eps", "optim.warmup_steps", "train.output_dir", "train.seed",
+    "train.epochs", "train.grad_accum", "train.log_every", "train.eval_at_start",
+    "train.progress_bar", "dist.timeout_min", "gen.num_beams", "gen.length_penalty",
+    "gen.no_repeat_ngram_size", "gen.early_stopping"}
+
+
+@pytest.mark.xfail(strict=True, reason="config.py (not this module's file) still lacks a comment "
+                   "on these fields; remove this marker once they have one")
+def test_every_key_has_a_meaning():
+    missing = {doc.key for doc in key_docs() if not doc.meaning}
+    assert missing == UNDOCUMENTED  # documents the gap: the marker fails the day it closes
+    assert not missing
+
+
+@pytest.mark.parametrize("task, model, key, line", [
+    ("mlsum", "barto", "data.max_source_length", "(int, default: 1024, from task mlsum)"),
+    ("mlsum", "barto", "gen.max_new_tokens",
+     "(int | None, default: 48, follows data.max_target_length)"),
+    ("sqac", "betoshare", "data.max_source_length",
+     "(int, default: 480, from task sqac x model betoshare)"),
+])
+def test_help_with_task_and_model_shows_the_pairs_defaults(capsys, task, model, key, line):
+    code, out, _ = cli_out(capsys, ["train", "--help", "--task", task, "--model", model,
+                                    "--optim.lr", "3e-5"])
+    assert code == 0
+    assert f"  --{key} {line}" in out.splitlines()
+    assert "  --optim.lr (float, default: 3e-05, from command line)" in out.splitlines()
+    assert f"defaults resolved for task {task}, model {model}" in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--task", "mlsum", "--model", "barto-tiny", "--optim.lrr", "1"],
+    ["train", "--help", "--task", "mlsum", "--model", "barto", "--optim.lrr", "1"],
+    ["config", "--task", "mlsum", "--model", "barto", "--optim.lrr", "1"],
+])
+def test_an_unknown_key_still_errors(capsys, argv):
+    code, out, err = cli_out(capsys, argv)
+    assert code == 2 and out == ""
+    assert err.startswith("error: config key 'optim.lrr': unknown key; keys of 'optim': lr,")
+
+
+@pytest.mark.parametrize("argv", [
+    ["--task", "mlsum", "--model", "barto"],
+    ["--task", "sqac", "--model", "betoshare", "--optim.betas", "0.8,0.95",
+     "--train.best_metric", "f1", "--gen.max_new_tokens", "20", "--data.max_target_length", "24"],
+    ["--task", "mlsum", "--model", "ledo", "--data.max_target_length", "16",
+     "--train.report_to", "tensorboard,wandb", "--train.push_to_hub", "me/ledo-mlsum",
+     "--data.cache_dir", "/tmp/a b: c"],
+])
+def test_the_printed_yaml_composes_the_same_config_through_config(capsys, tmp_path, argv):
+    code, printed, _ = cli_out(capsys, ["config", *argv])
+    assert code == 0
+    path = tmp_path / "resolved.yaml"
+    path.write_text(printed, encoding="utf-8")
+    direct = build_config(argv)
+    # Through train's own path (cli.build_config), alone and under a command-line key.
+    assert build_config(["--config", str(path)]).to_dict() == direct.to_dict()
+    assert build_config(["--config", str(path), "--train.seed", "7"]).to_dict() == \
+        build_config([*argv, "--train.seed", "7"]).to_dict()
+    # And printing again from the file gives the same values.
+    _, again, _ = cli_out(capsys, ["config", "--config", str(path)])
+    assert compose(config_file=str(path)).to_yaml() == direct.to_yaml()
+    strip = lambda text: [line.split("  #")[0] for line in text.splitlines()
+                          if not line.startswith("#")]
+    assert strip(again) == strip(printed)
+
+
+def test_config_shows_where_the_task_and_model_defaults_come_from(capsys):
+    code, out, _ = cli_out(capsys, ["config", "--task", "sqac", "--model", "betoshare",
+                                    "--optim.lr", "3e-5"])
+    assert code == 0
+    lines = out.splitlines()
+    assert "  max_source_length: 480  # task sqac x model betoshare" in lines
+    assert "  name: betoshare" in lines and "  task: sqac" in lines
+    assert "  lr: 3.0e-05  # command line" in lines
+    assert "  betas: [0.9, 0.999]" in lines
+    # Every key of every section is in the YAML.
+    for section, name, _, _ in every_field():
+        assert any(line.startswith(f"  {name}:") for line in lines), f"{section}.{name}"
+    assert "config --task T --model M" in USAGE
+
+
+def test_the_installed_command_prints_the_help():
+    script = Path(sys.executable).parent / "seq2seq-es"
+    proc = subprocess.run([str(script), "train", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "  --train.report_to (str, default: tensorboard)" in proc.stdout
+    assert parse_overrides(["--train.report_to", "none"]) == {"train.report_to": "none"}

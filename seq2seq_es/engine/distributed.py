@@ -13,9 +13,12 @@ import os
 import socket
 import subprocess
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 import torch.distributed as dist
+
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -68,22 +71,174 @@ def read_env(environ: dict[str, str] | None = None) -> DistEnv:
     return DistEnv(0, 1, 0, "127.0.0.1", _free_port(), "none")
 
 
-def launcher_overrides(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Settings that `accelerate launch` passes through its environment (from its config file).
+# Fields of an accelerate config file that `accelerate launch` acts on itself: where and how many
+# processes start. They reach the run only as RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+# MASTER_PORT (read_env), or as CUDA_VISIBLE_DEVICES (gpu_ids).
+ACCELERATE_LAUNCHER_FIELDS = (
+    "compute_environment", "distributed_type", "num_machines", "num_processes", "machine_rank",
+    "main_process_ip", "main_process_port", "rdzv_backend", "same_network", "gpu_ids",
+    "main_training_function", "debug", "tpu_env", "tpu_use_cluster", "tpu_use_sudo",
+    "deepspeed_config.deepspeed_hostfile", "deepspeed_config.deepspeed_multinode_launcher",
+    "deepspeed_config.deepspeed_inclusion_filter", "deepspeed_config.deepspeed_exclusion_filter",
+)
 
-    They sit above YAML and below explicit command-line keys in the config precedence.
+# deepspeed_config fields that launcher_overrides maps or refuses (accelerate lists the ones a
+# config file sets in ACCELERATE_CONFIG_DS_FIELDS; any other is refused by name). The NVMe paths
+# only act with an NVMe offload device, which is refused.
+ACCELERATE_DEEPSPEED_FIELDS = (
+    "zero_stage", "gradient_accumulation_steps", "gradient_clipping", "offload_optimizer_device",
+    "offload_param_device", "zero3_init_flag", "zero3_save_16bit_model", "deepspeed_config_file",
+    "deepspeed_moe_layer_cls_names", "offload_optimizer_nvme_path", "offload_param_nvme_path",
+    "mixed_precision", "deepspeed_hostfile", "deepspeed_multinode_launcher",
+    "deepspeed_inclusion_filter", "deepspeed_exclusion_filter",
+)
+
+
+class AccelerateConfigError(ConfigError):
+    """accelerate config settings seq2seq-es cannot honour; `fields` names each one."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.fields = [field for field, _ in problems]
+        super().__init__("accelerate config",
+                         "; ".join(f"{field} {why}" for field, why in problems))
+
+
+def _true(value: str) -> bool:
+    return value.strip().lower() in ("true", "1", "yes")
+
+
+def launcher_overrides(environ: Mapping[str, str] | None = None,
+                       cuda: bool | None = None) -> dict[str, str]:
+    """Config keys from the environment `accelerate launch` exports for its config file.
+
+    Every setting accelerate exports is either mapped to a config key or refused, all refusals
+    in one AccelerateConfigError naming each accelerate field and what to use instead:
+
+      mixed_precision           no: nothing (train.precision auto: bf16 on GPUs that have it,
+                                else fp16; fp32 on CPUs); bf16, fp16: train.precision; fp8: refused
+      zero_stage                dist.zero_stage
+      gradient_accumulation_steps  train.grad_accum
+      gradient_clipping         optim.max_grad_norm
+      offload_optimizer_device  none: dist.offload_optimizer false; cpu: true; nvme: refused
+      offload_param_device      none: nothing; cpu, nvme: refused (no ZeRO-Infinity)
+      zero3_init_flag           false: nothing; true: refused (the model is built whole on each
+                                rank and partitioned by deepspeed.initialize)
+      zero3_save_16bit_model    false: nothing (final/ is fp32, train.export_dtype's default);
+                                true: train.export_dtype = the run's 16-bit dtype (bf16, fp16)
+                                when mixed_precision names one (with 'no' accelerate saves fp32 too)
+      deepspeed_config_file     dist.deepspeed_config (merged over the generated config)
+      deepspeed_moe_layer_cls_names, distributed_type FSDP / MEGATRON_LM, parallelism_config,
+      enable_cpu_affinity, SageMaker: refused
+      use_cpu                   true: honoured where no GPU is visible, refused where one is
+      dynamo_config             backend NO: nothing; INDUCTOR (mode default, no fullgraph,
+                                dynamic or regional compilation): model.compile true; else refused
+    The process layout (ACCELERATE_LAUNCHER_FIELDS) is accelerate's own business. The result
+    sits above YAML and below explicit command-line keys in the config precedence; a refusal
+    stands whatever the command line says.
     """
     env = os.environ if environ is None else environ
     out: dict[str, str] = {}
-    if "ACCELERATE_DEEPSPEED_ZERO_STAGE" in env:
-        out["dist.zero_stage"] = env["ACCELERATE_DEEPSPEED_ZERO_STAGE"]
-    # accelerate's "no" means "not set" here: our own "auto" then picks bf16 on GPUs.
-    if env.get("ACCELERATE_MIXED_PRECISION") == "bf16":
-        out["train.precision"] = "bf16"
-    if "ACCELERATE_GRADIENT_ACCUMULATION_STEPS" in env:
-        out["train.grad_accum"] = env["ACCELERATE_GRADIENT_ACCUMULATION_STEPS"]
-    if "ACCELERATE_GRADIENT_CLIPPING" in env:
-        out["optim.max_grad_norm"] = env["ACCELERATE_GRADIENT_CLIPPING"]
+    problems: list[tuple[str, str]] = []
+
+    def refuse(field: str, variable: str, why: str) -> None:
+        problems.append((field, f"{env[variable]!r} ({variable}) is not supported: {why}"))
+
+    def number(field: str, variable: str, key: str, kind) -> None:
+        if variable not in env:
+            return
+        try:
+            kind(env[variable])
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            problems.append((field, f"{env[variable]!r} ({variable}) is not {what}"))
+            return
+        out[key] = env[variable]
+
+    ds = "deepspeed_config."
+    listed = [name for name in env.get("ACCELERATE_CONFIG_DS_FIELDS", "").split(",") if name]
+    for name in listed:
+        if name not in ACCELERATE_DEEPSPEED_FIELDS:
+            problems.append((ds + name, "is not read by seq2seq-es (nor exported by accelerate "
+                             "launch); remove it, or set the DeepSpeed value in a JSON file "
+                             "given as deepspeed_config_file or --dist.deepspeed_config"))
+
+    precision = env.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if precision in ("bf16", "fp16"):
+        out["train.precision"] = precision
+    elif precision != "no":
+        refuse("mixed_precision", "ACCELERATE_MIXED_PRECISION",
+               "seq2seq-es trains in bf16, fp16 or fp32 (train.precision); use mixed_precision "
+               "bf16, fp16 or 'no' (bf16 on GPUs that have it)")
+    number(ds + "zero_stage", "ACCELERATE_DEEPSPEED_ZERO_STAGE", "dist.zero_stage", int)
+    number(ds + "gradient_accumulation_steps", "ACCELERATE_GRADIENT_ACCUMULATION_STEPS",
+           "train.grad_accum", int)
+    number(ds + "gradient_clipping", "ACCELERATE_GRADIENT_CLIPPING", "optim.max_grad_norm", float)
+
+    variable = "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE"
+    if variable in env:
+        device = env[variable].lower()
+        if device in ("none", "cpu"):
+            out["dist.offload_optimizer"] = "true" if device == "cpu" else "false"
+        else:
+            refuse(ds + "offload_optimizer_device", variable,
+                   "the optimizer state is offloaded to the CPU only (ZeRO-Offload); use cpu or "
+                   "none")
+    variable = "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE"
+    if variable in env and env[variable].lower() != "none":
+        refuse(ds + "offload_param_device", variable,
+               "ZeRO-Infinity parameter offload is not implemented; use none "
+               "(offload_optimizer_device: cpu offloads the optimizer state, the largest part)")
+    variable = "ACCELERATE_DEEPSPEED_ZERO3_INIT"
+    if _true(env.get(variable, "false")):
+        refuse(ds + "zero3_init_flag", variable,
+               "the model is loaded whole on each rank and partitioned by deepspeed.initialize "
+               "(no deepspeed.zero.Init); use false")
+    if _true(env.get("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL", "false")) \
+            and precision in ("bf16", "fp16"):
+        out["train.export_dtype"] = precision
+    if env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+        out["dist.deepspeed_config"] = env["ACCELERATE_DEEPSPEED_CONFIG_FILE"]
+    if env.get("ACCELERATE_DEEPSPEED_MOE_LAYER_CLS_NAMES"):
+        refuse(ds + "deepspeed_moe_layer_cls_names", "ACCELERATE_DEEPSPEED_MOE_LAYER_CLS_NAMES",
+               "no model of seq2seq-es has mixture-of-experts layers; remove it")
+
+    for variable, field, why in (
+            ("ACCELERATE_USE_FSDP", "distributed_type",
+             "FSDP: seq2seq-es shards with DeepSpeed ZeRO; use distributed_type DEEPSPEED with "
+             "deepspeed_config.zero_stage 3 (configs/accelerate/zero3.yaml)"),
+            ("ACCELERATE_USE_MEGATRON_LM", "distributed_type",
+             "MEGATRON_LM: seq2seq-es trains with DeepSpeed; use distributed_type DEEPSPEED"),
+            ("ACCELERATE_USE_PARALLELISM_CONFIG", "parallelism_config",
+             "tensor, context and sequence parallelism are not implemented; remove it"),
+            ("ACCELERATE_USE_SAGEMAKER", "compute_environment",
+             "AMAZON_SAGEMAKER: seq2seq-es runs under LOCAL_MACHINE (or SLURM: seq2seq-es slurm)"),
+            ("ACCELERATE_CPU_AFFINITY", "enable_cpu_affinity",
+             "seq2seq-es does not pin processes to cores; use numactl or SLURM's --cpu-bind")):
+        if variable in env and _true(env[variable]):
+            refuse(field, variable, why)
+    if _true(env.get("ACCELERATE_USE_CPU", "false")):
+        if torch.cuda.is_available() if cuda is None else cuda:
+            refuse("use_cpu", "ACCELERATE_USE_CPU",
+                   "seq2seq-es trains on the GPUs it sees; hide them with CUDA_VISIBLE_DEVICES= "
+                   "to train on CPUs")
+
+    backend = env.get("ACCELERATE_DYNAMO_BACKEND", "NO").upper()
+    if backend == "INDUCTOR":
+        out["model.compile"] = "true"
+        for variable, field, default in (
+                ("ACCELERATE_DYNAMO_MODE", "dynamo_config.dynamo_mode", "default"),
+                ("ACCELERATE_DYNAMO_USE_FULLGRAPH", "dynamo_config.dynamo_use_fullgraph", "false"),
+                ("ACCELERATE_DYNAMO_USE_DYNAMIC", "dynamo_config.dynamo_use_dynamic", "false"),
+                ("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION",
+                 "dynamo_config.dynamo_use_regional_compilation", "false")):
+            if env.get(variable, default).lower() != default:
+                refuse(field, variable, f"model.compile compiles with torch.compile's defaults; "
+                       f"use {default}")
+    elif backend != "NO":
+        refuse("dynamo_config.dynamo_backend", "ACCELERATE_DYNAMO_BACKEND",
+               "model.compile compiles with inductor; use INDUCTOR or NO")
+    if problems:
+        raise AccelerateConfigError(problems)
     return out
 
 

@@ -1,0 +1,229 @@
+"""Bucketed token-budget batching: few shapes, low padding, each example once, exact resume."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from seq2seq_es.bench.data import draw_lengths
+from seq2seq_es.data.collator import Seq2SeqCollator
+from seq2seq_es.data.length_buckets import (BucketedPlan, best_buckets_1d, choose_buckets,
+                                            dummy_features, warm_up_shapes)
+from seq2seq_es.errors import ConfigError
+
+from test_token_budget import miam_like, mlsum_like
+
+
+def all_steps(plan, epoch: int):
+    """steps[s][rank] = that rank's micro-batches, read through iter_steps as the loop does."""
+    per_rank = [plan.iter_steps(epoch, 0, r) for r in range(plan.world_size)]
+    steps = []
+    for step in range(plan.steps_per_epoch):
+        row = []
+        for it in per_rank:
+            got_epoch, got_step, micro = next(it)
+            assert (got_epoch, got_step) == (epoch, step)
+            row.append(micro)
+        steps.append(row)
+    return steps
+
+
+def collated_shape(collator: Seq2SeqCollator, src, tgt, batch) -> tuple[int, int, int]:
+    """(rows, source, target) of the collated batch, without building its tensors."""
+    return (len(batch), collator.source_length(max(src[i] for i in batch)),
+            collator.target_length(max(tgt[i] for i in batch)))
+
+
+MLSUM_LIKE = {
+    # The bench's generator (seq2seq_es/bench/data.py): N(900, 150) in [200, 1024].
+    "bench-mlsum": tuple(x.tolist() for x in draw_lengths("mlsum", 4000, seed=0)),
+    # tests/test_token_budget.py's: N(900, 250) in [40, 1024], a third cut at 1024.
+    "test-mlsum": mlsum_like(4000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MLSUM_LIKE))
+@pytest.mark.parametrize("source_align", [8, 64])      # GPU default; model.compile's 64
+def test_mlsum_like_few_shapes_and_under_five_percent_padding(name, source_align):
+    src, tgt = MLSUM_LIKE[name]
+    plan = BucketedPlan(src, tgt, max_tokens=16384, grad_accum=2, world_size=2, seed=0,
+                        source_align=source_align)
+    buckets = plan.buckets
+    assert buckets.pairs <= 16
+    assert all(s % source_align == 0 for s in buckets.source)
+    assert all(t % 8 == 0 for t in buckets.target)
+    assert buckets.source[-1] >= max(src) and buckets.target[-1] >= max(tgt)
+    collator = Seq2SeqCollator(pad_token_id=1, decoder_start_token_id=2,
+                               pad_to_multiple_of=source_align)
+    collator.set_buckets(buckets.source, buckets.target)
+    for epoch in (0, 1):
+        shapes, real, padded = set(), 0, 0
+        for step in all_steps(plan, epoch):
+            for rank in step:
+                for batch in rank:
+                    rows, s, t = collated_shape(collator, src, tgt, batch)
+                    assert rows * (s + t) <= 16384
+                    shapes.add((rows, s, t))
+                    real += sum(src[i] + tgt[i] for i in batch)
+                    padded += rows * (s + t)
+        # Distinct shapes of the epoch, as the collator pads them: never more than the buckets.
+        assert shapes == set(plan.shapes())
+        assert len(shapes) <= buckets.pairs <= 16
+        # Padding counted against real tokens (stricter than against all tokens).
+        pad_per_real = (padded - real) / real
+        print(f"{name} align {source_align} epoch {epoch}: source buckets {list(buckets.source)}, "
+              f"target buckets {list(buckets.target)}, {len(shapes)} shapes, "
+              f"pad/real {pad_per_real:.2%}, pad/all {1 - real / padded:.2%}, "
+              f"dropped {plan.dropped_per_epoch}")
+        assert pad_per_real < 0.05
+        assert plan.padded_fraction(epoch) == pytest.approx(1 - real / padded)
+    assert plan.random_order_padded_fraction(0) > 3 * plan.padded_fraction(0)
+
+
+def test_mlsum_like_padding_stays_under_five_percent_for_other_budgets_and_seeds():
+    src, tgt = mlsum_like(3000, seed=5)
+    for budget, seed in [(8192, 1), (32768, 2)]:
+        plan = BucketedPlan(src, tgt, max_tokens=budget, grad_accum=1, world_size=1, seed=seed)
+        real, padded = plan.padding(seed)
+        assert (padded - real) / real < 0.05
+        assert len(plan.shapes()) <= 16
+
+
+def test_collated_tensors_have_the_plan_shapes():
+    src, tgt = miam_like(600, seed=1)
+    plan = BucketedPlan(src, tgt, max_tokens=1024, grad_accum=2, world_size=2, seed=3,
+                        max_shapes=6)
+    assert len(plan.shapes()) <= plan.buckets.pairs <= 6
+    collator = Seq2SeqCollator(pad_token_id=0, decoder_start_token_id=0)
+    collator.set_buckets(plan.buckets.source, plan.buckets.target)
+    features = [{"input_ids": [5] * s, "labels": [6] * t} for s, t in zip(src, tgt)]
+    for step in range(plan.steps_per_epoch):
+        for rank in range(2):
+            batches = plan.micro_batches(0, step, rank)
+            for batch, (rows, s, t) in zip(batches, plan.micro_batch_shapes(0, step, rank)):
+                out = collator([features[i] for i in batch])
+                assert tuple(out["input_ids"].shape) == (rows, s)
+                assert tuple(out["labels"].shape) == tuple(out["decoder_input_ids"].shape) \
+                    == (rows, t)
+                assert int(out["attention_mask"].sum()) == sum(src[i] for i in batch)
+                assert int((out["labels"] != -100).sum()) == sum(tgt[i] for i in batch)
+
+
+@pytest.mark.parametrize("world_size, grad_accum", [(1, 1), (2, 3), (4, 2)])
+def test_every_example_once_per_epoch_except_the_counted_drops(world_size, grad_accum):
+    src, tgt = mlsum_like(1500, seed=3)
+    plan = BucketedPlan(src, tgt, max_tokens=8192, grad_accum=grad_accum,
+                        world_size=world_size, seed=11)
+    left_out = []
+    for epoch in (0, 1):
+        seen = []
+        for step in all_steps(plan, epoch):
+            # Every rank gets grad_accum micro-batches in every step.
+            assert [len(rank) for rank in step] == [grad_accum] * world_size
+            for rank in step:
+                for batch in rank:
+                    assert batch, "empty micro-batch"
+                    seen += batch
+        assert len(seen) == len(set(seen)), "an example appears twice in one epoch"
+        assert len(seen) + plan.dropped_per_epoch == len(src)
+        left_out.append(set(range(len(src))) - set(seen))
+    # Drops are at most one micro-batch's remainder plus the micro-batches that do not fill a
+    # step, and which examples they hit changes with the epoch.
+    most_rows = max(rows for rows, _, _ in plan.shapes())
+    assert plan.dropped_per_epoch < most_rows * plan.micro_batches_per_step
+    if plan.dropped_per_epoch:
+        assert left_out[0] != left_out[1]
+
+
+def test_ranks_get_equal_counts_and_similar_tokens():
+    src, tgt = MLSUM_LIKE["bench-mlsum"]
+    plan = BucketedPlan(src, tgt, max_tokens=16384, grad_accum=2, world_size=4, seed=0)
+    iters = [plan.iter_steps(0, 0, r) for r in range(4)]
+    per_rank_steps = [list(itertools.islice(it, plan.steps_per_epoch)) for it in iters]
+    assert {len(steps) for steps in per_rank_steps} == {plan.steps_per_epoch}
+    for step in range(plan.steps_per_epoch):
+        counts = [len(per_rank_steps[r][step][2]) for r in range(4)]
+        assert counts == [2] * 4
+        shapes = [plan.micro_batch_shapes(0, step, r) for r in range(4)]
+        loads = [sum(rows * (s + t) for rows, s, t in rank) for rank in shapes]
+        # Every micro-batch fills the budget to within one row: ranks carry similar tokens.
+        assert max(loads) - min(loads) <= 2 * max(s + t for rank in shapes for _, s, t in rank)
+
+
+def test_order_is_a_pure_function_of_seed_and_epoch():
+    src, tgt = miam_like(2000, seed=4)
+    a = BucketedPlan(src, tgt, max_tokens=1024, grad_accum=2, world_size=2, seed=9)
+    b = BucketedPlan(src, tgt, max_tokens=1024, grad_accum=2, world_size=2, seed=9)
+    assert all_steps(a, 3) == all_steps(b, 3)
+    assert all_steps(a, 0) != all_steps(a, 1), "the order must change between epochs"
+    other_seed = BucketedPlan(src, tgt, max_tokens=1024, grad_accum=2, world_size=2, seed=10)
+    assert all_steps(a, 0) != all_steps(other_seed, 0)
+    assert a.steps_per_epoch == other_seed.steps_per_epoch
+    assert a.shapes() == other_seed.shapes()          # the layout does not depend on the seed
+
+
+def test_resuming_mid_epoch_yields_exactly_the_remaining_steps():
+    src, tgt = mlsum_like(1200, seed=6)
+    plan = BucketedPlan(src, tgt, max_tokens=8192, grad_accum=2, world_size=2, seed=5)
+    per_epoch = plan.steps_per_epoch
+    for rank in range(2):
+        full = plan.iter_steps(0, 0, rank)
+        uninterrupted = [next(full) for _ in range(per_epoch + 5)]   # crosses into epoch 1
+        cut = per_epoch - 3
+        epoch, step_in_epoch, _ = uninterrupted[cut]
+        # A fresh plan, as after a restart, from the saved (epoch, step_in_epoch).
+        resumed_plan = BucketedPlan(src, tgt, max_tokens=8192, grad_accum=2, world_size=2,
+                                    seed=5)
+        resumed = resumed_plan.iter_steps(epoch, step_in_epoch, rank)
+        assert [next(resumed) for _ in range(len(uninterrupted) - cut)] == uninterrupted[cut:]
+
+
+def test_one_dimensional_buckets_are_optimal():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 60, 200)
+    for count in (1, 2, 3):
+        values, wasted = best_buckets_1d(lengths, 3, align=4)[count - 1]
+        rounded = sorted(set((-(-lengths // 4) * 4).tolist()))
+        best = None
+        for chosen in itertools.combinations(rounded[:-1], count - 1):
+            edges = np.array(list(chosen) + [rounded[-1]])
+            waste = int((edges[np.searchsorted(edges, lengths)] - lengths).sum())
+            best = waste if best is None else min(best, waste)
+        assert wasted == best
+        assert values[-1] == rounded[-1] and len(values) <= count
+
+
+def test_bucket_grid_respects_the_shape_cap():
+    src, tgt = miam_like(3000, seed=2)
+    for cap in (1, 4, 9, 16):
+        buckets = choose_buckets(src, tgt, max_shapes=cap)
+        assert buckets.pairs <= cap
+    with pytest.raises(ConfigError, match="train.length_buckets"):
+        choose_buckets(src, tgt, max_shapes=0)
+
+
+def test_collator_beyond_the_largest_bucket_falls_back_to_plain_rounding():
+    collator = Seq2SeqCollator(pad_token_id=0, decoder_start_token_id=0, pad_to_multiple_of=8)
+    collator.set_buckets((64, 128), (16, 32))
+    out = collator([{"input_ids": [3] * 65, "labels": [4] * 10}])
+    assert tuple(out["input_ids"].shape) == (1, 128) and tuple(out["labels"].shape) == (1, 16)
+    out = collator([{"input_ids": [3] * 130, "labels": [4] * 33}])
+    assert tuple(out["input_ids"].shape) == (1, 136) and tuple(out["labels"].shape) == (1, 33)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        collator.set_buckets((60,), (16,))
+    dynamic = Seq2SeqCollator(pad_token_id=0, decoder_start_token_id=0, mark_dynamic=True)
+    assert tuple(dynamic(dummy_features((3, 7, 5), token_id=9))["labels"].shape) == (3, 5)
+
+
+def test_warm_up_runs_every_shape_once_largest_first():
+    seen = []
+    seconds = warm_up_shapes(seen.append, [(20, 64, 16), (4, 512, 64), (8, 256, 32)])
+    assert seen == [(4, 512, 64), (8, 256, 32), (20, 64, 16)]
+    assert set(seconds) == set(seen)
+
+
+def test_too_few_micro_batches_for_one_step_name_the_budget():
+    with pytest.raises(ConfigError, match="train.max_tokens.*fewer than the 8"):
+        BucketedPlan([5] * 4, [1] * 4, max_tokens=12, grad_accum=4, world_size=2, seed=0)

@@ -17,7 +17,7 @@ from nltk.translate.meteor_score import single_meteor_score
 from rouge_score import rouge_scorer
 
 from seq2seq_es.errors import ConfigError, DataError, Seq2SeqEsError, UnknownNameError
-from seq2seq_es.metrics import METRICS, compute_metrics, score_main
+from seq2seq_es.metrics import METRIC_FUNCTIONS, METRICS, compute_metrics, score_main
 from seq2seq_es.metrics.cli import METRIC_NAMES_HELP
 from seq2seq_es.metrics.exact_match import ExactMatch
 from seq2seq_es.metrics.meteor import Meteor, align, count_chunks, sentence_meteor
@@ -318,7 +318,7 @@ def test_exact_match_normalises_whitespace_and_optionally_case():
 def test_registry_and_help_name_every_metric():
     assert set(METRICS) == {"rouge", "bleu", "chrf", "sari", "exact_match", "meteor", "token_f1"}
     assert all(issubclass(cls, evaluate.Metric) for cls in METRICS.values())
-    assert set(METRIC_NAMES_HELP.split(", ")) == set(METRICS)
+    assert set(METRIC_NAMES_HELP.split(", ")) == set(METRICS) == set(METRIC_FUNCTIONS)
 
 
 def test_compute_metrics_merges_all_keys_deterministically():

@@ -1,14 +1,17 @@
 """Evaluation metrics for Spanish generation: ROUGE, sacreBLEU, chrF, SARI, exact match, METEOR,
 token F1.
 
-Each metric is an `evaluate.Metric` subclass shipped in this package and instantiated directly,
-so nothing is fetched from the Hugging Face hub when scoring. All scores are on a 0-100 scale.
-Tokenization, stemming and sentence splitting are Spanish-aware (`seq2seq_es.metrics.text`);
-ROUGE can also reproduce the paper's English-tokenized numbers (``mode="paper"``).
+Each metric is a plain function, its module's ``compute`` (`METRIC_FUNCTIONS` maps the names),
+and `compute_metrics` checks the inputs and merges the scores of several. All scores are on a
+0-100 scale. Tokenization, stemming and sentence splitting are Spanish-aware
+(`seq2seq_es.metrics.text`); ROUGE and SARI can also reproduce the paper's numbers
+(``mode="paper"``). Nothing is fetched from the Hugging Face hub when scoring.
 
-``METRICS``, ``compute_metrics`` and the metric classes are loaded on first access: importing
-``evaluate`` imports transformers and torch, which takes seconds, and the CLI should not pay
-for it on every command.
+The same metrics exist as `evaluate.Metric` classes (`Rouge`, `Bleu`, ..., and ``METRICS``:
+name -> class) for code that wants `evaluate`-style objects. They live in
+`seq2seq_es.metrics.evaluate_metrics` and are imported on first access only: importing
+``evaluate`` imports transformers, torch and datasets (seconds), which `seq2seq-es score` and
+`compute_metrics` never need.
 """
 
 from __future__ import annotations
@@ -20,19 +23,21 @@ from seq2seq_es.metrics.cli import score_main
 from seq2seq_es.metrics.text import split_sentences, word_tokens
 
 _LAZY_ATTRIBUTES = {
-    "METRICS": "seq2seq_es.metrics.scoring",
     "compute_metrics": "seq2seq_es.metrics.scoring",
-    "Rouge": "seq2seq_es.metrics.rouge",
-    "Bleu": "seq2seq_es.metrics.bleu",
-    "Chrf": "seq2seq_es.metrics.chrf",
-    "Sari": "seq2seq_es.metrics.sari",
-    "ExactMatch": "seq2seq_es.metrics.exact_match",
-    "Meteor": "seq2seq_es.metrics.meteor",
-    "TokenF1": "seq2seq_es.metrics.token_f1",
+    "METRIC_FUNCTIONS": "seq2seq_es.metrics.scoring",
+    # The `evaluate.Metric` classes: these import `evaluate`.
+    "METRICS": "seq2seq_es.metrics.evaluate_metrics",
+    "Rouge": "seq2seq_es.metrics.evaluate_metrics",
+    "Bleu": "seq2seq_es.metrics.evaluate_metrics",
+    "Chrf": "seq2seq_es.metrics.evaluate_metrics",
+    "Sari": "seq2seq_es.metrics.evaluate_metrics",
+    "ExactMatch": "seq2seq_es.metrics.evaluate_metrics",
+    "Meteor": "seq2seq_es.metrics.evaluate_metrics",
+    "TokenF1": "seq2seq_es.metrics.evaluate_metrics",
 }
 
-__all__ = ["METRICS", "compute_metrics", "score_main", "split_sentences", "word_tokens",
-           "Rouge", "Bleu", "Chrf", "Sari", "ExactMatch", "Meteor", "TokenF1"]
+__all__ = ["METRICS", "METRIC_FUNCTIONS", "compute_metrics", "score_main", "split_sentences",
+           "word_tokens", "Rouge", "Bleu", "Chrf", "Sari", "ExactMatch", "Meteor", "TokenF1"]
 
 
 def __getattr__(name: str) -> Any:

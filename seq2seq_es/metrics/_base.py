@@ -1,52 +1,45 @@
-"""What every metric module shares: its `evaluate.MetricInfo` and reference handling.
+"""What every metric module shares: reference handling, means, F-measures.
 
-The metrics are `evaluate.Metric` subclasses defined in this package and instantiated
-directly, so nothing is fetched from the Hugging Face hub at run time (``evaluate.load("rouge")``
-would be). They are created with ``keep_in_memory=True`` by default so that computing a score
-writes no Arrow cache files.
+The computations are plain functions (each metric module's ``compute``) that need neither
+``evaluate`` nor ``datasets``: `compute_metrics` and `seq2seq-es score` call them directly, so
+scoring a file starts in well under a second. The `evaluate.Metric` classes (`Rouge`, `Bleu`,
+...) wrap those functions in `seq2seq_es.metrics.evaluate_metrics`, which is imported only
+when a class is asked for (``from seq2seq_es.metrics.rouge import Rouge`` still works: each
+metric module hands its class over on first access, see `lazy_metric_class`).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
-
-import datasets
-import evaluate
+from typing import Any
 
 from seq2seq_es.metrics.text import word_tokens
 
 MultiReferences = list[list[str]]
+EVALUATE_METRICS_MODULE = "seq2seq_es.metrics.evaluate_metrics"
 
 
-def metric_info(description: str, citation: str, inputs_description: str, *,
-                with_sources: bool = False) -> evaluate.MetricInfo:
-    """MetricInfo accepting one reference string per prediction or a list of them."""
-    feature_sets = []
-    for reference_feature in (datasets.Sequence(datasets.Value("string")), datasets.Value("string")):
-        columns = {"predictions": datasets.Value("string"), "references": reference_feature}
-        if with_sources:
-            columns["sources"] = datasets.Value("string")
-        feature_sets.append(datasets.Features(columns))
-    return evaluate.MetricInfo(
-        description=description,
-        citation=citation,
-        inputs_description=inputs_description,
-        features=feature_sets,
-    )
+def lazy_metric_class(module_name: str, *class_names: str) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that imports the named `evaluate.Metric` classes (and with
+    them ``evaluate``: seconds) from `evaluate_metrics` on first access."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in class_names:
+            raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(EVALUATE_METRICS_MODULE), name)
+
+    return __getattr__
+
+
+# `InMemoryMetric` and `metric_info` used to live here; they need `evaluate`.
+__getattr__ = lazy_metric_class(__name__, "InMemoryMetric", "metric_info")
 
 
 def as_reference_lists(references: Sequence[str] | Sequence[Sequence[str]]) -> MultiReferences:
     """One list of references per prediction, whether given as strings or lists."""
     return [[reference] if isinstance(reference, str) else list(reference)
             for reference in references]
-
-
-class InMemoryMetric(evaluate.Metric):
-    """An `evaluate.Metric` that keeps its inputs in memory instead of an on-disk cache."""
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("keep_in_memory", True)
-        super().__init__(**kwargs)
 
 
 def f_measure(precision: float, recall: float) -> float:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sacrebleu.metrics import BLEU
-
-from seq2seq_es.metrics._base import InMemoryMetric, MultiReferences, as_reference_lists, metric_info
+from seq2seq_es.metrics._base import MultiReferences, as_reference_lists, lazy_metric_class
 
 
 def reference_streams(references: MultiReferences) -> list[list[str | None]]:
@@ -26,10 +24,12 @@ def reference_streams(references: MultiReferences) -> list[list[str | None]]:
 
 def corpus_bleu(predictions: Sequence[str], references: MultiReferences, tokenize: str = "13a") -> float:
     """sacreBLEU corpus score, 0-100."""
+    from sacrebleu.metrics import BLEU
+
     return BLEU(tokenize=tokenize).corpus_score(list(predictions), reference_streams(references)).score
 
 
-_CITATION = """\
+CITATION = """\
 @inproceedings{post-2018-call,
   title = "A Call for Clarity in Reporting {BLEU} Scores",
   author = "Post, Matt",
@@ -38,7 +38,7 @@ _CITATION = """\
   pages = "186--191",
 }
 """
-_INPUTS = """\
+INPUTS = """\
 predictions: list of predicted texts.
 references: one reference text per prediction, or a list of references per prediction.
 tokenize: sacreBLEU tokenizer name, default "13a".
@@ -46,11 +46,11 @@ Returns bleu: corpus BLEU, 0-100.
 """
 
 
-class Bleu(InMemoryMetric):
-    """sacreBLEU corpus BLEU as an `evaluate.Metric`."""
+def compute(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
+            tokenize: str = "13a") -> dict[str, float]:
+    """{"bleu": corpus BLEU, 0-100}; what `Bleu` computes, without `evaluate`."""
+    return {"bleu": corpus_bleu(predictions, as_reference_lists(references), tokenize)}
 
-    def _info(self):
-        return metric_info(__doc__, _CITATION, _INPUTS)
 
-    def _compute(self, predictions, references, tokenize: str = "13a"):
-        return {"bleu": corpus_bleu(predictions, as_reference_lists(references), tokenize)}
+# `Bleu`, the `evaluate.Metric`, is imported (with `evaluate`) on first access.
+__getattr__ = lazy_metric_class(__name__, "Bleu")

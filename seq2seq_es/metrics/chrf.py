@@ -11,19 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sacrebleu.metrics import CHRF
-
-from seq2seq_es.metrics._base import InMemoryMetric, MultiReferences, as_reference_lists, metric_info
+from seq2seq_es.metrics._base import MultiReferences, as_reference_lists, lazy_metric_class
 from seq2seq_es.metrics.bleu import reference_streams
 
 
 def corpus_chrf(predictions: Sequence[str], references: MultiReferences, word_order: int = 0) -> float:
     """sacreBLEU corpus chrF (chrF++ with word_order=2), 0-100."""
+    from sacrebleu.metrics import CHRF
+
     return CHRF(word_order=word_order).corpus_score(list(predictions),
                                                     reference_streams(references)).score
 
 
-_CITATION = """\
+CITATION = """\
 @inproceedings{popovic-2015-chrf,
   title = "chr{F}: character n-gram {F}-score for automatic {MT} evaluation",
   author = "Popovi{\\'c}, Maja",
@@ -32,7 +32,7 @@ _CITATION = """\
   pages = "392--395",
 }
 """
-_INPUTS = """\
+INPUTS = """\
 predictions: list of predicted texts.
 references: one reference text per prediction, or a list of references per prediction.
 word_order: 0 for chrF (default), 2 for chrF++.
@@ -40,11 +40,11 @@ Returns chrf: corpus chrF, 0-100.
 """
 
 
-class Chrf(InMemoryMetric):
-    """sacreBLEU corpus chrF as an `evaluate.Metric`."""
+def compute(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
+            word_order: int = 0) -> dict[str, float]:
+    """{"chrf": corpus chrF, 0-100}; what `Chrf` computes, without `evaluate`."""
+    return {"chrf": corpus_chrf(predictions, as_reference_lists(references), word_order)}
 
-    def _info(self):
-        return metric_info(__doc__, _CITATION, _INPUTS)
 
-    def _compute(self, predictions, references, word_order: int = 0):
-        return {"chrf": corpus_chrf(predictions, as_reference_lists(references), word_order)}
+# `Chrf`, the `evaluate.Metric`, is imported (with `evaluate`) on first access.
+__getattr__ = lazy_metric_class(__name__, "Chrf")

@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _score(args: argparse.Namespace) -> dict[str, float]:
-    # Imported here: evaluate pulls in transformers and torch, which `--help` does not need.
+    # Imported here: `--help` and usage errors need none of the metrics.
     from seq2seq_es.metrics.scoring import check_metric_names, compute_metrics
 
     names = check_metric_names(args.metric)

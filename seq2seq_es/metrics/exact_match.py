@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from seq2seq_es.errors import UnknownNameError
-from seq2seq_es.metrics._base import InMemoryMetric, as_reference_lists, mean, metric_info
+from seq2seq_es.metrics._base import as_reference_lists, lazy_metric_class, mean
 from seq2seq_es.metrics.answers import CONVENTIONS, normalize_answer
 
 
@@ -35,8 +35,8 @@ def corpus_exact_match(predictions: Sequence[str], references: Sequence[Sequence
     return 100 * mean(matches)
 
 
-_CITATION = ""
-_INPUTS = """\
+CITATION = ""
+INPUTS = """\
 predictions: list of predicted texts.
 references: one reference text per prediction, or a list of references per prediction.
 ignore_case: compare lowercased; default False.
@@ -45,13 +45,12 @@ Returns exact_match: percentage of exact matches, 0-100.
 """
 
 
-class ExactMatch(InMemoryMetric):
-    """Exact match as an `evaluate.Metric`."""
+def compute(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
+            ignore_case: bool = False, convention: str = "strict") -> dict[str, float]:
+    """{"exact_match": percentage, 0-100}; what `ExactMatch` computes, without `evaluate`."""
+    return {"exact_match": corpus_exact_match(predictions, as_reference_lists(references),
+                                              ignore_case, convention)}
 
-    def _info(self):
-        return metric_info(__doc__, _CITATION, _INPUTS)
 
-    def _compute(self, predictions, references, ignore_case: bool = False,
-                 convention: str = "strict"):
-        return {"exact_match": corpus_exact_match(predictions, as_reference_lists(references),
-                                                  ignore_case, convention)}
+# `ExactMatch`, the `evaluate.Metric`, is imported (with `evaluate`) on first access.
+__getattr__ = lazy_metric_class(__name__, "ExactMatch")

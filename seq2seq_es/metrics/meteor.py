@@ -30,8 +30,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
-from seq2seq_es.metrics._base import (InMemoryMetric, as_reference_lists, mean_best_reference,
-                                      metric_info)
+from seq2seq_es.metrics._base import as_reference_lists, lazy_metric_class, mean_best_reference
 from seq2seq_es.metrics.text import spanish_stem
 
 ALPHA = 0.9
@@ -132,7 +131,7 @@ def corpus_meteor(predictions: Sequence[str], references: Sequence[Sequence[str]
     return mean_best_reference(predictions, references, sentence_meteor)
 
 
-_CITATION = """\
+CITATION = """\
 @inproceedings{banerjee-lavie-2005-meteor,
   title = "{METEOR}: An Automatic Metric for {MT} Evaluation with Improved Correlation with Human Judgments",
   author = "Banerjee, Satanjeev and Lavie, Alon",
@@ -141,18 +140,18 @@ _CITATION = """\
   pages = "65--72",
 }
 """
-_INPUTS = """\
+INPUTS = """\
 predictions: list of predicted texts.
 references: one reference text per prediction, or a list of references per prediction.
 Returns meteor: mean METEOR (exact + Spanish stem stages, no synonyms), 0-100.
 """
 
 
-class Meteor(InMemoryMetric):
-    """Spanish METEOR (no WordNet) as an `evaluate.Metric`."""
+def compute(predictions: Sequence[str],
+            references: Sequence[str] | Sequence[Sequence[str]]) -> dict[str, float]:
+    """{"meteor": mean METEOR, 0-100}; what `Meteor` computes, without `evaluate`."""
+    return {"meteor": corpus_meteor(predictions, as_reference_lists(references))}
 
-    def _info(self):
-        return metric_info(__doc__, _CITATION, _INPUTS)
 
-    def _compute(self, predictions, references):
-        return {"meteor": corpus_meteor(predictions, as_reference_lists(references))}
+# `Meteor`, the `evaluate.Metric`, is imported (with `evaluate`) on first access.
+__getattr__ = lazy_metric_class(__name__, "Meteor")

@@ -38,10 +38,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from rouge_score import rouge_scorer
-
 from seq2seq_es.errors import UnknownNameError
-from seq2seq_es.metrics._base import InMemoryMetric, as_reference_lists, f_measure, mean, metric_info
+from seq2seq_es.metrics._base import as_reference_lists, f_measure, lazy_metric_class, mean
 from seq2seq_es.metrics.text import ngram_counts, spanish_stem, split_sentences, word_tokens
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -195,6 +193,8 @@ def per_example_scores(predictions: Sequence[str], references: Sequence[Sequence
         raise UnknownNameError("ROUGE mode", mode, ROUGE_MODES)
     results = []
     if mode == "paper":
+        from rouge_score import rouge_scorer  # imports nltk: only paper mode pays for it
+
         scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
         for prediction, example_references in zip(predictions, references):
             scores = scorer.score_multi([_paper_text(r, split_sentences)
@@ -248,8 +248,7 @@ def aggregate(scores: Sequence[dict[str, PRF]], with_precision_recall: bool = Fa
     return result
 
 
-_DESCRIPTION = __doc__
-_CITATION = """\
+CITATION = """\
 @inproceedings{lin-2004-rouge,
   title = "{ROUGE}: A Package for Automatic Evaluation of Summaries",
   author = "Lin, Chin-Yew",
@@ -258,7 +257,7 @@ _CITATION = """\
   pages = "74--81",
 }
 """
-_INPUTS = """\
+INPUTS = """\
 predictions: list of predicted texts.
 references: one reference text per prediction, or a list of references per prediction.
 mode: "spanish" (default) or "paper".
@@ -272,15 +271,19 @@ Returns rouge1, rouge2, rougeL, rougeLsum: mean F-measure, 0-100.
 """
 
 
-class Rouge(InMemoryMetric):
-    """ROUGE as an `evaluate.Metric`; see the module docstring for the two modes."""
+_aggregate = aggregate  # `compute` takes an option of the same name
 
-    def _info(self):
-        return metric_info(_DESCRIPTION, _CITATION, _INPUTS)
 
-    def _compute(self, predictions, references, mode: str = "spanish", use_stemmer: bool = True,
-                 with_precision_recall: bool = False, split_sentences: bool = False,
-                 aggregate: str = "mean", bootstrap_seed: int = 0):
-        scores = per_example_scores(predictions, as_reference_lists(references), mode, use_stemmer,
-                                    split_sentences)
-        return globals()["aggregate"](scores, with_precision_recall, aggregate, bootstrap_seed)
+def compute(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
+            mode: str = "spanish", use_stemmer: bool = True, with_precision_recall: bool = False,
+            split_sentences: bool = False, aggregate: str = "mean",
+            bootstrap_seed: int = 0) -> dict[str, float]:
+    """ROUGE of the predictions, 0-100 (`INPUTS` describes the arguments); what `Rouge`
+    computes, without `evaluate`."""
+    scores = per_example_scores(predictions, as_reference_lists(references), mode, use_stemmer,
+                                split_sentences)
+    return _aggregate(scores, with_precision_recall, aggregate, bootstrap_seed)
+
+
+# `Rouge`, the `evaluate.Metric`, is imported (with `evaluate`) on first access.
+__getattr__ = lazy_metric_class(__name__, "Rouge")

@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 from seq2seq_es.errors import UnknownNameError
-from seq2seq_es.metrics._base import InMemoryMetric, as_reference_lists, f_measure, mean, metric_info
+from seq2seq_es.metrics._base import as_reference_lists, f_measure, lazy_metric_class, mean
 from seq2seq_es.metrics.text import ngram_counts, word_and_punct_tokens
 
 MAX_ORDER = 4
@@ -133,7 +133,7 @@ def corpus_sari(sources: Sequence[str], predictions: Sequence[str],
     return 100 * mean(scores)
 
 
-_CITATION = """\
+CITATION = """\
 @article{xu-etal-2016-optimizing,
   title = "Optimizing Statistical Machine Translation for Text Simplification",
   author = "Xu, Wei and Napoles, Courtney and Pavlick, Ellie and Chen, Quanze and Callison-Burch, Chris",
@@ -143,7 +143,7 @@ _CITATION = """\
   pages = "401--415",
 }
 """
-_INPUTS = """\
+INPUTS = """\
 sources: list of source texts (required).
 predictions: list of predicted texts.
 references: one reference text per prediction, or a list of references per prediction.
@@ -152,11 +152,11 @@ Returns sari: mean SARI, 0-100.
 """
 
 
-class Sari(InMemoryMetric):
-    """SARI as an `evaluate.Metric`; needs ``sources``."""
+def compute(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
+            sources: Sequence[str], mode: str = "spanish") -> dict[str, float]:
+    """{"sari": mean SARI, 0-100}; what `Sari` computes, without `evaluate`."""
+    return {"sari": corpus_sari(sources, predictions, as_reference_lists(references), mode)}
 
-    def _info(self):
-        return metric_info(__doc__, _CITATION, _INPUTS, with_sources=True)
 
-    def _compute(self, predictions, references, sources, mode: str = "spanish"):
-        return {"sari": corpus_sari(sources, predictions, as_reference_lists(references), mode)}
+# `Sari`, the `evaluate.Metric`, is imported (with `evaluate`) on first access.
+__getattr__ = lazy_metric_class(__name__, "Sari")

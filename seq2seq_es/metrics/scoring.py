@@ -1,49 +1,49 @@
 """The metric registry and `compute_metrics`, which checks its inputs and merges the scores.
 
-Importing this module imports ``evaluate`` (which imports transformers and torch: seconds),
-so `seq2seq_es.metrics` loads it only on first use.
+`compute_metrics` calls each metric module's plain ``compute`` function (`METRIC_FUNCTIONS`):
+nothing here imports ``evaluate``, transformers, torch or datasets, and a metric's own heavy
+dependency (sacreBLEU, rouge_score) is imported only when that metric runs. ``METRICS``, the
+`evaluate.Metric` classes under the same names, is loaded from `evaluate_metrics` on first
+access.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from seq2seq_es.errors import ConfigError, DataError, Seq2SeqEsError, UnknownNameError
-from seq2seq_es.metrics._base import MultiReferences
-from seq2seq_es.metrics.bleu import Bleu
-from seq2seq_es.metrics.chrf import Chrf
-from seq2seq_es.metrics.exact_match import ExactMatch
-from seq2seq_es.metrics.meteor import Meteor
-from seq2seq_es.metrics.rouge import ROUGE_MODES, Rouge
-from seq2seq_es.metrics.sari import Sari
-from seq2seq_es.metrics.token_f1 import TokenF1
+from seq2seq_es.metrics import bleu, chrf, exact_match, meteor, rouge, sari, token_f1
+from seq2seq_es.metrics._base import EVALUATE_METRICS_MODULE, MultiReferences
+from seq2seq_es.metrics.rouge import ROUGE_MODES
 
-METRICS: dict[str, type] = {
-    "rouge": Rouge,
-    "bleu": Bleu,
-    "chrf": Chrf,
-    "sari": Sari,
-    "exact_match": ExactMatch,
-    "meteor": Meteor,
-    "token_f1": TokenF1,
+# Name -> compute(predictions, references, [sources,] **options) -> {score name: 0-100}.
+METRIC_FUNCTIONS: dict[str, Callable[..., dict[str, float]]] = {
+    "rouge": rouge.compute,
+    "bleu": bleu.compute,
+    "chrf": chrf.compute,
+    "sari": sari.compute,
+    "exact_match": exact_match.compute,
+    "meteor": meteor.compute,
+    "token_f1": token_f1.compute,
 }
 METRICS_NEEDING_SOURCES = frozenset({"sari"})
 # Metrics whose tokenization has a "paper" mode (how the paper's scripts scored); the others
 # have one behaviour.
 METRICS_WITH_MODES = frozenset({"rouge", "sari"})
-# Arguments compute_metrics fills in itself; anything else a metric's _compute takes is an option.
+# Arguments compute_metrics fills in itself; anything else a metric's compute takes is an option.
 _INPUT_ARGUMENTS = frozenset({"self", "predictions", "references", "sources", "mode"})
 
 
 def check_metric_names(names: Sequence[str]) -> list[str]:
     """The names without repeats, in order; raises UnknownNameError for an unknown one."""
     if not names:
-        raise Seq2SeqEsError("no metric given; choose from: " + ", ".join(METRICS))
+        raise Seq2SeqEsError("no metric given; choose from: " + ", ".join(METRIC_FUNCTIONS))
     for name in names:
-        if name not in METRICS:
-            raise UnknownNameError("metric", name, METRICS)
+        if name not in METRIC_FUNCTIONS:
+            raise UnknownNameError("metric", name, METRIC_FUNCTIONS)
     return list(dict.fromkeys(names))
 
 
@@ -68,7 +68,7 @@ def _check_texts(texts: Sequence[Any], what: str) -> None:
 
 
 def _metric_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    allowed = set(inspect.signature(METRICS[name]._compute).parameters) - _INPUT_ARGUMENTS
+    allowed = set(inspect.signature(METRIC_FUNCTIONS[name]).parameters) - _INPUT_ARGUMENTS
     for key in options:
         if key not in allowed:
             known = ", ".join(sorted(allowed)) or "none"
@@ -91,8 +91,8 @@ def compute_metrics(names: Sequence[str], predictions: list[str],
     unique_names = check_metric_names(names)
     options = dict(options or {})
     for name in options:
-        if name not in METRICS:
-            raise UnknownNameError("metric", name, METRICS)
+        if name not in METRIC_FUNCTIONS:
+            raise UnknownNameError("metric", name, METRIC_FUNCTIONS)
     if mode not in ROUGE_MODES:
         raise UnknownNameError("ROUGE mode", mode, ROUGE_MODES)
     if len(predictions) != len(references):
@@ -118,7 +118,12 @@ def compute_metrics(names: Sequence[str], predictions: list[str],
             arguments["sources"] = list(sources)
         if name in METRICS_WITH_MODES:
             arguments["mode"] = mode
-        metric = METRICS[name]()
-        scores.update(metric.compute(predictions=list(predictions), references=reference_lists,
-                                     **arguments))
+        scores.update(METRIC_FUNCTIONS[name](list(predictions), reference_lists, **arguments))
     return scores
+
+
+def __getattr__(name: str) -> Any:
+    # METRICS: name -> `evaluate.Metric` class; importing them imports `evaluate` (seconds).
+    if name == "METRICS":
+        return importlib.import_module(EVALUATE_METRICS_MODULE).METRICS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

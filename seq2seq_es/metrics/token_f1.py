@@ -16,8 +16,8 @@ from collections import Counter
 from collections.abc import Sequence
 
 from seq2seq_es.errors import UnknownNameError
-from seq2seq_es.metrics._base import (InMemoryMetric, as_reference_lists, f_measure,
-                                      mean_best_reference, metric_info)
+from seq2seq_es.metrics._base import (as_reference_lists, f_measure, lazy_metric_class,
+                                      mean_best_reference)
 from seq2seq_es.metrics.answers import F1_CONVENTIONS, answer_tokens
 
 
@@ -38,7 +38,7 @@ def corpus_token_f1(predictions: Sequence[str], references: Sequence[Sequence[st
                                tokenize=lambda text: answer_tokens(text, convention))
 
 
-_CITATION = """\
+CITATION = """\
 @inproceedings{rajpurkar-etal-2016-squad,
   title = "{SQ}u{AD}: 100,000+ Questions for Machine Comprehension of Text",
   author = "Rajpurkar, Pranav and Zhang, Jian and Lopyrev, Konstantin and Liang, Percy",
@@ -47,7 +47,7 @@ _CITATION = """\
   pages = "2383--2392",
 }
 """
-_INPUTS = """\
+INPUTS = """\
 predictions: list of predicted texts.
 references: one reference text per prediction, or a list of references per prediction.
 convention: words (default) | squad | mlqa-es: how answers are normalised and tokenised.
@@ -55,12 +55,12 @@ Returns token_f1: mean token F1, 0-100.
 """
 
 
-class TokenF1(InMemoryMetric):
-    """Token F1 as an `evaluate.Metric`."""
+def compute(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
+            convention: str = "words") -> dict[str, float]:
+    """{"token_f1": mean token F1, 0-100}; what `TokenF1` computes, without `evaluate`."""
+    return {"token_f1": corpus_token_f1(predictions, as_reference_lists(references),
+                                        convention)}
 
-    def _info(self):
-        return metric_info(__doc__, _CITATION, _INPUTS)
 
-    def _compute(self, predictions, references, convention: str = "words"):
-        return {"token_f1": corpus_token_f1(predictions, as_reference_lists(references),
-                                            convention)}
+# `TokenF1`, the `evaluate.Metric`, is imported (with `evaluate`) on first access.
+__getattr__ = lazy_metric_class(__name__, "TokenF1")

@@ -155,14 +155,34 @@ def get_collator(cfg: RunConfig, spec, tokenizer, model) -> Seq2SeqCollator:
                                if cfg.data.global_attention == "sentences" else frozenset())
     # Compiled models see few distinct shapes when lengths are padded to multiples of 64.
     multiple = 64 if cfg.model.compile else (8 if torch.cuda.is_available() else 1)
+    # model.compile_shapes (issue 12.2): static (a graph per bucket shape, the default) or
+    # dynamic (mark_dynamic on batch and length dims); which is faster is measured on a GPU.
+    dynamic = cfg.model.compile and getattr(cfg.model, "compile_shapes", "static") == "dynamic"
     return Seq2SeqCollator(tokenizer.pad_token_id, model.config.decoder_start_token_id,
-                           pad_to_multiple_of=multiple)
+                           pad_to_multiple_of=multiple, mark_dynamic=dynamic)
 
 
-def get_step_plan(cfg: RunConfig, env: D.DistEnv, train: SplitData, pad_to_multiple_of: int):
-    """The data order: fixed-size random batches, or token-budget batches of similar lengths."""
+def get_step_plan(cfg: RunConfig, env: D.DistEnv, train: SplitData, pad_to_multiple_of: int,
+                  collator: Seq2SeqCollator | None = None):
+    """The data order: fixed-size random batches, token-budget batches of similar lengths, or
+    bucketed token-budget batches (few shapes), which set the collator's bucket lengths."""
     num_train = len(train.tokenized)
-    if cfg.train.batching == "token_budget":
+    if cfg.train.batching == "bucketed":
+        import math
+
+        from ..data.length_buckets import DEFAULT_ALIGN, DEFAULT_MAX_SHAPES, BucketedPlan
+        if collator is None:
+            raise ValueError("train.batching=bucketed: get_step_plan needs the collator, which "
+                             "must pad to the plan's bucket lengths")
+        lengths = train.tokenized.select_columns(["input_ids", "labels"])
+        plan = BucketedPlan([len(x) for x in lengths["input_ids"]],
+                            [len(x) for x in lengths["labels"]], cfg.train.max_tokens,
+                            cfg.train.grad_accum, env.world_size, cfg.train.seed,
+                            max_shapes=getattr(cfg.train, "length_buckets", DEFAULT_MAX_SHAPES),
+                            align=DEFAULT_ALIGN,
+                            source_align=math.lcm(DEFAULT_ALIGN, pad_to_multiple_of))
+        collator.set_buckets(plan.buckets.source, plan.buckets.target)
+    elif cfg.train.batching == "token_budget":
         from ..data.token_budget import TokenBudgetPlan
         lengths = train.tokenized.select_columns(["input_ids", "labels"])
         plan = TokenBudgetPlan([len(x) for x in lengths["input_ids"]],

@@ -223,8 +223,10 @@ def test_fp16_with_optimizer_offload_composes_into_the_run_config(launched):
     env = {k: v for k, v in env.items() if k not in ("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE",
                                                        "ACCELERATE_DEEPSPEED_ZERO3_INIT")}
     cfg = compose("mlsum", "barto-tiny", overrides=launcher_overrides(env, cuda=True))
-    assert (cfg.train.precision, cfg.dist.zero_stage, cfg.dist.offload_optimizer) == ("fp16", 2, True)
-    assert (cfg.train.grad_accum, cfg.optim.max_grad_norm, cfg.train.export_dtype) == (4, 0.5, "fp16")
+    assert (cfg.train.precision, cfg.dist.zero_stage, cfg.dist.offload_optimizer) \
+        == ("fp16", 2, True)
+    assert (cfg.train.grad_accum, cfg.optim.max_grad_norm, cfg.train.export_dtype) \
+        == (4, 0.5, "fp16")
     cli = compose("mlsum", "barto-tiny", overrides={**launcher_overrides(env, cuda=True),
                                                      "train.precision": "bf16",
                                                      "dist.offload_optimizer": "false"})
@@ -237,8 +239,9 @@ def test_the_refusal_says_what_to_use_instead(launched):
         launcher_overrides(env, cuda=True)
     text = str(info.value)
     assert text.startswith("config key 'accelerate config': ")
-    assert ("deepspeed_config.offload_param_device 'cpu' (ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE)"
-            " is not supported: ZeRO-Infinity parameter offload is not implemented; use none") in text
+    assert ("deepspeed_config.offload_param_device 'cpu' "
+            "(ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE) is not supported: ZeRO-Infinity "
+            "parameter offload is not implemented; use none") in text
     assert "deepspeed_config.zero3_init_flag 'true'" in text and "use false" in text
 
 

@@ -153,7 +153,7 @@ def test_sweep_runs_every_pair_and_grid_point_and_collects(slurm_cluster, tmp_pa
     sweep_dir = tmp_path / "sweep"
     assert slurm_main(["sweep", "--sweep-dir", str(sweep_dir), "--pair", "barto:mlsum",
                        "--pair", "t5s:mlsum", "--pair", "barto:sqac", "--grid",
-                       "optim.lr=3e-5,5e-5", "--max-parallel", "2", "--entry", PROBE,
+                       "optim.lr=3e-5,5e-5", "--max-parallel", "2", "--entry", PROBE, "--yes",
                        "--time", "10", "--", "--probe.steps", "2"]) == 0
     manifest = load_manifest(sweep_dir)
     assert len(manifest.runs) == 6

@@ -143,7 +143,7 @@ def test_sweep_of_three_pairs_trains_every_run_and_collect_prints_the_table(
     assert slurm_main([
         "sweep", "--sweep-dir", str(sweep_dir), "--pair", "barto-tiny:mlsum",
         "--pair", "t5s-tiny:mlsum", "--pair", "barto-tiny:sqac", "--grid", "optim.lr=1e-4,2e-3",
-        "--data-root", str(data_root), "--max-parallel", "2", "--time", "15", "--",
+        "--data-root", str(data_root), "--max-parallel", "2", "--time", "15", "--yes", "--",
         "--train.max_steps", str(steps), "--train.batch_size", "2", "--train.log_every", "1",
         "--train.precision", "fp32", "--train.progress_bar", "false",
         "--data.max_target_length", "256",  # the fixtures' references, whole, in a tiny vocabulary

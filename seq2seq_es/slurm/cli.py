@@ -2,7 +2,7 @@
 
   submit --task T --model M [--run-dir DIR] [SLURM options] [--dry-run] [-- train overrides]
   sweep  --sweep-dir DIR [--models A,B] [--tasks X,Y | --pair M:T ...] [--grid KEY=V1,V2 ...]
-         [--no-grid] [--data-root DIR] [--max-parallel N] [SLURM options] [--dry-run]
+         [--no-grid] [--data-root DIR] [--max-parallel N] [SLURM options] [--dry-run] [--yes]
          [-- train overrides]
   status SWEEP [--json]            SWEEP: a sweep folder, or a run folder made by `submit`
   collect SWEEP [--split both|dev|test] [--metrics A,B] [--markdown FILE] [--csv FILE]
@@ -14,13 +14,18 @@
 
 SLURM options come from `--slurm-config FILE` (the `slurm:` section of a YAML file, keys as in
 SlurmConfig) and then from the flags, which win. Train overrides after `--` are passed to
-`seq2seq-es train` as they are (`--optim.lr 3e-5 --train.max_steps 100`).
+`seq2seq-es train` as they are (`--config run.yaml --optim.lr 3e-5 --train.max_steps 100`; the
+file's path made absolute). Without --gpus-per-node a job trains on CPUs: a warning says so when
+the partition has GPUs (sinfo), or when a partition is given and sinfo cannot tell.
+A sweep prints its run count and one line per distinct grid point, then asks before submitting;
+where stdin is not a terminal it needs --yes (scripts never hang on the question).
 Without --grid a sweep uses the paper's grid for each pair: train.batch_size 4,8,16 x optim.lr
 3e-5,5e-5 x train.epochs 3,6, except translation with BARTO and T5S, which gets the paper's recipe
 (train.batch_size 384, optim.lr 5e-3, the registry's steps). A train.batch_size axis is the
 effective batch per optimizer step: each run gets the pair's default micro-batch (or the whole
 batch, if smaller) and the gradient accumulation that makes up the rest. Every run's config is
-composed and validated before anything is submitted, and runs whose resolved configs are equal
+composed (with the `--config` file after --) and validated before anything is submitted, and
+runs whose resolved configs are equal
 (an axis a run never reads, e.g. train.epochs under train.max_steps) are dropped, with a summary.
 """
 
@@ -32,15 +37,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import compose, parse_overrides
 from ..errors import ConfigError, run_command
 from .config import SlurmConfig, load_slurm_yaml
 from .job import DEFAULT_ENTRY
 from .monitor import (SPLITS_SHOWN, build_table, empty_message, format_status, status_json,
                       sweep_status, write_results)
-from .sweep import (RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, check_names,
-                    check_overrides, check_partition, check_run_dir, check_sweep_dir,
-                    dry_run_script, load_manifest, new_manifest, parse_grid, plan_sweep,
+from .sweep import (RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, absolute_config,
+                    check_names, check_overrides, check_partition, check_run_dir,
+                    check_sweep_dir, compose_run, dry_run_script, gpu_warning, load_manifest,
+                    new_manifest, parse_grid, partition_gres, plan_sweep, require_slurm_clients,
                     select_pairs, submit, train_argv)
 
 # flag -> SlurmConfig field, for the flags that map one to one
@@ -116,6 +121,30 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
+def _warn_without_gpus(config: SlurmConfig) -> None:
+    """A job without --gpus-per-node trains on CPUs: say so on stderr where GPUs seem meant."""
+    if config.gpus_per_node > 0:
+        return
+    warning = gpu_warning(config.gpus_per_node, config.partition, partition_gres())
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def _confirm(count: int, yes: bool) -> bool:
+    """Asks before submitting on a terminal; elsewhere --yes is required (a script never hangs)."""
+    if yes:
+        return True
+    if sys.stdin is None or not sys.stdin.isatty():
+        raise ConfigError("--yes", f"stdin is not a terminal, so nobody can confirm submitting "
+                          f"{count} run{'s' if count != 1 else ''}; pass --yes to submit without "
+                          "asking (or --dry-run to see the plan)")
+    try:
+        answer = input(f"submit {count} run{'s' if count != 1 else ''}? [y/N] ")
+    except EOFError:
+        answer = ""
+    return answer.strip().lower() in ("y", "yes")
+
+
 def _names(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -136,12 +165,15 @@ def cmd_submit(argv: list[str]) -> int:
     args = parser.parse_args(own)
 
     check_names([args.model], [args.task])
-    check_overrides(overrides)
+    check_overrides(overrides, allow_config=args.entry == DEFAULT_ENTRY)
     if args.entry == DEFAULT_ENTRY:
-        # The run's config as `train` will compose it: a bad key or value is refused before sbatch.
-        compose(args.task, args.model, overrides=parse_overrides(overrides))
+        # The run's config as `train` will compose it (a --config file, then the dotted keys):
+        # a bad file, key or value is refused before sbatch.
+        overrides = absolute_config(overrides)
+        compose_run(args.task, args.model, overrides)
     config = slurm_config_from_args(args)
     check_partition(config.partition, required=not args.dry_run)
+    _warn_without_gpus(config)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.run_dir or f"runs/{args.model}__{args.task}__{stamp}").absolute()
     if not args.dry_run:
@@ -184,6 +216,8 @@ def cmd_sweep(argv: list[str]) -> int:
     parser.add_argument("--max-parallel", type=int, default=4,
                         help="array jobs running at once (default 4)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and sbatch script")
+    parser.add_argument("--yes", "-y", action="store_true",
+                        help="submit without asking (needed when stdin is not a terminal)")
     _add_slurm_options(parser)
     args = parser.parse_args(own)
 
@@ -197,9 +231,12 @@ def cmd_sweep(argv: list[str]) -> int:
         grid = {}
     elif args.grid:
         grid = parse_grid(args.grid)
-    check_overrides(overrides)
+    check_overrides(overrides, allow_config=args.entry == DEFAULT_ENTRY)
+    if args.entry == DEFAULT_ENTRY:
+        overrides = absolute_config(overrides)
     config = slurm_config_from_args(args)
     check_partition(config.partition, required=not args.dry_run)
+    _warn_without_gpus(config)
     sweep_dir = Path(args.sweep_dir).absolute()
     plan = plan_sweep(sweep_dir, pairs, grid, overrides, args.data_root,
                       world_size=config.world_size, compose_runs=args.entry == DEFAULT_ENTRY)
@@ -210,14 +247,19 @@ def cmd_sweep(argv: list[str]) -> int:
                             args.max_parallel)
     if args.dry_run:
         print(dry_run_script(config, manifest), end="")
-        for line in plan.dropped_summary():
+        for line in plan.dropped_summary() + plan.summary():
             print(f"# {line}")
         print(f"# {len(runs)} run(s) in {sweep_dir}, at most {args.max_parallel} at once:")
         for run in runs:
             print(f"#   {run.name}")
         return 0
-    for line in plan.dropped_summary():
+    for line in plan.dropped_summary() + plan.summary():
         print(line)
+    sys.stdout.flush()
+    require_slurm_clients()  # before asking: a yes must be able to submit
+    if not _confirm(len(runs), args.yes):
+        print("nothing submitted")
+        return 1
     submit(manifest, config, sweep_dir / SWEEP_MANIFEST)
     first, last = runs[0].job_id, runs[-1].job_id
     print(f"submitted {len(runs)} run(s) as jobs {first}..{last}, at most {args.max_parallel} at "

@@ -221,6 +221,71 @@ def train_argv(model: str, task: str, run_dir: str | Path, grid_point: dict[str,
     return argv + list(overrides)
 
 
+CONFIG_OPTION = "--config"
+
+
+def split_config(argv: list[str]) -> tuple[str | None, list[str]]:
+    """`--config FILE` (or `--config=FILE`) out of train arguments: (FILE or None, the rest)."""
+    config_file: str | None = None
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg != CONFIG_OPTION and not arg.startswith(CONFIG_OPTION + "="):
+            rest.append(arg)
+            i += 1
+            continue
+        if arg == CONFIG_OPTION:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise ConfigError(CONFIG_OPTION, "missing value: a YAML file with sections model, "
+                                  "data, optim, train, dist, gen")
+            value, i = argv[i + 1], i + 2
+        else:
+            value, i = arg.split("=", 1)[1], i + 1
+        if config_file is not None:
+            raise ConfigError(CONFIG_OPTION, f"given twice ({config_file}, {value}); give one file")
+        config_file = value
+    return config_file, rest
+
+
+def absolute_config(argv: list[str]) -> list[str]:
+    """The same train arguments with a `--config` file's path made absolute (jobs may start
+    elsewhere)."""
+    config_file, _ = split_config(argv)
+    if config_file is None:
+        return list(argv)
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == CONFIG_OPTION:
+            out += [CONFIG_OPTION, str(Path(argv[i + 1]).absolute())]
+            i += 2
+        elif argv[i].startswith(CONFIG_OPTION + "="):
+            out += [CONFIG_OPTION, str(Path(argv[i].split("=", 1)[1]).absolute())]
+            i += 1
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def compose_run(task: str, model: str, argv: list[str]):
+    """The config `seq2seq-es train --task T --model M ARGV` composes (a `--config` file, then the
+    dotted options), refused when it would train another task or model than the run's name says."""
+    from ..config import compose, parse_overrides
+
+    config_file, rest = split_config(argv)
+    cfg = compose(task, model, config_file=config_file, overrides=parse_overrides(rest))
+    for key, planned, got in (("data.task", task, cfg.data.task),
+                              ("model.name", model, cfg.model.name)):
+        if got != planned:
+            where = "the options after --" + (f" ({config_file})" if config_file else "")
+            raise ConfigError(key, f"{where} set {key} to '{got}', but this run is {model} on "
+                              f"{task}; choose the {key.split('.')[0]} with --task/--model, "
+                              "--pair or --models/--tasks")
+    return cfg
+
+
 DATA_SPLITS = ("train", "validation", "test")
 
 
@@ -286,6 +351,24 @@ class SweepPlan:
         if len(self.dropped) > limit:
             lines.append(f"  ... and {len(self.dropped) - limit} more")
         return lines
+
+    def summary(self) -> list[str]:
+        """'N runs: M pairs x grid points' and one line per distinct grid point with its runs."""
+        counts: dict[str, int] = {}
+        for run in self.runs:
+            point = describe_grid_point(run.grid_point)
+            counts[point] = counts.get(point, 0) + 1
+        pairs = len({(run.model, run.task) for run in self.runs})
+        lines = [f"{_count(len(self.runs), 'run')}: {_count(pairs, 'pair')} x grid points "
+                 f"({_count(len(counts), 'distinct grid point')}"
+                 + (f", {len(self.dropped)} duplicates dropped" if self.dropped else "") + "):"]
+        width = max(len(point) for point in counts) if counts else 0
+        lines += [f"  {point:<{width}}  {_count(n, 'run')}" for point, n in counts.items()]
+        return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def split_effective_batch(value: str, default_micro: int, world_size: int = 1,
@@ -364,12 +447,6 @@ def _explain_duplicate(point: dict[str, str], kept: dict[str, str], cfg) -> list
     return reasons or ["same grid point"]
 
 
-def _dotted(argv: list[str]) -> dict[str, str]:
-    from ..config import parse_overrides
-
-    return parse_overrides(argv)
-
-
 def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
                grid: dict[str, list[str]] | None, overrides: list[str],
                data_root: str | Path | None = None, world_size: int = 1,
@@ -379,16 +456,21 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
     grid None: each pair gets the paper's grid for it (`paper_grid.grid_for`); a dict: the same
     grid for every pair. A train.batch_size axis is the effective batch per optimizer step
     (`split_effective_batch`). Overrides come last in each run's arguments, so they win over
-    --data-root. Every run's config is composed as `seq2seq-es train` will compose it, which
-    refuses a bad key or value before anything is submitted, and a run whose resolved config
+    --data-root. A `--config FILE` among the overrides is passed on to `train` and sits below
+    every dotted key, as in `train` (grid point, --data-root, dotted overrides); it may not set
+    the batch axis' keys, nor another task or model than the pair's. Every run's config is
+    composed as `seq2seq-es train` will compose it, which
+    refuses a bad file, key or value before anything is submitted, and a run whose resolved config
     equals an earlier run's (an axis the run never reads, such as epochs under max_steps) is
     dropped and reported. compose_runs False (an entry other than training, such as the probe,
     whose overrides are not config keys): runs are neither composed nor deduplicated, and the
     micro-batch comes from the registry defaults alone.
     """
-    from ..config import compose
+    from ..config import compose, flat_keys, load_yaml
 
     root = Path(root).absolute()
+    config_file, _ = split_config(overrides)
+    file_keys = set(flat_keys(load_yaml(config_file))) if config_file and compose_runs else set()
     runs: list[RunPlan] = []
     dropped: list[DroppedRun] = []
     union: dict[str, list[str]] = {}
@@ -402,13 +484,18 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
             union[key] += [value for value in values if value not in union[key]]
         data_args = data_root_overrides(data_root, task) if data_root is not None else []
         base_args = data_args + list(overrides)
-        default = compose(task, model, overrides=_dotted(base_args) if compose_runs else None)
+        default = compose_run(task, model, base_args) if compose_runs else compose(task, model)
         if BATCH_AXIS in pair_grid:
             for key in (BATCH_AXIS, ACCUM_KEY):
                 if f"--{key}" in overrides or any(arg.startswith(f"--{key}=") for arg in overrides):
                     raise ConfigError(key, f"the grid's {BATCH_AXIS} axis is the effective batch, "
                                       f"from which the planner sets {BATCH_AXIS} (micro-batch) and "
                                       f"{ACCUM_KEY}; drop --{key} after --, or the axis")
+                if key in file_keys:
+                    raise ConfigError(key, f"{config_file} sets {key}, but the grid's {BATCH_AXIS} "
+                                      f"axis is the effective batch, from which the planner sets "
+                                      f"{BATCH_AXIS} (micro-batch) and {ACCUM_KEY}; drop it from "
+                                      "the file, or the axis")
             if ACCUM_KEY in pair_grid:
                 raise ConfigError(f"--grid {ACCUM_KEY}", f"the grid's {BATCH_AXIS} axis is the "
                                   f"effective batch and sets {ACCUM_KEY}; give one of the two")
@@ -429,7 +516,7 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
             if not compose_runs:
                 runs.append(plan)
                 continue
-            cfg = compose(task, model, overrides=_dotted(argv[4:]))
+            cfg = compose_run(task, model, argv[4:])
             key = resolved_key(cfg)
             if key in seen:
                 kept, kept_number = seen[key]
@@ -450,8 +537,11 @@ def plan_runs(root: str | Path, pairs: list[tuple[str, str]], grid: dict[str, li
     return plan_sweep(root, pairs, grid, overrides, data_root, world_size).runs
 
 
-def check_overrides(overrides: list[str]) -> None:
-    """Train overrides after `--` must be dotted options (`--optim.lr 3e-5`, `--train.epochs=3`)."""
+def check_overrides(overrides: list[str], *, allow_config: bool = False) -> None:
+    """Train overrides after `--` must be dotted options (`--optim.lr 3e-5`, `--train.epochs=3`),
+    and, where `allow_config`, one `--config FILE`."""
+    if allow_config:
+        _, overrides = split_config(overrides)
     i = 0
     while i < len(overrides):
         arg = overrides[i]
@@ -506,6 +596,56 @@ def slurm_partitions() -> list[str]:
     return [line.strip().rstrip("*") for line in result.stdout.splitlines() if line.strip()]
 
 
+_GPU_GRES = re.compile(r"gpu(?::[A-Za-z0-9_.-]+)?:(\d+)")
+
+
+def partition_gres() -> str | None:
+    """`sinfo -h -o %P|%G` (partition|generic resources, per node group); None without sinfo."""
+    if shutil.which("sinfo") is None:
+        return None
+    try:
+        result = subprocess.run(["sinfo", "-h", "-o", "%P|%G"], capture_output=True, text=True,
+                                timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+def gpu_warning(gpus_per_node: int, partition: str | None, sinfo_gres: str | None) -> str | None:
+    """Why a job without GPUs may not be what was meant, or None.
+
+    sinfo_gres: partition_gres()'s text (None: SLURM could not be asked). No --gpus-per-node (0)
+    means CPU training: worth a warning when the partition (given, or SLURM's default) has GPUs,
+    or when a partition is given and SLURM cannot say whether it has any.
+    """
+    if gpus_per_node > 0:
+        return None
+    advice = "pass --gpus-per-node N (one task per GPU) to train on GPUs"
+    if sinfo_gres is None:
+        if partition is None:
+            return None
+        return (f"no --gpus-per-node: the job on partition '{partition}' trains on CPUs (sinfo "
+                f"could not say whether the partition has GPUs); {advice}")
+    gres: dict[str, list[str]] = {}
+    default = None
+    for line in sinfo_gres.splitlines():
+        name, sep, value = line.strip().partition("|")
+        if not sep:
+            continue
+        if name.endswith("*"):
+            name = name[:-1]
+            default = name
+        gres.setdefault(name, []).append(value.strip())
+    chosen = partition or default
+    gpu_gres = [value for value in gres.get(chosen, []) if _GPU_GRES.search(value)]
+    if not gpu_gres:
+        return None
+    most = max(sum(int(n) for n in _GPU_GRES.findall(value)) for value in gpu_gres)
+    which = f"partition '{chosen}'" + ("" if partition else " (SLURM's default)")
+    return (f"no --gpus-per-node: the job trains on CPUs, but {which} has nodes with {most} "
+            f"GPU{'s' if most > 1 else ''} ({', '.join(sorted(set(gpu_gres)))}); {advice}")
+
+
 def check_partition(partition: str | None, *, required: bool) -> None:
     """Refuses a partition SLURM does not know. Without sinfo it fails only when `required`."""
     if partition is None:
@@ -535,16 +675,20 @@ def dry_run_script(config: SlurmConfig, manifest: Manifest) -> str:
                          array_parallelism=manifest.max_parallel)
 
 
+def require_slurm_clients() -> None:
+    for command in ("sbatch", "srun"):
+        if shutil.which(command) is None:
+            raise SlurmUnavailableError(f"{command} not found: submitting needs the SLURM client "
+                                        "commands (--dry-run prints the script without them)")
+
+
 def submit(manifest: Manifest, config: SlurmConfig, manifest_path: Path) -> Manifest:
     """Submits every run (one job, or one job array with at most max_parallel running at once).
 
     The manifest is written before submitting (so a failed sbatch leaves the plan to inspect) and
     again with the job ids.
     """
-    for command in ("sbatch", "srun"):
-        if shutil.which(command) is None:
-            raise SlurmUnavailableError(f"{command} not found: submitting needs the SLURM client "
-                                        "commands (--dry-run prints the script without them)")
+    require_slurm_clients()
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     manifest.write(manifest_path)
     jobs_callables = [TrainJob(run.argv, run_dir=run.run_dir, entry=manifest.entry,

@@ -1,6 +1,8 @@
-"""The run directory: resolved config, library versions, metrics.jsonl, TensorBoard, progress.
+"""The run directory: resolved config, library versions, metrics.jsonl, trackers, progress.
 
-Only rank 0 writes here (checkpoints are written collectively by checkpoint.py).
+Only rank 0 writes here (checkpoints are written collectively by checkpoint.py). metrics.jsonl is
+always written; `train.report_to` adds trackers (tensorboard, the default; wandb, an optional
+extra), each a small object with log(step, values) and close().
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from pathlib import Path
 
 from ..config import RunConfig, dump
+from ..errors import ConfigError
 
 LIBRARIES = ("seq2seq-es", "torch", "transformers", "datasets", "deepspeed", "accelerate",
              "submitit", "evaluate", "tokenizers", "sentencepiece", "sacrebleu", "rouge-score")
@@ -29,26 +32,119 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def tracker_names(report_to: str) -> list[str]:
+    """`train.report_to` as a list of trackers ("none" -> [])."""
+    names = [name.strip() for name in report_to.split(",") if name.strip()]
+    return [] if names == ["none"] else names
+
+
+def check_trackers(cfg: RunConfig) -> None:
+    """Refuse, before any work, a tracker whose library is missing (only rank 0 needs it)."""
+    if "wandb" in tracker_names(cfg.train.report_to):
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ConfigError("train.report_to", "wandb is not installed: pip install "
+                              "seq2seq-es[wandb] (or drop wandb from train.report_to)") from None
+
+
+def check_before_training(cfg: RunConfig, env) -> None:
+    """Rank 0 checks what only it will need at the end or on the way (the trackers' libraries;
+    for train.push_to_hub, the hub and the login), before any model or data is loaded. Every rank
+    raises rank 0's ConfigError, so none waits for a rank that has stopped."""
+    from . import distributed as D
+
+    refusal = None
+    if env.is_main:
+        try:
+            check_trackers(cfg)
+            if cfg.train.push_to_hub:
+                from .hub import check_push
+                check_push(cfg)
+        except ConfigError as exc:
+            refusal = (exc.key, str(exc).split(": ", 1)[1])
+    if env.world_size > 1:
+        refusal = D.broadcast_object(refusal)
+    if refusal is not None:
+        raise ConfigError(*refusal)
+
+
+class TensorBoardTracker:
+    """Scalars under RUN/tensorboard."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbTracker:
+    """A Weights & Biases run (WANDB_MODE, WANDB_PROJECT, WANDB_ENTITY, WANDB_DIR as wandb reads
+    them; files under RUN/wandb unless WANDB_DIR is set). The run id is kept in RUN/wandb_run_id,
+    so a resumed run continues the same W&B run. Values are plotted against our `step`, logged
+    as a value (wandb's own step must only grow; the test scores come at the best step, earlier
+    than the last, and a resumed run repeats steps after its checkpoint)."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig):
+        import secrets
+
+        import wandb
+        id_file = run_dir / "wandb_run_id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+        id_file.write_text(run_id)
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "seq2seq-es"),
+                              name=run_dir.resolve().name, id=run_id, resume="allow",
+                              dir=os.environ.get("WANDB_DIR") or str(run_dir),
+                              config=cfg.to_dict(), tags=[cfg.data.task, cfg.model.name])
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self.run.log({"step": step, **values})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+TRACKERS = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker}
+
+
+def open_trackers(run_dir: Path, cfg: RunConfig) -> list:
+    check_trackers(cfg)
+    trackers = []
+    for name in tracker_names(cfg.train.report_to):
+        try:
+            trackers.append(TRACKERS[name](run_dir, cfg))
+        except ImportError:
+            if name != "tensorboard":  # tensorboard is a dependency; stay usable without it
+                raise
+    return trackers
+
+
 class RunLog:
-    """metrics.jsonl (one JSON object per event, with `step`), TensorBoard, and a progress bar."""
+    """metrics.jsonl (one JSON object per event, with `step`), the trackers of
+    `train.report_to`, and a progress bar."""
 
     def __init__(self, output_dir: str | Path, cfg: RunConfig, is_main: bool, total_steps: int,
                  start_step: int):
         self.dir = Path(output_dir)
         self.is_main = is_main
         self.bar = None
-        self.tb = None
+        self.trackers: list = []
         if not is_main:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         dump(cfg, self.dir / "config.yaml")
         (self.dir / "versions.json").write_text(json.dumps(library_versions(), indent=1))
         self.metrics_file = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(self.dir / "tensorboard"))
-        except ImportError:  # tensorboard is a dependency; stay usable without it
-            self.tb = None
+        self.trackers = open_trackers(self.dir, cfg)
         if cfg.train.progress_bar:
             from tqdm.auto import tqdm
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True,
@@ -60,11 +156,10 @@ class RunLog:
         record = {"step": step, "time": round(time.time(), 3), **values}
         self.metrics_file.write(json.dumps(record) + "\n")
         self.metrics_file.flush()
-        if self.tb is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)):
-                    self.tb.add_scalar(key, value, step)
-            self.tb.flush()
+        scalars = {key: value for key, value in values.items()
+                   if isinstance(value, (int, float)) and not isinstance(value, bool)}
+        for tracker in self.trackers:
+            tracker.log(step, scalars)
 
     def progress(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
         if self.bar is not None:
@@ -85,8 +180,9 @@ class RunLog:
             return
         if self.bar is not None:
             self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
         self.metrics_file.close()
 
 

@@ -32,7 +32,7 @@ from .checkpoint import Checkpointer
 from .evaluation import evaluate
 from .loss import token_ce_sum
 from .optim import use_bf16
-from .run_dir import RunLog, write_json_atomic
+from .run_dir import RunLog, check_before_training, write_json_atomic
 from .signals import StopRequest
 
 
@@ -177,6 +177,7 @@ class SaveClock:
 def train(cfg: RunConfig) -> dict:
     env = D.read_env()
     D.init(env, cfg.dist.backend, cfg.dist.timeout_min)
+    check_before_training(cfg, env)  # trackers installed; push_to_hub: hub reachable, logged in
     out = Path(cfg.train.output_dir)
     ckpt = Checkpointer(out / "checkpoints", env, cfg.train.keep_last)
     resume_from = find_resume_checkpoint(cfg, ckpt)
@@ -341,6 +342,9 @@ def train(cfg: RunConfig) -> dict:
             (out / "PREEMPTED").unlink(missing_ok=True)
             (out / "DONE").write_text(json.dumps({"step": step, **end_eval,
                                                   "best_step": final_step}))
+            if cfg.train.push_to_hub:  # after DONE: a failed upload does not redo the run
+                from .hub import push_final
+                say(f"uploaded final/ to {push_final(out, cfg)}")
         return {"step": step, **end_eval, "best_step": final_step}
     finally:
         stop.restore()

@@ -1,0 +1,131 @@
+"""`train.push_to_hub REPO`: check at the start of a run that the upload can happen, upload final/
+at its end.
+
+The check runs before any model or data is loaded, so a run of hours does not end by failing to
+upload: the repo id must be valid, the hub reachable (HF_HUB_OFFLINE unset, network up), a token
+present, accepted and not read-only, and the repo's namespace the user's or one of their
+organisations'. The upload (rank 0, after final/ and final_results.json are written) creates the
+repo if needed and uploads final/ in one commit, with final_results.json and a model card.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..config import RunConfig
+from ..errors import ConfigError, Seq2SeqEsError
+
+KEY = "train.push_to_hub"
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def _offline_variable() -> str | None:
+    """The variable that puts huggingface_hub offline, if one does (read now, and as the library
+    read it at import)."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").upper() in _TRUE:
+            return name
+    from huggingface_hub import constants
+    return "HF_HUB_OFFLINE" if constants.HF_HUB_OFFLINE else None
+
+
+def check_push(cfg: RunConfig) -> str:
+    """Refuse (ConfigError naming train.push_to_hub) an upload that cannot happen; returns the
+    full repo id (namespace/name)."""
+    repo_id = cfg.train.push_to_hub
+    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise ConfigError(KEY, f"{repo_id!r} is not a hub repo id (namespace/name): {exc}") from None
+    if not cfg.train.export:
+        raise ConfigError(KEY, "needs train.export true: final/ is what is uploaded")
+    offline = _offline_variable()
+    if offline:
+        raise ConfigError(KEY, f"{offline} is set, so the hub cannot be reached; unset it for this "
+                          "run (HF_DATASETS_OFFLINE can stay) or drop train.push_to_hub")
+    token = get_token()
+    if not token:
+        raise ConfigError(KEY, "no Hugging Face token: log in with `hf auth login` or set HF_TOKEN "
+                          "to a token with write access")
+    endpoint = constants.ENDPOINT
+    try:
+        me = HfApi(endpoint=endpoint).whoami(token=token)
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        raise ConfigError(KEY, f"{endpoint} refused the token (HTTP {status}): "
+                          f"{str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # connection errors come from the HTTP client, not huggingface_hub
+        raise ConfigError(KEY, f"cannot reach {endpoint} ({type(exc).__name__}: {exc}); check the "
+                          "network or proxy of this machine, or drop train.push_to_hub") from None
+    role = (me.get("auth") or {}).get("accessToken", {}).get("role")
+    if role == "read":
+        raise ConfigError(KEY, f"the token of user {me.get('name')} is read-only; use a token "
+                          "with write access")
+    user = me.get("name")
+    namespace = repo_id.split("/")[0] if "/" in repo_id else user
+    orgs = [org.get("name") for org in me.get("orgs") or []]
+    if user and namespace != user and namespace not in orgs:
+        raise ConfigError(KEY, f"user {user} cannot create repos under '{namespace}' (their "
+                          f"organisations: {', '.join(orgs) or 'none'})")
+    return f"{namespace}/{repo_id.split('/')[-1]}"
+
+
+def model_card(results: dict, base_model: str | None, task_hub_id: str | None) -> str:
+    """A short README.md: what was trained on what, and its validation and test scores."""
+    front = ["---", "language: es", "library_name: transformers", "tags:", "- seq2seq-es",
+             f"- {results['task']}"]
+    if base_model:
+        front.append(f"base_model: {base_model}")
+    if task_hub_id:
+        front += ["datasets:", f"- {task_hub_id}"]
+    lines = front + ["---", "", f"# {results['model']} fine-tuned on {results['task']}", "",
+                     f"Trained with seq2seq-es; the weights are those of step {results['best_step']}"
+                     f" of {results['steps']}, chosen on the validation {results['main_metric']}.",
+                     ""]
+    for split in ("validation", "test"):
+        scores = results.get(split) or {}
+        if scores:
+            lines += [f"## {split}", "", "| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+                      for k, v in scores.items()]
+            lines.append("")
+    lines += ["`final_results.json` holds the same numbers.", ""]
+    return "\n".join(lines)
+
+
+def push_final(run_dir: Path, cfg: RunConfig) -> str:
+    """Upload RUN/final (with final_results.json and a model card) to train.push_to_hub in one
+    commit; returns the repo URL. A failure names the command that uploads by hand: the run
+    itself is complete."""
+    from huggingface_hub import HfApi
+
+    from ..models import get_model_spec
+    from ..tasks import get_task
+
+    folder = run_dir / "final"
+    results = json.loads((run_dir / "final_results.json").read_text())
+    shutil.copyfile(run_dir / "final_results.json", folder / "final_results.json")
+    card = folder / "README.md"
+    if not card.exists():
+        spec, task = get_model_spec(cfg.model.name), get_task(cfg.data.task)
+        base = None if spec.tiny else getattr(spec, "hub_id", None)
+        card.write_text(model_card(results, base, getattr(task, "hub_id", None)), encoding="utf-8")
+    repo_id = cfg.train.push_to_hub
+    api = HfApi()
+    try:
+        url = api.create_repo(repo_id, repo_type="model", exist_ok=True)
+        api.upload_folder(repo_id=url.repo_id, repo_type="model", folder_path=str(folder),
+                          commit_message=f"seq2seq-es: {results['model']} on {results['task']}, "
+                                         f"step {results['best_step']}")
+    except Exception as exc:
+        raise Seq2SeqEsError(f"uploading {folder} to {repo_id} failed ({type(exc).__name__}: "
+                             f"{exc}); the run is complete: upload it by hand with `hf upload "
+                             f"{repo_id} {folder} . --repo-type model`") from exc
+    return str(url)

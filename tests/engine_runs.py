@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from seq2seq_es import metrics_log
 from seq2seq_es.demo.synthetic import write_demo_dataset
-from seq2seq_es.engine.run_dir import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRY = str(REPO / "launch" / "train.py")
@@ -120,8 +120,9 @@ def wait_for(predicate, timeout: float = 300, interval: float = 0.05) -> None:
 
 
 def step_losses(out: Path) -> dict[int, float]:
-    return {r["step"]: r["train/loss"] for r in read_metrics(out / "metrics.jsonl")
-            if "train/loss" in r}
+    """The logged training loss per step, the last one where a resumed run logged a step twice
+    (a half-written last line, the run still writing, is skipped)."""
+    return {step: r["train/loss"] for step, r in metrics_log.by_step(out, "train/loss").items()}
 
 
 def final_weights(out: Path) -> dict[str, torch.Tensor]:

@@ -18,10 +18,10 @@ import torch
 
 from engine_runs import (base_args, final_weights, kill_group, run, start, step_losses,
                          wait_for)
+from seq2seq_es import metrics_log
 from seq2seq_es.demo.synthetic import write_demo_dataset
 from seq2seq_es.engine import distributed as D
 from seq2seq_es.engine.checkpoint import Checkpointer
-from seq2seq_es.engine.run_dir import read_metrics
 from seq2seq_es.engine.trainer import is_better
 
 pytestmark = pytest.mark.slow
@@ -78,7 +78,7 @@ def test_the_data_report_is_kept_in_the_run_folder(workdir, files):
 
 
 def eval_records(out: Path, prefix: str = "eval") -> dict[int, dict]:
-    return {r["step"]: r for r in read_metrics(out / "metrics.jsonl") if f"{prefix}/loss" in r}
+    return metrics_log.by_step(out, f"{prefix}/loss")
 
 
 def module_weights(checkpoint: Path) -> dict[str, torch.Tensor]:

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from engine_runs import REPO, _env, base_args, demo_files, free_port, run
+from seq2seq_es import metrics_log
 from seq2seq_es.cli import main as cli
 from seq2seq_es.demo.synthetic import write_demo_dataset
-from seq2seq_es.engine.run_dir import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def trained(workdir, files):
 
 
 def logged_evals(run_dir: Path) -> dict[int, dict]:
-    return {r["step"]: r for r in read_metrics(run_dir / "metrics.jsonl") if "eval/loss" in r}
+    return metrics_log.by_step(run_dir, "eval/loss")
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 from ..config import RunConfig, dump
+# metrics.jsonl's one reader (a record per step, the last values kept), kept importable here.
+from ..metrics_log import read as read_metrics  # noqa: F401
 from ..errors import ConfigError
 
 LIBRARIES = ("seq2seq-es", "torch", "transformers", "datasets", "deepspeed", "accelerate",
@@ -184,13 +186,6 @@ class RunLog:
             tracker.close()
         self.trackers = []
         self.metrics_file.close()
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 def write_json_atomic(path: str | Path, obj) -> None:

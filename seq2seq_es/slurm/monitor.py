@@ -3,9 +3,10 @@
 Job states come from `scontrol show job` (pending, running and recently finished jobs), then
 `sacct` (older jobs, where accounting is configured), then the files the job left: submitit's
 result pickles, the run's OUT_OF_REQUEUES marker and its slurm_events.jsonl. Neither command
-waits for a job. Metrics come from each run's metrics.jsonl (read_metrics: a half-written last
-line, the run still writing it, is skipped, so both commands can run while jobs are going) and,
-for collect, from the final_results.json a finished run writes: see the collect section below.
+waits for a job. Metrics come from each run's metrics.jsonl (read_metrics, which is
+`seq2seq_es.metrics_log.read`: one record per step; a half-written last line, the run still
+writing it, is skipped, so both commands can run while jobs are going) and, for collect, from
+the final_results.json a finished run writes: see the collect section below.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import DataError
+# The one metrics.jsonl reader (merges a step's records, keeping the last values).
+from ..metrics_log import read as read_metrics
 from .job import DONE_FILE, EVENTS_FILE, OUT_OF_REQUEUES_FILE
 from .sweep import Manifest, RunPlan, describe_grid_point
 
@@ -136,43 +139,6 @@ def query_slurm(job_ids: Iterable[str]) -> dict[str, SlurmState]:
 
 
 # ---- run folders -----------------------------------------------------------------------------
-
-def read_metrics(path: str | Path, merge_steps: bool = True) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl, in file order; [] when there is no file.
-
-    A broken line in the middle is an error (DataError naming file and row); a broken last line
-    is skipped (the run is writing it). With `merge_steps` a step logged more than once (a run
-    resumed from a checkpoint before its last logged step repeats those steps; the engine also
-    logs a step's training and evaluation values as two records) gives one record, at the place
-    of its first, holding the last value of every key. `merge_steps=False` gives the lines as
-    they are.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records: list[dict[str, Any]] = []
-    by_step: dict[int, dict[str, Any]] = {}
-    for row, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if row == len(lines):
-                break
-            raise DataError(f"not valid JSON ({exc.msg})", file=str(path), row=row) from None
-        if not isinstance(record, dict):
-            raise DataError("expected a JSON object", file=str(path), row=row)
-        step = record.get("step")
-        if merge_steps and isinstance(step, int) and not isinstance(step, bool):
-            if step in by_step:
-                by_step[step].update(record)
-                continue
-            by_step[step] = record
-        records.append(record)
-    return records
-
 
 def latest_metrics(records: list[dict[str, Any]]) -> tuple[int | None, dict[str, Any]]:
     """(last step, the latest value of every metric key) over the records."""

@@ -1,0 +1,84 @@
+"""metrics.jsonl, the training's metrics log, and `read`, the one reader of it.
+
+A run folder's ``metrics.jsonl`` holds one JSON object per line, written by rank 0 (`RunLog`):
+
+- ``step``: the number of optimizer steps done when the values were taken (an int; 0 for a
+  validation before the first step, `train.eval_at_start`), and ``time`` (Unix seconds).
+- training records, every `train.log_every` steps, the first and the last step:
+  ``train/loss`` (the step's token-normalised loss), ``train/lr`` (the learning rate of this
+  step's own update, i.e. the schedule's value before the scheduler advanced),
+  ``train/tokens_per_s``, ``train/epoch``, ``train/padded_fraction``,
+  ``train/skipped_micro_batches``;
+- validation records: ``eval/loss`` and ``eval/<metric>`` for each metric of the task;
+- test records: ``test/loss`` and ``test/<metric>``, once, at the step of the best checkpoint.
+
+A step can appear on several lines, so **a reader must keep the last record per step**:
+
+- the training and the validation values of one step are two records (two lines);
+- a run resumed from a checkpoint older than its last logged step logs the steps after that
+  checkpoint again (the file is appended to, never rewritten), and the later lines are the ones
+  that lead to the run's weights;
+- a run killed while writing leaves a half-written last line.
+
+`read` does all of this: records of one step are merged into one, at the place of the step's
+first line, keeping the last value of every key; a broken last line is skipped (the run may be
+writing it) and a broken line elsewhere is an error naming the file and line. Everything that
+reads metrics.jsonl (`slurm status`/`collect`, the demo, the tests) goes through it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read(path: str | Path, merge_steps: bool = True) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl (a file, or a run folder holding one), in file order;
+    [] when there is no file.
+
+    With `merge_steps` (the default) each step gives one record, at the place of its first line,
+    holding the last value of every key over the step's lines (see the module docstring for why
+    a step is logged more than once). `merge_steps=False` gives the lines as they are. A record
+    without an int ``step`` is kept as it is. A broken line in the middle raises DataError
+    (file and line); a broken last line is skipped.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records: list[dict[str, Any]] = []
+    by_step: dict[int, dict[str, Any]] = {}
+    for line_number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if line_number == len(lines):
+                break  # the run is writing it, or was killed while writing it
+            raise DataError(f"not valid JSON ({exc.msg})", file=str(path),
+                            row=line_number) from None
+        if not isinstance(record, dict):
+            raise DataError("expected a JSON object", file=str(path), row=line_number)
+        step = record.get("step")
+        if merge_steps and isinstance(step, int) and not isinstance(step, bool):
+            if step in by_step:
+                by_step[step].update(record)
+                continue
+            by_step[step] = record
+        records.append(record)
+    return records
+
+
+def by_step(path: str | Path, key: str) -> dict[int, dict[str, Any]]:
+    """{step: merged record} for the steps whose record has `key` (e.g. "eval/loss" for the
+    validations, "test/loss" for the test scoring, "train/loss" for the logged steps)."""
+    return {record["step"]: record for record in read(path)
+            if key in record and isinstance(record.get("step"), int)}

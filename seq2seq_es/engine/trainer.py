@@ -272,6 +272,8 @@ def train(cfg: RunConfig) -> dict:
         while state["step"] < total_steps:
             epoch, step_in_epoch, micro_indices = next(steps)
             micro = [collator([train_data.tokenized[i] for i in idx]) for idx in micro_indices]
+            # The rate this step's update uses: the scheduler advances inside engine.step().
+            lr = scheduler.get_last_lr()[0]
             result = train_step(engine, micro, env, cfg, state["step"])
             state = {"step": state["step"] + 1, "epoch": epoch, "step_in_epoch": step_in_epoch + 1,
                      "world_size": env.world_size}
@@ -280,7 +282,6 @@ def train(cfg: RunConfig) -> dict:
             window_padded += result["padded_tokens"]
             if step % max(cfg.train.log_every, 1) == 0 or step == total_steps or step == 1:
                 elapsed = time.perf_counter() - window_start
-                lr = scheduler.get_last_lr()[0]
                 tokens_per_s = window_tokens / max(elapsed, 1e-9)
                 log.log(step, {"train/loss": result["loss"], "train/lr": lr,
                                "train/tokens_per_s": tokens_per_s, "train/epoch": epoch,

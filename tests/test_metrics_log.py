@@ -1,0 +1,69 @@
+"""metrics.jsonl: `seq2seq_es.metrics_log.read` keeps the last record per step, and the logged
+`train/lr` is the rate of the logged step's own update (a real run with warmup)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine_runs import base_args, demo_files, run
+from seq2seq_es import metrics_log
+from seq2seq_es.engine import run_dir
+from seq2seq_es.engine.optim import lr_factor
+from seq2seq_es.errors import DataError
+from seq2seq_es.slurm import monitor
+
+
+def _write(path, records, tail: str = "") -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail, encoding="utf-8")
+
+
+def test_read_keeps_the_last_record_per_step(tmp_path):
+    # Steps 1-4 logged with validation at 2 and 4; the run was resumed from its step-2
+    # checkpoint after logging step 3, so steps 3 and 4 come again; a killed write at the end.
+    path = tmp_path / "metrics.jsonl"
+    _write(path, [{"step": 1, "train/loss": 4.0}, {"step": 2, "train/loss": 3.0},
+                  {"step": 2, "eval/loss": 3.5, "eval/rougeL": 10.0},
+                  {"step": 3, "train/loss": 2.9},
+                  {"step": 3, "train/loss": 2.5}, {"step": 4, "train/loss": 2.0},
+                  {"step": 4, "eval/loss": 2.2, "eval/rougeL": 12.0}], tail='{"step": 5, "tra')
+    records = metrics_log.read(path)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert records[1] == {"step": 2, "train/loss": 3.0, "eval/loss": 3.5, "eval/rougeL": 10.0}
+    assert records[2] == {"step": 3, "train/loss": 2.5}
+    assert metrics_log.read(tmp_path) == records  # a run folder works too
+    assert [r["step"] for r in metrics_log.read(path, merge_steps=False)] == [1, 2, 2, 3, 3, 4, 4]
+    assert sorted(metrics_log.by_step(path, "eval/loss")) == [2, 4]
+    assert metrics_log.by_step(path, "train/loss")[3]["train/loss"] == 2.5
+    # The engine's and slurm's names are this reader.
+    assert run_dir.read_metrics is metrics_log.read is monitor.read_metrics
+    assert metrics_log.read(tmp_path / "missing.jsonl") == []
+
+
+def test_read_names_a_broken_line_in_the_middle(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2,\n{"step": 3}\n', encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        metrics_log.read(path)
+    assert info.value.row == 2 and info.value.file == str(path)
+
+
+@pytest.mark.slow
+def test_logged_lr_is_the_rate_of_the_logged_step(tmp_path):
+    """Linear schedule, 2 warmup steps, 5 steps, peak 1e-3: the update of step k (1-based) uses
+    lr * lr_factor(k - 1): 1/2, 1 (warmup), then 1, 2/3, 1/3 of the peak (linear decay over the
+    3 steps after warmup). Read after the scheduler advanced, it was the next step's rate
+    (1, 1, 2/3, 1/3, 0): step 1 would not show the first warmup rate, and the last step 0."""
+    files = demo_files(tmp_path / "data", train_size=16)
+    out = tmp_path / "run"
+    steps, warmup, peak = 5, 2, 1e-3
+    run("none", 1, base_args(files, out, steps=steps, extra=[
+        "--optim.warmup_steps", str(warmup), "--optim.schedule", "linear",
+        "--optim.lr", str(peak), "--train.save_every_min", "0", "--train.eval_test", "false"]))
+    logged = {step: record["train/lr"]
+              for step, record in metrics_log.by_step(out, "train/loss").items()}
+    assert sorted(logged) == list(range(1, steps + 1))
+    expected = {k: peak * lr_factor(k - 1, steps, warmup, "linear") for k in logged}
+    assert logged == pytest.approx(expected, rel=1e-12)
+    assert [logged[k] / peak for k in sorted(logged)] == pytest.approx([1 / 2, 1, 1, 2 / 3, 1 / 3])

@@ -89,7 +89,9 @@ class B:
     assert parsed["B"] == {"v": ("bool", "other class")}
 
 
-UNDOCUMENTED = {  # fields of config.py without a comment when this test was written
+# Fields of config.py without a comment when `train --help` was written (config.py belongs to
+# another change); empty this set once they have one. A new field without a comment fails here.
+UNDOCUMENTED = {
     "data.task", "data.validation_file", "data.test_file", "data.max_source_length",
     "data.max_target_length", "data.max_train_samples", "data.max_eval_samples", "optim.lr",
     "optim.betas", "optim.eps", "optim.warmup_steps", "train.output_dir", "train.seed",
@@ -98,12 +100,9 @@ UNDOCUMENTED = {  # fields of config.py without a comment when this test was wri
     "gen.no_repeat_ngram_size", "gen.early_stopping"}
 
 
-@pytest.mark.xfail(strict=True, reason="config.py (not this module's file) still lacks a comment "
-                   "on these fields; remove this marker once they have one")
-def test_every_key_has_a_meaning():
+def test_every_key_has_a_meaning_but_the_known_few():
     missing = {doc.key for doc in key_docs() if not doc.meaning}
-    assert missing == UNDOCUMENTED  # documents the gap: the marker fails the day it closes
-    assert not missing
+    assert missing <= UNDOCUMENTED, f"config.py fields without a # comment: {missing - UNDOCUMENTED}"
 
 
 @pytest.mark.parametrize("task, model, key, line", [

@@ -73,6 +73,7 @@ def files(tmp_path_factory):
 # report_to
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_on_two_ranks_logs_what_metrics_jsonl_holds(files, tmp_path,
                                                                       monkeypatch):
     pytest.importorskip("wandb")
@@ -142,7 +143,8 @@ def test_wandb_without_the_library_is_refused(monkeypatch):
     assert "pip install seq2seq-es[wandb]" in str(err.value)
 
 
-@pytest.mark.parametrize("launcher, nproc", [("none", 1), ("torchrun", 2)])
+@pytest.mark.parametrize("launcher, nproc", [
+    ("none", 1), pytest.param("torchrun", 2, marks=pytest.mark.slow)])
 def test_a_run_without_wandb_stops_before_training_with_the_install_line(files, tmp_path,
                                                                          launcher, nproc):
     shadow = tmp_path / "no-wandb" / "wandb"
@@ -323,6 +325,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_a_run_ends_by_uploading_final_to_the_repo(files, tmp_path):
     hub = FakeHub(WRITER)
     try:

@@ -10,7 +10,7 @@ import pytest
 from seq2seq_es.bench.data import draw_lengths
 from seq2seq_es.data.collator import Seq2SeqCollator
 from seq2seq_es.data.length_buckets import (BucketedPlan, best_buckets_1d, choose_buckets,
-                                            dummy_features, warm_up_shapes)
+                                            dummy_features, warm_up_model, warm_up_shapes)
 from seq2seq_es.errors import ConfigError
 
 from test_token_budget import miam_like, mlsum_like
@@ -291,3 +291,47 @@ def test_a_short_real_run_trains_with_bucketed_batches(tmp_path):
     assert all(np.isfinite(v) for v in losses.values())
     assert losses[6] < losses[1]
     assert "padding in epoch 0" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_after_warm_up_a_statically_compiled_model_never_recompiles_in_an_epoch():
+    """barto-tiny compiled with dynamic=False (eager backend: Dynamo's graphs, no codegen): the
+    warm-up compiles one graph per bucket shape, more shapes than Dynamo's default recompile limit
+    of 8 (without allow_static_shapes the 9th shape runs uncompiled), and bucketed batches then
+    need no new graph; the warm-up leaves the weights untouched."""
+    import torch
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from seq2seq_es.bench.shapes import build_model, get_shape
+    from seq2seq_es.engine.loss import token_ce_sum
+
+    shape = get_shape("barto-tiny")
+    src, tgt = miam_like(400, seed=3)
+    plan = BucketedPlan(src, tgt, max_tokens=600, grad_accum=1, world_size=1, seed=0,
+                        max_shapes=10)
+    assert 8 < len(plan.shapes()) <= 10
+    collator = Seq2SeqCollator(shape.pad_token_id, shape.decoder_start_token_id)
+    collator.set_buckets(plan.buckets.source, plan.buckets.target)
+    model = build_model(shape, torch.device("cpu"), seed=0, dropout=0.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        compiled = torch.compile(model, backend="eager", dynamic=False)
+        seconds = warm_up_model(compiled, model.parameters(), plan.shapes(), collator,
+                                token_id=shape.first_plain_id)
+        assert set(seconds) == set(plan.shapes())
+        graphs = counters["stats"]["unique_graphs"]
+        assert graphs == len(plan.shapes())           # one frame, one static graph per shape
+        assert all(p.grad is None for p in model.parameters())
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+        features = [{"input_ids": [shape.first_plain_id] * s, "labels": [shape.first_plain_id] * t}
+                    for s, t in zip(src, tgt)]
+        for batch in plan.epoch_batches(0)[:2 * len(plan.shapes())]:
+            out = collator([features[i] for i in batch])
+            labels = out.pop("labels")
+            token_ce_sum(compiled(**out).logits, labels).backward()
+        assert counters["stats"]["unique_graphs"] == graphs, "a shape compiled after warm-up"
+    finally:
+        torch._dynamo.reset()

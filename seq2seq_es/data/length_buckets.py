@@ -29,7 +29,9 @@ Filling micro-batches (the layout depends only on the lengths, the budget and th
 - The remainder (fewer than a micro-batch) is handed on, padded up, to the next larger pair:
   (s, next target bucket), or from the largest target bucket to (next source bucket, same target).
   Both are at least as large in source and target, so a handed-on example only gains padding.
-  At most one micro-batch's worth per pair is handed on, a negligible share of real data sets.
+  A pair hands on less than one micro-batch, unless it has fewer own examples than micro-batches
+  its pool would fill (a sparse pair under a dense one): then the surplus moves on as well. On
+  MLSUM-like lengths this is a few dozen examples of thousands (tests/test_length_buckets.py).
 - The remainder of the last pair (the largest) has nowhere to go and is left out of the epoch.
 - Steps take `world_size * grad_accum` micro-batches; when the count is not a multiple of that,
   the surplus micro-batches are left out, taken from the pair with the most micro-batches (each
@@ -45,10 +47,12 @@ step), the order of the steps shuffled per epoch. The plan is a pure function of
 (lengths, max_tokens, grad_accum, world_size, seed, epoch, max_shapes, align): a resumed run
 draws exactly the remaining batches.
 
-Compiled models (`model.compile`): with static shapes a graph is compiled per bucket shape the
-first time it is seen; `warm_up_shapes` runs each of `shapes()` once before training so the
-compilations happen up front (and are timed), and `Seq2SeqCollator.mark_dynamic` is the other
-choice (one dynamic graph). Which is faster is to be measured on a GPU.
+Compiled models (`model.compile`), two choices to be measured against each other on a GPU:
+- static (`torch.compile(dynamic=False)`): one graph per bucket shape. `allow_static_shapes`
+  raises Dynamo's recompile limit (8 by default: the 9th shape would silently run uncompiled) and
+  `warm_up_model` runs each of `shapes()` once before training (forward and backward, gradients
+  cleared), so the compilations happen up front and are timed;
+- dynamic: `Seq2SeqCollator.mark_dynamic` marks batch and length dimensions dynamic, one graph.
 """
 
 from __future__ import annotations
@@ -364,13 +368,26 @@ class BucketedPlan:
                 f"{list(self.buckets.target)}; {len(self.shapes())} micro-batch shapes")
 
 
+def allow_static_shapes(num_shapes: int) -> None:
+    """Let torch.compile keep one static graph per bucket shape.
+
+    Dynamo recompiles a frame at most `recompile_limit` times (8 by default in torch 2.13) and runs
+    it eagerly from then on, which would leave half of a 16-shape plan uncompiled. Twice the shape
+    count leaves room for the graphs of the other grad mode (validation loss).
+    """
+    import torch._dynamo.config as dynamo_config
+
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo_config, name, max(getattr(dynamo_config, name), 2 * num_shapes))
+
+
 def warm_up_shapes(run_shape: Callable[[tuple[int, int, int]], None],
                    shapes: Sequence[tuple[int, int, int]]) -> dict[tuple[int, int, int], float]:
     """Run each bucket shape once (compiling it), largest first; seconds per shape.
 
     `run_shape(shape)` must run one forward and backward of the compiled model on a batch of that
-    shape and leave no trace in the weights or the optimizer (see `dummy_features`, and zero the
-    gradients afterwards). Largest first: the allocator then reserves the largest blocks once.
+    shape and leave no trace in the weights or the optimizer (`warm_up_model` is one). Largest
+    first: the allocator then reserves the largest blocks once.
     """
     seconds = {}
     for shape in sorted(shapes, key=lambda s: s[0] * (s[1] + s[2]), reverse=True):
@@ -380,6 +397,38 @@ def warm_up_shapes(run_shape: Callable[[tuple[int, int, int]], None],
             torch.cuda.synchronize()
         seconds[shape] = time.perf_counter() - start
     return seconds
+
+
+def warm_up_model(forward: Callable, parameters, shapes: Sequence[tuple[int, int, int]],
+                  collator, token_id: int, device: torch.device | str = "cpu",
+                  lean_ce: bool = False) -> dict[tuple[int, int, int], float]:
+    """Compile every bucket shape before training: one forward and backward each, as train_step
+    calls the model, with the gradients cleared afterwards (weights and optimizer untouched).
+
+    `forward` is what train_step calls (the DeepSpeed engine, or a compiled module) and
+    `parameters` the module's parameters. The backward is a plain autograd backward, not
+    `engine.backward`: right for ZeRO stage 0, where gradients live in `.grad`; ZeRO 1-3 hook
+    gradients into their partitions, so there the shapes compile when first met instead.
+    Returns seconds per shape (the compile time, for the GPU measurement).
+    """
+    from ..engine.loss import token_ce_sum
+
+    parameters = [p for p in parameters if p.requires_grad]
+    allow_static_shapes(len(shapes))
+
+    def run_shape(shape: tuple[int, int, int]) -> None:
+        batch = collator(dummy_features(shape, token_id))
+        batch = {key: value.to(device) for key, value in batch.items()}
+        labels = batch.pop("labels")
+        if lean_ce:
+            ce = forward(**batch, lean_ce_labels=labels)
+        else:
+            ce = token_ce_sum(forward(**batch).logits, labels)
+        (ce * 0.0).backward()
+        for p in parameters:
+            p.grad = None
+
+    return warm_up_shapes(run_shape, shapes)
 
 
 def dummy_features(shape: tuple[int, int, int], token_id: int) -> list[dict]:

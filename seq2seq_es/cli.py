@@ -8,6 +8,7 @@ library tracebacks stay out of the way (set SEQ2SEQ_ES_DEBUG=1 to see them).
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from .errors import run_command
@@ -104,7 +105,7 @@ def cmd_config(argv: list[str]) -> int:
               "composes the same config from it. Keys: seq2seq-es train --help")
         return 0
     resolved = resolve(known.task, known.model, known.config, overrides)
-    print(config_yaml(resolved, " ".join(argv)), end="")
+    print(config_yaml(resolved, shlex.join(argv)), end="")
     return 0
 
 

@@ -279,13 +279,14 @@ def test_get_step_plan_gives_the_collator_the_plan_buckets():
 @pytest.mark.skipif(not _accepts_bucketed(),
                     reason="config.validate does not accept train.batching=bucketed yet "
                            "(issue 12.2: the config lines are in the report)")
-def test_a_short_real_run_trains_with_bucketed_batches(tmp_path):
+@pytest.mark.parametrize("launcher, ranks", [("none", 1), ("torchrun", 2)])
+def test_a_short_real_run_trains_with_bucketed_batches(tmp_path, launcher, ranks):
     from engine_runs import base_args, demo_files, run, step_losses
 
     files = demo_files(tmp_path / "data", train_size=48)
     out = tmp_path / "run"
-    proc = run("none", 1, base_args(files, out, steps=6, extra=[
-        "--train.batching", "bucketed", "--train.max_tokens", "640"]))
+    proc = run(launcher, ranks, base_args(files, out, steps=6, extra=[
+        "--train.batching", "bucketed", "--train.max_tokens", "640", "--train.grad_accum", "2"]))
     losses = step_losses(out)
     assert sorted(losses) == list(range(1, 7))
     assert all(np.isfinite(v) for v in losses.values())

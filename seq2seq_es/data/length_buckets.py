@@ -34,9 +34,9 @@ Filling micro-batches (the layout depends only on the lengths, the budget and th
   MLSUM-like lengths this is a few dozen examples of thousands (tests/test_length_buckets.py).
 - The remainder of the last pair (the largest) has nowhere to go and is left out of the epoch.
 - Steps take `world_size * grad_accum` micro-batches; when the count is not a multiple of that,
-  the surplus micro-batches are left out, taken from the pair with the most micro-batches (each
-  of its examples then has the smallest chance of being left out). Splitting them, as
-  TokenBudgetPlan does, would create new shapes. Both drops are counted in `dropped_per_epoch`
+  the surplus micro-batches (fewer than one step's) are left out, one at a time from the pair
+  with the most micro-batches left, so that no length range loses a larger share of its
+  examples than another. Splitting them, as TokenBudgetPlan does, would create new shapes. Both drops are counted in `dropped_per_epoch`
   (constant across epochs); which examples fall into them changes every epoch.
 
 Every epoch, the examples of a pair are put in a random order seeded by (seed, epoch): which
@@ -212,14 +212,14 @@ class BucketedPlan:
         micro = [_MicroBatch(p, k) for p in range(len(self.pairs)) for k in range(self._made[p])]
         per_step = self.micro_batches_per_step
         surplus = len(micro) % per_step
+        # Surplus micro-batches are left out one at a time from the pair that has the most left,
+        # so no pair (no length range) loses a larger share of its examples than the others.
         self._dropped: list[_MicroBatch] = []
-        by_count = sorted(range(len(self.pairs)), key=lambda p: (-self._made[p], -p))
-        for p in by_count:
-            if len(self._dropped) == surplus:
-                break
-            take = min(surplus - len(self._dropped), self._made[p])
-            self._dropped += [_MicroBatch(p, k) for k in range(self._made[p] - take,
-                                                               self._made[p])]
+        remaining = list(self._made)
+        for _ in range(surplus):
+            p = max(range(len(self.pairs)), key=lambda q: (remaining[q], q))
+            remaining[p] -= 1
+            self._dropped.append(_MicroBatch(p, remaining[p]))
         dropped = set(self._dropped)
         kept = [mb for mb in micro if mb not in dropped]
         self._steps = self._group_into_steps(kept)

@@ -39,15 +39,18 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    task: str = "mlsum"
+    task: str = "mlsum"                   # registry task name (seq2seq-es list); --task sets it
     train_file: str | None = None         # local jsonl/json/csv/parquet with the hub dataset's columns
-    validation_file: str | None = None
-    test_file: str | None = None
+    validation_file: str | None = None    # local file for the validation split (as train_file)
+    test_file: str | None = None          # local file for the test split (as train_file)
     hub_revision: str | None = None       # e.g. refs/convert/parquet for script-based hub datasets
-    max_source_length: int = 512
-    max_target_length: int = 128
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
+    max_source_length: int = 512          # source tokens kept; longer sources are cut (dialogue
+                                          # histories on the left) and counted in data_report.json
+    max_target_length: int = 128          # target tokens kept; refused if it cuts most training
+                                          # targets (below the model's own limit)
+    max_train_samples: int | None = None  # keep the first N training examples (None: all)
+    max_eval_samples: int | None = None   # validate on the first N examples (None: all; the test
+                                          # split is always scored whole)
     skip_bad_rows: bool = True            # skip (and report) empty/non-string fields instead of failing
     global_attention: str = "first"       # LED: first | prefix:N | sentences
     cache_dir: str | None = None          # datasets cache for tokenized splits
@@ -55,34 +58,34 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-5
+    lr: float = 5e-5                      # peak learning rate of AdamW (after warmup)
     weight_decay: float = 0.01            # never applied to biases and norms
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW beta1, beta2 (command line: 0.9,0.98)
+    eps: float = 1e-8                     # AdamW epsilon
     schedule: str = "linear"              # linear | cosine | constant
     warmup_ratio: float = 0.0             # fraction of total steps; ignored when warmup_steps > 0
-    warmup_steps: int = 0
+    warmup_steps: int = 0                 # linear warmup steps; > 0 overrides warmup_ratio
     max_grad_norm: float = 1.0            # 0 disables clipping
     fused: bool = True                    # fused AdamW kernel on GPUs (measured fastest); CPU: off
 
 
 @dataclass
 class TrainConfig:
-    output_dir: str = "runs/default"
-    seed: int = 42
-    epochs: int = 6
+    output_dir: str = "runs/default"      # run folder: checkpoints, metrics.jsonl, final/, results
+    seed: int = 42                        # seed of initialisation, dropout and the data order
+    epochs: int = 6                       # passes over the training split (when max_steps is 0)
     max_steps: int = 0                    # > 0 overrides epochs
     batch_size: int = 8                   # per device, per micro-batch (batching=fixed)
     batching: str = "fixed"               # fixed | token_budget (length-sorted, padded <= max_tokens)
     max_tokens: int = 0                   # token_budget: padded source+target tokens per micro-batch
-    grad_accum: int = 1
+    grad_accum: int = 1                   # micro-batches per optimizer step on each rank
     eval_batch_size: int = 0              # 0: same as batch_size
     precision: str = "auto"               # auto (bf16 where the GPU supports it, else fp16; fp32
                                           # on CPU) | bf16 | fp16 (dynamic loss scaling) | fp32
-    log_every: int = 10
+    log_every: int = 10                   # steps between train/* records in metrics.jsonl
     eval_every: int = 0                   # steps; 0: none between epochs (see eval_per_epoch)
     eval_per_epoch: bool = True           # validate at the end of every epoch (picks the best)
-    eval_at_start: bool = False
+    eval_at_start: bool = False           # validate the untrained model at step 0
     eval_at_end: bool = True              # validation loss + generation + metrics after the last step
     best_metric: str | None = None        # validation metric picking the best checkpoint (None:
                                           # the task's main metric; "loss": lowest eval loss)
@@ -97,7 +100,7 @@ class TrainConfig:
     export_dtype: str = "fp32"            # dtype of final/'s weights: fp32 | bf16 | fp16
     report_to: str = "tensorboard"        # trackers, comma-separated: tensorboard, wandb; none
     push_to_hub: str | None = None        # hub repo id to upload final/ to at the end
-    progress_bar: bool = True
+    progress_bar: bool = True             # tqdm bar on rank 0 (stderr)
 
 
 @dataclass
@@ -107,18 +110,18 @@ class DistConfig:
     offload_optimizer: bool = False       # ZeRO-Offload of the optimizer state to CPU (stages 1-3)
     grad_accum_dtype: str = "fp32"        # ZeRO 1-3 with bf16: dtype gradients are accumulated
                                           # and reduced in: fp32 | bf16 (less memory, less exact)
-    timeout_min: int = 30
+    timeout_min: int = 30                 # minutes a collective may wait for the other ranks
     deepspeed_config: str | None = None   # JSON merged over the generated config (no "auto")
 
 
 @dataclass
 class GenConfig:
-    num_beams: int = 4
+    num_beams: int = 4                    # beam width of validation, test and predict (1: greedy)
     max_new_tokens: int | None = None     # None: data.max_target_length (resolved by compose)
     min_new_tokens: int = 0               # lowered to max_new_tokens unless set explicitly
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    early_stopping: bool = True
+    length_penalty: float = 1.0           # beam score length exponent (> 1 favours longer outputs)
+    no_repeat_ngram_size: int = 0         # forbid repeating any n-gram of this size (0: off)
+    early_stopping: bool = True           # stop beam search once num_beams hypotheses are finished
 
 
 @dataclass

@@ -6,7 +6,9 @@ Precedence, lowest first:
   3. the model's defaults (e.g. BERT2BERT models read at most 512 source tokens), then the
      task's per-model entries (the paper's runs that differed by model),
   4. a YAML file given with `--config`,
-  5. dotted command-line keys (`--optim.lr 3e-5`).
+  5. the launcher's environment (accelerate's config settings, `engine.distributed`),
+  6. dotted command-line keys (`--optim.lr 3e-5`).
+Generation lengths then follow the resolved target length unless `gen.*` was set.
 Each component owns its section; `validate()` runs before any work starts and names the bad key.
 """
 

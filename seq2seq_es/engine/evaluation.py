@@ -177,7 +177,7 @@ def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_conf
         if generate:
             ordered = gather_in_order(pairs, total, env)
             if env.is_main:
-                # Imported on rank 0 only, when first needed: `evaluate` takes seconds to import.
+                # Imported on rank 0 only: the other ranks never score.
                 from ..metrics import compute_metrics
                 scores = compute_metrics(task.metrics, ordered, list(examples["references"]),
                                          sources=list(examples["source"]),

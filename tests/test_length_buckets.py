@@ -270,7 +270,8 @@ def test_get_step_plan_gives_the_collator_the_plan_buckets():
     assert all(s % 16 == 0 for s in plan.buckets.source)   # aligned to the collator's multiple
     features = tokenized.to_list()
     for step in range(plan.steps_per_epoch):
-        for batch, shape in zip(plan.micro_batches(0, step, 1), plan.micro_batch_shapes(0, step, 1)):
+        shapes = plan.micro_batch_shapes(0, step, 1)
+        for batch, shape in zip(plan.micro_batches(0, step, 1), shapes):
             out = collator([features[i] for i in batch])
             assert (len(batch), *out["input_ids"].shape[1:], *out["labels"].shape[1:]) == shape
 

@@ -36,8 +36,9 @@ Filling micro-batches (the layout depends only on the lengths, the budget and th
 - Steps take `world_size * grad_accum` micro-batches; when the count is not a multiple of that,
   the surplus micro-batches (fewer than one step's) are left out, one at a time from the pair
   with the most micro-batches left, so that no length range loses a larger share of its
-  examples than another. Splitting them, as TokenBudgetPlan does, would create new shapes. Both drops are counted in `dropped_per_epoch`
-  (constant across epochs); which examples fall into them changes every epoch.
+  examples than another. Splitting them, as TokenBudgetPlan does, would create new shapes.
+  Both drops are counted in `dropped_per_epoch` (constant across epochs); which examples fall
+  into them changes every epoch.
 
 Every epoch, the examples of a pair are put in a random order seeded by (seed, epoch): which
 examples share a micro-batch, which are handed on and which are left out changes every epoch, while
@@ -64,7 +65,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .token_budget import (_check_lengths, _deal_to_ranks, _generator, pack_greedily,
                            padded_fraction_of)
 
@@ -160,7 +161,7 @@ class _MicroBatch:
 
 
 class BucketedPlan:
-    """Token-budget micro-batches whose shapes come from a small bucket grid (StepPlan interface)."""
+    """Token-budget micro-batches with shapes from a small bucket grid (StepPlan's interface)."""
 
     def __init__(self, source_lengths: Sequence[int], target_lengths: Sequence[int],
                  max_tokens: int, grad_accum: int, world_size: int, seed: int,
@@ -169,7 +170,6 @@ class BucketedPlan:
         self.source_lengths = _check_lengths("source_lengths", source_lengths)
         self.target_lengths = _check_lengths("target_lengths", target_lengths)
         if len(self.source_lengths) != len(self.target_lengths):
-            from ..errors import DataError
             raise DataError(f"{len(self.source_lengths)} source lengths but "
                             f"{len(self.target_lengths)} target lengths")
         if max_tokens < 1:

@@ -11,7 +11,8 @@ from ..data.collator import Seq2SeqCollator, sentence_start_ids
 from ..data.sampler import StepPlan
 from ..errors import ConfigError
 from . import distributed as D
-from .optim import build_optimizer, build_scheduler, deepspeed_config
+from .optim import (build_optimizer, build_scheduler, deepspeed_config,
+                    label_bf16_optimizer_checkpoints, precision_report)
 
 
 def get_model(cfg: RunConfig):
@@ -215,8 +216,18 @@ def get_engine(model, cfg: RunConfig, env: D.DistEnv, total_steps: int):
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     ds_config = deepspeed_config(cfg, env.world_size)
+    if ds_config["fp16"]["enabled"]:
+        from deepspeed.accelerator import get_accelerator
+        if not get_accelerator().is_fp16_supported():
+            raise ConfigError("train.precision", f"fp16 under ZeRO stage {cfg.dist.zero_stage} "
+                              "is DeepSpeed's fp16 mode, which this machine "
+                              f"({get_accelerator().device_name()}) does not support; use a GPU, "
+                              "dist.zero_stage 0 (torch autocast), bf16 or fp32")
+    if env.is_main:
+        print(precision_report(cfg), flush=True)
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    label_bf16_optimizer_checkpoints(engine)
     if cfg.model.compile:
         engine.compile()
     return engine, optimizer, scheduler, ds_config

@@ -65,12 +65,78 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, total_step
         optimizer, lambda step: lr_factor(step, total_steps, warmup, schedule))
 
 
-def use_bf16(cfg: RunConfig) -> bool:
-    if cfg.train.precision == "bf16":
-        return True
-    if cfg.train.precision == "fp32":
+def native_bf16() -> bool:
+    """Whether this process's GPU computes in bf16 natively (Ampere and later, ROCm).
+
+    torch's own `is_bf16_supported()` also says yes on a V100 or T4, where bf16 is emulated
+    (slowly): it only checks that a bf16 tensor can be made unless told otherwise.
+    """
+    if not torch.cuda.is_available():
         return False
-    return torch.cuda.is_available()
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before 2.3 had no emulation and no argument
+        return torch.cuda.is_bf16_supported()
+
+
+def _is_t5(cfg: RunConfig) -> bool:
+    from ..models import get_model_spec
+
+    return get_model_spec(cfg.model.name).family == "t5"
+
+
+def resolve_precision(cfg: RunConfig) -> str:
+    """What `train.precision` means on this machine: "bf16", "fp16" or "fp32".
+
+    auto: bf16 where the GPU has it natively, else fp16 (V100, T4) with dynamic loss scaling,
+    except for T5-family models, which overflow in fp16 (paper-facts: T5 must train in bf16 or
+    fp32) and get fp32 there; fp32 without a GPU. An explicit value is taken as given.
+    """
+    precision = cfg.train.precision
+    if precision != "auto":
+        return precision
+    if not torch.cuda.is_available():
+        return "fp32"
+    if native_bf16():
+        return "bf16"
+    return "fp32" if _is_t5(cfg) else "fp16"
+
+
+def precision_report(cfg: RunConfig) -> str:
+    """The one line a run prints at start: the precision it trains in, and why."""
+    precision = resolve_precision(cfg)
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    if cfg.train.precision == "auto":
+        why = {"bf16": f"{gpu} computes in bf16",
+               "fp16": f"{gpu} has no native bf16; fp16 with dynamic loss scaling",
+               "fp32": (f"{gpu} has no native bf16 and T5 models overflow in fp16"
+                        if torch.cuda.is_available() else "no GPU")}[precision]
+        line = f"precision: {precision} (train.precision auto: {why})"
+    else:
+        line = f"precision: {precision} (train.precision {precision})"
+    if precision == "fp16" and _is_t5(cfg):
+        line += ("; WARNING: T5 models overflow in fp16 (activations beyond 65504 give inf/NaN "
+                 "losses, and train.on_nan stops the run); train T5 in bf16 (Ampere or later) "
+                 "or fp32")
+    elif precision == "bf16" and torch.cuda.is_available() and not native_bf16():
+        line += f"; WARNING: {gpu} has no native bf16 (emulated, slow): consider fp16"
+    return line
+
+
+def use_bf16(cfg: RunConfig) -> bool:
+    return resolve_precision(cfg) == "bf16"
+
+
+def loss_scale(engine) -> float | None:
+    """The current fp16 loss scale of a DeepSpeed engine; None when it does not train in fp16."""
+    scaler = getattr(engine, "torch_autocast_z0_gradscaler", None)
+    if scaler is not None:  # ZeRO 0: torch autocast's GradScaler, built by DeepSpeed
+        return float(scaler.get_scale())
+    if engine.fp16_enabled():  # ZeRO 1-3: DeepSpeed's own dynamic loss scaler
+        optimizer = engine.optimizer
+        value = getattr(optimizer, "loss_scale", None)
+        return float(value if value is not None else optimizer.cur_scale)
+    return None
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -110,14 +176,31 @@ def load_user_deepspeed_config(path: str) -> dict:
     return values
 
 
+# DeepSpeed's dynamic loss scaling for fp16 under ZeRO 1-3, every value written out (these are
+# DeepSpeed's defaults): start at 2^16, halve after `hysteresis` overflowing steps (each skipped),
+# double after `loss_scale_window` steps without one, never below `min_loss_scale`.
+FP16_DYNAMIC = {"enabled": True, "auto_cast": False, "loss_scale": 0, "initial_scale_power": 16,
+                "loss_scale_window": 1000, "hysteresis": 2, "consecutive_hysteresis": False,
+                "min_loss_scale": 1}
+
+
+def grad_accum_dtype(cfg: RunConfig) -> str:
+    """The dtype DeepSpeed accumulates gradients in, given the resolved precision and stage."""
+    precision = resolve_precision(cfg)
+    if cfg.dist.zero_stage == 0 or precision == "fp32":
+        return "fp32"
+    return cfg.dist.grad_accum_dtype if precision == "bf16" else "fp16"
+
+
 def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
     t, dist = cfg.train, cfg.dist
+    precision, zero_stage = resolve_precision(cfg), dist.zero_stage
     zero: dict = {"stage": dist.zero_stage}
     if dist.zero_stage >= 1:
         zero.update({"contiguous_gradients": True, "overlap_comm": False,
                      "reduce_bucket_size": 50_000_000, "allgather_bucket_size": 50_000_000})
     if dist.zero_stage == 3:
-        # Export writes the full weights from rank 0; gathering them on save makes that possible.
+        # For DeepSpeed's own save_16bit_model; our export gathers the fp32 masters itself.
         zero.update({"stage3_gather_16bit_weights_on_model_save": True,
                      "stage3_param_persistence_threshold": 10_000,
                      "stage3_prefetch_bucket_size": 50_000_000})
@@ -131,10 +214,29 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
         # Without ZeRO, bf16 runs as torch autocast over fp32 weights with our own AdamW (as the
         # Trainer route does); DeepSpeed's "bf16" mode would add its bf16 optimizer wrapper with
         # fp32 master copies, which measured slower there. ZeRO stages keep DeepSpeed's bf16.
-        "bf16": {"enabled": use_bf16(cfg) and dist.zero_stage > 0},
-        "torch_autocast": {"enabled": use_bf16(cfg) and dist.zero_stage == 0,
-                           "dtype": "bfloat16"},
-        "fp16": {"enabled": False},
+        # fp16 follows the same split (decided without a GPU measurement): at ZeRO 0, torch
+        # autocast in float16 over the fp32 weights, for which DeepSpeed builds a torch GradScaler
+        # itself (dynamic scale from 2^16, halved on inf/NaN gradients, doubled after 2000 clean
+        # steps; train_step keeps the learning-rate schedule from advancing on a skipped step).
+        # Autocast keeps softmax, norms and the loss in fp32, which matters more in fp16's narrow
+        # range than in bf16's, the weights stay fp32 for the fused AdamW, evaluation reads the
+        # same fp32 module, and it runs on CPUs too (DeepSpeed's fp16 mode refuses this CPU), so
+        # the tests run the real stage-0 path. DeepSpeed's "fp16" mode at ZeRO 0 would instead
+        # run the model in fp16 weights behind its fp16 optimizer wrapper. ZeRO 1-3 own the
+        # optimizer step and have no autocast scaler: there DeepSpeed's "fp16" section (fp16
+        # weights, fp32 master partitions, dynamic loss scaling, steps skipped on overflow).
+        "bf16": {"enabled": precision == "bf16" and zero_stage > 0},
+        "fp16": dict(FP16_DYNAMIC) if precision == "fp16" and zero_stage > 0
+        else {"enabled": False},
+        "torch_autocast": {"enabled": precision in ("bf16", "fp16") and zero_stage == 0,
+                           "dtype": "float16" if precision == "fp16" else "bfloat16"},
+        # The dtype gradients are accumulated in (over micro-batches, and the reduced partitions
+        # under ZeRO 2-3): bf16 under ZeRO keeps fp32 unless dist.grad_accum_dtype says bf16
+        # (DeepSpeed's own default would be the model's bf16). ZeRO-1 with bf16 and fp32
+        # accumulation is DeepSpeed's BF16_Optimizer (fp32 master weights and optimizer state
+        # partitioned, full fp32 gradient buffer). fp16 under ZeRO accumulates in fp16 under the
+        # loss scale (DeepSpeed's default); at ZeRO 0 the gradients are the fp32 weights' own.
+        "data_types": {"grad_accum_dtype": grad_accum_dtype(cfg)},
         "zero_optimization": zero,
         # Our AdamW has per-group weight decay; DeepSpeed only vouches for its own optimizers.
         "zero_allow_untested_optimizer": True,
@@ -158,3 +260,53 @@ def write_reference_configs(folder: str | Path) -> list[Path]:
         path.write_text(json.dumps(deepspeed_config(cfg, world_size=1), indent=2) + "\n")
         written.append(path)
     return written
+
+
+def fp16_step_skipped(engine, scale_before: float, skipped_before: int) -> bool:
+    """After an optimizer step in fp16: was it skipped for inf/NaN gradients?
+
+    ZeRO 1-3 count their skips in `engine.skipped_steps` and leave the learning-rate schedule
+    where it was. At ZeRO 0 torch's GradScaler skips `optimizer.step()` and halves its scale, but
+    DeepSpeed does not see it and steps the schedule anyway: here the skip is counted the same
+    way and the schedule taken back one step, so both paths skip alike.
+    """
+    scaler = getattr(engine, "torch_autocast_z0_gradscaler", None)
+    if scaler is None:
+        return engine.skipped_steps > skipped_before
+    if scaler.get_scale() >= scale_before:  # the scale only drops when the step was skipped
+        return False
+    engine.skipped_steps += 1
+    scheduler = engine.lr_scheduler
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        scheduler.last_epoch -= 1
+        lrs = [base * factor(scheduler.last_epoch)
+               for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+        for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        scheduler._last_lr = lrs
+    return True
+
+
+def label_bf16_optimizer_checkpoints(engine) -> None:
+    """Make ZeRO-1 checkpoints of bf16 runs with fp32 gradient accumulation say their stage.
+
+    DeepSpeed runs that combination with its BF16_Optimizer (fp32 master weights and optimizer
+    state partitioned as in ZeRO-1, one partition per rank), whose checkpoint leaves out the
+    ZeRO stage; DeepSpeed's zero_to_fp32 (which `evaluate` and `predict` consolidate checkpoints
+    with, and the copy DeepSpeed writes beside them) then refuses it as "not a zero checkpoint".
+    Labelled stage 1 it consolidates to exactly the master weights (tests/test_precision.py);
+    loading ignores the label.
+    """
+    from deepspeed.checkpoint.constants import ZERO_STAGE
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+
+    optimizer = engine.optimizer
+    if not isinstance(optimizer, BF16_Optimizer):
+        return
+    unlabelled = optimizer.state_dict
+
+    def state_dict():
+        state = unlabelled()
+        state.setdefault(ZERO_STAGE, 1)
+        return state
+    optimizer.state_dict = state_dict

@@ -31,7 +31,7 @@ from .builders import (check_targets, get_collator, get_engine, get_generation_c
 from .checkpoint import Checkpointer
 from .evaluation import evaluate
 from .loss import token_ce_sum
-from .optim import use_bf16
+from .optim import fp16_step_skipped, loss_scale, use_bf16
 from .run_dir import RunLog, check_before_training, write_json_atomic
 from .signals import StopRequest
 
@@ -97,6 +97,9 @@ def train_step(engine, micro_batches: list[dict], env: D.DistEnv, cfg: RunConfig
         [local_target, local_source, local_padded], device)
     scale = env.world_size * len(micro_batches) / max(target_tokens, 1.0)
     ce_total, skipped = 0.0, 0
+    # fp16: the loss scale in force for this step, and DeepSpeed's count of skipped steps, to
+    # tell after the optimizer step whether overflowing gradients made it skip (see optim.py).
+    scale_before, skipped_before = loss_scale(engine), engine.skipped_steps
     for k, batch in enumerate(micro_batches):
         batch = {key: value.to(device) for key, value in batch.items()}
         labels = batch.pop("labels")
@@ -130,18 +133,64 @@ def train_step(engine, micro_batches: list[dict], env: D.DistEnv, cfg: RunConfig
                 f"out of memory at step {step + 1} on batch {shape}: lower train.batch_size "
                 "(and raise train.grad_accum to keep the step size), lower "
                 "data.max_source_length, or set model.gradient_checkpointing=true") from exc
-    return {"loss": ce_total / max(target_tokens, 1.0), "target_tokens": target_tokens,
-            "tokens": target_tokens + source_tokens, "padded_tokens": padded_tokens,
-            "skipped_micro_batches": skipped}
+    result = {"loss": ce_total / max(target_tokens, 1.0), "target_tokens": target_tokens,
+              "tokens": target_tokens + source_tokens, "padded_tokens": padded_tokens,
+              "skipped_micro_batches": skipped}
+    if scale_before is not None:  # fp16: the scale the next step uses; 1 if this one was skipped
+        result["overflow_skipped"] = int(fp16_step_skipped(engine, scale_before, skipped_before))
+        result["loss_scale"] = loss_scale(engine)
+    return result
+
+
+EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def export_state_dict(engine, dtype: str, is_main: bool) -> dict | None:
+    """The trained model's full state dict in `dtype`, on rank 0's CPU (None on other ranks).
+
+    Under ZeRO 1-3 the weights are the optimizer's fp32 master partitions: the module holds only
+    their bf16/fp16 rounding when training in 16 bits, and only its own partition under ZeRO-3
+    (whose consolidated 16-bit dict would lose the fp32 digits). Each parameter is assembled
+    from the masters (DeepSpeed's safe_get_full_fp32_param: collective, every rank calls this in
+    the same order) and then cast, so an fp32 export of a bf16 run has the real fp32 weights. At
+    ZeRO 0 the module's weights are the fp32 ones (16-bit training is autocast there). Tied
+    parameters stay one tensor under all their names, as in the module's own state dict.
+    """
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    target, zero = EXPORT_DTYPES[dtype], engine.zero_optimization_stage() > 0
+    state, first_name = {}, {}
+    for name, value in engine.module.state_dict(keep_vars=True).items():
+        if id(value) in first_name:
+            if is_main:
+                state[name] = state[first_name[id(value)]]
+            continue
+        first_name[id(value)] = name
+        full = None
+        if zero and isinstance(value, torch.nn.Parameter):
+            full = safe_get_full_fp32_param(value)
+            if full is None and hasattr(value, "ds_id"):  # ZeRO-3 without a master (frozen)
+                with deepspeed.zero.GatheredParameters([value]):
+                    full = value.detach().clone()
+        if full is None:
+            full = value.detach()
+        if is_main:
+            full = full.to("cpu")
+            state[name] = full.to(target) if full.is_floating_point() else full
+    return state if is_main else None
 
 
 def export_hf(engine, tokenizer, generation_config, out: Path, zero_stage: int,
-              env: D.DistEnv) -> None:
-    """Write a Hugging Face checkpoint (safetensors, tokenizer, generation config)."""
-    state_dict = engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3 else None
+              env: D.DistEnv, dtype: str = "fp32") -> None:
+    """Write a Hugging Face checkpoint (safetensors in `dtype`, tokenizer, generation config).
+
+    `dtype` is train.export_dtype, whatever the training precision (see export_state_dict).
+    """
+    state_dict = export_state_dict(engine, dtype, env.is_main)
     if env.is_main:
         from ..models import save_model
-        save_model(engine.module, out, state_dict=state_dict)
+        save_model(engine.module, out, state_dict=state_dict, dtype=dtype)
         tokenizer.save_pretrained(out)
         generation_config.save_pretrained(out)
     D.barrier()
@@ -286,7 +335,9 @@ def train(cfg: RunConfig) -> dict:
                 log.log(step, {"train/loss": result["loss"], "train/lr": lr,
                                "train/tokens_per_s": tokens_per_s, "train/epoch": epoch,
                                "train/padded_fraction": 1.0 - window_tokens / max(window_padded, 1),
-                               "train/skipped_micro_batches": result["skipped_micro_batches"]})
+                               "train/skipped_micro_batches": result["skipped_micro_batches"],
+                               **{f"train/{key}": result[key] for key in
+                                  ("loss_scale", "overflow_skipped") if key in result}})
                 log.progress(step, result["loss"], lr, tokens_per_s)
                 window_start, window_tokens, window_padded = time.perf_counter(), 0.0, 0.0
             # The last step is validated (or not) by train.eval_at_end below, whatever the epoch.
@@ -335,7 +386,8 @@ def train(cfg: RunConfig) -> dict:
         elif test_data is not None:
             test = without_prefix(run_eval(final_step, test_data, "test"), "test")
         if cfg.train.export:
-            export_hf(engine, tokenizer, generation_config, out / "final", cfg.dist.zero_stage, env)
+            export_hf(engine, tokenizer, generation_config, out / "final", cfg.dist.zero_stage, env,
+                      dtype=cfg.train.export_dtype)
         if env.is_main:
             write_json_atomic(out / "final_results.json", {
                 "task": task.name, "model": cfg.model.name, "main_metric": best_metric,

@@ -17,6 +17,7 @@ task run decodes with its own explicit GenerationConfig from `build_generation_c
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -263,17 +264,42 @@ def load_model_and_tokenizer(name: str | ModelSpec, path: str | None = None, *,
     return model, tokenizer
 
 
-def save_model(model, out: str | Path, *, state_dict: dict | None = None) -> None:
+TORCH_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def save_model(model, out: str | Path, *, state_dict: dict | None = None,
+               dtype: str | None = None) -> None:
     """save_pretrained into `out`; a complete checkpoint for plain transformers too.
 
-    `state_dict` is the full state dict when the module's own parameters are partitioned
-    (ZeRO-3's consolidated one, where tied keys hold one tensor). A shared BERT2BERT pair
-    writes each encoder weight as its own copy next to the decoder's (Bert2BertModel.
-    save_pretrained): plain `EncoderDecoderModel.from_pretrained` loads every trained weight,
-    and our loader ties the two equal copies back into one Parameter.
+    `state_dict` is the full state dict when the module's own parameters are partitioned or
+    held in another precision (the trainer's export in train.export_dtype, where tied keys hold
+    one tensor). A shared BERT2BERT pair writes each encoder weight as its own copy next to the
+    decoder's (Bert2BertModel.save_pretrained): plain `EncoderDecoderModel.from_pretrained`
+    loads every trained weight, and our loader ties the two equal copies back into one Parameter.
+
+    `dtype` (fp32 | bf16 | fp16), the dtype of `state_dict`'s tensors, is written as the config's
+    `dtype` too: transformers writes the module's own (bf16 after DeepSpeed's bf16 training) and
+    `from_pretrained` loads in the config's dtype by default, which would turn an fp32 file back
+    into bf16 weights.
     """
     Path(out).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), state_dict=state_dict)
+    if dtype is not None:
+        config_file = Path(out) / "config.json"
+        config = json.loads(config_file.read_text())
+        _set_dtype(config, TORCH_DTYPE_NAMES[dtype])
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _set_dtype(config: dict, name: str) -> None:
+    """Set `dtype` (and the older `torch_dtype`, where present) in a config and in its
+    sub-configs (an encoder-decoder pair's `encoder` and `decoder`)."""
+    config["dtype"] = name
+    if "torch_dtype" in config:
+        config["torch_dtype"] = name
+    for value in config.values():
+        if isinstance(value, dict) and "model_type" in value:
+            _set_dtype(value, name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared GPU session (issues 5 and 6): run from the repository root on the lent machine,
+# The one prepared GPU session (issues 5, 6 and 10): run from the repository root on the lent machine,
 #   bash benchmarks/gpu_all.sh OUT_DIR
 # The machine's image has torch and an older transformers but no deepspeed: wheels carried in
 # .whl/ (transformers 5.24, deepspeed's sdist and its pure-Python needs) install into /tmp/site.
@@ -32,6 +32,8 @@ stamp "LED: flex vs hf at 16K, then the 4K/8K/16K benchmark"
 timeout "${LED_S:-240}" python3 benchmarks/gpu_led.py "$OUT_DIR/led" --budget-s "$(( ${LED_S:-240} - 15 ))"
 stamp "T5: hf vs sdpa vs flex at the T5-base shape"
 timeout "${T5_S:-100}" python3 benchmarks/gpu_t5.py "$OUT_DIR/t5" --impls "${T5_IMPLS:-hf,sdpa,flex}"
+stamp "precision: fp16 loss scaling at ZeRO 0/2/3, bf16 with fp32 gradient accumulation at ZeRO 1-3"
+timeout "${PRECISION_S:-150}" python3 benchmarks/gpu_precision.py "$OUT_DIR/precision"
 if [ -f benchmarks/gpu_seq2seq.py ]; then
   stamp "seq2seq: Seq2SeqTrainer route vs this package's loop"
   timeout "${SEQ2SEQ_S:-200}" python3 benchmarks/gpu_seq2seq.py "$OUT_DIR/seq2seq" --budget-s "$(( ${SEQ2SEQ_S:-200} - 15 ))"

@@ -34,6 +34,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False  # non-reentrant activation checkpointing
     attention: str = "hf"                 # LED and T5: hf | sdpa | flex (seq2seq_es.kernels)
     compile: bool = False                 # torch.compile the model (lengths padded to 64s)
+    compile_shapes: str = "static"        # with compile: static (a graph per bucket shape) | dynamic
     lean_ce: bool = False                 # chunked LM-head + cross-entropy, no full logits
     lean_ce_chunk: int = 2048             # tokens per chunk of the lean cross-entropy
     dropout: float | None = None          # override every dropout probability (None: the model's)
@@ -79,7 +80,10 @@ class TrainConfig:
     max_steps: int = 0                    # > 0 overrides epochs
     batch_size: int = 8                   # per device, per micro-batch (batching=fixed)
     batching: str = "fixed"               # fixed | token_budget (length-sorted, padded <= max_tokens)
-    max_tokens: int = 0                   # token_budget: padded source+target tokens per micro-batch
+                                          # | bucketed (token budget, few shapes: for compile)
+    max_tokens: int = 0                   # token_budget, bucketed: padded source+target tokens per
+                                          # micro-batch
+    length_buckets: int = 16              # bucketed: at most this many micro-batch shapes
     grad_accum: int = 1                   # micro-batches per optimizer step on each rank
     eval_batch_size: int = 0              # 0: same as batch_size
     precision: str = "auto"               # auto (bf16 where the GPU supports it, else fp16; fp32
@@ -359,11 +363,15 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("train.epochs", "must be at least 1 when train.max_steps is 0")
     if t.batch_size < 1:
         raise ConfigError("train.batch_size", "must be at least 1")
-    if t.batching not in ("fixed", "token_budget"):
-        raise ConfigError("train.batching", "expected fixed or token_budget")
-    if t.batching == "token_budget" and t.max_tokens < 1:
-        raise ConfigError("train.max_tokens", "token_budget batching needs a positive budget "
+    if t.batching not in ("fixed", "token_budget", "bucketed"):
+        raise ConfigError("train.batching", "expected fixed, token_budget or bucketed")
+    if t.batching in ("token_budget", "bucketed") and t.max_tokens < 1:
+        raise ConfigError("train.max_tokens", f"{t.batching} batching needs a positive budget "
                           "(padded source + target tokens per micro-batch)")
+    if t.length_buckets < 1:
+        raise ConfigError("train.length_buckets", "must be at least 1")
+    if cfg.model.compile_shapes not in ("static", "dynamic"):
+        raise ConfigError("model.compile_shapes", "expected static or dynamic")
     if cfg.model.lean_ce_chunk < 1:
         raise ConfigError("model.lean_ce_chunk", "must be at least 1")
     if t.grad_accum < 1:

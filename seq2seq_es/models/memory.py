@@ -206,7 +206,7 @@ def estimate(shape: ModelShape, batch: int, source: int, target: int, *,
 def micro_batch(cfg) -> int:
     """Sequences per micro-batch: train.batch_size, or for token-budget batching the budget's
     worth of full-length rows (at least one)."""
-    if cfg.train.batching == "token_budget":
+    if cfg.train.batching in ("token_budget", "bucketed"):
         return max(1, cfg.train.max_tokens // (cfg.data.max_source_length
                                                + cfg.data.max_target_length))
     return cfg.train.batch_size

@@ -412,6 +412,10 @@ def not_applying(cfg) -> dict[str, str]:
         ignored["optim.warmup_ratio"] = f"optim.warmup_steps={cfg.optim.warmup_steps}"
     if cfg.train.batching == "fixed":
         ignored["train.max_tokens"] = "train.batching=fixed"
+    if cfg.train.batching != "bucketed":
+        ignored["train.length_buckets"] = f"train.batching={cfg.train.batching}"
+    if not cfg.model.compile:
+        ignored["model.compile_shapes"] = "model.compile=False"
     if not cfg.model.lean_ce:
         ignored["model.lean_ce_chunk"] = "model.lean_ce=False"
     if family != "led":

@@ -245,7 +245,11 @@ def train(cfg: RunConfig) -> dict:
     test_data = get_test_split(cfg, task, tokenizer, model, say)  # None: no test split
     collator = get_collator(cfg, spec, tokenizer, model)
     generation_config = get_generation_config(cfg, spec, tokenizer)
-    plan, total_steps = get_step_plan(cfg, env, train_data, collator.pad_to_multiple_of)
+    # The collator is passed on: bucketed plans set the lengths it pads to.
+    plan, total_steps = get_step_plan(cfg, env, train_data, collator.pad_to_multiple_of,
+                                      collator=collator)
+    if hasattr(plan, "describe"):
+        say(plan.describe())
     if plan.dropped_per_epoch:
         say(f"{plan.dropped_per_epoch} training examples per epoch do not fill a last step and "
             "are left out of that epoch (the order changes each epoch)")

@@ -33,7 +33,7 @@ timeout "${LED_S:-240}" python3 benchmarks/gpu_led.py "$OUT_DIR/led" --budget-s 
 stamp "T5: hf vs sdpa vs flex at the T5-base shape"
 timeout "${T5_S:-100}" python3 benchmarks/gpu_t5.py "$OUT_DIR/t5" --impls "${T5_IMPLS:-hf,sdpa,flex}"
 stamp "precision: fp16 loss scaling at ZeRO 0/2/3, bf16 with fp32 gradient accumulation at ZeRO 1-3"
-timeout "${PRECISION_S:-150}" python3 benchmarks/gpu_precision.py "$OUT_DIR/precision"
+timeout "${PRECISION_S:-180}" python3 benchmarks/gpu_precision.py "$OUT_DIR/precision"
 if [ -f benchmarks/gpu_seq2seq.py ]; then
   stamp "seq2seq: Seq2SeqTrainer route vs this package's loop"
   timeout "${SEQ2SEQ_S:-200}" python3 benchmarks/gpu_seq2seq.py "$OUT_DIR/seq2seq" --budget-s "$(( ${SEQ2SEQ_S:-200} - 15 ))"

@@ -91,6 +91,13 @@ def test_reference_deepspeed_configs_are_what_the_builder_writes(tmp_path):
         committed = json.loads((repo_configs / written.name).read_text())
         assert committed == json.loads(written.read_text()), written.name
         assert "\"auto\"" not in written.read_text()
+        # bf16 references: ZeRO 1-3 accumulate gradients in fp32 (dist.grad_accum_dtype's
+        # default), ZeRO 0 runs autocast over fp32 weights; no fp16 section is on.
+        assert committed["data_types"] == {"grad_accum_dtype": "fp32"}, written.name
+        stage = committed["zero_optimization"]["stage"]
+        assert committed["bf16"]["enabled"] == (stage > 0), written.name
+        assert committed["torch_autocast"]["enabled"] == (stage == 0), written.name
+        assert committed["fp16"] == {"enabled": False}, written.name
 
 
 def test_user_deepspeed_config_may_not_leave_values_to_guess(tmp_path):

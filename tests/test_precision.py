@@ -207,6 +207,31 @@ def test_fp16_at_zero0_runs_autocast_and_skips_overflowing_steps(files, one_rank
     check_loss_scaling(engine, scheduler, cfg, batches, one_rank, 2.0 ** 16, 2.0 ** 15)
 
 
+def test_fp16_loss_scale_at_zero0_is_saved_with_the_checkpoint(files, one_rank, tmp_path):
+    """DeepSpeed leaves its ZeRO-0 GradScaler out of checkpoints; the schedule's state carries
+    it, so a resumed run goes on with the scale (and growth count) it had."""
+    from seq2seq_es.engine.trainer import train_step
+
+    cfg, engine, _, batches = engine_and_batches(files, one_rank, "fp16", 0)
+    overflow_next_backward(engine)
+    assert train_step(engine, batches[:1], one_rank, cfg, step=0)["overflow_skipped"] == 1
+    train_step(engine, batches[1:], one_rank, cfg, step=1)
+    saved = engine.torch_autocast_z0_gradscaler.state_dict()
+    assert saved["scale"] == 2.0 ** 15 and saved["_growth_tracker"] == 1
+    engine.save_checkpoint(str(tmp_path), tag="step_2")
+    _, resumed, _, _ = engine_and_batches(files, one_rank, "fp16", 0)
+    assert resumed.torch_autocast_z0_gradscaler.get_scale() == 2.0 ** 16
+    resumed.load_checkpoint(str(tmp_path), tag="step_2")
+    assert resumed.torch_autocast_z0_gradscaler.state_dict() == saved
+    assert resumed.lr_scheduler.get_last_lr() == engine.lr_scheduler.get_last_lr()
+    # an fp32 run's checkpoint (no scaler) still loads into an fp16 one, and the other way round
+    cfg32, plain, _, _ = engine_and_batches(files, one_rank, "fp32", 0)
+    plain.load_checkpoint(str(tmp_path), tag="step_2")
+    plain.save_checkpoint(str(tmp_path), tag="fp32")
+    resumed.load_checkpoint(str(tmp_path), tag="fp32")
+    assert resumed.torch_autocast_z0_gradscaler.state_dict() == saved
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_fp16_under_zero_skips_overflowing_steps(files, one_rank, monkeypatch, stage):
     from deepspeed.accelerator import get_accelerator

@@ -228,6 +228,7 @@ def get_engine(model, cfg: RunConfig, env: D.DistEnv, total_steps: int):
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     label_bf16_optimizer_checkpoints(engine)
+    scheduler.grad_scaler = engine.torch_autocast_z0_gradscaler  # saved with it (optim.Schedule)
     if cfg.model.compile:
         engine.compile()
     return engine, optimizer, scheduler, ds_config

@@ -58,11 +58,36 @@ def lr_factor(step: int, total_steps: int, warmup: int, schedule: str) -> float:
     return 1.0 - progress
 
 
+class Schedule(torch.optim.lr_scheduler.LambdaLR):
+    """The learning-rate schedule; its state also carries the fp16 loss scaler's at ZeRO 0.
+
+    DeepSpeed builds a torch GradScaler for fp16 autocast at ZeRO 0 but leaves it out of its
+    checkpoints, so a resumed run would restart at scale 2^16 and skip steps the uninterrupted
+    run did not. The schedule's state is saved and loaded with every checkpoint on every rank
+    (as is the scale: every rank unscales the same all-reduced gradients), so it carries the
+    scaler's state too (get_engine attaches the scaler); checkpoints without it load as before.
+    """
+
+    grad_scaler = None
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.grad_scaler is not None:
+            state["grad_scaler"] = self.grad_scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        scaler = state.pop("grad_scaler", None)
+        super().load_state_dict(state)
+        if scaler and self.grad_scaler is not None:
+            self.grad_scaler.load_state_dict(scaler)
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, total_steps: int):
     warmup = warmup_steps(cfg, total_steps)
     schedule = cfg.optim.schedule
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, warmup, schedule))
+    return Schedule(optimizer, lambda step: lr_factor(step, total_steps, warmup, schedule))
 
 
 def native_bf16() -> bool:

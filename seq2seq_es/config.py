@@ -115,7 +115,8 @@ class DistConfig:
     backend: str = "auto"                 # auto (nccl on GPU, gloo on CPU) | nccl | gloo
     offload_optimizer: bool = False       # ZeRO-Offload of the optimizer state to CPU (stages 1-3)
     grad_accum_dtype: str = "fp32"        # ZeRO 1-3 with bf16: dtype gradients are accumulated
-                                          # and reduced in: fp32 | bf16 (less memory, less exact)
+                                          # in: fp32 | bf16 (less memory, less exact); the
+                                          # reductions between ranks stay bf16
     timeout_min: int = 30                 # minutes a collective may wait for the other ranks
     deepspeed_config: str | None = None   # JSON merged over the generated config (no "auto")
 

@@ -56,7 +56,8 @@ def test_help_meanings_are_config_py_comments_with_their_continuation_lines(caps
     # Comments continued on the next line belong to the field above.
     assert "--train.precision (str, default: auto) auto (bf16 where the GPU supports it, else " \
            "fp16; fp32 on CPU) | bf16 | fp16 (dynamic loss scaling) | fp32" in flat
-    assert "and reduced in: fp32 | bf16 (less memory, less exact) --dist.timeout_min" in flat
+    assert "in: fp32 | bf16 (less memory, less exact); the reductions between ranks stay bf16 " \
+           "--dist.timeout_min" in flat
     docs = {doc.key: doc for doc in key_docs()}
     assert docs["train.best_metric"].meaning.endswith('"loss": lowest eval loss)')
     # The meanings are read from config.py itself, not a copy.

@@ -78,9 +78,11 @@ class TrainConfig:
     seed: int = 42                        # seed of initialisation, dropout and the data order
     epochs: int = 6                       # passes over the training split (when max_steps is 0)
     max_steps: int = 0                    # > 0 overrides epochs
-    batch_size: int = 8                   # per device, per micro-batch (batching=fixed)
+    batch_size: int = 8                   # per device, per micro-batch (batching=fixed; packed:
+                                          # rows of max_source_length / max_target_length)
     batching: str = "fixed"               # fixed | token_budget (length-sorted, padded <= max_tokens)
                                           # | bucketed (token budget, few shapes: for compile)
+                                          # | packed (several examples per row, fixed shape)
     max_tokens: int = 0                   # token_budget, bucketed: padded source+target tokens per
                                           # micro-batch
     length_buckets: int = 16              # bucketed: at most this many micro-batch shapes
@@ -89,6 +91,8 @@ class TrainConfig:
     precision: str = "auto"               # auto (bf16 where the GPU supports it, else fp16; fp32
                                           # on CPU) | bf16 | fp16 (dynamic loss scaling) | fp32
     log_every: int = 10                   # steps between train/* records in metrics.jsonl
+    stop_check_every: int = 1             # steps between the ranks' agreement on a stop signal
+                                          # or a time-based save (one collective each time)
     eval_every: int = 0                   # steps; 0: none between epochs (see eval_per_epoch)
     eval_per_epoch: bool = True           # validate at the end of every epoch (picks the best)
     eval_at_start: bool = False           # validate the untrained model at step 0
@@ -364,8 +368,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("train.epochs", "must be at least 1 when train.max_steps is 0")
     if t.batch_size < 1:
         raise ConfigError("train.batch_size", "must be at least 1")
-    if t.batching not in ("fixed", "token_budget", "bucketed"):
-        raise ConfigError("train.batching", "expected fixed, token_budget or bucketed")
+    if t.batching not in ("fixed", "token_budget", "bucketed", "packed"):
+        raise ConfigError("train.batching", "expected fixed, token_budget, bucketed or packed")
     if t.batching in ("token_budget", "bucketed") and t.max_tokens < 1:
         raise ConfigError("train.max_tokens", f"{t.batching} batching needs a positive budget "
                           "(padded source + target tokens per micro-batch)")
@@ -392,6 +396,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("train.on_nan", "expected stop or skip")
     if t.keep_last < 1:
         raise ConfigError("train.keep_last", "must be at least 1")
+    if t.stop_check_every < 1:
+        raise ConfigError("train.stop_check_every", "must be at least 1")
     for key in ("log_every", "eval_every", "save_every", "save_every_min"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key}", "must be >= 0")

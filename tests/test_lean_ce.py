@@ -379,6 +379,10 @@ for mode in ("logits", "lean"):
                             for n, p in engine.module.named_parameters()}}
 if rank == 0:
     print("RESULT " + json.dumps(out))
+# Both ranks leave the group together: a rank exiting while the other still holds gloo's
+# threads was seen to abort ("terminate called without an active exception", SIGABRT).
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 '''
 
 

@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import run_files
 from ..config import RunConfig
 from ..errors import ConfigError, Seq2SeqEsError
+from ..run_files import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 from . import distributed as D
 from .builders import (check_targets, get_collator, get_engine, get_generation_config, get_model,
                        get_split, get_step_plan, get_test_split)
@@ -48,8 +50,6 @@ class Stopped(Seq2SeqEsError):
         self.exit_code = exit_code
 
 
-PREEMPTED_EXIT_CODE = 3
-
 
 def find_resume_checkpoint(cfg: RunConfig, ckpt: Checkpointer) -> Path | None:
     resume = cfg.train.resume
@@ -67,7 +67,7 @@ def find_resume_checkpoint(cfg: RunConfig, ckpt: Checkpointer) -> Path | None:
             raise ConfigError("train.resume", f"no complete checkpoint in {ckpt.root}")
         return latest
     path = Path(resume)
-    if not (path / "trainer_state.json").is_file():
+    if not (path / run_files.TRAINER_STATE).is_file():
         raise ConfigError("train.resume", f"{path} is not a complete checkpoint folder")
     return path
 
@@ -228,7 +228,7 @@ def train(cfg: RunConfig) -> dict:
     D.init(env, cfg.dist.backend, cfg.dist.timeout_min)
     check_before_training(cfg, env)  # trackers installed; push_to_hub: hub reachable, logged in
     out = Path(cfg.train.output_dir)
-    ckpt = Checkpointer(out / "checkpoints", env, cfg.train.keep_last)
+    ckpt = Checkpointer(out / run_files.CHECKPOINTS, env, cfg.train.keep_last)
     resume_from = find_resume_checkpoint(cfg, ckpt)
     seed_everything(cfg.train.seed)
 
@@ -268,11 +268,11 @@ def train(cfg: RunConfig) -> dict:
         say(f"resumed from {resume_from} at step {state['step']}")
     log = RunLog(out, cfg, env.is_main, total_steps, state["step"])
     if env.is_main:
-        (out / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=1))
+        (out / run_files.DEEPSPEED_CONFIG).write_text(json.dumps(ds_config, indent=1))
         # The skip report of bad rows and the truncation counts, kept with the run rather than
         # only printed: a reader of the results can see what data the scores rest on.
         splits = {"train": train_data, "validation": eval_data, "test": test_data}
-        write_json_atomic(out / "data_report.json", {name: data.data_report()
+        write_json_atomic(out / run_files.DATA_REPORT, {name: data.data_report()
                                                      for name, data in splits.items() if data})
     bf16 = use_bf16(cfg)
     eval_batch = cfg.train.eval_batch_size or cfg.train.batch_size
@@ -314,7 +314,8 @@ def train(cfg: RunConfig) -> dict:
         saved_step = step
         clock.reset()
         if env.is_main and best is not None and best["step"] == step:
-            write_json_atomic(ckpt.root / "best.json", {**best, "checkpoint": ckpt.path(step).name})
+            write_json_atomic(ckpt.root / run_files.BEST,
+                              {**best, "checkpoint": ckpt.path(step).name})
 
     stop = StopRequest().install()
     try:
@@ -361,8 +362,8 @@ def train(cfg: RunConfig) -> dict:
             if signum and step < total_steps:
                 name = StopRequest.name(int(signum))
                 if env.is_main:
-                    write_json_atomic(out / "PREEMPTED", {"step": step, "signal": name})
-                code = 130 if name == "SIGINT" else PREEMPTED_EXIT_CODE
+                    write_json_atomic(out / run_files.PREEMPTED, {"step": step, "signal": name})
+                code = INTERRUPTED_EXIT_CODE if name == "SIGINT" else PREEMPTED_EXIT_CODE
                 raise Stopped(f"{name} received: saved a checkpoint at step {step}; resume with "
                               "--train.resume auto", code)
         # End of run: validate and save the last step, then go back to the best checkpoint, so
@@ -390,14 +391,14 @@ def train(cfg: RunConfig) -> dict:
         elif test_data is not None:
             test = without_prefix(run_eval(final_step, test_data, "test"), "test")
         if cfg.train.export:
-            export_hf(engine, tokenizer, generation_config, out / "final", cfg.dist.zero_stage, env,
-                      dtype=cfg.train.export_dtype)
+            export_hf(engine, tokenizer, generation_config, out / run_files.FINAL,
+                      cfg.dist.zero_stage, env, dtype=cfg.train.export_dtype)
         if env.is_main:
-            write_json_atomic(out / "final_results.json", {
+            write_json_atomic(out / run_files.FINAL_RESULTS, {
                 "task": task.name, "model": cfg.model.name, "main_metric": best_metric,
                 "best_step": final_step, "steps": step, "validation": validation, "test": test})
-            (out / "PREEMPTED").unlink(missing_ok=True)
-            (out / "DONE").write_text(json.dumps({"step": step, **end_eval,
+            (out / run_files.PREEMPTED).unlink(missing_ok=True)
+            (out / run_files.DONE).write_text(json.dumps({"step": step, **end_eval,
                                                   "best_step": final_step}))
             if cfg.train.push_to_hub:  # after DONE: a failed upload does not redo the run
                 from .hub import push_final

@@ -1,0 +1,51 @@
+"""The names in a run folder and the exit codes that engine and slurm agree on.
+
+The engine writes a run folder; `slurm` (TrainJob, status, collect, bench), `evaluate`/`predict`
+and the demo read it. Every name either side uses is defined here once, so the writer and the
+readers cannot drift apart. This module sits at the bottom of the package: it imports nothing
+from it.
+
+    RUN/
+      config.yaml            the resolved config (RunLog)
+      versions.json          library versions (RunLog)
+      deepspeed_config.json  the DeepSpeed config the engine generated
+      data_report.json       skipped rows and truncation counts per split
+      metrics.jsonl          one record per logged step (metrics_log.read is its reader)
+      checkpoints/           step_<N>/ (with trainer_state.json), best.json
+      eval/, test/           predictions of the validation and test scoring
+      evaluations/           `seq2seq-es evaluate` results, never the training's metrics
+      final/                 the exported Hugging Face model
+      final_results.json     task, model, main_metric, best_step, steps, validation, test
+      DONE                   training finished (written last)
+      PREEMPTED              a stop signal was handled and a checkpoint saved (exit code 3)
+      OUT_OF_REQUEUES        TrainJob was pre-empted again with its requeues used up
+      slurm_events.jsonl     TrainJob's start / requeued / finished / failed events
+      logs/                  links to every rank's SLURM log
+"""
+
+# Exit codes of `seq2seq-es train`: a stop signal (SIGUSR2, SIGTERM) saved a checkpoint and the
+# run wants to be requeued; SIGINT (Ctrl-C) saved one and the run stops (128 + SIGINT, as a shell).
+PREEMPTED_EXIT_CODE = 3
+INTERRUPTED_EXIT_CODE = 130
+
+# Marker files: how a run ended (or that it must not be requeued again).
+DONE = "DONE"
+PREEMPTED = "PREEMPTED"
+OUT_OF_REQUEUES = "OUT_OF_REQUEUES"
+
+# Written by the engine.
+CONFIG = "config.yaml"
+VERSIONS = "versions.json"
+DEEPSPEED_CONFIG = "deepspeed_config.json"
+DATA_REPORT = "data_report.json"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+TRAINER_STATE = "trainer_state.json"  # inside checkpoints/step_<N>: the folder is complete
+BEST = "best.json"                    # inside checkpoints/: the best validation so far
+FINAL = "final"
+FINAL_RESULTS = "final_results.json"
+EVALUATIONS = "evaluations"
+
+# Written by slurm.job.TrainJob.
+SLURM_EVENTS = "slurm_events.jsonl"
+LOGS = "logs"

@@ -44,6 +44,13 @@ class ModelSpec:
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
 
     @property
+    def adapter(self):
+        """The family's adapter (`family.Family`): every family-specific behaviour asks it."""
+        from .family import get_family
+
+        return get_family(self.family)
+
+    @property
     def base_name(self) -> str:
         """The real model's registry name (the name itself for a real model)."""
         return self.name[: -len(TINY_SUFFIX)] if self.tiny else self.name

@@ -1,0 +1,85 @@
+"""The family adapters (models/family.py): one per registered family, asked instead of the name."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from seq2seq_es.errors import ConfigError, UnknownNameError
+from seq2seq_es.models import FAMILIES, MODELS
+from seq2seq_es.models.family import ADAPTERS, FAMILY_KEYS, family_of_model, get_family
+
+
+def test_one_adapter_per_family_and_every_spec_has_its_own():
+    assert tuple(ADAPTERS) == FAMILIES
+    for spec in MODELS.values():
+        assert spec.adapter is get_family(spec.family)
+        assert spec.adapter.name == spec.family
+    with pytest.raises(UnknownNameError, match="'gpt'"):
+        get_family("gpt")
+
+
+def _tokenizer(**ids):
+    return SimpleNamespace(**ids)
+
+
+def test_special_tokens_per_family():
+    bart_like = _tokenizer(bos_token_id=0, pad_token_id=1, eos_token_id=2)
+    for name in ("bart", "led"):
+        tokens = get_family(name).special_tokens(bart_like)
+        assert (tokens.decoder_start, tokens.eos, tokens.pad, tokens.bos) == (2, 2, 1, 0)
+    t5 = get_family("t5").special_tokens(_tokenizer(pad_token_id=0, eos_token_id=1))
+    assert (t5.decoder_start, t5.eos, t5.pad, t5.bos) == (0, 1, 0, None)
+    beto = get_family("bert2bert").special_tokens(
+        _tokenizer(cls_token_id=4, sep_token_id=5, pad_token_id=1))
+    assert (beto.decoder_start, beto.eos, beto.pad, beto.bos) == (4, 5, 1, 4)
+    with pytest.raises(ConfigError, match="no eos_token") as err:
+        get_family("t5").special_tokens(_tokenizer(pad_token_id=0, eos_token_id=None))
+    assert err.value.key == "model.path"
+
+
+def test_keys_each_family_reads():
+    reads = {name: {key for key in FAMILY_KEYS if adapter.reads(key)}
+             for name, adapter in ADAPTERS.items()}
+    assert reads == {"bart": set(), "bert2bert": set(), "t5": {"model.attention"},
+                     "led": {"model.attention", "data.global_attention"}}
+    assert all(adapter.reads("optim.lr") for adapter in ADAPTERS.values())
+
+
+def test_attention_is_left_alone_where_the_family_has_no_kernels():
+    model = object()
+    for name in ("bart", "bert2bert"):
+        assert get_family(name).apply_attention(model, "flex") is model
+    for name in FAMILIES:
+        assert get_family(name).apply_attention(model, "hf") is model
+
+
+def test_only_led_has_collator_options():
+    cfg = SimpleNamespace(data=SimpleNamespace(global_attention="first"))
+    model = SimpleNamespace(config=SimpleNamespace(attention_window=[16, 32]))
+    for name in ("bart", "t5", "bert2bert"):
+        assert get_family(name).collator_options(cfg, model, None) is None
+    assert get_family("led").collator_options(cfg, model, None) == {
+        "pad_to_multiple_of": 32, "global_attention": "first", "sentence_end_ids": frozenset()}
+
+
+def test_a_loaded_model_is_recognised_by_its_model_type():
+    def model(model_type):
+        return SimpleNamespace(config=SimpleNamespace(model_type=model_type))
+
+    assert family_of_model(model("encoder-decoder")).name == "bert2bert"
+    assert family_of_model(model("led")).name == "led"
+    with pytest.raises(UnknownNameError, match="unknown lean-CE model type 'bert'"):
+        family_of_model(model("bert"), kind="lean-CE model type")
+
+
+def test_fp16_and_memory_hooks():
+    assert [name for name, a in ADAPTERS.items() if not a.fp16_safe] == ["t5"]
+    from seq2seq_es.models.memory import get_shape
+
+    ledo, barto, t5s = get_shape("ledo"), get_shape("barto"), get_shape("t5s")
+    assert get_family("led").padded_source(ledo, 1500) == 2048
+    assert get_family("bart").padded_source(barto, 1500) == 1500
+    assert get_family("bart").attention_score_bytes(barto, 512, 128) == (0.0, 0.0)
+    assert get_family("bart").stack_bias_bytes(barto, 512, 128) == 0.0
+    assert get_family("t5").stack_bias_bytes(t5s, 512, 128) > 0
+    assert all(get_family("led").attention_score_bytes(ledo, 2048, 128))

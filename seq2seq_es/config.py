@@ -9,39 +9,74 @@ Precedence, lowest first:
   5. the launcher's environment (accelerate's config settings, `engine.distributed`),
   6. dotted command-line keys (`--optim.lr 3e-5`).
 Generation lengths then follow the resolved target length unless `gen.*` was set.
-Each component owns its section; `validate()` runs before any work starts and names the bad key.
+
+Checks, each naming the bad key: a field whose values are a fixed set is annotated
+`Literal[...]`, the one list of its choices, which the converter enforces as a value is set;
+each section's `validate()` holds the rules on its own fields (run when a section is built,
+and again by `validate(cfg)`, since dotted keys change fields after construction);
+`validate(cfg)` adds the rules that relate sections, before any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
 
 from .errors import ConfigError
 
 
+class _Section:
+    """A config section: validated when built and by `validate(cfg)`. `_section` is its name
+    in RunConfig, which prefixes its keys in errors."""
+
+    _section = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """The rules on this section's own fields; here, a Literal field holds one of its
+        choices (also after a direct assignment, which no converter sees)."""
+        for name, annotation in _section_types(type(self)).items():
+            if typing.get_origin(annotation) is Literal:
+                value = getattr(self, name)
+                if not _is_choice(value, typing.get_args(annotation)):
+                    raise ConfigError(f"{self._section}.{name}",
+                                      _choices_message(typing.get_args(annotation), value))
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
+    _section = "model"
     name: str = "barto-tiny"              # registry name (seq2seq-es list)
     path: str | None = None               # local folder or hub id overriding the registry's hub id
     gradient_checkpointing: bool = False  # non-reentrant activation checkpointing
-    attention: str = "hf"                 # LED and T5: hf | sdpa | flex (seq2seq_es.kernels)
+    attention: Literal["hf", "sdpa", "flex"] = "hf"  # LED and T5 attention implementation
+                                          # (seq2seq_es.kernels; hf: transformers' own)
     compile: bool = False                 # torch.compile the model (lengths padded to 64s)
-    compile_shapes: str = "static"        # with compile: static (a graph per bucket shape) | dynamic
+    compile_shapes: Literal["static", "dynamic"] = "static"  # with compile; static: a graph per
+                                          # bucket shape
     lean_ce: bool = False                 # chunked LM-head + cross-entropy, no full logits
     lean_ce_chunk: int = 2048             # tokens per chunk of the lean cross-entropy
     dropout: float | None = None          # override every dropout probability (None: the model's)
 
+    def validate(self) -> None:
+        super().validate()
+        if self.lean_ce_chunk < 1:
+            raise ConfigError("model.lean_ce_chunk", "must be at least 1")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("model.dropout", "must be in [0, 1)")
+
 
 @dataclass
-class DataConfig:
+class DataConfig(_Section):
+    _section = "data"
     task: str = "mlsum"                   # registry task name (seq2seq-es list); --task sets it
     train_file: str | None = None         # local jsonl/json/csv/parquet with the hub dataset's columns
     validation_file: str | None = None    # local file for the validation split (as train_file)
@@ -58,38 +93,64 @@ class DataConfig:
     global_attention: str = "first"       # LED: first | prefix:N | sentences
     cache_dir: str | None = None          # datasets cache for tokenized splits
 
+    def validate(self) -> None:
+        super().validate()
+        if self.max_source_length < 1:
+            raise ConfigError("data.max_source_length", "must be at least 1")
+        if self.max_target_length < 1:
+            raise ConfigError("data.max_target_length", "must be at least 1")
+        ga = self.global_attention
+        if not (ga in ("first", "sentences") or (ga.startswith("prefix:") and ga[7:].isdigit())):
+            raise ConfigError("data.global_attention", "expected first, sentences or prefix:N")
+
 
 @dataclass
-class OptimConfig:
+class OptimConfig(_Section):
+    _section = "optim"
     lr: float = 5e-5                      # peak learning rate of AdamW (after warmup)
     weight_decay: float = 0.01            # never applied to biases and norms
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW beta1, beta2 (command line: 0.9,0.98)
     eps: float = 1e-8                     # AdamW epsilon
-    schedule: str = "linear"              # linear | cosine | constant
+    schedule: Literal["linear", "cosine", "constant"] = "linear"  # learning rate after warmup
     warmup_ratio: float = 0.0             # fraction of total steps; ignored when warmup_steps > 0
     warmup_steps: int = 0                 # linear warmup steps; > 0 overrides warmup_ratio
     max_grad_norm: float = 1.0            # 0 disables clipping
     fused: bool = True                    # fused AdamW kernel on GPUs (measured fastest); CPU: off
 
+    def validate(self) -> None:
+        super().validate()
+        if self.lr <= 0:
+            raise ConfigError("optim.lr", "must be positive")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError("optim.warmup_ratio", "must be in [0, 1)")
+        if self.warmup_steps < 0:
+            raise ConfigError("optim.warmup_steps", "must be >= 0")
+
+
+TRACKERS = ("tensorboard", "wandb")
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
+    _section = "train"
     output_dir: str = "runs/default"      # run folder: checkpoints, metrics.jsonl, final/, results
     seed: int = 42                        # seed of initialisation, dropout and the data order
     epochs: int = 6                       # passes over the training split (when max_steps is 0)
     max_steps: int = 0                    # > 0 overrides epochs
     batch_size: int = 8                   # per device, per micro-batch (batching=fixed; packed:
                                           # rows of max_source_length / max_target_length)
-    batching: str = "fixed"               # fixed | token_budget (length-sorted, padded <= max_tokens)
-                                          # | bucketed (token budget, few shapes: for compile)
-                                          # | packed (several examples per row, fixed shape)
+    batching: Literal["fixed", "token_budget", "bucketed", "packed"] = "fixed"  # fixed: batch_size
+                                          # rows; token_budget: length-sorted, padded <= max_tokens;
+                                          # bucketed: token budget, few shapes (for compile);
+                                          # packed: several examples per row, fixed shape
     max_tokens: int = 0                   # token_budget, bucketed: padded source+target tokens per
                                           # micro-batch
     length_buckets: int = 16              # bucketed: at most this many micro-batch shapes
     grad_accum: int = 1                   # micro-batches per optimizer step on each rank
     eval_batch_size: int = 0              # 0: same as batch_size
-    precision: str = "auto"               # auto (bf16 where the GPU supports it, else fp16; fp32
-                                          # on CPU) | bf16 | fp16 (dynamic loss scaling) | fp32
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where the GPU
+                                          # supports it, else fp16; fp32 on CPU. fp16: dynamic
+                                          # loss scaling
     log_every: int = 10                   # steps between train/* records in metrics.jsonl
     stop_check_every: int = 1             # steps between the ranks' agreement on a stop signal
                                           # or a time-based save (one collective each time)
@@ -104,35 +165,85 @@ class TrainConfig:
     save_every: int = 0                   # steps; 0: none by step count (see save_every_min)
     save_every_min: float = 30.0          # minutes between checkpoints by wall time; 0: off
     keep_last: int = 2                    # newest checkpoints kept (the best one is always kept)
-    resume: str = "none"                  # none | auto | must | <checkpoint dir>
-    on_nan: str = "stop"                  # stop | skip
+    resume: Literal["none", "auto", "must"] | str = "none"  # none: refuse a run folder holding
+                                          # a checkpoint; auto: its latest, if any; must: its
+                                          # latest, or fail; else a checkpoint folder
+    on_nan: Literal["stop", "skip"] = "stop"  # on a non-finite loss, stop the run or skip the
+                                          # micro-batch (on every rank)
     export: bool = True                   # write a Hugging Face checkpoint at the end
-    export_dtype: str = "fp32"            # dtype of final/'s weights: fp32 | bf16 | fp16
+    export_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # dtype of final/'s weights
     report_to: str = "tensorboard"        # trackers, comma-separated: tensorboard, wandb; none
     push_to_hub: str | None = None        # hub repo id to upload final/ to at the end
     progress_bar: bool = True             # tqdm bar on rank 0 (stderr)
 
+    def validate(self) -> None:
+        super().validate()
+        if self.max_steps < 0:
+            raise ConfigError("train.max_steps", "must be >= 0")
+        if self.max_steps == 0 and self.epochs < 1:
+            raise ConfigError("train.epochs", "must be at least 1 when train.max_steps is 0")
+        if self.batch_size < 1:
+            raise ConfigError("train.batch_size", "must be at least 1")
+        if self.batching in ("token_budget", "bucketed") and self.max_tokens < 1:
+            raise ConfigError("train.max_tokens", f"{self.batching} batching needs a positive "
+                              "budget (padded source + target tokens per micro-batch)")
+        if self.length_buckets < 1:
+            raise ConfigError("train.length_buckets", "must be at least 1")
+        if self.grad_accum < 1:
+            raise ConfigError("train.grad_accum", "must be at least 1")
+        trackers = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        if not trackers or any(name not in (*TRACKERS, "none") for name in trackers) \
+                or ("none" in trackers and len(trackers) > 1):
+            raise ConfigError("train.report_to", "expected a comma-separated list of tensorboard "
+                              f"and wandb, or none; got {self.report_to!r}")
+        if self.keep_last < 1:
+            raise ConfigError("train.keep_last", "must be at least 1")
+        if self.stop_check_every < 1:
+            raise ConfigError("train.stop_check_every", "must be at least 1")
+        for key in ("log_every", "eval_every", "save_every", "save_every_min"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key}", "must be >= 0")
+
 
 @dataclass
-class DistConfig:
-    zero_stage: int = 0                   # DeepSpeed ZeRO stage 0..3
-    backend: str = "auto"                 # auto (nccl on GPU, gloo on CPU) | nccl | gloo
+class DistConfig(_Section):
+    _section = "dist"
+    zero_stage: Literal[0, 1, 2, 3] = 0   # DeepSpeed ZeRO stage
+    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on GPU, gloo on CPU
     offload_optimizer: bool = False       # ZeRO-Offload of the optimizer state to CPU (stages 1-3)
-    grad_accum_dtype: str = "fp32"        # ZeRO 1-3 with bf16: dtype gradients are accumulated
-                                          # in: fp32 | bf16 (less memory, less exact); the
+    grad_accum_dtype: Literal["fp32", "bf16"] = "fp32"  # ZeRO 1-3 with bf16: dtype gradients are
+                                          # accumulated in (bf16: less memory, less exact); the
                                           # reductions between ranks stay bf16
     timeout_min: int = 30                 # minutes a collective may wait for the other ranks
     deepspeed_config: str | None = None   # JSON merged over the generated config (no "auto")
 
+    def validate(self) -> None:
+        super().validate()
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ConfigError("dist.offload_optimizer", "needs dist.zero_stage 1, 2 or 3")
+
 
 @dataclass
-class GenConfig:
+class GenConfig(_Section):
+    _section = "gen"
     num_beams: int = 4                    # beam width of validation, test and predict (1: greedy)
     max_new_tokens: int | None = None     # None: data.max_target_length (resolved by compose)
     min_new_tokens: int = 0               # lowered to max_new_tokens unless set explicitly
     length_penalty: float = 1.0           # beam score length exponent (> 1 favours longer outputs)
     no_repeat_ngram_size: int = 0         # forbid repeating any n-gram of this size (0: off)
     early_stopping: bool = True           # stop beam search once num_beams hypotheses are finished
+
+    def validate(self) -> None:
+        """None for max_new_tokens is left to `validate(cfg)`, which knows the target length."""
+        super().validate()
+        if self.num_beams < 1:
+            raise ConfigError("gen.num_beams", "must be at least 1")
+        if self.max_new_tokens is None:
+            return
+        if self.max_new_tokens < 1:
+            raise ConfigError("gen.max_new_tokens", "must be at least 1")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ConfigError("gen.min_new_tokens", "is larger than gen.max_new_tokens")
 
 
 @dataclass
@@ -156,9 +267,24 @@ class RunConfig:
 
 @functools.lru_cache(maxsize=None)
 def _section_types(section_cls) -> dict[str, Any]:
-    # Cached: resolving the string annotations is ~95% of composing a config, and the sweep
-    # planner composes hundreds of them.
-    return typing.get_type_hints(section_cls)
+    """{field: resolved annotation} of a section's dataclass fields.
+
+    Cached: resolving the string annotations is ~95% of composing a config, and the sweep
+    planner composes hundreds of them."""
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def _is_choice(value: Any, choices: tuple) -> bool:
+    # By type as well: True is no ZeRO stage 1, nor 1.0.
+    return any(type(value) is type(choice) and value == choice for choice in choices)
+
+
+def _choices_message(choices: tuple, value: Any) -> str:
+    """'expected hf, sdpa or flex, got 'fast''."""
+    names = [str(choice) for choice in choices]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    return f"expected {listed}, got {value!r}"
 
 
 def _convert(key: str, raw: Any, annotation: Any) -> Any:
@@ -169,8 +295,24 @@ def _convert(key: str, raw: Any, annotation: Any) -> Any:
         if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null")):
             if type(None) in args:
                 return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(key, raw, inner[0])
+        # The first member that takes the value (Literal[...] | str: a choice, else any string);
+        # the last member's error otherwise.
+        error = None
+        for member in (a for a in args if a is not type(None)):
+            try:
+                return _convert(key, raw, member)
+            except ConfigError as exc:
+                error = exc
+        raise error
+    if origin is Literal:
+        for choice in args:
+            try:
+                value = _convert(key, raw, type(choice))
+            except ConfigError:
+                continue
+            if _is_choice(value, (choice,)):
+                return choice
+        raise ConfigError(key, _choices_message(args, raw))
     if origin is tuple:
         if isinstance(raw, str):
             raw = [p for p in raw.replace("(", "").replace(")", "").split(",") if p.strip()]
@@ -269,6 +411,22 @@ def parse_overrides(argv: list[str]) -> dict[str, str]:
     return overrides
 
 
+def registry_layers(task_spec, model_spec) -> list[tuple[str, Mapping[str, Any]]]:
+    """The registries' layers of a (task, model) pair, lowest first, each with the name
+    `seq2seq-es config` gives it: the task's defaults, the model's, then the task's entries for
+    this model (the paper's per-pair differences, e.g. BETO on SQAC reads 480 tokens, not
+    BERT's 512).
+
+    Not `task_spec.defaults_for(model)` (the task's defaults and its per-model entries in one
+    mapping): the model's own defaults sit between the two. A -tiny twin has no per-model
+    entries, so BETO2BETO-tiny's 512 source tokens must beat the task's 1024, while BETO2BETO's
+    own entry on SQAC (480) must beat the model's 512."""
+    return [(f"task {task_spec.name}", task_spec.defaults),
+            (f"model {model_spec.name}", model_spec.defaults),
+            (f"task {task_spec.name} x model {model_spec.name}",
+             task_spec.model_defaults.get(model_spec.name, {}))]
+
+
 def compose(task: str | None = None, model: str | None = None, config_file: str | None = None,
             overrides: Mapping[str, Any] | None = None) -> RunConfig:
     """Build the run config in precedence order (see module docstring) and validate it."""
@@ -285,10 +443,8 @@ def compose(task: str | None = None, model: str | None = None, config_file: str 
     task_spec = get_task(task)
     model_spec = get_model_spec(model)
     cfg.data.task, cfg.model.name = task_spec.name, model_spec.name
-    apply_mapping(cfg, dict(task_spec.defaults))
-    apply_mapping(cfg, dict(model_spec.defaults))
-    # The paper's per-pair differences (e.g. BETO on SQAC reads 480 tokens, not BERT's 512).
-    apply_mapping(cfg, dict(task_spec.model_defaults.get(model_spec.name, {})))
+    for _, values in registry_layers(task_spec, model_spec):
+        apply_mapping(cfg, dict(values))
     apply_mapping(cfg, file_values)
     apply_mapping(cfg, overrides)
     follow_target_length(cfg, explicit=set(flat_keys(file_values)) | set(overrides))
@@ -321,100 +477,33 @@ def follow_target_length(cfg: RunConfig, explicit: set[str]) -> None:
 
 
 def validate(cfg: RunConfig) -> None:
-    """Refuse configs that cannot work, before any model or data is loaded."""
+    """Refuse configs that cannot work, before any model or data is loaded: every section's own
+    rules, then the rules between sections and the registries' models."""
     from .models import get_model_spec
     from .tasks import get_task
 
     get_task(cfg.data.task)
     spec = get_model_spec(cfg.model.name)
     d, o, t, dist, g = cfg.data, cfg.optim, cfg.train, cfg.dist, cfg.gen
-    if d.max_source_length < 1:
-        raise ConfigError("data.max_source_length", "must be at least 1")
+    if g.max_new_tokens is None:  # a RunConfig built in code, not by compose()
+        g.max_new_tokens = d.max_target_length
+    for section in (cfg.model, d, o, t, dist, g):
+        section.validate()
     if d.max_source_length > spec.max_source_positions:
         raise ConfigError("data.max_source_length",
                           f"{d.max_source_length} exceeds the {spec.max_source_positions} source "
                           f"positions of model '{spec.name}'")
-    if d.max_target_length < 1:
-        raise ConfigError("data.max_target_length", "must be at least 1")
     if d.max_target_length > spec.max_target_positions:
         raise ConfigError("data.max_target_length",
                           f"{d.max_target_length} exceeds the {spec.max_target_positions} target "
                           f"positions of model '{spec.name}'")
-    if not (d.global_attention in ("first", "sentences") or
-            (d.global_attention.startswith("prefix:") and d.global_attention[7:].isdigit())):
-        raise ConfigError("data.global_attention", "expected first, sentences or prefix:N")
-    if cfg.model.dropout is not None and not 0.0 <= cfg.model.dropout < 1.0:
-        raise ConfigError("model.dropout", "must be in [0, 1)")
     if t.on_nan == "skip" and dist.zero_stage == 3:
         raise ConfigError("train.on_nan", "skip is not supported under ZeRO-3 (the zero loss "
                           "that replaces a bad micro-batch needs unpartitioned parameters); use stop")
-    if cfg.model.attention not in ("hf", "sdpa", "flex"):
-        raise ConfigError("model.attention", "expected hf, sdpa or flex")
-    if o.lr <= 0:
-        raise ConfigError("optim.lr", "must be positive")
-    if o.schedule not in ("linear", "cosine", "constant"):
-        raise ConfigError("optim.schedule", "expected linear, cosine or constant")
-    if not 0.0 <= o.warmup_ratio < 1.0:
-        raise ConfigError("optim.warmup_ratio", "must be in [0, 1)")
-    if o.warmup_steps < 0:
-        raise ConfigError("optim.warmup_steps", "must be >= 0")
     if t.max_steps > 0 and o.warmup_steps >= t.max_steps:
         raise ConfigError("optim.warmup_steps",
                           f"warmup of {o.warmup_steps} steps is not shorter than training "
                           f"({t.max_steps} steps)")
-    if t.max_steps < 0:
-        raise ConfigError("train.max_steps", "must be >= 0")
-    if t.max_steps == 0 and t.epochs < 1:
-        raise ConfigError("train.epochs", "must be at least 1 when train.max_steps is 0")
-    if t.batch_size < 1:
-        raise ConfigError("train.batch_size", "must be at least 1")
-    if t.batching not in ("fixed", "token_budget", "bucketed", "packed"):
-        raise ConfigError("train.batching", "expected fixed, token_budget, bucketed or packed")
-    if t.batching in ("token_budget", "bucketed") and t.max_tokens < 1:
-        raise ConfigError("train.max_tokens", f"{t.batching} batching needs a positive budget "
-                          "(padded source + target tokens per micro-batch)")
-    if t.length_buckets < 1:
-        raise ConfigError("train.length_buckets", "must be at least 1")
-    if cfg.model.compile_shapes not in ("static", "dynamic"):
-        raise ConfigError("model.compile_shapes", "expected static or dynamic")
-    if cfg.model.lean_ce_chunk < 1:
-        raise ConfigError("model.lean_ce_chunk", "must be at least 1")
-    if t.grad_accum < 1:
-        raise ConfigError("train.grad_accum", "must be at least 1")
-    if t.precision not in ("auto", "bf16", "fp16", "fp32"):
-        raise ConfigError("train.precision", "expected auto, bf16, fp16 or fp32")
-    if t.export_dtype not in ("fp32", "bf16", "fp16"):
-        raise ConfigError("train.export_dtype", "expected fp32, bf16 or fp16")
-    trackers = [name.strip() for name in t.report_to.split(",") if name.strip()]
-    if not trackers or any(name not in ("tensorboard", "wandb", "none") for name in trackers) \
-            or ("none" in trackers and len(trackers) > 1):
-        raise ConfigError("train.report_to", "expected a comma-separated list of tensorboard and "
-                          f"wandb, or none; got {t.report_to!r}")
-    if dist.grad_accum_dtype not in ("fp32", "bf16"):
-        raise ConfigError("dist.grad_accum_dtype", "expected fp32 or bf16")
-    if t.on_nan not in ("stop", "skip"):
-        raise ConfigError("train.on_nan", "expected stop or skip")
-    if t.keep_last < 1:
-        raise ConfigError("train.keep_last", "must be at least 1")
-    if t.stop_check_every < 1:
-        raise ConfigError("train.stop_check_every", "must be at least 1")
-    for key in ("log_every", "eval_every", "save_every", "save_every_min"):
-        if getattr(t, key) < 0:
-            raise ConfigError(f"train.{key}", "must be >= 0")
-    if dist.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError("dist.zero_stage", f"must be 0, 1, 2 or 3, got {dist.zero_stage}")
-    if dist.backend not in ("auto", "nccl", "gloo"):
-        raise ConfigError("dist.backend", "expected auto, nccl or gloo")
-    if dist.offload_optimizer and dist.zero_stage == 0:
-        raise ConfigError("dist.offload_optimizer", "needs dist.zero_stage 1, 2 or 3")
-    if g.num_beams < 1:
-        raise ConfigError("gen.num_beams", "must be at least 1")
-    if g.max_new_tokens is None:  # a RunConfig built in code, not by compose()
-        g.max_new_tokens = d.max_target_length
-    if g.max_new_tokens < 1:
-        raise ConfigError("gen.max_new_tokens", "must be at least 1")
-    if g.min_new_tokens > g.max_new_tokens:
-        raise ConfigError("gen.min_new_tokens", "is larger than gen.max_new_tokens")
 
 
 def check_target_coverage(cfg: RunConfig, target_lengths: list[int], threshold: float = 0.5) -> None:
@@ -437,14 +526,3 @@ def check_target_coverage(cfg: RunConfig, target_lengths: list[int], threshold: 
 
 def dump(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(cfg.to_yaml(), encoding="utf-8")
-
-
-def from_dict(values: Mapping[str, Any]) -> RunConfig:
-    """Rebuild a RunConfig from `to_dict()` output (resolved config saved in a run directory)."""
-    cfg = RunConfig()
-    apply_mapping(cfg, values)
-    return cfg
-
-
-def to_json(cfg: RunConfig) -> str:
-    return json.dumps(cfg.to_dict(), sort_keys=True)

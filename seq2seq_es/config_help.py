@@ -4,8 +4,8 @@ meaning, and the resolved config as YAML.
 One source of truth: the meaning of a key is the `# comment` after its field in config.py, read
 from that file's source at help time (`ast` finds the fields, `tokenize` the comments). A comment
 continued on the next line(s), indented past the field, belongs to the field above. Types are the
-annotations as written there; defaults are the dataclass defaults, or the values a given task and
-model resolve to (`compose`).
+annotations as written there, except that a `Literal[...]` shows its choices (`hf | sdpa | flex`);
+defaults are the dataclass defaults, or the values a given task and model resolve to (`compose`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import yaml
 
 from . import config as config_module
 from .config import (RunConfig, apply_mapping, compose, flat_keys, follow_target_length,
-                     load_yaml)
+                     load_yaml, registry_layers)
 
 _NOT_CODE = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
              tokenize.ENCODING, tokenize.ENDMARKER}
@@ -32,7 +32,7 @@ _NOT_CODE = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, t
 @dataclasses.dataclass(frozen=True)
 class KeyDoc:
     key: str          # section.field
-    type: str         # the annotation as written in config.py
+    type: str         # the annotation as written in config.py (a Literal: its choices)
     meaning: str      # the field's comment, continuation lines joined; "" when it has none
 
 
@@ -64,8 +64,23 @@ def parse_field_comments(source: str) -> dict[str, dict[str, tuple[str, str]]]:
                     and comments[line][0] > stmt.col_offset:
                 parts.append(comments[line][1])
                 line += 1
-            fields[stmt.target.id] = (ast.unparse(stmt.annotation), " ".join(p for p in parts if p))
+            fields[stmt.target.id] = (type_text(stmt.annotation),
+                                      " ".join(p for p in parts if p))
     return out
+
+
+def type_text(annotation: ast.expr) -> str:
+    """An annotation as help shows it: as written, but `Literal['hf', 'sdpa', 'flex']` as its
+    choices, `hf | sdpa | flex` (also inside a union: `none | auto | must | str`)."""
+    if isinstance(annotation, ast.BinOp) and isinstance(annotation.op, ast.BitOr):
+        return f"{type_text(annotation.left)} | {type_text(annotation.right)}"
+    if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) in (
+            "Literal", "typing.Literal"):
+        choices = annotation.slice.elts if isinstance(annotation.slice, ast.Tuple) \
+            else [annotation.slice]
+        if all(isinstance(choice, ast.Constant) for choice in choices):
+            return " | ".join(str(choice.value) for choice in choices)
+    return ast.unparse(annotation)
 
 
 @functools.lru_cache(maxsize=1)
@@ -96,8 +111,12 @@ def key_docs() -> list[KeyDoc]:
 
 
 def _annotation_text(annotation: Any) -> str:
-    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__",
-                                                                   str(annotation))
+    if isinstance(annotation, str):  # config.py's annotations are strings (PEP 563)
+        try:
+            return type_text(ast.parse(annotation, mode="eval").body)
+        except SyntaxError:
+            return annotation
+    return getattr(annotation, "__name__", str(annotation))
 
 
 def format_value(value: Any) -> str:
@@ -125,10 +144,7 @@ def value_sources(task: str, model: str, file_values: Mapping[str, Any],
     task_spec, model_spec = get_task(task), get_model_spec(model)
     cfg = RunConfig()
     cfg.data.task, cfg.model.name = task_spec.name, model_spec.name
-    layers = [(f"task {task_spec.name}", task_spec.defaults),
-              (f"model {model_spec.name}", model_spec.defaults),
-              (f"task {task_spec.name} x model {model_spec.name}",
-               task_spec.model_defaults.get(model_spec.name, {})),
+    layers = [*registry_layers(task_spec, model_spec),
               ("--config", file_values), ("command line", overrides)]
     sources: dict[str, str] = {}
     before = _flat_values(cfg)

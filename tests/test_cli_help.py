@@ -2,6 +2,7 @@
 `seq2seq-es config` (the resolved YAML, which `--config` composes back to the same config)."""
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,12 @@ def every_field():
             yield section, f.name, f.type, getattr(instance, f.name)
 
 
+def shown_type(annotation: str) -> str:
+    """The type help shows: the annotation as written, a Literal as its choices."""
+    return re.sub(r"Literal\[([^\]]*)\]", lambda m: " | ".join(
+        choice.strip().strip("'\"") for choice in m.group(1).split(",")), annotation)
+
+
 def cli_out(capsys, argv):
     code = main(argv)
     captured = capsys.readouterr()
@@ -39,7 +46,8 @@ def test_train_help_lists_every_key_with_its_type_and_default(capsys):
     assert len(fields) > 60
     for section, name, annotation, default in fields:
         assert isinstance(annotation, str)
-        expected = f"  --{section}.{name} ({annotation}, default: {format_value(default)})"
+        expected = f"  --{section}.{name} ({shown_type(annotation)}, default: " \
+                   f"{format_value(default)})"
         assert expected in lines, expected
     # Nothing else is listed as a key, and each key once.
     keys = [line.split()[0] for line in lines if line.startswith("  --") and "." in line.split()[0]]
@@ -54,9 +62,9 @@ def test_help_meanings_are_config_py_comments_with_their_continuation_lines(caps
     assert "--train.keep_last (int, default: 2) newest checkpoints kept (the best one is always " \
            "kept)" in flat
     # Comments continued on the next line belong to the field above.
-    assert "--train.precision (str, default: auto) auto (bf16 where the GPU supports it, else " \
-           "fp16; fp32 on CPU) | bf16 | fp16 (dynamic loss scaling) | fp32" in flat
-    assert "in: fp32 | bf16 (less memory, less exact); the reductions between ranks stay bf16 " \
+    assert "--train.precision (auto | bf16 | fp16 | fp32, default: auto) auto: bf16 where the " \
+           "GPU supports it, else fp16; fp32 on CPU. fp16: dynamic loss scaling" in flat
+    assert "in (bf16: less memory, less exact); the reductions between ranks stay bf16 " \
            "--dist.timeout_min" in flat
     docs = {doc.key: doc for doc in key_docs()}
     assert docs["train.best_metric"].meaning.endswith('"loss": lowest eval loss)')

@@ -43,11 +43,12 @@ from pathlib import Path
 from typing import Any
 
 from ..bench.scaling import scaling_plot, scaling_points, scaling_table
+from .. import run_files
 from ..config import RunConfig, compose, parse_overrides
 from ..errors import ConfigError, Seq2SeqEsError
-from .cli import _add_slurm_options, _split_overrides, slurm_config_from_args
 from .config import SlurmConfig
-from .monitor import FINISHED_STATES, METRICS_FILE, read_metrics, sweep_status
+from .monitor import FINISHED_STATES, read_metrics, sweep_status
+from .options import add_slurm_options, slurm_config_from_args, split_overrides
 from .sweep import (RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, SlurmUnavailableError,
                     check_names, check_overrides, dry_run_script, load_manifest, new_manifest,
                     submit, train_argv)
@@ -407,7 +408,7 @@ def measure_run(run_dir: str | Path, warmup_steps: int) -> dict[str, Any]:
     taken from its last record.
     """
     by_step: dict[int, dict[str, Any]] = {}
-    for record in read_metrics(Path(run_dir) / METRICS_FILE):
+    for record in read_metrics(Path(run_dir) / run_files.METRICS):
         step = record.get("step")
         if isinstance(step, int) and _number(record.get("train/tokens_per_s")) is not None:
             by_step[step] = record
@@ -573,7 +574,7 @@ def _bench_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seq2seq-es slurm bench", conflict_handler="resolve",
                                      description="Throughput over node counts and ZeRO stages; "
                                                  "collect with --collect DIR.")
-    _add_slurm_options(parser)
+    add_slurm_options(parser)
     parser.add_argument("--bench-dir", required=True)
     parser.add_argument("--nodes", default="1,2,4,8", help="node counts (default 1,2,4,8)")
     parser.add_argument("--zero-stages", default="0,2,3", help="ZeRO stages (default 0,2,3)")
@@ -593,7 +594,7 @@ def _bench_parser() -> argparse.ArgumentParser:
 
 
 def cmd_bench(argv: list[str]) -> int:
-    own, overrides = _split_overrides(argv)
+    own, overrides = split_overrides(argv)
     args = _bench_parser().parse_args(own)
     node_counts = parse_int_list(args.nodes, "--nodes", minimum=1)
     zero_stages = parse_int_list(args.zero_stages, "--zero-stages", minimum=0, maximum=3)
@@ -667,6 +668,6 @@ def _print_plan(manifest: BenchManifest, base: SlurmConfig, bench_dir: Path, ent
 
 def main(argv: list[str]) -> int:
     """`seq2seq-es slurm bench ...` (argv without 'bench'). Returns the exit status."""
-    if any(arg == "--collect" or arg.startswith("--collect=") for arg in _split_overrides(argv)[0]):
+    if any(arg == "--collect" or arg.startswith("--collect=") for arg in split_overrides(argv)[0]):
         return cmd_collect(argv)
     return cmd_bench(argv)

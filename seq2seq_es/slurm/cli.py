@@ -35,91 +35,18 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from ..errors import ConfigError, run_command
-from .config import SlurmConfig, load_slurm_yaml
+from .config import SlurmConfig
 from .job import DEFAULT_ENTRY
 from .monitor import (SPLITS_SHOWN, build_table, empty_message, format_status, status_json,
                       sweep_status, write_results)
+from .options import add_slurm_options, slurm_config_from_args, split_overrides
 from .sweep import (RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, absolute_config,
                     check_names, check_overrides, check_partition, check_run_dir,
                     check_sweep_dir, compose_run, dry_run_script, gpu_warning, load_manifest,
                     new_manifest, parse_grid, partition_gres, plan_sweep, require_slurm_clients,
                     select_pairs, submit, train_argv)
-
-# flag -> SlurmConfig field, for the flags that map one to one
-_SLURM_FLAGS: dict[str, tuple[str, Any]] = {
-    "nodes": ("nodes", int),
-    "gpus_per_node": ("gpus_per_node", int),
-    "tasks_per_node": ("tasks_per_node", int),
-    "partition": ("partition", str),
-    "account": ("account", str),
-    "qos": ("qos", str),
-    "constraint": ("constraint", str),
-    "time": ("time_min", int),
-    "mem_gb": ("mem_gb", float),
-    "cpus_per_task": ("cpus_per_task", int),
-    "max_requeues": ("max_requeues", int),
-    "signal_delay_s": ("signal_delay_s", int),
-    "job_name": ("job_name", str),
-    "python": ("python", str),
-}
-
-
-def _add_slurm_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("SLURM options (override --slurm-config)")
-    group.add_argument("--slurm-config", metavar="FILE", help="YAML with a slurm: section")
-    group.add_argument("--nodes", type=int)
-    group.add_argument("--gpus-per-node", type=int, help="0: CPU; else one task per GPU")
-    group.add_argument("--tasks-per-node", type=int, help="CPU runs only (default 1)")
-    group.add_argument("--partition")
-    group.add_argument("--account")
-    group.add_argument("--qos")
-    group.add_argument("--constraint")
-    group.add_argument("--time", type=int, metavar="MINUTES", help="time limit per start")
-    group.add_argument("--mem-gb", type=float)
-    group.add_argument("--cpus-per-task", type=int)
-    group.add_argument("--max-requeues", type=int, help="restarts after pre-emption/time limit")
-    group.add_argument("--signal-delay-s", type=int,
-                       help="seconds before the time limit at which the job is told to save")
-    group.add_argument("--job-name")
-    group.add_argument("--python", help="python command on the nodes (default: this interpreter)")
-    group.add_argument("--setup", action="append", default=[], metavar="LINE",
-                       help="shell line run before the job starts (repeatable)")
-    group.add_argument("--sbatch", action="append", default=[], metavar="OPTION=VALUE",
-                       help="any other sbatch option, e.g. --sbatch mail-type=END (repeatable)")
-    group.add_argument("--entry", default=DEFAULT_ENTRY, metavar="MODULE:FUNCTION",
-                       help="training entry called with ['train', ...]; "
-                            "seq2seq_es.slurm.probe:main checks a cluster without training")
-
-
-def slurm_config_from_args(args: argparse.Namespace) -> SlurmConfig:
-    values: dict[str, Any] = load_slurm_yaml(args.slurm_config) if args.slurm_config else {}
-    for flag, (key, _) in _SLURM_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            values[key] = value
-    if args.setup:
-        values["setup"] = list(values.get("setup") or []) + args.setup
-    if args.sbatch:
-        extra = dict(values.get("extra_sbatch") or {})
-        for spec in args.sbatch:
-            key, sep, value = spec.partition("=")
-            key = key.strip().lstrip("-")
-            if not key:
-                raise ConfigError("--sbatch", f"'{spec}' must look like OPTION=VALUE or OPTION")
-            extra[key] = value if sep else True
-        values["extra_sbatch"] = extra
-    return SlurmConfig.from_mapping(values)
-
-
-def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    if "--" in argv:
-        cut = argv.index("--")
-        return argv[:cut], argv[cut + 1:]
-    return argv, []
-
 
 def _warn_without_gpus(config: SlurmConfig) -> None:
     """A job without --gpus-per-node trains on CPUs: say so on stderr where GPUs seem meant."""
@@ -155,13 +82,13 @@ def _names(text: str | None) -> list[str] | None:
 # ---- submit ----------------------------------------------------------------------------------
 
 def cmd_submit(argv: list[str]) -> int:
-    own, overrides = _split_overrides(argv)
+    own, overrides = split_overrides(argv)
     parser = argparse.ArgumentParser(prog="seq2seq-es slurm submit")
     parser.add_argument("--task", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--run-dir", help="the run's folder (default runs/<model>__<task>__<time>)")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script only")
-    _add_slurm_options(parser)
+    add_slurm_options(parser)
     args = parser.parse_args(own)
 
     check_names([args.model], [args.task])
@@ -199,7 +126,7 @@ def cmd_submit(argv: list[str]) -> int:
 # ---- sweep -----------------------------------------------------------------------------------
 
 def cmd_sweep(argv: list[str]) -> int:
-    own, overrides = _split_overrides(argv)
+    own, overrides = split_overrides(argv)
     parser = argparse.ArgumentParser(prog="seq2seq-es slurm sweep")
     parser.add_argument("--sweep-dir", required=True)
     parser.add_argument("--models", help="comma-separated filter on the paper's pairs")
@@ -218,7 +145,7 @@ def cmd_sweep(argv: list[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the plan and sbatch script")
     parser.add_argument("--yes", "-y", action="store_true",
                         help="submit without asking (needed when stdin is not a terminal)")
-    _add_slurm_options(parser)
+    add_slurm_options(parser)
     args = parser.parse_args(own)
 
     if args.max_parallel < 1:
@@ -317,7 +244,7 @@ def cmd_collect(argv: list[str]) -> int:
 
 
 def cmd_bench(argv: list[str]) -> int:
-    from .bench import main as bench_main  # imported here: it imports this module
+    from .bench import main as bench_main
 
     return bench_main(argv)
 

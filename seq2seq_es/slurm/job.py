@@ -66,14 +66,11 @@ from typing import Any, Callable
 
 import submitit
 
-EXIT_PREEMPTED = 3
-DEFAULT_ENTRY = "seq2seq_es.cli:main"
+from .. import run_files
 
-EVENTS_FILE = "slurm_events.jsonl"
-OUT_OF_REQUEUES_FILE = "OUT_OF_REQUEUES"
-DONE_FILE = "DONE"
-PREEMPTED_FILE = "PREEMPTED"  # written by the engine (and the probe) when a stop signal saved
-LOGS_DIR = "logs"
+# The engine's exit status after a stop signal saved a checkpoint (run_files defines it for both).
+EXIT_PREEMPTED = run_files.PREEMPTED_EXIT_CODE
+DEFAULT_ENTRY = "seq2seq_es.cli:main"
 
 _PORT_RANGE = (20000, 60000)
 
@@ -109,7 +106,7 @@ def master_port(job_id: str, restart: int) -> int:
 
 
 def append_event(run_dir: str | Path, event: str, **fields: Any) -> None:
-    path = Path(run_dir) / EVENTS_FILE
+    path = Path(run_dir) / run_files.SLURM_EVENTS
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"event": event, "time": round(time.time(), 3), **fields}
     with path.open("a", encoding="utf-8") as handle:
@@ -216,7 +213,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         raise SystemExit(EXIT_PREEMPTED)
 
     def _mark_out_of_requeues(self, restart: int) -> None:
-        marker = Path(self.run_dir) / OUT_OF_REQUEUES_FILE
+        marker = Path(self.run_dir) / run_files.OUT_OF_REQUEUES
         marker.write_text(json.dumps({"job_id": _job_id(), "restarts": restart,
                                       "max_requeues": self.max_requeues}) + "\n")
         append_event(self.run_dir, "out_of_requeues", job_id=_job_id(), restart=restart)
@@ -227,7 +224,7 @@ class TrainJob(submitit.helpers.Checkpointable):
             paths = submitit.JobEnvironment().paths
         except Exception:  # outside a submitit job (direct call): nothing to link
             return
-        logs = Path(self.run_dir) / LOGS_DIR
+        logs = Path(self.run_dir) / run_files.LOGS
         logs.mkdir(exist_ok=True)
         for source in (paths.stdout, paths.stderr):
             link = logs / f"rank{rank}{source.suffix}"
@@ -258,7 +255,7 @@ class _StopMarkers:
     mtime, not by clock, so a file server's clock does not matter)."""
 
     def __init__(self, run_dir: str | Path):
-        self.paths = [Path(run_dir) / name for name in (DONE_FILE, PREEMPTED_FILE)]
+        self.paths = [Path(run_dir) / name for name in (run_files.DONE, run_files.PREEMPTED)]
         self.at_start = [self._identity(path) for path in self.paths]
 
     @staticmethod

@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .. import run_files
 from ..errors import DataError
 # The one metrics.jsonl reader (merges a step's records, keeping the last values).
 from ..metrics_log import read as read_metrics
-from .job import DONE_FILE, EVENTS_FILE, OUT_OF_REQUEUES_FILE
 from .sweep import Manifest, RunPlan, describe_grid_point
 
-METRICS_FILE = "metrics.jsonl"
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
                  "DEADLINE", "PREEMPTED", "OUT_OF_REQUEUES", "REVOKED"}
 FINISHED_STATES = FAILED_STATES | {"COMPLETED"}
@@ -154,7 +153,7 @@ def latest_metrics(records: list[dict[str, Any]]) -> tuple[int | None, dict[str,
 
 
 def read_events(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / EVENTS_FILE
+    path = Path(run_dir) / run_files.SLURM_EVENTS
     if not path.is_file():
         return []
     events = []
@@ -236,7 +235,7 @@ def run_status(run: RunPlan, manifest: Manifest, slurm: dict[str, SlurmState]) -
     status = RunStatus(name=run.name, model=run.model, task=run.task, grid_point=run.grid_point,
                        run_dir=run.run_dir, job_id=run.job_id, state="NOT_SUBMITTED")
     try:
-        status.step, status.metrics = latest_metrics(read_metrics(run_dir / METRICS_FILE))
+        status.step, status.metrics = latest_metrics(read_metrics(run_dir / run_files.METRICS))
     except DataError as exc:
         status.note = str(exc)
     events = read_events(run_dir)
@@ -250,7 +249,8 @@ def run_status(run: RunPlan, manifest: Manifest, slurm: dict[str, SlurmState]) -
             status.note = status.note or f"requeued, waiting ({known.reason})"
     else:
         status.state = _state_from_files(manifest.submitit_folder, run.job_id, events)
-    if (run_dir / OUT_OF_REQUEUES_FILE).exists() and status.state not in ("PENDING", "RUNNING"):
+    if ((run_dir / run_files.OUT_OF_REQUEUES).exists()
+            and status.state not in ("PENDING", "RUNNING")):
         status.state = "OUT_OF_REQUEUES"
         status.note = f"out of requeues (max_requeues {manifest.slurm.get('max_requeues')})"
     if status.failed:
@@ -334,7 +334,6 @@ def status_json(statuses: list[RunStatus]) -> str:
 # row never mixes runs. Tables follow the paper's experiment families (TaskSpec.kind), each with
 # a per-model average column beside the paper's own average where the paper gives one.
 
-FINAL_RESULTS_FILE = "final_results.json"
 SPLITS_SHOWN = ("both", "dev", "test")
 OTHER_FAMILY = "other"
 _MISSING = "–"
@@ -416,7 +415,7 @@ class RunResult:
     main_metric: str | None               # as the run declared it in final_results.json
     best_step: int | None
     final: bool                           # finished: final_results.json or DONE is there
-    source: str                           # FINAL_RESULTS_FILE or METRICS_FILE
+    source: str                           # run_files.FINAL_RESULTS or run_files.METRICS
 
 
 def read_final_results(path: str | Path) -> dict[str, Any] | None:
@@ -444,7 +443,7 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
     Raises DataError for a broken file, naming it.
     """
     run_dir = Path(run.run_dir)
-    data = read_final_results(run_dir / FINAL_RESULTS_FILE)
+    data = read_final_results(run_dir / run_files.FINAL_RESULTS)
     if data is not None:
         validation = _numbers(data["validation"])
         if not validation:
@@ -455,10 +454,10 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
         return RunResult(run=run, validation=validation, test=test,
                          main_metric=declared if isinstance(declared, str) else None,
                          best_step=best_step if isinstance(best_step, int) else None,
-                         final=True, source=FINAL_RESULTS_FILE)
+                         final=True, source=run_files.FINAL_RESULTS)
     evals: list[tuple[int | None, dict[str, float]]] = []
     test: dict[str, float] = {}
-    for record in read_metrics(run_dir / METRICS_FILE):
+    for record in read_metrics(run_dir / run_files.METRICS):
         step = record.get("step") if isinstance(record.get("step"), int) else None
         values = _numbers({key[len("eval/"):]: value for key, value in record.items()
                            if key.startswith("eval/")})
@@ -476,8 +475,8 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
             if _better(item[1][main_metric], chosen[1][main_metric], main_metric):
                 chosen = item
     return RunResult(run=run, validation=chosen[1], test=test or None, main_metric=None,
-                     best_step=chosen[0], final=(run_dir / DONE_FILE).exists(),
-                     source=METRICS_FILE)
+                     best_step=chosen[0], final=(run_dir / run_files.DONE).exists(),
+                     source=run_files.METRICS)
 
 
 @dataclass

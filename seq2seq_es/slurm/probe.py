@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import run_files
 from ..errors import ConfigError
 
 STATE_FILE = "probe_state.json"
@@ -116,8 +117,8 @@ def _loop(output_dir: Path, steps: int, step_seconds: float, options: dict[str, 
         state = json.loads(state_path.read_text())
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "PREEMPTED").unlink(missing_ok=True)
-    metrics = (output_dir / "metrics.jsonl").open("a", encoding="utf-8") if rank == 0 else None
+        (output_dir / run_files.PREEMPTED).unlink(missing_ok=True)
+    metrics = (output_dir / run_files.METRICS).open("a", encoding="utf-8") if rank == 0 else None
     nodes: list[Any] = [None] * world
     dist.all_gather_object(nodes, os.environ.get("SLURMD_NODENAME", ""))
     try:
@@ -138,14 +139,15 @@ def _loop(output_dir: Path, steps: int, step_seconds: float, options: dict[str, 
             if stop.item() and state["step"] < steps:
                 _save(state_path, state, rank, dist)
                 if rank == 0:
-                    (output_dir / "PREEMPTED").write_text(json.dumps({"step": state["step"]}))
-                return 3
+                    (output_dir / run_files.PREEMPTED).write_text(
+                        json.dumps({"step": state["step"]}))
+                return run_files.PREEMPTED_EXIT_CODE
         final = {"eval/score": final_score(options), "eval/total": state["total"]}
         if metrics is not None:
             metrics.write(json.dumps({"step": state["step"], **final}) + "\n")
         _save(state_path, state, rank, dist)
         if rank == 0:
-            (output_dir / "DONE").write_text(json.dumps({"step": state["step"], **final}))
+            (output_dir / run_files.DONE).write_text(json.dumps({"step": state["step"], **final}))
         return 0
     finally:
         if metrics is not None:

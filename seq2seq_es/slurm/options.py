@@ -1,0 +1,84 @@
+"""The SLURM options that `slurm submit`, `sweep` and `bench` share: the flags, the SlurmConfig
+they make (a `--slurm-config` file, then the flags, which win), and the train overrides after `--`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import ConfigError
+from .config import SlurmConfig, load_slurm_yaml
+from .job import DEFAULT_ENTRY
+
+# flag -> SlurmConfig field, for the flags that map one to one
+SLURM_FLAGS: dict[str, tuple[str, Any]] = {
+    "nodes": ("nodes", int),
+    "gpus_per_node": ("gpus_per_node", int),
+    "tasks_per_node": ("tasks_per_node", int),
+    "partition": ("partition", str),
+    "account": ("account", str),
+    "qos": ("qos", str),
+    "constraint": ("constraint", str),
+    "time": ("time_min", int),
+    "mem_gb": ("mem_gb", float),
+    "cpus_per_task": ("cpus_per_task", int),
+    "max_requeues": ("max_requeues", int),
+    "signal_delay_s": ("signal_delay_s", int),
+    "job_name": ("job_name", str),
+    "python": ("python", str),
+}
+
+
+def add_slurm_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("SLURM options (override --slurm-config)")
+    group.add_argument("--slurm-config", metavar="FILE", help="YAML with a slurm: section")
+    group.add_argument("--nodes", type=int)
+    group.add_argument("--gpus-per-node", type=int, help="0: CPU; else one task per GPU")
+    group.add_argument("--tasks-per-node", type=int, help="CPU runs only (default 1)")
+    group.add_argument("--partition")
+    group.add_argument("--account")
+    group.add_argument("--qos")
+    group.add_argument("--constraint")
+    group.add_argument("--time", type=int, metavar="MINUTES", help="time limit per start")
+    group.add_argument("--mem-gb", type=float)
+    group.add_argument("--cpus-per-task", type=int)
+    group.add_argument("--max-requeues", type=int, help="restarts after pre-emption/time limit")
+    group.add_argument("--signal-delay-s", type=int,
+                       help="seconds before the time limit at which the job is told to save")
+    group.add_argument("--job-name")
+    group.add_argument("--python", help="python command on the nodes (default: this interpreter)")
+    group.add_argument("--setup", action="append", default=[], metavar="LINE",
+                       help="shell line run before the job starts (repeatable)")
+    group.add_argument("--sbatch", action="append", default=[], metavar="OPTION=VALUE",
+                       help="any other sbatch option, e.g. --sbatch mail-type=END (repeatable)")
+    group.add_argument("--entry", default=DEFAULT_ENTRY, metavar="MODULE:FUNCTION",
+                       help="training entry called with ['train', ...]; "
+                            "seq2seq_es.slurm.probe:main checks a cluster without training")
+
+
+def slurm_config_from_args(args: argparse.Namespace) -> SlurmConfig:
+    values: dict[str, Any] = load_slurm_yaml(args.slurm_config) if args.slurm_config else {}
+    for flag, (key, _) in SLURM_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            values[key] = value
+    if args.setup:
+        values["setup"] = list(values.get("setup") or []) + args.setup
+    if args.sbatch:
+        extra = dict(values.get("extra_sbatch") or {})
+        for spec in args.sbatch:
+            key, sep, value = spec.partition("=")
+            key = key.strip().lstrip("-")
+            if not key:
+                raise ConfigError("--sbatch", f"'{spec}' must look like OPTION=VALUE or OPTION")
+            extra[key] = value if sep else True
+        values["extra_sbatch"] = extra
+    return SlurmConfig.from_mapping(values)
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1:]
+    return argv, []

@@ -1,6 +1,7 @@
 """Family adapters: load a model and its tokenizer by registry name, and wire its special tokens.
 
-The family in the model's spec (never a substring of a path) picks the adapter:
+The family in the model's spec (never a substring of a path) picks the adapter (`family.py`,
+`spec.adapter`), which reads the ids below:
 
 | family    | class                       | decoder start | eos         | pad           | bos   |
 |-----------|-----------------------------|---------------|-------------|---------------|-------|
@@ -20,20 +21,11 @@ import contextlib
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from .family import SpecialTokens, get_family
 from .registry import ModelSpec, get_model_spec
-from .sharing import SHARE_FLAG, Bert2BertModel, is_shared_config
-
-# model_type values (from a checkpoint's config.json) each family can load.
-_MODEL_TYPES = {
-    "bart": {"bart"},
-    "t5": {"t5"},
-    "led": {"led"},
-    "bert2bert": {"encoder-decoder", "bert", "roberta"},
-}
 
 # A hub id: "name" or "owner/name" (letters, digits, - _ .), not starting with a dot.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -42,43 +34,9 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 PROBE_TEXT = "¿Dónde está la canción? Niño, ñandú, pingüino."
 
 
-@dataclass(frozen=True)
-class SpecialTokens:
-    decoder_start: int
-    eos: int
-    pad: int
-    bos: int | None
-
-    def as_kwargs(self) -> dict[str, int | None]:
-        return {"decoder_start_token_id": self.decoder_start, "eos_token_id": self.eos,
-                "pad_token_id": self.pad, "bos_token_id": self.bos}
-
-
-def _require(tokenizer, attribute: str, family: str) -> int:
-    value = getattr(tokenizer, attribute, None)
-    if value is None:
-        raise ConfigError("model.path", f"the tokenizer has no {attribute.replace('_id', '')}, "
-                                        f"which a {family} model needs")
-    return int(value)
-
-
 def special_tokens(family: str, tokenizer) -> SpecialTokens:
     """The family's decoder-start/eos/pad/bos ids, read from its tokenizer."""
-    if family in ("bart", "led"):
-        eos = _require(tokenizer, "eos_token_id", family)
-        return SpecialTokens(decoder_start=eos, eos=eos,
-                             pad=_require(tokenizer, "pad_token_id", family),
-                             bos=_require(tokenizer, "bos_token_id", family))
-    if family == "t5":
-        pad = _require(tokenizer, "pad_token_id", family)
-        return SpecialTokens(decoder_start=pad, eos=_require(tokenizer, "eos_token_id", family),
-                             pad=pad, bos=None)
-    if family == "bert2bert":
-        # BERT's [CLS]/[SEP] and RoBERTa's <s>/</s> are both the tokenizer's cls/sep tokens.
-        cls = _require(tokenizer, "cls_token_id", family)
-        return SpecialTokens(decoder_start=cls, eos=_require(tokenizer, "sep_token_id", family),
-                             pad=_require(tokenizer, "pad_token_id", family), bos=cls)
-    raise ValueError(f"unknown family {family!r}")
+    return get_family(family).special_tokens(tokenizer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,45 +116,16 @@ def checkpoint_config(source: str, key: str, cache_dir: str | None = None):
 
 def _check_model_type(spec: ModelSpec, config, source: str, key: str) -> None:
     model_type = getattr(config, "model_type", None)
-    if model_type not in _MODEL_TYPES[spec.family]:
+    expected = spec.adapter.checkpoint_types
+    if model_type not in expected:
         raise ConfigError(key, f"{source} holds a {model_type} model, but model '{spec.name}' is "
                                f"of family {spec.family} (expects "
-                               f"{' or '.join(sorted(_MODEL_TYPES[spec.family]))})")
-
-
-def _load_seq2seq(spec: ModelSpec, source: str, cache_dir: str | None):
-    from transformers import (BartForConditionalGeneration, LEDForConditionalGeneration,
-                              T5ForConditionalGeneration)
-
-    classes = {"bart": BartForConditionalGeneration, "t5": T5ForConditionalGeneration,
-               "led": LEDForConditionalGeneration}
-    return classes[spec.family].from_pretrained(source, cache_dir=cache_dir)
-
-
-def _load_bert2bert(spec: ModelSpec, source: str, config, key: str, cache_dir: str | None):
-    if config.model_type == "encoder-decoder":
-        # A fine-tuned pair saved by save_pretrained: its config says whether it was shared.
-        if is_shared_config(config) != spec.shared:
-            saved = "shared" if is_shared_config(config) else "unshared"
-            raise ConfigError(key, f"{source} holds a {saved} encoder-decoder, but model "
-                                   f"'{spec.name}' is {'shared' if spec.shared else 'unshared'}")
-        model = Bert2BertModel.from_pretrained(source, cache_dir=cache_dir)
-        try:
-            model.check_tie(source)
-        except ValueError as err:
-            raise ConfigError(key, str(err)) from err
-        return model
-    # First load from a pretrained BERT/RoBERTa: both halves start from it, cross-attention new.
-    return Bert2BertModel.from_encoder_decoder_pretrained(
-        source, source, encoder_add_pooling_layer=False, encoder_cache_dir=cache_dir,
-        decoder_cache_dir=cache_dir, **{SHARE_FLAG: spec.shared})
+                               f"{' or '.join(sorted(expected))})")
 
 
 def _load_model(spec: ModelSpec, source: str, config, key: str, cache_dir: str | None):
     try:
-        if spec.family == "bert2bert":
-            return _load_bert2bert(spec, source, config, key, cache_dir)
-        return _load_seq2seq(spec, source, cache_dir)
+        return spec.adapter.load_model(spec, source, config, key, cache_dir)
     except OSError as err:
         if _is_local(source):
             raise ConfigError(key, f"cannot load the model in {source}: {err}") from err
@@ -260,7 +189,7 @@ def load_model_and_tokenizer(name: str | ModelSpec, path: str | None = None, *,
         tokenizer = load_tokenizer(source, key=key, cache_dir=cache_dir)
         model = _load_model(spec, source, config, key, cache_dir)
     _check_vocabulary(model, tokenizer, source, key)
-    wire_special_tokens(model, special_tokens(spec.family, tokenizer))
+    wire_special_tokens(model, spec.adapter.special_tokens(tokenizer))
     return model, tokenizer
 
 
@@ -324,7 +253,7 @@ def build_generation_config(name_or_spec: str | ModelSpec, tokenizer, *, num_bea
                           f"got {min_new_tokens}")
     if no_repeat_ngram_size < 0:
         raise ConfigError("gen.no_repeat_ngram_size", f"must be >= 0, got {no_repeat_ngram_size}")
-    tokens = special_tokens(spec.family, tokenizer)
+    tokens = spec.adapter.special_tokens(tokenizer)
     beam_only = {"length_penalty": length_penalty, "early_stopping": early_stopping} \
         if num_beams > 1 else {}
     return GenerationConfig(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import RunConfig, check_target_coverage
-from ..data.collator import Seq2SeqCollator, sentence_start_ids
+from ..data.collator import Seq2SeqCollator
 from ..data.sampler import StepPlan
 from ..errors import ConfigError
 from . import distributed as D
@@ -20,23 +20,8 @@ def get_model(cfg: RunConfig):
 
     spec = get_model_spec(cfg.model.name)
     model, tokenizer = load_model_and_tokenizer(spec.name, cfg.model.path)
-    if spec.family == "led" and cfg.model.attention != "hf":
-        from ..kernels.led_attention import apply_led_attention
-        if cfg.model.attention == "flex" and getattr(model.config, "attention_dropout", 0.0):
-            # FlexAttention cannot drop attention probabilities; LED-base itself trains with 0.
-            print(f"model.attention=flex: attention dropout "
-                  f"{model.config.attention_dropout} -> 0.0 (FlexAttention has no dropout)")
-            model.config.attention_dropout = 0.0
-            for module in model.modules():
-                if isinstance(getattr(module, "attention_dropout", None), float):
-                    module.attention_dropout = 0.0
-                if hasattr(module, "dropout") and "Attention" in type(module).__name__ \
-                        and isinstance(module.dropout, float):
-                    module.dropout = 0.0
-        apply_led_attention(model, cfg.model.attention)
-    if spec.family == "t5" and cfg.model.attention != "hf":
-        from ..kernels.t5_attention import apply_t5_attention
-        apply_t5_attention(model, cfg.model.attention, config_key="model.attention")
+    # LED and T5 kernels (models/family.py); the other families do not read model.attention.
+    spec.adapter.apply_attention(model, cfg.model.attention, config_key="model.attention")
     if cfg.model.dropout is not None:
         set_dropout(model, cfg.model.dropout)
     if cfg.model.gradient_checkpointing:
@@ -146,14 +131,10 @@ def get_test_split(cfg: RunConfig, task, tokenizer, model, log) -> SplitData | N
 
 
 def get_collator(cfg: RunConfig, spec, tokenizer, model) -> Seq2SeqCollator:
-    if spec.family == "led":
-        window = model.config.attention_window
-        window = max(window) if isinstance(window, (list, tuple)) else int(window)
+    options = spec.adapter.collator_options(cfg, model, tokenizer)
+    if options is not None:  # LED: padded to its attention window, global attention mask
         return Seq2SeqCollator(tokenizer.pad_token_id, model.config.decoder_start_token_id,
-                               pad_to_multiple_of=window,
-                               global_attention=cfg.data.global_attention,
-                               sentence_end_ids=sentence_start_ids(tokenizer)
-                               if cfg.data.global_attention == "sentences" else frozenset())
+                               **options)
     # Compiled models see few distinct shapes when lengths are padded to multiples of 64.
     multiple = 64 if cfg.model.compile else (8 if torch.cuda.is_available() else 1)
     # model.compile_shapes (issue 12.2): static (a graph per bucket shape, the default) or

@@ -104,10 +104,11 @@ def native_bf16() -> bool:
         return torch.cuda.is_bf16_supported()
 
 
-def _is_t5(cfg: RunConfig) -> bool:
+def _overflows_in_fp16(cfg: RunConfig) -> bool:
+    """T5-family models overflow in fp16 (the family adapter's fp16_safe)."""
     from ..models import get_model_spec
 
-    return get_model_spec(cfg.model.name).family == "t5"
+    return not get_model_spec(cfg.model.name).adapter.fp16_safe
 
 
 def resolve_precision(cfg: RunConfig) -> str:
@@ -124,7 +125,7 @@ def resolve_precision(cfg: RunConfig) -> str:
         return "fp32"
     if native_bf16():
         return "bf16"
-    return "fp32" if _is_t5(cfg) else "fp16"
+    return "fp32" if _overflows_in_fp16(cfg) else "fp16"
 
 
 def precision_report(cfg: RunConfig) -> str:
@@ -139,7 +140,7 @@ def precision_report(cfg: RunConfig) -> str:
         line = f"precision: {precision} (train.precision auto: {why})"
     else:
         line = f"precision: {precision} (train.precision {precision})"
-    if precision == "fp16" and _is_t5(cfg):
+    if precision == "fp16" and _overflows_in_fp16(cfg):
         line += ("; WARNING: T5 models overflow in fp16 (activations beyond 65504 give inf/NaN "
                  "losses, and train.on_nan stops the run); train T5 in bf16 (Ampere or later) "
                  "or fp32")

@@ -404,7 +404,7 @@ def not_applying(cfg) -> dict[str, str]:
     """Config keys whose value the run never reads, with the setting that overrides them."""
     from ..models import get_model_spec
 
-    family = get_model_spec(cfg.model.name).family
+    adapter = get_model_spec(cfg.model.name).adapter
     ignored = {}
     if cfg.train.max_steps > 0:
         ignored["train.epochs"] = f"train.max_steps={cfg.train.max_steps}"
@@ -418,9 +418,9 @@ def not_applying(cfg) -> dict[str, str]:
         ignored["model.compile_shapes"] = "model.compile=False"
     if not cfg.model.lean_ce:
         ignored["model.lean_ce_chunk"] = "model.lean_ce=False"
-    if family != "led":
+    if not adapter.reads("data.global_attention"):
         ignored["data.global_attention"] = f"{cfg.model.name} is no LED"
-    if family not in ("led", "t5"):
+    if not adapter.reads("model.attention"):
         ignored["model.attention"] = f"{cfg.model.name} has no attention implementations"
     return ignored
 

@@ -14,7 +14,9 @@ Matmuls run in the inputs' dtype (or the autocast dtype when autocast is on, as 
 `lm_head` would), the softmax and the loss in fp32: the value matches
 `F.cross_entropy((hidden @ weight.T + bias).float(), labels, reduction="sum", ignore_index=-100)`.
 
-Which hidden state, weight, bias and scale, per family (read from transformers 5's sources):
+Which hidden state, weight, bias and scale, per family (read from transformers 5's sources; each
+family adapter's `lm_head` and `decoder_hidden_states` in models/family.py, found from the
+model's `config.model_type`):
 
 - BART / LED: the last hidden state of `model.model(...)` / `model.led(...)`; `lm_head.weight`
   and the `final_logits_bias` buffer ([1, V]); scale 1.
@@ -45,15 +47,11 @@ from typing import Mapping
 
 import torch
 
-from ..errors import UnknownNameError
 
 IGNORE_INDEX = -100
 
 # Collator keys the decoder forward reads; `labels` and `example_index` are not model inputs.
 _NOT_MODEL_INPUTS = frozenset({"labels", "example_index"})
-_SEQ2SEQ_INPUTS = frozenset({"input_ids", "attention_mask", "decoder_input_ids",
-                             "decoder_attention_mask"})
-_LED_INPUTS = _SEQ2SEQ_INPUTS | {"global_attention_mask"}
 
 
 def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -151,24 +149,11 @@ def chunked_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, labels
 # Where a model keeps the pieces
 
 
-_MODEL_TYPES = ("bart", "led", "t5", "encoder-decoder")
+def _family(model):
+    """The model's family adapter (models/family.py), which knows where its head is."""
+    from ..models.family import family_of_model
 
-
-def _family(model) -> str:
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in _MODEL_TYPES:
-        raise UnknownNameError("lean-CE model type", str(model_type), _MODEL_TYPES)
-    return model_type
-
-
-def _bert_like_head(decoder) -> tuple[str, torch.nn.Module]:
-    """("bert" | "roberta", the module holding the vocabulary projection `.decoder`)."""
-    if hasattr(decoder, "cls"):
-        return "bert", decoder.cls.predictions
-    if hasattr(decoder, "lm_head") and hasattr(decoder.lm_head, "dense"):
-        return "roberta", decoder.lm_head
-    raise UnknownNameError("lean-CE decoder class", type(decoder).__name__,
-                           ["BertLMHeadModel", "RobertaForCausalLM"])
+    return family_of_model(model, kind="lean-CE model type")
 
 
 def lm_head_parts(model) -> tuple[torch.Tensor, torch.Tensor | None, float]:
@@ -176,15 +161,7 @@ def lm_head_parts(model) -> tuple[torch.Tensor, torch.Tensor | None, float]:
 
     logits = (decoder_hidden_states(model, batch) * hidden_scale) @ weight.T + bias
     """
-    family = _family(model)
-    if family in ("bart", "led"):
-        return model.lm_head.weight, model.final_logits_bias, 1.0
-    if family == "t5":
-        config = model.config
-        scaled = getattr(config, "scale_decoder_outputs", config.tie_word_embeddings)
-        return model.lm_head.weight, None, config.d_model ** -0.5 if scaled else 1.0
-    _, head = _bert_like_head(model.decoder)
-    return head.decoder.weight, head.decoder.bias, 1.0
+    return _family(model).lm_head(model)
 
 
 def _model_inputs(batch: Mapping[str, torch.Tensor], allowed: frozenset[str],
@@ -203,40 +180,8 @@ def _model_inputs(batch: Mapping[str, torch.Tensor], allowed: frozenset[str],
 def decoder_hidden_states(model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """[B, T, d]: what the model feeds its vocabulary projection, before `hidden_scale`."""
     family = _family(model)
-    if family in ("bart", "led"):
-        inputs = _model_inputs(batch, _LED_INPUTS if family == "led" else _SEQ2SEQ_INPUTS, family)
-        base = model.model if family == "bart" else model.led
-        return base(**inputs, use_cache=False).last_hidden_state
-    inputs = _model_inputs(batch, _SEQ2SEQ_INPUTS, family)
-    if family == "t5":
-        encoded = model.encoder(input_ids=inputs["input_ids"],
-                                attention_mask=inputs.get("attention_mask"))
-        return model.decoder(input_ids=inputs["decoder_input_ids"],
-                             attention_mask=inputs.get("decoder_attention_mask"),
-                             encoder_hidden_states=encoded.last_hidden_state,
-                             encoder_attention_mask=inputs.get("attention_mask"),
-                             use_cache=False).last_hidden_state
-    return _encoder_decoder_hidden(model, inputs)
-
-
-def _encoder_decoder_hidden(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """EncoderDecoderModel's forward up to its decoder's head transform (dense, act, norm)."""
-    encoded = model.encoder(input_ids=inputs["input_ids"],
-                            attention_mask=inputs.get("attention_mask")).last_hidden_state
-    if (model.encoder.config.hidden_size != model.decoder.config.hidden_size
-            and getattr(model.decoder.config, "cross_attention_hidden_size", None) is None):
-        encoded = model.enc_to_dec_proj(encoded)
-    kind, head = _bert_like_head(model.decoder)
-    base = getattr(model.decoder, model.decoder.base_model_prefix)
-    hidden = base(input_ids=inputs["decoder_input_ids"],
-                  attention_mask=inputs.get("decoder_attention_mask"),
-                  encoder_hidden_states=encoded,
-                  encoder_attention_mask=inputs.get("attention_mask"),
-                  use_cache=False).last_hidden_state
-    if kind == "bert":
-        return head.transform(hidden)
-    from transformers.activations import gelu
-    return head.layer_norm(gelu(head.dense(hidden)))
+    return family.decoder_hidden_states(model, _model_inputs(batch, family.model_inputs,
+                                                             family.model_type))
 
 
 def lean_token_ce_sum(model, batch: Mapping[str, torch.Tensor], labels: torch.Tensor,

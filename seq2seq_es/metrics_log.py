@@ -32,9 +32,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import run_files
 from .errors import DataError
-
-METRICS_FILE = "metrics.jsonl"
 
 
 def read(path: str | Path, merge_steps: bool = True) -> list[dict[str, Any]]:
@@ -49,7 +48,7 @@ def read(path: str | Path, merge_steps: bool = True) -> list[dict[str, Any]]:
     """
     path = Path(path)
     if path.is_dir():
-        path = path / METRICS_FILE
+        path = path / run_files.METRICS
     if not path.is_file():
         return []
     lines = path.read_text(encoding="utf-8").splitlines()

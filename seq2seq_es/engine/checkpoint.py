@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import run_files
 from . import distributed as D
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -58,7 +59,7 @@ class Checkpointer:
         if not self.root.is_dir():
             return []
         found = [p for p in self.root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)
-                 and (p / "trainer_state.json").is_file()]
+                 and (p / run_files.TRAINER_STATE).is_file()]
         return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
     def latest(self) -> Path | None:
@@ -69,7 +70,7 @@ class Checkpointer:
         return self.root / f"step_{step:08d}"
 
     def has(self, step: int) -> bool:
-        return (self.path(step) / "trainer_state.json").is_file()
+        return (self.path(step) / run_files.TRAINER_STATE).is_file()
 
     def save(self, engine, trainer_state: dict) -> Path:
         """Collective: every rank must call it at the same step."""
@@ -90,7 +91,7 @@ class Checkpointer:
             time.sleep(float(os.environ[SAVE_DELAY_ENV]))
         D.barrier()
         if self.env.is_main:
-            (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+            (tmp / run_files.TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
             tmp.rename(final)
             best = trainer_state.get("best")
             keep = self.path(best["step"]) if best else None
@@ -102,7 +103,7 @@ class Checkpointer:
 
     def load(self, engine, path: Path) -> dict:
         """Collective: restore weights, optimizer, scheduler, this rank's RNG; return the state."""
-        state = json.loads((path / "trainer_state.json").read_text())
+        state = json.loads((path / run_files.TRAINER_STATE).read_text())
         if state.get("world_size") not in (None, self.env.world_size):
             from ..errors import ConfigError
             raise ConfigError("train.resume", f"checkpoint {path} was written by "

@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+from .. import run_files
 from ..config import RunConfig
 from ..errors import ConfigError, Seq2SeqEsError
 
@@ -109,9 +110,9 @@ def push_final(run_dir: Path, cfg: RunConfig) -> str:
     from ..models import get_model_spec
     from ..tasks import get_task
 
-    folder = run_dir / "final"
-    results = json.loads((run_dir / "final_results.json").read_text())
-    shutil.copyfile(run_dir / "final_results.json", folder / "final_results.json")
+    folder = run_dir / run_files.FINAL
+    results = json.loads((run_dir / run_files.FINAL_RESULTS).read_text())
+    shutil.copyfile(run_dir / run_files.FINAL_RESULTS, folder / run_files.FINAL_RESULTS)
     card = folder / "README.md"
     if not card.exists():
         spec, task = get_model_spec(cfg.model.name), get_task(cfg.data.task)

@@ -29,6 +29,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import run_files
 from ..errors import ConfigError, Seq2SeqEsError
 from . import distributed as D
 
@@ -59,17 +60,17 @@ class SavedModel:
 
     @property
     def config_file(self) -> Path | None:
-        return self.run_dir / "config.yaml" if self.run_dir is not None else None
+        return self.run_dir / run_files.CONFIG if self.run_dir is not None else None
 
 
 def _is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file()
+    return (path / run_files.CONFIG).is_file()
 
 
 def _checkpoint_list(run_dir: Path) -> str:
-    root = run_dir / "checkpoints"
-    steps = sorted(p.name for p in root.glob("step_*") if (p / "trainer_state.json").is_file()) \
-        if root.is_dir() else []
+    root = run_dir / run_files.CHECKPOINTS
+    steps = sorted(p.name for p in root.glob("step_*")
+                   if (p / run_files.TRAINER_STATE).is_file()) if root.is_dir() else []
     if not steps:
         return "it holds no complete checkpoint either"
     return "evaluate one of its checkpoints instead: " + ", ".join(str(root / s) for s in steps)
@@ -84,14 +85,14 @@ def resolve_saved(path: str | Path) -> SavedModel:
     if not path.is_dir():
         raise Seq2SeqEsError(f"{path} is a file; expected a run folder, a model folder such as "
                              "RUN/final, or a checkpoint folder RUN/checkpoints/step_N")
-    if (path / "trainer_state.json").is_file() or path.name.startswith("step_"):
-        if not (path / "trainer_state.json").is_file():
+    if (path / run_files.TRAINER_STATE).is_file() or path.name.startswith("step_"):
+        if not (path / run_files.TRAINER_STATE).is_file():
             raise Seq2SeqEsError(f"checkpoint {path} is incomplete: no trainer_state.json (it was "
                                  "not finished saving)")
         if not any(path.glob("*model_states.pt")):
             raise Seq2SeqEsError(f"checkpoint {path} has no DeepSpeed model states "
                                  "(*model_states.pt)")
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+        run_dir = path.parent.parent if path.parent.name == run_files.CHECKPOINTS else None
         return SavedModel("deepspeed", path, run_dir if run_dir and _is_run_dir(run_dir) else None,
                           path.name)
     if (path / "config.json").is_file():
@@ -101,7 +102,7 @@ def resolve_saved(path: str | Path) -> SavedModel:
         run_dir = path.parent if _is_run_dir(path.parent) else None
         return SavedModel("hf", path, run_dir, path.name)
     if _is_run_dir(path):
-        final = path / "final"
+        final = path / run_files.FINAL
         if not (final / "config.json").is_file():
             raise Seq2SeqEsError(f"run folder {path} has no final/ model (the run has not "
                                  f"finished, or ran with train.export false); "
@@ -127,16 +128,16 @@ def inference_config(saved: SavedModel, *, config_file: str | None = None,
     if source is None and model is None:
         hint = " or --model NAME (seq2seq-es list)" if allow_model else ""
         raise Seq2SeqEsError(f"no run config for {saved.path}: "
-                             f"{saved.path.parent / 'config.yaml'} does not exist; pass "
+                             f"{saved.path.parent / run_files.CONFIG} does not exist; pass "
                              f"--config RUN/config.yaml{hint}")
     if source is not None and not Path(source).is_file():
         raise Seq2SeqEsError(f"run config {source} does not exist")
     if saved.kind == "hf":
         merged["model.path"] = str(saved.path)
-    elif saved.run_dir is not None and (saved.run_dir / "final" / "config.json").is_file():
+    elif saved.run_dir is not None and (saved.run_dir / run_files.FINAL / "config.json").is_file():
         # The checkpoint's weights replace all of the skeleton's: read the run's own export
         # rather than the pretrained model (which may live on the hub).
-        merged["model.path"] = str(saved.run_dir / "final")
+        merged["model.path"] = str(saved.run_dir / run_files.FINAL)
     return compose(task=None if source else task, model=model if not source else None,
                    config_file=str(source) if source else None, overrides=merged)
 
@@ -254,7 +255,7 @@ def evaluation_dir(saved: SavedModel, split: str, output_dir: str | None) -> Pat
     if saved.run_dir is None:
         raise Seq2SeqEsError(f"{saved.path} is not inside a run folder: pass --output-dir DIR "
                              "for the predictions and scores")
-    return saved.run_dir / "evaluations" / f"{split}_{saved.name}"
+    return saved.run_dir / run_files.EVALUATIONS / f"{split}_{saved.name}"
 
 
 def evaluate_main(argv: list[str]) -> int:

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import run_files
 from ..config import RunConfig, dump
 # metrics.jsonl's one reader (a record per step, the last values kept), kept importable here.
 from ..metrics_log import read as read_metrics  # noqa: F401
@@ -143,9 +144,9 @@ class RunLog:
         if not is_main:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        dump(cfg, self.dir / "config.yaml")
-        (self.dir / "versions.json").write_text(json.dumps(library_versions(), indent=1))
-        self.metrics_file = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")
+        dump(cfg, self.dir / run_files.CONFIG)
+        (self.dir / run_files.VERSIONS).write_text(json.dumps(library_versions(), indent=1))
+        self.metrics_file = open(self.dir / run_files.METRICS, "a", encoding="utf-8")
         self.trackers = open_trackers(self.dir, cfg)
         if cfg.train.progress_bar:
             from tqdm.auto import tqdm

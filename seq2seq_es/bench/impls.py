@@ -81,9 +81,16 @@ class ImplSpec:
             parts.append("compiled layers" + (" (static shapes)" if self.static else ""))
         if self.lean:
             parts.append("lean CE")
-        if family == "t5" and self.t5_attention != "hf":
+        if self.t5_attention != "hf" and _has_attention_kernels(family):
             parts.append(f"T5 {self.t5_attention} attention")
         return ", ".join(parts)
+
+
+def _has_attention_kernels(family: str) -> bool:
+    """Whether the family's attention runs on our kernels (T5 among the bench's shapes)."""
+    from ..models.family import get_family
+
+    return get_family(family).reads("model.attention")
 
 
 def parse_impl(name: str) -> ImplSpec:
@@ -160,8 +167,7 @@ def pad_tokenizer(shape: BenchShape):
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    names = (["<s>", "<pad>", "</s>", "<unk>"] if shape.family == "bart"
-             else ["<pad>", "</s>", "<unk>"])
+    names = list(shape.adapter.vocab_head)
     vocab = {token: i for i, token in enumerate(names)}
     if vocab["<pad>"] != shape.pad_token_id:
         raise AssertionError(f"{shape.name}: pad id {shape.pad_token_id} is not the tokenizer's")
@@ -360,10 +366,8 @@ def prepare_loop_model(case: BenchCase, spec: ImplSpec) -> tuple[torch.nn.Module
     notes: dict = {}
     if spec.fused:
         model.config.use_cache = False
-    if case.shape.family == "t5" and spec.t5_attention != "hf":
-        from ..kernels.t5_attention import apply_t5_attention
-
-        apply_t5_attention(model, spec.t5_attention)
+    if spec.t5_attention != "hf" and case.shape.adapter.reads("model.attention"):
+        case.shape.adapter.apply_attention(model, spec.t5_attention, config_key="t5_attention")
         notes["t5_attention"] = spec.t5_attention
     if spec.lean:
         from ..kernels.lean_ce import install_lean_loss
@@ -438,7 +442,8 @@ def run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
 def run_impl(case: BenchCase, spec: ImplSpec) -> RowRun:
     if spec.route == "hf_trainer":
         return run_hf_trainer(case, spec)
-    if spec.t5_attention == "flex" and case.shape.family == "t5" and case.dropout != 0.0:
+    if spec.t5_attention == "flex" and case.shape.adapter.reads("model.attention") \
+            and case.dropout != 0.0:
         raise ConfigError("--dropout", "T5 flex attention has no attention dropout; pass "
                           "--dropout 0 (for every row) to benchmark it")
     return run_loop(case, spec)

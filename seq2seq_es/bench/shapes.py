@@ -25,6 +25,13 @@ class BenchShape:
     config: dict[str, Any] = field(hash=False)
 
     @property
+    def adapter(self):
+        """The family's adapter (models/family.py): config and model classes, dropout keys."""
+        from ..models.family import get_family
+
+        return get_family(self.family)
+
+    @property
     def pad_token_id(self) -> int:
         return int(self.config["pad_token_id"])
 
@@ -39,7 +46,7 @@ class BenchShape:
     @property
     def first_plain_id(self) -> int:
         """Lowest id that is no special token: synthetic text draws from [first_plain_id, vocab)."""
-        return 4 if self.family == "bart" else 3
+        return len(self.adapter.vocab_head)
 
     @property
     def max_positions(self) -> int | None:
@@ -87,23 +94,17 @@ def get_shape(name: str) -> BenchShape:
 
 
 def make_config(shape: BenchShape, dropout: float | None = None):
-    from transformers import BartConfig, T5Config
-
     values = dict(shape.config)
     if dropout is not None:
-        keys = ("dropout", "attention_dropout", "activation_dropout") if shape.family == "bart" \
-            else ("dropout_rate",)
-        values.update({key: dropout for key in keys})
-    return (BartConfig if shape.family == "bart" else T5Config)(**values)
+        values.update({key: dropout for key in shape.adapter.dropout_keys})
+    return shape.adapter.config_class()(**values)
 
 
 def build_model(shape: BenchShape, device: torch.device, seed: int = 0,
                 dropout: float | None = None) -> torch.nn.Module:
     """A fresh model in training mode, fp32 weights, initialised from `seed` on `device`."""
-    from transformers import BartForConditionalGeneration, T5ForConditionalGeneration
-
     config = make_config(shape, dropout)
-    cls = BartForConditionalGeneration if shape.family == "bart" else T5ForConditionalGeneration
+    cls = shape.adapter.model_class()
     torch.manual_seed(seed)
     with torch.device(device):
         model = cls(config)

@@ -7,10 +7,11 @@ library tracebacks stay out of the way (set SEQ2SEQ_ES_DEBUG=1 to see them).
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 
+# build_config: what `train` composes from its arguments (the slurm layer and tests use it too).
+from .engine.entry import build_config, parse_train_args, train_main  # noqa: F401
 from .errors import run_command
 
 USAGE = """usage: seq2seq-es <command> [options]
@@ -49,29 +50,6 @@ def cmd_list(argv: list[str]) -> int:
     return 0
 
 
-def parse_train_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
-    from .config import parse_overrides
-
-    # The help is generated from the config dataclasses (config_help.train_help), not argparse's.
-    parser = argparse.ArgumentParser(prog="seq2seq-es train", add_help=False)
-    parser.add_argument("-h", "--help", action="store_true")
-    parser.add_argument("--task")
-    parser.add_argument("--model")
-    parser.add_argument("--config", help="YAML file with sections model, data, optim, train, dist, gen")
-    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
-    known, rest = parser.parse_known_args(argv)
-    return known, parse_overrides(rest)
-
-
-def build_config(argv: list[str]):
-    from .config import compose
-    from .engine.distributed import launcher_overrides
-
-    known, overrides = parse_train_args(argv)
-    merged = {**launcher_overrides(), **overrides}
-    return compose(task=known.task, model=known.model, config_file=known.config, overrides=merged)
-
-
 def cmd_train(argv: list[str]) -> int:
     known, overrides = parse_train_args(argv)
     if known.help:
@@ -81,15 +59,7 @@ def cmd_train(argv: list[str]) -> int:
         print(train_help(resolve(known.task, known.model, known.config, overrides)
                          if pair else None), end="")
         return 0
-    from .engine.trainer import Stopped, train
-
-    cfg = build_config(argv)
-    try:
-        train(cfg)
-    except Stopped as stop:
-        print(str(stop), file=sys.stderr)
-        return stop.exit_code
-    return 0
+    return train_main(argv)
 
 
 def cmd_config(argv: list[str]) -> int:

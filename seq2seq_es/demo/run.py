@@ -36,7 +36,8 @@ DEMO_SETTINGS = {
 
 
 def demo_main(argv: list[str]) -> int:
-    from ..cli import cmd_train
+    from .. import run_files
+    from ..engine.entry import train_main
     from ..engine.run_dir import read_metrics
     from .synthetic import write_demo_dataset
 
@@ -53,25 +54,25 @@ def demo_main(argv: list[str]) -> int:
         args += [f"--{key}", value]
     args += rest  # the user's own overrides win
     started = time.perf_counter()
-    code = cmd_train(args)
+    code = train_main(args)
     if code != 0:
         return code
     minutes = (time.perf_counter() - started) / 60
-    evals = [r for r in read_metrics(out / "metrics.jsonl") if "eval/rougeL" in r]
+    evals = [r for r in read_metrics(out / run_files.METRICS) if "eval/rougeL" in r]
     first, last = evals[0], evals[-1]
     print("\nROUGE on the demo's validation set (Spanish-aware, 0-100):")
     print(f"  {'':>8} {'rouge1':>8} {'rouge2':>8} {'rougeL':>8} {'rougeLsum':>9}")
     for label, row in (("step " + str(first["step"]), first), ("step " + str(last["step"]), last)):
         print(f"  {label:>8} {row['eval/rouge1']:8.2f} {row['eval/rouge2']:8.2f} "
               f"{row['eval/rougeL']:8.2f} {row['eval/rougeLsum']:9.2f}")
-    final = json.loads((out / "final_results.json").read_text())
+    final = json.loads((out / run_files.FINAL_RESULTS).read_text())
     test = final.get("test") or {}
     if test:
         label = f"test@{final['best_step']}"
         print(f"  {label:>8} {test['rouge1']:8.2f} {test['rouge2']:8.2f} {test['rougeL']:8.2f} "
               f"{test['rougeLsum']:9.2f}   (the best checkpoint on validation rougeL, on test)")
     print(f"  wall time {minutes:.1f} min; predictions in {out / 'eval'} and {out / 'test'}; "
-          f"the best model in {out / 'final'}")
+          f"the best model in {out / run_files.FINAL}")
     (out / "demo_summary.json").write_text(json.dumps({
         "rougeL_start": first["eval/rougeL"], "rougeL_end": last["eval/rougeL"],
         "minutes": minutes}))

@@ -1,0 +1,48 @@
+"""`seq2seq-es train`'s arguments and run, below the command line: `cli.cmd_train` and the demo
+both call `train_main`, so neither imports the other.
+
+Imports stay inside the functions: `seq2seq_es.cli` imports this module at start-up, and commands
+such as `score` must not pay for torch or the config registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parse_train_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
+    from ..config import parse_overrides
+
+    # The help is generated from the config dataclasses (config_help.train_help), not argparse's.
+    parser = argparse.ArgumentParser(prog="seq2seq-es train", add_help=False)
+    parser.add_argument("-h", "--help", action="store_true")
+    parser.add_argument("--task")
+    parser.add_argument("--model")
+    parser.add_argument("--config", help="YAML file with sections model, data, optim, train, dist, gen")
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    known, rest = parser.parse_known_args(argv)
+    return known, parse_overrides(rest)
+
+
+def build_config(argv: list[str]):
+    from ..config import compose
+    from .distributed import launcher_overrides
+
+    known, overrides = parse_train_args(argv)
+    merged = {**launcher_overrides(), **overrides}
+    return compose(task=known.task, model=known.model, config_file=known.config, overrides=merged)
+
+
+def train_main(argv: list[str]) -> int:
+    """Compose the config of `seq2seq-es train ARGV` and train; the exit status (0, or the stop
+    signal's: run_files.PREEMPTED_EXIT_CODE or INTERRUPTED_EXIT_CODE)."""
+    from .trainer import Stopped, train
+
+    cfg = build_config(argv)
+    try:
+        train(cfg)
+    except Stopped as stop:
+        print(str(stop), file=sys.stderr)
+        return stop.exit_code
+    return 0

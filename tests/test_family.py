@@ -83,3 +83,47 @@ def test_fp16_and_memory_hooks():
     assert get_family("bart").stack_bias_bytes(barto, 512, 128) == 0.0
     assert get_family("t5").stack_bias_bytes(t5s, 512, 128) > 0
     assert all(get_family("led").attention_score_bytes(ledo, 2048, 128))
+
+
+def _tiny_led(attention_dropout: float):
+    from transformers import LEDConfig, LEDForConditionalGeneration
+
+    return LEDForConditionalGeneration(LEDConfig(
+        vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, attention_window=[8],
+        max_encoder_position_embeddings=64, max_decoder_position_embeddings=32, dropout=0.1,
+        attention_dropout=attention_dropout, activation_dropout=0.0))
+
+
+def _tiny_t5(dropout_rate: float):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    return T5ForConditionalGeneration(T5Config(
+        vocab_size=64, d_model=16, d_kv=8, num_heads=2, num_layers=1, num_decoder_layers=1,
+        d_ff=32, dropout_rate=dropout_rate, decoder_start_token_id=0, pad_token_id=0))
+
+
+@pytest.mark.parametrize("family, build, key", [("led", _tiny_led, "attention_dropout"),
+                                                ("t5", _tiny_t5, "dropout_rate")])
+def test_flex_with_attention_dropout_is_refused_never_changed(family, build, key):
+    # One policy for both kernels: the model keeps its dropout; training on flex is refused
+    # before training (check_flex_dropout) and by the kernel's first training forward.
+    import torch
+
+    adapter = get_family(family)
+    model = build(0.1)
+    assert adapter.flex_dropout(model) == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="model.attention hf or sdpa") as err:
+        adapter.check_flex_dropout(model, "flex")
+    assert err.value.key == "model.attention"
+    adapter.check_flex_dropout(model, "sdpa")
+    adapter.apply_attention(model, "flex")
+    assert getattr(model.config, key) == 0.1 and adapter.flex_dropout(model) == pytest.approx(0.1)
+    ids = torch.randint(2, 64, (1, 8))
+    with pytest.raises(ConfigError) as err:
+        model.train()(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
+    assert err.value.key == key
+    model = build(0.0)
+    adapter.check_flex_dropout(model, "flex")
+    for name in ("bart", "bert2bert"):
+        get_family(name).check_flex_dropout(model, "flex")

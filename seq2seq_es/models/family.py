@@ -20,10 +20,12 @@ name. An adapter says:
 - the terms of the memory estimate that depend on it (`padded_source`, `attention_score_bytes`,
   `stack_bias_bytes`; see `memory.py`).
 
-Dropout under `model.attention flex`: FlexAttention has no attention-probability dropout. The
-kernels themselves refuse a training forward with attention dropout (LED: the encoder
-self-attention's `attention_dropout`; T5: `dropout_rate`); choosing LED's flex in `apply_attention` sets
-the attention dropout to 0 and says so.
+Dropout under `model.attention flex`, one policy for LED and T5: FlexAttention has no
+attention-probability dropout, and a model is never changed to fit it. Training with attention
+dropout > 0 on flex is refused, naming what to use instead: the kernels refuse a training forward
+(LED: the encoder self-attention's `attention_dropout`; T5: `dropout_rate`), and
+`check_flex_dropout` refuses it before training, under `model.attention`. Evaluation and
+generation run no dropout, so flex serves them whatever the model's dropout.
 
 This module imports neither torch nor transformers: they load when a method needs them.
 """
@@ -114,6 +116,22 @@ class Family:
     def _apply_kernel(self, model, impl: str, config_key: str):
         raise NotImplementedError
 
+    def flex_dropout(self, model) -> float:
+        """The attention-probability dropout `model` would train with in the modules a flex
+        kernel runs (0.0 for a family without kernels)."""
+        return 0.0
+
+    def check_flex_dropout(self, model, impl: str, *, config_key: str = "model.attention") -> None:
+        """Refuse before training what the flex kernel refuses at its first training forward."""
+        if impl != "flex" or not self.attention_impls:
+            return
+        dropout = self.flex_dropout(model)
+        if dropout > 0:
+            raise ConfigError(config_key, f"flex attention has no attention-probability dropout, "
+                                          f"but this {self.name} model would train with "
+                                          f"{dropout}; use {config_key} hf or sdpa, which apply "
+                                          "it, or model.dropout 0 (every dropout of the model)")
+
     # -- collator -----------------------------------------------------------------------------
 
     def collator_options(self, cfg, model, tokenizer) -> dict[str, Any] | None:
@@ -198,18 +216,13 @@ class Led(_BartLike):
 
     def _apply_kernel(self, model, impl, config_key):
         from ..kernels.led_attention import apply_led_attention
-        if impl == "flex" and getattr(model.config, "attention_dropout", 0.0):
-            # FlexAttention cannot drop attention probabilities; LED-base itself trains with 0.
-            print(f"model.attention=flex: attention dropout "
-                  f"{model.config.attention_dropout} -> 0.0 (FlexAttention has no dropout)")
-            model.config.attention_dropout = 0.0
-            for module in model.modules():
-                if isinstance(getattr(module, "attention_dropout", None), float):
-                    module.attention_dropout = 0.0
-                if hasattr(module, "dropout") and "Attention" in type(module).__name__ \
-                        and isinstance(module.dropout, float):
-                    module.dropout = 0.0
         return apply_led_attention(model, impl, config_key=config_key)
+
+    def flex_dropout(self, model):
+        from transformers.models.led.modeling_led import LEDEncoderSelfAttention
+
+        return max((float(m.dropout) for m in model.modules()
+                    if isinstance(m, LEDEncoderSelfAttention)), default=0.0)
 
     def collator_options(self, cfg, model, tokenizer):
         from ..data.collator import sentence_start_ids
@@ -261,6 +274,12 @@ class T5(Family):
     def _apply_kernel(self, model, impl, config_key):
         from ..kernels.t5_attention import apply_t5_attention
         return apply_t5_attention(model, impl, config_key=config_key)
+
+    def flex_dropout(self, model):
+        from transformers.models.t5.modeling_t5 import T5Attention
+
+        return max((float(m.dropout) for m in model.modules() if isinstance(m, T5Attention)),
+                   default=0.0)
 
     def lm_head(self, model):
         config = model.config

@@ -114,7 +114,7 @@ def convert_bart_to_led(src: str, out: str, max_positions: int = 16384,
     """Write to `out` an LED checkpoint (model and tokenizer) built from the BART at `src`."""
     from transformers import BartForConditionalGeneration, LEDForConditionalGeneration
 
-    from .families import checkpoint_config, load_tokenizer, resolve_checkpoint
+    from .sources import checkpoint_config, load_tokenizer, resolve_checkpoint
 
     _check_arguments(src, out, max_positions, attention_window)
     src = resolve_checkpoint(src, "src")

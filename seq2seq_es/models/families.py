@@ -19,19 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import re
 from pathlib import Path
 
 from ..errors import ConfigError
 from .family import SpecialTokens, get_family
 from .registry import ModelSpec, get_model_spec
-
-# A hub id: "name" or "owner/name" (letters, digits, - _ .), not starting with a dot.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-
-# A Spanish probe: a tokenizer that loses most of it in a round trip was built empty or wrong.
-PROBE_TEXT = "¿Dónde está la canción? Niño, ñandú, pingüino."
+# Where a checkpoint comes from; importable from here as before.
+from .sources import (PROBE_TEXT, check_tokenizer, checkpoint_config,  # noqa: F401
+                      hub_failure, is_local, load_tokenizer, resolve_checkpoint)
 
 
 def special_tokens(family: str, tokenizer) -> SpecialTokens:
@@ -40,78 +35,7 @@ def special_tokens(family: str, tokenizer) -> SpecialTokens:
 
 
 # ---------------------------------------------------------------------------------------------
-# Where a checkpoint comes from
-
-
-def _looks_like_hub_id(reference: str) -> bool:
-    return bool(_HUB_ID.match(reference)) and ".." not in reference
-
-
-def resolve_checkpoint(reference: str, key: str) -> str:
-    """A local folder (checked to exist) or a hub id; ConfigError naming `key` otherwise."""
-    expanded = os.path.expanduser(reference)
-    if os.path.isdir(expanded):
-        return expanded
-    if os.path.exists(expanded):
-        raise ConfigError(key, f"{reference} is a file; expected a checkpoint folder")
-    if not _looks_like_hub_id(reference):
-        raise ConfigError(key, f"local path {reference} does not exist")
-    return reference
-
-
-def _hub_failure(key: str, reference: str, err: Exception) -> ConfigError:
-    return ConfigError(key, f"'{reference}' is not a local folder and could not be loaded from "
-                            f"the Hugging Face hub ({type(err).__name__}: {err})")
-
-
-def _is_local(reference: str) -> bool:
-    return os.path.isdir(reference)
-
-
-# ---------------------------------------------------------------------------------------------
 # Loading
-
-
-def load_tokenizer(source: str, *, key: str = "model.path", cache_dir: str | None = None):
-    """AutoTokenizer for `source`, refused if it turns a Spanish probe into unknown tokens."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, cache_dir=cache_dir)
-    except (OSError, ValueError) as err:
-        if _is_local(source):
-            raise ConfigError(key, f"no usable tokenizer in {source}: {err}") from err
-        raise _hub_failure(key, source, err) from err
-    check_tokenizer(tokenizer, source, key=key)
-    return tokenizer
-
-
-def check_tokenizer(tokenizer, source: str, *, key: str = "model.path") -> None:
-    """Catch the silently empty tokenizers transformers 5 builds from unsupported arguments
-    or from a folder without tokenizer files: most of a Spanish probe must survive a round trip.
-    """
-    ids = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ConfigError(key, f"the tokenizer loaded from {source} is empty (are its tokenizer "
-                               "files missing?)")
-    kept = "".join(tokenizer.decode(ids, skip_special_tokens=True).split())
-    wanted = "".join(PROBE_TEXT.split())
-    if len(kept) * 2 < len(wanted):
-        raise ConfigError(key, f"the tokenizer loaded from {source} turns {PROBE_TEXT!r} into "
-                               f"{len(ids)} tokens that decode to {kept!r}: its vocabulary is "
-                               "empty or not for Spanish")
-
-
-def checkpoint_config(source: str, key: str, cache_dir: str | None = None):
-    """The checkpoint's config; one ConfigError naming `key` when there is none to read."""
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(source, cache_dir=cache_dir)
-    except (OSError, ValueError) as err:
-        if _is_local(source):
-            raise ConfigError(key, f"{source} holds no usable model config: {err}") from err
-        raise _hub_failure(key, source, err) from err
 
 
 def _check_model_type(spec: ModelSpec, config, source: str, key: str) -> None:
@@ -127,9 +51,9 @@ def _load_model(spec: ModelSpec, source: str, config, key: str, cache_dir: str |
     try:
         return spec.adapter.load_model(spec, source, config, key, cache_dir)
     except OSError as err:
-        if _is_local(source):
+        if is_local(source):
             raise ConfigError(key, f"cannot load the model in {source}: {err}") from err
-        raise _hub_failure(key, source, err) from err
+        raise hub_failure(key, source, err) from err
 
 
 def wire_special_tokens(model, tokens: SpecialTokens) -> None:

@@ -22,6 +22,11 @@ def get_model(cfg: RunConfig):
     model, tokenizer = load_model_and_tokenizer(spec.name, cfg.model.path)
     # LED and T5 kernels (models/family.py); the other families do not read model.attention.
     spec.adapter.apply_attention(model, cfg.model.attention, config_key="model.attention")
+    if cfg.train.batching == "packed":
+        # Document-masked attention for packed rows (issue 12.3), after any other kernel; BART
+        # and T5 families only (ConfigError naming train.batching otherwise).
+        from ..kernels.packed_attention import install_packed_attention
+        install_packed_attention(model)
     if cfg.model.dropout is not None:
         set_dropout(model, cfg.model.dropout)
     if cfg.model.gradient_checkpointing:
@@ -140,6 +145,15 @@ def get_collator(cfg: RunConfig, spec, tokenizer, model) -> Seq2SeqCollator:
     # model.compile_shapes (issue 12.2): static (a graph per bucket shape, the default) or
     # dynamic (mark_dynamic on batch and length dims); which is faster is measured on a GPU.
     dynamic = cfg.model.compile and getattr(cfg.model, "compile_shapes", "static") == "dynamic"
+    if cfg.train.batching == "packed":
+        from ..kernels.packed_attention import is_installed
+        if is_installed(model):  # training (get_model installed it); evaluate/predict: plain
+            from ..data.packing import PackedCollator
+            return PackedCollator(tokenizer.pad_token_id, model.config.decoder_start_token_id,
+                                  pad_to_multiple_of=multiple, mark_dynamic=dynamic,
+                                  rows=cfg.train.batch_size,
+                                  source_len=cfg.data.max_source_length,
+                                  target_len=cfg.data.max_target_length)
     return Seq2SeqCollator(tokenizer.pad_token_id, model.config.decoder_start_token_id,
                            pad_to_multiple_of=multiple, mark_dynamic=dynamic)
 
@@ -171,6 +185,18 @@ def get_step_plan(cfg: RunConfig, env: D.DistEnv, train: SplitData, pad_to_multi
                                [len(x) for x in lengths["labels"]], cfg.train.max_tokens,
                                cfg.train.grad_accum, env.world_size, cfg.train.seed,
                                pad_to_multiple_of=pad_to_multiple_of)
+    elif cfg.train.batching == "packed":
+        from ..data.packing import PackedCollator, PackedPlan, mark_packed
+        if not isinstance(collator, PackedCollator):
+            raise ValueError("train.batching=packed: get_step_plan needs the PackedCollator, "
+                             "which get_collator gives a model with the packed attention")
+        lengths = train.tokenized.select_columns(["input_ids", "labels"])
+        plan = PackedPlan([len(x) for x in lengths["input_ids"]],
+                          [len(x) for x in lengths["labels"]], cfg.train.batch_size,
+                          cfg.data.max_source_length, cfg.data.max_target_length,
+                          cfg.train.grad_accum, env.world_size, cfg.train.seed)
+        # Marked features are packed by the collator; validation and test stay one per row.
+        train.tokenized = mark_packed(train.tokenized)
     else:
         plan = StepPlan(num_train, cfg.train.batch_size, cfg.train.grad_accum, env.world_size,
                         cfg.train.seed)

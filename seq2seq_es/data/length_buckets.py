@@ -411,7 +411,7 @@ def warm_up_model(forward: Callable, parameters, shapes: Sequence[tuple[int, int
     gradients into their partitions, so there the shapes compile when first met instead.
     Returns seconds per shape (the compile time, for the GPU measurement).
     """
-    from ..engine.loss import token_ce_sum
+    from ..kernels.token_ce import token_ce_sum
 
     parameters = [p for p in parameters if p.requires_grad]
     allow_static_shapes(len(shapes))

@@ -9,6 +9,7 @@ from importlib import import_module
 from .registry import FAMILIES, MODELS, ModelSpec, get_model_spec
 
 _LAZY = {
+    "Family": "family", "get_family": "family", "family_of_model": "family",
     "SpecialTokens": "families", "special_tokens": "families",
     "wire_special_tokens": "families", "build_generation_config": "families",
     "load_model_and_tokenizer": "families", "load_tokenizer": "families",

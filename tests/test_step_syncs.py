@@ -1,0 +1,183 @@
+"""Host read-backs of the training step (issue 12.1): none per micro-batch.
+
+On a GPU every read of a device value (`.item()`, `.tolist()`, `float(t)`, `bool(t)`, ...) makes
+the host wait for the device. The CPU cannot show the wait, so these tests count the reads
+themselves: Tensor methods that turn a tensor into Python values are patched to count their
+calls while the step runs, each call filed under who made it:
+
+- `step`: the step's own code and DeepSpeed's (what issue 12.1 is about);
+- `optimizer`: torch.optim's step counters, which live on the host (a CPU tensor per parameter
+  unless the optimizer is capturable or fused): no device wait on a GPU either;
+- `model`: transformers' forward, which checks padding masks (`mask.all()`) to decide whether
+  SDPA can skip them: real device reads, per forward, that are transformers' own (3 per BART
+  forward with 2D masks; 1, the decoder's, with bench.impls.as_4d_mask's prepared mask). They
+  are not asserted on here.
+
+The host-side batch bookkeeping (token counts from the CPU labels) goes through numpy, which
+never touches a device, and is not counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import traceback
+
+import pytest
+import torch
+
+from engine_runs import demo_files
+from seq2seq_es.config import RunConfig
+from seq2seq_es.engine import distributed as D
+from seq2seq_es.engine.builders import get_collator, get_engine, get_model, get_split
+from seq2seq_es.engine.trainer import TrainStep
+from seq2seq_es.tasks import get_task
+
+READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return demo_files(tmp_path_factory.mktemp("syncs") / "data", train_size=32)
+
+
+@pytest.fixture(scope="module")
+def one_rank():
+    D.init(D.read_env({}), "gloo")
+    return D.read_env({})
+
+
+class ReadCounter:
+    """Counts calls of the READS methods of torch.Tensor while active, by method name."""
+
+    def __init__(self, monkeypatch):
+        self.counts: collections.Counter = collections.Counter()
+        self.active = False
+        for name in READS:
+            original = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, self._wrap(name, original))
+
+    def _wrap(self, name, original):
+        def counted(tensor, *args, **kwargs):
+            if self.active:
+                self.counts[self.caller()] += 1
+            return original(tensor, *args, **kwargs)
+        return counted
+
+    @staticmethod
+    def caller() -> str:
+        files = [frame.filename.replace("\\", "/") for frame in traceback.extract_stack()]
+        if any("/transformers/" in f for f in files):
+            return "model"
+        if any("/torch/optim/" in f for f in files):
+            return "optimizer"
+        return "step"
+
+
+def _setup(files, env, grad_accum: int, on_nan: str = "stop", precision: str = "fp32"):
+    cfg = RunConfig()
+    cfg.model.name, cfg.data.task = "barto-tiny", "mlsum"
+    cfg.data.train_file = files["train"]
+    cfg.data.max_source_length, cfg.data.max_target_length = 64, 32
+    cfg.train.on_nan, cfg.train.batch_size, cfg.train.precision = on_nan, 2, precision
+    cfg.train.grad_accum = grad_accum
+    model, tokenizer, spec = get_model(cfg)
+    split = get_split(cfg, get_task("mlsum"), tokenizer, model, "train", 16, lambda m: None)
+    collate = get_collator(cfg, spec, tokenizer, model)
+    batches = [collate([split.tokenized[i] for i in (2 * k, 2 * k + 1)]) for k in range(4)]
+    engine, *_ = get_engine(model, cfg, env, total_steps=20)
+    return cfg, engine, batches
+
+
+def reads_per_step(files, env, monkeypatch, grad_accum: int, **kwargs) -> dict[str, float]:
+    """Reads per step by caller, over 3 steps after a first one (nothing read back between)."""
+    cfg, engine, batches = _setup(files, env, grad_accum, **kwargs)
+    counter = ReadCounter(monkeypatch)
+    stepper = TrainStep(engine, env, cfg)
+    try:
+        stepper.read(stepper(batches[:grad_accum], 0))    # first step: lazy initialisation
+        steps = 3
+        counter.active = True
+        for step in range(1, 1 + steps):
+            result = stepper(batches[:grad_accum], step)
+        counter.active = False
+        values = stepper.read(result)
+    finally:
+        stepper.close()
+    assert values["loss"] > 0 and values["skipped_micro_batches"] == 0
+    return {who: counter.counts[who] / steps for who in ("step", "optimizer", "model")}
+
+
+@pytest.mark.parametrize("on_nan", ["stop", "skip"])
+def test_step_reads_do_not_grow_with_grad_accum(files, one_rank, monkeypatch, on_nan):
+    seen = {g: reads_per_step(files, one_rank, monkeypatch, g, on_nan=on_nan) for g in (1, 2, 4)}
+    # Before issue 12.1: one read-back per micro-batch (the [non-finite, loss] all-reduce), i.e.
+    # grad_accum reads per step, plus the token counts' all-reduce read once per step.
+    assert [seen[g]["step"] for g in (1, 2, 4)] == [0, 0, 0], seen
+    # The optimizer's host-side step counters: once per optimizer step, whatever grad_accum.
+    assert seen[1]["optimizer"] == seen[2]["optimizer"] == seen[4]["optimizer"], seen
+
+
+@pytest.mark.parametrize("on_nan, reads", [("stop", 2), ("skip", 1)])
+def test_one_read_back_per_logging_interval(files, one_rank, monkeypatch, on_nan, reads):
+    # stop: the non-finite check (one collective, one read), then the logged values (one read)
+    cfg, engine, batches = _setup(files, one_rank, 2, on_nan=on_nan)
+    stepper = TrainStep(engine, one_rank, cfg)
+    try:
+        for step in range(3):
+            result = stepper(batches[:2], step)
+        counter = ReadCounter(monkeypatch)
+        counter.active = True
+        values = stepper.read(result)
+        counter.active = False
+    finally:
+        stepper.close()
+    assert counter.counts == {"step": reads}
+    assert values["window_tokens"] > 3 * values["tokens"] - 1  # the three steps' tokens
+
+
+def test_fp16_reads_the_loss_scale_once_per_step_whatever_grad_accum(files, one_rank, monkeypatch):
+    # ZeRO 0 fp16 is torch autocast with a GradScaler whose scale lives on the device: a skipped
+    # optimizer step must be seen before the next one (the schedule is taken back), so fp16 reads
+    # it per step (twice, optim.fp16_step_skipped and TrainStep), not per micro-batch; the
+    # GradScaler's own step reads its inf flag once (torch.amp).
+    seen = {g: reads_per_step(files, one_rank, monkeypatch, g, precision="fp16")["step"]
+            for g in (1, 2, 4)}
+    assert seen[1] == seen[2] == seen[4] == 3, seen
+
+
+def test_stop_check_every_k_steps_and_time_saves_land_on_those_steps(files, one_rank, tmp_path,
+                                                                     monkeypatch):
+    from seq2seq_es.engine import trainer
+
+    calls = []
+    original = D.all_reduce_max
+
+    def counted(value, device):
+        calls.append(value)
+        return original(value, device)
+
+    monkeypatch.setattr(D, "all_reduce_max", counted)
+    saves = []
+    original_save = trainer.Checkpointer.save
+
+    def noted_save(self, engine, state):
+        saves.append(state["step"])
+        return original_save(self, engine, state)
+
+    monkeypatch.setattr(trainer.Checkpointer, "save", noted_save)
+    cfg = RunConfig()
+    cfg.model.name, cfg.data.task = "barto-tiny", "mlsum"
+    cfg.data.train_file, cfg.data.validation_file = files["train"], files["validation"]
+    cfg.data.max_source_length, cfg.data.max_target_length = 64, 32
+    cfg.train.output_dir = str(tmp_path / "run")
+    cfg.train.precision, cfg.train.batch_size, cfg.train.max_steps = "fp32", 2, 9
+    cfg.train.stop_check_every, cfg.train.log_every = 4, 100
+    cfg.train.save_every_min = 1e-9       # a time-based save is due at every check
+    cfg.train.eval_per_epoch = cfg.train.eval_at_end = cfg.train.export = False
+    cfg.train.report_to, cfg.train.progress_bar, cfg.train.keep_last = "none", False, 10
+    cfg.optim.warmup_steps = 1
+    cfg.gen.num_beams, cfg.gen.max_new_tokens, cfg.gen.min_new_tokens = 1, 6, 0
+    trainer.train(cfg)
+    # steps 4 and 8 check (after step 9 the run saves and ends anyway)
+    assert len(calls) == 2, calls
+    assert saves == [4, 8, 9]

@@ -1,8 +1,28 @@
-"""Shared test settings: offline hubs, a private cache, one thread per process (2-core CI)."""
+"""Shared test settings: offline hubs, a private cache, one thread per process (2-core CI).
+
+Tiers: plain `pytest` runs the fast tier (pyproject's addopts: -m "not slow and not slurm");
+scripts/test.sh runs everything. The local SLURM cluster (conftest_slurm.slurm_cluster) may only
+be asked for by tests marked slurm, so the fast tier never starts it.
+"""
 
 import os
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+SLURM_FIXTURE = "slurm_cluster"
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects anything: a misuse fails in every tier
+def pytest_collection_modifyitems(config, items):
+    unmarked = [item.nodeid for item in items
+                if SLURM_FIXTURE in getattr(item, "fixturenames", ())
+                and item.get_closest_marker("slurm") is None]
+    if unmarked:
+        raise pytest.UsageError(f"tests that use the {SLURM_FIXTURE} fixture must be marked "
+                                "@pytest.mark.slurm (plain pytest must not start the cluster): "
+                                + ", ".join(unmarked))

@@ -25,7 +25,8 @@ REQUEUE_SETTLE_S = 2.0
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Path:
-    """Starts the two-node cluster (node1, node2) if needed; yields the path of its slurm.conf."""
+    """Starts the two-node cluster (node1, node2) if needed; yields the path of its slurm.conf.
+    Only for tests marked slurm: conftest.py refuses any other test that asks for it."""
     result = subprocess.run(["bash", str(CLUSTER_SCRIPT), "start"], capture_output=True,
                             text=True, timeout=600)
     if result.returncode != 0:

@@ -174,6 +174,7 @@ def _exported(field: str, value, env: dict) -> None:
         assert env[variable].lower() == _text(value), (field, env.get(variable))
 
 
+@pytest.mark.slow  # `launched`: about ten `accelerate launch` subprocesses, 20 s
 @pytest.mark.parametrize("cuda", [False, True])
 def test_every_field_of_every_accelerate_config_is_honoured_or_refused_by_name(launched, cuda):
     for name, (values, env) in launched.items():
@@ -206,6 +207,7 @@ def test_every_field_of_every_accelerate_config_is_honoured_or_refused_by_name(l
         assert set(got) == set(honoured), (name, got, honoured)
 
 
+@pytest.mark.slow
 def test_the_shipped_configs_are_honoured_whole_and_the_command_line_still_wins(launched):
     for path in SHIPPED:
         values, env = launched[path.name]
@@ -218,6 +220,7 @@ def test_the_shipped_configs_are_honoured_whole_and_the_command_line_still_wins(
         assert cfg.train.precision == "auto"  # mixed_precision 'no': bf16 on GPUs that have it
 
 
+@pytest.mark.slow
 def test_fp16_with_optimizer_offload_composes_into_the_run_config(launched):
     _, env = launched["fp16_offload.yaml"]
     env = {k: v for k, v in env.items() if k not in ("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE",
@@ -233,6 +236,7 @@ def test_fp16_with_optimizer_offload_composes_into_the_run_config(launched):
     assert cli.train.precision == "bf16" and cli.dist.offload_optimizer is False
 
 
+@pytest.mark.slow
 def test_the_refusal_says_what_to_use_instead(launched):
     _, env = launched["fp16_offload.yaml"]
     with pytest.raises(AccelerateConfigError) as info:

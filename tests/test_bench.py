@@ -89,6 +89,7 @@ def test_bench_t5_rows_and_a_failing_row():
     assert "--dropout" in flex and "| - |" in flex
 
 
+@pytest.mark.slow  # the GPU script in a subprocess: about 20 s
 @pytest.mark.timeout(600)
 def test_gpu_script_plumbing_on_tiny_models(tmp_path):
     # The prepared GPU script end to end on the CPU, compiled rows left out for time.

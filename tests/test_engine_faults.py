@@ -97,6 +97,7 @@ def _skip_on_one_rank_worker(rank: int, port: int, files: dict, out: str) -> Non
         {"poisoned": poisoned, "unchanged": unchanged, "healthy": healthy, "changed": changed}))
 
 
+@pytest.mark.slow  # two processes: 15-30 s on 2 cores
 def test_a_non_finite_loss_on_one_rank_skips_the_micro_batch_on_every_rank(files, tmp_path):
     from engine_runs import free_port
 

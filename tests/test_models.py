@@ -428,6 +428,7 @@ _BUILD_AND_DIGEST = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # two processes each building two tiny models: about 20 s
 def test_two_processes_building_at_once_get_the_same_models_as_this_one(tmp_path):
     names = ["ledo-tiny", "betoshare-tiny"]
     env = dict(os.environ, SEQ2SEQ_ES_CACHE=str(tmp_path / "shared_cache"))

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from engine_runs import free_port
 
 # Rank 0 starts late, so rank 1 builds first. Under torch.distributed, transformers 5 writes
@@ -24,6 +25,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow  # torchrun with two ranks building a model: about 20 s
 def test_ranks_building_a_tiny_model_at_once_all_load_it(tmp_path):
     env = {**os.environ, "SEQ2SEQ_ES_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1"}

@@ -5,18 +5,20 @@
 group_by_length to train_sampling_strategy; its default is random), `DataCollatorForSeq2Seq`
 padding each batch, no evaluation, no saving, no reporting. A callback marks step begin/end.
 
-`loop` is the engine as it stands: DeepSpeed ZeRO-0 in one process (bf16 on a GPU), random-order
-batches of the same size (`StepPlan`), `engine.trainer.train_step` per step, the config's
-defaults otherwise. Variants add features named by underscore-separated tokens:
+`loop` is the engine as it stands: DeepSpeed ZeRO-0 in one process (`train.precision` auto: bf16
+on a GPU), random-order batches of the same size (`StepPlan`), the trainer's own step
+(`engine.trainer.TrainStep`: pinned non-blocking copies, nothing read back per micro-batch), the
+config's defaults otherwise. Variants set the config switches a user would set (`loop_config`),
+named by underscore-separated tokens:
 
 | token     | what it switches on                                                                  |
 |-----------|--------------------------------------------------------------------------------------|
-| `budget`  | token-budget batches (`TokenBudgetPlan`) of the same padded tokens per step on average |
-| `fused`   | fused AdamW, T5's relative-bias attention on SDPA, no KV cache in training, pinned non-blocking copies, and a step that reads no loss value back (no device sync per micro-batch) |
+| `budget`  | `train.batching=token_budget` (`TokenBudgetPlan`) of the same padded tokens per step on average |
+| `fused`   | `optim.fused` (fused AdamW), `model.attention=sdpa` for T5's relative-bias attention, no KV cache in training |
 | `compile` | `torch.compile` of every encoder and decoder layer, dynamic shapes (implies `fused`) |
 | `static`  | the same compilation with static shapes: one graph per batch shape (implies `compile`) |
-| `lean`    | the chunked LM-head cross-entropy of `kernels.lean_ce` (implies `fused`)             |
-| `flex`    | T5 attention on FlexAttention instead of SDPA (implies `fused`; needs dropout 0)     |
+| `lean`    | `model.lean_ce`: the chunked LM-head cross-entropy of `kernels.lean_ce` (implies `fused`) |
+| `flex`    | `model.attention=flex` for T5 (implies `fused`; needs dropout 0)                     |
 | `hfattn`  | T5 attention left to transformers (its own SDPA path) in the fused variants          |
 
 so `loop_budget` isolates the batching, `loop_budget_compile` adds compilation with the fused
@@ -37,7 +39,8 @@ RECOMPILE_LIMIT; past it torch would run the layer eagerly rather than compile a
 priming steps, on a padded and an unpadded batch, compile what is needed before the warm-up
 (`priming_s` says how long that took), and the row reports `graphs_compiled_while_timed` (0 when
 no compilation was timed). `static` compiles each new shape instead: right for fixed lengths, a
-recompilation per shape otherwise.
+recompilation per shape otherwise. This compilation is the bench's own: the config's
+`model.compile` compiles the whole engine (`engine.compile()`) and has no row yet.
 """
 
 from __future__ import annotations
@@ -276,7 +279,8 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def _loop_config(case: BenchCase, spec: ImplSpec):
+def loop_config(case: BenchCase, spec: ImplSpec):
+    """The run config a user would set for this row: the switches its tokens name."""
     from ..config import RunConfig
 
     cfg = RunConfig()
@@ -284,21 +288,27 @@ def _loop_config(case: BenchCase, spec: ImplSpec):
     cfg.train.grad_accum = 1
     cfg.train.seed = case.seed
     cfg.train.max_steps = case.total_steps
+    cfg.train.batching = "token_budget" if spec.budget else "fixed"
+    cfg.train.max_tokens = case.max_tokens if spec.budget else 0
     cfg.optim.fused = spec.fused
+    cfg.model.lean_ce = spec.lean
+    cfg.model.attention = spec.t5_attention \
+        if case.shape.adapter.reads("model.attention") else "hf"
+    cfg.model.dropout = case.dropout
     cfg.dist.zero_stage = 0
     return cfg
 
 
-def _step_plan(case: BenchCase, spec: ImplSpec):
-    if spec.budget:
+def _step_plan(case: BenchCase, cfg):
+    if cfg.train.batching == "token_budget":
         from ..data.token_budget import TokenBudgetPlan
 
         return TokenBudgetPlan(case.data.source_lengths, case.data.target_lengths,
-                               max_tokens=case.max_tokens, grad_accum=1, world_size=1,
-                               seed=case.seed)
+                               max_tokens=cfg.train.max_tokens, grad_accum=cfg.train.grad_accum,
+                               world_size=1, seed=cfg.train.seed)
     from ..data.sampler import StepPlan
 
-    return StepPlan(len(case.data), case.batch_size, 1, 1, case.seed)
+    return StepPlan(len(case.data), cfg.train.batch_size, cfg.train.grad_accum, 1, cfg.train.seed)
 
 
 def as_4d_mask(batch: dict) -> dict:
@@ -309,37 +319,6 @@ def as_4d_mask(batch: dict) -> dict:
     flash kernel for unpadded BART batches, which then run the masked SDPA kernel).
     """
     return {**batch, "attention_mask": batch["attention_mask"][:, None, None, :].bool()}
-
-
-def fused_train_step(engine, micro_batches: list[dict], device: torch.device,
-                     lean: bool, mask_4d: bool = False) -> torch.Tensor:
-    """One optimizer step with the engine's loss normalisation and no loss read back.
-
-    Same normalisation as `engine.trainer.train_step` with one rank: each micro-batch's
-    token-summed cross-entropy times grad_accum / target tokens of the step (DeepSpeed divides by
-    grad_accum again). The token count comes from the CPU labels, and the loss stays on the
-    device, so the host never waits for the GPU inside a step. Returns the mean token loss.
-    """
-    from ..engine.loss import token_ce_sum
-
-    target_tokens = sum(int((b["labels"] != -100).sum()) for b in micro_batches)
-    scale = len(micro_batches) / max(target_tokens, 1)
-    pin = device.type == "cuda"
-    total = torch.zeros((), device=device)
-    for batch in micro_batches:
-        if mask_4d:
-            batch = as_4d_mask(batch)
-        batch = {k: (v.pin_memory() if pin else v).to(device, non_blocking=pin)
-                 for k, v in batch.items()}
-        labels = batch.pop("labels")
-        if lean:
-            ce = engine(**batch, lean_ce_labels=labels)
-        else:
-            ce = token_ce_sum(engine(**batch).logits, labels)
-        engine.backward(ce * scale)
-        engine.step()
-        total = total + ce.detach()
-    return total / max(target_tokens, 1)
 
 
 def priming_batches(examples: list[dict], collator) -> list[dict]:
@@ -360,19 +339,16 @@ def priming_batches(examples: list[dict], collator) -> list[dict]:
     return batches
 
 
-def prepare_loop_model(case: BenchCase, spec: ImplSpec) -> tuple[torch.nn.Module, dict]:
-    """A fresh model with the variant's model-side switches applied (before DeepSpeed wraps it)."""
+def prepare_loop_model(case: BenchCase, spec: ImplSpec, cfg) -> tuple[torch.nn.Module, dict]:
+    """A fresh model with the row's model-side switches applied as get_model applies them, before
+    DeepSpeed wraps it (model.lean_ce is installed by get_engine, as in training)."""
     model = build_model(case.shape, case.device, case.seed, case.dropout)
     notes: dict = {}
     if spec.fused:
         model.config.use_cache = False
-    if spec.t5_attention != "hf" and case.shape.adapter.reads("model.attention"):
-        case.shape.adapter.apply_attention(model, spec.t5_attention, config_key="t5_attention")
-        notes["t5_attention"] = spec.t5_attention
-    if spec.lean:
-        from ..kernels.lean_ce import install_lean_loss
-
-        install_lean_loss(model)
+    if cfg.model.attention != "hf":
+        case.shape.adapter.apply_attention(model, cfg.model.attention, config_key="t5_attention")
+        notes["t5_attention"] = cfg.model.attention
     if spec.compile:
         notes["compiled_layers"] = compile_layers(model, dynamic=not spec.static)
         notes["compile"] = "regional, " + ("static shapes" if spec.static else "dynamic=True")
@@ -383,7 +359,7 @@ def run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
     from ..data.collator import Seq2SeqCollator
     from ..engine import distributed as D
     from ..engine.builders import get_engine
-    from ..engine.trainer import train_step
+    from ..engine.trainer import TrainStep
 
     env = D.read_env()
     if env.world_size != 1:
@@ -393,19 +369,22 @@ def run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
         raise ConfigError("--device", f"DeepSpeed runs on {env.device.type} here; benchmark on the "
                           "CPU of a CUDA machine with CUDA_VISIBLE_DEVICES= set")
     D.init(env, "auto")
-    cfg = _loop_config(case, spec)
+    cfg = loop_config(case, spec)
     graphs_before = compiled_graphs()
-    model, notes = prepare_loop_model(case, spec)
-    plan = _step_plan(case, spec)
+    model, notes = prepare_loop_model(case, spec, cfg)
+    plan = _step_plan(case, cfg)
     engine, _, _, _ = get_engine(model, cfg, env, case.total_steps)
     engine.train()
+    step = TrainStep(engine, env, cfg)
     collator = Seq2SeqCollator(case.shape.pad_token_id, case.shape.decoder_start_token_id)
+    # Compiled rows hand the layers a prepared 4D mask (see as_4d_mask): one graph per layer.
+    layout = as_4d_mask if spec.compile else (lambda batch: batch)
     if spec.compile:
         first = plan.micro_batches(0, 0, 0)[0]
         primers = priming_batches([case.data[i] for i in first], collator)
         started = time.perf_counter()
         for batch in primers:
-            fused_train_step(engine, [batch], case.device, spec.lean, mask_4d=True)
+            step([layout(batch)], 0)
         if case.device.type == "cuda":
             torch.cuda.synchronize(case.device)
         notes["priming_steps"] = len(primers)
@@ -415,19 +394,19 @@ def run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
     steps = plan.iter_steps(0, 0, 0)
     graphs_when_timed = None
     try:
-        for step in range(case.total_steps):
-            if step == case.warmup:
+        for number in range(case.total_steps):
+            if number == case.warmup:
                 graphs_when_timed = compiled_graphs()
             _, _, micro_indices = next(steps)
             micro = [collator([case.data[i] for i in idx]) for idx in micro_indices]
             step_batches.append([batch_tokens(b) for b in micro])
             clock.begin()
-            if spec.fused:
-                fused_train_step(engine, micro, case.device, spec.lean, mask_4d=spec.compile)
-            else:
-                train_step(engine, micro, env, cfg, step)
+            result = step([layout(b) for b in micro], number)
             clock.end()
+        # One read after the timed steps, as the trainer reads once per logging interval.
+        notes["last_loss"] = step.read(result)["loss"]
     finally:
+        step.close()
         engine.destroy()
         del engine, model
     if spec.compile:

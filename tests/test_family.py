@@ -127,3 +127,16 @@ def test_flex_with_attention_dropout_is_refused_never_changed(family, build, key
     adapter.check_flex_dropout(model, "flex")
     for name in ("bart", "bert2bert"):
         get_family(name).check_flex_dropout(model, "flex")
+
+
+def test_layer_stacks_and_packing_per_family():
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    bart = BartForConditionalGeneration(BartConfig(
+        vocab_size=64, d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32))
+    for model, lengths in ((bart, [2, 1]), (_tiny_t5(0.0), [1, 1]), (_tiny_led(0.0), [1, 1])):
+        stacks = family_of_model(model).layer_stacks(model)
+        assert [len(stack) for stack in stacks] == lengths
+    assert {name for name, a in ADAPTERS.items() if a.packed_attention} == {"bart", "t5"}
+    assert [name for name, a in ADAPTERS.items() if a.relative_positions] == ["t5"]

@@ -251,9 +251,9 @@ def run_hf_trainer(case: BenchCase, spec: ImplSpec) -> RowRun:
 
 def layer_stacks(model) -> list[torch.nn.ModuleList]:
     """The encoder's and the decoder's list of layers (BART: layers, T5: block)."""
-    if model.config.model_type == "t5":
-        return [model.encoder.block, model.decoder.block]
-    return [model.model.encoder.layers, model.model.decoder.layers]
+    from ..models.family import family_of_model
+
+    return family_of_model(model).layer_stacks(model)
 
 
 def compile_layers(model, dynamic: bool) -> int:

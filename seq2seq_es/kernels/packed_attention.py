@@ -354,10 +354,17 @@ def _stack_pre_hook(stack: nn.Module, args: tuple, kwargs: dict):
 # Installing
 
 
-def _family(model: nn.Module) -> str:
+def _family(model: nn.Module):
+    """The model's family adapter (models/family.py), if its attention can be packed."""
+    from ..models.family import family_of_model
+
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type in ("bart", "t5"):
-        return model_type
+    try:
+        family = family_of_model(model)
+    except UnknownNameError:
+        family = None
+    if family is not None and family.packed_attention:
+        return family
     raise ConfigError("train.batching", (
         f"packed batches need document-masked attention, which exists for the BART and T5 "
         f"families; this model is {type(model).__name__} ({model_type}); use train.batching "
@@ -378,7 +385,7 @@ def install_packed_attention(model: nn.Module, impl: str = "auto") -> nn.Module:
         return model
     state = _State(impl)
     encoder, decoder = model.get_encoder(), model.get_decoder()
-    if family == "bart":
+    if not family.relative_positions:  # BART: learned positions, restarted per document
         from transformers.models.bart.modeling_bart import (BartAttention,
                                                             BartLearnedPositionalEmbedding)
         attention, mixin = BartAttention, _PackedBartAttention

@@ -16,6 +16,8 @@ name. An adapter says:
 - its LM head and the hidden states fed to it (`lm_head`, `decoder_hidden_states`, for lean CE);
 - the keys it reads (`reads`: `data.global_attention` only for LED, `model.attention` only for
   LED and T5; a run's other keys are read whatever the family);
+- whether packed batches can keep its documents apart (`packed_attention`: BART and T5, see
+  kernels/packed_attention.py) and where its encoder and decoder layers are (`layer_stacks`);
 - the fp16 policy (`fp16_safe`: T5 overflows in fp16) and the config keys holding its dropout;
 - the terms of the memory estimate that depend on it (`padded_source`, `attention_score_bytes`,
   `stack_bias_bytes`; see `memory.py`).
@@ -77,6 +79,8 @@ class Family:
     dropout_keys: tuple[str, ...] = ()
     vocab_head: tuple[str, ...] = ()
     model_inputs: frozenset[str] = _SEQ2SEQ_INPUTS
+    packed_attention: bool = False   # kernels/packed_attention.py masks its attention per document
+    relative_positions: bool = False  # T5's position bias; the others learn absolute positions
 
     def __repr__(self) -> str:
         return f"Family({self.name!r})"
@@ -148,6 +152,10 @@ class Family:
         """[B, T, d]: what the model feeds its vocabulary projection, before `hidden_scale`."""
         raise NotImplementedError
 
+    def layer_stacks(self, model) -> list:
+        """The encoder's and the decoder's list of layers."""
+        raise NotImplementedError
+
     # -- memory estimate (memory.py) ----------------------------------------------------------
 
     def padded_source(self, shape, source: int) -> int:
@@ -180,11 +188,16 @@ class _BartLike(Family):
     def _base(self, model):
         return model.model
 
+    def layer_stacks(self, model):
+        base = self._base(model)
+        return [base.encoder.layers, base.decoder.layers]
+
 
 class Bart(_BartLike):
     name = "bart"
     checkpoint_types = frozenset({"bart"})
     model_type = "bart"
+    packed_attention = True
 
     def model_class(self):
         from transformers import BartForConditionalGeneration
@@ -257,6 +270,8 @@ class T5(Family):
     fp16_safe = False              # paper-facts: T5 overflows in fp16; bf16 or fp32
     dropout_keys = ("dropout_rate",)
     vocab_head = ("<pad>", "</s>", "<unk>")
+    packed_attention = True
+    relative_positions = True
 
     def special_tokens(self, tokenizer) -> SpecialTokens:
         pad = _require(tokenizer, "pad_token_id", self.name)
@@ -280,6 +295,9 @@ class T5(Family):
 
         return max((float(m.dropout) for m in model.modules() if isinstance(m, T5Attention)),
                    default=0.0)
+
+    def layer_stacks(self, model):
+        return [model.encoder.block, model.decoder.block]
 
     def lm_head(self, model):
         config = model.config
@@ -358,6 +376,10 @@ class Bert2Bert(Family):
             return "roberta", decoder.lm_head
         raise UnknownNameError("lean-CE decoder class", type(decoder).__name__,
                                ["BertLMHeadModel", "RobertaForCausalLM"])
+
+    def layer_stacks(self, model):
+        decoder = getattr(model.decoder, model.decoder.base_model_prefix)
+        return [model.encoder.encoder.layer, decoder.encoder.layer]
 
     def lm_head(self, model):
         _, head = self._head(model.decoder)

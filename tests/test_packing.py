@@ -202,6 +202,26 @@ def test_lean_cross_entropy_sees_the_packed_batch(name):
     assert lean.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("kernel", ["sdpa", "flex"])
+def test_packed_attention_over_a_t5_kernel_gives_the_unpacked_loss(kernel):
+    """model.attention sdpa/flex first (its stacks still build their own masks), packed on top."""
+    from seq2seq_es.kernels.t5_attention import apply_t5_attention
+    model, tokenizer = _tiny("t5s-tiny")
+    model.eval()
+    plain, packed = _collators(model, tokenizer)
+    features = _features(model.config.vocab_size)
+    with torch.no_grad():
+        reference = plain(_unmarked(features))
+        ref_labels = reference.pop("labels")
+        expected = token_ce_sum(model(**reference).logits, ref_labels).item()
+        apply_t5_attention(model, kernel)
+        install_packed_attention(model, "dense")
+        batch = packed(features)
+        labels = batch.pop("labels")
+        assert token_ce_sum(model(**batch).logits, labels).item() == pytest.approx(expected,
+                                                                                   rel=1e-5)
+
+
 def test_t5_kernel_swapped_back_after_packing_is_refused_not_silently_unmasked():
     from seq2seq_es.kernels.t5_attention import apply_t5_attention
     model, tokenizer = _tiny("t5s-tiny")
@@ -401,15 +421,17 @@ def test_builders_wire_packed_batching(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["barto-tiny", "t5s-tiny"])
-def test_a_short_real_run_trains_with_packed_batches(tmp_path, model):
+@pytest.mark.parametrize("model, launcher, ranks", [("barto-tiny", "none", 1),
+                                                    ("t5s-tiny", "none", 1),
+                                                    ("barto-tiny", "torchrun", 2)])
+def test_a_short_real_run_trains_with_packed_batches(tmp_path, model, launcher, ranks):
     import re
 
     from engine_runs import base_args, demo_files, run, step_losses
 
     files = demo_files(tmp_path / "data", train_size=48)
     out = tmp_path / "run"
-    proc = run("none", 1, base_args(files, out, model=model, steps=6, extra=[
+    proc = run(launcher, ranks, base_args(files, out, model=model, steps=6, extra=[
         "--train.batching", "packed", "--data.max_source_length", "384",
         "--data.max_target_length", "96", "--train.grad_accum", "2"]))
     losses = step_losses(out)
@@ -418,3 +440,10 @@ def test_a_short_real_run_trains_with_packed_batches(tmp_path, model):
     assert losses[6] < losses[1]
     found = re.search(r"packed batches: 48 examples in (\d+) rows", proc.stdout + proc.stderr)
     assert found and int(found.group(1)) < 48            # several examples per row
+
+
+def test_plan_splits_rows_again_and_again_to_fill_a_step():
+    # Ten short examples fit one row; a step takes eight rows: the row is split seven times.
+    plan = PackedPlan([3] * 10, [2] * 10, 4, 96, 40, 2, 1, seed=0)
+    assert plan.num_rows == 8 and plan.steps_per_epoch == 1 and plan.dropped_per_epoch == 0
+    assert sorted(_check_epoch(plan, np.full(10, 3), np.full(10, 2), 0)) == list(range(10))

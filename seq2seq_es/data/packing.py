@@ -15,9 +15,10 @@ The plan (`PackedPlan`, StepPlan's interface)
   (first-fit decreasing over a window of `window` open rows; when the window is full, the fullest
   row is closed). The layout depends only on the lengths.
 - A step takes `rows * grad_accum * world_size` rows. When the row count is not a multiple of that,
-  the rows holding the most examples are split in two (their examples in layout order, halved)
-  until it is, so no example is left out; only when too few rows hold two examples is the
-  incomplete last step dropped (counted in `dropped_per_epoch`, the same every epoch).
+  the row holding the most examples is split in two (its examples in layout order, halved), again
+  and again until it is, so no example is left out; only when the rows hold too few examples for
+  that is the incomplete last step dropped (counted in `dropped_per_epoch`, the same every epoch:
+  the rows left out are drawn among the rows of the most common example count).
 - Each epoch (seeded by seed and epoch): examples with the same (source, target) lengths trade
   places in the layout at random (so which equally long examples share a row changes), the rows are
   shuffled, and step s takes the s-th slice of rows; micro-batch k of rank r takes the rows
@@ -46,6 +47,7 @@ loss and for generation. A packed batch holds:
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -153,17 +155,21 @@ class PackedPlan:
                              window)
         per_step = self.rows_per_step
         missing = -len(layout) % per_step
-        splittable = sum(1 for row in layout if len(row) > 1)
-        self.dropped_rows = 0
-        if missing and missing <= splittable:
-            # Split the rows holding the most examples (ties: the later row) until the count fits.
-            chosen = sorted(range(len(layout)), key=lambda r: (-len(layout[r]), -r))[:missing]
-            for r in sorted(chosen):
-                half = len(layout[r]) // 2
-                layout.append(layout[r][half:])
-                layout[r] = layout[r][:half]
-        elif missing:
-            self.dropped_rows = len(layout) % per_step
+        if missing and sum(len(row) - 1 for row in layout) >= missing:
+            # Split the row holding the most examples (ties: the later row), again and again,
+            # until the row count fills whole steps.
+            heap = [(-len(row), -r) for r, row in enumerate(layout) if len(row) > 1]
+            heapq.heapify(heap)
+            for _ in range(missing):
+                _, r = heapq.heappop(heap)
+                row = layout[-r]
+                half = len(row) // 2
+                layout[-r] = row[:half]
+                layout.append(row[half:])
+                for index in (-r, len(layout) - 1):
+                    if len(layout[index]) > 1:
+                        heapq.heappush(heap, (-len(layout[index]), -index))
+        self.dropped_rows = len(layout) % per_step
         self._layout = layout
         self._row_sizes = np.asarray([len(row) for row in layout], dtype=np.int64)
         self._steps = (len(layout) - self.dropped_rows) // per_step
@@ -173,10 +179,10 @@ class PackedPlan:
                 f"{source_len} + {target_len} tokens, fewer than the {per_step} (batch_size {rows} "
                 f"x grad_accum {grad_accum} x {world_size} ranks) one step takes; lower "
                 "train.batch_size or train.grad_accum"))
-        # Examples sorted by (source, target) length, ties by index: the slots that trade places.
         self._drop_size = self._choose_drop_size()
         self._dropped_examples = (self.dropped_rows * self._drop_size if self._drop_size > 0 else
                                   int(self._row_sizes[len(layout) - self.dropped_rows:].sum()))
+        # Examples sorted by (source, target) length, ties by index: the slots that trade places.
         self._by_length = np.lexsort((np.arange(self.num_examples), self.target_lengths,
                                       self.source_lengths))
         self._epoch_cache: tuple[int, list[list[int]], list[int]] | None = None

@@ -145,6 +145,48 @@ def test_fp16_reads_the_loss_scale_once_per_step_whatever_grad_accum(files, one_
     assert seen[1] == seen[2] == seen[4] == 3, seen
 
 
+def _run_config(files, out) -> RunConfig:
+    cfg = RunConfig()
+    cfg.model.name, cfg.data.task = "barto-tiny", "mlsum"
+    cfg.data.train_file, cfg.data.validation_file = files["train"], files["validation"]
+    cfg.data.max_source_length, cfg.data.max_target_length = 64, 32
+    cfg.train.output_dir = str(out)
+    cfg.train.precision, cfg.train.batch_size, cfg.train.max_steps = "fp32", 2, 9
+    cfg.train.log_every = 100
+    cfg.train.eval_per_epoch = cfg.train.eval_at_end = cfg.train.export = False
+    cfg.train.report_to, cfg.train.progress_bar, cfg.train.keep_last = "none", False, 10
+    cfg.optim.warmup_steps = 1
+    cfg.gen.num_beams, cfg.gen.max_new_tokens, cfg.gen.min_new_tokens = 1, 6, 0
+    return cfg
+
+
+def test_a_deferred_non_finite_check_still_runs_before_the_next_save(files, one_rank, tmp_path,
+                                                                    monkeypatch):
+    # on_nan=stop reads its flag once per logging interval (100 steps here) and before every
+    # save: the NaN of step 3 stops the run at step 3's save, and no checkpoint holds its weights.
+    from seq2seq_es.engine import trainer
+
+    original_get_engine = trainer.get_engine
+
+    def poisoning_get_engine(*args, **kwargs):
+        built = original_get_engine(*args, **kwargs)
+        calls = []
+
+        def hook(module, inputs, output):
+            calls.append(1)
+            return output * float("nan") if len(calls) == 3 else output
+        built[0].module.lm_head.register_forward_hook(hook)
+        return built
+
+    monkeypatch.setattr(trainer, "get_engine", poisoning_get_engine)
+    cfg = _run_config(files, tmp_path / "run")
+    cfg.train.save_every = 1
+    with pytest.raises(trainer.NonFiniteLoss, match="at step 3, micro-batch 0"):
+        trainer.train(cfg)
+    saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*"))
+    assert saved == ["step_00000001", "step_00000002"]
+
+
 def test_stop_check_every_k_steps_and_time_saves_land_on_those_steps(files, one_rank, tmp_path,
                                                                      monkeypatch):
     from seq2seq_es.engine import trainer
@@ -165,18 +207,9 @@ def test_stop_check_every_k_steps_and_time_saves_land_on_those_steps(files, one_
         return original_save(self, engine, state)
 
     monkeypatch.setattr(trainer.Checkpointer, "save", noted_save)
-    cfg = RunConfig()
-    cfg.model.name, cfg.data.task = "barto-tiny", "mlsum"
-    cfg.data.train_file, cfg.data.validation_file = files["train"], files["validation"]
-    cfg.data.max_source_length, cfg.data.max_target_length = 64, 32
-    cfg.train.output_dir = str(tmp_path / "run")
-    cfg.train.precision, cfg.train.batch_size, cfg.train.max_steps = "fp32", 2, 9
-    cfg.train.stop_check_every, cfg.train.log_every = 4, 100
+    cfg = _run_config(files, tmp_path / "run")
+    cfg.train.stop_check_every = 4
     cfg.train.save_every_min = 1e-9       # a time-based save is due at every check
-    cfg.train.eval_per_epoch = cfg.train.eval_at_end = cfg.train.export = False
-    cfg.train.report_to, cfg.train.progress_bar, cfg.train.keep_last = "none", False, 10
-    cfg.optim.warmup_steps = 1
-    cfg.gen.num_beams, cfg.gen.max_new_tokens, cfg.gen.min_new_tokens = 1, 6, 0
     trainer.train(cfg)
     # steps 4 and 8 check (after step 9 the run saves and ends anyway)
     assert len(calls) == 2, calls

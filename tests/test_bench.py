@@ -44,6 +44,7 @@ def json_rows(stdout: str) -> list[dict]:
 # End to end
 
 
+@pytest.mark.slow  # the bench command end to end in a subprocess: 10-25 s on 2 busy cores
 @pytest.mark.timeout(600)
 def test_bench_rows_on_mlsum_like_lengths():
     impls = ["hf_trainer", "loop", "loop_budget", "loop_budget_lean"]
@@ -74,6 +75,7 @@ def test_bench_rows_on_mlsum_like_lengths():
     assert by_impl["hf_trainer"]["hf_model_wrapper"] == "BartForConditionalGeneration"
 
 
+@pytest.mark.slow  # the same, 7-12 s
 @pytest.mark.timeout(600)
 def test_bench_t5_rows_and_a_failing_row():
     # flex T5 attention has no attention dropout: with the model's 0.1 that row fails on its own

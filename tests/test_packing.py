@@ -153,6 +153,28 @@ def test_flex_block_masks_give_the_dense_result(name):
     torch.testing.assert_close(flex[real], dense[real], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (flex backward)")
+@pytest.mark.parametrize("name", ["barto-tiny", "t5s-tiny"])
+def test_on_cuda_compiled_flex_gives_the_unpacked_loss_and_gradients(name):
+    """The path "auto" takes on a GPU without attention dropout: compiled FlexAttention."""
+    model, tokenizer = _tiny(name)
+    from seq2seq_es.engine.builders import set_dropout
+    set_dropout(model, 0.0)
+    model.cuda().eval()
+    plain, packed = _collators(model, tokenizer)
+    features = _features(model.config.vocab_size)
+    to_cuda = lambda batch: {k: v.cuda() for k, v in batch.items()}  # noqa: E731
+    reference = copy.deepcopy(model)
+    ref_loss, ref_grads = _loss_and_grads(reference, to_cuda(plain(_unmarked(features))))
+    install_packed_attention(model, "flex")
+    loss, grads = _loss_and_grads(model, to_cuda(packed(features)))
+    assert loss == pytest.approx(ref_loss, rel=1e-4)      # TF32 and kernel order on the GPU
+    for name_, ref in ref_grads.items():
+        scale = ref.abs().max().item()
+        torch.testing.assert_close(grads[name_], ref, rtol=1e-3, atol=1e-3 * scale + 1e-7)
+
+
 @pytest.mark.parametrize("name", ["barto-tiny", "t5s-tiny"])
 def test_plain_batches_and_generation_run_the_model_unchanged(name):
     """Validation loss and generation (no document ids) after installing: as before."""

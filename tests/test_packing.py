@@ -191,7 +191,8 @@ def test_plain_batches_and_generation_run_the_model_unchanged(name):
         torch.testing.assert_close(model(**batch).logits, reference(**batch).logits)
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         kwargs = {"max_new_tokens": 5, "num_beams": 1, "do_sample": False}
-        assert torch.equal(model.generate(**inputs, **kwargs), reference.generate(**inputs, **kwargs))
+        generated = model.generate(**inputs, **kwargs)
+        assert torch.equal(generated, reference.generate(**inputs, **kwargs))
     assert labels.shape[0] == len(features)
 
 

@@ -340,9 +340,9 @@ def _stack_pre_hook(stack: nn.Module, args: tuple, kwargs: dict):
     tokens = kwargs.get("input_ids", args[0] if args else None)
     if tokens is None:
         tokens = kwargs.get("inputs_embeds")
-    if tokens is not None and (tokens.shape[0], tokens.shape[1]) != (layout.rows, layout.length(role)):
-        raise ValueError(f"the {role} of a packed batch is laid out as "
-                         f"{(layout.rows, layout.length(role))}, but the stack got "
+    expected = (layout.rows, layout.length(role))
+    if tokens is not None and (tokens.shape[0], tokens.shape[1]) != expected:
+        raise ValueError(f"the {role} of a packed batch is laid out as {expected}, but the stack got "
                          f"{tuple(tokens.shape[:2])}")
     kwargs[LAYOUT_KWARG] = layout
     if role == "target":

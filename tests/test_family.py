@@ -72,17 +72,16 @@ def test_a_loaded_model_is_recognised_by_its_model_type():
         family_of_model(model("bert"), kind="lean-CE model type")
 
 
-def test_fp16_and_memory_hooks():
+def test_fp16_and_the_memory_estimates_family_terms():
     assert [name for name, a in ADAPTERS.items() if not a.fp16_safe] == ["t5"]
-    from seq2seq_es.models.memory import get_shape
+    from seq2seq_es.models.memory import (_attention_bytes, _t5_stack_bias_bytes, get_shape,
+                                          padded_source)
 
     ledo, barto, t5s = get_shape("ledo"), get_shape("barto"), get_shape("t5s")
-    assert get_family("led").padded_source(ledo, 1500) == 2048
-    assert get_family("bart").padded_source(barto, 1500) == 1500
-    assert get_family("bart").attention_score_bytes(barto, 512, 128) == (0.0, 0.0)
-    assert get_family("bart").stack_bias_bytes(barto, 512, 128) == 0.0
-    assert get_family("t5").stack_bias_bytes(t5s, 512, 128) > 0
-    assert all(get_family("led").attention_score_bytes(ledo, 2048, 128))
+    assert padded_source(ledo, 1500) == 2048 and padded_source(barto, 1500) == 1500
+    assert _attention_bytes(barto, 512, 128) == (0.0, 0.0)
+    assert _t5_stack_bias_bytes(barto, 512, 128) == 0.0 < _t5_stack_bias_bytes(t5s, 512, 128)
+    assert all(_attention_bytes(ledo, 2048, 128)) and all(_attention_bytes(t5s, 512, 128))
 
 
 def _tiny_led(attention_dropout: float):

@@ -149,11 +149,7 @@ def test_the_walker_sees_imports_inside_functions_and_relative_ones():
 # A cycle that came in with work still under way elsewhere, and the change that removes it. The
 # cycle test passes over it; test_known_cycle_is_gone fails (strict xfail) once it is removed,
 # so the entry cannot outlive the cycle.
-KNOWN_CYCLES = {
-    ("seq2seq_es.models.family", "seq2seq_es.models.memory"):
-        "issue 13.3: the family adapters' memory terms import memory.py's byte constants and "
-        "memory.py asks family.py for the adapter; the constants belong with one of the two",
-}
+KNOWN_CYCLES: dict[tuple[str, ...], str] = {}
 
 
 def test_no_import_cycles():

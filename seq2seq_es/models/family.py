@@ -18,9 +18,8 @@ name. An adapter says:
   LED and T5; a run's other keys are read whatever the family);
 - whether packed batches can keep its documents apart (`packed_attention`: BART and T5, see
   kernels/packed_attention.py) and where its encoder and decoder layers are (`layer_stacks`);
-- the fp16 policy (`fp16_safe`: T5 overflows in fp16) and the config keys holding its dropout;
-- the terms of the memory estimate that depend on it (`padded_source`, `attention_score_bytes`,
-  `stack_bias_bytes`; see `memory.py`).
+- its positions (`relative_positions`: T5's bias, which the memory estimate counts), the fp16
+  policy (`fp16_safe`: T5 overflows in fp16) and the config keys holding its dropout.
 
 Dropout under `model.attention flex`, one policy for LED and T5: FlexAttention has no
 attention-probability dropout, and a model is never changed to fit it. Training with attention
@@ -156,18 +155,6 @@ class Family:
         """The encoder's and the decoder's list of layers."""
         raise NotImplementedError
 
-    # -- memory estimate (memory.py) ----------------------------------------------------------
-
-    def padded_source(self, shape, source: int) -> int:
-        return source
-
-    def attention_score_bytes(self, shape, source: int, target: int) -> tuple[float, float]:
-        """Materialised score bytes of one sequence: (per encoder layer, per decoder layer)."""
-        return 0.0, 0.0
-
-    def stack_bias_bytes(self, shape, source: int, target: int) -> float:
-        return 0.0
-
 
 class _BartLike(Family):
     vocab_head = ("<s>", "<pad>", "</s>", "<unk>")
@@ -246,21 +233,6 @@ class Led(_BartLike):
                 "sentence_end_ids": sentence_start_ids(tokenizer)
                 if cfg.data.global_attention == "sentences" else frozenset()}
 
-    def padded_source(self, shape, source):
-        """LED pads the source to a multiple of its attention window."""
-        import math
-
-        if not shape.attention_window:
-            return source
-        return math.ceil(source / shape.attention_window) * shape.attention_window
-
-    def attention_score_bytes(self, shape, source, target):
-        from .memory import EAGER_SCORE_BYTES, LED_WINDOW_BYTES
-
-        keys = shape.attention_window + 1
-        return (LED_WINDOW_BYTES * shape.heads * source * keys,
-                EAGER_SCORE_BYTES * shape.heads * target * (target + source))
-
 
 class T5(Family):
     name = "t5"
@@ -312,17 +284,6 @@ class T5(Family):
                              encoder_hidden_states=encoded.last_hidden_state,
                              encoder_attention_mask=inputs.get("attention_mask"),
                              use_cache=False).last_hidden_state
-
-    def attention_score_bytes(self, shape, source, target):
-        from .memory import T5_BIAS_LAYER_BYTES
-
-        return (T5_BIAS_LAYER_BYTES * shape.heads * source * source,
-                T5_BIAS_LAYER_BYTES * shape.heads * target * (target + source))
-
-    def stack_bias_bytes(self, shape, source, target):
-        from .memory import T5_BIAS_STACK_BYTES
-
-        return T5_BIAS_STACK_BYTES * shape.heads * (source * source + target * (target + source))
 
 
 class Bert2Bert(Family):

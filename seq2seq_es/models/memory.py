@@ -17,8 +17,8 @@ Per sequence, with S source and T target tokens, d = d_model, H = heads:
 - the LM head's logits: LOGIT_BYTES per target token and vocabulary entry (bf16 logits, their
   fp32 copy and log-softmax for the cross-entropy);
 - attention scores only where the implementation materialises them (transformers 5.24, the
-  `model.attention hf` default; computed by the family adapters in family.py, which also pad
-  LED's source):
+  `model.attention hf` default; LED is the shape with an attention window, T5 the family whose
+  adapter has relative positions):
   - BART, BERT/RoBERTa pairs: SDPA kernels that keep no score matrix: nothing;
   - T5: SDPA with the relative-position bias materialised: per stack an fp32 bias + mask
     [H, q, k], and per layer what its attention keeps of it (the copy SDPA receives, the bias
@@ -58,6 +58,7 @@ and counts): T5S's LM head is untied, the *share pairs count each tied weight on
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..errors import UnknownNameError
@@ -147,25 +148,39 @@ class StepMemory:
         return self.state + self.activations + self.attention + self.logits
 
 
-def _adapter(shape: ModelShape):
+def _position_bias(shape: ModelShape) -> bool:
+    """Whether the family materialises a relative-position bias (T5; its family adapter's
+    relative_positions)."""
     from .family import get_family
 
-    return get_family(shape.family)
+    return get_family(shape.family).relative_positions
 
 
 def _attention_bytes(shape: ModelShape, source: int, target: int) -> tuple[float, float]:
-    """Materialised score bytes of one sequence: (per encoder layer, per decoder layer); the
-    family adapter's attention_score_bytes (LED: window and eager decoder, T5: position bias)."""
-    return _adapter(shape).attention_score_bytes(shape, source, target)
+    """Materialised score bytes of one sequence: (per encoder layer, per decoder layer)."""
+    h = shape.heads
+    if shape.attention_window:  # LED: sliding-window encoder scores, eager decoder
+        keys = shape.attention_window + 1
+        per_encoder_layer = LED_WINDOW_BYTES * h * source * keys
+        per_decoder_layer = EAGER_SCORE_BYTES * h * target * (target + source)
+        return per_encoder_layer, per_decoder_layer
+    if _position_bias(shape):
+        return (T5_BIAS_LAYER_BYTES * h * source * source,
+                T5_BIAS_LAYER_BYTES * h * target * (target + source))
+    return 0.0, 0.0
 
 
 def _t5_stack_bias_bytes(shape: ModelShape, source: int, target: int) -> float:
-    return _adapter(shape).stack_bias_bytes(shape, source, target)
+    if not _position_bias(shape):
+        return 0.0
+    return T5_BIAS_STACK_BYTES * shape.heads * (source * source + target * (target + source))
 
 
 def padded_source(shape: ModelShape, source: int) -> int:
     """LED pads the source to a multiple of its attention window; others take it as it is."""
-    return _adapter(shape).padded_source(shape, source)
+    if shape.attention_window:
+        return math.ceil(source / shape.attention_window) * shape.attention_window
+    return source
 
 
 def estimate(shape: ModelShape, batch: int, source: int, target: int, *,

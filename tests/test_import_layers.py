@@ -19,8 +19,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 import seq2seq_es
 
 PACKAGE_DIR = Path(seq2seq_es.__file__).resolve().parent
@@ -146,17 +144,9 @@ def test_the_walker_sees_imports_inside_functions_and_relative_ones():
         [["a", "b", "c"]]
 
 
-# A cycle that came in with work still under way elsewhere, and the change that removes it. The
-# cycle test passes over it; test_known_cycle_is_gone fails (strict xfail) once it is removed,
-# so the entry cannot outlive the cycle.
-KNOWN_CYCLES: dict[tuple[str, ...], str] = {}
-
-
 def test_no_import_cycles():
     problems = []
     for component in cycles(EDGES):
-        if tuple(component) in KNOWN_CYCLES:
-            continue
         inside = [f"  {_where(source, line, MODULES)}: {source} -> {target}"
                   for source in component for target, line in EDGES[source] if target in component]
         problems.append(f"cycle among {', '.join(component)}:\n" + "\n".join(inside))
@@ -194,9 +184,3 @@ def test_run_folder_paths_are_built_from_run_files():
                     RUN_FOLDER_NAMES):
                 problems.append(f"{_where(module, node.lineno, MODULES)}: / {node.right.value!r}")
     assert not problems, "use seq2seq_es.run_files:\n" + "\n".join(problems)
-
-
-@pytest.mark.parametrize("component", sorted(KNOWN_CYCLES))
-@pytest.mark.xfail(strict=True, reason="a known cycle; remove it from KNOWN_CYCLES once fixed")
-def test_known_cycle_is_gone(component):
-    assert list(component) not in cycles(EDGES), KNOWN_CYCLES[component]

@@ -214,3 +214,43 @@ def test_stop_check_every_k_steps_and_time_saves_land_on_those_steps(files, one_
     # steps 4 and 8 check (after step 9 the run saves and ends anyway)
     assert len(calls) == 2, calls
     assert saves == [4, 8, 9]
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_skip_zeroes_the_bad_micro_batch_under_zero_1_and_2(files, one_rank, stage):
+    # on_nan=skip without a read-back: gradient hooks replace the NaN micro-batch's gradients by
+    # zeros before DeepSpeed accumulates (and under ZeRO 1-2 partitions) them. The step with a
+    # NaN first micro-batch must train on the healthy second one alike at every stage.
+    from seq2seq_es.engine.trainer import train_step
+
+    def poisoned_step(stage_):
+        cfg = RunConfig()
+        cfg.model.name, cfg.data.task = "barto-tiny", "mlsum"
+        cfg.data.train_file = files["train"]
+        cfg.data.max_source_length, cfg.data.max_target_length = 64, 32
+        cfg.train.on_nan, cfg.train.batch_size, cfg.train.precision = "skip", 2, "fp32"
+        cfg.train.grad_accum, cfg.dist.zero_stage = 2, stage_
+        cfg.optim.weight_decay, cfg.model.dropout = 0.0, 0.0
+        model, tokenizer, spec = get_model(cfg)
+        split = get_split(cfg, get_task("mlsum"), tokenizer, model, "train", 8, lambda m: None)
+        collate = get_collator(cfg, spec, tokenizer, model)
+        batches = [collate([split.tokenized[i] for i in (0, 1)]),
+                   collate([split.tokenized[i] for i in (2, 3)])]
+        engine, *_ = get_engine(model, cfg, one_rank, total_steps=10)
+        before = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+        calls = []
+
+        def hook(module, inputs, output):  # the first micro-batch's loss is NaN
+            calls.append(1)
+            return output * float("nan") if len(calls) == 1 else output
+        handle = engine.module.lm_head.register_forward_hook(hook)
+        result = train_step(engine, batches, one_rank, cfg, step=0)
+        handle.remove()
+        after = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+        assert result["skipped_micro_batches"] == 1 and result["loss"] > 0
+        assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+        assert any(not torch.equal(before[k], after[k]) for k in before)
+        return after
+
+    zero0, staged = poisoned_step(0), poisoned_step(stage)
+    assert all(torch.allclose(zero0[k], staged[k], atol=1e-6) for k in zero0)

@@ -497,6 +497,12 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("data.max_target_length",
                           f"{d.max_target_length} exceeds the {spec.max_target_positions} target "
                           f"positions of model '{spec.name}'")
+    if t.batching == "packed" and not spec.adapter.packed_attention:
+        # Refused here, before any loading: only BART and T5 attention can keep the documents of
+        # a packed row apart (kernels/packed_attention.py).
+        raise ConfigError("train.batching", f"packed batches need a model whose attention can be "
+                          f"masked per document (BART or T5 families); '{spec.name}' is "
+                          f"{spec.family}: use fixed, token_budget or bucketed")
     if t.on_nan == "skip" and dist.zero_stage == 3:
         raise ConfigError("train.on_nan", "skip is not supported under ZeRO-3 (the zero loss "
                           "that replaces a bad micro-batch needs unpartitioned parameters); use stop")

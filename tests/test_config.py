@@ -128,3 +128,12 @@ def test_generation_lengths_follow_the_resolved_target_length_unless_set(tmp_pat
     assert compose("mlsum", "barto", config_file=str(yaml_file)).gen.max_new_tokens == 30
     with pytest.raises(ConfigError, match="gen.min_new_tokens"):
         compose("mlsum", "barto", overrides={"gen.max_new_tokens": "4", "gen.min_new_tokens": "5"})
+
+
+def test_packed_batches_are_refused_at_compose_time_for_led_and_bert2bert():
+    assert compose("mlsum", "barto-tiny", overrides={"train.batching": "packed"}).train.batching \
+        == "packed"
+    for model in ("ledo-tiny", "beto2beto-tiny"):
+        task = "xlsum" if model.startswith("ledo") else "mlsum"
+        with pytest.raises(ConfigError, match="train.batching"):
+            compose(task, model, overrides={"train.batching": "packed"})

@@ -217,11 +217,17 @@ def test_stop_check_every_k_steps_and_time_saves_land_on_those_steps(files, one_
 
 
 @pytest.mark.parametrize("stage", [1, 2])
-def test_skip_zeroes_the_bad_micro_batch_under_zero_1_and_2(files, one_rank, stage):
+def test_skip_zeroes_the_bad_micro_batch_under_zero_1_and_2(files, one_rank, stage, monkeypatch):
     # on_nan=skip without a read-back: gradient hooks replace the NaN micro-batch's gradients by
     # zeros before DeepSpeed accumulates (and under ZeRO 1-2 partitions) them. The step with a
     # NaN first micro-batch must train on the healthy second one alike at every stage.
+    import deepspeed.runtime.torch_autocast as ds_autocast
+
     from seq2seq_es.engine.trainer import train_step
+
+    # DeepSpeed remembers in a module global that an engine of this process used torch autocast
+    # (the fp16 test's), and ZeRO 1-2 engines built later then scale as if in fp16.
+    monkeypatch.setattr(ds_autocast, "TORCH_AUTOCAST_INITIALIZED", False)
 
     def poisoned_step(stage_):
         cfg = RunConfig()
@@ -253,4 +259,5 @@ def test_skip_zeroes_the_bad_micro_batch_under_zero_1_and_2(files, one_rank, sta
         return after
 
     zero0, staged = poisoned_step(0), poisoned_step(stage)
-    assert all(torch.allclose(zero0[k], staged[k], atol=1e-6) for k in zero0)
+    diffs = {k: (zero0[k].float() - staged[k].float()).abs().max().item() for k in zero0}
+    assert max(diffs.values()) < 1e-6, sorted(diffs.items(), key=lambda kv: -kv[1])[:5]

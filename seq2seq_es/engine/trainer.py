@@ -106,7 +106,7 @@ def all_reduce_(tensor: torch.Tensor, op=None) -> torch.Tensor:
 
 @dataclass
 class StepResult:
-    """One step's numbers, left on the device until `TrainStep.read` (None: not read)."""
+    """One step's numbers, left on the device until `TrainStep.read` reads them."""
     step: int                      # 1-based number of the step
     counts: torch.Tensor           # [target, source, padded] tokens over all ranks (float64)
     ce: torch.Tensor               # this rank's token-summed loss of the kept micro-batches
@@ -188,7 +188,8 @@ class TrainStep:
         self.window += torch.stack([counts[0] + counts[1], counts[2]])
         ce_total = torch.zeros((), dtype=torch.float64, device=device)
         skipped = torch.zeros((), dtype=torch.float64, device=device)
-        self.unchecked_steps.append(step + 1)
+        if not self.skip:
+            self.unchecked_steps.append(step + 1)
         fp16 = {}
         if self.fp16:  # see optim.py: was the optimizer step skipped for overflowing gradients?
             if self.scale is None:  # afterwards, the scale read at the end of the last step

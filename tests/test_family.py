@@ -139,3 +139,15 @@ def test_layer_stacks_and_packing_per_family():
         assert [len(stack) for stack in stacks] == lengths
     assert {name for name, a in ADAPTERS.items() if a.packed_attention} == {"bart", "t5"}
     assert [name for name, a in ADAPTERS.items() if a.relative_positions] == ["t5"]
+
+
+@pytest.mark.slow
+def test_training_refuses_flex_with_attention_dropout_before_loading_data(tmp_path):
+    from engine_runs import base_args, demo_files, run
+
+    files = demo_files(tmp_path / "data")
+    proc = run("none", 1, base_args(files, tmp_path / "run", model="ledo-tiny", extra=[
+        "--task", "xlsum", "--model.attention", "flex", "--model.dropout", "0.1"]), check=False)
+    assert proc.returncode == 2
+    assert "model.attention" in proc.stderr and "flex attention has no attention" in proc.stderr
+    assert "[train]" not in proc.stdout + proc.stderr  # refused before the data was read

@@ -370,6 +370,9 @@ def train(cfg: RunConfig) -> dict:
     from ..tasks import get_task
     task = get_task(cfg.data.task)
     model, tokenizer, spec = get_model(cfg)
+    # flex attention cannot drop attention probabilities: refuse such a model now, not at the
+    # first training forward after the data is loaded (evaluate/predict need no such check).
+    spec.adapter.check_flex_dropout(model, cfg.model.attention)
     train_data = get_split(cfg, task, tokenizer, model, "train", cfg.data.max_train_samples, say)
     check_targets(cfg, train_data)
     eval_data = get_split(cfg, task, tokenizer, model, "validation", cfg.data.max_eval_samples, say)

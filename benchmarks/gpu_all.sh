@@ -38,4 +38,7 @@ if [ -f benchmarks/gpu_seq2seq.py ]; then
   stamp "seq2seq: Seq2SeqTrainer route vs this package's loop"
   timeout "${SEQ2SEQ_S:-200}" python3 benchmarks/gpu_seq2seq.py "$OUT_DIR/seq2seq" --budget-s "$(( ${SEQ2SEQ_S:-200} - 15 ))"
 fi
+stamp "tests that need a CUDA device (pytest -m gpu)"
+timeout "${GPU_TESTS_S:-120}" python3 -m pytest -q -p no:cacheprovider -m gpu tests \
+  > "$OUT_DIR/gpu_tests.txt" 2>&1; tail -3 "$OUT_DIR/gpu_tests.txt"
 stamp "done"

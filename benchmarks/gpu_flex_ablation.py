@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as error:  # a failing case must not hide the others
             print(f"{name:36s} error {type(error).__name__}: {str(error)[:200]}", flush=True)
 
-    from seq2seq_es.kernels.bench_led import LED_BASE_SHAPE, TINY_SHAPE, build_led_model
+    from seq2seq_es.bench.led import LED_BASE_SHAPE, TINY_SHAPE, build_led_model
     from seq2seq_es.kernels.led_attention import apply_led_attention
 
     shape = LED_BASE_SHAPE if device == "cuda" else TINY_SHAPE

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
 
-from seq2seq_es.kernels import bench_led, check_led  # noqa: E402
+from seq2seq_es.bench import led as bench_led, led_check as check_led  # noqa: E402
 
 _START_ENV = "SEQ2SEQ_ES_GPU_LED_START"
 START = float(os.environ.get(_START_ENV, time.time()))

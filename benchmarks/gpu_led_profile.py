@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from seq2seq_es.kernels.bench_led import (LED_BASE_SHAPE, TINY_SHAPE, BenchOptions,  # noqa: E402
+from seq2seq_es.bench.led import (LED_BASE_SHAPE, TINY_SHAPE, BenchOptions,  # noqa: E402
                                           _make_batch, build_led_model, enable_checkpointing)
 from seq2seq_es.kernels.led_attention import apply_led_attention, clear_led_attention_caches  # noqa: E402
 

@@ -111,7 +111,7 @@ def cmd_convert_led(argv: list[str]) -> int:
 
 def cmd_bench(argv: list[str]) -> int:
     if argv and argv[0] == "led":
-        from .kernels.bench_led import main as bench_led_main
+        from .bench.led import main as bench_led_main
         return bench_led_main(argv[1:])
     from .bench.seq2seq import main as bench_main
     return bench_main(argv)

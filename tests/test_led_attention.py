@@ -17,7 +17,7 @@ from transformers import LEDConfig, LEDForConditionalGeneration
 from transformers.models.led.modeling_led import LEDDecoderAttention, LEDEncoderSelfAttention
 
 from seq2seq_es.errors import ConfigError, UnknownNameError
-from seq2seq_es.kernels import bench_led
+from seq2seq_es.bench import led as bench_led
 from seq2seq_es.kernels.led_attention import (
     FLEX_BLOCK_SIZE,
     FlexLEDEncoderSelfAttention,

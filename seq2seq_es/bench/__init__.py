@@ -7,4 +7,6 @@
 - `timing`: step clocks (CUDA events or wall clock) and peak memory.
 - `impls`: the rows: `hf_trainer` and the `loop[_budget][_fused][_compile][_lean][_flex]` variants.
 - `scaling`: scaling-efficiency table and plot for multi-node results.
+- `led`: `seq2seq-es bench led`, LED training-step throughput per attention implementation and length.
+- `led_check`: the LED attention implementations checked numerically against transformers' own.
 """

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .bench_led import LedShape, build_led_model
-from .led_attention import apply_led_attention, clear_led_attention_caches
+from .led import LedShape, build_led_model
+from ..kernels.led_attention import apply_led_attention, clear_led_attention_caches
 
 # Gradients worth comparing: the encoder's local and global projections, the decoder's cross-attention
 # over the long memory, and the shared embedding that every position feeds.

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 from ..errors import ConfigError
-from .led_attention import ATTENTION_IMPLS, apply_led_attention, clear_led_attention_caches
+from ..kernels.led_attention import ATTENTION_IMPLS, apply_led_attention, clear_led_attention_caches
 
 
 @dataclass(frozen=True)

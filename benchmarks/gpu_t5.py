@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seq2seq_es.kernels.t5_attention import gpu_check  # noqa: E402
+from seq2seq_es.bench.t5_check import gpu_check  # noqa: E402
 
 
 def main() -> int:

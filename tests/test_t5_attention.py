@@ -15,10 +15,9 @@ from seq2seq_es.kernels.t5_attention import (
     FLEX_MASK_IMPLEMENTATION,
     apply_t5_attention,
     flex_mask,
-    gpu_check,
     relative_position_buckets,
-    time_train_steps,
 )
+from seq2seq_es.bench.t5_check import gpu_check, time_train_steps
 
 # The CPU flex path is torch's uncompiled reference; it warns that it is not fused.
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest_slurm import slurm_cluster  # noqa: F401  (fixture)
-from seq2seq_es.slurm.bench import (BENCH_KIND, BENCH_MANIFEST, BenchManifest, add_efficiency,
-                                    measure_run, plan_bench_runs, runs_table)
+from seq2seq_es.bench.scaling_jobs import (BENCH_KIND, BENCH_MANIFEST, BenchManifest, add_efficiency,
+                                           measure_run, plan_bench_runs, runs_table)
 from seq2seq_es.slurm.cli import main as slurm_main
 from seq2seq_es.slurm.sweep import SWEEP_MANIFEST
 

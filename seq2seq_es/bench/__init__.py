@@ -10,4 +10,5 @@
 - `led`: `seq2seq-es bench led`, LED training-step throughput per attention implementation and length.
 - `led_check`: the LED attention implementations checked numerically against transformers' own.
 - `t5_check`: the T5 attention implementations compared (accuracy, step time) on a T5-v1.1-base shape.
+- `scaling_jobs`: `seq2seq-es slurm bench`, throughput over node counts and ZeRO stages as SLURM jobs.
 """

@@ -244,7 +244,7 @@ def cmd_collect(argv: list[str]) -> int:
 
 
 def cmd_bench(argv: list[str]) -> int:
-    from .bench import main as bench_main
+    from ..bench.scaling_jobs import main as bench_main
 
     return bench_main(argv)
 

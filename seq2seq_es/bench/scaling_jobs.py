@@ -42,16 +42,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..bench.scaling import scaling_plot, scaling_points, scaling_table
 from .. import run_files
 from ..config import RunConfig, compose, parse_overrides
 from ..errors import ConfigError, Seq2SeqEsError
-from .config import SlurmConfig
-from .monitor import FINISHED_STATES, read_metrics, sweep_status
-from .options import add_slurm_options, slurm_config_from_args, split_overrides
-from .sweep import (RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, SlurmUnavailableError,
-                    check_names, check_overrides, dry_run_script, load_manifest, new_manifest,
-                    submit, train_argv)
+from ..slurm.config import SlurmConfig
+from ..slurm.monitor import FINISHED_STATES, read_metrics, sweep_status
+from ..slurm.options import add_slurm_options, slurm_config_from_args, split_overrides
+from ..slurm.sweep import (RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, SlurmUnavailableError,
+                          check_names, check_overrides, dry_run_script, load_manifest, new_manifest,
+                          submit, train_argv)
+from .scaling import scaling_plot, scaling_points, scaling_table
 
 BENCH_MANIFEST = "bench.json"
 BENCH_KIND = "seq2seq-es slurm bench"

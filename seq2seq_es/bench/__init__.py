@@ -11,4 +11,6 @@
 - `led_check`: the LED attention implementations checked numerically against transformers' own.
 - `t5_check`: the T5 attention implementations compared (accuracy, step time) on a T5-v1.1-base shape.
 - `scaling_jobs`: `seq2seq-es slurm bench`, throughput over node counts and ZeRO stages as SLURM jobs.
+- `probe`: the SLURM cluster probe (entry `seq2seq_es.slurm.probe:main`), a small gloo program
+  with the engine's pre-emption contract.
 """

@@ -96,7 +96,7 @@ def test_bench_t5_rows_and_a_failing_row():
 def test_gpu_script_plumbing_on_tiny_models(tmp_path):
     # The prepared GPU script end to end on the CPU, compiled rows left out for time.
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_seq2seq.py"),
+    done = subprocess.run([sys.executable, "-m", "seq2seq_es.bench.gpu_seq2seq",
                            str(tmp_path), "--tiny", "--skip-compile", "--sections", "barto"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

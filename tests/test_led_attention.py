@@ -298,7 +298,7 @@ def test_bench_rejects_bad_flags():
 @pytest.mark.slow
 def test_gpu_script_runs_end_to_end_on_the_cpu(tmp_path):
     completed = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_led.py"), str(tmp_path), "--tiny",
+        [sys.executable, "-m", "seq2seq_es.bench.gpu_led", str(tmp_path), "--tiny",
          "--lengths", "256", "--steps", "1", "--warmup", "0", "--budget-s", "1500"],
         capture_output=True, text=True, timeout=1600, cwd=REPO_ROOT)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Mixed precision (issue 10.1-2): what train.precision resolves to, the DeepSpeed config it
+"""Mixed precision: what train.precision resolves to, the DeepSpeed config it
 writes per ZeRO stage, fp16 dynamic loss scaling (the real ZeRO-0 path, and DeepSpeed's fp16 under
 ZeRO 2-3 with its CPU accelerator told fp16 works), gradient accumulation in fp32 under bf16, and
 final/ in train.export_dtype.
@@ -6,7 +6,7 @@ final/ in train.export_dtype.
 What runs where: torch autocasts in float16 on this CPU and DeepSpeed builds its GradScaler for
 it, so fp16 at ZeRO 0 runs for real. DeepSpeed's own fp16 mode (ZeRO 1-3) refuses a CPU without
 mkldnn fp16; the tests that pretend otherwise run its optimizer code on fp16 CPU kernels.
-benchmarks/gpu_precision.py runs the same on a GPU.
+seq2seq_es.bench.gpu_precision runs the same on a GPU.
 """
 
 from __future__ import annotations
@@ -351,7 +351,7 @@ def test_export_of_an_fp32_zero0_run_in_bf16_and_fp32(files, one_rank, tmp_path)
 @pytest.mark.slow
 def test_gpu_precision_script_runs_end_to_end_on_the_cpu(tmp_path):
     completed = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "gpu_precision.py"), str(tmp_path),
+        [sys.executable, "-m", "seq2seq_es.bench.gpu_precision", str(tmp_path),
          "--cpu-smoke", "--steps", "8"],
         capture_output=True, text=True, timeout=900, cwd=REPO)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]

@@ -1,7 +1,8 @@
-"""One prepared GPU run for LEDO's fast attention (issue 5): correctness at 16K, then the benchmark.
+"""One prepared GPU run for LEDO's fast attention: flex against transformers' LED at 16K, then the
+training-step benchmark per implementation and length.
 
-    python benchmarks/gpu_led.py OUT_DIR            # on a GPU (about 4-5 minutes; --budget-s caps it)
-    python benchmarks/gpu_led.py OUT_DIR --tiny     # the same sections on a tiny LED: CPU smoke test
+    python3 -m seq2seq_es.bench.gpu_led OUT_DIR          # on a GPU (about 4-5 minutes; --budget-s caps it)
+    python3 -m seq2seq_es.bench.gpu_led OUT_DIR --tiny   # the same sections on a tiny LED: CPU smoke test
 
 Sections, each in its own subprocess (a crashed CUDA context or a hang loses only that section) with a
 timeout taken from the overall budget, and each result kept as soon as it exists:
@@ -29,12 +30,11 @@ import time
 import traceback
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+import torch
 
-import torch  # noqa: E402
+from . import led as bench_led, led_check as check_led
 
-from seq2seq_es.bench import led as bench_led, led_check as check_led  # noqa: E402
+MODULE = "seq2seq_es.bench.gpu_led"  # run as `python3 -m`, also for the sections' subprocesses
 
 _START_ENV = "SEQ2SEQ_ES_GPU_LED_START"
 START = float(os.environ.get(_START_ENV, time.time()))
@@ -184,7 +184,7 @@ def _read_part(out_dir: Path, name: str):
 
 
 def summarise_targets(rows: list[dict]) -> str:
-    """The issue's targets at the longest length: flex >= 4x hf with checkpointing, >= 3.5x without,
+    """The speed-up targets at the longest length: flex >= 4x hf with checkpointing, >= 3.5x without,
     at no more peak memory."""
     ok_rows = [r for r in rows if r["status"] == "ok"]
     if not ok_rows:
@@ -237,7 +237,7 @@ class Report:
         (self.out_dir / "gpu_led.md").write_text(self.markdown())
 
     def markdown(self) -> str:
-        parts = ["# LED attention on the GPU (benchmarks/gpu_led.py)", ""]
+        parts = ["# LED attention on the GPU (seq2seq_es.bench.gpu_led)", ""]
         env = self.data["environment"]
         if env:
             parts += ["Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), ""]
@@ -254,7 +254,7 @@ class Report:
 
 
 def _child_command(args: argparse.Namespace, section: str) -> list[str]:
-    command = [sys.executable, str(Path(__file__).resolve()), str(args.out_dir), "--section", section]
+    command = [sys.executable, "-m", MODULE, str(args.out_dir), "--section", section]
     if args.tiny:
         command.append("--tiny")
     for flag, value in (("--device", args.device), ("--lengths", args.lengths), ("--steps", args.steps),
@@ -278,8 +278,7 @@ def run_sections(args: argparse.Namespace) -> int:
         timeout = min(SECTION_CAP_S[section] * args.budget_s / DEFAULT_BUDGET_S, left)
         log(f"section {section}: start (timeout {timeout:.0f} s)")
         try:
-            completed = subprocess.run(_child_command(args, section), env=environment, timeout=timeout,
-                                       cwd=REPO_ROOT)
+            completed = subprocess.run(_child_command(args, section), env=environment, timeout=timeout)
             status = "ok" if completed.returncode == 0 else f"failed (exit status {completed.returncode})"
         except subprocess.TimeoutExpired:
             status = f"timed out after {timeout:.0f} s (results so far kept)"

@@ -1,7 +1,7 @@
-"""Why LEDO's flex encoder attention forward is slow: one-call ablation for a GPU session (issue 5).
+"""Why LEDO's flex encoder attention forward is slow: one-call ablation for a GPU session.
 
 On an H100 (BENCHMARKS.md, profile of 2026-11-26) our FlexAttention forward took 2.6 ms per layer
-at 16K tokens while a plain +-512 band took 0.2 ms (benchmarks/gpu_flex_options.py); the backward
+at 16K tokens while a plain +-512 band took 0.2 ms (seq2seq_es.bench.gpu_flex_options); the backward
 was 1.2 ms against 0.75 ms. This script changes one thing at a time between the two:
 
   A  plain band BlockMask (create_block_mask), contiguous q/k/v        the 0.2 ms reference
@@ -12,7 +12,7 @@ was 1.2 ms against 0.75 ms. This script changes one thing at a time between the 
   F  one FlexLEDEncoderSelfAttention layer forward (projections, global rows, assembly)
 
 and prints forward (with grad) and forward+backward milliseconds, median of --repeat calls.
-    python3 benchmarks/gpu_flex_ablation.py [--src-len 16384] [--repeat 20]
+    python3 -m seq2seq_es.bench.gpu_flex_ablation [--src-len 16384] [--repeat 20]
 On the CPU (no GPU) it runs the forwards at --src-len 1024 as a smoke test.
 """
 
@@ -22,16 +22,11 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention  # noqa: E402
-
-from seq2seq_es.kernels.led_attention import (build_encoder_layout, build_flex_block_mask,  # noqa: E402
-                                              padded_slot_count)
+from ..kernels.led_attention import build_encoder_layout, build_flex_block_mask, padded_slot_count
 
 HEADS, HEAD_DIM, ONE_SIDED_WINDOW = 12, 64, 512
 
@@ -111,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as error:  # a failing case must not hide the others
             print(f"{name:36s} error {type(error).__name__}: {str(error)[:200]}", flush=True)
 
-    from seq2seq_es.bench.led import LED_BASE_SHAPE, TINY_SHAPE, build_led_model
-    from seq2seq_es.kernels.led_attention import apply_led_attention
+    from .led import LED_BASE_SHAPE, TINY_SHAPE, build_led_model
+    from ..kernels.led_attention import apply_led_attention
 
     shape = LED_BASE_SHAPE if device == "cuda" else TINY_SHAPE
     model = build_led_model(shape, device)

@@ -1,8 +1,8 @@
-"""One prepared GPU run of `seq2seq-es bench` (issue 6): BARTO and T5S shapes, Trainer route vs loop.
+"""One prepared GPU run of `seq2seq-es bench`: BARTO and T5S shapes, Trainer route vs loop.
 
-    python benchmarks/gpu_seq2seq.py OUT_DIR                 # on a GPU, under 4 minutes (--budget-s)
-    python benchmarks/gpu_seq2seq.py OUT_DIR --tiny          # same sections, tiny models, on the CPU
-    python benchmarks/gpu_seq2seq.py OUT_DIR --tiny --skip-compile   # plumbing only (the test)
+    python3 -m seq2seq_es.bench.gpu_seq2seq OUT_DIR                 # on a GPU, under 4 minutes
+    python3 -m seq2seq_es.bench.gpu_seq2seq OUT_DIR --tiny          # same sections, tiny, on the CPU
+    python3 -m seq2seq_es.bench.gpu_seq2seq OUT_DIR --tiny --skip-compile   # plumbing only (the test)
 
 Sections, each in its own child process (a crashed CUDA context or a hang loses only that section;
 on a timeout its process group is killed) with a timeout taken from the overall budget:
@@ -22,7 +22,7 @@ section cut by its timeout keeps the rows it finished. After each row that compi
 saves torch.compile's cache artifacts to OUT_DIR/compile_cache/<section>.bin; a later run on the
 same software and card can start from them with --compile-cache-in FOLDER (compilation is what
 decides whether the compiled rows fit the budget). OUT_DIR/gpu_seq2seq.json (everything) and
-OUT_DIR/gpu_seq2seq.md (tables and the issue's targets) are rewritten after every section.
+OUT_DIR/gpu_seq2seq.md (tables and the speed-up targets) are rewritten after every section.
 Progress lines carry the wall-clock time and the seconds since the start.
 """
 
@@ -41,13 +41,11 @@ import time
 import traceback
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
+MODULE = "seq2seq_es.bench.gpu_seq2seq"  # run as `python3 -m`, also for the section workers
 START = time.time()
 DEFAULT_BUDGET_S = 220.0
 TINY_BUDGET_S = 1800.0
-# Issue 6's targets: real tokens/s of the best loop row over the Seq2SeqTrainer row's.
+# Speed-up targets: real tokens/s of the best loop row over the Seq2SeqTrainer row's.
 TARGETS = {("barto", "mlsum"): 2.5, ("t5s", "mlsum"): 3.0, ("barto", "fixed"): 1.8}
 # (dist, impl) in the order they run, except that the Trainer rows always go first (see
 # bench.seq2seq._row_order): the rows the targets need come before the plain loop rows, so that a
@@ -205,11 +203,11 @@ def run_section(name: str, args: argparse.Namespace, timeout_s: float) -> dict:
     env = dict(os.environ)
     if args.tiny:
         env["CUDA_VISIBLE_DEVICES"] = ""
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    command = [sys.executable, "-m", MODULE, "--worker", json.dumps(spec)]
     started = time.time()
     status = "ok"
     # Its own session, so that a timeout also ends the compile workers it started.
-    child = subprocess.Popen(command, env=env, cwd=str(REPO_ROOT), start_new_session=True)
+    child = subprocess.Popen(command, env=env, start_new_session=True)
     try:
         code = child.wait(timeout=timeout_s)
         if code != 0:

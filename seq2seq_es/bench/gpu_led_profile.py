@@ -1,6 +1,6 @@
-"""Where a 16K LEDO training step spends its GPU time (issue 5's remaining gap), in one short call.
+"""Where a 16K LEDO training step spends its GPU time (flex against hf: where the remaining gap is), in one short call.
 
-    python3 benchmarks/gpu_led_profile.py OUT_DIR [--src-len 16384] [--tgt-len 512] [--impls flex]
+    python3 -m seq2seq_es.bench.gpu_led_profile OUT_DIR [--src-len 16384] [--tgt-len 512] [--impls flex]
 
 For each implementation and checkpointing off/on: build the LED-base-shaped model of
 `seq2seq-es bench led`, run warm-up steps, time steps with CUDA events, then profile two steps with
@@ -21,11 +21,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from seq2seq_es.bench.led import (LED_BASE_SHAPE, TINY_SHAPE, BenchOptions,  # noqa: E402
-                                          _make_batch, build_led_model, enable_checkpointing)
-from seq2seq_es.kernels.led_attention import apply_led_attention, clear_led_attention_caches  # noqa: E402
+from ..kernels.led_attention import apply_led_attention, clear_led_attention_caches
+from .led import (LED_BASE_SHAPE, TINY_SHAPE, BenchOptions,
+                  _make_batch, build_led_model, enable_checkpointing)
 
 # Kernel-name fragments -> bucket; the first match wins (names are lower-cased).
 BUCKETS = (

@@ -1,8 +1,8 @@
-"""The GPU check of mixed precision (issue 10.1-2): fp16 with dynamic loss scaling under ZeRO 0, 2
+"""The GPU check of mixed precision: fp16 with dynamic loss scaling under ZeRO 0, 2
 and 3, and bf16 with fp32 gradient accumulation under ZeRO 1-3, through the package's own engine.
 
-    python benchmarks/gpu_precision.py OUT_DIR                   # on a GPU: BART-base shape
-    python benchmarks/gpu_precision.py OUT_DIR --cpu-smoke       # the same code path on the CPU
+    python3 -m seq2seq_es.bench.gpu_precision OUT_DIR              # on a GPU: BART-base shape
+    python3 -m seq2seq_es.bench.gpu_precision OUT_DIR --cpu-smoke  # the same code path on the CPU
 
 Each run builds a random-weight model of a real shape (seq2seq_es.bench.shapes: no hub, no
 tokenizer), makes its DeepSpeed engine with `get_engine` (train.precision and dist.zero_stage as
@@ -36,9 +36,6 @@ import sys
 import time
 import traceback
 from pathlib import Path
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
 GPU_RUNS = "fp16:0,fp16:2,fp16:3,bf16:1,bf16:2,bf16:3"
 SMOKE_RUNS = "fp16:0,fp16:2,fp16:3"

@@ -1,6 +1,6 @@
 """T5 attention on the GPU: hf vs sdpa vs flex, accuracy and step time at the T5-base shape.
 
-    python benchmarks/gpu_t5.py OUT_DIR [--tiny]
+    python3 -m seq2seq_es.bench.gpu_t5 OUT_DIR [--tiny] [--impls hf,sdpa,flex]
 """
 
 import argparse
@@ -9,9 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from seq2seq_es.bench.t5_check import gpu_check  # noqa: E402
+from .t5_check import gpu_check
 
 
 def main() -> int:

@@ -42,8 +42,8 @@ def _calibration_rows() -> list[tuple[str, memory.ModelShape, int, int, int, boo
     """(label, shape, batch, source, target, checkpointing, measured peak GiB) from BENCHMARKS.md.
 
     Lengths as the benches ran them: `seq2seq-es bench led` batch 1 x 512 target tokens
-    (kernels/bench_led.py); gpu_t5 batch 8 x 512 x 128 (kernels/t5_attention.gpu_check);
-    `seq2seq-es bench` batch 32 (benchmarks/gpu_seq2seq.py) on fixed 512 x 128 and mlsum-like
+    (bench/led.py); gpu_t5 batch 8 x 512 x 128 (bench/t5_check.gpu_check);
+    `seq2seq-es bench` batch 32 (bench/gpu_seq2seq.py) on fixed 512 x 128 and mlsum-like
     lengths (bench/data.py: a batch of 32 reaches the 1024-token source cap and ~60 targets).
     Rows of the first seq2seq run's loop are left out: they ran DeepSpeed's bf16 optimizer
     wrapper (bf16 weights), which the package no longer uses; its Trainer rows use autocast.

@@ -60,14 +60,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .token_budget import (_check_lengths, _deal_to_ranks, _generator, pack_greedily,
-                           padded_fraction_of)
+from .token_budget import (StepIteration, _check_lengths, _deal_to_ranks, _generator,
+                           pack_greedily, padded_fraction_of)
 
 _TIE_BREAK, _STEP_ORDER, _RANDOM_ORDER = 0, 1, 2
 
@@ -160,7 +160,7 @@ class _MicroBatch:
     slot: int                    # its number among the pair's micro-batches
 
 
-class BucketedPlan:
+class BucketedPlan(StepIteration):
     """Token-budget micro-batches with shapes from a small bucket grid (StepPlan's interface)."""
 
     def __init__(self, source_lengths: Sequence[int], target_lengths: Sequence[int],
@@ -319,21 +319,6 @@ class BucketedPlan:
         _, step_order = self._epoch(epoch)
         return [(self.pairs[mb.pair][2], self.pairs[mb.pair][0], self.pairs[mb.pair][1])
                 for mb in self._steps[step_order[step_in_epoch]][rank]]
-
-    def iter_steps(self, start_epoch: int, start_step_in_epoch: int,
-                   rank: int) -> Iterator[tuple[int, int, list[list[int]]]]:
-        """Yield (epoch, step_in_epoch, micro_batches) forever, from a saved position."""
-        epoch, step = start_epoch, start_step_in_epoch
-        while True:
-            while step < self.steps_per_epoch:
-                yield epoch, step, self.micro_batches(epoch, step, rank)
-                step += 1
-            epoch, step = epoch + 1, 0
-
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """Every micro-batch of the epoch (all ranks), in step order then rank order."""
-        return [batch for step in range(self.steps_per_epoch) for rank in range(self.world_size)
-                for batch in self.micro_batches(epoch, step, rank)]
 
     # -- padding -------------------------------------------------------------------------------
 

@@ -49,14 +49,14 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
 from .collator import LABEL_PAD, Seq2SeqCollator
-from .token_budget import _check_lengths, _generator
+from .token_budget import StepIteration, _check_lengths, _generator
 
 # Marks a feature of the training split as one to pack (see mark_packed).
 PACKED_FEATURE = "packed_training_feature"
@@ -119,7 +119,7 @@ def layout_rows(source_lengths: np.ndarray, target_lengths: np.ndarray, source_l
     return rows
 
 
-class PackedPlan:
+class PackedPlan(StepIteration):
     """Micro-batches of `rows` packed rows each (StepPlan's interface; see the module doc)."""
 
     def __init__(self, source_lengths: Sequence[int], target_lengths: Sequence[int], rows: int,
@@ -263,21 +263,6 @@ class PackedPlan:
             first = start + (k * self.world_size + rank) * self.rows
             out.append([rows[r] for r in order[first:first + self.rows]])
         return out
-
-    def iter_steps(self, start_epoch: int, start_step_in_epoch: int,
-                   rank: int) -> Iterator[tuple[int, int, list[list[int]]]]:
-        """Yield (epoch, step_in_epoch, micro_batches) forever, from a saved position."""
-        epoch, step = start_epoch, start_step_in_epoch
-        while True:
-            while step < self.steps_per_epoch:
-                yield epoch, step, self.micro_batches(epoch, step, rank)
-                step += 1
-            epoch, step = epoch + 1, 0
-
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """Every micro-batch of the epoch (all ranks), in step order then rank order."""
-        return [batch for step in range(self.steps_per_epoch) for rank in range(self.world_size)
-                for batch in self.micro_batches(epoch, step, rank)]
 
     # -- padding ---------------------------------------------------------------------------------
 

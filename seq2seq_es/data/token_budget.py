@@ -156,7 +156,27 @@ def _deal_to_ranks(costs: list[int], world_size: int, grad_accum: int) -> list[l
     return slots
 
 
-class TokenBudgetPlan:
+class StepIteration:
+    """`iter_steps` and `epoch_batches` of every plan that answers `micro_batches(epoch, step,
+    rank)` and has `steps_per_epoch` and `world_size` (token-budget, bucketed, packed)."""
+
+    def iter_steps(self, start_epoch: int, start_step_in_epoch: int,
+                   rank: int) -> Iterator[tuple[int, int, list[list[int]]]]:
+        """Yield (epoch, step_in_epoch, micro_batches) forever, from a saved position."""
+        epoch, step = start_epoch, start_step_in_epoch
+        while True:
+            while step < self.steps_per_epoch:
+                yield epoch, step, self.micro_batches(epoch, step, rank)
+                step += 1
+            epoch, step = epoch + 1, 0
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """Every micro-batch of the epoch (all ranks), in step order then rank order."""
+        return [batch for step in range(self.steps_per_epoch) for rank in range(self.world_size)
+                for batch in self.micro_batches(epoch, step, rank)]
+
+
+class TokenBudgetPlan(StepIteration):
     """Micro-batches under a padded-token budget, `world_size * grad_accum` of them per step."""
 
     def __init__(self, source_lengths: Sequence[int], target_lengths: Sequence[int],
@@ -319,21 +339,6 @@ class TokenBudgetPlan:
         at_position, step_order = self._epoch(epoch)
         spans = self._steps[step_order[step_in_epoch]][rank]
         return [at_position[s.start:s.end].tolist() for s in spans]
-
-    def iter_steps(self, start_epoch: int, start_step_in_epoch: int,
-                   rank: int) -> Iterator[tuple[int, int, list[list[int]]]]:
-        """Yield (epoch, step_in_epoch, micro_batches) forever, from a saved position."""
-        epoch, step = start_epoch, start_step_in_epoch
-        while True:
-            while step < self.steps_per_epoch:
-                yield epoch, step, self.micro_batches(epoch, step, rank)
-                step += 1
-            epoch, step = epoch + 1, 0
-
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """Every micro-batch of the epoch (all ranks), in step order then rank order."""
-        return [batch for step in range(self.steps_per_epoch) for rank in range(self.world_size)
-                for batch in self.micro_batches(epoch, step, rank)]
 
     # -- padding -----------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from engine_runs import (base_args, final_weights, kill_group, run, start, step_
 from seq2seq_es import metrics_log
 from seq2seq_es.demo.synthetic import write_demo_dataset
 from seq2seq_es.engine import distributed as D
-from seq2seq_es.engine.checkpoint import Checkpointer
+from seq2seq_es.engine.checkpoint import Checkpointer, TrainState
 from seq2seq_es.engine.trainer import is_better
 
 pytestmark = pytest.mark.slow
@@ -213,11 +213,16 @@ def test_rotation_never_deletes_the_best_checkpoint(tmp_path):
     ckpt = Checkpointer(tmp_path, D.read_env({}), keep_last=1)
     best = {"step": 2, "metric": "rougeL", "value": 3.0}
     for step in range(1, 6):
-        ckpt.save(_FakeEngine(), {"step": step, "best": best if step >= 2 else None})
+        ckpt.save(_FakeEngine(), TrainState(step=step, best=best if step >= 2 else None))
     assert [p.name for p in ckpt.complete()] == ["step_00000002", "step_00000005"]
+    assert json.loads((tmp_path / "best.json").read_text())["checkpoint"] == "step_00000002"
     # Once a later step is best, the old best is rotated away like any other.
-    ckpt.save(_FakeEngine(), {"step": 6, "best": {**best, "step": 6}})
+    ckpt.save(_FakeEngine(), TrainState(step=6, best={**best, "step": 6}))
     assert [p.name for p in ckpt.complete()] == ["step_00000006"]
+    assert json.loads((tmp_path / "best.json").read_text())["checkpoint"] == "step_00000006"
+    # What a resume reads back is what was saved.
+    saved = TrainState.from_json((ckpt.latest() / "trainer_state.json").read_text(), 1)
+    assert saved == TrainState(step=6, best={**best, "step": 6})
 
 
 def test_loss_is_lower_is_better_and_nan_never_wins():

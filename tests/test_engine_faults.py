@@ -17,7 +17,7 @@ from engine_runs import (base_args, demo_files, final_weights, kill_group, run, 
 from seq2seq_es.config import RunConfig
 from seq2seq_es.engine import distributed as D
 from seq2seq_es.engine.builders import get_collator, get_engine, get_model, get_split
-from seq2seq_es.engine.trainer import NonFiniteLoss, train_step
+from seq2seq_es.engine.step import NonFiniteLoss, train_step
 from seq2seq_es.tasks import get_task
 
 

@@ -149,7 +149,7 @@ def engine_and_batches(files, env, precision: str, stage: int, lr: float = 1e-3)
     collate = get_collator(cfg, spec, tokenizer, model)
     batches = [collate([split.tokenized[i] for i in (0, 1)]),
                collate([split.tokenized[i] for i in (2, 3)])]
-    engine, _, scheduler, _ = get_engine(model, cfg, env, total_steps=20)
+    engine, scheduler, _ = get_engine(model, cfg, env, total_steps=20)
     return cfg, engine, scheduler, batches
 
 
@@ -174,7 +174,7 @@ def weights(engine) -> dict[str, torch.Tensor]:
 
 def check_loss_scaling(engine, scheduler, cfg, batches, env, first_scale: float,
                        scale_after_skip: float) -> None:
-    from seq2seq_es.engine.trainer import train_step
+    from seq2seq_es.engine.step import train_step
 
     result = train_step(engine, batches[:1], env, cfg, step=0)
     assert result["loss_scale"] == first_scale and result["overflow_skipped"] == 0
@@ -210,7 +210,7 @@ def test_fp16_at_zero0_runs_autocast_and_skips_overflowing_steps(files, one_rank
 def test_fp16_loss_scale_at_zero0_is_saved_with_the_checkpoint(files, one_rank, tmp_path):
     """DeepSpeed leaves its ZeRO-0 GradScaler out of checkpoints; the schedule's state carries
     it, so a resumed run goes on with the scale (and growth count) it had."""
-    from seq2seq_es.engine.trainer import train_step
+    from seq2seq_es.engine.step import train_step
 
     cfg, engine, _, batches = engine_and_batches(files, one_rank, "fp16", 0)
     overflow_next_backward(engine)
@@ -264,7 +264,8 @@ def _export_worker(rank: int, port: int, files: dict, out: str) -> None:
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
-    from seq2seq_es.engine.trainer import export_hf, train_step
+    from seq2seq_es.engine.export import export_hf
+    from seq2seq_es.engine.step import train_step
     from seq2seq_es.models import build_generation_config, get_model_spec, load_model_and_tokenizer
 
     env = D.read_env()
@@ -326,7 +327,8 @@ def test_export_dtype_is_what_was_asked_and_fp32_keeps_the_master_weights(files,
 def test_export_of_an_fp32_zero0_run_in_bf16_and_fp32(files, one_rank, tmp_path):
     from safetensors.torch import load_file
 
-    from seq2seq_es.engine.trainer import export_hf, train_step
+    from seq2seq_es.engine.export import export_hf
+    from seq2seq_es.engine.step import train_step
     from seq2seq_es.models import build_generation_config, get_model_spec, load_model_and_tokenizer
 
     cfg, engine, _, batches = engine_and_batches(files, one_rank, "fp32", 0)

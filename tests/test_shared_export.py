@@ -227,7 +227,7 @@ torch.set_num_threads(1)
 from seq2seq_es.config import RunConfig
 from seq2seq_es.engine import distributed as D
 from seq2seq_es.engine.builders import get_engine, get_model
-from seq2seq_es.engine.trainer import export_hf
+from seq2seq_es.engine.export import export_hf
 from seq2seq_es.models import build_generation_config
 
 env = D.read_env()

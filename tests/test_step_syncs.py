@@ -29,7 +29,7 @@ from engine_runs import demo_files
 from seq2seq_es.config import RunConfig
 from seq2seq_es.engine import distributed as D
 from seq2seq_es.engine.builders import get_collator, get_engine, get_model, get_split
-from seq2seq_es.engine.trainer import TrainStep
+from seq2seq_es.engine.step import TrainStep
 from seq2seq_es.tasks import get_task
 
 READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
@@ -203,7 +203,7 @@ def test_stop_check_every_k_steps_and_time_saves_land_on_those_steps(files, one_
     original_save = trainer.Checkpointer.save
 
     def noted_save(self, engine, state):
-        saves.append(state["step"])
+        saves.append(state.step)
         return original_save(self, engine, state)
 
     monkeypatch.setattr(trainer.Checkpointer, "save", noted_save)
@@ -223,7 +223,7 @@ def test_skip_zeroes_the_bad_micro_batch_under_zero_1_and_2(files, one_rank, sta
     # NaN first micro-batch must train on the healthy second one alike at every stage.
     import deepspeed.runtime.torch_autocast as ds_autocast
 
-    from seq2seq_es.engine.trainer import train_step
+    from seq2seq_es.engine.step import train_step
 
     # DeepSpeed remembers in a module global that an engine of this process used torch autocast
     # (the fp16 test's), and ZeRO 1-2 engines built later then scale as if in fp16.

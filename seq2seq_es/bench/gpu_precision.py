@@ -133,7 +133,8 @@ def one_run(precision: str, stage: int, args, env, batches: list[dict]) -> dict:
     from seq2seq_es.bench.shapes import build_model, get_shape
     from seq2seq_es.config import RunConfig
     from seq2seq_es.engine.builders import get_engine
-    from seq2seq_es.engine.trainer import export_state_dict, train_step
+    from seq2seq_es.engine.export import export_state_dict
+    from seq2seq_es.engine.step import train_step
 
     shape = get_shape(args.shape)
     cfg = RunConfig()
@@ -142,7 +143,7 @@ def one_run(precision: str, stage: int, args, env, batches: list[dict]) -> dict:
     cfg.train.batch_size, cfg.optim.lr, cfg.optim.weight_decay = args.batch, args.lr, 0.0
     cfg.optim.warmup_steps, cfg.optim.schedule = 0, "constant"
     model = build_model(shape, env.device, seed=0, dropout=0.0)
-    engine, _, _, ds_config = get_engine(model, cfg, env, total_steps=args.steps)
+    engine, _, ds_config = get_engine(model, cfg, env, total_steps=args.steps)
     row = {"precision": precision, "zero_stage": stage, "shape": args.shape,
            "optimizer": type(engine.optimizer).__name__,
            "grad_accum_dtype": ds_config["data_types"]["grad_accum_dtype"],

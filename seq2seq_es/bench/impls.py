@@ -7,7 +7,7 @@ padding each batch, no evaluation, no saving, no reporting. A callback marks ste
 
 `loop` is the engine as it stands: DeepSpeed ZeRO-0 in one process (`train.precision` auto: bf16
 on a GPU), random-order batches of the same size (`StepPlan`), the trainer's own step
-(`engine.trainer.TrainStep`: pinned non-blocking copies, nothing read back per micro-batch), the
+(`engine.step.TrainStep`: pinned non-blocking copies, nothing read back per micro-batch), the
 config's defaults otherwise. Variants set the config switches a user would set (`loop_config`),
 named by underscore-separated tokens:
 
@@ -359,7 +359,7 @@ def run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
     from ..data.collator import Seq2SeqCollator
     from ..engine import distributed as D
     from ..engine.builders import get_engine
-    from ..engine.trainer import TrainStep
+    from ..engine.step import TrainStep
 
     env = D.read_env()
     if env.world_size != 1:
@@ -373,7 +373,7 @@ def run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
     graphs_before = compiled_graphs()
     model, notes = prepare_loop_model(case, spec, cfg)
     plan = _step_plan(case, cfg)
-    engine, _, _, _ = get_engine(model, cfg, env, case.total_steps)
+    engine, *_ = get_engine(model, cfg, env, case.total_steps)
     engine.train()
     step = TrainStep(engine, env, cfg)
     collator = Seq2SeqCollator(case.shape.pad_token_id, case.shape.decoder_start_token_id)

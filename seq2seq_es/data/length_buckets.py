@@ -66,8 +66,9 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from .sampler import dropped_note
 from .token_budget import (StepIteration, _check_lengths, _deal_to_ranks, _generator,
-                           pack_greedily, padded_fraction_of)
+                           budget_padding_note, pack_greedily, padded_fraction_of)
 
 _TIE_BREAK, _STEP_ORDER, _RANDOM_ORDER = 0, 1, 2
 
@@ -347,6 +348,9 @@ class BucketedPlan(StepIteration):
                               self.max_tokens)
         return padded_fraction_of([order[a:b] for a, b in spans], self.source_lengths,
                                   self.target_lengths)
+
+    def summary(self) -> list[str]:
+        return [self.describe(), *dropped_note(self.dropped_per_epoch), budget_padding_note(self)]
 
     def describe(self) -> str:
         return (f"length buckets: source {list(self.buckets.source)}, target "

@@ -56,6 +56,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from .collator import LABEL_PAD, Seq2SeqCollator
+from .sampler import dropped_note
 from .token_budget import StepIteration, _check_lengths, _generator
 
 # Marks a feature of the training split as one to pack (see mark_packed).
@@ -286,6 +287,9 @@ class PackedPlan(StepIteration):
             real += int(s.sum() + t.sum())
             padded += len(idx) * int(s.max() + t.max())
         return 1.0 - real / padded if padded else 0.0
+
+    def summary(self) -> list[str]:
+        return [self.describe(), *dropped_note(self.dropped_per_epoch)]
 
     def describe(self) -> str:
         return (f"packed batches: {self.num_examples} examples in {self.num_rows} rows of "

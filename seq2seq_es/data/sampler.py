@@ -18,6 +18,14 @@ from dataclasses import dataclass
 import torch
 
 
+def dropped_note(count: int) -> list[str]:
+    """The line every plan prints when an epoch leaves examples out (none when it does not)."""
+    if not count:
+        return []
+    return [f"{count} training examples per epoch do not fill a last step and are left out of "
+            "that epoch (the order changes each epoch)"]
+
+
 @dataclass
 class StepPlan:
     num_examples: int
@@ -37,6 +45,10 @@ class StepPlan:
     @property
     def dropped_per_epoch(self) -> int:
         return self.num_examples - self.steps_per_epoch * self.global_batch
+
+    def summary(self) -> list[str]:
+        """What the trainer prints about the batches before training (every plan has it)."""
+        return dropped_note(self.dropped_per_epoch)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)

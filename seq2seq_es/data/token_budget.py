@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from .sampler import dropped_note
 
 # Separate random streams per epoch: the length tie-break, the step order and the random-order
 # comparison must not share draws, or changing one would change the others.
@@ -174,6 +175,12 @@ class StepIteration:
         """Every micro-batch of the epoch (all ranks), in step order then rank order."""
         return [batch for step in range(self.steps_per_epoch) for rank in range(self.world_size)
                 for batch in self.micro_batches(epoch, step, rank)]
+
+
+def budget_padding_note(plan) -> str:
+    """The padding of epoch 0 beside that of a random order under the same budget."""
+    return (f"token-budget batches: {plan.padded_fraction(0):.1%} padding in epoch 0 (random "
+            f"order with the same budget: {plan.random_order_padded_fraction(0):.1%})")
 
 
 class TokenBudgetPlan(StepIteration):
@@ -341,6 +348,9 @@ class TokenBudgetPlan(StepIteration):
         return [at_position[s.start:s.end].tolist() for s in spans]
 
     # -- padding -----------------------------------------------------------------------------
+
+    def summary(self) -> list[str]:
+        return dropped_note(self.dropped_per_epoch) + [budget_padding_note(self)]
 
     def padded_fraction(self, epoch: int) -> float:
         """Pad tokens / all tokens of the epoch's padded micro-batches (source plus target).

@@ -214,6 +214,8 @@ def get_step_plan(cfg: RunConfig, env: D.DistEnv, train: SplitData, pad_to_multi
 
 
 def get_engine(model, cfg: RunConfig, env: D.DistEnv, total_steps: int):
+    """The DeepSpeed engine (which owns the optimizer), the learning-rate schedule the trainer
+    reads the rate from, and the DeepSpeed config it was built with (saved in the run)."""
     import deepspeed
 
     if cfg.model.lean_ce:
@@ -232,13 +234,13 @@ def get_engine(model, cfg: RunConfig, env: D.DistEnv, total_steps: int):
                               "dist.zero_stage 0 (torch autocast), bf16 or fp32")
     if env.is_main:
         print(precision_report(cfg), flush=True)
-    engine, optimizer, _, scheduler = deepspeed.initialize(
+    engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     label_bf16_optimizer_checkpoints(engine)
     scheduler.grad_scaler = engine.torch_autocast_z0_gradscaler  # saved with it (optim.Schedule)
     if cfg.model.compile:
         engine.compile()
-    return engine, optimizer, scheduler, ds_config
+    return engine, scheduler, ds_config
 
 
 def check_targets(cfg: RunConfig, train: SplitData) -> None:

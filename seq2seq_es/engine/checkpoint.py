@@ -11,6 +11,15 @@ Rotation keeps the `keep_last` newest checkpoints plus the best one: the trainer
 (step, metric, value) inside the trainer state, so the checkpoint that `final/` and the test
 scores come from is never deleted, also not after a resume (the state is saved with every
 checkpoint).
+
+The interface (every method that touches the engine is collective: all ranks call it together):
+- `resume_point(resume)`: the checkpoint folder that train.resume (none | auto | must | PATH)
+  points to, or None for a fresh start;
+- `save(engine, state)`: write step `state.step` atomically, rotate, and note the best in
+  `best.json`; returns the folder;
+- `load(engine, path)`: weights, optimizer, scheduler and this rank's RNG; returns the TrainState;
+- `load_weights(engine, path)`: only the weights (the way back to the best at the end);
+- `latest()`, `path(step)`, `has(step)`: where the complete checkpoints are.
 """
 
 from __future__ import annotations
@@ -21,13 +30,16 @@ import random
 import re
 import shutil
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import run_files
+from ..errors import ConfigError
 from . import distributed as D
+from .run_dir import write_json_atomic
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 SAVE_DELAY_ENV = "SEQ2SEQ_ES_SAVE_DELAY_S"
@@ -49,7 +61,31 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+@dataclass
+class TrainState:
+    """Where training stands: `trainer_state.json` in every checkpoint, read back on resume."""
+    step: int = 0              # optimizer steps done
+    epoch: int = 0             # the epoch of the last step done
+    step_in_epoch: int = 0     # steps done in that epoch (the next step's position in it)
+    world_size: int = 1        # ranks that wrote it: a resume needs as many (data order, RNG)
+    # The best validation so far: {"step", "metric", "value", "validation": {name: value}}.
+    # Saved in every checkpoint, so rotation keeps that step and a resumed run remembers it.
+    best: dict | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, world_size: int) -> "TrainState":
+        """`world_size` stands in for a state written before the field existed."""
+        values = json.loads(text)
+        values.setdefault("world_size", world_size)
+        return cls(**values)
+
+
 class Checkpointer:
+    """checkpoints/step_<N> folders of one run; see the module docstring for the interface."""
+
     def __init__(self, root: str | Path, env: D.DistEnv, keep_last: int):
         self.root = Path(root)
         self.env = env
@@ -72,9 +108,31 @@ class Checkpointer:
     def has(self, step: int) -> bool:
         return (self.path(step) / run_files.TRAINER_STATE).is_file()
 
-    def save(self, engine, trainer_state: dict) -> Path:
+    def resume_point(self, resume: str) -> Path | None:
+        """The checkpoint train.resume asks for: none (a fresh run; refused if this folder
+        already holds checkpoints), auto (the latest, if any), must (the latest, which must
+        exist) or a checkpoint folder's path."""
+        latest = self.latest()
+        if resume == "none":
+            if latest is not None:
+                raise ConfigError("train.resume", f"{self.root.parent} already holds checkpoint "
+                                  f"{latest.name}; pass --train.resume auto to continue it, or "
+                                  "choose another train.output_dir")
+            return None
+        if resume == "auto":
+            return latest
+        if resume == "must":
+            if latest is None:
+                raise ConfigError("train.resume", f"no complete checkpoint in {self.root}")
+            return latest
+        path = Path(resume)
+        if not (path / run_files.TRAINER_STATE).is_file():
+            raise ConfigError("train.resume", f"{path} is not a complete checkpoint folder")
+        return path
+
+    def save(self, engine, state: TrainState) -> Path:
         """Collective: every rank must call it at the same step."""
-        step = trainer_state["step"]
+        step = state.step
         final = self.path(step)
         tmp = self.root / f".tmp-{final.name}"
         if self.env.is_main:
@@ -91,23 +149,25 @@ class Checkpointer:
             time.sleep(float(os.environ[SAVE_DELAY_ENV]))
         D.barrier()
         if self.env.is_main:
-            (tmp / run_files.TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
+            (tmp / run_files.TRAINER_STATE).write_text(state.to_json())
             tmp.rename(final)
-            best = trainer_state.get("best")
+            best = state.best
             keep = self.path(best["step"]) if best else None
             for old in self.complete()[:-self.keep_last]:
                 if old != keep:
                     shutil.rmtree(old, ignore_errors=True)
         D.barrier()
+        if self.env.is_main and state.best is not None and state.best["step"] == step:
+            write_json_atomic(self.root / run_files.BEST, {**state.best, "checkpoint": final.name})
         return final
 
-    def load(self, engine, path: Path) -> dict:
+    def load(self, engine, path: Path) -> TrainState:
         """Collective: restore weights, optimizer, scheduler, this rank's RNG; return the state."""
-        state = json.loads((path / run_files.TRAINER_STATE).read_text())
-        if state.get("world_size") not in (None, self.env.world_size):
-            from ..errors import ConfigError
+        state = TrainState.from_json((path / run_files.TRAINER_STATE).read_text(),
+                                     self.env.world_size)
+        if state.world_size != self.env.world_size:
             raise ConfigError("train.resume", f"checkpoint {path} was written by "
-                              f"{state['world_size']} ranks, this run has {self.env.world_size}; "
+                              f"{state.world_size} ranks, this run has {self.env.world_size}; "
                               "the data order and RNG states would not match")
         load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name,
                                               load_optimizer_states=True,

@@ -1,0 +1,219 @@
+"""The training step: forward, backward and DeepSpeed's step over a step's micro-batches.
+
+`TrainStep` is what the trainer and the bench's loop rows call for each step, so the benchmarked
+step is the production step. Loss normalisation: a step's loss is the sum of token
+cross-entropies over all its micro-batches on all ranks, divided by the number of target tokens
+in all of them. DeepSpeed divides each backward by the accumulation steps and averages gradients
+over ranks, so each micro-batch's token-summed loss is multiplied by
+`world_size * grad_accum / tokens_in_step` before backward; the resulting update does not depend
+on how the step is split (1x4x2 = 2x1x4 = 1x1x8).
+
+Host read-backs: none per micro-batch. The scale is computed on the device, the logged loss and
+the non-finite flags are accumulated there and read once per logging interval (and the flags
+before every evaluation and save).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from ..config import RunConfig
+from ..errors import Seq2SeqEsError
+from . import distributed as D
+from .loss import token_ce_sum
+from .optim import fp16_step_skipped, loss_scale
+
+
+class NonFiniteLoss(Seq2SeqEsError):
+    """A non-finite loss with train.on_nan=stop (the message names the step and batch)."""
+
+
+def host_token_counts(micro_batches: list[dict]) -> list[float]:
+    """This rank's target, source and padded tokens, from the CPU batches (numpy: host memory,
+    no device involved)."""
+    target = source = padded = 0
+    for batch in micro_batches:
+        labels = batch["labels"].numpy()
+        target += int((labels != -100).sum())
+        source += int(batch["attention_mask"].numpy().sum())
+        padded += labels.size + batch["input_ids"].numel()
+    return [float(target), float(source), float(padded)]
+
+
+def all_reduce_(tensor: torch.Tensor, op=None) -> torch.Tensor:
+    """In-place all-reduce of a device tensor, never read back: on a GPU the host does not wait."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op is None else op)
+    return tensor
+
+
+@dataclass
+class StepResult:
+    """One step's numbers, left on the device until `TrainStep.read` reads them."""
+    step: int                      # 1-based number of the step
+    counts: torch.Tensor           # [target, source, padded] tokens over all ranks (float64)
+    ce: torch.Tensor               # this rank's token-summed loss of the kept micro-batches
+    skipped: torch.Tensor          # micro-batches skipped (non-finite on any rank), all ranks agree
+    fp16: dict = field(default_factory=dict)  # overflow_skipped, loss_scale (host values)
+
+
+class TrainStep:
+    """The training step: what the trainer and the bench's loop rows call for each step.
+
+    Nothing is read back from the device per micro-batch. The loss is normalised on the device
+    (the step's target tokens over all ranks come from the CPU labels, summed by one on-device
+    all-reduce), the logged loss and the non-finite flags are accumulated on the device, and
+    `read` (once per logging interval) and `check_finite` (also before every save and
+    evaluation) are the only read-backs. Micro-batches go to the GPU from pinned memory without
+    blocking the host.
+
+    Non-finite losses (train.on_nan):
+    - stop: each rank keeps a device count of its non-finite micro-batches and the first one's
+      index; `check_finite` all-reduces them and raises NonFiniteLoss naming the step and this
+      rank's batch shape. Until then training goes on (at most train.log_every steps), and
+      nothing is saved, evaluated or exported from weights a non-finite step touched.
+    - skip: one on-device all-reduce per micro-batch (a collective, no read-back) tells every
+      rank whether any rank's loss is non-finite; a gradient hook on every trainable parameter
+      then replaces that micro-batch's gradient by exact zeros (masked_fill: NaN-free, unlike a
+      device-side choice between the loss and a zero loss, whose NaN branch still sends
+      0 * NaN = NaN through the graph's backward). Healthy micro-batches' gradients pass
+      unchanged. The hooks run before the gradient is accumulated, so DeepSpeed's accumulation
+      and reduction hooks (after accumulation) see zeros. ZeRO-3 is refused (config.py).
+    fp16 at ZeRO 0 reads the GradScaler's scale after each optimizer step (twice: in
+    optim.fp16_step_skipped and for the next step's comparison): a skipped optimizer step must
+    take the learning-rate schedule back before the next step; torch's GradScaler itself reads
+    its inf flag once per optimizer step. Per step, never per micro-batch.
+    """
+
+    def __init__(self, engine, env: D.DistEnv, cfg: RunConfig):
+        self.engine, self.env, self.cfg = engine, env, cfg
+        self.device = env.device
+        self.pin = self.device.type == "cuda"
+        self.skip = cfg.train.on_nan == "skip"
+        self.fp16 = getattr(engine, "torch_autocast_z0_gradscaler", None) is not None \
+            or engine.fp16_enabled()
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.bad = zero.clone()                              # stop: non-finite since the check
+        self.first_bad = torch.full((), float("inf"), dtype=torch.float64, device=self.device)
+        self.window = torch.zeros(2, dtype=torch.float64, device=self.device)  # tokens, padded
+        self.micro_seen = 0                                  # micro-batches run by this object
+        self.unchecked: dict[int, tuple[int, int, str]] = {}  # index -> (step, k, batch shape)
+        self.unchecked_steps: list[int] = []
+        self.skip_now = torch.zeros((), dtype=torch.bool, device=self.device)
+        self.scale = None                                    # fp16: the loss scale in force
+        self.hooks = []
+        if self.skip:
+            for p in engine.module.parameters():
+                if p.requires_grad:
+                    self.hooks.append(p.register_hook(self._mask_grad))
+
+    def _mask_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad.masked_fill(self.skip_now, 0)
+
+    def close(self) -> None:
+        for handle in self.hooks:
+            handle.remove()
+        self.hooks = []
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.pin:
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
+    def __call__(self, micro_batches: list[dict], step: int) -> StepResult:
+        """Run step `step + 1` (forward, backward and DeepSpeed's step per micro-batch)."""
+        engine, device = self.engine, self.device
+        counts = all_reduce_(self._to_device(
+            torch.tensor(host_token_counts(micro_batches), dtype=torch.float64)))
+        # world_size * grad_accum / target tokens of the step (see the module docstring), in the
+        # loss's fp32 as a Python float scale would be
+        scale = (self.env.world_size * len(micro_batches) / counts[0].clamp(min=1.0)).float()
+        self.window += torch.stack([counts[0] + counts[1], counts[2]])
+        ce_total = torch.zeros((), dtype=torch.float64, device=device)
+        skipped = torch.zeros((), dtype=torch.float64, device=device)
+        if not self.skip:
+            self.unchecked_steps.append(step + 1)
+        fp16 = {}
+        if self.fp16:  # see optim.py: was the optimizer step skipped for overflowing gradients?
+            if self.scale is None:  # afterwards, the scale read at the end of the last step
+                self.scale = loss_scale(engine)
+            scale_before, skipped_before = self.scale, engine.skipped_steps
+        for k, batch in enumerate(micro_batches):
+            batch = {key: self._to_device(value) for key, value in batch.items()}
+            labels = batch.pop("labels")
+            shape = f"source {tuple(batch['input_ids'].shape)}, target {tuple(labels.shape)}"
+            try:
+                if self.cfg.model.lean_ce:  # through engine(...): DeepSpeed hooks its output
+                    ce = engine(**batch, lean_ce_labels=labels)
+                else:
+                    ce = token_ce_sum(engine(**batch).logits, labels)
+                value = ce.detach().double()
+                bad = ~torch.isfinite(value)
+                if self.skip:  # every rank skips a micro-batch that is bad on any rank
+                    bad = all_reduce_(bad.double(), dist.ReduceOp.MAX) > 0
+                    self.skip_now = bad
+                    skipped += bad.double()
+                else:
+                    self.bad += bad.double()
+                    self.first_bad = torch.minimum(self.first_bad, torch.where(
+                        bad, float(self.micro_seen), float("inf")))
+                    self.unchecked[self.micro_seen] = (step + 1, k, shape)
+                self.micro_seen += 1
+                ce_total += torch.where(bad, 0.0, value)
+                engine.backward(ce * scale)
+                engine.step()
+            except torch.OutOfMemoryError as exc:
+                raise Seq2SeqEsError(
+                    f"out of memory at step {step + 1} on batch {shape}: lower train.batch_size "
+                    "(and raise train.grad_accum to keep the step size), lower "
+                    "data.max_source_length, or set model.gradient_checkpointing=true") from exc
+        if self.fp16:  # the scale the next step uses; 1 if this one was skipped
+            fp16["overflow_skipped"] = int(fp16_step_skipped(engine, scale_before, skipped_before))
+            fp16["loss_scale"] = self.scale = loss_scale(engine)
+        return StepResult(step + 1, counts, ce_total, skipped, fp16)
+
+    def check_finite(self) -> None:
+        """on_nan=stop: raise NonFiniteLoss if any rank had a non-finite loss since the last
+        check. Collective: every rank calls it at the same step (the steps run are the same)."""
+        if self.skip or not self.unchecked_steps:
+            return
+        first, last = self.unchecked_steps[0], self.unchecked_steps[-1]
+        flags = all_reduce_(torch.stack([(self.bad > 0).double(), -self.first_bad]),
+                            dist.ReduceOp.MAX)
+        any_bad, minus_first = flags.tolist()
+        self.bad.zero_()
+        self.first_bad.fill_(float("inf"))
+        unchecked, self.unchecked, self.unchecked_steps = self.unchecked, {}, []
+        if not any_bad:
+            return
+        bad_step, k, shape = unchecked[int(-minus_first)]
+        raise NonFiniteLoss(
+            f"non-finite loss at step {bad_step}, micro-batch {k} (this rank's batch {shape}) on "
+            f"at least one rank (steps {first}-{last} checked at once; nothing after step "
+            f"{bad_step - 1} was saved); set train.on_nan=skip to skip such batches")
+
+    def read(self, result: StepResult) -> dict[str, float]:
+        """The step's logged numbers, and the tokens since the last read (one read-back)."""
+        self.check_finite()
+        ce = all_reduce_(result.ce.clone())
+        values = torch.cat([ce.view(1), result.counts, result.skipped.view(1),
+                            self.window]).tolist()
+        self.window.zero_()
+        ce_sum, target, source, padded, skipped, window_tokens, window_padded = values
+        return {"loss": ce_sum / max(target, 1.0), "target_tokens": target,
+                "tokens": target + source, "padded_tokens": padded,
+                "skipped_micro_batches": int(skipped), "window_tokens": window_tokens,
+                "window_padded": window_padded, **result.fp16}
+
+
+def train_step(engine, micro_batches: list[dict], env: D.DistEnv, cfg: RunConfig,
+               step: int) -> dict[str, float]:
+    """One step read back at once (tests, scripts): TrainStep without the deferred reads."""
+    runner = TrainStep(engine, env, cfg)
+    try:
+        return runner.read(runner(micro_batches, step))
+    finally:
+        runner.close()

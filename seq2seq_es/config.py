@@ -59,9 +59,16 @@ class ModelConfig(_Section):
     gradient_checkpointing: bool = False  # non-reentrant activation checkpointing
     attention: Literal["hf", "sdpa", "flex"] = "hf"  # LED and T5 attention implementation
                                           # (seq2seq_es.kernels; hf: transformers' own)
-    compile: bool = False                 # torch.compile the model (lengths padded to 64s)
-    compile_shapes: Literal["static", "dynamic"] = "static"  # with compile; static: a graph per
-                                          # bucket shape
+    compile: bool = False                 # torch.compile the model (lengths padded to 64s
+                                          # unless train.batching is bucketed)
+    compile_shapes: Literal["auto", "static", "dynamic"] = "auto"  # with compile: static (a
+                                          # graph per batch shape, all compiled before training
+                                          # at ZeRO 0; bucketed or packed batches only), dynamic
+                                          # (batch and length sizes marked dynamic), auto (static
+                                          # for bucketed and packed batches, else torch's default)
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"  # torch.compile
+                                          # backend; aot_eager and eager make Dynamo's graphs
+                                          # without code generation (to find a compile problem)
     lean_ce: bool = False                 # chunked LM-head + cross-entropy, no full logits
     lean_ce_chunk: int = 2048             # tokens per chunk of the lean cross-entropy
     dropout: float | None = None          # override every dropout probability (None: the model's)
@@ -503,6 +510,14 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("train.batching", f"packed batches need a model whose attention can be "
                           f"masked per document (BART or T5 families); '{spec.name}' is "
                           f"{spec.family}: use fixed, token_budget or bucketed")
+    if cfg.model.compile and cfg.model.compile_shapes == "static" and \
+            t.batching in ("fixed", "token_budget"):
+        # Their target lengths (and token-budget row counts) change almost every micro-batch:
+        # a static graph per shape would compile all through training.
+        raise ConfigError("model.compile_shapes", f"static shapes need batches of few shapes, "
+                          f"and train.batching {t.batching} makes a new one almost every "
+                          "micro-batch; use train.batching bucketed (at most train.length_buckets "
+                          "shapes) or packed (one), or model.compile_shapes dynamic or auto")
     if t.on_nan == "skip" and dist.zero_stage == 3:
         raise ConfigError("train.on_nan", "skip is not supported under ZeRO-3 (the zero loss "
                           "that replaces a bad micro-batch needs unpartitioned parameters); use stop")

@@ -390,14 +390,16 @@ def warm_up_shapes(run_shape: Callable[[tuple[int, int, int]], None],
 
 def warm_up_model(forward: Callable, parameters, shapes: Sequence[tuple[int, int, int]],
                   collator, token_id: int, device: torch.device | str = "cpu",
-                  lean_ce: bool = False) -> dict[tuple[int, int, int], float]:
+                  lean_ce: bool = False,
+                  backward: Callable | None = None) -> dict[tuple[int, int, int], float]:
     """Compile every bucket shape before training: one forward and backward each, as train_step
     calls the model, with the gradients cleared afterwards (weights and optimizer untouched).
 
     `forward` is what train_step calls (the DeepSpeed engine, or a compiled module) and
-    `parameters` the module's parameters. The backward is a plain autograd backward, not
-    `engine.backward`: right for ZeRO stage 0, where gradients live in `.grad`; ZeRO 1-3 hook
-    gradients into their partitions, so there the shapes compile when first met instead.
+    `parameters` the module's parameters; `backward(loss)` is `engine.backward` for an engine
+    (DeepSpeed refuses a direct `loss.backward()` at ZeRO 0), a plain autograd backward by
+    default. Right for ZeRO stage 0, where gradients live in `.grad`; ZeRO 1-3 hook gradients
+    into their partitions, so there the shapes compile when first met instead.
     Returns seconds per shape (the compile time, for the GPU measurement).
     """
     from ..kernels.token_ce import token_ce_sum
@@ -413,7 +415,7 @@ def warm_up_model(forward: Callable, parameters, shapes: Sequence[tuple[int, int
             ce = forward(**batch, lean_ce_labels=labels)
         else:
             ce = token_ce_sum(forward(**batch).logits, labels)
-        (ce * 0.0).backward()
+        (backward or torch.Tensor.backward)(ce * 0.0)
         for p in parameters:
             p.grad = None
 

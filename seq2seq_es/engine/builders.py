@@ -140,11 +140,12 @@ def get_collator(cfg: RunConfig, spec, tokenizer, model) -> Seq2SeqCollator:
     if options is not None:  # LED: padded to its attention window, global attention mask
         return Seq2SeqCollator(tokenizer.pad_token_id, model.config.decoder_start_token_id,
                                **options)
-    # Compiled models see few distinct shapes when lengths are padded to multiples of 64.
-    multiple = 64 if cfg.model.compile else (8 if torch.cuda.is_available() else 1)
-    # model.compile_shapes (issue 12.2): static (a graph per bucket shape, the default) or
-    # dynamic (mark_dynamic on batch and length dims); which is faster is measured on a GPU.
-    dynamic = cfg.model.compile and getattr(cfg.model, "compile_shapes", "static") == "dynamic"
+    # Compiled models see few distinct shapes when lengths are padded to multiples of 64;
+    # bucketed batches bound their shapes themselves (and would lose their fit to 64s).
+    coarse = cfg.model.compile and cfg.train.batching != "bucketed"
+    multiple = 64 if coarse else (8 if torch.cuda.is_available() else 1)
+    # model.compile_shapes dynamic: mark_dynamic on the batch and length dims (see compile_shapes)
+    dynamic = cfg.model.compile and compile_shapes(cfg) == "dynamic"
     if cfg.train.batching == "packed":
         from ..kernels.packed_attention import is_installed
         if is_installed(model):  # training (get_model installed it); evaluate/predict: plain
@@ -239,8 +240,52 @@ def get_engine(model, cfg: RunConfig, env: D.DistEnv, total_steps: int):
     label_bf16_optimizer_checkpoints(engine)
     scheduler.grad_scaler = engine.torch_autocast_z0_gradscaler  # saved with it (optim.Schedule)
     if cfg.model.compile:
-        engine.compile()
+        # static: dynamic=False, one graph per shape; dynamic and auto: torch's default, which
+        # honours the collator's mark_dynamic (dynamic) or turns a recompiled size dynamic (auto)
+        shapes = compile_shapes(cfg)
+        engine.compile(backend=cfg.model.compile_backend,
+                       compile_kwargs={"dynamic": False} if shapes == "static" else {})
     return engine, scheduler, ds_config
+
+
+def compile_shapes(cfg: RunConfig) -> str:
+    """model.compile_shapes with auto resolved: static where the batches have few fixed shapes
+    (bucketed: at most train.length_buckets; packed: one), torch's own default ("auto")
+    elsewhere. Which of static and dynamic is faster for bucketed batches is for a GPU to say
+    (BENCHMARKS.md); static is the default because its graphs are all compiled before step 1."""
+    shapes = cfg.model.compile_shapes
+    if shapes == "auto" and cfg.train.batching in ("bucketed", "packed"):
+        return "static"
+    return shapes
+
+
+def warm_up_compiled(engine, cfg: RunConfig, plan, collator, tokenizer,
+                     env: D.DistEnv) -> str | None:
+    """Compile every batch shape of a statically compiled run before training; what to print.
+
+    Bucketed plans list their shapes; each is run once (forward and backward on dummy tokens,
+    gradients cleared, weights and optimizer untouched) at ZeRO 0, under a forked RNG so that
+    training draws the same dropout masks as without the warm-up (exact resume included). ZeRO
+    1-3 hook gradients into their partitions, which a plain backward would disturb: there the
+    shapes compile when first met. Packed batches have one shape (compiled at step 1).
+    """
+    if not cfg.model.compile or compile_shapes(cfg) != "static":
+        return None
+    from ..data.length_buckets import allow_static_shapes, warm_up_model
+
+    shapes = plan.shapes() if cfg.train.batching == "bucketed" else []
+    allow_static_shapes(max(len(shapes), 1))
+    if not shapes:
+        return None
+    if cfg.dist.zero_stage > 0:
+        return (f"{len(shapes)} batch shapes compile as they first come (ZeRO "
+                f"{cfg.dist.zero_stage}: no warm-up)")
+    devices = [env.device] if env.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        seconds = warm_up_model(engine, engine.module.parameters(), shapes, collator,
+                                token_id=tokenizer.unk_token_id, device=env.device,
+                                lean_ce=cfg.model.lean_ce, backward=engine.backward)
+    return f"compiled {len(shapes)} batch shapes before training in {sum(seconds.values()):.1f} s"
 
 
 def check_targets(cfg: RunConfig, train: SplitData) -> None:

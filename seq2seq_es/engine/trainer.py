@@ -34,8 +34,9 @@ from ..config import RunConfig
 from ..errors import ConfigError, Seq2SeqEsError
 from ..run_files import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 from . import distributed as D
-from .builders import (check_targets, get_collator, get_engine, get_generation_config, get_model,
-                       get_split, get_step_plan, get_test_split)
+from .builders import (check_targets, compile_shapes, get_collator, get_engine,
+                       get_generation_config, get_model, get_split, get_step_plan, get_test_split,
+                       warm_up_compiled)
 from .checkpoint import Checkpointer, TrainState
 from .evaluation import evaluate
 from .export import export_hf
@@ -111,6 +112,10 @@ class Trainer:
         self.build_data(spec)
         self.engine, self.scheduler, ds_config = get_engine(self.model, cfg, env,
                                                             self.total_steps)
+        compiled = warm_up_compiled(self.engine, cfg, self.plan, self.collator, self.tokenizer,
+                                    env)
+        if compiled:
+            self.say(compiled)
 
         self.state = TrainState(world_size=env.world_size)
         if resume_from is not None:
@@ -250,16 +255,28 @@ class Trainer:
         """Loss, generation and metrics on `data` (the validation split by default), logged."""
         self.stepper.check_finite()
         cfg, data = self.cfg, self.eval_data if data is None else data
-        results = evaluate(self.engine.module, tokenized=data.tokenized,
+        with self.eval_stance():
+            results = evaluate(self.engine.module, tokenized=data.tokenized,
                            examples=data.examples, collator=self.collator,
-                           tokenizer=self.tokenizer, generation_config=self.generation_config,
-                           task=self.task, env=self.env,
-                           batch_size=cfg.train.eval_batch_size or cfg.train.batch_size,
-                           zero_stage=cfg.dist.zero_stage, bf16=use_bf16(cfg), step=step,
-                           out_dir=self.out / prefix, prefix=prefix)
+                               tokenizer=self.tokenizer,
+                               generation_config=self.generation_config, task=self.task,
+                               env=self.env,
+                               batch_size=cfg.train.eval_batch_size or cfg.train.batch_size,
+                               zero_stage=cfg.dist.zero_stage, bf16=use_bf16(cfg), step=step,
+                               out_dir=self.out / prefix, prefix=prefix)
         self.log.log(step, results)
         self.log.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
         return results
+
+    def eval_stance(self):
+        """Evaluation of a statically compiled model runs eagerly: generation meets a new length
+        at every token, and a static graph for each would compile through the whole first
+        validation (and use up Dynamo's recompile limit)."""
+        import contextlib
+
+        if self.cfg.model.compile and compile_shapes(self.cfg) == "static":
+            return torch.compiler.set_stance("force_eager")
+        return contextlib.nullcontext()
 
     def track_best(self, step: int, results: dict) -> bool:
         """True when this validation is the best so far (its step must then be saved)."""

@@ -1,0 +1,106 @@
+"""model.compile with bucketed batches (issue 12, item 2): the engine compiles every bucket shape
+before training (ZeRO 0), nothing compiles during training or evaluation, and the warm-up leaves
+the run's randomness alone, so the compiled run trains exactly like the eager one.
+
+The backend is Dynamo's `eager` (model.compile_backend): the graphs and recompilations are
+Dynamo's own, which is what these tests are about, without inductor's code generation time.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine_runs import demo_files, step_losses
+from seq2seq_es.config import RunConfig, validate
+from seq2seq_es.engine import distributed as D
+from seq2seq_es.engine.trainer import Trainer
+from seq2seq_es.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return demo_files(tmp_path_factory.mktemp("compile") / "data", train_size=40)
+
+
+@pytest.fixture(scope="module")
+def one_rank():
+    D.init(D.read_env({}), "gloo")
+    return D.read_env({})
+
+
+def _config(files, out, compile: bool) -> RunConfig:
+    cfg = RunConfig()
+    cfg.model.name, cfg.data.task = "barto-tiny", "mlsum"
+    cfg.data.train_file, cfg.data.validation_file = files["train"], files["validation"]
+    cfg.data.max_source_length, cfg.data.max_target_length = 128, 48
+    cfg.train.batching, cfg.train.max_tokens, cfg.train.length_buckets = "bucketed", 700, 6
+    cfg.train.output_dir, cfg.train.epochs = str(out), 1
+    cfg.train.precision, cfg.train.log_every, cfg.train.keep_last = "fp32", 1, 2
+    cfg.train.eval_per_epoch, cfg.train.eval_at_end, cfg.train.export = False, True, False
+    cfg.train.report_to, cfg.train.progress_bar = "none", False
+    cfg.model.dropout = 0.1           # the warm-up must not draw from the dropout RNG
+    cfg.model.compile, cfg.model.compile_backend = compile, "eager"
+    cfg.optim.warmup_steps = 1
+    cfg.gen.num_beams, cfg.gen.max_new_tokens, cfg.gen.min_new_tokens = 1, 6, 0
+    return cfg
+
+
+@pytest.mark.slow
+def test_a_compiled_bucketed_run_compiles_its_shapes_first_and_trains_like_eager(
+        files, one_rank, tmp_path, capsys):
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    with Trainer(_config(files, tmp_path / "eager", compile=False)) as trainer:
+        trainer.train()
+    eager = step_losses(tmp_path / "eager")
+
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        with Trainer(_config(files, tmp_path / "compiled", compile=True)) as trainer:
+            shapes = trainer.plan.shapes()
+            assert len(shapes) > 1
+            warmed = counters["stats"]["unique_graphs"]
+            assert warmed == len(shapes)      # one static graph per bucket shape, before step 1
+            trainer.train()
+            # Neither a training step nor the validation (loss and generation) compiled more.
+            assert counters["stats"]["unique_graphs"] == warmed
+    finally:
+        torch._dynamo.reset()
+    assert f"compiled {len(shapes)} batch shapes before training" in capsys.readouterr().out
+    compiled = step_losses(tmp_path / "compiled")
+    assert sorted(compiled) == sorted(eager) and len(eager) > 2
+    assert compiled == pytest.approx(eager, rel=1e-6, abs=1e-7)
+
+
+def test_static_shapes_need_batches_of_few_shapes():
+    cfg = RunConfig()
+    cfg.model.compile, cfg.train.max_tokens = True, 1000
+    cfg.model.compile_shapes = "static"
+    for batching in ("fixed", "token_budget"):
+        cfg.train.batching = batching
+        with pytest.raises(ConfigError, match="model.compile_shapes") as caught:
+            validate(cfg)
+        assert "bucketed" in str(caught.value)
+    for batching in ("bucketed", "packed"):
+        cfg.train.batching = batching
+        validate(cfg)
+    cfg.train.batching, cfg.model.compile_shapes = "token_budget", "dynamic"
+    validate(cfg)
+
+
+def test_auto_shapes_are_static_only_for_batches_of_few_shapes():
+    from seq2seq_es.engine.builders import compile_shapes
+
+    cfg = RunConfig()
+    cfg.model.compile = True
+    assert cfg.model.compile_shapes == "auto"
+    expected = {"bucketed": "static", "packed": "static", "fixed": "auto",
+                "token_budget": "auto"}
+    for batching, shapes in expected.items():
+        cfg.train.batching = batching
+        assert compile_shapes(cfg) == shapes, batching
+    cfg.model.compile_shapes = "dynamic"
+    assert compile_shapes(cfg) == "dynamic"

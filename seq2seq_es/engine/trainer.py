@@ -112,6 +112,9 @@ class Trainer:
         self.build_data(spec)
         self.engine, self.scheduler, ds_config = get_engine(self.model, cfg, env,
                                                             self.total_steps)
+        # from_pretrained hands back a model in eval() mode, and nothing else switches it: BART,
+        # T5 and LED trained without dropout until this line. Evaluation puts the mode back.
+        self.engine.train()
         compiled = warm_up_compiled(self.engine, cfg, self.plan, self.collator, self.tokenizer,
                                     env)
         if compiled:

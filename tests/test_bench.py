@@ -47,7 +47,7 @@ def json_rows(stdout: str) -> list[dict]:
 @pytest.mark.slow  # the bench command end to end in a subprocess: 10-25 s on 2 busy cores
 @pytest.mark.timeout(600)
 def test_bench_rows_on_mlsum_like_lengths():
-    impls = ["hf_trainer", "loop", "loop_budget", "loop_budget_lean"]
+    impls = ["hf_trainer", "loop", "loop_budget", "loop_budget_lean", "loop_bucket"]
     done = run_bench_cli("--device", "cpu", "--model", "barto-tiny", "--dist", "mlsum",
                          "--steps", "2", "--warmup", "1", "--batch", "4", "--dropout", "0",
                          "--impls", ",".join(impls), "--json")
@@ -71,6 +71,11 @@ def test_bench_rows_on_mlsum_like_lengths():
     # The budget is the fixed-size batches' average padded tokens, and its batches stay within it.
     budget = by_impl["loop_budget"]["max_tokens"]
     assert budget > 0 and by_impl["loop_budget"]["padded_tokens_per_step"] <= budget
+    # Bucketed batches: the same budget in few shapes, still far less padding than random order.
+    bucket = by_impl["loop_bucket"]
+    assert bucket["max_tokens"] == budget and bucket["padded_tokens_per_step"] <= budget
+    assert 1 <= bucket["bucket_shapes"] <= 16
+    assert bucket["padded_fraction"] < by_impl["loop"]["padded_fraction"]
     assert by_impl["hf_trainer"]["speedup_vs_hf"] == pytest.approx(1.0)
     assert by_impl["hf_trainer"]["hf_model_wrapper"] == "BartForConditionalGeneration"
 
@@ -148,7 +153,11 @@ def test_parse_impl_tokens():
     assert parse_impl("loop_flex").t5_attention == "flex"
     assert parse_impl("loop_compile_hfattn").t5_attention == "hf"
     assert parse_impl("hf_trainer").route == "hf_trainer"
-    for bad in ("loop_budget_budget", "loop_fast", "trainer", "loop_", "loop_flex_hfattn"):
+    bucket = parse_impl("loop_bucket_engine")
+    assert bucket.bucket and bucket.engine and bucket.fused and not (bucket.budget or bucket.compile)
+    assert parse_impl("loop_bucket_static").static and parse_impl("loop_bucket_static").bucket
+    for bad in ("loop_budget_budget", "loop_fast", "trainer", "loop_", "loop_flex_hfattn",
+                "loop_budget_bucket", "loop_engine_compile", "loop_static_engine"):
         with pytest.raises(UnknownNameError):
             parse_impl(bad)
 

@@ -14,12 +14,14 @@ named by underscore-separated tokens:
 | token     | what it switches on                                                                  |
 |-----------|--------------------------------------------------------------------------------------|
 | `budget`  | `train.batching=token_budget` (`TokenBudgetPlan`) of the same padded tokens per step on average |
+| `bucket`  | `train.batching=bucketed` (`BucketedPlan`): the same budget, at most `train.length_buckets` shapes |
 | `fused`   | `optim.fused` (fused AdamW), `model.attention=sdpa` for T5's relative-bias attention, no KV cache in training |
 | `compile` | `torch.compile` of every encoder and decoder layer, dynamic shapes (implies `fused`) |
 | `static`  | the same compilation with static shapes: one graph per batch shape (implies `compile`) |
 | `lean`    | `model.lean_ce`: the chunked LM-head cross-entropy of `kernels.lean_ce` (implies `fused`) |
 | `flex`    | `model.attention=flex` for T5 (implies `fused`; needs dropout 0)                     |
 | `hfattn`  | T5 attention left to transformers (its own SDPA path) in the fused variants          |
+| `engine`  | `model.compile`: the whole model compiled by the engine as in training, shapes per `model.compile_shapes` auto (static and warmed up with `bucket`; implies `fused`) |
 
 so `loop_budget` isolates the batching, `loop_budget_compile` adds compilation with the fused
 settings, and `loop_budget_compile_lean` the lean loss on top.
@@ -39,8 +41,11 @@ RECOMPILE_LIMIT; past it torch would run the layer eagerly rather than compile a
 priming steps, on a padded and an unpadded batch, compile what is needed before the warm-up
 (`priming_s` says how long that took), and the row reports `graphs_compiled_while_timed` (0 when
 no compilation was timed). `static` compiles each new shape instead: right for fixed lengths, a
-recompilation per shape otherwise. This compilation is the bench's own: the config's
-`model.compile` compiles the whole engine (`engine.compile()`) and has no row yet.
+recompilation per shape otherwise. With `bucket`, `static` compiles each bucket shape in
+untimed steps before the warm-up instead of the two priming steps. That compilation is the
+bench's own (regional, 4D masks); `engine` rows compile as `seq2seq-es train --model.compile true`
+does (`get_engine` and `builders.warm_up_compiled`, the batches' own 2D masks), so
+`loop_bucket_engine` is exactly the user's `--train.batching bucketed --model.compile true`.
 """
 
 from __future__ import annotations
@@ -59,7 +64,8 @@ from .data import BatchTokens, SyntheticData, batch_tokens
 from .shapes import BenchShape, build_model
 from .timing import StepClock
 
-LOOP_TOKENS = ("budget", "fused", "compile", "static", "lean", "flex", "hfattn")
+LOOP_TOKENS = ("budget", "bucket", "fused", "compile", "static", "engine", "lean", "flex",
+               "hfattn")
 RECOMPILE_LIMIT = 32
 
 
@@ -68,20 +74,25 @@ class ImplSpec:
     name: str
     route: str                   # hf_trainer | loop
     budget: bool = False
+    bucket: bool = False         # bucketed token budget (few shapes)
     fused: bool = False
     compile: bool = False
     static: bool = False         # compile with static shapes instead of dynamic ones
+    engine: bool = False         # model.compile (the engine's whole-model compile)
     lean: bool = False
     t5_attention: str = "hf"     # hf | sdpa | flex (T5 models only)
 
     def describe(self, family: str) -> str:
         if self.route == "hf_trainer":
             return "Seq2SeqTrainer, random sampler, DataCollatorForSeq2Seq"
-        parts = ["token budget" if self.budget else "random batches"]
+        parts = ["bucketed token budget" if self.bucket
+                 else "token budget" if self.budget else "random batches"]
         if self.fused:
             parts.append("fused AdamW")
         if self.compile:
             parts.append("compiled layers" + (" (static shapes)" if self.static else ""))
+        if self.engine:
+            parts.append("model.compile")
         if self.lean:
             parts.append("lean CE")
         if self.t5_attention != "hf" and _has_attention_kernels(family):
@@ -102,16 +113,17 @@ def parse_impl(name: str) -> ImplSpec:
     head, *tokens = name.split("_")
     unknown = [t for t in tokens if t not in LOOP_TOKENS]
     if head != "loop" or unknown or len(set(tokens)) != len(tokens) or \
-            {"flex", "hfattn"} <= set(tokens):
+            {"flex", "hfattn"} <= set(tokens) or {"budget", "bucket"} <= set(tokens) or \
+            ("engine" in tokens and {"compile", "static"} & set(tokens)):
         raise UnknownNameError("bench impl", name,
                                ["hf_trainer", "loop", *(f"loop_{t}" for t in LOOP_TOKENS),
                                 "loop_budget_compile_lean (any combination)"])
     has = set(tokens)
-    fused = bool(has & {"fused", "compile", "static", "lean", "flex"})
+    fused = bool(has & {"fused", "compile", "static", "engine", "lean", "flex"})
     t5_attention = "flex" if "flex" in has else ("sdpa" if fused and "hfattn" not in has else "hf")
-    return ImplSpec(name, "loop", budget="budget" in has, fused=fused,
+    return ImplSpec(name, "loop", budget="budget" in has, bucket="bucket" in has, fused=fused,
                     compile=bool(has & {"compile", "static"}), static="static" in has,
-                    lean="lean" in has, t5_attention=t5_attention)
+                    engine="engine" in has, lean="lean" in has, t5_attention=t5_attention)
 
 
 @dataclass
@@ -288,8 +300,9 @@ def loop_config(case: BenchCase, spec: ImplSpec):
     cfg.train.grad_accum = 1
     cfg.train.seed = case.seed
     cfg.train.max_steps = case.total_steps
-    cfg.train.batching = "token_budget" if spec.budget else "fixed"
-    cfg.train.max_tokens = case.max_tokens if spec.budget else 0
+    cfg.train.batching = "bucketed" if spec.bucket else "token_budget" if spec.budget else "fixed"
+    cfg.train.max_tokens = case.max_tokens if spec.budget or spec.bucket else 0
+    cfg.model.compile = spec.engine
     cfg.optim.fused = spec.fused
     cfg.model.lean_ce = spec.lean
     cfg.model.attention = spec.t5_attention \
@@ -299,7 +312,21 @@ def loop_config(case: BenchCase, spec: ImplSpec):
     return cfg
 
 
-def _step_plan(case: BenchCase, cfg):
+def _step_plan(case: BenchCase, cfg, collator):
+    """The row's plan, built from the synthetic lengths as get_step_plan builds it from a split
+    (bucketed: the collator then pads to the plan's buckets)."""
+    if cfg.train.batching == "bucketed":
+        import math
+
+        from ..data.length_buckets import DEFAULT_ALIGN, BucketedPlan
+
+        plan = BucketedPlan(case.data.source_lengths, case.data.target_lengths,
+                            max_tokens=cfg.train.max_tokens, grad_accum=cfg.train.grad_accum,
+                            world_size=1, seed=cfg.train.seed, max_shapes=cfg.train.length_buckets,
+                            align=DEFAULT_ALIGN,
+                            source_align=math.lcm(DEFAULT_ALIGN, collator.pad_to_multiple_of))
+        collator.set_buckets(plan.buckets.source, plan.buckets.target)
+        return plan
     if cfg.train.batching == "token_budget":
         from ..data.token_budget import TokenBudgetPlan
 
@@ -357,8 +384,9 @@ def prepare_loop_model(case: BenchCase, spec: ImplSpec, cfg) -> tuple[torch.nn.M
 
 def run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
     from ..data.collator import Seq2SeqCollator
+    from ..data.length_buckets import dummy_features, warm_up_shapes
     from ..engine import distributed as D
-    from ..engine.builders import get_engine
+    from ..engine.builders import get_engine, warm_up_compiled
     from ..engine.step import TrainStep
 
     env = D.read_env()
@@ -372,22 +400,32 @@ def run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
     cfg = loop_config(case, spec)
     graphs_before = compiled_graphs()
     model, notes = prepare_loop_model(case, spec, cfg)
-    plan = _step_plan(case, cfg)
+    collator = Seq2SeqCollator(case.shape.pad_token_id, case.shape.decoder_start_token_id)
+    plan = _step_plan(case, cfg, collator)
     engine, *_ = get_engine(model, cfg, env, case.total_steps)
     engine.train()
+    if spec.engine:  # as the Trainer does after get_engine
+        started = time.perf_counter()
+        compiled = warm_up_compiled(engine, cfg, plan, collator, case.shape.first_plain_id, env)
+        notes["compile"] = f"model.compile, {compiled or 'shapes compile as they come'}"
+        notes["priming_s"] = time.perf_counter() - started
     step = TrainStep(engine, env, cfg)
-    collator = Seq2SeqCollator(case.shape.pad_token_id, case.shape.decoder_start_token_id)
     # Compiled rows hand the layers a prepared 4D mask (see as_4d_mask): one graph per layer.
     layout = as_4d_mask if spec.compile else (lambda batch: batch)
     if spec.compile:
-        first = plan.micro_batches(0, 0, 0)[0]
-        primers = priming_batches([case.data[i] for i in first], collator)
         started = time.perf_counter()
-        for batch in primers:
-            step([layout(batch)], 0)
+        if spec.static and spec.bucket:  # every bucket shape once, in untimed steps
+            warm_up_shapes(lambda shape: step([layout(collator(dummy_features(
+                shape, case.shape.first_plain_id)))], 0), plan.shapes())
+            notes["priming_steps"] = len(plan.shapes())
+        else:
+            first = plan.micro_batches(0, 0, 0)[0]
+            primers = priming_batches([case.data[i] for i in first], collator)
+            for batch in primers:
+                step([layout(batch)], 0)
+            notes["priming_steps"] = len(primers)
         if case.device.type == "cuda":
             torch.cuda.synchronize(case.device)
-        notes["priming_steps"] = len(primers)
         notes["priming_s"] = time.perf_counter() - started      # mostly compilation
     clock = StepClock(case.device)
     step_batches: list[list[BatchTokens]] = []
@@ -409,12 +447,14 @@ def run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
         step.close()
         engine.destroy()
         del engine, model
-    if spec.compile:
+    if spec.compile or spec.engine:
         notes["compiled_graphs"] = compiled_graphs() - graphs_before
         # Non-zero means compilation time sits inside the measured steps.
         notes["graphs_compiled_while_timed"] = compiled_graphs() - graphs_when_timed
-    if spec.budget:
+    if spec.budget or spec.bucket:
         notes["plan_padded_fraction"] = plan.padded_fraction(0)
+    if spec.bucket:
+        notes["bucket_shapes"] = len(plan.shapes())
     return RowRun(step_batches, clock, notes)
 
 

@@ -193,7 +193,7 @@ def summarize(spec: ImplSpec, run: RowRun, case: BenchCase, model_shape: ModelSh
         "real_tokens_per_step": real / case.steps,
         "padded_tokens_per_step": sum(b.padded_tokens for b in batches) / case.steps,
         "examples_per_step": sum(b.batch for b in batches) / case.steps,
-        "max_tokens": case.max_tokens if spec.budget else None,
+        "max_tokens": case.max_tokens if spec.budget or spec.bucket else None,
         "features": spec.describe(case.shape.family),
         **run.extra,
     }

@@ -259,9 +259,10 @@ def compile_shapes(cfg: RunConfig) -> str:
     return shapes
 
 
-def warm_up_compiled(engine, cfg: RunConfig, plan, collator, tokenizer,
+def warm_up_compiled(engine, cfg: RunConfig, plan, collator, token_id: int,
                      env: D.DistEnv) -> str | None:
     """Compile every batch shape of a statically compiled run before training; what to print.
+    The dummy batches repeat `token_id` (any ordinary token).
 
     Bucketed plans list their shapes; each is run once (forward and backward on dummy tokens,
     gradients cleared, weights and optimizer untouched) at ZeRO 0, under a forked RNG so that
@@ -283,7 +284,7 @@ def warm_up_compiled(engine, cfg: RunConfig, plan, collator, tokenizer,
     devices = [env.device] if env.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         seconds = warm_up_model(engine, engine.module.parameters(), shapes, collator,
-                                token_id=tokenizer.unk_token_id, device=env.device,
+                                token_id=token_id, device=env.device,
                                 lean_ce=cfg.model.lean_ce, backward=engine.backward)
     return f"compiled {len(shapes)} batch shapes before training in {sum(seconds.values()):.1f} s"
 

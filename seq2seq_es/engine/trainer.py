@@ -115,8 +115,9 @@ class Trainer:
         # from_pretrained hands back a model in eval() mode, and nothing else switches it: BART,
         # T5 and LED trained without dropout until this line. Evaluation puts the mode back.
         self.engine.train()
-        compiled = warm_up_compiled(self.engine, cfg, self.plan, self.collator, self.tokenizer,
-                                    env)
+        unk = self.tokenizer.unk_token_id
+        compiled = warm_up_compiled(self.engine, cfg, self.plan, self.collator,
+                                    self.tokenizer.pad_token_id if unk is None else unk, env)
         if compiled:
             self.say(compiled)
 

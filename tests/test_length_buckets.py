@@ -13,21 +13,7 @@ from seq2seq_es.data.length_buckets import (BucketedPlan, best_buckets_1d, choos
                                             dummy_features, warm_up_model, warm_up_shapes)
 from seq2seq_es.errors import ConfigError
 
-from test_token_budget import miam_like, mlsum_like
-
-
-def all_steps(plan, epoch: int):
-    """steps[s][rank] = that rank's micro-batches, read through iter_steps as the loop does."""
-    per_rank = [plan.iter_steps(epoch, 0, r) for r in range(plan.world_size)]
-    steps = []
-    for step in range(plan.steps_per_epoch):
-        row = []
-        for it in per_rank:
-            got_epoch, got_step, micro = next(it)
-            assert (got_epoch, got_step) == (epoch, step)
-            row.append(micro)
-        steps.append(row)
-    return steps
+from test_token_budget import all_steps, miam_like, mlsum_like
 
 
 def collated_shape(collator: Seq2SeqCollator, src, tgt, batch) -> tuple[int, int, int]:

@@ -30,8 +30,9 @@ def miam_like(n: int, seed: int = 0) -> tuple[list[int], list[int]]:
     return rng.integers(4, 61, n).tolist(), rng.integers(3, 41, n).tolist()
 
 
-def all_steps(plan: TokenBudgetPlan, epoch: int) -> list[list[list[list[int]]]]:
-    """steps[s][rank] = that rank's micro-batches, read through iter_steps as the loop does."""
+def all_steps(plan, epoch: int) -> list[list[list[list[int]]]]:
+    """steps[s][rank] = that rank's micro-batches, read through iter_steps as the loop does (any
+    plan with StepIteration: token-budget, bucketed, packed)."""
     per_rank = [plan.iter_steps(epoch, 0, r) for r in range(plan.world_size)]
     steps = []
     for step in range(plan.steps_per_epoch):

@@ -115,7 +115,8 @@ class DataConfig(_Section):
 class OptimConfig(_Section):
     _section = "optim"
     lr: float = 5e-5                      # peak learning rate of AdamW (after warmup)
-    weight_decay: float = 0.01            # never applied to biases and norms
+    weight_decay: float = 0.0             # AdamW decay (the paper's scripts kept transformers'
+                                          # 0); never on biases, norms or T5's position bias
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW beta1, beta2 (command line: 0.9,0.98)
     eps: float = 1e-8                     # AdamW epsilon
     schedule: Literal["linear", "cosine", "constant"] = "linear"  # learning rate after warmup

@@ -17,15 +17,16 @@ from ..errors import ConfigError
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Biases and normalisation weights (every 1-D parameter) get no weight decay.
+    """Biases and normalisation weights (every 1-D parameter) and every parameter named a bias
+    (T5's 2-D relative_attention_bias table, as transformers' Trainer has it) get no decay.
 
     Tied parameters appear once: `named_parameters()` de-duplicates shared Parameters.
     """
     decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 else decay).append(p)
+        (no_decay if p.ndim < 2 or "bias" in name else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
 

@@ -52,6 +52,29 @@ def clean_prediction(task, text: str) -> str:
     return text
 
 
+def decode_is_lossy(tokenizer) -> bool:
+    """WordPiece (BETO, mBERT) decodes with a space around every punctuation mark and between the
+    pieces of a number ("¿ Qué", "( 5 años )", "3, 5"): no output can match a reference's
+    spacing. Byte-level BPE (BARTO, RoBERTa) and T5's unigram model give the text back."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and type(backend.model).__name__ == "WordPiece"
+
+
+def scoring_references(references: list, tokenizer, task) -> list:
+    """The references predictions are scored against: as written, except where the tokenizer's
+    decoding is lossy; there each reference takes the path a prediction takes (encode, decode
+    without special tokens, `clean_prediction`), as the paper's scripts did by decoding the
+    labels, so a model is not charged for spacing its tokenizer cannot produce."""
+    if not decode_is_lossy(tokenizer):
+        return references
+
+    def round_trip(text: str) -> str:
+        ids = tokenizer(text_target=text).input_ids
+        return clean_prediction(task, tokenizer.decode(ids, skip_special_tokens=True))
+    return [round_trip(refs) if isinstance(refs, str) else [round_trip(r) for r in refs]
+            for refs in references]
+
+
 def generate_batch(model, batch: dict, idx: list[int], *, generation_config, tokenizer, task,
                    synced_gpus: bool, autocast) -> list[tuple[int, str]]:
     """(index, cleaned prediction) for the real examples of one collated batch on the device."""
@@ -179,26 +202,32 @@ def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_conf
             if env.is_main:
                 # Imported on rank 0 only: the other ranks never score.
                 from ..metrics import compute_metrics
-                scores = compute_metrics(task.metrics, ordered, list(examples["references"]),
+                references = scoring_references(list(examples["references"]), tokenizer, task)
+                scores = compute_metrics(task.metrics, ordered, references,
                                          sources=list(examples["source"]),
                                          options=task.metric_options)
                 results.update({f"{prefix}/{k}": v for k, v in scores.items()})
                 folder = predictions_dir if predictions_dir is not None else (
                     out_dir / f"step_{step:08d}" if out_dir is not None else None)
                 if folder is not None:
-                    _write_predictions(folder, examples, ordered, results)
+                    _write_predictions(folder, examples, ordered, results, references)
             results = D.broadcast_object(results)
     return results
 
 
-def _write_predictions(folder: Path, examples, predictions: list[str], results: dict) -> None:
+def _write_predictions(folder: Path, examples, predictions: list[str], results: dict,
+                       scored: list) -> None:
+    """predictions.jsonl (with `scored_references` where the scores used other texts than the
+    references: see scoring_references), predictions.txt, references.txt, scores.json."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "predictions.jsonl", "w", encoding="utf-8") as f:
         for i, prediction in enumerate(predictions):
             row = examples[i]
-            f.write(json.dumps({"example_id": row.get("example_id", i), "source": row["source"],
-                                "prediction": prediction, "reference": row["target"]},
-                               ensure_ascii=False) + "\n")
+            record = {"example_id": row.get("example_id", i), "source": row["source"],
+                      "prediction": prediction, "reference": row["target"]}
+            if list(scored[i]) != list(row["references"]):
+                record["scored_references"] = list(scored[i])
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
     (folder / "predictions.txt").write_text("\n".join(p.replace("\n", " ") for p in predictions)
                                             + "\n", encoding="utf-8")
     (folder / "references.txt").write_text(

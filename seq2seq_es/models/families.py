@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
-from .family import SpecialTokens, get_family
+from .family import SpecialTokens, family_of_model, get_family
 from .registry import ModelSpec, get_model_spec
 # Where a checkpoint comes from; importable from here as before.
 from .sources import (PROBE_TEXT, check_tokenizer, checkpoint_config,  # noqa: F401
@@ -134,13 +134,17 @@ def save_model(model, out: str | Path, *, state_dict: dict | None = None,
     `dtype` too: transformers writes the module's own (bf16 after DeepSpeed's bf16 training) and
     `from_pretrained` loads in the config's dtype by default, which would turn an fp32 file back
     into bf16 weights.
+
+    The family adapter then adjusts config.json for other transformers versions
+    (`Family.export_config`: T5 v1.1's untied head).
     """
     Path(out).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), state_dict=state_dict)
+    config_file = Path(out) / "config.json"
+    config = json.loads(config_file.read_text())
     if dtype is not None:
-        config_file = Path(out) / "config.json"
-        config = json.loads(config_file.read_text())
         _set_dtype(config, TORCH_DTYPE_NAMES[dtype])
+    if family_of_model(model).export_config(config) or dtype is not None:
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 

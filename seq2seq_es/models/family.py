@@ -99,6 +99,11 @@ class Family:
         """The model in `source` (a checked folder or hub id); OSError passes through."""
         return self.model_class().from_pretrained(source, cache_dir=cache_dir)
 
+    def export_config(self, config: dict) -> bool:
+        """Make the config.json that save_pretrained wrote say the same to other transformers
+        versions (exports are read by users' own code); True if it changed anything."""
+        return False
+
     # -- keys and attention kernels -----------------------------------------------------------
 
     def reads(self, key: str) -> bool:
@@ -253,6 +258,16 @@ class T5(Family):
     def model_class(self):
         from transformers import T5ForConditionalGeneration
         return T5ForConditionalGeneration
+
+    def export_config(self, config: dict) -> bool:
+        # transformers 5 always writes tie_word_embeddings true and keeps T5 v1.1's untied head
+        # as scale_decoder_outputs false; transformers 4 reads tie_word_embeddings true as "tie
+        # lm_head to the embeddings and scale the decoder output", a silently different model.
+        # v1.1 checkpoints (T5S) say false, which both versions read as an untied, unscaled head.
+        if config.get("scale_decoder_outputs") is False and config.get("tie_word_embeddings"):
+            config["tie_word_embeddings"] = False
+            return True
+        return False
 
     def config_class(self):
         from transformers import T5Config

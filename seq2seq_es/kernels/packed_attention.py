@@ -251,26 +251,24 @@ def _t5_forward(module: nn.Module, layout: PackedLayout, hidden_states: Tensor, 
     return output, bias, None
 
 
-class _PackedBartAttention:
-    """Mixin put before the module's own class: packed when the call carries a layout."""
+def _attention_mixin(name: str, packed_forward) -> type:
+    """A mixin put before an attention module's own class: `packed_forward(module, layout, ...)`
+    when the call carries a layout, the module's own forward otherwise."""
 
     def forward(self, *args, **kwargs):
         layout = kwargs.pop(LAYOUT_KWARG, None)
         if layout is None:
-            return super().forward(*args, **kwargs)
+            return super(mixin, self).forward(*args, **kwargs)
         if "past_key_values" in kwargs:
             kwargs["cache"] = kwargs.pop("past_key_values")
-        return _bart_forward(self, layout, *args, **kwargs)
+        return packed_forward(self, layout, *args, **kwargs)
+
+    mixin = type(name, (), {"forward": forward, "__module__": __name__})
+    return mixin
 
 
-class _PackedT5Attention:
-    def forward(self, *args, **kwargs):
-        layout = kwargs.pop(LAYOUT_KWARG, None)
-        if layout is None:
-            return super().forward(*args, **kwargs)
-        if "past_key_values" in kwargs:
-            kwargs["cache"] = kwargs.pop("past_key_values")
-        return _t5_forward(self, layout, *args, **kwargs)
+_PackedBartAttention = _attention_mixin("_PackedBartAttention", _bart_forward)
+_PackedT5Attention = _attention_mixin("_PackedT5Attention", _t5_forward)
 
 
 class _PackedPositions:

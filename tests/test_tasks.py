@@ -565,3 +565,40 @@ def test_qa_scores_answers_like_mlqa_and_translation_reports_chrf():
     assert scores["exact_match"] == 0.0  # strict, as the paper scored BiSECT
     for spec in TASKS.values():
         assert ("chrf" in spec.metrics) == (spec.kind == "translation")
+
+
+def test_parquet_export_in_the_older_flat_layout_is_read(tmp_path, cache):
+    """Older exports (GEM/wiki_lingua's): <config>/<name>-<split>.parquet, large splits sharded as
+    <name>-<split>-NNNNN-of-NNNNN.parquet; sampled_test is not test."""
+    export = tmp_path / "flat_export" / "es"
+    export.mkdir(parents=True)
+    files = fixture_files("mlsum")
+    rows = {split: read_jsonl(files[split]) for split in ("train", "validation", "test")}
+    pq.write_table(pa.Table.from_pylist(rows["validation"]),
+                   str(export / "mlsum-validation.parquet"))
+    half = len(rows["train"]) // 2
+    for k, part in enumerate((rows["train"][:half], rows["train"][half:])):
+        pq.write_table(pa.Table.from_pylist(part), str(export / f"mlsum-train-0000{k}-of-00002.parquet"))
+    pq.write_table(pa.Table.from_pylist(rows["test"][:3]), str(export / "mlsum-sampled_test.parquet"))
+    spec = dataclasses.replace(get_task("mlsum"), hub_id=str(tmp_path / "flat_export"))
+    expected, _ = load("mlsum", "validation", cache, data_files=files)
+    examples, report = load(spec, "validation", cache, hub_revision=PARQUET_REVISION)
+    assert examples.to_list() == expected.to_list() and not report.notes
+    examples, _ = load(spec, "train", cache, hub_revision=PARQUET_REVISION)
+    assert examples.num_rows == len(rows["train"])
+    with pytest.raises(DataError, match="--data.test_file"):
+        load(spec, "test", cache, hub_revision=PARQUET_REVISION)
+
+
+def test_bisect_marker_spellings_all_become_the_split_marker():
+    from seq2seq_es.tasks import normalize_split_markers
+
+    for text in ("Uno. _SPLIT_ Dos.", "Uno. <SEP> Dos.", "Uno. < split > Dos.", "Uno.<SPLIT>Dos."):
+        assert normalize_split_markers(text) == f"Uno. {SPLIT_MARKER} Dos.", text
+
+
+def test_hub_ids_have_a_namespace():
+    # datasets reads parquet exports through hf://datasets/<id>@<revision>/ paths, which
+    # huggingface_hub refuses for a bare id such as "mlsum".
+    assert all("/" in spec.hub_id for spec in TASKS.values()), \
+        [spec.hub_id for spec in TASKS.values() if "/" not in spec.hub_id]

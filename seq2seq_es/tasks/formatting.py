@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 SPLIT_MARKER = "<SPLIT>"
-# Spellings of the marker after a tokenizer round trip, plus the dataset's own "_SPLIT_".
-_SPLIT_MARKER_PATTERN = re.compile(r"\s*(?:<\s*(?i:split)\s*>?|_SPLIT_|\bSPLIT\b\s*>?)\s*")
+# Spellings of the marker after a tokenizer round trip, plus the datasets' own: "_SPLIT_"
+# (GEM's BiSECT, which the paper's script replaced) and "<SEP>" (the original BiSECT release).
+_SPLIT_MARKER_PATTERN = re.compile(
+    r"\s*(?:<\s*(?i:split)\s*>?|_SPLIT_|<SEP>|\bSPLIT\b\s*>?)\s*")
 
 DIALOGUE_TURN_SEPARATOR = "\n"
 QA_PROMPT = "question: {question} context: {context}"

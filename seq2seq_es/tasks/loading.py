@@ -286,22 +286,34 @@ def _read_parquet_export(hub_id: str, config: str | None, split: str, describe: 
 
     Its branch has no dataset card naming the configs, so the files are given explicitly.
     Splits too large to convert whole are exported as <config>/partial-<split>/ (their first
-    rows only), which the report says.
+    rows only), which the report says. Exports made before that layout (still on datasets such
+    as GEM/wiki_lingua) hold flat files, <config>/<name>-<split>.parquet or sharded
+    <config>/<name>-<split>-NNNNN-of-NNNNN.parquet; `-<split>` keeps test from matching
+    sampled_test.
     """
     folder, origin = config or "default", f"{describe} @ {PARQUET_REVISION}"
     try:
-        return _load_parquet_folder(hub_id, f"{folder}/{split}", split, cache_dir), origin, []
+        return _load_parquet_files(hub_id, [f"{folder}/{split}/*.parquet"], split,
+                                   cache_dir), origin, []
     except FileNotFoundError:
-        raw = _load_parquet_folder(hub_id, f"{folder}/partial-{split}", split, cache_dir)
+        pass
+    try:
+        raw = _load_parquet_files(hub_id, [f"{folder}/partial-{split}/*.parquet"], split,
+                                  cache_dir)
         return raw, origin, [f"only a partial parquet export of split {split} exists: its "
                              f"first rows"]
+    except FileNotFoundError:
+        pass
+    flat = [f"{folder}/*-{split}.parquet", f"{folder}/*-{split}-*-of-*.parquet"]
+    return _load_parquet_files(hub_id, flat, split, cache_dir), origin, []
 
 
-def _load_parquet_folder(hub_id: str, folder: str, split: str, cache_dir: str | None):
+def _load_parquet_files(hub_id: str, patterns: list[str], split: str, cache_dir: str | None):
+    """The split from the files matching any of `patterns` (FileNotFoundError if none does)."""
     import datasets
 
     return datasets.load_dataset(hub_id, revision=PARQUET_REVISION, split=split,
-                                 data_files={split: f"{folder}/*.parquet"}, cache_dir=cache_dir)
+                                 data_files={split: patterns}, cache_dir=cache_dir)
 
 
 def _load_hub(hub_id: str, config: str | None, split: str, revision: str | None,

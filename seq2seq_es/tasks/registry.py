@@ -236,10 +236,13 @@ def _translation(name: str, hub_id: str, config: str, source: str, target: str,
                  f"{corpus} translation {source} -> {target}")
 
 
-# Hub ids are the ones the paper used. Several are script-based (datasets 4+ refuses them):
-# loading falls back to the hub's parquet export, or takes local files with the same columns.
+# The paper's datasets, under their namespaced hub ids: the hub still redirects the old bare
+# names (mlsum, mlqa, miam), but datasets builds hf://datasets/<id>@<revision>/... paths for the
+# parquet export, and huggingface_hub refuses an id without a namespace there. Several are
+# script-based (datasets 4+ refuses them): loading falls back to the hub's parquet export, or
+# takes local files with the same columns.
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
-    _task("mlsum", "summarization", "mlsum", "es",
+    _task("mlsum", "summarization", "reciTAL/mlsum", "es",
           PairFormatter("text", "summary", id_column="url"),
           "MLSUM news articles -> summary"),
     _task("wikilingua", "summarization", "GEM/wiki_lingua", "es",
@@ -253,12 +256,12 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
           "EUR-Lex-Sum legal acts -> summary"),
     _task("sqac", "qa", "vgaraujov/SQAC", None, QAFormatter(),
           "SQAC: 'question: .. context: ..' -> first answer"),
-    _task("mlqa", "qa", "mlqa", "mlqa.es.es", QAFormatter(),
+    _task("mlqa", "qa", "facebook/mlqa", "mlqa.es.es", QAFormatter(),
           "MLQA (train: translate-train es; eval: es-es): 'question: .. context: ..' -> answer",
           split_hub_configs={"train": "mlqa-translate-train.es"}),
     _task("bisect", "split_rephrase", "GEM/BiSECT", "es", SplitRephraseFormatter(),
           "BiSECT: complex sentence -> sentences joined by <SPLIT>"),
-    _task("miam", "dialogue", "miam", "dihana", DialogueFormatter(),
+    _task("miam", "dialogue", "PierreColombo/miam", "dihana", DialogueFormatter(),
           "MIAM DIHANA: dialogue history -> next turn", truncation_side="left"),
     _translation("wmt13-es-en", "vgaraujov/wmt13", "es-en", "es", "en", "WMT13"),
     _translation("wmt13-en-es", "vgaraujov/wmt13", "es-en", "en", "es", "WMT13"),

@@ -602,3 +602,32 @@ def test_hub_ids_have_a_namespace():
     # huggingface_hub refuses for a bare id such as "mlsum".
     assert all("/" in spec.hub_id for spec in TASKS.values()), \
         [spec.hub_id for spec in TASKS.values() if "/" not in spec.hub_id]
+
+
+def test_a_squad_format_document_gives_the_same_examples(tmp_path, cache):
+    # SQAC and MLQA ship SQuAD-format files: data -> paragraphs -> qas. Regroup the fixture's rows
+    # that way (questions of one context share its paragraph) and read them back.
+    rows = read_jsonl(fixture_files("sqac")["validation"])
+    expected, _ = load("sqac", "validation", cache, data_files=fixture_files("sqac"))
+    articles: dict[str, dict] = {}
+    for row in rows:
+        article = articles.setdefault(row["title"], {"title": row["title"], "paragraphs": []})
+        paragraph = next((p for p in article["paragraphs"] if p["context"] == row["context"]), None)
+        if paragraph is None:
+            paragraph = {"context": row["context"], "qas": []}
+            article["paragraphs"].append(paragraph)
+        answers = [{"text": t, "answer_start": s}
+                   for t, s in zip(row["answers"]["text"], row["answers"]["answer_start"])]
+        paragraph["qas"].append({"id": row["id"], "question": row["question"], "answers": answers})
+    squad = tmp_path / "sqac-dev.json"
+    squad.write_text(json.dumps({"version": "v1.1", "data": list(articles.values())},
+                                ensure_ascii=False), encoding="utf-8")
+    examples, report = load("sqac", "validation", cache, data_files={"validation": str(squad)})
+    assert examples.to_list() == expected.to_list()
+    assert f"SQuAD-format document: {len(rows)} questions" in str(report)
+    # A paragraph without its context is named by its place in the document.
+    broken = json.loads(squad.read_text(encoding="utf-8"))
+    del broken["data"][0]["paragraphs"][0]["context"]
+    squad.write_text(json.dumps(broken, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(DataError, match=r"data\[0\]\.paragraphs\[0\] has no context"):
+        load("sqac", "validation", cache, data_files={"validation": str(squad)})

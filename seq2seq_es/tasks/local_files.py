@@ -14,7 +14,10 @@ must, writes a cleaned copy that `datasets` then reads:
 - CSV/TSV: a line that is not valid UTF-8 is a bad line; a file with a header and no data rows,
   or only blank lines, is refused; a header that only has the task's columns when split at
   ';', tab or '|' is read with that delimiter (a note says so);
-- Windows line endings (CRLF) are accepted everywhere.
+- Windows line endings (CRLF) are accepted everywhere;
+- a SQuAD-format JSON document ({"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]},
+  how SQAC and MLQA ship their files) is flattened to one row per question (id, title, context,
+  question, answers {text, answer_start}), the hub's schema of both.
 
 Bad lines are left out of what `datasets` reads and returned in `bad_lines`; the loader counts
 them with the rows the formatter finds bad, or, when bad rows are not to be skipped, refuses
@@ -127,13 +130,43 @@ def _json_document(path: str, raw: bytes, bom: bool, options: dict,
         raise DataError("not valid UTF-8 (save the file as UTF-8)", file=path,
                         line=_line_of_offset(raw, error.start)) from None
     try:
-        json.loads(text)
+        document = json.loads(text)
     except json.JSONDecodeError as error:
         raise DataError(f"not valid JSON: {error.msg} (column {error.colno})", file=path,
                         line=error.lineno) from None
+    rows = _squad_rows(document, path)
+    if rows is not None:
+        flat = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        return LocalFile(_cleaned_copy(path, flat, ".jsonl", cache_dir), {},
+                         notes=[f"SQuAD-format document: {len(rows)} questions read as rows"])
     if bom:
         return LocalFile(_cleaned_copy(path, text, ".json", cache_dir), dict(options))
     return LocalFile(path, dict(options))
+
+
+def _squad_rows(document, path: str) -> list[dict] | None:
+    """One row per question of a SQuAD-format document, or None for any other document."""
+    articles = document.get("data") if isinstance(document, dict) else None
+    if not (isinstance(articles, list) and articles
+            and all(isinstance(a, dict) and "paragraphs" in a for a in articles)):
+        return None
+    rows = []
+    for a, article in enumerate(articles):
+        for p, paragraph in enumerate(article["paragraphs"]):
+            where = f"SQuAD-format document: data[{a}].paragraphs[{p}]"
+            if not isinstance(paragraph, dict) or not isinstance(paragraph.get("context"), str):
+                raise DataError(f"{where} has no context text", file=path)
+            for q, qa in enumerate(paragraph.get("qas", [])):
+                if not isinstance(qa, dict) or not isinstance(qa.get("question"), str):
+                    raise DataError(f"{where}.qas[{q}] has no question text", file=path)
+                answers = [x for x in qa.get("answers", []) if isinstance(x, dict)]
+                rows.append({"id": str(qa.get("id", f"{a}-{p}-{q}")),
+                             "title": str(article.get("title", "")),
+                             "context": paragraph["context"], "question": qa["question"],
+                             "answers": {"text": [x.get("text") for x in answers],
+                                         "answer_start": [int(x.get("answer_start", -1))
+                                                          for x in answers]}})
+    return rows
 
 
 def _json_type(value) -> str | None:

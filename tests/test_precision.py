@@ -342,8 +342,14 @@ def test_export_of_an_fp32_zero0_run_in_bf16_and_fp32(files, one_rank, tmp_path)
         saved = load_file(tmp_path / dtype / "model.safetensors")
         assert all(v.dtype == torch_dtype for v in saved.values() if v.is_floating_point())
         assert all(torch.equal(v, trained[k].to(torch_dtype)) for k, v in saved.items())
+        # config.json names the export's dtype, so plain transformers loads it as written ...
+        from transformers import AutoModelForSeq2SeqLM
+        assert AutoModelForSeq2SeqLM.from_pretrained(tmp_path / dtype).dtype == torch_dtype
+        # ... and this package trains and evaluates on fp32 weights (upcast exactly)
         model, _ = load_model_and_tokenizer("barto-tiny", path=str(tmp_path / dtype))
-        assert model.dtype == torch_dtype
+        assert model.dtype == torch.float32
+        assert all(torch.equal(v, saved[k].float()) for k, v in model.state_dict().items()
+                   if k in saved)
 
 
 # ---------------------------------------------------------------------------------------------

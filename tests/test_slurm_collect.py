@@ -145,6 +145,8 @@ def test_family_averages_are_the_mean_of_the_chosen_runs_rouge_beside_the_papers
     t5s_dev = (31 + 13 + 25 + 38 + 15 + 32) / 6
     assert table["t5s"][-2:] == [f"{t5s_dev:.2f} / –", "26.54"]  # wikilingua has no test score
     assert "avg ROUGE = mean of rouge1, rouge2, rougeL over mlsum, wikilingua" in out
+    # the paper's column is said not to be the same metric, and how to compare like with like
+    assert "Not the same metric as ours" in out and "seq2seq-es score --mode paper" in out
     rows = list(csv.DictReader(io.StringIO((sweep_dir / "results.csv").read_text())))
     average = next(row for row in rows
                    if row["model"] == "barto" and row["task"] == "avg:mlsum+wikilingua")

@@ -112,6 +112,20 @@ def resolve_saved(path: str | Path) -> SavedModel:
                          "config.json) nor a DeepSpeed checkpoint (no trainer_state.json)")
 
 
+GEN_KEYS = ("num_beams", "max_new_tokens", "min_new_tokens", "length_penalty",
+            "no_repeat_ngram_size", "early_stopping")
+
+
+def saved_generation(folder: Path) -> dict[str, str]:
+    """The gen.* keys a model folder's generation_config.json sets, as config overrides."""
+    path = Path(folder) / "generation_config.json"
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    return {f"gen.{key}": str(saved[key]).lower() if isinstance(saved[key], bool)
+            else str(saved[key]) for key in GEN_KEYS if saved.get(key) is not None}
+
+
 def inference_config(saved: SavedModel, *, config_file: str | None = None,
                      overrides: dict[str, str] | None = None, task: str | None = None,
                      model: str | None = None, allow_model: bool = False):
@@ -123,8 +137,11 @@ def inference_config(saved: SavedModel, *, config_file: str | None = None,
     from ..config import compose
     from .distributed import launcher_overrides
 
-    merged = {**launcher_overrides(), **(overrides or {})}
     source = config_file or saved.config_file
+    # A model folder without its run's config (a copied final/, a hub upload): decode as its
+    # generation_config.json says, not with --task's registry defaults; --gen.* still wins.
+    saved_gen = saved_generation(saved.path) if source is None and saved.kind == "hf" else {}
+    merged = {**saved_gen, **launcher_overrides(), **(overrides or {})}
     if source is None and model is None:
         hint = " or --model NAME (seq2seq-es list)" if allow_model else ""
         raise Seq2SeqEsError(f"no run config for {saved.path}: "

@@ -112,6 +112,11 @@ def load_model_and_tokenizer(name: str | ModelSpec, path: str | None = None, *,
         _check_model_type(spec, config, source, key)
         tokenizer = load_tokenizer(source, key=key, cache_dir=cache_dir)
         model = _load_model(spec, source, config, key, cache_dir)
+    # transformers 5 loads in the dtype config.json names: from a bf16 or fp16 export (or hub
+    # upload) training would update 16-bit weights, and `evaluate CHECKPOINT` would round the
+    # checkpoint's fp32 weights into the 16-bit skeleton. Weights are fp32 here; 16-bit compute
+    # is autocast or DeepSpeed's. Upcasting is exact.
+    model = model.float()
     _check_vocabulary(model, tokenizer, source, key)
     wire_special_tokens(model, spec.adapter.special_tokens(tokenizer))
     return model, tokenizer

@@ -727,7 +727,11 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
         if any(average.paper for average in table.averages.values()):
             lines.append("- paper avg: the paper's figure for the whole family as quoted in "
                          "shared/reference/paper-facts.md (ROUGE averaged over MLSUM + WikiLingua, "
-                         "over SQAC + MLQA; SARI on BiSECT; F1 on MIAM); its split is not stated")
+                         "over SQAC + MLQA; SARI on BiSECT; F1 on MIAM); its split is not stated. "
+                         "Not the same metric as ours: our ROUGE and SARI are Spanish-aware, the "
+                         "paper's were scored with English tokenisation (docs/metrics.md); to "
+                         "compare like with like, rescore a run's predictions.txt and "
+                         "references.txt with `seq2seq-es score --mode paper`")
     if any_partial:
         lines += ["", "* from a run that has not finished (no final_results.json or DONE): its "
                   "best evaluation so far in metrics.jsonl; not final"]

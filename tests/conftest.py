@@ -26,3 +26,13 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError(f"tests that use the {SLURM_FIXTURE} fixture must be marked "
                                 "@pytest.mark.slurm (plain pytest must not start the cluster): "
                                 + ", ".join(unmarked))
+
+
+@pytest.fixture(scope="module")
+def one_rank():
+    """A one-process gloo group for in-process engines and Trainers (a no-op when one is up);
+    the DistEnv of rank 0 of 1."""
+    from seq2seq_es.engine import distributed as D
+
+    D.init(D.read_env({}), "gloo")
+    return D.read_env({})

@@ -13,7 +13,6 @@ import torch
 
 from engine_runs import demo_files, step_losses
 from seq2seq_es.config import RunConfig, validate
-from seq2seq_es.engine import distributed as D
 from seq2seq_es.engine.trainer import Trainer
 from seq2seq_es.errors import ConfigError
 
@@ -22,11 +21,6 @@ from seq2seq_es.errors import ConfigError
 def files(tmp_path_factory):
     return demo_files(tmp_path_factory.mktemp("compile") / "data", train_size=40)
 
-
-@pytest.fixture(scope="module")
-def one_rank():
-    D.init(D.read_env({}), "gloo")
-    return D.read_env({})
 
 
 def _config(files, out, compile: bool) -> RunConfig:

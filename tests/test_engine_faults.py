@@ -26,11 +26,6 @@ def files(tmp_path_factory):
     return demo_files(tmp_path_factory.mktemp("faults") / "data", train_size=32)
 
 
-@pytest.fixture(scope="module")
-def one_rank():
-    D.init(D.read_env({}), "gloo")
-    return D.read_env({})
-
 
 def _engine_and_batches(files, on_nan: str, env: D.DistEnv | None = None):
     cfg = RunConfig()

@@ -130,11 +130,6 @@ def files(tmp_path_factory):
     return demo_files(tmp_path_factory.mktemp("precision") / "data", train_size=16)
 
 
-@pytest.fixture(scope="module")
-def one_rank():
-    D.init(D.read_env({}), "gloo")
-    return D.read_env({})
-
 
 def engine_and_batches(files, env, precision: str, stage: int, lr: float = 1e-3):
     from seq2seq_es.engine.builders import get_collator, get_engine, get_model, get_split

@@ -49,13 +49,6 @@ def test_references_of_lossless_tokenizers_stay_as_written(name):
     assert scoring_references(references, tokenizer, get_task("sqac")) is references
 
 
-@pytest.fixture(scope="module")
-def one_rank():
-    from seq2seq_es.engine import distributed as D
-
-    D.init(D.read_env({}), "gloo")
-    return D.read_env({})
-
 
 @pytest.mark.parametrize("name, rewritten", [("beto2beto-tiny", True), ("barto-tiny", False)])
 def test_a_run_scores_wordpiece_models_against_round_tripped_references(one_rank, tmp_path, name,

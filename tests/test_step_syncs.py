@@ -40,11 +40,6 @@ def files(tmp_path_factory):
     return demo_files(tmp_path_factory.mktemp("syncs") / "data", train_size=32)
 
 
-@pytest.fixture(scope="module")
-def one_rank():
-    D.init(D.read_env({}), "gloo")
-    return D.read_env({})
-
 
 class ReadCounter:
     """Counts calls of the READS methods of torch.Tensor while active, by method name."""

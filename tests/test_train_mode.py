@@ -11,7 +11,6 @@ import torch
 
 from engine_runs import demo_files, step_losses
 from seq2seq_es.config import RunConfig
-from seq2seq_es.engine import distributed as D
 from seq2seq_es.engine.trainer import Trainer
 
 
@@ -19,11 +18,6 @@ from seq2seq_es.engine.trainer import Trainer
 def files(tmp_path_factory):
     return demo_files(tmp_path_factory.mktemp("mode") / "data", train_size=16)
 
-
-@pytest.fixture(scope="module")
-def one_rank():
-    D.init(D.read_env({}), "gloo")
-    return D.read_env({})
 
 
 def _run(files, out, model: str, dropout: float) -> list[tuple[bool, bool]]:

@@ -292,20 +292,16 @@ def _read_parquet_export(hub_id: str, config: str | None, split: str, describe: 
     sampled_test.
     """
     folder, origin = config or "default", f"{describe} @ {PARQUET_REVISION}"
-    try:
-        return _load_parquet_files(hub_id, [f"{folder}/{split}/*.parquet"], split,
-                                   cache_dir), origin, []
-    except FileNotFoundError:
-        pass
-    try:
-        raw = _load_parquet_files(hub_id, [f"{folder}/partial-{split}/*.parquet"], split,
-                                  cache_dir)
-        return raw, origin, [f"only a partial parquet export of split {split} exists: its "
-                             f"first rows"]
-    except FileNotFoundError:
-        pass
-    flat = [f"{folder}/*-{split}.parquet", f"{folder}/*-{split}-*-of-*.parquet"]
-    return _load_parquet_files(hub_id, flat, split, cache_dir), origin, []
+    partial = f"only a partial parquet export of split {split} exists: its first rows"
+    layouts = (([f"{folder}/{split}/*.parquet"], []),
+               ([f"{folder}/partial-{split}/*.parquet"], [partial]),
+               ([f"{folder}/*-{split}.parquet", f"{folder}/*-{split}-*-of-*.parquet"], []))
+    for number, (patterns, notes) in enumerate(layouts, 1):
+        try:
+            return _load_parquet_files(hub_id, patterns, split, cache_dir), origin, notes
+        except FileNotFoundError:
+            if number == len(layouts):
+                raise
 
 
 def _load_parquet_files(hub_id: str, patterns: list[str], split: str, cache_dir: str | None):

@@ -44,7 +44,8 @@ import torch
 from ..errors import ConfigError
 from .data import DISTRIBUTIONS, make_data, padded_fraction
 from .flops import ModelShape, matmul_ceiling, train_flops
-from .impls import BenchCase, ImplSpec, RowRun, parse_impl, random_batch_budget, run_impl
+from .impls import (LOOP_TOKENS, BenchCase, ImplSpec, RowRun, parse_impl, random_batch_budget,
+                    run_impl)
 from .shapes import SHAPES, get_shape, make_config
 from .timing import free_memory, peak_memory_gib
 
@@ -92,8 +93,11 @@ def parse_args(argv: list[str]) -> tuple[BenchOptions, argparse.Namespace]:
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per row")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
     parser.add_argument("--impls", default=None,
-                        help="comma-separated rows (default: " + DEFAULT_IMPLS["cuda"]
-                        + " on a GPU; " + DEFAULT_IMPLS["cpu"] + " on the CPU)")
+                        help="comma-separated rows: hf_trainer, or loop with any of the tokens "
+                        + ", ".join(LOOP_TOKENS) + " joined by _ (e.g. loop_bucket_engine: "
+                        "bucketed batches, model.compile; seq2seq_es/bench/impls.py says what "
+                        "each switches on); default: " + DEFAULT_IMPLS["cuda"]
+                        + " on a GPU; " + DEFAULT_IMPLS["cpu"] + " on the CPU")
     parser.add_argument("--batch", type=int, default=32, help="examples per fixed-size batch")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help="token budget of budget rows (default: the fixed batches' average "

@@ -311,3 +311,41 @@ def test_scaling_plot_writes_a_png(tmp_path):
     path = scaling_plot(SCALING_ROWS, tmp_path / "plots" / "scaling.png")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def _led_row(impl, checkpointing, step_s, peak_gib, src_len=16384):
+    return {"impl": impl, "checkpointing": checkpointing, "step_s": step_s, "peak_gib": peak_gib,
+            "src_len": src_len, "status": "ok"}
+
+
+def test_gpu_summary_says_which_targets_are_met_and_which_were_not_measured(tmp_path):
+    from seq2seq_es.bench.gpu_summary import summary
+
+    # A run cut short: no LED, no ablation, only BART's section of the seq2seq bench.
+    (tmp_path / "seq2seq").mkdir()
+    rows = [{"model": "barto", "dist": dist, "impl": impl, "real_tokens_per_s": tokens}
+            for dist, impl, tokens in (("mlsum", "hf_trainer", 100.0), ("mlsum", "loop", 150.0),
+                                       ("mlsum", "loop_bucket_static", 260.0),
+                                       ("fixed", "hf_trainer", 100.0), ("fixed", "loop_compile", 120.0))]
+    report = {"tiny": False, "sections": {"barto": {"status": "ok", "rows": rows}}}
+    (tmp_path / "seq2seq" / "gpu_seq2seq.json").write_text(json.dumps(report))
+    text = summary(tmp_path)
+    assert "- barto mlsum: 2.60x (loop_bucket_static) vs target 2.5x: PASS" in text
+    assert "- barto fixed: 1.20x (loop_compile) vs target 1.8x: FAIL (gap 0.60x)" in text
+    assert "- t5s mlsum: not measured (target 3.0x)" in text
+    assert "- section t5s: did not run" in text
+    assert "LEDO 16K: not measured" in text and "flex_ablation.txt missing" in text
+
+    # LED rows: 4x with checkpointing at 0.09 s meets both; 2.74x without does not.
+    (tmp_path / "led").mkdir()
+    led = {"bench_rows": [_led_row("hf", True, 0.36, 6.9), _led_row("flex", True, 0.09, 5.9),
+                          _led_row("hf", False, 0.2672, 19.6), _led_row("flex", False, 0.0975, 7.5),
+                          _led_row("hf", True, 0.01, 1.0, src_len=4096)],
+           "checks": {"long_check": {"ok": True}}, "sections": {"long_check": "ok", "bench_hf": "ok"}}
+    (tmp_path / "led" / "gpu_led.json").write_text(json.dumps(led))
+    text = summary(tmp_path)
+    assert "Targets at 16384 source tokens:" in text
+    assert ("- checkpointing on: flex 4.00x hf (target 4.0x: met), peak 5.9 vs 6.9 GiB (ok), "
+            "flex step 0.0900 s (target <= 0.095 s: met)") in text
+    assert "- checkpointing off: flex 2.74x hf (target 3.5x: NOT met)" in text
+    assert "- accuracy long_check: PASS" in text

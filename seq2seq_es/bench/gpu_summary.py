@@ -1,0 +1,83 @@
+"""Issue 12's targets from one `bash benchmarks/gpu_all.sh OUT_DIR` run, as markdown for BENCHMARKS.md.
+
+    python3 -m seq2seq_es.bench.gpu_summary OUT_DIR > OUT_DIR/summary.md
+
+Reads what the sections left (environment.txt, flex_ablation.txt, led/gpu_led.json,
+seq2seq/gpu_seq2seq.json, gpu_tests.txt); a section that did not run or did not finish is named as
+such, never left out, so the summary of a cut-short run still says which targets were not measured.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _text(path: Path) -> str | None:
+    return path.read_text().strip() if path.exists() else None
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except json.JSONDecodeError:  # a section killed while writing: say so below
+        return None
+
+
+def led_lines(out_dir: Path) -> list[str]:
+    from .gpu_led import summarise_targets
+
+    report = _json(out_dir / "led" / "gpu_led.json")
+    if report is None:
+        return ["- LEDO 16K: not measured (no led/gpu_led.json)"]
+    lines = [summarise_targets(report.get("bench_rows") or [])]
+    for name, check in (report.get("checks") or {}).items():
+        lines.append(f"- accuracy {name}: {'PASS' if check.get('ok') else 'FAIL'}")
+    for name, status in (report.get("sections") or {}).items():
+        if status != "ok":
+            lines.append(f"- section {name}: {status}")
+    return lines
+
+
+def seq2seq_lines(out_dir: Path) -> list[str]:
+    from .gpu_seq2seq import SECTIONS, target_lines
+
+    report = _json(out_dir / "seq2seq" / "gpu_seq2seq.json")
+    if report is None:
+        return ["- BART-base / T5-base vs the Seq2SeqTrainer route: not measured (no seq2seq/gpu_seq2seq.json)"]
+    rows = [row for section in report["sections"].values() for row in section["rows"]]
+    lines = target_lines(rows, report["tiny"])
+    for name in SECTIONS:
+        status = report["sections"][name]["status"] if name in report["sections"] else "did not run"
+        if status != "ok":
+            lines.append(f"- section {name}: {status}")
+    return lines
+
+
+def summary(out_dir: Path) -> str:
+    parts = ["# Issue 12 targets from one `bash benchmarks/gpu_all.sh` run", ""]
+    environment = _text(out_dir / "environment.txt")
+    parts += ["```", environment or "environment.txt missing", "```", ""]
+    parts += ["## Seq2SeqTrainer route vs the loop (real tokens/s)", ""] + seq2seq_lines(out_dir) + [""]
+    parts += ["## LEDO-base 16K training step, flex vs transformers' LED", ""] + led_lines(out_dir) + [""]
+    ablation = _text(out_dir / "flex_ablation.txt")
+    parts += ["## LED flex ablation (target: flex within 2x of the plain band kernel per layer)", "",
+              "```", ablation or "flex_ablation.txt missing", "```", ""]
+    tests = _text(out_dir / "gpu_tests.txt")
+    if tests is not None:
+        parts += ["## pytest -m gpu", "", "```", "\n".join(tests.splitlines()[-3:]), "```", ""]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python3 -m seq2seq_es.bench.gpu_summary OUT_DIR", file=sys.stderr)
+        return 2
+    print(summary(Path(argv[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

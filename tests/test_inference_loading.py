@@ -47,3 +47,20 @@ def test_a_model_folder_without_run_config_decodes_with_its_own_generation_confi
     cfg = inference_config(saved, model="barto-tiny", task="mlsum", allow_model=True,
                            overrides={"gen.num_beams": "3"})
     assert (cfg.gen.num_beams, cfg.gen.max_new_tokens) == (3, 7)
+
+
+def test_a_folder_without_a_minimum_decodes_with_none_and_reads_length_limits_like_transformers(
+        tmp_path):
+    # Our exports leave min_new_tokens out when it is 0; transformers then applies no minimum.
+    # mlsum's registry minimum (8) must not creep back in. A folder written by another tool may
+    # give max_length / min_length instead, which count the decoder start token.
+    _export(tmp_path, "fp32", {"num_beams": 4, "max_new_tokens": 48, "decoder_start_token_id": 2})
+    cfg = inference_config(resolve_saved(tmp_path), model="barto-tiny", task="mlsum",
+                           allow_model=True)
+    assert (cfg.gen.max_new_tokens, cfg.gen.min_new_tokens) == (48, 0)
+    other = tmp_path / "other"
+    _export(other, "fp32", {"num_beams": 4, "max_length": 31, "min_length": 6,
+                            "decoder_start_token_id": 2})
+    cfg = inference_config(resolve_saved(other), model="barto-tiny", task="mlsum",
+                           allow_model=True)
+    assert (cfg.gen.max_new_tokens, cfg.gen.min_new_tokens) == (30, 5)

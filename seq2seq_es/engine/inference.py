@@ -122,6 +122,13 @@ def saved_generation(folder: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     saved = json.loads(path.read_text(encoding="utf-8"))
+    # Length limits as transformers reads them for an encoder-decoder: max_length / min_length count
+    # the decoder start token, and no minimum at all means 0 (our exports leave a 0 out), not the
+    # task's registry minimum.
+    if saved.get("max_new_tokens") is None and saved.get("max_length") is not None:
+        saved["max_new_tokens"] = max(int(saved["max_length"]) - 1, 1)
+    if saved.get("min_new_tokens") is None:
+        saved["min_new_tokens"] = max(int(saved.get("min_length") or 0) - 1, 0)
     return {f"gen.{key}": str(saved[key]).lower() if isinstance(saved[key], bool)
             else str(saved[key]) for key in GEN_KEYS if saved.get(key) is not None}
 

@@ -24,7 +24,7 @@ FAMILIES = {
     "translation.yaml": "translation",                  # WMT13, FAPESP
 }
 # The marker a run file puts on a line that restates a registry default.
-PAPER = "(paper)"
+REGISTRY = "(registry)"
 
 
 def registry_defaults(task: str, model: str) -> dict:
@@ -94,7 +94,7 @@ def test_the_paper_marker_is_on_exactly_the_registry_keys(name):
         if line and not line.startswith((" ", "#")):
             section = line.split(":")[0]
         elif line.startswith("  ") and not line.lstrip().startswith("#") and ":" in line:
-            if PAPER in line:
+            if REGISTRY in line:
                 marked.add(f"{section}.{line.split(':')[0].strip()}")
     assert marked == set(expected)
 

@@ -144,3 +144,36 @@ def test_a_broken_json_document_names_its_line(tmp_path, cache):
                     encoding="utf-8")
     err = refused(path, cache)
     assert err.line == 3 and "not valid JSON" in str(err)
+
+
+def test_a_tsv_field_that_opens_with_a_quotation_mark_stays_one_row(tmp_path, cache):
+    # TSV has no quoting: read as CSV, the first '"' swallowed the next lines into one field.
+    rows = [('"Es un día histórico", dijo el presidente.', "El presidente firmó."),
+            ("El ministro habló de la crisis.", '"Saldremos de esta", afirmó.'),
+            ("La lluvia llegó a Madrid.", 'Llueve en Madrid" según la AEMET.'),
+            ("El Barça ganó.", "Victoria del Barça.")]
+    path = tmp_path / "news.tsv"
+    path.write_text("text\tsummary\n" + "".join(f"{s}\t{t}\n" for s, t in rows), encoding="utf-8")
+    examples, report = load(path, cache)
+    assert report.rows_read == 4 and not report.skipped
+    assert list(zip(examples["source"], examples["target"])) == rows
+
+
+def test_a_csv_written_by_pandas_keeps_its_reference_lists(tmp_path, cache):
+    # pandas' to_csv writes a list column as a Python literal (['a', "it's"]), not JSON.
+    import pandas as pd
+
+    rows = [{"gem_id": f"wikilingua-{i}", "source": f"Texto {i} sobre la receta.",
+             "target": f"Resumen {i}.", "references": [f"Resumen {i}.", f"Otro resumen {i}, it's"]}
+            for i in range(3)]
+    path = tmp_path / "wikilingua.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    examples, report = load_examples("wikilingua", "validation",
+                                     data_files={"validation": str(path)}, cache_dir=cache)
+    assert not report.skipped and examples.num_rows == 3
+    assert [list(r) for r in examples["references"]] == [row["references"] for row in rows]
+    # Text that is neither JSON nor a literal list is still one bad row, named by its column.
+    path.write_text(path.read_text().replace("['Resumen 1.'", "[Resumen 1.'"), encoding="utf-8")
+    examples, report = load_examples("wikilingua", "validation",
+                                     data_files={"validation": str(path)}, cache_dir=cache)
+    assert examples.num_rows == 2 and "references" in str(report)

@@ -195,6 +195,15 @@ def test_bisect_targets_use_our_marker_instead_of_the_datasets(cache):
         assert example["references"] == [example["target"]]
 
 
+def test_a_bisect_target_of_markers_alone_is_a_bad_row_not_an_empty_target(tmp_path, cache):
+    rows = read_jsonl(fixture_files("bisect")["train"])[:3]
+    rows[1]["target"] = " _SPLIT_ "
+    path = write_jsonl(tmp_path / "bisect.jsonl", rows)
+    examples, report = load("bisect", "train", cache, data_files={"train": path})
+    assert examples.num_rows == 2 and all(examples["target"])
+    assert report.skipped_rows == {"column 'target' only split markers, no sentence": [2]}
+
+
 def test_split_marker_is_no_special_token_of_any_model_family():
     special = {"<s>", "</s>", "<pad>", "<unk>", "<mask>", "[CLS]", "[SEP]", "[PAD]", "[UNK]",
                "[MASK]", "<extra_id_0>"}
@@ -217,6 +226,8 @@ def test_marker_spellings_split_into_the_same_sentences(spelling):
 def test_words_containing_split_are_not_markers():
     assert split_sentences("SPLITTING hairs, splitting atoms.") == [
         "SPLITTING hairs, splitting atoms."]
+    assert split_sentences("El ferry sale de Split a las ocho. _SPLIT_ Llega a Ancona.") == [
+        "El ferry sale de Split a las ocho.", "Llega a Ancona."]
     assert join_sentences(["A.", " B. "]) == f"A. {SPLIT_MARKER} B."
 
 

@@ -24,6 +24,7 @@ Choices that differ from the paper's scripts, and why:
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -33,6 +34,9 @@ from typing import Any
 SPLIT_MARKER = "<SPLIT>"
 # Spellings of the marker after a tokenizer round trip, plus the datasets' own: "_SPLIT_"
 # (GEM's BiSECT, which the paper's script replaced) and "<SEP>" (the original BiSECT release).
+# The bare upper-case word counts too: a vocabulary without "<" and ">" decodes the marker as
+# "SPLIT" (the tiny WordPiece models do). The cost is that an upper-case SPLIT in the text itself
+# (a heading) splits there; "Split", the Croatian port, and "SPLITTING" do not.
 _SPLIT_MARKER_PATTERN = re.compile(
     r"\s*(?:<\s*(?i:split)\s*>?|_SPLIT_|<SEP>|\bSPLIT\b\s*>?)\s*")
 
@@ -100,12 +104,21 @@ def _check_text(value: Any, column: str) -> str:
 
 
 def _structured(value: Any, column: str) -> Any:
-    """Nested fields (answers, translation, references) may arrive as JSON text from a CSV file."""
+    """Nested fields (answers, translation, references) may arrive as text from a CSV file: JSON,
+    or the Python literal that pandas' `to_csv` writes for a list or dict (`['a', 'b']`)."""
     if isinstance(value, str):
         try:
             return json.loads(value)
         except json.JSONDecodeError:
-            raise _BadField(column, "not valid JSON for a nested field") from None
+            pass
+        try:
+            parsed = ast.literal_eval(value.strip())  # literals only: no names, calls or code
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise _BadField(column, "neither JSON nor a Python list/dict literal for a nested "
+                                    "field") from None
+        if not isinstance(parsed, (list, tuple, dict)):
+            raise _BadField(column, f"a nested field, but the text holds a {type(parsed).__name__}")
+        return parsed
     return value
 
 
@@ -231,6 +244,8 @@ class SplitRephraseFormatter(RowFormatter):
     def format_row(self, row):
         source = _text(row, self.source_column)
         target = normalize_split_markers(_text(row, self.target_column))
+        if not target:
+            raise _BadField(self.target_column, "only split markers, no sentence")
         references = tuple(normalize_split_markers(r)
                            for r in _reference_list(row, self.references_column, target))
         return source, target, references

@@ -18,6 +18,7 @@ JSON documents and parquet files, which have no lines, are 0-based data rows.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from collections.abc import Mapping
@@ -125,14 +126,19 @@ def load_examples(task: str | TaskSpec, split: str, *, data_files: Mapping[str, 
     report.rows_read = raw.num_rows + (len(local.bad_lines) if local else 0)
     line_of_row = local.line_of_row if local else None
     first_problem = _count_problems(marked, report, line_of_row)
-    if local and local.bad_lines:  # lines left out before formatting: the earliest wins
-        line, column, reason = local.bad_lines[0]
-        if first_problem is None or line < first_problem[0]:
-            first_problem = (line, column, reason)
     if first_problem is not None and not skip_bad_rows:
         row, column, reason = first_problem
         where = {"line": row} if line_of_row is not None else {"row": row}
         unit = "" if line_of_row is not None else " (rows are 0-based data rows)"
+        first_problem = (where, column, reason, unit)
+    if local and local.bad_lines and not skip_bad_rows:
+        # Lines left out before formatting: the earliest wins when both are counted in lines;
+        # without the line map a formatter's row cannot be compared, so the known line is named.
+        line, column, reason = local.bad_lines[0]
+        if first_problem is None or line_of_row is None or line < first_problem[0]["line"]:
+            first_problem = ({"line": line}, column, reason, "")
+    if first_problem is not None and not skip_bad_rows:
+        where, column, reason, unit = first_problem
         raise DataError(f"{reason}{_in_hub(report, file)}{unit}; pass --data.skip_bad_rows true "
                         "to skip such rows", file=file, column=column, **where)
     examples = marked.filter(_is_example, input_columns="_problem_reason", batched=True)
@@ -188,7 +194,10 @@ def _builder_for(path: str) -> tuple[str, dict[str, Any]]:
     if extension not in LOCAL_FILE_BUILDERS:
         raise DataError(f"unsupported file extension '{extension or '(none)'}'; use one of "
                         f"{', '.join(LOCAL_FILE_BUILDERS)}", file=path)
-    return LOCAL_FILE_BUILDERS[extension], ({"delimiter": "\t"} if extension == ".tsv" else {})
+    # TSV has no quoting (a field holds no tab or newline), so a '"' that opens a field is text: read
+    # with CSV quoting, a summary starting with a quotation swallowed the lines after it into one row.
+    tsv = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+    return LOCAL_FILE_BUILDERS[extension], (tsv if extension == ".tsv" else {})
 
 
 def _read_local_file(path: str, formatter: Formatter,
@@ -292,7 +301,10 @@ def _read_parquet_export(hub_id: str, config: str | None, split: str, describe: 
     sampled_test.
     """
     folder, origin = config or "default", f"{describe} @ {PARQUET_REVISION}"
-    partial = f"only a partial parquet export of split {split} exists: its first rows"
+    # The converter moves every split of a large dataset to partial-<split>/ and cuts each at a
+    # few GB, so a small split there is whole: say what is known, with the row count beside it.
+    partial = (f"read from the partial parquet export (partial-{split}/): a split larger than the "
+               f"hub converts holds only its first rows; compare the row count with the dataset card")
     layouts = (([f"{folder}/{split}/*.parquet"], []),
                ([f"{folder}/partial-{split}/*.parquet"], [partial]),
                ([f"{folder}/*-{split}.parquet", f"{folder}/*-{split}-*-of-*.parquet"], []))

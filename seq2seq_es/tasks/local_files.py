@@ -264,11 +264,14 @@ def _csv(path: str, raw: bytes, bom: bool, options: dict, required_columns: tupl
         for other in _OTHER_DELIMITERS:
             if other != delimiter and _has_columns(header, other, required_columns):
                 options["delimiter"] = delimiter = other
+                if other != "\t":
+                    options.pop("quoting", None)  # a ".tsv" that is really CSV: CSV's quoting
                 break
     kept_text = "\n".join(text for _, text in texts) + "\n"
     line_numbers = [number for number, _ in texts]
     line_of_row = []
-    reader = csv.reader(io.StringIO(kept_text), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(kept_text), delimiter=delimiter,
+                        quoting=options.get("quoting", csv.QUOTE_MINIMAL))
     previous_end = 0
     for record in reader:
         start = previous_end + 1

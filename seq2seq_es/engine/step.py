@@ -57,6 +57,7 @@ class StepResult:
     counts: torch.Tensor           # [target, source, padded] tokens over all ranks (float64)
     ce: torch.Tensor               # this rank's token-summed loss of the kept micro-batches
     skipped: torch.Tensor          # micro-batches skipped (non-finite on any rank), all ranks agree
+    skipped_tokens: torch.Tensor   # this rank's target tokens in the skipped micro-batches
     fp16: dict = field(default_factory=dict)  # overflow_skipped, loss_scale (host values)
 
 
@@ -82,6 +83,13 @@ class TrainStep:
       0 * NaN = NaN through the graph's backward). Healthy micro-batches' gradients pass
       unchanged. The hooks run before the gradient is accumulated, so DeepSpeed's accumulation
       and reduction hooks (after accumulation) see zeros. ZeRO-3 is refused (config.py).
+      The logged loss is over the kept tokens. The update is not renormalised: the step's
+      divisor (its planned target tokens) was fixed before the first backward, so a step that
+      skipped some micro-batches moves by the kept ones' gradient scaled by kept/planned tokens
+      (Adam largely normalises that away); a step that skipped all of them still runs the
+      optimizer on zero gradients (momentum moves the weights, as after any zero gradient).
+      Renormalising or skipping the update would need a read-back before the step's last
+      backward.
     fp16 at ZeRO 0 reads the GradScaler's scale after each optimizer step (twice: in
     optim.fp16_step_skipped and for the next step's comparison): a skipped optimizer step must
     take the learning-rate schedule back before the next step; torch's GradScaler itself reads
@@ -134,6 +142,10 @@ class TrainStep:
         self.window += torch.stack([counts[0] + counts[1], counts[2]])
         ce_total = torch.zeros((), dtype=torch.float64, device=device)
         skipped = torch.zeros((), dtype=torch.float64, device=device)
+        skipped_tokens = torch.zeros((), dtype=torch.float64, device=device)
+        # on_nan=skip: each micro-batch's target tokens on this rank (host numbers, no read-back)
+        micro_tokens = [float((b["labels"].numpy() != -100).sum()) for b in micro_batches] \
+            if self.skip else None
         if not self.skip:
             self.unchecked_steps.append(step + 1)
         fp16 = {}
@@ -156,6 +168,7 @@ class TrainStep:
                     bad = all_reduce_(bad.double(), dist.ReduceOp.MAX) > 0
                     self.skip_now = bad
                     skipped += bad.double()
+                    skipped_tokens += bad.double() * micro_tokens[k]
                 else:
                     self.bad += bad.double()
                     self.first_bad = torch.minimum(self.first_bad, torch.where(
@@ -173,7 +186,7 @@ class TrainStep:
         if self.fp16:  # the scale the next step uses; 1 if this one was skipped
             fp16["overflow_skipped"] = int(fp16_step_skipped(engine, scale_before, skipped_before))
             fp16["loss_scale"] = self.scale = loss_scale(engine)
-        return StepResult(step + 1, counts, ce_total, skipped, fp16)
+        return StepResult(step + 1, counts, ce_total, skipped, skipped_tokens, fp16)
 
     def check_finite(self) -> None:
         """on_nan=stop: raise NonFiniteLoss if any rank had a non-finite loss since the last
@@ -198,12 +211,13 @@ class TrainStep:
     def read(self, result: StepResult) -> dict[str, float]:
         """The step's logged numbers, and the tokens since the last read (one read-back)."""
         self.check_finite()
-        ce = all_reduce_(result.ce.clone())
-        values = torch.cat([ce.view(1), result.counts, result.skipped.view(1),
-                            self.window]).tolist()
+        summed = all_reduce_(torch.stack([result.ce, result.skipped_tokens]))
+        values = torch.cat([summed, result.counts, result.skipped.view(1), self.window]).tolist()
         self.window.zero_()
-        ce_sum, target, source, padded, skipped, window_tokens, window_padded = values
-        return {"loss": ce_sum / max(target, 1.0), "target_tokens": target,
+        ce_sum, skipped_tokens, target, source, padded, skipped, window_tokens, window_padded = \
+            values
+        kept = target - skipped_tokens  # the loss of a step that skipped everything is unknown
+        return {"loss": ce_sum / kept if kept > 0 else float("nan"), "target_tokens": target,
                 "tokens": target + source, "padded_tokens": padded,
                 "skipped_micro_batches": int(skipped), "window_tokens": window_tokens,
                 "window_padded": window_padded, **result.fp16}

@@ -166,6 +166,7 @@ class TrainConfig(_Section):
     eval_per_epoch: bool = True           # validate at the end of every epoch (picks the best)
     eval_at_start: bool = False           # validate the untrained model at step 0
     eval_at_end: bool = True              # validation loss + generation + metrics after the last step
+                                          # (false: only when an epoch end or eval_every falls there)
     best_metric: str | None = None        # validation metric picking the best checkpoint (None:
                                           # the task's main metric; "loss": lowest eval loss)
     load_best_at_end: bool = True         # final/ and the test scores come from the best checkpoint

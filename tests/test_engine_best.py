@@ -230,3 +230,17 @@ def test_loss_is_lower_is_better_and_nan_never_wins():
     assert not is_better(3.0, {"value": 2.0}, "loss")
     assert is_better(3.0, {"value": 2.0}, "rougeL") and not is_better(2.0, {"value": 2.0}, "rougeL")
     assert not is_better(float("nan"), None, "rougeL")
+
+
+def test_without_eval_at_end_the_last_epoch_is_still_validated_and_a_candidate(workdir, files):
+    # eval_at_end=false skips only an extra validation: the last step ends epoch 2, whose
+    # per-epoch validation must run (it used to be skipped, and final/ came from epoch 1).
+    out = workdir / "no_end_eval"
+    run("none", 1, best_args(files, out, extra=[
+        "--train.epochs", "2", "--train.eval_at_end", "false", "--optim.lr", "1e-3",
+        "--data.test_file", files["test"]]))
+    evals = eval_records(out)
+    assert sorted(evals) == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+    best_step = min(evals, key=lambda s: evals[s]["eval/loss"])
+    results = json.loads((out / "final_results.json").read_text())
+    assert results["steps"] == 2 * STEPS_PER_EPOCH and results["best_step"] == best_step

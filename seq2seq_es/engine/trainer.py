@@ -216,12 +216,23 @@ class Trainer:
 
     def maybe_eval(self, epoch_end: bool) -> bool:
         """Validate at epoch ends and every `eval_every` steps; True on a new best. The last
-        step is validated (or not) by train.eval_at_end in `finish`, whatever the epoch."""
-        step, train = self.state.step, self.cfg.train
-        due = step < self.total_steps and (
-            (train.eval_every and step % train.eval_every == 0)
-            or (train.eval_per_epoch and epoch_end))
+        step is validated in `finish` (see `end_eval_due`)."""
+        step = self.state.step
+        due = step < self.total_steps and self.cadence_due(epoch_end)
         return self.track_best(step, self.run_eval(step)) if due else False
+
+    def cadence_due(self, epoch_end: bool) -> bool:
+        train = self.cfg.train
+        return bool((train.eval_every and self.state.step % train.eval_every == 0)
+                    or (train.eval_per_epoch and epoch_end))
+
+    def end_eval_due(self) -> bool:
+        """The last step is validated with train.eval_at_end, and also without it when the
+        cadence falls there (the last epoch's end, a multiple of eval_every): eval_at_end=false
+        saves the extra validation only, never the last epoch's, which would otherwise be
+        trained but never a candidate for the best checkpoint."""
+        epoch_end = self.state.step_in_epoch == self.plan.steps_per_epoch
+        return bool(self.cfg.train.eval_at_end or self.cadence_due(epoch_end))
 
     def poll_ranks(self) -> tuple[float, float]:
         """(stop signal, time-based save due), agreed by all ranks in one collective every
@@ -311,7 +322,7 @@ class Trainer:
         test scores and final/ come from the model chosen on validation (the last step is often
         past the best one when a run overfits); export, final_results.json, DONE."""
         cfg, step, out = self.cfg, self.state.step, self.out
-        end_eval = self.run_eval(step) if cfg.train.eval_at_end else {}
+        end_eval = self.run_eval(step) if self.end_eval_due() else {}
         if end_eval:
             self.track_best(step, end_eval)
         self.save(step)

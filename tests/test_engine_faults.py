@@ -5,6 +5,7 @@ shared weights under ZeRO-2 with checkpointing, and the demo's data set.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 from pathlib import Path
@@ -101,7 +102,8 @@ def test_a_non_finite_loss_on_one_rank_skips_the_micro_batch_on_every_rank(files
     results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     for result in results:
         assert result["poisoned"]["skipped_micro_batches"] == 1  # rank 0's loss was finite
-        assert result["poisoned"]["loss"] == 0.0 and result["unchanged"]
+        # nothing was kept: the step's loss is unknown, not 0
+        assert math.isnan(result["poisoned"]["loss"]) and result["unchanged"]
         assert result["healthy"]["skipped_micro_batches"] == 0 and result["changed"]
         assert result["healthy"]["loss"] > 0
     # the logged loss is the step's, summed over both ranks: the same number on each
@@ -140,6 +142,23 @@ def test_resume_that_cannot_work_is_refused(files, tmp_path):
                check=False)
     assert proc.returncode == 2
     assert "error: config key 'train.resume': no complete checkpoint" in proc.stderr
+
+
+@pytest.mark.slow
+def test_resume_with_another_data_layout_is_refused_and_more_steps_are_not(files, tmp_path):
+    # A checkpoint's position in the epoch counts steps of its own batch layout: resuming with
+    # another batch size would skip or repeat examples silently. More steps change no layout.
+    out = tmp_path / "layout"
+    run("none", 1, base_args(files, out, steps=2, extra=["--train.save_every", "2"]))
+    proc = run("none", 1, base_args(files, out, steps=4, batch=4, extra=[
+        "--train.resume", "must", "--train.save_every", "2"]), check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: config key 'train.resume': checkpoint ")
+    assert "train.batch_size 2 -> 4" in error and "steps per epoch 16 -> 8" in error
+    run("none", 1, base_args(files, out, steps=4, extra=["--train.resume", "must",
+                                                         "--train.save_every", "2"]))
+    assert sorted(step_losses(out)) == [1, 2, 3, 4]
 
 
 @pytest.mark.slow

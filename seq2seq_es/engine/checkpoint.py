@@ -17,7 +17,8 @@ The interface (every method that touches the engine is collective: all ranks cal
   points to, or None for a fresh start;
 - `save(engine, state)`: write step `state.step` atomically, rotate, and note the best in
   `best.json`; returns the folder;
-- `load(engine, path)`: weights, optimizer, scheduler and this rank's RNG; returns the TrainState;
+- `load(engine, path, data_layout)`: weights, optimizer, scheduler and this rank's RNG; returns
+  the TrainState; refused when the ranks or the data layout (`data_layout(...)`) differ;
 - `load_weights(engine, path)`: only the weights (the way back to the best at the end);
 - `latest()`, `path(step)`, `has(step)`: where the complete checkpoints are.
 """
@@ -68,6 +69,10 @@ class TrainState:
     epoch: int = 0             # the epoch of the last step done
     step_in_epoch: int = 0     # steps done in that epoch (the next step's position in it)
     world_size: int = 1        # ranks that wrote it: a resume needs as many (data order, RNG)
+    # What gives step_in_epoch its meaning (see `data_layout`): a resume needs the same, or the
+    # position would point at other examples and the schedule at another length. None: a state
+    # written before the field existed (not checked).
+    data_layout: dict | None = None
     # The best validation so far: {"step", "metric", "value", "validation": {name: value}}.
     # Saved in every checkpoint, so rotation keeps that step and a resumed run remembers it.
     best: dict | None = None
@@ -81,6 +86,36 @@ class TrainState:
         values = json.loads(text)
         values.setdefault("world_size", world_size)
         return cls(**values)
+
+
+def data_layout(cfg, plan, train_examples: int) -> dict:
+    """The settings that decide which examples make up step k of an epoch, and how many steps an
+    epoch has (so the position saved in a checkpoint, and the LR schedule, mean the same thing
+    after a resume). Keys are config keys where they are one, so a refusal names what to set."""
+    t, d = cfg.train, cfg.data
+    layout = {"train.seed": t.seed, "train.batching": t.batching, "train.grad_accum": t.grad_accum,
+              "data.max_source_length": d.max_source_length,
+              "data.max_target_length": d.max_target_length,
+              "training examples": train_examples, "steps per epoch": plan.steps_per_epoch}
+    if t.batching in ("fixed", "packed"):
+        layout["train.batch_size"] = t.batch_size
+    if t.batching in ("token_budget", "bucketed"):
+        layout["train.max_tokens"] = t.max_tokens
+    if t.batching == "bucketed":
+        layout["train.length_buckets"] = t.length_buckets
+    return layout
+
+
+def check_same_layout(path: Path, saved: dict | None, current: dict | None) -> None:
+    if saved is None or current is None or saved == current:
+        return
+    changed = [f"{key} {saved.get(key)} -> {current.get(key)}"
+               for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+    raise ConfigError("train.resume", f"checkpoint {path} was trained with another data layout "
+                      f"({'; '.join(changed)}): its position in the epoch would point at other "
+                      "examples (some never trained, some twice) and the schedule at another "
+                      "length. Set these back to resume, or start a new run in another "
+                      "train.output_dir (model.path to its final/ to continue from its weights)")
 
 
 class Checkpointer:
@@ -161,14 +196,16 @@ class Checkpointer:
             write_json_atomic(self.root / run_files.BEST, {**state.best, "checkpoint": final.name})
         return final
 
-    def load(self, engine, path: Path) -> TrainState:
-        """Collective: restore weights, optimizer, scheduler, this rank's RNG; return the state."""
+    def load(self, engine, path: Path, data_layout: dict | None = None) -> TrainState:
+        """Collective: restore weights, optimizer, scheduler, this rank's RNG; return the state.
+        Refused before anything is loaded when the ranks or the data layout differ."""
         state = TrainState.from_json((path / run_files.TRAINER_STATE).read_text(),
                                      self.env.world_size)
         if state.world_size != self.env.world_size:
             raise ConfigError("train.resume", f"checkpoint {path} was written by "
                               f"{state.world_size} ranks, this run has {self.env.world_size}; "
                               "the data order and RNG states would not match")
+        check_same_layout(path, state.data_layout, data_layout)
         load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name,
                                               load_optimizer_states=True,
                                               load_lr_scheduler_states=True)

@@ -83,7 +83,7 @@ class TrainStep:
       0 * NaN = NaN through the graph's backward). Healthy micro-batches' gradients pass
       unchanged. The hooks run before the gradient is accumulated, so DeepSpeed's accumulation
       and reduction hooks (after accumulation) see zeros. ZeRO-3 is refused (config.py).
-      The logged loss is over the kept tokens. The update is not renormalised: the step's
+      The logged loss is over the kept tokens (NaN for a step that kept none). The update is not renormalised: the step's
       divisor (its planned target tokens) was fixed before the first backward, so a step that
       skipped some micro-batches moves by the kept ones' gradient scaled by kept/planned tokens
       (Adam largely normalises that away); a step that skipped all of them still runs the

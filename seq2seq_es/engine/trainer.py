@@ -37,7 +37,7 @@ from . import distributed as D
 from .builders import (check_targets, compile_shapes, get_collator, get_engine,
                        get_generation_config, get_model, get_split, get_step_plan, get_test_split,
                        warm_up_compiled)
-from .checkpoint import Checkpointer, TrainState
+from .checkpoint import Checkpointer, TrainState, data_layout
 from .evaluation import evaluate
 from .export import export_hf
 from .optim import use_bf16
@@ -121,9 +121,11 @@ class Trainer:
         if compiled:
             self.say(compiled)
 
-        self.state = TrainState(world_size=env.world_size)
+        layout = data_layout(cfg, self.plan, len(self.train_data.tokenized))
+        self.state = TrainState(world_size=env.world_size, data_layout=layout)
         if resume_from is not None:
-            self.state = self.ckpt.load(self.engine, resume_from)
+            self.state = self.ckpt.load(self.engine, resume_from, layout)
+            self.state.data_layout = layout  # equal, or a state from before the field existed
             self.say(f"resumed from {resume_from} at step {self.state.step}")
         # The step of the newest checkpoint: a step is never saved twice (e.g. a time-based save
         # and the save of a new best at the same step).

@@ -147,7 +147,7 @@ def test_resume_that_cannot_work_is_refused(files, tmp_path):
 @pytest.mark.slow
 def test_resume_with_another_data_layout_is_refused_and_more_steps_are_not(files, tmp_path):
     # A checkpoint's position in the epoch counts steps of its own batch layout: resuming with
-    # another batch size would skip or repeat examples silently. More steps change no layout.
+    # another step size would skip or repeat examples silently. More steps change no layout.
     out = tmp_path / "layout"
     run("none", 1, base_args(files, out, steps=2, extra=["--train.save_every", "2"]))
     proc = run("none", 1, base_args(files, out, steps=4, batch=4, extra=[
@@ -155,9 +155,11 @@ def test_resume_with_another_data_layout_is_refused_and_more_steps_are_not(files
     assert proc.returncode == 2, proc.stderr[-2000:]
     error = proc.stderr.strip().splitlines()[-1]
     assert error.startswith("error: config key 'train.resume': checkpoint ")
-    assert "train.batch_size 2 -> 4" in error and "steps per epoch 16 -> 8" in error
-    run("none", 1, base_args(files, out, steps=4, extra=["--train.resume", "must",
-                                                         "--train.save_every", "2"]))
+    assert "train.batch_size x train.grad_accum 2 -> 4" in error
+    assert "steps per epoch 16 -> 8" in error
+    # The same step split in two micro-batches (what the out-of-memory error advises) resumes.
+    run("none", 1, base_args(files, out, steps=4, batch=1, extra=[
+        "--train.grad_accum", "2", "--train.resume", "must", "--train.save_every", "2"]))
     assert sorted(step_losses(out)) == [1, 2, 3, 4]
 
 

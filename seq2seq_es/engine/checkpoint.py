@@ -93,11 +93,18 @@ def data_layout(cfg, plan, train_examples: int) -> dict:
     epoch has (so the position saved in a checkpoint, and the LR schedule, mean the same thing
     after a resume). Keys are config keys where they are one, so a refusal names what to set."""
     t, d = cfg.train, cfg.data
-    layout = {"train.seed": t.seed, "train.batching": t.batching, "train.grad_accum": t.grad_accum,
+    layout = {"train.seed": t.seed, "train.batching": t.batching,
               "data.max_source_length": d.max_source_length,
               "data.max_target_length": d.max_target_length,
               "training examples": train_examples, "steps per epoch": plan.steps_per_epoch}
-    if t.batching in ("fixed", "packed"):
+    if t.batching == "fixed":
+        # A fixed step takes the next batch_size * grad_accum examples of the epoch's order
+        # however it is split, so the out-of-memory advice (lower batch_size, raise grad_accum
+        # to keep the step) still resumes.
+        layout["train.batch_size x train.grad_accum"] = t.batch_size * t.grad_accum
+    else:
+        layout["train.grad_accum"] = t.grad_accum
+    if t.batching == "packed":
         layout["train.batch_size"] = t.batch_size
     if t.batching in ("token_budget", "bucketed"):
         layout["train.max_tokens"] = t.max_tokens

@@ -111,3 +111,28 @@ def test_submit_refuses_unknown_model_and_bad_overrides(tmp_path, capsys):
     assert slurm_main(["submit", "--task", "mlsum", "--model", "barto", "--dry-run", "--",
                        "optim.lr=3e-5"]) == 2
     assert "dotted options" in capsys.readouterr().err
+
+
+def test_a_gpu_task_keeps_every_node_gpu_visible_and_its_local_rank(tmp_path, monkeypatch):
+    # DeepSpeed picks cuda:LOCAL_RANK. Narrowing CUDA_VISIBLE_DEVICES to one GPU per task while
+    # LOCAL_RANK stays 1 pointed task 1 of a 2-GPU node past the only visible device.
+    from seq2seq_es.engine import distributed as D
+    from seq2seq_es.slurm.sweep import MANIFEST_KIND, Manifest, RunPlan, train_jobs
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # what SLURM gave the node's tasks
+    for key, value in {"SLURM_JOB_ID": "4242", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
+                       "SLURM_NTASKS": "4", "SLURM_NODEID": "1", "SLURM_JOB_NUM_NODES": "2",
+                       "SLURM_JOB_NODELIST": "gpu[01-02]", "SLURM_STEP_NODELIST": "gpu[01-02]",
+                       "SLURM_NTASKS_PER_NODE": "2", "SUBMITIT_EXECUTOR": "slurm"}.items():
+        monkeypatch.setenv(key, value)
+    run = RunPlan("r", "barto", "mlsum", {}, str(tmp_path), ["--task", "mlsum"])
+    manifest = Manifest(MANIFEST_KIND, "run", [run], {}, {}, str(tmp_path / "submitit"))
+    config = SlurmConfig(nodes=2, gpus_per_node=2, tasks_per_node=2)
+    [job] = train_jobs(manifest, config)  # what submit hands to submitit
+    env = job._export_distributed_env()
+    assert (env.rank, env.local_rank, env.world_size) == (3, 1, 4)
+    import os
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3" and os.environ["LOCAL_RANK"] == "1"
+    assert D.read_env().local_rank == 1

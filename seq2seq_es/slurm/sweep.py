@@ -686,6 +686,12 @@ def require_slurm_clients() -> None:
                                         "commands (--dry-run prints the script without them)")
 
 
+def train_jobs(manifest: Manifest, config: SlurmConfig) -> list[TrainJob]:
+    """What each task of the submitted job (or array) runs."""
+    return [TrainJob(run.argv, run_dir=run.run_dir, entry=manifest.entry,
+                     max_requeues=config.max_requeues) for run in manifest.runs]
+
+
 def submit(manifest: Manifest, config: SlurmConfig, manifest_path: Path) -> Manifest:
     """Submits every run (one job, or one job array with at most max_parallel running at once).
 
@@ -695,9 +701,7 @@ def submit(manifest: Manifest, config: SlurmConfig, manifest_path: Path) -> Mani
     require_slurm_clients()
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     manifest.write(manifest_path)
-    jobs_callables = [TrainJob(run.argv, run_dir=run.run_dir, entry=manifest.entry,
-                               max_requeues=config.max_requeues,
-                               bind_gpus=config.gpus_per_node > 0) for run in manifest.runs]
+    jobs_callables = train_jobs(manifest, config)
     for run in manifest.runs:
         Path(run.run_dir).mkdir(parents=True, exist_ok=True)
     from submitit.core.utils import FailedJobError, FailedSubmissionError

@@ -97,7 +97,7 @@ def test_preempted_job_requeues_and_resumes_without_losing_a_step(slurm_cluster,
 def test_job_out_of_requeues_says_so(slurm_cluster, tmp_path, capsys):  # noqa: F811
     run_dir = tmp_path / "run"
     job_id = submit_probe(run_dir, "--max-requeues", "0",
-                          overrides=("--probe.steps", "200", "--probe.step_seconds", "0.2"))
+                          overrides=("--probe.steps", "60", "--probe.step_seconds", "0.2"))
     wait_until(lambda: len(train_records(run_dir)) >= 2, 120, "two training steps")
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=60)
     assert wait_finished(job_id)["JobState"] == "FAILED"
@@ -108,6 +108,13 @@ def test_job_out_of_requeues_says_so(slurm_cluster, tmp_path, capsys):  # noqa: 
     out = capsys.readouterr().out
     assert "OUT_OF_REQUEUES" in out and "out of requeues (max_requeues 0)" in out
     assert "OutOfRequeuesError" in out
+    # Put back in the queue by hand, it resumes and finishes: no longer out of requeues.
+    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
+    assert wait_finished(job_id)["JobState"] == "COMPLETED"
+    assert not (run_dir / "OUT_OF_REQUEUES").exists()
+    assert slurm_main(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "COMPLETED" in out and "OUT_OF_REQUEUES" not in out
 
 
 def test_failed_rank_shows_its_error_and_log_and_nothing_hangs(slurm_cluster, tmp_path, capsys):  # noqa: F811

@@ -119,16 +119,17 @@ class TrainJob(submitit.helpers.Checkpointable):
     argv: the train arguments (task, model, output dir, overrides); run_dir: the run's output folder
     (where the engine writes metrics.jsonl, PREEMPTED and DONE); entry: 'module:function' taking an
     argv list and returning (or exiting with) a status; max_requeues: how many times the job may put
-    itself back in the queue; bind_gpus: give each task the GPU of its local rank.
+    itself back in the queue. Every task sees all of its node's GPUs and uses the one of its local
+    rank (DeepSpeed selects cuda:LOCAL_RANK itself, so narrowing CUDA_VISIBLE_DEVICES to one GPU
+    per task would make every local rank but 0 point past the only visible device).
     """
 
     def __init__(self, argv: list[str], *, run_dir: str | Path, entry: str = DEFAULT_ENTRY,
-                 max_requeues: int = 3, bind_gpus: bool = False):
+                 max_requeues: int = 3):
         self.argv = [str(arg) for arg in argv]
         self.run_dir = str(Path(run_dir).absolute())
         self.entry = entry
         self.max_requeues = max_requeues
-        self.bind_gpus = bind_gpus
 
     def __call__(self) -> dict[str, Any]:
         # The task started with SIGUSR2 blocked (config.python_command); submitit's handler is in
@@ -140,6 +141,9 @@ class TrainJob(submitit.helpers.Checkpointable):
         Path(self.run_dir).mkdir(parents=True, exist_ok=True)
         self._link_logs(dist.rank)
         if dist.rank == 0:
+            # Running again (the cluster, or a user's scontrol requeue, put it back): whatever
+            # it ends as, it is no longer out of requeues.
+            (Path(self.run_dir) / run_files.OUT_OF_REQUEUES).unlink(missing_ok=True)
             append_event(self.run_dir, "start", job_id=_job_id(), restart=restart,
                          world_size=dist.world_size, master=f"{dist.master_addr}:{dist.master_port}",
                          hosts=os.environ.get("SLURM_JOB_NODELIST", ""))
@@ -177,8 +181,6 @@ class TrainJob(submitit.helpers.Checkpointable):
         os.environ["MASTER_PORT"] = str(master_port(_job_id(), restart_count()))
         dist = submitit.helpers.TorchDistributedEnvironment()
         dist.export(set_cuda_visible_devices=False, overwrite=True)
-        if self.bind_gpus:
-            _bind_gpu(dist.local_rank)
         return dist
 
     def _run_entry(self) -> int:
@@ -239,15 +241,6 @@ def _job_id() -> str:
     if array_id:
         return f"{array_id}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
     return os.environ.get("SLURM_JOB_ID", "")
-
-
-def _bind_gpu(local_rank: int) -> None:
-    """One GPU per task: the local_rank-th of the GPUs SLURM gave this node's tasks."""
-    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
-    if visible:
-        os.environ["CUDA_VISIBLE_DEVICES"] = visible[local_rank % len(visible)]
-    else:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(local_rank)
 
 
 class _StopMarkers:

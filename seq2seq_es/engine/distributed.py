@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -47,13 +49,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def first_host_of(nodelist: str) -> str:
+    """The first host of a SLURM hostlist, as `scontrol show hostnames` would list it first:
+    'node[01-03,07]' -> 'node01', 'gpu-a[12-13]' -> 'gpu-a12', 'n[001-002]-ib' -> 'n001-ib',
+    'a[1-2]b[3-4]' -> 'a1b3', 'x1,y[2-3]' -> 'x1'. Every rank must agree on it without asking
+    anyone: a wrong name makes the rendezvous wait for its whole timeout."""
+    host = []
+    for part in re.split(r"(\[[^\]]*\])", nodelist.strip()):
+        if part.startswith("["):  # a range group: its first value, zero padding kept
+            host.append(re.split(r"[,-]", part[1:-1], maxsplit=1)[0])
+            continue
+        head, comma, _ = part.partition(",")
+        host.append(head)
+        if comma:  # the first host ends at a comma outside brackets
+            break
+    return "".join(host)
+
+
 def _first_slurm_host(nodelist: str) -> str:
     try:
         out = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True,
                              capture_output=True, text=True, timeout=30).stdout.split()
         return out[0]
     except (OSError, subprocess.SubprocessError, IndexError):
-        return nodelist.split(",")[0].split("[")[0]
+        return first_host_of(nodelist)
+
+
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def read_env(environ: dict[str, str] | None = None) -> DistEnv:
@@ -63,6 +91,13 @@ def read_env(environ: dict[str, str] | None = None) -> DistEnv:
                        env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)),
                        "torchrun")
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        if "SLURM_STEP_ID" not in env:
+            # The batch script itself (sbatch --ntasks N sets SLURM_PROCID=0 there too): only
+            # srun starts the other tasks, so waiting for them would hang until the timeout.
+            _say_once(f"SLURM allocated {env['SLURM_NTASKS']} tasks, but this process was not "
+                      "started by srun: it trains alone (start it with srun, or `seq2seq-es "
+                      "slurm submit`, to use them all)")
+            return DistEnv(0, 1, 0, "127.0.0.1", _free_port(), "none")
         job_id = int(env.get("SLURM_JOB_ID", "0"))
         return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
                        int(env.get("SLURM_LOCALID", 0)),

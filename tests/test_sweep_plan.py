@@ -82,6 +82,17 @@ def test_an_axis_the_overrides_fix_is_deduplicated_with_its_value(tmp_path):
                                          "that stays):")
 
 
+def test_grid_points_whose_folder_names_meet_are_refused(tmp_path):
+    # Unsafe characters become '+', so these two values would train into one folder (the second
+    # run resuming the first's checkpoints).
+    with pytest.raises(ConfigError) as err:
+        plan_sweep(tmp_path, [("barto-tiny", "mlsum")],
+                   {"data.cache_dir": ["/scratch/a_b", "/scratch/a/b"]}, [])
+    assert err.value.key == "--grid"
+    assert "data.cache_dir=/scratch/a_b and data.cache_dir=/scratch/a/b" in str(err.value)
+    assert "cache_dir-+scratch+a+b" in str(err.value)
+
+
 @pytest.mark.parametrize("model, task, batches", [
     ("t5s", "mlsum", {"4": (4, 1), "8": (4, 2), "16": (4, 4)}),       # default micro-batch 4
     ("barto", "mlsum", {"4": (4, 1), "8": (8, 1), "16": (16, 1)}),    # default 16

@@ -531,7 +531,22 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
             seen[key] = (plan, number)
             runs.append(plan)
             configs[name] = cfg
+    _refuse_shared_run_dirs(runs)
     return SweepPlan(runs=runs, dropped=dropped, grid=union, configs=configs)
+
+
+def _refuse_shared_run_dirs(runs: list[RunPlan]) -> None:
+    """Two different runs must not train into one folder (the second would resume the first's
+    checkpoints). Folder names replace unsafe characters by '+', so distinct values can meet."""
+    by_dir: dict[str, RunPlan] = {}
+    for run in runs:
+        other = by_dir.setdefault(run.run_dir, run)
+        if other is not run:
+            raise ConfigError("--grid", f"grid points {describe_grid_point(other.grid_point)} and "
+                              f"{describe_grid_point(run.grid_point)} of {run.model} on "
+                              f"{run.task} would share the run folder {run.run_dir} (characters "
+                              "other than letters, digits, '.', '+' and '-' become '+'); make "
+                              "the values differ in those characters")
 
 
 def plan_runs(root: str | Path, pairs: list[tuple[str, str]], grid: dict[str, list[str]] | None,

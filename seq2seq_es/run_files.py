@@ -20,6 +20,7 @@ from it.
       PREEMPTED              a stop signal was handled and a checkpoint saved (exit code 3)
       OUT_OF_REQUEUES        TrainJob was pre-empted again with its requeues used up
       slurm_events.jsonl     TrainJob's start / requeued / finished / failed events
+      submitted_config.yaml  the --config file as it was at submission (every restart reads it)
       logs/                  links to every rank's SLURM log
 """
 
@@ -32,6 +33,9 @@ INTERRUPTED_EXIT_CODE = 130
 DONE = "DONE"
 PREEMPTED = "PREEMPTED"
 OUT_OF_REQUEUES = "OUT_OF_REQUEUES"
+
+# Written by `seq2seq-es slurm submit | sweep`.
+SUBMITTED_CONFIG = "submitted_config.yaml"
 
 # Written by the engine.
 CONFIG = "config.yaml"

@@ -104,10 +104,21 @@ def test_training_that_reaches_its_time_limit_requeues_and_resumes_exactly(
     uninterrupted = start("none", 1, ["--task", "mlsum", "--model", MODEL, "--train.output_dir",
                                       str(reference), *overrides(reference)])
     out = workdir / "slurm-time-limit"
+    # The learning rate comes from a --config file, which is edited once the job is queued:
+    # the restart must train with the file as submitted (the exact comparison below fails if
+    # it reads the edited one).
+    job_args = overrides(out)
+    lr_at = job_args.index("--optim.lr")
+    run_yaml = workdir / "time-limit-run.yaml"
+    run_yaml.write_text(f"optim:\n  lr: {job_args[lr_at + 1]}\n")
+    del job_args[lr_at:lr_at + 2]
     # submitted with room to spare, and SLURM's warning signal 90 s before the limit
     assert slurm_main(["submit", "--task", "mlsum", "--model", MODEL, "--run-dir", str(out),
                        "--time", "15", "--signal-delay-s", "90", "--max-requeues", "2", "--",
-                       *overrides(out)]) == 0
+                       *job_args, "--config", str(run_yaml)]) == 0
+    submitted = run_yaml.read_text()
+    run_yaml.write_text("optim:\n  lr: 0.05\n")
+    assert (out / "submitted_config.yaml").read_text() == submitted
     job_id = load_manifest(out).runs[0].job_id
     wait_until(lambda: len(step_losses(out)) >= 1, 600, "the first training step", interval_s=0.1)
     # The job now reaches its time limit mid-training: a 1-minute limit leaves under 90 s, so

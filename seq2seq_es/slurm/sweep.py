@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .. import run_files
 from ..errors import ConfigError, Seq2SeqEsError, UnknownNameError
 from . import paper_grid
 from .config import SlurmConfig, make_executor, render_sbatch
@@ -701,6 +702,18 @@ def require_slurm_clients() -> None:
                                         "commands (--dry-run prints the script without them)")
 
 
+def snapshot_config(argv: list[str], run_dir: Path) -> list[str]:
+    """The train arguments with their `--config` file copied into the run folder and pointed at
+    there: a requeued job starts `train` again, which would read the file as it is then (an edit
+    made while the job waits would change the run half-way, unrecorded)."""
+    config_file, rest = split_config(argv)
+    if config_file is None:
+        return list(argv)
+    copy = run_dir / run_files.SUBMITTED_CONFIG
+    shutil.copyfile(config_file, copy)
+    return [*rest, CONFIG_OPTION, str(copy.absolute())]
+
+
 def train_jobs(manifest: Manifest, config: SlurmConfig) -> list[TrainJob]:
     """What each task of the submitted job (or array) runs."""
     return [TrainJob(run.argv, run_dir=run.run_dir, entry=manifest.entry,
@@ -714,11 +727,12 @@ def submit(manifest: Manifest, config: SlurmConfig, manifest_path: Path) -> Mani
     again with the job ids.
     """
     require_slurm_clients()
+    for run in manifest.runs:
+        Path(run.run_dir).mkdir(parents=True, exist_ok=True)
+        run.argv = snapshot_config(run.argv, Path(run.run_dir))
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     manifest.write(manifest_path)
     jobs_callables = train_jobs(manifest, config)
-    for run in manifest.runs:
-        Path(run.run_dir).mkdir(parents=True, exist_ok=True)
     from submitit.core.utils import FailedJobError, FailedSubmissionError
 
     executor = make_executor(config, manifest.submitit_folder,

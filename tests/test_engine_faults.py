@@ -199,3 +199,43 @@ def test_betoshare_trains_under_zero2_with_checkpointing_and_export_keeps_the_ti
     # (the encoder's as its own copy), and reports only the encoder pooler, which it never reads.
     assert len(pairs) == len(model.encoder_to_decoder_names())
     assert_plain_load_matches(out / "final", model)
+
+
+@pytest.mark.slow
+def test_a_stop_signal_during_the_last_validation_requeues_before_test_and_export(
+        files, one_rank, tmp_path, monkeypatch):
+    # A time-limit warning that meets the end of training (validation, test, export) used to be
+    # ignored: the job then ran into its limit and ended TIMEOUT, not requeued.
+    from seq2seq_es.engine.trainer import Stopped, Trainer
+
+    cfg = RunConfig()
+    cfg.model.name, cfg.data.task = "barto-tiny", "mlsum"
+    cfg.data.train_file, cfg.data.validation_file = files["train"], files["validation"]
+    cfg.data.test_file = files["validation"]
+    cfg.data.max_source_length, cfg.data.max_target_length = 64, 32
+    cfg.train.output_dir, cfg.train.max_steps, cfg.train.batch_size = str(tmp_path), 2, 2
+    cfg.train.precision, cfg.train.report_to, cfg.train.progress_bar = "fp32", "none", False
+    cfg.train.resume = "auto"
+    cfg.gen.num_beams, cfg.gen.max_new_tokens, cfg.gen.min_new_tokens = 1, 4, 0
+    original = Trainer.run_eval
+
+    def signalled_eval(self, step, data=None, prefix="eval"):
+        results = original(self, step, data, prefix)
+        if prefix == "eval" and step == 2:
+            os.kill(os.getpid(), signal.SIGUSR2)  # arrives while the last step is validated
+        return results
+    monkeypatch.setattr(Trainer, "run_eval", signalled_eval)
+    with pytest.raises(Stopped) as stopped, Trainer(cfg) as trainer:
+        trainer.train()
+    assert stopped.value.exit_code == 3
+    assert (tmp_path / "PREEMPTED").is_file() and not (tmp_path / "DONE").exists()
+    assert (tmp_path / "checkpoints" / "step_00000002").is_dir()
+    assert not (tmp_path / "final").exists() and not (tmp_path / "test").exists()
+
+    monkeypatch.setattr(Trainer, "run_eval", original)
+    with Trainer(cfg) as trainer:  # the requeued job: straight to the end's work
+        result = trainer.train()
+    assert result["step"] == 2 and (tmp_path / "DONE").is_file()
+    assert not (tmp_path / "PREEMPTED").exists()
+    final = json.loads((tmp_path / "final_results.json").read_text())
+    assert final["steps"] == 2 and final["test"] and (tmp_path / "final").is_dir()

@@ -254,10 +254,11 @@ class Trainer:
         if step < self.total_steps and (asked or (every and step % every == 0)):
             self.save(step)
 
-    def maybe_stop(self, signum: float) -> None:
-        """After a stop signal's save: write PREEMPTED and leave with the signal's exit code."""
+    def maybe_stop(self, signum: float, *, at_end: bool = False) -> None:
+        """After a stop signal's save: write PREEMPTED and leave with the signal's exit code.
+        At the last step only from `finish` (at_end), whose own save has just been made."""
         step = self.state.step
-        if not signum or step >= self.total_steps:
+        if not signum or (step >= self.total_steps and not at_end):
             return
         name = StopRequest.name(int(signum))
         if self.env.is_main:
@@ -328,6 +329,11 @@ class Trainer:
         if end_eval:
             self.track_best(step, end_eval)
         self.save(step)
+        # A time-limit warning that came during the last validation: the test scoring and the
+        # export may not fit in what is left, so leave now, requeued, with the last step saved
+        # (a resume comes straight back here). One collective: every rank leaves together.
+        self.maybe_stop(D.all_reduce_max([float(self.stop.signum)], self.env.device)[0],
+                        at_end=True)
         best = self.state.best
         chosen = best if cfg.train.load_best_at_end else None
         if chosen is not None and chosen["step"] != step:

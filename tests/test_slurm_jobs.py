@@ -117,6 +117,34 @@ def test_job_out_of_requeues_says_so(slurm_cluster, tmp_path, capsys):  # noqa: 
     assert "COMPLETED" in out and "OUT_OF_REQUEUES" not in out
 
 
+def test_resume_submits_a_stopped_run_again_and_it_finishes(slurm_cluster, tmp_path, capsys):  # noqa: F811
+    # Out of requeues (or timed out, or failed): `slurm resume` submits the run again, from its
+    # checkpoint, with the settings it was submitted with; a run with a live job is refused.
+    run_dir = tmp_path / "run"
+    first_job = submit_probe(run_dir, "--max-requeues", "0",
+                             overrides=("--probe.steps", "40", "--probe.step_seconds", "0.2"))
+    wait_until(lambda: len(train_records(run_dir)) >= 2, 120, "two training steps")
+    subprocess.run(["scancel", "--signal=USR2", first_job], check=True, timeout=60)
+    assert wait_finished(first_job)["JobState"] == "FAILED"
+    capsys.readouterr()
+    assert slurm_main(["resume", str(run_dir), "--dry-run"]) == 0
+    assert f"#   run (last job {first_job})" in capsys.readouterr().out
+    assert slurm_main(["resume", str(run_dir), "--max-requeues", "1", "--yes"]) == 0
+    manifest = load_manifest(run_dir)
+    second_job = manifest.runs[0].job_id
+    assert second_job != first_job and manifest.slurm["max_requeues"] == 1
+    assert slurm_main(["resume", str(run_dir), "--yes"]) == 2  # its job may still train
+    assert f"still has job {second_job}" in capsys.readouterr().err
+    assert wait_finished(second_job)["JobState"] == "COMPLETED"
+    steps = [r["step"] for r in train_records(run_dir)]
+    assert sorted(set(steps)) == list(range(1, 41))  # resumed, nothing lost
+    assert (run_dir / "DONE").is_file() and not (run_dir / "OUT_OF_REQUEUES").exists()
+    assert events(run_dir)[-2:] == ["start", "finished"]
+    capsys.readouterr()
+    assert slurm_main(["resume", str(run_dir), "--yes"]) == 0
+    assert "nothing to resume" in capsys.readouterr().out
+
+
 def test_failed_rank_shows_its_error_and_log_and_nothing_hangs(slurm_cluster, tmp_path, capsys):  # noqa: F811
     run_dir = tmp_path / "run"
     # rank 1 fails as `seq2seq-es train` does (prints `error: ...`, exit 2) while rank 0 waits

@@ -5,6 +5,9 @@
          [--no-grid] [--data-root DIR] [--max-parallel N] [SLURM options] [--dry-run] [--yes]
          [-- train overrides]
   status SWEEP [--json]            SWEEP: a sweep folder, or a run folder made by `submit`
+  resume SWEEP [--time MIN] [--max-requeues N] [--dry-run] [--yes]
+                           submit again every run without DONE (stopped, out of requeues,
+                           timed out, failed); each resumes from its latest checkpoint
   collect SWEEP [--split both|dev|test] [--metrics A,B] [--markdown FILE] [--csv FILE]
          [--png FILE]      per model and task the run of the best dev main metric:
                            results.md/.csv/.png (an empty table writes nothing)
@@ -39,14 +42,14 @@ from pathlib import Path
 from ..errors import ConfigError, run_command
 from .config import SlurmConfig
 from .job import DEFAULT_ENTRY
-from .monitor import (SPLITS_SHOWN, build_table, empty_message, format_status, status_json,
-                      sweep_status, write_results)
+from .monitor import (SPLITS_SHOWN, build_table, empty_message, format_status, query_slurm,
+                      status_json, sweep_status, write_results)
 from .options import add_slurm_options, slurm_config_from_args, split_overrides
 from .sweep import (RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, absolute_config,
                     check_names, check_overrides, check_partition, check_run_dir,
                     check_sweep_dir, compose_run, dry_run_script, gpu_warning, load_manifest,
                     new_manifest, parse_grid, partition_gres, plan_sweep, require_slurm_clients,
-                    select_pairs, submit, train_argv)
+                    runs_to_resume, select_pairs, submit, submit_runs, train_argv)
 
 def _warn_without_gpus(config: SlurmConfig) -> None:
     """A job without --gpus-per-node trains on CPUs: say so on stderr where GPUs seem meant."""
@@ -243,14 +246,50 @@ def cmd_collect(argv: list[str]) -> int:
     return 0
 
 
+def cmd_resume(argv: list[str]) -> int:
+    """Submit again the runs of a submitted sweep (or run folder) that have not finished: their
+    arguments already say --train.resume auto, so each continues from its latest checkpoint,
+    with the SLURM settings it was submitted with (--time and --max-requeues may change)."""
+    parser = argparse.ArgumentParser(prog="seq2seq-es slurm resume")
+    parser.add_argument("sweep", metavar="SWEEP", help="sweep folder, run folder or manifest")
+    parser.add_argument("--time", type=int, metavar="MIN", help="a new time limit per job")
+    parser.add_argument("--max-requeues", type=int, metavar="N", help="a new requeue limit")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs only")
+    parser.add_argument("--yes", action="store_true", help="submit without asking")
+    args = parser.parse_args(argv)
+    manifest = load_manifest(args.sweep)
+    runs = runs_to_resume(manifest, query_slurm(run.job_id for run in manifest.runs))
+    if not runs:
+        print(f"every run of {manifest.path} has finished (DONE): nothing to resume")
+        return 0
+    config = SlurmConfig.from_mapping(manifest.slurm)
+    changes = {key: value for key, value in (("time_min", args.time),
+                                             ("max_requeues", args.max_requeues))
+               if value is not None}
+    config = SlurmConfig.from_mapping({**config.to_dict(), **changes})
+    print(f"# {len(runs)} of {len(manifest.runs)} run(s) to resume:")
+    for run in runs:
+        print(f"#   {run.name} (last job {run.job_id})")
+    if args.dry_run or not _confirm(len(runs), args.yes):
+        return 0
+    require_slurm_clients()
+    check_partition(config.partition, required=True)
+    submit_runs(manifest, runs, config)
+    manifest.slurm = config.to_dict()
+    manifest.write(manifest.path)
+    print(f"submitted: {', '.join(run.job_id for run in runs)}")
+    print(f"status: seq2seq-es slurm status {Path(manifest.path).parent}")
+    return 0
+
+
 def cmd_bench(argv: list[str]) -> int:
     from ..bench.scaling_jobs import main as bench_main
 
     return bench_main(argv)
 
 
-COMMANDS = {"submit": cmd_submit, "sweep": cmd_sweep, "status": cmd_status, "collect": cmd_collect,
-            "bench": cmd_bench}
+COMMANDS = {"submit": cmd_submit, "sweep": cmd_sweep, "status": cmd_status, "resume": cmd_resume,
+            "collect": cmd_collect, "bench": cmd_bench}
 
 
 def main(argv: list[str]) -> int:

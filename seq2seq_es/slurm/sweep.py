@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -710,7 +710,8 @@ def snapshot_config(argv: list[str], run_dir: Path) -> list[str]:
     if config_file is None:
         return list(argv)
     copy = run_dir / run_files.SUBMITTED_CONFIG
-    shutil.copyfile(config_file, copy)
+    if Path(config_file).absolute() != copy.absolute():  # `resume` submits the copy again
+        shutil.copyfile(config_file, copy)
     return [*rest, CONFIG_OPTION, str(copy.absolute())]
 
 
@@ -732,9 +733,17 @@ def submit(manifest: Manifest, config: SlurmConfig, manifest_path: Path) -> Mani
         run.argv = snapshot_config(run.argv, Path(run.run_dir))
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     manifest.write(manifest_path)
-    jobs_callables = train_jobs(manifest, config)
+    submit_runs(manifest, manifest.runs, config)
+    manifest.submitted = True
+    manifest.write(manifest_path)
+    return manifest
+
+
+def submit_runs(manifest: Manifest, runs: list[RunPlan], config: SlurmConfig) -> None:
+    """sbatch `runs` (of `manifest`) as one job, or one array; sets each run's job_id."""
     from submitit.core.utils import FailedJobError, FailedSubmissionError
 
+    jobs_callables = train_jobs(replace(manifest, runs=runs), config)
     executor = make_executor(config, manifest.submitit_folder,
                              array_parallelism=manifest.max_parallel)
     try:
@@ -744,8 +753,25 @@ def submit(manifest: Manifest, config: SlurmConfig, manifest_path: Path) -> Mani
             jobs = executor.submit_array(jobs_callables)
     except (FailedJobError, FailedSubmissionError) as exc:
         raise SlurmUnavailableError(f"sbatch refused the job: {str(exc).strip()}") from None
-    for run, job in zip(manifest.runs, jobs):
+    for run, job in zip(runs, jobs):
         run.job_id = str(job.job_id)
-    manifest.submitted = True
-    manifest.write(manifest_path)
-    return manifest
+
+
+# SLURM states in which a job may still train: its run must not get a second job.
+ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",
+                 "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT")
+
+
+def runs_to_resume(manifest: Manifest, states: dict[str, Any]) -> list[RunPlan]:
+    """The runs of a submitted manifest that have not finished (no DONE), refusing the lot when
+    one of them still has a job that may train (two jobs would write one run folder)."""
+    if not manifest.submitted:
+        raise ConfigError("SWEEP", f"{manifest.path} was never submitted; submit it instead")
+    active = [(run, states[run.job_id].state) for run in manifest.runs
+              if run.job_id in states and states[run.job_id].state in ACTIVE_STATES]
+    if active:
+        run, state = active[0]
+        more = f" (and {len(active) - 1} more run(s))" if len(active) > 1 else ""
+        raise ConfigError("SWEEP", f"run {run.name} still has job {run.job_id} ({state}){more}; "
+                          "wait for it to end, or scancel it, before resuming")
+    return [run for run in manifest.runs if not (Path(run.run_dir) / run_files.DONE).exists()]

@@ -252,7 +252,8 @@ def run_status(run: RunPlan, manifest: Manifest, slurm: dict[str, SlurmState]) -
     if ((run_dir / run_files.OUT_OF_REQUEUES).exists()
             and status.state not in ("PENDING", "RUNNING")):
         status.state = "OUT_OF_REQUEUES"
-        status.note = f"out of requeues (max_requeues {manifest.slurm.get('max_requeues')})"
+        status.note = (f"out of requeues (max_requeues {manifest.slurm.get('max_requeues')})"
+                       + RESUME_HINT)
     if status.failed:
         status.error, status.log = failure_details(manifest.submitit_folder, run.job_id,
                                                    manifest.tasks_per_job)
@@ -261,13 +262,14 @@ def run_status(run: RunPlan, manifest: Manifest, slurm: dict[str, SlurmState]) -
 
 
 # What a job's state says when its tasks left no error of their own.
+RESUME_HINT = "; `seq2seq-es slurm resume` continues it from its last checkpoint"
 _ENDED_BY_SLURM = {
-    "CANCELLED": "cancelled (scancel, or an administrator)",
+    "CANCELLED": "cancelled (scancel, or an administrator)" + RESUME_HINT,
     "TIMEOUT": "killed at its time limit without a requeue: raise --signal-delay-s so that the "
-               "checkpoint fits before the limit",
-    "NODE_FAIL": "a node of the job failed",
+               "checkpoint fits before the limit" + RESUME_HINT,
+    "NODE_FAIL": "a node of the job failed" + RESUME_HINT,
     "OUT_OF_MEMORY": "killed by SLURM for using more memory than it asked for (--mem-gb)",
-    "PREEMPTED": "pre-empted and not requeued (the cluster's PreemptMode cancels)",
+    "PREEMPTED": "pre-empted and not requeued (the cluster's PreemptMode cancels)" + RESUME_HINT,
 }
 
 

@@ -177,3 +177,15 @@ def test_a_csv_written_by_pandas_keeps_its_reference_lists(tmp_path, cache):
     examples, report = load_examples("wikilingua", "validation",
                                      data_files={"validation": str(path)}, cache_dir=cache)
     assert examples.num_rows == 2 and "references" in str(report)
+
+
+def test_decomposed_accents_are_loaded_composed(tmp_path, cache):
+    import unicodedata
+
+    rows = [{"text": unicodedata.normalize("NFD", r["text"]),
+             "summary": unicodedata.normalize("NFD", r["summary"] + " Canción.")} for r in GOOD]
+    path = tmp_path / "nfd.jsonl"
+    path.write_bytes(b"\n".join(jsonl_lines(rows)) + b"\n")
+    examples, _ = load(path, cache)
+    assert examples["source"] == [r["text"] for r in GOOD]
+    assert examples["target"] == [r["summary"] + " Canción." for r in GOOD]

@@ -605,3 +605,21 @@ def test_score_command_rouge_switches(tmp_path, capsys):
     assert score_main(["--help"]) == 0
     help_text = capsys.readouterr().out
     assert "--no-stem" in help_text and "accents" in help_text and "13a" in help_text
+
+
+@pytest.mark.parametrize("metric, key, options", [
+    ("bleu", "bleu", {}), ("chrf", "chrf", {}), ("rouge", "rouge1", {}),
+    ("exact_match", "exact_match", {"convention": "mlqa-es"}),
+    ("token_f1", "token_f1", {"convention": "squad"})])
+@pytest.mark.parametrize("mode", ["spanish", "paper"])
+def test_decomposed_accents_score_as_the_composed_letters_in_every_metric(metric, key, options,
+                                                                          mode):
+    # "canción" with a combining accent (NFD) was 0 under mlqa-es EM and BLEU 10.7 against the
+    # same sentence composed: BLEU, chrF, the QA conventions and paper modes compare code points.
+    composed = "La canción terminó en España con la lágrima."
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert decomposed != composed
+    for prediction, reference in ((decomposed, composed), (composed, decomposed)):
+        scores = compute_metrics([metric], [prediction], [reference], mode=mode,
+                                 options={metric: options} if options else None)
+        assert scores[key] == pytest.approx(100.0), (metric, mode, scores)

@@ -51,7 +51,8 @@ def test_references_of_lossless_tokenizers_stay_as_written(name):
 
 
 @pytest.mark.parametrize("name, rewritten", [("beto2beto-tiny", True), ("barto-tiny", False)])
-def test_a_run_scores_wordpiece_models_against_round_tripped_references(one_rank, tmp_path, name,
+def test_a_run_scores_wordpiece_models_against_round_tripped_references(one_rank, tmp_path, capsys,
+                                                                        name,
                                                                         rewritten):
     # The validation of a real run: predictions.jsonl names the texts the scores used where they
     # are not the references themselves.
@@ -85,3 +86,17 @@ def test_a_run_scores_wordpiece_models_against_round_tripped_references(one_rank
         assert all(r["reference"].startswith("¿Qué") for r in records)
     else:
         assert not any("scored_references" in r for r in records)
+    # The step folder's line files rescore to the run's own numbers (like with like).
+    from seq2seq_es.cli import main as cli_main
+
+    step = tmp_path / "run" / "eval" / "step_00000002"
+    scored = [json.loads(line) for line in (step / "scored_references.jsonl").open()]
+    assert scored == [r.get("scored_references", [r["reference"]]) for r in records]
+    assert len((step / "sources.txt").read_text().splitlines()) == 2
+    logged = json.loads((step / "scores.json").read_text())
+    capsys.readouterr()
+    assert cli_main(["score", "--metric", "rouge", "--predictions", str(step / "predictions.txt"),
+                     "--references", str(step / "scored_references.jsonl")]) == 0
+    rescored = json.loads(capsys.readouterr().out)
+    for key in ("rouge1", "rouge2", "rougeL"):
+        assert rescored[key] == pytest.approx(logged[f"eval/{key}"], abs=1e-9), key

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import unicodedata
 from pathlib import Path
 
 import torch
@@ -44,8 +45,9 @@ def batch_features(features, idx: list[int]) -> list[dict]:
 
 
 def clean_prediction(task, text: str) -> str:
-    """Undo tokenizer artefacts that the task's metrics would count as errors."""
-    text = text.strip()
+    """Undo tokenizer artefacts that the task's metrics would count as errors; composed
+    Unicode (NFC), as the references are loaded."""
+    text = unicodedata.normalize("NFC", text.strip())
     if task is not None and task.kind == "split_rephrase":
         from ..tasks import normalize_split_markers
         text = normalize_split_markers(text)
@@ -218,7 +220,9 @@ def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_conf
 def _write_predictions(folder: Path, examples, predictions: list[str], results: dict,
                        scored: list) -> None:
     """predictions.jsonl (with `scored_references` where the scores used other texts than the
-    references: see scoring_references), predictions.txt, references.txt, scores.json."""
+    references: see scoring_references), scores.json, and line files for `seq2seq-es score`:
+    predictions.txt, references.txt (the targets), sources.txt, and scored_references.jsonl
+    (every reference each example was scored against), so a rescoring compares like with like."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "predictions.jsonl", "w", encoding="utf-8") as f:
         for i, prediction in enumerate(predictions):
@@ -232,4 +236,9 @@ def _write_predictions(folder: Path, examples, predictions: list[str], results: 
                                             + "\n", encoding="utf-8")
     (folder / "references.txt").write_text(
         "\n".join(t.replace("\n", " ") for t in examples["target"]) + "\n", encoding="utf-8")
+    (folder / "sources.txt").write_text(
+        "\n".join(t.replace("\n", " ") for t in examples["source"]) + "\n", encoding="utf-8")
+    (folder / "scored_references.jsonl").write_text(
+        "".join(json.dumps(list(references), ensure_ascii=False) + "\n" for references in scored),
+        encoding="utf-8")
     (folder / "scores.json").write_text(json.dumps(results, indent=1))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -111,6 +112,14 @@ def compute_metrics(names: Sequence[str], predictions: list[str],
             raise DataError(f"got {len(predictions)} predictions but {len(sources)} sources")
         _check_texts(sources, "a source")
 
+    # One Unicode form for every metric: "canción" typed with a combining accent (NFD) is the
+    # same word as the composed one, also for BLEU, chrF, the QA conventions and paper modes,
+    # whose reference implementations compare code points (NFC text is left unchanged).
+    predictions = [unicodedata.normalize("NFC", text) for text in predictions]
+    reference_lists = [[unicodedata.normalize("NFC", text) for text in texts]
+                       for texts in reference_lists]
+    if sources is not None:
+        sources = [unicodedata.normalize("NFC", text) for text in sources]
     scores: dict[str, float] = {}
     for name in unique_names:
         arguments = _metric_options(name, options.get(name, {}))

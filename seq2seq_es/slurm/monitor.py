@@ -732,8 +732,10 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
                          "over SQAC + MLQA; SARI on BiSECT; F1 on MIAM); its split is not stated. "
                          "Not the same metric as ours: our ROUGE and SARI are Spanish-aware, the "
                          "paper's were scored with English tokenisation (docs/metrics.md); to "
-                         "compare like with like, rescore a run's predictions.txt and "
-                         "references.txt with `seq2seq-es score --mode paper`")
+                         "compare like with like, rescore a run's eval/ or test/ step folder: "
+                         "`seq2seq-es score --mode paper --aggregate bootstrap --split-sentences "
+                         "--predictions predictions.txt --references scored_references.jsonl "
+                         "--sources sources.txt --metric rouge` (or sari)")
     if any_partial:
         lines += ["", "* from a run that has not finished (no final_results.json or DONE): its "
                   "best evaluation so far in metrics.jsonl; not final"]

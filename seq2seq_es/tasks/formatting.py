@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -97,10 +98,16 @@ def _check_text(value: Any, column: str) -> str:
         raise _BadField(column, "missing value")
     if not isinstance(value, str):
         raise _BadField(column, f"not a string ({type(value).__name__})")
-    value = value.strip()
+    value = _nfc(value)
     if not value:
         raise _BadField(column, "empty")
     return value
+
+
+def _nfc(text: str) -> str:
+    """Stripped, in Unicode's composed form: a decomposed accent (e + U+0301) trains and scores as
+    the same letter as the composed one (é), whatever tokenizer or metric reads it."""
+    return unicodedata.normalize("NFC", text.strip())
 
 
 def _structured(value: Any, column: str) -> Any:
@@ -167,7 +174,7 @@ def _reference_list(row: Mapping[str, Any], column: str | None, target: str) -> 
     value = _structured(row[column], column)
     if not isinstance(value, (list, tuple)):
         raise _BadField(column, f"not a list of strings ({type(value).__name__})")
-    references = tuple(r.strip() for r in value if isinstance(r, str) and r.strip())
+    references = tuple(_nfc(r) for r in value if isinstance(r, str) and r.strip())
     return references or (target,)
 
 
@@ -225,7 +232,7 @@ class QAFormatter(RowFormatter):
             raise _BadField(text_column, "no answer")
         target = _check_text(texts[0], text_column)
         references = tuple(dict.fromkeys(
-            t.strip() for t in texts if isinstance(t, str) and t.strip()))
+            _nfc(t) for t in texts if isinstance(t, str) and t.strip()))
         return QA_PROMPT.format(question=question, context=context), target, references
 
 

@@ -37,13 +37,21 @@ def base_args(files: dict[str, str], out: Path, *, model: str = "barto-tiny", st
             "--train.eval_at_end", "false"] + (extra or [])
 
 
-def _env(tmp_cache: Path | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-                "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """This environment for a child process, without the torchrun variables: an in-process
+    engine test of the same pytest worker sets them (D.init), and a child would then take itself
+    for rank 0 of that group and try to serve its rendezvous on a port this process holds."""
+    env = {key: value for key, value in os.environ.items() if key not in LAUNCHER_VARIABLES}
+    env.update(extra)
     return env
+
+
+def _env(tmp_cache: Path | None = None) -> dict[str, str]:
+    return subprocess_env(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+                          PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
 
 
 def command(launcher: str, nproc: int, args: list[str], port: int = 0) -> list[str]:

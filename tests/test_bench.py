@@ -5,7 +5,6 @@ because the loop rows start a process group and set RANK/WORLD_SIZE in their pro
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,15 +21,14 @@ from seq2seq_es.bench.seq2seq import ROW_KEYS, failed_row
 from seq2seq_es.bench.shapes import SHAPES, build_model, get_shape, make_config
 from seq2seq_es.cli import main as cli_main
 from seq2seq_es.data.collator import Seq2SeqCollator
+from engine_runs import subprocess_env
 from seq2seq_es.errors import DataError, UnknownNameError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_bench_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
+    env = subprocess_env(CUDA_VISIBLE_DEVICES="")
     return subprocess.run([sys.executable, "-m", "seq2seq_es", "bench", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -100,7 +98,7 @@ def test_bench_t5_rows_and_a_failing_row():
 @pytest.mark.timeout(600)
 def test_gpu_script_plumbing_on_tiny_models(tmp_path):
     # The prepared GPU script end to end on the CPU, compiled rows left out for time.
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    env = subprocess_env(CUDA_VISIBLE_DEVICES="")
     done = subprocess.run([sys.executable, "-m", "seq2seq_es.bench.gpu_seq2seq",
                            str(tmp_path), "--tiny", "--skip-compile", "--sections", "barto"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -69,8 +69,12 @@ def test_a_batch_script_process_trains_alone_and_srun_tasks_join(slurm_cluster, 
                       f"{sys.executable} -c \"{probe}\"\n"
                       f"srun -n2 {sys.executable} -c \"{probe}\"\n")
     out = tmp_path / "job.out"
+    # sbatch exports this environment: without the torchrun variables an in-process engine test
+    # of this worker may have set, which read_env rightly takes first
+    from engine_runs import subprocess_env
     submitted = subprocess.run(["sbatch", "--parsable", "-N2", "--ntasks", "2", "-o", str(out),
-                                str(script)], capture_output=True, text=True, timeout=60)
+                                str(script)], capture_output=True, text=True, timeout=60,
+                               env=subprocess_env())
     assert submitted.returncode == 0, submitted.stderr
     wait_finished(submitted.stdout.strip().split(";")[0], timeout_s=120)
     text = out.read_text()

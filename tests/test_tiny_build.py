@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
-from engine_runs import free_port
+from engine_runs import free_port, subprocess_env
 
 # Rank 0 starts late, so rank 1 builds first. Under torch.distributed, transformers 5 writes
 # nothing from rank 1's save_pretrained: before the fix its empty folder was renamed into
@@ -27,10 +26,8 @@ dist.destroy_process_group()
 
 @pytest.mark.slow  # torchrun with two ranks building a model: about 20 s
 def test_ranks_building_a_tiny_model_at_once_all_load_it(tmp_path):
-    env = {**os.environ, "SEQ2SEQ_ES_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
+    env = subprocess_env(SEQ2SEQ_ES_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1",
+                         HF_HUB_OFFLINE="1")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
          str(free_port()), "--no-python", sys.executable, "-c", SCRIPT],

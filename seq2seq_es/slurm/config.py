@@ -8,9 +8,7 @@ own script writer and needs no SLURM installation.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import shlex
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,21 +179,13 @@ def python_command(config: SlurmConfig) -> str:
     default action then kills the task and the job ends FAILED instead of requeueing. Blocked, the
     signal stays pending through exec until TrainJob unblocks it, by which time submitit's handler
     is in place. GNU env has --block-signal since coreutils 8.31; where it lacks it, the plain
-    command is used and the start-up window stays open.
+    command is used and the start-up window stays open. Which of the two is decided by the batch
+    script's shell on the job's first node, whose coreutils are the compute nodes' (a login node
+    often runs a newer OS: asked there, `env --block-signal` failed every task of a job on
+    nodes with an older coreutils).
     """
     python = config.python if config.python else shlex.quote(sys.executable)
-    if _env_can_block_signals():
-        return f"env --block-signal=USR2 {python}"
-    return python
-
-
-@functools.lru_cache(maxsize=1)
-def _env_can_block_signals() -> bool:
-    try:
-        return subprocess.run(["env", "--block-signal=USR2", "true"], capture_output=True,
-                              timeout=10).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+    return f"$(env --block-signal=USR2 true 2>/dev/null && echo env --block-signal=USR2) {python}"
 
 
 def make_executor(config: SlurmConfig, folder: str | Path, *,

@@ -397,7 +397,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError("--config", f"file {path} is not valid YAML: {exc}") from None
     if not isinstance(loaded, dict):
         raise ConfigError("--config", f"file {path} must hold a mapping of sections")
-    return loaded
+    sections = {}
+    for key, value in loaded.items():
+        if value is None and "." not in str(key):  # `data:` with nothing under it
+            continue
+        if "." not in str(key) and not isinstance(value, Mapping):
+            raise ConfigError(str(key), f"file {path}: section '{key}' must hold keys "
+                              f"(e.g. '{key}:' then indented 'name: value' lines), got {value!r}")
+        sections[key] = value
+    return sections
 
 
 def parse_overrides(argv: list[str]) -> dict[str, str]:
@@ -445,20 +453,43 @@ def compose(task: str | None = None, model: str | None = None, config_file: str 
     cfg = RunConfig()
     file_values = load_yaml(config_file) if config_file else {}
     overrides = dict(overrides or {})
-    # The task and model may come from the command line, the YAML file or the dotted overrides.
-    task = task or overrides.get("data.task") or file_values.get("data", {}).get("task") or cfg.data.task
-    model = model or overrides.get("model.name") or file_values.get("model", {}).get("name") \
-        or cfg.model.name
+    # The task and model may come from --task/--model, the dotted overrides or the YAML file.
+    # They are settled first, since their registry defaults go under everything else; two that
+    # disagree are refused (a file's data.task applied over --task's defaults renamed the run
+    # without its defaults, and the file's restated defaults belong to its own pair).
+    task = _chosen_name("data.task", "--task", task, overrides, file_values, cfg.data.task)
+    model = _chosen_name("model.name", "--model", model, overrides, file_values, cfg.model.name)
     task_spec = get_task(task)
     model_spec = get_model_spec(model)
     cfg.data.task, cfg.model.name = task_spec.name, model_spec.name
     for _, values in registry_layers(task_spec, model_spec):
         apply_mapping(cfg, dict(values))
-    apply_mapping(cfg, file_values)
+    try:
+        apply_mapping(cfg, file_values)
+    except ConfigError as error:  # say which file: the same key may also be on the command line
+        raise ConfigError(error.key, f"{error.reason} (in {config_file})") from None
     apply_mapping(cfg, overrides)
     follow_target_length(cfg, explicit=set(flat_keys(file_values)) | set(overrides))
     validate(cfg)
     return cfg
+
+
+def _chosen_name(key: str, flag: str, given: str | None, overrides: Mapping[str, Any],
+                 file_values: Mapping[str, Any], default: str) -> str:
+    """The task or model name from the flag, the dotted override or the file (a nested or flat
+    key), else the default; places that name different ones are refused."""
+    section, name = key.split(".")
+    in_file = file_values.get(key)
+    if in_file is None and isinstance(file_values.get(section), Mapping):
+        in_file = file_values[section].get(name)
+    named = [(where, str(value)) for where, value in
+             ((flag, given), (f"--{key}", overrides.get(key)), (f"the --config file's {key}", in_file))
+             if value]
+    if len({value for _, value in named}) > 1:
+        listed = " and ".join(f"{where} {value}" for where, value in named)
+        raise ConfigError(key, f"{listed} disagree; give one (a run file restates its own pair's "
+                          "defaults: for another pair, change its name and drop those lines)")
+    return named[0][1] if named else default
 
 
 def flat_keys(values: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -13,7 +13,7 @@ class ConfigError(Seq2SeqEsError):
     """A configuration value that cannot work. The message names the dotted key."""
 
     def __init__(self, key: str, message: str):
-        self.key = key
+        self.key, self.reason = key, message
         super().__init__(f"config key '{key}': {message}")
 
 

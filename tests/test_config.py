@@ -137,3 +137,43 @@ def test_packed_batches_are_refused_at_compose_time_for_led_and_bert2bert():
         task = "xlsum" if model.startswith("ledo") else "mlsum"
         with pytest.raises(ConfigError, match="train.batching"):
             compose(task, model, overrides={"train.batching": "packed"})
+
+
+def test_a_task_or_model_named_two_ways_is_refused(tmp_path):
+    # The file's data.task used to be applied over --task's defaults: a run named mlsum trained
+    # with sqac's lengths, silently. Agreeing names are fine.
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  task: mlsum\nmodel:\n  name: barto\n", encoding="utf-8")
+    for task, model, overrides, key in (("sqac", None, {}, "data.task"),
+                                        (None, "t5s", {}, "model.name"),
+                                        (None, None, {"data.task": "sqac"}, "data.task")):
+        with pytest.raises(ConfigError) as err:
+            compose(task=task, model=model, config_file=str(path), overrides=overrides)
+        assert err.value.key == key and "disagree" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        compose(task="mlsum", model="barto", overrides={"data.task": "sqac"})
+    assert "--task mlsum and --data.task sqac disagree" in str(err.value)
+    assert compose(task="mlsum", model="barto", config_file=str(path)) == \
+        compose(task="mlsum", model="barto")
+
+
+def test_a_flat_keyed_file_names_the_task_like_a_nested_one(tmp_path):
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("data.task: sqac\nmodel.name: t5s\n", encoding="utf-8")
+    assert compose(config_file=str(flat)) == compose(task="sqac", model="t5s")
+
+
+def test_file_sections_empty_or_not_a_mapping_and_bad_values_name_the_file(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("data:\nmodel:\n  name: t5s\n", encoding="utf-8")
+    assert compose(task="sqac", config_file=str(empty)).model.name == "t5s"
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("data: sqac\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        compose(config_file=str(scalar))
+    assert err.value.key == "data" and str(scalar) in str(err.value)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("data:\n  max_source_length: long\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        compose(task="mlsum", model="barto", config_file=str(typo))
+    assert err.value.key == "data.max_source_length" and f"(in {typo})" in str(err.value)

@@ -177,3 +177,22 @@ def test_file_sections_empty_or_not_a_mapping_and_bad_values_name_the_file(tmp_p
     with pytest.raises(ConfigError) as err:
         compose(task="mlsum", model="barto", config_file=str(typo))
     assert err.value.key == "data.max_source_length" and f"(in {typo})" in str(err.value)
+
+
+def test_inputs_that_would_fail_after_loading_are_refused_before_it(tmp_path):
+    # A missing data file, DeepSpeed file or an unknown best metric used to surface after the
+    # model was loaded and the splits tokenized (the metric: at the first validation).
+    from seq2seq_es.engine.run_dir import check_inputs
+
+    cfg = compose(task="mlsum", model="barto-tiny")
+    check_inputs(cfg)
+    for key, value, expected in (
+            ("data.train_file", str(tmp_path / "nope.jsonl"), "does not exist"),
+            ("dist.deepspeed_config", str(tmp_path / "ds.json"), "does not exist"),
+            ("train.best_metric", "rouge-L", "rouge1, rouge2, rougeL, rougeLsum")):
+        bad = compose(task="mlsum", model="barto-tiny", overrides={key: value})
+        with pytest.raises(ConfigError) as err:
+            check_inputs(bad)
+        assert err.value.key == key and expected in str(err.value), str(err.value)
+    assert "sari" in str(pytest.raises(ConfigError, check_inputs, compose(
+        task="bisect", model="barto-tiny", overrides={"train.best_metric": "rouge1"})).value)

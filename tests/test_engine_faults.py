@@ -149,7 +149,9 @@ def test_resume_with_another_data_layout_is_refused_and_more_steps_are_not(files
     # A checkpoint's position in the epoch counts steps of its own batch layout: resuming with
     # another step size would skip or repeat examples silently. More steps change no layout.
     out = tmp_path / "layout"
-    run("none", 1, base_args(files, out, steps=2, extra=["--train.save_every", "2"]))
+    first = run("none", 1, base_args(files, out, steps=2, extra=["--train.save_every", "2"]))
+    # No data.test_file with local files: said once, and nothing is scored on test.
+    assert first.stdout.count("no test split") == 1 and not (out / "test").exists()
     proc = run("none", 1, base_args(files, out, steps=4, batch=4, extra=[
         "--train.resume", "must", "--train.save_every", "2"]), check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]

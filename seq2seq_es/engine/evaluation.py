@@ -54,6 +54,16 @@ def clean_prediction(task, text: str) -> str:
     return text
 
 
+def validation_metric_names(task) -> list[str]:
+    """What a validation of `task` reports (after 'eval/'): the loss and every key its metrics
+    return, found by scoring one dummy example with them (so no list is kept by hand)."""
+    from ..metrics import compute_metrics
+
+    text = "uno dos tres"
+    return ["loss", *compute_metrics(task.metrics, [text], [[text]], sources=[text],
+                                     options=task.metric_options)]
+
+
 def decode_is_lossy(tokenizer) -> bool:
     """WordPiece (BETO, mBERT) decodes with a space around every punctuation mark and between the
     pieces of a number ("¿ Qué", "( 5 años )", "3, 5"): no output can match a reference's

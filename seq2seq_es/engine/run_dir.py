@@ -51,6 +51,29 @@ def check_trackers(cfg: RunConfig) -> None:
                               "seq2seq-es[wandb] (or drop wandb from train.report_to)") from None
 
 
+def check_inputs(cfg: RunConfig) -> None:
+    """What would otherwise fail after the model is loaded and every split tokenized (or, for
+    train.best_metric, at the first validation): the local data files, the DeepSpeed file, and
+    that the best-checkpoint metric is one the task's validation reports."""
+    from ..tasks import get_task
+    from .evaluation import validation_metric_names
+    from .optim import load_user_deepspeed_config
+
+    for split in ("train", "validation", "test"):
+        path = getattr(cfg.data, f"{split}_file")
+        if path and not Path(path).exists():
+            raise ConfigError(f"data.{split}_file", f"file {path} does not exist")
+    if cfg.dist.deepspeed_config:
+        load_user_deepspeed_config(cfg.dist.deepspeed_config)
+    metric = cfg.train.best_metric
+    if metric:
+        task = get_task(cfg.data.task)
+        names = validation_metric_names(task)
+        if metric not in names:
+            raise ConfigError("train.best_metric", f"'{metric}' is not among what a validation "
+                              f"of task {task.name} reports: {', '.join(names)}")
+
+
 def check_before_training(cfg: RunConfig, env) -> None:
     """Rank 0 checks what only it will need at the end or on the way (the trackers' libraries;
     for train.push_to_hub, the hub and the login), before any model or data is loaded. Every rank
@@ -60,6 +83,7 @@ def check_before_training(cfg: RunConfig, env) -> None:
     refusal = None
     if env.is_main:
         try:
+            check_inputs(cfg)
             check_trackers(cfg)
             if cfg.train.push_to_hub:
                 from .hub import check_push

@@ -266,6 +266,16 @@ def test_bad_plain_line_and_bad_paths(trained, workdir, capsys):
                 str(workdir / "x.txt")]) == 2
     assert f"input file {lines}, line 2: empty line" in capsys.readouterr().err
 
+    # A JSON array or a CSV read as text lines would be scored as garbage: refused by suffix.
+    array = workdir / "rows.json"
+    array.write_text('[{"source": "uno"}]', encoding="utf-8")
+    assert cli(["predict", str(trained), "--input", str(array), "--output",
+                str(workdir / "x.txt")]) == 2
+    assert "not .json; convert the file" in capsys.readouterr().err
+    assert cli(["predict", str(trained), "--input", str(lines.with_name("ok.txt")), "--output",
+                str(workdir / "x.csv")]) == 2
+    assert "--output" in capsys.readouterr().err
+
     missing = workdir / "nope"
     assert cli(["evaluate", str(missing)]) == 2
     assert capsys.readouterr().err.strip() == f"error: {missing} does not exist"

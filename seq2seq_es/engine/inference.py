@@ -345,7 +345,8 @@ def parse_predict_args(argv: list[str]):
         prog="seq2seq-es predict", allow_abbrev=False,
         description="Generate for every row of a file. Input .jsonl: one object per line, with "
                     "the task's columns when --task is given (e.g. question and context for "
-                    "sqac), else a 'source' field; any other suffix: one source per line. "
+                    "sqac), else a 'source' field; plain text: one source per line (.json, "
+                    ".csv, .tsv, .parquet are refused: convert them). "
                     "Output .jsonl: {source, prediction} per row; otherwise one prediction per "
                     "line. --gen.KEY VALUE and --dist.zero_stage N override the run's config.")
     parser.add_argument("checkpoint", help="model folder (RUN/final), run folder or "
@@ -408,8 +409,21 @@ def source_of(row, task, file: Path, line: int) -> str:
     return _field(row, "source", file, line)
 
 
+# Suffixes of structured files that `predict` does not parse: read as text lines, a JSON array
+# or a CSV header would become "sources" without a word said.
+STRUCTURED_SUFFIXES = (".json", ".csv", ".tsv", ".parquet", ".arrow")
+
+
+def check_line_file(path: Path, flag: str) -> None:
+    if path.suffix.lower() in STRUCTURED_SUFFIXES:
+        raise Seq2SeqEsError(f"{flag} {path}: predict reads and writes .jsonl (one JSON object a "
+                             f"line) or plain text (one source a line), not {path.suffix}; "
+                             "convert the file (e.g. a .json array to one object a line)")
+
+
 def read_sources(path: Path, task) -> list[str]:
     """Sources from a .jsonl file (formatted per `task`) or a text file (one per line)."""
+    check_line_file(path, "--input")
     if not path.is_file():
         raise InputError(path, None, "does not exist" if not path.exists() else "is not a file")
     try:
@@ -484,6 +498,7 @@ def predict_main(argv: list[str]) -> int:
     input_path, output_path = Path(args.input), Path(args.output)
     if output_path.resolve() == input_path.resolve():
         raise Seq2SeqEsError(f"--output {output_path} is the input file")
+    check_line_file(output_path, "--output")
     saved = resolve_saved(args.checkpoint)
     cfg = inference_config(saved, config_file=args.config, overrides=overrides,
                            task=args.task, model=args.model, allow_model=saved.kind == "hf")

@@ -490,6 +490,17 @@ def test_score_command_takes_the_qa_conventions(tmp_path, capsys):
     assert strict["exact_match"] == 0.0
     assert score_main(argv + ["--em-convention", "mlqa-es", "--f1-convention", "mlqa-es"]) == 0
     assert json.loads(capsys.readouterr().out) == {"exact_match": 100.0, "token_f1": 100.0}
+    # --task scores as that task's runs do: its metrics and conventions; a flag still wins
+    files = ["--predictions", str(predictions), "--references", str(references)]
+    assert score_main(["--task", "sqac", *files]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert set(scored) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "exact_match", "token_f1"}
+    assert (scored["exact_match"], scored["token_f1"]) == (100.0, 100.0)
+    assert score_main(["--task", "sqac", "--metric", "exact_match", "--em-convention", "strict",
+                       *files]) == 0
+    assert json.loads(capsys.readouterr().out) == {"exact_match": 0.0}
+    assert score_main(files) == 2
+    assert "--metric NAME" in capsys.readouterr().err
 
 
 # Values of Hugging Face evaluate's sari (the published algorithm with its lowercase + 13a

@@ -1,6 +1,6 @@
 """`seq2seq-es score`: score prediction files against reference files, print JSON.
 
-    seq2seq-es score --metric rouge [--metric meteor ...] [--mode spanish|paper]
+    seq2seq-es score --metric rouge [--metric meteor ...] | --task T  [--mode spanish|paper]
                      --predictions FILE --references FILE [--sources FILE]
 
 Files hold one example per line (UTF-8; a final newline and Windows line endings are fine).
@@ -66,8 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seq2seq-es score",
         description="Score predictions against references; prints the scores (0-100) as JSON.")
-    parser.add_argument("--metric", action="append", required=True, metavar="NAME",
-                        help=f"metric to compute, repeatable: {METRIC_NAMES_HELP}")
+    parser.add_argument("--metric", action="append", metavar="NAME",
+                        help=f"metric to compute, repeatable: {METRIC_NAMES_HELP} (default with "
+                             "--task: the task's metrics)")
+    parser.add_argument("--task", metavar="T",
+                        help="score as a run of task T does: its metrics and answer conventions "
+                             "(QA: mlqa-es EM and F1); the flags below still win")
     parser.add_argument("--mode", choices=("spanish", "paper"), default="spanish",
                         help="ROUGE and SARI tokenization: spanish (default: Unicode words, "
                              "accents kept, ROUGE stems with Snowball Spanish) or paper (as the "
@@ -90,15 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="paper-mode ROUGE-Lsum: re-split texts into sentences (the paper's "
                              "scripts did, with punkt) instead of taking newlines as given")
     parser.add_argument("--em-convention", choices=("strict", "squad", "mlqa-es"),
-                        default="strict",
+                        default=None,
                         help="exact_match normalisation: strict (whitespace and Unicode NFC only; "
                              "case, accents, punctuation count), squad (SQuAD v1.1 script: "
                              "lowercase, ASCII punctuation and a/an/the dropped), mlqa-es (MLQA "
                              "script, lang=es: lowercase, all Unicode punctuation and "
-                             "el/la/los/las/un/una/unos/unas dropped). Accents always count")
-    parser.add_argument("--f1-convention", choices=("words", "squad", "mlqa-es"), default="words",
+                             "el/la/los/las/un/una/unos/unas dropped). Accents always count. "
+                             "Default: --task's, else strict")
+    parser.add_argument("--f1-convention", choices=("words", "squad", "mlqa-es"), default=None,
                         help="token_f1 tokens: words (lowercased Unicode words, articles kept), "
-                             "or squad / mlqa-es as for --em-convention")
+                             "or squad / mlqa-es as for --em-convention. Default: --task's, "
+                             "else words")
     return parser
 
 
@@ -106,7 +112,13 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
     # Imported here: `--help` and usage errors need none of the metrics.
     from seq2seq_es.metrics.scoring import check_metric_names, compute_metrics
 
-    names = check_metric_names(args.metric)
+    task = None
+    if args.task:
+        from seq2seq_es.tasks import get_task
+        task = get_task(args.task)
+    if not args.metric and task is None:
+        raise Seq2SeqEsError("give --metric NAME (repeatable) or --task T (its metrics)")
+    names = check_metric_names(args.metric or list(task.metrics))
     predictions = read_lines(args.predictions)
     references = read_references(args.references)
     if len(predictions) != len(references):
@@ -118,8 +130,13 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
         if len(sources) != len(predictions):
             raise DataError(f"{args.predictions} has {len(predictions)} predictions but "
                             f"{args.sources} has {len(sources)} sources")
-    options = {"exact_match": {"convention": args.em_convention},
-               "token_f1": {"convention": args.f1_convention},
+    task_options = task.metric_options if task is not None else {}
+
+    def convention(flag: str | None, metric: str, fallback: str) -> str:
+        return flag or task_options.get(metric, {}).get("convention", fallback)
+    options = {"exact_match": {"convention": convention(args.em_convention, "exact_match",
+                                                        "strict")},
+               "token_f1": {"convention": convention(args.f1_convention, "token_f1", "words")},
                "rouge": {"use_stemmer": args.stem, "aggregate": args.aggregate,
                          "split_sentences": args.split_sentences}}
     return compute_metrics(names, predictions, references, sources, mode=args.mode,

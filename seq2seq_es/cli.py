@@ -22,15 +22,18 @@ commands:
                                (train --help: every config key, its type, default and meaning)
   config --task T --model M [--config FILE] [--section.key VALUE ...]
                                print the resolved config as YAML (what --config accepts)
-  evaluate PATH [--split validation|test] [--output-dir DIR] [--batch-size N]
+  evaluate PATH [--split validation|test] [--output-dir DIR] [--batch-size N] [--config FILE]
            [--section.key VALUE ...]   score a run folder, RUN/final or RUN/checkpoints/step_N
-  predict CHECKPOINT --input FILE --output FILE [--task T] [--batch-size N] [--max-source-length N]
-                     [--gen.key VALUE ...]   generate for a .jsonl or plain-text file
-  demo [--output-dir DIR] [--section.key VALUE ...]   the embedded CPU demo
-  score --metric NAME --predictions FILE --references FILE [--sources FILE] [--mode spanish|paper]
+  predict CHECKPOINT --input FILE --output FILE [--task T] [--model M] [--config FILE]
+          [--batch-size N] [--max-source-length N] [--gen.key VALUE ...]
+                               generate for a .jsonl or plain-text file
+  demo [--output-dir DIR] [--model M] [--section.key VALUE ...]   the embedded CPU demo
+  score (--metric NAME ... | --task T) --predictions FILE --references FILE [--sources FILE]
+        [--mode spanish|paper]
   convert-led SRC OUT [--max-positions 16384] [--attention-window 1024]
+  bench [--model M] [--impls A,B] [...]   Seq2SeqTrainer route vs this package's loop
   bench led [...]              LED attention implementations at 4K-16K tokens
-  slurm submit|sweep|status|collect ...
+  slurm submit|sweep|status|resume|collect|bench ...
 """
 
 

@@ -132,6 +132,9 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+FOLLOWS = "follows data.max_target_length"
+
+
 def value_sources(task: str, model: str, file_values: Mapping[str, Any],
                   overrides: Mapping[str, Any]) -> dict[str, str]:
     """{dotted key: the layer that changed it last}, replaying the layers `compose` applies (the
@@ -156,7 +159,7 @@ def value_sources(task: str, model: str, file_values: Mapping[str, Any],
     follow_target_length(cfg, explicit=set(flat_keys(dict(file_values))) | set(overrides))
     after = _flat_values(cfg)
     if after["gen.max_new_tokens"] != before["gen.max_new_tokens"]:
-        sources["gen.max_new_tokens"] = "follows data.max_target_length"
+        sources["gen.max_new_tokens"] = FOLLOWS
     if after["gen.min_new_tokens"] != before["gen.min_new_tokens"]:
         sources["gen.min_new_tokens"] = "lowered to gen.max_new_tokens"
     return sources
@@ -243,11 +246,14 @@ def config_yaml(resolved: Resolved, command: str = "") -> str:
         for key, value in values.items():
             if isinstance(value, tuple):
                 value = list(value)
+            source = resolved.sources.get(f"{section}.{key}")
+            if source == FOLLOWS:
+                # null, not the number: fed back, a --data.max_target_length still moves it
+                value, source = None, f"{FOLLOWS} ({cfg.gen.max_new_tokens})"
             # One line per key (a list in flow style), so the source comment can follow it.
             text = yaml.safe_dump({key: value}, sort_keys=False, allow_unicode=True, width=10**6,
                                   default_flow_style=None if isinstance(value, list) else False
                                   ).rstrip("\n")
-            source = resolved.sources.get(f"{section}.{key}")
             if source and "\n" not in text:
                 text += f"  # {source}"
             out.append("  " + text.replace("\n", "\n  "))

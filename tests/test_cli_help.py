@@ -154,6 +154,10 @@ def test_the_printed_yaml_composes_the_same_config_through_config(capsys, tmp_pa
     strip = lambda text: [line.split("  #")[0] for line in text.splitlines()
                           if not line.startswith("#")]
     assert strip(again) == strip(printed)
+    # A generation length that follows the target length still follows it from the file.
+    longer = ["--data.max_target_length", "40"]
+    assert build_config(["--config", str(path), *longer]).gen.max_new_tokens == \
+        build_config([*argv, *longer]).gen.max_new_tokens
 
 
 def test_config_shows_where_the_task_and_model_defaults_come_from(capsys):

@@ -19,6 +19,9 @@ JSON documents and parquet files, which have no lines, are 0-based data rows.
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
+import inspect
 import logging
 import os
 from collections.abc import Mapping
@@ -36,8 +39,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PARQUET_REVISION = "refs/convert/parquet"
-# Bump when formatting changes: the formatting map's cache key includes it.
-FORMAT_VERSION = 1
+# Part of the formatting map's cache key: datasets hashes the map function and its arguments
+# but not the code they call, so a changed formatter would reuse results formatted by the old
+# one (it did, once, with NFC). The key therefore holds a digest of the formatting code itself.
+FORMAT_VERSION = 2
+
+
+@functools.lru_cache(maxsize=1)
+def formatting_code_digest() -> str:
+    """FORMAT_VERSION and a digest of formatting.py and this module's formatting map."""
+    from . import formatting
+    code = inspect.getsource(formatting) + inspect.getsource(_format_batch)
+    return f"{FORMAT_VERSION}-{hashlib.sha256(code.encode()).hexdigest()[:16]}"
 
 # Local data files: suffix -> datasets builder (also what `slurm sweep --data-root` looks for).
 LOCAL_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
@@ -426,12 +439,12 @@ def _format(raw, formatter: Formatter, split: str):
     return raw.map(_format_batch, batched=True, batch_size=batch_size, with_indices=True,
                    remove_columns=raw.column_names, features=_output_features(),
                    fn_kwargs={"formatter": formatter, "split": split,
-                              "format_version": FORMAT_VERSION},
+                              "format_version": formatting_code_digest()},
                    desc=f"Formatting {split}")
 
 
 def _format_batch(batch: dict[str, list], indices: list[int], *, formatter: Formatter,
-                  split: str, format_version: int) -> dict[str, list]:
+                  split: str, format_version: str) -> dict[str, list]:
     del format_version  # only part of the cache key
     columns = list(batch)
     rows = [dict(zip(columns, values)) for values in zip(*(batch[c] for c in columns))]

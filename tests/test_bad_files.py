@@ -189,3 +189,18 @@ def test_decomposed_accents_are_loaded_composed(tmp_path, cache):
     examples, _ = load(path, cache)
     assert examples["source"] == [r["text"] for r in GOOD]
     assert examples["target"] == [r["summary"] + " Canción." for r in GOOD]
+
+
+def test_a_tsv_written_by_pandas_is_read_with_its_quoting(tmp_path, cache):
+    # pandas and the csv module quote a TSV field that holds '"' (inner quotes doubled): such a
+    # file parses strictly with quoting, and its quotes are quoting, not text.
+    import pandas as pd
+
+    rows = [('"Es un día histórico", dijo el presidente.', "El presidente firmó."),
+            ('Dijo "hola" ayer.', "Saludo."), ("Normal.", "Sin comillas.")]
+    path = tmp_path / "pandas.tsv"
+    pd.DataFrame(rows, columns=["text", "summary"]).to_csv(path, sep="\t", index=False)
+    assert '"""Es un día' in path.read_text(encoding="utf-8")
+    examples, report = load(path, cache)
+    assert list(zip(examples["source"], examples["target"])) == rows
+    assert any("read with CSV quoting" in note for note in report.notes)

@@ -244,6 +244,7 @@ def _json_lines(path: str, raw: bytes, bom: bool, required_columns: tuple[str, .
 def _csv(path: str, raw: bytes, bom: bool, options: dict, required_columns: tuple[str, ...],
          cache_dir: str | None) -> LocalFile:
     options = dict(options)
+    notes: list[str] = []
     lines = _lines(raw)
     texts: list[tuple[int, str]] = []
     bad: list[tuple[int, str | None, str]] = []
@@ -268,6 +269,10 @@ def _csv(path: str, raw: bytes, bom: bool, options: dict, required_columns: tupl
                     options.pop("quoting", None)  # a ".tsv" that is really CSV: CSV's quoting
                 break
     kept_text = "\n".join(text for _, text in texts) + "\n"
+    if options.get("quoting") == csv.QUOTE_NONE and _written_with_quoting(kept_text, delimiter):
+        options.pop("quoting")
+        notes.append("read with CSV quoting: every '\"' of the file is a field's quoting "
+                     "(as pandas and the csv module write TSV)")
     line_numbers = [number for number, _ in texts]
     line_of_row = []
     reader = csv.reader(io.StringIO(kept_text), delimiter=delimiter,
@@ -282,7 +287,6 @@ def _csv(path: str, raw: bytes, bom: bool, options: dict, required_columns: tupl
     if not data_rows:
         raise DataError("no data rows: the file has a header line and nothing under it",
                         file=path, line=header_line)
-    notes = []
     if delimiter != default:
         notes.append(f"read as {_delimiter_name(delimiter)}-delimited: the header has the "
                      f"task's columns only when split at {_delimiter_name(delimiter)}")
@@ -293,6 +297,20 @@ def _csv(path: str, raw: bytes, bom: bool, options: dict, required_columns: tupl
     suffix = ".tsv" if path.lower().endswith(".tsv") else ".csv"
     return LocalFile(_cleaned_copy(path, kept_text, suffix, cache_dir), options, data_rows, bad,
                      notes)
+
+
+def _written_with_quoting(text: str, delimiter: str) -> bool:
+    """TSV has no quoting, but pandas and the csv module write a TSV field holding '"' quoted
+    (inner quotes doubled). Such a file parses strictly with quoting; a plain TSV whose field
+    opens with a quotation ('"Es un día", dijo') does not, and is read without quoting."""
+    if '"' not in text:
+        return False
+    try:
+        for _ in csv.reader(io.StringIO(text), delimiter=delimiter, strict=True):
+            pass
+    except csv.Error:
+        return False
+    return True
 
 
 def _has_columns(header: str, delimiter: str, required: tuple[str, ...]) -> bool:

@@ -94,16 +94,16 @@ def data_layout(cfg, plan, train_examples: int) -> dict:
     after a resume). Keys are config keys where they are one, so a refusal names what to set."""
     t, d = cfg.train, cfg.data
     layout = {"train.seed": t.seed, "train.batching": t.batching,
-              "data.max_source_length": d.max_source_length,
-              "data.max_target_length": d.max_target_length,
               "training examples": train_examples, "steps per epoch": plan.steps_per_epoch}
     if t.batching == "fixed":
         # A fixed step takes the next batch_size * grad_accum examples of the epoch's order
-        # however it is split, so the out-of-memory advice (lower batch_size, raise grad_accum
-        # to keep the step) still resumes.
+        # however it is split, and lengths only cut them, so the out-of-memory advice (lower
+        # batch_size and raise grad_accum, or cut the sources shorter) still resumes.
         layout["train.batch_size x train.grad_accum"] = t.batch_size * t.grad_accum
-    else:
-        layout["train.grad_accum"] = t.grad_accum
+    else:  # the other plans pack micro-batches by token counts, which the lengths change
+        layout.update({"train.grad_accum": t.grad_accum,
+                       "data.max_source_length": d.max_source_length,
+                       "data.max_target_length": d.max_target_length})
     if t.batching == "packed":
         layout["train.batch_size"] = t.batch_size
     if t.batching in ("token_budget", "bucketed"):

@@ -281,8 +281,12 @@ def init(env: DistEnv, backend: str = "auto", timeout_min: int = 30) -> None:
     """Start the process group (also for one process: DeepSpeed needs one)."""
     if dist.is_initialized():
         return
+    # DeepSpeed's engine selects cuda:LOCAL_RANK itself: give it the device this rank uses, which
+    # is the local rank where every node GPU is visible, and 0 where a cluster shows each task
+    # only its own GPU (--gpu-bind, per-task GRES).
+    device_index = env.device.index if env.device.type == "cuda" else env.local_rank
     os.environ.update({"RANK": str(env.rank), "WORLD_SIZE": str(env.world_size),
-                       "LOCAL_RANK": str(env.local_rank), "MASTER_ADDR": env.master_addr,
+                       "LOCAL_RANK": str(device_index), "MASTER_ADDR": env.master_addr,
                        "MASTER_PORT": str(env.master_port)})
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"

@@ -759,7 +759,8 @@ def submit_runs(manifest: Manifest, runs: list[RunPlan], config: SlurmConfig) ->
 
 # SLURM states in which a job may still train: its run must not get a second job.
 ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",
-                 "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT")
+                 "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED",
+                 "SPECIAL_EXIT", "RESV_DEL_HOLD")
 
 
 def runs_to_resume(manifest: Manifest, states: dict[str, Any]) -> list[RunPlan]:

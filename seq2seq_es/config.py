@@ -141,7 +141,8 @@ TRACKERS = ("tensorboard", "wandb")
 @dataclass
 class TrainConfig(_Section):
     _section = "train"
-    output_dir: str = "runs/default"      # run folder: checkpoints, metrics.jsonl, final/, results
+    output_dir: str | None = None         # run folder: checkpoints, metrics.jsonl, final/, results
+                                          # (none: runs/<model>-<task>, one per pair)
     seed: int = 42                        # seed of initialisation, dropout and the data order
     epochs: int = 6                       # passes over the training split (when max_steps is 0)
     max_steps: int = 0                    # > 0 overrides epochs
@@ -527,6 +528,8 @@ def validate(cfg: RunConfig) -> None:
     d, o, t, dist, g = cfg.data, cfg.optim, cfg.train, cfg.dist, cfg.gen
     if g.max_new_tokens is None:  # a RunConfig built in code, not by compose()
         g.max_new_tokens = d.max_target_length
+    if t.output_dir is None:  # one folder per pair: a second pair's run is no refused resume
+        t.output_dir = f"runs/{cfg.model.name}-{cfg.data.task}"
     for section in (cfg.model, d, o, t, dist, g):
         section.validate()
     if d.max_source_length > spec.max_source_positions:

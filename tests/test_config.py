@@ -196,3 +196,11 @@ def test_inputs_that_would_fail_after_loading_are_refused_before_it(tmp_path):
         assert err.value.key == key and expected in str(err.value), str(err.value)
     assert "sari" in str(pytest.raises(ConfigError, check_inputs, compose(
         task="bisect", model="barto-tiny", overrides={"train.best_metric": "rouge1"})).value)
+
+
+def test_each_pair_trains_into_its_own_folder_by_default():
+    # One shared runs/default made a second pair's run a refused resume of the first's folder.
+    assert compose(task="mlsum", model="barto").train.output_dir == "runs/barto-mlsum"
+    assert compose(task="sqac", model="t5s").train.output_dir == "runs/t5s-sqac"
+    assert compose(task="sqac", model="t5s", overrides={"train.output_dir": "x"}).train.output_dir \
+        == "x"

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from .. import run_files
-from ..config import RunConfig
+from ..config import RunConfig, validate
 from ..errors import ConfigError, Seq2SeqEsError
 from ..run_files import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 from . import distributed as D
@@ -93,6 +93,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig):
         from ..tasks import get_task
 
+        validate(cfg)  # also a config built in code, not composed: its defaults resolved too
         self.cfg = cfg
         self.env = env = D.read_env()
         # Destroyed by close() only if this run started it (a caller's group is the caller's).

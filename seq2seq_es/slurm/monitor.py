@@ -362,10 +362,10 @@ FAMILY_AVERAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "dialogue": ("F1", ("token_f1",)),
     "translation": ("BLEU", ("bleu",)),
 }
-# The paper's per-model figures for a whole family, as quoted (second-hand) in
-# shared/reference/paper-facts.md: the average ROUGE over MLSUM + WikiLingua and over SQAC + MLQA,
-# and the single-dataset families' scores (BiSECT SARI, MIAM F1). Which split the paper averaged
-# is not stated there; the paper's per-dataset tables give dev/test pairs.
+# The per-model figures for a whole family reported by the paper ("Sequence-to-Sequence Spanish
+# Pre-trained Language Models", taken second-hand): the average ROUGE over MLSUM + WikiLingua and
+# over SQAC + MLQA, and the single-dataset families' scores (BiSECT SARI, MIAM F1). Which split
+# was averaged is not stated; the paper's per-dataset tables give dev/test pairs.
 PAPER_AVERAGES: dict[str, dict[str, float]] = {
     "summarization": {"t5s": 26.54, "barto": 25.49, "beto2beto": 24.39},
     "qa": {"t5s": 67.92},
@@ -727,8 +727,9 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
             lines.append(f"- {FAMILY_TITLES[family]}: avg {average.label} = mean of "
                          f"{', '.join(average.metrics)} over {', '.join(average.tasks)}")
         if any(average.paper for average in table.averages.values()):
-            lines.append("- paper avg: the paper's figure for the whole family as quoted in "
-                         "shared/reference/paper-facts.md (ROUGE averaged over MLSUM + WikiLingua, "
+            lines.append("- paper avg: the paper's figure for the whole family (Sequence-to-"
+                         "Sequence Spanish Pre-trained Language Models; ROUGE averaged over "
+                         "MLSUM + WikiLingua, "
                          "over SQAC + MLQA; SARI on BiSECT; F1 on MIAM); its split is not stated. "
                          "Not the same metric as ours: our ROUGE and SARI are Spanish-aware, the "
                          "paper's were scored with English tokenisation (docs/metrics.md); to "

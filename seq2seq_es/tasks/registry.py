@@ -1,7 +1,7 @@
 """The task registry: every dataset of the paper as a name, with its hub source, columns,
 formatter, metrics, and the settings of the paper's runs as dotted config defaults.
 
-The settings come from the paper's shell files (see shared/reference/paper-facts.md) and are
+The settings come from the paper's shell files (github.com/vgaraujov/Seq2Seq-Spanish-PLMs) and are
 kept as one table below, a row per task and a column per setting, so that they can be read and
 compared at a glance. Where a run differed per model family, the table holds the BARTO run and
 `_MODEL_OVERRIDES` holds the differences, per task and model registry name.

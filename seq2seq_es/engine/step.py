@@ -31,16 +31,17 @@ class NonFiniteLoss(Seq2SeqEsError):
     """A non-finite loss with train.on_nan=stop (the message names the step and batch)."""
 
 
-def host_token_counts(micro_batches: list[dict]) -> list[float]:
-    """This rank's target, source and padded tokens, from the CPU batches (numpy: host memory,
-    no device involved)."""
-    target = source = padded = 0
+def host_token_counts(micro_batches: list[dict]) -> tuple[list[float], list[float]]:
+    """This rank's [target, source, padded] tokens, and each micro-batch's target tokens (what
+    on_nan=skip takes out of the logged loss's divisor), from the CPU batches (numpy: host
+    memory, no device involved)."""
+    targets, source, padded = [], 0, 0
     for batch in micro_batches:
         labels = batch["labels"].numpy()
-        target += int((labels != -100).sum())
+        targets.append(float((labels != -100).sum()))
         source += int(batch["attention_mask"].numpy().sum())
         padded += labels.size + batch["input_ids"].numel()
-    return [float(target), float(source), float(padded)]
+    return [sum(targets), float(source), float(padded)], targets
 
 
 def all_reduce_(tensor: torch.Tensor, op=None) -> torch.Tensor:
@@ -83,8 +84,9 @@ class TrainStep:
       0 * NaN = NaN through the graph's backward). Healthy micro-batches' gradients pass
       unchanged. The hooks run before the gradient is accumulated, so DeepSpeed's accumulation
       and reduction hooks (after accumulation) see zeros. ZeRO-3 is refused (config.py).
-      The logged loss is over the kept tokens (NaN for a step that kept none). The update is not renormalised: the step's
-      divisor (its planned target tokens) was fixed before the first backward, so a step that
+      The logged loss is over the kept tokens (NaN for a step that kept none). The update is
+      not renormalised: the step's divisor (its planned target tokens) was fixed before the
+      first backward, so a step that
       skipped some micro-batches moves by the kept ones' gradient scaled by kept/planned tokens
       (Adam largely normalises that away); a step that skipped all of them still runs the
       optimizer on zero gradients (momentum moves the weights, as after any zero gradient).
@@ -134,8 +136,8 @@ class TrainStep:
     def __call__(self, micro_batches: list[dict], step: int) -> StepResult:
         """Run step `step + 1` (forward, backward and DeepSpeed's step per micro-batch)."""
         engine, device = self.engine, self.device
-        counts = all_reduce_(self._to_device(
-            torch.tensor(host_token_counts(micro_batches), dtype=torch.float64)))
+        totals, micro_tokens = host_token_counts(micro_batches)
+        counts = all_reduce_(self._to_device(torch.tensor(totals, dtype=torch.float64)))
         # world_size * grad_accum / target tokens of the step (see the module docstring), in the
         # loss's fp32 as a Python float scale would be
         scale = (self.env.world_size * len(micro_batches) / counts[0].clamp(min=1.0)).float()
@@ -143,9 +145,6 @@ class TrainStep:
         ce_total = torch.zeros((), dtype=torch.float64, device=device)
         skipped = torch.zeros((), dtype=torch.float64, device=device)
         skipped_tokens = torch.zeros((), dtype=torch.float64, device=device)
-        # on_nan=skip: each micro-batch's target tokens on this rank (host numbers, no read-back)
-        micro_tokens = [float((b["labels"].numpy() != -100).sum()) for b in micro_batches] \
-            if self.skip else None
         if not self.skip:
             self.unchecked_steps.append(step + 1)
         fp16 = {}

@@ -94,13 +94,20 @@ def test_preempted_job_requeues_and_resumes_without_losing_a_step(slurm_cluster,
     assert status.state == "COMPLETED" and status.restarts == 1 and status.step == steps
 
 
-def test_job_out_of_requeues_says_so(slurm_cluster, tmp_path, capsys):  # noqa: F811
-    run_dir = tmp_path / "run"
+def stopped_out_of_requeues(run_dir: Path, steps: int) -> str:
+    """A probe job with no requeue left, signalled after two of its `steps` (0.2 s each): it
+    saves, gives up and ends FAILED. Its job id."""
     job_id = submit_probe(run_dir, "--max-requeues", "0",
-                          overrides=("--probe.steps", "60", "--probe.step_seconds", "0.2"))
+                          overrides=("--probe.steps", str(steps), "--probe.step_seconds", "0.2"))
     wait_until(lambda: len(train_records(run_dir)) >= 2, 120, "two training steps")
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=60)
     assert wait_finished(job_id)["JobState"] == "FAILED"
+    return job_id
+
+
+def test_job_out_of_requeues_says_so(slurm_cluster, tmp_path, capsys):  # noqa: F811
+    run_dir = tmp_path / "run"
+    job_id = stopped_out_of_requeues(run_dir, steps=60)
     assert (run_dir / "OUT_OF_REQUEUES").is_file()
     assert (run_dir / "PREEMPTED").is_file()  # the checkpoint is there to resume by hand
     capsys.readouterr()
@@ -121,11 +128,7 @@ def test_resume_submits_a_stopped_run_again_and_it_finishes(slurm_cluster, tmp_p
     # Out of requeues (or timed out, or failed): `slurm resume` submits the run again, from its
     # checkpoint, with the settings it was submitted with; a run with a live job is refused.
     run_dir = tmp_path / "run"
-    first_job = submit_probe(run_dir, "--max-requeues", "0",
-                             overrides=("--probe.steps", "40", "--probe.step_seconds", "0.2"))
-    wait_until(lambda: len(train_records(run_dir)) >= 2, 120, "two training steps")
-    subprocess.run(["scancel", "--signal=USR2", first_job], check=True, timeout=60)
-    assert wait_finished(first_job)["JobState"] == "FAILED"
+    first_job = stopped_out_of_requeues(run_dir, steps=40)
     capsys.readouterr()
     assert slurm_main(["resume", str(run_dir), "--dry-run"]) == 0
     assert f"#   run (last job {first_job})" in capsys.readouterr().out

@@ -190,7 +190,7 @@ class Trainer:
                 state.step += 1
                 state.epoch, state.step_in_epoch = epoch, step_in_epoch + 1
                 self.maybe_log(result, lr, epoch)
-                improved = self.maybe_eval(state.step_in_epoch == self.plan.steps_per_epoch)
+                improved = self.maybe_eval(self.epoch_ended)
                 signum, save_due = self.poll_ranks()
                 self.maybe_save(improved or save_due or bool(signum))
                 self.maybe_stop(signum)
@@ -224,6 +224,11 @@ class Trainer:
         due = step < self.total_steps and self.cadence_due(epoch_end)
         return self.track_best(step, self.run_eval(step)) if due else False
 
+    @property
+    def epoch_ended(self) -> bool:
+        """The last step done was its epoch's last."""
+        return self.state.step_in_epoch == self.plan.steps_per_epoch
+
     def cadence_due(self, epoch_end: bool) -> bool:
         train = self.cfg.train
         return bool((train.eval_every and self.state.step % train.eval_every == 0)
@@ -234,8 +239,7 @@ class Trainer:
         cadence falls there (the last epoch's end, a multiple of eval_every): eval_at_end=false
         saves the extra validation only, never the last epoch's, which would otherwise be
         trained but never a candidate for the best checkpoint."""
-        epoch_end = self.state.step_in_epoch == self.plan.steps_per_epoch
-        return bool(self.cfg.train.eval_at_end or self.cadence_due(epoch_end))
+        return bool(self.cfg.train.eval_at_end or self.cadence_due(self.epoch_ended))
 
     def poll_ranks(self) -> tuple[float, float]:
         """(stop signal, time-based save due), agreed by all ranks in one collective every

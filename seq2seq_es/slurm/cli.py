@@ -262,11 +262,10 @@ def cmd_resume(argv: list[str]) -> int:
     if not runs:
         print(f"every run of {manifest.path} has finished (DONE): nothing to resume")
         return 0
-    config = SlurmConfig.from_mapping(manifest.slurm)
     changes = {key: value for key, value in (("time_min", args.time),
                                              ("max_requeues", args.max_requeues))
                if value is not None}
-    config = SlurmConfig.from_mapping({**config.to_dict(), **changes})
+    config = SlurmConfig.from_mapping({**manifest.slurm, **changes})
     print(f"# {len(runs)} of {len(manifest.runs)} run(s) to resume:")
     for run in runs:
         print(f"#   {run.name} (last job {run.job_id})")

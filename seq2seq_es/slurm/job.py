@@ -119,9 +119,8 @@ class TrainJob(submitit.helpers.Checkpointable):
     argv: the train arguments (task, model, output dir, overrides); run_dir: the run's output folder
     (where the engine writes metrics.jsonl, PREEMPTED and DONE); entry: 'module:function' taking an
     argv list and returning (or exiting with) a status; max_requeues: how many times the job may put
-    itself back in the queue. Every task sees all of its node's GPUs and uses the one of its local
-    rank (DeepSpeed selects cuda:LOCAL_RANK itself, so narrowing CUDA_VISIBLE_DEVICES to one GPU
-    per task would make every local rank but 0 point past the only visible device).
+    itself back in the queue. CUDA_VISIBLE_DEVICES is left as SLURM sets it: the rank's device is
+    chosen in engine.distributed (DistEnv.device, and the LOCAL_RANK DeepSpeed is given).
     """
 
     def __init__(self, argv: list[str], *, run_dir: str | Path, entry: str = DEFAULT_ENTRY,

@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -715,10 +715,12 @@ def snapshot_config(argv: list[str], run_dir: Path) -> list[str]:
     return [*rest, CONFIG_OPTION, str(copy.absolute())]
 
 
-def train_jobs(manifest: Manifest, config: SlurmConfig) -> list[TrainJob]:
-    """What each task of the submitted job (or array) runs."""
+def train_jobs(manifest: Manifest, config: SlurmConfig,
+               runs: list[RunPlan] | None = None) -> list[TrainJob]:
+    """What each task of the submitted job (or array) runs: for `runs` (default: all of them)."""
     return [TrainJob(run.argv, run_dir=run.run_dir, entry=manifest.entry,
-                     max_requeues=config.max_requeues) for run in manifest.runs]
+                     max_requeues=config.max_requeues)
+            for run in (manifest.runs if runs is None else runs)]
 
 
 def submit(manifest: Manifest, config: SlurmConfig, manifest_path: Path) -> Manifest:
@@ -743,7 +745,7 @@ def submit_runs(manifest: Manifest, runs: list[RunPlan], config: SlurmConfig) ->
     """sbatch `runs` (of `manifest`) as one job, or one array; sets each run's job_id."""
     from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-    jobs_callables = train_jobs(replace(manifest, runs=runs), config)
+    jobs_callables = train_jobs(manifest, config, runs)
     executor = make_executor(config, manifest.submitit_folder,
                              array_parallelism=manifest.max_parallel)
     try:

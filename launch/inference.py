@@ -11,7 +11,7 @@ would shadow the `evaluate` library the metrics import.)
 
 import sys
 
-from seq2seq_es.cli import main
+from seq2seq_es.cli import console
 
 if __name__ == "__main__":
     # The deepspeed launcher puts --local_rank=N before the command; the commands accept it.
@@ -20,4 +20,4 @@ if __name__ == "__main__":
     if not args or args[0] not in ("evaluate", "predict"):
         print("usage: launch/inference.py evaluate|predict ...", file=sys.stderr)
         sys.exit(2)
-    sys.exit(main([args[0], *ranks, *args[1:]]))
+    console([args[0], *ranks, *args[1:]])

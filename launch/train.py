@@ -7,7 +7,7 @@
 
 import sys
 
-from seq2seq_es.cli import main
+from seq2seq_es.cli import console
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    console(["train", *sys.argv[1:]])

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import shlex
 import sys
+from typing import NoReturn
 
 # build_config: what `train` composes from its arguments (the slurm layer and tests use it too).
 from .engine.entry import build_config, parse_train_args, train_main  # noqa: F401
 from .errors import run_command
+from .process_exit import exit_status, leave, must_leave_without_teardown
 
 USAGE = """usage: seq2seq-es <command> [options]
 
@@ -143,5 +145,28 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(COMMANDS[command], rest)
 
 
+def console(argv: list[str] | None = None) -> NoReturn:
+    """The process entry (`seq2seq-es`, `python -m seq2seq_es`, launch/train.py): `main`, then
+    exit; a process that started a process group leaves without interpreter teardown
+    (process_exit explains the abort this avoids), with the status and traceback a normal exit
+    would give."""
+    try:
+        status = main(argv)
+    except SystemExit as exit_:
+        if not must_leave_without_teardown():
+            raise
+        if exit_.code is not None and not isinstance(exit_.code, int):
+            print(exit_.code, file=sys.stderr)  # what Python does with SystemExit("message")
+        status = exit_status(exit_.code)
+    except BaseException as error:
+        if not must_leave_without_teardown():
+            raise
+        sys.excepthook(type(error), error, error.__traceback__)
+        status = 130 if isinstance(error, KeyboardInterrupt) else 1
+    if must_leave_without_teardown():
+        leave(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -44,9 +44,15 @@ def events(run_dir: Path) -> list[str]:
 
 def test_two_node_job_joins_one_gloo_group(slurm_cluster, tmp_path):  # noqa: F811
     run_dir = tmp_path / "run"
-    job_id = submit_probe(run_dir, "--nodes", "2", overrides=("--probe.steps", "3"))
+    job_id = submit_probe(run_dir, "--nodes", "2", overrides=("--probe.steps", "3",
+                                                              "--probe.witness_teardown", "true"))
     fields = wait_finished(job_id)
     assert fields["JobState"] == "COMPLETED"
+    for rank in (0, 1):  # each task left after submitit saved its result, without finalizing
+        out, err = [(run_dir / "logs" / f"rank{rank}{suffix}").read_text()
+                    for suffix in (".out", ".err")]
+        assert "Exiting after successful completion" in out
+        assert "interpreter finalized" not in out + err
     records = train_records(run_dir)
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(r["world_size"] == 2 and r["allreduce"] == 3.0 for r in records)  # ranks 1 + 2
@@ -76,7 +82,8 @@ def test_preempted_job_requeues_and_resumes_without_losing_a_step(slurm_cluster,
     run_dir = tmp_path / "run"
     steps = 24
     job_id = submit_probe(run_dir, "--nodes", "2", "--max-requeues", "2",
-                          overrides=("--probe.steps", str(steps), "--probe.step_seconds", "0.3"))
+                          overrides=("--probe.steps", str(steps), "--probe.step_seconds", "0.3",
+                                     "--probe.witness_teardown", "true"))
     wait_until(lambda: len(train_records(run_dir)) >= 3, 120, "three training steps")
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=60)
     fields = wait_finished(job_id)
@@ -92,6 +99,8 @@ def test_preempted_job_requeues_and_resumes_without_losing_a_step(slurm_cluster,
     assert events(run_dir) == ["start", "requeued", "start", "finished"]
     [status] = sweep_status(load_manifest(run_dir))
     assert status.state == "COMPLETED" and status.restarts == 1 and status.step == steps
+    for log in (run_dir / "slurm").glob("*_log.*"):  # pre-empted, requeued or done: no teardown
+        assert "interpreter finalized" not in log.read_text(), log
 
 
 def stopped_out_of_requeues(run_dir: Path, steps: int) -> str:
@@ -170,12 +179,14 @@ def test_failed_rank_shows_its_error_and_log_and_nothing_hangs(slurm_cluster, tm
 
 def test_raised_exception_shows_in_status(slurm_cluster, tmp_path):  # noqa: F811
     run_dir = tmp_path / "run"
-    job_id = submit_probe(run_dir, overrides=("--probe.fail", "no such dataset column"))
+    job_id = submit_probe(run_dir, overrides=("--probe.fail", "no such dataset column",
+                                              "--probe.witness_teardown", "true"))
     assert wait_finished(job_id, timeout_s=120)["JobState"] == "FAILED"
     [status] = sweep_status(load_manifest(run_dir))
     assert status.error.endswith(
         "ConfigError: config key 'probe.fail': no such dataset column")
     assert status.log == str(run_dir / "slurm" / f"{job_id}_0_log.err")
+    assert "interpreter finalized" not in Path(status.log).read_text()
 
 
 def test_unknown_partition_is_refused(slurm_cluster, tmp_path, capsys):  # noqa: F811

@@ -15,6 +15,9 @@ after writing PREEMPTED, as the engine does. It takes the train command line: `t
   probe.fail_rank (all)    ... on this rank only (the others wait in a collective)
   probe.fail_mode (raise)  raise: raise ConfigError; exit: print `error: <message>` and return 2,
                            as `seq2seq-es train` does
+  probe.witness_teardown (false)  print "probe: interpreter finalized" if the interpreter tears
+                           this process down (it must not: it leaves as the engine does, see
+                           seq2seq_es.process_exit)
   optim.lr, train.batch_size, train.epochs   feed the final `eval/score`, so sweeps have a best point
 """
 
@@ -30,6 +33,7 @@ from typing import Any
 
 from .. import run_files
 from ..errors import ConfigError
+from ..process_exit import started_process_group
 
 STATE_FILE = "probe_state.json"
 STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
@@ -82,6 +86,9 @@ def main(argv: list[str]) -> int:
     import torch.distributed as dist
 
     dist.init_process_group("gloo")
+    started_process_group()  # the process leaves as the engine's does
+    if options.get("probe.witness_teardown", "false") == "true":
+        _TEARDOWN_WITNESS.append(_TeardownWitness())
     rank, world = dist.get_rank(), dist.get_world_size()
     if options.get("probe.fail"):
         failure = _fail(options, rank)
@@ -97,6 +104,16 @@ def main(argv: list[str]) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         dist.destroy_process_group()
+
+
+class _TeardownWitness:
+    """Held by a module global, so deleted only when the interpreter finalizes."""
+
+    def __del__(self) -> None:
+        print("probe: interpreter finalized", file=sys.stderr, flush=True)
+
+
+_TEARDOWN_WITNESS: list[_TeardownWitness] = []
 
 
 def _fail(options: dict[str, str], rank: int) -> int | None:

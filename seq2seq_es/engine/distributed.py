@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
+from ..process_exit import started_process_group
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,8 @@ def init(env: DistEnv, backend: str = "auto", timeout_min: int = 30) -> None:
     """Start the process group (also for one process: DeepSpeed needs one)."""
     if dist.is_initialized():
         return
+    # Its worker threads outlive destroy_process_group: this process must skip finalization.
+    started_process_group()
     # DeepSpeed's engine selects cuda:LOCAL_RANK itself: give it the device this rank uses, which
     # is the local rank where every node GPU is visible, and 0 where a cluster shows each task
     # only its own GPU (--gpu-bind, per-task GRES).

@@ -53,8 +53,10 @@ before the limit (`SlurmConfig.signal_delay_s`). A cluster that requeues pre-emp
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -66,7 +68,7 @@ from typing import Any, Callable
 
 import submitit
 
-from .. import run_files
+from .. import process_exit, run_files
 
 # The engine's exit status after a stop signal saved a checkpoint (run_files defines it for both).
 EXIT_PREEMPTED = run_files.PREEMPTED_EXIT_CODE
@@ -131,6 +133,20 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.max_requeues = max_requeues
 
     def __call__(self) -> dict[str, Any]:
+        # Inside submitit's job process only (it sets SUBMITIT_FOLDER): a direct call, in a test
+        # or a notebook, ends its process as usual.
+        if "SUBMITIT_FOLDER" in os.environ:
+            atexit.register(_leave_without_teardown)
+        try:
+            return self._train()
+        except SystemExit as exit_:
+            _task_exit["status"] = process_exit.exit_status(exit_.code)
+            raise
+        except BaseException:
+            _task_exit["status"] = 1  # the interpreter prints the traceback before atexit
+            raise
+
+    def _train(self) -> dict[str, Any]:
         # The task started with SIGUSR2 blocked (config.python_command); submitit's handler is in
         # place now, so a signal that came during start-up is delivered here, not lost.
         _guard_submitit_handler(self.run_dir)
@@ -232,6 +248,31 @@ class TrainJob(submitit.helpers.Checkpointable):
             if link.is_symlink() or link.exists():
                 link.unlink()
             link.symlink_to(source)
+
+
+# The status this task's process ends with, once TrainJob.__call__ has raised; None after it
+# returned (submitit then saves the result, and the status follows from what it saved).
+_task_exit: dict[str, int | None] = {"status": None}
+
+
+def _leave_without_teardown() -> None:
+    """atexit handler of a task that ran training: end the process as process_exit.leave does,
+    with the status the interpreter would have used, instead of finalizing (where the process
+    groups' worker threads can abort a finished task, and srun's --kill-on-bad-exit would then
+    kill a rank 0 that has not yet requeued the job). Registered when the job starts, it runs
+    after the handlers registered during training (trackers) and before those registered at
+    start-up, of which only logging's matters: its shutdown is called here."""
+    if not process_exit.must_leave_without_teardown():
+        return
+    status = _task_exit["status"]
+    if status is None:  # returned: submitit saved ("success", result), or ("error", ...) and raised
+        try:
+            outcome = submitit.core.utils.pickle_load(submitit.JobEnvironment().paths.result_pickle)
+        except Exception:  # nothing saved: the interpreter decides, as without this handler
+            return
+        status = 0 if outcome[0] == "success" else 1
+    logging.shutdown()
+    process_exit.leave(status, exit_handlers=False)
 
 
 def _job_id() -> str:

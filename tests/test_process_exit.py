@@ -1,0 +1,67 @@
+"""A process that started a process group leaves through process_exit.leave: the exit handlers
+run, the output is flushed, the status is the one a normal exit gives, and the interpreter does
+not finalize (where the process groups' worker threads, which DeepSpeed keeps alive past
+destroy_process_group, can abort a finished run). Each case runs in a child process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from engine_runs import REPO, subprocess_env
+
+CHILD = textwrap.dedent("""
+    import atexit, sys
+    import seq2seq_es.cli as cli
+    from seq2seq_es.engine import distributed as D
+
+    class Finalized:
+        def __del__(self):
+            print("finalized", flush=True)
+
+    KEEP = Finalized()  # a module global: deleted only when the interpreter finalizes
+    atexit.register(lambda: print("exit handlers ran", flush=True))
+
+    def probe(argv):
+        group, outcome = argv
+        if group == "group":
+            D.init(D.read_env({}), "gloo")
+            D.close()  # as Trainer.close: the groups' threads live on
+        print("no newline at the end", end="")
+        if outcome == "raise":
+            raise RuntimeError("the probe failed")
+        if outcome == "exit-message":
+            sys.exit("a message instead of a status")
+        return int(outcome)
+
+    cli.COMMANDS["probe"] = probe
+    cli.console(["probe", *sys.argv[1:]])
+""")
+
+
+def run_child(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", CHILD, *args], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("outcome, status", [("0", 0), ("3", 3), ("raise", 1),
+                                             ("exit-message", 1)])
+def test_a_process_with_a_process_group_leaves_without_finalizing(outcome, status):
+    proc = run_child("group", outcome)
+    assert proc.returncode == status, proc.stderr
+    assert "no newline at the end" in proc.stdout  # flushed before os._exit
+    assert "exit handlers ran" in proc.stdout
+    assert "finalized" not in proc.stdout, "the interpreter finalized"
+    if outcome == "raise":
+        assert "RuntimeError: the probe failed" in proc.stderr
+    if outcome == "exit-message":
+        assert "a message instead of a status" in proc.stderr
+
+
+def test_a_process_without_one_exits_as_usual():
+    proc = run_child("none", "3")
+    assert proc.returncode == 3, proc.stderr
+    assert "exit handlers ran" in proc.stdout and "finalized" in proc.stdout

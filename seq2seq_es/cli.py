@@ -7,6 +7,7 @@ library tracebacks stay out of the way (set SEQ2SEQ_ES_DEBUG=1 to see them).
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from typing import NoReturn
@@ -152,6 +153,11 @@ def console(argv: list[str] | None = None) -> NoReturn:
     would give."""
     try:
         status = main(argv)
+    except BrokenPipeError:
+        # The reader left (`seq2seq-es list | head -1`): no traceback, and stdout goes to
+        # /dev/null so that the interpreter's last flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 128 + 13  # as a process that SIGPIPE ended
     except SystemExit as exit_:
         if not must_leave_without_teardown():
             raise

@@ -5,6 +5,7 @@ destroy_process_group, can abort a finished run). Each case runs in a child proc
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -65,3 +66,15 @@ def test_a_process_without_one_exits_as_usual():
     proc = run_child("none", "3")
     assert proc.returncode == 3, proc.stderr
     assert "exit handlers ran" in proc.stdout and "finalized" in proc.stdout
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    # `seq2seq-es list | head -1`: stdout is a pipe whose reader has already gone.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    proc = subprocess.run([sys.executable, "-m", "seq2seq_es", "list"], cwd=REPO,
+                          env=subprocess_env(), stdout=write_end, stderr=subprocess.PIPE,
+                          text=True, timeout=120)
+    os.close(write_end)
+    assert proc.returncode == 141
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr

@@ -454,6 +454,46 @@ def test_exact_match_conventions_follow_the_official_rules(prediction, reference
         assert score == expected, (convention, prediction, reference)
 
 
+# The paper's BiSECT exact match: evaluate's exact_match(ignore_case=True, ignore_punctuation=True,
+# ignore_numbers=True): lowercase, then drop string.punctuation, then drop 0-9; no other change.
+LOOSE_CASES = [
+    ("Una frase.", "una frase", 100),
+    ("5 frases.", "3 Frases", 100),                   # digits dropped: " frases" both
+    ("Uno <SPLIT> Dos.", "uno <SPLIT> dos", 100),      # < and > are ASCII punctuation
+    ("¿Dónde?", "Dónde", 0),                           # ¿ is not
+    ("Dónde", "donde", 0),                             # accents count
+    ("a, b", "a , b", 0),                              # "a b" vs "a  b": spaces are kept
+    ("  Una   frase ", "una frase", 100),              # strict's whitespace comes first
+]
+
+
+@pytest.mark.parametrize("prediction, reference, expected", LOOSE_CASES)
+def test_loose_exact_match_is_evaluates_with_case_punctuation_and_digits_ignored(
+        prediction, reference, expected):
+    score = ExactMatch().compute(predictions=[prediction], references=[reference],
+                                 convention="loose")["exact_match"]
+    assert score == expected
+
+
+def test_the_paper_dialogue_f1_counts_membership_on_whitespace_tokens():
+    def f1(prediction, reference):
+        return TokenF1().compute(predictions=[prediction], references=[reference],
+                                 convention="whitespace-membership")["token_f1"]
+
+    assert f1("sí sí sí", "sí") == 100.0                    # no clipping
+    assert f1("Hola, ¿qué tal?", "hola qué tal") == 0.0     # case and punctuation stay on
+    # "el" is in both: precision 1/3, recall 1/2 -> F1 0.4
+    assert f1("el gato negro", "el perro") == pytest.approx(40.0)
+    assert f1("", "hola") == 0.0 and f1("hola", "") == 0.0  # the script divided by zero
+
+
+def test_the_score_command_offers_every_convention():
+    from seq2seq_es.metrics import answers, cli
+
+    assert cli.EM_CONVENTION_CHOICES == answers.CONVENTIONS
+    assert cli.F1_CONVENTION_CHOICES == answers.F1_CONVENTIONS
+
+
 def test_token_f1_conventions_follow_the_official_rules():
     def f1(prediction, reference, convention):
         return TokenF1().compute(predictions=[prediction], references=[reference],

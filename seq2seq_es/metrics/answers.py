@@ -10,8 +10,17 @@ Published QA numbers are computed after normalising both answers, and the conven
   un/una/unos/unas/el/la/los/las as whole words, collapse whitespace. Tokens: whitespace.
 - ``strict``: no normalisation beyond Unicode NFC and whitespace (case, accents, punctuation
   and articles all count): "Madrid." and "Madrid" differ.
+- ``loose`` (exact match only): Hugging Face evaluate's `exact_match` with `ignore_case`,
+  `ignore_punctuation` and `ignore_numbers`, as the paper's split-and-rephrase script scored
+  BiSECT: lowercase, then ASCII punctuation (`string.punctuation`: ¿ ¡ « » stay) and the digits
+  0-9 dropped, after the NFC and whitespace of ``strict`` (the whitespace the dropped characters
+  leave is kept, as evaluate keeps it). "5 frases." equals "3 Frases" under it.
 - ``words`` (token F1 only): lowercased Unicode word tokens (`text.word_tokens`), no article
   removal; the package's dialogue F1.
+- ``whitespace-membership`` (token F1 only): the paper's dialogue script (`run_dialogue.py`'s
+  `compute_f1_score`): whitespace tokens with case and attached punctuation kept ("Hola," and
+  "hola" differ), and a token counts, each time it occurs, when the other side holds it at all
+  (no clipping: "sí sí sí" against "sí" has precision 1). `token_f1` applies that counting.
 
 None of them folds accents: "cancion" never equals "canción". Articles are removed after
 punctuation, in both scripts' order, so "¡El gato!" -> "gato" under mlqa-es.
@@ -27,10 +36,11 @@ from functools import lru_cache
 
 from seq2seq_es.metrics.text import normalize_whitespace, word_tokens
 
-CONVENTIONS = ("strict", "squad", "mlqa-es")
-F1_CONVENTIONS = ("words", "squad", "mlqa-es")
+CONVENTIONS = ("strict", "squad", "mlqa-es", "loose")
+F1_CONVENTIONS = ("words", "squad", "mlqa-es", "whitespace-membership")
 
 _ASCII_PUNCTUATION = frozenset(string.punctuation)
+_ASCII_PUNCTUATION_AND_DIGITS = _ASCII_PUNCTUATION | frozenset(string.digits)
 
 
 @lru_cache(maxsize=1)
@@ -52,6 +62,8 @@ def normalize_answer(text: str, convention: str) -> str:
     """The answer as the named convention compares it."""
     if convention == "strict":
         return normalize_whitespace(text)
+    if convention == "loose":  # evaluate's order: case, then punctuation, then digits
+        return _drop(normalize_whitespace(text).lower(), _ASCII_PUNCTUATION_AND_DIGITS)
     if convention == "squad":
         text = _ENGLISH_ARTICLES.sub(" ", _drop(text.lower(), _ASCII_PUNCTUATION))
     elif convention == "mlqa-es":
@@ -66,6 +78,8 @@ def answer_tokens(text: str, convention: str) -> list[str]:
     """Tokens for token F1 under the named convention."""
     if convention == "words":
         return word_tokens(text.lower())
+    if convention == "whitespace-membership":
+        return text.split()
     if convention not in ("squad", "mlqa-es"):
         raise ValueError(f"unknown token F1 convention {convention!r}; known: "
                          + ", ".join(F1_CONVENTIONS))

@@ -18,6 +18,9 @@ from pathlib import Path
 
 from seq2seq_es.errors import DataError, Seq2SeqEsError
 
+EM_CONVENTION_CHOICES = ("strict", "squad", "mlqa-es", "loose")
+F1_CONVENTION_CHOICES = ("words", "squad", "mlqa-es", "whitespace-membership")
+
 METRIC_NAMES_HELP = "rouge, bleu, chrf, sari, exact_match, meteor, token_f1"
 
 
@@ -93,18 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split-sentences", action="store_true",
                         help="paper-mode ROUGE-Lsum: re-split texts into sentences (the paper's "
                              "scripts did, with punkt) instead of taking newlines as given")
-    parser.add_argument("--em-convention", choices=("strict", "squad", "mlqa-es"),
-                        default=None,
+    # The names of metrics.answers.CONVENTIONS / F1_CONVENTIONS (not imported: --help stays
+    # light; tests/test_metrics.py checks that the lists agree).
+    parser.add_argument("--em-convention", choices=EM_CONVENTION_CHOICES, default=None,
                         help="exact_match normalisation: strict (whitespace and Unicode NFC only; "
                              "case, accents, punctuation count), squad (SQuAD v1.1 script: "
                              "lowercase, ASCII punctuation and a/an/the dropped), mlqa-es (MLQA "
                              "script, lang=es: lowercase, all Unicode punctuation and "
-                             "el/la/los/las/un/una/unos/unas dropped). Accents always count. "
-                             "Default: --task's, else strict")
-    parser.add_argument("--f1-convention", choices=("words", "squad", "mlqa-es"), default=None,
+                             "el/la/los/las/un/una/unos/unas dropped), loose (the paper's BiSECT "
+                             "scoring, evaluate's exact_match ignoring case, ASCII punctuation "
+                             "and digits). Accents always count. Default: --task's, else strict")
+    parser.add_argument("--f1-convention", choices=F1_CONVENTION_CHOICES, default=None,
                         help="token_f1 tokens: words (lowercased Unicode words, articles kept), "
-                             "or squad / mlqa-es as for --em-convention. Default: --task's, "
-                             "else words")
+                             "squad / mlqa-es as for --em-convention, or whitespace-membership "
+                             "(the paper's dialogue F1: whitespace tokens, case kept, no "
+                             "clipping). Default: --task's, else words")
     return parser
 
 

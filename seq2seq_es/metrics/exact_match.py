@@ -1,10 +1,11 @@
 """Exact match under a named answer convention (`seq2seq_es.metrics.answers`).
 
-``convention="strict"`` (default; BiSECT, as the paper scored it): both sides NFC-normalised
-(a composed "ó" equals "o" + combining accent), stripped, and every run of whitespace, newlines
-included, becomes one space; case, punctuation and accents count: "canción" and "cancion" differ.
-``squad`` and ``mlqa-es`` normalise as the SQuAD v1.1 and MLQA (lang=es) evaluation scripts
-(lowercase, punctuation and articles dropped); QA tasks use ``mlqa-es``. With ``ignore_case``
+``convention="strict"`` (default): both sides NFC-normalised (a composed "ó" equals "o" +
+combining accent), stripped, and every run of whitespace, newlines included, becomes one space;
+case, punctuation and accents count: "canción" and "cancion" differ. ``squad`` and ``mlqa-es``
+normalise as the SQuAD v1.1 and MLQA (lang=es) evaluation scripts (lowercase, punctuation and
+articles dropped); QA tasks use ``mlqa-es``. ``loose`` is how the paper scored BiSECT (evaluate's
+exact_match ignoring case, ASCII punctuation and digits); BiSECT uses it. With ``ignore_case``
 both sides are also lowercased. A prediction matches when it equals any of its references.
 Score: percentage of matches, 0-100.
 """
@@ -40,7 +41,8 @@ INPUTS = """\
 predictions: list of predicted texts.
 references: one reference text per prediction, or a list of references per prediction.
 ignore_case: compare lowercased; default False.
-convention: strict (default) | squad | mlqa-es: how answers are normalised before comparing.
+convention: strict (default) | squad | mlqa-es | loose: how answers are normalised before
+comparing.
 Returns exact_match: percentage of exact matches, 0-100.
 """
 

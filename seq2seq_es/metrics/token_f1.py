@@ -5,6 +5,9 @@
 other punctuation never count. ``squad`` and ``mlqa-es`` tokenise as the SQuAD v1.1 and MLQA
 (lang=es) evaluation scripts do after their answer normalisation (`seq2seq_es.metrics.answers`);
 QA tasks use ``mlqa-es``. Matches those scripts' F1 exactly (tests/test_metrics.py).
+``whitespace-membership`` is the paper's dialogue F1: whitespace tokens, case kept, and each
+token counted when the other side holds it at all instead of the clipped multiset overlap
+(`sentence_membership_f1`); where the paper's script divided by zero (an empty side) it is 0.
 An empty prediction or an empty reference (no tokens) scores 0, and so do both empty: there is
 no overlap to reward, and no division by zero (the scripts agree). Several references: the best
 one counts. Corpus score: mean over examples, 0-100.
@@ -29,12 +32,25 @@ def sentence_token_f1(prediction: Sequence[str], reference: Sequence[str]) -> fl
     return f_measure(overlap / len(prediction), overlap / len(reference))
 
 
+def sentence_membership_f1(prediction: Sequence[str], reference: Sequence[str]) -> float:
+    """F1 where every token of one side counts if the other side holds it at all (no clipping),
+    in [0, 1]: the paper's dialogue script; 0 when either side is empty."""
+    if not prediction or not reference:
+        return 0.0
+    in_prediction, in_reference = set(prediction), set(reference)
+    precision = sum(token in in_reference for token in prediction) / len(prediction)
+    recall = sum(token in in_prediction for token in reference) / len(reference)
+    return f_measure(precision, recall)
+
+
 def corpus_token_f1(predictions: Sequence[str], references: Sequence[Sequence[str]],
                     convention: str = "words") -> float:
     """Mean over examples of the best-reference token F1, 0-100."""
     if convention not in F1_CONVENTIONS:
         raise UnknownNameError("token_f1 convention", convention, F1_CONVENTIONS)
-    return mean_best_reference(predictions, references, sentence_token_f1,
+    sentence_score = (sentence_membership_f1 if convention == "whitespace-membership"
+                      else sentence_token_f1)
+    return mean_best_reference(predictions, references, sentence_score,
                                tokenize=lambda text: answer_tokens(text, convention))
 
 
@@ -50,7 +66,8 @@ CITATION = """\
 INPUTS = """\
 predictions: list of predicted texts.
 references: one reference text per prediction, or a list of references per prediction.
-convention: words (default) | squad | mlqa-es: how answers are normalised and tokenised.
+convention: words (default) | squad | mlqa-es | whitespace-membership: how answers are
+normalised, tokenised and counted.
 Returns token_f1: mean token F1, 0-100.
 """
 

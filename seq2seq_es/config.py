@@ -159,7 +159,7 @@ class TrainConfig(_Section):
     eval_batch_size: int = 0              # 0: same as batch_size
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where the GPU
                                           # supports it, else fp16; fp32 on CPU. fp16: dynamic
-                                          # loss scaling
+                                          # loss scaling. auto gives T5 models fp32 instead of fp16
     log_every: int = 10                   # steps between train/* records in metrics.jsonl
     stop_check_every: int = 1             # steps between the ranks' agreement on a stop signal
                                           # or a time-based save (one collective each time)

@@ -17,7 +17,8 @@ from it.
       final/                 the exported Hugging Face model
       final_results.json     task, model, main_metric, best_step, steps, validation, test
       DONE                   training finished (written last)
-      PREEMPTED              a stop signal was handled and a checkpoint saved (exit code 3)
+      PREEMPTED              a stop signal was handled and a checkpoint saved (exit code 3;
+                             130 for SIGINT)
       OUT_OF_REQUEUES        TrainJob was pre-empted again with its requeues used up
       slurm_events.jsonl     TrainJob's start / requeued / finished / failed events
       submitted_config.yaml  the --config file as it was at submission (every restart reads it)

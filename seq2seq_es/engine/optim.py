@@ -116,8 +116,9 @@ def resolve_precision(cfg: RunConfig) -> str:
     """What `train.precision` means on this machine: "bf16", "fp16" or "fp32".
 
     auto: bf16 where the GPU has it natively, else fp16 (V100, T4) with dynamic loss scaling,
-    except for T5-family models, which overflow in fp16 (paper-facts: T5 must train in bf16 or
-    fp32) and get fp32 there; fp32 without a GPU. An explicit value is taken as given.
+    except for T5-family models, which overflow in fp16 (the paper's shell files,
+    github.com/vgaraujov/Seq2Seq-Spanish-PLMs, train T5S without --fp16) and get fp32 there; fp32
+    without a GPU. An explicit value is taken as given.
     """
     precision = cfg.train.precision
     if precision != "auto":

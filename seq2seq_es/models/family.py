@@ -244,7 +244,7 @@ class T5(Family):
     checkpoint_types = frozenset({"t5"})
     model_type = "t5"
     attention_impls = ("sdpa", "flex")
-    fp16_safe = False              # paper-facts: T5 overflows in fp16; bf16 or fp32
+    fp16_safe = False              # T5 overflows in fp16 (the paper trained T5S without it)
     dropout_keys = ("dropout_rate",)
     vocab_head = ("<pad>", "</s>", "<unk>")
     packed_attention = True

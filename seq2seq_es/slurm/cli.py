@@ -1,4 +1,4 @@
-"""`seq2seq-es slurm submit|sweep|status|collect|bench`: training runs as SLURM jobs.
+"""`seq2seq-es slurm submit|sweep|status|resume|collect|bench`: training runs as SLURM jobs.
 
   submit --task T --model M [--run-dir DIR] [SLURM options] [--dry-run] [-- train overrides]
   sweep  --sweep-dir DIR [--models A,B] [--tasks X,Y | --pair M:T ...] [--grid KEY=V1,V2 ...]

@@ -26,7 +26,9 @@ commands:
   config --task T --model M [--config FILE] [--section.key VALUE ...]
                                print the resolved config as YAML (what --config accepts)
   evaluate PATH [--split validation|test] [--output-dir DIR] [--batch-size N] [--config FILE]
-           [--section.key VALUE ...]   score a run folder, RUN/final or RUN/checkpoints/step_N
+           [--task T --model M] [--section.key VALUE ...]
+                               score a run folder, RUN/final, RUN/checkpoints/step_N, or a
+                               model folder or hub id outside any run (with --task, --model)
   predict CHECKPOINT --input FILE --output FILE [--task T] [--model M] [--config FILE]
           [--batch-size N] [--max-source-length N] [--gen.key VALUE ...]
                                generate for a .jsonl or plain-text file

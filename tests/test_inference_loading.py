@@ -3,12 +3,21 @@ folder without its run's config decodes as its own generation_config.json says."
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
 import torch
+from engine_runs import REPO, subprocess_env
 from transformers import GenerationConfig
 
 from seq2seq_es.config import RunConfig
+from seq2seq_es.demo.synthetic import write_demo_dataset
 from seq2seq_es.engine.builders import get_model
 from seq2seq_es.engine.inference import inference_config, resolve_saved
+from seq2seq_es.errors import ConfigError
 from seq2seq_es.models import load_model_and_tokenizer, save_model
 
 
@@ -64,3 +73,60 @@ def test_a_folder_without_a_minimum_decodes_with_none_and_reads_length_limits_li
     cfg = inference_config(resolve_saved(other), model="barto-tiny", task="mlsum",
                            allow_model=True)
     assert (cfg.gen.max_new_tokens, cfg.gen.min_new_tokens) == (30, 5)
+
+
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "seq2seq_es", *args], cwd=REPO,
+                          env=subprocess_env(HF_HUB_OFFLINE="1", **env), capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_a_model_folder_or_hub_id_without_a_run_is_evaluated_as_the_task_and_model_given(
+        tmp_path):
+    folder = tmp_path / "model"
+    _export(folder, "fp32", {"num_beams": 1, "max_new_tokens": 5, "decoder_start_token_id": 2})
+    data = write_demo_dataset(tmp_path / "data", train_size=0, validation_size=3, seed=1)
+    split = ["--data.validation_file", data["validation"]]
+
+    refused = _cli("evaluate", str(folder), *split, "--output-dir", str(tmp_path / "x"))
+    assert refused.returncode == 2
+    assert "has no run config: pass --task T --model M" in refused.stderr
+
+    scored = _cli("evaluate", str(folder), "--task", "mlsum", "--model", "barto-tiny", *split,
+                  "--output-dir", str(tmp_path / "local"))
+    assert scored.returncode == 0, scored.stderr
+    local = json.loads((tmp_path / "local" / "evaluation.json").read_text())
+    assert (local["task"], local["model"], local["examples"]) == ("mlsum", "barto-tiny", 3)
+
+    # The same files as a hub model in the Hugging Face cache layout, read offline.
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--barto-mlsum"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    hub = {"HF_HUB_CACHE": str(tmp_path / "hub")}
+    fetched = _cli("evaluate", "someone/barto-mlsum", "--task", "mlsum", "--model", "barto-tiny",
+                   *split, "--output-dir", str(tmp_path / "hub_out"), **hub)
+    assert fetched.returncode == 0, fetched.stderr
+    from_hub = json.loads((tmp_path / "hub_out" / "evaluation.json").read_text())
+    assert from_hub["hub_id"] == "someone/barto-mlsum"
+    assert from_hub["results"] == local["results"]  # the same weights, the same scores
+
+    missing = _cli("evaluate", "someone/not-cached", "--task", "mlsum", "--model", "barto-tiny",
+                   "--output-dir", str(tmp_path / "y"), **hub)
+    assert missing.returncode == 2
+    assert "someone/not-cached is not a local path and could not be fetched" in missing.stderr
+
+
+def test_a_run_config_is_not_evaluated_under_another_task(tmp_path):
+    from seq2seq_es.engine.inference import SavedModel, check_same_names
+
+    cfg = RunConfig()
+    cfg.model.name, cfg.data.task = "barto-tiny", "mlsum"
+    saved = SavedModel("hf", tmp_path, tmp_path, "final")
+    check_same_names(saved, cfg, "mlsum", None)
+    with pytest.raises(ConfigError, match="run config says mlsum, not xlsum"):
+        check_same_names(saved, cfg, "xlsum", None)
+    with pytest.raises(ConfigError, match="says barto-tiny, not t5s-tiny"):
+        check_same_names(saved, cfg, None, "t5s-tiny")

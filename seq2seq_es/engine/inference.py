@@ -3,7 +3,9 @@
 What can be given as the model (`resolve_saved`):
 - a run folder (train.output_dir): its `config.yaml` and its `final/` model;
 - a Hugging Face folder such as RUN/final: the config comes from its parent's `config.yaml`
-  (or `--config FILE`; predict also takes `--model NAME` instead);
+  (or `--config FILE`, or `--task T --model M` for a folder outside any run);
+- a hub id (owner/name) that is not a local path: the hub's model files, fetched into the
+  Hugging Face cache (HF_HUB_OFFLINE=1: from the cache only), then as a model folder;
 - a DeepSpeed checkpoint RUN/checkpoints/step_N: the model is built from the run's config and
   the checkpoint's weights are put into it (`load_checkpoint_weights`).
 
@@ -57,6 +59,7 @@ class SavedModel:
     path: Path                 # the Hugging Face folder or the checkpoint step folder
     run_dir: Path | None       # the run folder it belongs to, when it has a config.yaml
     name: str                  # "final", "step_00000400", ...: names the evaluation folder
+    hub_id: str | None = None  # the hub id it was fetched for, if it came from the hub
 
     @property
     def config_file(self) -> Path | None:
@@ -76,10 +79,32 @@ def _checkpoint_list(run_dir: Path) -> str:
     return "evaluate one of its checkpoints instead: " + ", ".join(str(root / s) for s in steps)
 
 
+# What a model folder needs from the hub: no optimizer states, no other frameworks' weights.
+HUB_MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "pytorch_model*.bin")
+
+
+def fetch_from_hub(hub_id: str) -> Path:
+    """The local folder of hub model `hub_id`'s files (downloaded into the Hugging Face cache,
+    or found there when offline)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(hub_id, allow_patterns=list(HUB_MODEL_FILES)))
+    except Exception as err:  # offline and not cached, unknown id, no network, gated, ...
+        raise Seq2SeqEsError(f"{hub_id} is not a local path and could not be fetched from the "
+                             f"Hugging Face hub ({type(err).__name__}: {err})") from err
+
+
 def resolve_saved(path: str | Path) -> SavedModel:
-    """Tell a run folder, a Hugging Face folder and a DeepSpeed checkpoint apart; errors name the
-    path and what is missing."""
-    path = Path(os.path.expanduser(str(path)))
+    """Tell a run folder, a Hugging Face folder, a DeepSpeed checkpoint and a hub id apart;
+    errors name the path and what is missing."""
+    from ..models.sources import looks_like_hub_id
+
+    given = str(path)
+    path = Path(os.path.expanduser(given))
+    if not path.exists() and "/" in given and looks_like_hub_id(given):
+        saved = resolve_saved(fetch_from_hub(given))
+        return SavedModel("hf", saved.path, None, given.replace("/", "--"), hub_id=given)
     if not path.exists():
         raise Seq2SeqEsError(f"{path} does not exist")
     if not path.is_dir():
@@ -260,17 +285,43 @@ def parse_evaluate_args(argv: list[str]):
         description="Score a saved run, model folder or checkpoint on its task's validation or "
                     "test split. Any --section.key VALUE overrides the run's config (e.g. "
                     "--data.test_file FILE, --dist.zero_stage 3, --data.max_eval_samples N).")
-    parser.add_argument("path", help="run folder, model folder (RUN/final) or "
-                                     "RUN/checkpoints/step_N")
+    parser.add_argument("path", help="run folder, model folder (RUN/final), "
+                                     "RUN/checkpoints/step_N, or a hub id (owner/name)")
     parser.add_argument("--split", choices=tuple(SPLIT_PREFIX), default="validation")
     parser.add_argument("--output-dir", help="where predictions and scores go (default "
                                              "RUN/evaluations/<split>_<checkpoint>)")
     parser.add_argument("--batch-size", type=int, help="per rank (default: the run's "
                                                        "train.eval_batch_size or batch_size)")
     parser.add_argument("--config", help="the run's config.yaml, when PATH is outside its run")
+    parser.add_argument("--task", help="for a model folder or hub id without a run: the task to "
+                                       "score on (seq2seq-es list)")
+    parser.add_argument("--model", help="for a model folder or hub id without a run: the "
+                                        "registry name of its family's model (e.g. barto)")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     known, rest = parser.parse_known_args(argv)
     return known, parse_overrides(rest)
+
+
+def check_run_names(saved: SavedModel, config_file: str | None, task: str | None,
+                    model: str | None) -> None:
+    """--task/--model say what a model folder without a run is (both are needed: the split to
+    score and the family's loading); a run's config names them already."""
+    if config_file or saved.config_file or saved.kind != "hf":
+        return
+    if task is None or model is None:
+        where = saved.hub_id or f"{saved.path} (no {saved.path.parent / run_files.CONFIG})"
+        raise Seq2SeqEsError(f"{where} has no run config: pass --task T --model M "
+                             "(seq2seq-es list), or --config RUN/config.yaml")
+
+
+def check_same_names(saved: SavedModel, cfg, task: str | None, model: str | None) -> None:
+    """A run's config names its task and model; another --task/--model would score the run
+    under a name it was not trained as."""
+    for flag, given, run_value in (("--task", task, cfg.data.task), ("--model", model,
+                                                                      cfg.model.name)):
+        if given is not None and given != run_value:
+            raise ConfigError(flag, f"{saved.path}'s run config says {run_value}, not {given}; "
+                              f"{flag} is for a model folder without a run config")
 
 
 def evaluation_dir(saved: SavedModel, split: str, output_dir: str | None) -> Path:
@@ -292,7 +343,11 @@ def evaluate_main(argv: list[str]) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError("--batch-size", "must be at least 1")
     saved = resolve_saved(args.path)
-    cfg = inference_config(saved, config_file=args.config, overrides=overrides)
+    check_run_names(saved, args.config, args.task, args.model)
+    cfg = inference_config(saved, config_file=args.config, overrides=overrides, task=args.task,
+                           model=args.model, allow_model=saved.kind == "hf")
+    if args.config or saved.config_file:
+        check_same_names(saved, cfg, args.task, args.model)
     out = evaluation_dir(saved, args.split, args.output_dir)
     split_file = f"data.{args.split}_file"
     if cfg.data.train_file and not getattr(cfg.data, f"{args.split}_file"):
@@ -323,7 +378,8 @@ def evaluate_main(argv: list[str]) -> int:
                        predictions_dir=out, progress=True)
     if env.is_main:
         (out / "evaluation.json").write_text(json.dumps({
-            "checkpoint": str(saved.path), "split": args.split, "task": cfg.data.task,
+            "checkpoint": str(saved.path), **({"hub_id": saved.hub_id} if saved.hub_id else {}),
+            "split": args.split, "task": cfg.data.task,
             "model": cfg.model.name, "examples": len(data.tokenized),
             "world_size": env.world_size, "zero_stage": cfg.dist.zero_stage,
             "overrides": overrides, "results": results}, indent=1))

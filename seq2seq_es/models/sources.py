@@ -24,7 +24,7 @@ PROBE_TEXT = "¿Dónde está la canción? Niño, ñandú, pingüino."
 # Where a checkpoint comes from
 
 
-def _looks_like_hub_id(reference: str) -> bool:
+def looks_like_hub_id(reference: str) -> bool:
     return bool(_HUB_ID.match(reference)) and ".." not in reference
 
 
@@ -35,7 +35,7 @@ def resolve_checkpoint(reference: str, key: str) -> str:
         return expanded
     if os.path.exists(expanded):
         raise ConfigError(key, f"{reference} is a file; expected a checkpoint folder")
-    if not _looks_like_hub_id(reference):
+    if not looks_like_hub_id(reference):
         raise ConfigError(key, f"local path {reference} does not exist")
     return reference
 

@@ -96,3 +96,13 @@ def test_led_collator_pads_to_window_and_marks_global_tokens():
     s = sentences([{"input_ids": [0, 5, 4, 6, 7, 4, 8, 2], "labels": [2]}])
     assert s["global_attention_mask"].tolist() == [[1, 0, 0, 1, 0, 0, 1, 0]]
     assert torch.equal(s["attention_mask"], torch.ones(1, 8, dtype=torch.long))
+
+
+def test_the_plan_says_how_large_a_step_is_and_what_an_epoch_leaves_out():
+    # train.batch_size is per rank: 4 ranks make the step 4 times larger, which the run states.
+    plan = StepPlan(num_examples=70, batch_size=4, grad_accum=2, world_size=4, seed=0)
+    assert plan.summary() == [
+        "batches: 4 examples per rank x 2 accumulated x 4 rank(s) = 32 per step, 2 steps per "
+        "epoch",
+        "6 training examples per epoch do not fill a last step and are left out of that epoch "
+        "(the order changes each epoch)"]

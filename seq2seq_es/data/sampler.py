@@ -47,8 +47,12 @@ class StepPlan:
         return self.num_examples - self.steps_per_epoch * self.global_batch
 
     def summary(self) -> list[str]:
-        """What the trainer prints about the batches before training (every plan has it)."""
-        return dropped_note(self.dropped_per_epoch)
+        """What the trainer prints about the batches before training (every plan has it). The
+        step's size is spelled out: train.batch_size is per rank, as the Trainer's per-device
+        batch, so more ranks make a larger step under the same learning rate."""
+        return [f"batches: {self.batch_size} examples per rank x {self.grad_accum} accumulated "
+                f"x {self.world_size} rank(s) = {self.global_batch} per step, "
+                f"{self.steps_per_epoch} steps per epoch"] + dropped_note(self.dropped_per_epoch)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)

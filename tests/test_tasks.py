@@ -83,7 +83,8 @@ def test_defaults_follow_the_paper_runs_without_its_decoding_bugs():
         # Short answers must be allowed: no forced minimum of 16/32 tokens on QA or dialogue.
         if spec.kind in ("qa", "dialogue", "translation"):
             assert d["gen.min_new_tokens"] == 1
-        assert d["optim.lr"] == (5e-3 if spec.kind == "translation" else 5e-5)
+        # translation: the peak the paper's BARTO runs reached (T5S's: its model override)
+        assert d["optim.lr"] == (6.25e-4 if spec.kind == "translation" else 5e-5)
         assert "gen.max_new_tokens" not in d  # it follows the resolved target length
         for model in _paper_models(spec):
             cfg = compose(spec.name, model)

@@ -95,11 +95,14 @@ class TaskSpec:
 #   outputs are right.
 # - length penalty: those same scripts wrote 2.0, which favours long outputs; 1.0 (plain length
 #   normalisation) for every model here.
-# - translation: lr 5e-3 with an effective batch of 384 (96 x 4 for BARTO, 32 x 12 for T5S) for
-#   5000 (BARTO) or 10000 (T5S) steps, as in the shell files. Their warmup of 40000 steps never
-#   ended, so the learning rate only climbed, reaching 6.25e-4 (BARTO) or 1.25e-3 (T5S) at the
-#   last step; here warmup is 10% of the run and the peak is the nominal 5e-3. If that diverges,
-#   --optim.lr 1e-3 is close to what the paper's runs actually reached.
+# - translation: an effective batch of 384 (96 x 4 for BARTO, 32 x 12 for T5S) for 5000
+#   (BARTO) or 10000 (T5S) steps, as in the shell files, which asked for lr 5e-3 after 40000
+#   warmup steps. That warmup never ended: the learning rate only climbed, reaching 6.25e-4
+#   (BARTO) or 1.25e-3 (T5S) at the last step, and the paper's results come from those runs.
+#   Here the peak is what they reached, after 10% warmup and a linear decay: the same peak and
+#   the same mean learning rate (half the peak) as the paper's ramp, without the ramp's unfinished
+#   schedule. The nominal 5e-3, 8x (BARTO) or 4x (T5S) anything those runs saw, is
+#   --optim.lr 5e-3.
 # - wmt13 used the first 600000 training pairs.
 _COLUMNS = ("src", "tgt", "batch", "accum", "epochs", "steps", "lr", "warm", "min_new", "no_rep",
             "max_train")
@@ -113,10 +116,10 @@ _PAPER_RUNS: dict[str, tuple] = {
     "mlqa":         ( 384,   30,  16,   1,    6,     0,   5e-5,  0.0,    1,    0,     None),
     "bisect":       (1024,  128,  16,   1,    3,     0,   5e-5,  0.0,    8,    0,     None),
     "miam":         ( 512,   64,  16,   1,    3,     0,   5e-5,  0.0,    1,    3,     None),
-    "wmt13-es-en":  ( 128,  128,  96,   4,    1,  5000,   5e-3,  0.1,    1,    0,   600000),
-    "wmt13-en-es":  ( 128,  128,  96,   4,    1,  5000,   5e-3,  0.1,    1,    0,   600000),
-    "fapesp-es-pt": ( 128,  128,  96,   4,    1,  5000,   5e-3,  0.1,    1,    0,     None),
-    "fapesp-pt-es": ( 128,  128,  96,   4,    1,  5000,   5e-3,  0.1,    1,    0,     None),
+    "wmt13-es-en":  ( 128,  128,  96,   4,    1,  5000, 6.25e-4, 0.1,    1,    0,   600000),
+    "wmt13-en-es":  ( 128,  128,  96,   4,    1,  5000, 6.25e-4, 0.1,    1,    0,   600000),
+    "fapesp-es-pt": ( 128,  128,  96,   4,    1,  5000, 6.25e-4, 0.1,    1,    0,     None),
+    "fapesp-pt-es": ( 128,  128,  96,   4,    1,  5000, 6.25e-4, 0.1,    1,    0,     None),
 }
 _SEED = 42  # every run of the paper
 _NUM_BEAMS = 4
@@ -188,9 +191,9 @@ def _model_overrides() -> dict[str, dict[str, dict[str, Any]]]:
     # encoder's positions), 64 (XL-Sum) or 512 (EUR-Lex) out, 8 rows per device.
     add(("xlsum",), _BERT_PAIRS, {"data.max_target_length": 64, "train.batch_size": 8})
     add(("eurlexsum",), _BERT_PAIRS, {"data.max_target_length": 512, "train.batch_size": 8})
-    # T5S translation: 32 x 12 per step for 10000 steps.
+    # T5S translation: 32 x 12 per step for 10000 steps, whose 40000-step warmup reached 1.25e-3.
     add(_TRANSLATION, ("t5s",), {"train.batch_size": 32, "train.grad_accum": 12,
-                                 "train.max_steps": 10000})
+                                 "train.max_steps": 10000, "optim.lr": 1.25e-3})
     # mBERT pairs trained like the other BERT2BERT runs: 16 per device, 6 epochs, 5e-5.
     add(_TRANSLATION, _MBERT, {"train.batch_size": 16, "train.grad_accum": 1, "train.epochs": 6,
                                "train.max_steps": 0, "optim.lr": 5e-5, "optim.warmup_ratio": 0.0})

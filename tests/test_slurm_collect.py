@@ -42,9 +42,11 @@ def _runs(manifest):
 
 
 def _final(run_dir, validation, test, main_metric="rougeL", best_step=40):
-    """final_results.json as the training engine writes it at the end of a run."""
+    """final_results.json as the training engine writes it at the end of a run (the folder is
+    named <model>__<task>__<grid point>)."""
+    model, task = Path(run_dir).name.split("__")[:2]
     (run_dir / "final_results.json").write_text(json.dumps({
-        "task": "t", "model": "m", "main_metric": main_metric, "best_step": best_step,
+        "task": task, "model": model, "main_metric": main_metric, "best_step": best_step,
         "steps": 50, "validation": validation, "test": test}))
 
 
@@ -238,16 +240,15 @@ def test_lower_is_better_for_losses_and_error_rates(tmp_path):
     manifest = _write_manifest(sweep_dir, [("barto", "wmt13-es-en"), ("barto", "mlsum")],
                                {"optim.lr": ["1", "2"]})
     runs = _runs(manifest)
-    for lr, loss in (("1", 2.0), ("2", 1.5)):  # chosen by the lowest dev loss: lr 2
-        _final(runs[("barto", "wmt13-es-en", lr)], {"loss": loss, "bleu": 30.0 - loss}, None,
-               main_metric="loss")
+    for lr, loss in (("1", 2.0), ("2", 1.5)):  # no task metric: the lowest dev loss, lr 2
+        _final(runs[("barto", "wmt13-es-en", lr)], {"loss": loss}, None, main_metric="loss")
     for lr, ter in (("1", 40.0), ("2", 35.0)):  # an entry whose only metric is an error rate
         _metrics(runs[("barto", "mlsum", lr)] / "metrics.jsonl", [{"step": 5, "eval/ter": ter}])
     table = build_table(load_manifest(sweep_dir))
-    assert table.chosen[("barto", "wmt13-es-en")].result.validation == {"loss": 1.5, "bleu": 28.5}
+    assert table.chosen[("barto", "wmt13-es-en")].result.validation == {"loss": 1.5}
     assert table.chosen[("barto", "wmt13-es-en")].selected_by == "loss"
     assert table.chosen[("barto", "mlsum")].result.validation == {"ter": 35.0}
-    assert "28.50 / –" in format_markdown(table) and "barto" in format_csv(table)
+    assert "1.50 / –" in format_markdown(table) and "barto" in format_csv(table)
 
 
 def test_a_broken_final_results_file_leaves_that_run_out_and_says_why(tmp_path, capsys):
@@ -295,3 +296,84 @@ def test_test_scores_logged_at_the_end_are_read_without_final_results(tmp_path):
     assert (result.best_step, result.validation, result.test) == (10, {"rougeL": 22.0},
                                                                    {"rougeL": 20.5})
     assert not result.final and result.source == "metrics.jsonl"
+
+
+def test_a_cell_never_holds_another_pairs_result_or_a_choice_made_on_another_metric(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum"), ("t5s", "mlsum")],
+                               {"optim.lr": ["1", "2", "3"]})
+    runs = _runs(manifest)
+    # barto: g1 chose its checkpoint by loss (train.best_metric) and has the lower loss, g2 the
+    # better rougeL: runs are compared on the task's main metric. g3 holds another pair's file.
+    _final(runs[("barto", "mlsum", "1")], {"loss": 1.0, "rougeL": 15.0, "rouge1": 20.0,
+                                           "rouge2": 5.0}, None, main_metric="loss")
+    _final(runs[("barto", "mlsum", "2")], {"loss": 2.0, "rougeL": 25.0, "rouge2": 9.0,
+                                           "rouge1": 30.0}, {"rougeL": 24.0})
+    (runs[("barto", "mlsum", "3")] / "final_results.json").write_text(json.dumps({
+        "task": "sqac", "model": "t5s", "main_metric": "rougeL", "validation": {"rougeL": 90.0},
+        "test": None}))
+    # t5s: g1 finished (rougeL 20); g2 did not finish but is better so far (its test scores
+    # are logged at another step than its best validation); g3 logged no rougeL.
+    _final(runs[("t5s", "mlsum", "1")], {"rougeL": 20.0}, {"rougeL": 19.0})
+    _metrics(runs[("t5s", "mlsum", "2")] / "metrics.jsonl",
+             [{"step": 10, "eval/rougeL": 30.0}, {"step": 20, "eval/rougeL": 28.0},
+              {"step": 20, "test/rougeL": 27.5}])
+    _final(runs[("t5s", "mlsum", "3")], {"rouge1": 50.0}, None)
+    table = build_table(load_manifest(sweep_dir))
+    barto, t5s = table.chosen[("barto", "mlsum")], table.chosen[("t5s", "mlsum")]
+    assert barto.result.run.grid_point == {"optim.lr": "2"} and barto.selected_by == "rougeL"
+    assert t5s.result.run.grid_point == {"optim.lr": "1"} and t5s.compared == 1
+    assert any("its task is 'sqac', but the sweep planned 'mlsum'" in n for n in table.notes)
+    out = format_markdown(table)
+    assert "runs chose their checkpoints by train.best_metric loss; runs are compared on " \
+           "rougeL" in out
+    assert "chosen among 1 of 3 runs; no dev rougeL in t5s__mlsum__lr-3" in out
+    assert "finished runs preferred: t5s__mlsum__lr-2 (not finished) had a better dev rougeL" in out
+    # columns in the paper's order, whatever order the runs logged them in
+    header = _rows(out)[0]["header"]
+    assert header[:5] == ["model", "mlsum run", "mlsum rouge1", "mlsum rouge2", "mlsum rougeL"]
+    # The unfinished run's test scores were logged at step 20, its best validation is step 10.
+    alone = run_result(manifest.runs[4], "rougeL")
+    assert (alone.best_step, alone.validation, alone.test) == (10, {"rougeL": 30.0}, None)
+
+
+def test_the_papers_average_is_shown_only_beside_an_average_over_the_same_tasks(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], LR)
+    runs = _runs(manifest)
+    for lr in ("3e-5", "5e-5"):
+        _final(runs[("barto", "mlsum", lr)], {"rouge1": 30.0, "rouge2": 10.0, "rougeL": 25.0},
+               {"rouge1": 29.0, "rouge2": 9.0, "rougeL": 24.0})
+    out = format_markdown(build_table(load_manifest(sweep_dir)))
+    assert "paper avg" not in _rows(out)[0]["header"]
+    assert "the paper's average is over mlsum + wikilingua with rouge1, rouge2, rougeL: not " \
+           "shown" in out
+
+
+def test_collect_refuses_unknown_metrics_and_replaces_its_files_only_as_a_set(tmp_path, capsys):
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], LR)
+    runs = _runs(manifest)
+    _final(runs[("barto", "mlsum", "3e-5")], {"rougeL": 20.0}, {"rougeL": 19.0})
+    assert slurm_main(["collect", str(sweep_dir), "--metrics", "rougel"]) == 2
+    assert "rougel logged by no chosen run; the runs logged: rougeL" in capsys.readouterr().err
+    assert slurm_main(["collect", str(sweep_dir)]) == 0
+    before = {name: (sweep_dir / name).read_bytes() for name in ("results.md", "results.csv")}
+    _final(runs[("barto", "mlsum", "5e-5")], {"rougeL": 30.0}, {"rougeL": 29.0})
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")
+    assert slurm_main(["collect", str(sweep_dir), "--png", str(blocked / "results.png")]) == 2
+    assert "could not write the results" in capsys.readouterr().err
+    assert {name: (sweep_dir / name).read_bytes() for name in before} == before
+    assert not list(sweep_dir.glob(".*.tmp"))
+
+
+def test_an_empty_table_still_names_the_runs_left_out(tmp_path, capsys):
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], LR)
+    runs = _runs(manifest)
+    for lr in ("3e-5", "5e-5"):
+        (runs[("barto", "mlsum", lr)] / "final_results.json").write_text("{")
+    assert slurm_main(["collect", str(sweep_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "Left out:" in out and "barto__mlsum__lr-3e-5 left out: file " in out

@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import ConfigError, run_command
+from ..errors import ConfigError, Seq2SeqEsError, run_command
 from .config import SlurmConfig
 from .job import DEFAULT_ENTRY
 from .monitor import (SPLITS_SHOWN, build_table, empty_message, format_status, query_slurm,
@@ -240,7 +240,11 @@ def cmd_collect(argv: list[str]) -> int:
         kept = [str(path) for path in paths if path.exists()]
         print("nothing written" + (f"; kept as they were: {', '.join(kept)}" if kept else ""))
         return 1
-    markdown = write_results(table, *paths, split=args.split, metrics=metrics)
+    try:
+        markdown = write_results(table, *paths, split=args.split, metrics=metrics)
+    except OSError as exc:
+        raise Seq2SeqEsError(f"could not write the results ({exc}); nothing was replaced: "
+                             f"{', '.join(str(path) for path in paths)}") from exc
     print(markdown, end="")
     print(f"\nwritten: {', '.join(str(path) for path in paths)}")
     return 0

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import run_files
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 # The one metrics.jsonl reader (merges a step's records, keeping the last values).
 from ..metrics_log import read as read_metrics
 from .sweep import Manifest, RunPlan, describe_grid_point
@@ -366,6 +366,14 @@ FAMILY_AVERAGES: dict[str, tuple[str, tuple[str, ...]]] = {
 # Pre-trained Language Models", taken second-hand): the average ROUGE over MLSUM + WikiLingua and
 # over SQAC + MLQA, and the single-dataset families' scores (BiSECT SARI, MIAM F1). Which split
 # was averaged is not stated; the paper's per-dataset tables give dev/test pairs.
+# The tasks each figure averages over: ours is set beside it only when it covers the same tasks
+# and every metric of FAMILY_AVERAGES (an average over MLSUM alone is not the paper's).
+PAPER_AVERAGE_TASKS: dict[str, tuple[str, ...]] = {
+    "summarization": ("mlsum", "wikilingua"),
+    "qa": ("sqac", "mlqa"),
+    "split_rephrase": ("bisect",),
+    "dialogue": ("miam",),
+}
 PAPER_AVERAGES: dict[str, dict[str, float]] = {
     "summarization": {"t5s": 26.54, "barto": 25.49, "beto2beto": 24.39},
     "qa": {"t5s": 67.92},
@@ -441,15 +449,21 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
     "validation": {metric: value}, "test": {metric: value} or null}. Without it (a run still
     going, or an entry that writes only metrics.jsonl) the run's `eval/<metric>` records stand in:
     the record with the best `main_metric` (the latest record when that metric is not logged), and
-    the latest `test/<metric>` values. Such a run counts as final only if it wrote DONE.
-    Raises DataError for a broken file, naming it.
+    the `test/<metric>` values logged at that record's step. Such a run counts as final only if
+    it wrote DONE. Raises DataError for a broken file or one of another task or model, naming it.
     """
     run_dir = Path(run.run_dir)
-    data = read_final_results(run_dir / run_files.FINAL_RESULTS)
+    path = run_dir / run_files.FINAL_RESULTS
+    data = read_final_results(path)
     if data is not None:
+        for key, planned in (("task", run.task), ("model", run.model)):
+            # Another run's file (copied, or a folder reused) must not fill this run's cell.
+            if data.get(key) is not None and data[key] != planned:
+                raise DataError(f"its {key} is {data[key]!r}, but the sweep planned {planned!r} "
+                                "for this run", file=str(path))
         validation = _numbers(data["validation"])
         if not validation:
-            return None
+            raise DataError("no finite number among its validation scores", file=str(path))
         test = _numbers(data.get("test")) or None
         declared = data.get("main_metric")
         best_step = data.get("best_step")
@@ -458,15 +472,16 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
                          best_step=best_step if isinstance(best_step, int) else None,
                          final=True, source=run_files.FINAL_RESULTS)
     evals: list[tuple[int | None, dict[str, float]]] = []
-    test: dict[str, float] = {}
+    tests: dict[int | None, dict[str, float]] = {}  # step -> test/ values logged at it
     for record in read_metrics(run_dir / run_files.METRICS):
         step = record.get("step") if isinstance(record.get("step"), int) else None
         values = _numbers({key[len("eval/"):]: value for key, value in record.items()
                            if key.startswith("eval/")})
         if values:
             evals.append((step, values))
-        test.update(_numbers({key[len("test/"):]: value for key, value in record.items()
-                              if key.startswith("test/")}))
+        tests.setdefault(step, {}).update(_numbers({key[len("test/"):]: value
+                                                    for key, value in record.items()
+                                                    if key.startswith("test/")}))
     if not evals:
         return None
     chosen = evals[-1]
@@ -476,9 +491,11 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
         for item in scored[1:]:
             if _better(item[1][main_metric], chosen[1][main_metric], main_metric):
                 chosen = item
-    return RunResult(run=run, validation=chosen[1], test=test or None, main_metric=None,
-                     best_step=chosen[0], final=(run_dir / run_files.DONE).exists(),
-                     source=run_files.METRICS)
+    # The engine scores test at the step it chose (logged at that step): test values of another
+    # step would pair this step's dev scores with another model's test scores.
+    return RunResult(run=run, validation=chosen[1], test=tests.get(chosen[0]) or None,
+                     main_metric=None, best_step=chosen[0],
+                     final=(run_dir / run_files.DONE).exists(), source=run_files.METRICS)
 
 
 @dataclass
@@ -487,8 +504,9 @@ class Choice:
 
     result: RunResult
     selected_by: str          # the dev metric that chose the run
-    main_metric: str | None   # the task's main metric (None: unknown task)
-    compared: int             # runs of this (model, task) with a value of selected_by
+    main_metric: str | None   # the task's main metric (a run's declared one for an unknown task)
+    compared: int             # runs the choice was made among
+    remarks: list[str] = field(default_factory=list)  # runs not compared, other declared metrics
 
     @property
     def note(self) -> str:
@@ -499,22 +517,43 @@ class Choice:
 
 
 def choose_run(results: list[RunResult], main_metric: str | None) -> Choice:
-    """The result with the best dev value of the main metric (lower is better for losses and
-    error rates; a tie keeps the earlier grid point). When no run logged the main metric, the
-    first task metric the runs logged chooses instead (then 'loss')."""
-    declared = next((r.main_metric for r in results if r.main_metric), None) or main_metric
-    if declared and any(declared in r.validation for r in results):
-        metric = declared
+    """The result with the best dev value of the task's main metric (lower is better for losses
+    and error rates; a tie keeps the earlier grid point), among the finished runs when any has
+    it. Runs choose their own checkpoints by train.best_metric, which a user may have set to
+    another metric; across runs the task's main metric decides (a run's declared metric only for
+    a task the registry does not know). When no run logged it, the first task metric the runs
+    logged chooses instead (then 'loss'). Every run left out of the comparison is remarked."""
+    declared = sorted({r.main_metric for r in results if r.main_metric})
+    wanted = main_metric or (declared[0] if declared else None)
+    if wanted and any(wanted in r.validation for r in results):
+        metric = wanted
     else:
         names = [name for r in results for name in r.validation]
         metric = next((name for name in names if is_task_metric(name)),
                       "loss" if "loss" in names else names[0])
     candidates = [r for r in results if metric in r.validation]
-    best = candidates[0]
-    for result in candidates[1:]:
+    finished = [r for r in candidates if r.final]
+    pool = finished or candidates
+    best = pool[0]
+    for result in pool[1:]:
         if _better(result.validation[metric], best.validation[metric], metric):
             best = result
-    return Choice(result=best, selected_by=metric, main_metric=declared, compared=len(candidates))
+    remarks = []
+    missing = [r.run.name for r in results if metric not in r.validation]
+    if missing:
+        remarks.append(f"chosen among {len(pool)} of {len(results)} runs; no dev {metric} in "
+                       + ", ".join(missing))
+    better_unfinished = [r.run.name for r in candidates if not r.final and r is not best
+                         and _better(r.validation[metric], best.validation[metric], metric)]
+    if finished and better_unfinished:
+        remarks.append(f"finished runs preferred: {', '.join(better_unfinished)} (not finished) "
+                       f"had a better dev {metric} so far")
+    other = [name for name in declared if name != metric]
+    if other:
+        remarks.append(f"runs chose their checkpoints by train.best_metric {', '.join(other)}; "
+                       f"runs are compared on {metric}")
+    return Choice(result=best, selected_by=metric, main_metric=wanted, compared=len(pool),
+                  remarks=remarks)
 
 
 @dataclass
@@ -544,6 +583,7 @@ class ResultsTable:
     averages: dict[str, Average]              # family -> its average column
     grid_labels: dict[str, str]               # describe_grid_point(point) -> 'g1', 'g2', ...
     notes: list[str] = field(default_factory=list)  # runs left out, and why
+    scored: int = 0                           # runs with scores (the rest: none yet, or left out)
 
     def label(self, choice: Choice) -> str:
         return self.grid_labels[describe_grid_point(choice.result.run.grid_point)]
@@ -569,8 +609,10 @@ def _average(family: str, tasks: list[str], models: list[str],
     metrics = tuple(name for name in wanted if name in logged)
     if not metrics:  # nothing of ours to compare with the paper's figure
         return None
+    comparable = (metrics == wanted
+                  and sorted(tasks) == sorted(PAPER_AVERAGE_TASKS.get(family, ())))
     paper = {model: value for model, value in PAPER_AVERAGES.get(family, {}).items()
-             if model in models and any((model, task) in chosen for task in tasks)}
+             if comparable and model in models and any((model, task) in chosen for task in tasks)}
     average = Average(family=family, label=label, metrics=metrics, tasks=tasks, dev={}, test={},
                       final={}, paper=paper)
     for model in models:
@@ -582,6 +624,15 @@ def _average(family: str, tasks: list[str], models: list[str],
                                      for r in results for name in metrics])
         average.final[model] = all(r is not None and r.final for r in results)
     return average
+
+
+# The order of metric columns, as the paper's tables read (R1, R2, RL, ...); others after, by name.
+_COLUMN_ORDER = ("rouge1", "rouge2", "rougeL", "rougeLsum", "sari", "bleu", "chrf", "exact_match",
+                 "token_f1", "meteor", "loss")
+
+
+def _column_rank(name: str) -> tuple[int, str]:
+    return (_COLUMN_ORDER.index(name) if name in _COLUMN_ORDER else len(_COLUMN_ORDER), name)
 
 
 def build_table(manifest: Manifest, metrics: list[str] | None = None) -> ResultsTable:
@@ -622,7 +673,15 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
             name for name in names if name == "loss"]
         if metrics:
             shown = [name for name in names if name in metrics]
-        columns[task] = shown
+        columns[task] = sorted(shown, key=_column_rank)
+    if metrics:
+        logged = {name for (_, _), choice in chosen.items()
+                  for split_values in (choice.result.validation, choice.result.test or {})
+                  for name in split_values}
+        unknown = [name for name in metrics if name not in logged]
+        if unknown and chosen:
+            raise ConfigError("--metrics", f"{', '.join(unknown)} logged by no chosen run; "
+                              f"the runs logged: {', '.join(sorted(logged))}")
     order = list(FAMILY_TITLES)
     families = sorted({info[task][0] for task in tasks}, key=order.index)
     grouped = [(family, [task for task in tasks if info[task][0] == family]) for family in families]
@@ -633,7 +692,8 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
             averages[family] = average
     return ResultsTable(source=manifest.path, runs=len(manifest.runs), models=models,
                         families=grouped, columns=columns, chosen=chosen, averages=averages,
-                        grid_labels=labels, notes=notes)
+                        grid_labels=labels, notes=notes,
+                        scored=sum(len(results) for results in groups.values()))
 
 
 def _number(value: float | None) -> str:
@@ -656,11 +716,14 @@ _CELLS = {"both": "dev / test", "dev": "dev (validation) only", "test": "test on
 
 
 def empty_message(table: ResultsTable, split: str = "both") -> str:
+    left_out = "".join(f"\n- {note}" for note in table.notes)
+    left_out = f"\nLeft out:{left_out}" if left_out else ""
     if not table.chosen:
         return (f"No results yet: none of the {table.runs} run(s) has written final_results.json "
-                "or evaluation records (eval/...) in metrics.jsonl.")
+                "or evaluation records (eval/...) in metrics.jsonl that could be read."
+                + left_out)
     return ("No test scores yet: runs write test/... (and final_results.json) when they finish; "
-            "--split dev or both shows the validation scores.")
+            "--split dev or both shows the validation scores." + left_out)
 
 
 def format_markdown(table: ResultsTable, split: str = "both") -> str:
@@ -668,7 +731,8 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
     metrics (cells as `split` says), then the family's average and the paper's; legend below."""
     if table.is_empty(split):
         return empty_message(table, split) + "\n"
-    lines = [f"Results of {table.runs} run(s) from {table.source}. Per model and task, the grid "
+    lines = [f"Results of {table.scored} of the {table.runs} run(s) in {table.source} (the others "
+             "have no scores yet, or are left out below). Per model and task, the grid "
              "point with the best dev (validation) score on the task's main metric; every number "
              f"of that task in a row comes from that one run. Cells: {_CELLS[split]}."]
     any_partial = False
@@ -726,20 +790,31 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
         for family, average in table.averages.items():
             lines.append(f"- {FAMILY_TITLES[family]}: avg {average.label} = mean of "
                          f"{', '.join(average.metrics)} over {', '.join(average.tasks)}")
+            if PAPER_AVERAGES.get(family) and not average.paper:
+                paper_tasks = " + ".join(PAPER_AVERAGE_TASKS[family])
+                lines.append(f"  (the paper's average is over {paper_tasks} with "
+                             f"{', '.join(FAMILY_AVERAGES[family][1])}: not shown beside an "
+                             "average over other tasks or metrics)")
         if any(average.paper for average in table.averages.values()):
             lines.append("- paper avg: the paper's figure for the whole family (Sequence-to-"
                          "Sequence Spanish Pre-trained Language Models; ROUGE averaged over "
                          "MLSUM + WikiLingua, "
                          "over SQAC + MLQA; SARI on BiSECT; F1 on MIAM); its split is not stated. "
                          "Not the same metric as ours: our ROUGE and SARI are Spanish-aware, the "
-                         "paper's were scored with English tokenisation (docs/metrics.md); to "
-                         "compare like with like, rescore a run's eval/ or test/ step folder: "
-                         "`seq2seq-es score --mode paper --aggregate bootstrap --split-sentences "
-                         "--predictions predictions.txt --references scored_references.jsonl "
-                         "--sources sources.txt --metric rouge` (or sari)")
+                         "paper's were scored with English tokenisation, and our dialogue F1 "
+                         "lowercases and clips where the paper's kept case and did not "
+                         "(docs/metrics.md); to compare like with like, rescore a run's eval/ or "
+                         "test/ step folder: `seq2seq-es score --mode paper --aggregate bootstrap "
+                         "--split-sentences --predictions predictions.txt --references "
+                         "scored_references.jsonl --sources sources.txt --metric rouge` (or sari; "
+                         "F1: `--metric token_f1 --f1-convention whitespace-membership`)")
     if any_partial:
         lines += ["", "* from a run that has not finished (no final_results.json or DONE): its "
                   "best evaluation so far in metrics.jsonl; not final"]
+    remarks = [f"{model} / {task}: {remark}" for (model, task), choice in table.chosen.items()
+               for remark in choice.remarks]
+    if remarks:
+        lines += ["", "How runs were compared:"] + [f"- {remark}" for remark in remarks]
     if table.notes:
         lines += ["", "Left out:"] + [f"- {note}" for note in table.notes]
     return "\n".join(lines) + "\n"
@@ -854,29 +929,36 @@ def plot_results(table: ResultsTable, png_path: str | Path, split: str = "both")
     figure.tight_layout()
     path = Path(png_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, format="png")
-    tmp.replace(path)
+    figure.savefig(path, format="png")
     return path
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Writes whole or not at all (temp file + rename): a reader never sees half a table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
 
 
 def write_results(table: ResultsTable, markdown_path: str | Path, csv_path: str | Path,
                   png_path: str | Path, split: str = "both",
                   metrics: list[str] | None = None) -> str:
-    """Writes results.md/.csv/.png and returns the markdown. Refuses an empty table (ValueError):
-    the files of an earlier collect stay as they were."""
+    """Writes results.md/.csv/.png as one set and returns the markdown: all three are written to
+    temporary files first and renamed only when every one was written, so a failure (a folder
+    that cannot be created, a full disk) leaves the earlier three as they were. Refuses an empty
+    table (ValueError): the files of an earlier collect stay as they were."""
     if table.is_empty(split):
         raise ValueError(empty_message(table, split))
     markdown = format_markdown(table, split)
-    _write_text(Path(markdown_path), markdown)
-    _write_text(Path(csv_path), format_csv(table, metrics))
-    plot_results(table, png_path, split)
+    paths = [Path(markdown_path), Path(csv_path), Path(png_path)]
+    temporary = [_temporary(path) for path in paths]
+    try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        temporary[0].write_text(markdown, encoding="utf-8")
+        temporary[1].write_text(format_csv(table, metrics), encoding="utf-8")
+        plot_results(table, temporary[2], split)
+    except BaseException:
+        for tmp in temporary:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, path in zip(temporary, paths):
+        tmp.replace(path)
     return markdown

@@ -152,10 +152,13 @@ def console(argv: list[str] | None = None) -> NoReturn:
     """The process entry (`seq2seq-es`, `python -m seq2seq_es`, launch/train.py): `main`, then
     exit; a process that started a process group leaves without interpreter teardown
     (process_exit explains the abort this avoids), with the status and traceback a normal exit
-    would give."""
+    would give (a KeyboardInterrupt that escapes: 130, where Python would end by SIGINT)."""
     try:
         status = main(argv)
+        sys.stdout.flush()  # a reader that left shows here, not in the interpreter's last flush
     except BrokenPipeError:
+        if must_leave_without_teardown():
+            raise  # a rank's pipe (workers, trackers), not a reader of ours: the traceback
         # The reader left (`seq2seq-es list | head -1`): no traceback, and stdout goes to
         # /dev/null so that the interpreter's last flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -43,23 +43,53 @@ def must_leave_without_teardown() -> bool:
     return _process_group_started
 
 
+def _wait_for_threads() -> None:
+    """What the interpreter does first at exit: tell thread pools to stop (concurrent.futures
+    registers that with threading; inductor keeps one), then join the non-daemon threads. A
+    plain join of a live ThreadPoolExecutor's workers would wait forever."""
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+        return
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+
+
+def _flush_everything() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing left to write to
+            pass
+    try:  # C libraries' buffered stdout (NCCL_DEBUG lines into a SLURM log): exit() flushes it
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+
+
 def leave(status: int, *, exit_handlers: bool = True) -> NoReturn:
-    """Wait for the non-daemon threads, run the exit handlers, flush, and end the process with
-    `status`, skipping finalization. `exit_handlers=False` from inside an `atexit` handler (the
-    interpreter is running them already; a second run would repeat those that ran)."""
+    """Wait for the non-daemon threads, run the exit handlers, flush (Python's streams and the C
+    library's), and end the process with `status`, skipping finalization. `exit_handlers=False`
+    from inside an `atexit` handler (the interpreter has joined the threads and is running the
+    handlers already; a second run would repeat those that ran)."""
     try:
         if exit_handlers:
-            for thread in threading.enumerate():
-                if thread is not threading.main_thread() and not thread.daemon:
-                    thread.join()
+            _wait_for_threads()
             atexit._run_exitfuncs()
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # closed or broken pipe: nothing left to write to
-                pass
+        _flush_everything()
         os._exit(status)
+
+
+def exit_with(status: int) -> NoReturn:
+    """For a module's `__main__`: sys.exit(status), or leave(status) where a process group was
+    started."""
+    if must_leave_without_teardown():
+        leave(status)
+    sys.exit(status)
 
 
 def exit_status(code: object) -> int:

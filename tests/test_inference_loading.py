@@ -116,7 +116,12 @@ def test_a_model_folder_or_hub_id_without_a_run_is_evaluated_as_the_task_and_mod
     missing = _cli("evaluate", "someone/not-cached", "--task", "mlsum", "--model", "barto-tiny",
                    "--output-dir", str(tmp_path / "y"), **hub)
     assert missing.returncode == 2
-    assert "someone/not-cached is not a local path and could not be fetched" in missing.stderr
+    assert ("someone/not-cached does not exist locally, and as a Hugging Face hub id it could "
+            "not be fetched") in missing.stderr
+    # What the scores need is checked before any download.
+    unnamed = _cli("evaluate", "someone/barto-mlsum", "--task", "mlsum", "--model", "barto-tiny",
+                   **hub)
+    assert unnamed.returncode == 2 and "pass --output-dir DIR" in unnamed.stderr
 
 
 def test_a_run_config_is_not_evaluated_under_another_task(tmp_path):
@@ -130,3 +135,12 @@ def test_a_run_config_is_not_evaluated_under_another_task(tmp_path):
         check_same_names(saved, cfg, "xlsum", None)
     with pytest.raises(ConfigError, match="says barto-tiny, not t5s-tiny"):
         check_same_names(saved, cfg, None, "t5s-tiny")
+
+
+def test_a_mistyped_local_path_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    from seq2seq_es.errors import Seq2SeqEsError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(Seq2SeqEsError, match="^runs/typo does not exist$"):
+        resolve_saved("runs/typo")

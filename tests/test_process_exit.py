@@ -36,20 +36,34 @@ CHILD = textwrap.dedent("""
             raise RuntimeError("the probe failed")
         if outcome == "exit-message":
             sys.exit("a message instead of a status")
+        if outcome == "pool":  # a live thread pool (inductor keeps one) must not hang the exit
+            from concurrent.futures import ThreadPoolExecutor
+            POOLS.append(ThreadPoolExecutor(2))
+            POOLS[0].submit(print, "pool ran")
+            return 0
         return int(outcome)
+
+    POOLS = []
 
     cli.COMMANDS["probe"] = probe
     cli.console(["probe", *sys.argv[1:]])
 """)
 
 
+def plain_env() -> dict[str, str]:
+    """The environment of a user's shell: stdout block-buffered (no PYTHONUNBUFFERED)."""
+    env = subprocess_env()
+    env.pop("PYTHONUNBUFFERED", None)
+    return env
+
+
 def run_child(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", CHILD, *args], cwd=REPO, env=subprocess_env(),
+    return subprocess.run([sys.executable, "-c", CHILD, *args], cwd=REPO, env=plain_env(),
                           capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("outcome, status", [("0", 0), ("3", 3), ("raise", 1),
-                                             ("exit-message", 1)])
+                                             ("exit-message", 1), ("pool", 0)])
 def test_a_process_with_a_process_group_leaves_without_finalizing(outcome, status):
     proc = run_child("group", outcome)
     assert proc.returncode == status, proc.stderr
@@ -73,7 +87,7 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
     read_end, write_end = os.pipe()
     os.close(read_end)
     proc = subprocess.run([sys.executable, "-m", "seq2seq_es", "list"], cwd=REPO,
-                          env=subprocess_env(), stdout=write_end, stderr=subprocess.PIPE,
+                          env=plain_env(), stdout=write_end, stderr=subprocess.PIPE,
                           text=True, timeout=120)
     os.close(write_end)
     assert proc.returncode == 141

@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import socket
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -257,4 +256,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ..process_exit import exit_with
+
+    exit_with(main())

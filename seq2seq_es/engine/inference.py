@@ -79,30 +79,47 @@ def _checkpoint_list(run_dir: Path) -> str:
     return "evaluate one of its checkpoints instead: " + ", ".join(str(root / s) for s in steps)
 
 
-# What a model folder needs from the hub: no optimizer states, no other frameworks' weights.
+# What a model folder needs from the hub: no optimizer states, no other frameworks' weights, and
+# nothing in subfolders (a Trainer upload's checkpoint-N/ copies).
 HUB_MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "pytorch_model*.bin")
+
+
+def is_hub_reference(given: str) -> bool:
+    """owner/name that is not a local path: neither it nor its first part exists here (so a
+    mistyped runs/typo is a missing local folder, not a hub id)."""
+    from ..models.sources import looks_like_hub_id
+
+    path = Path(os.path.expanduser(given))
+    return ("/" in given and looks_like_hub_id(given) and not path.exists()
+            and not path.parent.exists())
 
 
 def fetch_from_hub(hub_id: str) -> Path:
     """The local folder of hub model `hub_id`'s files (downloaded into the Hugging Face cache,
-    or found there when offline)."""
-    from huggingface_hub import snapshot_download
+    or found there when offline): one weight format, safetensors where the repo has it."""
+    from huggingface_hub import HfApi, constants, snapshot_download
 
+    patterns = list(HUB_MODEL_FILES)
     try:
-        return Path(snapshot_download(hub_id, allow_patterns=list(HUB_MODEL_FILES)))
+        if not constants.HF_HUB_OFFLINE:
+            files = HfApi().list_repo_files(hub_id)
+            if any(name.endswith(".safetensors") and "/" not in name for name in files):
+                patterns.remove("pytorch_model*.bin")
+    except Exception:  # noqa: BLE001 - snapshot_download below reports what is wrong
+        pass
+    try:
+        return Path(snapshot_download(hub_id, allow_patterns=patterns, ignore_patterns=["*/*"]))
     except Exception as err:  # offline and not cached, unknown id, no network, gated, ...
-        raise Seq2SeqEsError(f"{hub_id} is not a local path and could not be fetched from the "
-                             f"Hugging Face hub ({type(err).__name__}: {err})") from err
+        raise Seq2SeqEsError(f"{hub_id} does not exist locally, and as a Hugging Face hub id it "
+                             f"could not be fetched ({type(err).__name__}: {err})") from err
 
 
 def resolve_saved(path: str | Path) -> SavedModel:
     """Tell a run folder, a Hugging Face folder, a DeepSpeed checkpoint and a hub id apart;
     errors name the path and what is missing."""
-    from ..models.sources import looks_like_hub_id
-
     given = str(path)
     path = Path(os.path.expanduser(given))
-    if not path.exists() and "/" in given and looks_like_hub_id(given):
+    if is_hub_reference(given):
         saved = resolve_saved(fetch_from_hub(given))
         return SavedModel("hf", saved.path, None, given.replace("/", "--"), hub_id=given)
     if not path.exists():
@@ -342,6 +359,14 @@ def evaluate_main(argv: list[str]) -> int:
     args, overrides = parse_evaluate_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError("--batch-size", "must be at least 1")
+    if is_hub_reference(args.path) and not args.config:
+        # Before a download of possibly gigabytes: what the scores would need anyway.
+        if args.task is None or args.model is None:
+            raise Seq2SeqEsError(f"{args.path} (a hub id) has no run config: pass --task T "
+                                 "--model M (seq2seq-es list), or --config RUN/config.yaml")
+        if not args.output_dir:
+            raise Seq2SeqEsError(f"{args.path} is a hub id, not a run folder: pass --output-dir "
+                                 "DIR for the predictions and scores")
     saved = resolve_saved(args.path)
     check_run_names(saved, args.config, args.task, args.model)
     cfg = inference_config(saved, config_file=args.config, overrides=overrides, task=args.task,
@@ -405,8 +430,8 @@ def parse_predict_args(argv: list[str]):
                     ".csv, .tsv, .parquet are refused: convert them). "
                     "Output .jsonl: {source, prediction} per row; otherwise one prediction per "
                     "line. --gen.KEY VALUE and --dist.zero_stage N override the run's config.")
-    parser.add_argument("checkpoint", help="model folder (RUN/final), run folder or "
-                                           "RUN/checkpoints/step_N")
+    parser.add_argument("checkpoint", help="model folder (RUN/final), run folder, "
+                                           "RUN/checkpoints/step_N, or a hub id (owner/name)")
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--task", help="format jsonl rows as this task's sources "

@@ -11,10 +11,10 @@ Published QA numbers are computed after normalising both answers, and the conven
 - ``strict``: no normalisation beyond Unicode NFC and whitespace (case, accents, punctuation
   and articles all count): "Madrid." and "Madrid" differ.
 - ``loose`` (exact match only): Hugging Face evaluate's `exact_match` with `ignore_case`,
-  `ignore_punctuation` and `ignore_numbers`, as the paper's split-and-rephrase script scored
-  BiSECT: lowercase, then ASCII punctuation (`string.punctuation`: ¿ ¡ « » stay) and the digits
-  0-9 dropped, after the NFC and whitespace of ``strict`` (the whitespace the dropped characters
-  leave is kept, as evaluate keeps it). "5 frases." equals "3 Frases" under it.
+  `ignore_punctuation` and `ignore_numbers` on stripped texts, as the paper's split-and-rephrase
+  script scored BiSECT: strip, lowercase, then ASCII punctuation (`string.punctuation`: ¿ ¡ « »
+  stay) and the digits 0-9 dropped; inner whitespace is compared as it is, also what dropped
+  characters leave ("a, b" is not "a , b"). "5 frases." equals "3 Frases" under it.
 - ``words`` (token F1 only): lowercased Unicode word tokens (`text.word_tokens`), no article
   removal; the package's dialogue F1.
 - ``whitespace-membership`` (token F1 only): the paper's dialogue script (`run_dialogue.py`'s
@@ -62,8 +62,8 @@ def normalize_answer(text: str, convention: str) -> str:
     """The answer as the named convention compares it."""
     if convention == "strict":
         return normalize_whitespace(text)
-    if convention == "loose":  # evaluate's order: case, then punctuation, then digits
-        return _drop(normalize_whitespace(text).lower(), _ASCII_PUNCTUATION_AND_DIGITS)
+    if convention == "loose":  # the script's strip, then evaluate's: case, punctuation, digits
+        return _drop(text.strip().lower(), _ASCII_PUNCTUATION_AND_DIGITS)
     if convention == "squad":
         text = _ENGLISH_ARTICLES.sub(" ", _drop(text.lower(), _ASCII_PUNCTUATION))
     elif convention == "mlqa-es":

@@ -69,6 +69,7 @@ from typing import Any, Callable
 import submitit
 
 from .. import process_exit, run_files
+from ..errors import ConfigError
 
 # The engine's exit status after a stop signal saved a checkpoint (run_files defines it for both).
 EXIT_PREEMPTED = run_files.PREEMPTED_EXIT_CODE
@@ -127,6 +128,11 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     def __init__(self, argv: list[str], *, run_dir: str | Path, entry: str = DEFAULT_ENTRY,
                  max_requeues: int = 3):
+        if entry.replace(" ", "") == "seq2seq_es.cli:console":
+            # console ends the process itself: submitit would save no result and the requeue
+            # logic below would never run.
+            raise ConfigError("--entry", "seq2seq_es.cli:console ends the process; the job "
+                              f"calls an entry that returns its status: {DEFAULT_ENTRY}")
         self.argv = [str(arg) for arg in argv]
         self.run_dir = str(Path(run_dir).absolute())
         self.entry = entry
@@ -135,8 +141,10 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, Any]:
         # Inside submitit's job process only (it sets SUBMITIT_FOLDER): a direct call, in a test
         # or a notebook, ends its process as usual.
-        if "SUBMITIT_FOLDER" in os.environ:
+        _task_exit["status"] = None  # this call's, not an earlier call's in the same process
+        if "SUBMITIT_FOLDER" in os.environ and not _task_exit.get("registered"):
             atexit.register(_leave_without_teardown)
+            _task_exit["registered"] = True
         try:
             return self._train()
         except SystemExit as exit_:
@@ -252,7 +260,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
 # The status this task's process ends with, once TrainJob.__call__ has raised; None after it
 # returned (submitit then saves the result, and the status follows from what it saved).
-_task_exit: dict[str, int | None] = {"status": None}
+_task_exit: dict[str, Any] = {"status": None, "registered": False}
 
 
 def _leave_without_teardown() -> None:

@@ -199,3 +199,9 @@ def test_bad_inputs_raise_one_clear_error():
         TokenBudgetPlan([5, -1], [1, 2], max_tokens=100, grad_accum=1, world_size=1, seed=0)
     with pytest.raises(DataError, match="2 source lengths but 3 target lengths"):
         TokenBudgetPlan([5, 6], [1, 2, 3], max_tokens=100, grad_accum=1, world_size=1, seed=0)
+
+
+def test_a_token_budget_plan_says_how_large_a_step_is():
+    plan = TokenBudgetPlan([10] * 40, [5] * 40, max_tokens=60, grad_accum=2, world_size=2, seed=0)
+    assert plan.summary()[0] == ("batches: up to 60 padded tokens per micro-batch x 2 accumulated "
+                                 f"x 2 rank(s) per step, {plan.steps_per_epoch} steps per epoch")

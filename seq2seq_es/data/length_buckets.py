@@ -68,7 +68,7 @@ import torch
 from ..errors import ConfigError, DataError
 from .sampler import dropped_note
 from .token_budget import (StepIteration, _check_lengths, _deal_to_ranks, _generator,
-                           budget_padding_note, pack_greedily, padded_fraction_of)
+                           budget_padding_note, budget_step_note, pack_greedily, padded_fraction_of)
 
 _TIE_BREAK, _STEP_ORDER, _RANDOM_ORDER = 0, 1, 2
 
@@ -350,7 +350,8 @@ class BucketedPlan(StepIteration):
                                   self.target_lengths)
 
     def summary(self) -> list[str]:
-        return [self.describe(), *dropped_note(self.dropped_per_epoch), budget_padding_note(self)]
+        return [self.describe(), budget_step_note(self), *dropped_note(self.dropped_per_epoch),
+                budget_padding_note(self)]
 
     def describe(self) -> str:
         return (f"length buckets: source {list(self.buckets.source)}, target "

@@ -293,7 +293,8 @@ class PackedPlan(StepIteration):
 
     def describe(self) -> str:
         return (f"packed batches: {self.num_examples} examples in {self.num_rows} rows of "
-                f"{self.source_len} + {self.target_len} tokens, {self.rows} rows per micro-batch, "
+                f"{self.source_len} + {self.target_len} tokens, {self.rows} rows per micro-batch "
+                f"x {self.grad_accum} accumulated x {self.world_size} rank(s) per step, "
                 f"{self.steps_per_epoch} steps per epoch; {self.packed_padding(0):.1%} padding in "
                 f"epoch 0 (one example per row, random order: {self.unpacked_padding(0):.1%})")
 

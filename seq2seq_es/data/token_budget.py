@@ -177,6 +177,14 @@ class StepIteration:
                 for batch in self.micro_batches(epoch, step, rank)]
 
 
+def budget_step_note(plan) -> str:
+    """How large a step of a token-budget plan (token-budget, bucketed) is: the budget is per
+    micro-batch and rank, so more ranks or accumulation make a larger step."""
+    return (f"batches: up to {plan.max_tokens} padded tokens per micro-batch x {plan.grad_accum} "
+            f"accumulated x {plan.world_size} rank(s) per step, {plan.steps_per_epoch} steps per "
+            "epoch")
+
+
 def budget_padding_note(plan) -> str:
     """The padding of epoch 0 beside that of a random order under the same budget."""
     return (f"token-budget batches: {plan.padded_fraction(0):.1%} padding in epoch 0 (random "
@@ -350,7 +358,8 @@ class TokenBudgetPlan(StepIteration):
     # -- padding -----------------------------------------------------------------------------
 
     def summary(self) -> list[str]:
-        return dropped_note(self.dropped_per_epoch) + [budget_padding_note(self)]
+        return [budget_step_note(self), *dropped_note(self.dropped_per_epoch),
+                budget_padding_note(self)]
 
     def padded_fraction(self, epoch: int) -> float:
         """Pad tokens / all tokens of the epoch's padded micro-batches (source plus target).

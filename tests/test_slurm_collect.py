@@ -377,3 +377,30 @@ def test_an_empty_table_still_names_the_runs_left_out(tmp_path, capsys):
     assert slurm_main(["collect", str(sweep_dir)]) == 1
     out = capsys.readouterr().out
     assert "Left out:" in out and "barto__mlsum__lr-3e-5 left out: file " in out
+
+
+def test_a_table_of_runs_from_different_code_says_so(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum"), ("t5s", "mlsum")],
+                               {"optim.lr": ["1"]})
+    runs = _runs(manifest)
+    for (model, commit) in (("barto", "aaa111"), ("t5s", "bbb222+dirty")):
+        folder = runs[(model, "mlsum", "1")]
+        _final(folder, {"rougeL": 20.0}, {"rougeL": 19.0})
+        (folder / "versions.json").write_text(json.dumps({"seq2seq-es": "0.1.0",
+                                                          "seq2seq-es commit": commit}))
+    out = format_markdown(build_table(load_manifest(sweep_dir)))
+    assert ("the chosen runs ran different code (versions.json), so their scores may not "
+            "compare: aaa111: barto__mlsum__lr-1; bbb222+dirty: t5s__mlsum__lr-1") in out
+    (runs[("t5s", "mlsum", "1")] / "versions.json").write_text(json.dumps(
+        {"seq2seq-es commit": "aaa111"}))
+    assert "Warnings:" not in format_markdown(build_table(load_manifest(sweep_dir)))
+
+
+def test_a_run_records_the_code_it_ran():
+    from seq2seq_es.engine.run_dir import library_versions
+
+    versions = library_versions()
+    assert versions["seq2seq-es"] == "0.1.0"
+    # this test runs from a git checkout of the package: its commit is recorded
+    assert len(versions["seq2seq-es commit"].split("+")[0]) == 40

@@ -11,6 +11,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,26 @@ LIBRARIES = ("seq2seq-es", "torch", "transformers", "datasets", "deepspeed", "ac
              "submitit", "evaluate", "tokenizers", "sentencepiece", "sacrebleu", "rouge-score")
 
 
+def code_commit() -> str | None:
+    """The git commit of this package's checkout, '+dirty' with uncommitted changes; None when
+    it is not a checkout (an installed wheel) or git is missing. The version number alone does
+    not change between commits, and a metric convention can (results tables compare runs)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def library_versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for name in LIBRARIES:
@@ -32,6 +53,9 @@ def library_versions() -> dict[str, str]:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
+    commit = code_commit()
+    if commit is not None:
+        out["seq2seq-es commit"] = commit
     return out
 
 

@@ -426,6 +426,23 @@ class RunResult:
     best_step: int | None
     final: bool                           # finished: final_results.json or DONE is there
     source: str                           # run_files.FINAL_RESULTS or run_files.METRICS
+    code: str | None = None               # the package commit (or version) that ran it
+
+
+def run_code(run_dir: Path) -> str | None:
+    """Which code a run ran, from its versions.json: the package's git commit where it was a
+    checkout, else its version; None without the file (an entry that writes none)."""
+    try:
+        versions = json.loads((run_dir / run_files.VERSIONS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(versions, dict):
+        return None
+    commit = versions.get("seq2seq-es commit")
+    if isinstance(commit, str):
+        return commit
+    version = versions.get("seq2seq-es")
+    return f"version {version}" if isinstance(version, str) else None
 
 
 def read_final_results(path: str | Path) -> dict[str, Any] | None:
@@ -470,7 +487,7 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
         return RunResult(run=run, validation=validation, test=test,
                          main_metric=declared if isinstance(declared, str) else None,
                          best_step=best_step if isinstance(best_step, int) else None,
-                         final=True, source=run_files.FINAL_RESULTS)
+                         final=True, source=run_files.FINAL_RESULTS, code=run_code(run_dir))
     evals: list[tuple[int | None, dict[str, float]]] = []
     tests: dict[int | None, dict[str, float]] = {}  # step -> test/ values logged at it
     for record in read_metrics(run_dir / run_files.METRICS):
@@ -495,7 +512,8 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
     # step would pair this step's dev scores with another model's test scores.
     return RunResult(run=run, validation=chosen[1], test=tests.get(chosen[0]) or None,
                      main_metric=None, best_step=chosen[0],
-                     final=(run_dir / run_files.DONE).exists(), source=run_files.METRICS)
+                     final=(run_dir / run_files.DONE).exists(), source=run_files.METRICS,
+                     code=run_code(run_dir))
 
 
 @dataclass
@@ -584,6 +602,7 @@ class ResultsTable:
     grid_labels: dict[str, str]               # describe_grid_point(point) -> 'g1', 'g2', ...
     notes: list[str] = field(default_factory=list)  # runs left out, and why
     scored: int = 0                           # runs with scores (the rest: none yet, or left out)
+    warnings: list[str] = field(default_factory=list)  # what may make cells not comparable
 
     def label(self, choice: Choice) -> str:
         return self.grid_labels[describe_grid_point(choice.result.run.grid_point)]
@@ -661,6 +680,17 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
         if run.task not in tasks:
             tasks.append(run.task)
     chosen = {key: choose_run(results, info[key[1]][1]) for key, results in groups.items()}
+    # Runs of other code may score differently (a metric convention, a bug fixed): say so when
+    # the table's cells come from more than one.
+    codes: dict[str, list[str]] = {}
+    for choice in chosen.values():
+        if choice.result.code is not None:
+            codes.setdefault(choice.result.code, []).append(choice.result.run.name)
+    warnings = []
+    if len(codes) > 1:
+        warnings.append("the chosen runs ran different code (versions.json), so their scores may "
+                     "not compare: " + "; ".join(f"{code}: {', '.join(names)}"
+                                                 for code, names in sorted(codes.items())))
     columns: dict[str, list[str]] = {}
     for task in tasks:
         names: list[str] = []
@@ -693,7 +723,8 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
     return ResultsTable(source=manifest.path, runs=len(manifest.runs), models=models,
                         families=grouped, columns=columns, chosen=chosen, averages=averages,
                         grid_labels=labels, notes=notes,
-                        scored=sum(len(results) for results in groups.values()))
+                        scored=sum(len(results) for results in groups.values()),
+                        warnings=warnings)
 
 
 def _number(value: float | None) -> str:
@@ -815,6 +846,8 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
                for remark in choice.remarks]
     if remarks:
         lines += ["", "How runs were compared:"] + [f"- {remark}" for remark in remarks]
+    if table.warnings:
+        lines += ["", "Warnings:"] + [f"- {warning}" for warning in table.warnings]
     if table.notes:
         lines += ["", "Left out:"] + [f"- {note}" for note in table.notes]
     return "\n".join(lines) + "\n"

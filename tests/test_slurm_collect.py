@@ -417,3 +417,21 @@ def test_the_papers_figures_are_listed_for_the_pairs_the_table_holds(tmp_path):
     assert "- t5s mlsum: rouge1 30.14 / 29.44, rouge2 12.27 / 11.56, rougeL 24.62 / 23.88" in out
     assert "- barto wmt13-es-en: bleu 30.22 / –" in out
     assert "t5s sqac" not in out  # not in this table
+
+
+def test_a_run_whose_config_is_not_what_the_sweep_planned_is_left_out(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("t5s", "mlsum")], LR)
+    runs = _runs(manifest)
+    for lr in ("3e-5", "5e-5"):
+        _metrics(runs[("t5s", "mlsum", lr)] / "metrics.jsonl", [{"step": 5, "eval/rougeL": 20.0}])
+    # the engine's config.yaml: one as planned, one from a folder another run wrote into
+    (runs[("t5s", "mlsum", "3e-5")] / "config.yaml").write_text(
+        "model:\n  name: t5s\ndata:\n  task: mlsum\noptim:\n  lr: 3.0e-05\n")
+    (runs[("t5s", "mlsum", "5e-5")] / "config.yaml").write_text(
+        "model:\n  name: t5s\ndata:\n  task: mlsum\noptim:\n  lr: 0.001\n")
+    table = build_table(load_manifest(sweep_dir))
+    assert table.chosen[("t5s", "mlsum")].result.run.grid_point == {"optim.lr": "3e-5"}
+    [note] = table.notes
+    assert note.startswith("t5s__mlsum__lr-5e-5 left out: file ") and \
+        "its optim.lr is 0.001, but the sweep planned '5e-5' for this run" in note

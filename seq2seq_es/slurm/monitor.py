@@ -491,6 +491,40 @@ def read_final_results(path: str | Path) -> dict[str, Any] | None:
     return data
 
 
+def check_run_config(run: RunPlan, run_dir: Path) -> None:
+    """The run's config.yaml (written by the engine at start) against what the sweep planned for
+    it: its task, model and grid point (the effective-batch axis aside, which the planner splits
+    into micro-batch x accumulation). A folder reused by another run, or a config edited by hand,
+    is a DataError naming the file and the key."""
+    import yaml
+
+    path = run_dir / run_files.CONFIG
+    if not path.is_file():
+        return  # an entry that writes none (the probe), or a run that has not started
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise DataError(f"not valid YAML ({exc})", file=str(path)) from None
+    if not isinstance(config, dict):
+        return
+    planned = {"data.task": run.task, "model.name": run.model,
+               **{key: value for key, value in run.grid_point.items()
+                  if key != "train.batch_size"}}
+    for key, want in planned.items():
+        section, _, name = key.partition(".")
+        have = config.get(section, {}).get(name) if isinstance(config.get(section), dict) \
+            else None
+        if have is None:
+            continue
+        try:
+            same = float(have) == float(want)
+        except (TypeError, ValueError):
+            same = str(have) == str(want)
+        if not same:
+            raise DataError(f"its {key} is {have!r}, but the sweep planned {want!r} for this run",
+                            file=str(path))
+
+
 def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None:
     """The run's result, or None while it has no validation scores.
 
@@ -502,6 +536,7 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
     it wrote DONE. Raises DataError for a broken file or one of another task or model, naming it.
     """
     run_dir = Path(run.run_dir)
+    check_run_config(run, run_dir)
     path = run_dir / run_files.FINAL_RESULTS
     data = read_final_results(path)
     if data is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -471,8 +472,24 @@ def compose(task: str | None = None, model: str | None = None, config_file: str 
         raise ConfigError(error.key, f"{error.reason} (in {config_file})") from None
     apply_mapping(cfg, overrides)
     follow_target_length(cfg, explicit=set(flat_keys(file_values)) | set(overrides))
+    absolute_paths(cfg)
     validate(cfg)
     return cfg
+
+
+def absolute_paths(cfg: RunConfig) -> None:
+    """Local file and folder names made absolute against the folder the config is composed in:
+    the run's config.yaml is read again by `evaluate`, `predict`, a resumed or requeued job, from
+    wherever they start. A model.path that is not a local folder is a hub id and stays as given;
+    train.output_dir stays as given (it names the run where it is started)."""
+    for key in ("train_file", "validation_file", "test_file", "cache_dir"):
+        value = getattr(cfg.data, key)
+        if value:
+            setattr(cfg.data, key, os.path.abspath(os.path.expanduser(value)))
+    if cfg.dist.deepspeed_config:
+        cfg.dist.deepspeed_config = os.path.abspath(os.path.expanduser(cfg.dist.deepspeed_config))
+    if cfg.model.path and os.path.isdir(os.path.expanduser(cfg.model.path)):
+        cfg.model.path = os.path.abspath(os.path.expanduser(cfg.model.path))
 
 
 def _chosen_name(key: str, flag: str, given: str | None, overrides: Mapping[str, Any],

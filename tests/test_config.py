@@ -1,5 +1,7 @@
 """Config composition (defaults < task < model < YAML < command line) and validation."""
 
+import os
+
 import pytest
 
 from seq2seq_es.cli import build_config, main
@@ -196,6 +198,28 @@ def test_inputs_that_would_fail_after_loading_are_refused_before_it(tmp_path):
         assert err.value.key == key and expected in str(err.value), str(err.value)
     assert "sari" in str(pytest.raises(ConfigError, check_inputs, compose(
         task="bisect", model="barto-tiny", overrides={"train.best_metric": "rouge1"})).value)
+    # A local training set without a validation file would be validated on the hub's dataset.
+    train = tmp_path / "train.jsonl"
+    train.write_text("{}\n")
+    alone = compose(task="mlsum", model="barto-tiny", overrides={"data.train_file": str(train)})
+    with pytest.raises(ConfigError, match="validation would come from the hub dataset "
+                                          "reciTAL/mlsum; pass --data.validation_file FILE"):
+        check_inputs(alone)
+
+
+def test_local_paths_are_kept_absolute_so_the_run_reads_them_from_anywhere(tmp_path, monkeypatch):
+    # evaluate, predict and a resumed or requeued job read config.yaml from another folder.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "local_model").mkdir()
+    cfg = compose(task="mlsum", model="barto-tiny", overrides={
+        "data.train_file": "data/train.jsonl", "data.test_file": "~/test.jsonl",
+        "model.path": "local_model", "dist.deepspeed_config": "ds.json"})
+    assert cfg.data.train_file == str(tmp_path / "data" / "train.jsonl")
+    assert cfg.data.test_file == os.path.expanduser("~/test.jsonl")
+    assert cfg.model.path == str(tmp_path / "local_model")
+    assert cfg.dist.deepspeed_config == str(tmp_path / "ds.json")
+    hub = compose(task="mlsum", model="barto", overrides={"model.path": "someone/model"})
+    assert hub.model.path == "someone/model"  # not a local folder: a hub id, as given
 
 
 def test_each_pair_trains_into_its_own_folder_by_default():

@@ -87,6 +87,15 @@ def check_inputs(cfg: RunConfig) -> None:
         path = getattr(cfg.data, f"{split}_file")
         if path and not Path(path).exists():
             raise ConfigError(f"data.{split}_file", f"file {path} does not exist")
+    if cfg.data.train_file and not cfg.data.validation_file:
+        # The validation split would come from the task's hub dataset: a model trained on the
+        # user's data validated (and its checkpoint chosen) on another dataset, or, offline,
+        # a failure after the model and the training set are loaded.
+        task = get_task(cfg.data.task)
+        raise ConfigError("data.validation_file", f"the run trains on a local file "
+                          f"({cfg.data.train_file}) but has no validation file, so validation "
+                          f"would come from the hub dataset {task.hub_id}; pass "
+                          "--data.validation_file FILE")
     if cfg.dist.deepspeed_config:
         load_user_deepspeed_config(cfg.dist.deepspeed_config)
     metric = cfg.train.best_metric

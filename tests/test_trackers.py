@@ -386,3 +386,20 @@ def test_a_failed_upload_names_the_command_that_uploads_by_hand(online_hub, tmp_
     assert f"the run is complete: upload it by hand with `hf upload tester/tiny " \
            f"{out / 'final'} . --repo-type model`" in str(err.value)
     assert "| rouge1 | 0.5000 |" in (out / "final" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("progress_bar", [True, False])
+def test_the_runs_record_lines_go_to_stdout_with_or_without_the_progress_bar(tmp_path, capsys,
+                                                                             progress_bar):
+    from seq2seq_es.config import compose
+    from seq2seq_es.engine.run_dir import RunLog
+
+    cfg = compose(task="mlsum", model="barto-tiny",
+                  overrides={"train.progress_bar": str(progress_bar).lower(),
+                             "train.output_dir": str(tmp_path / "run")})
+    log = RunLog(tmp_path / "run", cfg, True, total_steps=4, start_step=0)
+    log.write("step 2: eval/loss 1.0000")
+    log.close()
+    captured = capsys.readouterr()
+    assert "step 2: eval/loss 1.0000" in captured.out
+    assert "step 2: eval/loss" not in captured.err

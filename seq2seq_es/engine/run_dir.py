@@ -229,11 +229,14 @@ class RunLog:
             self.bar.refresh()
 
     def write(self, message: str) -> None:
+        """A line of the run's record (evaluation scores, saves) on stdout, with or without the
+        progress bar (which draws on stderr), so `> log.txt` keeps them either way."""
         if self.is_main:
             if self.bar is not None:
-                self.bar.write(message)
+                self.bar.write(message, file=sys.stdout)
+                sys.stdout.flush()
             else:
-                print(message, file=sys.stderr, flush=True)
+                print(message, flush=True)
 
     def close(self) -> None:
         if not self.is_main:

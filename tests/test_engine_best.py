@@ -229,6 +229,11 @@ def test_loss_is_lower_is_better_and_nan_never_wins():
     assert not is_better(3.0, {"value": 2.0}, "loss")
     assert is_better(3.0, {"value": 2.0}, "rougeL") and not is_better(2.0, {"value": 2.0}, "rougeL")
     assert not is_better(float("nan"), None, "rougeL")
+    # A tie on the metric (ROUGE stuck at 0 early on) goes to the lower validation loss.
+    best = {"value": 0.0, "validation": {"loss": 6.5, "rougeL": 0.0}}
+    assert is_better(0.0, best, "rougeL", loss=5.4)
+    assert not is_better(0.0, best, "rougeL", loss=6.5) and not is_better(0.0, best, "rougeL")
+    assert not is_better(0.0, best, "rougeL", loss=float("nan"))
 
 
 def test_without_eval_at_end_the_last_epoch_is_still_validated_and_a_candidate(workdir, files):

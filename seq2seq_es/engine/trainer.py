@@ -60,12 +60,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def is_better(value: float, best: dict | None, metric: str) -> bool:
-    """Lower is better for the loss, higher for every other metric; NaN never wins."""
+def is_better(value: float, best: dict | None, metric: str, loss: float | None = None) -> bool:
+    """Lower is better for the loss, higher for every other metric; NaN never wins. A tie on
+    the metric goes to the lower validation loss (`loss`): early in training, or on a hard task,
+    ROUGE or F1 can stay at one value (often 0) while the model improves, and keeping the first
+    of equals chose the least trained checkpoint."""
     if value != value:
         return False
     if best is None:
         return True
+    if value == best["value"] and metric != "loss" and loss is not None:
+        best_loss = best.get("validation", {}).get("loss")
+        return best_loss is not None and loss < best_loss
     return value < best["value"] if metric == "loss" else value > best["value"]
 
 
@@ -308,7 +314,7 @@ class Trainer:
         if key not in results:
             raise ConfigError("train.best_metric", f"'{metric}' is not among the validation "
                               f"results; available: {', '.join(without_prefix(results, 'eval'))}")
-        if not is_better(results[key], self.state.best, metric):
+        if not is_better(results[key], self.state.best, metric, results.get("eval/loss")):
             return False
         self.state.best = {"step": step, "metric": metric, "value": results[key],
                            "validation": without_prefix(results, "eval")}

@@ -196,6 +196,11 @@ def test_predict_jsonl_and_plain_lines(trained, files, workdir, plain_input, val
     # The same sources, tokenized and generated as evaluation does: the same predictions.
     evaluated = read_jsonl(validation_final / "predictions.jsonl")
     assert [r["prediction"] for r in out] == [r["prediction"] for r in evaluated]
+    # The run's own data file (its task's columns, no 'source'): no --task needed.
+    task_out = workdir / "out" / "task_columns.jsonl"
+    assert cli(["predict", str(trained / "final"), "--input", files["validation"],
+                "--output", str(task_out), "--batch-size", "2"]) == 0
+    assert [r["prediction"] for r in read_jsonl(task_out)] == [r["prediction"] for r in out]
 
     lines_out = workdir / "out" / "predictions.txt"
     assert cli(["predict", str(trained), "--input", str(plain_input), "--output",
@@ -240,7 +245,9 @@ BAD_INPUTS = {
                  "not valid JSON"),
     "missing_column": ('{"question": "¿Qué?", "context": "Algo."}\n{"question": "¿Cómo?"}\n',
                        ["--task", "sqac"], 2, "missing field 'context'"),
-    "no_source": ('{"source": "uno"}\n{"text": "dos"}\n', [], 2, "missing field 'source'"),
+    "no_source": ('{"source": "uno"}\n{"title": "dos"}\n', [], 2,
+                  "missing field 'source', and as a row of the run's task mlsum: missing field "
+                  "'text'"),
     "empty_line": ('{"source": "uno"}\n\n{"source": "dos"}\n', [], 2, "empty line"),
     "not_a_string": ('{"source": 7}\n', [], 1, "not a string"),
 }

@@ -460,14 +460,21 @@ def _field(row: dict, column: str, file: Path, line: int, label: str | None = No
     return value.strip()
 
 
-def source_of(row, task, file: Path, line: int) -> str:
+def source_of(row, task, file: Path, line: int, run_task=None) -> str:
     """The model input for one jsonl row: the task's formatting of its columns (no target
-    needed), or the row's 'source' field without a task."""
+    needed), or the row's 'source' field without a task; without either, the columns of the
+    run's own task (`run_task`: a row of the task's data files as it trained on them)."""
     from ..tasks.formatting import (QA_PROMPT, PairFormatter, QAFormatter,
                                     SplitRephraseFormatter, TranslationFormatter)
 
     if not isinstance(row, dict):
         raise InputError(file, line, f"expected a JSON object, got {type(row).__name__}")
+    if task is None and "source" not in row and run_task is not None:
+        try:
+            return source_of(row, run_task, file, line)
+        except InputError as err:
+            raise InputError(file, line, f"missing field 'source', and as a row of the run's "
+                             f"task {run_task.name}: {str(err).split(': ', 1)[1]}") from None
     if task is None:
         if "source" not in row:
             raise InputError(file, line, "missing field 'source' (or pass --task T to format "
@@ -502,8 +509,9 @@ def check_line_file(path: Path, flag: str) -> None:
                              "convert the file (e.g. a .json array to one object a line)")
 
 
-def read_sources(path: Path, task) -> list[str]:
-    """Sources from a .jsonl file (formatted per `task`) or a text file (one per line)."""
+def read_sources(path: Path, task, run_task=None) -> list[str]:
+    """Sources from a .jsonl file (formatted per `task`, else a 'source' field, else the run's
+    task's columns) or a text file (one per line)."""
     check_line_file(path, "--input")
     if not path.is_file():
         raise InputError(path, None, "does not exist" if not path.exists() else "is not a file")
@@ -524,7 +532,7 @@ def read_sources(path: Path, task) -> list[str]:
             except json.JSONDecodeError as exc:
                 raise InputError(path, n, f"not valid JSON ({exc.msg} at column {exc.colno})") \
                     from None
-            sources.append(source_of(row, task, path, n))
+            sources.append(source_of(row, task, path, n, run_task))
     else:
         for n, raw in enumerate(lines, start=1):
             if not raw.strip():
@@ -583,7 +591,9 @@ def predict_main(argv: list[str]) -> int:
     saved = resolve_saved(args.checkpoint)
     cfg = inference_config(saved, config_file=args.config, overrides=overrides,
                            task=args.task, model=args.model, allow_model=saved.kind == "hf")
-    sources = read_sources(input_path, task)  # bad input fails before any model is loaded
+    # A run's own config names its task: its data files' rows need no --task.
+    run_task = get_task(cfg.data.task) if args.config or saved.config_file else None
+    sources = read_sources(input_path, task, run_task)  # bad input fails before loading
     env = D.read_env()
     D.init(env, cfg.dist.backend, cfg.dist.timeout_min)
     say = _say(env)

@@ -50,11 +50,19 @@ def cmd_list(argv: list[str]) -> int:
     for name, spec in MODELS.items():
         if not spec.tiny:
             print(f"  {name:<16} {spec.family:<10} {spec.hub_id}  (tiny: {name}-tiny)")
-    print("tasks:")
+    print("tasks (main: the metric that chooses checkpoints; a local file's rows need the "
+          "columns shown, nested keys in braces):")
     for name, task in TASKS.items():
         config = f" [{task.hub_config}]" if task.hub_config else ""
-        print(f"  {name:<14} {task.kind:<20} {task.hub_id}{config}  metrics: "
-              + ", ".join(task.metrics))
+        print(f"  {name:<14} {task.kind:<20} {task.hub_id}{config}  main: {task.main_metric}  "
+              "metrics: " + ", ".join(task.metrics))
+        nested = task.formatter.required_keys()
+        columns = [column + ("{" + ", ".join(nested[column]) + "}" if column in nested else "")
+                   for column in task.columns]
+        print(f"  {'':<14} columns: {', '.join(columns)}")
+    print("examples of each task's rows: tests/fixtures/<task>/ (README.md there); a dialogue "
+          "file holds one turn per row, in order; BiSECT targets put <SPLIT> (or _SPLIT_) "
+          "between sentences")
     return 0
 
 

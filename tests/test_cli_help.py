@@ -182,3 +182,12 @@ def test_the_installed_command_prints_the_help():
     assert proc.returncode == 0, proc.stderr
     assert "  --train.report_to (str, default: tensorboard)" in proc.stdout
     assert parse_overrides(["--train.report_to", "none"]) == {"train.report_to": "none"}
+
+
+def test_list_shows_each_tasks_columns_and_main_metric(capsys):
+    # A user with local files needs the columns (and nested keys) before the first run fails.
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "main: rougeL  metrics: rouge, exact_match, token_f1" in out
+    assert "columns: question, context, answers{text}" in out
+    assert "columns: translation{en, es}" in out and "columns: Speaker, Utterance, Dialogue_ID" in out

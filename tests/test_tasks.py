@@ -645,3 +645,13 @@ def test_a_squad_format_document_gives_the_same_examples(tmp_path, cache):
     squad.write_text(json.dumps(broken, ensure_ascii=False), encoding="utf-8")
     with pytest.raises(DataError, match=r"data\[0\]\.paragraphs\[0\] has no context"):
         load("sqac", "validation", cache, data_files={"validation": str(squad)})
+
+
+def test_every_missing_column_is_named_in_one_error(cache, tmp_path):
+    # One rerun per missing column was the walkthrough's experience with a QA file.
+    path = tmp_path / "qa.jsonl"
+    path.write_text('{"question": "¿Qué?", "id": "1"}\n', encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        load("sqac", "train", cache, data_files={"train": str(path)})
+    assert "missing columns 'context', 'answers'" in str(err.value)
+    assert "the task needs question, context, answers" in str(err.value)

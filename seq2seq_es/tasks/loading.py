@@ -379,12 +379,14 @@ def _hub_failure(spec: TaskSpec, split: str, describe: str, revision: str | None
 
 def _check_columns(raw, formatter: Formatter, file: str | None, origin: str) -> None:
     found = raw.column_names
-    for column in formatter.required_columns():
-        if column not in found:
-            where = "" if file is not None else f" in {origin}"
-            raise DataError(f"missing column '{column}'{where}; columns found: "
-                            f"{', '.join(found) or '(none)'}{_looks_like_json_hint(found)}",
-                            file=file, column=column)
+    missing = [column for column in formatter.required_columns() if column not in found]
+    if missing:  # every one at once: a file is fixed in one go, not one rerun per column
+        where = "" if file is not None else f" in {origin}"
+        names = ", ".join(f"'{column}'" for column in missing)
+        raise DataError(f"missing column{'s' if len(missing) > 1 else ''} {names}{where} (the "
+                        f"task needs {', '.join(formatter.required_columns())}); columns found: "
+                        f"{', '.join(found) or '(none)'}{_looks_like_json_hint(found)}",
+                        file=file, column=missing[0])
     for column, keys in formatter.required_keys().items():
         present = _struct_keys(raw.features[column])
         if present is None:  # free-form values (JSON text, mixed types): checked per row

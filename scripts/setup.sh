@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv and install seq2seq-es with its test tools. On a machine without an NVIDIA GPU,
 # torch is pinned to the CPU build first, so that the package's torch requirement does not pull
-# a multi-GB CUDA build.
+# a multi-GB CUDA build: 2.13.0+cpu where the configured index or wheel folder has it (this
+# project's machines), else from PyTorch's CPU index (public PyPI only has the CUDA build for
+# Linux), else the plain pin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -10,7 +12,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 if ! command -v nvidia-smi >/dev/null 2>&1; then
-  .venv/bin/python -m pip install --quiet "torch==2.13.0"
+  .venv/bin/python -m pip install --quiet "torch==2.13.0+cpu" 2>/dev/null \
+    || .venv/bin/python -m pip install --quiet "torch==2.13.0" \
+         --index-url https://download.pytorch.org/whl/cpu --retries 1 --timeout 30 \
+    || .venv/bin/python -m pip install --quiet "torch==2.13.0"
 fi
 .venv/bin/python -m pip install --quiet -e ".[test]"
 .venv/bin/python -c "import seq2seq_es, torch, transformers, deepspeed; print('seq2seq-es ready: torch', torch.__version__, 'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__)"

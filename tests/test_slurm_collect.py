@@ -435,3 +435,13 @@ def test_a_run_whose_config_is_not_what_the_sweep_planned_is_left_out(tmp_path):
     [note] = table.notes
     assert note.startswith("t5s__mlsum__lr-5e-5 left out: file ") and \
         "its optim.lr is 0.001, but the sweep planned '5e-5' for this run" in note
+
+
+def test_runs_without_scores_are_named(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], LR)
+    runs = _runs(manifest)
+    _final(runs[("barto", "mlsum", "3e-5")], {"rougeL": 20.0}, {"rougeL": 19.0})
+    out = format_markdown(build_table(load_manifest(sweep_dir)))
+    assert "No scores yet (" in out and out.rstrip().endswith(": barto__mlsum__lr-5e-5")
+    assert f"seq2seq-es slurm status {sweep_dir}" in out

@@ -670,6 +670,7 @@ class ResultsTable:
     notes: list[str] = field(default_factory=list)  # runs left out, and why
     scored: int = 0                           # runs with scores (the rest: none yet, or left out)
     warnings: list[str] = field(default_factory=list)  # what may make cells not comparable
+    unscored: list[str] = field(default_factory=list)  # runs with no scores: not started, failed
 
     def label(self, choice: Choice) -> str:
         return self.grid_labels[describe_grid_point(choice.result.run.grid_point)]
@@ -729,6 +730,7 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
     models: list[str] = []
     tasks: list[str] = []
     notes: list[str] = []
+    unscored: list[str] = []
     info: dict[str, tuple[str, str | None]] = {}
     for run in manifest.runs:
         labels.setdefault(describe_grid_point(run.grid_point), f"g{len(labels) + 1}")
@@ -740,6 +742,7 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
             notes.append(f"{run.name} left out: {exc}")
             continue
         if result is None:
+            unscored.append(run.name)
             continue
         groups.setdefault((run.model, run.task), []).append(result)
         if run.model not in models:
@@ -791,7 +794,7 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
                         families=grouped, columns=columns, chosen=chosen, averages=averages,
                         grid_labels=labels, notes=notes,
                         scored=sum(len(results) for results in groups.values()),
-                        warnings=warnings)
+                        warnings=warnings, unscored=unscored)
 
 
 def _number(value: float | None) -> str:
@@ -924,6 +927,10 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
         lines += ["", "Warnings:"] + [f"- {warning}" for warning in table.warnings]
     if table.notes:
         lines += ["", "Left out:"] + [f"- {note}" for note in table.notes]
+    if table.unscored:
+        lines += ["", f"No scores yet (pending, running before its first validation, or failed: "
+                  f"`seq2seq-es slurm status {Path(table.source).parent}` says which): "
+                  + ", ".join(table.unscored)]
     return "\n".join(lines) + "\n"
 
 

@@ -144,3 +144,11 @@ def test_a_mistyped_local_path_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
     (tmp_path / "runs").mkdir()
     with pytest.raises(Seq2SeqEsError, match="^runs/typo does not exist$"):
         resolve_saved("runs/typo")
+
+
+def test_a_short_step_name_points_at_the_padded_folder(tmp_path):
+    from seq2seq_es.errors import Seq2SeqEsError
+
+    (tmp_path / "checkpoints" / "step_00000040").mkdir(parents=True)
+    with pytest.raises(Seq2SeqEsError, match="did you mean .*step_00000040"):
+        resolve_saved(tmp_path / "checkpoints" / "step_40")

@@ -27,6 +27,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,11 @@ def resolve_saved(path: str | Path) -> SavedModel:
         saved = resolve_saved(fetch_from_hub(given))
         return SavedModel("hf", saved.path, None, given.replace("/", "--"), hub_id=given)
     if not path.exists():
+        step = re.fullmatch(r"step_0*(\d+)", path.name)
+        if step and path.parent.is_dir():  # step_40 typed for step_00000040
+            padded = path.parent / f"step_{int(step.group(1)):08d}"
+            if padded.is_dir():
+                raise Seq2SeqEsError(f"{path} does not exist; did you mean {padded}?")
         raise Seq2SeqEsError(f"{path} does not exist")
     if not path.is_dir():
         raise Seq2SeqEsError(f"{path} is a file; expected a run folder, a model folder such as "

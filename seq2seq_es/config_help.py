@@ -250,6 +250,9 @@ def config_yaml(resolved: Resolved, command: str = "") -> str:
             if source == FOLLOWS:
                 # null, not the number: fed back, a --data.max_target_length still moves it
                 value, source = None, f"{FOLLOWS} ({cfg.gen.max_new_tokens})"
+            if f"{section}.{key}" == "train.best_metric" and value is None:
+                from .tasks import get_task
+                source = f"the task's main metric: {get_task(cfg.data.task).main_metric}"
             # One line per key (a list in flow style), so the source comment can follow it.
             text = yaml.safe_dump({key: value}, sort_keys=False, allow_unicode=True, width=10**6,
                                   default_flow_style=None if isinstance(value, list) else False

@@ -169,6 +169,7 @@ def test_config_shows_where_the_task_and_model_defaults_come_from(capsys):
     assert "  name: betoshare" in lines and "  task: sqac" in lines
     assert "  lr: 3.0e-05  # command line" in lines
     assert "  betas: [0.9, 0.999]" in lines
+    assert "  best_metric: null  # the task's main metric: rougeL" in lines
     # Every key of every section is in the YAML.
     for section, name, _, _ in every_field():
         assert any(line.startswith(f"  {name}:") for line in lines), f"{section}.{name}"

@@ -278,12 +278,19 @@ def launcher_overrides(environ: Mapping[str, str] | None = None,
     return out
 
 
+_LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# The launch variables as they were before `init` wrote them; `close` puts them back.
+_environ_before_init: dict[str, str | None] | None = None
+
+
 def init(env: DistEnv, backend: str = "auto", timeout_min: int = 30) -> None:
     """Start the process group (also for one process: DeepSpeed needs one)."""
+    global _environ_before_init
     if dist.is_initialized():
         return
     # Its worker threads outlive destroy_process_group: this process must skip finalization.
     started_process_group()
+    _environ_before_init = {key: os.environ.get(key) for key in _LAUNCH_VARIABLES}
     # DeepSpeed's engine selects cuda:LOCAL_RANK itself: give it the device this rank uses, which
     # is the local rank where every node GPU is visible, and 0 where a cluster shows each task
     # only its own GPU (--gpu-bind, per-task GRES).
@@ -303,8 +310,20 @@ def init(env: DistEnv, backend: str = "auto", timeout_min: int = 30) -> None:
 
 
 def close() -> None:
+    """End the process group and put the launch variables back as they were before `init`: a
+    second run in the same process (a notebook, a test worker) must not take the variables the
+    first one wrote for a launcher's, and rendezvous on its port, which another process may hold
+    by then (a test worker waited there for a peer that never came)."""
+    global _environ_before_init
     if dist.is_initialized():
         dist.destroy_process_group()
+    if _environ_before_init is not None:
+        for key, value in _environ_before_init.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _environ_before_init = None
 
 
 def all_reduce_sum(values: list[float] | torch.Tensor, device: torch.device) -> list[float]:

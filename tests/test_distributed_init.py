@@ -1,0 +1,47 @@
+"""A second process group in one process (a notebook's second run, a test worker's next test)
+starts on its own rendezvous: `close` puts back the launch variables `init` wrote, so the next
+`read_env` does not take them for a launcher's and wait on the old port (a pytest worker hung
+there for 30 minutes when another process held that port by then)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from engine_runs import REPO, subprocess_env
+
+CHILD = textwrap.dedent("""
+    import os
+    import torch.distributed as dist
+    from seq2seq_es.engine import distributed as D
+
+    kept, ports = [], []
+    for _ in range(2):
+        env = D.read_env()
+        D.init(env, "gloo", timeout_min=1)
+        kept.append(dist.group.WORLD)  # held on, as DeepSpeed's engine holds its groups
+        ports.append(env.master_port)
+        assert os.environ["MASTER_PORT"] == str(env.master_port)
+        D.close()
+        assert not any(key in os.environ for key in D._LAUNCH_VARIABLES), dict(os.environ)
+    print("ports", *ports)
+    # A launcher's variables are the launcher's again after close.
+    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(ports[0] + 1)})
+    D.init(D.read_env(), "gloo", timeout_min=1)
+    D.close()
+    print("launcher", os.environ["MASTER_PORT"], os.environ.get("LOCAL_RANK"))
+""")
+
+
+def test_a_second_group_in_one_process_gets_its_own_rendezvous():
+    proc = subprocess.run([sys.executable, "-c", CHILD], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # (the child asserts that close left no launch variable behind; each read_env then chose
+    # a free port of its own)
+    ports = next(line for line in proc.stdout.splitlines() if line.startswith("ports")).split()
+    port, local_rank = next(line for line in proc.stdout.splitlines()
+                            if line.startswith("launcher")).split()[1:]
+    assert port == str(int(ports[1]) + 1) and local_rank == "None"

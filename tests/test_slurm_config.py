@@ -119,8 +119,13 @@ def test_a_gpu_task_keeps_every_node_gpu_visible_and_its_local_rank(tmp_path, mo
     from seq2seq_es.engine import distributed as D
     from seq2seq_es.slurm.sweep import MANIFEST_KIND, Manifest, RunPlan, train_jobs
 
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+    # The export below writes these into os.environ: set then delete each through monkeypatch,
+    # so that teardown removes them again (delenv of an absent variable records nothing, and a
+    # leaked RANK=3 WORLD_SIZE=4 made this worker's next in-process group wait for 4 ranks).
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                "MASTER_PORT"):
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # what SLURM gave the node's tasks
     for key, value in {"SLURM_JOB_ID": "4242", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
                        "SLURM_NTASKS": "4", "SLURM_NODEID": "1", "SLURM_JOB_NUM_NODES": "2",
@@ -136,3 +141,15 @@ def test_a_gpu_task_keeps_every_node_gpu_visible_and_its_local_rank(tmp_path, mo
     import os
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3" and os.environ["LOCAL_RANK"] == "1"
     assert D.read_env().local_rank == 1
+
+
+def test_the_export_test_leaves_no_launch_variable_behind(tmp_path, monkeypatch):
+    # Runs the test above inside a nested monkeypatch scope and checks what is left after it.
+    import os
+
+    before = {key: os.environ.get(key) for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
+                                                   "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                                                   "MASTER_PORT")}
+    with pytest.MonkeyPatch.context() as inner:
+        test_a_gpu_task_keeps_every_node_gpu_visible_and_its_local_rank(tmp_path, inner)
+    assert {key: os.environ.get(key) for key in before} == before

@@ -88,6 +88,10 @@ def test_preempted_training_resumes_exactly(slurm_cluster, workdir, files, torch
     steps = [r["step"] for r in records if "train/loss" in r]
     assert steps == list(range(1, STEPS + 1))  # no step lost or repeated across the requeue
     assert_same_training(out, torchrun_run)
+    # The stop message says what happens next here: not "resume with --train.resume auto".
+    logs = "".join(path.read_text() for path in (out / "slurm").glob("*_log.*"))
+    assert "SIGUSR2 received: saved a checkpoint at step" in logs
+    assert "the job requeues itself and resumes from it" in logs
 
 
 # Long enough (about 45 s of steps here, 50 ms each) that SLURM's 30 s time-limit tick falls

@@ -21,6 +21,7 @@ back to it (`load_best_at_end`), scores the test split, exports `final/` and wri
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -275,8 +276,12 @@ class Trainer:
         if self.env.is_main:
             write_json_atomic(self.out / run_files.PREEMPTED, {"step": step, "signal": name})
         code = INTERRUPTED_EXIT_CODE if name == "SIGINT" else PREEMPTED_EXIT_CODE
-        raise Stopped(f"{name} received: saved a checkpoint at step {step}; resume with "
-                      "--train.resume auto", code)
+        # A job of `seq2seq-es slurm` (submitit's process: SUBMITIT_FOLDER) requeues itself
+        # (slurm.job.TrainJob); anywhere else the user starts the run again.
+        then = ("the job requeues itself and resumes from it (seq2seq-es slurm status)"
+                if "SUBMITIT_FOLDER" in os.environ and code == PREEMPTED_EXIT_CODE
+                else "resume with --train.resume auto")
+        raise Stopped(f"{name} received: saved a checkpoint at step {step}; {then}", code)
 
     # -- validation, checkpoints ---------------------------------------------------------------
 

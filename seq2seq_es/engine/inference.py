@@ -325,14 +325,10 @@ def parse_evaluate_args(argv: list[str]):
     return known, parse_overrides(rest)
 
 
-def check_run_names(saved: SavedModel, config_file: str | None, task: str | None,
-                    model: str | None) -> None:
-    """--task/--model say what a model folder without a run is (both are needed: the split to
-    score and the family's loading); a run's config names them already."""
-    if config_file or saved.config_file or saved.kind != "hf":
-        return
+def check_run_names(where: str, task: str | None, model: str | None) -> None:
+    """--task/--model say what a model folder or hub id without a run is (both are needed: the
+    split to score and the family's loading); `where` names it."""
     if task is None or model is None:
-        where = saved.hub_id or f"{saved.path} (no {saved.path.parent / run_files.CONFIG})"
         raise Seq2SeqEsError(f"{where} has no run config: pass --task T --model M "
                              "(seq2seq-es list), or --config RUN/config.yaml")
 
@@ -367,14 +363,14 @@ def evaluate_main(argv: list[str]) -> int:
         raise ConfigError("--batch-size", "must be at least 1")
     if is_hub_reference(args.path) and not args.config:
         # Before a download of possibly gigabytes: what the scores would need anyway.
-        if args.task is None or args.model is None:
-            raise Seq2SeqEsError(f"{args.path} (a hub id) has no run config: pass --task T "
-                                 "--model M (seq2seq-es list), or --config RUN/config.yaml")
+        check_run_names(f"{args.path} (a hub id)", args.task, args.model)
         if not args.output_dir:
             raise Seq2SeqEsError(f"{args.path} is a hub id, not a run folder: pass --output-dir "
                                  "DIR for the predictions and scores")
     saved = resolve_saved(args.path)
-    check_run_names(saved, args.config, args.task, args.model)
+    if saved.kind == "hf" and not (args.config or saved.config_file):
+        where = saved.hub_id or f"{saved.path} (no {saved.path.parent / run_files.CONFIG})"
+        check_run_names(where, args.task, args.model)
     cfg = inference_config(saved, config_file=args.config, overrides=overrides, task=args.task,
                            model=args.model, allow_model=saved.kind == "hf")
     if args.config or saved.config_file:

@@ -77,4 +77,19 @@ def wait_finished(job_id: str, timeout_s: float = 180, hurry_requeues: bool = Tr
             pending_since = None
         return fields if state in FINISHED else None
 
-    return wait_until(finished, timeout_s, f"job {job_id} to finish", interval_s=1.0)
+    fields = wait_until(finished, timeout_s, f"job {job_id} to finish", interval_s=1.0)
+    if fields["JobState"] != "COMPLETED":
+        print_log_tail(fields)
+    return fields
+
+
+def print_log_tail(fields: dict[str, str], lines: int = 40) -> None:
+    """The end of a job's stderr, into the test's captured output: pytest shows it when the test
+    fails, so that a CI log says why a job did not complete (the job's files are gone by then)."""
+    path = Path(fields.get("StdErr", ""))
+    try:
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError as error:
+        tail = [f"(cannot read it: {error})"]
+    print(f"job {fields.get('JobId')} ended {fields['JobState']} "
+          f"(ExitCode={fields.get('ExitCode')}); the end of {path}:", *tail, sep="\n")

@@ -117,27 +117,31 @@ def test_a_gpu_task_keeps_every_node_gpu_visible_and_its_local_rank(tmp_path, mo
     # DeepSpeed picks cuda:LOCAL_RANK. Narrowing CUDA_VISIBLE_DEVICES to one GPU per task while
     # LOCAL_RANK stays 1 pointed task 1 of a 2-GPU node past the only visible device.
     from seq2seq_es.engine import distributed as D
+    from seq2seq_es.engine import rendezvous
     from seq2seq_es.slurm.sweep import MANIFEST_KIND, Manifest, RunPlan, train_jobs
 
     # The export below writes these into os.environ: set then delete each through monkeypatch,
     # so that teardown removes them again (delenv of an absent variable records nothing, and a
     # leaked RANK=3 WORLD_SIZE=4 made this worker's next in-process group wait for 4 ranks).
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-                "MASTER_PORT"):
+                "MASTER_PORT", "SLURM_RESTART_COUNT", "SLURM_ARRAY_JOB_ID"):
         monkeypatch.setenv(key, "")
         monkeypatch.delenv(key)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # what SLURM gave the node's tasks
     for key, value in {"SLURM_JOB_ID": "4242", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
                        "SLURM_NTASKS": "4", "SLURM_NODEID": "1", "SLURM_JOB_NUM_NODES": "2",
                        "SLURM_JOB_NODELIST": "gpu[01-02]", "SLURM_STEP_NODELIST": "gpu[01-02]",
-                       "SLURM_NTASKS_PER_NODE": "2", "SUBMITIT_EXECUTOR": "slurm"}.items():
+                       "SLURM_NTASKS_PER_NODE": "2", "SUBMITIT_EXECUTOR": "slurm",
+                       "SUBMITIT_FOLDER": str(tmp_path / "submitit")}.items():
         monkeypatch.setenv(key, value)
     run = RunPlan("r", "barto", "mlsum", {}, str(tmp_path), ["--task", "mlsum"])
     manifest = Manifest(MANIFEST_KIND, "run", [run], {}, {}, str(tmp_path / "submitit"))
     config = SlurmConfig(nodes=2, gpus_per_node=2, tasks_per_node=2)
     [job] = train_jobs(manifest, config)  # what submit hands to submitit
+    (tmp_path / "submitit").mkdir()
+    port = rendezvous.agree_on_master_port(tmp_path / "submitit", "4242", 0, 0, 4)  # rank 0's
     env = job._export_distributed_env()
-    assert (env.rank, env.local_rank, env.world_size) == (3, 1, 4)
+    assert (env.rank, env.local_rank, env.world_size, env.master_port) == (3, 1, 4, port)
     import os
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3" and os.environ["LOCAL_RANK"] == "1"
     assert D.read_env().local_rank == 1

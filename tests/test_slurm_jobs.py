@@ -14,6 +14,8 @@ import psutil
 import pytest
 
 from conftest_slurm import job_fields, slurm_cluster, wait_finished, wait_until  # noqa: F401  (fixture)
+from ports import hold_like_an_outgoing_connection, release
+from seq2seq_es.engine.rendezvous import RENDEZVOUS_PORTS, rendezvous_port
 from seq2seq_es.slurm.cli import main as slurm_main
 from seq2seq_es.slurm.monitor import read_metrics, sweep_status
 from seq2seq_es.slurm.sweep import load_manifest
@@ -63,6 +65,33 @@ def test_two_node_job_joins_one_gloo_group(slurm_cluster, tmp_path):  # noqa: F8
     assert status.state == "COMPLETED" and status.step == 3
 
 
+def start_events(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "slurm_events.jsonl").read_text().splitlines()
+    return [event for event in map(json.loads, lines) if event["event"] == "start"]
+
+
+def test_ranks_meet_on_the_next_port_when_the_jobs_port_is_taken_on_the_master_node(
+        slurm_cluster, tmp_path):  # noqa: F811
+    # A sweep's job failed in CI with EADDRINUSE: an outgoing connection held its port. The job
+    # is held until its port is taken the same way (both nodes of the local cluster are this
+    # machine, so the master node's port is this machine's).
+    run_dir = tmp_path / "run"
+    job_id = submit_probe(run_dir, "--nodes", "2", "--sbatch", "hold",
+                          overrides=("--probe.steps", "2"))
+    held = hold_like_an_outgoing_connection(rendezvous_port(f"{job_id}:0"))
+    try:
+        subprocess.run(["scontrol", "release", job_id], check=True, timeout=60)
+        assert wait_finished(job_id)["JobState"] == "COMPLETED"
+    finally:
+        release(held)
+    [start] = start_events(run_dir)
+    assert start["master"].endswith(f":{rendezvous_port(f'{job_id}:0', 1)}")
+    assert [r["world_size"] for r in train_records(run_dir)] == [2, 2]
+    # rank 0 published the port for rank 1 in the job's (shared) submitit folder
+    published = run_dir / "slurm" / f"{job_id}_rendezvous_0.port"
+    assert published.read_text() == f"{rendezvous_port(f'{job_id}:0', 1)}\n"
+
+
 def test_dry_run_prints_the_script_that_is_submitted(slurm_cluster, tmp_path, capsys):  # noqa: F811
     run_dir = tmp_path / "run"
     options = ["submit", "--task", "mlsum", "--model", "barto", "--run-dir", str(run_dir),
@@ -97,6 +126,8 @@ def test_preempted_job_requeues_and_resumes_without_losing_a_step(slurm_cluster,
     assert done["eval/total"] == sum(3.0 * step for step in range(1, steps + 1))
     assert not (run_dir / "PREEMPTED").exists()
     assert events(run_dir) == ["start", "requeued", "start", "finished"]
+    ports = [int(event["master"].rsplit(":", 1)[1]) for event in start_events(run_dir)]
+    assert ports[0] != ports[1] and set(ports) <= set(RENDEZVOUS_PORTS)  # a port per run
     [status] = sweep_status(load_manifest(run_dir))
     assert status.state == "COMPLETED" and status.restarts == 1 and status.step == steps
     for log in (run_dir / "slurm").glob("*_log.*"):  # pre-empted, requeued or done: no teardown

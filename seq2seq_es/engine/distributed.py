@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import torch
+
+from .rendezvous import rendezvous_port
 import torch.distributed as dist
 
 from ..errors import ConfigError
@@ -99,11 +101,11 @@ def read_env(environ: dict[str, str] | None = None) -> DistEnv:
                       "started by srun: it trains alone (start it with srun, or `seq2seq-es "
                       "slurm submit`, to use them all)")
             return DistEnv(0, 1, 0, "127.0.0.1", _free_port(), "none")
-        job_id = int(env.get("SLURM_JOB_ID", "0"))
         return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
                        int(env.get("SLURM_LOCALID", 0)),
                        env.get("MASTER_ADDR") or _first_slurm_host(env.get("SLURM_JOB_NODELIST", "")),
-                       int(env.get("MASTER_PORT", 20000 + job_id % 20000)), "slurm")
+                       int(env.get("MASTER_PORT") or rendezvous_port(env.get("SLURM_JOB_ID", "0"))),
+                       "slurm")
     return DistEnv(0, 1, 0, "127.0.0.1", _free_port(), "none")
 
 

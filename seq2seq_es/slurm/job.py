@@ -62,20 +62,18 @@ import signal
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 from typing import Any, Callable
 
 import submitit
 
 from .. import process_exit, run_files
+from ..engine import rendezvous
 from ..errors import ConfigError
 
 # The engine's exit status after a stop signal saved a checkpoint (run_files defines it for both).
 EXIT_PREEMPTED = run_files.PREEMPTED_EXIT_CODE
 DEFAULT_ENTRY = "seq2seq_es.cli:main"
-
-_PORT_RANGE = (20000, 60000)
 
 
 class RequeuedBySubmitit(SystemExit):
@@ -100,12 +98,6 @@ def resolve_entry(spec: str) -> Callable[[list[str]], Any]:
 
 def restart_count() -> int:
     return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-
-
-def master_port(job_id: str, restart: int) -> int:
-    """Same on every rank, different after a requeue (the old port may still be in TIME_WAIT)."""
-    low, high = _PORT_RANGE
-    return low + zlib.crc32(f"{job_id}:{restart}".encode()) % (high - low)
 
 
 def append_event(run_dir: str | Path, event: str, **fields: Any) -> None:
@@ -201,8 +193,10 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     def _export_distributed_env(self):
         """RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT for torch's env:// rendezvous."""
-        os.environ["MASTER_PORT"] = str(master_port(_job_id(), restart_count()))
         dist = submitit.helpers.TorchDistributedEnvironment()
+        dist.master_port = rendezvous.agree_on_master_port(
+            submitit.JobEnvironment().paths.folder, _job_id(), restart_count(), dist.rank,
+            dist.world_size)
         dist.export(set_cuda_visible_devices=False, overwrite=True)
         return dist
 

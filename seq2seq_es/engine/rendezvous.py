@@ -1,0 +1,87 @@
+"""The rendezvous port the ranks of a SLURM job meet on (no torch here: the submitting side
+imports seq2seq_es.slurm without it)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import zlib
+from pathlib import Path
+
+# Rendezvous ports that every rank derives from the job id, chosen below Linux's default
+# ephemeral range (32768-60999). The kernel hands ephemeral ports to outgoing connections, and a
+# node running gloo groups holds hundreds of them: a rendezvous port inside that range is now and
+# then one of them, and the TCPStore fails with EADDRINUSE (a sweep's job failed that way in CI).
+RENDEZVOUS_PORTS = range(20000, 32768)
+
+# How long a rank waits for rank 0 to publish the rendezvous port (rank 0 publishes it before it
+# imports the training code, so only a folder the nodes do not share makes this wait run out).
+PORT_WAIT_S = 600.0
+
+
+def rendezvous_port(key: str, attempt: int = 0) -> int:
+    """The same port on every rank for the same key (a job id): a hash into RENDEZVOUS_PORTS;
+    attempt k moves k ports on, for when the first one is taken."""
+    offset = zlib.crc32(key.encode()) + attempt
+    return RENDEZVOUS_PORTS.start + offset % len(RENDEZVOUS_PORTS)
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a TCPStore could listen on `port` on every interface now. SO_REUSEADDR as the
+    store's own socket: a closed connection's TIME_WAIT does not keep it from listening."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+            probe.listen(1)
+        except OSError:
+            return False
+        return True
+
+
+def free_rendezvous_port(key: str, attempts: int = 64) -> int:
+    """The first of `key`'s rendezvous ports that is free on this host."""
+    for attempt in range(attempts):
+        port = rendezvous_port(key, attempt)
+        if port_is_free(port):
+            return port
+    raise RuntimeError(f"no free rendezvous port on {socket.gethostname()}: the {attempts} ports "
+                       f"from {rendezvous_port(key)} on are all in use (set MASTER_PORT to a free "
+                       "port)")
+
+
+def agree_on_master_port(folder: str | Path, job_id: str, restart: int, rank: int,
+                         world_size: int, wait_s: float = PORT_WAIT_S) -> int:
+    """The rendezvous port of this run of the job, the same on every rank.
+
+    Rank 0 (on the master node) takes the first free one of the job's ports
+    (free_rendezvous_port, keyed by job id and restart, so that a requeued run does not meet the
+    last run's sockets) and, when there are other ranks, publishes it in `folder` (submitit's
+    log folder, which every node shares already); the others wait for that file. A port derived
+    from the job id alone, as before, failed the job whenever that port was taken on the master
+    node.
+    """
+    path = Path(folder) / f"{job_id}_rendezvous_{restart}.port"
+    if rank == 0:
+        port = free_rendezvous_port(f"{job_id}:{restart}")
+        if world_size > 1:
+            for earlier in Path(folder).glob(f"{job_id}_rendezvous_*.port"):
+                earlier.unlink(missing_ok=True)  # earlier runs' files: nobody reads them again
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text(f"{port}\n")
+            os.replace(partial, path)  # readers see the whole number or no file
+        return port
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            text = ""
+        if text.strip():
+            return int(text)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"rank {rank} waited {wait_s:.0f} s for rank 0 to write the "
+                               f"rendezvous port to {path}; that folder must be shared by every "
+                               "node of the job")
+        time.sleep(0.2)

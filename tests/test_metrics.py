@@ -389,6 +389,16 @@ def test_score_main_jsonl_references_sources_and_empty_lines(tmp_path, capsys):
         compute_metrics(["sari"], ["Sí.", ""], [["No.", "Sí."], ["algo"]], ["Sí, claro.", "algo"])["sari"])
 
 
+def test_score_main_prints_a_perfect_score_as_100_not_its_float_noise(tmp_path, capsys):
+    lines = _write(tmp_path / "same.txt", "el gato come pescado\nla casa es roja y grande\n")
+    assert compute_metrics(["bleu"], ["el gato come pescado"] * 2,
+                           ["el gato come pescado"] * 2)["bleu"] != 100.0  # the noise itself
+    assert score_main(["--metric", "bleu", "--metric", "rouge", "--predictions", lines,
+                       "--references", lines]) == 0
+    out = capsys.readouterr().out
+    assert '"bleu": 100.0,' in out and '"rougeL": 100.0' in out
+
+
 def test_score_main_errors_name_the_file(tmp_path, capsys):
     predictions = _write(tmp_path / "pred.txt", "a\nb\n")
     missing = str(tmp_path / "missing.txt")

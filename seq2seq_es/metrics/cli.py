@@ -160,5 +160,8 @@ def score_main(argv: list[str]) -> int:
     except Seq2SeqEsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(scores, indent=2, ensure_ascii=False))
+    # Ten decimals drop float noise (a perfect BLEU is exp(log 1 ...) * 100 = 100.00000000000004)
+    # and keep every digit a score is ever reported to.
+    print(json.dumps({name: round(value, 10) for name, value in scores.items()}, indent=2,
+                     ensure_ascii=False))
     return 0

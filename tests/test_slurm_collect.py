@@ -186,9 +186,16 @@ def test_split_dev_shows_validation_only(tmp_path, capsys):
                                "paper avg SARI"]
     assert table["t5s"] == ["t5s", "g1", "56.00", "43.00", "56.00", "56.37"]
     assert "Cells: dev (validation) only" in out
+    dev_files = {name: (sweep_dir / f"results-dev.{name}").read_bytes()
+                 for name in ("md", "csv", "png")}
+    assert not (sweep_dir / "results.md").exists()
     assert slurm_main(["collect", str(sweep_dir)]) == 0  # all metrics; below 1: four decimals
     [table] = _rows(capsys.readouterr().out)
     assert table["t5s"][table["header"].index("bisect exact_match")] == "0.00 / 0.5000"
+    # the dev / test table has its own files and leaves the dev-only ones as they were
+    assert "0.00 / 0.5000" in (sweep_dir / "results.md").read_text()
+    assert dev_files == {name: (sweep_dir / f"results-dev.{name}").read_bytes()
+                         for name in ("md", "csv", "png")}
 
 
 def test_a_sweep_without_results_leaves_earlier_tables_untouched(tmp_path, capsys):

@@ -10,7 +10,8 @@
                            timed out, failed); each resumes from its latest checkpoint
   collect SWEEP [--split both|dev|test] [--metrics A,B] [--markdown FILE] [--csv FILE]
          [--png FILE]      per model and task the run of the best dev main metric:
-                           results.md/.csv/.png (an empty table writes nothing)
+                           results.md/.csv/.png, results-dev.* / results-test.* for
+                           one split (an empty table writes nothing)
   bench  --bench-dir DIR [--nodes 1,2,4,8] [--zero-stages 0,2,3] [--model M] [--task T]
          [--steps 30] [--warmup-steps 5] [--wait] [SLURM options] [-- train overrides]
   bench  --collect DIR [--wait]    throughput and scaling efficiency: scaling.md/.csv/.json/.png
@@ -215,7 +216,8 @@ def cmd_status(argv: list[str]) -> int:
 def cmd_collect(argv: list[str]) -> int:
     """Tables of a sweep: per (model, task) the grid point with the best dev value of the task's
     main metric, all of that run's metrics (dev / test), family averages beside the paper's.
-    Writes results.md, results.csv and results.png beside the manifest; when there is nothing to
+    Writes results.md, results.csv and results.png beside the manifest (results-dev.* or
+    results-test.* with --split dev or test); when there is nothing to
     show it says so, writes nothing (earlier results stay) and returns 1."""
     parser = argparse.ArgumentParser(prog="seq2seq-es slurm collect")
     parser.add_argument("sweep", metavar="SWEEP")
@@ -224,17 +226,21 @@ def cmd_collect(argv: list[str]) -> int:
                              "default), dev only or test only; the CSV always holds both")
     parser.add_argument("--metrics", help="comma-separated metric names to show (default: all "
                                           "task metrics); the choice of runs does not change")
-    parser.add_argument("--markdown", metavar="FILE", help="default <SWEEP>/results.md")
-    parser.add_argument("--csv", metavar="FILE", help="default <SWEEP>/results.csv")
-    parser.add_argument("--png", metavar="FILE", help="default <SWEEP>/results.png")
+    parser.add_argument("--markdown", metavar="FILE",
+                        help="default <SWEEP>/results.md (results-dev.md, results-test.md with "
+                             "--split dev, test)")
+    parser.add_argument("--csv", metavar="FILE", help="default <SWEEP>/results.csv (as --markdown)")
+    parser.add_argument("--png", metavar="FILE", help="default <SWEEP>/results.png (as --markdown)")
     args = parser.parse_args(argv)
     manifest = load_manifest(args.sweep)
     metrics = _names(args.metrics)
     table = build_table(manifest, metrics=metrics)
-    base = Path(manifest.path).parent
-    paths = [Path(args.markdown) if args.markdown else base / "results.md",
-             Path(args.csv) if args.csv else base / "results.csv",
-             Path(args.png) if args.png else base / "results.png"]
+    # A one-split table gets its own names: `--split test` must not replace the dev / test table.
+    stem = Path(manifest.path).parent / ("results" if args.split == "both"
+                                         else f"results-{args.split}")
+    paths = [Path(args.markdown) if args.markdown else stem.with_suffix(".md"),
+             Path(args.csv) if args.csv else stem.with_suffix(".csv"),
+             Path(args.png) if args.png else stem.with_suffix(".png")]
     if table.is_empty(args.split):
         print(empty_message(table, args.split))
         kept = [str(path) for path in paths if path.exists()]

@@ -25,6 +25,9 @@ from it.
       logs/                  links to every rank's SLURM log
 """
 
+import re
+from pathlib import Path
+
 # Exit codes of `seq2seq-es train`: a stop signal (SIGUSR2, SIGTERM) saved a checkpoint and the
 # run wants to be requeued; SIGINT (Ctrl-C) saved one and the run stops (128 + SIGINT, as a shell).
 PREEMPTED_EXIT_CODE = 3
@@ -45,6 +48,7 @@ DEEPSPEED_CONFIG = "deepspeed_config.json"
 DATA_REPORT = "data_report.json"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+CHECKPOINT_DIR = re.compile(r"^step_(\d{8})$")  # checkpoints/step_<N>, N zero-padded to 8
 TRAINER_STATE = "trainer_state.json"  # inside checkpoints/step_<N>: the folder is complete
 BEST = "best.json"                    # inside checkpoints/: the best validation so far
 FINAL = "final"
@@ -54,3 +58,16 @@ EVALUATIONS = "evaluations"
 # Written by slurm.job.TrainJob.
 SLURM_EVENTS = "slurm_events.jsonl"
 LOGS = "logs"
+
+
+def complete_checkpoints(checkpoints: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint in a run's checkpoints/ folder, by step. A
+    step folder exists only once complete (saved under a temporary name, then renamed) and holds
+    trainer_state.json; a missing folder has none."""
+    root = Path(checkpoints)
+    if not root.is_dir():
+        return []
+    found = [(int(match.group(1)), path) for path in root.iterdir()
+             if (match := CHECKPOINT_DIR.match(path.name)) and path.is_dir()
+             and (path / TRAINER_STATE).is_file()]
+    return sorted(found)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -167,6 +168,29 @@ def test_status_of_runs_not_submitted_shows_progress(tmp_path, capsys):
     assert slurm_main(["status", str(sweep_dir)]) == 0
     out = capsys.readouterr().out
     assert "train/loss=3.25 eval/rougeL=12.5" in out
+
+
+def test_status_shows_the_step_a_resume_starts_from(tmp_path, capsys):
+    # Logged up to step 12, saved at 8 (12 unfinished: no trainer_state.json; a temporary folder
+    # of a save in progress): a requeue starts from 8, which SAVED says.
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], {}, submitted=False)
+    run_dir = Path(manifest.runs[0].run_dir)
+    _metrics(run_dir / "metrics.jsonl", [{"step": 12, "train/loss": 2.5}])
+    for name, complete in [("step_00000004", True), ("step_00000008", True),
+                           ("step_00000012", False), (".tmp-step_00000016", True),
+                           ("step_16", True)]:
+        (run_dir / "checkpoints" / name).mkdir(parents=True)
+        if complete:
+            (run_dir / "checkpoints" / name / "trainer_state.json").write_text("{}")
+    [status] = sweep_status(load_manifest(sweep_dir))
+    assert (status.step, status.saved_step) == (12, 8)
+    assert slurm_main(["status", str(sweep_dir)]) == 0
+    header, row = capsys.readouterr().out.splitlines()[1:3]
+    assert header.split() == ["RUN", "JOB", "STATE", "STEP", "SAVED", "METRICS"]
+    assert row.split()[2:5] == ["NOT_SUBMITTED", "12", "8"]
+    assert slurm_main(["status", str(sweep_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["saved_step"] == 8
 
 
 @pytest.mark.parametrize("state, says", [("CANCELLED", "cancelled"),

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -42,7 +41,6 @@ from ..errors import ConfigError
 from . import distributed as D
 from .run_dir import write_json_atomic
 
-STEP_DIR = re.compile(r"^step_(\d{8})$")
 SAVE_DELAY_ENV = "SEQ2SEQ_ES_SAVE_DELAY_S"
 
 
@@ -134,11 +132,7 @@ class Checkpointer:
         self.keep_last = keep_last
 
     def complete(self) -> list[Path]:
-        if not self.root.is_dir():
-            return []
-        found = [p for p in self.root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)
-                 and (p / run_files.TRAINER_STATE).is_file()]
-        return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+        return [path for _, path in run_files.complete_checkpoints(self.root)]
 
     def latest(self) -> Path | None:
         done = self.complete()

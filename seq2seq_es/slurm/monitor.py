@@ -58,7 +58,8 @@ class RunStatus:
     job_id: str | None
     state: str
     restarts: int = 0
-    step: int | None = None
+    step: int | None = None        # the last step metrics.jsonl has
+    saved_step: int | None = None  # the latest complete checkpoint: where a resume starts
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     log: str | None = None
@@ -238,6 +239,8 @@ def run_status(run: RunPlan, manifest: Manifest, slurm: dict[str, SlurmState]) -
         status.step, status.metrics = latest_metrics(read_metrics(run_dir / run_files.METRICS))
     except DataError as exc:
         status.note = str(exc)
+    saved = run_files.complete_checkpoints(run_dir / run_files.CHECKPOINTS)
+    status.saved_step = saved[-1][0] if saved else None
     events = read_events(run_dir)
     status.restarts = max([int(e.get("restart", 0)) for e in events] or [0])
     if run.job_id is None:
@@ -301,13 +304,17 @@ def _shown_metrics(metrics: dict[str, Any]) -> str:
 
 
 def format_status(manifest: Manifest, statuses: list[RunStatus]) -> str:
-    header = ("RUN", "JOB", "STATE", "STEP", "METRICS")
+    # STEP: the last logged step; SAVED: the latest checkpoint, where a requeue or `resume`
+    # starts (steps after it are trained again).
+    header = ("RUN", "JOB", "STATE", "STEP", "SAVED", "METRICS")
     rows = [(s.name, s.job_id or "-", s.state + (f" (restarts {s.restarts})" if s.restarts else ""),
-             "-" if s.step is None else str(s.step), _shown_metrics(s.metrics)) for s in statuses]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+             "-" if s.step is None else str(s.step),
+             "-" if s.saved_step is None else str(s.saved_step), _shown_metrics(s.metrics))
+            for s in statuses]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
     lines = [f"{manifest.path}: {len(statuses)} run(s)"]
     for row, status in zip([header, *rows], [None, *statuses]):
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[5])
         if status is None:
             continue
         if status.note:

@@ -172,10 +172,17 @@ def test_resume_submits_a_stopped_run_again_and_it_finishes(slurm_cluster, tmp_p
     capsys.readouterr()
     assert slurm_main(["resume", str(run_dir), "--dry-run"]) == 0
     assert f"#   run (last job {first_job})" in capsys.readouterr().out
-    assert slurm_main(["resume", str(run_dir), "--max-requeues", "1", "--yes"]) == 0
+    with pytest.raises(SystemExit):  # the ranks stay: checkpoints hold one world size
+        slurm_main(["resume", str(run_dir), "--nodes", "2", "--yes"])
+    assert "unrecognized arguments: --nodes 2" in capsys.readouterr().err
+    assert slurm_main(["resume", str(run_dir), "--max-requeues", "1", "--time", "9",
+                       "--cpus-per-task", "1", "--sbatch", "comment=resumed", "--yes"]) == 0
     manifest = load_manifest(run_dir)
     second_job = manifest.runs[0].job_id
     assert second_job != first_job and manifest.slurm["max_requeues"] == 1
+    assert (manifest.slurm["time_min"], manifest.slurm["cpus_per_task"]) == (9, 1)
+    fields = job_fields(second_job)  # the new resources reached SLURM
+    assert (fields["TimeLimit"], fields["Comment"]) == ("00:09:00", "resumed")
     assert slurm_main(["resume", str(run_dir), "--yes"]) == 2  # its job may still train
     assert f"still has job {second_job}" in capsys.readouterr().err
     assert wait_finished(second_job)["JobState"] == "COMPLETED"

@@ -5,9 +5,10 @@
          [--no-grid] [--data-root DIR] [--max-parallel N] [SLURM options] [--dry-run] [--yes]
          [-- train overrides]
   status SWEEP [--json]            SWEEP: a sweep folder, or a run folder made by `submit`
-  resume SWEEP [--time MIN] [--max-requeues N] [--dry-run] [--yes]
-                           submit again every run without DONE (stopped, out of requeues,
-                           timed out, failed); each resumes from its latest checkpoint
+  resume SWEEP [--time MIN] [--max-requeues N] [--mem-gb GB] [--partition P] [...] [--dry-run]
+         [--yes]           submit again every run without DONE (stopped, out of requeues,
+                           timed out, failed); each resumes from its latest checkpoint, with
+                           new resources if given (not new ranks)
   collect SWEEP [--split both|dev|test] [--metrics A,B] [--markdown FILE] [--csv FILE]
          [--png FILE]      per model and task the run of the best dev main metric:
                            results.md/.csv/.png, results-dev.* / results-test.* for
@@ -45,7 +46,8 @@ from .config import SlurmConfig
 from .job import DEFAULT_ENTRY
 from .monitor import (SPLITS_SHOWN, build_table, empty_message, format_status, query_slurm,
                       status_json, sweep_status, write_results)
-from .options import add_slurm_options, slurm_config_from_args, split_overrides
+from .options import (SLURM_FLAGS, add_slurm_options, slurm_config_from_args, split_overrides,
+                      with_sbatch_options)
 from .sweep import (RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, absolute_config,
                     check_names, check_overrides, check_partition, check_run_dir,
                     check_sweep_dir, compose_run, dry_run_script, gpu_warning, load_manifest,
@@ -256,14 +258,29 @@ def cmd_collect(argv: list[str]) -> int:
     return 0
 
 
+# What `resume` may change: where and with what resources the jobs run. Not the ranks (nodes,
+# GPUs or tasks per node): a run resumes with the world size its checkpoints were saved with.
+RESUME_FLAGS = ("time", "max_requeues", "mem_gb", "cpus_per_task", "partition", "account", "qos",
+                "constraint", "signal_delay_s", "python")
+
+
 def cmd_resume(argv: list[str]) -> int:
     """Submit again the runs of a submitted sweep (or run folder) that have not finished: their
     arguments already say --train.resume auto, so each continues from its latest checkpoint,
-    with the SLURM settings it was submitted with (--time and --max-requeues may change)."""
-    parser = argparse.ArgumentParser(prog="seq2seq-es slurm resume")
+    with the SLURM settings it was submitted with, except those given here (RESUME_FLAGS and
+    --sbatch)."""
+    parser = argparse.ArgumentParser(
+        prog="seq2seq-es slurm resume",
+        epilog="The flags replace the settings the runs were submitted with; the number of nodes, "
+               "GPUs and tasks per node stay (a run resumes with the world size it saved with).")
     parser.add_argument("sweep", metavar="SWEEP", help="sweep folder, run folder or manifest")
-    parser.add_argument("--time", type=int, metavar="MIN", help="a new time limit per job")
-    parser.add_argument("--max-requeues", type=int, metavar="N", help="a new requeue limit")
+    for flag in RESUME_FLAGS:
+        key, kind = SLURM_FLAGS[flag]
+        parser.add_argument("--" + flag.replace("_", "-"), type=kind, dest=flag,
+                            metavar="MIN" if flag == "time" else None,
+                            help=f"a new {key} (SlurmConfig) for the jobs")
+    parser.add_argument("--sbatch", action="append", default=[], metavar="OPTION=VALUE",
+                        help="an sbatch option added to (or replacing) the submitted ones")
     parser.add_argument("--dry-run", action="store_true", help="list the runs only")
     parser.add_argument("--yes", action="store_true", help="submit without asking")
     args = parser.parse_args(argv)
@@ -272,9 +289,11 @@ def cmd_resume(argv: list[str]) -> int:
     if not runs:
         print(f"every run of {manifest.path} has finished (DONE): nothing to resume")
         return 0
-    changes = {key: value for key, value in (("time_min", args.time),
-                                             ("max_requeues", args.max_requeues))
-               if value is not None}
+    changes = {SLURM_FLAGS[flag][0]: getattr(args, flag) for flag in RESUME_FLAGS
+               if getattr(args, flag) is not None}
+    if args.sbatch:
+        changes["extra_sbatch"] = with_sbatch_options(manifest.slurm.get("extra_sbatch"),
+                                                      args.sbatch)
     config = SlurmConfig.from_mapping({**manifest.slurm, **changes})
     print(f"# {len(runs)} of {len(manifest.runs)} run(s) to resume:")
     for run in runs:

@@ -271,7 +271,8 @@ _ENDED_BY_SLURM = {
     "TIMEOUT": "killed at its time limit without a requeue: raise --signal-delay-s so that the "
                "checkpoint fits before the limit" + RESUME_HINT,
     "NODE_FAIL": "a node of the job failed" + RESUME_HINT,
-    "OUT_OF_MEMORY": "killed by SLURM for using more memory than it asked for (--mem-gb)",
+    "OUT_OF_MEMORY": "killed by SLURM for using more memory than it asked for; `seq2seq-es "
+                     "slurm resume --mem-gb GB` continues it from its last checkpoint with more",
     "PREEMPTED": "pre-empted and not requeued (the cluster's PreemptMode cancels)" + RESUME_HINT,
 }
 

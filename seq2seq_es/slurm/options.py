@@ -66,15 +66,20 @@ def slurm_config_from_args(args: argparse.Namespace) -> SlurmConfig:
     if args.setup:
         values["setup"] = list(values.get("setup") or []) + args.setup
     if args.sbatch:
-        extra = dict(values.get("extra_sbatch") or {})
-        for spec in args.sbatch:
-            key, sep, value = spec.partition("=")
-            key = key.strip().lstrip("-")
-            if not key:
-                raise ConfigError("--sbatch", f"'{spec}' must look like OPTION=VALUE or OPTION")
-            extra[key] = value if sep else True
-        values["extra_sbatch"] = extra
+        values["extra_sbatch"] = with_sbatch_options(values.get("extra_sbatch"), args.sbatch)
     return SlurmConfig.from_mapping(values)
+
+
+def with_sbatch_options(extra: dict[str, Any] | None, specs: list[str]) -> dict[str, Any]:
+    """`extra` (SlurmConfig.extra_sbatch) with the --sbatch OPTION=VALUE | OPTION flags added."""
+    merged = dict(extra or {})
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        key = key.strip().lstrip("-")
+        if not key:
+            raise ConfigError("--sbatch", f"'{spec}' must look like OPTION=VALUE or OPTION")
+        merged[key] = value if sep else True
+    return merged
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:

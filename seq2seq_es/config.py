@@ -185,7 +185,7 @@ class TrainConfig(_Section):
     export_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # dtype of final/'s weights
     report_to: str = "tensorboard"        # trackers, comma-separated: tensorboard, wandb; none
     push_to_hub: str | None = None        # hub repo id to upload final/ to at the end
-    progress_bar: bool = True             # tqdm bar on rank 0 (stderr)
+    progress_bar: bool = True             # rank 0: a bar on a terminal, else lines on stdout
 
     def validate(self) -> None:
         super().validate()

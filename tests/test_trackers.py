@@ -403,3 +403,92 @@ def test_the_runs_record_lines_go_to_stdout_with_or_without_the_progress_bar(tmp
     captured = capsys.readouterr()
     assert "step 2: eval/loss 1.0000" in captured.out
     assert "step 2: eval/loss" not in captured.err
+
+
+class _Terminal:
+    """A stderr that says it is a terminal (as an interactive shell's is)."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def _progress_log(tmp_path, start_step=0):
+    cfg = compose(task="mlsum", model="barto-tiny",
+                  overrides={"train.report_to": "none", "train.output_dir": str(tmp_path / "run")})
+    return RunLog(tmp_path / "run", cfg, True, total_steps=10, start_step=start_step)
+
+
+def test_progress_is_a_line_per_log_on_stdout_when_stderr_is_a_file(tmp_path, capsys):
+    # A SLURM log or `2> file`: a redrawn tqdm bar would be carriage returns there.
+    log = _progress_log(tmp_path, start_step=4)  # resumed at step 4
+    assert log.bar is None
+    log.progress(6, loss=1.25, lr=2e-4, tokens_per_s=12345.0)
+    log.close()
+    captured = capsys.readouterr()
+    [line] = [line for line in captured.out.splitlines() if line.startswith("step 6/10")]
+    assert line.startswith("step 6/10: train/loss 1.2500, lr 2.00e-04, 12,345 tokens/s, elapsed ")
+    assert ", left ~0:00:0" in line  # 4 steps left at this start's rate (2 steps so far)
+    assert captured.err == ""
+
+
+def test_progress_is_a_bar_on_a_terminal(tmp_path, capsys, monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    log = _progress_log(tmp_path)
+    assert log.bar is not None
+    log.progress(6, loss=1.25, lr=2e-4, tokens_per_s=12345.0)
+    log.close()
+    assert "loss=1.2500" in terminal.text and "6/10" in terminal.text
+    assert "step 6/10" not in capsys.readouterr().out
+
+
+def test_library_progress_bars_are_hidden_only_when_stderr_is_not_a_terminal(monkeypatch):
+    import datasets
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    from seq2seq_es.engine.run_dir import quiet_library_progress
+
+    def enabled():
+        return (datasets.is_progress_bar_enabled(),
+                transformers.utils.logging.is_progress_bar_enabled(),
+                not huggingface_hub.utils.are_progress_bars_disabled())
+    def enable():
+        datasets.enable_progress_bars()
+        transformers.utils.logging.enable_progress_bar()
+        huggingface_hub.utils.enable_progress_bars()
+    try:
+        enable()  # an in-process run of an earlier test (stderr captured) hid them
+        monkeypatch.setattr(sys, "stderr", _Terminal())
+        quiet_library_progress()
+        assert enabled() == (True, True, True)
+        monkeypatch.undo()  # pytest's captured stderr: not a terminal
+        quiet_library_progress()
+        assert enabled() == (False, False, False)
+    finally:
+        enable()
+
+
+def test_deepspeed_does_not_warn_about_a_missing_gpu_on_a_cpu_run(tmp_path):
+    script = ("from seq2seq_es.engine import distributed as D\n"
+              "from seq2seq_es.process_exit import exit_with\n"
+              "D.init(D.read_env())\n"
+              "import deepspeed.accelerator as a\n"
+              "print('accelerator', a.get_accelerator().device_name())\n"
+              "D.close()\n"
+              "exit_with(0)\n")
+    env = {key: value for key, value in _env().items() if key != "DS_ACCELERATOR"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "accelerator cpu" in done.stdout
+    assert "unable to detect" not in done.stdout + done.stderr

@@ -304,6 +304,8 @@ def init(env: DistEnv, backend: str = "auto", timeout_min: int = 30) -> None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(env.device)
+    else:  # DeepSpeed would warn at import that it found no GPU, on every CPU run
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,

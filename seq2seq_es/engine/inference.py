@@ -35,6 +35,7 @@ from pathlib import Path
 from .. import run_files
 from ..errors import ConfigError, Seq2SeqEsError
 from . import distributed as D
+from .run_dir import quiet_library_progress
 
 SPLIT_PREFIX = {"validation": "eval", "test": "test"}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -386,6 +387,7 @@ def evaluate_main(argv: list[str]) -> int:
         if args.split == "validation" or "data.max_eval_samples" in overrides else None
     env = D.read_env()
     D.init(env, cfg.dist.backend, cfg.dist.timeout_min)
+    quiet_library_progress()
     say = _say(env)
     say(f"evaluating {saved.path} on {cfg.data.task} {args.split} with {env.world_size} "
         f"process(es), ZeRO stage {cfg.dist.zero_stage}")
@@ -598,6 +600,7 @@ def predict_main(argv: list[str]) -> int:
     sources = read_sources(input_path, task, run_task)  # bad input fails before loading
     env = D.read_env()
     D.init(env, cfg.dist.backend, cfg.dist.timeout_min)
+    quiet_library_progress()
     say = _say(env)
     loaded = load_for_inference(saved, cfg, env)
     side = (task or get_task(cfg.data.task)).source_truncation_side

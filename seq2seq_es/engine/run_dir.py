@@ -190,13 +190,17 @@ def open_trackers(run_dir: Path, cfg: RunConfig) -> list:
 
 class RunLog:
     """metrics.jsonl (one JSON object per event, with `step`), the trackers of
-    `train.report_to`, and a progress bar."""
+    `train.report_to`, and the progress: a tqdm bar where stderr is a terminal, else (a SLURM log,
+    `2> file`) one line per logging interval on stdout, which a redrawn bar would fill with
+    carriage returns."""
 
     def __init__(self, output_dir: str | Path, cfg: RunConfig, is_main: bool, total_steps: int,
                  start_step: int):
         self.dir = Path(output_dir)
         self.is_main = is_main
         self.bar = None
+        self.progress_lines = False
+        self.total_steps, self.start_step, self.started = total_steps, start_step, time.monotonic()
         self.trackers: list = []
         if not is_main:
             return
@@ -205,10 +209,12 @@ class RunLog:
         (self.dir / run_files.VERSIONS).write_text(json.dumps(library_versions(), indent=1))
         self.metrics_file = open(self.dir / run_files.METRICS, "a", encoding="utf-8")
         self.trackers = open_trackers(self.dir, cfg)
-        if cfg.train.progress_bar:
+        if cfg.train.progress_bar and is_terminal(sys.stderr):
             from tqdm.auto import tqdm
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True,
                             file=sys.stderr)
+        else:
+            self.progress_lines = cfg.train.progress_bar
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.is_main:
@@ -227,6 +233,13 @@ class RunLog:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}",
                                  refresh=False)
             self.bar.refresh()
+        elif self.progress_lines:
+            elapsed = time.monotonic() - self.started
+            done = step - self.start_step  # this start's steps: a resumed run's rate is its own
+            left = elapsed / done * (self.total_steps - step) if done > 0 else None
+            self.write(f"step {step}/{self.total_steps}: train/loss {loss:.4f}, lr {lr:.2e}, "
+                       f"{tokens_per_s:,.0f} tokens/s, elapsed {_clock(elapsed)}"
+                       + (f", left ~{_clock(left)}" if left is not None else ""))
 
     def write(self, message: str) -> None:
         """A line of the run's record (evaluation scores, saves) on stdout, with or without the
@@ -247,6 +260,34 @@ class RunLog:
             tracker.close()
         self.trackers = []
         self.metrics_file.close()
+
+
+def quiet_library_progress() -> None:
+    """Hide datasets', transformers' and the hub's own progress bars (generating, mapping,
+    filtering, writing shards) where stderr is not a terminal: in a log file each is a run of
+    carriage returns, and the run's own lines say what was loaded and saved."""
+    if is_terminal(sys.stderr):
+        return
+    import datasets
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
+
+def is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without it, or closed
+        return False
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def write_json_atomic(path: str | Path, obj) -> None:

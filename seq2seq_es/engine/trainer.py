@@ -42,7 +42,7 @@ from .checkpoint import Checkpointer, TrainState, data_layout
 from .evaluation import evaluate
 from .export import export_hf
 from .optim import use_bf16
-from .run_dir import RunLog, check_before_training, write_json_atomic
+from .run_dir import RunLog, check_before_training, quiet_library_progress, write_json_atomic
 from .signals import StopRequest
 from .step import NonFiniteLoss, TrainStep  # noqa: F401  (NonFiniteLoss: what train() raises)
 
@@ -106,6 +106,7 @@ class Trainer:
         # Destroyed by close() only if this run started it (a caller's group is the caller's).
         self.owns_process_group = not dist.is_initialized()
         D.init(env, cfg.dist.backend, cfg.dist.timeout_min)
+        quiet_library_progress()
         check_before_training(cfg, env)  # trackers installed; push_to_hub: hub reachable, logged in
         self.out = Path(cfg.train.output_dir)
         self.ckpt = Checkpointer(self.out / run_files.CHECKPOINTS, env, cfg.train.keep_last)

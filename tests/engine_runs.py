@@ -72,10 +72,8 @@ def command(launcher: str, nproc: int, args: list[str], port: int = 0) -> list[s
 
 
 def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from seq2seq_es.engine.rendezvous import any_free_port
+    return any_free_port()
 
 
 def run(launcher: str, nproc: int, args: list[str], *, check: bool = True,

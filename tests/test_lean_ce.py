@@ -389,16 +389,14 @@ torch.distributed.destroy_process_group()
 @pytest.mark.slow
 def test_through_a_zero3_engine_on_two_ranks_training_matches_the_logits_loss(tmp_path):
     import json
-    import socket
+    from seq2seq_es.engine.rendezvous import any_free_port
     import subprocess
     import sys
     from pathlib import Path
 
     script = tmp_path / "engine_lean.py"
     script.write_text(_ENGINE_SCRIPT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = any_free_port()
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
          "--master_port", str(port), str(script), str(Path(__file__).parent)],

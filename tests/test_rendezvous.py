@@ -110,3 +110,12 @@ def test_when_every_port_of_the_job_is_taken_the_error_says_to_set_master_port()
     finally:
         for sockets in held:
             release(sockets)
+
+
+def test_a_port_for_one_host_is_free_and_never_an_ephemeral_one():
+    ports = {rendezvous.any_free_port() for _ in range(20)}
+    assert ports <= set(rendezvous.RENDEZVOUS_PORTS) and len(ports) > 1
+    port = ports.pop()
+    assert store_listens_on(port)
+    # a single-process run (no launcher) meets on one of them too
+    assert read_env({}).master_port in rendezvous.RENDEZVOUS_PORTS

@@ -217,10 +217,8 @@ _ZERO3_SCRIPT = r'''
 import os, sys
 os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "0"})
-import socket
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+from seq2seq_es.engine.rendezvous import any_free_port
+os.environ["MASTER_PORT"] = str(any_free_port())
 from pathlib import Path
 import torch
 torch.set_num_threads(1)

@@ -31,7 +31,6 @@ import gc
 import json
 import os
 import platform
-import socket
 import time
 import traceback
 from pathlib import Path
@@ -79,9 +78,9 @@ def say(message: str) -> None:
 
 def single_process_env():
     """RANK etc. for one process, then the package's own process-group set-up."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from ..engine.rendezvous import any_free_port
+
+    port = any_free_port()
     os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     from seq2seq_es.engine import distributed as D

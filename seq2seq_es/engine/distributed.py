@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Mapping
 
 import torch
 
-from .rendezvous import rendezvous_port
+from .rendezvous import any_free_port, rendezvous_port
 import torch.distributed as dist
 
 from ..errors import ConfigError
@@ -44,12 +43,6 @@ class DistEnv:
         if torch.cuda.is_available():
             return torch.device("cuda", self.local_rank % max(torch.cuda.device_count(), 1))
         return torch.device("cpu")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def first_host_of(nodelist: str) -> str:
@@ -100,13 +93,13 @@ def read_env(environ: dict[str, str] | None = None) -> DistEnv:
             _say_once(f"SLURM allocated {env['SLURM_NTASKS']} tasks, but this process was not "
                       "started by srun: it trains alone (start it with srun, or `seq2seq-es "
                       "slurm submit`, to use them all)")
-            return DistEnv(0, 1, 0, "127.0.0.1", _free_port(), "none")
+            return DistEnv(0, 1, 0, "127.0.0.1", any_free_port(), "none")
         return DistEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
                        int(env.get("SLURM_LOCALID", 0)),
                        env.get("MASTER_ADDR") or _first_slurm_host(env.get("SLURM_JOB_NODELIST", "")),
                        int(env.get("MASTER_PORT") or rendezvous_port(env.get("SLURM_JOB_ID", "0"))),
                        "slurm")
-    return DistEnv(0, 1, 0, "127.0.0.1", _free_port(), "none")
+    return DistEnv(0, 1, 0, "127.0.0.1", any_free_port(), "none")
 
 
 # Fields of an accelerate config file that `accelerate launch` acts on itself: where and how many

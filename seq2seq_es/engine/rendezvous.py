@@ -4,6 +4,7 @@ imports seq2seq_es.slurm without it)."""
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 import zlib
@@ -49,6 +50,20 @@ def free_rendezvous_port(key: str, attempts: int = 64) -> int:
     raise RuntimeError(f"no free rendezvous port on {socket.gethostname()}: the {attempts} ports "
                        f"from {rendezvous_port(key)} on are all in use (set MASTER_PORT to a free "
                        "port)")
+
+
+def any_free_port(attempts: int = 100) -> int:
+    """A free port for a rendezvous that only this host's processes join (one process, torchrun
+    in a test). Not port 0's choice: that is an ephemeral port, which an outgoing connection can
+    take between this check and the store's bind; from RENDEZVOUS_PORTS only another explicit
+    choice in that window can."""
+    pick = random.SystemRandom()
+    for _ in range(attempts):
+        port = pick.randrange(RENDEZVOUS_PORTS.start, RENDEZVOUS_PORTS.stop)
+        if port_is_free(port):
+            return port
+    raise RuntimeError(f"no free port in {RENDEZVOUS_PORTS.start}-{RENDEZVOUS_PORTS.stop - 1} "
+                       f"after {attempts} tries (set MASTER_PORT to a free port)")
 
 
 def agree_on_master_port(folder: str | Path, job_id: str, restart: int, rank: int,

@@ -1,5 +1,5 @@
-"""The rendezvous port the ranks of a SLURM job meet on (no torch here: the submitting side
-imports seq2seq_es.slurm without it)."""
+"""The ports ranks meet on: a SLURM job's, agreed through a file, and a single host's (no torch
+here: the submitting side imports seq2seq_es.slurm without it)."""
 
 from __future__ import annotations
 

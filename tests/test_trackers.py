@@ -492,3 +492,14 @@ def test_deepspeed_does_not_warn_about_a_missing_gpu_on_a_cpu_run(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "accelerator cpu" in done.stdout
     assert "unable to detect" not in done.stdout + done.stderr
+
+
+def test_evaluation_bars_redraw_once_a_minute_in_a_log_file(monkeypatch):
+    from seq2seq_es.engine.evaluation import _progress
+
+    in_file = _progress(10, "eval", True)  # pytest's captured stderr: not a terminal
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    on_terminal = _progress(10, "eval", True)
+    assert (in_file.mininterval, on_terminal.mininterval) == (60, 0.1)
+    in_file.close()
+    on_terminal.close()

@@ -117,7 +117,11 @@ def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
     from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, file=sys.stderr)
+
+    from .run_dir import is_terminal
+    # In a log file (no terminal) each redraw is another carriage-return record: once a minute.
+    return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, file=sys.stderr,
+                mininterval=0.1 if is_terminal(sys.stderr) else 60)
 
 
 @contextlib.contextmanager

@@ -25,6 +25,8 @@ CHILD = textwrap.dedent("""
         assert os.environ["MASTER_PORT"] == str(env.master_port)
         D.close()
         assert not any(key in os.environ for key in D._LAUNCH_VARIABLES), dict(os.environ)
+        # a CPU run's DS_ACCELERATOR=cpu would follow a GPU child process this one starts
+        assert "DS_ACCELERATOR" not in os.environ
     print("ports", *ports)
     # A launcher's variables are the launcher's again after close.
     os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",

@@ -99,14 +99,13 @@ def test_a_rank_that_never_sees_the_port_says_which_file_it_waited_for(tmp_path)
     assert "shared by every node" in message
 
 
-def test_when_every_port_of_the_job_is_taken_the_error_says_to_set_master_port():
+def test_when_the_jobs_ports_are_all_taken_the_error_says_which():
     key = f"{a_job_id()}:0"
     held = [hold_like_an_outgoing_connection(rendezvous.rendezvous_port(key, attempt))
             for attempt in range(3)]
     try:
-        with pytest.raises(RuntimeError, match="the 3 ports from .* on are all in use "
-                                               r"\(set MASTER_PORT to a free port\)"):
-            rendezvous.free_rendezvous_port(key, attempts=3)
+        with pytest.raises(RuntimeError, match="3 ports of 20000-32767 from .* on are all in use"):
+            rendezvous.free_rendezvous_port(key, attempts=3, ephemeral=range(40000, 41000))
     finally:
         for sockets in held:
             release(sockets)
@@ -119,3 +118,26 @@ def test_a_port_for_one_host_is_free_and_never_an_ephemeral_one():
     assert store_listens_on(port)
     # a single-process run (no launcher) meets on one of them too
     assert read_env({}).master_port in rendezvous.RENDEZVOUS_PORTS
+
+
+def test_ports_of_a_lower_ephemeral_range_are_skipped_unless_it_holds_them_all():
+    # A host tuned to hand out ports from 26000 on: the job's ports there are passed over.
+    key = f"{a_job_id()}:0"
+    tuned = range(26000, 65536)
+    port = rendezvous.free_rendezvous_port(key, ephemeral=tuned)
+    assert port not in tuned
+    first_outside = next(rendezvous.rendezvous_port(key, k) for k in range(20000)
+                         if rendezvous.rendezvous_port(key, k) not in tuned)
+    assert port == first_outside  # every rank-0 choice is the same (free) one
+    assert all(rendezvous.any_free_port(ephemeral=tuned) < 26000 for _ in range(10))
+    # handing out every port: nothing better to pick than a free one
+    everything = range(1024, 65536)
+    assert rendezvous.free_rendezvous_port(key, ephemeral=everything) == \
+        rendezvous.rendezvous_port(key)
+    assert rendezvous.ephemeral_ports("/no/such/file") == range(32768, 61000)
+
+
+def test_this_hosts_ephemeral_range_is_read_from_the_kernel(tmp_path):
+    setting = tmp_path / "ip_local_port_range"
+    setting.write_text("15000\t40000\n")
+    assert rendezvous.ephemeral_ports(str(setting)) == range(15000, 40001)

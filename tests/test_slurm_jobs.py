@@ -15,7 +15,7 @@ import pytest
 
 from conftest_slurm import job_fields, slurm_cluster, wait_finished, wait_until  # noqa: F401  (fixture)
 from ports import hold_like_an_outgoing_connection, release
-from seq2seq_es.engine.rendezvous import RENDEZVOUS_PORTS, rendezvous_port
+from seq2seq_es.engine.rendezvous import rendezvous_port
 from seq2seq_es.slurm.cli import main as slurm_main
 from seq2seq_es.slurm.monitor import read_metrics, sweep_status
 from seq2seq_es.slurm.sweep import load_manifest
@@ -127,7 +127,8 @@ def test_preempted_job_requeues_and_resumes_without_losing_a_step(slurm_cluster,
     assert not (run_dir / "PREEMPTED").exists()
     assert events(run_dir) == ["start", "requeued", "start", "finished"]
     ports = [int(event["master"].rsplit(":", 1)[1]) for event in start_events(run_dir)]
-    assert ports[0] != ports[1] and set(ports) <= set(RENDEZVOUS_PORTS)  # a port per run
+    for restart, port in enumerate(ports):  # each run's own (its restart count is hashed in)
+        assert port in {rendezvous_port(f"{job_id}:{restart}", k) for k in range(4)}
     [status] = sweep_status(load_manifest(run_dir))
     assert status.state == "COMPLETED" and status.restarts == 1 and status.step == steps
     for log in (run_dir / "slurm").glob("*_log.*"):  # pre-empted, requeued or done: no teardown

@@ -405,14 +405,15 @@ def test_the_runs_record_lines_go_to_stdout_with_or_without_the_progress_bar(tmp
     assert "step 2: eval/loss" not in captured.err
 
 
-class _Terminal:
-    """A stderr that says it is a terminal (as an interactive shell's is)."""
+class _Stderr:
+    """A stderr that is a log file (isatty False, as under SLURM or `2> file`)."""
+    tty = False
 
     def __init__(self):
         self.text = ""
 
     def isatty(self):
-        return True
+        return self.tty
 
     def write(self, text):
         self.text += text
@@ -421,23 +422,30 @@ class _Terminal:
         pass
 
 
+class _Terminal(_Stderr):
+    """A stderr that is a terminal (as an interactive shell's is)."""
+    tty = True
+
+
 def _progress_log(tmp_path, start_step=0):
     cfg = compose(task="mlsum", model="barto-tiny",
                   overrides={"train.report_to": "none", "train.output_dir": str(tmp_path / "run")})
     return RunLog(tmp_path / "run", cfg, True, total_steps=10, start_step=start_step)
 
 
-def test_progress_is_a_line_per_log_on_stdout_when_stderr_is_a_file(tmp_path, capsys):
+def test_progress_is_a_line_per_log_on_stdout_when_stderr_is_a_file(tmp_path, capsys,
+                                                                    monkeypatch):
     # A SLURM log or `2> file`: a redrawn tqdm bar would be carriage returns there.
+    log_file = _Stderr()
+    monkeypatch.setattr(sys, "stderr", log_file)
     log = _progress_log(tmp_path, start_step=4)  # resumed at step 4
     assert log.bar is None
     log.progress(6, loss=1.25, lr=2e-4, tokens_per_s=12345.0)
     log.close()
-    captured = capsys.readouterr()
-    [line] = [line for line in captured.out.splitlines() if line.startswith("step 6/10")]
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step 6/10")]
     assert line.startswith("step 6/10: train/loss 1.2500, lr 2.00e-04, 12,345 tokens/s, elapsed ")
     assert ", left ~0:00:0" in line  # 4 steps left at this start's rate (2 steps so far)
-    assert captured.err == ""
+    assert log_file.text == ""
 
 
 def test_progress_is_a_bar_on_a_terminal(tmp_path, capsys, monkeypatch):
@@ -471,7 +479,7 @@ def test_library_progress_bars_are_hidden_only_when_stderr_is_not_a_terminal(mon
         monkeypatch.setattr(sys, "stderr", _Terminal())
         quiet_library_progress()
         assert enabled() == (True, True, True)
-        monkeypatch.undo()  # pytest's captured stderr: not a terminal
+        monkeypatch.setattr(sys, "stderr", _Stderr())
         quiet_library_progress()
         assert enabled() == (False, False, False)
     finally:
@@ -487,6 +495,7 @@ def test_deepspeed_does_not_warn_about_a_missing_gpu_on_a_cpu_run(tmp_path):
               "D.close()\n"
               "exit_with(0)\n")
     env = {key: value for key, value in _env().items() if key != "DS_ACCELERATOR"}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU run also on a machine with a GPU
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env=env, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -497,9 +506,18 @@ def test_deepspeed_does_not_warn_about_a_missing_gpu_on_a_cpu_run(tmp_path):
 def test_evaluation_bars_redraw_once_a_minute_in_a_log_file(monkeypatch):
     from seq2seq_es.engine.evaluation import _progress
 
-    in_file = _progress(10, "eval", True)  # pytest's captured stderr: not a terminal
+    monkeypatch.setattr(sys, "stderr", _Stderr())
+    in_file = _progress(10, "eval", True)
     monkeypatch.setattr(sys, "stderr", _Terminal())
     on_terminal = _progress(10, "eval", True)
     assert (in_file.mininterval, on_terminal.mininterval) == (60, 0.1)
     in_file.close()
     on_terminal.close()
+
+
+def test_a_jupyter_kernels_output_counts_as_a_terminal():
+    from seq2seq_es.engine.run_dir import is_terminal
+
+    # ipykernel's OutStream says isatty() False, yet its cell redraws bars (tqdm.auto: a widget)
+    kernel_stream = type("OutStream", (_Stderr,), {"__module__": "ipykernel.iostream"})()
+    assert is_terminal(kernel_stream) and not is_terminal(_Stderr())

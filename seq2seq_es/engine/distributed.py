@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import torch
-
-from .rendezvous import any_free_port, rendezvous_port
 import torch.distributed as dist
 
 from ..errors import ConfigError
 from ..process_exit import started_process_group
+from .rendezvous import any_free_port, rendezvous_port
 
 
 @dataclass(frozen=True)
@@ -273,7 +272,9 @@ def launcher_overrides(environ: Mapping[str, str] | None = None,
     return out
 
 
-_LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# What init writes into os.environ, and close puts back (DS_ACCELERATOR: on CPUs only).
+_LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
+                     "DS_ACCELERATOR")
 # The launch variables as they were before `init` wrote them; `close` puts them back.
 _environ_before_init: dict[str, str | None] | None = None
 
@@ -298,7 +299,7 @@ def init(env: DistEnv, backend: str = "auto", timeout_min: int = 30) -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(env.device)
     else:  # DeepSpeed would warn at import that it found no GPU, on every CPU run
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # close() takes it back: child processes
     import deepspeed
 
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,

@@ -14,7 +14,10 @@ from pathlib import Path
 # ephemeral range (32768-60999). The kernel hands ephemeral ports to outgoing connections, and a
 # node running gloo groups holds hundreds of them: a rendezvous port inside that range is now and
 # then one of them, and the TCPStore fails with EADDRINUSE (a sweep's job failed that way in CI).
+# A host whose ephemeral range reaches lower (net.ipv4.ip_local_port_range) has those ports
+# skipped where a port is chosen (ephemeral_ports).
 RENDEZVOUS_PORTS = range(20000, 32768)
+_LINUX_DEFAULT_EPHEMERAL = range(32768, 61000)
 
 # How long a rank waits for rank 0 to publish the rendezvous port (rank 0 publishes it before it
 # imports the training code, so only a folder the nodes do not share makes this wait run out).
@@ -26,6 +29,15 @@ def rendezvous_port(key: str, attempt: int = 0) -> int:
     attempt k moves k ports on, for when the first one is taken."""
     offset = zlib.crc32(key.encode()) + attempt
     return RENDEZVOUS_PORTS.start + offset % len(RENDEZVOUS_PORTS)
+
+
+def ephemeral_ports(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> range:
+    """This host's ephemeral ports (Linux's default where the setting cannot be read)."""
+    try:
+        low, high = (int(value) for value in Path(path).read_text().split()[:2])
+    except (OSError, ValueError):
+        return _LINUX_DEFAULT_EPHEMERAL
+    return range(low, high + 1)
 
 
 def port_is_free(port: int) -> bool:
@@ -41,29 +53,47 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def free_rendezvous_port(key: str, attempts: int = 64) -> int:
-    """The first of `key`'s rendezvous ports that is free on this host."""
-    for attempt in range(attempts):
-        port = rendezvous_port(key, attempt)
+def _first_free(candidates, attempts: int, ephemeral: range | None) -> int | None:
+    """The first free candidate outside `ephemeral`, trying at most `attempts` binds; every
+    candidate counts when the host hands out all of RENDEZVOUS_PORTS as ephemeral ports."""
+    ephemeral = ephemeral_ports() if ephemeral is None else ephemeral
+    everywhere = (ephemeral.start <= RENDEZVOUS_PORTS.start
+                  and ephemeral.stop >= RENDEZVOUS_PORTS.stop)
+    for port in candidates:
+        if port in ephemeral and not everywhere:
+            continue
         if port_is_free(port):
             return port
-    raise RuntimeError(f"no free rendezvous port on {socket.gethostname()}: the {attempts} ports "
-                       f"from {rendezvous_port(key)} on are all in use (set MASTER_PORT to a free "
-                       "port)")
+        attempts -= 1
+        if attempts == 0:
+            break
+    return None
 
 
-def any_free_port(attempts: int = 100) -> int:
+def free_rendezvous_port(key: str, attempts: int = 64, ephemeral: range | None = None) -> int:
+    """The first of `key`'s rendezvous ports that is free on this host."""
+    sequence = (rendezvous_port(key, k) for k in range(len(RENDEZVOUS_PORTS)))
+    port = _first_free(sequence, attempts, ephemeral)
+    if port is None:
+        raise RuntimeError(f"no free rendezvous port on {socket.gethostname()}: {attempts} ports "
+                           f"of {RENDEZVOUS_PORTS.start}-{RENDEZVOUS_PORTS.stop - 1} from "
+                           f"{rendezvous_port(key)} on are all in use")
+    return port
+
+
+def any_free_port(attempts: int = 100, ephemeral: range | None = None) -> int:
     """A free port for a rendezvous that only this host's processes join (one process, torchrun
     in a test). Not port 0's choice: that is an ephemeral port, which an outgoing connection can
     take between this check and the store's bind; from RENDEZVOUS_PORTS only another explicit
     choice in that window can."""
-    pick = random.SystemRandom()
-    for _ in range(attempts):
-        port = pick.randrange(RENDEZVOUS_PORTS.start, RENDEZVOUS_PORTS.stop)
-        if port_is_free(port):
-            return port
-    raise RuntimeError(f"no free port in {RENDEZVOUS_PORTS.start}-{RENDEZVOUS_PORTS.stop - 1} "
-                       f"after {attempts} tries (set MASTER_PORT to a free port)")
+    ports = list(RENDEZVOUS_PORTS)
+    random.SystemRandom().shuffle(ports)
+    port = _first_free(ports, attempts, ephemeral)
+    if port is None:
+        raise RuntimeError(f"no free port on {socket.gethostname()} in "
+                           f"{RENDEZVOUS_PORTS.start}-{RENDEZVOUS_PORTS.stop - 1} after "
+                           f"{attempts} tries (a launcher's --master_port chooses one)")
+    return port
 
 
 def agree_on_master_port(folder: str | Path, job_id: str, restart: int, rank: int,
@@ -90,6 +120,7 @@ def agree_on_master_port(folder: str | Path, job_id: str, restart: int, rank: in
     deadline = time.monotonic() + wait_s
     while True:
         try:
+            os.listdir(path.parent)  # revalidates an NFS client's cached "no such file"
             text = path.read_text()
         except FileNotFoundError:
             text = ""

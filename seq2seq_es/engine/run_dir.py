@@ -278,6 +278,10 @@ def quiet_library_progress() -> None:
 
 
 def is_terminal(stream) -> bool:
+    """A terminal, or a Jupyter kernel's output (which says it is no tty, yet redraws a bar in
+    its cell: tqdm.auto draws a widget there)."""
+    if type(stream).__module__.startswith("ipykernel"):
+        return True
     try:
         return stream.isatty()
     except (AttributeError, ValueError):  # replaced by an object without it, or closed

@@ -464,7 +464,7 @@ def test_library_progress_bars_are_hidden_only_when_stderr_is_not_a_terminal(mon
     import huggingface_hub.utils
     import transformers.utils.logging
 
-    from seq2seq_es.engine.run_dir import quiet_library_progress
+    from seq2seq_es.engine.progress import quiet_library_progress
 
     def enabled():
         return (datasets.is_progress_bar_enabled(),
@@ -516,7 +516,7 @@ def test_evaluation_bars_redraw_once_a_minute_in_a_log_file(monkeypatch):
 
 
 def test_a_jupyter_kernels_output_counts_as_a_terminal():
-    from seq2seq_es.engine.run_dir import is_terminal
+    from seq2seq_es.engine.progress import is_terminal
 
     # ipykernel's OutStream says isatty() False, yet its cell redraws bars (tqdm.auto: a widget)
     kernel_stream = type("OutStream", (_Stderr,), {"__module__": "ipykernel.iostream"})()

@@ -118,7 +118,7 @@ def _progress(total: int, desc: str, enabled: bool):
         return None
     from tqdm.auto import tqdm
 
-    from .run_dir import is_terminal
+    from .progress import is_terminal
     # In a log file (no terminal) each redraw is another carriage-return record: once a minute.
     return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, file=sys.stderr,
                 mininterval=0.1 if is_terminal(sys.stderr) else 60)

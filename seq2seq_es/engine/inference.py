@@ -35,7 +35,7 @@ from pathlib import Path
 from .. import run_files
 from ..errors import ConfigError, Seq2SeqEsError
 from . import distributed as D
-from .run_dir import quiet_library_progress
+from .progress import quiet_library_progress
 
 SPLIT_PREFIX = {"validation": "eval", "test": "test"}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

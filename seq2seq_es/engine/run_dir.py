@@ -21,6 +21,7 @@ from ..config import RunConfig, dump
 # metrics.jsonl's one reader (a record per step, the last values kept), kept importable here.
 from ..metrics_log import read as read_metrics  # noqa: F401
 from ..errors import ConfigError
+from .progress import is_terminal
 
 LIBRARIES = ("seq2seq-es", "torch", "transformers", "datasets", "deepspeed", "accelerate",
              "submitit", "evaluate", "tokenizers", "sentencepiece", "sacrebleu", "rouge-score")
@@ -260,32 +261,6 @@ class RunLog:
             tracker.close()
         self.trackers = []
         self.metrics_file.close()
-
-
-def quiet_library_progress() -> None:
-    """Hide datasets', transformers' and the hub's own progress bars (generating, mapping,
-    filtering, writing shards) where stderr is not a terminal: in a log file each is a run of
-    carriage returns, and the run's own lines say what was loaded and saved."""
-    if is_terminal(sys.stderr):
-        return
-    import datasets
-    import huggingface_hub.utils
-    import transformers.utils.logging
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    huggingface_hub.utils.disable_progress_bars()
-
-
-def is_terminal(stream) -> bool:
-    """A terminal, or a Jupyter kernel's output (which says it is no tty, yet redraws a bar in
-    its cell: tqdm.auto draws a widget there)."""
-    if type(stream).__module__.startswith("ipykernel"):
-        return True
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # replaced by an object without it, or closed
-        return False
 
 
 def _clock(seconds: float) -> str:

@@ -42,7 +42,8 @@ from .checkpoint import Checkpointer, TrainState, data_layout
 from .evaluation import evaluate
 from .export import export_hf
 from .optim import use_bf16
-from .run_dir import RunLog, check_before_training, quiet_library_progress, write_json_atomic
+from .progress import quiet_library_progress
+from .run_dir import RunLog, check_before_training, write_json_atomic
 from .signals import StopRequest
 from .step import NonFiniteLoss, TrainStep  # noqa: F401  (NonFiniteLoss: what train() raises)
 

@@ -399,6 +399,28 @@ def test_score_main_prints_a_perfect_score_as_100_not_its_float_noise(tmp_path, 
     assert '"bleu": 100.0,' in out and '"rougeL": 100.0' in out
 
 
+def test_score_main_reads_the_jsonl_that_predict_and_evaluate_write(tmp_path, capsys):
+    # A .jsonl predictions file was scored line by line as text, JSON and source included.
+    rows = [{"source": "Un texto largo sobre el tiempo.", "prediction": "Llueve en Madrid."},
+            {"source": "Otro texto.", "prediction": "Sale el sol."}]
+    predicted = _write(tmp_path / "summaries.jsonl",
+                       "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    evaluated = _write(tmp_path / "predictions.jsonl", "".join(json.dumps(
+        {**row, "example_id": i, "reference": ["Llueve en Madrid.", "Hace sol."][i]},
+        ensure_ascii=False) + "\n" for i, row in enumerate(rows)))
+    references = _write(tmp_path / "ref.txt", "Llueve en Madrid.\nHace sol.\n")
+    expected = compute_metrics(["rouge"], ["Llueve en Madrid.", "Sale el sol."],
+                               ["Llueve en Madrid.", "Hace sol."])
+    for predictions, refs in [(predicted, references), (evaluated, evaluated)]:
+        assert score_main(["--metric", "rouge", "--predictions", predictions,
+                           "--references", refs]) == 0
+        assert json.loads(capsys.readouterr().out) == pytest.approx(expected)
+    bad = _write(tmp_path / "bad.jsonl", '{"prediction": "a"}\n{"text": "b"}\n')
+    assert score_main(["--metric", "rouge", "--predictions", bad, "--references", references]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl" in err and "row 2" in err and '"prediction"' in err
+
+
 def test_score_main_errors_name_the_file(tmp_path, capsys):
     predictions = _write(tmp_path / "pred.txt", "a\nb\n")
     missing = str(tmp_path / "missing.txt")

@@ -46,21 +46,46 @@ def read_lines(path: str) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
-def read_references(path: str) -> list[str] | list[list[str]]:
-    """Plain lines, or for ``.jsonl`` one string or list of strings per line."""
-    lines = read_lines(path)
-    if not path.endswith(".jsonl"):
-        return lines
-    references: list[str | list[str]] = []
-    for row, line in enumerate(lines, start=1):
+def _jsonl_values(path: str) -> list[tuple[int, object]]:
+    values = []
+    for row, line in enumerate(read_lines(path), start=1):
         try:
-            value = json.loads(line)
+            values.append((row, json.loads(line)))
         except json.JSONDecodeError as error:
             raise DataError(f"not valid JSON ({error.msg})", file=path, row=row) from None
+    return values
+
+
+def read_predictions(path: str) -> list[str]:
+    """Plain lines, or for ``.jsonl`` a string or an object with a "prediction" string per line
+    (what `predict --output X.jsonl` and evaluate's predictions.jsonl hold)."""
+    if not path.endswith(".jsonl"):
+        return read_lines(path)
+    predictions = []
+    for row, value in _jsonl_values(path):
+        if isinstance(value, dict):
+            value = value.get("prediction")
+        if not isinstance(value, str):
+            raise DataError('expected a string or an object with a "prediction" string',
+                            file=path, row=row)
+        predictions.append(value)
+    return predictions
+
+
+def read_references(path: str) -> list[str] | list[list[str]]:
+    """Plain lines, or for ``.jsonl`` one string or list of strings per line, or an object with
+    "scored_references" or "reference" (evaluate's predictions.jsonl: what it scored against)."""
+    if not path.endswith(".jsonl"):
+        return read_lines(path)
+    references: list[str | list[str]] = []
+    for row, value in _jsonl_values(path):
+        if isinstance(value, dict):
+            value = value.get("scored_references", value.get("reference"))
         valid = isinstance(value, str) or (
             isinstance(value, list) and value and all(isinstance(item, str) for item in value))
         if not valid:
-            raise DataError("expected a string or a non-empty list of strings", file=path, row=row)
+            raise DataError("expected a string, a non-empty list of strings, or an object with "
+                            '"reference" or "scored_references"', file=path, row=row)
         references.append(value)
     return references
 
@@ -80,9 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "accents kept, ROUGE stems with Snowball Spanish) or paper (as the "
                              "paper's scripts: ROUGE keeps only [a-z0-9] and stems with English "
                              "Porter; SARI lowercases and uses sacreBLEU's 13a tokenizer)")
-    parser.add_argument("--predictions", required=True, metavar="FILE", help="one prediction per line")
+    parser.add_argument("--predictions", required=True, metavar="FILE",
+                        help="one prediction per line, or .jsonl with a string or an object "
+                             'with "prediction" per line (predict\'s and evaluate\'s output)')
     parser.add_argument("--references", required=True, metavar="FILE",
-                        help="one reference per line, or .jsonl with a string or list per line")
+                        help="one reference per line, or .jsonl with a string, a list, or an "
+                             'object with "reference" / "scored_references" per line')
     parser.add_argument("--sources", metavar="FILE", help="one source per line (needed by sari)")
     parser.add_argument("--stem", action=argparse.BooleanOptionalAction, default=True,
                         help="ROUGE stemming (default on, as in the paper): Snowball Spanish in "
@@ -125,7 +153,7 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
     if not args.metric and task is None:
         raise Seq2SeqEsError("give --metric NAME (repeatable) or --task T (its metrics)")
     names = check_metric_names(args.metric or list(task.metrics))
-    predictions = read_lines(args.predictions)
+    predictions = read_predictions(args.predictions)
     references = read_references(args.references)
     if len(predictions) != len(references):
         raise DataError(f"{args.predictions} has {len(predictions)} predictions but "

@@ -139,6 +139,22 @@ def test_best_checkpoint_is_kept_scored_on_test_and_exported(workdir, files):
     assert any(not torch.equal(v, last[k]) for k, v in exported.items())
     done = json.loads((out / "DONE").read_text())
     assert done["step"] == LAST and done["best_step"] == best_step
+    assert (f"best checkpoint: step {best_step} (loss {evals[best_step]['eval/loss']:.4f}); its "
+            "weights are scored on test and exported") in output
+
+
+def test_the_best_checkpoint_line_says_only_what_happens_to_it(workdir, files):
+    # No test split and no export: the line said "scored on test and exported" all the same.
+    out = workdir / "no_test"
+    proc = run("none", 1, base_args(files, out, steps=0, batch=4, extra=[
+        "--train.epochs", str(EPOCHS), "--train.eval_at_end", "true", "--train.best_metric",
+        "loss", "--optim.lr", "3e-2", "--optim.schedule", "constant", "--train.export", "false"]))
+    evals = eval_records(out)
+    best_step = min(evals, key=lambda s: evals[s]["eval/loss"])
+    assert best_step < LAST, "the run did not overfit: raise --optim.lr"
+    assert (f"best checkpoint: step {best_step} (loss {evals[best_step]['eval/loss']:.4f}); its "
+            "weights are loaded back") in proc.stdout
+    assert "scored on test" not in proc.stdout and not (out / "final").exists()
 
 
 def test_resume_after_a_stop_keeps_the_best_and_ends_the_same(workdir, files):

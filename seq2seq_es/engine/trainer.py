@@ -355,8 +355,11 @@ class Trainer:
         best = self.state.best
         chosen = best if cfg.train.load_best_at_end else None
         if chosen is not None and chosen["step"] != step:
+            then = [what for what, due in (("scored on test", self.test_data is not None),
+                                           ("exported", cfg.train.export)) if due]
             self.say(f"best checkpoint: step {chosen['step']} ({self.best_metric} "
-                     f"{chosen['value']:.4f}); its weights are scored on test and exported")
+                     f"{chosen['value']:.4f}); its weights are "
+                     + (" and ".join(then) if then else "loaded back"))
             if not self.ckpt.has(chosen["step"]):
                 raise Seq2SeqEsError(f"the best checkpoint {self.ckpt.path(chosen['step'])} is "
                                      "gone; set train.load_best_at_end=false to keep the last "

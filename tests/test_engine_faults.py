@@ -136,6 +136,22 @@ def test_stop_signal_saves_a_checkpoint_and_resume_finishes(files, tmp_path, sig
 
 
 @pytest.mark.slow
+def test_a_stop_on_two_ranks_is_reported_once(files, tmp_path):
+    # Every rank stops at the same step and saves together; each printed the same line.
+    out = tmp_path / "two"
+    proc = start("torchrun", 2, base_args(files, out, steps=400, batch=2))
+    try:
+        wait_for(lambda: 3 in step_losses(out) or proc.poll() is not None)
+        proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
+        proc.wait(timeout=300)
+    finally:
+        kill_group(proc)
+    output = proc.stdout.read()
+    assert (out / "PREEMPTED").is_file(), output[-3000:]
+    assert output.count("SIGTERM received: saved a checkpoint at step") == 1, output[-3000:]
+
+
+@pytest.mark.slow
 def test_resume_that_cannot_work_is_refused(files, tmp_path):
     out = tmp_path / "empty"
     proc = run("none", 1, base_args(files, out, steps=2, extra=["--train.resume", "must"]),

@@ -43,6 +43,7 @@ def train_main(argv: list[str]) -> int:
     try:
         train(cfg)
     except Stopped as stop:
-        print(str(stop), file=sys.stderr)
+        if stop.reports:
+            print(str(stop), file=sys.stderr)
         return stop.exit_code
     return 0

@@ -49,11 +49,13 @@ from .step import NonFiniteLoss, TrainStep  # noqa: F401  (NonFiniteLoss: what t
 
 
 class Stopped(Seq2SeqEsError):
-    """Raised after a stop signal was handled and a checkpoint saved; carries the exit code."""
+    """Raised after a stop signal was handled and a checkpoint saved; carries the exit code and
+    whether this rank reports it (every rank stops together: one line says so)."""
 
-    def __init__(self, message: str, exit_code: int):
+    def __init__(self, message: str, exit_code: int, reports: bool = True):
         super().__init__(message)
         self.exit_code = exit_code
+        self.reports = reports
 
 
 def seed_everything(seed: int) -> None:
@@ -283,7 +285,8 @@ class Trainer:
         then = ("the job requeues itself and resumes from it (seq2seq-es slurm status)"
                 if "SUBMITIT_FOLDER" in os.environ and code == PREEMPTED_EXIT_CODE
                 else "resume with --train.resume auto")
-        raise Stopped(f"{name} received: saved a checkpoint at step {step}; {then}", code)
+        raise Stopped(f"{name} received: saved a checkpoint at step {step}; {then}", code,
+                      reports=self.env.is_main)
 
     # -- validation, checkpoints ---------------------------------------------------------------
 

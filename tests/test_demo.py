@@ -23,9 +23,25 @@ def test_demo_learns_to_summarise(tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # Step 0, every epoch end (2000 examples in steps of 16: 125 steps) and the end.
     assert [r["step"] for r in records if "eval/rougeL" in r] == [0, 125, 250, 375, 500, 600]
+    lrs = {r["step"]: r["train/lr"] for r in records if "train/lr" in r}
+    assert lrs[40] < lrs[60] > lrs[80] and lrs[60] == pytest.approx(2e-3)  # warmup: 60 steps
     assert (out / "final" / "model.safetensors").is_file()
     # The best validation checkpoint is scored on the demo's test split.
     results = json.loads((out / "final_results.json").read_text())
     assert results["main_metric"] == "rougeL" and results["best_step"] > 0
     assert results["test"]["rougeL"] > summary["rougeL_start"] + 40
     assert f"test@{results['best_step']}" in proc.stdout
+
+
+def test_a_shorter_demo_keeps_a_tenth_of_its_steps_for_warmup(tmp_path):
+    # --train.max_steps 20 was refused: the demo's warmup was a fixed 60 steps.
+    out = tmp_path / "short"
+    proc = subprocess.run([sys.executable, "-m", "seq2seq_es", "demo", "--output-dir", str(out),
+                           "--train.max_steps", "20", "--train.log_every", "1",
+                           "--train.export", "false"], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lrs = {r["step"]: r["train/lr"] for r in records if "train/lr" in r}
+    # warmup: 2 of the 20 steps (half the peak after one), then down to the end
+    assert (lrs[1], lrs[2]) == (pytest.approx(1e-3), pytest.approx(2e-3)) and lrs[20] < lrs[3]

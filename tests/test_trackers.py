@@ -440,11 +440,14 @@ def test_progress_is_a_line_per_log_on_stdout_when_stderr_is_a_file(tmp_path, ca
     monkeypatch.setattr(sys, "stderr", log_file)
     log = _progress_log(tmp_path, start_step=4)  # resumed at step 4
     assert log.bar is None
+    log.progress(5, loss=1.5, lr=2e-4, tokens_per_s=100.0)
     log.progress(6, loss=1.25, lr=2e-4, tokens_per_s=12345.0)
     log.close()
-    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step 6/10")]
+    first, line = [line for line in capsys.readouterr().out.splitlines()
+                   if line.startswith(("step 5/10", "step 6/10"))]
     assert line.startswith("step 6/10: train/loss 1.2500, lr 2.00e-04, 12,345 tokens/s, elapsed ")
-    assert ", left ~0:00:0" in line  # 4 steps left at this start's rate (2 steps so far)
+    assert ", left ~0:00:0" in line  # 4 steps left at the rate since step 5
+    assert "left" not in first  # the first logged step's time includes the start-up
     assert log_file.text == ""
 
 
@@ -501,6 +504,7 @@ def test_deepspeed_does_not_warn_about_a_missing_gpu_on_a_cpu_run(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "accelerator cpu" in done.stdout
     assert "unable to detect" not in done.stdout + done.stderr
+    assert "built successfully" not in done.stdout  # DeepSpeed's line on every CPU start
 
 
 def test_evaluation_bars_redraw_once_a_minute_in_a_log_file(monkeypatch):

@@ -8,11 +8,14 @@ means one process. On CPUs the process group is gloo, on GPUs nccl.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import io
 import os
 import re
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -302,9 +305,19 @@ def init(env: DistEnv, backend: str = "auto", timeout_min: int = 30) -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # close() takes it back: child processes
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
-                               timeout=datetime.timedelta(minutes=timeout_min),
-                               rank=env.rank, world_size=env.world_size)
+    # On CPUs DeepSpeed prints "... deepspeed_shm_comm_op built successfully" on every start of
+    # every rank (loaded from its cache or not); anything else it prints is passed on.
+    with contextlib.redirect_stdout(io.StringIO()) as said:
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                                   timeout=datetime.timedelta(minutes=timeout_min),
+                                   rank=env.rank, world_size=env.world_size)
+    for line in said.getvalue().splitlines():
+        if not line.endswith("built successfully"):
+            print(line)
+    # Deprecations inside DeepSpeed's ZeRO collectives: nothing a user could act on.
+    for name in ("all_gather_into_tensor", "reduce_scatter_tensor"):
+        warnings.filterwarnings("ignore", message=f"`torch.distributed.{name}` is deprecated",
+                                category=FutureWarning)
 
 
 def close() -> None:

@@ -201,7 +201,8 @@ class RunLog:
         self.is_main = is_main
         self.bar = None
         self.progress_lines = False
-        self.total_steps, self.start_step, self.started = total_steps, start_step, time.monotonic()
+        self.total_steps, self.started = total_steps, time.monotonic()
+        self.first_logged: tuple[int, float] | None = None  # (step, time) of this start's first
         self.trackers: list = []
         if not is_main:
             return
@@ -235,9 +236,16 @@ class RunLog:
                                  refresh=False)
             self.bar.refresh()
         elif self.progress_lines:
-            elapsed = time.monotonic() - self.started
-            done = step - self.start_step  # this start's steps: a resumed run's rate is its own
-            left = elapsed / done * (self.total_steps - step) if done > 0 else None
+            now = time.monotonic()
+            elapsed = now - self.started
+            # The rate from this start's first logged step on: the steps before it carry the
+            # start-up (compilation, the first validation) and a resumed run's are not its own.
+            left = None
+            if self.first_logged is None:
+                self.first_logged = (step, now)
+            elif step > self.first_logged[0]:
+                rate = (now - self.first_logged[1]) / (step - self.first_logged[0])
+                left = rate * (self.total_steps - step)
             self.write(f"step {step}/{self.total_steps}: train/loss {loss:.4f}, lr {lr:.2e}, "
                        f"{tokens_per_s:,.0f} tokens/s, elapsed {_clock(elapsed)}"
                        + (f", left ~{_clock(left)}" if left is not None else ""))

@@ -4,6 +4,7 @@ document-masked attention (equal loss and gradients to the same examples unpacke
 from __future__ import annotations
 
 import copy
+import random
 import warnings
 
 import numpy as np
@@ -470,3 +471,17 @@ def test_plan_splits_rows_again_and_again_to_fill_a_step():
     plan = PackedPlan([3] * 10, [2] * 10, 4, 96, 40, 2, 1, seed=0)
     assert plan.num_rows == 8 and plan.steps_per_epoch == 1 and plan.dropped_per_epoch == 0
     assert sorted(_check_epoch(plan, np.full(10, 3), np.full(10, 2), 0)) == list(range(10))
+
+
+def test_a_plan_that_pads_more_than_one_example_per_row_says_so():
+    # Examples close to the row length cannot share rows: packing only adds padding.
+    rng = random.Random(0)
+    long = PackedPlan([rng.randint(60, 96) for _ in range(400)],
+                      [rng.randint(20, 40) for _ in range(400)], 4, 96, 40, 2, 1, seed=0)
+    [*_, warning] = long.summary()
+    assert warning.startswith("warning: packing pads more here than one example per row would")
+    assert "rows of 96 + 40 tokens" in warning and "train.batching fixed or bucketed" in warning
+    short = PackedPlan([rng.randint(5, 30) for _ in range(400)],
+                       [rng.randint(3, 12) for _ in range(400)], 4, 96, 40, 2, 1, seed=0)
+    assert short.packed_padding(0) < short.unpacked_padding(0)
+    assert not any(line.startswith("warning") for line in short.summary())

@@ -289,14 +289,23 @@ class PackedPlan(StepIteration):
         return 1.0 - real / padded if padded else 0.0
 
     def summary(self) -> list[str]:
-        return [self.describe(), *dropped_note(self.dropped_per_epoch)]
+        packed, unpacked = self.packed_padding(0), self.unpacked_padding(0)
+        lines = [self.describe(packed, unpacked), *dropped_note(self.dropped_per_epoch)]
+        if packed > unpacked:
+            lines.append(f"warning: packing pads more here than one example per row would "
+                         f"({packed:.1%} vs {unpacked:.1%}): the examples are too long or too few "
+                         f"to share rows of {self.source_len} + {self.target_len} tokens; "
+                         "train.batching fixed or bucketed pads less")
+        return lines
 
-    def describe(self) -> str:
+    def describe(self, packed: float | None = None, unpacked: float | None = None) -> str:
+        packed = self.packed_padding(0) if packed is None else packed
+        unpacked = self.unpacked_padding(0) if unpacked is None else unpacked
         return (f"packed batches: {self.num_examples} examples in {self.num_rows} rows of "
                 f"{self.source_len} + {self.target_len} tokens, {self.rows} rows per micro-batch "
                 f"x {self.grad_accum} accumulated x {self.world_size} rank(s) per step, "
-                f"{self.steps_per_epoch} steps per epoch; {self.packed_padding(0):.1%} padding in "
-                f"epoch 0 (one example per row, random order: {self.unpacked_padding(0):.1%})")
+                f"{self.steps_per_epoch} steps per epoch; {packed:.1%} padding in "
+                f"epoch 0 (one example per row, random order: {unpacked:.1%})")
 
 
 def mark_packed(tokenized):

@@ -37,7 +37,10 @@ def base_args(files: dict[str, str], out: Path, *, model: str = "barto-tiny", st
             "--train.eval_at_end", "false"] + (extra or [])
 
 
-LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# What D.init writes into os.environ (D._LAUNCH_VARIABLES; DS_ACCELERATOR=cpu on CPUs): an
+# in-process run of this worker that did not close leaves them, and a child must not inherit them.
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
+                      "DS_ACCELERATOR")
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

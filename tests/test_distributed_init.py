@@ -47,3 +47,12 @@ def test_a_second_group_in_one_process_gets_its_own_rendezvous():
     port, local_rank = next(line for line in proc.stdout.splitlines()
                             if line.startswith("launcher")).split()[1:]
     assert port == str(int(ports[1]) + 1) and local_rank == "None"
+
+
+def test_children_of_a_test_worker_inherit_nothing_init_wrote():
+    # CI: an in-process run left DS_ACCELERATOR=cpu in its worker, the child above inherited it,
+    # and its own init/close then kept it as the launcher's.
+    from engine_runs import LAUNCHER_VARIABLES
+    from seq2seq_es.engine import distributed as D
+
+    assert set(D._LAUNCH_VARIABLES) <= set(LAUNCHER_VARIABLES)

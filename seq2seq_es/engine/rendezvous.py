@@ -53,32 +53,31 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def _first_free(candidates, attempts: int, ephemeral: range | None) -> int | None:
+def _first_free(candidates, attempts: int, ephemeral: range | None, tried: str) -> int:
     """The first free candidate outside `ephemeral`, trying at most `attempts` binds; every
-    candidate counts when the host hands out all of RENDEZVOUS_PORTS as ephemeral ports."""
+    candidate counts when the host hands out all of RENDEZVOUS_PORTS as ephemeral ports. None
+    free: an error saying which ports were `tried`."""
     ephemeral = ephemeral_ports() if ephemeral is None else ephemeral
     everywhere = (ephemeral.start <= RENDEZVOUS_PORTS.start
                   and ephemeral.stop >= RENDEZVOUS_PORTS.stop)
+    left = attempts
     for port in candidates:
         if port in ephemeral and not everywhere:
             continue
         if port_is_free(port):
             return port
-        attempts -= 1
-        if attempts == 0:
+        left -= 1
+        if left == 0:
             break
-    return None
+    raise RuntimeError(f"no free port on {socket.gethostname()}: {attempts} ports of "
+                       f"{RENDEZVOUS_PORTS.start}-{RENDEZVOUS_PORTS.stop - 1} {tried} are all "
+                       "in use")
 
 
 def free_rendezvous_port(key: str, attempts: int = 64, ephemeral: range | None = None) -> int:
     """The first of `key`'s rendezvous ports that is free on this host."""
     sequence = (rendezvous_port(key, k) for k in range(len(RENDEZVOUS_PORTS)))
-    port = _first_free(sequence, attempts, ephemeral)
-    if port is None:
-        raise RuntimeError(f"no free rendezvous port on {socket.gethostname()}: {attempts} ports "
-                           f"of {RENDEZVOUS_PORTS.start}-{RENDEZVOUS_PORTS.stop - 1} from "
-                           f"{rendezvous_port(key)} on are all in use")
-    return port
+    return _first_free(sequence, attempts, ephemeral, f"from {rendezvous_port(key)} on")
 
 
 def any_free_port(attempts: int = 100, ephemeral: range | None = None) -> int:
@@ -88,12 +87,7 @@ def any_free_port(attempts: int = 100, ephemeral: range | None = None) -> int:
     choice in that window can."""
     ports = list(RENDEZVOUS_PORTS)
     random.SystemRandom().shuffle(ports)
-    port = _first_free(ports, attempts, ephemeral)
-    if port is None:
-        raise RuntimeError(f"no free port on {socket.gethostname()} in "
-                           f"{RENDEZVOUS_PORTS.start}-{RENDEZVOUS_PORTS.stop - 1} after "
-                           f"{attempts} tries (a launcher's --master_port chooses one)")
-    return port
+    return _first_free(ports, attempts, ephemeral, "picked at random")
 
 
 def agree_on_master_port(folder: str | Path, job_id: str, restart: int, rank: int,

@@ -10,11 +10,14 @@ class Seq2SeqEsError(Exception):
 
 
 class ConfigError(Seq2SeqEsError):
-    """A configuration value that cannot work. The message names the dotted key."""
+    """A configuration value that cannot work. The message names the dotted key, or the command
+    line argument (`--flag`, or a positional one such as SWEEP) as argparse names it."""
 
     def __init__(self, key: str, message: str):
         self.key, self.reason = key, message
-        super().__init__(f"config key '{key}': {message}")
+        argument = key.startswith("-") or key.isupper()
+        super().__init__(f"argument {key}: {message}" if argument
+                         else f"config key '{key}': {message}")
 
 
 class DataError(Seq2SeqEsError):

@@ -48,19 +48,19 @@ def refused(capsys, bench_dir: Path, *options: str, overrides: list[str] | None 
 # ---- refusals, no cluster needed -------------------------------------------------------------
 
 @pytest.mark.parametrize("options, message", [
-    (["--nodes", ""], "config key '--nodes': '' has an empty entry"),
-    (["--nodes", "1,,2"], "config key '--nodes': '1,,2' has an empty entry"),
-    (["--nodes", "1,x"], "config key '--nodes': 'x' is not an integer"),
-    (["--nodes", "0,1"], "config key '--nodes': 0 is out of range"),
-    (["--nodes", "2,2"], "config key '--nodes': 2 is given twice"),
-    (["--zero-stages", ","], "config key '--zero-stages': ',' has an empty entry"),
-    (["--zero-stages", "2,4"], "config key '--zero-stages': 4 is out of range: expected "
+    (["--nodes", ""], "argument --nodes: '' has an empty entry"),
+    (["--nodes", "1,,2"], "argument --nodes: '1,,2' has an empty entry"),
+    (["--nodes", "1,x"], "argument --nodes: 'x' is not an integer"),
+    (["--nodes", "0,1"], "argument --nodes: 0 is out of range"),
+    (["--nodes", "2,2"], "argument --nodes: 2 is given twice"),
+    (["--zero-stages", ","], "argument --zero-stages: ',' has an empty entry"),
+    (["--zero-stages", "2,4"], "argument --zero-stages: 4 is out of range: expected "
                                "between 0 and 3"),
-    (["--warmup-steps", "6"], "config key '--warmup-steps': 6 warm-up steps leave none"),
-    (["--steps", "0"], "config key '--steps': expected an integer >= 1"),
+    (["--warmup-steps", "6"], "argument --warmup-steps: 6 warm-up steps leave none"),
+    (["--steps", "0"], "argument --steps: expected an integer >= 1"),
     (["--model", "nope"], "unknown model 'nope'; known models:"),
     (["--task", "nope"], "unknown task 'nope'; known tasks:"),
-    (["--task", "sqac"], "config key '--task': the bench generates data in MLSUM's schema only"),
+    (["--task", "sqac"], "argument --task: the bench generates data in MLSUM's schema only"),
 ])
 def test_bad_bench_options_are_refused(tmp_path, capsys, options, message):
     err = refused(capsys, tmp_path / "bench", "--nodes", "1,2", "--dry-run", *options)
@@ -74,7 +74,7 @@ def test_bad_bench_options_are_refused(tmp_path, capsys, options, message):
     (["--train.log_every", "5"], "config key 'train.log_every': cannot be overridden"),
     (["--train.batch_size", "0"], "config key 'train.batch_size': must be at least 1"),
     (["--optim.warmup_steps", "6"], "config key 'optim.warmup_steps'"),
-    (["--nonsense"], "config key '--nonsense'"),
+    (["--nonsense"], "argument --nonsense"),
 ])
 def test_bad_train_overrides_are_refused(tmp_path, capsys, overrides, message):
     err = refused(capsys, tmp_path / "bench", "--nodes", "1,2", "--dry-run", overrides=overrides)
@@ -90,7 +90,7 @@ def test_a_folder_holding_another_bench_or_a_sweep_is_refused(tmp_path, capsys):
                              slurm={}, runs=plan_bench_runs(taken, [1], [2], 1), submitted=True)
     previous.write(taken / BENCH_MANIFEST)
     err = refused(capsys, taken, "--nodes", "1,2", "--zero-stages", "2", "--dry-run")
-    assert "config key '--bench-dir'" in err and "already holds another bench (1 runs" in err
+    assert "argument --bench-dir:" in err and "already holds another bench (1 runs" in err
 
     sweep = tmp_path / "sweep"
     sweep.mkdir()
@@ -166,10 +166,10 @@ def test_runs_not_finished_are_marked():
 
 @pytest.mark.slurm
 @pytest.mark.parametrize("options, message", [
-    (["--nodes", "1,3"], "config key '--nodes': 3 nodes asked, but partition 'debug' has 2 "
+    (["--nodes", "1,3"], "argument --nodes: 3 nodes asked, but partition 'debug' has 2 "
                          "(node1, node2)"),
     (["--nodes", "1", "--partition", "nowhere"], "SLURM does not know partition 'nowhere'"),
-    (["--nodes", "1", "--gpus-per-node", "1"], "config key '--gpus-per-node': 1 node(s) with 1 "
+    (["--nodes", "1", "--gpus-per-node", "1"], "argument --gpus-per-node: 1 node(s) with 1 "
                                                "GPU(s) each asked, but partition 'debug' has 0"),
 ])
 def test_requests_the_partition_cannot_hold_are_refused(slurm_cluster, tmp_path, capsys,  # noqa: F811

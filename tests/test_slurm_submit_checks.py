@@ -78,7 +78,8 @@ def test_submit_refuses_a_bad_config_file_by_key_before_sbatch(tmp_path, capsys,
     path.write_text(text)
     assert slurm_main(["submit", "--task", "mlsum", "--model", "barto-tiny", "--run-dir",
                        str(tmp_path / "run"), "--dry-run", "--", "--config", str(path)]) == 2
-    assert f"config key '{key}'" in capsys.readouterr().err
+    named = f"argument {key}:" if key.startswith("--") else f"config key '{key}'"
+    assert named in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
@@ -94,7 +95,8 @@ def test_sweep_refuses_a_missing_or_repeated_config_file(tmp_path, capsys, monke
     monkeypatch.chdir(tmp_path)
     assert slurm_main(["sweep", "--sweep-dir", str(tmp_path / "sweep"), "--pair",
                        "barto-tiny:mlsum", "--dry-run", *extra]) == 2
-    assert f"config key '{key}'" in capsys.readouterr().err
+    named = f"argument {key}:" if key.startswith("--") else f"config key '{key}'"
+    assert named in capsys.readouterr().err
     assert not (tmp_path / "sweep").exists()
 
 
@@ -256,7 +258,7 @@ def test_piped_stdin_without_yes_is_refused_and_with_yes_submits(tmp_path, capsy
     assert slurm_main(_sweep(tmp_path)) == 2
     captured = capsys.readouterr()
     assert SUMMARY[0] in captured.out.splitlines()  # the plan is shown before the refusal
-    assert ("config key '--yes': stdin is not a terminal, so nobody can confirm submitting 26 "
+    assert ("argument --yes: stdin is not a terminal, so nobody can confirm submitting 26 "
             "runs; pass --yes") in captured.err
     assert submitted == [] and not stdin.read_from and not (tmp_path / "sweep").exists()
     assert slurm_main(_sweep(tmp_path, "--yes")) == 0

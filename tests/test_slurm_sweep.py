@@ -74,7 +74,7 @@ def _sweep_args(sweep_dir, *extra):
 @pytest.mark.parametrize("extra, message", [
     (["--models", "barto,bartoo"], "unknown model 'bartoo'"),
     (["--pair", "barto:mlsumm"], "unknown task 'mlsumm'"),
-    (["--models", "barto", "--grid", "optim.lr="], "config key '--grid optim.lr'"),
+    (["--models", "barto", "--grid", "optim.lr="], "argument --grid optim.lr:"),
     (["--models", "barto", "--max-parallel", "0"], "--max-parallel"),
 ])
 def test_sweep_refusals_come_before_submitting(tmp_path, capsys, extra, message):

@@ -143,7 +143,8 @@ def test_a_job_of_several_ranks_divides_the_batch_among_them(tmp_path):
 ])
 def test_bad_runs_are_refused_before_anything_is_submitted(tmp_path, capsys, extra, key):
     assert slurm_main(_sweep(tmp_path, "--pair", "barto:mlsum", *extra)) == 2
-    assert f"config key '{key}'" in capsys.readouterr().err
+    named = f"argument {key}:" if key.startswith("--") else f"config key '{key}'"
+    assert named in capsys.readouterr().err
     assert not (tmp_path / "sweep").exists()
 
 

@@ -14,13 +14,16 @@ Checks, each naming the bad key: a field whose values are a fixed set is annotat
 `Literal[...]`, the one list of its choices, which the converter enforces as a value is set;
 each section's `validate()` holds the rules on its own fields (run when a section is built,
 and again by `validate(cfg)`, since dotted keys change fields after construction);
-`validate(cfg)` adds the rules that relate sections, before any work starts.
+`validate(cfg)` adds the rules that relate sections, and that a folder key (train.output_dir,
+data.cache_dir) names no file, before any work starts. A number is never nan or inf. A run file
+that sets a key twice, or has a top-level name that is no section, is refused (`load_yaml`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -29,7 +32,7 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, close_matches
 
 
 class _Section:
@@ -43,13 +46,25 @@ class _Section:
 
     def validate(self) -> None:
         """The rules on this section's own fields; here, a Literal field holds one of its
-        choices (also after a direct assignment, which no converter sees)."""
+        choices (also after a direct assignment, which no converter sees), and a number is
+        finite (no field means anything by nan or inf; where a value turns a feature off, it
+        is 0)."""
         for name, annotation in _section_types(type(self)).items():
+            value = getattr(self, name)
             if typing.get_origin(annotation) is Literal:
-                value = getattr(self, name)
                 if not _is_choice(value, typing.get_args(annotation)):
                     raise ConfigError(f"{self._section}.{name}",
                                       _choices_message(typing.get_args(annotation), value))
+            members = value if isinstance(value, (tuple, list)) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in members):
+                raise ConfigError(f"{self._section}.{name}",
+                                  f"must be a finite number, got {_shown(value)}")
+
+    def _at_least(self, name: str, minimum: float, hint: str = "") -> None:
+        """Refuse `name` below `minimum`, naming the key (hint: what the allowed values mean)."""
+        if getattr(self, name) < minimum:
+            raise ConfigError(f"{self._section}.{name}", f"must be >= {minimum}{hint}, "
+                              f"got {_shown(getattr(self, name))}")
 
 
 @dataclass
@@ -130,6 +145,13 @@ class OptimConfig(_Section):
         super().validate()
         if self.lr <= 0:
             raise ConfigError("optim.lr", "must be positive")
+        self._at_least("weight_decay", 0, " (0: no decay)")
+        if not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ConfigError("optim.betas", "each beta must be in [0, 1), e.g. 0.9,0.999; got "
+                              + _shown(self.betas))
+        if self.eps <= 0:
+            raise ConfigError("optim.eps", f"must be positive (e.g. 1e-8), got {_shown(self.eps)}")
+        self._at_least("max_grad_norm", 0, " (0 disables clipping)")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError("optim.warmup_ratio", "must be in [0, 1)")
         if self.warmup_steps < 0:
@@ -137,6 +159,7 @@ class OptimConfig(_Section):
 
 
 TRACKERS = ("tensorboard", "wandb")
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 
 
 @dataclass
@@ -202,6 +225,10 @@ class TrainConfig(_Section):
             raise ConfigError("train.length_buckets", "must be at least 1")
         if self.grad_accum < 1:
             raise ConfigError("train.grad_accum", "must be at least 1")
+        self._at_least("eval_batch_size", 0, " (0: same as train.batch_size)")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise ConfigError("train.seed", f"must be in [0, {SEED_MAX}] (2**32 - 1, what numpy "
+                              f"seeds with), got {self.seed}")
         trackers = [name.strip() for name in self.report_to.split(",") if name.strip()]
         if not trackers or any(name not in (*TRACKERS, "none") for name in trackers) \
                 or ("none" in trackers and len(trackers) > 1):
@@ -232,6 +259,7 @@ class DistConfig(_Section):
         super().validate()
         if self.offload_optimizer and self.zero_stage == 0:
             raise ConfigError("dist.offload_optimizer", "needs dist.zero_stage 1, 2 or 3")
+        self._at_least("timeout_min", 1, " (minutes a collective waits)")
 
 
 @dataclass
@@ -249,6 +277,8 @@ class GenConfig(_Section):
         super().validate()
         if self.num_beams < 1:
             raise ConfigError("gen.num_beams", "must be at least 1")
+        self._at_least("min_new_tokens", 0)
+        self._at_least("no_repeat_ngram_size", 0, " (0: off)")
         if self.max_new_tokens is None:
             return
         if self.max_new_tokens < 1:
@@ -298,6 +328,13 @@ def _choices_message(choices: tuple, value: Any) -> str:
     return f"expected {listed}, got {value!r}"
 
 
+def _shown(value: Any) -> str:
+    """A value as it is typed on the command line: nan, 1.5,0.9."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(_shown(v) for v in value)
+    return str(value)
+
+
 def _convert(key: str, raw: Any, annotation: Any) -> Any:
     """Convert `raw` to the field's annotated type; a mismatch is a ConfigError naming `key`."""
     origin = typing.get_origin(annotation)
@@ -341,17 +378,26 @@ def _convert(key: str, raw: Any, annotation: Any) -> Any:
     if annotation is int:
         if isinstance(raw, bool):
             raise ConfigError(key, f"expected an integer, got {raw!r}")
+        if isinstance(raw, int):
+            return raw
+        if isinstance(raw, str):
+            try:
+                return int(raw.strip())  # exact, also past float's 2**53
+            except ValueError:
+                pass
         try:
             as_float = float(raw)
         except (TypeError, ValueError):
             raise ConfigError(key, f"expected an integer, got {raw!r}") from None
-        if as_float != int(as_float):
+        if not math.isfinite(as_float) or as_float != int(as_float):
             raise ConfigError(key, f"expected an integer, got {raw!r}")
         return int(as_float)
     if annotation is float:
+        if isinstance(raw, bool):
+            raise ConfigError(key, f"expected a number, got {raw!r}")
         try:
             return float(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(key, f"expected a number, got {raw!r}") from None
     if annotation is str:
         if isinstance(raw, (dict, list)):
@@ -361,6 +407,7 @@ def _convert(key: str, raw: Any, annotation: Any) -> Any:
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+_SECTION_CLASSES = {name: typing.get_type_hints(RunConfig)[name] for name in SECTIONS}
 
 
 def set_dotted(cfg: RunConfig, key: str, raw: Any) -> None:
@@ -370,13 +417,21 @@ def set_dotted(cfg: RunConfig, key: str, raw: Any) -> None:
         raise ConfigError(key, "expected <section>.<field>, e.g. optim.lr; sections: "
                           + ", ".join(SECTIONS))
     section_name, field_name = parts
-    if not hasattr(cfg, section_name):
-        raise ConfigError(key, f"unknown section '{section_name}'; sections: {', '.join(SECTIONS)}")
+    if section_name not in SECTIONS:
+        raise ConfigError(key, f"unknown section '{section_name}'; sections: {', '.join(SECTIONS)}"
+                          + _suggest(section_name, SECTIONS))
     section = getattr(cfg, section_name)
     hints = _section_types(type(section))
     if field_name not in hints:
-        raise ConfigError(key, f"unknown key; keys of '{section_name}': {', '.join(hints)}")
+        raise ConfigError(key, f"unknown key; keys of '{section_name}': {', '.join(hints)}"
+                          + _suggest(field_name, hints, prefix=f"{section_name}."))
     setattr(section, field_name, _convert(key, raw, hints[field_name]))
+
+
+def _suggest(name: str, known, prefix: str = "") -> str:
+    """'; did you mean optim.lr?' for a near miss (prefix: the section's, before a key), else ''."""
+    matches = close_matches(name, known)
+    return f"; did you mean {' or '.join(prefix + m for m in matches)}?" if matches else ""
 
 
 def apply_mapping(cfg: RunConfig, values: Mapping[str, Any], prefix: str = "") -> None:
@@ -389,18 +444,83 @@ def apply_mapping(cfg: RunConfig, values: Mapping[str, Any], prefix: str = "") -
             set_dotted(cfg, dotted, value)
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A YAML mapping that sets a key twice (yaml itself keeps the last, silently). `key` is
+    dotted from the top (`optim.lr`; a top-level `optim.lr: ..` key and an `lr` under `optim:`
+    are the same key); `first` and `second` are 1-based line numbers."""
+
+    def __init__(self, key: str, first_node, second_node, section: bool = False):
+        self.key, self.section = key, section  # section: the first holds a mapping
+        self.first, self.second = first_node.start_mark.line + 1, second_node.start_mark.line + 1
+        super().__init__(f"while reading key '{key}'", first_node.start_mark,
+                         "found it again (a duplicate key)", second_node.start_mark)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader refusing a key set twice (DuplicateKeyError), where safe_load keeps the
+    last one: a second `optim:` section silently replaced the first's learning rate.
+
+    The check runs on the whole document before it is built, so that a key is named by its
+    dotted path from the top; merge keys (`<<: *defaults`) are YAML's own overriding and are
+    not duplicates."""
+
+    def construct_document(self, node):
+        _refuse_duplicates(node, "", {}, set())
+        return super().construct_document(node)
+
+
+def _refuse_duplicates(node, prefix: str, seen: dict[str, Any], walking: set[int]) -> None:
+    if not isinstance(node, yaml.MappingNode) or id(node) in walking:
+        return
+    walking.add(id(node))
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = f"{prefix}{key_node.value}"
+        if key in seen:
+            raise DuplicateKeyError(key, seen[key][0], key_node,
+                                    isinstance(seen[key][1], yaml.MappingNode))
+        seen[key] = (key_node, value_node)
+        _refuse_duplicates(value_node, key + ".", seen, walking)
+    walking.discard(id(node))
+
+
+def read_yaml(path: str | Path, flag: str = "--config") -> Any:
+    """A YAML file's contents (None when empty), read with UniqueKeyLoader; a missing file, a
+    folder, unreadable or invalid YAML and a duplicated key are ConfigErrors naming the file
+    (a duplicate: the dotted key and both lines)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(flag, f"{path} is a folder; expected a YAML file (e.g. {path}/run.yaml)")
     if not path.is_file():
-        raise ConfigError("--config", f"file {path} does not exist")
+        raise ConfigError(flag, f"file {path} does not exist")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(flag, f"file {path} is not UTF-8 text; expected a YAML file") from None
+    except OSError as exc:
+        raise ConfigError(flag, f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except DuplicateKeyError as exc:
+        fix = "merge the two into one" if exc.section else "keep one"
+        raise ConfigError(exc.key, f"file {path} has it twice, on lines {exc.first} and "
+                          f"{exc.second}; {fix} (YAML would silently keep only the last)") from None
     except yaml.YAMLError as exc:
-        raise ConfigError("--config", f"file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(flag, f"file {path} is not valid YAML: {exc}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A run file's {section: {key: value}} (or flat `section.key: value` entries), checked:
+    see read_yaml, and every top-level name is a section or a dotted key."""
+    loaded = read_yaml(path) or {}
     if not isinstance(loaded, dict):
         raise ConfigError("--config", f"file {path} must hold a mapping of sections")
     sections = {}
     for key, value in loaded.items():
+        if "." not in str(key) and str(key) not in SECTIONS:
+            raise ConfigError(str(key), f"file {path}: unknown section '{key}'; sections: "
+                              f"{', '.join(SECTIONS)}{_misplaced_key_hint(str(key), value)}")
         if value is None and "." not in str(key):  # `data:` with nothing under it
             continue
         if "." not in str(key) and not isinstance(value, Mapping):
@@ -408,6 +528,25 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
                               f"(e.g. '{key}:' then indented 'name: value' lines), got {value!r}")
         sections[key] = value
     return sections
+
+
+def _misplaced_key_hint(name: str, value: Any) -> str:
+    """For a key written at the top level (`lr: 3e-5`): where it belongs, when exactly one
+    section has it; else a near-miss section name (`optimm`)."""
+    owners = [section for section, cls in _SECTION_CLASSES.items() if name in _section_types(cls)]
+    if len(owners) == 1:
+        shown = "..." if value is None or isinstance(value, (dict, list)) else _shown(value)
+        return (f"; '{name}' is a key of section {owners[0]}: write '{owners[0]}:' with "
+                f"'{name}: {shown}' indented under it (or '{owners[0]}.{name}: {shown}')")
+    if owners:
+        return f"; '{name}' is a key of sections {', '.join(owners)}: put it under one of them"
+    return _suggest(name, SECTIONS)
+
+
+def _looks_like_option(arg: str) -> bool:
+    """`--train.batch_size` or `--train.batch_size=2`, not a value such as -1, --1 or -1e-5."""
+    name = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
+    return "." in name and (name[0].isalpha() or name[0] == "_")
 
 
 def parse_overrides(argv: list[str]) -> dict[str, str]:
@@ -423,8 +562,11 @@ def parse_overrides(argv: list[str]) -> dict[str, str]:
             i += 1
         else:
             if i + 1 >= len(argv):
-                raise ConfigError(arg[2:], "missing value")
+                raise ConfigError(arg[2:], f"no value given (e.g. {arg} VALUE)")
             key, value = arg[2:], argv[i + 1]
+            if _looks_like_option(value):
+                raise ConfigError(key, f"no value given (the next argument is {value}); give "
+                                  f"one: {arg} VALUE")
             i += 2
         overrides[key] = value
     return overrides
@@ -549,6 +691,11 @@ def validate(cfg: RunConfig) -> None:
         t.output_dir = f"runs/{cfg.model.name}-{cfg.data.task}"
     for section in (cfg.model, d, o, t, dist, g):
         section.validate()
+    # A file where a folder goes failed only once it was created: the run folder after the model
+    # had loaded (FileExistsError), the cache as a "bad data file".
+    _check_folder("train.output_dir", t.output_dir)
+    if d.cache_dir:
+        _check_folder("data.cache_dir", d.cache_dir)
     if d.max_source_length > spec.max_source_positions:
         raise ConfigError("data.max_source_length",
                           f"{d.max_source_length} exceeds the {spec.max_source_positions} source "
@@ -578,6 +725,24 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("optim.warmup_steps",
                           f"warmup of {o.warmup_steps} steps is not shorter than training "
                           f"({t.max_steps} steps)")
+
+
+def _check_folder(key: str, value: str) -> None:
+    """Refuse a folder path that is a file, or lies under one, on this machine (a folder that
+    does not exist yet is fine: the run creates it)."""
+    path = Path(os.path.expanduser(value))
+    for place in (path, *path.parents):
+        if place.is_dir():
+            return
+        if place.exists():  # a file, or another non-folder
+            break
+    else:
+        return
+    if place == path:
+        raise ConfigError(key, f"{value} is a file; expected a folder (remove the file or give "
+                          "another path)")
+    raise ConfigError(key, f"{place} is a file, so {value} cannot be a folder under it; give "
+                      "another path")
 
 
 def check_target_coverage(cfg: RunConfig, target_lengths: list[int], threshold: float = 0.5) -> None:

@@ -1,5 +1,6 @@
 """Errors that reach the user as one clear message instead of a library traceback."""
 
+import difflib
 import os
 import sys
 from typing import Callable
@@ -40,12 +41,31 @@ class DataError(Seq2SeqEsError):
         super().__init__(prefix + message)
 
 
+def close_matches(name: str, known, n: int = 3) -> list[str]:
+    """The known names closest to `name` (difflib, case-insensitive), best first; [] if none."""
+    by_lower: dict[str, str] = {}
+    for candidate in known:
+        by_lower.setdefault(str(candidate).lower(), str(candidate))
+    found = difflib.get_close_matches(str(name).lower(), list(by_lower), n=n, cutoff=0.6)
+    return [by_lower[match] for match in found]
+
+
+def did_you_mean(name: str, known, quote: str = "'") -> str:
+    """"did you mean 'mlsum'? " (or "'a' or 'b'"), or "" when nothing is close."""
+    matches = [f"{quote}{match}{quote}" for match in close_matches(name, known)]
+    return f"did you mean {' or '.join(matches)}? " if matches else ""
+
+
 class UnknownNameError(Seq2SeqEsError):
-    """An unknown registry name (model, task, metric); lists the known ones."""
+    """An unknown registry name (model, task, metric); suggests close ones and lists the known
+    ones: `unknown task 'mlsun'; did you mean 'mlsum'? known tasks: ...`."""
 
     def __init__(self, kind: str, name: str, known):
         self.kind, self.name = kind, name
-        super().__init__(f"unknown {kind} '{name}'; known {kind}s: {', '.join(sorted(known))}")
+        known = [str(k) for k in known]
+        self.suggestions = close_matches(name, known)
+        super().__init__(f"unknown {kind} '{name}'; {did_you_mean(name, known)}"
+                         f"known {kind}s: {', '.join(sorted(known))}")
 
 
 def run_command(command: Callable[[list[str]], int], argv: list[str]) -> int:

@@ -105,6 +105,16 @@ def test_yaml_unknown_key_is_refused_by_name(tmp_path, capsys):
     assert "slurm.gpus" in capsys.readouterr().err
 
 
+def test_yaml_key_given_twice_is_refused_with_both_lines(tmp_path, capsys):
+    yaml_file = tmp_path / "slurm.yaml"
+    yaml_file.write_text("slurm:\n  time: 60\n  nodes: 1\n  time: 120\n")
+    status = slurm_main(["submit", "--task", "mlsum", "--model", "barto", "--slurm-config",
+                         str(yaml_file), "--dry-run"])
+    assert status == 2
+    assert f"config key 'slurm.time': file {yaml_file} has it twice, on lines 2 and 4" \
+        in capsys.readouterr().err
+
+
 def test_submit_refuses_unknown_model_and_bad_overrides(tmp_path, capsys):
     assert slurm_main(["submit", "--task", "mlsum", "--model", "bartoo", "--dry-run"]) == 2
     assert "unknown model 'bartoo'" in capsys.readouterr().err

@@ -117,15 +117,10 @@ def _require_int(value: Any, key: str, *, minimum: int) -> None:
 
 def load_slurm_yaml(path: str | Path) -> dict[str, Any]:
     """The `slurm:` section of a YAML file (or the whole file when it has no such section)."""
-    import yaml
+    from ..config import read_yaml  # a key set twice is refused, as in run files
 
     path = Path(path)
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError("--slurm-config", f"cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError("--slurm-config", f"file {path} is not valid YAML: {exc}") from None
+    loaded = read_yaml(path, flag="--slurm-config")
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

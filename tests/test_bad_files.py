@@ -204,3 +204,235 @@ def test_a_tsv_written_by_pandas_is_read_with_its_quoting(tmp_path, cache):
     examples, report = load(path, cache)
     assert list(zip(examples["source"], examples["target"])) == rows
     assert any("read with CSV quoting" in note for note in report.notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The walkthrough's findings: repeated names, SQuAD entries, CSV text, blame, one numbering
+
+def csv_text(rows: list[tuple[str, ...]], header: str = "text,summary") -> str:
+    return header + "\n" + "".join(",".join(f'"{cell}"' for cell in row) + "\n" for row in rows)
+
+
+def readers_logged(caplog) -> list[str]:
+    """What the datasets readers logged themselves ("Failed to read file ... with error ...")."""
+    return [record.getMessage() for record in caplog.records
+            if record.name.startswith("datasets.packaged_modules")]
+
+
+def test_a_header_that_names_a_column_twice_is_refused(tmp_path, cache):
+    # pandas renames the second 'summary' to 'summary.1': the task trained on the first.
+    rows = [(r["text"], "WRONG", r["summary"]) for r in GOOD]
+    for name, delimiter in (("dup.csv", ","), ("dup.tsv", "\t")):
+        path = tmp_path / name
+        path.write_text(delimiter.join(("text", "summary", "summary")) + "\n"
+                        + "".join(delimiter.join(row) + "\n" for row in rows), encoding="utf-8")
+        for skip in (True, False):
+            err = refused(path, cache, skip_bad_rows=skip)
+            assert (err.file, err.line, err.column) == (str(path), 1, "summary")
+            assert "twice" in str(err) and "fields 2 and 3" in str(err)
+
+
+def test_a_json_line_with_a_key_written_twice_is_a_bad_line(tmp_path, cache):
+    lines = jsonl_lines(GOOD)
+    lines[2] = lines[2][:-1] + b', "summary": "DUPLICADO"}'
+    path = tmp_path / "dup_keys.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    examples, report = load(path, cache)
+    assert examples["target"] == [GOOD[i]["summary"] for i in (0, 1, 3)]
+    assert report.skipped_rows == {"key 'summary' appears twice in one object": [3]}
+    err = refused(path, cache, skip_bad_rows=False)
+    assert err.line == 3 and "key 'summary' appears twice" in str(err)
+    assert "does not match the extension" not in str(err)
+
+
+def squad_document(answers_of_q1) -> dict:
+    context = "El Ebro nace en Fontibre, en Cantabria, y desemboca en el mar Mediterráneo."
+    qas = [{"id": "q0", "question": "¿Dónde nace el Ebro?",
+            "answers": [{"text": "en Fontibre", "answer_start": 13}]},
+           {"id": "q1", "question": "¿Dónde desemboca?", "answers": answers_of_q1},
+           {"id": "q2", "question": "¿En qué comunidad nace?",
+            "answers": [{"text": "Cantabria", "answer_start": 29}]}]
+    return {"version": "1", "data": [{"title": "Ebro", "paragraphs": [
+        {"context": context, "qas": qas[:1]}, {"context": context, "qas": qas[1:]}]}]}
+
+
+@pytest.mark.parametrize("answers, column, reason", [
+    (None, "answers", "missing value"),
+    ([{"text": "el mar Mediterráneo", "answer_start": "abc"}], "answers.answer_start",
+     "not a whole number (str)"),
+    ([{"text": "el mar Mediterráneo", "answer_start": None}], "answers.answer_start",
+     "missing value"),
+    ([{"text": None, "answer_start": 57}], "answers.text", "missing value"),
+    (["el mar Mediterráneo"], "answers", "an answer is not an object {text, answer_start} (str)"),
+])
+def test_a_broken_squad_question_is_a_bad_row_named_by_its_place(tmp_path, cache, answers,
+                                                                 column, reason):
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(squad_document(answers), ensure_ascii=False), encoding="utf-8")
+    data_files = {"validation": str(path)}
+    examples, report = load_examples("sqac", "validation", data_files=data_files,
+                                     cache_dir=cache)
+    assert examples["example_id"] == ["q0", "q2"] and report.rows_read == 3
+    assert report.skipped_rows == {f"column '{column}' {reason}": [1]}  # the 2nd question
+    with pytest.raises(DataError) as err:
+        load_examples("sqac", "validation", data_files=data_files, cache_dir=cache,
+                      skip_bad_rows=False)
+    assert (err.value.file, err.value.row, err.value.column) == (str(path), 1, column)
+    assert "data[0].paragraphs[1].qas[0], id 'q1'" in str(err.value)
+
+
+def test_a_squad_question_after_a_bad_one_is_named_by_its_own_place(tmp_path, cache):
+    # Rows after a left-out question keep their document numbers.
+    document = squad_document(None)
+    document["data"][0]["paragraphs"][1]["qas"][1]["answers"] = []
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+    _, report = load_examples("sqac", "validation", data_files={"validation": str(path)},
+                              cache_dir=cache)
+    assert report.skipped_rows == {"column 'answers' missing value": [1],
+                                   "column 'answers.text' no answer": [2]}
+
+
+def test_squad_paragraphs_that_are_not_a_list_are_named(tmp_path, cache):
+    path = tmp_path / "squad.json"
+    for key, value, where in (("paragraphs", None, "data[0].paragraphs is null"),
+                              ("qas", None, "data[0].paragraphs[0].qas is null")):
+        document = squad_document([])
+        if key == "paragraphs":
+            document["data"][0]["paragraphs"] = value
+        else:
+            document["data"][0]["paragraphs"][0]["qas"] = value
+        path.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+        with pytest.raises(DataError) as err:
+            load_examples("sqac", "validation", data_files={"validation": str(path)},
+                          cache_dir=cache)
+        assert err.value.file == str(path) and where in str(err.value)
+
+
+def test_csv_cells_are_read_as_the_text_they_hold(tmp_path, cache):
+    # pandas' default NA strings and numbers: the file holds that text.
+    texts = ["NA", "None", "nan", "null", "007", "2024"]
+    rows = [(f"Texto {i} sobre la canción.", text) for i, text in enumerate(texts)]
+    path = tmp_path / "na.csv"
+    path.write_text("text,summary\n" + "".join(f"{s},{t}\n" for s, t in rows)
+                    + "Un texto sin resumen.,\n", encoding="utf-8")
+    examples, report = load(path, cache)
+    assert examples["target"] == texts
+    # Only an empty cell is missing, and it is reported as such, by line.
+    assert report.skipped_rows == {"column 'summary' missing value": [8]}
+    digits = tmp_path / "digits.tsv"
+    digits.write_text("text\tsummary\n" + "".join(f"Texto {i}.\t{i}\n" for i in range(3)),
+                      encoding="utf-8")
+    examples, report = load(digits, cache)
+    assert examples["target"] == ["0", "1", "2"] and not report.skipped
+
+
+def test_a_row_with_too_many_fields_is_a_bad_line_not_a_wrong_extension(tmp_path, cache, caplog):
+    rows = [(r["text"], r["summary"]) for r in GOOD]
+    text = csv_text(rows).splitlines()
+    text[3] = text[3] + ",sobra"  # line 4 has 3 fields
+    path = tmp_path / "ragged.csv"
+    path.write_text("\n".join(text) + "\n", encoding="utf-8")
+    examples, report = load(path, cache)
+    assert examples["target"] == [GOOD[i]["summary"] for i in (0, 1, 3)]
+    assert report.skipped_rows == {"has more fields than the header": [4]}
+    err = refused(path, cache, skip_bad_rows=False)
+    assert err.line == 4 and "3, the header 2" in str(err)
+    assert "extension" not in str(err)
+    assert not readers_logged(caplog)
+
+
+def test_the_readers_own_log_line_is_not_printed_before_our_error(tmp_path, cache, caplog):
+    path = tmp_path / "garbage.parquet"
+    path.write_text("text,summary\nhola,adiós\n", encoding="utf-8")
+    err = refused(path, cache)
+    assert "Parquet" in str(err)
+    assert not readers_logged(caplog)
+
+
+@pytest.mark.parametrize("name", ["clean.jsonl", "bom.jsonl", "rows.csv"])
+def test_a_cache_folder_that_cannot_be_used_is_not_blamed_on_the_data_file(tmp_path, name):
+    from seq2seq_es.errors import ConfigError
+
+    path = tmp_path / name
+    if name.endswith(".csv"):
+        path.write_text(csv_text([(r["text"], r["summary"]) for r in GOOD]), encoding="utf-8")
+    else:
+        path.write_bytes((b"\xef\xbb\xbf" if name == "bom.jsonl" else b"")
+                         + b"\n".join(jsonl_lines(GOOD)) + b"\n")
+    not_a_folder = tmp_path / "afile"
+    not_a_folder.write_text("x", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load(path, str(not_a_folder))
+    assert err.value.key == "data.cache_dir" and str(not_a_folder) in str(err.value)
+    assert "content does not match" not in str(err.value)
+
+
+def test_a_data_file_that_cannot_be_read_names_it(tmp_path, cache, monkeypatch):
+    import errno
+
+    path = tmp_path / "locked.jsonl"
+    path.write_bytes(b"\n".join(jsonl_lines(GOOD)) + b"\n")
+
+    def denied(self):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    err = refused(path, cache)
+    assert err.file == str(path) and "cannot be read: Permission denied" in str(err)
+
+
+def test_a_json_list_element_that_is_no_object_is_named_by_its_index(tmp_path, cache):
+    elements: list = [dict(row) for row in GOOD]
+    elements[3] = "una cadena suelta"
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(elements, ensure_ascii=False, indent=1), encoding="utf-8")
+    examples, report = load(path, cache)
+    assert examples["target"] == [GOOD[i]["summary"] for i in range(3)]
+    assert report.skipped_rows == {"not a JSON object but text": [3]}
+    err = refused(path, cache, skip_bad_rows=False)
+    assert err.row == 3 and "not a JSON object but text" in str(err)
+    # A key written twice is a bad row too; rows after left-out ones keep their numbers.
+    texts = [json.dumps(row, ensure_ascii=False) for row in GOOD]
+    texts[1] = '{"text": "Uno.", "summary": "Resumen.", "summary": "Otro."}'
+    texts[2] = "null"
+    texts.append('{"text": "Algo.", "summary": ""}')
+    path.write_text("[\n" + ",\n".join(texts) + "\n]\n", encoding="utf-8")
+    _, report = load(path, cache)
+    assert report.skipped_rows == {"key 'summary' appears twice in one object": [1],
+                                   "not a JSON object but null": [2],
+                                   "column 'summary' empty": [4]}
+
+
+def test_a_whitespace_csv_row_is_numbered_by_its_line_in_one_report(tmp_path, cache):
+    rows = [(r["text"], r["summary"]) for r in GOOD]
+    lines = csv_text(rows).splitlines()
+    lines.insert(3, "   ,  ")               # line 4: a row of blank cells (pandas reads it)
+    lines.insert(5, "   ")                  # line 6: a blank line (pandas skips it)
+    path = tmp_path / "ws.csv"
+    path.write_bytes("\n".join(lines).encode("utf-8") + b"\n" + b"\xff,x\n")  # line 8: not UTF-8
+    examples, report = load(path, cache)
+    assert examples.num_rows == 4
+    assert report.skipped_rows == {"column 'text' empty": [4], "not valid UTF-8": [8]}
+    assert report.row_unit == "lines"
+    text = str(report)
+    assert "skipped 2 bad rows (numbered by line in the file)" in text
+    assert "bad lines" not in text and "0-based" not in text
+    assert refused(path, cache, skip_bad_rows=False).line == 4
+
+
+def test_long_csv_fields_load(tmp_path, cache):
+    # The csv module refuses fields over 128 KiB unless asked; pandas reads them.
+    long_text = "Una frase larga sobre la canción. " * 5000
+    path = tmp_path / "long.csv"
+    path.write_text(csv_text([(long_text, "Resumen."), ("Corto.", "Otro.")]), encoding="utf-8")
+    examples, _ = load(path, cache)
+    assert examples["source"] == [long_text.strip(), "Corto."]
+
+
+def test_a_quote_that_is_never_closed_is_named_by_its_line(tmp_path, cache):
+    path = tmp_path / "open_quote.csv"
+    path.write_text('text,summary\nUno.,Resumen uno.\n"Dos.,Resumen dos.\nTres.,Tres.\n',
+                    encoding="utf-8")
+    err = refused(path, cache)
+    assert err.line == 3 and "never closed" in str(err)

@@ -11,20 +11,24 @@ so a cached run reports the same counts as the first.
 
 Errors a user can cause are `DataError`s naming the file (or hub dataset), and the line or row
 and column where there is one. Local JSON-lines and CSV files are checked line by line first
-(`local_files.py`: invalid UTF-8, truncated JSON, mixed-type columns, BOM, delimiters), and
-their problems are reported by 1-based line as an editor shows it; rows of hub datasets and of
-JSON documents and parquet files, which have no lines, are 0-based data rows.
+(`local_files.py`: invalid UTF-8, truncated JSON, repeated keys or column names, ragged CSV
+rows, mixed-type columns, BOM, delimiters), and their problems are reported by 1-based line as
+an editor shows it; rows of hub datasets and of JSON documents and parquet files, which have no
+lines, are 0-based data rows (a SQuAD document's bad question is also named by its place).
+CSV/TSV cells are read as text, with only an empty cell missing. A failure of the file system
+around the file (the cache folder) is a `ConfigError` of data.cache_dir, not blamed on the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
 import inspect
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +77,8 @@ class LoadReport:
     skipped_rows: dict[str, list[int]] = field(default_factory=dict)  # reason -> first rows
     notes: list[str] = field(default_factory=list)
     row_unit: str = "0-based data rows"          # or "lines" (1-based) for local text files
+    # Both the lines left out before reading and the rows the formatter refused are numbered in
+    # row_unit, so the report has one numbering and one count.
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data (the run folder's data_report.json)."""
@@ -91,12 +97,15 @@ class LoadReport:
                 f"{self.rows_read} rows -> {self.examples} examples")
         if self.skipped:
             label = "lines" if self.row_unit == "lines" else "rows"
+            numbered = ("numbered by line in the file" if self.row_unit == "lines"
+                        else f"numbered as {self.row_unit}")
             parts = []
             for reason, count in self.skipped.items():
                 rows = ", ".join(map(str, self.skipped_rows[reason]))
                 more = ", ..." if count > len(self.skipped_rows[reason]) else ""
                 parts.append(f"{reason}: {count} ({label} {rows}{more})")
-            text += (f"; skipped {self.total_skipped} bad rows ({self.row_unit}): "
+            total = self.total_skipped
+            text += (f"; skipped {total} bad row{'s' if total != 1 else ''} ({numbered}): "
                      + "; ".join(parts))
         for note in self.notes:
             text += f"; {note}"
@@ -124,11 +133,6 @@ def load_examples(task: str | TaskSpec, split: str, *, data_files: Mapping[str, 
         file = str(path)
         raw, local = _read_local_file(file, formatter, cache_dir)
         report = LoadReport(spec.name, split, f"file {file}", notes=list(local.notes))
-        if local.line_of_row is not None:
-            report.row_unit = "lines"
-        for line, column, reason in local.bad_lines:
-            key = f"column '{column}' {reason}" if column else _reason_kind(reason)
-            _count(report, key, line)
     else:
         file = None
         raw, origin, notes = _read_hub(spec, split, hub_revision, cache_dir)
@@ -136,22 +140,32 @@ def load_examples(task: str | TaskSpec, split: str, *, data_files: Mapping[str, 
     _check_columns(raw, formatter, file, report.origin)
 
     marked = _format(raw, formatter, split)
-    report.rows_read = raw.num_rows + (len(local.bad_lines) if local else 0)
-    line_of_row = local.line_of_row if local else None
-    first_problem = _count_problems(marked, report, line_of_row)
-    if first_problem is not None and not skip_bad_rows:
-        row, column, reason = first_problem
-        where = {"line": row} if line_of_row is not None else {"row": row}
-        unit = "" if line_of_row is not None else " (rows are 0-based data rows)"
-        first_problem = (where, column, reason, unit)
-    if local and local.bad_lines and not skip_bad_rows:
-        # Lines left out before formatting: the earliest wins when both are counted in lines;
-        # without the line map a formatter's row cannot be compared, so the known line is named.
-        line, column, reason = local.bad_lines[0]
-        if first_problem is None or line_of_row is None or line < first_problem[0]["line"]:
-            first_problem = ({"line": line}, column, reason, "")
-    if first_problem is not None and not skip_bad_rows:
-        where, column, reason, unit = first_problem
+    left_out = list(local.bad) if local else []
+    report.rows_read = raw.num_rows + len(left_out)
+    # Where data row i is: its line (text files), its row of the JSON document (where rows were
+    # left out), or i itself.
+    by_line = local is not None and local.by_line
+    place_of_row = (local.line_of_row if by_line else local.row_of_row) if local else None
+    if by_line and place_of_row is None:
+        # The line map was lost (pandas split a record differently): formatter rows are data
+        # rows, left-out lines stay lines; the known line comes first.
+        problems = left_out + _problems(marked, None)
+        if left_out:
+            report.notes.append("the lines left out before reading are numbered by line, the "
+                                "other bad rows as 0-based data rows")
+    else:
+        problems = sorted(left_out + _problems(marked, place_of_row), key=lambda p: p[0])
+        if by_line:
+            report.row_unit = "lines"
+    for place, column, reason in problems:
+        _count(report, f"column '{column}' {reason}" if column else _reason_kind(reason), place)
+    if problems and not skip_bad_rows:
+        place, column, reason = problems[0]
+        named_by_line = by_line and (place_of_row is not None or bool(left_out))
+        name = local.row_names.get(place) if local and not named_by_line else None
+        unit = ("" if named_by_line else f" ({name})" if name
+                else " (rows are 0-based data rows)")
+        where = {"line": place} if named_by_line else {"row": place}
         raise DataError(f"{reason}{_in_hub(report, file)}{unit}; pass --data.skip_bad_rows true "
                         "to skip such rows", file=file, column=column, **where)
     examples = marked.filter(_is_example, input_columns="_problem_reason", batched=True)
@@ -222,18 +236,75 @@ def _read_local_file(path: str, formatter: Formatter,
     if os.path.getsize(path) == 0:
         raise DataError("file is empty", file=path)
     builder, options = _builder_for(path)
-    if builder == "json":
-        _check_looks_like_json(path)
-    local = prepare_local_file(path, builder, options, formatter.required_columns(),
-                               cache_dir=cache_dir)
-    raw = _load_file(local.path, builder, local.options, cache_dir, shown_as=path)
-    # A JSON file may hold its rows under a top-level "data" key.
-    if (builder == "json" and "data" in raw.column_names
-            and not set(formatter.required_columns()) <= set(raw.column_names)):
-        raw = _load_file(local.path, builder, {"field": "data"}, cache_dir, shown_as=path)
+    try:
+        if builder == "json":
+            _check_looks_like_json(path)
+        local = prepare_local_file(path, builder, options, formatter.required_columns(),
+                                   cache_dir=cache_dir)
+        options = dict(local.options)
+        if builder == "csv":
+            options.update(_csv_as_text(local))
+        raw = _load_file(local.path, builder, options, cache_dir, shown_as=path)
+        # A JSON file may hold its rows under a top-level "data" key.
+        if (builder == "json" and "data" in raw.column_names
+                and not set(formatter.required_columns()) <= set(raw.column_names)):
+            raw = _load_file(local.path, builder, {"field": "data"}, cache_dir, shown_as=path)
+    except OSError as exc:  # reading the file, or writing its cleaned copy or the cache
+        raise _file_system_failure(exc, path, cache_dir) from exc
     if local.line_of_row is not None and len(local.line_of_row) != raw.num_rows:
         local.line_of_row = None  # e.g. quoted CSV fields spanning lines that pandas read apart
+    if local.row_of_row is not None and len(local.row_of_row) != raw.num_rows:
+        local.row_of_row = None
     return raw, local
+
+
+def _csv_as_text(local: LocalFile) -> dict[str, Any]:
+    """Builder options that read every CSV/TSV cell as the text it is: pandas would turn "NA",
+    "None", "nan" or "null" into a missing value and "007" into the number 7. Only an empty cell
+    is missing (the formatter reports it as a missing value)."""
+    import datasets
+
+    options: dict[str, Any] = {"keep_default_na": False, "na_values": [""]}
+    columns = local.columns
+    if columns is not None:  # the names local_files read from the header, passed to pandas as is
+        options.update(column_names=columns, header=0)
+    else:  # a compressed file, not checked: pandas reads its header
+        columns = _csv_header(local.path, local.options)
+    if columns:
+        options["features"] = datasets.Features(
+            {name: datasets.Value("string") for name in columns})
+    return options
+
+
+def _csv_header(path: str, options: dict[str, Any]) -> list[str] | None:
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, nrows=0, sep=options.get("delimiter", ","),
+                            quoting=options.get("quoting", csv.QUOTE_MINIMAL))
+    except Exception:  # the builder's read reports what is wrong with the file
+        return None
+    return [str(name) for name in frame.columns]
+
+
+def _file_system_failure(exc: OSError, path: str, cache_dir: str | None) -> Exception:
+    """An OSError while loading: the data file's own (unreadable) is a DataError; any other
+    (a cache folder that is a file, not writable, or full) is not the file's fault."""
+    if exc.filename is not None and _same_path(exc.filename, path):
+        return DataError(f"cannot be read: {exc.strerror or exc}", file=path)
+    where = ("could not be used" if cache_dir else
+             "is not set, and the default cache folders (HF_DATASETS_CACHE, SEQ2SEQ_ES_CACHE, "
+             "by default under ~/.cache) could not be used")
+    return ConfigError("data.cache_dir",
+                       f"{where} while reading {path}: {exc}; the data file is not at fault: "
+                       "point data.cache_dir to a writable folder with free space")
+
+
+def _same_path(a: Any, b: str) -> bool:
+    try:
+        return os.path.realpath(os.fsdecode(a)) == os.path.realpath(b)
+    except (TypeError, ValueError):
+        return False
 
 
 def _check_looks_like_json(path: str) -> None:
@@ -254,13 +325,49 @@ def _load_file(path: str, builder: str, options: dict[str, Any], cache_dir: str 
     import datasets
 
     try:
-        return datasets.load_dataset(builder, data_files={"data": path}, split="data",
-                                     cache_dir=cache_dir, **options)
+        with _quiet_readers():
+            return datasets.load_dataset(builder, data_files={"data": path}, split="data",
+                                         cache_dir=cache_dir, **options)
     except Exception as exc:  # the library raises many types for unreadable content
+        system = _system_error(exc)
+        if system is not None:  # not the content: the OS, about this file or the cache
+            raise system from exc
         detail = _library_message(exc)
-        kind = {"json": "JSON lines or a JSON list", "csv": "CSV", "parquet": "Parquet"}[builder]
+        if builder == "csv":  # local_files checked the text: what is left is a broken row
+            raise DataError(f"cannot be read as CSV: {detail.removeprefix(_PANDAS_PREFIX)}",
+                            file=shown_as or path) from exc
+        kind = {"json": "JSON lines or a JSON list", "parquet": "Parquet"}[builder]
         raise DataError(f"content does not match the extension: cannot be read as {kind}: "
                         f"{detail}", file=shown_as or path) from exc
+
+
+_PANDAS_PREFIX = "Error tokenizing data. C error: "
+
+
+@contextlib.contextmanager
+def _quiet_readers() -> Iterator[None]:
+    """Silence the datasets readers' own log line ("Failed to read file ... with error ...")
+    while we read: the error we raise says it once, with the file and line."""
+    readers = logging.getLogger("datasets.packaged_modules")
+    level = readers.level
+    readers.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        readers.setLevel(level)
+
+
+def _system_error(exc: BaseException | None) -> OSError | None:
+    """The OS error (one with an errno: no such folder, permission, disk full) that `exc` is or
+    was raised from, if any. pyarrow raises OSError without an errno for corrupt content; that
+    is the file's."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        exc = exc.__cause__
+    return None
 
 
 def _library_message(exc: BaseException) -> str:
@@ -481,22 +588,19 @@ def _count(report: LoadReport, key: str, row: int) -> None:
         kept.append(row)
 
 
-def _count_problems(marked, report: LoadReport,
-                    line_of_row: list[int] | None) -> tuple[int, str, str] | None:
-    """Fill the report's skip counts; return (row or line, column, reason) of the first bad row.
+def _problems(marked, place_of_row: list[int] | None) -> list[tuple[int, str, str]]:
+    """(row, column, reason) of every row the formatter refused, in order.
 
-    With `line_of_row` (local text files) rows are reported by their 1-based line."""
+    With `place_of_row` a data row is numbered by its place in the file: its 1-based line
+    (local text files) or its row of a JSON document some rows of which were left out."""
     import pyarrow.compute as pc
 
     reasons = marked.data.column("_problem_reason")
     bad = pc.indices_nonzero(pc.not_equal(reasons, "")).to_pylist()
     if not bad:
-        return None
+        return []
     problems = marked.select(bad).select_columns(list(_PROBLEM_COLUMNS)).to_dict()
     rows = problems["_problem_row"]
-    if line_of_row is not None:
-        rows = [line_of_row[row] for row in rows]
-    found = sorted(zip(rows, problems["_problem_column"], problems["_problem_reason"]))
-    for row, column, reason in found:
-        _count(report, f"column '{column}' {reason}", row)
-    return found[0]
+    if place_of_row is not None:
+        rows = [place_of_row[row] for row in rows]
+    return sorted(zip(rows, problems["_problem_column"], problems["_problem_reason"]))

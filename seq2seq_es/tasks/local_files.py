@@ -8,42 +8,60 @@ must, writes a cleaned copy that `datasets` then reads:
 
 - a UTF-8 byte-order mark is dropped (pandas would glue it to the first column's name);
 - JSON lines: blank lines are ignored; a line that is not valid UTF-8, not valid JSON (a
-  truncated line) or not a JSON object is a bad line; a column whose values change type from
-  row to row (text in one row, a number in another) makes the rows of the minority type bad
-  lines if the task reads that column, and is dropped (with a note) if it does not;
-- CSV/TSV: a line that is not valid UTF-8 is a bad line; a file with a header and no data rows,
-  or only blank lines, is refused; a header that only has the task's columns when split at
-  ';', tab or '|' is read with that delimiter (a note says so);
+  truncated line), not a JSON object, or an object with a key written twice (JSON readers keep
+  one of the two values) is a bad line; a column whose values change type from row to row
+  (text in one row, a number in another) makes the rows of the minority type bad lines if the
+  task reads that column, and is dropped (with a note) if it does not;
+- CSV/TSV: a line that is not valid UTF-8 is a bad line, and so is a row with more fields than
+  the header (pandas refuses the whole file for it); a header that names a column twice is
+  refused (pandas would rename the second copy and the task read the first); so is a quoted
+  field that is never closed (it swallows the rest of the file); a file with a header and no data
+  rows, or only blank lines, is refused; a header that only has the task's columns when split
+  at ';', tab or '|' is read with that delimiter (a note says so). `columns` gives the header's
+  names so that every cell is read as text (the loader asks pandas for strings, with only an
+  empty cell missing: "NA", "None", "nan" and "007" stay the text they are);
 - Windows line endings (CRLF) are accepted everywhere;
+- a JSON document holding a list of rows (at the top or under "data"): an element that is not
+  an object, or has a key written twice, is a bad row (0-based element index);
 - a SQuAD-format JSON document ({"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]},
   how SQAC and MLQA ship their files) is flattened to one row per question (id, title, context,
-  question, answers {text, answer_start}), the hub's schema of both.
+  question, answers {text, answer_start}), the hub's schema of both. A question whose entry is
+  broken (no question text, answers null or not a list, an answer without text, an answer_start
+  that is no whole number) is a bad row, named by its place (data[a].paragraphs[p].qas[q]) and
+  id; an article or paragraph that is broken (paragraphs or qas not a list, no context) is
+  refused, as every question under it would be lost.
 
-Bad lines are left out of what `datasets` reads and returned in `bad_lines`; the loader counts
-them with the rows the formatter finds bad, or, when bad rows are not to be skipped, refuses
-the earliest of either, naming the file and line. `line_of_row` maps each data row `datasets` will read to
-its 1-based line in the original file, so later row problems are reported by line too.
-A clean file is handed over as it is, without a copy.
+Bad lines (rows, in JSON documents) are left out of what `datasets` reads and returned in
+`bad`; the loader counts them with the rows the formatter finds bad, or, when bad rows are not
+to be skipped, refuses the earliest of either, naming the file and line (or row).
+`line_of_row` maps each data row `datasets` will read to its 1-based line in the original file,
+and `row_of_row` to its 0-based row of a JSON document, so later row problems are numbered
+like the bad ones. A clean file is handed over as it is, without a copy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
 
 # Bump when the cleaning rules change: the cleaned copy's name includes it.
-CLEAN_VERSION = 1
+CLEAN_VERSION = 2
 _BOM = b"\xef\xbb\xbf"
 _OTHER_DELIMITERS = (";", "\t", "|")
 _JSON_TYPE_NAMES = {str: "text", bool: "true/false", int: "a number", float: "a number",
                     list: "a list", dict: "an object"}
+# The csv module refuses a field over 128 KiB by default; pandas has no such limit, and a long
+# document (EUR-Lex) is a valid cell.
+_FIELD_SIZE_LIMIT = 2**31 - 1
 
 
 @dataclass
@@ -53,10 +71,18 @@ class LocalFile:
     path: str                                   # the original, or a cleaned copy
     options: dict = field(default_factory=dict)  # extra builder options (delimiter)
     line_of_row: list[int] | None = None        # 1-based line of data row i; None: unknown
-    # Skipped lines: (line, column or None, reason); a column's reason reads like the row
-    # formatter's ("not a string (int)"), so both count under one key in the report.
-    bad_lines: list[tuple[int, str | None, str]] = field(default_factory=list)
+    # 0-based row of the JSON document (element, or question) of data row i, where bad rows
+    # were left out; None: data row i is row i.
+    row_of_row: list[int] | None = None
+    # Left out: (1-based line, or 0-based row of a JSON document, column or None, reason); a
+    # column's reason reads like the row formatter's ("not a string (int)"), so both count
+    # under one key in the report.
+    bad: list[tuple[int, str | None, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    by_line: bool = False                       # `bad` holds lines (a text file), not rows
+    columns: list[str] | None = None            # CSV/TSV: the header's names, as pandas reads them
+    # Where a document row is, for messages: "question data[0].paragraphs[2].qas[1], id '57'".
+    row_names: dict[int, str] = field(default_factory=dict)
 
 
 def prepare_local_file(path: str, builder: str, options: dict, required_columns: tuple[str, ...],
@@ -71,7 +97,7 @@ def prepare_local_file(path: str, builder: str, options: dict, required_columns:
     if builder == "json":
         stripped = raw.lstrip()
         if stripped.startswith(b"[") or (stripped.startswith(b"{") and not _is_json_lines(raw)):
-            return _json_document(path, raw, bom, options, cache_dir)
+            return _json_document(path, raw, bom, options, required_columns, cache_dir)
         return _json_lines(path, raw, bom, required_columns, cache_dir)
     return _csv(path, raw, bom, options, required_columns, cache_dir)
 
@@ -106,7 +132,76 @@ def _cleaned_copy(path: str, text: str, suffix: str, cache_dir: str | None) -> s
     return str(target)
 
 
+def _no_usable_row(path: str, bad: list[tuple[int, str | None, str]], *, by_line: bool,
+                   names: dict[int, str] | None = None) -> DataError:
+    """Every row with data is bad: refuse, naming the first and why."""
+    place, column, reason = bad[0]
+    what = "line" if by_line else "row"
+    name = (names or {}).get(place)
+    return DataError(f"no usable {what}: all {len(bad)} {what}s with data are bad; the first: "
+                     f"{reason}" + (f" ({name})" if name else ""),
+                     file=path, column=column, **({"line": place} if by_line else {"row": place}))
+
+
 # ---- JSON -----------------------------------------------------------------------------------
+
+class _RepeatedKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _repeated(pairs: list[tuple[str, object]]) -> str | None:
+    """The first key written twice among an object's pairs, or None."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
+
+
+def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _RepeatedKey(_repeated(pairs))
+    return obj
+
+
+# A line's JSON, refusing an object that names a key twice (json keeps the last value, pyarrow
+# refuses the whole file).
+_LINE_DECODER = json.JSONDecoder(object_pairs_hook=_object_without_repeats)
+
+
+def _repeated_key_reason(key: str) -> str:
+    return f"key '{key}' appears twice in one object (a JSON reader keeps only one of the values)"
+
+
+def _document_decoder(repeats: dict[int, str]) -> json.JSONDecoder:
+    """A decoder that records, by id, every object that names a key twice (and its key)."""
+    def hook(pairs):
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            repeats[id(obj)] = _repeated(pairs)
+        return obj
+    return json.JSONDecoder(object_pairs_hook=hook)
+
+
+def _repeated_key_in(value, repeats: dict[int, str]) -> str | None:
+    """The first key written twice in any object inside `value` (see `_document_decoder`)."""
+    if not repeats:
+        return None
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if id(item) in repeats:
+                return repeats[id(item)]
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
 
 def _is_json_lines(raw: bytes) -> bool:
     """A file starting with '{' is JSON lines unless it is one JSON document (e.g. {"data": [..]})."""
@@ -122,51 +217,161 @@ def _line_of_offset(raw: bytes, offset: int) -> int:
 
 
 def _json_document(path: str, raw: bytes, bom: bool, options: dict,
-                   cache_dir: str | None) -> LocalFile:
+                   required_columns: tuple[str, ...], cache_dir: str | None) -> LocalFile:
     """A .json holding one document (a list of rows, or rows under "data"): rows have no lines."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise DataError("not valid UTF-8 (save the file as UTF-8)", file=path,
                         line=_line_of_offset(raw, error.start)) from None
+    repeats: dict[int, str] = {}
     try:
-        document = json.loads(text)
+        document = _document_decoder(repeats).decode(text)
     except json.JSONDecodeError as error:
         raise DataError(f"not valid JSON: {error.msg} (column {error.colno})", file=path,
                         line=error.lineno) from None
-    rows = _squad_rows(document, path)
-    if rows is not None:
+    if isinstance(document, dict) and repeats.get(id(document)) in ("data", *required_columns):
+        raise DataError(f"key '{repeats[id(document)]}' appears twice at the top of the document "
+                        "(a JSON reader keeps only one of the values)", file=path)
+    squad = _squad_rows(document, path, repeats)
+    if squad is not None:
+        rows, places, bad, names = squad
+        if not rows:
+            raise _no_usable_row(path, bad, by_line=False, names=names)
         flat = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         return LocalFile(_cleaned_copy(path, flat, ".jsonl", cache_dir), {},
-                         notes=[f"SQuAD-format document: {len(rows)} questions read as rows"])
+                         row_of_row=places if bad else None, bad=bad, row_names=names,
+                         notes=[f"SQuAD-format document: {len(rows) + len(bad)} questions read "
+                                "as rows (0-based, in document order)"])
+    elements = None
+    if isinstance(document, list):
+        elements = document
+    elif (isinstance(document, dict) and isinstance(document.get("data"), list)
+          and not set(required_columns) <= set(document)):
+        elements = document["data"]  # read as the rows (the loader's field="data")
+    bad = []
+    for index, element in enumerate(elements or ()):
+        if not isinstance(element, dict):
+            bad.append((index, None, f"not a JSON object but {_json_type(element) or 'null'}"))
+        elif (key := _repeated_key_in(element, repeats)) is not None:
+            bad.append((index, None, _repeated_key_reason(key)))
+    if bad:
+        left_out = {index for index, _, _ in bad}
+        kept = [index for index in range(len(elements)) if index not in left_out]
+        if not kept:
+            raise _no_usable_row(path, bad, by_line=False)
+        rows_text = json.dumps([elements[index] for index in kept], ensure_ascii=False)
+        return LocalFile(_cleaned_copy(path, rows_text, ".json", cache_dir), {},
+                         row_of_row=kept, bad=bad)
     if bom:
         return LocalFile(_cleaned_copy(path, text, ".json", cache_dir), dict(options))
     return LocalFile(path, dict(options))
 
 
-def _squad_rows(document, path: str) -> list[dict] | None:
-    """One row per question of a SQuAD-format document, or None for any other document."""
+def _squad_rows(document, path: str, repeats: dict[int, str]):
+    """A SQuAD-format document as (rows, their question numbers, bad questions, question names),
+    one row per well-formed question; None for any other document. Questions are numbered
+    0-based in document order, the bad ones included."""
     articles = document.get("data") if isinstance(document, dict) else None
     if not (isinstance(articles, list) and articles
             and all(isinstance(a, dict) and "paragraphs" in a for a in articles)):
         return None
-    rows = []
+    rows: list[dict] = []
+    places: list[int] = []
+    bad: list[tuple[int, str | None, str]] = []
+    names: dict[int, str] = {}
+    number = 0
     for a, article in enumerate(articles):
-        for p, paragraph in enumerate(article["paragraphs"]):
-            where = f"SQuAD-format document: data[{a}].paragraphs[{p}]"
+        paragraphs = article["paragraphs"]
+        if not isinstance(paragraphs, list):
+            raise DataError(f"SQuAD-format document: data[{a}].paragraphs is "
+                            f"{_json_type(paragraphs) or 'null'}, not a list of paragraphs",
+                            file=path)
+        title = article.get("title")
+        for p, paragraph in enumerate(paragraphs):
+            where = f"data[{a}].paragraphs[{p}]"
             if not isinstance(paragraph, dict) or not isinstance(paragraph.get("context"), str):
-                raise DataError(f"{where} has no context text", file=path)
-            for q, qa in enumerate(paragraph.get("qas", [])):
-                if not isinstance(qa, dict) or not isinstance(qa.get("question"), str):
-                    raise DataError(f"{where}.qas[{q}] has no question text", file=path)
-                answers = [x for x in qa.get("answers", []) if isinstance(x, dict)]
-                rows.append({"id": str(qa.get("id", f"{a}-{p}-{q}")),
-                             "title": str(article.get("title", "")),
-                             "context": paragraph["context"], "question": qa["question"],
-                             "answers": {"text": [x.get("text") for x in answers],
-                                         "answer_start": [int(x.get("answer_start", -1))
-                                                          for x in answers]}})
-    return rows
+                raise DataError(f"SQuAD-format document: {where} has no context text", file=path)
+            for place, obj in ((f"data[{a}]", article), (where, paragraph)):
+                if id(obj) in repeats:  # the questions under it would read one of two values
+                    raise DataError(f"SQuAD-format document: {place} names key "
+                                    f"'{repeats[id(obj)]}' twice (a JSON reader keeps only one "
+                                    "of the values)", file=path)
+            questions = paragraph.get("qas", [])
+            if not isinstance(questions, list):
+                raise DataError(f"SQuAD-format document: {where}.qas is "
+                                f"{_json_type(questions) or 'null'}, not a list of questions",
+                                file=path)
+            for q, qa in enumerate(questions):
+                qa_id = qa.get("id") if isinstance(qa, dict) else None
+                names[number] = f"question {where}.qas[{q}]" + (
+                    f", id '{qa_id}'" if qa_id not in (None, "") else "")
+                problem = _squad_problem(qa, repeats)
+                if problem is not None:
+                    bad.append((number, *problem))
+                else:
+                    rows.append(_squad_row(qa, paragraph, title,
+                                           default_id=f"{a}-{p}-{q}"))
+                    places.append(number)
+                number += 1
+    return rows, places, bad, names
+
+
+def _squad_problem(qa, repeats: dict[int, str]) -> tuple[str | None, str] | None:
+    """(column, reason) that makes a SQuAD question entry a bad row, or None."""
+    if not isinstance(qa, dict):
+        return None, f"the question entry is not a JSON object but {_json_type(qa) or 'null'}"
+    if (key := _repeated_key_in(qa, repeats)) is not None:
+        return None, _repeated_key_reason(key)
+    question = qa.get("question")
+    if not isinstance(question, str):
+        return "question", ("missing value" if question is None
+                            else f"not a string ({type(question).__name__})")
+    answers = qa.get("answers", [])
+    if answers is None:
+        return "answers", "missing value"
+    if not isinstance(answers, list):
+        return "answers", f"not a list of answers ({type(answers).__name__})"
+    for answer in answers:
+        if not isinstance(answer, dict):
+            return "answers", ("an answer is not an object {text, answer_start} "
+                               f"({type(answer).__name__})")
+        text = answer.get("text")
+        if not isinstance(text, str):
+            return "answers.text", ("missing value" if text is None
+                                    else f"not a string ({type(text).__name__})")
+        if "answer_start" in answer and _answer_start(answer["answer_start"]) is None:
+            start = answer["answer_start"]
+            return "answers.answer_start", ("missing value" if start is None else
+                                            f"not a whole number ({type(start).__name__})")
+    return None
+
+
+def _answer_start(value) -> int | None:
+    """A character offset: a whole number, or text holding one ("60"); None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _squad_row(qa: dict, paragraph: dict, title, *, default_id: str) -> dict:
+    answers = qa.get("answers", [])
+    qa_id = qa.get("id")
+    return {"id": str(qa_id) if qa_id not in (None, "") else default_id,
+            "title": "" if title is None else str(title),
+            "context": paragraph["context"], "question": qa["question"],
+            "answers": {"text": [answer["text"] for answer in answers],
+                        "answer_start": [_answer_start(answer.get("answer_start", -1))
+                                         for answer in answers]}}
 
 
 def _json_type(value) -> str | None:
@@ -187,7 +392,10 @@ def _json_lines(path: str, raw: bytes, bom: bool, required_columns: tuple[str, .
             bad.append((number, None, problem))
             continue
         try:
-            value = json.loads(text)
+            value = _LINE_DECODER.decode(text)
+        except _RepeatedKey as repeated:
+            bad.append((number, None, _repeated_key_reason(repeated.key)))
+            continue
         except json.JSONDecodeError as error:
             bad.append((number, None, f"not valid JSON: {error.msg} at column {error.colno} "
                                       "(a truncated or broken line?)"))
@@ -227,16 +435,16 @@ def _json_lines(path: str, raw: bytes, bom: bool, required_columns: tuple[str, .
     bad.sort(key=lambda item: item[0])
     kept = [(number, row) for number, row in rows if number not in bad_rows]
     if not kept:
-        what = "only blank lines" if not bad else "no usable line"
-        raise DataError(f"no data rows: the file holds {what}", file=path)
+        if not bad:
+            raise DataError("no data rows: the file holds only blank lines", file=path)
+        raise _no_usable_row(path, bad, by_line=True)
+    lines = [number for number, _ in kept]
     if not (bom or blank or bad or dropped):
-        return LocalFile(path, {}, [number for number, _ in kept], [], notes)
+        return LocalFile(path, {}, lines, notes=notes, by_line=True)
     text = "".join(json.dumps({k: v for k, v in row.items() if k not in dropped},
                               ensure_ascii=False) + "\n" for _, row in kept)
-    if bad:
-        notes.append(f"skipped {len(bad)} bad lines")
-    return LocalFile(_cleaned_copy(path, text, ".jsonl", cache_dir), {},
-                     [number for number, _ in kept], bad, notes)
+    return LocalFile(_cleaned_copy(path, text, ".jsonl", cache_dir), {}, lines, bad=bad,
+                     notes=notes, by_line=True)
 
 
 # ---- CSV ------------------------------------------------------------------------------------
@@ -245,10 +453,9 @@ def _csv(path: str, raw: bytes, bom: bool, options: dict, required_columns: tupl
          cache_dir: str | None) -> LocalFile:
     options = dict(options)
     notes: list[str] = []
-    lines = _lines(raw)
     texts: list[tuple[int, str]] = []
     bad: list[tuple[int, str | None, str]] = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(_lines(raw), start=1):
         text, problem = _decode(line)
         if text is None:
             bad.append((number, None, problem))
@@ -273,30 +480,113 @@ def _csv(path: str, raw: bytes, bom: bool, options: dict, required_columns: tupl
         options.pop("quoting")
         notes.append("read with CSV quoting: every '\"' of the file is a field's quoting "
                      "(as pandas and the csv module write TSV)")
+    quoting = options.get("quoting", csv.QUOTE_MINIMAL)
     line_numbers = [number for number, _ in texts]
-    line_of_row = []
-    reader = csv.reader(io.StringIO(kept_text), delimiter=delimiter,
-                        quoting=options.get("quoting", csv.QUOTE_MINIMAL))
-    previous_end = 0
-    for record in reader:
-        start = previous_end + 1
-        previous_end = reader.line_num
-        if record and any(cell.strip() for cell in record):
-            line_of_row.append(line_numbers[start - 1])
-    data_rows = line_of_row[1:]  # the first record is the header
+    # Records as pandas reads them: a line of only spaces and tabs (the delimiter aside) is
+    # no row; any other line is, even one of empty cells (",").
+    blank_chars = " \t".replace(delimiter, "")
+    names: list[str] | None = None
+    header_line = last = 0
+    dropped: set[int] = set()
+    data_rows = []
+    for first, end, cells in _records(path, kept_text, line_numbers, delimiter, quoting):
+        if end - first == 1 and not texts[first][1].strip(blank_chars):
+            continue
+        last = first
+        if names is None:
+            names, header_line = cells, line_numbers[first]
+            _check_header(path, names, header_line)
+        elif len(cells) > len(names):
+            bad.append((line_numbers[first], None,
+                        f"has more fields than the header: {len(cells)}, the header "
+                        f"{len(names)} (a {_delimiter_name(delimiter)} inside a field that is "
+                        "not quoted?)"))
+            dropped.update(range(first, end))
+        else:
+            data_rows.append(line_numbers[first])
+    assert names is not None  # `content` has a line that is not blank
+    if quoting != csv.QUOTE_NONE and _never_closed([text for _, text in texts[last:]], delimiter):
+        line = line_numbers[last]
+        raise DataError(f"a quoted field that starts on line {line} is never closed: every line "
+                        "after it would be read as part of that field (a '\"' that should be "
+                        "'\"\"' or a quote missing?)", file=path, line=line)
+    bad.sort(key=lambda item: item[0])
     if not data_rows:
+        if bad:
+            raise _no_usable_row(path, bad, by_line=True)
         raise DataError("no data rows: the file has a header line and nothing under it",
                         file=path, line=header_line)
     if delimiter != default:
         notes.append(f"read as {_delimiter_name(delimiter)}-delimited: the header has the "
                      f"task's columns only when split at {_delimiter_name(delimiter)}")
+    # pandas names an unnamed column by its position.
+    columns = [name if name else f"Unnamed: {position}" for position, name in enumerate(names)]
     if not (bom or bad):
-        return LocalFile(path, options, data_rows, [], notes)
-    if bad:
-        notes.append(f"skipped {len(bad)} bad lines")
+        return LocalFile(path, options, data_rows, notes=notes, by_line=True, columns=columns)
+    if dropped:
+        kept_text = "".join(text + "\n" for index, (_, text) in enumerate(texts)
+                            if index not in dropped)
     suffix = ".tsv" if path.lower().endswith(".tsv") else ".csv"
-    return LocalFile(_cleaned_copy(path, kept_text, suffix, cache_dir), options, data_rows, bad,
-                     notes)
+    return LocalFile(_cleaned_copy(path, kept_text, suffix, cache_dir), options, data_rows,
+                     bad=bad, notes=notes, by_line=True, columns=columns)
+
+
+@contextlib.contextmanager
+def _long_fields() -> Iterator[None]:
+    previous = csv.field_size_limit(_FIELD_SIZE_LIMIT)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _records(path: str, text: str, line_numbers: list[int], delimiter: str,
+             quoting: int) -> Iterator[tuple[int, int, list[str]]]:
+    """(first line, end line, cells) of every record: 0-based indexes into text's lines, the
+    end excluded (a quoted field may span lines)."""
+    with _long_fields():
+        reader = csv.reader(io.StringIO(text), delimiter=delimiter, quoting=quoting)
+        previous_end = 0
+        try:
+            for cells in reader:
+                yield previous_end, reader.line_num, cells
+                previous_end = reader.line_num
+        except csv.Error as error:
+            line = line_numbers[min(reader.line_num, len(line_numbers)) - 1]
+            detail = ("a carriage return (\\r) inside a field that is not quoted, where pandas "
+                      "would split the row: quote the field or remove the character"
+                      if "new-line character" in str(error) else str(error))
+            raise DataError(f"cannot be read as CSV: {detail}", file=path, line=line) from None
+
+
+def _never_closed(lines: list[str], delimiter: str) -> bool:
+    """Whether the record of these lines (the file's last) opens a quoted field and the file
+    ends inside it."""
+    text = "".join(line + "\n" for line in lines)
+    if '"' not in text:
+        return False
+    try:
+        with _long_fields():
+            for _ in csv.reader(io.StringIO(text), delimiter=delimiter, strict=True):
+                pass
+    except csv.Error as error:
+        return "unexpected end of data" in str(error)
+    return False
+
+
+def _check_header(path: str, names: list[str], line: int) -> None:
+    """Refuse a header that names a column twice: pandas renames the second 'summary' to
+    'summary.1', and the task would silently read the first."""
+    seen: dict[str, int] = {}
+    for position, name in enumerate(names, start=1):
+        name = name.strip()
+        if not name:
+            continue
+        if name in seen:
+            raise DataError(f"the header names this column twice (fields {seen[name]} and "
+                            f"{position}); only one would be read: rename or remove the other",
+                            file=path, line=line, column=name)
+        seen[name] = position
 
 
 def _written_with_quoting(text: str, delimiter: str) -> bool:
@@ -306,15 +596,17 @@ def _written_with_quoting(text: str, delimiter: str) -> bool:
     if '"' not in text:
         return False
     try:
-        for _ in csv.reader(io.StringIO(text), delimiter=delimiter, strict=True):
-            pass
+        with _long_fields():
+            for _ in csv.reader(io.StringIO(text), delimiter=delimiter, strict=True):
+                pass
     except csv.Error:
         return False
     return True
 
 
 def _has_columns(header: str, delimiter: str, required: tuple[str, ...]) -> bool:
-    names = {cell.strip() for cell in next(csv.reader([header], delimiter=delimiter), [])}
+    with _long_fields():
+        names = {cell.strip() for cell in next(csv.reader([header], delimiter=delimiter), [])}
     return bool(required) and set(required) <= names
 
 

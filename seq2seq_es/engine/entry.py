@@ -37,6 +37,8 @@ def build_config(argv: list[str]):
 def train_main(argv: list[str]) -> int:
     """Compose the config of `seq2seq-es train ARGV` and train; the exit status (0, or the stop
     signal's: run_files.PREEMPTED_EXIT_CODE or INTERRUPTED_EXIT_CODE)."""
+    from ..run_files import INTERRUPTED_EXIT_CODE
+    from .signals import InterruptedNow
     from .trainer import Stopped, train
 
     cfg = build_config(argv)
@@ -46,4 +48,8 @@ def train_main(argv: list[str]) -> int:
         if stop.reports:
             print(str(stop), file=sys.stderr)
         return stop.exit_code
+    except InterruptedNow as interrupted:  # a second Ctrl-C: said once, no traceback
+        if interrupted.reports:
+            print(f"\n{interrupted}", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     return 0

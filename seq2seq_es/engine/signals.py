@@ -3,18 +3,48 @@
 A signal only sets a flag; the loop all-reduces the flag at the next step boundary (signals do not
 reach every rank at the same moment), and then every rank saves the same checkpoint together,
 because DeepSpeed's save is collective.
+
+Ctrl-C is also a person waiting at a terminal: a validation, the test scoring or the export can run
+for minutes before the next boundary. So the first SIGINT says what will happen, and a second one
+stops at once, without a checkpoint (`InterruptedNow`, a KeyboardInterrupt: library code that
+catches Exception does not swallow it). SIGTERM and SIGUSR2 never escalate: SLURM and launchers send
+them again on their own, and a second one must not lose the save the first one asked for.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
+FIRST_SIGINT = ("\nCtrl-C: the run stops at the end of this step (or of the evaluation or test "
+                "scoring under way) and saves a checkpoint; Ctrl-C again stops at once, "
+                "without saving\n")
+
+
+class InterruptedNow(KeyboardInterrupt):
+    """A second Ctrl-C: the run stopped where it was, with nothing saved since the last checkpoint.
+    `reports`: this rank says so (every rank of a terminal's run gets the Ctrl-C)."""
+
+    def __init__(self, reports: bool = True):
+        super().__init__()
+        self.reports = reports
+
+    def __str__(self) -> str:
+        return ("interrupted by a second Ctrl-C: stopped at once, nothing saved since the last "
+                "complete checkpoint; resume from it with --train.resume auto")
+
 
 class StopRequest:
-    def __init__(self):
+    """The stop flag (`signum`, 0 when none) while installed; `announce`: this process tells the
+    terminal about the first Ctrl-C (rank 0 only, so that it is said once)."""
+
+    def __init__(self, announce: bool = True):
         self.signum = 0
+        self.announce = announce
+        self.interrupts = 0
         self._previous = {}
 
     def install(self) -> "StopRequest":
@@ -23,7 +53,19 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame) -> None:
-        self.signum = signum
+        if signum == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts > 1:
+                raise InterruptedNow(self.announce)
+            if self.announce:
+                # os.write, not print: a handler can run inside a print to the same stream, and
+                # a buffered stream refuses that reentrant call.
+                try:
+                    os.write(sys.stderr.fileno(), FIRST_SIGINT.encode())
+                except (OSError, ValueError):
+                    pass
+        if not self.signum:  # the first signal names the stop (a later SIGTERM keeps SIGINT's)
+            self.signum = signum
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():

@@ -1,0 +1,50 @@
+"""Stop signals: the first asks for a save at the next step boundary; a second Ctrl-C stops at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from seq2seq_es.engine.signals import FIRST_SIGINT, InterruptedNow, StopRequest
+
+
+@pytest.fixture
+def request_installed():
+    stop = StopRequest(announce=True).install()
+    yield stop
+    stop.restore()
+
+
+def test_the_first_ctrl_c_asks_for_a_save_and_says_so_and_the_second_stops_at_once(
+        request_installed, capfd):
+    os.kill(os.getpid(), signal.SIGINT)
+    assert request_installed.signum == signal.SIGINT
+    assert FIRST_SIGINT.strip() in capfd.readouterr().err
+    with pytest.raises(InterruptedNow) as stopped:
+        os.kill(os.getpid(), signal.SIGINT)
+    assert isinstance(stopped.value, KeyboardInterrupt) and stopped.value.reports
+    assert "nothing saved since the last complete checkpoint" in str(stopped.value)
+
+
+def test_sigterm_and_sigusr2_never_escalate_and_the_first_signal_names_the_stop(
+        request_installed, capfd):
+    for sig in (signal.SIGUSR2, signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
+        os.kill(os.getpid(), sig)
+    assert request_installed.signum == signal.SIGUSR2
+    assert capfd.readouterr().err == FIRST_SIGINT  # the SIGINT's line only
+
+
+def test_only_the_announcing_rank_speaks_and_restore_puts_the_handlers_back(capfd):
+    before = signal.getsignal(signal.SIGINT)
+    stop = StopRequest(announce=False).install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert capfd.readouterr().err == ""
+        with pytest.raises(InterruptedNow) as stopped:
+            os.kill(os.getpid(), signal.SIGINT)
+        assert not stopped.value.reports
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGINT) is before

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,126 @@ def test_a_stop_signal_during_the_last_validation_requeues_before_test_and_expor
     assert not (tmp_path / "PREEMPTED").exists()
     final = json.loads((tmp_path / "final_results.json").read_text())
     assert final["steps"] == 2 and final["test"] and (tmp_path / "final").is_dir()
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_not_redone_and_trains_on_with_its_longer_schedule(files, tmp_path):
+    from seq2seq_es import metrics_log
+    from seq2seq_es.engine.optim import lr_factor
+
+    out = tmp_path / "finished"
+    args = base_args(files, out, steps=4, extra=["--train.resume", "auto"])
+    run("none", 1, args)
+    done, metrics = (out / "DONE").read_text(), (out / "metrics.jsonl").read_bytes()
+    assert json.loads(done)["step"] == 4 and (out / "final_results.json").is_file()
+    # Resumed as it was: nothing is validated, scored, exported or logged again.
+    again = run("none", 1, args)
+    assert "finished at step 4 (DONE): nothing to train" in again.stdout, again.stdout[-2000:]
+    assert (out / "metrics.jsonl").read_bytes() == metrics and (out / "DONE").read_text() == done
+    assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_00000004"]
+    # With more steps it trains on, following the 8-step schedule from step 5 on (the checkpoint's
+    # 4-step schedule had decayed to 0 there), and finishes again.
+    longer = run("none", 1, [a if a != "4" else "8" for a in args])
+    assert "had finished at step 4; it trains on to step 8" in longer.stdout, longer.stdout[-2000:]
+    rates = {step: r["train/lr"] for step, r in metrics_log.by_step(out, "train/lr").items()}
+    assert sorted(rates) == list(range(1, 9))
+    for step in range(5, 9):  # warmup 1, linear decay over 8 steps, peak 1e-3
+        assert rates[step] == pytest.approx(1e-3 * lr_factor(step - 1, 8, 1, "linear"), rel=1e-9)
+    assert rates[5] > 0
+    assert json.loads((out / "DONE").read_text())["step"] == 8
+    assert json.loads((out / "final_results.json").read_text())["steps"] == 8
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_during_validation_stops_at_once_without_saving(tmp_path):
+    from seq2seq_es.demo.synthetic import write_demo_dataset
+    from seq2seq_es.engine.signals import FIRST_SIGINT
+
+    # A validation long enough to interrupt: 300 examples, 48 generated tokens each.
+    files = write_demo_dataset(tmp_path / "data", train_size=16, validation_size=300, seed=3)
+    out = tmp_path / "run"
+    proc = start("none", 1, base_args(files, out, steps=400, batch=2, extra=[
+        "--train.eval_every", "2", "--gen.max_new_tokens", "48", "--gen.min_new_tokens", "48"]))
+    try:
+        wait_for(lambda: 2 in step_losses(out) or proc.poll() is not None)
+        proc.send_signal(signal.SIGINT)  # flags a stop after the validation, and says so
+        time.sleep(1.0)
+        assert proc.poll() is None, "the first Ctrl-C must wait for the validation"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        kill_group(proc)
+    output = proc.stdout.read()
+    assert proc.returncode == 130, output[-3000:]
+    assert FIRST_SIGINT.strip() in output and "Traceback" not in output, output[-3000:]
+    assert output.count("interrupted by a second Ctrl-C: stopped at once") == 1, output[-3000:]
+    # stopped inside the step-2 validation: nothing saved, nothing said to be saved
+    assert not (out / "PREEMPTED").exists() and not list(out.glob("checkpoints/step_*"))
+    assert max(step_losses(out)) == 2
+
+
+def test_a_damaged_checkpoint_is_named_with_the_one_before_it(files, one_rank, tmp_path):
+    from seq2seq_es.engine.checkpoint import Checkpointer, TrainState, run_identity
+    from seq2seq_es.errors import ConfigError, Seq2SeqEsError
+
+    cfg, engine, _ = _engine_and_batches(files, "stop")
+    ckpt = Checkpointer(tmp_path / "checkpoints", one_rank, keep_last=3)
+    identity = run_identity(cfg)
+    for step in (2, 4):
+        ckpt.save(engine, TrainState(step=step, run=identity))
+    latest = ckpt.latest()
+    assert latest.name == "step_00000004"
+    # Another model's or task's checkpoint: refused before anything is loaded.
+    with pytest.raises(ConfigError) as other:
+        ckpt.load(engine, latest, run={**identity, "model.name": "t5s-tiny"})
+    assert "train.resume" in str(other.value) and "is of another run" in str(other.value)
+    assert "model.name barto-tiny" in str(other.value)
+    weights = latest / "mp_rank_00_model_states.pt"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated on disk
+    with pytest.raises(Seq2SeqEsError) as damaged:
+        ckpt.load(engine, latest, run=identity)
+    message = str(damaged.value)
+    assert message.startswith(f"checkpoint {latest} could not be loaded (RuntimeError: ")
+    assert message.endswith(f"it may be damaged; resume from an earlier one with --train.resume "
+                            f"{tmp_path / 'checkpoints' / 'step_00000002'}")
+    ckpt.load(engine, ckpt.path(2), run=identity)  # the one before it loads
+    (latest / "trainer_state.json").write_text('{"step": 4, "epo')
+    with pytest.raises(Seq2SeqEsError, match="step_00000004 is damaged: trainer_state.json "
+                                             "cannot be read"):
+        ckpt.load(engine, latest, run=identity)
+
+
+def test_a_fresh_run_does_not_overwrite_a_finished_run_or_join_another(tmp_path):
+    from seq2seq_es.config import compose
+    from seq2seq_es.engine.checkpoint import check_fresh_folder
+    from seq2seq_es.errors import ConfigError
+
+    cfg = compose(task="mlsum", model="barto-tiny", overrides={"train.output_dir": str(tmp_path)})
+    check_fresh_folder(tmp_path, cfg)  # an empty folder
+    (tmp_path / "config.yaml").write_text("data:\n  task: mlsum\nmodel:\n  name: barto-tiny\n")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train/loss": 3.0}\n')
+    check_fresh_folder(tmp_path, cfg)  # the same run, stopped before its first checkpoint
+    (tmp_path / "config.yaml").write_text("data:\n  task: sqac\nmodel:\n  name: barto-tiny\n")
+    with pytest.raises(ConfigError, match=r"train.output_dir.*holds another run \(data.task "
+                                          r"sqac, model.name barto-tiny in its config.yaml\)"):
+        check_fresh_folder(tmp_path, cfg)
+    (tmp_path / "config.yaml").write_text("data:\n  task: mlsum\nmodel:\n  name: barto-tiny\n")
+    (tmp_path / "final").mkdir()
+    (tmp_path / "DONE").write_text("{}")
+    with pytest.raises(ConfigError, match=r"holds a finished run \(DONE, final\) and no "
+                                          r"checkpoint to resume from"):
+        check_fresh_folder(tmp_path, cfg)
+
+
+@pytest.mark.slow
+def test_resuming_another_models_run_is_refused_without_a_traceback(files, tmp_path):
+    out = tmp_path / "barto"
+    run("none", 1, base_args(files, out, steps=2))
+    proc = run("none", 1, base_args(files, out, model="t5s-tiny", steps=4,
+                                    extra=["--train.resume", "auto"]), check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: config key 'train.resume': checkpoint ") and "Traceback" \
+        not in proc.stderr, proc.stderr[-3000:]
+    assert "is of another run (data.task mlsum, model.name barto-tiny; this run: data.task " \
+           "mlsum, model.name t5s-tiny)" in error

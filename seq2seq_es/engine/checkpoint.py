@@ -25,8 +25,10 @@ The interface (every method that touches the engine is collective: all ranks cal
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 import random
 import shutil
 import time
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 
 from .. import run_files
-from ..errors import ConfigError
+from ..errors import ConfigError, Seq2SeqEsError
 from . import distributed as D
 from .run_dir import write_json_atomic
 
@@ -74,6 +76,9 @@ class TrainState:
     # The best validation so far: {"step", "metric", "value", "validation": {name: value}}.
     # Saved in every checkpoint, so rotation keeps that step and a resumed run remembers it.
     best: dict | None = None
+    # What was trained ({"data.task", "model.name"}, `run_identity`): a resume must be the same
+    # run. None: a state written before the field existed (not checked).
+    run: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -84,6 +89,21 @@ class TrainState:
         values = json.loads(text)
         values.setdefault("world_size", world_size)
         return cls(**values)
+
+    @classmethod
+    def read(cls, path: Path, world_size: int) -> "TrainState":
+        """Checkpoint `path`'s state; a damaged file is an error naming it."""
+        state_file = path / run_files.TRAINER_STATE
+        try:
+            return cls.from_json(state_file.read_text(), world_size)
+        except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            raise Seq2SeqEsError(f"checkpoint {path} is damaged: {state_file.name} cannot be read "
+                                 f"({exc})") from exc
+
+
+def run_identity(cfg) -> dict:
+    """What a checkpoint must have trained for a run to resume from it."""
+    return {"data.task": cfg.data.task, "model.name": cfg.model.name}
 
 
 def data_layout(cfg, plan, train_examples: int) -> dict:
@@ -121,6 +141,51 @@ def check_same_layout(path: Path, saved: dict | None, current: dict | None) -> N
                       "examples (some never trained, some twice) and the schedule at another "
                       "length. Set these back to resume, or start a new run in another "
                       "train.output_dir (model.path to its final/ to continue from its weights)")
+
+
+def check_fresh_folder(out: Path, cfg) -> None:
+    """A run that starts from no checkpoint in `out`: refused where it would overwrite a
+    finished run's model and results (its checkpoints deleted to save space, say), or append to
+    another task's or model's metrics. A run of the same task and model that stopped before
+    its first checkpoint starts again there."""
+    finished = [name for name in (run_files.DONE, run_files.FINAL_RESULTS, run_files.FINAL)
+                if (out / name).exists()]
+    if finished:
+        raise ConfigError("train.output_dir", f"{out} holds a finished run ({', '.join(finished)}) "
+                          "and no checkpoint to resume from; a new run would overwrite it: "
+                          "choose another train.output_dir, or remove that one")
+    saved = _folder_run(out / run_files.CONFIG)
+    current = run_identity(cfg)
+    if saved is not None and any(saved.get(key) not in (None, value)
+                                 for key, value in current.items()):
+        said = ", ".join(f"{key} {value}" for key, value in saved.items())
+        raise ConfigError("train.output_dir", f"{out} holds another run ({said} in its "
+                          f"{run_files.CONFIG}); choose another train.output_dir")
+
+
+def _folder_run(config_file: Path) -> dict | None:
+    """The task and model named by a run folder's config.yaml (None: none, or unreadable)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    sections = {name: config.get(name) if isinstance(config.get(name), dict) else {}
+                for name in ("data", "model")}
+    return {"data.task": sections["data"].get("task"), "model.name": sections["model"].get("name")}
+
+
+def check_same_run(path: Path, saved: dict | None, current: dict | None) -> None:
+    if saved is None or current is None or saved == current:
+        return
+    said = ", ".join(f"{key} {value}" for key, value in saved.items())
+    this = ", ".join(f"{key} {value}" for key, value in current.items())
+    raise ConfigError("train.resume", f"checkpoint {path} is of another run ({said}; this run: "
+                      f"{this}); its folder belongs to that run: choose another "
+                      "train.output_dir")
 
 
 class Checkpointer:
@@ -197,24 +262,43 @@ class Checkpointer:
             write_json_atomic(self.root / run_files.BEST, {**state.best, "checkpoint": final.name})
         return final
 
-    def load(self, engine, path: Path, data_layout: dict | None = None) -> TrainState:
+    def load(self, engine, path: Path, data_layout: dict | None = None,
+             run: dict | None = None) -> TrainState:
         """Collective: restore weights, optimizer, scheduler, this rank's RNG; return the state.
-        Refused before anything is loaded when the ranks or the data layout differ."""
-        state = TrainState.from_json((path / run_files.TRAINER_STATE).read_text(),
-                                     self.env.world_size)
+        Refused before anything is loaded when the run (task, model), the ranks or the data
+        layout differ; a file that cannot be read is an error naming the checkpoint."""
+        state = TrainState.read(path, self.env.world_size)
+        check_same_run(path, state.run, run)
         if state.world_size != self.env.world_size:
             raise ConfigError("train.resume", f"checkpoint {path} was written by "
                               f"{state.world_size} ranks, this run has {self.env.world_size}; "
                               "the data order and RNG states would not match")
         check_same_layout(path, state.data_layout, data_layout)
-        load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name,
-                                              load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
-        if load_path is None:
-            raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
-        rng_file = path / "rng" / f"rank_{self.env.rank}.pt"
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        with self.damaged_files_named(path):
+            load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name,
+                                                  load_optimizer_states=True,
+                                                  load_lr_scheduler_states=True)
+            if load_path is None:
+                raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+            rng_file = path / "rng" / f"rank_{self.env.rank}.pt"
+            _set_rng_state(torch.load(rng_file, weights_only=False))
         return state
+
+    @contextlib.contextmanager
+    def damaged_files_named(self, path: Path):
+        """A checkpoint whose files cannot be read (truncated, or written by another model):
+        one error naming it and the complete checkpoints before it, instead of torch's reader
+        traceback or a state_dict listing thousands of keys (SEQ2SEQ_ES_DEBUG=1 shows those)."""
+        try:
+            yield
+        except (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) \
+                as exc:
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            earlier = [str(p) for p in self.complete() if p.name < path.name][-2:]
+            hint = ("; resume from an earlier one with --train.resume " + " or ".join(earlier)
+                    if earlier else "")
+            raise Seq2SeqEsError(f"checkpoint {path} could not be loaded ({type(exc).__name__}: "
+                                 f"{first_line}); it may be damaged{hint}") from exc
 
     def load_weights(self, engine, path: Path) -> None:
         """Collective: put the weights of checkpoint `path` into the engine (end of training).
@@ -226,8 +310,9 @@ class Checkpointer:
         fp32 shards on every rank and needs a `latest` tag file that these checkpoints do not
         write.
         """
-        load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name,
-                                              load_optimizer_states=True,
-                                              load_lr_scheduler_states=False)
-        if load_path is None:
-            raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+        with self.damaged_files_named(path):
+            load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name,
+                                                  load_optimizer_states=True,
+                                                  load_lr_scheduler_states=False)
+            if load_path is None:
+                raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")

@@ -67,6 +67,11 @@ class Schedule(torch.optim.lr_scheduler.LambdaLR):
     run did not. The schedule's state is saved and loaded with every checkpoint on every rank
     (as is the scale: every rank unscales the same all-reduced gradients), so it carries the
     scaler's state too (get_engine attaches the scaler); checkpoints without it load as before.
+
+    A checkpoint gives the schedule its position only: its shape (optim.lr, warmup, schedule,
+    the run's total steps) is this run's config, so a run resumed with more steps follows the
+    longer schedule from its first resumed step (the trainer calls `apply_schedule` after the
+    load, since DeepSpeed's optimizer load puts the checkpoint's rates back).
     """
 
     grad_scaler = None
@@ -80,6 +85,9 @@ class Schedule(torch.optim.lr_scheduler.LambdaLR):
     def load_state_dict(self, state_dict: dict) -> None:
         state = dict(state_dict)
         scaler = state.pop("grad_scaler", None)
+        # The peak rates are this run's (optim.lr), not the checkpoint's: only the position is
+        # resumed. Checkpoint.load then sets the optimizer's rates from this schedule.
+        state.pop("base_lrs", None)
         super().load_state_dict(state)
         if scaler and self.grad_scaler is not None:
             self.grad_scaler.load_state_dict(scaler)
@@ -307,12 +315,19 @@ def fp16_step_skipped(engine, scale_before: float, skipped_before: int) -> bool:
     scheduler = engine.lr_scheduler
     if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
         scheduler.last_epoch -= 1
-        lrs = [base * factor(scheduler.last_epoch)
-               for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
-        for group, lr in zip(scheduler.optimizer.param_groups, lrs):
-            group["lr"] = lr
-        scheduler._last_lr = lrs
+        apply_schedule(scheduler)
     return True
+
+
+def apply_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR) -> list[float]:
+    """Set the optimizer's rates to what `scheduler` gives at its position (last_epoch): the
+    same numbers LambdaLR itself computes, so an unchanged schedule gets back the rates it had."""
+    lrs = [base * factor(scheduler.last_epoch)
+           for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
+    return lrs
 
 
 def label_bf16_optimizer_checkpoints(engine) -> None:

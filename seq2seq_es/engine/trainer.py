@@ -38,10 +38,10 @@ from . import distributed as D
 from .builders import (check_targets, compile_shapes, get_collator, get_engine,
                        get_generation_config, get_model, get_split, get_step_plan, get_test_split,
                        warm_up_compiled)
-from .checkpoint import Checkpointer, TrainState, data_layout
+from .checkpoint import Checkpointer, TrainState, check_fresh_folder, data_layout, run_identity
 from .evaluation import evaluate
 from .export import export_hf
-from .optim import use_bf16
+from .optim import apply_schedule, use_bf16
 from .progress import quiet_library_progress
 from .run_dir import RunLog, check_before_training, write_json_atomic
 from .signals import StopRequest
@@ -114,6 +114,8 @@ class Trainer:
         self.out = Path(cfg.train.output_dir)
         self.ckpt = Checkpointer(self.out / run_files.CHECKPOINTS, env, cfg.train.keep_last)
         resume_from = self.ckpt.resume_point(cfg.train.resume)
+        if resume_from is None:  # a fresh run must not overwrite or mix with another one
+            check_fresh_folder(self.out, cfg)
         seed_everything(cfg.train.seed)
 
         self.task = get_task(cfg.data.task)
@@ -134,11 +136,14 @@ class Trainer:
             self.say(compiled)
 
         layout = data_layout(cfg, self.plan, len(self.train_data.tokenized))
-        self.state = TrainState(world_size=env.world_size, data_layout=layout)
+        identity = run_identity(cfg)
+        self.state = TrainState(world_size=env.world_size, data_layout=layout, run=identity)
         if resume_from is not None:
-            self.state = self.ckpt.load(self.engine, resume_from, layout)
-            self.state.data_layout = layout  # equal, or a state from before the field existed
+            self.state = self.ckpt.load(self.engine, resume_from, layout, identity)
+            # equal, or a state from before the fields existed
+            self.state.data_layout, self.state.run = layout, identity
             self.say(f"resumed from {resume_from} at step {self.state.step}")
+            self.follow_schedule()
         # The step of the newest checkpoint: a step is never saved twice (e.g. a time-based save
         # and the save of a new best at the same step).
         self.saved_step = self.state.step if resume_from is not None else None
@@ -156,7 +161,18 @@ class Trainer:
         # The step (read back once per logging interval) and the non-finite check: never
         # evaluate, save or export weights that a non-finite loss reached (on_nan=stop).
         self.stepper = TrainStep(self.engine, env, cfg)
-        self.stop = StopRequest()
+        self.stop = StopRequest(announce=env.is_main)
+
+    def follow_schedule(self) -> None:
+        """After a resume: the next step's rate from this run's schedule (more steps, another
+        optim.lr), not the checkpoint's, which gave the first resumed step the old schedule's
+        rate (0 at the end of a finished run's linear decay)."""
+        saved = self.scheduler.get_last_lr()[0]
+        rate = apply_schedule(self.scheduler)[0]
+        if rate != saved:
+            self.say(f"learning rate of step {self.state.step + 1}: {rate:.4g} from this run's "
+                     f"schedule ({self.total_steps} steps, optim.lr {self.cfg.optim.lr:g}); the "
+                     f"checkpoint's schedule gave {saved:.4g}")
 
     def build_data(self, spec) -> None:
         """The three splits, the collator, the generation config and the step plan."""
@@ -185,6 +201,9 @@ class Trainer:
     def train(self) -> dict:
         """Train to `total_steps` (from a resumed state), then `finish`; the end's results."""
         cfg, state = self.cfg, self.state
+        done = self.finished_before()
+        if done is not None:
+            return done
         self.stop.install()
         try:
             if cfg.train.eval_at_start and state.step == 0 and self.track_best(0, self.run_eval(0)):
@@ -208,6 +227,33 @@ class Trainer:
             return self.finish()
         finally:
             self.stop.restore()
+
+    def finished_before(self) -> dict | None:
+        """A resumed run that has written DONE: with nothing left to train, its record (it is
+        not validated, scored or exported again, nor logged twice; `seq2seq-es evaluate RUN`
+        scores it anew). With more steps to train, its DONE and final_results.json go until it
+        finishes again, so that status and collect do not read it as finished meanwhile."""
+        if self.saved_step is None:  # a fresh run
+            return None
+        done_file = self.out / run_files.DONE
+        done = json.loads(done_file.read_text()) if self.env.is_main and done_file.is_file() else None
+        finished = done is not None and self.state.step >= self.total_steps \
+            and done.get("step") == self.state.step
+        # rank 0's reading decides for all (one collective, no shared-folder timing between ranks)
+        had_done, finished = D.all_reduce_max([float(done is not None), float(finished)],
+                                              self.env.device)
+        if finished:
+            self.say(f"{self.out} finished at step {self.state.step} (DONE): nothing to train; "
+                     "raise train.max_steps or train.num_epochs to train it further, or score "
+                     f"it with `seq2seq-es evaluate {self.out}`")
+            return done or {"step": self.state.step}
+        if had_done and self.env.is_main:
+            self.say(f"{self.out} had finished at step {done.get('step')}; it trains on to step "
+                     f"{self.total_steps}: its DONE and final_results.json are removed until "
+                     "it finishes again")
+            (self.out / run_files.FINAL_RESULTS).unlink(missing_ok=True)
+            done_file.unlink()
+        return None
 
     def maybe_log(self, result, lr: float, epoch: int) -> None:
         """Every `log_every` steps, the first and the last: the interval's one read-back (the

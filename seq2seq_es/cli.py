@@ -38,6 +38,9 @@ commands:
   convert-led SRC OUT [--max-positions 16384] [--attention-window 1024]
   bench [--model M] [--impls A,B] [...]   Seq2SeqTrainer route vs this package's loop
   bench led [...]              LED attention implementations at 4K-16K tokens
+  collect RUN... | SWEEP [--split both|dev|test] [--metrics A,B]
+                               the paper-style results table of run folders (or a sweep):
+                               one run per model and task, chosen by its dev main metric
   slurm submit|sweep|status|resume|collect|bench ...
 """
 
@@ -139,9 +142,17 @@ def cmd_slurm(argv: list[str]) -> int:
     return slurm_main(argv)
 
 
+def cmd_collect(argv: list[str]) -> int:
+    """`slurm collect` under its own name: run folders trained without SLURM need no cluster."""
+    from .slurm.cli import cmd_collect as collect
+
+    return collect(argv)
+
+
 COMMANDS = {"list": cmd_list, "train": cmd_train, "config": cmd_config, "evaluate": cmd_evaluate,
             "predict": cmd_predict, "demo": cmd_demo, "score": cmd_score,
-            "convert-led": cmd_convert_led, "bench": cmd_bench, "slurm": cmd_slurm}
+            "convert-led": cmd_convert_led, "bench": cmd_bench, "slurm": cmd_slurm,
+            "collect": cmd_collect}
 
 
 def main(argv: list[str] | None = None) -> int:

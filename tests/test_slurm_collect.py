@@ -452,3 +452,59 @@ def test_runs_without_scores_are_named(tmp_path):
     out = format_markdown(build_table(load_manifest(sweep_dir)))
     assert "No scores yet (" in out and out.rstrip().endswith(": barto__mlsum__lr-5e-5")
     assert f"seq2seq-es slurm status {sweep_dir}" in out
+
+
+def _local_run(folder, task, model, lr, validation, test, train_file=None):
+    """A run folder as `seq2seq-es train` leaves it (no manifest): config.yaml and results."""
+    folder.mkdir(parents=True)
+    data = f"  task: {task}\n" + (f"  train_file: {train_file}\n" if train_file else "")
+    (folder / "config.yaml").write_text(
+        f"model:\n  name: {model}\ndata:\n{data}optim:\n  lr: {lr}\n"
+        f"train:\n  output_dir: {folder}\n  log_every: 10\n")
+    (folder / "final_results.json").write_text(json.dumps({
+        "task": task, "model": model, "main_metric": "rougeL", "best_step": 8, "steps": 10,
+        "validation": validation, "test": test}))
+
+
+def test_collect_reads_run_folders_trained_without_slurm(tmp_path, capsys):
+    from seq2seq_es.cli import main as cli_main
+
+    runs = tmp_path / "runs"
+    _local_run(runs / "barto-mlsum-a", "mlsum", "barto", 3e-5, {"rougeL": 20.0, "rouge1": 25.0},
+               {"rougeL": 19.0, "rouge1": 24.0}, train_file="/data/mlsum/train.jsonl")
+    _local_run(runs / "barto-mlsum-b", "mlsum", "barto", 5e-5, {"rougeL": 22.0, "rouge1": 23.0},
+               {"rougeL": 21.0, "rouge1": 22.0}, train_file="/data/mlsum/train.jsonl")
+    _local_run(runs / "t5s-mlsum", "mlsum", "t5s", 1e-3, {"rougeL": 18.0, "rouge1": 21.0}, None)
+    (runs / "notes").mkdir()  # not a run folder: passed over
+    assert cli_main(["collect", str(runs)]) == 0
+    out = capsys.readouterr().out
+    [table] = _rows(out)
+    # barto's better rougeL run (b), every number of its row from it; the runs differ in
+    # optim.lr only (train.output_dir and log_every say nothing about what was trained)
+    assert table["barto"][:4] == ["barto", "g2", "23.00 / 22.00", "22.00 / 21.00"]
+    assert "- g2: run=barto-mlsum-b optim.lr=5e-05" in out
+    assert "- g3: run=t5s-mlsum" in out  # one run of its pair: no key differs
+    assert f"Results of 3 of the 3 run(s) in {runs}" in out
+    assert "- barto / mlsum: /data/mlsum/train.jsonl" in out  # said where the data came from
+    rows = list(csv.DictReader(io.StringIO((runs / "results.csv").read_text())))
+    barto = {row["metric"]: row for row in rows if row["model"] == "barto"}
+    assert barto["rougeL"]["run_dir"] == str(runs / "barto-mlsum-b")
+    assert barto["rougeL"]["local_data"] == "/data/mlsum/train.jsonl"
+    # Run folders named one by one: the results go to the folder that holds them.
+    assert cli_main(["collect", str(runs / "barto-mlsum-a"), str(runs / "t5s-mlsum"),
+                     "--split", "test"]) == 0
+    assert "19.00" in (runs / "results-test.md").read_text()
+
+
+def test_collect_names_what_is_neither_a_sweep_nor_a_run(tmp_path, capsys):
+    from seq2seq_es.cli import main as cli_main
+
+    (tmp_path / "empty").mkdir()
+    assert cli_main(["collect", str(tmp_path / "empty")]) == 2
+    assert (f"error: argument RUN: {tmp_path / 'empty'} holds neither sweep.json, "
+            "slurm_job.json, a run (config.yaml) nor run folders") in capsys.readouterr().err
+    sweep_dir = tmp_path / "sweep"
+    _write_manifest(sweep_dir, [("barto", "mlsum")], LR)
+    _local_run(tmp_path / "run", "mlsum", "barto", 3e-5, {"rougeL": 20.0}, None)
+    assert cli_main(["collect", str(sweep_dir), str(tmp_path / "run")]) == 2
+    assert "is a sweep folder: collect it on its own" in capsys.readouterr().err

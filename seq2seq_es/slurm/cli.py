@@ -9,10 +9,12 @@
          [--yes]           submit again every run without DONE (stopped, out of requeues,
                            timed out, failed); each resumes from its latest checkpoint, with
                            new resources if given (not new ranks)
-  collect SWEEP [--split both|dev|test] [--metrics A,B] [--markdown FILE] [--csv FILE]
-         [--png FILE]      per model and task the run of the best dev main metric:
+  collect SWEEP | RUN... [--split both|dev|test] [--metrics A,B] [--markdown FILE]
+         [--csv FILE] [--png FILE]
+                           per model and task the run of the best dev main metric:
                            results.md/.csv/.png, results-dev.* / results-test.* for
-                           one split (an empty table writes nothing)
+                           one split (an empty table writes nothing); RUN: run folders
+                           trained anywhere (seq2seq-es train, torchrun), or folders of them
   bench  --bench-dir DIR [--nodes 1,2,4,8] [--zero-stages 0,2,3] [--model M] [--task T]
          [--steps 30] [--warmup-steps 5] [--wait] [SLURM options] [-- train overrides]
   bench  --collect DIR [--wait]    throughput and scaling efficiency: scaling.md/.csv/.json/.png
@@ -48,10 +50,10 @@ from .monitor import (SPLITS_SHOWN, build_table, empty_message, format_status, q
                       status_json, sweep_status, write_results)
 from .options import (SLURM_FLAGS, add_slurm_options, slurm_config_from_args, split_overrides,
                       with_sbatch_options)
-from .sweep import (RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, absolute_config,
+from .sweep import (RUN_FOLDERS_MODE, RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, absolute_config,
                     check_names, check_overrides, check_partition, check_run_dir,
                     check_sweep_dir, compose_run, dry_run_script, gpu_warning, load_manifest,
-                    new_manifest, parse_grid, partition_gres, plan_sweep, require_slurm_clients,
+                    load_runs, new_manifest, parse_grid, partition_gres, plan_sweep, require_slurm_clients,
                     runs_to_resume, select_pairs, submit, submit_runs, train_argv)
 
 def _warn_without_gpus(config: SlurmConfig) -> None:
@@ -221,8 +223,15 @@ def cmd_collect(argv: list[str]) -> int:
     Writes results.md, results.csv and results.png beside the manifest (results-dev.* or
     results-test.* with --split dev or test); when there is nothing to
     show it says so, writes nothing (earlier results stay) and returns 1."""
-    parser = argparse.ArgumentParser(prog="seq2seq-es slurm collect")
-    parser.add_argument("sweep", metavar="SWEEP")
+    parser = argparse.ArgumentParser(
+        prog="seq2seq-es slurm collect",
+        description="The paper-style results table of a sweep, or of run folders trained "
+                    "anywhere (seq2seq-es train, torchrun, ...): one run per (model, task), "
+                    "chosen by its dev main metric.")
+    parser.add_argument("sweep", metavar="SWEEP", nargs="+",
+                        help="a sweep folder (sweep.json) or run folder of `slurm submit` "
+                             "(slurm_job.json); or run folders (each holds config.yaml) and "
+                             "folders of them, whose results go to the folder holding them all")
     parser.add_argument("--split", choices=SPLITS_SHOWN, default="both",
                         help="what the markdown cells and the plot show: 'dev / test' (both, the "
                              "default), dev only or test only; the CSV always holds both")
@@ -234,12 +243,12 @@ def cmd_collect(argv: list[str]) -> int:
     parser.add_argument("--csv", metavar="FILE", help="default <SWEEP>/results.csv (as --markdown)")
     parser.add_argument("--png", metavar="FILE", help="default <SWEEP>/results.png (as --markdown)")
     args = parser.parse_args(argv)
-    manifest = load_manifest(args.sweep)
+    manifest = load_runs(args.sweep)
     metrics = _names(args.metrics)
     table = build_table(manifest, metrics=metrics)
     # A one-split table gets its own names: `--split test` must not replace the dev / test table.
-    stem = Path(manifest.path).parent / ("results" if args.split == "both"
-                                         else f"results-{args.split}")
+    folder = Path(manifest.path) if manifest.mode == RUN_FOLDERS_MODE else Path(manifest.path).parent
+    stem = folder / ("results" if args.split == "both" else f"results-{args.split}")
     paths = [Path(args.markdown) if args.markdown else stem.with_suffix(".md"),
              Path(args.csv) if args.csv else stem.with_suffix(".csv"),
              Path(args.png) if args.png else stem.with_suffix(".png")]

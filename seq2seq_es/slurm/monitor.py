@@ -27,7 +27,7 @@ from .. import run_files
 from ..errors import ConfigError, DataError
 # The one metrics.jsonl reader (merges a step's records, keeping the last values).
 from ..metrics_log import read as read_metrics
-from .sweep import Manifest, RunPlan, describe_grid_point
+from .sweep import RUN_FOLDERS_MODE, Manifest, RunPlan, describe_grid_point
 
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
                  "DEADLINE", "PREEMPTED", "OUT_OF_REQUEUES", "REVOKED"}
@@ -467,6 +467,14 @@ class RunResult:
     final: bool                           # finished: final_results.json or DONE is there
     source: str                           # run_files.FINAL_RESULTS or run_files.METRICS
     code: str | None = None               # the package commit (or version) that ran it
+    data: str | None = None               # local training file (config.yaml); None: the hub's
+
+
+def local_data(config: dict | None) -> str | None:
+    """The local training file a run's config.yaml names, or None (the task's hub dataset)."""
+    data = config.get("data") if isinstance(config, dict) else None
+    train_file = data.get("train_file") if isinstance(data, dict) else None
+    return str(train_file) if train_file else None
 
 
 def run_code(run_dir: Path) -> str | None:
@@ -499,7 +507,7 @@ def read_final_results(path: str | Path) -> dict[str, Any] | None:
     return data
 
 
-def check_run_config(run: RunPlan, run_dir: Path) -> None:
+def check_run_config(run: RunPlan, run_dir: Path) -> dict | None:
     """The run's config.yaml (written by the engine at start) against what the sweep planned for
     it: its task, model and grid point (the effective-batch axis aside, which the planner splits
     into micro-batch x accumulation). A folder reused by another run, or a config edited by hand,
@@ -508,13 +516,13 @@ def check_run_config(run: RunPlan, run_dir: Path) -> None:
 
     path = run_dir / run_files.CONFIG
     if not path.is_file():
-        return  # an entry that writes none (the probe), or a run that has not started
+        return None  # an entry that writes none (the probe), or a run that has not started
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise DataError(f"not valid YAML ({exc})", file=str(path)) from None
     if not isinstance(config, dict):
-        return
+        return None
     planned = {"data.task": run.task, "model.name": run.model,
                **{key: value for key, value in run.grid_point.items()
                   if key != "train.batch_size"}}
@@ -531,6 +539,7 @@ def check_run_config(run: RunPlan, run_dir: Path) -> None:
         if not same:
             raise DataError(f"its {key} is {have!r}, but the sweep planned {want!r} for this run",
                             file=str(path))
+    return config
 
 
 def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None:
@@ -544,7 +553,7 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
     it wrote DONE. Raises DataError for a broken file or one of another task or model, naming it.
     """
     run_dir = Path(run.run_dir)
-    check_run_config(run, run_dir)
+    trained_on = local_data(check_run_config(run, run_dir))
     path = run_dir / run_files.FINAL_RESULTS
     data = read_final_results(path)
     if data is not None:
@@ -562,7 +571,8 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
         return RunResult(run=run, validation=validation, test=test,
                          main_metric=declared if isinstance(declared, str) else None,
                          best_step=best_step if isinstance(best_step, int) else None,
-                         final=True, source=run_files.FINAL_RESULTS, code=run_code(run_dir))
+                         final=True, source=run_files.FINAL_RESULTS, code=run_code(run_dir),
+                         data=trained_on)
     evals: list[tuple[int | None, dict[str, float]]] = []
     tests: dict[int | None, dict[str, float]] = {}  # step -> test/ values logged at it
     for record in read_metrics(run_dir / run_files.METRICS):
@@ -588,7 +598,7 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
     return RunResult(run=run, validation=chosen[1], test=tests.get(chosen[0]) or None,
                      main_metric=None, best_step=chosen[0],
                      final=(run_dir / run_files.DONE).exists(), source=run_files.METRICS,
-                     code=run_code(run_dir))
+                     code=run_code(run_dir), data=trained_on)
 
 
 @dataclass
@@ -679,6 +689,7 @@ class ResultsTable:
     scored: int = 0                           # runs with scores (the rest: none yet, or left out)
     warnings: list[str] = field(default_factory=list)  # what may make cells not comparable
     unscored: list[str] = field(default_factory=list)  # runs with no scores: not started, failed
+    from_run_folders: bool = False            # run folders given to collect, not a sweep
 
     def label(self, choice: Choice) -> str:
         return self.grid_labels[describe_grid_point(choice.result.run.grid_point)]
@@ -802,7 +813,8 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
                         families=grouped, columns=columns, chosen=chosen, averages=averages,
                         grid_labels=labels, notes=notes,
                         scored=sum(len(results) for results in groups.values()),
-                        warnings=warnings, unscored=unscored)
+                        warnings=warnings, unscored=unscored,
+                        from_run_folders=manifest.mode == RUN_FOLDERS_MODE)
 
 
 def _number(value: float | None) -> str:
@@ -935,15 +947,24 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
         lines += ["", "Warnings:"] + [f"- {warning}" for warning in table.warnings]
     if table.notes:
         lines += ["", "Left out:"] + [f"- {note}" for note in table.notes]
+    local = [(model, task, choice.result.data) for (model, task), choice in table.chosen.items()
+             if choice.result.data]
+    if local:
+        lines += ["", "Trained on local files, not the task's hub dataset (config.yaml "
+                  "data.train_file; their scores compare with the paper's only if the files hold "
+                  "the same data):"]
+        lines += [f"- {model} / {task}: {data}" for model, task, data in local]
     if table.unscored:
-        lines += ["", f"No scores yet (pending, running before its first validation, or failed: "
-                  f"`seq2seq-es slurm status {Path(table.source).parent}` says which): "
-                  + ", ".join(table.unscored)]
+        why = ("no validation yet, or stopped before one" if table.from_run_folders else
+               "pending, running before its first validation, or failed: `seq2seq-es slurm "
+               f"status {Path(table.source).parent}` says which")
+        lines += ["", f"No scores yet ({why}): " + ", ".join(table.unscored)]
     return "\n".join(lines) + "\n"
 
 
 CSV_COLUMNS = ("model", "family", "task", "metric", "dev", "test", "paper", "grid_label",
-               "grid_point", "best_step", "final", "selected_by", "source", "run_dir")
+               "grid_point", "best_step", "final", "selected_by", "source", "run_dir",
+               "local_data")
 
 
 def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
@@ -976,7 +997,7 @@ def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
                                      describe_grid_point(result.run.grid_point),
                                      "" if result.best_step is None else result.best_step,
                                      "yes" if result.final else "no", choice.selected_by,
-                                     result.source, result.run.run_dir])
+                                     result.source, result.run.run_dir, result.data or ""])
         average = table.averages.get(family)
         if average is None:
             continue
@@ -986,7 +1007,7 @@ def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
             writer.writerow([model, family, "avg:" + "+".join(average.tasks),
                              f"avg({','.join(average.metrics)})", text(average.dev[model]),
                              text(average.test[model]), text(average.paper.get(model)), "", "",
-                             "", "yes" if average.final[model] else "no", "", "", ""])
+                             "", "yes" if average.final[model] else "no", "", "", "", ""])
     return buffer.getvalue()
 
 

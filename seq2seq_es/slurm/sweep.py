@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import run_files
-from ..errors import ConfigError, Seq2SeqEsError, UnknownNameError
+from ..errors import ConfigError, DataError, Seq2SeqEsError, UnknownNameError
 from . import paper_grid
 from .config import SlurmConfig, make_executor, render_sbatch
 from .job import DEFAULT_ENTRY, TrainJob
@@ -114,6 +115,78 @@ def load_manifest(path: str | Path) -> Manifest:
         raise ConfigError("SWEEP", f"{path} does not match this version's manifest: {exc}") from None
     manifest.path = str(path)
     return manifest
+
+
+# Config keys that say how a run was watched or stored, not what it trained: two local runs that
+# differ only there are the same grid point.
+_NOT_GRID_KEYS = {"train.output_dir", "train.resume", "train.progress_bar", "train.log_every",
+                  "train.report_to", "train.save_every", "train.save_every_min", "train.keep_last",
+                  "train.stop_check_every", "data.cache_dir", "dist.timeout_min"}
+RUN_FOLDERS_MODE = "runs"  # a Manifest made from run folders (`collect RUN ...`), not submitted
+
+
+def load_runs(paths: list[str]) -> Manifest:
+    """What `collect` reads: one sweep (a folder holding sweep.json or slurm_job.json, or the
+    file), or run folders trained anywhere (`seq2seq-es train`, torchrun, ...): each path a run
+    folder (it holds config.yaml) or a folder of them. Run folders become an unsaved Manifest
+    (mode "runs", path: the folder the results go to) whose runs' model and task come from their
+    config.yaml and whose grid point is the run folder plus the config keys that differ between
+    the runs of one (model, task)."""
+    if len(paths) == 1:
+        path = Path(paths[0])
+        if path.is_file() or any((path / name).is_file() for name in (SWEEP_MANIFEST,
+                                                                        RUN_MANIFEST)):
+            return load_manifest(path)
+    folders: list[Path] = []
+    for given in paths:
+        path = Path(given).absolute()
+        if not path.is_dir():
+            raise ConfigError("RUN", f"{path} does not exist" if not path.exists()
+                              else f"{path} is a file; expected a run folder, a folder of run "
+                                   f"folders, or a sweep folder")
+        if (path / SWEEP_MANIFEST).is_file() or (path / RUN_MANIFEST).is_file():
+            raise ConfigError("RUN", f"{path} is a sweep folder: collect it on its own "
+                                     "(`seq2seq-es slurm collect SWEEP`)")
+        found = [path] if (path / run_files.CONFIG).is_file() else sorted(
+            child for child in path.iterdir() if (child / run_files.CONFIG).is_file())
+        if not found:
+            raise ConfigError("RUN", f"{path} holds neither {SWEEP_MANIFEST}, {RUN_MANIFEST}, "
+                                     f"a run ({run_files.CONFIG}) nor run folders")
+        folders += [folder for folder in found if folder not in folders]
+    configs = {folder: _flat_config(folder / run_files.CONFIG) for folder in folders}
+    pairs: dict[tuple[str, str], list[Path]] = {}
+    for folder, config in configs.items():
+        model, task = config.get("model.name"), config.get("data.task")
+        if not model or not task:
+            raise DataError("names no model.name or data.task", file=str(folder / run_files.CONFIG))
+        pairs.setdefault((str(model), str(task)), []).append(folder)
+    runs = []
+    for (model, task), members in pairs.items():
+        keys = sorted({key for folder in members for key in configs[folder]} - _NOT_GRID_KEYS)
+        varying = [key for key in keys
+                   if len({repr(configs[folder].get(key)) for folder in members}) > 1]
+        for folder in members:
+            point = {"run": folder.name, **{key: str(configs[folder].get(key))
+                                           for key in varying}}
+            runs.append(RunPlan(name=folder.name, model=model, task=task, grid_point=point,
+                                run_dir=str(folder), argv=[]))
+    parent = Path(os.path.commonpath([str(Path(p).absolute()) for p in paths]))
+    return Manifest(kind=MANIFEST_KIND, mode=RUN_FOLDERS_MODE, runs=runs, grid={}, slurm={},
+                    submitit_folder="", path=str(parent))
+
+
+def _flat_config(path: Path) -> dict[str, Any]:
+    """A run's config.yaml as {'section.key': value}."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise DataError(f"cannot be read ({exc})", file=str(path)) from None
+    if not isinstance(loaded, dict):
+        raise DataError("expected a mapping of sections", file=str(path))
+    return {f"{section}.{key}": value for section, values in loaded.items()
+            if isinstance(values, dict) for key, value in values.items()}
 
 
 # ---- names -----------------------------------------------------------------------------------

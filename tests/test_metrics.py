@@ -418,7 +418,39 @@ def test_score_main_reads_the_jsonl_that_predict_and_evaluate_write(tmp_path, ca
     bad = _write(tmp_path / "bad.jsonl", '{"prediction": "a"}\n{"text": "b"}\n')
     assert score_main(["--metric", "rouge", "--predictions", bad, "--references", references]) == 2
     err = capsys.readouterr().err
-    assert "bad.jsonl" in err and "row 2" in err and '"prediction"' in err
+    assert "bad.jsonl" in err and "line 2" in err and '"prediction"' in err
+
+
+def test_score_with_a_task_reads_the_tasks_own_data_file_as_references(tmp_path, capsys):
+    # predict reads a task's data file through its columns; score --task now does too: every
+    # answer of a QA row, the summary of a summarization row (jsonl or csv).
+    rows = [{"question": "¿Dónde llueve?", "context": "Llueve en Madrid.",
+             "answers": {"text": ["en Madrid", "Madrid"], "answer_start": [8, 11]}},
+            {"question": "¿Qué sale?", "context": "Sale el sol.",
+             "answers": {"text": ["el sol"], "answer_start": [5]}}]
+    data = _write(tmp_path / "test.jsonl",
+                  "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    predictions = _write(tmp_path / "pred.txt", "Madrid\nla luna\n")
+    assert score_main(["--task", "sqac", "--predictions", predictions, "--references", data]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    expected = compute_metrics(["exact_match"], ["Madrid", "la luna"],
+                               [["en Madrid", "Madrid"], ["el sol"]],
+                               options={"exact_match": {"convention": "mlqa-es"}})
+    assert scores["exact_match"] == pytest.approx(expected["exact_match"]) == 50.0
+    summaries = _write(tmp_path / "test.csv", 'text,summary\n"Un texto, largo.",Llueve.\n'
+                                              "Otro texto.,Sale el sol.\n")
+    both = _write(tmp_path / "two.txt", "Llueve.\nSale el sol.\n")
+    assert score_main(["--task", "mlsum", "--predictions", both, "--references", summaries]) == 0
+    assert json.loads(capsys.readouterr().out)["rougeL"] == 100.0
+    broken = _write(tmp_path / "broken.jsonl", json.dumps(rows[0], ensure_ascii=False) + "\n"
+                    + json.dumps({**rows[1], "answers": {"text": 5}}) + "\n")
+    assert score_main(["--task", "sqac", "--predictions", predictions, "--references", broken]) == 2
+    err = capsys.readouterr().err
+    assert f"file {broken}, line 2, column 'answers.text': no answer (read as a sqac data " \
+        "file, since --task is given)" in err
+    # Without --task such a file is not guessed at: one error says what a line must hold.
+    assert score_main(["--metric", "rouge", "--predictions", predictions, "--references", data]) == 2
+    assert f"file {data}, line 1: expected a string" in capsys.readouterr().err
 
 
 def test_score_main_errors_name_the_file(tmp_path, capsys):
@@ -433,12 +465,12 @@ def test_score_main_errors_name_the_file(tmp_path, capsys):
 
     bad_json = _write(tmp_path / "ref.jsonl", '["a"]\n[1]\n')
     assert score_main(["--metric", "bleu", "--predictions", predictions, "--references", bad_json]) == 2
-    assert f"file {bad_json}, row 2:" in capsys.readouterr().err
+    assert f"file {bad_json}, line 2:" in capsys.readouterr().err
 
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("a\ncanción\n".encode("latin-1"))
     assert score_main(["--metric", "bleu", "--predictions", str(latin1), "--references", predictions]) == 2
-    assert f"file {latin1}, row 2: not valid UTF-8" in capsys.readouterr().err
+    assert f"file {latin1}, line 2: not valid UTF-8" in capsys.readouterr().err
 
     assert score_main(["--metric", "rogue", "--predictions", predictions, "--references", short]) == 2
     assert "unknown metric 'rogue'" in capsys.readouterr().err

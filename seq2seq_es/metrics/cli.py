@@ -5,7 +5,8 @@
 
 Files hold one example per line (UTF-8; a final newline and Windows line endings are fine).
 A references file ending in ``.jsonl`` holds one JSON value per line: a string, or a list of
-strings for several references. Every line of a plain file is one example, empty lines
+strings for several references. With --task, the task's own data file (.jsonl, .csv, .tsv) gives
+each example's references as a run scores them. Errors name the file and its 1-based line. Every line of a plain file is one example, empty lines
 included, so an empty prediction is scored rather than skipped.
 """
 
@@ -34,7 +35,8 @@ def _read_text(path: str) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise DataError("not valid UTF-8", file=path, row=raw[:error.start].count(b"\n") + 1) from None
+        raise DataError("not valid UTF-8", file=path,
+                        line=raw[:error.start].count(b"\n") + 1) from None
     return text.removeprefix("\ufeff")
 
 
@@ -48,11 +50,11 @@ def read_lines(path: str) -> list[str]:
 
 def _jsonl_values(path: str) -> list[tuple[int, object]]:
     values = []
-    for row, line in enumerate(read_lines(path), start=1):
+    for number, line in enumerate(read_lines(path), start=1):
         try:
-            values.append((row, json.loads(line)))
+            values.append((number, json.loads(line)))
         except json.JSONDecodeError as error:
-            raise DataError(f"not valid JSON ({error.msg})", file=path, row=row) from None
+            raise DataError(f"not valid JSON ({error.msg})", file=path, line=number) from None
     return values
 
 
@@ -67,26 +69,72 @@ def read_predictions(path: str) -> list[str]:
             value = value.get("prediction")
         if not isinstance(value, str):
             raise DataError('expected a string or an object with a "prediction" string',
-                            file=path, row=row)
+                            file=path, line=row)
         predictions.append(value)
     return predictions
 
 
-def read_references(path: str) -> list[str] | list[list[str]]:
+def read_references(path: str, task=None) -> list[str] | list[list[str]]:
     """Plain lines, or for ``.jsonl`` one string or list of strings per line, or an object with
-    "scored_references" or "reference" (evaluate's predictions.jsonl: what it scored against)."""
+    "scored_references" or "reference" (evaluate's predictions.jsonl: what it scored against).
+    With `task` (a TaskSpec), also the task's own data file (.jsonl or .csv/.tsv rows with its
+    columns): each example's references as a run of the task scores them (QA: every answer)."""
+    if task is not None and path.endswith((".csv", ".tsv")):
+        return _task_references(path, task, _table_rows(path))
     if not path.endswith(".jsonl"):
         return read_lines(path)
+    values = _jsonl_values(path)
+    if task is not None and _holds_task_rows(values, task):
+        return _task_references(path, task, values)
     references: list[str | list[str]] = []
-    for row, value in _jsonl_values(path):
+    for row, value in values:
         if isinstance(value, dict):
             value = value.get("scored_references", value.get("reference"))
         valid = isinstance(value, str) or (
             isinstance(value, list) and value and all(isinstance(item, str) for item in value))
         if not valid:
             raise DataError("expected a string, a non-empty list of strings, or an object with "
-                            '"reference" or "scored_references"', file=path, row=row)
+                            '"reference" or "scored_references"', file=path, line=row)
         references.append(value)
+    return references
+
+
+def _holds_task_rows(values: list[tuple[int, object]], task) -> bool:
+    """Objects without our reference keys that have the task's columns: the task's data file."""
+    required = set(task.formatter.required_columns())
+    return bool(values) and all(
+        isinstance(value, dict) and "reference" not in value and "scored_references" not in value
+        and required <= set(value) for _, value in values)
+
+
+def _table_rows(path: str) -> list[tuple[int, dict]]:
+    """A CSV/TSV file's rows with the line each starts on (fields as text, as training reads
+    them)."""
+    import csv
+    import io
+
+    text = _read_text(path)
+    reader = csv.DictReader(io.StringIO(text, newline=""),
+                            delimiter="\t" if path.endswith(".tsv") else ",")
+    rows, line = [], 2
+    for record in reader:
+        rows.append((line, dict(record)))
+        line = reader.line_num + 1
+    return rows
+
+
+def _task_references(path: str, task, rows: list[tuple[int, object]]) -> list[list[str]]:
+    """The references of the task's examples made from `rows` (line, row), in file order."""
+    from seq2seq_es.tasks.formatting import Problem
+
+    lines = [line for line, _ in rows]
+    references = []
+    for item in task.formatter.format_rows([row for _, row in rows], list(range(len(rows))),
+                                           "test"):
+        if isinstance(item, Problem):
+            raise DataError(f"{item.reason} (read as a {task.name} data file, since --task is "
+                            "given)", file=path, line=lines[item.row], column=item.column)
+        references.append(list(item.references))
     return references
 
 
@@ -110,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                              'with "prediction" per line (predict\'s and evaluate\'s output)')
     parser.add_argument("--references", required=True, metavar="FILE",
                         help="one reference per line, or .jsonl with a string, a list, or an "
-                             'object with "reference" / "scored_references" per line')
+                             'object with "reference" / "scored_references" per line; with '
+                             "--task also the task's own .jsonl/.csv/.tsv data file (its "
+                             "references, e.g. every answer of a QA row)")
     parser.add_argument("--sources", metavar="FILE", help="one source per line (needed by sari)")
     parser.add_argument("--stem", action=argparse.BooleanOptionalAction, default=True,
                         help="ROUGE stemming (default on, as in the paper): Snowball Spanish in "
@@ -154,7 +204,7 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
         raise Seq2SeqEsError("give --metric NAME (repeatable) or --task T (its metrics)")
     names = check_metric_names(args.metric or list(task.metrics))
     predictions = read_predictions(args.predictions)
-    references = read_references(args.references)
+    references = read_references(args.references, task)
     if len(predictions) != len(references):
         raise DataError(f"{args.predictions} has {len(predictions)} predictions but "
                         f"{args.references} has {len(references)} references")

@@ -1,5 +1,6 @@
 """Config composition (defaults < task < model < YAML < command line) and validation."""
 
+import json
 import os
 
 import pytest
@@ -111,6 +112,25 @@ def test_user_deepspeed_config_may_not_leave_values_to_guess(tmp_path):
         deepspeed_config(cfg, world_size=1)
     extra.write_text('{"zero_optimization": {"reduce_bucket_size": 1000}}')
     assert deepspeed_config(cfg, 1)["zero_optimization"]["reduce_bucket_size"] == 1000
+
+
+def test_a_misspelt_deepspeed_section_is_refused_and_an_unknown_one_left_to_deepspeed(tmp_path):
+    # DeepSpeed ignores keys it does not know: "zero_optimizaton" trained at ZeRO 1 in silence.
+    from seq2seq_es.engine.optim import deepspeed_config
+
+    extra = tmp_path / "ds.json"
+    cfg = compose(task="mlsum", model="barto-tiny", overrides={"dist.deepspeed_config": str(extra)})
+    for typo, meant in (("zero_optimizaton", "zero_optimization"),
+                        ("gradient_cliping", "gradient_clipping"), ("flops_profiller", "flops_profiler")):
+        extra.write_text(json.dumps({typo: {"stage": 3}}))
+        with pytest.raises(ConfigError, match=f"{extra} sets '{typo}', which DeepSpeed does not "
+                                              f"know and would ignore; did you mean '{meant}'"):
+            deepspeed_config(cfg, world_size=1)
+    extra.write_text('{"some_future_section": {"enabled": true}, "bfloat16": {"enabled": false}}')
+    assert deepspeed_config(cfg, 1)["some_future_section"] == {"enabled": True}
+    extra.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="must hold a JSON object"):
+        deepspeed_config(cfg, 1)
 
 
 def test_generation_lengths_follow_the_resolved_target_length_unless_set(tmp_path):

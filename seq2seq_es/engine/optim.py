@@ -6,6 +6,7 @@ nobody to guess), so the file saved in the run directory is exactly what ran.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, close_matches
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -195,6 +196,34 @@ def _refuse_auto(values: dict, path: str, prefix: str = "") -> None:
 
 OWNED_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
 
+# DeepSpeed's top-level config keys (its config-json documentation). DeepSpeed ignores a key it
+# does not know, so a misspelt section ("zero_optimizaton") trained at another ZeRO stage in
+# silence; a key close to one of these is refused as a typo, any other is left to DeepSpeed
+# (a newer version's section is not refused for missing from this list).
+DEEPSPEED_TOP_LEVEL_KEYS = (
+    *OWNED_KEYS, "optimizer", "scheduler", "fp16", "bf16", "bfloat16", "amp", "torch_autocast",
+    "gradient_clipping", "prescale_gradients", "gradient_predivide_factor",
+    "communication_data_type", "seq_parallel_communication_data_type", "zero_optimization",
+    "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer", "aio",
+    "activation_checkpointing", "flops_profiler", "tensorboard", "wandb", "csv_monitor", "comet",
+    "comms_logger", "autotuning", "compression_training", "data_efficiency",
+    "curriculum_learning", "checkpoint", "elasticity", "steps_per_print", "wall_clock_breakdown",
+    "dump_state", "memory_breakdown", "timers", "sparse_attention", "pipeline", "data_types",
+    "compile", "hybrid_engine", "weight_quantization", "graph_harvesting",
+    "use_node_local_storage", "load_universal_checkpoint", "eigenvalue", "progressive_layer_drop",
+    "quantize_training", "dataloader_drop_last", "sparse_gradients", "disable_allgather",
+    "nebula", "tensor_parallel")
+
+
+def _refuse_misspelt_keys(values: dict, path: str) -> None:
+    for key in values:
+        if key in DEEPSPEED_TOP_LEVEL_KEYS:
+            continue
+        near = close_matches(key, DEEPSPEED_TOP_LEVEL_KEYS, n=1)
+        if near and difflib.SequenceMatcher(None, key.lower(), near[0]).ratio() >= 0.85:
+            raise ConfigError("dist.deepspeed_config", f"{path} sets '{key}', which DeepSpeed does "
+                              f"not know and would ignore; did you mean '{near[0]}'?")
+
 
 def load_user_deepspeed_config(path: str) -> dict:
     file = Path(path)
@@ -204,7 +233,10 @@ def load_user_deepspeed_config(path: str) -> dict:
         values = json.loads(file.read_text())
     except json.JSONDecodeError as exc:
         raise ConfigError("dist.deepspeed_config", f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError("dist.deepspeed_config", f"{path} must hold a JSON object")
     _refuse_auto(values, path)
+    _refuse_misspelt_keys(values, path)
     for key in OWNED_KEYS:
         if key in values:
             raise ConfigError("dist.deepspeed_config", f"{path} sets '{key}'; set train.batch_size "

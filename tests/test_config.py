@@ -55,6 +55,14 @@ def test_unknown_model_and_task_list_the_known_ones():
         compose(task="wikilinguaa", model="barto")
 
 
+def test_task_model_or_config_given_twice_is_refused_not_last_wins(capsys):
+    for argv in (["--task", "mlsum", "--task", "sqac", "--model", "barto-tiny"],
+                 ["--task", "mlsum", "--model=barto-tiny", "--model", "t5s-tiny"]):
+        assert main(["config", *argv]) == 2
+        flag = "--task" if argv.count("--task") == 2 else "--model"
+        assert f"error: argument {flag}: given 2 times; give it once" in capsys.readouterr().err
+
+
 def test_led_accepts_sixteen_thousand_source_tokens_bart_does_not():
     cfg = compose(task="xlsum", model="ledo",
                   overrides={"data.max_source_length": "16384"})

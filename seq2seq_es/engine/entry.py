@@ -21,6 +21,11 @@ def parse_train_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str
     parser.add_argument("--model")
     parser.add_argument("--config", help="YAML file with sections model, data, optim, train, dist, gen")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    for flag in ("--task", "--model", "--config"):
+        given = [arg for arg in argv if arg == flag or arg.startswith(flag + "=")]
+        if len(given) > 1:  # argparse would keep the last one silently
+            from ..errors import ConfigError
+            raise ConfigError(flag, f"given {len(given)} times; give it once")
     known, rest = parser.parse_known_args(argv)
     return known, parse_overrides(rest)
 

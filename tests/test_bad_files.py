@@ -232,6 +232,17 @@ def test_a_header_that_names_a_column_twice_is_refused(tmp_path, cache):
             assert "twice" in str(err) and "fields 2 and 3" in str(err)
 
 
+def test_a_column_the_task_does_not_read_may_be_named_twice(tmp_path, cache):
+    # Only a repeated task column is ambiguous; another gets pandas' ".1" and a note.
+    path = tmp_path / "notes.csv"
+    path.write_text("text,summary,notes,notes\n" + "".join(
+        f"{r['text']},{r['summary']},a,b\n" for r in GOOD), encoding="utf-8")
+    examples, report = load(path, cache)
+    assert examples["target"] == [r["summary"] for r in GOOD]
+    assert any("names column 'notes' twice" in note and "'notes.1'" in note
+               for note in report.notes)
+
+
 def test_a_json_line_with_a_key_written_twice_is_a_bad_line(tmp_path, cache):
     lines = jsonl_lines(GOOD)
     lines[2] = lines[2][:-1] + b', "summary": "DUPLICADO"}'

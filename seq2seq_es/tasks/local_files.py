@@ -494,8 +494,8 @@ def _csv(path: str, raw: bytes, bom: bool, options: dict, required_columns: tupl
             continue
         last = first
         if names is None:
-            names, header_line = cells, line_numbers[first]
-            _check_header(path, names, header_line)
+            header_line = line_numbers[first]
+            names = _check_header(path, cells, header_line, required_columns, notes)
         elif len(cells) > len(names):
             bad.append((line_numbers[first], None,
                         f"has more fields than the header: {len(cells)}, the header "
@@ -574,19 +574,28 @@ def _never_closed(lines: list[str], delimiter: str) -> bool:
     return False
 
 
-def _check_header(path: str, names: list[str], line: int) -> None:
-    """Refuse a header that names a column twice: pandas renames the second 'summary' to
-    'summary.1', and the task would silently read the first."""
+def _check_header(path: str, names: list[str], line: int, required_columns: tuple[str, ...],
+                  notes: list[str]) -> list[str]:
+    """The header's names, each once. A column the task reads named twice is refused: pandas
+    renames the second 'summary' to 'summary.1', and the task would silently read the first.
+    Another repeated name (a column the task does not read) gets pandas' '.1' suffix, noted."""
     seen: dict[str, int] = {}
+    unique: list[str] = []
     for position, name in enumerate(names, start=1):
-        name = name.strip()
-        if not name:
-            continue
-        if name in seen:
-            raise DataError(f"the header names this column twice (fields {seen[name]} and "
-                            f"{position}); only one would be read: rename or remove the other",
-                            file=path, line=line, column=name)
-        seen[name] = position
+        if name and name in seen:
+            if name in required_columns:
+                raise DataError(f"the header names this column twice (fields {seen[name]} and "
+                                f"{position}); only one would be read: rename or remove the "
+                                "other", file=path, line=line, column=name)
+            copy = 1
+            while f"{name}.{copy}" in names or f"{name}.{copy}" in unique:
+                copy += 1
+            notes.append(f"the header names column '{name}' twice (fields {seen[name]} and "
+                         f"{position}); the task does not read it; the second is '{name}.{copy}'")
+            name = f"{name}.{copy}"
+        seen.setdefault(name, position)
+        unique.append(name)
+    return unique
 
 
 def _written_with_quoting(text: str, delimiter: str) -> bool:

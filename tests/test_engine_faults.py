@@ -272,10 +272,19 @@ def test_a_finished_run_is_not_redone_and_trains_on_with_its_longer_schedule(fil
     run("none", 1, args)
     done, metrics = (out / "DONE").read_text(), (out / "metrics.jsonl").read_bytes()
     assert json.loads(done)["step"] == 4 and (out / "final_results.json").is_file()
-    # Resumed as it was: nothing is validated, scored, exported or logged again.
-    again = run("none", 1, args)
+    record = {name: (out / name).read_bytes() for name in ("config.yaml", "versions.json",
+                                                           "deepspeed_config.json")}
+    # Resumed as it was (other generation settings aside): nothing is validated, scored,
+    # exported or logged again, and the record of the run that trained it stays.
+    again = run("none", 1, args + ["--gen.num_beams", "2"])
     assert "finished at step 4 (DONE): nothing to train" in again.stdout, again.stdout[-2000:]
     assert (out / "metrics.jsonl").read_bytes() == metrics and (out / "DONE").read_text() == done
+    assert {name: (out / name).read_bytes() for name in record} == record
+    # A DONE cut short (killed while it was written): the run finishes again.
+    (out / "DONE").write_text("")
+    redone = run("none", 1, args)
+    assert "DONE cannot be read" in redone.stdout, redone.stdout[-2000:]
+    assert json.loads((out / "DONE").read_text())["step"] == 4
     assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_00000004"]
     # With more steps it trains on, following the 8-step schedule from step 5 on (the checkpoint's
     # 4-step schedule had decayed to 0 there), and finishes again.

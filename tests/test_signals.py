@@ -7,7 +7,8 @@ import signal
 
 import pytest
 
-from seq2seq_es.engine.signals import FIRST_SIGINT, InterruptedNow, StopRequest
+from seq2seq_es.engine.signals import (FIRST_SIGINT, FIRST_SIGINT_FINISHING, InterruptedNow,
+                                       StopRequest)
 
 
 @pytest.fixture
@@ -48,3 +49,11 @@ def test_only_the_announcing_rank_speaks_and_restore_puts_the_handlers_back(capf
     finally:
         stop.restore()
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_while_the_run_finishes_the_first_ctrl_c_says_it_ends_when_done(request_installed, capfd):
+    request_installed.finishing = True  # the last step is saved; test scoring and export run
+    os.kill(os.getpid(), signal.SIGINT)
+    assert capfd.readouterr().err == FIRST_SIGINT_FINISHING
+    with pytest.raises(InterruptedNow):
+        os.kill(os.getpid(), signal.SIGINT)

@@ -291,6 +291,8 @@ class Checkpointer:
         traceback or a state_dict listing thousands of keys (SEQ2SEQ_ES_DEBUG=1 shows those)."""
         try:
             yield
+        except (torch.OutOfMemoryError, torch.distributed.DistError):
+            raise  # the machine or the process group, not the files: a good checkpoint
         except (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) \
                 as exc:
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

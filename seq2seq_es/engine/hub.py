@@ -125,7 +125,7 @@ def push_final(run_dir: Path, cfg: RunConfig) -> str:
         api.upload_folder(repo_id=url.repo_id, repo_type="model", folder_path=str(folder),
                           commit_message=f"seq2seq-es: {results['model']} on {results['task']}, "
                                          f"step {results['best_step']}")
-    except Exception as exc:
+    except (Exception, KeyboardInterrupt) as exc:  # a Ctrl-C too: say how to finish by hand
         raise Seq2SeqEsError(f"uploading {folder} to {repo_id} failed ({type(exc).__name__}: "
                              f"{exc}); the run is complete: upload it by hand with `hf upload "
                              f"{repo_id} {folder} . --repo-type model`") from exc

@@ -19,9 +19,12 @@ import sys
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
-FIRST_SIGINT = ("\nCtrl-C: the run stops at the end of this step (or of the evaluation or test "
-                "scoring under way) and saves a checkpoint; Ctrl-C again stops at once, "
-                "without saving\n")
+FIRST_SIGINT = ("\nCtrl-C: the run stops at the end of this step (or of the evaluation "
+                "under way) and saves a checkpoint; Ctrl-C again stops at once, without saving\n")
+# After the last step's save, while the run scores the test split and exports (Trainer.finish).
+FIRST_SIGINT_FINISHING = ("\nCtrl-C: the run is finishing (test scoring, export) and its last "
+                          "step is saved; it ends when that is done. Ctrl-C again stops at "
+                          "once; --train.resume auto then finishes it\n")
 
 
 class InterruptedNow(KeyboardInterrupt):
@@ -44,6 +47,7 @@ class StopRequest:
     def __init__(self, announce: bool = True):
         self.signum = 0
         self.announce = announce
+        self.finishing = False  # set by the trainer once the last step is saved
         self.interrupts = 0
         self._previous = {}
 
@@ -61,7 +65,8 @@ class StopRequest:
                 # os.write, not print: a handler can run inside a print to the same stream, and
                 # a buffered stream refuses that reentrant call.
                 try:
-                    os.write(sys.stderr.fileno(), FIRST_SIGINT.encode())
+                    message = FIRST_SIGINT_FINISHING if self.finishing else FIRST_SIGINT
+                    os.write(sys.stderr.fileno(), message.encode())
                 except (OSError, ValueError):
                     pass
         if not self.signum:  # the first signal names the stop (a later SIGTERM keeps SIGINT's)

@@ -147,8 +147,12 @@ class Trainer:
         # The step of the newest checkpoint: a step is never saved twice (e.g. a time-based save
         # and the save of a new best at the same step).
         self.saved_step = self.state.step if resume_from is not None else None
-        self.log = RunLog(self.out, cfg, env.is_main, self.total_steps, self.state.step)
-        if env.is_main:
+        # A finished run resumed as it was: nothing below may rewrite its record (config.yaml,
+        # versions.json, trackers), which still describes the run that trained it.
+        self.finished = self.finished_before()
+        self.log = None if self.finished is not None else RunLog(
+            self.out, cfg, env.is_main, self.total_steps, self.state.step)
+        if env.is_main and self.finished is None:
             (self.out / run_files.DEEPSPEED_CONFIG).write_text(json.dumps(ds_config, indent=1))
             # The skip report of bad rows and the truncation counts, kept with the run rather
             # than only printed: a reader of the results can see what data the scores rest on.
@@ -201,9 +205,8 @@ class Trainer:
     def train(self) -> dict:
         """Train to `total_steps` (from a resumed state), then `finish`; the end's results."""
         cfg, state = self.cfg, self.state
-        done = self.finished_before()
-        if done is not None:
-            return done
+        if self.finished is not None:
+            return self.finished
         self.stop.install()
         try:
             if cfg.train.eval_at_start and state.step == 0 and self.track_best(0, self.run_eval(0)):
@@ -236,7 +239,13 @@ class Trainer:
         if self.saved_step is None:  # a fresh run
             return None
         done_file = self.out / run_files.DONE
-        done = json.loads(done_file.read_text()) if self.env.is_main and done_file.is_file() else None
+        done = None
+        if self.env.is_main and done_file.is_file():
+            try:
+                done = json.loads(done_file.read_text())
+            except (OSError, ValueError):  # killed while writing it (before DONE was atomic)
+                done = None
+            done = done if isinstance(done, dict) else {}  # unreadable: finish it again
         finished = done is not None and self.state.step >= self.total_steps \
             and done.get("step") == self.state.step
         # rank 0's reading decides for all (one collective, no shared-folder timing between ranks)
@@ -248,9 +257,13 @@ class Trainer:
                      f"it with `seq2seq-es evaluate {self.out}`")
             return done or {"step": self.state.step}
         if had_done and self.env.is_main:
-            self.say(f"{self.out} had finished at step {done.get('step')}; it trains on to step "
-                     f"{self.total_steps}: its DONE and final_results.json are removed until "
-                     "it finishes again")
+            if "step" in done:
+                self.say(f"{self.out} had finished at step {done['step']}; it trains on to step "
+                         f"{self.total_steps}: its DONE and final_results.json are removed "
+                         "until it finishes again")
+            else:
+                self.say(f"{self.out}'s DONE cannot be read (the run was stopped while "
+                         "writing it): it finishes again")
             (self.out / run_files.FINAL_RESULTS).unlink(missing_ok=True)
             done_file.unlink()
         return None
@@ -401,6 +414,7 @@ class Trainer:
         # (a resume comes straight back here). One collective: every rank leaves together.
         self.maybe_stop(D.all_reduce_max([float(self.stop.signum)], self.env.device)[0],
                         at_end=True)
+        self.stop.finishing = True  # a Ctrl-C from here on no longer waits for a step's end
         best = self.state.best
         chosen = best if cfg.train.load_best_at_end else None
         if chosen is not None and chosen["step"] != step:
@@ -431,8 +445,11 @@ class Trainer:
                 "main_metric": self.best_metric, "best_step": final_step, "steps": step,
                 "validation": validation, "test": test})
             (out / run_files.PREEMPTED).unlink(missing_ok=True)
-            (out / run_files.DONE).write_text(json.dumps({"step": step, **end_eval,
-                                                          "best_step": final_step}))
+            write_json_atomic(out / run_files.DONE, {"step": step, **end_eval,
+                                                     "best_step": final_step})
+        # Finished: a Ctrl-C from here on (the upload) is an ordinary interrupt.
+        self.stop.restore()
+        if self.env.is_main:
             if cfg.train.push_to_hub:  # after DONE: a failed upload does not redo the run
                 from .hub import push_final
                 self.say(f"uploaded final/ to {push_final(out, cfg)}")
@@ -442,7 +459,8 @@ class Trainer:
         """Remove the step's gradient hooks, close the log and trackers, and end the process
         group if this run started it."""
         self.stepper.close()
-        self.log.close()
+        if self.log is not None:
+            self.log.close()
         if self.owns_process_group:
             D.close()
 

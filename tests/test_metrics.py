@@ -444,10 +444,19 @@ def test_score_with_a_task_reads_the_tasks_own_data_file_as_references(tmp_path,
     assert json.loads(capsys.readouterr().out)["rougeL"] == 100.0
     broken = _write(tmp_path / "broken.jsonl", json.dumps(rows[0], ensure_ascii=False) + "\n"
                     + json.dumps({**rows[1], "answers": {"text": 5}}) + "\n")
-    assert score_main(["--task", "sqac", "--predictions", predictions, "--references", broken]) == 2
-    err = capsys.readouterr().err
-    assert f"file {broken}, line 2, column 'answers.text': no answer (read as a sqac data " \
-        "file, since --task is given)" in err
+    one = _write(tmp_path / "one.txt", "Madrid\n")
+    # A bad row is skipped and said, as training and predict skip it (their counts agree).
+    assert score_main(["--task", "sqac", "--predictions", one, "--references", broken]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["exact_match"] == 100.0
+    assert (f"{broken}: read as a sqac data file (--task); skipped 1 bad row(s) as training "
+            "and predict do: line 2: column 'answers.text' no answer") in captured.err
+    # TSV as training reads it: no quoting, so a '"' opening a field is text.
+    tsv = _write(tmp_path / "test.tsv", 'text\tsummary\nDoc uno.\t"Sí", dijo.\n'
+                                        'Doc dos.\t"Abre sin cerrar\nDoc tres.\tFin.\n')
+    three = _write(tmp_path / "three.txt", '"Sí", dijo.\n"Abre sin cerrar\nFin.\n')
+    assert score_main(["--task", "mlsum", "--predictions", three, "--references", tsv]) == 0
+    assert json.loads(capsys.readouterr().out)["rougeL"] == 100.0
     # Without --task such a file is not guessed at: one error says what a line must hold.
     assert score_main(["--metric", "rouge", "--predictions", predictions, "--references", data]) == 2
     assert f"file {data}, line 1: expected a string" in capsys.readouterr().err

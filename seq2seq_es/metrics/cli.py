@@ -80,12 +80,12 @@ def read_references(path: str, task=None) -> list[str] | list[list[str]]:
     With `task` (a TaskSpec), also the task's own data file (.jsonl or .csv/.tsv rows with its
     columns): each example's references as a run of the task scores them (QA: every answer)."""
     if task is not None and path.endswith((".csv", ".tsv")):
-        return _task_references(path, task, _table_rows(path))
+        return _task_references(path, task)
     if not path.endswith(".jsonl"):
         return read_lines(path)
-    values = _jsonl_values(path)
-    if task is not None and _holds_task_rows(values, task):
-        return _task_references(path, task, values)
+    values = _jsonl_values(path) if task is None or not _holds_task_rows(path, task) else None
+    if values is None:
+        return _task_references(path, task)
     references: list[str | list[str]] = []
     for row, value in values:
         if isinstance(value, dict):
@@ -99,42 +99,66 @@ def read_references(path: str, task=None) -> list[str] | list[list[str]]:
     return references
 
 
-def _holds_task_rows(values: list[tuple[int, object]], task) -> bool:
-    """Objects without our reference keys that have the task's columns: the task's data file."""
-    required = set(task.formatter.required_columns())
-    return bool(values) and all(
-        isinstance(value, dict) and "reference" not in value and "scored_references" not in value
-        and required <= set(value) for _, value in values)
+def _holds_task_rows(path: str, task) -> bool:
+    """Whether a .jsonl file is the task's data file: its first object has the task's columns
+    and none of the keys of our reference files."""
+    for line in read_lines(path):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            return False
+        return (isinstance(value, dict) and "reference" not in value
+                and "scored_references" not in value
+                and set(task.formatter.required_columns()) <= set(value))
+    return False
 
 
-def _table_rows(path: str) -> list[tuple[int, dict]]:
-    """A CSV/TSV file's rows with the line each starts on (fields as text, as training reads
-    them)."""
+def _task_references(path: str, task) -> list[list[str]]:
+    """The references of the examples a run of `task` makes from its data file `path`, read as
+    training and predict read it (tasks.local_files: delimiters, TSV quoting, bad lines; CSV
+    cells as text) and, as they do by default, skipping bad rows (said on stderr), so that the
+    count matches what predict wrote for the same file."""
     import csv
-    import io
 
-    text = _read_text(path)
-    reader = csv.DictReader(io.StringIO(text, newline=""),
-                            delimiter="\t" if path.endswith(".tsv") else ",")
-    rows, line = [], 2
-    for record in reader:
-        rows.append((line, dict(record)))
-        line = reader.line_num + 1
-    return rows
-
-
-def _task_references(path: str, task, rows: list[tuple[int, object]]) -> list[list[str]]:
-    """The references of the task's examples made from `rows` (line, row), in file order."""
     from seq2seq_es.tasks.formatting import Problem
+    from seq2seq_es.tasks.local_files import prepare_local_file
 
-    lines = [line for line, _ in rows]
+    tsv = path.endswith(".tsv")
+    builder = "json" if path.endswith(".jsonl") else "csv"
+    options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {}
+    local = prepare_local_file(path, builder, options, task.formatter.required_columns(),
+                               cache_dir=None)
+    if builder == "json":
+        rows = [json.loads(line) for line in read_lines(local.path) if line.strip()]
+    else:
+        import pandas
+
+        frame = pandas.read_csv(local.path, sep=local.options.get("delimiter", ","),
+                                quoting=local.options.get("quoting", csv.QUOTE_MINIMAL),
+                                names=local.columns, header=0, dtype=str,
+                                keep_default_na=False, na_values=[""])
+        rows = [{key: (None if value != value else value) for key, value in record.items()}
+                for record in frame.to_dict("records")]
+    lines = local.line_of_row if local.line_of_row and len(local.line_of_row) == len(rows) \
+        else None
+    skipped = [(line, reason) for line, _, reason in local.bad]
     references = []
-    for item in task.formatter.format_rows([row for _, row in rows], list(range(len(rows))),
-                                           "test"):
+    for item in task.formatter.format_rows(rows, list(range(len(rows))), "test"):
         if isinstance(item, Problem):
-            raise DataError(f"{item.reason} (read as a {task.name} data file, since --task is "
-                            "given)", file=path, line=lines[item.row], column=item.column)
-        references.append(list(item.references))
+            where = lines[item.row] if lines else item.row + 1
+            skipped.append((where, f"column '{item.column}' {item.reason}"))
+        else:
+            references.append(list(item.references))
+    if skipped:
+        shown = "; ".join(f"line {line}: {reason}" for line, reason in sorted(skipped)[:5])
+        print(f"{path}: read as a {task.name} data file (--task); skipped {len(skipped)} bad "
+              f"row(s) as training and predict do: {shown}"
+              + ("; ..." if len(skipped) > 5 else ""), file=sys.stderr)
+    if not references:
+        raise DataError(f"no usable {task.name} row (read as a {task.name} data file, since "
+                        "--task is given)", file=path)
     return references
 
 

@@ -71,3 +71,27 @@ def complete_checkpoints(checkpoints: str | Path) -> list[tuple[int, Path]]:
              if (match := CHECKPOINT_DIR.match(path.name)) and path.is_dir()
              and (path / TRAINER_STATE).is_file()]
     return sorted(found)
+
+
+def read_run_config(run_dir: str | Path) -> dict | None:
+    """A run folder's config.yaml as {section: {key: value}}; None when the folder has none.
+    Raises ValueError, saying what is wrong, for a file that cannot be read as such (the
+    callers name it in their own error, or pass over it)."""
+    import yaml  # here: the command line imports this module at start-up
+
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        return None
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot be read ({exc})") from None
+    if not isinstance(loaded, dict):
+        raise ValueError("expected a mapping of sections")
+    return loaded
+
+
+def flat_run_config(config: dict) -> dict:
+    """{section: {key: value}} -> {'section.key': value} (what command-line keys look like)."""
+    return {f"{section}.{key}": value for section, values in config.items()
+            if isinstance(values, dict) for key, value in values.items()}

@@ -154,7 +154,7 @@ def check_fresh_folder(out: Path, cfg) -> None:
         raise ConfigError("train.output_dir", f"{out} holds a finished run ({', '.join(finished)}) "
                           "and no checkpoint to resume from; a new run would overwrite it: "
                           "choose another train.output_dir, or remove that one")
-    saved = _folder_run(out / run_files.CONFIG)
+    saved = _folder_run(out)
     current = run_identity(cfg)
     if saved is not None and any(saved.get(key) not in (None, value)
                                  for key, value in current.items()):
@@ -163,19 +163,16 @@ def check_fresh_folder(out: Path, cfg) -> None:
                           f"{run_files.CONFIG}); choose another train.output_dir")
 
 
-def _folder_run(config_file: Path) -> dict | None:
-    """The task and model named by a run folder's config.yaml (None: none, or unreadable)."""
-    import yaml
-
+def _folder_run(run_dir: Path) -> dict | None:
+    """The task and model a run folder's config.yaml names (None: none, or unreadable)."""
     try:
-        config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        config = run_files.read_run_config(run_dir)
+    except ValueError:
         return None
-    if not isinstance(config, dict):
+    if config is None:
         return None
-    sections = {name: config.get(name) if isinstance(config.get(name), dict) else {}
-                for name in ("data", "model")}
-    return {"data.task": sections["data"].get("task"), "model.name": sections["model"].get("name")}
+    flat = run_files.flat_run_config(config)
+    return {"data.task": flat.get("data.task"), "model.name": flat.get("model.name")}
 
 
 def check_same_run(path: Path, saved: dict | None, current: dict | None) -> None:

@@ -15,7 +15,8 @@ def parse_train_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str
     from ..config import parse_overrides
 
     # The help is generated from the config dataclasses (config_help.train_help), not argparse's.
-    parser = argparse.ArgumentParser(prog="seq2seq-es train", add_help=False)
+    # allow_abbrev=False: "--ta sqac" must not silently be a second --task
+    parser = argparse.ArgumentParser(prog="seq2seq-es train", add_help=False, allow_abbrev=False)
     parser.add_argument("-h", "--help", action="store_true")
     parser.add_argument("--task")
     parser.add_argument("--model")

@@ -512,17 +512,13 @@ def check_run_config(run: RunPlan, run_dir: Path) -> dict | None:
     it: its task, model and grid point (the effective-batch axis aside, which the planner splits
     into micro-batch x accumulation). A folder reused by another run, or a config edited by hand,
     is a DataError naming the file and the key."""
-    import yaml
-
     path = run_dir / run_files.CONFIG
-    if not path.is_file():
-        return None  # an entry that writes none (the probe), or a run that has not started
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise DataError(f"not valid YAML ({exc})", file=str(path)) from None
-    if not isinstance(config, dict):
-        return None
+        config = run_files.read_run_config(run_dir)
+    except ValueError as exc:
+        raise DataError(str(exc), file=str(path)) from None
+    if config is None:
+        return None  # an entry that writes none (the probe), or a run that has not started
     planned = {"data.task": run.task, "model.name": run.model,
                **{key: value for key, value in run.grid_point.items()
                   if key != "train.batch_size"}}

@@ -153,7 +153,7 @@ def load_runs(paths: list[str]) -> Manifest:
             raise ConfigError("RUN", f"{path} holds neither {SWEEP_MANIFEST}, {RUN_MANIFEST}, "
                                      f"a run ({run_files.CONFIG}) nor run folders")
         folders += [folder for folder in found if folder not in folders]
-    configs = {folder: _flat_config(folder / run_files.CONFIG) for folder in folders}
+    configs = {folder: _flat_config(folder) for folder in folders}
     pairs: dict[tuple[str, str], list[Path]] = {}
     for folder, config in configs.items():
         model, task = config.get("model.name"), config.get("data.task")
@@ -175,18 +175,12 @@ def load_runs(paths: list[str]) -> Manifest:
                     submitit_folder="", path=str(parent))
 
 
-def _flat_config(path: Path) -> dict[str, Any]:
+def _flat_config(run_dir: Path) -> dict[str, Any]:
     """A run's config.yaml as {'section.key': value}."""
-    import yaml
-
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise DataError(f"cannot be read ({exc})", file=str(path)) from None
-    if not isinstance(loaded, dict):
-        raise DataError("expected a mapping of sections", file=str(path))
-    return {f"{section}.{key}": value for section, values in loaded.items()
-            if isinstance(values, dict) for key, value in values.items()}
+        return run_files.flat_run_config(run_files.read_run_config(run_dir) or {})
+    except ValueError as exc:
+        raise DataError(str(exc), file=str(run_dir / run_files.CONFIG)) from None
 
 
 # ---- names -----------------------------------------------------------------------------------

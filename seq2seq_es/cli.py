@@ -146,7 +146,7 @@ def cmd_collect(argv: list[str]) -> int:
     """`slurm collect` under its own name: run folders trained without SLURM need no cluster."""
     from .slurm.cli import cmd_collect as collect
 
-    return collect(argv)
+    return collect(argv, prog="seq2seq-es collect")
 
 
 COMMANDS = {"list": cmd_list, "train": cmd_train, "config": cmd_config, "evaluate": cmd_evaluate,

@@ -217,18 +217,18 @@ def cmd_status(argv: list[str]) -> int:
     return 0
 
 
-def cmd_collect(argv: list[str]) -> int:
+def cmd_collect(argv: list[str], prog: str = "seq2seq-es slurm collect") -> int:
     """Tables of a sweep: per (model, task) the grid point with the best dev value of the task's
     main metric, all of that run's metrics (dev / test), family averages beside the paper's.
     Writes results.md, results.csv and results.png beside the manifest (results-dev.* or
     results-test.* with --split dev or test); when there is nothing to
     show it says so, writes nothing (earlier results stay) and returns 1."""
     parser = argparse.ArgumentParser(
-        prog="seq2seq-es slurm collect",
+        prog=prog,
         description="The paper-style results table of a sweep, or of run folders trained "
                     "anywhere (seq2seq-es train, torchrun, ...): one run per (model, task), "
                     "chosen by its dev main metric.")
-    parser.add_argument("sweep", metavar="SWEEP", nargs="+",
+    parser.add_argument("sweep", metavar="RUN_OR_SWEEP", nargs="+",
                         help="a sweep folder (sweep.json) or run folder of `slurm submit` "
                              "(slurm_job.json); or run folders (each holds config.yaml) and "
                              "folders of them, whose results go to the folder holding them all")

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import subprocess
+import shutil
 import sys
 import textwrap
 
@@ -363,16 +364,16 @@ def test_converted_led_computes_what_the_bart_did(tmp_path):
     save_model(bart, tmp_path / "bart")
     tokenizer.save_pretrained(tmp_path / "bart")
     assert convert_led_main([str(tmp_path / "bart"), str(tmp_path / "led"),
-                             "--max-positions", "2500", "--attention-window", "32"]) == 0
+                             "--max-positions", "2496", "--attention-window", "32"]) == 0
     led, led_tokenizer = load_model_and_tokenizer("ledo-tiny", path=str(tmp_path / "led"))
-    assert led.config.max_encoder_position_embeddings == 2500
+    assert led.config.max_encoder_position_embeddings == 2496
     assert led.config.max_decoder_position_embeddings == 1024
-    assert led_tokenizer.model_max_length == 2500
+    assert led_tokenizer.model_max_length == 2496
 
     bart_rows = bart.model.encoder.embed_positions.weight[BART_POSITION_OFFSET:]
     led_rows = led.led.encoder.embed_positions.weight
     assert torch.equal(led_rows[:1024], bart_rows) and torch.equal(led_rows[1024:2048], bart_rows)
-    assert torch.equal(led_rows[2048:], bart_rows[:2500 - 2048])
+    assert torch.equal(led_rows[2048:], bart_rows[:2496 - 2048])
     assert torch.equal(led.led.decoder.embed_positions.weight,
                        bart.model.decoder.embed_positions.weight[BART_POSITION_OFFSET:])
     layer = led.led.encoder.layers[1].self_attn.longformer_self_attn
@@ -402,6 +403,17 @@ def test_convert_led_refuses_what_it_cannot_convert(tmp_path, capsys):
         convert_bart_to_led(str(tmp_path / "t5"), str(tmp_path / "led"))
     with pytest.raises(ConfigError, match="even"):
         convert_bart_to_led(str(tmp_path / "t5"), str(tmp_path / "led"), attention_window=15)
+    # Inputs are padded to a multiple of the window: positions that are not one fail at run time
+    # (an input of 103 tokens padded to 1024 over 512 positions: "index out of range").
+    with pytest.raises(ConfigError, match=r"argument --max-positions: 512 is not a multiple of "
+                                          r"--attention-window 1024"):
+        convert_bart_to_led(str(tmp_path / "t5"), str(tmp_path / "led"), max_positions=512)
+    # A run folder stands for its exported model, as for evaluate and predict.
+    run = tmp_path / "run"
+    shutil.copytree(tmp_path / "t5", run / "final")
+    (run / "config.yaml").write_text("model:\n  name: t5s-tiny\n")
+    with pytest.raises(ConfigError, match=f"argument SRC: {run / 'final'} holds a t5 model"):
+        convert_bart_to_led(str(run), str(tmp_path / "led"))
     assert convert_led_main([str(tmp_path / "missing_bart"), str(tmp_path / "led")]) == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "busy").mkdir()

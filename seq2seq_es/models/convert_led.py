@@ -19,9 +19,11 @@ import argparse
 import os
 import re
 import sys
+from pathlib import Path
 
 import torch
 
+from .. import run_files
 from ..errors import ConfigError, Seq2SeqEsError
 
 BART_POSITION_OFFSET = 2
@@ -99,14 +101,21 @@ def led_config_from_bart(bart_config, max_positions: int, attention_window: int)
 
 def _check_arguments(src: str, out: str, max_positions: int, attention_window: int) -> None:
     if max_positions < 1:
-        raise ConfigError("max_positions", f"must be positive, got {max_positions}")
+        raise ConfigError("--max-positions", f"must be positive, got {max_positions}")
     if attention_window < 2 or attention_window % 2:
-        raise ConfigError("attention_window",
+        raise ConfigError("--attention-window",
                           f"must be a positive even number (LED needs it), got {attention_window}")
+    if max_positions % attention_window:
+        # LED pads every input to a multiple of the window: an input padded past the positions
+        # fails in the embedding lookup ("index out of range"), whatever its own length.
+        raise ConfigError("--max-positions", f"{max_positions} is not a multiple of "
+                          f"--attention-window {attention_window}: LED pads each input to a "
+                          "multiple of the window, and a padded input longer than the positions "
+                          "cannot be embedded")
     if os.path.isdir(out) and os.listdir(out):
-        raise ConfigError("out", f"{out} exists and is not empty; choose a new folder")
+        raise ConfigError("OUT", f"{out} exists and is not empty; choose a new folder")
     if os.path.exists(out) and not os.path.isdir(out):
-        raise ConfigError("out", f"{out} is a file")
+        raise ConfigError("OUT", f"{out} is a file")
 
 
 def convert_bart_to_led(src: str, out: str, max_positions: int = 16384,
@@ -117,15 +126,17 @@ def convert_bart_to_led(src: str, out: str, max_positions: int = 16384,
     from .sources import checkpoint_config, load_tokenizer, resolve_checkpoint
 
     _check_arguments(src, out, max_positions, attention_window)
-    src = resolve_checkpoint(src, "src")
-    bart_config = checkpoint_config(src, "src")
+    if (Path(src) / run_files.CONFIG).is_file() and (Path(src) / run_files.FINAL).is_dir():
+        src = str(Path(src) / run_files.FINAL)  # a run folder: its exported model, as evaluate reads
+    src = resolve_checkpoint(src, "SRC")
+    bart_config = checkpoint_config(src, "SRC")
     if bart_config.model_type != "bart":
-        raise ConfigError("src", f"{src} holds a {bart_config.model_type} model; "
+        raise ConfigError("SRC", f"{src} holds a {bart_config.model_type} model; "
                                  "convert-led needs a BART checkpoint")
     if getattr(bart_config, "scale_embedding", False):
-        raise ConfigError("src", f"{src} scales its embeddings (scale_embedding=true), "
+        raise ConfigError("SRC", f"{src} scales its embeddings (scale_embedding=true), "
                                  "which LED does not; it cannot be converted exactly")
-    tokenizer = load_tokenizer(src, key="src")
+    tokenizer = load_tokenizer(src, key="SRC")
     bart = BartForConditionalGeneration.from_pretrained(src)
     led = LEDForConditionalGeneration(led_config_from_bart(bart.config, max_positions,
                                                            attention_window))

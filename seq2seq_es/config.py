@@ -123,8 +123,10 @@ class DataConfig(_Section):
         if self.max_target_length < 1:
             raise ConfigError("data.max_target_length", "must be at least 1")
         ga = self.global_attention
-        if not (ga in ("first", "sentences") or (ga.startswith("prefix:") and ga[7:].isdigit())):
-            raise ConfigError("data.global_attention", "expected first, sentences or prefix:N")
+        if not (ga in ("first", "sentences") or (ga.startswith("prefix:") and ga[7:].isdigit()
+                                                 and int(ga[7:]) >= 1)):
+            raise ConfigError("data.global_attention", "expected first, sentences or prefix:N "
+                              f"with N >= 1 (global tokens at the start), got {ga!r}")
 
 
 @dataclass
@@ -284,7 +286,10 @@ class GenConfig(_Section):
         if self.max_new_tokens < 1:
             raise ConfigError("gen.max_new_tokens", "must be at least 1")
         if self.min_new_tokens > self.max_new_tokens:
-            raise ConfigError("gen.min_new_tokens", "is larger than gen.max_new_tokens")
+            raise ConfigError("gen.min_new_tokens", f"{self.min_new_tokens} is larger than "
+                              f"gen.max_new_tokens {self.max_new_tokens} (the minimum may be the "
+                              "task's default); set --gen.min_new_tokens to at most "
+                              f"{self.max_new_tokens}")
 
 
 @dataclass
@@ -570,6 +575,32 @@ def parse_overrides(argv: list[str]) -> dict[str, str]:
             i += 2
         overrides[key] = value
     return overrides
+
+
+def not_applying(cfg) -> dict[str, str]:
+    """Config keys whose value the run never reads, with the setting that overrides them (a
+    sweep lists those its grid sets; `train` notes those the user set)."""
+    from .models import get_model_spec
+
+    adapter = get_model_spec(cfg.model.name).adapter
+    ignored = {}
+    if cfg.train.max_steps > 0:
+        ignored["train.epochs"] = f"train.max_steps={cfg.train.max_steps}"
+    if cfg.optim.warmup_steps > 0:
+        ignored["optim.warmup_ratio"] = f"optim.warmup_steps={cfg.optim.warmup_steps}"
+    if cfg.train.batching == "fixed":
+        ignored["train.max_tokens"] = "train.batching=fixed"
+    if cfg.train.batching != "bucketed":
+        ignored["train.length_buckets"] = f"train.batching={cfg.train.batching}"
+    if not cfg.model.compile:
+        ignored["model.compile_shapes"] = "model.compile=False"
+    if not cfg.model.lean_ce:
+        ignored["model.lean_ce_chunk"] = "model.lean_ce=False"
+    if not adapter.reads("data.global_attention"):
+        ignored["data.global_attention"] = f"{cfg.model.name} is no LED"
+    if not adapter.reads("model.attention"):
+        ignored["model.attention"] = f"{cfg.model.name} has no attention implementations"
+    return ignored
 
 
 def registry_layers(task_spec, model_spec) -> list[tuple[str, Mapping[str, Any]]]:

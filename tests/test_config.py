@@ -63,6 +63,26 @@ def test_task_model_or_config_given_twice_is_refused_not_last_wins(capsys):
         assert f"error: argument {flag}: given 2 times; give it once" in capsys.readouterr().err
 
 
+def test_train_notes_settings_it_does_not_read_once(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text("data:\n  global_attention: sentences\n")
+    build_config(["--task", "mlsum", "--model", "barto-tiny", "--config", str(run_file),
+                  "--model.attention", "flex", "--train.max_steps", "5"])
+    err = capsys.readouterr().err
+    assert err.count("note: not read by this run:") == 1
+    assert "data.global_attention (barto-tiny is no LED)" in err  # from the run file
+    assert "model.attention (barto-tiny has no attention implementations)" in err
+    assert "train.epochs" not in err  # a default, not the user's
+    build_config(["--task", "mlsum", "--model", "ledo-tiny", "--data.global_attention", "prefix:4"])
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "1")  # other ranks say nothing
+    build_config(["--task", "mlsum", "--model", "barto-tiny", "--model.attention", "flex"])
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ConfigError, match="prefix:N with N >= 1"):
+        compose(task="xlsum", model="ledo-tiny", overrides={"data.global_attention": "prefix:0"})
+
+
 def test_led_accepts_sixteen_thousand_source_tokens_bart_does_not():
     cfg = compose(task="xlsum", model="ledo",
                   overrides={"data.max_source_length": "16384"})

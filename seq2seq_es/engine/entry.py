@@ -32,12 +32,30 @@ def parse_train_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str
 
 
 def build_config(argv: list[str]):
-    from ..config import compose
+    from ..config import compose, load_yaml, not_applying
     from .distributed import launcher_overrides
 
     known, overrides = parse_train_args(argv)
     merged = {**launcher_overrides(), **overrides}
-    return compose(task=known.task, model=known.model, config_file=known.config, overrides=merged)
+    cfg = compose(task=known.task, model=known.model, config_file=known.config, overrides=merged)
+    # A setting the user gave that this run never reads (an LED option on BART, epochs under
+    # max_steps): said once, not refused (a shared run file may hold settings for other models).
+    given = set(overrides)
+    if known.config:
+        for section, values in load_yaml(known.config).items():
+            given |= {f"{section}.{key}" for key in values} if isinstance(values, dict) else {section}
+    unread = {key: why for key, why in not_applying(cfg).items() if key in given}
+    if unread and _first_process():
+        print("note: not read by this run: " + "; ".join(
+            f"{key} ({why})" for key, why in unread.items()), file=sys.stderr)
+    return cfg
+
+
+def _first_process() -> bool:
+    """Rank 0 of whatever launched this process (or no launcher): says a note once."""
+    import os
+
+    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "SLURM_PROCID"))
 
 
 def train_main(argv: list[str]) -> int:

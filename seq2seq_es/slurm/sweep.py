@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import run_files
+from ..config import not_applying
 from ..errors import ConfigError, DataError, Seq2SeqEsError, UnknownNameError
 from . import paper_grid
 from .config import SlurmConfig, make_executor, render_sbatch
@@ -466,31 +467,6 @@ def split_effective_batch(value: str, default_micro: int, world_size: int = 1,
                           f"micro-batch {micro} that fits{where} (its default train.batch_size); "
                           f"use a multiple of {micro}, or at most {micro}")
     return micro, per_rank // micro
-
-
-def not_applying(cfg) -> dict[str, str]:
-    """Config keys whose value the run never reads, with the setting that overrides them."""
-    from ..models import get_model_spec
-
-    adapter = get_model_spec(cfg.model.name).adapter
-    ignored = {}
-    if cfg.train.max_steps > 0:
-        ignored["train.epochs"] = f"train.max_steps={cfg.train.max_steps}"
-    if cfg.optim.warmup_steps > 0:
-        ignored["optim.warmup_ratio"] = f"optim.warmup_steps={cfg.optim.warmup_steps}"
-    if cfg.train.batching == "fixed":
-        ignored["train.max_tokens"] = "train.batching=fixed"
-    if cfg.train.batching != "bucketed":
-        ignored["train.length_buckets"] = f"train.batching={cfg.train.batching}"
-    if not cfg.model.compile:
-        ignored["model.compile_shapes"] = "model.compile=False"
-    if not cfg.model.lean_ce:
-        ignored["model.lean_ce_chunk"] = "model.lean_ce=False"
-    if not adapter.reads("data.global_attention"):
-        ignored["data.global_attention"] = f"{cfg.model.name} is no LED"
-    if not adapter.reads("model.attention"):
-        ignored["model.attention"] = f"{cfg.model.name} has no attention implementations"
-    return ignored
 
 
 def resolved_key(cfg) -> str:

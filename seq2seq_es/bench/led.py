@@ -117,12 +117,10 @@ def model_flops_per_step(shape: LedShape, src_len: int, tgt_len: int, batch: int
 
 
 def enable_checkpointing(model) -> None:
-    """Non-reentrant activation checkpointing of every layer (the method was renamed in transformers 5.2x)."""
-    enable = getattr(model, "activation_checkpointing_enable", None)
-    if enable is not None:
-        enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    """Non-reentrant activation checkpointing of every layer, as training turns it on."""
+    from ..engine.builders import set_activation_checkpointing
+
+    set_activation_checkpointing(model, True)
 
 
 def _is_out_of_memory(error: BaseException) -> bool:

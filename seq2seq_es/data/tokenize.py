@@ -133,8 +133,11 @@ def tokenize_examples(examples: datasets.Dataset, tokenizer, *, split: str, max_
     cache_file = str(folder / f"{split}-{key}.arrow")
 
     def encode(batch):
-        sources = tokenizer(batch["source"], add_special_tokens=True)["input_ids"]
-        targets = tokenizer(text_target=batch["target"], add_special_tokens=True)["input_ids"]
+        # Whole texts, cut below (and counted in the truncation report); verbose=False: not
+        # transformers' warning that a sequence longer than the model "will result in errors".
+        sources = tokenizer(batch["source"], add_special_tokens=True, verbose=False)["input_ids"]
+        targets = tokenizer(text_target=batch["target"], add_special_tokens=True,
+                            verbose=False)["input_ids"]
         out = {"input_ids": [], "labels": [], "source_length": [], "target_length": []}
         for src, tgt in zip(sources, targets):
             if drop_leading_label_id is not None and tgt and tgt[0] == drop_leading_label_id:

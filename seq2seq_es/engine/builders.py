@@ -30,10 +30,26 @@ def get_model(cfg: RunConfig):
     if cfg.model.dropout is not None:
         set_dropout(model, cfg.model.dropout)
     if cfg.model.gradient_checkpointing:
-        # Non-reentrant checkpointing works with shared weights and ZeRO-3's parameter hooks.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        set_activation_checkpointing(model, True)
         model.config.use_cache = False
     return model, tokenizer, spec
+
+
+def set_activation_checkpointing(model, on: bool) -> None:
+    """Turn non-reentrant activation checkpointing of every layer on or off. Non-reentrant works
+    with shared weights and ZeRO-3's parameter hooks. transformers 5.2x renamed the methods
+    (activation_checkpointing_*, the old names warn on every call); earlier 5.x have only the
+    old ones."""
+    if on:
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        return
+    disable = getattr(model, "activation_checkpointing_disable", None)
+    (disable or model.gradient_checkpointing_disable)()
 
 
 DROPOUT_ATTRIBUTES = ("dropout", "attention_dropout", "activation_dropout", "dropout_rate",

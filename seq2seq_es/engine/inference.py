@@ -267,13 +267,13 @@ class Loaded:
 def load_for_inference(saved: SavedModel, cfg, env: D.DistEnv) -> Loaded:
     """Build the model, load the saved weights, and place it: partitioned by a DeepSpeed engine
     without optimizer under ZeRO-3, the plain module on this rank's device otherwise."""
-    from .builders import get_model
+    from .builders import get_model, set_activation_checkpointing
 
     model, tokenizer, spec = get_model(cfg)
     if saved.kind == "deepspeed":
         load_checkpoint_weights(model, saved.path)
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_disable()
+        set_activation_checkpointing(model, False)
         model.config.use_cache = True
     engine = None
     if cfg.dist.zero_stage == 3:

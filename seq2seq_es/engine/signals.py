@@ -37,7 +37,8 @@ class InterruptedNow(KeyboardInterrupt):
 
     def __str__(self) -> str:
         return ("interrupted by a second Ctrl-C: stopped at once, nothing saved since the last "
-                "complete checkpoint; resume from it with --train.resume auto")
+                "complete checkpoint; --train.resume auto continues from it (a run with none "
+                "starts again)")
 
 
 class StopRequest:

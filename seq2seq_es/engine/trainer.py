@@ -253,7 +253,7 @@ class Trainer:
                                               self.env.device)
         if finished:
             self.say(f"{self.out} finished at step {self.state.step} (DONE): nothing to train; "
-                     "raise train.max_steps or train.num_epochs to train it further, or score "
+                     "raise train.max_steps or train.epochs to train it further, or score "
                      f"it with `seq2seq-es evaluate {self.out}`")
             return done or {"step": self.state.step}
         if had_done and self.env.is_main:

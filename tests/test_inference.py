@@ -171,7 +171,8 @@ def test_evaluate_two_processes_zero3_matches_one(trained, validation_final, wor
         assert close(one[key], two[key], rel=1e-4), (key, one[key], two[key])
     assert read_jsonl(out / "predictions.jsonl") == read_jsonl(validation_final
                                                                / "predictions.jsonl")
-    assert json.loads((out / "evaluation.json").read_text())["world_size"] == 2
+    info = json.loads((out / "evaluation.json").read_text())
+    assert (info["world_size"], info["batch_size"]) == (2, 2)  # --batch-size is recorded
 
 
 @pytest.fixture(scope="module")

@@ -411,7 +411,7 @@ def evaluate_main(argv: list[str]) -> int:
             "split": args.split, "task": cfg.data.task,
             "model": cfg.model.name, "examples": len(data.tokenized),
             "world_size": env.world_size, "zero_stage": cfg.dist.zero_stage,
-            "overrides": overrides, "results": results}, indent=1))
+            "batch_size": batch_size, "overrides": overrides, "results": results}, indent=1))
         for key, value in results.items():
             print(f"{key} {value:.4f}")
         print(f"predictions and scores: {out}")

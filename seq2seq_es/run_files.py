@@ -86,6 +86,8 @@ def read_run_config(run_dir: str | Path) -> dict | None:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ValueError(f"cannot be read ({exc})") from None
+    if loaded is None:
+        return None  # empty: a run starting (the engine writes it as it starts)
     if not isinstance(loaded, dict):
         raise ValueError("expected a mapping of sections")
     return loaded

@@ -76,6 +76,12 @@ def test_train_notes_settings_it_does_not_read_once(capsys, tmp_path, monkeypatc
     assert "train.epochs" not in err  # a default, not the user's
     build_config(["--task", "mlsum", "--model", "ledo-tiny", "--data.global_attention", "prefix:4"])
     assert capsys.readouterr().err == ""
+    # A run file that restates defaults (`seq2seq-es config` output fed back) chose nothing.
+    assert main(["config", "--task", "mlsum", "--model", "barto-tiny"]) == 0
+    restated = tmp_path / "restated.yaml"
+    restated.write_text(capsys.readouterr().out)
+    build_config(["--config", str(restated)])
+    assert capsys.readouterr().err == ""
     monkeypatch.setenv("RANK", "1")  # other ranks say nothing
     build_config(["--task", "mlsum", "--model", "barto-tiny", "--model.attention", "flex"])
     assert capsys.readouterr().err == ""

@@ -451,6 +451,16 @@ def test_score_with_a_task_reads_the_tasks_own_data_file_as_references(tmp_path,
     assert json.loads(captured.out)["exact_match"] == 100.0
     assert (f"{broken}: read as a sqac data file (--task); skipped 1 bad row(s) as training "
             "and predict do: line 2: column 'answers.text' no answer") in captured.err
+    # A line that is not UTF-8, first or not, is skipped as training skips it.
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes("{\"question\": \"canción\"\n".encode("latin-1")
+                      + json.dumps(rows[0], ensure_ascii=False).encode() + b"\n")
+    assert score_main(["--task", "sqac", "--predictions", one, "--references", str(mixed)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["exact_match"] == 100.0 and "line 1:" in captured.err
+    missing = str(tmp_path / "missing.csv")
+    assert score_main(["--task", "mlsum", "--predictions", one, "--references", missing]) == 2
+    assert f"file {missing}: file not found" in capsys.readouterr().err
     # TSV as training reads it: no quoting, so a '"' opening a field is text.
     tsv = _write(tmp_path / "test.tsv", 'text\tsummary\nDoc uno.\t"Sí", dijo.\n'
                                         'Doc dos.\t"Abre sin cerrar\nDoc tres.\tFin.\n')

@@ -92,7 +92,8 @@ def test_packed_batch_gives_the_loss_and_gradients_of_the_examples_unpacked(name
     from seq2seq_es.engine.builders import set_dropout
     set_dropout(model, 0.0)
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        from seq2seq_es.engine.builders import set_activation_checkpointing
+        set_activation_checkpointing(model, True)
         model.train()   # checkpointing only acts in training mode; dropout is 0
     else:
         model.eval()

@@ -40,15 +40,24 @@ def build_config(argv: list[str]):
     cfg = compose(task=known.task, model=known.model, config_file=known.config, overrides=merged)
     # A setting the user gave that this run never reads (an LED option on BART, epochs under
     # max_steps): said once, not refused (a shared run file may hold settings for other models).
+    # A run file counts where it changes a value: `seq2seq-es config` output fed back with
+    # --config (or a shipped run file) restates every default, and is no choice of the user's.
     given = set(overrides)
     if known.config:
+        defaults = compose(task=cfg.data.task, model=cfg.model.name)
         for section, values in load_yaml(known.config).items():
-            given |= {f"{section}.{key}" for key in values} if isinstance(values, dict) else {section}
+            keys = [f"{section}.{key}" for key in values] if isinstance(values, dict) else [section]
+            given |= {key for key in keys if _value(cfg, key) != _value(defaults, key)}
     unread = {key: why for key, why in not_applying(cfg).items() if key in given}
     if unread and _first_process():
         print("note: not read by this run: " + "; ".join(
             f"{key} ({why})" for key, why in unread.items()), file=sys.stderr)
     return cfg
+
+
+def _value(cfg, key: str):
+    section, _, name = key.partition(".")
+    return getattr(getattr(cfg, section, None), name, None)
 
 
 def _first_process() -> bool:

@@ -568,7 +568,8 @@ def tokenize_sources(sources: list[str], tokenizer, max_length: int, side: str) 
     lead, trail = special_token_frame(tokenizer)
     features = []
     for start in range(0, len(sources), 1024):
-        for ids in tokenizer(sources[start:start + 1024], add_special_tokens=True)["input_ids"]:
+        for ids in tokenizer(sources[start:start + 1024], add_special_tokens=True,
+                             verbose=False)["input_ids"]:  # cut below, and counted
             features.append({"input_ids": truncate_ids(ids, max_length, lead, trail, side),
                              "length": len(ids)})
     return features

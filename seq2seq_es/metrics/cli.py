@@ -25,13 +25,17 @@ F1_CONVENTION_CHOICES = ("words", "squad", "mlqa-es", "whitespace-membership")
 METRIC_NAMES_HELP = "rouge, bleu, chrf, sari, exact_match, meteor, token_f1"
 
 
-def _read_text(path: str) -> str:
+def _read_bytes(path: str) -> bytes:
     try:
-        raw = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise DataError("file not found", file=path) from None
     except OSError as error:
         raise DataError(f"cannot read it ({error.strerror})", file=path) from None
+
+
+def _read_text(path: str) -> str:
+    raw = _read_bytes(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -100,18 +104,18 @@ def read_references(path: str, task=None) -> list[str] | list[list[str]]:
 
 
 def _holds_task_rows(path: str, task) -> bool:
-    """Whether a .jsonl file is the task's data file: its first object has the task's columns
-    and none of the keys of our reference files."""
-    for line in read_lines(path):
-        if not line.strip():
-            continue
+    """Whether a .jsonl file is the task's data file: its first JSON object has the task's
+    columns and none of the keys of our reference files. Lines that are not JSON (or not UTF-8)
+    are passed over here: training skips them, and so does _task_references."""
+    for raw in _read_bytes(path).splitlines():  # a missing or unreadable file: its error, here
         try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
-            return False
-        return (isinstance(value, dict) and "reference" not in value
-                and "scored_references" not in value
-                and set(task.formatter.required_columns()) <= set(value))
+            value = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(value, dict):
+            return ("reference" not in value and "scored_references" not in value
+                    and set(task.formatter.required_columns()) <= set(value))
+        return False
     return False
 
 
@@ -125,6 +129,7 @@ def _task_references(path: str, task) -> list[list[str]]:
     from seq2seq_es.tasks.formatting import Problem
     from seq2seq_es.tasks.local_files import prepare_local_file
 
+    _read_bytes(path)  # a missing or unreadable file: its error, as for any references file
     tsv = path.endswith(".tsv")
     builder = "json" if path.endswith(".jsonl") else "csv"
     options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {}
@@ -143,16 +148,18 @@ def _task_references(path: str, task) -> list[list[str]]:
                 for record in frame.to_dict("records")]
     lines = local.line_of_row if local.line_of_row and len(local.line_of_row) == len(rows) \
         else None
-    skipped = [(line, reason) for line, _, reason in local.bad]
+    for note in local.notes:  # e.g. read as ';'-delimited
+        print(f"{path}: {note}", file=sys.stderr)
+    skipped = [(f"line {line}", reason) for line, _, reason in local.bad]
     references = []
     for item in task.formatter.format_rows(rows, list(range(len(rows))), "test"):
         if isinstance(item, Problem):
-            where = lines[item.row] if lines else item.row + 1
+            where = f"line {lines[item.row]}" if lines else f"row {item.row}"
             skipped.append((where, f"column '{item.column}' {item.reason}"))
         else:
             references.append(list(item.references))
     if skipped:
-        shown = "; ".join(f"line {line}: {reason}" for line, reason in sorted(skipped)[:5])
+        shown = "; ".join(f"{where}: {reason}" for where, reason in skipped[:5])
         print(f"{path}: read as a {task.name} data file (--task); skipped {len(skipped)} bad "
               f"row(s) as training and predict do: {shown}"
               + ("; ..." if len(skipped) > 5 else ""), file=sys.stderr)

@@ -153,8 +153,9 @@ def convert_led_main(argv: list[str] | None = None) -> int:
         prog="seq2seq-es convert-led",
         description="Build an LED checkpoint from a BART checkpoint by copying its position "
                     "embeddings (how LEDO was made from BARTO).")
-    parser.add_argument("src", help="BART checkpoint: a local folder or a hub id")
-    parser.add_argument("out", help="new folder for the LED checkpoint")
+    parser.add_argument("src", metavar="SRC", help="BART checkpoint: a local folder, a run "
+                                                    "folder (its final/) or a hub id")
+    parser.add_argument("out", metavar="OUT", help="new folder for the LED checkpoint")
     parser.add_argument("--max-positions", type=int, default=16384,
                         help="encoder positions of the LED (default 16384)")
     parser.add_argument("--attention-window", type=int, default=1024,

@@ -146,8 +146,10 @@ def test_training_refuses_flex_with_attention_dropout_before_loading_data(tmp_pa
     from engine_runs import base_args, demo_files, run
 
     files = demo_files(tmp_path / "data")
-    proc = run("none", 1, base_args(files, tmp_path / "run", model="ledo-tiny", extra=[
-        "--task", "xlsum", "--model.attention", "flex", "--model.dropout", "0.1"]), check=False)
+    args = base_args(files, tmp_path / "run", model="ledo-tiny", extra=[
+        "--model.attention", "flex", "--model.dropout", "0.1"])
+    args[args.index("--task") + 1] = "xlsum"  # one --task: a second one is refused
+    proc = run("none", 1, args, check=False)
     assert proc.returncode == 2
     assert "model.attention" in proc.stderr and "flex attention has no attention" in proc.stderr
     assert "[train]" not in proc.stdout + proc.stderr  # refused before the data was read

@@ -185,6 +185,16 @@ def check_same_run(path: Path, saved: dict | None, current: dict | None) -> None
                       "train.output_dir")
 
 
+def _deepspeed_load(engine, path: Path, *, scheduler: bool) -> None:
+    """DeepSpeed's full load of checkpoint `path` (weights and optimizer states; the
+    learning-rate schedule's too with `scheduler`)."""
+    load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name,
+                                          load_optimizer_states=True,
+                                          load_lr_scheduler_states=scheduler)
+    if load_path is None:
+        raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+
+
 class Checkpointer:
     """checkpoints/step_<N> folders of one run; see the module docstring for the interface."""
 
@@ -272,11 +282,7 @@ class Checkpointer:
                               "the data order and RNG states would not match")
         check_same_layout(path, state.data_layout, data_layout)
         with self.damaged_files_named(path):
-            load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name,
-                                                  load_optimizer_states=True,
-                                                  load_lr_scheduler_states=True)
-            if load_path is None:
-                raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+            _deepspeed_load(engine, path, scheduler=True)
             rng_file = path / "rng" / f"rank_{self.env.rank}.pt"
             _set_rng_state(torch.load(rng_file, weights_only=False))
         return state
@@ -310,8 +316,4 @@ class Checkpointer:
         write.
         """
         with self.damaged_files_named(path):
-            load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name,
-                                                  load_optimizer_states=True,
-                                                  load_lr_scheduler_states=False)
-            if load_path is None:
-                raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+            _deepspeed_load(engine, path, scheduler=False)

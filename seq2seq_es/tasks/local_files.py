@@ -562,16 +562,21 @@ def _records(path: str, text: str, line_numbers: list[int], delimiter: str,
 def _never_closed(lines: list[str], delimiter: str) -> bool:
     """Whether the record of these lines (the file's last) opens a quoted field and the file
     ends inside it."""
-    text = "".join(line + "\n" for line in lines)
+    error = _strict_parse_error("".join(line + "\n" for line in lines), delimiter)
+    return error is not None and "unexpected end of data" in str(error)
+
+
+def _strict_parse_error(text: str, delimiter: str) -> csv.Error | None:
+    """What the csv module's strict quoting finds wrong in `text` (None: nothing, or no '"')."""
     if '"' not in text:
-        return False
+        return None
     try:
         with _long_fields():
             for _ in csv.reader(io.StringIO(text), delimiter=delimiter, strict=True):
                 pass
     except csv.Error as error:
-        return "unexpected end of data" in str(error)
-    return False
+        return error
+    return None
 
 
 def _check_header(path: str, names: list[str], line: int, required_columns: tuple[str, ...],
@@ -602,15 +607,7 @@ def _written_with_quoting(text: str, delimiter: str) -> bool:
     """TSV has no quoting, but pandas and the csv module write a TSV field holding '"' quoted
     (inner quotes doubled). Such a file parses strictly with quoting; a plain TSV whose field
     opens with a quotation ('"Es un día", dijo') does not, and is read without quoting."""
-    if '"' not in text:
-        return False
-    try:
-        with _long_fields():
-            for _ in csv.reader(io.StringIO(text), delimiter=delimiter, strict=True):
-                pass
-    except csv.Error:
-        return False
-    return True
+    return '"' in text and _strict_parse_error(text, delimiter) is None
 
 
 def _has_columns(header: str, delimiter: str, required: tuple[str, ...]) -> bool:

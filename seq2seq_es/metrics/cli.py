@@ -127,12 +127,11 @@ def _task_references(path: str, task) -> list[list[str]]:
     import csv
 
     from seq2seq_es.tasks.formatting import Problem
+    from seq2seq_es.tasks.loading import CSV_CELLS_AS_TEXT, builder_for
     from seq2seq_es.tasks.local_files import prepare_local_file
 
     _read_bytes(path)  # a missing or unreadable file: its error, as for any references file
-    tsv = path.endswith(".tsv")
-    builder = "json" if path.endswith(".jsonl") else "csv"
-    options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {}
+    builder, options = builder_for(path)  # the delimiter and quoting training reads it with
     local = prepare_local_file(path, builder, options, task.formatter.required_columns(),
                                cache_dir=None)
     if builder == "json":
@@ -142,8 +141,7 @@ def _task_references(path: str, task) -> list[list[str]]:
 
         frame = pandas.read_csv(local.path, sep=local.options.get("delimiter", ","),
                                 quoting=local.options.get("quoting", csv.QUOTE_MINIMAL),
-                                names=local.columns, header=0, dtype=str,
-                                keep_default_na=False, na_values=[""])
+                                names=local.columns, header=0, dtype=str, **CSV_CELLS_AS_TEXT)
         rows = [{key: (None if value != value else value) for key, value in record.items()}
                 for record in frame.to_dict("records")]
     lines = local.line_of_row if local.line_of_row and len(local.line_of_row) == len(rows) \

@@ -212,7 +212,7 @@ def _in_hub(report: LoadReport, file: str | None) -> str:
 # ---------------------------------------------------------------------------------------------
 # Reading
 
-def _builder_for(path: str) -> tuple[str, dict[str, Any]]:
+def builder_for(path: str) -> tuple[str, dict[str, Any]]:
     name = path.lower()
     for suffix in _COMPRESSION:
         if name.endswith(suffix):
@@ -235,7 +235,7 @@ def _read_local_file(path: str, formatter: Formatter,
         raise DataError("is not a file", file=path)
     if os.path.getsize(path) == 0:
         raise DataError("file is empty", file=path)
-    builder, options = _builder_for(path)
+    builder, options = builder_for(path)
     try:
         if builder == "json":
             _check_looks_like_json(path)
@@ -258,13 +258,17 @@ def _read_local_file(path: str, formatter: Formatter,
     return raw, local
 
 
+# pandas options under which a cell is the text it holds; only an empty cell is missing.
+CSV_CELLS_AS_TEXT = {"keep_default_na": False, "na_values": [""]}
+
+
 def _csv_as_text(local: LocalFile) -> dict[str, Any]:
     """Builder options that read every CSV/TSV cell as the text it is: pandas would turn "NA",
     "None", "nan" or "null" into a missing value and "007" into the number 7. Only an empty cell
     is missing (the formatter reports it as a missing value)."""
     import datasets
 
-    options: dict[str, Any] = {"keep_default_na": False, "na_values": [""]}
+    options: dict[str, Any] = dict(CSV_CELLS_AS_TEXT)
     columns = local.columns
     if columns is not None:  # the names local_files read from the header, passed to pandas as is
         options.update(column_names=columns, header=0)

@@ -9,6 +9,7 @@ its own logged evaluations are the reference the commands must reproduce.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,6 +121,26 @@ def test_evaluate_records_the_batch_size_it_ran_with(trained, validation_final, 
     assert close(info["results"]["eval/loss"],
                  json.loads((validation_final / "scores.json").read_text())["eval/loss"],
                  rel=1e-4)
+
+
+def test_evaluate_says_when_it_replaces_other_settings(trained, validation_final, tmp_path,
+                                                       capsys):
+    """Evaluating again into the same folder replaces it; with other scoring settings (here
+    beams) the earlier one is named before it goes. Same settings, another batch size or ZeRO
+    stage: nothing to say."""
+    out = tmp_path / "again"
+    shutil.copytree(validation_final, out)
+    capsys.readouterr()
+    assert cli(["evaluate", str(trained), "--split", "validation", "--batch-size", "1",
+                "--output-dir", str(out)]) == 0
+    assert "note:" not in capsys.readouterr().err
+    assert cli(["evaluate", str(trained), "--split", "validation", "--output-dir", str(out),
+                "--gen.num_beams", "2"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {out} holds an evaluation of {trained / 'final'} with no overrides; this " \
+           "one replaces it (pass --output-dir DIR to keep both)" in err, err
+    assert json.loads((out / "evaluation.json").read_text())["overrides"] == {
+        "gen.num_beams": "2"}
 
 
 def test_evaluate_deepspeed_checkpoints(trained, validation_final):

@@ -19,6 +19,7 @@ import datasets
 import evaluate
 
 from seq2seq_es.metrics import bleu, chrf, exact_match, meteor, rouge, sari, token_f1
+from seq2seq_es.metrics.text import normalize_unicode
 
 
 def metric_info(description: str, citation: str, inputs_description: str, *,
@@ -38,12 +39,26 @@ def metric_info(description: str, citation: str, inputs_description: str, *,
     )
 
 
+def _nfc(texts):
+    """Strings, or lists of strings (several references), in Unicode NFC."""
+    return [normalize_unicode(text) if isinstance(text, str) else [normalize_unicode(item)
+                                                                    for item in text]
+            for text in texts]
+
+
 class InMemoryMetric(evaluate.Metric):
-    """An `evaluate.Metric` that keeps its inputs in memory instead of an on-disk cache."""
+    """An `evaluate.Metric` that keeps its inputs in memory instead of an on-disk cache, and
+    scores NFC text as `compute_metrics` does (a class and the function give one number for
+    "canción" typed with a combining accent): subclasses define `_score`, not `_compute`."""
 
     def __init__(self, **kwargs):
         kwargs.setdefault("keep_in_memory", True)
         super().__init__(**kwargs)
+
+    def _compute(self, predictions, references, **arguments):
+        if "sources" in arguments:
+            arguments["sources"] = _nfc(arguments["sources"])
+        return self._score(_nfc(predictions), _nfc(references), **arguments)
 
 
 class Rouge(InMemoryMetric):
@@ -52,7 +67,7 @@ class Rouge(InMemoryMetric):
     def _info(self):
         return metric_info(rouge.__doc__, rouge.CITATION, rouge.INPUTS)
 
-    def _compute(self, predictions, references, mode: str = "spanish", use_stemmer: bool = True,
+    def _score(self, predictions, references, mode: str = "spanish", use_stemmer: bool = True,
                  with_precision_recall: bool = False, split_sentences: bool = False,
                  aggregate: str = "mean", bootstrap_seed: int = 0):
         return rouge.compute(predictions, references, mode=mode, use_stemmer=use_stemmer,
@@ -67,7 +82,7 @@ class Bleu(InMemoryMetric):
     def _info(self):
         return metric_info(bleu.__doc__, bleu.CITATION, bleu.INPUTS)
 
-    def _compute(self, predictions, references, tokenize: str = "13a"):
+    def _score(self, predictions, references, tokenize: str = "13a"):
         return bleu.compute(predictions, references, tokenize=tokenize)
 
 
@@ -77,7 +92,7 @@ class Chrf(InMemoryMetric):
     def _info(self):
         return metric_info(chrf.__doc__, chrf.CITATION, chrf.INPUTS)
 
-    def _compute(self, predictions, references, word_order: int = 0):
+    def _score(self, predictions, references, word_order: int = 0):
         return chrf.compute(predictions, references, word_order=word_order)
 
 
@@ -87,7 +102,7 @@ class Sari(InMemoryMetric):
     def _info(self):
         return metric_info(sari.__doc__, sari.CITATION, sari.INPUTS, with_sources=True)
 
-    def _compute(self, predictions, references, sources, mode: str = "spanish"):
+    def _score(self, predictions, references, sources, mode: str = "spanish"):
         return sari.compute(predictions, references, sources, mode=mode)
 
 
@@ -97,7 +112,7 @@ class ExactMatch(InMemoryMetric):
     def _info(self):
         return metric_info(exact_match.__doc__, exact_match.CITATION, exact_match.INPUTS)
 
-    def _compute(self, predictions, references, ignore_case: bool = False,
+    def _score(self, predictions, references, ignore_case: bool = False,
                  convention: str = "strict"):
         return exact_match.compute(predictions, references, ignore_case=ignore_case,
                                    convention=convention)
@@ -109,7 +124,7 @@ class Meteor(InMemoryMetric):
     def _info(self):
         return metric_info(meteor.__doc__, meteor.CITATION, meteor.INPUTS)
 
-    def _compute(self, predictions, references):
+    def _score(self, predictions, references):
         return meteor.compute(predictions, references)
 
 
@@ -119,7 +134,7 @@ class TokenF1(InMemoryMetric):
     def _info(self):
         return metric_info(token_f1.__doc__, token_f1.CITATION, token_f1.INPUTS)
 
-    def _compute(self, predictions, references, convention: str = "words"):
+    def _score(self, predictions, references, convention: str = "words"):
         return token_f1.compute(predictions, references, convention=convention)
 
 

@@ -64,27 +64,39 @@ def validation_metric_names(task) -> list[str]:
                                      options=task.metric_options)]
 
 
-def decode_is_lossy(tokenizer) -> bool:
-    """WordPiece (BETO, mBERT) decodes with a space around every punctuation mark and between the
-    pieces of a number ("¿ Qué", "( 5 años )", "3, 5"): no output can match a reference's
-    spacing. Byte-level BPE (BARTO, RoBERTa) and T5's unigram model give the text back."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    return backend is not None and type(backend.model).__name__ == "WordPiece"
+def round_trip(texts: list[str], tokenizer, task) -> list[str]:
+    """Each text as the model would emit it: encoded, decoded without special tokens and
+    cleaned like a prediction (`clean_prediction`). No tokenizer here gives every text back:
+    WordPiece (BETO, mBERT) puts a space around every punctuation mark and between the pieces
+    of a number ("¿ Qué", "( 5 años )", "3, 5"); T5S's SentencePiece normaliser (NFKC) writes
+    "nº 1º" as "no 1o", "…" as "..." and drops newlines; byte-level BPE (BARTO, RoBERTa) gives
+    the text back, up to the spaces around it."""
+    if not texts:
+        return []
+    ids = tokenizer(text_target=list(texts)).input_ids
+    return [clean_prediction(task, text)
+            for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
 def scoring_references(references: list, tokenizer, task) -> list:
-    """The references predictions are scored against: as written, except where the tokenizer's
-    decoding is lossy; there each reference takes the path a prediction takes (encode, decode
-    without special tokens, `clean_prediction`), as the paper's scripts did by decoding the
-    labels, so a model is not charged for spacing its tokenizer cannot produce."""
-    if not decode_is_lossy(tokenizer):
-        return references
-
-    def round_trip(text: str) -> str:
-        ids = tokenizer(text_target=text).input_ids
-        return clean_prediction(task, tokenizer.decode(ids, skip_special_tokens=True))
-    return [round_trip(refs) if isinstance(refs, str) else [round_trip(r) for r in refs]
+    """The references predictions are scored against: each takes the path a prediction takes
+    (`round_trip`), as the paper's scripts did by decoding the labels for every model, so a
+    model is not charged for what its tokenizer cannot produce (spacing, NFKC forms)."""
+    flat = [text for refs in references for text in ([refs] if isinstance(refs, str) else refs)]
+    texts = iter(round_trip(flat, tokenizer, task))
+    return [next(texts) if isinstance(refs, str) else [next(texts) for _ in refs]
             for refs in references]
+
+
+def scoring_sources(sources: list[str], tokenizer, task) -> list[str] | None:
+    """The sources SARI compares with (the only metric that reads them): round-tripped like the
+    references, as the paper's scripts decoded the inputs (under the paper's 13a tokenisation
+    "¿ Sabías" against "¿Sabías" would count as an edit). None when no metric reads them."""
+    from ..metrics.scoring import METRICS_NEEDING_SOURCES
+
+    if not METRICS_NEEDING_SOURCES & set(task.metrics):
+        return None
+    return round_trip(sources, tokenizer, task)
 
 
 def generate_batch(model, batch: dict, idx: list[int], *, generation_config, tokenizer, task,
@@ -219,39 +231,50 @@ def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_conf
                 # Imported on rank 0 only: the other ranks never score.
                 from ..metrics import compute_metrics
                 references = scoring_references(list(examples["references"]), tokenizer, task)
-                scores = compute_metrics(task.metrics, ordered, references,
-                                         sources=list(examples["source"]),
+                sources = scoring_sources(list(examples["source"]), tokenizer, task)
+                scores = compute_metrics(task.metrics, ordered, references, sources=sources,
                                          options=task.metric_options)
                 results.update({f"{prefix}/{k}": v for k, v in scores.items()})
                 folder = predictions_dir if predictions_dir is not None else (
                     out_dir / f"step_{step:08d}" if out_dir is not None else None)
                 if folder is not None:
-                    _write_predictions(folder, examples, ordered, results, references)
+                    _write_predictions(folder, examples, ordered, results, references,
+                                       sources)
             results = D.broadcast_object(results)
     return results
 
 
 def _write_predictions(folder: Path, examples, predictions: list[str], results: dict,
-                       scored: list) -> None:
-    """predictions.jsonl (with `scored_references` where the scores used other texts than the
-    references: see scoring_references), scores.json, and line files for `seq2seq-es score`:
-    predictions.txt, references.txt (the targets), sources.txt, and scored_references.jsonl
-    (every reference each example was scored against), so a rescoring compares like with like."""
+                       scored: list, scored_sources: list[str] | None) -> None:
+    """predictions.jsonl, scores.json, and line files for `seq2seq-es score`.
+
+    predictions.jsonl holds everything a rescoring needs, exactly: each row's `reference` (the
+    target), `scored_references` where the scores used other texts than [reference] (every
+    answer of a QA row, round-tripped texts: see scoring_references) and `scored_source` where
+    SARI compared with another text than `source`; `score --references/--sources
+    predictions.jsonl` reads them. The line files are one line per example, so a text's own
+    newlines become spaces there: predictions.txt, references.txt (the targets), sources.txt
+    (what SARI compared with), and scored_references.jsonl (every reference each example was
+    scored against)."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "predictions.jsonl", "w", encoding="utf-8") as f:
         for i, prediction in enumerate(predictions):
             row = examples[i]
             record = {"example_id": row.get("example_id", i), "source": row["source"],
                       "prediction": prediction, "reference": row["target"]}
-            if list(scored[i]) != list(row["references"]):
+            if list(scored[i]) != [row["target"]]:
                 record["scored_references"] = list(scored[i])
+            if scored_sources is not None and scored_sources[i] != row["source"]:
+                record["scored_source"] = scored_sources[i]
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    (folder / "predictions.txt").write_text("\n".join(p.replace("\n", " ") for p in predictions)
-                                            + "\n", encoding="utf-8")
-    (folder / "references.txt").write_text(
-        "\n".join(t.replace("\n", " ") for t in examples["target"]) + "\n", encoding="utf-8")
+
+    def one_per_line(texts) -> str:
+        return "\n".join(text.replace("\n", " ") for text in texts) + "\n"
+    (folder / "predictions.txt").write_text(one_per_line(predictions), encoding="utf-8")
+    (folder / "references.txt").write_text(one_per_line(examples["target"]), encoding="utf-8")
     (folder / "sources.txt").write_text(
-        "\n".join(t.replace("\n", " ") for t in examples["source"]) + "\n", encoding="utf-8")
+        one_per_line(scored_sources if scored_sources is not None else examples["source"]),
+        encoding="utf-8")
     (folder / "scored_references.jsonl").write_text(
         "".join(json.dumps(list(references), ensure_ascii=False) + "\n" for references in scored),
         encoding="utf-8")

@@ -78,6 +78,22 @@ def read_predictions(path: str) -> list[str]:
     return predictions
 
 
+def read_sources(path: str) -> list[str]:
+    """Plain lines, or for ``.jsonl`` a string or an object with "scored_source" or "source"
+    per line (evaluate's predictions.jsonl: what SARI compared with)."""
+    if not path.endswith(".jsonl"):
+        return read_lines(path)
+    sources = []
+    for row, value in _jsonl_values(path):
+        if isinstance(value, dict):
+            value = value.get("scored_source", value.get("source"))
+        if not isinstance(value, str):
+            raise DataError('expected a string or an object with "source" or "scored_source"',
+                            file=path, line=row)
+        sources.append(value)
+    return sources
+
+
 def read_references(path: str, task=None) -> list[str] | list[list[str]]:
     """Plain lines, or for ``.jsonl`` one string or list of strings per line, or an object with
     "scored_references" or "reference" (evaluate's predictions.jsonl: what it scored against).
@@ -190,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                              'object with "reference" / "scored_references" per line; with '
                              "--task also the task's own .jsonl/.csv/.tsv data file (its "
                              "references, e.g. every answer of a QA row)")
-    parser.add_argument("--sources", metavar="FILE", help="one source per line (needed by sari)")
+    parser.add_argument("--sources", metavar="FILE",
+                        help="one source per line, or .jsonl with a string or an object with "
+                             '"source" / "scored_source" per line (needed by sari)')
     parser.add_argument("--stem", action=argparse.BooleanOptionalAction, default=True,
                         help="ROUGE stemming (default on, as in the paper): Snowball Spanish in "
                              "spanish mode, which also folds acute accents (\"público\" and "
@@ -239,7 +257,7 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
                         f"{args.references} has {len(references)} references")
     sources = None
     if args.sources is not None:
-        sources = read_lines(args.sources)
+        sources = read_sources(args.sources)
         if len(sources) != len(predictions):
             raise DataError(f"{args.predictions} has {len(predictions)} predictions but "
                             f"{args.sources} has {len(sources)} sources")

@@ -929,9 +929,11 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
                          "lowercases and clips where the paper's kept case and did not "
                          "(docs/metrics.md); to compare like with like, rescore a run's eval/ or "
                          "test/ step folder: `seq2seq-es score --mode paper --aggregate bootstrap "
-                         "--split-sentences --predictions predictions.txt --references "
-                         "scored_references.jsonl --sources sources.txt --metric rouge` (or sari; "
-                         "F1: `--metric token_f1 --f1-convention whitespace-membership`)")
+                         "--split-sentences --predictions predictions.jsonl --references "
+                         "predictions.jsonl --sources predictions.jsonl --metric rouge` (or sari; "
+                         "QA as the paper, on the first answer only: `--references "
+                         "references.txt`; F1: `--metric token_f1 --f1-convention "
+                         "whitespace-membership`)")
     if any_partial:
         lines += ["", "* from a run that has not finished (no final_results.json or DONE): its "
                   "best evaluation so far in metrics.jsonl; not final"]

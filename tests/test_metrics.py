@@ -777,3 +777,14 @@ def test_the_evaluate_classes_score_decomposed_accents_as_compute_metrics_does(n
         by_function = compute_metrics([name], [composed], [composed],
                                       sources=[composed] if sources else None, **mode)
         assert by_class == pytest.approx(by_function), (name, by_class, by_function)
+
+
+def test_spanish_rouge_stems_only_words_over_three_characters_as_rouge_score_does():
+    # Snowball strips acute accents, so stemming every word scored "Él sí sabe qué más dé"
+    # 100 against "El si sabe que mas de" (6 words whose accent is the difference).
+    accented = "Él sí sabe qué más dé"
+    plain = "El si sabe que mas de"
+    assert compute_metrics(["rouge"], [accented], [plain])["rouge1"] == pytest.approx(100 / 6)
+    assert compute_metrics(["rouge"], ["publicó canciones"], ["público canción"])["rouge1"] == 100.0
+    assert compute_metrics(["rouge"], ["publicó canciones"], ["público canción"],
+                           options={"rouge": {"use_stemmer": False}})["rouge1"] == 0.0

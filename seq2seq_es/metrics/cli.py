@@ -210,9 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one source per line, or .jsonl with a string or an object with "
                              '"source" / "scored_source" per line (needed by sari)')
     parser.add_argument("--stem", action=argparse.BooleanOptionalAction, default=True,
-                        help="ROUGE stemming (default on, as in the paper): Snowball Spanish in "
-                             "spanish mode, which also folds acute accents (\"público\" and "
-                             "\"publicó\" share a stem), English Porter in paper mode; --no-stem "
+                        help="ROUGE stemming of words over 3 characters (default on, as in the "
+                             "paper): Snowball Spanish in spanish mode, which also folds acute "
+                             "accents (\"público\" and \"publicó\" share a stem; \"él\" and "
+                             "\"el\" stay apart), English Porter in paper mode; --no-stem "
                              "compares whole lowercased words")
     parser.add_argument("--aggregate", choices=("mean", "bootstrap"), default="mean",
                         help="ROUGE over examples: mean of per-example F-measures (default), or "

@@ -5,7 +5,7 @@ Two modes:
 ``spanish`` (default)
     Tokens are lowercased Unicode words (see `seq2seq_es.metrics.text`), so "canción" is one
     token and "¿Qué" gives "qué"; with ``use_stemmer`` (default on, as in the paper) each token
-    is replaced by its Snowball Spanish stem. ROUGE-N counts clipped n-gram overlaps,
+    of more than 3 characters is replaced by its Snowball Spanish stem (rouge_score's rule). ROUGE-N counts clipped n-gram overlaps,
     ROUGE-L uses the longest common subsequence (LCS) of the two token sequences, and
     ROUGE-Lsum is the summary-level union-LCS of Lin (2004) over sentences found by the
     Spanish sentence splitter, with the clipping of ROUGE 1.5.5 so that a token is never
@@ -154,10 +154,14 @@ def rouge_lsum(prediction_sentences: Sequence[Sequence[str]],
 
 
 def spanish_tokenizer(use_stemmer: bool) -> Callable[[str], list[str]]:
-    """The token function of spanish mode: Unicode words, optionally Snowball-stemmed."""
+    """The token function of spanish mode: Unicode words, optionally Snowball-stemmed. As
+    rouge_score stems, only words of more than 3 characters are: Snowball strips acute accents,
+    and the short words it would fold are those the accent tells apart (él/el, sí/si, más/mas,
+    qué/que, tú/tu, dé/de)."""
     if not use_stemmer:
         return word_tokens
-    return lambda text: [spanish_stem(token) for token in word_tokens(text)]
+    return lambda text: [spanish_stem(token) if len(token) > 3 else token
+                         for token in word_tokens(text)]
 
 
 def score_spanish(prediction: str, reference: str, use_stemmer: bool = True) -> dict[str, PRF]:

@@ -135,6 +135,43 @@ def test_preempted_job_requeues_and_resumes_without_losing_a_step(slurm_cluster,
         assert "interpreter finalized" not in log.read_text(), log
 
 
+def test_scancel_ends_a_running_job_with_its_checkpoint_and_no_requeue(slurm_cluster, tmp_path,  # noqa: F811
+                                                                       capsys):
+    # A plain scancel sends SIGTERM, which the job used to take for pre-emption: it saved,
+    # requeued itself and went on training (twice in a walkthrough), using up a requeue each time.
+    run_dir = tmp_path / "run"
+    job_id = submit_probe(run_dir, "--nodes", "2", overrides=(
+        "--probe.steps", "200", "--probe.step_seconds", "0.2"))
+    wait_until(lambda: len(train_records(run_dir)) >= 2, 120, "two training steps")
+    subprocess.run(["scancel", job_id], check=True, timeout=60)
+    fields = wait_finished(job_id, hurry_requeues=False)
+    assert fields["JobState"] == "CANCELLED" and fields["Restarts"] == "0"
+    assert events(run_dir) == ["start", "cancelled"]
+    stopped = json.loads((run_dir / "PREEMPTED").read_text())
+    assert stopped["signal"] == "SIGTERM" and stopped["step"] >= 2  # its checkpoint is there
+    capsys.readouterr()
+    assert slurm_main(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "CANCELLED" in out
+
+
+def test_a_running_job_requeued_by_hand_comes_back_once(slurm_cluster, tmp_path):  # noqa: F811
+    # `scontrol requeue` (like PreemptMode=REQUEUE) also sends SIGTERM, after SLURM has counted
+    # the requeue: the job saves and leaves, SLURM restarts it, and it does not requeue itself.
+    run_dir = tmp_path / "run"
+    steps = 30
+    job_id = submit_probe(run_dir, overrides=("--probe.steps", str(steps),
+                                              "--probe.step_seconds", "0.2"))
+    wait_until(lambda: len(train_records(run_dir)) >= 2, 120, "two training steps")
+    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
+    fields = wait_finished(job_id)
+    assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1"
+    lines = (run_dir / "slurm_events.jsonl").read_text().splitlines()
+    assert events(run_dir) == ["start", "requeued", "start", "finished"]
+    assert json.loads(lines[1])["reason"].startswith("requeued by SLURM")
+    assert sorted({r["step"] for r in train_records(run_dir)}) == list(range(1, steps + 1))
+
+
 def stopped_out_of_requeues(run_dir: Path, steps: int) -> str:
     """A probe job with no requeue left, signalled after two of its `steps` (0.2 s each): it
     saves, gives up and ends FAILED. Its job id."""

@@ -157,8 +157,8 @@ def _loop(output_dir: Path, steps: int, step_seconds: float, options: dict[str, 
             if stop.item() and state["step"] < steps:
                 _save(state_path, state, rank, dist)
                 if rank == 0:
-                    (output_dir / run_files.PREEMPTED).write_text(
-                        json.dumps({"step": state["step"]}))
+                    (output_dir / run_files.PREEMPTED).write_text(json.dumps(
+                        {"step": state["step"], "signal": signal.Signals(int(stop.item())).name}))
                 return run_files.PREEMPTED_EXIT_CODE
         final = {"eval/score": final_score(options), "eval/total": state["total"]}
         if metrics is not None:

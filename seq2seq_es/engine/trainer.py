@@ -341,9 +341,12 @@ class Trainer:
         code = INTERRUPTED_EXIT_CODE if name == "SIGINT" else PREEMPTED_EXIT_CODE
         # A job of `seq2seq-es slurm` (submitit's process: SUBMITIT_FOLDER) requeues itself
         # (slurm.job.TrainJob); anywhere else the user starts the run again.
+        # (SIGTERM is also scancel's: the job decides, from SLURM's record, whether it ends.)
+        in_slurm_job = "SUBMITIT_FOLDER" in os.environ and code == PREEMPTED_EXIT_CODE
         then = ("the job requeues itself and resumes from it (seq2seq-es slurm status)"
-                if "SUBMITIT_FOLDER" in os.environ and code == PREEMPTED_EXIT_CODE
-                else "resume with --train.resume auto")
+                if in_slurm_job and name != "SIGTERM" else
+                "the job is requeued if SLURM requeues it, and ends if it was cancelled "
+                "(seq2seq-es slurm status)" if in_slurm_job else "resume with --train.resume auto")
         raise Stopped(f"{name} received: saved a checkpoint at step {step}; {then}", code,
                       reports=self.env.is_main)
 

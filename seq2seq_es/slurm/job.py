@@ -46,9 +46,16 @@ signals are set to SIG_IGN: a Python handler would not do, because the interpret
 action (terminate) back while it shuts down, and the job would end FAILED after finishing.
 
 The time limit follows the same path: the sbatch script asks SLURM for `--signal=USR2@<delay>`
-before the limit (`SlurmConfig.signal_delay_s`). A cluster that requeues pre-empted jobs itself
-(PreemptMode=REQUEUE) sends SIGTERM; the engine saves the same way and the failed
-`scontrol requeue` (the job is already being requeued) is only logged.
+before the limit (`SlurmConfig.signal_delay_s`).
+
+SIGTERM means two things: `scancel` (the user wants the job to end) and SLURM requeueing the
+job itself (`scontrol requeue`, PreemptMode=REQUEUE). The engine saves the same way for both;
+then rank 0 reads the job's record (`scontrol show job`): when SLURM has already counted a
+requeue (Restarts above this run's SLURM_RESTART_COUNT) the job leaves and SLURM brings it
+back, otherwise it was cancelled, so it records `cancelled` and ends, its checkpoint left for
+`slurm resume` (requeueing it, as before, made scancel a restart). A cluster that pre-empts by
+cancelling with SIGTERM alone therefore gets no automatic requeue; one that sends the job's
+signal on pre-emption (PreemptParameters=send_user_signal) does.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -217,6 +225,8 @@ class TrainJob(submitit.helpers.Checkpointable):
             # Rank 0 decides and reports. Leaving with status 0 keeps srun's --kill-on-bad-exit
             # from killing rank 0 before it has requeued the job or written the marker.
             raise SystemExit(0)
+        if _stop_signal(self.run_dir) == "SIGTERM":
+            self._after_sigterm(restart)
         if restart >= self.max_requeues:
             self._mark_out_of_requeues(restart)
             raise OutOfRequeuesError(f"pre-empted after {restart} requeue(s); max_requeues is "
@@ -229,6 +239,32 @@ class TrainJob(submitit.helpers.Checkpointable):
         if result.returncode != 0:
             print(f"scontrol requeue {job_id} failed ({result.stderr.strip()}); a cluster that "
                   "requeues pre-empted jobs itself reports this", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_PREEMPTED)
+
+    def _after_sigterm(self, restart: int) -> None:
+        """SIGTERM is what `scancel` sends, and what SLURM sends when it requeues a job itself
+        (`scontrol requeue`, PreemptMode=REQUEUE); the requeue signal of this package is SIGUSR2
+        (time limit, and pre-emption on clusters with PreemptParameters=send_user_signal).
+        SLURM has counted a requeue it started by the time the signal arrives (the job's
+        Restarts is above this run's SLURM_RESTART_COUNT): the job comes back without us. Any
+        other SIGTERM is a cancel: the job must end (scancel requeued it again, twice, in a
+        walkthrough), keeping the checkpoint just saved for `slurm resume`. Returns only when
+        the job's record cannot be read (then the SIGUSR2 path requeues, as before)."""
+        job_id = os.environ.get("SLURM_JOB_ID", "")
+        restarts = _slurm_restarts(job_id)
+        if restarts is None:
+            return
+        step = _stopped_at_step(self.run_dir)
+        if restarts > restart:
+            append_event(self.run_dir, "requeued", job_id=_job_id(), restart=restart,
+                         reason="requeued by SLURM (scontrol requeue or pre-emption); "
+                                "checkpoint saved")
+            raise SystemExit(EXIT_PREEMPTED)
+        append_event(self.run_dir, "cancelled", job_id=_job_id(), restart=restart, step=step,
+                     reason="SIGTERM (scancel); checkpoint saved, not requeued")
+        print(f"SIGTERM: the job was cancelled (scancel), so it is not requeued; `seq2seq-es "
+              f"slurm resume` continues it from its checkpoint at step {step}", file=sys.stderr,
+              flush=True)
         raise SystemExit(EXIT_PREEMPTED)
 
     def _mark_out_of_requeues(self, restart: int) -> None:
@@ -275,6 +311,37 @@ def _leave_without_teardown() -> None:
         status = 0 if outcome[0] == "success" else 1
     logging.shutdown()
     process_exit.leave(status, exit_handlers=False)
+
+
+def _preempted_record(run_dir: str) -> dict:
+    try:
+        record = json.loads((Path(run_dir) / run_files.PREEMPTED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _stop_signal(run_dir: str) -> str | None:
+    """The signal the engine stopped for (its PREEMPTED file), e.g. 'SIGTERM'."""
+    return _preempted_record(run_dir).get("signal")
+
+
+def _stopped_at_step(run_dir: str) -> int | None:
+    return _preempted_record(run_dir).get("step")
+
+
+def _slurm_restarts(job_id: str) -> int | None:
+    """How many times SLURM has requeued the job so far (scontrol's Restarts), or None when
+    the record cannot be read."""
+    if not job_id:
+        return None
+    try:
+        result = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
+                                text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"\bRestarts=(\d+)", result.stdout)
+    return int(found.group(1)) if result.returncode == 0 and found else None
 
 
 def _job_id() -> str:

@@ -277,3 +277,42 @@ def test_a_terminal_is_asked_before_submitting(tmp_path, capsys, monkeypatch, su
     assert len(submitted) == (1 if code == 0 else 0)
     if code:
         assert out.rstrip().endswith("nothing submitted")
+
+
+# ---- local paths pinned at submission ---------------------------------------------------------
+
+def test_relative_data_paths_are_made_absolute_at_submission(tmp_path, capsys, monkeypatch):
+    # The job read them against wherever sbatch was called: `slurm resume` from another folder
+    # trained steps 93-200 on another train.jsonl without a word. A --config file's paths too.
+    (tmp_path / "fx").mkdir()
+    for split in ("train", "validation"):
+        (tmp_path / "fx" / f"{split}.jsonl").write_text('{"text": "a", "summary": "b"}\n')
+    (tmp_path / "run.yaml").write_text("data:\n  validation_file: fx/validation.jsonl\n")
+    monkeypatch.chdir(tmp_path)
+    assert slurm_main(["submit", "--task", "mlsum", "--model", "barto-tiny", "--run-dir", "run",
+                       "--dry-run", "--", "--data.train_file", "fx/train.jsonl",
+                       "--config", "run.yaml"]) == 0
+    argv = capsys.readouterr().out.split("# train arguments: ", 1)[1].split()
+    assert "fx/train.jsonl" not in argv and "--data.train_file" in argv
+    assert argv[argv.index("--data.train_file") + 1] == str(tmp_path / "fx" / "train.jsonl")
+    assert argv[argv.index("--data.validation_file") + 1] == str(tmp_path / "fx" /
+                                                                 "validation.jsonl")
+    plan = plan_sweep(tmp_path / "sweep", [("barto-tiny", "mlsum")], {"optim.lr": ["1e-4"]},
+                      ["--data.train_file=fx/train.jsonl"])
+    [run] = plan.runs
+    assert "--data.train_file=fx/train.jsonl" not in run.argv
+    assert run.argv[run.argv.index("--data.train_file") + 1] == str(tmp_path / "fx" /
+                                                                    "train.jsonl")
+
+
+@pytest.mark.parametrize("command", ["submit", "sweep"])
+def test_a_missing_data_file_is_refused_before_sbatch(tmp_path, capsys, monkeypatch, command):
+    # It was submitted, waited in the queue and failed on the nodes.
+    monkeypatch.chdir(tmp_path)
+    names = (["--task", "mlsum", "--model", "barto-tiny", "--run-dir", "run"]
+             if command == "submit" else ["--pair", "barto-tiny:mlsum",
+                                          "--sweep-dir", "sw", "--grid", "optim.lr=1e-4"])
+    assert slurm_main([command, *names, "--dry-run", "--", "--data.train_file",
+                       "nope.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert f"config key 'data.train_file': file {tmp_path / 'nope.jsonl'} does not exist" in err

@@ -53,7 +53,8 @@ from .options import (SLURM_FLAGS, add_slurm_options, slurm_config_from_args, sp
 from .sweep import (RUN_FOLDERS_MODE, RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, absolute_config,
                     check_names, check_overrides, check_partition, check_run_dir,
                     check_sweep_dir, compose_run, dry_run_script, gpu_warning, load_manifest,
-                    load_runs, new_manifest, parse_grid, partition_gres, plan_sweep, require_slurm_clients,
+                    load_runs, new_manifest, parse_grid, partition_gres, pinned_paths, plan_sweep,
+                    require_slurm_clients,
                     runs_to_resume, select_pairs, submit, submit_runs, train_argv)
 
 def _warn_without_gpus(config: SlurmConfig) -> None:
@@ -105,7 +106,7 @@ def cmd_submit(argv: list[str]) -> int:
         # The run's config as `train` will compose it (a --config file, then the dotted keys):
         # a bad file, key or value is refused before sbatch.
         overrides = absolute_config(overrides)
-        compose_run(args.task, args.model, overrides)
+        overrides = pinned_paths(overrides, compose_run(args.task, args.model, overrides))
     config = slurm_config_from_args(args)
     check_partition(config.partition, required=not args.dry_run)
     _warn_without_gpus(config)

@@ -338,6 +338,45 @@ def absolute_config(argv: list[str]) -> list[str]:
     return out
 
 
+# Keys naming a local file or folder, read by the job wherever SLURM starts it (sbatch starts
+# in the folder it is called from, so `slurm resume` from elsewhere would read other files).
+PATH_KEYS = ("data.train_file", "data.validation_file", "data.test_file", "data.cache_dir",
+             "dist.deepspeed_config", "model.path")
+DATA_FILE_KEYS = ("data.train_file", "data.validation_file", "data.test_file")
+
+
+def _without_key(argv: list[str], key: str) -> list[str]:
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == f"--{key}":
+            i += 2
+        elif argv[i].startswith(f"--{key}="):
+            i += 1
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def pinned_paths(argv: list[str], cfg) -> list[str]:
+    """The train arguments with every local path of the composed config (`PATH_KEYS`, from a
+    dotted option or the --config file) given as an absolute dotted option, and the data files
+    checked to exist, at submission: a relative path was read against wherever the job started
+    (`slurm resume` from another folder trained on other files without a word), and a missing
+    file failed on the nodes after the job had waited in the queue. A model.path that is no
+    local folder is a hub id and stays as given."""
+    pinned = list(argv)
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if key in DATA_FILE_KEYS and value and not os.path.isfile(value):
+            raise ConfigError(key, f"file {value} does not exist" if not os.path.exists(value)
+                              else f"{value} is not a file")
+        if value and os.path.isabs(value):
+            pinned = _without_key(pinned, key) + [f"--{key}", value]
+    return pinned
+
+
 def compose_run(task: str, model: str, argv: list[str]):
     """The config `seq2seq-es train --task T --model M ARGV` composes (a `--config` file, then the
     dotted options), refused when it would train another task or model than the run's name says."""
@@ -565,6 +604,7 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
                 runs.append(plan)
                 continue
             cfg = compose_run(task, model, argv[4:])
+            plan.argv = argv = pinned_paths(argv, cfg)
             key = resolved_key(cfg)
             if key in seen:
                 kept, kept_number = seen[key]

@@ -12,7 +12,7 @@ from seq2seq_es.slurm import paper_grid
 from seq2seq_es.slurm.cli import main as slurm_main
 from seq2seq_es.slurm.config import SlurmConfig
 from seq2seq_es.slurm.monitor import SlurmState, run_status, sweep_status
-from seq2seq_es.slurm.sweep import (SWEEP_MANIFEST, grid_point_name, grid_points, load_manifest,
+from seq2seq_es.slurm.sweep import (SWEEP_MANIFEST, check_sweep_dir, grid_point_name, grid_points, load_manifest,
                                     new_manifest, parse_grid, plan_runs, select_pairs)
 
 
@@ -91,18 +91,24 @@ def test_data_root_gives_each_task_its_files_before_the_overrides(tmp_path):
         (root / task).mkdir(parents=True)
         for name in splits:
             (root / task / name).write_text("")
+    other = tmp_path / "other.jsonl"
+    other.write_text("")
     runs = plan_runs(tmp_path / "sweep", [("barto", "mlsum"), ("t5s", "sqac")],
-                     {"optim.lr": ["3e-5", "5e-5"]}, ["--data.validation_file", "/other.jsonl"],
+                     {"optim.lr": ["3e-5", "5e-5"]}, ["--data.validation_file", str(other)],
                      data_root=root)
     assert len(runs) == 4
-    mlsum_args = runs[0].argv[runs[0].argv.index("--data.train_file"):]
-    assert mlsum_args == ["--data.train_file", str(root / "mlsum" / "train.jsonl"),
-                          "--data.validation_file", str(root / "mlsum" / "validation.jsonl"),
-                          "--data.validation_file", "/other.jsonl"]  # the override comes last
-    sqac_args = runs[3].argv[runs[3].argv.index("--data.train_file"):]
-    assert sqac_args[:6] == ["--data.train_file", str(root / "sqac" / "train.parquet"),
-                             "--data.validation_file", str(root / "sqac" / "validation.csv"),
-                             "--data.test_file", str(root / "sqac" / "test.json")]
+
+    def files(argv):  # each data file once, as the job's composed config will have it
+        keys = [arg for arg in argv if arg.startswith("--data.") and arg.endswith("_file")]
+        assert len(keys) == len(set(keys)), argv
+        return {key: argv[argv.index(key) + 1] for key in keys}
+    assert files(runs[0].argv) == {  # the override wins over --data-root
+        "--data.train_file": str(root / "mlsum" / "train.jsonl"),
+        "--data.validation_file": str(other)}
+    assert files(runs[3].argv) == {
+        "--data.train_file": str(root / "sqac" / "train.parquet"),
+        "--data.validation_file": str(other),
+        "--data.test_file": str(root / "sqac" / "test.json")}
 
 
 @pytest.mark.parametrize("files, message", [
@@ -137,8 +143,34 @@ def test_sweep_refuses_a_folder_holding_another_sweep(tmp_path, capsys):
     _write_manifest(sweep_dir, [("t5s", "sqac")], {}, submitted=True)
     before = (sweep_dir / SWEEP_MANIFEST).read_text()
     assert slurm_main(_sweep_args(sweep_dir, "--pair", "barto:mlsum", "--dry-run")) == 2
-    assert "already holds another sweep" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already holds a submitted sweep (1 runs)" in err
+    assert f"`seq2seq-es slurm resume {sweep_dir}` submits its unfinished runs again" in err
     assert (sweep_dir / SWEEP_MANIFEST).read_text() == before
+
+
+def test_a_sweep_whose_sbatch_failed_may_be_submitted_again_into_its_folder(tmp_path):
+    # sbatch refused (a --sbatch typo): the plan and each run's config copy stayed, and the
+    # corrected command was refused ("run folder ... is not empty"), resume too ("never
+    # submitted"): the folder had to be deleted by hand.
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], {"optim.lr": ["1e-4", "2e-4"]},
+                               submitted=False)
+    for run in manifest.runs:
+        Path(run.run_dir).mkdir(parents=True)
+        (Path(run.run_dir) / "submitted_config.yaml").write_text("optim:\n  lr: 1\n")
+    check_sweep_dir(sweep_dir, manifest.runs)
+    (Path(manifest.runs[0].run_dir) / "metrics.jsonl").write_text("{}\n")  # it trained: keep
+    with pytest.raises(ConfigError, match="is not empty"):
+        check_sweep_dir(sweep_dir, manifest.runs)
+
+
+def test_status_of_a_run_inside_a_sweep_points_to_the_sweep(tmp_path, capsys):
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], {}, submitted=True)
+    Path(manifest.runs[0].run_dir).mkdir(parents=True)
+    assert slurm_main(["status", manifest.runs[0].run_dir]) == 2
+    assert f"is a run of the sweep {sweep_dir}: give the sweep folder" in capsys.readouterr().err
 
 
 def test_sweep_dry_run_plans_the_paper_grid_as_an_array(tmp_path, capsys):

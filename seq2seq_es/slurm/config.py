@@ -8,6 +8,8 @@ own script writer and needs no SLURM installation.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -19,6 +21,80 @@ from ..errors import ConfigError
 # SLURM signals the job this many seconds before its time limit; the engine then needs time to
 # reach a step boundary and save a checkpoint collectively. SLURM may send it up to a minute early.
 DEFAULT_SIGNAL_DELAY_S = 120
+# How much earlier than `--signal=USR2@delay` asks SLURM may send the signal ("due to the
+# resolution of event handling by Slurm, the signal may be sent up to 60 seconds earlier than
+# specified", sbatch --signal).
+SLURM_SIGNAL_SLACK_S = 60
+
+# sbatch options the tool renders itself (sbatch_parameters, and submitit's script writer: job
+# name, time, nodes, tasks, signal, output, error, open-mode, array), by their sbatch name: what
+# sets each one instead. An extra_sbatch entry of the same name is written after them and wins,
+# while the manifest, `status` and the requeue logic go on by the tool's value (`--sbatch time=30`
+# ran a 30-minute job recorded as 10; `signal=USR1@60` killed it without the checkpoint the USR2
+# handler saves), so such entries are refused. wckey, also submitit's, is left to the user.
+OWNED_SBATCH_OPTIONS: dict[str, str] = {
+    "time": "--time (slurm.time_min)",
+    "signal": "--signal-delay-s (slurm.signal_delay_s): the job must get SIGUSR2, whose handler "
+              "saves a checkpoint before the job requeues; another signal ends it without one",
+    "nodes": "--nodes (slurm.nodes)",
+    "ntasks-per-node": "--gpus-per-node (one task per GPU) or, on CPUs, --tasks-per-node "
+                       "(slurm.gpus_per_node, slurm.tasks_per_node)",
+    "ntasks": "--nodes with --gpus-per-node or --tasks-per-node: the world size is made of them",
+    "gpus-per-node": "--gpus-per-node (slurm.gpus_per_node)",
+    "cpus-per-task": "--cpus-per-task (slurm.cpus_per_task)",
+    "mem": "--mem-gb (slurm.mem_gb)",
+    "partition": "--partition (slurm.partition)",
+    "account": "--account (slurm.account)",
+    "qos": "--qos (slurm.qos)",
+    "constraint": "--constraint (slurm.constraint)",
+    "job-name": "--job-name (slurm.job_name)",
+    "output": "slurm.folder: every rank's log goes there, where `status` and the run's logs/ "
+              "links find it",
+    "error": "slurm.folder: every rank's log goes there, where `status` and the run's logs/ "
+             "links find it",
+    "open-mode": "seq2seq-es itself (append): a requeued start must add to the earlier starts' "
+                 "logs, not replace them",
+    "array": "seq2seq-es itself: a sweep is one job array of its runs; --max-parallel sets how "
+             "many run at once",
+    "requeue": "seq2seq-es itself: the job requeues itself after a pre-emption or its time limit; "
+               "--max-requeues (slurm.max_requeues) bounds how often",
+    "no-requeue": "seq2seq-es itself: the job requeues itself after a pre-emption or its time "
+                  "limit; --max-requeues (slurm.max_requeues) bounds how often",
+}
+# Other spellings of those options: sbatch's one-letter forms, and submitit's parameter names
+# (`timeout_min`, `mem_gb`, ...; its AutoExecutor's `slurm_` prefix is dropped before this look-up).
+_SBATCH_ALIASES: dict[str, str] = {
+    "t": "time", "N": "nodes", "n": "ntasks", "c": "cpus-per-task", "p": "partition",
+    "A": "account", "q": "qos", "C": "constraint", "J": "job-name", "o": "output", "e": "error",
+    "a": "array", "timeout-min": "time", "signal-delay-s": "signal", "tasks-per-node":
+    "ntasks-per-node", "num-gpus": "gpus-per-node", "mem-gb": "mem", "name": "job-name",
+    "array-parallelism": "array",
+}
+
+
+def owned_sbatch_option(key: str) -> str | None:
+    """What sets the sbatch option `key` when the tool renders it itself (OWNED_SBATCH_OPTIONS),
+    else None. Spelled as --sbatch takes it: leading dashes, underscores for dashes, a one-letter
+    form or submitit's name all name the same option (`_as_sbatch_flag` writes `mem_gb` as
+    `--mem-gb`, and sbatch reads `--time=30` and `time=30` alike)."""
+    name = key.strip().lstrip("-")
+    if len(name) > 1:  # one-letter options are case-sensitive (-N nodes, -n ntasks)
+        name = name.replace("_", "-").lower()
+        if name.startswith("slurm-"):
+            name = name[len("slurm-"):]
+    name = _SBATCH_ALIASES.get(name, name)
+    return OWNED_SBATCH_OPTIONS.get(name)
+
+
+def owned_sbatch_message(key: str) -> str | None:
+    """The refusal of an extra sbatch option the tool sets itself, else None."""
+    setter = owned_sbatch_option(key)
+    if setter is None:
+        return None
+    if setter.startswith("seq2seq-es itself"):
+        return f"{key} is set by {setter}"
+    option, _, why = setter.partition(": ")
+    return f"{key} is set by {option}; use that" + (f" ({why})" if why else "")
 
 
 @dataclass
@@ -93,6 +169,49 @@ class SlurmConfig:
                 raise ConfigError(f"slurm.extra_sbatch.{key}",
                                   "option names are written without leading dashes, e.g. mail-user")
 
+    def check_for_submission(self) -> None:
+        """What must hold before this config is rendered or submitted, beyond validate(): no
+        extra sbatch option that the tool sets itself, a signal delay that leaves time to train,
+        and a submitit folder this machine can create.
+
+        Not part of validate(), which also runs when `status` reads the SLURM settings of a
+        manifest written before these checks existed: a job that never trained for one of these
+        reasons must still get its status.
+        """
+        for key in self.extra_sbatch:
+            refusal = owned_sbatch_message(key)
+            if refusal:
+                raise ConfigError(f"slurm.extra_sbatch.{key}", refusal)
+        self._check_signal_delay()
+        if self.folder is not None:
+            check_submitit_folder(self.folder)
+
+    def _check_signal_delay(self) -> None:
+        """The signal must leave at least half of each start's time limit to train, even when
+        SLURM sends it its SLURM_SIGNAL_SLACK_S early: every start (the first and each requeue)
+        loads the model and data again and retrains the steps after the last checkpoint, so a
+        start that is told to stop sooner makes little or no progress, and one whose window is
+        within SLURM's slack may be signalled as it starts (`--time 1 --signal-delay-s 30`: the
+        warning came at start-up and the job never trained). Half is a floor for sane settings,
+        not a tuning: the default delay (120 s) needs a limit of 6 minutes or more."""
+        limit_s = self.time_min * 60
+        delay = self.signal_delay_s
+        if delay >= limit_s:
+            raise ConfigError("slurm.signal_delay_s",
+                              f"{delay} s (--signal-delay-s) is not shorter than the time limit "
+                              f"of {self.time_min} min = {limit_s} s (slurm.time_min, --time): "
+                              "the job would be told to stop as it starts and never train")
+        if delay + SLURM_SIGNAL_SLACK_S > limit_s / 2:
+            most_delay = limit_s // 2 - SLURM_SIGNAL_SLACK_S
+            least_time = math.ceil(2 * (delay + SLURM_SIGNAL_SLACK_S) / 60)
+            fix = (f"--signal-delay-s {most_delay} or less, or " if most_delay >= 0 else "") + \
+                f"--time {least_time} or more"
+            raise ConfigError("slurm.signal_delay_s",
+                              f"{delay} s (--signal-delay-s) leaves too little of the time limit "
+                              f"of {self.time_min} min (slurm.time_min, --time) to train: SLURM "
+                              f"may send the signal up to {SLURM_SIGNAL_SLACK_S} s early, and "
+                              "delay + 60 s must be at most half the limit; use " + fix)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -115,6 +234,42 @@ def _require_int(value: Any, key: str, *, minimum: int) -> None:
         raise ConfigError(key, f"expected an integer >= {minimum}, got {value!r}")
 
 
+def check_submitit_folder(folder: str | Path, key: str = "slurm.folder") -> None:
+    """Refuses a submitit folder that cannot be made on this machine, without making it (a dry
+    run writes nothing): a path that is a file or lies under one, or whose nearest existing
+    folder is not writable. make_executor still creates it and names `key` if that fails (the
+    writability asked here is os.access's, which root passes almost everywhere)."""
+    path = Path(folder).expanduser().absolute()  # as submitit's executor takes it
+    for place in (path, *path.parents):
+        if place.is_dir():
+            break
+        if place.exists():  # a file, or another non-folder
+            if place == path:
+                raise ConfigError(key, f"{folder} is a file; expected a folder (remove the file "
+                                  "or give another path)")
+            raise ConfigError(key, f"{place} is a file, so {folder} cannot be a folder under it; "
+                              "give another path")
+    else:
+        return
+    if not os.access(place, os.W_OK | os.X_OK):
+        where = f"{folder} is not writable" if place == path else \
+            f"{place} is not writable, so {folder} cannot be created there"
+        raise ConfigError(key, f"{where}; give another path")
+
+
+def create_submitit_folder(folder: str | Path, key: str = "slurm.folder") -> Path:
+    """Makes the submitit folder (where submit writes its pickles and the ranks their logs) before
+    anything is submitted, naming `key` instead of failing deep inside submitit's submit."""
+    check_submitit_folder(folder, key)
+    path = Path(folder).expanduser().absolute()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(key, f"cannot create the folder {folder}: {exc.strerror or exc}; give "
+                          "another path") from None
+    return path
+
+
 def load_slurm_yaml(path: str | Path) -> dict[str, Any]:
     """The `slurm:` section of a YAML file (or the whole file when it has no such section)."""
     from ..config import read_yaml  # a key set twice is refused, as in run files
@@ -132,7 +287,13 @@ def load_slurm_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def sbatch_parameters(config: SlurmConfig, *, array_parallelism: int | None = None) -> dict[str, Any]:
-    """submitit SlurmExecutor parameters (sbatch names) for this config."""
+    """submitit SlurmExecutor parameters (sbatch names) for this config.
+
+    Checks the config for submission first: both the script `--dry-run` prints and the one
+    submitted are made from these parameters, whichever command built the config (submit, sweep,
+    bench or resume).
+    """
+    config.check_for_submission()
     params: dict[str, Any] = {
         "job_name": config.job_name,
         "time": config.time_min,
@@ -185,12 +346,18 @@ def python_command(config: SlurmConfig) -> str:
 
 def make_executor(config: SlurmConfig, folder: str | Path, *,
                   array_parallelism: int | None = None):
-    """A submitit SlurmExecutor that writes its pickles and every rank's logs under `folder`."""
+    """A submitit SlurmExecutor that writes its pickles and every rank's logs under `folder`.
+
+    The folder is made here: submitit would make it only while submitting, and an unusable path
+    (under a file, in a read-only place) then ended in a traceback.
+    """
     import submitit
 
+    params = sbatch_parameters(config, array_parallelism=array_parallelism)
+    create_submitit_folder(folder)
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=config.max_requeues,
                                       python=python_command(config))
-    executor.update_parameters(**sbatch_parameters(config, array_parallelism=array_parallelism))
+    executor.update_parameters(**params)
     return executor
 
 

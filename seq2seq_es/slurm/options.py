@@ -8,7 +8,7 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError
-from .config import SlurmConfig, load_slurm_yaml
+from .config import SlurmConfig, load_slurm_yaml, owned_sbatch_message
 from .job import DEFAULT_ENTRY
 
 # flag -> SlurmConfig field, for the flags that map one to one
@@ -43,15 +43,21 @@ def add_slurm_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--time", type=int, metavar="MINUTES", help="time limit per start")
     group.add_argument("--mem-gb", type=float)
     group.add_argument("--cpus-per-task", type=int)
-    group.add_argument("--max-requeues", type=int, help="restarts after pre-emption/time limit")
+    group.add_argument("--max-requeues", type=int,
+                       help="requeues a job may have in all (default 3): SLURM_RESTART_COUNT, "
+                            "which counts every requeue of the job id: its own after a "
+                            "pre-emption or the time limit, the cluster's, and `scontrol "
+                            "requeue`s by hand")
     group.add_argument("--signal-delay-s", type=int,
-                       help="seconds before the time limit at which the job is told to save")
+                       help="seconds before the time limit at which the job is told to save "
+                            "(default 120); delay + 60 s must be at most half of --time")
     group.add_argument("--job-name")
     group.add_argument("--python", help="python command on the nodes (default: this interpreter)")
     group.add_argument("--setup", action="append", default=[], metavar="LINE",
                        help="shell line run before the job starts (repeatable)")
     group.add_argument("--sbatch", action="append", default=[], metavar="OPTION=VALUE",
-                       help="any other sbatch option, e.g. --sbatch mail-type=END (repeatable)")
+                       help="any other sbatch option, e.g. --sbatch mail-type=END (repeatable); "
+                            "not one the options above set (time, nodes, signal, ...)")
     group.add_argument("--entry", default=DEFAULT_ENTRY, metavar="MODULE:FUNCTION",
                        help="training entry called with ['train', ...]; "
                             "seq2seq_es.slurm.probe:main checks a cluster without training")
@@ -67,7 +73,10 @@ def slurm_config_from_args(args: argparse.Namespace) -> SlurmConfig:
         values["setup"] = list(values.get("setup") or []) + args.setup
     if args.sbatch:
         values["extra_sbatch"] = with_sbatch_options(values.get("extra_sbatch"), args.sbatch)
-    return SlurmConfig.from_mapping(values)
+    config = SlurmConfig.from_mapping(values)
+    # Here, before anything is written (and for --dry-run too); rendering checks again.
+    config.check_for_submission()
+    return config
 
 
 def with_sbatch_options(extra: dict[str, Any] | None, specs: list[str]) -> dict[str, Any]:
@@ -78,6 +87,9 @@ def with_sbatch_options(extra: dict[str, Any] | None, specs: list[str]) -> dict[
         key = key.strip().lstrip("-")
         if not key:
             raise ConfigError("--sbatch", f"'{spec}' must look like OPTION=VALUE or OPTION")
+        refusal = owned_sbatch_message(key)
+        if refusal:  # named as the flag: the same check of the config would name extra_sbatch
+            raise ConfigError("--sbatch", refusal)
         merged[key] = value if sep else True
     return merged
 

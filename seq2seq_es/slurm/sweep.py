@@ -99,6 +99,9 @@ def load_manifest(path: str | Path) -> Manifest:
                 path = path / name
                 break
         else:
+            if (path.parent / SWEEP_MANIFEST).is_file():
+                raise ConfigError("SWEEP", f"{path} is a run of the sweep {path.parent}: give "
+                                  "the sweep folder (status and resume cover each of its runs)")
             raise ConfigError("SWEEP", f"{path} holds neither {SWEEP_MANIFEST} nor {RUN_MANIFEST}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -669,11 +672,18 @@ def check_sweep_dir(sweep_dir: Path, runs: list[RunPlan]) -> None:
             raise ConfigError("--sweep-dir", f"{sweep_dir} holds a {SWEEP_MANIFEST} that is not "
                               "a seq2seq-es sweep; choose another folder") from None
         if previous.submitted:
-            raise ConfigError("--sweep-dir", f"{sweep_dir} already holds another sweep "
-                              f"({len(previous.runs)} runs); choose another folder")
+            raise ConfigError("--sweep-dir", f"{sweep_dir} already holds a submitted sweep "
+                              f"({len(previous.runs)} runs): `seq2seq-es slurm status "
+                              f"{sweep_dir}` shows it and `seq2seq-es slurm resume {sweep_dir}` "
+                              "submits its unfinished runs again; choose another folder for a "
+                              "new sweep")
+    # What a submission whose sbatch failed leaves behind (the plan and each run's config copy):
+    # the same command, corrected, may submit into it again.
+    unsubmitted = manifest.exists()
     for run in runs:
         run_dir = Path(run.run_dir)
-        if run_dir.is_dir() and any(run_dir.iterdir()):
+        left = {path.name for path in run_dir.iterdir()} if run_dir.is_dir() else set()
+        if left and not (unsubmitted and left <= {run_files.SUBMITTED_CONFIG}):
             raise ConfigError("--sweep-dir", f"run folder {run_dir} is not empty; choose another "
                               "sweep folder")
 
@@ -837,7 +847,9 @@ def submit_runs(manifest: Manifest, runs: list[RunPlan], config: SlurmConfig) ->
         else:
             jobs = executor.submit_array(jobs_callables)
     except (FailedJobError, FailedSubmissionError) as exc:
-        raise SlurmUnavailableError(f"sbatch refused the job: {str(exc).strip()}") from None
+        raise SlurmUnavailableError(f"sbatch refused the job: {str(exc).strip()}; nothing was "
+                                    "submitted (correct it and run the same command again)") \
+            from None
     for run, job in zip(runs, jobs):
         run.job_id = str(job.job_id)
 

@@ -507,4 +507,28 @@ def test_collect_names_what_is_neither_a_sweep_nor_a_run(tmp_path, capsys):
     _write_manifest(sweep_dir, [("barto", "mlsum")], LR)
     _local_run(tmp_path / "run", "mlsum", "barto", 3e-5, {"rougeL": 20.0}, None)
     assert cli_main(["collect", str(sweep_dir), str(tmp_path / "run")]) == 2
-    assert "is a sweep folder: collect it on its own" in capsys.readouterr().err
+    assert f"no run of the sweep {sweep_dir} has started training" in capsys.readouterr().err
+
+
+def test_collect_puts_sweeps_and_submitted_runs_beside_other_runs(tmp_path, capsys):
+    # Separately submitted runs (`slurm submit` folders hold slurm_job.json) and a second sweep
+    # adding a grid point were refused ("is a sweep folder: collect it on its own").
+    from seq2seq_es.cli import main as cli_main
+
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], LR)
+    for run in manifest.runs:
+        lr = float(run.grid_point["optim.lr"])
+        _local_run(Path(run.run_dir), "mlsum", "barto", lr, {"rougeL": 20.0 + lr * 1e5}, None)
+    submitted = tmp_path / "submitted"
+    _local_run(submitted, "mlsum", "barto", 1e-4, {"rougeL": 30.0}, None)
+    single = new_manifest("run", plan_runs(tmp_path, [("barto", "mlsum")], {"optim.lr": ["1e-4"]},
+                                           []), {}, SlurmConfig(), submitted / "slurm",
+                          "seq2seq_es.slurm.probe:main", [], None)
+    single.write(submitted / "slurm_job.json")
+    assert cli_main(["collect", str(sweep_dir), str(submitted)]) == 0
+    out = capsys.readouterr().out
+    assert f"Results of 3 of the 3 run(s) in {tmp_path}" in out
+    [table] = _rows(out)
+    assert table["barto"][2] == "30.00 / –"  # the submitted run's, the best of the three
+

@@ -248,8 +248,9 @@ def run_status(run: RunPlan, manifest: Manifest, slurm: dict[str, SlurmState]) -
     known = slurm.get(run.job_id)
     if known is not None:
         status.state, status.restarts = known.state, max(status.restarts, known.restarts)
-        if known.state == "PENDING" and known.restarts:
-            status.note = status.note or f"requeued, waiting ({known.reason})"
+        if known.state == "PENDING":
+            note = pending_note(run.job_id, known)
+            status.note = "; ".join(part for part in (status.note, note) if part)
     else:
         status.state = _state_from_files(manifest.submitit_folder, run.job_id, events)
     if ((run_dir / run_files.OUT_OF_REQUEUES).exists()
@@ -262,6 +263,69 @@ def run_status(run: RunPlan, manifest: Manifest, slurm: dict[str, SlurmState]) -
                                                    manifest.tasks_per_job)
         status.error = status.error or _ENDED_BY_SLURM.get(status.state)
     return status
+
+
+# Pending reasons (SLURM's job reason codes) under which a job cannot start as it was submitted:
+# the request is outside what its partition, account or QOS allows, so it waits until the request
+# or the limits change, and squeue shows nothing but PENDING and the code. Left out: reasons that
+# pass by themselves (Priority, Resources, Dependency, BeginTime, JobArrayTaskLimit, the
+# aggregate Grp* limits), and ReqNodeNotAvail, which SLURM also shows for nodes that are busy,
+# reserved or briefly unavailable during backfill, and for down nodes an administrator returns.
+# Value: what the reason means for this job, then what to submit instead.
+_NEVER_STARTS: dict[str, tuple[str, str]] = {
+    "PartitionNodeLimit": ("it asks for more (or fewer) nodes than its partition allows, or the "
+                           "partition's nodes are down or drained", "fewer --nodes"),
+    "PartitionTimeLimit": ("its time limit is above its partition's", "a shorter --time"),
+    "PartitionConfig": ("its request does not fit its partition's configuration (nodes, time, "
+                        "GPUs or memory per node)", "fewer --nodes, a shorter --time or a "
+                                                    "smaller request"),
+    "BadConstraints": ("no node can satisfy its constraints (--constraint, GPUs, CPUs or "
+                       "memory per node)", "another --constraint or a smaller request"),
+    "InvalidAccount": ("its account is not valid", "another --account"),
+    "InvalidQOS": ("its QOS is not valid", "another --qos"),
+    "AccountNotAllowed": ("its account may not use the partition", "another --account or "
+                                                                    "--partition"),
+    "QOSNotAllowed": ("its QOS may not be used in the partition", "another --qos or "
+                                                                  "--partition"),
+    "DependencyNeverSatisfied": ("a job it depends on ended in a way that can never satisfy "
+                                 "the dependency", "no such dependency"),
+}
+# "A portion of the job request exceeds a maximum limit (e.g., PerJob, PerNode) for the requested
+# association/QOS" (AssocMaxNodesPerJobLimit, QOSMaxWallDurationPerJobLimit, QOSMaxGRESPerNode,
+# ...); not AssocMaxJobsLimit or QOSMaxJobsPerUserLimit, which count running jobs and pass.
+_PER_JOB_LIMIT = re.compile(r"^(Assoc|QOS)Max\w*Per(Job|Node)")
+
+
+def never_starts(reason: str) -> tuple[str, str] | None:
+    """(what it means, what to submit instead) for a pending reason under which the job cannot
+    start as submitted, else None. `reason` as scontrol shows it (ReqNodeNotAvail,_Unavail...)."""
+    code = reason.split(",", 1)[0]
+    if code in _NEVER_STARTS:
+        return _NEVER_STARTS[code]
+    if _PER_JOB_LIMIT.match(code):
+        return ("it asks for more than a per-job or per-node limit of its account or QOS allows",
+                "a smaller request (nodes, GPUs, CPUs, memory or --time)")
+    return None
+
+
+def pending_note(job_id: str, state: SlurmState) -> str:
+    """Why a pending job waits: SLURM's reason, for every pending job (squeue's NODELIST(REASON)),
+    and for a reason under which it cannot start as submitted, that it will not start by itself
+    and what to do."""
+    # scontrol shows the reason with underscores for spaces (ReqNodeNotAvail,_UnavailableNodes:n3);
+    # None: the scheduler has not looked at the job yet.
+    reason = "" if state.reason == "None" else state.reason.replace(",_", ", ")
+    if not reason:
+        return "requeued, waiting" if state.restarts else ""
+    note = f"{'requeued, waiting' if state.restarts else 'waiting to start'} ({reason})"
+    if reason == "JobArrayTaskLimit":
+        note += ": at most --max-parallel runs of the sweep run at once"
+    blocked = never_starts(state.reason)
+    if blocked is not None:
+        meaning, instead = blocked
+        note += (f": it will not start until the request or the partition changes ({meaning}); "
+                 f"scancel {job_id} and submit it again with {instead}")
+    return note
 
 
 # What a job's state says when its tasks left no error of their own.

@@ -131,8 +131,9 @@ RUN_FOLDERS_MODE = "runs"  # a Manifest made from run folders (`collect RUN ...`
 
 def load_runs(paths: list[str]) -> Manifest:
     """What `collect` reads: one sweep (a folder holding sweep.json or slurm_job.json, or the
-    file), or run folders trained anywhere (`seq2seq-es train`, torchrun, ...): each path a run
-    folder (it holds config.yaml) or a folder of them. Run folders become an unsaved Manifest
+    file), or run folders trained anywhere (`seq2seq-es train`, torchrun, `slurm submit`, ...):
+    each path a run folder (it holds config.yaml), a folder of them, or, among several paths, a
+    sweep (its runs that have started). Run folders become an unsaved Manifest
     (mode "runs", path: the folder the results go to) whose runs' model and task come from their
     config.yaml and whose grid point is the run folder plus the config keys that differ between
     the runs of one (model, task)."""
@@ -148,11 +149,20 @@ def load_runs(paths: list[str]) -> Manifest:
             raise ConfigError("RUN", f"{path} does not exist" if not path.exists()
                               else f"{path} is a file; expected a run folder, a folder of run "
                                    f"folders, or a sweep folder")
-        if (path / SWEEP_MANIFEST).is_file() or (path / RUN_MANIFEST).is_file():
-            raise ConfigError("RUN", f"{path} is a sweep folder: collect it on its own "
-                                     "(`seq2seq-es slurm collect SWEEP`)")
-        found = [path] if (path / run_files.CONFIG).is_file() else sorted(
-            child for child in path.iterdir() if (child / run_files.CONFIG).is_file())
+        # With other paths, a sweep is its runs and a `slurm submit` folder is a run folder:
+        # separately submitted runs, or a second sweep adding grid points, make one table.
+        if (path / SWEEP_MANIFEST).is_file():
+            found = [Path(run.run_dir) for run in load_manifest(path).runs
+                     if (Path(run.run_dir) / run_files.CONFIG).is_file()]
+            if not found:
+                raise ConfigError("RUN", f"no run of the sweep {path} has started training "
+                                         f"(none holds {run_files.CONFIG}) yet")
+        elif (path / RUN_MANIFEST).is_file() and not (path / run_files.CONFIG).is_file():
+            raise ConfigError("RUN", f"the job of {path} has not started training (no "
+                                     f"{run_files.CONFIG}) yet")
+        else:
+            found = [path] if (path / run_files.CONFIG).is_file() else sorted(
+                child for child in path.iterdir() if (child / run_files.CONFIG).is_file())
         if not found:
             raise ConfigError("RUN", f"{path} holds neither {SWEEP_MANIFEST}, {RUN_MANIFEST}, "
                                      f"a run ({run_files.CONFIG}) nor run folders")

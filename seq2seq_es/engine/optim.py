@@ -274,6 +274,12 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
                      "stage3_prefetch_bucket_size": 50_000_000})
     if dist.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        # The optimizer is ours (torch AdamW with per-group decay, stepping the fp32 partitions
+        # on the CPU); DeepSpeed otherwise refuses any optimizer but its own under offload
+        # (zero_force_ds_cpu_optimizer defaults to true), which made every offload run fail.
+        zero_force_cpu_optimizer = False
+    else:
+        zero_force_cpu_optimizer = None
     generated = {
         "train_micro_batch_size_per_gpu": t.batch_size,
         "gradient_accumulation_steps": t.grad_accum,
@@ -311,6 +317,8 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
     }
+    if zero_force_cpu_optimizer is not None:
+        generated["zero_force_ds_cpu_optimizer"] = zero_force_cpu_optimizer
     if dist.deepspeed_config:
         generated = _merge(generated, load_user_deepspeed_config(dist.deepspeed_config))
     return generated

@@ -1,5 +1,5 @@
-"""`seq2seq-es` command line: list, train, config, evaluate, predict, demo, score, convert-led, bench,
-slurm.
+"""`seq2seq-es` command line: list, train, config, evaluate, export, predict, demo, score,
+convert-led, bench, slurm, collect.
 
 Every command that can fail on user input prints one `error: ...` line and exits with 2; the
 library tracebacks stay out of the way (set SEQ2SEQ_ES_DEBUG=1 to see them).
@@ -29,6 +29,9 @@ commands:
            [--task T --model M] [--section.key VALUE ...]
                                score a run folder, RUN/final, RUN/checkpoints/step_N, or a
                                model folder or hub id outside any run (with --task, --model)
+  export CHECKPOINT OUT [--dtype fp32|bf16|fp16]
+                               a DeepSpeed checkpoint (RUN/checkpoints/step_N, or a run
+                               folder's newest) as a model folder: --model.path OUT
   predict CHECKPOINT --input FILE --output FILE [--task T] [--model M] [--config FILE]
           [--batch-size N] [--max-source-length N] [--gen.key VALUE ...]
                                generate for a .jsonl or plain-text file
@@ -110,6 +113,12 @@ def cmd_predict(argv: list[str]) -> int:
     return predict_main(argv)
 
 
+def cmd_export(argv: list[str]) -> int:
+    from .engine.inference import export_main
+
+    return export_main(argv)
+
+
 def cmd_demo(argv: list[str]) -> int:
     from .demo.run import demo_main
 
@@ -150,7 +159,7 @@ def cmd_collect(argv: list[str]) -> int:
 
 
 COMMANDS = {"list": cmd_list, "train": cmd_train, "config": cmd_config, "evaluate": cmd_evaluate,
-            "predict": cmd_predict, "demo": cmd_demo, "score": cmd_score,
+            "predict": cmd_predict, "export": cmd_export, "demo": cmd_demo, "score": cmd_score,
             "convert-led": cmd_convert_led, "bench": cmd_bench, "slurm": cmd_slurm,
             "collect": cmd_collect}
 

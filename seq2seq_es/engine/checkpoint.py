@@ -79,6 +79,9 @@ class TrainState:
     # What was trained ({"data.task", "model.name"}, `run_identity`): a resume must be the same
     # run. None: a state written before the field existed (not checked).
     run: dict | None = None
+    # How DeepSpeed laid its files out (`storage_layout`): a resume needs a compatible one.
+    # None: a state written before the field existed (not checked).
+    storage: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -104,6 +107,45 @@ class TrainState:
 def run_identity(cfg) -> dict:
     """What a checkpoint must have trained for a run to resume from it."""
     return {"data.task": cfg.data.task, "model.name": cfg.model.name}
+
+
+def storage_layout(cfg) -> dict:
+    """The settings that decide which files a DeepSpeed checkpoint holds: the ZeRO stage, the
+    precision and the dtype gradients accumulate in (which optimizer wrapper DeepSpeed builds)."""
+    from .optim import grad_accum_dtype, resolve_precision
+
+    return {"dist.zero_stage": cfg.dist.zero_stage, "train.precision": resolve_precision(cfg),
+            "dist.grad_accum_dtype": grad_accum_dtype(cfg)}
+
+
+def _storage_kind(layout: dict) -> tuple:
+    """What must match for DeepSpeed to read a checkpoint back: ZeRO 1 and 2 share their files
+    (one optimizer partition per rank), stage 0 holds the whole module and our optimizer (fp32
+    weights under bf16 autocast, so fp32 and bf16 share it; fp16 adds a loss scaler), stage 3
+    its own partitions; under ZeRO the precision names the files (bf16_zero_pp_rank_*), and
+    bf16 at stage 1 with fp32 accumulation is DeepSpeed's BF16_Optimizer, a layout of its own.
+    Anything else (seen in a walkthrough: 0 -> 2 'may be damaged', 2 -> 3 an AssertionError,
+    2 -> 0 an AttributeError) does not load."""
+    stage, precision = layout.get("dist.zero_stage"), layout.get("train.precision")
+    if stage == 0:
+        return (0, precision == "fp16")
+    if stage in (1, 2):
+        bf16_optimizer = stage == 1 and precision == "bf16" and \
+            layout.get("dist.grad_accum_dtype") == "fp32"
+        return ("1-2", precision, bf16_optimizer)
+    return (stage, precision)
+
+
+def check_same_storage(path: Path, saved: dict | None, current: dict | None) -> None:
+    if saved is None or current is None or _storage_kind(saved) == _storage_kind(current):
+        return
+    changed = [f"{key} {saved.get(key)} -> {current.get(key)}"
+               for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+    raise ConfigError("train.resume", f"checkpoint {path} was saved with {'; '.join(changed)}: "
+                      "DeepSpeed lays its files out otherwise there (ZeRO 1 and 2 share theirs), "
+                      f"so it cannot be loaded. Set them back to resume, or carry its weights into "
+                      f"a new run: `seq2seq-es export {path} OUT`, then train with --model.path "
+                      "OUT in another train.output_dir (optimizer and schedule start afresh)")
 
 
 def data_layout(cfg, plan, train_examples: int) -> dict:
@@ -270,16 +312,24 @@ class Checkpointer:
         return final
 
     def load(self, engine, path: Path, data_layout: dict | None = None,
-             run: dict | None = None) -> TrainState:
+             run: dict | None = None, storage: dict | None = None) -> TrainState:
         """Collective: restore weights, optimizer, scheduler, this rank's RNG; return the state.
-        Refused before anything is loaded when the run (task, model), the ranks or the data
-        layout differ; a file that cannot be read is an error naming the checkpoint."""
+        Refused before anything is loaded when the run (task, model), the ranks, the data
+        layout or the storage layout differ; a file that cannot be read is an error naming the
+        checkpoint."""
         state = TrainState.read(path, self.env.world_size)
         check_same_run(path, state.run, run)
         if state.world_size != self.env.world_size:
+            # The examples of a step are the same however many ranks share them; what a
+            # resume could not restore is each rank's optimizer partition and random stream.
             raise ConfigError("train.resume", f"checkpoint {path} was written by "
-                              f"{state.world_size} ranks, this run has {self.env.world_size}; "
-                              "the data order and RNG states would not match")
+                              f"{state.world_size} ranks, this run has {self.env.world_size}: "
+                              "its optimizer partitions and per-rank random states are one per "
+                              f"rank. Resume with {state.world_size} ranks, or carry its weights "
+                              f"into a new run: `seq2seq-es export {path} OUT`, then train with "
+                              "--model.path OUT in another train.output_dir (optimizer and "
+                              "schedule start afresh)")
+        check_same_storage(path, state.storage, storage)
         check_same_layout(path, state.data_layout, data_layout)
         with self.damaged_files_named(path):
             _deepspeed_load(engine, path, scheduler=True)

@@ -446,6 +446,55 @@ def evaluate_main(argv: list[str]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# seq2seq-es export
+
+
+def export_main(argv: list[str]) -> int:
+    """A DeepSpeed checkpoint's weights as a Hugging Face model folder: what a new run starts
+    from (--model.path) when the checkpoint cannot be resumed (another number of ranks, another
+    ZeRO stage or precision), and what an unfinished run has in place of final/."""
+    from ..models import save_model
+    from .builders import get_generation_config, get_model
+
+    parser = argparse.ArgumentParser(
+        prog="seq2seq-es export", allow_abbrev=False,
+        description="Write a DeepSpeed checkpoint's weights (consolidated from any number of "
+                    "ranks and any ZeRO stage) as a Hugging Face model folder with the run's "
+                    "tokenizer and generation settings; continue from it with --model.path OUT.")
+    parser.add_argument("checkpoint", help="RUN/checkpoints/step_N, or a run folder (its "
+                                           "newest complete checkpoint)")
+    parser.add_argument("out", metavar="OUT", help="the model folder to write (new or empty)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="the dtype of the written weights (default fp32)")
+    parser.add_argument("--config", help="the run's config.yaml, when CHECKPOINT is outside "
+                                         "its run")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError("OUT", f"{out} {'is not a folder' if not out.is_dir() else 'is not empty'}"
+                          "; give a new or empty folder")
+    path = Path(args.checkpoint)
+    if _is_run_dir(path):
+        checkpoints = run_files.complete_checkpoints(path / run_files.CHECKPOINTS)
+        if not checkpoints:
+            raise Seq2SeqEsError(f"{path} has no complete checkpoint to export")
+        path = checkpoints[-1][1]
+    saved = resolve_saved(path)
+    if saved.kind != "deepspeed":
+        raise Seq2SeqEsError(f"{saved.path} is a model folder already; --model.path takes it "
+                             "as it is")
+    cfg = inference_config(saved, config_file=args.config)
+    model, tokenizer, spec = get_model(cfg)
+    load_checkpoint_weights(model, saved.path)
+    save_model(model, out, dtype=args.dtype)
+    tokenizer.save_pretrained(out)
+    get_generation_config(cfg, spec, tokenizer).save_pretrained(out)
+    print(f"exported {saved.path} ({cfg.model.name}, {cfg.data.task}) to {out}; a new run "
+          f"continues from its weights with --model.path {out} --model.name {cfg.model.name}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # seq2seq-es predict
 
 

@@ -38,7 +38,8 @@ from . import distributed as D
 from .builders import (check_targets, compile_shapes, get_collator, get_engine,
                        get_generation_config, get_model, get_split, get_step_plan, get_test_split,
                        warm_up_compiled)
-from .checkpoint import Checkpointer, TrainState, check_fresh_folder, data_layout, run_identity
+from .checkpoint import (Checkpointer, TrainState, check_fresh_folder, data_layout, run_identity,
+                         storage_layout)
 from .evaluation import evaluate
 from .export import export_hf
 from .optim import apply_schedule, use_bf16
@@ -136,12 +137,13 @@ class Trainer:
             self.say(compiled)
 
         layout = data_layout(cfg, self.plan, len(self.train_data.tokenized))
-        identity = run_identity(cfg)
-        self.state = TrainState(world_size=env.world_size, data_layout=layout, run=identity)
+        identity, storage = run_identity(cfg), storage_layout(cfg)
+        self.state = TrainState(world_size=env.world_size, data_layout=layout, run=identity,
+                                storage=storage)
         if resume_from is not None:
-            self.state = self.ckpt.load(self.engine, resume_from, layout, identity)
-            # equal, or a state from before the fields existed
-            self.state.data_layout, self.state.run = layout, identity
+            self.state = self.ckpt.load(self.engine, resume_from, layout, identity, storage)
+            # equal (or compatible), or a state from before the fields existed
+            self.state.data_layout, self.state.run, self.state.storage = layout, identity, storage
             self.say(f"resumed from {resume_from} at step {self.state.step}")
             self.follow_schedule()
         # The step of the newest checkpoint: a step is never saved twice (e.g. a time-based save

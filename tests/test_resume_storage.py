@@ -1,0 +1,75 @@
+"""A resume under another ZeRO stage or precision is refused naming what changed (it failed as
+"may be damaged", an AssertionError or an AttributeError, depending on the pair), ZeRO 1 and 2
+resume each other, and `seq2seq-es export` carries a checkpoint's weights into a new run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from seq2seq_es.config import RunConfig
+from seq2seq_es.demo.synthetic import write_demo_dataset
+from seq2seq_es.errors import ConfigError
+
+pytestmark = pytest.mark.slow
+
+
+def _cfg(tmp_path, out: str, stage: int, steps: int = 4) -> RunConfig:
+    files = write_demo_dataset(tmp_path / "data", train_size=16, validation_size=2)
+    cfg = RunConfig()
+    cfg.model.name, cfg.data.task = "barto-tiny", "mlsum"
+    cfg.data.train_file, cfg.data.validation_file = str(files["train"]), str(files["validation"])
+    cfg.train.output_dir, cfg.train.max_steps = str(tmp_path / out), steps
+    cfg.train.batch_size, cfg.train.log_every, cfg.train.save_every = 4, 1, 2
+    cfg.train.precision, cfg.train.export, cfg.train.report_to = "fp32", False, "none"
+    cfg.train.eval_per_epoch, cfg.train.eval_at_end, cfg.train.progress_bar = False, False, False
+    cfg.model.dropout, cfg.optim.warmup_steps, cfg.dist.zero_stage = 0.0, 1, stage
+    cfg.train.resume = "auto"
+    return cfg
+
+
+def _train(cfg) -> None:
+    from seq2seq_es.engine.trainer import Trainer
+
+    with Trainer(cfg) as trainer:
+        trainer.train()
+
+
+def test_another_zero_stage_is_refused_naming_it_and_stages_1_2_resume(tmp_path, one_rank):
+    _train(_cfg(tmp_path, "z0", stage=0, steps=2))
+    with pytest.raises(ConfigError) as refused:
+        _train(_cfg(tmp_path, "z0", stage=2))
+    message = str(refused.value)
+    assert "train.resume" in message and "dist.zero_stage 0 -> 2" in message
+    assert "seq2seq-es export" in message and "step_00000002" in message
+    _train(_cfg(tmp_path, "z2", stage=2, steps=2))
+    _train(_cfg(tmp_path, "z2", stage=1))  # one layout: resumed, and on to step 4
+    records = [json.loads(line) for line in open(tmp_path / "z2" / "metrics.jsonl")]
+    assert sorted({r["step"] for r in records if "train/loss" in r}) == [1, 2, 3, 4]
+
+
+def test_export_writes_the_checkpoints_weights_as_a_model_folder(tmp_path, one_rank, capsys):
+    from transformers import AutoModelForSeq2SeqLM
+
+    from seq2seq_es.cli import main as cli_main
+    from seq2seq_es.engine.builders import get_model
+    from seq2seq_es.engine.inference import load_checkpoint_weights
+
+    cfg = _cfg(tmp_path, "run", stage=2, steps=2)
+    _train(cfg)
+    out = tmp_path / "exported"
+    assert cli_main(["export", str(tmp_path / "run"), str(out)]) == 0
+    assert f"--model.path {out}" in capsys.readouterr().out
+    exported = AutoModelForSeq2SeqLM.from_pretrained(out)
+    expected = get_model(cfg)[0]
+    load_checkpoint_weights(expected, tmp_path / "run" / "checkpoints" / "step_00000002")
+    for name, value in expected.state_dict().items():
+        assert torch.equal(exported.state_dict()[name], value), name
+    assert cli_main(["export", str(tmp_path / "run"), str(out)]) == 2  # not empty: refused
+    assert "is not empty" in capsys.readouterr().err
+    fresh = _cfg(tmp_path, "continued", stage=0, steps=2)
+    fresh.model.path = str(out)
+    _train(fresh)  # a new run starts from the exported weights
+    assert (tmp_path / "continued" / "DONE").exists()

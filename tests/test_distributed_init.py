@@ -9,6 +9,9 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+import torch
+
 from engine_runs import REPO, subprocess_env
 
 CHILD = textwrap.dedent("""
@@ -56,3 +59,14 @@ def test_children_of_a_test_worker_inherit_nothing_init_wrote():
     from seq2seq_es.engine import distributed as D
 
     assert set(D._LAUNCH_VARIABLES) <= set(LAUNCHER_VARIABLES)
+
+
+def test_nccl_without_cuda_is_one_config_error(monkeypatch):
+    # It was torch's "Distributed package doesn't have NCCL built in" traceback.
+    from seq2seq_es.engine import distributed as D
+    from seq2seq_es.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without GPUs
+
+    with pytest.raises(ConfigError, match="config key 'dist.backend': nccl needs CUDA GPUs"):
+        D.init(D.read_env({}), "nccl")

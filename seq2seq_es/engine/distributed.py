@@ -285,6 +285,12 @@ _environ_before_init: dict[str, str | None] | None = None
 def init(env: DistEnv, backend: str = "auto", timeout_min: int = 30) -> None:
     """Start the process group (also for one process: DeepSpeed needs one)."""
     global _environ_before_init
+    if backend == "nccl" and not torch.cuda.is_available():
+        # Checked here, not when the config is composed: a login node without GPUs composes
+        # (and submits) runs for GPU nodes. (torch's own error was a traceback.)
+        from ..errors import ConfigError
+        raise ConfigError("dist.backend", "nccl needs CUDA GPUs and this process sees none; "
+                                          "use gloo, or auto (nccl on GPUs, gloo otherwise)")
     if dist.is_initialized():
         return
     # Its worker threads outlive destroy_process_group: this process must skip finalization.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from seq2seq_es.errors import ConfigError
@@ -167,3 +169,163 @@ def test_the_export_test_leaves_no_launch_variable_behind(tmp_path, monkeypatch)
     with pytest.MonkeyPatch.context() as inner:
         test_a_gpu_task_keeps_every_node_gpu_visible_and_its_local_rank(tmp_path, inner)
     assert {key: os.environ.get(key) for key in before} == before
+
+
+# ---- what a config may not say: sbatch options the tool sets, the signal delay, the folder ----
+
+@pytest.mark.parametrize("key, setter", [
+    ("time", "--time (slurm.time_min)"),
+    ("signal", "--signal-delay-s (slurm.signal_delay_s)"),
+    ("nodes", "--nodes (slurm.nodes)"),
+    ("ntasks_per_node", "--gpus-per-node"),
+    ("ntasks", "--nodes with --gpus-per-node or --tasks-per-node"),
+    ("gpus-per-node", "--gpus-per-node (slurm.gpus_per_node)"),
+    ("cpus_per_task", "--cpus-per-task (slurm.cpus_per_task)"),
+    ("mem", "--mem-gb (slurm.mem_gb)"),
+    ("partition", "--partition (slurm.partition)"),
+    ("qos", "--qos (slurm.qos)"),
+    ("job-name", "--job-name (slurm.job_name)"),
+    ("output", "slurm.folder"),
+    ("error", "slurm.folder"),
+    ("open-mode", "seq2seq-es itself (append)"),
+    ("array", "--max-parallel"),
+    ("requeue", "--max-requeues"),
+    ("no-requeue", "--max-requeues"),
+    # other spellings of the same options: submitit's names, sbatch's one-letter forms
+    ("timeout_min", "--time (slurm.time_min)"),
+    ("slurm_time", "--time (slurm.time_min)"),
+    ("mem_gb", "--mem-gb (slurm.mem_gb)"),
+    ("Time", "--time (slurm.time_min)"),
+    ("t", "--time (slurm.time_min)"),
+    ("N", "--nodes (slurm.nodes)"),
+    ("J", "--job-name (slurm.job_name)"),
+])
+def test_extra_sbatch_options_the_tool_sets_are_refused_by_name(tmp_path, key, setter):
+    # An extra_sbatch entry is written after the tool's own lines and wins: `time: 30` ran a
+    # 30-minute job recorded as 10 minutes, `signal: USR1@60` killed it without a checkpoint.
+    config = SlurmConfig.from_mapping({"time_min": 10, "extra_sbatch": {key: "30"}})
+    for check in (config.check_for_submission, lambda: render_sbatch(config, tmp_path / "slurm")):
+        with pytest.raises(ConfigError) as info:
+            check()
+        assert info.value.key == f"slurm.extra_sbatch.{key}"
+        assert f"{key} is set by " in str(info.value) and setter in str(info.value)
+    assert not (tmp_path / "slurm").exists()
+
+
+@pytest.mark.parametrize("key", ["mail-type", "mail_user", "exclusive", "comment", "dependency",
+                                 "wckey", "gres", "gpus-per-task", "nodelist", "n-tasks", "Time2",
+                                 "time_min", "begin", "hold"])
+def test_other_extra_sbatch_options_are_passed_on(tmp_path, key):
+    config = SlurmConfig(extra_sbatch={key: "x"})
+    config.check_for_submission()
+    assert f"#SBATCH --{key.replace('_', '-')}=x" in render_sbatch(config, tmp_path)
+
+
+def test_a_manifest_with_refused_settings_can_still_be_read_for_its_status(tmp_path):
+    # validate() runs when `status` reads a manifest's settings (Manifest.tasks_per_job); one
+    # written before the submission checks existed must still get its status.
+    from seq2seq_es.slurm.sweep import MANIFEST_KIND, Manifest
+
+    settings = {**SlurmConfig(nodes=2).to_dict(), "time_min": 1, "signal_delay_s": 900,
+                "extra_sbatch": {"time": "30"}}
+    manifest = Manifest(MANIFEST_KIND, "run", [], {}, settings, str(tmp_path / "slurm"))
+    assert manifest.tasks_per_job == 2
+
+
+@pytest.mark.parametrize("time_min, delay", [(10, 900), (10, 600), (1, 30), (1, 40), (1, 0),
+                                             (4, 200), (10, 540), (60, 3541)])
+def test_a_signal_delay_that_leaves_too_little_time_to_train_is_refused(tmp_path, time_min, delay):
+    # `--time 10 --signal-delay-s 900` was accepted; `--time 1 --signal-delay-s 30` got the
+    # warning at start-up and never trained.
+    config = SlurmConfig(time_min=time_min, signal_delay_s=delay)
+    for check in (config.check_for_submission, lambda: render_sbatch(config, tmp_path)):
+        with pytest.raises(ConfigError) as info:
+            check()
+        assert info.value.key == "slurm.signal_delay_s"
+        assert "slurm.time_min" in str(info.value) and "--signal-delay-s" in str(info.value)
+    if delay >= time_min * 60:
+        assert "not shorter than the time limit" in str(info.value)
+    else:
+        assert "must be shorter than the limit" in str(info.value)
+
+
+@pytest.mark.parametrize("time_min, delay", [(6, 120), (60, 120), (3, 30), (2, 0), (4, 60),
+                                             (60, 1740), (90, 300), (5, 120), (2, 40),
+                                             (10, 539)])
+def test_a_signal_delay_the_job_starts_before_is_accepted(tmp_path, time_min, delay):
+    config = SlurmConfig(time_min=time_min, signal_delay_s=delay)
+    config.check_for_submission()
+    assert f"#SBATCH --signal=USR2@{delay}" in render_sbatch(config, tmp_path)
+
+
+def test_the_refusal_says_what_would_do():
+    with pytest.raises(ConfigError) as info:
+        SlurmConfig(time_min=10, signal_delay_s=560).check_for_submission()
+    assert "use --signal-delay-s 539 or less, or --time 11 or more" in str(info.value)
+    with pytest.raises(ConfigError) as info:  # no delay fits a 1-minute limit
+        SlurmConfig(time_min=1, signal_delay_s=30).check_for_submission()
+    assert "use --time 2 or more" in str(info.value)
+    SlurmConfig(time_min=10, signal_delay_s=539).check_for_submission()
+
+
+def _unwritable_folder() -> str:
+    import os
+
+    if not os.path.isdir("/proc/sys") or os.access("/proc/sys", os.W_OK):
+        pytest.skip("needs /proc/sys, read-only even for root")
+    return "/proc/sys/nope"
+
+
+@pytest.mark.parametrize("where, says", [
+    ("file", "is a file; expected a folder"),
+    ("under_file", "is a file, so"),
+    ("unwritable", "/proc/sys is not writable, so /proc/sys/nope cannot be created there"),
+])
+def test_an_unusable_submitit_folder_is_refused_by_key(tmp_path, where, says):
+    # It ended in a 40-line NotADirectoryError / FileNotFoundError traceback from submitit.
+    from seq2seq_es.slurm import make_executor
+
+    (tmp_path / "a_file").write_text("x")
+    folder = {"file": str(tmp_path / "a_file"), "under_file": str(tmp_path / "a_file" / "slurm"),
+              "unwritable": _unwritable_folder() if where == "unwritable" else ""}[where]
+    config = SlurmConfig(folder=folder)
+    for check in (config.check_for_submission, lambda: render_sbatch(config, folder),
+                  lambda: make_executor(config, folder)):
+        with pytest.raises(ConfigError) as info:
+            check()
+        assert info.value.key == "slurm.folder"
+        assert says in str(info.value)
+
+
+def test_a_read_only_parent_is_refused(tmp_path, monkeypatch):
+    # Root passes os.access on a 0o500 folder (CI runs as root): the folder is made read-only
+    # for everyone else, and os.access answers as it would for another user.
+    from seq2seq_es.slurm import config as slurm_config
+
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o500)
+    real_access = slurm_config.os.access
+    monkeypatch.setattr(slurm_config.os, "access", lambda path, mode: False
+                        if Path(path) == parent else real_access(path, mode))
+    try:
+        with pytest.raises(ConfigError) as info:
+            SlurmConfig(folder=str(parent / "slurm")).check_for_submission()
+        assert info.value.key == "slurm.folder" and "is not writable" in str(info.value)
+    finally:
+        parent.chmod(0o700)
+
+
+def test_the_executor_makes_its_folder_and_names_the_key_when_it_cannot(tmp_path, monkeypatch):
+    # What os.access lets through (root passes it almost everywhere) still fails as mkdir does,
+    # before submitit: by the key, not by a traceback at submission.
+    from seq2seq_es.slurm import config as slurm_config
+
+    folder = _unwritable_folder()
+    monkeypatch.setattr(slurm_config.os, "access", lambda *args: True)
+    with pytest.raises(ConfigError) as info:
+        slurm_config.make_executor(SlurmConfig(), folder)
+    assert info.value.key == "slurm.folder"
+    assert f"cannot create the folder {folder}" in str(info.value)
+    made = slurm_config.create_submitit_folder(tmp_path / "a" / "b")
+    assert made.is_dir()

@@ -14,7 +14,7 @@ from seq2seq_es import cli as top_cli
 from seq2seq_es.slurm import cli as slurm_cli
 from seq2seq_es.slurm.cli import main as slurm_main
 from seq2seq_es.slurm.sweep import (absolute_config, gpu_warning, partition_gres, plan_sweep,
-                                    resolved_key, split_config)
+                                    relative_paths, resolved_key, split_config)
 
 RUN_YAML = """
 optim:
@@ -316,3 +316,10 @@ def test_a_missing_data_file_is_refused_before_sbatch(tmp_path, capsys, monkeypa
                        "nope.jsonl"]) == 2
     err = capsys.readouterr().err
     assert f"config key 'data.train_file': file {tmp_path / 'nope.jsonl'} does not exist" in err
+
+
+def test_resume_names_the_relative_paths_of_runs_submitted_before_they_were_pinned():
+    assert relative_paths(["--data.train_file", "fx/train.jsonl", "--data.cache_dir=/abs/cache",
+                           "--dist.deepspeed_config=ds.json", "--model.path", "owner/hub-id",
+                           "--optim.lr", "1e-4"]) == [("data.train_file", "fx/train.jsonl"),
+                                                      ("dist.deepspeed_config", "ds.json")]

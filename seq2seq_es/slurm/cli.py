@@ -54,7 +54,7 @@ from .sweep import (RUN_FOLDERS_MODE, RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST
                     check_names, check_overrides, check_partition, check_run_dir,
                     check_sweep_dir, compose_run, dry_run_script, gpu_warning, load_manifest,
                     load_runs, new_manifest, parse_grid, partition_gres, pinned_paths, plan_sweep,
-                    require_slurm_clients,
+                    relative_paths, require_slurm_clients,
                     runs_to_resume, select_pairs, submit, submit_runs, train_argv)
 
 def _warn_without_gpus(config: SlurmConfig) -> None:
@@ -305,9 +305,15 @@ def cmd_resume(argv: list[str]) -> int:
         changes["extra_sbatch"] = with_sbatch_options(manifest.slurm.get("extra_sbatch"),
                                                       args.sbatch)
     config = SlurmConfig.from_mapping({**manifest.slurm, **changes})
+    config.check_for_submission()  # before the question, as submit and sweep do
     print(f"# {len(runs)} of {len(manifest.runs)} run(s) to resume:")
     for run in runs:
         print(f"#   {run.name} (last job {run.job_id})")
+        for key, value in relative_paths(run.argv):
+            # Runs submitted before paths were pinned (sweep.pinned_paths): the job reads them
+            # against the folder sbatch is called from, which is this one now.
+            print(f"warning: {run.name} names --{key} {value}, a relative path: the job reads "
+                  f"it as {Path(value).absolute()}", file=sys.stderr)
     if args.dry_run or not _confirm(len(runs), args.yes):
         return 0
     require_slurm_clients()

@@ -187,13 +187,11 @@ class SlurmConfig:
             check_submitit_folder(self.folder)
 
     def _check_signal_delay(self) -> None:
-        """The signal must leave at least half of each start's time limit to train, even when
-        SLURM sends it its SLURM_SIGNAL_SLACK_S early: every start (the first and each requeue)
-        loads the model and data again and retrains the steps after the last checkpoint, so a
-        start that is told to stop sooner makes little or no progress, and one whose window is
-        within SLURM's slack may be signalled as it starts (`--time 1 --signal-delay-s 30`: the
-        warning came at start-up and the job never trained). Half is a floor for sane settings,
-        not a tuning: the default delay (120 s) needs a limit of 6 minutes or more."""
+        """The signal must come after the job has started, even when SLURM sends it its
+        SLURM_SIGNAL_SLACK_S early: a window within that slack may be signalled as the job
+        starts (`--time 1 --signal-delay-s 30`: the warning came at start-up, every start was
+        requeued at once and the job never trained). Only that is refused: a short debug job
+        with the default delay (`--time 5`: 3 minutes to train per start) is the user's call."""
         limit_s = self.time_min * 60
         delay = self.signal_delay_s
         if delay >= limit_s:
@@ -201,16 +199,17 @@ class SlurmConfig:
                               f"{delay} s (--signal-delay-s) is not shorter than the time limit "
                               f"of {self.time_min} min = {limit_s} s (slurm.time_min, --time): "
                               "the job would be told to stop as it starts and never train")
-        if delay + SLURM_SIGNAL_SLACK_S > limit_s / 2:
-            most_delay = limit_s // 2 - SLURM_SIGNAL_SLACK_S
-            least_time = math.ceil(2 * (delay + SLURM_SIGNAL_SLACK_S) / 60)
+        if delay + SLURM_SIGNAL_SLACK_S >= limit_s:
+            most_delay = limit_s - SLURM_SIGNAL_SLACK_S - 1
+            least_time = math.ceil((delay + SLURM_SIGNAL_SLACK_S + 1) / 60)
             fix = (f"--signal-delay-s {most_delay} or less, or " if most_delay >= 0 else "") + \
                 f"--time {least_time} or more"
             raise ConfigError("slurm.signal_delay_s",
                               f"{delay} s (--signal-delay-s) leaves too little of the time limit "
                               f"of {self.time_min} min (slurm.time_min, --time) to train: SLURM "
-                              f"may send the signal up to {SLURM_SIGNAL_SLACK_S} s early, and "
-                              "delay + 60 s must be at most half the limit; use " + fix)
+                              f"may send the signal up to {SLURM_SIGNAL_SLACK_S} s early, so "
+                              f"delay + {SLURM_SIGNAL_SLACK_S} s must be shorter than the limit; "
+                              "use " + fix)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

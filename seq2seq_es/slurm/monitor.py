@@ -262,6 +262,12 @@ def run_status(run: RunPlan, manifest: Manifest, slurm: dict[str, SlurmState]) -
         status.error, status.log = failure_details(manifest.submitit_folder, run.job_id,
                                                    manifest.tasks_per_job)
         status.error = status.error or _ENDED_BY_SLURM.get(status.state)
+    if (status.state in ("CANCELLED", "UNKNOWN") and events
+            and events[-1].get("event") == "cancelled"):
+        # scancel: the job saved before it ended (slurm.job), which SLURM's notice does not say
+        status.state = "CANCELLED"
+        status.error = (f"cancelled (scancel) after saving a checkpoint at step "
+                        f"{events[-1].get('step')}" + RESUME_HINT)
     return status
 
 
@@ -270,17 +276,17 @@ def run_status(run: RunPlan, manifest: Manifest, slurm: dict[str, SlurmState]) -
 # or the limits change, and squeue shows nothing but PENDING and the code. Left out: reasons that
 # pass by themselves (Priority, Resources, Dependency, BeginTime, JobArrayTaskLimit, the
 # aggregate Grp* limits), and ReqNodeNotAvail, which SLURM also shows for nodes that are busy,
-# reserved or briefly unavailable during backfill, and for down nodes an administrator returns.
-# Value: what the reason means for this job, then what to submit instead.
+# reserved or briefly unavailable during backfill (pending_note says which nodes, when SLURM
+# names them). Value: what the reason means for this job, then what to submit instead.
 _NEVER_STARTS: dict[str, tuple[str, str]] = {
     "PartitionNodeLimit": ("it asks for more (or fewer) nodes than its partition allows, or the "
                            "partition's nodes are down or drained", "fewer --nodes"),
     "PartitionTimeLimit": ("its time limit is above its partition's", "a shorter --time"),
-    "PartitionConfig": ("its request does not fit its partition's configuration (nodes, time, "
-                        "GPUs or memory per node)", "fewer --nodes, a shorter --time or a "
-                                                    "smaller request"),
-    "BadConstraints": ("no node can satisfy its constraints (--constraint, GPUs, CPUs or "
-                       "memory per node)", "another --constraint or a smaller request"),
+    "PartitionConfig": ("its request does not fit its partition's configuration (node count, "
+                        "time limit, GPUs or memory)", "fewer --nodes, a shorter --time or a "
+                                                       "smaller request"),
+    "BadConstraints": ("no node has what it asks for (--constraint, or GPUs, CPUs or memory per "
+                       "node)", "another --constraint or a smaller request"),
     "InvalidAccount": ("its account is not valid", "another --account"),
     "InvalidQOS": ("its QOS is not valid", "another --qos"),
     "AccountNotAllowed": ("its account may not use the partition", "another --account or "
@@ -292,8 +298,10 @@ _NEVER_STARTS: dict[str, tuple[str, str]] = {
 }
 # "A portion of the job request exceeds a maximum limit (e.g., PerJob, PerNode) for the requested
 # association/QOS" (AssocMaxNodesPerJobLimit, QOSMaxWallDurationPerJobLimit, QOSMaxGRESPerNode,
-# ...); not AssocMaxJobsLimit or QOSMaxJobsPerUserLimit, which count running jobs and pass.
+# ...); not AssocMaxJobsLimit or QOSMaxJobsPerUserLimit, which count running jobs and pass. And
+# QOSMin* (QOSMinGRES, QOSMinCpuNotSatisfied, ...): the request is below the QOS's minimum.
 _PER_JOB_LIMIT = re.compile(r"^(Assoc|QOS)Max\w*Per(Job|Node)")
+_QOS_MINIMUM = re.compile(r"^QOSMin")
 
 
 def never_starts(reason: str) -> tuple[str, str] | None:
@@ -305,6 +313,8 @@ def never_starts(reason: str) -> tuple[str, str] | None:
     if _PER_JOB_LIMIT.match(code):
         return ("it asks for more than a per-job or per-node limit of its account or QOS allows",
                 "a smaller request (nodes, GPUs, CPUs, memory or --time)")
+    if _QOS_MINIMUM.match(code):
+        return ("it asks for less than its QOS's minimum", "a larger request or another --qos")
     return None
 
 
@@ -312,19 +322,29 @@ def pending_note(job_id: str, state: SlurmState) -> str:
     """Why a pending job waits: SLURM's reason, for every pending job (squeue's NODELIST(REASON)),
     and for a reason under which it cannot start as submitted, that it will not start by itself
     and what to do."""
-    # scontrol shows the reason with underscores for spaces (ReqNodeNotAvail,_UnavailableNodes:n3);
-    # None: the scheduler has not looked at the job yet.
-    reason = "" if state.reason == "None" else state.reason.replace(",_", ", ")
+    # scontrol writes the reason's spaces as underscores (ReqNodeNotAvail,_Reserved_for_maintenance)
+    # where squeue shows them; None: the scheduler has not looked at the job yet.
+    code, comma, detail = state.reason.partition(",")
+    reason = "" if code == "None" else code + comma + detail.replace("_", " ")
     if not reason:
         return "requeued, waiting" if state.restarts else ""
     note = f"{'requeued, waiting' if state.restarts else 'waiting to start'} ({reason})"
     if reason == "JobArrayTaskLimit":
         note += ": at most --max-parallel runs of the sweep run at once"
+    if reason.startswith("ReqNodeNotAvail, UnavailableNodes:"):
+        # Nodes that are down, drained or not responding: SLURM waits for an administrator to
+        # return them. Not certain never to start (backfill lists nodes here for a while too).
+        note += (": the nodes it needs are down, drained or not responding; it starts once they "
+                 "are back (`sinfo -R` says why they are out), or submitted to fewer or other "
+                 "nodes")
+    elif reason == "ReqNodeNotAvail, Reserved for maintenance":
+        note += (": its time limit reaches into a maintenance reservation; it starts after the "
+                 "maintenance, or before it if submitted with a shorter --time")
     blocked = never_starts(state.reason)
     if blocked is not None:
         meaning, instead = blocked
-        note += (f": it will not start until the request or the partition changes ({meaning}); "
-                 f"scancel {job_id} and submit it again with {instead}")
+        note += (f": {meaning}, so it will not start until the request or the partition "
+                 f"changes; scancel {job_id} and submit it again with {instead}")
     return note
 
 

@@ -50,7 +50,7 @@ def add_slurm_options(parser: argparse.ArgumentParser) -> None:
                             "requeue`s by hand")
     group.add_argument("--signal-delay-s", type=int,
                        help="seconds before the time limit at which the job is told to save "
-                            "(default 120); delay + 60 s must be at most half of --time")
+                            "(default 120); delay + 60 s must be shorter than --time")
     group.add_argument("--job-name")
     group.add_argument("--python", help="python command on the nodes (default: this interpreter)")
     group.add_argument("--setup", action="append", default=[], metavar="LINE",

@@ -390,6 +390,18 @@ def pinned_paths(argv: list[str], cfg) -> list[str]:
     return pinned
 
 
+def relative_paths(argv: list[str]) -> list[tuple[str, str]]:
+    """(key, value) of the `PATH_KEYS` given with a relative path in train arguments."""
+    found = []
+    for i, arg in enumerate(argv):
+        for key in PATH_KEYS:
+            value = argv[i + 1] if arg == f"--{key}" and i + 1 < len(argv) else \
+                arg.split("=", 1)[1] if arg.startswith(f"--{key}=") else None
+            if value and key != "model.path" and not os.path.isabs(os.path.expanduser(value)):
+                found.append((key, value))
+    return found
+
+
 def compose_run(task: str, model: str, argv: list[str]):
     """The config `seq2seq-es train --task T --model M ARGV` composes (a `--config` file, then the
     dotted options), refused when it would train another task or model than the run's name says."""

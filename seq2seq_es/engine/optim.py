@@ -184,11 +184,63 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+# The keys of the generated config that say what our own config keys say, with the key to set
+# instead. A user file used to override them in silence: DeepSpeed ran ZeRO 1 or clipped at 0.3
+# while config.yaml said dist.zero_stage 0 and optim.max_grad_norm 1.0, and the checks tied to
+# those keys (train.on_nan skip under ZeRO-3) never saw the file. A value equal to the generated
+# one is accepted; any other is refused (deepspeed_config compares, since it needs the run's
+# config). "bfloat16" is DeepSpeed's old name of "bf16", which it ignores beside our "bf16".
+DERIVED_KEYS = {
+    "zero_optimization.stage": "dist.zero_stage",
+    "gradient_clipping": "optim.max_grad_norm",
+    "bf16.enabled": "train.precision",
+    "bfloat16.enabled": "train.precision",
+    "fp16.enabled": "train.precision",
+    "torch_autocast.enabled": "train.precision",
+    "torch_autocast.dtype": "train.precision",
+    "data_types.grad_accum_dtype": "dist.grad_accum_dtype",
+    "zero_optimization.offload_optimizer.device": "dist.offload_optimizer",
+}
+
+# Where a derived key is absent from the merged config, DeepSpeed's default is what runs.
+_DEEPSPEED_DEFAULTS = {"zero_optimization.stage": 0, "gradient_clipping": 1.0,
+                       "bf16.enabled": False, "bfloat16.enabled": False, "fp16.enabled": False,
+                       "torch_autocast.enabled": False, "torch_autocast.dtype": None,
+                       "data_types.grad_accum_dtype": None,
+                       "zero_optimization.offload_optimizer.device": "none"}
+
+# The names DeepSpeed's DtypeEnum accepts for one dtype ("bf16" and "bfloat16" run the same).
+_DTYPE_NAMES = {name: canonical for canonical, names in (
+    ("fp16", ("fp16", "float16", "half", "torch.float16")),
+    ("fp32", ("fp32", "float32", "float", "torch.float32")),
+    ("bf16", ("bf16", "bfloat16", "torch.bfloat16"))) for name in names}
+
+# The optimizer and schedule are the package's own (torch AdamW with per-group decay and
+# optim.Schedule, passed to deepspeed.initialize), so DeepSpeed ignores these blocks of a user
+# file, which still showed in the run's saved deepspeed_config.json as if they had run.
+_OPTIM_KEYS = ("optim.lr, optim.weight_decay, optim.betas, optim.eps, optim.schedule, "
+               "optim.warmup_steps, optim.warmup_ratio")
+
+
+def _refuse_optimizer_blocks(values: dict, path: str) -> None:
+    for key in ("optimizer", "scheduler"):
+        if key in values:
+            raise ConfigError("dist.deepspeed_config", f"{path} sets '{key}', which DeepSpeed "
+                              "would ignore: seq2seq-es trains with its own AdamW and "
+                              "learning-rate schedule, set by the optim section "
+                              f"({_OPTIM_KEYS}); set those and remove the '{key}' block "
+                              "from the file")
+
+
 def _refuse_auto(values: dict, path: str, prefix: str = "") -> None:
     for key, value in values.items():
         if isinstance(value, dict):
             _refuse_auto(value, path, f"{prefix}{key}.")
         elif value == "auto":
+            derived = DERIVED_KEYS.get(f"{prefix}{key}")
+            if derived:  # setting it explicitly would only be refused next if it differs
+                raise ConfigError("dist.deepspeed_config", f"{path}: '{prefix}{key}' is "
+                                  f"\"auto\"; remove it: seq2seq-es writes it from {derived}")
             raise ConfigError("dist.deepspeed_config", f"{path}: '{prefix}{key}' is \"auto\"; "
                               "set it explicitly (seq2seq-es fills batch, accumulation, clipping, "
                               "precision and ZeRO stage from its own config)")
@@ -226,6 +278,8 @@ def _refuse_misspelt_keys(values: dict, path: str) -> None:
 
 
 def load_user_deepspeed_config(path: str) -> dict:
+    """The user's DeepSpeed file, refused where it cannot merge: what the merge needs the run's
+    config for (a derived key that differs) is refused by `deepspeed_config`."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError("dist.deepspeed_config", f"file {path} does not exist")
@@ -235,13 +289,89 @@ def load_user_deepspeed_config(path: str) -> dict:
         raise ConfigError("dist.deepspeed_config", f"{path} is not valid JSON: {exc}") from None
     if not isinstance(values, dict):
         raise ConfigError("dist.deepspeed_config", f"{path} must hold a JSON object")
-    _refuse_auto(values, path)
-    _refuse_misspelt_keys(values, path)
+    # Whole blocks to remove before the "auto" values inside them (Hugging Face files hold
+    # "lr": "auto" and "train_batch_size": "auto"): one error, the one that fixes the file.
+    _refuse_optimizer_blocks(values, path)
     for key in OWNED_KEYS:
         if key in values:
             raise ConfigError("dist.deepspeed_config", f"{path} sets '{key}'; set train.batch_size "
                               "and train.grad_accum instead (the loss normalisation relies on them)")
+    _refuse_auto(values, path)
+    _refuse_misspelt_keys(values, path)
     return values
+
+
+_UNREADABLE = object()  # a derived key under a section the file replaced with a non-object
+
+
+def _lookup(values: dict, key: str):
+    """The value of dotted `key` in a config, DeepSpeed's default where it is absent (or its
+    section is null)."""
+    node = values
+    for part in key.split("."):
+        if node is None:
+            return _DEEPSPEED_DEFAULTS[key]
+        if not isinstance(node, dict):
+            return _UNREADABLE
+        if part not in node:
+            return _DEEPSPEED_DEFAULTS[key]
+        node = node[part]
+    return _DEEPSPEED_DEFAULTS[key] if node is None else node
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):  # true is no ZeRO stage 1
+        return type(a) is type(b) and a == b
+    if isinstance(a, str) and isinstance(b, str):
+        return _DTYPE_NAMES.get(a, a) == _DTYPE_NAMES.get(b, b)
+    return a == b
+
+
+def _set_in_file(user: dict, key: str) -> str | None:
+    """The part of dotted `key` the user file sets: the key itself, or a section above it that
+    the file replaced with a non-object (null, true); None where the file leaves the key alone."""
+    parts, node = key.split("."), user
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict):
+            return ".".join(parts[:depth])
+        if part not in node:
+            return None
+        node = node[part]
+    return key
+
+
+def _file_value(user: dict, key: str):
+    node = user
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _refuse_derived_conflicts(generated: dict, user: dict, path: str, cfg: RunConfig) -> None:
+    """Refuse a key of the user file that the generated config writes from one of our config
+    keys, unless it runs the same as the generated value."""
+    merged = _merge(generated, user)
+    for key, config_key in DERIVED_KEYS.items():
+        shown = _set_in_file(user, key)
+        if shown is None:
+            continue
+        # "bfloat16" is ignored beside our "bf16": it differs when it says otherwise.
+        ours_key = "bf16.enabled" if key == "bfloat16.enabled" else key
+        ours = _lookup(generated, ours_key)
+        if _same(_lookup(merged, key), ours):
+            continue
+        source = {
+            "train.precision": f"train.precision (here {resolve_precision(cfg)}) and "
+                               f"dist.zero_stage {cfg.dist.zero_stage} (ZeRO 0 runs bf16 and "
+                               "fp16 as torch autocast)",
+            "dist.grad_accum_dtype": f"dist.grad_accum_dtype ({cfg.dist.grad_accum_dtype}), "
+                                     "train.precision and dist.zero_stage",
+        }.get(config_key, config_key)
+        raise ConfigError("dist.deepspeed_config", f"{path} sets '{shown}' to "
+                          f"{json.dumps(_file_value(user, shown))}, but seq2seq-es writes "
+                          f"'{ours_key}' from {source}: {json.dumps(ours)} for this run; set "
+                          f"{config_key} instead and remove '{shown}' from the file (config.yaml "
+                          f"and the run's checks follow {config_key}, not the file)")
 
 
 # DeepSpeed's dynamic loss scaling for fp16 under ZeRO 1-3, every value written out (these are
@@ -320,7 +450,9 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
     if zero_force_cpu_optimizer is not None:
         generated["zero_force_ds_cpu_optimizer"] = zero_force_cpu_optimizer
     if dist.deepspeed_config:
-        generated = _merge(generated, load_user_deepspeed_config(dist.deepspeed_config))
+        user = load_user_deepspeed_config(dist.deepspeed_config)
+        _refuse_derived_conflicts(generated, user, dist.deepspeed_config, cfg)
+        generated = _merge(generated, user)
     return generated
 
 

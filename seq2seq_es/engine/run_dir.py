@@ -82,7 +82,7 @@ def check_inputs(cfg: RunConfig) -> None:
     that the best-checkpoint metric is one the task's validation reports."""
     from ..tasks import get_task
     from .evaluation import validation_metric_names
-    from .optim import load_user_deepspeed_config
+    from .optim import deepspeed_config
 
     for split in ("train", "validation", "test"):
         path = getattr(cfg.data, f"{split}_file")
@@ -98,7 +98,9 @@ def check_inputs(cfg: RunConfig) -> None:
                           f"would come from the hub dataset {task.hub_id}; pass "
                           "--data.validation_file FILE")
     if cfg.dist.deepspeed_config:
-        load_user_deepspeed_config(cfg.dist.deepspeed_config)
+        # The whole merge, not only the file: a value the file sets against a config key (a
+        # ZeRO stage, the clipping) is refused before the model loads, not at the engine.
+        deepspeed_config(cfg, world_size=1)
     metric = cfg.train.best_metric
     if metric:
         task = get_task(cfg.data.task)

@@ -32,10 +32,7 @@ import hashlib
 import io
 import json
 import math
-import re
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -48,9 +45,9 @@ from ..errors import ConfigError, Seq2SeqEsError
 from ..slurm.config import SlurmConfig
 from ..slurm.monitor import FINISHED_STATES, read_metrics, sweep_status
 from ..slurm.options import add_slurm_options, slurm_config_from_args, split_overrides
-from ..slurm.sweep import (RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, SlurmUnavailableError,
-                          check_names, check_overrides, dry_run_script, load_manifest, new_manifest,
-                          submit, train_argv)
+from ..slurm.sweep import (RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan,
+                          check_cluster_size, check_names, check_overrides, dry_run_script,
+                          load_manifest, new_manifest, partition_nodes, submit, train_argv)
 from .scaling import scaling_plot, scaling_points, scaling_table
 
 BENCH_MANIFEST = "bench.json"
@@ -83,7 +80,6 @@ RESERVED_OVERRIDES = {
 # States in which a job will not change any more: SLURM's final states, plus UNKNOWN (SLURM has
 # forgotten the job and it left no result) and runs that were never submitted.
 _SETTLED_STATES = FINISHED_STATES | {"UNKNOWN", "NOT_SUBMITTED"}
-_GPU_GRES = re.compile(r"gpu(?::[A-Za-z0-9_.-]+)?:(\d+)")
 
 
 @dataclass
@@ -194,50 +190,6 @@ def check_bench_overrides(overrides: list[str]) -> dict[str, str]:
         if key in RESERVED_OVERRIDES:
             raise ConfigError(key, f"cannot be overridden in a bench: {RESERVED_OVERRIDES[key]}")
     return values
-
-
-def partition_nodes(partition: str | None) -> tuple[str, dict[str, int]]:
-    """(partition name, {node: GPUs}) from `sinfo`; the default partition when none is named."""
-    if shutil.which("sinfo") is None:
-        raise SlurmUnavailableError("sinfo not found: SLURM client commands are needed to check "
-                                    "the node counts and to submit (or use --dry-run)")
-    result = subprocess.run(["sinfo", "-h", "-N", "-o", "%N|%P|%G"], capture_output=True,
-                            text=True, timeout=60)
-    if result.returncode != 0:
-        raise SlurmUnavailableError(f"sinfo failed: {result.stderr.strip() or result.returncode}")
-    by_partition: dict[str, dict[str, int]] = {}
-    default = None
-    for line in result.stdout.splitlines():
-        fields = line.strip().split("|")
-        if len(fields) != 3:
-            continue
-        node, name, gres = fields
-        if name.endswith("*"):
-            name = name[:-1]
-            default = name
-        gpus = sum(int(count) for count in _GPU_GRES.findall(gres))
-        by_partition.setdefault(name, {})[node] = gpus
-    chosen = partition or default
-    if chosen is None:
-        raise ConfigError("slurm.partition", "SLURM has no default partition: name one with "
-                          "--partition")
-    if chosen not in by_partition:
-        raise ConfigError("slurm.partition", f"SLURM does not know partition '{chosen}'; known "
-                          f"partitions: {', '.join(sorted(by_partition)) or '(none)'}")
-    return chosen, by_partition[chosen]
-
-
-def check_cluster_size(node_counts: list[int], gpus_per_node: int, partition: str,
-                       nodes: dict[str, int]) -> None:
-    """Refuses node counts the partition cannot hold (with the GPUs asked for, when any)."""
-    usable = [name for name, gpus in nodes.items() if gpus >= gpus_per_node]
-    largest = max(node_counts)
-    if largest > len(nodes):
-        raise ConfigError("--nodes", f"{largest} nodes asked, but partition '{partition}' has "
-                          f"{len(nodes)} ({', '.join(sorted(nodes))})")
-    if gpus_per_node > 0 and largest > len(usable):
-        raise ConfigError("--gpus-per-node", f"{largest} node(s) with {gpus_per_node} GPU(s) each "
-                          f"asked, but partition '{partition}' has {len(usable)} such node(s)")
 
 
 def check_bench_dir(bench_dir: Path, runs: list[BenchRun]) -> None:

@@ -796,6 +796,50 @@ def check_partition(partition: str | None, *, required: bool) -> None:
                           f"known partitions: {', '.join(known) or '(none)'}")
 
 
+def partition_nodes(partition: str | None) -> tuple[str, dict[str, int]]:
+    """(partition name, {node: GPUs}) from `sinfo`; the default partition when none is named."""
+    if shutil.which("sinfo") is None:
+        raise SlurmUnavailableError("sinfo not found: SLURM client commands are needed to check "
+                                    "the node counts and to submit (or use --dry-run)")
+    result = subprocess.run(["sinfo", "-h", "-N", "-o", "%N|%P|%G"], capture_output=True,
+                            text=True, timeout=60)
+    if result.returncode != 0:
+        raise SlurmUnavailableError(f"sinfo failed: {result.stderr.strip() or result.returncode}")
+    by_partition: dict[str, dict[str, int]] = {}
+    default = None
+    for line in result.stdout.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) != 3:
+            continue
+        node, name, gres = fields
+        if name.endswith("*"):
+            name = name[:-1]
+            default = name
+        gpus = sum(int(count) for count in _GPU_GRES.findall(gres))
+        by_partition.setdefault(name, {})[node] = gpus
+    chosen = partition or default
+    if chosen is None:
+        raise ConfigError("slurm.partition", "SLURM has no default partition: name one with "
+                          "--partition")
+    if chosen not in by_partition:
+        raise ConfigError("slurm.partition", f"SLURM does not know partition '{chosen}'; known "
+                          f"partitions: {', '.join(sorted(by_partition)) or '(none)'}")
+    return chosen, by_partition[chosen]
+
+
+def check_cluster_size(node_counts: list[int], gpus_per_node: int, partition: str,
+                       nodes: dict[str, int]) -> None:
+    """Refuses node counts the partition cannot hold (with the GPUs asked for, when any)."""
+    usable = [name for name, gpus in nodes.items() if gpus >= gpus_per_node]
+    largest = max(node_counts)
+    if largest > len(nodes):
+        raise ConfigError("--nodes", f"{largest} nodes asked, but partition '{partition}' has "
+                          f"{len(nodes)} ({', '.join(sorted(nodes))})")
+    if gpus_per_node > 0 and largest > len(usable):
+        raise ConfigError("--gpus-per-node", f"{largest} node(s) with {gpus_per_node} GPU(s) each "
+                          f"asked, but partition '{partition}' has {len(usable)} such node(s)")
+
+
 def new_manifest(mode: str, runs: list[RunPlan], grid: dict[str, list[str]], config: SlurmConfig,
                  submitit_folder: Path, entry: str, overrides: list[str],
                  max_parallel: int | None) -> Manifest:

@@ -87,13 +87,14 @@ def test_submit_dry_run_prints_script_and_submits_nothing(tmp_path, capsys):
 
 def test_yaml_config_and_flags_combine_with_flags_winning(tmp_path, capsys):
     yaml_file = tmp_path / "slurm.yaml"
-    yaml_file.write_text("slurm:\n  nodes: 3\n  qos: low\n  extra_sbatch:\n    comment: sweep\n")
+    # two nodes: a dry run where sinfo answers (the local cluster) checks the partition has them
+    yaml_file.write_text("slurm:\n  nodes: 2\n  qos: low\n  extra_sbatch:\n    comment: sweep\n")
     status = slurm_main(["submit", "--task", "mlsum", "--model", "barto", "--run-dir",
                          str(tmp_path / "run"), "--slurm-config", str(yaml_file), "--qos", "high",
                          "--dry-run"])
     out = capsys.readouterr().out
     assert status == 0
-    assert "#SBATCH --nodes=3" in out
+    assert "#SBATCH --nodes=2" in out
     assert "#SBATCH --qos=high" in out
     assert "#SBATCH --comment=sweep" in out
 

@@ -380,6 +380,19 @@ def test_job_at_its_time_limit_requeues_and_resumes(slurm_cluster, tmp_path):  #
     assert events(run_dir).count("requeued") == int(fields["Restarts"])
 
 
+@pytest.mark.parametrize("command", ["submit", "sweep"])
+def test_more_nodes_than_the_partition_has_are_refused_before_sbatch(slurm_cluster, tmp_path,  # noqa: F811
+                                                                     capsys, command):
+    # `--nodes 3` on this two-node cluster was submitted and pended for ever (PartitionConfig).
+    names = (["--task", "mlsum", "--model", "barto", "--run-dir", str(tmp_path / "run")]
+             if command == "submit" else ["--pair", "barto:mlsum", "--no-grid", "--sweep-dir",
+                                          str(tmp_path / "sweep")])
+    assert slurm_main([command, *names, "--entry", PROBE, "--nodes", "3", "--dry-run"]) == 2
+    assert "error: argument --nodes: 3 nodes asked, but partition 'debug' has 2 (node1, node2)" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+
+
 def test_options_sbatch_refuses_are_reported_and_nothing_is_marked_submitted(
         slurm_cluster, tmp_path, capsys):  # noqa: F811
     run_dir = tmp_path / "run"

@@ -186,7 +186,9 @@ def test_partition_gres_reads_sinfo_and_is_none_without_it(tmp_path, monkeypatch
 def test_a_gpu_less_job_on_a_gpu_partition_is_warned_on_stderr(tmp_path, capsys, monkeypatch,
                                                                command):
     monkeypatch.setattr(slurm_cli, "partition_gres", lambda: SINFO)
+    # partition 'gpu' is sinfo's text above, not a partition of the local cluster
     monkeypatch.setattr(slurm_cli, "check_partition", lambda partition, required: None)
+    monkeypatch.setattr(slurm_cli, "check_node_count", lambda nodes, partition, required: None)
     args = (["submit", "--task", "mlsum", "--model", "barto-tiny", "--run-dir",
              str(tmp_path / "run")] if command == "submit"
             else ["sweep", "--sweep-dir", str(tmp_path / "sweep"), "--pair", "barto-tiny:mlsum",

@@ -51,7 +51,7 @@ from .monitor import (SPLITS_SHOWN, build_table, empty_message, format_status, q
 from .options import (SLURM_FLAGS, add_slurm_options, slurm_config_from_args, split_overrides,
                       with_sbatch_options)
 from .sweep import (RUN_FOLDERS_MODE, RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, absolute_config,
-                    check_names, check_overrides, check_partition, check_run_dir,
+                    check_names, check_node_count, check_overrides, check_partition, check_run_dir,
                     check_sweep_dir, compose_run, dry_run_script, gpu_warning, load_manifest,
                     load_runs, new_manifest, parse_grid, partition_gres, pinned_paths, plan_sweep,
                     relative_paths, require_slurm_clients,
@@ -109,6 +109,7 @@ def cmd_submit(argv: list[str]) -> int:
         overrides = pinned_paths(overrides, compose_run(args.task, args.model, overrides))
     config = slurm_config_from_args(args)
     check_partition(config.partition, required=not args.dry_run)
+    check_node_count(config.nodes, config.partition, required=not args.dry_run)
     _warn_without_gpus(config)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.run_dir or f"runs/{args.model}__{args.task}__{stamp}").absolute()
@@ -172,6 +173,7 @@ def cmd_sweep(argv: list[str]) -> int:
         overrides = absolute_config(overrides)
     config = slurm_config_from_args(args)
     check_partition(config.partition, required=not args.dry_run)
+    check_node_count(config.nodes, config.partition, required=not args.dry_run)
     _warn_without_gpus(config)
     sweep_dir = Path(args.sweep_dir).absolute()
     plan = plan_sweep(sweep_dir, pairs, grid, overrides, args.data_root,

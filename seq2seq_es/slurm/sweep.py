@@ -840,6 +840,19 @@ def check_cluster_size(node_counts: list[int], gpus_per_node: int, partition: st
                           f"asked, but partition '{partition}' has {len(usable)} such node(s)")
 
 
+def check_node_count(nodes: int, partition: str | None, *, required: bool) -> None:
+    """Refuses more nodes than the partition has: such a job never starts, and looked like any
+    pending job (`--nodes 3` on a two-node cluster). Without sinfo it fails only when
+    `required`."""
+    try:
+        name, found = partition_nodes(partition)
+    except SlurmUnavailableError:
+        if required:
+            raise
+        return
+    check_cluster_size([nodes], 0, name, found)
+
+
 def new_manifest(mode: str, runs: list[RunPlan], grid: dict[str, list[str]], config: SlurmConfig,
                  submitit_folder: Path, entry: str, overrides: list[str],
                  max_parallel: int | None) -> Manifest:

@@ -16,14 +16,14 @@ from seq2seq_es.errors import ConfigError
 pytestmark = pytest.mark.slow
 
 
-def _cfg(tmp_path, out: str, stage: int, steps: int = 4) -> RunConfig:
+def _cfg(tmp_path, out: str, stage: int, steps: int = 4, precision: str = "fp32") -> RunConfig:
     files = write_demo_dataset(tmp_path / "data", train_size=16, validation_size=2)
     cfg = RunConfig()
     cfg.model.name, cfg.data.task = "barto-tiny", "mlsum"
     cfg.data.train_file, cfg.data.validation_file = str(files["train"]), str(files["validation"])
     cfg.train.output_dir, cfg.train.max_steps = str(tmp_path / out), steps
     cfg.train.batch_size, cfg.train.log_every, cfg.train.save_every = 4, 1, 2
-    cfg.train.precision, cfg.train.export, cfg.train.report_to = "fp32", False, "none"
+    cfg.train.precision, cfg.train.export, cfg.train.report_to = precision, False, "none"
     cfg.train.eval_per_epoch, cfg.train.eval_at_end, cfg.train.progress_bar = False, False, False
     cfg.model.dropout, cfg.optim.warmup_steps, cfg.dist.zero_stage = 0.0, 1, stage
     cfg.train.resume = "auto"
@@ -44,10 +44,16 @@ def test_another_zero_stage_is_refused_naming_it_and_stages_1_2_resume(tmp_path,
     message = str(refused.value)
     assert "train.resume" in message and "dist.zero_stage 0 -> 2" in message
     assert "seq2seq-es export" in message and "step_00000002" in message
-    _train(_cfg(tmp_path, "z2", stage=2, steps=2))
-    _train(_cfg(tmp_path, "z2", stage=1))  # one layout: resumed, and on to step 4
-    records = [json.loads(line) for line in open(tmp_path / "z2" / "metrics.jsonl")]
-    assert sorted({r["step"] for r in records if "train/loss" in r}) == [1, 2, 3, 4]
+    for precision in ("fp32", "bf16"):  # bf16 at stage 1 is DeepSpeed's BF16_Optimizer
+        out = f"z2-{precision}"
+        _train(_cfg(tmp_path, out, stage=2, steps=2, precision=precision))
+        _train(_cfg(tmp_path, out, stage=1, steps=3, precision=precision))  # one layout
+        _train(_cfg(tmp_path, out, stage=2, steps=4, precision=precision))  # and back
+        records = [json.loads(line) for line in open(tmp_path / out / "metrics.jsonl")]
+        # each step trained once: resumed, not started again
+        assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3, 4], precision
+    with pytest.raises(ConfigError, match="train.precision fp32 -> bf16"):
+        _train(_cfg(tmp_path, "z2-fp32", stage=2, steps=6, precision="bf16"))
 
 
 def test_export_writes_the_checkpoints_weights_as_a_model_folder(tmp_path, one_rank, capsys):

@@ -120,20 +120,17 @@ def storage_layout(cfg) -> dict:
 
 def _storage_kind(layout: dict) -> tuple:
     """What must match for DeepSpeed to read a checkpoint back: ZeRO 1 and 2 share their files
-    (one optimizer partition per rank), stage 0 holds the whole module and our optimizer (fp32
-    weights under bf16 autocast, so fp32 and bf16 share it; fp16 adds a loss scaler), stage 3
-    its own partitions; under ZeRO the precision names the files (bf16_zero_pp_rank_*), and
-    bf16 at stage 1 with fp32 accumulation is DeepSpeed's BF16_Optimizer, a layout of its own.
-    Anything else (seen in a walkthrough: 0 -> 2 'may be damaged', 2 -> 3 an AssertionError,
-    2 -> 0 an AttributeError) does not load."""
+    (one optimizer partition per rank; bf16 at stage 1 builds DeepSpeed's BF16_Optimizer, whose
+    checkpoints stage 2 reads, and back: resumed exactly both ways, 1 and 2 ranks, DeepSpeed
+    0.19.8), stage 0 holds the whole module and our optimizer (fp32 weights under bf16
+    autocast, so fp32 and bf16 share it; fp16 adds a loss scaler), stage 3 its own partitions;
+    under ZeRO the precision names the files (bf16_zero_pp_rank_*). Anything else (seen in a
+    walkthrough: 0 -> 2 'may be damaged', fp32 -> bf16 at stage 2 the same, 2 -> 3 an
+    AssertionError, 2 -> 0 an AttributeError) does not load."""
     stage, precision = layout.get("dist.zero_stage"), layout.get("train.precision")
     if stage == 0:
         return (0, precision == "fp16")
-    if stage in (1, 2):
-        bf16_optimizer = stage == 1 and precision == "bf16" and \
-            layout.get("dist.grad_accum_dtype") == "fp32"
-        return ("1-2", precision, bf16_optimizer)
-    return (stage, precision)
+    return ("1-2" if stage in (1, 2) else stage, precision)
 
 
 def check_same_storage(path: Path, saved: dict | None, current: dict | None) -> None:

@@ -137,10 +137,27 @@ def test_evaluate_says_when_it_replaces_other_settings(trained, validation_final
     assert cli(["evaluate", str(trained), "--split", "validation", "--output-dir", str(out),
                 "--gen.num_beams", "2"]) == 0
     err = capsys.readouterr().err
-    assert f"note: {out} holds an evaluation of {trained / 'final'} with no overrides; this " \
-           "one replaces it (pass --output-dir DIR to keep both)" in err, err
+    assert f"note: {out} holds an evaluation of {trained / 'final'} (validation split) with " \
+           "no overrides; this one replaces it (give another --output-dir to keep both)" \
+        in err, err
     assert json.loads((out / "evaluation.json").read_text())["overrides"] == {
         "gen.num_beams": "2"}
+
+
+def test_the_replaced_evaluation_note_weighs_the_split_and_not_the_batch_size(tmp_path):
+    from seq2seq_es.engine.inference import note_replaced_evaluation
+
+    said = []
+    (tmp_path / "evaluation.json").write_text(json.dumps({
+        "checkpoint": "/r/final", "split": "validation", "overrides": {}}))
+    note_replaced_evaluation(tmp_path, Path("/r/final"), "validation",
+                             {"train.eval_batch_size": "4", "dist.zero_stage": "3"},
+                             said.append, chosen_dir=False)
+    assert said == []  # how the work is spread changes no score
+    note_replaced_evaluation(tmp_path, Path("/r/final"), "test", {}, said.append,
+                             chosen_dir=False)
+    assert said == [f"note: {tmp_path} holds an evaluation of /r/final (validation split) with "
+                    "no overrides; this one replaces it (pass --output-dir DIR to keep both)"]
 
 
 def test_evaluate_deepspeed_checkpoints(trained, validation_final):

@@ -274,3 +274,27 @@ def test_status_of_a_run_manifest_keeps_its_metrics_note_beside_the_reason(tmp_p
     run.run_dir = str(run_dir)
     status = run_status(run, manifest, parse_scontrol_jobs(SCONTROL["102"]))
     assert status.note.endswith("; waiting to start (Priority)")
+
+
+def test_parsable_is_refused_since_submitit_reads_sbatchs_usual_answer():
+    # With --sbatch parsable, sbatch submitted the job and printed only its id, which submitit
+    # could not read: the tool said "nothing was submitted" while the job trained, untracked.
+    with pytest.raises(ConfigError) as info:
+        with_sbatch_options({}, ["parsable"])
+    assert info.value.key == "--sbatch" and "parsable" in str(info.value)
+
+
+def test_resume_drops_an_sbatch_option_the_tool_now_owns(tmp_path, capsys):
+    # A run submitted with --sbatch time=30 before such options were refused could not be
+    # resumed: the refusal said to use --time, which resume has, but the old option stayed.
+    runs = plan_runs(tmp_path / "sweep", [("barto", "mlsum")], {}, [])
+    config = SlurmConfig(extra_sbatch={"time": 30, "comment": "kept"})
+    manifest = new_manifest("sweep", runs, {}, config, tmp_path / "sweep" / "slurm",
+                            "seq2seq_es.slurm.probe:main", [], 1)
+    manifest.submitted = True
+    (tmp_path / "sweep").mkdir(parents=True, exist_ok=True)
+    manifest.write(tmp_path / "sweep" / SWEEP_MANIFEST)
+    assert slurm_main(["resume", str(tmp_path / "sweep"), "--time", "30", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "note: the runs were submitted with --sbatch time=30, which is now set by --time " \
+           "(slurm.time_min) alone; resubmitting without it" in err

@@ -353,17 +353,20 @@ def evaluation_dir(saved: SavedModel, split: str, output_dir: str | None) -> Pat
     return saved.run_dir / run_files.EVALUATIONS / f"{split}_{saved.name}"
 
 
+# Overrides that change how the work is spread, never a prediction or a score.
+_NOT_SCORING = ("dist.", "train.eval_batch_size", "train.batch_size")
+
+
 def scoring_settings(overrides: dict[str, str]) -> dict[str, str]:
-    """The overrides that can change predictions or scores (how the work is spread, dist.*, and
-    the batch size cannot)."""
-    return {key: value for key, value in overrides.items() if not key.startswith("dist.")}
+    """The overrides that can change predictions or scores."""
+    return {key: value for key, value in overrides.items() if not key.startswith(_NOT_SCORING)}
 
 
-def note_replaced_evaluation(out: Path, checkpoint: Path, overrides: dict[str, str],
-                             say) -> None:
+def note_replaced_evaluation(out: Path, checkpoint: Path, split: str,
+                             overrides: dict[str, str], say, chosen_dir: bool) -> None:
     """Re-running an evaluation replaces its folder (as a script rewriting its output_dir
-    would); one scored with other settings (beams, another test file) is said before it goes,
-    while --output-dir can still keep both."""
+    would); one of another checkpoint or split, or scored with other settings (beams, another
+    test file), is said before it goes, while another folder can still keep both."""
     try:
         earlier = json.loads((out / "evaluation.json").read_text())
     except (OSError, ValueError):
@@ -371,11 +374,13 @@ def note_replaced_evaluation(out: Path, checkpoint: Path, overrides: dict[str, s
     if not isinstance(earlier, dict):
         return
     before = scoring_settings(earlier.get("overrides") or {})
-    now = scoring_settings(overrides)
-    if before != now or earlier.get("checkpoint") != str(checkpoint):
+    if (before != scoring_settings(overrides) or earlier.get("checkpoint") != str(checkpoint)
+            or earlier.get("split") != split):
         shown = " ".join(f"--{k} {v}" for k, v in sorted(before.items())) or "no overrides"
-        say(f"note: {out} holds an evaluation of {earlier.get('checkpoint')} with {shown}; "
-            "this one replaces it (pass --output-dir DIR to keep both)")
+        keep = "give another --output-dir" if chosen_dir else "pass --output-dir DIR"
+        say(f"note: {out} holds an evaluation of {earlier.get('checkpoint')} "
+            f"({earlier.get('split')} split) with {shown}; this one replaces it ({keep} to "
+            "keep both)")
 
 
 def evaluate_main(argv: list[str]) -> int:
@@ -416,7 +421,8 @@ def evaluate_main(argv: list[str]) -> int:
     say = _say(env)
     say(f"evaluating {saved.path} on {cfg.data.task} {args.split} with {env.world_size} "
         f"process(es), ZeRO stage {cfg.dist.zero_stage}")
-    note_replaced_evaluation(out, saved.path, overrides, say)
+    note_replaced_evaluation(out, saved.path, args.split, overrides, say,
+                             chosen_dir=bool(args.output_dir))
     task = get_task(cfg.data.task)
     loaded = load_for_inference(saved, cfg, env)
     data = get_split(cfg, task, loaded.tokenizer, loaded.model, args.split, max_samples, say)

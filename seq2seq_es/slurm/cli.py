@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError, Seq2SeqEsError, run_command
-from .config import SlurmConfig
+from .config import SlurmConfig, owned_sbatch_message, owned_sbatch_option
 from .job import DEFAULT_ENTRY
 from .monitor import (SPLITS_SHOWN, build_table, empty_message, format_status, query_slurm,
                       status_json, sweep_status, write_results)
@@ -303,9 +303,16 @@ def cmd_resume(argv: list[str]) -> int:
         return 0
     changes = {SLURM_FLAGS[flag][0]: getattr(args, flag) for flag in RESUME_FLAGS
                if getattr(args, flag) is not None}
+    # Runs submitted before these options were refused may carry one (a --sbatch time=30 beside
+    # --time); the tool's own setting renders in its place now, so it is dropped and named.
+    submitted_extra = dict(manifest.slurm.get("extra_sbatch") or {})
+    for key in [key for key in submitted_extra if owned_sbatch_message(key)]:
+        print(f"note: the runs were submitted with --sbatch {key}={submitted_extra.pop(key)}, "
+              f"which is now set by {owned_sbatch_option(key)} alone; resubmitting without it",
+              file=sys.stderr)
+        changes["extra_sbatch"] = submitted_extra
     if args.sbatch:
-        changes["extra_sbatch"] = with_sbatch_options(manifest.slurm.get("extra_sbatch"),
-                                                      args.sbatch)
+        changes["extra_sbatch"] = with_sbatch_options(submitted_extra, args.sbatch)
     config = SlurmConfig.from_mapping({**manifest.slurm, **changes})
     config.check_for_submission()  # before the question, as submit and sweep do
     print(f"# {len(runs)} of {len(manifest.runs)} run(s) to resume:")

@@ -60,6 +60,8 @@ OWNED_SBATCH_OPTIONS: dict[str, str] = {
                "--max-requeues (slurm.max_requeues) bounds how often",
     "no-requeue": "seq2seq-es itself: the job requeues itself after a pre-emption or its time "
                   "limit; --max-requeues (slurm.max_requeues) bounds how often",
+    "parsable": "submitit, which reads sbatch's usual answer for the job id (with --parsable "
+                "the job was submitted but reported as refused)",
 }
 # Other spellings of those options: sbatch's one-letter forms, and submitit's parameter names
 # (`timeout_min`, `mem_gb`, ...; its AutoExecutor's `slurm_` prefix is dropped before this look-up).

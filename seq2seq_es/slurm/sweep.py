@@ -925,10 +925,14 @@ def submit_runs(manifest: Manifest, runs: list[RunPlan], config: SlurmConfig) ->
             jobs = [executor.submit(jobs_callables[0])]
         else:
             jobs = executor.submit_array(jobs_callables)
-    except (FailedJobError, FailedSubmissionError) as exc:
+    except FailedJobError as exc:  # sbatch's non-zero exit: no job
         raise SlurmUnavailableError(f"sbatch refused the job: {str(exc).strip()}; nothing was "
                                     "submitted (correct it and run the same command again)") \
             from None
+    except FailedSubmissionError as exc:  # sbatch succeeded, its answer was not understood
+        raise SlurmUnavailableError(f"sbatch's answer could not be read ({str(exc).strip()}); a "
+                                    "job may have been submitted: look with squeue, and scancel "
+                                    "it before running the command again") from None
     for run, job in zip(runs, jobs):
         run.job_id = str(job.job_id)
 

@@ -60,19 +60,19 @@ def test_export_writes_the_checkpoints_weights_as_a_model_folder(tmp_path, one_r
     from transformers import AutoModelForSeq2SeqLM
 
     from seq2seq_es.cli import main as cli_main
-    from seq2seq_es.engine.builders import get_model
-    from seq2seq_es.engine.inference import load_checkpoint_weights
 
     cfg = _cfg(tmp_path, "run", stage=2, steps=2)
+    cfg.train.export, cfg.train.export_dtype = True, "fp32"
     _train(cfg)
     out = tmp_path / "exported"
     assert cli_main(["export", str(tmp_path / "run"), str(out)]) == 0
     assert f"--model.path {out}" in capsys.readouterr().out
-    exported = AutoModelForSeq2SeqLM.from_pretrained(out)
-    expected = get_model(cfg)[0]
-    load_checkpoint_weights(expected, tmp_path / "run" / "checkpoints" / "step_00000002")
-    for name, value in expected.state_dict().items():
-        assert torch.equal(exported.state_dict()[name], value), name
+    exported = AutoModelForSeq2SeqLM.from_pretrained(out).state_dict()
+    # the training's own export of its last step (gathered from the engine, another path)
+    final = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "run" / "final").state_dict()
+    assert exported.keys() == final.keys()
+    for name, value in final.items():
+        assert torch.equal(exported[name], value), name
     assert cli_main(["export", str(tmp_path / "run"), str(out)]) == 2  # not empty: refused
     assert "is not empty" in capsys.readouterr().err
     fresh = _cfg(tmp_path, "continued", stage=0, steps=2)

@@ -210,7 +210,10 @@ def test_resume_submits_a_stopped_run_again_and_it_finishes(slurm_cluster, tmp_p
     first_job = stopped_out_of_requeues(run_dir, steps=40)
     capsys.readouterr()
     assert slurm_main(["resume", str(run_dir), "--dry-run"]) == 0
-    assert f"#   run (last job {first_job})" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"#   run (last job {first_job})" in out
+    # how it ended, so that a failure of its own is not resubmitted unseen
+    assert "#     its last job ended OUT_OF_REQUEUES: " in out and "OutOfRequeuesError" in out
     with pytest.raises(SystemExit):  # the ranks stay: checkpoints hold one world size
         slurm_main(["resume", str(run_dir), "--nodes", "2", "--yes"])
     assert "unrecognized arguments: --nodes 2" in capsys.readouterr().err

@@ -47,7 +47,7 @@ from ..errors import ConfigError, Seq2SeqEsError, run_command
 from .config import SlurmConfig, owned_sbatch_message, owned_sbatch_option
 from .job import DEFAULT_ENTRY
 from .monitor import (SPLITS_SHOWN, build_table, empty_message, format_status, query_slurm,
-                      status_json, sweep_status, write_results)
+                      run_status, status_json, sweep_status, write_results)
 from .options import (SLURM_FLAGS, add_slurm_options, slurm_config_from_args, split_overrides,
                       with_sbatch_options)
 from .sweep import (RUN_FOLDERS_MODE, RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, absolute_config,
@@ -297,7 +297,8 @@ def cmd_resume(argv: list[str]) -> int:
     parser.add_argument("--yes", action="store_true", help="submit without asking")
     args = parser.parse_args(argv)
     manifest = load_manifest(args.sweep)
-    runs = runs_to_resume(manifest, query_slurm(run.job_id for run in manifest.runs))
+    states = query_slurm(run.job_id for run in manifest.runs)
+    runs = runs_to_resume(manifest, states)
     if not runs:
         print(f"every run of {manifest.path} has finished (DONE): nothing to resume")
         return 0
@@ -318,6 +319,11 @@ def cmd_resume(argv: list[str]) -> int:
     print(f"# {len(runs)} of {len(manifest.runs)} run(s) to resume:")
     for run in runs:
         print(f"#   {run.name} (last job {run.job_id})")
+        status = run_status(run, manifest, states)
+        if status.failed and status.error:
+            # A failure of the run's own (a config or data error) comes back on resume: it
+            # resumes with the settings it was submitted with.
+            print(f"#     its last job ended {status.state}: {status.error}")
         for key, value in relative_paths(run.argv):
             # Runs submitted before paths were pinned (sweep.pinned_paths): the job reads them
             # against the folder sbatch is called from, which is this one now.

@@ -254,3 +254,24 @@ def test_paper_pairs_name_registered_models_and_tasks():
 
 def test_tiny_models_can_be_swept_with_explicit_pairs():
     assert select_pairs(pairs=["barto-tiny:mlsum"]) == [("barto-tiny", "mlsum")]
+
+
+def test_a_training_run_without_a_checkpoint_is_not_promised_a_continuation(tmp_path):
+    # "slurm resume continues it from its last checkpoint" was said of runs that had saved none
+    # (a job told to stop as it started): resume starts those again from step 1.
+    from seq2seq_es.slurm.job import DEFAULT_ENTRY
+
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], {}, submitted=True)
+    manifest.entry = DEFAULT_ENTRY
+    run = manifest.runs[0]
+    run.job_id = "77"
+    status = run_status(run, manifest, {"77": SlurmState("TIMEOUT")})
+    assert status.error.endswith("; it saved no checkpoint, so `seq2seq-es slurm resume` starts "
+                                 "it again from its first step")
+    step = Path(run.run_dir) / "checkpoints" / "step_00000008"
+    step.mkdir(parents=True)
+    (step / "trainer_state.json").write_text("{}")
+    status = run_status(run, manifest, {"77": SlurmState("TIMEOUT")})
+    assert status.error.endswith("`seq2seq-es slurm resume` continues it from its last "
+                                 "checkpoint")

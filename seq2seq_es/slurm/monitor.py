@@ -27,6 +27,7 @@ from .. import run_files
 from ..errors import ConfigError, DataError
 # The one metrics.jsonl reader (merges a step's records, keeping the last values).
 from ..metrics_log import read as read_metrics
+from .job import DEFAULT_ENTRY
 from .sweep import RUN_FOLDERS_MODE, Manifest, RunPlan, describe_grid_point
 
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
@@ -268,6 +269,10 @@ def run_status(run: RunPlan, manifest: Manifest, slurm: dict[str, SlurmState]) -
         status.state = "CANCELLED"
         status.error = (f"cancelled (scancel) after saving a checkpoint at step "
                         f"{events[-1].get('step')}" + RESUME_HINT)
+    elif status.saved_step is None and manifest.entry == DEFAULT_ENTRY:
+        # A training run that never completed a checkpoint starts again from its first step.
+        status.note = status.note and status.note.replace(RESUME_HINT, NO_CHECKPOINT_HINT)
+        status.error = status.error and status.error.replace(RESUME_HINT, NO_CHECKPOINT_HINT)
     return status
 
 
@@ -350,6 +355,8 @@ def pending_note(job_id: str, state: SlurmState) -> str:
 
 # What a job's state says when its tasks left no error of their own.
 RESUME_HINT = "; `seq2seq-es slurm resume` continues it from its last checkpoint"
+NO_CHECKPOINT_HINT = ("; it saved no checkpoint, so `seq2seq-es slurm resume` starts it again "
+                      "from its first step")
 _ENDED_BY_SLURM = {
     "CANCELLED": "cancelled (scancel, or an administrator)" + RESUME_HINT,
     "TIMEOUT": "killed at its time limit without a requeue: raise --signal-delay-s so that the "

@@ -133,11 +133,16 @@ def _storage_kind(layout: dict) -> tuple:
     return ("1-2" if stage in (1, 2) else stage, precision)
 
 
+def _changed_keys(saved: dict, current: dict) -> list[str]:
+    """'key old -> new' for each key whose value differs, by key: what a resume refusal names."""
+    return [f"{key} {saved.get(key)} -> {current.get(key)}"
+            for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+
+
 def check_same_storage(path: Path, saved: dict | None, current: dict | None) -> None:
     if saved is None or current is None or _storage_kind(saved) == _storage_kind(current):
         return
-    changed = [f"{key} {saved.get(key)} -> {current.get(key)}"
-               for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+    changed = _changed_keys(saved, current)
     raise ConfigError("train.resume", f"checkpoint {path} was saved with {'; '.join(changed)}: "
                       "DeepSpeed lays its files out otherwise there (ZeRO 1 and 2 share theirs), "
                       f"so it cannot be loaded. Set them back to resume, or carry its weights into "
@@ -173,8 +178,7 @@ def data_layout(cfg, plan, train_examples: int) -> dict:
 def check_same_layout(path: Path, saved: dict | None, current: dict | None) -> None:
     if saved is None or current is None or saved == current:
         return
-    changed = [f"{key} {saved.get(key)} -> {current.get(key)}"
-               for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+    changed = _changed_keys(saved, current)
     raise ConfigError("train.resume", f"checkpoint {path} was trained with another data layout "
                       f"({'; '.join(changed)}): its position in the epoch would point at other "
                       "examples (some never trained, some twice) and the schedule at another "

@@ -19,7 +19,7 @@ import datasets
 import evaluate
 
 from seq2seq_es.metrics import bleu, chrf, exact_match, meteor, rouge, sari, token_f1
-from seq2seq_es.metrics.text import normalize_unicode
+from seq2seq_es.metrics.text import normalize_texts
 
 
 def metric_info(description: str, citation: str, inputs_description: str, *,
@@ -39,13 +39,6 @@ def metric_info(description: str, citation: str, inputs_description: str, *,
     )
 
 
-def _nfc(texts):
-    """Strings, or lists of strings (several references), in Unicode NFC."""
-    return [normalize_unicode(text) if isinstance(text, str) else [normalize_unicode(item)
-                                                                    for item in text]
-            for text in texts]
-
-
 class InMemoryMetric(evaluate.Metric):
     """An `evaluate.Metric` that keeps its inputs in memory instead of an on-disk cache, and
     scores NFC text as `compute_metrics` does (a class and the function give one number for
@@ -57,8 +50,8 @@ class InMemoryMetric(evaluate.Metric):
 
     def _compute(self, predictions, references, **arguments):
         if "sources" in arguments:
-            arguments["sources"] = _nfc(arguments["sources"])
-        return self._score(_nfc(predictions), _nfc(references), **arguments)
+            arguments["sources"] = normalize_texts(arguments["sources"])
+        return self._score(normalize_texts(predictions), normalize_texts(references), **arguments)
 
 
 class Rouge(InMemoryMetric):

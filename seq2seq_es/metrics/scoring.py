@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ from seq2seq_es.errors import ConfigError, DataError, Seq2SeqEsError, UnknownNam
 from seq2seq_es.metrics import bleu, chrf, exact_match, meteor, rouge, sari, token_f1
 from seq2seq_es.metrics._base import EVALUATE_METRICS_MODULE, MultiReferences
 from seq2seq_es.metrics.rouge import ROUGE_MODES
+from seq2seq_es.metrics.text import normalize_texts
 
 # Name -> compute(predictions, references, [sources,] **options) -> {score name: 0-100}.
 METRIC_FUNCTIONS: dict[str, Callable[..., dict[str, float]]] = {
@@ -115,11 +115,10 @@ def compute_metrics(names: Sequence[str], predictions: list[str],
     # One Unicode form for every metric: "canción" typed with a combining accent (NFD) is the
     # same word as the composed one, also for BLEU, chrF, the QA conventions and paper modes,
     # whose reference implementations compare code points (NFC text is left unchanged).
-    predictions = [unicodedata.normalize("NFC", text) for text in predictions]
-    reference_lists = [[unicodedata.normalize("NFC", text) for text in texts]
-                       for texts in reference_lists]
+    predictions = normalize_texts(predictions)
+    reference_lists = normalize_texts(reference_lists)
     if sources is not None:
-        sources = [unicodedata.normalize("NFC", text) for text in sources]
+        sources = normalize_texts(sources)
     scores: dict[str, float] = {}
     for name in unique_names:
         arguments = _metric_options(name, options.get(name, {}))

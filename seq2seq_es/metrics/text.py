@@ -38,6 +38,12 @@ def normalize_unicode(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
+def normalize_texts(texts):
+    """`normalize_unicode` over strings, or over lists of strings (several references)."""
+    return [normalize_unicode(text) if isinstance(text, str)
+            else [normalize_unicode(item) for item in text] for text in texts]
+
+
 def word_tokens(text: str) -> list[str]:
     """Lowercased Unicode word tokens; punctuation (including ¿ ¡) is dropped."""
     return _WORD_TOKEN.findall(normalize_unicode(text).lower())

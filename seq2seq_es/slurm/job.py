@@ -225,8 +225,9 @@ class TrainJob(submitit.helpers.Checkpointable):
             # Rank 0 decides and reports. Leaving with status 0 keeps srun's --kill-on-bad-exit
             # from killing rank 0 before it has requeued the job or written the marker.
             raise SystemExit(0)
-        if _stop_signal(self.run_dir) == "SIGTERM":
-            self._after_sigterm(restart)
+        stopped = _preempted_record(self.run_dir)  # the engine's PREEMPTED: signal, step
+        if stopped.get("signal") == "SIGTERM":
+            self._after_sigterm(restart, stopped.get("step"))
         if restart >= self.max_requeues:
             self._mark_out_of_requeues(restart)
             raise OutOfRequeuesError(f"pre-empted after {restart} requeue(s); max_requeues is "
@@ -241,7 +242,7 @@ class TrainJob(submitit.helpers.Checkpointable):
                   "requeues pre-empted jobs itself reports this", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_PREEMPTED)
 
-    def _after_sigterm(self, restart: int) -> None:
+    def _after_sigterm(self, restart: int, step: int | None) -> None:
         """SIGTERM is what `scancel` sends, and what SLURM sends when it requeues a job itself
         (`scontrol requeue`, PreemptMode=REQUEUE); the requeue signal of this package is SIGUSR2
         (time limit, and pre-emption on clusters with PreemptParameters=send_user_signal).
@@ -254,7 +255,6 @@ class TrainJob(submitit.helpers.Checkpointable):
         restarts = _slurm_restarts(job_id)
         if restarts is None:
             return
-        step = _stopped_at_step(self.run_dir)
         if restarts > restart:
             append_event(self.run_dir, "requeued", job_id=_job_id(), restart=restart,
                          reason="requeued by SLURM (scontrol requeue or pre-emption); "
@@ -319,15 +319,6 @@ def _preempted_record(run_dir: str) -> dict:
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
-
-
-def _stop_signal(run_dir: str) -> str | None:
-    """The signal the engine stopped for (its PREEMPTED file), e.g. 'SIGTERM'."""
-    return _preempted_record(run_dir).get("signal")
-
-
-def _stopped_at_step(run_dir: str) -> int | None:
-    return _preempted_record(run_dir).get("step")
 
 
 def _slurm_restarts(job_id: str) -> int | None:

@@ -174,7 +174,7 @@ def test_resume_with_another_data_layout_is_refused_and_more_steps_are_not(files
     assert proc.returncode == 2, proc.stderr[-2000:]
     error = proc.stderr.strip().splitlines()[-1]
     assert error.startswith("error: config key 'train.resume': checkpoint ")
-    assert "train.batch_size x train.grad_accum 2 -> 4" in error
+    assert "train.batch_size x train.grad_accum x ranks 2 -> 4" in error
     assert "steps per epoch 16 -> 8" in error
     # The same step split in two micro-batches, with sources cut shorter (what the out-of-memory
     # error advises), resumes.

@@ -18,14 +18,18 @@ The interface (every method that touches the engine is collective: all ranks cal
 - `save(engine, state)`: write step `state.step` atomically, rotate, and note the best in
   `best.json`; returns the folder;
 - `load(engine, path, data_layout)`: weights, optimizer, scheduler and this rank's RNG; returns
-  the TrainState; refused when the ranks or the data layout (`data_layout(...)`) differ;
+  the TrainState; refused when the data layout (`data_layout(...)`: the examples of each step)
+  differs. On another number of ranks, a ZeRO checkpoint is first rewritten by DeepSpeed's
+  universal-checkpoint converter (`repartitioned`) and its optimizer states split anew;
 - `load_weights(engine, path)`: only the weights (the way back to the best at the end);
 - `latest()`, `path(step)`, `has(step)`: where the complete checkpoints are.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import io
 import json
 import os
 import pickle
@@ -44,6 +48,8 @@ from . import distributed as D
 from .run_dir import write_json_atomic
 
 SAVE_DELAY_ENV = "SEQ2SEQ_ES_SAVE_DELAY_S"
+# A checkpoint's subfolder, while a resume on another number of ranks reads it (`repartitioned`).
+UNIVERSAL = "universal"
 
 
 def _rng_state() -> dict:
@@ -68,7 +74,7 @@ class TrainState:
     step: int = 0              # optimizer steps done
     epoch: int = 0             # the epoch of the last step done
     step_in_epoch: int = 0     # steps done in that epoch (the next step's position in it)
-    world_size: int = 1        # ranks that wrote it: a resume needs as many (data order, RNG)
+    world_size: int = 1        # ranks that wrote it (one optimizer partition and RNG file each)
     # What gives step_in_epoch its meaning (see `data_layout`): a resume needs the same, or the
     # position would point at other examples and the schedule at another length. None: a state
     # written before the field existed (not checked).
@@ -91,6 +97,8 @@ class TrainState:
         """`world_size` stands in for a state written before the field existed."""
         values = json.loads(text)
         values.setdefault("world_size", world_size)
+        if values.get("data_layout"):
+            values["data_layout"] = _per_step_layout(values["data_layout"], values["world_size"])
         return cls(**values)
 
     @classmethod
@@ -150,6 +158,25 @@ def check_same_storage(path: Path, saved: dict | None, current: dict | None) -> 
                       "OUT in another train.output_dir (optimizer and schedule start afresh)")
 
 
+# The data-layout keys that count a whole step over all ranks. A step's examples depend on these
+# products only (data.sampler, data.token_budget), so a resume on another number of ranks keeps
+# them by changing grad_accum (or batch_size): the refusal names the product and what to set.
+EXAMPLES_PER_STEP = "train.batch_size x train.grad_accum x ranks"
+MICRO_BATCHES_PER_STEP = "train.grad_accum x ranks"
+# The per-rank keys that layouts saved before held (multiplied by the checkpoint's ranks on read).
+_PER_RANK_KEYS = {"train.batch_size x train.grad_accum": EXAMPLES_PER_STEP,
+                  "train.grad_accum": MICRO_BATCHES_PER_STEP}
+
+
+def _per_step_layout(layout: dict, ranks: int) -> dict:
+    out = {}
+    for key, value in layout.items():
+        if key in _PER_RANK_KEYS and _PER_RANK_KEYS[key] not in layout:
+            key, value = _PER_RANK_KEYS[key], value * ranks
+        out[key] = value
+    return out
+
+
 def data_layout(cfg, plan, train_examples: int) -> dict:
     """The settings that decide which examples make up step k of an epoch, and how many steps an
     epoch has (so the position saved in a checkpoint, and the LR schedule, mean the same thing
@@ -158,12 +185,13 @@ def data_layout(cfg, plan, train_examples: int) -> dict:
     layout = {"train.seed": t.seed, "train.batching": t.batching,
               "training examples": train_examples, "steps per epoch": plan.steps_per_epoch}
     if t.batching == "fixed":
-        # A fixed step takes the next batch_size * grad_accum examples of the epoch's order
-        # however it is split, and lengths only cut them, so the out-of-memory advice (lower
-        # batch_size and raise grad_accum, or cut the sources shorter) still resumes.
-        layout["train.batch_size x train.grad_accum"] = t.batch_size * t.grad_accum
+        # A fixed step takes the next batch_size * grad_accum * ranks examples of the epoch's
+        # order however it is split, and lengths only cut them, so the out-of-memory advice
+        # (lower batch_size and raise grad_accum, or cut the sources shorter) still resumes, and
+        # so does a resume on fewer ranks with more accumulation.
+        layout[EXAMPLES_PER_STEP] = t.batch_size * t.grad_accum * plan.world_size
     else:  # the other plans pack micro-batches by token counts, which the lengths change
-        layout.update({"train.grad_accum": t.grad_accum,
+        layout.update({MICRO_BATCHES_PER_STEP: t.grad_accum * plan.world_size,
                        "data.max_source_length": d.max_source_length,
                        "data.max_target_length": d.max_target_length})
     if t.batching == "packed":
@@ -175,15 +203,34 @@ def data_layout(cfg, plan, train_examples: int) -> dict:
     return layout
 
 
-def check_same_layout(path: Path, saved: dict | None, current: dict | None) -> None:
+def check_same_layout(path: Path, saved: dict | None, current: dict | None,
+                      ranks: tuple[int, int] = (1, 1)) -> None:
+    """`ranks`: the checkpoint's and this run's, for the advice when only they changed."""
     if saved is None or current is None or saved == current:
         return
     changed = _changed_keys(saved, current)
     raise ConfigError("train.resume", f"checkpoint {path} was trained with another data layout "
                       f"({'; '.join(changed)}): its position in the epoch would point at other "
                       "examples (some never trained, some twice) and the schedule at another "
-                      "length. Set these back to resume, or start a new run in another "
-                      "train.output_dir (model.path to its final/ to continue from its weights)")
+                      f"length. {_ranks_advice(saved, current, ranks)}Set these back to resume, "
+                      "or start a new run in another train.output_dir (model.path to its final/ "
+                      "to continue from its weights)")
+
+
+def _ranks_advice(saved: dict, current: dict, ranks: tuple[int, int]) -> str:
+    """What keeps a step's size on another number of ranks (said when the ranks changed)."""
+    saved_ranks, now = ranks
+    key = EXAMPLES_PER_STEP if EXAMPLES_PER_STEP in saved else MICRO_BATCHES_PER_STEP
+    if saved_ranks == now or saved.get(key) == current.get(key) or key not in saved:
+        return ""
+    per_rank = "train.batch_size x train.grad_accum" if key == EXAMPLES_PER_STEP else \
+        "train.grad_accum"
+    what = "examples" if key == EXAMPLES_PER_STEP else "micro-batches"
+    if saved[key] % now:
+        return (f"The checkpoint's {saved[key]} {what} per step ({saved_ranks} ranks) do not "
+                f"split evenly over {now} ranks. ")
+    return (f"On {now} rank(s), {per_rank} = {saved[key] // now} keeps the checkpoint's "
+            f"{saved[key]} {what} per step ({saved_ranks} ranks). ")
 
 
 def check_fresh_folder(out: Path, cfg) -> None:
@@ -228,14 +275,67 @@ def check_same_run(path: Path, saved: dict | None, current: dict | None) -> None
                       "train.output_dir")
 
 
-def _deepspeed_load(engine, path: Path, *, scheduler: bool) -> None:
+def _deepspeed_load(engine, path: Path, *, scheduler: bool, universal: bool = False) -> None:
     """DeepSpeed's full load of checkpoint `path` (weights and optimizer states; the
-    learning-rate schedule's too with `scheduler`)."""
-    load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name,
-                                          load_optimizer_states=True,
-                                          load_lr_scheduler_states=scheduler)
+    learning-rate schedule's too with `scheduler`); `universal`: `path` is a universal
+    checkpoint (`Checkpointer.repartitioned`)."""
+    # DeepSpeed reads this switch from its config at load time only; it is set for this one
+    # load, not in the run's config, so later saves and loads stay the ordinary ones.
+    config = engine._config
+    before = config.load_universal_checkpoint
+    config.load_universal_checkpoint = universal
+    try:
+        load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name,
+                                              load_optimizer_states=True,
+                                              load_lr_scheduler_states=scheduler)
+    finally:
+        config.load_universal_checkpoint = before
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+
+
+def _saved_stage(storage: dict | None, engine) -> int:
+    """The ZeRO stage a checkpoint was written at. The storage check has made it and this
+    engine's compatible, so a state from before the field existed is judged by the engine."""
+    stage = (storage or {}).get("dist.zero_stage")
+    return engine.zero_optimization_stage() if stage is None else stage
+
+
+def check_repartitionable(path: Path, saved_ranks: int, world_size: int, stage: int) -> None:
+    """ZeRO-3 checkpoints stay on their number of ranks: DeepSpeed 0.19.8's converter wrote the
+    fp32 weights and Adam moments of a two-rank stage-3 checkpoint that differ from those of the
+    same run at stage 2 (by about one step's update), and the resumed run drifted from the
+    uninterrupted one from its second step. Stages 1-2 resume exactly (tests/test_resume_ranks)."""
+    if stage == 3:
+        raise ConfigError("train.resume", f"checkpoint {path} was written by {saved_ranks} "
+                          f"ranks at ZeRO stage 3 and this run has {world_size}: DeepSpeed's "
+                          "universal checkpoint, which splits a ZeRO checkpoint for another "
+                          "number of ranks, does not restore stage-3 optimizer states exactly. "
+                          f"Resume with {saved_ranks} ranks, or carry its weights into a "
+                          f"new run: `seq2seq-es export {path} OUT`, then train with "
+                          "--model.path OUT in another train.output_dir (optimizer and schedule "
+                          "start afresh)")
+
+
+def convert_to_universal(path: Path, out: Path) -> None:
+    """DeepSpeed's converter (deepspeed.checkpoint.ds_to_universal): checkpoint `path` as one
+    fp32 file per parameter and per optimizer state in `out`, readable by any number of ranks.
+    Our checkpoints carry no Megatron 'universal_checkpoint_info', so the converter is told to
+    add the empty one (inject_missing_state). One process, no worker pool: it runs inside a
+    training rank."""
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = argparse.Namespace(input_folder=str(path), output_folder=str(out),
+                              num_extract_workers=1, num_merge_workers=1,
+                              keep_temp_folder=False, strict=True, inject_missing_state=True)
+    said = io.StringIO()  # its progress lines and bars: shown only with a failure
+    try:
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            ds_to_universal.main(args)
+    except Exception as exc:
+        raise Seq2SeqEsError(f"checkpoint {path} could not be converted for another number of "
+                             f"ranks ({type(exc).__name__}: {exc}); DeepSpeed's converter said:\n"
+                             + said.getvalue()[-2000:]) from exc
 
 
 class Checkpointer:
@@ -315,28 +415,56 @@ class Checkpointer:
     def load(self, engine, path: Path, data_layout: dict | None = None,
              run: dict | None = None, storage: dict | None = None) -> TrainState:
         """Collective: restore weights, optimizer, scheduler, this rank's RNG; return the state.
-        Refused before anything is loaded when the run (task, model), the ranks, the data
-        layout or the storage layout differ; a file that cannot be read is an error naming the
-        checkpoint."""
+        Refused before anything is loaded when the run (task, model), the data layout (the
+        examples of each step) or the storage layout differ; a file that cannot be read is an
+        error naming the checkpoint. Another number of ranks resumes (see `repartitioned`)."""
         state = TrainState.read(path, self.env.world_size)
         check_same_run(path, state.run, run)
-        if state.world_size != self.env.world_size:
-            # The examples of a step are the same however many ranks share them; what a
-            # resume could not restore is each rank's optimizer partition and random stream.
-            raise ConfigError("train.resume", f"checkpoint {path} was written by "
-                              f"{state.world_size} ranks, this run has {self.env.world_size}: "
-                              "its optimizer partitions and per-rank random states are one per "
-                              f"rank. Resume with {state.world_size} ranks, or carry its weights "
-                              f"into a new run: `seq2seq-es export {path} OUT`, then train with "
-                              "--model.path OUT in another train.output_dir (optimizer and "
-                              "schedule start afresh)")
         check_same_storage(path, state.storage, storage)
-        check_same_layout(path, state.data_layout, data_layout)
+        ranks = (state.world_size, self.env.world_size)
+        check_same_layout(path, state.data_layout, data_layout, ranks)
+        # The examples of a step are the same however many ranks share them (data_layout
+        # counts whole steps); what another number of ranks cannot read as saved is ZeRO's one
+        # optimizer partition per rank, which the universal checkpoint splits anew.
+        # Stage 0 keeps our whole optimizer in the module's file, which any number of ranks
+        # reads; ZeRO 1-3 (and bf16 at stage 1, DeepSpeed's BF16_Optimizer) one partition a rank.
+        source, stage = path, _saved_stage(state.storage, engine)
+        if state.world_size != self.env.world_size and stage > 0:
+            check_repartitionable(path, state.world_size, self.env.world_size, stage)
+            source = self.repartitioned(path)
         with self.damaged_files_named(path):
-            _deepspeed_load(engine, path, scheduler=True)
-            rng_file = path / "rng" / f"rank_{self.env.rank}.pt"
+            _deepspeed_load(engine, source, scheduler=True, universal=source != path)
+            # Every rank starts from train.seed, so the saved streams differ only by what each
+            # rank drew; on more ranks than saved, the extra ones continue rank r % saved.
+            rng_file = path / "rng" / f"rank_{self.env.rank % state.world_size}.pt"
             _set_rng_state(torch.load(rng_file, weights_only=False))
+        D.barrier()
+        if source != path and self.env.is_main:  # 12 bytes a parameter: not kept beside it
+            shutil.rmtree(source, ignore_errors=True)
+        if state.world_size != self.env.world_size and self.env.is_main:
+            print(f"checkpoint {path.name} of {state.world_size} rank(s) resumed on "
+                  f"{self.env.world_size}: the same examples per step"
+                  + (", optimizer states split anew (DeepSpeed universal checkpoint)"
+                     if source != path else ""), flush=True)
         return state
+
+    def repartitioned(self, path: Path) -> Path:
+        """Collective: checkpoint `path` as a universal checkpoint (`path/universal`), written
+        by rank 0 under a temporary name; every rank gets the same error if it fails."""
+        target = path / UNIVERSAL
+        failure = None
+        if self.env.is_main and not target.is_dir():
+            tmp = path / (UNIVERSAL + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                convert_to_universal(path, tmp)
+                tmp.rename(target)
+            except Seq2SeqEsError as exc:
+                failure = str(exc)
+        failure = D.broadcast_object(failure)
+        if failure:
+            raise Seq2SeqEsError(failure)
+        return target
 
     @contextlib.contextmanager
     def damaged_files_named(self, path: Path):

@@ -142,8 +142,10 @@ class Trainer:
                                 storage=storage)
         if resume_from is not None:
             self.state = self.ckpt.load(self.engine, resume_from, layout, identity, storage)
-            # equal (or compatible), or a state from before the fields existed
+            # equal (or compatible), or a state from before the fields existed; the ranks may
+            # differ (the next checkpoint is this run's)
             self.state.data_layout, self.state.run, self.state.storage = layout, identity, storage
+            self.state.world_size = env.world_size
             self.say(f"resumed from {resume_from} at step {self.state.step}")
             self.follow_schedule()
         # The step of the newest checkpoint: a step is never saved twice (e.g. a time-based save

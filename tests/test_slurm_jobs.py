@@ -214,9 +214,11 @@ def test_resume_submits_a_stopped_run_again_and_it_finishes(slurm_cluster, tmp_p
     assert f"#   run (last job {first_job})" in out
     # how it ended, so that a failure of its own is not resubmitted unseen
     assert "#     its last job ended OUT_OF_REQUEUES: " in out and "OutOfRequeuesError" in out
-    with pytest.raises(SystemExit):  # the ranks stay: checkpoints hold one world size
-        slurm_main(["resume", str(run_dir), "--nodes", "2", "--yes"])
-    assert "unrecognized arguments: --nodes 2" in capsys.readouterr().err
+    # The probe's jobs are no training: other ranks or train overrides are refused for them
+    # (a training run's are composed and checked: test_slurm_training, test_slurm_resume_changes).
+    assert slurm_main(["resume", str(run_dir), "--nodes", "2", "--yes"]) == 2
+    assert "not training: they resume with their arguments and ranks as submitted" in \
+        capsys.readouterr().err
     assert slurm_main(["resume", str(run_dir), "--max-requeues", "1", "--time", "9",
                        "--cpus-per-task", "1", "--sbatch", "comment=resumed", "--yes"]) == 0
     manifest = load_manifest(run_dir)

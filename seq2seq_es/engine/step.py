@@ -181,7 +181,10 @@ class TrainStep:
                 raise Seq2SeqEsError(
                     f"out of memory at step {step + 1} on batch {shape}: lower train.batch_size "
                     "(and raise train.grad_accum to keep the step size), lower "
-                    "data.max_source_length, or set model.gradient_checkpointing=true") from exc
+                    "data.max_source_length, or set model.gradient_checkpointing=true; the run "
+                    "resumes from its checkpoint with them (--train.resume auto; a SLURM run: "
+                    "seq2seq-es slurm resume RUN -- --train.batch_size B --train.grad_accum A)"
+                    ) from exc
         if self.fp16:  # the scale the next step uses; 1 if this one was skipped
             fp16["overflow_skipped"] = int(fp16_step_skipped(engine, scale_before, skipped_before))
             fp16["loss_scale"] = self.scale = loss_scale(engine)

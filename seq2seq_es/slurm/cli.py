@@ -5,10 +5,12 @@
          [--no-grid] [--data-root DIR] [--max-parallel N] [SLURM options] [--dry-run] [--yes]
          [-- train overrides]
   status SWEEP [--json]            SWEEP: a sweep folder, or a run folder made by `submit`
-  resume SWEEP [--time MIN] [--max-requeues N] [--mem-gb GB] [--partition P] [...] [--dry-run]
-         [--yes]           submit again every run without DONE (stopped, out of requeues,
+  resume SWEEP [--time MIN] [--max-requeues N] [--mem-gb GB] [--partition P] [--nodes N] [...]
+         [--dry-run] [--yes] [-- train overrides]
+                           submit again every run without DONE (stopped, out of requeues,
                            timed out, failed); each resumes from its latest checkpoint, with
-                           new resources if given (not new ranks)
+                           new resources and train overrides if given; on other ranks with
+                           the train.grad_accum that keeps a step's examples
   collect SWEEP | RUN... [--split both|dev|test] [--metrics A,B] [--markdown FILE]
          [--csv FILE] [--png FILE]
                            per model and task the run of the best dev main metric:
@@ -54,7 +56,7 @@ from .sweep import (RUN_FOLDERS_MODE, RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST
                     check_names, check_node_count, check_overrides, check_partition, check_run_dir,
                     check_sweep_dir, compose_run, dry_run_script, gpu_warning, load_manifest,
                     load_runs, new_manifest, parse_grid, partition_gres, pinned_paths, plan_sweep,
-                    relative_paths, require_slurm_clients,
+                    relative_paths, require_slurm_clients, resumed_argv,
                     runs_to_resume, select_pairs, submit, submit_runs, train_argv)
 
 def _warn_without_gpus(config: SlurmConfig) -> None:
@@ -272,19 +274,25 @@ def cmd_collect(argv: list[str], prog: str = "seq2seq-es slurm collect") -> int:
 
 # What `resume` may change: where and with what resources the jobs run. Not the ranks (nodes,
 # GPUs or tasks per node): a run resumes with the world size its checkpoints were saved with.
-RESUME_FLAGS = ("time", "max_requeues", "mem_gb", "cpus_per_task", "partition", "account", "qos",
-                "constraint", "signal_delay_s", "python")
+RESUME_FLAGS = ("nodes", "gpus_per_node", "tasks_per_node", "time", "max_requeues", "mem_gb",
+                "cpus_per_task", "partition", "account", "qos", "constraint", "signal_delay_s",
+                "python")
 
 
 def cmd_resume(argv: list[str]) -> int:
     """Submit again the runs of a submitted sweep (or run folder) that have not finished: their
     arguments already say --train.resume auto, so each continues from its latest checkpoint,
-    with the SLURM settings it was submitted with, except those given here (RESUME_FLAGS and
-    --sbatch)."""
+    with the SLURM settings and train arguments it was submitted with, except those given here
+    (RESUME_FLAGS and --sbatch; train overrides after --)."""
+    own, overrides = split_overrides(argv)
     parser = argparse.ArgumentParser(
         prog="seq2seq-es slurm resume",
-        epilog="The flags replace the settings the runs were submitted with; the number of nodes, "
-               "GPUs and tasks per node stay (a run resumes with the world size it saved with).")
+        usage="%(prog)s SWEEP [SLURM flags] [--dry-run] [--yes] [-- --section.key VALUE ...]",
+        epilog="The flags replace the settings the runs were submitted with, and train overrides "
+               "after -- replace the runs' own (a run that failed on its config, or ran out of "
+               "memory: -- --train.batch_size 2 --train.grad_accum 8). On other nodes, GPUs or "
+               "tasks per node, each run's train.grad_accum is set to keep the examples of a "
+               "step, which its checkpoints need (ZeRO-3 runs keep their ranks).")
     parser.add_argument("sweep", metavar="SWEEP", help="sweep folder, run folder or manifest")
     for flag in RESUME_FLAGS:
         key, kind = SLURM_FLAGS[flag]
@@ -295,7 +303,8 @@ def cmd_resume(argv: list[str]) -> int:
                         help="an sbatch option added to (or replacing) the submitted ones")
     parser.add_argument("--dry-run", action="store_true", help="list the runs only")
     parser.add_argument("--yes", action="store_true", help="submit without asking")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(own)
+    check_overrides(overrides)
     manifest = load_manifest(args.sweep)
     states = query_slurm(run.job_id for run in manifest.runs)
     runs = runs_to_resume(manifest, states)
@@ -316,9 +325,21 @@ def cmd_resume(argv: list[str]) -> int:
         changes["extra_sbatch"] = with_sbatch_options(submitted_extra, args.sbatch)
     config = SlurmConfig.from_mapping({**manifest.slurm, **changes})
     config.check_for_submission()  # before the question, as submit and sweep do
+    ranks = (SlurmConfig.from_mapping(manifest.slurm).world_size, config.world_size)
+    if (overrides or ranks[0] != ranks[1]) and manifest.entry != DEFAULT_ENTRY:
+        raise ConfigError("SWEEP", f"the jobs of {manifest.path} run {manifest.entry}, not "
+                          "training: they resume with their arguments and ranks as submitted")
+    # Every run's new arguments, composed and checked before the question (and for --dry-run).
+    resumed = {run.name: resumed_argv(run, overrides, ranks) if manifest.entry == DEFAULT_ENTRY
+               else (run.argv, []) for run in runs}
+    if ranks[0] != ranks[1]:
+        print(f"# ranks: {ranks[0]} -> {ranks[1]} ({config.nodes} node(s) x "
+              f"{config.ntasks_per_node} task(s))")
     print(f"# {len(runs)} of {len(manifest.runs)} run(s) to resume:")
     for run in runs:
         print(f"#   {run.name} (last job {run.job_id})")
+        for change in resumed[run.name][1]:
+            print(f"#     {change}")
         status = run_status(run, manifest, states)
         if status.failed and status.error:
             # A failure of the run's own (a config or data error) comes back on resume: it
@@ -333,6 +354,9 @@ def cmd_resume(argv: list[str]) -> int:
         return 0
     require_slurm_clients()
     check_partition(config.partition, required=True)
+    check_node_count(config.nodes, config.partition, required=True)
+    for run in runs:
+        run.argv = resumed[run.name][0]
     submit_runs(manifest, runs, config)
     manifest.slurm = config.to_dict()
     manifest.write(manifest.path)

@@ -956,3 +956,76 @@ def runs_to_resume(manifest: Manifest, states: dict[str, Any]) -> list[RunPlan]:
         raise ConfigError("SWEEP", f"run {run.name} still has job {run.job_id} ({state}){more}; "
                           "wait for it to end, or scancel it, before resuming")
     return [run for run in manifest.runs if not (Path(run.run_dir) / run_files.DONE).exists()]
+
+
+# Keys a resumed run keeps: they say which run it is and where it writes.
+RESUME_FIXED_KEYS = ("data.task", "model.name", "train.output_dir", "train.resume")
+
+
+def resumed_argv(run: RunPlan, overrides: list[str],
+                 ranks: tuple[int, int]) -> tuple[list[str], list[str]]:
+    """The train arguments `slurm resume` submits run `run` with, and one line per config key
+    they change: the run's own arguments with `overrides` (dotted options) in place of the same
+    keys, and, on another number of ranks (`ranks`: the submitted and the new), the
+    train.grad_accum that keeps the examples of a step (a resume on another step size is
+    refused by the checkpoint; a sweep's batch axis is the step's size). Composed and checked
+    as at submission, so a bad key or value is refused before sbatch."""
+    from ..config import parse_overrides
+
+    given = parse_overrides(overrides)
+    for key in given:
+        if key in RESUME_FIXED_KEYS:
+            raise ConfigError(key, f"run {run.name} keeps its {key} when resumed (it says which "
+                              "run it is and where it writes); submit a new run for another")
+    before = compose_run(run.task, run.model, run.argv[4:])
+    argv = list(run.argv)
+    for key, value in given.items():
+        argv = _without_key(argv, key) + [f"--{key}", value]
+    if ranks[0] != ranks[1]:
+        argv = _same_step_size(run, before, argv, "train.grad_accum" in given
+                               or "train.batch_size" in given, ranks)
+    after = compose_run(run.task, run.model, argv[4:])
+    argv = pinned_paths(argv, after)
+    old, new = (run_files.flat_run_config(asdict(cfg)) for cfg in (before, after))
+    return argv, [f"{key} {old.get(key)} -> {new.get(key)}" for key in sorted(set(old) | set(new))
+                  if old.get(key) != new.get(key)]
+
+
+def _step_units(cfg) -> tuple[int, str]:
+    """What one rank adds to a step, and its name: examples (fixed batches) or micro-batches
+    (the token plans), as checkpoint.data_layout counts a step."""
+    t = cfg.train
+    if t.batching == "fixed":
+        return t.batch_size * t.grad_accum, "train.batch_size x train.grad_accum"
+    return t.grad_accum, "train.grad_accum"
+
+
+def _same_step_size(run: RunPlan, before, argv: list[str], explicit: bool,
+                    ranks: tuple[int, int]) -> list[str]:
+    old_ranks, new_ranks = ranks
+    old_units, per_rank = _step_units(before)
+    step = old_units * old_ranks
+    what = "examples" if before.train.batching == "fixed" else "micro-batches"
+    current = compose_run(run.task, run.model, argv[4:])
+    if current.dist.zero_stage == 3 and any(
+            (Path(run.run_dir) / run_files.CHECKPOINTS).glob("step_*/" + run_files.TRAINER_STATE)):
+        raise ConfigError("--nodes", f"run {run.name} saved ZeRO-3 checkpoints on {old_ranks} "
+                          f"ranks, which resume on {old_ranks} ranks only (a universal "
+                          "checkpoint does not restore stage-3 optimizer states exactly); keep "
+                          "the nodes and tasks it was submitted with")
+    units, _ = _step_units(current)
+    if units * new_ranks == step:
+        return argv
+    if explicit:
+        raise ConfigError("train.grad_accum", f"run {run.name} takes {step} {what} a step "
+                          f"({per_rank} = {old_units} on each of {old_ranks} ranks); on "
+                          f"{new_ranks} ranks {per_rank} must be {step / new_ranks:g}, not "
+                          f"{units} (its checkpoints resume with the same step only)")
+    unit = current.train.batch_size if current.train.batching == "fixed" else 1
+    if step % (unit * new_ranks):
+        raise ConfigError("--nodes", f"run {run.name} takes {step} {what} a step, which "
+                          f"{new_ranks} ranks of train.batch_size {unit} cannot share evenly; "
+                          f"give -- --train.batch_size B --train.grad_accum A with "
+                          f"{per_rank} = {step / new_ranks:g}, or other nodes")
+    accum = step // (unit * new_ranks)
+    return _without_key(argv, "train.grad_accum") + ["--train.grad_accum", str(accum)]

@@ -1,0 +1,85 @@
+"""`slurm resume` with train overrides after `--` and with other nodes or tasks, before sbatch (no
+cluster; the real resubmission on fewer nodes: test_slurm_training): each run's arguments are
+composed and checked, what changes is listed per run, and on other ranks train.grad_accum keeps
+the examples of a step, which the checkpoints need."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine_runs import demo_files
+from seq2seq_es.slurm.cli import main as slurm_main
+from seq2seq_es.slurm.config import SlurmConfig
+from seq2seq_es.slurm.job import DEFAULT_ENTRY
+from seq2seq_es.slurm.sweep import SWEEP_MANIFEST, load_manifest, new_manifest, plan_runs
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """A submitted two-run sweep (train.batch_size 4 on 2 CPU ranks: 8 examples a step; the
+    second run with ZeRO 3), whose jobs SLURM no longer knows."""
+    files = demo_files(tmp_path / "data", train_size=16)
+    root = tmp_path / "sweep"
+    data = ["--data.train_file", files["train"], "--data.validation_file", files["validation"],
+            "--train.batch_size", "4"]
+    runs = plan_runs(root, [("barto-tiny", "mlsum")], {"dist.zero_stage": ["2", "3"]}, data)
+    config = SlurmConfig(nodes=1, tasks_per_node=2)
+    manifest = new_manifest("sweep", runs, {"dist.zero_stage": ["2", "3"]}, config,
+                            root / "slurm", DEFAULT_ENTRY, data, 1)
+    manifest.submitted = True
+    for run in runs:
+        run.job_id = "999990"
+    root.mkdir(parents=True, exist_ok=True)
+    manifest.write(root / SWEEP_MANIFEST)
+    return root
+
+
+def _resume(sweep, *args) -> int:
+    return slurm_main(["resume", str(sweep), "--dry-run", *args])
+
+
+def test_fewer_ranks_get_the_accumulation_that_keeps_a_steps_examples(sweep, capsys):
+    assert _resume(sweep, "--tasks-per-node", "1") == 0
+    out = capsys.readouterr().out
+    assert "# ranks: 2 -> 1 (1 node(s) x 1 task(s))" in out
+    assert out.count("#     train.grad_accum 1 -> 2") == 2  # each run, 4 x 2 x 1 = 8
+    assert load_manifest(sweep).runs[0].argv[-2:] != ["--train.grad_accum", "2"]  # a dry run
+
+
+def test_a_step_that_does_not_split_over_the_new_ranks_is_refused(sweep, capsys):
+    assert _resume(sweep, "--tasks-per-node", "3") == 2
+    err = capsys.readouterr().err
+    assert "takes 8 examples a step, which 3 ranks of train.batch_size 4 cannot share evenly" in err
+    # given explicitly, a step size the checkpoints cannot resume is refused naming the value
+    assert _resume(sweep, "--tasks-per-node", "1", "--", "--train.grad_accum", "3") == 2
+    assert "on 1 ranks train.batch_size x train.grad_accum must be 8, not 12" in \
+        capsys.readouterr().err
+    # a smaller micro-batch with more accumulation (the out-of-memory advice) is the same step
+    assert _resume(sweep, "--tasks-per-node", "1", "--", "--train.batch_size", "2",
+                   "--train.grad_accum", "4") == 0
+    out = capsys.readouterr().out
+    assert "#     train.batch_size 4 -> 2" in out and "#     train.grad_accum 1 -> 4" in out
+
+
+def test_a_zero3_run_with_checkpoints_keeps_its_ranks(sweep, capsys):
+    zero3 = next(run for run in load_manifest(sweep).runs if "3" in run.name)
+    state = sweep / zero3.name / "checkpoints" / "step_00000002" / "trainer_state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text("{}")
+    assert _resume(sweep, "--tasks-per-node", "1") == 2
+    assert f"run {zero3.name} saved ZeRO-3 checkpoints on 2 ranks" in capsys.readouterr().err
+    assert _resume(sweep, "--time", "30") == 0  # on its own ranks it resumes
+
+
+def test_train_overrides_replace_the_runs_own_and_are_checked(sweep, capsys):
+    assert _resume(sweep, "--", "--optim.lr", "1e-4", "--train.max_steps", "30") == 0
+    out = capsys.readouterr().out
+    assert out.count("#     optim.lr 5e-05 -> 0.0001") == 2
+    assert out.count("#     train.max_steps 0 -> 30") == 2
+    assert "# ranks" not in out and "grad_accum" not in out
+    assert _resume(sweep, "--", "--optim.lrr", "1e-4") == 2
+    assert "optim.lrr" in capsys.readouterr().err
+    assert _resume(sweep, "--", "--train.output_dir", "elsewhere") == 2
+    assert "keeps its train.output_dir when resumed" in capsys.readouterr().err
+    assert _resume(sweep, "--", "--data.train_file", "missing.jsonl") == 2
+    assert "missing.jsonl does not exist" in capsys.readouterr().err

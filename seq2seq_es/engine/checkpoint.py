@@ -302,10 +302,11 @@ def _saved_stage(storage: dict | None, engine) -> int:
 
 
 def check_repartitionable(path: Path, saved_ranks: int, world_size: int, stage: int) -> None:
-    """ZeRO-3 checkpoints stay on their number of ranks: DeepSpeed 0.19.8's converter wrote the
-    fp32 weights and Adam moments of a two-rank stage-3 checkpoint that differ from those of the
-    same run at stage 2 (by about one step's update), and the resumed run drifted from the
-    uninterrupted one from its second step. Stages 1-2 resume exactly (tests/test_resume_ranks)."""
+    """ZeRO-3 checkpoints stay on their number of ranks: DeepSpeed 0.19.8's converter writes the
+    same fp32 weights and Adam moments for a two-rank stage-3 checkpoint as for the same run at
+    stage 2, but its stage-3 universal load does not continue them exactly: resumed on one rank,
+    the first step's loss was the uninterrupted run's and the second's off by 2e-4 (also with
+    weight decay 0), where stages 1-2 match to the bit (tests/test_resume_ranks)."""
     if stage == 3:
         raise ConfigError("train.resume", f"checkpoint {path} was written by {saved_ranks} "
                           f"ranks at ZeRO stage 3 and this run has {world_size}: DeepSpeed's "

@@ -20,7 +20,8 @@ The interface (every method that touches the engine is collective: all ranks cal
 - `load(engine, path, data_layout)`: weights, optimizer, scheduler and this rank's RNG; returns
   the TrainState; refused when the data layout (`data_layout(...)`: the examples of each step)
   differs. On another number of ranks, a ZeRO checkpoint is first rewritten by DeepSpeed's
-  universal-checkpoint converter (`repartitioned`) and its optimizer states split anew;
+  universal-checkpoint converter (`repartitioned`) and its optimizer states split anew (with two
+  repairs of DeepSpeed's stage-3 load: `_restore_group_settings`);
 - `load_weights(engine, path)`: only the weights (the way back to the best at the end);
 - `latest()`, `path(step)`, `has(step)`: where the complete checkpoints are.
 """
@@ -284,14 +285,41 @@ def _deepspeed_load(engine, path: Path, *, scheduler: bool, universal: bool = Fa
     config = engine._config
     before = config.load_universal_checkpoint
     config.load_universal_checkpoint = universal
+    groups = _group_settings(engine)
     try:
         load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name,
                                               load_optimizer_states=True,
                                               load_lr_scheduler_states=scheduler)
     finally:
         config.load_universal_checkpoint = before
+    if universal:
+        _restore_group_settings(engine, groups)
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+
+
+# What a parameter group holds besides its parameters and the rate the schedule sets each step.
+_NOT_GROUP_SETTINGS = ("params", "lr", "initial_lr")
+
+
+def _group_settings(engine) -> list[dict]:
+    torch_optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    return [{key: value for key, value in group.items() if key not in _NOT_GROUP_SETTINGS}
+            for group in torch_optimizer.param_groups]
+
+
+def _restore_group_settings(engine, groups: list[dict]) -> None:
+    """Undo two slips of DeepSpeed 0.19.8's stage-3 universal load. It gives every parameter
+    group the first saved group's settings, so biases and norms decayed after it (the settings
+    are this run's config anyway, so they are put back); and it stores one `step` tensor in the
+    state of every sub-group, which Adam advances in place once per sub-group, so the bias
+    correction ran two steps ahead after the first resumed step."""
+    torch_optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for group, settings in zip(torch_optimizer.param_groups, groups):
+        group.update(settings)
+    for state in torch_optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
 
 
 def _saved_stage(storage: dict | None, engine) -> int:
@@ -299,23 +327,6 @@ def _saved_stage(storage: dict | None, engine) -> int:
     engine's compatible, so a state from before the field existed is judged by the engine."""
     stage = (storage or {}).get("dist.zero_stage")
     return engine.zero_optimization_stage() if stage is None else stage
-
-
-def check_repartitionable(path: Path, saved_ranks: int, world_size: int, stage: int) -> None:
-    """ZeRO-3 checkpoints stay on their number of ranks: DeepSpeed 0.19.8's converter writes the
-    same fp32 weights and Adam moments for a two-rank stage-3 checkpoint as for the same run at
-    stage 2, but its stage-3 universal load does not continue them exactly: resumed on one rank,
-    the first step's loss was the uninterrupted run's and the second's off by 2e-4 (also with
-    weight decay 0), where stages 1-2 match to the bit (tests/test_resume_ranks)."""
-    if stage == 3:
-        raise ConfigError("train.resume", f"checkpoint {path} was written by {saved_ranks} "
-                          f"ranks at ZeRO stage 3 and this run has {world_size}: DeepSpeed's "
-                          "universal checkpoint, which splits a ZeRO checkpoint for another "
-                          "number of ranks, does not restore stage-3 optimizer states exactly. "
-                          f"Resume with {saved_ranks} ranks, or carry its weights into a "
-                          f"new run: `seq2seq-es export {path} OUT`, then train with "
-                          "--model.path OUT in another train.output_dir (optimizer and schedule "
-                          "start afresh)")
 
 
 def convert_to_universal(path: Path, out: Path) -> None:
@@ -431,7 +442,6 @@ class Checkpointer:
         # reads; ZeRO 1-3 (and bf16 at stage 1, DeepSpeed's BF16_Optimizer) one partition a rank.
         source, stage = path, _saved_stage(state.storage, engine)
         if state.world_size != self.env.world_size and stage > 0:
-            check_repartitionable(path, state.world_size, self.env.world_size, stage)
             source = self.repartitioned(path)
         with self.damaged_files_named(path):
             _deepspeed_load(engine, source, scheduler=True, universal=source != path)

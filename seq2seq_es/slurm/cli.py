@@ -292,7 +292,7 @@ def cmd_resume(argv: list[str]) -> int:
                "after -- replace the runs' own (a run that failed on its config, or ran out of "
                "memory: -- --train.batch_size 2 --train.grad_accum 8). On other nodes, GPUs or "
                "tasks per node, each run's train.grad_accum is set to keep the examples of a "
-               "step, which its checkpoints need (ZeRO-3 runs keep their ranks).")
+               "step, which its checkpoints need.")
     parser.add_argument("sweep", metavar="SWEEP", help="sweep folder, run folder or manifest")
     for flag in RESUME_FLAGS:
         key, kind = SLURM_FLAGS[flag]

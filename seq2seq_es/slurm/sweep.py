@@ -1007,12 +1007,6 @@ def _same_step_size(run: RunPlan, before, argv: list[str], explicit: bool,
     step = old_units * old_ranks
     what = "examples" if before.train.batching == "fixed" else "micro-batches"
     current = compose_run(run.task, run.model, argv[4:])
-    if current.dist.zero_stage == 3 and any(
-            (Path(run.run_dir) / run_files.CHECKPOINTS).glob("step_*/" + run_files.TRAINER_STATE)):
-        raise ConfigError("--nodes", f"run {run.name} saved ZeRO-3 checkpoints on {old_ranks} "
-                          f"ranks, which resume on {old_ranks} ranks only (a universal "
-                          "checkpoint does not restore stage-3 optimizer states exactly); keep "
-                          "the nodes and tasks it was submitted with")
     units, _ = _step_units(current)
     if units * new_ranks == step:
         return argv

@@ -121,3 +121,26 @@ def test_one_rank_resumes_on_two(files, tmp_path, stage, precision):
     tolerance = 1e-6 if precision == "fp32" else 1e-4
     assert losses[4] == pytest.approx(expected[4], abs=tolerance)
     assert losses[4] != losses[3]
+
+
+@pytest.mark.slow
+def test_the_best_checkpoint_of_the_old_ranks_is_loaded_at_the_end(files, tmp_path):
+    # The best (step 2, by validation loss) was saved by 2 ranks; the run resumed on one, got
+    # worse (learning rate 5) and must end on the best: it failed with DeepSpeed's "DP world
+    # size of 2" traceback at every attempt, without DONE (found by a review).
+    out = tmp_path / "best"
+    evaluated = ["--train.eval_at_end", "true", "--train.best_metric", "loss",
+                 "--train.eval_test", "false"]
+    run("torchrun", 2, _args(files, out, steps=2, stage=2, extra=evaluated))
+    best_weights = final_weights(out)  # final/ of the first run: its step 2, the best
+    # a conversion left half-removed by a kill must not be reused
+    (out / "checkpoints" / "step_00000002" / UNIVERSAL).mkdir()
+    resumed = run("none", 1, _args(files, out, steps=4, stage=2, extra=evaluated + [
+        "--train.resume", "must", "--train.grad_accum", "2", "--optim.lr", "5"]))
+    assert "best checkpoint: step 2" in resumed.stdout
+    assert (out / "DONE").is_file()
+    got = final_weights(out)
+    assert max((best_weights[k] - got[k]).abs().max().item() for k in got) == 0.0
+    step_folder = out / "checkpoints" / "step_00000002"
+    assert not (step_folder / UNIVERSAL).exists()
+    assert not (step_folder / "latest_universal").exists()

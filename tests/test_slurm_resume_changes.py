@@ -73,3 +73,19 @@ def test_train_overrides_replace_the_runs_own_and_are_checked(sweep, capsys):
     assert "keeps its train.output_dir when resumed" in capsys.readouterr().err
     assert _resume(sweep, "--", "--data.train_file", "missing.jsonl") == 2
     assert "missing.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_a_new_step_size_on_the_same_ranks_is_refused_for_a_run_with_a_checkpoint(sweep, capsys):
+    # The job would be refused by the checkpoint's data layout after waiting in the queue.
+    runs = load_manifest(sweep).runs
+    state = sweep / runs[0].name / "checkpoints" / "step_00000002" / "trainer_state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text("{}")
+    assert _resume(sweep, "--", "--train.batch_size", "2") == 2
+    err = capsys.readouterr().err
+    assert f"run {runs[0].name} takes 8 examples a step" in err
+    assert "must be 4, not 2" in err and "a new step size is a new run" in err
+    # the same step in smaller micro-batches resumes; a run without checkpoints starts afresh
+    assert _resume(sweep, "--", "--train.batch_size", "2", "--train.grad_accum", "2") == 0
+    (sweep / runs[0].name / "checkpoints").rename(sweep / "elsewhere")
+    assert _resume(sweep, "--", "--train.batch_size", "2") == 0

@@ -435,43 +435,55 @@ class Checkpointer:
         check_same_storage(path, state.storage, storage)
         ranks = (state.world_size, self.env.world_size)
         check_same_layout(path, state.data_layout, data_layout, ranks)
-        # The examples of a step are the same however many ranks share them (data_layout
-        # counts whole steps); what another number of ranks cannot read as saved is ZeRO's one
-        # optimizer partition per rank, which the universal checkpoint splits anew.
-        # Stage 0 keeps our whole optimizer in the module's file, which any number of ranks
-        # reads; ZeRO 1-3 (and bf16 at stage 1, DeepSpeed's BF16_Optimizer) one partition a rank.
-        source, stage = path, _saved_stage(state.storage, engine)
-        if state.world_size != self.env.world_size and stage > 0:
-            source = self.repartitioned(path)
+        repartitioned = self._deepspeed_load_any_ranks(engine, path, state, scheduler=True)
         with self.damaged_files_named(path):
-            _deepspeed_load(engine, source, scheduler=True, universal=source != path)
             # Every rank starts from train.seed, so the saved streams differ only by what each
             # rank drew; on more ranks than saved, the extra ones continue rank r % saved.
             rng_file = path / "rng" / f"rank_{self.env.rank % state.world_size}.pt"
             _set_rng_state(torch.load(rng_file, weights_only=False))
-        D.barrier()
-        if source != path and self.env.is_main:  # 12 bytes a parameter: not kept beside it
-            shutil.rmtree(source, ignore_errors=True)
         if state.world_size != self.env.world_size and self.env.is_main:
             print(f"checkpoint {path.name} of {state.world_size} rank(s) resumed on "
                   f"{self.env.world_size}: the same examples per step"
                   + (", optimizer states split anew (DeepSpeed universal checkpoint)"
-                     if source != path else ""), flush=True)
+                     if repartitioned else ""), flush=True)
         return state
+
+    def _deepspeed_load_any_ranks(self, engine, path: Path, state: TrainState, *,
+                                  scheduler: bool) -> bool:
+        """Collective: DeepSpeed's load of checkpoint `path`; whether it went through a
+        universal checkpoint. The examples of a step are the same however many ranks share them
+        (data_layout counts whole steps); what another number of ranks cannot read as saved is
+        ZeRO's one optimizer partition per rank (ZeRO 1-3, and bf16 at stage 1, DeepSpeed's
+        BF16_Optimizer), which the universal checkpoint splits anew. Stage 0 keeps our whole
+        optimizer in the module's file, which any number of ranks reads."""
+        repartition = (state.world_size != self.env.world_size
+                       and _saved_stage(state.storage, engine) > 0)
+        source = self.repartitioned(path) if repartition else path
+        with self.damaged_files_named(path):
+            _deepspeed_load(engine, source, scheduler=scheduler, universal=repartition)
+        D.barrier()
+        if repartition and self.env.is_main:  # 12 bytes a parameter: not kept beside it
+            shutil.rmtree(source, ignore_errors=True)
+        return repartition
 
     def repartitioned(self, path: Path) -> Path:
         """Collective: checkpoint `path` as a universal checkpoint (`path/universal`), written
-        by rank 0 under a temporary name; every rank gets the same error if it fails."""
+        by rank 0 under a temporary name; every rank gets the same error if it fails. Always
+        written afresh: a run killed while removing an earlier one leaves part of it."""
         target = path / UNIVERSAL
         failure = None
-        if self.env.is_main and not target.is_dir():
+        if self.env.is_main:
             tmp = path / (UNIVERSAL + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
+            for old in (target, tmp):
+                shutil.rmtree(old, ignore_errors=True)
             try:
                 convert_to_universal(path, tmp)
                 tmp.rename(target)
             except Seq2SeqEsError as exc:
                 failure = str(exc)
+            finally:
+                # the converter's tag file for Megatron's loader, beside its output
+                (path / "latest_universal").unlink(missing_ok=True)
         failure = D.broadcast_object(failure)
         if failure:
             raise Seq2SeqEsError(failure)
@@ -500,10 +512,11 @@ class Checkpointer:
 
         Goes through DeepSpeed's full load (weights and optimizer partitions, not the scheduler
         or the RNG): the optimizer's fp32 partitions are what ZeRO 1-3 copy back into the
-        module, and this is the path the exact-resume tests cover for every stage. The
-        weights-only route (`load_module_only`) would, under ZeRO-3, consolidate every rank's
-        fp32 shards on every rank and needs a `latest` tag file that these checkpoints do not
-        write.
+        module, and this is the path the exact-resume tests cover for every stage (through a
+        universal checkpoint when the best was saved by another number of ranks before a
+        resume). The weights-only route (`load_module_only`) would, under ZeRO-3, consolidate
+        every rank's fp32 shards on every rank and needs a `latest` tag file that these
+        checkpoints do not write.
         """
-        with self.damaged_files_named(path):
-            _deepspeed_load(engine, path, scheduler=False)
+        state = TrainState.read(path, self.env.world_size)
+        self._deepspeed_load_any_ranks(engine, path, state, scheduler=False)

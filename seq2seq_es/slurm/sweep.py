@@ -981,9 +981,12 @@ def resumed_argv(run: RunPlan, overrides: list[str],
     argv = list(run.argv)
     for key, value in given.items():
         argv = _without_key(argv, key) + [f"--{key}", value]
-    if ranks[0] != ranks[1]:
-        argv = _same_step_size(run, before, argv, "train.grad_accum" in given
-                               or "train.batch_size" in given, ranks)
+    explicit = "train.grad_accum" in given or "train.batch_size" in given
+    saved = bool(run_files.complete_checkpoints(Path(run.run_dir) / run_files.CHECKPOINTS))
+    # On the same ranks a new step size matters only to a checkpoint (which would refuse it
+    # once the job had waited in the queue); on other ranks the step is kept in any case.
+    if ranks[0] != ranks[1] or (explicit and saved):
+        argv = _same_step_size(run, before, argv, explicit, ranks)
     after = compose_run(run.task, run.model, argv[4:])
     argv = pinned_paths(argv, after)
     old, new = (run_files.flat_run_config(asdict(cfg)) for cfg in (before, after))
@@ -1014,7 +1017,8 @@ def _same_step_size(run: RunPlan, before, argv: list[str], explicit: bool,
         raise ConfigError("train.grad_accum", f"run {run.name} takes {step} {what} a step "
                           f"({per_rank} = {old_units} on each of {old_ranks} ranks); on "
                           f"{new_ranks} ranks {per_rank} must be {step / new_ranks:g}, not "
-                          f"{units} (its checkpoints resume with the same step only)")
+                          f"{units} (its checkpoints resume with the same step only; a new "
+                          "step size is a new run)")
     unit = current.train.batch_size if current.train.batching == "fixed" else 1
     if step % (unit * new_ranks):
         raise ConfigError("--nodes", f"run {run.name} takes {step} {what} a step, which "

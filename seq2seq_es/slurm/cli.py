@@ -272,8 +272,8 @@ def cmd_collect(argv: list[str], prog: str = "seq2seq-es slurm collect") -> int:
     return 0
 
 
-# What `resume` may change: where and with what resources the jobs run. Not the ranks (nodes,
-# GPUs or tasks per node): a run resumes with the world size its checkpoints were saved with.
+# What `resume` may change: where and with what resources the jobs run, the ranks included (a
+# checkpoint resumes on other ranks when the step keeps its examples: `sweep.resumed_argv`).
 RESUME_FLAGS = ("nodes", "gpus_per_node", "tasks_per_node", "time", "max_requeues", "mem_gb",
                 "cpus_per_task", "partition", "account", "qos", "constraint", "signal_delay_s",
                 "python")

@@ -457,8 +457,8 @@ def evaluate_main(argv: list[str]) -> int:
 
 def export_main(argv: list[str]) -> int:
     """A DeepSpeed checkpoint's weights as a Hugging Face model folder: what a new run starts
-    from (--model.path) when the checkpoint cannot be resumed (another number of ranks, another
-    ZeRO stage or precision), and what an unfinished run has in place of final/."""
+    from (--model.path) when the checkpoint cannot be resumed (another ZeRO stage or
+    precision, another step size), and what an unfinished run has in place of final/."""
     from ..models import save_model
     from .builders import get_generation_config, get_model
 

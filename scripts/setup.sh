@@ -19,3 +19,9 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
 fi
 .venv/bin/python -m pip install --quiet -e ".[test]"
 .venv/bin/python -c "import seq2seq_es, torch, transformers, deepspeed; print('seq2seq-es ready: torch', torch.__version__, 'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__)"
+# On CPUs DeepSpeed compiles its shared-memory collectives at the first process group of a
+# machine (minutes on 2 cores, in silence inside the first command otherwise): done here once,
+# with a line saying so (nothing when the cache already holds it).
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+  .venv/bin/python -c "from seq2seq_es.engine import distributed as D; D.init(D.read_env({}), 'gloo'); D.close()"
+fi

@@ -5,6 +5,7 @@ there for 30 minutes when another process held that port by then)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -70,3 +71,27 @@ def test_nccl_without_cuda_is_one_config_error(monkeypatch):
 
     with pytest.raises(ConfigError, match="config key 'dist.backend': nccl needs CUDA GPUs"):
         D.init(D.read_env({}), "nccl")
+
+
+def test_a_first_cpu_run_says_it_builds_deepspeeds_extension_and_an_old_lock_is_named(
+        tmp_path, monkeypatch):
+    # The first CPU run of a machine stalled for minutes without a word (a walkthrough timed
+    # 167 s), and a lock left by a killed build kept every later run waiting for ever.
+    import time
+
+    from seq2seq_es.engine.distributed import CPU_EXTENSION, STALE_LOCK_S, cpu_extension_note
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    note = cpu_extension_note()
+    assert note.startswith("building DeepSpeed's CPU communication extension into ")
+    folder = next(tmp_path.rglob(CPU_EXTENSION))  # where torch builds it
+    assert str(folder) in note
+    (folder / f"{CPU_EXTENSION}.so").write_bytes(b"")
+    assert cpu_extension_note() is None  # built: nothing to say
+    lock = folder / "lock"
+    lock.write_text("")
+    assert cpu_extension_note() is None  # a fresh lock: another rank or job is building
+    old = time.time() - STALE_LOCK_S - 120
+    os.utime(lock, (old, old))
+    note = cpu_extension_note()
+    assert f"waits for the lock {lock} (12 min old)" in note and "delete that file" in note

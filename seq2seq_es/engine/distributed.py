@@ -282,6 +282,36 @@ _LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_
 _environ_before_init: dict[str, str | None] | None = None
 
 
+# DeepSpeed's shared-memory collectives for CPUs, compiled by torch on a machine's first CPU run
+# into its extension cache (TORCH_EXTENSIONS_DIR), under a lock file that every later start
+# takes a moment and that torch waits on for ever when a killed process left it.
+CPU_EXTENSION = "deepspeed_shm_comm"
+STALE_LOCK_S = 600  # a build takes a few minutes on 2 cores; an older lock is likely left over
+
+
+def cpu_extension_note(now: float | None = None) -> str | None:
+    """What to say before DeepSpeed starts on CPUs: that it compiles its extension (a silent
+    stall of minutes at a first run), or that an old lock file will keep it waiting."""
+    import time
+
+    from torch.utils.cpp_extension import _get_build_directory
+
+    folder = _get_build_directory(CPU_EXTENSION, verbose=False)
+    lock = os.path.join(folder, "lock")
+    try:
+        age = (time.time() if now is None else now) - os.stat(lock).st_mtime
+    except OSError:
+        age = None
+    if age is not None and age > STALE_LOCK_S:
+        return (f"note: DeepSpeed waits for the lock {lock} ({age / 60:.0f} min old) before "
+                f"building or loading its CPU extension; if no other process is building it (a "
+                "run killed while building leaves the lock), delete that file")
+    if not os.path.exists(os.path.join(folder, f"{CPU_EXTENSION}.so")):
+        return (f"building DeepSpeed's CPU communication extension into {folder} (once per "
+                "machine and torch version; a few minutes on 2 cores)")
+    return None
+
+
 def init(env: DistEnv, backend: str = "auto", timeout_min: int = 30) -> None:
     """Start the process group (also for one process: DeepSpeed needs one)."""
     global _environ_before_init
@@ -309,6 +339,9 @@ def init(env: DistEnv, backend: str = "auto", timeout_min: int = 30) -> None:
         torch.cuda.set_device(env.device)
     else:  # DeepSpeed would warn at import that it found no GPU, on every CPU run
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # close() takes it back: child processes
+        note = cpu_extension_note() if env.local_rank == 0 else None
+        if note:
+            print(note, flush=True)
     import deepspeed
 
     # On CPUs DeepSpeed prints "... deepspeed_shm_comm_op built successfully" on every start of

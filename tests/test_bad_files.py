@@ -50,7 +50,7 @@ def test_invalid_utf8_in_any_column_is_a_bad_line(tmp_path, cache):
         assert examples.num_rows == 3 and report.rows_read == 4
         assert report.skipped == {"not valid UTF-8": 1}
         assert report.skipped_rows == {"not valid UTF-8": [3]}
-        assert "lines 3" in str(report)
+        assert "(line 3)" in str(report)
         err = refused(path, cache, skip_bad_rows=False)
         assert err.line == 3 and "UTF-8" in str(err) and "line 3" in str(err)
 

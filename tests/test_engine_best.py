@@ -74,7 +74,7 @@ def test_the_data_report_is_kept_in_the_run_folder(workdir, files):
     assert train["examples"] == 16 and train["skipped_total"] == 1
     assert train["first_skipped"] == {"not valid JSON": [17]} and train["numbered_by"] == "lines"
     assert report["test"]["examples"] == 4 and report["test"]["truncation"]["examples"] == 4
-    assert "not valid JSON: 1 (lines 17)" in output  # also said on the console
+    assert "not valid JSON: 1 (line 17)" in output  # also said on the console
 
 
 def eval_records(out: Path, prefix: str = "eval") -> dict[int, dict]:

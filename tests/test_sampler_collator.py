@@ -106,3 +106,12 @@ def test_the_plan_says_how_large_a_step_is_and_what_an_epoch_leaves_out():
         "epoch",
         "6 training examples per epoch do not fill a last step and are left out of that epoch "
         "(the order changes each epoch)"]
+
+
+def test_the_batch_summary_counts_one_step_in_the_singular():
+    from seq2seq_es.data.sampler import StepPlan
+
+    assert StepPlan(16, 4, 2, 2, 0).summary() == [
+        "batches: 4 examples per rank x 2 accumulated x 2 rank(s) = 16 per step, "
+        "1 step per epoch"]
+    assert StepPlan(32, 4, 2, 2, 0).summary()[0].endswith(", 2 steps per epoch")

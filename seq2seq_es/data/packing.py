@@ -56,7 +56,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from .collator import LABEL_PAD, Seq2SeqCollator
-from .sampler import dropped_note
+from .sampler import dropped_note, per_epoch
 from .token_budget import StepIteration, _check_lengths, _generator
 
 # Marks a feature of the training split as one to pack (see mark_packed).
@@ -304,7 +304,7 @@ class PackedPlan(StepIteration):
         return (f"packed batches: {self.num_examples} examples in {self.num_rows} rows of "
                 f"{self.source_len} + {self.target_len} tokens, {self.rows} rows per micro-batch "
                 f"x {self.grad_accum} accumulated x {self.world_size} rank(s) per step, "
-                f"{self.steps_per_epoch} steps per epoch; {packed:.1%} padding in "
+                f"{per_epoch(self.steps_per_epoch)}; {packed:.1%} padding in "
                 f"epoch 0 (one example per row, random order: {unpacked:.1%})")
 
 

@@ -18,6 +18,11 @@ from dataclasses import dataclass
 import torch
 
 
+def per_epoch(steps: int) -> str:
+    """'N steps per epoch', as every plan's summary says it ('1 step per epoch')."""
+    return f"{steps} step{'' if steps == 1 else 's'} per epoch"
+
+
 def dropped_note(count: int) -> list[str]:
     """The line every plan prints when an epoch leaves examples out (none when it does not)."""
     if not count:
@@ -52,7 +57,7 @@ class StepPlan:
         batch, so more ranks make a larger step under the same learning rate."""
         return [f"batches: {self.batch_size} examples per rank x {self.grad_accum} accumulated "
                 f"x {self.world_size} rank(s) = {self.global_batch} per step, "
-                f"{self.steps_per_epoch} steps per epoch"] + dropped_note(self.dropped_per_epoch)
+                f"{per_epoch(self.steps_per_epoch)}"] + dropped_note(self.dropped_per_epoch)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .sampler import dropped_note
+from .sampler import dropped_note, per_epoch
 
 # Separate random streams per epoch: the length tie-break, the step order and the random-order
 # comparison must not share draws, or changing one would change the others.
@@ -181,8 +181,7 @@ def budget_step_note(plan) -> str:
     """How large a step of a token-budget plan (token-budget, bucketed) is: the budget is per
     micro-batch and rank, so more ranks or accumulation make a larger step."""
     return (f"batches: up to {plan.max_tokens} padded tokens per micro-batch x {plan.grad_accum} "
-            f"accumulated x {plan.world_size} rank(s) per step, {plan.steps_per_epoch} steps per "
-            "epoch")
+            f"accumulated x {plan.world_size} rank(s) per step, {per_epoch(plan.steps_per_epoch)}")
 
 
 def budget_padding_note(plan) -> str:

@@ -103,7 +103,8 @@ class LoadReport:
             for reason, count in self.skipped.items():
                 rows = ", ".join(map(str, self.skipped_rows[reason]))
                 more = ", ..." if count > len(self.skipped_rows[reason]) else ""
-                parts.append(f"{reason}: {count} ({label} {rows}{more})")
+                one = count == 1 and not more
+                parts.append(f"{reason}: {count} ({label[:-1] if one else label} {rows}{more})")
             total = self.total_skipped
             text += (f"; skipped {total} bad row{'s' if total != 1 else ''} ({numbered}): "
                      + "; ".join(parts))

@@ -113,9 +113,20 @@ def cmd_predict(argv: list[str]) -> int:
     return predict_main(argv)
 
 
+def _deepspeed_on_cpu_quietly() -> None:
+    """For commands that import DeepSpeed without a process group (export, convert-led): on a
+    machine without CUDA, name the CPU accelerator, as distributed.init does, instead of
+    DeepSpeed's warning that it 'was unable to detect' a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def cmd_export(argv: list[str]) -> int:
     from .engine.inference import export_main
 
+    _deepspeed_on_cpu_quietly()
     return export_main(argv)
 
 
@@ -134,6 +145,7 @@ def cmd_score(argv: list[str]) -> int:
 def cmd_convert_led(argv: list[str]) -> int:
     from .models.convert_led import convert_led_main
 
+    _deepspeed_on_cpu_quietly()
     return convert_led_main(argv)
 
 

@@ -2,6 +2,7 @@
 `seq2seq-es config` (the resolved YAML, which `--config` composes back to the same config)."""
 
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -192,3 +193,21 @@ def test_list_shows_each_tasks_columns_and_main_metric(capsys):
     assert "main: rougeL  metrics: rouge, exact_match, token_f1" in out
     assert "columns: question, context, answers{text}" in out
     assert "columns: translation{en, es}" in out and "columns: Speaker, Utterance, Dialogue_ID" in out
+
+
+def test_export_and_convert_led_name_the_cpu_accelerator_instead_of_deepspeeds_warning():
+    # A walkthrough saw DeepSpeed's "Setting accelerator to CPU ... we were unable to detect it"
+    # on every export and convert-led (commands that import DeepSpeed without a process group).
+    code = ("from seq2seq_es.cli import _deepspeed_on_cpu_quietly as quiet\n"
+            "{call}\n"
+            "from deepspeed.accelerator import get_accelerator\n"
+            "print(get_accelerator().device_name())")
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    said = {}
+    for name, call in (("quiet", "quiet()"), ("plain", "pass")):
+        proc = subprocess.run([sys.executable, "-c", code.format(call=call)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        said[name] = proc.stdout + proc.stderr
+    assert "unable to detect" in said["plain"]  # what DeepSpeed says on its own here
+    assert "unable to detect" not in said["quiet"] and said["quiet"].strip().endswith("cpu")

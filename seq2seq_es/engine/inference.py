@@ -511,7 +511,8 @@ def parse_predict_args(argv: list[str]):
         prog="seq2seq-es predict", allow_abbrev=False,
         description="Generate for every row of a file. Input .jsonl: one object per line, with "
                     "the task's columns when --task is given (e.g. question and context for "
-                    "sqac), else a 'source' field; plain text: one source per line (.json, "
+                    "sqac), else a 'source' field, else the columns of the run's own task "
+                    "(a test file of its data); plain text: one source per line (.json, "
                     ".csv, .tsv, .parquet are refused: convert them). "
                     "Output .jsonl: {source, prediction} per row; otherwise one prediction per "
                     "line. --gen.KEY VALUE and --dist.zero_stage N override the run's config.")

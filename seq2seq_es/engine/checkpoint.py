@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import io
 import json
+import logging
 import os
 import pickle
 import random
@@ -286,12 +287,19 @@ def _deepspeed_load(engine, path: Path, *, scheduler: bool, universal: bool = Fa
     before = config.load_universal_checkpoint
     config.load_universal_checkpoint = universal
     groups = _group_settings(engine)
+    # A universal load warns "MPU is not provided, setting tp size to 1" (Megatron's tensor
+    # parallelism, which these models do not use) on every rank: errors only, for this load.
+    from deepspeed.utils import logger as deepspeed_logger
+    level = deepspeed_logger.level
+    if universal:
+        deepspeed_logger.setLevel(logging.ERROR)
     try:
         load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name,
                                               load_optimizer_states=True,
                                               load_lr_scheduler_states=scheduler)
     finally:
         config.load_universal_checkpoint = before
+        deepspeed_logger.setLevel(level)
     if universal:
         _restore_group_settings(engine, groups)
     if load_path is None:

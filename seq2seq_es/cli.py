@@ -114,13 +114,11 @@ def cmd_predict(argv: list[str]) -> int:
 
 
 def _deepspeed_on_cpu_quietly() -> None:
-    """For commands that import DeepSpeed without a process group (export, convert-led): on a
-    machine without CUDA, name the CPU accelerator, as distributed.init does, instead of
-    DeepSpeed's warning that it 'was unable to detect' a GPU."""
-    import torch
+    """For commands that import DeepSpeed without a process group (export, convert-led), as
+    distributed.init does for the others."""
+    from .engine.distributed import name_cpu_accelerator
 
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    name_cpu_accelerator()
 
 
 def cmd_export(argv: list[str]) -> int:

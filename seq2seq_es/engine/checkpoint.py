@@ -286,7 +286,7 @@ def _deepspeed_load(engine, path: Path, *, scheduler: bool, universal: bool = Fa
     config = engine._config
     before = config.load_universal_checkpoint
     config.load_universal_checkpoint = universal
-    groups = _group_settings(engine)
+    groups = _group_settings(engine) if universal else None
     # A universal load warns "MPU is not provided, setting tp size to 1" (Megatron's tensor
     # parallelism, which these models do not use) on every rank: errors only, for this load.
     from deepspeed.utils import logger as deepspeed_logger

@@ -282,6 +282,13 @@ _LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_
 _environ_before_init: dict[str, str | None] | None = None
 
 
+def name_cpu_accelerator() -> None:
+    """On a machine without CUDA, tell DeepSpeed its accelerator is the CPU (DS_ACCELERATOR),
+    instead of its warning at import that it 'was unable to detect' a GPU."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 # DeepSpeed's shared-memory collectives for CPUs, compiled by torch on a machine's first CPU run
 # into its extension cache (TORCH_EXTENSIONS_DIR), under a lock file that every later start
 # takes a moment and that torch waits on for ever when a killed process left it.
@@ -337,8 +344,8 @@ def init(env: DistEnv, backend: str = "auto", timeout_min: int = 30) -> None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(env.device)
-    else:  # DeepSpeed would warn at import that it found no GPU, on every CPU run
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # close() takes it back: child processes
+    else:
+        name_cpu_accelerator()  # close() takes it back: child processes
         note = cpu_extension_note() if env.local_rank == 0 else None
         if note:
             print(note, flush=True)

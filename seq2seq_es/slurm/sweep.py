@@ -983,11 +983,14 @@ def resumed_argv(run: RunPlan, overrides: list[str],
         argv = _without_key(argv, key) + [f"--{key}", value]
     explicit = "train.grad_accum" in given or "train.batch_size" in given
     saved = bool(run_files.complete_checkpoints(Path(run.run_dir) / run_files.CHECKPOINTS))
+    after = compose_run(run.task, run.model, argv[4:])
     # On the same ranks a new step size matters only to a checkpoint (which would refuse it
     # once the job had waited in the queue); on other ranks the step is kept in any case.
     if ranks[0] != ranks[1] or (explicit and saved):
-        argv = _same_step_size(run, before, argv, explicit, ranks)
-    after = compose_run(run.task, run.model, argv[4:])
+        accum = _step_keeping_accum(run, before, after, explicit, ranks)
+        if accum is not None:
+            argv = _without_key(argv, "train.grad_accum") + ["--train.grad_accum", str(accum)]
+            after = compose_run(run.task, run.model, argv[4:])
     argv = pinned_paths(argv, after)
     old, new = (run_files.flat_run_config(asdict(cfg)) for cfg in (before, after))
     return argv, [f"{key} {old.get(key)} -> {new.get(key)}" for key in sorted(set(old) | set(new))
@@ -1003,16 +1006,18 @@ def _step_units(cfg) -> tuple[int, str]:
     return t.grad_accum, "train.grad_accum"
 
 
-def _same_step_size(run: RunPlan, before, argv: list[str], explicit: bool,
-                    ranks: tuple[int, int]) -> list[str]:
+def _step_keeping_accum(run: RunPlan, before, current, explicit: bool,
+                        ranks: tuple[int, int]) -> int | None:
+    """The train.grad_accum that keeps run `run`'s step (`before`: as submitted) with the
+    resumed config `current` on the new ranks; None where it already does. Refuses what
+    cannot keep it."""
     old_ranks, new_ranks = ranks
     old_units, per_rank = _step_units(before)
     step = old_units * old_ranks
     what = "examples" if before.train.batching == "fixed" else "micro-batches"
-    current = compose_run(run.task, run.model, argv[4:])
     units, _ = _step_units(current)
     if units * new_ranks == step:
-        return argv
+        return None
     if explicit:
         raise ConfigError("train.grad_accum", f"run {run.name} takes {step} {what} a step "
                           f"({per_rank} = {old_units} on each of {old_ranks} ranks); on "
@@ -1025,5 +1030,4 @@ def _same_step_size(run: RunPlan, before, argv: list[str], explicit: bool,
                           f"{new_ranks} ranks of train.batch_size {unit} cannot share evenly; "
                           f"give -- --train.batch_size B --train.grad_accum A with "
                           f"{per_rank} = {step / new_ranks:g}, or other nodes")
-    accum = step // (unit * new_ranks)
-    return _without_key(argv, "train.grad_accum") + ["--train.grad_accum", str(accum)]
+    return step // (unit * new_ranks)

@@ -8,7 +8,8 @@ import is resolved against its module's package; `from pkg import name` is an ed
 pkg.name when there is one, else to pkg. Nothing is imported, so this runs in a second.
 
 Layers, bottom up:
-  errors, run_files        import nothing of the package (run_files: errors at most)
+  errors, run_files, line_files
+                           import nothing of the package (run_files: errors at most)
   config, config_help, metrics_log, models, tasks, metrics, data, kernels
                            never import engine, cli, slurm, bench or demo
   engine, bench, demo, slurm, cli
@@ -24,7 +25,7 @@ import seq2seq_es
 PACKAGE_DIR = Path(seq2seq_es.__file__).resolve().parent
 PACKAGE = PACKAGE_DIR.name
 
-BOTTOM = {"errors": set(), "run_files": {"errors"}}  # module -> what it may import of the package
+BOTTOM = {"errors": set(), "run_files": {"errors"}, "line_files": set()}  # module -> what it may import of the package
 LOWER = ("config", "config_help", "metrics_log", "models", "tasks", "metrics", "data", "kernels")
 UPPER = ("engine", "cli", "slurm", "bench", "demo")
 

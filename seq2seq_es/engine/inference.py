@@ -34,6 +34,7 @@ from pathlib import Path
 
 from .. import run_files
 from ..errors import ConfigError, Seq2SeqEsError
+from ..line_files import split_lines
 from . import distributed as D
 from .progress import quiet_library_progress
 
@@ -511,7 +512,8 @@ def parse_predict_args(argv: list[str]):
         prog="seq2seq-es predict", allow_abbrev=False,
         description="Generate for every row of a file. Input .jsonl: one object per line, with "
                     "the task's columns when --task is given (e.g. question and context for "
-                    "sqac), else a 'source' field, else the columns of the run's own task "
+                    "sqac; a dialogue task's rows are whole histories in a 'source' field), "
+                    "else a 'source' field, else the columns of the run's own task "
                     "(a test file of its data); plain text: one source per line (.json, "
                     ".csv, .tsv, .parquet are refused: convert them). "
                     "Output .jsonl: {source, prediction} per row; otherwise one prediction per "
@@ -579,7 +581,12 @@ def source_of(row, task, file: Path, line: int, run_task=None) -> str:
             return _field(pair, formatter.source_lang, file, line,
                           f"{formatter.column}.{formatter.source_lang}")
         return _field(row, formatter.source_lang, file, line)
-    # Dialogue: a history is many rows; take it formatted ("Speaker: text" turns, one a line).
+    # Dialogue: a history is many rows (one turn each), so a row here is a formatted history.
+    if "source" not in row and set(formatter.required_columns()) & set(row):
+        raise InputError(file, line, f"a {task.name} data row holds one turn of a dialogue; "
+                                     "predict takes one history a row: a 'source' field with "
+                                     "the earlier turns as 'Speaker: text', one a line (as "
+                                     "the run's examples hold them)")
     return _field(row, "source", file, line)
 
 
@@ -606,7 +613,7 @@ def read_sources(path: Path, task, run_task=None) -> list[str]:
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[:exc.start].count(b"\n") + 1
         raise InputError(path, line, "not UTF-8 text") from None
-    lines = text.splitlines()
+    lines = split_lines(text)  # only "\n" ends a line, as in the files `score` reads
     sources = []
     if path.suffix.lower() == ".jsonl":
         for n, raw in enumerate(lines, start=1):

@@ -51,6 +51,7 @@ def test_word_tokens_keep_spanish_words_whole():
     ("Compró pan, etc. Luego salió.", ["Compró pan, etc.", "Luego salió."]),
     ("Dijo: «Me voy.» Y se fue.", ["Dijo: «Me voy.»", "Y se fue."]),
     ("Primera línea\nsegunda línea", ["Primera línea", "segunda línea"]),
+    ("—¿Vienes? —Sí, claro.", ["—¿Vienes?", "—Sí, claro."]),
     ("  \n", []),
 ])
 def test_split_sentences_spanish(text, expected):
@@ -449,8 +450,16 @@ def test_score_with_a_task_reads_the_tasks_own_data_file_as_references(tmp_path,
     assert score_main(["--task", "sqac", "--predictions", one, "--references", broken]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["exact_match"] == 100.0
-    assert (f"{broken}: read as a sqac data file (--task); skipped 1 bad row(s) as training "
-            "and predict do: line 2: column 'answers.text' no answer") in captured.err
+    assert (f"{broken}: read as a sqac data file (--task); left out 1 bad row(s), as a run's "
+            "scoring does: line 2: column 'answers.text' no answer") in captured.err
+    # predict writes a prediction for every row it reads (the second row's question and
+    # context are fine): the prediction of the row a run leaves out is left out too.
+    two = _write(tmp_path / "two_answers.txt", "Madrid\nel sol\n")
+    assert score_main(["--task", "sqac", "--predictions", two, "--references", broken]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["exact_match"] == 100.0
+    assert (f"{two}: one prediction per data row of {broken} (as predict writes them); the "
+            "predictions of the 1 row(s) a run does not score are left out") in captured.err
     # A line that is not UTF-8, first or not, is skipped as training skips it.
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_bytes("{\"question\": \"canción\"\n".encode("latin-1")
@@ -470,6 +479,54 @@ def test_score_with_a_task_reads_the_tasks_own_data_file_as_references(tmp_path,
     # Without --task such a file is not guessed at: one error says what a line must hold.
     assert score_main(["--metric", "rouge", "--predictions", predictions, "--references", data]) == 2
     assert f"file {data}, line 1: expected a string" in capsys.readouterr().err
+
+
+def test_score_with_a_task_reads_every_data_format_training_reads(tmp_path, capsys):
+    rows = [{"text": "Texto uno.", "summary": "Llueve en Madrid."},
+            {"text": "Texto dos.", "summary": "Sale el sol."}]
+    predictions = _write(tmp_path / "pred.txt", "Llueve en Madrid.\nSale el sol.\n")
+    # A JSON array (once read as two text lines of JSON and scored 50 with exit 0), Parquet
+    # (once "not valid UTF-8"), and a .jsonl whose first row lacks a column (once taken for a
+    # references file and refused as one).
+    array = _write(tmp_path / "test.json", "[" + json.dumps(rows[0], ensure_ascii=False) + ",\n"
+                   + json.dumps(rows[1], ensure_ascii=False) + "]\n")
+    pandas = pytest.importorskip("pandas")
+    parquet = str(tmp_path / "test.parquet")
+    pandas.DataFrame(rows).to_parquet(parquet)
+    first_bad = _write(tmp_path / "first_bad.jsonl", '{"text": "Sin resumen."}\n' + "".join(
+        json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    for data in (array, parquet, first_bad):
+        assert score_main(["--task", "mlsum", "--predictions", predictions, "--references",
+                           data]) == 0, data
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["rouge1"] == 100.0, data
+    assert "line 1: column 'summary' missing value" in captured.err
+    # A missing column is training's one error, not a note per row.
+    renamed = _write(tmp_path / "renamed.csv", "text,resumen\nUno.,Dos.\n")
+    assert score_main(["--task", "mlsum", "--predictions", predictions, "--references",
+                       renamed]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: file {renamed}, column 'summary': missing column 'summary' (the task needs "
+        "text, summary); columns found: text, resumen")
+    # Neither one per example nor one per row: both counts are named.
+    one = _write(tmp_path / "one.txt", "Llueve en Madrid.\n")
+    assert score_main(["--task", "mlsum", "--predictions", one, "--references", first_bad]) == 2
+    assert (f"error: {one} has 1 predictions but {first_bad} has 2 references (of its 3 data "
+            "rows)") in capsys.readouterr().err
+
+
+def test_an_empty_parquet_file_is_said_to_hold_no_rows(tmp_path):
+    pandas = pytest.importorskip("pandas")
+    from seq2seq_es.errors import DataError
+    from seq2seq_es.tasks.loading import load_examples
+
+    path = str(tmp_path / "empty.parquet")
+    pandas.DataFrame({"text": pandas.Series([], dtype=str),
+                      "summary": pandas.Series([], dtype=str)}).to_parquet(path)
+    with pytest.raises(DataError) as error:
+        load_examples("mlsum", "test", data_files={"test": path}, cache_dir=str(tmp_path / "c"))
+    assert str(error.value) == (f"file {path}: holds no rows (a Parquet file with its columns "
+                                "and 0 rows)")
 
 
 def test_score_main_errors_name_the_file(tmp_path, capsys):

@@ -5,9 +5,11 @@
 
 Files hold one example per line (UTF-8; a final newline and Windows line endings are fine).
 A references file ending in ``.jsonl`` holds one JSON value per line: a string, or a list of
-strings for several references. With --task, the task's own data file (.jsonl, .csv, .tsv) gives
-each example's references as a run scores them. Errors name the file and its 1-based line. Every line of a plain file is one example, empty lines
-included, so an empty prediction is scored rather than skipped.
+strings for several references. With --task, the task's own data file (.jsonl, .json, .csv, .tsv,
+.parquet) gives each example's references as a run scores them; predictions may then be one per
+scored example or one per data row (predict's output for the same file). Errors name the file
+and its 1-based line. Every line of a plain file is one example, empty lines included, so an
+empty prediction is scored rather than skipped.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from seq2seq_es.errors import DataError, Seq2SeqEsError
+from seq2seq_es.line_files import split_lines
 
 EM_CONVENTION_CHOICES = ("strict", "squad", "mlqa-es", "loose")
 F1_CONVENTION_CHOICES = ("words", "squad", "mlqa-es", "whitespace-membership")
@@ -34,22 +38,15 @@ def _read_bytes(path: str) -> bytes:
         raise DataError(f"cannot read it ({error.strerror})", file=path) from None
 
 
-def _read_text(path: str) -> str:
+def read_lines(path: str) -> list[str]:
+    """One string per line (line_files.split_lines: only "\\n" ends a line)."""
     raw = _read_bytes(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise DataError("not valid UTF-8", file=path,
                         line=raw[:error.start].count(b"\n") + 1) from None
-    return text.removeprefix("\ufeff")
-
-
-def read_lines(path: str) -> list[str]:
-    """One string per line. Only "\\n" ends a line, so U+2028 and the like stay inside one."""
-    lines = _read_text(path).split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line.removesuffix("\r") for line in lines]
+    return split_lines(text)
 
 
 def _jsonl_values(path: str) -> list[tuple[int, object]]:
@@ -94,20 +91,43 @@ def read_sources(path: str) -> list[str]:
     return sources
 
 
-def read_references(path: str, task=None) -> list[str] | list[list[str]]:
+@dataclass
+class TaskReferences:
+    """What a run of a task scores in its data file: each example's references, and which of the
+    file's data rows gave them (`scored_rows`, where a row gives at most one example: every
+    task but dialogue), to line up predict's output, which has one prediction per row."""
+
+    references: list[list[str]]
+    rows: int
+    scored_rows: list[int] | None
+
+    def rows_to_score(self, predictions: int, predictions_path: str, path: str) -> list[int] | None:
+        """The predictions to keep: None for all (one per scored example), or the scored rows'
+        when there is one prediction per data row (what predict writes for the same file)."""
+        if (predictions == len(self.references) or self.scored_rows is None
+                or predictions != self.rows):
+            return None
+        print(f"{predictions_path}: one prediction per data row of {path} (as predict writes "
+              f"them); the predictions of the {self.rows - len(self.references)} row(s) a run "
+              "does not score are left out", file=sys.stderr)
+        return self.scored_rows
+
+
+TASK_DATA_SUFFIXES = (".csv", ".tsv", ".json", ".parquet")
+
+
+def read_references(path: str, task=None) -> list[str] | list[list[str]] | TaskReferences:
     """Plain lines, or for ``.jsonl`` one string or list of strings per line, or an object with
     "scored_references" or "reference" (evaluate's predictions.jsonl: what it scored against).
-    With `task` (a TaskSpec), also the task's own data file (.jsonl or .csv/.tsv rows with its
-    columns): each example's references as a run of the task scores them (QA: every answer)."""
-    if task is not None and path.endswith((".csv", ".tsv")):
+    With `task` (a TaskSpec), also the task's own data file, read as training reads it (.jsonl
+    with the task's rows, .json, .csv, .tsv, .parquet, compressed or not): each example's
+    references as a run of the task scores them (QA: every answer)."""
+    if task is not None and _is_task_data_file(path):
         return _task_references(path, task)
     if not path.endswith(".jsonl"):
         return read_lines(path)
-    values = _jsonl_values(path) if task is None or not _holds_task_rows(path, task) else None
-    if values is None:
-        return _task_references(path, task)
     references: list[str | list[str]] = []
-    for row, value in values:
+    for row, value in _jsonl_values(path):
         if isinstance(value, dict):
             value = value.get("scored_references", value.get("reference"))
         valid = isinstance(value, str) or (
@@ -119,68 +139,70 @@ def read_references(path: str, task=None) -> list[str] | list[list[str]]:
     return references
 
 
-def _holds_task_rows(path: str, task) -> bool:
-    """Whether a .jsonl file is the task's data file: its first JSON object has the task's
-    columns and none of the keys of our reference files. Lines that are not JSON (or not UTF-8)
-    are passed over here: training skips them, and so does _task_references."""
+def _is_task_data_file(path: str) -> bool:
+    """A data file of the task's (under --task): any data-file suffix but .jsonl, and a .jsonl
+    file whose first JSON value is an object without the keys of our reference files. Lines
+    that are not JSON (or not UTF-8) are passed over here: training skips them, and so does
+    _task_references."""
+    name = path.lower()
+    for suffix in (".gz", ".bz2", ".xz", ".zst"):
+        if name.endswith(suffix):
+            return True  # our reference files are never compressed
+    if name.endswith(TASK_DATA_SUFFIXES):
+        return True
+    if not name.endswith(".jsonl"):
+        return False
     for raw in _read_bytes(path).splitlines():  # a missing or unreadable file: its error, here
         try:
             value = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             continue
-        if isinstance(value, dict):
-            return ("reference" not in value and "scored_references" not in value
-                    and set(task.formatter.required_columns()) <= set(value))
-        return False
+        return (isinstance(value, dict) and "reference" not in value
+                and "scored_references" not in value)
     return False
 
 
-def _task_references(path: str, task) -> list[list[str]]:
-    """The references of the examples a run of `task` makes from its data file `path`, read as
-    training and predict read it (tasks.local_files: delimiters, TSV quoting, bad lines; CSV
-    cells as text) and, as they do by default, skipping bad rows (said on stderr), so that the
-    count matches what predict wrote for the same file."""
-    import csv
+def _task_references(path: str, task) -> TaskReferences:
+    """The references of the examples a run of `task` makes from its data file `path`, read by
+    training's own reader (tasks.loading.read_task_file: formats, delimiters, TSV quoting, bad
+    lines, missing columns) and, as a run does by default, skipping bad rows (said on stderr)."""
+    import datasets
 
-    from seq2seq_es.tasks.formatting import Problem
-    from seq2seq_es.tasks.loading import CSV_CELLS_AS_TEXT, builder_for
-    from seq2seq_es.tasks.local_files import prepare_local_file
+    from seq2seq_es.tasks.formatting import Example, RowFormatter
+    from seq2seq_es.tasks.loading import read_task_file
 
     _read_bytes(path)  # a missing or unreadable file: its error, as for any references file
-    builder, options = builder_for(path)  # the delimiter and quoting training reads it with
-    local = prepare_local_file(path, builder, options, task.formatter.required_columns(),
-                               cache_dir=None)
-    if builder == "json":
-        rows = [json.loads(line) for line in read_lines(local.path) if line.strip()]
-    else:
-        import pandas
+    datasets.disable_progress_bars()  # "Generating data split" bars: the scores are the output
+    raw, local = read_task_file(task.formatter, path)
+    place = local.line_of_row if local.by_line else local.row_of_row
+    unit = "line" if local.by_line and place is not None else "row"
 
-        frame = pandas.read_csv(local.path, sep=local.options.get("delimiter", ","),
-                                quoting=local.options.get("quoting", csv.QUOTE_MINIMAL),
-                                names=local.columns, header=0, dtype=str, **CSV_CELLS_AS_TEXT)
-        rows = [{key: (None if value != value else value) for key, value in record.items()}
-                for record in frame.to_dict("records")]
-    lines = local.line_of_row if local.line_of_row and len(local.line_of_row) == len(rows) \
-        else None
+    def where(row: int) -> str:
+        return f"{unit} {place[row] if place is not None else row}"
+
     for note in local.notes:  # e.g. read as ';'-delimited
         print(f"{path}: {note}", file=sys.stderr)
-    skipped = [(f"line {line}", reason) for line, _, reason in local.bad]
-    references = []
-    for item in task.formatter.format_rows(rows, list(range(len(rows))), "test"):
-        if isinstance(item, Problem):
-            where = f"line {lines[item.row]}" if lines else f"row {item.row}"
-            skipped.append((where, f"column '{item.column}' {item.reason}"))
-        else:
+    skipped = [(f"{'line' if local.by_line else 'row'} {at}", reason)
+               for at, _, reason in local.bad]
+    references, scored_rows = [], []
+    rows = raw.to_list()
+    for position, item in enumerate(task.formatter.format_rows(rows, list(range(len(rows))),
+                                                               "test")):
+        if isinstance(item, Example):
             references.append(list(item.references))
+            scored_rows.append(position)  # a RowFormatter gives item k for row k
+        else:
+            skipped.append((where(item.row), f"column '{item.column}' {item.reason}"))
     if skipped:
-        shown = "; ".join(f"{where}: {reason}" for where, reason in skipped[:5])
-        print(f"{path}: read as a {task.name} data file (--task); skipped {len(skipped)} bad "
-              f"row(s) as training and predict do: {shown}"
-              + ("; ..." if len(skipped) > 5 else ""), file=sys.stderr)
+        shown = "; ".join(f"{at}: {reason}" for at, reason in skipped[:5])
+        print(f"{path}: read as a {task.name} data file (--task); left out {len(skipped)} bad "
+              f"row(s), as a run's scoring does: {shown}" + ("; ..." if len(skipped) > 5 else ""),
+              file=sys.stderr)
     if not references:
         raise DataError(f"no usable {task.name} row (read as a {task.name} data file, since "
                         "--task is given)", file=path)
-    return references
+    one_per_row = isinstance(task.formatter, RowFormatter)
+    return TaskReferences(references, len(rows), scored_rows if one_per_row else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--references", required=True, metavar="FILE",
                         help="one reference per line, or .jsonl with a string, a list, or an "
                              'object with "reference" / "scored_references" per line; with '
-                             "--task also the task's own .jsonl/.csv/.tsv data file (its "
-                             "references, e.g. every answer of a QA row)")
+                             "--task also the task's own data file (.jsonl, .json, .csv, .tsv, "
+                             ".parquet; its references, e.g. every answer of a QA row)")
     parser.add_argument("--sources", metavar="FILE",
                         help="one source per line, or .jsonl with a string or an object with "
                              '"source" / "scored_source" per line (needed by sari)')
@@ -253,12 +275,22 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
     names = check_metric_names(args.metric or list(task.metrics))
     predictions = read_predictions(args.predictions)
     references = read_references(args.references, task)
+    keep, data_rows = None, None
+    if isinstance(references, TaskReferences):
+        keep = references.rows_to_score(len(predictions), args.predictions, args.references)
+        data_rows, references = references.rows, references.references
+    if keep is not None:
+        predictions = [predictions[row] for row in keep]
     if len(predictions) != len(references):
+        rows = (f" (of its {data_rows} data rows)" if data_rows not in (None, len(references))
+                else "")
         raise DataError(f"{args.predictions} has {len(predictions)} predictions but "
-                        f"{args.references} has {len(references)} references")
+                        f"{args.references} has {len(references)} references{rows}")
     sources = None
     if args.sources is not None:
         sources = read_sources(args.sources)
+        if keep is not None and len(sources) == data_rows:  # one a data row, as the predictions
+            sources = [sources[row] for row in keep]
         if len(sources) != len(predictions):
             raise DataError(f"{args.predictions} has {len(predictions)} predictions but "
                             f"{args.sources} has {len(sources)} sources")

@@ -132,13 +132,13 @@ def load_examples(task: str | TaskSpec, split: str, *, data_files: Mapping[str, 
     local: LocalFile | None = None
     if path is not None:
         file = str(path)
-        raw, local = _read_local_file(file, formatter, cache_dir)
+        raw, local = read_task_file(formatter, file, cache_dir)
         report = LoadReport(spec.name, split, f"file {file}", notes=list(local.notes))
     else:
         file = None
         raw, origin, notes = _read_hub(spec, split, hub_revision, cache_dir)
         report = LoadReport(spec.name, split, origin, notes=notes)
-    _check_columns(raw, formatter, file, report.origin)
+        _check_columns(raw, formatter, file, report.origin)
 
     marked = _format(raw, formatter, split)
     left_out = list(local.bad) if local else []
@@ -226,6 +226,16 @@ def builder_for(path: str) -> tuple[str, dict[str, Any]]:
     # with CSV quoting, a summary starting with a quotation swallowed the lines after it into one row.
     tsv = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
     return LOCAL_FILE_BUILDERS[extension], (tsv if extension == ".tsv" else {})
+
+
+def read_task_file(formatter: Formatter, path: str,
+                   cache_dir: str | None = None) -> tuple[datasets.Dataset, LocalFile]:
+    """A local data file's rows as training reads them (any of LOCAL_FILE_BUILDERS' formats),
+    with the columns `formatter` needs checked; the LocalFile maps rows back to lines. Also what
+    `score --task` scores against, so that both count the same rows."""
+    raw, local = _read_local_file(path, formatter, cache_dir)
+    _check_columns(raw, formatter, path, f"file {path}")
+    return raw, local
 
 
 def _read_local_file(path: str, formatter: Formatter,
@@ -341,12 +351,26 @@ def _load_file(path: str, builder: str, options: dict[str, Any], cache_dir: str 
         if builder == "csv":  # local_files checked the text: what is left is a broken row
             raise DataError(f"cannot be read as CSV: {detail.removeprefix(_PANDAS_PREFIX)}",
                             file=shown_as or path) from exc
+        if builder == "parquet" and _parquet_rows(path) == 0:
+            raise DataError("holds no rows (a Parquet file with its columns and 0 rows)",
+                            file=shown_as or path) from exc
         kind = {"json": "JSON lines or a JSON list", "parquet": "Parquet"}[builder]
         raise DataError(f"content does not match the extension: cannot be read as {kind}: "
                         f"{detail}", file=shown_as or path) from exc
 
 
 _PANDAS_PREFIX = "Error tokenizing data. C error: "
+
+
+def _parquet_rows(path: str) -> int | None:
+    """A Parquet file's row count from its footer; None when it has no readable footer (the
+    datasets reader fails on 0 rows with "BatchSize must be greater than 0")."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_metadata(path).num_rows
+    except Exception:  # not Parquet at all: the caller's message says so
+        return None
 
 
 @contextlib.contextmanager

@@ -94,7 +94,8 @@ SPANISH_ABBREVIATIONS = frozenset({
 _DOTTED_ABBREVIATION = regex.compile(r"^(?:\p{L}{1,3}\.){2,}$")
 # A single capital initial: "J. R. R. Tolkien".
 _INITIAL = regex.compile(r"^\p{Lu}\.$")
-_OPENERS = "¿¡\"'«“‘(["
+# The raya (—) opens a line of dialogue: "—¿Vienes? —Sí, claro." is two sentences.
+_OPENERS = "¿¡\"'«“‘([—"
 _CLOSERS = "\"'»”’)]"
 # A run of terminators (and closing quotes/brackets) that is followed either by whitespace and
 # something that can start a sentence (capital, digit, opener), or directly by ¿ or ¡.
@@ -133,7 +134,7 @@ def split_sentences(text: str) -> list[str]:
 
     A boundary is a run of ``. ! ? …`` (optionally followed by closing quotes or brackets)
     followed by whitespace and a capital letter, digit, ``¿``, ``¡``, an opening quote or
-    bracket, or directly by ``¿``/``¡`` ("¿Vienes?¡Claro!"). A single "." after a known
+    bracket, a dialogue dash (—), or directly by ``¿``/``¡`` ("¿Vienes?¡Claro!"). A single "." after a known
     abbreviation, a dotted abbreviation like "EE.UU." or a capital initial is not a boundary;
     a "." inside a number ("3.5") never is, since no space follows it.
     """

@@ -49,7 +49,13 @@ def test_fewer_ranks_get_the_accumulation_that_keeps_a_steps_examples(sweep, cap
 def test_a_step_that_does_not_split_over_the_new_ranks_is_refused(sweep, capsys):
     assert _resume(sweep, "--tasks-per-node", "3") == 2
     err = capsys.readouterr().err
-    assert "takes 8 examples a step, which 3 ranks of train.batch_size 4 cannot share evenly" in err
+    assert ("takes 8 examples a step, which 3 ranks cannot share evenly; choose nodes and tasks "
+            "per node whose ranks divide 8") in err
+    # 4 ranks share 8 examples, 2 each, but not in micro-batches of 4: the advice names the 2
+    assert _resume(sweep, "--tasks-per-node", "4") == 2
+    assert ("takes 8 examples a step, 2 on each of 4 ranks, which its train.batch_size 4 does "
+            "not divide; give -- --train.batch_size B --train.grad_accum A with "
+            "train.batch_size x train.grad_accum = 2") in capsys.readouterr().err
     # given explicitly, a step size the checkpoints cannot resume is refused naming the value
     assert _resume(sweep, "--tasks-per-node", "1", "--", "--train.grad_accum", "3") == 2
     assert "on 1 ranks train.batch_size x train.grad_accum must be 8, not 12" in \
@@ -89,3 +95,37 @@ def test_a_new_step_size_on_the_same_ranks_is_refused_for_a_run_with_a_checkpoin
     assert _resume(sweep, "--", "--train.batch_size", "2", "--train.grad_accum", "2") == 0
     (sweep / runs[0].name / "checkpoints").rename(sweep / "elsewhere")
     assert _resume(sweep, "--", "--train.batch_size", "2") == 0
+
+
+def test_a_grid_axis_is_not_changed_on_resume(sweep, capsys):
+    # Each run is its grid point: resumed at another value, collect then left it out (and said
+    # "No results yet" of a sweep whose runs had all finished).
+    assert _resume(sweep, "--", "--dist.zero_stage", "1") == 2
+    assert ("'dist.zero_stage': is an axis of the sweep's grid: run "
+            "barto-tiny__mlsum__zero_stage-2 is the point dist.zero_stage=2, and another value "
+            "is another point; submit a new sweep for it") in capsys.readouterr().err
+
+
+def test_a_stopped_run_resumes_while_the_rest_of_its_sweep_trains(sweep, capsys, monkeypatch):
+    from seq2seq_es.slurm import cli as slurm_cli
+    from seq2seq_es.slurm.monitor import SlurmState
+
+    manifest = load_manifest(sweep)
+    first, second = manifest.runs
+    first.job_id, second.job_id = "41_0", "41_1"
+    manifest.write(sweep / SWEEP_MANIFEST)
+    monkeypatch.setattr(slurm_cli, "query_slurm",
+                        lambda job_ids: {"41_0": SlurmState("RUNNING")})  # 41_1 was cancelled
+    assert _resume(sweep) == 0
+    out = capsys.readouterr().out
+    assert (f"# 1 run(s) left as they are, their jobs still going:\n#   {first.name} (job 41_0, "
+            f"RUNNING)\n# 1 of 2 run(s) to resume:\n#   {second.name} (last job 41_1)") in out
+    # the sweep keeps one set of ranks: not changed while a run still trains on the old ones
+    assert _resume(sweep, "--tasks-per-node", "1") == 2
+    assert "1 run(s) of" in capsys.readouterr().err
+    # every unfinished run still going: refused, as before
+    monkeypatch.setattr(slurm_cli, "query_slurm", lambda job_ids: {
+        "41_0": SlurmState("RUNNING"), "41_1": SlurmState("PENDING")})
+    assert _resume(sweep) == 2
+    assert f"run {first.name} still has job 41_0 (RUNNING) (and 1 more run(s))" in \
+        capsys.readouterr().err

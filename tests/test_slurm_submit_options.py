@@ -298,3 +298,28 @@ def test_resume_drops_an_sbatch_option_the_tool_now_owns(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "note: the runs were submitted with --sbatch time=30, which is now set by --time " \
            "(slurm.time_min) alone; resubmitting without it" in err
+
+
+def test_submit_does_not_train_into_a_sweep_or_over_another_run(tmp_path, capsys):
+    # A finished sweep run trained on under other arguments by a stray `submit --run-dir`, and
+    # collect then left it out; the sweep folder itself was taken as a run folder.
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / SWEEP_MANIFEST).write_text("{}")
+    (sweep_dir / "barto__mlsum__lr-3e-5").mkdir()
+    trained = tmp_path / "trained"
+    (trained / "checkpoints").mkdir(parents=True)
+    (trained / "config.yaml").write_text("model:\n  name: barto\n")
+    for run_dir, says in (
+            (sweep_dir, f"{sweep_dir} is a sweep folder (sweep.json); choose a new folder"),
+            (sweep_dir / "barto__mlsum__lr-3e-5",
+             f"is in the sweep {sweep_dir}, whose runs go on only through `seq2seq-es slurm "
+             f"resume {sweep_dir}`"),
+            (trained, f"{trained} holds a run already (config.yaml, checkpoints): a job would "
+                      "train on from it")):
+        assert slurm_main(["submit", "--task", "mlsum", "--model", "barto", "--run-dir",
+                           str(run_dir), "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.startswith("error: argument --run-dir: "), err
+    assert sorted(path.name for path in sweep_dir.iterdir()) == ["barto__mlsum__lr-3e-5",
+                                                                 SWEEP_MANIFEST]

@@ -115,8 +115,7 @@ def cmd_submit(argv: list[str]) -> int:
     _warn_without_gpus(config)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.run_dir or f"runs/{args.model}__{args.task}__{stamp}").absolute()
-    if not args.dry_run:
-        check_run_dir(run_dir)
+    check_run_dir(run_dir)
     run = RunPlan(name=run_dir.name, model=args.model, task=args.task, grid_point={},
                   run_dir=str(run_dir),
                   argv=train_argv(args.model, args.task, run_dir, {}, overrides))
@@ -307,7 +306,7 @@ def cmd_resume(argv: list[str]) -> int:
     check_overrides(overrides)
     manifest = load_manifest(args.sweep)
     states = query_slurm(run.job_id for run in manifest.runs)
-    runs = runs_to_resume(manifest, states)
+    runs, still_going = runs_to_resume(manifest, states)
     if not runs:
         print(f"every run of {manifest.path} has finished (DONE): nothing to resume")
         return 0
@@ -325,7 +324,17 @@ def cmd_resume(argv: list[str]) -> int:
         changes["extra_sbatch"] = with_sbatch_options(submitted_extra, args.sbatch)
     config = SlurmConfig.from_mapping({**manifest.slurm, **changes})
     config.check_for_submission()  # before the question, as submit and sweep do
+    # Also for --dry-run where sinfo answers, as submit and sweep check: an unknown partition or
+    # more nodes than it has is said before any run's arguments are composed.
+    check_partition(config.partition, required=not args.dry_run)
+    check_node_count(config.nodes, config.partition, required=not args.dry_run)
     ranks = (SlurmConfig.from_mapping(manifest.slurm).world_size, config.world_size)
+    if ranks[0] != ranks[1] and still_going:
+        # The sweep keeps one set of SLURM settings: the runs still going would be read as on
+        # the new ranks by the next resume, which sets grad_accum from them.
+        raise ConfigError("--nodes", f"{len(still_going)} run(s) of {manifest.path} still "
+                          f"have jobs on {ranks[0]} rank(s) (first: {still_going[0][0].name}); "
+                          "resume on other ranks once they have ended")
     if (overrides or ranks[0] != ranks[1]) and manifest.entry != DEFAULT_ENTRY:
         raise ConfigError("SWEEP", f"the jobs of {manifest.path} run {manifest.entry}, not "
                           "training: they resume with their arguments and ranks as submitted")
@@ -335,6 +344,10 @@ def cmd_resume(argv: list[str]) -> int:
     if ranks[0] != ranks[1]:
         print(f"# ranks: {ranks[0]} -> {ranks[1]} ({config.nodes} node(s) x "
               f"{config.ntasks_per_node} task(s))")
+    if still_going:
+        print(f"# {len(still_going)} run(s) left as they are, their jobs still going:")
+        for run, state in still_going:
+            print(f"#   {run.name} (job {run.job_id}, {state})")
     print(f"# {len(runs)} of {len(manifest.runs)} run(s) to resume:")
     for run in runs:
         print(f"#   {run.name} (last job {run.job_id})")
@@ -353,8 +366,6 @@ def cmd_resume(argv: list[str]) -> int:
     if args.dry_run or not _confirm(len(runs), args.yes):
         return 0
     require_slurm_clients()
-    check_partition(config.partition, required=True)
-    check_node_count(config.nodes, config.partition, required=True)
     for run in runs:
         run.argv = resumed[run.name][0]
     submit_runs(manifest, runs, config)

@@ -711,11 +711,28 @@ def check_sweep_dir(sweep_dir: Path, runs: list[RunPlan]) -> None:
 
 
 def check_run_dir(run_dir: Path) -> None:
+    """Refuses a folder where a new job would train over something else: a sweep or one of its
+    runs (a job trained a finished sweep run on under other arguments, and collect then left it
+    out), another job's run, or a run's files (train goes on from them under the new
+    arguments)."""
+    if (run_dir / SWEEP_MANIFEST).exists():
+        raise ConfigError("--run-dir", f"{run_dir} is a sweep folder ({SWEEP_MANIFEST}); choose "
+                          "a new folder for the run")
+    if (run_dir.parent / SWEEP_MANIFEST).exists():
+        raise ConfigError("--run-dir", f"{run_dir} is in the sweep {run_dir.parent}, whose runs "
+                          f"go on only through `seq2seq-es slurm resume {run_dir.parent}`; "
+                          "choose a folder outside it")
     if (run_dir / RUN_MANIFEST).exists():
         previous = load_manifest(run_dir / RUN_MANIFEST)
         if previous.submitted:
             raise ConfigError("--run-dir", f"{run_dir} already holds job "
                               f"{previous.runs[0].job_id}; choose another folder")
+    held = [name for name in (run_files.CONFIG, run_files.CHECKPOINTS, run_files.FINAL_RESULTS)
+            if (run_dir / name).exists()]
+    if held:
+        raise ConfigError("--run-dir", f"{run_dir} holds a run already ({', '.join(held)}): a "
+                          "job would train on from it under the new arguments; choose another "
+                          "folder")
 
 
 # ---- SLURM -----------------------------------------------------------------------------------
@@ -943,23 +960,30 @@ ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", 
                  "SPECIAL_EXIT", "RESV_DEL_HOLD")
 
 
-def runs_to_resume(manifest: Manifest, states: dict[str, Any]) -> list[RunPlan]:
-    """The runs of a submitted manifest that have not finished (no DONE), refusing the lot when
-    one of them still has a job that may train (two jobs would write one run folder)."""
+def runs_to_resume(manifest: Manifest,
+                   states: dict[str, Any]) -> tuple[list[RunPlan], list[tuple[RunPlan, str]]]:
+    """The runs of a submitted manifest to submit again: those that have not finished (no DONE)
+    and have no job that may still train (two jobs would write one run folder); and those left
+    as they are for such a job, with its state. A cancelled run is resumed while the rest of
+    its sweep still trains; when every unfinished run has a job, that is refused."""
     if not manifest.submitted:
         raise ConfigError("SWEEP", f"{manifest.path} was never submitted; submit it instead")
-    active = [(run, states[run.job_id].state) for run in manifest.runs
+    unfinished = [run for run in manifest.runs
+                  if not (Path(run.run_dir) / run_files.DONE).exists()]
+    active = [(run, states[run.job_id].state) for run in unfinished
               if run.job_id in states and states[run.job_id].state in ACTIVE_STATES]
-    if active:
+    resumable = [run for run in unfinished if all(run is not busy for busy, _ in active)]
+    if active and not resumable:
         run, state = active[0]
         more = f" (and {len(active) - 1} more run(s))" if len(active) > 1 else ""
         raise ConfigError("SWEEP", f"run {run.name} still has job {run.job_id} ({state}){more}; "
                           "wait for it to end, or scancel it, before resuming")
-    return [run for run in manifest.runs if not (Path(run.run_dir) / run_files.DONE).exists()]
+    return resumable, active
 
 
 # Keys a resumed run keeps: they say which run it is and where it writes.
 RESUME_FIXED_KEYS = ("data.task", "model.name", "train.output_dir", "train.resume")
+STEP_KEYS = ("train.batch_size", "train.grad_accum")
 
 
 def resumed_argv(run: RunPlan, overrides: list[str],
@@ -977,6 +1001,12 @@ def resumed_argv(run: RunPlan, overrides: list[str],
         if key in RESUME_FIXED_KEYS:
             raise ConfigError(key, f"run {run.name} keeps its {key} when resumed (it says which "
                               "run it is and where it writes); submit a new run for another")
+        # A grid axis names the run's point (collect leaves out a run whose config left its
+        # point); the batch axis is the step's size, which the checks below keep.
+        if key in run.grid_point and key not in STEP_KEYS:
+            raise ConfigError(key, f"is an axis of the sweep's grid: run {run.name} is the point "
+                              f"{key}={run.grid_point[key]}, and another value is another "
+                              "point; submit a new sweep for it")
     before = compose_run(run.task, run.model, run.argv[4:])
     argv = list(run.argv)
     for key, value in given.items():
@@ -1025,9 +1055,14 @@ def _step_keeping_accum(run: RunPlan, before, current, explicit: bool,
                           f"{units} (its checkpoints resume with the same step only; a new "
                           "step size is a new run)")
     unit = current.train.batch_size if current.train.batching == "fixed" else 1
-    if step % (unit * new_ranks):
+    if step % new_ranks:
         raise ConfigError("--nodes", f"run {run.name} takes {step} {what} a step, which "
-                          f"{new_ranks} ranks of train.batch_size {unit} cannot share evenly; "
-                          f"give -- --train.batch_size B --train.grad_accum A with "
-                          f"{per_rank} = {step / new_ranks:g}, or other nodes")
+                          f"{new_ranks} ranks cannot share evenly; choose nodes and tasks per "
+                          f"node whose ranks divide {step}")
+    if step % (unit * new_ranks):
+        raise ConfigError("--nodes", f"run {run.name} takes {step} {what} a step, "
+                          f"{step // new_ranks} on each of {new_ranks} ranks, which its "
+                          f"train.batch_size {unit} does not divide; give -- --train.batch_size "
+                          f"B --train.grad_accum A with {per_rank} = {step // new_ranks}, or "
+                          "other nodes")
     return step // (unit * new_ranks)

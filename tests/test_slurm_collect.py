@@ -189,11 +189,11 @@ def test_split_dev_shows_validation_only(tmp_path, capsys):
     dev_files = {name: (sweep_dir / f"results-dev.{name}").read_bytes()
                  for name in ("md", "csv", "png")}
     assert not (sweep_dir / "results.md").exists()
-    assert slurm_main(["collect", str(sweep_dir)]) == 0  # all metrics; below 1: four decimals
+    assert slurm_main(["collect", str(sweep_dir)]) == 0  # all metrics, two decimals each
     [table] = _rows(capsys.readouterr().out)
-    assert table["t5s"][table["header"].index("bisect exact_match")] == "0.00 / 0.5000"
+    assert table["t5s"][table["header"].index("bisect exact_match")] == "0.00 / 0.50"
     # the dev / test table has its own files and leaves the dev-only ones as they were
-    assert "0.00 / 0.5000" in (sweep_dir / "results.md").read_text()
+    assert "0.00 / 0.50" in (sweep_dir / "results.md").read_text()
     assert dev_files == {name: (sweep_dir / f"results-dev.{name}").read_bytes()
                          for name in ("md", "csv", "png")}
 
@@ -532,3 +532,36 @@ def test_collect_puts_sweeps_and_submitted_runs_beside_other_runs(tmp_path, caps
     [table] = _rows(out)
     assert table["barto"][2] == "30.00 / –"  # the submitted run's, the best of the three
 
+
+
+def test_a_tie_on_the_main_metric_goes_to_the_lower_dev_loss(tmp_path, capsys):
+    # As a run's own best checkpoint (engine.trainer.is_better): a ROUGE stuck at 0 on both
+    # grid points chose the first, the less trained one.
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "sqac")], LR)
+    runs = _runs(manifest)
+    _final(runs[("barto", "sqac", "3e-5")], {"rougeL": 0.0, "loss": 7.32}, {"rougeL": 0.0})
+    _final(runs[("barto", "sqac", "5e-5")], {"rougeL": 0.0, "loss": 6.23}, {"rougeL": 0.004})
+    table = build_table(load_manifest(sweep_dir))
+    assert table.chosen[("barto", "sqac")].result.run.grid_point == {"optim.lr": "5e-5"}
+    assert slurm_main(["collect", str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    # every run scored: no "(the others have no scores yet ...)"; two decimals, unless those
+    # would show a nonzero score as 0
+    assert out.startswith(f"Results of 2 of the 2 run(s) in {sweep_dir / SWEEP_MANIFEST}. Per")
+    [table] = _rows(out)
+    assert table["barto"][table["header"].index("sqac rougeL")] == "0.00 / 0.004"
+
+
+def test_a_sweep_whose_runs_are_all_left_out_says_so_not_no_results_yet(tmp_path, capsys):
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("t5s", "mlsum")], LR)
+    runs = _runs(manifest)
+    for lr in ("3e-5", "5e-5"):
+        _final(runs[("t5s", "mlsum", lr)], {"rougeL": 20.0}, {"rougeL": 19.0})
+        (runs[("t5s", "mlsum", lr)] / "config.yaml").write_text(
+            "model:\n  name: t5s\ndata:\n  task: mlsum\noptim:\n  lr: 0.001\n")
+    assert slurm_main(["collect", str(sweep_dir)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("No results to show: 2 of the 2 run(s) are left out (below).\nLeft "
+                          "out:\n- t5s__mlsum__lr-3e-5 left out: file ")

@@ -706,9 +706,21 @@ class Choice:
         return f"the main metric {self.main_metric} was not logged"
 
 
+def _wins(challenger: RunResult, held: RunResult, metric: str) -> bool:
+    """Whether `challenger` beats `held` on dev `metric`; on a tie, the lower dev loss wins
+    (engine.trainer.is_better's rule: a ROUGE or F1 stuck at one value, often 0 on tiny or hard
+    runs, says nothing, and the first grid point was chosen over a better trained one)."""
+    value, best = challenger.validation[metric], held.validation[metric]
+    if value == best and metric != "loss":
+        loss, best_loss = challenger.validation.get("loss"), held.validation.get("loss")
+        return loss is not None and best_loss is not None and loss < best_loss
+    return _better(value, best, metric)
+
+
 def choose_run(results: list[RunResult], main_metric: str | None) -> Choice:
     """The result with the best dev value of the task's main metric (lower is better for losses
-    and error rates; a tie keeps the earlier grid point), among the finished runs when any has
+    and error rates; a tie goes to the lower dev loss, as a run's own best checkpoint does, then
+    to the earlier grid point), among the finished runs when any has
     it. Runs choose their own checkpoints by train.best_metric, which a user may have set to
     another metric; across runs the task's main metric decides (a run's declared metric only for
     a task the registry does not know). When no run logged it, the first task metric the runs
@@ -726,7 +738,7 @@ def choose_run(results: list[RunResult], main_metric: str | None) -> Choice:
     pool = finished or candidates
     best = pool[0]
     for result in pool[1:]:
-        if _better(result.validation[metric], best.validation[metric], metric):
+        if _wins(result, best, metric):
             best = result
     remarks = []
     missing = [r.run.name for r in results if metric not in r.validation]
@@ -734,7 +746,7 @@ def choose_run(results: list[RunResult], main_metric: str | None) -> Choice:
         remarks.append(f"chosen among {len(pool)} of {len(results)} runs; no dev {metric} in "
                        + ", ".join(missing))
     better_unfinished = [r.run.name for r in candidates if not r.final and r is not best
-                         and _better(r.validation[metric], best.validation[metric], metric)]
+                         and _wins(r, best, metric)]
     if finished and better_unfinished:
         remarks.append(f"finished runs preferred: {', '.join(better_unfinished)} (not finished) "
                        f"had a better dev {metric} so far")
@@ -907,7 +919,8 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
 def _number(value: float | None) -> str:
     if value is None:
         return _MISSING
-    return f"{value:.2f}" if value == 0 or abs(value) >= 1 else f"{value:.4f}"
+    # Two decimals, as the paper's tables; more only where two would show a nonzero score as 0.
+    return f"{value:.2f}" if value == 0 or abs(value) >= 0.005 else f"{value:.2g}"
 
 
 def _cell(dev: float | None, test: float | None, split: str) -> str:
@@ -926,6 +939,11 @@ _CELLS = {"both": "dev / test", "dev": "dev (validation) only", "test": "test on
 def empty_message(table: ResultsTable, split: str = "both") -> str:
     left_out = "".join(f"\n- {note}" for note in table.notes)
     left_out = f"\nLeft out:{left_out}" if left_out else ""
+    if not table.chosen and table.notes:
+        left = len(table.notes)
+        others = ", and the others have no scores yet." if left < table.runs else "."
+        return (f"No results to show: {left} of the {table.runs} run(s) "
+                f"{'is' if left == 1 else 'are'} left out (below){others}" + left_out)
     if not table.chosen:
         return (f"No results yet: none of the {table.runs} run(s) has written final_results.json "
                 "or evaluation records (eval/...) in metrics.jsonl that could be read."
@@ -939,8 +957,10 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
     metrics (cells as `split` says), then the family's average and the paper's; legend below."""
     if table.is_empty(split):
         return empty_message(table, split) + "\n"
-    lines = [f"Results of {table.scored} of the {table.runs} run(s) in {table.source} (the others "
-             "have no scores yet, or are left out below). Per model and task, the grid "
+    others = ("" if table.scored == table.runs else
+              " (the others have no scores yet, or are left out below)")
+    lines = [f"Results of {table.scored} of the {table.runs} run(s) in {table.source}{others}. "
+             "Per model and task, the grid "
              "point with the best dev (validation) score on the task's main metric; every number "
              f"of that task in a row comes from that one run. Cells: {_CELLS[split]}."]
     any_partial = False
@@ -980,8 +1000,10 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
                 for model in table.models if (model, task) in table.chosen
                 for line in [paper_figures_line(model, task)] if line]
     if reported:
+        where = ("the paper avg note below" if any(average.paper for average in
+                                                   table.averages.values()) else "docs/metrics.md")
         lines += ["", "The paper's figures for these pairs (dev / test; second-hand; its metrics "
-                  "were scored differently, see the paper avg note):"]
+                  f"were scored differently, see {where}):"]
         lines += [f"- {line}" for line in reported]
     lines += ["", "Grid points (the run columns):"]
     lines += [f"- {label}: {description}" for description, label in table.grid_labels.items()]

@@ -210,6 +210,8 @@ class TrainConfig(_Section):
     export_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # dtype of final/'s weights
     report_to: str = "tensorboard"        # trackers, comma-separated: tensorboard, wandb; none
     push_to_hub: str | None = None        # hub repo id to upload final/ to at the end
+    hub_private: bool = True              # a repo push_to_hub creates is private (false:
+                                          # public); an existing repo keeps its visibility
     progress_bar: bool = True             # rank 0: a bar on a terminal, else lines on stdout
 
     def validate(self) -> None:
@@ -428,9 +430,59 @@ def set_dotted(cfg: RunConfig, key: str, raw: Any) -> None:
     section = getattr(cfg, section_name)
     hints = _section_types(type(section))
     if field_name not in hints:
+        owners = _owning_sections(field_name)
+        # Where the key is (another section's), or the Trainer's name for it, before near misses.
+        hint = (f"; '{field_name}' is a key of section {owners[0]}: {owners[0]}.{field_name}"
+                if owners else trainer_name_hint(field_name)
+                or _suggest(field_name, hints, prefix=f"{section_name}."))
         raise ConfigError(key, f"unknown key; keys of '{section_name}': {', '.join(hints)}"
-                          + _suggest(field_name, hints, prefix=f"{section_name}."))
+                          + hint)
     setattr(section, field_name, _convert(key, raw, hints[field_name]))
+
+
+# The Hugging Face Trainer's (TrainingArguments, Seq2SeqTrainingArguments) and run_summarization's
+# names for what a key here does, for the errors of a user porting a command line or a config
+# (a near-miss match of `save_total_limit` finds nothing). Names with no counterpart are absent.
+TRAINER_NAMES = {
+    "learning_rate": "optim.lr", "weight_decay": "optim.weight_decay",
+    "adam_beta1": "optim.betas", "adam_beta2": "optim.betas", "adam_epsilon": "optim.eps",
+    "lr_scheduler_type": "optim.schedule", "warmup_ratio": "optim.warmup_ratio",
+    "warmup_steps": "optim.warmup_steps", "max_grad_norm": "optim.max_grad_norm",
+    "num_train_epochs": "train.epochs", "max_steps": "train.max_steps", "seed": "train.seed",
+    "per_device_train_batch_size": "train.batch_size",
+    "per_device_eval_batch_size": "train.eval_batch_size",
+    "gradient_accumulation_steps": "train.grad_accum", "bf16": "train.precision",
+    "fp16": "train.precision", "logging_steps": "train.log_every",
+    "eval_steps": "train.eval_every", "eval_strategy": "train.eval_every or train.eval_per_epoch",
+    "evaluation_strategy": "train.eval_every or train.eval_per_epoch",
+    "save_steps": "train.save_every", "save_total_limit": "train.keep_last",
+    "metric_for_best_model": "train.best_metric",
+    "load_best_model_at_end": "train.load_best_at_end",
+    "resume_from_checkpoint": "train.resume", "output_dir": "train.output_dir",
+    "report_to": "train.report_to", "push_to_hub": "train.push_to_hub",
+    "hub_model_id": "train.push_to_hub", "hub_private_repo": "train.hub_private",
+    "group_by_length": "train.batching", "do_predict": "train.eval_test",
+    "gradient_checkpointing": "model.gradient_checkpointing",
+    "model_name_or_path": "model.name or model.path", "torch_compile": "model.compile",
+    "deepspeed": "dist.deepspeed_config", "dataset_name": "data.task",
+    "max_source_length": "data.max_source_length", "max_target_length": "data.max_target_length",
+    "max_train_samples": "data.max_train_samples", "max_eval_samples": "data.max_eval_samples",
+    "generation_num_beams": "gen.num_beams", "num_beams": "gen.num_beams",
+    "generation_max_length": "gen.max_new_tokens", "val_max_target_length": "gen.max_new_tokens",
+    "length_penalty": "gen.length_penalty", "no_repeat_ngram_size": "gen.no_repeat_ngram_size",
+}
+
+
+def trainer_name_hint(name: str) -> str:
+    """'; the Trainer's save_total_limit is train.keep_last here' for a Trainer name, else ''."""
+    plain = name.lstrip("-").replace("-", "_")
+    plain = plain.split(".", 1)[1] if "." in plain else plain
+    ours = TRAINER_NAMES.get(plain)
+    return f"; the Trainer's {plain} is {ours} here" if ours else ""
+
+
+def _owning_sections(name: str) -> list[str]:
+    return [section for section, cls in _SECTION_CLASSES.items() if name in _section_types(cls)]
 
 
 def _suggest(name: str, known, prefix: str = "") -> str:
@@ -538,14 +590,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def _misplaced_key_hint(name: str, value: Any) -> str:
     """For a key written at the top level (`lr: 3e-5`): where it belongs, when exactly one
     section has it; else a near-miss section name (`optimm`)."""
-    owners = [section for section, cls in _SECTION_CLASSES.items() if name in _section_types(cls)]
+    owners = _owning_sections(name)
     if len(owners) == 1:
         shown = "..." if value is None or isinstance(value, (dict, list)) else _shown(value)
         return (f"; '{name}' is a key of section {owners[0]}: write '{owners[0]}:' with "
                 f"'{name}: {shown}' indented under it (or '{owners[0]}.{name}: {shown}')")
     if owners:
         return f"; '{name}' is a key of sections {', '.join(owners)}: put it under one of them"
-    return _suggest(name, SECTIONS)
+    return trainer_name_hint(name) or _suggest(name, SECTIONS)
 
 
 def _looks_like_option(arg: str) -> bool:
@@ -561,7 +613,8 @@ def parse_overrides(argv: list[str]) -> dict[str, str]:
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
-            raise ConfigError(arg, "expected a dotted option such as --optim.lr 3e-5")
+            raise ConfigError(arg, "expected a dotted option such as --optim.lr 3e-5"
+                              + trainer_name_hint(arg.split("=", 1)[0]))
         if "=" in arg:
             key, value = arg[2:].split("=", 1)
             i += 1
@@ -596,6 +649,8 @@ def not_applying(cfg) -> dict[str, str]:
         ignored["model.compile_shapes"] = "model.compile=False"
     if not cfg.model.lean_ce:
         ignored["model.lean_ce_chunk"] = "model.lean_ce=False"
+    if not cfg.train.push_to_hub:
+        ignored["train.hub_private"] = "no train.push_to_hub"
     if not adapter.reads("data.global_attention"):
         ignored["data.global_attention"] = f"{cfg.model.name} is no LED"
     if not adapter.reads("model.attention"):

@@ -131,6 +131,24 @@ def test_an_unknown_key_still_errors(capsys, argv):
     assert err.startswith("error: config key 'optim.lrr': unknown key; keys of 'optim': lr,")
 
 
+@pytest.mark.parametrize("given, says", [
+    # a Hugging Face Trainer name, which no near-miss match finds
+    (["--train.save_total_limit", "2"], "; the Trainer's save_total_limit is train.keep_last here"),
+    (["--optim.learning_rate", "1e-4"], "; the Trainer's learning_rate is optim.lr here"),
+    (["--train.eval_steps", "5"], "; the Trainer's eval_steps is train.eval_every here"),
+    (["--num_train_epochs", "3"], "expected a dotted option such as --optim.lr 3e-5; the "
+                                  "Trainer's num_train_epochs is train.epochs here"),
+    # a key of another section
+    (["--train.gradient_checkpointing", "true"],
+     "; 'gradient_checkpointing' is a key of section model: model.gradient_checkpointing"),
+    (["--train.num_beams", "2"], "; 'num_beams' is a key of section gen: gen.num_beams"),
+])
+def test_an_unknown_key_names_where_a_trainer_user_finds_it(capsys, given, says):
+    code, out, err = cli_out(capsys, ["train", "--task", "mlsum", "--model", "barto-tiny", *given])
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.strip().endswith(says), err
+
+
 @pytest.mark.parametrize("argv", [
     ["--task", "mlsum", "--model", "barto"],
     ["--task", "sqac", "--model", "betoshare", "--optim.betas", "0.8,0.95",

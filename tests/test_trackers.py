@@ -351,6 +351,7 @@ def test_a_run_ends_by_uploading_final_to_the_repo(files, tmp_path):
         ("GET", "/api/whoami-v2"), ("POST", "/api/repos/create")]
     assert [r[1] for r in hub.requests if r[0] != "GET"] == ["/api/repos/create"]
     assert ours[1][2]["name"] == "tiny-mlsum" and ours[1][2]["organization"] == "bsc-lt"
+    assert ours[1][2]["private"] is True  # train.hub_private's default: nothing goes public unasked
     assert all(auth == "Bearer hf_test_token" for _, _, _, auth in ours)
     upload = json.loads(record.read_text())
     assert upload["repo_id"] == "bsc-lt/tiny-mlsum" and upload["repo_type"] == "model"
@@ -384,7 +385,7 @@ def test_a_failed_upload_names_the_command_that_uploads_by_hand(online_hub, tmp_
     with pytest.raises(Seq2SeqEsError) as err:
         push_final(out, push_cfg("tester/tiny"))
     assert f"the run is complete: upload it by hand with `hf upload tester/tiny " \
-           f"{out / 'final'} . --repo-type model`" in str(err.value)
+           f"{out / 'final'} . --repo-type model --private`" in str(err.value)
     assert "| rouge1 | 0.5000 |" in (out / "final" / "README.md").read_text()
 
 

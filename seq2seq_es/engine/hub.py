@@ -121,12 +121,16 @@ def push_final(run_dir: Path, cfg: RunConfig) -> str:
     repo_id = cfg.train.push_to_hub
     api = HfApi()
     try:
-        url = api.create_repo(repo_id, repo_type="model", exist_ok=True)
+        # Private unless asked otherwise: results not yet published must not go public by
+        # default (create_repo's own default is public).
+        url = api.create_repo(repo_id, repo_type="model", exist_ok=True,
+                              private=cfg.train.hub_private)
         api.upload_folder(repo_id=url.repo_id, repo_type="model", folder_path=str(folder),
                           commit_message=f"seq2seq-es: {results['model']} on {results['task']}, "
                                          f"step {results['best_step']}")
     except (Exception, KeyboardInterrupt) as exc:  # a Ctrl-C too: say how to finish by hand
         raise Seq2SeqEsError(f"uploading {folder} to {repo_id} failed ({type(exc).__name__}: "
                              f"{exc}); the run is complete: upload it by hand with `hf upload "
-                             f"{repo_id} {folder} . --repo-type model`") from exc
+                             f"{repo_id} {folder} . --repo-type model"
+                             f"{' --private' if cfg.train.hub_private else ''}`") from exc
     return str(url)

@@ -197,6 +197,8 @@ class TrainConfig(_Section):
     best_metric: str | None = None        # validation metric picking the best checkpoint (None:
                                           # the task's main metric; "loss": lowest eval loss)
     load_best_at_end: bool = True         # final/ and the test scores come from the best checkpoint
+    early_stopping_patience: int = 0      # end training after this many validations in a row
+                                          # without a new best (0: off); the end is as usual
     eval_test: bool = True                # score the best checkpoint on the test split at the end
     save_every: int = 0                   # steps; 0: none by step count (see save_every_min)
     save_every_min: float = 30.0          # minutes between checkpoints by wall time; 0: off
@@ -238,6 +240,7 @@ class TrainConfig(_Section):
                 or ("none" in trackers and len(trackers) > 1):
             raise ConfigError("train.report_to", "expected a comma-separated list of tensorboard "
                               f"and wandb, or none; got {self.report_to!r}")
+        self._at_least("early_stopping_patience", 0, " (0: off)")
         if self.keep_last < 1:
             raise ConfigError("train.keep_last", "must be at least 1")
         if self.stop_check_every < 1:
@@ -651,6 +654,9 @@ def not_applying(cfg) -> dict[str, str]:
         ignored["model.lean_ce_chunk"] = "model.lean_ce=False"
     if not cfg.train.push_to_hub:
         ignored["train.hub_private"] = "no train.push_to_hub"
+    if not (cfg.train.eval_every or cfg.train.eval_per_epoch):
+        ignored["train.early_stopping_patience"] = ("no validation while training "
+                                                    "(train.eval_every 0, eval_per_epoch false)")
     if not adapter.reads("data.global_attention"):
         ignored["data.global_attention"] = f"{cfg.model.name} is no LED"
     if not adapter.reads("model.attention"):

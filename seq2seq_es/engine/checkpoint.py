@@ -84,6 +84,8 @@ class TrainState:
     # The best validation so far: {"step", "metric", "value", "validation": {name: value}}.
     # Saved in every checkpoint, so rotation keeps that step and a resumed run remembers it.
     best: dict | None = None
+    # Validations in a row since the last new best (train.early_stopping_patience counts them).
+    evals_without_best: int = 0
     # What was trained ({"data.task", "model.name"}, `run_identity`): a resume must be the same
     # run. None: a state written before the field existed (not checked).
     run: dict | None = None

@@ -151,6 +151,7 @@ class Trainer:
         # The step of the newest checkpoint: a step is never saved twice (e.g. a time-based save
         # and the save of a new best at the same step).
         self.saved_step = self.state.step if resume_from is not None else None
+        self.last_eval: dict = {}  # the latest validation's results (an early stop ends on it)
         # A finished run resumed as it was: nothing below may rewrite its record (config.yaml,
         # versions.json, trackers), which still describes the run that trained it.
         self.finished = self.finished_before()
@@ -217,7 +218,7 @@ class Trainer:
                 self.save(0)
             steps = self.plan.iter_steps(state.epoch, state.step_in_epoch, self.env.rank)
             self.window_start = time.perf_counter()
-            while state.step < self.total_steps:
+            while state.step < self.total_steps and not self.stopped_early:
                 epoch, step_in_epoch, micro_indices = next(steps)
                 micro = [self.collator([self.train_data.tokenized[i] for i in idx])
                          for idx in micro_indices]
@@ -250,8 +251,8 @@ class Trainer:
             except (OSError, ValueError):  # killed while writing it (before DONE was atomic)
                 done = None
             done = done if isinstance(done, dict) else {}  # unreadable: finish it again
-        finished = done is not None and self.state.step >= self.total_steps \
-            and done.get("step") == self.state.step
+        reached = self.state.step >= self.total_steps or self.stopped_early
+        finished = done is not None and reached and done.get("step") == self.state.step
         # rank 0's reading decides for all (one collective, no shared-folder timing between ranks)
         had_done, finished = D.all_reduce_max([float(done is not None), float(finished)],
                                               self.env.device)
@@ -295,8 +296,30 @@ class Trainer:
         """Validate at epoch ends and every `eval_every` steps; True on a new best. The last
         step is validated in `finish` (see `end_eval_due`)."""
         step = self.state.step
-        due = step < self.total_steps and self.cadence_due(epoch_end)
-        return self.track_best(step, self.run_eval(step)) if due else False
+        if not (step < self.total_steps and self.cadence_due(epoch_end)):
+            return False
+        improved = self.note_validation(step, self.run_eval(step))
+        if self.stopped_early:
+            self.say(f"early stop at step {step}: {self.state.evals_without_best} validations "
+                     f"in a row without a new best {self.best_metric} "
+                     f"(train.early_stopping_patience); the best is step "
+                     f"{self.state.best['step']}")
+        return improved
+
+    def note_validation(self, step: int, results: dict) -> bool:
+        """Track the best and count the validations since it (kept in the checkpoints, so that
+        a resumed or extended run stops where an uninterrupted one would); True on a new best."""
+        self.last_eval = results
+        improved = self.track_best(step, results)
+        self.state.evals_without_best = 0 if improved else self.state.evals_without_best + 1
+        return improved
+
+    @property
+    def stopped_early(self) -> bool:
+        """train.early_stopping_patience validations in a row brought no new best. Every rank
+        counts the same validations (their results are gathered), so all stop together."""
+        patience = self.cfg.train.early_stopping_patience
+        return bool(patience) and self.state.evals_without_best >= patience
 
     @property
     def epoch_ended(self) -> bool:
@@ -412,9 +435,13 @@ class Trainer:
         test scores and final/ come from the model chosen on validation (the last step is often
         past the best one when a run overfits); export, final_results.json, DONE."""
         cfg, step, out = self.cfg, self.state.step, self.out
-        end_eval = self.run_eval(step) if self.end_eval_due() else {}
-        if end_eval:
-            self.track_best(step, end_eval)
+        early = self.stopped_early and step < self.total_steps
+        if early:  # this step was just validated (again only after a resume here)
+            end_eval = self.last_eval or self.run_eval(step)
+        else:
+            end_eval = self.run_eval(step) if self.end_eval_due() else {}
+            if end_eval:
+                self.note_validation(step, end_eval)
         self.save(step)
         # A time-limit warning that came during the last validation: the test scoring and the
         # export may not fit in what is left, so leave now, requeued, with the last step saved
@@ -450,7 +477,8 @@ class Trainer:
             write_json_atomic(out / run_files.FINAL_RESULTS, {
                 "task": self.task.name, "model": cfg.model.name,
                 "main_metric": self.best_metric, "best_step": final_step, "steps": step,
-                "validation": validation, "test": test})
+                "validation": validation, "test": test,
+                **({"stopped_early": True} if early else {})})
             (out / run_files.PREEMPTED).unlink(missing_ok=True)
             write_json_atomic(out / run_files.DONE, {"step": step, **end_eval,
                                                      "best_step": final_step})

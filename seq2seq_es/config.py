@@ -707,7 +707,12 @@ def compose(task: str | None = None, model: str | None = None, config_file: str 
     apply_mapping(cfg, overrides)
     follow_target_length(cfg, explicit=set(flat_keys(file_values)) | set(overrides))
     absolute_paths(cfg)
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ConfigError as error:  # a file's value refused only here (optim.lr: .nan): name it too
+        if error.key in set(flat_keys(file_values)) - set(overrides):
+            raise ConfigError(error.key, f"{error.reason} (in {config_file})") from None
+        raise
     return cfg
 
 

@@ -139,7 +139,7 @@ def test_a_job_of_several_ranks_divides_the_batch_among_them(tmp_path):
     (["--grid", "train.batch_size=24"], "--grid train.batch_size"),
     (["--", "--optim.lrr", "3e-5"], "optim.lrr"),
     (["--", "--train.epochs", "0"], "train.epochs"),
-    (["--grid", "data.max_source_length=512,2048"], "data.max_source_length"),
+    (["--grid", "data.max_source_length=512,2048"], "--grid: data.max_source_length=2048"),
 ])
 def test_bad_runs_are_refused_before_anything_is_submitted(tmp_path, capsys, extra, key):
     assert slurm_main(_sweep(tmp_path, "--pair", "barto:mlsum", *extra)) == 2

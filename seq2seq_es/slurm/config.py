@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 
 # SLURM signals the job this many seconds before its time limit; the engine then needs time to
 # reach a step boundary and save a checkpoint collectively. SLURM may send it up to a minute early.
@@ -221,9 +221,10 @@ class SlurmConfig:
         """Builds a config from a mapping (a YAML section), refusing unknown keys by name."""
         known = {f.name for f in dataclasses.fields(cls)}
         for key in values:
-            if key not in known:
+            if key not in known:  # `time: 30` for time_min: the near miss first
                 raise ConfigError(f"{source}.{key}",
-                                  f"unknown key; known keys: {', '.join(sorted(known))}")
+                                  f"unknown key; {did_you_mean(str(key), known)}"
+                                  f"known keys: {', '.join(sorted(known))}")
         return cls(**dict(values))
 
     def replace(self, **changes: Any) -> "SlurmConfig":

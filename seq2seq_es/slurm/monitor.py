@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import run_files
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, close_matches
 # The one metrics.jsonl reader (merges a step's records, keeping the last values).
 from ..metrics_log import read as read_metrics
 from .job import DEFAULT_ENTRY
@@ -413,7 +413,11 @@ def format_status(manifest: Manifest, statuses: list[RunStatus]) -> str:
             lines.append(f"    note: {status.note}")
         if status.failed:
             lines.append(f"    error: {status.error or 'no error message found'}")
-            lines.append(f"    log: {status.log}")
+            if status.log and Path(status.log).exists():
+                lines.append(f"    log: {status.log}")
+            elif status.log:
+                # SLURM makes a job's log as it starts: one cancelled while pending has none.
+                lines.append(f"    no log: the job never started ({status.log} does not exist)")
     counts: dict[str, int] = {}
     for status in statuses:
         counts[status.state] = counts.get(status.state, 0) + 1
@@ -840,6 +844,19 @@ def _column_rank(name: str) -> tuple[int, str]:
     return (_COLUMN_ORDER.index(name) if name in _COLUMN_ORDER else len(_COLUMN_ORDER), name)
 
 
+def _metric_hint(unknown: list[str], logged) -> str:
+    """'; did you mean 'rougeL'?' for near misses of the --metrics names (names are
+    case-sensitive: rougel is no metric; a name that differs only in case is the one meant)."""
+    hints = []
+    for name in unknown:
+        same = [known for known in sorted(logged) if known.lower() == name.lower()]
+        matches = same or close_matches(name, logged)
+        if matches:
+            meant = " or ".join(f"'{match}'" for match in matches)
+            hints.append(meant if len(unknown) == 1 else f"{meant} for {name}")
+    return f"; did you mean {', '.join(hints)}?" if hints else ""
+
+
 def build_table(manifest: Manifest, metrics: list[str] | None = None) -> ResultsTable:
     """Reads every run of the sweep, chooses one run per (model, task) (see choose_run), and
     lays the chosen runs out by family. `metrics` limits the columns shown, not the choice."""
@@ -899,7 +916,8 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
         unknown = [name for name in metrics if name not in logged]
         if unknown and chosen:
             raise ConfigError("--metrics", f"{', '.join(unknown)} logged by no chosen run; "
-                              f"the runs logged: {', '.join(sorted(logged))}")
+                              f"the runs logged: {', '.join(sorted(logged))}"
+                              + _metric_hint(unknown, logged))
     order = list(FAMILY_TITLES)
     families = sorted({info[task][0] for task in tasks}, key=order.index)
     grouped = [(family, [task for task in tasks if info[task][0] == family]) for family in families]

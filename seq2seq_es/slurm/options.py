@@ -5,6 +5,7 @@ they make (a `--slurm-config` file, then the flags, which win), and the train ov
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 from ..errors import ConfigError
@@ -30,28 +31,38 @@ SLURM_FLAGS: dict[str, tuple[str, Any]] = {
 }
 
 
+def _default(field_name: str) -> Any:
+    """SlurmConfig's default for a field (what a job gets without the flag or a --slurm-config
+    file setting it)."""
+    return {f.name: f.default for f in dataclasses.fields(SlurmConfig)}[field_name]
+
+
 def add_slurm_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("SLURM options (override --slurm-config)")
     group.add_argument("--slurm-config", metavar="FILE", help="YAML with a slurm: section")
-    group.add_argument("--nodes", type=int)
-    group.add_argument("--gpus-per-node", type=int, help="0: CPU; else one task per GPU")
+    group.add_argument("--nodes", type=int, help=f"(default {_default('nodes')})")
+    group.add_argument("--gpus-per-node", type=int,
+                       help=f"0: CPU; else one task per GPU (default {_default('gpus_per_node')})")
     group.add_argument("--tasks-per-node", type=int, help="CPU runs only (default 1)")
-    group.add_argument("--partition")
-    group.add_argument("--account")
-    group.add_argument("--qos")
-    group.add_argument("--constraint")
-    group.add_argument("--time", type=int, metavar="MINUTES", help="time limit per start")
-    group.add_argument("--mem-gb", type=float)
-    group.add_argument("--cpus-per-task", type=int)
+    group.add_argument("--partition", help="(default: SLURM's)")
+    group.add_argument("--account", help="(default: SLURM's)")
+    group.add_argument("--qos", help="(default: SLURM's)")
+    group.add_argument("--constraint", help="node features, as sbatch --constraint (default: any node)")
+    group.add_argument("--time", type=int, metavar="MINUTES",
+                       help=f"time limit per start (default {_default('time_min')})")
+    group.add_argument("--mem-gb", type=float,
+                       help="memory per node in GB (default: SLURM's)")
+    group.add_argument("--cpus-per-task", type=int, help="(default: SLURM's)")
     group.add_argument("--max-requeues", type=int,
-                       help="requeues a job may have in all (default 3): SLURM_RESTART_COUNT, "
-                            "which counts every requeue of the job id: its own after a "
-                            "pre-emption or the time limit, the cluster's, and `scontrol "
-                            "requeue`s by hand")
+                       help=f"requeues a job may have in all (default {_default('max_requeues')}): "
+                            "SLURM_RESTART_COUNT, which counts every requeue of the job id: its "
+                            "own after a pre-emption or the time limit, the cluster's, and "
+                            "`scontrol requeue`s by hand")
     group.add_argument("--signal-delay-s", type=int,
                        help="seconds before the time limit at which the job is told to save "
-                            "(default 120); delay + 60 s must be shorter than --time")
-    group.add_argument("--job-name")
+                            f"(default {_default('signal_delay_s')}); delay + 60 s must be shorter "
+                            "than --time")
+    group.add_argument("--job-name", help=f"(default {_default('job_name')})")
     group.add_argument("--python", help="python command on the nodes (default: this interpreter)")
     group.add_argument("--setup", action="append", default=[], metavar="LINE",
                        help="shell line run before the job starts (repeatable)")
@@ -60,22 +71,35 @@ def add_slurm_options(parser: argparse.ArgumentParser) -> None:
                             "not one the options above set (time, nodes, signal, ...)")
     group.add_argument("--entry", default=DEFAULT_ENTRY, metavar="MODULE:FUNCTION",
                        help="training entry called with ['train', ...]; "
-                            "seq2seq_es.slurm.probe:main checks a cluster without training")
+                            "seq2seq_es.slurm.probe:main checks a cluster without training "
+                            f"(default {DEFAULT_ENTRY})")
 
 
 def slurm_config_from_args(args: argparse.Namespace) -> SlurmConfig:
-    values: dict[str, Any] = load_slurm_yaml(args.slurm_config) if args.slurm_config else {}
+    from_file: dict[str, Any] = load_slurm_yaml(args.slurm_config) if args.slurm_config else {}
+    values = dict(from_file)
+    flagged: set[str] = set()
     for flag, (key, _) in SLURM_FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
             values[key] = value
+            flagged.add(key)
     if args.setup:
         values["setup"] = list(values.get("setup") or []) + args.setup
     if args.sbatch:
         values["extra_sbatch"] = with_sbatch_options(values.get("extra_sbatch"), args.sbatch)
-    config = SlurmConfig.from_mapping(values)
-    # Here, before anything is written (and for --dry-run too); rendering checks again.
-    config.check_for_submission()
+    try:
+        config = SlurmConfig.from_mapping(values)
+        # Here, before anything is written (and for --dry-run too); rendering checks again.
+        config.check_for_submission()
+    except ConfigError as error:
+        # A value of the file's (no flag replaced it): name the file, as `train` names its
+        # --config file. setup and extra_sbatch add the flags' entries to the file's; those
+        # of --setup are plain lines and --sbatch checks its own, so an error there is the file's.
+        name = error.key.split(".")[1] if error.key.startswith("slurm.") else None
+        if name in from_file and name not in flagged:
+            raise ConfigError(error.key, f"{error.reason} (in {args.slurm_config})") from None
+        raise
     return config
 
 

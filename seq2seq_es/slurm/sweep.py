@@ -628,7 +628,15 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
             if not compose_runs:
                 runs.append(plan)
                 continue
-            cfg = compose_run(task, model, argv[4:])
+            try:
+                cfg = compose_run(task, model, argv[4:])
+            except ConfigError as error:
+                # The pair composed without the grid point (`default` above), so a refused axis
+                # key is its value's fault: say it as --grid and the value given there.
+                if error.key in point and error.key != BATCH_AXIS:
+                    raise ConfigError("--grid", f"{error.key}={point[error.key]}: "
+                                      f"{error.reason}") from None
+                raise
             plan.argv = argv = pinned_paths(argv, cfg)
             key = resolved_key(cfg)
             if key in seen:

@@ -186,7 +186,8 @@ class TrainConfig(_Section):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where the GPU
                                           # supports it, else fp16; fp32 on CPU. fp16: dynamic
                                           # loss scaling. auto gives T5 models fp32 instead of fp16
-    log_every: int = 10                   # steps between train/* records in metrics.jsonl
+    log_every: int = 10                   # steps between train/* records in metrics.jsonl;
+                                          # train/loss is over the steps since the last record
     stop_check_every: int = 1             # steps between the ranks' agreement on a stop signal
                                           # or a time-based save (one collective each time)
     eval_every: int = 0                   # steps; 0: none between epochs (see eval_per_epoch)

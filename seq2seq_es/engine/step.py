@@ -109,6 +109,10 @@ class TrainStep:
         self.bad = zero.clone()                              # stop: non-finite since the check
         self.first_bad = torch.full((), float("inf"), dtype=torch.float64, device=self.device)
         self.window = torch.zeros(2, dtype=torch.float64, device=self.device)  # tokens, padded
+        # The logged loss's sums since the last read: this rank's cross-entropy and skipped
+        # target tokens, and the target tokens of all ranks (a read gives the interval's loss
+        # per target token, as the Trainer logs a logging interval's mean, not one step's).
+        self.loss_window = torch.zeros(3, dtype=torch.float64, device=self.device)
         self.micro_seen = 0                                  # micro-batches run by this object
         self.unchecked: dict[int, tuple[int, int, str]] = {}  # index -> (step, k, batch shape)
         self.unchecked_steps: list[int] = []
@@ -188,7 +192,24 @@ class TrainStep:
         if self.fp16:  # the scale the next step uses; 1 if this one was skipped
             fp16["overflow_skipped"] = int(fp16_step_skipped(engine, scale_before, skipped_before))
             fp16["loss_scale"] = self.scale = loss_scale(engine)
+        self.loss_window += torch.stack([ce_total, skipped_tokens, counts[0]])
         return StepResult(step + 1, counts, ce_total, skipped, skipped_tokens, fp16)
+
+    def loss_window_sums(self) -> list[float]:
+        """The logged loss's sums since the last read over all ranks, [cross-entropy, skipped
+        target tokens, target tokens], for a checkpoint: a resume goes on from them, so that its
+        first logged loss covers the same steps as an uninterrupted run's. Collective."""
+        ranks = all_reduce_(self.loss_window[:2].clone())
+        return torch.cat([ranks, self.loss_window[2:]]).tolist()
+
+    def restore_loss_window(self, sums: list[float] | None) -> None:
+        """Resume from `loss_window_sums` (already over all ranks: rank 0 takes the rank sums,
+        every rank the global target count)."""
+        if not sums:
+            return
+        ce, skipped_tokens, target = sums
+        local = [ce, skipped_tokens] if self.env.rank == 0 else [0.0, 0.0]
+        self.loss_window = torch.tensor([*local, target], dtype=torch.float64, device=self.device)
 
     def check_finite(self) -> None:
         """on_nan=stop: raise NonFiniteLoss if any rank had a non-finite loss since the last
@@ -211,14 +232,17 @@ class TrainStep:
             f"{bad_step - 1} was saved); set train.on_nan=skip to skip such batches")
 
     def read(self, result: StepResult) -> dict[str, float]:
-        """The step's logged numbers, and the tokens since the last read (one read-back)."""
+        """The loss since the last read (per target token kept), the step's counts, and the
+        tokens since the last read (one read-back)."""
         self.check_finite()
-        summed = all_reduce_(torch.stack([result.ce, result.skipped_tokens]))
-        values = torch.cat([summed, result.counts, result.skipped.view(1), self.window]).tolist()
+        summed = all_reduce_(self.loss_window[:2].clone())
+        values = torch.cat([summed, self.loss_window[2:], result.counts, result.skipped.view(1),
+                            self.window]).tolist()
         self.window.zero_()
-        ce_sum, skipped_tokens, target, source, padded, skipped, window_tokens, window_padded = \
-            values
-        kept = target - skipped_tokens  # the loss of a step that skipped everything is unknown
+        self.loss_window.zero_()
+        (ce_sum, skipped_tokens, window_target, target, source, padded, skipped, window_tokens,
+         window_padded) = values
+        kept = window_target - skipped_tokens  # a window that skipped everything: unknown
         return {"loss": ce_sum / kept if kept > 0 else float("nan"), "target_tokens": target,
                 "tokens": target + source, "padded_tokens": padded,
                 "skipped_micro_batches": int(skipped), "window_tokens": window_tokens,

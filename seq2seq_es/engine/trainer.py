@@ -170,6 +170,7 @@ class Trainer:
         # The step (read back once per logging interval) and the non-finite check: never
         # evaluate, save or export weights that a non-finite loss reached (on_nan=stop).
         self.stepper = TrainStep(self.engine, env, cfg)
+        self.stepper.restore_loss_window(self.state.loss_window)
         self.stop = StopRequest(announce=env.is_main)
 
     def follow_schedule(self) -> None:
@@ -280,7 +281,7 @@ class Trainer:
         if not (step % max(self.cfg.train.log_every, 1) == 0 or step == self.total_steps
                 or step == 1):
             return
-        values = self.stepper.read(result)  # the logged step's loss, the tokens since the last log
+        values = self.stepper.read(result)  # the loss and the tokens since the last log
         window_tokens, window_padded = values["window_tokens"], values["window_padded"]
         tokens_per_s = window_tokens / max(time.perf_counter() - self.window_start, 1e-9)
         self.log.log(step, {"train/loss": values["loss"], "train/lr": lr,
@@ -423,6 +424,7 @@ class Trainer:
         if self.saved_step == step:
             return
         self.stepper.check_finite()
+        self.state.loss_window = self.stepper.loss_window_sums()
         path = self.ckpt.save(self.engine, self.state)
         self.log.write(f"saved checkpoint {path.name}")
         self.saved_step = step

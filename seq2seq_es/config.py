@@ -141,6 +141,8 @@ class OptimConfig(_Section):
     warmup_ratio: float = 0.0             # fraction of total steps; ignored when warmup_steps > 0
     warmup_steps: int = 0                 # linear warmup steps; > 0 overrides warmup_ratio
     max_grad_norm: float = 1.0            # 0 disables clipping
+    label_smoothing: float = 0.0          # the training loss's (the Trainer's
+                                          # label_smoothing_factor); validation loss stays plain
     fused: bool = True                    # fused AdamW kernel on GPUs (measured fastest); CPU: off
 
     def validate(self) -> None:
@@ -156,6 +158,9 @@ class OptimConfig(_Section):
         self._at_least("max_grad_norm", 0, " (0 disables clipping)")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError("optim.warmup_ratio", "must be in [0, 1)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError("optim.label_smoothing", "must be in [0, 1) (0: off; the Trainer's "
+                              f"usual 0.1), got {_shown(self.label_smoothing)}")
         if self.warmup_steps < 0:
             raise ConfigError("optim.warmup_steps", "must be >= 0")
 

@@ -411,3 +411,37 @@ def test_through_a_zero3_engine_on_two_ranks_training_matches_the_logits_loss(tm
     for name, want in logits["params"].items():
         torch.testing.assert_close(torch.tensor(lean["params"][name]), torch.tensor(want),
                                    rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_label_smoothing_is_the_trainers_and_the_lean_loss_matches_it():
+    # optim.label_smoothing e: per token (1 - e) CE + e x mean over the vocabulary of -log p,
+    # the Trainer's LabelSmoother (written out here), on both loss paths.
+    hidden, weight, bias, labels = random_problem()
+    logits = (hidden @ weight.T + bias).float()
+    log_p = logits.log_softmax(-1)
+    kept = labels != -100
+    nll = -log_p[kept].gather(1, labels[kept][:, None]).squeeze(1)
+    by_hand = (0.9 * nll + 0.1 * -log_p[kept].mean(-1)).sum()
+    full = token_ce_sum(logits, labels, 0.1)
+    torch.testing.assert_close(full, by_hand, rtol=1e-5, atol=1e-4)
+    assert not torch.allclose(full, token_ce_sum(logits, labels), rtol=1e-3)
+    for chunk_size in (7, 4096):
+        lean = chunked_cross_entropy_sum(hidden, weight, labels, bias, chunk_size=chunk_size,
+                                         label_smoothing=0.1)
+        torch.testing.assert_close(lean, full, rtol=1e-5, atol=1e-4)
+        full = token_ce_sum((hidden @ weight.T + bias).float(), labels, 0.1)  # a fresh graph
+        for got, want in zip(grads(lean, (hidden, weight, bias)),
+                             grads(full, (hidden, weight, bias))):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    model = MODELS["t5-v1.1"]().train()  # a hidden scale and no bias on the head
+    batch = batch_for(model)
+    ref = token_ce_sum(model(**model_inputs(batch)).logits, batch["labels"], 0.2)
+    install_lean_loss(model, 5, 0.2)
+    try:
+        lean = model(**model_inputs(batch), lean_ce_labels=batch["labels"])
+    finally:
+        uninstall_lean_loss(model)
+    torch.testing.assert_close(lean, ref, rtol=1e-5, atol=1e-4)
+    for g, w in zip(param_grads(model, lean), param_grads(model, ref)):
+        if w is not None:
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5 * max(1.0, w.abs().max()))

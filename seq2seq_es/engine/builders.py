@@ -237,7 +237,7 @@ def get_engine(model, cfg: RunConfig, env: D.DistEnv, total_steps: int):
 
     if cfg.model.lean_ce:
         from ..kernels.lean_ce import install_lean_loss
-        install_lean_loss(model, cfg.model.lean_ce_chunk)
+        install_lean_loss(model, cfg.model.lean_ce_chunk, cfg.optim.label_smoothing)
 
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)

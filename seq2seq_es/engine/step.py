@@ -164,7 +164,8 @@ class TrainStep:
                 if self.cfg.model.lean_ce:  # through engine(...): DeepSpeed hooks its output
                     ce = engine(**batch, lean_ce_labels=labels)
                 else:
-                    ce = token_ce_sum(engine(**batch).logits, labels)
+                    ce = token_ce_sum(engine(**batch).logits, labels,
+                                      self.cfg.optim.label_smoothing)
                 value = ce.detach().double()
                 bad = ~torch.isfinite(value)
                 if self.skip:  # every rank skips a micro-batch that is bad on any rank

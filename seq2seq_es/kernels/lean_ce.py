@@ -67,7 +67,8 @@ class _LinearCrossEntropySum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                labels: torch.Tensor, chunk_size: int, grad_enabled: bool) -> torch.Tensor:
+                labels: torch.Tensor, chunk_size: int, grad_enabled: bool,
+                smoothing: float) -> torch.Tensor:
         # needs_input_grad ignores no_grad mode; evaluation must not pay for gradients.
         need_hidden, need_weight, need_bias = (grad_enabled and need
                                                for need in ctx.needs_input_grad[:3])
@@ -88,12 +89,19 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                 if b is not None:
                     logits += b
                 log_normaliser = torch.logsumexp(logits, dim=-1)
-                total += (log_normaliser - logits.gather(1, y[:, None]).squeeze(1)).sum()
+                nll = log_normaliser - logits.gather(1, y[:, None]).squeeze(1)
+                if smoothing:  # (1 - e) nll + e x mean over the vocabulary of -log p
+                    uniform = log_normaliser - logits.mean(dim=-1)
+                    total += ((1.0 - smoothing) * nll + smoothing * uniform).sum()
+                else:
+                    total += nll.sum()
                 if not (need_hidden or need_weight or need_bias):
                     continue
-                # d(loss)/d(logits) = softmax - one_hot, built in place over the logits.
+                # d(loss)/d(logits) = softmax - (1 - e) one_hot - e / V, in place over the logits.
                 grad_logits = logits.sub_(log_normaliser[:, None]).exp_()
-                grad_logits[torch.arange(y.numel(), device=y.device), y] -= 1.0
+                grad_logits[torch.arange(y.numel(), device=y.device), y] -= 1.0 - smoothing
+                if smoothing:
+                    grad_logits -= smoothing / grad_logits.size(1)
                 if need_bias:
                     grad_bias += grad_logits.sum(0)
                 grad_logits = grad_logits.to(dtype)
@@ -111,13 +119,14 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         for grad, dtype in zip(ctx.grads, ctx.dtypes):
             grads.append(None if grad is None else (grad * grad_total).to(dtype))
         ctx.grads = None
-        return grads[0], grads[1], grads[2], None, None, None
+        return grads[0], grads[1], grads[2], None, None, None, None
 
 
 def chunked_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                              bias: torch.Tensor | None = None,
-                              chunk_size: int = 4096) -> torch.Tensor:
-    """Token-summed CE (labels of -100 ignored) of `hidden @ weight.T + bias`, in fp32.
+                              bias: torch.Tensor | None = None, chunk_size: int = 4096,
+                              label_smoothing: float = 0.0) -> torch.Tensor:
+    """Token-summed CE (labels of -100 ignored) of `hidden @ weight.T + bias`, in fp32, label
+    smoothed as token_ce_sum.
 
     hidden [N, d], weight [V, d], labels [N], bias [V] or [1, V] (BART's final_logits_bias).
     The [N, V] logits exist only `chunk_size` rows at a time; gradients flow to hidden, weight
@@ -142,7 +151,7 @@ def chunked_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, labels
                          f"[{int(targets.min())}, {int(targets.max())}]")
     rows = hidden if kept.numel() == hidden.size(0) else hidden.index_select(0, kept)
     return _LinearCrossEntropySum.apply(rows, weight, bias, targets, chunk_size,
-                                        torch.is_grad_enabled())
+                                        torch.is_grad_enabled(), float(label_smoothing))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,8 +194,9 @@ def decoder_hidden_states(model, batch: Mapping[str, torch.Tensor]) -> torch.Ten
 
 
 def lean_token_ce_sum(model, batch: Mapping[str, torch.Tensor], labels: torch.Tensor,
-                      chunk_size: int = 4096) -> torch.Tensor:
-    """The same value as `token_ce_sum(model(**batch).logits, labels)`, without the logits."""
+                      chunk_size: int = 4096, label_smoothing: float = 0.0) -> torch.Tensor:
+    """The same value as `token_ce_sum(model(**batch).logits, labels, label_smoothing)`,
+    without the logits."""
     hidden = decoder_hidden_states(model, batch)
     if hidden.shape[:2] != labels.shape:
         raise ValueError(f"labels {tuple(labels.shape)} do not match the decoder's "
@@ -196,14 +206,14 @@ def lean_token_ce_sum(model, batch: Mapping[str, torch.Tensor], labels: torch.Te
     if hidden_scale != 1.0:
         rows = rows * hidden_scale
     return chunked_cross_entropy_sum(rows, weight, labels.reshape(-1).to(rows.device), bias,
-                                     chunk_size)
+                                     chunk_size, label_smoothing)
 
 
 # ---------------------------------------------------------------------------------------------
 # Wiring into the DeepSpeed engine's forward
 
 
-def install_lean_loss(model, chunk_size: int = 4096) -> None:
+def install_lean_loss(model, chunk_size: int = 4096, label_smoothing: float = 0.0) -> None:
     """Make `model(**batch, lean_ce_labels=labels)` return `lean_token_ce_sum` (a 0-dim tensor).
 
     Without that keyword the model's own forward runs, so generation and evaluation are
@@ -219,7 +229,7 @@ def install_lean_loss(model, chunk_size: int = 4096) -> None:
             return original(self, *args, **kwargs)
         if args:
             raise TypeError("pass the batch as keyword arguments together with lean_ce_labels")
-        return lean_token_ce_sum(self, kwargs, lean_ce_labels, chunk_size)
+        return lean_token_ce_sum(self, kwargs, lean_ce_labels, chunk_size, label_smoothing)
 
     model.forward = types.MethodType(forward, model)
     _register_head_with_zero3(model)

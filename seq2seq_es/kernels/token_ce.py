@@ -11,7 +11,10 @@ import torch
 import torch.nn.functional as F
 
 
-def token_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of cross-entropy over target tokens (labels != -100), computed in fp32."""
+def token_ce_sum(logits: torch.Tensor, labels: torch.Tensor,
+                 label_smoothing: float = 0.0) -> torch.Tensor:
+    """Sum of cross-entropy over target tokens (labels != -100), computed in fp32. With
+    `label_smoothing` e, each token's loss is (1 - e) x its cross-entropy + e x the mean over the
+    vocabulary of -log p (torch's definition, and the Trainer's label_smoothing_factor's)."""
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
-                           ignore_index=-100, reduction="sum")
+                           ignore_index=-100, reduction="sum", label_smoothing=label_smoothing)

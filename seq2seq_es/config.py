@@ -114,6 +114,8 @@ class DataConfig(_Section):
                                           # split is always scored whole)
     skip_bad_rows: bool = True            # skip (and report) empty/non-string fields instead of failing
     global_attention: str = "first"       # LED: first | prefix:N | sentences
+    columns: str = ""                     # the data's own column names for the task's,
+                                          # FILE=TASK pairs: article=text,highlights=summary
     cache_dir: str | None = None          # datasets cache for tokenized splits
 
     def validate(self) -> None:
@@ -122,11 +124,26 @@ class DataConfig(_Section):
             raise ConfigError("data.max_source_length", "must be at least 1")
         if self.max_target_length < 1:
             raise ConfigError("data.max_target_length", "must be at least 1")
+        self.column_map()  # refused here, before any data is read
         ga = self.global_attention
         if not (ga in ("first", "sentences") or (ga.startswith("prefix:") and ga[7:].isdigit()
                                                  and int(ga[7:]) >= 1)):
             raise ConfigError("data.global_attention", "expected first, sentences or prefix:N "
                               f"with N >= 1 (global tokens at the start), got {ga!r}")
+
+
+    def column_map(self) -> dict[str, str]:
+        """data.columns as {the data's name: the task's name}."""
+        renames: dict[str, str] = {}
+        for pair in filter(None, (part.strip() for part in self.columns.split(","))):
+            old, sep, new = (side.strip() for side in pair.partition("="))
+            if not (sep and old and new):
+                raise ConfigError("data.columns", f"expected FILE=TASK pairs separated by commas "
+                                  f"(e.g. article=text,highlights=summary), got {pair!r}")
+            if old in renames or new in renames.values():
+                raise ConfigError("data.columns", f"{pair}: each column is renamed once")
+            renames[old] = new
+        return renames
 
 
 @dataclass
@@ -794,6 +811,9 @@ def validate(cfg: RunConfig) -> None:
         t.output_dir = f"runs/{cfg.model.name}-{cfg.data.task}"
     for section in (cfg.model, d, o, t, dist, g):
         section.validate()
+    from .tasks.loading import check_column_map
+
+    check_column_map(get_task(cfg.data.task), d.column_map())
     # A file where a folder goes failed only once it was created: the run folder after the model
     # had loaded (FileExistsError), the cache as a "bad data file".
     _check_folder("train.output_dir", t.output_dir)

@@ -507,7 +507,8 @@ def test_score_with_a_task_reads_every_data_format_training_reads(tmp_path, caps
                        renamed]) == 2
     assert capsys.readouterr().err.strip() == (
         f"error: file {renamed}, column 'summary': missing column 'summary' (the task needs "
-        "text, summary); columns found: text, resumen")
+        "text, summary); columns found: text, resumen; data.columns (e.g. article=text) renames "
+        "a file's columns to the task's")
     # Neither one per example nor one per row: both counts are named.
     one = _write(tmp_path / "one.txt", "Llueve en Madrid.\n")
     assert score_main(["--task", "mlsum", "--predictions", one, "--references", first_bad]) == 2

@@ -119,7 +119,8 @@ def get_split(cfg: RunConfig, task, tokenizer, model, split: str, max_samples: i
     examples, load_report = load_examples(task, split, data_files=data_files(cfg),
                                           hub_revision=cfg.data.hub_revision,
                                           cache_dir=cfg.data.cache_dir, max_samples=max_samples,
-                                          skip_bad_rows=cfg.data.skip_bad_rows)
+                                          skip_bad_rows=cfg.data.skip_bad_rows,
+                                          columns=cfg.data.column_map())
     log(f"[{split}] {load_report}")
     tokenized, report = tokenize_examples(
         examples, tokenizer, split=split, max_source_length=cfg.data.max_source_length,

@@ -602,9 +602,11 @@ def check_line_file(path: Path, flag: str) -> None:
                              "convert the file (e.g. a .json array to one object a line)")
 
 
-def read_sources(path: Path, task, run_task=None) -> list[str]:
+def read_sources(path: Path, task, run_task=None,
+                 columns: dict[str, str] | None = None) -> list[str]:
     """Sources from a .jsonl file (formatted per `task`, else a 'source' field, else the run's
-    task's columns) or a text file (one per line)."""
+    task's columns, `columns` renaming the row's keys as the run's data.columns did) or a text
+    file (one per line)."""
     check_line_file(path, "--input")
     if not path.is_file():
         raise InputError(path, None, "does not exist" if not path.exists() else "is not a file")
@@ -625,6 +627,8 @@ def read_sources(path: Path, task, run_task=None) -> list[str]:
             except json.JSONDecodeError as exc:
                 raise InputError(path, n, f"not valid JSON ({exc.msg} at column {exc.colno})") \
                     from None
+            if columns and isinstance(row, dict):
+                row = {columns.get(key, key): value for key, value in row.items()}
             sources.append(source_of(row, task, path, n, run_task))
     else:
         for n, raw in enumerate(lines, start=1):
@@ -687,7 +691,8 @@ def predict_main(argv: list[str]) -> int:
                            task=args.task, model=args.model, allow_model=saved.kind == "hf")
     # A run's own config names its task: its data files' rows need no --task.
     run_task = get_task(cfg.data.task) if args.config or saved.config_file else None
-    sources = read_sources(input_path, task, run_task)  # bad input fails before loading
+    # bad input fails before loading; rows of the run's data files with their own column names
+    sources = read_sources(input_path, task, run_task, cfg.data.column_map())
     env = D.read_env()
     D.init(env, cfg.dist.backend, cfg.dist.timeout_min)
     quiet_library_progress()

@@ -116,14 +116,16 @@ class TaskReferences:
 TASK_DATA_SUFFIXES = (".csv", ".tsv", ".json", ".parquet")
 
 
-def read_references(path: str, task=None) -> list[str] | list[list[str]] | TaskReferences:
+def read_references(path: str, task=None,
+                    columns: dict[str, str] | None = None) -> list[str] | list[list[str]] | TaskReferences:
     """Plain lines, or for ``.jsonl`` one string or list of strings per line, or an object with
     "scored_references" or "reference" (evaluate's predictions.jsonl: what it scored against).
     With `task` (a TaskSpec), also the task's own data file, read as training reads it (.jsonl
     with the task's rows, .json, .csv, .tsv, .parquet, compressed or not): each example's
-    references as a run of the task scores them (QA: every answer)."""
+    references as a run of the task scores them (QA: every answer); `columns` renames its
+    columns to the task's, as a run's data.columns."""
     if task is not None and _is_task_data_file(path):
-        return _task_references(path, task)
+        return _task_references(path, task, columns)
     if not path.endswith(".jsonl"):
         return read_lines(path)
     references: list[str | list[str]] = []
@@ -162,18 +164,19 @@ def _is_task_data_file(path: str) -> bool:
     return False
 
 
-def _task_references(path: str, task) -> TaskReferences:
+def _task_references(path: str, task, columns: dict[str, str] | None = None) -> TaskReferences:
     """The references of the examples a run of `task` makes from its data file `path`, read by
     training's own reader (tasks.loading.read_task_file: formats, delimiters, TSV quoting, bad
     lines, missing columns) and, as a run does by default, skipping bad rows (said on stderr)."""
     import datasets
 
     from seq2seq_es.tasks.formatting import Example, RowFormatter
-    from seq2seq_es.tasks.loading import read_task_file
+    from seq2seq_es.tasks.loading import check_column_map, read_task_file
 
     _read_bytes(path)  # a missing or unreadable file: its error, as for any references file
     datasets.disable_progress_bars()  # "Generating data split" bars: the scores are the output
-    raw, local = read_task_file(task.formatter, path)
+    check_column_map(task, columns)
+    raw, local = read_task_file(task.formatter, path, columns=columns)
     place = local.line_of_row if local.by_line else local.row_of_row
     unit = "line" if local.by_line and place is not None else "row"
 
@@ -228,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                              'object with "reference" / "scored_references" per line; with '
                              "--task also the task's own data file (.jsonl, .json, .csv, .tsv, "
                              ".parquet; its references, e.g. every answer of a QA row)")
+    parser.add_argument("--columns", metavar="FILE=TASK,...",
+                        help="with --task: the data file's own names for the task's columns, as "
+                             "a run's data.columns (e.g. article=text,highlights=summary)")
     parser.add_argument("--sources", metavar="FILE",
                         help="one source per line, or .jsonl with a string or an object with "
                              '"source" / "scored_source" per line (needed by sari)')
@@ -274,7 +280,13 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
         raise Seq2SeqEsError("give --metric NAME (repeatable) or --task T (its metrics)")
     names = check_metric_names(args.metric or list(task.metrics))
     predictions = read_predictions(args.predictions)
-    references = read_references(args.references, task)
+    columns = None
+    if args.columns:
+        if task is None:
+            raise Seq2SeqEsError("--columns renames a task's data file's columns: give --task")
+        from seq2seq_es.config import DataConfig
+        columns = DataConfig(columns=args.columns).column_map()
+    references = read_references(args.references, task, columns)
     keep, data_rows = None, None
     if isinstance(references, TaskReferences):
         keep = references.rows_to_score(len(predictions), args.predictions, args.references)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -116,29 +117,33 @@ class LoadReport:
 def load_examples(task: str | TaskSpec, split: str, *, data_files: Mapping[str, str] | None = None,
                   hub_revision: str | None = None, cache_dir: str | None = None,
                   max_samples: int | None = None, skip_bad_rows: bool = True,
-                  max_history_turns: int | None = None) -> tuple[datasets.Dataset, LoadReport]:
+                  max_history_turns: int | None = None,
+                  columns: Mapping[str, str] | None = None) -> tuple[datasets.Dataset, LoadReport]:
     """Load one split of a task as (datasets.Dataset of examples, LoadReport).
 
     data_files maps our split names to local files; a split not in it comes from the hub.
     max_samples keeps the first N examples (the report still counts the whole split).
     max_history_turns caps dialogue histories at the last K turns.
+    columns renames a data source's columns to the task's ({"article": "text"}: data.columns).
     Raises DataError for a missing or unreadable file, a missing column, a hub failure, a split
     with no usable row, and, with skip_bad_rows=False, the first bad row.
     """
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     _check_request(spec, split, data_files, max_samples)
     formatter = _formatter_for(spec, max_history_turns)
+    check_column_map(spec, columns)
     path = (data_files or {}).get(split)
     local: LocalFile | None = None
     if path is not None:
         file = str(path)
-        raw, local = read_task_file(formatter, file, cache_dir)
+        raw, local = read_task_file(formatter, file, cache_dir, columns)
         report = LoadReport(spec.name, split, f"file {file}", notes=list(local.notes))
     else:
         file = None
         raw, origin, notes = _read_hub(spec, split, hub_revision, cache_dir)
         report = LoadReport(spec.name, split, origin, notes=notes)
-        _check_columns(raw, formatter, file, report.origin)
+        raw = _renamed(raw, columns, file, origin)
+        _check_columns(raw, formatter, file, report.origin, columns)
 
     marked = _format(raw, formatter, split)
     left_out = list(local.bad) if local else []
@@ -228,17 +233,51 @@ def builder_for(path: str) -> tuple[str, dict[str, Any]]:
     return LOCAL_FILE_BUILDERS[extension], (tsv if extension == ".tsv" else {})
 
 
-def read_task_file(formatter: Formatter, path: str,
-                   cache_dir: str | None = None) -> tuple[datasets.Dataset, LocalFile]:
+def read_task_file(formatter: Formatter, path: str, cache_dir: str | None = None,
+                   columns: Mapping[str, str] | None = None) -> tuple[datasets.Dataset, LocalFile]:
     """A local data file's rows as training reads them (any of LOCAL_FILE_BUILDERS' formats),
-    with the columns `formatter` needs checked; the LocalFile maps rows back to lines. Also what
-    `score --task` scores against, so that both count the same rows."""
-    raw, local = _read_local_file(path, formatter, cache_dir)
-    _check_columns(raw, formatter, path, f"file {path}")
+    its columns renamed by `columns` (the file's name -> the task's) and those `formatter` needs
+    checked; the LocalFile maps rows back to lines. Also what `score --task` scores against, so
+    that both count the same rows."""
+    in_file = {task: file for file, task in (columns or {}).items()}
+    required = tuple(in_file.get(column, column) for column in formatter.required_columns())
+    raw, local = _read_local_file(path, required, cache_dir)
+    raw = _renamed(raw, columns, path, f"file {path}")
+    _check_columns(raw, formatter, path, f"file {path}", columns)
     return raw, local
 
 
-def _read_local_file(path: str, formatter: Formatter,
+def task_columns(spec: TaskSpec) -> list[str]:
+    """Every column the task's formatter reads (required or not), by its field names."""
+    formatter = spec.formatter
+    names = [getattr(formatter, f.name) for f in dataclasses.fields(formatter)
+             if f.name.endswith("column")]
+    return [name for name in dict.fromkeys([*formatter.required_columns(), *names])
+            if isinstance(name, str)]
+
+
+def check_column_map(spec: TaskSpec, columns: Mapping[str, str] | None) -> None:
+    """data.columns may only rename to columns the task reads."""
+    known = task_columns(spec)
+    for file_name, task_name in (columns or {}).items():
+        if task_name not in known:
+            raise ConfigError("data.columns", f"{file_name}={task_name}: '{task_name}' is no "
+                              f"column of task {spec.name}; its columns: {', '.join(known)}")
+
+
+def _renamed(raw, columns: Mapping[str, str] | None, file: str | None, origin: str):
+    """`raw` with data.columns' renames of the columns it has."""
+    renames = {old: new for old, new in (columns or {}).items() if old in raw.column_names}
+    clash = [new for old, new in renames.items() if new in raw.column_names and new not in renames]
+    if clash:
+        where = "" if file is not None else f" in {origin}"
+        raise DataError(f"data.columns renames a column to '{clash[0]}', which the data has "
+                        f"already{where}; leave that pair out or drop the column", file=file,
+                        column=clash[0])
+    return raw.rename_columns(renames) if renames else raw
+
+
+def _read_local_file(path: str, required: tuple[str, ...],
                      cache_dir: str | None) -> tuple[Any, LocalFile]:
     if not os.path.exists(path):
         raise DataError("file does not exist", file=path)
@@ -250,15 +289,14 @@ def _read_local_file(path: str, formatter: Formatter,
     try:
         if builder == "json":
             _check_looks_like_json(path)
-        local = prepare_local_file(path, builder, options, formatter.required_columns(),
-                                   cache_dir=cache_dir)
+        local = prepare_local_file(path, builder, options, required, cache_dir=cache_dir)
         options = dict(local.options)
         if builder == "csv":
             options.update(_csv_as_text(local))
         raw = _load_file(local.path, builder, options, cache_dir, shown_as=path)
         # A JSON file may hold its rows under a top-level "data" key.
         if (builder == "json" and "data" in raw.column_names
-                and not set(formatter.required_columns()) <= set(raw.column_names)):
+                and not set(required) <= set(raw.column_names)):
             raw = _load_file(local.path, builder, {"field": "data"}, cache_dir, shown_as=path)
     except OSError as exc:  # reading the file, or writing its cleaned copy or the cache
         raise _file_system_failure(exc, path, cache_dir) from exc
@@ -513,15 +551,19 @@ def _hub_failure(spec: TaskSpec, split: str, describe: str, revision: str | None
 # ---------------------------------------------------------------------------------------------
 # Schema checks, before any row is formatted
 
-def _check_columns(raw, formatter: Formatter, file: str | None, origin: str) -> None:
+def _check_columns(raw, formatter: Formatter, file: str | None, origin: str,
+                   columns: Mapping[str, str] | None = None) -> None:
     found = raw.column_names
     missing = [column for column in formatter.required_columns() if column not in found]
     if missing:  # every one at once: a file is fixed in one go, not one rerun per column
         where = "" if file is not None else f" in {origin}"
         names = ", ".join(f"'{column}'" for column in missing)
+        renamed = (f"; data.columns renamed {', '.join(f'{a}={b}' for a, b in columns.items())}"
+                   if columns else "; data.columns (e.g. article=text) renames a file's columns "
+                   "to the task's" if file is not None else "")
         raise DataError(f"missing column{'s' if len(missing) > 1 else ''} {names}{where} (the "
                         f"task needs {', '.join(formatter.required_columns())}); columns found: "
-                        f"{', '.join(found) or '(none)'}{_looks_like_json_hint(found)}",
+                        f"{', '.join(found) or '(none)'}{_looks_like_json_hint(found)}{renamed}",
                         file=file, column=missing[0])
     for column, keys in formatter.required_keys().items():
         present = _struct_keys(raw.features[column])

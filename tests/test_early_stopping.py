@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from engine_runs import base_args, demo_files, run
+from engine_runs import base_args, demo_files, run, step_losses
 
 pytestmark = pytest.mark.slow
 
@@ -28,15 +28,18 @@ def _evals(out):
 def test_training_ends_after_patience_validations_without_a_new_best(tmp_path):
     files = demo_files(tmp_path / "data", train_size=16)
     out = tmp_path / "run"
-    proc = run("none", 1, base_args(files, out, steps=8, extra=FROZEN))
+    proc = run("none", 1, base_args(files, out, steps=8, extra=FROZEN + ["--train.log_every",
+                                                                         "1000"]))
     assert "early stop at step 3: 2 validations in a row without a new best rougeL" in proc.stdout
+    assert sorted(step_losses(out)) == [1, 3]  # the last interval's loss is logged too
     assert _evals(out) == [1, 2, 3]  # step 3's validation is not run again at the end
     results = json.loads((out / "final_results.json").read_text())
     assert (results["steps"], results["best_step"], results["stopped_early"]) == (3, 1, True)
     assert json.loads((out / "DONE").read_text())["step"] == 3 and (out / "final").is_dir()
     # finished: run again, it trains nothing
     again = run("none", 1, base_args(files, out, steps=8, extra=FROZEN + RESUME))
-    assert "finished at step 3 (DONE): nothing to train" in again.stdout
+    assert ("finished at step 3 (DONE): nothing to train; its early stopping ran out (2 "
+            "validations without a new best): raise train.early_stopping_patience") in again.stdout
     assert _evals(out) == [1, 2, 3]
 
 

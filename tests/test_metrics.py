@@ -516,6 +516,29 @@ def test_score_with_a_task_reads_every_data_format_training_reads(tmp_path, caps
             "rows)") in capsys.readouterr().err
 
 
+def test_score_task_data_files_with_a_reference_column_or_lines_training_leaves_out(tmp_path,
+                                                                                   capsys):
+    # EUR-Lex-Sum's source column is named "reference": its own data file was taken for a
+    # references file and scored against the source texts (exit 0).
+    rows = [{"celex_id": str(i), "reference": f"Texto del acto {i}.", "summary": f"Resumen {i}."}
+            for i in (1, 2)]
+    eurlex = _write(tmp_path / "eurlex.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    summaries = _write(tmp_path / "summaries.txt", "Resumen 1.\nResumen 2.\n")
+    assert score_main(["--task", "eurlexsum", "--predictions", summaries, "--references",
+                       eurlex]) == 0
+    assert json.loads(capsys.readouterr().out)["rouge1"] == 100.0
+    # A line that training leaves out before reading (its summary a number) but predict reads
+    # (its text is fine): one prediction a line still lines up.
+    mixed = _write(tmp_path / "mixed.jsonl", '{"text": "a", "summary": "Uno dos."}\n'
+                   '{"text": "b", "summary": 5}\n\n{"text": "c", "summary": "Tres."}\n')
+    per_line = _write(tmp_path / "per_line.txt", "Uno dos.\nx\nTres.\n")
+    assert score_main(["--task", "mlsum", "--predictions", per_line, "--references",
+                       mixed]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["rouge1"] == 100.0
+    assert "line 2: column 'summary' not a string (int)" in captured.err
+
+
 def test_an_empty_parquet_file_is_said_to_hold_no_rows(tmp_path):
     pandas = pytest.importorskip("pandas")
     from seq2seq_es.errors import DataError

@@ -183,3 +183,14 @@ def test_help_shows_the_slurm_flags_defaults(capsys, command):
                   "one task per GPU (default 0)", "(default 3)", "(default 120)",
                   "--job-name JOB_NAME (default seq2seq-es)"):
         assert shown in text, shown
+
+
+def test_a_file_setup_that_is_no_list_is_refused_also_beside_setup_flags(tmp_path, capsys):
+    # list("module load cuda") made one shell line per character, without a word.
+    config = tmp_path / "slurm.yaml"
+    config.write_text("slurm:\n  setup: module load cuda\n")
+    assert slurm_main(["submit", "--task", "mlsum", "--model", "barto-tiny", "--run-dir",
+                       str(tmp_path / "run"), "--slurm-config", str(config), "--setup", "X",
+                       "--dry-run"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: config key 'slurm.setup': expected a list of shell lines (in {config})")

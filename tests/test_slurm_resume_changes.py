@@ -106,6 +106,16 @@ def test_a_grid_axis_is_not_changed_on_resume(sweep, capsys):
             "is another point; submit a new sweep for it") in capsys.readouterr().err
 
 
+def test_a_grid_axis_given_at_the_runs_own_value_is_no_change(sweep):
+    from seq2seq_es.slurm.sweep import resumed_argv
+
+    run = load_manifest(sweep).runs[0]
+    assert run.grid_point == {"dist.zero_stage": "2"}
+    argv, changes = resumed_argv(run, ["--dist.zero_stage", "2"], (2, 2))
+    stage = argv.index("--dist.zero_stage")
+    assert argv[stage + 1] == "2" and changes == []  # no change, so nothing listed
+
+
 def test_a_stopped_run_resumes_while_the_rest_of_its_sweep_trains(sweep, capsys, monkeypatch):
     from seq2seq_es.slurm import cli as slurm_cli
     from seq2seq_es.slurm.monitor import SlurmState

@@ -427,6 +427,7 @@ def run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
         if case.device.type == "cuda":
             torch.cuda.synchronize(case.device)
         notes["priming_s"] = time.perf_counter() - started      # mostly compilation
+    step.loss_window.zero_()  # the priming steps' dummy batches are no part of the loss noted
     clock = StepClock(case.device)
     step_batches: list[list[BatchTokens]] = []
     steps = plan.iter_steps(0, 0, 0)
@@ -441,8 +442,9 @@ def run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
             clock.begin()
             result = step([layout(b) for b in micro], number)
             clock.end()
-        # One read after the timed steps, as the trainer reads once per logging interval.
-        notes["last_loss"] = step.read(result)["loss"]
+        # One read after the timed steps, as the trainer reads once per logging interval: the
+        # loss per target token over the steps run (a sanity check between the rows).
+        notes["loss"] = step.read(result)["loss"]
     finally:
         step.close()
         engine.destroy()

@@ -152,6 +152,7 @@ class Trainer:
         # and the save of a new best at the same step).
         self.saved_step = self.state.step if resume_from is not None else None
         self.last_eval: dict = {}  # the latest validation's results (an early stop ends on it)
+        self.logged_step: int | None = None  # the last step whose train/* values were logged
         # A finished run resumed as it was: nothing below may rewrite its record (config.yaml,
         # versions.json, trackers), which still describes the run that trained it.
         self.finished = self.finished_before()
@@ -230,6 +231,8 @@ class Trainer:
                 state.epoch, state.step_in_epoch = epoch, step_in_epoch + 1
                 self.maybe_log(result, lr, epoch)
                 improved = self.maybe_eval(self.epoch_ended)
+                if self.stopped_early:  # the last step: its interval's loss is logged too
+                    self.maybe_log(result, lr, epoch, last=True)
                 signum, save_due = self.poll_ranks()
                 self.maybe_save(improved or save_due or bool(signum))
                 self.maybe_stop(signum)
@@ -258,9 +261,13 @@ class Trainer:
         had_done, finished = D.all_reduce_max([float(done is not None), float(finished)],
                                               self.env.device)
         if finished:
+            further = ("raise train.max_steps or train.epochs to train it further"
+                       if self.state.step >= self.total_steps else
+                       f"its early stopping ran out ({self.state.evals_without_best} validations "
+                       "without a new best): raise train.early_stopping_patience, or set it to "
+                       "0, to train it further")
             self.say(f"{self.out} finished at step {self.state.step} (DONE): nothing to train; "
-                     "raise train.max_steps or train.epochs to train it further, or score "
-                     f"it with `seq2seq-es evaluate {self.out}`")
+                     f"{further}, or score it with `seq2seq-es evaluate {self.out}`")
             return done or {"step": self.state.step}
         if had_done and self.env.is_main:
             if "step" in done:
@@ -274,13 +281,15 @@ class Trainer:
             done_file.unlink()
         return None
 
-    def maybe_log(self, result, lr: float, epoch: int) -> None:
-        """Every `log_every` steps, the first and the last: the interval's one read-back (the
-        host waits for the device here, so the time is taken after it)."""
+    def maybe_log(self, result, lr: float, epoch: int, last: bool = False) -> None:
+        """Every `log_every` steps, the first and the last (`last`: an early stop's): the
+        interval's one read-back (the host waits for the device here, so the time is taken
+        after it). A step is logged once."""
         step = self.state.step
-        if not (step % max(self.cfg.train.log_every, 1) == 0 or step == self.total_steps
-                or step == 1):
+        if step == self.logged_step or not (step % max(self.cfg.train.log_every, 1) == 0
+                                            or step == self.total_steps or step == 1 or last):
             return
+        self.logged_step = step
         values = self.stepper.read(result)  # the loss and the tokens since the last log
         window_tokens, window_padded = values["window_tokens"], values["window_padded"]
         tokens_per_s = window_tokens / max(time.perf_counter() - self.window_start, 1e-9)

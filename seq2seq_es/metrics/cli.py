@@ -100,17 +100,27 @@ class TaskReferences:
     references: list[list[str]]
     rows: int
     scored_rows: list[int] | None
+    # A JSON-lines file: its non-blank lines (predict reads each as a row, also those training
+    # leaves out before reading: a column of mixed types, a repeated key), and the positions
+    # among them of the scored rows' lines.
+    lines: int | None = None
+    scored_lines: list[int] | None = None
 
     def rows_to_score(self, predictions: int, predictions_path: str, path: str) -> list[int] | None:
         """The predictions to keep: None for all (one per scored example), or the scored rows'
-        when there is one prediction per data row (what predict writes for the same file)."""
-        if (predictions == len(self.references) or self.scored_rows is None
-                or predictions != self.rows):
+        when there is one prediction per data row or line (what predict writes for the file)."""
+        if predictions == len(self.references) or self.scored_rows is None:
+            return None
+        if predictions == self.rows:
+            keep, total = self.scored_rows, self.rows
+        elif self.scored_lines is not None and predictions == self.lines:
+            keep, total = self.scored_lines, self.lines
+        else:
             return None
         print(f"{predictions_path}: one prediction per data row of {path} (as predict writes "
-              f"them); the predictions of the {self.rows - len(self.references)} row(s) a run "
+              f"them); the predictions of the {total - len(self.references)} row(s) a run "
               "does not score are left out", file=sys.stderr)
-        return self.scored_rows
+        return keep
 
 
 TASK_DATA_SUFFIXES = (".csv", ".tsv", ".json", ".parquet")
@@ -124,7 +134,7 @@ def read_references(path: str, task=None,
     with the task's rows, .json, .csv, .tsv, .parquet, compressed or not): each example's
     references as a run of the task scores them (QA: every answer); `columns` renames its
     columns to the task's, as a run's data.columns."""
-    if task is not None and _is_task_data_file(path):
+    if task is not None and _is_task_data_file(path, task, columns):
         return _task_references(path, task, columns)
     if not path.endswith(".jsonl"):
         return read_lines(path)
@@ -141,10 +151,11 @@ def read_references(path: str, task=None,
     return references
 
 
-def _is_task_data_file(path: str) -> bool:
+def _is_task_data_file(path: str, task, columns: dict[str, str] | None = None) -> bool:
     """A data file of the task's (under --task): any data-file suffix but .jsonl, and a .jsonl
-    file whose first JSON value is an object without the keys of our reference files. Lines
-    that are not JSON (or not UTF-8) are passed over here: training skips them, and so does
+    file whose first JSON value is an object with the task's columns (EUR-Lex-Sum's source
+    column is named "reference"), or without the keys of our reference files. Lines that are not
+    JSON (or not UTF-8) are passed over here: training skips them, and so does
     _task_references."""
     name = path.lower()
     for suffix in (".gz", ".bz2", ".xz", ".zst"):
@@ -159,8 +170,12 @@ def _is_task_data_file(path: str) -> bool:
             value = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             continue
-        return (isinstance(value, dict) and "reference" not in value
-                and "scored_references" not in value)
+        if not isinstance(value, dict):
+            return False
+        in_file = {ours: theirs for theirs, ours in (columns or {}).items()}
+        if {in_file.get(name, name) for name in task.formatter.required_columns()} <= set(value):
+            return True
+        return "reference" not in value and "scored_references" not in value
     return False
 
 
@@ -185,8 +200,9 @@ def _task_references(path: str, task, columns: dict[str, str] | None = None) -> 
 
     for note in local.notes:  # e.g. read as ';'-delimited
         print(f"{path}: {note}", file=sys.stderr)
-    skipped = [(f"{'line' if local.by_line else 'row'} {at}", reason)
-               for at, _, reason in local.bad]
+    skipped = [(f"{'line' if local.by_line else 'row'} {at}",
+                f"column '{column}' {reason}" if column else reason)
+               for at, column, reason in local.bad]
     references, scored_rows = [], []
     rows = raw.to_list()
     for position, item in enumerate(task.formatter.format_rows(rows, list(range(len(rows))),
@@ -204,8 +220,16 @@ def _task_references(path: str, task, columns: dict[str, str] | None = None) -> 
     if not references:
         raise DataError(f"no usable {task.name} row (read as a {task.name} data file, since "
                         "--task is given)", file=path)
-    one_per_row = isinstance(task.formatter, RowFormatter)
-    return TaskReferences(references, len(rows), scored_rows if one_per_row else None)
+    if not isinstance(task.formatter, RowFormatter):
+        return TaskReferences(references, len(rows), None)
+    lines = scored_lines = None
+    if local.by_line and local.line_of_row is not None and path.lower().endswith(".jsonl"):
+        numbers = [number for number, text in enumerate(_read_bytes(path).split(b"\n"), 1)
+                   if text.strip()]
+        position = {number: index for index, number in enumerate(numbers)}
+        lines = len(numbers)
+        scored_lines = [position[local.line_of_row[row]] for row in scored_rows]
+    return TaskReferences(references, len(rows), scored_rows, lines, scored_lines)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -84,7 +84,9 @@ def slurm_config_from_args(args: argparse.Namespace) -> SlurmConfig:
         if value is not None:
             values[key] = value
             flagged.add(key)
-    if args.setup:
+    # A file's setup that is no list is left for from_mapping to refuse (naming the file):
+    # list("module load") made one shell line per character.
+    if args.setup and isinstance(values.get("setup") or [], list):
         values["setup"] = list(values.get("setup") or []) + args.setup
     if args.sbatch:
         values["extra_sbatch"] = with_sbatch_options(values.get("extra_sbatch"), args.sbatch)

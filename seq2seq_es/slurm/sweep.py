@@ -1011,7 +1011,8 @@ def resumed_argv(run: RunPlan, overrides: list[str],
                               "run it is and where it writes); submit a new run for another")
         # A grid axis names the run's point (collect leaves out a run whose config left its
         # point); the batch axis is the step's size, which the checks below keep.
-        if key in run.grid_point and key not in STEP_KEYS:
+        if key in run.grid_point and key not in STEP_KEYS \
+                and not _same_value(given[key], run.grid_point[key]):
             raise ConfigError(key, f"is an axis of the sweep's grid: run {run.name} is the point "
                               f"{key}={run.grid_point[key]}, and another value is another "
                               "point; submit a new sweep for it")
@@ -1033,6 +1034,14 @@ def resumed_argv(run: RunPlan, overrides: list[str],
     old, new = (run_files.flat_run_config(asdict(cfg)) for cfg in (before, after))
     return argv, [f"{key} {old.get(key)} -> {new.get(key)}" for key in sorted(set(old) | set(new))
                   if old.get(key) != new.get(key)]
+
+
+def _same_value(given: str, planned: str) -> bool:
+    """3e-5 and 0.00003 are one grid value (numbers compare as numbers)."""
+    try:
+        return float(given) == float(planned)
+    except ValueError:
+        return given == planned
 
 
 def _step_units(cfg) -> tuple[int, str]:

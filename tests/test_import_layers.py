@@ -25,7 +25,8 @@ import seq2seq_es
 PACKAGE_DIR = Path(seq2seq_es.__file__).resolve().parent
 PACKAGE = PACKAGE_DIR.name
 
-BOTTOM = {"errors": set(), "run_files": {"errors"}, "line_files": set()}  # module -> what it may import of the package
+# module -> what it may import of the package
+BOTTOM = {"errors": set(), "run_files": {"errors"}, "line_files": set()}
 LOWER = ("config", "config_help", "metrics_log", "models", "tasks", "metrics", "data", "kernels")
 UPPER = ("engine", "cli", "slurm", "bench", "demo")
 

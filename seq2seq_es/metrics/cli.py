@@ -126,8 +126,8 @@ class TaskReferences:
 TASK_DATA_SUFFIXES = (".csv", ".tsv", ".json", ".parquet")
 
 
-def read_references(path: str, task=None,
-                    columns: dict[str, str] | None = None) -> list[str] | list[list[str]] | TaskReferences:
+def read_references(path: str, task=None, columns: dict[str, str] | None = None
+                    ) -> list[str] | list[list[str]] | TaskReferences:
     """Plain lines, or for ``.jsonl`` one string or list of strings per line, or an object with
     "scored_references" or "reference" (evaluate's predictions.jsonl: what it scored against).
     With `task` (a TaskSpec), also the task's own data file, read as training reads it (.jsonl

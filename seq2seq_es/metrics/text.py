@@ -134,9 +134,9 @@ def split_sentences(text: str) -> list[str]:
 
     A boundary is a run of ``. ! ? …`` (optionally followed by closing quotes or brackets)
     followed by whitespace and a capital letter, digit, ``¿``, ``¡``, an opening quote or
-    bracket, a dialogue dash (—), or directly by ``¿``/``¡`` ("¿Vienes?¡Claro!"). A single "." after a known
-    abbreviation, a dotted abbreviation like "EE.UU." or a capital initial is not a boundary;
-    a "." inside a number ("3.5") never is, since no space follows it.
+    bracket, a dialogue dash (—), or directly by ``¿``/``¡`` ("¿Vienes?¡Claro!"). A single "."
+    after a known abbreviation, a dotted abbreviation like "EE.UU." or a capital initial is not
+    a boundary; a "." inside a number ("3.5") never is, since no space follows it.
     """
     sentences = []
     for line in normalize_unicode(text).splitlines():

@@ -47,7 +47,8 @@ def add_slurm_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--partition", help="(default: SLURM's)")
     group.add_argument("--account", help="(default: SLURM's)")
     group.add_argument("--qos", help="(default: SLURM's)")
-    group.add_argument("--constraint", help="node features, as sbatch --constraint (default: any node)")
+    group.add_argument("--constraint",
+                       help="node features, as sbatch --constraint (default: any node)")
     group.add_argument("--time", type=int, metavar="MINUTES",
                        help=f"time limit per start (default {_default('time_min')})")
     group.add_argument("--mem-gb", type=float,

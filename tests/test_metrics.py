@@ -446,7 +446,7 @@ def test_score_with_a_task_reads_the_tasks_own_data_file_as_references(tmp_path,
     broken = _write(tmp_path / "broken.jsonl", json.dumps(rows[0], ensure_ascii=False) + "\n"
                     + json.dumps({**rows[1], "answers": {"text": 5}}) + "\n")
     one = _write(tmp_path / "one.txt", "Madrid\n")
-    # A bad row is skipped and said, as training and predict skip it (their counts agree).
+    # A bad row is skipped and said, as a run's scoring skips it.
     assert score_main(["--task", "sqac", "--predictions", one, "--references", broken]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["exact_match"] == 100.0

@@ -69,6 +69,9 @@ def cmd_list(argv: list[str]) -> int:
     print("examples of each task's rows: tests/fixtures/<task>/ (README.md there); a dialogue "
           "file holds one turn per row, in order; BiSECT targets put <SPLIT> (or _SPLIT_) "
           "between sentences")
+    print("your own task: --task NAME --data.source_column IN --data.target_column OUT "
+          "[--data.metrics rouge,bleu] with --data.train_file/validation_file/test_file "
+          "(README: Your own data)")
     return 0
 
 

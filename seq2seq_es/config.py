@@ -100,7 +100,8 @@ class ModelConfig(_Section):
 @dataclass
 class DataConfig(_Section):
     _section = "data"
-    task: str = "mlsum"                   # registry task name (seq2seq-es list); --task sets it
+    task: str = "mlsum"                   # registry task name (seq2seq-es list), or your own
+                                          # task's name (with source_column and target_column)
     train_file: str | None = None         # local jsonl/json/csv/parquet with the hub dataset's columns
     validation_file: str | None = None    # local file for the validation split (as train_file)
     test_file: str | None = None          # local file for the test split (as train_file)
@@ -116,6 +117,10 @@ class DataConfig(_Section):
     global_attention: str = "first"       # LED: first | prefix:N | sentences
     columns: str = ""                     # the data's own column names for the task's,
                                           # FILE=TASK pairs: article=text,highlights=summary
+    source_column: str = ""               # your own task: the column the model reads
+    target_column: str = ""               # your own task: the column it learns to write
+    metrics: str = ""                     # your own task: metrics, comma-separated (default
+                                          # rouge); the first one's main score picks checkpoints
     cache_dir: str | None = None          # datasets cache for tokenized splits
 
     def validate(self) -> None:
@@ -687,16 +692,22 @@ def not_applying(cfg) -> dict[str, str]:
     return ignored
 
 
-def registry_layers(task_spec, model_spec) -> list[tuple[str, Mapping[str, Any]]]:
+def registry_layers(task: str, model_spec) -> list[tuple[str, Mapping[str, Any]]]:
     """The registries' layers of a (task, model) pair, lowest first, each with the name
     `seq2seq-es config` gives it: the task's defaults, the model's, then the task's entries for
     this model (the paper's per-pair differences, e.g. BETO on SQAC reads 480 tokens, not
-    BERT's 512).
+    BERT's 512). A task the registry does not hold (the user's own, checked by validate once
+    its columns are known) has no layers.
 
     Not `task_spec.defaults_for(model)` (the task's defaults and its per-model entries in one
     mapping): the model's own defaults sit between the two. A -tiny twin has no per-model
     entries, so BETO2BETO-tiny's 512 source tokens must beat the task's 1024, while BETO2BETO's
     own entry on SQAC (480) must beat the model's 512."""
+    from .tasks import TASKS
+
+    task_spec = TASKS.get(task)
+    if task_spec is None:
+        return [(f"model {model_spec.name}", model_spec.defaults)]
     return [(f"task {task_spec.name}", task_spec.defaults),
             (f"model {model_spec.name}", model_spec.defaults),
             (f"task {task_spec.name} x model {model_spec.name}",
@@ -707,7 +718,6 @@ def compose(task: str | None = None, model: str | None = None, config_file: str 
             overrides: Mapping[str, Any] | None = None) -> RunConfig:
     """Build the run config in precedence order (see module docstring) and validate it."""
     from .models import get_model_spec
-    from .tasks import get_task
 
     cfg = RunConfig()
     file_values = load_yaml(config_file) if config_file else {}
@@ -718,10 +728,9 @@ def compose(task: str | None = None, model: str | None = None, config_file: str 
     # without its defaults, and the file's restated defaults belong to its own pair).
     task = _chosen_name("data.task", "--task", task, overrides, file_values, cfg.data.task)
     model = _chosen_name("model.name", "--model", model, overrides, file_values, cfg.model.name)
-    task_spec = get_task(task)
     model_spec = get_model_spec(model)
-    cfg.data.task, cfg.model.name = task_spec.name, model_spec.name
-    for _, values in registry_layers(task_spec, model_spec):
+    cfg.data.task, cfg.model.name = task, model_spec.name
+    for _, values in registry_layers(task, model_spec):
         apply_mapping(cfg, dict(values))
     try:
         apply_mapping(cfg, file_values)
@@ -737,6 +746,14 @@ def compose(task: str | None = None, model: str | None = None, config_file: str 
             raise ConfigError(error.key, f"{error.reason} (in {config_file})") from None
         raise
     return cfg
+
+
+def own_task_keys(cfg: RunConfig) -> dict[str, str]:
+    """The keys that define a task of the user's own ({} for a registry task): what a config of
+    the same task, composed anew, needs beside the task's name."""
+    own = {f"data.{key}": getattr(cfg.data, key)
+           for key in ("source_column", "target_column", "metrics")}
+    return {key: value for key, value in own.items() if value}
 
 
 def absolute_paths(cfg: RunConfig) -> None:
@@ -800,9 +817,9 @@ def validate(cfg: RunConfig) -> None:
     """Refuse configs that cannot work, before any model or data is loaded: every section's own
     rules, then the rules between sections and the registries' models."""
     from .models import get_model_spec
-    from .tasks import get_task
+    from .tasks import task_for
 
-    get_task(cfg.data.task)
+    task = task_for(cfg.data)
     spec = get_model_spec(cfg.model.name)
     d, o, t, dist, g = cfg.data, cfg.optim, cfg.train, cfg.dist, cfg.gen
     if g.max_new_tokens is None:  # a RunConfig built in code, not by compose()
@@ -813,7 +830,7 @@ def validate(cfg: RunConfig) -> None:
         section.validate()
     from .tasks.loading import check_column_map
 
-    check_column_map(get_task(cfg.data.task), d.column_map())
+    check_column_map(task, d.column_map())
     # A file where a folder goes failed only once it was created: the run folder after the model
     # had loaded (FileExistsError), the cache as a "bad data file".
     _check_folder("train.output_dir", t.output_dir)

@@ -142,12 +142,11 @@ def value_sources(task: str, model: str, file_values: Mapping[str, Any],
     on a fresh RunConfig. Only a layer that changes a value is named: a YAML printed by
     `seq2seq-es config` and fed back does not mark every key as coming from --config."""
     from .models import get_model_spec
-    from .tasks import get_task
 
-    task_spec, model_spec = get_task(task), get_model_spec(model)
+    model_spec = get_model_spec(model)
     cfg = RunConfig()
-    cfg.data.task, cfg.model.name = task_spec.name, model_spec.name
-    layers = [*registry_layers(task_spec, model_spec),
+    cfg.data.task, cfg.model.name = task, model_spec.name
+    layers = [*registry_layers(task, model_spec),
               ("--config", file_values), ("command line", overrides)]
     sources: dict[str, str] = {}
     before = _flat_values(cfg)
@@ -251,8 +250,8 @@ def config_yaml(resolved: Resolved, command: str = "") -> str:
                 # null, not the number: fed back, a --data.max_target_length still moves it
                 value, source = None, f"{FOLLOWS} ({cfg.gen.max_new_tokens})"
             if f"{section}.{key}" == "train.best_metric" and value is None:
-                from .tasks import get_task
-                source = f"the task's main metric: {get_task(cfg.data.task).main_metric}"
+                from .tasks import task_for
+                source = f"the task's main metric: {task_for(cfg.data).main_metric}"
             # One line per key (a list in flow style), so the source comment can follow it.
             text = yaml.safe_dump({key: value}, sort_keys=False, allow_unicode=True, width=10**6,
                                   default_flow_style=None if isinstance(value, list) else False

@@ -60,12 +60,13 @@ class UnknownNameError(Seq2SeqEsError):
     """An unknown registry name (model, task, metric); suggests close ones and lists the known
     ones: `unknown task 'mlsun'; did you mean 'mlsum'? known tasks: ...`."""
 
-    def __init__(self, kind: str, name: str, known):
+    def __init__(self, kind: str, name: str, known, hint: str = ""):
         self.kind, self.name = kind, name
         known = [str(k) for k in known]
         self.suggestions = close_matches(name, known)
         super().__init__(f"unknown {kind} '{name}'; {did_you_mean(name, known)}"
-                         f"known {kind}s: {', '.join(sorted(known))}")
+                         f"known {kind}s: {', '.join(sorted(known))}"
+                         + (f"; {hint}" if hint else ""))
 
 
 def run_command(command: Callable[[list[str]], int], argv: list[str]) -> int:

@@ -32,7 +32,7 @@ def parse_train_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str
 
 
 def build_config(argv: list[str]):
-    from ..config import compose, load_yaml, not_applying
+    from ..config import compose, load_yaml, not_applying, own_task_keys
     from .distributed import launcher_overrides
 
     known, overrides = parse_train_args(argv)
@@ -44,7 +44,8 @@ def build_config(argv: list[str]):
     # --config (or a shipped run file) restates every default, and is no choice of the user's.
     given = set(overrides)
     if known.config:
-        defaults = compose(task=cfg.data.task, model=cfg.model.name)
+        defaults = compose(task=cfg.data.task, model=cfg.model.name,
+                           overrides=own_task_keys(cfg))
         for section, values in load_yaml(known.config).items():
             keys = [f"{section}.{key}" for key in values] if isinstance(values, dict) else [section]
             given |= {key for key in keys if _value(cfg, key) != _value(defaults, key)}

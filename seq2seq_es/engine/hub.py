@@ -108,14 +108,14 @@ def push_final(run_dir: Path, cfg: RunConfig) -> str:
     from huggingface_hub import HfApi
 
     from ..models import get_model_spec
-    from ..tasks import get_task
+    from ..tasks import task_for
 
     folder = run_dir / run_files.FINAL
     results = json.loads((run_dir / run_files.FINAL_RESULTS).read_text())
     shutil.copyfile(run_dir / run_files.FINAL_RESULTS, folder / run_files.FINAL_RESULTS)
     card = folder / "README.md"
     if not card.exists():
-        spec, task = get_model_spec(cfg.model.name), get_task(cfg.data.task)
+        spec, task = get_model_spec(cfg.model.name), task_for(cfg.data)
         base = None if spec.tiny else getattr(spec, "hub_id", None)
         card.write_text(model_card(results, base, getattr(task, "hub_id", None)), encoding="utf-8")
     repo_id = cfg.train.push_to_hub

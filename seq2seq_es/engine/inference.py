@@ -385,7 +385,7 @@ def note_replaced_evaluation(out: Path, checkpoint: Path, split: str,
 
 
 def evaluate_main(argv: list[str]) -> int:
-    from ..tasks import get_task
+    from ..tasks import task_for
     from .builders import get_collator, get_generation_config, get_split
     from .evaluation import evaluate
     from .optim import use_bf16
@@ -424,7 +424,7 @@ def evaluate_main(argv: list[str]) -> int:
         f"process(es), ZeRO stage {cfg.dist.zero_stage}")
     note_replaced_evaluation(out, saved.path, args.split, overrides, say,
                              chosen_dir=bool(args.output_dir))
-    task = get_task(cfg.data.task)
+    task = task_for(cfg.data)
     loaded = load_for_inference(saved, cfg, env)
     data = get_split(cfg, task, loaded.tokenizer, loaded.model, args.split, max_samples, say)
     if len(data.tokenized) == 0:
@@ -669,7 +669,7 @@ def tokenize_sources(sources: list[str], tokenizer, max_length: int, side: str) 
 
 
 def predict_main(argv: list[str]) -> int:
-    from ..tasks import get_task
+    from ..tasks import get_task, task_for
     from .builders import get_collator, get_generation_config
     from .evaluation import generate_texts
     from .optim import use_bf16
@@ -690,7 +690,7 @@ def predict_main(argv: list[str]) -> int:
     cfg = inference_config(saved, config_file=args.config, overrides=overrides,
                            task=args.task, model=args.model, allow_model=saved.kind == "hf")
     # A run's own config names its task: its data files' rows need no --task.
-    run_task = get_task(cfg.data.task) if args.config or saved.config_file else None
+    run_task = task_for(cfg.data) if args.config or saved.config_file else None
     # bad input fails before loading; rows of the run's data files with their own column names
     sources = read_sources(input_path, task, run_task, cfg.data.column_map())
     env = D.read_env()
@@ -698,7 +698,7 @@ def predict_main(argv: list[str]) -> int:
     quiet_library_progress()
     say = _say(env)
     loaded = load_for_inference(saved, cfg, env)
-    side = (task or get_task(cfg.data.task)).source_truncation_side
+    side = (task or task_for(cfg.data)).source_truncation_side
     features = tokenize_sources(sources, loaded.tokenizer, cfg.data.max_source_length, side)
     cut = sum(1 for f in features if f["length"] > cfg.data.max_source_length)
     say(f"predicting {len(sources)} rows of {input_path} with {saved.path} on "
@@ -707,7 +707,7 @@ def predict_main(argv: list[str]) -> int:
     predictions = generate_texts(
         loaded.model, features=features, collator=collator, tokenizer=loaded.tokenizer,
         generation_config=get_generation_config(cfg, loaded.spec, loaded.tokenizer),
-        task=task or get_task(cfg.data.task),
+        task=task or task_for(cfg.data),
         env=env, batch_size=args.batch_size or cfg.train.eval_batch_size or cfg.train.batch_size,
         zero_stage=cfg.dist.zero_stage, bf16=use_bf16(cfg), progress=True)
     if env.is_main:

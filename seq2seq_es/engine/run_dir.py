@@ -80,19 +80,22 @@ def check_inputs(cfg: RunConfig) -> None:
     """What would otherwise fail after the model is loaded and every split tokenized (or, for
     train.best_metric, at the first validation): the local data files, the DeepSpeed file, and
     that the best-checkpoint metric is one the task's validation reports."""
-    from ..tasks import get_task
+    from ..tasks import task_for
     from .evaluation import validation_metric_names
     from .optim import deepspeed_config
 
+    task = task_for(cfg.data)
     for split in ("train", "validation", "test"):
         path = getattr(cfg.data, f"{split}_file")
         if path and not Path(path).exists():
             raise ConfigError(f"data.{split}_file", f"file {path} does not exist")
+        if not path and not task.hub_id and split != "test":  # test: scored when given
+            raise ConfigError(f"data.{split}_file", f"your own task {task.name} reads local "
+                              f"files (it has no hub dataset): pass --data.{split}_file FILE")
     if cfg.data.train_file and not cfg.data.validation_file:
         # The validation split would come from the task's hub dataset: a model trained on the
         # user's data validated (and its checkpoint chosen) on another dataset, or, offline,
         # a failure after the model and the training set are loaded.
-        task = get_task(cfg.data.task)
         raise ConfigError("data.validation_file", f"the run trains on a local file "
                           f"({cfg.data.train_file}) but has no validation file, so validation "
                           f"would come from the hub dataset {task.hub_id}; pass "
@@ -103,7 +106,6 @@ def check_inputs(cfg: RunConfig) -> None:
         deepspeed_config(cfg, world_size=1)
     metric = cfg.train.best_metric
     if metric:
-        task = get_task(cfg.data.task)
         names = validation_metric_names(task)
         if metric not in names:
             raise ConfigError("train.best_metric", f"'{metric}' is not among what a validation "

@@ -102,7 +102,7 @@ class Trainer:
     """One training run of `cfg`. Every method is collective: all ranks call it together."""
 
     def __init__(self, cfg: RunConfig):
-        from ..tasks import get_task
+        from ..tasks import task_for
 
         validate(cfg)  # also a config built in code, not composed: its defaults resolved too
         self.cfg = cfg
@@ -119,7 +119,7 @@ class Trainer:
             check_fresh_folder(self.out, cfg)
         seed_everything(cfg.train.seed)
 
-        self.task = get_task(cfg.data.task)
+        self.task = task_for(cfg.data)
         self.model, self.tokenizer, spec = get_model(cfg)
         # flex attention cannot drop attention probabilities: refuse such a model now, not at
         # the first training forward after the data is loaded (evaluate/predict need no check).

@@ -102,7 +102,9 @@ def cmd_submit(argv: list[str]) -> int:
     add_slurm_options(parser)
     args = parser.parse_args(own)
 
-    check_names([args.model], [args.task])
+    # The training entry composes the run below: a task outside the registry is the user's own
+    # when the overrides define it, and refused there (with the way to define one) when not.
+    check_names([args.model], [] if args.entry == DEFAULT_ENTRY else [args.task])
     check_overrides(overrides, allow_config=args.entry == DEFAULT_ENTRY)
     if args.entry == DEFAULT_ENTRY:
         # The run's config as `train` will compose it (a --config file, then the dotted keys):
@@ -163,7 +165,8 @@ def cmd_sweep(argv: list[str]) -> int:
         raise ConfigError("--max-parallel", f"expected an integer >= 1, got {args.max_parallel}")
     if args.no_grid and args.grid:
         raise ConfigError("--grid", "--grid and --no-grid exclude each other")
-    pairs = select_pairs(_names(args.models), _names(args.tasks), args.pair)
+    pairs = select_pairs(_names(args.models), _names(args.tasks), args.pair,
+                         own_tasks=args.entry == DEFAULT_ENTRY)
     grid: dict[str, list[str]] | None = None  # None: the paper's grid for each pair
     if args.no_grid:
         grid = {}

@@ -48,11 +48,14 @@ _BERT_PAIR_FAMILY = "bert2bert"
 
 
 def grid_for(model: str, task: str) -> dict[str, tuple[str, ...]]:
-    """The paper's grid for one pair: the translation recipe, or the grid of the other tasks."""
+    """The paper's grid for one pair: the translation recipe, or the grid of the other tasks
+    (also a user's own task's: the paper's search over batch, lr and epochs)."""
     from ..models import get_model_spec  # imported here: status/collect need no registry
-    from ..tasks import get_task
+    from ..tasks import TASKS
 
-    if get_task(task).kind == "translation" and get_model_spec(model).family != _BERT_PAIR_FAMILY:
+    spec = TASKS.get(task)
+    if spec is not None and spec.kind == "translation" \
+            and get_model_spec(model).family != _BERT_PAIR_FAMILY:
         return TRANSLATION_RECIPE
     return PAPER_GRID
 

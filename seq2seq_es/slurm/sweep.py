@@ -222,8 +222,10 @@ def check_names(models: Iterable[str], tasks: Iterable[str]) -> None:
 
 
 def select_pairs(models: list[str] | None = None, tasks: list[str] | None = None,
-                 pairs: list[str] | None = None) -> list[tuple[str, str]]:
-    """The paper's model x task pairs filtered by models/tasks, or explicit MODEL:TASK pairs."""
+                 pairs: list[str] | None = None, own_tasks: bool = False) -> list[tuple[str, str]]:
+    """The paper's model x task pairs filtered by models/tasks, or explicit MODEL:TASK pairs.
+    With own_tasks, a pair's task may be outside the registry: the user's own, defined by the
+    overrides (data.source_column, ...), which composing each run checks."""
     check_names(models or [], tasks or [])
     if pairs:
         if models or tasks:
@@ -233,7 +235,7 @@ def select_pairs(models: list[str] | None = None, tasks: list[str] | None = None
             model, sep, task = spec.partition(":")
             if not sep or not model or not task:
                 raise ConfigError("--pair", f"'{spec}' must look like MODEL:TASK")
-            check_names([model], [task])
+            check_names([model], [] if own_tasks else [task])
             if (model, task) in chosen:
                 raise ConfigError("--pair", f"'{spec}' is given twice")
             chosen.append((model, task))

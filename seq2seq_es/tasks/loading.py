@@ -138,6 +138,9 @@ def load_examples(task: str | TaskSpec, split: str, *, data_files: Mapping[str, 
         file = str(path)
         raw, local = read_task_file(formatter, file, cache_dir, columns)
         report = LoadReport(spec.name, split, f"file {file}", notes=list(local.notes))
+    elif not spec.hub_id:
+        raise DataError(f"task {spec.name} is your own: it reads local files and none is given "
+                        f"for its {split} split (data.{split}_file)")
     else:
         file = None
         raw, origin, notes = _read_hub(spec, split, hub_revision, cache_dir)

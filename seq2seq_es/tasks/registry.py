@@ -14,11 +14,12 @@ Deliberate departures from the scripts (each says why where it is set):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import UnknownNameError
+from ..errors import ConfigError, UnknownNameError
 from .formatting import (DialogueFormatter, Formatter, PairFormatter, QAFormatter,
                          SplitRephraseFormatter, TranslationFormatter)
 
@@ -288,3 +289,79 @@ def get_task(name: str) -> TaskSpec:
         return TASKS[name]
     except KeyError:
         raise UnknownNameError("task", name, TASKS) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# A task of the user's own: pairs of texts from two columns of local files, scored by the
+# metrics the user names. It lives in the run's config (data.task, data.source_column,
+# data.target_column, data.metrics), not in a file beside it, so that a run folder's
+# config.yaml is all that predict, evaluate, a resumed job or collect needs.
+OWN_KIND = "own"
+# Metric -> the score of it that picks checkpoints when it comes first in data.metrics; the
+# registry's choice for its tasks (ROUGE-L of the four ROUGE scores). tests/test_own_task.py
+# keeps the names equal to the metrics package's.
+MAIN_SCORES = {"rouge": "rougeL", "bleu": "bleu", "chrf": "chrf", "sari": "sari",
+               "exact_match": "exact_match", "meteor": "meteor", "token_f1": "token_f1"}
+_OWN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+OWN_TASK_METRICS = ("rouge",)  # what run_summarization.py scores an unnamed dataset with
+OWN_TASK_HINT = ("for a task of your own, set data.source_column and data.target_column "
+                 "(and data.train_file, data.validation_file; README: Your own data)")
+
+
+def metric_list(text: str) -> tuple[str, ...]:
+    """data.metrics as names, checked: known and each once."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    for name in names:
+        if name not in MAIN_SCORES:
+            raise ConfigError("data.metrics", str(UnknownNameError("metric", name, MAIN_SCORES)))
+    if len(set(names)) != len(names):
+        raise ConfigError("data.metrics", f"names a metric twice: {text}")
+    return names
+
+
+def own_task(name: str, source_column: str, target_column: str,
+             metrics: tuple[str, ...] = OWN_TASK_METRICS) -> TaskSpec:
+    """An own task: `source_column` in, `target_column` out, no hub dataset and no paper
+    defaults (the config's own defaults apply), the first metric's main score picking
+    checkpoints."""
+    metrics = tuple(metrics) or OWN_TASK_METRICS
+    return TaskSpec(
+        name=name, kind=OWN_KIND, hub_id="", hub_config=None, splits=dict(_SAME_SPLITS),
+        columns=(source_column, target_column), metrics=metrics,
+        main_metric=MAIN_SCORES[metrics[0]], source_truncation_side="right", defaults={},
+        formatter=PairFormatter(source_column, target_column),
+        description=f"own task: {source_column} -> {target_column}")
+
+
+def task_for(data) -> TaskSpec:
+    """The task a run's data section (config.DataConfig) names: the registry's, or the user's
+    own when data.source_column and data.target_column are set under a name the registry does
+    not hold. Mixing the two is refused: a registry task's columns are renamed with
+    data.columns, and its metrics are the paper's."""
+    own = bool(data.source_column or data.target_column)
+    if data.task in TASKS:
+        if own:
+            key = "data.source_column" if data.source_column else "data.target_column"
+            raise ConfigError(key, f"defines a task of your own, but data.task {data.task} is "
+                              "a registry task: rename its columns with data.columns "
+                              "(article=text), or give your own task a name of its own")
+        if data.metrics:
+            paper = ", ".join(TASKS[data.task].metrics)
+            raise ConfigError("data.metrics", f"sets the metrics of a task of your own; "
+                              f"{data.task}'s are the paper's ({paper}); score others "
+                              "afterwards with `seq2seq-es score --metrics`")
+        return TASKS[data.task]
+    if not own:
+        raise UnknownNameError("task", data.task, TASKS, hint=OWN_TASK_HINT)
+    if not _OWN_NAME.fullmatch(data.task):
+        # It names the run folder, SLURM jobs and the columns of collect's table.
+        raise ConfigError("data.task", f"{data.task!r}: your own task's name takes letters, "
+                          "digits, '.', '_' and '-', starting with a letter or digit")
+    for key, column in (("data.source_column", data.source_column),
+                        ("data.target_column", data.target_column)):
+        if not column:
+            raise ConfigError(key, "is needed with the other one for a task of your own "
+                              f"({data.task}): the column the model reads and the one it writes")
+    if data.source_column == data.target_column:
+        raise ConfigError("data.target_column", f"is the source column too ({data.source_column})")
+    return own_task(data.task, data.source_column, data.target_column, metric_list(data.metrics))

@@ -1,0 +1,190 @@
+"""A task of the user's own (data.task outside the registry, with data.source_column,
+data.target_column and data.metrics): a researcher's own dataset trains, validates on its
+metrics, is scored on its test file, predicts and is collected into a table like a paper task."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from engine_runs import REPO, base_args, demo_files, run, subprocess_env
+from seq2seq_es.config import compose
+from seq2seq_es.errors import ConfigError, DataError, UnknownNameError
+from seq2seq_es.metrics import METRIC_FUNCTIONS, compute_metrics
+from seq2seq_es.tasks import OWN_KIND, load_examples, task_for
+from seq2seq_es.tasks.registry import MAIN_SCORES
+
+OWN = {"data.source_column": "articulo", "data.target_column": "titular"}
+ROWS = [{"articulo": "Llueve en Madrid desde el lunes.", "titular": "Llueve en Madrid."},
+        {"articulo": "Sale el sol en Sevilla.", "titular": "Sale el sol."}]
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
+                    encoding="utf-8")
+    return str(path)
+
+
+def test_an_own_task_is_composed_from_its_keys_without_paper_defaults():
+    cfg = compose("titulares", "barto-tiny", overrides={**OWN, "data.metrics": "bleu,chrf"})
+    task = task_for(cfg.data)
+    assert (task.name, task.kind, task.columns) == ("titulares", OWN_KIND, ("articulo", "titular"))
+    assert task.metrics == ("bleu", "chrf") and task.main_metric == "bleu"
+    assert task.hub_id == "" and task.defaults == {}
+    # no registry row under it: the dataclass defaults, not mlsum's 1024 / 48 / seed 42 row
+    assert (cfg.data.max_source_length, cfg.data.max_target_length) == (512, 128)
+    assert cfg.train.output_dir == "runs/barto-tiny-titulares"
+    assert task_for(compose("titulares", "barto-tiny", overrides=OWN).data).metrics == ("rouge",)
+    assert task_for(compose("titulares", "barto-tiny", overrides=OWN).data).main_metric == "rougeL"
+
+
+def test_every_metric_has_a_main_score_among_its_outputs():
+    assert set(MAIN_SCORES) == set(METRIC_FUNCTIONS)
+    for name, main in MAIN_SCORES.items():
+        assert main in compute_metrics([name], ["hola"], [["hola"]], sources=["hola"])
+
+
+@pytest.mark.parametrize("task, overrides, key, says", [
+    ("titulares", {}, None, "unknown task 'titulares'; known tasks: bisect, "),
+    ("mlsun", {}, None, "did you mean 'mlsum' or 'xlsum'?"),
+    ("titulares", {"data.source_column": "articulo"}, "data.target_column",
+     "is needed with the other one for a task of your own (titulares)"),
+    ("titulares", {**OWN, "data.target_column": "articulo"}, "data.target_column",
+     "is the source column too (articulo)"),
+    ("titulares", {**OWN, "data.metrics": "blue"}, "data.metrics",
+     "unknown metric 'blue'; did you mean 'bleu'?"),
+    ("titulares", {**OWN, "data.metrics": "bleu,bleu"}, "data.metrics", "names a metric twice"),
+    ("mis/titulares", OWN, "data.task", "your own task's name takes letters"),
+    ("mlsum", OWN, "data.source_column", "data.task mlsum is a registry task: rename its "
+                                         "columns with data.columns"),
+    ("mlsum", {"data.metrics": "bleu"}, "data.metrics", "mlsum's are the paper's (rouge)"),
+    ("titulares", {**OWN, "data.columns": "cuerpo=texto"}, "data.columns",
+     "'texto' is no column of task titulares; its columns: articulo, titular"),
+])
+def test_an_incomplete_or_mixed_own_task_is_refused_by_its_key(task, overrides, key, says):
+    with pytest.raises((ConfigError, UnknownNameError)) as error:
+        compose(task, "barto-tiny", overrides=overrides)
+    assert says in str(error.value)
+    if key is None:  # an unknown name says how to define one's own
+        assert "for a task of your own, set data.source_column and data.target_column" in \
+            str(error.value)
+    else:
+        assert error.value.key == key
+
+
+def test_an_own_task_reads_its_columns_and_refuses_a_split_without_a_file(tmp_path):
+    cfg = compose("titulares", "barto-tiny", overrides=OWN)
+    task = task_for(cfg.data)
+    data = _jsonl(tmp_path / "train.jsonl", ROWS)
+    examples, report = load_examples(task, "train", data_files={"train": data},
+                                     cache_dir=str(tmp_path / "cache"))
+    assert [(e["source"], e["target"]) for e in examples] == [
+        (row["articulo"], row["titular"]) for row in ROWS]
+    assert report.examples == 2
+    # data.columns renames onto the own task's columns as onto a registry task's
+    renamed = _jsonl(tmp_path / "renamed.jsonl", [{"cuerpo": r["articulo"], "titular": r["titular"]}
+                                                   for r in ROWS])
+    examples, _ = load_examples(task, "train", data_files={"train": renamed},
+                                columns={"cuerpo": "articulo"}, cache_dir=str(tmp_path / "cache"))
+    assert examples[1]["source"] == ROWS[1]["articulo"]
+    with pytest.raises(DataError) as error:
+        load_examples(task, "validation", data_files={"train": data},
+                      cache_dir=str(tmp_path / "cache"))
+    assert str(error.value) == ("task titulares is your own: it reads local files and none is "
+                                "given for its validation split (data.validation_file)")
+
+
+def _own_files(folder, files):
+    """The demo data under the own task's column names; the test split is the validation's."""
+    renamed = {}
+    for split, path in {**files, "test": files["validation"]}.items():
+        rows = [json.loads(line) for line in open(path, encoding="utf-8")]
+        renamed[split] = _jsonl(folder / f"{split}.jsonl", [
+            {"articulo": row["text"], "titular": row["summary"]} for row in rows])
+    return renamed
+
+
+def _own_args(files, out, extra=()):
+    args = base_args(files, out, steps=2, extra=[
+        "--data.source_column", "articulo", "--data.target_column", "titular",
+        "--data.metrics", "bleu,chrf", "--train.eval_at_end", "true", *extra])
+    args[args.index("--task") + 1] = "titulares"
+    return args
+
+
+def test_a_run_of_an_own_task_without_its_validation_file_stops_before_loading(tmp_path):
+    files = _own_files(tmp_path, demo_files(tmp_path / "data", train_size=8))
+    args = _own_args(files, tmp_path / "run")
+    at = args.index("--data.validation_file")
+    del args[at:at + 2]
+    result = run("none", 1, args, check=False)
+    assert result.returncode == 2
+    assert ("config key 'data.validation_file': your own task titulares reads local files (it "
+            "has no hub dataset): pass --data.validation_file FILE") in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_an_own_task_trains_scores_predicts_and_is_collected(tmp_path):
+    files = _own_files(tmp_path, demo_files(tmp_path / "data", train_size=16))
+    out = tmp_path / "run"
+    run("none", 1, _own_args(files, out, extra=["--data.test_file", files["test"]]))
+
+    results = json.loads((out / "final_results.json").read_text())
+    assert (results["task"], results["main_metric"]) == ("titulares", "bleu")
+    for split in ("validation", "test"):
+        assert {"bleu", "chrf"} <= set(results[split]) and "rougeL" not in results[split]
+    saved = (out / "config.yaml").read_text()
+    assert "source_column: articulo" in saved and "metrics: bleu,chrf" in saved
+
+    # predict reads rows of the own task's data by its columns, from the run folder's config
+    predictions = tmp_path / "pred.jsonl"
+    env = subprocess_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "seq2seq_es", "predict", str(out), "--input",
+                           files["test"], "--output", str(predictions)], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    sources = [json.loads(line)["articulo"] for line in open(files["test"], encoding="utf-8")]
+    written = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert [row["source"] for row in written] == sources
+
+    # collect lays the run out like a paper task, under its own metrics
+    done = subprocess.run([sys.executable, "-m", "seq2seq_es", "slurm", "collect", str(out),
+                           "--split", "test"], cwd=REPO, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert "titulares" in done.stdout and "bleu" in done.stdout
+    assert f"{results['test']['bleu']:.2f}" in done.stdout
+
+
+# ---- SLURM: submit and sweep compose an own task's runs like a registry task's ---------------
+
+def _own_overrides(files):
+    return ["--data.source_column", "articulo", "--data.target_column", "titular",
+            "--data.train_file", files["train"], "--data.validation_file", files["validation"]]
+
+
+def test_slurm_submit_and_sweep_take_an_own_task_defined_after_the_dashes(tmp_path, capsys):
+    from seq2seq_es.slurm.cli import main as slurm_main
+
+    files = {split: _jsonl(tmp_path / f"{split}.jsonl", ROWS) for split in ("train", "validation")}
+    assert slurm_main(["submit", "--task", "titulares", "--model", "barto-tiny", "--run-dir",
+                       str(tmp_path / "run"), "--dry-run", "--", *_own_overrides(files)]) == 0
+    script = capsys.readouterr().out
+    assert "#SBATCH" in script and "titulares" in script and "--data.source_column" in script
+    assert slurm_main(["sweep", "--sweep-dir", str(tmp_path / "sweep"), "--pair",
+                       "barto-tiny:titulares", "--dry-run", "--", *_own_overrides(files)]) == 0
+    out = capsys.readouterr().out
+    # the paper's grid (batch x lr x epochs: 12 points) for a task of the user's own
+    assert "barto-tiny__titulares__" in out and "12 runs" in out
+    # without the columns, the name is refused with the way to define one's own
+    assert slurm_main(["submit", "--task", "titulares", "--model", "barto-tiny", "--run-dir",
+                       str(tmp_path / "run2"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'titulares'" in err and "set data.source_column" in err
+    assert slurm_main(["sweep", "--sweep-dir", str(tmp_path / "sweep2"), "--pair",
+                       "barto-tiny:titulares", "--dry-run"]) == 2
+    assert "unknown task 'titulares'" in capsys.readouterr().err

@@ -222,8 +222,12 @@ class TrainConfig(_Section):
     eval_at_start: bool = False           # validate the untrained model at step 0
     eval_at_end: bool = True              # validation loss + generation + metrics after the last step
                                           # (false: only when an epoch end or eval_every falls there)
+    eval_generate: bool = True            # validations generate and score (false: the loss
+                                          # only, the best by it; the chosen checkpoint is still
+                                          # generated and scored on validation and test)
     best_metric: str | None = None        # validation metric picking the best checkpoint (None:
-                                          # the task's main metric; "loss": lowest eval loss)
+                                          # the task's main metric, or "loss" without
+                                          # eval_generate; "loss": lowest eval loss)
     load_best_at_end: bool = True         # final/ and the test scores come from the best checkpoint
     early_stopping_patience: int = 0      # end training after this many validations in a row
                                           # without a new best (0: off); the end is as usual
@@ -269,6 +273,10 @@ class TrainConfig(_Section):
             raise ConfigError("train.report_to", "expected a comma-separated list of tensorboard "
                               f"and wandb, or none; got {self.report_to!r}")
         self._at_least("early_stopping_patience", 0, " (0: off)")
+        if not self.eval_generate and self.best_metric not in (None, "loss"):
+            raise ConfigError("train.best_metric", f"'{self.best_metric}' needs generated "
+                              "validations, and train.eval_generate is false (the loss only); "
+                              "set train.best_metric loss, or train.eval_generate true")
         if self.keep_last < 1:
             raise ConfigError("train.keep_last", "must be at least 1")
         if self.stop_check_every < 1:

@@ -251,7 +251,8 @@ def config_yaml(resolved: Resolved, command: str = "") -> str:
                 value, source = None, f"{FOLLOWS} ({cfg.gen.max_new_tokens})"
             if f"{section}.{key}" == "train.best_metric" and value is None:
                 from .tasks import task_for
-                source = f"the task's main metric: {task_for(cfg.data).main_metric}"
+                source = (f"the task's main metric: {task_for(cfg.data).main_metric}"
+                          if cfg.train.eval_generate else "loss (train.eval_generate false)")
             # One line per key (a list in flow style), so the source comment can follow it.
             text = yaml.safe_dump({key: value}, sort_keys=False, allow_unicode=True, width=10**6,
                                   default_flow_style=None if isinstance(value, list) else False

@@ -166,7 +166,9 @@ class Trainer:
                       "test": self.test_data}
             write_json_atomic(self.out / run_files.DATA_REPORT,
                               {name: data.data_report() for name, data in splits.items() if data})
-        self.best_metric = cfg.train.best_metric or self.task.main_metric
+        # Without generated validations only the loss can choose (config refuses another).
+        self.best_metric = cfg.train.best_metric or (
+            self.task.main_metric if cfg.train.eval_generate else "loss")
         self.clock = SaveClock(cfg.train.save_every_min, env.is_main)
         # The step (read back once per logging interval) and the non-finite check: never
         # evaluate, save or export weights that a non-finite loss reached (on_nan=stop).
@@ -389,10 +391,14 @@ class Trainer:
 
     # -- validation, checkpoints ---------------------------------------------------------------
 
-    def run_eval(self, step: int, data=None, prefix: str = "eval") -> dict:
-        """Loss, generation and metrics on `data` (the validation split by default), logged."""
+    def run_eval(self, step: int, data=None, prefix: str = "eval", generate: bool | None = None,
+                 log: bool = True) -> dict:
+        """Loss, generation and metrics on `data` (the validation split by default), logged.
+        Validations generate with train.eval_generate (else the loss only), the test always."""
         self.stepper.check_finite()
         cfg, data = self.cfg, self.eval_data if data is None else data
+        if generate is None:
+            generate = prefix != "eval" or cfg.train.eval_generate
         with self.eval_stance():
             results = evaluate(self.engine.module, tokenized=data.tokenized,
                            examples=data.examples, collator=self.collator,
@@ -401,8 +407,9 @@ class Trainer:
                                env=self.env,
                                batch_size=cfg.train.eval_batch_size or cfg.train.batch_size,
                                zero_stage=cfg.dist.zero_stage, bf16=use_bf16(cfg), step=step,
-                               out_dir=self.out / prefix, prefix=prefix)
-        self.log.log(step, results)
+                               out_dir=self.out / prefix, prefix=prefix, generate=generate)
+        if log:
+            self.log.log(step, results)
         self.log.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
         return results
 
@@ -475,6 +482,13 @@ class Trainer:
             self.ckpt.load_weights(self.engine, self.ckpt.path(chosen["step"]))
         final_step = chosen["step"] if chosen else step
         validation = chosen["validation"] if chosen else without_prefix(end_eval, "eval")
+        if not cfg.train.eval_generate and (chosen or end_eval):
+            # Validations ran on the loss only: the weights kept are generated and scored once
+            # here, so that final_results.json holds validation scores as any run's does. Not
+            # logged to metrics.jsonl: it would be a record of an earlier step after later ones.
+            self.say(f"scoring step {final_step} on validation (train.eval_generate=false)")
+            validation = without_prefix(self.run_eval(final_step, generate=True, log=False),
+                                        "eval")
         test = None
         if self.test_data is not None and best is None:
             self.say("no validation ran (train.eval_at_end=false and no epoch or eval_every "

@@ -88,6 +88,8 @@ class ModelConfig(_Section):
     lean_ce: bool = False                 # chunked LM-head + cross-entropy, no full logits
     lean_ce_chunk: int = 2048             # tokens per chunk of the lean cross-entropy
     dropout: float | None = None          # override every dropout probability (None: the model's)
+    attention_window: int = 0             # LED: keys each encoder token attends around it (even;
+                                          # 0: the checkpoint's, LEDO 1024)
 
     def validate(self) -> None:
         super().validate()
@@ -95,6 +97,10 @@ class ModelConfig(_Section):
             raise ConfigError("model.lean_ce_chunk", "must be at least 1")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ConfigError("model.dropout", "must be in [0, 1)")
+        if self.attention_window < 0 or self.attention_window % 2:
+            raise ConfigError("model.attention_window", "must be an even number of keys (LED "
+                              f"splits it evenly around each token), or 0; got "
+                              f"{self.attention_window}")
 
 
 @dataclass
@@ -697,6 +703,8 @@ def not_applying(cfg) -> dict[str, str]:
         ignored["data.global_attention"] = f"{cfg.model.name} is no LED"
     if not adapter.reads("model.attention"):
         ignored["model.attention"] = f"{cfg.model.name} has no attention implementations"
+    if not adapter.reads("model.attention_window"):
+        ignored["model.attention_window"] = f"{cfg.model.name} is no LED"
     return ignored
 
 
@@ -852,6 +860,16 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("data.max_target_length",
                           f"{d.max_target_length} exceeds the {spec.max_target_positions} target "
                           f"positions of model '{spec.name}'")
+    window = cfg.model.attention_window
+    if window and spec.adapter.reads("model.attention_window"):
+        # LED pads every input to a multiple of its window, and the padded length must still
+        # have positions: otherwise the first batch fails on an embedding index.
+        padded = -(-d.max_source_length // window) * window
+        if padded > spec.max_source_positions:
+            raise ConfigError("model.attention_window", f"{window}: LED pads inputs to a multiple "
+                              f"of the window, and data.max_source_length {d.max_source_length} "
+                              f"would pad to {padded}, past the {spec.max_source_positions} "
+                              f"source positions of model '{spec.name}'")
     if t.batching == "packed" and not spec.adapter.packed_attention:
         # Refused here, before any loading: only BART and T5 attention can keep the documents of
         # a packed row apart (kernels/packed_attention.py).

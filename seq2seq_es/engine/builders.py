@@ -20,6 +20,9 @@ def get_model(cfg: RunConfig):
 
     spec = get_model_spec(cfg.model.name)
     model, tokenizer = load_model_and_tokenizer(spec.name, cfg.model.path)
+    if cfg.model.attention_window and spec.adapter.reads("model.attention_window"):
+        # Before the kernels: they read each layer's window side when they run.
+        spec.adapter.set_attention_window(model, cfg.model.attention_window)
     # LED and T5 kernels (models/family.py); the other families do not read model.attention.
     spec.adapter.apply_attention(model, cfg.model.attention, config_key="model.attention")
     if cfg.train.batching == "packed":

@@ -39,7 +39,7 @@ from typing import Any, Mapping
 from ..errors import ConfigError, UnknownNameError
 
 # Keys a family may not read (`Family.reads`); every other key is read by every family.
-FAMILY_KEYS = ("model.attention", "data.global_attention")
+FAMILY_KEYS = ("model.attention", "data.global_attention", "model.attention_window")
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,8 @@ class Family:
         """Whether a run of this family reads `key` (only FAMILY_KEYS can be unread)."""
         if key == "model.attention":
             return bool(self.attention_impls)
-        if key == "data.global_attention":
-            return self.global_attention
+        if key in ("data.global_attention", "model.attention_window"):
+            return self.global_attention  # both LED's: its sliding window and global tokens
         return True
 
     def apply_attention(self, model, impl: str, *, config_key: str = "model.attention"):
@@ -228,6 +228,19 @@ class Led(_BartLike):
 
         return max((float(m.dropout) for m in model.modules()
                     if isinstance(m, LEDEncoderSelfAttention)), default=0.0)
+
+    def set_attention_window(self, model, window: int) -> None:
+        """Every encoder layer attends `window` keys around each token (window/2 a side) instead
+        of the checkpoint's. The layers read their side at init, the encoder pads its input to
+        config.attention_window before them, and an export must say what was trained: all three
+        are set. The weights do not depend on the window (LED's local and global projections
+        are per token), so a checkpoint fine-tunes at another one."""
+        from transformers.models.led.modeling_led import LEDEncoderSelfAttention
+
+        layers = [m for m in model.modules() if isinstance(m, LEDEncoderSelfAttention)]
+        for layer in layers:
+            layer.one_sided_attn_window_size = window // 2
+        model.config.attention_window = [window] * len(layers)
 
     def collator_options(self, cfg, model, tokenizer):
         from ..data.collator import sentence_start_ids

@@ -320,12 +320,23 @@ class GenConfig(_Section):
     length_penalty: float = 1.0           # beam score length exponent (> 1 favours longer outputs)
     no_repeat_ngram_size: int = 0         # forbid repeating any n-gram of this size (0: off)
     early_stopping: bool = True           # stop beam search once num_beams hypotheses are finished
+    do_sample: bool = False               # sample tokens instead of searching (seeded by
+                                          # train.seed: the same predictions on every run)
+    temperature: float = 1.0              # do_sample: divide the logits by it (< 1: surer)
+    top_k: int = 50                       # do_sample: keep the k likeliest tokens (0: all)
+    top_p: float = 1.0                    # do_sample: keep the likeliest tokens that make up p
 
     def validate(self) -> None:
         """None for max_new_tokens is left to `validate(cfg)`, which knows the target length."""
         super().validate()
         if self.num_beams < 1:
             raise ConfigError("gen.num_beams", "must be at least 1")
+        if not self.temperature > 0:  # not finite: refused by every float key's check
+            raise ConfigError("gen.temperature", f"must be a positive number, got "
+                              f"{self.temperature}")
+        self._at_least("top_k", 0, " (0: all tokens)")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("gen.top_p", f"must be in (0, 1], got {self.top_p}")
         self._at_least("min_new_tokens", 0)
         self._at_least("no_repeat_ngram_size", 0, " (0: off)")
         if self.max_new_tokens is None:
@@ -703,6 +714,9 @@ def not_applying(cfg) -> dict[str, str]:
         ignored["data.global_attention"] = f"{cfg.model.name} is no LED"
     if not adapter.reads("model.attention"):
         ignored["model.attention"] = f"{cfg.model.name} has no attention implementations"
+    if not cfg.gen.do_sample:
+        for key in ("temperature", "top_k", "top_p"):
+            ignored[f"gen.{key}"] = "gen.do_sample=False"
     if not adapter.reads("model.attention_window"):
         ignored["model.attention_window"] = f"{cfg.model.name} is no LED"
     return ignored

@@ -90,7 +90,8 @@ def get_generation_config(cfg: RunConfig, spec, tokenizer):
                                    min_new_tokens=g.min_new_tokens,
                                    length_penalty=g.length_penalty,
                                    no_repeat_ngram_size=g.no_repeat_ngram_size,
-                                   early_stopping=g.early_stopping)
+                                   early_stopping=g.early_stopping, do_sample=g.do_sample,
+                                   temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
 
 
 @dataclass

@@ -100,10 +100,21 @@ def scoring_sources(sources: list[str], tokenizer, task) -> list[str] | None:
 
 
 def generate_batch(model, batch: dict, idx: list[int], *, generation_config, tokenizer, task,
-                   synced_gpus: bool, autocast) -> list[tuple[int, str]]:
-    """(index, cleaned prediction) for the real examples of one collated batch on the device."""
+                   synced_gpus: bool, autocast, sample_seed: int = 0) -> list[tuple[int, str]]:
+    """(index, cleaned prediction) for the real examples of one collated batch on the device.
+
+    Sampling draws from a generator seeded by `sample_seed` and the batch's first example, in a
+    fork of the global RNG: the same predictions on every run and on a resumed one, and the
+    training's dropout and data order untouched by how many tokens a validation sampled."""
     inputs = {k: batch[k] for k in GENERATE_INPUTS if k in batch}
-    with autocast:
+    sampling = contextlib.nullcontext()
+    if generation_config.do_sample:
+        device = batch["input_ids"].device
+        sampling = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
+                                         device_type=device.type)
+    with sampling, autocast:
+        if generation_config.do_sample:
+            torch.manual_seed(sample_seed * 1_000_003 + max(idx[0], 0))
         out = model.generate(**inputs, generation_config=generation_config,
                              synced_gpus=synced_gpus)
     texts = tokenizer.batch_decode(out, skip_special_tokens=True)
@@ -156,7 +167,7 @@ def _inference_mode(model):
 def generate_texts(model, *, features, collator, tokenizer, generation_config, task,
                    env: D.DistEnv, batch_size: int, zero_stage: int, bf16: bool,
                    sort_by_length: bool = True, progress: bool = False,
-                   desc: str = "predict") -> list[str] | None:
+                   desc: str = "predict", sample_seed: int = 0) -> list[str] | None:
     """Generate for every item of `features` (dicts with `input_ids`), sharded over ranks.
 
     Returns the predictions in the order of `features` on rank 0, None on the other ranks.
@@ -178,7 +189,7 @@ def generate_texts(model, *, features, collator, tokenizer, generation_config, t
             batch = {k: v.to(device) for k, v in collator(batch_features(features, idx)).items()}
             pairs += generate_batch(model, batch, idx, generation_config=generation_config,
                                     tokenizer=tokenizer, task=task, synced_gpus=synced,
-                                    autocast=autocast)
+                                    autocast=autocast, sample_seed=sample_seed)
             if bar is not None:
                 bar.update(1)
     if bar is not None:
@@ -190,7 +201,8 @@ def generate_texts(model, *, features, collator, tokenizer, generation_config, t
 def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_config, task,
              env: D.DistEnv, batch_size: int, zero_stage: int, bf16: bool, step: int,
              out_dir: Path | None, generate: bool = True, prefix: str = "eval",
-             predictions_dir: Path | None = None, progress: bool = False) -> dict[str, float]:
+             predictions_dir: Path | None = None, progress: bool = False,
+             sample_seed: int = 0) -> dict[str, float]:
     """Return {'<prefix>/loss': ..., '<prefix>/<metric>': ...} on every rank; rank 0 writes files.
 
     `prefix` names the split in the keys: "eval" for validation, "test" for the test split.
@@ -218,7 +230,7 @@ def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_conf
             if generate:
                 pairs += generate_batch(model, batch, idx, generation_config=generation_config,
                                         tokenizer=tokenizer, task=task, synced_gpus=synced,
-                                        autocast=autocast)
+                                        autocast=autocast, sample_seed=sample_seed)
             if bar is not None:
                 bar.update(1)
         if bar is not None:

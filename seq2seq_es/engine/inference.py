@@ -163,7 +163,8 @@ def resolve_saved(path: str | Path) -> SavedModel:
 
 
 GEN_KEYS = ("num_beams", "max_new_tokens", "min_new_tokens", "length_penalty",
-            "no_repeat_ngram_size", "early_stopping")
+            "no_repeat_ngram_size", "early_stopping", "do_sample", "temperature", "top_k",
+            "top_p")
 
 
 def saved_generation(folder: Path) -> dict[str, str]:
@@ -437,7 +438,7 @@ def evaluate_main(argv: list[str]) -> int:
                        generation_config=generation_config, task=task, env=env,
                        batch_size=batch_size, zero_stage=cfg.dist.zero_stage, bf16=use_bf16(cfg),
                        step=0, out_dir=None, prefix=SPLIT_PREFIX[args.split],
-                       predictions_dir=out, progress=True)
+                       predictions_dir=out, progress=True, sample_seed=cfg.train.seed)
     if env.is_main:
         (out / "evaluation.json").write_text(json.dumps({
             "checkpoint": str(saved.path), **({"hub_id": saved.hub_id} if saved.hub_id else {}),
@@ -709,7 +710,8 @@ def predict_main(argv: list[str]) -> int:
         generation_config=get_generation_config(cfg, loaded.spec, loaded.tokenizer),
         task=task or task_for(cfg.data),
         env=env, batch_size=args.batch_size or cfg.train.eval_batch_size or cfg.train.batch_size,
-        zero_stage=cfg.dist.zero_stage, bf16=use_bf16(cfg), progress=True)
+        zero_stage=cfg.dist.zero_stage, bf16=use_bf16(cfg), progress=True,
+        sample_seed=cfg.train.seed)
     if env.is_main:
         write_predictions(output_path, sources, predictions)
         say(f"wrote {len(predictions)} predictions to {output_path}")

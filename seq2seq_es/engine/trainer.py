@@ -407,7 +407,8 @@ class Trainer:
                                env=self.env,
                                batch_size=cfg.train.eval_batch_size or cfg.train.batch_size,
                                zero_stage=cfg.dist.zero_stage, bf16=use_bf16(cfg), step=step,
-                               out_dir=self.out / prefix, prefix=prefix, generate=generate)
+                               out_dir=self.out / prefix, prefix=prefix, generate=generate,
+                               sample_seed=cfg.train.seed)
         if log:
             self.log.log(step, results)
         self.log.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))

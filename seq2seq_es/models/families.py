@@ -171,8 +171,11 @@ def _set_dtype(config: dict, name: str) -> None:
 def build_generation_config(name_or_spec: str | ModelSpec, tokenizer, *, num_beams: int,
                             max_new_tokens: int, min_new_tokens: int = 0,
                             length_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
-                            early_stopping: bool = True):
-    """One explicit GenerationConfig for a task run, carrying the family's special tokens."""
+                            early_stopping: bool = True, do_sample: bool = False,
+                            temperature: float = 1.0, top_k: int = 50, top_p: float = 1.0):
+    """One explicit GenerationConfig for a task run, carrying the family's special tokens.
+    Sampling settings are written only with do_sample (transformers warns about them otherwise,
+    and an export must not claim settings its decoding never read)."""
     from transformers import GenerationConfig
 
     spec = get_model_spec(name_or_spec)
@@ -189,7 +192,8 @@ def build_generation_config(name_or_spec: str | ModelSpec, tokenizer, *, num_bea
     tokens = spec.adapter.special_tokens(tokenizer)
     beam_only = {"length_penalty": length_penalty, "early_stopping": early_stopping} \
         if num_beams > 1 else {}
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {}
     return GenerationConfig(
-        num_beams=num_beams, do_sample=False, max_new_tokens=max_new_tokens,
+        num_beams=num_beams, do_sample=do_sample, max_new_tokens=max_new_tokens,
         min_new_tokens=min_new_tokens or None, no_repeat_ngram_size=no_repeat_ngram_size,
-        **beam_only, **tokens.as_kwargs())
+        **beam_only, **sampling, **tokens.as_kwargs())

@@ -157,10 +157,12 @@ def _is_task_data_file(path: str, task, columns: dict[str, str] | None = None) -
     column is named "reference"), or without the keys of our reference files. Lines that are not
     JSON (or not UTF-8) are passed over here: training skips them, and so does
     _task_references."""
+    # Imported here, like every use of the task loaders: plain scoring reads no data file.
+    from seq2seq_es.tasks.loading import COMPRESSED_SUFFIXES
+
     name = path.lower()
-    for suffix in (".gz", ".bz2", ".xz", ".zst"):
-        if name.endswith(suffix):
-            return True  # our reference files are never compressed
+    if name.endswith(COMPRESSED_SUFFIXES):
+        return True  # our reference files are never compressed
     if name.endswith(TASK_DATA_SUFFIXES):
         return True
     if not name.endswith(".jsonl"):

@@ -59,7 +59,7 @@ def formatting_code_digest() -> str:
 
 # Local data files: suffix -> datasets builder (also what `slurm sweep --data-root` looks for).
 LOCAL_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
-_COMPRESSION = (".gz", ".bz2", ".xz", ".zst")
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 _PROBLEM_COLUMNS = ("_problem_row", "_problem_column", "_problem_reason")
 _OUTPUT_COLUMNS = ("source", "target", "references", "example_id")
 _FIRST_ROWS_KEPT = 5
@@ -223,7 +223,7 @@ def _in_hub(report: LoadReport, file: str | None) -> str:
 
 def builder_for(path: str) -> tuple[str, dict[str, Any]]:
     name = path.lower()
-    for suffix in _COMPRESSION:
+    for suffix in COMPRESSED_SUFFIXES:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
     extension = os.path.splitext(name)[1]
@@ -365,7 +365,7 @@ def _same_path(a: Any, b: str) -> bool:
 
 def _check_looks_like_json(path: str) -> None:
     """Refuse plain text or CSV named .json/.jsonl with a message that says what the file holds."""
-    if path.lower().endswith(_COMPRESSION):
+    if path.lower().endswith(COMPRESSED_SUFFIXES):
         return  # let the reader decompress and judge
     with open(path, "rb") as f:
         head = f.read(4096).decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")

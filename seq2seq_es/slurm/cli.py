@@ -2,8 +2,8 @@
 
   submit --task T --model M [--run-dir DIR] [SLURM options] [--dry-run] [-- train overrides]
   sweep  --sweep-dir DIR [--models A,B] [--tasks X,Y | --pair M:T ...] [--grid KEY=V1,V2 ...]
-         [--no-grid] [--data-root DIR] [--max-parallel N] [SLURM options] [--dry-run] [--yes]
-         [-- train overrides]
+         [--no-grid] [--seeds 1,2,3] [--data-root DIR] [--max-parallel N] [SLURM options]
+         [--dry-run] [--yes] [-- train overrides]
   status SWEEP [--json]            SWEEP: a sweep folder, or a run folder made by `submit`
   resume SWEEP [--time MIN] [--max-requeues N] [--mem-gb GB] [--partition P] [--nodes N] [...]
          [--dry-run] [--yes] [-- train overrides]
@@ -13,7 +13,8 @@
                            the train.grad_accum that keeps a step's examples
   collect SWEEP | RUN... [--split both|dev|test] [--metrics A,B] [--markdown FILE]
          [--csv FILE] [--png FILE]
-                           per model and task the run of the best dev main metric:
+                           per model and task the run of the best dev main metric (with
+                           seeds: the grid point of the best mean over its seeds):
                            results.md/.csv/.png, results-dev.* / results-test.* for
                            one split (an empty table writes nothing); RUN: run folders
                            trained anywhere (seq2seq-es train, torchrun), or folders of them
@@ -36,6 +37,10 @@ default micro-batch (or the whole batch, if smaller) and the gradient accumulati
 the rest. Every run's config is composed (with the `--config` file after --) and validated before
 anything is submitted, and runs whose resolved configs are equal (an axis a run never reads, e.g.
 train.epochs under train.max_steps) are dropped, with a summary.
+`--seeds 1,2,3` runs every grid point (the paper's, --grid's, or with --no-grid the pair's one
+run) once per seed: a last train.seed axis, folders ending in `seed-N`. collect then takes the
+runs of a grid point that differ only in train.seed as one: it chooses the grid point by its
+mean dev score and shows mean ± sample standard deviation (n-1) over the seeds.
 """
 
 from __future__ import annotations
@@ -54,8 +59,9 @@ from .options import (SLURM_FLAGS, add_slurm_options, slurm_config_from_args, sp
                       with_sbatch_options)
 from .sweep import (RUN_FOLDERS_MODE, RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, absolute_config,
                     check_names, check_node_count, check_overrides, check_partition, check_run_dir,
-                    check_sweep_dir, compose_run, dry_run_script, gpu_warning, load_manifest,
-                    load_runs, new_manifest, parse_grid, partition_gres, pinned_paths, plan_sweep,
+                    check_seeds, check_sweep_dir, compose_run, dry_run_script, gpu_warning,
+                    load_manifest, load_runs, new_manifest, parse_grid, parse_seeds,
+                    partition_gres, pinned_paths, plan_sweep,
                     relative_paths, require_slurm_clients, resumed_argv,
                     runs_to_resume, select_pairs, submit, submit_runs, train_argv)
 
@@ -148,7 +154,12 @@ def cmd_sweep(argv: list[str]) -> int:
                         help="explicit pair instead of the paper's (repeatable)")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="grid axis (repeatable); default: the paper's grid")
-    parser.add_argument("--no-grid", action="store_true", help="one run per pair, no grid")
+    parser.add_argument("--no-grid", action="store_true",
+                        help="one run per pair, no grid (one per seed with --seeds)")
+    parser.add_argument("--seeds", metavar="S1,S2",
+                        help="run every grid point once per seed (integers, e.g. 1,2,3): adds a "
+                             "train.seed axis to each pair's grid; collect then averages a grid "
+                             "point's seeds and chooses by the mean dev score")
     parser.add_argument("--data-root", metavar="DIR",
                         help="local datasets instead of the hub: DIR/<task>/train.jsonl (and "
                              "validation, test; jsonl, json, csv, tsv or parquet) in the hub's "
@@ -173,6 +184,8 @@ def cmd_sweep(argv: list[str]) -> int:
     elif args.grid:
         grid = parse_grid(args.grid)
     check_overrides(overrides, allow_config=args.entry == DEFAULT_ENTRY)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else []
+    check_seeds(seeds, grid, overrides)  # before sinfo is asked, as the other flags' checks
     if args.entry == DEFAULT_ENTRY:
         overrides = absolute_config(overrides)
     config = slurm_config_from_args(args)
@@ -181,12 +194,13 @@ def cmd_sweep(argv: list[str]) -> int:
     _warn_without_gpus(config)
     sweep_dir = Path(args.sweep_dir).absolute()
     plan = plan_sweep(sweep_dir, pairs, grid, overrides, args.data_root,
-                      world_size=config.world_size, compose_runs=args.entry == DEFAULT_ENTRY)
+                      world_size=config.world_size, compose_runs=args.entry == DEFAULT_ENTRY,
+                      seeds=seeds)
     runs = plan.runs
     check_sweep_dir(sweep_dir, runs)
     folder = Path(config.folder).absolute() if config.folder else sweep_dir / SUBMITIT_DIR
     manifest = new_manifest("sweep", runs, plan.grid, config, folder, args.entry, overrides,
-                            args.max_parallel)
+                            args.max_parallel, seeds=seeds)
     if args.dry_run:
         print(dry_run_script(config, manifest), end="")
         for line in plan.dropped_summary() + plan.summary():

@@ -18,17 +18,20 @@ import math
 import pickle
 import re
 import shutil
+import statistics
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from .. import run_files
+from ..config import SEED_MAX
 from ..errors import ConfigError, DataError, close_matches
 # The one metrics.jsonl reader (merges a step's records, keeping the last values).
 from ..metrics_log import read as read_metrics
 from .job import DEFAULT_ENTRY
-from .sweep import RUN_FOLDERS_MODE, Manifest, RunPlan, describe_grid_point
+from .sweep import (RUN_FOLDERS_MODE, SEED_AXIS, Manifest, RunPlan, describe_grid_point,
+                    grid_point_name, without_seed)
 
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
                  "DEADLINE", "PREEMPTED", "OUT_OF_REQUEUES", "REVOKED"}
@@ -404,7 +407,9 @@ def format_status(manifest: Manifest, statuses: list[RunStatus]) -> str:
              "-" if s.saved_step is None else str(s.saved_step), _shown_metrics(s.metrics))
             for s in statuses]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
-    lines = [f"{manifest.path}: {len(statuses)} run(s)"]
+    seeds = (f" ({len(manifest.seeds)} seeds per grid point: {SEED_AXIS} "
+             f"{', '.join(str(seed) for seed in manifest.seeds)})" if manifest.seeds else "")
+    lines = [f"{manifest.path}: {len(statuses)} run(s){seeds}"]
     for row, status in zip([header, *rows], [None, *statuses]):
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[5])
         if status is None:
@@ -563,6 +568,22 @@ class RunResult:
     source: str                           # run_files.FINAL_RESULTS or run_files.METRICS
     code: str | None = None               # the package commit (or version) that ran it
     data: str | None = None               # local training file (config.yaml); None: the hub's
+    spread: SeedSpread | None = None      # a grid point's seeds (values: their means); None: a run
+
+
+@dataclass
+class SeedSpread:
+    """What a seed group's means are over: the runs of one grid point that differ only in
+    train.seed. Each value is the mean over the seeds that have it, so counts may differ."""
+
+    seeds: list[str]                      # every seed of the grid point, scored or not
+    scored: list[str]                     # the seeds with scores, in `seeds` order
+    members: list[RunResult]              # their results, in `scored` order
+    dev_std: dict[str, float | None]      # sample standard deviation (n-1); None from one value
+    test_std: dict[str, float | None]
+    dev_n: dict[str, int]                 # how many seeds each mean is over
+    test_n: dict[str, int]
+    remarks: list[str] = field(default_factory=list)  # seeds without a value, or unfinished
 
 
 def local_data(config: dict | None) -> str | None:
@@ -692,6 +713,115 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
                      code=run_code(run_dir), data=trained_on)
 
 
+def _seed_statistics(splits: list[dict[str, float]]) -> tuple[dict[str, float],
+                                                                 dict[str, float | None],
+                                                                 dict[str, int]]:
+    """(mean, sample standard deviation, count) per metric over the seeds that have it."""
+    names: list[str] = []
+    for values in splits:
+        names += [name for name in values if name not in names]
+    means, stds, counts = {}, {}, {}
+    for name in names:
+        values = [split[name] for split in splits if name in split]
+        means[name] = sum(values) / len(values)
+        # n-1: the seeds are a sample of the seeds one could have drawn
+        stds[name] = statistics.stdev(values) if len(values) > 1 else None
+        counts[name] = len(values)
+    return means, stds, counts
+
+
+def seed_group_result(group: RunPlan, members: list[tuple[RunPlan, RunResult | None, str]]
+                      ) -> RunResult | None:
+    """One result for the seeds of a grid point: `group` is the grid point (its seeds' names,
+    folders and the point without train.seed), `members` each seed's run, result (None: no
+    scores) and why it has none. Every value is the mean over the seeds that have it; the
+    group is final when every seed has finished. None when no seed has scores."""
+    scored = [(run, result) for run, result, _ in members if result is not None]
+    if not scored:
+        return None
+    results = [result for _, result in scored]
+    validation, dev_std, dev_n = _seed_statistics([result.validation for result in results])
+    tests = [result.test for result in results if result.test]
+    test, test_std, test_n = _seed_statistics(tests) if tests else ({}, {}, {})
+    seeds = [run.grid_point[SEED_AXIS] for run, _, _ in members]
+    scored_seeds = [run.grid_point[SEED_AXIS] for run, _ in scored]
+    remarks = []
+    absent = [f"seed {run.grid_point[SEED_AXIS]} {why} ({run.name})"
+              for run, result, why in members if result is None]
+    if absent:
+        remarks.append(f"{group.name}: the means are over seeds {', '.join(scored_seeds)}; "
+                       + "; ".join(absent))
+    unfinished = [run.grid_point[SEED_AXIS] for run, result in scored if not result.final]
+    if unfinished:
+        several = len(unfinished) > 1
+        remarks.append(f"{group.name}: seed{'s' if several else ''} {', '.join(unfinished)} "
+                       f"not finished: {'their' if several else 'its'} best evaluation so far "
+                       "counts in the means")
+    for split, names in (("dev", list(validation)), ("test", list(test))):
+        lacking = []
+        for run, result in scored:
+            values = result.validation if split == "dev" else result.test or {}
+            missing = [name for name in names if name not in values]
+            if missing and not values:
+                lacking.append(f"seed {run.grid_point[SEED_AXIS]} has no {split} scores")
+            elif missing:
+                lacking.append(f"seed {run.grid_point[SEED_AXIS]} has no {split} "
+                               f"{', '.join(missing)}")
+        if lacking:
+            remarks.append(f"{group.name}: {'; '.join(lacking)}: those {split} means are over "
+                           "the other seeds")
+    codes = {result.code for result in results}
+    sources = list(dict.fromkeys(result.source for result in results))
+    declared = next((result.main_metric for result in results if result.main_metric), None)
+    run = RunPlan(name=group.name, model=group.model, task=group.task,
+                  grid_point=group.grid_point, argv=[],
+                  run_dir=";".join(run.run_dir for run, _ in scored))
+    return RunResult(run=run, validation=validation, test=test or None, main_metric=declared,
+                     best_step=None, final=len(scored) == len(members) and all(
+                         result.final for result in results),
+                     source=";".join(sources), code=codes.pop() if len(codes) == 1 else None,
+                     data=next((result.data for result in results if result.data), None),
+                     spread=SeedSpread(seeds=seeds, scored=scored_seeds, members=results,
+                                       dev_std=dev_std, test_std=test_std, dev_n=dev_n,
+                                       test_n=test_n, remarks=remarks))
+
+
+# load_runs' grid points name the run folder: the seeds of one setting are in several folders.
+_RUN_KEY = "run"
+
+
+def seed_groups(manifest: Manifest) -> list[tuple[RunPlan, list[int]]]:
+    """The runs of a sweep that are the seeds of one grid point: (the grid point as a RunPlan,
+    the indices of its runs in manifest.runs), in the order of their first run. Runs of one
+    (model, task) whose grid points differ only in train.seed form a group (for run folders
+    given to collect, also in the folder name their point carries), when their seeds differ;
+    a run without a train.seed in its point is in no group, so a sweep without seeds is read
+    run by run as before."""
+    by_point: dict[tuple[str, str, str], list[int]] = {}
+    for index, run in enumerate(manifest.runs):
+        if SEED_AXIS not in run.grid_point:
+            continue
+        base = without_seed(run.grid_point)
+        base.pop(_RUN_KEY, None)
+        by_point.setdefault((run.model, run.task, describe_grid_point(base)), []).append(index)
+    groups = []
+    for (model, task, _), indices in by_point.items():
+        runs = [manifest.runs[index] for index in indices]
+        if len({run.grid_point[SEED_AXIS] for run in runs}) < len(runs):
+            continue  # two runs of one seed and settings (run folders): nothing to average
+        first = runs[0]
+        point = without_seed(first.grid_point)
+        if _RUN_KEY in point:
+            point[_RUN_KEY] = ",".join(run.name for run in runs)
+            name = point[_RUN_KEY]
+        else:
+            seeds = ", ".join(run.grid_point[SEED_AXIS] for run in runs)
+            name = f"{model}__{task}__{grid_point_name(point)} (seeds {seeds})"
+        groups.append((RunPlan(name=name, model=model, task=task, grid_point=point, run_dir="",
+                               argv=[]), indices))
+    return groups
+
+
 @dataclass
 class Choice:
     """The run chosen for one (model, task), and what chose it."""
@@ -793,6 +923,13 @@ class ResultsTable:
     warnings: list[str] = field(default_factory=list)  # what may make cells not comparable
     unscored: list[str] = field(default_factory=list)  # runs with no scores: not started, failed
     from_run_folders: bool = False            # run folders given to collect, not a sweep
+    grid_seeds: dict[str, list[str]] = field(default_factory=dict)  # seed group's point -> seeds
+    seeds: list[str] = field(default_factory=list)  # the sweep's --seeds (manifest), if any
+
+    @property
+    def seeded(self) -> bool:
+        """Whether a chosen cell is the mean of a grid point's seeds."""
+        return any(choice.result.spread is not None for choice in self.chosen.values())
 
     def label(self, choice: Choice) -> str:
         return self.grid_labels[describe_grid_point(choice.result.run.grid_point)]
@@ -867,17 +1004,39 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
     notes: list[str] = []
     unscored: list[str] = []
     info: dict[str, tuple[str, str | None]] = {}
+    run_results: list[RunResult | None] = []
+    why_none: list[str] = []  # per run without a result: what a seed group's remark says
     for run in manifest.runs:
-        labels.setdefault(describe_grid_point(run.grid_point), f"g{len(labels) + 1}")
         if run.task not in info:
             info[run.task] = task_family(run.task)
         try:
             result = run_result(run, info[run.task][1])
         except DataError as exc:
             notes.append(f"{run.name} left out: {exc}")
+            run_results.append(None)
+            why_none.append("is left out (see Left out)")
             continue
+        run_results.append(result)
+        why_none.append("has no scores yet")
         if result is None:
             unscored.append(run.name)
+    # The seeds of a grid point are read as one result, at the place of its first run.
+    group_at = {indices[0]: (point, indices) for point, indices in seed_groups(manifest)}
+    in_group = {index for _, indices in group_at.values() for index in indices}
+    grid_seeds: dict[str, list[str]] = {}
+    for index, run in enumerate(manifest.runs):
+        if index in group_at:
+            point, indices = group_at[index]
+            members = [(manifest.runs[i], run_results[i], why_none[i]) for i in indices]
+            result = seed_group_result(point, members)
+            description = describe_grid_point(point.grid_point)
+            grid_seeds[description] = [member.grid_point[SEED_AXIS] for member, _, _ in members]
+        elif index in in_group:
+            continue
+        else:
+            result, description = run_results[index], describe_grid_point(run.grid_point)
+        labels.setdefault(description, f"g{len(labels) + 1}")
+        if result is None:
             continue
         groups.setdefault((run.model, run.task), []).append(result)
         if run.model not in models:
@@ -885,12 +1044,25 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
         if run.task not in tasks:
             tasks.append(run.task)
     chosen = {key: choose_run(results, info[key[1]][1]) for key, results in groups.items()}
+    for key, choice in chosen.items():
+        if choice.result.spread is not None:
+            choice.remarks += choice.result.spread.remarks
+        # Means over fewer seeds are noisier: say so when the grid points compared differ.
+        counts = {labels[describe_grid_point(result.run.grid_point)]:
+                  result.spread.dev_n.get(choice.selected_by, 0) if result.spread else 1
+                  for result in groups[key] if choice.selected_by in result.validation}
+        if any(result.spread for result in groups[key]) and len(set(counts.values())) > 1:
+            choice.remarks.append(f"the grid points' dev {choice.selected_by} means are over "
+                                  "different numbers of seeds: "
+                                  + ", ".join(f"{label} {n}" for label, n in counts.items()))
     # Runs of other code may score differently (a metric convention, a bug fixed): say so when
     # the table's cells come from more than one.
     codes: dict[str, list[str]] = {}
     for choice in chosen.values():
-        if choice.result.code is not None:
-            codes.setdefault(choice.result.code, []).append(choice.result.run.name)
+        spread = choice.result.spread
+        for result in spread.members if spread is not None else [choice.result]:
+            if result.code is not None:
+                codes.setdefault(result.code, []).append(result.run.name)
     warnings = []
     if len(codes) > 1:
         warnings.append("the chosen runs ran different code (versions.json), so their scores may "
@@ -929,9 +1101,10 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
     return ResultsTable(source=manifest.path, runs=len(manifest.runs), models=models,
                         families=grouped, columns=columns, chosen=chosen, averages=averages,
                         grid_labels=labels, notes=notes,
-                        scored=sum(len(results) for results in groups.values()),
+                        scored=sum(result is not None for result in run_results),
                         warnings=warnings, unscored=unscored,
-                        from_run_folders=manifest.mode == RUN_FOLDERS_MODE)
+                        from_run_folders=manifest.mode == RUN_FOLDERS_MODE,
+                        grid_seeds=grid_seeds, seeds=[str(seed) for seed in manifest.seeds])
 
 
 def _number(value: float | None) -> str:
@@ -949,6 +1122,55 @@ def _cell(dev: float | None, test: float | None, split: str) -> str:
     if dev is None and test is None:
         return _MISSING
     return f"{_number(dev)} / {_number(test)}"
+
+
+def _mean_and_spread(mean: float | None, std: float | None) -> str:
+    """'45.12 ± 0.31'; the mean alone where one seed had the value (no spread to show)."""
+    if mean is None:
+        return _MISSING
+    return _number(mean) + ("" if std is None else f" ± {_number(std)}")
+
+
+def _result_cell(result: RunResult, name: str, split: str) -> str:
+    """A metric's cell: the run's values, or a seed group's means ± their spread."""
+    dev, test = result.validation.get(name), (result.test or {}).get(name)
+    spread = result.spread
+    if spread is None:
+        return _cell(dev, test, split)
+    dev_text = _mean_and_spread(dev, spread.dev_std.get(name))
+    test_text = _mean_and_spread(test, spread.test_std.get(name))
+    if split == "dev":
+        return dev_text
+    if split == "test":
+        return test_text
+    if dev is None and test is None:
+        return _MISSING
+    return f"{dev_text} / {test_text}"
+
+
+def _seed_order(seed: str) -> tuple[int, str]:
+    """Seeds in numeric order (a hand-written config.yaml may hold anything)."""
+    try:
+        return int(seed), ""
+    except ValueError:
+        return SEED_MAX + 1, seed
+
+
+def seeds_line(table: ResultsTable) -> str:
+    """The line under a table whose cells are means over seeds: how many, which, and what the
+    ± is."""
+    sizes = sorted({len(choice.result.spread.seeds) for choice in table.chosen.values()
+                    if choice.result.spread is not None})
+    count = (f"{sizes[0]} seed{'s' if sizes[0] != 1 else ''}" if len(sizes) == 1
+             else f"{sizes[0]} to {sizes[-1]} seeds")
+    seeds = table.seeds or sorted({seed for choice in table.chosen.values()
+                                   if choice.result.spread is not None
+                                   for seed in choice.result.spread.seeds}, key=_seed_order)
+    where = "; sweep --seeds" if table.seeds else ""
+    return (f"Seeds: each cell of a grid point run with several seeds is the mean of {count} "
+            f"({SEED_AXIS} {', '.join(seeds)}{where}) ± their sample standard deviation (n-1; "
+            "no ± where only one seed has the value). A mean is over the seeds that have the "
+            "value; grid points are chosen by their mean dev score.")
 
 
 _CELLS = {"both": "dev / test", "dev": "dev (validation) only", "test": "test only"}
@@ -977,10 +1199,14 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
         return empty_message(table, split) + "\n"
     others = ("" if table.scored == table.runs else
               " (the others have no scores yet, or are left out below)")
+    seeded = table.seeded
+    chosen_how = ("the grid point with the best mean dev (validation) score over its seeds on "
+                  "the task's main metric; every number of that task in a row comes from that "
+                  "grid point's runs" if seeded else
+                  "the grid point with the best dev (validation) score on the task's main metric; "
+                  "every number of that task in a row comes from that one run")
     lines = [f"Results of {table.scored} of the {table.runs} run(s) in {table.source}{others}. "
-             "Per model and task, the grid "
-             "point with the best dev (validation) score on the task's main metric; every number "
-             f"of that task in a row comes from that one run. Cells: {_CELLS[split]}."]
+             f"Per model and task, {chosen_how}. Cells: {_CELLS[split]}."]
     any_partial = False
     for family, tasks in table.families:
         average = table.averages.get(family)
@@ -1005,8 +1231,7 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
                 result = choice.result
                 any_partial = any_partial or not result.final
                 cells.append(table.label(choice) + ("" if result.final else "*"))
-                cells += [_cell(result.validation.get(name), (result.test or {}).get(name), split)
-                          for name in table.columns[task]]
+                cells += [_result_cell(result, name, split) for name in table.columns[task]]
             if average is not None:
                 mark = "" if average.final[model] or (average.dev[model] is None
                                                       and average.test[model] is None) else "*"
@@ -1014,6 +1239,8 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
             if average is not None and average.paper:
                 cells.append(_number(average.paper.get(model)))
             lines.append("| " + " | ".join(cells) + " |")
+    if seeded:
+        lines += ["", seeds_line(table)]
     reported = [line for family, tasks in table.families for task in tasks
                 for model in table.models if (model, task) in table.chosen
                 for line in [paper_figures_line(model, task)] if line]
@@ -1024,8 +1251,11 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
                   f"were scored differently, see {where}):"]
         lines += [f"- {line}" for line in reported]
     lines += ["", "Grid points (the run columns):"]
-    lines += [f"- {label}: {description}" for description, label in table.grid_labels.items()]
-    lines += ["", "Chosen by the best dev value of:"]
+    lines += [f"- {label}: {description}" + (
+        f" (seeds {', '.join(table.grid_seeds[description])})"
+        if description in table.grid_seeds else "")
+        for description, label in table.grid_labels.items()]
+    lines += ["", "Chosen by the best " + ("mean " if seeded else "") + "dev value of:"]
     for family, tasks in table.families:
         for task in tasks:
             by: dict[str, list[str]] = {}
@@ -1041,7 +1271,8 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
     if table.averages:
         lines += ["", "Averages, per model over the family's tasks in this sweep, each task's "
                   "value from the model's chosen run (dev and test averaged separately; '–' "
-                  "unless the model has every value):"]
+                  "unless the model has every value" + ("; a grid point run with several seeds "
+                                                        "gives its mean" if seeded else "") + "):"]
         for family, average in table.averages.items():
             lines.append(f"- {FAMILY_TITLES[family]}: avg {average.label} = mean of "
                          f"{', '.join(average.metrics)} over {', '.join(average.tasks)}")
@@ -1067,7 +1298,9 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
                          "whitespace-membership`)")
     if any_partial:
         lines += ["", "* from a run that has not finished (no final_results.json or DONE): its "
-                  "best evaluation so far in metrics.jsonl; not final"]
+                  "best evaluation so far in metrics.jsonl; not final"
+                  + ("; for seeds, a seed of the grid point has not finished or has no scores "
+                     "(How runs were compared says which)" if seeded else "")]
     remarks = [f"{model} / {task}: {remark}" for (model, task), choice in table.chosen.items()
                for remark in choice.remarks]
     if remarks:
@@ -1094,6 +1327,10 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
 CSV_COLUMNS = ("model", "family", "task", "metric", "dev", "test", "paper", "grid_label",
                "grid_point", "best_step", "final", "selected_by", "source", "run_dir",
                "local_data")
+# Added where a chosen cell is a mean over seeds: the sample standard deviations (n-1), how many
+# seeds each mean is over, and the grid point's seeds ('1;2;3'). dev and test hold the means,
+# best_step and run_dir each seed's, joined by ';'.
+SEED_CSV_COLUMNS = ("dev_std", "test_std", "dev_n", "test_n", "seeds")
 
 
 def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
@@ -1101,13 +1338,30 @@ def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
     test in their own columns; then one row per (model, family average), whose task is
     'avg:' and the averaged tasks joined by '+' ('avg:mlsum+wikilingua'), whose metric is the
     averaged metrics ('avg(rouge1,rouge2,rougeL)') and whose paper column holds the paper's
-    figure."""
+    figure. A table with means over seeds has SEED_CSV_COLUMNS after those."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    seeded = table.seeded
+    writer.writerow(CSV_COLUMNS + (SEED_CSV_COLUMNS if seeded else ()))
 
     def text(value: float | None) -> str:
         return "" if value is None else repr(value)
+
+    def seed_cells(result: RunResult | None, name: str) -> list[str]:
+        if not seeded:
+            return []
+        spread = result.spread if result is not None else None
+        if spread is None:
+            return [""] * len(SEED_CSV_COLUMNS)
+        return [text(spread.dev_std.get(name)), text(spread.test_std.get(name)),
+                str(spread.dev_n.get(name, 0)), str(spread.test_n.get(name, 0)),
+                ";".join(spread.seeds)]
+
+    def best_step(result: RunResult) -> str:
+        if result.spread is not None:
+            return ";".join("" if member.best_step is None else str(member.best_step)
+                            for member in result.spread.members)
+        return "" if result.best_step is None else str(result.best_step)
 
     for family, tasks in table.families:
         for model in table.models:
@@ -1124,9 +1378,10 @@ def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
                     writer.writerow([model, family, task, name, text(result.validation.get(name)),
                                      text((result.test or {}).get(name)), "", table.label(choice),
                                      describe_grid_point(result.run.grid_point),
-                                     "" if result.best_step is None else result.best_step,
+                                     best_step(result),
                                      "yes" if result.final else "no", choice.selected_by,
-                                     result.source, result.run.run_dir, result.data or ""])
+                                     result.source, result.run.run_dir, result.data or ""]
+                                    + seed_cells(result, name))
         average = table.averages.get(family)
         if average is None:
             continue
@@ -1136,7 +1391,8 @@ def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
             writer.writerow([model, family, "avg:" + "+".join(average.tasks),
                              f"avg({','.join(average.metrics)})", text(average.dev[model]),
                              text(average.test[model]), text(average.paper.get(model)), "", "",
-                             "", "yes" if average.final[model] else "no", "", "", "", ""])
+                             "", "yes" if average.final[model] else "no", "", "", "", ""]
+                            + seed_cells(None, ""))
     return buffer.getvalue()
 
 
@@ -1165,7 +1421,7 @@ def plot_results(table: ResultsTable, png_path: str | Path, split: str = "both")
     metrics = {task: _plot_metric(table, task) for task in tasks}
     any_dev = False
     for i, model in enumerate(models):
-        xs, heights, hatches = [], [], []
+        xs, heights, hatches, spreads = [], [], [], []
         for x, task in enumerate(tasks):
             choice, metric = table.chosen.get((model, task)), metrics[task]
             if choice is None or metric is None:
@@ -1176,14 +1432,20 @@ def plot_results(table: ResultsTable, png_path: str | Path, split: str = "both")
                              else (test, False) if test is not None else (dev, True))
             if value is None:
                 continue
+            spread = choice.result.spread
+            std = None if spread is None else (spread.dev_std if is_dev
+                                               else spread.test_std).get(metric)
             xs.append(x - 0.4 + width * (i + 0.5))
             heights.append(value)
+            spreads.append(std or 0.0)
             hatches.append("//" if is_dev and split == "both" else "")
             any_dev = any_dev or (is_dev and split == "both")
         if not xs:
             axes.bar([], [], width, label=model)
             continue
-        bars = axes.bar(xs, heights, width, label=model)
+        # A mean over seeds gets its sample standard deviation as an error bar.
+        bars = axes.bar(xs, heights, width, label=model,
+                        **({"yerr": spreads, "capsize": 2} if any(spreads) else {}))
         for bar, hatch in zip(bars, hatches):
             bar.set_hatch(hatch)
         axes.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
@@ -1191,8 +1453,9 @@ def plot_results(table: ResultsTable, png_path: str | Path, split: str = "both")
     axes.set_xticklabels([f"{task}\n{metrics[task] or ''}" for task in tasks], fontsize=8)
     hatched = "\n(hatched: dev, the run has no test score yet)" if any_dev else ""
     shown = {"both": "test" + hatched, "dev": "dev (validation)", "test": "test"}[split]
-    axes.set_ylabel("score")
-    axes.set_title(f"Chosen run per model and task: main metric on {shown}", fontsize=10)
+    axes.set_ylabel("score: mean of seeds ± sample std (n-1)" if table.seeded else "score")
+    what = f"Chosen {'grid point' if table.seeded else 'run'} per model and task"
+    axes.set_title(f"{what}: main metric on {shown}", fontsize=10)
     axes.grid(axis="y", alpha=0.3)
     axes.set_axisbelow(True)
     axes.margins(y=0.12)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import run_files
-from ..config import not_applying
+from ..config import SEED_MAX, not_applying
 from ..errors import ConfigError, DataError, Seq2SeqEsError, UnknownNameError
 from . import paper_grid
 from .config import SlurmConfig, make_executor, render_sbatch
@@ -70,10 +70,17 @@ class Manifest:
     created: float = 0.0
     submitted: bool = False
     path: str = ""
+    # `sweep --seeds`: the train.seed values every grid point was run with (each run's grid
+    # point holds its own as SEED_AXIS); empty: no seed axis was added. collect averages a grid
+    # point's seeds. Older manifests have no such field and load with none.
+    seeds: list[int] = field(default_factory=list)
 
     def to_json(self) -> str:
         data = asdict(self)
         data.pop("path")
+        if not data["seeds"]:
+            # A sweep without seeds writes the file as before, so older versions still read it.
+            data.pop("seeds")
         data["version"] = MANIFEST_VERSION
         return json.dumps(data, indent=1) + "\n"
 
@@ -293,6 +300,67 @@ def describe_grid_point(point: dict[str, str]) -> str:
     return " ".join(f"{key}={value}" for key, value in point.items()) or "(defaults)"
 
 
+# ---- seeds -----------------------------------------------------------------------------------
+
+SEED_AXIS = "train.seed"
+SEEDS_FLAG = "--seeds"
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def parse_seeds(text: str) -> list[str]:
+    """'1,2,3' -> ['1', '2', '3']: the values of the train.seed axis that `sweep --seeds` adds to
+    every pair's grid. Integers in the range TrainConfig.validate accepts, each once (the same
+    seed twice is the same run); kept as strings, like every grid value, spelled as Python
+    prints the integer so that '01' and '1' are one seed and folder names read plainly."""
+    values = [value.strip() for value in text.split(",")]
+    if not text.strip() or any(not value for value in values):
+        raise ConfigError(SEEDS_FLAG, f"empty value in '{text}': give integers such as "
+                          f"{SEEDS_FLAG} 1,2,3")
+    seeds: list[str] = []
+    for value in values:
+        if not _INTEGER.fullmatch(value):
+            raise ConfigError(SEEDS_FLAG, f"'{value}' is not an integer; give integers such as "
+                              f"{SEEDS_FLAG} 1,2,3")
+        seed = int(value)
+        if not 0 <= seed <= SEED_MAX:
+            raise ConfigError(SEEDS_FLAG, f"{value} is outside [0, {SEED_MAX}], the values "
+                              f"{SEED_AXIS} takes (2**32 - 1, what numpy seeds with)")
+        if str(seed) in seeds:
+            raise ConfigError(SEEDS_FLAG, f"seed {seed} is given twice in '{text}' (the same "
+                              "seed trains the same run again)")
+        seeds.append(str(seed))
+    return seeds
+
+
+def _given_key(argv: list[str], key: str) -> bool:
+    """Whether dotted train arguments set `key` (`--key VALUE` or `--key=VALUE`)."""
+    return any(arg == f"--{key}" or arg.startswith(f"--{key}=") for arg in argv)
+
+
+def check_seeds(seeds: list[str], grid: dict[str, list[str]] | None,
+                overrides: list[str]) -> None:
+    """Refuses what would give `--seeds` a second source of seeds: a train.seed axis of --grid
+    (two axes of one key), or a train.seed after -- (the overrides come after the grid point in
+    each run's arguments, so every run would train with that one seed under a folder named
+    for another). A --config file's train.seed is allowed: the grid point's dotted key wins
+    over the file, as in `train`, and files written by `seq2seq-es config` name every key."""
+    if not seeds:
+        return
+    if grid and SEED_AXIS in grid:
+        raise ConfigError(SEEDS_FLAG, f"--grid {SEED_AXIS}={','.join(grid[SEED_AXIS])} and "
+                          f"{SEEDS_FLAG} both give the seeds; give one ({SEEDS_FLAG} adds the "
+                          f"{SEED_AXIS} axis to the pair's grid, the paper's or --grid's)")
+    if _given_key(overrides, SEED_AXIS):
+        raise ConfigError(SEEDS_FLAG, f"--{SEED_AXIS} after -- would train every run with one "
+                          f"seed, not the {SEEDS_FLAG} values its folder is named for; drop "
+                          f"--{SEED_AXIS} after --, or {SEEDS_FLAG}")
+
+
+def without_seed(point: dict[str, str]) -> dict[str, str]:
+    """A grid point without its seed: what the seeds of one grid point share."""
+    return {key: value for key, value in point.items() if key != SEED_AXIS}
+
+
 # ---- plans -----------------------------------------------------------------------------------
 
 def train_argv(model: str, task: str, run_dir: str | Path, grid_point: dict[str, str],
@@ -463,9 +531,11 @@ class DroppedRun:
     point: int               # 1-based number of its grid point in the pair's grid: g<point>
     kept_point: int
     reasons: list[str]       # why the grid points differing on paper resolve to one config
+    seed: str | None = None  # with --seeds: the seed both runs have (points count without it)
 
     def describe(self) -> str:
-        return (f"{self.model} {self.task} g{self.point} = g{self.kept_point} "
+        seed = f", seed {self.seed}" if self.seed is not None else ""
+        return (f"{self.model} {self.task} g{self.point} = g{self.kept_point}{seed} "
                 f"({'; '.join(self.reasons)})")
 
 
@@ -475,6 +545,7 @@ class SweepPlan:
     dropped: list[DroppedRun]
     grid: dict[str, list[str]]   # every axis and value of the pairs' grids, for the manifest
     configs: dict[str, Any] = field(default_factory=dict)  # run name -> its composed RunConfig
+    seeds: list[str] = field(default_factory=list)  # --seeds: the train.seed axis added
 
     def dropped_summary(self, limit: int = 20) -> list[str]:
         """'dropped N duplicate runs:' and one line per dropped run (at most `limit`)."""
@@ -488,15 +559,19 @@ class SweepPlan:
         return lines
 
     def summary(self) -> list[str]:
-        """'N runs: M pairs x grid points' and one line per distinct grid point with its runs."""
+        """'N runs: M pairs x grid points' and one line per distinct grid point with its runs
+        (with --seeds: 'x S seeds', and a grid point's line counts the runs of all its seeds)."""
         counts: dict[str, int] = {}
         for run in self.runs:
-            point = describe_grid_point(run.grid_point)
+            point = describe_grid_point(without_seed(run.grid_point) if self.seeds
+                                        else run.grid_point)
             counts[point] = counts.get(point, 0) + 1
         pairs = len({(run.model, run.task) for run in self.runs})
-        lines = [f"{_count(len(self.runs), 'run')}: {_count(pairs, 'pair')} x grid points "
+        seeds = f" x {_count(len(self.seeds), 'seed')}" if self.seeds else ""
+        lines = [f"{_count(len(self.runs), 'run')}: {_count(pairs, 'pair')} x grid points{seeds} "
                  f"({_count(len(counts), 'distinct grid point')}"
-                 + (f", {len(self.dropped)} duplicates dropped" if self.dropped else "") + "):"]
+                 + (f", {len(self.dropped)} duplicates dropped" if self.dropped else "")
+                 + (f"; {SEED_AXIS} {', '.join(self.seeds)}" if self.seeds else "") + "):"]
         width = max(len(point) for point in counts) if counts else 0
         lines += [f"  {point:<{width}}  {_count(n, 'run')}" for point, n in counts.items()]
         return lines
@@ -564,15 +639,18 @@ def _explain_duplicate(point: dict[str, str], kept: dict[str, str], cfg) -> list
 def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
                grid: dict[str, list[str]] | None, overrides: list[str],
                data_root: str | Path | None = None, world_size: int = 1,
-               compose_runs: bool = True) -> SweepPlan:
+               compose_runs: bool = True, seeds: list[str] | None = None) -> SweepPlan:
     """One run per pair and grid point, each config composed and validated; duplicates dropped.
 
     grid None: each pair gets the paper's grid for it (`paper_grid.grid_for`); a dict: the same
-    grid for every pair. A train.batch_size axis is the effective batch per optimizer step
-    (`split_effective_batch`). Overrides come last in each run's arguments, so they win over
-    --data-root. A `--config FILE` among the overrides is passed on to `train` and sits below
-    every dotted key, as in `train` (grid point, --data-root, dotted overrides); it may not set
-    the batch axis' keys, nor another task or model than the pair's. Every run's config is
+    grid for every pair. seeds (`parse_seeds`): a last train.seed axis added to each pair's grid,
+    so the seeds of a grid point are neighbours in the job array and folder names end in
+    `seed-N` (`check_seeds` refuses a second source of seeds). A train.batch_size axis is the
+    effective batch per optimizer step (`split_effective_batch`). Overrides come last in each
+    run's arguments, so they win over --data-root. A `--config FILE` among the overrides is
+    passed on to `train` and sits below every dotted key, as in `train` (grid point, --data-root,
+    dotted overrides); it may not set the batch axis' keys, nor another task or model than the
+    pair's. Every run's config is
     composed as `seq2seq-es train` will compose it, which
     refuses a bad file, key or value before anything is submitted, and a run whose resolved config
     equals an earlier run's (an axis the run never reads, such as epochs under max_steps) is
@@ -583,6 +661,8 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
     from ..config import compose, flat_keys, load_yaml
 
     root = Path(root).absolute()
+    seeds = list(seeds or [])
+    check_seeds(seeds, grid, overrides)
     config_file, _ = split_config(overrides)
     file_keys = set(flat_keys(load_yaml(config_file))) if config_file and compose_runs else set()
     runs: list[RunPlan] = []
@@ -593,6 +673,8 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
     for model, task in pairs:
         pair_grid = ({key: list(values) for key, values in paper_grid.grid_for(model, task).items()}
                      if grid is None else grid)
+        if seeds:
+            pair_grid = {**pair_grid, SEED_AXIS: seeds}
         for key, values in pair_grid.items():
             union.setdefault(key, [])
             union[key] += [value for value in values if value not in union[key]]
@@ -613,7 +695,9 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
             if ACCUM_KEY in pair_grid:
                 raise ConfigError(f"--grid {ACCUM_KEY}", f"the grid's {BATCH_AXIS} axis is the "
                                   f"effective batch and sets {ACCUM_KEY}; give one of the two")
-        for number, point in enumerate(grid_points(pair_grid), start=1):
+        for index, point in enumerate(grid_points(pair_grid)):
+            # The seed axis is the last one: a grid point's number counts its seeds as one.
+            number = index // len(seeds) + 1 if seeds else index + 1
             name = f"{model}__{task}__{grid_point_name(point)}"
             run_dir = root / name
             args: dict[str, str] = {}
@@ -634,7 +718,9 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
                 cfg = compose_run(task, model, argv[4:])
             except ConfigError as error:
                 # The pair composed without the grid point (`default` above), so a refused axis
-                # key is its value's fault: say it as --grid and the value given there.
+                # key is its value's fault: say it as --grid (or --seeds) and the value given.
+                if error.key == SEED_AXIS and seeds:
+                    raise ConfigError(SEEDS_FLAG, f"{point[SEED_AXIS]}: {error.reason}") from None
                 if error.key in point and error.key != BATCH_AXIS:
                     raise ConfigError("--grid", f"{error.key}={point[error.key]}: "
                                       f"{error.reason}") from None
@@ -645,13 +731,14 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
                 kept, kept_number = seen[key]
                 dropped.append(DroppedRun(model=model, task=task, name=name, kept=kept.name,
                                           point=number, kept_point=kept_number,
+                                          seed=point.get(SEED_AXIS) if seeds else None,
                                           reasons=_explain_duplicate(point, kept.grid_point, cfg)))
                 continue
             seen[key] = (plan, number)
             runs.append(plan)
             configs[name] = cfg
     _refuse_shared_run_dirs(runs)
-    return SweepPlan(runs=runs, dropped=dropped, grid=union, configs=configs)
+    return SweepPlan(runs=runs, dropped=dropped, grid=union, configs=configs, seeds=seeds)
 
 
 def _refuse_shared_run_dirs(runs: list[RunPlan]) -> None:
@@ -670,9 +757,9 @@ def _refuse_shared_run_dirs(runs: list[RunPlan]) -> None:
 
 def plan_runs(root: str | Path, pairs: list[tuple[str, str]], grid: dict[str, list[str]] | None,
               overrides: list[str], data_root: str | Path | None = None,
-              world_size: int = 1) -> list[RunPlan]:
+              world_size: int = 1, seeds: list[str] | None = None) -> list[RunPlan]:
     """The runs of `plan_sweep` (duplicates dropped)."""
-    return plan_sweep(root, pairs, grid, overrides, data_root, world_size).runs
+    return plan_sweep(root, pairs, grid, overrides, data_root, world_size, seeds=seeds).runs
 
 
 def check_overrides(overrides: list[str], *, allow_config: bool = False) -> None:
@@ -882,10 +969,11 @@ def check_node_count(nodes: int, partition: str | None, *, required: bool) -> No
 
 def new_manifest(mode: str, runs: list[RunPlan], grid: dict[str, list[str]], config: SlurmConfig,
                  submitit_folder: Path, entry: str, overrides: list[str],
-                 max_parallel: int | None) -> Manifest:
+                 max_parallel: int | None, seeds: list[str] | None = None) -> Manifest:
     return Manifest(kind=MANIFEST_KIND, mode=mode, runs=runs, grid=grid, slurm=config.to_dict(),
                     submitit_folder=str(submitit_folder), entry=entry, overrides=list(overrides),
-                    max_parallel=max_parallel, created=round(time.time(), 3))
+                    max_parallel=max_parallel, created=round(time.time(), 3),
+                    seeds=[int(seed) for seed in seeds or []])
 
 
 def dry_run_script(config: SlurmConfig, manifest: Manifest) -> str:
@@ -1011,6 +1099,11 @@ def resumed_argv(run: RunPlan, overrides: list[str],
         if key in RESUME_FIXED_KEYS:
             raise ConfigError(key, f"run {run.name} keeps its {key} when resumed (it says which "
                               "run it is and where it writes); submit a new run for another")
+        if key == SEED_AXIS and key in run.grid_point \
+                and not _same_value(given[key], run.grid_point[key]):
+            raise ConfigError(key, f"run {run.name} is seed {run.grid_point[key]} of its grid "
+                              "point, and collect averages the seeds the runs are named for; "
+                              "another seed is another run: submit a new sweep for it")
         # A grid axis names the run's point (collect leaves out a run whose config left its
         # point); the batch axis is the step's size, which the checks below keep.
         if key in run.grid_point and key not in STEP_KEYS \

@@ -253,6 +253,24 @@ class TrainConfig(_Section):
     hub_private: bool = True              # a repo push_to_hub creates is private (false:
                                           # public); an existing repo keeps its visibility
     progress_bar: bool = True             # rank 0: a bar on a terminal, else lines on stdout
+    profile_steps: str = ""               # A-B: torch.profiler traces of training steps A..B
+                                          # (1-based) in RUN/profile/, per rank ('': none)
+
+    def profile_range(self) -> tuple[int, int] | None:
+        """train.profile_steps as (first, last) 1-based steps, both profiled; None: off."""
+        text = self.profile_steps.strip()
+        if not text:
+            return None
+        first, sep, last = text.partition("-")
+        try:
+            start, end = int(first), int(last) if sep else int(first)
+        except ValueError:
+            raise ConfigError("train.profile_steps", f"expected a step or a range of steps "
+                              f"such as 10-12, got {text!r}") from None
+        if not 1 <= start <= end:
+            raise ConfigError("train.profile_steps", f"expected 1 <= first step <= last step, "
+                              f"got {text!r}")
+        return start, end
 
     def validate(self) -> None:
         super().validate()
@@ -287,6 +305,7 @@ class TrainConfig(_Section):
             raise ConfigError("train.keep_last", "must be at least 1")
         if self.stop_check_every < 1:
             raise ConfigError("train.stop_check_every", "must be at least 1")
+        self.profile_range()  # refused here, before any loading
         for key in ("log_every", "eval_every", "save_every", "save_every_min"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}", "must be >= 0")

@@ -43,6 +43,7 @@ from .checkpoint import (Checkpointer, TrainState, check_fresh_folder, data_layo
 from .evaluation import evaluate
 from .export import export_hf
 from .optim import apply_schedule, use_bf16
+from .profiling import StepProfiler
 from .progress import quiet_library_progress
 from .run_dir import RunLog, check_before_training, write_json_atomic
 from .signals import StopRequest
@@ -175,6 +176,20 @@ class Trainer:
         self.stepper = TrainStep(self.engine, env, cfg)
         self.stepper.restore_loss_window(self.state.loss_window)
         self.stop = StopRequest(announce=env.is_main)
+        self.profiler = StepProfiler(self.profiled_steps(), self.out / "profile", env.rank,
+                                     env.device, self.say)
+
+    def profiled_steps(self) -> tuple[int, int] | None:
+        """train.profile_steps, unless this run will not train all of them (said why)."""
+        steps = self.cfg.train.profile_range()
+        if steps is None:
+            return None
+        start, end = steps
+        if start <= self.state.step or end > self.total_steps:
+            self.say(f"train.profile_steps {start}-{end}: not profiled, the run trains steps "
+                     f"{self.state.step + 1}-{self.total_steps}")
+            return None
+        return steps
 
     def follow_schedule(self) -> None:
         """After a resume: the next step's rate from this run's schedule (more steps, another
@@ -228,8 +243,10 @@ class Trainer:
                          for idx in micro_indices]
                 # The rate this step's update uses: the scheduler advances inside engine.step().
                 lr = self.scheduler.get_last_lr()[0]
+                self.profiler.before(state.step + 1)
                 result = self.stepper(micro, state.step)
                 state.step += 1
+                self.profiler.after(state.step)
                 state.epoch, state.step_in_epoch = epoch, step_in_epoch + 1
                 self.maybe_log(result, lr, epoch)
                 improved = self.maybe_eval(self.epoch_ended)
@@ -519,6 +536,8 @@ class Trainer:
     def close(self) -> None:
         """Remove the step's gradient hooks, close the log and trackers, and end the process
         group if this run started it."""
+        if getattr(self, "profiler", None) is not None:
+            self.profiler.close()
         self.stepper.close()
         if self.log is not None:
             self.log.close()

@@ -1,0 +1,54 @@
+"""train.profile_steps A-B: a torch.profiler trace (Chrome JSON) and an operator table of
+training steps A..B per rank in RUN/profile/, without changing what the run trains."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine_runs import base_args, demo_files, run, step_losses
+from seq2seq_es.config import compose
+from seq2seq_es.errors import ConfigError
+
+
+@pytest.mark.parametrize("value, says", [
+    ("ten", "expected a step or a range of steps such as 10-12, got 'ten'"),
+    ("3-2", "expected 1 <= first step <= last step, got '3-2'"),
+    ("0-2", "expected 1 <= first step <= last step, got '0-2'"),
+])
+def test_a_bad_range_is_refused_by_its_key(value, says):
+    with pytest.raises(ConfigError) as error:
+        compose("mlsum", "barto-tiny", overrides={"train.profile_steps": value})
+    assert error.value.key == "train.profile_steps" and says in str(error.value)
+
+
+def test_a_range_reads_as_first_and_last_step():
+    train = compose("mlsum", "barto-tiny", overrides={"train.profile_steps": "4-6"}).train
+    assert train.profile_range() == (4, 6)
+    assert compose("mlsum", "barto-tiny", overrides={
+        "train.profile_steps": "5"}).train.profile_range() == (5, 5)
+    assert compose("mlsum", "barto-tiny").train.profile_range() is None
+
+
+@pytest.mark.slow
+def test_profiled_steps_leave_a_trace_and_train_as_unprofiled_ones(tmp_path):
+    files = demo_files(tmp_path / "data", train_size=16)
+    plain, profiled = tmp_path / "plain", tmp_path / "profiled"
+    run("none", 1, base_args(files, plain, steps=4))
+    proc = run("none", 1, base_args(files, profiled, steps=4,
+                                    extra=["--train.profile_steps", "2-3"]))
+    assert step_losses(profiled) == step_losses(plain)  # the profiler changes no number
+    trace = json.loads((profiled / "profile" / "rank0_steps2-3.json").read_text())
+    names = {event.get("name") for event in trace["traceEvents"]}
+    assert {"aten::mm", "aten::addmm"} & names  # the model's matmuls are in it
+    table = (profiled / "profile" / "rank0_steps2-3.txt").read_text()
+    assert "Self CPU" in table and "aten::" in table
+    assert "profiled steps 2-3:" in proc.stdout
+    assert sorted(p.name for p in (profiled / "profile").iterdir()) == [
+        "rank0_steps2-3.json", "rank0_steps2-3.txt"]
+    # a range the run does not train is said, not profiled
+    out = tmp_path / "short"
+    proc = run("none", 1, base_args(files, out, steps=2, extra=["--train.profile_steps", "2-3"]))
+    assert "train.profile_steps 2-3: not profiled, the run trains steps 1-2" in proc.stdout
+    assert not (out / "profile").exists()

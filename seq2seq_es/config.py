@@ -127,6 +127,10 @@ class DataConfig(_Section):
     target_column: str = ""               # your own task: the column it learns to write
     metrics: str = ""                     # your own task: metrics, comma-separated (default
                                           # rouge); the first one's main score picks checkpoints
+    hub_dataset: str | None = None        # your own task: a hub dataset (owner/name) with splits
+                                          # train, validation, test, instead of local files
+    hub_config: str | None = None         # your own task: the hub dataset's config, if it has
+                                          # several
     cache_dir: str | None = None          # datasets cache for tokenized splits
 
     def validate(self) -> None:
@@ -801,7 +805,8 @@ def own_task_keys(cfg: RunConfig) -> dict[str, str]:
     """The keys that define a task of the user's own ({} for a registry task): what a config of
     the same task, composed anew, needs beside the task's name."""
     own = {f"data.{key}": getattr(cfg.data, key)
-           for key in ("source_column", "target_column", "metrics")}
+           for key in ("source_column", "target_column", "metrics", "hub_dataset",
+                       "hub_config")}
     return {key: value for key, value in own.items() if value}
 
 
@@ -818,6 +823,9 @@ def absolute_paths(cfg: RunConfig) -> None:
         cfg.dist.deepspeed_config = os.path.abspath(os.path.expanduser(cfg.dist.deepspeed_config))
     if cfg.model.path and os.path.isdir(os.path.expanduser(cfg.model.path)):
         cfg.model.path = os.path.abspath(os.path.expanduser(cfg.model.path))
+    if cfg.data.hub_dataset and os.path.isdir(os.path.expanduser(cfg.data.hub_dataset)):
+        # datasets reads a local folder as a dataset repository (a hub snapshot on disk)
+        cfg.data.hub_dataset = os.path.abspath(os.path.expanduser(cfg.data.hub_dataset))
 
 
 def _chosen_name(key: str, flag: str, given: str | None, overrides: Mapping[str, Any],

@@ -63,6 +63,10 @@ def test_every_metric_has_a_main_score_among_its_outputs():
     ("mlsum", {"data.metrics": "bleu"}, "data.metrics", "mlsum's are the paper's (rouge)"),
     ("titulares", {**OWN, "data.columns": "cuerpo=texto"}, "data.columns",
      "'texto' is no column of task titulares; its columns: articulo, titular"),
+    ("titulares", {**OWN, "data.hub_config": "es"}, "data.hub_config",
+     "is the config of data.hub_dataset, which is not set"),
+    ("mlsum", {"data.hub_dataset": "yo/titulares"}, "data.hub_dataset",
+     "data.task mlsum is a registry task (reciTAL/mlsum)"),
 ])
 def test_an_incomplete_or_mixed_own_task_is_refused_by_its_key(task, overrides, key, says):
     with pytest.raises((ConfigError, UnknownNameError)) as error:
@@ -94,7 +98,36 @@ def test_an_own_task_reads_its_columns_and_refuses_a_split_without_a_file(tmp_pa
         load_examples(task, "validation", data_files={"train": data},
                       cache_dir=str(tmp_path / "cache"))
     assert str(error.value) == ("task titulares is your own: it reads local files and none is "
-                                "given for its validation split (data.validation_file)")
+                                "given for its validation split (data.validation_file), nor a "
+                                "data.hub_dataset")
+
+
+def test_an_own_task_reads_a_hub_dataset_with_the_usual_splits(tmp_path, monkeypatch):
+    # datasets reads a local folder as it reads a hub repository (a snapshot on disk): the same
+    # load_dataset(id, config, split=...) call, without the network.
+    repo = tmp_path / "titulares-hub"
+    repo.mkdir()
+    for split in ("train", "validation"):
+        _jsonl(repo / f"{split}.jsonl", ROWS)
+    cfg = compose("titulares", "barto-tiny", overrides={**OWN, "data.hub_dataset": str(repo)})
+    task = task_for(cfg.data)
+    assert (task.hub_id, task.hub_config) == (str(repo), None)
+    examples, report = load_examples(task, "validation", cache_dir=str(tmp_path / "cache"))
+    assert [e["target"] for e in examples] == [row["titular"] for row in ROWS]
+    assert report.origin == f"hub {repo} split validation"
+    with pytest.raises(DataError) as error:  # no test split there: what to do instead
+        load_examples(task, "test", cache_dir=str(tmp_path / "cache"))
+    assert "Unknown split" in str(error.value)
+    assert str(error.value).endswith("give a local file (jsonl/json/csv/parquet) with the columns "
+                                     "articulo, titular via --data.test_file (or "
+                                     "--train.eval_test false: no test scores)")
+    # a relative folder is made absolute, as data files are (config.yaml is read elsewhere); a
+    # hub id stays as given
+    monkeypatch.chdir(tmp_path)
+    assert compose("titulares", "barto-tiny", overrides={
+        **OWN, "data.hub_dataset": "titulares-hub"}).data.hub_dataset == str(repo)
+    assert compose("titulares", "barto-tiny", overrides={
+        **OWN, "data.hub_dataset": "yo/titulares"}).data.hub_dataset == "yo/titulares"
 
 
 def _own_files(folder, files):
@@ -123,7 +156,7 @@ def test_a_run_of_an_own_task_without_its_validation_file_stops_before_loading(t
     result = run("none", 1, args, check=False)
     assert result.returncode == 2
     assert ("config key 'data.validation_file': your own task titulares reads local files (it "
-            "has no hub dataset): pass --data.validation_file FILE") in result.stderr
+            "has no data.hub_dataset): pass --data.validation_file FILE") in result.stderr
     assert not (tmp_path / "run").exists()
 
 

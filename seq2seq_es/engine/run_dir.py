@@ -91,7 +91,8 @@ def check_inputs(cfg: RunConfig) -> None:
             raise ConfigError(f"data.{split}_file", f"file {path} does not exist")
         if not path and not task.hub_id and split != "test":  # test: scored when given
             raise ConfigError(f"data.{split}_file", f"your own task {task.name} reads local "
-                              f"files (it has no hub dataset): pass --data.{split}_file FILE")
+                              f"files (it has no data.hub_dataset): pass --data.{split}_file "
+                              "FILE")
     if cfg.data.train_file and not cfg.data.validation_file:
         # The validation split would come from the task's hub dataset: a model trained on the
         # user's data validated (and its checkpoint chosen) on another dataset, or, offline,

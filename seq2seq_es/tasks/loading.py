@@ -140,7 +140,7 @@ def load_examples(task: str | TaskSpec, split: str, *, data_files: Mapping[str, 
         report = LoadReport(spec.name, split, f"file {file}", notes=list(local.notes))
     elif not spec.hub_id:
         raise DataError(f"task {spec.name} is your own: it reads local files and none is given "
-                        f"for its {split} split (data.{split}_file)")
+                        f"for its {split} split (data.{split}_file), nor a data.hub_dataset")
     else:
         file = None
         raw, origin, notes = _read_hub(spec, split, hub_revision, cache_dir)
@@ -546,9 +546,10 @@ def _script_advice(spec: TaskSpec, split: str, describe: str, *, tried: str,
 def _hub_failure(spec: TaskSpec, split: str, describe: str, revision: str | None,
                  exc: BaseException) -> str:
     at = f" @ {revision}" if revision else ""
+    skip = " (or --train.eval_test false: no test scores)" if split == "test" else ""
     return (f"could not load {describe}{at}: {_library_message(exc)}. Without the hub (no "
             f"network, HF_HUB_OFFLINE=1) or without this split there, "
-            f"{_local_file_advice(spec, split)}")
+            f"{_local_file_advice(spec, split)}{skip}")
 
 
 # ---------------------------------------------------------------------------------------------

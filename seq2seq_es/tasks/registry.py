@@ -320,13 +320,15 @@ def metric_list(text: str) -> tuple[str, ...]:
 
 
 def own_task(name: str, source_column: str, target_column: str,
-             metrics: tuple[str, ...] = OWN_TASK_METRICS) -> TaskSpec:
-    """An own task: `source_column` in, `target_column` out, no hub dataset and no paper
-    defaults (the config's own defaults apply), the first metric's main score picking
-    checkpoints."""
+             metrics: tuple[str, ...] = OWN_TASK_METRICS, hub_id: str = "",
+             hub_config: str | None = None) -> TaskSpec:
+    """An own task: `source_column` in, `target_column` out, read from local files or the hub
+    dataset `hub_id` (splits train, validation, test), no paper defaults (the config's own
+    defaults apply), the first metric's main score picking checkpoints."""
     metrics = tuple(metrics) or OWN_TASK_METRICS
     return TaskSpec(
-        name=name, kind=OWN_KIND, hub_id="", hub_config=None, splits=dict(_SAME_SPLITS),
+        name=name, kind=OWN_KIND, hub_id=hub_id, hub_config=hub_config,
+        splits=dict(_SAME_SPLITS),
         columns=(source_column, target_column), metrics=metrics,
         main_metric=MAIN_SCORES[metrics[0]], source_truncation_side="right", defaults={},
         formatter=PairFormatter(source_column, target_column),
@@ -345,6 +347,12 @@ def task_for(data) -> TaskSpec:
             raise ConfigError(key, f"defines a task of your own, but data.task {data.task} is "
                               "a registry task: rename its columns with data.columns "
                               "(article=text), or give your own task a name of its own")
+        for key in ("hub_dataset", "hub_config"):
+            if getattr(data, key):
+                raise ConfigError(f"data.{key}", f"names your own task's hub dataset, but "
+                                  f"data.task {data.task} is a registry task "
+                                  f"({TASKS[data.task].hub_id}); give local files of its "
+                                  "columns with data.train_file etc. to read other data")
         if data.metrics:
             paper = ", ".join(TASKS[data.task].metrics)
             raise ConfigError("data.metrics", f"sets the metrics of a task of your own; "
@@ -364,4 +372,7 @@ def task_for(data) -> TaskSpec:
                               f"({data.task}): the column the model reads and the one it writes")
     if data.source_column == data.target_column:
         raise ConfigError("data.target_column", f"is the source column too ({data.source_column})")
-    return own_task(data.task, data.source_column, data.target_column, metric_list(data.metrics))
+    if data.hub_config and not data.hub_dataset:
+        raise ConfigError("data.hub_config", "is the config of data.hub_dataset, which is not set")
+    return own_task(data.task, data.source_column, data.target_column, metric_list(data.metrics),
+                    hub_id=data.hub_dataset or "", hub_config=data.hub_config or None)

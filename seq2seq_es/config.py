@@ -207,6 +207,8 @@ class TrainConfig(_Section):
     output_dir: str | None = None         # run folder: checkpoints, metrics.jsonl, final/, results
                                           # (none: runs/<model>-<task>, one per pair)
     seed: int = 42                        # seed of initialisation, dropout and the data order
+    deterministic: bool = False           # deterministic kernels only (GPU runs repeat bit for
+                                          # bit; slower; an op without one stops the run)
     epochs: int = 6                       # passes over the training split (when max_steps is 0)
     max_steps: int = 0                    # > 0 overrides epochs
     batch_size: int = 8                   # per device, per micro-batch (batching=fixed; packed:

@@ -66,6 +66,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# cuBLAS picks its reduction order per workspace; a fixed workspace makes its matmuls repeat
+# bit for bit (CUDA's documented setting; read when the first cuBLAS handle is made).
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def use_deterministic_kernels() -> None:
+    """train.deterministic: torch refuses every op without a deterministic implementation, cuDNN
+    stops choosing algorithms by timing, and cuBLAS gets a fixed workspace. Called before the
+    model reaches the GPU. On the CPU the kernels are deterministic already."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def deterministic_refusal(exc: BaseException) -> ConfigError | None:
+    """The error that names train.deterministic for an op torch refused under it, or None."""
+    text = str(exc)
+    if "does not have a deterministic implementation" not in text:
+        return None
+    return ConfigError("train.deterministic", f"{text.splitlines()[0].split(', but')[0]}, so "
+                       "this run cannot be deterministic on this device; set "
+                       "train.deterministic false (or another model.attention)")
+
+
 def is_better(value: float, best: dict | None, metric: str, loss: float | None = None) -> bool:
     """Lower is better for the loss, higher for every other metric; NaN never wins. A tie on
     the metric goes to the lower validation loss (`loss`): early in training, or on a hard task,
@@ -119,6 +144,9 @@ class Trainer:
         if resume_from is None:  # a fresh run must not overwrite or mix with another one
             check_fresh_folder(self.out, cfg)
         seed_everything(cfg.train.seed)
+        if cfg.train.deterministic:
+            use_deterministic_kernels()
+            self.say("train.deterministic: deterministic kernels only")
 
         self.task = task_for(cfg.data)
         self.model, self.tokenizer, spec = get_model(cfg)
@@ -256,6 +284,11 @@ class Trainer:
                 self.maybe_save(improved or save_due or bool(signum))
                 self.maybe_stop(signum)
             return self.finish()
+        except RuntimeError as exc:
+            refusal = deterministic_refusal(exc) if cfg.train.deterministic else None
+            if refusal is not None:
+                raise refusal from exc
+            raise
         finally:
             self.stop.restore()
 

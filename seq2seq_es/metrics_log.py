@@ -5,10 +5,13 @@ A run folder's ``metrics.jsonl`` holds one JSON object per line, written by rank
 - ``step``: the number of optimizer steps done when the values were taken (an int; 0 for a
   validation before the first step, `train.eval_at_start`), and ``time`` (Unix seconds).
 - training records, every `train.log_every` steps, the first and the last step:
-  ``train/loss`` (the step's token-normalised loss), ``train/lr`` (the learning rate of this
-  step's own update, i.e. the schedule's value before the scheduler advanced),
+  ``train/loss`` (the logging interval's loss per target token), ``train/lr`` (the learning
+  rate of this step's own update, i.e. the schedule's value before the scheduler advanced),
   ``train/tokens_per_s``, ``train/epoch``, ``train/padded_fraction``,
-  ``train/skipped_micro_batches``;
+  ``train/skipped_micro_batches``, ``train/grad_norm`` and ``train/grad_norm_max`` (the mean and
+  the largest L2 norm of the whole gradient before clipping over the interval's optimizer steps,
+  leaving out fp16 overflow steps and on_nan=skip steps that skipped every micro-batch; absent
+  when that leaves none), and under fp16 ``train/loss_scale`` and ``train/overflow_skipped``;
 - validation records: ``eval/loss`` and ``eval/<metric>`` for each metric of the task;
 - test records: ``test/loss`` and ``test/<metric>``, once, at the step of the best checkpoint.
 

@@ -444,11 +444,13 @@ def test_progress_is_a_line_per_log_on_stdout_when_stderr_is_a_file(tmp_path, ca
     log = _progress_log(tmp_path, start_step=4)  # resumed at step 4
     assert log.bar is None
     log.progress(5, loss=1.5, lr=2e-4, tokens_per_s=100.0)
-    log.progress(6, loss=1.25, lr=2e-4, tokens_per_s=12345.0)
+    log.progress(6, loss=1.25, lr=2e-4, tokens_per_s=12345.0, grad_norm=0.8123)
     log.close()
     first, line = [line for line in capsys.readouterr().out.splitlines()
                    if line.startswith(("step 5/10", "step 6/10"))]
-    assert line.startswith("step 6/10: train/loss 1.2500, lr 2.00e-04, 12,345 tokens/s, elapsed ")
+    assert first.startswith("step 5/10: train/loss 1.5000, lr 2.00e-04, 100 tokens/s, ")
+    assert line.startswith("step 6/10: train/loss 1.2500, lr 2.00e-04, grad_norm 0.812, "
+                           "12,345 tokens/s, elapsed ")
     assert ", left ~0:00:0" in line  # 4 steps left at the rate since step 5
     assert "left" not in first  # the first logged step's time includes the start-up
     assert log_file.text == ""
@@ -459,9 +461,10 @@ def test_progress_is_a_bar_on_a_terminal(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stderr", terminal)
     log = _progress_log(tmp_path)
     assert log.bar is not None
-    log.progress(6, loss=1.25, lr=2e-4, tokens_per_s=12345.0)
+    log.progress(6, loss=1.25, lr=2e-4, tokens_per_s=12345.0, grad_norm=0.8123)
     log.close()
     assert "loss=1.2500" in terminal.text and "6/10" in terminal.text
+    assert "gnorm=0.812" in terminal.text
     assert "step 6/10" not in capsys.readouterr().out
 
 

@@ -86,8 +86,9 @@ class TrainState:
     best: dict | None = None
     # Validations in a row since the last new best (train.early_stopping_patience counts them).
     evals_without_best: int = 0
-    # The logged loss's sums since the last log over all ranks (TrainStep.loss_window_sums):
-    # [cross-entropy, skipped target tokens, target tokens]. None: written before the field.
+    # The logged values' sums since the last log over all ranks (TrainStep.loss_window_sums):
+    # [cross-entropy, skipped target tokens, target tokens, gradient norm sum, steps in it,
+    # gradient norm maximum]. None: written before the field; three numbers: before the norm.
     loss_window: list | None = None
     # What was trained ({"data.task", "model.name"}, `run_identity`): a resume must be the same
     # run. None: a state written before the field existed (not checked).

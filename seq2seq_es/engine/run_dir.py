@@ -234,11 +234,14 @@ class RunLog:
         for tracker in self.trackers:
             tracker.log(step, scalars)
 
-    def progress(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
+    def progress(self, step: int, loss: float, lr: float, tokens_per_s: float,
+                 grad_norm: float | None = None) -> None:
+        """The bar, or a line per log; `grad_norm` (the interval's mean) where one was logged."""
+        norm = {} if grad_norm is None else {"gnorm": f"{grad_norm:.3g}"}
         if self.bar is not None:
             self.bar.n = step
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}",
-                                 refresh=False)
+                                 **norm, refresh=False)
             self.bar.refresh()
         elif self.progress_lines:
             now = time.monotonic()
@@ -252,7 +255,8 @@ class RunLog:
                 rate = (now - self.first_logged[1]) / (step - self.first_logged[0])
                 left = rate * (self.total_steps - step)
             self.write(f"step {step}/{self.total_steps}: train/loss {loss:.4f}, lr {lr:.2e}, "
-                       f"{tokens_per_s:,.0f} tokens/s, elapsed {_clock(elapsed)}"
+                       + (f"grad_norm {grad_norm:.3g}, " if grad_norm is not None else "")
+                       + f"{tokens_per_s:,.0f} tokens/s, elapsed {_clock(elapsed)}"
                        + (f", left ~{_clock(left)}" if left is not None else ""))
 
     def write(self, message: str) -> None:

@@ -8,9 +8,25 @@ over ranks, so each micro-batch's token-summed loss is multiplied by
 `world_size * grad_accum / tokens_in_step` before backward; the resulting update does not depend
 on how the step is split (1x4x2 = 2x1x4 = 1x1x8).
 
-Host read-backs: none per micro-batch. The scale is computed on the device, the logged loss and
-the non-finite flags are accumulated there and read once per logging interval (and the flags
-before every evaluation and save).
+Host read-backs: none per micro-batch. The scale is computed on the device, the logged loss, the
+gradient norm and the non-finite flags are accumulated there and read once per logging interval
+(and the flags before every evaluation and save).
+
+The gradient norm (`train/grad_norm`, as the Hugging Face Trainer logs it): the L2 norm of the
+step's whole gradient (averaged over ranks, summed over micro-batches, unscaled) before clipping,
+the same number however the step is split. Where it comes from (DeepSpeed 0.19.8):
+- ZeRO 1-2 (DeepSpeedZeroOptimizer, fp32/bf16/fp16) and ZeRO-1 bf16 with fp32 accumulation
+  (BF16_Optimizer): the optimizer computes it before clipping, also with gradient_clipping 0
+  (zero_optimization.compute_grad_norm is on by default), as a device tensor over all ranks'
+  partitions, divided by the fp16 loss scale: `engine.get_global_grad_norm()` after the step.
+- ZeRO 3: the same, except that fp16 divides by the loss scale after the step's scale update
+  (a step that grows the scale would log half its norm): multiplied back here by new/old scale.
+- ZeRO 0 (our torch AdamW; bf16/fp16 are torch autocast): DeepSpeed keeps none (its
+  clip_fp32_gradients drops the norm it computes, and computes none without clipping), so it is
+  computed here from the parameters' gradients after the step's last backward (reduced over
+  ranks by then, still unclipped), divided by the GradScaler's scale under fp16.
+A step whose update did not happen is left out of the mean and the maximum: an fp16 overflow
+(DeepSpeed reports inf) and an on_nan=skip step that skipped every micro-batch (zero gradient).
 """
 
 from __future__ import annotations
@@ -60,6 +76,10 @@ class StepResult:
     skipped: torch.Tensor          # micro-batches skipped (non-finite on any rank), all ranks agree
     skipped_tokens: torch.Tensor   # this rank's target tokens in the skipped micro-batches
     fp16: dict = field(default_factory=dict)  # overflow_skipped, loss_scale (host values)
+    # The step's gradient norm (float64, on the device); None where the step had none to log
+    # (an fp16 overflow, or DeepSpeed told not to compute it), 0 for a step on_nan=skip
+    # skipped entirely (not counted either).
+    grad_norm: torch.Tensor | None = None
 
 
 class TrainStep:
@@ -113,6 +133,12 @@ class TrainStep:
         # target tokens, and the target tokens of all ranks (a read gives the interval's loss
         # per target token, as the Trainer logs a logging interval's mean, not one step's).
         self.loss_window = torch.zeros(3, dtype=torch.float64, device=self.device)
+        # The gradient norm's sums since the last read: [sum, steps counted, maximum] (the same
+        # on every rank: each step's norm is already over all ranks).
+        self.grad_norm_window = torch.zeros(3, dtype=torch.float64, device=self.device)
+        # ZeRO 0 steps our torch optimizer, which keeps no norm: computed from the gradients
+        # (see the module docstring); every ZeRO optimizer keeps its own.
+        self.norm_from_grads = not engine.zero_optimization()
         self.micro_seen = 0                                  # micro-batches run by this object
         self.unchecked: dict[int, tuple[int, int, str]] = {}  # index -> (step, k, batch shape)
         self.unchecked_steps: list[int] = []
@@ -151,11 +177,12 @@ class TrainStep:
         skipped_tokens = torch.zeros((), dtype=torch.float64, device=device)
         if not self.skip:
             self.unchecked_steps.append(step + 1)
-        fp16 = {}
+        fp16, scale_before = {}, None
         if self.fp16:  # see optim.py: was the optimizer step skipped for overflowing gradients?
             if self.scale is None:  # afterwards, the scale read at the end of the last step
                 self.scale = loss_scale(engine)
             scale_before, skipped_before = self.scale, engine.skipped_steps
+        own_norm = None
         for k, batch in enumerate(micro_batches):
             batch = {key: self._to_device(value) for key, value in batch.items()}
             labels = batch.pop("labels")
@@ -181,6 +208,10 @@ class TrainStep:
                 self.micro_seen += 1
                 ce_total += torch.where(bad, 0.0, value)
                 engine.backward(ce * scale)
+                if self.norm_from_grads and k == len(micro_batches) - 1:
+                    # the step's gradient is complete (and reduced) only after its last
+                    # backward, and engine.step() clips it in place
+                    own_norm = self._norm_of_grads()
                 engine.step()
             except torch.OutOfMemoryError as exc:
                 raise Seq2SeqEsError(
@@ -194,23 +225,73 @@ class TrainStep:
             fp16["overflow_skipped"] = int(fp16_step_skipped(engine, scale_before, skipped_before))
             fp16["loss_scale"] = self.scale = loss_scale(engine)
         self.loss_window += torch.stack([ce_total, skipped_tokens, counts[0]])
-        return StepResult(step + 1, counts, ce_total, skipped, skipped_tokens, fp16)
+        grad_norm = None
+        if not fp16.get("overflow_skipped"):
+            grad_norm = (self._unscaled(own_norm, scale_before) if self.norm_from_grads
+                         else self._deepspeed_norm(scale_before))
+        if grad_norm is not None:
+            # a step that skipped every micro-batch trained on a zero gradient: not counted
+            counted = (skipped < len(micro_batches)).double()
+            grad_norm = torch.where(counted > 0, grad_norm, 0.0)
+            sums = self.grad_norm_window
+            self.grad_norm_window = torch.stack(
+                [sums[0] + grad_norm, sums[1] + counted, torch.maximum(sums[2], grad_norm)])
+        return StepResult(step + 1, counts, ce_total, skipped, skipped_tokens, fp16, grad_norm)
+
+    def _norm_of_grads(self) -> torch.Tensor:
+        """The L2 norm of the module's gradients as they are, accumulated in float64 as
+        DeepSpeed's ZeRO optimizers accumulate theirs (in fp32 the norm of a [1501, 64]
+        embedding gradient was off by 1.6e-5 relative on the CPU). torch's fused per-tensor
+        norms, the private op its own clip_grad_norm_ runs (one launch for many tensors on a
+        GPU); nothing read back, and non-finite gradients give a non-finite norm, no error."""
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        if not grads:
+            return torch.zeros((), dtype=torch.float64, device=self.device)
+        norms = torch._foreach_norm(grads, 2, dtype=torch.float64)
+        return torch.linalg.vector_norm(torch.stack(norms))
+
+    def _unscaled(self, norm: torch.Tensor, scale_before: float | None) -> torch.Tensor:
+        """ZeRO 0: fp16's gradients carry the GradScaler's scale of the step's backward passes
+        (the host value read at the end of the last step; no new read)."""
+        return norm / scale_before if self.fp16 else norm
+
+    def _deepspeed_norm(self, scale_before: float | None) -> torch.Tensor | None:
+        """ZeRO 1-3: the norm the optimizer computed in its step (a device tensor; None where
+        zero_optimization.compute_grad_norm is off)."""
+        value = self.engine.get_global_grad_norm()
+        if value is None:
+            return None
+        if torch.is_tensor(value):
+            norm = value.detach().to(device=self.device, dtype=torch.float64)
+        else:  # a Python number (inf after an overflow, which is not counted anyway)
+            norm = torch.full((), float(value), dtype=torch.float64, device=self.device)
+        if self.fp16 and self.engine.zero_optimization_stage() == 3 and scale_before:
+            # DeepSpeed 0.19.8's stage 3 divides by the scale after the step's update (ZeRO 1-2
+            # by the one before): the scale the gradients carried is the one before.
+            norm = norm * (self.scale / scale_before)
+        return norm
 
     def loss_window_sums(self) -> list[float]:
-        """The logged loss's sums since the last read over all ranks, [cross-entropy, skipped
-        target tokens, target tokens], for a checkpoint: a resume goes on from them, so that its
-        first logged loss covers the same steps as an uninterrupted run's. Collective."""
+        """The logged values' sums since the last read over all ranks, for a checkpoint:
+        [cross-entropy, skipped target tokens, target tokens, gradient norm sum, steps counted
+        in it, gradient norm maximum]. A resume goes on from them, so that its first logged loss
+        and gradient norm cover the same steps as an uninterrupted run's. Collective."""
         ranks = all_reduce_(self.loss_window[:2].clone())
-        return torch.cat([ranks, self.loss_window[2:]]).tolist()
+        return torch.cat([ranks, self.loss_window[2:], self.grad_norm_window]).tolist()
 
     def restore_loss_window(self, sums: list[float] | None) -> None:
         """Resume from `loss_window_sums` (already over all ranks: rank 0 takes the rank sums,
-        every rank the global target count)."""
+        every rank the global target count and the gradient norm's sums). A checkpoint from
+        before the gradient norm (three numbers) starts its norm window empty: the first logged
+        norm after the resume then covers the resumed steps only."""
         if not sums:
             return
-        ce, skipped_tokens, target = sums
+        ce, skipped_tokens, target = sums[:3]
         local = [ce, skipped_tokens] if self.env.rank == 0 else [0.0, 0.0]
         self.loss_window = torch.tensor([*local, target], dtype=torch.float64, device=self.device)
+        if len(sums) >= 6:
+            self.grad_norm_window = torch.tensor(sums[3:6], dtype=torch.float64,
+                                                 device=self.device)
 
     def check_finite(self) -> None:
         """on_nan=stop: raise NonFiniteLoss if any rank had a non-finite loss since the last
@@ -233,21 +314,26 @@ class TrainStep:
             f"{bad_step - 1} was saved); set train.on_nan=skip to skip such batches")
 
     def read(self, result: StepResult) -> dict[str, float]:
-        """The loss since the last read (per target token kept), the step's counts, and the
-        tokens since the last read (one read-back)."""
+        """The loss since the last read (per target token kept), the step's counts, the tokens
+        since the last read, and the gradient norm's mean and maximum over the optimizer steps
+        since the last read (absent when none counted: see the module docstring); one
+        read-back."""
         self.check_finite()
         summed = all_reduce_(self.loss_window[:2].clone())
         values = torch.cat([summed, self.loss_window[2:], result.counts, result.skipped.view(1),
-                            self.window]).tolist()
+                            self.window, self.grad_norm_window]).tolist()
         self.window.zero_()
         self.loss_window.zero_()
+        self.grad_norm_window.zero_()
         (ce_sum, skipped_tokens, window_target, target, source, padded, skipped, window_tokens,
-         window_padded) = values
+         window_padded, norm_sum, norm_steps, norm_max) = values
         kept = window_target - skipped_tokens  # a window that skipped everything: unknown
+        norms = {"grad_norm": norm_sum / norm_steps, "grad_norm_max": norm_max} \
+            if norm_steps > 0 else {}
         return {"loss": ce_sum / kept if kept > 0 else float("nan"), "target_tokens": target,
                 "tokens": target + source, "padded_tokens": padded,
                 "skipped_micro_batches": int(skipped), "window_tokens": window_tokens,
-                "window_padded": window_padded, **result.fp16}
+                "window_padded": window_padded, **norms, **result.fp16}
 
 
 def train_step(engine, micro_batches: list[dict], env: D.DistEnv, cfg: RunConfig,

@@ -342,16 +342,19 @@ class Trainer:
                                             or step == self.total_steps or step == 1 or last):
             return
         self.logged_step = step
-        values = self.stepper.read(result)  # the loss and the tokens since the last log
+        values = self.stepper.read(result)  # the loss, tokens and grad norm since the last log
         window_tokens, window_padded = values["window_tokens"], values["window_padded"]
         tokens_per_s = window_tokens / max(time.perf_counter() - self.window_start, 1e-9)
         self.log.log(step, {"train/loss": values["loss"], "train/lr": lr,
                             "train/tokens_per_s": tokens_per_s, "train/epoch": epoch,
                             "train/padded_fraction": 1.0 - window_tokens / max(window_padded, 1),
                             "train/skipped_micro_batches": values["skipped_micro_batches"],
+                            # the interval's mean and largest gradient norm before clipping;
+                            # absent when no step counted (fp16 overflows, fully skipped steps)
                             **{f"train/{key}": values[key] for key in
-                               ("loss_scale", "overflow_skipped") if key in values}})
-        self.log.progress(step, values["loss"], lr, tokens_per_s)
+                               ("grad_norm", "grad_norm_max", "loss_scale", "overflow_skipped")
+                               if key in values}})
+        self.log.progress(step, values["loss"], lr, tokens_per_s, values.get("grad_norm"))
         self.window_start = time.perf_counter()
 
     def maybe_eval(self, epoch_end: bool) -> bool:

@@ -11,7 +11,8 @@ A run folder's ``metrics.jsonl`` holds one JSON object per line, written by rank
   ``train/skipped_micro_batches``, ``train/grad_norm`` and ``train/grad_norm_max`` (the mean and
   the largest L2 norm of the whole gradient before clipping over the interval's optimizer steps,
   leaving out fp16 overflow steps and on_nan=skip steps that skipped every micro-batch; absent
-  when that leaves none), and under fp16 ``train/loss_scale`` and ``train/overflow_skipped``;
+  when that leaves none), under fp16 ``train/loss_scale`` and ``train/overflow_skipped``, and
+  on GPUs ``train/memory_gib`` (the most memory any rank's tensors held during the interval);
 - validation records: ``eval/loss`` and ``eval/<metric>`` for each metric of the task;
 - test records: ``test/loss`` and ``test/<metric>``, once, at the step of the best checkpoint.
 

@@ -60,6 +60,17 @@ class Stopped(Seq2SeqEsError):
         self.reports = reports
 
 
+def peak_memory_gib(device: torch.device) -> float | None:
+    """The most GPU memory any rank's tensors held since the last call (GiB; torch's allocator
+    counter, a host value: no device sync), then the counters start again; None off the GPU.
+    Collective on GPUs (the maximum over ranks: ZeRO's shards and uneven batches differ)."""
+    if device.type != "cuda":
+        return None
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return D.all_reduce_max(peak, device)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -345,6 +356,7 @@ class Trainer:
         values = self.stepper.read(result)  # the loss, tokens and grad norm since the last log
         window_tokens, window_padded = values["window_tokens"], values["window_padded"]
         tokens_per_s = window_tokens / max(time.perf_counter() - self.window_start, 1e-9)
+        memory = peak_memory_gib(self.env.device)
         self.log.log(step, {"train/loss": values["loss"], "train/lr": lr,
                             "train/tokens_per_s": tokens_per_s, "train/epoch": epoch,
                             "train/padded_fraction": 1.0 - window_tokens / max(window_padded, 1),
@@ -353,7 +365,8 @@ class Trainer:
                             # absent when no step counted (fp16 overflows, fully skipped steps)
                             **{f"train/{key}": values[key] for key in
                                ("grad_norm", "grad_norm_max", "loss_scale", "overflow_skipped")
-                               if key in values}})
+                               if key in values},
+                            **({"train/memory_gib": memory} if memory is not None else {})})
         self.log.progress(step, values["loss"], lr, tokens_per_s, values.get("grad_norm"))
         self.window_start = time.perf_counter()
 

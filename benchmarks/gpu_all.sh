@@ -55,7 +55,7 @@ timeout "${SEQ2SEQ_S:-200}" python3 -m seq2seq_es.bench.gpu_seq2seq "$OUT_DIR/se
   --budget-s "$(( ${SEQ2SEQ_S:-200} - 10 ))"
 if [ "${TINY:-0}" != 1 ]; then
   stamp "4. tests that need a CUDA device (pytest -m gpu)"
-  timeout "${GPU_TESTS_S:-60}" python3 -m pytest -q -p no:cacheprovider -m gpu tests \
+  timeout "${GPU_TESTS_S:-90}" python3 -m pytest -q -p no:cacheprovider -m gpu tests \
     > "$OUT_DIR/gpu_tests.txt" 2>&1; tail -3 "$OUT_DIR/gpu_tests.txt"
 fi
 if [ "${EXTRAS:-0}" = 1 ]; then

@@ -390,5 +390,5 @@ def test_resuming_another_models_run_is_refused_without_a_traceback(files, tmp_p
     error = proc.stderr.strip().splitlines()[-1]
     assert error.startswith("error: config key 'train.resume': checkpoint ") and "Traceback" \
         not in proc.stderr, proc.stderr[-3000:]
-    assert "is of another run (data.task mlsum, model.name barto-tiny; this run: data.task " \
-           "mlsum, model.name t5s-tiny)" in error
+    # only what differs is named
+    assert "is of another run (model.name barto-tiny; this run: model.name t5s-tiny)" in error

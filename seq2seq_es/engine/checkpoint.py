@@ -121,8 +121,18 @@ class TrainState:
 
 
 def run_identity(cfg) -> dict:
-    """What a checkpoint must have trained for a run to resume from it."""
-    return {"data.task": cfg.data.task, "model.name": cfg.model.name}
+    """What a checkpoint must have trained for a run to resume from it: the task and model, and
+    for a task of the user's own its definition (the columns read and written, its data on the
+    hub, the metrics that validate it): the same name over other columns or metrics is another
+    task. Registry tasks keep the two keys, so their older checkpoints compare as before."""
+    from ..config import own_task_keys
+    from ..tasks.registry import metric_list
+
+    identity = {"data.task": cfg.data.task, "model.name": cfg.model.name}
+    own = own_task_keys(cfg)
+    if own:
+        own["data.metrics"] = ",".join(metric_list(cfg.data.metrics)) or "rouge"
+    return {**identity, **own}
 
 
 def storage_layout(cfg) -> dict:
@@ -276,8 +286,9 @@ def _folder_run(run_dir: Path) -> dict | None:
 def check_same_run(path: Path, saved: dict | None, current: dict | None) -> None:
     if saved is None or current is None or saved == current:
         return
-    said = ", ".join(f"{key} {value}" for key, value in saved.items())
-    this = ", ".join(f"{key} {value}" for key, value in current.items())
+    keys = [key for key in {**saved, **current} if saved.get(key) != current.get(key)]
+    said = ", ".join(f"{key} {saved.get(key) or '(unset)'}" for key in keys)
+    this = ", ".join(f"{key} {current.get(key) or '(unset)'}" for key in keys)
     raise ConfigError("train.resume", f"checkpoint {path} is of another run ({said}; this run: "
                       f"{this}); its folder belongs to that run: choose another "
                       "train.output_dir")

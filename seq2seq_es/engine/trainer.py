@@ -71,6 +71,19 @@ def peak_memory_gib(device: torch.device) -> float | None:
     return D.all_reduce_max(peak, device)
 
 
+def check_best_metric(best: dict | None, metric: str) -> None:
+    """A resumed run chooses its best checkpoint by the metric its checkpoints chose by: another
+    would compare its values with the stored best's value of the first (a ROUGE-L against a
+    loss), keep the wrong checkpoint and name it by the wrong metric."""
+    if not best or best.get("metric") in (None, metric):
+        return
+    raise ConfigError("train.best_metric", f"the run's checkpoints chose their best by "
+                      f"{best['metric']} (step {best.get('step')}), this run would choose by "
+                      f"{metric}; resume with the settings that chose {best['metric']} "
+                      "(train.best_metric, train.eval_generate), or start a new run in another "
+                      "train.output_dir")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -209,6 +222,7 @@ class Trainer:
         # Without generated validations only the loss can choose (config refuses another).
         self.best_metric = cfg.train.best_metric or (
             self.task.main_metric if cfg.train.eval_generate else "loss")
+        check_best_metric(self.state.best, self.best_metric)
         self.clock = SaveClock(cfg.train.save_every_min, env.is_main)
         # The step (read back once per logging interval) and the non-finite check: never
         # evaluate, save or export weights that a non-finite loss reached (on_nan=stop).

@@ -97,9 +97,11 @@ class ModelConfig(_Section):
             raise ConfigError("model.lean_ce_chunk", "must be at least 1")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ConfigError("model.dropout", "must be in [0, 1)")
-        if self.attention_window < 0 or self.attention_window % 2:
+        if self.attention_window != 0 and (self.attention_window < 4 or self.attention_window % 2):
+            # transformers' LED chunks the band by the window's side: a side of 1 (window 2)
+            # breaks its diagonal layout (a shape error at the first forward)
             raise ConfigError("model.attention_window", "must be an even number of keys (LED "
-                              f"splits it evenly around each token), or 0; got "
+                              "splits it evenly around each token) of at least 4, or 0; got "
                               f"{self.attention_window}")
 
 
@@ -745,6 +747,19 @@ def not_applying(cfg) -> dict[str, str]:
     if not adapter.reads("model.attention_window"):
         ignored["model.attention_window"] = f"{cfg.model.name} is no LED"
     return ignored
+
+
+def note_not_read(cfg, given: set[str]) -> None:
+    """Say once (rank 0 of whatever launched the process) which of the keys the user `given`
+    this run never reads, and why (`not_applying`); not refused: a shared run file may hold
+    settings for other models."""
+    import sys
+
+    unread = {key: why for key, why in not_applying(cfg).items() if key in given}
+    first = all(os.environ.get(name, "0") == "0" for name in ("RANK", "SLURM_PROCID"))
+    if unread and first:
+        print("note: not read by this run: " + "; ".join(
+            f"{key} ({why})" for key, why in unread.items()), file=sys.stderr)
 
 
 def registry_layers(task: str, model_spec) -> list[tuple[str, Mapping[str, Any]]]:

@@ -74,6 +74,7 @@ def test_get_model_sets_every_layer_and_the_padding_multiple():
 @pytest.mark.parametrize("window, says", [
     (63, "must be an even number of keys"),
     (-2, "must be an even number of keys"),
+    (2, "of at least 4, or 0; got 2"),
     (3000, "3000: LED pads inputs to a multiple of the window, and data.max_source_length 4096 "
            "would pad to 6000, past the 4096 source positions of model 'ledo-tiny'"),
 ])

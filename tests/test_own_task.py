@@ -67,6 +67,8 @@ def test_every_metric_has_a_main_score_among_its_outputs():
      "is the config of data.hub_dataset, which is not set"),
     ("mlsum", {"data.hub_dataset": "yo/titulares"}, "data.hub_dataset",
      "data.task mlsum is a registry task (reciTAL/mlsum)"),
+    ("MLSUM", OWN, "data.task", "MLSUM differs from the registry task mlsum only in case"),
+    ("titulares", {**OWN, "data.metrics": ","}, "data.metrics", "names no metric (',')"),
 ])
 def test_an_incomplete_or_mixed_own_task_is_refused_by_its_key(task, overrides, key, says):
     with pytest.raises((ConfigError, UnknownNameError)) as error:
@@ -221,3 +223,77 @@ def test_slurm_submit_and_sweep_take_an_own_task_defined_after_the_dashes(tmp_pa
     assert slurm_main(["sweep", "--sweep-dir", str(tmp_path / "sweep2"), "--pair",
                        "barto-tiny:titulares", "--dry-run"]) == 2
     assert "unknown task 'titulares'" in capsys.readouterr().err
+    assert slurm_main(["sweep", "--sweep-dir", str(tmp_path / "sweep3"), "--models",
+                       "barto-tiny", "--tasks", "titulares", "--dry-run"]) == 2
+    assert ("a task of your own runs as --pair MODEL:TASK with its data.source_column and "
+            "data.target_column after --") in capsys.readouterr().err
+
+
+# ---- what the walkthrough found: runs, rows and names an own task must not mix up ------------
+
+def test_predict_reads_the_runs_own_columns_before_a_source_field(tmp_path):
+    from seq2seq_es.engine.inference import read_sources
+
+    task = task_for(compose("titulares", "barto-tiny", overrides=OWN).data)
+    rows = [{**row, "source": "El País"} for row in ROWS]  # a news outlet, not the input
+    path = tmp_path / "in.jsonl"
+    _jsonl(path, rows)
+    assert read_sources(path, None, task) == [row["articulo"] for row in ROWS]
+    _jsonl(path, [{"source": "Hola."}])  # no run column: the source field, as documented
+    assert read_sources(path, None, task) == ["Hola."]
+
+
+def test_score_and_predict_say_how_to_reach_an_own_task(tmp_path, capsys):
+    from seq2seq_es.cli import main
+
+    predictions = tmp_path / "p.txt"
+    predictions.write_text("Llueve.\n", encoding="utf-8")
+    assert main(["score", "--task", "titulares", "--predictions", str(predictions),
+                 "--references", str(predictions)]) == 2
+    assert "for a task of your own, give --metric NAME" in capsys.readouterr().err
+    assert main(["score", "--metric", "rouge,bleu", "--predictions", str(predictions),
+                 "--references", str(predictions)]) == 0  # as data.metrics lists them
+    assert {"rougeL", "bleu"} <= set(json.loads(capsys.readouterr().out))
+
+
+@pytest.mark.slow
+def test_a_resume_may_not_redefine_the_task_or_how_the_best_is_chosen(tmp_path):
+    files = _own_files(tmp_path, demo_files(tmp_path / "data", train_size=8))
+    out = tmp_path / "run"
+    run("none", 1, _own_args(files, out, extra=["--train.eval_generate", "false"]))
+    resume = ["--train.resume", "auto", "--train.max_steps", "3"]
+    # other metrics (the checkpoint's task was validated by bleu, chrf)
+    args = _own_args(files, out, extra=["--train.eval_generate", "false", *resume])
+    args[args.index("--data.metrics") + 1] = "chrf,bleu"
+    result = run("none", 1, args, check=False)
+    assert result.returncode == 2
+    assert ("is of another run (data.metrics bleu,chrf; this run: data.metrics chrf,bleu)"
+            in result.stderr)
+    # the same task, but the best chosen by bleu where the checkpoints chose by the loss
+    result = run("none", 1, _own_args(files, out, extra=resume), check=False)
+    assert result.returncode == 2
+    assert ("config key 'train.best_metric': the run's checkpoints chose their best by loss "
+            "(step 2), this run would choose by bleu") in result.stderr
+
+
+def test_collect_compares_own_task_runs_by_their_first_metric(tmp_path):
+    from seq2seq_es.slurm.monitor import own_task_main_metric, task_family
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = compose("titulares", "barto-tiny", overrides={**OWN, "data.metrics": "bleu,rouge",
+                                                        "train.eval_generate": "false"})
+    (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    # not the runs' train.best_metric (the loss here): what the task is validated by
+    assert own_task_main_metric(run_dir) == "bleu"
+    assert task_family("titulares", run_dir) == ("other", "bleu")
+    assert task_family("mlsum", run_dir) == ("summarization", "rougeL")
+
+
+def test_a_key_the_command_does_not_read_is_said(capsys):
+    from seq2seq_es.config import note_not_read
+
+    cfg = compose("titulares", "barto-tiny", overrides={**OWN, "gen.temperature": "0.8"})
+    note_not_read(cfg, {"gen.temperature"})
+    assert capsys.readouterr().err == ("note: not read by this run: gen.temperature "
+                                       "(gen.do_sample=False)\n")

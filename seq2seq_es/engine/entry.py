@@ -32,7 +32,7 @@ def parse_train_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str
 
 
 def build_config(argv: list[str]):
-    from ..config import compose, load_yaml, not_applying, own_task_keys
+    from ..config import compose, load_yaml, note_not_read, own_task_keys
     from .distributed import launcher_overrides
 
     known, overrides = parse_train_args(argv)
@@ -49,23 +49,13 @@ def build_config(argv: list[str]):
         for section, values in load_yaml(known.config).items():
             keys = [f"{section}.{key}" for key in values] if isinstance(values, dict) else [section]
             given |= {key for key in keys if _value(cfg, key) != _value(defaults, key)}
-    unread = {key: why for key, why in not_applying(cfg).items() if key in given}
-    if unread and _first_process():
-        print("note: not read by this run: " + "; ".join(
-            f"{key} ({why})" for key, why in unread.items()), file=sys.stderr)
+    note_not_read(cfg, given)
     return cfg
 
 
 def _value(cfg, key: str):
     section, _, name = key.partition(".")
     return getattr(getattr(cfg, section, None), name, None)
-
-
-def _first_process() -> bool:
-    """Rank 0 of whatever launched this process (or no launcher): says a note once."""
-    import os
-
-    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "SLURM_PROCID"))
 
 
 def train_main(argv: list[str]) -> int:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import run_files
-from ..errors import ConfigError, Seq2SeqEsError
+from ..errors import ConfigError, Seq2SeqEsError, UnknownNameError
 from ..line_files import split_lines
 from . import distributed as D
 from .progress import quiet_library_progress
@@ -192,7 +192,7 @@ def inference_config(saved: SavedModel, *, config_file: str | None = None,
     `config.yaml` holds every key explicitly, so composing it again gives the run's config;
     the launcher's environment (accelerate's ZeRO stage) and then the command line override it.
     """
-    from ..config import compose
+    from ..config import compose, note_not_read
     from .distributed import launcher_overrides
 
     source = config_file or saved.config_file
@@ -213,8 +213,12 @@ def inference_config(saved: SavedModel, *, config_file: str | None = None,
         # The checkpoint's weights replace all of the skeleton's: read the run's own export
         # rather than the pretrained model (which may live on the hub).
         merged["model.path"] = str(saved.run_dir / run_files.FINAL)
-    return compose(task=None if source else task, model=model if not source else None,
-                   config_file=str(source) if source else None, overrides=merged)
+    cfg = compose(task=None if source else task, model=model if not source else None,
+                  config_file=str(source) if source else None, overrides=merged)
+    # --gen.temperature without --gen.do_sample: said once, as `train` says it, rather than
+    # recorded in the evaluation as if it had applied
+    note_not_read(cfg, set(overrides or {}))
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,8 +518,8 @@ def parse_predict_args(argv: list[str]):
         description="Generate for every row of a file. Input .jsonl: one object per line, with "
                     "the task's columns when --task is given (e.g. question and context for "
                     "sqac; a dialogue task's rows are whole histories in a 'source' field), "
-                    "else a 'source' field, else the columns of the run's own task "
-                    "(a test file of its data); plain text: one source per line (.json, "
+                    "else the columns of the run's own task where a row has them (a test "
+                    "file of its data), else a 'source' field; plain text: one source per line (.json, "
                     ".csv, .tsv, .parquet are refused: convert them). "
                     "Output .jsonl: {source, prediction} per row; otherwise one prediction per "
                     "line. --gen.KEY VALUE and --dist.zero_stage N override the run's config.")
@@ -549,16 +553,34 @@ def _field(row: dict, column: str, file: Path, line: int, label: str | None = No
     return value.strip()
 
 
+def _has_source_columns(row: dict, task) -> bool:
+    """Whether a row holds what `task` reads as the model's input (a dialogue's rows are whole
+    histories in a 'source' field, so never)."""
+    from ..tasks.formatting import (PairFormatter, QAFormatter, SplitRephraseFormatter,
+                                    TranslationFormatter)
+
+    formatter = task.formatter
+    if isinstance(formatter, (PairFormatter, SplitRephraseFormatter)):
+        return formatter.source_column in row
+    if isinstance(formatter, QAFormatter):
+        return formatter.question_column in row and formatter.context_column in row
+    if isinstance(formatter, TranslationFormatter):
+        return formatter.column in row or formatter.source_lang in row
+    return False
+
+
 def source_of(row, task, file: Path, line: int, run_task=None) -> str:
     """The model input for one jsonl row: the task's formatting of its columns (no target
-    needed), or the row's 'source' field without a task; without either, the columns of the
-    run's own task (`run_task`: a row of the task's data files as it trained on them)."""
+    needed); without a task, the columns of the run's own task where the row has them (a row
+    of the task's data files as it trained on them, whose other columns may include a
+    'source', e.g. a news outlet), else the row's 'source' field."""
     from ..tasks.formatting import (QA_PROMPT, PairFormatter, QAFormatter,
                                     SplitRephraseFormatter, TranslationFormatter)
 
     if not isinstance(row, dict):
         raise InputError(file, line, f"expected a JSON object, got {type(row).__name__}")
-    if task is None and "source" not in row and run_task is not None:
+    if task is None and run_task is not None and ("source" not in row
+                                                  or _has_source_columns(row, run_task)):
         try:
             return source_of(row, run_task, file, line)
         except InputError as err:
@@ -605,8 +627,8 @@ def check_line_file(path: Path, flag: str) -> None:
 
 def read_sources(path: Path, task, run_task=None,
                  columns: dict[str, str] | None = None) -> list[str]:
-    """Sources from a .jsonl file (formatted per `task`, else a 'source' field, else the run's
-    task's columns, `columns` renaming the row's keys as the run's data.columns did) or a text
+    """Sources from a .jsonl file (formatted per `task`, else the run's task's columns where the
+    row has them, else a 'source' field, `columns` renaming the row's keys as the run's data.columns did) or a text
     file (one per line)."""
     check_line_file(path, "--input")
     if not path.is_file():
@@ -670,7 +692,7 @@ def tokenize_sources(sources: list[str], tokenizer, max_length: int, side: str) 
 
 
 def predict_main(argv: list[str]) -> int:
-    from ..tasks import get_task, task_for
+    from ..tasks import task_for
     from .builders import get_collator, get_generation_config
     from .evaluation import generate_texts
     from .optim import use_bf16
@@ -682,7 +704,14 @@ def predict_main(argv: list[str]) -> int:
             raise ConfigError(flag, "must be at least 1")
     if args.max_source_length is not None:
         overrides["data.max_source_length"] = str(args.max_source_length)
-    task = get_task(args.task) if args.task else None
+    task = None
+    if args.task:
+        from ..tasks import TASKS
+        if args.task not in TASKS:  # a task of the user's own lives in its run's config
+            raise UnknownNameError("task", args.task, TASKS, hint=(
+                "a run of a task of your own reads its rows by that task's columns without "
+                "--task: give the run folder (or --config RUN/config.yaml)"))
+        task = TASKS[args.task]
     input_path, output_path = Path(args.input), Path(args.output)
     if output_path.resolve() == input_path.resolve():
         raise Seq2SeqEsError(f"--output {output_path} is the input file")

@@ -239,8 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="seq2seq-es score",
         description="Score predictions against references; prints the scores (0-100) as JSON.")
     parser.add_argument("--metric", action="append", metavar="NAME",
-                        help=f"metric to compute, repeatable: {METRIC_NAMES_HELP} (default with "
-                             "--task: the task's metrics)")
+                        help=f"metric to compute, repeatable or comma-separated (rouge,bleu): "
+                             f"{METRIC_NAMES_HELP} (default with --task: the task's metrics)")
     parser.add_argument("--task", metavar="T",
                         help="score as a run of task T does: its metrics and answer conventions "
                              "(QA: mlqa-es EM and F1); the flags below still win")
@@ -300,11 +300,19 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
 
     task = None
     if args.task:
-        from seq2seq_es.tasks import get_task
-        task = get_task(args.task)
+        from seq2seq_es.errors import UnknownNameError
+        from seq2seq_es.tasks import TASKS
+        if args.task not in TASKS:  # a task of the user's own lives in its run's config
+            raise UnknownNameError("task", args.task, TASKS, hint=(
+                "for a task of your own, give --metric NAME (its data.metrics), or "
+                "`seq2seq-es evaluate RUN` to score a run with its own task"))
+        task = TASKS[args.task]
     if not args.metric and task is None:
         raise Seq2SeqEsError("give --metric NAME (repeatable) or --task T (its metrics)")
-    names = check_metric_names(args.metric or list(task.metrics))
+    # --metric rouge,bleu as data.metrics writes them, or --metric rouge --metric bleu
+    given = [name.strip() for value in args.metric or [] for name in value.split(",")
+             if name.strip()]
+    names = check_metric_names(given or list(task.metrics))
     predictions = read_predictions(args.predictions)
     columns = None
     if args.columns:

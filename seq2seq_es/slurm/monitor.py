@@ -546,13 +546,32 @@ def _numbers(values: Any) -> dict[str, float]:
             and math.isfinite(value)}
 
 
-def task_family(task: str) -> tuple[str, str | None]:
+def task_family(task: str, run_dir: str | Path | None = None) -> tuple[str, str | None]:
     """(family, main metric) of a task: its TaskSpec's kind and main_metric, or ('other', None)
-    for a name the registry does not know."""
+    for a name the registry does not know. A task of the user's own is 'other' with the main
+    score of the first metric its run's config.yaml names (data.metrics: what its runs were
+    validated by; not the runs' train.best_metric, which may be the loss)."""
     from ..tasks import TASKS  # imported here: status needs no registry
 
     spec = TASKS.get(task)
-    return (spec.kind, spec.main_metric) if spec is not None else (OTHER_FAMILY, None)
+    if spec is not None:
+        return spec.kind, spec.main_metric
+    return OTHER_FAMILY, own_task_main_metric(run_dir) if run_dir is not None else None
+
+
+def own_task_main_metric(run_dir: str | Path) -> str | None:
+    """The main score of an own task's run (None: no readable own-task config there)."""
+    from ..tasks.registry import MAIN_SCORES, OWN_TASK_METRICS
+
+    try:
+        config = run_files.read_run_config(run_dir)
+    except ValueError:
+        return None
+    data = config.get("data") if isinstance(config, dict) else None
+    if not isinstance(data, dict) or not data.get("source_column"):
+        return None
+    names = [name.strip() for name in str(data.get("metrics") or "").split(",") if name.strip()]
+    return MAIN_SCORES.get((names or list(OWN_TASK_METRICS))[0])
 
 
 @dataclass
@@ -1008,7 +1027,7 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
     why_none: list[str] = []  # per run without a result: what a seed group's remark says
     for run in manifest.runs:
         if run.task not in info:
-            info[run.task] = task_family(run.task)
+            info[run.task] = task_family(run.task, run.run_dir)
         try:
             result = run_result(run, info[run.task][1])
         except DataError as exc:

@@ -218,14 +218,14 @@ def known_tasks() -> list[str]:
     return list(TASKS)
 
 
-def check_names(models: Iterable[str], tasks: Iterable[str]) -> None:
+def check_names(models: Iterable[str], tasks: Iterable[str], task_hint: str = "") -> None:
     model_names, task_names = known_models(), known_tasks()
     for model in models:
         if model not in model_names:
             raise UnknownNameError("model", model, model_names)
     for task in tasks:
         if task not in task_names:
-            raise UnknownNameError("task", task, task_names)
+            raise UnknownNameError("task", task, task_names, hint=task_hint)
 
 
 def select_pairs(models: list[str] | None = None, tasks: list[str] | None = None,
@@ -233,7 +233,9 @@ def select_pairs(models: list[str] | None = None, tasks: list[str] | None = None
     """The paper's model x task pairs filtered by models/tasks, or explicit MODEL:TASK pairs.
     With own_tasks, a pair's task may be outside the registry: the user's own, defined by the
     overrides (data.source_column, ...), which composing each run checks."""
-    check_names(models or [], tasks or [])
+    check_names(models or [], tasks or [], task_hint=(
+        "--tasks filters the paper's pairs; a task of your own runs as --pair MODEL:TASK with "
+        "its data.source_column and data.target_column after --" if own_tasks else ""))
     if pairs:
         if models or tasks:
             raise ConfigError("--pair", "give either --pair or --models/--tasks filters, not both")

@@ -311,6 +311,9 @@ OWN_TASK_HINT = ("for a task of your own, set data.source_column and data.target
 def metric_list(text: str) -> tuple[str, ...]:
     """data.metrics as names, checked: known and each once."""
     names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if text.strip() and not names:
+        raise ConfigError("data.metrics", f"names no metric ({text!r}); e.g. rouge,bleu, or "
+                          "leave it empty for rouge")
     for name in names:
         if name not in MAIN_SCORES:
             raise ConfigError("data.metrics", str(UnknownNameError("metric", name, MAIN_SCORES)))
@@ -357,10 +360,15 @@ def task_for(data) -> TaskSpec:
             paper = ", ".join(TASKS[data.task].metrics)
             raise ConfigError("data.metrics", f"sets the metrics of a task of your own; "
                               f"{data.task}'s are the paper's ({paper}); score others "
-                              "afterwards with `seq2seq-es score --metrics`")
+                              "afterwards with `seq2seq-es score --metric NAME`")
         return TASKS[data.task]
     if not own:
         raise UnknownNameError("task", data.task, TASKS, hint=OWN_TASK_HINT)
+    same = [name for name in TASKS if name.lower() == data.task.lower()]
+    if same:  # MLSUM over own columns beside mlsum: two tasks a table tells apart by case only
+        raise ConfigError("data.task", f"{data.task} differs from the registry task {same[0]} "
+                          f"only in case: give {same[0]} for the registry's (its columns "
+                          "renamed with data.columns), or your own task another name")
     if not _OWN_NAME.fullmatch(data.task):
         # It names the run folder, SLURM jobs and the columns of collect's table.
         raise ConfigError("data.task", f"{data.task!r}: your own task's name takes letters, "

@@ -107,13 +107,15 @@ def generate_batch(model, batch: dict, idx: list[int], *, generation_config, tok
     fork of the global RNG: the same predictions on every run and on a resumed one, and the
     training's dropout and data order untouched by how many tokens a validation sampled."""
     inputs = {k: batch[k] for k in GENERATE_INPUTS if k in batch}
+    # None: the model's own generation config (a caller's choice; ours always pass one)
+    sampled = generation_config is not None and bool(generation_config.do_sample)
     sampling = contextlib.nullcontext()
-    if generation_config.do_sample:
+    if sampled:
         device = batch["input_ids"].device
         sampling = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
                                          device_type=device.type)
     with sampling, autocast:
-        if generation_config.do_sample:
+        if sampled:
             torch.manual_seed(sample_seed * 1_000_003 + max(idx[0], 0))
         out = model.generate(**inputs, generation_config=generation_config,
                              synced_gpus=synced_gpus)

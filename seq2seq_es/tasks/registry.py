@@ -292,9 +292,10 @@ def get_task(name: str) -> TaskSpec:
 
 
 # ---------------------------------------------------------------------------------------------
-# A task of the user's own: pairs of texts from two columns of local files, scored by the
-# metrics the user names. It lives in the run's config (data.task, data.source_column,
-# data.target_column, data.metrics), not in a file beside it, so that a run folder's
+# A task of the user's own: pairs of texts from two columns of local files or a hub dataset,
+# scored by the metrics the user names. It lives in the run's config (data.task,
+# data.source_column, data.target_column, data.metrics, data.hub_dataset), not in a file
+# beside it, so that a run folder's
 # config.yaml is all that predict, evaluate, a resumed job or collect needs.
 OWN_KIND = "own"
 # Metric -> the score of it that picks checkpoints when it comes first in data.metrics; the

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import run_files
-from ..errors import ConfigError, Seq2SeqEsError, UnknownNameError
+from ..errors import ConfigError, Seq2SeqEsError
 from ..line_files import split_lines
 from . import distributed as D
 from .progress import quiet_library_progress
@@ -692,7 +692,7 @@ def tokenize_sources(sources: list[str], tokenizer, max_length: int, side: str) 
 
 
 def predict_main(argv: list[str]) -> int:
-    from ..tasks import task_for
+    from ..tasks import get_task, task_for
     from .builders import get_collator, get_generation_config
     from .evaluation import generate_texts
     from .optim import use_bf16
@@ -704,14 +704,9 @@ def predict_main(argv: list[str]) -> int:
             raise ConfigError(flag, "must be at least 1")
     if args.max_source_length is not None:
         overrides["data.max_source_length"] = str(args.max_source_length)
-    task = None
-    if args.task:
-        from ..tasks import TASKS
-        if args.task not in TASKS:  # a task of the user's own lives in its run's config
-            raise UnknownNameError("task", args.task, TASKS, hint=(
-                "a run of a task of your own reads its rows by that task's columns without "
-                "--task: give the run folder (or --config RUN/config.yaml)"))
-        task = TASKS[args.task]
+    task = get_task(args.task, hint=(
+        "a run of a task of your own reads its rows by that task's columns without --task: "
+        "give the run folder (or --config RUN/config.yaml)")) if args.task else None
     input_path, output_path = Path(args.input), Path(args.output)
     if output_path.resolve() == input_path.resolve():
         raise Seq2SeqEsError(f"--output {output_path} is the input file")

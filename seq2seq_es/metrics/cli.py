@@ -300,13 +300,10 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
 
     task = None
     if args.task:
-        from seq2seq_es.errors import UnknownNameError
-        from seq2seq_es.tasks import TASKS
-        if args.task not in TASKS:  # a task of the user's own lives in its run's config
-            raise UnknownNameError("task", args.task, TASKS, hint=(
-                "for a task of your own, give --metric NAME (its data.metrics), or "
-                "`seq2seq-es evaluate RUN` to score a run with its own task"))
-        task = TASKS[args.task]
+        from seq2seq_es.tasks import get_task
+        task = get_task(args.task, hint=(
+            "for a task of your own, give --metric NAME (its data.metrics), or "
+            "`seq2seq-es evaluate RUN` to score a run with its own task"))
     if not args.metric and task is None:
         raise Seq2SeqEsError("give --metric NAME (repeatable) or --task T (its metrics)")
     # --metric rouge,bleu as data.metrics writes them, or --metric rouge --metric bleu

@@ -284,11 +284,13 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
 )}
 
 
-def get_task(name: str) -> TaskSpec:
+def get_task(name: str, hint: str = "") -> TaskSpec:
+    """The registry's task `name`; `hint` ends the unknown-name error (how a command reaches a
+    task of the user's own, which lives in its run's config)."""
     try:
         return TASKS[name]
     except KeyError:
-        raise UnknownNameError("task", name, TASKS) from None
+        raise UnknownNameError("task", name, TASKS, hint=hint) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# submitit configures logging when first imported (logging.config.dictConfig), and dictConfig
+# closes every handler that exists then. Imported inside a test, after rouge_score has imported
+# absl (whose handler holds the stream sys.stderr was at collection, pytest's capture file), it
+# closed that file and the session died with "lost sys.stderr". Imported here, before any test
+# module, there is nothing of anyone's to close, and submitit's own handlers hold the session's
+# stderr rather than one test's capsys buffer.
+import submitit  # noqa: E402,F401
+
 SLURM_FIXTURE = "slurm_cluster"
 
 

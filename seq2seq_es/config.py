@@ -257,6 +257,9 @@ class TrainConfig(_Section):
     export: bool = True                   # write a Hugging Face checkpoint at the end
     export_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # dtype of final/'s weights
     report_to: str = "tensorboard"        # trackers, comma-separated: tensorboard, wandb; none
+    run_group: str = ""                   # W&B run group (wandb's group); slurm sweep sets it to
+                                          # the sweep's folder name ('': none, unless
+                                          # WANDB_RUN_GROUP is set, which wandb reads itself)
     push_to_hub: str | None = None        # hub repo id to upload final/ to at the end
     hub_private: bool = True              # a repo push_to_hub creates is private (false:
                                           # public); an existing repo keeps its visibility

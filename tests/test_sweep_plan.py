@@ -85,6 +85,45 @@ def test_an_axis_the_overrides_fix_is_deduplicated_with_its_value(tmp_path):
                                          "that stays):")
 
 
+def _run_groups(argv):
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == "--train.run_group"]
+
+
+def test_every_run_of_a_sweep_is_in_the_w_and_b_group_named_for_its_folder(tmp_path):
+    """A sweep's runs form one W&B group (`train.run_group`): the sweep folder's resolved name,
+    before the grid point and the overrides, so a user's own group after -- wins. A label only:
+    no part of a run's identity (duplicates, grid points, the checkpoint a resume accepts)."""
+    from seq2seq_es.engine.checkpoint import run_identity, storage_layout
+    from seq2seq_es.slurm.sweep import load_runs
+
+    (tmp_path / "lr-sweep").mkdir()
+    (tmp_path / "latest").symlink_to(tmp_path / "lr-sweep")  # the folder's name, not the link's
+    pairs, grid = [("barto-tiny", "mlsum"), ("t5s-tiny", "sqac")], {"optim.lr": ["3e-5", "5e-5"]}
+    plan = plan_sweep(tmp_path / "latest", pairs, grid, [])
+    assert len(plan.runs) == 4 and plan.dropped == []
+    for run in plan.runs:
+        assert _run_groups(run.argv) == ["lr-sweep"], run.argv
+        assert run.argv.index("--train.run_group") < run.argv.index("--optim.lr")
+        assert plan.configs[run.name].train.run_group == _config(run).train.run_group == "lr-sweep"
+    plan = plan_sweep(tmp_path / "latest", pairs, grid, ["--train.run_group", "mine"])
+    for run in plan.runs:
+        assert _run_groups(run.argv) == ["lr-sweep", "mine"]  # the user's comes last, and wins
+        assert plan.configs[run.name].train.run_group == _config(run).train.run_group == "mine"
+
+    one, other = (compose("mlsum", "barto-tiny", overrides={"train.run_group": group})
+                  for group in ("lr-sweep", ""))
+    assert resolved_key(one) == resolved_key(other)  # no distinct run to the dedup
+    assert (run_identity(one), storage_layout(one)) == (run_identity(other), storage_layout(other))
+    # Runs of two sweeps collected together differ in their group, yet are one grid point.
+    for name, group in (("a", "sweep-a"), ("b", "sweep-b")):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "config.yaml").write_text(
+            "data: {task: mlsum}\nmodel: {name: barto-tiny}\n"
+            f"train: {{run_group: {group}, seed: 1}}\n")
+    assert [run.grid_point for run in load_runs([str(tmp_path / "runs")]).runs] == [
+        {"run": "a"}, {"run": "b"}]
+
+
 def test_grid_points_whose_folder_names_meet_are_refused(tmp_path):
     # Unsafe characters become '+', so these two values would train into one folder (the second
     # run resuming the first's checkpoints).

@@ -80,11 +80,13 @@ def test_wandb_offline_run_on_two_ranks_logs_what_metrics_jsonl_holds(files, tmp
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)  # the group must come from the key
     (tmp_path / "wandb-dir").mkdir()
     out = tmp_path / "run"
     run("torchrun", 2, base_args(files, out, steps=4, batch=2, extra=[
         "--train.report_to", "tensorboard,wandb", "--train.eval_at_end", "true",
-        "--data.max_eval_samples", "2", "--train.eval_test", "false"]))
+        "--data.max_eval_samples", "2", "--train.eval_test", "false",
+        "--train.run_group", "mygroup", "--train.seed", "7"]))
     # Rank 0 alone logs: one W&B run, whose id the run folder keeps for a resume.
     runs = list((tmp_path / "wandb-dir" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
@@ -102,12 +104,50 @@ def test_wandb_offline_run_on_two_ranks_logs_what_metrics_jsonl_holds(files, tmp
         assert logged[key] == pytest.approx(value, rel=1e-9), key
     assert sorted({step for step, _ in logged}) == [1, 2, 3, 4]
     # The resolved config travels with the W&B run; TensorBoard, the other tracker, also wrote.
-    config = next(r.run.config for r in wandb_records(run_file)
-                  if r.WhichOneof("record_type") == "run")
-    config = {item.key: json.loads(item.value_json) for item in config.update}
+    run_record = next(r.run for r in wandb_records(run_file) if r.WhichOneof("record_type") == "run")
+    config = {item.key: json.loads(item.value_json) for item in run_record.config.update}
     assert config["train"]["report_to"] == "tensorboard,wandb"
+    # train.run_group is the W&B group (a sweep's runs compare in one), and the seed a tag that
+    # tells a grid point's seeds apart.
+    assert run_record.run_group == "mygroup" and config["train"]["run_group"] == "mygroup"
+    assert list(run_record.tags) == ["mlsum", "barto-tiny", "seed-7"]
     assert config["model"]["name"] == "barto-tiny" and config["train"]["max_steps"] == 4
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+_GROUPED_RUNS = """
+import sys
+from pathlib import Path
+from seq2seq_es.config import compose
+from seq2seq_es.engine.run_dir import WandbTracker
+for name, group in (("empty", ""), ("given", "mine")):
+    cfg = compose("mlsum", "barto-tiny", overrides={"train.report_to": "wandb",
+                                                    "train.run_group": group})
+    (Path(sys.argv[1]) / name).mkdir()
+    tracker = WandbTracker(Path(sys.argv[1]) / name, cfg)
+    tracker.log(1, {"train/loss": 1.0})
+    tracker.close()
+"""
+
+
+def test_an_empty_run_group_leaves_wandb_its_environment_group_and_a_given_one_wins(tmp_path):
+    """train.run_group '' passes no group, so WANDB_RUN_GROUP (read by wandb itself) groups the
+    run; '' passed on would have replaced it by no group. A real offline W&B run each, in a
+    child process: wandb reads its environment once per process."""
+    pytest.importorskip("wandb")
+    env = {**_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "WANDB_DIR": str(tmp_path / "wandb-dir"), "WANDB_RUN_GROUP": "from-env"}
+    (tmp_path / "wandb-dir").mkdir()
+    proc = subprocess.run([sys.executable, "-c", _GROUPED_RUNS, str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    groups = {}
+    for name in ("empty", "given"):
+        run_id = (tmp_path / name / "wandb_run_id").read_text()
+        (run_file,) = (tmp_path / "wandb-dir" / "wandb").glob(f"offline-run-*/run-{run_id}.wandb")
+        groups[name] = next(r.run.run_group for r in wandb_records(run_file)
+                            if r.WhichOneof("record_type") == "run")
+    assert groups == {"empty": "from-env", "given": "mine"}
 
 
 def test_report_to_none_writes_only_metrics_jsonl_and_tensorboard_is_the_default(tmp_path):

@@ -156,7 +156,9 @@ class WandbTracker:
     them; files under RUN/wandb unless WANDB_DIR is set). The run id is kept in RUN/wandb_run_id,
     so a resumed run continues the same W&B run. Values are plotted against our `step`, logged
     as a value (wandb's own step must only grow; the test scores come at the best step, earlier
-    than the last, and a resumed run repeats steps after its checkpoint)."""
+    than the last, and a resumed run repeats steps after its checkpoint). `train.run_group` is
+    the run's W&B group (`slurm sweep` sets the sweep's folder name) and a `seed-N` tag tells the
+    seeds of one grid point apart, so the UI compares a sweep's runs and aggregates its seeds."""
 
     def __init__(self, run_dir: Path, cfg: RunConfig):
         import secrets
@@ -165,10 +167,13 @@ class WandbTracker:
         id_file = run_dir / "wandb_run_id"
         run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
         id_file.write_text(run_id)
+        # An empty run_group passes None, not "": wandb then takes WANDB_RUN_GROUP itself, and a
+        # group given by the environment is not overridden by the key's default.
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "seq2seq-es"),
                               name=run_dir.resolve().name, id=run_id, resume="allow",
                               dir=os.environ.get("WANDB_DIR") or str(run_dir),
-                              config=cfg.to_dict(), tags=[cfg.data.task, cfg.model.name])
+                              config=cfg.to_dict(), group=cfg.train.run_group or None,
+                              tags=[cfg.data.task, cfg.model.name, f"seed-{cfg.train.seed}"])
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
 

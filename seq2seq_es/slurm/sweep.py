@@ -129,10 +129,12 @@ def load_manifest(path: str | Path) -> Manifest:
 
 
 # Config keys that say how a run was watched or stored, not what it trained: two local runs that
-# differ only there are the same grid point.
+# differ only there are the same grid point (train.run_group: the runs of two sweeps collected
+# together differ in it, each sweep's folder name, and are still one grid point's runs).
 _NOT_GRID_KEYS = {"train.output_dir", "train.resume", "train.progress_bar", "train.log_every",
-                  "train.report_to", "train.save_every", "train.save_every_min", "train.keep_last",
-                  "train.stop_check_every", "data.cache_dir", "dist.timeout_min"}
+                  "train.report_to", "train.run_group", "train.save_every",
+                  "train.save_every_min", "train.keep_last", "train.stop_check_every",
+                  "data.cache_dir", "dist.timeout_min"}
 RUN_FOLDERS_MODE = "runs"  # a Manifest made from run folders (`collect RUN ...`), not submitted
 
 
@@ -366,10 +368,14 @@ def without_seed(point: dict[str, str]) -> dict[str, str]:
 # ---- plans -----------------------------------------------------------------------------------
 
 def train_argv(model: str, task: str, run_dir: str | Path, grid_point: dict[str, str],
-               overrides: list[str]) -> list[str]:
-    """The `train` arguments of one run: it writes to run_dir and resumes from its checkpoints."""
+               overrides: list[str], run_group: str | None = None) -> list[str]:
+    """The `train` arguments of one run: it writes to run_dir and resumes from its checkpoints.
+    run_group (a sweep's): its train.run_group, before the grid point and the overrides, so a
+    user's own --train.run_group after -- wins (the last value of a key is the one kept)."""
     argv = ["--task", task, "--model", model, "--train.output_dir", str(run_dir),
             "--train.resume", "auto"]
+    if run_group:
+        argv += ["--train.run_group", run_group]
     for key, value in grid_point.items():
         argv += [f"--{key}", value]
     return argv + list(overrides)
@@ -616,6 +622,7 @@ def resolved_key(cfg) -> str:
     """The run's config as it acts: output folder left out, keys it never reads blanked."""
     values = cfg.to_dict()
     values["train"].pop("output_dir")
+    values["train"].pop("run_group")  # a W&B label: runs differing only there train the same
     values["train"]["eval_batch_size"] = cfg.train.eval_batch_size or cfg.train.batch_size
     for key in not_applying(cfg):
         section, name = key.split(".")
@@ -648,11 +655,13 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
     grid for every pair. seeds (`parse_seeds`): a last train.seed axis added to each pair's grid,
     so the seeds of a grid point are neighbours in the job array and folder names end in
     `seed-N` (`check_seeds` refuses a second source of seeds). A train.batch_size axis is the
-    effective batch per optimizer step (`split_effective_batch`). Overrides come last in each
-    run's arguments, so they win over --data-root. A `--config FILE` among the overrides is
-    passed on to `train` and sits below every dotted key, as in `train` (grid point, --data-root,
-    dotted overrides); it may not set the batch axis' keys, nor another task or model than the
-    pair's. Every run's config is
+    effective batch per optimizer step (`split_effective_batch`). Every run is given
+    `train.run_group`, the sweep folder's name, so that W&B shows a sweep's runs as one group
+    (a label only: no part of the resolved config a duplicate is found by). Overrides come last
+    in each run's arguments, so they win over --data-root and the run group. A `--config FILE`
+    among the overrides is passed on to `train` and sits below every dotted key, as in `train`
+    (run group, grid point, --data-root, dotted overrides); it may not set the batch axis' keys,
+    nor another task or model than the pair's. Every run's config is
     composed as `seq2seq-es train` will compose it, which
     refuses a bad file, key or value before anything is submitted, and a run whose resolved config
     equals an earlier run's (an axis the run never reads, such as epochs under max_steps) is
@@ -663,6 +672,8 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
     from ..config import compose, flat_keys, load_yaml
 
     root = Path(root).absolute()
+    # resolved: the folder's own name where the path given ends in '.' or '..' or a link
+    run_group = root.resolve().name
     seeds = list(seeds or [])
     check_seeds(seeds, grid, overrides)
     config_file, _ = split_config(overrides)
@@ -710,7 +721,7 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
                     args[BATCH_AXIS], args[ACCUM_KEY] = str(micro), str(accum)
                 else:
                     args[key] = value
-            argv = train_argv(model, task, run_dir, args, base_args)
+            argv = train_argv(model, task, run_dir, args, base_args, run_group=run_group)
             plan = RunPlan(name=name, model=model, task=task, grid_point=point,
                            run_dir=str(run_dir), argv=argv)
             if not compose_runs:

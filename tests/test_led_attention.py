@@ -26,6 +26,7 @@ from seq2seq_es.kernels.led_attention import (
     apply_led_attention,
     build_encoder_layout,
     build_flex_block_mask,
+    find_row_spans,
     led_attention_impl,
     make_flex_mask_mod,
     padded_slot_count,
@@ -159,6 +160,27 @@ def test_flex_forward_and_generation_equal_sdpa_and_hf():
     assert torch.equal(generate(model, "flex", batch).sequences, generate(model, "hf", batch).sequences)
 
 
+@pytest.mark.parametrize("padded", [True, False])
+def test_flex_on_leds_usual_batches_equals_sdpa(padded):
+    """Only <s> global and right padding (what our collator gives LEDO): the layout cache finds the
+    row spans, so the flex mask is index arithmetic, and the encoder output is still sdpa's."""
+    from seq2seq_es.kernels import led_attention
+
+    model = tiny_led().eval()
+    batch = tiny_batch(with_globals=False)
+    batch["global_attention_mask"] = torch.zeros_like(batch["input_ids"])
+    batch["global_attention_mask"][:, 0] = 1
+    if not padded:
+        batch["attention_mask"][1] = 1
+    with torch.no_grad():
+        reference = apply_led_attention(model, "sdpa")(**batch)
+        output = apply_led_attention(model, "flex")(**batch)
+    layout = led_attention._layout_cache.last_identity[4]
+    assert layout.row_spans is not None and layout.row_spans.global_counts == (1, 1)
+    assert make_flex_mask_mod(layout, 8).__name__ == "row_spans_mask_mod"
+    assert_close(output.encoder_last_hidden_state, reference.encoder_last_hidden_state, "encoder output")
+
+
 def led_reference_mask(key_padding, is_global, window) -> torch.Tensor:
     """[B, L, L]: what LED lets a non-global row attend to, written from its definition."""
     positions = torch.arange(key_padding.shape[1])
@@ -176,19 +198,36 @@ def block_table(counts: torch.Tensor, indices: torch.Tensor, n_kv_blocks: int) -
     return table
 
 
-@pytest.mark.parametrize("with_globals", [True, False])
-def test_flex_block_mask_attends_exactly_what_led_attends(with_globals):
+# (globals of row 0, of row 1, row 1's padding, sequence length) and which mask_mod
+# that batch gets: scattered globals read the layout's tensors; LED's usual shape (globals first,
+# right padding) is index arithmetic over each row's span.
+MASK_CASES = {
+    "scattered globals": ([0, 130, 500, 1999], [5], slice(1300, None), 2000, "slots_and_band_mask_mod"),
+    "no globals, left padding": ([], [], slice(0, 700), 2000, "band_mask_mod"),
+    "no globals, right padding": ([], [], slice(1300, None), 2000, "row_spans_mask_mod"),
+    "prefix globals, padding": ([0, 1, 2], [0], slice(1300, None), 2000, "row_spans_mask_mod"),
+    "one row without globals": ([0, 1], [], slice(1300, None), 2000, "row_spans_mask_mod"),
+    "equal rows, <s> global": ([0], [0], slice(0, 0), 2000, "row_spans_mask_mod"),
+    "equal rows, no globals": ([], [], slice(0, 0), 2000, "row_spans_mask_mod"),
+    "equal rows, whole tiles": ([], [], slice(0, 0), 2048, "row_spans_mask_mod"),
+}
+
+
+@pytest.mark.parametrize("case", MASK_CASES)
+def test_flex_block_mask_attends_exactly_what_led_attends(case):
     """The block table plus the element mask, decoded back to sequence positions, equals LED's pattern
     for every non-padding row, and the table really skips blocks (else it would be dense attention)."""
-    batch, seq_len, window = 2, 2000, 200
+    globals_0, globals_1, padding, seq_len, mask_mod_name = MASK_CASES[case]
+    batch, window = 2, 200
     key_padding = torch.zeros(batch, seq_len, dtype=torch.bool)
-    key_padding[1, 1300:] = True
+    key_padding[1, padding] = True
     is_global = torch.zeros(batch, seq_len, dtype=torch.bool)
-    if with_globals:
-        is_global[0, [0, 130, 500, 1999]] = True
-        is_global[1, [5]] = True
+    is_global[0, globals_0] = True
+    is_global[1, globals_1] = True
     num_slots = int(is_global.sum(1).max())
-    layout = build_encoder_layout(key_padding, is_global, num_slots)
+    layout = build_encoder_layout(key_padding, is_global, num_slots,
+                                  row_spans=find_row_spans(key_padding, is_global))
+    assert make_flex_mask_mod(layout, window).__name__ == mask_mod_name
     block_mask = build_flex_block_mask(layout, window)
     n_slot_keys = padded_slot_count(num_slots)
     kv_len = n_slot_keys + seq_len

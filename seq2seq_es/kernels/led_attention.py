@@ -63,6 +63,30 @@ _LAYOUT_CACHE_SIZE = 16
 # ----------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RowSpans:
+    """The common shape of an LED batch, known on the host: row b's global tokens are its first
+    global_counts[b] positions and its padding starts at lengths[b] (right padding). With it the
+    flex mask is index arithmetic, not a lookup into [B, L] tensors on every masked tile."""
+
+    global_counts: tuple[int, ...]
+    lengths: tuple[int, ...]
+
+
+def find_row_spans(key_padding: torch.Tensor, is_global: torch.Tensor) -> RowSpans | None:
+    """RowSpans of host [B, L] bool tensors, or None when some row has a global token after a
+    non-global one or a token after its padding (the mask then reads the layout's tensors)."""
+    key_padding = key_padding.bool()
+    is_global = is_global.bool() & ~key_padding
+    lengths = (~key_padding).sum(dim=1)
+    global_counts = is_global.sum(dim=1)
+    positions = torch.arange(key_padding.shape[1])[None, :]
+    if not (torch.equal(key_padding, positions >= lengths[:, None])
+            and torch.equal(is_global, positions < global_counts[:, None])):
+        return None
+    return RowSpans(tuple(global_counts.tolist()), tuple(lengths.tolist()))
+
+
 @dataclass
 class EncoderLayout:
     """The padding/global pattern of one encoder batch, shared by every layer of one forward pass."""
@@ -74,6 +98,7 @@ class EncoderLayout:
     slot_valid: torch.Tensor  # [B, G] bool: the row has a g-th global token
     any_padding: bool  # known on the host: without padding the masks that only remove padding can go
     block_masks: dict = field(default_factory=dict)  # one-sided window -> flex BlockMask
+    row_spans: RowSpans | None = None  # prefix globals and right padding, when the batch is so shaped
 
     @property
     def band_key_ok(self) -> torch.Tensor:
@@ -83,9 +108,11 @@ class EncoderLayout:
 
 
 def build_encoder_layout(is_index_masked: torch.Tensor, is_index_global_attn: torch.Tensor,
-                         num_slots: int, any_padding: bool | None = None) -> EncoderLayout:
+                         num_slots: int, any_padding: bool | None = None,
+                         row_spans: RowSpans | None = None) -> EncoderLayout:
     """Gather the global-token bookkeeping for one batch; `num_slots` = max global tokens per row,
-    `any_padding` whether any token is padding (computed here, with a host sync, when not given)."""
+    `any_padding` whether any token is padding (computed here, with a host sync, when not given),
+    `row_spans` the batch's shape when it has prefix globals and right padding (find_row_spans)."""
     key_padding = is_index_masked.bool()
     is_global = is_index_global_attn.bool() & ~key_padding
     batch_size = key_padding.shape[0]
@@ -94,13 +121,15 @@ def build_encoder_layout(is_index_masked: torch.Tensor, is_index_global_attn: to
         any_padding = bool(key_padding.any())
     if num_slots == 0:
         empty_long = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
-        return EncoderLayout(key_padding, is_global, 0, empty_long, empty_long.bool(), any_padding)
+        return EncoderLayout(key_padding, is_global, 0, empty_long, empty_long.bool(), any_padding,
+                             row_spans=row_spans)
     # A stable sort that puts the global positions first keeps them in sequence order.
     order = torch.argsort((~is_global).to(torch.int32), dim=1, stable=True)
     slot_positions = order[:, :num_slots]
     counts = is_global.sum(dim=1)
     slot_valid = torch.arange(num_slots, device=device)[None, :] < counts[:, None]
-    return EncoderLayout(key_padding, is_global, num_slots, slot_positions, slot_valid, any_padding)
+    return EncoderLayout(key_padding, is_global, num_slots, slot_positions, slot_valid, any_padding,
+                         row_spans=row_spans)
 
 
 class _LayoutCache:
@@ -126,7 +155,8 @@ class _LayoutCache:
         if layout is None:
             num_slots = int(pattern_host[1].sum(dim=1).max()) if has_global else 0
             layout = build_encoder_layout(is_index_masked, is_index_global_attn & has_global, num_slots,
-                                          any_padding=bool(pattern_host[0].any()))
+                                          any_padding=bool(pattern_host[0].any()),
+                                          row_spans=find_row_spans(pattern_host[0], pattern_host[1]))
             self.by_content[key] = layout
             while len(self.by_content) > self.size:
                 self.by_content.popitem(last=False)
@@ -164,27 +194,59 @@ def padded_slot_count(num_slots: int) -> int:
 
 
 def make_flex_mask_mod(layout: EncoderLayout, one_sided_window: int):
-    """The element-wise mask over keys laid out as [global slots (padded to blocks) | sequence]."""
+    """The element-wise mask over keys laid out as [global slots (padded to blocks) | sequence].
+
+    The mask_mods close over tensors only, never over a Python int: torch.compile marks a closure
+    int whose value changes between calls dynamic (another layer's window, another slot count, or
+    the same cell of another mask_mod) and recompiles, and torch 2.13's CPU flex template then
+    failed to build the kernel. A scalar tensor costs one load per tile."""
+    device = layout.key_padding.device
+    window = torch.tensor(one_sided_window, device=device)
+    if layout.row_spans is not None:
+        return _span_mask_mod(layout, window)
     n_slot_keys = padded_slot_count(layout.num_slots)
     seq_len = layout.key_padding.shape[1]
     padded_len = _round_up(seq_len, FLEX_BLOCK_SIZE)
     # Lookups padded to whole blocks: the kernels evaluate the mask on full tiles past the sequence end.
     band_key_ok = F.pad(layout.band_key_ok, (0, padded_len - seq_len), value=False)
     slot_ok = F.pad(layout.slot_valid, (0, n_slot_keys - layout.num_slots), value=False)
-    window = one_sided_window
 
     if n_slot_keys == 0:
         def band_mask_mod(b, h, q_idx, kv_idx):
             return ((q_idx - kv_idx).abs() <= window) & band_key_ok[b, kv_idx]
         return band_mask_mod
 
+    first_position = torch.tensor(n_slot_keys, device=device)  # of the sequence among the keys
+    zero, last_slot = torch.tensor(0, device=device), torch.tensor(n_slot_keys - 1, device=device)
+
     def slots_and_band_mask_mod(b, h, q_idx, kv_idx):
-        band_pos = kv_idx - n_slot_keys
-        in_band = ((q_idx - band_pos).abs() <= window) & band_key_ok[b, band_pos.clamp(min=0)]
-        in_slots = slot_ok[b, kv_idx.clamp(max=n_slot_keys - 1)]
-        return torch.where(kv_idx < n_slot_keys, in_slots, in_band)
+        band_pos = kv_idx - first_position
+        in_band = ((q_idx - band_pos).abs() <= window) & band_key_ok[b, torch.maximum(band_pos, zero)]
+        in_slots = slot_ok[b, torch.minimum(kv_idx, last_slot)]
+        return torch.where(kv_idx < first_position, in_slots, in_band)
 
     return slots_and_band_mask_mod
+
+
+def _span_mask_mod(layout: EncoderLayout, window: torch.Tensor):
+    """make_flex_mask_mod for a batch with RowSpans: the same mask from positions and a few scalars.
+    The general mask gathers from [B, L] tensors at every element of each tile the block table
+    leaves partial (each band edge and the slot block); here a tile reads two numbers of its row,
+    and LED batches nearly always have this shape (global <s>, right padding)."""
+    spans = layout.row_spans
+    device = layout.key_padding.device
+    global_counts = torch.tensor(spans.global_counts, device=device)  # band keys of row b start here
+    lengths = torch.tensor(spans.lengths, device=device)  # and end here (padding after)
+    n_slot_keys = torch.tensor(padded_slot_count(layout.num_slots), device=device)
+
+    def row_spans_mask_mod(b, h, q_idx, kv_idx):
+        first_key = global_counts[b]
+        position = kv_idx - n_slot_keys
+        in_band = ((q_idx - position).abs() <= window) & (position >= first_key) & (position < lengths[b])
+        # A slot key (kv_idx < n_slot_keys: position < 0, never in the band) is global slot kv_idx,
+        # which row b has when kv_idx < its number of globals.
+        return (kv_idx < first_key) | in_band
+    return row_spans_mask_mod
 
 
 def _dense_blocks_to_ordered(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

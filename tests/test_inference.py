@@ -272,6 +272,27 @@ def test_predict_two_processes_keeps_order(trained, plain_input, workdir):
     assert len(set(two.read_text(encoding="utf-8").splitlines())) > 1
 
 
+def test_sampled_predictions_repeat_from_the_runs_seed_in_one_process_or_two(trained, plain_input,
+                                                                            workdir):
+    """gen.do_sample draws from train.seed and each batch's first example: the same file gives
+    the same sampled predictions again, and in two processes (a batch holds the same rows on
+    any number of ranks: sampler.eval_batches)."""
+    args = ["--input", str(plain_input), "--gen.max_new_tokens", "6", "--gen.min_new_tokens", "6",
+            "--batch-size", "2", "--gen.num_beams", "1"]
+    sampled = ["--gen.do_sample", "true", "--gen.temperature", "3.0", "--gen.top_k", "0"]
+    outputs = {name: workdir / f"sampled_{name}.txt" for name in ("greedy", "one", "again", "two")}
+    assert cli(["predict", str(trained / "final"), *args, "--output", str(outputs["greedy"])]) == 0
+    for name in ("one", "again"):
+        assert cli(["predict", str(trained / "final"), *args, *sampled,
+                    "--output", str(outputs[name])]) == 0
+    launch("torchrun", ["predict", str(trained / "final"), *args, *sampled,
+                        "--output", str(outputs["two"])])
+    lines = {name: path.read_text(encoding="utf-8").splitlines() for name, path in outputs.items()}
+    assert len(lines["one"]) == 7
+    assert lines["again"] == lines["one"] and lines["two"] == lines["one"]
+    assert lines["one"] != lines["greedy"]  # it sampled (temperature 3 over the whole vocabulary)
+
+
 def test_predict_formats_the_qa_prompt(trained, workdir):
     """--task sqac: rows with question and context (no answers needed) become the QA prompt."""
     rows = [{"id": "a", "question": "¿Dónde se celebró la fiesta?",

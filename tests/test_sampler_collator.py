@@ -3,7 +3,7 @@
 import torch
 
 from seq2seq_es.data.collator import LABEL_PAD, Seq2SeqCollator
-from seq2seq_es.data.sampler import StepPlan, shard_for_eval
+from seq2seq_es.data.sampler import StepPlan, eval_batches
 from seq2seq_es.data.tokenize import truncate_ids
 
 
@@ -52,12 +52,16 @@ def test_order_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch():
     assert StepPlan(37, 3, 2, 2, seed=4).epoch_order(0).tolist() != plan.epoch_order(0).tolist()
 
 
-def test_eval_shards_cover_every_example_once_with_equal_lengths():
-    for n, world in [(10, 3), (2, 4), (9, 3), (1, 2)]:
-        shards = [shard_for_eval(n, r, world) for r in range(world)]
-        assert len({len(s) for s in shards}) == 1
-        real = sorted(i for s in shards for i in s if i >= 0)
-        assert real == list(range(n))
+def test_eval_batches_cover_every_example_once_and_are_the_one_process_batches():
+    for n, batch_size, world in [(10, 3, 3), (2, 2, 4), (9, 1, 3), (1, 4, 2), (23, 4, 2), (0, 2, 2)]:
+        order = list(range(n))[::-1]  # any order (predict sorts by length)
+        single = eval_batches(order, batch_size, 0, 1)
+        per_rank = [eval_batches(order, batch_size, r, world) for r in range(world)]
+        assert len({len(batches) for batches in per_rank}) == 1  # the same number of calls
+        real = [batch for batches in per_rank for batch in batches if batch != [-1]]
+        # The ranks hold the one-process batches, whole: the same examples side by side.
+        assert sorted(real) == sorted(single) and all(-1 not in batch for batch in real)
+        assert sorted(i for batch in real for i in batch) == list(range(n))
 
 
 def test_truncate_keeps_special_frame_on_either_side():

@@ -87,12 +87,17 @@ class StepPlan:
             epoch, step = epoch + 1, 0
 
 
-def shard_for_eval(num_examples: int, rank: int, world_size: int) -> list[int]:
-    """Indices of the examples this rank evaluates, padded with -1 to an equal count per rank.
+def eval_batches(order: list[int], batch_size: int, rank: int, world_size: int) -> list[list[int]]:
+    """This rank's evaluation batches: `order` cut into batches of `batch_size`, dealt to the
+    ranks in turn (batch k to rank k mod W), then padded with one-slot batches of -1 to an equal
+    count per rank.
 
-    Every rank must run the same number of forward/generate calls (ZeRO-3 gathers parameters
-    collectively), so shorter shards are padded; the padding's outputs are dropped at gather.
+    Whole batches are dealt, not examples, so a batch holds the same examples on any number of
+    ranks: its padding, and so its bf16 numerics and its sampled draws (seeded per batch), are
+    those of a one-process run. Every rank must run the same number of forward/generate calls
+    (ZeRO-3 gathers parameters collectively); the padding's outputs are dropped at the gather.
     """
-    mine = list(range(rank, num_examples, world_size))
-    per_rank = (num_examples + world_size - 1) // world_size
-    return mine + [-1] * (per_rank - len(mine))
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    mine = batches[rank::world_size]
+    per_rank = -(-len(batches) // world_size)
+    return mine + [[-1]] * (per_rank - len(mine))

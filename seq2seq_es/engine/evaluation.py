@@ -1,10 +1,11 @@
 """Validation loss and generation with the task's metrics, sharded over ranks.
 
-Rank r takes examples r, r + W, r + 2W, ... and every rank pads its shard to the same length
-(padding slots carry index -1 and are dropped at the gather), so no example is dropped or
-counted twice when the split does not divide by the world size, and every rank makes the same
-number of forward/generate calls, which ZeRO-3's collective parameter gathering requires
-(`synced_gpus`). RNG state is saved and restored around evaluation so that when evaluation runs
+The examples are cut into batches and rank r takes batches r, r + W, r + 2W, ... (a batch holds
+the same examples on any number of ranks, so sampled or bf16 predictions do not depend on it);
+every rank pads its list to the same length with batches of index -1, dropped at the gather, so
+no example is dropped or counted twice when the batches do not divide by the world size, and
+every rank makes the same number of forward/generate calls, which ZeRO-3's collective parameter
+gathering requires (`synced_gpus`). RNG state is saved and restored around evaluation so that when evaluation runs
 does not change the training randomness (exact resume depends on it).
 
 `evaluate` (loss + generation + metrics, for training and `seq2seq-es evaluate`) and
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.sampler import shard_for_eval
+from ..data.sampler import eval_batches
 from . import distributed as D
 from .loss import token_ce_sum
 
@@ -30,11 +31,8 @@ GENERATE_INPUTS = ("input_ids", "attention_mask", "global_attention_mask")
 
 
 def shard_batches(order: list[int], env: D.DistEnv, batch_size: int) -> list[list[int]]:
-    """This rank's batches of example indices taken from `order`, padded with -1 so that every
-    rank has the same number of batches of the same sizes."""
-    positions = shard_for_eval(len(order), env.rank, env.world_size)
-    indices = [order[p] if p >= 0 else -1 for p in positions]
-    return [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
+    """This rank's batches of example indices taken from `order` (sampler.eval_batches)."""
+    return eval_batches(order, batch_size, env.rank, env.world_size)
 
 
 def batch_features(features, idx: list[int]) -> list[dict]:

@@ -9,7 +9,6 @@ answers the hub's whoami and create-repo calls; only the upload call itself is r
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 import sys

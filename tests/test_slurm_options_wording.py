@@ -68,6 +68,16 @@ def test_a_bad_value_of_a_slurm_config_names_the_file(tmp_path, capsys, text, sa
     assert _refused(capsys, _sweep(tmp_path, "--no-grid", "--slurm-config", str(path))) == err
 
 
+def test_a_files_time_limit_too_short_for_the_signal_delay_names_the_file(tmp_path, capsys):
+    """The refusal is the delay's (it says what to change), but the file's time_min made it."""
+    path = _slurm_yaml(tmp_path, "slurm:\n  time_min: 1\n")
+    err = _refused(capsys, _submit(tmp_path, "--slurm-config", str(path)))
+    assert err.startswith("error: config key 'slurm.signal_delay_s': ")
+    assert err.endswith(f"(time_min in {path})")
+    err = _refused(capsys, _submit(tmp_path, "--slurm-config", str(path), "--time", "2"))
+    assert err.startswith("error: config key 'slurm.signal_delay_s': ") and str(path) not in err
+
+
 def test_a_flag_that_replaces_the_files_value_is_not_blamed_on_the_file(tmp_path, capsys):
     path = _slurm_yaml(tmp_path, "slurm:\n  nodes: 0\n")
     assert slurm_main(_submit(tmp_path, "--slurm-config", str(path), "--nodes", "1")) == 0

@@ -76,6 +76,11 @@ def add_slurm_options(parser: argparse.ArgumentParser) -> None:
                             f"(default {DEFAULT_ENTRY})")
 
 
+# Keys whose refusal also depends on others: signal_delay_s is refused against time_min, which
+# may be the file's while the delay is a flag's or the default.
+_CHECKED_WITH = {"signal_delay_s": ("time_min",)}
+
+
 def slurm_config_from_args(args: argparse.Namespace) -> SlurmConfig:
     from_file: dict[str, Any] = load_slurm_yaml(args.slurm_config) if args.slurm_config else {}
     values = dict(from_file)
@@ -102,6 +107,12 @@ def slurm_config_from_args(args: argparse.Namespace) -> SlurmConfig:
         name = error.key.split(".")[1] if error.key.startswith("slurm.") else None
         if name in from_file and name not in flagged:
             raise ConfigError(error.key, f"{error.reason} (in {args.slurm_config})") from None
+        # A check of two keys is reported under one; the file is named when it set the other.
+        partners = [key for key in _CHECKED_WITH.get(name, ())
+                    if key in from_file and key not in flagged]
+        if partners:
+            raise ConfigError(error.key, f"{error.reason} ({', '.join(partners)} in "
+                                         f"{args.slurm_config})") from None
         raise
     return config
 

@@ -5,8 +5,8 @@ the same examples on any number of ranks, so sampled or bf16 predictions do not 
 every rank pads its list to the same length with batches of index -1, dropped at the gather, so
 no example is dropped or counted twice when the batches do not divide by the world size, and
 every rank makes the same number of forward/generate calls, which ZeRO-3's collective parameter
-gathering requires (`synced_gpus`). RNG state is saved and restored around evaluation so that when evaluation runs
-does not change the training randomness (exact resume depends on it).
+gathering requires (`synced_gpus`). RNG state is saved and restored around evaluation so that
+when evaluation runs does not change the training randomness (exact resume depends on it).
 
 `evaluate` (loss + generation + metrics, for training and `seq2seq-es evaluate`) and
 `generate_texts` (generation only, for `seq2seq-es predict`) share the sharding, the generate

@@ -97,6 +97,21 @@ def test_blank_lines_with_mixed_type_columns(tmp_path, cache):
     assert (err.line, err.column) == (4, "summary")
 
 
+def test_numbers_in_most_rows_of_a_text_column_are_the_bad_rows(tmp_path, cache):
+    """The task reads 'summary' as text: its number rows are bad even when they are most rows;
+    the rows that hold text are not blamed for differing from them."""
+    rows = [dict(row) for row in GOOD]
+    for index in (0, 2, 3):
+        rows[index]["summary"] = 2024 + index
+    path = tmp_path / "numbers.jsonl"
+    path.write_bytes(b"\n".join(jsonl_lines(rows)) + b"\n")
+    examples, report = load(path, cache)
+    assert examples["target"] == [GOOD[1]["summary"]]
+    assert report.skipped_rows == {"column 'summary' not a string (int)": [1, 3, 4]}
+    err = refused(path, cache, skip_bad_rows=False)
+    assert (err.line, err.column) == (1, "summary")
+
+
 def test_a_formatter_problem_and_a_bad_line_are_numbered_alike(tmp_path, cache):
     rows = [dict(row) for row in GOOD]
     rows[3]["summary"] = "   "                  # empty after stripping: found by the formatter

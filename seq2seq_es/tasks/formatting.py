@@ -144,6 +144,11 @@ class Formatter:
         """Keys a nested (struct) column must have, checked against the schema before loading."""
         return {}
 
+    def text_columns(self) -> tuple[str, ...]:
+        """Required columns read as text: in a file whose rows mix types there, the rows that do
+        not hold text are the bad ones, however many they are."""
+        return ()
+
     def format_rows(self, rows: Sequence[Mapping[str, Any]], indices: Sequence[int],
                     split: str) -> Iterator[Example | Problem]:
         raise NotImplementedError
@@ -190,6 +195,9 @@ class PairFormatter(RowFormatter):
     def required_columns(self):
         return (self.source_column, self.target_column)
 
+    def text_columns(self):
+        return (self.source_column, self.target_column)
+
     def format_row(self, row):
         source = _text(row, self.source_column)
         target = _text(row, self.target_column)
@@ -210,6 +218,9 @@ class QAFormatter(RowFormatter):
 
     def required_keys(self):
         return {self.answers_column: ("text",)}
+
+    def text_columns(self):
+        return (self.question_column, self.context_column)
 
     def format_row(self, row):
         question = _text(row, self.question_column)
@@ -246,6 +257,9 @@ class SplitRephraseFormatter(RowFormatter):
     id_column: str | None = "gem_id"
 
     def required_columns(self):
+        return (self.source_column, self.target_column)
+
+    def text_columns(self):
         return (self.source_column, self.target_column)
 
     def format_row(self, row):
@@ -309,6 +323,9 @@ class DialogueFormatter(Formatter):
 
     def required_columns(self):
         return (self.speaker_column, self.utterance_column, self.dialogue_column)
+
+    def text_columns(self):
+        return (self.speaker_column, self.utterance_column)
 
     def format_rows(self, rows, indices, split):
         dialogues: dict[str, list[tuple[str, str]]] = {}

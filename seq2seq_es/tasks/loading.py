@@ -244,7 +244,8 @@ def read_task_file(formatter: Formatter, path: str, cache_dir: str | None = None
     that both count the same rows."""
     in_file = {task: file for file, task in (columns or {}).items()}
     required = tuple(in_file.get(column, column) for column in formatter.required_columns())
-    raw, local = _read_local_file(path, required, cache_dir)
+    text = tuple(in_file.get(column, column) for column in formatter.text_columns())
+    raw, local = _read_local_file(path, required, cache_dir, text)
     raw = _renamed(raw, columns, path, f"file {path}")
     _check_columns(raw, formatter, path, f"file {path}", columns)
     return raw, local
@@ -280,8 +281,8 @@ def _renamed(raw, columns: Mapping[str, str] | None, file: str | None, origin: s
     return raw.rename_columns(renames) if renames else raw
 
 
-def _read_local_file(path: str, required: tuple[str, ...],
-                     cache_dir: str | None) -> tuple[Any, LocalFile]:
+def _read_local_file(path: str, required: tuple[str, ...], cache_dir: str | None,
+                     text_columns: tuple[str, ...] = ()) -> tuple[Any, LocalFile]:
     if not os.path.exists(path):
         raise DataError("file does not exist", file=path)
     if not os.path.isfile(path):
@@ -292,7 +293,8 @@ def _read_local_file(path: str, required: tuple[str, ...],
     try:
         if builder == "json":
             _check_looks_like_json(path)
-        local = prepare_local_file(path, builder, options, required, cache_dir=cache_dir)
+        local = prepare_local_file(path, builder, options, required, cache_dir=cache_dir,
+                                   text_columns=text_columns)
         options = dict(local.options)
         if builder == "csv":
             options.update(_csv_as_text(local))

@@ -11,7 +11,8 @@ must, writes a cleaned copy that `datasets` then reads:
   truncated line), not a JSON object, or an object with a key written twice (JSON readers keep
   one of the two values) is a bad line; a column whose values change type from row to row
   (text in one row, a number in another) makes the rows of the minority type bad lines if the
-  task reads that column, and is dropped (with a note) if it does not;
+  task reads that column (of any type but text where the task reads it as text), and is dropped
+  (with a note) if it does not;
 - CSV/TSV: a line that is not valid UTF-8 is a bad line, and so is a row with more fields than
   the header (pandas refuses the whole file for it); a header that names a column twice is
   refused (pandas would rename the second copy and the task read the first); so is a quoted
@@ -86,8 +87,9 @@ class LocalFile:
 
 
 def prepare_local_file(path: str, builder: str, options: dict, required_columns: tuple[str, ...],
-                       *, cache_dir: str | None) -> LocalFile:
-    """Check a local jsonl/json/csv/tsv file; see the module docstring. Parquet passes through."""
+                       *, cache_dir: str | None, text_columns: tuple[str, ...] = ()) -> LocalFile:
+    """Check a local jsonl/json/csv/tsv file; see the module docstring. Parquet passes through.
+    `text_columns`: required columns the task reads as text (Formatter.text_columns)."""
     if builder == "parquet" or path.lower().endswith((".gz", ".bz2", ".xz", ".zst")):
         return LocalFile(path, dict(options))
     raw = Path(path).read_bytes()
@@ -98,7 +100,7 @@ def prepare_local_file(path: str, builder: str, options: dict, required_columns:
         stripped = raw.lstrip()
         if stripped.startswith(b"[") or (stripped.startswith(b"{") and not _is_json_lines(raw)):
             return _json_document(path, raw, bom, options, required_columns, cache_dir)
-        return _json_lines(path, raw, bom, required_columns, cache_dir)
+        return _json_lines(path, raw, bom, required_columns, cache_dir, text_columns)
     return _csv(path, raw, bom, options, required_columns, cache_dir)
 
 
@@ -379,7 +381,7 @@ def _json_type(value) -> str | None:
 
 
 def _json_lines(path: str, raw: bytes, bom: bool, required_columns: tuple[str, ...],
-                cache_dir: str | None) -> LocalFile:
+                cache_dir: str | None, text_columns: tuple[str, ...] = ()) -> LocalFile:
     rows: list[tuple[int, dict]] = []
     bad: list[tuple[int, str | None, str]] = []
     blank = 0
@@ -423,8 +425,10 @@ def _json_lines(path: str, raw: bytes, bom: bool, required_columns: tuple[str, .
             notes.append(f"column '{key}' mixes {' and '.join(sorted(kinds))} and the task does "
                          "not read it: left out")
             continue
-        # The kind most rows have is the column's; text wins a tie (the task reads text).
-        usual = max(kinds, key=lambda kind: (len(kinds[kind]), kind == "text"))
+        # A column the task reads as text is text, so the rows of other kinds are bad even when
+        # they are most rows; elsewhere the kind most rows have is the column's (text on a tie).
+        usual = "text" if key in text_columns and "text" in kinds else max(
+            kinds, key=lambda kind: (len(kinds[kind]), kind == "text"))
         for kind, found in kinds.items():
             if kind != usual:
                 for number, type_name in found:

@@ -90,6 +90,26 @@ def test_a_requeued_run_publishes_its_own_port_and_drops_the_last_runs(tmp_path)
     assert not list(tmp_path.glob("56_*"))
 
 
+def test_an_old_jobs_file_under_a_reused_job_id_is_not_read(tmp_path):
+    # A re-installed controller numbers jobs from 1 again: job 58 of the old cluster left its
+    # file in the same log folder. The new job 58's ranks must wait for their own rank 0.
+    (tmp_path / "58_rendezvous_0.port").write_text("20001\n")  # an old job, before submission ids
+    old = rendezvous.new_submission_id()
+    (tmp_path / f"58_{old}_rendezvous_0.port").write_text("20002\n")
+    (tmp_path / "58_3_rendezvous_0.port").write_text("20003\n")  # array task 3 of job 58: not ours
+    new = rendezvous.new_submission_id()
+    assert new != old and new.startswith("s") and len(new) == 13
+    with pytest.raises(RuntimeError, match=f"58_{new}_rendezvous_0.port"):
+        rendezvous.agree_on_master_port(tmp_path, "58", 0, 1, 2, wait_s=0.3, submission=new)
+    port = rendezvous.agree_on_master_port(tmp_path, "58", 0, 0, 2, submission=new)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "58_3_rendezvous_0.port", f"58_{new}_rendezvous_0.port"]  # the old job's files are gone
+    assert rendezvous.agree_on_master_port(tmp_path, "58", 0, 1, 2, wait_s=1,
+                                           submission=new) == port
+    with pytest.raises(ValueError, match="12 hex digits"):
+        rendezvous.agree_on_master_port(tmp_path, "58", 0, 1, 2, submission="3")
+
+
 def test_a_rank_that_never_sees_the_port_says_which_file_it_waited_for(tmp_path):
     with pytest.raises(RuntimeError) as error:
         rendezvous.agree_on_master_port(tmp_path, "57", 2, 1, 2, wait_s=0.5)

@@ -152,7 +152,8 @@ def test_a_gpu_task_keeps_every_node_gpu_visible_and_its_local_rank(tmp_path, mo
     config = SlurmConfig(nodes=2, gpus_per_node=2, tasks_per_node=2)
     [job] = train_jobs(manifest, config)  # what submit hands to submitit
     (tmp_path / "submitit").mkdir()
-    port = rendezvous.agree_on_master_port(tmp_path / "submitit", "4242", 0, 0, 4)  # rank 0's
+    port = rendezvous.agree_on_master_port(tmp_path / "submitit", "4242", 0, 0, 4,
+                                           submission=job.submission_id)  # rank 0's
     env = job._export_distributed_env()
     assert (env.rank, env.local_rank, env.world_size, env.master_port) == (3, 1, 4, port)
     import os

@@ -7,6 +7,7 @@ stop at a step boundary, save, exit 3 after writing PREEMPTED) without training 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -87,8 +88,10 @@ def test_ranks_meet_on_the_next_port_when_the_jobs_port_is_taken_on_the_master_n
     [start] = start_events(run_dir)
     assert start["master"].endswith(f":{rendezvous_port(f'{job_id}:0', 1)}")
     assert [r["world_size"] for r in train_records(run_dir)] == [2, 2]
-    # rank 0 published the port for rank 1 in the job's (shared) submitit folder
-    published = run_dir / "slurm" / f"{job_id}_rendezvous_0.port"
+    # rank 0 published the port for rank 1 in the job's (shared) submitit folder, under the id
+    # of this submission (an old job with the same id cannot be read by mistake)
+    [published] = (run_dir / "slurm").glob(f"{job_id}_s*_rendezvous_0.port")
+    assert re.fullmatch(rf"{job_id}_s[0-9a-f]{{12}}_rendezvous_0\.port", published.name)
     assert published.read_text() == f"{rendezvous_port(f'{job_id}:0', 1)}\n"
 
 

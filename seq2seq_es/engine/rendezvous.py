@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import time
 import zlib
@@ -90,8 +91,18 @@ def any_free_port(attempts: int = 100, ephemeral: range | None = None) -> int:
     return _first_free(ports, attempts, ephemeral, "picked at random")
 
 
+# A submission id starts with a letter so that no array index (digits) can be read as one.
+_SUBMISSION = re.compile(r"s[0-9a-f]{12}")
+
+
+def new_submission_id() -> str:
+    """A fresh id for one submission of a job (agree_on_master_port's `submission`)."""
+    return f"s{random.SystemRandom().getrandbits(48):012x}"
+
+
 def agree_on_master_port(folder: str | Path, job_id: str, restart: int, rank: int,
-                         world_size: int, wait_s: float = PORT_WAIT_S) -> int:
+                         world_size: int, wait_s: float = PORT_WAIT_S,
+                         submission: str = "") -> int:
     """The rendezvous port of this run of the job, the same on every rank.
 
     Rank 0 (on the master node) takes the first free one of the job's ports
@@ -100,12 +111,21 @@ def agree_on_master_port(folder: str | Path, job_id: str, restart: int, rank: in
     log folder, which every node shares already); the others wait for that file. A port derived
     from the job id alone, as before, failed the job whenever that port was taken on the master
     node.
+
+    `submission` (TrainJob's id, drawn when the job was built and unpickled by every rank) goes
+    into the file name: a cluster whose job ids start again (a re-installed controller) can give
+    a new job the id of an old one in the same log folder, and without it the other ranks could
+    read the old job's file before rank 0 has replaced it, and wait on a port nobody opens.
     """
-    path = Path(folder) / f"{job_id}_rendezvous_{restart}.port"
+    if submission and not _SUBMISSION.fullmatch(submission):
+        raise ValueError(f"submission id {submission!r} is not 's' and 12 hex digits "
+                         "(new_submission_id)")
+    stem = f"{job_id}_{submission}_" if submission else f"{job_id}_"
+    path = Path(folder) / f"{stem}rendezvous_{restart}.port"
     if rank == 0:
         port = free_rendezvous_port(f"{job_id}:{restart}")
         if world_size > 1:
-            for earlier in Path(folder).glob(f"{job_id}_rendezvous_*.port"):
+            for earlier in _port_files(folder, job_id):
                 earlier.unlink(missing_ok=True)  # earlier runs' files: nobody reads them again
             partial = path.with_name(path.name + ".partial")
             partial.write_text(f"{port}\n")
@@ -125,3 +145,10 @@ def agree_on_master_port(folder: str | Path, job_id: str, restart: int, rank: in
                                f"rendezvous port to {path}; that folder must be shared by every "
                                "node of the job")
         time.sleep(0.2)
+
+
+def _port_files(folder: str | Path, job_id: str) -> list[Path]:
+    """The port files of every run and submission of `job_id` in `folder`; not those of the
+    array tasks "<job_id>_<index>", which a glob on "<job_id>_*" would take too."""
+    name = re.compile(rf"{re.escape(job_id)}_(?:{_SUBMISSION.pattern}_)?rendezvous_\d+\.port")
+    return [path for path in Path(folder).glob(f"{job_id}_*.port") if name.fullmatch(path.name)]

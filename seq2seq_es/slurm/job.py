@@ -137,6 +137,10 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.run_dir = str(Path(run_dir).absolute())
         self.entry = entry
         self.max_requeues = max_requeues
+        # Every rank unpickles this same id, and a requeue keeps it: it tells this job's
+        # rendezvous file from one left by an older job that had the same id (see
+        # rendezvous.agree_on_master_port).
+        self.submission_id = rendezvous.new_submission_id()
 
     def __call__(self) -> dict[str, Any]:
         # Inside submitit's job process only (it sets SUBMITIT_FOLDER): a direct call, in a test
@@ -204,7 +208,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         dist = submitit.helpers.TorchDistributedEnvironment()
         dist.master_port = rendezvous.agree_on_master_port(
             submitit.JobEnvironment().paths.folder, _job_id(), restart_count(), dist.rank,
-            dist.world_size)
+            dist.world_size, submission=getattr(self, "submission_id", ""))  # "": an older pickle
         dist.export(set_cuda_visible_devices=False, overwrite=True)
         return dist
 

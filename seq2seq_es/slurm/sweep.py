@@ -128,13 +128,16 @@ def load_manifest(path: str | Path) -> Manifest:
     return manifest
 
 
+# Keys that name a run rather than configure it: where it is written and its W&B group (the
+# runs of two sweeps collected together differ in it, each sweep's folder name). A sweep's runs
+# always differ there, so no duplicate check (resolved_key) and no grid point reads them.
+_LABEL_KEYS = ("train.output_dir", "train.run_group")
 # Config keys that say how a run was watched or stored, not what it trained: two local runs that
-# differ only there are the same grid point (train.run_group: the runs of two sweeps collected
-# together differ in it, each sweep's folder name, and are still one grid point's runs).
-_NOT_GRID_KEYS = {"train.output_dir", "train.resume", "train.progress_bar", "train.log_every",
-                  "train.report_to", "train.run_group", "train.save_every",
-                  "train.save_every_min", "train.keep_last", "train.stop_check_every",
-                  "data.cache_dir", "dist.timeout_min"}
+# differ only there are the same grid point.
+_NOT_GRID_KEYS = {*_LABEL_KEYS, "train.resume", "train.progress_bar", "train.log_every",
+                  "train.report_to", "train.save_every", "train.save_every_min",
+                  "train.keep_last", "train.stop_check_every", "data.cache_dir",
+                  "dist.timeout_min"}
 RUN_FOLDERS_MODE = "runs"  # a Manifest made from run folders (`collect RUN ...`), not submitted
 
 
@@ -619,10 +622,12 @@ def split_effective_batch(value: str, default_micro: int, world_size: int = 1,
 
 
 def resolved_key(cfg) -> str:
-    """The run's config as it acts: output folder left out, keys it never reads blanked."""
+    """The run's config as it acts: label keys (_LABEL_KEYS) left out, keys it never reads
+    blanked."""
     values = cfg.to_dict()
-    values["train"].pop("output_dir")
-    values["train"].pop("run_group")  # a W&B label: runs differing only there train the same
+    for key in _LABEL_KEYS:
+        section, name = key.split(".")
+        values[section].pop(name)
     values["train"]["eval_batch_size"] = cfg.train.eval_batch_size or cfg.train.batch_size
     for key in not_applying(cfg):
         section, name = key.split(".")

@@ -203,6 +203,25 @@ TRACKERS = ("tensorboard", "wandb")
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 
 
+@dataclass(frozen=True)
+class StepUnit:
+    """What an optimizer step is counted in: a fixed step takes the next examples of the epoch
+    however they are split into micro-batches and ranks; the token plans (token_budget,
+    bucketed, packed) count micro-batches. A resume on other ranks (checkpoint.data_layout) and
+    `slurm resume` keep that count."""
+    step_key: str   # the checkpoint's data-layout key for one step's whole count
+    per_rank: str   # the product of config keys that one rank adds to it
+    counts: str     # what it counts, for messages
+
+    def per_rank_value(self, train: "TrainConfig") -> int:
+        return train.grad_accum * (train.batch_size if self is FIXED_STEP else 1)
+
+
+FIXED_STEP = StepUnit("train.batch_size x train.grad_accum x ranks",
+                      "train.batch_size x train.grad_accum", "examples")
+TOKEN_PLAN_STEP = StepUnit("train.grad_accum x ranks", "train.grad_accum", "micro-batches")
+
+
 @dataclass
 class TrainConfig(_Section):
     _section = "train"
@@ -320,6 +339,9 @@ class TrainConfig(_Section):
         for key in ("log_every", "eval_every", "save_every", "save_every_min"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}", "must be >= 0")
+
+    def step_unit(self) -> StepUnit:
+        return FIXED_STEP if self.batching == "fixed" else TOKEN_PLAN_STEP
 
 
 @dataclass

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from .. import run_files
+from ..config import FIXED_STEP, TOKEN_PLAN_STEP
 from ..errors import ConfigError, Seq2SeqEsError
 from . import distributed as D
 from .run_dir import write_json_atomic
@@ -179,11 +180,10 @@ def check_same_storage(path: Path, saved: dict | None, current: dict | None) -> 
 # The data-layout keys that count a whole step over all ranks. A step's examples depend on these
 # products only (data.sampler, data.token_budget), so a resume on another number of ranks keeps
 # them by changing grad_accum (or batch_size): the refusal names the product and what to set.
-EXAMPLES_PER_STEP = "train.batch_size x train.grad_accum x ranks"
-MICRO_BATCHES_PER_STEP = "train.grad_accum x ranks"
+EXAMPLES_PER_STEP = FIXED_STEP.step_key
+MICRO_BATCHES_PER_STEP = TOKEN_PLAN_STEP.step_key
 # The per-rank keys that layouts saved before held (multiplied by the checkpoint's ranks on read).
-_PER_RANK_KEYS = {"train.batch_size x train.grad_accum": EXAMPLES_PER_STEP,
-                  "train.grad_accum": MICRO_BATCHES_PER_STEP}
+_PER_RANK_KEYS = {unit.per_rank: unit.step_key for unit in (FIXED_STEP, TOKEN_PLAN_STEP)}
 
 
 def _per_step_layout(layout: dict, ranks: int) -> dict:
@@ -238,12 +238,10 @@ def check_same_layout(path: Path, saved: dict | None, current: dict | None,
 def _ranks_advice(saved: dict, current: dict, ranks: tuple[int, int]) -> str:
     """What keeps a step's size on another number of ranks (said when the ranks changed)."""
     saved_ranks, now = ranks
-    key = EXAMPLES_PER_STEP if EXAMPLES_PER_STEP in saved else MICRO_BATCHES_PER_STEP
+    unit = FIXED_STEP if FIXED_STEP.step_key in saved else TOKEN_PLAN_STEP
+    key, per_rank, what = unit.step_key, unit.per_rank, unit.counts
     if saved_ranks == now or saved.get(key) == current.get(key) or key not in saved:
         return ""
-    per_rank = "train.batch_size x train.grad_accum" if key == EXAMPLES_PER_STEP else \
-        "train.grad_accum"
-    what = "examples" if key == EXAMPLES_PER_STEP else "micro-batches"
     if saved[key] % now:
         return (f"The checkpoint's {saved[key]} {what} per step ({saved_ranks} ranks) do not "
                 f"split evenly over {now} ranks. ")

@@ -1158,12 +1158,10 @@ def _same_value(given: str, planned: str) -> bool:
 
 
 def _step_units(cfg) -> tuple[int, str]:
-    """What one rank adds to a step, and its name: examples (fixed batches) or micro-batches
-    (the token plans), as checkpoint.data_layout counts a step."""
-    t = cfg.train
-    if t.batching == "fixed":
-        return t.batch_size * t.grad_accum, "train.batch_size x train.grad_accum"
-    return t.grad_accum, "train.grad_accum"
+    """What one rank adds to a step, and its name (config.StepUnit, as checkpoint.data_layout
+    counts a step)."""
+    unit = cfg.train.step_unit()
+    return unit.per_rank_value(cfg.train), unit.per_rank
 
 
 def _step_keeping_accum(run: RunPlan, before, current, explicit: bool,
@@ -1174,7 +1172,7 @@ def _step_keeping_accum(run: RunPlan, before, current, explicit: bool,
     old_ranks, new_ranks = ranks
     old_units, per_rank = _step_units(before)
     step = old_units * old_ranks
-    what = "examples" if before.train.batching == "fixed" else "micro-batches"
+    what = before.train.step_unit().counts
     units, _ = _step_units(current)
     if units * new_ranks == step:
         return None

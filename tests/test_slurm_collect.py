@@ -534,6 +534,32 @@ def test_collect_puts_sweeps_and_submitted_runs_beside_other_runs(tmp_path, caps
 
 
 
+def test_sweeps_collected_together_keep_their_plans_and_their_runs_not_started(tmp_path,
+                                                                              capsys):
+    # Among other paths a sweep is read as run folders; its runs' configs are still checked
+    # against what the sweep planned, and its runs that have not started are named, as when
+    # the sweep is collected alone.
+    from seq2seq_es.cli import main as cli_main
+
+    first = _write_manifest(tmp_path / "first", [("barto", "mlsum")], LR)
+    started = {run.grid_point["optim.lr"]: Path(run.run_dir) for run in first.runs}
+    _local_run(started["3e-5"], "mlsum", "barto", 3e-5, {"rougeL": 20.0}, None)  # 5e-5: pending
+    second = _write_manifest(tmp_path / "second", [("barto", "mlsum")], {"optim.lr": ["1e-4"]})
+    [edited] = second.runs
+    _local_run(Path(edited.run_dir), "mlsum", "barto", 1e-3, {"rougeL": 30.0}, None)
+    assert "planned_point" not in (tmp_path / "first" / SWEEP_MANIFEST).read_text()
+    assert cli_main(["collect", str(tmp_path / "first"), str(tmp_path / "second")]) == 0
+    out = capsys.readouterr().out
+    assert f"Results of 1 of the 3 run(s) in {tmp_path}" in out
+    [table] = _rows(out)
+    assert table["barto"][2] == "20.00 / –"  # not the edited run's 30.00
+    assert f"- {edited.name} left out: file {Path(edited.run_dir) / 'config.yaml'}" in out
+    assert "its optim.lr is 0.001, but the sweep planned '1e-4' for this run" in out
+    [pending] = [run for run in first.runs if run.grid_point["optim.lr"] == "5e-5"]
+    assert "\nNo scores yet (not started, no validation yet, or stopped before one): " \
+        f"{Path(pending.run_dir).name}\n" in out
+
+
 def test_a_tie_on_the_main_metric_goes_to_the_lower_dev_loss(tmp_path, capsys):
     # As a run's own best checkpoint (engine.trainer.is_better): a ROUGE stuck at 0 on both
     # grid points chose the first, the less trained one.

@@ -655,7 +655,8 @@ def check_run_config(run: RunPlan, run_dir: Path) -> dict | None:
     if config is None:
         return None  # an entry that writes none (the probe), or a run that has not started
     planned = {"data.task": run.task, "model.name": run.model,
-               **{key: value for key, value in run.grid_point.items()
+               **{key: value for key, value in {**run.grid_point,
+                                                **(run.planned_point or {})}.items()
                   if key != "train.batch_size"}}
     for key, want in planned.items():
         section, _, name = key.partition(".")
@@ -1336,7 +1337,8 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
                   "the same data):"]
         lines += [f"- {model} / {task}: {data}" for model, task, data in local]
     if table.unscored:
-        why = ("no validation yet, or stopped before one" if table.from_run_folders else
+        why = ("not started, no validation yet, or stopped before one"
+               if table.from_run_folders else
                "pending, running before its first validation, or failed: `seq2seq-es slurm "
                f"status {Path(table.source).parent}` says which")
         lines += ["", f"No scores yet ({why}): " + ", ".join(table.unscored)]

@@ -52,6 +52,10 @@ class RunPlan:
     run_dir: str
     argv: list[str]
     job_id: str | None = None
+    # A sweep's run collected among other run folders (`load_runs`): its grid point there is
+    # read from its config.yaml, and this is what its sweep planned, which its config is still
+    # checked against (monitor.check_run_config). None in a sweep's own manifest.
+    planned_point: dict[str, str] | None = None
 
 
 @dataclass
@@ -78,6 +82,9 @@ class Manifest:
     def to_json(self) -> str:
         data = asdict(self)
         data.pop("path")
+        for run in data["runs"]:
+            if run["planned_point"] is None:
+                run.pop("planned_point")  # only run folders given to collect have one
         if not data["seeds"]:
             # A sweep without seeds writes the file as before, so older versions still read it.
             data.pop("seeds")
@@ -148,13 +155,17 @@ def load_runs(paths: list[str]) -> Manifest:
     sweep (its runs that have started). Run folders become an unsaved Manifest
     (mode "runs", path: the folder the results go to) whose runs' model and task come from their
     config.yaml and whose grid point is the run folder plus the config keys that differ between
-    the runs of one (model, task)."""
+    the runs of one (model, task). A sweep's (or `slurm submit` folder's) run keeps what was
+    planned for it (planned_point), which collect checks its config against as it does for one
+    sweep, and a sweep's runs that have not started are listed too, with no scores yet."""
     if len(paths) == 1:
         path = Path(paths[0])
         if path.is_file() or any((path / name).is_file() for name in (SWEEP_MANIFEST,
                                                                         RUN_MANIFEST)):
             return load_manifest(path)
     folders: list[Path] = []
+    planned: dict[Path, RunPlan] = {}  # a started run of a sweep or `slurm submit` folder
+    not_started: list[RunPlan] = []     # a sweep's runs with no config.yaml yet
     for given in paths:
         path = Path(given).absolute()
         if not path.is_dir():
@@ -164,17 +175,25 @@ def load_runs(paths: list[str]) -> Manifest:
         # With other paths, a sweep is its runs and a `slurm submit` folder is a run folder:
         # separately submitted runs, or a second sweep adding grid points, make one table.
         if (path / SWEEP_MANIFEST).is_file():
-            found = [Path(run.run_dir) for run in load_manifest(path).runs
+            sweep_runs = load_manifest(path).runs
+            found = [Path(run.run_dir) for run in sweep_runs
                      if (Path(run.run_dir) / run_files.CONFIG).is_file()]
             if not found:
                 raise ConfigError("RUN", f"no run of the sweep {path} has started training "
                                          f"(none holds {run_files.CONFIG}) yet")
+            for run in sweep_runs:
+                if Path(run.run_dir) in found:
+                    planned[Path(run.run_dir)] = run
+                else:
+                    not_started.append(run)
         elif (path / RUN_MANIFEST).is_file() and not (path / run_files.CONFIG).is_file():
             raise ConfigError("RUN", f"the job of {path} has not started training (no "
                                      f"{run_files.CONFIG}) yet")
         else:
             found = [path] if (path / run_files.CONFIG).is_file() else sorted(
                 child for child in path.iterdir() if (child / run_files.CONFIG).is_file())
+            if (path / RUN_MANIFEST).is_file():
+                planned.update({Path(run.run_dir): run for run in load_manifest(path).runs})
         if not found:
             raise ConfigError("RUN", f"{path} holds neither {SWEEP_MANIFEST}, {RUN_MANIFEST}, "
                                      f"a run ({run_files.CONFIG}) nor run folders")
@@ -194,8 +213,15 @@ def load_runs(paths: list[str]) -> Manifest:
         for folder in members:
             point = {"run": folder.name, **{key: str(configs[folder].get(key))
                                            for key in varying}}
+            plan = planned.get(folder)
             runs.append(RunPlan(name=folder.name, model=model, task=task, grid_point=point,
-                                run_dir=str(folder), argv=[]))
+                                run_dir=str(folder), argv=[],
+                                planned_point=plan.grid_point if plan else None))
+    # Listed (among the runs with no scores yet) so that the table says how much of a sweep
+    # it holds.
+    runs += [RunPlan(name=Path(run.run_dir).name, model=run.model, task=run.task,
+                     grid_point={"run": Path(run.run_dir).name}, run_dir=run.run_dir, argv=[],
+                     planned_point=run.grid_point) for run in not_started]
     parent = Path(os.path.commonpath([str(Path(p).absolute()) for p in paths]))
     return Manifest(kind=MANIFEST_KIND, mode=RUN_FOLDERS_MODE, runs=runs, grid={}, slurm={},
                     submitit_folder="", path=str(parent))

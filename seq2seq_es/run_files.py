@@ -47,6 +47,7 @@ VERSIONS = "versions.json"
 DEEPSPEED_CONFIG = "deepspeed_config.json"
 DATA_REPORT = "data_report.json"
 METRICS = "metrics.jsonl"
+RUN_LOCK = "train.lock"  # locked by the process training in the folder (engine.run_lock)
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_DIR = re.compile(r"^step_(\d{8})$")  # checkpoints/step_<N>, N zero-padded to 8
 TRAINER_STATE = "trainer_state.json"  # inside checkpoints/step_<N>: the folder is complete

@@ -46,6 +46,7 @@ from .optim import apply_schedule, use_bf16
 from .profiling import StepProfiler
 from .progress import quiet_library_progress
 from .run_dir import RunLog, check_before_training, write_json_atomic
+from .run_lock import hold_run_folder
 from .signals import StopRequest
 from .step import NonFiniteLoss, TrainStep  # noqa: F401  (NonFiniteLoss: what train() raises)
 
@@ -163,6 +164,8 @@ class Trainer:
         quiet_library_progress()
         check_before_training(cfg, env)  # trackers installed; push_to_hub: hub reachable, logged in
         self.out = Path(cfg.train.output_dir)
+        # One training process per folder; held until close() (or the process's end).
+        self.folder_lock = hold_run_folder(self.out, env)
         self.ckpt = Checkpointer(self.out / run_files.CHECKPOINTS, env, cfg.train.keep_last)
         resume_from = self.ckpt.resume_point(cfg.train.resume)
         if resume_from is None:  # a fresh run must not overwrite or mix with another one
@@ -604,6 +607,8 @@ class Trainer:
         self.stepper.close()
         if self.log is not None:
             self.log.close()
+        if self.folder_lock is not None:
+            self.folder_lock.release()
         if self.owns_process_group:
             D.close()
 

@@ -1,0 +1,137 @@
+"""One training process per run folder: rank 0 holds a lock on <run>/train.lock while it trains.
+
+Two `train` commands on one folder (a second terminal, a job submitted twice, a `--train.resume
+auto` while the first still runs) both trained before: their records interleaved in
+metrics.jsonl and their checkpoints landed in one checkpoints/ folder, each resumable into a mix
+of the two runs.
+
+The lock is a POSIX record lock (fcntl.lockf): the kernel drops it when the process ends,
+SIGKILL included, so a crashed run never leaves its folder locked, and NFS hands it to the
+server's lock manager, so it holds between nodes. It belongs to the process (not inherited by
+forked data-loader workers). The file stays after the run: deleting it would let two processes
+lock two different files under one name. Its text says who holds it, for the refusal.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import run_files
+from ..errors import ConfigError
+
+# A requeued SLURM job can start before the server has noticed that the node of its last run
+# died (its locks are released when the node's lock manager restarts or the lease ends): the
+# same job waits this long for its own earlier run's lock, then goes on without it.
+SAME_JOB_WAIT_S = 90.0
+
+
+def _slurm_job() -> dict:
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    return {"slurm_job": job, "slurm_restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0)}
+
+
+def _holder_text() -> bytes:
+    return (json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                        "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        **_slurm_job(), "command": " ".join(sys.argv)}) + "\n").encode()
+
+
+def _read_holder(path: Path) -> dict:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # written a moment from now, or by hand
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _describe(holder: dict) -> str:
+    if "pid" not in holder:
+        return "another process"
+    where = f"pid {holder['pid']} on {holder.get('host', '?')}"
+    if holder.get("slurm_job"):
+        where += f", SLURM job {holder['slurm_job']}"
+    return where + (f", since {holder['since']}" if holder.get("since") else "")
+
+
+def _earlier_run_of_this_job(holder: dict) -> bool:
+    mine = _slurm_job()
+    return bool(mine) and holder.get("slurm_job") == mine["slurm_job"] \
+        and isinstance(holder.get("slurm_restart"), int) \
+        and holder["slurm_restart"] < mine["slurm_restart"]
+
+
+class RunFolderLock:
+    """Held by the process that trains in `out` until release() (or its end)."""
+
+    def __init__(self, out: Path, same_job_wait_s: float = SAME_JOB_WAIT_S,
+                 say=lambda message: print(message, file=sys.stderr)):
+        self.path, self.fd = out / run_files.RUN_LOCK, None
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # here, before the model and the data are loaded
+            raise ConfigError("train.output_dir", f"cannot write in {out}: "
+                              f"{exc.strerror or exc}") from None
+        deadline = time.monotonic() + same_job_wait_s
+        while True:
+            try:
+                import fcntl
+                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    # A filesystem without locks (ENOLCK: NFS without a lock manager): train
+                    # as before, and say what is not guarded.
+                    say(f"note: {self.path} cannot be locked ({exc.strerror}): nothing stops "
+                        "a second run in this folder")
+                    return
+                holder = _read_holder(self.path)
+                if not _earlier_run_of_this_job(holder):
+                    self.release()
+                    raise ConfigError("train.output_dir", f"{out} is in use: a run is training "
+                                      f"there ({_describe(holder)}; {self.path}). Two runs in "
+                                      "one folder would mix their metrics and checkpoints: "
+                                      "wait for it to end (then --train.resume auto continues "
+                                      "it), or give another train.output_dir") from None
+                if time.monotonic() >= deadline:
+                    say(f"note: {self.path} is still locked by this job's earlier run "
+                        f"({_describe(holder)}), which SLURM has ended; going on without it")
+                    return
+                time.sleep(2.0)
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, _holder_text(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the file drops the process's lock on it
+            self.fd = None
+
+    def __del__(self) -> None:  # a Trainer whose set-up failed after locking
+        self.release()
+
+
+def hold_run_folder(out: Path, env) -> RunFolderLock | None:
+    """Rank 0 locks `out` (collective: every rank raises rank 0's refusal, so none waits in a
+    collective for a rank that has stopped). The other ranks hold nothing: None."""
+    from . import distributed as D
+
+    lock, refusal = None, None
+    if env.is_main:
+        try:
+            lock = RunFolderLock(out)
+        except ConfigError as exc:
+            refusal = (exc.key, exc.reason)
+    if env.world_size > 1:
+        refusal = D.broadcast_object(refusal)
+    if refusal is not None:
+        raise ConfigError(*refusal)
+    return lock

@@ -203,6 +203,59 @@ def test_a_run_without_wandb_stops_before_training_with_the_install_line(files, 
     assert not out.exists()  # nothing was loaded, trained or written
 
 
+_LOGIN_CHECKS = """
+import os
+from seq2seq_es.config import compose
+from seq2seq_es.engine.run_dir import check_tracker_login
+from seq2seq_es.errors import ConfigError
+cfg = compose("mlsum", "barto-tiny", overrides={"train.report_to": "wandb"})
+# In this order: wandb keeps a login for the rest of the process, and only the last one logs in.
+for name, value in (("", ""), ("WANDB_MODE", "offline"), ("WANDB_API_KEY", "abc"),
+                    ("WANDB_API_KEY", "x" * 40)):
+    os.environ.pop("WANDB_MODE", None)
+    if name:
+        os.environ[name] = value
+    try:
+        check_tracker_login(cfg)
+        print("PASSED")
+    except ConfigError as exc:
+        print(exc)
+"""
+
+
+def _without_wandb_login(folder: Path) -> dict[str, str]:
+    """This environment with no W&B credentials or mode: a netrc and a wandb settings folder of
+    its own (not a HOME of its own: the caches under HOME would be built again, a minute)."""
+    env = {key: value for key, value in _env().items() if not key.startswith("WANDB_")}
+    return {**env, "NETRC": str(folder / "netrc"), "WANDB_CONFIG_DIR": str(folder / "wandb")}
+
+
+def test_wandb_without_an_api_key_is_refused_before_anything_loads(files, tmp_path):
+    # Without a terminal, wandb.init raised "No API key configured" after the data and the
+    # model had loaded. A child process each: wandb keeps its login for the process.
+    pytest.importorskip("wandb")
+    proc = subprocess.run([sys.executable, "-c", _LOGIN_CHECKS], cwd=REPO, text=True,
+                          capture_output=True, env=_without_wandb_login(tmp_path),
+                          stdin=subprocess.DEVNULL, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    no_key, offline, malformed, key = proc.stdout.strip().splitlines()[-4:]
+    assert no_key == ("config key 'train.report_to': wandb has no API key on this machine "
+                      "(WANDB_API_KEY, `wandb login`, ~/.netrc): log in, or set "
+                      "WANDB_MODE=offline to keep the W&B run in the run folder and `wandb "
+                      "sync` it later, or drop wandb from train.report_to")
+    assert offline == "PASSED"
+    assert malformed.startswith(
+        "config key 'train.report_to': wandb cannot log in: WANDB_API_KEY invalid")
+    assert key == "PASSED"  # read locally: no network here
+    out = tmp_path / "run"
+    proc = subprocess.run(command("none", 1, base_args(files, out, extra=[
+        "--train.report_to", "wandb"])), cwd=REPO, capture_output=True, text=True,
+        env=_without_wandb_login(tmp_path), stdin=subprocess.DEVNULL, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "error: config key 'train.report_to': wandb has no API key" in proc.stderr
+    assert not out.exists()  # refused before the run folder was made
+
+
 # ---------------------------------------------------------------------------------------------
 # push_to_hub
 

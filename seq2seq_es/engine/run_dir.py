@@ -76,6 +76,31 @@ def check_trackers(cfg: RunConfig) -> None:
                               "seq2seq-es[wandb] (or drop wandb from train.report_to)") from None
 
 
+def check_tracker_login(cfg: RunConfig) -> None:
+    """Refuse, before the model loads, a W&B run that has no API key: without a terminal to ask
+    at, wandb.init raised "No API key configured" only after the data and the model had loaded
+    (leaving config.yaml and metrics.jsonl behind). Offline and disabled modes need no key."""
+    if "wandb" not in tracker_names(cfg.train.report_to):
+        return
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled") or \
+            os.environ.get("WANDB_DISABLED", "").lower() in ("1", "true", "yes"):
+        return
+    if sys.stdin is not None and sys.stdin.isatty():
+        return  # wandb.init asks for the key there
+    import wandb
+    try:
+        logged_in = wandb.login(prompt=False, verify=False)  # local credentials only, no network
+    except TypeError:
+        return  # a wandb without prompt=: its own init says what is missing
+    except Exception as exc:  # noqa: BLE001 (wandb's AuthenticationError: a malformed key)
+        raise ConfigError("train.report_to", f"wandb cannot log in: {exc}") from None
+    if not logged_in:
+        raise ConfigError("train.report_to", "wandb has no API key on this machine "
+                          "(WANDB_API_KEY, `wandb login`, ~/.netrc): log in, or set "
+                          "WANDB_MODE=offline to keep the W&B run in the run folder and "
+                          "`wandb sync` it later, or drop wandb from train.report_to")
+
+
 def check_inputs(cfg: RunConfig) -> None:
     """What would otherwise fail after the model is loaded and every split tokenized (or, for
     train.best_metric, at the first validation): the local data files, the DeepSpeed file, and
@@ -124,6 +149,7 @@ def check_before_training(cfg: RunConfig, env) -> None:
         try:
             check_inputs(cfg)
             check_trackers(cfg)
+            check_tracker_login(cfg)
             if cfg.train.push_to_hub:
                 from .hub import check_push
                 check_push(cfg)

@@ -542,7 +542,7 @@ def set_dotted(cfg: RunConfig, key: str, raw: Any) -> None:
         # Where the key is (another section's), or the Trainer's name for it, before near misses.
         hint = (f"; '{field_name}' is a key of section {owners[0]}: {owners[0]}.{field_name}"
                 if owners else trainer_name_hint(field_name)
-                or _suggest(field_name, hints, prefix=f"{section_name}."))
+                or _suggest_key(section_name, field_name))
         raise ConfigError(key, f"unknown key; keys of '{section_name}': {', '.join(hints)}"
                           + hint)
     setattr(section, field_name, _convert(key, raw, hints[field_name]))
@@ -597,6 +597,23 @@ def _suggest(name: str, known, prefix: str = "") -> str:
     """'; did you mean optim.lr?' for a near miss (prefix: the section's, before a key), else ''."""
     matches = close_matches(name, known)
     return f"; did you mean {' or '.join(prefix + m for m in matches)}?" if matches else ""
+
+
+def _suggest_key(section: str, name: str) -> str:
+    """'; did you mean optim.lr?' for a key unknown in `section`: near misses among the
+    section's own keys first, then among the other sections' (`--train.lrr` meant optim.lr: a
+    near miss of a key and of its section at once), at most three in all; else ''."""
+    own = [f"{section}.{match}"
+           for match in close_matches(name, _section_types(_SECTION_CLASSES[section]))]
+    others: dict[str, list[str]] = {}  # a key name -> the other sections holding it
+    for other, cls in _SECTION_CLASSES.items():
+        if other != section:
+            for key in _section_types(cls):
+                others.setdefault(key, []).append(other)
+    elsewhere = [f"{other}.{match}" for match in close_matches(name, others)
+                 for other in others[match]]
+    matches = (own + elsewhere)[:3]
+    return f"; did you mean {' or '.join(matches)}?" if matches else ""
 
 
 def apply_mapping(cfg: RunConfig, values: Mapping[str, Any], prefix: str = "") -> None:
@@ -932,9 +949,9 @@ def validate(cfg: RunConfig) -> None:
     check_column_map(task, d.column_map())
     # A file where a folder goes failed only once it was created: the run folder after the model
     # had loaded (FileExistsError), the cache as a "bad data file".
-    _check_folder("train.output_dir", t.output_dir)
+    check_folder("train.output_dir", t.output_dir)
     if d.cache_dir:
-        _check_folder("data.cache_dir", d.cache_dir)
+        check_folder("data.cache_dir", d.cache_dir)
     if d.max_source_length > spec.max_source_positions:
         raise ConfigError("data.max_source_length",
                           f"{d.max_source_length} exceeds the {spec.max_source_positions} source "
@@ -976,22 +993,44 @@ def validate(cfg: RunConfig) -> None:
                           f"({t.max_steps} steps)")
 
 
-def _check_folder(key: str, value: str) -> None:
-    """Refuse a folder path that is a file, or lies under one, on this machine (a folder that
-    does not exist yet is fine: the run creates it)."""
-    path = Path(os.path.expanduser(value))
+def _first_non_folder(path: Path) -> Path | None:
+    """The first of `path` and its parents that exists and is no folder (a file, or another
+    non-folder), or None: a path that exists as a folder, or would be created under one."""
     for place in (path, *path.parents):
         if place.is_dir():
-            return
-        if place.exists():  # a file, or another non-folder
-            break
-    else:
+            return None
+        if place.exists():
+            return place
+    return None
+
+
+def check_folder(key: str, value: str) -> None:
+    """Refuse a folder path that is a file, or lies under one, on this machine (a folder that
+    does not exist yet is fine: the run creates it). `key` is the config key or the command's
+    option (--output-dir), for the error; called before any model loads, as creating the folder
+    failed only after the work was done."""
+    path = Path(os.path.expanduser(value))
+    place = _first_non_folder(path)
+    if place is None:
         return
     if place == path:
         raise ConfigError(key, f"{value} is a file; expected a folder (remove the file or give "
                           "another path)")
     raise ConfigError(key, f"{place} is a file, so {value} cannot be a folder under it; give "
                       "another path")
+
+
+def check_output_file(key: str, value: str) -> None:
+    """Refuse an output file path that is a folder, or lies under a file (an existing file is
+    replaced, and missing folders above it are created). As check_folder: before the work."""
+    path = Path(os.path.expanduser(value))
+    if path.is_dir():
+        raise ConfigError(key, f"{value} is a folder; expected a file name (e.g. "
+                          f"{Path(value) / 'predictions.jsonl'})")
+    place = _first_non_folder(path.parent)
+    if place is not None:
+        raise ConfigError(key, f"{place} is a file, so {value} cannot be written under it; give "
+                          "another path")
 
 
 def check_target_coverage(cfg: RunConfig, target_lengths: list[int], threshold: float = 0.5) -> None:

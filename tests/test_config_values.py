@@ -172,6 +172,23 @@ def test_an_unknown_key_or_section_suggests_a_near_miss():
     assert error.key == "tran.epochs" and str(error).endswith("; did you mean train?")
 
 
+def test_an_unknown_key_suggests_a_near_miss_of_another_section(tmp_path):
+    # --train.lrr listed train's keys and suggested nothing: optim.lr is no key of train
+    error = refused(["--train.lrr", "1"])
+    assert error.key == "train.lrr" and str(error).endswith("; did you mean optim.lr?")
+    assert "keys of 'train': output_dir, " in str(error)
+    # the section's own near misses come first
+    error = refused(["--gen.beams", "1"])
+    assert str(error).endswith("; did you mean gen.num_beams or optim.betas?")
+    error = refused(["--train.epoch", "1"])
+    assert str(error).endswith("; did you mean train.epochs?")
+    # a run file's key nested under the wrong section, too
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  lrr: 3.0e-5\n")
+    error = refused(config_file=str(path))
+    assert error.key == "train.lrr" and "did you mean optim.lr? (in " in str(error)
+
+
 def test_a_folder_key_that_names_a_file_is_refused_before_loading(tmp_path):
     a_file = tmp_path / "taken"
     a_file.write_text("x")

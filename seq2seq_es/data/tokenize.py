@@ -20,6 +20,8 @@ from pathlib import Path
 
 import datasets
 
+from ..errors import ConfigError
+
 TOKENIZER_VERSION = "1"  # bump when the tokenization below changes, to invalidate caches
 
 
@@ -54,15 +56,29 @@ class TruncationReport:
         return out
 
 
-def special_token_frame(tokenizer) -> tuple[int, int]:
-    """Number of special tokens the tokenizer puts before and after a text's own tokens."""
+def special_token_frames(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids of the special tokens the tokenizer puts before and after a text's own tokens."""
     probe = "casa"
     body = tokenizer(probe, add_special_tokens=False)["input_ids"]
     full = tokenizer(probe, add_special_tokens=True)["input_ids"]
     for start in range(len(full) - len(body) + 1):
         if full[start:start + len(body)] == body:
-            return start, len(full) - start - len(body)
+            return full[:start], full[start + len(body):]
     raise ValueError("could not locate the text inside the tokenizer's special-token frame")
+
+
+def check_length_room(key: str, max_length: int, frame: tuple[list[int], list[int]], tokenizer,
+                      texts: str) -> None:
+    """Refuse a length limit that the special tokens framing every `texts` (source, target)
+    fill on their own: truncate_ids could keep no token of the text. Called before any text is
+    tokenized; `key` is the config key or option that set the limit, for the error."""
+    specials = [*frame[0], *frame[1]]
+    if max_length > len(specials):
+        return
+    names = " and ".join(tokenizer.convert_ids_to_tokens(specials))
+    raise ConfigError(key, f"{max_length} leaves no room for a token besides the model's "
+                      f"{len(specials)} special token{'s' if len(specials) > 1 else ''} "
+                      f"({names}) around every {texts}; give at least {len(specials) + 1}")
 
 
 def truncate_ids(ids: list[int], max_length: int, lead: int, trail: int, side: str) -> list[int]:
@@ -117,11 +133,16 @@ def tokenize_examples(examples: datasets.Dataset, tokenizer, *, split: str, max_
     of every text (BERT's [CLS]); the decoder is fed it by the shift, so a label that repeats it
     would only teach the model to echo it.
     """
-    lead, trail = special_token_frame(tokenizer)
+    frame = special_token_frames(tokenizer)
+    lead, trail = len(frame[0]), len(frame[1])
     first_id = tokenizer("casa")["input_ids"][0]
     if drop_leading_label_id is not None and not (lead > 0 and first_id == drop_leading_label_id):
         drop_leading_label_id = None  # the tokenizer does not repeat the start token: keep labels
     label_lead = lead - 1 if drop_leading_label_id is not None else lead
+    # Before anything is tokenized (and before training): a limit the specials fill alone
+    check_length_room("data.max_source_length", max_source_length, frame, tokenizer, "source")
+    check_length_room("data.max_target_length", max_target_length,
+                      (frame[0][lead - label_lead:], frame[1]), tokenizer, "target")
     key_material = json.dumps({
         "v": TOKENIZER_VERSION, "examples": _examples_fingerprint(examples),
         "tokenizer": _tokenizer_fingerprint(tokenizer), "src": max_source_length,

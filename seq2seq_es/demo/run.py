@@ -37,6 +37,7 @@ DEMO_SETTINGS = {
 
 def demo_main(argv: list[str]) -> int:
     from .. import run_files
+    from ..config import check_folder
     from ..engine.entry import train_main
     from ..engine.run_dir import read_metrics
     from .synthetic import write_demo_dataset
@@ -49,6 +50,10 @@ def demo_main(argv: list[str]) -> int:
     parser.add_argument("--model", default="barto-tiny", help="registry name (default barto-tiny)")
     known, rest = parser.parse_known_args(argv)
     out = Path(known.output_dir)
+    # The data is written into the run folder before `train` checks it: a file there (or at
+    # its data/) is refused here, under the demo's own option.
+    check_folder("--output-dir", known.output_dir)
+    check_folder("--output-dir", str(out / "data"))
     files = write_demo_dataset(out / "data")
     args = ["--task", "mlsum", "--model", known.model, "--train.output_dir", str(out),
             "--data.train_file", files["train"], "--data.validation_file", files["validation"],

@@ -390,6 +390,7 @@ def note_replaced_evaluation(out: Path, checkpoint: Path, split: str,
 
 
 def evaluate_main(argv: list[str]) -> int:
+    from ..config import check_folder
     from ..tasks import task_for
     from .builders import get_collator, get_generation_config, get_split
     from .evaluation import evaluate
@@ -398,6 +399,8 @@ def evaluate_main(argv: list[str]) -> int:
     args, overrides = parse_evaluate_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError("--batch-size", "must be at least 1")
+    if args.output_dir:  # the folder is made once every prediction is in: refused before that
+        check_folder("--output-dir", args.output_dir)
     if is_hub_reference(args.path) and not args.config:
         # Before a download of possibly gigabytes: what the scores would need anyway.
         check_run_names(f"{args.path} (a hub id)", args.task, args.model)
@@ -465,6 +468,7 @@ def export_main(argv: list[str]) -> int:
     """A DeepSpeed checkpoint's weights as a Hugging Face model folder: what a new run starts
     from (--model.path) when the checkpoint cannot be resumed (another ZeRO stage or
     precision, another step size), and what an unfinished run has in place of final/."""
+    from ..config import check_folder
     from ..models import save_model
     from .builders import get_generation_config, get_model
 
@@ -482,6 +486,7 @@ def export_main(argv: list[str]) -> int:
                                          "its run")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    check_folder("OUT", args.out)  # a path under a file failed only once the model was loaded
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError("OUT", f"{out} {'is not a folder' if not out.is_dir() else 'is not empty'}"
                           "; give a new or empty folder")
@@ -639,6 +644,11 @@ def read_sources(path: Path, task, run_task=None,
         line = path.read_bytes()[:exc.start].count(b"\n") + 1
         raise InputError(path, line, "not UTF-8 text") from None
     lines = split_lines(text)  # only "\n" ends a line, as in the files `score` reads
+    # Blank lines at the very end (an editor's or a `>>` append's) hold no row: dropping them
+    # keeps every row's number, and so its output line. A blank line between rows stays an
+    # error below: skipping it would shift every later row against its output line.
+    while lines and not lines[-1].strip():
+        lines.pop()
     sources = []
     if path.suffix.lower() == ".jsonl":
         for n, raw in enumerate(lines, start=1):
@@ -677,11 +687,15 @@ def write_predictions(path: Path, sources: list[str], predictions: list[str]) ->
     tmp.replace(path)
 
 
-def tokenize_sources(sources: list[str], tokenizer, max_length: int, side: str) -> list[dict]:
-    """input_ids cut to `max_length` as training cuts them (the family's specials kept)."""
-    from ..data.tokenize import special_token_frame, truncate_ids
+def tokenize_sources(sources: list[str], tokenizer, max_length: int, side: str,
+                     key: str = "data.max_source_length") -> list[dict]:
+    """input_ids cut to `max_length` as training cuts them (the family's specials kept); a
+    limit the specials alone fill is refused first, naming `key` (the option that set it)."""
+    from ..data.tokenize import check_length_room, special_token_frames, truncate_ids
 
-    lead, trail = special_token_frame(tokenizer)
+    frame = special_token_frames(tokenizer)
+    check_length_room(key, max_length, frame, tokenizer, "source")
+    lead, trail = len(frame[0]), len(frame[1])
     features = []
     for start in range(0, len(sources), 1024):
         for ids in tokenizer(sources[start:start + 1024], add_special_tokens=True,
@@ -692,6 +706,7 @@ def tokenize_sources(sources: list[str], tokenizer, max_length: int, side: str) 
 
 
 def predict_main(argv: list[str]) -> int:
+    from ..config import check_output_file
     from ..tasks import get_task, task_for
     from .builders import get_collator, get_generation_config
     from .evaluation import generate_texts
@@ -711,6 +726,8 @@ def predict_main(argv: list[str]) -> int:
     if output_path.resolve() == input_path.resolve():
         raise Seq2SeqEsError(f"--output {output_path} is the input file")
     check_line_file(output_path, "--output")
+    # written once every row is generated: a folder there, or a file above it, is refused now
+    check_output_file("--output", args.output)
     saved = resolve_saved(args.checkpoint)
     cfg = inference_config(saved, config_file=args.config, overrides=overrides,
                            task=args.task, model=args.model, allow_model=saved.kind == "hf")
@@ -724,7 +741,10 @@ def predict_main(argv: list[str]) -> int:
     say = _say(env)
     loaded = load_for_inference(saved, cfg, env)
     side = (task or task_for(cfg.data)).source_truncation_side
-    features = tokenize_sources(sources, loaded.tokenizer, cfg.data.max_source_length, side)
+    length_key = "--max-source-length" if args.max_source_length is not None \
+        else "data.max_source_length"
+    features = tokenize_sources(sources, loaded.tokenizer, cfg.data.max_source_length, side,
+                                key=length_key)
     cut = sum(1 for f in features if f["length"] > cfg.data.max_source_length)
     say(f"predicting {len(sources)} rows of {input_path} with {saved.path} on "
         f"{env.world_size} process(es); {cut} sources cut at {cfg.data.max_source_length} tokens")

@@ -16,7 +16,8 @@ from seq2seq_es.slurm.cli import main as slurm_main
 from seq2seq_es.slurm.config import SlurmConfig
 from seq2seq_es.slurm.monitor import (build_table, format_csv, format_markdown, lower_is_better,
                                       read_metrics, run_result)
-from seq2seq_es.slurm.sweep import SWEEP_MANIFEST, load_manifest, new_manifest, plan_runs
+from seq2seq_es.slurm.sweep import (SWEEP_MANIFEST, load_manifest, load_runs, new_manifest,
+                                    plan_runs)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LR = {"optim.lr": ["3e-5", "5e-5"]}
@@ -454,10 +455,12 @@ def test_runs_without_scores_are_named(tmp_path):
     assert f"seq2seq-es slurm status {sweep_dir}" in out
 
 
-def _local_run(folder, task, model, lr, validation, test, train_file=None):
-    """A run folder as `seq2seq-es train` leaves it (no manifest): config.yaml and results."""
+def _local_run(folder, task, model, lr, validation, test, train_file=None, **data_keys):
+    """A run folder as `seq2seq-es train` leaves it (no manifest): config.yaml and results;
+    data_keys: other data.* keys of its config (validation_file, max_eval_samples)."""
     folder.mkdir(parents=True)
     data = f"  task: {task}\n" + (f"  train_file: {train_file}\n" if train_file else "")
+    data += "".join(f"  {key}: {value}\n" for key, value in data_keys.items())
     (folder / "config.yaml").write_text(
         f"model:\n  name: {model}\ndata:\n{data}optim:\n  lr: {lr}\n"
         f"train:\n  output_dir: {folder}\n  log_every: 10\n")
@@ -591,3 +594,107 @@ def test_a_sweep_whose_runs_are_all_left_out_says_so_not_no_results_yet(tmp_path
     out = capsys.readouterr().out
     assert out.startswith("No results to show: 2 of the 2 run(s) are left out (below).\nLeft "
                           "out:\n- t5s__mlsum__lr-3e-5 left out: file ")
+
+
+# ---- runs validated on different data ------------------------------------------------------------
+
+def test_runs_validated_on_different_data_are_not_compared_and_the_table_says_so(tmp_path,
+                                                                                capsys):
+    # The demo's validation set and a user's val8.jsonl were read as grid points of one
+    # (model, task), and the "best dev" across them chosen: dev scores on other data say
+    # nothing about which setting is better.
+    from seq2seq_es.cli import main as cli_main
+
+    runs = tmp_path / "runs"
+    demo, mine = "/data/demo/validation.jsonl", "/data/val8.jsonl"
+    _local_run(runs / "demo-a", "mlsum", "barto", 3e-5, {"rougeL": 20.0}, None,
+               validation_file=demo)
+    _local_run(runs / "demo-b", "mlsum", "barto", 5e-5, {"rougeL": 21.0}, None,
+               validation_file=demo)
+    _local_run(runs / "mine", "mlsum", "barto", 3e-5, {"rougeL": 40.0}, None,
+               validation_file=mine)  # the best number, on 8 other examples
+    _local_run(runs / "t5s", "mlsum", "t5s", 1e-3, {"rougeL": 18.0}, None, validation_file=demo)
+    assert cli_main(["collect", str(runs)]) == 0
+    out = capsys.readouterr().out
+    [table] = _rows(out)
+    assert table["barto"][:3] == ["barto", "g2", "21.00 / –"]  # demo-b: the best on the demo's
+    warnings = out.split("\nWarnings:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert warnings == [
+        f"- barto / mlsum: its runs were validated on different data, whose dev scores do not "
+        f"compare: the run shown was chosen among the 2 validated on data.validation_file {demo} "
+        f"(demo-a, demo-b); left out of the choice: mine on data.validation_file {mine}. For the "
+        "best on each, collect the runs of each validation set on their own"]
+    rows = list(csv.DictReader(io.StringIO((runs / "results.csv").read_text())))
+    assert {row["model"]: row["validation_data"] for row in rows if row["task"] == "mlsum"} == {
+        "barto": f"data.validation_file {demo}", "t5s": f"data.validation_file {demo}"}
+    # The runs of one validation set alone: no warning, the best of them.
+    assert cli_main(["collect", str(runs / "mine"), str(runs / "t5s")]) == 0
+    out = capsys.readouterr().out
+    assert _rows(out)[0]["barto"][2] == "40.00 / –"
+
+
+def test_the_hub_split_a_file_and_another_eval_subset_are_other_data(tmp_path):
+    runs = tmp_path / "runs"
+    _local_run(runs / "a-hub", "mlsum", "barto", 3e-5, {"rougeL": 20.0}, None)
+    _local_run(runs / "b-file", "mlsum", "barto", 5e-5, {"rougeL": 30.0}, None,
+               validation_file="/data/val.jsonl")
+    _local_run(runs / "c-hub-100", "mlsum", "barto", 1e-4, {"rougeL": 35.0}, None,
+               max_eval_samples=100)
+    table = build_table(load_runs([str(runs)]))
+    # one grid point on each: the first run's data (the folders' order) is the one compared on
+    assert table.chosen[("barto", "mlsum")].result.run.name == "a-hub"
+    [warning] = table.warnings
+    assert "the run shown was chosen among the 1 validated on the hub dataset (a-hub)" in warning
+    assert ("left out of the choice: b-file on data.validation_file /data/val.jsonl; c-hub-100 "
+            "on the hub dataset, its first 100 examples (data.max_eval_samples)") in warning
+
+
+def test_the_models_of_a_task_validated_on_different_data_are_warned_about(tmp_path):
+    runs = tmp_path / "runs"
+    _local_run(runs / "barto", "mlsum", "barto", 3e-5, {"rougeL": 20.0}, None,
+               validation_file="/data/val.jsonl")
+    _local_run(runs / "t5s", "mlsum", "t5s", 1e-3, {"rougeL": 18.0}, None)
+    table = build_table(load_runs([str(runs)]))
+    assert set(table.chosen) == {("barto", "mlsum"), ("t5s", "mlsum")}
+    assert table.warnings == [
+        "the chosen mlsum runs were validated on different data, so the models' mlsum dev scores "
+        "do not compare: barto (barto) on data.validation_file /data/val.jsonl; t5s (t5s) on "
+        "the hub dataset"]
+
+
+def test_runs_on_the_same_validation_data_are_compared_as_before(tmp_path):
+    runs = tmp_path / "runs"
+    for name, lr, value in (("a", 3e-5, 20.0), ("b", 5e-5, 22.0)):
+        _local_run(runs / name, "mlsum", "barto", lr, {"rougeL": value}, None,
+                   validation_file="/data/val.jsonl", max_eval_samples=50)
+    table = build_table(load_runs([str(runs)]))
+    assert table.chosen[("barto", "mlsum")].result.run.name == "b"
+    assert table.chosen[("barto", "mlsum")].compared == 2 and table.warnings == []
+
+
+# ---- what collect is given -------------------------------------------------------------------
+
+def test_collect_names_a_file_that_is_no_run_sweep_or_manifest(tmp_path, capsys, monkeypatch):
+    # It said "in.txt is not valid JSON", as if a manifest had been meant.
+    from seq2seq_es.cli import main as cli_main
+
+    monkeypatch.chdir(tmp_path)
+    for name, text in (("in.txt", "some notes\n"), ("other.json", '{"kind": "else"}\n')):
+        (tmp_path / name).write_text(text)
+        assert cli_main(["collect", name]) == 2
+        assert capsys.readouterr().err == (
+            f"error: argument RUN: {tmp_path / name} is a file, neither a run folder, a folder "
+            "of run folders, nor a sweep folder or its manifest (sweep.json or slurm_job.json)\n")
+    # A sweep's manifest given as the file still loads, under its name or a copy's; a broken
+    # one still gets its JSON error.
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], LR)
+    _final(_runs(manifest)[("barto", "mlsum", "3e-5")], {"rougeL": 20.0}, {"rougeL": 19.0})
+    copy = tmp_path / "sweep-copy.json"
+    copy.write_text((sweep_dir / SWEEP_MANIFEST).read_text())
+    assert load_runs([str(copy)]).runs == load_manifest(sweep_dir).runs
+    assert cli_main(["collect", str(sweep_dir / SWEEP_MANIFEST)]) == 0
+    assert "20.00 / 19.00" in capsys.readouterr().out
+    (sweep_dir / SWEEP_MANIFEST).write_text("{")
+    assert cli_main(["collect", str(sweep_dir / SWEEP_MANIFEST)]) == 2
+    assert f"{sweep_dir / SWEEP_MANIFEST} is not valid JSON" in capsys.readouterr().err

@@ -325,3 +325,42 @@ def test_resume_names_the_relative_paths_of_runs_submitted_before_they_were_pinn
                            "--dist.deepspeed_config=ds.json", "--model.path", "owner/hub-id",
                            "--optim.lr", "1e-4"]) == [("data.train_file", "fx/train.jsonl"),
                                                       ("dist.deepspeed_config", "ds.json")]
+
+
+# ---- a run or sweep folder that is a file ------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["submit", "sweep"])
+@pytest.mark.parametrize("under_file", [False, True])
+def test_a_run_or_sweep_folder_that_is_or_lies_under_a_file_is_refused(tmp_path, capsys,
+                                                                      monkeypatch, command,
+                                                                      under_file):
+    # `submit --dry-run --run-dir FILE` printed an sbatch script whose job could never make its
+    # folder; a sweep was refused as config key train.output_dir, not as the option given.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    given = "a_file/sub" if under_file else "a_file"
+    option = "--run-dir" if command == "submit" else "--sweep-dir"
+    names = (["--task", "mlsum", "--model", "barto", "--run-dir", given] if command == "submit"
+             else ["--pair", "barto:mlsum", "--no-grid", "--sweep-dir", given])
+    assert slurm_main([command, *names, "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    said = (f"{tmp_path / 'a_file'} is a file, so {tmp_path / 'a_file' / 'sub'} cannot be a "
+            "folder under it" if under_file else
+            f"{tmp_path / 'a_file'} is a file; expected a folder")
+    assert err.startswith(f"error: argument {option}: {said}")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file"]  # nothing written
+    assert (tmp_path / "a_file").read_text() == "x"
+
+
+def test_a_file_where_a_sweep_run_folder_goes_is_refused_by_the_option(tmp_path, capsys):
+    # The probe entry composes no train config, so no train.output_dir check saw it either.
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "barto__mlsum__default").write_text("x")
+    assert slurm_main(["sweep", "--pair", "barto:mlsum", "--no-grid", "--sweep-dir",
+                       str(sweep_dir), "--entry", "seq2seq_es.slurm.probe:main",
+                       "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"error: argument --sweep-dir: {sweep_dir / 'barto__mlsum__default'} is a file; "
+        "expected a folder")

@@ -50,6 +50,8 @@ import sys
 import time
 from pathlib import Path
 
+# One rule for every folder a run writes to: train.output_dir's, --run-dir's, --sweep-dir's.
+from ..config import check_folder
 from ..errors import ConfigError, Seq2SeqEsError, run_command
 from .config import SlurmConfig, owned_sbatch_message, owned_sbatch_option
 from .job import DEFAULT_ENTRY
@@ -118,12 +120,12 @@ def cmd_submit(argv: list[str]) -> int:
         overrides = absolute_config(overrides)
         overrides = pinned_paths(overrides, compose_run(args.task, args.model, overrides))
     config = slurm_config_from_args(args)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(args.run_dir or f"runs/{args.model}__{args.task}__{stamp}").absolute()
+    check_run_dir(run_dir)  # the user's own argument: said before sinfo is asked
     check_partition(config.partition, required=not args.dry_run)
     check_node_count(config.nodes, config.partition, required=not args.dry_run)
     _warn_without_gpus(config)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(args.run_dir or f"runs/{args.model}__{args.task}__{stamp}").absolute()
-    check_run_dir(run_dir)
     run = RunPlan(name=run_dir.name, model=args.model, task=args.task, grid_point={},
                   run_dir=str(run_dir),
                   argv=train_argv(args.model, args.task, run_dir, {}, overrides))
@@ -189,10 +191,14 @@ def cmd_sweep(argv: list[str]) -> int:
     if args.entry == DEFAULT_ENTRY:
         overrides = absolute_config(overrides)
     config = slurm_config_from_args(args)
+    sweep_dir = Path(args.sweep_dir).absolute()
+    # Before the runs are planned: each is composed with its folder under this one, so a file
+    # here was refused as config key train.output_dir (or, for an entry that composes no config,
+    # not at all), not as the option the user gave.
+    check_folder("--sweep-dir", str(sweep_dir))
     check_partition(config.partition, required=not args.dry_run)
     check_node_count(config.nodes, config.partition, required=not args.dry_run)
     _warn_without_gpus(config)
-    sweep_dir = Path(args.sweep_dir).absolute()
     plan = plan_sweep(sweep_dir, pairs, grid, overrides, args.data_root,
                       world_size=config.world_size, compose_runs=args.entry == DEFAULT_ENTRY,
                       seeds=seeds)

@@ -587,6 +587,8 @@ class RunResult:
     source: str                           # run_files.FINAL_RESULTS or run_files.METRICS
     code: str | None = None               # the package commit (or version) that ran it
     data: str | None = None               # local training file (config.yaml); None: the hub's
+    dev_data: str | None = None           # what its dev scores were computed on
+                                          # (validation_data); None: no config.yaml to say
     spread: SeedSpread | None = None      # a grid point's seeds (values: their means); None: a run
 
 
@@ -610,6 +612,58 @@ def local_data(config: dict | None) -> str | None:
     data = config.get("data") if isinstance(config, dict) else None
     train_file = data.get("train_file") if isinstance(data, dict) else None
     return str(train_file) if train_file else None
+
+
+def validation_data(config: dict | None) -> str | None:
+    """What a run's dev scores were computed on, from its config.yaml, in words the table shows:
+    its data.validation_file, else the task's hub dataset (with data.hub_dataset, hub_config and
+    hub_revision where set), and data.max_eval_samples where set (the first N examples: another
+    subset is other data). Runs with different values have dev scores that do not compare.
+    None without a config (an entry that writes none): nothing to compare by."""
+    if not isinstance(config, dict):
+        return None
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    if data.get("validation_file"):
+        where = f"data.validation_file {data['validation_file']}"
+    else:
+        where = "the hub dataset" + (f" {data['hub_dataset']}" if data.get("hub_dataset") else "")
+        named = [f"{key} {data[key]}" for key in ("hub_config", "hub_revision") if data.get(key)]
+        where += f" ({', '.join(named)})" if named else ""
+    if data.get("max_eval_samples"):
+        where += f", its first {data['max_eval_samples']} examples (data.max_eval_samples)"
+    return where
+
+
+def _dev_data_text(value: str | None) -> str:
+    return value or "data not recorded (no config.yaml)"
+
+
+def same_dev_data(model: str, task: str, results: list[RunResult]
+                  ) -> tuple[list[RunResult], str | None]:
+    """The results of one (model, task) that may be compared, and a warning when some may not.
+
+    Dev scores on different data (another validation file, the hub's split against a file,
+    another data.max_eval_samples) do not compare, so the best of them says nothing: the choice
+    is made among the grid points validated on the data most of them used (on a tie, the data
+    of the first in the sweep's or folders' order), and the warning names the data the choice
+    was made on and every run passed over with its data. Results all on the same data come back
+    as they are, with no warning."""
+    by_data: dict[str | None, list[RunResult]] = {}
+    for result in results:
+        by_data.setdefault(result.dev_data, []).append(result)
+    if len(by_data) < 2:
+        return results, None
+    kept = max(by_data, key=lambda data: len(by_data[data]))  # the first of the largest
+    pool = by_data[kept]
+    passed = "; ".join(f"{', '.join(result.run.name for result in others)} on "
+                       f"{_dev_data_text(data)}"
+                       for data, others in by_data.items() if data != kept)
+    return pool, (f"{model} / {task}: its runs were validated on different data, whose dev "
+                  f"scores do not compare: the run shown was chosen among the {len(pool)} "
+                  f"validated on {_dev_data_text(kept)} "
+                  f"({', '.join(result.run.name for result in pool)}); left out of the "
+                  f"choice: {passed}. For the best on each, collect the runs of each validation "
+                  "set on their own")
 
 
 def run_code(run_dir: Path) -> str | None:
@@ -685,7 +739,8 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
     it wrote DONE. Raises DataError for a broken file or one of another task or model, naming it.
     """
     run_dir = Path(run.run_dir)
-    trained_on = local_data(check_run_config(run, run_dir))
+    config = check_run_config(run, run_dir)
+    trained_on, dev_data = local_data(config), validation_data(config)
     path = run_dir / run_files.FINAL_RESULTS
     data = read_final_results(path)
     if data is not None:
@@ -704,7 +759,7 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
                          main_metric=declared if isinstance(declared, str) else None,
                          best_step=best_step if isinstance(best_step, int) else None,
                          final=True, source=run_files.FINAL_RESULTS, code=run_code(run_dir),
-                         data=trained_on)
+                         data=trained_on, dev_data=dev_data)
     evals: list[tuple[int | None, dict[str, float]]] = []
     tests: dict[int | None, dict[str, float]] = {}  # step -> test/ values logged at it
     for record in read_metrics(run_dir / run_files.METRICS):
@@ -730,7 +785,7 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
     return RunResult(run=run, validation=chosen[1], test=tests.get(chosen[0]) or None,
                      main_metric=None, best_step=chosen[0],
                      final=(run_dir / run_files.DONE).exists(), source=run_files.METRICS,
-                     code=run_code(run_dir), data=trained_on)
+                     code=run_code(run_dir), data=trained_on, dev_data=dev_data)
 
 
 def _seed_statistics(splits: list[dict[str, float]]) -> tuple[dict[str, float],
@@ -791,6 +846,9 @@ def seed_group_result(group: RunPlan, members: list[tuple[RunPlan, RunResult | N
             remarks.append(f"{group.name}: {'; '.join(lacking)}: those {split} means are over "
                            "the other seeds")
     codes = {result.code for result in results}
+    # One value for seeds that agree; seeds on other data (a config edited by hand) show all,
+    # so the group compares with no other grid point's data.
+    dev_data = list(dict.fromkeys(result.dev_data for result in results))
     sources = list(dict.fromkeys(result.source for result in results))
     declared = next((result.main_metric for result in results if result.main_metric), None)
     run = RunPlan(name=group.name, model=group.model, task=group.task,
@@ -801,6 +859,8 @@ def seed_group_result(group: RunPlan, members: list[tuple[RunPlan, RunResult | N
                          result.final for result in results),
                      source=";".join(sources), code=codes.pop() if len(codes) == 1 else None,
                      data=next((result.data for result in results if result.data), None),
+                     dev_data=dev_data[0] if len(dev_data) == 1 else " + ".join(
+                         _dev_data_text(data) for data in dev_data),
                      spread=SeedSpread(seeds=seeds, scored=scored_seeds, members=results,
                                        dev_std=dev_std, test_std=test_std, dev_n=dev_n,
                                        test_n=test_n, remarks=remarks))
@@ -1063,7 +1123,25 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
             models.append(run.model)
         if run.task not in tasks:
             tasks.append(run.task)
-    chosen = {key: choose_run(results, info[key[1]][1]) for key, results in groups.items()}
+    warnings = []
+    chosen: dict[tuple[str, str], Choice] = {}
+    for key, results in groups.items():
+        groups[key], warning = same_dev_data(*key, results)
+        if warning:
+            warnings.append(warning)
+        chosen[key] = choose_run(groups[key], info[key[1]][1])
+    # The models of one task column compare only on the same dev data, too.
+    for task in tasks:
+        on: dict[str | None, list[str]] = {}
+        for (model, chosen_task), choice in chosen.items():
+            if chosen_task == task:
+                on.setdefault(choice.result.dev_data, []).append(
+                    f"{model} ({choice.result.run.name})")
+        if len(on) > 1:
+            warnings.append(f"the chosen {task} runs were validated on different data, so the "
+                            f"models' {task} dev scores do not compare: " + "; ".join(
+                                f"{', '.join(runs)} on {_dev_data_text(data)}"
+                                for data, runs in on.items()))
     for key, choice in chosen.items():
         if choice.result.spread is not None:
             choice.remarks += choice.result.spread.remarks
@@ -1083,7 +1161,6 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
         for result in spread.members if spread is not None else [choice.result]:
             if result.code is not None:
                 codes.setdefault(result.code, []).append(result.run.name)
-    warnings = []
     if len(codes) > 1:
         warnings.append("the chosen runs ran different code (versions.json), so their scores may "
                      "not compare: " + "; ".join(f"{code}: {', '.join(names)}"
@@ -1347,7 +1424,7 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
 
 CSV_COLUMNS = ("model", "family", "task", "metric", "dev", "test", "paper", "grid_label",
                "grid_point", "best_step", "final", "selected_by", "source", "run_dir",
-               "local_data")
+               "local_data", "validation_data")
 # Added where a chosen cell is a mean over seeds: the sample standard deviations (n-1), how many
 # seeds each mean is over, and the grid point's seeds ('1;2;3'). dev and test hold the means,
 # best_step and run_dir each seed's, joined by ';'.
@@ -1401,7 +1478,8 @@ def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
                                      describe_grid_point(result.run.grid_point),
                                      best_step(result),
                                      "yes" if result.final else "no", choice.selected_by,
-                                     result.source, result.run.run_dir, result.data or ""]
+                                     result.source, result.run.run_dir, result.data or "",
+                                     result.dev_data or ""]
                                     + seed_cells(result, name))
         average = table.averages.get(family)
         if average is None:
@@ -1412,7 +1490,7 @@ def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
             writer.writerow([model, family, "avg:" + "+".join(average.tasks),
                              f"avg({','.join(average.metrics)})", text(average.dev[model]),
                              text(average.test[model]), text(average.paper.get(model)), "", "",
-                             "", "yes" if average.final[model] else "no", "", "", "", ""]
+                             "", "yes" if average.final[model] else "no", "", "", "", "", ""]
                             + seed_cells(None, ""))
     return buffer.getvalue()
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import run_files
-from ..config import SEED_MAX, not_applying
+from ..config import SEED_MAX, check_folder, not_applying
 from ..errors import ConfigError, DataError, Seq2SeqEsError, UnknownNameError
 from . import paper_grid
 from .config import SlurmConfig, make_executor, render_sbatch
@@ -160,6 +160,10 @@ def load_runs(paths: list[str]) -> Manifest:
     sweep, and a sweep's runs that have not started are listed too, with no scores yet."""
     if len(paths) == 1:
         path = Path(paths[0])
+        if path.is_file() and not _names_a_manifest(path):
+            raise ConfigError("RUN", f"{path.absolute()} is a file, neither a run folder, a "
+                              "folder of run folders, nor a sweep folder or its manifest "
+                              f"({SWEEP_MANIFEST} or {RUN_MANIFEST})")
         if path.is_file() or any((path / name).is_file() for name in (SWEEP_MANIFEST,
                                                                         RUN_MANIFEST)):
             return load_manifest(path)
@@ -225,6 +229,23 @@ def load_runs(paths: list[str]) -> Manifest:
     parent = Path(os.path.commonpath([str(Path(p).absolute()) for p in paths]))
     return Manifest(kind=MANIFEST_KIND, mode=RUN_FOLDERS_MODE, runs=runs, grid={}, slurm={},
                     submitit_folder="", path=str(parent))
+
+
+def _names_a_manifest(path: Path) -> bool:
+    """Whether a file given to collect is meant as a manifest: named sweep.json or
+    slurm_job.json (a broken one then gets its JSON error), or, under another name (a copy), a
+    JSON object of our kind. Any other file (notes, a results table) is no manifest at all, and
+    "not valid JSON" would point at the wrong problem."""
+    if path.name in (SWEEP_MANIFEST, RUN_MANIFEST):
+        return True
+    try:
+        with path.open("rb") as stream:  # a large file given by mistake is not read whole
+            if not stream.read(4096).lstrip().startswith(b"{"):
+                return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("kind") == MANIFEST_KIND
 
 
 def _flat_config(run_dir: Path) -> dict[str, Any]:
@@ -826,7 +847,8 @@ def check_overrides(overrides: list[str], *, allow_config: bool = False) -> None
 
 
 def check_sweep_dir(sweep_dir: Path, runs: list[RunPlan]) -> None:
-    """Refuses a folder that holds another sweep, or run folders with results already in them."""
+    """Refuses a folder that holds another sweep, or run folders with results already in them
+    (or a file where one goes). cli.cmd_sweep checks the sweep folder itself before planning."""
     manifest = sweep_dir / SWEEP_MANIFEST
     if manifest.exists():
         try:
@@ -845,6 +867,8 @@ def check_sweep_dir(sweep_dir: Path, runs: list[RunPlan]) -> None:
     unsubmitted = manifest.exists()
     for run in runs:
         run_dir = Path(run.run_dir)
+        # A file where a run's folder goes: the emptiness check below reads it as no folder.
+        check_folder("--sweep-dir", str(run_dir))
         left = {path.name for path in run_dir.iterdir()} if run_dir.is_dir() else set()
         if left and not (unsubmitted and left <= {run_files.SUBMITTED_CONFIG}):
             raise ConfigError("--sweep-dir", f"run folder {run_dir} is not empty; choose another "
@@ -855,7 +879,9 @@ def check_run_dir(run_dir: Path) -> None:
     """Refuses a folder where a new job would train over something else: a sweep or one of its
     runs (a job trained a finished sweep run on under other arguments, and collect then left it
     out), another job's run, or a run's files (train goes on from them under the new
-    arguments)."""
+    arguments); and a path that is a file or lies under one (the dry run printed a script
+    whose job could never make the folder)."""
+    check_folder("--run-dir", str(run_dir))
     if (run_dir / SWEEP_MANIFEST).exists():
         raise ConfigError("--run-dir", f"{run_dir} is a sweep folder ({SWEEP_MANIFEST}); choose "
                           "a new folder for the run")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..config import check_folder
 from ..errors import ConfigError, did_you_mean
 
 # SLURM signals the job this many seconds before its time limit; the engine then needs time to
@@ -241,18 +242,9 @@ def check_submitit_folder(folder: str | Path, key: str = "slurm.folder") -> None
     run writes nothing): a path that is a file or lies under one, or whose nearest existing
     folder is not writable. make_executor still creates it and names `key` if that fails (the
     writability asked here is os.access's, which root passes almost everywhere)."""
+    check_folder(key, str(folder))  # a file, or a path under one
     path = Path(folder).expanduser().absolute()  # as submitit's executor takes it
-    for place in (path, *path.parents):
-        if place.is_dir():
-            break
-        if place.exists():  # a file, or another non-folder
-            if place == path:
-                raise ConfigError(key, f"{folder} is a file; expected a folder (remove the file "
-                                  "or give another path)")
-            raise ConfigError(key, f"{place} is a file, so {folder} cannot be a folder under it; "
-                              "give another path")
-    else:
-        return
+    place = next(place for place in (path, *path.parents) if place.exists())  # a folder now
     if not os.access(place, os.W_OK | os.X_OK):
         where = f"{folder} is not writable" if place == path else \
             f"{place} is not writable, so {folder} cannot be created there"

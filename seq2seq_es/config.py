@@ -201,6 +201,16 @@ class OptimConfig(_Section):
 
 TRACKERS = ("tensorboard", "wandb")
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+# Keys that name a run rather than configure it: where it is written and its W&B group (the
+# runs of two sweeps collected together differ in it, each sweep's folder name). A sweep's runs
+# always differ there, so no duplicate check and no grid point reads them.
+LABEL_KEYS = ("train.output_dir", "train.run_group")
+# And the keys that say how a run is watched or stored, not what it trains: no grid point of
+# collect, and no change of settings a resume reports.
+BOOKKEEPING_KEYS = frozenset({*LABEL_KEYS, "train.resume", "train.progress_bar",
+                              "train.log_every", "train.report_to", "train.save_every",
+                              "train.save_every_min", "train.keep_last",
+                              "train.stop_check_every", "data.cache_dir", "dist.timeout_min"})
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import run_files
-from ..config import SEED_MAX, check_folder, not_applying
+from ..config import BOOKKEEPING_KEYS, LABEL_KEYS, SEED_MAX, check_folder, not_applying
 from ..errors import ConfigError, DataError, Seq2SeqEsError, UnknownNameError
 from . import paper_grid
 from .config import SlurmConfig, make_executor, render_sbatch
@@ -135,16 +135,6 @@ def load_manifest(path: str | Path) -> Manifest:
     return manifest
 
 
-# Keys that name a run rather than configure it: where it is written and its W&B group (the
-# runs of two sweeps collected together differ in it, each sweep's folder name). A sweep's runs
-# always differ there, so no duplicate check (resolved_key) and no grid point reads them.
-_LABEL_KEYS = ("train.output_dir", "train.run_group")
-# Config keys that say how a run was watched or stored, not what it trained: two local runs that
-# differ only there are the same grid point.
-_NOT_GRID_KEYS = {*_LABEL_KEYS, "train.resume", "train.progress_bar", "train.log_every",
-                  "train.report_to", "train.save_every", "train.save_every_min",
-                  "train.keep_last", "train.stop_check_every", "data.cache_dir",
-                  "dist.timeout_min"}
 RUN_FOLDERS_MODE = "runs"  # a Manifest made from run folders (`collect RUN ...`), not submitted
 
 
@@ -211,7 +201,7 @@ def load_runs(paths: list[str]) -> Manifest:
         pairs.setdefault((str(model), str(task)), []).append(folder)
     runs = []
     for (model, task), members in pairs.items():
-        keys = sorted({key for folder in members for key in configs[folder]} - _NOT_GRID_KEYS)
+        keys = sorted({key for folder in members for key in configs[folder]} - BOOKKEEPING_KEYS)
         varying = [key for key in keys
                    if len({repr(configs[folder].get(key)) for folder in members}) > 1]
         for folder in members:
@@ -669,10 +659,10 @@ def split_effective_batch(value: str, default_micro: int, world_size: int = 1,
 
 
 def resolved_key(cfg) -> str:
-    """The run's config as it acts: label keys (_LABEL_KEYS) left out, keys it never reads
+    """The run's config as it acts: label keys (config.LABEL_KEYS) left out, keys it never reads
     blanked."""
     values = cfg.to_dict()
-    for key in _LABEL_KEYS:
+    for key in LABEL_KEYS:
         section, name = key.split(".")
         values[section].pop(name)
     values["train"]["eval_batch_size"] = cfg.train.eval_batch_size or cfg.train.batch_size

@@ -276,8 +276,11 @@ def test_a_finished_run_is_not_redone_and_trains_on_with_its_longer_schedule(fil
                                                            "deepspeed_config.json")}
     # Resumed as it was (other generation settings aside): nothing is validated, scored,
     # exported or logged again, and the record of the run that trained it stays.
-    again = run("none", 1, args + ["--gen.num_beams", "2"])
+    again = run("none", 1, args + ["--gen.num_beams", "2", "--optim.lr", "2e-3"])
     assert "finished at step 4 (DONE): nothing to train" in again.stdout, again.stdout[-2000:]
+    # no word of a schedule or of changed settings it will not train under
+    assert "learning rate of step" not in again.stdout and "note: resumed" not in again.stdout
+    assert not list(out.glob("config.until_step_*"))
     assert (out / "metrics.jsonl").read_bytes() == metrics and (out / "DONE").read_text() == done
     assert {name: (out / name).read_bytes() for name in record} == record
     # A DONE cut short (killed while it was written): the run finishes again.
@@ -288,8 +291,14 @@ def test_a_finished_run_is_not_redone_and_trains_on_with_its_longer_schedule(fil
     assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_00000004"]
     # With more steps it trains on, following the 8-step schedule from step 5 on (the checkpoint's
     # 4-step schedule had decayed to 0 there), and finishes again.
-    longer = run("none", 1, [a if a != "4" else "8" for a in args])
+    longer = run("none", 1, [{"4": "8", "0.01": "0.1"}.get(a, a) for a in args])
     assert "had finished at step 4; it trains on to step 8" in longer.stdout, longer.stdout[-2000:]
+    # The changed settings are said, and the file the first 4 steps were trained under is kept.
+    assert ("note: resumed with other settings than until step 4 (optim.weight_decay 0.01 -> "
+            "0.1; train.max_steps 4 -> 8); the earlier ones are kept in "
+            "config.until_step_4.yaml") in longer.stdout, longer.stdout[-2000:]
+    assert (out / "config.until_step_4.yaml").read_bytes() == record["config.yaml"]
+    assert "max_steps: 8" in (out / "config.yaml").read_text()
     rates = {step: r["train/lr"] for step, r in metrics_log.by_step(out, "train/lr").items()}
     assert sorted(rates) == list(range(1, 9))
     for step in range(5, 9):  # warmup 1, linear decay over 8 steps, peak 1e-3

@@ -76,6 +76,36 @@ def check_trackers(cfg: RunConfig) -> None:
                               "seq2seq-es[wandb] (or drop wandb from train.report_to)") from None
 
 
+def changed_settings(run_dir: Path, cfg: RunConfig, step: int) -> list[str]:
+    """A resume's settings against the run's config.yaml: 'key old -> new' for each that
+    changed (the keys that only watch or store the run aside, and those this run does not read),
+    and the file the run was configured with until `step` kept as config.until_step_<step>.yaml
+    (RunLog then writes the new config.yaml). Refused changes (seed, step size, ZeRO stage)
+    never get here; the others (lengths, optimizer settings, generation) were taken silently, and
+    the best checkpoint compares validations from before and after them."""
+    from ..config import BOOKKEEPING_KEYS, not_applying
+
+    path = run_dir / run_files.CONFIG
+    try:
+        saved = run_files.read_run_config(run_dir)
+    except ValueError:
+        return []
+    if saved is None:
+        return []
+    import yaml
+
+    before = run_files.flat_run_config(saved)
+    now = run_files.flat_run_config(yaml.safe_load(cfg.to_yaml()))
+    skipped = BOOKKEEPING_KEYS | set(not_applying(cfg))
+    changes = [f"{key} {before.get(key)!r} -> {value!r}" for key, value in now.items()
+               if key not in skipped and key in before and before[key] != value]
+    if changes:
+        kept = run_dir / f"config.until_step_{step}.yaml"
+        if not kept.exists():  # a second resume from the same step keeps the first one's file
+            kept.write_bytes(path.read_bytes())
+    return changes
+
+
 def check_tracker_login(cfg: RunConfig) -> None:
     """Refuse, before the model loads, a W&B run that has no API key: without a terminal to ask
     at, wandb.init raised "No API key configured" only after the data and the model had loaded

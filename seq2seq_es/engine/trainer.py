@@ -45,7 +45,7 @@ from .export import export_hf
 from .optim import apply_schedule, use_bf16
 from .profiling import StepProfiler
 from .progress import quiet_library_progress
-from .run_dir import RunLog, check_before_training, write_json_atomic
+from .run_dir import RunLog, changed_settings, check_before_training, write_json_atomic
 from .run_lock import hold_run_folder
 from .signals import StopRequest
 from .step import NonFiniteLoss, TrainStep  # noqa: F401  (NonFiniteLoss: what train() raises)
@@ -203,7 +203,6 @@ class Trainer:
             self.state.data_layout, self.state.run, self.state.storage = layout, identity, storage
             self.state.world_size = env.world_size
             self.say(f"resumed from {resume_from} at step {self.state.step}")
-            self.follow_schedule()
         # The step of the newest checkpoint: a step is never saved twice (e.g. a time-based save
         # and the save of a new best at the same step).
         self.saved_step = self.state.step if resume_from is not None else None
@@ -212,6 +211,14 @@ class Trainer:
         # A finished run resumed as it was: nothing below may rewrite its record (config.yaml,
         # versions.json, trackers), which still describes the run that trained it.
         self.finished = self.finished_before()
+        if resume_from is not None and self.finished is None:  # it trains on: under what
+            self.follow_schedule()
+            if env.is_main:
+                changes = changed_settings(self.out, cfg, self.state.step)
+                if changes:
+                    self.say(f"note: resumed with other settings than until step "
+                             f"{self.state.step} ({'; '.join(changes)}); the earlier ones are "
+                             f"kept in config.until_step_{self.state.step}.yaml")
         self.log = None if self.finished is not None else RunLog(
             self.out, cfg, env.is_main, self.total_steps, self.state.step)
         if env.is_main and self.finished is None:

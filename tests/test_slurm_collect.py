@@ -662,6 +662,25 @@ def test_the_models_of_a_task_validated_on_different_data_are_warned_about(tmp_p
         "the hub dataset"]
 
 
+def test_the_models_of_a_task_tested_on_different_data_are_warned_about(tmp_path):
+    # Same validation file, other test files: the dev column compares, the test column does not.
+    runs = tmp_path / "runs"
+    _local_run(runs / "barto", "mlsum", "barto", 3e-5, {"rougeL": 20.0}, {"rougeL": 19.0},
+               validation_file="/data/val.jsonl", test_file="/data/test-a.jsonl")
+    _local_run(runs / "t5s", "mlsum", "t5s", 1e-3, {"rougeL": 18.0}, {"rougeL": 17.0},
+               validation_file="/data/val.jsonl", test_file="/data/test-b.jsonl")
+    _local_run(runs / "beto", "mlsum", "beto2beto", 1e-4, {"rougeL": 15.0}, None,
+               validation_file="/data/val.jsonl")  # no test scores: not in the test column
+    table = build_table(load_runs([str(runs)]))
+    assert table.warnings == [
+        "the chosen mlsum runs were tested on different data, so the models' mlsum test scores "
+        "do not compare: barto (barto) on data.test_file /data/test-a.jsonl; t5s (t5s) on "
+        "data.test_file /data/test-b.jsonl"]
+    (runs / "t5s" / "config.yaml").write_text(
+        (runs / "t5s" / "config.yaml").read_text().replace("test-b", "test-a"))
+    assert build_table(load_runs([str(runs)])).warnings == []
+
+
 def test_runs_on_the_same_validation_data_are_compared_as_before(tmp_path):
     runs = tmp_path / "runs"
     for name, lr, value in (("a", 3e-5, 20.0), ("b", 5e-5, 22.0)):

@@ -589,6 +589,7 @@ class RunResult:
     data: str | None = None               # local training file (config.yaml); None: the hub's
     dev_data: str | None = None           # what its dev scores were computed on
                                           # (validation_data); None: no config.yaml to say
+    test_data: str | None = None          # and its test scores (validation_data(.., "test"))
     spread: SeedSpread | None = None      # a grid point's seeds (values: their means); None: a run
 
 
@@ -614,22 +615,23 @@ def local_data(config: dict | None) -> str | None:
     return str(train_file) if train_file else None
 
 
-def validation_data(config: dict | None) -> str | None:
-    """What a run's dev scores were computed on, from its config.yaml, in words the table shows:
-    its data.validation_file, else the task's hub dataset (with data.hub_dataset, hub_config and
-    hub_revision where set), and data.max_eval_samples where set (the first N examples: another
-    subset is other data). Runs with different values have dev scores that do not compare.
-    None without a config (an entry that writes none): nothing to compare by."""
+def validation_data(config: dict | None, split: str = "validation") -> str | None:
+    """What a run's dev (or, split "test", test) scores were computed on, from its config.yaml,
+    in words the table shows: its data.validation_file (data.test_file), else the task's hub
+    dataset (with data.hub_dataset, hub_config and hub_revision where set), and, for validation,
+    data.max_eval_samples where set (the first N examples: another subset is other data; the
+    test split is always scored whole). Runs with different values have scores that do not
+    compare. None without a config (an entry that writes none): nothing to compare by."""
     if not isinstance(config, dict):
         return None
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
-    if data.get("validation_file"):
-        where = f"data.validation_file {data['validation_file']}"
+    if data.get(f"{split}_file"):
+        where = f"data.{split}_file {data[f'{split}_file']}"
     else:
         where = "the hub dataset" + (f" {data['hub_dataset']}" if data.get("hub_dataset") else "")
         named = [f"{key} {data[key]}" for key in ("hub_config", "hub_revision") if data.get(key)]
         where += f" ({', '.join(named)})" if named else ""
-    if data.get("max_eval_samples"):
+    if split == "validation" and data.get("max_eval_samples"):
         where += f", its first {data['max_eval_samples']} examples (data.max_eval_samples)"
     return where
 
@@ -741,6 +743,7 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
     run_dir = Path(run.run_dir)
     config = check_run_config(run, run_dir)
     trained_on, dev_data = local_data(config), validation_data(config)
+    test_data = validation_data(config, "test")
     path = run_dir / run_files.FINAL_RESULTS
     data = read_final_results(path)
     if data is not None:
@@ -759,7 +762,7 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
                          main_metric=declared if isinstance(declared, str) else None,
                          best_step=best_step if isinstance(best_step, int) else None,
                          final=True, source=run_files.FINAL_RESULTS, code=run_code(run_dir),
-                         data=trained_on, dev_data=dev_data)
+                         data=trained_on, dev_data=dev_data, test_data=test_data)
     evals: list[tuple[int | None, dict[str, float]]] = []
     tests: dict[int | None, dict[str, float]] = {}  # step -> test/ values logged at it
     for record in read_metrics(run_dir / run_files.METRICS):
@@ -785,7 +788,8 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
     return RunResult(run=run, validation=chosen[1], test=tests.get(chosen[0]) or None,
                      main_metric=None, best_step=chosen[0],
                      final=(run_dir / run_files.DONE).exists(), source=run_files.METRICS,
-                     code=run_code(run_dir), data=trained_on, dev_data=dev_data)
+                     code=run_code(run_dir), data=trained_on, dev_data=dev_data,
+                     test_data=test_data)
 
 
 def _seed_statistics(splits: list[dict[str, float]]) -> tuple[dict[str, float],
@@ -849,6 +853,7 @@ def seed_group_result(group: RunPlan, members: list[tuple[RunPlan, RunResult | N
     # One value for seeds that agree; seeds on other data (a config edited by hand) show all,
     # so the group compares with no other grid point's data.
     dev_data = list(dict.fromkeys(result.dev_data for result in results))
+    test_data = list(dict.fromkeys(result.test_data for result in results if result.test))
     sources = list(dict.fromkeys(result.source for result in results))
     declared = next((result.main_metric for result in results if result.main_metric), None)
     run = RunPlan(name=group.name, model=group.model, task=group.task,
@@ -861,6 +866,8 @@ def seed_group_result(group: RunPlan, members: list[tuple[RunPlan, RunResult | N
                      data=next((result.data for result in results if result.data), None),
                      dev_data=dev_data[0] if len(dev_data) == 1 else " + ".join(
                          _dev_data_text(data) for data in dev_data),
+                     test_data=test_data[0] if len(test_data) == 1 else " + ".join(
+                         _dev_data_text(data) for data in test_data) or None,
                      spread=SeedSpread(seeds=seeds, scored=scored_seeds, members=results,
                                        dev_std=dev_std, test_std=test_std, dev_n=dev_n,
                                        test_n=test_n, remarks=remarks))
@@ -1130,18 +1137,21 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
         if warning:
             warnings.append(warning)
         chosen[key] = choose_run(groups[key], info[key[1]][1])
-    # The models of one task column compare only on the same dev data, too.
+    # The models of one task column compare only on the same data, dev and test alike (the
+    # test scores shown are those of runs that have them).
     for task in tasks:
-        on: dict[str | None, list[str]] = {}
-        for (model, chosen_task), choice in chosen.items():
-            if chosen_task == task:
-                on.setdefault(choice.result.dev_data, []).append(
-                    f"{model} ({choice.result.run.name})")
-        if len(on) > 1:
-            warnings.append(f"the chosen {task} runs were validated on different data, so the "
-                            f"models' {task} dev scores do not compare: " + "; ".join(
-                                f"{', '.join(runs)} on {_dev_data_text(data)}"
-                                for data, runs in on.items()))
+        for split, verb, read in (("dev", "validated", lambda result: result.dev_data),
+                                  ("test", "tested", lambda result: result.test_data)):
+            on: dict[str | None, list[str]] = {}
+            for (model, chosen_task), choice in chosen.items():
+                if chosen_task == task and (split == "dev" or choice.result.test):
+                    on.setdefault(read(choice.result), []).append(
+                        f"{model} ({choice.result.run.name})")
+            if len(on) > 1:
+                warnings.append(f"the chosen {task} runs were {verb} on different data, so the "
+                                f"models' {task} {split} scores do not compare: " + "; ".join(
+                                    f"{', '.join(runs)} on {_dev_data_text(data)}"
+                                    for data, runs in on.items()))
     for key, choice in chosen.items():
         if choice.result.spread is not None:
             choice.remarks += choice.result.spread.remarks

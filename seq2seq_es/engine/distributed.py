@@ -419,6 +419,23 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def decided_by_main(env, decide):
+    """`decide()` on rank 0 only, its result there (None on the other ranks); a ConfigError it
+    raises is raised on every rank (one broadcast), so no rank waits in a later collective for
+    a rank 0 that has stopped. For what only rank 0 can or should check or hold."""
+    result, refusal = None, None
+    if env.is_main:
+        try:
+            result = decide()
+        except ConfigError as exc:
+            refusal = (exc.key, exc.reason)
+    if env.world_size > 1:
+        refusal = broadcast_object(refusal)
+    if refusal is not None:
+        raise ConfigError(*refusal)
+    return result
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

@@ -174,21 +174,15 @@ def check_before_training(cfg: RunConfig, env) -> None:
     raises rank 0's ConfigError, so none waits for a rank that has stopped."""
     from . import distributed as D
 
-    refusal = None
-    if env.is_main:
-        try:
-            check_inputs(cfg)
-            check_trackers(cfg)
-            check_tracker_login(cfg)
-            if cfg.train.push_to_hub:
-                from .hub import check_push
-                check_push(cfg)
-        except ConfigError as exc:
-            refusal = (exc.key, str(exc).split(": ", 1)[1])
-    if env.world_size > 1:
-        refusal = D.broadcast_object(refusal)
-    if refusal is not None:
-        raise ConfigError(*refusal)
+    def check() -> None:
+        check_inputs(cfg)
+        check_trackers(cfg)
+        check_tracker_login(cfg)
+        if cfg.train.push_to_hub:
+            from .hub import check_push
+            check_push(cfg)
+
+    D.decided_by_main(env, check)
 
 
 class TensorBoardTracker:

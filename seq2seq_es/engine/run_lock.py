@@ -120,18 +120,8 @@ class RunFolderLock:
 
 
 def hold_run_folder(out: Path, env) -> RunFolderLock | None:
-    """Rank 0 locks `out` (collective: every rank raises rank 0's refusal, so none waits in a
-    collective for a rank that has stopped). The other ranks hold nothing: None."""
+    """Rank 0 locks `out`; every rank raises its refusal (D.decided_by_main). The other ranks
+    hold nothing: None."""
     from . import distributed as D
 
-    lock, refusal = None, None
-    if env.is_main:
-        try:
-            lock = RunFolderLock(out)
-        except ConfigError as exc:
-            refusal = (exc.key, exc.reason)
-    if env.world_size > 1:
-        refusal = D.broadcast_object(refusal)
-    if refusal is not None:
-        raise ConfigError(*refusal)
-    return lock
+    return D.decided_by_main(env, lambda: RunFolderLock(out))

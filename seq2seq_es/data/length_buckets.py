@@ -65,9 +65,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from .sampler import dropped_note
-from .token_budget import (StepIteration, _check_lengths, _deal_to_ranks, _generator,
+from .token_budget import (StepIteration, _deal_to_ranks, _generator, check_plan_inputs,
                            budget_padding_note, budget_step_note, pack_greedily, padded_fraction_of)
 
 _TIE_BREAK, _STEP_ORDER, _RANDOM_ORDER = 0, 1, 2
@@ -168,18 +168,11 @@ class BucketedPlan(StepIteration):
                  max_tokens: int, grad_accum: int, world_size: int, seed: int,
                  max_shapes: int = DEFAULT_MAX_SHAPES, align: int = DEFAULT_ALIGN,
                  source_align: int | None = None):
-        self.source_lengths = _check_lengths("source_lengths", source_lengths)
-        self.target_lengths = _check_lengths("target_lengths", target_lengths)
-        if len(self.source_lengths) != len(self.target_lengths):
-            raise DataError(f"{len(self.source_lengths)} source lengths but "
-                            f"{len(self.target_lengths)} target lengths")
+        self.source_lengths, self.target_lengths = check_plan_inputs(
+            source_lengths, target_lengths, grad_accum, world_size)
         if max_tokens < 1:
             raise ConfigError("train.max_tokens",
                               f"must be a positive token count, got {max_tokens}")
-        if grad_accum < 1:
-            raise ConfigError("train.grad_accum", f"must be at least 1, got {grad_accum}")
-        if world_size < 1:
-            raise ValueError(f"world_size must be at least 1, got {world_size}")
         if align < 1 or (source_align is not None and source_align < 1):
             raise ValueError("align must be at least 1")
         self.max_tokens, self.grad_accum, self.world_size = max_tokens, grad_accum, world_size

@@ -57,7 +57,7 @@ import torch
 from ..errors import ConfigError, DataError
 from .collator import LABEL_PAD, Seq2SeqCollator
 from .sampler import dropped_note, per_epoch
-from .token_budget import StepIteration, _check_lengths, _generator
+from .token_budget import StepIteration, _generator, check_plan_inputs
 
 # Marks a feature of the training split as one to pack (see mark_packed).
 PACKED_FEATURE = "packed_training_feature"
@@ -126,17 +126,10 @@ class PackedPlan(StepIteration):
     def __init__(self, source_lengths: Sequence[int], target_lengths: Sequence[int], rows: int,
                  source_len: int, target_len: int, grad_accum: int, world_size: int, seed: int,
                  window: int = DEFAULT_WINDOW):
-        self.source_lengths = _check_lengths("source_lengths", source_lengths)
-        self.target_lengths = _check_lengths("target_lengths", target_lengths)
-        if len(self.source_lengths) != len(self.target_lengths):
-            raise DataError(f"{len(self.source_lengths)} source lengths but "
-                            f"{len(self.target_lengths)} target lengths")
+        self.source_lengths, self.target_lengths = check_plan_inputs(
+            source_lengths, target_lengths, grad_accum, world_size)
         if rows < 1:
             raise ConfigError("train.batch_size", f"packed rows must be at least 1, got {rows}")
-        if grad_accum < 1:
-            raise ConfigError("train.grad_accum", f"must be at least 1, got {grad_accum}")
-        if world_size < 1:
-            raise ValueError(f"world_size must be at least 1, got {world_size}")
         for name, values, limit, key in (
                 ("source", self.source_lengths, source_len, "data.max_source_length"),
                 ("target", self.target_lengths, target_len, "data.max_target_length")):

@@ -145,6 +145,21 @@ def _check_lengths(name: str, lengths: Sequence[int]) -> np.ndarray:
     return values.astype(np.int64)
 
 
+def check_plan_inputs(source_lengths: Sequence[int], target_lengths: Sequence[int],
+                      grad_accum: int, world_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The checks every length-aware plan (token budget, buckets, packing) makes of its common
+    arguments; returns the lengths as int64 arrays."""
+    sources = _check_lengths("source_lengths", source_lengths)
+    targets = _check_lengths("target_lengths", target_lengths)
+    if len(sources) != len(targets):
+        raise DataError(f"{len(sources)} source lengths but {len(targets)} target lengths")
+    if grad_accum < 1:
+        raise ConfigError("train.grad_accum", f"must be at least 1, got {grad_accum}")
+    if world_size < 1:
+        raise ValueError(f"world_size must be at least 1, got {world_size}")
+    return sources, targets
+
+
 def _deal_to_ranks(costs: list[int], world_size: int, grad_accum: int) -> list[list[int]]:
     """Indices into `costs`, grad_accum per rank, largest first to the least loaded free rank."""
     loads = [0] * world_size
@@ -196,18 +211,11 @@ class TokenBudgetPlan(StepIteration):
     def __init__(self, source_lengths: Sequence[int], target_lengths: Sequence[int],
                  max_tokens: int, grad_accum: int, world_size: int, seed: int,
                  pad_to_multiple_of: int = 1):
-        self.source_lengths = _check_lengths("source_lengths", source_lengths)
-        self.target_lengths = _check_lengths("target_lengths", target_lengths)
-        if len(self.source_lengths) != len(self.target_lengths):
-            raise DataError(f"{len(self.source_lengths)} source lengths but "
-                            f"{len(self.target_lengths)} target lengths")
+        self.source_lengths, self.target_lengths = check_plan_inputs(
+            source_lengths, target_lengths, grad_accum, world_size)
         if max_tokens < 1:
             raise ConfigError("train.max_tokens",
                               f"must be a positive token count, got {max_tokens}")
-        if grad_accum < 1:
-            raise ConfigError("train.grad_accum", f"must be at least 1, got {grad_accum}")
-        if world_size < 1:
-            raise ValueError(f"world_size must be at least 1, got {world_size}")
         if pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of must be at least 1, got {pad_to_multiple_of}")
         self.max_tokens, self.grad_accum, self.world_size = max_tokens, grad_accum, world_size

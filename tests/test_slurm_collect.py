@@ -676,6 +676,11 @@ def test_the_models_of_a_task_tested_on_different_data_are_warned_about(tmp_path
         "the chosen mlsum runs were tested on different data, so the models' mlsum test scores "
         "do not compare: barto (barto) on data.test_file /data/test-a.jsonl; t5s (t5s) on "
         "data.test_file /data/test-b.jsonl"]
+    # The CSV says what each row's test scores were computed on (nothing where it has none).
+    rows = list(csv.DictReader(io.StringIO(format_csv(table))))
+    assert {row["model"]: row["test_data"] for row in rows if row["metric"] == "rougeL"} == {
+        "barto": "data.test_file /data/test-a.jsonl", "t5s": "data.test_file /data/test-b.jsonl",
+        "beto2beto": ""}
     (runs / "t5s" / "config.yaml").write_text(
         (runs / "t5s" / "config.yaml").read_text().replace("test-b", "test-a"))
     assert build_table(load_runs([str(runs)])).warnings == []

@@ -1434,7 +1434,7 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
 
 CSV_COLUMNS = ("model", "family", "task", "metric", "dev", "test", "paper", "grid_label",
                "grid_point", "best_step", "final", "selected_by", "source", "run_dir",
-               "local_data", "validation_data")
+               "local_data", "validation_data", "test_data")
 # Added where a chosen cell is a mean over seeds: the sample standard deviations (n-1), how many
 # seeds each mean is over, and the grid point's seeds ('1;2;3'). dev and test hold the means,
 # best_step and run_dir each seed's, joined by ';'.
@@ -1489,7 +1489,8 @@ def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
                                      best_step(result),
                                      "yes" if result.final else "no", choice.selected_by,
                                      result.source, result.run.run_dir, result.data or "",
-                                     result.dev_data or ""]
+                                     result.dev_data or "",
+                                     (result.test_data or "") if result.test else ""]
                                     + seed_cells(result, name))
         average = table.averages.get(family)
         if average is None:
@@ -1500,7 +1501,7 @@ def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
             writer.writerow([model, family, "avg:" + "+".join(average.tasks),
                              f"avg({','.join(average.metrics)})", text(average.dev[model]),
                              text(average.test[model]), text(average.paper.get(model)), "", "",
-                             "", "yes" if average.final[model] else "no", "", "", "", "", ""]
+                             "", "yes" if average.final[model] else "no", "", "", "", "", "", ""]
                             + seed_cells(None, ""))
     return buffer.getvalue()
 

@@ -614,6 +614,25 @@ def test_bisect_marker_spellings_all_become_the_split_marker():
         assert normalize_split_markers(text) == f"Uno. {SPLIT_MARKER} Dos.", text
 
 
+def test_stray_split_markers_are_kept_and_scored_as_errors():
+    # Leading, repeated and trailing markers were dropped before scoring, so this degenerate
+    # prediction scored 100 on SARI, BLEU and exact match against "Uno. <SPLIT> Dos.".
+    from seq2seq_es.engine.evaluation import clean_prediction
+    from seq2seq_es.metrics import compute_metrics
+    from seq2seq_es.tasks import normalize_split_markers
+
+    stray = "_SPLIT_ Uno. < split > <SPLIT>Dos. <SPLIT>"
+    assert normalize_split_markers(stray) == "<SPLIT> Uno. <SPLIT> <SPLIT> Dos. <SPLIT>"
+    task = get_task("bisect")
+    prediction = clean_prediction(task, stray)
+    scores = compute_metrics(task.metrics, [prediction], [["Uno. <SPLIT> Dos."]],
+                             sources=["Uno y dos."])
+    assert scores["exact_match"] == 0.0 and scores["bleu"] < 100 and scores["sari"] < 100
+    clean = clean_prediction(task, "Uno.< SPLIT >Dos.")
+    assert compute_metrics(task.metrics, [clean], [["Uno. <SPLIT> Dos."]],
+                           sources=["Uno y dos."])["exact_match"] == 100.0
+
+
 def test_hub_ids_have_a_namespace():
     # datasets reads parquet exports through hf://datasets/<id>@<revision>/ paths, which
     # huggingface_hub refuses for a bare id such as "mlsum".

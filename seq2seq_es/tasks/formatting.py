@@ -58,9 +58,17 @@ def normalize_split_markers(text: str) -> str:
     """Rewrite every marker spelling (``_SPLIT_``, ``< SPLIT >``, ...) as `` <SPLIT> ``.
 
     Apply it to decoded predictions too before scoring split-and-rephrase, so that a marker
-    the tokenizer respaced still counts as the same token.
+    the tokenizer respaced still counts as the same token. Every marker is kept, leading,
+    trailing and repeated ones too: dropping them (as `split_sentences` does) scored
+    ``<SPLIT> Uno. <SPLIT> <SPLIT> Dos. <SPLIT>`` as a perfect ``Uno. <SPLIT> Dos.``.
     """
-    return join_sentences(split_sentences(text))
+    words: list[str] = []
+    for position, part in enumerate(_SPLIT_MARKER_PATTERN.split(text)):
+        if position:
+            words.append(SPLIT_MARKER)
+        if part.strip():
+            words.append(part.strip())
+    return " ".join(words)
 
 
 @dataclass(frozen=True)
@@ -264,10 +272,12 @@ class SplitRephraseFormatter(RowFormatter):
 
     def format_row(self, row):
         source = _text(row, self.source_column)
-        target = normalize_split_markers(_text(row, self.target_column))
+        # The data's own stray markers (leading, doubled, trailing) are tidied away here, where
+        # a prediction's are kept (normalize_split_markers) and count against it.
+        target = join_sentences(split_sentences(_text(row, self.target_column)))
         if not target:
             raise _BadField(self.target_column, "only split markers, no sentence")
-        references = tuple(normalize_split_markers(r)
+        references = tuple(join_sentences(split_sentences(r))
                            for r in _reference_list(row, self.references_column, target))
         return source, target, references
 

@@ -262,6 +262,68 @@ def test_meteor_repeated_words_pair_in_order():
     assert count_chunks(alignment) == 1
 
 
+def test_meteor_repeated_words_take_the_alignment_with_fewest_crossings():
+    # Each repeated word was linked on its own to the occurrence closest in relative position:
+    # "las" went to the second "las", across "ocho" (42.88 instead of one chunk, 47.88), and
+    # "no no" / "no no no" split into two chunks (34.48; nltk 64.66).
+    prediction = "el tren de las ocho".split()
+    reference = "el tren de las ocho y el tren de las nueve".split()
+    assert align(prediction, reference) == [(i, i) for i in range(5)]
+    assert 100 * sentence_meteor(prediction, reference) == pytest.approx(47.88, abs=0.01)
+    assert align(["no", "no"], ["no", "no", "no"]) == [(0, 0), (1, 1)]
+    assert 100 * sentence_meteor(["no", "no"], ["no", "no", "no"]) == pytest.approx(64.66, abs=0.01)
+    assert align(["sí", "de", "acuerdo"], ["sí", "sí", "de", "acuerdo"]) == [(0, 1), (1, 2), (2, 3)]
+
+
+def test_meteor_alignment_has_the_fewest_crossings_of_all_maximal_alignments():
+    # Brute force over every alignment that links as many words as possible.
+    import random
+    from collections import Counter
+
+    from seq2seq_es.metrics.meteor import count_crossings
+
+    rng = random.Random(0)
+    for _ in range(300):
+        prediction = [rng.choice("abcd") for _ in range(rng.randint(1, 7))]
+        reference = [rng.choice("abcd") for _ in range(rng.randint(1, 7))]
+        most = sum(min(n, Counter(reference)[word]) for word, n in Counter(prediction).items())
+        fewest = []
+
+        def search(i, used, links):
+            if i == len(prediction):
+                if len(links) == most:
+                    fewest.append(count_crossings(links))
+                return
+            search(i + 1, used, links)
+            for j, word in enumerate(reference):
+                if j not in used and word == prediction[i]:
+                    search(i + 1, used | {j}, links + [(i, j)])
+
+        search(0, frozenset(), [])
+        alignment = align(prediction, reference)
+        assert len(alignment) == most
+        assert count_crossings(alignment) == min(fewest), (prediction, reference)
+
+
+def test_meteor_long_repetitive_texts_use_the_local_search(monkeypatch):
+    # Beyond EXHAUSTIVE_LIMIT alignments the search starts from the closest links and only
+    # moves to fewer crossings: never worse than that start.
+    import random
+
+    from seq2seq_es.metrics import meteor
+    from seq2seq_es.metrics.meteor import count_crossings
+
+    rng = random.Random(1)
+    words = "el la de que en los se del las un".split()
+    prediction = [rng.choice(words) for _ in range(40)]
+    reference = [rng.choice(words) for _ in range(50)]
+    searched = align(prediction, reference)
+    monkeypatch.setattr(meteor, "LOCAL_SEARCH_PASSES", 0)
+    start = align(prediction, reference)
+    assert len(searched) == len(start)
+    assert count_crossings(searched) < count_crossings(start)
+
+
 class _NoSynonyms:
     def synsets(self, *args, **kwargs):
         return []

@@ -931,3 +931,15 @@ def test_spanish_rouge_stems_only_words_over_three_characters_as_rouge_score_doe
     assert compute_metrics(["rouge"], ["publicó canciones"], ["público canción"])["rouge1"] == 100.0
     assert compute_metrics(["rouge"], ["publicó canciones"], ["público canción"],
                            options={"rouge": {"use_stemmer": False}})["rouge1"] == 0.0
+
+
+@pytest.mark.parametrize("name", ["rouge", "bleu", "chrf", "sari", "exact_match", "meteor",
+                                  "token_f1"])
+def test_every_metric_refuses_an_empty_reference_list_alike(name):
+    # token_f1, rouge and meteor raised "max() arg is an empty sequence"; exact match scored 0.
+    from seq2seq_es.errors import DataError
+    from seq2seq_es.metrics.scoring import METRIC_FUNCTIONS
+
+    arguments = {"sources": ["hola"]} if name == "sari" else {}
+    with pytest.raises(DataError, match="example 1: a reference must be a string or a non-empty"):
+        METRIC_FUNCTIONS[name](["hola", "adiós"], [["hola"], []], **arguments)

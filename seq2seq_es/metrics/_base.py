@@ -14,6 +14,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from seq2seq_es.errors import DataError
 from seq2seq_es.metrics.text import word_tokens
 
 MultiReferences = list[list[str]]
@@ -37,9 +38,20 @@ __getattr__ = lazy_metric_class(__name__, "InMemoryMetric", "metric_info")
 
 
 def as_reference_lists(references: Sequence[str] | Sequence[Sequence[str]]) -> MultiReferences:
-    """One list of references per prediction, whether given as strings or lists."""
-    return [[reference] if isinstance(reference, str) else list(reference)
-            for reference in references]
+    """One list of references per prediction, whether given as strings or lists. An empty list
+    or a non-string is refused here, for every metric alike (some raised max() of an empty
+    sequence and exact match scored 0)."""
+    lists = []
+    for index, reference in enumerate(references):
+        if isinstance(reference, str):
+            lists.append([reference])
+            continue
+        if (not isinstance(reference, Sequence) or not reference
+                or not all(isinstance(item, str) for item in reference)):
+            raise DataError(f"example {index}: a reference must be a string or a non-empty list of "
+                            f"strings, got {reference!r}")
+        lists.append(list(reference))
+    return lists
 
 
 def f_measure(precision: float, recall: float) -> float:

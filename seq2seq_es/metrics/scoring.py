@@ -16,7 +16,7 @@ from typing import Any
 
 from seq2seq_es.errors import ConfigError, DataError, Seq2SeqEsError, UnknownNameError
 from seq2seq_es.metrics import bleu, chrf, exact_match, meteor, rouge, sari, token_f1
-from seq2seq_es.metrics._base import EVALUATE_METRICS_MODULE, MultiReferences
+from seq2seq_es.metrics._base import EVALUATE_METRICS_MODULE, as_reference_lists
 from seq2seq_es.metrics.rouge import ROUGE_MODES
 from seq2seq_es.metrics.text import normalize_texts
 
@@ -46,20 +46,6 @@ def check_metric_names(names: Sequence[str]) -> list[str]:
         if name not in METRIC_FUNCTIONS:
             raise UnknownNameError("metric", name, METRIC_FUNCTIONS)
     return list(dict.fromkeys(names))
-
-
-def _reference_lists(references: Sequence[str] | Sequence[Sequence[str]]) -> MultiReferences:
-    lists = []
-    for index, reference in enumerate(references):
-        if isinstance(reference, str):
-            lists.append([reference])
-            continue
-        if (not isinstance(reference, Sequence) or not reference
-                or not all(isinstance(item, str) for item in reference)):
-            raise DataError(f"example {index}: a reference must be a string or a non-empty list of "
-                            f"strings, got {reference!r}")
-        lists.append(list(reference))
-    return lists
 
 
 def _check_texts(texts: Sequence[Any], what: str) -> None:
@@ -102,7 +88,7 @@ def compute_metrics(names: Sequence[str], predictions: list[str],
     if not predictions:
         raise DataError("no predictions to score")
     _check_texts(predictions, "a prediction")
-    reference_lists = _reference_lists(references)
+    reference_lists = as_reference_lists(references)
     needing_sources = [name for name in unique_names if name in METRICS_NEEDING_SOURCES]
     if needing_sources and sources is None:
         raise DataError(f"metric '{needing_sources[0]}' needs the source texts (sources=, or "

@@ -83,6 +83,21 @@ def test_predict_refuses_an_output_that_is_a_folder_or_under_a_file(model_folder
     assert a_file.read_text() == "x" and not any(folder.iterdir())
 
 
+def test_predict_refuses_an_existing_output_unless_overwrite(model_folder, rows, tmp_path,
+                                                            capsys):
+    # A user's data file named as --output was replaced by the predictions without a word.
+    data = tmp_path / "mydata.jsonl"
+    data.write_text('{"text": "a"}\n' * 8)
+    base = ["predict", str(model_folder), "--model", "barto-tiny", "--input", str(rows),
+            "--output", str(data), "--gen.max_new_tokens", "2"]
+    assert cli(base) == 2
+    assert one_error(capsys) == (f"error: argument --output: {data} exists; give another file, "
+                                 "or add --overwrite to replace it")
+    assert data.read_text() == '{"text": "a"}\n' * 8
+    assert cli([*base, "--overwrite"]) == 0
+    assert len(data.read_text().splitlines()) == len(rows.read_text().splitlines())
+
+
 def test_export_refuses_an_out_under_a_file(tmp_path, capsys):
     a_file = tmp_path / "taken"
     a_file.write_text("x")

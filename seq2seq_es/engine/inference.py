@@ -538,6 +538,9 @@ def parse_predict_args(argv: list[str]):
                                         "config.yaml")
     parser.add_argument("--config", help="the run's config.yaml, when CHECKPOINT is outside "
                                          "its run")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --output if it exists (without it an existing file is "
+                             "refused: it may be data, or predictions of another model)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-source-length", type=int)
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
@@ -728,6 +731,10 @@ def predict_main(argv: list[str]) -> int:
     check_line_file(output_path, "--output")
     # written once every row is generated: a folder there, or a file above it, is refused now
     check_output_file("--output", args.output)
+    if output_path.is_file() and not args.overwrite:
+        # The file is replaced only once every row is generated; refused now, not after that.
+        raise ConfigError("--output", f"{output_path} exists; give another file, or add "
+                          "--overwrite to replace it")
     saved = resolve_saved(args.checkpoint)
     cfg = inference_config(saved, config_file=args.config, overrides=overrides,
                            task=args.task, model=args.model, allow_model=saved.kind == "hf")

@@ -74,13 +74,32 @@ def complete_checkpoints(checkpoints: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def read_run_config(run_dir: str | Path) -> dict | None:
-    """A run folder's config.yaml as {section: {key: value}}; None when the folder has none.
-    Raises ValueError, saying what is wrong, for a file that cannot be read as such (the
-    callers name it in their own error, or pass over it)."""
+def earlier_config(step: int) -> str:
+    """The name a resume with changed settings keeps the run's config.yaml under: what it
+    trained with until `step` (engine.run_dir.changed_settings)."""
+    return f"config.until_step_{step}.yaml"
+
+
+EARLIER_CONFIG = re.compile(r"^config\.until_step_(\d+)\.yaml$")
+
+
+def earlier_configs(run_dir: str | Path) -> list[tuple[int, str]]:
+    """(step, file name) of each earlier config.yaml a run folder keeps, by step."""
+    found = []
+    for path in Path(run_dir).glob("config.until_step_*.yaml"):
+        match = EARLIER_CONFIG.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path.name))
+    return sorted(found)
+
+
+def read_run_config(run_dir: str | Path, name: str = CONFIG) -> dict | None:
+    """A run folder's config.yaml (or the earlier config `name`) as {section: {key: value}};
+    None when the folder has none. Raises ValueError, saying what is wrong, for a file that
+    cannot be read as such (the callers name it in their own error, or pass over it)."""
     import yaml  # here: the command line imports this module at start-up
 
-    path = Path(run_dir) / CONFIG
+    path = Path(run_dir) / name
     if not path.is_file():
         return None
     try:

@@ -100,7 +100,7 @@ def changed_settings(run_dir: Path, cfg: RunConfig, step: int) -> list[str]:
     changes = [f"{key} {before.get(key)!r} -> {value!r}" for key, value in now.items()
                if key not in skipped and key in before and before[key] != value]
     if changes:
-        kept = run_dir / f"config.until_step_{step}.yaml"
+        kept = run_dir / run_files.earlier_config(step)
         if not kept.exists():  # a second resume from the same step keeps the first one's file
             kept.write_bytes(path.read_bytes())
     return changes

@@ -218,7 +218,7 @@ class Trainer:
                 if changes:
                     self.say(f"note: resumed with other settings than until step "
                              f"{self.state.step} ({'; '.join(changes)}); the earlier ones are "
-                             f"kept in config.until_step_{self.state.step}.yaml")
+                             f"kept in {run_files.earlier_config(self.state.step)}")
         self.log = None if self.finished is not None else RunLog(
             self.out, cfg, env.is_main, self.total_steps, self.state.step)
         if env.is_main and self.finished is None:

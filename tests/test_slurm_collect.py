@@ -722,3 +722,65 @@ def test_collect_names_a_file_that_is_no_run_sweep_or_manifest(tmp_path, capsys,
     (sweep_dir / SWEEP_MANIFEST).write_text("{")
     assert cli_main(["collect", str(sweep_dir / SWEEP_MANIFEST)]) == 2
     assert f"{sweep_dir / SWEEP_MANIFEST} is not valid JSON" in capsys.readouterr().err
+
+
+def test_a_folder_of_sweeps_submitted_runs_and_run_folders_collects_them_all(tmp_path, capsys):
+    # `collect PARENT` took only the run folders directly in PARENT: the sweeps and the
+    # `slurm submit` folders beside them were left out without a word.
+    from seq2seq_es.cli import main as cli_main
+
+    sweep = _write_manifest(tmp_path / "sweep", [("barto", "mlsum")], LR)
+    started = {run.grid_point["optim.lr"]: Path(run.run_dir) for run in sweep.runs}
+    _local_run(started["3e-5"], "mlsum", "barto", 3e-5, {"rougeL": 20.0}, None)  # 5e-5: pending
+    submitted = tmp_path / "submitted"
+    _local_run(submitted, "mlsum", "t5s", 1e-4, {"rougeL": 30.0}, None)
+    new_manifest("run", plan_runs(tmp_path, [("t5s", "mlsum")], {"optim.lr": ["1e-4"]}, []),
+                 {}, SlurmConfig(), submitted / "slurm", "seq2seq_es.slurm.probe:main", [],
+                 None).write(submitted / "slurm_job.json")
+    pending_job = tmp_path / "pending_job"  # a `slurm submit` folder whose job has not started
+    pending_job.mkdir()
+    new_manifest("run", plan_runs(tmp_path, [("beto2beto", "mlsum")], {}, []), {},
+                 SlurmConfig(), pending_job / "slurm", "seq2seq_es.slurm.probe:main", [],
+                 None).write(pending_job / "slurm_job.json")
+    _local_run(tmp_path / "plain", "mlsum", "barto", 1e-3, {"rougeL": 10.0}, None)
+    (tmp_path / "notes").mkdir()
+    assert cli_main(["collect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"Results of 3 of the 5 run(s) in {tmp_path}" in out
+    [table] = _rows(out)
+    assert table["barto"][2] == "20.00 / –" and table["t5s"][2] == "30.00 / –"
+    [pending] = [run for run in sweep.runs if run.grid_point["optim.lr"] == "5e-5"]
+    unscored = out.split("No scores yet", 1)[1].split("\n", 1)[0]
+    assert unscored.endswith(": beto2beto__mlsum__default, " + Path(pending.run_dir).name)
+    # Named on its own, a sweep with no run started is still refused as before.
+    assert cli_main(["collect", str(pending_job), str(tmp_path / "plain")]) == 2
+    assert "has not started training" in capsys.readouterr().err
+
+
+def test_a_run_resumed_with_other_settings_is_warned_about(tmp_path):
+    # A `slurm resume -- --optim.weight_decay 0.1` changed one run of a sweep part-way; the
+    # table labelled it by its grid point alone.
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], LR)
+    runs = _runs(manifest)
+    for lr, folder in ((3e-5, runs[("barto", "mlsum", "3e-5")]),
+                       (5e-5, runs[("barto", "mlsum", "5e-5")])):
+        (folder / "config.yaml").write_text(
+            f"model:\n  name: barto\ndata:\n  task: mlsum\noptim:\n  lr: {lr}\n"
+            "  weight_decay: 0.0\ntrain:\n  output_dir: x\n")
+        _final(folder, {"rougeL": 20.0 + lr * 1e5}, None)
+    assert build_table(load_manifest(sweep_dir)).warnings == []
+    resumed = runs[("barto", "mlsum", "3e-5")]
+    (resumed / "config.until_step_17.yaml").write_bytes((resumed / "config.yaml").read_bytes())
+    (resumed / "config.yaml").write_text((resumed / "config.yaml").read_text().replace(
+        "weight_decay: 0.0", "weight_decay: 0.1").replace("output_dir: x", "output_dir: y"))
+    warnings = build_table(load_manifest(sweep_dir)).warnings
+    assert warnings == [
+        "barto / mlsum: barto__mlsum__lr-3e-5 was resumed with other settings, so its scores "
+        "are of neither setting alone: optim.weight_decay 0.0 -> 0.1 at step 17 (the earlier "
+        "settings are kept in its config.until_step_N.yaml)",
+        "barto / mlsum: its runs differ outside the sweep's grid, which their labels do not "
+        "show: optim.weight_decay (barto__mlsum__lr-3e-5 0.1, barto__mlsum__lr-5e-5 0.0)"]
+    # Collected as run folders, the differing key is in the labels; the resume still warned.
+    table = build_table(load_runs([str(resumed), str(runs[("barto", "mlsum", "5e-5")])]))
+    assert [w.split(":")[1].strip()[:24] for w in table.warnings] == ["barto__mlsum__lr-3e-5 wa"]

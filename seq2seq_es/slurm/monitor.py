@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import run_files
-from ..config import SEED_MAX
+from ..config import BOOKKEEPING_KEYS, SEED_MAX
 from ..errors import ConfigError, DataError, close_matches
 # The one metrics.jsonl reader (merges a step's records, keeping the last values).
 from ..metrics_log import read as read_metrics
@@ -193,7 +193,9 @@ def _error_line_in_log(log: Path) -> str | None:
     else SLURM's own `*** ... CANCELLED ... ***` notice (time limit, scancel)."""
     if not log.is_file():
         return None
-    lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
+    # torch prefixes the lines a rank prints once its process group is up (`[rank0]: ...`).
+    lines = [_RANK_PREFIX.sub("", line.strip())
+             for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
              if line.strip()]
     for line in reversed(lines):
         if line.startswith("error:"):
@@ -202,9 +204,15 @@ def _error_line_in_log(log: Path) -> str | None:
         if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*", line):
             return line
     for line in reversed(lines):
-        if line.startswith("slurmstepd") and "***" in line:
+        # The log goes on across requeues: a "DUE TO JOB REQUEUE" notice belongs to a start
+        # that SLURM brought back, never to how the job ended (it was quoted for a job that
+        # ran out of requeues two starts later).
+        if line.startswith("slurmstepd") and "***" in line and "DUE TO JOB REQUEUE" not in line:
             return line[line.index("***"):]
     return None
+
+
+_RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s*")
 
 
 def failure_details(folder: str, job_id: str, num_tasks: int) -> tuple[str | None, str | None]:
@@ -245,7 +253,10 @@ def run_status(run: RunPlan, manifest: Manifest, slurm: dict[str, SlurmState]) -
         status.note = str(exc)
     saved = run_files.complete_checkpoints(run_dir / run_files.CHECKPOINTS)
     status.saved_step = saved[-1][0] if saved else None
-    events = read_events(run_dir)
+    # The current job's events only: after `slurm resume` the file also holds the earlier
+    # jobs', and a resumed job showed their restart count (and their ending) as its own.
+    events = [event for event in read_events(run_dir)
+              if run.job_id is not None and str(event.get("job_id", "")) == run.job_id]
     status.restarts = max([int(e.get("restart", 0)) for e in events] or [0])
     if run.job_id is None:
         return status
@@ -257,15 +268,19 @@ def run_status(run: RunPlan, manifest: Manifest, slurm: dict[str, SlurmState]) -
             status.note = "; ".join(part for part in (status.note, note) if part)
     else:
         status.state = _state_from_files(manifest.submitit_folder, run.job_id, events)
-    if ((run_dir / run_files.OUT_OF_REQUEUES).exists()
-            and status.state not in ("PENDING", "RUNNING")):
+    out_of_requeues = _out_of_requeues_record(run_dir, run.job_id)
+    if out_of_requeues is not None and status.state not in ("PENDING", "RUNNING"):
         status.state = "OUT_OF_REQUEUES"
-        status.note = (f"out of requeues (max_requeues {manifest.slurm.get('max_requeues')})"
-                       + RESUME_HINT)
     if status.failed:
         status.error, status.log = failure_details(manifest.submitit_folder, run.job_id,
                                                    manifest.tasks_per_job)
         status.error = status.error or _ENDED_BY_SLURM.get(status.state)
+    if status.state == "OUT_OF_REQUEUES":
+        # Said from the marker, not from the log: the log holds every start of the job, and its
+        # last lines were an earlier start's requeue notice or the job's own farewell.
+        status.error = _out_of_requeues_message(
+            out_of_requeues.get("max_requeues", manifest.slurm.get("max_requeues")),
+            status.saved_step, manifest, run)
     if (status.state in ("CANCELLED", "UNKNOWN") and events
             and events[-1].get("event") == "cancelled"):
         # scancel: the job saved before it ended (slurm.job), which SLURM's notice does not say
@@ -369,6 +384,41 @@ _ENDED_BY_SLURM = {
                      "slurm resume --mem-gb GB` continues it from its last checkpoint with more",
     "PREEMPTED": "pre-empted and not requeued (the cluster's PreemptMode cancels)" + RESUME_HINT,
 }
+
+
+def _out_of_requeues_record(run_dir: Path, job_id: str | None) -> dict[str, Any] | None:
+    """The run's OUT_OF_REQUEUES marker (job_id, restarts, max_requeues) when it is the current
+    job's; None without one. A marker of an earlier job (a resumed job that has not started
+    yet, which would remove it) says nothing of this one; an unreadable one counts as this
+    job's (it was written by a job that could not finish writing it)."""
+    path = run_dir / run_files.OUT_OF_REQUEUES
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    if record.get("job_id") and job_id is not None and str(record["job_id"]) != job_id:
+        return None
+    return record
+
+
+def _out_of_requeues_message(max_requeues: Any, saved_step: int | None, manifest: Manifest,
+                             run: RunPlan) -> str:
+    """What a run out of requeues left, and the command that continues it (the folder `slurm
+    resume` takes: the sweep's for a sweep's run)."""
+    folder = Path(manifest.path) if manifest.path else Path(run.run_dir)
+    if folder.suffix == ".json":
+        folder = folder.parent
+    resume = f"`seq2seq-es slurm resume {folder}`"
+    head = f"out of requeues (max_requeues {max_requeues})"
+    if saved_step is not None:
+        return f"{head}: checkpoint at step {saved_step}; {resume} continues it"
+    if manifest.entry == DEFAULT_ENTRY:
+        return f"{head}: it saved no checkpoint, so {resume} starts it again from its first step"
+    return f"{head}; {resume} continues it from its last checkpoint"
 
 
 def _state_from_files(folder: str, job_id: str, events: list[dict[str, Any]]) -> str:
@@ -792,6 +842,73 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
                      test_data=test_data)
 
 
+def _trained_settings(run_dir: Path, name: str = run_files.CONFIG) -> dict[str, Any]:
+    """A run's config (config.yaml, or an earlier one it keeps) as {'section.key': value},
+    without the keys that only say how it was watched or stored; {} when unreadable."""
+    try:
+        config = run_files.read_run_config(run_dir, name)
+    except ValueError:
+        return {}
+    return {key: value for key, value in run_files.flat_run_config(config or {}).items()
+            if key not in BOOKKEEPING_KEYS}
+
+
+def changed_during_training(run_dir: Path) -> list[str]:
+    """'key old -> new at step N' for each setting a resume changed (the engine keeps the
+    config a run trained with until then as config.until_step_N.yaml)."""
+    versions = [(step, _trained_settings(run_dir, name))
+                for step, name in run_files.earlier_configs(run_dir)]
+    if not versions:
+        return []
+    versions.append((None, _trained_settings(run_dir)))
+    changes = []
+    for (step, before), (_, after) in zip(versions, versions[1:]):
+        changes += [f"{key} {before[key]!r} -> {after[key]!r} at step {step}"
+                    for key in before if key in after and before[key] != after[key]]
+    return changes
+
+
+# Keys that differ between a sweep's runs without being a setting of their own: the planner
+# splits the effective batch into micro-batch x accumulation per run, and `slurm resume` on
+# other ranks changes the accumulation that keeps a step's examples.
+_SPLIT_KEYS = frozenset({"train.batch_size", "train.grad_accum"})
+
+
+def settings_warnings(manifest: Manifest, groups: dict[tuple[str, str], list[RunResult]]
+                      ) -> list[str]:
+    """What the grid labels do not say about the runs compared: a run whose settings a resume
+    changed part-way (its scores are of neither setting alone), and, in a sweep, runs of one
+    (model, task) that differ outside the grid's axes (a `slurm resume -- --key value` applies
+    to the unfinished runs only). Run folders collected as such show every differing key in
+    their labels already."""
+    warnings = []
+    for (model, task), results in groups.items():
+        runs = [member.run for result in results
+                for member in (result.spread.members if result.spread else [result])]
+        for run in runs:
+            changes = changed_during_training(Path(run.run_dir))
+            if changes:
+                warnings.append(
+                    f"{model} / {task}: {run.name} was resumed with other settings, so its "
+                    f"scores are of neither setting alone: {'; '.join(changes)} (the earlier "
+                    f"settings are kept in its config.until_step_N.yaml)")
+        if manifest.mode == RUN_FOLDERS_MODE or len(runs) < 2:
+            continue
+        axes = set(manifest.grid) | {SEED_AXIS} | _SPLIT_KEYS
+        settings = {run.name: _trained_settings(Path(run.run_dir)) for run in runs}
+        keys = sorted({key for values in settings.values() for key in values} - axes)
+        differing = [key for key in keys
+                     if len({repr(values.get(key)) for values in settings.values()}) > 1]
+        if differing:
+            warnings.append(
+                f"{model} / {task}: its runs differ outside the sweep's grid, which their labels "
+                "do not show: " + "; ".join(
+                    f"{key} (" + ", ".join(f"{name} {values.get(key)!r}"
+                                           for name, values in settings.items()) + ")"
+                    for key in differing))
+    return warnings
+
+
 def _seed_statistics(splits: list[dict[str, float]]) -> tuple[dict[str, float],
                                                                  dict[str, float | None],
                                                                  dict[str, int]]:
@@ -1130,7 +1247,7 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
             models.append(run.model)
         if run.task not in tasks:
             tasks.append(run.task)
-    warnings = []
+    warnings = settings_warnings(manifest, groups)
     chosen: dict[tuple[str, str], Choice] = {}
     for key, results in groups.items():
         groups[key], warning = same_dev_data(*key, results)

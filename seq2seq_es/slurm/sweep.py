@@ -160,19 +160,32 @@ def load_runs(paths: list[str]) -> Manifest:
     folders: list[Path] = []
     planned: dict[Path, RunPlan] = {}  # a started run of a sweep or `slurm submit` folder
     not_started: list[RunPlan] = []     # a sweep's runs with no config.yaml yet
+    entries: list[tuple[Path, bool]] = []  # (folder, named on the command line)
     for given in paths:
         path = Path(given).absolute()
         if not path.is_dir():
             raise ConfigError("RUN", f"{path} does not exist" if not path.exists()
                               else f"{path} is a file; expected a run folder, a folder of run "
                                    f"folders, or a sweep folder")
+        if _is_collectable(path):
+            entries.append((path, True))
+            continue
+        # A folder of them: its runs, and its sweeps and `slurm submit` folders too (they were
+        # passed over without a word, and the table showed a fraction of what was there).
+        children = sorted(child for child in path.iterdir()
+                          if child.is_dir() and _is_collectable(child))
+        if not children:
+            raise ConfigError("RUN", f"{path} holds neither {SWEEP_MANIFEST}, {RUN_MANIFEST}, "
+                                     f"a run ({run_files.CONFIG}) nor run folders")
+        entries += [(child, False) for child in children]
+    for path, named in entries:
         # With other paths, a sweep is its runs and a `slurm submit` folder is a run folder:
         # separately submitted runs, or a second sweep adding grid points, make one table.
         if (path / SWEEP_MANIFEST).is_file():
             sweep_runs = load_manifest(path).runs
             found = [Path(run.run_dir) for run in sweep_runs
                      if (Path(run.run_dir) / run_files.CONFIG).is_file()]
-            if not found:
+            if not found and named:
                 raise ConfigError("RUN", f"no run of the sweep {path} has started training "
                                          f"(none holds {run_files.CONFIG}) yet")
             for run in sweep_runs:
@@ -181,17 +194,19 @@ def load_runs(paths: list[str]) -> Manifest:
                 else:
                     not_started.append(run)
         elif (path / RUN_MANIFEST).is_file() and not (path / run_files.CONFIG).is_file():
-            raise ConfigError("RUN", f"the job of {path} has not started training (no "
-                                     f"{run_files.CONFIG}) yet")
+            if named:
+                raise ConfigError("RUN", f"the job of {path} has not started training (no "
+                                         f"{run_files.CONFIG}) yet")
+            found = []
+            not_started += load_manifest(path).runs
         else:
-            found = [path] if (path / run_files.CONFIG).is_file() else sorted(
-                child for child in path.iterdir() if (child / run_files.CONFIG).is_file())
+            found = [path]
             if (path / RUN_MANIFEST).is_file():
                 planned.update({Path(run.run_dir): run for run in load_manifest(path).runs})
-        if not found:
-            raise ConfigError("RUN", f"{path} holds neither {SWEEP_MANIFEST}, {RUN_MANIFEST}, "
-                                     f"a run ({run_files.CONFIG}) nor run folders")
         folders += [folder for folder in found if folder not in folders]
+    if not folders:
+        raise ConfigError("RUN", f"no run in {', '.join(str(Path(p).absolute()) for p in paths)} "
+                                 f"has started training (none holds {run_files.CONFIG}) yet")
     configs = {folder: _flat_config(folder) for folder in folders}
     pairs: dict[tuple[str, str], list[Path]] = {}
     for folder, config in configs.items():
@@ -219,6 +234,12 @@ def load_runs(paths: list[str]) -> Manifest:
     parent = Path(os.path.commonpath([str(Path(p).absolute()) for p in paths]))
     return Manifest(kind=MANIFEST_KIND, mode=RUN_FOLDERS_MODE, runs=runs, grid={}, slurm={},
                     submitit_folder="", path=str(parent))
+
+
+def _is_collectable(folder: Path) -> bool:
+    """A run folder, a sweep folder or a `slurm submit` folder (what collect reads as one)."""
+    return any((folder / name).is_file()
+               for name in (run_files.CONFIG, SWEEP_MANIFEST, RUN_MANIFEST))
 
 
 def _names_a_manifest(path: Path) -> bool:

@@ -245,3 +245,18 @@ def test_predict_writes_one_line_per_row_of_an_input_ending_in_blank_lines(model
                 "--output", str(out), "--gen.max_new_tokens", "3", "--gen.num_beams", "1"]) == 0
     got = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [row["source"] for row in got] == ["Hola mundo.", "Adiós."]
+
+
+def test_a_run_without_final_points_predict_and_evaluate_to_its_checkpoints(tmp_path, capsys):
+    # The hint said "evaluate one of its checkpoints instead" to predict users too.
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step_00000004"
+    step.mkdir(parents=True)
+    (step / "trainer_state.json").write_text("{}")
+    (run / "config.yaml").write_text("model:\n  name: barto-tiny\ndata:\n  task: mlsum\n")
+    for command in (["predict", str(run), "--input", "in.txt", "--output",
+                     str(tmp_path / "out.txt")], ["evaluate", str(run)]):
+        assert cli(command) == 2
+        assert one_error(capsys) == (
+            f"error: run folder {run} has no final/ model (the run has not finished, or ran with "
+            f"train.export false); give one of its checkpoints instead: {step}")

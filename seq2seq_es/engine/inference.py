@@ -79,7 +79,8 @@ def _checkpoint_list(run_dir: Path) -> str:
                    if (p / run_files.TRAINER_STATE).is_file()) if root.is_dir() else []
     if not steps:
         return "it holds no complete checkpoint either"
-    return "evaluate one of its checkpoints instead: " + ", ".join(str(root / s) for s in steps)
+    # Every command that resolves a model (evaluate, predict) takes a checkpoint folder too.
+    return "give one of its checkpoints instead: " + ", ".join(str(root / s) for s in steps)
 
 
 # What a model folder needs from the hub: no optimizer states, no other frameworks' weights, and

@@ -362,7 +362,9 @@ def grid_point_name(point: dict[str, str]) -> str:
 
 
 def describe_grid_point(point: dict[str, str]) -> str:
-    return " ".join(f"{key}={value}" for key, value in point.items()) or "(defaults)"
+    # Empty: a `slurm submit` run or a sweep without a grid, whose settings may well be its
+    # own (a --config, overrides), so not "(defaults)".
+    return " ".join(f"{key}={value}" for key, value in point.items()) or "(no grid point)"
 
 
 # ---- seeds -----------------------------------------------------------------------------------

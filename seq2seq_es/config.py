@@ -110,7 +110,8 @@ class DataConfig(_Section):
     _section = "data"
     task: str = "mlsum"                   # registry task name (seq2seq-es list), or your own
                                           # task's name (with source_column and target_column)
-    train_file: str | None = None         # local jsonl/json/csv/parquet with the hub dataset's columns
+    train_file: str | None = None         # local jsonl/json/csv/tsv/parquet (.gz/.bz2/.xz
+                                          # too) with the hub dataset's columns
     validation_file: str | None = None    # local file for the validation split (as train_file)
     test_file: str | None = None          # local file for the test split (as train_file)
     hub_revision: str | None = None       # e.g. refs/convert/parquet for script-based hub datasets

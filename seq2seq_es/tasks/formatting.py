@@ -121,20 +121,21 @@ def _nfc(text: str) -> str:
 def _structured(value: Any, column: str) -> Any:
     """Nested fields (answers, translation, references) may arrive as text from a CSV file: JSON,
     or the Python literal that pandas' `to_csv` writes for a list or dict (`['a', 'b']`)."""
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            pass
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
         try:
             parsed = ast.literal_eval(value.strip())  # literals only: no names, calls or code
         except (ValueError, SyntaxError, MemoryError, RecursionError):
-            raise _BadField(column, "neither JSON nor a Python list/dict literal for a nested "
-                                    "field") from None
-        if not isinstance(parsed, (list, tuple, dict)):
-            raise _BadField(column, f"a nested field, but the text holds a {type(parsed).__name__}")
-        return parsed
-    return value
+            parsed = None
+    # Text that parses as a number or a string ("1898", '"x"') is as far from a nested field as
+    # text that does not parse: one message for both, not "expected {...}, got int" for one.
+    if not isinstance(parsed, (list, tuple, dict)):
+        raise _BadField(column, "text, not the JSON or Python list/dict literal a nested field "
+                                "needs")
+    return parsed
 
 
 def _row_id(row: Mapping[str, Any], id_column: str | None, split: str, index: int) -> str:
@@ -157,6 +158,14 @@ class Formatter:
         not hold text are the bad ones, however many they are."""
         return ()
 
+    def id_columns(self) -> tuple[str, ...]:
+        """Columns holding ids, read as their text whether numbers or strings."""
+        return ()
+
+    def list_columns(self) -> tuple[str, ...]:
+        """Optional columns holding a list of strings (reference lists)."""
+        return ()
+
     def format_rows(self, rows: Sequence[Mapping[str, Any]], indices: Sequence[int],
                     split: str) -> Iterator[Example | Problem]:
         raise NotImplementedError
@@ -166,6 +175,13 @@ class RowFormatter(Formatter):
     """A formatter where each row gives at most one example."""
 
     id_column: str | None = None
+    references_column: str | None = None
+
+    def id_columns(self):
+        return (self.id_column,) if self.id_column else ()
+
+    def list_columns(self):
+        return (self.references_column,) if self.references_column else ()
 
     def format_row(self, row: Mapping[str, Any]) -> tuple[str, str, tuple[str, ...]]:
         raise NotImplementedError
@@ -181,10 +197,15 @@ class RowFormatter(Formatter):
 
 
 def _reference_list(row: Mapping[str, Any], column: str | None, target: str) -> tuple[str, ...]:
-    """The dataset's own reference list when it has one, else the target alone."""
+    """The dataset's own reference list when it has one, else the target alone. A plain text
+    value is one reference (as local_files reads one among lists); text that opens a list
+    ('[...') must be one, so a broken list literal is a bad row, not a reference."""
     if not column or row.get(column) is None:
         return (target,)
-    value = _structured(row[column], column)
+    raw = row[column]
+    if isinstance(raw, str) and not raw.lstrip().startswith("["):
+        return (_nfc(raw),) if raw.strip() else (target,)
+    value = _structured(raw, column)
     if not isinstance(value, (list, tuple)):
         raise _BadField(column, f"not a list of strings ({type(value).__name__})")
     references = tuple(_nfc(r) for r in value if isinstance(r, str) and r.strip())
@@ -333,6 +354,9 @@ class DialogueFormatter(Formatter):
 
     def required_columns(self):
         return (self.speaker_column, self.utterance_column, self.dialogue_column)
+
+    def id_columns(self):
+        return (self.dialogue_column,)
 
     def text_columns(self):
         return (self.speaker_column, self.utterance_column)

@@ -11,10 +11,11 @@ so a cached run reports the same counts as the first.
 
 Errors a user can cause are `DataError`s naming the file (or hub dataset), and the line or row
 and column where there is one. Local JSON-lines and CSV files are checked line by line first
-(`local_files.py`: invalid UTF-8, truncated JSON, repeated keys or column names, ragged CSV
-rows, mixed-type columns, BOM, delimiters), and their problems are reported by 1-based line as
-an editor shows it; rows of hub datasets and of JSON documents and parquet files, which have no
-lines, are 0-based data rows (a SQuAD document's bad question is also named by its place).
+(`local_files.py`: invalid UTF-8, UTF-16, truncated JSON, repeated keys or column names, ragged
+CSV rows, mixed-type columns, BOM, delimiters; compressed files decompressed first), and their
+problems are reported by 1-based line as an editor shows it; rows of hub datasets and of JSON
+documents and parquet files, which have no lines, are 0-based data rows (a SQuAD document's bad
+question is also named by its place).
 CSV/TSV cells are read as text, with only an empty cell missing. A failure of the file system
 around the file (the cache folder) is a `ConfigError` of data.cache_dir, not blamed on the file.
 """
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, DataError
 from .formatting import DialogueFormatter, Example, Formatter, Problem
-from .local_files import LocalFile, prepare_local_file
+from .local_files import COMPRESSED_SUFFIXES, LocalFile, prepare_local_file
 from .registry import TaskSpec, get_task
 
 if TYPE_CHECKING:
@@ -59,7 +60,6 @@ def formatting_code_digest() -> str:
 
 # Local data files: suffix -> datasets builder (also what `slurm sweep --data-root` looks for).
 LOCAL_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
-COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 _PROBLEM_COLUMNS = ("_problem_row", "_problem_column", "_problem_reason")
 _OUTPUT_COLUMNS = ("source", "target", "references", "example_id")
 _FIRST_ROWS_KEPT = 5
@@ -180,7 +180,13 @@ def load_examples(task: str | TaskSpec, split: str, *, data_files: Mapping[str, 
     examples = marked.filter(_is_example, input_columns="_problem_reason", batched=True)
     examples = examples.remove_columns(list(_PROBLEM_COLUMNS))
     if examples.num_rows == 0:
-        raise DataError(f"no usable example{_in_hub(report, file)}: {report}", file=file)
+        why = ""
+        if isinstance(formatter, DialogueFormatter) and not report.total_skipped:
+            # Rows were fine: what is missing is a reply to predict.
+            why = ("; a dialogue gives an example for each turn after its first, and a "
+                   "speaker's consecutive turns merge into one, so every dialogue here has a "
+                   "single turn (one speaker, or one row per dialogue id)")
+        raise DataError(f"no usable example{_in_hub(report, file)}: {report}{why}", file=file)
     if max_samples is not None and max_samples < examples.num_rows:
         examples = examples.select(range(max_samples))
         report.notes.append(f"kept the first {max_samples} examples")
@@ -229,7 +235,8 @@ def builder_for(path: str) -> tuple[str, dict[str, Any]]:
     extension = os.path.splitext(name)[1]
     if extension not in LOCAL_FILE_BUILDERS:
         raise DataError(f"unsupported file extension '{extension or '(none)'}'; use one of "
-                        f"{', '.join(LOCAL_FILE_BUILDERS)}", file=path)
+                        f"{', '.join(LOCAL_FILE_BUILDERS)} (all but .parquet may be compressed: "
+                        f"{', '.join(COMPRESSED_SUFFIXES)})", file=path)
     # TSV has no quoting (a field holds no tab or newline), so a '"' that opens a field is text: read
     # with CSV quoting, a summary starting with a quotation swallowed the lines after it into one row.
     tsv = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
@@ -243,21 +250,31 @@ def read_task_file(formatter: Formatter, path: str, cache_dir: str | None = None
     checked; the LocalFile maps rows back to lines. Also what `score --task` scores against, so
     that both count the same rows."""
     in_file = {task: file for file, task in (columns or {}).items()}
-    required = tuple(in_file.get(column, column) for column in formatter.required_columns())
-    text = tuple(in_file.get(column, column) for column in formatter.text_columns())
-    raw, local = _read_local_file(path, required, cache_dir, text)
+
+    def named(names) -> tuple[str, ...]:  # the task's column names as the file has them
+        return tuple(in_file.get(column, column) for column in names if isinstance(column, str))
+
+    raw, local = _read_local_file(
+        path, named(formatter.required_columns()), cache_dir, named(formatter.text_columns()),
+        read=named(formatter_columns(formatter)),
+        ids=named(formatter.id_columns()), lists=named(formatter.list_columns()))
     raw = _renamed(raw, columns, path, f"file {path}")
     _check_columns(raw, formatter, path, f"file {path}", columns)
     return raw, local
 
 
-def task_columns(spec: TaskSpec) -> list[str]:
-    """Every column the task's formatter reads (required or not), by its field names."""
-    formatter = spec.formatter
+def formatter_columns(formatter: Formatter) -> list[str]:
+    """Every column `formatter` reads (required or not): its required ones and every field
+    named *column (references_column, id_column, ...)."""
     names = [getattr(formatter, f.name) for f in dataclasses.fields(formatter)
              if f.name.endswith("column")]
     return [name for name in dict.fromkeys([*formatter.required_columns(), *names])
             if isinstance(name, str)]
+
+
+def task_columns(spec: TaskSpec) -> list[str]:
+    """Every column the task's formatter reads (required or not), by its field names."""
+    return formatter_columns(spec.formatter)
 
 
 def check_column_map(spec: TaskSpec, columns: Mapping[str, str] | None) -> None:
@@ -282,7 +299,9 @@ def _renamed(raw, columns: Mapping[str, str] | None, file: str | None, origin: s
 
 
 def _read_local_file(path: str, required: tuple[str, ...], cache_dir: str | None,
-                     text_columns: tuple[str, ...] = ()) -> tuple[Any, LocalFile]:
+                     text_columns: tuple[str, ...] = (), *, read: tuple[str, ...] = (),
+                     ids: tuple[str, ...] = (),
+                     lists: tuple[str, ...] = ()) -> tuple[Any, LocalFile]:
     if not os.path.exists(path):
         raise DataError("file does not exist", file=path)
     if not os.path.isfile(path):
@@ -291,10 +310,9 @@ def _read_local_file(path: str, required: tuple[str, ...], cache_dir: str | None
         raise DataError("file is empty", file=path)
     builder, options = builder_for(path)
     try:
-        if builder == "json":
-            _check_looks_like_json(path)
         local = prepare_local_file(path, builder, options, required, cache_dir=cache_dir,
-                                   text_columns=text_columns)
+                                   text_columns=text_columns, read_columns=read,
+                                   id_columns=ids, list_columns=lists)
         options = dict(local.options)
         if builder == "csv":
             options.update(_csv_as_text(local))
@@ -326,7 +344,7 @@ def _csv_as_text(local: LocalFile) -> dict[str, Any]:
     columns = local.columns
     if columns is not None:  # the names local_files read from the header, passed to pandas as is
         options.update(column_names=columns, header=0)
-    else:  # a compressed file, not checked: pandas reads its header
+    else:  # local_files gave no header names: pandas reads the header
         columns = _csv_header(local.path, local.options)
     if columns:
         options["features"] = datasets.Features(
@@ -365,19 +383,6 @@ def _same_path(a: Any, b: str) -> bool:
         return False
 
 
-def _check_looks_like_json(path: str) -> None:
-    """Refuse plain text or CSV named .json/.jsonl with a message that says what the file holds."""
-    if path.lower().endswith(COMPRESSED_SUFFIXES):
-        return  # let the reader decompress and judge
-    with open(path, "rb") as f:
-        head = f.read(4096).decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
-    if head and head[0] not in "{[":
-        first_line = head.splitlines()[0][:60]
-        raise DataError(f"content does not match the extension: a JSON-lines or JSON file starts "
-                        f"with '{{' or '[', this one starts with {first_line!r} (CSV or plain "
-                        f"text? name it .csv)", file=path)
-
-
 def _load_file(path: str, builder: str, options: dict[str, Any], cache_dir: str | None,
                shown_as: str | None = None):
     import datasets
@@ -398,7 +403,10 @@ def _load_file(path: str, builder: str, options: dict[str, Any], cache_dir: str 
             raise DataError("holds no rows (a Parquet file with its columns and 0 rows)",
                             file=shown_as or path) from exc
         kind = {"json": "JSON lines or a JSON list", "parquet": "Parquet"}[builder]
-        raise DataError(f"content does not match the extension: cannot be read as {kind}: "
+        # local_files checked JSON files first, so this is a shape it does not know; the
+        # reader's own words say where, ours what was expected.
+        raise DataError(f"content does not match the extension: cannot be read as {kind} "
+                        f"(rows as objects, one per line or in a list); the reader says: "
                         f"{detail}", file=shown_as or path) from exc
 
 
@@ -567,9 +575,13 @@ def _check_columns(raw, formatter: Formatter, file: str | None, origin: str,
         renamed = (f"; data.columns renamed {', '.join(f'{a}={b}' for a, b in columns.items())}"
                    if columns else "; data.columns (e.g. article=text) renames a file's columns "
                    "to the task's" if file is not None else "")
+        flat = _flat_translation_hint(formatter, found)
+        if flat:
+            renamed = flat  # data.columns cannot build the nested column: say what can
         raise DataError(f"missing column{'s' if len(missing) > 1 else ''} {names}{where} (the "
                         f"task needs {', '.join(formatter.required_columns())}); columns found: "
-                        f"{', '.join(found) or '(none)'}{_looks_like_json_hint(found)}{renamed}",
+                        f"{', '.join(found) or '(none)'}{_looks_like_json_hint(found)}"
+                        f"{_near_names(missing, found, columns)}{renamed}",
                         file=file, column=missing[0])
     for column, keys in formatter.required_keys().items():
         present = _struct_keys(raw.features[column])
@@ -583,6 +595,21 @@ def _check_columns(raw, formatter: Formatter, file: str | None, origin: str,
                                 file=file, column=f"{column}.{key}")
 
 
+def _flat_translation_hint(formatter: Formatter, found: list[str]) -> str:
+    """For a translation file with one column per language (es, en) instead of the nested
+    `translation` column: a task of the user's own reads it, which data.columns cannot."""
+    from .formatting import TranslationFormatter
+
+    if not isinstance(formatter, TranslationFormatter):
+        return ""
+    source, target = formatter.source_lang, formatter.target_lang
+    if source not in found or target not in found:
+        return ""
+    return (f"; for a file with one column per language, train a task of your own on it: "
+            f"--task my-translation --data.source_column {source} --data.target_column "
+            f"{target} --data.metrics bleu,chrf")
+
+
 def _struct_keys(feature) -> list[str] | None:
     """The keys of a struct-like column's schema, or None when the schema does not say."""
     import datasets
@@ -594,6 +621,24 @@ def _struct_keys(feature) -> list[str] | None:
     if isinstance(feature, dict):
         return list(feature)
     return None
+
+
+def _near_names(missing: list[str], found: list[str], columns: Mapping[str, str] | None) -> str:
+    """ "; did you mean 'titular' for 'Titular'?" for each missing column that a found column
+    matches but for letter case (or spaces around it): names are case-sensitive, and the two
+    look alike in a listing."""
+    in_file = {task: file for file, task in (columns or {}).items()}
+    hints = []
+    for column in missing:
+        wanted = in_file.get(column, column)  # as the file should name it
+        near = [name for name in found
+                if name != wanted and name.strip().lower() == wanted.strip().lower()]
+        if near:
+            hints.append(f"'{near[0]}' for '{wanted}'")
+    if not hints:
+        return ""
+    return (f"; did you mean {', '.join(hints)}? (column names are case-sensitive: rename the "
+            "column in the file or with data.columns)")
 
 
 def _looks_like_json_hint(columns: list[str]) -> str:

@@ -6,13 +6,20 @@ rows are formatted) or report a byte position instead of a line ("Expected objec
 position 32"). So before `datasets` sees a file, `prepare_local_file` checks it and, where it
 must, writes a cleaned copy that `datasets` then reads:
 
+- a compressed file (.gz, .bz2, .xz; .zst with the zstandard module) is decompressed first and
+  gets every check below, and `datasets` reads the decompressed copy;
+- a file in UTF-16 or UTF-32 (by its byte-order mark or NUL bytes) is refused as such;
 - a UTF-8 byte-order mark is dropped (pandas would glue it to the first column's name);
 - JSON lines: blank lines are ignored; a line that is not valid UTF-8, not valid JSON (a
   truncated line), not a JSON object, or an object with a key written twice (JSON readers keep
-  one of the two values) is a bad line; a column whose values change type from row to row
-  (text in one row, a number in another) makes the rows of the minority type bad lines if the
-  task reads that column (of any type but text where the task reads it as text), and is dropped
-  (with a note) if it does not;
+  one of the two values) is a bad line; so is a row that lacks a required key other rows have
+  but has it in other letter case ('Text' for 'text'). A column whose values change type from
+  row to row (text in one row, a number in another; pyarrow refuses it) is dropped, with a
+  note, only if the task does not read it. If it does: in a column read as text the rows of
+  other types are bad lines; in an id column numbers are read as their text; in a reference
+  list a text value is a list of that one reference; a nested field (answers, translation) is
+  written as JSON text, which the formatter parses and judges row by row; any other type there
+  is a bad line;
 - CSV/TSV: a line that is not valid UTF-8 is a bad line, and so is a row with more fields than
   the header (pandas refuses the whole file for it); a header that names a column twice is
   refused (pandas would rename the second copy and the task read the first); so is a quoted
@@ -23,7 +30,8 @@ must, writes a cleaned copy that `datasets` then reads:
   empty cell missing: "NA", "None", "nan" and "007" stay the text they are);
 - Windows line endings (CRLF) are accepted everywhere;
 - a JSON document holding a list of rows (at the top or under "data"): an element that is not
-  an object, or has a key written twice, is a bad row (0-based element index);
+  an object, or has a key written twice, is a bad row (0-based element index); a "data" that
+  holds neither a list nor an object of equally long columns is refused;
 - a SQuAD-format JSON document ({"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]},
   how SQAC and MLQA ship their files) is flattened to one row per question (id, title, context,
   question, answers {text, answer_start}), the hub's schema of both. A question whose entry is
@@ -34,7 +42,7 @@ must, writes a cleaned copy that `datasets` then reads:
 
 Bad lines (rows, in JSON documents) are left out of what `datasets` reads and returned in
 `bad`; the loader counts them with the rows the formatter finds bad, or, when bad rows are not
-to be skipped, refuses the earliest of either, naming the file and line (or row).
+to be skipped, refuses the earliest of either, naming the file and line (or row) and column.
 `line_of_row` maps each data row `datasets` will read to its 1-based line in the original file,
 and `row_of_row` to its 0-based row of a JSON document, so later row problems are numbered
 like the bad ones. A clean file is handed over as it is, without a copy.
@@ -42,20 +50,25 @@ like the bad ones. A clean file is handed over as it is, without a copy.
 
 from __future__ import annotations
 
+import ast
+import bz2
 import contextlib
 import csv
+import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
 
 # Bump when the cleaning rules change: the cleaned copy's name includes it.
-CLEAN_VERSION = 2
+CLEAN_VERSION = 3
 _BOM = b"\xef\xbb\xbf"
 _OTHER_DELIMITERS = (";", "\t", "|")
 _JSON_TYPE_NAMES = {str: "text", bool: "true/false", int: "a number", float: "a number",
@@ -86,22 +99,125 @@ class LocalFile:
     row_names: dict[int, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Columns:
+    """How the task reads a file's columns, by their names in the file."""
+
+    required: tuple[str, ...] = ()
+    text: tuple[str, ...] = ()     # required columns read as text (Formatter.text_columns)
+    read: tuple[str, ...] = ()     # every column the task reads, required or not
+    ids: tuple[str, ...] = ()      # ids (example, dialogue): a number there is read as its text
+    lists: tuple[str, ...] = ()    # lists of strings (references)
+
+    def all_read(self) -> set[str]:
+        return {*self.required, *self.text, *self.read, *self.ids, *self.lists}
+
+
 def prepare_local_file(path: str, builder: str, options: dict, required_columns: tuple[str, ...],
-                       *, cache_dir: str | None, text_columns: tuple[str, ...] = ()) -> LocalFile:
-    """Check a local jsonl/json/csv/tsv file; see the module docstring. Parquet passes through.
-    `text_columns`: required columns the task reads as text (Formatter.text_columns)."""
-    if builder == "parquet" or path.lower().endswith((".gz", ".bz2", ".xz", ".zst")):
+                       *, cache_dir: str | None, text_columns: tuple[str, ...] = (),
+                       read_columns: tuple[str, ...] = (), id_columns: tuple[str, ...] = (),
+                       list_columns: tuple[str, ...] = ()) -> LocalFile:
+    """Check a local jsonl/json/csv/tsv file, compressed or not; see the module docstring.
+    Parquet passes through. `text_columns`: required columns the task reads as text
+    (Formatter.text_columns); `read_columns`: every column the task reads (a mixed-type column
+    outside them is left out); `id_columns`, `list_columns`: the ids and reference lists among
+    them."""
+    compression = _compression(path)
+    if builder == "parquet":
+        if compression is not None:
+            raise DataError(f"a compressed Parquet file ({compression}): decompress it; Parquet "
+                            "compresses its columns itself", file=path)
         return LocalFile(path, dict(options))
+    columns = Columns(tuple(required_columns), tuple(text_columns), tuple(read_columns),
+                      tuple(id_columns), tuple(list_columns))
     raw = Path(path).read_bytes()
+    if compression is not None:
+        raw = _decompressed(path, raw, compression)
+    encoding = _wide_encoding(raw)
+    if encoding is not None:  # every line would be "not valid UTF-8", and JSON would look like CSV
+        raise DataError(f"the file is {encoding}, not UTF-8: save it as UTF-8", file=path)
     bom = raw.startswith(_BOM)
     if bom:
         raw = raw[len(_BOM):]
+    # A BOM or compression: `datasets` must read a plain UTF-8 copy, the very text checked here
+    # (it would decompress by itself, but a clean file would then skip no check).
+    rewrite = bom or compression is not None
     if builder == "json":
         stripped = raw.lstrip()
+        if stripped and stripped[:1] not in (b"{", b"["):
+            first_line = stripped[:4096].decode("utf-8", errors="replace").splitlines()[0][:60]
+            raise DataError(f"content does not match the extension: a JSON-lines or JSON file "
+                            f"starts with '{{' or '[', this one starts with {first_line!r} (CSV "
+                            f"or plain text? name it .csv)", file=path)
         if stripped.startswith(b"[") or (stripped.startswith(b"{") and not _is_json_lines(raw)):
-            return _json_document(path, raw, bom, options, required_columns, cache_dir)
-        return _json_lines(path, raw, bom, required_columns, cache_dir, text_columns)
-    return _csv(path, raw, bom, options, required_columns, cache_dir)
+            return _json_document(path, raw, rewrite, options, required_columns, cache_dir)
+        return _json_lines(path, raw, rewrite, columns, cache_dir)
+    return _csv(path, raw, rewrite, options, required_columns, cache_dir)
+
+
+# Suffix -> (name, how its data starts). The standard library reads all but zstd.
+_COMPRESSIONS = {".gz": ("gzip", b"\x1f\x8b"), ".bz2": ("bzip2", b"BZh"),
+                 ".xz": ("xz", b"\xfd7zXZ\x00"), ".zst": ("zstd", b"\x28\xb5\x2f\xfd")}
+# What a data file's name may end with after its format's suffix (tasks.loading.builder_for).
+COMPRESSED_SUFFIXES = tuple(_COMPRESSIONS)
+
+
+def _compression(path: str) -> str | None:
+    """The compression suffix the file's name ends with, or None."""
+    name = path.lower()
+    return next((suffix for suffix in _COMPRESSIONS if name.endswith(suffix)), None)
+
+
+def _decompressed(path: str, raw: bytes, suffix: str) -> bytes:
+    """The file's content, decompressed, or a DataError saying why it cannot be."""
+    kind, magic = _COMPRESSIONS[suffix]
+    zstd_errors: tuple[type[BaseException], ...] = ()
+    if suffix == ".zst":
+        try:
+            import zstandard
+        except ImportError:
+            raise DataError("a zstd-compressed file (.zst), which needs the 'zstandard' module, "
+                            "not installed here: decompress it (zstd -d) or pip install "
+                            "zstandard", file=path) from None
+        zstd_errors = (zstandard.ZstdError,)
+    if not raw.startswith(magic):
+        raise DataError(f"not {kind}-compressed although named {suffix}: if it is plain text, "
+                        f"remove '{suffix}' from its name", file=path)
+    try:
+        if suffix == ".gz":
+            return gzip.decompress(raw)
+        if suffix == ".bz2":
+            return bz2.decompress(raw)
+        if suffix == ".xz":
+            return lzma.decompress(raw)
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)) as reader:
+            return reader.read()
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, *zstd_errors) as error:
+        # gzip raises OSError for bad data: it must not pass as a failure of the file system.
+        detail = ("the file ends before its compressed data does (cut short while downloading "
+                  "or copying?)" if "end-of-stream" in str(error)
+                  else f"the compressed data is damaged ({error})")
+        raise DataError(f"cannot be decompressed as {kind}: {detail}", file=path) from None
+
+
+# Byte-order marks of the encodings a text editor may save "Unicode" text in; UTF-32's first,
+# as they start like UTF-16's.
+_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+              (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
+
+
+def _wide_encoding(raw: bytes) -> str | None:
+    """The encoding of a file in UTF-16 or UTF-32 (Windows Notepad's "Unicode"), found by its
+    byte-order mark or, without one, by its NUL bytes; None for anything else."""
+    for mark, name in _WIDE_BOMS:
+        if raw.startswith(mark):
+            return name
+    head = raw[:4096]
+    # UTF-8 text has no NUL byte; UTF-16 has one beside every ASCII character, UTF-32 three.
+    nuls = head.count(0)
+    if not head or nuls * 4 < len(head):
+        return None
+    return "UTF-32" if nuls * 3 >= len(head) * 2 else "UTF-16"
 
 
 def _lines(raw: bytes) -> list[bytes]:
@@ -218,9 +334,10 @@ def _line_of_offset(raw: bytes, offset: int) -> int:
     return raw[:offset].count(b"\n") + 1
 
 
-def _json_document(path: str, raw: bytes, bom: bool, options: dict,
+def _json_document(path: str, raw: bytes, rewrite: bool, options: dict,
                    required_columns: tuple[str, ...], cache_dir: str | None) -> LocalFile:
-    """A .json holding one document (a list of rows, or rows under "data"): rows have no lines."""
+    """A .json holding one document (a list of rows, or rows under "data"): rows have no lines.
+    `rewrite`: hand over a copy even when nothing is wrong (a BOM, a compressed file)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -245,6 +362,8 @@ def _json_document(path: str, raw: bytes, bom: bool, options: dict,
                          row_of_row=places if bad else None, bad=bad, row_names=names,
                          notes=[f"SQuAD-format document: {len(rows) + len(bad)} questions read "
                                 "as rows (0-based, in document order)"])
+    if isinstance(document, dict) and not set(required_columns) <= set(document):
+        _check_data_key(path, document)
     elements = None
     if isinstance(document, list):
         elements = document
@@ -265,9 +384,30 @@ def _json_document(path: str, raw: bytes, bom: bool, options: dict,
         rows_text = json.dumps([elements[index] for index in kept], ensure_ascii=False)
         return LocalFile(_cleaned_copy(path, rows_text, ".json", cache_dir), {},
                          row_of_row=kept, bad=bad)
-    if bom:
+    if rewrite:
         return LocalFile(_cleaned_copy(path, text, ".json", cache_dir), dict(options))
     return LocalFile(path, dict(options))
+
+
+def _check_data_key(path: str, document: dict) -> None:
+    """Refuse a document whose "data" (where the loader reads its rows) holds no rows: pandas
+    would fail on it with a message of its own ("If using all scalar values, you must pass an
+    index"). A list of rows is read, and so is an object of equally long columns, as pandas
+    reads it."""
+    if "data" not in document:
+        return
+    data = document["data"]
+    if isinstance(data, list):
+        return
+    if (isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values())
+            and len({len(v) for v in data.values()}) == 1):
+        return
+    if isinstance(data, dict) and "paragraphs" in data:
+        raise DataError("SQuAD-format document: 'data' must be a list of articles, got one "
+                        "article object (put it in a list: \"data\": [{...}])", file=path)
+    raise DataError(f"'data' holds {_json_type(data) or 'null'}, not a list: a JSON document "
+                    "gives its rows (in SQuAD format, its articles {title, paragraphs}) as a list "
+                    "under 'data'", file=path)
 
 
 def _squad_rows(document, path: str, repeats: dict[int, str]):
@@ -380,8 +520,8 @@ def _json_type(value) -> str | None:
     return None if value is None else _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
 
 
-def _json_lines(path: str, raw: bytes, bom: bool, required_columns: tuple[str, ...],
-                cache_dir: str | None, text_columns: tuple[str, ...] = ()) -> LocalFile:
+def _json_lines(path: str, raw: bytes, rewrite: bool, columns: Columns,
+                cache_dir: str | None) -> LocalFile:
     rows: list[tuple[int, dict]] = []
     bad: list[tuple[int, str | None, str]] = []
     blank = 0
@@ -407,6 +547,7 @@ def _json_lines(path: str, raw: bytes, bom: bool, required_columns: tuple[str, .
             continue
         rows.append((number, value))
     notes: list[str] = []
+    bad_rows = _miscased_keys(rows, columns.required)
     # Columns whose values change type between rows (pyarrow refuses them).
     types: dict[str, dict[str, list[tuple[int, str]]]] = {}
     for number, row in rows:
@@ -416,25 +557,23 @@ def _json_lines(path: str, raw: bytes, bom: bool, required_columns: tuple[str, .
                 types.setdefault(key, {}).setdefault(kind, []).append(
                     (number, type(value).__name__))
     dropped: set[str] = set()
-    bad_rows: dict[int, tuple[str, str]] = {}
+    converted: dict[str, Callable[[object], object]] = {}  # column -> its values in the copy
+    read = columns.all_read()
     for key, kinds in types.items():
         if len(kinds) < 2:
             continue
-        if key not in required_columns:
+        if key not in read:
             dropped.add(key)
             notes.append(f"column '{key}' mixes {' and '.join(sorted(kinds))} and the task does "
                          "not read it: left out")
             continue
-        # A column the task reads as text is text, so the rows of other kinds are bad even when
-        # they are most rows; elsewhere the kind most rows have is the column's (text on a tie).
-        usual = "text" if key in text_columns and "text" in kinds else max(
-            kinds, key=lambda kind: (len(kinds[kind]), kind == "text"))
-        for kind, found in kinds.items():
-            if kind != usual:
-                for number, type_name in found:
-                    reason = (f"not a string ({type_name})" if usual == "text" else
-                              f"holds {kind} where the other rows hold {usual}")
-                    bad_rows.setdefault(number, (key, reason))
+        bad_kinds, convert, note = _mixed_column(key, kinds, columns)
+        for number, type_name, reason in bad_kinds:
+            bad_rows.setdefault(number, (key, reason))
+        if convert is not None:
+            converted[key] = convert
+        if note:
+            notes.append(note)
     bad += [(number, column, reason) for number, (column, reason) in bad_rows.items()]
     bad.sort(key=lambda item: item[0])
     kept = [(number, row) for number, row in rows if number not in bad_rows]
@@ -443,17 +582,93 @@ def _json_lines(path: str, raw: bytes, bom: bool, required_columns: tuple[str, .
             raise DataError("no data rows: the file holds only blank lines", file=path)
         raise _no_usable_row(path, bad, by_line=True)
     lines = [number for number, _ in kept]
-    if not (bom or blank or bad or dropped):
+    if not (rewrite or blank or bad or dropped or converted):
         return LocalFile(path, {}, lines, notes=notes, by_line=True)
-    text = "".join(json.dumps({k: v for k, v in row.items() if k not in dropped},
+    text = "".join(json.dumps({k: converted[k](v) if k in converted and v is not None else v
+                               for k, v in row.items() if k not in dropped},
                               ensure_ascii=False) + "\n" for _, row in kept)
     return LocalFile(_cleaned_copy(path, text, ".jsonl", cache_dir), {}, lines, bad=bad,
                      notes=notes, by_line=True)
 
 
+def _mixed_column(key: str, kinds: dict[str, list[tuple[int, str]]], columns: Columns):
+    """How a column the task reads, whose values change type between rows, is read: (bad rows
+    as (line, type name, reason), how each value is written in the copy or None, a note or "").
+    No such column is left out: the task reads it, and without it every row would be read
+    as if it had no value there (a reference list, an id) without a word."""
+    kinds_text = " and ".join(sorted(kinds))
+    if key in columns.text:
+        # Read as text, so the rows of other kinds are bad even when they are most rows.
+        return [(number, name, f"not a string ({name})")
+                for kind, found in kinds.items() if kind != "text"
+                for number, name in found], None, ""
+    if key in columns.ids:
+        # An id of a number is the number's text, as the formatters make it of a column of
+        # numbers; dropping the row instead would take a turn out of the middle of a dialogue
+        # and change the history of every later turn.
+        return ([(number, name, f"not a string or number ({name})")
+                 for kind, found in kinds.items() if kind not in ("text", "a number")
+                 for number, name in found], _id_text,
+                f"column '{key}' mixes {kinds_text}: its numbers are read as their text")
+    if key in columns.lists:
+        # A reference list: a text value is kept as a list of that one reference (the same
+        # list, where the text is a written list such as a CSV cell's '["a", "b"]') rather than
+        # made a bad row: that loses neither the row nor its reference.
+        return ([(number, name, f"not a list of strings ({name})")
+                 for kind, found in kinds.items() if kind not in ("text", "a list")
+                 for number, name in found], _text_as_list,
+                f"column '{key}' mixes {kinds_text}: a text value is read as a list of that one "
+                "reference")
+    # A nested field (answers, translation) the formatter parses itself, from JSON text as a
+    # CSV cell gives it: written as JSON text, every row's value reaches it whatever its kind,
+    # and is judged as it would be in a file of that kind alone.
+    return [], _json_text, ""
+
+
+def _id_text(value) -> object:
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def _text_as_list(value) -> object:
+    if not isinstance(value, str):
+        return value
+    for parse in (json.loads, ast.literal_eval):  # JSON, or the Python literal pandas writes
+        try:
+            parsed = parse(value.strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            continue
+        if isinstance(parsed, (list, tuple)):
+            return list(parsed)
+    return [value]
+
+
+def _json_text(value) -> object:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _miscased_keys(rows: list[tuple[int, dict]],
+                   required: tuple[str, ...]) -> dict[int, tuple[str, str]]:
+    """Rows that lack a required key other rows have, but have it spelt in other letter case
+    ('Text' for 'text'): bad rows that say so, where the formatter would only find the value
+    missing. A key no row has is left to the missing-column error, which says the same."""
+    present = {key for _, row in rows for key in row}
+    bad: dict[int, tuple[str, str]] = {}
+    for column in required:
+        if column not in present:
+            continue
+        for number, row in rows:
+            if column in row or number in bad:
+                continue
+            near = [key for key in row if key.strip().lower() == column.lower()]
+            if near:
+                bad[number] = (column, f"missing value (the row has '{near[0]}': did you mean "
+                                       f"'{column}'? keys are case-sensitive)")
+    return bad
+
+
 # ---- CSV ------------------------------------------------------------------------------------
 
-def _csv(path: str, raw: bytes, bom: bool, options: dict, required_columns: tuple[str, ...],
+def _csv(path: str, raw: bytes, rewrite: bool, options: dict, required_columns: tuple[str, ...],
          cache_dir: str | None) -> LocalFile:
     options = dict(options)
     notes: list[str] = []
@@ -525,12 +740,14 @@ def _csv(path: str, raw: bytes, bom: bool, options: dict, required_columns: tupl
                      f"task's columns only when split at {_delimiter_name(delimiter)}")
     # pandas names an unnamed column by its position.
     columns = [name if name else f"Unnamed: {position}" for position, name in enumerate(names)]
-    if not (bom or bad):
+    if not (rewrite or bad):
         return LocalFile(path, options, data_rows, notes=notes, by_line=True, columns=columns)
     if dropped:
         kept_text = "".join(text + "\n" for index, (_, text) in enumerate(texts)
                             if index not in dropped)
-    suffix = ".tsv" if path.lower().endswith(".tsv") else ".csv"
+    compression = _compression(path)
+    plain_name = path[:-len(compression)] if compression else path
+    suffix = ".tsv" if plain_name.lower().endswith(".tsv") else ".csv"
     return LocalFile(_cleaned_copy(path, kept_text, suffix, cache_dir), options, data_rows,
                      bad=bad, notes=notes, by_line=True, columns=columns)
 

@@ -199,6 +199,20 @@ def test_train_names_max_target_length_it_leaves_no_room(tmp_path):
             in proc.stderr.splitlines())
 
 
+@pytest.mark.slow
+def test_train_refuses_a_bad_test_file_before_tokenizing_any_split(tmp_path):
+    # The validation and test files were read only after the training split was tokenized:
+    # with a large corpus the error came minutes late.
+    files = demo_files(tmp_path / "data", train_size=8)
+    bad = tmp_path / "test.jsonl"
+    bad.write_text('{"texto": "a", "resumen": "b"}\n', encoding="utf-8")
+    proc = run("none", 1, base_args(files, tmp_path / "run", extra=[
+        "--data.test_file", str(bad)]), check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"error: file {bad}, column 'text': missing columns 'text', 'summary'" in proc.stderr
+    assert "[train] 8 examples; sources truncated" not in proc.stdout  # nothing tokenized
+
+
 # ---------------------------------------------------------------------------------------------
 # predict's input: blank lines at the end are no rows
 

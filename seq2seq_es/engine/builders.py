@@ -114,10 +114,9 @@ def data_files(cfg: RunConfig) -> dict[str, str] | None:
     return files or None
 
 
-def get_split(cfg: RunConfig, task, tokenizer, model, split: str, max_samples: int | None,
-              log) -> SplitData:
+def load_split(cfg: RunConfig, task, split: str, max_samples: int | None, log):
+    """One split's examples and load report: read and formatted, not yet tokenized."""
     # Imported here: `datasets` is only needed once data is loaded (the GPU bench runs without it).
-    from ..data.tokenize import tokenize_examples
     from ..tasks import load_examples
 
     examples, load_report = load_examples(task, split, data_files=data_files(cfg),
@@ -126,6 +125,14 @@ def get_split(cfg: RunConfig, task, tokenizer, model, split: str, max_samples: i
                                           skip_bad_rows=cfg.data.skip_bad_rows,
                                           columns=cfg.data.column_map())
     log(f"[{split}] {load_report}")
+    return examples, load_report
+
+
+def tokenize_split(cfg: RunConfig, task, tokenizer, model, split: str, loaded, log) -> SplitData:
+    """A loaded split (load_split's pair) tokenized as the model's family needs."""
+    from ..data.tokenize import tokenize_examples
+
+    examples, load_report = loaded
     tokenized, report = tokenize_examples(
         examples, tokenizer, split=split, max_source_length=cfg.data.max_source_length,
         max_target_length=cfg.data.max_target_length,
@@ -135,25 +142,31 @@ def get_split(cfg: RunConfig, task, tokenizer, model, split: str, max_samples: i
     return SplitData(examples, tokenized, report, load_report)
 
 
-def get_test_split(cfg: RunConfig, task, tokenizer, model, log) -> SplitData | None:
-    """The test split scored at the end of the run, or None (said once) when there is none.
+def get_split(cfg: RunConfig, task, tokenizer, model, split: str, max_samples: int | None,
+              log) -> SplitData:
+    return tokenize_split(cfg, task, tokenizer, model, split,
+                          load_split(cfg, task, split, max_samples, log), log)
 
-    Loaded at the start so that a bad test file fails before hours of training. Local files
-    have a test split only when `data.test_file` is given; the hub when the task lists one.
-    The whole split is scored (not `data.max_eval_samples`): these are the reported numbers.
+
+def has_test_split(cfg: RunConfig, task, log) -> bool:
+    """Whether the run scores a test split at its end; says once why not.
+
+    Local files have a test split only when `data.test_file` is given; the hub when the task
+    lists one. The whole split is scored (not `data.max_eval_samples`): these are the reported
+    numbers. It is loaded at the start, so that a bad test file fails before hours of training.
     """
     if not cfg.train.eval_test:
         log("train.eval_test=false: the test split is not scored")
-        return None
+        return False
     if cfg.data.train_file and not cfg.data.test_file:
         log("no test split: the run reads local files and data.test_file is not set; pass "
             "--data.test_file to score the best checkpoint on test")
-        return None
+        return False
     if not cfg.data.train_file and "test" not in task.splits:
         log(f"no test split: task {task.name} has none on the hub; pass --data.train_file, "
             "--data.validation_file and --data.test_file to score one")
-        return None
-    return get_split(cfg, task, tokenizer, model, "test", None, log)
+        return False
+    return True
 
 
 def get_collator(cfg: RunConfig, spec, tokenizer, model) -> Seq2SeqCollator:

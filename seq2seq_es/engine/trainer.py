@@ -36,8 +36,8 @@ from ..errors import ConfigError, Seq2SeqEsError
 from ..run_files import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 from . import distributed as D
 from .builders import (check_targets, compile_shapes, get_collator, get_engine,
-                       get_generation_config, get_model, get_split, get_step_plan, get_test_split,
-                       warm_up_compiled)
+                       get_generation_config, get_model, get_step_plan, has_test_split,
+                       load_split, tokenize_split, warm_up_compiled)
 from .checkpoint import (Checkpointer, TrainState, check_fresh_folder, data_layout, run_identity,
                          storage_layout)
 from .evaluation import evaluate
@@ -268,12 +268,20 @@ class Trainer:
     def build_data(self, spec) -> None:
         """The three splits, the collator, the generation config and the step plan."""
         cfg, task, tokenizer, model = self.cfg, self.task, self.tokenizer, self.model
-        self.train_data = get_split(cfg, task, tokenizer, model, "train",
-                                    cfg.data.max_train_samples, self.say)
+        # Every split is read and checked before any is tokenized: a bad validation or test
+        # file was reported only after the whole training split had been tokenized.
+        loaded = {split: load_split(cfg, task, split, max_samples, self.say)
+                  for split, max_samples in (("train", cfg.data.max_train_samples),
+                                             ("validation", cfg.data.max_eval_samples))}
+        if has_test_split(cfg, task, self.say):
+            loaded["test"] = load_split(cfg, task, "test", None, self.say)
+        self.train_data = tokenize_split(cfg, task, tokenizer, model, "train", loaded["train"],
+                                         self.say)
         check_targets(cfg, self.train_data)
-        self.eval_data = get_split(cfg, task, tokenizer, model, "validation",
-                                   cfg.data.max_eval_samples, self.say)
-        self.test_data = get_test_split(cfg, task, tokenizer, model, self.say)  # None: no test
+        self.eval_data = tokenize_split(cfg, task, tokenizer, model, "validation",
+                                        loaded["validation"], self.say)
+        self.test_data = (tokenize_split(cfg, task, tokenizer, model, "test", loaded["test"],
+                                         self.say) if "test" in loaded else None)  # None: no test
         self.collator = get_collator(cfg, spec, tokenizer, model)
         self.generation_config = get_generation_config(cfg, spec, tokenizer)
         # The collator is passed on: bucketed plans set the lengths it pads to.

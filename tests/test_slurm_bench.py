@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest_slurm import slurm_cluster  # noqa: F401  (fixture)
+from seq2seq_es.bench import scaling_jobs
 from seq2seq_es.bench.scaling_jobs import (BENCH_KIND, BENCH_MANIFEST, BenchManifest, add_efficiency,
                                            measure_run, plan_bench_runs, runs_table)
 from seq2seq_es.slurm.cli import main as slurm_main
@@ -105,7 +106,10 @@ def test_a_folder_holding_another_bench_or_a_sweep_is_refused(tmp_path, capsys):
     assert "run folder" in err and "nodes2_zero0 is not empty" in err
 
 
-def test_dry_run_prints_every_job_and_writes_nothing(tmp_path, capsys):
+def test_dry_run_prints_every_job_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    # a partition of four 4-GPU nodes (the local cluster's two would refuse --nodes 4)
+    monkeypatch.setattr(scaling_jobs, "partition_nodes",
+                        lambda partition: ("gpu", {f"node{i}": 4 for i in range(4)}))
     bench_dir = tmp_path / "bench"
     assert bench(bench_dir, "--nodes", "4,1,2", "--zero-stages", "3,0", "--dry-run",
                  "--gpus-per-node", "4") == 0

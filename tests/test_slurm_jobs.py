@@ -196,7 +196,12 @@ def test_job_out_of_requeues_says_so(slurm_cluster, tmp_path, capsys):  # noqa: 
     assert slurm_main(["status", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert "OUT_OF_REQUEUES" in out and "out of requeues (max_requeues 0)" in out
-    assert "OutOfRequeuesError" in out
+    assert f"`seq2seq-es slurm resume {run_dir}` continues it" in out
+    # the job ended with one line saying so (srun's own follow), not with a traceback
+    err = (run_dir / "logs" / "rank0.err").read_text()
+    assert any(line.startswith("out of requeues (max_requeues 0, pre-empted after 0 requeue(s)): "
+                               "the job is not requeued") for line in err.splitlines()), err
+    assert "Traceback" not in err and "triggered an exception" not in err
     # Put back in the queue by hand, it resumes and finishes: no longer out of requeues.
     subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
     assert wait_finished(job_id)["JobState"] == "COMPLETED"
@@ -216,7 +221,7 @@ def test_resume_submits_a_stopped_run_again_and_it_finishes(slurm_cluster, tmp_p
     out = capsys.readouterr().out
     assert f"#   run (last job {first_job})" in out
     # how it ended, so that a failure of its own is not resubmitted unseen
-    assert "#     its last job ended OUT_OF_REQUEUES: " in out and "OutOfRequeuesError" in out
+    assert "#     its last job ended OUT_OF_REQUEUES: out of requeues (max_requeues 0)" in out
     # The probe's jobs are no training: other ranks or train overrides are refused for them
     # (a training run's are composed and checked: test_slurm_training, test_slurm_resume_changes).
     assert slurm_main(["resume", str(run_dir), "--nodes", "2", "--yes"]) == 2

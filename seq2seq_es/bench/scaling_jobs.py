@@ -46,8 +46,9 @@ from ..slurm.config import SlurmConfig
 from ..slurm.monitor import FINISHED_STATES, read_metrics, sweep_status
 from ..slurm.options import add_slurm_options, slurm_config_from_args, split_overrides
 from ..slurm.sweep import (RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan,
-                          check_cluster_size, check_names, check_overrides, dry_run_script,
-                          load_manifest, new_manifest, partition_nodes, submit, train_argv)
+                          SlurmUnavailableError, check_cluster_size, check_names, check_overrides,
+                          dry_run_script, load_manifest, new_manifest, partition_nodes, submit,
+                          train_argv)
 from .scaling import scaling_plot, scaling_points, scaling_table
 
 BENCH_MANIFEST = "bench.json"
@@ -581,10 +582,17 @@ def cmd_bench(argv: list[str]) -> int:
                              gpus_per_node=base.gpus_per_node, tasks_per_node=base.ntasks_per_node,
                              train_size=train_size, data_files=data_files, overrides=overrides,
                              slurm=base.to_dict(), runs=runs, created=round(time.time(), 3))
+    # Also for --dry-run where sinfo answers, as submit and sweep check: a node count the
+    # partition cannot hold makes a job that waits for ever.
+    try:
+        partition, nodes = partition_nodes(base.partition)
+    except SlurmUnavailableError:
+        if not args.dry_run:
+            raise
+    else:
+        check_cluster_size(node_counts, base.gpus_per_node, partition, nodes)
     if args.dry_run:
         return _print_plan(manifest, base, bench_dir, args.entry, args.serial)
-    partition, nodes = partition_nodes(base.partition)
-    check_cluster_size(node_counts, base.gpus_per_node, partition, nodes)
     bench_dir.mkdir(parents=True, exist_ok=True)
     if generate:
         write_bench_data(bench_dir, train_size)

@@ -61,7 +61,8 @@ from .options import (SLURM_FLAGS, add_slurm_options, slurm_config_from_args, sp
                       with_sbatch_options)
 from .sweep import (RUN_FOLDERS_MODE, RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, absolute_config,
                     check_names, check_node_count, check_overrides, check_partition, check_run_dir,
-                    check_seeds, check_sweep_dir, compose_run, dry_run_script, gpu_warning,
+                    check_seeds, check_sweep_dir, compose_run, dry_run_script,
+                    finished_run_further, gpu_warning,
                     load_manifest, load_runs, new_manifest, parse_grid, parse_seeds,
                     partition_gres, pinned_paths, plan_sweep,
                     relative_paths, require_slurm_clients, resumed_argv,
@@ -224,8 +225,8 @@ def cmd_sweep(argv: list[str]) -> int:
         return 1
     submit(manifest, config, sweep_dir / SWEEP_MANIFEST)
     first, last = runs[0].job_id, runs[-1].job_id
-    print(f"submitted {len(runs)} run(s) as jobs {first}..{last}, at most {args.max_parallel} at "
-          f"once")
+    jobs = f"job {first}" if len(runs) == 1 else f"jobs {first}..{last}"
+    print(f"submitted {len(runs)} run(s) as {jobs}, at most {args.max_parallel} at once")
     print(f"sweep folder: {sweep_dir}")
     print(f"status: seq2seq-es slurm status {sweep_dir}")
     return 0
@@ -330,9 +331,22 @@ def cmd_resume(argv: list[str]) -> int:
     manifest = load_manifest(args.sweep)
     states = query_slurm(run.job_id for run in manifest.runs)
     runs, still_going = runs_to_resume(manifest, states)
+    finished = [run.run_dir for run in manifest.runs
+                if all(run is not other for other in runs + [busy for busy, _ in still_going])]
+    if not runs and overrides:
+        # Said as an error: the arguments asked for a change that nothing received (the run
+        # folder keeps its settings), and a script must not read that as done.
+        raise ConfigError(overrides[0].split("=", 1)[0],
+                          f"not applied: every run of {manifest.path} has finished (DONE), and "
+                          "`slurm resume` submits unfinished runs only. "
+                          + finished_run_further(finished))
     if not runs:
         print(f"every run of {manifest.path} has finished (DONE): nothing to resume")
         return 0
+    if overrides and finished:
+        print(f"note: the train arguments after -- go to the {len(runs)} run(s) resumed here, "
+              f"not to the {len(finished)} finished one(s). {finished_run_further(finished)}",
+              file=sys.stderr)
     changes = {SLURM_FLAGS[flag][0]: getattr(args, flag) for flag in RESUME_FLAGS
                if getattr(args, flag) is not None}
     # Runs submitted before these options were refused may carry one (a --sbatch time=30 beside

@@ -265,8 +265,11 @@ def create_submitit_folder(folder: str | Path, key: str = "slurm.folder") -> Pat
 
 
 def load_slurm_yaml(path: str | Path) -> dict[str, Any]:
-    """The `slurm:` section of a YAML file (or the whole file when it has no such section)."""
-    from ..config import read_yaml  # a key set twice is refused, as in run files
+    """The `slurm:` section of a YAML file (or the whole file when it has no such section).
+    A run config's sections (train:, model:, ...) are refused, beside a `slurm:` section or
+    without one: nothing reads them there, and a run config given here was reported as unknown
+    SlurmConfig keys (`slurm.train`), which did not say which file the key belongs in."""
+    from ..config import SECTIONS, read_yaml  # a key set twice is refused, as in run files
 
     path = Path(path)
     loaded = read_yaml(path, flag="--slurm-config")
@@ -274,6 +277,18 @@ def load_slurm_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(loaded, dict):
         raise ConfigError("--slurm-config", f"file {path} must hold a mapping")
+    run_sections = [str(key) for key in loaded if str(key) in SECTIONS]
+    if run_sections:
+        named = ", ".join(f"{key}:" for key in run_sections)
+        if "slurm" not in loaded:
+            raise ConfigError("--slurm-config", f"file {path} has no slurm: section and looks "
+                              f"like a run config ({named}); pass it to the run after -- as "
+                              f"`-- --config {path}`, and SLURM settings as flags or in a file "
+                              "with a slurm: section")
+        # `train` refuses a file with a slurm: section, so such a file serves one purpose only.
+        raise ConfigError("--slurm-config", f"file {path} has run config sections ({named}) "
+                          "beside its slurm: section, which nothing would read: put them in a "
+                          f"run config file of their own, given after -- as `--config FILE`")
     section = loaded.get("slurm", loaded)
     if not isinstance(section, dict):
         raise ConfigError("slurm", f"file {path}: the slurm section must be a mapping")

@@ -22,7 +22,9 @@ signals (so a second SIGUSR2 cannot make submitit's handler requeue twice), and
   restarted job unpickles the same TrainJob, and the entry resumes from the last checkpoint
   (`--train.resume auto`), so no step is lost or repeated.
 * with the requeues used up, rank 0 writes `<run_dir>/OUT_OF_REQUEUES` and raises
-  `OutOfRequeuesError`: the job fails and `slurm status` says "out of requeues".
+  `OutOfRequeuesError`, a SystemExit with a one-line message (what was kept, how to go on):
+  the job fails with that line at the end of its log instead of a traceback (submitit
+  catches Exception only), and `slurm status` says "out of requeues".
 * the other ranks leave with status 0 and let rank 0 decide: the job step runs with srun's
   --kill-on-bad-exit (so that a crashed rank cannot leave the others waiting in a collective
   until the process-group timeout), and a non-zero status there would kill rank 0 before it has
@@ -88,8 +90,11 @@ class RequeuedBySubmitit(SystemExit):
     """submitit's handler requeued the job and exits; not an exit status of the entry."""
 
 
-class OutOfRequeuesError(RuntimeError):
-    """The job was pre-empted again after using all its requeues."""
+class OutOfRequeuesError(SystemExit):
+    """The job was pre-empted again after using all its requeues. A SystemExit whose code is
+    the message: Python prints it and the task ends with status 1. As an exception submitit
+    would log "Submitted job triggered an exception" and the interpreter a traceback, for an
+    ending that is no bug (the job log then read as a crash after the engine's stop message)."""
 
 
 class TrainingFailed(RuntimeError):
@@ -234,8 +239,7 @@ class TrainJob(submitit.helpers.Checkpointable):
             self._after_sigterm(restart, stopped.get("step"))
         if restart >= self.max_requeues:
             self._mark_out_of_requeues(restart)
-            raise OutOfRequeuesError(f"pre-empted after {restart} requeue(s); max_requeues is "
-                                     f"{self.max_requeues}")
+            raise OutOfRequeuesError(self._out_of_requeues_message(restart, stopped.get("step")))
         job_id = os.environ.get("SLURM_JOB_ID", "")
         append_event(self.run_dir, "requeued", job_id=_job_id(), restart=restart,
                      reason="pre-empted; checkpoint saved")
@@ -270,6 +274,19 @@ class TrainJob(submitit.helpers.Checkpointable):
               f"slurm resume` continues it from its checkpoint at step {step}", file=sys.stderr,
               flush=True)
         raise SystemExit(EXIT_PREEMPTED)
+
+    def _out_of_requeues_message(self, restart: int, step: int | None) -> str:
+        """The job's last line when its requeues are used up: not requeued, what was saved,
+        and what continues it (a sweep's run is resumed through its sweep folder)."""
+        run_dir = Path(self.run_dir)
+        from .sweep import SWEEP_MANIFEST  # here: sweep imports this module
+
+        folder = run_dir.parent if (run_dir.parent / SWEEP_MANIFEST).is_file() else run_dir
+        saved = f"its checkpoint at step {step} is kept" if step is not None else \
+            "its last checkpoint is kept"
+        return (f"out of requeues (max_requeues {self.max_requeues}, pre-empted after {restart} "
+                f"requeue(s)): the job is not requeued; {saved}, and `seq2seq-es slurm resume "
+                f"{folder}` continues it")
 
     def _mark_out_of_requeues(self, restart: int) -> None:
         marker = Path(self.run_dir) / run_files.OUT_OF_REQUEUES

@@ -861,7 +861,16 @@ def check_overrides(overrides: list[str], *, allow_config: bool = False) -> None
 
 def check_sweep_dir(sweep_dir: Path, runs: list[RunPlan]) -> None:
     """Refuses a folder that holds another sweep, or run folders with results already in them
-    (or a file where one goes). cli.cmd_sweep checks the sweep folder itself before planning."""
+    (or a file where one goes), and one inside another sweep or a run folder (its runs would
+    write into that run's files, as a `--run-dir` there did). cli.cmd_sweep checks the sweep
+    folder itself before planning."""
+    for above in sweep_dir.parents:
+        held = ([SWEEP_MANIFEST] if (above / SWEEP_MANIFEST).exists() else []) + \
+            _run_files_in(above)
+        if held:
+            raise ConfigError("--sweep-dir", f"{sweep_dir} lies inside the "
+                              f"{'sweep' if SWEEP_MANIFEST in held else 'run folder'} {above} "
+                              f"({', '.join(held)}); choose a folder outside it")
     manifest = sweep_dir / SWEEP_MANIFEST
     if manifest.exists():
         try:
@@ -892,27 +901,91 @@ def check_run_dir(run_dir: Path) -> None:
     """Refuses a folder where a new job would train over something else: a sweep or one of its
     runs (a job trained a finished sweep run on under other arguments, and collect then left it
     out), another job's run, or a run's files (train goes on from them under the new
-    arguments); and a path that is a file or lies under one (the dry run printed a script
-    whose job could never make the folder)."""
+    arguments); a folder inside any of those (a run's exported `final/` got the job's files and
+    checkpoints); a folder holding files of the user's (the run's files would go in among
+    them); and a path that is a file or lies under one (the dry run printed a script whose job
+    could never make the folder)."""
     check_folder("--run-dir", str(run_dir))
     if (run_dir / SWEEP_MANIFEST).exists():
         raise ConfigError("--run-dir", f"{run_dir} is a sweep folder ({SWEEP_MANIFEST}); choose "
                           "a new folder for the run")
-    if (run_dir.parent / SWEEP_MANIFEST).exists():
-        raise ConfigError("--run-dir", f"{run_dir} is in the sweep {run_dir.parent}, whose runs "
-                          f"go on only through `seq2seq-es slurm resume {run_dir.parent}`; "
-                          "choose a folder outside it")
+    for above in run_dir.parents:  # a sweep first: its runs go on through it
+        if (above / SWEEP_MANIFEST).exists():
+            where = "is in" if above == run_dir.parent else "lies inside"
+            raise ConfigError("--run-dir", f"{run_dir} {where} the sweep {above}, whose runs "
+                              f"go on only through `seq2seq-es slurm resume {above}`; "
+                              "choose a folder outside it")
+    for above in run_dir.parents:
+        held = _run_files_in(above)
+        if held:
+            raise ConfigError("--run-dir", f"{run_dir} lies inside the run folder {above} "
+                              f"({', '.join(held)}); choose a folder outside it")
     if (run_dir / RUN_MANIFEST).exists():
         previous = load_manifest(run_dir / RUN_MANIFEST)
         if previous.submitted:
-            raise ConfigError("--run-dir", f"{run_dir} already holds job "
-                              f"{previous.runs[0].job_id}; choose another folder")
+            raise ConfigError("--run-dir", _earlier_job_message(run_dir, previous))
     held = [name for name in (run_files.CONFIG, run_files.CHECKPOINTS, run_files.FINAL_RESULTS)
             if (run_dir / name).exists()]
     if held:
         raise ConfigError("--run-dir", f"{run_dir} holds a run already ({', '.join(held)}): a "
                           "job would train on from it under the new arguments; choose another "
                           "folder")
+    # What a submission whose sbatch failed leaves (its unsubmitted manifest, the config copy,
+    # submitit's folder): the same command, corrected, may submit into it again. Anything else
+    # is not ours: the run would write its files in among them.
+    left = sorted(path.name for path in run_dir.iterdir()) if run_dir.is_dir() else []
+    ours = {RUN_MANIFEST, run_files.SUBMITTED_CONFIG, SUBMITIT_DIR}
+    if left and not ((run_dir / RUN_MANIFEST).is_file() and set(left) <= ours):
+        shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+        raise ConfigError("--run-dir", f"{run_dir} is not empty and holds no run of seq2seq-es "
+                          f"({shown}); give a new or empty folder for the run")
+
+
+def _run_files_in(folder: Path) -> list[str]:
+    """The files that make `folder` a run folder (a job's manifest, a finished run's results),
+    or []. A config.yaml counts only beside the engine's other files: a project folder may
+    hold a config.yaml of its own, with its runs below it."""
+    held = [name for name in (RUN_MANIFEST, run_files.FINAL_RESULTS, run_files.DONE)
+            if (folder / name).is_file()]
+    if (folder / run_files.CONFIG).is_file() and any(
+            (folder / name).exists() for name in (run_files.METRICS, run_files.CHECKPOINTS,
+                                                  run_files.VERSIONS)):
+        held.append(run_files.CONFIG)
+    return held
+
+
+def _earlier_job_message(run_dir: Path, previous: Manifest) -> str:
+    """Why a folder that a job was submitted to takes no new one, with the job's state where
+    known (a finished job's folder read as one still running), and what goes on with it."""
+    job_id = previous.runs[0].job_id if previous.runs else None
+    if (run_dir / run_files.DONE).is_file():
+        return (f"{run_dir} holds the run of job {job_id}, which has finished (DONE); "
+                f"`seq2seq-es slurm status {run_dir}` shows it. "
+                f"{finished_run_further([str(run_dir)])} Choose another folder for a new run")
+    from .monitor import query_slurm  # here: monitor imports this module
+
+    try:
+        known = query_slurm([job_id] if job_id else []).get(job_id)
+    except (OSError, subprocess.SubprocessError):
+        known = None
+    state = f"job {job_id} ({known.state})" if known else f"job {job_id} (submitted earlier)"
+    when = " once its job has ended" if known is None or known.state in ACTIVE_STATES else ""
+    return (f"{run_dir} holds the run of {state}; `seq2seq-es slurm status {run_dir}` shows "
+            f"it, and `seq2seq-es slurm resume {run_dir}` continues it{when} (with new "
+            "resources or train arguments, if given); choose another folder for a new run")
+
+
+def finished_run_further(run_dirs: list[str]) -> str:
+    """How a finished run trains further: `slurm resume` submits unfinished runs only, and
+    `train` goes on from a finished run's last checkpoint under a longer schedule (the engine
+    removes its DONE and final results until it finishes again). run_dirs: the finished runs."""
+    config = (f"{Path(run_dirs[0]) / run_files.CONFIG}" if len(run_dirs) == 1 else
+              f"RUN/{run_files.CONFIG}")
+    which = "" if len(run_dirs) == 1 else f" with RUN the run's folder (e.g. {run_dirs[0]})"
+    return (f"To train a finished run further, run `seq2seq-es train --config {config} "
+            f"--train.max_steps N` (or a larger --train.epochs){which}: it continues from its "
+            "last checkpoint under the longer schedule, where the command is started (not as a "
+            "SLURM job).")
 
 
 # ---- SLURM -----------------------------------------------------------------------------------

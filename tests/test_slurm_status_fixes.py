@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -348,3 +349,46 @@ def test_bench_dry_run_refuses_more_nodes_than_the_partition_has(tmp_path, capsy
     assert slurm_main(argv) == 0
     assert "nodes4_zero0: 4 node(s)" in capsys.readouterr().out
     assert not (tmp_path / "b").exists()
+
+
+def test_the_engines_stop_line_does_not_promise_a_requeue_that_will_not_come():
+    # With its requeues used up the job gave up right after the engine printed "the job
+    # requeues itself and resumes from it".
+    from seq2seq_es.engine.trainer import after_stop
+    from seq2seq_es.run_files import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, REQUEUES_LEFT_ENV
+
+    job = {"SUBMITIT_FOLDER": "/x"}
+    assert after_stop("SIGUSR2", PREEMPTED_EXIT_CODE, {**job, REQUEUES_LEFT_ENV: "2"}) == (
+        "the job requeues itself and resumes from it (seq2seq-es slurm status)")
+    assert after_stop("SIGUSR2", PREEMPTED_EXIT_CODE, {**job, REQUEUES_LEFT_ENV: "0"}) == (
+        "the job has used its requeues and ends; `seq2seq-es slurm resume` continues it from "
+        "this checkpoint (seq2seq-es slurm status)")
+    assert after_stop("SIGTERM", PREEMPTED_EXIT_CODE, {**job, REQUEUES_LEFT_ENV: "0"}).startswith(
+        "the job is requeued if SLURM requeues it")
+    assert after_stop("SIGUSR2", PREEMPTED_EXIT_CODE, {}) == "resume with --train.resume auto"
+    assert after_stop("SIGINT", INTERRUPTED_EXIT_CODE, job) == "resume with --train.resume auto"
+
+
+def test_a_job_tells_the_engine_how_many_requeues_it_has_left(tmp_path, monkeypatch):
+    from seq2seq_es.run_files import REQUEUES_LEFT_ENV
+
+    seen = {}
+
+    def entry(argv):
+        seen["left"] = os.environ.get(REQUEUES_LEFT_ENV)
+        return 0
+
+    monkeypatch.setenv("SLURM_JOB_ID", "5")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    monkeypatch.delenv(REQUEUES_LEFT_ENV, raising=False)
+    job = TrainJob(["--task", "mlsum"], run_dir=tmp_path / "run", max_requeues=1)
+    monkeypatch.setattr(job, "_export_distributed_env",
+                        lambda: type("Dist", (), {"rank": 0, "world_size": 1,
+                                                  "master_addr": "h", "master_port": 1})())
+    monkeypatch.setattr(job, "_link_logs", lambda rank: None)
+    monkeypatch.setattr("seq2seq_es.slurm.job.resolve_entry", lambda name: entry)
+    monkeypatch.setattr("seq2seq_es.slurm.job._guard_submitit_handler", lambda run_dir: None)
+    # the job's own process ignores stop signals after training; pytest's must not
+    monkeypatch.setattr("seq2seq_es.slurm.job._ignore_stop_signals", lambda: None)
+    assert job._train()["restarts"] == 1
+    assert seen["left"] == "0"

@@ -149,6 +149,24 @@ class SaveClock:
         self.last = time.monotonic()
 
 
+
+def after_stop(signal_name: str, code: int, environ) -> str:
+    """What happens after a stop signal's checkpoint, for the stop line. A job of `seq2seq-es
+    slurm` (submitit's process: SUBMITIT_FOLDER) requeues itself (slurm.job.TrainJob) while it
+    has requeues left (run_files.REQUEUES_LEFT_ENV, set by the job); anywhere else the user
+    starts the run again. SIGTERM is also scancel's: the job decides, from SLURM's record,
+    whether it ends."""
+    if "SUBMITIT_FOLDER" not in environ or code != PREEMPTED_EXIT_CODE:
+        return "resume with --train.resume auto"
+    if signal_name == "SIGTERM":
+        return ("the job is requeued if SLURM requeues it, and ends if it was cancelled "
+                "(seq2seq-es slurm status)")
+    if environ.get(run_files.REQUEUES_LEFT_ENV) == "0":
+        # The line said "the job requeues itself" just before the job gave up.
+        return ("the job has used its requeues and ends; `seq2seq-es slurm resume` continues "
+                "it from this checkpoint (seq2seq-es slurm status)")
+    return "the job requeues itself and resumes from it (seq2seq-es slurm status)"
+
 class Trainer:
     """One training run of `cfg`. Every method is collective: all ranks call it together."""
 
@@ -476,16 +494,8 @@ class Trainer:
         if self.env.is_main:
             write_json_atomic(self.out / run_files.PREEMPTED, {"step": step, "signal": name})
         code = INTERRUPTED_EXIT_CODE if name == "SIGINT" else PREEMPTED_EXIT_CODE
-        # A job of `seq2seq-es slurm` (submitit's process: SUBMITIT_FOLDER) requeues itself
-        # (slurm.job.TrainJob); anywhere else the user starts the run again.
-        # (SIGTERM is also scancel's: the job decides, from SLURM's record, whether it ends.)
-        in_slurm_job = "SUBMITIT_FOLDER" in os.environ and code == PREEMPTED_EXIT_CODE
-        then = ("the job requeues itself and resumes from it (seq2seq-es slurm status)"
-                if in_slurm_job and name != "SIGTERM" else
-                "the job is requeued if SLURM requeues it, and ends if it was cancelled "
-                "(seq2seq-es slurm status)" if in_slurm_job else "resume with --train.resume auto")
-        raise Stopped(f"{name} received: saved a checkpoint at step {step}; {then}", code,
-                      reports=self.env.is_main)
+        raise Stopped(f"{name} received: saved a checkpoint at step {step}; "
+                      f"{after_stop(name, code, os.environ)}", code, reports=self.env.is_main)
 
     # -- validation, checkpoints ---------------------------------------------------------------
 

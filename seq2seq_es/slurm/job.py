@@ -179,6 +179,7 @@ class TrainJob(submitit.helpers.Checkpointable):
             append_event(self.run_dir, "start", job_id=_job_id(), restart=restart,
                          world_size=dist.world_size, master=f"{dist.master_addr}:{dist.master_port}",
                          hosts=os.environ.get("SLURM_JOB_NODELIST", ""))
+        os.environ[run_files.REQUEUES_LEFT_ENV] = str(max(0, self.max_requeues - restart))
         try:
             status = self._run_entry()
         except Exception as exc:

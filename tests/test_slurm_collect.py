@@ -784,3 +784,17 @@ def test_a_run_resumed_with_other_settings_is_warned_about(tmp_path):
     # Collected as run folders, the differing key is in the labels; the resume still warned.
     table = build_table(load_runs([str(resumed), str(runs[("barto", "mlsum", "5e-5")])]))
     assert [w.split(":")[1].strip()[:24] for w in table.warnings] == ["barto__mlsum__lr-3e-5 wa"]
+
+
+def test_collect_refuses_a_plot_name_of_another_format(tmp_path, capsys):
+    # --png out/g.jpg wrote PNG data under a .jpg name.
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], LR)
+    _final(_runs(manifest)[("barto", "mlsum", "3e-5")], {"rougeL": 20.0}, {"rougeL": 19.0})
+    assert slurm_main(["collect", str(sweep_dir), "--png", str(tmp_path / "g.jpg")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: argument --png: {tmp_path / 'g.jpg'}: the plot is written as PNG; give a name "
+        "ending in .png")
+    assert not (tmp_path / "g.jpg").exists() and not (sweep_dir / "results.md").exists()
+    assert slurm_main(["collect", str(sweep_dir), "--png", str(tmp_path / "g.PNG")]) == 0
+    assert (tmp_path / "g.PNG").read_bytes().startswith(PNG_SIGNATURE)

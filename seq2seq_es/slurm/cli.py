@@ -271,6 +271,10 @@ def cmd_collect(argv: list[str], prog: str = "seq2seq-es slurm collect") -> int:
     parser.add_argument("--csv", metavar="FILE", help="default <SWEEP>/results.csv (as --markdown)")
     parser.add_argument("--png", metavar="FILE", help="default <SWEEP>/results.png (as --markdown)")
     args = parser.parse_args(argv)
+    # The plot is PNG data whatever its name: one named .jpg or .pdf opened as a broken file.
+    if args.png and Path(args.png).suffix.lower() != ".png":
+        raise ConfigError("--png", f"{args.png}: the plot is written as PNG; give a name ending "
+                                   "in .png")
     manifest = load_runs(args.sweep)
     metrics = _names(args.metrics)
     table = build_table(manifest, metrics=metrics)

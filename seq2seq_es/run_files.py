@@ -40,6 +40,8 @@ OUT_OF_REQUEUES = "OUT_OF_REQUEUES"
 
 # Written by `seq2seq-es slurm submit | sweep`.
 SUBMITTED_CONFIG = "submitted_config.yaml"
+SWEEP_MANIFEST = "sweep.json"        # a sweep folder's plan (slurm.sweep)
+RUN_MANIFEST = "slurm_job.json"      # a `slurm submit` run folder's plan
 
 # Written by the engine.
 CONFIG = "config.yaml"

@@ -25,7 +25,7 @@ import pytest
 from seq2seq_es import run_files
 from seq2seq_es.bench import scaling_jobs
 from seq2seq_es.slurm import cli as slurm_cli
-from seq2seq_es.slurm import monitor
+from seq2seq_es.slurm import queries
 from seq2seq_es.slurm.cli import main as slurm_main
 from seq2seq_es.slurm.config import SlurmConfig
 from seq2seq_es.slurm.job import DEFAULT_ENTRY, OutOfRequeuesError, TrainJob
@@ -253,17 +253,17 @@ def test_run_dir_left_by_a_failed_sbatch_or_below_a_projects_config_is_taken(tmp
 def test_run_dir_of_an_earlier_job_names_its_state_and_what_goes_on(tmp_path, monkeypatch):
     run, _ = _run_folder(tmp_path, "114", [], name="r1")
     run_dir = Path(run.run_dir)
-    monkeypatch.setattr(monitor, "query_slurm", lambda ids: {})
+    monkeypatch.setattr(queries, "query_slurm", lambda ids: {})
     with pytest.raises(ConfigError) as refused:
         check_run_dir(run_dir)
     assert (f"{run_dir} holds the run of job 114 (submitted earlier); `seq2seq-es slurm status "
             f"{run_dir}` shows it, and `seq2seq-es slurm resume {run_dir}` continues it once its "
             "job has ended") in str(refused.value)
-    monkeypatch.setattr(monitor, "query_slurm", lambda ids: {"114": SlurmState("RUNNING")})
+    monkeypatch.setattr(queries, "query_slurm", lambda ids: {"114": SlurmState("RUNNING")})
     with pytest.raises(ConfigError, match=r"holds the run of job 114 \(RUNNING\);.* continues it "
                                           r"once its job has ended"):
         check_run_dir(run_dir)
-    monkeypatch.setattr(monitor, "query_slurm", lambda ids: {"114": SlurmState("TIMEOUT")})
+    monkeypatch.setattr(queries, "query_slurm", lambda ids: {"114": SlurmState("TIMEOUT")})
     with pytest.raises(ConfigError, match=r"holds the run of job 114 \(TIMEOUT\);.* continues it "
                                           r"\(with new resources"):
         check_run_dir(run_dir)

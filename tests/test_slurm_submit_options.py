@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from seq2seq_es.errors import ConfigError
-from seq2seq_es.slurm import monitor
+from seq2seq_es.slurm import queries
 from seq2seq_es.slurm.cli import main as slurm_main
 from seq2seq_es.slurm.config import SlurmConfig
 from seq2seq_es.slurm.monitor import format_status, parse_scontrol_jobs, run_status, sweep_status
@@ -247,9 +247,9 @@ def test_the_status_command_prints_the_reason_under_the_run(tmp_path, capsys, mo
         assert command[:4] == ["scontrol", "show", "job", "-o"]
         return subprocess.CompletedProcess(command, 0, SCONTROL[command[4]] + "\n", "")
 
-    monkeypatch.setattr(monitor.shutil, "which", lambda name: f"/usr/bin/{name}"
+    monkeypatch.setattr(queries.shutil, "which", lambda name: f"/usr/bin/{name}"
                         if name == "scontrol" else None)
-    monkeypatch.setattr(monitor.subprocess, "run", fake_run)
+    monkeypatch.setattr(queries.subprocess, "run", fake_run)
     assert slurm_main(["status", str(tmp_path / "sweep")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(asked) == 2

@@ -280,9 +280,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         """The job's last line when its requeues are used up: not requeued, what was saved,
         and what continues it (a sweep's run is resumed through its sweep folder)."""
         run_dir = Path(self.run_dir)
-        from .sweep import SWEEP_MANIFEST  # here: sweep imports this module
-
-        folder = run_dir.parent if (run_dir.parent / SWEEP_MANIFEST).is_file() else run_dir
+        folder = (run_dir.parent if (run_dir.parent / run_files.SWEEP_MANIFEST).is_file()
+                  else run_dir)
         saved = f"its checkpoint at step {step} is kept" if step is not None else \
             "its last checkpoint is kept"
         return (f"out of requeues (max_requeues {self.max_requeues}, pre-empted after {restart} "

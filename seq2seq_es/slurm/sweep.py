@@ -23,12 +23,12 @@ from typing import Any, Iterable
 from .. import run_files
 from ..config import BOOKKEEPING_KEYS, LABEL_KEYS, SEED_MAX, check_folder, not_applying
 from ..errors import ConfigError, DataError, Seq2SeqEsError, UnknownNameError
-from . import paper_grid
+from . import paper_grid, queries
 from .config import SlurmConfig, make_executor, render_sbatch
 from .job import DEFAULT_ENTRY, TrainJob
 
-SWEEP_MANIFEST = "sweep.json"
-RUN_MANIFEST = "slurm_job.json"
+# The manifests' names (run_files: the job reads them too); here for the planner's readers.
+SWEEP_MANIFEST, RUN_MANIFEST = run_files.SWEEP_MANIFEST, run_files.RUN_MANIFEST
 SUBMITIT_DIR = "slurm"
 MANIFEST_KIND = "seq2seq-es slurm"
 MANIFEST_VERSION = 1
@@ -962,10 +962,8 @@ def _earlier_job_message(run_dir: Path, previous: Manifest) -> str:
         return (f"{run_dir} holds the run of job {job_id}, which has finished (DONE); "
                 f"`seq2seq-es slurm status {run_dir}` shows it. "
                 f"{finished_run_further([str(run_dir)])} Choose another folder for a new run")
-    from .monitor import query_slurm  # here: monitor imports this module
-
     try:
-        known = query_slurm([job_id] if job_id else []).get(job_id)
+        known = queries.query_slurm([job_id] if job_id else []).get(job_id)
     except (OSError, subprocess.SubprocessError):
         known = None
     state = f"job {job_id} ({known.state})" if known else f"job {job_id} (submitted earlier)"

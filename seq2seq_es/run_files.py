@@ -52,6 +52,7 @@ METRICS = "metrics.jsonl"
 # Set by a `seq2seq-es slurm` job (slurm.job.TrainJob) for the engine: how many more times it
 # may requeue itself, so that the stop line does not promise a requeue that will not come.
 REQUEUES_LEFT_ENV = "SEQ2SEQ_ES_REQUEUES_LEFT"
+WANDB_RUN_ID = "wandb_run_id"       # the W&B run a resumed run continues (engine.run_dir)
 RUN_LOCK = "train.lock"  # locked by the process training in the folder (engine.run_lock)
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_DIR = re.compile(r"^step_(\d{8})$")  # checkpoints/step_<N>, N zero-padded to 8

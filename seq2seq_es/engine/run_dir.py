@@ -214,7 +214,7 @@ class WandbTracker:
         import secrets
 
         import wandb
-        id_file = run_dir / "wandb_run_id"
+        id_file = run_dir / run_files.WANDB_RUN_ID
         run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
         id_file.write_text(run_id)
         # An empty run_group passes None, not "": wandb then takes WANDB_RUN_GROUP itself, and a

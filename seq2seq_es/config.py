@@ -779,6 +779,10 @@ def not_applying(cfg) -> dict[str, str]:
         ignored["optim.warmup_ratio"] = f"optim.warmup_steps={cfg.optim.warmup_steps}"
     if cfg.train.batching == "fixed":
         ignored["train.max_tokens"] = "train.batching=fixed"
+    if cfg.train.batching in ("token_budget", "bucketed") and cfg.train.eval_batch_size:
+        # Without eval_batch_size it still sizes the evaluation batches.
+        ignored["train.batch_size"] = (f"train.batching={cfg.train.batching} (train.max_tokens) "
+                                       "and train.eval_batch_size")
     if cfg.train.batching != "bucketed":
         ignored["train.length_buckets"] = f"train.batching={cfg.train.batching}"
     if not cfg.model.compile:

@@ -153,3 +153,22 @@ def test_training_refuses_flex_with_attention_dropout_before_loading_data(tmp_pa
     assert proc.returncode == 2
     assert "model.attention" in proc.stderr and "flex attention has no attention" in proc.stderr
     assert "[train]" not in proc.stdout + proc.stderr  # refused before the data was read
+    # Without dropout, on this CPU: flex cannot train here at all (no CPU backward).
+    args[args.index("--model.dropout") + 1] = "0"
+    proc = run("none", 1, args, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "error: config key 'model.attention': flex attention trains on a GPU only" \
+        in proc.stderr and "[train]" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("family", ["led", "t5"])
+def test_training_with_flex_off_a_gpu_is_refused_before_the_data_loads(family):
+    # torch's FlexAttention has no CPU backward: the run died with its NotImplementedError at
+    # the first step, after loading everything.
+    adapter = get_family(family)
+    with pytest.raises(ConfigError, match="flex attention trains on a GPU only") as err:
+        adapter.check_flex_device("flex", "cpu")
+    assert err.value.key == "model.attention"
+    adapter.check_flex_device("flex", "cuda")
+    adapter.check_flex_device("sdpa", "cpu")
+    get_family("bart").check_flex_device("flex", "cpu")  # no kernels: model.attention unread

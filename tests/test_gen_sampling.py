@@ -86,3 +86,13 @@ def test_sampling_settings_without_sampling_are_noted_as_not_read():
     assert ignored["gen.top_p"] == "gen.do_sample=False"
     sampled = compose("miam", "barto-tiny", overrides={"gen.do_sample": "true"})
     assert "gen.top_p" not in not_applying(sampled)
+
+
+def test_batch_size_under_token_budgets_is_noted_only_where_nothing_reads_it():
+    budget = {"train.batching": "token_budget", "train.max_tokens": "256"}
+    # it still sizes the evaluation batches without train.eval_batch_size
+    assert "train.batch_size" not in not_applying(compose("mlsum", "barto-tiny", overrides=budget))
+    ignored = not_applying(compose("mlsum", "barto-tiny",
+                                   overrides={**budget, "train.eval_batch_size": "4"}))
+    assert ignored["train.batch_size"] == ("train.batching=token_budget (train.max_tokens) and "
+                                           "train.eval_batch_size")

@@ -367,3 +367,14 @@ def test_gpu_precision_script_runs_end_to_end_on_the_cpu(tmp_path):
         assert run["loss_scales"][0] == 2.0 ** 16
         assert run["export_dtypes"] == {"fp32": "torch.float32", "bf16": "torch.bfloat16"}
     assert "| fp16 | 0 |" in (tmp_path / "gpu_precision.md").read_text()
+
+
+def test_grad_accum_dtype_set_where_it_is_not_read_is_noted():
+    # It applies to bf16 under ZeRO 1-3 only; elsewhere it was taken without a word.
+    line = optim.precision_report(make_cfg(precision="auto", stage=2, grad_accum_dtype="bf16"))
+    assert line == ("precision: fp32 (train.precision auto: no GPU); note: dist.grad_accum_dtype "
+                    "bf16 is not read (gradients accumulate in fp32: it applies to bf16 under "
+                    "ZeRO 1-3)")
+    assert "note" not in optim.precision_report(make_cfg(precision="bf16", stage=2,
+                                                         grad_accum_dtype="bf16"))
+    assert "note" not in optim.precision_report(make_cfg(precision="fp32", stage=2))

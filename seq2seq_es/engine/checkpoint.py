@@ -242,11 +242,12 @@ def _ranks_advice(saved: dict, current: dict, ranks: tuple[int, int]) -> str:
     key, per_rank, what = unit.step_key, unit.per_rank, unit.counts
     if saved_ranks == now or saved.get(key) == current.get(key) or key not in saved:
         return ""
+    saved_on = f"{saved_ranks} rank{'s' if saved_ranks != 1 else ''}"
     if saved[key] % now:
-        return (f"The checkpoint's {saved[key]} {what} per step ({saved_ranks} ranks) do not "
+        return (f"The checkpoint's {saved[key]} {what} per step ({saved_on}) do not "
                 f"split evenly over {now} ranks. ")
     return (f"On {now} rank(s), {per_rank} = {saved[key] // now} keeps the checkpoint's "
-            f"{saved[key]} {what} per step ({saved_ranks} ranks). ")
+            f"{saved[key]} {what} per step ({saved_on}). ")
 
 
 def check_fresh_folder(out: Path, cfg) -> None:

@@ -157,6 +157,12 @@ def precision_report(cfg: RunConfig) -> str:
                  "or fp32")
     elif precision == "bf16" and torch.cuda.is_available() and not native_bf16():
         line += f"; WARNING: {gpu} has no native bf16 (emulated, slow): consider fp16"
+    if cfg.dist.grad_accum_dtype != grad_accum_dtype(cfg):
+        # Set but not read: it applies to bf16 under ZeRO 1-3 only (the precision is known
+        # here, not where config.not_applying lists the other unread keys).
+        line += (f"; note: dist.grad_accum_dtype {cfg.dist.grad_accum_dtype} is not read "
+                 f"(gradients accumulate in {grad_accum_dtype(cfg)}: it applies to bf16 under "
+                 "ZeRO 1-3)")
     return line
 
 

@@ -198,6 +198,7 @@ class Trainer:
         # flex attention cannot drop attention probabilities: refuse such a model now, not at
         # the first training forward after the data is loaded (evaluate/predict need no check).
         spec.adapter.check_flex_dropout(self.model, cfg.model.attention)
+        spec.adapter.check_flex_device(cfg.model.attention, env.device.type)
         self.build_data(spec)
         self.engine, self.scheduler, ds_config = get_engine(self.model, cfg, env,
                                                             self.total_steps)

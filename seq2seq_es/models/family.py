@@ -140,6 +140,18 @@ class Family:
                                           f"{dropout}; use {config_key} hf or sdpa, which apply "
                                           "it, or model.dropout 0 (every dropout of the model)")
 
+    def check_flex_device(self, impl: str, device_type: str, *,
+                          config_key: str = "model.attention") -> None:
+        """Refuse training with flex off a GPU: torch's FlexAttention has no CPU backward, and
+        the run died with its NotImplementedError at the first step, after the data loaded.
+        Evaluation and generation (no backward) may use flex on the CPU."""
+        if impl != "flex" or not self.attention_impls or device_type == "cuda":
+            return
+        raise ConfigError(config_key, f"flex attention trains on a GPU only (torch's "
+                                      f"FlexAttention has no backward on the {device_type.upper()}); "
+                                      f"use {config_key} hf or sdpa here (evaluate and predict may "
+                                      "use flex on the CPU)")
+
     # -- collator -----------------------------------------------------------------------------
 
     def collator_options(self, cfg, model, tokenizer) -> dict[str, Any] | None:

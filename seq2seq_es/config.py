@@ -791,6 +791,9 @@ def not_applying(cfg) -> dict[str, str]:
         ignored["model.lean_ce_chunk"] = "model.lean_ce=False"
     if not cfg.train.push_to_hub:
         ignored["train.hub_private"] = "no train.push_to_hub"
+    if 0 < cfg.train.max_steps < cfg.train.eval_every:
+        ignored["train.eval_every"] = (f"train.max_steps={cfg.train.max_steps} ends before its "
+                                       "first validation")
     if not (cfg.train.eval_every or cfg.train.eval_per_epoch):
         ignored["train.early_stopping_patience"] = ("no validation while training "
                                                     "(train.eval_every 0, eval_per_epoch false)")

@@ -270,3 +270,12 @@ def test_a_deepspeed_config_file_becomes_dist_deepspeed_config():
     assert launcher_overrides({"ACCELERATE_DEEPSPEED_CONFIG_FILE": "ds.json",
                                "ACCELERATE_CONFIG_DS_FIELDS": "deepspeed_config_file"}) \
         == {"dist.deepspeed_config": "ds.json"}
+
+
+def test_a_distributed_type_exported_as_a_flag_is_named_by_its_type():
+    # ACCELERATE_USE_FSDP=true read "distributed_type 'true' (ACCELERATE_USE_FSDP) is not
+    # supported".
+    with pytest.raises(AccelerateConfigError) as info:
+        launcher_overrides({"ACCELERATE_USE_FSDP": "true"}, cuda=False)
+    assert "distributed_type 'FSDP' (ACCELERATE_USE_FSDP) is not supported: seq2seq-es shards " \
+        "with DeepSpeed ZeRO" in str(info.value)

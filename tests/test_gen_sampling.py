@@ -96,3 +96,11 @@ def test_batch_size_under_token_budgets_is_noted_only_where_nothing_reads_it():
                                    overrides={**budget, "train.eval_batch_size": "4"}))
     assert ignored["train.batch_size"] == ("train.batching=token_budget (train.max_tokens) and "
                                            "train.eval_batch_size")
+
+
+def test_a_validation_interval_longer_than_the_run_is_noted():
+    ignored = not_applying(compose("mlsum", "barto-tiny", overrides={
+        "train.eval_every": "10", "train.max_steps": "3"}))
+    assert ignored["train.eval_every"] == "train.max_steps=3 ends before its first validation"
+    assert "train.eval_every" not in not_applying(compose("mlsum", "barto-tiny", overrides={
+        "train.eval_every": "3", "train.max_steps": "3"}))

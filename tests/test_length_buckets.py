@@ -323,3 +323,14 @@ def test_after_warm_up_a_statically_compiled_model_never_recompiles_in_an_epoch(
         assert counters["stats"]["unique_graphs"] == graphs, "a shape compiled after warm-up"
     finally:
         torch._dynamo.reset()
+
+
+def test_the_summary_names_bucketed_batches_and_what_their_padding_includes():
+    # It read "token-budget batches: ..." and set a padding that includes the rounding up to
+    # the buckets beside a random order's without any, with no word of the difference.
+    plan = BucketedPlan([40, 70, 100, 130] * 8, [10, 20, 30, 40] * 8, max_tokens=400,
+                        grad_accum=1, world_size=1, seed=0, max_shapes=2)
+    last = plan.summary()[-1]
+    assert last.startswith("bucketed batches: ") and \
+        "rounding up to the buckets included (random order with the same budget and no " \
+        "buckets: " in last

@@ -344,7 +344,7 @@ class BucketedPlan(StepIteration):
 
     def summary(self) -> list[str]:
         return [self.describe(), budget_step_note(self), *dropped_note(self.dropped_per_epoch),
-                budget_padding_note(self)]
+                budget_padding_note(self, bucketed=True)]
 
     def describe(self) -> str:
         return (f"length buckets: source {list(self.buckets.source)}, target "

@@ -199,8 +199,14 @@ def budget_step_note(plan) -> str:
             f"accumulated x {plan.world_size} rank(s) per step, {per_epoch(plan.steps_per_epoch)}")
 
 
-def budget_padding_note(plan) -> str:
-    """The padding of epoch 0 beside that of a random order under the same budget."""
+def budget_padding_note(plan, bucketed: bool = False) -> str:
+    """The padding of epoch 0 beside that of a random order under the same budget (for a
+    bucketed plan its own padding includes the rounding up to the buckets, the random order's
+    does not: said, or the bucketed plan looked worse than a random order for no reason)."""
+    if bucketed:
+        return (f"bucketed batches: {plan.padded_fraction(0):.1%} padding in epoch 0, rounding "
+                f"up to the buckets included (random order with the same budget and no "
+                f"buckets: {plan.random_order_padded_fraction(0):.1%})")
     return (f"token-budget batches: {plan.padded_fraction(0):.1%} padding in epoch 0 (random "
             f"order with the same budget: {plan.random_order_padded_fraction(0):.1%})")
 

@@ -173,8 +173,11 @@ def launcher_overrides(environ: Mapping[str, str] | None = None,
     out: dict[str, str] = {}
     problems: list[tuple[str, str]] = []
 
-    def refuse(field: str, variable: str, why: str) -> None:
-        problems.append((field, f"{env[variable]!r} ({variable}) is not supported: {why}"))
+    def refuse(field: str, variable: str, why: str, shown: str | None = None) -> None:
+        # `shown`: the setting as the config file says it, where accelerate exports it as a
+        # flag ('FSDP' for ACCELERATE_USE_FSDP=true, which read "'true' is not supported").
+        value = shown if shown is not None else env[variable]
+        problems.append((field, f"{value!r} ({variable}) is not supported: {why}"))
 
     def number(field: str, variable: str, key: str, kind) -> None:
         if variable not in env:
@@ -235,20 +238,20 @@ def launcher_overrides(environ: Mapping[str, str] | None = None,
         refuse(ds + "deepspeed_moe_layer_cls_names", "ACCELERATE_DEEPSPEED_MOE_LAYER_CLS_NAMES",
                "no model of seq2seq-es has mixture-of-experts layers; remove it")
 
-    for variable, field, why in (
-            ("ACCELERATE_USE_FSDP", "distributed_type",
-             "FSDP: seq2seq-es shards with DeepSpeed ZeRO; use distributed_type DEEPSPEED with "
+    for variable, field, shown, why in (
+            ("ACCELERATE_USE_FSDP", "distributed_type", "FSDP",
+             "seq2seq-es shards with DeepSpeed ZeRO; use distributed_type DEEPSPEED with "
              "deepspeed_config.zero_stage 3 (configs/accelerate/zero3.yaml)"),
-            ("ACCELERATE_USE_MEGATRON_LM", "distributed_type",
-             "MEGATRON_LM: seq2seq-es trains with DeepSpeed; use distributed_type DEEPSPEED"),
-            ("ACCELERATE_USE_PARALLELISM_CONFIG", "parallelism_config",
+            ("ACCELERATE_USE_MEGATRON_LM", "distributed_type", "MEGATRON_LM",
+             "seq2seq-es trains with DeepSpeed; use distributed_type DEEPSPEED"),
+            ("ACCELERATE_USE_PARALLELISM_CONFIG", "parallelism_config", None,
              "tensor, context and sequence parallelism are not implemented; remove it"),
-            ("ACCELERATE_USE_SAGEMAKER", "compute_environment",
-             "AMAZON_SAGEMAKER: seq2seq-es runs under LOCAL_MACHINE (or SLURM: seq2seq-es slurm)"),
-            ("ACCELERATE_CPU_AFFINITY", "enable_cpu_affinity",
+            ("ACCELERATE_USE_SAGEMAKER", "compute_environment", "AMAZON_SAGEMAKER",
+             "seq2seq-es runs under LOCAL_MACHINE (or SLURM: seq2seq-es slurm)"),
+            ("ACCELERATE_CPU_AFFINITY", "enable_cpu_affinity", None,
              "seq2seq-es does not pin processes to cores; use numactl or SLURM's --cpu-bind")):
         if variable in env and _true(env[variable]):
-            refuse(field, variable, why)
+            refuse(field, variable, why, shown)
     if _true(env.get("ACCELERATE_USE_CPU", "false")):
         if torch.cuda.is_available() if cuda is None else cuda:
             refuse("use_cpu", "ACCELERATE_USE_CPU",

@@ -118,18 +118,25 @@ def _nfc(text: str) -> str:
     return unicodedata.normalize("NFC", text.strip())
 
 
+def parse_nested_text(text: str) -> Any:
+    """A nested value written as text: JSON, else the Python literal pandas' `to_csv` writes
+    (`['a', 'b']`); None when it is neither (local_files reads mixed columns with it too)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(text.strip())  # literals only: no names, calls or code
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
 def _structured(value: Any, column: str) -> Any:
     """Nested fields (answers, translation, references) may arrive as text from a CSV file: JSON,
     or the Python literal that pandas' `to_csv` writes for a list or dict (`['a', 'b']`)."""
     if not isinstance(value, str):
         return value
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        try:
-            parsed = ast.literal_eval(value.strip())  # literals only: no names, calls or code
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            parsed = None
+    parsed = parse_nested_text(value)
     # Text that parses as a number or a string ("1898", '"x"') is as far from a nested field as
     # text that does not parse: one message for both, not "expected {...}, got int" for one.
     if not isinstance(parsed, (list, tuple, dict)):

@@ -50,7 +50,6 @@ like the bad ones. A clean file is handed over as it is, without a copy.
 
 from __future__ import annotations
 
-import ast
 import bz2
 import contextlib
 import csv
@@ -66,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
+from .formatting import parse_nested_text
 
 # Bump when the cleaning rules change: the cleaned copy's name includes it.
 CLEAN_VERSION = 3
@@ -632,14 +632,8 @@ def _id_text(value) -> object:
 def _text_as_list(value) -> object:
     if not isinstance(value, str):
         return value
-    for parse in (json.loads, ast.literal_eval):  # JSON, or the Python literal pandas writes
-        try:
-            parsed = parse(value.strip())
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            continue
-        if isinstance(parsed, (list, tuple)):
-            return list(parsed)
-    return [value]
+    parsed = parse_nested_text(value)
+    return list(parsed) if isinstance(parsed, (list, tuple)) else [value]
 
 
 def _json_text(value) -> object:

@@ -119,6 +119,13 @@ def read_run_config(run_dir: str | Path, name: str = CONFIG) -> dict | None:
     return loaded
 
 
+def setting_changes(before: dict, after: dict) -> list[str]:
+    """'key old -> new' for each flat config key both hold with other values, in `after`'s
+    order (a resume's note, and collect's warning about runs resumed with other settings)."""
+    return [f"{key} {before[key]!r} -> {value!r}" for key, value in after.items()
+            if key in before and before[key] != value]
+
+
 def flat_run_config(config: dict) -> dict:
     """{section: {key: value}} -> {'section.key': value} (what command-line keys look like)."""
     return {f"{section}.{key}": value for section, values in config.items()

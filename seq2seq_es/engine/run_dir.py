@@ -97,8 +97,8 @@ def changed_settings(run_dir: Path, cfg: RunConfig, step: int) -> list[str]:
     before = run_files.flat_run_config(saved)
     now = run_files.flat_run_config(yaml.safe_load(cfg.to_yaml()))
     skipped = BOOKKEEPING_KEYS | set(not_applying(cfg))
-    changes = [f"{key} {before.get(key)!r} -> {value!r}" for key, value in now.items()
-               if key not in skipped and key in before and before[key] != value]
+    changes = run_files.setting_changes(
+        {key: value for key, value in before.items() if key not in skipped}, now)
     if changes:
         kept = run_dir / run_files.earlier_config(step)
         if not kept.exists():  # a second resume from the same step keeps the first one's file

@@ -786,8 +786,8 @@ def changed_during_training(run_dir: Path) -> list[str]:
     versions.append((None, _trained_settings(run_dir)))
     changes = []
     for (step, before), (_, after) in zip(versions, versions[1:]):
-        changes += [f"{key} {before[key]!r} -> {after[key]!r} at step {step}"
-                    for key in before if key in after and before[key] != after[key]]
+        changes += [f"{change} at step {step}"
+                    for change in run_files.setting_changes(before, after)]
     return changes
 
 

@@ -167,7 +167,8 @@ def _align_stage(prediction_keys: Sequence[str], reference_keys: Sequence[str],
     for _ in range(LOCAL_SEARCH_PASSES):
         improved = False
         for g, group in enumerate(open_groups):
-            unused = [m for m in group.many if m not in set(choice[g])]
+            chosen = set(choice[g])
+            unused = [m for m in group.many if m not in chosen]
             for slot in range(len(choice[g])):
                 for m in unused:
                     trial = list(choice)

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, DataError
-from .formatting import DialogueFormatter, Example, Formatter, Problem
+from .formatting import (DialogueFormatter, Example, Formatter, Problem,
+                         TranslationFormatter)
 from .local_files import COMPRESSED_SUFFIXES, LocalFile, prepare_local_file
 from .registry import TaskSpec, get_task
 
@@ -598,8 +599,6 @@ def _check_columns(raw, formatter: Formatter, file: str | None, origin: str,
 def _flat_translation_hint(formatter: Formatter, found: list[str]) -> str:
     """For a translation file with one column per language (es, en) instead of the nested
     `translation` column: a task of the user's own reads it, which data.columns cannot."""
-    from .formatting import TranslationFormatter
-
     if not isinstance(formatter, TranslationFormatter):
         return ""
     source, target = formatter.source_lang, formatter.target_lang

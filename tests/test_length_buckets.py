@@ -334,3 +334,20 @@ def test_the_summary_names_bucketed_batches_and_what_their_padding_includes():
     assert last.startswith("bucketed batches: ") and \
         "rounding up to the buckets included (random order with the same budget and no " \
         "buckets: " in last
+
+
+def test_the_summary_says_when_examples_alone_exceed_the_budget():
+    # "up to 400 padded tokens per micro-batch" was all it said, while a pair of buckets wider
+    # than the budget held one example per micro-batch, over it.
+    plan = BucketedPlan([40, 70, 100, 130] * 8 + [500] * 4, [10, 20, 30, 40] * 8 + [60] * 4,
+                        max_tokens=400, grad_accum=1, world_size=1, seed=0, max_shapes=4)
+    notes = [line for line in plan.summary() if "alone pad to more than" in line]
+    widest = max(s + t for s, t, _ in plan.pairs)
+    assert notes == [
+        f"note: 4 training example(s) alone pad to more than train.max_tokens 400 (the longest "
+        f"to {widest} tokens); each goes in a micro-batch of its own, over the budget: set "
+        f"train.max_tokens to at least {widest}, or lower data.max_source_length / "
+        "data.max_target_length, to keep every micro-batch within it"]
+    within = BucketedPlan([40, 70, 100, 130] * 8, [10, 20, 30, 40] * 8, max_tokens=400,
+                          grad_accum=1, world_size=1, seed=0, max_shapes=4)
+    assert not [line for line in within.summary() if "alone pad to more than" in line]

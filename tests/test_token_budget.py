@@ -106,6 +106,10 @@ def test_an_unfillable_last_step_is_dropped_and_counted():
     src, tgt = [600] * 10, [50] * 10
     plan = TokenBudgetPlan(src, tgt, max_tokens=500, grad_accum=2, world_size=2, seed=0)
     assert plan.oversize_examples == list(range(10))
+    # "up to 500 padded tokens per micro-batch" alone would not be true: said, with the fix.
+    assert "note: 10 training example(s) alone pad to more than train.max_tokens 500 (the " \
+        "longest to 650 tokens); each goes in a micro-batch of its own, over the budget: set " \
+        "train.max_tokens to at least 650," in " ".join(plan.summary())
     assert plan.steps_per_epoch == 2 and plan.dropped_per_epoch == 2
     seen = [i for step in all_steps(plan, 0) for rank in step for b in rank for i in b]
     assert len(seen) == len(set(seen)) == 8

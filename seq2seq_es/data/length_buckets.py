@@ -68,7 +68,8 @@ import torch
 from ..errors import ConfigError
 from .sampler import dropped_note
 from .token_budget import (StepIteration, _deal_to_ranks, _generator, check_plan_inputs,
-                           budget_padding_note, budget_step_note, pack_greedily, padded_fraction_of)
+                           budget_padding_note, budget_step_note, oversize_note, pack_greedily,
+                           padded_fraction_of)
 
 _TIE_BREAK, _STEP_ORDER, _RANDOM_ORDER = 0, 1, 2
 
@@ -343,7 +344,12 @@ class BucketedPlan(StepIteration):
                                   self.target_lengths)
 
     def summary(self) -> list[str]:
+        # A pair whose shape alone exceeds the budget holds one example per micro-batch.
+        over = [(s + t, self._made[p]) for p, (s, t, _) in enumerate(self.pairs)
+                if s + t > self.max_tokens and self._made[p]]
         return [self.describe(), budget_step_note(self), *dropped_note(self.dropped_per_epoch),
+                *oversize_note(sum(made for _, made in over),
+                               max((cost for cost, _ in over), default=0), self.max_tokens),
                 budget_padding_note(self, bucketed=True)]
 
     def describe(self) -> str:

@@ -199,6 +199,18 @@ def budget_step_note(plan) -> str:
             f"accumulated x {plan.world_size} rank(s) per step, {per_epoch(plan.steps_per_epoch)}")
 
 
+def oversize_note(count: int, largest: int, max_tokens: int) -> list[str]:
+    """Examples that alone pad to more than the budget go one per micro-batch, over it: said,
+    since "up to N padded tokens" is then not true, and the budget is what a user sizes to the
+    memory of a card."""
+    if not count:
+        return []
+    return [f"note: {count} training example(s) alone pad to more than train.max_tokens "
+            f"{max_tokens} (the longest to {largest} tokens); each goes in a micro-batch of its "
+            f"own, over the budget: set train.max_tokens to at least {largest}, or lower "
+            "data.max_source_length / data.max_target_length, to keep every micro-batch within it"]
+
+
 def budget_padding_note(plan, bucketed: bool = False) -> str:
     """The padding of epoch 0 beside that of a random order under the same budget (for a
     bucketed plan its own padding includes the rounding up to the buckets, the random order's
@@ -237,6 +249,7 @@ class TokenBudgetPlan(StepIteration):
             self._sorted_src, self._sorted_tgt, max_tokens, pad_to_multiple_of)]
         self.oversize_examples: list[int] = sorted(
             int(by_length[s.start]) for s in spans if s.cost > max_tokens)
+        self.largest_micro_batch = max(s.cost for s in spans)
         packed = len(spans)
         spans, dropped = self._fill_last_step(spans)
         self._dropped_spans = dropped
@@ -372,6 +385,8 @@ class TokenBudgetPlan(StepIteration):
 
     def summary(self) -> list[str]:
         return [budget_step_note(self), *dropped_note(self.dropped_per_epoch),
+                *oversize_note(len(self.oversize_examples), self.largest_micro_batch,
+                               self.max_tokens),
                 budget_padding_note(self)]
 
     def padded_fraction(self, epoch: int) -> float:

@@ -240,6 +240,38 @@ def test_rotation_never_deletes_the_best_checkpoint(tmp_path):
     assert saved == TrainState(step=6, best={**best, "step": 6})
 
 
+def test_an_interrupted_delete_leaves_no_partial_checkpoint_folder(tmp_path, monkeypatch):
+    # A second Ctrl-C during rotation used to leave checkpoints/step_N/ half deleted (no
+    # trainer_state.json, some DeepSpeed files): untidy, and a folder a user would try to use.
+    import shutil
+
+    from seq2seq_es.engine import checkpoint as checkpoint_module
+
+    real_rmtree = shutil.rmtree
+
+    def interrupted_rmtree(path, *args, **kwargs):
+        path = Path(path)
+        if path.is_dir() and (path / "trainer_state.json").exists():
+            (path / "trainer_state.json").unlink()   # the delete had begun...
+            raise KeyboardInterrupt                    # ...when the second Ctrl-C came
+        real_rmtree(path, *args, **kwargs)
+
+    ckpt = Checkpointer(tmp_path, D.read_env({}), keep_last=1)
+    ckpt.save(_FakeEngine(), TrainState(step=1))
+    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save(_FakeEngine(), TrainState(step=2))
+    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", real_rmtree)
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_00000002"]
+    ckpt.save(_FakeEngine(), TrainState(step=3))     # the next save clears what was left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000003"]
+    # A save at a step that already has a checkpoint (the final save right after a periodic
+    # one) replaces it.
+    ckpt.save(_FakeEngine(), TrainState(step=3, epoch=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000003"]
+    assert TrainState.read(ckpt.path(3), 1).epoch == 1
+
+
 def test_loss_is_lower_is_better_and_nan_never_wins():
     assert is_better(1.0, None, "loss") and is_better(1.0, {"value": 2.0}, "loss")
     assert not is_better(3.0, {"value": 2.0}, "loss")

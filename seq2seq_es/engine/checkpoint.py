@@ -5,7 +5,9 @@ and scheduler, partitioned as the ZeRO stage dictates), `trainer_state.json` (st
 position inside the epoch) and one RNG file per rank. It is written under a temporary name
 (`.tmp-step_<N>`) and renamed into place by rank 0 after every rank has finished writing, so a
 folder named `step_<N>` is always complete: a run killed while saving resumes from the previous
-one, and the half-written temporary folder is removed at the next save.
+one, and the half-written temporary folder is removed at the next save. Deleting works the other
+way round: a folder is first renamed out of the `step_<N>` names (`.removing-step_<N>`), then
+deleted, so a delete cut short leaves no partial `step_<N>` behind.
 
 Rotation keeps the `keep_last` newest checkpoints plus the best one: the trainer passes the best
 (step, metric, value) inside the trainer state, so the checkpoint that `final/` and the test
@@ -53,6 +55,8 @@ from .run_dir import write_json_atomic
 SAVE_DELAY_ENV = "SEQ2SEQ_ES_SAVE_DELAY_S"
 # A checkpoint's subfolder, while a resume on another number of ranks reads it (`repartitioned`).
 UNIVERSAL = "universal"
+# The name prefix of a checkpoint folder being deleted (`Checkpointer._remove`).
+_REMOVING = ".removing-"
 
 
 def _rng_state() -> dict:
@@ -424,10 +428,8 @@ class Checkpointer:
         tmp = self.root / f".tmp-{final.name}"
         if self.env.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob(".tmp-step_*"):
+            for stale in [*self.root.glob(".tmp-step_*"), *self.root.glob(_REMOVING + "*")]:
                 shutil.rmtree(stale, ignore_errors=True)
-            if final.exists():  # e.g. the final save right after a periodic one
-                shutil.rmtree(final)
         D.barrier()
         engine.save_checkpoint(str(self.root), tag=tmp.name, save_latest=False)
         (tmp / "rng").mkdir(parents=True, exist_ok=True)
@@ -437,16 +439,31 @@ class Checkpointer:
         D.barrier()
         if self.env.is_main:
             (tmp / run_files.TRAINER_STATE).write_text(state.to_json())
-            tmp.rename(final)
+            if final.exists():  # e.g. the final save right after a periodic one: replaced
+                self._remove(final, then=lambda: tmp.rename(final))
+            else:
+                tmp.rename(final)
             best = state.best
             keep = self.path(best["step"]) if best else None
             for old in self.complete()[:-self.keep_last]:
                 if old != keep:
-                    shutil.rmtree(old, ignore_errors=True)
+                    self._remove(old)
         D.barrier()
         if self.env.is_main and state.best is not None and state.best["step"] == step:
             write_json_atomic(self.root / run_files.BEST, {**state.best, "checkpoint": final.name})
         return final
+
+    def _remove(self, folder: Path, then=None) -> None:
+        """Delete a checkpoint folder: renamed out of the step_N names first (one atomic
+        step), so an interrupted delete (a second Ctrl-C, a kill) leaves a hidden folder the
+        next save clears, never a half-deleted step_N/ among the checkpoints. `then` runs
+        between the rename and the delete (the new checkpoint taking the old one's name)."""
+        doomed = self.root / f"{_REMOVING}{folder.name}"
+        shutil.rmtree(doomed, ignore_errors=True)
+        folder.rename(doomed)
+        if then is not None:
+            then()
+        shutil.rmtree(doomed, ignore_errors=True)
 
     def load(self, engine, path: Path, data_layout: dict | None = None,
              run: dict | None = None, storage: dict | None = None) -> TrainState:

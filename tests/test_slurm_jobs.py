@@ -414,3 +414,27 @@ def test_options_sbatch_refuses_are_reported_and_nothing_is_marked_submitted(
                        "--gpus-per-node", "1", "--entry", PROBE]) == 2
     assert "sbatch refused the job" in capsys.readouterr().err
     assert load_manifest(run_dir).submitted is False
+
+
+def test_a_signal_while_the_model_loads_out_of_requeues_ends_with_one_line(
+        slurm_cluster, tmp_path, capsys):  # noqa: F811
+    # Before the entry has its handlers, an out-of-requeues signal made submitit raise
+    # UncompletedJobError: a traceback and "triggered an exception" in the log, for an ending
+    # that is no bug (the same ending after training has started is one line).
+    run_dir = tmp_path / "run"
+    job_id = submit_probe(run_dir, "--max-requeues", "0",
+                          overrides=("--probe.steps", "3", "--probe.setup_seconds", "20"))
+    wait_until(lambda: (run_dir / "slurm_events.jsonl").is_file(), 120, "the job to start",
+               interval_s=0.05)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=60)
+    fields = wait_finished(job_id, timeout_s=300)
+    assert fields["JobState"] == "FAILED" and int(fields["Restarts"]) == 0
+    assert events(run_dir) == ["start", "out_of_requeues"]
+    assert (run_dir / "OUT_OF_REQUEUES").is_file() and not train_records(run_dir)
+    err = (run_dir / "logs" / "rank0.err").read_text()
+    assert (f"out of requeues (max_requeues 0, pre-empted before training started, after 0 "
+            f"requeue(s)): the job is not requeued; no checkpoint was saved yet, and "
+            f"`seq2seq-es slurm resume {run_dir}` starts it again") in err.splitlines(), err
+    assert "Traceback" not in err and "triggered an exception" not in err
+    assert slurm_main(["status", str(run_dir)]) == 0
+    assert "OUT_OF_REQUEUES" in capsys.readouterr().out

@@ -33,9 +33,9 @@ signals (so a second SIGUSR2 cannot make submitit's handler requeue twice), and
   written, so the job does not look finished to submitit while it waits in the queue.
 
 A signal that arrives before the engine has installed its handlers (while the model loads) still
-reaches submitit's handler: `checkpoint()` below then applies the same requeue limit and returns
-the unchanged job (all state lives in the run folder's checkpoints), and submitit requeues it and
-exits; that exit leaves the entry as `RequeuedBySubmitit`, which TrainJob lets through instead of
+reaches submitit's handler: `checkpoint()` below then applies the same requeue limit (out of
+requeues, it ends the job with the same one line, `OutOfRequeuesError`) and returns the unchanged
+job (all state lives in the run folder's checkpoints), and submitit requeues it and exits; that exit leaves the entry as `RequeuedBySubmitit`, which TrainJob lets through instead of
 reading it as the entry's exit status. One that arrives before Python has started waits for that
 handler: the task's command starts with SIGUSR2 blocked (`env --block-signal`, see
 config.python_command) and `__call__` unblocks it.
@@ -204,7 +204,11 @@ class TrainJob(submitit.helpers.Checkpointable):
         restart = restart_count()
         if restart >= self.max_requeues:
             self._mark_out_of_requeues(restart)
-            return None  # submitit then raises UncompletedJobError: the job fails
+            # One line, as after a stop in training; returning None made submitit raise
+            # UncompletedJobError, a traceback in the log for an ending that is no bug.
+            saved = run_files.complete_checkpoints(Path(self.run_dir) / run_files.CHECKPOINTS)
+            raise OutOfRequeuesError(self._out_of_requeues_message(
+                restart, saved[-1][0] if saved else None, before_training=True))
         append_event(self.run_dir, "requeued", job_id=_job_id(), restart=restart,
                      reason="signal before the training loop")
         return super().checkpoint(*args, **kwargs)
@@ -222,8 +226,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         entry = resolve_entry(self.entry)
         try:
             status = entry(["train", *self.argv])
-        except RequeuedBySubmitit:
-            raise
+        except (RequeuedBySubmitit, OutOfRequeuesError):
+            raise  # the signal handlers' endings, not the entry's exit status
         except SystemExit as exit_:
             status = exit_.code
         if status is None:
@@ -276,17 +280,24 @@ class TrainJob(submitit.helpers.Checkpointable):
               flush=True)
         raise SystemExit(EXIT_PREEMPTED)
 
-    def _out_of_requeues_message(self, restart: int, step: int | None) -> str:
+    def _out_of_requeues_message(self, restart: int, step: int | None,
+                                 before_training: bool = False) -> str:
         """The job's last line when its requeues are used up: not requeued, what was saved,
-        and what continues it (a sweep's run is resumed through its sweep folder)."""
+        and what continues it (a sweep's run is resumed through its sweep folder). Before
+        training (a signal while the model loads) `step` is the latest checkpoint, if any."""
         run_dir = Path(self.run_dir)
         folder = (run_dir.parent if (run_dir.parent / run_files.SWEEP_MANIFEST).is_file()
                   else run_dir)
-        saved = f"its checkpoint at step {step} is kept" if step is not None else \
-            "its last checkpoint is kept"
-        return (f"out of requeues (max_requeues {self.max_requeues}, pre-empted after {restart} "
-                f"requeue(s)): the job is not requeued; {saved}, and `seq2seq-es slurm resume "
-                f"{folder}` continues it")
+        when = "before training started, " if before_training else ""
+        resume = f"`seq2seq-es slurm resume {folder}`"
+        if step is not None:
+            saved = f"its checkpoint at step {step} is kept, and {resume} continues it"
+        elif before_training:
+            saved = f"no checkpoint was saved yet, and {resume} starts it again"
+        else:
+            saved = f"its last checkpoint is kept, and {resume} continues it"
+        return (f"out of requeues (max_requeues {self.max_requeues}, pre-empted {when}after "
+                f"{restart} requeue(s)): the job is not requeued; {saved}")
 
     def _mark_out_of_requeues(self, restart: int) -> None:
         marker = Path(self.run_dir) / run_files.OUT_OF_REQUEUES
@@ -403,6 +414,8 @@ def _guard_submitit_handler(run_dir: str) -> None:
             return
         try:
             submitit_handler(signum, frame)
+        except OutOfRequeuesError:
+            raise  # TrainJob.checkpoint's own ending: not requeued
         except SystemExit as exit_:
             raise RequeuedBySubmitit(exit_.code) from None
 

@@ -125,6 +125,22 @@ def test_answers_as_an_object_and_as_a_list_of_records_both_load(tmp_path, cache
     assert report.total_skipped == 0
 
 
+def test_a_broken_written_list_among_lists_is_a_bad_row_not_one_reference(tmp_path, cache):
+    # It was kept as one reference holding the brackets, where the same text in a column of
+    # text alone is a bad row.
+    rows = split_rows()
+    rows[1]["references"] = "['Una. <SPLIT> Dos.', 'Otra"
+    rows[2]["references"] = "['Tres. <SPLIT> Cuatro.', 'Otra más. <SPLIT> Cinco.']"
+    examples, report = load("bisect", write_jsonl(tmp_path / "broken.jsonl", rows), cache)
+    assert examples["references"] == [rows[0]["references"],
+                                      ["Tres. <SPLIT> Cuatro.", "Otra más. <SPLIT> Cinco."],
+                                      rows[3]["references"]]
+    assert report.total_skipped == 1
+    [reason] = report.skipped
+    assert "text that starts as a list but is not a JSON or Python list of strings" in reason
+    assert report.skipped_rows[reason] == [2]
+
+
 def test_a_mixed_column_the_task_does_not_read_is_left_out_with_a_true_note(tmp_path, cache):
     rows = split_rows()
     for i, row in enumerate(rows):

@@ -567,7 +567,7 @@ def _json_lines(path: str, raw: bytes, rewrite: bool, columns: Columns,
             notes.append(f"column '{key}' mixes {' and '.join(sorted(kinds))} and the task does "
                          "not read it: left out")
             continue
-        bad_kinds, convert, note = _mixed_column(key, kinds, columns)
+        bad_kinds, convert, note = _mixed_column(key, kinds, columns, rows)
         for number, type_name, reason in bad_kinds:
             bad_rows.setdefault(number, (key, reason))
         if convert is not None:
@@ -591,7 +591,8 @@ def _json_lines(path: str, raw: bytes, rewrite: bool, columns: Columns,
                      notes=notes, by_line=True)
 
 
-def _mixed_column(key: str, kinds: dict[str, list[tuple[int, str]]], columns: Columns):
+def _mixed_column(key: str, kinds: dict[str, list[tuple[int, str]]], columns: Columns,
+                  rows: list[tuple[int, dict]]):
     """How a column the task reads, whose values change type between rows, is read: (bad rows
     as (line, type name, reason), how each value is written in the copy or None, a note or "").
     No such column is left out: the task reads it, and without it every row would be read
@@ -614,9 +615,16 @@ def _mixed_column(key: str, kinds: dict[str, list[tuple[int, str]]], columns: Co
         # A reference list: a text value is kept as a list of that one reference (the same
         # list, where the text is a written list such as a CSV cell's '["a", "b"]') rather than
         # made a bad row: that loses neither the row nor its reference.
+        # Text that starts as a written list but does not parse ('["a", "b"' cut short) is a
+        # bad row, as in a column of text alone, not one reference holding the brackets.
+        broken = [(number, "text", "text that starts as a list but is not a JSON or Python "
+                                   "list of strings")
+                  for number, row in rows if isinstance(value := row.get(key), str)
+                  and value.lstrip().startswith("[")
+                  and not isinstance(parse_nested_text(value), (list, tuple))]
         return ([(number, name, f"not a list of strings ({name})")
                  for kind, found in kinds.items() if kind not in ("text", "a list")
-                 for number, name in found], _text_as_list,
+                 for number, name in found] + broken, _text_as_list,
                 f"column '{key}' mixes {kinds_text}: a text value is read as a list of that one "
                 "reference")
     # A nested field (answers, translation) the formatter parses itself, from JSON text as a

@@ -54,6 +54,7 @@ from pathlib import Path
 from ..config import check_folder
 from ..errors import ConfigError, Seq2SeqEsError, run_command
 from .config import SlurmConfig, owned_sbatch_message, owned_sbatch_option
+from .data_check import NO_DATA_CHECK_FLAG, check_local_data
 from .job import DEFAULT_ENTRY
 from .monitor import (SPLITS_SHOWN, build_table, empty_message, format_status, query_slurm,
                       run_status, status_json, sweep_status, write_results)
@@ -99,6 +100,13 @@ def _names(text: str | None) -> list[str] | None:
     return names or None
 
 
+def _add_data_check_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(NO_DATA_CHECK_FLAG, action="store_true",
+                        help="do not read the local data files before submitting (each distinct "
+                             "set is read once, as the runs will read it, so that a bad file or "
+                             "column is refused here rather than in every job)")
+
+
 # ---- submit ----------------------------------------------------------------------------------
 
 def cmd_submit(argv: list[str]) -> int:
@@ -108,6 +116,7 @@ def cmd_submit(argv: list[str]) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--run-dir", help="the run's folder (default runs/<model>__<task>__<time>)")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script only")
+    _add_data_check_option(parser)
     add_slurm_options(parser)
     args = parser.parse_args(own)
 
@@ -119,13 +128,17 @@ def cmd_submit(argv: list[str]) -> int:
         # The run's config as `train` will compose it (a --config file, then the dotted keys):
         # a bad file, key or value is refused before sbatch.
         overrides = absolute_config(overrides)
-        overrides = pinned_paths(overrides, compose_run(args.task, args.model, overrides))
+        run_config = compose_run(args.task, args.model, overrides)
+        overrides = pinned_paths(overrides, run_config)
     config = slurm_config_from_args(args)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.run_dir or f"runs/{args.model}__{args.task}__{stamp}").absolute()
     check_run_dir(run_dir)  # the user's own argument: said before sinfo is asked
     check_partition(config.partition, required=not args.dry_run)
     check_node_count(config.nodes, config.partition, required=not args.dry_run)
+    data_lines: list[str] = []  # printed with the plan: after a dry run's script
+    if args.entry == DEFAULT_ENTRY and not args.no_data_check:
+        check_local_data([(run_dir.name, run_config)], config.world_size, log=data_lines.append)
     _warn_without_gpus(config)
     run = RunPlan(name=run_dir.name, model=args.model, task=args.task, grid_point={},
                   run_dir=str(run_dir),
@@ -134,9 +147,13 @@ def cmd_submit(argv: list[str]) -> int:
     manifest = new_manifest("run", [run], {}, config, folder, args.entry, overrides, None)
     if args.dry_run:
         print(dry_run_script(config, manifest), end="")
+        for line in data_lines:
+            print(f"# {line}")
         print(f"# run folder: {run_dir}")
         print(f"# train arguments: {' '.join(run.argv)}")
         return 0
+    for line in data_lines:
+        print(line)
     submit(manifest, config, run_dir / RUN_MANIFEST)
     print(f"submitted job {run.job_id}: {config.nodes} node(s) x {config.ntasks_per_node} task(s)")
     print(f"run folder: {run_dir}")
@@ -172,6 +189,7 @@ def cmd_sweep(argv: list[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the plan and sbatch script")
     parser.add_argument("--yes", "-y", action="store_true",
                         help="submit without asking (needed when stdin is not a terminal)")
+    _add_data_check_option(parser)
     add_slurm_options(parser)
     args = parser.parse_args(own)
 
@@ -205,18 +223,21 @@ def cmd_sweep(argv: list[str]) -> int:
                       seeds=seeds)
     runs = plan.runs
     check_sweep_dir(sweep_dir, runs)
+    data_lines: list[str] = []  # printed with the plan: after a dry run's script
+    if not args.no_data_check:
+        check_local_data(plan.configs.items(), config.world_size, log=data_lines.append)
     folder = Path(config.folder).absolute() if config.folder else sweep_dir / SUBMITIT_DIR
     manifest = new_manifest("sweep", runs, plan.grid, config, folder, args.entry, overrides,
                             args.max_parallel, seeds=seeds)
     if args.dry_run:
         print(dry_run_script(config, manifest), end="")
-        for line in plan.dropped_summary() + plan.summary():
+        for line in data_lines + plan.dropped_summary() + plan.summary():
             print(f"# {line}")
         print(f"# {len(runs)} run(s) in {sweep_dir}, at most {args.max_parallel} at once:")
         for run in runs:
             print(f"#   {run.name}")
         return 0
-    for line in plan.dropped_summary() + plan.summary():
+    for line in data_lines + plan.dropped_summary() + plan.summary():
         print(line)
     sys.stdout.flush()
     require_slurm_clients()  # before asking: a yes must be able to submit

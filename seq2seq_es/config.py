@@ -293,7 +293,8 @@ class TrainConfig(_Section):
     push_to_hub: str | None = None        # hub repo id to upload final/ to at the end
     hub_private: bool = True              # a repo push_to_hub creates is private (false:
                                           # public); an existing repo keeps its visibility
-    progress_bar: bool = True             # rank 0: a bar on a terminal, else lines on stdout
+    progress_bar: bool = True             # rank 0: a bar on a terminal; false, or no terminal:
+                                          # a line on stdout every train.log_every steps
     profile_steps: str = ""               # A-B: torch.profiler traces of training steps A..B
                                           # (1-based) in RUN/profile/, per rank ('': none)
 

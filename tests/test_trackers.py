@@ -623,3 +623,19 @@ def test_a_jupyter_kernels_output_counts_as_a_terminal():
     # ipykernel's OutStream says isatty() False, yet its cell redraws bars (tqdm.auto: a widget)
     kernel_stream = type("OutStream", (_Stderr,), {"__module__": "ipykernel.iostream"})()
     assert is_terminal(kernel_stream) and not is_terminal(_Stderr())
+
+
+def test_progress_bar_false_gives_lines_not_silence(tmp_path, capsys, monkeypatch):
+    # It printed no training line at all, where the Trainer's disable_tqdm still logs.
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    cfg = compose(task="mlsum", model="barto-tiny",
+                  overrides={"train.report_to": "none", "train.progress_bar": "false",
+                             "train.output_dir": str(tmp_path / "run")})
+    log = RunLog(tmp_path / "run", cfg, True, total_steps=10, start_step=0)
+    assert log.bar is None
+    log.progress(6, loss=1.25, lr=2e-4, tokens_per_s=12345.0)
+    log.close()
+    assert [line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("step 6/10: train/loss 1.2500, lr 2.00e-04, 12,345 tokens/s")]
+    assert terminal.text == ""

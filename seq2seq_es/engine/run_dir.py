@@ -276,7 +276,9 @@ class RunLog:
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True,
                             file=sys.stderr)
         else:
-            self.progress_lines = cfg.train.progress_bar
+            # No bar (false, or no terminal): a line per log, as the Trainer's disable_tqdm
+            # still prints its logs; train.log_every sets how often.
+            self.progress_lines = True
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.is_main:

@@ -34,7 +34,8 @@ def test_validations_compute_the_loss_and_the_kept_weights_are_scored_at_the_end
         "--train.eval_generate", "false", "--train.eval_every", "1", "--train.eval_at_end",
         "true", "--data.test_file", files["validation"], "--train.log_every", "1000"]))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    evals = {r["step"]: r for r in records if "eval/loss" in r}
+    # the validations, then the kept weights' scoring (a record with the metrics)
+    evals = {r["step"]: r for r in records if "eval/loss" in r and "eval/rougeL" not in r}
     assert sorted(evals) == [1, 2, 3, 4]
     assert all(set(k for k in r if k.startswith("eval/")) == {"eval/loss"}
                for r in evals.values())  # no generation, no metric, in any validation
@@ -47,9 +48,16 @@ def test_validations_compute_the_loss_and_the_kept_weights_are_scored_at_the_end
     assert {"rougeL", "rouge1"} <= set(results["validation"])
     assert {"loss", "rougeL"} <= set(results["test"])
     assert f"scoring step {best} on validation (train.eval_generate=false)" in proc.stdout
-    # only the chosen step's predictions are written; metrics.jsonl gains no earlier step
+    # only the chosen step's predictions are written
     assert sorted(p.name for p in (out / "eval").iterdir()) == [f"step_{best:08d}"]
-    assert [r["step"] for r in records] == sorted(r["step"] for r in records)
+    # its validation scores are logged at its step, as its test scores are (they reached no
+    # log or tracker before)
+    [scored] = [r for r in records if "eval/rougeL" in r]
+    assert scored["step"] == best
+    assert {k[len("eval/"):]: v for k, v in scored.items() if k.startswith("eval/")} == \
+        pytest.approx(results["validation"])
+    [tested] = [r for r in records if "test/rougeL" in r]
+    assert tested["step"] == best and records.index(tested) > records.index(scored)
 
 
 def test_seq2seq_es_config_says_the_loss_picks_checkpoints(capsys):

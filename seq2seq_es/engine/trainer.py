@@ -594,11 +594,12 @@ class Trainer:
         validation = chosen["validation"] if chosen else without_prefix(end_eval, "eval")
         if not cfg.train.eval_generate and (chosen or end_eval):
             # Validations ran on the loss only: the weights kept are generated and scored once
-            # here, so that final_results.json holds validation scores as any run's does. Not
-            # logged to metrics.jsonl: it would be a record of an earlier step after later ones.
+            # here, so that final_results.json holds validation scores as any run's does. Logged
+            # at the kept step, as its test scores are below (a record of an earlier step after
+            # later ones; the trackers plot against `step`), or the scores that chose nothing but
+            # describe the model reached neither metrics.jsonl nor TensorBoard nor W&B.
             self.say(f"scoring step {final_step} on validation (train.eval_generate=false)")
-            validation = without_prefix(self.run_eval(final_step, generate=True, log=False),
-                                        "eval")
+            validation = without_prefix(self.run_eval(final_step, generate=True), "eval")
         test = None
         if self.test_data is not None and best is None:
             self.say("no validation ran (train.eval_at_end=false and no epoch or eval_every "

@@ -141,6 +141,10 @@ def test_best_checkpoint_is_kept_scored_on_test_and_exported(workdir, files):
     assert done["step"] == LAST and done["best_step"] == best_step
     assert (f"best checkpoint: step {best_step} (loss {evals[best_step]['eval/loss']:.4f}); its "
             "weights are scored on test and exported") in output
+    # a model card says how to feed final/ without this package, and what it scored
+    card = (out / "final" / "README.md").read_text()
+    assert "## Inputs\n\n- Source: the `text` text as it is, with no task prefix;" in card
+    assert f"the weights are those of step {best_step} of {LAST}" in card
 
 
 def test_the_best_checkpoint_line_says_only_what_happens_to_it(workdir, files):

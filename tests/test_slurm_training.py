@@ -239,6 +239,12 @@ def test_sweep_of_three_pairs_trains_every_run_and_collect_prints_the_table(
     assert sorted(tables) == ["mlsum", "sqac"]  # summarization, then generative QA
     assert sorted(tables["mlsum"][1]) == ["barto-tiny", "t5s-tiny"]
     assert sorted(tables["sqac"][1]) == ["barto-tiny"]  # t5s-tiny did not run sqac
+    # QA's exact match and F1 are MLQA's (Spanish) comparison, not SQuAD's: said with the scores
+    for run_plan in manifest.runs:
+        saved = json.loads((Path(run_plan.run_dir) / "final_results.json").read_text())
+        assert saved.get("metric_options") == ({
+            "exact_match": {"convention": "mlqa-es"}, "token_f1": {"convention": "mlqa-es"}}
+            if run_plan.task == "sqac" else None), run_plan.name
     for header, rows in tables.values():
         for model, cells in rows.items():
             task = header[1].split(" ", 1)[0]

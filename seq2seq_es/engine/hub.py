@@ -78,8 +78,10 @@ def check_push(cfg: RunConfig) -> str:
     return f"{namespace}/{repo_id.split('/')[-1]}"
 
 
-def model_card(results: dict, base_model: str | None, task_hub_id: str | None) -> str:
-    """A short README.md: what was trained on what, and its validation and test scores."""
+def model_card(results: dict, base_model: str | None, task_hub_id: str | None,
+               inputs: list[str] = ()) -> str:
+    """A short README.md: what was trained on what, how to feed it, and its validation and test
+    scores."""
     front = ["---", "language: es", "library_name: transformers", "tags:", "- seq2seq-es",
              f"- {results['task']}"]
     if base_model:
@@ -90,6 +92,8 @@ def model_card(results: dict, base_model: str | None, task_hub_id: str | None) -
                      f"Trained with seq2seq-es; the weights are those of step {results['best_step']}"
                      f" of {results['steps']}, chosen on the validation {results['main_metric']}.",
                      ""]
+    if inputs:
+        lines += ["## Inputs", "", *(f"- {line}" for line in inputs), ""]
     for split in ("validation", "test"):
         scores = results.get(split) or {}
         if scores:
@@ -101,23 +105,60 @@ def model_card(results: dict, base_model: str | None, task_hub_id: str | None) -
     return "\n".join(lines)
 
 
+_GLOBAL_TOKENS = {"first": "the first token",
+                  "sentences": "the first token and the first token of every sentence"}
+
+
+def input_notes(cfg: RunConfig, task, spec) -> list[str]:
+    """How the model is fed, for someone using final/ without this package: the source text's
+    layout, its length, the decoding settings and, for LED, the global attention it trained
+    with (transformers' LED puts none without a global_attention_mask, and its outputs then
+    differ from the scores here), and how the scores compare answers where that is not the
+    metric's plain definition."""
+    cut = "its end" if task.source_truncation_side == "right" else "its start"
+    notes = [f"Source: {task.formatter.source_layout()}; at most {cfg.data.max_source_length} "
+             f"tokens (longer sources lose {cut}).",
+             "Decoding: `generation_config.json` holds the settings the scores were generated "
+             "with (`model.generate` reads it)."]
+    if spec.adapter.reads("data.global_attention"):
+        chosen = cfg.data.global_attention
+        tokens = _GLOBAL_TOKENS.get(chosen) or f"the first {chosen.split(':', 1)[1]} tokens"
+        notes.append(f"Global attention on {tokens} (`data.global_attention {chosen}`): pass "
+                     "`global_attention_mask` (1 there, 0 elsewhere) to `generate` and the "
+                     "forward pass, e.g. `mask = torch.zeros_like(input_ids); mask[:, 0] = 1`; "
+                     "without it transformers' LED attends globally to no token.")
+    for metric, options in task.metric_options.items():
+        notes.append(f"`{metric}` compares answers under the `{options['convention']}` "
+                     f"convention (`seq2seq-es score --help`), not the plain definition.")
+    return notes
+
+
+def write_model_card(run_dir: Path, cfg: RunConfig) -> Path:
+    """final/README.md from final_results.json and the run's config (at the end of every
+    exporting run, so a copied final/ says how to use it; the upload sends it)."""
+    from ..models import get_model_spec
+    from ..tasks import task_for
+
+    results = json.loads((run_dir / run_files.FINAL_RESULTS).read_text())
+    spec, task = get_model_spec(cfg.model.name), task_for(cfg.data)
+    base = None if spec.tiny else getattr(spec, "hub_id", None)
+    card = run_dir / run_files.FINAL / "README.md"
+    card.write_text(model_card(results, base, getattr(task, "hub_id", None),
+                               input_notes(cfg, task, spec)), encoding="utf-8")
+    return card
+
+
 def push_final(run_dir: Path, cfg: RunConfig) -> str:
     """Upload RUN/final (with final_results.json and a model card) to train.push_to_hub in one
     commit; returns the repo URL. A failure names the command that uploads by hand: the run
     itself is complete."""
     from huggingface_hub import HfApi
 
-    from ..models import get_model_spec
-    from ..tasks import task_for
-
     folder = run_dir / run_files.FINAL
     results = json.loads((run_dir / run_files.FINAL_RESULTS).read_text())
     shutil.copyfile(run_dir / run_files.FINAL_RESULTS, folder / run_files.FINAL_RESULTS)
-    card = folder / "README.md"
-    if not card.exists():
-        spec, task = get_model_spec(cfg.model.name), task_for(cfg.data)
-        base = None if spec.tiny else getattr(spec, "hub_id", None)
-        card.write_text(model_card(results, base, getattr(task, "hub_id", None)), encoding="utf-8")
+    if not (folder / "README.md").exists():
+        write_model_card(run_dir, cfg)
     repo_id = cfg.train.push_to_hub
     api = HfApi()
     try:

@@ -614,7 +614,15 @@ class Trainer:
                 "task": self.task.name, "model": cfg.model.name,
                 "main_metric": self.best_metric, "best_step": final_step, "steps": step,
                 "validation": validation, "test": test,
+                # how answers were compared, where not the metric's plain definition (QA's
+                # exact match and F1 as MLQA's script for Spanish, not SQuAD's)
+                **({"metric_options": {metric: dict(options) for metric, options
+                                       in self.task.metric_options.items()}}
+                   if self.task.metric_options else {}),
                 **({"stopped_early": True} if early else {})})
+            if cfg.train.export:
+                from .hub import write_model_card
+                write_model_card(out, cfg)
             (out / run_files.PREEMPTED).unlink(missing_ok=True)
             write_json_atomic(out / run_files.DONE, {"step": step, **end_eval,
                                                      "best_step": final_step})

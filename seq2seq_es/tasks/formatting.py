@@ -177,6 +177,12 @@ class Formatter:
                     split: str) -> Iterator[Example | Problem]:
         raise NotImplementedError
 
+    def source_layout(self) -> str:
+        """How a row becomes the text the model reads (the export's model card says it, for
+        whoever feeds the model without this package). No task adds a prefix such as
+        transformers' examples' `summarize: `: the paper's scripts passed none."""
+        raise NotImplementedError
+
 
 class RowFormatter(Formatter):
     """A formatter where each row gives at most one example."""
@@ -239,6 +245,9 @@ class PairFormatter(RowFormatter):
         target = _text(row, self.target_column)
         return source, target, _reference_list(row, self.references_column, target)
 
+    def source_layout(self):
+        return f"the `{self.source_column}` text as it is, with no task prefix"
+
 
 @dataclass(frozen=True)
 class QAFormatter(RowFormatter):
@@ -282,6 +291,10 @@ class QAFormatter(RowFormatter):
             _nfc(t) for t in texts if isinstance(t, str) and t.strip()))
         return QA_PROMPT.format(question=question, context=context), target, references
 
+    def source_layout(self):
+        return (f"`{QA_PROMPT}`, from the `{self.question_column}` and `{self.context_column}` "
+                "texts")
+
 
 @dataclass(frozen=True)
 class SplitRephraseFormatter(RowFormatter):
@@ -308,6 +321,10 @@ class SplitRephraseFormatter(RowFormatter):
         references = tuple(join_sentences(split_sentences(r))
                            for r in _reference_list(row, self.references_column, target))
         return source, target, references
+
+    def source_layout(self):
+        return (f"the `{self.source_column}` text as it is, with no task prefix; it writes "
+                f"sentences joined by ` {SPLIT_MARKER} `")
 
 
 @dataclass(frozen=True)
@@ -340,6 +357,10 @@ class TranslationFormatter(RowFormatter):
             texts.append(_check_text(pair[lang], label))
         return texts[0], texts[1], (texts[1],)
 
+    def source_layout(self):
+        return (f"the `{self.column}.{self.source_lang}` text as it is, with no task prefix; it "
+                f"writes the `{self.target_lang}` one")
+
 
 @dataclass(frozen=True)
 class DialogueFormatter(Formatter):
@@ -361,6 +382,12 @@ class DialogueFormatter(Formatter):
 
     def required_columns(self):
         return (self.speaker_column, self.utterance_column, self.dialogue_column)
+
+    def source_layout(self):
+        last = (f"the last {self.max_history_turns} " if self.max_history_turns else "")
+        return (f"{last or 'the '}earlier turns of the dialogue, oldest first, each as "
+                f"`<speaker>: <utterance>`, joined by {self.separator!r} (a speaker's "
+                "consecutive turns merged into one); it writes the next turn")
 
     def id_columns(self):
         return (self.dialogue_column,)

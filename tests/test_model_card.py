@@ -1,0 +1,67 @@
+"""final/README.md, the model card every exporting run writes: how to feed the model without
+this package (source layout and length, decoding settings, LED's global attention) and how its
+scores compare answers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from seq2seq_es.config import compose
+from seq2seq_es.engine.hub import input_notes, model_card, write_model_card
+from seq2seq_es.models import get_model_spec
+from seq2seq_es.tasks import task_for
+
+
+def notes(task: str, model: str, **overrides: str) -> list[str]:
+    cfg = compose(task=task, model=model, overrides=overrides)
+    return input_notes(cfg, task_for(cfg.data), get_model_spec(cfg.model.name))
+
+
+def test_ledo_says_where_its_global_attention_goes():
+    # transformers' LED given no global_attention_mask attends globally to no token: a user of
+    # final/ got other encoder states than the run's (0.03 apart on a 4-step model) unwarned.
+    [source, decoding, attention] = notes("xlsum", "ledo-tiny",
+                                          **{"data.max_source_length": "2048"})
+    assert source == ("Source: the `text` text as it is, with no task prefix; at most 2048 "
+                      "tokens (longer sources lose its end).")
+    assert decoding.startswith("Decoding: `generation_config.json` holds the settings")
+    assert attention.startswith("Global attention on the first token (`data.global_attention "
+                                "first`): pass `global_attention_mask` (1 there, 0 elsewhere)")
+    [*_, prefix] = notes("xlsum", "ledo-tiny", **{"data.global_attention": "prefix:4"})
+    assert prefix.startswith("Global attention on the first 4 tokens (`data.global_attention "
+                             "prefix:4`)")
+    assert not [n for n in notes("xlsum", "barto-tiny") if "lobal attention" in n]
+
+
+def test_qa_says_its_prompt_and_its_answer_convention():
+    lines = notes("sqac", "t5s-tiny")
+    assert lines[0].startswith("Source: `question: {question} context: {context}`, from the "
+                               "`question` and `context` texts;")
+    assert "`exact_match` compares answers under the `mlqa-es` convention" in " ".join(lines)
+    assert "`token_f1` compares answers under the `mlqa-es` convention" in " ".join(lines)
+
+
+@pytest.mark.parametrize("task, says", [
+    ("miam", "earlier turns of the dialogue, oldest first, each as `<speaker>: <utterance>`"),
+    ("bisect", "it writes sentences joined by ` <SPLIT> `"),
+    ("wmt13-es-en", "the `translation.es` text as it is, with no task prefix; it writes the "
+                    "`en` one"),
+])
+def test_every_task_kind_describes_its_source(task, says):
+    assert says in notes(task, "barto-tiny")[0]
+
+
+def test_the_card_is_written_from_the_run_folder(tmp_path):
+    cfg = compose(task="sqac", model="barto-tiny")
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final_results.json").write_text(json.dumps({
+        "task": "sqac", "model": "barto-tiny", "main_metric": "token_f1", "best_step": 4,
+        "steps": 6, "validation": {"token_f1": 50.0}, "test": {"token_f1": 40.0}}))
+    card = write_model_card(tmp_path, cfg).read_text()
+    assert card == model_card(json.loads((tmp_path / "final_results.json").read_text()), None,
+                              task_for(cfg.data).hub_id, notes("sqac", "barto-tiny"))
+    inputs = card.split("## Inputs\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert inputs == [f"- {line}" for line in notes("sqac", "barto-tiny")]
+    assert "| token_f1 | 40.0000 |" in card.split("## test", 1)[1]

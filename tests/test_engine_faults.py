@@ -389,6 +389,30 @@ def test_a_fresh_run_does_not_overwrite_a_finished_run_or_join_another(tmp_path)
         check_fresh_folder(tmp_path, cfg)
 
 
+@pytest.mark.parametrize("text, says", [
+    ("experiment: [1, 2\n", "cannot be read"),
+    ("experiment: lr sweep\ndata:\n  task: mlsum\n", "its sections experiment are not a run's"),
+    ("- a list\n", "expected a mapping of sections"),
+])
+def test_a_fresh_run_does_not_replace_a_config_yaml_of_the_users(tmp_path, text, says):
+    # A folder holding the user's own config.yaml (unreadable, or no run's): the run wrote its
+    # resolved config over it without a word.
+    from seq2seq_es.config import compose
+    from seq2seq_es.engine.checkpoint import check_fresh_folder
+    from seq2seq_es.errors import ConfigError
+
+    cfg = compose(task="mlsum", model="barto-tiny", overrides={"train.output_dir": str(tmp_path)})
+    (tmp_path / "config.yaml").write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        check_fresh_folder(tmp_path, cfg)
+    assert refused.value.key == "train.output_dir"
+    assert str(refused.value).startswith(f"config key 'train.output_dir': {tmp_path / 'config.yaml'} "
+                                         f"is not a run's config (")
+    assert says in str(refused.value)
+    assert str(refused.value).endswith("a new run would replace it with its own: choose another "
+                                       "train.output_dir, or move that file")
+
+
 @pytest.mark.slow
 def test_resuming_another_models_run_is_refused_without_a_traceback(files, tmp_path):
     out = tmp_path / "barto"

@@ -40,14 +40,14 @@ import pickle
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import run_files
-from ..config import FIXED_STEP, TOKEN_PLAN_STEP
+from ..config import FIXED_STEP, TOKEN_PLAN_STEP, RunConfig
 from ..errors import ConfigError, Seq2SeqEsError
 from . import distributed as D
 from .run_dir import write_json_atomic
@@ -55,6 +55,8 @@ from .run_dir import write_json_atomic
 SAVE_DELAY_ENV = "SEQ2SEQ_ES_SAVE_DELAY_S"
 # A checkpoint's subfolder, while a resume on another number of ranks reads it (`repartitioned`).
 UNIVERSAL = "universal"
+# The sections of a run's config.yaml (model, data, optim, train, dist, gen).
+_RUN_SECTIONS = frozenset(field.name for field in fields(RunConfig))
 # The name prefix of a checkpoint folder being deleted (`Checkpointer._remove`).
 _REMOVING = ".removing-"
 
@@ -275,11 +277,18 @@ def check_fresh_folder(out: Path, cfg) -> None:
 
 
 def _folder_run(run_dir: Path) -> dict | None:
-    """The task and model a run folder's config.yaml names (None: none, or unreadable)."""
+    """The task and model a run folder's config.yaml names (None: no config.yaml yet). A
+    config.yaml that is no run's (unreadable, or other sections: a user's own file) is refused:
+    the run would replace it with its own."""
     try:
         config = run_files.read_run_config(run_dir)
-    except ValueError:
-        return None
+        if config is not None and not set(config) <= _RUN_SECTIONS:
+            others = sorted(str(key) for key in set(config) - _RUN_SECTIONS)
+            raise ValueError(f"its sections {', '.join(others)} are not a run's")
+    except ValueError as exc:
+        raise ConfigError("train.output_dir", (
+            f"{run_dir / run_files.CONFIG} is not a run's config ({exc}); a new run would "
+            "replace it with its own: choose another train.output_dir, or move that file"))
     if config is None:
         return None
     flat = run_files.flat_run_config(config)

@@ -142,6 +142,10 @@ def test_evaluate_says_when_it_replaces_other_settings(trained, validation_final
         in err, err
     assert json.loads((out / "evaluation.json").read_text())["overrides"] == {
         "gen.num_beams": "2"}
+    # a key it does not read is named, not taken in silence
+    assert cli(["evaluate", str(trained), "--split", "validation", "--output-dir", str(out),
+                "--gen.num_beams", "2", "--optim.lr", "5"]) == 0
+    assert "note: not read by evaluate: --optim.lr (training only)" in capsys.readouterr().err
 
 
 def test_the_replaced_evaluation_note_weighs_the_split_and_not_the_batch_size(tmp_path):
@@ -336,6 +340,16 @@ def test_bad_input_names_file_and_line(trained, workdir, capsys, name):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: input file {path}, line {line}: "), err
     assert reason in err[0] and not out.exists()
+
+
+def test_predict_refuses_another_model_than_the_runs(trained, plain_input, workdir, capsys):
+    # --model barto-tiny on a t5s-tiny run predicted with t5s-tiny without a word (evaluate
+    # refused it).
+    out = workdir / "other_model.txt"
+    assert cli(["predict", str(trained), "--input", str(plain_input), "--output", str(out),
+                "--model", "barto-tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "--model" in err and "says t5s-tiny, not barto-tiny" in err and not out.exists()
 
 
 def test_bad_plain_line_and_bad_paths(trained, workdir, capsys):

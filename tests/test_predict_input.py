@@ -44,3 +44,24 @@ def test_a_dialogue_turn_row_is_told_what_predict_takes(tmp_path):
                                        "turn of a dialogue; predict takes one history a row")
     path.write_text(json.dumps({"source": "A: Hola.\nB: ¿Qué tal?"}) + "\n", encoding="utf-8")
     assert read_sources(path, get_task("miam")) == ["A: Hola.\nB: ¿Qué tal?"]
+
+
+def test_keys_evaluate_and_predict_do_not_read_are_named():
+    # `predict --optim.lr 5` ran without a word, and `evaluate --data.test_file FILE` scored
+    # validation while the file was never read.
+    from seq2seq_es.engine.inference import unread_by_inference
+
+    given = {"optim.lr": "5", "train.max_steps": "9", "train.eval_batch_size": "4",
+             "train.seed": "3", "data.test_file": "t.jsonl", "data.validation_file": "v.jsonl",
+             "data.max_eval_samples": "5", "gen.num_beams": "2", "dist.zero_stage": "3"}
+    assert unread_by_inference(given, "evaluate", "validation") == [
+        "--optim.lr (training only)", "--train.max_steps (training only)",
+        "--data.test_file (the validation split is scored)"]
+    assert unread_by_inference(given, "evaluate", "test") == [
+        "--optim.lr (training only)", "--train.max_steps (training only)",
+        "--data.validation_file (the test split is scored)"]
+    assert unread_by_inference(given, "predict") == [
+        "--optim.lr (training only)", "--train.max_steps (training only)",
+        "--data.test_file (predict reads --input)",
+        "--data.validation_file (predict reads --input)",
+        "--data.max_eval_samples (predict reads --input)"]

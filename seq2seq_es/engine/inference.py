@@ -369,6 +369,31 @@ def scoring_settings(overrides: dict[str, str]) -> dict[str, str]:
     return {key: value for key, value in overrides.items() if not key.startswith(_NOT_SCORING)}
 
 
+# What evaluate and predict read of train.*: the batch, the sampling seed and the precision.
+_INFERENCE_TRAIN_KEYS = ("train.eval_batch_size", "train.batch_size", "train.seed",
+                         "train.precision")
+
+
+def unread_by_inference(overrides: dict[str, str], command: str,
+                        split: str | None = None) -> list[str]:
+    """The overrides `evaluate` (scoring `split`) or `predict` does not read, each with why:
+    said in a note, as `train` names the keys it does not read, rather than taken in silence
+    (`predict --optim.lr 5` ran, `evaluate --data.test_file FILE` scored validation)."""
+    files = {f"data.{name}_file" for name in ("train", "validation", "test")}
+    if command == "evaluate":
+        files.discard(f"data.{split}_file")
+    unread = []
+    for key in overrides:
+        if key.startswith("optim.") or (key.startswith("train.")
+                                        and key not in _INFERENCE_TRAIN_KEYS):
+            unread.append(f"--{key} (training only)")
+        elif key in files or key == "data.max_train_samples" or (
+                command == "predict" and key == "data.max_eval_samples"):
+            unread.append(f"--{key} (" + (f"the {split} split is scored" if command == "evaluate"
+                                          else "predict reads --input") + ")")
+    return unread
+
+
 def note_replaced_evaluation(out: Path, checkpoint: Path, split: str,
                              overrides: dict[str, str], say, chosen_dir: bool) -> None:
     """Re-running an evaluation replaces its folder (as a script rewriting its output_dir
@@ -431,6 +456,9 @@ def evaluate_main(argv: list[str]) -> int:
     say = _say(env)
     say(f"evaluating {saved.path} on {cfg.data.task} {args.split} with {env.world_size} "
         f"process(es), ZeRO stage {cfg.dist.zero_stage}")
+    unread = unread_by_inference(overrides, "evaluate", args.split)
+    if unread:
+        say(f"note: not read by evaluate: {', '.join(unread)}")
     note_replaced_evaluation(out, saved.path, args.split, overrides, say,
                              chosen_dir=bool(args.output_dir))
     task = task_for(cfg.data)
@@ -741,12 +769,17 @@ def predict_main(argv: list[str]) -> int:
                            task=args.task, model=args.model, allow_model=saved.kind == "hf")
     # A run's own config names its task: its data files' rows need no --task.
     run_task = task_for(cfg.data) if args.config or saved.config_file else None
+    if run_task is not None:  # predicting with the run's model, not another --model
+        check_same_names(saved, cfg, None, args.model)
     # bad input fails before loading; rows of the run's data files with their own column names
     sources = read_sources(input_path, task, run_task, cfg.data.column_map())
     env = D.read_env()
     D.init(env, cfg.dist.backend, cfg.dist.timeout_min)
     quiet_library_progress()
     say = _say(env)
+    unread = unread_by_inference(overrides, "predict")
+    if unread:
+        say(f"note: not read by predict: {', '.join(unread)}")
     loaded = load_for_inference(saved, cfg, env)
     side = (task or task_for(cfg.data)).source_truncation_side
     length_key = "--max-source-length" if args.max_source_length is not None \

@@ -170,3 +170,28 @@ def test_a_document_with_its_columns_under_data_still_loads(tmp_path, cache):
     path.write_text(json.dumps({"version": 1, "data": columns}), encoding="utf-8")
     examples, _ = load(path, cache)
     assert examples["target"] == columns["summary"]
+
+
+def test_json_lines_named_csv_says_so(tmp_path, cache):
+    # The whole first line was shown as the CSV's one column name.
+    path = tmp_path / "train.csv"
+    path.write_text('{"text": "Texto.", "summary": "Resumen."}\n'
+                    '{"text": "Otro.", "summary": "Otro resumen."}\n', encoding="utf-8")
+    assert "content does not match the extension: a CSV or TSV file's first line names its " \
+        "columns, this one is a JSON object (JSON lines? name it .jsonl)" in \
+        str(refused(path, cache))
+
+
+def test_binary_and_unnamed_compressed_content_are_named(tmp_path, cache):
+    # Read as text, binary data was "CSV or plain text? name it .csv".
+    binary = tmp_path / "train.jsonl"
+    binary.write_bytes(bytes(range(256)) * 4)
+    assert "not a text file (binary content;" in str(refused(binary, cache))
+    packed = tmp_path / "packed.jsonl"
+    packed.write_bytes(gzip.compress(b'{"text": "a", "summary": "b"}\n'))
+    assert "gzip-compressed content, but the name does not end in .gz: add it " \
+           "(packed.jsonl.gz)" in str(refused(packed, cache))
+    # Latin-1 text is text: its rows get their own encoding message, not this one
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,summary\nCanción de España,Año\n".encode("latin-1"))
+    assert "not valid UTF-8" in str(refused(latin, cache, skip_bad_rows=False))

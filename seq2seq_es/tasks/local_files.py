@@ -136,6 +136,7 @@ def prepare_local_file(path: str, builder: str, options: dict, required_columns:
     encoding = _wide_encoding(raw)
     if encoding is not None:  # every line would be "not valid UTF-8", and JSON would look like CSV
         raise DataError(f"the file is {encoding}, not UTF-8: save it as UTF-8", file=path)
+    _refuse_binary(path, raw, compression)
     bom = raw.startswith(_BOM)
     if bom:
         raw = raw[len(_BOM):]
@@ -152,7 +153,32 @@ def prepare_local_file(path: str, builder: str, options: dict, required_columns:
         if stripped.startswith(b"[") or (stripped.startswith(b"{") and not _is_json_lines(raw)):
             return _json_document(path, raw, rewrite, options, required_columns, cache_dir)
         return _json_lines(path, raw, rewrite, columns, cache_dir)
+    first = raw.lstrip()[:4096].split(b"\n", 1)[0].strip()
+    if first.startswith(b"{") and first.endswith(b"}"):
+        # Its first line is a header of one column named by the whole JSON object otherwise.
+        raise DataError("content does not match the extension: a CSV or TSV file's first line "
+                        "names its columns, this one is a JSON object (JSON lines? name it "
+                        ".jsonl)", file=path)
     return _csv(path, raw, rewrite, options, required_columns, cache_dir)
+
+
+# Bytes no text file holds (controls other than tab, newlines, form feed and escape).
+_BINARY_BYTES = bytes(set(range(32)) - {9, 10, 11, 12, 13, 27})
+
+
+def _refuse_binary(path: str, raw: bytes, compression: str | None) -> None:
+    """Binary content is named as such: read as text it became a CSV or JSON error about
+    garbage characters, with advice to rename it. A compressed file without the suffix that
+    says so is named by its kind."""
+    if compression is None:
+        for suffix, (kind, magic) in _COMPRESSIONS.items():
+            if raw.startswith(magic):
+                raise DataError(f"{kind}-compressed content, but the name does not end in "
+                                f"{suffix}: add it ({Path(path).name}{suffix})", file=path)
+    head = raw[:4096]
+    if head and sum(head.count(byte) for byte in _BINARY_BYTES) * 20 > len(head):
+        raise DataError("not a text file (binary content; a data file is UTF-8 JSON lines, "
+                        "JSON, CSV or TSV, or Parquet named .parquet)", file=path)
 
 
 # Suffix -> (name, how its data starts). The standard library reads all but zstd.

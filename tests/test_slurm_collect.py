@@ -798,3 +798,34 @@ def test_collect_refuses_a_plot_name_of_another_format(tmp_path, capsys):
     assert not (tmp_path / "g.jpg").exists() and not (sweep_dir / "results.md").exists()
     assert slurm_main(["collect", str(sweep_dir), "--png", str(tmp_path / "g.PNG")]) == 0
     assert (tmp_path / "g.PNG").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_collect_refuses_a_folder_for_a_results_file_by_its_flag(tmp_path, capsys):
+    # --markdown DIR failed at the rename, as "could not write the results ([Errno 21] ...)",
+    # naming no flag, and left a .tmp file beside the folder.
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], LR)
+    _final(_runs(manifest)[("barto", "mlsum", "3e-5")], {"rougeL": 20.0}, {"rougeL": 19.0})
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert slurm_main(["collect", str(sweep_dir), "--markdown", str(folder)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: argument --markdown: {folder} is a folder; give a file name (e.g. "
+        f"{folder / 'results.md'})")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "sweep"]
+    assert not (sweep_dir / "results.csv").exists()
+
+
+def test_a_failed_rename_leaves_no_temporary_file(tmp_path):
+    # The three files are renamed into place last; one that cannot be (a folder made there
+    # after the check) left its temporary file and the ones after it.
+    from seq2seq_es.slurm.monitor import write_results
+
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], LR)
+    _final(_runs(manifest)[("barto", "mlsum", "3e-5")], {"rougeL": 20.0}, {"rougeL": 19.0})
+    table = build_table(load_runs([str(sweep_dir)]))
+    (tmp_path / "r.csv").mkdir()
+    with pytest.raises(OSError):
+        write_results(table, tmp_path / "r.md", tmp_path / "r.csv", tmp_path / "r.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.md", "sweep"]

@@ -296,6 +296,11 @@ def cmd_collect(argv: list[str], prog: str = "seq2seq-es slurm collect") -> int:
     if args.png and Path(args.png).suffix.lower() != ".png":
         raise ConfigError("--png", f"{args.png}: the plot is written as PNG; give a name ending "
                                    "in .png")
+    for flag, value, suffix in (("--markdown", args.markdown, ".md"), ("--csv", args.csv, ".csv"),
+                                ("--png", args.png, ".png")):
+        if value and Path(value).is_dir():  # said by its flag, before any table is built
+            raise ConfigError(flag, f"{value} is a folder; give a file name (e.g. "
+                                    f"{Path(value) / ('results' + suffix)})")
     manifest = load_runs(args.sweep)
     metrics = _names(args.metrics)
     table = build_table(manifest, metrics=metrics)

@@ -1644,6 +1644,10 @@ def write_results(table: ResultsTable, markdown_path: str | Path, csv_path: str 
         for tmp in temporary:
             tmp.unlink(missing_ok=True)
         raise
-    for tmp, path in zip(temporary, paths):
-        tmp.replace(path)
+    try:
+        for tmp, path in zip(temporary, paths):
+            tmp.replace(path)
+    finally:  # a rename that failed leaves no temporary file behind
+        for tmp in temporary:
+            tmp.unlink(missing_ok=True)
     return markdown

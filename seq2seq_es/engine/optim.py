@@ -48,7 +48,9 @@ def warmup_steps(cfg: RunConfig, total_steps: int) -> int:
 
 
 def lr_factor(step: int, total_steps: int, warmup: int, schedule: str) -> float:
-    """Multiplier of the peak learning rate before optimizer step `step` (0-based)."""
+    """Multiplier of the peak learning rate before optimizer step `step` (0-based). Warmup
+    starts at 1/warmup, not at 0 as transformers' linear warmup does: a first step at rate 0
+    would move nothing (README says so); after warmup the two are equal."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":

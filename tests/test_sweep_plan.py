@@ -75,14 +75,23 @@ def test_a_user_axis_that_does_not_apply_is_deduplicated_and_reported(tmp_path, 
                        for lr in ("1e-3", "5e-3")]
 
 
-def test_an_axis_the_overrides_fix_is_deduplicated_with_its_value(tmp_path):
-    plan = plan_sweep(tmp_path, [("barto", "sqac")], {"optim.lr": ["3e-5", "5e-5"]},
-                      ["--optim.lr", "1e-4"])
+def test_values_of_an_axis_that_resolve_alike_are_deduplicated_with_their_value(tmp_path):
+    plan = plan_sweep(tmp_path, [("barto", "sqac")], {"optim.lr": ["3e-5", "0.00003"]}, [])
     assert [run.grid_point for run in plan.runs] == [{"optim.lr": "3e-5"}]
-    assert plan.dropped[0].describe() == ("barto sqac g2 = g1 (optim.lr 3e-5 and 5e-5 resolve to "
-                                          "the same value (0.0001))")
+    assert plan.dropped[0].describe() == ("barto sqac g2 = g1 (optim.lr 3e-5 and 0.00003 resolve "
+                                          "to the same value (3e-05))")
     assert plan.dropped_summary()[0] == ("dropped 1 duplicate run (same resolved config as a run "
                                          "that stays):")
+
+
+def test_an_axis_the_overrides_would_fix_is_refused(tmp_path):
+    # The overrides come after the grid point and win: this planned one run named lr-3e-5 that
+    # trained at 1e-4, and dropped the other as its duplicate.
+    with pytest.raises(ConfigError) as info:
+        plan_sweep(tmp_path, [("barto", "sqac")], {"optim.lr": ["3e-5", "5e-5"]},
+                   ["--optim.lr", "1e-4"])
+    assert info.value.key == "optim.lr"
+    assert str(info.value).endswith("drop --optim.lr after --, or the axis")
 
 
 def _run_groups(argv):

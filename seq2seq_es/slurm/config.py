@@ -75,6 +75,53 @@ _SBATCH_ALIASES: dict[str, str] = {
 }
 
 
+# sbatch's options that take no value (or an optional one), given bare: `--sbatch exclusive`
+# renders `#SBATCH --exclusive`. Any other option needs OPTION=VALUE: a bare word was rendered as
+# `#SBATCH --WORD`, which sbatch refuses (an unknown option) or reads without the value it needs.
+# requeue, no-requeue and parsable are flags too, refused as the tool's own (OWNED_SBATCH_OPTIONS).
+SBATCH_FLAG_OPTIONS: frozenset[str] = frozenset({
+    "contiguous", "exclusive", "get-user-env", "hold", "ignore-pbs", "nice", "no-kill",
+    "overcommit", "oversubscribe", "propagate", "quiet", "reboot", "spread-job",
+    "use-min-nodes", "verbose",
+})
+# Flags that stop sbatch from submitting the script as a job submitit can follow: sbatch then
+# prints something else than the job id submitit reads, or waits for the whole job.
+NOT_SUBMITTING_SBATCH_FLAGS: dict[str, str] = {
+    "test-only": "sbatch then only estimates when the job would start and submits nothing",
+    "wait": "sbatch then waits until the job has ended, and so would the submission",
+    "help": "sbatch then prints its help and submits nothing",
+    "usage": "sbatch then prints its usage and submits nothing",
+    "version": "sbatch then prints its version and submits nothing",
+}
+# sbatch's one-letter options by their long names. submitit writes every option as `--KEY`, and
+# `#SBATCH --H` or `--d=afterok:1` is no option sbatch knows (`--d` is ambiguous), so a one-letter
+# key must be given by its long name.
+SBATCH_LONG_NAMES: dict[str, str] = {
+    "a": "array", "A": "account", "b": "begin", "B": "extra-node-info", "c": "cpus-per-task",
+    "C": "constraint", "d": "dependency", "D": "chdir", "e": "error", "F": "nodefile",
+    "G": "gpus", "h": "help", "H": "hold", "i": "input", "J": "job-name", "k": "no-kill",
+    "L": "licenses", "m": "distribution", "M": "clusters", "n": "ntasks", "N": "nodes",
+    "o": "output", "O": "overcommit", "p": "partition", "q": "qos", "Q": "quiet",
+    "s": "oversubscribe", "S": "core-spec", "t": "time", "v": "verbose", "V": "version",
+    "w": "nodelist", "W": "wait", "x": "exclude",
+}
+
+
+def sbatch_key_message(key: str) -> str | None:
+    """Why the extra sbatch option `key` (dashes stripped) cannot be written as submitit writes
+    it, else None: a one-letter form (`--KEY` is no sbatch option) or a flag that keeps sbatch
+    from submitting the job (NOT_SUBMITTING_SBATCH_FLAGS)."""
+    if len(key) == 1:
+        long = SBATCH_LONG_NAMES.get(key)
+        return (f"{key} is a one-letter form, which the script cannot hold (submitit writes "
+                f"every option as --OPTION); give its long name"
+                + (f", {long}" if long else " (sbatch --help lists them)"))
+    flag = key.replace("_", "-")
+    if flag in NOT_SUBMITTING_SBATCH_FLAGS:
+        return f"{key} cannot be given: {NOT_SUBMITTING_SBATCH_FLAGS[flag]}"
+    return None
+
+
 def owned_sbatch_option(key: str) -> str | None:
     """What sets the sbatch option `key` when the tool renders it itself (OWNED_SBATCH_OPTIONS),
     else None. Spelled as --sbatch takes it: leading dashes, underscores for dashes, a one-letter
@@ -182,7 +229,7 @@ class SlurmConfig:
         reasons must still get its status.
         """
         for key in self.extra_sbatch:
-            refusal = owned_sbatch_message(key)
+            refusal = owned_sbatch_message(key) or sbatch_key_message(key)
             if refusal:
                 raise ConfigError(f"slurm.extra_sbatch.{key}", refusal)
         self._check_signal_delay()

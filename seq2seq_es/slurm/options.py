@@ -6,10 +6,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import importlib.util
+import os
+import re
+import shlex
+import sys
 from typing import Any
 
 from ..errors import ConfigError
-from .config import SlurmConfig, load_slurm_yaml, owned_sbatch_message
+from .config import (SBATCH_FLAG_OPTIONS, SlurmConfig, load_slurm_yaml, owned_sbatch_message,
+                     sbatch_key_message)
 from .job import DEFAULT_ENTRY
 
 # flag -> SlurmConfig field, for the flags that map one to one
@@ -70,7 +77,7 @@ def add_slurm_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sbatch", action="append", default=[], metavar="OPTION=VALUE",
                        help="any other sbatch option, e.g. --sbatch mail-type=END (repeatable); "
                             "not one the options above set (time, nodes, signal, ...)")
-    group.add_argument("--entry", default=DEFAULT_ENTRY, metavar="MODULE:FUNCTION",
+    group.add_argument("--entry", default=DEFAULT_ENTRY, metavar="MODULE:FUNCTION", type=entry_spec,
                        help="training entry called with ['train', ...]; "
                             "seq2seq_es.slurm.probe:main checks a cluster without training "
                             f"(default {DEFAULT_ENTRY})")
@@ -81,7 +88,64 @@ def add_slurm_options(parser: argparse.ArgumentParser) -> None:
 _CHECKED_WITH = {"signal_delay_s": ("time_min",)}
 
 
+# What job.resolve_entry imports on the nodes: a dotted module path, ':', a function name in it.
+_ENTRY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+
+
+def entry_spec(value: str) -> str:
+    """--entry's argparse type: MODULE:FUNCTION, refused here in any other shape (`--entry
+    nomodule` was accepted, and every job failed on the nodes after its wait in the queue).
+    Raises ConfigError (not argparse's ArgumentTypeError): the CLI prints it as one line."""
+    if not _ENTRY.fullmatch(value.strip()):
+        raise ConfigError("--entry", f"'{value}' must look like MODULE:FUNCTION, a module the "
+                          "jobs import and the function in it they call with ['train', ...], "
+                          f"e.g. {DEFAULT_ENTRY}")
+    return value.strip()
+
+
+def check_entry(entry: str, python: str | None) -> None:
+    """Refuses an --entry whose module this interpreter cannot find, where the jobs run this
+    interpreter (no --python): they import it as `python -m` does, from the folder sbatch is
+    called from (this one) and the interpreter's own path. With --python the nodes run
+    another interpreter, which may well have modules this one lacks, so nothing is said.
+    The function itself is looked up where importing the module is known to be harmless (this
+    package's modules, or one imported already); other modules are only found, not run."""
+    if python is not None or entry == DEFAULT_ENTRY:
+        return
+    module_name, _, function = entry.partition(":")
+    where = f"{sys.executable}, the interpreter the jobs run"
+    sys.path.insert(0, os.getcwd())
+    try:
+        try:
+            found = importlib.util.find_spec(module_name)
+        except ImportError as exc:  # a parent package that is not there
+            found, reason = None, str(exc)
+        except Exception:  # a parent package that fails to import here: left to the nodes
+            return
+        else:
+            reason = ""
+        if found is None:
+            raise ConfigError("--entry", f"module '{module_name}' of {entry} cannot be imported "
+                              f"by {where}" + (f" ({reason})" if reason else "") + "; give "
+                              "another module, or --python for the nodes' interpreter if it is "
+                              "installed only there")
+        if module_name.split(".")[0] != __name__.split(".")[0] and module_name not in sys.modules:
+            return
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise ConfigError("--entry", f"module '{module_name}' of {entry} fails to import: "
+                              f"{exc}") from None
+        if not callable(getattr(module, function, None)):
+            raise ConfigError("--entry", f"module '{module_name}' has no function '{function}' "
+                              f"({entry})")
+    finally:
+        sys.path.remove(os.getcwd())
+
+
 def slurm_config_from_args(args: argparse.Namespace) -> SlurmConfig:
+    if getattr(args, "entry", None):
+        check_entry(args.entry, args.python)
     from_file: dict[str, Any] = load_slurm_yaml(args.slurm_config) if args.slurm_config else {}
     values = dict(from_file)
     flagged: set[str] = set()
@@ -118,22 +182,52 @@ def slurm_config_from_args(args: argparse.Namespace) -> SlurmConfig:
 
 
 def with_sbatch_options(extra: dict[str, Any] | None, specs: list[str]) -> dict[str, Any]:
-    """`extra` (SlurmConfig.extra_sbatch) with the --sbatch OPTION=VALUE | OPTION flags added."""
+    """`extra` (SlurmConfig.extra_sbatch) with the --sbatch OPTION=VALUE | FLAG options added.
+    A bare word must be one of sbatch's flags (SBATCH_FLAG_OPTIONS): `--sbatch foo` rendered
+    `#SBATCH --foo`, and `--sbatch mail-type` an option without its value."""
     merged = dict(extra or {})
     for spec in specs:
         key, sep, value = spec.partition("=")
         key = key.strip().lstrip("-")
         if not key:
-            raise ConfigError("--sbatch", f"'{spec}' must look like OPTION=VALUE or OPTION")
-        refusal = owned_sbatch_message(key)
-        if refusal:  # named as the flag: the same check of the config would name extra_sbatch
+            raise ConfigError("--sbatch", f"'{spec}' must look like OPTION=VALUE or FLAG")
+        # named as the flag: the same check of the config would name extra_sbatch
+        refusal = owned_sbatch_message(key) or sbatch_key_message(key)
+        if refusal:
             raise ConfigError("--sbatch", refusal)
+        if not sep and key.replace("_", "-") not in SBATCH_FLAG_OPTIONS:
+            raise ConfigError("--sbatch", f"'{spec}' has no value: give OPTION=VALUE (e.g. "
+                              "--sbatch mail-type=END); only sbatch's flags are given bare: "
+                              f"{', '.join(sorted(SBATCH_FLAG_OPTIONS))} (another flag, e.g. a "
+                              "site plugin's, as `KEY: true` under extra_sbatch in a "
+                              "--slurm-config file)")
         merged[key] = value if sep else True
     return merged
 
 
+# A train option (`--section.key`, or `--config FILE`), which goes after `--`.
+_TRAIN_OPTION = re.compile(r"--[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+|--config")
+
+
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    if "--" in argv:
-        cut = argv.index("--")
-        return argv[:cut], argv[cut + 1:]
-    return argv, []
+    """(the command's own arguments, the train options after `--`). Train options before `--`
+    are refused with the command line they belong in: argparse said only `unrecognized
+    arguments: --train.max_steps 3`. No option of the slurm commands is dotted or --config,
+    nor takes a value beginning with `--`, so such an argument before `--` is always one."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    own, overrides = argv[:cut], argv[cut + 1:]
+    misplaced: list[str] = []
+    i = 0
+    while i < len(own):
+        arg = own[i]
+        if not _TRAIN_OPTION.fullmatch(arg.split("=", 1)[0]):
+            i += 1
+            continue
+        takes = "=" not in arg and i + 1 < len(own) and not own[i + 1].startswith("--")
+        misplaced += own[i:i + 2] if takes else [arg]
+        i += 2 if takes else 1
+    if misplaced:
+        first = misplaced[0].split("=", 1)[0]
+        raise ConfigError(first, "train options go after `--`, behind the command's own options: "
+                          f"... -- {shlex.join(misplaced + overrides)}")
+    return own, overrides

@@ -323,8 +323,48 @@ def select_pairs(models: list[str] | None = None, tasks: list[str] | None = None
 
 # ---- grid ------------------------------------------------------------------------------------
 
+# Keys the planner gives every run itself (`train_argv`): they say which run it is, where it
+# writes and how it goes on after a requeue, not what it trains. A grid axis on one of them
+# named runs after values they did not get (`--grid train.output_dir=a,b`: one run, named
+# output_dir-a, trained in the folder b, the other dropped as its duplicate), and after -- the
+# job trained elsewhere than the run folder status reads, or restarted afresh when requeued.
+PLANNER_KEYS: dict[str, str] = {
+    "train.output_dir": "the planner sets it: each run trains in its own folder, "
+                        "<sweep-dir>/<model>__<task>__<grid point> in a sweep or --run-dir for "
+                        "`submit`, which the run is named for and where status, resume and "
+                        "collect find it",
+    "train.resume": "the planner sets it to auto: every run resumes from its latest checkpoint, "
+                    "so that a job requeued after a pre-emption or its time limit goes on where "
+                    "it stopped",
+    "train.run_group": "the planner gives a sweep's runs one W&B group, a label (the sweep "
+                       "folder's name, or -- --train.run_group NAME) that is no part of what a "
+                       "run trains, so grid points differing in it alone are one run",
+}
+# Of those, the ones dotted overrides after -- may not set either (train.run_group may: the
+# sweep's default group is the one thing it replaces).
+_FIXED_OVERRIDES = ("train.output_dir", "train.resume")
+
+
+def check_grid_keys(grid: dict[str, list[str]]) -> None:
+    """Refuses a grid axis on a key the planner sets for every run itself (PLANNER_KEYS)."""
+    for key in grid:
+        if key in PLANNER_KEYS:
+            raise ConfigError(f"--grid {key}", f"cannot be a grid axis: {PLANNER_KEYS[key]}")
+
+
+def check_fixed_overrides(overrides: list[str]) -> None:
+    """Refuses train overrides after -- that would replace what the planner sets for every run
+    (`_FIXED_OVERRIDES`): they come after its own arguments and win."""
+    for key in _FIXED_OVERRIDES:
+        if _given_key(overrides, key):
+            raise ConfigError(key, f"{PLANNER_KEYS[key]}; drop --{key} after --"
+                              + (" (choose the folder with --run-dir or --sweep-dir)"
+                                 if key == "train.output_dir" else ""))
+
+
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:
-    """['optim.lr=3e-5,5e-5', 'train.epochs=3,6'] -> {'optim.lr': [...], 'train.epochs': [...]}."""
+    """['optim.lr=3e-5,5e-5', 'train.epochs=3,6'] -> {'optim.lr': [...], 'train.epochs': [...]}.
+    A key the planner sets itself (PLANNER_KEYS) is refused as an axis."""
     grid: dict[str, list[str]] = {}
     for spec in specs:
         key, sep, values_text = spec.partition("=")
@@ -341,6 +381,7 @@ def parse_grid(specs: list[str]) -> dict[str, list[str]]:
         if key in grid:
             raise ConfigError(f"--grid {key}", "axis given twice")
         grid[key] = values
+    check_grid_keys(grid)
     return grid
 
 
@@ -741,6 +782,9 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
     run_group = root.resolve().name
     seeds = list(seeds or [])
     check_seeds(seeds, grid, overrides)
+    check_grid_keys(grid or {})
+    if compose_runs:
+        check_fixed_overrides(overrides)
     config_file, _ = split_config(overrides)
     file_keys = set(flat_keys(load_yaml(config_file))) if config_file and compose_runs else set()
     runs: list[RunPlan] = []
@@ -773,6 +817,8 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
             if ACCUM_KEY in pair_grid:
                 raise ConfigError(f"--grid {ACCUM_KEY}", f"the grid's {BATCH_AXIS} axis is the "
                                   f"effective batch and sets {ACCUM_KEY}; give one of the two")
+        _refuse_replaced_axes(pair_grid, grid is None, model, task, overrides, data_args,
+                              data_root)
         for index, point in enumerate(grid_points(pair_grid)):
             # The seed axis is the last one: a grid point's number counts its seeds as one.
             number = index // len(seeds) + 1 if seeds else index + 1
@@ -819,6 +865,31 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
     return SweepPlan(runs=runs, dropped=dropped, grid=union, configs=configs, seeds=seeds)
 
 
+def _refuse_replaced_axes(pair_grid: dict[str, Any], papers: bool, model: str, task: str,
+                          overrides: list[str], data_args: list[str],
+                          data_root: str | Path | None) -> None:
+    """Refuses a grid axis whose key a later argument of every run sets again: a dotted override
+    after -- or a --data-root file (each run's arguments are the grid point, then --data-root's
+    files, then the overrides; the last value of a key is the one kept). Every run then trained
+    with that one value under a folder named for another, and the rest were dropped as its
+    duplicates. A --config file's key is no such case: the file is below every dotted key, so
+    the grid point wins over it, as in `train`. (The batch axis' keys and --seeds' train.seed
+    are refused before this, with their own reasons.)"""
+    axis = f"the paper's grid for {model} on {task} has" if papers else "--grid has"
+    other = ("give --grid without it (or --no-grid)" if papers else "the axis")
+    for key in pair_grid:
+        if _given_key(overrides, key):
+            raise ConfigError(key, f"{axis} the axis {key}, but --{key} after -- comes after the "
+                              "grid point in each run's arguments and wins: every run would train "
+                              f"with that one value under a folder named for another; drop "
+                              f"--{key} after --, or {other}")
+        if _given_key(data_args, key):
+            raise ConfigError(key, f"{axis} the axis {key}, but --data-root {data_root} sets "
+                              f"{key} of every run to {task}'s file, after the grid point: every "
+                              "run would read that one file under a folder named for another; "
+                              f"drop --data-root, or {other}")
+
+
 def _refuse_shared_run_dirs(runs: list[RunPlan]) -> None:
     """Two different runs must not train into one folder (the second would resume the first's
     checkpoints). Folder names replace unsafe characters by '+', so distinct values can meet."""
@@ -842,7 +913,8 @@ def plan_runs(root: str | Path, pairs: list[tuple[str, str]], grid: dict[str, li
 
 def check_overrides(overrides: list[str], *, allow_config: bool = False) -> None:
     """Train overrides after `--` must be dotted options (`--optim.lr 3e-5`, `--train.epochs=3`),
-    and, where `allow_config`, one `--config FILE`."""
+    and, where `allow_config` (a new training run of `submit` or `sweep`), one `--config FILE`
+    and none of the keys the planner sets for every run (`check_fixed_overrides`)."""
     if allow_config:
         _, overrides = split_config(overrides)
     i = 0
@@ -857,6 +929,8 @@ def check_overrides(overrides: list[str], *, allow_config: bool = False) -> None
         if i + 1 >= len(overrides):
             raise ConfigError(arg[2:], "missing value")
         i += 2
+    if allow_config:
+        check_fixed_overrides(overrides)
 
 
 def check_sweep_dir(sweep_dir: Path, runs: list[RunPlan]) -> None:

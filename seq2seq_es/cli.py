@@ -91,14 +91,16 @@ def cmd_config(argv: list[str]) -> int:
     """Print the resolved config as YAML: exactly what `train --config` accepts (the launcher's
     environment, which `train` also reads, is left out)."""
     from .config_help import config_yaml, resolve
+    from .engine.entry import require_pair
 
-    known, overrides = parse_train_args(argv)
+    known, overrides = parse_train_args(argv, prog="seq2seq-es config")
     if known.help:
         print("usage: seq2seq-es config --task T --model M [--config FILE] "
               "[--section.key VALUE ...]\n\nPrints the resolved config as YAML, each value not "
               "a default commented with the layer that set it;\n`seq2seq-es train --config FILE` "
               "composes the same config from it. Keys: seq2seq-es train --help")
         return 0
+    require_pair(known, overrides)
     resolved = resolve(known.task, known.model, known.config, overrides)
     print(config_yaml(resolved, shlex.join(argv)), end="")
     return 0
@@ -177,7 +179,24 @@ COMMANDS = {"list": cmd_list, "train": cmd_train, "config": cmd_config, "evaluat
             "collect": cmd_collect}
 
 
-def main(argv: list[str] | None = None) -> int:
+# The commands whose dotted keys are refused when given twice on the command line a user typed
+# (`console`); `main` itself keeps the last one: the slurm job calls it with the planner's
+# arguments, where a user's key after -- follows the run's own (config.refuse_repeated_keys).
+KEYS_ONCE_COMMANDS = ("train", "config", "evaluate", "predict")
+
+
+def _keys_once(command):
+    def checked(argv: list[str]) -> int:
+        from .config import refuse_repeated_keys
+
+        refuse_repeated_keys(argv)
+        return command(argv)
+    return checked
+
+
+def main(argv: list[str] | None = None, typed: bool = False) -> int:
+    """Run a command; `typed`: argv is the user's own command line (console's), whose dotted
+    keys are refused when repeated (KEYS_ONCE_COMMANDS)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -186,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"error: unknown command '{command}'\n{USAGE}", file=sys.stderr)
         return 2
-    return run_command(COMMANDS[command], rest)
+    run = COMMANDS[command]
+    if typed and command in KEYS_ONCE_COMMANDS:
+        run = _keys_once(run)
+    return run_command(run, rest)
 
 
 def console(argv: list[str] | None = None) -> NoReturn:
@@ -195,7 +217,7 @@ def console(argv: list[str] | None = None) -> NoReturn:
     (process_exit explains the abort this avoids), with the status and traceback a normal exit
     would give (a KeyboardInterrupt that escapes: 130, where Python would end by SIGINT)."""
     try:
-        status = main(argv)
+        status = main(argv, typed=True)
         sys.stdout.flush()  # a reader that left shows here, not in the interpreter's last flush
     except BrokenPipeError:
         if must_leave_without_teardown():

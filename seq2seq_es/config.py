@@ -15,8 +15,11 @@ Checks, each naming the bad key: a field whose values are a fixed set is annotat
 each section's `validate()` holds the rules on its own fields (run when a section is built,
 and again by `validate(cfg)`, since dotted keys change fields after construction);
 `validate(cfg)` adds the rules that relate sections, and that a folder key (train.output_dir,
-data.cache_dir) names no file, before any work starts. A number is never nan or inf. A run file
-that sets a key twice, or has a top-level name that is no section, is refused (`load_yaml`).
+data.cache_dir) names no file, before any work starts. A number is never nan or inf, an integer
+never 2**31 or more in size (C ints overflowed after training), a text key never a YAML boolean
+nor, where none means unset, empty. A run file that sets a key twice, or has a top-level name
+that is no section, is refused (`load_yaml`); a dotted key typed twice on the command line, by
+`cli.console` (refuse_repeated_keys).
 """
 
 from __future__ import annotations
@@ -35,30 +38,44 @@ import yaml
 from .errors import ConfigError, close_matches
 
 
+INT_LIMIT = 2**31  # an integer key holds less in size: torch, numpy and CUDA take C ints, and a
+                   # 20-digit batch size or beam width overflowed only after training
+
+
 class _Section:
     """A config section: validated when built and by `validate(cfg)`. `_section` is its name
-    in RunConfig, which prefixes its keys in errors."""
+    in RunConfig, which prefixes its keys in errors; `_wide_ints` its integer keys with a range
+    of their own, past INT_LIMIT."""
 
     _section = ""
+    _wide_ints: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """The rules on this section's own fields; here, a Literal field holds one of its
-        choices (also after a direct assignment, which no converter sees), and a number is
+        choices (also after a direct assignment, which no converter sees), a number is
         finite (no field means anything by nan or inf; where a value turns a feature off, it
-        is 0)."""
+        is 0), an integer is less than INT_LIMIT in size, and a key whose unset value is none
+        is not empty text (an empty train.output_dir trained into the current folder, an empty
+        data.train_file read the hub)."""
         for name, annotation in _section_types(type(self)).items():
-            value = getattr(self, name)
+            value, key = getattr(self, name), f"{self._section}.{name}"
             if typing.get_origin(annotation) is Literal:
                 if not _is_choice(value, typing.get_args(annotation)):
-                    raise ConfigError(f"{self._section}.{name}",
-                                      _choices_message(typing.get_args(annotation), value))
+                    raise ConfigError(key, _choices_message(typing.get_args(annotation), value))
             members = value if isinstance(value, (tuple, list)) else (value,)
             if any(isinstance(v, float) and not math.isfinite(v) for v in members):
-                raise ConfigError(f"{self._section}.{name}",
-                                  f"must be a finite number, got {_shown(value)}")
+                raise ConfigError(key, f"must be a finite number, got {_shown(value)}")
+            if isinstance(value, int) and not isinstance(value, bool) \
+                    and abs(value) >= INT_LIMIT and name not in self._wide_ints:
+                shown = f"{value:.4g}" if abs(value) >= 10**15 else value  # 1e+30, not 31 digits
+                raise ConfigError(key, f"must be less than 2**31 ({INT_LIMIT}) in size, got "
+                                  f"{shown}")
+            if annotation == (str | None) and isinstance(value, str) and not value.strip():
+                raise ConfigError(key, f"is empty ({value!r}); give a value, or leave the key "
+                                  "out (none) for its default")
 
     def _at_least(self, name: str, minimum: float, hint: str = "") -> None:
         """Refuse `name` below `minimum`, naming the key (hint: what the allowed values mean)."""
@@ -236,6 +253,7 @@ TOKEN_PLAN_STEP = StepUnit("train.grad_accum x ranks", "train.grad_accum", "micr
 @dataclass
 class TrainConfig(_Section):
     _section = "train"
+    _wide_ints = ("seed",)  # numpy's 32 bits (SEED_MAX)
     output_dir: str | None = None         # run folder: checkpoints, metrics.jsonl, final/, results
                                           # (none: runs/<model>-<task>, one per pair)
     seed: int = 42                        # seed of initialisation, dropout and the data order
@@ -348,12 +366,21 @@ class TrainConfig(_Section):
         if self.stop_check_every < 1:
             raise ConfigError("train.stop_check_every", "must be at least 1")
         self.profile_range()  # refused here, before any loading
+        if str(self.push_to_hub).lower() in ("true", "false"):
+            # The Trainer's --push_to_hub is a switch: here it names the repo, and 'true' would
+            # create a repo called true at the end of the run
+            raise ConfigError("train.push_to_hub", f"expected a hub repo id (namespace/name), "
+                              f"got {self.push_to_hub!r}; the Trainer's --push_to_hub true is "
+                              "train.push_to_hub NAMESPACE/NAME here (none: no upload)")
         for key in ("log_every", "eval_every", "save_every", "save_every_min"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}", "must be >= 0")
 
     def step_unit(self) -> StepUnit:
         return FIXED_STEP if self.batching == "fixed" else TOKEN_PLAN_STEP
+
+
+TIMEOUT_MIN_MAX = 10 * 365 * 24 * 60
 
 
 @dataclass
@@ -373,6 +400,9 @@ class DistConfig(_Section):
         if self.offload_optimizer and self.zero_stage == 0:
             raise ConfigError("dist.offload_optimizer", "needs dist.zero_stage 1, 2 or 3")
         self._at_least("timeout_min", 1, " (minutes a collective waits)")
+        if self.timeout_min > TIMEOUT_MIN_MAX:  # past datetime.timedelta's range it overflowed
+            raise ConfigError("dist.timeout_min", f"must be at most {TIMEOUT_MIN_MAX} (10 years "
+                              f"of minutes), got {self.timeout_min}")
 
 
 @dataclass
@@ -401,12 +431,15 @@ class GenConfig(_Section):
         self._at_least("top_k", 0, " (0: all tokens)")
         if not 0 < self.top_p <= 1:
             raise ConfigError("gen.top_p", f"must be in (0, 1], got {self.top_p}")
-        self._at_least("min_new_tokens", 0)
         self._at_least("no_repeat_ngram_size", 0, " (0: off)")
+        # Before min_new_tokens: a minimum that follows it (follow_target_length) takes its
+        # bad value too, and would be named instead
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ConfigError("gen.max_new_tokens", f"must be at least 1, got "
+                              f"{self.max_new_tokens}")
+        self._at_least("min_new_tokens", 0)
         if self.max_new_tokens is None:
             return
-        if self.max_new_tokens < 1:
-            raise ConfigError("gen.max_new_tokens", "must be at least 1")
         if self.min_new_tokens > self.max_new_tokens:
             raise ConfigError("gen.min_new_tokens", f"{self.min_new_tokens} is larger than "
                               f"gen.max_new_tokens {self.max_new_tokens} (the minimum may be the "
@@ -450,9 +483,12 @@ def _is_choice(value: Any, choices: tuple) -> bool:
 
 def _choices_message(choices: tuple, value: Any) -> str:
     """'expected hf, sdpa or flex, got 'fast''."""
-    names = [str(choice) for choice in choices]
-    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
-    return f"expected {listed}, got {value!r}"
+    return f"expected {_listed([str(choice) for choice in choices])}, got {value!r}"
+
+
+def _listed(names: list[str]) -> str:
+    """'hf, sdpa or flex'."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def _shown(value: Any) -> str:
@@ -470,6 +506,8 @@ def _convert(key: str, raw: Any, annotation: Any) -> Any:
         if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null")):
             if type(None) in args:
                 return None
+        if isinstance(raw, bool) and str in args:
+            raise ConfigError(key, _text_expected(key, args, raw))
         # The first member that takes the value (Literal[...] | str: a choice, else any string);
         # the last member's error otherwise.
         error = None
@@ -490,7 +528,8 @@ def _convert(key: str, raw: Any, annotation: Any) -> Any:
         raise ConfigError(key, _choices_message(args, raw))
     if origin is tuple:
         if isinstance(raw, str):
-            raw = [p for p in raw.replace("(", "").replace(")", "").split(",") if p.strip()]
+            # 0.9,0.98 as typed, or as Python or YAML write a pair: (0.9, 0.98), [0.9, 0.98]
+            raw = [p for p in raw.strip().strip("()[]").split(",") if p.strip()]
         if not isinstance(raw, (list, tuple)) or len(raw) != len(args):
             raise ConfigError(key, f"expected {len(args)} comma-separated values, got {raw!r}")
         return tuple(_convert(key, r, a) for r, a in zip(raw, args))
@@ -527,10 +566,26 @@ def _convert(key: str, raw: Any, annotation: Any) -> Any:
         except (TypeError, ValueError, OverflowError):
             raise ConfigError(key, f"expected a number, got {raw!r}") from None
     if annotation is str:
+        if isinstance(raw, bool):  # YAML's unquoted true/false: str() made it the text 'True'
+            raise ConfigError(key, _text_expected(key, (str,), raw))
         if isinstance(raw, (dict, list)):
             raise ConfigError(key, f"expected a string, got {raw!r}")
         return str(raw)
     return raw
+
+
+# What the free text of a key whose value is a choice or text means, for its errors.
+TEXT_MEANING = {"train.resume": "a checkpoint folder"}
+
+
+def _text_expected(key: str, members: tuple, raw: bool) -> str:
+    """"expected text, got true" for a boolean where text goes (a Literal member's choices
+    listed first: "expected none, auto, must or a checkpoint folder, got false")."""
+    choices = [str(choice) for member in members if typing.get_origin(member) is Literal
+               for choice in typing.get_args(member)]
+    expected = _listed([*choices, TEXT_MEANING.get(key, "text")]) if choices else "text"
+    return (f"expected {expected}, got {'true' if raw else 'false'} (YAML reads an unquoted "
+            "true or false as a boolean)")
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
@@ -767,6 +822,23 @@ def parse_overrides(argv: list[str]) -> dict[str, str]:
     return overrides
 
 
+def refuse_repeated_keys(argv: list[str]) -> None:
+    """Refuse a dotted key given twice in a command line the user typed (parse_overrides keeps
+    the last, silently, as argparse does a repeated flag). Not in parse_overrides itself: the
+    slurm planner's train arguments rely on the last value winning (the user's overrides after
+    the run's folder, group and grid point)."""
+    values: dict[str, list[str]] = {}
+    for i, arg in enumerate(argv):
+        if _looks_like_option(arg):
+            key, sep, value = arg[2:].partition("=")
+            values.setdefault(key, []).append(value if sep else
+                                              argv[i + 1] if i + 1 < len(argv) else "")
+    for key, given in values.items():
+        if len(given) > 1:
+            raise ConfigError(key, f"given {len(given)} times ({', '.join(map(repr, given))}); "
+                              "give it once")
+
+
 def not_applying(cfg) -> dict[str, str]:
     """Config keys whose value the run never reads, with the setting that overrides them (a
     sweep lists those its grid sets; `train` notes those the user set)."""
@@ -792,6 +864,13 @@ def not_applying(cfg) -> dict[str, str]:
         ignored["model.lean_ce_chunk"] = "model.lean_ce=False"
     if not cfg.train.push_to_hub:
         ignored["train.hub_private"] = "no train.push_to_hub"
+    if not cfg.train.export:
+        ignored["train.export_dtype"] = "train.export=False"
+    if cfg.data.train_file and cfg.data.validation_file:
+        # No split comes from the hub: a test split needs data.test_file then
+        # (builders.has_test_split)
+        ignored["data.hub_revision"] = ("every split is a local file (data.train_file, "
+                                        "data.validation_file)")
     if 0 < cfg.train.max_steps < cfg.train.eval_every:
         ignored["train.eval_every"] = (f"train.max_steps={cfg.train.max_steps} ends before its "
                                        "first validation")
@@ -914,9 +993,14 @@ def _chosen_name(key: str, flag: str, given: str | None, overrides: Mapping[str,
     in_file = file_values.get(key)
     if in_file is None and isinstance(file_values.get(section), Mapping):
         in_file = file_values[section].get(name)
-    named = [(where, str(value)) for where, value in
-             ((flag, given), (f"--{key}", overrides.get(key)), (f"the --config file's {key}", in_file))
-             if value]
+    places = ((flag, given), (f"--{key}", overrides.get(key)),
+              (f"the --config file's {key}", in_file))
+    for where, value in places:
+        if isinstance(value, str) and not value.strip():  # was read as unset: 'unknown task'
+            in_file = " (in the --config file)" if where.startswith("the") else ""
+            raise ConfigError(flag if where == flag else key, f"is empty{in_file}; give a "
+                              f"{'task' if section == 'data' else 'model'} name (seq2seq-es list)")
+    named = [(where, str(value)) for where, value in places if value]
     if len({value for _, value in named}) > 1:
         listed = " and ".join(f"{where} {value}" for where, value in named)
         raise ConfigError(key, f"{listed} disagree; give one (a run file restates its own pair's "
@@ -979,6 +1063,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("data.max_target_length",
                           f"{d.max_target_length} exceeds the {spec.max_target_positions} target "
                           f"positions of model '{spec.name}'")
+    if g.max_new_tokens > spec.max_target_positions:
+        # As the target length: generating past the decoder's positions failed on an embedding
+        # index, after the whole training (min_new_tokens is at most max_new_tokens)
+        raise ConfigError("gen.max_new_tokens",
+                          f"{g.max_new_tokens} exceeds the {spec.max_target_positions} target "
+                          f"positions of model '{spec.name}'")
+    check_global_prefix(cfg, spec)
     window = cfg.model.attention_window
     if window and spec.adapter.reads("model.attention_window"):
         # LED pads every input to a multiple of its window, and the padded length must still
@@ -1010,6 +1101,18 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("optim.warmup_steps",
                           f"warmup of {o.warmup_steps} steps is not shorter than training "
                           f"({t.max_steps} steps)")
+
+
+def check_global_prefix(cfg: RunConfig, spec) -> None:
+    """Refuse an LED global prefix (data.global_attention prefix:N) that covers every source
+    token kept: each would attend to all the others, LED's sliding window left unused."""
+    ga, length = cfg.data.global_attention, cfg.data.max_source_length
+    if not (ga.startswith("prefix:") and spec.adapter.reads("data.global_attention")):
+        return
+    if int(ga[7:]) >= length:
+        raise ConfigError("data.global_attention", f"{ga}: every token would be global, as "
+                          f"data.max_source_length is {length}; give N below it (or first, "
+                          "sentences)")
 
 
 def _first_non_folder(path: Path) -> Path | None:

@@ -11,12 +11,14 @@ import argparse
 import sys
 
 
-def parse_train_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
+def parse_train_args(argv: list[str], prog: str = "seq2seq-es train"
+                     ) -> tuple[argparse.Namespace, dict[str, str]]:
+    """`train`'s arguments (and `config`'s, whose `prog` names it in argparse's usage line)."""
     from ..config import parse_overrides
 
     # The help is generated from the config dataclasses (config_help.train_help), not argparse's.
     # allow_abbrev=False: "--ta sqac" must not silently be a second --task
-    parser = argparse.ArgumentParser(prog="seq2seq-es train", add_help=False, allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
     parser.add_argument("-h", "--help", action="store_true")
     parser.add_argument("--task")
     parser.add_argument("--model")
@@ -36,6 +38,7 @@ def build_config(argv: list[str]):
     from .distributed import launcher_overrides
 
     known, overrides = parse_train_args(argv)
+    require_pair(known, overrides)
     merged = {**launcher_overrides(), **overrides}
     cfg = compose(task=known.task, model=known.model, config_file=known.config, overrides=merged)
     # A setting the user gave that this run never reads (an LED option on BART, epochs under
@@ -51,6 +54,23 @@ def build_config(argv: list[str]):
             given |= {key for key in keys if _value(cfg, key) != _value(defaults, key)}
     note_not_read(cfg, given)
     return cfg
+
+
+def require_pair(known: argparse.Namespace, overrides: dict[str, str]) -> None:
+    """Refuse a command line that names no task or no model (by its flag, its dotted key or the
+    --config file): the dataclass defaults (mlsum, barto-tiny) are no choice of the user's, and
+    a run of them failed on the hub or trained the wrong pair."""
+    from ..config import load_yaml
+    from ..errors import ConfigError
+
+    file_values = load_yaml(known.config) if known.config else {}
+    for flag, key in (("--task", "data.task"), ("--model", "model.name")):
+        section, name = key.split(".")
+        in_file = file_values.get(key, (file_values.get(section) or {}).get(name))
+        # An empty name counts as given here: compose refuses it by its own key
+        if all(value is None for value in (getattr(known, flag[2:]), overrides.get(key), in_file)):
+            where = f"or {key} in {known.config}" if known.config else "or --config FILE"
+            raise ConfigError(flag, f"is required ({where})")
 
 
 def _value(cfg, key: str):

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from seq2seq_es.errors import DataError, Seq2SeqEsError
+from seq2seq_es.errors import ConfigError, DataError, Seq2SeqEsError
 from seq2seq_es.line_files import split_lines
 
 EM_CONVENTION_CHOICES = ("strict", "squad", "mlqa-es", "loose")
@@ -294,6 +294,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_line_file(flag: str, path: str) -> None:
+    """Refuse a data file (.csv, .json, .parquet, compressed) where score reads one text per
+    line or .jsonl: its CSV rows or JSON text were scored as if each line were an example."""
+    from seq2seq_es.tasks.loading import COMPRESSED_SUFFIXES
+
+    name = path.lower()
+    if name.endswith((*TASK_DATA_SUFFIXES, *COMPRESSED_SUFFIXES)):
+        task_file = " or, with --task T, the task's data file" if flag == "--references" else ""
+        raise ConfigError(flag, f"{path} is a data file by its name; score reads one text per "
+                          f"line (a plain file) or .jsonl{task_file}")
+
+
+def note_unread_options(args: argparse.Namespace, names: list[str]) -> None:
+    """Say which of the options given are read by none of the metrics scored (as `train` notes
+    the config keys a run does not read); not refused: a script may pass them for every metric."""
+    unread = {"--em-convention": args.em_convention and "exact_match" not in names,
+              "--f1-convention": args.f1_convention and "token_f1" not in names,
+              "--aggregate": args.aggregate != "mean" and "rouge" not in names,
+              "--split-sentences": args.split_sentences and "rouge" not in names,
+              "--no-stem": not args.stem and "rouge" not in names,
+              "--mode": args.mode != "spanish" and not {"rouge", "sari"} & set(names),
+              "--sources": args.sources is not None and "sari" not in names}
+    flags = [flag for flag, unused in unread.items() if unused]
+    if flags:
+        print(f"note: not read by the metrics scored ({', '.join(names)}): {', '.join(flags)}",
+              file=sys.stderr)
+
+
 def _score(args: argparse.Namespace) -> dict[str, float]:
     # Imported here: `--help` and usage errors need none of the metrics.
     from seq2seq_es.metrics.scoring import check_metric_names, compute_metrics
@@ -309,7 +337,17 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
     # --metric rouge,bleu as data.metrics writes them, or --metric rouge --metric bleu
     given = [name.strip() for value in args.metric or [] for name in value.split(",")
              if name.strip()]
+    for value in args.metric or []:
+        if not value.replace(",", "").strip():  # else read as no --metric at all
+            raise ConfigError("--metric", f"{value!r} names no metric; expected "
+                              f"{METRIC_NAMES_HELP} (repeatable or comma-separated)")
     names = check_metric_names(given or list(task.metrics))
+    note_unread_options(args, names)
+    check_line_file("--predictions", args.predictions)
+    if task is None:  # with --task a data file is read as the task's (read_references)
+        check_line_file("--references", args.references)
+    if args.sources is not None:
+        check_line_file("--sources", args.sources)
     predictions = read_predictions(args.predictions)
     columns = None
     if args.columns:

@@ -1,0 +1,273 @@
+"""Bad input found by fuzzing the command line and run files: each refused in one line naming
+its key or flag (or noted where a run does not read it), before any model, data or hub is
+touched, instead of a traceback after training or a silently wrong run."""
+
+import pytest
+
+from seq2seq_es.cli import build_config, console, main
+from seq2seq_es.config import compose, parse_overrides
+from seq2seq_es.errors import ConfigError
+from seq2seq_es.slurm.sweep import train_argv
+
+PAIR = ["--task", "mlsum", "--model", "barto-tiny"]
+
+
+def refused(overrides=(), config_file=None, task="mlsum", model="barto-tiny"):
+    with pytest.raises(ConfigError) as err:
+        compose(task=task, model=model, config_file=config_file,
+                overrides=parse_overrides(list(overrides)))
+    assert "\n" not in str(err.value)
+    return err.value
+
+
+def run_file(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def error_line(capsys, argv, typed=False):
+    """The exit status and stderr of `seq2seq-es ARGV` (typed: as the user's own command line,
+    through console)."""
+    if typed:
+        with pytest.raises(SystemExit) as exit_:
+            console(argv)
+        code = exit_.value.code
+    else:
+        code = main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+# 1. An empty output_dir trained into the current folder; an empty file or path read the hub.
+
+@pytest.mark.parametrize("key", ["train.output_dir", "data.train_file", "model.path",
+                                 "data.cache_dir", "train.push_to_hub"])
+def test_an_empty_path_or_name_is_refused_not_read_as_unset(key):
+    error = refused([f"--{key}", ""])
+    assert error.key == key and "is empty" in error.reason
+
+
+def test_an_empty_output_dir_in_a_run_file_is_refused_naming_the_file(tmp_path):
+    path = run_file(tmp_path, "train:\n  output_dir: ''\n")
+    error = refused(config_file=path)
+    assert error.key == "train.output_dir" and path in error.reason
+
+
+# 2. A YAML boolean where text goes became the text 'True' or 'False'.
+
+@pytest.mark.parametrize("section, key, value", [
+    ("train", "push_to_hub", "true"), ("model", "path", "false"),
+    ("train", "best_metric", "true"), ("data", "hub_revision", "true")])
+def test_a_yaml_boolean_for_a_text_key_is_refused(tmp_path, section, key, value):
+    error = refused(config_file=run_file(tmp_path, f"{section}:\n  {key}: {value}\n"))
+    assert error.key == f"{section}.{key}"
+    assert error.reason.startswith(f"expected text, got {value}")
+
+
+def test_a_yaml_boolean_resume_lists_what_resume_takes(tmp_path):
+    error = refused(config_file=run_file(tmp_path, "train:\n  resume: false\n"))
+    assert error.key == "train.resume"
+    assert "expected none, auto, must or a checkpoint folder, got false" in error.reason
+
+
+def test_push_to_hub_true_on_the_command_line_is_the_trainers_switch_not_a_repo():
+    error = refused(["--train.push_to_hub", "true"])
+    assert error.key == "train.push_to_hub" and "NAMESPACE/NAME" in error.reason
+    # Text stays text on the command line: a repo id, a metric, a checkpoint choice.
+    cfg = compose("mlsum", "barto-tiny", overrides={"train.push_to_hub": "me/model",
+                                                    "train.best_metric": "rougeL",
+                                                    "train.resume": "auto"})
+    assert (cfg.train.push_to_hub, cfg.train.best_metric, cfg.train.resume) == \
+        ("me/model", "rougeL", "auto")
+
+
+# 3. A dotted key given twice kept the last one silently.
+
+@pytest.mark.parametrize("command, argv", [
+    ("config", [*PAIR, "--train.max_steps", "3", "--train.max_steps", "5"]),
+    ("config", [*PAIR, "--train.max_steps=3", "--train.max_steps", "5"]),
+    ("train", [*PAIR, "--train.max_steps", "3", "--train.max_steps=5"]),
+    ("evaluate", ["runs/none", "--train.max_steps", "3", "--train.max_steps", "5"]),
+    ("predict", ["runs/none", "--train.max_steps", "3", "--train.max_steps", "5"]),
+])
+def test_a_dotted_key_typed_twice_is_refused(capsys, command, argv):
+    # A bad learning rate after them: without the check, train stops there, not after training.
+    code, err = error_line(capsys, [command, *argv, "--optim.lr", "-1"], typed=True)
+    assert code == 2
+    assert "error: config key 'train.max_steps': given 2 times ('3', '5'); give it once" in err
+
+
+def test_the_slurm_planners_arguments_keep_the_last_value(capsys, tmp_path):
+    # A sweep's job calls `main` with the run's arguments, then the user's after --: there the
+    # user's own run group follows the sweep's, and wins.
+    argv = train_argv("barto-tiny", "mlsum", tmp_path / "run", {"train.max_steps": "3"},
+                      ["--train.run_group", "mine", "--train.max_steps", "5"], run_group="sweep")
+    assert main(["config", *argv]) == 0
+    out = capsys.readouterr().out
+    assert "run_group: mine" in out and "max_steps: 5" in out
+
+
+# 4. Keys a run does not read, and an LED prefix that makes every token global.
+
+@pytest.mark.parametrize("argv, note", [
+    (["--train.export", "false", "--train.export_dtype", "fp16"],
+     "train.export_dtype (train.export=False)"),
+    (["--data.train_file", "t.jsonl", "--data.validation_file", "v.jsonl",
+      "--data.hub_revision", "refs/convert/parquet"],
+     "data.hub_revision (every split is a local file"),
+])
+def test_train_notes_keys_it_does_not_read(capsys, monkeypatch, argv, note):
+    monkeypatch.delenv("RANK", raising=False)
+    build_config([*PAIR, *argv])
+    assert f"note: not read by this run: {note}" in capsys.readouterr().err
+
+
+def test_hub_revision_is_read_while_a_split_comes_from_the_hub(capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    build_config([*PAIR, "--data.train_file", "t.jsonl", "--data.hub_revision", "main"])
+    assert "hub_revision" not in capsys.readouterr().err
+
+
+def test_an_led_global_prefix_covering_every_source_token_is_refused():
+    error = refused(["--data.global_attention", "prefix:600", "--data.max_source_length", "512"],
+                    task="xlsum", model="ledo-tiny")
+    assert error.key == "data.global_attention" and "every token would be global" in error.reason
+    compose("xlsum", "ledo-tiny", overrides={"data.global_attention": "prefix:64",
+                                             "data.max_source_length": "512"})
+    # BART reads no global attention: noted by train, not refused.
+    compose("mlsum", "barto-tiny", overrides={"data.global_attention": "prefix:6000"})
+
+
+# 5. A generation length past the decoder's positions failed after training.
+
+@pytest.mark.parametrize("key", ["gen.max_new_tokens", "gen.min_new_tokens"])
+def test_generation_lengths_past_the_target_positions_are_refused(key):
+    overrides = ["--gen.max_new_tokens", "5000"]
+    if key == "gen.min_new_tokens":  # and the minimum needs a maximum as long
+        overrides += ["--gen.min_new_tokens", "5000"]
+    error = refused(overrides)
+    assert error.key == "gen.max_new_tokens"
+    assert "5000 exceeds the 1024 target positions of model 'barto-tiny'" in error.reason
+    assert compose("mlsum", "barto-tiny",
+                   overrides={"gen.max_new_tokens": "1024"}).gen.max_new_tokens == 1024
+
+
+# 6. Integers that overflow C ints, and a timeout past timedelta's range.
+
+@pytest.mark.parametrize("key, value", [
+    ("gen.num_beams", "1e30"), ("train.batch_size", "12345678901234567890"),
+    ("train.epochs", str(2**31)), ("train.max_tokens", "1e20"), ("train.keep_last", "1e12"),
+    ("gen.top_k", str(2**40)), ("model.lean_ce_chunk", str(2**31)),
+    ("data.max_train_samples", "1e15"), ("dist.timeout_min", "1e30"),
+])
+def test_integers_past_two_to_the_31_are_refused(key, value):
+    error = refused([f"--{key}", value])
+    assert error.key == key and "must be less than 2**31 (2147483648) in size" in error.reason
+
+
+def test_a_timeout_past_ten_years_is_refused_and_large_seeds_still_fit():
+    error = refused(["--dist.timeout_min", str(10**8)])
+    assert error.key == "dist.timeout_min" and "10 years" in error.reason
+    cfg = compose("mlsum", "barto-tiny", overrides={"dist.timeout_min": str(60 * 24 * 365),
+                                                    "train.seed": str(2**32 - 1),
+                                                    "train.batch_size": str(2**31 - 1)})
+    assert cfg.train.seed == 2**32 - 1
+
+
+def test_a_run_files_huge_integer_is_refused(tmp_path):
+    error = refused(config_file=run_file(tmp_path, f"train:\n  epochs: {10**20}\n"))
+    assert error.key == "train.epochs" and "2**31" in error.reason
+
+
+# 7. score: an empty metric, options no metric reads, data files read as plain lines.
+
+@pytest.fixture
+def texts(tmp_path):
+    for name in ("p.txt", "r.txt"):
+        (tmp_path / name).write_text("el gato duerme\nla casa\n", encoding="utf-8")
+    (tmp_path / "r.csv").write_text("text,summary\nel gato,duerme\n", encoding="utf-8")
+    return tmp_path
+
+
+def score(capsys, texts, *args, references="r.txt"):
+    code, err = error_line(capsys, ["score", "--predictions", str(texts / "p.txt"),
+                                    "--references", str(texts / references), *args])
+    return code, err
+
+
+@pytest.mark.parametrize("metric", ["", " , "])
+def test_score_refuses_an_empty_metric_by_its_flag(capsys, texts, metric):
+    code, err = score(capsys, texts, "--metric", metric)
+    assert code == 2 and err.startswith("error: argument --metric:") and "names no metric" in err
+
+
+def test_score_notes_options_no_metric_reads(capsys, texts):
+    code, err = score(capsys, texts, "--metric", "rouge", "--em-convention", "squad")
+    assert code == 0
+    assert "note: not read by the metrics scored (rouge): --em-convention" in err
+    code, err = score(capsys, texts, "--metric", "exact_match", "--em-convention", "squad")
+    assert code == 0 and "note:" not in err
+
+
+def test_score_refuses_a_csv_references_file_read_as_lines(capsys, texts):
+    code, err = score(capsys, texts, "--metric", "rouge", references="r.csv")
+    assert code == 2 and err.startswith("error: argument --references:")
+    assert "with --task T, the task's data file" in err
+
+
+# 8. A negative max_new_tokens was reported as the minimum that follows it.
+
+def test_a_bad_max_new_tokens_is_named_not_the_minimum_that_follows_it():
+    error = refused(["--gen.max_new_tokens", "-1"])
+    assert error.key == "gen.max_new_tokens" and "must be at least 1, got -1" in error.reason
+
+
+# 9. train and config without a task or model used the dataclass defaults.
+
+@pytest.mark.parametrize("argv, flag", [([], "--task"), (["--task", "mlsum"], "--model"),
+                                        (["--model", "barto-tiny"], "--task")])
+def test_train_and_config_need_a_task_and_a_model(capsys, argv, flag):
+    with pytest.raises(ConfigError, match=fr"argument {flag}: is required \(or --config FILE\)"):
+        build_config(argv)
+    code, err = error_line(capsys, ["config", *argv])
+    assert code == 2 and f"error: argument {flag}: is required" in err
+
+
+def test_a_run_file_or_dotted_keys_may_name_the_pair(tmp_path):
+    named = run_file(tmp_path, "data:\n  task: sqac\nmodel:\n  name: t5s-tiny\n")
+    assert build_config(["--config", named]).data.task == "sqac"
+    assert build_config(["--data.task", "sqac", "--model.name", "t5s-tiny"]).model.name == \
+        "t5s-tiny"
+    unnamed = run_file(tmp_path, "optim:\n  lr: 0.001\n")
+    with pytest.raises(ConfigError, match=f"argument --task: is required \\(or data.task in "):
+        build_config(["--config", unnamed])
+
+
+# 10. config's argparse errors named train.
+
+def test_config_usage_errors_name_config(capsys):
+    with pytest.raises(SystemExit):
+        main(["config", *PAIR, "--config"])
+    assert capsys.readouterr().err.startswith("usage: seq2seq-es config ")
+
+
+# 11. Betas in brackets, and an empty task or model name.
+
+def test_betas_may_be_written_in_brackets():
+    assert compose("mlsum", "barto-tiny",
+                   overrides={"optim.betas": "[0.8, 0.95]"}).optim.betas == (0.8, 0.95)
+    error = refused(["--optim.betas", "[1,2]"])
+    assert error.key == "optim.betas" and "each beta must be in [0, 1)" in error.reason
+
+
+@pytest.mark.parametrize("argv, key", [
+    (["--data.task", ""], "data.task"), (["--model.name", ""], "model.name"),
+    (["--task", "", "--model", "barto-tiny"], "--task"),
+])
+def test_an_empty_task_or_model_name_is_refused_by_its_key(capsys, argv, key):
+    argv = argv if "--task" in argv else [*PAIR, *argv]
+    code, err = error_line(capsys, ["config", *argv])
+    where = f"argument {key}" if key.startswith("--") else f"config key '{key}'"
+    assert code == 2 and f"error: {where}: is empty; give a " in err

@@ -902,6 +902,23 @@ def note_not_read(cfg, given: set[str]) -> None:
             f"{key} ({why})" for key, why in unread.items()), file=sys.stderr)
 
 
+def note_default_accumulation(cfg, given: set[str]) -> None:
+    """A batch size the user set, with the accumulation the pair's defaults give (WMT13's 4 to
+    keep the paper's step): a step is then several times the batch, where a Trainer user
+    expects per_device_train_batch_size to be the step. Said once, with the way to change it;
+    the batches line shows the step too."""
+    import sys
+
+    if ("train.batch_size" not in given or "train.grad_accum" in given
+            or cfg.train.grad_accum == 1 or cfg.train.batching != "fixed"):
+        return
+    if all(os.environ.get(name, "0") == "0" for name in ("RANK", "SLURM_PROCID")):
+        print(f"note: train.grad_accum {cfg.train.grad_accum} comes from the defaults of "
+              f"{cfg.model.name} on {cfg.data.task}: a step takes train.batch_size "
+              f"{cfg.train.batch_size} x {cfg.train.grad_accum} examples per rank; "
+              "--train.grad_accum 1 makes a step of the batch alone", file=sys.stderr)
+
+
 def registry_layers(task: str, model_spec) -> list[tuple[str, Mapping[str, Any]]]:
     """The registries' layers of a (task, model) pair, lowest first, each with the name
     `seq2seq-es config` gives it: the task's defaults, the model's, then the task's entries for

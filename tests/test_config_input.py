@@ -271,3 +271,19 @@ def test_an_empty_task_or_model_name_is_refused_by_its_key(capsys, argv, key):
     code, err = error_line(capsys, ["config", *argv])
     where = f"argument {key}" if key.startswith("--") else f"config key '{key}'"
     assert code == 2 and f"error: {where}: is empty; give a " in err
+
+
+def test_a_batch_size_under_the_pairs_accumulation_is_noted(capsys, monkeypatch):
+    # --train.batch_size 8 on WMT13 made steps of 32 (the task's grad_accum 4) where a Trainer
+    # user expects the per-device batch to be the step; only the batches line showed it.
+    monkeypatch.delenv("RANK", raising=False)
+    pair = ["--task", "wmt13-es-en", "--model", "t5s-tiny"]
+    cfg = build_config([*pair, "--train.batch_size", "8"])
+    assert cfg.train.grad_accum == 4
+    assert ("note: train.grad_accum 4 comes from the defaults of t5s-tiny on wmt13-es-en: a step "
+            "takes train.batch_size 8 x 4 examples per rank; --train.grad_accum 1 makes a step "
+            "of the batch alone") in capsys.readouterr().err
+    for argv in ([*pair], [*pair, "--train.batch_size", "8", "--train.grad_accum", "2"],
+                 [*PAIR, "--train.batch_size", "8"]):
+        build_config(argv)
+        assert "grad_accum" not in capsys.readouterr().err, argv

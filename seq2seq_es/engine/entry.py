@@ -34,7 +34,8 @@ def parse_train_args(argv: list[str], prog: str = "seq2seq-es train"
 
 
 def build_config(argv: list[str]):
-    from ..config import compose, load_yaml, note_not_read, own_task_keys
+    from ..config import (compose, load_yaml, note_default_accumulation, note_not_read,
+                          own_task_keys)
     from .distributed import launcher_overrides
 
     known, overrides = parse_train_args(argv)
@@ -53,6 +54,7 @@ def build_config(argv: list[str]):
             keys = [f"{section}.{key}" for key in values] if isinstance(values, dict) else [section]
             given |= {key for key in keys if _value(cfg, key) != _value(defaults, key)}
     note_not_read(cfg, given)
+    note_default_accumulation(cfg, given)
     return cfg
 
 

@@ -425,3 +425,41 @@ def test_resuming_another_models_run_is_refused_without_a_traceback(files, tmp_p
         not in proc.stderr, proc.stderr[-3000:]
     # only what differs is named
     assert "is of another run (model.name barto-tiny; this run: model.name t5s-tiny)" in error
+
+
+class _FolderOnlyEngine:
+    """DeepSpeed's save_checkpoint as the Checkpointer sees it: a folder named by the tag."""
+
+    def save_checkpoint(self, root, tag, save_latest):
+        (Path(root) / tag).mkdir(parents=True)
+
+
+def test_a_save_clears_the_leftovers_of_interrupted_saves_and_deletes(tmp_path):
+    # A run killed mid-save (or mid-rotation) leaves hidden folders of whole checkpoints;
+    # never cleared, every preemption leaked a checkpoint's worth of disk.
+    from seq2seq_es.engine.checkpoint import Checkpointer, TrainState
+
+    root = tmp_path / "checkpoints"
+    (root / ".tmp-step_00000001").mkdir(parents=True)
+    (root / ".tmp-step_00000001" / "junk").write_text("half a checkpoint")
+    (root / ".tmp-step_00000009").mkdir()
+    (root / ".removing-step_00000004").mkdir()
+    (root / ".removing-step_00000004" / "junk").write_text("half deleted")
+    ckpt = Checkpointer(root, D.read_env({}), keep_last=2)
+    ckpt.save(_FolderOnlyEngine(), TrainState(step=2))
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000002"]
+
+
+def test_a_step_folder_without_trainer_state_is_not_a_checkpoint(tmp_path):
+    # A step_N/ folder with no trainer_state.json (emptied by hand, a copy cut short) must not
+    # be what --train.resume auto picks: it would fail to load instead of the one before it.
+    from seq2seq_es.engine.checkpoint import Checkpointer
+    from seq2seq_es.run_files import complete_checkpoints
+
+    root = tmp_path / "checkpoints"
+    (root / "step_00000003").mkdir(parents=True)
+    assert complete_checkpoints(root) == []
+    (root / "step_00000002").mkdir()
+    (root / "step_00000002" / "trainer_state.json").write_text('{"step": 2}')
+    assert complete_checkpoints(root) == [(2, root / "step_00000002")]
+    assert Checkpointer(root, D.read_env({}), keep_last=2).latest() == root / "step_00000002"

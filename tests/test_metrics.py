@@ -943,3 +943,115 @@ def test_every_metric_refuses_an_empty_reference_list_alike(name):
     arguments = {"sources": ["hola"]} if name == "sari" else {}
     with pytest.raises(DataError, match="example 1: a reference must be a string or a non-empty"):
         METRIC_FUNCTIONS[name](["hola", "adiós"], [["hola"], []], **arguments)
+
+
+# --- behaviours the mutation audit found untested --------------------------------------------
+
+def test_rouge_takes_the_reference_with_the_best_f_measure_not_the_best_recall():
+    # A short reference that the prediction covers wholly has recall 1 but a poor F: chosen by
+    # recall, a multi-reference score dropped from 92.31 to 28.57.
+    from seq2seq_es.metrics.rouge import compute
+
+    prediction = "el gato come pescado fresco hoy"
+    references = [["gato", "el gato negro come pescado fresco hoy"]]
+    scores = compute([prediction], references, use_stemmer=False, with_precision_recall=True)
+    # second reference: 6 of 7 words (P 1, R 6/7, F 12/13); the first: P 1/6, R 1, F 2/7
+    assert scores["rouge1"] == pytest.approx(100 * 12 / 13)
+    assert scores["rouge1_precision"] == pytest.approx(100.0)
+    assert scores["rouge1_recall"] == pytest.approx(100 * 6 / 7)
+    # bigrams: 4 of the prediction's 5 and the reference's 6
+    assert scores["rouge2"] == pytest.approx(100 * 2 * (4 / 5) * (4 / 6) / (4 / 5 + 4 / 6))
+
+
+def test_rouge_bootstrap_reports_precision_and_recall_each_under_its_own_name():
+    # With aggregate=bootstrap, rouge1_precision showed the recall.
+    from seq2seq_es.metrics.rouge import compute
+
+    scores = compute(["el gato"], ["el gato negro"], use_stemmer=False,
+                     with_precision_recall=True, aggregate="bootstrap")
+    assert scores["rouge1_precision"] == pytest.approx(100.0)
+    assert scores["rouge1_recall"] == pytest.approx(100 * 2 / 3)
+    assert scores["rouge1"] == pytest.approx(80.0)
+    assert scores["rouge2_precision"] == pytest.approx(100.0)
+    assert scores["rouge2_recall"] == pytest.approx(50.0)
+
+
+def test_rouge_bootstrap_leaves_numpys_global_generator_where_it_was():
+    # Scoring during training must not reseed numpy: the run's later random draws (data
+    # augmentation, user code) would repeat the same numbers after every evaluation.
+    from seq2seq_es.metrics.rouge import compute
+
+    np.random.seed(123)
+    expected = np.random.rand(3)
+    np.random.seed(123)
+    compute(["el gato", "un perro"], ["el gato negro", "el perro"], aggregate="bootstrap",
+            bootstrap_seed=7)
+    compute_metrics(["rouge"], ["el gato"], ["el gato negro"],
+                    options={"rouge": {"aggregate": "bootstrap"}})
+    assert np.random.rand(3).tolist() == expected.tolist()
+
+
+def test_rouge_paper_mode_honours_use_stemmer_false():
+    # Paper mode forced Porter stemming: "gatos" matched "gato" although the user turned
+    # stemming off (33.33 instead of 0).
+    from seq2seq_es.metrics.rouge import compute
+
+    unstemmed = compute(["los gatos corren"], ["el gato corre"], mode="paper", use_stemmer=False)
+    assert unstemmed == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0, "rougeLsum": 0.0}
+    stemmed = compute(["los gatos corren"], ["el gato corre"], mode="paper", use_stemmer=True)
+    assert stemmed["rouge1"] == pytest.approx(100 / 3)   # gatos -> gato
+    reference = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=False)
+    assert reference.score("el gato corre", "los gatos corren")["rouge1"].fmeasure == 0.0
+
+
+def test_bleu_uses_the_tokenizer_it_is_given():
+    # tokenize="intl" splits "¿" from the word after it; ignored, every BLEU was 13a's.
+    prediction = ["¿Vienes mañana a la fiesta de Juan?"]
+    reference = ["Vienes mañana a la fiesta de Juan?"]
+    thirteen_a = compute_metrics(["bleu"], prediction, reference)["bleu"]
+    intl = compute_metrics(["bleu"], prediction, reference,
+                           options={"bleu": {"tokenize": "intl"}})["bleu"]
+    # 13a: "¿Vienes" is one token: n-gram precisions 7/8, 6/7, 5/6, 4/5
+    assert thirteen_a == pytest.approx(100 * (1 / 2) ** 0.25)
+    # intl: 9 tokens against 8: 8/9, 7/8, 6/7, 5/6, no brevity penalty
+    assert intl == pytest.approx(100 * (5 / 9) ** 0.25)
+    assert intl == pytest.approx(
+        sacrebleu.corpus_bleu(prediction, [reference], tokenize="intl").score)
+    assert thirteen_a == pytest.approx(sacrebleu.corpus_bleu(prediction, [reference]).score)
+
+
+@pytest.mark.parametrize("article", ["el", "la", "los", "las", "un", "una", "unos", "unas"])
+def test_mlqa_es_answers_drop_every_spanish_article(article):
+    # MLQA's Spanish evaluation removes all eight articles: one left in scored a right
+    # answer 0 ("unos libros" against "libros").
+    from seq2seq_es.metrics.exact_match import compute as exact_match
+    from seq2seq_es.metrics.token_f1 import compute as token_f1
+
+    prediction = f"{article} libros"
+    assert exact_match([prediction], ["libros"], convention="mlqa-es")["exact_match"] == 100
+    assert exact_match([prediction.capitalize()], ["libros"],
+                       convention="mlqa-es")["exact_match"] == 100
+    assert token_f1([prediction], ["libros"], convention="mlqa-es")["token_f1"] == 100
+
+
+def test_meteor_local_search_breaks_crossing_ties_by_fewer_chunks(monkeypatch):
+    # Beyond EXHAUSTIVE_LIMIT the search must still prefer one chunk to two at equal
+    # crossings, or long texts score lower than the exhaustive search would give them.
+    from seq2seq_es.metrics import meteor
+
+    prediction, reference = ["no", "el"], "sí no el el la el el".split()
+    exhaustive = sentence_meteor(prediction, reference)
+    # 2 matches: P 1, R 2/7, Fmean = (2/7) / (0.9 + 0.1 * 2/7) = 4/13; one chunk: 1 - 0.5/8
+    assert exhaustive == pytest.approx((4 / 13) * (1 - 0.5 * (1 / 2) ** 3))
+    monkeypatch.setattr(meteor, "EXHAUSTIVE_LIMIT", 0)
+    assert align(prediction, reference) == [(0, 1), (1, 2)]
+    assert sentence_meteor(prediction, reference) == pytest.approx(exhaustive)
+
+
+def test_an_ellipsis_after_an_initial_still_ends_the_sentence():
+    # "C..." is a trailing ellipsis, not the initial "C.": taken as one, two sentences were
+    # joined (ROUGE-Lsum and SARI's split markers see sentences).
+    assert split_sentences("Tomó vitamina C... Después durmió.") == [
+        "Tomó vitamina C...", "Después durmió."]
+    assert split_sentences("Habló con el Sr... Nadie contestó.") == [
+        "Habló con el Sr...", "Nadie contestó."]

@@ -145,3 +145,29 @@ def test_the_best_checkpoint_of_the_old_ranks_is_loaded_at_the_end(files, tmp_pa
     step_folder = out / "checkpoints" / "step_00000002"
     assert not (step_folder / UNIVERSAL).exists()
     assert not (step_folder / "latest_universal").exists()
+
+
+@pytest.mark.parametrize("key, saved_value, new_value", [
+    ("max_source_length", 512, 256), ("max_target_length", 128, 64)])
+def test_a_token_plan_resume_with_other_length_limits_is_refused_naming_the_key(
+        key, saved_value, new_value):
+    # Token-budget micro-batches are packed by the truncated lengths: another limit makes step
+    # k hold other examples, so the saved position would skip some and repeat others.
+    from types import SimpleNamespace
+
+    from seq2seq_es.config import RunConfig
+    from seq2seq_es.engine.checkpoint import check_same_layout, data_layout
+    from seq2seq_es.errors import ConfigError
+
+    def layout(value):
+        cfg = RunConfig()
+        cfg.train.batching, cfg.train.max_tokens = "token_budget", 4000
+        setattr(cfg.data, key, value)
+        return data_layout(cfg, SimpleNamespace(steps_per_epoch=7, world_size=1), 100)
+
+    saved, current = layout(saved_value), layout(new_value)
+    check_same_layout("ckpt", saved, layout(saved_value))  # the same limits resume
+    with pytest.raises(ConfigError) as error:
+        check_same_layout("ckpt", saved, current)
+    assert error.value.key == "train.resume"
+    assert f"data.{key} {saved_value} -> {new_value}" in str(error.value)

@@ -45,10 +45,11 @@ def test_every_example_once_per_epoch_and_order_changes_between_epochs():
 def test_order_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch():
     plan = StepPlan(37, batch_size=3, grad_accum=2, world_size=2, seed=3)
     full = plan.iter_steps(0, 0, rank=1)
-    seen = [next(full) for _ in range(9)]  # crosses an epoch boundary (6 steps per epoch)
-    epoch, step_in_epoch, _ = seen[3]
+    seen = [next(full) for _ in range(9)]  # three epochs (3 steps per epoch: 37 // 12)
+    epoch, step_in_epoch, _ = seen[4]
+    assert (epoch, step_in_epoch) == (1, 1)  # mid-epoch, then across the next boundary
     resumed = plan.iter_steps(epoch, step_in_epoch, rank=1)
-    assert [next(resumed) for _ in range(6)] == seen[3:9]
+    assert [next(resumed) for _ in range(5)] == seen[4:9]
     assert StepPlan(37, 3, 2, 2, seed=4).epoch_order(0).tolist() != plan.epoch_order(0).tolist()
 
 
@@ -119,3 +120,77 @@ def test_the_batch_summary_counts_one_step_in_the_singular():
         "batches: 4 examples per rank x 2 accumulated x 2 rank(s) = 16 per step, "
         "1 step per epoch"]
     assert StepPlan(32, 4, 2, 2, 0).summary()[0].endswith(", 2 steps per epoch")
+
+
+def test_a_run_resumed_mid_epoch_starts_the_next_epoch_at_its_first_step():
+    # A resume at step 3 of an epoch must not skip steps 0-2 of every later epoch too (their
+    # examples would never be trained again).
+    plan = StepPlan(32, batch_size=2, grad_accum=2, world_size=1, seed=0)
+    assert plan.steps_per_epoch == 8
+    resumed = plan.iter_steps(0, 3, rank=0)
+    got = [next(resumed) for _ in range(13)]
+    expected = [(0, s) for s in range(3, 8)] + [(1, s) for s in range(8)]
+    assert [(epoch, step) for epoch, step, _ in got] == expected
+    assert [micro for _, _, micro in got] == [plan.micro_batches(e, s, 0) for e, s in expected]
+
+
+def _barto_tokenizer():
+    from seq2seq_es.models import load_tokenizer
+    from seq2seq_es.models.tiny import ensure_tiny_checkpoint
+
+    return load_tokenizer(str(ensure_tiny_checkpoint("barto-tiny")))
+
+
+def test_changing_the_truncation_side_does_not_reuse_the_cached_tokenization(tmp_path):
+    # The cache key must hold source_truncation_side: otherwise a dialogue run switched to
+    # left truncation silently trains on the right-truncated (oldest-turns) sources it cached.
+    import datasets
+
+    from seq2seq_es.data.tokenize import tokenize_examples
+
+    tokenizer = _barto_tokenizer()
+    source = "uno dos tres cuatro cinco seis siete ocho nueve diez"
+    full = tokenizer(source)["input_ids"]
+    assert len(full) > 8
+    examples = datasets.Dataset.from_dict({"source": [source], "target": ["uno"]})
+    kept = {}
+    for side in ("right", "left"):
+        tokenized, report = tokenize_examples(
+            examples, tokenizer, split="train", max_source_length=6, max_target_length=8,
+            source_truncation_side=side, cache_dir=str(tmp_path))
+        kept[side] = tokenized["input_ids"][0]
+        assert report.sources_truncated == 1
+    assert kept["right"] == full[:5] + full[-1:]     # <s>, the first 4 tokens, </s>
+    assert kept["left"] == full[:1] + full[-5:]      # <s>, the last 4 tokens, </s>
+
+
+def test_a_source_of_exactly_max_source_length_tokens_is_not_counted_as_truncated(tmp_path):
+    # The truncation report must not claim that sources which fit were cut (a user would
+    # raise data.max_source_length for nothing).
+    import datasets
+
+    from seq2seq_es.data.tokenize import tokenize_examples
+
+    tokenizer = _barto_tokenizer()
+    source = "uno dos tres cuatro cinco"
+    full = tokenizer(source)["input_ids"]
+    examples = datasets.Dataset.from_dict({"source": [source], "target": ["uno"]})
+    tokenized, report = tokenize_examples(
+        examples, tokenizer, split="train", max_source_length=len(full), max_target_length=8,
+        cache_dir=str(tmp_path / "exact"))
+    assert tokenized["input_ids"][0] == full
+    assert report.sources_truncated == 0
+    _, shorter = tokenize_examples(
+        examples, tokenizer, split="train", max_source_length=len(full) - 1,
+        max_target_length=8, cache_dir=str(tmp_path / "shorter"))
+    assert shorter.sources_truncated == 1
+
+
+def test_padding_to_a_multiple_leaves_a_multiple_as_it_is():
+    # LED pads sources to its attention window: a source already a multiple long grew by a
+    # whole window (twice the attention work for nothing).
+    collate = Seq2SeqCollator(pad_token_id=1, decoder_start_token_id=2, pad_to_multiple_of=8)
+    batch = collate([{"input_ids": list(range(3, 11)), "labels": [5, 2]}])
+    assert batch["input_ids"].shape == (1, 8)
+    assert batch["attention_mask"].tolist() == [[1] * 8]
+    assert [collate.source_length(n) for n in (1, 7, 8, 9, 16, 17)] == [8, 8, 8, 16, 16, 24]

@@ -829,3 +829,34 @@ def test_a_failed_rename_leaves_no_temporary_file(tmp_path):
     with pytest.raises(OSError):
         write_results(table, tmp_path / "r.md", tmp_path / "r.csv", tmp_path / "r.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.md", "sweep"]
+
+
+def test_a_run_whose_dev_score_is_nan_is_never_chosen(tmp_path):
+    # A diverged run logs a NaN ROUGE; kept as a number, nothing compares above NaN, so the
+    # first grid point's NaN run held the cell against a run that scored 30.
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "sqac")], LR)
+    runs = _runs(manifest)
+    _final(runs[("barto", "sqac", "3e-5")], {"rougeL": float("nan"), "loss": 9.1},
+           {"rougeL": 1.0})
+    _final(runs[("barto", "sqac", "5e-5")], {"rougeL": 30.0, "loss": 2.5}, {"rougeL": 29.0})
+    table = build_table(load_manifest(sweep_dir))
+    chosen = table.chosen[("barto", "sqac")]
+    assert chosen.result.run.grid_point == {"optim.lr": "5e-5"}
+    assert chosen.result.validation["rougeL"] == 30.0 and chosen.selected_by == "rougeL"
+    # the NaN is dropped from the run's scores, its finite loss kept
+    nan_run = run_result(next(r for r in manifest.runs if r.grid_point["optim.lr"] == "3e-5"))
+    assert nan_run.validation == {"loss": 9.1}
+
+
+def test_a_full_tie_on_the_main_metric_and_the_loss_goes_to_the_earlier_grid_point(tmp_path):
+    # choose_run's documented last tie-break: with the loss tied too, the choice must not
+    # depend on which equal run comes later (the table would change with the grid's order).
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "sqac")], LR)
+    runs = _runs(manifest)
+    _final(runs[("barto", "sqac", "3e-5")], {"rougeL": 12.0, "loss": 3.0}, {"rougeL": 11.0})
+    _final(runs[("barto", "sqac", "5e-5")], {"rougeL": 12.0, "loss": 3.0}, {"rougeL": 13.0})
+    table = build_table(load_manifest(sweep_dir))
+    chosen = table.chosen[("barto", "sqac")].result
+    assert chosen.run.grid_point == {"optim.lr": "3e-5"} and chosen.test == {"rougeL": 11.0}

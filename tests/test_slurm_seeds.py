@@ -314,3 +314,23 @@ def test_status_and_resume_of_a_seeded_sweep(tmp_path, capsys):
     assert slurm_main(["resume", str(sweep_dir), "--dry-run", "--", "--train.seed", "5"]) == 2
     assert ("config key 'train.seed': run barto__mlsum__seed-2 is seed 2 of its grid point"
             in capsys.readouterr().err)
+
+
+def test_a_metric_only_some_seeds_logged_is_averaged_over_those_seeds(tmp_path):
+    # Divided by every seed, a ROUGE of 40 logged by one of two seeds showed as 20: the
+    # seed mean must be over the seeds that have the metric (as the remark says).
+    from seq2seq_es.slurm.monitor import _seed_statistics
+
+    means, stds, counts = _seed_statistics([{"rougeL": 40.0, "loss": 1.0}, {"loss": 2.0}])
+    assert means == {"rougeL": 40.0, "loss": 1.5}
+    assert counts == {"rougeL": 1, "loss": 2}
+    assert stds["rougeL"] is None and stds["loss"] == pytest.approx(_sample_std([1.0, 2.0]))
+
+    sweep_dir = tmp_path / "sweep"
+    runs = _seeded_sweep(sweep_dir, grid={"optim.lr": ["3e-5"]}, seeds=("1", "2"))
+    _final(runs[("3e-5", "1")], {"rougeL": 40.0, "loss": 1.0}, {"rougeL": 38.0})
+    _final(runs[("3e-5", "2")], {"loss": 2.0}, {"rougeL": 36.0})
+    result = build_table(load_manifest(sweep_dir)).chosen[("barto", "mlsum")].result
+    assert result.validation == {"rougeL": 40.0, "loss": 1.5}
+    assert result.test == {"rougeL": 37.0}
+    assert result.spread.dev_n == {"rougeL": 1, "loss": 2}

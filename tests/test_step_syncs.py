@@ -264,3 +264,50 @@ def test_skip_zeroes_the_bad_micro_batch_under_zero_1_and_2(files, one_rank, sta
     zero0, staged = poisoned_step(0), poisoned_step(stage)
     diffs = {k: (zero0[k].float() - staged[k].float()).abs().max().item() for k in zero0}
     assert max(diffs.values()) < 1e-6, sorted(diffs.items(), key=lambda kv: -kv[1])[:5]
+
+
+class _StubEngine:
+    """What TrainStep's constructor reads of a DeepSpeed engine (fp32, ZeRO 0)."""
+
+    module = torch.nn.Linear(2, 2)
+
+    def fp16_enabled(self):
+        return False
+
+    def zero_optimization(self):
+        return 0
+
+
+def _stepper_of_rank(rank: int, world_size: int = 2) -> TrainStep:
+    env = D.DistEnv(rank, world_size, rank, "127.0.0.1", 0, "none")
+    return TrainStep(_StubEngine(), env, RunConfig())
+
+
+def test_a_resumed_loss_window_is_restored_once_over_the_ranks():
+    # The checkpoint holds the window's sums over all ranks: restored on every rank, the
+    # first loss logged after a multi-rank resume counted the saved cross-entropy W times.
+    sums = [30.0, 4.0, 100.0, 6.0, 3.0, 2.5]   # ce, skipped tokens, targets, norm sum/steps/max
+    ranks = [_stepper_of_rank(r) for r in range(2)]
+    for stepper in ranks:
+        stepper.restore_loss_window(sums)
+    assert ranks[0].loss_window.tolist() == [30.0, 4.0, 100.0]
+    assert ranks[1].loss_window.tolist() == [0.0, 0.0, 100.0]
+    # what read() all-reduces: the saved sums, once
+    assert (ranks[0].loss_window[:2] + ranks[1].loss_window[:2]).tolist() == [30.0, 4.0]
+    for stepper in ranks:
+        assert stepper.grad_norm_window.tolist() == [6.0, 3.0, 2.5]
+
+
+def test_host_token_counts_are_targets_unpadded_sources_and_padded_slots():
+    # The logged tokens/padded_tokens (throughput and padding waste) come from these counts:
+    # sources are counted by their attention mask, padding by every slot of both tensors.
+    from seq2seq_es.engine.step import host_token_counts
+
+    batch = {"input_ids": torch.tensor([[5, 6, 1, 1], [7, 8, 9, 10]]),
+             "attention_mask": torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]),
+             "labels": torch.tensor([[5, 6, -100], [7, 8, 9]])}
+    second = {"input_ids": torch.tensor([[3, 4]]), "attention_mask": torch.tensor([[1, 0]]),
+              "labels": torch.tensor([[2, -100, -100, -100]])}
+    assert host_token_counts([batch]) == ([5.0, 6.0, 14.0], [5.0])
+    # summed over micro-batches; each one's target tokens listed for on_nan=skip
+    assert host_token_counts([batch, second]) == ([6.0, 7.0, 20.0], [5.0, 1.0])

@@ -677,3 +677,29 @@ def test_every_missing_column_is_named_in_one_error(cache, tmp_path):
         load("sqac", "train", cache, data_files={"train": str(path)})
     assert "missing columns 'context', 'answers'" in str(err.value)
     assert "the task needs question, context, answers" in str(err.value)
+
+
+@pytest.mark.parametrize("changed", ["formatting module", "format batch"])
+def test_the_formatting_cache_key_changes_when_the_formatting_code_does(monkeypatch, changed):
+    # datasets does not hash the code a map calls: without the source in the key, a fixed
+    # formatter would keep serving examples the old (buggy) one formatted and cached.
+    import inspect
+
+    from seq2seq_es.tasks import formatting, loading
+
+    target = formatting if changed == "formatting module" else loading._format_batch
+    real = inspect.getsource
+    loading.formatting_code_digest.cache_clear()
+    try:
+        before = loading.formatting_code_digest()
+        loading.formatting_code_digest.cache_clear()
+        assert loading.formatting_code_digest() == before  # unchanged code: the cache is reused
+        monkeypatch.setattr(loading.inspect, "getsource",
+                            lambda obj: real(obj) + ("\n# edited\n" if obj is target else ""))
+        loading.formatting_code_digest.cache_clear()
+        after = loading.formatting_code_digest()
+    finally:
+        loading.formatting_code_digest.cache_clear()
+    assert after != before
+    assert before.startswith(f"{loading.FORMAT_VERSION}-")
+    assert after.startswith(f"{loading.FORMAT_VERSION}-")

@@ -209,3 +209,30 @@ def test_a_token_budget_plan_says_how_large_a_step_is():
     plan = TokenBudgetPlan([10] * 40, [5] * 40, max_tokens=60, grad_accum=2, world_size=2, seed=0)
     assert plan.summary()[0] == ("batches: up to 60 padded tokens per micro-batch x 2 accumulated "
                                  f"x 2 rank(s) per step, {plan.steps_per_epoch} steps per epoch")
+
+
+def test_a_run_that_costs_exactly_the_budget_fits_in_one_micro_batch():
+    # The budget is inclusive: two examples of 2+2 tokens make 8 padded tokens, within
+    # max_tokens 8; an exclusive bound made twice the micro-batches (half-empty steps).
+    assert pack_greedily(np.array([2, 2]), np.array([2, 2]), max_tokens=8) == [(0, 2)]
+    assert pack_greedily(np.array([2, 2]), np.array([2, 2]), max_tokens=7) == [(0, 1), (1, 2)]
+
+
+def test_dealing_largest_first_balances_uneven_micro_batches():
+    # Smallest first left the ranks 5 and 7 tokens apart (the step waits on the slowest).
+    costs = [5, 1, 4, 2]
+    slots = _deal_to_ranks(costs, world_size=2, grad_accum=2)
+    # 5 -> rank 0, 4 -> rank 1, 2 -> rank 1 (4 < 5), 1 -> rank 0 (rank 1 is full)
+    assert slots == [[0, 1], [2, 3]]
+    assert [sum(costs[i] for i in s) for s in slots] == [6, 6]
+
+
+def test_a_micro_batch_of_two_examples_is_split_to_fill_the_last_step():
+    # 6 examples of 20 tokens under 40: 3 micro-batches of 2, one short of a second step of 2.
+    # Halving one fills it; dropping it instead left 2 examples out of every epoch.
+    plan = TokenBudgetPlan([10] * 6, [10] * 6, max_tokens=40, grad_accum=2, world_size=1, seed=0)
+    assert plan.steps_per_epoch == 2
+    assert plan.dropped_per_epoch == 0
+    assert plan.split_micro_batches == 1
+    seen = sorted(i for step in all_steps(plan, 0) for rank in step for b in rank for i in b)
+    assert seen == list(range(6))

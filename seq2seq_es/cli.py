@@ -179,24 +179,7 @@ COMMANDS = {"list": cmd_list, "train": cmd_train, "config": cmd_config, "evaluat
             "collect": cmd_collect}
 
 
-# The commands whose dotted keys are refused when given twice on the command line a user typed
-# (`console`); `main` itself keeps the last one: the slurm job calls it with the planner's
-# arguments, where a user's key after -- follows the run's own (config.refuse_repeated_keys).
-KEYS_ONCE_COMMANDS = ("train", "config", "evaluate", "predict")
-
-
-def _keys_once(command):
-    def checked(argv: list[str]) -> int:
-        from .config import refuse_repeated_keys
-
-        refuse_repeated_keys(argv)
-        return command(argv)
-    return checked
-
-
-def main(argv: list[str] | None = None, typed: bool = False) -> int:
-    """Run a command; `typed`: argv is the user's own command line (console's), whose dotted
-    keys are refused when repeated (KEYS_ONCE_COMMANDS)."""
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -205,10 +188,7 @@ def main(argv: list[str] | None = None, typed: bool = False) -> int:
     if command not in COMMANDS:
         print(f"error: unknown command '{command}'\n{USAGE}", file=sys.stderr)
         return 2
-    run = COMMANDS[command]
-    if typed and command in KEYS_ONCE_COMMANDS:
-        run = _keys_once(run)
-    return run_command(run, rest)
+    return run_command(COMMANDS[command], rest)
 
 
 def console(argv: list[str] | None = None) -> NoReturn:
@@ -217,7 +197,7 @@ def console(argv: list[str] | None = None) -> NoReturn:
     (process_exit explains the abort this avoids), with the status and traceback a normal exit
     would give (a KeyboardInterrupt that escapes: 130, where Python would end by SIGINT)."""
     try:
-        status = main(argv, typed=True)
+        status = main(argv)
         sys.stdout.flush()  # a reader that left shows here, not in the interpreter's last flush
     except BrokenPipeError:
         if must_leave_without_teardown():

@@ -18,8 +18,9 @@ and again by `validate(cfg)`, since dotted keys change fields after construction
 data.cache_dir) names no file, before any work starts. A number is never nan or inf, an integer
 never 2**31 or more in size (C ints overflowed after training), a text key never a YAML boolean
 nor, where none means unset, empty. A run file that sets a key twice, or has a top-level name
-that is no section, is refused (`load_yaml`); a dotted key typed twice on the command line, by
-`cli.console` (refuse_repeated_keys).
+that is no section, is refused (`load_yaml`). A dotted key given twice on the command line keeps
+its last value, as argparse keeps a repeated flag's: scripts append overrides to a base command
+line, and the slurm planner puts the user's keys after the run's own.
 """
 
 from __future__ import annotations
@@ -820,23 +821,6 @@ def parse_overrides(argv: list[str]) -> dict[str, str]:
             i += 2
         overrides[key] = value
     return overrides
-
-
-def refuse_repeated_keys(argv: list[str]) -> None:
-    """Refuse a dotted key given twice in a command line the user typed (parse_overrides keeps
-    the last, silently, as argparse does a repeated flag). Not in parse_overrides itself: the
-    slurm planner's train arguments rely on the last value winning (the user's overrides after
-    the run's folder, group and grid point)."""
-    values: dict[str, list[str]] = {}
-    for i, arg in enumerate(argv):
-        if _looks_like_option(arg):
-            key, sep, value = arg[2:].partition("=")
-            values.setdefault(key, []).append(value if sep else
-                                              argv[i + 1] if i + 1 < len(argv) else "")
-    for key, given in values.items():
-        if len(given) > 1:
-            raise ConfigError(key, f"given {len(given)} times ({', '.join(map(repr, given))}); "
-                              "give it once")
 
 
 def not_applying(cfg) -> dict[str, str]:

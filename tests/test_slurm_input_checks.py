@@ -232,14 +232,3 @@ def test_an_entry_module_in_the_current_folder_is_found(tmp_path, capsys, monkey
     monkeypatch.chdir(tmp_path)
     assert slurm_main(_submit(tmp_path, "--entry", "my_entry_mod:main")) == 0
 
-
-@pytest.mark.parametrize("command", ["submit", "sweep"])
-def test_a_train_key_typed_twice_after_the_separator_is_refused(tmp_path, capsys, command):
-    # `train` refuses it; after -- the last value was kept without a word.
-    names = (["--task", "mlsum", "--model", "barto-tiny", "--run-dir", str(tmp_path / "run")]
-             if command == "submit" else ["--pair", "barto-tiny:mlsum", "--sweep-dir",
-                                          str(tmp_path / "sw"), "--grid", "optim.lr=1e-4"])
-    assert slurm_main([command, *names, "--dry-run", "--", "--train.max_steps", "3",
-                       "--train.max_steps=5"]) == 2
-    assert "config key 'train.max_steps': given 2 times ('3', '5'); give it once" in \
-        capsys.readouterr().err

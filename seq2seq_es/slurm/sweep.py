@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import run_files
-from ..config import (BOOKKEEPING_KEYS, LABEL_KEYS, SEED_MAX, check_folder, not_applying,
-                      refuse_repeated_keys)
+from ..config import BOOKKEEPING_KEYS, LABEL_KEYS, SEED_MAX, check_folder, not_applying
 from ..errors import ConfigError, DataError, Seq2SeqEsError, UnknownNameError
 from . import paper_grid, queries
 from .config import SlurmConfig, make_executor, render_sbatch
@@ -918,7 +917,6 @@ def check_overrides(overrides: list[str], *, allow_config: bool = False) -> None
     and none of the keys the planner sets for every run (`check_fixed_overrides`)."""
     if allow_config:
         _, overrides = split_config(overrides)
-    refuse_repeated_keys(overrides)  # as `train` does the user's own command line
     i = 0
     while i < len(overrides):
         arg = overrides[i]

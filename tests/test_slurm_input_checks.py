@@ -18,6 +18,7 @@ from seq2seq_es.slurm.cli import main as slurm_main
 from seq2seq_es.slurm.config import SlurmConfig
 from seq2seq_es.slurm.options import split_overrides, with_sbatch_options
 from seq2seq_es.slurm.sweep import parse_grid, plan_sweep
+from test_slurm_options_wording import _refused  # the one-line refusal, checked alike
 
 
 def _sweep(tmp_path, *options):
@@ -28,17 +29,6 @@ def _sweep(tmp_path, *options):
 def _submit(tmp_path, *options):
     return ["submit", "--task", "mlsum", "--model", "barto", "--run-dir", str(tmp_path / "run"),
             "--dry-run", "--no-data-check", *options]
-
-
-def _refused(capsys, argv) -> str:
-    """The one-line error of a refused command (status 2, nothing rendered, no traceback)."""
-    assert slurm_main(argv) == 2
-    captured = capsys.readouterr()
-    assert "#SBATCH" not in captured.out
-    assert "Traceback" not in captured.err
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
-    return lines[0]
 
 
 # ---- 1. a grid axis set again after -- -------------------------------------------------------

@@ -83,5 +83,7 @@ def read(path: str | Path, merge_steps: bool = True) -> list[dict[str, Any]]:
 def by_step(path: str | Path, key: str) -> dict[int, dict[str, Any]]:
     """{step: merged record} for the steps whose record has `key` (e.g. "eval/loss" for the
     validations, "test/loss" for the test scoring, "train/loss" for the logged steps)."""
+    # Not a bool step: True == 1 as a key, and its record would replace step 1's
     return {record["step"]: record for record in read(path)
-            if key in record and isinstance(record.get("step"), int)}
+            if key in record and isinstance(record.get("step"), int)
+            and not isinstance(record["step"], bool)}

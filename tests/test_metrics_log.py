@@ -49,6 +49,19 @@ def test_read_names_a_broken_line_in_the_middle(tmp_path):
     assert info.value.row == 2 and info.value.file == str(path)
 
 
+def test_a_record_whose_step_is_a_boolean_is_not_merged_into_step_1(tmp_path):
+    # True == 1 in Python: a malformed {"step": true} line overwrote step 1's logged loss.
+    path = tmp_path / "metrics.jsonl"
+    _write(path, [{"step": 1, "train/loss": 4.0}, {"step": True, "train/loss": 9.0},
+                  {"step": 2, "train/loss": 3.0}])
+    records = metrics_log.read(path)
+    assert records == [{"step": 1, "train/loss": 4.0}, {"step": True, "train/loss": 9.0},
+                       {"step": 2, "train/loss": 3.0}]
+    # by_step (the logged losses by step) left it in, where it replaced step 1's record
+    assert metrics_log.by_step(path, "train/loss") == {1: {"step": 1, "train/loss": 4.0},
+                                                       2: {"step": 2, "train/loss": 3.0}}
+
+
 @pytest.mark.slow
 def test_logged_lr_is_the_rate_of_the_logged_step(tmp_path):
     """Linear schedule, 2 warmup steps, 5 steps, peak 1e-3: the update of step k (1-based) uses

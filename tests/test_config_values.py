@@ -203,3 +203,34 @@ def test_a_folder_key_that_names_a_file_is_refused_before_loading(tmp_path):
     cfg = compose("mlsum", "barto-tiny", overrides={"train.output_dir": str(tmp_path / "a" / "b"),
                                                     "data.cache_dir": str(tmp_path)})
     assert cfg.train.output_dir == str(tmp_path / "a" / "b")
+
+
+def test_a_warmup_as_long_as_the_run_is_refused():
+    # A warmup of exactly max_steps steps was accepted: the run ends before the learning rate
+    # reaches its peak, and the schedule after warmup never runs.
+    error = refused(["--train.max_steps", "10", "--optim.warmup_steps", "10"])
+    assert error.key == "optim.warmup_steps"
+    assert "warmup of 10 steps is not shorter than training (10 steps)" in str(error)
+    cfg = compose("mlsum", "barto-tiny", overrides={"train.max_steps": "10",
+                                                    "optim.warmup_steps": "9"})
+    assert cfg.optim.warmup_steps == 9
+
+
+@pytest.mark.parametrize("value", ["none,tensorboard", "wandb, none"])
+def test_report_to_none_beside_a_tracker_is_refused(value):
+    # "none,tensorboard" was accepted: it both asks for no tracker and for one, and a run
+    # logged to TensorBoard although the user's list began by turning trackers off.
+    error = refused(["--train.report_to", value])
+    assert error.key == "train.report_to"
+    assert f"or none; got {value!r}" in str(error)
+    assert compose("mlsum", "barto-tiny", overrides={
+        "train.report_to": "tensorboard,wandb"}).train.report_to == "tensorboard,wandb"
+
+
+def test_skipping_bad_micro_batches_under_zero_3_is_refused():
+    # Accepted, a run under ZeRO-3 met its first nan loss only to fail there (the zero loss
+    # needs unpartitioned parameters), possibly hours in.
+    error = refused(["--train.on_nan", "skip", "--dist.zero_stage", "3"])
+    assert error.key == "train.on_nan" and "skip is not supported under ZeRO-3" in str(error)
+    assert compose("mlsum", "barto-tiny", overrides={
+        "train.on_nan": "skip", "dist.zero_stage": "2"}).train.on_nan == "skip"

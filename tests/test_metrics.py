@@ -421,6 +421,22 @@ def test_compute_metrics_errors():
         compute_metrics(["bleu"], ["a"], ["a"], mode="english")
 
 
+def test_compute_metrics_names_a_source_that_is_not_a_string():
+    # An unchecked source list reached SARI's tokenizer: a TypeError naming no example.
+    with pytest.raises(DataError, match="example 1: a source must be a string, got list"):
+        compute_metrics(["sari"], ["a", "b"], ["a", "b"], sources=["a", ["b"]])
+    with pytest.raises(DataError, match="example 0: a source must be a string, got NoneType"):
+        compute_metrics(["bleu"], ["a"], ["a"], sources=[None])
+
+
+def test_compute_metrics_names_a_prediction_that_is_not_a_string():
+    # A None prediction (a failed generation) reached the metrics: a TypeError, or a score.
+    with pytest.raises(DataError, match="example 1: a prediction must be a string, got NoneType"):
+        compute_metrics(["bleu"], ["a", None], ["a", "b"])
+    with pytest.raises(DataError, match="example 0: a prediction must be a string, got int"):
+        compute_metrics(["exact_match"], [7], ["7"])
+
+
 # --- score_main -----------------------------------------------------------------------------
 
 def _write(path, text):
@@ -794,6 +810,17 @@ def test_sari_paper_mode_equals_evaluates_sari_on_raw_text(source, prediction, r
     assert scores["sari"] == pytest.approx(expected, abs=1e-9)
 
 
+def test_paper_sari_reads_a_decomposed_source_as_the_composed_one():
+    # Sources were not NFC-normalised: paper SARI (13a, code points) scored an NFD-typed
+    # "canción" in the source as an edit, 90.55 instead of evaluate's 89.71.
+    source, prediction, references, expected = SARI_PAPER_CASES[2]
+    decomposed = unicodedata.normalize("NFD", source)
+    assert decomposed != source
+    scores = compute_metrics(["sari"], [prediction], [references], sources=[decomposed],
+                             mode="paper")
+    assert scores["sari"] == pytest.approx(expected, abs=1e-9)
+
+
 def test_sari_spanish_mode_keeps_inverted_marks_apart_unlike_paper_mode():
     source, prediction, references, paper_value = SARI_PAPER_CASES[1]
     spanish = compute_metrics(["sari"], [prediction], [references], sources=[source])["sari"]
@@ -864,6 +891,20 @@ def test_chrf_equals_sacrebleu_and_credits_word_endings():
     # "cantaban" vs "cantan": no BLEU unigram, but shared characters for chrF.
     one = compute_metrics(["chrf", "bleu"], ["cantaban"], ["cantan"])
     assert one["bleu"] == 0.0 and one["chrf"] > 30
+
+
+def test_chrf_word_order_2_is_sacrebleus_chrf_plus_plus():
+    # word_order was not passed to sacreBLEU: asking for chrF++ reported plain chrF under its name.
+    from sacrebleu.metrics import CHRF
+
+    predictions = ["Los niños cantaban canciones.", "O governo aprovou a lei."]
+    references = [["Los niños cantan canciones."], ["O governo aprovou ontem a lei."]]
+    streams = [[r[0] for r in references]]
+    plus_plus = CHRF(word_order=2).corpus_score(predictions, streams).score
+    assert plus_plus == pytest.approx(77.91318739676417, abs=1e-9)
+    assert plus_plus != pytest.approx(CHRF().corpus_score(predictions, streams).score, abs=0.1)
+    scores = compute_metrics(["chrf"], predictions, references, options={"chrf": {"word_order": 2}})
+    assert scores["chrf"] == pytest.approx(plus_plus, abs=1e-9)
 
 
 def test_score_command_rouge_switches(tmp_path, capsys):

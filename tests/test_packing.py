@@ -383,6 +383,18 @@ def test_plan_drops_a_constant_count_when_rows_cannot_be_split():
     assert len(left_out) > 2                            # different examples each epoch
 
 
+def test_the_dropped_count_is_the_examples_of_the_rows_left_out():
+    # 11 examples in 7 rows; a step takes 6, and no row split completes a second: one row of two
+    # examples is left out. Counted as one example (a row), the epoch's line under-reported it.
+    src = np.array([10, 50, 30, 30, 30, 10, 50, 30, 10, 50, 50])
+    tgt = np.array([38, 5, 5, 20, 10, 38, 20, 5, 38, 10, 20])
+    plan = PackedPlan(src, tgt, 2, 96, 40, 3, 1, seed=0)
+    assert (plan.num_rows, plan.steps_per_epoch, plan.dropped_per_epoch) == (7, 1, 2)
+    for epoch in range(3):
+        seen = _check_epoch(plan, src, tgt, epoch)
+        assert len(seen) == len(set(seen)) == len(src) - plan.dropped_per_epoch
+
+
 def test_plan_is_a_pure_function_and_resumes_exactly():
     src, tgt = _random_lengths(300, seed=5)
     a = PackedPlan(src, tgt, 3, 96, 40, 2, 2, seed=7)

@@ -195,3 +195,15 @@ def test_a_run_scores_wordpiece_models_against_round_tripped_references(one_rank
     rescored = json.loads(capsys.readouterr().out)
     for key in ("rouge1", "rouge2", "rougeL"):
         assert rescored[key] == pytest.approx(logged[f"eval/{key}"], abs=1e-9), key
+
+
+def test_a_prediction_is_cleaned_into_composed_unicode_and_its_split_markers():
+    # Written as decoded, an NFD "canción" in predictions.jsonl and predict's output differed
+    # byte for byte from the (NFC) references any other tool compares them with.
+    from seq2seq_es.engine.evaluation import clean_prediction
+
+    decomposed = " La cancio\u0301n gano\u0301. "
+    assert clean_prediction(None, decomposed) == "La canción ganó."
+    assert clean_prediction(get_task("mlsum"), "Uno. _SPLIT_ Dos.") == "Uno. _SPLIT_ Dos."
+    assert clean_prediction(get_task("bisect"), "Uno. _SPLIT_ Dos. < SPLIT > Tre\u0301s.") \
+        == "Uno. <SPLIT> Dos. <SPLIT> Trés."

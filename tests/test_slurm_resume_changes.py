@@ -139,3 +139,19 @@ def test_a_stopped_run_resumes_while_the_rest_of_its_sweep_trains(sweep, capsys,
     assert _resume(sweep) == 2
     assert f"run {first.name} still has job 41_0 (RUNNING) (and 1 more run(s))" in \
         capsys.readouterr().err
+
+
+def test_the_out_of_memory_advice_resumes_a_run_of_a_batch_axis(tmp_path):
+    # The batch axis is the step's size, which a smaller micro-batch with more accumulation
+    # keeps: refused as "another point", the run that ran out of memory could not be resumed.
+    from seq2seq_es.slurm.sweep import resumed_argv
+
+    files = demo_files(tmp_path / "data", train_size=16)
+    data = ["--data.train_file", files["train"], "--data.validation_file", files["validation"]]
+    run, = plan_runs(tmp_path / "sweep", [("barto-tiny", "mlsum")],
+                     {"train.batch_size": ["8"]}, data, world_size=2)
+    assert run.grid_point == {"train.batch_size": "8"}  # 4 x 1 on each of 2 ranks
+    argv, changes = resumed_argv(run, ["--train.batch_size", "2", "--train.grad_accum", "2"],
+                                 (2, 2))
+    assert changes == ["train.batch_size 4 -> 2", "train.grad_accum 1 -> 2"]
+    assert argv[argv.index("--train.batch_size") + 1] == "2"

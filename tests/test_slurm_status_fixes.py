@@ -103,6 +103,72 @@ def test_a_resumed_job_shows_its_own_restarts_and_pending_note(tmp_path):
     assert (status.state, status.restarts) == ("COMPLETED", 0)
 
 
+def test_restarts_are_the_larger_of_slurms_count_and_the_jobs_own_events(tmp_path):
+    # SLURM's answer without a restart count (sacct, once squeue has forgotten the job) replaced
+    # the two requeues job 130 logged itself: status said it had never restarted.
+    events = [{"event": "start", "job_id": "130", "restart": 0},
+              {"event": "requeued", "job_id": "130", "restart": 0},
+              {"event": "start", "job_id": "130", "restart": 1},
+              {"event": "requeued", "job_id": "130", "restart": 1},
+              {"event": "start", "job_id": "130", "restart": 2}]
+    run, manifest = _run_folder(tmp_path, "130", events)
+    assert run_status(run, manifest, {"130": SlurmState("RUNNING")}).restarts == 2
+    assert run_status(run, manifest, {"130": SlurmState("RUNNING", restarts=3)}).restarts == 3
+
+
+def test_a_job_of_its_own_out_of_requeues_marker_shows_running_while_it_runs(tmp_path):
+    # An administrator's `scontrol requeue` brought back job 120 after it wrote the marker: it
+    # trained again while status said OUT_OF_REQUEUES, with advice to resume it (a second job).
+    run, manifest = _run_folder(tmp_path, "120", OLD_JOB_EVENTS)
+    (Path(run.run_dir) / run_files.OUT_OF_REQUEUES).write_text(
+        json.dumps({"job_id": "120", "restarts": 2, "max_requeues": 1}))
+    for state in ("RUNNING", "PENDING"):
+        status = run_status(run, manifest, {"120": SlurmState(state, restarts=3)})
+        assert status.state == state and "out of requeues" not in (status.error or "")
+    assert run_status(run, manifest, {"120": SlurmState("FAILED")}).state == "OUT_OF_REQUEUES"
+
+
+def test_the_rank_that_failed_first_is_the_error_shown(tmp_path):
+    # Rank 1's own error came first; rank 0 then failed on the collective. Taking the last
+    # result written, status blamed "connection closed by peer" and hid the cause.
+    folder = tmp_path / "slurm"
+    folder.mkdir()
+    outcomes = {0: "Traceback (most recent call last):\nRuntimeError: connection closed by peer",
+                1: "Traceback (most recent call last):\nValueError: a bad row in train.jsonl"}
+    for task, mtime in ((0, 2_000_000_000), (1, 1_000_000_000)):
+        result = folder / f"150_{task}_result.pkl"
+        result.write_bytes(pickle.dumps(("error", outcomes[task])))
+        os.utime(result, (mtime, mtime))
+    message, log = failure_details(str(folder), "150", 2)
+    assert message == "ValueError: a bad row in train.jsonl"
+    assert log == str(folder / "150_1_log.err")
+
+
+def test_only_a_training_run_without_a_checkpoint_is_said_to_start_again(tmp_path):
+    # Another entry (a probe, a benchmark) keeps no checkpoints: told that `resume` would start
+    # its training again from the first step, its user was told about a training it never ran.
+    run, manifest = _run_folder(tmp_path, "160", [])
+    status = run_status(run, manifest, {"160": SlurmState("CANCELLED")})
+    assert "it saved no checkpoint, so `seq2seq-es slurm resume` starts it again" in status.error
+    manifest.entry = "seq2seq_es.bench.probe:main"
+    status = run_status(run, manifest, {"160": SlurmState("CANCELLED")})
+    assert status.error == ("cancelled (scancel, or an administrator); `seq2seq-es slurm "
+                            "resume` continues it from its last checkpoint")
+
+
+def test_a_cut_event_line_hides_none_of_the_events_after_it(tmp_path):
+    # A job killed while writing leaves a half line; its requeued start appends after it. Reading
+    # stopped at the cut line, so the later start and finish were never seen.
+    run, manifest = _run_folder(tmp_path, "140", [])
+    Path(run.run_dir, run_files.SLURM_EVENTS).write_text(
+        json.dumps({"event": "start", "job_id": "140", "restart": 0}) + "\n"
+        + '{"event": "requeued", "job_' + "\n"
+        + json.dumps({"event": "start", "job_id": "140", "restart": 1}) + "\n"
+        + json.dumps({"event": "finished", "job_id": "140", "restart": 1}) + "\n")
+    status = run_status(run, manifest, {})
+    assert (status.state, status.restarts) == ("COMPLETED", 1)
+
+
 def test_an_earlier_jobs_ending_is_not_the_resumed_jobs(tmp_path):
     # Job 125, resumed after 120 ran out of requeues, cancelled while pending: not OUT_OF_REQUEUES
     # (the marker was 120's), nor cancelled "after saving a checkpoint" (a cancel of 120's).

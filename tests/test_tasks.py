@@ -297,6 +297,24 @@ def test_dialogue_merges_same_speaker_turns_and_keeps_order(tmp_path, cache):
                                 "M: ¿Qué día?", "U: Hola."]
 
 
+def test_a_dialogue_across_the_thousandth_row_keeps_its_whole_history(tmp_path, cache):
+    # Formatted 1000 rows at a time, a dialogue whose turns straddle row 1000 became two: the
+    # later turns lost their history and repeated the earlier example ids.
+    rows = [_turn("M" if i % 2 == 0 else "U", f"Turno {i}.", f"d{i // 2}", i) for i in range(998)]
+    rows += [_turn(speaker, text, "X", 998 + k) for k, (speaker, text) in enumerate(
+        [("M", "Hola."), ("U", "Un tren."), ("M", "¿Adónde?"), ("U", "A Soria.")])]
+    path = write_jsonl(tmp_path / "long.jsonl", rows)
+    examples, report = load("miam", "test", cache, data_files={"test": path})
+    assert report.rows_read == 1002 and examples.num_rows == 499 + 3
+    assert examples.to_list()[-3:] == [
+        {"source": "M: Hola.", "target": "Un tren.", "references": ["Un tren."],
+         "example_id": "X-1"},
+        {"source": "M: Hola.\nU: Un tren.", "target": "¿Adónde?", "references": ["¿Adónde?"],
+         "example_id": "X-2"},
+        {"source": "M: Hola.\nU: Un tren.\nM: ¿Adónde?", "target": "A Soria.",
+         "references": ["A Soria."], "example_id": "X-3"}]
+
+
 def test_dialogue_fixture_histories_end_with_the_turn_before_the_target(cache):
     examples, report = load("miam", "train", cache, data_files=fixture_files("miam"))
     raw = read_jsonl(fixture_files("miam")["train"])

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -89,12 +90,28 @@ def run(launcher: str, nproc: int, args: list[str], *, check: bool = True,
     return proc
 
 
+class _OutputSoFar:
+    """A started run's output, in a file rather than a pipe: the tests read it once the run has
+    ended (or been killed), and a run logging a line a step filled a pipe's 64 KiB first and
+    blocked on its next write for ever. `read()` gives everything written so far."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def read(self) -> str:
+        self.file.seek(0)
+        return self.file.read()
+
+
 def start(launcher: str, nproc: int, args: list[str],
           extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen(command(launcher, nproc, args), cwd=REPO,
+    output = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
+    proc = subprocess.Popen(command(launcher, nproc, args), cwd=REPO,
                             env={**_env(), **(extra_env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdout=output, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
+    proc.stdout = _OutputSoFar(output)
+    return proc
 
 
 def kill_group(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:

@@ -205,7 +205,9 @@ def _own_overrides(files):
 def test_slurm_submit_and_sweep_take_an_own_task_defined_after_the_dashes(tmp_path, capsys):
     from seq2seq_es.slurm.cli import main as slurm_main
 
-    files = {split: _jsonl(tmp_path / f"{split}.jsonl", ROWS) for split in ("train", "validation")}
+    # enough training rows for the paper's largest step: the files are read before sbatch
+    files = {split: _jsonl(tmp_path / f"{split}.jsonl", ROWS * (32 if split == "train" else 1))
+             for split in ("train", "validation")}
     assert slurm_main(["submit", "--task", "titulares", "--model", "barto-tiny", "--run-dir",
                        str(tmp_path / "run"), "--dry-run", "--", *_own_overrides(files)]) == 0
     script = capsys.readouterr().out

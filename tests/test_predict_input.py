@@ -65,3 +65,13 @@ def test_keys_evaluate_and_predict_do_not_read_are_named():
         "--data.test_file (predict reads --input)",
         "--data.validation_file (predict reads --input)",
         "--data.max_eval_samples (predict reads --input)"]
+
+
+def test_a_training_only_key_is_no_other_scoring_setting():
+    # `evaluate --optim.lr 5` into a folder of the same evaluation said it replaced one "with
+    # other settings": the key is not read, so nothing scored differs.
+    from seq2seq_es.engine.inference import scoring_settings
+
+    assert scoring_settings({"optim.lr": "5", "train.epochs": "2", "train.seed": "3",
+                             "gen.num_beams": "2", "dist.zero_stage": "3"}) == {
+        "train.seed": "3", "gen.num_beams": "2"}

@@ -365,13 +365,20 @@ _NOT_SCORING = ("dist.", "train.eval_batch_size", "train.batch_size")
 
 
 def scoring_settings(overrides: dict[str, str]) -> dict[str, str]:
-    """The overrides that can change predictions or scores."""
-    return {key: value for key, value in overrides.items() if not key.startswith(_NOT_SCORING)}
+    """The overrides that can change predictions or scores (not a training-only key, which
+    evaluate does not read)."""
+    return {key: value for key, value in overrides.items()
+            if not key.startswith(_NOT_SCORING) and not _training_only(key)}
 
 
 # What evaluate and predict read of train.*: the batch, the sampling seed and the precision.
 _INFERENCE_TRAIN_KEYS = ("train.eval_batch_size", "train.batch_size", "train.seed",
                          "train.precision")
+
+
+def _training_only(key: str) -> bool:
+    return key.startswith("optim.") or (key.startswith("train.")
+                                        and key not in _INFERENCE_TRAIN_KEYS)
 
 
 def unread_by_inference(overrides: dict[str, str], command: str,
@@ -384,8 +391,7 @@ def unread_by_inference(overrides: dict[str, str], command: str,
         files.discard(f"data.{split}_file")
     unread = []
     for key in overrides:
-        if key.startswith("optim.") or (key.startswith("train.")
-                                        and key not in _INFERENCE_TRAIN_KEYS):
+        if _training_only(key):
             unread.append(f"--{key} (training only)")
         elif key in files or key == "data.max_train_samples" or (
                 command == "predict" and key == "data.max_eval_samples"):

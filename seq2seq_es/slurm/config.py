@@ -64,14 +64,26 @@ OWNED_SBATCH_OPTIONS: dict[str, str] = {
     "parsable": "submitit, which reads sbatch's usual answer for the job id (with --parsable "
                 "the job was submitted but reported as refused)",
 }
+# sbatch's one-letter options by their long names. submitit writes every option as `--KEY`, and
+# `#SBATCH --H` or `--d=afterok:1` is no option sbatch knows (`--d` is ambiguous), so a one-letter
+# key must be given by its long name.
+SBATCH_LONG_NAMES: dict[str, str] = {
+    "a": "array", "A": "account", "b": "begin", "B": "extra-node-info", "c": "cpus-per-task",
+    "C": "constraint", "d": "dependency", "D": "chdir", "e": "error", "F": "nodefile",
+    "G": "gpus", "h": "help", "H": "hold", "i": "input", "J": "job-name", "k": "no-kill",
+    "L": "licenses", "m": "distribution", "M": "clusters", "n": "ntasks", "N": "nodes",
+    "o": "output", "O": "overcommit", "p": "partition", "q": "qos", "Q": "quiet",
+    "s": "oversubscribe", "S": "core-spec", "t": "time", "v": "verbose", "V": "version",
+    "w": "nodelist", "W": "wait", "x": "exclude",
+}
+
+
 # Other spellings of those options: sbatch's one-letter forms, and submitit's parameter names
 # (`timeout_min`, `mem_gb`, ...; its AutoExecutor's `slurm_` prefix is dropped before this look-up).
 _SBATCH_ALIASES: dict[str, str] = {
-    "t": "time", "N": "nodes", "n": "ntasks", "c": "cpus-per-task", "p": "partition",
-    "A": "account", "q": "qos", "C": "constraint", "J": "job-name", "o": "output", "e": "error",
-    "a": "array", "timeout-min": "time", "signal-delay-s": "signal", "tasks-per-node":
-    "ntasks-per-node", "num-gpus": "gpus-per-node", "mem-gb": "mem", "name": "job-name",
-    "array-parallelism": "array",
+    **SBATCH_LONG_NAMES, "timeout-min": "time", "signal-delay-s": "signal",
+    "tasks-per-node": "ntasks-per-node", "num-gpus": "gpus-per-node", "mem-gb": "mem",
+    "name": "job-name", "array-parallelism": "array",
 }
 
 
@@ -93,20 +105,6 @@ NOT_SUBMITTING_SBATCH_FLAGS: dict[str, str] = {
     "usage": "sbatch then prints its usage and submits nothing",
     "version": "sbatch then prints its version and submits nothing",
 }
-# sbatch's one-letter options by their long names. submitit writes every option as `--KEY`, and
-# `#SBATCH --H` or `--d=afterok:1` is no option sbatch knows (`--d` is ambiguous), so a one-letter
-# key must be given by its long name.
-SBATCH_LONG_NAMES: dict[str, str] = {
-    "a": "array", "A": "account", "b": "begin", "B": "extra-node-info", "c": "cpus-per-task",
-    "C": "constraint", "d": "dependency", "D": "chdir", "e": "error", "F": "nodefile",
-    "G": "gpus", "h": "help", "H": "hold", "i": "input", "J": "job-name", "k": "no-kill",
-    "L": "licenses", "m": "distribution", "M": "clusters", "n": "ntasks", "N": "nodes",
-    "o": "output", "O": "overcommit", "p": "partition", "q": "qos", "Q": "quiet",
-    "s": "oversubscribe", "S": "core-spec", "t": "time", "v": "verbose", "V": "version",
-    "w": "nodelist", "W": "wait", "x": "exclude",
-}
-
-
 def sbatch_key_message(key: str) -> str | None:
     """Why the extra sbatch option `key` (dashes stripped) cannot be written as submitit writes
     it, else None: a one-letter form (`--KEY` is no sbatch option) or a flag that keeps sbatch

@@ -73,6 +73,8 @@ def test_bad_bench_options_are_refused(tmp_path, capsys, options, message):
                                  "set by --zero-stages"),
     (["--train.max_steps=9"], "config key 'train.max_steps': cannot be overridden"),
     (["--train.log_every", "5"], "config key 'train.log_every': cannot be overridden"),
+    (["--train.resume", "none"], "config key 'train.resume': cannot be overridden in a bench: "
+                                 "the planner sets it to auto"),
     (["--train.batch_size", "0"], "config key 'train.batch_size': must be at least 1"),
     (["--optim.warmup_steps", "6"], "config key 'optim.warmup_steps'"),
     (["--nonsense"], "argument --nonsense"),

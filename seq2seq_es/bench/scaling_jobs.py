@@ -45,7 +45,7 @@ from ..errors import ConfigError, Seq2SeqEsError
 from ..slurm.config import SlurmConfig
 from ..slurm.monitor import FINISHED_STATES, read_metrics, sweep_status
 from ..slurm.options import add_slurm_options, slurm_config_from_args, split_overrides
-from ..slurm.sweep import (RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan,
+from ..slurm.sweep import (PLANNER_KEYS, RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan,
                           SlurmUnavailableError, check_cluster_size, check_names, check_overrides,
                           dry_run_script, load_manifest, new_manifest, partition_nodes, submit,
                           train_argv)
@@ -75,6 +75,9 @@ RESERVED_OVERRIDES = {
     "train.log_every": "the bench logs every step (the median needs per-step values)",
     "dist.zero_stage": "set by --zero-stages",
     "train.output_dir": "each run writes to its folder in --bench-dir",
+    # After -- it came after the planner's `auto` and won: a requeued bench job started again
+    # from step 0 (or `none` refused its own folder), timing other steps than asked.
+    "train.resume": PLANNER_KEYS["train.resume"],
     "model.name": "set by --model",
     "data.task": "set by --task",
 }

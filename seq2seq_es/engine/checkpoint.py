@@ -50,6 +50,7 @@ from .. import run_files
 from ..config import FIXED_STEP, TOKEN_PLAN_STEP, RunConfig
 from ..errors import ConfigError, Seq2SeqEsError
 from . import distributed as D
+from . import storage
 from .run_dir import write_json_atomic
 
 SAVE_DELAY_ENV = "SEQ2SEQ_ES_SAVE_DELAY_S"
@@ -440,14 +441,16 @@ class Checkpointer:
             for stale in [*self.root.glob(".tmp-step_*"), *self.root.glob(_REMOVING + "*")]:
                 shutil.rmtree(stale, ignore_errors=True)
         D.barrier()
-        engine.save_checkpoint(str(self.root), tag=tmp.name, save_latest=False)
-        (tmp / "rng").mkdir(parents=True, exist_ok=True)
-        torch.save(_rng_state(), tmp / "rng" / f"rank_{self.env.rank}.pt")
+        with self._writing(tmp):
+            engine.save_checkpoint(str(self.root), tag=tmp.name, save_latest=False)
+            (tmp / "rng").mkdir(parents=True, exist_ok=True)
+            torch.save(_rng_state(), tmp / "rng" / f"rank_{self.env.rank}.pt")
         if SAVE_DELAY_ENV in os.environ:  # lets crash-safety tests kill a run mid-save
             time.sleep(float(os.environ[SAVE_DELAY_ENV]))
         D.barrier()
         if self.env.is_main:
-            (tmp / run_files.TRAINER_STATE).write_text(state.to_json())
+            with self._writing(tmp):
+                (tmp / run_files.TRAINER_STATE).write_text(state.to_json())
             if final.exists():  # e.g. the final save right after a periodic one: replaced
                 self._remove(final, then=lambda: tmp.rename(final))
             else:
@@ -461,6 +464,33 @@ class Checkpointer:
         if self.env.is_main and state.best is not None and state.best["step"] == step:
             write_json_atomic(self.root / run_files.BEST, {**state.best, "checkpoint": final.name})
         return final
+
+    @contextlib.contextmanager
+    def _writing(self, tmp: Path):
+        """A failed write of checkpoint `tmp` (disk full, quota, rights): its partial folder is
+        removed, so that its space is free again, and the run ends with one line saying where,
+        why, and which complete checkpoint is kept (the run goes on from it)."""
+        try:
+            yield
+        except Exception as exc:
+            if not storage.is_write_failure(exc):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            latest = self.latest()
+            size = storage.folder_bytes(latest) if latest is not None else None
+            if size is not None:
+                room = (f"; a save needs room for train.keep_last + 1 = {self.keep_last + 1} "
+                        "checkpoints of that size (the new one is written before the oldest "
+                        "goes)")
+                kept = (f"the newest complete checkpoint, {latest.name}, is kept, and "
+                        "--train.resume auto continues from it")
+            else:
+                room, kept = "", "no checkpoint of this run is complete yet"
+            name = tmp.name.removeprefix(".tmp-")
+            raise storage.StorageError(
+                f"checkpoint {name} could not be written in {self.root}: "
+                f"{storage.reason(exc, self.root, size)}{room}; its partial folder was removed; "
+                f"{kept}") from exc
 
     def _remove(self, folder: Path, then=None) -> None:
         """Delete a checkpoint folder: renamed out of the step_N names first (one atomic

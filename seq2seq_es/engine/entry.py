@@ -98,4 +98,14 @@ def train_main(argv: list[str]) -> int:
         if interrupted.reports:
             print(f"\n{interrupted}", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
+    except OSError as exc:
+        from .storage import NO_ROOM, StorageError, reason
+        if exc.errno not in NO_ROOM:
+            raise
+        # Out of room in any other file of the run (metrics.jsonl, TensorBoard, the results):
+        # one line naming it; checkpoints are written whole or not at all, so the newest stays.
+        where = exc.filename or cfg.train.output_dir
+        raise StorageError(f"{where} could not be written: {reason(exc, where)}; the newest "
+                           "complete checkpoint is kept, and --train.resume auto continues from "
+                           "it") from exc
     return 0

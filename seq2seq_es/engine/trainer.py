@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from ..config import RunConfig, validate
 from ..errors import ConfigError, Seq2SeqEsError
 from ..run_files import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 from . import distributed as D
+from . import storage
 from .builders import (check_targets, compile_shapes, get_collator, get_engine,
                        get_generation_config, get_model, get_step_plan, has_test_split,
                        load_split, tokenize_split, warm_up_compiled)
@@ -607,8 +609,7 @@ class Trainer:
         elif self.test_data is not None:
             test = without_prefix(self.run_eval(final_step, self.test_data, "test"), "test")
         if cfg.train.export:
-            export_hf(self.engine, self.tokenizer, self.generation_config, out / run_files.FINAL,
-                      cfg.dist.zero_stage, self.env, dtype=cfg.train.export_dtype)
+            self.export(out / run_files.FINAL, step)
         if self.env.is_main:
             write_json_atomic(out / run_files.FINAL_RESULTS, {
                 "task": self.task.name, "model": cfg.model.name,
@@ -633,6 +634,24 @@ class Trainer:
                 from .hub import push_final
                 self.say(f"uploaded final/ to {push_final(out, cfg)}")
         return {"step": step, **end_eval, "best_step": final_step}
+
+    def export(self, final: Path, step: int) -> None:
+        """final/ from the weights now loaded. A failed write (disk full, quota) removes the
+        partial folder and says so in one line: the last step is saved, and a resume of the
+        finished training goes straight to this end again."""
+        cfg = self.cfg
+        try:
+            export_hf(self.engine, self.tokenizer, self.generation_config, final,
+                      cfg.dist.zero_stage, self.env, dtype=cfg.train.export_dtype)
+        except Exception as exc:
+            if not storage.is_write_failure(exc):
+                raise
+            if self.env.is_main:
+                shutil.rmtree(final, ignore_errors=True)
+            raise storage.StorageError(
+                f"final/ could not be written in {final.parent}: {storage.reason(exc, final)}; "
+                f"the partial folder was removed; checkpoint step {step} is kept, and "
+                "--train.resume auto exports it without training again") from exc
 
     def close(self) -> None:
         """Remove the step's gradient hooks, close the log and trackers, and end the process

@@ -1,0 +1,127 @@
+"""A run whose disk fills up: one line saying where, why and what is kept; no partial folder.
+
+The runs write into a small tmpfs mounted for the test (root only; CI runs as root), so that the
+checkpoint or the export really meets a full disk, as on a cluster's scratch space or quota.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from safetensors import SafetensorError
+
+from engine_runs import base_args, demo_files, run
+from seq2seq_es.engine import storage
+
+
+def test_write_failures_are_told_from_other_errors():
+    # torch.save's zip writer on a full tmpfs (the checkpoint test below meets it for real)
+    torch_full = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos "
+                              "2406080 vs 2405972")
+    assert storage.is_write_failure(torch_full)
+    no_room = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/metrics.jsonl")
+    assert storage.is_write_failure(no_room)
+    safetensors_full = SafetensorError(
+        "Error while serializing: I/O error: No space left on device (os error 28)")
+    assert storage.is_write_failure(safetensors_full)
+    assert storage.reason(safetensors_full, "/tmp").startswith("No space left on device (")
+    # other errors keep their traceback
+    assert not storage.is_write_failure(RuntimeError("CUDA error: an illegal memory access"))
+    assert not storage.is_write_failure(SafetensorError("invalid header"))
+    assert not storage.is_write_failure(ValueError("unexpected pos"))
+
+
+def test_the_reason_names_the_errno_or_the_free_space(tmp_path):
+    quota = OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+    assert storage.reason(quota, tmp_path).startswith(f"{os.strerror(errno.EDQUOT)} (")
+    assert "MB free when it failed" in storage.reason(quota, tmp_path)
+    denied = OSError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path / "f"))
+    assert storage.reason(denied, tmp_path) == f"{os.strerror(errno.EACCES)}: {tmp_path / 'f'}"
+    torch_error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 7 vs 5")
+    free = storage.free_bytes(tmp_path)
+    assert storage.reason(torch_error, tmp_path, needed=free + 2**20).startswith(
+        "the disk is full (")
+    # with room to spare, the write failed for another reason (a quota): said with the text
+    assert "unexpected pos 7 vs 5" in storage.reason(torch_error, tmp_path, needed=1)
+    # a folder not yet made: the space of the nearest existing parent
+    assert storage.free_bytes(tmp_path / "not" / "yet") == storage.free_bytes(tmp_path)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A mount point for a tmpfs of a given size (MB), unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mounts: list[Path] = []
+
+    def mount(megabytes: int) -> Path:
+        point = tmp_path / f"disk{len(mounts)}"
+        point.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}M", "tmpfs", str(point)],
+                       check=True, capture_output=True, text=True)
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return demo_files(tmp_path_factory.mktemp("full") / "data", train_size=24)
+
+
+def _error_line(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_does_not_fit_ends_the_run_with_one_line(small_disk, files):
+    # 7 MB: barto-tiny's first checkpoint (~4.7 MB) fits, the second one does not.
+    out = small_disk(7) / "run"
+    result = run("none", 1, base_args(files, out, steps=6, extra=[
+        "--train.save_every", "2", "--train.keep_last", "2"]), check=False)
+    assert result.returncode == 2
+    line = _error_line(result)
+    assert line.startswith(f"error: checkpoint step_00000004 could not be written in "
+                           f"{out / 'checkpoints'}: the disk is full ("), line
+    assert ("train.keep_last + 1 = 3 checkpoints" in line
+            and "the newest complete checkpoint, step_00000002, is kept, and --train.resume "
+                "auto continues from it" in line), line
+    # the partial folder is gone (its space is free again); the complete one is whole
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002"]
+    assert (out / "checkpoints" / "step_00000002" / "trainer_state.json").is_file()
+
+
+@pytest.mark.slow
+def test_an_export_that_does_not_fit_is_removed_and_a_resume_exports(small_disk, files):
+    # 6 MB, one checkpoint kept: the last step's checkpoint fits, final/ (~1.7 MB more) not.
+    out = small_disk(6) / "run"
+    args = base_args(files, out, steps=4, extra=["--train.save_every", "0",
+                                                 "--train.keep_last", "1"])
+    result = run("none", 1, args, check=False)
+    assert result.returncode == 2
+    line = _error_line(result)
+    assert line.startswith(f"error: final/ could not be written in {out}: No space left on "
+                           "device ("), line
+    assert line.endswith("checkpoint step 4 is kept, and --train.resume auto exports it "
+                         "without training again"), line
+    assert not (out / "final").exists() and not (out / "DONE").exists()
+    # Room made (TensorBoard's events go), the resume trains no step and exports.
+    for event_file in (out / "tensorboard").rglob("*"):
+        if event_file.is_file():
+            event_file.unlink()
+    resumed = run("none", 1, args + ["--train.resume", "auto", "--train.export_dtype", "bf16"],
+                  check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "step 1/" not in resumed.stdout
+    assert (out / "final" / "model.safetensors").is_file()
+    assert json.loads((out / "DONE").read_text())["step"] == 4

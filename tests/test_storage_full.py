@@ -125,3 +125,21 @@ def test_an_export_that_does_not_fit_is_removed_and_a_resume_exports(small_disk,
     assert "resumed from" in resumed.stdout and "step 1/" not in resumed.stdout
     assert (out / "final" / "model.safetensors").is_file()
     assert json.loads((out / "DONE").read_text())["step"] == 4
+
+
+def test_a_run_folder_on_a_full_disk_is_named_in_one_line(small_disk, files):
+    disk = small_disk(1)
+    with (disk / "filler").open("wb") as filler:  # every byte taken
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        except OSError:
+            pass
+    out = disk / "run"
+    result = run("none", 1, base_args(files, out, steps=2), check=False)
+    assert result.returncode == 2
+    line = _error_line(result)
+    assert line.startswith(f"error: {out}") and ("could not be written: No space left on device "
+                                                  "(0.0 MB free when it failed); no checkpoint of "
+                                                  "this run was written") in line, line

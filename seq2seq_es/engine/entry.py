@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def parse_train_args(argv: list[str], prog: str = "seq2seq-es train"
@@ -104,8 +105,11 @@ def train_main(argv: list[str]) -> int:
             raise
         # Out of room in any other file of the run (metrics.jsonl, TensorBoard, the results):
         # one line naming it; checkpoints are written whole or not at all, so the newest stays.
+        from ..run_files import CHECKPOINTS, complete_checkpoints
         where = exc.filename or cfg.train.output_dir
-        raise StorageError(f"{where} could not be written: {reason(exc, where)}; the newest "
-                           "complete checkpoint is kept, and --train.resume auto continues from "
-                           "it") from exc
+        saved = complete_checkpoints(Path(cfg.train.output_dir) / CHECKPOINTS)
+        kept = (f"the newest complete checkpoint, {saved[-1][1].name}, is kept, and "
+                "--train.resume auto continues from it" if saved
+                else "no checkpoint of this run was written")
+        raise StorageError(f"{where} could not be written: {reason(exc, where)}; {kept}") from exc
     return 0

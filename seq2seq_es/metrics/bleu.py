@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from seq2seq_es.metrics._base import MultiReferences, as_reference_lists, lazy_metric_class
+from seq2seq_es.metrics._base import MultiReferences, lazy_metric_class, nfc_inputs
 
 
 def reference_streams(references: MultiReferences) -> list[list[str | None]]:
@@ -49,7 +49,8 @@ Returns bleu: corpus BLEU, 0-100.
 def compute(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
             tokenize: str = "13a") -> dict[str, float]:
     """{"bleu": corpus BLEU, 0-100}; what `Bleu` computes, without `evaluate`."""
-    return {"bleu": corpus_bleu(predictions, as_reference_lists(references), tokenize)}
+    predictions, reference_lists = nfc_inputs(predictions, references)  # as compute_metrics
+    return {"bleu": corpus_bleu(predictions, reference_lists, tokenize)}
 
 
 # `Bleu`, the `evaluate.Metric`, is imported (with `evaluate`) on first access.

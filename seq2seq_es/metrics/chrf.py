@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from seq2seq_es.metrics._base import MultiReferences, as_reference_lists, lazy_metric_class
+from seq2seq_es.metrics._base import MultiReferences, lazy_metric_class, nfc_inputs
 from seq2seq_es.metrics.bleu import reference_streams
 
 
@@ -43,7 +43,8 @@ Returns chrf: corpus chrF, 0-100.
 def compute(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
             word_order: int = 0) -> dict[str, float]:
     """{"chrf": corpus chrF, 0-100}; what `Chrf` computes, without `evaluate`."""
-    return {"chrf": corpus_chrf(predictions, as_reference_lists(references), word_order)}
+    predictions, reference_lists = nfc_inputs(predictions, references)  # as compute_metrics
+    return {"chrf": corpus_chrf(predictions, reference_lists, word_order)}
 
 
 # `Chrf`, the `evaluate.Metric`, is imported (with `evaluate`) on first access.

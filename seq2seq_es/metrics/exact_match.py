@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from seq2seq_es.errors import UnknownNameError
-from seq2seq_es.metrics._base import as_reference_lists, lazy_metric_class, mean
+from seq2seq_es.metrics._base import lazy_metric_class, mean, nfc_inputs
 from seq2seq_es.metrics.answers import CONVENTIONS, normalize_answer
 
 
@@ -50,7 +50,8 @@ Returns exact_match: percentage of exact matches, 0-100.
 def compute(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
             ignore_case: bool = False, convention: str = "strict") -> dict[str, float]:
     """{"exact_match": percentage, 0-100}; what `ExactMatch` computes, without `evaluate`."""
-    return {"exact_match": corpus_exact_match(predictions, as_reference_lists(references),
+    predictions, reference_lists = nfc_inputs(predictions, references)  # as compute_metrics
+    return {"exact_match": corpus_exact_match(predictions, reference_lists,
                                               ignore_case, convention)}
 
 

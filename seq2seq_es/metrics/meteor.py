@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from itertools import combinations, product
 from math import comb, prod
 
-from seq2seq_es.metrics._base import as_reference_lists, lazy_metric_class, mean_best_reference
+from seq2seq_es.metrics._base import lazy_metric_class, mean_best_reference, nfc_inputs
 from seq2seq_es.metrics.text import spanish_stem
 
 ALPHA = 0.9
@@ -244,7 +244,8 @@ Returns meteor: mean METEOR (exact + Spanish stem stages, no synonyms), 0-100.
 def compute(predictions: Sequence[str],
             references: Sequence[str] | Sequence[Sequence[str]]) -> dict[str, float]:
     """{"meteor": mean METEOR, 0-100}; what `Meteor` computes, without `evaluate`."""
-    return {"meteor": corpus_meteor(predictions, as_reference_lists(references))}
+    predictions, reference_lists = nfc_inputs(predictions, references)  # as compute_metrics
+    return {"meteor": corpus_meteor(predictions, reference_lists)}
 
 
 # `Meteor`, the `evaluate.Metric`, is imported (with `evaluate`) on first access.

@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from seq2seq_es.errors import UnknownNameError
-from seq2seq_es.metrics._base import as_reference_lists, f_measure, lazy_metric_class, mean
+from seq2seq_es.metrics._base import f_measure, lazy_metric_class, mean, nfc_inputs
 from seq2seq_es.metrics.text import ngram_counts, spanish_stem, split_sentences, word_tokens
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -284,7 +284,8 @@ def compute(predictions: Sequence[str], references: Sequence[str] | Sequence[Seq
             bootstrap_seed: int = 0) -> dict[str, float]:
     """ROUGE of the predictions, 0-100 (`INPUTS` describes the arguments); what `Rouge`
     computes, without `evaluate`."""
-    scores = per_example_scores(predictions, as_reference_lists(references), mode, use_stemmer,
+    predictions, reference_lists = nfc_inputs(predictions, references)  # as compute_metrics
+    scores = per_example_scores(predictions, reference_lists, mode, use_stemmer,
                                 split_sentences)
     return _aggregate(scores, with_precision_recall, aggregate, bootstrap_seed)
 

@@ -43,8 +43,8 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 from seq2seq_es.errors import UnknownNameError
-from seq2seq_es.metrics._base import as_reference_lists, f_measure, lazy_metric_class, mean
-from seq2seq_es.metrics.text import ngram_counts, word_and_punct_tokens
+from seq2seq_es.metrics._base import f_measure, lazy_metric_class, mean, nfc_inputs
+from seq2seq_es.metrics.text import ngram_counts, normalize_unicode, word_and_punct_tokens
 
 MAX_ORDER = 4
 SARI_MODES = ("spanish", "paper")
@@ -155,7 +155,9 @@ Returns sari: mean SARI, 0-100.
 def compute(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
             sources: Sequence[str], mode: str = "spanish") -> dict[str, float]:
     """{"sari": mean SARI, 0-100}; what `Sari` computes, without `evaluate`."""
-    return {"sari": corpus_sari(sources, predictions, as_reference_lists(references), mode)}
+    predictions, reference_lists = nfc_inputs(predictions, references)  # as compute_metrics
+    sources = [normalize_unicode(source) for source in sources]
+    return {"sari": corpus_sari(sources, predictions, reference_lists, mode)}
 
 
 # `Sari`, the `evaluate.Metric`, is imported (with `evaluate`) on first access.

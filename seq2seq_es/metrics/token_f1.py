@@ -19,8 +19,8 @@ from collections import Counter
 from collections.abc import Sequence
 
 from seq2seq_es.errors import UnknownNameError
-from seq2seq_es.metrics._base import (as_reference_lists, f_measure, lazy_metric_class,
-                                      mean_best_reference)
+from seq2seq_es.metrics._base import (f_measure, lazy_metric_class, mean_best_reference,
+                                      nfc_inputs)
 from seq2seq_es.metrics.answers import F1_CONVENTIONS, answer_tokens
 
 
@@ -75,7 +75,8 @@ Returns token_f1: mean token F1, 0-100.
 def compute(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
             convention: str = "words") -> dict[str, float]:
     """{"token_f1": mean token F1, 0-100}; what `TokenF1` computes, without `evaluate`."""
-    return {"token_f1": corpus_token_f1(predictions, as_reference_lists(references),
+    predictions, reference_lists = nfc_inputs(predictions, references)  # as compute_metrics
+    return {"token_f1": corpus_token_f1(predictions, reference_lists,
                                         convention)}
 
 

@@ -69,6 +69,18 @@ class UnknownNameError(Seq2SeqEsError):
                          + (f"; {hint}" if hint else ""))
 
 
+def cache_folder_error(exc: OSError, doing: str, cache_dir: str | None) -> ConfigError:
+    """A cache folder that could not be used (a file, read-only, full) while `doing` (reading
+    a data file, tokenizing a split): data.cache_dir's fault, not the data's. A compute node's
+    read-only or full home (~/.cache) is the usual cause on a cluster."""
+    where = ("could not be used" if cache_dir else
+             "is not set, and the default cache folders (HF_DATASETS_CACHE, SEQ2SEQ_ES_CACHE, "
+             "by default under ~/.cache) could not be used")
+    return ConfigError("data.cache_dir",
+                       f"{where} while {doing}: {exc}; the data file is not at fault: point "
+                       "data.cache_dir to a writable folder with free space")
+
+
 def run_command(command: Callable[[list[str]], int], argv: list[str]) -> int:
     """Run a CLI command; a Seq2SeqEsError becomes `error: <message>` on stderr and status 2
     (SEQ2SEQ_ES_DEBUG=1 shows the traceback instead)."""

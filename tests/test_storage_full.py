@@ -59,10 +59,11 @@ def small_disk(tmp_path):
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
     mounts: list[Path] = []
 
-    def mount(megabytes: int) -> Path:
+    def mount(megabytes: int, read_only: bool = False) -> Path:
         point = tmp_path / f"disk{len(mounts)}"
         point.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}M", "tmpfs", str(point)],
+        options = f"size={megabytes}M" + (",ro" if read_only else "")
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
                        check=True, capture_output=True, text=True)
         mounts.append(point)
         return point
@@ -129,13 +130,7 @@ def test_an_export_that_does_not_fit_is_removed_and_a_resume_exports(small_disk,
 
 def test_a_run_folder_on_a_full_disk_is_named_in_one_line(small_disk, files):
     disk = small_disk(1)
-    with (disk / "filler").open("wb") as filler:  # every byte taken
-        try:
-            while True:
-                filler.write(b"\0" * 65536)
-                filler.flush()
-        except OSError:
-            pass
+    _fill(disk)
     out = disk / "run"
     result = run("none", 1, base_args(files, out, steps=2), check=False)
     assert result.returncode == 2
@@ -143,3 +138,51 @@ def test_a_run_folder_on_a_full_disk_is_named_in_one_line(small_disk, files):
     assert line.startswith(f"error: {out}") and ("could not be written: No space left on device "
                                                   "(0.0 MB free when it failed); no checkpoint of "
                                                   "this run was written") in line, line
+
+
+def _fill(disk: Path) -> None:
+    with (disk / "filler").open("wb") as filler:  # every byte taken
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        except OSError:
+            pass
+
+
+@pytest.mark.parametrize("cache", ["read-only", "full"])
+def test_a_tokenization_cache_that_cannot_be_written_is_data_cache_dirs_fault(
+        small_disk, cache):
+    # A compute node's read-only or full home: the tokenized split's cache is named by its key,
+    # not raised as pyarrow's or pathlib's traceback in the middle of the run's start.
+    import datasets
+
+    from seq2seq_es.data.tokenize import tokenize_examples
+    from seq2seq_es.errors import ConfigError
+    from seq2seq_es.models.sources import load_tokenizer
+    from seq2seq_es.models.tiny import ensure_tiny_checkpoint
+
+    tokenizer = load_tokenizer(str(ensure_tiny_checkpoint("barto-tiny")))
+    disk = small_disk(1, read_only=cache == "read-only")
+    if cache == "full":
+        _fill(disk)
+    examples = datasets.Dataset.from_dict({"source": ["uno dos tres"] * 50,
+                                           "target": ["uno"] * 50})
+    with pytest.raises(ConfigError) as refused:
+        tokenize_examples(examples, tokenizer, split="train", max_source_length=16,
+                          max_target_length=8, cache_dir=str(disk / "cache"))
+    message = str(refused.value)
+    assert message.startswith("config key 'data.cache_dir': could not be used while tokenizing "
+                              "train: "), message
+    assert message.endswith("point data.cache_dir to a writable folder with free space")
+
+
+def test_tiny_models_in_a_read_only_cache_name_seq2seq_es_cache(small_disk, monkeypatch):
+    from seq2seq_es.errors import Seq2SeqEsError
+    from seq2seq_es.models.tiny import ensure_tiny_checkpoint
+
+    monkeypatch.setenv("SEQ2SEQ_ES_CACHE", str(small_disk(1, read_only=True) / "cache"))
+    with pytest.raises(Seq2SeqEsError, match=r"the -tiny models are built in .*/cache/tiny, which "
+                                              r"could not be written \(Read-only file system\); "
+                                              r"set SEQ2SEQ_ES_CACHE to a writable folder"):
+        ensure_tiny_checkpoint("barto-tiny")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import datasets
 
-from ..errors import ConfigError
+from ..errors import ConfigError, cache_folder_error
 
 TOKENIZER_VERSION = "1"  # bump when the tokenization below changes, to invalidate caches
 
@@ -150,7 +150,10 @@ def tokenize_examples(examples: datasets.Dataset, tokenizer, *, split: str, max_
     }, sort_keys=True)
     key = hashlib.sha256(key_material.encode()).hexdigest()[:20]
     folder = Path(cache_dir) / "tokenized" if cache_dir else default_cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only or full home on a compute node: a traceback before
+        raise cache_folder_error(exc, f"tokenizing {split}", cache_dir) from exc
     cache_file = str(folder / f"{split}-{key}.arrow")
 
     def encode(batch):
@@ -171,11 +174,14 @@ def tokenize_examples(examples: datasets.Dataset, tokenizer, *, split: str, max_
         return out
 
     keep = [c for c in ("example_id",) if c in examples.column_names]
-    tokenized = examples.map(
-        encode, batched=True, batch_size=256, remove_columns=[c for c in examples.column_names
-                                                              if c not in keep],
-        cache_file_name=cache_file, load_from_cache_file=True,
-        new_fingerprint=key, desc=f"tokenizing {split}")
+    try:
+        tokenized = examples.map(
+            encode, batched=True, batch_size=256, remove_columns=[c for c in examples.column_names
+                                                                  if c not in keep],
+            cache_file_name=cache_file, load_from_cache_file=True,
+            new_fingerprint=key, desc=f"tokenizing {split}")
+    except OSError as exc:  # the cache file (full, or read-only)
+        raise cache_folder_error(exc, f"tokenizing {split}", cache_dir) from exc
     src_len = tokenized["source_length"]
     tgt_len = tokenized["target_length"]
     report = TruncationReport(

@@ -42,6 +42,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from ..errors import Seq2SeqEsError
 from .registry import ModelSpec, get_model_spec
 
 TINY_SEED = 20240917
@@ -321,8 +322,13 @@ def ensure_tiny_checkpoint(name: str | ModelSpec) -> Path:
     final = tiny_checkpoint_dir(name)
     if (final / COMPLETE_MARKER).is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    except OSError as exc:  # a read-only or full home: one line naming the way out
+        raise Seq2SeqEsError(f"the -tiny models are built in {final.parent}, which could not "
+                             f"be written ({exc.strerror or exc}); set SEQ2SEQ_ES_CACHE to a "
+                             "writable folder") from exc
     try:
         with quiet_transformers(), seeded():
             _BUILDERS[final.name.rsplit("-", 1)[0]](staging)

@@ -34,7 +34,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, cache_folder_error
 from .formatting import (DialogueFormatter, Example, Formatter, Problem,
                          TranslationFormatter)
 from .local_files import COMPRESSED_SUFFIXES, LocalFile, prepare_local_file
@@ -369,12 +369,7 @@ def _file_system_failure(exc: OSError, path: str, cache_dir: str | None) -> Exce
     (a cache folder that is a file, not writable, or full) is not the file's fault."""
     if exc.filename is not None and _same_path(exc.filename, path):
         return DataError(f"cannot be read: {exc.strerror or exc}", file=path)
-    where = ("could not be used" if cache_dir else
-             "is not set, and the default cache folders (HF_DATASETS_CACHE, SEQ2SEQ_ES_CACHE, "
-             "by default under ~/.cache) could not be used")
-    return ConfigError("data.cache_dir",
-                       f"{where} while reading {path}: {exc}; the data file is not at fault: "
-                       "point data.cache_dir to a writable folder with free space")
+    return cache_folder_error(exc, f"reading {path}", cache_dir)
 
 
 def _same_path(a: Any, b: str) -> bool:

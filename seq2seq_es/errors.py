@@ -1,6 +1,7 @@
 """Errors that reach the user as one clear message instead of a library traceback."""
 
 import difflib
+import errno
 import os
 import sys
 from typing import Callable
@@ -81,6 +82,10 @@ def cache_folder_error(exc: OSError, doing: str, cache_dir: str | None) -> Confi
                        "data.cache_dir to a writable folder with free space")
 
 
+# errno values of a write that cannot succeed here: no space, a quota, a read-only file system
+_CANNOT_WRITE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
 def run_command(command: Callable[[list[str]], int], argv: list[str]) -> int:
     """Run a CLI command; a Seq2SeqEsError becomes `error: <message>` on stderr and status 2
     (SEQ2SEQ_ES_DEBUG=1 shows the traceback instead)."""
@@ -90,4 +95,13 @@ def run_command(command: Callable[[list[str]], int], argv: list[str]) -> int:
         if os.environ.get("SEQ2SEQ_ES_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # A full disk, a quota or a read-only file system where a command writes and no
+        # StorageError names it: one line, not the traceback of the library that wrote.
+        if exc.errno not in _CANNOT_WRITE or os.environ.get("SEQ2SEQ_ES_DEBUG"):
+            raise
+        where = f"{os.fsdecode(exc.filename)}: " if exc.filename else ""
+        print(f"error: {where}{os.strerror(exc.errno)} (a file could not be written; "
+              "SEQ2SEQ_ES_DEBUG=1 shows which)", file=sys.stderr)
         return 2

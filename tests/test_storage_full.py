@@ -186,3 +186,36 @@ def test_tiny_models_in_a_read_only_cache_name_seq2seq_es_cache(small_disk, monk
                                               r"could not be written \(Read-only file system\); "
                                               r"set SEQ2SEQ_ES_CACHE to a writable folder"):
         ensure_tiny_checkpoint("barto-tiny")
+
+
+@pytest.fixture(scope="module")
+def trained_run(files, tmp_path_factory):
+    """A finished tiny run (final/ and a checkpoint) for the commands that read one."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    run("none", 1, base_args(files, out, steps=2))
+    return out
+
+
+def _command(*argv: str) -> subprocess.CompletedProcess:
+    import sys
+
+    from engine_runs import REPO, subprocess_env
+    return subprocess.run([sys.executable, "-m", "seq2seq_es", *argv], cwd=REPO,
+                          env=subprocess_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_commands_writing_to_a_full_disk_say_so_in_one_line(small_disk, trained_run):
+    disk = small_disk(1)
+    _fill(disk)
+    evaluated = _command("evaluate", str(trained_run), "--output-dir", str(disk / "scores"))
+    assert evaluated.returncode == 2
+    assert _error_line(evaluated).startswith(
+        f"error: the predictions and scores could not be written in {disk / 'scores'}: No space "
+        "left on device ("), evaluated.stderr[-2000:]
+    # where no command names the file (transformers' config writer): the errno, in one line
+    exported = _command("export", str(trained_run), str(disk / "model"))
+    assert exported.returncode == 2
+    assert _error_line(exported) == ("error: No space left on device (a file could not be "
+                                     "written; SEQ2SEQ_ES_DEBUG=1 shows which)")

@@ -25,6 +25,7 @@ import torch
 
 from ..data.sampler import eval_batches
 from . import distributed as D
+from . import storage
 from .loss import token_ce_sum
 
 GENERATE_INPUTS = ("input_ids", "attention_mask", "global_attention_mask")
@@ -250,8 +251,9 @@ def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_conf
                 folder = predictions_dir if predictions_dir is not None else (
                     out_dir / f"step_{step:08d}" if out_dir is not None else None)
                 if folder is not None:
-                    _write_predictions(folder, examples, ordered, results, references,
-                                       sources)
+                    with storage.writing(folder, "the predictions and scores"):
+                        _write_predictions(folder, examples, ordered, results, references,
+                                           sources)
             results = D.broadcast_object(results)
     return results
 

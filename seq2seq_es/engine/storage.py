@@ -11,6 +11,7 @@ out-of-room OSError (metrics.jsonl, TensorBoard, final_results.json) into the sa
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -94,3 +95,23 @@ def reason(exc: BaseException, path: str | Path, needed: int | None = None) -> s
     if free is not None and needed is not None and free < needed:
         return f"the disk is full ({room}; {megabytes(needed)} needed)"
     return f"the write failed ({room}; a disk quota or the file system refused it: {exc})"
+
+
+@contextlib.contextmanager
+def writing(path: str | Path, what: str, partial: str | Path | None = None):
+    """Around the writing of `what` (e.g. "the predictions") into `path`: a write failure becomes
+    one StorageError naming it, after `partial` (the half-written file or folder) is removed."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_write_failure(exc):
+            raise
+        removed = ""
+        if partial is not None and Path(partial).exists():
+            if Path(partial).is_dir():
+                shutil.rmtree(partial, ignore_errors=True)
+            else:
+                Path(partial).unlink(missing_ok=True)
+            removed = "; the partial output was removed"
+        raise StorageError(f"{what} could not be written in {path}: "
+                           f"{reason(exc, path)}{removed}") from exc

@@ -464,3 +464,18 @@ def test_two_processes_building_at_once_get_the_same_models_as_this_one(tmp_path
     assert leftovers == []
     assert sorted(p.name.rsplit("-", 1)[0] for p in tiny_root.iterdir()) == \
         ["barto", "beto", "ledo"]
+
+
+def test_a_hub_model_out_of_reach_says_how_to_get_it_onto_the_cluster():
+    # HF_HUB_OFFLINE (conftest) stands for a compute node without network: the error says
+    # where the weights can come from instead (a download elsewhere, or a local copy).
+    from seq2seq_es.models.sources import load_tokenizer
+
+    with pytest.raises(ConfigError) as refused:  # an id no cache holds
+        load_tokenizer("seq2seq-es-tests/no-such-model", key="model.name")
+    message = str(refused.value)
+    assert message.startswith("config key 'model.name': 'seq2seq-es-tests/no-such-model' is not a "
+                              "local folder and could not be loaded from the Hugging Face hub ")
+    assert message.endswith("`hf download seq2seq-es-tests/no-such-model` where there is network, "
+                            "into the HF_HOME the jobs read, or a local copy with --model.path "
+                            "DIR"), message

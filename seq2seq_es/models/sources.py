@@ -41,8 +41,13 @@ def resolve_checkpoint(reference: str, key: str) -> str:
 
 
 def hub_failure(key: str, reference: str, err: Exception) -> ConfigError:
+    # A compute node without network is the usual cause on a cluster: the way out is a download
+    # on a machine that has it, into the cache the jobs read, or a local copy.
     return ConfigError(key, f"'{reference}' is not a local folder and could not be loaded from "
-                            f"the Hugging Face hub ({type(err).__name__}: {err})")
+                            f"the Hugging Face hub ({type(err).__name__}: {err}). Without the "
+                            f"hub here (a compute node without network, HF_HUB_OFFLINE=1): "
+                            f"`hf download {reference}` where there is network, into the HF_HOME "
+                            "the jobs read, or a local copy with --model.path DIR")
 
 
 def is_local(reference: str) -> bool:

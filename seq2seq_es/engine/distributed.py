@@ -22,7 +22,7 @@ from typing import Mapping
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Seq2SeqEsError
 from ..process_exit import started_process_group
 from .rendezvous import any_free_port, rendezvous_port
 
@@ -101,7 +101,30 @@ def read_env(environ: dict[str, str] | None = None) -> DistEnv:
                        env.get("MASTER_ADDR") or _first_slurm_host(env.get("SLURM_JOB_NODELIST", "")),
                        int(env.get("MASTER_PORT") or rendezvous_port(env.get("SLURM_JOB_ID", "0"))),
                        "slurm")
+    if _accelerate_started_one_of_several(env):
+        _say_once("accelerate launch was asked for more than one process (num_processes or "
+                  "num_machines above 1) but started only this one, without ranks: with "
+                  "distributed_type MULTI_CPU or NO (or no config file on a machine without "
+                  "GPUs) accelerate leaves starting the others to mpirun, whose ranks "
+                  "seq2seq-es does not read, so this process trains alone. For N ranks on one "
+                  "node use `accelerate launch --multi_gpu --num_processes N` or a config with "
+                  "distributed_type DEEPSPEED (configs/accelerate/zero*.yaml; both run on CPUs "
+                  "too), or `torchrun --nproc_per_node N`")
     return DistEnv(0, 1, 0, "127.0.0.1", any_free_port(), "none")
+
+
+def _accelerate_started_one_of_several(env: Mapping[str, str]) -> bool:
+    """Whether `accelerate launch` asked for several processes and started this one alone.
+
+    Its simple launcher (accelerate.utils.launch.prepare_simple_launcher_cmd_env), which it uses
+    for distributed_type MULTI_CPU and NO and, without a config file, wherever it sees fewer than
+    two GPUs, starts ONE process and exports ACCELERATE_USE_CPU; it adds MASTER_ADDR and
+    MASTER_PORT only when num_processes or num_machines is above 1, expecting the other ranks
+    from mpirun (accelerate's own PartialState then reads PMI_*/OMPI_* ranks; without mpirun it
+    too trains one process without a word). Its torchrun-based launchers (--multi_gpu,
+    DEEPSPEED) export RANK and WORLD_SIZE, read before this. A run that trained on one rank
+    where the user asked for two said nothing but `x 1 rank(s)` in its batch line."""
+    return "ACCELERATE_USE_CPU" in env and "MASTER_ADDR" in env and "MASTER_PORT" in env
 
 
 # Fields of an accelerate config file that `accelerate launch` acts on itself: where and how many
@@ -322,6 +345,55 @@ def cpu_extension_note(now: float | None = None) -> str | None:
     return None
 
 
+class PortInUse(Seq2SeqEsError):
+    """The rendezvous port (MASTER_PORT) is taken on this host: one line naming it and the
+    launcher options that choose another (cli: `error: ...`, exit status 2)."""
+
+    def __init__(self, env: DistEnv):
+        self.port = env.master_port
+        try:
+            other = f" (e.g. {any_free_port()}, free now)"
+        except RuntimeError:
+            other = ""
+        super().__init__(
+            f"rank {env.rank} cannot serve the rendezvous on port {env.master_port} "
+            "(MASTER_PORT): "
+            "another process on this host listens there (29500 is the default of torchrun, "
+            "deepspeed and accelerate launch, so often another run). Give the launcher another "
+            f"port{other}: torchrun --master_port P, deepspeed --master_port P, accelerate launch "
+            "--main_process_port P (or export MASTER_PORT=P)")
+
+
+class MasterAddrUnknown(Seq2SeqEsError):
+    """MASTER_ADDR names no host this machine can resolve."""
+
+    def __init__(self, env: DistEnv, why: str):
+        super().__init__(
+            f"rank {env.rank} cannot resolve the rendezvous host {env.master_addr!r} "
+            f"(MASTER_ADDR: {why}); every rank would wait dist.timeout_min minutes for it. On "
+            "one node leave it unset or give 127.0.0.1: torchrun/deepspeed --master_addr, "
+            "accelerate launch --main_process_ip (or export MASTER_ADDR)")
+
+
+def _check_master_addr(env: DistEnv, tries: int = 3, wait_s: float = 1.0) -> None:
+    """Refuse a MASTER_ADDR that does not resolve (a typo, a node name from another cluster):
+    torch's TCPStore retried it on every rank, rank 0 included (its own client connects to it),
+    printing a warning every few seconds, for the whole rendezvous timeout (30 min by default).
+    A few tries, for a resolver that fails for a moment."""
+    import socket
+    import time
+
+    for attempt in range(tries):
+        try:
+            socket.getaddrinfo(env.master_addr, env.master_port, type=socket.SOCK_STREAM)
+            return
+        except socket.gaierror as exc:
+            if exc.errno not in (socket.EAI_AGAIN, socket.EAI_NONAME, socket.EAI_FAIL) \
+                    or attempt == tries - 1:
+                raise MasterAddrUnknown(env, exc.strerror or str(exc)) from None
+        time.sleep(wait_s)
+
+
 def init(env: DistEnv, backend: str = "auto", timeout_min: int = 30) -> None:
     """Start the process group (also for one process: DeepSpeed needs one)."""
     global _environ_before_init
@@ -333,6 +405,7 @@ def init(env: DistEnv, backend: str = "auto", timeout_min: int = 30) -> None:
                                           "use gloo, or auto (nccl on GPUs, gloo otherwise)")
     if dist.is_initialized():
         return
+    _check_master_addr(env)  # before anything is written or started: nothing to put back
     # Its worker threads outlive destroy_process_group: this process must skip finalization.
     started_process_group()
     _environ_before_init = {key: os.environ.get(key) for key in _LAUNCH_VARIABLES}
@@ -357,9 +430,19 @@ def init(env: DistEnv, backend: str = "auto", timeout_min: int = 30) -> None:
     # On CPUs DeepSpeed prints "... deepspeed_shm_comm_op built successfully" on every start of
     # every rank (loaded from its cache or not); anything else it prints is passed on.
     with contextlib.redirect_stdout(io.StringIO()) as said:
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
-                                   timeout=datetime.timedelta(minutes=timeout_min),
-                                   rank=env.rank, world_size=env.world_size)
+        try:
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                                       timeout=datetime.timedelta(minutes=timeout_min),
+                                       rank=env.rank, world_size=env.world_size)
+        except dist.DistNetworkError as exc:
+            if "EADDRINUSE" not in str(exc):
+                raise
+            # Rank 0 serves the rendezvous on MASTER_PORT. `deepspeed` and accelerate's one-process
+            # launcher default it to 29500, as torchrun does, so a second run on one machine
+            # met another run's port: a 30-line TCPStore traceback per start, after every rank
+            # had loaded its libraries, that named no launcher option.
+            close()  # the launch variables back, for a caller that goes on (a test, a notebook)
+            raise PortInUse(env) from None
     for line in said.getvalue().splitlines():
         if not line.endswith("built successfully"):
             print(line)

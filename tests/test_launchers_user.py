@@ -1,0 +1,129 @@
+"""Single-node launch paths as a user of the Hugging Face Trainer / accelerate / torchrun world
+tries them: what each launcher really starts, and what the run says when that is not what the
+user asked for."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine_runs import REPO, subprocess_env
+
+ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+
+DUMP = """import json, os, sys
+with open(sys.argv[1] + "." + os.environ.get("RANK", "norank"), "w") as f:
+    json.dump(dict(os.environ), f)
+"""
+
+MULTI_CPU = """compute_environment: LOCAL_MACHINE
+distributed_type: MULTI_CPU
+mixed_precision: 'no'
+num_machines: 1
+num_processes: 2
+machine_rank: 0
+use_cpu: true
+"""
+
+
+def _accelerate_env(tmp_path: Path, *launch_args: str) -> list[dict[str, str]]:
+    """The environment of every process `accelerate launch *launch_args` starts."""
+    script = tmp_path / "dump.py"
+    script.write_text(DUMP)
+    (tmp_path / "multi_cpu.yaml").write_text(MULTI_CPU)
+    env = {k: v for k, v in subprocess_env().items()
+           if not k.startswith("ACCELERATE_") and k not in ("MASTER_ADDR", "MASTER_PORT")}
+    stem = tmp_path / f"env{len(list(tmp_path.glob('env*')))}"
+    proc = subprocess.run([ACCELERATE, "launch", *launch_args, str(script), str(stem)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(path.read_text()) for path in sorted(tmp_path.glob(stem.name + ".*"))]
+
+
+@pytest.mark.parametrize("launch_args", [["--config_file", "multi_cpu.yaml"],
+                                         ["--num_processes", "2"]])
+def test_accelerate_starting_one_process_of_two_is_said(tmp_path, capsys, launch_args):
+    # accelerate's simple launcher (MULTI_CPU, or no config file without GPUs) starts one process
+    # and expects mpirun to start the others; the run trained on 1 rank where 2 were asked for,
+    # saying nothing but "x 1 rank(s)" in its batch line.
+    from seq2seq_es.engine import distributed as D
+
+    envs = _accelerate_env(tmp_path, *launch_args)
+    assert len(envs) == 1 and "RANK" not in envs[0]  # what accelerate really does
+    D._said.clear()
+    got = D.read_env(envs[0])
+    assert (got.rank, got.world_size, got.launcher) == (0, 1, "none")
+    err = capsys.readouterr().err
+    assert "accelerate launch was asked for more than one process" in err, err
+    assert "trains alone" in err and "--multi_gpu --num_processes N" in err
+
+
+def test_accelerate_asked_for_one_process_says_nothing(tmp_path, capsys):
+    from seq2seq_es.engine import distributed as D
+
+    envs = _accelerate_env(tmp_path, "--num_processes", "1")
+    D._said.clear()
+    assert D.read_env(envs[0]).world_size == 1
+    assert "accelerate" not in capsys.readouterr().err
+
+
+@pytest.mark.slow  # accelerate's torchrun launcher starts two processes
+def test_accelerate_multi_gpu_flag_starts_two_ranks_on_cpus(tmp_path, capsys):
+    # What the warning above recommends works on a machine without GPUs.
+    from seq2seq_es.engine import distributed as D
+
+    envs = _accelerate_env(tmp_path, "--multi_gpu", "--num_processes", "2")
+    assert sorted(D.read_env(env).rank for env in envs) == [0, 1]
+    assert {D.read_env(env).world_size for env in envs} == {2}
+    assert "accelerate launch was asked" not in capsys.readouterr().err
+
+
+def test_a_rendezvous_port_in_use_is_one_line_naming_the_launcher_options(tmp_path):
+    # `deepspeed` and accelerate's one-process launcher default MASTER_PORT to 29500 (as torchrun
+    # does): a second run on the machine met the first one's port and every rank printed
+    # torch's 30-line TCPStore traceback ("EADDRINUSE"), which named no option to change.
+    import socket
+
+    from engine_runs import ENTRY, base_args, demo_files
+
+    files = demo_files(tmp_path / "data", train_size=8)
+    with socket.create_server(("0.0.0.0", 0)) as held:  # another run's rendezvous
+        port = held.getsockname()[1]
+        env = subprocess_env(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                             MASTER_PORT=str(port), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+        proc = subprocess.run([sys.executable, ENTRY, *base_args(files, tmp_path / "run",
+                                                                  steps=2)],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and f"port {port}" in error[0], proc.stderr[-3000:]
+    assert "deepspeed --master_port" in error[0] and "--main_process_port" in error[0]
+
+
+def test_a_master_addr_that_does_not_resolve_is_one_line_not_a_half_hour_wait(tmp_path):
+    # `deepspeed --master_addr nodo-typo` (or an exported MASTER_ADDR of another cluster): torch's
+    # TCPStore retried the name on every rank, rank 0 included, with a warning every few
+    # seconds, until dist.timeout_min (30 min) ran out.
+    import time
+
+    from engine_runs import ENTRY, base_args, demo_files
+
+    files = demo_files(tmp_path / "data", train_size=8)
+    env = subprocess_env(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0",
+                         MASTER_ADDR="no-such-node.invalid", MASTER_PORT="29999",
+                         OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, ENTRY, *base_args(files, tmp_path / "run", steps=2),
+                           "--dist.timeout_min", "2"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert time.monotonic() - started < 100  # not the 2-minute rendezvous timeout
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "'no-such-node.invalid'" in error[0], proc.stderr[-3000:]
+    assert "--master_addr" in error[0] and "Traceback" not in proc.stderr

@@ -649,12 +649,28 @@ TRAINER_NAMES = {
 }
 
 
+# Options of torchrun, deepspeed and accelerate launch: given after the script, the launcher
+# never saw them and the run was told "expected a dotted option" with no word of why.
+LAUNCHER_FLAGS = frozenset({
+    "nproc_per_node", "nnodes", "node_rank", "master_port", "master_addr", "standalone",
+    "rdzv_backend", "rdzv_endpoint", "rdzv_id", "max_restarts", "num_gpus", "num_nodes",
+    "include", "exclude", "hostfile", "num_processes", "num_machines", "main_process_port",
+    "main_process_ip", "machine_rank", "multi_gpu", "config_file", "mixed_precision",
+    "use_deepspeed"})
+
+
 def trainer_name_hint(name: str) -> str:
-    """'; the Trainer's save_total_limit is train.keep_last here' for a Trainer name, else ''."""
+    """'; the Trainer's save_total_limit is train.keep_last here' for a Trainer name, a word on
+    where a launcher's own option goes, else ''."""
     plain = name.lstrip("-").replace("-", "_")
     plain = plain.split(".", 1)[1] if "." in plain else plain
     ours = TRAINER_NAMES.get(plain)
-    return f"; the Trainer's {plain} is {ours} here" if ours else ""
+    if ours:
+        return f"; the Trainer's {plain} is {ours} here"
+    if plain in LAUNCHER_FLAGS and "." not in name:
+        return (f"; {name} is an option of the launcher (torchrun, deepspeed or accelerate "
+                "launch): give it before the script or -m seq2seq_es, not after")
+    return ""
 
 
 def _owning_sections(name: str) -> list[str]:

@@ -279,3 +279,18 @@ def test_a_distributed_type_exported_as_a_flag_is_named_by_its_type():
         launcher_overrides({"ACCELERATE_USE_FSDP": "true"}, cuda=False)
     assert "distributed_type 'FSDP' (ACCELERATE_USE_FSDP) is not supported: seq2seq-es shards " \
         "with DeepSpeed ZeRO" in str(info.value)
+
+
+def test_a_command_line_key_replacing_accelerates_value_is_noted(monkeypatch, capsys):
+    # The command line wins over accelerate's config file; a user who gave both is told which
+    # one the run took (zero2.yaml with --dist.zero_stage 3 trained at stage 3 without a word).
+    from seq2seq_es.engine.entry import build_config
+
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    cfg = build_config(["--task", "mlsum", "--model", "barto-tiny", "--dist.zero_stage", "3"])
+    assert cfg.dist.zero_stage == 3
+    assert ("note: dist.zero_stage 3 from the command line replaces the 2 of accelerate's config "
+            "file") in capsys.readouterr().err
+    cfg = build_config(["--task", "mlsum", "--model", "barto-tiny", "--dist.zero_stage", "2"])
+    assert cfg.dist.zero_stage == 2 and "note: dist.zero_stage" not in capsys.readouterr().err

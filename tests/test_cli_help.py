@@ -142,6 +142,13 @@ def test_an_unknown_key_still_errors(capsys, argv):
     (["--train.gradient_checkpointing", "true"],
      "; 'gradient_checkpointing' is a key of section model: model.gradient_checkpointing"),
     (["--train.num_beams", "2"], "; 'num_beams' is a key of section gen: gen.num_beams"),
+    # a launcher's option given after the script: the launcher never saw it
+    (["--nproc_per_node", "2"], "; --nproc_per_node is an option of the launcher (torchrun, "
+                                "deepspeed or accelerate launch): give it before the script or "
+                                "-m seq2seq_es, not after"),
+    (["--num_processes=2"], "; --num_processes is an option of the launcher (torchrun, "
+                            "deepspeed or accelerate launch): give it before the script or "
+                            "-m seq2seq_es, not after"),
 ])
 def test_an_unknown_key_names_where_a_trainer_user_finds_it(capsys, given, says):
     code, out, err = cli_out(capsys, ["train", "--task", "mlsum", "--model", "barto-tiny", *given])

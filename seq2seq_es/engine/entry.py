@@ -8,6 +8,7 @@ such as `score` must not pay for torch or the config registry.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -41,7 +42,9 @@ def build_config(argv: list[str]):
 
     known, overrides = parse_train_args(argv)
     require_pair(known, overrides)
-    merged = {**launcher_overrides(), **overrides}
+    from_launcher = launcher_overrides()
+    note_launcher_overridden(from_launcher, overrides)
+    merged = {**from_launcher, **overrides}
     cfg = compose(task=known.task, model=known.model, config_file=known.config, overrides=merged)
     # A setting the user gave that this run never reads (an LED option on BART, epochs under
     # max_steps): said once, not refused (a shared run file may hold settings for other models).
@@ -57,6 +60,18 @@ def build_config(argv: list[str]):
     note_not_read(cfg, given)
     note_default_accumulation(cfg, given)
     return cfg
+
+
+def note_launcher_overridden(from_launcher: dict[str, str], overrides: dict[str, str]) -> None:
+    """The command line wins over accelerate's config file (its keys sit between YAML and the
+    command line), as documented; said once, because a user who gave both meant one of them:
+    `--dist.zero_stage 3` under a zero2.yaml trained at stage 3 without a word."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    for key, value in from_launcher.items():
+        if key in overrides and overrides[key] != value:
+            print(f"note: {key} {overrides[key]} from the command line replaces the {value} of "
+                  "accelerate's config file", file=sys.stderr)
 
 
 def require_pair(known: argparse.Namespace, overrides: dict[str, str]) -> None:

@@ -25,7 +25,7 @@ def test_ledo_says_where_its_global_attention_goes():
     [source, decoding, attention] = notes("xlsum", "ledo-tiny",
                                           **{"data.max_source_length": "2048"})
     assert source == ("Source: the `text` text as it is, with no task prefix; at most 2048 "
-                      "tokens (longer sources lose its end).")
+                      "tokens (longer sources lose their end).")
     assert decoding.startswith("Decoding: `generation_config.json` holds the settings")
     assert attention.startswith("Global attention on the first token (`data.global_attention "
                                 "first`): pass `global_attention_mask` (1 there, 0 elsewhere)")

@@ -121,8 +121,8 @@ def test_an_own_task_reads_a_hub_dataset_with_the_usual_splits(tmp_path, monkeyp
         load_examples(task, "test", cache_dir=str(tmp_path / "cache"))
     assert "Unknown split" in str(error.value)
     assert str(error.value).endswith("give a local file (jsonl/json/csv/parquet) with the columns "
-                                     "articulo, titular via --data.test_file (or "
-                                     "--train.eval_test false: no test scores)")
+                                     "articulo, titular via --data.test_file ("
+                                     "in training, or --train.eval_test false: no test scores)")
     # a relative folder is made absolute, as data files are (config.yaml is read elsewhere); a
     # hub id stays as given
     monkeypatch.chdir(tmp_path)

@@ -115,7 +115,7 @@ def input_notes(cfg: RunConfig, task, spec) -> list[str]:
     with (transformers' LED puts none without a global_attention_mask, and its outputs then
     differ from the scores here), and how the scores compare answers where that is not the
     metric's plain definition."""
-    cut = "its end" if task.source_truncation_side == "right" else "its start"
+    cut = "their end" if task.source_truncation_side == "right" else "their start"
     notes = [f"Source: {task.formatter.source_layout()}; at most {cfg.data.max_source_length} "
              f"tokens (longer sources lose {cut}).",
              "Decoding: `generation_config.json` holds the settings the scores were generated "

@@ -552,7 +552,8 @@ def _script_advice(spec: TaskSpec, split: str, describe: str, *, tried: str,
 def _hub_failure(spec: TaskSpec, split: str, describe: str, revision: str | None,
                  exc: BaseException) -> str:
     at = f" @ {revision}" if revision else ""
-    skip = " (or --train.eval_test false: no test scores)" if split == "test" else ""
+    skip = (" (in training, or --train.eval_test false: no test scores)" if split == "test"
+            else "")
     return (f"could not load {describe}{at}: {_library_message(exc)}. Without the hub (no "
             f"network, HF_HUB_OFFLINE=1) or without this split there, "
             f"{_local_file_advice(spec, split)}{skip}")

@@ -192,7 +192,8 @@ def test_tiny_models_in_a_read_only_cache_name_seq2seq_es_cache(small_disk, monk
 def trained_run(files, tmp_path_factory):
     """A finished tiny run (final/ and a checkpoint) for the commands that read one."""
     out = tmp_path_factory.mktemp("trained") / "run"
-    run("none", 1, base_args(files, out, steps=2))
+    run("none", 1, base_args(files, out, steps=2, extra=["--train.eval_at_end", "true"]))
+    (out.parent / "articles.txt").write_text("El gobierno anunció hoy un plan.\nLlueve.\n")
     return out
 
 
@@ -214,8 +215,26 @@ def test_commands_writing_to_a_full_disk_say_so_in_one_line(small_disk, trained_
     assert _error_line(evaluated).startswith(
         f"error: the predictions and scores could not be written in {disk / 'scores'}: No space "
         "left on device ("), evaluated.stderr[-2000:]
-    # where no command names the file (transformers' config writer): the errno, in one line
     exported = _command("export", str(trained_run), str(disk / "model"))
     assert exported.returncode == 2
-    assert _error_line(exported) == ("error: No space left on device (a file could not be "
-                                     "written; SEQ2SEQ_ES_DEBUG=1 shows which)")
+    assert _error_line(exported).startswith(
+        f"error: the model folder could not be written in {disk / 'model'}: No space left on "
+        "device (")
+    assert _error_line(exported).endswith("; the partial output was removed")
+    assert not (disk / "model").exists()
+    predicted = _command("predict", str(trained_run / "final"), "--input", str(trained_run.parent
+                         / "articles.txt"), "--output", str(disk / "out" / "summaries.txt"))
+    assert predicted.returncode == 2
+    assert _error_line(predicted).startswith(
+        f"error: the predictions could not be written in {disk / 'out' / 'summaries.txt'}: No "
+        "space left on device ("), predicted.stderr[-2000:]
+    collected = _command("collect", str(trained_run), "--markdown", str(disk / "results.md"))
+    assert collected.returncode == 2, collected.stderr[-2000:]
+    assert _error_line(collected).startswith("error: could not write the results ([Errno 28] No "
+                                             "space left on device); nothing was replaced: ")
+    # where no command names the file (convert-led's model folder): the errno, in one line
+    converted = _command("convert-led", str(trained_run / "final"), str(disk / "led"),
+                         "--max-positions", "256", "--attention-window", "16")
+    assert converted.returncode == 2, converted.stderr[-2000:]
+    assert _error_line(converted) == ("error: No space left on device (a file could not be "
+                                      "written; SEQ2SEQ_ES_DEBUG=1 shows which)")

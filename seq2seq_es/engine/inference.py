@@ -36,6 +36,7 @@ from .. import run_files
 from ..errors import ConfigError, Seq2SeqEsError
 from ..line_files import split_lines
 from . import distributed as D
+from . import storage
 from .progress import quiet_library_progress
 
 SPLIT_PREFIX = {"validation": "eval", "test": "test"}
@@ -538,9 +539,11 @@ def export_main(argv: list[str]) -> int:
     cfg = inference_config(saved, config_file=args.config)
     model, tokenizer, spec = get_model(cfg)
     load_checkpoint_weights(model, saved.path)
-    save_model(model, out, dtype=args.dtype)
-    tokenizer.save_pretrained(out)
-    get_generation_config(cfg, spec, tokenizer).save_pretrained(out)
+    # OUT was new or empty: a failed write leaves nothing of its own there
+    with storage.writing(out, "the model folder", partial=None if out.exists() else out):
+        save_model(model, out, dtype=args.dtype)
+        tokenizer.save_pretrained(out)
+        get_generation_config(cfg, spec, tokenizer).save_pretrained(out)
     print(f"exported {saved.path} ({cfg.model.name}, {cfg.data.task}) to {out}; a new run "
           f"continues from its weights with --model.path {out} --model.name {cfg.model.name}")
     return 0
@@ -713,16 +716,17 @@ def read_sources(path: Path, task, run_task=None,
 
 def write_predictions(path: Path, sources: list[str], predictions: list[str]) -> None:
     """Atomically: a half-written output never looks like a finished one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for source, prediction in zip(sources, predictions, strict=True):
-            if path.suffix.lower() == ".jsonl":
-                f.write(json.dumps({"source": source, "prediction": prediction},
-                                   ensure_ascii=False) + "\n")
-            else:
-                f.write(" ".join(prediction.split("\n")) + "\n")
-    tmp.replace(path)
+    with storage.writing(path, "the predictions", partial=tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            for source, prediction in zip(sources, predictions, strict=True):
+                if path.suffix.lower() == ".jsonl":
+                    f.write(json.dumps({"source": source, "prediction": prediction},
+                                       ensure_ascii=False) + "\n")
+                else:
+                    f.write(" ".join(prediction.split("\n")) + "\n")
+        tmp.replace(path)
 
 
 def tokenize_sources(sources: list[str], tokenizer, max_length: int, side: str,

@@ -44,3 +44,13 @@ def one_rank():
 
     D.init(D.read_env({}), "gloo")
     return D.read_env({})
+
+
+@pytest.fixture(scope="module")
+def own_tiny_cache(tmp_path_factory):
+    """Tiny twins built into the module's own cache (a shared one may be mid-rebuild by another
+    worker); a module takes it with `pytestmark = pytest.mark.usefixtures("own_tiny_cache")`."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SEQ2SEQ_ES_CACHE", str(tmp_path_factory.mktemp("seq2seq_es_cache")))
+    yield
+    patch.undo()

@@ -17,13 +17,7 @@ from seq2seq_es.errors import ConfigError, Seq2SeqEsError
 from seq2seq_es.models.family import get_family
 
 
-@pytest.fixture(scope="module", autouse=True)
-def own_tiny_cache(tmp_path_factory):
-    """Tiny twins built into this module's own cache (a shared one may be mid-rebuild)."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("SEQ2SEQ_ES_CACHE", str(tmp_path_factory.mktemp("seq2seq_es_cache")))
-    yield
-    patch.undo()
+pytestmark = pytest.mark.usefixtures("own_tiny_cache")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,14 +15,14 @@ import unicodedata
 
 import pytest
 import sacrebleu
-from nltk.translate.meteor_score import single_meteor_score
+from nltk_meteor import nltk_single_meteor
 from rouge_score import rouge_scorer
 
 from seq2seq_es.metrics import compute_metrics
 from seq2seq_es.metrics.meteor import sentence_meteor
 from seq2seq_es.metrics.rouge import ROUGE_TYPES, spanish_tokenizer
 from seq2seq_es.metrics.scoring import METRIC_FUNCTIONS
-from seq2seq_es.metrics.text import spanish_stem, split_sentences, word_tokens
+from seq2seq_es.metrics.text import split_sentences, word_tokens
 
 
 def nfd(text: str) -> str:
@@ -395,21 +395,12 @@ def test_chrf_and_chrf_plus_plus_equal_sacrebleu_on_hard_inputs(word_order):
 # --- METEOR against nltk --------------------------------------------------------------------
 
 
-class _NoSynonyms:
-    def synsets(self, *args, **kwargs):
-        return []
-
-
-class _SpanishStemmer:
-    def stem(self, word):
-        return spanish_stem(word)
 
 
 def _nltk_meteor(prediction: str, references: list[str]) -> float:
     # nltk's single_meteor_score with our stemmer and no WordNet, on our tokens; the best
     # reference, as nltk's meteor_score.
-    return 100 * max(single_meteor_score(word_tokens(reference), word_tokens(prediction),
-                                         stemmer=_SpanishStemmer(), wordnet=_NoSynonyms())
+    return 100 * max(nltk_single_meteor(word_tokens(reference), word_tokens(prediction))
                      for reference in references)
 
 

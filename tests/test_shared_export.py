@@ -25,15 +25,8 @@ UNUSED_POOLER = {"encoder.pooler.dense.weight", "encoder.pooler.dense.bias"}
 SOURCES = ["El tren une Madrid y Barcelona en dos horas y media.", "¿Dónde está la canción?"]
 TARGETS = ["Un tren rápido.", "Aves."]
 
-pytestmark = pytest.mark.filterwarnings("ignore:Version v4.12.0:FutureWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def own_tiny_cache(tmp_path_factory):
-    patch = pytest.MonkeyPatch()
-    patch.setenv("SEQ2SEQ_ES_CACHE", str(tmp_path_factory.mktemp("seq2seq_es_cache")))
-    yield
-    patch.undo()
+pytestmark = [pytest.mark.filterwarnings("ignore:Version v4.12.0:FutureWarning"),
+              pytest.mark.usefixtures("own_tiny_cache")]
 
 
 def trained_like(name: str):

@@ -98,9 +98,10 @@ def reason(exc: BaseException, path: str | Path, needed: int | None = None) -> s
 
 
 @contextlib.contextmanager
-def writing(path: str | Path, what: str, partial: str | Path | None = None):
+def writing(path: str | Path, what: str, partial: str | Path | None = None, then: str = ""):
     """Around the writing of `what` (e.g. "the predictions") into `path`: a write failure becomes
-    one StorageError naming it, after `partial` (the half-written file or folder) is removed."""
+    one StorageError naming it, after `partial` (the half-written file or folder) is removed;
+    `then` ends the line (what is kept, how to go on)."""
     try:
         yield
     except Exception as exc:
@@ -114,4 +115,4 @@ def writing(path: str | Path, what: str, partial: str | Path | None = None):
                 Path(partial).unlink(missing_ok=True)
             removed = "; the partial output was removed"
         raise StorageError(f"{what} could not be written in {path}: "
-                           f"{reason(exc, path)}{removed}") from exc
+                           f"{reason(exc, path)}{removed}" + (f"; {then}" if then else "")) from exc

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -640,18 +639,11 @@ class Trainer:
         partial folder and says so in one line: the last step is saved, and a resume of the
         finished training goes straight to this end again."""
         cfg = self.cfg
-        try:
+        with storage.writing(final.parent, "final/", partial=final if self.env.is_main else None,
+                             then=f"checkpoint step {step} is kept, and --train.resume auto "
+                                  "exports it without training again"):
             export_hf(self.engine, self.tokenizer, self.generation_config, final,
                       cfg.dist.zero_stage, self.env, dtype=cfg.train.export_dtype)
-        except Exception as exc:
-            if not storage.is_write_failure(exc):
-                raise
-            if self.env.is_main:
-                shutil.rmtree(final, ignore_errors=True)
-            raise storage.StorageError(
-                f"final/ could not be written in {final.parent}: {storage.reason(exc, final)}; "
-                f"the partial folder was removed; checkpoint step {step} is kept, and "
-                "--train.resume auto exports it without training again") from exc
 
     def close(self) -> None:
         """Remove the step's gradient hooks, close the log and trackers, and end the process

@@ -152,7 +152,7 @@ def tokenize_examples(examples: datasets.Dataset, tokenizer, *, split: str, max_
     folder = Path(cache_dir) / "tokenized" if cache_dir else default_cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a read-only or full home on a compute node: a traceback before
+    except OSError as exc:  # a read-only or full home on a compute node (was a traceback)
         raise cache_folder_error(exc, f"tokenizing {split}", cache_dir) from exc
     cache_file = str(folder / f"{split}-{key}.arrow")
 

@@ -479,8 +479,13 @@ def test_collect_reads_run_folders_trained_without_slurm(tmp_path, capsys):
                {"rougeL": 21.0, "rouge1": 22.0}, train_file="/data/mlsum/train.jsonl")
     _local_run(runs / "t5s-mlsum", "mlsum", "t5s", 1e-3, {"rougeL": 18.0, "rouge1": 21.0}, None)
     (runs / "notes").mkdir()  # not a run folder: passed over
+    (runs / "failed-start").mkdir()  # a train that failed while loading its model: said
+    (runs / "failed-start" / "train.lock").write_text("{}")
     assert cli_main(["collect", str(runs)]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert (f"note: {runs / 'failed-start'} is left out: it holds train.lock but no config.yaml "
+            "(a train that failed before its config was written)") in err
+    assert "notes" not in err
     [table] = _rows(out)
     # barto's better rougeL run (b), every number of its row from it; the runs differ in
     # optim.lr only (train.output_dir and log_every say nothing about what was trained)

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -174,6 +175,15 @@ def load_runs(paths: list[str]) -> Manifest:
         # passed over without a word, and the table showed a fraction of what was there).
         children = sorted(child for child in path.iterdir()
                           if child.is_dir() and _is_collectable(child))
+        # A train that failed before writing config.yaml (a model or data that did not load)
+        # leaves its folder with train.lock alone: said, as it was passed over without a word.
+        failed_starts = sorted(child for child in path.iterdir() if child.is_dir()
+                               and not _is_collectable(child)
+                               and (child / run_files.RUN_LOCK).is_file())
+        for child in failed_starts:
+            print(f"note: {child} is left out: it holds {run_files.RUN_LOCK} but no "
+                  f"{run_files.CONFIG} (a train that failed before its config was written)",
+                  file=sys.stderr)
         if not children:
             raise ConfigError("RUN", f"{path} holds neither {SWEEP_MANIFEST}, {RUN_MANIFEST}, "
                                      f"a run ({run_files.CONFIG}) nor run folders")

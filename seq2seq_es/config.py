@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import math
 import os
 import typing
@@ -766,14 +767,43 @@ def read_yaml(path: str | Path, flag: str = "--config") -> Any:
         raise ConfigError(flag, f"file {path} is not UTF-8 text; expected a YAML file") from None
     except OSError as exc:
         raise ConfigError(flag, f"cannot read {path}: {exc.strerror}") from None
+    stream = io.StringIO(text)
+    stream.name = str(path)  # YAML's syntax errors name the file, not "<unicode string>"
     try:
-        return yaml.load(text, Loader=UniqueKeyLoader)
+        return yaml.load(stream, Loader=UniqueKeyLoader)
     except DuplicateKeyError as exc:
         fix = "merge the two into one" if exc.section else "keep one"
         raise ConfigError(exc.key, f"file {path} has it twice, on lines {exc.first} and "
                           f"{exc.second}; {fix} (YAML would silently keep only the last)") from None
     except yaml.YAMLError as exc:
         raise ConfigError(flag, f"file {path} is not valid YAML: {exc}") from None
+
+
+def key_line(path: str | Path, key: str) -> int | None:
+    """The 1-based line of dotted `key` (`section: key:` or a flat `section.key:`) in a YAML run
+    file, or None: a value refused by its key names the line too, as an editor shows it."""
+    try:
+        root = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(root, yaml.MappingNode):
+        return None
+    bare = key.split(".", 1)[-1]  # a SLURM settings file may leave out its `slurm:` section
+    for name_node, value in root.value:
+        name = str(name_node.value)
+        if name in (key, bare):
+            return name_node.start_mark.line + 1
+        if isinstance(value, yaml.MappingNode) and key.startswith(name + "."):
+            for inner, _ in value.value:
+                if f"{name}.{inner.value}" == key:
+                    return inner.start_mark.line + 1
+    return None
+
+
+def in_file(config_file: str | Path, key: str) -> str:
+    """'(in FILE, line N)', or '(in FILE)' where the key's line is not found."""
+    line = key_line(config_file, key)
+    return f"(in {config_file}, line {line})" if line else f"(in {config_file})"
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -962,7 +992,8 @@ def compose(task: str | None = None, model: str | None = None, config_file: str 
     try:
         apply_mapping(cfg, file_values)
     except ConfigError as error:  # say which file: the same key may also be on the command line
-        raise ConfigError(error.key, f"{error.reason} (in {config_file})") from None
+        raise ConfigError(error.key, f"{error.reason} {in_file(config_file, error.key)}") \
+            from None
     apply_mapping(cfg, overrides)
     follow_target_length(cfg, explicit=set(flat_keys(file_values)) | set(overrides))
     absolute_paths(cfg)
@@ -970,7 +1001,8 @@ def compose(task: str | None = None, model: str | None = None, config_file: str 
         validate(cfg)
     except ConfigError as error:  # a file's value refused only here (optim.lr: .nan): name it too
         if error.key in set(flat_keys(file_values)) - set(overrides):
-            raise ConfigError(error.key, f"{error.reason} (in {config_file})") from None
+            raise ConfigError(error.key, f"{error.reason} {in_file(config_file, error.key)}") \
+                from None
         raise
     return cfg
 

@@ -232,7 +232,18 @@ def test_file_sections_empty_or_not_a_mapping_and_bad_values_name_the_file(tmp_p
     typo.write_text("data:\n  max_source_length: long\n", encoding="utf-8")
     with pytest.raises(ConfigError) as err:
         compose(task="mlsum", model="barto", config_file=str(typo))
-    assert err.value.key == "data.max_source_length" and f"(in {typo})" in str(err.value)
+    # the line too, as an editor shows it
+    assert err.value.key == "data.max_source_length" and f"(in {typo}, line 2)" in str(err.value)
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("# the lengths\ndata.max_source_length: long\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        compose(task="mlsum", model="barto", config_file=str(flat))
+    assert str(err.value).endswith(f"(in {flat}, line 2)")
+    broken = tmp_path / "broken.yaml"  # YAML's own error names the file, not "<unicode string>"
+    broken.write_text("optim:\n  lr: [1\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        compose(task="mlsum", model="barto", config_file=str(broken))
+    assert f'in "{broken}", line 2' in str(err.value) and "unicode string" not in str(err.value)
 
 
 def test_inputs_that_would_fail_after_loading_are_refused_before_it(tmp_path):

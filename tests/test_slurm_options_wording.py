@@ -51,19 +51,20 @@ def test_an_unknown_key_of_a_slurm_config_names_the_file_and_the_near_miss(tmp_p
     err = _refused(capsys, _submit(tmp_path, "--slurm-config", str(path)))
     assert err.startswith("error: config key 'slurm.time': unknown key; did you mean 'time_min'? "
                           "known keys: account, ")
-    assert err.endswith(f"(in {path})")
+    assert err.endswith(f"(in {path}, line 2)")
 
 
-@pytest.mark.parametrize("text, says", [
-    ("slurm:\n  time_min: abc\n", "config key 'slurm.time_min': expected an integer >= 1, got 'abc'"),
-    ("nodes: 0\n", "config key 'slurm.nodes': expected an integer >= 1, got 0"),  # no slurm: section
-    ("slurm:\n  mem_gb: lots\n", "config key 'slurm.mem_gb': expected a positive number of GB"),
-    ("slurm:\n  time_min: 1\n  signal_delay_s: 30\n", "config key 'slurm.signal_delay_s': 30 s"),
+@pytest.mark.parametrize("text, says, line", [
+    ("slurm:\n  time_min: abc\n", "config key 'slurm.time_min': expected an integer >= 1, got 'abc'",
+     2),
+    ("nodes: 0\n", "config key 'slurm.nodes': expected an integer >= 1, got 0", 1),  # no section
+    ("slurm:\n  mem_gb: lots\n", "config key 'slurm.mem_gb': expected a positive number of GB", 2),
+    ("slurm:\n  time_min: 1\n  signal_delay_s: 30\n", "config key 'slurm.signal_delay_s': 30 s", 3),
 ])
-def test_a_bad_value_of_a_slurm_config_names_the_file(tmp_path, capsys, text, says):
+def test_a_bad_value_of_a_slurm_config_names_the_file(tmp_path, capsys, text, says, line):
     path = _slurm_yaml(tmp_path, text)
     err = _refused(capsys, _submit(tmp_path, "--slurm-config", str(path)))
-    assert says in err and err.endswith(f"(in {path})")
+    assert says in err and err.endswith(f"(in {path}, line {line})")
     # sweep (and bench) build their SLURM settings the same way
     assert _refused(capsys, _sweep(tmp_path, "--no-grid", "--slurm-config", str(path))) == err
 
@@ -98,7 +99,7 @@ def test_an_unknown_key_of_a_manifests_settings_gets_the_near_miss_too():
 def test_a_train_config_value_refused_by_validation_names_the_file(tmp_path, capsys):
     path = tmp_path / "run.yaml"
     path.write_text("optim:\n  lr: .nan\n")
-    says = f"error: config key 'optim.lr': must be a finite number, got nan (in {path})"
+    says = f"error: config key 'optim.lr': must be a finite number, got nan (in {path}, line 2)"
     assert _refused(capsys, _submit(tmp_path, "--", "--config", str(path))) == says
     assert _refused(capsys, _sweep(tmp_path, "--no-grid", "--", "--config", str(path))) == says
     # as `seq2seq-es train --config` composes it
@@ -203,4 +204,4 @@ def test_a_file_setup_that_is_no_list_is_refused_also_beside_setup_flags(tmp_pat
                        str(tmp_path / "run"), "--slurm-config", str(config), "--setup", "X",
                        "--dry-run"]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: config key 'slurm.setup': expected a list of shell lines (in {config})")
+        f"error: config key 'slurm.setup': expected a list of shell lines (in {config}, line 2)")

@@ -14,6 +14,7 @@ import shlex
 import sys
 from typing import Any
 
+from ..config import in_file
 from ..errors import ConfigError
 from .config import (SBATCH_FLAG_OPTIONS, SlurmConfig, load_slurm_yaml, owned_sbatch_message,
                      sbatch_key_message)
@@ -170,7 +171,8 @@ def slurm_config_from_args(args: argparse.Namespace) -> SlurmConfig:
         # of --setup are plain lines and --sbatch checks its own, so an error there is the file's.
         name = error.key.split(".")[1] if error.key.startswith("slurm.") else None
         if name in from_file and name not in flagged:
-            raise ConfigError(error.key, f"{error.reason} (in {args.slurm_config})") from None
+            raise ConfigError(error.key, f"{error.reason} {in_file(args.slurm_config, error.key)}") \
+                from None
         # A check of two keys is reported under one; the file is named when it set the other.
         partners = [key for key in _CHECKED_WITH.get(name, ())
                     if key in from_file and key not in flagged]

@@ -57,8 +57,8 @@ def as_reference_lists(references: Sequence[str] | Sequence[Sequence[str]]) -> M
 def nfc_inputs(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]]
                ) -> tuple[list[str], MultiReferences]:
     """The predictions and one list of references per prediction (`as_reference_lists`), in
-    Unicode NFC. Every metric's `compute` starts here, so that it gives what `compute_metrics`
-    and the `evaluate.Metric` classes give (both normalise first, docs/metrics.md: every metric
+    Unicode NFC. Every metric's `compute` starts here, the one place that normalises:
+    `compute_metrics` and the `evaluate.Metric` classes call it (docs/metrics.md: every metric
     compares NFC text): sacreBLEU, rouge_score's tokenizer and the answer conventions compare
     code points, and `bleu.compute` called directly scored "canción" typed with a combining
     accent as another word than the composed "canción" (BLEU 59.5 instead of 100; mlqa-es

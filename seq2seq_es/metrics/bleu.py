@@ -49,7 +49,7 @@ Returns bleu: corpus BLEU, 0-100.
 def compute(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
             tokenize: str = "13a") -> dict[str, float]:
     """{"bleu": corpus BLEU, 0-100}; what `Bleu` computes, without `evaluate`."""
-    predictions, reference_lists = nfc_inputs(predictions, references)  # as compute_metrics
+    predictions, reference_lists = nfc_inputs(predictions, references)  # NFC, for every caller
     return {"bleu": corpus_bleu(predictions, reference_lists, tokenize)}
 
 

@@ -43,7 +43,7 @@ Returns chrf: corpus chrF, 0-100.
 def compute(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
             word_order: int = 0) -> dict[str, float]:
     """{"chrf": corpus chrF, 0-100}; what `Chrf` computes, without `evaluate`."""
-    predictions, reference_lists = nfc_inputs(predictions, references)  # as compute_metrics
+    predictions, reference_lists = nfc_inputs(predictions, references)  # NFC, for every caller
     return {"chrf": corpus_chrf(predictions, reference_lists, word_order)}
 
 

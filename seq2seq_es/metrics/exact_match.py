@@ -50,7 +50,7 @@ Returns exact_match: percentage of exact matches, 0-100.
 def compute(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
             ignore_case: bool = False, convention: str = "strict") -> dict[str, float]:
     """{"exact_match": percentage, 0-100}; what `ExactMatch` computes, without `evaluate`."""
-    predictions, reference_lists = nfc_inputs(predictions, references)  # as compute_metrics
+    predictions, reference_lists = nfc_inputs(predictions, references)  # NFC, for every caller
     return {"exact_match": corpus_exact_match(predictions, reference_lists,
                                               ignore_case, convention)}
 

@@ -244,7 +244,7 @@ Returns meteor: mean METEOR (exact + Spanish stem stages, no synonyms), 0-100.
 def compute(predictions: Sequence[str],
             references: Sequence[str] | Sequence[Sequence[str]]) -> dict[str, float]:
     """{"meteor": mean METEOR, 0-100}; what `Meteor` computes, without `evaluate`."""
-    predictions, reference_lists = nfc_inputs(predictions, references)  # as compute_metrics
+    predictions, reference_lists = nfc_inputs(predictions, references)  # NFC, for every caller
     return {"meteor": corpus_meteor(predictions, reference_lists)}
 
 

@@ -284,7 +284,7 @@ def compute(predictions: Sequence[str], references: Sequence[str] | Sequence[Seq
             bootstrap_seed: int = 0) -> dict[str, float]:
     """ROUGE of the predictions, 0-100 (`INPUTS` describes the arguments); what `Rouge`
     computes, without `evaluate`."""
-    predictions, reference_lists = nfc_inputs(predictions, references)  # as compute_metrics
+    predictions, reference_lists = nfc_inputs(predictions, references)  # NFC, for every caller
     scores = per_example_scores(predictions, reference_lists, mode, use_stemmer,
                                 split_sentences)
     return _aggregate(scores, with_precision_recall, aggregate, bootstrap_seed)

@@ -155,7 +155,7 @@ Returns sari: mean SARI, 0-100.
 def compute(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
             sources: Sequence[str], mode: str = "spanish") -> dict[str, float]:
     """{"sari": mean SARI, 0-100}; what `Sari` computes, without `evaluate`."""
-    predictions, reference_lists = nfc_inputs(predictions, references)  # as compute_metrics
+    predictions, reference_lists = nfc_inputs(predictions, references)  # NFC, for every caller
     sources = [normalize_unicode(source) for source in sources]
     return {"sari": corpus_sari(sources, predictions, reference_lists, mode)}
 

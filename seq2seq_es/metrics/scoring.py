@@ -18,7 +18,6 @@ from seq2seq_es.errors import ConfigError, DataError, Seq2SeqEsError, UnknownNam
 from seq2seq_es.metrics import bleu, chrf, exact_match, meteor, rouge, sari, token_f1
 from seq2seq_es.metrics._base import EVALUATE_METRICS_MODULE, as_reference_lists
 from seq2seq_es.metrics.rouge import ROUGE_MODES
-from seq2seq_es.metrics.text import normalize_texts
 
 # Name -> compute(predictions, references, [sources,] **options) -> {score name: 0-100}.
 METRIC_FUNCTIONS: dict[str, Callable[..., dict[str, float]]] = {
@@ -98,13 +97,8 @@ def compute_metrics(names: Sequence[str], predictions: list[str],
             raise DataError(f"got {len(predictions)} predictions but {len(sources)} sources")
         _check_texts(sources, "a source")
 
-    # One Unicode form for every metric: "canción" typed with a combining accent (NFD) is the
-    # same word as the composed one, also for BLEU, chrF, the QA conventions and paper modes,
-    # whose reference implementations compare code points (NFC text is left unchanged).
-    predictions = normalize_texts(predictions)
-    reference_lists = normalize_texts(reference_lists)
-    if sources is not None:
-        sources = normalize_texts(sources)
+    # One Unicode form for every metric (NFC): each metric's compute does it itself
+    # (_base.nfc_inputs), so this function, the evaluate classes and a direct call agree.
     scores: dict[str, float] = {}
     for name in unique_names:
         arguments = _metric_options(name, options.get(name, {}))

@@ -75,7 +75,7 @@ Returns token_f1: mean token F1, 0-100.
 def compute(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
             convention: str = "words") -> dict[str, float]:
     """{"token_f1": mean token F1, 0-100}; what `TokenF1` computes, without `evaluate`."""
-    predictions, reference_lists = nfc_inputs(predictions, references)  # as compute_metrics
+    predictions, reference_lists = nfc_inputs(predictions, references)  # NFC, for every caller
     return {"token_f1": corpus_token_f1(predictions, reference_lists,
                                         convention)}
 

@@ -482,8 +482,7 @@ class Checkpointer:
                 room = (f"; a save needs room for train.keep_last + 1 = {self.keep_last + 1} "
                         "checkpoints of that size (the new one is written before the oldest "
                         "goes)")
-                kept = (f"the newest complete checkpoint, {latest.name}, is kept, and "
-                        "--train.resume auto continues from it")
+                kept = storage.checkpoint_kept(latest.name)
             else:
                 room, kept = "", "no checkpoint of this run is complete yet"
             name = tmp.name.removeprefix(".tmp-")

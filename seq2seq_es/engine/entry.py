@@ -115,7 +115,7 @@ def train_main(argv: list[str]) -> int:
             print(f"\n{interrupted}", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
     except OSError as exc:
-        from .storage import NO_ROOM, StorageError, reason
+        from .storage import NO_ROOM, StorageError, checkpoint_kept, reason
         if exc.errno not in NO_ROOM:
             raise
         # Out of room in any other file of the run (metrics.jsonl, TensorBoard, the results):
@@ -123,8 +123,7 @@ def train_main(argv: list[str]) -> int:
         from ..run_files import CHECKPOINTS, complete_checkpoints
         where = exc.filename or cfg.train.output_dir
         saved = complete_checkpoints(Path(cfg.train.output_dir) / CHECKPOINTS)
-        kept = (f"the newest complete checkpoint, {saved[-1][1].name}, is kept, and "
-                "--train.resume auto continues from it" if saved
-                else "no checkpoint of this run was written")
+        kept = checkpoint_kept(saved[-1][1].name) if saved else \
+            "no checkpoint of this run was written"
         raise StorageError(f"{where} could not be written: {reason(exc, where)}; {kept}") from exc
     return 0

@@ -74,6 +74,13 @@ def folder_bytes(path: str | Path) -> int:
     return total
 
 
+def checkpoint_kept(name: str) -> str:
+    """What a run stopped by a failed write still has, and the way on (one text for the
+    Checkpointer and `seq2seq-es train`)."""
+    return (f"the newest complete checkpoint, {name}, is kept, and --train.resume auto "
+            "continues from it")
+
+
 def megabytes(size: int | float) -> str:
     return f"{size / 2**20:.1f} MB"
 

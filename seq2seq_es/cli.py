@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import traceback
 from typing import NoReturn
 
 # build_config: what `train` composes from its arguments (the slurm layer and tests use it too).
 from .engine.entry import build_config, parse_train_args, train_main  # noqa: F401
-from .errors import run_command
+from .errors import run_command, tell_launcher
 from .process_exit import exit_status, leave, must_leave_without_teardown
 
 USAGE = """usage: seq2seq-es <command> [options]
@@ -213,6 +214,8 @@ def console(argv: list[str] | None = None) -> NoReturn:
             print(exit_.code, file=sys.stderr)  # what Python does with SystemExit("message")
         status = exit_status(exit_.code)
     except BaseException as error:
+        if not isinstance(error, KeyboardInterrupt):  # a crash: its traceback for torchrun
+            tell_launcher(f"{type(error).__name__}: {error}", traceback.format_exc())
         if not must_leave_without_teardown():
             raise
         sys.excepthook(type(error), error, error.__traceback__)

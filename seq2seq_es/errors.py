@@ -2,8 +2,10 @@
 
 import difflib
 import errno
+import json
 import os
 import sys
+import time
 from typing import Callable
 
 
@@ -95,6 +97,7 @@ def run_command(command: Callable[[list[str]], int], argv: list[str]) -> int:
         if os.environ.get("SEQ2SEQ_ES_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
+        tell_launcher(f"error: {exc}")
         return 2
     except OSError as exc:
         # A full disk, a quota or a read-only file system where a command writes and no
@@ -102,6 +105,29 @@ def run_command(command: Callable[[list[str]], int], argv: list[str]) -> int:
         if exc.errno not in _CANNOT_WRITE or os.environ.get("SEQ2SEQ_ES_DEBUG"):
             raise
         where = f"{os.fsdecode(exc.filename)}: " if exc.filename else ""
-        print(f"error: {where}{os.strerror(exc.errno)} (a file could not be written; "
-              "SEQ2SEQ_ES_DEBUG=1 shows which)", file=sys.stderr)
+        message = (f"error: {where}{os.strerror(exc.errno)} (a file could not be written; "
+                   "SEQ2SEQ_ES_DEBUG=1 shows which)")
+        print(message, file=sys.stderr)
+        tell_launcher(message)
         return 2
+
+
+def tell_launcher(message: str, callstack: str | None = None) -> None:
+    """Leave `message` where torchrun looks for a failed rank's error (also `accelerate launch`
+    and its torchrun-based launchers): the file TORCHELASTIC_ERROR_FILE names, in the layout of
+    torch.distributed.elastic's own ErrorHandler. Its closing summary then shows our one line
+    (or `callstack`, a crash's traceback) under the failed rank's `traceback :` where it said
+    "To enable traceback see ...": on a cluster that summary is the end of the log, the part
+    read first, and each rank's `error:` line sits somewhere above it. Best effort, no torch
+    import: `score` does not load torch."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    record = {"message": {"message": message,
+                          "extraInfo": {"py_callstack": callstack or message,
+                                        "timestamp": str(int(time.time()))}}}
+    try:
+        with open(path, "w", encoding="utf-8") as file:
+            json.dump(record, file)
+    except OSError:
+        pass  # the launcher then says what it says without it

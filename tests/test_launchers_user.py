@@ -126,3 +126,41 @@ def test_a_master_addr_that_does_not_resolve_is_one_line_not_a_half_hour_wait(tm
     error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "'no-such-node.invalid'" in error[0], proc.stderr[-3000:]
     assert "--master_addr" in error[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow  # torchrun starts two ranks
+def test_torchrun_summary_shows_the_error_line_not_to_enable_traceback(tmp_path):
+    # torchrun ends a failed run with a summary (the end of a cluster log, read first) whose
+    # `traceback :` field read "To enable traceback see: https://pytorch.org/..." for a rank
+    # that ended with our `error:` line: the line itself sat above, once per rank, between the
+    # launcher's warnings. torchrun reads that field from the file TORCHELASTIC_ERROR_FILE names.
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    env = subprocess_env(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "seq2seq_es",
+                           "train", "--task", "mlsum", "--model", "barto-tiny",
+                           "--train.output_dir", str(tmp_path / "run"), "--optim.lr", "-1"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    summary = proc.stderr[proc.stderr.index("Root Cause"):]
+    assert "traceback : error: config key 'optim.lr': must be positive" in summary, summary
+    assert "To enable traceback" not in summary
+
+
+def test_a_crash_leaves_its_traceback_for_torchrun(tmp_path):
+    # Not only our refusals: an exception nobody caught (a bug, a library's failure) is put in
+    # torchrun's error file with its traceback, as torch's @record would.
+    error_file = tmp_path / "error.json"
+    crash = ("import sys; from seq2seq_es import cli\n"
+             "def main(argv):\n    raise RuntimeError('boom in main')\n"
+             "cli.main = main\ncli.console([])\n")
+    script = tmp_path / "crash.py"
+    script.write_text(crash)
+    proc = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120,
+                          env=subprocess_env(TORCHELASTIC_ERROR_FILE=str(error_file)))
+    assert proc.returncode == 1 and "RuntimeError: boom in main" in proc.stderr
+    record = json.loads(error_file.read_text())["message"]
+    assert record["message"] == "RuntimeError: boom in main"
+    assert "Traceback" in record["extraInfo"]["py_callstack"]
+    assert "raise RuntimeError('boom in main')" in record["extraInfo"]["py_callstack"]
+    assert int(record["extraInfo"]["timestamp"]) > 0

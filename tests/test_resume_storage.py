@@ -79,3 +79,28 @@ def test_export_writes_the_checkpoints_weights_as_a_model_folder(tmp_path, one_r
     fresh.model.path = str(out)
     _train(fresh)  # a new run starts from the exported weights
     assert (tmp_path / "continued" / "DONE").exists()
+
+
+def test_a_zero_stage_refusal_comes_before_loading_and_names_accelerates_file(
+        tmp_path, one_rank, monkeypatch):
+    # The refusal came after the model, the data and the engine were built (minutes on a real
+    # model), and a stage that came from `accelerate launch --config_file zero3.yaml` was named
+    # as dist.zero_stage only, a key the user had set nowhere.
+    _train(_cfg(tmp_path, "z0", stage=0, steps=2))
+    cfg = _cfg(tmp_path, "z0", stage=3)
+    # A training file with no usable row: a run that reads its data before the refusal fails
+    # on that instead.
+    unusable = tmp_path / "data" / "unusable.jsonl"
+    unusable.write_text('{"other": "column"}\n')
+    cfg.data.train_file = str(unusable)
+    monkeypatch.setenv("ACCELERATE_CONFIG_DS_FIELDS", "zero_stage")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(ConfigError) as refused:
+        _train(cfg)
+    message = str(refused.value)
+    assert "dist.zero_stage 0 -> 3" in message, message
+    assert "dist.zero_stage 3 comes from accelerate's config file" in message
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")  # the command line's 3 won
+    with pytest.raises(ConfigError) as refused:
+        _train(_cfg(tmp_path, "z0", stage=3))
+    assert "accelerate" not in str(refused.value)

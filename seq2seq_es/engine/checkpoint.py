@@ -19,6 +19,8 @@ The interface (every method that touches the engine is collective: all ranks cal
   points to, or None for a fresh start;
 - `save(engine, state)`: write step `state.step` atomically, rotate, and note the best in
   `best.json`; returns the folder;
+- `check_resumable(path, run, storage)`: the checkpoint's TrainState, or a refusal when it is of
+  another run or its files are laid out for another ZeRO stage or precision (no model needed);
 - `load(engine, path, data_layout)`: weights, optimizer, scheduler and this rank's RNG; returns
   the TrainState; refused when the data layout (`data_layout(...)`: the examples of each step)
   differs. On another number of ranks, a ZeRO checkpoint is first rewritten by DeepSpeed's
@@ -179,9 +181,27 @@ def check_same_storage(path: Path, saved: dict | None, current: dict | None) -> 
     changed = _changed_keys(saved, current)
     raise ConfigError("train.resume", f"checkpoint {path} was saved with {'; '.join(changed)}: "
                       "DeepSpeed lays its files out otherwise there (ZeRO 1 and 2 share theirs), "
-                      f"so it cannot be loaded. Set them back to resume, or carry its weights into "
-                      f"a new run: `seq2seq-es export {path} OUT`, then train with --model.path "
-                      "OUT in another train.output_dir (optimizer and schedule start afresh)")
+                      f"so it cannot be loaded{_set_by_accelerate(saved, current)}. Set them back "
+                      f"to resume, or carry its weights into a new run: `seq2seq-es export {path} "
+                      "OUT`, then train with --model.path OUT in another train.output_dir "
+                      "(optimizer and schedule start afresh)")
+
+
+def _set_by_accelerate(saved: dict, current: dict) -> str:
+    """'; dist.zero_stage 3 is the zero_stage of accelerate's config file, ...' for each changed
+    value this run took from `accelerate launch`'s config file: a user who looked for it in the
+    run's YAML and command line found it in neither (a zero3.yaml launch of a stage-2 run)."""
+    try:
+        from_accelerate = D.launcher_overrides()
+    except ConfigError:  # refused at start-up already; nothing to add here
+        return ""
+    keys = [key for key in sorted(current) if saved.get(key) != current[key]
+            and from_accelerate.get(key) == str(current[key])]
+    if not keys:
+        return ""
+    return ("; " + ", ".join(f"{key} {current[key]}" for key in keys) + " comes from accelerate's "
+            "config file (launch with the one the checkpoint was trained under, or give the key "
+            "on the command line, which wins over it)")
 
 
 # The data-layout keys that count a whole step over all ranks. A step's examples depend on these
@@ -503,15 +523,22 @@ class Checkpointer:
             then()
         shutil.rmtree(doomed, ignore_errors=True)
 
+    def check_resumable(self, path: Path, run: dict | None, storage: dict | None) -> TrainState:
+        """The checkpoint's state, refused (ConfigError) when it is of another run (task, model)
+        or DeepSpeed cannot read its files under this run's storage layout. Needs no model:
+        the Trainer asks before loading the model and the data, so a refusal comes in seconds."""
+        state = TrainState.read(path, self.env.world_size)
+        check_same_run(path, state.run, run)
+        check_same_storage(path, state.storage, storage)
+        return state
+
     def load(self, engine, path: Path, data_layout: dict | None = None,
              run: dict | None = None, storage: dict | None = None) -> TrainState:
         """Collective: restore weights, optimizer, scheduler, this rank's RNG; return the state.
         Refused before anything is loaded when the run (task, model), the data layout (the
         examples of each step) or the storage layout differ; a file that cannot be read is an
         error naming the checkpoint. Another number of ranks resumes (see `repartitioned`)."""
-        state = TrainState.read(path, self.env.world_size)
-        check_same_run(path, state.run, run)
-        check_same_storage(path, state.storage, storage)
+        state = self.check_resumable(path, run, storage)
         ranks = (state.world_size, self.env.world_size)
         check_same_layout(path, state.data_layout, data_layout, ranks)
         repartitioned = self._deepspeed_load_any_ranks(engine, path, state, scheduler=True)

@@ -189,6 +189,8 @@ class Trainer:
         resume_from = self.ckpt.resume_point(cfg.train.resume)
         if resume_from is None:  # a fresh run must not overwrite or mix with another one
             check_fresh_folder(self.out, cfg)
+        else:  # another run's checkpoint, or files this ZeRO stage cannot read: before loading
+            self.ckpt.check_resumable(resume_from, run_identity(cfg), storage_layout(cfg))
         seed_everything(cfg.train.seed)
         if cfg.train.deterministic:
             use_deterministic_kernels()

@@ -996,6 +996,8 @@ def compose(task: str | None = None, model: str | None = None, config_file: str 
             from None
     apply_mapping(cfg, overrides)
     follow_target_length(cfg, explicit=set(flat_keys(file_values)) | set(overrides))
+    if config_file:
+        refuse_paths_beside_config_file(config_file, file_values, overrides)
     absolute_paths(cfg)
     try:
         validate(cfg)
@@ -1014,6 +1016,36 @@ def own_task_keys(cfg: RunConfig) -> dict[str, str]:
            for key in ("source_column", "target_column", "metrics", "hub_dataset",
                        "hub_config")}
     return {key: value for key, value in own.items() if value}
+
+
+# The keys naming a file or folder that must exist when the run starts (a cache or output folder
+# is created), as absolute_paths resolves them.
+_EXISTING_PATH_KEYS = ("data.train_file", "data.validation_file", "data.test_file",
+                       "dist.deepspeed_config", "model.path")
+
+
+def refuse_paths_beside_config_file(config_file: str, file_values: Mapping[str, Any],
+                                    overrides: Mapping[str, Any]) -> None:
+    """A relative path in a --config file is read from the folder the command runs in (as a
+    command-line path is, and as absolute_paths records it), not from the file's folder. A path
+    missing there but present beside the file is refused here, saying so; it failed later as
+    'does not exist' (a model.path went to the hub as an id), with the file in plain sight."""
+    for key in _EXISTING_PATH_KEYS:
+        section, name = key.split(".")
+        value = file_values.get(key)
+        if value is None and isinstance(file_values.get(section), Mapping):
+            value = file_values[section].get(name)
+        if key in overrides or not isinstance(value, str) or not value:
+            continue
+        given = Path(os.path.expanduser(value))
+        beside = Path(config_file).parent / given
+        if given.is_absolute() or given.exists() or not beside.exists():
+            continue
+        raise ConfigError(key, f"{value} {in_file(config_file, key)} does not exist here: "
+                          "relative paths of a --config file are read from the folder the "
+                          f"command runs in ({os.getcwd()}), not from the file's own folder, "
+                          f"which has it: write {os.path.abspath(beside)} in the file, or run "
+                          f"from {Path(config_file).parent}")
 
 
 def absolute_paths(cfg: RunConfig) -> None:

@@ -273,3 +273,31 @@ def test_a_batch_size_under_the_pairs_accumulation_is_noted(capsys, monkeypatch)
                  [*PAIR, "--train.batch_size", "8"]):
         build_config(argv)
         assert "grad_accum" not in capsys.readouterr().err, argv
+
+
+@pytest.mark.parametrize("key,name", [("data.train_file", "train.jsonl"),
+                                      ("dist.deepspeed_config", "ds.json"),
+                                      ("model.path", "final")])
+def test_a_relative_path_present_beside_the_config_file_only_is_refused_saying_so(
+        tmp_path, monkeypatch, key, name):
+    # `seq2seq-es train --config exp/run.yaml` with `train_file: train.jsonl` beside run.yaml:
+    # paths are read from the working folder (documented), and the run failed later with
+    # "does not exist" (a model.path was tried as a hub id) though the file sat beside the YAML.
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "final").mkdir()
+    (exp / "train.jsonl").write_text('{"text": "a", "summary": "b"}\n')
+    (exp / "ds.json").write_text("{}")
+    section, field = key.split(".")
+    (exp / "run.yaml").write_text(f"{section}:\n  {field}: {name}\n")
+    monkeypatch.chdir(tmp_path)
+    error = refused(config_file="exp/run.yaml")
+    assert error.key == key
+    assert f"{name} (in exp/run.yaml, line 2) does not exist here" in str(error)
+    assert f"write {exp / name} in the file, or run from exp" in str(error)
+    # From the file's folder it is found; a command-line value of the key is the user's own.
+    monkeypatch.chdir(exp)
+    compose(task="mlsum", model="barto-tiny", config_file="run.yaml")
+    monkeypatch.chdir(tmp_path)
+    compose(task="mlsum", model="barto-tiny", config_file="exp/run.yaml",
+            overrides={key: str(exp / name)})

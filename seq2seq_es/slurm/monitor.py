@@ -473,6 +473,12 @@ PAPER_FIGURES: dict[tuple[str, str], dict[str, tuple[float, float] | float]] = {
     ("barto", "miam"): {"token_f1": 34.30, "meteor": 26.95},
     ("betoshare", "miam"): {"token_f1": 32.45, "meteor": 27.33},
     ("t5s", "miam"): {"token_f1": 28.80, "meteor": 22.24},
+    # Long summarization: one ROUGE figure per pair, which ROUGE (an average of R1/R2/RL, or
+    # one of them) is not stated second-hand.
+    ("t5s", "xlsum"): {"ROUGE (which not stated)": 22.06},
+    ("barto", "xlsum"): {"ROUGE (which not stated)": 21.58},
+    ("barto", "eurlexsum"): {"ROUGE (which not stated)": 56.82},
+    ("t5s", "eurlexsum"): {"ROUGE (which not stated)": 56.42},
     ("t5s", "wmt13-es-en"): {"bleu": (29.75, float("nan"))},
     ("t5s", "wmt13-en-es"): {"bleu": (30.63, float("nan"))},
     ("barto", "wmt13-es-en"): {"bleu": (30.22, float("nan"))},
@@ -1434,9 +1440,10 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
                          "MLSUM + WikiLingua, "
                          "over SQAC + MLQA; SARI on BiSECT; F1 on MIAM); its split is not stated. "
                          "Not the same metric as ours: our ROUGE and SARI are Spanish-aware, the "
-                         "paper's were scored with English tokenisation, and our dialogue F1 "
-                         "lowercases and clips where the paper's kept case and did not "
-                         "(docs/metrics.md); to compare like with like, rescore a run's eval/ or "
+                         "paper's were scored with English tokenisation, our dialogue F1 "
+                         "lowercases and clips where the paper's kept case and did not, and our "
+                         "METEOR stems Spanish with no synonyms where the paper's (nltk's) used "
+                         "the English Porter stemmer and WordNet (docs/metrics.md); to compare like with like, rescore a run's eval/ or "
                          "test/ step folder: `seq2seq-es score --mode paper --aggregate bootstrap "
                          "--split-sentences --predictions predictions.jsonl --references "
                          "predictions.jsonl --sources predictions.jsonl --metric rouge` (or sari; "

@@ -9,6 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# tests/test_mpirun.py runs Open MPI's mpirun and MPICH's hydra (mpiexec.hydra) themselves.
+if ! command -v mpirun.openmpi >/dev/null || ! command -v mpiexec.hydra >/dev/null; then
+  [ "$(id -u)" -eq 0 ] || { echo "test.sh: installing openmpi-bin and mpich needs root" >&2; exit 1; }
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends openmpi-bin mpich >/dev/null
+fi
 bash slurm/local_cluster.sh start
 trap 'bash slurm/local_cluster.sh stop || true' EXIT
 # Two workers, one test file each at a time: the SLURM tests mostly wait on the scheduler while

@@ -72,6 +72,12 @@ def command(launcher: str, nproc: int, args: list[str], port: int = 0) -> list[s
         return [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
                 str(config), "--num_processes", str(nproc), "--main_process_port",
                 str(port or free_port()), ENTRY, *args]
+    if launcher == "mpirun":  # Open MPI's; root needs the flag (CI runs as root)
+        return ["mpirun.openmpi", "--allow-run-as-root", "--oversubscribe", "-np", str(nproc),
+                "-x", "MASTER_PORT=" + str(port or free_port()), sys.executable, ENTRY, *args]
+    if launcher == "hydra":  # MPICH's mpiexec (Intel MPI's is hydra too)
+        return ["mpiexec.hydra", "-np", str(nproc), "-genv", "MASTER_PORT",
+                str(port or free_port()), sys.executable, ENTRY, *args]
     raise ValueError(launcher)
 
 

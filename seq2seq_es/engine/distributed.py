@@ -34,7 +34,7 @@ class DistEnv:
     local_rank: int
     master_addr: str
     master_port: int
-    launcher: str  # none | torchrun | slurm
+    launcher: str  # none | torchrun | mpirun | slurm
 
     @property
     def is_main(self) -> bool:
@@ -88,6 +88,9 @@ def read_env(environ: dict[str, str] | None = None) -> DistEnv:
         return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
                        env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)),
                        "torchrun")
+    started_by_mpirun = _mpirun_ranks(env)
+    if started_by_mpirun is not None:
+        return started_by_mpirun
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         if "SLURM_STEP_ID" not in env:
             # The batch script itself (sbatch --ntasks N sets SLURM_PROCID=0 there too): only
@@ -105,12 +108,60 @@ def read_env(environ: dict[str, str] | None = None) -> DistEnv:
         _say_once("accelerate launch was asked for more than one process (num_processes or "
                   "num_machines above 1) but started only this one, without ranks: with "
                   "distributed_type MULTI_CPU or NO (or no config file on a machine without "
-                  "GPUs) accelerate leaves starting the others to mpirun, whose ranks "
-                  "seq2seq-es does not read, so this process trains alone. For N ranks on one "
+                  "GPUs) accelerate leaves starting the others to mpirun, and no mpirun "
+                  "started this one, so it trains alone. For N ranks on one "
                   "node use `accelerate launch --multi_gpu --num_processes N` or a config with "
                   "distributed_type DEEPSPEED (configs/accelerate/zero*.yaml; both run on CPUs "
                   "too), or `torchrun --nproc_per_node N`")
     return DistEnv(0, 1, 0, "127.0.0.1", any_free_port(), "none")
+
+
+# What torchrun and deepspeed default MASTER_PORT to: an mpirun of Intel MPI or MPICH exports no
+# job id every rank shares to hash a port from (Open MPI does: OMPI_MCA_ess_base_jobid).
+DEFAULT_MASTER_PORT = 29500
+
+
+def _mpirun_ranks(env: Mapping[str, str]) -> DistEnv | None:
+    """The ranks of an `mpirun -np N seq2seq-es train` (Open MPI's OMPI_COMM_WORLD_*, or
+    PMI_RANK/PMI_SIZE of MPICH's and Intel MPI's hydra), None for anything else. Each process
+    trained alone before, and all but one stopped at the run folder's lock.
+
+    torch's rendezvous still needs a host and a port every rank knows: MASTER_ADDR, else this
+    node where every rank is on it, else the first node of a SLURM allocation (mpirun places
+    rank 0 there); MASTER_PORT, else a hash of Open MPI's job id, else 29500. An srun that
+    also exports PMI_* (--mpi=pmi2) is SLURM's own launch, read from SLURM_* (read_env)."""
+    if "OMPI_COMM_WORLD_RANK" in env and "OMPI_COMM_WORLD_SIZE" in env:
+        prefix = "OMPI_COMM_WORLD_"
+        rank, size = int(env[prefix + "RANK"]), int(env[prefix + "SIZE"])
+        local_rank = int(env.get(prefix + "LOCAL_RANK", 0))
+        local_size = int(env.get(prefix + "LOCAL_SIZE", size))
+        job = env.get("OMPI_MCA_ess_base_jobid") or env.get("PMIX_NAMESPACE")
+    elif "PMI_RANK" in env and "PMI_SIZE" in env:
+        rank, size = int(env["PMI_RANK"]), int(env["PMI_SIZE"])
+        local_rank = int(env.get("MPI_LOCALRANKID", 0))
+        local_size = int(env.get("MPI_LOCALNRANKS", size))
+        job = None
+    else:
+        return None
+    if size < 2:
+        return None
+    if "SLURM_STEP_ID" in env and env.get("SLURM_PROCID") == str(rank) \
+            and env.get("SLURM_NTASKS") == str(size):
+        return None  # srun's own ranks
+    addr = env.get("MASTER_ADDR")
+    if not addr:
+        if local_size == size:
+            addr = "127.0.0.1"
+        elif env.get("SLURM_JOB_NODELIST"):
+            addr = _first_slurm_host(env["SLURM_JOB_NODELIST"])
+        else:
+            raise ConfigError("MASTER_ADDR", f"mpirun started {size} ranks on several nodes "
+                              "and no variable names rank 0's host: export MASTER_ADDR=HOST "
+                              "(and pass it on: Open MPI's mpirun -x MASTER_ADDR, hydra's "
+                              "-genv MASTER_ADDR HOST)")
+    port = env.get("MASTER_PORT") or (rendezvous_port(f"mpirun-{job}") if job
+                                      else DEFAULT_MASTER_PORT)
+    return DistEnv(rank, size, local_rank, addr, int(port), "mpirun")
 
 
 def _accelerate_started_one_of_several(env: Mapping[str, str]) -> bool:
@@ -361,7 +412,7 @@ class PortInUse(Seq2SeqEsError):
             "another process on this host listens there (29500 is the default of torchrun, "
             "deepspeed and accelerate launch, so often another run). Give the launcher another "
             f"port{other}: torchrun --master_port P, deepspeed --master_port P, accelerate launch "
-            "--main_process_port P (or export MASTER_PORT=P)")
+            "--main_process_port P (or export MASTER_PORT=P; mpirun -x MASTER_PORT)")
 
 
 class MasterAddrUnknown(Seq2SeqEsError):

@@ -1,0 +1,74 @@
+"""`mpirun -np N seq2seq-es train` (Open MPI, and MPICH's or Intel MPI's hydra): the ranks come
+from the MPI launcher's variables. Every process trained alone before, and all but one stopped
+at the run folder's lock. The environments below are what the launchers export (captured from
+Open MPI 4.1 and MPICH 4 on this machine); the slow tests run the launchers themselves, which
+scripts/test.sh installs (openmpi-bin, mpich)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine_runs import base_args, demo_files, run, step_losses
+from seq2seq_es.engine import distributed as D
+from seq2seq_es.errors import ConfigError
+
+OPEN_MPI = {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "4",
+            "OMPI_COMM_WORLD_LOCAL_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "4",
+            "OMPI_MCA_ess_base_jobid": "45481985", "PMIX_NAMESPACE": "45481985",
+            "PMIX_RANK": "1"}
+HYDRA = {"PMI_RANK": "3", "PMI_SIZE": "4", "MPI_LOCALRANKID": "1", "MPI_LOCALNRANKS": "2",
+         "PMI_FD": "6", "MASTER_ADDR": "nodo1"}
+
+
+def test_open_mpi_ranks_are_read_and_every_rank_meets_at_one_port():
+    env = D.read_env(OPEN_MPI)
+    assert (env.rank, env.world_size, env.local_rank, env.launcher) == (1, 4, 1, "mpirun")
+    assert env.master_addr == "127.0.0.1"  # every rank on this node
+    # the port is the same on every rank (a hash of the job id), and MASTER_PORT wins
+    assert D.read_env({**OPEN_MPI, "OMPI_COMM_WORLD_RANK": "0"}).master_port == env.master_port
+    assert D.read_env({**OPEN_MPI, "MASTER_PORT": "29611"}).master_port == 29611
+
+
+def test_hydra_ranks_are_read_and_a_multi_node_run_needs_its_master_addr():
+    env = D.read_env(HYDRA)
+    assert (env.rank, env.world_size, env.local_rank) == (3, 4, 1)
+    assert (env.master_addr, env.master_port) == ("nodo1", D.DEFAULT_MASTER_PORT)
+    spread = {key: value for key, value in HYDRA.items() if key != "MASTER_ADDR"}
+    with pytest.raises(ConfigError, match="MASTER_ADDR.*rank 0's host.*-genv MASTER_ADDR"):
+        D.read_env(spread)
+    # inside a SLURM allocation mpirun puts rank 0 on its first node
+    in_job = D.read_env({**spread, "SLURM_JOB_NODELIST": "nodo7,nodo8"})
+    assert in_job.master_addr == "nodo7"
+
+
+def test_one_mpi_rank_trains_alone_and_srun_ranks_stay_slurms():
+    assert D.read_env({**OPEN_MPI, "OMPI_COMM_WORLD_SIZE": "1",
+                       "OMPI_COMM_WORLD_RANK": "0"}).launcher == "none"
+    # srun --mpi=pmi2 exports PMI_RANK/PMI_SIZE too: the SLURM reading (master from the
+    # node list, port from the job id) stays
+    srun = {"PMI_RANK": "1", "PMI_SIZE": "2", "SLURM_PROCID": "1", "SLURM_NTASKS": "2",
+            "SLURM_STEP_ID": "0", "SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "nodo3",
+            "SLURM_LOCALID": "0"}
+    env = D.read_env(srun)
+    assert (env.launcher, env.rank, env.master_addr) == ("slurm", 1, "nodo3")
+    # torchrun under mpirun (one launcher per node): torchrun's ranks
+    assert D.read_env({**OPEN_MPI, "RANK": "5", "WORLD_SIZE": "8"}).launcher == "torchrun"
+
+
+@pytest.mark.slow  # three two-rank runs
+def test_mpirun_and_hydra_train_the_same_two_rank_run_as_torchrun(tmp_path):
+    files = demo_files(tmp_path / "data", train_size=16)
+    losses = {}
+    for launcher in ("torchrun", "mpirun", "hydra"):
+        out = tmp_path / launcher
+        proc = run(launcher, 2, base_args(files, out, steps=3), check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "x 2 rank(s)" in proc.stdout, proc.stdout[-2000:]
+        state = json.loads((out / "checkpoints" / "step_00000003" / "trainer_state.json")
+                           .read_text())
+        assert state["world_size"] == 2
+        losses[launcher] = step_losses(out)
+    assert len(losses["torchrun"]) == 3
+    assert losses["mpirun"] == losses["torchrun"] == losses["hydra"]

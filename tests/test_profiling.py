@@ -45,6 +45,7 @@ def test_profiled_steps_leave_a_trace_and_train_as_unprofiled_ones(tmp_path):
     table = (profiled / "profile" / "rank0_steps2-3.txt").read_text()
     assert "Self CPU" in table and "aten::" in table
     assert "profiled steps 2-3:" in proc.stdout
+    assert "USDT:" not in proc.stderr  # libkineto's profiler_start/stop lines
     assert sorted(p.name for p in (profiled / "profile").iterdir()) == [
         "rank0_steps2-3.json", "rank0_steps2-3.txt"]
     # a range the run does not train is said, not profiled
@@ -52,3 +53,15 @@ def test_profiled_steps_leave_a_trace_and_train_as_unprofiled_ones(tmp_path):
     proc = run("none", 1, base_args(files, out, steps=2, extra=["--train.profile_steps", "2-3"]))
     assert "train.profile_steps 2-3: not profiled, the run trains steps 1-2" in proc.stdout
     assert not (out / "profile").exists()
+
+
+def test_only_kinetos_lines_are_dropped_from_stderr_while_the_profiler_starts(capfd):
+    import os
+
+    from seq2seq_es.engine.profiling import _kineto_lines_dropped
+
+    with _kineto_lines_dropped():
+        os.write(2, b"USDT:2026-12-03 10343:10343 SyncActivityProfilerHandler.cpp:52] profiler_start\n")
+        os.write(2, b"a C++ warning of another library\n")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "a C++ warning of another library\nafter\n"

@@ -9,11 +9,40 @@ took the most time, so a cluster user without a trace viewer can read it in the 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
 TABLE_ROWS = 30
+# libkineto's C++ start and stop lines ("USDT:2026-... SyncActivityProfilerHandler.cpp:52]
+# profiler_start"), written to the process's stderr whatever KINETO_LOG_LEVEL says.
+KINETO_LINE_PREFIX = b"USDT:"
+
+
+@contextlib.contextmanager
+def _kineto_lines_dropped():
+    """File descriptor 2 into a temporary file while the profiler starts or stops; what was
+    written there comes back to stderr, less libkineto's own lines. Python's sys.stderr is
+    flushed first, so nothing of ours is reordered."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().splitlines(keepends=True)
+                    if not line.startswith(KINETO_LINE_PREFIX)]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 class StepProfiler:
@@ -33,14 +62,16 @@ class StepProfiler:
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         self.profiler = torch.profiler.profile(activities=activities, record_shapes=True,
                                                profile_memory=True)
-        self.profiler.start()
+        with _kineto_lines_dropped():
+            self.profiler.start()
 
     def after(self, step: int) -> None:
         if self.profiler is None or step != self.steps[1]:
             return
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the steps' kernels belong in the trace
-        self.profiler.stop()
+        with _kineto_lines_dropped():
+            self.profiler.stop()
         start, end = self.steps
         self.out.mkdir(parents=True, exist_ok=True)
         name = f"rank{self.rank}_steps{start}-{end}"
@@ -56,5 +87,6 @@ class StepProfiler:
     def close(self) -> None:
         """A run that ends inside the range (a stop signal, the last step) drops the trace."""
         if self.profiler is not None:
-            self.profiler.stop()
+            with _kineto_lines_dropped():
+                self.profiler.stop()
             self.profiler = None

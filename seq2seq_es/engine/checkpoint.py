@@ -188,9 +188,9 @@ def check_same_storage(path: Path, saved: dict | None, current: dict | None) -> 
 
 
 def _set_by_accelerate(saved: dict, current: dict) -> str:
-    """'; dist.zero_stage 3 is the zero_stage of accelerate's config file, ...' for each changed
-    value this run took from `accelerate launch`'s config file: a user who looked for it in the
-    run's YAML and command line found it in neither (a zero3.yaml launch of a stage-2 run)."""
+    """'; dist.zero_stage 3 comes from accelerate's config file (...)' naming each changed value
+    this run took from `accelerate launch`'s config file: a user who looked for it in the run's
+    YAML and command line found it in neither (a zero3.yaml launch of a stage-2 run)."""
     try:
         from_accelerate = D.launcher_overrides()
     except ConfigError:  # refused at start-up already; nothing to add here

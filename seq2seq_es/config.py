@@ -919,6 +919,17 @@ def not_applying(cfg) -> dict[str, str]:
     return ignored
 
 
+# Where each launcher puts a process's rank before any process group exists: torchrun, deepspeed
+# and accelerate (RANK), srun (SLURM_PROCID), Open MPI's mpirun, MPICH's and Intel MPI's hydra.
+LAUNCHED_RANK_VARIABLES = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+
+
+def first_launched_process() -> bool:
+    """Whether this process is rank 0 of whatever launched it (or was launched alone): where a
+    note said before the process group starts is said once, not once per rank."""
+    return all(os.environ.get(name, "0") == "0" for name in LAUNCHED_RANK_VARIABLES)
+
+
 def note_not_read(cfg, given: set[str]) -> None:
     """Say once (rank 0 of whatever launched the process) which of the keys the user `given`
     this run never reads, and why (`not_applying`); not refused: a shared run file may hold
@@ -926,8 +937,7 @@ def note_not_read(cfg, given: set[str]) -> None:
     import sys
 
     unread = {key: why for key, why in not_applying(cfg).items() if key in given}
-    first = all(os.environ.get(name, "0") == "0" for name in ("RANK", "SLURM_PROCID"))
-    if unread and first:
+    if unread and first_launched_process():
         print("note: not read by this run: " + "; ".join(
             f"{key} ({why})" for key, why in unread.items()), file=sys.stderr)
 
@@ -942,7 +952,7 @@ def note_default_accumulation(cfg, given: set[str]) -> None:
     if ("train.batch_size" not in given or "train.grad_accum" in given
             or cfg.train.grad_accum == 1 or cfg.train.batching != "fixed"):
         return
-    if all(os.environ.get(name, "0") == "0" for name in ("RANK", "SLURM_PROCID")):
+    if first_launched_process():
         print(f"note: train.grad_accum {cfg.train.grad_accum} comes from the defaults of "
               f"{cfg.model.name} on {cfg.data.task}: a step takes train.batch_size "
               f"{cfg.train.batch_size} x {cfg.train.grad_accum} examples per rank; "

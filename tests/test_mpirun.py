@@ -57,14 +57,29 @@ def test_one_mpi_rank_trains_alone_and_srun_ranks_stay_slurms():
     assert D.read_env({**OPEN_MPI, "RANK": "5", "WORLD_SIZE": "8"}).launcher == "torchrun"
 
 
+@pytest.mark.parametrize("variable", ["OMPI_COMM_WORLD_RANK", "PMI_RANK"])
+def test_notes_before_the_process_group_are_said_by_mpi_rank_0_only(monkeypatch, capsys,
+                                                                    variable):
+    from seq2seq_es.cli import build_config
+
+    argv = ["--task", "mlsum", "--model", "barto-tiny", "--model.attention_window", "8"]
+    for rank, said in (("1", False), ("0", True)):
+        monkeypatch.setenv(variable, rank)
+        build_config(argv)
+        assert ("note: not read by this run" in capsys.readouterr().err) is said
+
+
 @pytest.mark.slow  # three two-rank runs
 def test_mpirun_and_hydra_train_the_same_two_rank_run_as_torchrun(tmp_path):
     files = demo_files(tmp_path / "data", train_size=16)
     losses = {}
     for launcher in ("torchrun", "mpirun", "hydra"):
         out = tmp_path / launcher
-        proc = run(launcher, 2, base_args(files, out, steps=3), check=False)
+        # an LED option on BART: a note every launcher's rank 0 says alone
+        proc = run(launcher, 2, base_args(files, out, steps=3,
+                                          extra=["--model.attention_window", "8"]), check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stderr.count("note: not read by this run: model.attention_window") == 1
         assert "x 2 rank(s)" in proc.stdout, proc.stdout[-2000:]
         state = json.loads((out / "checkpoints" / "step_00000003" / "trainer_state.json")
                            .read_text())

@@ -8,7 +8,6 @@ such as `score` must not pay for torch or the config registry.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -66,7 +65,9 @@ def note_launcher_overridden(from_launcher: dict[str, str], overrides: dict[str,
     """The command line wins over accelerate's config file (its keys sit between YAML and the
     command line), as documented; said once, because a user who gave both meant one of them:
     `--dist.zero_stage 3` under a zero2.yaml trained at stage 3 without a word."""
-    if os.environ.get("RANK", "0") != "0":
+    from ..config import first_launched_process
+
+    if not first_launched_process():
         return
     for key, value in from_launcher.items():
         if key in overrides and overrides[key] != value:

@@ -919,15 +919,27 @@ def not_applying(cfg) -> dict[str, str]:
     return ignored
 
 
-# Where each launcher puts a process's rank before any process group exists: torchrun, deepspeed
-# and accelerate (RANK), srun (SLURM_PROCID), Open MPI's mpirun, MPICH's and Intel MPI's hydra.
-LAUNCHED_RANK_VARIABLES = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+def launched_rank(environ: Mapping[str, str] | None = None) -> int:
+    """This process's rank as its launcher set it, before any process group exists, read in
+    the order engine.distributed.read_env reads it (a test keeps the two equal): torchrun,
+    deepspeed and accelerate (RANK with WORLD_SIZE), Open MPI's mpirun (OMPI_COMM_WORLD_RANK),
+    MPICH's and Intel MPI's hydra (PMI_RANK with MPI_LOCALNRANKS, which srun's PMI does not
+    export), srun (SLURM_PROCID); 0 for a process started alone. A launcher nested in another
+    (torchrun per node under srun or mpirun) numbers the ranks itself: the first one wins."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"])
+    if "OMPI_COMM_WORLD_RANK" in env:
+        return int(env["OMPI_COMM_WORLD_RANK"])
+    if "PMI_RANK" in env and "MPI_LOCALNRANKS" in env:
+        return int(env["PMI_RANK"])
+    return int(env.get("SLURM_PROCID", 0))
 
 
 def first_launched_process() -> bool:
     """Whether this process is rank 0 of whatever launched it (or was launched alone): where a
     note said before the process group starts is said once, not once per rank."""
-    return all(os.environ.get(name, "0") == "0" for name in LAUNCHED_RANK_VARIABLES)
+    return launched_rank() == 0
 
 
 def note_not_read(cfg, given: set[str]) -> None:

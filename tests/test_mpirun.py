@@ -11,8 +11,9 @@ import json
 import pytest
 
 from engine_runs import base_args, demo_files, run, step_losses
+from seq2seq_es.config import launched_rank
 from seq2seq_es.engine import distributed as D
-from seq2seq_es.errors import ConfigError
+from seq2seq_es.errors import Seq2SeqEsError
 
 OPEN_MPI = {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "4",
             "OMPI_COMM_WORLD_LOCAL_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "4",
@@ -36,7 +37,7 @@ def test_hydra_ranks_are_read_and_a_multi_node_run_needs_its_master_addr():
     assert (env.rank, env.world_size, env.local_rank) == (3, 4, 1)
     assert (env.master_addr, env.master_port) == ("nodo1", D.DEFAULT_MASTER_PORT)
     spread = {key: value for key, value in HYDRA.items() if key != "MASTER_ADDR"}
-    with pytest.raises(ConfigError, match="MASTER_ADDR.*rank 0's host.*-genv MASTER_ADDR"):
+    with pytest.raises(Seq2SeqEsError, match="MASTER_ADDR is not set.*-genv MASTER_ADDR"):
         D.read_env(spread)
     # inside a SLURM allocation mpirun puts rank 0 on its first node
     in_job = D.read_env({**spread, "SLURM_JOB_NODELIST": "nodo7,nodo8"})
@@ -57,12 +58,57 @@ def test_one_mpi_rank_trains_alone_and_srun_ranks_stay_slurms():
     assert D.read_env({**OPEN_MPI, "RANK": "5", "WORLD_SIZE": "8"}).launcher == "torchrun"
 
 
+# `salloc -N2 -n2 mpirun -np 2 --map-by ppr:2:node` (and hydra's -ppn 2): both ranks on the
+# first node, each also seeing the SLURM variables of the srun that started its node's daemon.
+UNDER_SALLOC = [
+    {"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "0",
+     "OMPI_COMM_WORLD_LOCAL_SIZE": "2", "OMPI_MCA_ess_base_jobid": "1234",
+     "SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_STEP_ID": "0", "SLURM_JOB_ID": "431",
+     "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_LOCALID": "0"},
+    {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+     "OMPI_COMM_WORLD_LOCAL_SIZE": "2", "OMPI_MCA_ess_base_jobid": "1234",
+     "SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_STEP_ID": "0", "SLURM_JOB_ID": "431",
+     "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_LOCALID": "0"},
+]
+
+
+def test_every_rank_of_mpirun_inside_salloc_meets_at_one_rendezvous():
+    # rank 0's SLURM_PROCID and SLURM_NTASKS equal its own rank and size, rank 1's do not: a
+    # reading by coincidence sent rank 0 to node1 on the job's port and rank 1 to 127.0.0.1 on
+    # another, and the run waited dist.timeout_min (a reviewer's reproduction on the cluster).
+    envs = [D.read_env(env) for env in UNDER_SALLOC]
+    assert [env.rank for env in envs] == [0, 1]
+    assert {(env.launcher, env.master_addr, env.master_port) for env in envs} == \
+        {("mpirun", "127.0.0.1", envs[0].master_port)}
+    hydra = [{key: value for key, value in env.items() if not key.startswith("OMPI")}
+             | {"PMI_RANK": str(rank), "PMI_SIZE": "2", "MPI_LOCALRANKID": str(rank),
+                "MPI_LOCALNRANKS": "2", "HYDI_CONTROL_FD": "7"}
+             for rank, env in enumerate(UNDER_SALLOC)]
+    assert {(D.read_env(env).master_addr, D.read_env(env).master_port) for env in hydra} == \
+        {("127.0.0.1", D.DEFAULT_MASTER_PORT)}
+
+
+@pytest.mark.parametrize("env", [
+    {}, OPEN_MPI, HYDRA, *UNDER_SALLOC,
+    {"RANK": "0", "WORLD_SIZE": "8", "SLURM_PROCID": "1", "SLURM_NTASKS": "2",
+     "SLURM_STEP_ID": "0"},  # srun ... torchrun --rdzv-backend c10d: torch numbers the nodes
+    {"RANK": "0", "WORLD_SIZE": "8", **OPEN_MPI},  # torchrun per node under mpirun
+    {"PMI_RANK": "1", "PMI_SIZE": "2", "PMI_JOBID": "77.0", "SLURM_PROCID": "1",
+     "SLURM_NTASKS": "2", "SLURM_STEP_ID": "0", "SLURM_JOB_NODELIST": "nodo3"},  # srun pmi2
+], ids=lambda env: ",".join(sorted(env))[:60] or "alone")
+def test_the_notes_rank_is_the_rank_the_process_group_gets(env):
+    """The notes said before the process group starts come from config.launched_rank's rank
+    0: it must be the process that read_env makes rank 0, or no process says them."""
+    assert launched_rank(env) == D.read_env(env).rank
+
+
 @pytest.mark.parametrize("variable", ["OMPI_COMM_WORLD_RANK", "PMI_RANK"])
 def test_notes_before_the_process_group_are_said_by_mpi_rank_0_only(monkeypatch, capsys,
                                                                     variable):
     from seq2seq_es.cli import build_config
 
     argv = ["--task", "mlsum", "--model", "barto-tiny", "--model.attention_window", "8"]
+    monkeypatch.setenv("MPI_LOCALNRANKS", "2")  # hydra's, beside PMI_RANK
     for rank, said in (("1", False), ("0", True)):
         monkeypatch.setenv(variable, rank)
         build_config(argv)

@@ -82,12 +82,17 @@ def _say_once(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+# What torchrun and deepspeed default MASTER_PORT to: an mpirun of Intel MPI or MPICH exports no
+# job id every rank shares to hash a port from (Open MPI does: OMPI_MCA_ess_base_jobid).
+DEFAULT_MASTER_PORT = 29500
+
+
 def read_env(environ: dict[str, str] | None = None) -> DistEnv:
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
-                       env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)),
-                       "torchrun")
+                       env.get("MASTER_ADDR", "127.0.0.1"),
+                       int(env.get("MASTER_PORT", DEFAULT_MASTER_PORT)), "torchrun")
     started_by_mpirun = _mpirun_ranks(env)
     if started_by_mpirun is not None:
         return started_by_mpirun
@@ -116,27 +121,28 @@ def read_env(environ: dict[str, str] | None = None) -> DistEnv:
     return DistEnv(0, 1, 0, "127.0.0.1", any_free_port(), "none")
 
 
-# What torchrun and deepspeed default MASTER_PORT to: an mpirun of Intel MPI or MPICH exports no
-# job id every rank shares to hash a port from (Open MPI does: OMPI_MCA_ess_base_jobid).
-DEFAULT_MASTER_PORT = 29500
-
-
 def _mpirun_ranks(env: Mapping[str, str]) -> DistEnv | None:
     """The ranks of an `mpirun -np N seq2seq-es train` (Open MPI's OMPI_COMM_WORLD_*, or
     PMI_RANK/PMI_SIZE of MPICH's and Intel MPI's hydra), None for anything else. Each process
     trained alone before, and all but one stopped at the run folder's lock.
 
+    Decided from what every rank of one launch has alike, never from a coincidence of numbers:
+    inside a SLURM allocation mpirun starts its per-node daemons with srun, so each rank also
+    sees SLURM_PROCID/SLURM_NTASKS of its daemon, equal to its own rank on some ranks and not on
+    others. srun never exports OMPI_COMM_WORLD_*; its PMI (--mpi=pmi2) exports PMI_RANK but not
+    hydra's MPI_LOCALNRANKS, and is read from SLURM_* (read_env). config.launched_rank reads
+    the same order.
+
     torch's rendezvous still needs a host and a port every rank knows: MASTER_ADDR, else this
     node where every rank is on it, else the first node of a SLURM allocation (mpirun places
-    rank 0 there); MASTER_PORT, else a hash of Open MPI's job id, else 29500. An srun that
-    also exports PMI_* (--mpi=pmi2) is SLURM's own launch, read from SLURM_* (read_env)."""
+    rank 0 there); MASTER_PORT, else a hash of Open MPI's job id, else 29500."""
     if "OMPI_COMM_WORLD_RANK" in env and "OMPI_COMM_WORLD_SIZE" in env:
         prefix = "OMPI_COMM_WORLD_"
         rank, size = int(env[prefix + "RANK"]), int(env[prefix + "SIZE"])
         local_rank = int(env.get(prefix + "LOCAL_RANK", 0))
         local_size = int(env.get(prefix + "LOCAL_SIZE", size))
         job = env.get("OMPI_MCA_ess_base_jobid") or env.get("PMIX_NAMESPACE")
-    elif "PMI_RANK" in env and "PMI_SIZE" in env:
+    elif "PMI_RANK" in env and "PMI_SIZE" in env and "MPI_LOCALNRANKS" in env:
         rank, size = int(env["PMI_RANK"]), int(env["PMI_SIZE"])
         local_rank = int(env.get("MPI_LOCALRANKID", 0))
         local_size = int(env.get("MPI_LOCALNRANKS", size))
@@ -145,9 +151,6 @@ def _mpirun_ranks(env: Mapping[str, str]) -> DistEnv | None:
         return None
     if size < 2:
         return None
-    if "SLURM_STEP_ID" in env and env.get("SLURM_PROCID") == str(rank) \
-            and env.get("SLURM_NTASKS") == str(size):
-        return None  # srun's own ranks
     addr = env.get("MASTER_ADDR")
     if not addr:
         if local_size == size:
@@ -155,10 +158,10 @@ def _mpirun_ranks(env: Mapping[str, str]) -> DistEnv | None:
         elif env.get("SLURM_JOB_NODELIST"):
             addr = _first_slurm_host(env["SLURM_JOB_NODELIST"])
         else:
-            raise ConfigError("MASTER_ADDR", f"mpirun started {size} ranks on several nodes "
-                              "and no variable names rank 0's host: export MASTER_ADDR=HOST "
-                              "(and pass it on: Open MPI's mpirun -x MASTER_ADDR, hydra's "
-                              "-genv MASTER_ADDR HOST)")
+            raise Seq2SeqEsError(f"MASTER_ADDR is not set, and mpirun started {size} ranks on "
+                                 "several nodes outside a SLURM allocation: nothing else names "
+                                 "rank 0's host. Export MASTER_ADDR=HOST and pass it on (Open "
+                                 "MPI's mpirun -x MASTER_ADDR, hydra's -genv MASTER_ADDR HOST)")
     port = env.get("MASTER_PORT") or (rendezvous_port(f"mpirun-{job}") if job
                                       else DEFAULT_MASTER_PORT)
     return DistEnv(rank, size, local_rank, addr, int(port), "mpirun")
@@ -412,7 +415,8 @@ class PortInUse(Seq2SeqEsError):
             "another process on this host listens there (29500 is the default of torchrun, "
             "deepspeed and accelerate launch, so often another run). Give the launcher another "
             f"port{other}: torchrun --master_port P, deepspeed --master_port P, accelerate launch "
-            "--main_process_port P (or export MASTER_PORT=P; mpirun -x MASTER_PORT)")
+            "--main_process_port P (or export MASTER_PORT=P; mpirun -x MASTER_PORT, hydra "
+            "-genv MASTER_PORT P)")
 
 
 class MasterAddrUnknown(Seq2SeqEsError):

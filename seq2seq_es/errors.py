@@ -126,8 +126,16 @@ def tell_launcher(message: str, callstack: str | None = None) -> None:
     record = {"message": {"message": message,
                           "extraInfo": {"py_callstack": callstack or message,
                                         "timestamp": str(int(time.time()))}}}
+    # Whole or not at all: torchrun's agent json.loads the file, and a half-written one (a
+    # full disk, the very error being told) ended its summary in a JSONDecodeError traceback.
+    partial = f"{path}.{os.getpid()}.partial"
     try:
-        with open(path, "w", encoding="utf-8") as file:
+        with open(partial, "w", encoding="utf-8") as file:
             json.dump(record, file)
+        os.replace(partial, path)
     except OSError:
-        pass  # the launcher then says what it says without it
+        try:
+            os.remove(partial)
+        except OSError:
+            pass  # never created
+        # the launcher then says what it says without it

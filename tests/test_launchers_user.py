@@ -164,3 +164,20 @@ def test_a_crash_leaves_its_traceback_for_torchrun(tmp_path):
     assert "Traceback" in record["extraInfo"]["py_callstack"]
     assert "raise RuntimeError('boom in main')" in record["extraInfo"]["py_callstack"]
     assert int(record["extraInfo"]["timestamp"]) > 0
+
+
+def test_an_error_file_that_cannot_be_written_whole_is_not_left_half_written(tmp_path):
+    # On a full disk (the error being told) an emptied error.json made torchrun's agent fail on
+    # json.load and end in a JSONDecodeError traceback instead of its summary. A file size
+    # limit of 0 stands in for the full disk.
+    error_file = tmp_path / "error.json"
+    child = ("import resource, signal, sys\n"
+             "from seq2seq_es.errors import tell_launcher\n"
+             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))\n"
+             "tell_launcher('error: the disk is full')\n")
+    proc = subprocess.run([sys.executable, "-c", child], cwd=REPO, capture_output=True,
+                          text=True, timeout=120,
+                          env=subprocess_env(TORCHELASTIC_ERROR_FILE=str(error_file)))
+    assert proc.returncode == 0, proc.stderr
+    assert list(tmp_path.iterdir()) == []  # neither an empty error.json nor a partial file

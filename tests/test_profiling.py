@@ -61,7 +61,35 @@ def test_only_kinetos_lines_are_dropped_from_stderr_while_the_profiler_starts(ca
     from seq2seq_es.engine.profiling import _kineto_lines_dropped
 
     with _kineto_lines_dropped():
-        os.write(2, b"USDT:2026-12-03 10343:10343 SyncActivityProfilerHandler.cpp:52] profiler_start\n")
+        os.write(2, b"USDT:2026-12-03 10343:10343 SyncActivityProfilerHandler.cpp:52] "
+                    b"profiler_start\n")
         os.write(2, b"a C++ warning of another library\n")
     os.write(2, b"after\n")
     assert capfd.readouterr().err == "a C++ warning of another library\nafter\n"
+
+
+def test_a_process_without_stderr_profiles_as_before(tmp_path):
+    # `2>&-`: sys.stderr is None, and taking fd 2 aside raised AttributeError in the first
+    # version of the kineto filter, where the profiler had run fine.
+    import os
+    import subprocess
+    import sys
+
+    from engine_runs import REPO, subprocess_env
+
+    child = ("import sys, torch\n"
+             "from pathlib import Path\n"
+             "from seq2seq_es.engine.profiling import StepProfiler\n"
+             "said = []\n"
+             "profiler = StepProfiler((1, 1), Path(sys.argv[1]), 0, torch.device('cpu'), "
+             "said.append)\n"
+             "profiler.before(1)\n"
+             "torch.ones(4, 4) @ torch.ones(4, 4)\n"
+             "profiler.after(1)\n"
+             "print(said[0])\n")
+    proc = subprocess.run([sys.executable, "-c", child, str(tmp_path)], cwd=REPO,
+                          stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                          env=subprocess_env(), timeout=120, preexec_fn=lambda: os.close(2))
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("profiled steps 1-1:")
+    assert (tmp_path / "rank0_steps1-1.json").exists()

@@ -27,9 +27,16 @@ KINETO_LINE_PREFIX = b"USDT:"
 def _kineto_lines_dropped():
     """File descriptor 2 into a temporary file while the profiler starts or stops; what was
     written there comes back to stderr, less libkineto's own lines. Python's sys.stderr is
-    flushed first, so nothing of ours is reordered."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+    flushed first, so nothing of ours is reordered. A process without a stderr (`2>&-`) has
+    nothing to keep clean: the block runs as it is."""
+    try:
+        if sys.stderr is None:
+            raise OSError("no stderr")
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # closed: fd 2 or sys.stderr
+        yield
+        return
     with tempfile.TemporaryFile() as caught:
         os.dup2(caught.fileno(), 2)
         try:

@@ -1040,8 +1040,8 @@ def own_task_keys(cfg: RunConfig) -> dict[str, str]:
     return {key: value for key, value in own.items() if value}
 
 
-# The keys naming a file or folder that must exist when the run starts (a cache or output folder
-# is created), as absolute_paths resolves them.
+# The keys naming a local file that must exist when the run starts, and model.path's local
+# folder (a cache or output folder is created; model.path and data.hub_dataset may be hub ids).
 _EXISTING_PATH_KEYS = ("data.train_file", "data.validation_file", "data.test_file",
                        "dist.deepspeed_config", "model.path")
 
@@ -1063,11 +1063,14 @@ def refuse_paths_beside_config_file(config_file: str, file_values: Mapping[str, 
         beside = Path(config_file).parent / given
         if given.is_absolute() or given.exists() or not beside.exists():
             continue
+        if key == "model.path" and not (beside / "config.json").is_file():
+            continue  # a hub id (owner/name) that happens to name a folder there
         raise ConfigError(key, f"{value} {in_file(config_file, key)} does not exist here: "
                           "relative paths of a --config file are read from the folder the "
                           f"command runs in ({os.getcwd()}), not from the file's own folder, "
                           f"which has it: write {os.path.abspath(beside)} in the file, or run "
-                          f"from {Path(config_file).parent}")
+                          f"from {Path(config_file).parent} (--{key} on the command line is "
+                          "read as given)")
 
 
 def absolute_paths(cfg: RunConfig) -> None:

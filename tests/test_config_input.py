@@ -286,6 +286,7 @@ def test_a_relative_path_present_beside_the_config_file_only_is_refused_saying_s
     exp = tmp_path / "exp"
     exp.mkdir()
     (exp / "final").mkdir()
+    (exp / "final" / "config.json").write_text("{}")
     (exp / "train.jsonl").write_text('{"text": "a", "summary": "b"}\n')
     (exp / "ds.json").write_text("{}")
     section, field = key.split(".")
@@ -301,3 +302,13 @@ def test_a_relative_path_present_beside_the_config_file_only_is_refused_saying_s
     monkeypatch.chdir(tmp_path)
     compose(task="mlsum", model="barto-tiny", config_file="exp/run.yaml",
             overrides={key: str(exp / name)})
+
+
+def test_a_hub_id_naming_a_folder_beside_the_config_file_is_not_refused(tmp_path, monkeypatch):
+    # `hf download owner/name --local-dir owner/name` half done, or an empty folder: a model.path
+    # that is a hub id is a hub id unless the folder beside the file holds a model.
+    (tmp_path / "exp" / "vgaraujov" / "bart-base-spanish").mkdir(parents=True)
+    (tmp_path / "exp" / "run.yaml").write_text("model:\n  path: vgaraujov/bart-base-spanish\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = compose(task="mlsum", model="barto-tiny", config_file="exp/run.yaml")
+    assert cfg.model.path == "vgaraujov/bart-base-spanish"

@@ -99,7 +99,7 @@ def test_a_zero_stage_refusal_comes_before_loading_and_names_accelerates_file(
         _train(cfg)
     message = str(refused.value)
     assert "dist.zero_stage 0 -> 3" in message, message
-    assert "dist.zero_stage 3 comes from accelerate's config file" in message
+    assert "dist.zero_stage 3 is also what accelerate's config file sets" in message
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")  # the command line's 3 won
     with pytest.raises(ConfigError) as refused:
         _train(_cfg(tmp_path, "z0", stage=3))

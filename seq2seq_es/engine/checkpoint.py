@@ -188,7 +188,7 @@ def check_same_storage(path: Path, saved: dict | None, current: dict | None) -> 
 
 
 def _set_by_accelerate(saved: dict, current: dict) -> str:
-    """'; dist.zero_stage 3 comes from accelerate's config file (...)' naming each changed value
+    """'; dist.zero_stage 3 is also what accelerate's config file sets (...)' for each changed value
     this run took from `accelerate launch`'s config file: a user who looked for it in the run's
     YAML and command line found it in neither (a zero3.yaml launch of a stage-2 run)."""
     try:
@@ -199,9 +199,9 @@ def _set_by_accelerate(saved: dict, current: dict) -> str:
             and from_accelerate.get(key) == str(current[key])]
     if not keys:
         return ""
-    return ("; " + ", ".join(f"{key} {current[key]}" for key in keys) + " comes from accelerate's "
-            "config file (launch with the one the checkpoint was trained under, or give the key "
-            "on the command line, which wins over it)")
+    return ("; " + ", ".join(f"{key} {current[key]}" for key in keys) + " is also what "
+            "accelerate's config file sets (launch with the one the checkpoint was trained "
+            "under, or give the key on the command line, which wins over that file)")
 
 
 # The data-layout keys that count a whole step over all ranks. A step's examples depend on these

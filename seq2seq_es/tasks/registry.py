@@ -103,7 +103,7 @@ class TaskSpec:
 #   Here the peak is what they reached, after 10% warmup and a linear decay: the same peak and
 #   the same mean learning rate (half the peak) as the paper's ramp, without the ramp's unfinished
 #   schedule. The paper's ramp itself is --optim.warmup_steps 4999 (BARTO; 9999 for T5S) at
-#   this peak: the rate climbs to it at the last step (then 0 for one step). The nominal 5e-3,
+#   this peak: the rate climbs to it at step 4999 and keeps it for the last step. The nominal 5e-3,
 #   8x (BARTO) or 4x (T5S) anything those runs saw, is --optim.lr 5e-3.
 # - wmt13 used the first 600000 training pairs.
 _COLUMNS = ("src", "tgt", "batch", "accum", "epochs", "steps", "lr", "warm", "min_new", "no_rep",

@@ -65,6 +65,7 @@ def test_task_model_or_config_given_twice_is_refused_not_last_wins(capsys):
 
 def test_train_notes_settings_it_does_not_read_once(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     run_file = tmp_path / "run.yaml"
     run_file.write_text("data:\n  global_attention: sentences\n")
     build_config(["--task", "mlsum", "--model", "barto-tiny", "--config", str(run_file),
@@ -82,7 +83,8 @@ def test_train_notes_settings_it_does_not_read_once(capsys, tmp_path, monkeypatc
     restated.write_text(capsys.readouterr().out)
     build_config(["--config", str(restated)])
     assert capsys.readouterr().err == ""
-    monkeypatch.setenv("RANK", "1")  # other ranks say nothing
+    monkeypatch.setenv("RANK", "1")  # other ranks say nothing (torchrun sets both)
+    monkeypatch.setenv("WORLD_SIZE", "2")
     build_config(["--task", "mlsum", "--model", "barto-tiny", "--model.attention", "flex"])
     assert capsys.readouterr().err == ""
     with pytest.raises(ConfigError, match="prefix:N with N >= 1"):

@@ -1053,10 +1053,7 @@ def refuse_paths_beside_config_file(config_file: str, file_values: Mapping[str, 
     missing there but present beside the file is refused here, saying so; it failed later as
     'does not exist' (a model.path went to the hub as an id), with the file in plain sight."""
     for key in _EXISTING_PATH_KEYS:
-        section, name = key.split(".")
-        value = file_values.get(key)
-        if value is None and isinstance(file_values.get(section), Mapping):
-            value = file_values[section].get(name)
+        value = file_value(file_values, key)
         if key in overrides or not isinstance(value, str) or not value:
             continue
         given = Path(os.path.expanduser(value))
@@ -1091,14 +1088,22 @@ def absolute_paths(cfg: RunConfig) -> None:
         cfg.data.hub_dataset = os.path.abspath(os.path.expanduser(cfg.data.hub_dataset))
 
 
+def file_value(file_values: Mapping[str, Any], key: str) -> Any:
+    """The value a --config file gives `key` ('data.task'), whether the file writes it nested
+    (data: {task: ...}) or as a flat dotted key; None where it does not."""
+    section, name = key.split(".")
+    value = file_values.get(key)
+    if value is None and isinstance(file_values.get(section), Mapping):
+        value = file_values[section].get(name)
+    return value
+
+
 def _chosen_name(key: str, flag: str, given: str | None, overrides: Mapping[str, Any],
                  file_values: Mapping[str, Any], default: str) -> str:
     """The task or model name from the flag, the dotted override or the file (a nested or flat
     key), else the default; places that name different ones are refused."""
-    section, name = key.split(".")
-    in_file = file_values.get(key)
-    if in_file is None and isinstance(file_values.get(section), Mapping):
-        in_file = file_values[section].get(name)
+    section = key.split(".")[0]
+    in_file = file_value(file_values, key)
     places = ((flag, given), (f"--{key}", overrides.get(key)),
               (f"the --config file's {key}", in_file))
     for where, value in places:

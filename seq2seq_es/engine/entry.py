@@ -79,13 +79,12 @@ def require_pair(known: argparse.Namespace, overrides: dict[str, str]) -> None:
     """Refuse a command line that names no task or no model (by its flag, its dotted key or the
     --config file): the dataclass defaults (mlsum, barto-tiny) are no choice of the user's, and
     a run of them failed on the hub or trained the wrong pair."""
-    from ..config import load_yaml
+    from ..config import file_value, load_yaml
     from ..errors import ConfigError
 
     file_values = load_yaml(known.config) if known.config else {}
     for flag, key in (("--task", "data.task"), ("--model", "model.name")):
-        section, name = key.split(".")
-        in_file = file_values.get(key, (file_values.get(section) or {}).get(name))
+        in_file = file_value(file_values, key)
         # An empty name counts as given here: compose refuses it by its own key
         if all(value is None for value in (getattr(known, flag[2:]), overrides.get(key), in_file)):
             where = f"or {key} in {known.config}" if known.config else "or --config FILE"

@@ -164,3 +164,32 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
 def max_weight_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def tiny_step_engine(files: dict[str, str], env, *, grad_accum: int = 1, on_nan: str = "stop",
+                     precision: str = "fp32", dropout: float | None = None, examples: int = 16,
+                     total_steps: int = 20, zero_stage: int = 0,
+                     weight_decay: float | None = None):
+    """(cfg, a DeepSpeed engine on barto-tiny, four micro-batches of 2 examples of the demo
+    data's training split), built in this process: what the step-level tests run."""
+    from seq2seq_es.config import RunConfig
+    from seq2seq_es.engine.builders import get_collator, get_engine, get_model, get_split
+    from seq2seq_es.tasks import get_task
+
+    cfg = RunConfig()
+    cfg.model.name, cfg.data.task = "barto-tiny", "mlsum"
+    cfg.data.train_file = files["train"]
+    cfg.data.max_source_length, cfg.data.max_target_length = 64, 32
+    cfg.train.on_nan, cfg.train.batch_size, cfg.train.precision = on_nan, 2, precision
+    cfg.train.grad_accum, cfg.dist.zero_stage = grad_accum, zero_stage
+    if dropout is not None:
+        cfg.model.dropout = dropout
+    if weight_decay is not None:
+        cfg.optim.weight_decay = weight_decay
+    model, tokenizer, spec = get_model(cfg)
+    split = get_split(cfg, get_task("mlsum"), tokenizer, model, "train", examples,
+                      lambda m: None)
+    collate = get_collator(cfg, spec, tokenizer, model)
+    batches = [collate([split.tokenized[i] for i in (2 * k, 2 * k + 1)]) for k in range(4)]
+    engine, *_ = get_engine(model, cfg, env, total_steps=total_steps)
+    return cfg, engine, batches

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine_runs import REPO, demo_files, free_port, subprocess_env
+from engine_runs import REPO, demo_files, free_port, subprocess_env, tiny_step_engine
 from seq2seq_es.engine import distributed as D
 from seq2seq_es.engine.distributed import DistEnv
 
@@ -442,23 +442,9 @@ def step_engine(tmp_path_factory, one_rank):
     """A ZeRO-0 fp32 engine on barto-tiny (no dropout) and four micro-batches of 2 examples;
     its weights move with every test's steps, so each test takes its expectations from the
     weights as they are before its step."""
-    from seq2seq_es.config import RunConfig
-    from seq2seq_es.engine.builders import get_collator, get_engine, get_model, get_split
-    from seq2seq_es.tasks import get_task
-
     files = demo_files(tmp_path_factory.mktemp("guard_step") / "data", train_size=16)
-    cfg = RunConfig()
-    cfg.model.name, cfg.data.task = "barto-tiny", "mlsum"
-    cfg.data.train_file = files["train"]
-    cfg.data.max_source_length, cfg.data.max_target_length = 64, 32
-    cfg.train.batch_size, cfg.train.grad_accum, cfg.train.precision = 2, 2, "fp32"
-    cfg.model.dropout = 0.0
-    model, tokenizer, spec = get_model(cfg)
-    split = get_split(cfg, get_task("mlsum"), tokenizer, model, "train", 8, lambda m: None)
-    collate = get_collator(cfg, spec, tokenizer, model)
-    batches = [collate([split.tokenized[i] for i in (2 * k, 2 * k + 1)]) for k in range(4)]
-    engine, *_ = get_engine(model, cfg, one_rank, total_steps=10)
-    return cfg, engine, batches
+    return tiny_step_engine(files, one_rank, grad_accum=2, dropout=0.0, examples=8,
+                            total_steps=10)
 
 
 def _ce_and_tokens(model, batch, label_smoothing: float = 0.0) -> tuple[float, int]:

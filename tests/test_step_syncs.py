@@ -25,12 +25,10 @@ import traceback
 import pytest
 import torch
 
-from engine_runs import demo_files
+from engine_runs import demo_files, tiny_step_engine
 from seq2seq_es.config import RunConfig
 from seq2seq_es.engine import distributed as D
-from seq2seq_es.engine.builders import get_collator, get_engine, get_model, get_split
 from seq2seq_es.engine.step import TrainStep
-from seq2seq_es.tasks import get_task
 
 READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
 
@@ -69,18 +67,8 @@ class ReadCounter:
 
 
 def _setup(files, env, grad_accum: int, on_nan: str = "stop", precision: str = "fp32"):
-    cfg = RunConfig()
-    cfg.model.name, cfg.data.task = "barto-tiny", "mlsum"
-    cfg.data.train_file = files["train"]
-    cfg.data.max_source_length, cfg.data.max_target_length = 64, 32
-    cfg.train.on_nan, cfg.train.batch_size, cfg.train.precision = on_nan, 2, precision
-    cfg.train.grad_accum = grad_accum
-    model, tokenizer, spec = get_model(cfg)
-    split = get_split(cfg, get_task("mlsum"), tokenizer, model, "train", 16, lambda m: None)
-    collate = get_collator(cfg, spec, tokenizer, model)
-    batches = [collate([split.tokenized[i] for i in (2 * k, 2 * k + 1)]) for k in range(4)]
-    engine, *_ = get_engine(model, cfg, env, total_steps=20)
-    return cfg, engine, batches
+    return tiny_step_engine(files, env, grad_accum=grad_accum, on_nan=on_nan,
+                            precision=precision)
 
 
 def reads_per_step(files, env, monkeypatch, grad_accum: int, **kwargs) -> dict[str, float]:
@@ -227,19 +215,10 @@ def test_skip_zeroes_the_bad_micro_batch_under_zero_1_and_2(files, one_rank, sta
     monkeypatch.setattr(ds_autocast, "TORCH_AUTOCAST_INITIALIZED", False)
 
     def poisoned_step(stage_):
-        cfg = RunConfig()
-        cfg.model.name, cfg.data.task = "barto-tiny", "mlsum"
-        cfg.data.train_file = files["train"]
-        cfg.data.max_source_length, cfg.data.max_target_length = 64, 32
-        cfg.train.on_nan, cfg.train.batch_size, cfg.train.precision = "skip", 2, "fp32"
-        cfg.train.grad_accum, cfg.dist.zero_stage = 2, stage_
-        cfg.optim.weight_decay, cfg.model.dropout = 0.0, 0.0
-        model, tokenizer, spec = get_model(cfg)
-        split = get_split(cfg, get_task("mlsum"), tokenizer, model, "train", 8, lambda m: None)
-        collate = get_collator(cfg, spec, tokenizer, model)
-        batches = [collate([split.tokenized[i] for i in (0, 1)]),
-                   collate([split.tokenized[i] for i in (2, 3)])]
-        engine, *_ = get_engine(model, cfg, one_rank, total_steps=10)
+        cfg, engine, batches = tiny_step_engine(
+            files, one_rank, grad_accum=2, on_nan="skip", dropout=0.0, examples=8,
+            total_steps=10, zero_stage=stage_, weight_decay=0.0)
+        batches = batches[:2]
         before = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
         with torch.no_grad():  # the kept micro-batch's mean loss: what the step must log
             kept = dict(batches[1])

@@ -109,6 +109,9 @@ def test_notes_before_the_process_group_are_said_by_mpi_rank_0_only(monkeypatch,
 
     argv = ["--task", "mlsum", "--model", "barto-tiny", "--model.attention_window", "8"]
     monkeypatch.setenv("MPI_LOCALNRANKS", "2")  # hydra's, beside PMI_RANK
+    # a process group of an earlier test in this worker may have left torchrun's variables
+    for name in ("RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        monkeypatch.delenv(name, raising=False)
     for rank, said in (("1", False), ("0", True)):
         monkeypatch.setenv(variable, rank)
         build_config(argv)

@@ -145,7 +145,7 @@ def _mpirun_ranks(env: Mapping[str, str]) -> DistEnv | None:
     elif "PMI_RANK" in env and "PMI_SIZE" in env and "MPI_LOCALNRANKS" in env:
         rank, size = int(env["PMI_RANK"]), int(env["PMI_SIZE"])
         local_rank = int(env.get("MPI_LOCALRANKID", 0))
-        local_size = int(env.get("MPI_LOCALNRANKS", size))
+        local_size = int(env["MPI_LOCALNRANKS"])
         job = None
     else:
         return None

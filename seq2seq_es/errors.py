@@ -96,8 +96,7 @@ def run_command(command: Callable[[list[str]], int], argv: list[str]) -> int:
     except Seq2SeqEsError as exc:
         if os.environ.get("SEQ2SEQ_ES_DEBUG"):
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        tell_launcher(f"error: {exc}")
+        _say(f"error: {exc}")
         return 2
     except OSError as exc:
         # A full disk, a quota or a read-only file system where a command writes and no
@@ -107,9 +106,23 @@ def run_command(command: Callable[[list[str]], int], argv: list[str]) -> int:
         where = f"{os.fsdecode(exc.filename)}: " if exc.filename else ""
         message = (f"error: {where}{os.strerror(exc.errno)} (a file could not be written; "
                    "SEQ2SEQ_ES_DEBUG=1 shows which)")
-        print(message, file=sys.stderr)
-        tell_launcher(message)
+        _say(message)
         return 2
+
+
+def _say(message: str) -> None:
+    """One error line on stderr and in torchrun's error file."""
+    write_line(message)
+    tell_launcher(message)
+
+
+def write_line(text: str) -> None:
+    """`text` and its newline on stderr in one write. print() writes them apart, which an
+    unbuffered stderr (PYTHONUNBUFFERED, as launchers and SLURM scripts often set) sends as two
+    writes: two ranks saying a line together on one pipe interleaved as `error: A error: A` and
+    then two bare newlines (clean-clone CI)."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def tell_launcher(message: str, callstack: str | None = None) -> None:

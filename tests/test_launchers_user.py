@@ -181,3 +181,40 @@ def test_an_error_file_that_cannot_be_written_whole_is_not_left_half_written(tmp
                           env=subprocess_env(TORCHELASTIC_ERROR_FILE=str(error_file)))
     assert proc.returncode == 0, proc.stderr
     assert list(tmp_path.iterdir()) == []  # neither an empty error.json nor a partial file
+
+
+class _Writes:
+    """A stderr that keeps each write() call apart, as the pipe a launcher reads would."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+
+    def write(self, text):
+        self.calls.append(text)
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("failure", ["refusal", "full disk"])
+def test_an_error_line_goes_out_in_one_write_with_its_newline(monkeypatch, failure):
+    # Two torchrun ranks refusing together on one pipe printed `error: A error: A` on one line
+    # and two bare newlines after it (clean-clone CI): print() writes the text and its newline
+    # apart, and the other rank's line fell between them.
+    import errno
+
+    from seq2seq_es.errors import ConfigError, run_command
+
+    def command(argv):
+        if failure == "refusal":
+            raise ConfigError("optim.lr", "must be positive")
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/ckpt")
+
+    stderr = _Writes()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
+    monkeypatch.delenv("SEQ2SEQ_ES_DEBUG", raising=False)
+    assert run_command(command, []) == 2
+    assert len(stderr.calls) == 1 and stderr.calls[0].startswith("error: "), stderr.calls
+    assert stderr.calls[0].endswith("\n") and stderr.calls[0].count("\n") == 1

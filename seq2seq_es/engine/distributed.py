@@ -14,7 +14,6 @@ import io
 import os
 import re
 import subprocess
-import sys
 import warnings
 from dataclasses import dataclass
 from typing import Mapping
@@ -22,7 +21,7 @@ from typing import Mapping
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError, Seq2SeqEsError
+from ..errors import ConfigError, Seq2SeqEsError, write_line
 from ..process_exit import started_process_group
 from .rendezvous import any_free_port, rendezvous_port
 
@@ -79,7 +78,7 @@ _said: set[str] = set()
 def _say_once(message: str) -> None:
     if message not in _said:
         _said.add(message)
-        print(f"warning: {message}", file=sys.stderr, flush=True)
+        write_line(f"warning: {message}")  # every rank may say it: one write, no interleaving
 
 
 # What torchrun and deepspeed default MASTER_PORT to: an mpirun of Intel MPI or MPICH exports no

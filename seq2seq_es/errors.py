@@ -121,8 +121,11 @@ def write_line(text: str) -> None:
     unbuffered stderr (PYTHONUNBUFFERED, as launchers and SLURM scripts often set) sends as two
     writes: two ranks saying a line together on one pipe interleaved as `error: A error: A` and
     then two bare newlines (clean-clone CI)."""
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
+    stream = sys.stderr
+    if stream is None:  # a process started without stderr (print() is silent there too)
+        return
+    stream.write(text + "\n")
+    stream.flush()
 
 
 def tell_launcher(message: str, callstack: str | None = None) -> None:

@@ -218,3 +218,19 @@ def test_an_error_line_goes_out_in_one_write_with_its_newline(monkeypatch, failu
     assert run_command(command, []) == 2
     assert len(stderr.calls) == 1 and stderr.calls[0].startswith("error: "), stderr.calls
     assert stderr.calls[0].endswith("\n") and stderr.calls[0].count("\n") == 1
+
+
+def test_a_process_without_stderr_still_ends_with_status_2(tmp_path):
+    # Started with stderr closed (a daemon, pythonw): sys.stderr is None; the refusal is not
+    # said but the status and torchrun's error file still are, as with print() before.
+    error_file = tmp_path / "error.json"
+    child = ("import sys; sys.stderr = None\n"
+             "from seq2seq_es.errors import ConfigError, run_command\n"
+             "def command(argv):\n    raise ConfigError('optim.lr', 'must be positive')\n"
+             "sys.exit(run_command(command, []))\n")
+    proc = subprocess.run([sys.executable, "-c", child], cwd=REPO, capture_output=True,
+                          text=True, timeout=120,
+                          env=subprocess_env(TORCHELASTIC_ERROR_FILE=str(error_file)))
+    assert proc.returncode == 2, proc.stderr
+    record = json.loads(error_file.read_text())["message"]
+    assert record["message"] == "error: config key 'optim.lr': must be positive"

@@ -166,6 +166,12 @@ def test_a_crash_leaves_its_traceback_for_torchrun(tmp_path):
     assert int(record["extraInfo"]["timestamp"]) > 0
 
 
+def _python_with_error_file(code: str, error_file: Path) -> subprocess.CompletedProcess:
+    """`python -c code` as a torchrun rank would run, told to leave its error in error_file."""
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=subprocess_env(TORCHELASTIC_ERROR_FILE=str(error_file)))
+
+
 def test_an_error_file_that_cannot_be_written_whole_is_not_left_half_written(tmp_path):
     # On a full disk (the error being told) an emptied error.json made torchrun's agent fail on
     # json.load and end in a JSONDecodeError traceback instead of its summary. A file size
@@ -176,9 +182,7 @@ def test_an_error_file_that_cannot_be_written_whole_is_not_left_half_written(tmp
              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
              "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))\n"
              "tell_launcher('error: the disk is full')\n")
-    proc = subprocess.run([sys.executable, "-c", child], cwd=REPO, capture_output=True,
-                          text=True, timeout=120,
-                          env=subprocess_env(TORCHELASTIC_ERROR_FILE=str(error_file)))
+    proc = _python_with_error_file(child, error_file)
     assert proc.returncode == 0, proc.stderr
     assert list(tmp_path.iterdir()) == []  # neither an empty error.json nor a partial file
 
@@ -228,9 +232,7 @@ def test_a_process_without_stderr_still_ends_with_status_2(tmp_path):
              "from seq2seq_es.errors import ConfigError, run_command\n"
              "def command(argv):\n    raise ConfigError('optim.lr', 'must be positive')\n"
              "sys.exit(run_command(command, []))\n")
-    proc = subprocess.run([sys.executable, "-c", child], cwd=REPO, capture_output=True,
-                          text=True, timeout=120,
-                          env=subprocess_env(TORCHELASTIC_ERROR_FILE=str(error_file)))
+    proc = _python_with_error_file(child, error_file)
     assert proc.returncode == 2, proc.stderr
     record = json.loads(error_file.read_text())["message"]
     assert record["message"] == "error: config key 'optim.lr': must be positive"

@@ -388,15 +388,19 @@ def test_push_to_hub_refusals_named_by_the_hub_answer(online_hub, repo, whoami, 
     assert message in str(err.value)
 
 
+# The hub API the push check and the upload call; huggingface_hub may GET others by itself.
+OUR_HUB_CALLS = ("/api/whoami-v2", "/api/repos/create")
+
+
 def test_push_to_hub_check_passes_for_own_and_org_repos(online_hub):
     from seq2seq_es.engine.hub import check_push
 
     hub = online_hub()
     assert check_push(push_cfg("tiny-mlsum")) == "tester/tiny-mlsum"
     assert check_push(push_cfg("bsc-lt/tiny-mlsum")) == "bsc-lt/tiny-mlsum"
-    # Only the hub API the check calls: huggingface_hub >= 2.4 also fetches its agent-harness
+    # Only the hub API we call: huggingface_hub >= 2.4 also fetches its agent-harness
     # registry (/api/agent-harnesses) from the same endpoint first, when it has no cached copy.
-    ours = [r for r in hub.requests if r[1].startswith("/api/") and "agent-harnesses" not in r[1]]
+    ours = [r for r in hub.requests if r[1] in OUR_HUB_CALLS]
     assert ours[0][:2] == ("GET", "/api/whoami-v2")
     assert ours[0][3] == "Bearer hf_test_token"
 
@@ -443,7 +447,7 @@ def test_a_run_ends_by_uploading_final_to_the_repo(files, tmp_path):
     # The hub was asked who is logged in (at the start) and to create the repo (at the end).
     # (huggingface_hub itself may GET other endpoints, e.g. /api/agent-harnesses; nothing else
     # is written: the upload went through the replaced call only.)
-    ours = [r for r in hub.requests if r[1] in ("/api/whoami-v2", "/api/repos/create")]
+    ours = [r for r in hub.requests if r[1] in OUR_HUB_CALLS]
     assert [(method, path) for method, path, _, _ in ours] == [
         ("GET", "/api/whoami-v2"), ("POST", "/api/repos/create")]
     assert [r[1] for r in hub.requests if r[0] != "GET"] == ["/api/repos/create"]

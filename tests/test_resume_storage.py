@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from seq2seq_es.config import RunConfig
 from seq2seq_es.demo.synthetic import write_demo_dataset
@@ -75,6 +76,15 @@ def test_export_writes_the_checkpoints_weights_as_a_model_folder(tmp_path, one_r
         assert torch.equal(exported[name], value), name
     assert cli_main(["export", str(tmp_path / "run"), str(out)]) == 2  # not empty: refused
     assert "is not empty" in capsys.readouterr().err
+    # --dtype is the weights' dtype, not only config.json's label (bf16 kept fp32 tensors)
+    for dtype, torch_dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        half = tmp_path / f"exported-{dtype}"
+        assert cli_main(["export", str(tmp_path / "run"), str(half), "--dtype", dtype]) == 0
+        tensors = load_file(half / "model.safetensors")
+        assert {value.dtype for value in tensors.values()} == {torch_dtype}, dtype
+        for name, value in tensors.items():
+            assert torch.equal(value, final[name].to(torch_dtype)), (dtype, name)
+        assert json.loads((half / "config.json").read_text())["dtype"] == str(torch_dtype)[6:]
     fresh = _cfg(tmp_path, "continued", stage=0, steps=2)
     fresh.model.path = str(out)
     _train(fresh)  # a new run starts from the exported weights

@@ -507,6 +507,7 @@ def export_main(argv: list[str]) -> int:
     from ..config import check_folder
     from ..models import save_model
     from .builders import get_generation_config, get_model
+    from .export import EXPORT_DTYPES
 
     parser = argparse.ArgumentParser(
         prog="seq2seq-es export", allow_abbrev=False,
@@ -539,6 +540,9 @@ def export_main(argv: list[str]) -> int:
     cfg = inference_config(saved, config_file=args.config)
     model, tokenizer, spec = get_model(cfg)
     load_checkpoint_weights(model, saved.path)
+    # The weights themselves in --dtype: save_model only writes the name into config.json, and
+    # a bf16 export kept fp32 tensors under a bf16 label (twice the size the user asked for).
+    model.to(EXPORT_DTYPES[args.dtype])
     # OUT was new or empty: a failed write leaves nothing of its own there
     with storage.writing(out, "the model folder", partial=None if out.exists() else out):
         save_model(model, out, dtype=args.dtype)

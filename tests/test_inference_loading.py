@@ -152,3 +152,37 @@ def test_a_short_step_name_points_at_the_padded_folder(tmp_path):
     (tmp_path / "checkpoints" / "step_00000040").mkdir(parents=True)
     with pytest.raises(Seq2SeqEsError, match="did you mean .*step_00000040"):
         resolve_saved(tmp_path / "checkpoints" / "step_40")
+
+
+def _run_with_config(folder, **overrides: str):
+    from seq2seq_es.config import compose, dump
+    from seq2seq_es.engine.inference import SavedModel
+
+    dump(compose("mlsum", "barto-tiny", overrides=overrides), folder / "config.yaml")
+    return SavedModel("deepspeed", folder / "checkpoints" / "step_00000004", folder,
+                      "step_00000004")
+
+
+def test_evaluate_lengths_follow_a_new_target_length_as_train_would(tmp_path):
+    # config.yaml holds gen.max_new_tokens resolved (64, the target length the run followed)
+    # and the task's minimum (8): every key of it counts as set, so a new target length did not
+    # reach generation and a shorter maximum was refused for a minimum the user never set.
+    saved = _run_with_config(tmp_path, **{"data.max_target_length": "64"})
+    gen = inference_config(saved, overrides={"data.max_target_length": "8"}).gen
+    assert (gen.max_new_tokens, gen.min_new_tokens) == (8, 8)
+    gen = inference_config(saved, overrides={"gen.max_new_tokens": "6"}).gen
+    assert (gen.max_new_tokens, gen.min_new_tokens) == (6, 6)
+    gen = inference_config(saved, overrides={"data.max_target_length": "100"}).gen
+    assert (gen.max_new_tokens, gen.min_new_tokens) == (100, 8)
+    # what the command gives wins: its own maximum, and a minimum it sets is checked, not lowered
+    gen = inference_config(saved, overrides={"data.max_target_length": "8",
+                                             "gen.max_new_tokens": "20"}).gen
+    assert (gen.max_new_tokens, gen.min_new_tokens) == (20, 8)
+    with pytest.raises(ConfigError, match="gen.min_new_tokens"):
+        inference_config(saved, overrides={"gen.max_new_tokens": "6", "gen.min_new_tokens": "8"})
+    # a run that set its own maximum keeps it under a new target length, as train keeps it
+    own = tmp_path / "own"
+    own.mkdir()
+    saved = _run_with_config(own, **{"data.max_target_length": "64", "gen.max_new_tokens": "30"})
+    gen = inference_config(saved, overrides={"data.max_target_length": "16"}).gen
+    assert (gen.max_new_tokens, gen.min_new_tokens) == (30, 8)

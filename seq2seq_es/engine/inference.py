@@ -194,7 +194,7 @@ def inference_config(saved: SavedModel, *, config_file: str | None = None,
     `config.yaml` holds every key explicitly, so composing it again gives the run's config;
     the launcher's environment (accelerate's ZeRO stage) and then the command line override it.
     """
-    from ..config import compose, note_not_read
+    from ..config import compose, load_yaml, note_not_read
     from .distributed import launcher_overrides
 
     source = config_file or saved.config_file
@@ -215,12 +215,42 @@ def inference_config(saved: SavedModel, *, config_file: str | None = None,
         # The checkpoint's weights replace all of the skeleton's: read the run's own export
         # rather than the pretrained model (which may live on the hub).
         merged["model.path"] = str(saved.run_dir / run_files.FINAL)
+    if source is not None:
+        merged.update(lengths_following_target(load_yaml(str(source)), overrides or {}))
     cfg = compose(task=None if source else task, model=model if not source else None,
                   config_file=str(source) if source else None, overrides=merged)
     # --gen.temperature without --gen.do_sample: said once, as `train` says it, rather than
     # recorded in the evaluation as if it had applied
     note_not_read(cfg, set(overrides or {}))
     return cfg
+
+
+def lengths_following_target(run_values: dict, given: dict) -> dict:
+    """The generation lengths a command's overrides `given` imply over a run's config.yaml
+    (`run_values`), as `train` would resolve them (config.follow_target_length).
+
+    config.yaml holds the lengths resolved: gen.max_new_tokens is the target length the run
+    followed and gen.min_new_tokens the task's minimum, and every key of it counts as set. So
+    `evaluate --data.max_target_length 8` still generated up to the run's 64 tokens, and
+    `--gen.max_new_tokens 6` was refused for the minimum of 8 the user had never set. The
+    maximum follows a new target length when the run's followed its own; a saved minimum larger
+    than the new maximum is lowered to it unless the command gives one."""
+    from ..config import file_value
+
+    lengths = {}
+    new_max = given.get("gen.max_new_tokens")
+    if (new_max is None and "data.max_target_length" in given
+            and file_value(run_values, "gen.max_new_tokens")
+            in (None, file_value(run_values, "data.max_target_length"))):
+        new_max = lengths["gen.max_new_tokens"] = given["data.max_target_length"]
+    saved_min = file_value(run_values, "gen.min_new_tokens")
+    if new_max is not None and saved_min is not None and "gen.min_new_tokens" not in given:
+        try:
+            if int(saved_min) > int(new_max):
+                lengths["gen.min_new_tokens"] = new_max
+        except (TypeError, ValueError):
+            pass  # not a number: compose refuses it, naming its key
+    return lengths
 
 
 # ---------------------------------------------------------------------------------------------

@@ -530,6 +530,26 @@ def test_score_with_a_task_reads_the_tasks_own_data_file_as_references(tmp_path,
     assert json.loads(captured.out)["exact_match"] == 100.0
     assert (f"{two}: one prediction per data row of {broken} (as predict writes them); the "
             "predictions of the 1 row(s) a run does not score are left out") in captured.err
+    # The same for a SQuAD-format document, whose broken question is left out while reading
+    # (6 predictions were refused against 5 references), named by its place as training does.
+    paragraphs = [{"context": row["context"], "qas": [{
+        "id": f"q{index}", "question": row["question"],
+        "answers": [{"text": text, "answer_start": start} for text, start
+                    in zip(row["answers"]["text"], row["answers"]["answer_start"])]}]}
+        for index, row in enumerate(rows)]
+    paragraphs.insert(1, {"context": "Hace frío.", "qas": [{"id": "q-bad", "question": "¿Qué?",
+                                                            "answers": [{"answer_start": 0}]}]})
+    squad = _write(tmp_path / "squad.json", json.dumps(
+        {"version": "1", "data": [{"title": "t", "paragraphs": paragraphs}]}, ensure_ascii=False))
+    three_rows = _write(tmp_path / "three_rows.txt", "Madrid\nno se sabe\nel sol\n")
+    assert score_main(["--task", "sqac", "--predictions", three_rows, "--references", squad]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["exact_match"] == 100.0
+    assert ("row 1 (question data[0].paragraphs[1].qas[0], id 'q-bad'): column 'answers.text' "
+            "missing value") in captured.err
+    assert "the predictions of the 1 row(s) a run does not score are left out" in captured.err
+    assert score_main(["--task", "sqac", "--predictions", two, "--references", squad]) == 0
+    assert json.loads(capsys.readouterr().out)["exact_match"] == 100.0  # one per scored row
     # A line that is not UTF-8, first or not, is skipped as training skips it.
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_bytes("{\"question\": \"canción\"\n".encode("latin-1")

@@ -100,11 +100,12 @@ class TaskReferences:
     references: list[list[str]]
     rows: int
     scored_rows: list[int] | None
-    # A JSON-lines file: its non-blank lines (predict reads each as a row, also those training
-    # leaves out before reading: a column of mixed types, a repeated key), and the positions
-    # among them of the scored rows' lines.
-    lines: int | None = None
-    scored_lines: list[int] | None = None
+    # The file's rows as a reader of the whole file counts them, with those training leaves
+    # out before reading (a column of mixed types, a repeated key, a SQuAD question without an
+    # answer text): the non-blank lines of a JSON-lines file (predict reads each as a row) or
+    # the rows of a JSON document; and the positions among them of the scored rows.
+    file_rows: int | None = None
+    scored_file_rows: list[int] | None = None
 
     def rows_to_score(self, predictions: int, predictions_path: str, path: str) -> list[int] | None:
         """The predictions to keep: None for all (one per scored example), or the scored rows'
@@ -113,8 +114,8 @@ class TaskReferences:
             return None
         if predictions == self.rows:
             keep, total = self.scored_rows, self.rows
-        elif self.scored_lines is not None and predictions == self.lines:
-            keep, total = self.scored_lines, self.lines
+        elif self.scored_file_rows is not None and predictions == self.file_rows:
+            keep, total = self.scored_file_rows, self.file_rows
         else:
             return None
         print(f"{predictions_path}: one prediction per data row of {path} (as predict writes "
@@ -202,7 +203,10 @@ def _task_references(path: str, task, columns: dict[str, str] | None = None) -> 
 
     for note in local.notes:  # e.g. read as ';'-delimited
         print(f"{path}: {note}", file=sys.stderr)
-    skipped = [(f"{'line' if local.by_line else 'row'} {at}",
+    # a SQuAD question by its place and id, as training names it ("row 1 (question
+    # data[0].paragraphs[1].qas[0], id '7')"), rather than by a row number alone
+    skipped = [(f"line {at}" if local.by_line else
+                f"row {at}" + (f" ({local.row_names[at]})" if at in local.row_names else ""),
                 f"column '{column}' {reason}" if column else reason)
                for at, column, reason in local.bad]
     references, scored_rows = [], []
@@ -224,14 +228,19 @@ def _task_references(path: str, task, columns: dict[str, str] | None = None) -> 
                         "--task is given)", file=path)
     if not isinstance(task.formatter, RowFormatter):
         return TaskReferences(references, len(rows), None)
-    lines = scored_lines = None
+    file_rows = scored_file_rows = None
     if local.by_line and local.line_of_row is not None and path.lower().endswith(".jsonl"):
         numbers = [number for number, text in enumerate(_read_bytes(path).split(b"\n"), 1)
                    if text.strip()]
         position = {number: index for index, number in enumerate(numbers)}
-        lines = len(numbers)
-        scored_lines = [position[local.line_of_row[row]] for row in scored_rows]
-    return TaskReferences(references, len(rows), scored_rows, lines, scored_lines)
+        file_rows = len(numbers)
+        scored_file_rows = [position[local.line_of_row[row]] for row in scored_rows]
+    elif not local.by_line and local.row_of_row is not None:
+        # a JSON document whose bad rows were left out at reading: row_of_row holds each data
+        # row's place among all of the document's rows
+        file_rows = len(rows) + len(local.bad)
+        scored_file_rows = [local.row_of_row[row] for row in scored_rows]
+    return TaskReferences(references, len(rows), scored_rows, file_rows, scored_file_rows)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -120,6 +120,14 @@ def test_demo_refuses_an_output_dir_that_is_a_file(tmp_path, capsys):
     assert f"{tmp_path / 'run' / 'data'} is a file" in one_error(capsys)
 
 
+def test_demo_names_its_own_task_for_another_one(tmp_path, capsys):
+    # `demo --task sqac` was refused as "--task given 2 times": the demo passes its own
+    assert cli(["demo", "--output-dir", str(tmp_path / "run"), "--task", "sqac"]) == 2
+    assert one_error(capsys).startswith("error: argument --task: the demo trains mlsum on its "
+                                        "generated news summaries, not sqac; train sqac on")
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
 # ---------------------------------------------------------------------------------------------
 # Length limits the special tokens fill (truncate_ids' ValueError, a traceback)
 

@@ -13,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+DEMO_TASK = "mlsum"
 DEMO_SETTINGS = {
     "train.max_steps": "600",
     "train.batch_size": "16",
@@ -48,14 +49,22 @@ def demo_main(argv: list[str]) -> int:
                     "train option (--section.key VALUE, see `seq2seq-es train --help`) is passed on.")
     parser.add_argument("--output-dir", default="runs/demo", help="run folder (default runs/demo)")
     parser.add_argument("--model", default="barto-tiny", help="registry name (default barto-tiny)")
+    # --task is the demo's own (mlsum: its data is generated in MLSUM's schema), not an
+    # option passed on: `demo --task sqac` was refused as "--task given 2 times".
+    parser.add_argument("--task", default=DEMO_TASK, help=argparse.SUPPRESS)
     known, rest = parser.parse_known_args(argv)
+    if known.task != DEMO_TASK:
+        from ..errors import ConfigError
+        raise ConfigError("--task", f"the demo trains {DEMO_TASK} on its generated news "
+                          f"summaries, not {known.task}; train {known.task} on its data with "
+                          f"`seq2seq-es train --task {known.task} --model M` (README: Using it)")
     out = Path(known.output_dir)
     # The data is written into the run folder before `train` checks it: a file there (or at
     # its data/) is refused here, under the demo's own option.
     check_folder("--output-dir", known.output_dir)
     check_folder("--output-dir", str(out / "data"))
     files = write_demo_dataset(out / "data")
-    args = ["--task", "mlsum", "--model", known.model, "--train.output_dir", str(out),
+    args = ["--task", DEMO_TASK, "--model", known.model, "--train.output_dir", str(out),
             "--data.train_file", files["train"], "--data.validation_file", files["validation"],
             "--data.test_file", files["test"]]
     for key, value in DEMO_SETTINGS.items():

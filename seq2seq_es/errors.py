@@ -53,6 +53,13 @@ def close_matches(name: str, known, n: int = 3) -> list[str]:
     return [by_lower[match] for match in found]
 
 
+def json_problem(error: json.JSONDecodeError) -> str:
+    """json's message with its column: "Unterminated string starting at column 10". Some of
+    its messages end in " at" for the position that follows ("... starting at at column 10"
+    when a column was appended to them)."""
+    return f"{error.msg.removesuffix(' at')} at column {error.colno}"
+
+
 def did_you_mean(name: str, known, quote: str = "'") -> str:
     """"did you mean 'mlsum'? " (or "'a' or 'b'"), or "" when nothing is close."""
     matches = [f"{quote}{match}{quote}" for match in close_matches(name, known)]

@@ -158,7 +158,21 @@ def test_a_broken_json_document_names_its_line(tmp_path, cache):
     path.write_text('[\n  {"text": "a", "summary": "b"},\n  {"text": "c" "summary": "d"}\n]\n',
                     encoding="utf-8")
     err = refused(path, cache)
-    assert err.line == 3 and "not valid JSON" in str(err)
+    assert err.line == 3 and "not valid JSON: Expecting ',' delimiter at column 16" in str(err)
+
+
+def test_a_broken_json_line_says_where_once(tmp_path, cache):
+    # json's "Unterminated string starting at" came out as "... starting at at column 10"
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "a", "summary": "b"}\n{"text": "c, "summary": "d"}\n',
+                    encoding="utf-8")
+    err = refused(path, cache, skip_bad_rows=False)
+    assert err.line == 2
+    assert ("not valid JSON: Expecting ',' delimiter at column 15 (a truncated or broken line?)"
+            in str(err))
+    path.write_text('{"text": "a", "summary": "b"}\n{"text": "c\n', encoding="utf-8")
+    err = refused(path, cache, skip_bad_rows=False)
+    assert "not valid JSON: Unterminated string starting at column 10 (a truncated" in str(err)
 
 
 def test_a_tsv_field_that_opens_with_a_quotation_mark_stays_one_row(tmp_path, cache):

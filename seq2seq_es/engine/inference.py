@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import run_files
-from ..errors import ConfigError, Seq2SeqEsError
+from ..errors import ConfigError, Seq2SeqEsError, json_problem
 from ..line_files import split_lines
 from . import distributed as D
 from . import storage
@@ -733,7 +733,7 @@ def read_sources(path: Path, task, run_task=None,
             try:
                 row = json.loads(raw)
             except json.JSONDecodeError as exc:
-                raise InputError(path, n, f"not valid JSON ({exc.msg} at column {exc.colno})") \
+                raise InputError(path, n, f"not valid JSON ({json_problem(exc)})") \
                     from None
             if columns and isinstance(row, dict):
                 row = {columns.get(key, key): value for key, value in row.items()}

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from seq2seq_es.errors import ConfigError, DataError, Seq2SeqEsError
+from seq2seq_es.errors import ConfigError, DataError, Seq2SeqEsError, json_problem
 from seq2seq_es.line_files import split_lines
 
 EM_CONVENTION_CHOICES = ("strict", "squad", "mlqa-es", "loose")
@@ -55,7 +55,7 @@ def _jsonl_values(path: str) -> list[tuple[int, object]]:
         try:
             values.append((number, json.loads(line)))
         except json.JSONDecodeError as error:
-            raise DataError(f"not valid JSON ({error.msg})", file=path, line=number) from None
+            raise DataError(f"not valid JSON ({json_problem(error)})", file=path, line=number) from None
     return values
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import run_files
 from ..config import BOOKKEEPING_KEYS, SEED_MAX
-from ..errors import ConfigError, DataError, close_matches
+from ..errors import ConfigError, DataError, close_matches, json_problem
 # The one metrics.jsonl reader (merges a step's records, keeping the last values).
 from ..metrics_log import read as read_metrics
 from .job import DEFAULT_ENTRY
@@ -671,7 +671,7 @@ def read_final_results(path: str | Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise DataError(f"not valid JSON ({exc.msg})", file=str(path), row=exc.lineno) from None
+        raise DataError(f"not valid JSON ({json_problem(exc)})", file=str(path), row=exc.lineno) from None
     if not isinstance(data, dict) or not isinstance(data.get("validation"), dict):
         raise DataError("expected an object with a 'validation' mapping", file=str(path))
     return data

@@ -64,7 +64,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, json_problem
 from .formatting import parse_nested_text
 
 # Bump when the cleaning rules change: the cleaned copy's name includes it.
@@ -373,7 +373,7 @@ def _json_document(path: str, raw: bytes, rewrite: bool, options: dict,
     try:
         document = _document_decoder(repeats).decode(text)
     except json.JSONDecodeError as error:
-        raise DataError(f"not valid JSON: {error.msg} (column {error.colno})", file=path,
+        raise DataError(f"not valid JSON: {json_problem(error)}", file=path,
                         line=error.lineno) from None
     if isinstance(document, dict) and repeats.get(id(document)) in ("data", *required_columns):
         raise DataError(f"key '{repeats[id(document)]}' appears twice at the top of the document "
@@ -565,7 +565,7 @@ def _json_lines(path: str, raw: bytes, rewrite: bool, columns: Columns,
             bad.append((number, None, _repeated_key_reason(repeated.key)))
             continue
         except json.JSONDecodeError as error:
-            bad.append((number, None, f"not valid JSON: {error.msg} at column {error.colno} "
+            bad.append((number, None, f"not valid JSON: {json_problem(error)} "
                                       "(a truncated or broken line?)"))
             continue
         if not isinstance(value, dict):

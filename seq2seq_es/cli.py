@@ -7,6 +7,7 @@ library tracebacks stay out of the way (set SEQ2SEQ_ES_DEBUG=1 to see them).
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import sys
@@ -15,7 +16,7 @@ from typing import NoReturn
 
 # build_config: what `train` composes from its arguments (the slurm layer and tests use it too).
 from .engine.entry import build_config, parse_train_args, train_main  # noqa: F401
-from .errors import run_command, tell_launcher
+from .errors import did_you_mean, run_command, tell_launcher
 from .process_exit import exit_status, leave, must_leave_without_teardown
 
 USAGE = """usage: seq2seq-es <command> [options]
@@ -53,6 +54,11 @@ def cmd_list(argv: list[str]) -> int:
     from .models import MODELS
     from .tasks import TASKS
 
+    # its own parser: `list --help` (or a stray argument) printed the list as if not given
+    argparse.ArgumentParser(prog="seq2seq-es list", allow_abbrev=False,
+                            description="The registry's models and tasks: their names, hub ids, "
+                                        "metrics and the columns a local data file needs."
+                            ).parse_args(argv)
     print("models:")
     for name, spec in MODELS.items():
         if not spec.tiny:
@@ -187,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"error: unknown command '{command}'\n{USAGE}", file=sys.stderr)
+        print(f"error: unknown command '{command}'; {did_you_mean(command, COMMANDS)}"
+              f"the commands:\n{USAGE}", file=sys.stderr)
         return 2
     return run_command(COMMANDS[command], rest)
 

@@ -33,7 +33,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 import yaml
 
@@ -845,15 +845,37 @@ def _looks_like_option(arg: str) -> bool:
     return "." in name and (name[0].isalpha() or name[0] == "_")
 
 
-def parse_overrides(argv: list[str]) -> dict[str, str]:
-    """`--optim.lr 3e-5 --train.epochs=3` -> {'optim.lr': '3e-5', 'train.epochs': '3'}."""
+def command_flags(parser) -> list[str]:
+    """A command's own --flags (argparse keeps them in `_option_string_actions`), for
+    parse_overrides' near-miss hint."""
+    return [flag for flag in parser._option_string_actions if flag.startswith("--")]
+
+
+def undotted_hint(name: str, flags: Iterable[str] = ()) -> str:
+    """For an option without a section (`--tsk`, `--lr`): the Trainer's or a launcher's name, the
+    one section holding that key (`--lr`: --optim.lr), else a near miss among the command's own
+    `flags` (`--tsk`: --task); '' when nothing is close."""
+    hint = trainer_name_hint(name)
+    if hint:
+        return hint
+    plain = name.lstrip("-").replace("-", "_")
+    owners = _owning_sections(plain)
+    if owners:
+        return f"; did you mean {' or '.join(f'--{owner}.{plain}' for owner in owners)}?"
+    matches = close_matches(name, [flag for flag in flags if flag != name])
+    return f"; did you mean {' or '.join(matches)}?" if matches else ""
+
+
+def parse_overrides(argv: list[str], flags: Iterable[str] = ()) -> dict[str, str]:
+    """`--optim.lr 3e-5 --train.epochs=3` -> {'optim.lr': '3e-5', 'train.epochs': '3'}.
+    `flags`: the command's own options, suggested for a near miss of one (`--tsk`)."""
     overrides: dict[str, str] = {}
     i = 0
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
             raise ConfigError(arg, "expected a dotted option such as --optim.lr 3e-5"
-                              + trainer_name_hint(arg.split("=", 1)[0]))
+                              + undotted_hint(arg.split("=", 1)[0], flags))
         if "=" in arg:
             key, value = arg[2:].split("=", 1)
             i += 1

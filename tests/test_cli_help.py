@@ -156,6 +156,35 @@ def test_an_unknown_key_names_where_a_trainer_user_finds_it(capsys, given, says)
     assert err.strip().endswith(says), err
 
 
+@pytest.mark.parametrize("argv, says", [
+    # a key without its section, and a near miss of the command's own flag
+    (["train", "--task", "mlsum", "--model", "barto-tiny", "--lr", "1e-3"],
+     "error: argument --lr: expected a dotted option such as --optim.lr 3e-5; did you mean "
+     "--optim.lr?"),
+    (["train", "--tsk", "mlsum"], "error: argument --tsk: expected a dotted option such as "
+                                  "--optim.lr 3e-5; did you mean --task?"),
+    (["evaluate", "runs/x", "--splt", "test"], "; did you mean --split?"),
+    (["predict", "runs/x", "--input", "a", "--output", "b", "--overwrit"],
+     "; did you mean --overwrite?"),
+    (["trian", "--task", "mlsum"], "error: unknown command 'trian'; did you mean 'train'? the "
+                                   "commands:"),
+])
+def test_a_mistyped_flag_or_command_gets_a_suggestion(capsys, argv, says):
+    code, out, err = cli_out(capsys, argv)
+    assert code == 2 and out == ""
+    assert says in err.splitlines()[0], err
+
+
+def test_list_has_its_own_help_and_refuses_an_argument(capsys):
+    # `list --help` printed the list, and `list x` too
+    with pytest.raises(SystemExit) as exited:
+        main(["list", "--help"])
+    assert exited.value.code == 0 and "usage: seq2seq-es list" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        main(["list", "mlsum"])
+    assert exited.value.code == 2 and "unrecognized arguments: mlsum" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [
     ["--task", "mlsum", "--model", "barto"],
     ["--task", "sqac", "--model", "betoshare", "--optim.betas", "0.8,0.95",

@@ -15,7 +15,7 @@ from pathlib import Path
 def parse_train_args(argv: list[str], prog: str = "seq2seq-es train"
                      ) -> tuple[argparse.Namespace, dict[str, str]]:
     """`train`'s arguments (and `config`'s, whose `prog` names it in argparse's usage line)."""
-    from ..config import parse_overrides
+    from ..config import command_flags, parse_overrides
 
     # The help is generated from the config dataclasses (config_help.train_help), not argparse's.
     # allow_abbrev=False: "--ta sqac" must not silently be a second --task
@@ -31,7 +31,7 @@ def parse_train_args(argv: list[str], prog: str = "seq2seq-es train"
             from ..errors import ConfigError
             raise ConfigError(flag, f"given {len(given)} times; give it once")
     known, rest = parser.parse_known_args(argv)
-    return known, parse_overrides(rest)
+    return known, parse_overrides(rest, command_flags(parser))
 
 
 def build_config(argv: list[str]):

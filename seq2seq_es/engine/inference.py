@@ -340,7 +340,7 @@ def _say(env: D.DistEnv):
 
 
 def parse_evaluate_args(argv: list[str]):
-    from ..config import parse_overrides
+    from ..config import command_flags, parse_overrides
 
     parser = argparse.ArgumentParser(
         prog="seq2seq-es evaluate", allow_abbrev=False,
@@ -349,7 +349,8 @@ def parse_evaluate_args(argv: list[str]):
                     "--data.test_file FILE, --dist.zero_stage 3, --data.max_eval_samples N).")
     parser.add_argument("path", help="run folder, model folder (RUN/final), "
                                      "RUN/checkpoints/step_N, or a hub id (owner/name)")
-    parser.add_argument("--split", choices=tuple(SPLIT_PREFIX), default="validation")
+    parser.add_argument("--split", choices=tuple(SPLIT_PREFIX), default="validation",
+                        help="the split to score (default validation)")
     parser.add_argument("--output-dir", help="where predictions and scores go (default "
                                              "RUN/evaluations/<split>_<checkpoint>)")
     parser.add_argument("--batch-size", type=int, help="per rank (default: the run's "
@@ -361,7 +362,7 @@ def parse_evaluate_args(argv: list[str]):
                                         "registry name of its family's model (e.g. barto)")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     known, rest = parser.parse_known_args(argv)
-    return known, parse_overrides(rest)
+    return known, parse_overrides(rest, command_flags(parser))
 
 
 def check_run_names(where: str, task: str | None, model: str | None) -> None:
@@ -588,7 +589,7 @@ def export_main(argv: list[str]) -> int:
 
 
 def parse_predict_args(argv: list[str]):
-    from ..config import parse_overrides
+    from ..config import command_flags, parse_overrides
 
     parser = argparse.ArgumentParser(
         prog="seq2seq-es predict", allow_abbrev=False,
@@ -617,7 +618,7 @@ def parse_predict_args(argv: list[str]):
     parser.add_argument("--max-source-length", type=int)
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     known, rest = parser.parse_known_args(argv)
-    return known, parse_overrides(rest)
+    return known, parse_overrides(rest, command_flags(parser))
 
 
 def _field(row: dict, column: str, file: Path, line: int, label: str | None = None) -> str:

@@ -322,7 +322,10 @@ def test_only_a_slurm_jobs_preemption_is_said_to_requeue():
     job = {"SUBMITIT_FOLDER": "/logs"}
     assert after_stop("SIGINT", 130, job) == "resume with --train.resume auto"
     assert after_stop("SIGUSR2", 3, {}) == "resume with --train.resume auto"
-    assert "requeues itself" in after_stop("SIGUSR2", 3, job)
+    # a run already resuming by itself (the demo's) is continued by its own command again
+    assert after_stop("SIGINT", 130, {}, "auto") == ("the same command again resumes from it "
+                                                     "(train.resume is auto)")
+    assert "requeues itself" in after_stop("SIGUSR2", 3, job, "auto")
     assert "slurm resume" in after_stop("SIGUSR2", 3, {**job, "SEQ2SEQ_ES_REQUEUES_LEFT": "0"})
 
 

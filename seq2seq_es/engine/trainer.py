@@ -151,13 +151,16 @@ class SaveClock:
 
 
 
-def after_stop(signal_name: str, code: int, environ) -> str:
+def after_stop(signal_name: str, code: int, environ, resume: str = "none") -> str:
     """What happens after a stop signal's checkpoint, for the stop line. A job of `seq2seq-es
     slurm` (submitit's process: SUBMITIT_FOLDER) requeues itself (slurm.job.TrainJob) while it
     has requeues left (run_files.REQUEUES_LEFT_ENV, set by the job); anywhere else the user
     starts the run again. SIGTERM is also scancel's: the job decides, from SLURM's record,
-    whether it ends."""
+    whether it ends. `resume`: the run's train.resume; a run that has it at auto already (the
+    demo's, a config file's) is continued by the same command again."""
     if "SUBMITIT_FOLDER" not in environ or code != PREEMPTED_EXIT_CODE:
+        if resume == "auto":
+            return "the same command again resumes from it (train.resume is auto)"
         return "resume with --train.resume auto"
     if signal_name == "SIGTERM":
         return ("the job is requeued if SLURM requeues it, and ends if it was cancelled "
@@ -499,7 +502,7 @@ class Trainer:
             write_json_atomic(self.out / run_files.PREEMPTED, {"step": step, "signal": name})
         code = INTERRUPTED_EXIT_CODE if name == "SIGINT" else PREEMPTED_EXIT_CODE
         raise Stopped(f"{name} received: saved a checkpoint at step {step}; "
-                      f"{after_stop(name, code, os.environ)}", code, reports=self.env.is_main)
+                      f"{after_stop(name, code, os.environ, self.cfg.train.resume)}", code, reports=self.env.is_main)
 
     # -- validation, checkpoints ---------------------------------------------------------------
 

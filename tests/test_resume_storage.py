@@ -68,6 +68,10 @@ def test_export_writes_the_checkpoints_weights_as_a_model_folder(tmp_path, one_r
     out = tmp_path / "exported"
     assert cli_main(["export", str(tmp_path / "run"), str(out)]) == 0
     assert f"--model.path {out}" in capsys.readouterr().out
+    # a README says how to feed it, as final/'s does (there was none)
+    card = (out / "README.md").read_text()
+    assert "# barto-tiny fine-tuned on mlsum" in card and "step_00000002" in card
+    assert "## Inputs" in card and "generation_config.json" in card
     exported = AutoModelForSeq2SeqLM.from_pretrained(out).state_dict()
     # the training's own export of its last step (gathered from the engine, another path)
     final = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "run" / "final").state_dict()

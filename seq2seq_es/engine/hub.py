@@ -82,18 +82,10 @@ def model_card(results: dict, base_model: str | None, task_hub_id: str | None,
                inputs: list[str] = ()) -> str:
     """A short README.md: what was trained on what, how to feed it, and its validation and test
     scores."""
-    front = ["---", "language: es", "library_name: transformers", "tags:", "- seq2seq-es",
-             f"- {results['task']}"]
-    if base_model:
-        front.append(f"base_model: {base_model}")
-    if task_hub_id:
-        front += ["datasets:", f"- {task_hub_id}"]
-    lines = front + ["---", "", f"# {results['model']} fine-tuned on {results['task']}", "",
-                     f"Trained with seq2seq-es; the weights are those of step {results['best_step']}"
-                     f" of {results['steps']}, chosen on the validation {results['main_metric']}.",
-                     ""]
-    if inputs:
-        lines += ["## Inputs", "", *(f"- {line}" for line in inputs), ""]
+    lines = _card_head(results["model"], results["task"], base_model, task_hub_id)
+    lines += [f"Trained with seq2seq-es; the weights are those of step {results['best_step']}"
+              f" of {results['steps']}, chosen on the validation {results['main_metric']}.", ""]
+    lines += _inputs_section(inputs)
     for split in ("validation", "test"):
         scores = results.get(split) or {}
         if scores:
@@ -103,6 +95,22 @@ def model_card(results: dict, base_model: str | None, task_hub_id: str | None,
             lines.append("")
     lines += ["`final_results.json` holds the same numbers.", ""]
     return "\n".join(lines)
+
+
+def _card_head(model: str, task: str, base_model: str | None, task_hub_id: str | None
+               ) -> list[str]:
+    """The card's front matter (the hub's metadata) and title."""
+    front = ["---", "language: es", "library_name: transformers", "tags:", "- seq2seq-es",
+             f"- {task}"]
+    if base_model:
+        front.append(f"base_model: {base_model}")
+    if task_hub_id:
+        front += ["datasets:", f"- {task_hub_id}"]
+    return front + ["---", "", f"# {model} fine-tuned on {task}", ""]
+
+
+def _inputs_section(inputs: list[str]) -> list[str]:
+    return ["## Inputs", "", *(f"- {line}" for line in inputs), ""] if inputs else []
 
 
 _GLOBAL_TOKENS = {"first": "the first token",
@@ -145,6 +153,23 @@ def write_model_card(run_dir: Path, cfg: RunConfig) -> Path:
     card = run_dir / run_files.FINAL / "README.md"
     card.write_text(model_card(results, base, getattr(task, "hub_id", None),
                                input_notes(cfg, task, spec)), encoding="utf-8")
+    return card
+
+
+def write_export_card(out: Path, cfg: RunConfig, checkpoint: Path) -> Path:
+    """OUT/README.md for `seq2seq-es export`: what the folder holds and how to feed it, as
+    final/ says (a LED model's global attention above all); a checkpoint has no scores yet."""
+    from ..models import get_model_spec
+    from ..tasks import task_for
+
+    spec, task = get_model_spec(cfg.model.name), task_for(cfg.data)
+    base = None if spec.tiny else getattr(spec, "hub_id", None)
+    lines = _card_head(cfg.model.name, cfg.data.task, base, getattr(task, "hub_id", None))
+    lines += [f"Trained with seq2seq-es; the weights of checkpoint `{checkpoint}`, exported by "
+              "`seq2seq-es export`. Its scores: `seq2seq-es evaluate` on this folder.", ""]
+    lines += _inputs_section(input_notes(cfg, task, spec))
+    card = out / "README.md"
+    card.write_text("\n".join(lines), encoding="utf-8")
     return card
 
 

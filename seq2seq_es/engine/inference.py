@@ -539,6 +539,7 @@ def export_main(argv: list[str]) -> int:
     from ..models import save_model
     from .builders import get_generation_config, get_model
     from .export import EXPORT_DTYPES
+    from .hub import write_export_card
 
     parser = argparse.ArgumentParser(
         prog="seq2seq-es export", allow_abbrev=False,
@@ -579,6 +580,7 @@ def export_main(argv: list[str]) -> int:
         save_model(model, out, dtype=args.dtype)
         tokenizer.save_pretrained(out)
         get_generation_config(cfg, spec, tokenizer).save_pretrained(out)
+        write_export_card(out, cfg, saved.path)
     print(f"exported {saved.path} ({cfg.model.name}, {cfg.data.task}) to {out}; a new run "
           f"continues from its weights with --model.path {out} --model.name {cfg.model.name}")
     return 0

@@ -197,6 +197,10 @@ def test_split_dev_shows_validation_only(tmp_path, capsys):
     assert "0.00 / 0.50" in (sweep_dir / "results.md").read_text()
     assert dev_files == {name: (sweep_dir / f"results-dev.{name}").read_bytes()
                          for name in ("md", "csv", "png")}
+    # `validation`, evaluate's name for the split, is dev here too
+    assert slurm_main(["collect", str(sweep_dir), "--split", "validation", "--metrics",
+                       "sari,bleu"]) == 0
+    assert "Cells: dev (validation) only" in capsys.readouterr().out
 
 
 def test_a_sweep_without_results_leaves_earlier_tables_untouched(tmp_path, capsys):

@@ -281,9 +281,12 @@ def cmd_collect(argv: list[str], prog: str = "seq2seq-es slurm collect") -> int:
                         help="a sweep folder (sweep.json) or run folder of `slurm submit` "
                              "(slurm_job.json); or run folders (each holds config.yaml) and "
                              "folders of them, whose results go to the folder holding them all")
+    # `validation` is evaluate's and the config's name for dev: accepted here too
     parser.add_argument("--split", choices=SPLITS_SHOWN, default="both",
+                        type=lambda name: "dev" if name == "validation" else name,
                         help="what the markdown cells and the plot show: 'dev / test' (both, the "
-                             "default), dev only or test only; the CSV always holds both")
+                             "default), dev (or validation) only or test only; the CSV always "
+                             "holds both")
     parser.add_argument("--metrics", help="comma-separated metric names to show (default: all "
                                           "task metrics); the choice of runs does not change")
     parser.add_argument("--markdown", metavar="FILE",

@@ -122,6 +122,24 @@ def default_cache_dir() -> Path:
     return Path(base) / "tokenized"
 
 
+def leading_label_to_drop(tokenizer, decoder_start_id: int | None) -> int | None:
+    """`decoder_start_id` where the tokenizer puts it at the front of every text (BERT's
+    [CLS]), so that label_ids drops it; None where it does not repeat the start token."""
+    lead = len(special_token_frames(tokenizer)[0])
+    first_id = tokenizer("casa")["input_ids"][0]
+    return decoder_start_id if lead > 0 and first_id == decoder_start_id else None
+
+
+def label_ids(tokenizer, targets: list[str], drop_leading_label_id: int | None) -> list[list[int]]:
+    """Each target's whole token ids as labels (before truncation): the tokenizer's, less the
+    leading `drop_leading_label_id` (leading_label_to_drop). Training's labels and the target
+    lengths that `slurm` checks before sbatch both come from here."""
+    ids = tokenizer(text_target=targets, add_special_tokens=True, verbose=False)["input_ids"]
+    if drop_leading_label_id is None:
+        return ids
+    return [tgt[1:] if tgt and tgt[0] == drop_leading_label_id else tgt for tgt in ids]
+
+
 def tokenize_examples(examples: datasets.Dataset, tokenizer, *, split: str, max_source_length: int,
                       max_target_length: int, source_truncation_side: str = "right",
                       drop_leading_label_id: int | None = None, cache_dir: str | None = None,
@@ -135,9 +153,7 @@ def tokenize_examples(examples: datasets.Dataset, tokenizer, *, split: str, max_
     """
     frame = special_token_frames(tokenizer)
     lead, trail = len(frame[0]), len(frame[1])
-    first_id = tokenizer("casa")["input_ids"][0]
-    if drop_leading_label_id is not None and not (lead > 0 and first_id == drop_leading_label_id):
-        drop_leading_label_id = None  # the tokenizer does not repeat the start token: keep labels
+    drop_leading_label_id = leading_label_to_drop(tokenizer, drop_leading_label_id)
     label_lead = lead - 1 if drop_leading_label_id is not None else lead
     # Before anything is tokenized (and before training): a limit the specials fill alone
     check_length_room("data.max_source_length", max_source_length, frame, tokenizer, "source")
@@ -160,12 +176,9 @@ def tokenize_examples(examples: datasets.Dataset, tokenizer, *, split: str, max_
         # Whole texts, cut below (and counted in the truncation report); verbose=False: not
         # transformers' warning that a sequence longer than the model "will result in errors".
         sources = tokenizer(batch["source"], add_special_tokens=True, verbose=False)["input_ids"]
-        targets = tokenizer(text_target=batch["target"], add_special_tokens=True,
-                            verbose=False)["input_ids"]
+        targets = label_ids(tokenizer, batch["target"], drop_leading_label_id)
         out = {"input_ids": [], "labels": [], "source_length": [], "target_length": []}
         for src, tgt in zip(sources, targets):
-            if drop_leading_label_id is not None and tgt and tgt[0] == drop_leading_label_id:
-                tgt = tgt[1:]
             out["source_length"].append(len(src))
             out["target_length"].append(len(tgt))
             out["input_ids"].append(truncate_ids(src, max_source_length, lead, trail,

@@ -894,7 +894,7 @@ def test_runs_reading_one_file_under_other_column_names_are_each_checked(tmp_pat
 
     files = fixture_files("mlsum")
     data = {"data.train_file": files["train"], "train.batch_size": 2,
-            "data.cache_dir": str(tmp_path / "cache")}
+            "data.cache_dir": str(tmp_path / "cache"), "data.max_target_length": 128}
     plain = compose(task="mlsum", model="barto-tiny", overrides=data)
     renamed = compose(task="mlsum", model="barto-tiny",
                       overrides={**data, "data.columns": "text=summary"})

@@ -21,8 +21,9 @@ def _sweep(sweep_dir: Path, *overrides: str, grid: str = "optim.lr=1e-4,2e-4",
 
 def _fixture_data() -> list[str]:
     files = fixture_files("mlsum")
+    # the tiny twins' tokenizers cut most fixture summaries at mlsum's 48 tokens
     return ["--data.train_file", files["train"], "--data.validation_file", files["validation"],
-            "--data.test_file", files["test"]]
+            "--data.test_file", files["test"], "--data.max_target_length", "128"]
 
 
 def test_each_distinct_data_set_is_read_once_and_said(tmp_path, capsys):
@@ -57,6 +58,32 @@ def test_a_file_without_the_tasks_column_is_refused_before_sbatch(tmp_path, caps
     argv.insert(argv.index("--dry-run"), "--no-data-check")
     assert slurm_main(argv) == 0
     assert "data check" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["submit", "sweep"])
+def test_a_target_length_that_cuts_most_targets_is_refused_before_sbatch(tmp_path, capsys,
+                                                                        command):
+    # The job refuses it (config.check_target_coverage) once its model is loaded, after its
+    # wait in the queue; the tiny twin's tokenizer is built here as the job builds it.
+    data = _fixture_data()[:-2] + ["--train.batch_size", "2"]
+    argv = (_sweep(tmp_path / "sw", *data, grid="optim.lr=1e-4") if command == "sweep" else
+            ["submit", "--task", "mlsum", "--model", "barto-tiny", "--run-dir",
+             str(tmp_path / "run"), "--dry-run", "--", *data])
+    assert slurm_main(argv) == 2
+    err = capsys.readouterr().err
+    run = "barto-tiny__mlsum__lr-1e-4" if command == "sweep" else "run"
+    assert (f"error: config key 'data.max_target_length': run {run}: 48 tokens cuts 6 of 8 "
+            "training targets (75%); raise it (its job would refuse it once its model is "
+            "loaded)") in err
+    assert not (tmp_path / "sw").exists() and not (tmp_path / "run").exists()
+    # counted on the examples the run trains on (data.max_train_samples: the first N)
+    assert slurm_main(argv + ["--data.max_train_samples", "2"]) == 2
+    assert "48 tokens cuts 2 of 2 training targets (100%)" in capsys.readouterr().err
+    assert slurm_main(argv + ["--data.max_target_length", "128"]) == 0
+    # a tokenizer this machine does not have (the hub, offline here) leaves it to the job
+    assert slurm_main([arg.replace("barto-tiny", "barto") for arg in argv]) == 0
+    assert ("data check: the tokenizer of vgaraujov/bart-base-spanish is not on this machine"
+            in capsys.readouterr().out)
 
 
 def test_a_run_whose_step_outgrows_the_training_file_is_refused_by_name(tmp_path, capsys):

@@ -4,16 +4,20 @@ A wrong column, a bad file or a training split smaller than one step used to sto
 sweep only once it had waited its turn in the queue and loaded its model. Each distinct local data
 set of the planned runs is read once here, through the training's own loader (`load_split`: the
 row checks, the column names, compressed files), and a run whose step takes more examples than
-the training file holds is refused. Hub data is left to the jobs (the login node may not reach
-the hub, and a hub download belongs on the cluster's storage); `--no-data-check` skips the whole
-check, for files too large to read twice.
+the training file holds is refused. So is a run whose data.max_target_length cuts most training
+targets (config.check_target_coverage, the job's refusal after loading its model) where this
+machine has the run's tokenizer without a download: a model folder, a tiny twin, the hub cache.
+Hub data and tokenizers not cached are left to the jobs (the login node may not reach the hub,
+and a hub download belongs on the cluster's storage); `--no-data-check` skips the whole check,
+for files too large to read twice.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterable
 
-from ..config import RunConfig
+from ..config import RunConfig, check_target_coverage
 from ..errors import ConfigError
 
 NO_DATA_CHECK_FLAG = "--no-data-check"
@@ -43,29 +47,93 @@ def check_local_data(configs: Iterable[tuple[str, RunConfig]], world_size: int,
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        rows_by_set: dict[tuple, dict[str, int]] = {}
+        read_by_set: dict[tuple, tuple[dict[str, int], object]] = {}
+        lengths_by_set: dict[tuple, list[int] | None] = {}
         for name, cfg in configs:
             if not _local_files(cfg):
                 continue
             key = _data_set(cfg)
-            if key not in rows_by_set:
-                rows_by_set[key] = _read(cfg, log)
-            train_rows = rows_by_set[key].get("train")
+            if key not in read_by_set:
+                read_by_set[key] = _read(cfg, log)
+            rows, train = read_by_set[key]
+            train_rows = rows.get("train")
             if train_rows is not None and cfg.train.batching == "fixed":
                 _check_one_step(name, cfg, train_rows, world_size)
+            if train is None:
+                continue
+            tokenized_by = (key, cfg.model.name, cfg.model.path, cfg.data.max_train_samples)
+            if tokenized_by not in lengths_by_set:
+                lengths_by_set[tokenized_by] = _target_lengths(cfg, train, log)
+            if lengths_by_set[tokenized_by] is not None:
+                try:
+                    check_target_coverage(cfg, lengths_by_set[tokenized_by])
+                except ConfigError as refused:
+                    raise ConfigError(refused.key, f"run {name}: {refused.reason} (its job "
+                                      "would refuse it once its model is loaded)") from None
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
 
 
-def _read(cfg: RunConfig, log: Callable[[str], None]) -> dict[str, int]:
-    """Examples per split of a run's local files, read by the training's loader."""
+def _read(cfg: RunConfig, log: Callable[[str], None]) -> tuple[dict[str, int], object]:
+    """Examples per split of a run's local files, read by the training's loader, and the
+    training split's examples (None without a local training file)."""
     from ..engine.builders import load_split
     from ..tasks import task_for
 
     task = task_for(cfg.data)
-    return {split: load_split(cfg, task, split, None, lambda line: log(f"data check: {line}"))[1]
-            .examples for split, _ in _local_files(cfg)}
+    rows, train = {}, None
+    for split, _ in _local_files(cfg):
+        examples, report = load_split(cfg, task, split, None,
+                                      lambda line: log(f"data check: {line}"))
+        rows[split] = report.examples
+        if split == "train":
+            train = examples
+    return rows, train
+
+
+def _tokenizer_here(cfg: RunConfig, log: Callable[[str], None]):
+    """The run's tokenizer where this machine has it without downloading (a model folder, a
+    tiny twin built here as the job builds it, the hub cache); None, said once, otherwise."""
+    from transformers import AutoTokenizer
+
+    from ..models import get_model_spec
+    from ..models.tiny import ensure_tiny_checkpoint, quiet_transformers
+
+    spec = get_model_spec(cfg.model.name)
+    if cfg.model.path:
+        source = os.path.expanduser(cfg.model.path)
+    elif spec.tiny:
+        source = str(ensure_tiny_checkpoint(spec))
+    else:
+        source = spec.hub_id
+    try:
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError):
+        log(f"data check: the tokenizer of {source} is not on this machine: the jobs check "
+            "data.max_target_length against the training targets")
+        return None
+
+
+def _target_lengths(cfg: RunConfig, train, log: Callable[[str], None]) -> list[int] | None:
+    """The training targets' token lengths as the job counts them (data.tokenize.label_ids),
+    of the examples it trains on (data.max_train_samples: the first N); None without the
+    tokenizer here."""
+    from ..data.tokenize import label_ids, leading_label_to_drop
+    from ..models import get_model_spec
+
+    tokenizer = _tokenizer_here(cfg, log)
+    if tokenizer is None:
+        return None
+    decoder_start = get_model_spec(cfg.model.name).adapter.special_tokens(tokenizer).decoder_start
+    drop = leading_label_to_drop(tokenizer, decoder_start)
+    if cfg.data.max_train_samples is not None and cfg.data.max_train_samples < train.num_rows:
+        train = train.select(range(cfg.data.max_train_samples))
+    lengths: list[int] = []
+    for batch in train.select_columns(["target"]).iter(batch_size=1024):
+        lengths += [len(ids) for ids in label_ids(tokenizer, batch["target"], drop)]
+    return lengths
 
 
 def _check_one_step(name: str, cfg: RunConfig, train_rows: int, world_size: int) -> None:

@@ -192,7 +192,9 @@ def test_help_shows_the_slurm_flags_defaults(capsys, command):
     text = " ".join(capsys.readouterr().out.split())
     for shown in ("--time MINUTES time limit per start (default 60)", "--nodes NODES (default 1)",
                   "one task per GPU (default 0)", "(default 3)", "(default 120)",
-                  "--job-name JOB_NAME (default seq2seq-es)"):
+                  "--job-name JOB_NAME (default seq2seq-es)",
+                  # where the train options go: the usage line ends at the command's own
+                  "Train options go after `--`, as `seq2seq-es train` takes them"):
         assert shown in text, shown
 
 

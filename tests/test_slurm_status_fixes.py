@@ -358,6 +358,8 @@ def test_resume_says_train_overrides_reach_no_finished_run(tmp_path, capsys, mon
     # without overrides there was nothing asked for: as before
     assert slurm_main(["resume", run.run_dir, "--yes"]) == 0
     assert "has finished (DONE): nothing to resume" in capsys.readouterr().out
+    assert slurm_main(["resume", run.run_dir, "-y"]) == 0  # sweep's short form too
+    assert "has finished (DONE): nothing to resume" in capsys.readouterr().out
 
 
 # ---- nits --------------------------------------------------------------------------------------

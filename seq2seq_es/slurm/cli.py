@@ -109,9 +109,14 @@ def _add_data_check_option(parser: argparse.ArgumentParser) -> None:
 
 # ---- submit ----------------------------------------------------------------------------------
 
+# submit's and sweep's usage lines end at their own options; the train options they pass on
+# were shown only by `seq2seq-es slurm --help`.
+TRAIN_OPTIONS_AFTER = ("Train options go after `--`, as `seq2seq-es train` takes them (`seq2seq-es "
+                       "train --help`), e.g. `-- --data.train_file train.jsonl --optim.lr 3e-5`.")
+
 def cmd_submit(argv: list[str]) -> int:
     own, overrides = split_overrides(argv)
-    parser = argparse.ArgumentParser(prog="seq2seq-es slurm submit")
+    parser = argparse.ArgumentParser(prog="seq2seq-es slurm submit", epilog=TRAIN_OPTIONS_AFTER)
     parser.add_argument("--task", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--run-dir", help="the run's folder (default runs/<model>__<task>__<time>)")
@@ -166,7 +171,7 @@ def cmd_submit(argv: list[str]) -> int:
 
 def cmd_sweep(argv: list[str]) -> int:
     own, overrides = split_overrides(argv)
-    parser = argparse.ArgumentParser(prog="seq2seq-es slurm sweep")
+    parser = argparse.ArgumentParser(prog="seq2seq-es slurm sweep", epilog=TRAIN_OPTIONS_AFTER)
     parser.add_argument("--sweep-dir", required=True)
     parser.add_argument("--models", help="comma-separated filter on the paper's pairs")
     parser.add_argument("--tasks", help="comma-separated filter on the paper's pairs")
@@ -358,7 +363,7 @@ def cmd_resume(argv: list[str]) -> int:
     parser.add_argument("--sbatch", action="append", default=[], metavar="OPTION=VALUE",
                         help="an sbatch option added to (or replacing) the submitted ones")
     parser.add_argument("--dry-run", action="store_true", help="list the runs only")
-    parser.add_argument("--yes", action="store_true", help="submit without asking")
+    parser.add_argument("--yes", "-y", action="store_true", help="submit without asking")
     args = parser.parse_args(own)
     check_overrides(overrides)
     manifest = load_manifest(args.sweep)

@@ -111,7 +111,8 @@ def test_a_folder_holding_another_bench_or_a_sweep_is_refused(tmp_path, capsys):
 def test_dry_run_prints_every_job_and_writes_nothing(tmp_path, capsys, monkeypatch):
     # a partition of four 4-GPU nodes (the local cluster's two would refuse --nodes 4)
     monkeypatch.setattr(scaling_jobs, "partition_nodes",
-                        lambda partition: ("gpu", {f"node{i}": 4 for i in range(4)}))
+                        lambda partition: ("gpu", {f"node{i}": 4 for i in range(4)},
+                                           {f"node{i}": 64 for i in range(4)}))
     bench_dir = tmp_path / "bench"
     assert bench(bench_dir, "--nodes", "4,1,2", "--zero-stages", "3,0", "--dry-run",
                  "--gpus-per-node", "4") == 0

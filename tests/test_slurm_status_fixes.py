@@ -373,7 +373,7 @@ def test_a_one_run_sweep_is_submitted_as_one_job(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(slurm_cli, "require_slurm_clients", lambda: None)
     monkeypatch.setattr(slurm_cli, "partition_gres", lambda: None)
     monkeypatch.setattr(slurm_cli, "check_partition", lambda partition, required: None)
-    monkeypatch.setattr(slurm_cli, "check_node_count", lambda nodes, partition, required: None)
+    monkeypatch.setattr(slurm_cli, "check_node_count", lambda config, required: None)
     assert slurm_main(["sweep", "--sweep-dir", str(tmp_path / "sw"), "--pair",
                        "barto-tiny:mlsum", "--no-grid", "--yes"]) == 0
     assert "submitted 1 run(s) as job 119, at most 4 at once" in capsys.readouterr().out
@@ -402,7 +402,8 @@ def test_a_run_config_given_as_slurm_config_is_named_as_such(tmp_path, capsys):
 
 def test_bench_dry_run_refuses_more_nodes_than_the_partition_has(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(scaling_jobs, "partition_nodes",
-                        lambda partition: ("debug", {"node1": 0, "node2": 0}))
+                        lambda partition: ("debug", {"node1": 0, "node2": 0},
+                                           {"node1": 1, "node2": 1}))
     argv = ["bench", "--bench-dir", str(tmp_path / "b"), "--nodes", "1,4", "--model",
             "barto-tiny", "--dry-run"]
     assert slurm_main(argv) == 2

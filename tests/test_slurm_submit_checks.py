@@ -188,7 +188,7 @@ def test_a_gpu_less_job_on_a_gpu_partition_is_warned_on_stderr(tmp_path, capsys,
     monkeypatch.setattr(slurm_cli, "partition_gres", lambda: SINFO)
     # partition 'gpu' is sinfo's text above, not a partition of the local cluster
     monkeypatch.setattr(slurm_cli, "check_partition", lambda partition, required: None)
-    monkeypatch.setattr(slurm_cli, "check_node_count", lambda nodes, partition, required: None)
+    monkeypatch.setattr(slurm_cli, "check_node_count", lambda config, required: None)
     args = (["submit", "--task", "mlsum", "--model", "barto-tiny", "--run-dir",
              str(tmp_path / "run")] if command == "submit"
             else ["sweep", "--sweep-dir", str(tmp_path / "sweep"), "--pair", "barto-tiny:mlsum",
@@ -364,3 +364,37 @@ def test_a_file_where_a_sweep_run_folder_goes_is_refused_by_the_option(tmp_path,
     assert capsys.readouterr().err.startswith(
         f"error: argument --sweep-dir: {sweep_dir / 'barto__mlsum__default'} is a file; "
         "expected a folder")
+
+
+# ---- a job the partition's nodes cannot hold --------------------------------------------------
+
+@pytest.mark.parametrize("settings, cpus, says", [
+    # sbatch said "Invalid generic resource (gres) specification", naming no option
+    ({"gpus_per_node": 1}, 4, "argument --gpus-per-node: 1 node(s) with 1 GPU(s) each asked, "
+                              "but partition 'debug' has 0 such node(s)"),
+    # accepted, then PENDING (PartitionConfig) for ever
+    ({"tasks_per_node": 4}, 1, "argument --tasks-per-node: 1 node(s) with 4 task(s) x 1 CPU(s) "
+                               "= 4 CPUs each asked, but partition 'debug' has 0 such node(s) "
+                               "(its largest has 1 CPUs): the job would wait for ever"),
+    ({"cpus_per_task": 8}, 4, "argument --cpus-per-task: 1 node(s) with 1 task(s) x 8 CPU(s)"),
+    ({"nodes": 2, "tasks_per_node": 2}, 2, None),
+    ({"tasks_per_node": 64}, None, None),  # sinfo gave no CPU count: nothing to go on
+])
+def test_a_job_the_nodes_cannot_hold_is_refused_naming_its_option(monkeypatch, capsys, settings,
+                                                                 cpus, says):
+    from seq2seq_es.errors import ConfigError
+    from seq2seq_es.slurm import sweep
+    from seq2seq_es.slurm.config import SlurmConfig
+
+    monkeypatch.setattr(sweep, "partition_nodes", lambda partition: (
+        "debug", {"node1": 0, "node2": 0}, {"node1": cpus, "node2": cpus}))
+    config = SlurmConfig(**settings)
+    if says is None:
+        sweep.check_node_count(config, required=True)
+        return
+    with pytest.raises(ConfigError) as refused:
+        sweep.check_node_count(config, required=True)
+    assert str(refused.value).startswith(says)
+    # a dry run's script may be meant for another cluster: said, not refused
+    sweep.check_node_count(config, required=False)
+    assert capsys.readouterr().err == f"warning: {refused.value}\n"

@@ -588,7 +588,7 @@ def cmd_bench(argv: list[str]) -> int:
     # Also for --dry-run where sinfo answers, as submit and sweep check: a node count the
     # partition cannot hold makes a job that waits for ever.
     try:
-        partition, nodes = partition_nodes(base.partition)
+        partition, nodes, _ = partition_nodes(base.partition)
     except SlurmUnavailableError:
         if not args.dry_run:
             raise

@@ -140,7 +140,7 @@ def cmd_submit(argv: list[str]) -> int:
     run_dir = Path(args.run_dir or f"runs/{args.model}__{args.task}__{stamp}").absolute()
     check_run_dir(run_dir)  # the user's own argument: said before sinfo is asked
     check_partition(config.partition, required=not args.dry_run)
-    check_node_count(config.nodes, config.partition, required=not args.dry_run)
+    check_node_count(config, required=not args.dry_run)
     data_lines: list[str] = []  # printed with the plan: after a dry run's script
     if args.entry == DEFAULT_ENTRY and not args.no_data_check:
         check_local_data([(run_dir.name, run_config)], config.world_size, log=data_lines.append)
@@ -221,7 +221,7 @@ def cmd_sweep(argv: list[str]) -> int:
     # not at all), not as the option the user gave.
     check_folder("--sweep-dir", str(sweep_dir))
     check_partition(config.partition, required=not args.dry_run)
-    check_node_count(config.nodes, config.partition, required=not args.dry_run)
+    check_node_count(config, required=not args.dry_run)
     _warn_without_gpus(config)
     plan = plan_sweep(sweep_dir, pairs, grid, overrides, args.data_root,
                       world_size=config.world_size, compose_runs=args.entry == DEFAULT_ENTRY,
@@ -402,7 +402,7 @@ def cmd_resume(argv: list[str]) -> int:
     # Also for --dry-run where sinfo answers, as submit and sweep check: an unknown partition or
     # more nodes than it has is said before any run's arguments are composed.
     check_partition(config.partition, required=not args.dry_run)
-    check_node_count(config.nodes, config.partition, required=not args.dry_run)
+    check_node_count(config, required=not args.dry_run)
     ranks = (SlurmConfig.from_mapping(manifest.slurm).world_size, config.world_size)
     if ranks[0] != ranks[1] and still_going:
         # The sweep keeps one set of SLURM settings: the runs still going would be read as on

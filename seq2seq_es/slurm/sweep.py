@@ -1148,27 +1148,30 @@ def check_partition(partition: str | None, *, required: bool) -> None:
                           f"known partitions: {', '.join(known) or '(none)'}")
 
 
-def partition_nodes(partition: str | None) -> tuple[str, dict[str, int]]:
-    """(partition name, {node: GPUs}) from `sinfo`; the default partition when none is named."""
+def partition_nodes(partition: str | None) -> tuple[str, dict[str, int], dict[str, int | None]]:
+    """(partition name, {node: GPUs}, {node: CPUs, None where sinfo gives no number}) from
+    `sinfo`; the default partition when none is named."""
     if shutil.which("sinfo") is None:
         raise SlurmUnavailableError("sinfo not found: SLURM client commands are needed to check "
                                     "the node counts and to submit (or use --dry-run)")
-    result = subprocess.run(["sinfo", "-h", "-N", "-o", "%N|%P|%G"], capture_output=True,
+    result = subprocess.run(["sinfo", "-h", "-N", "-o", "%N|%P|%G|%c"], capture_output=True,
                             text=True, timeout=60)
     if result.returncode != 0:
         raise SlurmUnavailableError(f"sinfo failed: {result.stderr.strip() or result.returncode}")
     by_partition: dict[str, dict[str, int]] = {}
+    cpus_by_partition: dict[str, dict[str, int | None]] = {}
     default = None
     for line in result.stdout.splitlines():
         fields = line.strip().split("|")
-        if len(fields) != 3:
+        if len(fields) != 4:
             continue
-        node, name, gres = fields
+        node, name, gres, cpus = fields
         if name.endswith("*"):
             name = name[:-1]
             default = name
         gpus = sum(int(count) for count in _GPU_GRES.findall(gres))
         by_partition.setdefault(name, {})[node] = gpus
+        cpus_by_partition.setdefault(name, {})[node] = int(cpus) if cpus.isdigit() else None
     chosen = partition or default
     if chosen is None:
         raise ConfigError("slurm.partition", "SLURM has no default partition: name one with "
@@ -1176,7 +1179,7 @@ def partition_nodes(partition: str | None) -> tuple[str, dict[str, int]]:
     if chosen not in by_partition:
         raise ConfigError("slurm.partition", f"SLURM does not know partition '{chosen}'; known "
                           f"partitions: {', '.join(sorted(by_partition)) or '(none)'}")
-    return chosen, by_partition[chosen]
+    return chosen, by_partition[chosen], cpus_by_partition[chosen]
 
 
 def check_cluster_size(node_counts: list[int], gpus_per_node: int, partition: str,
@@ -1192,17 +1195,44 @@ def check_cluster_size(node_counts: list[int], gpus_per_node: int, partition: st
                           f"asked, but partition '{partition}' has {len(usable)} such node(s)")
 
 
-def check_node_count(nodes: int, partition: str | None, *, required: bool) -> None:
-    """Refuses more nodes than the partition has: such a job never starts, and looked like any
-    pending job (`--nodes 3` on a two-node cluster). Without sinfo it fails only when
-    `required`."""
+def check_node_count(config: SlurmConfig, *, required: bool) -> None:
+    """Refuses a job the partition cannot hold: more nodes than it has, or than it has with the
+    GPUs, tasks and CPUs asked per node. Such a job never starts, and looked like any pending
+    job (`--nodes 3` on a two-node cluster, `--tasks-per-node 4` on 1-CPU nodes), or sbatch's
+    "Invalid generic resource (gres) specification" named no option. Without sinfo it fails
+    only when `required`; a dry run (not `required`) is refused more nodes than the partition
+    has, and told (a warning) what else would keep its job from starting here: its script may
+    be meant for another cluster."""
     try:
-        name, found = partition_nodes(partition)
+        name, gpus, cpus = partition_nodes(config.partition)
     except SlurmUnavailableError:
         if required:
             raise
         return
-    check_cluster_size([nodes], 0, name, found)
+    check_cluster_size([config.nodes], 0, name, gpus)
+    try:
+        _check_node_shape(config, name, gpus, cpus)
+    except ConfigError as refused:
+        if required:
+            raise
+        print(f"warning: {refused}", file=sys.stderr)
+
+
+def _check_node_shape(config: SlurmConfig, name: str, gpus: dict[str, int],
+                      cpus: dict[str, int | None]) -> None:
+    check_cluster_size([config.nodes], config.gpus_per_node, name, gpus)
+    per_task = config.cpus_per_task or 1
+    needed = config.ntasks_per_node * per_task
+    fitting = [node for node, count in cpus.items()
+               if gpus[node] >= config.gpus_per_node and (count is None or count >= needed)]
+    if len(fitting) < config.nodes:
+        largest = max((count for count in cpus.values() if count is not None), default=0)
+        flag = "--cpus-per-task" if config.cpus_per_task else (
+            "--tasks-per-node" if config.tasks_per_node is not None else "--gpus-per-node")
+        raise ConfigError(flag, f"{config.nodes} node(s) with {config.ntasks_per_node} task(s) x "
+                          f"{per_task} CPU(s) = {needed} CPUs each asked, but partition "
+                          f"'{name}' has {len(fitting)} such node(s) (its largest has "
+                          f"{largest} CPUs): the job would wait for ever")
 
 
 def new_manifest(mode: str, runs: list[RunPlan], grid: dict[str, list[str]], config: SlurmConfig,

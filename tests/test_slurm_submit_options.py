@@ -200,8 +200,8 @@ def _manifest(tmp_path, job_ids):
 
 @pytest.mark.parametrize("job_id, note", [
     ("101", "waiting to start (PartitionConfig): its request does not fit its partition's "
-            f"configuration (node count, time limit, GPUs or memory), {NEVER} 101 and submit it "
-            "again with fewer --nodes"),
+            f"configuration (node count, time limit, GPUs, CPUs or memory), {NEVER} 101 and "
+            "`seq2seq-es slurm resume` its folder with fewer --nodes"),
     ("102", "waiting to start (Priority)"),
     ("103", "waiting to start (ReqNodeNotAvail, UnavailableNodes:node[2-3]): the nodes it needs "
             "are down, drained or not responding"),
@@ -209,7 +209,7 @@ def _manifest(tmp_path, job_ids):
     ("105", f"waiting to start (AssocMaxNodesPerJobLimit): it asks for more than a per-job or "
             f"per-node limit of its account or QOS allows, {NEVER} 105"),
     ("106", f"requeued, waiting (PartitionTimeLimit): its time limit is above its partition's, "
-            f"{NEVER} 106 and submit it again with a shorter --time"),
+            f"{NEVER} 106 and `seq2seq-es slurm resume` its folder with a shorter --time"),
     ("107", ""),
     ("108", ""),
     ("109", "waiting to start (AssocMaxJobsLimit)"),

@@ -229,7 +229,7 @@ _NEVER_STARTS: dict[str, tuple[str, str]] = {
                            "partition's nodes are down or drained", "fewer --nodes"),
     "PartitionTimeLimit": ("its time limit is above its partition's", "a shorter --time"),
     "PartitionConfig": ("its request does not fit its partition's configuration (node count, "
-                        "time limit, GPUs or memory)", "fewer --nodes, a shorter --time or a "
+                        "time limit, GPUs, CPUs or memory)", "fewer --nodes, a shorter --time or a "
                                                        "smaller request"),
     "BadConstraints": ("no node has what it asks for (--constraint, or GPUs, CPUs or memory per "
                        "node)", "another --constraint or a smaller request"),
@@ -290,7 +290,8 @@ def pending_note(job_id: str, state: SlurmState) -> str:
     if blocked is not None:
         meaning, instead = blocked
         note += (f": {meaning}, so it will not start until the request or the partition "
-                 f"changes; scancel {job_id} and submit it again with {instead}")
+                 f"changes; scancel {job_id} and `seq2seq-es slurm resume` its folder with "
+                 f"{instead}")  # a new submit into the run's folder is refused
     return note
 
 

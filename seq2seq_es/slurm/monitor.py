@@ -1423,7 +1423,7 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
                 who = "" if len(by) == 1 else f" ({', '.join(models)})"
                 lines.append(f"- {task}{who}: {text}")
     if table.averages:
-        lines += ["", "Averages, per model over the family's tasks in this sweep, each task's "
+        lines += ["", "Averages, per model over the family's tasks in this table, each task's "
                   "value from the model's chosen run (dev and test averaged separately; '–' "
                   "unless the model has every value" + ("; a grid point run with several seeds "
                                                         "gives its mean" if seeded else "") + "):"]

@@ -502,7 +502,8 @@ class Trainer:
             write_json_atomic(self.out / run_files.PREEMPTED, {"step": step, "signal": name})
         code = INTERRUPTED_EXIT_CODE if name == "SIGINT" else PREEMPTED_EXIT_CODE
         raise Stopped(f"{name} received: saved a checkpoint at step {step}; "
-                      f"{after_stop(name, code, os.environ, self.cfg.train.resume)}", code, reports=self.env.is_main)
+                      f"{after_stop(name, code, os.environ, self.cfg.train.resume)}", code,
+                      reports=self.env.is_main)
 
     # -- validation, checkpoints ---------------------------------------------------------------
 

@@ -55,7 +55,8 @@ def _jsonl_values(path: str) -> list[tuple[int, object]]:
         try:
             values.append((number, json.loads(line)))
         except json.JSONDecodeError as error:
-            raise DataError(f"not valid JSON ({json_problem(error)})", file=path, line=number) from None
+            raise DataError(f"not valid JSON ({json_problem(error)})", file=path,
+                            line=number) from None
     return values
 
 

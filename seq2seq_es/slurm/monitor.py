@@ -672,7 +672,8 @@ def read_final_results(path: str | Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise DataError(f"not valid JSON ({json_problem(exc)})", file=str(path), row=exc.lineno) from None
+        raise DataError(f"not valid JSON ({json_problem(exc)})", file=str(path),
+                        row=exc.lineno) from None
     if not isinstance(data, dict) or not isinstance(data.get("validation"), dict):
         raise DataError("expected an object with a 'validation' mapping", file=str(path))
     return data

@@ -409,10 +409,12 @@ def test_more_nodes_than_the_partition_has_are_refused_before_sbatch(slurm_clust
 def test_options_sbatch_refuses_are_reported_and_nothing_is_marked_submitted(
         slurm_cluster, tmp_path, capsys):  # noqa: F811
     run_dir = tmp_path / "run"
-    # the local cluster has no GPUs (no gres): sbatch itself refuses
+    # the local cluster's nodes have no features: sbatch itself refuses the constraint (GPUs
+    # per node are refused before sbatch by the node-shape check, features are left to sbatch)
     assert slurm_main(["submit", "--task", "mlsum", "--model", "barto", "--run-dir", str(run_dir),
-                       "--gpus-per-node", "1", "--entry", PROBE]) == 2
-    assert "sbatch refused the job" in capsys.readouterr().err
+                       "--constraint", "no_such_feature", "--entry", PROBE]) == 2
+    err = capsys.readouterr().err
+    assert "sbatch refused the job" in err and "Invalid feature specification" in err, err
     assert load_manifest(run_dir).submitted is False
 
 

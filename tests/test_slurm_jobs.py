@@ -418,6 +418,31 @@ def test_options_sbatch_refuses_are_reported_and_nothing_is_marked_submitted(
     assert load_manifest(run_dir).submitted is False
 
 
+def test_a_sweep_corrected_after_sbatch_refused_it_leaves_no_folder_of_its_first_plan(
+        slurm_cluster, tmp_path, capsys):  # noqa: F811
+    # The first plan's folders, left, looked like runs of the sweep to anyone listing it.
+    sweep_dir = tmp_path / "sweep"
+
+    def sweep(*options):
+        return slurm_main(["sweep", "--sweep-dir", str(sweep_dir), "--pair", "barto:mlsum",
+                           *options, "--no-grid", "--no-data-check", "--yes", "--entry", PROBE,
+                           "--time", "10", "--", "--probe.steps", "1"])
+
+    assert sweep("--pair", "t5s:mlsum", "--pair", "barto:sqac",
+                 "--constraint", "no_such_feature") == 2
+    assert "sbatch refused the job" in capsys.readouterr().err
+    first_plan = sorted(path.name for path in sweep_dir.iterdir() if "__" in path.name)
+    assert first_plan == ["barto__mlsum__default", "barto__sqac__default", "t5s__mlsum__default"]
+    (sweep_dir / "barto__sqac__default" / "notes.txt").write_text("mine")  # the user's: kept
+    assert sweep() == 0
+    manifest = load_manifest(sweep_dir)
+    assert manifest.submitted and [run.name for run in manifest.runs] == ["barto__mlsum__default"]
+    assert sorted(path.name for path in sweep_dir.iterdir() if "__" in path.name) == [
+        "barto__mlsum__default", "barto__sqac__default"]
+    assert (sweep_dir / "barto__sqac__default" / "notes.txt").read_text() == "mine"
+    assert wait_finished(manifest.runs[0].job_id)["JobState"] == "COMPLETED"
+
+
 def test_a_signal_while_the_model_loads_out_of_requeues_ends_with_one_line(
         slurm_cluster, tmp_path, capsys):  # noqa: F811
     # Before the entry has its handlers, an out-of-requeues signal made submitit raise

@@ -1270,6 +1270,29 @@ def snapshot_config(argv: list[str], run_dir: Path) -> list[str]:
     return [*rest, CONFIG_OPTION, str(copy.absolute())]
 
 
+def drop_unplanned_run_folders(manifest_path: Path, runs: list[RunPlan]) -> None:
+    """Removes the run folders that an earlier plan in this folder made but whose sbatch failed,
+    where the new plan has no such run (the same command corrected with fewer pairs or grid
+    points): left, they looked like runs of the sweep to anyone listing it. Only a folder
+    holding nothing but what `submit` wrote there (the config copy) goes; check_sweep_dir has
+    refused a submitted plan already."""
+    if not manifest_path.is_file() or manifest_path.name != SWEEP_MANIFEST:
+        return
+    previous = load_manifest(manifest_path)
+    if previous.submitted:
+        return
+    planned = {Path(run.run_dir).absolute() for run in runs}
+    for run in previous.runs:
+        run_dir = Path(run.run_dir).absolute()
+        if run_dir in planned or not run_dir.is_dir():
+            continue
+        held = list(run_dir.iterdir())
+        if all(path.name == run_files.SUBMITTED_CONFIG and path.is_file() for path in held):
+            for path in held:
+                path.unlink()
+            run_dir.rmdir()
+
+
 def train_jobs(manifest: Manifest, config: SlurmConfig,
                runs: list[RunPlan] | None = None) -> list[TrainJob]:
     """What each task of the submitted job (or array) runs: for `runs` (default: all of them)."""
@@ -1285,6 +1308,7 @@ def submit(manifest: Manifest, config: SlurmConfig, manifest_path: Path) -> Mani
     again with the job ids.
     """
     require_slurm_clients()
+    drop_unplanned_run_folders(manifest_path, manifest.runs)
     for run in manifest.runs:
         Path(run.run_dir).mkdir(parents=True, exist_ok=True)
         run.argv = snapshot_config(run.argv, Path(run.run_dir))

@@ -391,7 +391,10 @@ def format_status(manifest: Manifest, statuses: list[RunStatus]) -> str:
         if status.note:
             lines.append(f"    note: {status.note}")
         if status.failed:
-            lines.append(f"    error: {status.error or 'no error message found'}")
+            # A cancel is what someone chose, not a fault of the run: `error:` made users look
+            # for a bug after their own scancel.
+            label = "ended" if status.state == "CANCELLED" else "error"
+            lines.append(f"    {label}: {status.error or 'no error message found'}")
             if status.log and Path(status.log).exists():
                 lines.append(f"    log: {status.log}")
             elif status.log:

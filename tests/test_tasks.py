@@ -168,6 +168,20 @@ def test_qa_rows_without_an_answer_are_skipped_not_trained_on_empty_targets(tmp_
     assert report.skipped_rows == {"column 'answers.text' no answer": [2]}  # 1-based lines
 
 
+def test_a_qa_row_whose_first_answer_is_blank_trains_on_its_next_and_scores_with_the_others(
+        tmp_path, cache):
+    # The row was left out ("answers.text empty"), losing a question the MLQA script scores.
+    rows = read_jsonl(fixture_files("mlqa")["train"])[:3]
+    rows[1]["answers"] = {"text": ["  ", "un gato", "el gato"], "answer_start": [0, 5, 5]}
+    rows[2]["answers"] = {"text": [" ", ""], "answer_start": [0, 0]}  # no text at all: left out
+    path = write_jsonl(tmp_path / "mlqa.jsonl", rows)
+    examples, report = load("mlqa", "train", cache, data_files={"train": path})
+    assert examples.num_rows == 2
+    assert examples[1]["target"] == "un gato"
+    assert examples[1]["references"] == ["un gato", "el gato"]
+    assert report.skipped == {"column 'answers.text' empty": 1}
+
+
 def test_translation_directions_are_mirror_images(cache):
     for forward, backward in (("wmt13-es-en", "wmt13-en-es"), ("fapesp-es-pt", "fapesp-pt-es")):
         assert fixture_files(forward) == fixture_files(backward)

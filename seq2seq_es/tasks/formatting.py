@@ -286,7 +286,10 @@ class QAFormatter(RowFormatter):
             texts = [texts]
         if not isinstance(texts, (list, tuple)) or not texts:
             raise _BadField(text_column, "no answer")
-        target = _check_text(texts[0], text_column)
+        # The first answer with text trains; a blank first one (the others given) lost the
+        # whole question, which the MLQA and SQuAD scripts score against its other answers.
+        usable = [t for t in texts if isinstance(t, str) and t.strip()]
+        target = _check_text(usable[0] if usable else texts[0], text_column)
         references = tuple(dict.fromkeys(
             _nfc(t) for t in texts if isinstance(t, str) and t.strip()))
         return QA_PROMPT.format(question=question, context=context), target, references

@@ -18,12 +18,12 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import unicodedata
 from pathlib import Path
 
 import torch
 
 from ..data.sampler import eval_batches
+from ..tasks.formatting import clean_prediction
 from . import distributed as D
 from . import storage
 from .loss import token_ce_sum
@@ -41,16 +41,6 @@ def batch_features(features, idx: list[int]) -> list[dict]:
     0) so that the batch shape stays valid. Their outputs are dropped."""
     filler = next((i for i in idx if i >= 0), 0)
     return [features[i if i >= 0 else filler] for i in idx]
-
-
-def clean_prediction(task, text: str) -> str:
-    """Undo tokenizer artefacts that the task's metrics would count as errors; composed
-    Unicode (NFC), as the references are loaded."""
-    text = unicodedata.normalize("NFC", text.strip())
-    if task is not None and task.kind == "split_rephrase":
-        from ..tasks import normalize_split_markers
-        text = normalize_split_markers(text)
-    return text
 
 
 def validation_metric_names(task) -> list[str]:

@@ -492,6 +492,66 @@ def test_score_main_reads_the_jsonl_that_predict_and_evaluate_write(tmp_path, ca
     assert "bad.jsonl" in err and "line 2" in err and '"prediction"' in err
 
 
+def test_score_pairs_lines_only_where_their_example_ids_agree(tmp_path, capsys):
+    # Files carrying ids (evaluate's predictions.jsonl) were paired by position alone: a
+    # reordered file scored 0 for perfect predictions, a repeated example counted twice.
+    def rows(ids, texts, key):
+        return "".join(json.dumps({"example_id": i, key: t}) + "\n" for i, t in zip(ids, texts))
+    texts = ["el gato duerme", "la casa es roja"]
+    references = _write(tmp_path / "ref.jsonl", rows([0, 1], texts, "reference"))
+    in_order = _write(tmp_path / "pred.jsonl", rows([0, 1], texts, "prediction"))
+    assert score_main(["--metric", "exact_match", "--predictions", in_order,
+                       "--references", references]) == 0
+    assert json.loads(capsys.readouterr().out) == {"exact_match": 100.0}
+    reordered = _write(tmp_path / "reordered.jsonl", rows([1, 0], texts[::-1], "prediction"))
+    assert score_main(["--metric", "exact_match", "--predictions", reordered,
+                       "--references", references]) == 2
+    assert (f"file {reordered}, line 1: example_id '1' where {references} has '0' at the same "
+            "line") in capsys.readouterr().err
+    repeated = _write(tmp_path / "repeated.jsonl", rows([0, 0], texts, "prediction"))
+    assert score_main(["--metric", "exact_match", "--predictions", repeated,
+                       "--references", _write(tmp_path / "ref.txt", "\n".join(texts))]) == 0
+    assert (f"note: {repeated}: 1 line(s) repeat an earlier example_id (line 2 repeats "
+            "example_id '0' of line 1)") in capsys.readouterr().err
+    sources = _write(tmp_path / "src.jsonl", rows([1, 0], texts, "source"))
+    assert score_main(["--metric", "sari", "--predictions", in_order, "--references", references,
+                       "--sources", sources]) == 2
+    assert f"where {sources} has '1' at the same line" in capsys.readouterr().err
+
+
+def test_score_reads_json_lines_by_a_suffix_in_any_case_and_refuses_ndjson(tmp_path, capsys):
+    # R.JSONL was read as plain lines: its JSON markup was scored as text (rouge1 33.3).
+    texts = ["el gato duerme", "la casa es roja"]
+    upper = _write(tmp_path / "R.JSONL", "".join(json.dumps({"reference": t}) + "\n"
+                                                 for t in texts))
+    plain = _write(tmp_path / "p.txt", "\n".join(texts) + "\n")
+    assert score_main(["--metric", "rouge", "--predictions", plain, "--references", upper]) == 0
+    assert json.loads(capsys.readouterr().out)["rouge1"] == 100.0
+    ndjson = _write(tmp_path / "r.ndjson", "".join(json.dumps(t) + "\n" for t in texts))
+    assert score_main(["--metric", "rouge", "--predictions", plain, "--references", ndjson]) == 2
+    assert (f"argument --references: {ndjson}: JSON lines are read from a file named .jsonl"
+            in capsys.readouterr().err)
+
+
+def test_score_task_split_rephrase_reads_the_datasets_marker_as_a_run_does(tmp_path, capsys):
+    # References from the data file get ` <SPLIT> `; predictions written with the dataset's own
+    # `_SPLIT_` were not cleaned as a run cleans decoded text, and lost ~27 SARI points.
+    targets = ["El gato come pescado. _SPLIT_ El perro duerme en casa.",
+               "Juan canta bien. _SPLIT_ María baila mejor."]
+    sources = ["El gato come pescado y el perro duerme en casa.",
+               "Juan canta bien y María baila mejor."]
+    data = _write(tmp_path / "bisect.jsonl", "".join(
+        json.dumps({"source": s, "target": t}, ensure_ascii=False) + "\n"
+        for s, t in zip(sources, targets)))
+    predictions = _write(tmp_path / "pred.txt", "\n".join(targets) + "\n")
+    source_file = _write(tmp_path / "src.txt", "\n".join(sources) + "\n")
+    for references in (data, predictions):  # the data file, and a plain file of the same texts
+        assert score_main(["--task", "bisect", "--predictions", predictions, "--references",
+                           references, "--sources", source_file]) == 0
+        assert json.loads(capsys.readouterr().out) == {"sari": 100.0, "bleu": 100.0,
+                                                       "exact_match": 100.0}
+
+
 def test_score_with_a_task_reads_the_tasks_own_data_file_as_references(tmp_path, capsys):
     # predict reads a task's data file through its columns; score --task now does too: every
     # answer of a QA row, the summary of a summarization row (jsonl or csv).

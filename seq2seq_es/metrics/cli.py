@@ -60,10 +60,57 @@ def _jsonl_values(path: str) -> list[tuple[int, object]]:
     return values
 
 
+def is_json_lines(path: str) -> bool:
+    """A JSON-lines file by its name, in any case (`R.JSONL` was read as plain lines and its JSON
+    markup scored as text)."""
+    return path.lower().endswith(".jsonl")
+
+
+def example_ids(path: str) -> list[str] | None:
+    """The "example_id" of every line of a JSON-lines file (what evaluate's predictions.jsonl
+    writes), as strings; None where the file is not JSON lines or a line has none."""
+    if not is_json_lines(path):
+        return None
+    ids = []
+    for _, value in _jsonl_values(path):
+        if not isinstance(value, dict) or value.get("example_id") is None:
+            return None
+        ids.append(str(value["example_id"]))
+    return ids
+
+
+def check_same_examples(first: tuple[str, list[str] | None],
+                        second: tuple[str, list[str] | None]) -> None:
+    """Refuse two files whose lines carry example ids that do not pair up line by line (score
+    lines files up by position: a reordered file was scored against the wrong references,
+    silently). A file that repeats an id is said on stderr (an example scored twice, or a data
+    set whose ids repeat: training does not refuse those, so neither does rescoring them)."""
+    for path, ids in (first, second):
+        seen: dict[str, int] = {}
+        repeats = []
+        for line, example_id in enumerate(ids or [], start=1):
+            if example_id in seen:
+                repeats.append(f"line {line} repeats example_id {example_id!r} of line "
+                               f"{seen[example_id]}")
+            seen.setdefault(example_id, line)
+        if repeats:
+            print(f"note: {path}: {len(repeats)} line(s) repeat an earlier example_id "
+                  f"({repeats[0]}); each line is scored as an example of its own",
+                  file=sys.stderr)
+    (first_path, first_ids), (second_path, second_ids) = first, second
+    if first_ids is None or second_ids is None:
+        return
+    for line, (one, other) in enumerate(zip(first_ids, second_ids), start=1):
+        if one != other:
+            raise DataError(f"example_id {one!r} where {second_path} has {other!r} at the same "
+                            "line; score pairs the files' lines in order: give them in the same "
+                            "order", file=first_path, line=line)
+
+
 def read_predictions(path: str) -> list[str]:
     """Plain lines, or for ``.jsonl`` a string or an object with a "prediction" string per line
     (what `predict --output X.jsonl` and evaluate's predictions.jsonl hold)."""
-    if not path.endswith(".jsonl"):
+    if not is_json_lines(path):
         return read_lines(path)
     predictions = []
     for row, value in _jsonl_values(path):
@@ -79,7 +126,7 @@ def read_predictions(path: str) -> list[str]:
 def read_sources(path: str) -> list[str]:
     """Plain lines, or for ``.jsonl`` a string or an object with "scored_source" or "source"
     per line (evaluate's predictions.jsonl: what SARI compared with)."""
-    if not path.endswith(".jsonl"):
+    if not is_json_lines(path):
         return read_lines(path)
     sources = []
     for row, value in _jsonl_values(path):
@@ -138,7 +185,7 @@ def read_references(path: str, task=None, columns: dict[str, str] | None = None
     columns to the task's, as a run's data.columns."""
     if task is not None and _is_task_data_file(path, task, columns):
         return _task_references(path, task, columns)
-    if not path.endswith(".jsonl"):
+    if not is_json_lines(path):
         return read_lines(path)
     references: list[str | list[str]] = []
     for row, value in _jsonl_values(path):
@@ -244,6 +291,22 @@ def _task_references(path: str, task, columns: dict[str, str] | None = None) -> 
     return TaskReferences(references, len(rows), scored_rows, file_rows, scored_file_rows)
 
 
+def as_a_run_scores(task, predictions: list[str], references: list) -> tuple[list[str], list]:
+    """The texts as a run of `task` scores them: predictions cleaned as a run cleans decoded
+    ones (split-and-rephrase: every marker spelling as ` <SPLIT> `), and references read from a
+    plain or .jsonl file given the marker the task's data file gets (references read from the
+    data file have it already). Else a BiSECT output written with the dataset's `_SPLIT_` lost
+    a quarter of its SARI and BLEU against the data file's references."""
+    from seq2seq_es.tasks.formatting import clean_prediction, normalize_split_markers
+
+    predictions = [clean_prediction(task, text) for text in predictions]
+    if task.kind == "split_rephrase":
+        references = [normalize_split_markers(item) if isinstance(item, str)
+                      else [normalize_split_markers(text) for text in item]
+                      for item in references]
+    return predictions, references
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seq2seq-es score",
@@ -310,6 +373,8 @@ def check_line_file(flag: str, path: str) -> None:
     from seq2seq_es.tasks.loading import COMPRESSED_SUFFIXES
 
     name = path.lower()
+    if name.endswith(".ndjson"):  # read as plain lines, its JSON markup was scored as text
+        raise ConfigError(flag, f"{path}: JSON lines are read from a file named .jsonl; rename it")
     if name.endswith((*TASK_DATA_SUFFIXES, *COMPRESSED_SUFFIXES)):
         task_file = " or, with --task T, the task's data file" if flag == "--references" else ""
         raise ConfigError(flag, f"{path} is a data file by its name; score reads one text per "
@@ -370,8 +435,13 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
     if isinstance(references, TaskReferences):
         keep = references.rows_to_score(len(predictions), args.predictions, args.references)
         data_rows, references = references.rows, references.references
+    else:
+        check_same_examples((args.predictions, example_ids(args.predictions)),
+                            (args.references, example_ids(args.references)))
     if keep is not None:
         predictions = [predictions[row] for row in keep]
+    if task is not None:
+        predictions, references = as_a_run_scores(task, predictions, references)
     if len(predictions) != len(references):
         rows = (f" (of its {data_rows} data rows)" if data_rows not in (None, len(references))
                 else "")
@@ -379,6 +449,8 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
                         f"{args.references} has {len(references)} references{rows}")
     sources = None
     if args.sources is not None:
+        check_same_examples((args.predictions, example_ids(args.predictions)),
+                            (args.sources, example_ids(args.sources)))
         sources = read_sources(args.sources)
         if keep is not None and len(sources) == data_rows:  # one a data row, as the predictions
             sources = [sources[row] for row in keep]

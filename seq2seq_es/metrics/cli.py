@@ -9,7 +9,8 @@ strings for several references. With --task, the task's own data file (.jsonl, .
 .parquet) gives each example's references as a run scores them; predictions may then be one per
 scored example or one per data row (predict's output for the same file). Errors name the file
 and its 1-based line. Every line of a plain file is one example, empty lines included, so an
-empty prediction is scored rather than skipped.
+empty prediction is scored rather than skipped. Files are paired line by line; where both carry
+an "example_id" per line, the ids must agree at every line.
 """
 
 from __future__ import annotations

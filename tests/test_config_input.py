@@ -2,6 +2,8 @@
 its key or flag (or noted where a run does not read it), before any model, data or hub is
 touched, instead of a traceback after training or a silently wrong run."""
 
+import json
+
 import pytest
 
 from seq2seq_es.cli import build_config, main
@@ -195,6 +197,20 @@ def test_score_notes_options_no_metric_reads(capsys, texts):
     assert "note: not read by the metrics scored (rouge): --em-convention" in err
     code, err = score(capsys, texts, "--metric", "exact_match", "--em-convention", "squad")
     assert code == 0 and "note:" not in err
+    # spanish mode always splits ROUGE-Lsum's sentences: the flag changes nothing there
+    code, err = score(capsys, texts, "--metric", "rouge", "--split-sentences")
+    assert code == 0 and "note: --split-sentences changes paper-mode ROUGE-Lsum only" in err
+    code, err = score(capsys, texts, "--metric", "rouge", "--split-sentences", "--mode", "paper")
+    assert code == 0 and "note:" not in err
+
+
+def test_score_passes_over_blank_lines_of_a_jsonl_file(capsys, texts):
+    # as training's reader does: a file ending in an empty line was "line 3: not valid JSON"
+    lines = (texts / "p.txt").read_text(encoding="utf-8").splitlines()
+    (texts / "r.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n\n  \n",
+                                   encoding="utf-8")
+    code, err = score(capsys, texts, "--metric", "exact_match", references="r.jsonl")
+    assert code == 0, err
 
 
 def test_score_refuses_a_csv_references_file_read_as_lines(capsys, texts):

@@ -51,8 +51,12 @@ def read_lines(path: str) -> list[str]:
 
 
 def _jsonl_values(path: str) -> list[tuple[int, object]]:
+    """(line number, value) of each JSON line; blank lines are passed over, as training's reader
+    passes them over (a file ending in an empty line was refused as "not valid JSON")."""
     values = []
     for number, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
         try:
             values.append((number, json.loads(line)))
         except json.JSONDecodeError as error:
@@ -396,6 +400,9 @@ def note_unread_options(args: argparse.Namespace, names: list[str]) -> None:
     if flags:
         print(f"note: not read by the metrics scored ({', '.join(names)}): {', '.join(flags)}",
               file=sys.stderr)
+    if args.split_sentences and "rouge" in names and args.mode != "paper":
+        print("note: --split-sentences changes paper-mode ROUGE-Lsum only (--mode paper); "
+              "spanish mode always splits texts into sentences", file=sys.stderr)
 
 
 def _score(args: argparse.Namespace) -> dict[str, float]:

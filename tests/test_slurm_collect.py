@@ -310,6 +310,21 @@ def test_test_scores_logged_at_the_end_are_read_without_final_results(tmp_path):
     assert not result.final and result.source == "metrics.jsonl"
 
 
+def test_a_running_runs_row_shows_the_step_its_best_checkpoint_holds_on_a_tie(tmp_path):
+    # ROUGE at 0 at every step (tiny or early runs): the first step (the untrained model) was
+    # shown, where the engine keeps the later step with the lower dev loss and scores test there.
+    sweep_dir = tmp_path / "sweep"
+    manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], {})
+    run = manifest.runs[0]
+    _metrics(sweep_dir / run.name / "metrics.jsonl", [
+        {"step": 0, "eval/rougeL": 0.0, "eval/loss": 7.0},
+        {"step": 10, "eval/rougeL": 0.0, "eval/loss": 5.5}, {"step": 10, "test/rougeL": 0.0},
+        {"step": 20, "eval/rougeL": 0.0, "eval/loss": 5.9}])
+    result = run_result(run, "rougeL")
+    assert (result.best_step, result.validation["loss"], result.test) == (10, 5.5,
+                                                                          {"rougeL": 0.0})
+
+
 def test_a_cell_never_holds_another_pairs_result_or_a_choice_made_on_another_metric(tmp_path):
     sweep_dir = tmp_path / "sweep"
     manifest = _write_manifest(sweep_dir, [("barto", "mlsum"), ("t5s", "mlsum")],

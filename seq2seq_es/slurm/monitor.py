@@ -520,6 +520,18 @@ def _better(value: float, than: float, metric: str) -> bool:
     return value < than if lower_is_better(metric) else value > than
 
 
+def _dev_beats(challenger: dict[str, float], held: dict[str, float], metric: str) -> bool:
+    """Whether dev scores `challenger` beat `held` on `metric`; on a tie, the lower dev loss
+    wins (engine.trainer.is_better's rule: a ROUGE or F1 stuck at one value, often 0 on tiny or
+    hard runs, says nothing, and the first grid point or step was chosen over a better trained
+    one)."""
+    value, best = challenger[metric], held[metric]
+    if value == best and metric != "loss":
+        loss, best_loss = challenger.get("loss"), held.get("loss")
+        return loss is not None and best_loss is not None and loss < best_loss
+    return _better(value, best, metric)
+
+
 def _numbers(values: Any) -> dict[str, float]:
     """The finite numbers of a {name: value} mapping (booleans and anything else dropped)."""
     if not isinstance(values, dict):
@@ -765,7 +777,8 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
     if scored:
         chosen = scored[0]
         for item in scored[1:]:
-            if _better(item[1][main_metric], chosen[1][main_metric], main_metric):
+            # the engine's own rule, so that the row shows the step its best checkpoint holds
+            if _dev_beats(item[1], chosen[1], main_metric):
                 chosen = item
     # The engine scores test at the step it chose (logged at that step): test values of another
     # step would pair this step's dev scores with another model's test scores.
@@ -979,14 +992,8 @@ class Choice:
 
 
 def _wins(challenger: RunResult, held: RunResult, metric: str) -> bool:
-    """Whether `challenger` beats `held` on dev `metric`; on a tie, the lower dev loss wins
-    (engine.trainer.is_better's rule: a ROUGE or F1 stuck at one value, often 0 on tiny or hard
-    runs, says nothing, and the first grid point was chosen over a better trained one)."""
-    value, best = challenger.validation[metric], held.validation[metric]
-    if value == best and metric != "loss":
-        loss, best_loss = challenger.validation.get("loss"), held.validation.get("loss")
-        return loss is not None and best_loss is not None and loss < best_loss
-    return _better(value, best, metric)
+    """Whether `challenger` beats `held` on dev `metric` (_dev_beats)."""
+    return _dev_beats(challenger.validation, held.validation, metric)
 
 
 def choose_run(results: list[RunResult], main_metric: str | None) -> Choice:

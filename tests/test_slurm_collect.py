@@ -375,6 +375,16 @@ def test_the_papers_average_is_shown_only_beside_an_average_over_the_same_tasks(
     assert "paper avg" not in _rows(out)[0]["header"]
     assert "the paper's average is over mlsum + wikilingua with rouge1, rouge2, rougeL: not " \
            "shown" in out
+    # The paper's QA tasks and metrics, for a model the paper has no average of: it said the
+    # tasks or metrics differed, when only the figure is missing.
+    qa_dir = tmp_path / "qa"
+    qa_runs = _runs(_write_manifest(qa_dir, [("barto", "sqac"), ("barto", "mlqa")], {}))
+    for task in ("sqac", "mlqa"):
+        _final(qa_runs[("barto", task, None)], {"rouge1": 30.0, "rouge2": 10.0, "rougeL": 25.0},
+               {"rouge1": 29.0, "rouge2": 9.0, "rougeL": 24.0})
+    out = format_markdown(build_table(load_manifest(qa_dir)))
+    assert "(the paper gives this average for t5s only, none of this table's models)" in out
+    assert "the paper's average is over" not in out
 
 
 def test_collect_refuses_unknown_metrics_and_replaces_its_files_only_as_a_set(tmp_path, capsys):

@@ -1049,6 +1049,9 @@ class Average:
     test: dict[str, float | None]
     final: dict[str, bool]
     paper: dict[str, float]
+    # Over the paper's tasks and metrics: the paper's figure sits beside it, for the models it
+    # gives one for.
+    comparable: bool = False
 
 
 @dataclass
@@ -1105,7 +1108,7 @@ def _average(family: str, tasks: list[str], models: list[str],
     paper = {model: value for model, value in PAPER_AVERAGES.get(family, {}).items()
              if comparable and model in models and any((model, task) in chosen for task in tasks)}
     average = Average(family=family, label=label, metrics=metrics, tasks=tasks, dev={}, test={},
-                      final={}, paper=paper)
+                      final={}, paper=paper, comparable=comparable)
     for model in models:
         results = [chosen[(model, task)].result if (model, task) in chosen else None
                    for task in tasks]
@@ -1441,7 +1444,12 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
         for family, average in table.averages.items():
             lines.append(f"- {FAMILY_TITLES[family]}: avg {average.label} = mean of "
                          f"{', '.join(average.metrics)} over {', '.join(average.tasks)}")
-            if PAPER_AVERAGES.get(family) and not average.paper:
+            if PAPER_AVERAGES.get(family) and not average.paper and average.comparable:
+                # the same tasks and metrics: what is missing is a figure for these models
+                lines.append(f"  (the paper gives this average for "
+                             f"{', '.join(PAPER_AVERAGES[family])} only, none of this table's "
+                             "models)")
+            elif PAPER_AVERAGES.get(family) and not average.paper:
                 paper_tasks = " + ".join(PAPER_AVERAGE_TASKS[family])
                 lines.append(f"  (the paper's average is over {paper_tasks} with "
                              f"{', '.join(FAMILY_AVERAGES[family][1])}: not shown beside an "

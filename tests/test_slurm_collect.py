@@ -501,6 +501,19 @@ def _local_run(folder, task, model, lr, validation, test, train_file=None, **dat
         "validation": validation, "test": test}))
 
 
+def test_tables_follow_the_papers_order_of_tasks_and_models_not_the_folders(tmp_path):
+    # run folders are read in name order: the QA table read "mlqa, sqac" and "t5s, barto"
+    runs = tmp_path / "runs"
+    scores = {"rouge1": 20.0, "rouge2": 5.0, "rougeL": 18.0}
+    for folder, task, model in (("a-t5s-sqac", "sqac", "t5s"), ("b-barto-mlqa", "mlqa", "barto"),
+                                ("c-barto-sqac", "sqac", "barto"), ("d-t5s-mlqa", "mlqa", "t5s")):
+        _local_run(runs / folder, task, model, 1e-4, scores, scores)
+    table = build_table(load_runs([str(runs)]))
+    assert table.families == [("qa", ["sqac", "mlqa"])] and table.models == ["barto", "t5s"]
+    [rows] = _rows(format_markdown(table))
+    assert [cell.split()[0] for cell in rows["header"][1::4]] == ["sqac", "mlqa", "avg"]
+
+
 def test_collect_reads_run_folders_trained_without_slurm(tmp_path, capsys):
     from seq2seq_es.cli import main as cli_main
 

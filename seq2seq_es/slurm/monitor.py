@@ -1060,8 +1060,8 @@ class ResultsTable:
 
     source: str                               # the manifest's path
     runs: int                                 # runs in the manifest
-    models: list[str]                         # in sweep order
-    families: list[tuple[str, list[str]]]     # (family, its tasks in sweep order), paper's order
+    models: list[str]                         # the paper's models first, in its order
+    families: list[tuple[str, list[str]]]     # (family, its tasks), in the paper's order
     columns: dict[str, list[str]]             # task -> metric columns of its table
     chosen: dict[tuple[str, str], Choice]     # (model, task) -> the chosen run
     averages: dict[str, Average]              # family -> its average column
@@ -1191,6 +1191,15 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
             models.append(run.model)
         if run.task not in tasks:
             tasks.append(run.task)
+    # The paper's order (the registry's tasks, the paper's models), whatever order the runs came
+    # in: run folders come sorted by name, and a QA table read "mlqa, sqac". Others follow, as
+    # they came (stable sort).
+    from ..tasks import TASKS
+    from .paper_grid import PAPER_MODELS
+
+    tasks.sort(key=lambda task: list(TASKS).index(task) if task in TASKS else len(TASKS))
+    models.sort(key=lambda model: PAPER_MODELS.index(model) if model in PAPER_MODELS
+                else len(PAPER_MODELS))
     warnings = settings_warnings(manifest, groups)
     chosen: dict[tuple[str, str], Choice] = {}
     for key, results in groups.items():

@@ -10,9 +10,11 @@ the same global batch, and that a resumed run logs what the uninterrupted one di
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -215,9 +217,17 @@ def _stage2(extra=()) -> list[str]:
 
 @pytest.mark.slow
 def test_two_ranks_log_the_norm_of_one_rank_and_a_resume_logs_the_same(tmp_path):
-    lock = Path.home() / ".cache/torch_extensions/py311_cpu/deepspeed_shm_comm/lock"
-    if lock.exists():  # a stale lock of an interrupted build makes DeepSpeed wait for ever
-        os.remove(lock)
+    # A stale lock of an interrupted build makes DeepSpeed wait for ever; a fresh one is another
+    # process's (the other test worker building or loading the extension): removing that one
+    # failed its release ("No such file or directory: .../deepspeed_shm_comm/lock" in CI).
+    from torch.utils.cpp_extension import _get_build_directory
+
+    from seq2seq_es.engine.distributed import CPU_EXTENSION, STALE_LOCK_S
+
+    lock = Path(_get_build_directory(CPU_EXTENSION, verbose=False)) / "lock"
+    with contextlib.suppress(FileNotFoundError):
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            os.remove(lock)
     files = demo_files(tmp_path / "data", train_size=24)
     # The same global batch of 4: one rank accumulating 2 micro-batches, two ranks 1 each.
     one = tmp_path / "one"

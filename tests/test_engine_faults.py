@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -280,6 +281,11 @@ def test_a_finished_run_is_not_redone_and_trains_on_with_its_longer_schedule(fil
     assert "finished at step 4 (DONE): nothing to train" in again.stdout, again.stdout[-2000:]
     # no word of a schedule or of changed settings it will not train under
     assert "learning rate of step" not in again.stdout and "note: resumed" not in again.stdout
+    # ... but the settings it did not apply are named, not taken silently
+    assert re.search(r"note: not applied to the finished run: optim\.lr \S+ -> \S+; "
+                     r"gen\.num_beams 1 -> 2 \(its config\.yaml and results stay as they were\); "
+                     r"`seq2seq-es evaluate \S+ --split test` with these options", again.stdout), \
+        again.stdout[-2000:]
     assert not list(out.glob("config.until_step_*"))
     assert (out / "metrics.jsonl").read_bytes() == metrics and (out / "DONE").read_text() == done
     assert {name: (out / name).read_bytes() for name in record} == record

@@ -83,9 +83,19 @@ def changed_settings(run_dir: Path, cfg: RunConfig, step: int) -> list[str]:
     (RunLog then writes the new config.yaml). Refused changes (seed, step size, ZeRO stage)
     never get here; the others (lengths, optimizer settings, generation) were taken silently, and
     the best checkpoint compares validations from before and after them."""
+    changes = settings_changed(run_dir, cfg)
+    if changes:
+        kept = run_dir / run_files.earlier_config(step)
+        if not kept.exists():  # a second resume from the same step keeps the first one's file
+            kept.write_bytes((run_dir / run_files.CONFIG).read_bytes())
+    return changes
+
+
+def settings_changed(run_dir: Path, cfg: RunConfig) -> list[str]:
+    """'key old -> new' for each setting of `cfg` that differs from the run's config.yaml
+    (changed_settings' comparison, writing nothing); [] without a readable config.yaml."""
     from ..config import BOOKKEEPING_KEYS, not_applying
 
-    path = run_dir / run_files.CONFIG
     try:
         saved = run_files.read_run_config(run_dir)
     except ValueError:
@@ -97,13 +107,8 @@ def changed_settings(run_dir: Path, cfg: RunConfig, step: int) -> list[str]:
     before = run_files.flat_run_config(saved)
     now = run_files.flat_run_config(yaml.safe_load(cfg.to_yaml()))
     skipped = BOOKKEEPING_KEYS | set(not_applying(cfg))
-    changes = run_files.setting_changes(
+    return run_files.setting_changes(
         {key: value for key, value in before.items() if key not in skipped}, now)
-    if changes:
-        kept = run_dir / run_files.earlier_config(step)
-        if not kept.exists():  # a second resume from the same step keeps the first one's file
-            kept.write_bytes(path.read_bytes())
-    return changes
 
 
 def check_tracker_login(cfg: RunConfig) -> None:

@@ -46,7 +46,8 @@ from .export import export_hf
 from .optim import apply_schedule, use_bf16
 from .profiling import StepProfiler
 from .progress import quiet_library_progress
-from .run_dir import RunLog, changed_settings, check_before_training, write_json_atomic
+from .run_dir import (RunLog, changed_settings, check_before_training, settings_changed,
+                      write_json_atomic)
 from .run_lock import hold_run_folder
 from .signals import StopRequest
 from .step import NonFiniteLoss, TrainStep  # noqa: F401  (NonFiniteLoss: what train() raises)
@@ -388,6 +389,13 @@ class Trainer:
                        "0, to train it further")
             self.say(f"{self.out} finished at step {self.state.step} (DONE): nothing to train; "
                      f"{further}, or score it with `seq2seq-es evaluate {self.out}`")
+            # Settings given for a finished run are not applied: said, not taken silently (its
+            # test file and beams looked used, as the data was loaded and named on the way).
+            changes = settings_changed(self.out, self.cfg) if self.env.is_main else []
+            if changes:
+                self.say(f"note: not applied to the finished run: {'; '.join(changes)} (its "
+                         f"config.yaml and results stay as they were); `seq2seq-es evaluate "
+                         f"{self.out} --split test` with these options scores it under them")
             return done or {"step": self.state.step}
         if had_done and self.env.is_main:
             if "step" in done:

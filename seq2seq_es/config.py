@@ -993,6 +993,25 @@ def note_default_accumulation(cfg, given: set[str]) -> None:
               "--train.grad_accum 1 makes a step of the batch alone", file=sys.stderr)
 
 
+def note_scored_on_training_data(cfg) -> None:
+    """A validation or test file that is the training file (by its resolved path): its scores,
+    and the best checkpoint chosen on them, are on data the model trained on. Said once, not
+    refused (an overfitting check does it on purpose); collect warns of such runs too."""
+    import os
+    import sys
+
+    if not cfg.data.train_file or not first_launched_process():
+        return
+    trained = os.path.realpath(cfg.data.train_file)
+    same = [f"data.{name}" for name in ("validation_file", "test_file")
+            if getattr(cfg.data, name) and os.path.realpath(getattr(cfg.data, name)) == trained]
+    if same:
+        one = len(same) == 1
+        print(f"warning: {' and '.join(same)} {'is' if one else 'are'} the training file "
+              f"({cfg.data.train_file}): {'its' if one else 'their'} scores are on data the "
+              "model trains on", file=sys.stderr)
+
+
 def registry_layers(task: str, model_spec) -> list[tuple[str, Mapping[str, Any]]]:
     """The registries' layers of a (task, model) pair, lowest first, each with the name
     `seq2seq-es config` gives it: the task's defaults, the model's, then the task's entries for

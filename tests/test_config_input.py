@@ -291,6 +291,23 @@ def test_a_batch_size_under_the_pairs_accumulation_is_noted(capsys, monkeypatch)
         assert "grad_accum" not in capsys.readouterr().err, argv
 
 
+def test_a_validation_or_test_file_that_is_the_training_file_is_warned_of(capsys, monkeypatch,
+                                                                          tmp_path):
+    # A run validated on its own training file chose its checkpoint (and collect its grid point)
+    # on data it trained on; nothing said so.
+    monkeypatch.delenv("RANK", raising=False)
+    train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+    for path in (train, dev):
+        path.write_text('{"text": "a", "summary": "b"}\n', encoding="utf-8")
+    (tmp_path / "again.jsonl").symlink_to(train)
+    build_config([*PAIR, "--data.train_file", str(train), "--data.validation_file",
+                  str(tmp_path / "again.jsonl"), "--data.test_file", str(train)])
+    assert (f"warning: data.validation_file and data.test_file are the training file ({train}): "
+            "their scores are on data the model trains on") in capsys.readouterr().err
+    build_config([*PAIR, "--data.train_file", str(train), "--data.validation_file", str(dev)])
+    assert "warning" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("key,name", [("data.train_file", "train.jsonl"),
                                       ("dist.deepspeed_config", "ds.json"),
                                       ("model.path", "final")])

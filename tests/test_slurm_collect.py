@@ -514,6 +514,23 @@ def test_tables_follow_the_papers_order_of_tasks_and_models_not_the_folders(tmp_
     assert [cell.split()[0] for cell in rows["header"][1::4]] == ["sqac", "mlqa", "avg"]
 
 
+def test_a_run_validated_or_tested_on_its_training_file_is_warned_of(tmp_path):
+    # It was chosen on a dev score of data it trained on (87.50 dev against 0.00 test), and only
+    # the list of files trained on showed it.
+    runs = tmp_path / "runs"
+    scores = {"rouge1": 20.0, "rouge2": 5.0, "rougeL": 18.0}
+    _local_run(runs / "on-dev", "sqac", "barto", 1e-4, scores, scores,
+               train_file="/data/sqac/validation.jsonl",
+               validation_file="/data/sqac/validation.jsonl", test_file="/data/sqac/test.jsonl")
+    _local_run(runs / "clean", "sqac", "t5s", 1e-4, scores, scores,
+               train_file="/data/sqac/train.jsonl",
+               validation_file="/data/sqac/validation.jsonl", test_file="/data/sqac/test.jsonl")
+    warnings = build_table(load_runs([str(runs)])).warnings
+    assert ("barto / sqac: on-dev's data.validation_file is its training file: those scores are "
+            "on data it trained on") in warnings
+    assert not any("clean" in warning for warning in warnings)
+
+
 def test_collect_reads_run_folders_trained_without_slurm(tmp_path, capsys):
     from seq2seq_es.cli import main as cli_main
 

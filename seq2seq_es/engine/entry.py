@@ -36,7 +36,7 @@ def parse_train_args(argv: list[str], prog: str = "seq2seq-es train"
 
 def build_config(argv: list[str]):
     from ..config import (compose, load_yaml, note_default_accumulation, note_not_read,
-                          own_task_keys)
+                          note_scored_on_training_data, own_task_keys)
     from .distributed import launcher_overrides
 
     known, overrides = parse_train_args(argv)
@@ -58,6 +58,7 @@ def build_config(argv: list[str]):
             given |= {key for key in keys if _value(cfg, key) != _value(defaults, key)}
     note_not_read(cfg, given)
     note_default_accumulation(cfg, given)
+    note_scored_on_training_data(cfg)
     return cfg
 
 

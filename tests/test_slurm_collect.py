@@ -531,6 +531,23 @@ def test_a_run_validated_or_tested_on_its_training_file_is_warned_of(tmp_path):
     assert not any("clean" in warning for warning in warnings)
 
 
+def test_a_run_folders_foreign_or_broken_results_are_named_as_a_run_folders(tmp_path):
+    # A plain run folder was told "the sweep planned 'miam'", and a broken file's line was
+    # called a row.
+    runs = tmp_path / "runs"
+    scores = {"rouge1": 20.0, "rouge2": 5.0, "rougeL": 18.0}
+    _local_run(runs / "copied", "sqac", "barto", 1e-4, scores, scores)
+    final = runs / "copied" / "final_results.json"
+    final.write_text(final.read_text().replace('"task": "sqac"', '"task": "miam"'))
+    _local_run(runs / "broken", "sqac", "t5s", 1e-4, scores, scores)
+    (runs / "broken" / "final_results.json").write_text('{\n"validation": \n')
+    notes = build_table(load_runs([str(runs)])).notes
+    assert any(f"file {final}: its task is 'miam', but its config.yaml names 'sqac' for this "
+               "run" in note for note in notes), notes
+    assert any(f"file {runs / 'broken' / 'final_results.json'}, line 3: not valid JSON" in note
+               for note in notes), notes
+
+
 def test_collect_reads_run_folders_trained_without_slurm(tmp_path, capsys):
     from seq2seq_es.cli import main as cli_main
 

@@ -688,7 +688,7 @@ def read_final_results(path: str | Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"not valid JSON ({json_problem(exc)})", file=str(path),
-                        row=exc.lineno) from None
+                        line=exc.lineno) from None
     if not isinstance(data, dict) or not isinstance(data.get("validation"), dict):
         raise DataError("expected an object with a 'validation' mapping", file=str(path))
     return data
@@ -746,8 +746,11 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
         for key, planned in (("task", run.task), ("model", run.model)):
             # Another run's file (copied, or a folder reused) must not fill this run's cell.
             if data.get(key) is not None and data[key] != planned:
-                raise DataError(f"its {key} is {data[key]!r}, but the sweep planned {planned!r} "
-                                "for this run", file=str(path))
+                # a run folder collected as such has its task and model from its config.yaml
+                source = ("its config.yaml names" if "run" in run.grid_point
+                          and run.planned_point is None else "the sweep planned")
+                raise DataError(f"its {key} is {data[key]!r}, but {source} {planned!r} for this "
+                                "run", file=str(path))
         validation = _numbers(data["validation"])
         if not validation:
             raise DataError("no finite number among its validation scores", file=str(path))

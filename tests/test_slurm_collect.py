@@ -565,6 +565,10 @@ def test_collect_reads_run_folders_trained_without_slurm(tmp_path, capsys):
     assert (f"note: {runs / 'failed-start'} is left out: it holds train.lock but no config.yaml "
             "(a train that failed before its config was written)") in err
     assert "notes" not in err
+    # named alone, it says why it has nothing, not that it is no run folder
+    assert cli_main(["collect", str(runs / "failed-start")]) == 2
+    assert (f"{runs / 'failed-start'} holds train.lock but no config.yaml: a train that failed "
+            "before its config was written") in capsys.readouterr().err
     [table] = _rows(out)
     # barto's better rougeL run (b), every number of its row from it; the runs differ in
     # optim.lr only (train.output_dir and log_every say nothing about what was trained)

@@ -184,6 +184,11 @@ def load_runs(paths: list[str]) -> Manifest:
             print(f"note: {child} is left out: it holds {run_files.RUN_LOCK} but no "
                   f"{run_files.CONFIG} (a train that failed before its config was written)",
                   file=sys.stderr)
+        if not children and (path / run_files.RUN_LOCK).is_file():
+            raise ConfigError("RUN", f"{path} holds {run_files.RUN_LOCK} but no "
+                                     f"{run_files.CONFIG}: a train that failed before its config "
+                                     "was written (its model or data did not load), with no "
+                                     "results to collect")
         if not children:
             raise ConfigError("RUN", f"{path} holds neither {SWEEP_MANIFEST}, {RUN_MANIFEST}, "
                                      f"a run ({run_files.CONFIG}) nor run folders")

@@ -186,3 +186,12 @@ def test_evaluate_lengths_follow_a_new_target_length_as_train_would(tmp_path):
     saved = _run_with_config(own, **{"data.max_target_length": "64", "gen.max_new_tokens": "30"})
     gen = inference_config(saved, overrides={"data.max_target_length": "16"}).gen
     assert (gen.max_new_tokens, gen.min_new_tokens) == (30, 8)
+
+
+def test_evaluate_takes_dev_for_validation_as_collect_does():
+    # `collect --split dev` and `evaluate --split validation`: each refused the other's name.
+    from seq2seq_es.engine.inference import parse_evaluate_args
+
+    known, _ = parse_evaluate_args(["RUN", "--split", "dev"])
+    assert known.split == "validation"
+    assert parse_evaluate_args(["RUN", "--split", "test"])[0].split == "test"

@@ -349,8 +349,10 @@ def parse_evaluate_args(argv: list[str]):
                     "--data.test_file FILE, --dist.zero_stage 3, --data.max_eval_samples N).")
     parser.add_argument("path", help="run folder, model folder (RUN/final), "
                                      "RUN/checkpoints/step_N, or a hub id (owner/name)")
+    # `dev` is collect's name for validation (its --split dev): accepted here too
     parser.add_argument("--split", choices=tuple(SPLIT_PREFIX), default="validation",
-                        help="the split to score (default validation)")
+                        type=lambda name: "validation" if name == "dev" else name,
+                        help="the split to score (default validation; dev is the same)")
     parser.add_argument("--output-dir", help="where predictions and scores go (default "
                                              "RUN/evaluations/<split>_<checkpoint>)")
     parser.add_argument("--batch-size", type=int, help="per rank (default: the run's "

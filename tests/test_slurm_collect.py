@@ -548,6 +548,19 @@ def test_a_run_folders_foreign_or_broken_results_are_named_as_a_run_folders(tmp_
                for note in notes), notes
 
 
+def test_run_folders_of_one_name_in_two_places_are_told_apart(tmp_path):
+    # Two `t5s-sqac` folders under two parents: labels and warnings named both "t5s-sqac".
+    scores = {"rouge1": 20.0, "rouge2": 5.0, "rougeL": 18.0}
+    for parent, lr in (("first", 1e-4), ("second", 3e-4)):
+        _local_run(tmp_path / parent / "t5s-sqac", "sqac", "t5s", lr, scores, scores)
+    _local_run(tmp_path / "second" / "barto-sqac", "sqac", "barto", 1e-4, scores, scores)
+    manifest = load_runs([str(tmp_path / "first"), str(tmp_path / "second")])
+    assert sorted(run.name for run in manifest.runs) == [
+        "barto-sqac", "first/t5s-sqac", "second/t5s-sqac"]
+    assert {run.grid_point["run"] for run in manifest.runs if run.model == "t5s"} == {
+        "first/t5s-sqac", "second/t5s-sqac"}
+
+
 def test_collect_reads_run_folders_trained_without_slurm(tmp_path, capsys):
     from seq2seq_es.cli import main as cli_main
 

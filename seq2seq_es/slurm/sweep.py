@@ -229,16 +229,24 @@ def load_runs(paths: list[str]) -> Manifest:
         if not model or not task:
             raise DataError("names no model.name or data.task", file=str(folder / run_files.CONFIG))
         pairs.setdefault((str(model), str(task)), []).append(folder)
+    # A run is named by its folder; folders of one name in different places (two `t5s-sqac`
+    # under two parents) are named by their path below the folder holding them all, or the
+    # table's labels and warnings could not tell them apart.
+    parent = Path(os.path.commonpath([str(Path(p).absolute()) for p in paths]))
+    basenames = [folder.name for folder in folders]
+    name_of = {folder: (folder.name if basenames.count(folder.name) == 1 or
+                        not folder.is_relative_to(parent) else str(folder.relative_to(parent)))
+               for folder in folders}
     runs = []
     for (model, task), members in pairs.items():
         keys = sorted({key for folder in members for key in configs[folder]} - BOOKKEEPING_KEYS)
         varying = [key for key in keys
                    if len({repr(configs[folder].get(key)) for folder in members}) > 1]
         for folder in members:
-            point = {"run": folder.name, **{key: str(configs[folder].get(key))
-                                           for key in varying}}
+            point = {"run": name_of[folder], **{key: str(configs[folder].get(key))
+                                               for key in varying}}
             plan = planned.get(folder)
-            runs.append(RunPlan(name=folder.name, model=model, task=task, grid_point=point,
+            runs.append(RunPlan(name=name_of[folder], model=model, task=task, grid_point=point,
                                 run_dir=str(folder), argv=[],
                                 planned_point=plan.grid_point if plan else None))
     # Listed (among the runs with no scores yet) so that the table says how much of a sweep
@@ -246,7 +254,6 @@ def load_runs(paths: list[str]) -> Manifest:
     runs += [RunPlan(name=Path(run.run_dir).name, model=run.model, task=run.task,
                      grid_point={"run": Path(run.run_dir).name}, run_dir=run.run_dir, argv=[],
                      planned_point=run.grid_point) for run in not_started]
-    parent = Path(os.path.commonpath([str(Path(p).absolute()) for p in paths]))
     return Manifest(kind=MANIFEST_KIND, mode=RUN_FOLDERS_MODE, runs=runs, grid={}, slurm={},
                     submitit_folder="", path=str(parent))
 

@@ -15,3 +15,12 @@ def split_lines(text: str) -> list[str]:
     if lines[-1] == "":
         lines.pop()
     return [line.removesuffix("\r") for line in lines]
+
+
+
+def has_cr_line_ends(text: str) -> bool:
+    """Whether the text's lines end in "\\r" alone (classic Mac line ends): no "\\n" anywhere,
+    and a "\\r" before the last character. `predict` reads such a file line by line (Python's
+    text mode turns each "\\r" into a line end); `score` read it as one line, one prediction,
+    and the error was a count mismatch that said nothing of why."""
+    return "\n" not in text and "\r" in text.rstrip("\r")

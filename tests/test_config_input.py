@@ -213,6 +213,18 @@ def test_score_passes_over_blank_lines_of_a_jsonl_file(capsys, texts):
     assert code == 0, err
 
 
+def test_score_reads_carriage_return_line_ends_as_predict_does(capsys, texts):
+    # Read as one line, it was "has 1 predictions but ... has 2 references", saying nothing of
+    # why, where predict (Python's text mode) reads the same file line by line.
+    (texts / "mac.txt").write_bytes(b"el gato duerme\rla casa\r")
+    code, err = error_line(capsys, ["score", "--metric", "exact_match", "--predictions",
+                                    str(texts / "mac.txt"), "--references", str(texts / "r.txt")])
+    assert code == 0, err
+    from seq2seq_es.engine.inference import read_sources
+
+    assert read_sources(texts / "mac.txt", None, None) == ["el gato duerme", "la casa"]
+
+
 def test_score_refuses_a_csv_references_file_read_as_lines(capsys, texts):
     code, err = score(capsys, texts, "--metric", "rouge", references="r.csv")
     assert code == 2 and err.startswith("error: argument --references:")

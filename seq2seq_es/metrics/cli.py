@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seq2seq_es.errors import ConfigError, DataError, Seq2SeqEsError, json_problem
-from seq2seq_es.line_files import split_lines
+from seq2seq_es.line_files import has_cr_line_ends, split_lines
 
 EM_CONVENTION_CHOICES = ("strict", "squad", "mlqa-es", "loose")
 F1_CONVENTION_CHOICES = ("words", "squad", "mlqa-es", "whitespace-membership")
@@ -47,6 +47,8 @@ def read_lines(path: str) -> list[str]:
     except UnicodeDecodeError as error:
         raise DataError("not valid UTF-8", file=path,
                         line=raw[:error.start].count(b"\n") + 1) from None
+    if has_cr_line_ends(text):  # read as predict reads it: each "\r" ends a line
+        text = text.replace("\r", "\n")
     return split_lines(text)
 
 

@@ -993,18 +993,29 @@ def note_default_accumulation(cfg, given: set[str]) -> None:
               "--train.grad_accum 1 makes a step of the batch alone", file=sys.stderr)
 
 
-def note_scored_on_training_data(cfg) -> None:
-    """A validation or test file that is the training file (by its resolved path): its scores,
-    and the best checkpoint chosen on them, are on data the model trained on. Said once, not
-    refused (an overfitting check does it on purpose); collect warns of such runs too."""
+def scored_on_training_data(settings: Mapping[str, Any]) -> list[str]:
+    """The data.validation_file / data.test_file keys of flat run settings ({'data.train_file':
+    ...}) that name the data.train_file, by resolved path (a link to it counts)."""
     import os
+
+    train = settings.get("data.train_file")
+    if not isinstance(train, str) or not train:
+        return []
+    return [key for key in ("data.validation_file", "data.test_file")
+            if isinstance(settings.get(key), str) and settings[key]
+            and os.path.realpath(settings[key]) == os.path.realpath(train)]
+
+
+def note_scored_on_training_data(cfg) -> None:
+    """A validation or test file that is the training file: its scores, and the best checkpoint
+    chosen on them, are on data the model trained on. Said once, not refused (an overfitting
+    check does it on purpose); collect warns of such runs too (monitor.settings_warnings)."""
     import sys
 
-    if not cfg.data.train_file or not first_launched_process():
+    if not first_launched_process():
         return
-    trained = os.path.realpath(cfg.data.train_file)
-    same = [f"data.{name}" for name in ("validation_file", "test_file")
-            if getattr(cfg.data, name) and os.path.realpath(getattr(cfg.data, name)) == trained]
+    same = scored_on_training_data({f"data.{name}": getattr(cfg.data, name)
+                                    for name in ("train_file", "validation_file", "test_file")})
     if same:
         one = len(same) == 1
         print(f"warning: {' and '.join(same)} {'is' if one else 'are'} the training file "

@@ -17,7 +17,6 @@ def split_lines(text: str) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
-
 def has_cr_line_ends(text: str) -> bool:
     """Whether the text's lines end in "\\r" alone (classic Mac line ends): no "\\n" anywhere,
     and a "\\r" before the last character. `predict` reads such a file line by line (Python's

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import run_files
-from ..config import BOOKKEEPING_KEYS, SEED_MAX
+from ..config import BOOKKEEPING_KEYS, SEED_MAX, scored_on_training_data
 from ..errors import ConfigError, DataError, close_matches, json_problem
 # The one metrics.jsonl reader (merges a step's records, keeping the last values).
 from ..metrics_log import read as read_metrics
@@ -842,7 +842,7 @@ def settings_warnings(manifest: Manifest, groups: dict[tuple[str, str], list[Run
                     f"{model} / {task}: {run.name} was resumed with other settings, so its "
                     f"scores are of neither setting alone: {'; '.join(changes)} (the earlier "
                     f"settings are kept in its config.until_step_N.yaml)")
-            on_training = _scored_on_training_data(_trained_settings(Path(run.run_dir)))
+            on_training = scored_on_training_data(_trained_settings(Path(run.run_dir)))
             if on_training:
                 warnings.append(f"{model} / {task}: {run.name}'s {' and '.join(on_training)} "
                                 "is its training file: those scores are on data it trained on")
@@ -861,19 +861,6 @@ def settings_warnings(manifest: Manifest, groups: dict[tuple[str, str], list[Run
                                            for name, values in settings.items()) + ")"
                     for key in differing))
     return warnings
-
-
-def _scored_on_training_data(settings: dict[str, Any]) -> list[str]:
-    """The data.validation_file / data.test_file keys of a run's settings that name its
-    data.train_file (by resolved path)."""
-    import os
-
-    train = settings.get("data.train_file")
-    if not isinstance(train, str) or not train:
-        return []
-    return [key for key in ("data.validation_file", "data.test_file")
-            if isinstance(settings.get(key), str) and settings[key]
-            and os.path.realpath(settings[key]) == os.path.realpath(train)]
 
 
 def _seed_statistics(splits: list[dict[str, float]]) -> tuple[dict[str, float],

@@ -300,8 +300,7 @@ class QAFormatter(RowFormatter):
         # whole question, which the MLQA and SQuAD scripts score against its other answers.
         usable = [t for t in texts if isinstance(t, str) and t.strip()]
         target = _check_text(usable[0] if usable else texts[0], text_column)
-        references = tuple(dict.fromkeys(
-            _nfc(t) for t in texts if isinstance(t, str) and t.strip()))
+        references = tuple(dict.fromkeys(_nfc(t) for t in usable))
         return QA_PROMPT.format(question=question, context=context), target, references
 
     def source_layout(self):

@@ -317,7 +317,9 @@ def as_a_run_scores(task, predictions: list[str], references: list) -> tuple[lis
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seq2seq-es score",
-        description="Score predictions against references; prints the scores (0-100) as JSON.")
+        description="Score predictions against references; prints the scores (0-100) as JSON. "
+                    "Files are paired line by line; where both carry an example_id per line "
+                    "(evaluate's predictions.jsonl), the ids must agree at every line.")
     parser.add_argument("--metric", action="append", metavar="NAME",
                         help=f"metric to compute, repeatable or comma-separated (rouge,bleu): "
                              f"{METRIC_NAMES_HELP} (default with --task: the task's metrics)")

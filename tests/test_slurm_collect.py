@@ -71,6 +71,42 @@ def _rows(out):
     return tables
 
 
+def test_unfinished_runs_are_told_apart_training_now_pre_empted_or_stopped(tmp_path, capsys):
+    # '*' alone left a crashed run looking like one still training: the footnote now says, per
+    # unfinished run, whether a process holds its train.lock, or how it stopped.
+    from test_run_lock import end, hold_in_another_process
+
+    sweep_dir = tmp_path / "sweep"
+    pairs = [("barto", "mlsum"), ("t5s", "mlsum"), ("barto", "wikilingua")]
+    manifest = _write_manifest(sweep_dir, pairs, {})
+    folders = {(run.model, run.task): Path(run.run_dir) for run in manifest.runs}
+    for folder in folders.values():
+        _metrics(folder / "metrics.jsonl", [{"step": 20, "eval/loss": 2.0, "eval/rougeL": 25.0}])
+    (folders[("t5s", "mlsum")] / "PREEMPTED").write_text('{"step": 20, "signal": "SIGUSR1"}')
+    holder = hold_in_another_process(folders[("barto", "mlsum")], SLURM_JOB_ID="4242")
+    try:
+        assert slurm_main(["collect", str(sweep_dir)]) == 0
+        out = capsys.readouterr().out
+    finally:
+        end(holder)
+    now = out[out.index("* from a run that has not finished"):].splitlines()
+    assert now[0].endswith(". Now:")
+    assert now[1].startswith(f"  - barto / mlsum ({folders[('barto', 'mlsum')]}): training now "
+                             f"(pid {holder.pid} on ")
+    assert "SLURM job 4242" in now[1]
+    assert now[2] == (f"  - t5s / mlsum ({folders[('t5s', 'mlsum')]}): stopped: SIGUSR1 at step "
+                      "20, checkpoint saved (PREEMPTED)")
+    assert now[3] == (f"  - barto / wikilingua ({folders[('barto', 'wikilingua')]}): stopped "
+                      "without finishing: crashed, cancelled or killed (no process holds its "
+                      "train.lock; its log says why)")
+    assert now[4] == ("  A stopped run continues from its last checkpoint with `seq2seq-es slurm "
+                      "resume` (status: `seq2seq-es slurm status`).")
+    # the holder gone (SIGKILL), the same run reads as stopped
+    assert slurm_main(["collect", str(sweep_dir)]) == 0
+    assert (f"  - barto / mlsum ({folders[('barto', 'mlsum')]}): stopped without finishing"
+            in capsys.readouterr().out)
+
+
 def test_a_row_never_mixes_runs_dev_and_test_side_by_side(tmp_path, capsys):
     sweep_dir = tmp_path / "sweep"
     manifest = _write_manifest(sweep_dir, [("barto", "mlsum"), ("t5s", "mlsum")], LR)

@@ -119,6 +119,42 @@ class RunFolderLock:
         self.release()
 
 
+# struct flock on Linux (x86_64, aarch64): short l_type, short l_whence, off_t l_start,
+# off_t l_len, pid_t l_pid, padded to 32 bytes.
+_FLOCK = "hhqqi4x"
+
+
+def training_now(out: Path) -> dict | None:
+    """Whether a process holds `out`'s lock, that is, trains there now: its holder text ({} when
+    unreadable), or None when no process holds it (finished, crashed, killed, never started) or
+    the lock cannot be asked about. Asks the kernel (F_GETLK) and takes no lock itself, so a run
+    starting this moment is never refused because `collect` looked. A lock held by this very
+    process is not seen (POSIX locks are per process)."""
+    import fcntl
+    import struct
+
+    path = out / run_files.RUN_LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+        if struct.unpack(_FLOCK, answer)[0] == fcntl.F_UNLCK:
+            return None
+    except OSError:  # no lock manager (NFS without one): nothing to tell
+        return None
+    finally:
+        os.close(fd)
+    return _read_holder(path)
+
+
+def describe_holder(holder: dict) -> str:
+    """'pid 12 on node1, SLURM job 34, since 2026-...' (or 'another process'), for messages."""
+    return _describe(holder)
+
+
 def hold_run_folder(out: Path, env) -> RunFolderLock | None:
     """Rank 0 locks `out`; every rank raises its refusal (D.decided_by_main). The other ranks
     hold nothing: None."""

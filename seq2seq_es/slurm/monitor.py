@@ -792,6 +792,29 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
                      test_data=test_data)
 
 
+def unfinished_state(run_dir: str | Path) -> str:
+    """What a run that has not finished is doing, from its folder alone (collect asks no
+    scheduler): training now when a process holds its train.lock, else stopped, and how when a
+    marker says (a stop signal's PREEMPTED, a job's OUT_OF_REQUEUES)."""
+    from ..engine.run_lock import describe_holder, training_now
+
+    run_dir = Path(run_dir)
+    holder = training_now(run_dir)
+    if holder is not None:
+        return "training now" + (f" ({describe_holder(holder)})" if holder else "")
+    if (run_dir / run_files.OUT_OF_REQUEUES).exists():
+        return "stopped: pre-empted with its requeues used up (OUT_OF_REQUEUES)"
+    try:
+        stop = json.loads((run_dir / run_files.PREEMPTED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stop = None
+    if isinstance(stop, dict):
+        return (f"stopped: {stop.get('signal', 'a stop signal')} at step {stop.get('step', '?')}, "
+                "checkpoint saved (PREEMPTED)")
+    return ("stopped without finishing: crashed, cancelled or killed (no process holds its "
+            "train.lock; its log says why)")
+
+
 def _trained_settings(run_dir: Path, name: str = run_files.CONFIG) -> dict[str, Any]:
     """A run's config (config.yaml, or an earlier one it keeps) as {'section.key': value},
     without the keys that only say how it was watched or stored; {} when unreadable."""
@@ -1490,7 +1513,16 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
         lines += ["", "* from a run that has not finished (no final_results.json or DONE): its "
                   "best evaluation so far in metrics.jsonl; not final"
                   + ("; for seeds, a seed of the grid point has not finished or has no scores "
-                     "(How runs were compared says which)" if seeded else "")]
+                     "(How runs were compared says which)" if seeded else "") + ". Now:"]
+        lines += [f"  - {model} / {task} ({result.run.run_dir}): "
+                  f"{unfinished_state(result.run.run_dir)}"
+                  for (model, task), choice in table.chosen.items()
+                  for result in (choice.result.spread.members if choice.result.spread
+                                 else [choice.result]) if not result.final]
+        lines.append("  A stopped run continues from its last checkpoint with " + (
+            "`seq2seq-es train --config RUN/config.yaml --train.resume auto`"
+            if table.from_run_folders else "`seq2seq-es slurm resume` (status: `seq2seq-es "
+            "slurm status`)") + ".")
     remarks = [f"{model} / {task}: {remark}" for (model, task), choice in table.chosen.items()
                for remark in choice.remarks]
     if remarks:

@@ -303,6 +303,23 @@ def test_a_batch_size_under_the_pairs_accumulation_is_noted(capsys, monkeypatch)
         assert "grad_accum" not in capsys.readouterr().err, argv
 
 
+def test_a_pair_the_paper_did_not_fine_tune_is_noted(capsys, monkeypatch):
+    # LEDO on MLSUM trained on mlsum's defaults without a word, where every other paper pair
+    # has the paper's settings.
+    monkeypatch.delenv("RANK", raising=False)
+    build_config(["--task", "mlsum", "--model", "ledo-tiny"])
+    assert ("note: the paper did not fine-tune ledo on mlsum (it ran ledo on xlsum, eurlexsum): "
+            "this run's settings are this package's defaults for the pair, not the paper's "
+            "(`seq2seq-es config` shows where each value comes from)") in capsys.readouterr().err
+    build_config(["--task", "wmt13-en-es", "--model", "beto2beto-tiny"])
+    assert "(it ran beto2beto on mlsum, wikilingua, xlsum, eurlexsum, sqac, mlqa, bisect, " \
+        "miam)" in capsys.readouterr().err
+    for argv in (["--task", "xlsum", "--model", "ledo-tiny"], PAIR,
+                 ["--task", "wmt13-en-es", "--model", "mbert2mbert-tiny"]):
+        build_config(argv)
+        assert "did not fine-tune" not in capsys.readouterr().err, argv
+
+
 def test_a_validation_or_test_file_that_is_the_training_file_is_warned_of(capsys, monkeypatch,
                                                                           tmp_path):
     # A run validated on its own training file chose its checkpoint (and collect its grid point)

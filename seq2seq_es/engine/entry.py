@@ -59,7 +59,29 @@ def build_config(argv: list[str]):
     note_not_read(cfg, given)
     note_default_accumulation(cfg, given)
     note_scored_on_training_data(cfg)
+    note_pair_not_in_paper(cfg)
     return cfg
+
+
+def note_pair_not_in_paper(cfg) -> None:
+    """A paper model on a paper task it was not fine-tuned on (LEDO on MLSUM, BETO2BETO on
+    WMT13): its settings are the task's defaults (and the registry's for the model), no run of
+    the paper's, so a user comparing with the paper learns it here, once. Said for the registries' names only (tiny twins by
+    their real model's), not for a user's own task."""
+    import sys
+
+    from ..config import first_launched_process
+    from ..models import get_model_spec
+    from ..slurm import paper_grid
+
+    model, task = get_model_spec(cfg.model.name).base_name, cfg.data.task
+    if (model not in paper_grid.PAPER_MODELS or task not in paper_grid.PAPER_TASKS
+            or (model, task) in paper_grid.paper_pairs() or not first_launched_process()):
+        return
+    ran = [name for paper_model, name in paper_grid.paper_pairs() if paper_model == model]
+    print(f"note: the paper did not fine-tune {model} on {task} (it ran {model} on "
+          f"{', '.join(ran)}): this run's settings are this package's defaults for the pair, "
+          "not the paper's (`seq2seq-es config` shows where each value comes from)", file=sys.stderr)
 
 
 def note_launcher_overridden(from_launcher: dict[str, str], overrides: dict[str, str]) -> None:

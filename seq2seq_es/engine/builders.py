@@ -23,6 +23,7 @@ def get_model(cfg: RunConfig):
     if cfg.model.attention_window and spec.adapter.reads("model.attention_window"):
         # Before the kernels: they read each layer's window side when they run.
         spec.adapter.set_attention_window(model, cfg.model.attention_window)
+    check_source_positions(cfg, spec, model)
     # LED and T5 kernels (models/family.py); the other families do not read model.attention.
     spec.adapter.apply_attention(model, cfg.model.attention, config_key="model.attention")
     if cfg.train.batching == "packed":
@@ -36,6 +37,26 @@ def get_model(cfg: RunConfig):
         set_activation_checkpointing(model, True)
         model.config.use_cache = False
     return model, tokenizer, spec
+
+
+def check_source_positions(cfg: RunConfig, spec, model) -> None:
+    """Refuse a data.max_source_length the loaded checkpoint cannot embed. The config check
+    (config.validate) knows the registry's positions only; a --model.path checkpoint (an LED
+    converted with fewer --max-positions) failed with an IndexError at the first long batch,
+    after loading everything (or at the first validation)."""
+    found = spec.adapter.source_positions(model)
+    if found is None:
+        return
+    positions, multiple = found
+    padded = -(-cfg.data.max_source_length // multiple) * multiple
+    if padded > positions:
+        padding = (f" (padded to {padded}, a multiple of its attention window {multiple})"
+                   if padded != cfg.data.max_source_length else "")
+        # no flag named: predict gives this value as --max-source-length (it re-keys the error)
+        raise ConfigError("data.max_source_length",
+                          f"{cfg.data.max_source_length}{padding} exceeds the {positions} source "
+                          f"positions of the checkpoint {cfg.model.path or cfg.model.name}: "
+                          f"{positions // multiple * multiple} or less fits")
 
 
 def set_activation_checkpointing(model, on: bool) -> None:
@@ -193,14 +214,29 @@ def get_collator(cfg: RunConfig, spec, tokenizer, model) -> Seq2SeqCollator:
                            pad_to_multiple_of=multiple, mark_dynamic=dynamic)
 
 
+def source_bucket_align(max_source_length: int, pad_to_multiple_of: int) -> int:
+    """What source buckets are multiples of: DEFAULT_ALIGN and the collator's multiple (LED's
+    window) together, unless that rounds the longest sources past what the window alone
+    needs. A window that is no multiple of 8 (12, 20, ...) made buckets of lcm(8, window):
+    data.max_source_length 4092 at window 12 gave a bucket of 4104, past ledo-tiny's 4096
+    positions (IndexError at the first long batch); config.validate checked only the window."""
+    import math
+
+    from ..data.length_buckets import DEFAULT_ALIGN
+    align = math.lcm(DEFAULT_ALIGN, pad_to_multiple_of)
+    if pad_to_multiple_of > 1 and (-(-max_source_length // align) * align
+                                   > -(-max_source_length // pad_to_multiple_of)
+                                   * pad_to_multiple_of):
+        return pad_to_multiple_of
+    return align
+
+
 def get_step_plan(cfg: RunConfig, env: D.DistEnv, train: SplitData, pad_to_multiple_of: int,
                   collator: Seq2SeqCollator | None = None):
     """The data order: fixed-size random batches, token-budget batches of similar lengths, or
     bucketed token-budget batches (few shapes), which set the collator's bucket lengths."""
     num_train = len(train.tokenized)
     if cfg.train.batching == "bucketed":
-        import math
-
         from ..data.length_buckets import DEFAULT_ALIGN, DEFAULT_MAX_SHAPES, BucketedPlan
         if collator is None:
             raise ValueError("train.batching=bucketed: get_step_plan needs the collator, which "
@@ -211,7 +247,8 @@ def get_step_plan(cfg: RunConfig, env: D.DistEnv, train: SplitData, pad_to_multi
                             cfg.train.grad_accum, env.world_size, cfg.train.seed,
                             max_shapes=getattr(cfg.train, "length_buckets", DEFAULT_MAX_SHAPES),
                             align=DEFAULT_ALIGN,
-                            source_align=math.lcm(DEFAULT_ALIGN, pad_to_multiple_of))
+                            source_align=source_bucket_align(cfg.data.max_source_length,
+                                                             pad_to_multiple_of))
         collator.set_buckets(plan.buckets.source, plan.buckets.target)
     elif cfg.train.batching == "token_budget":
         from ..data.token_budget import TokenBudgetPlan

@@ -829,7 +829,12 @@ def predict_main(argv: list[str]) -> int:
     unread = unread_by_inference(overrides, "predict")
     if unread:
         say(f"note: not read by predict: {', '.join(unread)}")
-    loaded = load_for_inference(saved, cfg, env)
+    try:
+        loaded = load_for_inference(saved, cfg, env)
+    except ConfigError as exc:  # predict's flag for the length (a checkpoint with fewer positions)
+        if exc.key != "data.max_source_length":
+            raise
+        raise ConfigError("--max-source-length", exc.reason) from None
     side = (task or task_for(cfg.data)).source_truncation_side
     length_key = "--max-source-length" if args.max_source_length is not None \
         else "data.max_source_length"
@@ -837,7 +842,8 @@ def predict_main(argv: list[str]) -> int:
                                 key=length_key)
     cut = sum(1 for f in features if f["length"] > cfg.data.max_source_length)
     say(f"predicting {len(sources)} rows of {input_path} with {saved.path} on "
-        f"{env.world_size} process(es); {cut} sources cut at {cfg.data.max_source_length} tokens")
+        f"{env.world_size} process(es); {cut} source{'' if cut == 1 else 's'} cut at "
+        f"{cfg.data.max_source_length} tokens")
     collator = get_collator(cfg, loaded.spec, loaded.tokenizer, loaded.model)
     predictions = generate_texts(
         loaded.model, features=features, collator=collator, tokenizer=loaded.tokenizer,

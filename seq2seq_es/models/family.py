@@ -158,6 +158,11 @@ class Family:
         """Seq2SeqCollator keywords the family needs, or None for the run's generic padding."""
         return None
 
+    def source_positions(self, model) -> tuple[int, int] | None:
+        """(encoder positions of the loaded checkpoint, the multiple its sources are padded
+        to), or None where the family has no absolute source positions to run out of."""
+        return None
+
     # -- LM head ------------------------------------------------------------------------------
 
     def lm_head(self, model) -> tuple[Any, Any, float]:
@@ -185,6 +190,10 @@ class _BartLike(Family):
 
     def lm_head(self, model):
         return model.lm_head.weight, model.final_logits_bias, 1.0
+
+    def source_positions(self, model):
+        positions = getattr(model.config, "max_position_embeddings", None)
+        return (int(positions), 1) if positions else None
 
     def decoder_hidden_states(self, model, inputs):
         return self._base(model)(**inputs, use_cache=False).last_hidden_state
@@ -253,6 +262,11 @@ class Led(_BartLike):
         for layer in layers:
             layer.one_sided_attn_window_size = window // 2
         model.config.attention_window = [window] * len(layers)
+
+    def source_positions(self, model):
+        window = model.config.attention_window
+        window = max(window) if isinstance(window, (list, tuple)) else int(window)
+        return int(model.config.max_encoder_position_embeddings), window
 
     def collator_options(self, cfg, model, tokenizer):
         from ..data.collator import sentence_start_ids

@@ -393,6 +393,16 @@ def test_converted_led_computes_what_the_bart_did(tmp_path):
             torch.zeros(2, dtype=torch.long), batch["input_ids"].shape[1])).logits
     torch.testing.assert_close(local_only, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(with_global, expected, rtol=1e-4, atol=1e-5)
+    # BART's decoding defaults came along: plain `generate` on the LED forced no </s> at the
+    # end where the BART did (its generation_config.json held the special ids only)
+    bart.generation_config.forced_eos_token_id = tokenizer.eos_token_id
+    bart.generation_config.num_beams = 3
+    save_model(bart, tmp_path / "bart2")
+    tokenizer.save_pretrained(tmp_path / "bart2")
+    convert_bart_to_led(str(tmp_path / "bart2"), str(tmp_path / "led2"), max_positions=2496,
+                        attention_window=32)
+    saved = json.loads((tmp_path / "led2" / "generation_config.json").read_text())
+    assert saved["forced_eos_token_id"] == tokenizer.eos_token_id and saved["num_beams"] == 3
 
 
 def test_convert_led_refuses_what_it_cannot_convert(tmp_path, capsys):
@@ -420,6 +430,15 @@ def test_convert_led_refuses_what_it_cannot_convert(tmp_path, capsys):
     (tmp_path / "busy" / "x").write_text("x")
     with pytest.raises(ConfigError, match="not empty"):
         convert_bart_to_led(str(tmp_path / "t5"), str(tmp_path / "busy"))
+    # an OUT under a file, and a SRC without weights: one line each, not a traceback after
+    # loading (the first) or from transformers (the second)
+    with pytest.raises(ConfigError, match=r"argument OUT: .*x is a file"):
+        convert_bart_to_led(str(tmp_path / "t5"), str(tmp_path / "busy" / "x" / "led"))
+    bart, bart_tokenizer = load_model_and_tokenizer("barto-tiny")
+    bart.config.save_pretrained(tmp_path / "no_weights")
+    bart_tokenizer.save_pretrained(tmp_path / "no_weights")
+    with pytest.raises(ConfigError, match="argument SRC: no BART weights could be loaded from"):
+        convert_bart_to_led(str(tmp_path / "no_weights"), str(tmp_path / "led"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ CLI: `seq2seq-es convert-led SRC OUT --max-positions 16384 [--attention-window 1
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import re
 import sys
@@ -114,8 +115,8 @@ def _check_arguments(src: str, out: str, max_positions: int, attention_window: i
                           "cannot be embedded")
     if os.path.isdir(out) and os.listdir(out):
         raise ConfigError("OUT", f"{out} exists and is not empty; choose a new folder")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ConfigError("OUT", f"{out} is a file")
+    from ..config import check_folder
+    check_folder("OUT", out)  # a file, or a path under one: refused before loading anything
 
 
 def convert_bart_to_led(src: str, out: str, max_positions: int = 16384,
@@ -137,15 +138,24 @@ def convert_bart_to_led(src: str, out: str, max_positions: int = 16384,
         raise ConfigError("SRC", f"{src} scales its embeddings (scale_embedding=true), "
                                  "which LED does not; it cannot be converted exactly")
     tokenizer = load_tokenizer(src, key="SRC")
-    bart = BartForConditionalGeneration.from_pretrained(src)
+    try:
+        bart = BartForConditionalGeneration.from_pretrained(src)
+    except OSError as err:  # a folder with a config but no (readable) weights
+        raise ConfigError("SRC", f"no BART weights could be loaded from {src}: {err}") from err
     led = LEDForConditionalGeneration(led_config_from_bart(bart.config, max_positions,
                                                            attention_window))
     led.load_state_dict(led_state_dict_from_bart(bart.state_dict(), led.state_dict()),
                         strict=True)
     led.tie_weights()
-    led.save_pretrained(out)
+    # BART's decoding defaults (forced_bos/eos_token_id, beams, ...) live in its generation
+    # config; without them plain `generate` on the LED decoded differently from the BART.
+    led.generation_config = copy.deepcopy(bart.generation_config)
     tokenizer.model_max_length = max_positions
-    tokenizer.save_pretrained(out)
+    try:
+        led.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    except OSError as err:
+        raise ConfigError("OUT", f"could not write {out}: {err.strerror or err}") from err
 
 
 def convert_led_main(argv: list[str] | None = None) -> int:

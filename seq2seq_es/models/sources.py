@@ -43,11 +43,12 @@ def resolve_checkpoint(reference: str, key: str) -> str:
 def hub_failure(key: str, reference: str, err: Exception) -> ConfigError:
     # A compute node without network is the usual cause on a cluster: the way out is a download
     # on a machine that has it, into the cache the jobs read, or a local copy.
+    local = "a local folder as SRC" if key == "SRC" else "a local copy with --model.path DIR"
     return ConfigError(key, f"'{reference}' is not a local folder and could not be loaded from "
                             f"the Hugging Face hub ({type(err).__name__}: {err}). Without the "
                             f"hub here (a compute node without network, HF_HUB_OFFLINE=1): "
                             f"`hf download {reference}` where there is network, into the HF_HOME "
-                            "the jobs read, or a local copy with --model.path DIR")
+                            f"the jobs read, or {local}")
 
 
 def is_local(reference: str) -> bool:

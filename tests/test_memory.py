@@ -166,3 +166,14 @@ def test_led_at_16k_keeps_the_papers_batch_with_checkpointing():
     # the old default, 8 rows at once without checkpointing, is refused by the estimate
     cfg.train.batch_size, cfg.train.grad_accum, cfg.model.gradient_checkpointing = 8, 1, False
     assert not memory.fits(cfg)
+
+
+def test_an_leds_attention_window_changes_its_estimate():
+    # the window sets each encoder layer's scores and the padding; estimate_config read the
+    # shape's 1024 whatever model.attention_window said
+    estimates = []
+    for window in ("512", "1024", "2048"):
+        cfg = compose("eurlexsum", "ledo", overrides={"model.attention_window": window})
+        estimates.append(memory.estimate_config(cfg).total)
+    assert estimates[0] < estimates[1] < estimates[2]
+    assert estimates[1] == memory.estimate_config(compose("eurlexsum", "ledo")).total

@@ -58,6 +58,7 @@ and counts): T5S's LM head is untied, the *share pairs count each tied weight on
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -222,8 +223,12 @@ def micro_batch(cfg) -> int:
 
 
 def estimate_config(cfg) -> StepMemory:
-    """The estimate for a composed RunConfig (its model, micro-batch, lengths, checkpointing)."""
-    return estimate(get_shape(cfg.model.name), micro_batch(cfg), cfg.data.max_source_length,
+    """The estimate for a composed RunConfig (its model, micro-batch, lengths, checkpointing,
+    and an LED's model.attention_window where set: its scores and padding scale with it)."""
+    shape = get_shape(cfg.model.name)
+    if shape.attention_window and cfg.model.attention_window:
+        shape = dataclasses.replace(shape, attention_window=cfg.model.attention_window)
+    return estimate(shape, micro_batch(cfg), cfg.data.max_source_length,
                     cfg.data.max_target_length, checkpointing=cfg.model.gradient_checkpointing)
 
 

@@ -325,6 +325,15 @@ def test_model_flops_count_window_not_full_attention():
     assert 6e12 < flops_16k < 8e12
 
 
+def test_a_cpu_allocation_failure_is_an_oom_row():
+    # torch's CPU allocator says "can't allocate memory": the row read `error`, not `oom`
+    assert bench_led._is_out_of_memory(RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
+        "you tried to allocate 13743895347200 bytes. Error code 12 (Cannot allocate memory)"))
+    assert not bench_led._is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be "
+                                                        "multiplied"))
+
+
 def test_bench_rejects_bad_flags():
     with pytest.raises(ConfigError, match="--impl"):
         bench_led.parse_args(["--impl", "hf,fast", "--device", "cpu"])

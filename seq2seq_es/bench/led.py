@@ -124,7 +124,10 @@ def enable_checkpointing(model) -> None:
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+    # torch's CPU allocator says "can't allocate memory" (DefaultCPUAllocator), not "out of memory"
+    message = str(error).lower()
+    return (isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in message
+            or "can't allocate memory" in message)
 
 
 def _free_device_memory(device: str) -> None:

@@ -190,16 +190,25 @@ def test_a_window_is_saved_and_restored_and_old_checkpoints_load(files, one_rank
         second = stepper(batches, 1)
         saved = stepper.loss_window_sums()
         norms = [first.grad_norm.item(), second.grad_norm.item()]
-        assert saved[3:] == [sum(norms), 2.0, max(norms)]
+        assert saved[3:6] == [sum(norms), 2.0, max(norms)]
+        # the padded fraction's window too: the first logged after a resume covered the
+        # resumed steps only
+        tokens = [first.counts[0] + first.counts[1], second.counts[0] + second.counts[1]]
+        assert saved[6:] == [sum(tokens).item(), (first.counts[2] + second.counts[2]).item()]
+        assert saved[7] > 0  # the batches are padded
         stepper.restore_loss_window([1.0, 0.0, 4.0])  # a checkpoint from before the norm
         assert stepper.grad_norm_window.tolist() == [sum(norms), 2.0, max(norms)]
         stepper.grad_norm_window.zero_()
+        stepper.window.zero_()
+        stepper.restore_loss_window(saved[:6])  # from before the token counts: they stay
+        assert stepper.window.tolist() == [0.0, 0.0]
         stepper.restore_loss_window(saved)
         values = stepper.read(second)
     finally:
         stepper.close()
     assert values["grad_norm"] == pytest.approx(sum(norms) / 2, rel=1e-12)
     assert values["grad_norm_max"] == max(norms)
+    assert (values["window_tokens"], values["window_padded"]) == (saved[6], saved[7])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -274,16 +274,19 @@ class TrainStep:
     def loss_window_sums(self) -> list[float]:
         """The logged values' sums since the last read over all ranks, for a checkpoint:
         [cross-entropy, skipped target tokens, target tokens, gradient norm sum, steps counted
-        in it, gradient norm maximum]. A resume goes on from them, so that its first logged loss
-        and gradient norm cover the same steps as an uninterrupted run's. Collective."""
+        in it, gradient norm maximum, tokens, padded tokens]. A resume goes on from them, so
+        that its first logged loss, gradient norm and padded fraction cover the same steps as an
+        uninterrupted run's. Collective."""
         ranks = all_reduce_(self.loss_window[:2].clone())
-        return torch.cat([ranks, self.loss_window[2:], self.grad_norm_window]).tolist()
+        return torch.cat([ranks, self.loss_window[2:], self.grad_norm_window,
+                          self.window]).tolist()
 
     def restore_loss_window(self, sums: list[float] | None) -> None:
         """Resume from `loss_window_sums` (already over all ranks: rank 0 takes the rank sums,
         every rank the global target count and the gradient norm's sums). A checkpoint from
         before the gradient norm (three numbers) starts its norm window empty: the first logged
-        norm after the resume then covers the resumed steps only."""
+        norm after the resume then covers the resumed steps only; one from before the token
+        counts (six), its padded fraction."""
         if not sums:
             return
         ce, skipped_tokens, target = sums[:3]
@@ -292,6 +295,8 @@ class TrainStep:
         if len(sums) >= 6:
             self.grad_norm_window = torch.tensor(sums[3:6], dtype=torch.float64,
                                                  device=self.device)
+        if len(sums) >= 8:  # tokens and padded tokens: summed over ranks as counted
+            self.window = torch.tensor(sums[6:8], dtype=torch.float64, device=self.device)
 
     def check_finite(self) -> None:
         """on_nan=stop: raise NonFiniteLoss if any rank had a non-finite loss since the last

@@ -187,6 +187,42 @@ def test_resume_after_a_stop_keeps_the_best_and_ends_the_same(workdir, files):
     assert (out / "checkpoints" / f"step_{best_step:08d}").is_dir()
 
 
+def test_a_resume_from_another_folders_checkpoint_chooses_its_best_anew(workdir, files):
+    # --train.resume PATH into a new folder carried the source run's best: the run trained all
+    # its steps, then failed at its end ("the best checkpoint ... is gone"), without DONE.
+    source, _ = single_run(workdir, files)
+    best_step = json.loads((source / "final_results.json").read_text())["best_step"]
+    checkpoint = source / "checkpoints" / f"step_{best_step:08d}"
+    out = workdir / "elsewhere"
+    shutil.rmtree(out, ignore_errors=True)
+    proc = run("none", 1, best_args(files, out, extra=["--train.resume", str(checkpoint)]))
+    output = proc.stdout + proc.stderr
+    assert (f"note: the best checkpoint so far (step {best_step}, loss ") in output
+    assert (f"is not in {out / 'checkpoints'}: this run's best is chosen among its validations "
+            f"from step {best_step} on") in output
+    results = json.loads((out / "final_results.json").read_text())
+    assert (out / "DONE").is_file() and best_step < results["best_step"] <= LAST
+    assert results["best_step"] in eval_records(out)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("train.max_steps", "2", "2 ends before the step of checkpoint"),
+    ("train.epochs", "1", f"1 epoch(s) make {STEPS_PER_EPOCH} steps, fewer than the {LAST} of "
+                          "checkpoint")])
+def test_a_checkpoint_past_the_runs_last_step_is_refused(workdir, files, key, value, words):
+    # It trained nothing, named the rate of a step never run, and wrote DONE and
+    # final_results.json with more steps than its config.yaml says.
+    source, _ = single_run(workdir, files)
+    out = workdir / f"past-{key}"
+    shutil.rmtree(out, ignore_errors=True)
+    proc = run("none", 1, best_args(files, out, extra=[
+        f"--{key}", value, "--train.resume", str(source / "checkpoints" / f"step_{LAST:08d}")]),
+        check=False)
+    assert proc.returncode == 2
+    assert f"error: config key '{key}': {words}" in proc.stderr, proc.stderr[-2000:]
+    assert not (out / "DONE").exists() and not (out / "final_results.json").exists()
+
+
 def test_zero3_on_two_ranks_exports_and_tests_the_best_checkpoint(workdir, files):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

@@ -172,6 +172,20 @@ def after_stop(signal_name: str, code: int, environ, resume: str = "none") -> st
                 "it from this checkpoint (seq2seq-es slurm status)")
     return "the job requeues itself and resumes from it (seq2seq-es slurm status)"
 
+def check_steps_left(cfg: RunConfig, step: int, total_steps: int, checkpoint: Path) -> None:
+    """A checkpoint past the run's last step is refused: it trained nothing, then recorded a
+    run of more steps than its config.yaml says (after naming the rate of a step never run)."""
+    if step <= total_steps:
+        return
+    if cfg.train.max_steps:
+        raise ConfigError("train.max_steps", f"{cfg.train.max_steps} ends before the step of "
+                          f"checkpoint {checkpoint}, {step}: give {step} to end the run there, "
+                          "more to train on, or another train.output_dir for a new run")
+    raise ConfigError("train.epochs", f"{cfg.train.epochs} epoch(s) make {total_steps} steps, "
+                      f"fewer than the {step} of checkpoint {checkpoint}: give more epochs to "
+                      "train on, or another train.output_dir for a new run")
+
+
 class Trainer:
     """One training run of `cfg`. Every method is collective: all ranks call it together."""
 
@@ -229,6 +243,8 @@ class Trainer:
             self.state.data_layout, self.state.run, self.state.storage = layout, identity, storage
             self.state.world_size = env.world_size
             self.say(f"resumed from {resume_from} at step {self.state.step}")
+            if resume_from.parent.resolve() != self.ckpt.root.resolve():
+                self.forget_best_elsewhere()
         # The step of the newest checkpoint: a step is never saved twice (e.g. a time-based save
         # and the save of a new best at the same step).
         self.saved_step = self.state.step if resume_from is not None else None
@@ -238,6 +254,7 @@ class Trainer:
         # versions.json, trackers), which still describes the run that trained it.
         self.finished = self.finished_before()
         if resume_from is not None and self.finished is None:  # it trains on: under what
+            check_steps_left(cfg, self.state.step, self.total_steps, resume_from)
             self.follow_schedule()
             if env.is_main:
                 changes = changed_settings(self.out, cfg, self.state.step)
@@ -360,6 +377,20 @@ class Trainer:
             raise
         finally:
             self.stop.restore()
+
+    def forget_best_elsewhere(self) -> None:
+        """A resume from another folder's checkpoint (--train.resume PATH) carries that run's
+        best, whose checkpoint is not here: the run trained on and then failed at its end
+        ("the best checkpoint ... is gone"), after all its steps. Its best is chosen anew here
+        from the next validation on, and said (unless that checkpoint was copied here too).
+        Rank 0 looks (the checkpoints' state files may be on its disk only)."""
+        best = self.state.best
+        if best is None or D.broadcast_object(self.ckpt.has(best["step"])):
+            return
+        self.say(f"note: the best checkpoint so far (step {best['step']}, {best['metric']} "
+                 f"{best['value']:.4f}) is not in {self.ckpt.root}: this run's best is chosen "
+                 f"among its validations from step {self.state.step} on")
+        self.state.best, self.state.evals_without_best = None, 0
 
     def finished_before(self) -> dict | None:
         """A resumed run that has written DONE: with nothing left to train, its record (it is
@@ -597,13 +628,13 @@ class Trainer:
         if chosen is not None and chosen["step"] != step:
             then = [what for what, due in (("scored on test", self.test_data is not None),
                                            ("exported", cfg.train.export)) if due]
-            self.say(f"best checkpoint: step {chosen['step']} ({self.best_metric} "
-                     f"{chosen['value']:.4f}); its weights are "
-                     + (" and ".join(then) if then else "loaded back"))
-            if not self.ckpt.has(chosen["step"]):
+            if not self.ckpt.has(chosen["step"]):  # deleted while the run trained
                 raise Seq2SeqEsError(f"the best checkpoint {self.ckpt.path(chosen['step'])} is "
                                      "gone; set train.load_best_at_end=false to keep the last "
                                      "weights")
+            self.say(f"best checkpoint: step {chosen['step']} ({self.best_metric} "
+                     f"{chosen['value']:.4f}); its weights are "
+                     + (" and ".join(then) if then else "loaded back"))
             self.ckpt.load_weights(self.engine, self.ckpt.path(chosen["step"]))
         final_step = chosen["step"] if chosen else step
         validation = chosen["validation"] if chosen else without_prefix(end_eval, "eval")

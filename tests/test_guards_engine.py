@@ -434,8 +434,13 @@ def test_a_resume_on_more_ranks_with_the_same_per_rank_batch_is_refused_with_adv
     check_same_layout(tmp_path, saved, layout(2, 1), (1, 2))
     with pytest.raises(ConfigError, match=r"8 -> 16.*train.batch_size x train.grad_accum = 4"):
         check_same_layout(tmp_path, saved, layout(2, 2), (1, 2))
-    with pytest.raises(ConfigError, match="train.max_tokens"):
+    with pytest.raises(ConfigError, match="train.max_tokens") as refused:
         check_same_layout(tmp_path, saved, layout(1, 2, "token_budget"), (1, 1))
+    # the way out works for an unfinished run too (it advised model.path to a final/ that an
+    # unfinished run does not have)
+    assert str(refused.value).endswith(
+        f"carry its weights into a new run: `seq2seq-es export {tmp_path} OUT`, then train with "
+        "--model.path OUT in another train.output_dir (optimizer and schedule start afresh)")
 
 
 # -- the training step: the logged loss ----------------------------------------------------------

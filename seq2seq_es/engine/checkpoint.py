@@ -258,8 +258,9 @@ def check_same_layout(path: Path, saved: dict | None, current: dict | None,
                       f"({'; '.join(changed)}): its position in the epoch would point at other "
                       "examples (some never trained, some twice) and the schedule at another "
                       f"length. {_ranks_advice(saved, current, ranks)}Set these back to resume, "
-                      "or start a new run in another train.output_dir (model.path to its final/ "
-                      "to continue from its weights)")
+                      "or carry its weights into a new run: `seq2seq-es export "
+                      f"{path} OUT`, then train with --model.path OUT in another "
+                      "train.output_dir (optimizer and schedule start afresh)")
 
 
 def _ranks_advice(saved: dict, current: dict, ranks: tuple[int, int]) -> str:

@@ -137,6 +137,16 @@ def train_main(argv: list[str]) -> int:
         if interrupted.reports:
             print(f"\n{interrupted}", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
+    except KeyboardInterrupt:
+        # A Ctrl-C where no stop handler is installed: the set-up (loading the model and the
+        # data, tokenizing, DeepSpeed's start), minutes on real data, or the upload after DONE.
+        # One line from the first process, not a traceback from every rank.
+        from ..config import first_launched_process
+        if first_launched_process():
+            print("\ninterrupted (Ctrl-C) outside the training steps (during the set-up, or "
+                  "the upload after DONE): no checkpoint was taken for it; --train.resume auto "
+                  "continues from the last one, if there is one", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     except OSError as exc:
         from .storage import NO_ROOM, StorageError, checkpoint_kept, reason
         if exc.errno not in NO_ROOM:

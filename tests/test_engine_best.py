@@ -205,6 +205,26 @@ def test_a_resume_from_another_folders_checkpoint_chooses_its_best_anew(workdir,
     assert results["best_step"] in eval_records(out)
 
 
+def test_keeping_the_last_weights_says_so_and_names_the_best_step(workdir, files):
+    # --train.load_best_at_end false (the paper scripts' way): final_results.json and the model
+    # card called the last step the best one, "chosen on the validation loss", and the log
+    # said nothing about which weights were kept.
+    source, _ = single_run(workdir, files)
+    best_step = json.loads((source / "final_results.json").read_text())["best_step"]
+    out = workdir / "last"
+    shutil.rmtree(out, ignore_errors=True)
+    proc = run("none", 1, best_args(files, out, extra=["--train.load_best_at_end", "false"]))
+    results = json.loads((out / "final_results.json").read_text())
+    assert set(results) == SCHEMA | {"kept", "best_validation_step"}
+    assert results["kept"] == "last" and results["best_step"] == LAST
+    assert results["best_validation_step"] == best_step < LAST
+    assert (f"train.load_best_at_end false: the last step's weights (step {LAST}) are kept, "
+            f"not the best checkpoint's (step {best_step}, loss ") in proc.stdout
+    card = (out / "final" / "README.md").read_text()
+    assert (f"the weights are those of step {LAST} of {LAST}, the last (train.load_best_at_end "
+            f"false; the best validation loss was at step {best_step})") in card
+
+
 @pytest.mark.parametrize("key, value, words", [
     ("train.max_steps", "2", "2 ends before the step of checkpoint"),
     ("train.epochs", "1", f"1 epoch(s) make {STEPS_PER_EPOCH} steps, fewer than the {LAST} of "

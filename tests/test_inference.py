@@ -277,7 +277,7 @@ def test_predict_two_processes_keeps_order(trained, plain_input, workdir):
 
 
 def test_sampled_predictions_repeat_from_the_runs_seed_in_one_process_or_two(trained, plain_input,
-                                                                            workdir):
+                                                                            workdir, files):
     """gen.do_sample draws from train.seed and each batch's first example: the same file gives
     the same sampled predictions again, and in two processes (a batch holds the same rows on
     any number of ranks: sampler.eval_batches)."""
@@ -295,6 +295,59 @@ def test_sampled_predictions_repeat_from_the_runs_seed_in_one_process_or_two(tra
     assert len(lines["one"]) == 7
     assert lines["again"] == lines["one"] and lines["two"] == lines["one"]
     assert lines["one"] != lines["greedy"]  # it sampled (temperature 3 over the whole vocabulary)
+    # and what evaluate samples for the same rows: predict batched them longest first, so each
+    # batch drew from another first example's seed (every prediction differed). Sources of
+    # other lengths (the articles are all cut at 96 tokens, which no sort reorders).
+    rows = read_jsonl(Path(files["test"]))
+    for row, words in zip(rows, (5, 40, 12, 60, 3, 25, 8)):
+        row["text"] = " ".join(row["text"].split()[:words])
+    uneven = workdir / "uneven_test.jsonl"
+    uneven.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                      encoding="utf-8")
+    uneven_sources = workdir / "uneven_sources.txt"
+    uneven_sources.write_text("".join(r["text"] + "\n" for r in rows), encoding="utf-8")
+    args[1] = str(uneven_sources)
+    assert cli(["predict", str(trained / "final"), *args, *sampled,
+                "--output", str(workdir / "sampled_uneven.txt")]) == 0
+    out = workdir / "sampled_evaluate"
+    assert cli(["evaluate", str(trained), "--split", "test", "--data.test_file", str(uneven),
+                "--output-dir", str(out), "--batch-size", "2", "--gen.max_new_tokens", "6",
+                "--gen.min_new_tokens", "6", "--gen.num_beams", "1", *sampled]) == 0
+    assert [r["prediction"] for r in read_jsonl(out / "predictions.jsonl")] == \
+        (workdir / "sampled_uneven.txt").read_text(encoding="utf-8").splitlines()
+
+
+def test_a_rounded_final_is_noted_and_an_exported_checkpoint_names_commands_that_work(
+        trained, workdir, capsys):
+    # evaluate RUN on a bf16 final/ reproduced final_results.json only to the fourth digit and
+    # said nothing; export's card said "`seq2seq-es evaluate` on this folder", which fails
+    # (no run config there)
+    from seq2seq_es.engine.inference import rounded_export_note
+
+    kept = json.loads((trained / "final_results.json").read_text())["best_step"]
+    assert rounded_export_note(trained, "bf16") == (
+        "note: final/ holds bf16 weights (train.export_dtype); the run's own scores "
+        "(final_results.json) came from its fp32 weights, which `seq2seq-es evaluate "
+        f"{trained / 'checkpoints' / f'step_{kept:08d}'}` scores")
+    rounded = workdir / "rounded_run"
+    shutil.copytree(trained, rounded, ignore=shutil.ignore_patterns("evaluations"))
+    config = rounded / "config.yaml"
+    config.write_text(config.read_text().replace("export_dtype: fp32", "export_dtype: bf16"))
+    capsys.readouterr()
+    assert cli(["evaluate", str(rounded), "--split", "validation"]) == 0
+    assert "note: final/ holds bf16 weights (train.export_dtype)" in capsys.readouterr().err
+
+    checkpoint = trained / "checkpoints" / "step_00000002"
+    exported = workdir / "exported_step_2"
+    assert cli(["export", str(checkpoint), str(exported)]) == 0
+    card = (exported / "README.md").read_text()
+    assert (f"`seq2seq-es evaluate {checkpoint} --split test` (in its run), or `seq2seq-es "
+            f"evaluate {exported} --config RUN/config.yaml --output-dir DIR --split test`") in card
+    out = workdir / "exported_step_2_scores"
+    assert cli(["evaluate", str(exported), "--config", str(trained / "config.yaml"),
+                "--output-dir", str(out), "--split", "validation"]) == 0
+    assert close(json.loads((out / "scores.json").read_text())["eval/loss"],
+                 logged_evals(trained)[2]["eval/loss"])
 
 
 def test_predict_formats_the_qa_prompt(trained, workdir):

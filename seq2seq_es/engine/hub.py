@@ -83,8 +83,14 @@ def model_card(results: dict, base_model: str | None, task_hub_id: str | None,
     """A short README.md: what was trained on what, how to feed it, and its validation and test
     scores."""
     lines = _card_head(results["model"], results["task"], base_model, task_hub_id)
+    chosen = f"chosen on the validation {results['main_metric']}"
+    if results.get("kept") == "last":  # train.load_best_at_end false
+        best = results.get("best_validation_step")
+        chosen = "the last (train.load_best_at_end false; " + (
+            "no validation ran)" if best is None else
+            f"the best validation {results['main_metric']} was at step {best})")
     lines += [f"Trained with seq2seq-es; the weights are those of step {results['best_step']}"
-              f" of {results['steps']}, chosen on the validation {results['main_metric']}.", ""]
+              f" of {results['steps']}, {chosen}.", ""]
     lines += _inputs_section(inputs)
     for split in ("validation", "test"):
         scores = results.get(split) or {}
@@ -166,7 +172,11 @@ def write_export_card(out: Path, cfg: RunConfig, checkpoint: Path) -> Path:
     base = None if spec.tiny else getattr(spec, "hub_id", None)
     lines = _card_head(cfg.model.name, cfg.data.task, base, getattr(task, "hub_id", None))
     lines += [f"Trained with seq2seq-es; the weights of checkpoint `{checkpoint}`, exported by "
-              "`seq2seq-es export`. Its scores: `seq2seq-es evaluate` on this folder.", ""]
+              "`seq2seq-es export`. Its scores: `seq2seq-es evaluate "
+              f"{checkpoint} --split test` (in its run), or `seq2seq-es evaluate {out} "
+              f"--config RUN/config.yaml --output-dir DIR --split test`; this folder alone "
+              "holds no run config (`--task T --model M` read the task's defaults, not the "
+              "run's lengths).", ""]
     lines += _inputs_section(input_notes(cfg, task, spec))
     card = out / "README.md"
     card.write_text("\n".join(lines), encoding="utf-8")

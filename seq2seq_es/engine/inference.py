@@ -455,6 +455,20 @@ def note_replaced_evaluation(out: Path, checkpoint: Path, split: str,
             "keep both)")
 
 
+def rounded_export_note(run_dir: Path, dtype: str) -> str:
+    """evaluate RUN scores final/, rounded to train.export_dtype, where the run scored its fp32
+    weights: the losses differ in the fourth digit and beams can part. Names the checkpoint
+    of the kept step (final_results.json's best_step), which evaluate scores in fp32."""
+    try:
+        step = json.loads((run_dir / run_files.FINAL_RESULTS).read_text())["best_step"]
+        checkpoint = run_dir / run_files.CHECKPOINTS / f"step_{int(step):08d}"
+    except (OSError, ValueError, KeyError, TypeError):  # not finished, or written by hand
+        checkpoint = run_dir / run_files.CHECKPOINTS / "step_N"
+    return (f"note: final/ holds {dtype} weights (train.export_dtype); the run's own scores "
+            f"(final_results.json) came from its fp32 weights, which `seq2seq-es evaluate "
+            f"{checkpoint}` scores")
+
+
 def evaluate_main(argv: list[str]) -> int:
     from ..config import check_folder
     from ..tasks import task_for
@@ -499,6 +513,10 @@ def evaluate_main(argv: list[str]) -> int:
     unread = unread_by_inference(overrides, "evaluate", args.split)
     if unread:
         say(f"note: not read by evaluate: {', '.join(unread)}")
+    if (saved.kind == "hf" and saved.run_dir is not None
+            and saved.path.resolve() == (saved.run_dir / run_files.FINAL).resolve()
+            and cfg.train.export_dtype != "fp32"):
+        say(rounded_export_note(saved.run_dir, cfg.train.export_dtype))
     note_replaced_evaluation(out, saved.path, args.split, overrides, say,
                              chosen_dir=bool(args.output_dir))
     task = task_for(cfg.data)
@@ -851,7 +869,9 @@ def predict_main(argv: list[str]) -> int:
         task=task or task_for(cfg.data),
         env=env, batch_size=args.batch_size or cfg.train.eval_batch_size or cfg.train.batch_size,
         zero_stage=cfg.dist.zero_stage, bf16=use_bf16(cfg), progress=True,
-        sample_seed=cfg.train.seed)
+        sample_seed=cfg.train.seed,
+        # sampled tokens depend on which rows share a batch: batch them as evaluate does
+        sort_by_length=not cfg.gen.do_sample)
     if env.is_main:
         write_predictions(output_path, sources, predictions)
         say(f"wrote {len(predictions)} predictions to {output_path}")

@@ -636,6 +636,10 @@ class Trainer:
                      f"{chosen['value']:.4f}); its weights are "
                      + (" and ".join(then) if then else "loaded back"))
             self.ckpt.load_weights(self.engine, self.ckpt.path(chosen["step"]))
+        if chosen is None and best is not None and best["step"] != step:
+            self.say(f"train.load_best_at_end false: the last step's weights (step {step}) are "
+                     f"kept, not the best checkpoint's (step {best['step']}, {self.best_metric} "
+                     f"{best['value']:.4f})")
         final_step = chosen["step"] if chosen else step
         validation = chosen["validation"] if chosen else without_prefix(end_eval, "eval")
         if not cfg.train.eval_generate and (chosen or end_eval):
@@ -659,6 +663,10 @@ class Trainer:
                 "task": self.task.name, "model": cfg.model.name,
                 "main_metric": self.best_metric, "best_step": final_step, "steps": step,
                 "validation": validation, "test": test,
+                # train.load_best_at_end false: best_step is the last step (its weights were
+                # kept and scored); the best validation's step is said beside it
+                **({} if cfg.train.load_best_at_end else {
+                    "kept": "last", **({"best_validation_step": best["step"]} if best else {})}),
                 # how answers were compared, where not the metric's plain definition (QA's
                 # exact match and F1 as MLQA's script for Spanish, not SQuAD's)
                 **({"metric_options": {metric: dict(options) for metric, options

@@ -141,6 +141,12 @@ def test_best_checkpoint_is_kept_scored_on_test_and_exported(workdir, files):
     assert done["step"] == LAST and done["best_step"] == best_step
     assert (f"best checkpoint: step {best_step} (loss {evals[best_step]['eval/loss']:.4f}); its "
             "weights are scored on test and exported") in output
+    # the last line says where it all is (it ended on `saved checkpoint step_N`)
+    step_dir = f"step_{best_step:08d}"
+    assert output.strip().splitlines()[-1] == (
+        f"finished: {out / 'final_results.json'} holds step {best_step} (validation loss "
+        f"{results['validation']['loss']:.4f}; test loss {results['test']['loss']:.4f}); its "
+        f"model is in {out / 'final'}; predictions in eval/{step_dir}, test/{step_dir}")
     # a model card says how to feed final/ without this package, and what it scored
     card = (out / "final" / "README.md").read_text()
     assert "## Inputs\n\n- Source: the `text` text as it is, with no task prefix;" in card

@@ -377,6 +377,15 @@ def test_train_resume_picks_the_latest_complete_checkpoint_or_refuses(tmp_path):
     assert ckpt.resume_point(str(root / "step_00000009")) == root / "step_00000009"
     with pytest.raises(ConfigError, match="not a complete checkpoint"):
         ckpt.resume_point(str(root / "step_00000011"))
+    # a finished run: resume auto alone trains nothing, so the refusal says what each way does
+    (tmp_path / "DONE").write_text('{"step": 10}')
+    with pytest.raises(ConfigError) as refused:
+        ckpt.resume_point("none")
+    assert str(refused.value) == (
+        f"config key 'train.resume': {tmp_path} holds a finished run (DONE; checkpoint "
+        f"step_00000010): `seq2seq-es evaluate {tmp_path}` scores it, --train.resume auto with "
+        "a larger train.max_steps or train.epochs trains it further; or choose another "
+        "train.output_dir for a new run")
 
 
 def test_a_state_from_before_world_size_was_saved_is_taken_for_this_runs_ranks():

@@ -436,6 +436,13 @@ class Checkpointer:
         exist) or a checkpoint folder's path."""
         latest = self.latest()
         if resume == "none":
+            if latest is not None and (self.root.parent / run_files.DONE).is_file():
+                # resume auto alone would only say it is finished: what each way out does
+                raise ConfigError("train.resume", f"{self.root.parent} holds a finished run "
+                                  f"(DONE; checkpoint {latest.name}): `seq2seq-es evaluate "
+                                  f"{self.root.parent}` scores it, --train.resume auto with a "
+                                  "larger train.max_steps or train.epochs trains it further; "
+                                  "or choose another train.output_dir for a new run")
             if latest is not None:
                 raise ConfigError("train.resume", f"{self.root.parent} already holds checkpoint "
                                   f"{latest.name}; pass --train.resume auto to continue it, or "

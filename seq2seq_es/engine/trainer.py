@@ -186,6 +186,21 @@ def check_steps_left(cfg: RunConfig, step: int, total_steps: int, checkpoint: Pa
                       "train on, or another train.output_dir for a new run")
 
 
+def finished_line(out: Path, step: int, metric: str, validation: dict | None,
+                  test: dict | None, exported: bool) -> str:
+    """The run's last line: where its results are (the demo's summary says as much; a train
+    run ended on `saved checkpoint step_N`)."""
+    scores = "; ".join(f"{split} {metric} {values[metric]:.4f}"
+                       for split, values in (("validation", validation), ("test", test))
+                       if values and isinstance(values.get(metric), (int, float)))
+    kept = f"step {step}" + (f" ({scores})" if scores else "")
+    predictions = [f"{split}/step_{step:08d}" for split in ("eval", "test")
+                   if (out / split / f"step_{step:08d}").is_dir()]
+    return (f"finished: {out / run_files.FINAL_RESULTS} holds {kept}"
+            + (f"; its model is in {out / run_files.FINAL}" if exported else "")
+            + (f"; predictions in {', '.join(predictions)}" if predictions else ""))
+
+
 class Trainer:
     """One training run of `cfg`. Every method is collective: all ranks call it together."""
 
@@ -679,6 +694,8 @@ class Trainer:
             (out / run_files.PREEMPTED).unlink(missing_ok=True)
             write_json_atomic(out / run_files.DONE, {"step": step, **end_eval,
                                                      "best_step": final_step})
+            self.say(finished_line(out, final_step, self.best_metric, validation, test,
+                                   cfg.train.export))
         # Finished: a Ctrl-C from here on (the upload) is an ordinary interrupt.
         self.stop.restore()
         if self.env.is_main:

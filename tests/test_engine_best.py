@@ -132,6 +132,11 @@ def test_best_checkpoint_is_kept_scored_on_test_and_exported(workdir, files):
                        .read_text())
     assert state["best"]["step"] == best_step  # resume keeps the best
 
+    # its tokenizer cuts sources as the run did: plain transformers' truncation=True cut at the
+    # model's 1024 positions where the run read 96 tokens
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(out / "final")
+    assert (tokenizer.model_max_length, tokenizer.truncation_side) == (96, "right")
     # final/ holds the best checkpoint's weights, not the last step's.
     exported = final_weights(out)
     assert_same_weights(exported, module_weights(out / "checkpoints" / f"step_{best_step:08d}"))

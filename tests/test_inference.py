@@ -343,11 +343,33 @@ def test_a_rounded_final_is_noted_and_an_exported_checkpoint_names_commands_that
     card = (exported / "README.md").read_text()
     assert (f"`seq2seq-es evaluate {checkpoint} --split test` (in its run), or `seq2seq-es "
             f"evaluate {exported} --config RUN/config.yaml --output-dir DIR --split test`") in card
+    tokenizer = json.loads((exported / "tokenizer_config.json").read_text())
+    assert (tokenizer["model_max_length"], tokenizer["truncation_side"]) == (96, "right")
     out = workdir / "exported_step_2_scores"
     assert cli(["evaluate", str(exported), "--config", str(trained / "config.yaml"),
                 "--output-dir", str(out), "--split", "validation"]) == 0
     assert close(json.loads((out / "scores.json").read_text())["eval/loss"],
                  logged_evals(trained)[2]["eval/loss"])
+
+
+def test_a_model_folder_without_its_run_config_says_whose_lengths_it_reads(
+        trained, plain_input, workdir, capsys):
+    # a copied final/ was read with the task's default lengths (1024 source tokens where the
+    # run read 96) without a word
+    copied = workdir / "copied_final"
+    shutil.copytree(trained / "final", copied)
+    args = ["predict", str(copied), "--model", "t5s-tiny", "--input", str(plain_input)]
+    capsys.readouterr()
+    assert cli([*args, "--output", str(workdir / "copied.txt")]) == 0
+    assert (f"note: no run config for {copied}: data.max_source_length 1024 is mlsum's "
+            "default; a run's own are in its config.yaml (--config RUN/config.yaml)"
+            in capsys.readouterr().err)
+    assert cli([*args, "--output", str(workdir / "copied_96.txt"), "--max-source-length",
+                "96"]) == 0
+    assert "no run config" not in capsys.readouterr().err
+    assert cli(["predict", str(trained / "final"), "--input", str(plain_input), "--output",
+                str(workdir / "with_config.txt")]) == 0
+    assert "no run config" not in capsys.readouterr().err
 
 
 def test_predict_formats_the_qa_prompt(trained, workdir):

@@ -65,3 +65,20 @@ def test_the_card_is_written_from_the_run_folder(tmp_path):
     inputs = card.split("## Inputs\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert inputs == [f"- {line}" for line in notes("sqac", "barto-tiny")]
     assert "| token_f1 | 40.0000 |" in card.split("## test", 1)[1]
+
+
+def test_the_exported_tokenizer_cuts_as_the_run_did_and_the_runs_keeps_its_own(tmp_path):
+    # MIAM keeps the newest turns (cut on the left) at 512 tokens: plain transformers on
+    # final/ cut the history's end at the model's 1024
+    from transformers import AutoTokenizer
+
+    from seq2seq_es.engine.export import save_tokenizer
+    from seq2seq_es.models import load_model_and_tokenizer
+
+    _, tokenizer = load_model_and_tokenizer("barto-tiny")
+    save_tokenizer(tokenizer, tmp_path, 512, "left")
+    saved = AutoTokenizer.from_pretrained(tmp_path)
+    assert (saved.model_max_length, saved.truncation_side) == (512, "left")
+    assert (tokenizer.model_max_length, tokenizer.truncation_side) == (1024, "right")
+    ids = saved("uno dos tres " * 400, truncation=True)["input_ids"]
+    assert len(ids) == 512 and ids[-1] == tokenizer.eos_token_id

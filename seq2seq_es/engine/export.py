@@ -47,16 +47,35 @@ def export_state_dict(engine, dtype: str, is_main: bool) -> dict | None:
     return state if is_main else None
 
 
+def save_tokenizer(tokenizer, out: Path, source_length: int, truncation_side: str) -> None:
+    """The tokenizer, cutting sources as the run did: a plain `tokenizer(text, truncation=True)`
+    on the folder cut at the model's positions (1024, on the right) where the run read
+    data.max_source_length tokens (480 for SQAC; MIAM's from the left). A copy: the run's own
+    tokenizer keeps its settings."""
+    import copy
+
+    saved = copy.copy(tokenizer)
+    saved.init_kwargs = {**tokenizer.init_kwargs, "truncation_side": truncation_side}
+    saved.model_max_length, saved.truncation_side = source_length, truncation_side
+    saved.save_pretrained(out)
+
+
 def export_hf(engine, tokenizer, generation_config, out: Path, zero_stage: int,
-              env: D.DistEnv, dtype: str = "fp32") -> None:
+              env: D.DistEnv, dtype: str = "fp32", *, source_length: int | None = None,
+              truncation_side: str = "right") -> None:
     """Write a Hugging Face checkpoint (safetensors in `dtype`, tokenizer, generation config).
 
-    `dtype` is train.export_dtype, whatever the training precision (see export_state_dict).
+    `dtype` is train.export_dtype, whatever the training precision (see export_state_dict);
+    the tokenizer cuts sources at `source_length` on `truncation_side` (save_tokenizer; as
+    it is without a length).
     """
     state_dict = export_state_dict(engine, dtype, env.is_main)
     if env.is_main:
         from ..models import save_model
         save_model(engine.module, out, state_dict=state_dict, dtype=dtype)
-        tokenizer.save_pretrained(out)
+        if source_length is None:
+            tokenizer.save_pretrained(out)
+        else:
+            save_tokenizer(tokenizer, out, source_length, truncation_side)
         generation_config.save_pretrained(out)
     D.barrier()

@@ -225,6 +225,25 @@ def inference_config(saved: SavedModel, *, config_file: str | None = None,
     return cfg
 
 
+def note_task_lengths(saved: SavedModel, cfg, given: dict[str, str],
+                      keys: tuple[str, ...] = ("data.max_source_length",
+                                               "data.max_target_length")) -> None:
+    """A model folder without its run's config.yaml (a copied final/) is read with --task's
+    default lengths, which may not be the run's (a SQAC run read 480 source tokens, a MIAM run
+    512 from the left): said once, with what gives the run's own."""
+    import sys
+
+    from ..config import first_launched_process
+
+    taken = [f"{key} {getattr(cfg.data, key.split('.')[1])}" for key in keys
+             if key not in given]
+    if taken and first_launched_process():
+        one = len(taken) == 1
+        print(f"note: no run config for {saved.hub_id or saved.path}: {' and '.join(taken)} "
+              f"{'is' if one else 'are'} {cfg.data.task}'s default{'' if one else 's'}; a run's "
+              "own are in its config.yaml (--config RUN/config.yaml)", file=sys.stderr)
+
+
 def lengths_following_target(run_values: dict, given: dict) -> dict:
     """The generation lengths a command's overrides `given` imply over a run's config.yaml
     (`run_values`), as `train` would resolve them (config.follow_target_length).
@@ -495,6 +514,8 @@ def evaluate_main(argv: list[str]) -> int:
                            model=args.model, allow_model=saved.kind == "hf")
     if args.config or saved.config_file:
         check_same_names(saved, cfg, args.task, args.model)
+    else:
+        note_task_lengths(saved, cfg, overrides)
     out = evaluation_dir(saved, args.split, args.output_dir)
     split_file = f"data.{args.split}_file"
     if cfg.data.train_file and not getattr(cfg.data, f"{args.split}_file"):
@@ -558,7 +579,8 @@ def export_main(argv: list[str]) -> int:
     from ..config import check_folder
     from ..models import save_model
     from .builders import get_generation_config, get_model
-    from .export import EXPORT_DTYPES
+    from ..tasks import task_for
+    from .export import EXPORT_DTYPES, save_tokenizer
     from .hub import write_export_card
 
     parser = argparse.ArgumentParser(
@@ -598,7 +620,8 @@ def export_main(argv: list[str]) -> int:
     # OUT was new or empty: a failed write leaves nothing of its own there
     with storage.writing(out, "the model folder", partial=None if out.exists() else out):
         save_model(model, out, dtype=args.dtype)
-        tokenizer.save_pretrained(out)
+        save_tokenizer(tokenizer, out, cfg.data.max_source_length,
+                       task_for(cfg.data).source_truncation_side)
         get_generation_config(cfg, spec, tokenizer).save_pretrained(out)
         write_export_card(out, cfg, saved.path)
     print(f"exported {saved.path} ({cfg.model.name}, {cfg.data.task}) to {out}; a new run "
@@ -838,6 +861,8 @@ def predict_main(argv: list[str]) -> int:
     run_task = task_for(cfg.data) if args.config or saved.config_file else None
     if run_task is not None:  # predicting with the run's model, not another --model
         check_same_names(saved, cfg, None, args.model)
+    else:
+        note_task_lengths(saved, cfg, overrides, ("data.max_source_length",))
     # bad input fails before loading; rows of the run's data files with their own column names
     sources = read_sources(input_path, task, run_task, cfg.data.column_map())
     env = D.read_env()

@@ -713,7 +713,9 @@ class Trainer:
                              then=f"checkpoint step {step} is kept, and --train.resume auto "
                                   "exports it without training again"):
             export_hf(self.engine, self.tokenizer, self.generation_config, final,
-                      cfg.dist.zero_stage, self.env, dtype=cfg.train.export_dtype)
+                      cfg.dist.zero_stage, self.env, dtype=cfg.train.export_dtype,
+                      source_length=cfg.data.max_source_length,
+                      truncation_side=self.task.source_truncation_side)
 
     def close(self) -> None:
         """Remove the step's gradient hooks, close the log and trackers, and end the process

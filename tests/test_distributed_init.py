@@ -95,3 +95,61 @@ def test_a_first_cpu_run_says_it_builds_deepspeeds_extension_and_an_old_lock_is_
     os.utime(lock, (old, old))
     note = cpu_extension_note()
     assert f"waits for the lock {lock} (12 min old)" in note and "delete that file" in note
+
+
+def test_a_rank_waiting_for_the_others_says_what_it_waits_for(monkeypatch, capfd):
+    # RANK=0 WORLD_SIZE=2 left in a shell: `train` printed nothing and waited for a rank that
+    # never came until dist.timeout_min (30 min by default)
+    import time
+
+    from seq2seq_es.engine import distributed as D
+
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    env = D.DistEnv(0, 2, 0, "127.0.0.1", 29611, "torchrun")
+    with D._waiting_note(env, 30, after_s=0.05):
+        time.sleep(0.5)
+    assert capfd.readouterr().err == (
+        "note: waiting 0 s so far for the other ranks: this is rank 0 of 2 (RANK and WORLD_SIZE "
+        "in the environment), meeting at 127.0.0.1:29611; the wait ends at dist.timeout_min "
+        "(30 min); if no launcher started this process, they were left in the shell: unset "
+        "RANK and WORLD_SIZE to train alone\n")
+    # under torchrun, and on a node's other ranks, or a group met in time: nothing
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    with D._waiting_note(env, 30, after_s=0.05):
+        time.sleep(0.3)
+    assert capfd.readouterr().err.endswith("(30 min)\n")
+    with D._waiting_note(D.DistEnv(1, 2, 1, "127.0.0.1", 29611, "torchrun"), 30, after_s=0.05):
+        time.sleep(0.3)
+    with D._waiting_note(env, 30, after_s=5):
+        pass
+    time.sleep(0.1)
+    assert capfd.readouterr().err == ""
+
+
+def test_init_says_it_waits_when_the_other_ranks_never_come(tmp_path):
+    # the note comes from D.init's rendezvous itself (a process with a leftover RANK=0
+    # WORLD_SIZE=2), shortened to a second here; the process is ended once it has said it
+    import signal
+
+    from engine_runs import free_port
+
+    child = ("from seq2seq_es.engine import distributed as D\n"
+             "D.WAIT_NOTE_S = 1.0\n"
+             "D.init(D.read_env(), 'gloo', timeout_min=2)\n")
+    env = subprocess_env(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                         MASTER_PORT=str(free_port()))
+    env.pop("TORCHELASTIC_RUN_ID", None)
+    proc = subprocess.Popen([sys.executable, "-c", child], env=env, cwd=REPO,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        said = ""
+        for line in proc.stderr:  # the note comes after a second, or the test times out
+            if line.startswith("note: waiting"):
+                said = line
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert said.startswith("note: waiting 1 s so far for the other ranks: this is rank 0 of 2 "
+                           "(RANK and WORLD_SIZE in the environment), meeting at 127.0.0.1:")
+    assert "unset RANK and WORLD_SIZE to train alone" in said

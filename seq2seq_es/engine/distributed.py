@@ -483,7 +483,8 @@ def init(env: DistEnv, backend: str = "auto", timeout_min: int = 30) -> None:
 
     # On CPUs DeepSpeed prints "... deepspeed_shm_comm_op built successfully" on every start of
     # every rank (loaded from its cache or not); anything else it prints is passed on.
-    with contextlib.redirect_stdout(io.StringIO()) as said:
+    waiting = _waiting_note(env, timeout_min)
+    with contextlib.redirect_stdout(io.StringIO()) as said, waiting:
         try:
             deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                        timeout=datetime.timedelta(minutes=timeout_min),
@@ -504,6 +505,38 @@ def init(env: DistEnv, backend: str = "auto", timeout_min: int = 30) -> None:
     for name in ("all_gather_into_tensor", "reduce_scatter_tensor"):
         warnings.filterwarnings("ignore", message=f"`torch.distributed.{name}` is deprecated",
                                 category=FutureWarning)
+
+
+# How long a rank waits for the others in silence before it says what it waits for.
+WAIT_NOTE_S = 60.0
+
+
+@contextlib.contextmanager
+def _waiting_note(env: DistEnv, timeout_min: int, after_s: float | None = None):
+    """A line on stderr (once per node) when the rendezvous has not completed after
+    WAIT_NOTE_S: a launch variable left in the shell (RANK=0 WORLD_SIZE=2 from an earlier
+    torchrun) waited for a rank that never comes, silently, until dist.timeout_min."""
+    import threading
+
+    if env.world_size < 2 or env.local_rank != 0:
+        yield
+        return
+    after_s = WAIT_NOTE_S if after_s is None else after_s
+    where = {"torchrun": "RANK and WORLD_SIZE in the environment", "mpirun": "mpirun's ranks",
+             "slurm": "srun's tasks"}.get(env.launcher, env.launcher)
+    unlaunched = env.launcher == "torchrun" and "TORCHELASTIC_RUN_ID" not in os.environ
+    message = (f"waiting {after_s:.0f} s so far for the other ranks: this is rank {env.rank} of "
+               f"{env.world_size} ({where}), meeting at {env.master_addr}:{env.master_port}; "
+               f"the wait ends at dist.timeout_min ({timeout_min} min)"
+               + ("; if no launcher started this process, they were left in the shell: "
+                  "unset RANK and WORLD_SIZE to train alone" if unlaunched else ""))
+    timer = threading.Timer(after_s, write_line, args=(f"note: {message}",))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def close() -> None:

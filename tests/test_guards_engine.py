@@ -870,6 +870,22 @@ def test_a_second_resume_from_one_step_keeps_the_first_config(tmp_path):
     assert (tmp_path / run_files.earlier_config(5)).read_text() == original
 
 
+def test_a_key_the_run_did_not_read_before_is_said_so_when_it_changes(tmp_path):
+    # A 30-step run (train.epochs 6 unread) resumed by epochs: "train.epochs 6 -> 3" read as
+    # fewer epochs where the run had trained 2.5 of them.
+    from seq2seq_es.config import compose
+    from seq2seq_es.engine.run_dir import RunLog, settings_changed
+
+    def cfg(**values):
+        return compose(task="mlsum", model="barto-tiny", overrides={
+            "train.output_dir": str(tmp_path), "train.report_to": "none", **values})
+
+    RunLog(tmp_path, cfg(**{"train.max_steps": "30"}), True, 30, 0).close()
+    assert settings_changed(tmp_path, cfg(**{"train.max_steps": "0", "train.epochs": "3"})) == [
+        "train.epochs (not read until now: train.max_steps=30) 6 -> 3",
+        "train.max_steps 30 -> 0"]
+
+
 def test_progress_lines_give_the_elapsed_time_in_hours(tmp_path, capsys):
     """A log file's progress line says the elapsed time as h:mm:ss (2:05:03 after 7503 s)."""
     from seq2seq_es.engine.run_dir import RunLog

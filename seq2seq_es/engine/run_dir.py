@@ -107,8 +107,29 @@ def settings_changed(run_dir: Path, cfg: RunConfig) -> list[str]:
     before = run_files.flat_run_config(saved)
     now = run_files.flat_run_config(yaml.safe_load(cfg.to_yaml()))
     skipped = BOOKKEEPING_KEYS | set(not_applying(cfg))
-    return run_files.setting_changes(
+    changes = run_files.setting_changes(
         {key: value for key, value in before.items() if key not in skipped}, now)
+    # A key the run did not read until now (train.epochs under train.max_steps): its old value
+    # was a default nobody trained by, so "train.epochs 6 -> 3" read as fewer epochs where
+    # the run had trained 2.5 of them.
+    unread_then = _not_applying_in(run_dir) if changes else {}
+    described = []
+    for change in changes:
+        key, values = change.split(" ", 1)
+        described.append(f"{key} (not read until now: {unread_then[key]}) {values}"
+                         if key in unread_then else change)
+    return described
+
+
+def _not_applying_in(run_dir: Path) -> dict[str, str]:
+    """config.not_applying of the run's config.yaml ({} where it no longer composes)."""
+    from ..config import compose, not_applying
+    from ..errors import Seq2SeqEsError
+
+    try:
+        return not_applying(compose(config_file=str(run_dir / run_files.CONFIG)))
+    except (Seq2SeqEsError, ValueError, OSError):
+        return {}
 
 
 def check_tracker_login(cfg: RunConfig) -> None:

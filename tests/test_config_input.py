@@ -185,6 +185,32 @@ def score(capsys, texts, *args, references="r.txt"):
     return code, err
 
 
+def test_sari_takes_its_sources_from_the_tasks_data_file_or_asks_for_them_by_flag(
+        capsys, tmp_path):
+    # `score --task bisect` against the data file asked for "sources=, or --sources FILE"
+    # (sources= is the Python call) although the file holds each row's source
+    from pathlib import Path
+
+    data = Path(__file__).parent / "fixtures" / "bisect" / "test.jsonl"
+    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
+    predictions, sources = tmp_path / "p.txt", tmp_path / "s.txt"
+    predictions.write_text("".join(row["source"] + "\n" for row in rows), encoding="utf-8")
+    sources.write_text("".join(row["source"] + "\n" for row in rows), encoding="utf-8")
+    base = ["score", "--task", "bisect", "--predictions", str(predictions)]
+    assert main([*base, "--references", str(data)]) == 0
+    out = capsys.readouterr()
+    assert f"sources: the bisect rows of {data} (--sources FILE gives others)" in out.err
+    assert main([*base, "--references", str(data), "--sources", str(sources)]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(out.out)
+    references = tmp_path / "r.txt"
+    references.write_text("".join(row["target"] + "\n" for row in rows), encoding="utf-8")
+    code, err = error_line(capsys, [*base, "--references", str(references)])
+    assert code == 2 and err == (
+        "error: argument --sources: SARI compares each prediction with its source: give "
+        "--sources FILE (one a line, or evaluate's predictions.jsonl), or --task T with the "
+        "task's data file as --references\n")
+
+
 @pytest.mark.parametrize("metric", ["", " , "])
 def test_score_refuses_an_empty_metric_by_its_flag(capsys, texts, metric):
     code, err = score(capsys, texts, "--metric", metric)

@@ -161,6 +161,9 @@ class TaskReferences:
     # the rows of a JSON document; and the positions among them of the scored rows.
     file_rows: int | None = None
     scored_file_rows: list[int] | None = None
+    # each example's source as the task formats it (what SARI compares with), in
+    # `references` order
+    sources: list[str] | None = None
 
     def rows_to_score(self, predictions: int, predictions_path: str, path: str) -> list[int] | None:
         """The predictions to keep: None for all (one per scored example), or the scored rows'
@@ -264,12 +267,13 @@ def _task_references(path: str, task, columns: dict[str, str] | None = None) -> 
                 f"row {at}" + (f" ({local.row_names[at]})" if at in local.row_names else ""),
                 f"column '{column}' {reason}" if column else reason)
                for at, column, reason in local.bad]
-    references, scored_rows = [], []
+    references, scored_rows, sources = [], [], []
     rows = raw.to_list()
     for position, item in enumerate(task.formatter.format_rows(rows, list(range(len(rows))),
                                                                "test")):
         if isinstance(item, Example):
             references.append(list(item.references))
+            sources.append(item.source)
             scored_rows.append(position)  # a RowFormatter gives item k for row k
         else:
             skipped.append((where(item.row), f"column '{item.column}' {item.reason}"))
@@ -282,7 +286,7 @@ def _task_references(path: str, task, columns: dict[str, str] | None = None) -> 
         raise DataError(f"no usable {task.name} row (read as a {task.name} data file, since "
                         "--task is given)", file=path)
     if not isinstance(task.formatter, RowFormatter):
-        return TaskReferences(references, len(rows), None)
+        return TaskReferences(references, len(rows), None, sources=sources)
     file_rows = scored_file_rows = None
     if local.by_line and local.line_of_row is not None and path.lower().endswith(".jsonl"):
         numbers = [number for number, text in enumerate(_read_bytes(path).split(b"\n"), 1)
@@ -295,7 +299,8 @@ def _task_references(path: str, task, columns: dict[str, str] | None = None) -> 
         # row's place among all of the document's rows
         file_rows = len(rows) + len(local.bad)
         scored_file_rows = [local.row_of_row[row] for row in scored_rows]
-    return TaskReferences(references, len(rows), scored_rows, file_rows, scored_file_rows)
+    return TaskReferences(references, len(rows), scored_rows, file_rows, scored_file_rows,
+                          sources)
 
 
 def as_a_run_scores(task, predictions: list[str], references: list) -> tuple[list[str], list]:
@@ -443,10 +448,11 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
         from seq2seq_es.config import DataConfig
         columns = DataConfig(columns=args.columns).column_map()
     references = read_references(args.references, task, columns)
-    keep, data_rows = None, None
+    keep, data_rows, data_sources = None, None, None
     if isinstance(references, TaskReferences):
         keep = references.rows_to_score(len(predictions), args.predictions, args.references)
-        data_rows, references = references.rows, references.references
+        data_rows, data_sources = references.rows, references.sources
+        references = references.references
     else:
         check_same_examples((args.predictions, example_ids(args.predictions)),
                             (args.references, example_ids(args.references)))
@@ -469,6 +475,15 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
         if len(sources) != len(predictions):
             raise DataError(f"{args.predictions} has {len(predictions)} predictions but "
                             f"{args.sources} has {len(sources)} sources")
+    elif "sari" in names and data_sources is not None:
+        # the task's data file holds them: a run scores SARI against each row's source
+        print(f"sources: the {task.name} rows of {args.references} (--sources FILE gives "
+              "others)", file=sys.stderr)
+        sources = data_sources
+    elif "sari" in names:
+        raise ConfigError("--sources", "SARI compares each prediction with its source: give "
+                          "--sources FILE (one a line, or evaluate's predictions.jsonl), or "
+                          "--task T with the task's data file as --references")
     task_options = task.metric_options if task is not None else {}
 
     def convention(flag: str | None, metric: str, fallback: str) -> str:

@@ -73,7 +73,8 @@ def cmd_list(argv: list[str]) -> int:
         columns = [column + ("{" + ", ".join(nested[column]) + "}" if column in nested else "")
                    for column in task.columns]
         print(f"  {'':<14} columns: {', '.join(columns)}")
-    print("examples of each task's rows: tests/fixtures/<task>/ (README.md there); a dialogue "
+    print("examples of each task's rows: the repository's tests/fixtures/<task>/ (wmt13/ and "
+          "fapesp/ for the translation tasks; README.md there); a dialogue "
           "file holds one turn per row, in order; BiSECT targets put <SPLIT> (or _SPLIT_) "
           "between sentences")
     print("your own task: --task NAME --data.source_column IN --data.target_column OUT "

@@ -247,6 +247,14 @@ def test_list_shows_each_tasks_columns_and_main_metric(capsys):
     assert "main: rougeL  metrics: rouge, exact_match, token_f1" in out
     assert "columns: question, context, answers{text}" in out
     assert "columns: translation{en, es}" in out and "columns: Speaker, Utterance, Dialogue_ID" in out
+    # every fixture folder it points to is there (wmt13-es-en's rows are in wmt13/)
+    from pathlib import Path
+    fixtures = Path(__file__).parent / "fixtures"
+    assert "tests/fixtures/<task>/ (wmt13/ and fapesp/ for the translation tasks" in out
+    from seq2seq_es.tasks import TASKS
+    for name in TASKS:
+        folder = name.split("-")[0] if name.startswith(("wmt13-", "fapesp-")) else name
+        assert (fixtures / folder).is_dir(), name
 
 
 def test_export_and_convert_led_name_the_cpu_accelerator_instead_of_deepspeeds_warning():

@@ -75,7 +75,7 @@ def test_train_notes_settings_it_does_not_read_once(capsys, tmp_path, monkeypatc
     assert "data.global_attention (barto-tiny is no LED)" in err  # from the run file
     assert "model.attention (barto-tiny has no attention implementations)" in err
     assert "train.epochs" not in err  # a default, not the user's
-    build_config(["--task", "mlsum", "--model", "ledo-tiny", "--data.global_attention", "prefix:4"])
+    build_config(["--task", "xlsum", "--model", "ledo-tiny", "--data.global_attention", "prefix:4"])
     assert capsys.readouterr().err == ""
     # A run file that restates defaults (`seq2seq-es config` output fed back) chose nothing.
     assert main(["config", "--task", "mlsum", "--model", "barto-tiny"]) == 0

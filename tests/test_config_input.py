@@ -228,6 +228,12 @@ def test_score_notes_options_no_metric_reads(capsys, texts):
     assert code == 0 and "note: --split-sentences changes paper-mode ROUGE-Lsum only" in err
     code, err = score(capsys, texts, "--metric", "rouge", "--split-sentences", "--mode", "paper")
     assert code == 0 and "note:" not in err
+    # a file said to be unread is not read: its one line refused the two predictions
+    (texts / "one.txt").write_text("una fuente\n", encoding="utf-8")
+    code, err = score(capsys, texts, "--metric", "bleu", "--sources", str(texts / "one.txt"))
+    assert code == 0 and "note: not read by the metrics scored (bleu): --sources" in err
+    code, err = score(capsys, texts, "--metric", "sari", "--sources", str(texts / "one.txt"))
+    assert code == 2 and "has 1 sources" in err
 
 
 def test_score_passes_over_blank_lines_of_a_jsonl_file(capsys, texts):

@@ -438,7 +438,7 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
     check_line_file("--predictions", args.predictions)
     if task is None:  # with --task a data file is read as the task's (read_references)
         check_line_file("--references", args.references)
-    if args.sources is not None:
+    if args.sources is not None and "sari" in names:
         check_line_file("--sources", args.sources)
     predictions = read_predictions(args.predictions)
     columns = None
@@ -466,7 +466,9 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
         raise DataError(f"{args.predictions} has {len(predictions)} predictions but "
                         f"{args.references} has {len(references)} references{rows}")
     sources = None
-    if args.sources is not None:
+    # read only where a metric scored reads it: note_unread_options has said "not read" for the
+    # others, and an unread file's line count or ids must not refuse the run
+    if args.sources is not None and "sari" in names:
         check_same_examples((args.predictions, example_ids(args.predictions)),
                             (args.sources, example_ids(args.sources)))
         sources = read_sources(args.sources)

@@ -1,9 +1,10 @@
 """SARI (Xu et al. 2016): rewards n-grams correctly added, kept and deleted against the source.
 
 For n = 1..4, with ``I`` the source, ``O`` the prediction and ``R`` the references (``r`` of
-them), the operations are scored as in the authors' released implementation, which is what
-published SARI numbers (and the paper's split-and-rephrase scores, through ``evaluate``'s
-``sari``) come from:
+them), the operations are scored as Hugging Face ``evaluate``'s ``sari`` scores them (the
+paper's split-and-rephrase scores came from it): the authors' released SARI.py with
+tensor2tensor's two changes, 0/0 counted as 1 (SARI.py counts it as 0) and the keep recall
+corrected (below):
 
 - keep: n-grams in both I and O. Precision averages, over those n-grams, the share of their
   kept occurrences that the references also keep; recall is the kept occurrences the

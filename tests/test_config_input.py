@@ -236,6 +236,21 @@ def test_score_notes_options_no_metric_reads(capsys, texts):
     assert code == 2 and "has 1 sources" in err
 
 
+def test_score_notes_an_empty_reference(capsys, texts):
+    # chrF leaves such an example out (sacreBLEU's rule): a wrong prediction there cost nothing
+    (texts / "blank.txt").write_text("el gato duerme\n\n", encoding="utf-8")
+    assert main(["score", "--predictions", str(texts / "p.txt"), "--references",
+                 str(texts / "blank.txt"), "--metric", "chrf"]) == 0
+    said = capsys.readouterr()
+    assert said.err == (
+        f"note: 1 example(s) of {texts / 'blank.txt'} have an empty reference (the first is "
+        "example 2): chrF leaves them out, the other metrics score their predictions against "
+        "nothing\n")
+    assert json.loads(said.out) == {"chrf": 100.0}
+    code, err = score(capsys, texts, "--metric", "chrf")
+    assert code == 0 and err == ""
+
+
 def test_score_passes_over_blank_lines_of_a_jsonl_file(capsys, texts):
     # as training's reader does: a file ending in an empty line was "line 3: not valid JSON"
     lines = (texts / "p.txt").read_text(encoding="utf-8").splitlines()

@@ -414,6 +414,18 @@ def note_unread_options(args: argparse.Namespace, names: list[str]) -> None:
               "spanish mode always splits texts into sentences", file=sys.stderr)
 
 
+def note_empty_references(references: list, path: str) -> None:
+    """An example whose every reference is blank (a blank line of a plain references file) is
+    scored against nothing: said, as the metrics differ there (chrF leaves it out, as
+    sacreBLEU does, so a wrong prediction costs nothing; BLEU counts its length)."""
+    empty = [index for index, item in enumerate(references)
+             if all(not text.strip() for text in ([item] if isinstance(item, str) else item))]
+    if empty:
+        print(f"note: {len(empty)} example(s) of {path} have an empty reference (the first is "
+              f"example {empty[0] + 1}): chrF leaves them out, the other metrics score their "
+              "predictions against nothing", file=sys.stderr)
+
+
 def _score(args: argparse.Namespace) -> dict[str, float]:
     # Imported here: `--help` and usage errors need none of the metrics.
     from seq2seq_es.metrics.scoring import check_metric_names, compute_metrics
@@ -486,6 +498,7 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
         raise ConfigError("--sources", "SARI compares each prediction with its source: give "
                           "--sources FILE (one a line, or evaluate's predictions.jsonl), or "
                           "--task T with the task's data file as --references")
+    note_empty_references(references, args.references)
     task_options = task.metric_options if task is not None else {}
 
     def convention(flag: str | None, metric: str, fallback: str) -> str:

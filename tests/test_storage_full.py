@@ -232,9 +232,10 @@ def test_commands_writing_to_a_full_disk_say_so_in_one_line(small_disk, trained_
     assert collected.returncode == 2, collected.stderr[-2000:]
     assert _error_line(collected).startswith("error: could not write the results ([Errno 28] No "
                                              "space left on device); nothing was replaced: ")
-    # where no command names the file (convert-led's model folder): the errno, in one line
+    # convert-led names its OUT folder and removes what it half wrote
     converted = _command("convert-led", str(trained_run / "final"), str(disk / "led"),
                          "--max-positions", "256", "--attention-window", "16")
     assert converted.returncode == 2, converted.stderr[-2000:]
-    assert _error_line(converted) == ("error: No space left on device (a file could not be "
-                                      "written; SEQ2SEQ_ES_DEBUG=1 shows which)")
+    assert _error_line(converted) == (f"error: argument OUT: could not write {disk / 'led'}: No "
+                                      "space left on device; the partial folder was removed")
+    assert not (disk / "led").exists()

@@ -19,6 +19,7 @@ import argparse
 import copy
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -151,11 +152,16 @@ def convert_bart_to_led(src: str, out: str, max_positions: int = 16384,
     # config; without them plain `generate` on the LED decoded differently from the BART.
     led.generation_config = copy.deepcopy(bart.generation_config)
     tokenizer.model_max_length = max_positions
+    created = not os.path.exists(out)  # else new and empty (_check_arguments)
     try:
         led.save_pretrained(out)
         tokenizer.save_pretrained(out)
     except OSError as err:
-        raise ConfigError("OUT", f"could not write {out}: {err.strerror or err}") from err
+        # a half-written folder would load as a model with missing files
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise ConfigError("OUT", f"could not write {out}: {err.strerror or err}"
+                          + ("; the partial folder was removed" if created else "")) from err
 
 
 def convert_led_main(argv: list[str] | None = None) -> int:

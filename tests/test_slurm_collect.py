@@ -921,6 +921,15 @@ def test_a_run_resumed_with_other_settings_is_warned_about(tmp_path):
     # Collected as run folders, the differing key is in the labels; the resume still warned.
     table = build_table(load_runs([str(resumed), str(runs[("barto", "mlsum", "5e-5")])]))
     assert [w.split(":")[1].strip()[:24] for w in table.warnings] == ["barto__mlsum__lr-3e-5 wa"]
+    # `slurm resume --nodes 2` splits the same step otherwise (grad_accum 2 -> 1 on twice the
+    # ranks; a checkpoint refuses any other step size): the same run, no warning
+    (resumed / "config.yaml").write_bytes((resumed / "config.until_step_17.yaml").read_bytes())
+    (resumed / "config.until_step_17.yaml").write_text(
+        (resumed / "config.yaml").read_text() + "  grad_accum: 2\n  batch_size: 1\n")
+    (resumed / "config.yaml").write_text(
+        (resumed / "config.yaml").read_text() + "  grad_accum: 1\n  batch_size: 1\n")
+    assert not any("resumed with other settings" in warning
+                   for warning in build_table(load_manifest(sweep_dir)).warnings)
 
 
 def test_collect_refuses_a_plot_name_of_another_format(tmp_path, capsys):

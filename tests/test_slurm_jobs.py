@@ -47,8 +47,10 @@ def events(run_dir: Path) -> list[str]:
 
 def test_two_node_job_joins_one_gloo_group(slurm_cluster, tmp_path):  # noqa: F811
     run_dir = tmp_path / "run"
-    job_id = submit_probe(run_dir, "--nodes", "2", overrides=("--probe.steps", "3",
-                                                              "--probe.witness_teardown", "true"))
+    # the test process's OMP_NUM_THREADS=1 (conftest) unset: the job sizes torch's threads
+    job_id = submit_probe(run_dir, "--nodes", "2", "--cpus-per-task", "1", "--setup",
+                          "unset OMP_NUM_THREADS",
+                          overrides=("--probe.steps", "3", "--probe.witness_teardown", "true"))
     fields = wait_finished(job_id)
     assert fields["JobState"] == "COMPLETED"
     for rank in (0, 1):  # each task left after submitit saved its result, without finalizing
@@ -60,6 +62,8 @@ def test_two_node_job_joins_one_gloo_group(slurm_cluster, tmp_path):  # noqa: F8
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(r["world_size"] == 2 and r["allreduce"] == 3.0 for r in records)  # ranks 1 + 2
     assert records[0]["nodes"] == ["node1", "node2"]
+    # torch took every core of a node without CPU binding: now the task's one CPU
+    assert all(r["threads"] == 1 for r in records)
     for rank in (0, 1):  # every rank's log is reachable from the run folder
         assert (run_dir / "logs" / f"rank{rank}.out").resolve().is_file()
     [status] = sweep_status(load_manifest(run_dir))

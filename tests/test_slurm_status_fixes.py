@@ -461,3 +461,87 @@ def test_a_job_tells_the_engine_how_many_requeues_it_has_left(tmp_path, monkeypa
     monkeypatch.setattr("seq2seq_es.slurm.job._ignore_stop_signals", lambda: None)
     assert job._train()["restarts"] == 1
     assert seen["left"] == "0"
+
+
+# ---- SLURM lifecycle audit -----------------------------------------------------------------------
+
+def test_slurms_own_cancel_notice_gives_way_to_the_tools_line(tmp_path):
+    # status said `ended: *** JOB 171 ON node2 CANCELLED AT ... ***` (another id than the array
+    # task's in the table, no way on), and a TIMEOUT never showed its --signal-delay-s advice;
+    # once SLURM forgot the job, the same run showed a bare UNKNOWN
+    run, manifest = _run_folder(tmp_path, "170_1", [])
+    _checkpoint(Path(run.run_dir), 2)
+    log = Path(manifest.submitit_folder) / "170_1_0_log.err"
+    log.write_text("slurmstepd-node2: error: *** JOB 171 ON node2 CANCELLED AT "
+                   "2026-12-04T11:00:00 ***\n")
+    status = run_status(run, manifest, {"170_1": SlurmState("CANCELLED")})
+    assert status.error == ("cancelled (scancel, or an administrator); `seq2seq-es slurm "
+                            "resume` continues it from its last checkpoint")
+    forgotten = run_status(run, manifest, {})
+    assert (forgotten.state, forgotten.error) == ("CANCELLED", status.error)
+    log.write_text("slurmstepd-node2: error: *** JOB 171 ON node2 CANCELLED AT "
+                   "2026-12-04T11:00:00 DUE TO TIME LIMIT ***\n")
+    for known in ({"170_1": SlurmState("TIMEOUT")}, {}):
+        status = run_status(run, manifest, known)
+        assert status.state == "TIMEOUT" and "raise --signal-delay-s" in status.error
+    # a line of the run's own still wins
+    log.write_text("error: config key 'optim.lr': must be positive\n")
+    status = run_status(run, manifest, {"170_1": SlurmState("FAILED")})
+    assert status.error == "config key 'optim.lr': must be positive"
+
+
+def test_status_of_a_finished_run_shows_the_kept_steps_scores(tmp_path):
+    # it paired the last validation (step 6) with the test of the best step (4), a dev / test
+    # pair no checkpoint has
+    run, manifest = _run_folder(tmp_path, "180", [])
+    run_dir = Path(run.run_dir)
+    (run_dir / run_files.METRICS).write_text("".join(json.dumps(record) + "\n" for record in [
+        {"step": 4, "eval/rougeL": 30.0, "eval/loss": 2.0},
+        {"step": 6, "eval/rougeL": 20.0, "eval/loss": 2.5, "train/loss": 1.5},
+        {"step": 4, "test/rougeL": 28.0}]))
+    (run_dir / run_files.FINAL_RESULTS).write_text(json.dumps({
+        "task": "mlsum", "model": "barto-tiny", "main_metric": "rougeL", "best_step": 4,
+        "steps": 6, "validation": {"rougeL": 30.0, "loss": 2.0}, "test": {"rougeL": 28.0}}))
+    status = run_status(run, manifest, {"180": SlurmState("COMPLETED")})
+    assert status.metrics == {"train/loss": 1.5, "eval/rougeL": 30.0, "eval/loss": 2.0,
+                              "test/rougeL": 28.0}
+    assert "eval/ and test/ metrics: best step 4 (final_results.json)" in status.note
+
+
+def test_a_sweep_folder_among_the_users_files_is_refused(tmp_path, capsys):
+    # collect's results.md replaced a results.md of the user's there
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "results.md").write_text("my notes\n")
+    assert slurm_main(["sweep", "--sweep-dir", str(folder), "--pair", "barto-tiny:mlsum",
+                       "--no-grid", "--dry-run"]) == 2
+    assert (f"error: argument --sweep-dir: {folder} is not empty and holds no sweep of "
+            "seq2seq-es (results.md); give a new or empty folder for the sweep"
+            in capsys.readouterr().err)
+    assert (folder / "results.md").read_text() == "my notes\n"
+    assert slurm_main(["sweep", "--sweep-dir", str(tmp_path / "new"), "--pair",
+                       "barto-tiny:mlsum", "--no-grid", "--dry-run"]) == 0
+
+
+def test_resume_reads_a_new_data_file_before_submitting_and_a_declined_one_fails(
+        tmp_path, capsys, monkeypatch):
+    # `resume -- --data.train_file NEW` was checked for existence only: a bad file failed in
+    # every job after its wait in the queue; and a "no" at the prompt exited 0 in silence
+    run, manifest = _run_folder(tmp_path, "190", [], name="r9")
+    manifest.runs[0].argv = ["--task", "mlsum", "--model", "barto-tiny", "--train.output_dir",
+                             run.run_dir]  # what submit records
+    manifest.write(Path(run.run_dir) / RUN_MANIFEST)
+    monkeypatch.setattr(slurm_cli, "query_slurm", lambda ids: {"190": SlurmState("CANCELLED")})
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "un artículo"}) + "\n")  # no summary column
+    fixtures = Path(__file__).parent / "fixtures" / "mlsum"
+    data = ["--data.train_file", str(bad), "--data.validation_file",
+            str(fixtures / "validation.jsonl")]
+    assert slurm_main(["resume", run.run_dir, "--dry-run", "--", *data]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "summary" in err, err
+    assert slurm_main(["resume", run.run_dir, "--dry-run", "--no-data-check", "--", *data]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(slurm_cli, "_confirm", lambda count, yes: False)
+    assert slurm_main(["resume", run.run_dir]) == 1
+    assert "nothing submitted" in capsys.readouterr().out

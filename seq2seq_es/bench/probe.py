@@ -149,7 +149,8 @@ def _loop(output_dir: Path, steps: int, step_seconds: float, options: dict[str, 
             if metrics is not None:
                 record = {"step": state["step"], "train/loss": round(1.0 / state["step"], 6),
                           "world_size": world, "allreduce": contribution.item(), "nodes": nodes,
-                          "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)}
+                          "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+                          "threads": torch.get_num_threads()}
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
             stop = torch.tensor([float(flag.signum)])

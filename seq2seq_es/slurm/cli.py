@@ -364,6 +364,7 @@ def cmd_resume(argv: list[str]) -> int:
                         help="an sbatch option added to (or replacing) the submitted ones")
     parser.add_argument("--dry-run", action="store_true", help="list the runs only")
     parser.add_argument("--yes", "-y", action="store_true", help="submit without asking")
+    _add_data_check_option(parser)
     args = parser.parse_args(own)
     check_overrides(overrides)
     manifest = load_manifest(args.sweep)
@@ -416,6 +417,12 @@ def cmd_resume(argv: list[str]) -> int:
     # Every run's new arguments, composed and checked before the question (and for --dry-run).
     resumed = {run.name: resumed_argv(run, overrides, ranks) if manifest.entry == DEFAULT_ENTRY
                else (run.argv, []) for run in runs}
+    if manifest.entry == DEFAULT_ENTRY and not args.no_data_check:
+        # As submit and sweep: a new (or since changed) data file is read here, once per
+        # distinct set, not found bad by every job after its wait in the queue.
+        check_local_data([(run.name, compose_run(run.task, run.model, resumed[run.name][0][4:]))
+                          for run in runs], config.world_size,
+                         log=lambda line: print(f"# {line}"))
     if ranks[0] != ranks[1]:
         print(f"# ranks: {ranks[0]} -> {ranks[1]} ({config.nodes} node(s) x "
               f"{config.ntasks_per_node} task(s))")
@@ -438,8 +445,11 @@ def cmd_resume(argv: list[str]) -> int:
             # against the folder sbatch is called from, which is this one now.
             print(f"warning: {run.name} names --{key} {value}, a relative path: the job reads "
                   f"it as {Path(value).absolute()}", file=sys.stderr)
-    if args.dry_run or not _confirm(len(runs), args.yes):
+    if args.dry_run:
         return 0
+    if not _confirm(len(runs), args.yes):
+        print("nothing submitted")  # as sweep: a declined resume is not a success
+        return 1
     require_slurm_clients()
     for run in runs:
         run.argv = resumed[run.name][0]

@@ -174,6 +174,23 @@ def run_status(run: RunPlan, manifest: Manifest, slurm: dict[str, SlurmState]) -
         status.step, status.metrics = latest_metrics(read_metrics(run_dir / run_files.METRICS))
     except DataError as exc:
         status.note = str(exc)
+    try:
+        final = read_final_results(run_dir / run_files.FINAL_RESULTS)
+    except DataError:
+        final = None
+    if final is not None:
+        # A finished run went back to its best checkpoint: its result is that step's validation
+        # and test scores, not the last validation metrics.jsonl logged (shown beside the test
+        # of another step, they made a dev / test pair that no checkpoint has).
+        status.metrics = {key: value for key, value in status.metrics.items()
+                          if not key.startswith(("eval/", "test/"))}
+        for split, prefix in (("validation", "eval/"), ("test", "test/")):
+            status.metrics.update({prefix + key: value
+                                   for key, value in (final.get(split) or {}).items()})
+        if final.get("best_step") is not None and final.get("best_step") != status.step:
+            status.note = "; ".join(part for part in (
+                status.note, f"eval/ and test/ metrics: best step {final['best_step']} "
+                             "(final_results.json)") if part)
     saved = run_files.complete_checkpoints(run_dir / run_files.CHECKPOINTS)
     status.saved_step = saved[-1][0] if saved else None
     # The current job's events only: after `slurm resume` the file also holds the earlier
@@ -197,7 +214,11 @@ def run_status(run: RunPlan, manifest: Manifest, slurm: dict[str, SlurmState]) -
     if status.failed:
         status.error, status.log = failure_details(manifest.submitit_folder, run.job_id,
                                                    manifest.tasks_per_job)
-        status.error = status.error or _ENDED_BY_SLURM.get(status.state)
+        ended = _ENDED_BY_SLURM.get(status.state)
+        if ended and (status.error is None or status.error.startswith("***")):
+            # SLURM's own `*** JOB n ... CANCELLED AT ... ***` notice (another id for an array
+            # task) says neither why nor how to go on: the tool's line for the state does.
+            status.error = ended
     if status.state == "OUT_OF_REQUEUES":
         # Said from the marker, not from the log: the log holds every start of the job, and its
         # last lines were an earlier start's requeue notice or the job's own farewell.
@@ -353,6 +374,11 @@ def _state_from_files(folder: str, job_id: str, events: list[dict[str, Any]]) ->
         return "COMPLETED"
     if events and events[-1].get("event") in ("failed", "out_of_requeues"):
         return "FAILED"
+    # SLURM has forgotten the job (no accounting; MinJobAge passed): its own notice in the log
+    # still says how it ended, where status showed a bare UNKNOWN with no way on
+    notice = _error_line_in_log(_job_paths(folder, job_id, 0).stderr) or ""
+    if notice.startswith("***") and "CANCELLED AT" in notice:
+        return "TIMEOUT" if "DUE TO TIME LIMIT" in notice else "CANCELLED"
     return "UNKNOWN"
 
 
@@ -836,6 +862,11 @@ def changed_during_training(run_dir: Path) -> list[str]:
     versions.append((None, _trained_settings(run_dir)))
     changes = []
     for (step, before), (_, after) in zip(versions, versions[1:]):
+        # The split of a step into micro-batch x accumulation is no setting of its own: a run
+        # with a checkpoint resumes with the same examples per step only (`slurm resume` on
+        # other ranks sets the accumulation that keeps them), so such a change is the same run.
+        before, after = ({key: value for key, value in version.items()
+                          if key not in _SPLIT_KEYS} for version in (before, after))
         changes += [f"{change} at step {step}"
                     for change in run_files.setting_changes(before, after)]
     return changes

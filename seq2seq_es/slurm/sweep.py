@@ -983,6 +983,18 @@ def check_sweep_dir(sweep_dir: Path, runs: list[RunPlan]) -> None:
     # What a submission whose sbatch failed leaves behind (the plan and each run's config copy):
     # the same command, corrected, may submit into it again.
     unsubmitted = manifest.exists()
+    # Anything else in the folder is not ours: the runs, sweep.json and collect's results.*
+    # would be written in among it (a results.md of the user's was replaced by collect's).
+    ours = {SWEEP_MANIFEST, SUBMITIT_DIR} | {Path(run.run_dir).name for run in runs}
+    if unsubmitted:
+        ours |= {Path(run.run_dir).name for run in previous.runs}
+    left = sorted(path.name for path in sweep_dir.iterdir()) if sweep_dir.is_dir() else []
+    foreign = [name for name in left if name not in ours]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
+                                          else "")
+        raise ConfigError("--sweep-dir", f"{sweep_dir} is not empty and holds no sweep of "
+                          f"seq2seq-es ({shown}); give a new or empty folder for the sweep")
     for run in runs:
         run_dir = Path(run.run_dir)
         # A file where a run's folder goes: the emptiness check below reads it as no folder.

@@ -312,6 +312,18 @@ def loop_config(case: BenchCase, spec: ImplSpec):
     return cfg
 
 
+def loop_collator(case: BenchCase, cfg):
+    """The loop rows' collator, padded as training pads (get_collator: multiples of 8 on a GPU,
+    64 when the model is compiled): the bench once padded token-budget batches to any length,
+    a step training never runs."""
+    from ..data.collator import Seq2SeqCollator
+    from ..engine.builders import collator_padding
+
+    multiple, dynamic = collator_padding(cfg)
+    return Seq2SeqCollator(case.shape.pad_token_id, case.shape.decoder_start_token_id,
+                           pad_to_multiple_of=multiple, mark_dynamic=dynamic)
+
+
 def _step_plan(case: BenchCase, cfg, collator):
     """The row's plan, built from the synthetic lengths as get_step_plan builds it from a split
     (bucketed: the collator then pads to the plan's buckets)."""
@@ -332,7 +344,8 @@ def _step_plan(case: BenchCase, cfg, collator):
 
         return TokenBudgetPlan(case.data.source_lengths, case.data.target_lengths,
                                max_tokens=cfg.train.max_tokens, grad_accum=cfg.train.grad_accum,
-                               world_size=1, seed=cfg.train.seed)
+                               world_size=1, seed=cfg.train.seed,
+                               pad_to_multiple_of=collator.pad_to_multiple_of)
     from ..data.sampler import StepPlan
 
     return StepPlan(len(case.data), cfg.train.batch_size, cfg.train.grad_accum, 1, cfg.train.seed)
@@ -383,7 +396,6 @@ def prepare_loop_model(case: BenchCase, spec: ImplSpec, cfg) -> tuple[torch.nn.M
 
 
 def run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
-    from ..data.collator import Seq2SeqCollator
     from ..data.length_buckets import dummy_features, warm_up_shapes
     from ..engine import distributed as D
     from ..engine.builders import get_engine, warm_up_compiled
@@ -400,7 +412,7 @@ def run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
     cfg = loop_config(case, spec)
     graphs_before = compiled_graphs()
     model, notes = prepare_loop_model(case, spec, cfg)
-    collator = Seq2SeqCollator(case.shape.pad_token_id, case.shape.decoder_start_token_id)
+    collator = loop_collator(case, cfg)
     plan = _step_plan(case, cfg, collator)
     engine, *_ = get_engine(model, cfg, env, case.total_steps)
     engine.train()

@@ -195,12 +195,7 @@ def get_collator(cfg: RunConfig, spec, tokenizer, model) -> Seq2SeqCollator:
     if options is not None:  # LED: padded to its attention window, global attention mask
         return Seq2SeqCollator(tokenizer.pad_token_id, model.config.decoder_start_token_id,
                                **options)
-    # Compiled models see few distinct shapes when lengths are padded to multiples of 64;
-    # bucketed batches bound their shapes themselves (and would lose their fit to 64s).
-    coarse = cfg.model.compile and cfg.train.batching != "bucketed"
-    multiple = 64 if coarse else (8 if torch.cuda.is_available() else 1)
-    # model.compile_shapes dynamic: mark_dynamic on the batch and length dims (see compile_shapes)
-    dynamic = cfg.model.compile and compile_shapes(cfg) == "dynamic"
+    multiple, dynamic = collator_padding(cfg)
     if cfg.train.batching == "packed":
         from ..kernels.packed_attention import is_installed
         if is_installed(model):  # training (get_model installed it); evaluate/predict: plain
@@ -212,6 +207,17 @@ def get_collator(cfg: RunConfig, spec, tokenizer, model) -> Seq2SeqCollator:
                                   target_len=cfg.data.max_target_length)
     return Seq2SeqCollator(tokenizer.pad_token_id, model.config.decoder_start_token_id,
                            pad_to_multiple_of=multiple, mark_dynamic=dynamic)
+
+
+def collator_padding(cfg: RunConfig) -> tuple[int, bool]:
+    """(pad_to_multiple_of, mark_dynamic) of a model without its own collator options: what
+    get_collator gives training, and what the bench's loop rows must use to time the same step."""
+    # Compiled models see few distinct shapes when lengths are padded to multiples of 64;
+    # bucketed batches bound their shapes themselves (and would lose their fit to 64s).
+    coarse = cfg.model.compile and cfg.train.batching != "bucketed"
+    multiple = 64 if coarse else (8 if torch.cuda.is_available() else 1)
+    # model.compile_shapes dynamic: mark_dynamic on the batch and length dims (see compile_shapes)
+    return multiple, cfg.model.compile and compile_shapes(cfg) == "dynamic"
 
 
 def source_bucket_align(max_source_length: int, pad_to_multiple_of: int) -> int:

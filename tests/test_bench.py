@@ -343,7 +343,36 @@ def test_gpu_summary_says_which_targets_are_met_and_which_were_not_measured(tmp_
     (tmp_path / "led" / "gpu_led.json").write_text(json.dumps(led))
     text = summary(tmp_path)
     assert "Targets at 16384 source tokens:" in text
-    assert ("- checkpointing on: flex 4.00x hf (target 4.0x: met), peak 5.9 vs 6.9 GiB (ok), "
+    assert ("- checkpointing on: flex 4.00x hf (target 4.0x: met), peak 5.90 vs 6.90 GiB (ok), "
             "flex step 0.0900 s (target <= 0.095 s: met)") in text
     assert "- checkpointing off: flex 2.74x hf (target 3.5x: NOT met)" in text
     assert "- accuracy long_check: PASS" in text
+
+
+@pytest.mark.parametrize("impl, compiled", [("loop_budget", False), ("loop_budget_engine", True)])
+def test_loop_rows_pad_batches_as_training_pads(monkeypatch, impl, compiled):
+    """The bench's loop rows time the step training runs, so their batches are padded as
+    get_collator pads them: multiples of 8 on a GPU (64 for a compiled model), and the
+    token-budget plan packs by those padded lengths. The rows once padded to any length."""
+    from seq2seq_es.bench.impls import BenchCase, _step_plan, loop_collator, loop_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only get_collator's rule reads it
+    shape = get_shape("barto-tiny")
+    data = make_data("mlsum", 64, shape.vocab_size, shape.first_plain_id, seed=0, max_source=1024)
+    case = BenchCase(shape=shape, dist="mlsum", device=torch.device("cpu"), data=data, batch_size=8,
+                     max_tokens=8000, warmup=1, steps=2)
+    cfg = loop_config(case, parse_impl(impl))
+    collator = loop_collator(case, cfg)
+    multiple = 64 if compiled else 8
+    assert collator.pad_to_multiple_of == multiple
+    from seq2seq_es.engine.builders import compile_shapes
+    assert collator.mark_dynamic == (compiled and compile_shapes(cfg) == "dynamic")
+    plan = _step_plan(case, cfg, collator)
+    steps = plan.iter_steps(0, 0, 0)
+    for _ in range(4):
+        micro = next(steps)[2][0]
+        batch = collator([data[i] for i in micro])
+        assert batch["input_ids"].shape[1] % multiple == 0
+        # The plan counted the padded source length, so the padded batch keeps to the budget.
+        assert len(micro) * (batch["input_ids"].shape[1] + batch["labels"].shape[1]) \
+            <= cfg.train.max_tokens

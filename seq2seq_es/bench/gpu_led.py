@@ -147,7 +147,7 @@ def _bench_section(args: argparse.Namespace, impl: str) -> list[dict]:
     def keep(row: dict) -> None:
         rows.append(row)
         _write_part(args.out_dir, f"bench_{impl}", rows)  # a timeout later keeps the rows so far
-        measured = f"{row['step_s']:.4f} s/step, peak {row['peak_gib']} GiB" if row["step_s"] else ""
+        measured = f"{row['step_s']:.4f} s/step, peak {_gib(row['peak_gib'])} GiB" if row["step_s"] else ""
         log(f"bench {impl} src {row['src_len']} checkpointing {row['checkpointing']}: {row['status']} "
             f"{measured} {row['error'] or ''}")
 
@@ -191,6 +191,11 @@ SPEEDUP_TARGETS = {True: 4.0, False: 3.5}
 CHECKPOINTED_STEP_TARGET_S = 0.095
 
 
+def _gib(value: float | None) -> str:
+    """Peak memory as the tables print it (the CPU may not report one)."""
+    return "?" if value is None else f"{value:.2f}"
+
+
 def summarise_targets(rows: list[dict]) -> str:
     """The speed-up targets at the longest length: flex >= 4x hf with checkpointing (<= 0.095 s a
     step), >= 3.5x without, at no more peak memory."""
@@ -209,7 +214,7 @@ def summarise_targets(rows: list[dict]) -> str:
         hf_mem, flex_mem = pick["hf"]["peak_gib"], pick["flex"]["peak_gib"]
         memory_ok = hf_mem is not None and flex_mem is not None and flex_mem <= hf_mem
         lines.append(f"{label}: flex {speedup:.2f}x hf (target {target}x: {'met' if speedup >= target else 'NOT met'})"
-                     f", peak {flex_mem} vs {hf_mem} GiB ({'ok' if memory_ok else 'NOT ok'})"
+                     f", peak {_gib(flex_mem)} vs {_gib(hf_mem)} GiB ({'ok' if memory_ok else 'NOT ok'})"
                      + (f", flex step {pick['flex']['step_s']:.4f} s (target <= {CHECKPOINTED_STEP_TARGET_S} s: "
                         f"{'met' if pick['flex']['step_s'] <= CHECKPOINTED_STEP_TARGET_S else 'NOT met'})"
                         if checkpointing else ""))

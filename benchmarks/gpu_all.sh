@@ -53,18 +53,18 @@ fi
 stamp "1. flex ablation: LEDO's flex encoder attention against a plain band kernel"
 FLEX_ARGS=(--repeat 10); LED_ARGS=(--lengths "${LED_LENGTHS:-16384}")  # the targets are at 16K
 if [ "${TINY:-0}" = 1 ]; then FLEX_ARGS+=(--src-len 512); LED_ARGS=(--tiny); fi
-timeout "${FLEX_S:-45}" python3 -m seq2seq_es.bench.gpu_flex_ablation "${FLEX_ARGS[@]}" 2>&1 \
+timeout "${FLEX_S:-60}" python3 -m seq2seq_es.bench.gpu_flex_ablation "${FLEX_ARGS[@]}" 2>&1 \
   | tee "$OUT_DIR/flex_ablation.txt"
 stamp "2. LED: flex vs hf at 16K (accuracy, then training steps)"
-timeout "${LED_S:-140}" python3 -m seq2seq_es.bench.gpu_led "$OUT_DIR/led" "${LED_ARGS[@]}" \
-  --budget-s "$(( ${LED_S:-140} - 10 ))"
+timeout "${LED_S:-120}" python3 -m seq2seq_es.bench.gpu_led "$OUT_DIR/led" "${LED_ARGS[@]}" \
+  --budget-s "$(( ${LED_S:-120} - 10 ))"
 stamp "3. seq2seq: Seq2SeqTrainer route vs this package's loop"
-timeout "${SEQ2SEQ_S:-200}" python3 -m seq2seq_es.bench.gpu_seq2seq "$OUT_DIR/seq2seq" "${TINY_ARG[@]}" \
-  --budget-s "$(( ${SEQ2SEQ_S:-200} - 10 ))"
+timeout "${SEQ2SEQ_S:-190}" python3 -m seq2seq_es.bench.gpu_seq2seq "$OUT_DIR/seq2seq" "${TINY_ARG[@]}" \
+  --budget-s "$(( ${SEQ2SEQ_S:-190} - 10 ))"
 if [ "${TINY:-0}" != 1 ]; then
   stamp "4. tests that need a CUDA device (pytest -m gpu)"
   # Only the files that hold GPU tests: collecting the others imports what only the CPU suite needs.
-  timeout "${GPU_TESTS_S:-90}" python3 -m pytest -q -p no:cacheprovider -m gpu \
+  timeout "${GPU_TESTS_S:-75}" python3 -m pytest -q -p no:cacheprovider -m gpu \
     $(grep -l "mark.gpu" tests/test_*.py) \
     > "$OUT_DIR/gpu_tests.txt" 2>&1; tail -3 "$OUT_DIR/gpu_tests.txt"
 fi

@@ -107,11 +107,12 @@ def test_gpu_script_plumbing_on_tiny_models(tmp_path):
     section = report["sections"]["barto"]
     assert section["status"] == "ok"
     assert [(r["dist"], r["impl"]) for r in section["rows"]] == [
-        ("mlsum", "hf_trainer"), ("fixed", "hf_trainer"), ("mlsum", "loop"), ("fixed", "loop")]
+        ("mlsum", "hf_trainer"), ("fixed", "hf_trainer"), ("mlsum", "loop_fused"),
+        ("mlsum", "loop_bucket_fused"), ("mlsum", "loop_budget_fused"), ("fixed", "loop_fused")]
     assert all(r["error"] is None and r["real_tokens_per_s"] > 0 for r in section["rows"])
     assert report["environment"]["torch"] == torch.__version__
     text = (tmp_path / "gpu_seq2seq.md").read_text()
-    assert "| barto-tiny | mlsum | hf_trainer |" in text and "| barto-tiny | fixed | loop |" in text
+    assert "| barto-tiny | mlsum | hf_trainer |" in text and "| barto-tiny | fixed | loop_fused |" in text
     assert "- barto-tiny mlsum:" in text and "- t5s-tiny mlsum: not measured" in text
 
 

@@ -14,6 +14,14 @@ was 1.2 ms against 0.75 ms. This script changes one thing at a time between the 
   F  one FlexLEDEncoderSelfAttention layer forward (projections, global rows, assembly)
   G  C's block tables with a mask_mod that reads no tensor at all (slots or band, not LED's exact
      mask): the bound on what E could still gain
+  H  E's mask without the slot block: the keys are the sequence itself, the global <s> reached in
+     place (kv_idx < global count), so no [slots | sequence] concatenation and square tables;
+     whether dropping the slots for prefix globals is worth it
+
+The H200 run of 2026-12-04 (16K, median of 10) measured A 0.283 / 1.482 ms, C 3.786 / 5.610 ms,
+E 0.680 / 2.708 ms (forward / forward+backward) before this script's 45 s ran out: the general
+mask's gathers (C) were the 13x, the row-span mask (E) is 2.4x the plain band's forward. G and H
+run right after E now, the rows already measured last.
 
 and prints forward (with grad) and forward+backward milliseconds, median of --repeat calls.
     python3 -m seq2seq_es.bench.gpu_flex_ablation [--src-len 16384] [--repeat 20]
@@ -94,16 +102,26 @@ def main(argv: list[str] | None = None) -> int:
     def band_after_slots(b, h, q_idx, kv_idx):
         return (kv_idx < n_slots) | ((q_idx - (kv_idx - n_slots)).abs() <= ONE_SIDED_WINDOW)
 
+    global_count = torch.tensor(1, device=device)  # the <s> of position 0, as in E
+    length = torch.tensor(seq_len, device=device)
+    window = torch.tensor(ONE_SIDED_WINDOW, device=device)
+
+    def prefix_globals_in_place(b, h, q_idx, kv_idx):
+        in_band = ((q_idx - kv_idx).abs() <= window) & (kv_idx >= global_count) & (kv_idx < length)
+        return (kv_idx < global_count) | in_band
+
+    in_place = create_block_mask(prefix_globals_in_place, 1, 1, seq_len, seq_len, device=device)
     no_tensors = BlockMask.from_kv_blocks(
         ours.kv_num_blocks, ours.kv_indices, ours.full_kv_num_blocks, ours.full_kv_indices,
         BLOCK_SIZE=ours.BLOCK_SIZE, mask_mod=band_after_slots, seq_lengths=ours.seq_lengths)
 
     cases = {
-        # The mask_mod rows first: gpu_all.sh gives this script a fixed time, and they matter most.
+        # The open questions first: gpu_all.sh gives this script a fixed time (C was measured).
         "A plain band, contiguous": (lambda: q, k, v, plain_mask),
-        "C ours, contiguous": (lambda: q, k_slots, v_slots, ours),
         "E ours, row-span mask_mod": (lambda: q, k_slots, v_slots, row_spans),
         "G ours, mask_mod reading no tensor": (lambda: q, k_slots, v_slots, no_tensors),
+        "H row spans, globals in place": (lambda: q, k, v, in_place),
+        "C ours, contiguous": (lambda: q, k_slots, v_slots, ours),
         "B plain band, transposed q": (lambda: q_view.transpose(1, 2), k, v, plain_mask),
         "D ours, transposed q": (lambda: q_view.transpose(1, 2), k_slots, v_slots, ours),
     }

@@ -8,15 +8,14 @@ Sections, each in its own child process (a crashed CUDA context or a hang loses 
 on a timeout its process group is killed) with a timeout taken from the overall budget:
 1. environment: card, driver, versions, date (nvidia-smi and package metadata; no CUDA context here);
 2. barto: BART-base shape, mlsum-like lengths and fixed 512x128, batch 32: hf_trainer, the
-   fastest loop variants (bucketed token budget + layers compiled per bucket shape; token
-   budget + compiled layers + fused AdamW, with and without the lean cross-entropy; bucketed
-   batches with the engine's own model.compile, as `train` runs it), then the plain loop (rows
-   the targets need run first);
+   uncompiled fused loop on random, bucketed and token-budget batches (seconds each), then the
+   compiled variants (bucketed batches with the engine's own model.compile, as `train` runs it;
+   layers compiled per bucket shape; token budget + compiled layers, with and without the lean
+   cross-entropy);
 3. t5s: the same rows on the T5 v1.1-base shape (T5 attention on SDPA in the fused variants),
    without the lean loss;
-4. extras, if time is left: uncompiled variants for attribution (loop_budget, loop_bucket,
-   loop_budget_fused, loop_fused) on both shapes, and T5 compiled with transformers' attention and with the lean
-   loss.
+4. extras, if time is left: unfused variants for attribution (loop_budget, loop_bucket, loop)
+   on both shapes, and T5 compiled with transformers' attention and with the lean loss.
 Compiled rows first run two untimed priming steps (a padded and an unpadded batch) so that every
 graph is compiled before the warm-up; `graphs_compiled_while_timed` in the JSON says 0 if so.
 Each child appends every row to OUT_DIR/parts/<section>.jsonl as soon as it is measured, so a
@@ -50,21 +49,26 @@ TINY_BUDGET_S = 1800.0
 # Speed-up targets: real tokens/s of the best loop row over the Seq2SeqTrainer row's.
 TARGETS = {("barto", "mlsum"): 2.5, ("t5s", "mlsum"): 3.0, ("barto", "fixed"): 1.8}
 # (dist, impl) in the order they run, except that the Trainer rows always go first (see
-# bench.seq2seq._row_order): the rows the targets need come before the plain loop rows, so that a
-# section cut by its timeout loses the least useful ones. The bucketed rows compile one graph set
-# per bucket shape (up to 16), so they follow the dynamic-shape rows, which compile once.
+# bench.seq2seq._row_order). The H200 run of 2026-12-04 timed the dynamic-shape compiled
+# token-budget row at 0.16x the Trainer (0.40 s a step, no compilation while timed) and ran out
+# of time in the first bucketed row's compilation, so the uncompiled rows that say whether few
+# shapes (bucket) or aligned lengths (budget, now padded as training pads) remove that cost come
+# first: they compile nothing and take seconds. Then the compiled rows, the user's own
+# (`model.compile` with buckets) before the bench's regional ones.
 BARTO_ROWS = (("mlsum", "hf_trainer"), ("fixed", "hf_trainer"),
-              ("mlsum", "loop_budget_compile"), ("fixed", "loop_compile"),
-              ("mlsum", "loop_bucket_static"), ("mlsum", "loop_bucket_engine"),
-              ("mlsum", "loop_budget_compile_lean"), ("fixed", "loop_compile_lean"),
-              ("mlsum", "loop"), ("fixed", "loop"))
+              ("mlsum", "loop_fused"), ("mlsum", "loop_bucket_fused"),
+              ("mlsum", "loop_budget_fused"), ("fixed", "loop_fused"), ("fixed", "loop_compile"),
+              ("mlsum", "loop_bucket_engine"), ("mlsum", "loop_bucket_static"),
+              ("mlsum", "loop_budget_compile"), ("mlsum", "loop_budget_compile_lean"),
+              ("fixed", "loop_compile_lean"))
 # T5's lean loss calls the stacks with other arguments, which costs more compiled graphs: extras.
 T5S_ROWS = (("mlsum", "hf_trainer"), ("fixed", "hf_trainer"),
-            ("mlsum", "loop_budget_compile"), ("fixed", "loop_compile"),
-            ("mlsum", "loop_bucket_static"), ("mlsum", "loop_bucket_engine"),
-            ("mlsum", "loop"), ("fixed", "loop"))
-EXTRA_ROWS = (("mlsum", "loop_budget"), ("mlsum", "loop_bucket"), ("mlsum", "loop_budget_fused"),
-              ("fixed", "loop_fused"))
+            ("mlsum", "loop_fused"), ("mlsum", "loop_bucket_fused"),
+            ("mlsum", "loop_budget_fused"), ("fixed", "loop_fused"), ("fixed", "loop_compile"),
+            ("mlsum", "loop_bucket_engine"), ("mlsum", "loop_bucket_static"),
+            ("mlsum", "loop_budget_compile"))
+EXTRA_ROWS = (("mlsum", "loop_budget"), ("mlsum", "loop_bucket"), ("mlsum", "loop"),
+              ("fixed", "loop"))
 # transformers 5.24's own T5 attention measured as fast as ours uncompiled (BENCHMARKS.md): the
 # compiled rows with it, for comparison.
 T5S_EXTRA_ROWS = EXTRA_ROWS + (("mlsum", "loop_budget_compile_hfattn"),

@@ -194,3 +194,20 @@ def test_padding_to_a_multiple_leaves_a_multiple_as_it_is():
     assert batch["input_ids"].shape == (1, 8)
     assert batch["attention_mask"].tolist() == [[1] * 8]
     assert [collate.source_length(n) for n in (1, 7, 8, 9, 16, 17)] == [8, 8, 8, 16, 16, 24]
+
+
+def test_truncation_report_median_of_an_even_count_is_the_mean_of_the_middle_two(tmp_path):
+    # The report took the upper middle value: for two sources of 4 and 12 tokens it said
+    # "median 12", where every statistics tool a user checks against says 8.
+    import datasets
+
+    from seq2seq_es.data.tokenize import tokenize_examples
+
+    tokenizer = _barto_tokenizer()
+    sources = ["uno dos", "uno dos tres cuatro cinco seis siete ocho nueve diez"]
+    lengths = [len(tokenizer(s)["input_ids"]) for s in sources]
+    examples = datasets.Dataset.from_dict({"source": sources, "target": ["uno", "uno dos"]})
+    _, report = tokenize_examples(examples, tokenizer, split="train", max_source_length=64,
+                                  max_target_length=8, cache_dir=str(tmp_path))
+    assert report.source_lengths_p50 == sum(lengths) / 2
+    assert f"median {sum(lengths) / 2:g}, max {max(lengths)};" in report.summary()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,9 +36,9 @@ class TruncationReport:
     targets_truncated: int = 0
     max_source_length: int = 0
     max_target_length: int = 0
-    source_lengths_p50: int = 0
+    source_lengths_p50: float = 0  # the median: the mean of the middle two of an even count
     source_lengths_max: int = 0
-    target_lengths_p50: int = 0
+    target_lengths_p50: float = 0
     target_lengths_max: int = 0
     target_lengths: list[int] = field(default_factory=list, repr=False)
 
@@ -46,9 +47,9 @@ class TruncationReport:
             return f"{100 * n / max(self.examples, 1):.1f}%"
         return (f"[{self.split}] {self.examples} examples; sources truncated at "
                 f"{self.max_source_length}: {self.sources_truncated} ({pct(self.sources_truncated)}), "
-                f"median {self.source_lengths_p50}, max {self.source_lengths_max}; targets truncated at "
+                f"median {self.source_lengths_p50:g}, max {self.source_lengths_max}; targets truncated at "
                 f"{self.max_target_length}: {self.targets_truncated} ({pct(self.targets_truncated)}), "
-                f"median {self.target_lengths_p50}, max {self.target_lengths_max}")
+                f"median {self.target_lengths_p50:g}, max {self.target_lengths_max}")
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
@@ -202,8 +203,8 @@ def tokenize_examples(examples: datasets.Dataset, tokenizer, *, split: str, max_
         max_target_length=max_target_length,
         sources_truncated=sum(1 for n in src_len if n > max_source_length),
         targets_truncated=sum(1 for n in tgt_len if n > max_target_length),
-        source_lengths_p50=sorted(src_len)[len(src_len) // 2] if src_len else 0,
+        source_lengths_p50=statistics.median(src_len) if src_len else 0,
         source_lengths_max=max(src_len, default=0),
-        target_lengths_p50=sorted(tgt_len)[len(tgt_len) // 2] if tgt_len else 0,
+        target_lengths_p50=statistics.median(tgt_len) if tgt_len else 0,
         target_lengths_max=max(tgt_len, default=0), target_lengths=list(tgt_len))
     return tokenized, report

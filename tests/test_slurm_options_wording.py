@@ -85,7 +85,8 @@ def test_a_flag_that_replaces_the_files_value_is_not_blamed_on_the_file(tmp_path
     capsys.readouterr()
     path.write_text("slurm:\n  nodes: 2\n")
     err = _refused(capsys, _submit(tmp_path, "--slurm-config", str(path), "--nodes", "0"))
-    assert err == "error: config key 'slurm.nodes': expected an integer >= 1, got 0"
+    # named as the user typed it: a key they never wrote was named before
+    assert err == "error: argument --nodes: expected an integer >= 1, got 0"
 
 
 def test_an_unknown_key_of_a_manifests_settings_gets_the_near_miss_too():
@@ -213,3 +214,19 @@ def test_a_file_setup_that_is_no_list_is_refused_also_beside_setup_flags(tmp_pat
                        "--dry-run"]) == 2
     assert capsys.readouterr().err.strip() == (
         f"error: config key 'slurm.setup': expected a list of shell lines (in {config}, line 2)")
+
+
+@pytest.mark.slurm  # sinfo answers: the local cluster
+def test_an_unknown_partition_is_named_as_the_user_gave_it(tmp_path, capsys):
+    # `--partition nope` was refused as "config key 'slurm.partition'", a key never written;
+    # a --slurm-config file's partition is named with the file and its line.
+    from seq2seq_es.slurm.sweep import slurm_partitions
+
+    known = slurm_partitions()
+    err = _refused(capsys, _submit(tmp_path, "--partition", "nope"))
+    assert err == ("error: argument --partition: SLURM does not know partition 'nope'; "
+                   f"known partitions: {', '.join(known)}")
+    path = _slurm_yaml(tmp_path, "slurm:\n  partition: nope\n")
+    err = _refused(capsys, _submit(tmp_path, "--slurm-config", str(path)))
+    assert err.startswith("error: config key 'slurm.partition': SLURM does not know partition")
+    assert err.endswith(f"(in {path}, line 2)")

@@ -97,12 +97,12 @@ def test_resume_sbatch_options_are_checked_as_submit_ones():
 
 @pytest.mark.parametrize("options, says", [
     (["--time", "10", "--signal-delay-s", "900"],
-     "config key 'slurm.signal_delay_s': 900 s (--signal-delay-s) is not shorter than the time "
+     "argument --signal-delay-s: 900 s is not shorter than the time "
      "limit of 10 min = 600 s (slurm.time_min, --time)"),
     (["--time", "1", "--signal-delay-s", "30"],
-     "config key 'slurm.signal_delay_s': 30 s (--signal-delay-s) leaves too little of the time "
+     "argument --signal-delay-s: 30 s leaves too little of the time "
      "limit of 1 min (slurm.time_min, --time) to train"),
-    (["--time", "2", "--signal-delay-s", "90"], "90 s (--signal-delay-s) leaves too little"),
+    (["--time", "2", "--signal-delay-s", "90"], "90 s leaves too little"),
 ])
 def test_submit_refuses_a_signal_delay_that_leaves_no_time_to_train(tmp_path, capsys, options,
                                                                      says):
@@ -113,7 +113,7 @@ def test_sweep_refuses_it_too(tmp_path, capsys):
     err = _refused(capsys, ["sweep", "--sweep-dir", str(tmp_path / "sweep"), "--pair",
                             "barto:mlsum", "--no-grid", "--dry-run", "--time", "10",
                             "--signal-delay-s", "900"])
-    assert "config key 'slurm.signal_delay_s'" in err and "slurm.time_min" in err
+    assert "argument --signal-delay-s: 900 s" in err and "slurm.time_min" in err
 
 
 def test_help_says_what_max_requeues_counts(capsys):

@@ -58,7 +58,7 @@ from .data_check import NO_DATA_CHECK_FLAG, check_local_data
 from .job import DEFAULT_ENTRY
 from .monitor import (SPLITS_SHOWN, build_table, empty_message, format_status, query_slurm,
                       run_status, status_json, sweep_status, write_results)
-from .options import (SLURM_FLAGS, add_slurm_options, slurm_config_from_args, split_overrides,
+from .options import (SLURM_FLAGS, add_slurm_options, origin, slurm_config_from_args, split_overrides,
                       with_sbatch_options)
 from .sweep import (RUN_FOLDERS_MODE, RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, absolute_config,
                     check_names, check_node_count, check_overrides, check_partition, check_run_dir,
@@ -139,7 +139,7 @@ def cmd_submit(argv: list[str]) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.run_dir or f"runs/{args.model}__{args.task}__{stamp}").absolute()
     check_run_dir(run_dir)  # the user's own argument: said before sinfo is asked
-    check_partition(config.partition, required=not args.dry_run)
+    check_partition(config.partition, required=not args.dry_run, origin=origin(args, "partition"))
     check_node_count(config, required=not args.dry_run)
     data_lines: list[str] = []  # printed with the plan: after a dry run's script
     if args.entry == DEFAULT_ENTRY and not args.no_data_check:
@@ -220,7 +220,7 @@ def cmd_sweep(argv: list[str]) -> int:
     # here was refused as config key train.output_dir (or, for an entry that composes no config,
     # not at all), not as the option the user gave.
     check_folder("--sweep-dir", str(sweep_dir))
-    check_partition(config.partition, required=not args.dry_run)
+    check_partition(config.partition, required=not args.dry_run, origin=origin(args, "partition"))
     check_node_count(config, required=not args.dry_run)
     _warn_without_gpus(config)
     plan = plan_sweep(sweep_dir, pairs, grid, overrides, args.data_root,
@@ -402,7 +402,8 @@ def cmd_resume(argv: list[str]) -> int:
     config.check_for_submission()  # before the question, as submit and sweep do
     # Also for --dry-run where sinfo answers, as submit and sweep check: an unknown partition or
     # more nodes than it has is said before any run's arguments are composed.
-    check_partition(config.partition, required=not args.dry_run)
+    check_partition(config.partition, required=not args.dry_run,
+                    origin=("--partition" if args.partition is not None else "slurm.partition", ""))
     check_node_count(config, required=not args.dry_run)
     ranks = (SlurmConfig.from_mapping(manifest.slurm).world_size, config.world_size)
     if ranks[0] != ranks[1] and still_going:

@@ -179,8 +179,32 @@ def slurm_config_from_args(args: argparse.Namespace) -> SlurmConfig:
         if partners:
             raise ConfigError(error.key, f"{error.reason} ({', '.join(partners)} in "
                                          f"{args.slurm_config})") from None
+        # A flag's value: named as the user typed it (`--nodes 0` was refused as "config key
+        # 'slurm.nodes'", a key they never wrote).
+        if name in flagged:
+            flag = flag_of(name)
+            raise ConfigError(flag, error.reason.replace(f" ({flag})", "")) from None
         raise
     return config
+
+
+def flag_of(field_name: str) -> str:
+    """The flag that sets a SlurmConfig field (`time_min` -> `--time`)."""
+    flag = next(f for f, (key, _) in SLURM_FLAGS.items() if key == field_name)
+    return "--" + flag.replace("_", "-")
+
+
+def origin(args: argparse.Namespace, field_name: str) -> tuple[str, str]:
+    """(the name a refusal of this SlurmConfig field gives, a note where it was set): the flag
+    when the user gave it, else the config key and the --slurm-config file if it holds it."""
+    flag = flag_of(field_name)
+    if getattr(args, flag[2:].replace("-", "_"), None) is not None:
+        return flag, ""
+    key = f"slurm.{field_name}"
+    config_file = getattr(args, "slurm_config", None)
+    if config_file and field_name in load_slurm_yaml(config_file):
+        return key, " " + in_file(config_file, key)
+    return key, ""
 
 
 def with_sbatch_options(extra: dict[str, Any] | None, specs: list[str]) -> dict[str, Any]:

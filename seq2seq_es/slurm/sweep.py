@@ -1157,8 +1157,10 @@ def gpu_warning(gpus_per_node: int, partition: str | None, sinfo_gres: str | Non
             f"GPU{'s' if most > 1 else ''} ({', '.join(sorted(set(gpu_gres)))}); {advice}")
 
 
-def check_partition(partition: str | None, *, required: bool) -> None:
-    """Refuses a partition SLURM does not know. Without sinfo it fails only when `required`."""
+def check_partition(partition: str | None, *, required: bool,
+                    origin: tuple[str, str] = ("slurm.partition", "")) -> None:
+    """Refuses a partition SLURM does not know. Without sinfo it fails only when `required`.
+    `origin`: the name the refusal gives (the flag, or the config key) and where it was set."""
     if partition is None:
         return
     try:
@@ -1168,8 +1170,8 @@ def check_partition(partition: str | None, *, required: bool) -> None:
             raise
         return
     if partition not in known:
-        raise ConfigError("slurm.partition", f"SLURM does not know partition '{partition}'; "
-                          f"known partitions: {', '.join(known) or '(none)'}")
+        raise ConfigError(origin[0], f"SLURM does not know partition '{partition}'; "
+                          f"known partitions: {', '.join(known) or '(none)'}{origin[1]}")
 
 
 def partition_nodes(partition: str | None) -> tuple[str, dict[str, int], dict[str, int | None]]:

@@ -676,7 +676,16 @@ def _field(row: dict, column: str, file: Path, line: int, label: str | None = No
                                      f"({type(value).__name__})")
     if not value.strip():
         raise InputError(file, line, f"field '{label}' is empty")
-    return value.strip()
+    return _as_trained(value)
+
+
+def _as_trained(text: str) -> str:
+    """A source as the task's loader makes it (stripped, composed Unicode): a decomposed
+    accent (e + U+0301) is other tokens than the composed one the model trained and is
+    evaluated on, so predict gave other outputs than evaluate for the same row."""
+    from ..tasks.formatting import _nfc
+
+    return _nfc(text)
 
 
 def _has_source_columns(row: dict, task) -> bool:
@@ -744,11 +753,45 @@ def source_of(row, task, file: Path, line: int, run_task=None) -> str:
 STRUCTURED_SUFFIXES = (".json", ".csv", ".tsv", ".parquet", ".arrow")
 
 
+def _plain_name(path: Path) -> Path:
+    """The name without a compression suffix (test.jsonl.gz -> test.jsonl), as training
+    names a data file's format."""
+    from ..tasks.local_files import COMPRESSED_SUFFIXES
+
+    name = path.name
+    for suffix in COMPRESSED_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return path.with_name(name[: -len(suffix)])
+    return path
+
+
+def _input_bytes(path: Path) -> tuple[bytes, str]:
+    """The input's bytes, decompressed where its name says so, and its format suffix:
+    training reads a .jsonl.gz data file, and predict read its compressed bytes as text
+    ("not UTF-8 text" at some line) instead."""
+    from ..errors import DataError
+    from ..tasks.local_files import _compression, _decompressed
+
+    raw = path.read_bytes()
+    compression = _compression(str(path))
+    if compression is not None:
+        try:
+            raw = _decompressed(str(path), raw, compression)
+        except DataError as err:  # the input's error, named as predict names its lines
+            raise InputError(path, None, str(err).split(": ", 1)[-1]) from None
+    return raw, _plain_name(path).suffix.lower()
+
+
 def check_line_file(path: Path, flag: str) -> None:
-    if path.suffix.lower() in STRUCTURED_SUFFIXES:
+    plain = _plain_name(path)
+    if plain.suffix.lower() in STRUCTURED_SUFFIXES:
         raise Seq2SeqEsError(f"{flag} {path}: predict reads and writes .jsonl (one JSON object a "
-                             f"line) or plain text (one source a line), not {path.suffix}; "
+                             f"line) or plain text (one source a line), not {plain.suffix}; "
                              "convert the file (e.g. a .json array to one object a line)")
+    if flag == "--output" and plain != path:
+        # Predictions are written as plain text: a compressed name would hold uncompressed bytes.
+        raise Seq2SeqEsError(f"{flag} {path}: predict writes uncompressed .jsonl or plain text; "
+                             f"name it {plain.name} (compress it afterwards if need be)")
 
 
 def read_sources(path: Path, task, run_task=None,
@@ -759,10 +802,11 @@ def read_sources(path: Path, task, run_task=None,
     check_line_file(path, "--input")
     if not path.is_file():
         raise InputError(path, None, "does not exist" if not path.exists() else "is not a file")
+    data, suffix = _input_bytes(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        line = data[:exc.start].count(b"\n") + 1
         raise InputError(path, line, "not UTF-8 text") from None
     lines = split_lines(text)  # only "\n" ends a line, as in the files `score` reads
     # Blank lines at the very end (an editor's or a `>>` append's) hold no row: dropping them
@@ -771,7 +815,7 @@ def read_sources(path: Path, task, run_task=None,
     while lines and not lines[-1].strip():
         lines.pop()
     sources = []
-    if path.suffix.lower() == ".jsonl":
+    if suffix == ".jsonl":
         for n, raw in enumerate(lines, start=1):
             if not raw.strip():
                 raise InputError(path, n, "empty line (a .jsonl file holds one JSON object a "
@@ -788,7 +832,7 @@ def read_sources(path: Path, task, run_task=None,
         for n, raw in enumerate(lines, start=1):
             if not raw.strip():
                 raise InputError(path, n, "empty line (each line is one source)")
-            sources.append(raw.strip())
+            sources.append(_as_trained(raw))
     if not sources:
         raise InputError(path, None, "is empty")
     return sources

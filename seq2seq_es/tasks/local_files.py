@@ -396,6 +396,11 @@ def _json_document(path: str, raw: bytes, rewrite: bool, options: dict,
     elif (isinstance(document, dict) and isinstance(document.get("data"), list)
           and not set(required_columns) <= set(document)):
         elements = document["data"]  # read as the rows (the loader's field="data")
+    if elements is not None and not elements:
+        # datasets' own words for it ('Instruction "data" corresponds to no data!') were
+        # reported as content that does not match the extension.
+        where = "list" if isinstance(document, list) else "list under 'data'"
+        raise DataError(f"no data rows: the JSON {where} is empty", file=path)
     bad = []
     for index, element in enumerate(elements or ()):
         if not isinstance(element, dict):
@@ -768,7 +773,10 @@ def _csv(path: str, raw: bytes, rewrite: bool, options: dict, required_columns: 
                      f"task's columns only when split at {_delimiter_name(delimiter)}")
     # pandas names an unnamed column by its position.
     columns = [name if name else f"Unnamed: {position}" for position, name in enumerate(names)]
-    if not (rewrite or bad):
+    # Windows line ends: the copy's lines end in "\n" alone (_lines), and pandas keeps a quoted
+    # field's inner "\r\n". Handing over the file as it is read such a field with "\r\n" when
+    # nothing else made a copy, and with "\n" when a BOM or a bad line did.
+    if not (rewrite or bad or b"\r\n" in raw):
         return LocalFile(path, options, data_rows, notes=notes, by_line=True, columns=columns)
     if dropped:
         kept_text = "".join(text + "\n" for index, (_, text) in enumerate(texts)

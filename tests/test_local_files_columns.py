@@ -229,3 +229,18 @@ def test_a_translation_file_with_a_column_per_language_points_to_an_own_task(tmp
     assert str(error).endswith(
         "for a file with one column per language, train a task of your own on it: --task "
         "my-translation --data.source_column es --data.target_column en --data.metrics bleu,chrf")
+
+
+def test_whole_number_ids_written_as_floats_are_their_integer_text(tmp_path, cache):
+    """A pandas export writes Dialogue_ID 7 as 7.0: every row was refused as "not a string
+    (float)"; and mixed with text, 7.0 read as "7.0", another dialogue than "7"."""
+    as_text, _ = load("miam", write_jsonl(tmp_path / "text.jsonl", turns(["7"] * 6)), cache)
+    floats, report = load("miam", write_jsonl(tmp_path / "floats.jsonl", turns([7.0] * 6)),
+                          cache)
+    assert report.total_skipped == 0 and floats.to_list() == as_text.to_list()
+    mixed, report = load("miam", write_jsonl(tmp_path / "mixed.jsonl",
+                                             turns([7.0, "7", 7.0, "7", "7", 7.0])), cache)
+    assert report.total_skipped == 0 and mixed.to_list() == as_text.to_list()
+    # A fraction stays itself; NaN (pandas' missing value) is no id.
+    fractions, _ = load("miam", write_jsonl(tmp_path / "half.jsonl", turns([7.5] * 6)), cache)
+    assert {i.rsplit("-", 1)[0] for i in fractions["example_id"]} == {"7.5"}

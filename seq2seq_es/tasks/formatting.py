@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -155,8 +156,23 @@ def _structured(value: Any, column: str) -> Any:
     return parsed
 
 
+def id_text(value: Any) -> Any:
+    """An id written as a number, as its text: 7 -> "7", and 7.0 -> "7" (a pandas export writes
+    whole-number ids as floats: a MIAM file's Dialogue_ID 1.0 was refused on every row, and the
+    same dialogue was "1" in one file and "1.0" in another). Anything else as it is (NaN too,
+    which is a missing value)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return value
+        if value.is_integer():
+            return str(int(value))
+    return str(value)
+
+
 def _row_id(row: Mapping[str, Any], id_column: str | None, split: str, index: int) -> str:
-    value = row.get(id_column) if id_column else None
+    value = id_text(row.get(id_column)) if id_column else None
     return str(value) if value not in (None, "") else f"{split}-{index}"
 
 
@@ -423,9 +439,7 @@ class DialogueFormatter(Formatter):
 
     def _dialogue_id(self, row: Mapping[str, Any]) -> str:
         value = row.get(self.dialogue_column)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        return _check_text(value, self.dialogue_column)
+        return _check_text(id_text(value), self.dialogue_column)
 
     def _examples(self, dialogue_id: str, turns: list[tuple[str, str]]) -> Iterator[Example]:
         for position in range(1, len(turns)):

@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError, json_problem
-from .formatting import parse_nested_text
+from .formatting import id_text, parse_nested_text
 
 # Bump when the cleaning rules change: the cleaned copy's name includes it.
 CLEAN_VERSION = 3
@@ -665,7 +665,7 @@ def _mixed_column(key: str, kinds: dict[str, list[tuple[int, str]]], columns: Co
 
 
 def _id_text(value) -> object:
-    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    return id_text(value)  # the formatters' own reading of a number id
 
 
 def _text_as_list(value) -> object:

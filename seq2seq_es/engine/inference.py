@@ -804,7 +804,8 @@ def read_sources(path: Path, task, run_task=None,
         raise InputError(path, None, "does not exist" if not path.exists() else "is not a file")
     data, suffix = _input_bytes(path)
     try:
-        text = data.decode("utf-8")
+        # Universal newlines, as Python's text mode reads a file: a lone "\r" ends a line too.
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
         raise InputError(path, line, "not UTF-8 text") from None

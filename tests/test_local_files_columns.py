@@ -244,3 +244,25 @@ def test_whole_number_ids_written_as_floats_are_their_integer_text(tmp_path, cac
     # A fraction stays itself; NaN (pandas' missing value) is no id.
     fractions, _ = load("miam", write_jsonl(tmp_path / "half.jsonl", turns([7.5] * 6)), cache)
     assert {i.rsplit("-", 1)[0] for i in fractions["example_id"]} == {"7.5"}
+
+
+def test_an_item_of_a_reference_or_answer_list_that_is_no_text_is_a_bad_row(tmp_path, cache):
+    """references [1, "x"] was read as ["x"], and answers.text [null, "y"] as ["y"], without a
+    word: a reference lost and the row scored against fewer references."""
+    rows = split_rows()
+    rows[2]["references"] = [1, rows[2]["references"][0]]
+    path = write_jsonl(tmp_path / "refs.jsonl", rows)
+    examples, report = load("bisect", path, cache)
+    assert examples.num_rows == len(rows) - 1
+    assert report.skipped_rows == {
+        "column 'references' item 0 of the list is not a string (int)": [3]}
+    err = refused("bisect", path, cache, skip_bad_rows=False)
+    assert (err.line, err.column) == (3, "references")
+    qa = [{"id": f"q{i}", "title": "t", "context": "La capital de Francia es París.",
+           "question": "¿Cuál es la capital de Francia?",
+           "answers": {"text": ["París"], "answer_start": [25]}} for i in range(3)]
+    qa[1]["answers"] = {"text": [None, "París"], "answer_start": [0, 25]}
+    examples, report = load("sqac", write_jsonl(tmp_path / "qa.jsonl", qa), cache)
+    assert examples.num_rows == 2
+    assert report.skipped_rows == {
+        "column 'answers.text' item 0 of the list is not a string (null)": [2]}

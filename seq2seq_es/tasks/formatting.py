@@ -247,8 +247,18 @@ def _reference_list(row: Mapping[str, Any], column: str | None, target: str) -> 
     value = _structured(raw, column)
     if not isinstance(value, (list, tuple)):
         raise _BadField(column, f"not a list of strings ({type(value).__name__})")
-    references = tuple(_nfc(r) for r in value if isinstance(r, str) and r.strip())
+    _check_items(value, column)
+    references = tuple(_nfc(r) for r in value if r.strip())
     return references or (target,)
+
+
+def _check_items(items: Sequence[Any], column: str) -> None:
+    """Every item of a list of texts is a text: [1, "x"] was read as ["x"] without a word (a
+    reference or answer lost, and the scores computed against fewer references)."""
+    for position, item in enumerate(items):
+        if not isinstance(item, str):
+            raise _BadField(column, f"item {position} of the list is not a string "
+                                    f"({'null' if item is None else type(item).__name__})")
 
 
 @dataclass(frozen=True)
@@ -312,9 +322,10 @@ class QAFormatter(RowFormatter):
             texts = [texts]
         if not isinstance(texts, (list, tuple)) or not texts:
             raise _BadField(text_column, "no answer")
+        _check_items(texts, text_column)
         # The first answer with text trains; a blank first one (the others given) lost the
         # whole question, which the MLQA and SQuAD scripts score against its other answers.
-        usable = [t for t in texts if isinstance(t, str) and t.strip()]
+        usable = [t for t in texts if t.strip()]
         target = _check_text(usable[0] if usable else texts[0], text_column)
         references = tuple(dict.fromkeys(_nfc(t) for t in usable))
         return QA_PROMPT.format(question=question, context=context), target, references

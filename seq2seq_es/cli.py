@@ -99,7 +99,7 @@ def cmd_config(argv: list[str]) -> int:
     """Print the resolved config as YAML: exactly what `train --config` accepts (the launcher's
     environment, which `train` also reads, is left out)."""
     from .config_help import config_yaml, resolve
-    from .engine.entry import require_pair
+    from .engine.entry import note_settings, require_pair
 
     known, overrides = parse_train_args(argv, prog="seq2seq-es config")
     if known.help:
@@ -110,6 +110,7 @@ def cmd_config(argv: list[str]) -> int:
         return 0
     require_pair(known, overrides)
     resolved = resolve(known.task, known.model, known.config, overrides)
+    note_settings(resolved.cfg, known, overrides)  # on stderr: the YAML on stdout stays clean
     print(config_yaml(resolved, shlex.join(argv)), end="")
     return 0
 

@@ -161,6 +161,13 @@ class DataConfig(_Section):
             raise ConfigError("data.max_source_length", "must be at least 1")
         if self.max_target_length < 1:
             raise ConfigError("data.max_target_length", "must be at least 1")
+        # 0 or -1 (None is "all") was refused only by the loader, after the model had loaded
+        # and the training split was read; `config` and `slurm submit` passed it.
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{key}", f"must be at least 1, got {value} (none: "
+                                  "every example)")
         self.column_map()  # refused here, before any data is read
         ga = self.global_attention
         if not (ga in ("first", "sentences") or (ga.startswith("prefix:") and ga[7:].isdigit()
@@ -368,6 +375,13 @@ class TrainConfig(_Section):
         if self.stop_check_every < 1:
             raise ConfigError("train.stop_check_every", "must be at least 1")
         self.profile_range()  # refused here, before any loading
+        meant = _RESUME_WORDS.get(self.resume.lower())
+        if meant and not os.path.isdir(os.path.expanduser(self.resume)):
+            # The Trainer's --resume_from_checkpoint True: taken for a folder named 'true',
+            # refused only once the run had started
+            what = "the latest checkpoint, if any" if meant == "auto" else "a fresh run"
+            raise ConfigError("train.resume", f"expected none, auto, must or a checkpoint "
+                              f"folder, got {self.resume!r}; for {what}, give {meant}")
         if str(self.push_to_hub).lower() in ("true", "false"):
             # The Trainer's --push_to_hub is a switch: here it names the repo, and 'true' would
             # create a repo called true at the end of the run
@@ -383,6 +397,10 @@ class TrainConfig(_Section):
 
 
 TIMEOUT_MIN_MAX = 10 * 365 * 24 * 60
+# Words other tools take for train.resume (the Trainer's resume_from_checkpoint True, "latest"):
+# here they would name a checkpoint folder; the choice each one meant.
+_RESUME_WORDS = {"true": "auto", "yes": "auto", "1": "auto", "latest": "auto", "last": "auto",
+                 "false": "none", "no": "none", "0": "none"}
 
 
 @dataclass
@@ -570,11 +588,19 @@ def _convert(key: str, raw: Any, annotation: Any) -> Any:
     if annotation is str:
         if isinstance(raw, bool):  # YAML's unquoted true/false: str() made it the text 'True'
             raise ConfigError(key, _text_expected(key, (str,), raw))
+        if (isinstance(raw, list) and key in COMMA_LIST_KEYS and raw
+                and all(isinstance(item, str) for item in raw)):
+            # A YAML list (the Trainer's `report_to: [wandb, tensorboard]`) is the same list
+            # as the comma-separated text the command line takes
+            return ",".join(raw)
         if isinstance(raw, (dict, list)):
             raise ConfigError(key, f"expected a string, got {raw!r}")
         return str(raw)
     return raw
 
+
+# Text keys that hold a comma-separated list: a YAML list of strings is taken for them too.
+COMMA_LIST_KEYS = frozenset({"train.report_to", "data.metrics"})
 
 # What the free text of a key whose value is a choice or text means, for its errors.
 TEXT_MEANING = {"train.resume": "a checkpoint folder"}
@@ -776,7 +802,23 @@ def read_yaml(path: str | Path, flag: str = "--config") -> Any:
         raise ConfigError(exc.key, f"file {path} has it twice, on lines {exc.first} and "
                           f"{exc.second}; {fix} (YAML would silently keep only the last)") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(flag, f"file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(flag, f"file {path} is not valid YAML: {yaml_problem(exc)}") from None
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML syntax error on one line, where its first line is: "line 3, column 2: expected
+    <block end>, but found '<block mapping start>' (while parsing a block mapping that starts
+    on line 1)". str(exc) is four lines with the file named twice, and errors are one line."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or not problem:
+        return " ".join(str(exc).split())
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context:
+        where = f" that starts on line {context_mark.line + 1}" if context_mark else ""
+        text += f" ({context}{where})"
+    return text
 
 
 def key_line(path: str | Path, key: str) -> int | None:
@@ -1126,7 +1168,14 @@ def absolute_paths(cfg: RunConfig) -> None:
     """Local file and folder names made absolute against the folder the config is composed in:
     the run's config.yaml is read again by `evaluate`, `predict`, a resumed or requeued job, from
     wherever they start. A model.path that is not a local folder is a hub id and stays as given;
-    train.output_dir stays as given (it names the run where it is started)."""
+    train.output_dir stays as given (it names the run where it is started), but with `~`
+    expanded, as every other path key is: the shell leaves `--train.output_dir=~/runs/x` and a
+    YAML `~/runs/x` alone, and the run was written to a folder literally named `~` here. So is
+    a train.resume checkpoint path (Path() does not expand it either)."""
+    if cfg.train.output_dir and cfg.train.output_dir.startswith("~"):
+        cfg.train.output_dir = os.path.expanduser(cfg.train.output_dir)
+    if cfg.train.resume.startswith("~"):  # none, auto and must never start with it
+        cfg.train.resume = os.path.expanduser(cfg.train.resume)
     for key in ("train_file", "validation_file", "test_file", "cache_dir"):
         value = getattr(cfg.data, key)
         if value:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -47,7 +48,9 @@ def demo_main(argv: list[str]) -> int:
         prog="seq2seq-es demo", usage="%(prog)s [--output-dir DIR] [--model M] [--section.key VALUE ...]",
         description="Train and evaluate on the embedded Spanish news set (CPU, minutes). Any "
                     "train option (--section.key VALUE, see `seq2seq-es train --help`) is passed on.")
-    parser.add_argument("--output-dir", default="runs/demo", help="run folder (default runs/demo)")
+    # type=expanduser: the shell leaves `--output-dir=~/demo` alone
+    parser.add_argument("--output-dir", default="runs/demo", type=os.path.expanduser,
+                        help="run folder (default runs/demo)")
     parser.add_argument("--model", default="barto-tiny", help="registry name (default barto-tiny)")
     # --task is the demo's own (mlsum: its data is generated in MLSUM's schema), not an
     # option passed on: `demo --task sqac` was refused as "--task given 2 times".

@@ -8,6 +8,7 @@ such as `score` must not pay for torch or the config registry.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +24,9 @@ def parse_train_args(argv: list[str], prog: str = "seq2seq-es train"
     parser.add_argument("-h", "--help", action="store_true")
     parser.add_argument("--task")
     parser.add_argument("--model")
-    parser.add_argument("--config", help="YAML file with sections model, data, optim, train, dist, gen")
+    # type=expanduser: the shell leaves `--config=~/run.yaml` alone
+    parser.add_argument("--config", type=os.path.expanduser,
+                        help="YAML file with sections model, data, optim, train, dist, gen")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     for flag in ("--task", "--model", "--config"):
         given = [arg for arg in argv if arg == flag or arg.startswith(flag + "=")]
@@ -35,8 +38,7 @@ def parse_train_args(argv: list[str], prog: str = "seq2seq-es train"
 
 
 def build_config(argv: list[str]):
-    from ..config import (compose, load_yaml, note_default_accumulation, note_not_read,
-                          note_scored_on_training_data, own_task_keys)
+    from ..config import compose
     from .distributed import launcher_overrides
 
     known, overrides = parse_train_args(argv)
@@ -45,6 +47,17 @@ def build_config(argv: list[str]):
     note_launcher_overridden(from_launcher, overrides)
     merged = {**from_launcher, **overrides}
     cfg = compose(task=known.task, model=known.model, config_file=known.config, overrides=merged)
+    note_settings(cfg, known, overrides)
+    return cfg
+
+
+def note_settings(cfg, known: argparse.Namespace, overrides: dict[str, str]) -> None:
+    """The notes on a composed config, said by `train` and by `config` alike: `config` is where
+    a user checks a run before starting it, and said nothing of a key the run would not read
+    or of a pair the paper never ran."""
+    from ..config import (compose, load_yaml, note_default_accumulation, note_not_read,
+                          note_scored_on_training_data, own_task_keys)
+
     # A setting the user gave that this run never reads (an LED option on BART, epochs under
     # max_steps): said once, not refused (a shared run file may hold settings for other models).
     # A run file counts where it changes a value: `seq2seq-es config` output fed back with
@@ -60,7 +73,6 @@ def build_config(argv: list[str]):
     note_default_accumulation(cfg, given)
     note_scored_on_training_data(cfg)
     note_pair_not_in_paper(cfg)
-    return cfg
 
 
 def note_pair_not_in_paper(cfg) -> None:

@@ -372,11 +372,15 @@ def parse_evaluate_args(argv: list[str]):
     parser.add_argument("--split", choices=tuple(SPLIT_PREFIX), default="validation",
                         type=lambda name: "validation" if name == "dev" else name,
                         help="the split to score (default validation; dev is the same)")
-    parser.add_argument("--output-dir", help="where predictions and scores go (default "
+    # type=expanduser: the shell leaves `--output-dir=~/x` alone, and a folder named `~` was
+    # written here (the same for predict's files and every --config)
+    parser.add_argument("--output-dir", type=os.path.expanduser,
+                        help="where predictions and scores go (default "
                                              "RUN/evaluations/<split>_<checkpoint>)")
     parser.add_argument("--batch-size", type=int, help="per rank (default: the run's "
                                                        "train.eval_batch_size or batch_size)")
-    parser.add_argument("--config", help="the run's config.yaml, when PATH is outside its run")
+    parser.add_argument("--config", type=os.path.expanduser,
+                        help="the run's config.yaml, when PATH is outside its run")
     parser.add_argument("--task", help="for a model folder or hub id without a run: the task to "
                                        "score on (seq2seq-es list)")
     parser.add_argument("--model", help="for a model folder or hub id without a run: the "
@@ -593,8 +597,8 @@ def export_main(argv: list[str]) -> int:
     parser.add_argument("out", metavar="OUT", help="the model folder to write (new or empty)")
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
                         help="the dtype of the written weights (default fp32)")
-    parser.add_argument("--config", help="the run's config.yaml, when CHECKPOINT is outside "
-                                         "its run")
+    parser.add_argument("--config", type=os.path.expanduser,
+                        help="the run's config.yaml, when CHECKPOINT is outside its run")
     args = parser.parse_args(argv)
     out = Path(args.out)
     check_folder("OUT", args.out)  # a path under a file failed only once the model was loaded
@@ -648,14 +652,14 @@ def parse_predict_args(argv: list[str]):
                     "line. --gen.KEY VALUE and --dist.zero_stage N override the run's config.")
     parser.add_argument("checkpoint", help="model folder (RUN/final), run folder, "
                                            "RUN/checkpoints/step_N, or a hub id (owner/name)")
-    parser.add_argument("--input", required=True)
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--input", required=True, type=os.path.expanduser)
+    parser.add_argument("--output", required=True, type=os.path.expanduser)
     parser.add_argument("--task", help="format jsonl rows as this task's sources "
                                        "(seq2seq-es list)")
     parser.add_argument("--model", help="registry name, for a model folder without its run's "
                                         "config.yaml")
-    parser.add_argument("--config", help="the run's config.yaml, when CHECKPOINT is outside "
-                                         "its run")
+    parser.add_argument("--config", type=os.path.expanduser,
+                        help="the run's config.yaml, when CHECKPOINT is outside its run")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --output if it exists (without it an existing file is "
                              "refused: it may be data, or predictions of another model)")

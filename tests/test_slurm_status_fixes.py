@@ -372,7 +372,7 @@ def test_a_one_run_sweep_is_submitted_as_one_job(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(slurm_cli, "submit", fake_submit)
     monkeypatch.setattr(slurm_cli, "require_slurm_clients", lambda: None)
     monkeypatch.setattr(slurm_cli, "partition_gres", lambda: None)
-    monkeypatch.setattr(slurm_cli, "check_partition", lambda partition, required: None)
+    monkeypatch.setattr(slurm_cli, "check_partition", lambda partition, required, origin=None: None)
     monkeypatch.setattr(slurm_cli, "check_node_count", lambda config, required: None)
     assert slurm_main(["sweep", "--sweep-dir", str(tmp_path / "sw"), "--pair",
                        "barto-tiny:mlsum", "--no-grid", "--yes"]) == 0

@@ -187,7 +187,7 @@ def test_a_gpu_less_job_on_a_gpu_partition_is_warned_on_stderr(tmp_path, capsys,
                                                                command):
     monkeypatch.setattr(slurm_cli, "partition_gres", lambda: SINFO)
     # partition 'gpu' is sinfo's text above, not a partition of the local cluster
-    monkeypatch.setattr(slurm_cli, "check_partition", lambda partition, required: None)
+    monkeypatch.setattr(slurm_cli, "check_partition", lambda partition, required, origin=None: None)
     monkeypatch.setattr(slurm_cli, "check_node_count", lambda config, required: None)
     args = (["submit", "--task", "mlsum", "--model", "barto-tiny", "--run-dir",
              str(tmp_path / "run")] if command == "submit"

@@ -111,6 +111,8 @@ def cmd_config(argv: list[str]) -> int:
     require_pair(known, overrides)
     resolved = resolve(known.task, known.model, known.config, overrides)
     note_settings(resolved.cfg, known, overrides)  # on stderr: the YAML on stdout stays clean
+    from .engine.run_dir import check_best_metric_name
+    check_best_metric_name(resolved.cfg)  # train refuses it before loading anything: so does this
     print(config_yaml(resolved, shlex.join(argv)), end="")
     return 0
 

@@ -284,7 +284,7 @@ class TrainConfig(_Section):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where the GPU
                                           # supports it, else fp16; fp32 on CPU. fp16: dynamic
                                           # loss scaling. auto gives T5 models fp32 instead of fp16
-    log_every: int = 10                   # steps between train/* records in metrics.jsonl;
+    log_every: int = 10                   # steps (>= 1) between train/* records in metrics.jsonl;
                                           # train/loss is over the steps since the last record
     stop_check_every: int = 1             # steps between the ranks' agreement on a stop signal
                                           # or a time-based save (one collective each time)
@@ -391,6 +391,12 @@ class TrainConfig(_Section):
         for key in ("log_every", "eval_every", "save_every", "save_every_min"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}", "must be >= 0")
+        if self.log_every == 0:
+            # 0 was taken as 1 without a word: a record every step, where eval_every and
+            # save_every read 0 as none (the loss records cannot be turned off: they are the run's
+            # loss curve and its non-finite check)
+            raise ConfigError("train.log_every", "must be at least 1 (steps between the loss "
+                              "records of metrics.jsonl and the log lines)")
 
     def step_unit(self) -> StepUnit:
         return FIXED_STEP if self.batching == "fixed" else TOKEN_PLAN_STEP

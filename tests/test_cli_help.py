@@ -188,7 +188,7 @@ def test_list_has_its_own_help_and_refuses_an_argument(capsys):
 @pytest.mark.parametrize("argv", [
     ["--task", "mlsum", "--model", "barto"],
     ["--task", "sqac", "--model", "betoshare", "--optim.betas", "0.8,0.95",
-     "--train.best_metric", "f1", "--gen.max_new_tokens", "20", "--data.max_target_length", "24"],
+     "--train.best_metric", "token_f1", "--gen.max_new_tokens", "20", "--data.max_target_length", "24"],
     ["--task", "mlsum", "--model", "ledo", "--data.max_target_length", "16",
      "--train.report_to", "tensorboard,wandb", "--train.push_to_hub", "me/ledo-mlsum",
      "--data.cache_dir", "/tmp/a b: c"],

@@ -153,3 +153,23 @@ def test_the_demo_folder_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
         demo_main(["--output-dir=~/demo", "--train.nokey", "1"])
     assert (tmp_path / "home" / "demo" / "data").is_dir()
     assert not (tmp_path / "~").exists()
+
+
+def test_log_every_zero_is_refused_not_taken_for_one():
+    # 0 logged every step without a word, where eval_every 0 and save_every 0 mean none
+    from seq2seq_es.config import compose
+    from seq2seq_es.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        compose(task="mlsum", model="barto-tiny", overrides={"train.log_every": "0"})
+    assert info.value.key == "train.log_every" and "at least 1" in str(info.value)
+    assert compose(task="mlsum", model="barto-tiny",
+                   overrides={"train.log_every": "1"}).train.log_every == 1
+
+
+def test_config_refuses_a_best_metric_the_task_does_not_report(capsys):
+    # train refuses it before loading; `config`, where a run is checked first, printed it
+    assert main(["config", *PAIR, "--train.best_metric", "bleu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: config key 'train.best_metric': 'bleu' is not among")
+    assert main(["config", *PAIR, "--train.best_metric", "rougeL"]) == 0

@@ -162,7 +162,6 @@ def check_inputs(cfg: RunConfig) -> None:
     train.best_metric, at the first validation): the local data files, the DeepSpeed file, and
     that the best-checkpoint metric is one the task's validation reports."""
     from ..tasks import task_for
-    from .evaluation import validation_metric_names
     from .optim import deepspeed_config
 
     task = task_for(cfg.data)
@@ -186,8 +185,18 @@ def check_inputs(cfg: RunConfig) -> None:
         # The whole merge, not only the file: a value the file sets against a config key (a
         # ZeRO stage, the clipping) is refused before the model loads, not at the engine.
         deepspeed_config(cfg, world_size=1)
+    check_best_metric_name(cfg)
+
+
+def check_best_metric_name(cfg: RunConfig) -> None:
+    """train.best_metric is one the task's validation reports (train refuses it before loading;
+    `config` too, where a user checks a run before starting it)."""
+    from ..tasks import task_for
+    from .evaluation import validation_metric_names
+
     metric = cfg.train.best_metric
     if metric:
+        task = task_for(cfg.data)
         names = validation_metric_names(task)
         if metric not in names:
             raise ConfigError("train.best_metric", f"'{metric}' is not among what a validation "

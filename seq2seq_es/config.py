@@ -375,6 +375,8 @@ class TrainConfig(_Section):
         if self.stop_check_every < 1:
             raise ConfigError("train.stop_check_every", "must be at least 1")
         self.profile_range()  # refused here, before any loading
+        if self.resume.lower() in ("none", "auto", "must") and not os.path.isdir(self.resume):
+            self.resume = self.resume.lower()  # `Auto` was read as a folder of that name
         meant = _RESUME_WORDS.get(self.resume.lower())
         if meant and not os.path.isdir(os.path.expanduser(self.resume)):
             # The Trainer's --resume_from_checkpoint True: taken for a folder named 'true',
@@ -562,6 +564,9 @@ def _convert(key: str, raw: Any, annotation: Any) -> Any:
     if annotation is bool:
         if isinstance(raw, bool):
             return raw
+        # YAML reads `1` as a number: the command line's 1 and 0 work in a run file too
+        if raw in (0, 1) and isinstance(raw, int):
+            return bool(raw)
         if isinstance(raw, str) and raw.lower() in ("true", "1", "yes", "on"):
             return True
         if isinstance(raw, str) and raw.lower() in ("false", "0", "no", "off"):

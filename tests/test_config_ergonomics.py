@@ -173,3 +173,25 @@ def test_config_refuses_a_best_metric_the_task_does_not_report(capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: config key 'train.best_metric': 'bleu' is not among")
     assert main(["config", *PAIR, "--train.best_metric", "rougeL"]) == 0
+
+
+def test_run_file_booleans_of_one_and_zero_and_a_capitalised_resume_choice(tmp_path):
+    # YAML reads `1` as a number: refused there, where `--train.eval_generate 1` was accepted;
+    # `--train.resume Auto` was read as a checkpoint folder named Auto.
+    from seq2seq_es.config import compose
+
+    path = run_file(tmp_path, "train:\n  eval_generate: 0\n  load_best_at_end: 1\n")
+    cfg = compose(task="mlsum", model="barto-tiny", config_file=path,
+                  overrides={"train.resume": "Auto"})
+    assert cfg.train.eval_generate is False and cfg.train.load_best_at_end is True
+    assert cfg.train.resume == "auto"
+
+
+def test_score_reads_files_named_from_the_home_folder(tmp_path, monkeypatch, capsys):
+    # `--predictions=~/p.txt`: the shell leaves a ~ after = alone, and score said it does not exist
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "p.txt").write_text("el gato\n", encoding="utf-8")
+    (tmp_path / "r.txt").write_text("el gato\n", encoding="utf-8")
+    assert main(["score", "--metric", "exact_match", "--predictions=~/p.txt",
+                 "--references=~/r.txt"]) == 0
+    assert "exact_match" in capsys.readouterr().out

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -336,10 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "accents kept, ROUGE stems with Snowball Spanish) or paper (as the "
                              "paper's scripts: ROUGE keeps only [a-z0-9] and stems with English "
                              "Porter; SARI lowercases and uses sacreBLEU's 13a tokenizer)")
-    parser.add_argument("--predictions", required=True, metavar="FILE",
+    parser.add_argument("--predictions", type=os.path.expanduser, required=True, metavar="FILE",
                         help="one prediction per line, or .jsonl with a string or an object "
                              'with "prediction" per line (predict\'s and evaluate\'s output)')
-    parser.add_argument("--references", required=True, metavar="FILE",
+    parser.add_argument("--references", type=os.path.expanduser, required=True, metavar="FILE",
                         help="one reference per line, or .jsonl with a string, a list, or an "
                              'object with "reference" / "scored_references" per line; with '
                              "--task also the task's own data file (.jsonl, .json, .csv, .tsv, "
@@ -347,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--columns", metavar="FILE=TASK,...",
                         help="with --task: the data file's own names for the task's columns, as "
                              "a run's data.columns (e.g. article=text,highlights=summary)")
-    parser.add_argument("--sources", metavar="FILE",
+    parser.add_argument("--sources", type=os.path.expanduser, metavar="FILE",
                         help="one source per line, or .jsonl with a string or an object with "
                              '"source" / "scored_source" per line (needed by sari)')
     parser.add_argument("--stem", action=argparse.BooleanOptionalAction, default=True,

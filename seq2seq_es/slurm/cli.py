@@ -282,7 +282,8 @@ def cmd_collect(argv: list[str], prog: str = "seq2seq-es slurm collect") -> int:
         description="The paper-style results table of a sweep, or of run folders trained "
                     "anywhere (seq2seq-es train, torchrun, ...): one run per (model, task), "
                     "chosen by its dev main metric.")
-    parser.add_argument("sweep", metavar="RUN_OR_SWEEP", nargs="+",
+    # RUN, as its errors name it (`argument RUN: ... does not exist`): the usage said RUN_OR_SWEEP
+    parser.add_argument("sweep", metavar="RUN", nargs="+",
                         help="a sweep folder (sweep.json) or run folder of `slurm submit` "
                              "(slurm_job.json); or run folders (each holds config.yaml) and "
                              "folders of them, whose results go to the folder holding them all")

@@ -195,3 +195,18 @@ def test_binary_and_unnamed_compressed_content_are_named(tmp_path, cache):
     latin = tmp_path / "latin.csv"
     latin.write_bytes("text,summary\nCanción de España,Año\n".encode("latin-1"))
     assert "not valid UTF-8" in str(refused(latin, cache, skip_bad_rows=False))
+
+
+def test_a_json_object_of_one_list_per_column_is_read_as_rows(tmp_path, cache):
+    """pandas' to_json(orient="list") layout at the top of the file was read as one row, with
+    "column 'text' not a string (list)" and no word of why; under "data" it loaded."""
+    columns = {"text": [row["text"] for row in GOOD], "summary": [row["summary"] for row in GOOD]}
+    path = tmp_path / "columns.json"
+    path.write_text(json.dumps(columns, ensure_ascii=False), encoding="utf-8")
+    examples, report = load(path, cache)
+    assert examples["source"] == columns["text"] and examples["target"] == columns["summary"]
+    assert any("column-oriented JSON" in note for note in report.notes)
+    columns["summary"].pop()
+    path.write_text(json.dumps(columns, ensure_ascii=False), encoding="utf-8")
+    err = refused(path, cache)
+    assert "the lists differ in length: text 4, summary 3" in str(err)

@@ -360,6 +360,28 @@ def _line_of_offset(raw: bytes, offset: int) -> int:
     return raw[:offset].count(b"\n") + 1
 
 
+def _column_oriented_rows(document, required_columns: tuple[str, ...],
+                          path: str) -> list[dict] | None:
+    """The rows of a top-level object holding one list per column (pandas' to_json(orient=
+    "list"), `{"text": [...], "summary": [...]}`), or None for any other document. It was read
+    as one row whose text columns held lists: "column 'text' not a string (list)", row 0, with
+    no word of why. A task's required columns hold one value per row, never a list, in a
+    row-oriented object, so lists in all of them mark the column layout."""
+    if not (isinstance(document, dict) and required_columns
+            and set(required_columns) <= set(document)
+            and all(isinstance(document[name], list) for name in required_columns)):
+        return None
+    lists = {name: value for name, value in document.items() if isinstance(value, list)}
+    lengths = {name: len(value) for name, value in lists.items()}
+    if len(set(lengths.values())) > 1:
+        raise DataError("a JSON object of one list per column, but the lists differ in length: "
+                        + ", ".join(f"{name} {n}" for name, n in lengths.items()), file=path)
+    rows = [dict(zip(lists, values)) for values in zip(*lists.values())]
+    if not rows:
+        raise DataError("no data rows: the JSON object's column lists are empty", file=path)
+    return rows
+
+
 def _json_document(path: str, raw: bytes, rewrite: bool, options: dict,
                    required_columns: tuple[str, ...], cache_dir: str | None) -> LocalFile:
     """A .json holding one document (a list of rows, or rows under "data"): rows have no lines.
@@ -388,6 +410,12 @@ def _json_document(path: str, raw: bytes, rewrite: bool, options: dict,
                          row_of_row=places if bad else None, bad=bad, row_names=names,
                          notes=[f"SQuAD-format document: {len(rows) + len(bad)} questions read "
                                 "as rows (0-based, in document order)"])
+    columns = _column_oriented_rows(document, required_columns, path)
+    if columns is not None:
+        flat = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in columns)
+        return LocalFile(_cleaned_copy(path, flat, ".jsonl", cache_dir), {},
+                         notes=[f"column-oriented JSON (a list per column): {len(columns)} rows "
+                                "read (0-based, in list order)"])
     if isinstance(document, dict) and not set(required_columns) <= set(document):
         _check_data_key(path, document)
     elements = None

@@ -200,7 +200,8 @@ def test_job_out_of_requeues_says_so(slurm_cluster, tmp_path, capsys):  # noqa: 
     assert slurm_main(["status", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert "OUT_OF_REQUEUES" in out and "out of requeues (max_requeues 0)" in out
-    assert f"`seq2seq-es slurm resume {run_dir}` continues it" in out
+    # with max_requeues 0 the resumed job would end the same way: the flag that changes it
+    assert f"`seq2seq-es slurm resume {run_dir} --max-requeues N` continues it" in out
     # the job ended with one line saying so (srun's own follow), not with a traceback
     err = (run_dir / "logs" / "rank0.err").read_text()
     assert any(line.startswith("out of requeues (max_requeues 0, pre-empted after 0 requeue(s)): "

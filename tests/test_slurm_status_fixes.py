@@ -215,6 +215,19 @@ def test_out_of_requeues_says_what_was_kept_without_a_stale_log_line(tmp_path, c
     assert "DUE TO JOB REQUEUE" not in out
 
 
+def test_out_of_requeues_at_zero_names_the_flag_that_lets_the_resumed_job_requeue(tmp_path):
+    # `slurm resume` keeps the submitted settings: with max_requeues 0 the resumed job ends at
+    # its next pre-emption the same way, and the advice said only to resume.
+    run, manifest = _run_folder(tmp_path, "121", OLD_JOB_EVENTS, max_requeues=0)
+    run_dir = Path(run.run_dir)
+    (run_dir / run_files.OUT_OF_REQUEUES).write_text(
+        json.dumps({"job_id": "121", "restarts": 0, "max_requeues": 0}))
+    _checkpoint(run_dir, 40)
+    status = run_status(run, manifest, {"121": SlurmState("FAILED")})
+    assert status.error == (f"out of requeues (max_requeues 0): checkpoint at step 40; "
+                            f"`seq2seq-es slurm resume {run_dir} --max-requeues N` continues it")
+
+
 def test_a_failed_jobs_error_is_its_last_starts_not_a_requeue_notice(tmp_path):
     folder = tmp_path / "slurm"
     folder.mkdir()

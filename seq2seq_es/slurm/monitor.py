@@ -358,6 +358,10 @@ def _out_of_requeues_message(max_requeues: Any, saved_step: int | None, manifest
     if folder.suffix == ".json":
         folder = folder.parent
     resume = f"`seq2seq-es slurm resume {folder}`"
+    if str(max_requeues) == "0":
+        # The resumed job keeps the submitted settings: with 0 the next pre-emption ends it
+        # the same way, so the way out names the flag that lets SLURM requeue it.
+        resume = f"`seq2seq-es slurm resume {folder} --max-requeues N`"
     head = f"out of requeues (max_requeues {max_requeues})"
     if saved_step is not None:
         return f"{head}: checkpoint at step {saved_step}; {resume} continues it"

@@ -615,6 +615,44 @@ def test_a_second_run_of_the_same_slurm_job_restart_is_refused_at_once(tmp_path,
         holder.wait(timeout=30)
 
 
+def test_a_folder_that_a_failed_start_made_is_not_left_holding_only_the_lock(tmp_path,
+                                                                             monkeypatch):
+    """A start refused during its set-up (a bad data file) left runs/x/train.lock alone, which
+    looked like a run that had started. The lock's holder removes a folder it made when nothing
+    but the lock is in it; never a folder that was there, one with files, or another's."""
+    from seq2seq_es.engine.run_lock import RunFolderLock
+    from seq2seq_es.errors import ConfigError
+
+    made = tmp_path / "made" / "run"
+    RunFolderLock(made).release()
+    assert not made.exists() and (tmp_path / "made").is_dir()  # only the folder it made
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    RunFolderLock(kept).release()
+    assert kept.is_dir()
+    with_files = tmp_path / "with_files"
+    lock = RunFolderLock(with_files)
+    (with_files / "config.yaml").write_text("train: {}\n")
+    lock.release()
+    assert sorted(p.name for p in with_files.iterdir()) == ["config.yaml", "train.lock"]
+    # A start refused because another holds the lock it found takes nothing away.
+    out = tmp_path / "held"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out)], stdout=subprocess.PIPE,
+                              text=True, env=subprocess_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        # as if both had started together, each finding no folder yet
+        exists = Path.exists
+        monkeypatch.setattr(Path, "exists", lambda path: path != out and exists(path))
+        with pytest.raises(ConfigError, match="is in use"):
+            RunFolderLock(out)
+        monkeypatch.undo()
+        assert (out / "train.lock").is_file()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
 def test_the_lock_file_names_its_holder_even_after_a_longer_earlier_text(tmp_path):
     """train.lock says who holds the folder (the refusal quotes it, and a requeued job reads its
     job id there to know it may wait): a new holder's text replaces a longer earlier one whole,

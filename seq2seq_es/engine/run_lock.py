@@ -75,6 +75,10 @@ class RunFolderLock:
     def __init__(self, out: Path, same_job_wait_s: float = SAME_JOB_WAIT_S,
                  say=lambda message: print(message, file=sys.stderr)):
         self.path, self.fd = out / run_files.RUN_LOCK, None
+        # A folder this start made, left holding nothing but the lock by a refusal during the
+        # set-up (a bad data file, a length that cuts most targets), is removed again: it looked
+        # like a run that had started.
+        self.made_folder, self.held = not out.exists(), False
         try:
             out.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -107,13 +111,25 @@ class RunFolderLock:
                         f"({_describe(holder)}), which SLURM has ended; going on without it")
                     return
                 time.sleep(2.0)
+        self.held = True  # only the holder may remove the folder: another start may be in it
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, _holder_text(), 0)
 
     def release(self) -> None:
         if self.fd is not None:
+            if self.made_folder and self.held:
+                self._remove_if_only_the_lock()
             os.close(self.fd)  # closing the file drops the process's lock on it
             self.fd = None
+
+    def _remove_if_only_the_lock(self) -> None:
+        """Unlinked while still held, so no other start can lock this file after it is gone."""
+        try:
+            if [entry.name for entry in os.scandir(self.path.parent)] == [self.path.name]:
+                self.path.unlink()
+                self.path.parent.rmdir()
+        except OSError:  # a file written meanwhile, or the folder not ours to remove: kept
+            pass
 
     def __del__(self) -> None:  # a Trainer whose set-up failed after locking
         self.release()

@@ -103,7 +103,11 @@ def run_command(command: Callable[[list[str]], int], argv: list[str]) -> int:
     except Seq2SeqEsError as exc:
         if os.environ.get("SEQ2SEQ_ES_DEBUG"):
             raise
-        _say(f"error: {exc}")
+        if getattr(exc, "said_by_main", False):
+            # Rank 0's refusal, which rank 0 prints: here only torchrun's error file gets it
+            tell_launcher(f"error: {exc}")
+        else:
+            _say(f"error: {exc}")
         return 2
     except OSError as exc:
         # A full disk, a quota or a read-only file system where a command writes and no

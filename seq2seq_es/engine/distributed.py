@@ -605,7 +605,10 @@ def decided_by_main(env, decide):
     if env.world_size > 1:
         refusal = broadcast_object(refusal)
     if refusal is not None:
-        raise ConfigError(*refusal)
+        error = ConfigError(*refusal)
+        # Rank 0 says it; the others' copies only stop them (N ranks printed N equal lines)
+        error.said_by_main = not env.is_main
+        raise error
     return result
 
 

@@ -8,6 +8,7 @@ import pytest
 from seq2seq_es.cli import main
 from seq2seq_es.config import compose, parse_overrides, read_yaml
 from seq2seq_es.errors import ConfigError
+from test_config_input import refused, run_file  # the same helpers: mlsum on barto-tiny
 
 PAIR = ["--task", "mlsum", "--model", "barto-tiny"]
 
@@ -15,19 +16,6 @@ PAIR = ["--task", "mlsum", "--model", "barto-tiny"]
 def composed(overrides=(), config_file=None):
     return compose(task="mlsum", model="barto-tiny", config_file=config_file,
                    overrides=parse_overrides(list(overrides)))
-
-
-def refused(overrides=(), config_file=None):
-    with pytest.raises(ConfigError) as err:
-        composed(overrides, config_file)
-    assert "\n" not in str(err.value)
-    return err.value
-
-
-def run_file(tmp_path, text):
-    path = tmp_path / "run.yaml"
-    path.write_text(text, encoding="utf-8")
-    return str(path)
 
 
 # `--train.output_dir=~/runs/x` (the shell expands no `~` after `=`) and a YAML `~/runs/x`

@@ -45,3 +45,21 @@ def test_a_shorter_demo_keeps_a_tenth_of_its_steps_for_warmup(tmp_path):
     lrs = {r["step"]: r["train/lr"] for r in records if "train/lr" in r}
     # warmup: 2 of the 20 steps (half the peak after one), then down to the end
     assert (lrs[1], lrs[2]) == (pytest.approx(1e-3), pytest.approx(2e-3)) and lrs[20] < lrs[3]
+
+
+def test_a_finished_demo_run_again_says_its_table_is_the_earlier_runs(tmp_path):
+    # A second `demo` resumes the finished run (nothing to train) and printed "wall time 0.1 min"
+    # under the earlier run's table, as if the demo had trained in seconds.
+    out = tmp_path / "again"
+    argv = [sys.executable, "-m", "seq2seq_es", "demo", "--output-dir", str(out),
+            "--train.max_steps", "4", "--train.export", "false", "--train.progress_bar", "false"]
+    first = subprocess.run(argv, cwd=REPO, env=_env(), capture_output=True, text=True,
+                           timeout=900)
+    assert first.returncode == 0 and "wall time" in first.stdout, first.stderr[-4000:]
+    summary = (out / "demo_summary.json").read_text()
+    again = subprocess.run(argv, cwd=REPO, env=_env(), capture_output=True, text=True,
+                           timeout=900)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "wall time" not in again.stdout and "trained earlier in" in again.stdout
+    assert "--output-dir NEW trains the demo afresh" in again.stdout
+    assert (out / "demo_summary.json").read_text() == summary  # the first run's, kept

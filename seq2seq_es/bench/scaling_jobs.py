@@ -528,6 +528,8 @@ def cmd_collect(argv: list[str]) -> int:
 def _bench_parser() -> argparse.ArgumentParser:
     # "resolve": the bench's --nodes (a list) replaces the single --nodes of the SLURM options.
     parser = argparse.ArgumentParser(prog="seq2seq-es slurm bench", conflict_handler="resolve",
+                                     usage="%(prog)s --bench-dir DIR [options] | --collect DIR "
+                                           "[--warmup-steps K] [--wait]",
                                      description="Throughput over node counts and ZeRO stages; "
                                                  "collect with --collect DIR.")
     add_slurm_options(parser)

@@ -73,6 +73,9 @@ def demo_main(argv: list[str]) -> int:
     for key, value in DEMO_SETTINGS.items():
         args += [f"--{key}", value]
     args += rest  # the user's own overrides win
+    # A finished demo is not trained again (train.resume auto): its table is the earlier run's,
+    # and a wall time of a few seconds read as the demo's.
+    finished_before = (out / run_files.DONE).exists()
     started = time.perf_counter()
     code = train_main(args)
     if code != 0:
@@ -91,6 +94,11 @@ def demo_main(argv: list[str]) -> int:
         label = f"test@{final['best_step']}"
         print(f"  {label:>8} {test['rouge1']:8.2f} {test['rouge2']:8.2f} {test['rougeL']:8.2f} "
               f"{test['rougeLsum']:9.2f}   (the best checkpoint on validation rougeL, on test)")
+    if finished_before:
+        print(f"  trained earlier in {out} (this run found it finished: --output-dir NEW trains "
+              f"the demo afresh); predictions in {out / 'eval'} and {out / 'test'}; the best "
+              f"model in {out / run_files.FINAL}")
+        return 0
     print(f"  wall time {minutes:.1f} min; predictions in {out / 'eval'} and {out / 'test'}; "
           f"the best model in {out / run_files.FINAL}")
     (out / "demo_summary.json").write_text(json.dumps({

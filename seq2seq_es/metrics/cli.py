@@ -362,8 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "rouge_score's bootstrap mid under a fixed seed (what evaluate's "
                              "rouge, and so the paper, reports)")
     parser.add_argument("--split-sentences", action="store_true",
-                        help="paper-mode ROUGE-Lsum: re-split texts into sentences (the paper's "
-                             "scripts did, with punkt) instead of taking newlines as given")
+                        help="paper-mode ROUGE-Lsum: re-split texts into sentences (as the "
+                             "paper's scripts did, but with the Spanish splitter, not punkt) "
+                             "instead of taking newlines as given")
     # The names of metrics.answers.CONVENTIONS / F1_CONVENTIONS (not imported: --help stays
     # light; tests/test_metrics.py checks that the lists agree).
     parser.add_argument("--em-convention", choices=EM_CONVENTION_CHOICES, default=None,

@@ -936,3 +936,23 @@ def test_progress_lines_give_the_elapsed_time_in_hours(tmp_path, capsys):
     finally:
         log.close()
     assert "elapsed 2:05:03" in capsys.readouterr().out
+
+
+def test_model_cudnn_attention_false_turns_cudnn_sdpa_off_for_the_run(tmp_path):
+    """The switch get_model applies (process-wide, as the run is one model per process): SDPA
+    then picks flash or memory-efficient kernels where it would pick cuDNN's."""
+    import torch
+
+    from seq2seq_es.engine.builders import get_model, set_cudnn_attention
+
+    files = demo_files(tmp_path / "data", train_size=4)
+    cfg = _eval_cfg(files, tmp_path)
+    cfg.model.cudnn_attention = False
+    try:
+        get_model(cfg)
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        cfg.model.cudnn_attention = True
+        get_model(cfg)
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        set_cudnn_attention(True)

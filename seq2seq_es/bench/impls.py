@@ -22,6 +22,7 @@ named by underscore-separated tokens:
 | `flex`    | `model.attention=flex` for T5 (implies `fused`; needs dropout 0)                     |
 | `hfattn`  | T5 attention left to transformers (its own SDPA path) in the fused variants          |
 | `engine`  | `model.compile`: the whole model compiled by the engine as in training, shapes per `model.compile_shapes` auto (static and warmed up with `bucket`; implies `fused`) |
+| `nocudnn` | `model.cudnn_attention false`: SDPA without cuDNN's kernels, which build a plan per new shape |
 
 so `loop_budget` isolates the batching, `loop_budget_compile` adds compilation with the fused
 settings, and `loop_budget_compile_lean` the lean loss on top.
@@ -65,7 +66,7 @@ from .shapes import BenchShape, build_model
 from .timing import StepClock
 
 LOOP_TOKENS = ("budget", "bucket", "fused", "compile", "static", "engine", "lean", "flex",
-               "hfattn")
+               "hfattn", "nocudnn")
 RECOMPILE_LIMIT = 32
 
 
@@ -81,6 +82,7 @@ class ImplSpec:
     engine: bool = False         # model.compile (the engine's whole-model compile)
     lean: bool = False
     t5_attention: str = "hf"     # hf | sdpa | flex (T5 models only)
+    cudnn: bool = True           # model.cudnn_attention
 
     def describe(self, family: str) -> str:
         if self.route == "hf_trainer":
@@ -95,6 +97,8 @@ class ImplSpec:
             parts.append("model.compile")
         if self.lean:
             parts.append("lean CE")
+        if not self.cudnn:
+            parts.append("no cuDNN attention")
         if self.t5_attention != "hf" and _has_attention_kernels(family):
             parts.append(f"T5 {self.t5_attention} attention")
         return ", ".join(parts)
@@ -123,7 +127,8 @@ def parse_impl(name: str) -> ImplSpec:
     t5_attention = "flex" if "flex" in has else ("sdpa" if fused and "hfattn" not in has else "hf")
     return ImplSpec(name, "loop", budget="budget" in has, bucket="bucket" in has, fused=fused,
                     compile=bool(has & {"compile", "static"}), static="static" in has,
-                    engine="engine" in has, lean="lean" in has, t5_attention=t5_attention)
+                    engine="engine" in has, lean="lean" in has, t5_attention=t5_attention,
+                    cudnn="nocudnn" not in has)
 
 
 @dataclass
@@ -308,6 +313,7 @@ def loop_config(case: BenchCase, spec: ImplSpec):
     cfg.model.attention = spec.t5_attention \
         if case.shape.adapter.reads("model.attention") else "hf"
     cfg.model.dropout = case.dropout
+    cfg.model.cudnn_attention = spec.cudnn
     cfg.dist.zero_stage = 0
     return cfg
 
@@ -396,6 +402,18 @@ def prepare_loop_model(case: BenchCase, spec: ImplSpec, cfg) -> tuple[torch.nn.M
 
 
 def run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
+    """One loop row, with model.cudnn_attention set as get_model sets it for training and put
+    back afterwards: the switch is process-wide, and later rows share the process."""
+    from ..engine.builders import set_cudnn_attention
+
+    earlier = set_cudnn_attention(spec.cudnn)
+    try:
+        return _run_loop(case, spec)
+    finally:
+        set_cudnn_attention(earlier)
+
+
+def _run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
     from ..data.length_buckets import dummy_features, warm_up_shapes
     from ..engine import distributed as D
     from ..engine.builders import get_engine, warm_up_compiled

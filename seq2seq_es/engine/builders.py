@@ -36,7 +36,20 @@ def get_model(cfg: RunConfig):
     if cfg.model.gradient_checkpointing:
         set_activation_checkpointing(model, True)
         model.config.use_cache = False
+    set_cudnn_attention(cfg.model.cudnn_attention)
     return model, tokenizer, spec
+
+
+def set_cudnn_attention(enabled: bool) -> bool:
+    """model.cudnn_attention: whether SDPA may pick cuDNN's attention kernels (a process-wide
+    switch; the CPU ignores it). Returns the earlier setting, for the bench to put back between
+    rows. cuDNN builds an execution plan for each new shape: token-budget batches change shape
+    every step, where the Trainer's batches of 32 keep theirs (BENCHMARKS.md, 2026-12-04)."""
+    import torch
+
+    earlier = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(enabled)
+    return earlier
 
 
 def check_source_positions(cfg: RunConfig, spec, model) -> None:

@@ -7,7 +7,9 @@ A run folder's ``metrics.jsonl`` holds one JSON object per line, written by rank
 - training records, every `train.log_every` steps, the first and the last step:
   ``train/loss`` (the logging interval's loss per target token), ``train/lr`` (the learning
   rate of this step's own update, i.e. the schedule's value before the scheduler advanced),
-  ``train/tokens_per_s``, ``train/epoch``, ``train/padded_fraction``,
+  ``train/tokens_per_s`` (non-pad source and target tokens of all ranks per second of this
+  process, over the interval), ``train/epoch`` (epochs done, a fraction: 1.0 at the end of the
+  first), ``train/padded_fraction``,
   ``train/skipped_micro_batches``, ``train/grad_norm`` and ``train/grad_norm_max`` (the mean and
   the largest L2 norm of the whole gradient before clipping over the interval's optimizer steps,
   leaving out fp16 overflow steps and on_nan=skip steps that skipped every micro-batch; absent

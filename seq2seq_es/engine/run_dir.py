@@ -221,11 +221,15 @@ def check_before_training(cfg: RunConfig, env) -> None:
 
 
 class TensorBoardTracker:
-    """Scalars under RUN/tensorboard."""
+    """Scalars under RUN/tensorboard. Each start writes a session START at `first_step` (the
+    first step it can log): TensorBoard then hides what an earlier process logged from that
+    step on, which a run killed after its last checkpoint logged and the resumed run logs again
+    (two points per step, the older from weights that were thrown away). TensorBoard's app takes
+    a run's first START as its beginning, so a fresh run writes one too (at step 0)."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig):
+    def __init__(self, run_dir: Path, cfg: RunConfig, first_step: int = 0):
         from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_step)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         for key, value in values.items():
@@ -245,7 +249,8 @@ class WandbTracker:
     the run's W&B group (`slurm sweep` sets the sweep's folder name) and a `seed-N` tag tells the
     seeds of one grid point apart, so the UI compares a sweep's runs and aggregates its seeds."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig):
+    def __init__(self, run_dir: Path, cfg: RunConfig, first_step: int = 0):
+        # first_step is unused: W&B keeps every record; a reader keeps the last one per `step`
         import secrets
 
         import wandb
@@ -272,12 +277,14 @@ class WandbTracker:
 TRACKERS = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker}
 
 
-def open_trackers(run_dir: Path, cfg: RunConfig) -> list:
+def open_trackers(run_dir: Path, cfg: RunConfig, first_step: int = 0) -> list:
+    """`first_step`: the first step this process can log (0 fresh, the checkpoint's + 1 on a
+    resume)."""
     check_trackers(cfg)
     trackers = []
     for name in tracker_names(cfg.train.report_to):
         try:
-            trackers.append(TRACKERS[name](run_dir, cfg))
+            trackers.append(TRACKERS[name](run_dir, cfg, first_step))
         except ImportError:
             if name != "tensorboard":  # tensorboard is a dependency; stay usable without it
                 raise
@@ -291,7 +298,7 @@ class RunLog:
     carriage returns."""
 
     def __init__(self, output_dir: str | Path, cfg: RunConfig, is_main: bool, total_steps: int,
-                 start_step: int):
+                 start_step: int, resumed: bool = False):
         self.dir = Path(output_dir)
         self.is_main = is_main
         self.bar = None
@@ -305,7 +312,8 @@ class RunLog:
         dump(cfg, self.dir / run_files.CONFIG)
         (self.dir / run_files.VERSIONS).write_text(json.dumps(library_versions(), indent=1))
         self.metrics_file = open(self.dir / run_files.METRICS, "a", encoding="utf-8")
-        self.trackers = open_trackers(self.dir, cfg)
+        # A resumed run logs from the step after its checkpoint (a step-0 checkpoint too)
+        self.trackers = open_trackers(self.dir, cfg, start_step + 1 if resumed else 0)
         if cfg.train.progress_bar and is_terminal(sys.stderr):
             from tqdm.auto import tqdm
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True,

@@ -129,6 +129,9 @@ class TrainStep:
         self.bad = zero.clone()                              # stop: non-finite since the check
         self.first_bad = torch.full((), float("inf"), dtype=torch.float64, device=self.device)
         self.window = torch.zeros(2, dtype=torch.float64, device=self.device)  # tokens, padded
+        # The window's tokens restored from a checkpoint (trained by an earlier process): in the
+        # padded fraction, not in this process's tokens per second
+        self.carried_tokens = 0.0
         # The logged loss's sums since the last read: this rank's cross-entropy and skipped
         # target tokens, and the target tokens of all ranks (a read gives the interval's loss
         # per target token, as the Trainer logs a logging interval's mean, not one step's).
@@ -297,6 +300,7 @@ class TrainStep:
                                                  device=self.device)
         if len(sums) >= 8:  # tokens and padded tokens: summed over ranks as counted
             self.window = torch.tensor(sums[6:8], dtype=torch.float64, device=self.device)
+            self.carried_tokens = float(sums[6])
 
     def check_finite(self) -> None:
         """on_nan=stop: raise NonFiniteLoss if any rank had a non-finite loss since the last
@@ -320,7 +324,8 @@ class TrainStep:
 
     def read(self, result: StepResult) -> dict[str, float]:
         """The loss since the last read (per target token kept), the step's counts, the tokens
-        since the last read, and the gradient norm's mean and maximum over the optimizer steps
+        since the last read (`new_tokens`: those this object trained, without a restored
+        window's), and the gradient norm's mean and maximum over the optimizer steps
         since the last read (absent when none counted: see the module docstring); one
         read-back."""
         self.check_finite()
@@ -332,12 +337,14 @@ class TrainStep:
         self.grad_norm_window.zero_()
         (ce_sum, skipped_tokens, window_target, target, source, padded, skipped, window_tokens,
          window_padded, norm_sum, norm_steps, norm_max) = values
+        new_tokens, self.carried_tokens = window_tokens - self.carried_tokens, 0.0
         kept = window_target - skipped_tokens  # a window that skipped everything: unknown
         norms = {"grad_norm": norm_sum / norm_steps, "grad_norm_max": norm_max} \
             if norm_steps > 0 else {}
         return {"loss": ce_sum / kept if kept > 0 else float("nan"), "target_tokens": target,
                 "tokens": target + source, "padded_tokens": padded,
                 "skipped_micro_batches": int(skipped), "window_tokens": window_tokens,
+                "new_tokens": new_tokens,
                 "window_padded": window_padded, **norms, **result.fp16}
 
 

@@ -278,7 +278,8 @@ class Trainer:
                              f"{self.state.step} ({'; '.join(changes)}); the earlier ones are "
                              f"kept in {run_files.earlier_config(self.state.step)}")
         self.log = None if self.finished is not None else RunLog(
-            self.out, cfg, env.is_main, self.total_steps, self.state.step)
+            self.out, cfg, env.is_main, self.total_steps, self.state.step,
+            resumed=resume_from is not None)
         if env.is_main and self.finished is None:
             (self.out / run_files.DEEPSPEED_CONFIG).write_text(json.dumps(ds_config, indent=1))
             # The skip report of bad rows and the truncation counts, kept with the run rather
@@ -466,10 +467,16 @@ class Trainer:
         self.logged_step = step
         values = self.stepper.read(result)  # the loss, tokens and grad norm since the last log
         window_tokens, window_padded = values["window_tokens"], values["window_padded"]
-        tokens_per_s = window_tokens / max(time.perf_counter() - self.window_start, 1e-9)
+        # The tokens this process trained since window_start: a resume's window also holds the
+        # steps before its checkpoint, trained by the earlier process in time not counted here
+        tokens_per_s = values["new_tokens"] / max(time.perf_counter() - self.window_start, 1e-9)
         memory = peak_memory_gib(self.env.device)
         self.log.log(step, {"train/loss": values["loss"], "train/lr": lr,
-                            "train/tokens_per_s": tokens_per_s, "train/epoch": epoch,
+                            "train/tokens_per_s": tokens_per_s,
+                            # epochs done, as a fraction (the Trainer's): the step is step
+                            # state.step_in_epoch of epoch `epoch` (0-based)
+                            "train/epoch": epoch + self.state.step_in_epoch
+                            / max(self.plan.steps_per_epoch, 1),
                             "train/padded_fraction": 1.0 - window_tokens / max(window_padded, 1),
                             "train/skipped_micro_batches": values["skipped_micro_batches"],
                             # the interval's mean and largest gradient norm before clipping;

@@ -837,7 +837,8 @@ def test_the_first_every_log_every_th_and_the_last_step_are_logged_once(tmp_path
     t.total_steps, t.logged_step, t.window_start = 10, None, 0.0
     t.log = RunLog(tmp_path, t.cfg, True, 10, 0)
     t.stepper = SimpleNamespace(read=lambda result: {
-        "loss": 1.0, "window_tokens": 10.0, "window_padded": 12.0, "skipped_micro_batches": 0})
+        "loss": 1.0, "window_tokens": 10.0, "window_padded": 12.0, "new_tokens": 10.0,
+        "skipped_micro_batches": 0})
     try:
         for step in range(1, 11):
             _advance(t, step)

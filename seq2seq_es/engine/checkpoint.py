@@ -490,8 +490,27 @@ class Checkpointer:
                     self._remove(old)
         D.barrier()
         if self.env.is_main and state.best is not None and state.best["step"] == step:
-            write_json_atomic(self.root / run_files.BEST, {**state.best, "checkpoint": final.name})
+            self._note_best(state.best)
         return final
+
+    def _note_best(self, best: dict) -> None:
+        write_json_atomic(self.root / run_files.BEST,
+                          {**best, "checkpoint": self.path(best["step"]).name})
+
+    def repair_best_note(self, path: Path, state: TrainState) -> None:
+        """best.json is written after the rename that completes a checkpoint: a run killed in
+        between resumes from a checkpoint whose best (its own step) best.json never got, and
+        the resumed run does not save that step again, so best.json would name an older best
+        for good. Rank 0 rewrites it from the state when they differ (this folder's only)."""
+        best = state.best
+        if not self.env.is_main or best is None or path.parent.resolve() != self.root.resolve():
+            return
+        try:
+            noted = json.loads((self.root / run_files.BEST).read_text())
+        except (OSError, ValueError):
+            noted = None
+        if not noted or noted.get("step") != best["step"] or noted.get("value") != best["value"]:
+            self._note_best(best)
 
     @contextlib.contextmanager
     def _writing(self, tmp: Path):
@@ -549,6 +568,7 @@ class Checkpointer:
         state = self.check_resumable(path, run, storage)
         ranks = (state.world_size, self.env.world_size)
         check_same_layout(path, state.data_layout, data_layout, ranks)
+        self.repair_best_note(path, state)
         repartitioned = self._deepspeed_load_any_ranks(engine, path, state, scheduler=True)
         with self.damaged_files_named(path):
             # Every rank starts from train.seed, so the saved streams differ only by what each

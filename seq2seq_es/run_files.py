@@ -89,6 +89,11 @@ def earlier_config(step: int) -> str:
 EARLIER_CONFIG = re.compile(r"^config\.until_step_(\d+)\.yaml$")
 
 
+def earlier_versions(step: int) -> str:
+    """The name a resume on other library versions keeps the run's versions.json under."""
+    return f"versions.until_step_{step}.json"
+
+
 def earlier_configs(run_dir: str | Path) -> list[tuple[int, str]]:
     """(step, file name) of each earlier config.yaml a run folder keeps, by step."""
     found = []

@@ -127,3 +127,26 @@ def test_tokens_per_s_after_a_resume_and_the_epoch_fraction(tmp_path, one_rank, 
     assert logged[4]["train/tokens_per_s"] == pytest.approx(tokens[3] + tokens[4], rel=1e-12)
     assert logged[5]["train/tokens_per_s"] == pytest.approx(tokens[5], rel=1e-12)
     assert logged[4]["train/epoch"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_a_resume_on_other_library_versions_keeps_the_earlier_versions_file(tmp_path):
+    """versions.json was overwritten by each start: a run resumed after an upgrade (or requeued
+    on another node) lost what trained its first steps."""
+    import json
+
+    from seq2seq_es.engine.run_dir import library_versions, write_versions
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert write_versions(run, None) is None  # a fresh start
+    current = json.loads((run / "versions.json").read_text())
+    assert current == library_versions()
+    assert write_versions(run, 4) is None  # the same versions: nothing kept
+    assert sorted(p.name for p in run.iterdir()) == ["versions.json"]
+    earlier = {**current, "transformers": "5.0.0"}
+    (run / "versions.json").write_text(json.dumps(earlier))
+    note = write_versions(run, 8)
+    assert note.startswith("note: resumed on other versions than until step 8 (transformers "
+                           f"5.0.0 -> {current['transformers']})")
+    assert json.loads((run / "versions.until_step_8.json").read_text()) == earlier
+    assert json.loads((run / "versions.json").read_text()) == current

@@ -60,6 +60,30 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def write_versions(run_dir: Path, resumed_at: int | None) -> str | None:
+    """versions.json of this start. A resume on other versions (a requeue on another node, a
+    package upgraded between segments) keeps the earlier file as versions.until_step_N.json,
+    as config.yaml is kept: it was overwritten, and what trained the first steps was lost.
+    Returns the note saying so, or None."""
+    path = run_dir / run_files.VERSIONS
+    versions = library_versions()
+    note = None
+    if resumed_at is not None and path.exists():
+        try:
+            earlier = json.loads(path.read_text())
+        except (OSError, ValueError):
+            earlier = None
+        if isinstance(earlier, dict) and earlier != versions:
+            kept = run_files.earlier_versions(resumed_at)
+            path.replace(run_dir / kept)
+            changes = [f"{name} {earlier.get(name, '-')} -> {value}"
+                       for name, value in versions.items() if earlier.get(name) != value]
+            note = (f"note: resumed on other versions than until step {resumed_at} "
+                    f"({'; '.join(changes)}); the earlier ones are kept in {kept}")
+    write_json_atomic(path, versions)
+    return note
+
+
 def tracker_names(report_to: str) -> list[str]:
     """`train.report_to` as a list of trackers ("none" -> [])."""
     names = [name.strip() for name in report_to.split(",") if name.strip()]
@@ -310,7 +334,9 @@ class RunLog:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         dump(cfg, self.dir / run_files.CONFIG)
-        (self.dir / run_files.VERSIONS).write_text(json.dumps(library_versions(), indent=1))
+        note = write_versions(self.dir, start_step if resumed else None)
+        if note:
+            print(note, file=sys.stderr, flush=True)
         self.metrics_file = open(self.dir / run_files.METRICS, "a", encoding="utf-8")
         # A resumed run logs from the step after its checkpoint (a step-0 checkpoint too)
         self.trackers = open_trackers(self.dir, cfg, start_step + 1 if resumed else 0)

@@ -634,10 +634,17 @@ class SeedSpread:
 
 
 def local_data(config: dict | None) -> str | None:
-    """The local training file a run's config.yaml names, or None (the task's hub dataset)."""
+    """What a run trained on when it is not the task's whole hub dataset: the local training file
+    its config.yaml names and/or the first N examples it kept (data.max_train_samples), or None.
+    A subset is named too: a run on 100 MLSUM examples sat beside the paper's figures unmarked."""
     data = config.get("data") if isinstance(config, dict) else None
-    train_file = data.get("train_file") if isinstance(data, dict) else None
-    return str(train_file) if train_file else None
+    if not isinstance(data, dict):
+        return None
+    train_file, subset = data.get("train_file"), data.get("max_train_samples")
+    if not train_file and not subset:
+        return None
+    where = str(train_file) if train_file else "the task's hub dataset"
+    return where + (f", its first {subset} examples (data.max_train_samples)" if subset else "")
 
 
 def validation_data(config: dict | None, split: str = "validation") -> str | None:
@@ -1207,6 +1214,20 @@ def _metric_hint(unknown: list[str], logged) -> str:
     return f"; did you mean {', '.join(hints)}?" if hints else ""
 
 
+_CODE_NOT_RECORDED = "code not recorded (no versions.json)"
+
+
+def _codes(results: list[RunResult]) -> dict[str, list[str]]:
+    """{code: run names} of `results`; runs without a record count as their own code only where
+    another run has one (hand-made folders without any stay silent, as before)."""
+    codes: dict[str, list[str]] = {}
+    for result in results:
+        codes.setdefault(result.code or _CODE_NOT_RECORDED, []).append(result.run.name)
+    if set(codes) == {_CODE_NOT_RECORDED}:
+        return {}
+    return codes
+
+
 def build_table(manifest: Manifest, metrics: list[str] | None = None) -> ResultsTable:
     """Reads every run of the sweep, chooses one run per (model, task) (see choose_run), and
     lays the chosen runs out by family. `metrics` limits the columns shown, not the choice."""
@@ -1299,13 +1320,22 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
                                   "different numbers of seeds: "
                                   + ", ".join(f"{label} {n}" for label, n in counts.items()))
     # Runs of other code may score differently (a metric convention, a bug fixed): say so when
-    # the table's cells come from more than one.
-    codes: dict[str, list[str]] = {}
-    for choice in chosen.values():
-        spread = choice.result.spread
-        for result in spread.members if spread is not None else [choice.result]:
-            if result.code is not None:
-                codes.setdefault(result.code, []).append(result.run.name)
+    # the table's cells come from more than one, and when one (model, task)'s runs did, since
+    # its choice then compared dev scores that may not compare (only the chosen runs were
+    # checked: a grid point of older code could win unnoticed). A run without versions.json
+    # beside runs with one ran unknown code, which is named as such.
+    for (model, task), results in groups.items():
+        members = [member for result in results
+                   for member in (result.spread.members if result.spread else [result])]
+        pair_codes = _codes(members)
+        if len(pair_codes) > 1 and len(members) > 1:
+            warnings.append(f"{model} / {task}: its runs ran different code (versions.json), so "
+                            "the dev scores its run was chosen by may not compare: "
+                            + "; ".join(f"{code}: {', '.join(names)}"
+                                        for code, names in sorted(pair_codes.items())))
+    codes = _codes([result for choice in chosen.values()
+                    for result in (choice.result.spread.members if choice.result.spread
+                                   else [choice.result])])
     if len(codes) > 1:
         warnings.append("the chosen runs ran different code (versions.json), so their scores may "
                      "not compare: " + "; ".join(f"{code}: {', '.join(names)}"
@@ -1569,9 +1599,9 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
     local = [(model, task, choice.result.data) for (model, task), choice in table.chosen.items()
              if choice.result.data]
     if local:
-        lines += ["", "Trained on local files, not the task's hub dataset (config.yaml "
-                  "data.train_file; their scores compare with the paper's only if the files hold "
-                  "the same data):"]
+        lines += ["", "Trained on local files or part of the data, not the task's whole hub "
+                  "dataset (config.yaml data.train_file, data.max_train_samples; their scores "
+                  "compare with the paper's only if they hold the same data):"]
         lines += [f"- {model} / {task}: {data}" for model, task, data in local]
     if table.unscored:
         why = ("not started, no validation yet, or stopped before one"

@@ -83,3 +83,26 @@ def test_an_empty_json_list_is_named_as_such(tmp_path, cache, document, says):
     # It was "content does not match the extension ... Instruction "data" corresponds to no
     # data!", though the file is a JSON list as the extension says.
     assert says in str(err.value) and "does not match" not in str(err.value)
+
+
+def test_rows_without_an_id_are_named_by_their_row_whichever_check_left_a_bad_row_out(tmp_path,
+                                                                                    cache):
+    """mlsum rows have no id column: each example is named `split-N`, N its 0-based data row.
+    A bad row left out before reading (`"text": 5`) shifted every later name by one, where one
+    the formatter finds (`"text": null`) did not: predictions named other rows of the file."""
+    good = [{"text": f"Artículo número {i}.", "summary": f"Resumen {i}."} for i in range(4)]
+    names = {}
+    for kind, bad in (("read", 5), ("formatted", None), ("document", 5)):
+        rows = good[:1] + [{"text": bad, "summary": "x"}] + good[1:]
+        if kind == "document":  # a .json list: rows without lines
+            path = tmp_path / f"{kind}.json"
+            path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+        else:
+            path = tmp_path / f"{kind}.jsonl"
+            path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
+                            encoding="utf-8")
+        examples = load(path, cache)
+        names[kind] = dict(zip(examples["target"], examples["example_id"]))
+    expected = {"Resumen 0.": "test-0", "Resumen 1.": "test-2", "Resumen 2.": "test-3",
+                "Resumen 3.": "test-4"}
+    assert names == {"read": expected, "formatted": expected, "document": expected}

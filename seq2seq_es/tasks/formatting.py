@@ -200,7 +200,11 @@ class Formatter:
         return ()
 
     def format_rows(self, rows: Sequence[Mapping[str, Any]], indices: Sequence[int],
-                    split: str) -> Iterator[Example | Problem]:
+                    split: str, id_indices: Sequence[int] | None = None
+                    ) -> Iterator[Example | Problem]:
+        """`indices`: the rows' places in what was read (for Problems); `id_indices`: their
+        0-based data rows in the user's file, which name an example without an id column
+        (`split-N`), or None where the two are the same."""
         raise NotImplementedError
 
     def source_layout(self) -> str:
@@ -225,14 +229,15 @@ class RowFormatter(Formatter):
     def format_row(self, row: Mapping[str, Any]) -> tuple[str, str, tuple[str, ...]]:
         raise NotImplementedError
 
-    def format_rows(self, rows, indices, split):
-        for row, index in zip(rows, indices):
+    def format_rows(self, rows, indices, split, id_indices=None):
+        for row, index, id_index in zip(rows, indices, id_indices or indices):
             try:
                 source, target, references = self.format_row(row)
             except _BadField as bad:
                 yield Problem(index, bad.column, bad.reason)
                 continue
-            yield Example(source, target, references, _row_id(row, self.id_column, split, index))
+            yield Example(source, target, references,
+                          _row_id(row, self.id_column, split, id_index))
 
 
 def _reference_list(row: Mapping[str, Any], column: str | None, target: str) -> tuple[str, ...]:
@@ -434,7 +439,8 @@ class DialogueFormatter(Formatter):
     def text_columns(self):
         return (self.speaker_column, self.utterance_column)
 
-    def format_rows(self, rows, indices, split):
+    def format_rows(self, rows, indices, split, id_indices=None):
+        del id_indices  # examples are named by dialogue id and turn
         dialogues: dict[str, list[tuple[str, str]]] = {}
         for row, index in zip(rows, indices):
             try:

@@ -149,7 +149,7 @@ def load_examples(task: str | TaskSpec, split: str, *, data_files: Mapping[str, 
         raw = _renamed(raw, columns, file, origin)
         _check_columns(raw, formatter, file, report.origin, columns)
 
-    marked = _format(raw, formatter, split)
+    marked = _format(raw, formatter, split, _left_out_before(local))
     left_out = list(local.bad) if local else []
     report.rows_read = raw.num_rows + len(left_out)
     # Where data row i is: its line (text files), its row of the JSON document (where rows were
@@ -659,23 +659,45 @@ def _output_features():
     })
 
 
-def _format(raw, formatter: Formatter, split: str):
+def _left_out_before(local: LocalFile | None) -> tuple[int, ...]:
+    """For each row left out before `datasets` read the file, how many of the rows it read
+    come before it (sorted). A row without an id column is named `split-N` by its data row in
+    the user's file: a row left out there (`"text": 5`) shifted every later name by one, where
+    the formatter's bad rows (`"text": null`) kept them, so predictions lost their rows."""
+    import bisect
+
+    if local is None or not local.bad:
+        return ()
+    kept = local.line_of_row if local.by_line else local.row_of_row
+    if kept is None:  # the map back to the file is unknown: names as read
+        return ()
+    return tuple(sorted(bisect.bisect_left(kept, place) for place, _, _ in local.bad))
+
+
+def _format(raw, formatter: Formatter, split: str, left_out_before: tuple[int, ...] = ()):
     # Dialogue examples span rows, so the whole split is one batch there.
     batch_size = None if isinstance(formatter, DialogueFormatter) else 1000
     return raw.map(_format_batch, batched=True, batch_size=batch_size, with_indices=True,
                    remove_columns=raw.column_names, features=_output_features(),
                    fn_kwargs={"formatter": formatter, "split": split,
-                              "format_version": formatting_code_digest()},
+                              "format_version": formatting_code_digest(),
+                              "left_out_before": left_out_before},
                    desc=f"Formatting {split}")
 
 
 def _format_batch(batch: dict[str, list], indices: list[int], *, formatter: Formatter,
-                  split: str, format_version: str) -> dict[str, list]:
+                  split: str, format_version: str,
+                  left_out_before: tuple[int, ...] = ()) -> dict[str, list]:
+    import bisect
+
     del format_version  # only part of the cache key
     columns = list(batch)
     rows = [dict(zip(columns, values)) for values in zip(*(batch[c] for c in columns))]
     out: dict[str, list] = {name: [] for name in (*_OUTPUT_COLUMNS, *_PROBLEM_COLUMNS)}
-    for item in formatter.format_rows(rows, indices, split):
+    # Row i of what was read is data row i + (rows left out before it) of the user's file
+    id_indices = [index + bisect.bisect_right(left_out_before, index) for index in indices] \
+        if left_out_before else None
+    for item in formatter.format_rows(rows, indices, split, id_indices):
         if isinstance(item, Example):
             values = (item.source, item.target, list(item.references), item.example_id,
                       -1, "", "")

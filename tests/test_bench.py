@@ -116,6 +116,10 @@ def test_gpu_script_plumbing_on_tiny_models(tmp_path):
     text = (tmp_path / "gpu_seq2seq.md").read_text()
     assert "| barto-tiny | mlsum | hf_trainer |" in text and "| barto-tiny | fixed | loop_fused |" in text
     assert "- barto-tiny mlsum:" in text and "- t5s-tiny mlsum: not measured" in text
+    # uncompiled bucketed rows run every bucket shape once before timing (steady state)
+    bucketed = [r for r in section["rows"] if "bucket" in r["impl"]]
+    assert bucketed and all(r["priming_steps"] == r["bucket_shapes"] > 1 for r in bucketed)
+    assert "## Bucket shapes run once, untimed, before the warm-up" in text
 
 
 def test_bench_refuses_cuda_without_a_gpu(capsys):

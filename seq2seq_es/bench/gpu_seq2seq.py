@@ -283,6 +283,12 @@ def markdown(report: dict) -> str:
                          f"{r.get('graphs_compiled_while_timed')} while timed, row "
                          f"{r.get('row_wall_s', 0):.0f} s")
         lines.append("")
+    warmed = [r for r in rows if r.get("priming_steps") and not r.get("compile")]
+    if warmed:
+        lines.append("## Bucket shapes run once, untimed, before the warm-up (uncompiled rows)")
+        lines += [f"- {r['model']} {r['dist']} {r['impl']}: {r['priming_steps']} shapes in "
+                  f"{r.get('priming_s', 0):.1f} s" for r in warmed]
+        lines.append("")
     lines.append("## Targets (best loop row's real tokens/s over the Seq2SeqTrainer row's)")
     lines += target_lines(rows, report["tiny"])
     return "\n".join(lines) + "\n"

@@ -457,6 +457,15 @@ def _run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
         if case.device.type == "cuda":
             torch.cuda.synchronize(case.device)
         notes["priming_s"] = time.perf_counter() - started      # mostly compilation
+    elif spec.bucket and not spec.engine:
+        # Uncompiled too, each bucket shape runs once untimed: what a shape costs the first time
+        # (cuDNN's attention plan, cuBLAS's choice, the allocator's blocks) is paid once in a
+        # run of thousands of steps, and 10 steps would time mostly first-seen shapes.
+        started = time.perf_counter()
+        warm_up_shapes(lambda shape: step([collator(dummy_features(
+            shape, case.shape.first_plain_id))], 0), plan.shapes())
+        notes["priming_steps"] = len(plan.shapes())
+        notes["priming_s"] = time.perf_counter() - started
     step.loss_window.zero_()  # the priming steps' dummy batches are no part of the loss noted
     clock = StepClock(case.device)
     step_batches: list[list[BatchTokens]] = []

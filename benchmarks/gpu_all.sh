@@ -43,10 +43,10 @@ fi
   date -u +"date %Y-%m-%d %H:%M UTC"
 } > "$OUT_DIR/environment.txt" 2>&1
 cat "$OUT_DIR/environment.txt"
-# A carried wheel that the image cannot import fails every section in seconds: stop here instead, so a
-# rerun with the fixed wheels still has the device time.
-if ! python3 -c "import transformers, deepspeed, datasets, submitit; from transformers import BartConfig" \
-    > "$OUT_DIR/preflight.txt" 2>&1; then
+# A carried wheel that the image cannot import fails every section in seconds: stop here
+# instead, so a rerun with the fixed wheels still has the device time.
+PREFLIGHT="import transformers, deepspeed, datasets, submitit; from transformers import BartConfig"
+if ! python3 -c "$PREFLIGHT" > "$OUT_DIR/preflight.txt" 2>&1; then
   tail -5 "$OUT_DIR/preflight.txt"; stamp "preflight import failed; nothing measured"; exit 3
 fi
 

@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu_wheels.sh            # fills .whl/ (git-ignored through .git/info/exclude)
 # then name `.whl` in the device call's `carry`. The image (python 3.12, torch 2.11, transformers 5.17,
 # accelerate, sentencepiece, tokenizers, safetensors, numpy, pyyaml, einops, msgpack, ninja, psutil,
-# py-cpuinfo, nvidia-ml-py, tqdm) lacks deepspeed and its pydantic/hjson needs, submitit and datasets, and its transformers is
+# py-cpuinfo, nvidia-ml-py, tqdm) lacks deepspeed and its pydantic/hjson needs, submitit and
+# datasets, and its transformers is
 # older than the one the package is tested with; the versions below are the .venv's, so the GPU run
 # times the code CI tests. Everything else the bench sections import is already in the image.
 set -euo pipefail
@@ -26,9 +27,9 @@ done
 
 rm -f "$WHEEL_DIR"/*.whl "$WHEEL_DIR"/*.tar.gz
 # Pure-Python wheels, and pydantic-core (compiled) for CPython 3.12.
-# transformers >= 5.25 needs huggingface-hub >= 2.4 (the image has 1.33), which pulls httpx2 and its
-# chain; pytest's conftest imports submitit, and `seq2seq-es train` (the GPU tests) reads data through
-# datasets. The image's pyarrow, pandas, xxhash, numpy, cloudpickle and tokenizers are new enough.
+# transformers >= 5.25 needs huggingface-hub >= 2.4 (the image has 1.33), which pulls httpx2
+# and its chain; pytest's conftest imports submitit, and `seq2seq-es train` (the GPU tests)
+# reads data through datasets. The image's pyarrow, pandas, xxhash, numpy, cloudpickle and tokenizers are new enough.
 for package in transformers hjson pydantic pydantic-core annotated-types typing-inspection \
                huggingface-hub hf-xet httpx2 httpcore2 truststore h11 anyio idna click \
                typing-extensions submitit datasets dill multiprocess fsspec \
@@ -38,7 +39,8 @@ done
 # DeepSpeed and rouge-score ship only sdists; gpu_all.sh builds them there (DeepSpeed with
 # DS_BUILD_OPS=0: its ops JIT-compile). The metrics' packages let `pytest -m gpu` train and score.
 for package in deepspeed rouge-score; do
-  "$PYTHON" -m pip download -q --no-deps --no-binary=:all: -d "$WHEEL_DIR" "$package==$(version "$package")"
+  "$PYTHON" -m pip download -q --no-deps --no-binary=:all: -d "$WHEEL_DIR" \
+    "$package==$(version "$package")"
 done
 ls -la "$WHEEL_DIR"
 du -sh "$WHEEL_DIR"

@@ -46,10 +46,12 @@ class TruncationReport:
         def pct(n: int) -> str:
             return f"{100 * n / max(self.examples, 1):.1f}%"
         return (f"[{self.split}] {self.examples} examples; sources truncated at "
-                f"{self.max_source_length}: {self.sources_truncated} ({pct(self.sources_truncated)}), "
-                f"median {self.source_lengths_p50:g}, max {self.source_lengths_max}; targets truncated at "
-                f"{self.max_target_length}: {self.targets_truncated} ({pct(self.targets_truncated)}), "
-                f"median {self.target_lengths_p50:g}, max {self.target_lengths_max}")
+                f"{self.max_source_length}: {self.sources_truncated} "
+                f"({pct(self.sources_truncated)}), median {self.source_lengths_p50:g}, "
+                f"max {self.source_lengths_max}; targets truncated at "
+                f"{self.max_target_length}: {self.targets_truncated} "
+                f"({pct(self.targets_truncated)}), median {self.target_lengths_p50:g}, "
+                f"max {self.target_lengths_max}")
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)

@@ -119,10 +119,25 @@ def test_a_rank_that_never_sees_the_port_says_which_file_it_waited_for(tmp_path)
     assert "shared by every node" in message
 
 
+def _hold_a_jobs_ports(attempts: int) -> tuple[str, list]:
+    """A job key and its first `attempts` ports, held. A port that something else on the
+    machine holds already (another test's connection, one in TIME_WAIT) failed the test in CI
+    with EADDRINUSE: another job id, whose ports hash elsewhere, is taken instead."""
+    for _ in range(20):
+        key, held = f"{a_job_id()}:0", []
+        try:
+            for attempt in range(attempts):
+                held.append(hold_like_an_outgoing_connection(
+                    rendezvous.rendezvous_port(key, attempt)))
+            return key, held
+        except OSError:
+            for sockets in held:
+                release(sockets)
+    raise AssertionError("no job id whose ports could all be held")
+
+
 def test_when_the_jobs_ports_are_all_taken_the_error_says_which():
-    key = f"{a_job_id()}:0"
-    held = [hold_like_an_outgoing_connection(rendezvous.rendezvous_port(key, attempt))
-            for attempt in range(3)]
+    key, held = _hold_a_jobs_ports(3)
     try:
         with pytest.raises(RuntimeError, match="3 ports of 20000-32767 from .* on are all in use"):
             rendezvous.free_rendezvous_port(key, attempts=3, ephemeral=range(40000, 41000))

@@ -760,13 +760,9 @@ STRUCTURED_SUFFIXES = (".json", ".csv", ".tsv", ".parquet", ".arrow")
 def _plain_name(path: Path) -> Path:
     """The name without a compression suffix (test.jsonl.gz -> test.jsonl), as training
     names a data file's format."""
-    from ..tasks.local_files import COMPRESSED_SUFFIXES
+    from ..tasks.local_files import uncompressed_name
 
-    name = path.name
-    for suffix in COMPRESSED_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return path.with_name(name[: -len(suffix)])
-    return path
+    return path.with_name(uncompressed_name(path.name))
 
 
 def _input_bytes(path: Path) -> tuple[bytes, str]:
@@ -774,15 +770,12 @@ def _input_bytes(path: Path) -> tuple[bytes, str]:
     training reads a .jsonl.gz data file, and predict read its compressed bytes as text
     ("not UTF-8 text" at some line) instead."""
     from ..errors import DataError
-    from ..tasks.local_files import _compression, _decompressed
+    from ..tasks.local_files import read_decompressed
 
-    raw = path.read_bytes()
-    compression = _compression(str(path))
-    if compression is not None:
-        try:
-            raw = _decompressed(str(path), raw, compression)
-        except DataError as err:  # the input's error, named as predict names its lines
-            raise InputError(path, None, str(err).split(": ", 1)[-1]) from None
+    try:
+        raw = read_decompressed(str(path))
+    except DataError as err:  # the input's error, named as predict names its lines
+        raise InputError(path, None, str(err).split(": ", 1)[-1]) from None
     return raw, _plain_name(path).suffix.lower()
 
 

@@ -461,7 +461,7 @@ class Trainer:
         interval's one read-back (the host waits for the device here, so the time is taken
         after it). A step is logged once."""
         step = self.state.step
-        if step == self.logged_step or not (step % max(self.cfg.train.log_every, 1) == 0
+        if step == self.logged_step or not (step % self.cfg.train.log_every == 0
                                             or step == self.total_steps or step == 1 or last):
             return
         self.logged_step = step

@@ -403,8 +403,7 @@ def cmd_resume(argv: list[str]) -> int:
     config.check_for_submission()  # before the question, as submit and sweep do
     # Also for --dry-run where sinfo answers, as submit and sweep check: an unknown partition or
     # more nodes than it has is said before any run's arguments are composed.
-    check_partition(config.partition, required=not args.dry_run,
-                    origin=("--partition" if args.partition is not None else "slurm.partition", ""))
+    check_partition(config.partition, required=not args.dry_run, origin=origin(args, "partition"))
     check_node_count(config, required=not args.dry_run)
     ranks = (SlurmConfig.from_mapping(manifest.slurm).world_size, config.world_size)
     if ranks[0] != ranks[1] and still_going:

@@ -898,8 +898,7 @@ def settings_warnings(manifest: Manifest, groups: dict[tuple[str, str], list[Run
     their labels already."""
     warnings = []
     for (model, task), results in groups.items():
-        runs = [member.run for result in results
-                for member in (result.spread.members if result.spread else [result])]
+        runs = [member.run for result in results for member in _members(result)]
         for run in runs:
             changes = changed_during_training(Path(run.run_dir))
             if changes:
@@ -1217,6 +1216,11 @@ def _metric_hint(unknown: list[str], logged) -> str:
 _CODE_NOT_RECORDED = "code not recorded (no versions.json)"
 
 
+def _members(result: RunResult) -> list[RunResult]:
+    """The runs behind a result: its seeds' runs, or the run itself."""
+    return result.spread.members if result.spread is not None else [result]
+
+
 def _codes(results: list[RunResult]) -> dict[str, list[str]]:
     """{code: run names} of `results`; runs without a record count as their own code only where
     another run has one (hand-made folders without any stay silent, as before)."""
@@ -1325,17 +1329,14 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
     # checked: a grid point of older code could win unnoticed). A run without versions.json
     # beside runs with one ran unknown code, which is named as such.
     for (model, task), results in groups.items():
-        members = [member for result in results
-                   for member in (result.spread.members if result.spread else [result])]
+        members = [member for result in results for member in _members(result)]
         pair_codes = _codes(members)
         if len(pair_codes) > 1 and len(members) > 1:
             warnings.append(f"{model} / {task}: its runs ran different code (versions.json), so "
                             "the dev scores its run was chosen by may not compare: "
                             + "; ".join(f"{code}: {', '.join(names)}"
                                         for code, names in sorted(pair_codes.items())))
-    codes = _codes([result for choice in chosen.values()
-                    for result in (choice.result.spread.members if choice.result.spread
-                                   else [choice.result])])
+    codes = _codes([member for choice in chosen.values() for member in _members(choice.result)])
     if len(codes) > 1:
         warnings.append("the chosen runs ran different code (versions.json), so their scores may "
                      "not compare: " + "; ".join(f"{code}: {', '.join(names)}"
@@ -1582,8 +1583,7 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
         lines += [f"  - {model} / {task} ({result.run.run_dir}): "
                   f"{unfinished_state(result.run.run_dir)}"
                   for (model, task), choice in table.chosen.items()
-                  for result in (choice.result.spread.members if choice.result.spread
-                                 else [choice.result]) if not result.final]
+                  for result in _members(choice.result) if not result.final]
         lines.append("  A stopped run continues from its last checkpoint with " + (
             "`seq2seq-es train --config RUN/config.yaml --train.resume auto`"
             if table.from_run_folders else "`seq2seq-es slurm resume` (status: `seq2seq-es "

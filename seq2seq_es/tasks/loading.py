@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError, DataError, cache_folder_error
 from .formatting import (DialogueFormatter, Example, Formatter, Problem,
                          TranslationFormatter)
-from .local_files import COMPRESSED_SUFFIXES, LocalFile, prepare_local_file
+from .local_files import (COMPRESSED_SUFFIXES, LocalFile, prepare_local_file,
+                          uncompressed_name)
 from .registry import TaskSpec, get_task
 
 if TYPE_CHECKING:
@@ -229,11 +230,7 @@ def _in_hub(report: LoadReport, file: str | None) -> str:
 # Reading
 
 def builder_for(path: str) -> tuple[str, dict[str, Any]]:
-    name = path.lower()
-    for suffix in COMPRESSED_SUFFIXES:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    extension = os.path.splitext(name)[1]
+    extension = os.path.splitext(uncompressed_name(path.lower()))[1]
     if extension not in LOCAL_FILE_BUILDERS:
         raise DataError(f"unsupported file extension '{extension or '(none)'}'; use one of "
                         f"{', '.join(LOCAL_FILE_BUILDERS)} (all but .parquet may be compressed: "

@@ -194,6 +194,21 @@ def _compression(path: str) -> str | None:
     return next((suffix for suffix in _COMPRESSIONS if name.endswith(suffix)), None)
 
 
+def uncompressed_name(path: str) -> str:
+    """The name without its compression suffix (test.jsonl.gz -> test.jsonl): the name that
+    says the file's format."""
+    suffix = _compression(path)
+    return path[: -len(suffix)] if suffix else path
+
+
+def read_decompressed(path: str) -> bytes:
+    """The file's bytes, decompressed where its name says so (a DataError where they cannot
+    be)."""
+    raw = Path(path).read_bytes()
+    suffix = _compression(path)
+    return _decompressed(path, raw, suffix) if suffix else raw
+
+
 def _decompressed(path: str, raw: bytes, suffix: str) -> bytes:
     """The file's content, decompressed, or a DataError saying why it cannot be."""
     kind, magic = _COMPRESSIONS[suffix]
@@ -668,7 +683,7 @@ def _mixed_column(key: str, kinds: dict[str, list[tuple[int, str]]], columns: Co
         # and change the history of every later turn.
         return ([(number, name, f"not a string or number ({name})")
                  for kind, found in kinds.items() if kind not in ("text", "a number")
-                 for number, name in found], _id_text,
+                 for number, name in found], id_text,
                 f"column '{key}' mixes {kinds_text}: its numbers are read as their text")
     if key in columns.lists:
         # A reference list: a text value is kept as a list of that one reference (the same
@@ -692,8 +707,6 @@ def _mixed_column(key: str, kinds: dict[str, list[tuple[int, str]]], columns: Co
     return [], _json_text, ""
 
 
-def _id_text(value) -> object:
-    return id_text(value)  # the formatters' own reading of a number id
 
 
 def _text_as_list(value) -> object:

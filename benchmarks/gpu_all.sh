@@ -9,11 +9,12 @@
 #                     checkpointing, after a flex-vs-hf accuracy check at 16K
 #   3. seq2seq        Seq2SeqTrainer route vs this package's loop, BART-base and T5-base, MLSUM-like
 #                     lengths and fixed 512x128x32 (the targets' rows first)
+#   3b. profile       one token-budget row under torch.profiler, with and without cuDNN attention
 #   4. gpu_tests      pytest -m gpu
 # EXTRAS=1 adds the T5 attention kernels (hf/sdpa/flex) and the mixed-precision checks under ZeRO,
 # measured before (BENCHMARKS.md) and not part of the targets. OUT_DIR/summary.md collects the targets.
 # TINY=1 runs the same sections on tiny models on the CPU: the smoke test of this script.
-# Each section's limit is an environment variable (FLEX_S, LED_S, SEQ2SEQ_S, GPU_TESTS_S, T5_S,
+# Each section's limit is an environment variable (FLEX_S, LED_S, SEQ2SEQ_S, PROFILE_S, GPU_TESTS_S, T5_S,
 # PRECISION_S) so a rerun can give one section the time another did not use.
 set -u
 OUT_DIR=${1:?usage: gpu_all.sh OUT_DIR}
@@ -62,6 +63,10 @@ stamp "3. seq2seq: Seq2SeqTrainer route vs this package's loop"
 timeout "${SEQ2SEQ_S:-190}" python3 -m seq2seq_es.bench.gpu_seq2seq "$OUT_DIR/seq2seq" "${TINY_ARG[@]}" \
   --budget-s "$(( ${SEQ2SEQ_S:-190} - 10 ))"
 if [ "${TINY:-0}" != 1 ]; then
+  stamp "3b. profile: where a token-budget step's time goes (host, cuDNN plans or kernels)"
+  timeout "${PROFILE_S:-50}" python3 -m seq2seq_es.bench.gpu_step_profile "$OUT_DIR/profile" \
+    --impls "${PROFILE_IMPLS:-loop_budget_fused,loop_budget_fused_nocudnn}" 2>&1 \
+    | grep -v "^USDT\|^precision" | tee "$OUT_DIR/profile.txt"
   stamp "4. tests that need a CUDA device (pytest -m gpu)"
   # Only the files that hold GPU tests: collecting the others imports what only the CPU suite needs.
   timeout "${GPU_TESTS_S:-75}" python3 -m pytest -q -p no:cacheprovider -m gpu \

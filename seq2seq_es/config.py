@@ -92,6 +92,11 @@ class ModelConfig(_Section):
     name: str = "barto-tiny"              # registry name (seq2seq-es list)
     path: str | None = None               # local folder or hub id overriding the registry's hub id
     gradient_checkpointing: bool = False  # non-reentrant activation checkpointing
+    checkpoint_scope: Literal["all", "encoder"] = "all"  # with gradient_checkpointing: every
+                                          # layer, or the encoder's only (the decoder's
+                                          # activations grow with the target, not the source:
+                                          # LEDO's 16K inputs need the encoder's checkpointed,
+                                          # and its 512-token decoder's recompute costs time)
     attention: Literal["hf", "sdpa", "flex"] = "hf"  # LED and T5 attention implementation
                                           # (seq2seq_es.kernels; hf: transformers' own)
     compile: bool = False                 # torch.compile the model (lengths padded to 64s
@@ -971,6 +976,8 @@ def not_applying(cfg) -> dict[str, str]:
         ignored["model.compile_shapes"] = "model.compile=False"
     if not cfg.model.lean_ce:
         ignored["model.lean_ce_chunk"] = "model.lean_ce=False"
+    if not cfg.model.gradient_checkpointing:
+        ignored["model.checkpoint_scope"] = "model.gradient_checkpointing=False"
     if not cfg.train.push_to_hub:
         ignored["train.hub_private"] = "no train.push_to_hub"
     if not cfg.train.export:

@@ -355,6 +355,14 @@ def test_gpu_summary_says_which_targets_are_met_and_which_were_not_measured(tmp_
             "flex step 0.0900 s (target <= 0.095 s: met)") in text
     assert "- checkpointing off: flex 2.74x hf (target 3.5x: NOT met)" in text
     assert "- accuracy long_check: PASS" in text
+    assert "encoder only" not in text  # a run from before that mode existed
+
+    # flex with the encoder's layers alone checkpointed, against the HF route's full checkpointing
+    led["bench_rows"].append(_led_row("flex", "encoder", 0.08, 6.5))
+    (tmp_path / "led" / "gpu_led.json").write_text(json.dumps(led))
+    text = summary(tmp_path)
+    assert ("- checkpointing encoder only: flex 4.50x hf (target 4.0x: met), peak 6.50 vs 6.90 GiB "
+            "(ok), flex step 0.0800 s (target <= 0.095 s: met)") in text
 
 
 @pytest.mark.parametrize("impl, compiled", [("loop_budget", False), ("loop_budget_engine", True)])
@@ -408,3 +416,26 @@ def test_a_nocudnn_row_trains_without_cudnn_attention_and_puts_the_switch_back(m
             run_loop(case, parse_impl(name))
         assert torch.backends.cuda.cudnn_sdp_enabled()
     assert seen == [False, True]
+
+
+def test_step_profile_sums_attention_kernels_by_kind():
+    from types import SimpleNamespace
+
+    from seq2seq_es.bench.gpu_step_profile import attention_kernel_times
+
+    events = [SimpleNamespace(key="cudnn_generated_fort_native_sdpa_sm90_flash_fprop", self_device_time_total=300.0),
+              SimpleNamespace(key="void pytorch_flash::flash_fwd_kernel<...>", self_device_time_total=200.0),
+              SimpleNamespace(key="fmha_cutlassF_bf16_aligned_64x64_rf_sm80", self_device_time_total=50.0),
+              SimpleNamespace(key="ampere_bf16_s16816gemm", self_device_time_total=999.0)]
+    assert attention_kernel_times(events) == {"cudnn": 300.0, "flash": 200.0, "efficient": 50.0}
+
+
+def test_step_profile_writes_a_row_s_operator_tables(tmp_path, capsys):
+    from seq2seq_es.bench.gpu_step_profile import main
+
+    assert main([str(tmp_path), "--dist", "fixed", "--batch", "2", "--warmup", "1", "--steps", "1",
+                 "--impls", "loop_fused"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("barto-tiny fixed loop_fused: median step ") and "1 timed steps" in line
+    text = (tmp_path / "barto-tiny_fixed_loop_fused.txt").read_text()
+    assert "## by self_cpu_time_total" in text and "aten::mm" in text

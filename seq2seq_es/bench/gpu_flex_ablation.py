@@ -18,10 +18,19 @@ was 1.2 ms against 0.75 ms. This script changes one thing at a time between the 
      place (kv_idx < global count), so no [slots | sequence] concatenation and square tables;
      whether dropping the slots for prefix globals is worth it
 
+  I  the band alone through flex with A's tables (keys past the global prefix, before the padding),
+     the global <s> as one dense score column, the two merged by log-sum-exp: the way round the
+     slot block, if E's extra partial block per query row is what costs
+  A-dyn, E-dyn  A and E compiled with dynamic shapes: what training meets once a second source
+     length has made torch.compile's automatic dynamic shapes mark the lengths dynamic
+
 The H200 run of 2026-12-04 (16K, median of 10) measured A 0.283 / 1.482 ms, C 3.786 / 5.610 ms,
 E 0.680 / 2.708 ms (forward / forward+backward) before this script's 45 s ran out: the general
-mask's gathers (C) were the 13x, the row-span mask (E) is 2.4x the plain band's forward. G and H
-run right after E now, the rows already measured last.
+mask's gathers (C) were the 13x, the row-span mask (E) is 2.4x the plain band's forward. But those
+cases shared one compiled flex_attention: A compiled for 16384 keys, then E's 16512 (a slot block
+in front) made torch.compile recompile with the key length dynamic, so E and C may have been timed
+on a dynamic-shape kernel and A on a static one. Each case now starts from a reset compiler with
+its own `torch.compile(flex_attention, dynamic=...)`, and the -dyn rows time the dynamic kernels.
 
 and prints forward (with grad) and forward+backward milliseconds, median of --repeat calls.
     python3 -m seq2seq_es.bench.gpu_flex_ablation [--src-len 16384] [--repeat 20]
@@ -72,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     seq_len = args.src_len or (16384 if device == "cuda" else 1024)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     backward = device == "cuda"  # FlexAttention has no backward on the CPU
-    compiled = torch.compile(flex_attention)
     torch.manual_seed(0)
 
     def tensor(*shape):
@@ -115,25 +123,52 @@ def main(argv: list[str] | None = None) -> int:
         ours.kv_num_blocks, ours.kv_indices, ours.full_kv_num_blocks, ours.full_kv_indices,
         BLOCK_SIZE=ours.BLOCK_SIZE, mask_mod=band_after_slots, seq_lengths=ours.seq_lengths)
 
+    def band_without_globals(b, h, q_idx, kv_idx):
+        return ((q_idx - kv_idx).abs() <= window) & (kv_idx >= global_count) & (kv_idx < length)
+
+    band_only = create_block_mask(band_without_globals, 1, 1, seq_len, seq_len, device=device)
+    scale = HEAD_DIM ** -0.5
+
+    def split_globals(query, key, value):
+        """I: the band alone through flex (A's tables), the prefix global key as a dense column,
+        the two merged by their log-sum-exp: no extra block per query row."""
+        band_out, band_lse = flex_attention(query, key, value, block_mask=band_only, return_lse=True)
+        global_scores = (query @ key[:, :, :1].transpose(-1, -2)).float() * scale  # [B, H, L, 1]
+        top = torch.maximum(band_lse, global_scores.amax(-1))
+        band_weight = torch.exp(band_lse - top)[..., None]
+        global_weight = torch.exp(global_scores - top[..., None])
+        merged = band_out.float() * band_weight + global_weight @ value[:, :, :1].float()
+        return (merged / (band_weight + global_weight.sum(-1, keepdim=True))).to(query.dtype)
+
+    def with_mask(block_mask):
+        return lambda query, key, value: flex_attention(query, key, value, block_mask=block_mask)
+
+    # name: (attention of (q, k, v), query, keys, values, compile with dynamic shapes)
     cases = {
         # The open questions first: gpu_all.sh gives this script a fixed time (C was measured).
-        "A plain band, contiguous": (lambda: q, k, v, plain_mask),
-        "E ours, row-span mask_mod": (lambda: q, k_slots, v_slots, row_spans),
-        "G ours, mask_mod reading no tensor": (lambda: q, k_slots, v_slots, no_tensors),
-        "H row spans, globals in place": (lambda: q, k, v, in_place),
-        "C ours, contiguous": (lambda: q, k_slots, v_slots, ours),
-        "B plain band, transposed q": (lambda: q_view.transpose(1, 2), k, v, plain_mask),
-        "D ours, transposed q": (lambda: q_view.transpose(1, 2), k_slots, v_slots, ours),
+        "A plain band, contiguous": (with_mask(plain_mask), lambda: q, k, v, False),
+        "E ours, row-span mask_mod": (with_mask(row_spans), lambda: q, k_slots, v_slots, False),
+        "I band flex + global column, lse merge": (split_globals, lambda: q, k, v, False),
+        "A-dyn plain band, dynamic shapes": (with_mask(plain_mask), lambda: q, k, v, True),
+        "E-dyn row-span mask_mod, dynamic": (with_mask(row_spans), lambda: q, k_slots, v_slots, True),
+        "H row spans, globals in place": (with_mask(in_place), lambda: q, k, v, False),
+        "G ours, mask_mod reading no tensor": (with_mask(no_tensors), lambda: q, k_slots, v_slots, False),
+        "C ours, contiguous": (with_mask(ours), lambda: q, k_slots, v_slots, False),
+        "B plain band, transposed q": (with_mask(plain_mask), lambda: q_view.transpose(1, 2), k, v, False),
+        "D ours, transposed q": (with_mask(ours), lambda: q_view.transpose(1, 2), k_slots, v_slots, False),
     }
     print(f"device {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}), "
           f"torch {torch.__version__}, L={seq_len}, heads {HEADS}x{HEAD_DIM}, window +-{ONE_SIDED_WINDOW}")
-    for name, (query, key, value, block_mask) in cases.items():
+    for name, (attend, query, key, value, dynamic) in cases.items():
+        # A fresh compiler per case: a shared one recompiles the second shape it meets with the
+        # lengths dynamic, and the cases after it would time another kind of kernel.
+        torch._dynamo.reset()
+        compiled = torch.compile(attend, dynamic=dynamic)
         try:
-            forward = timed(lambda: compiled(query(), key, value, block_mask=block_mask), device, args.repeat)
+            forward = timed(lambda: compiled(query(), key, value), device, args.repeat)
             line = f"{name:36s} forward {forward:8.3f} ms"
             if backward:
-                both = timed(lambda: compiled(query(), key, value, block_mask=block_mask).sum().backward(),
-                             device, args.repeat)
+                both = timed(lambda: compiled(query(), key, value).sum().backward(), device, args.repeat)
                 line += f"   forward+backward {both:8.3f} ms"
             print(line, flush=True)
         except Exception as error:  # a failing case must not hide the others
@@ -143,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..kernels.led_attention import apply_led_attention
 
     shape = LED_BASE_SHAPE if device == "cuda" else TINY_SHAPE
+    torch._dynamo.reset()
     model = build_led_model(shape, device)
     apply_led_attention(model, "flex")
     layer = model.led.encoder.layers[0].self_attn.longformer_self_attn

@@ -3,7 +3,7 @@
     python3 -m seq2seq_es.bench.gpu_summary OUT_DIR > OUT_DIR/summary.md
 
 Reads what the sections left (environment.txt, flex_ablation.txt, led/gpu_led.json,
-seq2seq/gpu_seq2seq.json, gpu_tests.txt); a section that did not run or did not finish is named as
+seq2seq/gpu_seq2seq.json, profile.txt, gpu_tests.txt); a section that did not run or did not finish is named as
 such, never left out, so the summary of a cut-short run still says which targets were not measured.
 """
 
@@ -64,6 +64,10 @@ def summary(out_dir: Path) -> str:
     ablation = _text(out_dir / "flex_ablation.txt")
     parts += ["## LED flex ablation (target: flex within 2x of the plain band kernel per layer)", "",
               "```", ablation or "flex_ablation.txt missing", "```", ""]
+    profile = _text(out_dir / "profile.txt")
+    if profile is not None:
+        parts += ["## One token-budget row under torch.profiler (tables in profile/)", "", "```", profile,
+                  "```", ""]
     tests = _text(out_dir / "gpu_tests.txt")
     if tests is not None:
         parts += ["## pytest -m gpu", "", "```", "\n".join(tests.splitlines()[-3:]), "```", ""]

@@ -34,7 +34,7 @@ def get_model(cfg: RunConfig):
     if cfg.model.dropout is not None:
         set_dropout(model, cfg.model.dropout)
     if cfg.model.gradient_checkpointing:
-        set_activation_checkpointing(model, True)
+        set_activation_checkpointing(model, True, scope=cfg.model.checkpoint_scope)
         model.config.use_cache = False
     set_cudnn_attention(cfg.model.cudnn_attention)
     return model, tokenizer, spec
@@ -72,9 +72,10 @@ def check_source_positions(cfg: RunConfig, spec, model) -> None:
                           f"{positions // multiple * multiple} or less fits")
 
 
-def set_activation_checkpointing(model, on: bool) -> None:
-    """Turn non-reentrant activation checkpointing of every layer on or off. Non-reentrant works
-    with shared weights and ZeRO-3's parameter hooks. transformers 5.2x renamed the methods
+def set_activation_checkpointing(model, on: bool, scope: str = "all") -> None:
+    """Turn non-reentrant activation checkpointing of every layer on or off (scope "encoder":
+    the encoder's layers only, model.checkpoint_scope). Non-reentrant works with shared weights
+    and ZeRO-3's parameter hooks. transformers 5.2x renamed the methods
     (activation_checkpointing_*, the old names warn on every call); earlier 5.x have only the
     old ones."""
     if on:
@@ -84,6 +85,12 @@ def set_activation_checkpointing(model, on: bool) -> None:
         else:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
+        if scope == "encoder":
+            # transformers checkpoints a layer when its own `gradient_checkpointing` is set
+            # (GradientCheckpointingLayer, and the stacks of older code): clear the decoder's.
+            for module in model.get_decoder().modules():
+                if getattr(module, "gradient_checkpointing", False):
+                    module.gradient_checkpointing = False
         return
     disable = getattr(model, "activation_checkpointing_disable", None)
     (disable or model.gradient_checkpointing_disable)()

@@ -185,8 +185,9 @@ def padded_source(shape: ModelShape, source: int) -> int:
 
 
 def estimate(shape: ModelShape, batch: int, source: int, target: int, *,
-             checkpointing: bool = False) -> StepMemory:
-    """Peak GiB of one training step of `batch` sequences of `source` + `target` tokens."""
+             checkpointing: bool = False, checkpoint_scope: str = "all") -> StepMemory:
+    """Peak GiB of one training step of `batch` sequences of `source` + `target` tokens
+    (checkpoint_scope "encoder": the decoder's layers keep their activations)."""
     d = shape.d_model
     source = padded_source(shape, source)
     token_layer = ACT_BYTES_PER_D[shape.family] * d
@@ -195,7 +196,12 @@ def estimate(shape: ModelShape, batch: int, source: int, target: int, *,
     decoder_layer = token_layer * DECODER_LAYER_FACTOR * target + 2 * 2 * d * source
     attn_encoder_layer, attn_decoder_layer = _attention_bytes(shape, source, target)
     stack_bias = _t5_stack_bias_bytes(shape, source, target)
-    if checkpointing:
+    if checkpointing and checkpoint_scope == "encoder":  # the sum: an upper bound
+        boundaries = CHECKPOINT_BOUNDARY_BYTES * d * shape.encoder_layers * source
+        in_flight = CHECKPOINT_INFLIGHT * (encoder_layer + attn_encoder_layer)
+        activations = boundaries + in_flight + shape.decoder_layers * decoder_layer
+        attention = stack_bias + shape.decoder_layers * attn_decoder_layer
+    elif checkpointing:
         boundaries = CHECKPOINT_BOUNDARY_BYTES * d * (shape.encoder_layers * source
                                                       + shape.decoder_layers * target)
         in_flight = CHECKPOINT_INFLIGHT * max(encoder_layer + attn_encoder_layer,
@@ -229,7 +235,8 @@ def estimate_config(cfg) -> StepMemory:
     if shape.attention_window and cfg.model.attention_window:
         shape = dataclasses.replace(shape, attention_window=cfg.model.attention_window)
     return estimate(shape, micro_batch(cfg), cfg.data.max_source_length,
-                    cfg.data.max_target_length, checkpointing=cfg.model.gradient_checkpointing)
+                    cfg.data.max_target_length, checkpointing=cfg.model.gradient_checkpointing,
+                    checkpoint_scope=cfg.model.checkpoint_scope)
 
 
 def budget_gib(gpu_gib: float = GPU_GIB, headroom_gib: float = HEADROOM_GIB) -> float:

@@ -140,7 +140,7 @@ def convert_bart_to_led(src: str, out: str, max_positions: int = 16384,
                                  "which LED does not; it cannot be converted exactly")
     tokenizer = load_tokenizer(src, key="SRC")
     try:
-        bart = BartForConditionalGeneration.from_pretrained(src)
+        bart = BartForConditionalGeneration.from_pretrained(src, use_kernels=False)  # see family.NO_HUB_KERNELS
     except OSError as err:  # a folder with a config but no (readable) weights
         raise ConfigError("SRC", f"no BART weights could be loaded from {src}: {err}") from err
     led = LEDForConditionalGeneration(led_config_from_bart(bart.config, max_positions,

@@ -66,6 +66,13 @@ _SEQ2SEQ_INPUTS = frozenset({"input_ids", "attention_mask", "decoder_input_ids",
                              "decoder_attention_mask"})
 
 
+# transformers 5.25's from_pretrained kernelizes a model by default: layers with a Hub kernel get
+# code downloaded from the Hub at load time, which a compute node without internet cannot do
+# (the lent H200 failed every from_pretrained with "Kernels are not available"), and which would
+# change a run's kernels with the Hub's contents. Our kernels are chosen by model.attention.
+NO_HUB_KERNELS = {"use_kernels": False}
+
+
 class Family:
     """The default behaviour; each family overrides what differs."""
 
@@ -97,7 +104,7 @@ class Family:
 
     def load_model(self, spec, source: str, config, key: str, cache_dir: str | None):
         """The model in `source` (a checked folder or hub id); OSError passes through."""
-        return self.model_class().from_pretrained(source, cache_dir=cache_dir)
+        return self.model_class().from_pretrained(source, cache_dir=cache_dir, **NO_HUB_KERNELS)
 
     def export_config(self, config: dict) -> bool:
         """Make the config.json that save_pretrained wrote say the same to other transformers
@@ -370,7 +377,7 @@ class Bert2Bert(Family):
                 raise ConfigError(key, f"{source} holds a {saved} encoder-decoder, but model "
                                        f"'{spec.name}' is "
                                        f"{'shared' if spec.shared else 'unshared'}")
-            model = Bert2BertModel.from_pretrained(source, cache_dir=cache_dir)
+            model = Bert2BertModel.from_pretrained(source, cache_dir=cache_dir, **NO_HUB_KERNELS)
             try:
                 model.check_tie(source)
             except ValueError as err:
@@ -380,7 +387,9 @@ class Bert2Bert(Family):
         # new.
         return Bert2BertModel.from_encoder_decoder_pretrained(
             source, source, encoder_add_pooling_layer=False, encoder_cache_dir=cache_dir,
-            decoder_cache_dir=cache_dir, **{SHARE_FLAG: spec.shared})
+            decoder_cache_dir=cache_dir, **{SHARE_FLAG: spec.shared},
+            **{f"{half}_{key}": value for half in ("encoder", "decoder")
+               for key, value in NO_HUB_KERNELS.items()})
 
     @staticmethod
     def _head(decoder) -> tuple[str, Any]:

@@ -274,3 +274,41 @@ def test_two_ranks_log_the_norm_of_one_rank_and_a_resume_logs_the_same(tmp_path)
     assert len(records) == 2  # the uninterrupted run's and the resumed run's
     for key in ("train/grad_norm", "train/grad_norm_max", "train/loss"):
         assert records[1][key] == records[0][key], key
+
+
+def _weights_after_steps(files, env, *, stage: int, max_grad_norm: float, steps: int = 2):
+    """The parameters' updates after `steps` steps from the same start, and whether the engine
+    left clipping to TrainStep."""
+    import deepspeed.runtime.torch_autocast as ds_autocast
+
+    ds_autocast.TORCH_AUTOCAST_INITIALIZED = False
+    torch.manual_seed(0)
+    cfg, engine, reference, batches = engine_reference_and_batches(files, env, stage=stage,
+                                                                   max_grad_norm=max_grad_norm)
+    start = dict(reference.named_parameters())
+    step = TrainStep(engine, env, cfg)
+    for number in range(steps):
+        step(batches, number)
+    updates = {name: (p.detach().float() - start[name].detach().float())
+               for name, p in engine.module.named_parameters()}
+    clips_itself = engine.gradient_clipping() == 0.0
+    step.close()
+    engine.destroy()
+    return updates, clips_itself
+
+
+def test_zero0_clips_on_the_device_as_deepspeed_clips_at_zero1(files, one_rank):
+    # ZeRO 0 clips in TrainStep (DeepSpeed's stage-0 clipping syncs the host and loops over the
+    # parameters); ZeRO 1 clips in DeepSpeed's optimizer: the same update, to float rounding.
+    # A norm of 1e-6 clips every step, to gradients below AdamW's eps: the update then scales with
+    # the clipping coefficient (with a coarse norm Adam would normalise the clipping away).
+    at_zero0, zero0_own = _weights_after_steps(files, one_rank, stage=0, max_grad_norm=1e-6)
+    at_zero1, zero1_own = _weights_after_steps(files, one_rank, stage=1, max_grad_norm=1e-6)
+    unclipped, _ = _weights_after_steps(files, one_rank, stage=0, max_grad_norm=0.0)
+    assert zero0_own and not zero1_own
+    largest = max(u.abs().max().item() for u in at_zero0.values())
+
+    def worst(other):
+        return max((at_zero0[k] - other[k]).abs().max().item() for k in at_zero0) / largest
+
+    assert worst(at_zero1) <= 1e-3 and worst(unclipped) > 0.5

@@ -316,6 +316,8 @@ def get_engine(model, cfg: RunConfig, env: D.DistEnv, total_steps: int):
     reads the rate from, and the DeepSpeed config it was built with (saved in the run)."""
     import deepspeed
 
+    from .step import clips_in_train_step
+
     if cfg.model.lean_ce:
         from ..kernels.lean_ce import install_lean_loss
         install_lean_loss(model, cfg.model.lean_ce_chunk, cfg.optim.label_smoothing)
@@ -335,6 +337,15 @@ def get_engine(model, cfg: RunConfig, env: D.DistEnv, total_steps: int):
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     label_bf16_optimizer_checkpoints(engine)
+    if cfg.optim.max_grad_norm and clips_in_train_step(engine):
+        # TrainStep clips on the device by the norm it logs (see there); the saved DeepSpeed
+        # config keeps saying gradient_clipping = optim.max_grad_norm, which is what happens.
+        engine._config.gradient_clipping = 0.0  # what engine.gradient_clipping() reads per step
+    if cfg.dist.zero_stage == 0 and engine.dp_world_size == 1:
+        # One process has nothing to average, yet DeepSpeed would flatten every gradient into a
+        # bucket, all-reduce it over the one rank and copy it back after each step's last
+        # backward (two passes over the gradient's memory).
+        engine.enable_backward_allreduce = False
     scheduler.grad_scaler = engine.torch_autocast_z0_gradscaler  # saved with it (optim.Schedule)
     if cfg.model.compile:
         # static: dynamic=False, one graph per shape; dynamic and auto: torch's default, which

@@ -60,6 +60,14 @@ def host_token_counts(micro_batches: list[dict]) -> tuple[list[float], list[floa
     return [sum(targets), float(source), float(padded)], targets
 
 
+def clips_in_train_step(engine) -> bool:
+    """Whether TrainStep clips the gradient rather than DeepSpeed (ZeRO 0 outside fp16; see
+    TrainStep.__init__); get_engine then sets the engine's own clipping to 0."""
+    fp16 = getattr(engine, "torch_autocast_z0_gradscaler", None) is not None \
+        or engine.fp16_enabled()
+    return not engine.zero_optimization() and not fp16
+
+
 def all_reduce_(tensor: torch.Tensor, op=None) -> torch.Tensor:
     """In-place all-reduce of a device tensor, never read back: on a GPU the host does not wait."""
     if dist.is_initialized() and dist.get_world_size() > 1:
@@ -142,6 +150,15 @@ class TrainStep:
         # ZeRO 0 steps our torch optimizer, which keeps no norm: computed from the gradients
         # (see the module docstring); every ZeRO optimizer keeps its own.
         self.norm_from_grads = not engine.zero_optimization()
+        # ZeRO 0 outside fp16: the step clips the gradient itself, by the norm it computes for
+        # the log anyway, in two fused device ops. DeepSpeed's stage-0 clipping
+        # (runtime.utils.clip_grad_norm_) loops over the parameters twice in Python and builds two
+        # tensors from host numbers every step: each such copy waits for the backward to finish,
+        # and the GPU then idles while the loops launch one small kernel per parameter. (fp16 at
+        # ZeRO 0 keeps DeepSpeed's: its GradScaler must unscale first. ZeRO 1-3 clip their flat
+        # partitions.) The DeepSpeed config still says gradient_clipping = optim.max_grad_norm.
+        # get_engine turned DeepSpeed's off (clips_in_train_step).
+        self.clip_norm = cfg.optim.max_grad_norm if clips_in_train_step(engine) else 0.0
         self.micro_seen = 0                                  # micro-batches run by this object
         self.unchecked: dict[int, tuple[int, int, str]] = {}  # index -> (step, k, batch shape)
         self.unchecked_steps: list[int] = []
@@ -213,8 +230,10 @@ class TrainStep:
                 engine.backward(ce * scale)
                 if self.norm_from_grads and k == len(micro_batches) - 1:
                     # the step's gradient is complete (and reduced) only after its last
-                    # backward, and engine.step() clips it in place
+                    # backward, and is clipped (here or by engine.step()) in place
                     own_norm = self._norm_of_grads()
+                    if self.clip_norm:
+                        self._clip(own_norm)
                 engine.step()
             except torch.OutOfMemoryError as exc:
                 raise Seq2SeqEsError(
@@ -252,6 +271,13 @@ class TrainStep:
             return torch.zeros((), dtype=torch.float64, device=self.device)
         norms = torch._foreach_norm(grads, 2, dtype=torch.float64)
         return torch.linalg.vector_norm(torch.stack(norms))
+
+    def _clip(self, norm: torch.Tensor) -> None:
+        """Scale the gradients by min(1, max_norm / (norm + 1e-6)), as torch's clip_grad_norm_
+        and DeepSpeed's do, with the norm in fp32 as theirs; on the device, nothing read back."""
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        coefficient = (self.clip_norm / (norm.float() + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(grads, coefficient)
 
     def _unscaled(self, norm: torch.Tensor, scale_before: float | None) -> torch.Tensor:
         """ZeRO 0: fp16's gradients carry the GradScaler's scale of the step's backward passes

@@ -9,13 +9,14 @@
 #                     checkpointing, after a flex-vs-hf accuracy check at 16K
 #   3. seq2seq        Seq2SeqTrainer route vs this package's loop, BART-base and T5-base, MLSUM-like
 #                     lengths and fixed 512x128x32 (the targets' rows first)
-#   3b. profile       one token-budget row under torch.profiler, with and without cuDNN attention
+#   3b. profile       the Trainer's and the loop's fixed-shape rows under torch.profiler
 #   4. gpu_tests      pytest -m gpu
 # EXTRAS=1 adds the T5 attention kernels (hf/sdpa/flex) and the mixed-precision checks under ZeRO,
 # measured before (BENCHMARKS.md) and not part of the targets. OUT_DIR/summary.md collects the targets.
 # TINY=1 runs the same sections on tiny models on the CPU: the smoke test of this script.
 # Each section's limit is an environment variable (FLEX_S, LED_S, SEQ2SEQ_S, PROFILE_S, GPU_TESTS_S, T5_S,
-# PRECISION_S) so a rerun can give one section the time another did not use.
+# PRECISION_S) so a rerun can give one section the time another did not use; SECTIONS picks
+# sections (flex,led,seq2seq,profile,tests) and SEQ2SEQ_SECTIONS the seq2seq bench's.
 set -u
 OUT_DIR=${1:?usage: gpu_all.sh OUT_DIR}
 mkdir -p "$OUT_DIR"
@@ -51,22 +52,32 @@ if ! python3 -c "$PREFLIGHT" > "$OUT_DIR/preflight.txt" 2>&1; then
   tail -5 "$OUT_DIR/preflight.txt"; stamp "preflight import failed; nothing measured"; exit 3
 fi
 
-stamp "1. flex ablation: LEDO's flex encoder attention against a plain band kernel"
+# SECTIONS (comma-separated, default all): a rerun can measure only what an earlier one did not.
+want() { [[ ",${SECTIONS:-flex,led,seq2seq,profile,tests}," == *",$1,"* ]]; }
 FLEX_ARGS=(--repeat 10); LED_ARGS=(--lengths "${LED_LENGTHS:-16384}")  # the targets are at 16K
 if [ "${TINY:-0}" = 1 ]; then FLEX_ARGS+=(--src-len 512); LED_ARGS=(--tiny); fi
-timeout "${FLEX_S:-60}" python3 -m seq2seq_es.bench.gpu_flex_ablation "${FLEX_ARGS[@]}" 2>&1 \
-  | tee "$OUT_DIR/flex_ablation.txt"
-stamp "2. LED: flex vs hf at 16K (accuracy, then training steps)"
-timeout "${LED_S:-120}" python3 -m seq2seq_es.bench.gpu_led "$OUT_DIR/led" "${LED_ARGS[@]}" \
-  --budget-s "$(( ${LED_S:-120} - 10 ))"
-stamp "3. seq2seq: Seq2SeqTrainer route vs this package's loop"
-timeout "${SEQ2SEQ_S:-190}" python3 -m seq2seq_es.bench.gpu_seq2seq "$OUT_DIR/seq2seq" "${TINY_ARG[@]}" \
-  --budget-s "$(( ${SEQ2SEQ_S:-190} - 10 ))"
-if [ "${TINY:-0}" != 1 ]; then
-  stamp "3b. profile: where a token-budget step's time goes (host, cuDNN plans or kernels)"
+if want flex; then
+  stamp "1. flex ablation: LEDO's flex encoder attention against a plain band kernel"
+  timeout "${FLEX_S:-60}" python3 -m seq2seq_es.bench.gpu_flex_ablation "${FLEX_ARGS[@]}" 2>&1 \
+    | tee "$OUT_DIR/flex_ablation.txt"
+fi
+if want led; then
+  stamp "2. LED: flex vs hf at 16K (accuracy, then training steps)"
+  timeout "${LED_S:-120}" python3 -m seq2seq_es.bench.gpu_led "$OUT_DIR/led" "${LED_ARGS[@]}" \
+    --budget-s "$(( ${LED_S:-120} - 10 ))"
+fi
+if want seq2seq; then
+  stamp "3. seq2seq: Seq2SeqTrainer route vs this package's loop"
+  timeout "${SEQ2SEQ_S:-190}" python3 -m seq2seq_es.bench.gpu_seq2seq "$OUT_DIR/seq2seq" "${TINY_ARG[@]}" \
+    --budget-s "$(( ${SEQ2SEQ_S:-190} - 10 ))" --sections "${SEQ2SEQ_SECTIONS:-barto,t5s,extras_barto,extras_t5s}"
+fi
+if [ "${TINY:-0}" != 1 ] && want profile; then
+  stamp "3b. profile: where a fixed-shape step's time goes, the Trainer's and the loop's"
   timeout "${PROFILE_S:-50}" python3 -m seq2seq_es.bench.gpu_step_profile "$OUT_DIR/profile" \
-    --impls "${PROFILE_IMPLS:-loop_budget_fused,loop_budget_fused_nocudnn}" 2>&1 \
+    --dist "${PROFILE_DIST:-fixed}" --impls "${PROFILE_IMPLS:-hf_trainer,loop_fused}" 2>&1 \
     | grep -v "^USDT\|^precision" | tee "$OUT_DIR/profile.txt"
+fi
+if [ "${TINY:-0}" != 1 ] && want tests; then
   stamp "4. tests that need a CUDA device (pytest -m gpu)"
   # Only the files that hold GPU tests: collecting the others imports what only the CPU suite needs.
   timeout "${GPU_TESTS_S:-75}" python3 -m pytest -q -p no:cacheprovider -m gpu \

@@ -111,10 +111,11 @@ class ModelConfig(_Section):
                                           # without code generation (to find a compile problem)
     lean_ce: bool = False                 # chunked LM-head + cross-entropy, no full logits
     lean_ce_chunk: int = 2048             # tokens per chunk of the lean cross-entropy
-    cudnn_attention: bool = True          # let SDPA use cuDNN's attention where torch picks it
-                                          # (its first choice on Hopper since torch 2.10-2.11);
-                                          # false: flash/efficient kernels. cuDNN builds a plan
-                                          # per new shape (BENCHMARKS.md, token-budget rows)
+    cudnn_attention: bool = False         # let SDPA use cuDNN's attention where torch picks it
+                                          # (its first choice on Hopper since torch 2.10-2.11).
+                                          # Off: flash/efficient kernels; on an H200 cuDNN's
+                                          # made token-budget steps 4x and bucketed ones 3.4x
+                                          # slower (host time per call; BENCHMARKS.md 2026-12-04)
     dropout: float | None = None          # override every dropout probability (None: the model's)
     attention_window: int = 0             # LED: keys each encoder token attends around it (even;
                                           # 0: the checkpoint's, LEDO 1024)

@@ -108,9 +108,7 @@ def test_gpu_script_plumbing_on_tiny_models(tmp_path):
     assert section["status"] == "ok"
     assert [(r["dist"], r["impl"]) for r in section["rows"]] == [
         ("mlsum", "hf_trainer"), ("fixed", "hf_trainer"), ("mlsum", "loop_fused"),
-        ("mlsum", "loop_bucket_fused"), ("mlsum", "loop_budget_fused"),
-        ("mlsum", "loop_budget_fused_nocudnn"), ("mlsum", "loop_bucket_fused_nocudnn"),
-        ("fixed", "loop_fused")]
+        ("mlsum", "loop_bucket_fused"), ("mlsum", "loop_budget_fused"), ("fixed", "loop_fused")]
     assert all(r["error"] is None and r["real_tokens_per_s"] > 0 for r in section["rows"])
     assert report["environment"]["torch"] == torch.__version__
     text = (tmp_path / "gpu_seq2seq.md").read_text()
@@ -161,7 +159,7 @@ def test_parse_impl_tokens():
     bucket = parse_impl("loop_bucket_engine")
     assert bucket.bucket and bucket.engine and bucket.fused and not (bucket.budget or bucket.compile)
     assert parse_impl("loop_bucket_static").static and parse_impl("loop_bucket_static").bucket
-    assert parse_impl("loop").cudnn and not parse_impl("loop_budget_fused_nocudnn").cudnn
+    assert not parse_impl("loop").cudnn and parse_impl("loop_budget_fused_cudnn").cudnn
     for bad in ("loop_budget_budget", "loop_fast", "trainer", "loop_", "loop_flex_hfattn",
                 "loop_budget_bucket", "loop_engine_compile", "loop_static_engine"):
         with pytest.raises(UnknownNameError):
@@ -394,9 +392,10 @@ def test_loop_rows_pad_batches_as_training_pads(monkeypatch, impl, compiled):
             <= cfg.train.max_tokens
 
 
-def test_a_nocudnn_row_trains_without_cudnn_attention_and_puts_the_switch_back(monkeypatch):
-    """model.cudnn_attention false reaches SDPA through the process-wide switch for the row's
-    steps only: later rows of the process run with torch's own choice again."""
+def test_a_row_trains_with_its_cudnn_attention_and_puts_the_switch_back(monkeypatch):
+    """model.cudnn_attention (off by default, on with the `cudnn` token) reaches SDPA through the
+    process-wide switch for the row's steps only: later rows and the Trainer rows of the process
+    run with torch's own choice again."""
     from seq2seq_es.bench import impls
     from seq2seq_es.bench.impls import BenchCase, run_loop
 
@@ -410,11 +409,18 @@ def test_a_nocudnn_row_trains_without_cudnn_attention_and_puts_the_switch_back(m
     shape = get_shape("barto-tiny")
     data = make_data("mlsum", 8, shape.vocab_size, shape.first_plain_id, seed=0)
     case = BenchCase(shape, "mlsum", torch.device("cpu"), data, 4, 4000, 1, 1)
-    assert torch.backends.cuda.cudnn_sdp_enabled()
-    for name in ("loop_budget_fused_nocudnn", "loop_budget_fused"):
-        with pytest.raises(RuntimeError, match="stop here"):
-            run_loop(case, parse_impl(name))
-        assert torch.backends.cuda.cudnn_sdp_enabled()
+    from seq2seq_es.engine.builders import set_cudnn_attention
+
+    # torch's own setting as the Trainer rows have it (an earlier get_model of this process
+    # may have turned it off)
+    earlier = set_cudnn_attention(True)
+    try:
+        for name in ("loop_budget_fused", "loop_budget_fused_cudnn"):
+            with pytest.raises(RuntimeError, match="stop here"):
+                run_loop(case, parse_impl(name))
+            assert torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        set_cudnn_attention(earlier)
     assert seen == [False, True]
 
 

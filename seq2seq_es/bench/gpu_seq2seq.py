@@ -49,17 +49,13 @@ TINY_BUDGET_S = 1800.0
 # Speed-up targets: real tokens/s of the best loop row over the Seq2SeqTrainer row's.
 TARGETS = {("barto", "mlsum"): 2.5, ("t5s", "mlsum"): 3.0, ("barto", "fixed"): 1.8}
 # (dist, impl) in the order they run, except that the Trainer rows always go first (see
-# bench.seq2seq._row_order). The H200 run of 2026-12-04 timed the dynamic-shape compiled
-# token-budget row at 0.16x the Trainer (0.40 s a step, no compilation while timed) and ran out
-# of time in the first bucketed row's compilation, so the uncompiled rows that say whether few
-# shapes (bucket) or aligned lengths (budget, now padded as training pads) remove that cost come
-# first: they compile nothing and take seconds; with and without cuDNN's attention, which torch
-# 2.11 picks first on Hopper and which builds a plan per new shape (the suspect). Then the
-# compiled rows, the user's own (`model.compile` with buckets) before the bench's regional ones.
+# bench.seq2seq._row_order). The H200 run of 2026-12-04 16:42 found cuDNN's attention (torch
+# 2.11's first choice on Hopper) behind the slow token-budget and bucketed steps: 0.47 s and
+# 0.34 s a step with it, 0.11 s and 0.10 s without; model.cudnn_attention is off by default since,
+# and the uncompiled rows (seconds each) come first, the compiled ones after them.
 BARTO_ROWS = (("mlsum", "hf_trainer"), ("fixed", "hf_trainer"),
               ("mlsum", "loop_fused"), ("mlsum", "loop_bucket_fused"),
-              ("mlsum", "loop_budget_fused"), ("mlsum", "loop_budget_fused_nocudnn"),
-              ("mlsum", "loop_bucket_fused_nocudnn"), ("fixed", "loop_fused"),
+              ("mlsum", "loop_budget_fused"), ("fixed", "loop_fused"),
               ("fixed", "loop_compile"),
               ("mlsum", "loop_bucket_engine"), ("mlsum", "loop_bucket_static"),
               ("mlsum", "loop_budget_compile"), ("mlsum", "loop_budget_compile_lean"),
@@ -67,12 +63,11 @@ BARTO_ROWS = (("mlsum", "hf_trainer"), ("fixed", "hf_trainer"),
 # T5's lean loss calls the stacks with other arguments, which costs more compiled graphs: extras.
 T5S_ROWS = (("mlsum", "hf_trainer"), ("fixed", "hf_trainer"),
             ("mlsum", "loop_fused"), ("mlsum", "loop_bucket_fused"),
-            ("mlsum", "loop_budget_fused"), ("mlsum", "loop_budget_fused_nocudnn"),
-            ("fixed", "loop_fused"), ("fixed", "loop_compile"),
+            ("mlsum", "loop_budget_fused"), ("fixed", "loop_fused"), ("fixed", "loop_compile"),
             ("mlsum", "loop_bucket_engine"), ("mlsum", "loop_bucket_static"),
             ("mlsum", "loop_budget_compile"))
 EXTRA_ROWS = (("mlsum", "loop_budget"), ("mlsum", "loop_bucket"), ("mlsum", "loop"),
-              ("fixed", "loop"))
+              ("fixed", "loop"), ("mlsum", "loop_bucket_fused_cudnn"), ("fixed", "loop_fused_cudnn"))
 # transformers 5.24's own T5 attention measured as fast as ours uncompiled (BENCHMARKS.md): the
 # compiled rows with it, for comparison.
 T5S_EXTRA_ROWS = EXTRA_ROWS + (("mlsum", "loop_budget_compile_hfattn"),

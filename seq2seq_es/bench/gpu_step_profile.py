@@ -1,7 +1,7 @@
 """Where a bench row's step time goes: one row of `seq2seq-es bench` under torch.profiler.
 
-    python3 -m seq2seq_es.bench.gpu_step_profile OUT_DIR [--model barto] [--dist mlsum]
-        [--impls loop_budget_fused,loop_budget_fused_nocudnn] [--warmup 2] [--steps 3]
+    python3 -m seq2seq_es.bench.gpu_step_profile OUT_DIR [--model barto] [--dist fixed]
+        [--impls hf_trainer,loop_fused] [--warmup 2] [--steps 3]
 
 Each row runs as the bench runs it (`bench.impls.run_impl`: the same config switches, batches
 and train step) with the profiler recording host and device activity over the whole row, so
@@ -10,9 +10,10 @@ few). OUT_DIR/<model>_<dist>_<impl>.txt receives the operators sorted by device 
 time; stdout gets one line per row: the median step, the device time the profiler saw per
 timed step, and the attention kernels by kind (cuDNN's, flash, memory-efficient).
 
-Why: on the H200 of 2026-12-04 token-budget batches took 0.40 s a step where the Trainer's took
-0.08 s for as many tokens, with nothing compiled while timed. One profiled row says whether
-that is host time (cuDNN building an execution plan per new shape) or slow kernels.
+Why: on the H200 of 2026-12-04 token-budget batches took 0.47 s a step against 0.11 s without
+cuDNN's attention, the same kernels' time: host time (found by this script; cuDNN is off by
+default since). The loop's fixed-shape step then took 0.081 s where the Trainer's took 0.058 s
+on the same model and batches; gpu_all.sh profiles those two rows.
 On the CPU it profiles the tiny model (a smoke test of this script).
 """
 
@@ -90,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--model", default=None, help="bench shape (default: barto on a GPU, "
                         "barto-tiny on the CPU)")
-    parser.add_argument("--dist", default="mlsum")
-    parser.add_argument("--impls", default="loop_budget_fused,loop_budget_fused_nocudnn")
+    parser.add_argument("--dist", default="fixed")
+    parser.add_argument("--impls", default="hf_trainer,loop_fused")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)

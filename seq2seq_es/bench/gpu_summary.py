@@ -66,7 +66,7 @@ def summary(out_dir: Path) -> str:
               "```", ablation or "flex_ablation.txt missing", "```", ""]
     profile = _text(out_dir / "profile.txt")
     if profile is not None:
-        parts += ["## One token-budget row under torch.profiler (tables in profile/)", "", "```", profile,
+        parts += ["## Rows under torch.profiler (tables in profile/)", "", "```", profile,
                   "```", ""]
     tests = _text(out_dir / "gpu_tests.txt")
     if tests is not None:

@@ -22,7 +22,7 @@ named by underscore-separated tokens:
 | `flex`    | `model.attention=flex` for T5 (implies `fused`; needs dropout 0)                     |
 | `hfattn`  | T5 attention left to transformers (its own SDPA path) in the fused variants          |
 | `engine`  | `model.compile`: the whole model compiled by the engine as in training, shapes per `model.compile_shapes` auto (static and warmed up with `bucket`; implies `fused`) |
-| `nocudnn` | `model.cudnn_attention false`: SDPA without cuDNN's kernels, which build a plan per new shape |
+| `cudnn`   | `model.cudnn_attention true`: SDPA may take cuDNN's kernels (torch's own first choice on Hopper; off by default, 3-4x slower steps on varying shapes) |
 
 so `loop_budget` isolates the batching, `loop_budget_compile` adds compilation with the fused
 settings, and `loop_budget_compile_lean` the lean loss on top.
@@ -66,7 +66,7 @@ from .shapes import BenchShape, build_model
 from .timing import StepClock
 
 LOOP_TOKENS = ("budget", "bucket", "fused", "compile", "static", "engine", "lean", "flex",
-               "hfattn", "nocudnn")
+               "hfattn", "cudnn")
 RECOMPILE_LIMIT = 32
 
 
@@ -82,7 +82,7 @@ class ImplSpec:
     engine: bool = False         # model.compile (the engine's whole-model compile)
     lean: bool = False
     t5_attention: str = "hf"     # hf | sdpa | flex (T5 models only)
-    cudnn: bool = True           # model.cudnn_attention
+    cudnn: bool = False          # model.cudnn_attention
 
     def describe(self, family: str) -> str:
         if self.route == "hf_trainer":
@@ -97,8 +97,8 @@ class ImplSpec:
             parts.append("model.compile")
         if self.lean:
             parts.append("lean CE")
-        if not self.cudnn:
-            parts.append("no cuDNN attention")
+        if self.cudnn:
+            parts.append("cuDNN attention")
         if self.t5_attention != "hf" and _has_attention_kernels(family):
             parts.append(f"T5 {self.t5_attention} attention")
         return ", ".join(parts)
@@ -128,7 +128,7 @@ def parse_impl(name: str) -> ImplSpec:
     return ImplSpec(name, "loop", budget="budget" in has, bucket="bucket" in has, fused=fused,
                     compile=bool(has & {"compile", "static"}), static="static" in has,
                     engine="engine" in has, lean="lean" in has, t5_attention=t5_attention,
-                    cudnn="nocudnn" not in has)
+                    cudnn="cudnn" in has)
 
 
 @dataclass

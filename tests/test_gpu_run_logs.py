@@ -35,3 +35,38 @@ def test_deterministic_gpu_runs_repeat_bit_for_bit(tmp_path):
     for out in (first, second):
         run("none", 1, base_args(files, out, steps=4, extra=["--train.deterministic", "true"]))
     assert step_losses(first) == step_losses(second)
+
+
+def test_a_gpu_training_step_makes_the_host_wait_nowhere(tmp_path):
+    """torch's sync debug mode warns at every operation that makes the host wait for the GPU (a
+    read-back, a copy to or from pageable memory): none in the training step, with gradient
+    accumulation, bf16 and clipping (issue 12.1). DeepSpeed's throughput timer synchronised
+    twice per micro-batch until it was turned off (tests/test_step_syncs.py counts that one)."""
+    import warnings
+
+    from engine_runs import tiny_step_engine
+    from seq2seq_es.engine import distributed as D
+    from seq2seq_es.engine.step import TrainStep
+
+    env = D.read_env({})
+    D.init(env, "auto")
+    files = demo_files(tmp_path / "data", train_size=16)
+    cfg, engine, batches = tiny_step_engine(files, env, grad_accum=2, precision="bf16")
+    step = TrainStep(engine, env, cfg)
+    try:
+        step(batches[:2], 0)  # lazy initialisation (the optimizer's state, pinned buffers)
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                for number in range(1, 4):
+                    step(batches[2:4] if number % 2 else batches[:2], number)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+    finally:
+        step.close()
+        engine.destroy()
+    waits = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
+             if "synchroniz" in str(w.message).lower()]
+    assert waits == []

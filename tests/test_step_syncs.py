@@ -290,3 +290,28 @@ def test_host_token_counts_are_targets_unpadded_sources_and_padded_slots():
     assert host_token_counts([batch]) == ([5.0, 6.0, 14.0], [5.0])
     # summed over micro-batches; each one's target tokens listed for on_nan=skip
     assert host_token_counts([batch, second]) == ([6.0, 7.0, 20.0], [5.0, 1.0])
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_a_step_never_waits_for_the_device(files, one_rank, monkeypatch, grad_accum):
+    # DeepSpeed's throughput timer (on and synchronised by default) synchronised the device at
+    # each forward and each engine.step(): twice per micro-batch, emptying the GPU's queue. Its
+    # accelerator's synchronize() is what it calls (torch.cuda.synchronize on a GPU).
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = type(get_accelerator())
+    waits = []
+    original = accelerator.synchronize
+    monkeypatch.setattr(accelerator, "synchronize",
+                        lambda self, *args, **kwargs: (waits.append(1), original(self, *args, **kwargs))[1])
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args, **kwargs: waits.append(1))
+    cfg, engine, batches = _setup(files, one_rank, grad_accum)
+    stepper = TrainStep(engine, one_rank, cfg)
+    try:
+        stepper(batches[:grad_accum], 0)
+        waits.clear()
+        for step in range(1, 5):  # DeepSpeed's timer starts synchronising at its third step
+            stepper(batches[:grad_accum], step)
+    finally:
+        stepper.close()
+    assert waits == []

@@ -53,23 +53,26 @@ if ! python3 -c "$PREFLIGHT" > "$OUT_DIR/preflight.txt" 2>&1; then
 fi
 
 # SECTIONS (comma-separated, default all): a rerun can measure only what an earlier one did not.
-want() { [[ ",${SECTIONS:-flex,led,seq2seq,profile,tests}," == *",$1,"* ]]; }
+# The default fits 8 minutes with the carried wheels' install (40-50 s): flex 45 + led 105 +
+# seq2seq 170 + tests 90 s. profile (a diagnosis, 50 s) runs when named.
+want() { [[ ",${SECTIONS:-flex,led,seq2seq,tests}," == *",$1,"* ]]; }
 FLEX_ARGS=(--repeat 10); LED_ARGS=(--lengths "${LED_LENGTHS:-16384}")  # the targets are at 16K
 if [ "${TINY:-0}" = 1 ]; then FLEX_ARGS+=(--src-len 512); LED_ARGS=(--tiny); fi
 if want flex; then
   stamp "1. flex ablation: LEDO's flex encoder attention against a plain band kernel"
-  timeout "${FLEX_S:-60}" python3 -m seq2seq_es.bench.gpu_flex_ablation "${FLEX_ARGS[@]}" 2>&1 \
+  timeout "${FLEX_S:-45}" python3 -m seq2seq_es.bench.gpu_flex_ablation "${FLEX_ARGS[@]}" 2>&1 \
     | tee "$OUT_DIR/flex_ablation.txt"
 fi
 if want led; then
   stamp "2. LED: flex vs hf at 16K (accuracy, then training steps)"
-  timeout "${LED_S:-120}" python3 -m seq2seq_es.bench.gpu_led "$OUT_DIR/led" "${LED_ARGS[@]}" \
-    --budget-s "$(( ${LED_S:-120} - 10 ))"
+  timeout "${LED_S:-105}" python3 -m seq2seq_es.bench.gpu_led "$OUT_DIR/led" "${LED_ARGS[@]}" \
+    --budget-s "$(( ${LED_S:-105} - 10 ))"
 fi
 if want seq2seq; then
   stamp "3. seq2seq: Seq2SeqTrainer route vs this package's loop"
-  timeout "${SEQ2SEQ_S:-190}" python3 -m seq2seq_es.bench.gpu_seq2seq "$OUT_DIR/seq2seq" "${TINY_ARG[@]}" \
-    --budget-s "$(( ${SEQ2SEQ_S:-190} - 10 ))" --sections "${SEQ2SEQ_SECTIONS:-barto,t5s,extras_barto,extras_t5s}"
+  SEQ2SEQ_ARGS=(); [ -n "${SEQ2SEQ_SECTIONS:-}" ] && SEQ2SEQ_ARGS=(--sections "$SEQ2SEQ_SECTIONS")
+  timeout "${SEQ2SEQ_S:-170}" python3 -m seq2seq_es.bench.gpu_seq2seq "$OUT_DIR/seq2seq" "${TINY_ARG[@]}" \
+    --budget-s "$(( ${SEQ2SEQ_S:-170} - 10 ))" "${SEQ2SEQ_ARGS[@]}"
 fi
 if [ "${TINY:-0}" != 1 ] && want profile; then
   stamp "3b. profile: where a fixed-shape step's time goes, the Trainer's and the loop's"
@@ -80,7 +83,7 @@ fi
 if [ "${TINY:-0}" != 1 ] && want tests; then
   stamp "4. tests that need a CUDA device (pytest -m gpu)"
   # Only the files that hold GPU tests: collecting the others imports what only the CPU suite needs.
-  timeout "${GPU_TESTS_S:-75}" python3 -m pytest -q -p no:cacheprovider -m gpu \
+  timeout "${GPU_TESTS_S:-90}" python3 -m pytest -q -p no:cacheprovider -m gpu \
     $(grep -l "mark.gpu" tests/test_*.py) \
     > "$OUT_DIR/gpu_tests.txt" 2>&1; tail -3 "$OUT_DIR/gpu_tests.txt"
 fi

@@ -5,6 +5,7 @@ is the epochs done as a fraction."""
 
 from __future__ import annotations
 
+import sys
 import time as real_time
 
 import pytest
@@ -71,13 +72,16 @@ class _Killed(Exception):
 
 class _FakeClock:
     """The trainer's clock: one second per reading, so tokens_per_s is the tokens counted in an
-    interval (every interval is read twice: its end, then the next one's start)."""
+    interval (every interval is read twice: its end, then the next one's start). The readings
+    around a pause (Trainer.not_training: a validation, a save) take no time, so a pause is as
+    long as what happens in it (nothing, unless a test moves `now`)."""
 
     def __init__(self):
         self.now = 0.0
 
     def perf_counter(self) -> float:
-        self.now += 1.0
+        if sys._getframe(1).f_code.co_name != "not_training":
+            self.now += 1.0
         return self.now
 
     def __getattr__(self, name):
@@ -150,3 +154,27 @@ def test_a_resume_on_other_library_versions_keeps_the_earlier_versions_file(tmp_
                            f"5.0.0 -> {current['transformers']})")
     assert json.loads((run / "versions.until_step_8.json").read_text()) == earlier
     assert json.loads((run / "versions.json").read_text()) == current
+
+
+def test_tokens_per_s_leaves_out_validation_time(tmp_path, one_rank, monkeypatch):
+    # The interval of steps 3-4 holds step 2's validation (it runs after step 2's log), made to
+    # take 100 s of the trainer's clock. The rate over that interval is the training's, as a run
+    # without validation logs it; it was tokens / (training + validation time).
+    files = demo_files(tmp_path / "data", train_size=16)
+    original = Trainer.run_eval
+
+    def slow_validation(self, *args, **kwargs):
+        trainer_module.time.now += 100.0
+        return original(self, *args, **kwargs)
+
+    rates = {}
+    for name, eval_every in (("plain", 0), ("validated", 2)):
+        monkeypatch.setattr(Trainer, "run_eval", slow_validation)
+        cfg = _cfg(tmp_path / name, files, max_steps=4, batch_size=4, log_every=2,
+                   eval_every=eval_every, report_to="none")
+        _train(cfg, monkeypatch)
+        rates[name] = {step: r["train/tokens_per_s"]
+                       for step, r in metrics_log.by_step(tmp_path / name, "train/loss").items()}
+    assert sorted(rates["validated"]) == [1, 2, 4] == sorted(rates["plain"])
+    assert rates["validated"][2] == pytest.approx(rates["plain"][2], rel=1e-12)
+    assert rates["validated"][4] == pytest.approx(rates["plain"][4], rel=1e-12)

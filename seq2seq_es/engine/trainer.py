@@ -20,6 +20,7 @@ back to it (`load_best_at_end`), scores the test split, exports `final/` and wri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -366,7 +367,7 @@ class Trainer:
             if cfg.train.eval_at_start and state.step == 0 and self.track_best(0, self.run_eval(0)):
                 self.save(0)
             steps = self.plan.iter_steps(state.epoch, state.step_in_epoch, self.env.rank)
-            self.window_start = time.perf_counter()
+            self.window_start, self.window_paused = time.perf_counter(), 0.0
             while state.step < self.total_steps and not self.stopped_early:
                 epoch, step_in_epoch, micro_indices = next(steps)
                 micro = [self.collator([self.train_data.tokenized[i] for i in idx])
@@ -469,7 +470,11 @@ class Trainer:
         window_tokens, window_padded = values["window_tokens"], values["window_padded"]
         # The tokens this process trained since window_start: a resume's window also holds the
         # steps before its checkpoint, trained by the earlier process in time not counted here
-        tokens_per_s = values["new_tokens"] / max(time.perf_counter() - self.window_start, 1e-9)
+        # Validations and saves in the interval are not training time (window_paused): the
+        # Trainer's logged speed leaves them out too, and a rate that dips at every validation
+        # reads as a slow step.
+        training_s = time.perf_counter() - self.window_start - self.window_paused
+        tokens_per_s = values["new_tokens"] / max(training_s, 1e-9)
         memory = peak_memory_gib(self.env.device)
         self.log.log(step, {"train/loss": values["loss"], "train/lr": lr,
                             "train/tokens_per_s": tokens_per_s,
@@ -486,7 +491,19 @@ class Trainer:
                                if key in values},
                             **({"train/memory_gib": memory} if memory is not None else {})})
         self.log.progress(step, values["loss"], lr, tokens_per_s, values.get("grad_norm"))
-        self.window_start = time.perf_counter()
+        self.window_start, self.window_paused = time.perf_counter(), 0.0
+
+    @contextlib.contextmanager
+    def not_training(self):
+        """Time spent here (a validation, a save) leaves the logged tokens/s. The device first
+        finishes the steps already queued, so that their time stays in the rate."""
+        if self.env.device.type == "cuda":
+            torch.cuda.synchronize(self.env.device)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.window_paused += time.perf_counter() - started
 
     def maybe_eval(self, epoch_end: bool) -> bool:
         """Validate at epoch ends and every `eval_every` steps; True on a new best. The last
@@ -494,7 +511,8 @@ class Trainer:
         step = self.state.step
         if not (step < self.total_steps and self.cadence_due(epoch_end)):
             return False
-        improved = self.note_validation(step, self.run_eval(step))
+        with self.not_training():
+            improved = self.note_validation(step, self.run_eval(step))
         if self.stopped_early:
             self.say(f"early stop at step {step}: {self.state.evals_without_best} validations "
                      f"in a row without a new best {self.best_metric} "
@@ -550,7 +568,8 @@ class Trainer:
         """Save when asked (a new best, the clock, a stop signal) or every `save_every` steps."""
         step, every = self.state.step, self.cfg.train.save_every
         if step < self.total_steps and (asked or (every and step % every == 0)):
-            self.save(step)
+            with self.not_training():
+                self.save(step)
 
     def maybe_stop(self, signum: float, *, at_end: bool = False) -> None:
         """After a stop signal's save: write PREEMPTED and leave with the signal's exit code.

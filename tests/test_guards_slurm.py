@@ -612,7 +612,7 @@ def test_a_family_average_over_an_unfinished_run_is_marked_not_final(tmp_path):
     _metrics(going, [{"step": 20, **{f"eval/{k}": v for k, v in scores.items()}}])
     table = build_table(manifest)
     row = next(line for line in format_markdown(table).splitlines()
-               if line.startswith("| barto |"))
+               if line.startswith("| BARTO |"))
     assert row.endswith("| 22.00 / –* | 25.49 |")  # then the paper's figure
     [average] = [row for row in csv.DictReader(io.StringIO(format_csv(table)))
                  if row["task"].startswith("avg:")]
@@ -755,8 +755,8 @@ def test_a_metric_only_the_test_split_has_shows_its_test_value(tmp_path):
     _final(Path(manifest.runs[0].run_dir), "barto", "mlsum", {"rougeL": 24.0},
            {"rougeL": 23.0, "bleu": 10.0})
     row = next(line for line in format_markdown(build_table(manifest)).splitlines()
-               if line.startswith("| barto |"))
-    assert row.startswith("| barto | g1 | 24.00 / 23.00 | – / 10.00 |")
+               if line.startswith("| BARTO |"))
+    assert row.startswith("| BARTO | g1 | 24.00 / 23.00 | – / 10.00 |")
 
 
 # ---- sweeps and resume -----------------------------------------------------------------------
@@ -956,4 +956,8 @@ def test_table_rows_follow_the_papers_model_order(tmp_path):
         _final(Path(run.run_dir), run.model, "mlsum", {"rougeL": 20.0}, {"rougeL": 20.0})
     rows = [line.split("|")[1].strip() for line in format_markdown(build_table(manifest))
             .splitlines() if line.startswith("| ") and not line.startswith("| model")]
-    assert rows == ["barto", "t5s", "beto2beto"]
+    assert rows == ["BARTO", "T5S", "BETO2BETO"]
+    # the paper's names in the table, the registry's (what --models takes) said once below it
+    assert ("Models by the paper's names; the registry's (--models, config.yaml model.name, the "
+            "CSV): BARTO = barto, T5S = t5s, BETO2BETO = beto2beto.") in \
+        format_markdown(build_table(manifest))

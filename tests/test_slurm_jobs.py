@@ -316,10 +316,10 @@ def test_sweep_runs_every_pair_and_grid_point_and_collects(slurm_cluster, tmp_pa
     # metric, score, chooses the run. score grows with the learning rate, so 5e-5 (g2) is chosen
     # everywhere, and every number of a row is that run's (dev; the probe scores no test split).
     summarization = lines.index("| model | mlsum run | mlsum score | mlsum total |")
-    assert lines[summarization + 2:summarization + 4] == ["| barto | g2 | 50.00 / – | 3.00 / – |",
-                                                          "| t5s | g2 | 50.00 / – | 3.00 / – |"]
+    assert lines[summarization + 2:summarization + 4] == ["| BARTO | g2 | 50.00 / – | 3.00 / – |",
+                                                          "| T5S | g2 | 50.00 / – | 3.00 / – |"]
     qa = lines.index("| model | sqac run | sqac score | sqac total |")
-    assert lines[qa + 2:qa + 4] == ["| barto | g2 | 50.00 / – | 3.00 / – |", ""]
+    assert lines[qa + 2:qa + 4] == ["| BARTO | g2 | 50.00 / – | 3.00 / – |", ""]
     assert "- mlsum: score (the main metric rougeL was not logged; the first metric logged " \
            "instead)" in lines
     assert (sweep_dir / "results.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

@@ -193,11 +193,11 @@ def test_the_grid_point_of_the_best_mean_is_chosen_not_the_luckiest_seed(tmp_pat
     dev_l, test_l = [dev[key] for key in chosen], [test[key] for key in chosen]
     test_mean, test_std = sum(test_l) / 3, _sample_std(test_l)
     assert (round(test_mean, 2), round(test_std, 2)) == (23.77, 0.59)  # by hand
-    assert rows["barto"][1] == "g1"
-    assert rows["barto"][4] == f"25.00 ± 0.50 / {test_mean:.2f} ± {test_std:.2f}"
-    assert rows["barto"][2] == f"30.00 ± 0.50 / {test_mean + 5:.2f} ± {test_std:.2f}"
+    assert rows["BARTO"][1] == "g1"
+    assert rows["BARTO"][4] == f"25.00 ± 0.50 / {test_mean:.2f} ± {test_std:.2f}"
+    assert rows["BARTO"][2] == f"30.00 ± 0.50 / {test_mean + 5:.2f} ± {test_std:.2f}"
     # the family average averages the grid point's means: (R1 + R2 + RL) / 3
-    assert rows["barto"][5] == f"{(30 + 10 + 25) / 3:.2f} / {(3 * test_mean - 10) / 3:.2f}"
+    assert rows["BARTO"][5] == f"{(30 + 10 + 25) / 3:.2f} / {(3 * test_mean - 10) / 3:.2f}"
     assert ("mean of 3 seeds (train.seed 1, 2, 3; sweep --seeds) ± their sample standard "
             "deviation (n-1") in out
     assert "the grid point with the best mean dev (validation) score over its seeds" in out
@@ -230,12 +230,12 @@ def test_a_seed_without_scores_is_remarked_and_the_means_are_over_the_others(tmp
     out = format_markdown(table)
     _, rows = _rows(out)
     std = _sample_std([20.0, 23.0])
-    assert rows["barto"][2] == f"21.50 ± {std:.2f} / 19.00"  # one test value: no spread
+    assert rows["BARTO"][2] == f"21.50 ± {std:.2f} / 19.00"  # one test value: no spread
     assert ("- barto / mlsum: barto__mlsum__lr-3e-5 (seeds 1, 2, 3): the means are over "
             "seeds 1, 2; seed 3 has no scores yet (barto__mlsum__lr-3e-5_seed-3)") in out
     assert ("- barto / mlsum: barto__mlsum__lr-3e-5 (seeds 1, 2, 3): seed 2 has no test "
             "scores: those test means are over the other seeds") in out
-    assert rows["barto"][1] == "g1*"  # a seed has not finished: not final
+    assert rows["BARTO"][1] == "g1*"  # a seed has not finished: not final
     assert "No scores yet (" in out and out.rstrip().endswith("barto__mlsum__lr-3e-5_seed-3")
     spread = table.chosen[("barto", "mlsum")].result.spread
     assert (spread.dev_n["rougeL"], spread.test_n["rougeL"]) == (2, 1)
@@ -256,7 +256,7 @@ def test_a_sweep_without_seeds_keeps_its_table(tmp_path):
         _final(Path(run.run_dir), {"rougeL": 20.0}, {"rougeL": 19.0})
     out = format_markdown(build_table(manifest))
     assert "± " not in out and "Seeds:" not in out and "(seeds " not in out
-    assert "| barto | g1 | 20.00 / 19.00 | 20.00 / 19.00 |" in out
+    assert "| BARTO | g1 | 20.00 / 19.00 | 20.00 / 19.00 |" in out
 
 
 def _local_run(folder, lr, seed, rouge_l):
@@ -278,7 +278,7 @@ def test_run_folders_that_differ_only_in_their_seed_are_averaged(tmp_path, capsy
     assert slurm_main(["collect", str(runs)]) == 0
     out = capsys.readouterr().out
     _, rows = _rows(out)
-    assert rows["barto"][:3] == ["barto", "g1", f"21.00 ± {_sample_std([20.0, 22.0]):.2f} / "
+    assert rows["BARTO"][:3] == ["BARTO", "g1", f"21.00 ± {_sample_std([20.0, 22.0]):.2f} / "
                                                 f"20.00 ± {_sample_std([19.0, 21.0]):.2f}"]
     assert "- g1: run=a-1,a-2 optim.lr=3e-05 (seeds 1, 2)" in out
     assert "mean of 2 seeds (train.seed 1, 2)" in out

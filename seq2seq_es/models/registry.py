@@ -51,12 +51,23 @@ class ModelSpec:
         return get_family(self.family)
 
     @property
+    def paper_name(self) -> str:
+        """The name the paper's tables give the model (BARTO, BETOShare, ...); a tiny twin keeps
+        its registry name (no paper has it)."""
+        return self.name if self.tiny else PAPER_NAMES.get(self.name, self.name)
+
+    @property
     def base_name(self) -> str:
         """The real model's registry name (the name itself for a real model)."""
         return self.name[: -len(TINY_SUFFIX)] if self.tiny else self.name
 
 
 _BERT_DEFAULTS = {"data.max_source_length": 512}
+# As the paper's tables write them (mBERTShare, not in the paper, named like its siblings).
+PAPER_NAMES = {"barto": "BARTO", "t5s": "T5S", "ledo": "LEDO", "beto2beto": "BETO2BETO",
+               "betoshare": "BETOShare", "roberta2roberta": "RoBERTa2RoBERTa",
+               "robertashare": "RoBERTaShare", "mbert2mbert": "mBERT2mBERT",
+               "mbertshare": "mBERTShare"}
 
 _REAL_MODELS = (
     ModelSpec("barto", "bart", "vgaraujov/bart-base-spanish", False, False, 1024, 1024,

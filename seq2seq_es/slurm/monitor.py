@@ -1465,6 +1465,15 @@ def empty_message(table: ResultsTable, split: str = "both") -> str:
             "--split dev or both shows the validation scores." + left_out)
 
 
+def shown_model(model: str) -> str:
+    """A model as the results table names it: the paper's name for a registry model (BARTO
+    for barto), the name itself otherwise."""
+    from ..models.registry import MODELS
+
+    spec = MODELS.get(model)
+    return spec.paper_name if spec is not None else model
+
+
 def format_markdown(table: ResultsTable, split: str = "both") -> str:
     """One table per experiment family: a row per model, per task the chosen run's label and its
     metrics (cells as `split` says), then the family's average and the paper's; legend below."""
@@ -1495,7 +1504,7 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
         for model in table.models:
             if not any((model, task) in table.chosen for task in tasks):
                 continue
-            cells = [model]
+            cells = [shown_model(model)]
             for task in tasks:
                 choice = table.chosen.get((model, task))
                 if choice is None:
@@ -1523,6 +1532,13 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
         lines += ["", "The paper's figures for these pairs (dev / test; second-hand; its metrics "
                   f"were scored differently, see {where}):"]
         lines += [f"- {line}" for line in reported]
+    renamed = [f"{shown_model(model)} = {model}" for model in table.models
+               if shown_model(model) != model and any((model, task) in table.chosen
+                                                      for _, tasks in table.families
+                                                      for task in tasks)]
+    if renamed:
+        lines += ["", "Models by the paper's names; the registry's (--models, config.yaml "
+                  "model.name, the CSV): " + ", ".join(renamed) + "."]
     lines += ["", "Grid points (the run columns):"]
     lines += [f"- {label}: {description}" + (
         f" (seeds {', '.join(table.grid_seeds[description])})"

@@ -359,7 +359,8 @@ def test_gpu_script_runs_end_to_end_on_the_cpu(tmp_path):
     assert report["sections"] == {name: "ok" for name in
                                   ("environment", "long_check", "bench_hf", "bench_flex", "batch_check")}
     assert [(r["impl"], r["checkpointing"], r["status"]) for r in report["bench_rows"]] == [
-        ("hf", False, "ok"), ("flex", False, "skipped"), ("hf", True, "ok"), ("flex", True, "skipped")]
+        ("hf", False, "ok"), ("flex", False, "skipped"), ("hf", True, "ok"), ("flex", True, "skipped"),
+        ("flex", "encoder", "skipped")]  # flex also with the encoder's layers alone checkpointed
     markdown = (tmp_path / "gpu_led.md").read_text()
     assert "| encoder_output |" in markdown and "| hf | 256 x 16 x 1 |" in markdown
 

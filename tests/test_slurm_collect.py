@@ -57,7 +57,11 @@ def _metrics(path, records, tail=""):
 
 
 def _rows(out):
-    """{model: cells} of every markdown table row in out, by table (a list per table)."""
+    """{model: cells} of every markdown table row in out, by table (a list per table), keyed by
+    the registry name (the table shows the paper's: BARTO for barto)."""
+    from seq2seq_es.models.registry import PAPER_NAMES
+
+    registry_name = {shown: name for name, shown in PAPER_NAMES.items()}
     tables, current = [], None
     for line in out.splitlines():
         if line.startswith("| model |"):
@@ -65,7 +69,7 @@ def _rows(out):
             tables.append(current)
         elif line.startswith("| ") and current is not None:
             cells = [cell.strip() for cell in line.strip("|").split("|")]
-            current[cells[0]] = cells
+            current[registry_name.get(cells[0], cells[0])] = cells
         elif not line.startswith("|"):
             current = None
     return tables
@@ -134,8 +138,8 @@ def test_a_row_never_mixes_runs_dev_and_test_side_by_side(tmp_path, capsys):
     assert table["header"][:5] == ["model", "mlsum run", "mlsum rouge1", "mlsum rouge2",
                                    "mlsum rougeL"]
     # every number of the row is g1's, although g2 has the better rouge1, rouge2 and loss
-    assert table["barto"][:5] == ["barto", "g1", "30.00 / 29.00", "10.00 / 9.50", "25.00 / 24.00"]
-    assert table["t5s"][:5] == ["t5s", "g2*", "31.00 / –", "11.00 / –", "26.00 / –"]
+    assert table["barto"][:5] == ["BARTO", "g1", "30.00 / 29.00", "10.00 / 9.50", "25.00 / 24.00"]
+    assert table["t5s"][:5] == ["T5S", "g2*", "31.00 / –", "11.00 / –", "26.00 / –"]
     assert "- g1: optim.lr=3e-5" in out and "- g2: optim.lr=5e-5" in out
     assert "- mlsum: rougeL" in out
     assert "* from a run that has not finished" in out
@@ -221,7 +225,7 @@ def test_split_dev_shows_validation_only(tmp_path, capsys):
     [table] = _rows(out)
     assert table["header"] == ["model", "bisect run", "bisect sari", "bisect bleu", "avg SARI",
                                "paper avg SARI"]
-    assert table["t5s"] == ["t5s", "g1", "56.00", "43.00", "56.00", "56.37"]
+    assert table["t5s"] == ["T5S", "g1", "56.00", "43.00", "56.00", "56.37"]
     assert "Cells: dev (validation) only" in out
     dev_files = {name: (sweep_dir / f"results-dev.{name}").read_bytes()
                  for name in ("md", "csv", "png")}
@@ -274,8 +278,8 @@ def test_runs_without_the_main_metric_are_chosen_by_the_first_task_metric(tmp_pa
     out = capsys.readouterr().out
     summaries, qa = _rows(out)
     assert summaries["header"] == ["model", "mlsum run", "mlsum score", "mlsum total"]
-    assert summaries["barto"] == ["barto", "g2", "50.00 / –", "3.00 / –"]  # DONE: final, no *
-    assert qa["barto"] == ["barto", "g2", "50.00 / –", "3.00 / –"]
+    assert summaries["barto"] == ["BARTO", "g2", "50.00 / –", "3.00 / –"]  # DONE: final, no *
+    assert qa["barto"] == ["BARTO", "g2", "50.00 / –", "3.00 / –"]
     assert ("- mlsum: score (the main metric rougeL was not logged; the first metric logged "
             "instead)") in out
     assert "not finished" not in out
@@ -308,7 +312,7 @@ def test_a_broken_final_results_file_leaves_that_run_out_and_says_why(tmp_path, 
     assert slurm_main(["collect", str(sweep_dir)]) == 0
     out = capsys.readouterr().out
     [table] = _rows(out)
-    assert table["barto"][:3] == ["barto", "g2", "20.00 / 19.00"]
+    assert table["barto"][:3] == ["BARTO", "g2", "20.00 / 19.00"]
     assert "barto__mlsum__lr-3e-5 left out: file " in out and "final_results.json" in out
 
 
@@ -621,7 +625,7 @@ def test_collect_reads_run_folders_trained_without_slurm(tmp_path, capsys):
     [table] = _rows(out)
     # barto's better rougeL run (b), every number of its row from it; the runs differ in
     # optim.lr only (train.output_dir and log_every say nothing about what was trained)
-    assert table["barto"][:4] == ["barto", "g2", "23.00 / 22.00", "22.00 / 21.00"]
+    assert table["barto"][:4] == ["BARTO", "g2", "23.00 / 22.00", "22.00 / 21.00"]
     assert "- g2: run=barto-mlsum-b optim.lr=5e-05" in out
     assert "- g3: run=t5s-mlsum" in out  # one run of its pair: no key differs
     assert f"Results of 3 of the 3 run(s) in {runs}" in out
@@ -754,7 +758,7 @@ def test_runs_validated_on_different_data_are_not_compared_and_the_table_says_so
     assert cli_main(["collect", str(runs)]) == 0
     out = capsys.readouterr().out
     [table] = _rows(out)
-    assert table["barto"][:3] == ["barto", "g2", "21.00 / –"]  # demo-b: the best on the demo's
+    assert table["barto"][:3] == ["BARTO", "g2", "21.00 / –"]  # demo-b: the best on the demo's
     warnings = out.split("\nWarnings:\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert warnings == [
         f"- barto / mlsum: its runs were validated on different data, whose dev scores do not "

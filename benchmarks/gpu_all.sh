@@ -14,9 +14,9 @@
 # EXTRAS=1 adds the T5 attention kernels (hf/sdpa/flex) and the mixed-precision checks under ZeRO,
 # measured before (BENCHMARKS.md) and not part of the targets. OUT_DIR/summary.md collects the targets.
 # TINY=1 runs the same sections on tiny models on the CPU: the smoke test of this script.
-# Each section's limit is an environment variable (FLEX_S, LED_S, SEQ2SEQ_S, PROFILE_S, GPU_TESTS_S, T5_S,
-# PRECISION_S) so a rerun can give one section the time another did not use; SECTIONS picks
-# sections (flex,led,seq2seq,profile,tests) and SEQ2SEQ_SECTIONS the seq2seq bench's.
+# Each section's limit is an environment variable (FLEX_S, LED_S, SEQ2SEQ_S, PROFILE_S,
+# GPU_TESTS_S, T5_S, PRECISION_S) so a rerun can give one section the time another did not use;
+# SECTIONS picks sections (flex,led,seq2seq,profile,tests), SEQ2SEQ_SECTIONS the seq2seq bench's.
 set -u
 OUT_DIR=${1:?usage: gpu_all.sh OUT_DIR}
 mkdir -p "$OUT_DIR"
@@ -71,8 +71,8 @@ fi
 if want seq2seq; then
   stamp "3. seq2seq: Seq2SeqTrainer route vs this package's loop"
   SEQ2SEQ_ARGS=(); [ -n "${SEQ2SEQ_SECTIONS:-}" ] && SEQ2SEQ_ARGS=(--sections "$SEQ2SEQ_SECTIONS")
-  timeout "${SEQ2SEQ_S:-170}" python3 -m seq2seq_es.bench.gpu_seq2seq "$OUT_DIR/seq2seq" "${TINY_ARG[@]}" \
-    --budget-s "$(( ${SEQ2SEQ_S:-170} - 10 ))" "${SEQ2SEQ_ARGS[@]}"
+  timeout "${SEQ2SEQ_S:-170}" python3 -m seq2seq_es.bench.gpu_seq2seq "$OUT_DIR/seq2seq" \
+    "${TINY_ARG[@]}" --budget-s "$(( ${SEQ2SEQ_S:-170} - 10 ))" "${SEQ2SEQ_ARGS[@]}"
 fi
 if [ "${TINY:-0}" != 1 ] && want profile; then
   stamp "3b. profile: where a fixed-shape step's time goes, the Trainer's and the loop's"

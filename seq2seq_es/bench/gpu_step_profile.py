@@ -24,8 +24,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
-
 from .impls import parse_impl, run_impl
 from .seq2seq import BenchOptions, make_case, resolve_device
 

@@ -156,8 +156,8 @@ class TrainStep:
         # tensors from host numbers every step: each such copy waits for the backward to finish,
         # and the GPU then idles while the loops launch one small kernel per parameter. (fp16 at
         # ZeRO 0 keeps DeepSpeed's: its GradScaler must unscale first. ZeRO 1-3 clip their flat
-        # partitions.) The DeepSpeed config still says gradient_clipping = optim.max_grad_norm.
-        # get_engine turned DeepSpeed's off (clips_in_train_step).
+        # partitions.) get_engine turned DeepSpeed's own off (clips_in_train_step); the saved
+        # DeepSpeed config still says gradient_clipping = optim.max_grad_norm.
         self.clip_norm = cfg.optim.max_grad_norm if clips_in_train_step(engine) else 0.0
         self.micro_seen = 0                                  # micro-batches run by this object
         self.unchecked: dict[int, tuple[int, int, str]] = {}  # index -> (step, k, batch shape)

@@ -27,6 +27,7 @@ import torch
 
 from .. import run_files
 from ..errors import ConfigError, Seq2SeqEsError
+from .family import NO_HUB_KERNELS
 
 BART_POSITION_OFFSET = 2
 
@@ -140,7 +141,7 @@ def convert_bart_to_led(src: str, out: str, max_positions: int = 16384,
                                  "which LED does not; it cannot be converted exactly")
     tokenizer = load_tokenizer(src, key="SRC")
     try:
-        bart = BartForConditionalGeneration.from_pretrained(src, use_kernels=False)  # see family.NO_HUB_KERNELS
+        bart = BartForConditionalGeneration.from_pretrained(src, **NO_HUB_KERNELS)
     except OSError as err:  # a folder with a config but no (readable) weights
         raise ConfigError("SRC", f"no BART weights could be loaded from {src}: {err}") from err
     led = LEDForConditionalGeneration(led_config_from_bart(bart.config, max_positions,

@@ -227,6 +227,7 @@ def _bare_trainer(tmp_path: Path, total_steps: int = 20, steps_per_epoch: int = 
     t.best_metric, t.saved_step, t.last_eval = "rougeL", None, {}
     t.stop, t.clock = StopRequest(announce=False), SaveClock(0, True)
     t.validated, t.saved, t.results = [], [], []
+    t.window_start, t.window_paused = 0.0, 0.0  # the logging interval's clock
     t.say = lambda message: None
 
     def run_eval(step, *args, **kwargs):

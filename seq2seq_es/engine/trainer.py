@@ -266,6 +266,9 @@ class Trainer:
         self.saved_step = self.state.step if resume_from is not None else None
         self.last_eval: dict = {}  # the latest validation's results (an early stop ends on it)
         self.logged_step: int | None = None  # the last step whose train/* values were logged
+        # The logging interval's clock (train/tokens_per_s): its start, and the seconds since
+        # then spent validating and saving (not_training), which the rate leaves out
+        self.window_start, self.window_paused = time.perf_counter(), 0.0
         # A finished run resumed as it was: nothing below may rewrite its record (config.yaml,
         # versions.json, trackers), which still describes the run that trained it.
         self.finished = self.finished_before()

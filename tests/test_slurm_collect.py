@@ -196,6 +196,15 @@ def test_family_averages_are_the_mean_of_the_chosen_runs_rouge_beside_the_papers
     assert average["metric"] == "avg(rouge1,rouge2,rougeL)"
     assert float(average["dev"]) == pytest.approx(barto_dev)
     assert float(average["paper"]) == 25.49
+    assert (average["paper_dev"], average["paper_test"]) == ("", "")
+    # a pair the paper reports has its figure beside ours, per split (t5s mlsum: dev / test)
+    by_metric = {(row["model"], row["task"], row["metric"]): row for row in rows}
+    rouge1 = by_metric[("t5s", "mlsum", "rouge1")]
+    assert (rouge1["dev"], rouge1["paper"], rouge1["paper_dev"], rouge1["paper_test"]) == (
+        "31.0", "", "30.14", "29.44")
+    assert (rouge1["grid_label"], rouge1["final"]) == ("g1", "yes")  # the columns after it
+    barto = by_metric[("barto", "mlsum", "rouge1")]  # no figure for this pair
+    assert (barto["paper"], barto["paper_dev"], barto["paper_test"]) == ("", "", "")
 
 
 def test_an_average_needs_every_task_of_the_family(tmp_path, capsys):
@@ -1010,3 +1019,12 @@ def test_a_full_tie_on_the_main_metric_and_the_loss_goes_to_the_earlier_grid_poi
     table = build_table(load_manifest(sweep_dir))
     chosen = table.chosen[("barto", "sqac")].result
     assert chosen.run.grid_point == {"optim.lr": "3e-5"} and chosen.test == {"rougeL": 11.0}
+
+
+def test_the_csv_paper_cells_say_the_split_where_the_source_does():
+    from seq2seq_es.slurm.monitor import paper_cells
+
+    assert paper_cells("t5s", "bisect", "sari") == ["56.37", "", ""]  # split not stated
+    assert paper_cells("t5s", "wmt13-es-en", "bleu") == ["", "29.75", ""]  # dev only
+    assert paper_cells("t5s", "mlsum", "rouge2") == ["", "12.27", "11.56"]
+    assert paper_cells("barto", "mlsum", "rouge1") == ["", "", ""]

@@ -520,6 +520,17 @@ PAPER_FIGURES: dict[tuple[str, str], dict[str, tuple[float, float] | float]] = {
 }
 
 
+def paper_cells(model: str, task: str, metric: str) -> list[str]:
+    """The CSV's paper, paper_dev and paper_test cells of one (model, task, metric): the pair's
+    PAPER_FIGURES value, split-specific where the source gives the split."""
+    value = PAPER_FIGURES.get((model, task), {}).get(metric)
+    if value is None:
+        return ["", "", ""]
+    if isinstance(value, tuple):
+        return [""] + ["" if math.isnan(figure) else repr(figure) for figure in value]
+    return [repr(value), "", ""]
+
+
 def paper_figures_line(model: str, task: str) -> str | None:
     """'t5s mlsum: rouge1 30.14 / 29.44, ...' for a pair the paper reports, else None."""
     figures = PAPER_FIGURES.get((model, task))
@@ -1628,7 +1639,8 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
     return "\n".join(lines) + "\n"
 
 
-CSV_COLUMNS = ("model", "family", "task", "metric", "dev", "test", "paper", "grid_label",
+CSV_COLUMNS = ("model", "family", "task", "metric", "dev", "test", "paper", "paper_dev",
+               "paper_test", "grid_label",
                "grid_point", "best_step", "final", "selected_by", "source", "run_dir",
                "local_data", "validation_data", "test_data")
 # Added where a chosen cell is a mean over seeds: the sample standard deviations (n-1), how many
@@ -1642,7 +1654,9 @@ def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
     test in their own columns; then one row per (model, family average), whose task is
     'avg:' and the averaged tasks joined by '+' ('avg:mlsum+wikilingua'), whose metric is the
     averaged metrics ('avg(rouge1,rouge2,rougeL)') and whose paper column holds the paper's
-    figure. A table with means over seeds has SEED_CSV_COLUMNS after those."""
+    figure. A (model, task, metric) the paper reports (PAPER_FIGURES, second-hand) has it in
+    paper_dev and paper_test, or in paper where the split is not stated. A table with means over
+    seeds has SEED_CSV_COLUMNS after those."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     seeded = table.seeded
@@ -1680,7 +1694,8 @@ def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
                     if metrics and name not in metrics:
                         continue
                     writer.writerow([model, family, task, name, text(result.validation.get(name)),
-                                     text((result.test or {}).get(name)), "", table.label(choice),
+                                     text((result.test or {}).get(name)),
+                                     *paper_cells(model, task, name), table.label(choice),
                                      describe_grid_point(result.run.grid_point),
                                      best_step(result),
                                      "yes" if result.final else "no", choice.selected_by,
@@ -1697,7 +1712,8 @@ def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
             writer.writerow([model, family, "avg:" + "+".join(average.tasks),
                              f"avg({','.join(average.metrics)})", text(average.dev[model]),
                              text(average.test[model]), text(average.paper.get(model)), "", "",
-                             "", "yes" if average.final[model] else "no", "", "", "", "", "", ""]
+                             "", "", "", "yes" if average.final[model] else "no", "", "", "", "",
+                             "", ""]
                             + seed_cells(None, ""))
     return buffer.getvalue()
 

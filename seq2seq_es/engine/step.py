@@ -60,12 +60,16 @@ def host_token_counts(micro_batches: list[dict]) -> tuple[list[float], list[floa
     return [sum(targets), float(source), float(padded)], targets
 
 
+def uses_fp16(engine) -> bool:
+    """fp16 at ZeRO 0 (torch autocast with DeepSpeed's GradScaler) or under ZeRO."""
+    return getattr(engine, "torch_autocast_z0_gradscaler", None) is not None \
+        or engine.fp16_enabled()
+
+
 def clips_in_train_step(engine) -> bool:
     """Whether TrainStep clips the gradient rather than DeepSpeed (ZeRO 0 outside fp16; see
     TrainStep.__init__); get_engine then sets the engine's own clipping to 0."""
-    fp16 = getattr(engine, "torch_autocast_z0_gradscaler", None) is not None \
-        or engine.fp16_enabled()
-    return not engine.zero_optimization() and not fp16
+    return not engine.zero_optimization() and not uses_fp16(engine)
 
 
 def all_reduce_(tensor: torch.Tensor, op=None) -> torch.Tensor:
@@ -131,8 +135,7 @@ class TrainStep:
         self.device = env.device
         self.pin = self.device.type == "cuda"
         self.skip = cfg.train.on_nan == "skip"
-        self.fp16 = getattr(engine, "torch_autocast_z0_gradscaler", None) is not None \
-            or engine.fp16_enabled()
+        self.fp16 = uses_fp16(engine)
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
         self.bad = zero.clone()                              # stop: non-finite since the check
         self.first_bad = torch.full((), float("inf"), dtype=torch.float64, device=self.device)
@@ -231,9 +234,10 @@ class TrainStep:
                 if self.norm_from_grads and k == len(micro_batches) - 1:
                     # the step's gradient is complete (and reduced) only after its last
                     # backward, and is clipped (here or by engine.step()) in place
-                    own_norm = self._norm_of_grads()
-                    if self.clip_norm:
-                        self._clip(own_norm)
+                    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+                    own_norm = self._norm_of_grads(grads)
+                    if self.clip_norm and grads:
+                        self._clip(grads, own_norm)
                 engine.step()
             except torch.OutOfMemoryError as exc:
                 raise Seq2SeqEsError(
@@ -260,22 +264,20 @@ class TrainStep:
                 [sums[0] + grad_norm, sums[1] + counted, torch.maximum(sums[2], grad_norm)])
         return StepResult(step + 1, counts, ce_total, skipped, skipped_tokens, fp16, grad_norm)
 
-    def _norm_of_grads(self) -> torch.Tensor:
-        """The L2 norm of the module's gradients as they are, accumulated in float64 as
+    def _norm_of_grads(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """The L2 norm of the module's gradients (`grads`) as they are, accumulated in float64 as
         DeepSpeed's ZeRO optimizers accumulate theirs (in fp32 the norm of a [1501, 64]
         embedding gradient was off by 1.6e-5 relative on the CPU). torch's fused per-tensor
         norms, the private op its own clip_grad_norm_ runs (one launch for many tensors on a
         GPU); nothing read back, and non-finite gradients give a non-finite norm, no error."""
-        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
         if not grads:
             return torch.zeros((), dtype=torch.float64, device=self.device)
         norms = torch._foreach_norm(grads, 2, dtype=torch.float64)
         return torch.linalg.vector_norm(torch.stack(norms))
 
-    def _clip(self, norm: torch.Tensor) -> None:
-        """Scale the gradients by min(1, max_norm / (norm + 1e-6)), as torch's clip_grad_norm_
-        and DeepSpeed's do, with the norm in fp32 as theirs; on the device, nothing read back."""
-        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+    def _clip(self, grads: list[torch.Tensor], norm: torch.Tensor) -> None:
+        """Scale `grads` by min(1, max_norm / (norm + 1e-6)), as torch's clip_grad_norm_ and
+        DeepSpeed's do, with the norm in fp32 as theirs; on the device, nothing read back."""
         coefficient = (self.clip_norm / (norm.float() + 1e-6)).clamp(max=1.0)
         torch._foreach_mul_(grads, coefficient)
 

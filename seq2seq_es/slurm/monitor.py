@@ -1543,10 +1543,9 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
         lines += ["", "The paper's figures for these pairs (dev / test; second-hand; its metrics "
                   f"were scored differently, see {where}):"]
         lines += [f"- {line}" for line in reported]
+    shown_models = {model for model, _ in table.chosen}
     renamed = [f"{shown_model(model)} = {model}" for model in table.models
-               if shown_model(model) != model and any((model, task) in table.chosen
-                                                      for _, tasks in table.families
-                                                      for task in tasks)]
+               if model in shown_models and shown_model(model) != model]
     if renamed:
         lines += ["", "Models by the paper's names; the registry's (--models, config.yaml "
                   "model.name, the CSV): " + ", ".join(renamed) + "."]

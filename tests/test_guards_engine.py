@@ -109,6 +109,11 @@ texts = generate_texts(model, features=data.tokenized, collator=collator, tokeni
                        zero_stage=0, bf16=False)
 (out / f"rank_{rank}.json").write_text(json.dumps({"results": results, "texts": texts}))
 dist.destroy_process_group()
+# As the package's own processes end once they started a process group: interpreter teardown
+# beside gloo's threads aborted a rank now and then ("terminate called without an active
+# exception", exit code 134) after its results were written.
+from seq2seq_es.process_exit import leave
+leave(0)
 '''
 
 

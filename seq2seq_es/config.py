@@ -109,6 +109,11 @@ class ModelConfig(_Section):
     compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"  # torch.compile
                                           # backend; aot_eager and eager make Dynamo's graphs
                                           # without code generation (to find a compile problem)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
+                                          # torch.compile mode (inductor): reduce-overhead
+                                          # replays each batch shape's kernels as a CUDA graph
+                                          # (no per-kernel launch cost on the host; a graph per
+                                          # shape, so for fixed, bucketed or packed batches)
     lean_ce: bool = False                 # chunked LM-head + cross-entropy, no full logits
     lean_ce_chunk: int = 2048             # tokens per chunk of the lean cross-entropy
     cudnn_attention: bool = False         # let SDPA use cuDNN's attention where torch picks it
@@ -975,6 +980,7 @@ def not_applying(cfg) -> dict[str, str]:
         ignored["train.length_buckets"] = f"train.batching={cfg.train.batching}"
     if not cfg.model.compile:
         ignored["model.compile_shapes"] = "model.compile=False"
+        ignored["model.compile_mode"] = "model.compile=False"
     if not cfg.model.lean_ce:
         ignored["model.lean_ce_chunk"] = "model.lean_ce=False"
     if not cfg.model.gradient_checkpointing:
@@ -1329,6 +1335,20 @@ def validate(cfg: RunConfig) -> None:
                           f"and train.batching {t.batching} makes a new one almost every "
                           "micro-batch; use train.batching bucketed (at most train.length_buckets "
                           "shapes) or packed (one), or model.compile_shapes dynamic or auto")
+    mode = cfg.model.compile_mode
+    if cfg.model.compile and mode != "default":
+        if cfg.model.compile_backend != "inductor":
+            # torch.compile would drop the mode with a warning and compile without it.
+            raise ConfigError("model.compile_mode", f"{mode} is a mode of the inductor backend; "
+                              f"model.compile_backend is {cfg.model.compile_backend}")
+        if mode == "reduce-overhead" and t.batching == "token_budget":
+            raise ConfigError("model.compile_mode", "reduce-overhead records a CUDA graph per "
+                              "batch shape, and train.batching token_budget makes a new shape "
+                              "almost every micro-batch; use bucketed or packed batches")
+        if mode == "reduce-overhead" and dist.zero_stage == 3:
+            raise ConfigError("model.compile_mode", "reduce-overhead cannot capture ZeRO-3's "
+                              "forward, which gathers each layer's parameters as it runs; use "
+                              "dist.zero_stage 0-2 or compile_mode default")
     if t.on_nan == "skip" and dist.zero_stage == 3:
         raise ConfigError("train.on_nan", "skip is not supported under ZeRO-3 (the zero loss "
                           "that replaces a bad micro-batch needs unpartitioned parameters); use stop")

@@ -98,3 +98,36 @@ def test_auto_shapes_are_static_only_for_batches_of_few_shapes():
         assert compile_shapes(cfg) == shapes, batching
     cfg.model.compile_shapes = "dynamic"
     assert compile_shapes(cfg) == "dynamic"
+
+
+def test_compile_mode_reaches_torch_compile_and_is_refused_where_it_cannot_work():
+    from seq2seq_es.config import not_applying
+    from seq2seq_es.engine.builders import compile_kwargs
+
+    cfg = RunConfig()
+    cfg.train.max_tokens = 1000
+    assert "model.compile_mode" in not_applying(cfg)         # model.compile is off
+    cfg.model.compile, cfg.train.batching = True, "bucketed"
+    assert compile_kwargs(cfg) == {"dynamic": False}
+    cfg.model.compile_mode = "reduce-overhead"
+    validate(cfg)
+    assert "model.compile_mode" not in not_applying(cfg)
+    assert compile_kwargs(cfg) == {"dynamic": False, "mode": "reduce-overhead"}
+    cfg.train.batching = "fixed"
+    assert compile_kwargs(cfg) == {"mode": "reduce-overhead"}
+    # a CUDA graph per batch shape: token-budget batches make a new shape every micro-batch
+    cfg.train.batching = "token_budget"
+    with pytest.raises(ConfigError, match="model.compile_mode") as caught:
+        validate(cfg)
+    assert "bucketed or packed" in str(caught.value)
+    cfg.train.batching, cfg.dist.zero_stage = "bucketed", 3
+    with pytest.raises(ConfigError, match="ZeRO-3"):
+        validate(cfg)
+    cfg.dist.zero_stage, cfg.model.compile_backend = 2, "aot_eager"
+    with pytest.raises(ConfigError, match="inductor"):   # torch would drop the mode silently
+        validate(cfg)
+    cfg.model.compile_mode = "max-autotune-no-cudagraphs"
+    with pytest.raises(ConfigError, match="inductor"):
+        validate(cfg)
+    cfg.model.compile_backend = "inductor"
+    validate(cfg)

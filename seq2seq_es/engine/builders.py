@@ -350,10 +350,17 @@ def get_engine(model, cfg: RunConfig, env: D.DistEnv, total_steps: int):
     if cfg.model.compile:
         # static: dynamic=False, one graph per shape; dynamic and auto: torch's default, which
         # honours the collator's mark_dynamic (dynamic) or turns a recompiled size dynamic (auto)
-        shapes = compile_shapes(cfg)
-        engine.compile(backend=cfg.model.compile_backend,
-                       compile_kwargs={"dynamic": False} if shapes == "static" else {})
+        engine.compile(backend=cfg.model.compile_backend, compile_kwargs=compile_kwargs(cfg))
     return engine, scheduler, ds_config
+
+
+def compile_kwargs(cfg: RunConfig) -> dict:
+    """torch.compile's keywords for model.compile: dynamic=False for static shapes (torch's
+    default, None, otherwise) and model.compile_mode unless it is the default."""
+    kwargs: dict = {"dynamic": False} if compile_shapes(cfg) == "static" else {}
+    if cfg.model.compile_mode != "default":
+        kwargs["mode"] = cfg.model.compile_mode
+    return kwargs
 
 
 def compile_shapes(cfg: RunConfig) -> str:

@@ -162,6 +162,10 @@ class TrainStep:
         # partitions.) get_engine turned DeepSpeed's own off (clips_in_train_step); the saved
         # DeepSpeed config still says gradient_clipping = optim.max_grad_norm.
         self.clip_norm = cfg.optim.max_grad_norm if clips_in_train_step(engine) else 0.0
+        # model.compile_mode reduce-overhead: each forward starts a new CUDA-graph iteration,
+        # so that replaying a graph may reuse the memory of the previous micro-batch's outputs
+        # (read by then: the loss is copied out before its backward).
+        self.graph_steps = cfg.model.compile and cfg.model.compile_mode == "reduce-overhead"
         self.micro_seen = 0                                  # micro-batches run by this object
         self.unchecked: dict[int, tuple[int, int, str]] = {}  # index -> (step, k, batch shape)
         self.unchecked_steps: list[int] = []
@@ -211,6 +215,8 @@ class TrainStep:
             labels = batch.pop("labels")
             shape = f"source {tuple(batch['input_ids'].shape)}, target {tuple(labels.shape)}"
             try:
+                if self.graph_steps:
+                    torch.compiler.cudagraph_mark_step_begin()
                 if self.cfg.model.lean_ce:  # through engine(...): DeepSpeed hooks its output
                     ce = engine(**batch, lean_ce_labels=labels)
                 else:

@@ -616,10 +616,13 @@ class Trainer:
     def eval_stance(self):
         """Evaluation of a statically compiled model runs eagerly: generation meets a new length
         at every token, and a static graph for each would compile through the whole first
-        validation (and use up Dynamo's recompile limit)."""
+        validation (and use up Dynamo's recompile limit). So does one compiled with CUDA graphs
+        (model.compile_mode reduce-overhead), which would record a graph for each length."""
         import contextlib
 
-        if self.cfg.model.compile and compile_shapes(self.cfg) == "static":
+        model = self.cfg.model
+        if model.compile and (compile_shapes(self.cfg) == "static"
+                              or model.compile_mode == "reduce-overhead"):
             return torch.compiler.set_stance("force_eager")
         return contextlib.nullcontext()
 

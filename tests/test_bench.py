@@ -107,8 +107,8 @@ def test_gpu_script_plumbing_on_tiny_models(tmp_path):
     section = report["sections"]["barto"]
     assert section["status"] == "ok"
     assert [(r["dist"], r["impl"]) for r in section["rows"]] == [
-        ("mlsum", "hf_trainer"), ("fixed", "hf_trainer"), ("mlsum", "loop_fused"),
-        ("mlsum", "loop_bucket_fused"), ("mlsum", "loop_budget_fused"), ("fixed", "loop_fused")]
+        ("mlsum", "hf_trainer"), ("fixed", "hf_trainer"), ("mlsum", "loop_bucket_fused"),
+        ("fixed", "loop_fused")]
     assert all(r["error"] is None and r["real_tokens_per_s"] > 0 for r in section["rows"])
     assert report["environment"]["torch"] == torch.__version__
     text = (tmp_path / "gpu_seq2seq.md").read_text()
@@ -160,8 +160,12 @@ def test_parse_impl_tokens():
     assert bucket.bucket and bucket.engine and bucket.fused and not (bucket.budget or bucket.compile)
     assert parse_impl("loop_bucket_static").static and parse_impl("loop_bucket_static").bucket
     assert not parse_impl("loop").cudnn and parse_impl("loop_budget_fused_cudnn").cudnn
+    graphs = parse_impl("loop_graphs")  # the engine's compile, replayed as CUDA graphs
+    assert graphs.graphs and graphs.engine and graphs.fused and not graphs.compile
+    assert not parse_impl("loop_engine").graphs
     for bad in ("loop_budget_budget", "loop_fast", "trainer", "loop_", "loop_flex_hfattn",
-                "loop_budget_bucket", "loop_engine_compile", "loop_static_engine"):
+                "loop_budget_bucket", "loop_engine_compile", "loop_static_engine",
+                "loop_graphs_compile"):
         with pytest.raises(UnknownNameError):
             parse_impl(bad)
 
@@ -361,6 +365,26 @@ def test_gpu_summary_says_which_targets_are_met_and_which_were_not_measured(tmp_
     text = summary(tmp_path)
     assert ("- checkpointing encoder only: flex 4.50x hf (target 4.0x: met), peak 6.50 vs 6.90 GiB "
             "(ok), flex step 0.0800 s (target <= 0.095 s: met)") in text
+
+
+def test_gpu_summary_reads_item_4_from_the_flex_ablation(tmp_path):
+    from seq2seq_es.bench.gpu_summary import summary
+
+    # the ablation's own lines (gpu_flex_ablation.py), as the H200 run of 2026-12-04 printed them
+    (tmp_path / "flex_ablation.txt").write_text(
+        "device cuda (NVIDIA H200), torch 2.11.0+cu130, L=16384, heads 12x64, window +-512\n"
+        "A plain band, contiguous             forward    0.277 ms   forward+backward    1.630 ms\n"
+        "E ours, row-span mask_mod            forward    0.441 ms   forward+backward    2.075 ms\n"
+        "A-dyn plain band, dynamic shapes     forward    0.200 ms   forward+backward    1.000 ms\n"
+        "E-dyn row-span mask_mod, dynamic     error RuntimeError: out of resource\n")
+    text = summary(tmp_path)
+    assert ("- LED flex forward, static shapes: 0.441 vs 0.277 ms, 1.59x the plain band "
+            "(target <= 2.0x: met)") in text
+    assert "- LED flex forward, dynamic shapes: not measured (E-dyn and A-dyn rows)" in text
+    (tmp_path / "flex_ablation.txt").write_text(
+        "A plain band, contiguous             forward    0.283 ms\n"
+        "E ours, row-span mask_mod            forward    0.680 ms\n")
+    assert "0.680 vs 0.283 ms, 2.40x the plain band (target <= 2.0x: NOT met)" in summary(tmp_path)
 
 
 @pytest.mark.parametrize("impl, compiled", [("loop_budget", False), ("loop_budget_engine", True)])

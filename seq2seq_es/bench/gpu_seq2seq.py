@@ -1,6 +1,6 @@
 """One prepared GPU run of `seq2seq-es bench`: BARTO and T5S shapes, Trainer route vs loop.
 
-    python3 -m seq2seq_es.bench.gpu_seq2seq OUT_DIR                 # on a GPU, under 4 minutes
+    python3 -m seq2seq_es.bench.gpu_seq2seq OUT_DIR                 # on a GPU, 270 s
     python3 -m seq2seq_es.bench.gpu_seq2seq OUT_DIR --tiny          # same sections, tiny, on the CPU
     python3 -m seq2seq_es.bench.gpu_seq2seq OUT_DIR --tiny --skip-compile   # plumbing only (the test)
 
@@ -8,14 +8,16 @@ Sections, each in its own child process (a crashed CUDA context or a hang loses 
 on a timeout its process group is killed) with a timeout taken from the overall budget:
 1. environment: card, driver, versions, date (nvidia-smi and package metadata; no CUDA context here);
 2. barto: BART-base shape, mlsum-like lengths and fixed 512x128, batch 32: hf_trainer and the
-   uncompiled fused loop on random, bucketed and token-budget batches (seconds each);
+   uncompiled fused loop, bucketed batches on mlsum-like lengths (seconds each);
 3. t5s: the same rows on the T5 v1.1-base shape (T5 attention on SDPA in the fused variants);
-4. barto_compiled, t5s_compiled: the compiled variants (bucketed batches with the engine's own
-   model.compile, as `train` runs it; layers compiled per bucket shape; token budget + compiled
-   layers; BART also with the lean cross-entropy), after both models' uncompiled rows, so that
-   compilation cannot take the time of a target's first measurement;
-5. extras, if time is left: unfused variants for attribution (loop_budget, loop_bucket, loop),
-   cuDNN's attention on, and T5 compiled with transformers' attention and with the lean loss.
+4. barto_compiled, t5s_compiled: the compiled variants, cheapest compilation first (the fixed
+   shape through the engine's model.compile as `train` runs it; bucketed batches through layers
+   compiled with dynamic lengths; BART's lean cross-entropy; the engine's static compilation of
+   every bucket shape last), after both models' uncompiled rows, so that compilation cannot
+   take the time of a target's first measurement;
+5. extras, if time is left (`--sections`): the rows of the 2026-12-04 runs that no longer lead to
+   a target: random and token-budget batches, the unfused step, cuDNN's attention, the other
+   compilations, T5 compiled with transformers' attention and with the lean loss.
 Compiled rows first run two untimed priming steps (a padded and an unpadded batch) so that every
 graph is compiled before the warm-up; `graphs_compiled_while_timed` in the JSON says 0 if so.
 Each child appends every row to OUT_DIR/parts/<section>.jsonl as soon as it is measured, so a
@@ -44,7 +46,7 @@ from pathlib import Path
 
 MODULE = "seq2seq_es.bench.gpu_seq2seq"  # run as `python3 -m`, also for the section workers
 START = time.time()
-DEFAULT_BUDGET_S = 220.0
+DEFAULT_BUDGET_S = 270.0
 TINY_BUDGET_S = 1800.0
 # Speed-up targets: real tokens/s of the best loop row over the Seq2SeqTrainer row's.
 TARGETS = {("barto", "mlsum"): 2.5, ("t5s", "mlsum"): 3.0, ("barto", "fixed"): 1.8}
@@ -56,29 +58,39 @@ TARGETS = {("barto", "mlsum"): 2.5, ("t5s", "mlsum"): 3.0, ("barto", "fixed"): 1
 # compiled section: in that run the compiled rows' compilation used up BART's section and T5's
 # never started, so no T5 row of the targets was measured.
 BARTO_ROWS = (("mlsum", "hf_trainer"), ("fixed", "hf_trainer"),
-              ("mlsum", "loop_fused"), ("mlsum", "loop_bucket_fused"),
-              ("mlsum", "loop_budget_fused"), ("fixed", "loop_fused"))
+              ("mlsum", "loop_bucket_fused"), ("fixed", "loop_fused"))
 T5S_ROWS = BARTO_ROWS
-BARTO_COMPILED_ROWS = (("fixed", "loop_compile"), ("mlsum", "loop_bucket_engine"),
-                       ("mlsum", "loop_bucket_static"), ("mlsum", "loop_budget_compile"),
-                       ("mlsum", "loop_budget_compile_lean"), ("fixed", "loop_compile_lean"))
+# Compiled rows, cheapest compilation first: the fixed shape through the engine's model.compile
+# (what `train --model.compile true` runs: one shape, one compilation), then the bucketed batches
+# through layers compiled with dynamic lengths (one set of graphs for every bucket), the fixed
+# shape replayed as CUDA graphs (model.compile_mode reduce-overhead: BART-base's step is short
+# enough for the host's kernel launches to matter), and the engine's static compilation of each
+# bucket shape (a compilation per shape: last, cut first).
+BARTO_COMPILED_ROWS = (("fixed", "loop_engine"), ("mlsum", "loop_bucket_compile"),
+                       ("fixed", "loop_graphs"), ("fixed", "loop_compile_lean"),
+                       ("mlsum", "loop_budget_compile_lean"), ("mlsum", "loop_bucket_engine"))
 # T5's lean loss calls the stacks with other arguments, which costs more compiled graphs: extras.
-T5S_COMPILED_ROWS = (("fixed", "loop_compile"), ("mlsum", "loop_bucket_engine"),
-                     ("mlsum", "loop_bucket_static"), ("mlsum", "loop_budget_compile"))
-EXTRA_ROWS = (("mlsum", "loop_budget"), ("mlsum", "loop_bucket"), ("mlsum", "loop"),
+T5S_COMPILED_ROWS = (("fixed", "loop_engine"), ("mlsum", "loop_bucket_compile"),
+                     ("mlsum", "loop_bucket_engine"))
+# Rows measured in the H200 runs of 2026-12-04 (BENCHMARKS.md) that no longer lead to a target:
+# the other batchings, the unfused step, cuDNN's attention, the other compilations.
+EXTRA_ROWS = (("mlsum", "loop_fused"), ("mlsum", "loop_budget_fused"), ("fixed", "loop_compile"),
+              ("mlsum", "loop_bucket_static"), ("mlsum", "loop_budget_compile"),
+              ("mlsum", "loop_budget"), ("mlsum", "loop_bucket"), ("mlsum", "loop"),
               ("fixed", "loop"), ("mlsum", "loop_bucket_fused_cudnn"), ("fixed", "loop_fused_cudnn"))
 # transformers 5.24's own T5 attention measured as fast as ours uncompiled (BENCHMARKS.md): the
 # compiled rows with it, for comparison.
 T5S_EXTRA_ROWS = EXTRA_ROWS + (("mlsum", "loop_budget_compile_hfattn"),
                                ("mlsum", "loop_budget_compile_lean"))
 # name: (model, tiny model, rows, share of the budget at most, least seconds worth starting).
-# The uncompiled sections took 44 s (BART-base) and 51 s (T5-base) on the H200, process start
-# included: 35% of gpu_all.sh's 160 s each.
+# The uncompiled sections took 44 s (BART-base) and 51 s (T5-base) for six rows each on the
+# H200, process start included; four rows each now. What a section leaves goes to the later ones
+# (the last compiled section takes all that is left).
 SECTIONS = {
-    "barto": ("barto", "barto-tiny", BARTO_ROWS, 0.35, 35),
-    "t5s": ("t5s", "t5s-tiny", T5S_ROWS, 0.35, 35),
-    "barto_compiled": ("barto", "barto-tiny", BARTO_COMPILED_ROWS, 0.5, 40),
-    "t5s_compiled": ("t5s", "t5s-tiny", T5S_COMPILED_ROWS, 1.0, 60),
+    "barto": ("barto", "barto-tiny", BARTO_ROWS, 0.17, 30),
+    "t5s": ("t5s", "t5s-tiny", T5S_ROWS, 0.19, 30),
+    "barto_compiled": ("barto", "barto-tiny", BARTO_COMPILED_ROWS, 0.3, 40),
+    "t5s_compiled": ("t5s", "t5s-tiny", T5S_COMPILED_ROWS, 1.0, 50),
     "extras_barto": ("barto", "barto-tiny", EXTRA_ROWS, 0.5, 30),
     "extras_t5s": ("t5s", "t5s-tiny", T5S_EXTRA_ROWS, 1.0, 30),
 }
@@ -194,7 +206,8 @@ def environment(tiny: bool) -> dict:
 
 def section_pairs(rows: tuple[tuple[str, str], ...], skip_compile: bool) -> list[list[str]]:
     return [[dist, impl] for dist, impl in rows
-            if not (skip_compile and any(t in impl for t in ("compile", "static", "engine")))]
+            if not (skip_compile and any(t in impl for t in ("compile", "static", "engine",
+                                                                 "graphs")))]
 
 
 def run_section(name: str, args: argparse.Namespace, timeout_s: float) -> dict:

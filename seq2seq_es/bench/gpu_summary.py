@@ -40,6 +40,35 @@ def led_lines(out_dir: Path) -> list[str]:
     return lines
 
 
+FLEX_TARGET = 2.0   # issue 12.4: LED's flex forward within 2x of a plain band kernel per layer
+
+
+def flex_lines(ablation: str | None) -> list[str]:
+    """Item 4's verdict from the ablation's output: E (the mask LED batches get) over A (the
+    plain band), forward, static and dynamic shapes."""
+    if ablation is None:
+        return ["- LED flex vs plain band: not measured (flex_ablation.txt missing)"]
+    forward = {}
+    for line in ablation.splitlines():
+        parts = line.split()
+        if len(parts) > 3 and "forward" in parts:
+            at = parts.index("forward")
+            try:
+                forward[parts[0]] = float(parts[at + 1])
+            except (ValueError, IndexError):  # "error ..." lines: not measured
+                pass
+    lines = []
+    for mask, band, label in (("E", "A", "static shapes"), ("E-dyn", "A-dyn", "dynamic shapes")):
+        if mask in forward and band in forward and forward[band] > 0:
+            ratio = forward[mask] / forward[band]
+            verdict = "met" if ratio <= FLEX_TARGET else "NOT met"
+            lines.append(f"- LED flex forward, {label}: {forward[mask]:.3f} vs {forward[band]:.3f} "
+                         f"ms, {ratio:.2f}x the plain band (target <= {FLEX_TARGET}x: {verdict})")
+        else:
+            lines.append(f"- LED flex forward, {label}: not measured ({mask} and {band} rows)")
+    return lines
+
+
 def seq2seq_lines(out_dir: Path) -> list[str]:
     from .gpu_seq2seq import SECTIONS, target_lines
 
@@ -63,6 +92,7 @@ def summary(out_dir: Path) -> str:
     parts += ["## LEDO-base 16K training step, flex vs transformers' LED", ""] + led_lines(out_dir) + [""]
     ablation = _text(out_dir / "flex_ablation.txt")
     parts += ["## LED flex ablation (target: flex within 2x of the plain band kernel per layer)", "",
+              *flex_lines(ablation), "",
               "```", ablation or "flex_ablation.txt missing", "```", ""]
     profile = _text(out_dir / "profile.txt")
     if profile is not None:

@@ -22,6 +22,7 @@ named by underscore-separated tokens:
 | `flex`    | `model.attention=flex` for T5 (implies `fused`; needs dropout 0)                     |
 | `hfattn`  | T5 attention left to transformers (its own SDPA path) in the fused variants          |
 | `engine`  | `model.compile`: the whole model compiled by the engine as in training, shapes per `model.compile_shapes` auto (static and warmed up with `bucket`; implies `fused`) |
+| `graphs`  | `model.compile_mode reduce-overhead`: the engine's model.compile replaying CUDA graphs (implies `engine`) |
 | `cudnn`   | `model.cudnn_attention true`: SDPA may take cuDNN's kernels (torch's own first choice on Hopper; off by default, 3-4x slower steps on varying shapes) |
 
 so `loop_budget` isolates the batching, `loop_budget_compile` adds compilation with the fused
@@ -65,8 +66,8 @@ from .data import BatchTokens, SyntheticData, batch_tokens
 from .shapes import BenchShape, build_model
 from .timing import StepClock
 
-LOOP_TOKENS = ("budget", "bucket", "fused", "compile", "static", "engine", "lean", "flex",
-               "hfattn", "cudnn")
+LOOP_TOKENS = ("budget", "bucket", "fused", "compile", "static", "engine", "graphs", "lean",
+               "flex", "hfattn", "cudnn")
 RECOMPILE_LIMIT = 32
 
 
@@ -83,6 +84,7 @@ class ImplSpec:
     lean: bool = False
     t5_attention: str = "hf"     # hf | sdpa | flex (T5 models only)
     cudnn: bool = False          # model.cudnn_attention
+    graphs: bool = False         # model.compile_mode reduce-overhead (CUDA graphs)
 
     def describe(self, family: str) -> str:
         if self.route == "hf_trainer":
@@ -94,7 +96,7 @@ class ImplSpec:
         if self.compile:
             parts.append("compiled layers" + (" (static shapes)" if self.static else ""))
         if self.engine:
-            parts.append("model.compile")
+            parts.append("model.compile" + (" with CUDA graphs" if self.graphs else ""))
         if self.lean:
             parts.append("lean CE")
         if self.cudnn:
@@ -118,17 +120,17 @@ def parse_impl(name: str) -> ImplSpec:
     unknown = [t for t in tokens if t not in LOOP_TOKENS]
     if head != "loop" or unknown or len(set(tokens)) != len(tokens) or \
             {"flex", "hfattn"} <= set(tokens) or {"budget", "bucket"} <= set(tokens) or \
-            ("engine" in tokens and {"compile", "static"} & set(tokens)):
+            ({"engine", "graphs"} & set(tokens) and {"compile", "static"} & set(tokens)):
         raise UnknownNameError("bench impl", name,
                                ["hf_trainer", "loop", *(f"loop_{t}" for t in LOOP_TOKENS),
                                 "loop_budget_compile_lean (any combination)"])
     has = set(tokens)
-    fused = bool(has & {"fused", "compile", "static", "engine", "lean", "flex"})
+    fused = bool(has & {"fused", "compile", "static", "engine", "graphs", "lean", "flex"})
     t5_attention = "flex" if "flex" in has else ("sdpa" if fused and "hfattn" not in has else "hf")
     return ImplSpec(name, "loop", budget="budget" in has, bucket="bucket" in has, fused=fused,
                     compile=bool(has & {"compile", "static"}), static="static" in has,
-                    engine="engine" in has, lean="lean" in has, t5_attention=t5_attention,
-                    cudnn="cudnn" in has)
+                    engine=bool(has & {"engine", "graphs"}), lean="lean" in has,
+                    t5_attention=t5_attention, cudnn="cudnn" in has, graphs="graphs" in has)
 
 
 @dataclass
@@ -308,6 +310,7 @@ def loop_config(case: BenchCase, spec: ImplSpec):
     cfg.train.batching = "bucketed" if spec.bucket else "token_budget" if spec.budget else "fixed"
     cfg.train.max_tokens = case.max_tokens if spec.budget or spec.bucket else 0
     cfg.model.compile = spec.engine
+    cfg.model.compile_mode = "reduce-overhead" if spec.graphs else "default"
     cfg.optim.fused = spec.fused
     cfg.model.lean_ce = spec.lean
     cfg.model.attention = spec.t5_attention \

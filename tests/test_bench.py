@@ -42,6 +42,25 @@ def json_rows(stdout: str) -> list[dict]:
 # End to end
 
 
+@pytest.mark.slow  # the bench command in a subprocess: about 15 s
+@pytest.mark.timeout(600)
+def test_packed_rows_are_one_shape_with_less_padding():
+    # Short examples (question plus context): packed rows (train.batching packed, the documents
+    # masked apart) waste far less than random batches, at one shape, with the same budget.
+    done = run_bench_cli("--device", "cpu", "--model", "barto-tiny", "--dist", "sqac",
+                         "--steps", "2", "--warmup", "1", "--batch", "8", "--dropout", "0",
+                         "--impls", "loop_fused,loop_pack_fused", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["impl"]: r for r in json_rows(done.stdout)}
+    packed, plain = rows["loop_pack_fused"], rows["loop_fused"]
+    assert packed["error"] is None and packed["real_tokens_per_s"] > 0
+    rows_of, lengths = packed["packed_rows"].split(" x ")
+    assert lengths == "(480 + 64)"                      # sqac: sources to 480, targets to 30
+    assert int(rows_of) == round(plain["padded_tokens_per_step"] / 544)
+    assert packed["padded_fraction"] < plain["padded_fraction"] / 1.5  # 17% against 31%
+    assert packed["padded_fraction"] == pytest.approx(packed["plan_padded_fraction"], abs=0.05)
+
+
 @pytest.mark.slow  # the bench command end to end in a subprocess: 10-25 s on 2 busy cores
 @pytest.mark.timeout(600)
 def test_bench_rows_on_mlsum_like_lengths():
@@ -163,9 +182,11 @@ def test_parse_impl_tokens():
     graphs = parse_impl("loop_graphs")  # the engine's compile, replayed as CUDA graphs
     assert graphs.graphs and graphs.engine and graphs.fused and not graphs.compile
     assert not parse_impl("loop_engine").graphs
+    packed = parse_impl("loop_pack_engine")
+    assert packed.pack and packed.engine and not (packed.budget or packed.bucket or packed.compile)
     for bad in ("loop_budget_budget", "loop_fast", "trainer", "loop_", "loop_flex_hfattn",
                 "loop_budget_bucket", "loop_engine_compile", "loop_static_engine",
-                "loop_graphs_compile"):
+                "loop_graphs_compile", "loop_pack_bucket", "loop_pack_compile"):
         with pytest.raises(UnknownNameError):
             parse_impl(bad)
 

@@ -17,7 +17,7 @@ on a timeout its process group is killed) with a timeout taken from the overall 
    take the time of a target's first measurement;
 5. extras, if time is left (`--sections`): the rows of the 2026-12-04 runs that no longer lead to
    a target: random and token-budget batches, the unfused step, cuDNN's attention, the other
-   compilations, T5 compiled with transformers' attention and with the lean loss.
+   compilations, T5 compiled with transformers' attention and with the lean loss; packed rows.
 Compiled rows first run two untimed priming steps (a padded and an unpadded batch) so that every
 graph is compiled before the warm-up; `graphs_compiled_while_timed` in the JSON says 0 if so.
 Each child appends every row to OUT_DIR/parts/<section>.jsonl as soon as it is measured, so a
@@ -73,11 +73,15 @@ BARTO_COMPILED_ROWS = (("fixed", "loop_engine"), ("mlsum", "loop_bucket_compile"
 T5S_COMPILED_ROWS = (("fixed", "loop_engine"), ("mlsum", "loop_bucket_compile"),
                      ("mlsum", "loop_bucket_engine"))
 # Rows measured in the H200 runs of 2026-12-04 (BENCHMARKS.md) that no longer lead to a target:
-# the other batchings, the unfused step, cuDNN's attention, the other compilations.
-EXTRA_ROWS = (("mlsum", "loop_fused"), ("mlsum", "loop_budget_fused"), ("fixed", "loop_compile"),
+# the other batchings, the unfused step, cuDNN's attention, the other compilations; and packed
+# rows, never measured on a GPU (mlsum-like sources of ~900 tokens fill a 1024-token row alone:
+# 15% padding against bucketed batches' 4%, so not a target's row).
+EXTRA_ROWS = (("mlsum", "loop_pack_fused"), ("mlsum", "loop_pack_engine"),
+              ("mlsum", "loop_fused"), ("mlsum", "loop_budget_fused"), ("fixed", "loop_compile"),
               ("mlsum", "loop_bucket_static"), ("mlsum", "loop_budget_compile"),
               ("mlsum", "loop_budget"), ("mlsum", "loop_bucket"), ("mlsum", "loop"),
-              ("fixed", "loop"), ("mlsum", "loop_bucket_fused_cudnn"), ("fixed", "loop_fused_cudnn"))
+              ("fixed", "loop"), ("mlsum", "loop_bucket_fused_cudnn"),
+              ("fixed", "loop_fused_cudnn"))
 # transformers 5.24's own T5 attention measured as fast as ours uncompiled (BENCHMARKS.md): the
 # compiled rows with it, for comparison.
 T5S_EXTRA_ROWS = EXTRA_ROWS + (("mlsum", "loop_budget_compile_hfattn"),

@@ -15,6 +15,7 @@ named by underscore-separated tokens:
 |-----------|--------------------------------------------------------------------------------------|
 | `budget`  | `train.batching=token_budget` (`TokenBudgetPlan`) of the same padded tokens per step on average |
 | `bucket`  | `train.batching=bucketed` (`BucketedPlan`): the same budget, at most `train.length_buckets` shapes |
+| `pack`    | `train.batching=packed` (`PackedPlan`): rows of the longest source and target (target to 64s), as many rows as the same budget holds, documents masked apart (`kernels.packed_attention`: flex on a GPU without attention dropout, SDPA with a dense mask otherwise) |
 | `fused`   | `optim.fused` (fused AdamW), `model.attention=sdpa` for T5's relative-bias attention, no KV cache in training |
 | `compile` | `torch.compile` of every encoder and decoder layer, dynamic shapes (implies `fused`) |
 | `static`  | the same compilation with static shapes: one graph per batch shape (implies `compile`) |
@@ -66,7 +67,7 @@ from .data import BatchTokens, SyntheticData, batch_tokens
 from .shapes import BenchShape, build_model
 from .timing import StepClock
 
-LOOP_TOKENS = ("budget", "bucket", "fused", "compile", "static", "engine", "graphs", "lean",
+LOOP_TOKENS = ("budget", "bucket", "pack", "fused", "compile", "static", "engine", "graphs", "lean",
                "flex", "hfattn", "cudnn")
 RECOMPILE_LIMIT = 32
 
@@ -77,6 +78,7 @@ class ImplSpec:
     route: str                   # hf_trainer | loop
     budget: bool = False
     bucket: bool = False         # bucketed token budget (few shapes)
+    pack: bool = False           # packed rows (one shape)
     fused: bool = False
     compile: bool = False
     static: bool = False         # compile with static shapes instead of dynamic ones
@@ -89,7 +91,7 @@ class ImplSpec:
     def describe(self, family: str) -> str:
         if self.route == "hf_trainer":
             return "Seq2SeqTrainer, random sampler, DataCollatorForSeq2Seq"
-        parts = ["bucketed token budget" if self.bucket
+        parts = ["bucketed token budget" if self.bucket else "packed rows" if self.pack
                  else "token budget" if self.budget else "random batches"]
         if self.fused:
             parts.append("fused AdamW")
@@ -117,17 +119,20 @@ def parse_impl(name: str) -> ImplSpec:
     if name == "hf_trainer":
         return ImplSpec(name, "hf_trainer")
     head, *tokens = name.split("_")
+    has = set(tokens)
     unknown = [t for t in tokens if t not in LOOP_TOKENS]
-    if head != "loop" or unknown or len(set(tokens)) != len(tokens) or \
-            {"flex", "hfattn"} <= set(tokens) or {"budget", "bucket"} <= set(tokens) or \
-            ({"engine", "graphs"} & set(tokens) and {"compile", "static"} & set(tokens)):
+    # One batching; one kind of compilation (the bench's regional one or the engine's; packed
+    # rows take the engine's); T5's attention either ours or transformers'.
+    conflicting = len(has & {"budget", "bucket", "pack"}) > 1 or {"flex", "hfattn"} <= has \
+        or bool(has & {"engine", "graphs", "pack"} and has & {"compile", "static"})
+    if head != "loop" or unknown or len(has) != len(tokens) or conflicting:
         raise UnknownNameError("bench impl", name,
                                ["hf_trainer", "loop", *(f"loop_{t}" for t in LOOP_TOKENS),
                                 "loop_budget_compile_lean (any combination)"])
-    has = set(tokens)
     fused = bool(has & {"fused", "compile", "static", "engine", "graphs", "lean", "flex"})
     t5_attention = "flex" if "flex" in has else ("sdpa" if fused and "hfattn" not in has else "hf")
-    return ImplSpec(name, "loop", budget="budget" in has, bucket="bucket" in has, fused=fused,
+    return ImplSpec(name, "loop", budget="budget" in has, bucket="bucket" in has,
+                    pack="pack" in has, fused=fused,
                     compile=bool(has & {"compile", "static"}), static="static" in has,
                     engine=bool(has & {"engine", "graphs"}), lean="lean" in has,
                     t5_attention=t5_attention, cudnn="cudnn" in has, graphs="graphs" in has)
@@ -307,8 +312,12 @@ def loop_config(case: BenchCase, spec: ImplSpec):
     cfg.train.grad_accum = 1
     cfg.train.seed = case.seed
     cfg.train.max_steps = case.total_steps
-    cfg.train.batching = "bucketed" if spec.bucket else "token_budget" if spec.budget else "fixed"
+    cfg.train.batching = "bucketed" if spec.bucket else "token_budget" if spec.budget \
+        else "packed" if spec.pack else "fixed"
     cfg.train.max_tokens = case.max_tokens if spec.budget or spec.bucket else 0
+    if spec.pack:
+        cfg.data.max_source_length, cfg.data.max_target_length = packed_row(case)
+        cfg.train.batch_size = max(1, round(case.max_tokens / sum(packed_row(case))))
     cfg.model.compile = spec.engine
     cfg.model.compile_mode = "reduce-overhead" if spec.graphs else "default"
     cfg.optim.fused = spec.fused
@@ -321,6 +330,14 @@ def loop_config(case: BenchCase, spec: ImplSpec):
     return cfg
 
 
+def packed_row(case: BenchCase) -> tuple[int, int]:
+    """(source, target) tokens of a packed row: the longest source (a multiple of 8), the
+    longest target rounded up to 64s (what max_source_length and max_target_length would be)."""
+    longest_source = int(case.data.source_lengths.max())
+    longest_target = int(case.data.target_lengths.max())
+    return -(-longest_source // 8) * 8, -(-longest_target // 64) * 64
+
+
 def loop_collator(case: BenchCase, cfg):
     """The loop rows' collator, padded as training pads (get_collator: multiples of 8 on a GPU,
     64 when the model is compiled): the bench once padded token-budget batches to any length,
@@ -329,6 +346,12 @@ def loop_collator(case: BenchCase, cfg):
     from ..engine.builders import collator_padding
 
     multiple, dynamic = collator_padding(cfg)
+    if cfg.train.batching == "packed":
+        from ..data.packing import PackedCollator
+        return PackedCollator(case.shape.pad_token_id, case.shape.decoder_start_token_id,
+                              pad_to_multiple_of=multiple, mark_dynamic=dynamic,
+                              rows=cfg.train.batch_size, source_len=cfg.data.max_source_length,
+                              target_len=cfg.data.max_target_length)
     return Seq2SeqCollator(case.shape.pad_token_id, case.shape.decoder_start_token_id,
                            pad_to_multiple_of=multiple, mark_dynamic=dynamic)
 
@@ -348,6 +371,13 @@ def _step_plan(case: BenchCase, cfg, collator):
                             source_align=math.lcm(DEFAULT_ALIGN, collator.pad_to_multiple_of))
         collator.set_buckets(plan.buckets.source, plan.buckets.target)
         return plan
+    if cfg.train.batching == "packed":
+        from ..data.packing import PackedPlan
+
+        return PackedPlan(case.data.source_lengths, case.data.target_lengths,
+                          rows=cfg.train.batch_size, source_len=cfg.data.max_source_length,
+                          target_len=cfg.data.max_target_length,
+                          grad_accum=cfg.train.grad_accum, world_size=1, seed=cfg.train.seed)
     if cfg.train.batching == "token_budget":
         from ..data.token_budget import TokenBudgetPlan
 
@@ -398,6 +428,9 @@ def prepare_loop_model(case: BenchCase, spec: ImplSpec, cfg) -> tuple[torch.nn.M
     if cfg.model.attention != "hf":
         case.shape.adapter.apply_attention(model, cfg.model.attention, config_key="t5_attention")
         notes["t5_attention"] = cfg.model.attention
+    if spec.pack:  # as get_model installs it, after the other kernels
+        from ..kernels.packed_attention import install_packed_attention
+        install_packed_attention(model)
     if spec.compile:
         notes["compiled_layers"] = compile_layers(model, dynamic=not spec.static)
         notes["compile"] = "regional, " + ("static shapes" if spec.static else "dynamic=True")
@@ -470,6 +503,13 @@ def _run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
         notes["priming_steps"] = len(plan.shapes())
         notes["priming_s"] = time.perf_counter() - started
     step.loss_window.zero_()  # the priming steps' dummy batches are no part of the loss noted
+    if spec.pack:  # the packed collator packs the training split's (marked) features only
+        from ..data.packing import PACKED_FEATURE
+
+        def feature(i):
+            return {**case.data[i], PACKED_FEATURE: True}
+    else:
+        feature = case.data.__getitem__
     clock = StepClock(case.device)
     step_batches: list[list[BatchTokens]] = []
     steps = plan.iter_steps(0, 0, 0)
@@ -479,7 +519,7 @@ def _run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
             if number == case.warmup:
                 graphs_when_timed = compiled_graphs()
             _, _, micro_indices = next(steps)
-            micro = [collator([case.data[i] for i in idx]) for idx in micro_indices]
+            micro = [collator([feature(i) for i in idx]) for idx in micro_indices]
             step_batches.append([batch_tokens(b) for b in micro])
             clock.begin()
             result = step([layout(b) for b in micro], number)
@@ -499,6 +539,10 @@ def _run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
         notes["plan_padded_fraction"] = plan.padded_fraction(0)
     if spec.bucket:
         notes["bucket_shapes"] = len(plan.shapes())
+    if spec.pack:
+        notes["plan_padded_fraction"] = plan.packed_padding(0)
+        notes["packed_rows"] = f"{cfg.train.batch_size} x ({cfg.data.max_source_length} + " \
+                               f"{cfg.data.max_target_length})"
     return RowRun(step_batches, clock, notes)
 
 

@@ -97,7 +97,7 @@ class ModelConfig(_Section):
                                           # activations grow with the target, not the source:
                                           # LEDO's 16K inputs need the encoder's checkpointed,
                                           # and its 512-token decoder's recompute costs time)
-    attention: Literal["hf", "sdpa", "flex"] = "hf"  # LED and T5 attention implementation
+    attention: Literal["hf", "sdpa", "flex"] = "hf"  # BART, LED, T5 attention implementation
                                           # (seq2seq_es.kernels; hf: transformers' own)
     compile: bool = False                 # torch.compile the model (lengths padded to 64s
                                           # unless train.batching is bucketed)
@@ -1321,6 +1321,10 @@ def validate(cfg: RunConfig) -> None:
                               f"of the window, and data.max_source_length {d.max_source_length} "
                               f"would pad to {padded}, past the {spec.max_source_positions} "
                               f"source positions of model '{spec.name}'")
+    impls = spec.adapter.attention_impls
+    if impls and cfg.model.attention != "hf" and cfg.model.attention not in impls:
+        raise ConfigError("model.attention", f"{cfg.model.attention}: {spec.family} models have "
+                          f"{', '.join(('hf',) + impls)}")
     if t.batching == "packed" and not spec.adapter.packed_attention:
         # Refused here, before any loading: only BART and T5 attention can keep the documents of
         # a packed row apart (kernels/packed_attention.py).

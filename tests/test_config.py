@@ -68,12 +68,12 @@ def test_train_notes_settings_it_does_not_read_once(capsys, tmp_path, monkeypatc
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     run_file = tmp_path / "run.yaml"
     run_file.write_text("data:\n  global_attention: sentences\n")
-    build_config(["--task", "mlsum", "--model", "barto-tiny", "--config", str(run_file),
+    build_config(["--task", "mlsum", "--model", "beto2beto-tiny", "--config", str(run_file),
                   "--model.attention", "flex", "--train.max_steps", "5"])
     err = capsys.readouterr().err
     assert err.count("note: not read by this run:") == 1
-    assert "data.global_attention (barto-tiny is no LED)" in err  # from the run file
-    assert "model.attention (barto-tiny has no attention implementations)" in err
+    assert "data.global_attention (beto2beto-tiny is no LED)" in err  # from the run file
+    assert "model.attention (beto2beto-tiny has no attention implementations)" in err
     assert "train.epochs" not in err  # a default, not the user's
     build_config(["--task", "xlsum", "--model", "ledo-tiny", "--data.global_attention", "prefix:4"])
     assert capsys.readouterr().err == ""
@@ -85,7 +85,7 @@ def test_train_notes_settings_it_does_not_read_once(capsys, tmp_path, monkeypatc
     assert capsys.readouterr().err == ""
     monkeypatch.setenv("RANK", "1")  # other ranks say nothing (torchrun sets both)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    build_config(["--task", "mlsum", "--model", "barto-tiny", "--model.attention", "flex"])
+    build_config(["--task", "mlsum", "--model", "beto2beto-tiny", "--model.attention", "flex"])
     assert capsys.readouterr().err == ""
     with pytest.raises(ConfigError, match="prefix:N with N >= 1"):
         compose(task="xlsum", model="ledo-tiny", overrides={"data.global_attention": "prefix:0"})

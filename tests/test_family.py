@@ -40,17 +40,17 @@ def test_special_tokens_per_family():
 def test_keys_each_family_reads():
     reads = {name: {key for key in FAMILY_KEYS if adapter.reads(key)}
              for name, adapter in ADAPTERS.items()}
-    assert reads == {"bart": set(), "bert2bert": set(), "t5": {"model.attention"},
+    assert reads == {"bart": {"model.attention"}, "bert2bert": set(), "t5": {"model.attention"},
                      "led": {"model.attention", "data.global_attention", "model.attention_window"}}
     assert all(adapter.reads("optim.lr") for adapter in ADAPTERS.values())
 
 
 def test_attention_is_left_alone_where_the_family_has_no_kernels():
     model = object()
-    for name in ("bart", "bert2bert"):
-        assert get_family(name).apply_attention(model, "flex") is model
+    assert get_family("bert2bert").apply_attention(model, "flex") is model
     for name in FAMILIES:
         assert get_family(name).apply_attention(model, "hf") is model
+    assert get_family("bart").attention_impls == ("sdpa",)   # kernels/bart_attention.py
 
 
 def test_only_led_has_collator_options():
@@ -171,4 +171,5 @@ def test_training_with_flex_off_a_gpu_is_refused_before_the_data_loads(family):
     assert err.value.key == "model.attention"
     adapter.check_flex_device("flex", "cuda")
     adapter.check_flex_device("sdpa", "cpu")
-    get_family("bart").check_flex_device("flex", "cpu")  # no kernels: model.attention unread
+    get_family("bert2bert").check_flex_device("flex", "cpu")  # no kernels: model.attention unread
+    get_family("bart").check_flex_device("flex", "cpu")  # no flex kernel: validate refuses flex

@@ -24,7 +24,7 @@ def get_model(cfg: RunConfig):
         # Before the kernels: they read each layer's window side when they run.
         spec.adapter.set_attention_window(model, cfg.model.attention_window)
     check_source_positions(cfg, spec, model)
-    # LED and T5 kernels (models/family.py); the other families do not read model.attention.
+    # BART, LED and T5 kernels (models/family.py); bert2bert does not read model.attention.
     spec.adapter.apply_attention(model, cfg.model.attention, config_key="model.attention")
     if cfg.train.batching == "packed":
         # Document-masked attention for packed rows (issue 12.3), after any other kernel; BART

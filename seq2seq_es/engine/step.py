@@ -38,6 +38,7 @@ import torch.distributed as dist
 
 from ..config import RunConfig
 from ..errors import Seq2SeqEsError
+from ..kernels.bart_attention import drop_full_mask, uses_key_padding_sdpa
 from . import distributed as D
 from .loss import token_ce_sum
 from .optim import fp16_step_skipped, loss_scale
@@ -166,6 +167,10 @@ class TrainStep:
         # so that replaying a graph may reuse the memory of the previous micro-batch's outputs
         # (read by then: the loss is copied out before its backward).
         self.graph_steps = cfg.model.compile and cfg.model.compile_mode == "reduce-overhead"
+        # BART on model.attention sdpa (kernels/bart_attention.py): a micro-batch without source
+        # padding goes without its mask (the plain flash kernel), decided from the CPU batch.
+        self.host_inputs = drop_full_mask if uses_key_padding_sdpa(engine.module) \
+            else (lambda batch: batch)
         self.micro_seen = 0                                  # micro-batches run by this object
         self.unchecked: dict[int, tuple[int, int, str]] = {}  # index -> (step, k, batch shape)
         self.unchecked_steps: list[int] = []
@@ -211,7 +216,8 @@ class TrainStep:
             scale_before, skipped_before = self.scale, engine.skipped_steps
         own_norm = None
         for k, batch in enumerate(micro_batches):
-            batch = {key: self._to_device(value) for key, value in batch.items()}
+            batch = {key: self._to_device(value)
+                     for key, value in self.host_inputs(batch).items()}
             labels = batch.pop("labels")
             shape = f"source {tuple(batch['input_ids'].shape)}, target {tuple(labels.shape)}"
             try:

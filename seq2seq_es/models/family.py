@@ -15,7 +15,7 @@ name. An adapter says:
   global attention mask; the others add nothing);
 - its LM head and the hidden states fed to it (`lm_head`, `decoder_hidden_states`, for lean CE);
 - the keys it reads (`reads`: `data.global_attention` only for LED, `model.attention` only for
-  LED and T5; a run's other keys are read whatever the family);
+  BART, LED and T5; a run's other keys are read whatever the family);
 - whether packed batches can keep its documents apart (`packed_attention`: BART and T5, see
   kernels/packed_attention.py) and where its encoder and decoder layers are (`layer_stacks`);
 - its positions (`relative_positions`: T5's bias, which the memory estimate counts), the fp16
@@ -138,7 +138,7 @@ class Family:
 
     def check_flex_dropout(self, model, impl: str, *, config_key: str = "model.attention") -> None:
         """Refuse before training what the flex kernel refuses at its first training forward."""
-        if impl != "flex" or not self.attention_impls:
+        if impl != "flex" or "flex" not in self.attention_impls:
             return
         dropout = self.flex_dropout(model)
         if dropout > 0:
@@ -152,7 +152,7 @@ class Family:
         """Refuse training with flex off a GPU: torch's FlexAttention has no CPU backward, and
         the run died with its NotImplementedError at the first step, after the data loaded.
         Evaluation and generation (no backward) may use flex on the CPU."""
-        if impl != "flex" or not self.attention_impls or device_type == "cuda":
+        if impl != "flex" or "flex" not in self.attention_impls or device_type == "cuda":
             return
         raise ConfigError(config_key, f"flex attention trains on a GPU only (torch's "
                                       f"FlexAttention has no backward on the {device_type.upper()}); "
@@ -217,6 +217,7 @@ class Bart(_BartLike):
     name = "bart"
     checkpoint_types = frozenset({"bart"})
     model_type = "bart"
+    attention_impls = ("sdpa",)    # kernels/bart_attention.py: flash on padded batches
     packed_attention = True
 
     def model_class(self):
@@ -226,6 +227,10 @@ class Bart(_BartLike):
     def config_class(self):
         from transformers import BartConfig
         return BartConfig
+
+    def _apply_kernel(self, model, impl, config_key):
+        from ..kernels.bart_attention import apply_bart_attention
+        return apply_bart_attention(model, impl, config_key=config_key)
 
 
 class Led(_BartLike):

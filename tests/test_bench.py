@@ -127,7 +127,7 @@ def test_gpu_script_plumbing_on_tiny_models(tmp_path):
     assert section["status"] == "ok"
     assert [(r["dist"], r["impl"]) for r in section["rows"]] == [
         ("mlsum", "hf_trainer"), ("fixed", "hf_trainer"), ("mlsum", "loop_bucket_fused"),
-        ("fixed", "loop_fused")]
+        ("fixed", "loop_fused"), ("mlsum", "loop_bucket_fused_hfattn")]
     assert all(r["error"] is None and r["real_tokens_per_s"] > 0 for r in section["rows"])
     assert report["environment"]["torch"] == torch.__version__
     text = (tmp_path / "gpu_seq2seq.md").read_text()
@@ -166,14 +166,14 @@ def test_failed_row_keeps_every_key():
 def test_parse_impl_tokens():
     assert parse_impl("loop") == parse_impl("loop")
     plain = parse_impl("loop")
-    assert (plain.route, plain.budget, plain.fused, plain.compile, plain.t5_attention) == \
+    assert (plain.route, plain.budget, plain.fused, plain.compile, plain.attention) == \
         ("loop", False, False, False, "hf")
     spec = parse_impl("loop_budget_compile_lean")
     assert spec.budget and spec.compile and spec.lean and spec.fused and not spec.static
-    assert spec.t5_attention == "sdpa"
+    assert spec.attention == "sdpa"
     assert parse_impl("loop_static").compile and parse_impl("loop_static").static
-    assert parse_impl("loop_flex").t5_attention == "flex"
-    assert parse_impl("loop_compile_hfattn").t5_attention == "hf"
+    assert parse_impl("loop_flex").attention == "flex"
+    assert parse_impl("loop_compile_hfattn").attention == "hf"
     assert parse_impl("hf_trainer").route == "hf_trainer"
     bucket = parse_impl("loop_bucket_engine")
     assert bucket.bucket and bucket.engine and bucket.fused and not (bucket.budget or bucket.compile)
@@ -191,15 +191,14 @@ def test_parse_impl_tokens():
             parse_impl(bad)
 
 
-@pytest.mark.parametrize("name, t5_attention", [("barto-tiny", None), ("t5s-tiny", "sdpa")])
-def test_4d_mask_of_compiled_rows_gives_the_same_logits(name, t5_attention):
+@pytest.mark.parametrize("name, attention", [("barto-tiny", "hf"), ("barto-tiny", "sdpa"),
+                                             ("t5s-tiny", "sdpa")])
+def test_4d_mask_of_compiled_rows_gives_the_same_logits(name, attention):
     # Compiled rows hand transformers a prepared [B, 1, 1, S] mask; padded and unpadded batches
     # must come out exactly as with the 2D mask.
     shape = get_shape(name)
     model = build_model(shape, torch.device("cpu"), dropout=0.0).eval()
-    if t5_attention:
-        from seq2seq_es.kernels.t5_attention import apply_t5_attention
-        apply_t5_attention(model, t5_attention)
+    shape.adapter.apply_attention(model, attention)
     data = make_data("miam", 6, shape.vocab_size, shape.first_plain_id, seed=2)
     collator = Seq2SeqCollator(shape.pad_token_id, shape.decoder_start_token_id)
     padded, unpadded = priming_batches(data.examples, collator)

@@ -16,12 +16,12 @@ named by underscore-separated tokens:
 | `budget`  | `train.batching=token_budget` (`TokenBudgetPlan`) of the same padded tokens per step on average |
 | `bucket`  | `train.batching=bucketed` (`BucketedPlan`): the same budget, at most `train.length_buckets` shapes |
 | `pack`    | `train.batching=packed` (`PackedPlan`): rows of the longest source and target (target to 64s), as many rows as the same budget holds, documents masked apart (`kernels.packed_attention`: flex on a GPU without attention dropout, SDPA with a dense mask otherwise) |
-| `fused`   | `optim.fused` (fused AdamW), `model.attention=sdpa` for T5's relative-bias attention, no KV cache in training |
+| `fused`   | `optim.fused` (fused AdamW), `model.attention=sdpa` (BART: flash on padded batches; T5: its relative-bias attention), no KV cache in training |
 | `compile` | `torch.compile` of every encoder and decoder layer, dynamic shapes (implies `fused`) |
 | `static`  | the same compilation with static shapes: one graph per batch shape (implies `compile`) |
 | `lean`    | `model.lean_ce`: the chunked LM-head cross-entropy of `kernels.lean_ce` (implies `fused`) |
 | `flex`    | `model.attention=flex` for T5 (implies `fused`; needs dropout 0)                     |
-| `hfattn`  | T5 attention left to transformers (its own SDPA path) in the fused variants          |
+| `hfattn`  | BART and T5 attention left to transformers (its own SDPA path) in the fused variants |
 | `engine`  | `model.compile`: the whole model compiled by the engine as in training, shapes per `model.compile_shapes` auto (static and warmed up with `bucket`; implies `fused`) |
 | `graphs`  | `model.compile_mode reduce-overhead`: the engine's model.compile replaying CUDA graphs (implies `engine`) |
 | `cudnn`   | `model.cudnn_attention true`: SDPA may take cuDNN's kernels (torch's own first choice on Hopper; off by default, 3-4x slower steps on varying shapes) |
@@ -84,7 +84,7 @@ class ImplSpec:
     static: bool = False         # compile with static shapes instead of dynamic ones
     engine: bool = False         # model.compile (the engine's whole-model compile)
     lean: bool = False
-    t5_attention: str = "hf"     # hf | sdpa | flex (T5 models only)
+    attention: str = "hf"        # model.attention where the family has it (BART sdpa, T5 sdpa/flex)
     cudnn: bool = False          # model.cudnn_attention
     graphs: bool = False         # model.compile_mode reduce-overhead (CUDA graphs)
 
@@ -103,16 +103,16 @@ class ImplSpec:
             parts.append("lean CE")
         if self.cudnn:
             parts.append("cuDNN attention")
-        if self.t5_attention != "hf" and _has_attention_kernels(family):
-            parts.append(f"T5 {self.t5_attention} attention")
+        if self.attention != "hf" and self.attention in _attention_kernels(family):
+            parts.append(f"{family.upper()} {self.attention} attention")
         return ", ".join(parts)
 
 
-def _has_attention_kernels(family: str) -> bool:
-    """Whether the family's attention runs on our kernels (T5 among the bench's shapes)."""
+def _attention_kernels(family: str) -> tuple[str, ...]:
+    """The family's model.attention kernels (BART: sdpa; T5: sdpa, flex)."""
     from ..models.family import get_family
 
-    return get_family(family).reads("model.attention")
+    return get_family(family).attention_impls
 
 
 def parse_impl(name: str) -> ImplSpec:
@@ -130,12 +130,12 @@ def parse_impl(name: str) -> ImplSpec:
                                ["hf_trainer", "loop", *(f"loop_{t}" for t in LOOP_TOKENS),
                                 "loop_budget_compile_lean (any combination)"])
     fused = bool(has & {"fused", "compile", "static", "engine", "graphs", "lean", "flex"})
-    t5_attention = "flex" if "flex" in has else ("sdpa" if fused and "hfattn" not in has else "hf")
+    attention = "flex" if "flex" in has else ("sdpa" if fused and "hfattn" not in has else "hf")
     return ImplSpec(name, "loop", budget="budget" in has, bucket="bucket" in has,
                     pack="pack" in has, fused=fused,
                     compile=bool(has & {"compile", "static"}), static="static" in has,
                     engine=bool(has & {"engine", "graphs"}), lean="lean" in has,
-                    t5_attention=t5_attention, cudnn="cudnn" in has, graphs="graphs" in has)
+                    attention=attention, cudnn="cudnn" in has, graphs="graphs" in has)
 
 
 @dataclass
@@ -322,8 +322,9 @@ def loop_config(case: BenchCase, spec: ImplSpec):
     cfg.model.compile_mode = "reduce-overhead" if spec.graphs else "default"
     cfg.optim.fused = spec.fused
     cfg.model.lean_ce = spec.lean
-    cfg.model.attention = spec.t5_attention \
-        if case.shape.adapter.reads("model.attention") else "hf"
+    # A kernel the family lacks (flex for BART) leaves its attention to transformers.
+    cfg.model.attention = spec.attention \
+        if spec.attention in case.shape.adapter.attention_impls else "hf"
     cfg.model.dropout = case.dropout
     cfg.model.cudnn_attention = spec.cudnn
     cfg.dist.zero_stage = 0
@@ -426,8 +427,8 @@ def prepare_loop_model(case: BenchCase, spec: ImplSpec, cfg) -> tuple[torch.nn.M
     if spec.fused:
         model.config.use_cache = False
     if cfg.model.attention != "hf":
-        case.shape.adapter.apply_attention(model, cfg.model.attention, config_key="t5_attention")
-        notes["t5_attention"] = cfg.model.attention
+        case.shape.adapter.apply_attention(model, cfg.model.attention, config_key="attention")
+        notes["attention"] = cfg.model.attention
     if spec.pack:  # as get_model installs it, after the other kernels
         from ..kernels.packed_attention import install_packed_attention
         install_packed_attention(model)
@@ -549,7 +550,7 @@ def _run_loop(case: BenchCase, spec: ImplSpec) -> RowRun:
 def run_impl(case: BenchCase, spec: ImplSpec) -> RowRun:
     if spec.route == "hf_trainer":
         return run_hf_trainer(case, spec)
-    if spec.t5_attention == "flex" and case.shape.adapter.reads("model.attention") \
+    if spec.attention == "flex" and "flex" in case.shape.adapter.attention_impls \
             and case.dropout != 0.0:
         raise ConfigError("--dropout", "T5 flex attention has no attention dropout; pass "
                           "--dropout 0 (for every row) to benchmark it")

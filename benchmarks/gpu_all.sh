@@ -57,7 +57,7 @@ if ! python3 -c "$PREFLIGHT" > "$OUT_DIR/preflight.txt" 2>&1; then
 fi
 
 # SECTIONS (comma-separated): a rerun can measure only what an earlier one did not. The default
-# fits 8 minutes with the carried wheels' install (40-50 s): flex 25 + led 100 + seq2seq 270 s.
+# fits 8 minutes with the carried wheels' install (40-50 s): flex 30 + led 100 + seq2seq 265 s.
 # The GPU tests took more than the 90 s they had inside it on 2026-12-04: a call of their own.
 want() { [[ ",${SECTIONS:-flex,led,seq2seq}," == *",$1,"* ]]; }
 FLEX_ARGS=(--repeat 10 --cases "${FLEX_CASES:-A,E,A-dyn,E-dyn}")
@@ -65,7 +65,7 @@ LED_ARGS=(--lengths "${LED_LENGTHS:-16384}")  # the targets are at 16K
 if [ "${TINY:-0}" = 1 ]; then FLEX_ARGS+=(--src-len 512); LED_ARGS=(--tiny); fi
 if want flex; then
   stamp "1. flex ablation: LEDO's flex encoder attention against a plain band kernel"
-  timeout "${FLEX_S:-25}" python3 -m seq2seq_es.bench.gpu_flex_ablation "${FLEX_ARGS[@]}" 2>&1 \
+  timeout "${FLEX_S:-30}" python3 -m seq2seq_es.bench.gpu_flex_ablation "${FLEX_ARGS[@]}" 2>&1 \
     | tee "$OUT_DIR/flex_ablation.txt"
 fi
 if want led; then
@@ -76,8 +76,8 @@ fi
 if want seq2seq; then
   stamp "3. seq2seq: Seq2SeqTrainer route vs this package's loop"
   SEQ2SEQ_ARGS=(); [ -n "${SEQ2SEQ_SECTIONS:-}" ] && SEQ2SEQ_ARGS=(--sections "$SEQ2SEQ_SECTIONS")
-  timeout "${SEQ2SEQ_S:-270}" python3 -m seq2seq_es.bench.gpu_seq2seq "$OUT_DIR/seq2seq" \
-    "${TINY_ARG[@]}" --budget-s "$(( ${SEQ2SEQ_S:-270} - 10 ))" "${SEQ2SEQ_ARGS[@]}"
+  timeout "${SEQ2SEQ_S:-265}" python3 -m seq2seq_es.bench.gpu_seq2seq "$OUT_DIR/seq2seq" \
+    "${TINY_ARG[@]}" --budget-s "$(( ${SEQ2SEQ_S:-265} - 10 ))" "${SEQ2SEQ_ARGS[@]}"
 fi
 if [ "${TINY:-0}" != 1 ] && want profile; then
   stamp "3b. profile: where a fixed-shape step's time goes, the Trainer's and the loop's"

@@ -169,15 +169,16 @@ def max_weight_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
 def tiny_step_engine(files: dict[str, str], env, *, grad_accum: int = 1, on_nan: str = "stop",
                      precision: str = "fp32", dropout: float | None = None, examples: int = 16,
                      total_steps: int = 20, zero_stage: int = 0,
-                     weight_decay: float | None = None, attention: str = "hf"):
-    """(cfg, a DeepSpeed engine on barto-tiny, four micro-batches of 2 examples of the demo
-    data's training split), built in this process: what the step-level tests run."""
+                     weight_decay: float | None = None, attention: str = "hf",
+                     model_name: str = "barto-tiny"):
+    """(cfg, a DeepSpeed engine on `model_name` (barto-tiny), four micro-batches of 2 examples of
+    the demo data's training split), built in this process: what the step-level tests run."""
     from seq2seq_es.config import RunConfig
     from seq2seq_es.engine.builders import get_collator, get_engine, get_model, get_split
     from seq2seq_es.tasks import get_task
 
     cfg = RunConfig()
-    cfg.model.name, cfg.data.task = "barto-tiny", "mlsum"
+    cfg.model.name, cfg.data.task = model_name, "mlsum"
     cfg.data.train_file = files["train"]
     cfg.data.max_source_length, cfg.data.max_target_length = 64, 32
     cfg.train.on_nan, cfg.train.batch_size, cfg.train.precision = on_nan, 2, precision

@@ -15,7 +15,8 @@ from seq2seq_es.config import RunConfig, not_applying, validate
 from seq2seq_es.errors import ConfigError, UnknownNameError
 from seq2seq_es.kernels import bart_attention
 from seq2seq_es.kernels.bart_attention import (KEY_PADDING_SDPA, apply_bart_attention,
-                                               drop_full_mask, padded_key_attention)
+                                               padded_key_attention)
+from seq2seq_es.kernels.read_free_masks import drop_full_mask
 
 SHAPE = get_shape("barto-tiny")
 

@@ -10,8 +10,8 @@ calls while the step runs, each call filed under who made it:
   unless the optimizer is capturable or fused): no device wait on a GPU either;
 - `model`: transformers' forward, which checks padding masks (`mask.all()`) to decide whether
   SDPA can skip them: real device reads, per forward, that are transformers' own (3 per BART
-  forward with 2D masks; 1, the decoder's, with bench.impls.as_4d_mask's prepared mask). BART on
-  `model.attention sdpa` (kernels/bart_attention.py) makes none: asserted below.
+  forward with 2D masks; 1, the decoder's, with bench.impls.as_4d_mask's prepared mask). BART
+  and T5 on `model.attention sdpa` (kernels/read_free_masks.py) make none: asserted below.
 
 The host-side batch bookkeeping (token counts from the CPU labels) goes through numpy, which
 never touches a device, and is not counted.
@@ -67,9 +67,9 @@ class ReadCounter:
 
 
 def _setup(files, env, grad_accum: int, on_nan: str = "stop", precision: str = "fp32",
-           attention: str = "hf"):
+           attention: str = "hf", model: str = "barto-tiny"):
     return tiny_step_engine(files, env, grad_accum=grad_accum, on_nan=on_nan,
-                            precision=precision, attention=attention)
+                            precision=precision, attention=attention, model_name=model)
 
 
 def reads_per_step(files, env, monkeypatch, grad_accum: int, **kwargs) -> dict[str, float]:
@@ -101,13 +101,13 @@ def test_step_reads_do_not_grow_with_grad_accum(files, one_rank, monkeypatch, on
     assert seen[1]["optimizer"] == seen[2]["optimizer"] == seen[4]["optimizer"], seen
 
 
-def test_bart_on_its_sdpa_attention_reads_nothing_back_in_the_forward(files, one_rank,
-                                                                      monkeypatch):
-    # kernels/bart_attention.py builds its masks without transformers' mask.all() checks
-    seen = reads_per_step(files, one_rank, monkeypatch, 2, attention="sdpa")
+@pytest.mark.parametrize("model", ["barto-tiny", "t5s-tiny"])
+def test_sdpa_attention_reads_nothing_back_in_the_forward(files, one_rank, monkeypatch, model):
+    # kernels/read_free_masks.py builds BART's and T5's masks without transformers' mask.all()
+    seen = reads_per_step(files, one_rank, monkeypatch, 2, attention="sdpa", model=model)
     assert seen["model"] == 0 and seen["step"] == 0, seen
     # the same step on transformers' own attention reads every forward's masks back
-    assert reads_per_step(files, one_rank, monkeypatch, 2)["model"] >= 2 * 2
+    assert reads_per_step(files, one_rank, monkeypatch, 2, model=model)["model"] >= 2 * 2
 
 
 @pytest.mark.parametrize("on_nan, reads", [("stop", 2), ("skip", 1)])

@@ -13,6 +13,7 @@ from transformers.models.t5.modeling_t5 import T5Attention
 from seq2seq_es.errors import ConfigError, UnknownNameError
 from seq2seq_es.kernels.t5_attention import (
     FLEX_MASK_IMPLEMENTATION,
+    SDPA_MASK_IMPLEMENTATION,
     apply_t5_attention,
     flex_mask,
     relative_position_buckets,
@@ -216,7 +217,8 @@ def test_apply_keeps_parameters_and_state_dict_and_hf_restores(reference):
     model = copy.deepcopy(reference)
     keys = list(model.state_dict().keys())
     params = {name: p for name, p in model.named_parameters()}
-    for impl, attn_implementation in (("sdpa", "sdpa"), ("flex", FLEX_MASK_IMPLEMENTATION), ("hf", "eager")):
+    for impl, attn_implementation in (("sdpa", SDPA_MASK_IMPLEMENTATION),
+                                      ("flex", FLEX_MASK_IMPLEMENTATION), ("hf", "eager")):
         assert apply_t5_attention(model, impl) is model
         assert list(model.state_dict().keys()) == keys
         assert all(p is params[name] for name, p in model.named_parameters())

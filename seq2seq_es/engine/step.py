@@ -38,7 +38,7 @@ import torch.distributed as dist
 
 from ..config import RunConfig
 from ..errors import Seq2SeqEsError
-from ..kernels.bart_attention import drop_full_mask, uses_key_padding_sdpa
+from ..kernels.read_free_masks import builds_read_free_masks, drop_full_mask
 from . import distributed as D
 from .loss import token_ce_sum
 from .optim import fp16_step_skipped, loss_scale
@@ -167,9 +167,10 @@ class TrainStep:
         # so that replaying a graph may reuse the memory of the previous micro-batch's outputs
         # (read by then: the loss is copied out before its backward).
         self.graph_steps = cfg.model.compile and cfg.model.compile_mode == "reduce-overhead"
-        # BART on model.attention sdpa (kernels/bart_attention.py): a micro-batch without source
-        # padding goes without its mask (the plain flash kernel), decided from the CPU batch.
-        self.host_inputs = drop_full_mask if uses_key_padding_sdpa(engine.module) \
+        # BART and T5 on model.attention sdpa build their masks without device reads
+        # (kernels/read_free_masks.py): a micro-batch without source padding goes without its
+        # mask (what transformers' read-back would have decided), decided from the CPU batch.
+        self.host_inputs = drop_full_mask if builds_read_free_masks(engine.module) \
             else (lambda batch: batch)
         self.micro_seen = 0                                  # micro-batches run by this object
         self.unchecked: dict[int, tuple[int, int, str]] = {}  # index -> (step, k, batch shape)

@@ -15,17 +15,15 @@ dimension is padded to the next multiple of 8 (64 -> 72) as the flash kernel nee
 zeros that are sliced off the output. Attention dropout works as before: the flash kernel has it.
 12.5% more attention FLOPs buys the flash kernel (and its dropout) for every padded batch.
 
-What transformers' mask machinery hands the attention, under our implementation name
-(`KEY_PADDING_SDPA`, registered with `AttentionMaskInterface` and `AttentionInterface`):
-- bidirectional masks (encoder self-attention, cross-attention): the padding as a [B, 1, 1, keys]
-  boolean mask, read from the 2D mask without a device read (None without a 2D mask);
-- causal masks (decoder self-attention): transformers' SDPA mask, never skipped (its skip is the
-  `mask.all()` read), so the decoder runs the memory-efficient kernel on an explicit causal mask:
-  at summary lengths (targets of 64-128 tokens) a small part of the step.
-The attention function applies the extra feature to a [B, 1, 1, keys] mask in a non-causal module
-and hands everything else (no mask, a causal module, a mask of another shape: a user's 4D mask)
-to transformers' own SDPA function unchanged. A batch without padding needs no mask at all:
-`drop_full_mask` takes it out on the host before the step copies the batch (plain flash then).
+The masks come from `read_free_masks` (registered under our implementation name,
+`KEY_PADDING_SDPA`): bidirectional ones (encoder self-attention, cross-attention) as the keys'
+padding, [B, 1, 1, keys], built without transformers' `mask.all()` reads; causal ones (decoder
+self-attention) as transformers' explicit mask, so the decoder runs the memory-efficient kernel:
+at summary lengths (targets of 64-128 tokens) a small part of the step. The attention function
+applies the extra feature to a [B, 1, 1, keys] mask in a non-causal module and hands everything
+else (no mask, a causal module, a mask of another shape: a user's 4D mask) to transformers' own
+SDPA function unchanged. A batch without padding needs no mask at all: TrainStep takes it out on
+the host (`read_free_masks.drop_full_mask`; plain flash then).
 """
 
 from __future__ import annotations
@@ -33,12 +31,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import (AttentionMaskInterface, bidirectional_mask_function,
-                                        prepare_padding_mask, sdpa_mask)
 
 from ..errors import ConfigError, UnknownNameError
+from .read_free_masks import register
 
 IMPLS = ("hf", "sdpa")
 KEY_PADDING_SDPA = "seq2seq_es_key_padding_sdpa"
@@ -47,18 +43,6 @@ _STATE_ATTR = "_seq2seq_es_bart_attention"
 # exp() of it 0 in every dtype, and -BIG itself exact in bf16 and fp16.
 BIG = 16384.0
 HEAD_DIM_MULTIPLE = 8   # the flash kernel's head dimensions
-
-
-def key_padding_mask(**kwargs) -> Tensor | None:
-    """transformers' mask hook: a bidirectional mask as the keys' padding, [B, 1, 1, keys] bool
-    (None without padding information); any other mask as transformers' SDPA mask, built without
-    reading the padding mask back."""
-    if kwargs.get("mask_function") is bidirectional_mask_function:
-        padding = prepare_padding_mask(kwargs.get("attention_mask"), kwargs["kv_length"],
-                                       kwargs.get("kv_offset", 0))
-        return None if padding is None else padding[:, None, None, :].bool()
-    kwargs["allow_is_causal_skip"] = kwargs["allow_is_bidirectional_skip"] = False
-    return sdpa_mask(**kwargs)
 
 
 def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
@@ -92,20 +76,6 @@ def padded_key_attention(query: Tensor, key: Tensor, value: Tensor, key_mask: Te
     return out[..., :head_dim].transpose(1, 2).contiguous()
 
 
-def drop_full_mask(batch: dict) -> dict:
-    """The CPU batch without its attention_mask where no source token is padding (the model then
-    takes the plain flash kernel, no extra feature): checked on the host, before the copy."""
-    mask = batch.get("attention_mask")
-    if mask is not None and mask.device.type == "cpu" and mask.numpy().all():
-        return {k: v for k, v in batch.items() if k != "attention_mask"}
-    return batch
-
-
-def _register() -> None:
-    AttentionMaskInterface.register(KEY_PADDING_SDPA, key_padding_mask)
-    AttentionInterface.register(KEY_PADDING_SDPA, attention)
-
-
 def apply_bart_attention(model: nn.Module, impl: str, *,
                          config_key: str = "model.attention") -> nn.Module:
     """Run a BART model's attention on `impl`: "sdpa" (this module) or "hf" (transformers' own,
@@ -123,11 +93,6 @@ def apply_bart_attention(model: nn.Module, impl: str, *,
         return model
     if state is None:
         setattr(model, _STATE_ATTR, model.config._attn_implementation)
-    _register()
+    register(KEY_PADDING_SDPA, attention)
     model.set_attn_implementation(KEY_PADDING_SDPA)
     return model
-
-
-def uses_key_padding_sdpa(model: nn.Module) -> bool:
-    config = getattr(model, "config", None)
-    return getattr(config, "_attn_implementation", None) == KEY_PADDING_SDPA

@@ -35,16 +35,22 @@ from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, create_mask, flex_attention
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.cache_utils import Cache, EncoderDecoderCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.models.t5.modeling_t5 import T5Attention
 
 from seq2seq_es.errors import ConfigError, UnknownNameError
+
+from . import read_free_masks
 
 IMPLS = ("hf", "sdpa", "flex")
 FLEX_BIAS_LAYOUTS = ("dense", "distance")
 # Name under which the flex mask hook is registered with transformers; the model config carries it so
 # that each T5 stack builds one BlockMask per forward and hands it to all its layers.
 FLEX_MASK_IMPLEMENTATION = "seq2seq_es_t5_flex"
+# "sdpa": transformers' SDPA masks (boolean, or None), built without device reads; any module
+# that still calls transformers' attention function gets transformers' SDPA.
+SDPA_MASK_IMPLEMENTATION = "seq2seq_es_t5_sdpa"
 _STATE_ATTR = "_seq2seq_es_t5_attention"
 
 
@@ -362,7 +368,11 @@ def apply_t5_attention(model: nn.Module, impl: str, *, flex_bias_layout: str = "
         return model
     if impl == "flex":
         _register_flex_masks()
-    # "sdpa" wants boolean masks (or None) from the stacks, "flex" one BlockMask per stack.
-    owner.set_attn_implementation("sdpa" if impl == "sdpa" else FLEX_MASK_IMPLEMENTATION)
+    # "sdpa" wants boolean masks (or None) from the stacks, built without reading them back
+    # (kernels/read_free_masks.py), "flex" one BlockMask per stack.
+    if impl == "sdpa":
+        read_free_masks.register(SDPA_MASK_IMPLEMENTATION, sdpa_attention_forward)
+    owner.set_attn_implementation(SDPA_MASK_IMPLEMENTATION if impl == "sdpa"
+                                  else FLEX_MASK_IMPLEMENTATION)
     setattr(model, _STATE_ATTR, {**state, "impl": impl})
     return model

@@ -7,8 +7,9 @@ its masks from transformers registers `read_free_mask` under its own attention-i
 name (`register`); it builds:
 - bidirectional masks (encoder self-attention, cross-attention): the 2D padding mask as a
   [B, 1, 1, keys] boolean mask (None without one), the same for every query;
-- any other mask (causal: decoder self-attention) as transformers' SDPA mask, never skipped
-  (the skip is what reads).
+- a plain causal mask (decoder self-attention) without a 2D mask, over as many keys as queries
+  or for one query: None, SDPA's is_causal (transformers' skip, which needs no read there);
+- any other mask as transformers' SDPA mask, never skipped (its skip is what reads).
 A batch without padding then needs no mask at all: `drop_full_mask` takes it out of the CPU batch
 before TrainStep copies it (the kernel then runs maskless, as transformers' skip would).
 """
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 from transformers import AttentionInterface
 from transformers.masking_utils import (AttentionMaskInterface, bidirectional_mask_function,
-                                        prepare_padding_mask, sdpa_mask)
+                                        causal_mask_function, prepare_padding_mask, sdpa_mask)
 
 # Our attention-implementation names whose masks read_free_mask builds (see register).
 READ_FREE_IMPLEMENTATIONS: set[str] = set()
@@ -32,6 +33,10 @@ def read_free_mask(**kwargs) -> Tensor | None:
         padding = prepare_padding_mask(kwargs.get("attention_mask"), kwargs["kv_length"],
                                        kwargs.get("kv_offset", 0))
         return None if padding is None else padding[:, None, None, :].bool()
+    plain_causal = kwargs.get("mask_function") is causal_mask_function
+    if plain_causal and kwargs.get("attention_mask") is None \
+            and kwargs["q_length"] in (1, kwargs["kv_length"]):
+        return None
     kwargs["allow_is_causal_skip"] = kwargs["allow_is_bidirectional_skip"] = False
     return sdpa_mask(**kwargs)
 

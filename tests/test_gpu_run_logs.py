@@ -37,12 +37,14 @@ def test_deterministic_gpu_runs_repeat_bit_for_bit(tmp_path):
     assert step_losses(first) == step_losses(second)
 
 
-def test_a_gpu_training_step_makes_the_host_wait_nowhere(tmp_path):
+@pytest.mark.parametrize("attention", ["hf", "sdpa"])
+def test_a_gpu_training_step_makes_the_host_wait_nowhere(tmp_path, attention):
     """torch's sync debug mode warns at every operation that makes the host wait for the GPU (a
     read-back, a copy to or from pageable memory): none in the training step's code or
-    DeepSpeed's (transformers' mask checks aside), with gradient accumulation, bf16 and clipping
-    (issue 12.1). DeepSpeed's throughput timer synchronised twice per micro-batch until it was
-    turned off (tests/test_step_syncs.py counts that one)."""
+    DeepSpeed's, with gradient accumulation, bf16 and clipping (issue 12.1); on BART's
+    model.attention sdpa none in transformers' either (kernels/read_free_masks.py).
+    DeepSpeed's throughput timer synchronised twice per micro-batch until it was turned off
+    (tests/test_step_syncs.py counts that one)."""
     import warnings
 
     from engine_runs import tiny_step_engine
@@ -52,7 +54,8 @@ def test_a_gpu_training_step_makes_the_host_wait_nowhere(tmp_path):
     env = D.read_env({})
     D.init(env, "auto")
     files = demo_files(tmp_path / "data", train_size=16)
-    cfg, engine, batches = tiny_step_engine(files, env, grad_accum=2, precision="bf16")
+    cfg, engine, batches = tiny_step_engine(files, env, grad_accum=2, precision="bf16",
+                                            attention=attention)
     step = TrainStep(engine, env, cfg)
     try:
         step(batches[:2], 0)  # lazy initialisation (the optimizer's state, pinned buffers)
@@ -77,6 +80,8 @@ def test_a_gpu_training_step_makes_the_host_wait_nowhere(tmp_path):
     assert ours == []
     assert all(w.filename.endswith("masking_utils.py") for w in theirs), \
         [f"{w.filename}:{w.lineno}" for w in theirs]
+    if attention == "sdpa":
+        assert theirs == [], [f"{w.filename}:{w.lineno}" for w in theirs]
 
 
 def test_a_run_on_cuda_graphs_trains_and_validates_as_the_eager_one(tmp_path):

@@ -98,7 +98,8 @@ if [ "${EXTRAS:-0}" = 1 ]; then
   stamp "extra: precision, fp16 loss scaling at ZeRO 0/2/3, bf16 with fp32 gradient accumulation"
   timeout "${PRECISION_S:-180}" python3 -m seq2seq_es.bench.gpu_precision "$OUT_DIR/precision"
 fi
-python3 -m seq2seq_es.bench.gpu_summary "$OUT_DIR" > "$OUT_DIR/summary.md"
+# The call's seconds so far (wheel install included; the archive below takes about one more).
+CALL_SECONDS=$SECONDS python3 -m seq2seq_es.bench.gpu_summary "$OUT_DIR" > "$OUT_DIR/summary.md"
 cat "$OUT_DIR/summary.md"
 # The device tool brings back at most 8 files, 2 folders down: one archive holds everything.
 tar czf "$OUT_DIR.tgz" -C "$(dirname "$OUT_DIR")" "$(basename "$OUT_DIR")"

@@ -387,6 +387,36 @@ def test_gpu_summary_says_which_targets_are_met_and_which_were_not_measured(tmp_
             "(ok), flex step 0.0800 s (target <= 0.095 s: met)") in text
 
 
+def test_gpu_summary_says_whether_one_call_measured_every_target_in_time(tmp_path):
+    from seq2seq_es.bench.gpu_summary import summary
+
+    (tmp_path / "seq2seq").mkdir()
+    rows = [{"model": m, "dist": d, "impl": i, "real_tokens_per_s": 100.0}
+            for m in ("barto", "t5s") for d in ("mlsum", "fixed") for i in ("hf_trainer", "loop")]
+    (tmp_path / "seq2seq" / "gpu_seq2seq.json").write_text(json.dumps(
+        {"tiny": False, "sections": {"barto": {"status": "ok", "rows": rows}}}))
+    (tmp_path / "led").mkdir()
+    led = {"bench_rows": [_led_row("hf", True, 0.36, 6.9), _led_row("flex", "encoder", 0.08, 6.0),
+                          _led_row("hf", False, 0.25, 19.6), _led_row("flex", False, 0.07, 7.5)]}
+    (tmp_path / "led" / "gpu_led.json").write_text(json.dumps(led))
+    (tmp_path / "flex_ablation.txt").write_text(
+        "A plain band, contiguous             forward    0.277 ms\n"
+        "E ours, row-span mask_mod            forward    0.441 ms\n"
+        "A-dyn plain band, dynamic shapes     forward    0.400 ms\n"
+        "E-dyn row-span mask_mod, dynamic     forward    0.619 ms\n")
+    text = summary(tmp_path, call_seconds=455)
+    # every target row measured (the all-layer checkpointing row is a comparison once the
+    # encoder-only one is there), in 455 s
+    assert "- the call took 455 s (target < 480 s: met)\n- target rows not measured: 0\n" in text
+    (tmp_path / "flex_ablation.txt").write_text(
+        "A plain band, contiguous             forward    0.277 ms\n")
+    text = summary(tmp_path, call_seconds=519)
+    assert "- the call took 519 s (target < 480 s: NOT met)" in text
+    assert ("- target rows not measured: 2\n"
+            "  - LED flex forward, static shapes: not measured (E and A rows)\n"
+            "  - LED flex forward, dynamic shapes: not measured (E-dyn and A-dyn rows)") in text
+
+
 def test_gpu_summary_reads_item_4_from_the_flex_ablation(tmp_path):
     from seq2seq_es.bench.gpu_summary import summary
 

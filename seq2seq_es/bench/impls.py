@@ -316,8 +316,9 @@ def loop_config(case: BenchCase, spec: ImplSpec):
         else "packed" if spec.pack else "fixed"
     cfg.train.max_tokens = case.max_tokens if spec.budget or spec.bucket else 0
     if spec.pack:
-        cfg.data.max_source_length, cfg.data.max_target_length = packed_row(case)
-        cfg.train.batch_size = max(1, round(case.max_tokens / sum(packed_row(case))))
+        source_len, target_len = packed_row(case)
+        cfg.data.max_source_length, cfg.data.max_target_length = source_len, target_len
+        cfg.train.batch_size = max(1, round(case.max_tokens / (source_len + target_len)))
     cfg.model.compile = spec.engine
     cfg.model.compile_mode = "reduce-overhead" if spec.graphs else "default"
     cfg.optim.fused = spec.fused

@@ -364,9 +364,6 @@ class TrainConfig(_Section):
             raise ConfigError("train.epochs", "must be at least 1 when train.max_steps is 0")
         if self.batch_size < 1:
             raise ConfigError("train.batch_size", "must be at least 1")
-        if self.batching in ("token_budget", "bucketed") and self.max_tokens < 1:
-            raise ConfigError("train.max_tokens", f"{self.batching} batching needs a positive "
-                              "budget (padded source + target tokens per micro-batch)")
         if self.length_buckets < 1:
             raise ConfigError("train.length_buckets", "must be at least 1")
         if self.grad_accum < 1:
@@ -1288,6 +1285,14 @@ def validate(cfg: RunConfig) -> None:
         t.output_dir = f"runs/{cfg.model.name}-{cfg.data.task}"
     for section in (cfg.model, d, o, t, dist, g):
         section.validate()
+    if t.batching in ("token_budget", "bucketed") and t.max_tokens < 1:
+        # Checked here, not in TrainConfig: the value to suggest needs the data lengths.
+        fixed = t.batch_size * (d.max_source_length + d.max_target_length)
+        raise ConfigError("train.max_tokens", f"{t.batching} batching needs a positive budget "
+                          f"(padded source + target tokens per micro-batch); {fixed} is what a "
+                          f"fixed batch of train.batch_size {t.batch_size} at "
+                          f"data.max_source_length {d.max_source_length} + "
+                          f"data.max_target_length {d.max_target_length} holds at most")
     from .tasks.loading import check_column_map
 
     check_column_map(task, d.column_map())

@@ -48,6 +48,18 @@ def test_bad_values_name_their_key(overrides, key):
     assert key in str(err.value)
 
 
+def test_a_token_budget_without_budget_is_refused_with_the_fixed_batches_size():
+    # mlsum x barto: 1024 source + 48 target tokens at the batch of 16 -> 17152
+    for batching in ("bucketed", "token_budget"):
+        with pytest.raises(ConfigError, match=r"needs a positive budget.*; 17152 is what a fixed "
+                           r"batch of train.batch_size 16") as err:
+            compose(task="mlsum", model="barto", overrides={"train.batching": batching})
+        assert err.value.key == "train.max_tokens"
+    cfg = compose(task="mlsum", model="barto",
+                  overrides={"train.batching": "bucketed", "train.max_tokens": "9216"})
+    assert cfg.train.max_tokens == 9216
+
+
 def test_unknown_model_and_task_list_the_known_ones():
     with pytest.raises(UnknownNameError, match="barto"):
         compose(task="mlsum", model="bart0")

@@ -245,7 +245,8 @@ def test_warm_up_runs_every_shape_once_largest_first():
 
 
 def test_too_few_micro_batches_for_one_step_name_the_budget():
-    with pytest.raises(ConfigError, match="train.max_tokens.*fewer than the 8"):
+    with pytest.raises(ConfigError, match=r"train.max_tokens': the 4 training examples \(24 "
+                       r"source \+ target tokens in all\).*fewer than the 8"):
         BucketedPlan([5] * 4, [1] * 4, max_tokens=12, grad_accum=4, world_size=2, seed=0)
 
 

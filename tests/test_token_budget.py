@@ -197,7 +197,8 @@ def test_greedy_packing_takes_the_longest_run_within_budget():
 def test_bad_inputs_raise_one_clear_error():
     with pytest.raises(ConfigError, match="train.max_tokens"):
         TokenBudgetPlan([5, 6], [1, 2], max_tokens=0, grad_accum=1, world_size=1, seed=0)
-    with pytest.raises(ConfigError, match="train.max_tokens.*fewer than the 8"):
+    with pytest.raises(ConfigError, match=r"train.max_tokens': the 4 training examples \(24 "
+                       r"source \+ target tokens in all\).*fewer than the 8"):
         TokenBudgetPlan([5] * 4, [1] * 4, max_tokens=12, grad_accum=4, world_size=2, seed=0)
     with pytest.raises(DataError, match="row 1"):
         TokenBudgetPlan([5, -1], [1, 2], max_tokens=100, grad_accum=1, world_size=1, seed=0)

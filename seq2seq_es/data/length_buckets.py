@@ -220,7 +220,8 @@ class BucketedPlan(StepIteration):
         self._steps = self._group_into_steps(kept)
         if not self._steps:
             raise ConfigError("train.max_tokens", (
-                f"the {self.num_examples} training examples fill only {len(micro)} bucketed "
+                f"the {self.num_examples} training examples ({self._total_tokens()} source + "
+                f"target tokens in all) fill only {len(micro)} bucketed "
                 f"micro-batches of {max_tokens} tokens, fewer than the {per_step} "
                 f"(world_size {world_size} x grad_accum {grad_accum}) one step takes; lower "
                 "train.max_tokens or train.grad_accum"))

@@ -191,6 +191,11 @@ class StepIteration:
         return [batch for step in range(self.steps_per_epoch) for rank in range(self.world_size)
                 for batch in self.micro_batches(epoch, step, rank)]
 
+    def _total_tokens(self) -> int:
+        """Every example's source and target tokens, unpadded: what a budget too large for the
+        training set is compared with in its refusal."""
+        return int(self.source_lengths.sum() + self.target_lengths.sum())
+
 
 def budget_step_note(plan) -> str:
     """How large a step of a token-budget plan (token-budget, bucketed) is: the budget is per
@@ -259,7 +264,8 @@ class TokenBudgetPlan(StepIteration):
         self._steps = self._group_into_steps(spans)
         if not self._steps:
             raise ConfigError("train.max_tokens", (
-                f"the {self.num_examples} training examples fill only {len(spans) + len(dropped)} "
+                f"the {self.num_examples} training examples ({self._total_tokens()} source + "
+                f"target tokens in all) fill only {len(spans) + len(dropped)} "
                 f"micro-batches of {max_tokens} tokens, fewer than the "
                 f"{self.micro_batches_per_step} "
                 f"(world_size {world_size} x grad_accum {grad_accum}) one step takes; lower "

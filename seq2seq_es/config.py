@@ -1358,6 +1358,15 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError("model.compile_mode", "reduce-overhead cannot capture ZeRO-3's "
                               "forward, which gathers each layer's parameters as it runs; use "
                               "dist.zero_stage 0-2 or compile_mode default")
+        if mode == "reduce-overhead" and dist.zero_stage in (1, 2) and t.grad_accum > 1:
+            # A graph's gradients live in memory that the next micro-batch's replay overwrites;
+            # at ZeRO 0 the step moves them out (step.keep_grads_out_of_graph_memory), while
+            # ZeRO 1-2's optimizers keep gradients in buffers of their own.
+            raise ConfigError("model.compile_mode", "reduce-overhead with gradient accumulation "
+                              f"(train.grad_accum {t.grad_accum}) needs dist.zero_stage 0 (ZeRO "
+                              f"{dist.zero_stage}'s optimizer accumulates gradients the CUDA "
+                              "graphs overwrite); use dist.zero_stage 0, train.grad_accum 1 or "
+                              "compile_mode default")
     if t.on_nan == "skip" and dist.zero_stage == 3:
         raise ConfigError("train.on_nan", "skip is not supported under ZeRO-3 (the zero loss "
                           "that replaces a bad micro-batch needs unpartitioned parameters); use stop")

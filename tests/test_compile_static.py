@@ -123,7 +123,15 @@ def test_compile_mode_reaches_torch_compile_and_is_refused_where_it_cannot_work(
     cfg.train.batching, cfg.dist.zero_stage = "bucketed", 3
     with pytest.raises(ConfigError, match="ZeRO-3"):
         validate(cfg)
-    cfg.dist.zero_stage, cfg.model.compile_backend = 2, "aot_eager"
+    cfg.dist.zero_stage = 2
+    validate(cfg)
+    # ZeRO 1-2 accumulate the gradients that the next micro-batch's graph overwrites
+    cfg.train.grad_accum = 2
+    with pytest.raises(ConfigError, match=r"train.grad_accum 2\) needs dist.zero_stage 0"):
+        validate(cfg)
+    cfg.dist.zero_stage = 0
+    validate(cfg)                       # TrainStep moves the first micro-batch's gradients out
+    cfg.train.grad_accum, cfg.dist.zero_stage, cfg.model.compile_backend = 1, 2, "aot_eager"
     with pytest.raises(ConfigError, match="inductor"):   # torch would drop the mode silently
         validate(cfg)
     cfg.model.compile_mode = "max-autotune-no-cudagraphs"
@@ -131,3 +139,64 @@ def test_compile_mode_reaches_torch_compile_and_is_refused_where_it_cannot_work(
         validate(cfg)
     cfg.model.compile_backend = "inductor"
     validate(cfg)
+
+
+class _GraphPoolGradient(torch.autograd.Function):
+    """Identity whose backward hands its gradient back in one fixed piece of memory, each call
+    overwriting the last, with nothing but the storage held: what a replayed CUDA graph's
+    output is (cudagraph trees keep weak references only, so autograd adopts it as `.grad`)."""
+
+    pool: torch.Tensor | None = None
+
+    @staticmethod
+    def forward(ctx, weight):
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cls = _GraphPoolGradient
+        if cls.pool is None or cls.pool.shape != grad.shape:
+            cls.pool = torch.empty_like(grad)
+        cls.pool.copy_(grad)
+        return torch.empty(0, dtype=grad.dtype).set_(cls.pool.untyped_storage(), 0, grad.shape,
+                                                     cls.pool.stride())
+
+
+class _ThroughGraphPool(torch.nn.Module):
+    def forward(self, weight):
+        return _GraphPoolGradient.apply(weight)
+
+
+def test_cuda_graph_gradients_are_moved_out_before_the_next_micro_batch(one_rank, tmp_path):
+    """reduce-overhead with gradient accumulation: the first micro-batch's gradients, which
+    autograd keeps in the graph's memory, are copied out before the second replay overwrites
+    them (step.keep_grads_out_of_graph_memory). A gradient through _GraphPoolGradient stands in
+    for a graph's (the CPU has no CUDA graphs): without the copy, the step trains on 2 x the
+    second micro-batch's gradient of that weight instead of the sum, and the weights differ."""
+    from torch.nn.utils.parametrize import register_parametrization
+
+    from engine_runs import demo_files as files_for, tiny_step_engine
+    from seq2seq_es.engine.step import TrainStep
+
+    data = files_for(tmp_path / "data", train_size=16)
+
+    def trained(through_pool: bool, graph_steps: bool) -> list[torch.Tensor]:
+        cfg, engine, batches = tiny_step_engine(data, one_rank, grad_accum=2, dropout=0.0)
+        if through_pool:
+            _GraphPoolGradient.pool = None
+            register_parametrization(engine.module.model.encoder.layers[0].self_attn.q_proj,
+                                     "weight", _ThroughGraphPool())
+        step = TrainStep(engine, one_rank, cfg)
+        step.graph_steps = graph_steps
+        step(batches[:2], 0)
+        # (a parametrized weight is listed as parametrizations.weight.original, after its bias)
+        return {name.replace("parametrizations.weight.original", "weight"): p.detach().clone()
+                for name, p in engine.module.named_parameters()}
+
+    plain = trained(through_pool=False, graph_steps=False)
+    overwritten = trained(through_pool=True, graph_steps=False)
+    assert plain.keys() == overwritten.keys()
+    assert [name for name in plain if not torch.equal(plain[name], overwritten[name])] == \
+        ["model.encoder.layers.0.self_attn.q_proj.weight"], "the stand-in did not overwrite"
+    moved_out = trained(through_pool=True, graph_steps=True)
+    assert all(torch.equal(plain[name], moved_out[name]) for name in plain)

@@ -86,12 +86,14 @@ def test_a_gpu_training_step_makes_the_host_wait_nowhere(tmp_path, attention):
 
 def test_a_run_on_cuda_graphs_trains_and_validates_as_the_eager_one(tmp_path):
     """model.compile_mode reduce-overhead (CUDA graphs, issue 12): bucketed batches, a graph
-    per shape, then a validation that runs eagerly; the losses are the eager run's (fp32,
-    inductor's fusions aside; no dropout: inductor draws its masks from its own generator)."""
+    per shape, two micro-batches a step (the first one's gradients, kept by autograd in the
+    graph's memory, must survive the second replay: step.keep_grads_out_of_graph_memory), then
+    a validation that runs eagerly; the losses are the eager run's (fp32, inductor's fusions
+    aside; no dropout: inductor draws its masks from its own generator)."""
     files = demo_files(tmp_path / "data", train_size=24)
     bucketed = ["--train.batching", "bucketed", "--train.max_tokens", "600",
                 "--train.length_buckets", "3", "--train.eval_at_end", "true",
-                "--model.dropout", "0"]
+                "--train.grad_accum", "2", "--model.dropout", "0"]
     eager, graphs = tmp_path / "eager", tmp_path / "graphs"
     run("none", 1, base_args(files, eager, steps=4, extra=bucketed))
     run("none", 1, base_args(files, graphs, steps=4, extra=bucketed + [

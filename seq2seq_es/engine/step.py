@@ -80,6 +80,24 @@ def all_reduce_(tensor: torch.Tensor, op=None) -> torch.Tensor:
     return tensor
 
 
+def keep_grads_out_of_graph_memory(module: torch.nn.Module) -> None:
+    """Copy every parameter's gradient into memory of its own (one fused launch per group).
+
+    Under CUDA graphs (model.compile_mode reduce-overhead) a backward's gradients are outputs of
+    the replayed graph, in the graph's memory pool, and autograd keeps a parameter's first
+    gradient of a step as its `.grad` without copying it. The next micro-batch's replay writes
+    its own gradients into that same memory, and autograd then adds them to a `.grad` they have
+    just overwritten: 2 x the second gradient instead of the sum (torch 2.13 refuses such an
+    access; earlier versions may not notice). After the first micro-batch's backward, the step
+    moves the gradients out; later micro-batches add into those copies in place (a `.grad` that
+    exists is accumulated into, not replaced). With one micro-batch per step the optimizer reads
+    the gradients before the next replay, and nothing is copied."""
+    params = [p for p in module.parameters() if p.grad is not None]
+    copies = torch._foreach_mul([p.grad for p in params], 1.0) if params else []
+    for param, copy in zip(params, copies):
+        param.grad = copy
+
+
 @dataclass
 class StepResult:
     """One step's numbers, left on the device until `TrainStep.read` reads them."""
@@ -165,7 +183,8 @@ class TrainStep:
         self.clip_norm = cfg.optim.max_grad_norm if clips_in_train_step(engine) else 0.0
         # model.compile_mode reduce-overhead: each forward starts a new CUDA-graph iteration,
         # so that replaying a graph may reuse the memory of the previous micro-batch's outputs
-        # (read by then: the loss is copied out before its backward).
+        # (read by then: the loss is copied out before its backward; the first micro-batch's
+        # gradients are moved out of it: keep_grads_out_of_graph_memory).
         self.graph_steps = cfg.model.compile and cfg.model.compile_mode == "reduce-overhead"
         # BART and T5 on model.attention sdpa build their masks without device reads
         # (kernels/read_free_masks.py): a micro-batch without source padding goes without its
@@ -244,6 +263,9 @@ class TrainStep:
                 self.micro_seen += 1
                 ce_total += torch.where(bad, 0.0, value)
                 engine.backward(ce * scale)
+                if self.graph_steps and k == 0 and len(micro_batches) > 1 \
+                        and not engine.zero_optimization():  # ZeRO 1-2: refused (config.py)
+                    keep_grads_out_of_graph_memory(engine.module)
                 if self.norm_from_grads and k == len(micro_batches) - 1:
                     # the step's gradient is complete (and reduced) only after its last
                     # backward, and is clipped (here or by engine.step()) in place

@@ -167,12 +167,15 @@ class _ThroughGraphPool(torch.nn.Module):
         return _GraphPoolGradient.apply(weight)
 
 
-def test_cuda_graph_gradients_are_moved_out_before_the_next_micro_batch(one_rank, tmp_path):
+@pytest.mark.parametrize("micro_batches", [2, 3])
+def test_cuda_graph_gradients_are_moved_out_before_the_next_micro_batch(one_rank, tmp_path,
+                                                                        micro_batches):
     """reduce-overhead with gradient accumulation: the first micro-batch's gradients, which
     autograd keeps in the graph's memory, are copied out before the second replay overwrites
     them (step.keep_grads_out_of_graph_memory). A gradient through _GraphPoolGradient stands in
     for a graph's (the CPU has no CUDA graphs): without the copy, the step trains on 2 x the
-    second micro-batch's gradient of that weight instead of the sum, and the weights differ."""
+    second micro-batch's gradient of that weight instead of the sum (with three, 2 x the
+    third's), and the weights differ."""
     from torch.nn.utils.parametrize import register_parametrization
 
     from engine_runs import demo_files as files_for, tiny_step_engine
@@ -181,14 +184,15 @@ def test_cuda_graph_gradients_are_moved_out_before_the_next_micro_batch(one_rank
     data = files_for(tmp_path / "data", train_size=16)
 
     def trained(through_pool: bool, graph_steps: bool) -> list[torch.Tensor]:
-        cfg, engine, batches = tiny_step_engine(data, one_rank, grad_accum=2, dropout=0.0)
+        cfg, engine, batches = tiny_step_engine(data, one_rank, grad_accum=micro_batches,
+                                                dropout=0.0)
         if through_pool:
             _GraphPoolGradient.pool = None
             register_parametrization(engine.module.model.encoder.layers[0].self_attn.q_proj,
                                      "weight", _ThroughGraphPool())
         step = TrainStep(engine, one_rank, cfg)
         step.graph_steps = graph_steps
-        step(batches[:2], 0)
+        step(batches[:micro_batches], 0)
         # (a parametrized weight is listed as parametrizations.weight.original, after its bias)
         return {name.replace("parametrizations.weight.original", "weight"): p.detach().clone()
                 for name, p in engine.module.named_parameters()}

@@ -80,22 +80,27 @@ def all_reduce_(tensor: torch.Tensor, op=None) -> torch.Tensor:
     return tensor
 
 
-def keep_grads_out_of_graph_memory(module: torch.nn.Module) -> None:
-    """Copy every parameter's gradient into memory of its own (one fused launch per group).
+def keep_grads_out_of_graph_memory(module: torch.nn.Module, owned: set[int]) -> None:
+    """Copy each parameter's gradient that is not yet a copy of ours (`owned`: their ids, which
+    this adds to) into memory of its own, in one fused op.
 
     Under CUDA graphs (model.compile_mode reduce-overhead) a backward's gradients are outputs of
     the replayed graph, in the graph's memory pool, and autograd keeps a parameter's first
     gradient of a step as its `.grad` without copying it. The next micro-batch's replay writes
     its own gradients into that same memory, and autograd then adds them to a `.grad` they have
     just overwritten: 2 x the second gradient instead of the sum (torch 2.13 refuses such an
-    access; earlier versions may not notice). After the first micro-batch's backward, the step
-    moves the gradients out; later micro-batches add into those copies in place (a `.grad` that
-    exists is accumulated into, not replaced). With one micro-batch per step the optimizer reads
-    the gradients before the next replay, and nothing is copied."""
-    params = [p for p in module.parameters() if p.grad is not None]
-    copies = torch._foreach_mul([p.grad for p in params], 1.0) if params else []
+    access; earlier versions may not notice). So after each micro-batch but the last, the step
+    moves the new gradients out; later micro-batches add into those copies in place (a `.grad`
+    that exists is accumulated into, not replaced), so in practice all is copied once, after the
+    first. With one micro-batch per step the optimizer reads the gradients before the next
+    replay, and nothing is copied."""
+    params = [p for p in module.parameters() if p.grad is not None and id(p.grad) not in owned]
+    if not params:
+        return
+    copies = torch._foreach_mul([p.grad for p in params], 1.0)
     for param, copy in zip(params, copies):
         param.grad = copy
+        owned.add(id(copy))
 
 
 @dataclass
@@ -235,6 +240,7 @@ class TrainStep:
                 self.scale = loss_scale(engine)
             scale_before, skipped_before = self.scale, engine.skipped_steps
         own_norm = None
+        copied: set[int] = set()     # ids of the gradients moved out of CUDA graphs' memory
         for k, batch in enumerate(micro_batches):
             batch = {key: self._to_device(value)
                      for key, value in self.host_inputs(batch).items()}
@@ -263,9 +269,9 @@ class TrainStep:
                 self.micro_seen += 1
                 ce_total += torch.where(bad, 0.0, value)
                 engine.backward(ce * scale)
-                if self.graph_steps and k == 0 and len(micro_batches) > 1 \
+                if self.graph_steps and k < len(micro_batches) - 1 \
                         and not engine.zero_optimization():  # ZeRO 1-2: refused (config.py)
-                    keep_grads_out_of_graph_memory(engine.module)
+                    keep_grads_out_of_graph_memory(engine.module, copied)
                 if self.norm_from_grads and k == len(micro_batches) - 1:
                     # the step's gradient is complete (and reduced) only after its last
                     # backward, and is clipped (here or by engine.step()) in place

@@ -170,7 +170,7 @@ def tiny_step_engine(files: dict[str, str], env, *, grad_accum: int = 1, on_nan:
                      precision: str = "fp32", dropout: float | None = None, examples: int = 16,
                      total_steps: int = 20, zero_stage: int = 0,
                      weight_decay: float | None = None, attention: str = "hf",
-                     model_name: str = "barto-tiny"):
+                     model_name: str = "barto-tiny", lean_ce: bool = False):
     """(cfg, a DeepSpeed engine on `model_name` (barto-tiny), four micro-batches of 2 examples of
     the demo data's training split), built in this process: what the step-level tests run."""
     from seq2seq_es.config import RunConfig
@@ -183,7 +183,7 @@ def tiny_step_engine(files: dict[str, str], env, *, grad_accum: int = 1, on_nan:
     cfg.data.max_source_length, cfg.data.max_target_length = 64, 32
     cfg.train.on_nan, cfg.train.batch_size, cfg.train.precision = on_nan, 2, precision
     cfg.train.grad_accum, cfg.dist.zero_stage = grad_accum, zero_stage
-    cfg.model.attention = attention
+    cfg.model.attention, cfg.model.lean_ce = attention, lean_ce
     if dropout is not None:
         cfg.model.dropout = dropout
     if weight_decay is not None:

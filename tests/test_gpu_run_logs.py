@@ -37,12 +37,13 @@ def test_deterministic_gpu_runs_repeat_bit_for_bit(tmp_path):
     assert step_losses(first) == step_losses(second)
 
 
-@pytest.mark.parametrize("attention", ["hf", "sdpa"])
-def test_a_gpu_training_step_makes_the_host_wait_nowhere(tmp_path, attention):
+@pytest.mark.parametrize("attention,lean_ce", [("hf", False), ("sdpa", False), ("sdpa", True)])
+def test_a_gpu_training_step_makes_the_host_wait_nowhere(tmp_path, attention, lean_ce):
     """torch's sync debug mode warns at every operation that makes the host wait for the GPU (a
     read-back, a copy to or from pageable memory): none in the training step's code or
-    DeepSpeed's, with gradient accumulation, bf16 and clipping (issue 12.1); on BART's
-    model.attention sdpa none in transformers' either (kernels/read_free_masks.py).
+    DeepSpeed's, with gradient accumulation, bf16 and clipping (issue 12.1), nor in the lean
+    cross-entropy (model.lean_ce); on BART's model.attention sdpa none in transformers' either
+    (kernels/read_free_masks.py).
     DeepSpeed's throughput timer synchronised twice per micro-batch until it was turned off
     (tests/test_step_syncs.py counts that one)."""
     import warnings
@@ -55,7 +56,7 @@ def test_a_gpu_training_step_makes_the_host_wait_nowhere(tmp_path, attention):
     D.init(env, "auto")
     files = demo_files(tmp_path / "data", train_size=16)
     cfg, engine, batches = tiny_step_engine(files, env, grad_accum=2, precision="bf16",
-                                            attention=attention)
+                                            attention=attention, lean_ce=lean_ce)
     step = TrainStep(engine, env, cfg)
     try:
         step(batches[:2], 0)  # lazy initialisation (the optimizer's state, pinned buffers)

@@ -100,6 +100,22 @@ def test_all_labels_ignored_gives_zero_with_zero_gradients():
         assert torch.count_nonzero(g) == 0
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_on_a_device_the_loss_reads_nothing_back(smoothing):
+    """On a GPU a read of a device value (an id check, the count of kept rows that a row
+    selection's shape needs) makes the host wait, at every micro-batch (issue 12.1). Meta
+    tensors hold no data: an op whose result depends on the values fails on them, so a loss
+    and gradients computed on the meta device read nothing."""
+    hidden, weight, bias, labels = (t.detach().to("meta") for t in random_problem(seed=8))
+    for tensor in (hidden, weight, bias):
+        tensor.requires_grad_()
+    loss = chunked_cross_entropy_sum(hidden, weight, labels, bias, chunk_size=16,
+                                     label_smoothing=smoothing)
+    assert loss.device.type == "meta" and loss.shape == ()
+    got = grads(loss, (hidden, weight, bias))
+    assert [g.shape for g in got] == [hidden.shape, weight.shape, bias.shape]
+
+
 class _LargestVocabTensor(TorchDispatchMode):
     """Records the most rows any [rows, V] tensor had (the transposed [d, V] weight aside)."""
 

@@ -8,7 +8,9 @@ the log-sum-exp in fp32, and at once turns them into the chunk's gradients (soft
 which are multiplied into gradients for the hidden states, the LM-head weight and its bias. Only
 those three gradients live on until backward, which just scales them by the incoming gradient, so
 no `[tokens, V]` tensor survives a chunk and the head's matmul is not recomputed. Rows whose label
-is -100 are dropped before any of this, so padding costs no vocabulary matmul either.
+is -100 go through the matmuls as every row does (as through the model's own head) and are masked
+out of the loss and the gradients: dropping them would take a device read per call (their count
+sets the kept rows' shape), and give a compiled model a new shape at every batch.
 
 Matmuls run in the inputs' dtype (or the autocast dtype when autocast is on, as the model's
 `lm_head` would), the softmax and the loss in fp32: the value matches
@@ -41,6 +43,7 @@ ZeRO-3 gather a parameter read outside its own module (checked on two ranks in t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import types
 from typing import Mapping
@@ -57,7 +60,7 @@ _NOT_MODEL_INPUTS = frozenset({"labels", "example_index"})
 def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     """The dtype the model's lm_head matmul would run in: autocast's, else the inputs'."""
     device_type = hidden.device.type
-    if torch.is_autocast_enabled(device_type):
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return torch.promote_types(hidden.dtype, weight.dtype)
 
@@ -67,8 +70,9 @@ class _LinearCrossEntropySum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                labels: torch.Tensor, chunk_size: int, grad_enabled: bool,
+                labels: torch.Tensor, ignored: torch.Tensor, chunk_size: int, grad_enabled: bool,
                 smoothing: float) -> torch.Tensor:
+        # labels: a valid id on every row (0 where `ignored`), ignored: [N] bool
         # needs_input_grad ignores no_grad mode; evaluation must not pay for gradients.
         need_hidden, need_weight, need_bias = (grad_enabled and need
                                                for need in ctx.needs_input_grad[:3])
@@ -81,10 +85,14 @@ class _LinearCrossEntropySum(torch.autograd.Function):
             if need_weight else None
         grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) \
             if need_bias else None
-        with torch.autocast(hidden.device.type, enabled=False):
+        device_type = hidden.device.type   # (the meta device, which tests use, has no autocast)
+        no_autocast = torch.autocast(device_type, enabled=False) \
+            if torch.amp.is_autocast_available(device_type) else contextlib.nullcontext()
+        with no_autocast:
             for start in range(0, hidden.size(0), chunk_size):
                 h = hidden[start:start + chunk_size].to(dtype)
                 y = labels[start:start + chunk_size]
+                skip = ignored[start:start + chunk_size]
                 logits = (h @ w.T).float()
                 if b is not None:
                     logits += b
@@ -92,9 +100,9 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                 nll = log_normaliser - logits.gather(1, y[:, None]).squeeze(1)
                 if smoothing:  # (1 - e) nll + e x mean over the vocabulary of -log p
                     uniform = log_normaliser - logits.mean(dim=-1)
-                    total += ((1.0 - smoothing) * nll + smoothing * uniform).sum()
-                else:
-                    total += nll.sum()
+                    nll = (1.0 - smoothing) * nll + smoothing * uniform
+                # where(), not a product: an ignored row's inf (overflowing logits) gives no NaN
+                total += torch.where(skip, 0.0, nll).sum()
                 if not (need_hidden or need_weight or need_bias):
                     continue
                 # d(loss)/d(logits) = softmax - (1 - e) one_hot - e / V, in place over the logits.
@@ -102,6 +110,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                 grad_logits[torch.arange(y.numel(), device=y.device), y] -= 1.0 - smoothing
                 if smoothing:
                     grad_logits -= smoothing / grad_logits.size(1)
+                grad_logits.masked_fill_(skip[:, None], 0.0)
                 if need_bias:
                     grad_bias += grad_logits.sum(0)
                 grad_logits = grad_logits.to(dtype)
@@ -119,7 +128,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         for grad, dtype in zip(ctx.grads, ctx.dtypes):
             grads.append(None if grad is None else (grad * grad_total).to(dtype))
         ctx.grads = None
-        return grads[0], grads[1], grads[2], None, None, None, None
+        return grads[0], grads[1], grads[2], None, None, None, None, None
 
 
 def chunked_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -144,14 +153,19 @@ def chunked_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, labels
         if bias.numel() != vocab:
             raise ValueError(f"bias has {bias.numel()} entries for a vocabulary of {vocab}")
         bias = bias.reshape(vocab)
-    kept = (labels != IGNORE_INDEX).nonzero().squeeze(1)
-    targets = labels.index_select(0, kept)
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
-        raise ValueError(f"labels must be {IGNORE_INDEX} or in [0, {vocab}), got values in "
-                         f"[{int(targets.min())}, {int(targets.max())}]")
-    rows = hidden if kept.numel() == hidden.size(0) else hidden.index_select(0, kept)
-    return _LinearCrossEntropySum.apply(rows, weight, bias, targets, chunk_size,
-                                        torch.is_grad_enabled(), float(label_smoothing))
+    ignored = labels == IGNORE_INDEX
+    if labels.device.type == "cpu":
+        # Checked where reading the labels costs nothing. On a GPU it would make the host wait
+        # at every call; there an id out of range stops the gather with a device-side assert
+        # (the collators' labels come from the model's own tokenizer, checked against its
+        # vocabulary when the model loads).
+        targets = labels[~ignored]
+        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
+            raise ValueError(f"labels must be {IGNORE_INDEX} or in [0, {vocab}), got values in "
+                             f"[{int(targets.min())}, {int(targets.max())}]")
+    return _LinearCrossEntropySum.apply(hidden, weight, bias, labels.masked_fill(ignored, 0),
+                                        ignored, chunk_size, torch.is_grad_enabled(),
+                                        float(label_smoothing))
 
 
 # ---------------------------------------------------------------------------------------------

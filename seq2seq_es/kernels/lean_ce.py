@@ -154,11 +154,11 @@ def chunked_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, labels
             raise ValueError(f"bias has {bias.numel()} entries for a vocabulary of {vocab}")
         bias = bias.reshape(vocab)
     ignored = labels == IGNORE_INDEX
-    if labels.device.type == "cpu":
+    if labels.device.type == "cpu" and not torch.compiler.is_compiling():
         # Checked where reading the labels costs nothing. On a GPU it would make the host wait
-        # at every call; there an id out of range stops the gather with a device-side assert
-        # (the collators' labels come from the model's own tokenizer, checked against its
-        # vocabulary when the model loads).
+        # at every call, and under torch.compile break the graph; there an id out of range
+        # stops the gather with a device-side assert (the collators' labels come from the
+        # model's own tokenizer, checked against its vocabulary when the model loads).
         targets = labels[~ignored]
         if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
             raise ValueError(f"labels must be {IGNORE_INDEX} or in [0, {vocab}), got values in "

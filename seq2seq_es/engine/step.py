@@ -188,8 +188,8 @@ class TrainStep:
         self.clip_norm = cfg.optim.max_grad_norm if clips_in_train_step(engine) else 0.0
         # model.compile_mode reduce-overhead: each forward starts a new CUDA-graph iteration,
         # so that replaying a graph may reuse the memory of the previous micro-batch's outputs
-        # (read by then: the loss is copied out before its backward; the first micro-batch's
-        # gradients are moved out of it: keep_grads_out_of_graph_memory).
+        # (read by then: the loss is copied out before its backward, and the gradients are
+        # moved out before the next replay: keep_grads_out_of_graph_memory).
         self.graph_steps = cfg.model.compile and cfg.model.compile_mode == "reduce-overhead"
         # BART and T5 on model.attention sdpa build their masks without device reads
         # (kernels/read_free_masks.py): a micro-batch without source padding goes without its

@@ -60,15 +60,21 @@ def test_training_forward_and_gradients_are_transformers_masked_attention(dropou
     assert len(calls) == 2 * 2
 
 
-def test_generation_is_the_same():
+def test_generation_is_the_same(monkeypatch):
     reference, ours = _pair(0.1)
     batch = _batch()
+    calls = []
+    monkeypatch.setattr(bart_attention, "padded_key_attention",
+                        lambda *a: calls.append(a[0].shape[2]) or padded_key_attention(*a))
     with torch.no_grad():
         expected, got = (m.eval().generate(input_ids=batch["input_ids"],
                                            attention_mask=batch["attention_mask"],
                                            max_new_tokens=8, num_beams=3, do_sample=False)
                          for m in (reference, ours))
     assert torch.equal(got, expected)
+    # the encoder's two self-attentions take the extra feature; the decoding steps' single
+    # queries do not (their cross-attention would copy the cached keys at every step)
+    assert calls == [40, 40]
 
 
 def test_padding_keys_get_no_weight_and_real_keys_their_own_scores():

@@ -21,8 +21,8 @@ padding, [B, 1, 1, keys], built without transformers' `mask.all()` reads; causal
 self-attention) as transformers' explicit mask, so the decoder runs the memory-efficient kernel:
 at summary lengths (targets of 64-128 tokens) a small part of the step. The attention function
 applies the extra feature to a [B, 1, 1, keys] mask in a non-causal module and hands everything
-else (no mask, a causal module, a mask of another shape: a user's 4D mask) to transformers' own
-SDPA function unchanged. A batch without padding needs no mask at all: TrainStep takes it out on
+else (no mask, a causal module, a mask of another shape: a user's 4D mask, one query: a
+generation step) to transformers' own SDPA function unchanged. A batch without padding needs no mask at all: TrainStep takes it out on
 the host (`read_free_masks.drop_full_mask`; plain flash then).
 """
 
@@ -50,7 +50,11 @@ def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
               is_causal: bool | None = None, **kwargs) -> tuple[Tensor, None]:
     """[B, q, H, d] attention output (transformers' attention-function contract)."""
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
-    if attention_mask is None or causal or attention_mask.dim() != 4 \
+    # One query (a generation step's cross-attention over the cached keys): flash gains nothing
+    # there, and widening the cached keys and values would copy them at every step (for beam
+    # search over 1024-token sources, hundreds of MB per layer and token); transformers' SDPA
+    # takes the [B, 1, 1, keys] boolean mask as it is.
+    if attention_mask is None or causal or attention_mask.dim() != 4 or query.shape[2] == 1 \
             or attention_mask.shape[-2] != 1 or attention_mask.dtype != torch.bool:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)

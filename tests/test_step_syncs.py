@@ -110,6 +110,41 @@ def test_sdpa_attention_reads_nothing_back_in_the_forward(files, one_rank, monke
     assert reads_per_step(files, one_rank, monkeypatch, 2, model=model)["model"] >= 2 * 2
 
 
+def _meta_forward_backward(model_name: str, attention: str, lean_ce: bool) -> None:
+    """The model's training forward and backward on meta tensors (no values: any op whose
+    result depends on them, a read or a row selection such as `nonzero`, raises)."""
+    from seq2seq_es.bench.shapes import build_model, get_shape
+    from seq2seq_es.kernels.bart_attention import apply_bart_attention
+    from seq2seq_es.kernels.lean_ce import install_lean_loss
+    from seq2seq_es.kernels.t5_attention import apply_t5_attention
+
+    shape = get_shape(model_name)
+    model = build_model(shape, torch.device("cpu"), 0, 0.1)
+    apply = apply_bart_attention if shape.family == "bart" else apply_t5_attention
+    model = apply(model, attention).to("meta")
+    ids = torch.empty(3, 40, dtype=torch.long, device="meta")
+    batch = {"input_ids": ids, "attention_mask": torch.empty_like(ids),
+             "decoder_input_ids": torch.empty(3, 12, dtype=torch.long, device="meta")}
+    if lean_ce:
+        install_lean_loss(model, chunk_size=16)
+        loss = model(**batch, lean_ce_labels=torch.empty_like(batch["decoder_input_ids"]))
+    else:
+        loss = model(**batch).logits.float().sum()
+    loss.backward()
+
+
+@pytest.mark.parametrize("model_name", ["barto-tiny", "t5s-tiny"])
+@pytest.mark.parametrize("lean_ce", [False, True])
+def test_on_sdpa_the_model_needs_no_value_of_the_device(model_name, lean_ce):
+    """Stronger than counting reads: not only no `.item()` or `bool(mask.all())` in the forward
+    and backward on model.attention sdpa (with the lean loss too), but no op whose shape or
+    control flow needs a value, which on a GPU would make the host wait as well."""
+    _meta_forward_backward(model_name, "sdpa", lean_ce)
+    # transformers' own attention reads its padding masks: the check sees that
+    with pytest.raises(RuntimeError, match="meta"):
+        _meta_forward_backward(model_name, "hf", lean_ce)
+
+
 @pytest.mark.parametrize("on_nan, reads", [("stop", 2), ("skip", 1)])
 def test_one_read_back_per_logging_interval(files, one_rank, monkeypatch, on_nan, reads):
     # stop: the non-finite check (one collective, one read), then the logged values (one read)

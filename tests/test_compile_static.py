@@ -69,6 +69,30 @@ def test_a_compiled_bucketed_run_compiles_its_shapes_first_and_trains_like_eager
     assert compiled == pytest.approx(eager, rel=1e-6, abs=1e-7)
 
 
+@pytest.mark.slow
+def test_a_compiled_run_on_sdpa_keeps_full_batches_masks_and_compiles_nothing_more(
+        files, one_rank, tmp_path):
+    """model.attention sdpa drops the mask of a batch without source padding (read_free_masks),
+    which under model.compile gave each shape a second graph during training: every source is
+    cut at 40 tokens here, so every batch is full, while the warm-up's dummy batches are
+    padded. Compiled, the step keeps the mask."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    cfg = _config(files, tmp_path / "sdpa", compile=True)
+    cfg.model.attention, cfg.data.max_source_length = "sdpa", 40
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        with Trainer(cfg) as trainer:
+            warmed = counters["stats"]["unique_graphs"]
+            assert warmed == len(trainer.plan.shapes())
+            trainer.train()
+            assert counters["stats"]["unique_graphs"] == warmed
+    finally:
+        torch._dynamo.reset()
+
+
 def test_static_shapes_need_batches_of_few_shapes():
     cfg = RunConfig()
     cfg.model.compile, cfg.train.max_tokens = True, 1000

@@ -194,7 +194,11 @@ class TrainStep:
         # BART and T5 on model.attention sdpa build their masks without device reads
         # (kernels/read_free_masks.py): a micro-batch without source padding goes without its
         # mask (what transformers' read-back would have decided), decided from the CPU batch.
-        self.host_inputs = drop_full_mask if builds_read_free_masks(engine.module) \
+        # Not under model.compile: a batch's inputs would then depend on its values, and every
+        # shape whose batches can be full would compile a second graph during training (the
+        # warm-up's dummy batches are padded).
+        self.host_inputs = drop_full_mask \
+            if builds_read_free_masks(engine.module) and not cfg.model.compile \
             else (lambda batch: batch)
         self.micro_seen = 0                                  # micro-batches run by this object
         self.unchecked: dict[int, tuple[int, int, str]] = {}  # index -> (step, k, batch shape)

@@ -11,7 +11,8 @@ name (`register`); it builds:
   or for one query: None, SDPA's is_causal (transformers' skip, which needs no read there);
 - any other mask as transformers' SDPA mask, never skipped (its skip is what reads).
 A batch without padding then needs no mask at all: `drop_full_mask` takes it out of the CPU batch
-before TrainStep copies it (the kernel then runs maskless, as transformers' skip would).
+before TrainStep copies it (the kernel then runs maskless, as transformers' skip would), unless the
+model is compiled: there a mask that comes and goes with the data would double the graphs.
 """
 
 from __future__ import annotations

@@ -215,7 +215,7 @@ def test_cuda_graph_gradients_are_moved_out_before_the_next_micro_batch(one_rank
             register_parametrization(engine.module.model.encoder.layers[0].self_attn.q_proj,
                                      "weight", _ThroughGraphPool())
         step = TrainStep(engine, one_rank, cfg)
-        step.graph_steps = graph_steps
+        step.graph_steps = step.copies_graph_grads = graph_steps   # as compile_mode would
         step(batches[:micro_batches], 0)
         # (a parametrized weight is listed as parametrizations.weight.original, after its bias)
         return {name.replace("parametrizations.weight.original", "weight"): p.detach().clone()
@@ -233,34 +233,27 @@ def test_cuda_graph_gradients_are_moved_out_before_the_next_micro_batch(one_rank
 @pytest.mark.parametrize("model_name,attention,lean_ce", [
     ("barto-tiny", "hf", False), ("barto-tiny", "sdpa", True), ("t5s-tiny", "sdpa", False),
     ("t5s-tiny", "sdpa", True)])
-def test_the_compiled_forward_is_one_graph(files, model_name, attention, lean_ce):
+def test_the_compiled_forward_is_one_graph(files, one_rank, model_name, attention, lean_ce):
     """What the bench's compiled rows compile (issue 12): the training forward, with the lean
     cross-entropy where they use it, traces into one graph. A graph break splits the model
     into graphs with eager code between them (and a read such as `.item()` or a row selection
     such as `nonzero` makes one: the lean loss's label selection did)."""
     import torch._dynamo
 
-    from seq2seq_es.engine.builders import get_collator, get_model, get_split
-    from seq2seq_es.kernels.lean_ce import install_lean_loss
-    from seq2seq_es.tasks import get_task
+    from engine_runs import tiny_step_engine
 
-    cfg = RunConfig()
-    cfg.model.name, cfg.data.task, cfg.model.attention = model_name, "mlsum", attention
-    cfg.data.train_file = files["train"]
-    cfg.data.max_source_length, cfg.data.max_target_length = 64, 32
-    model, tokenizer, spec = get_model(cfg)
-    split = get_split(cfg, get_task("mlsum"), tokenizer, model, "train", 4, lambda m: None)
-    batch = get_collator(cfg, spec, tokenizer, model)([split.tokenized[i] for i in range(4)])
-    batch["labels"][0, -3:] = -100                        # some target padding to mask
-    if lean_ce:
-        install_lean_loss(model, chunk_size=16)
-        labels = batch.pop("labels")
-
+    _, engine, batches = tiny_step_engine(files, one_rank, attention=attention,
+                                          model_name=model_name, lean_ce=lean_ce)
+    batch = dict(batches[0])
+    labels = batch.pop("labels").clone()
+    labels[0, -3:] = -100                                 # some target padding to mask
+    model = engine.module
+    if lean_ce:  # installed by get_engine (model.lean_ce)
         def forward(**inputs):
             return model(**inputs, lean_ce_labels=labels)
     else:
         def forward(**inputs):
-            return model(**inputs).loss
+            return model(**inputs, labels=labels).loss
     torch._dynamo.reset()
     try:
         explained = torch._dynamo.explain(forward)(**batch)

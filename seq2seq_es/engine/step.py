@@ -191,6 +191,9 @@ class TrainStep:
         # (read by then: the loss is copied out before its backward, and the gradients are
         # moved out before the next replay: keep_grads_out_of_graph_memory).
         self.graph_steps = cfg.model.compile and cfg.model.compile_mode == "reduce-overhead"
+        # ZeRO 1-2 with accumulation under graphs is refused (config.py): their optimizers keep
+        # gradients in buffers of their own
+        self.copies_graph_grads = self.graph_steps and not engine.zero_optimization()
         # BART and T5 on model.attention sdpa build their masks without device reads
         # (kernels/read_free_masks.py): a micro-batch without source padding goes without its
         # mask (what transformers' read-back would have decided), decided from the CPU batch.
@@ -273,8 +276,7 @@ class TrainStep:
                 self.micro_seen += 1
                 ce_total += torch.where(bad, 0.0, value)
                 engine.backward(ce * scale)
-                if self.graph_steps and k < len(micro_batches) - 1 \
-                        and not engine.zero_optimization():  # ZeRO 1-2: refused (config.py)
+                if self.copies_graph_grads and k < len(micro_batches) - 1:
                     keep_grads_out_of_graph_memory(engine.module, copied)
                 if self.norm_from_grads and k == len(micro_batches) - 1:
                     # the step's gradient is complete (and reduced) only after its last

@@ -176,15 +176,20 @@ def test_a_run_scores_wordpiece_models_against_round_tripped_references(one_rank
     records = [json.loads(line) for line in
                (tmp_path / "run" / "eval" / "step_00000002" / "predictions.jsonl").open()]
     assert len(records) == 2
+    step = tmp_path / "run" / "eval" / "step_00000002"
+    # references.txt holds the targets as scored (the paper's QA ROUGE rescores the first
+    # answer from it, as its scripts decoded the labels)
+    targets = (step / "references.txt").read_text(encoding="utf-8").splitlines()
     if rewritten:
         assert all(r["scored_references"][0].startswith("¿ Qué") for r in records), records
         assert all(r["reference"].startswith("¿Qué") for r in records)
+        assert targets == [r["scored_references"][0] for r in records]
     else:
         assert not any("scored_references" in r for r in records)
+        assert targets == [r["reference"] for r in records]
     # The step folder's line files rescore to the run's own numbers (like with like).
     from seq2seq_es.cli import main as cli_main
 
-    step = tmp_path / "run" / "eval" / "step_00000002"
     scored = [json.loads(line) for line in (step / "scored_references.jsonl").open()]
     assert scored == [r.get("scored_references", [r["reference"]]) for r in records]
     assert len((step / "sources.txt").read_text().splitlines()) == 2

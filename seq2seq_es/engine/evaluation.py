@@ -243,13 +243,15 @@ def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_conf
                 if folder is not None:
                     with storage.writing(folder, "the predictions and scores"):
                         _write_predictions(folder, examples, ordered, results, references,
-                                           sources)
+                                           sources, scored_targets=round_trip(
+                                               list(examples["target"]), tokenizer, task))
             results = D.broadcast_object(results)
     return results
 
 
 def _write_predictions(folder: Path, examples, predictions: list[str], results: dict,
-                       scored: list, scored_sources: list[str] | None) -> None:
+                       scored: list, scored_sources: list[str] | None, *,
+                       scored_targets: list[str] | None = None) -> None:
     """predictions.jsonl, scores.json, and line files for `seq2seq-es score`.
 
     predictions.jsonl holds everything a rescoring needs, exactly: each row's `reference` (the
@@ -257,9 +259,10 @@ def _write_predictions(folder: Path, examples, predictions: list[str], results: 
     answer of a QA row, round-tripped texts: see scoring_references) and `scored_source` where
     SARI compared with another text than `source`; `score --references/--sources
     predictions.jsonl` reads them. The line files are one line per example, so a text's own
-    newlines become spaces there: predictions.txt, references.txt (the targets), sources.txt
-    (what SARI compared with), and scored_references.jsonl (every reference each example was
-    scored against)."""
+    newlines become spaces there: predictions.txt, references.txt (the targets as scored,
+    `scored_targets`: round-tripped, so that the paper's QA ROUGE on the first answer can be
+    rescored from it, as its scripts decoded the labels), sources.txt (what SARI compared
+    with), and scored_references.jsonl (every reference each example was scored against)."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "predictions.jsonl", "w", encoding="utf-8") as f:
         for i, prediction in enumerate(predictions):
@@ -275,7 +278,9 @@ def _write_predictions(folder: Path, examples, predictions: list[str], results: 
     def one_per_line(texts) -> str:
         return "\n".join(text.replace("\n", " ") for text in texts) + "\n"
     (folder / "predictions.txt").write_text(one_per_line(predictions), encoding="utf-8")
-    (folder / "references.txt").write_text(one_per_line(examples["target"]), encoding="utf-8")
+    (folder / "references.txt").write_text(
+        one_per_line(examples["target"] if scored_targets is None else scored_targets),
+        encoding="utf-8")
     (folder / "sources.txt").write_text(
         one_per_line(scored_sources if scored_sources is not None else examples["source"]),
         encoding="utf-8")

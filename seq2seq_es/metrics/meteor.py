@@ -24,8 +24,8 @@ the alignment, read in prediction order, falls into ``chunks`` runs that are adj
 sides, and Penalty = gamma * (chunks/m)^beta with gamma = 0.5, beta = 3;
 METEOR = Fmean * (1 - Penalty). An identical prediction of t words is one chunk, so it scores
 1 - 0.5/t^3: 0.5 for one word (50 on the 0-100 scale: short replies are penalised hard, as
-in every METEOR), 0.9375 for two, 0.98 for five. Several references: the best one counts. Corpus score: the mean
-over examples, 0-100. No tokens on either side, or no match, scores 0.
+in every METEOR), 0.9375 for two, 0.981 for three, 0.996 for five. Several references: the
+best one counts. Corpus score: the mean over examples, 0-100. No tokens on either side, or no match, scores 0.
 """
 
 from __future__ import annotations

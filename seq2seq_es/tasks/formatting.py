@@ -330,6 +330,8 @@ class QAFormatter(RowFormatter):
         _check_items(texts, text_column)
         # The first answer with text trains; a blank first one (the others given) lost the
         # whole question, which the MLQA and SQuAD scripts score against its other answers.
+        # Blank answers are never references (the scripts keep them, where a prediction that
+        # normalises to nothing matches one exactly; docs/metrics.md).
         usable = [t for t in texts if t.strip()]
         target = _check_text(usable[0] if usable else texts[0], text_column)
         references = tuple(dict.fromkeys(_nfc(t) for t in usable))

@@ -81,6 +81,13 @@ def test_predict_refuses_an_output_that_is_a_folder_or_under_a_file(model_folder
                                  f"{a_file / 'x.jsonl'} cannot be written under it; give another "
                                  "path")
     assert a_file.read_text() == "x" and not any(folder.iterdir())
+    # "." and "" have no name (a ValueError's traceback they gave)
+    for nameless in (".", ""):
+        assert cli([*base, "--output", nameless]) == 2
+        assert one_error(capsys) == "error: argument --output: . is a folder; expected a file name"
+    assert cli(["predict", str(model_folder), "--model", "barto-tiny", "--input", ".",
+                "--output", str(tmp_path / "out.jsonl")]) == 2
+    assert one_error(capsys) == "error: argument --input: . is a folder; expected a file name"
 
 
 def test_predict_refuses_an_existing_output_unless_overwrite(model_folder, rows, tmp_path,

@@ -780,6 +780,8 @@ def _input_bytes(path: Path) -> tuple[bytes, str]:
 
 
 def check_line_file(path: Path, flag: str) -> None:
+    if not path.name:  # "." (or ""): no name to read a format from (a traceback it was)
+        raise ConfigError(flag, f"{path} is a folder; expected a file name")
     plain = _plain_name(path)
     if plain.suffix.lower() in STRUCTURED_SUFFIXES:
         raise Seq2SeqEsError(f"{flag} {path}: predict reads and writes .jsonl (one JSON object a "

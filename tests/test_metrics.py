@@ -664,6 +664,13 @@ def test_score_with_a_task_reads_every_data_format_training_reads(tmp_path, caps
     assert score_main(["--task", "mlsum", "--predictions", one, "--references", first_bad]) == 2
     assert (f"error: {one} has 1 predictions but {first_bad} has 2 references (of its 3 data "
             "rows)") in capsys.readouterr().err
+    # a row of a mixed-type column, left out as the file is read, is one of its rows too (the
+    # count said 3 of 4)
+    typed = _write(tmp_path / "typed.jsonl", open(first_bad, encoding="utf-8").read()
+                   + '{"text": 123, "summary": "Uno."}\n')
+    assert score_main(["--task", "mlsum", "--predictions", one, "--references", typed]) == 2
+    assert (f"error: {one} has 1 predictions but {typed} has 2 references (of its 4 data "
+            "rows)") in capsys.readouterr().err
 
 
 def test_score_task_data_files_with_a_reference_column_or_lines_training_leaves_out(tmp_path,

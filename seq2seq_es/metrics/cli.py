@@ -462,10 +462,12 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
         from seq2seq_es.config import DataConfig
         columns = DataConfig(columns=args.columns).column_map()
     references = read_references(args.references, task, columns)
-    keep, data_rows, data_sources = None, None, None
+    keep, data_rows, data_sources, file_rows = None, None, None, None
     if isinstance(references, TaskReferences):
         keep = references.rows_to_score(len(predictions), args.predictions, args.references)
         data_rows, data_sources = references.rows, references.sources
+        # the file's rows as its reader counts them, those left out at reading included
+        file_rows = references.file_rows or data_rows
         references = references.references
     else:
         check_same_examples((args.predictions, example_ids(args.predictions)),
@@ -475,7 +477,7 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
     if task is not None:
         predictions, references = as_a_run_scores(task, predictions, references)
     if len(predictions) != len(references):
-        rows = (f" (of its {data_rows} data rows)" if data_rows not in (None, len(references))
+        rows = (f" (of its {file_rows} data rows)" if file_rows not in (None, len(references))
                 else "")
         raise DataError(f"{args.predictions} has {len(predictions)} predictions but "
                         f"{args.references} has {len(references)} references{rows}")

@@ -401,6 +401,13 @@ BAD_INPUTS = {
                   "'text'"),
     "empty_line": ('{"source": "uno"}\n\n{"source": "dos"}\n', [], 2, "empty line"),
     "not_a_string": ('{"source": 7}\n', [], 1, "not a string"),
+    # a null task column beside a 'source': it said both were missing
+    "null_column": ('{"source": "uno"}\n{"text": null, "source": "dos"}\n', [], 2,
+                    "as a row of the run's task mlsum (its columns are read before 'source'): "
+                    "field 'text' is null"),
+    # json.loads kept the last of two values where training refuses the row
+    "repeated_key": ('{"source": "uno", "source": "dos"}\n', [], 1,
+                     "key 'source' appears twice in one object"),
 }
 
 

@@ -674,7 +674,8 @@ def _field(row: dict, column: str, file: Path, line: int, label: str | None = No
     value = row.get(column)
     label = label or column
     if value is None:
-        raise InputError(file, line, f"missing field '{label}'")
+        raise InputError(file, line, f"field '{label}' is null" if column in row
+                         else f"missing field '{label}'")
     if not isinstance(value, str):
         raise InputError(file, line, f"field '{label}' is not a string "
                                      f"({type(value).__name__})")
@@ -723,8 +724,12 @@ def source_of(row, task, file: Path, line: int, run_task=None) -> str:
         try:
             return source_of(row, run_task, file, line)
         except InputError as err:
+            why = str(err).split(': ', 1)[1]
+            if "source" in row:  # the task's columns are read first where the row has them
+                raise InputError(file, line, f"as a row of the run's task {run_task.name} (its "
+                                 f"columns are read before 'source'): {why}") from None
             raise InputError(file, line, f"missing field 'source', and as a row of the run's "
-                             f"task {run_task.name}: {str(err).split(': ', 1)[1]}") from None
+                             f"task {run_task.name}: {why}") from None
     if task is None:
         if "source" not in row:
             raise InputError(file, line, "missing field 'source' (or pass --task T to format "
@@ -798,6 +803,8 @@ def read_sources(path: Path, task, run_task=None,
     """Sources from a .jsonl file (formatted per `task`, else the run's task's columns where the
     row has them, else a 'source' field, `columns` renaming the row's keys as the run's data.columns did) or a text
     file (one per line)."""
+    from ..tasks.local_files import decode_json_line
+
     check_line_file(path, "--input")
     if not path.is_file():
         raise InputError(path, None, "does not exist" if not path.exists() else "is not a file")
@@ -820,11 +827,13 @@ def read_sources(path: Path, task, run_task=None,
             if not raw.strip():
                 raise InputError(path, n, "empty line (a .jsonl file holds one JSON object a "
                                           "line)")
-            try:
-                row = json.loads(raw)
+            try:  # as training reads a line: a key named twice is refused, not the last kept
+                row = decode_json_line(raw)
             except json.JSONDecodeError as exc:
                 raise InputError(path, n, f"not valid JSON ({json_problem(exc)})") \
                     from None
+            except ValueError as exc:
+                raise InputError(path, n, str(exc)) from None
             if columns and isinstance(row, dict):
                 row = {columns.get(key, key): value for key, value in row.items()}
             sources.append(source_of(row, task, path, n, run_task))

@@ -336,6 +336,15 @@ def _repeated_key_reason(key: str) -> str:
     return f"key '{key}' appears twice in one object (a JSON reader keeps only one of the values)"
 
 
+def decode_json_line(text: str):
+    """One line's JSON value, as training reads a .jsonl line: json.JSONDecodeError if it is
+    not JSON, ValueError (its reason) if an object in it names a key twice."""
+    try:
+        return _LINE_DECODER.decode(text)
+    except _RepeatedKey as repeated:
+        raise ValueError(_repeated_key_reason(repeated.key)) from None
+
+
 def _document_decoder(repeats: dict[int, str]) -> json.JSONDecoder:
     """A decoder that records, by id, every object that names a key twice (and its key)."""
     def hook(pairs):

@@ -53,6 +53,41 @@ def test_a_rename_onto_a_column_the_file_has_is_refused(tmp_path):
     assert "renames a column to 'text', which the data has already" in str(error.value)
 
 
+def test_a_rename_of_a_column_the_file_lacks_is_refused_by_the_key(tmp_path, capsys):
+    # A misspelt name trained on the file's own 'summary' in silence; with neither name the
+    # missing-column error said "data.columns renamed artcle=text", a rename never made.
+    titled = _jsonl(tmp_path / "titled.jsonl", [{"text": "Llueve.", "summary": "Llueve en "
+                                                 "Madrid.", "title": "Lluvia"}])
+    with pytest.raises(ConfigError) as error:
+        load_examples("mlsum", "train", data_files={"train": titled},
+                      columns={"titel": "summary"}, cache_dir=str(tmp_path / "cache"))
+    assert error.value.key == "data.columns"
+    assert error.value.reason == (
+        f"titel=summary: file {titled} has no column 'titel' (did you mean 'title'?), so the "
+        "data's own 'summary' would be read instead; columns found: text, summary, title")
+    data = _jsonl(tmp_path / "own.jsonl", ROWS)
+    with pytest.raises(ConfigError) as error:
+        load_examples("mlsum", "train", data_files={"train": data},
+                      columns={"artcle": "text", "highlights": "summary"},
+                      cache_dir=str(tmp_path / "cache"))
+    assert error.value.reason == (
+        f"artcle=text: file {data} has no column 'artcle' (did you mean 'article'?), nor a "
+        "column 'text'; columns found: article, highlights")
+    # score names it by its own flag
+    predictions = tmp_path / "pred.txt"
+    predictions.write_text("Llueve en Madrid.\n", encoding="utf-8")
+    assert score_main(["--task", "mlsum", "--predictions", str(predictions), "--references",
+                       data, "--columns", "artcle=text,highlights=summary"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "error: argument --columns: artcle=text: file ")
+    # a pair the task can do without (no id column here) is not a file's to have
+    examples, _ = load_examples("sqac", "train", data_files={"train": _jsonl(
+        tmp_path / "qa.jsonl", [{"question": "¿Qué?", "context": "Algo pasa.",
+                                 "answers": {"text": ["Algo"], "answer_start": [0]}}])},
+        columns={"qid": "id"}, cache_dir=str(tmp_path / "cache"))
+    assert len(examples) == 1
+
+
 @pytest.mark.parametrize("value, says", [
     ("article", "expected FILE=TASK pairs separated by commas"),
     ("article=text,body=text", "body=text: each column is renamed once"),

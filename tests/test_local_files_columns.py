@@ -10,7 +10,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from seq2seq_es.errors import DataError
+from seq2seq_es.errors import ConfigError, DataError
 from seq2seq_es.tasks import load_examples
 
 
@@ -160,8 +160,10 @@ def test_a_missing_column_names_the_column_that_differs_only_in_case(tmp_path, c
     # a rename whose file name is spelt in other case: the file's own spelling is named
     csv_path = tmp_path / "case.csv"
     csv_path.write_text("cuerpo,titular\nTexto de la noticia.,Resumen.\n", encoding="utf-8")
-    err = refused("mlsum", str(csv_path), cache, columns={"cuerpo": "text", "Titular": "summary"})
-    assert err.column == "summary" and "did you mean 'titular' for 'Titular'?" in str(err)
+    with pytest.raises(ConfigError) as err:
+        load("mlsum", str(csv_path), cache, columns={"cuerpo": "text", "Titular": "summary"})
+    assert err.value.key == "data.columns" and err.value.reason.startswith(
+        f"Titular=summary: file {csv_path} has no column 'Titular' (did you mean 'titular'?)")
 
 
 def test_no_near_name_no_hint(tmp_path, cache):

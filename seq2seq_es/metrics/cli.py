@@ -16,6 +16,7 @@ an "example_id" per line, the ids must agree at every line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -181,6 +182,17 @@ class TaskReferences:
               f"them); the predictions of the {total - len(self.references)} row(s) a run "
               "does not score are left out", file=sys.stderr)
         return keep
+
+
+@contextlib.contextmanager
+def columns_named_as_the_flag():
+    """Errors about the renames, named as score takes them (--columns), not as a run's key."""
+    try:
+        yield
+    except ConfigError as err:
+        if err.key != "data.columns":
+            raise
+        raise ConfigError("--columns", err.reason) from None
 
 
 TASK_DATA_SUFFIXES = (".csv", ".tsv", ".json", ".parquet")
@@ -460,8 +472,10 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
         if task is None:
             raise Seq2SeqEsError("--columns renames a task's data file's columns: give --task")
         from seq2seq_es.config import DataConfig
-        columns = DataConfig(columns=args.columns).column_map()
-    references = read_references(args.references, task, columns)
+        with columns_named_as_the_flag():
+            columns = DataConfig(columns=args.columns).column_map()
+    with columns_named_as_the_flag():
+        references = read_references(args.references, task, columns)
     keep, data_rows, data_sources, file_rows = None, None, None, None
     if isinstance(references, TaskReferences):
         keep = references.rows_to_score(len(predictions), args.predictions, args.references)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import difflib
 import dataclasses
 import functools
 import hashlib
@@ -147,7 +148,7 @@ def load_examples(task: str | TaskSpec, split: str, *, data_files: Mapping[str, 
         file = None
         raw, origin, notes = _read_hub(spec, split, hub_revision, cache_dir)
         report = LoadReport(spec.name, split, origin, notes=notes)
-        raw = _renamed(raw, columns, file, origin)
+        raw = _renamed(raw, columns, file, origin, formatter.required_columns())
         _check_columns(raw, formatter, file, report.origin, columns)
 
     marked = _format(raw, formatter, split, _left_out_before(local))
@@ -256,7 +257,7 @@ def read_task_file(formatter: Formatter, path: str, cache_dir: str | None = None
         path, named(formatter.required_columns()), cache_dir, named(formatter.text_columns()),
         read=named(formatter_columns(formatter)),
         ids=named(formatter.id_columns()), lists=named(formatter.list_columns()))
-    raw = _renamed(raw, columns, path, f"file {path}")
+    raw = _renamed(raw, columns, path, f"file {path}", formatter.required_columns())
     _check_columns(raw, formatter, path, f"file {path}", columns)
     return raw, local
 
@@ -284,9 +285,23 @@ def check_column_map(spec: TaskSpec, columns: Mapping[str, str] | None) -> None:
                               f"column of task {spec.name}; its columns: {', '.join(known)}")
 
 
-def _renamed(raw, columns: Mapping[str, str] | None, file: str | None, origin: str):
-    """`raw` with data.columns' renames of the columns it has."""
-    renames = {old: new for old, new in (columns or {}).items() if old in raw.column_names}
+def _renamed(raw, columns: Mapping[str, str] | None, file: str | None, origin: str,
+             required: tuple[str, ...] = ()):
+    """`raw` with data.columns' renames of the columns it has. A pair whose file-side name the
+    data lacks is refused where the task needs its column: with the task's own name present
+    it was read in silence instead (a misspelt `titel=summary` trained on the file's summary),
+    without it the missing-column error claimed a rename that never happened."""
+    found = raw.column_names
+    for old, new in (columns or {}).items():
+        if old in found or (new not in found and new not in required):
+            continue  # renamed below; or a column the task can do without, absent
+        near = difflib.get_close_matches(old, found, n=1, cutoff=0.6)
+        then = (f"so the data's own '{new}' would be read instead" if new in found
+                else f"nor a column '{new}'")
+        raise ConfigError("data.columns", f"{old}={new}: {origin} has no column '{old}'"
+                          + (f" (did you mean '{near[0]}'?)" if near else "")
+                          + f", {then}; columns found: {', '.join(found) or '(none)'}")
+    renames = {old: new for old, new in (columns or {}).items() if old in found}
     clash = [new for old, new in renames.items() if new in raw.column_names and new not in renames]
     if clash:
         where = "" if file is not None else f" in {origin}"

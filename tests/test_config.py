@@ -181,6 +181,28 @@ def test_a_misspelt_deepspeed_section_is_refused_and_an_unknown_one_left_to_deep
         deepspeed_config(cfg, 1)
 
 
+def test_a_bad_value_inside_a_deepspeed_section_is_refused_by_the_key(tmp_path):
+    # A string bucket size or a misspelt key inside zero_optimization was a pydantic traceback
+    # at deepspeed.initialize, after the data and the model had loaded.
+    from seq2seq_es.engine.optim import deepspeed_config
+
+    extra = tmp_path / "ds.json"
+    cfg = compose(task="mlsum", model="barto-tiny", overrides={
+        "dist.deepspeed_config": str(extra), "dist.zero_stage": "2"})
+    for section, says in (
+            ({"reduce_bucket_size": "big"}, "zero_optimization.reduce_bucket_size: Input should "
+             "be a valid integer, unable to parse string as an integer (given 'big')"),
+            ({"reduce_bucket_sise": 5}, "zero_optimization.reduce_bucket_sise: not an option "
+             "DeepSpeed knows (did you mean 'reduce_bucket_size'?)")):
+        extra.write_text(json.dumps({"zero_optimization": section}))
+        with pytest.raises(ConfigError) as error:
+            deepspeed_config(cfg, world_size=1)
+        assert error.value.key == "dist.deepspeed_config"
+        assert error.value.reason == f"{extra}: {says}"
+    extra.write_text('{"zero_optimization": {"reduce_bucket_size": 1000, "overlap_comm": true}}')
+    assert deepspeed_config(cfg, 2)["zero_optimization"]["overlap_comm"] is True
+
+
 def test_generation_lengths_follow_the_resolved_target_length_unless_set(tmp_path):
     # mlsum's paper target is 48 tokens (min 8 generated); a longer target generates longer.
     assert compose("mlsum", "barto").gen.max_new_tokens == 48

@@ -466,7 +466,46 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
         user = load_user_deepspeed_config(dist.deepspeed_config)
         _refuse_derived_conflicts(generated, user, dist.deepspeed_config, cfg)
         generated = _merge(generated, user)
+        _refuse_what_deepspeed_refuses(generated, dist.deepspeed_config)
     return generated
+
+
+# DeepSpeed's pydantic models of the sections a user file tunes, by the name its errors carry.
+_SECTION_OF_MODEL = {"DeepSpeedZeroConfig": "zero_optimization"}
+
+
+def _refuse_what_deepspeed_refuses(merged: dict, path: str) -> None:
+    """Parse the merged config as deepspeed.initialize will (the same DeepSpeedConfig), so that
+    a bad value or a misspelt key inside a section of the user's file is one error naming it
+    before the data and the model load, not a pydantic traceback at the engine."""
+    import pydantic
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    # Without train_batch_size (ours, consistent by construction) DeepSpeed derives it from the
+    # other two and whatever world it sees here (none before the process group: 1).
+    try:
+        DeepSpeedConfig({key: value for key, value in merged.items()
+                         if key != "train_batch_size"})
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        section = _SECTION_OF_MODEL.get(exc.title)
+        where = ".".join([*([section] if section else []), *map(str, error["loc"])])
+        if error["type"] == "extra_forbidden":
+            why = "not an option DeepSpeed knows"
+            if section:
+                from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+                fields = DeepSpeedZeroConfig.model_fields
+                known = [*fields, *(f.alias for f in fields.values() if f.alias)]
+                near = close_matches(str(error["loc"][-1]), known, n=1)
+                why += f" (did you mean '{near[0]}'?)" if near else ""
+        else:
+            why = f"{error['msg']} (given {error.get('input')!r})"
+        more = f"; {exc.error_count() - 1} more" if exc.error_count() > 1 else ""
+        raise ConfigError("dist.deepspeed_config", f"{path}: {where}: {why}"
+                          + ("" if section else f" (DeepSpeed's {exc.title})") + more) from None
+    except (AssertionError, ValueError, TypeError, KeyError) as exc:
+        raise ConfigError("dist.deepspeed_config", f"{path}: DeepSpeed refuses the config "
+                          f"merged with it: {type(exc).__name__}: {exc}") from None
 
 
 def write_reference_configs(folder: str | Path) -> list[Path]:

@@ -382,6 +382,35 @@ def test_a_row_with_too_many_fields_is_a_bad_line_not_a_wrong_extension(tmp_path
     assert not readers_logged(caplog)
 
 
+def test_lines_a_stray_quote_merges_are_said_by_their_span(tmp_path, cache):
+    # A '"' that opens no field made one row of two lines: with the right field count it
+    # trained on a wrong example without a word; with too many fields only its first line
+    # was named, and the next line's row was lost unsaid.
+    lines = ["text,summary", *(f"{r['text']},{r['summary']}" for r in GOOD)]
+    merged = lines[:2] + ['"' + lines[2].replace(",", " y ", 1), lines[3].replace(",", '",', 1)]
+    merged += lines[4:]
+    # line 3 opens a quote that line 4 closes: one row of 2 fields over lines 3-4
+    path = tmp_path / "merged.csv"
+    path.write_text("\n".join(merged) + "\n", encoding="utf-8")
+    examples, report = load(path, cache)
+    assert examples["target"] == [GOOD[i]["summary"] for i in (0, 2, 3)]
+    assert not report.skipped
+    assert ("1 row(s) span several lines (a quoted field holding a line break): lines 3-4"
+            in report.notes[0])
+    broken = lines[:2] + [lines[2].replace(",", ',"', 1), lines[3].replace(",", '",', 1)]
+    broken += lines[4:]  # the quote opens line 3's second field: 3 fields over lines 3-4
+    path = tmp_path / "broken.csv"  # the record over lines 3-4 has 3 fields
+    path.write_text("\n".join(broken) + "\n", encoding="utf-8")
+    examples, report = load(path, cache)
+    assert examples["target"] == [GOOD[i]["summary"] for i in (0, 3)]
+    assert report.skipped_rows == {
+        "a record over several lines has more fields than the header": [3]}
+    assert ("left out as one record each (a quoted field over several lines): lines 3-4"
+            in report.notes)
+    err = refused(path, cache, skip_bad_rows=False)
+    assert err.line == 3 and "opens on line 3 and closes on line 4" in str(err)
+
+
 def test_the_readers_own_log_line_is_not_printed_before_our_error(tmp_path, cache, caplog):
     path = tmp_path / "garbage.parquet"
     path.write_text("text,summary\nhola,adiós\n", encoding="utf-8")

@@ -791,21 +791,44 @@ def _csv(path: str, raw: bytes, rewrite: bool, options: dict, required_columns: 
     header_line = last = 0
     dropped: set[int] = set()
     data_rows = []
+    spanning: list[str] = []  # "3-4": data records whose quoted field holds a line break
+    dropped_spans: list[str] = []  # the same, left out
     for first, end, cells in _records(path, kept_text, line_numbers, delimiter, quoting):
         if end - first == 1 and not texts[first][1].strip(blank_chars):
             continue
         last = first
+        span = f"{line_numbers[first]}-{line_numbers[end - 1]}" if end - first > 1 else None
         if names is None:
             header_line = line_numbers[first]
             names = _check_header(path, cells, header_line, required_columns, notes)
         elif len(cells) > len(names):
-            bad.append((line_numbers[first], None,
-                        f"has more fields than the header: {len(cells)}, the header "
-                        f"{len(names)} (a {_delimiter_name(delimiter)} inside a field that is "
-                        "not quoted?)"))
+            if span:  # a stray '"' merged lines into one record: all of them go
+                bad.append((line_numbers[first], None,
+                            f"a record over several lines has more fields than the header "
+                            f"({len(cells)}, the header {len(names)}: a quoted field opens on "
+                            f"line {line_numbers[first]} and closes on line "
+                            f"{line_numbers[end - 1]}; a '\"' that should be '\"\"'?)"))
+                dropped_spans.append(span)
+            else:
+                bad.append((line_numbers[first], None,
+                            f"has more fields than the header: {len(cells)}, the header "
+                            f"{len(names)} (a {_delimiter_name(delimiter)} inside a field that "
+                            "is not quoted?)"))
             dropped.update(range(first, end))
         else:
             data_rows.append(line_numbers[first])
+            if span:
+                spanning.append(span)
+    if dropped_spans:  # the summary of bad rows names a record's first line only
+        notes.append(f"left out as one record each (a quoted field over several lines): lines "
+                     + ", ".join(dropped_spans[:5]) + (", ..." if len(dropped_spans) > 5 else ""))
+    if spanning:
+        # Legitimate in CSV, but also what a stray '"' does to the lines after it: said, so
+        # that a row count short of the file's lines has its reason in the run's log.
+        shown = ", ".join(spanning[:5]) + (", ..." if len(spanning) > 5 else "")
+        notes.append(f"{len(spanning)} row(s) span several lines (a quoted field holding a "
+                     f"line break): lines {shown}; a '\"' that opens no field merges the "
+                     "lines up to the next '\"' into one row this way")
     assert names is not None  # `content` has a line that is not blank
     if quoting != csv.QUOTE_NONE and _never_closed([text for _, text in texts[last:]], delimiter):
         line = line_numbers[last]

@@ -317,6 +317,28 @@ def test_dialogue_merges_same_speaker_turns_and_keeps_order(tmp_path, cache):
                                 "M: ¿Qué día?", "U: Hola."]
 
 
+def test_a_shuffled_dialogue_file_is_read_in_its_idx_order(tmp_path, cache):
+    # Rows out of order (a shuffled export) built scrambled histories without a word; MIAM's
+    # Idx (the row's place in the published split) gives their order back.
+    import random
+
+    raw = read_jsonl(fixture_files("miam")["train"])
+    ordered, _ = load("miam", "train", cache, data_files={"train": fixture_files("miam")["train"]})
+    shuffled = raw[:]
+    random.Random(0).shuffle(shuffled)
+    assert shuffled != raw
+    examples, _ = load("miam", "train", cache,
+                       data_files={"train": write_jsonl(tmp_path / "shuffled.jsonl", shuffled)})
+    by_id = sorted(examples.to_list(), key=lambda example: example["example_id"])
+    assert by_id == sorted(ordered.to_list(), key=lambda example: example["example_id"])
+    # without an integer Idx on every row of a dialogue, the file's order stands
+    for row in shuffled:
+        row.pop("Idx")
+    examples, _ = load("miam", "train", cache,
+                       data_files={"train": write_jsonl(tmp_path / "no_idx.jsonl", shuffled)})
+    assert sorted(examples["source"]) != sorted(ordered["source"])
+
+
 def test_a_dialogue_across_the_thousandth_row_keeps_its_whole_history(tmp_path, cache):
     # Formatted 1000 rows at a time, a dialogue whose turns straddle row 1000 became two: the
     # later turns lost their history and repeated the earlier example ids.

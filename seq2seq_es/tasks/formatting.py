@@ -412,8 +412,10 @@ class TranslationFormatter(RowFormatter):
 class DialogueFormatter(Formatter):
     """MIAM-style rows, one turn each: (history of earlier turns) -> next turn.
 
-    Turns are grouped by dialogue id in order of first appearance, keeping row order inside a
-    dialogue; consecutive turns of one speaker are merged into one. Each merged turn after the
+    Turns are grouped by dialogue id in order of first appearance, in `order_column`'s order
+    inside a dialogue where every one of its rows has an integer there (MIAM's Idx, the row's
+    place in the published split: a shuffled file's histories were scrambled in silence), else
+    in row order; consecutive turns of one speaker are merged into one. Each merged turn after the
     first gives an example whose source is the earlier turns, oldest first, as
     "<speaker>: <utterance>" joined by `separator`, cut to the last `max_history_turns` turns
     when set (the tokenizer then cuts what is still too long from the left). Bad rows are left
@@ -423,6 +425,7 @@ class DialogueFormatter(Formatter):
     speaker_column: str = "Speaker"
     utterance_column: str = "Utterance"
     dialogue_column: str = "Dialogue_ID"
+    order_column: str = "Idx"
     separator: str = DIALOGUE_TURN_SEPARATOR
     max_history_turns: int | None = None
 
@@ -443,7 +446,7 @@ class DialogueFormatter(Formatter):
 
     def format_rows(self, rows, indices, split, id_indices=None):
         del id_indices  # examples are named by dialogue id and turn
-        dialogues: dict[str, list[tuple[str, str]]] = {}
+        dialogues: dict[str, list[tuple[Any, str, str]]] = {}
         for row, index in zip(rows, indices):
             try:
                 dialogue_id = self._dialogue_id(row)
@@ -452,8 +455,14 @@ class DialogueFormatter(Formatter):
             except _BadField as bad:
                 yield Problem(index, bad.column, bad.reason)
                 continue
-            dialogues.setdefault(dialogue_id, []).append((speaker, utterance))
-        for dialogue_id, turns in dialogues.items():
+            dialogues.setdefault(dialogue_id, []).append(
+                (row.get(self.order_column), speaker, utterance))
+        for dialogue_id, rows_of_dialogue in dialogues.items():
+            order = [place for place, _, _ in rows_of_dialogue]
+            if all(isinstance(place, int) and not isinstance(place, bool) for place in order):
+                # stable: rows of one place keep their file order
+                rows_of_dialogue = sorted(rows_of_dialogue, key=lambda turn: turn[0])
+            turns = [(speaker, utterance) for _, speaker, utterance in rows_of_dialogue]
             yield from self._examples(dialogue_id, _merge_same_speaker(turns))
 
     def _dialogue_id(self, row: Mapping[str, Any]) -> str:

@@ -232,6 +232,21 @@ def test_convert_led_refuses_no_positions_an_odd_window_and_a_busy_out(tmp_path)
     assert err.value.key == "OUT"
 
 
+def test_convert_led_sends_a_training_checkpoint_to_export_first(tmp_path):
+    # It said "holds no usable model config: Unrecognized model ... model_type key".
+    from seq2seq_es.models import convert_bart_to_led
+
+    step = tmp_path / "run" / "checkpoints" / "step_00000002"
+    step.mkdir(parents=True)
+    (step / "trainer_state.json").write_text("{}")
+    (step / "mp_rank_00_model_states.pt").write_bytes(b"")
+    with pytest.raises(ConfigError) as err:
+        convert_bart_to_led(str(step), str(tmp_path / "led"), max_positions=64,
+                            attention_window=16)
+    assert err.value.key == "SRC" and f"export it first, `seq2seq-es export {step} MODEL_DIR`" \
+        in err.value.reason
+
+
 def test_convert_led_refuses_a_bart_that_scales_its_embeddings(tmp_path):
     from seq2seq_es.models import convert_bart_to_led, load_model_and_tokenizer, save_model
 

@@ -131,6 +131,10 @@ def convert_bart_to_led(src: str, out: str, max_positions: int = 16384,
     _check_arguments(src, out, max_positions, attention_window)
     if (Path(src) / run_files.CONFIG).is_file() and (Path(src) / run_files.FINAL).is_dir():
         src = str(Path(src) / run_files.FINAL)  # a run folder: its exported model, as evaluate reads
+    if (Path(src) / run_files.TRAINER_STATE).is_file():  # "no model_type key" it said
+        raise ConfigError("SRC", f"{src} is a training checkpoint (DeepSpeed's states, no model "
+                          f"folder): export it first, `seq2seq-es export {src} MODEL_DIR`, then "
+                          "convert MODEL_DIR")
     src = resolve_checkpoint(src, "SRC")
     bart_config = checkpoint_config(src, "SRC")
     if bart_config.model_type != "bart":

@@ -580,6 +580,28 @@ def test_a_run_validated_or_tested_on_its_training_file_is_warned_of(tmp_path):
     assert not any("clean" in warning for warning in warnings)
 
 
+def test_a_clean_run_wins_a_tie_over_one_validated_on_its_training_file(tmp_path):
+    # One run on each validation set (a tie of 1 against 1): the folders' order chose the run
+    # validated on its own training file, whose scores the table then warned of.
+    runs = tmp_path / "runs"
+    _local_run(runs / "a-leak", "mlsum", "barto", 1e-4, {"rougeL": 90.0}, None,
+               train_file="/data/train.jsonl", validation_file="/data/train.jsonl")
+    _local_run(runs / "b-ok", "mlsum", "barto", 1e-4, {"rougeL": 20.0}, None,
+               train_file="/data/train.jsonl", validation_file="/data/validation.jsonl")
+    table = build_table(load_runs([str(runs)]))
+    assert table.chosen[("barto", "mlsum")].result.run.name == "b-ok"
+    # equal dev scores on the same data: the run resumed with other settings gives way
+    runs = tmp_path / "tied"
+    for name in ("a-resumed", "b-plain"):
+        _local_run(runs / name, "mlsum", "barto", 1e-4, {"rougeL": 20.0, "loss": 2.0}, None,
+                   train_file="/data/train.jsonl", validation_file="/data/validation.jsonl")
+    earlier = (runs / "a-resumed" / "config.yaml").read_text().replace("lr: 0.0001", "lr: 0.001")
+    (runs / "a-resumed" / "config.until_step_4.yaml").write_text(earlier)
+    table = build_table(load_runs([str(runs)]))
+    assert any("a-resumed was resumed with other settings" in w for w in table.warnings)
+    assert table.chosen[("barto", "mlsum")].result.run.name == "b-plain"
+
+
 def test_a_run_folders_foreign_or_broken_results_are_named_as_a_run_folders(tmp_path):
     # A plain run folder was told "the sweep planned 'miam'", and a broken file's line was
     # called a row.

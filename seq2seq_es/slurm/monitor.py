@@ -689,8 +689,8 @@ def same_dev_data(model: str, task: str, results: list[RunResult]
 
     Dev scores on different data (another validation file, the hub's split against a file,
     another data.max_eval_samples) do not compare, so the best of them says nothing: the choice
-    is made among the grid points validated on the data most of them used (on a tie, the data
-    of the first in the sweep's or folders' order), and the warning names the data the choice
+    is made among the grid points validated on the data most of them used (on a tie, data no
+    run of which is _doubtful, then the first in the sweep's or folders' order), and the warning names the data the choice
     was made on and every run passed over with its data. Results all on the same data come back
     as they are, with no warning."""
     by_data: dict[str | None, list[RunResult]] = {}
@@ -698,7 +698,10 @@ def same_dev_data(model: str, task: str, results: list[RunResult]
         by_data.setdefault(result.dev_data, []).append(result)
     if len(by_data) < 2:
         return results, None
-    kept = max(by_data, key=lambda data: len(by_data[data]))  # the first of the largest
+    # the first of the largest; on a tie, data no run of which was validated on its own
+    # training file (folder order chose such a run over a clean one)
+    kept = max(by_data, key=lambda data: (len(by_data[data]),
+                                          not any(map(_doubtful, by_data[data]))))
     pool = by_data[kept]
     passed = "; ".join(f"{', '.join(result.run.name for result in others)} on "
                        f"{_dev_data_text(data)}"
@@ -1073,6 +1076,14 @@ class Choice:
         return f"the main metric {self.main_metric} was not logged"
 
 
+def _doubtful(result: RunResult) -> bool:
+    """Whether a run of the result has scores in doubt, as settings_warnings says: validated or
+    tested on its own training file, or resumed with other settings part-way."""
+    return any(scored_on_training_data(_trained_settings(Path(member.run.run_dir)))
+               or changed_during_training(Path(member.run.run_dir))
+               for member in _members(result))
+
+
 def _wins(challenger: RunResult, held: RunResult, metric: str) -> bool:
     """Whether `challenger` beats `held` on dev `metric` (_dev_beats)."""
     return _dev_beats(challenger.validation, held.validation, metric)
@@ -1081,9 +1092,9 @@ def _wins(challenger: RunResult, held: RunResult, metric: str) -> bool:
 def choose_run(results: list[RunResult], main_metric: str | None) -> Choice:
     """The result with the best dev value of the task's main metric (lower is better for losses
     and error rates; a tie goes to the lower dev loss, as a run's own best checkpoint does, then
-    to the earlier grid point), among the finished runs when any has
-    it. Runs choose their own checkpoints by train.best_metric, which a user may have set to
-    another metric; across runs the task's main metric decides (a run's declared metric only for
+    to a run whose scores are not in doubt (_doubtful), then to the earlier grid point), among
+    the finished runs when any has it. Runs choose their own checkpoints by train.best_metric,
+    which a user may have set to another metric; across runs the task's main metric decides (a run's declared metric only for
     a task the registry does not know). When no run logged it, the first task metric the runs
     logged chooses instead (then 'loss'). Every run left out of the comparison is remarked."""
     declared = sorted({r.main_metric for r in results if r.main_metric})
@@ -1099,7 +1110,10 @@ def choose_run(results: list[RunResult], main_metric: str | None) -> Choice:
     pool = finished or candidates
     best = pool[0]
     for result in pool[1:]:
-        if _wins(result, best, metric):
+        # On a full tie (dev value and loss), a run whose scores are in doubt (validated on its
+        # training file, resumed with other settings) gives way to one that is not.
+        if _wins(result, best, metric) or (not _wins(best, result, metric)
+                                           and _doubtful(best) and not _doubtful(result)):
             best = result
     remarks = []
     missing = [r.run.name for r in results if metric not in r.validation]

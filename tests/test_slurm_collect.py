@@ -671,6 +671,24 @@ def test_collect_reads_run_folders_trained_without_slurm(tmp_path, capsys):
     assert "19.00" in (runs / "results-test.md").read_text()
 
 
+def test_the_papers_own_subset_of_a_dataset_is_not_called_part_of_the_data():
+    # Every WMT13 run of the registry's defaults (the paper's first 600000 pairs) was listed
+    # among the runs "on local files or part of the data".
+    import yaml
+
+    from seq2seq_es.config import compose
+    from seq2seq_es.slurm.monitor import local_data
+
+    def data_of(task, **overrides):
+        return local_data(yaml.safe_load(compose(task, "barto", overrides=overrides).to_yaml()))
+
+    assert data_of("wmt13-es-en") is None
+    assert data_of("wmt13-es-en", **{"data.max_train_samples": "1000"}) == (
+        "the task's hub dataset, its first 1000 examples (data.max_train_samples)")
+    assert data_of("mlsum", **{"data.max_train_samples": "600000"}) == (
+        "the task's hub dataset, its first 600000 examples (data.max_train_samples)")
+
+
 def test_collect_names_what_is_neither_a_sweep_nor_a_run(tmp_path, capsys):
     from seq2seq_es.cli import main as cli_main
 

@@ -652,10 +652,26 @@ def local_data(config: dict | None) -> str | None:
     if not isinstance(data, dict):
         return None
     train_file, subset = data.get("train_file"), data.get("max_train_samples")
+    if subset and subset == _paper_subset(config):
+        subset = None  # the paper's own selection (WMT13's first 600000 pairs), not a cut of ours
     if not train_file and not subset:
         return None
     where = str(train_file) if train_file else "the task's hub dataset"
     return where + (f", its first {subset} examples (data.max_train_samples)" if subset else "")
+
+
+def _paper_subset(config: dict) -> int | None:
+    """The data.max_train_samples the registry gives the run's task and model (the paper's
+    runs trained on part of a dataset), or None."""
+    from ..tasks import TASKS  # here: status needs no registry
+
+    data, model = config.get("data") or {}, config.get("model")
+    spec = TASKS.get(data.get("task")) if isinstance(data.get("task"), str) else None
+    name = model.get("name") if isinstance(model, dict) else None
+    if spec is None:
+        return None
+    return spec.defaults_for(name if isinstance(name, str) else None).get(
+        "data.max_train_samples")
 
 
 def validation_data(config: dict | None, split: str = "validation") -> str | None:

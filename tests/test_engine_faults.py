@@ -270,7 +270,10 @@ def test_a_finished_run_is_not_redone_and_trains_on_with_its_longer_schedule(fil
 
     out = tmp_path / "finished"
     args = base_args(files, out, steps=4, extra=["--train.resume", "auto"])
-    run("none", 1, args)
+    first = run("none", 1, args)
+    # a fresh start under resume auto says so (a relative output_dir read from another
+    # directory started a new run there without a word)
+    assert f"note: train.resume auto: no checkpoint in {out}; starting a new run" in first.stdout
     done, metrics = (out / "DONE").read_text(), (out / "metrics.jsonl").read_bytes()
     assert json.loads(done)["step"] == 4 and (out / "final_results.json").is_file()
     record = {name: (out / name).read_bytes() for name in ("config.yaml", "versions.json",

@@ -671,6 +671,25 @@ def test_collect_reads_run_folders_trained_without_slurm(tmp_path, capsys):
     assert "19.00" in (runs / "results-test.md").read_text()
 
 
+def test_a_stopped_run_folder_is_told_the_command_that_resumes_it_from_anywhere(tmp_path,
+                                                                              capsys):
+    # "--config RUN/config.yaml --train.resume auto" read the config's relative output_dir from
+    # the directory it ran in, and trained a new run there.
+    from seq2seq_es.cli import main as cli_main
+
+    runs = tmp_path / "runs"
+    _local_run(runs / "stopped", "mlsum", "barto", 1e-4, {"rougeL": 20.0}, None)
+    (runs / "stopped" / "final_results.json").unlink()
+    _metrics(runs / "stopped" / "metrics.jsonl",
+             [{"step": 20, "eval/loss": 2.0, "eval/rougeL": 25.0}])
+    assert cli_main(["collect", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert ("A stopped run continues from its last checkpoint with `seq2seq-es train --config "
+            "RUN/config.yaml --train.output_dir RUN --train.resume auto` (RUN: its folder "
+            "above)") in out
+    assert f"  - barto / mlsum ({runs / 'stopped'}): stopped without finishing" in out
+
+
 def test_the_papers_own_subset_of_a_dataset_is_not_called_part_of_the_data():
     # Every WMT13 run of the registry's defaults (the paper's first 600000 pairs) was listed
     # among the runs "on local files or part of the data".

@@ -223,6 +223,10 @@ class Trainer:
         resume_from = self.ckpt.resume_point(cfg.train.resume)
         if resume_from is None:  # a fresh run must not overwrite or mix with another one
             check_fresh_folder(self.out, cfg)
+            if cfg.train.resume == "auto":  # a wrong folder (a relative output_dir read from
+                # another directory) started afresh without a word
+                self.say(f"note: train.resume auto: no checkpoint in {self.out.resolve()}; "
+                         "starting a new run")
         else:  # another run's checkpoint, or files this ZeRO stage cannot read: before loading
             self.ckpt.check_resumable(resume_from, run_identity(cfg), storage_layout(cfg))
         seed_everything(cfg.train.seed)

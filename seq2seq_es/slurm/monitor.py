@@ -1640,8 +1640,11 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
                   f"{unfinished_state(result.run.run_dir)}"
                   for (model, task), choice in table.chosen.items()
                   for result in _members(choice.result) if not result.final]
+        # --train.output_dir too: a config.yaml keeps the folder as it was given, and a
+        # relative one read from another directory started a new run there.
         lines.append("  A stopped run continues from its last checkpoint with " + (
-            "`seq2seq-es train --config RUN/config.yaml --train.resume auto`"
+            "`seq2seq-es train --config RUN/config.yaml --train.output_dir RUN --train.resume "
+            "auto` (RUN: its folder above)"
             if table.from_run_folders else "`seq2seq-es slurm resume` (status: `seq2seq-es "
             "slurm status`)") + ".")
     remarks = [f"{model} / {task}: {remark}" for (model, task), choice in table.chosen.items()

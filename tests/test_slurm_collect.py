@@ -690,6 +690,31 @@ def test_a_stopped_run_folder_is_told_the_command_that_resumes_it_from_anywhere(
     assert f"  - barto / mlsum ({runs / 'stopped'}): stopped without finishing" in out
 
 
+def test_run_folders_that_split_a_step_otherwise_are_labelled_by_its_examples(tmp_path,
+                                                                              capsys):
+    # 1 rank x 4 and 2 ranks x 2 (the same 4 examples a step) read as two settings,
+    # "train.batch_size=4" and "train.batch_size=2".
+    from seq2seq_es.cli import main as cli_main
+
+    runs = tmp_path / "runs"
+    for name, batch, accum, step_examples, lr in (("a-one", 4, 1, 4, 1e-4), ("b-two", 2, 1, 4, 1e-4),
+                                                  ("c-acc", 2, 2, 4, 2e-4)):
+        _local_run(runs / name, "mlsum", "barto", lr, {"rougeL": 20.0}, None)
+        config = runs / name / "config.yaml"
+        config.write_text(config.read_text().replace(
+            "train:\n", f"train:\n  batch_size: {batch}\n  grad_accum: {accum}\n"))
+        (runs / name / "deepspeed_config.json").write_text(json.dumps(
+            {"train_batch_size": step_examples, "train_micro_batch_size_per_gpu": batch}))
+    assert cli_main(["collect", str(runs)]) == 0
+    labels = [line for line in capsys.readouterr().out.splitlines() if line.startswith("- g")]
+    assert labels == ["- g1: run=a-one optim.lr=0.0001", "- g2: run=b-two optim.lr=0.0001",
+                      "- g3: run=c-acc optim.lr=0.0002"]
+    (runs / "c-acc" / "deepspeed_config.json").write_text(json.dumps({"train_batch_size": 8}))
+    assert cli_main(["collect", str(runs)]) == 0
+    labels = [line for line in capsys.readouterr().out.splitlines() if line.startswith("- g")]
+    assert labels[2] == "- g3: run=c-acc optim.lr=0.0002 examples_per_step=8"
+
+
 def test_the_papers_own_subset_of_a_dataset_is_not_called_part_of_the_data():
     # Every WMT13 run of the registry's defaults (the paper's first 600000 pairs) was listed
     # among the runs "on local files or part of the data".

@@ -30,8 +30,8 @@ from ..metrics_log import read as read_metrics
 from .job import DEFAULT_ENTRY
 # SLURM's answers (re-exported: status, resume and the tests read them from here).
 from .queries import SlurmState, parse_sacct, parse_scontrol_jobs, query_slurm  # noqa: F401
-from .sweep import (RUN_FOLDERS_MODE, SEED_AXIS, Manifest, RunPlan, describe_grid_point,
-                    grid_point_name, without_seed)
+from .sweep import (BATCH_SPLIT_KEYS, RUN_FOLDERS_MODE, SEED_AXIS, Manifest, RunPlan,
+                    describe_grid_point, grid_point_name, without_seed)
 
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
                  "DEADLINE", "PREEMPTED", "OUT_OF_REQUEUES", "REVOKED"}
@@ -916,7 +916,7 @@ def changed_during_training(run_dir: Path) -> list[str]:
 # Keys that differ between a sweep's runs without being a setting of their own: the planner
 # splits the effective batch into micro-batch x accumulation per run, and `slurm resume` on
 # other ranks changes the accumulation that keeps a step's examples.
-_SPLIT_KEYS = frozenset({"train.batch_size", "train.grad_accum"})
+_SPLIT_KEYS = BATCH_SPLIT_KEYS
 
 
 def settings_warnings(manifest: Manifest, groups: dict[tuple[str, str], list[RunResult]]

@@ -242,6 +242,15 @@ def load_runs(paths: list[str]) -> Manifest:
         keys = sorted({key for folder in members for key in configs[folder]} - BOOKKEEPING_KEYS)
         varying = [key for key in keys
                    if len({repr(configs[folder].get(key)) for folder in members}) > 1]
+        if set(varying) & BATCH_SPLIT_KEYS:
+            # A step's examples are the setting (a sweep's train.batch_size axis); their split
+            # into micro-batch x accumulation x ranks is not: 1 rank x 4 and 2 ranks x 2 read as
+            # two settings. Shown as the examples per step, where those differ.
+            for folder in members:
+                configs[folder][EXAMPLES_PER_STEP] = examples_per_step(folder)
+            varying = [key for key in varying if key not in BATCH_SPLIT_KEYS]
+            if len({configs[folder][EXAMPLES_PER_STEP] for folder in members}) > 1:
+                varying.append(EXAMPLES_PER_STEP)
         for folder in members:
             point = {"run": name_of[folder], **{key: str(configs[folder].get(key))
                                                for key in varying}}
@@ -279,6 +288,22 @@ def _names_a_manifest(path: Path) -> bool:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
     return isinstance(data, dict) and data.get("kind") == MANIFEST_KIND
+
+
+# The keys that split a step's examples into micro-batch x accumulation (x ranks), and the
+# label collect shows instead where they differ between run folders.
+BATCH_SPLIT_KEYS = frozenset({"train.batch_size", "train.grad_accum"})
+EXAMPLES_PER_STEP = "examples_per_step"
+
+
+def examples_per_step(run_dir: Path) -> str:
+    """The examples of one optimizer step over all ranks, from the DeepSpeed config the engine
+    wrote (train_batch_size = micro-batch x accumulation x ranks); '?' where it cannot be read."""
+    try:
+        value = json.loads((run_dir / run_files.DEEPSPEED_CONFIG).read_text(encoding="utf-8"))
+        return str(int(value["train_batch_size"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return "?"
 
 
 def _flat_config(run_dir: Path) -> dict[str, Any]:

@@ -1131,13 +1131,18 @@ def compose(task: str | None = None, model: str | None = None, config_file: str 
     cfg.data.task, cfg.model.name = task, model_spec.name
     for _, values in registry_layers(task, model_spec):
         apply_mapping(cfg, dict(values))
+    layered = {key: _dotted_value(cfg, key) for key in flat_keys(file_values)}
     try:
         apply_mapping(cfg, file_values)
     except ConfigError as error:  # say which file: the same key may also be on the command line
         raise ConfigError(error.key, f"{error.reason} {in_file(config_file, error.key)}") \
             from None
+    # A file value that restates its default or the registry's chose nothing: `config`'s own
+    # output (the task's gen.min_new_tokens written out) refused a shorter --data.max_target_length
+    # that the same command without the file took, lowering the minimum.
+    chosen_in_file = {key for key, value in layered.items() if _dotted_value(cfg, key) != value}
     apply_mapping(cfg, overrides)
-    follow_target_length(cfg, explicit=set(flat_keys(file_values)) | set(overrides))
+    follow_target_length(cfg, explicit=chosen_in_file | set(overrides))
     if config_file:
         refuse_paths_beside_config_file(config_file, file_values, overrides)
     absolute_paths(cfg)
@@ -1244,6 +1249,12 @@ def _chosen_name(key: str, flag: str, given: str | None, overrides: Mapping[str,
         raise ConfigError(key, f"{listed} disagree; give one (a run file restates its own pair's "
                           "defaults: for another pair, change its name and drop those lines)")
     return named[0][1] if named else default
+
+
+def _dotted_value(cfg: RunConfig, key: str) -> Any:
+    """The value of dotted `key` ('gen.min_new_tokens') in `cfg`, None where there is none."""
+    section, _, name = key.partition(".")
+    return getattr(getattr(cfg, section, None), name, None)
 
 
 def flat_keys(values: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import yaml
 
 from . import config as config_module
-from .config import (RunConfig, apply_mapping, compose, flat_keys, follow_target_length,
+from .config import (RunConfig, apply_mapping, compose, follow_target_length,
                      load_yaml, registry_layers)
 
 _NOT_CODE = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
@@ -155,7 +155,9 @@ def value_sources(task: str, model: str, file_values: Mapping[str, Any],
         after = _flat_values(cfg)
         sources.update({key: name for key, value in after.items() if value != before[key]})
         before = after
-    follow_target_length(cfg, explicit=set(flat_keys(dict(file_values))) | set(overrides))
+    # as compose: a file's key counts where it changed a value (the layer named above)
+    chosen_in_file = {key for key, layer in sources.items() if layer == "--config"}
+    follow_target_length(cfg, explicit=chosen_in_file | set(overrides))
     after = _flat_values(cfg)
     if after["gen.max_new_tokens"] != before["gen.max_new_tokens"]:
         sources["gen.max_new_tokens"] = FOLLOWS

@@ -213,6 +213,16 @@ def test_the_printed_yaml_composes_the_same_config_through_config(capsys, tmp_pa
     longer = ["--data.max_target_length", "40"]
     assert build_config(["--config", str(path), *longer]).gen.max_new_tokens == \
         build_config([*argv, *longer]).gen.max_new_tokens
+    # A shorter one lowers the task's minimum from the file too (the file's restated minimum
+    # counted as chosen: "10 is larger than gen.max_new_tokens 6" for mlsum's 8 or xlsum's 10).
+    shorter = ["--data.max_target_length", "6"]
+    from_file = build_config(["--config", str(path), *shorter])
+    assert from_file.to_dict() == build_config([*argv, *shorter]).to_dict()
+    code, again, _ = cli_out(capsys, ["config", "--config", str(path), *shorter])
+    assert code == 0
+    assert any(line.startswith("  min_new_tokens: ") and line.endswith(
+        "  # lowered to gen.max_new_tokens") for line in again.splitlines()) == \
+        ("--gen.max_new_tokens" not in argv)
 
 
 def test_config_shows_where_the_task_and_model_defaults_come_from(capsys):

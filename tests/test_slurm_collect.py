@@ -715,6 +715,26 @@ def test_run_folders_that_split_a_step_otherwise_are_labelled_by_its_examples(tm
     assert labels[2] == "- g3: run=c-acc optim.lr=0.0002 examples_per_step=8"
 
 
+def test_an_own_task_defined_otherwise_by_its_runs_is_compared_whatever_their_order(tmp_path):
+    # The first run read gave the main score for all: `collect own1 own2` chose on rougeL,
+    # `collect own2 own1` on sari, and the table changed with the order.
+    runs = tmp_path / "runs"
+    own = {"source_column": "articulo", "target_column": "titular"}
+    _local_run(runs / "own1", "titulares", "barto", 1e-4, {"rougeL": 20.0, "bleu": 5.0}, None,
+               metrics="rouge,bleu", **own)
+    _local_run(runs / "own2", "titulares", "barto", 2e-4, {"sari": 40.0, "chrf": 30.0}, None,
+               metrics="sari,chrf", **own)
+    chosen = []
+    for order in (["own1", "own2"], ["own2", "own1"]):
+        table = build_table(load_runs([str(runs / name) for name in order]))
+        choice = table.chosen[("barto", "titulares")]
+        chosen.append((choice.selected_by, choice.result.run.name))
+        assert ("the runs of your own task titulares report other main scores (their "
+                "data.metrics differ): rougeL: own1; sari: own2; compared on rougeL") in \
+            " ".join(table.warnings)
+    assert chosen == [("rougeL", "own1")] * 2
+
+
 def test_the_papers_own_subset_of_a_dataset_is_not_called_part_of_the_data():
     # Every WMT13 run of the registry's defaults (the paper's first 600000 pairs) was listed
     # among the runs "on local files or part of the data".

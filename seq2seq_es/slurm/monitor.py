@@ -1273,6 +1273,40 @@ def _codes(results: list[RunResult]) -> dict[str, list[str]]:
     return codes
 
 
+def _task_infos(runs: list[RunPlan]) -> tuple[dict[str, tuple[str, str | None]], list[str]]:
+    """{task: (family, main metric)} of the runs' tasks, and a warning for each task of the
+    user's own whose runs name other main scores (their data.metrics differ): it is compared on
+    the score most of its runs report (a tie: the first by name), whatever order the runs were
+    read in, where the first run read decided before (the table changed with the order)."""
+    info: dict[str, tuple[str, str | None]] = {}
+    own: dict[str, dict[str | None, list[str]]] = {}
+    for run in runs:
+        if run.task in info or run.task in own:
+            if run.task in own:
+                own[run.task].setdefault(own_task_main_metric(run.run_dir), []).append(run.name)
+            continue
+        family, main = task_family(run.task, run.run_dir)
+        if family == "other":
+            own[run.task] = {main: [run.name]}
+        else:
+            info[run.task] = (family, main)
+    warnings = []
+    for task, by_metric in own.items():
+        named = {metric: names for metric, names in by_metric.items() if metric}
+        main = (min(named, key=lambda metric: (-len(named[metric]), metric)) if named
+                else None)
+        info[task] = ("other", main)
+        if len(named) > 1:
+            warnings.append(f"the runs of your own task {task} report other main scores (their "
+                            "data.metrics differ): " + "; ".join(
+                                f"{metric}: {', '.join(names)}"
+                                for metric, names in sorted(named.items()))
+                            + f"; compared on {main} (the score most of them report; on a "
+                            "tie, the first by name); collect each definition's runs on their "
+                            "own for theirs")
+    return info, warnings
+
+
 def build_table(manifest: Manifest, metrics: list[str] | None = None) -> ResultsTable:
     """Reads every run of the sweep, chooses one run per (model, task) (see choose_run), and
     lays the chosen runs out by family. `metrics` limits the columns shown, not the choice."""
@@ -1282,12 +1316,10 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
     tasks: list[str] = []
     notes: list[str] = []
     unscored: list[str] = []
-    info: dict[str, tuple[str, str | None]] = {}
     run_results: list[RunResult | None] = []
     why_none: list[str] = []  # per run without a result: what a seed group's remark says
+    info, own_task_warnings = _task_infos(manifest.runs)
     for run in manifest.runs:
-        if run.task not in info:
-            info[run.task] = task_family(run.task, run.run_dir)
         try:
             result = run_result(run, info[run.task][1])
         except DataError as exc:
@@ -1331,7 +1363,7 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
     tasks.sort(key=lambda task: list(TASKS).index(task) if task in TASKS else len(TASKS))
     models.sort(key=lambda model: PAPER_MODELS.index(model) if model in PAPER_MODELS
                 else len(PAPER_MODELS))
-    warnings = settings_warnings(manifest, groups)
+    warnings = own_task_warnings + settings_warnings(manifest, groups)
     chosen: dict[tuple[str, str], Choice] = {}
     for key, results in groups.items():
         groups[key], warning = same_dev_data(*key, results)

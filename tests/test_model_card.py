@@ -35,6 +35,43 @@ def test_ledo_says_where_its_global_attention_goes():
     assert not [n for n in notes("xlsum", "barto-tiny") if "lobal attention" in n]
 
 
+@pytest.mark.parametrize("chosen", ["first", "prefix:3", "sentences"])
+def test_the_cards_global_attention_code_builds_the_mask_the_run_was_fed(chosen):
+    # The sample was `mask[:, 0] = 1` for every setting: a prefix:3 model copied from its card
+    # was fed otherwise than it was scored.
+    import re
+
+    import torch
+
+    from seq2seq_es.data.collator import Seq2SeqCollator, sentence_start_ids
+    from seq2seq_es.models import load_model_and_tokenizer
+
+    [*_, attention] = notes("xlsum", "ledo-tiny", **{"data.global_attention": chosen})
+    code = re.search(r"as `(.+?)`", attention).group(1)
+    _, tokenizer = load_model_and_tokenizer("ledo-tiny")
+    input_ids = tokenizer(["Uno dos. Tres cuatro cinco. ¿Seis?", "Siete ocho nueve diez once."],
+                          padding=True, return_tensors="pt").input_ids
+    scope = {"torch": torch, "input_ids": input_ids, "END": sentence_start_ids(tokenizer)}
+    exec(code, scope)
+    collator = Seq2SeqCollator(tokenizer.pad_token_id, 2, global_attention=chosen,
+                               sentence_end_ids=sentence_start_ids(tokenizer))
+    expected = collator._global_mask(input_ids, torch.ones_like(input_ids))
+    assert torch.equal(scope["mask"], expected), (code, scope["mask"], expected)
+    assert int(expected.sum()) > input_ids.shape[0] or chosen == "first"
+
+
+def test_a_card_names_the_hub_dataset_only_for_a_run_that_trained_on_it(tmp_path):
+    # A run on local files claimed `datasets: - csebuetnlp/xlsum` in its hub metadata.
+    from seq2seq_es.engine.hub import trained_on_hub_dataset
+
+    hub = compose(task="xlsum", model="ledo-tiny")
+    assert trained_on_hub_dataset(hub, task_for(hub.data)) == "csebuetnlp/xlsum"
+    local = compose(task="xlsum", model="ledo-tiny", overrides={
+        "data.train_file": "tests/fixtures/xlsum/train.jsonl",
+        "data.validation_file": "tests/fixtures/xlsum/validation.jsonl"})
+    assert trained_on_hub_dataset(local, task_for(local.data)) is None
+
+
 def test_qa_says_its_prompt_and_its_answer_convention():
     lines = notes("sqac", "t5s-tiny")
     assert lines[0].startswith("Source: `question: {question} context: {context}`, from the "

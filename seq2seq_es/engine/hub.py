@@ -103,6 +103,12 @@ def model_card(results: dict, base_model: str | None, task_hub_id: str | None,
     return "\n".join(lines)
 
 
+def trained_on_hub_dataset(cfg: RunConfig, task) -> str | None:
+    """The hub dataset the card's metadata names: the task's, unless the run trained on a
+    local file (the hub page then claimed a dataset the model never saw)."""
+    return None if cfg.data.train_file else getattr(task, "hub_id", None)
+
+
 def _card_head(model: str, task: str, base_model: str | None, task_hub_id: str | None
                ) -> list[str]:
     """The card's front matter (the hub's metadata) and title."""
@@ -123,6 +129,20 @@ _GLOBAL_TOKENS = {"first": "the first token",
                   "sentences": "the first token and the first token of every sentence"}
 
 
+def _global_mask_code(chosen: str) -> str:
+    """Code that builds the mask the collator built for `chosen` (the sample was the first
+    token's for every setting, so a `prefix:3` model was fed otherwise than it was scored)."""
+    zeros = "`mask = torch.zeros_like(input_ids); "
+    if chosen.startswith("prefix:"):
+        return f"as {zeros}mask[:, :{chosen.split(':', 1)[1]}] = 1`"
+    if chosen == "sentences":
+        return (f"as {zeros}mask[:, 0] = 1; ends = torch.tensor([[t in END for t in row] for row "
+                "in input_ids.tolist()]); mask[:, 1:] |= ends[:, :-1].long()`, END being the "
+                "ids of the tokens whose text ends in `.`, `!`, `?` or `…` (the token after one "
+                "starts a sentence)")
+    return f"as {zeros}mask[:, 0] = 1`"
+
+
 def input_notes(cfg: RunConfig, task, spec) -> list[str]:
     """How the model is fed, for someone using final/ without this package: the source text's
     layout, its length, the decoding settings and, for LED, the global attention it trained
@@ -139,8 +159,8 @@ def input_notes(cfg: RunConfig, task, spec) -> list[str]:
         tokens = _GLOBAL_TOKENS.get(chosen) or f"the first {chosen.split(':', 1)[1]} tokens"
         notes.append(f"Global attention on {tokens} (`data.global_attention {chosen}`): pass "
                      "`global_attention_mask` (1 there, 0 elsewhere) to `generate` and the "
-                     "forward pass, e.g. `mask = torch.zeros_like(input_ids); mask[:, 0] = 1`; "
-                     "without it transformers' LED attends globally to no token.")
+                     f"forward pass, {_global_mask_code(chosen)}; without it transformers' LED "
+                     "attends globally to no token.")
     for metric, options in task.metric_options.items():
         notes.append(f"`{metric}` compares answers under the `{options['convention']}` "
                      f"convention (`seq2seq-es score --help`), not the plain definition.")
@@ -157,7 +177,7 @@ def write_model_card(run_dir: Path, cfg: RunConfig) -> Path:
     spec, task = get_model_spec(cfg.model.name), task_for(cfg.data)
     base = None if spec.tiny else getattr(spec, "hub_id", None)
     card = run_dir / run_files.FINAL / "README.md"
-    card.write_text(model_card(results, base, getattr(task, "hub_id", None),
+    card.write_text(model_card(results, base, trained_on_hub_dataset(cfg, task),
                                input_notes(cfg, task, spec)), encoding="utf-8")
     return card
 
@@ -170,7 +190,7 @@ def write_export_card(out: Path, cfg: RunConfig, checkpoint: Path) -> Path:
 
     spec, task = get_model_spec(cfg.model.name), task_for(cfg.data)
     base = None if spec.tiny else getattr(spec, "hub_id", None)
-    lines = _card_head(cfg.model.name, cfg.data.task, base, getattr(task, "hub_id", None))
+    lines = _card_head(cfg.model.name, cfg.data.task, base, trained_on_hub_dataset(cfg, task))
     lines += [f"Trained with seq2seq-es; the weights of checkpoint `{checkpoint}`, exported by "
               "`seq2seq-es export`. Its scores: `seq2seq-es evaluate "
               f"{checkpoint} --split test` (in its run), or `seq2seq-es evaluate {out} "

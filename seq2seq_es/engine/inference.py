@@ -784,6 +784,18 @@ def _input_bytes(path: Path) -> tuple[bytes, str]:
     return raw, _plain_name(path).suffix.lower()
 
 
+@contextlib.contextmanager
+def _length_named_as_given(max_source_length: int | None):
+    """An error about the source length named by predict's own flag where the user gave it
+    (the config check said "config key 'data.max_source_length'" for --max-source-length)."""
+    try:
+        yield
+    except ConfigError as exc:
+        if exc.key != "data.max_source_length" or max_source_length is None:
+            raise
+        raise ConfigError("--max-source-length", exc.reason) from None
+
+
 def check_line_file(path: Path, flag: str) -> None:
     if not path.name:  # "." (or ""): no name to read a format from (a traceback it was)
         raise ConfigError(flag, f"{path} is a folder; expected a file name")
@@ -908,8 +920,9 @@ def predict_main(argv: list[str]) -> int:
         raise ConfigError("--output", f"{output_path} exists; give another file, or add "
                           "--overwrite to replace it")
     saved = resolve_saved(args.checkpoint)
-    cfg = inference_config(saved, config_file=args.config, overrides=overrides,
-                           task=args.task, model=args.model, allow_model=saved.kind == "hf")
+    with _length_named_as_given(args.max_source_length):
+        cfg = inference_config(saved, config_file=args.config, overrides=overrides,
+                               task=args.task, model=args.model, allow_model=saved.kind == "hf")
     # A run's own config names its task: its data files' rows need no --task.
     run_task = task_for(cfg.data) if args.config or saved.config_file else None
     if run_task is not None:  # predicting with the run's model, not another --model
@@ -925,12 +938,8 @@ def predict_main(argv: list[str]) -> int:
     unread = unread_by_inference(overrides, "predict")
     if unread:
         say(f"note: not read by predict: {', '.join(unread)}")
-    try:
+    with _length_named_as_given(args.max_source_length):  # a checkpoint with fewer positions
         loaded = load_for_inference(saved, cfg, env)
-    except ConfigError as exc:  # predict's flag for the length (a checkpoint with fewer positions)
-        if exc.key != "data.max_source_length":
-            raise
-        raise ConfigError("--max-source-length", exc.reason) from None
     side = (task or task_for(cfg.data)).source_truncation_side
     length_key = "--max-source-length" if args.max_source_length is not None \
         else "data.max_source_length"

@@ -989,8 +989,9 @@ def not_applying(cfg) -> dict[str, str]:
     if cfg.data.train_file and cfg.data.validation_file:
         # No split comes from the hub: a test split needs data.test_file then
         # (builders.has_test_split)
-        ignored["data.hub_revision"] = ("every split is a local file (data.train_file, "
-                                        "data.validation_file)")
+        for key in ("hub_dataset", "hub_config", "hub_revision"):
+            ignored[f"data.{key}"] = ("every split is a local file (data.train_file, "
+                                      "data.validation_file)")
     if 0 < cfg.train.max_steps < cfg.train.eval_every:
         ignored["train.eval_every"] = (f"train.max_steps={cfg.train.max_steps} ends before its "
                                        "first validation")
@@ -1004,6 +1005,9 @@ def not_applying(cfg) -> dict[str, str]:
     if not cfg.gen.do_sample:
         for key in ("temperature", "top_k", "top_p"):
             ignored[f"gen.{key}"] = "gen.do_sample=False"
+    if cfg.gen.num_beams == 1:  # models.families.build_generation_config: beam search's only
+        for key in ("length_penalty", "early_stopping"):
+            ignored[f"gen.{key}"] = "gen.num_beams=1"
     if not adapter.reads("model.attention_window"):
         ignored["model.attention_window"] = f"{cfg.model.name} is no LED"
     return ignored

@@ -105,11 +105,26 @@ def test_the_slurm_planners_arguments_keep_the_last_value(capsys, tmp_path):
     (["--data.train_file", "t.jsonl", "--data.validation_file", "v.jsonl",
       "--data.hub_revision", "refs/convert/parquet"],
      "data.hub_revision (every split is a local file"),
+    # beam search's own settings, dropped from a greedy generation config in silence
+    (["--gen.num_beams", "1", "--gen.length_penalty", "2.0", "--gen.early_stopping", "false"],
+     "gen.length_penalty (gen.num_beams=1); gen.early_stopping (gen.num_beams=1)"),
 ])
 def test_train_notes_keys_it_does_not_read(capsys, monkeypatch, argv, note):
     monkeypatch.delenv("RANK", raising=False)
     build_config([*PAIR, *argv])
     assert f"note: not read by this run: {note}" in capsys.readouterr().err
+
+
+def test_an_own_tasks_hub_dataset_is_noted_where_every_split_is_a_local_file(capsys,
+                                                                            monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    build_config(["--task", "titulares", "--model", "barto-tiny", "--data.source_column",
+                  "articulo", "--data.target_column", "titular", "--data.train_file", "t.jsonl",
+                  "--data.validation_file", "v.jsonl", "--data.hub_dataset", "owner/ds",
+                  "--data.hub_config", "es"])
+    err = capsys.readouterr().err
+    assert "data.hub_dataset (every split is a local file" in err
+    assert "data.hub_config (every split is a local file" in err
 
 
 def test_hub_revision_is_read_while_a_split_comes_from_the_hub(capsys, monkeypatch):

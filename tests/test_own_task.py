@@ -96,6 +96,13 @@ def test_an_own_task_reads_its_columns_and_refuses_a_split_without_a_file(tmp_pa
     examples, _ = load_examples(task, "train", data_files={"train": renamed},
                                 columns={"cuerpo": "articulo"}, cache_dir=str(tmp_path / "cache"))
     assert examples[1]["source"] == ROWS[1]["articulo"]
+    # a file of other names: the keys that name them, not data.columns' renames to the task's
+    with pytest.raises(DataError) as error:
+        load_examples(task, "train", data_files={"train": renamed},
+                      cache_dir=str(tmp_path / "cache"))
+    assert str(error.value).endswith(
+        "columns found: cuerpo, titular; your own task reads the columns data.source_column "
+        "and data.target_column name: set them to the file's")
     with pytest.raises(DataError) as error:
         load_examples(task, "validation", data_files={"train": data},
                       cache_dir=str(tmp_path / "cache"))

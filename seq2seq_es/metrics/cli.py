@@ -261,11 +261,13 @@ def _task_references(path: str, task, columns: dict[str, str] | None = None) -> 
 
     from seq2seq_es.tasks.formatting import Example, RowFormatter
     from seq2seq_es.tasks.loading import check_column_map, read_task_file
+    from seq2seq_es.tasks.registry import OWN_KIND
 
     _read_bytes(path)  # a missing or unreadable file: its error, as for any references file
     datasets.disable_progress_bars()  # "Generating data split" bars: the scores are the output
     check_column_map(task, columns)
-    raw, local = read_task_file(task.formatter, path, columns=columns)
+    raw, local = read_task_file(task.formatter, path, columns=columns,
+                                own_task=task.kind == OWN_KIND)
     place = local.line_of_row if local.by_line else local.row_of_row
     unit = "line" if local.by_line and place is not None else "row"
 

@@ -40,7 +40,7 @@ from .formatting import (DialogueFormatter, Example, Formatter, Problem,
                          TranslationFormatter)
 from .local_files import (COMPRESSED_SUFFIXES, LocalFile, prepare_local_file,
                           uncompressed_name)
-from .registry import TaskSpec, get_task
+from .registry import OWN_KIND, TaskSpec, get_task
 
 if TYPE_CHECKING:
     import datasets
@@ -139,7 +139,8 @@ def load_examples(task: str | TaskSpec, split: str, *, data_files: Mapping[str, 
     local: LocalFile | None = None
     if path is not None:
         file = str(path)
-        raw, local = read_task_file(formatter, file, cache_dir, columns)
+        raw, local = read_task_file(formatter, file, cache_dir, columns,
+                                    own_task=spec.kind == OWN_KIND)
         report = LoadReport(spec.name, split, f"file {file}", notes=list(local.notes))
     elif not spec.hub_id:
         raise DataError(f"task {spec.name} is your own: it reads local files and none is given "
@@ -149,7 +150,8 @@ def load_examples(task: str | TaskSpec, split: str, *, data_files: Mapping[str, 
         raw, origin, notes = _read_hub(spec, split, hub_revision, cache_dir)
         report = LoadReport(spec.name, split, origin, notes=notes)
         raw = _renamed(raw, columns, file, origin, formatter.required_columns())
-        _check_columns(raw, formatter, file, report.origin, columns)
+        _check_columns(raw, formatter, file, report.origin, columns,
+                       own_task=spec.kind == OWN_KIND)
 
     marked = _format(raw, formatter, split, _left_out_before(local))
     left_out = list(local.bad) if local else []
@@ -243,7 +245,8 @@ def builder_for(path: str) -> tuple[str, dict[str, Any]]:
 
 
 def read_task_file(formatter: Formatter, path: str, cache_dir: str | None = None,
-                   columns: Mapping[str, str] | None = None) -> tuple[datasets.Dataset, LocalFile]:
+                   columns: Mapping[str, str] | None = None, *, own_task: bool = False
+                   ) -> tuple[datasets.Dataset, LocalFile]:
     """A local data file's rows as training reads them (any of LOCAL_FILE_BUILDERS' formats),
     its columns renamed by `columns` (the file's name -> the task's) and those `formatter` needs
     checked; the LocalFile maps rows back to lines. Also what `score --task` scores against, so
@@ -258,7 +261,7 @@ def read_task_file(formatter: Formatter, path: str, cache_dir: str | None = None
         read=named(formatter_columns(formatter)),
         ids=named(formatter.id_columns()), lists=named(formatter.list_columns()))
     raw = _renamed(raw, columns, path, f"file {path}", formatter.required_columns())
-    _check_columns(raw, formatter, path, f"file {path}", columns)
+    _check_columns(raw, formatter, path, f"file {path}", columns, own_task=own_task)
     return raw, local
 
 
@@ -575,7 +578,7 @@ def _hub_failure(spec: TaskSpec, split: str, describe: str, revision: str | None
 # Schema checks, before any row is formatted
 
 def _check_columns(raw, formatter: Formatter, file: str | None, origin: str,
-                   columns: Mapping[str, str] | None = None) -> None:
+                   columns: Mapping[str, str] | None = None, *, own_task: bool = False) -> None:
     found = raw.column_names
     missing = [column for column in formatter.required_columns() if column not in found]
     if missing:  # every one at once: a file is fixed in one go, not one rerun per column
@@ -587,6 +590,9 @@ def _check_columns(raw, formatter: Formatter, file: str | None, origin: str,
         flat = _flat_translation_hint(formatter, found)
         if flat:
             renamed = flat  # data.columns cannot build the nested column: say what can
+        elif own_task and not columns:  # your own task names its columns itself
+            renamed = ("; your own task reads the columns data.source_column and "
+                       "data.target_column name: set them to the file's")
         raise DataError(f"missing column{'s' if len(missing) > 1 else ''} {names}{where} (the "
                         f"task needs {', '.join(formatter.required_columns())}); columns found: "
                         f"{', '.join(found) or '(none)'}{_looks_like_json_hint(found)}"

@@ -820,7 +820,7 @@ def _csv(path: str, raw: bytes, rewrite: bool, options: dict, required_columns: 
             if span:
                 spanning.append(span)
     if dropped_spans:  # the summary of bad rows names a record's first line only
-        notes.append(f"left out as one record each (a quoted field over several lines): lines "
+        notes.append("left out as one record each (a quoted field over several lines): lines "
                      + ", ".join(dropped_spans[:5]) + (", ..." if len(dropped_spans) > 5 else ""))
     if spanning:
         # Legitimate in CSV, but also what a stray '"' does to the lines after it: said, so

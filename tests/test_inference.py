@@ -355,20 +355,28 @@ def test_a_rounded_final_is_noted_and_an_exported_checkpoint_names_commands_that
 def test_a_model_folder_without_its_run_config_says_whose_lengths_it_reads(
         trained, plain_input, workdir, capsys):
     # a copied final/ was read with the task's default lengths (1024 source tokens where the
-    # run read 96) without a word
+    # run read 96) without a word; since, at the length its exported tokenizer cuts at
     copied = workdir / "copied_final"
     shutil.copytree(trained / "final", copied)
     args = ["predict", str(copied), "--model", "t5s-tiny", "--input", str(plain_input)]
     capsys.readouterr()
     assert cli([*args, "--output", str(workdir / "copied.txt")]) == 0
+    err = capsys.readouterr().err
+    assert (f"note: no run config for {copied}: data.max_source_length 96 as the exported "
+            "folder says; a run's own are in its config.yaml (--config RUN/config.yaml)" in err)
+    assert "cut at 96 tokens" in err
+    assert cli(["predict", str(trained / "final"), "--input", str(plain_input), "--output",
+                str(workdir / "with_config.txt")]) == 0
+    assert "no run config" not in capsys.readouterr().err
+    assert (workdir / "copied.txt").read_text() == (workdir / "with_config.txt").read_text()
+    # a folder that is no export of ours (no card): the task's default, said
+    (copied / "README.md").unlink()
+    assert cli([*args, "--output", str(workdir / "copied_default.txt")]) == 0
     assert (f"note: no run config for {copied}: data.max_source_length 1024 is mlsum's "
             "default; a run's own are in its config.yaml (--config RUN/config.yaml)"
             in capsys.readouterr().err)
     assert cli([*args, "--output", str(workdir / "copied_96.txt"), "--max-source-length",
                 "96"]) == 0
-    assert "no run config" not in capsys.readouterr().err
-    assert cli(["predict", str(trained / "final"), "--input", str(plain_input), "--output",
-                str(workdir / "with_config.txt")]) == 0
     assert "no run config" not in capsys.readouterr().err
 
 

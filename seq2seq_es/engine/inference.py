@@ -186,6 +186,34 @@ def saved_generation(folder: Path) -> dict[str, str]:
             else str(saved[key]) for key in GEN_KEYS if saved.get(key) is not None}
 
 
+def exported_inputs(folder: Path) -> dict[str, str]:
+    """How the run fed the model, as a folder this package exported says it (a copied final/
+    without its run's config.yaml), as config overrides: the source length its tokenizer cuts
+    at (`export.save_tokenizer` writes the run's data.max_source_length as model_max_length)
+    and a LED's global attention (named on its model card). Nothing for another folder, whose
+    tokenizer's model_max_length is no run's (a hub model's 1024). Where the run's length was
+    no task default (a LEDO run at 512 on xlsum), predict and evaluate cut at the task's."""
+    try:
+        card = (Path(folder) / "README.md").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    front = card.split("\n---", 1)[0] if card.startswith("---") else ""
+    if "\n- seq2seq-es\n" not in front + "\n":
+        return {}
+    found = {}
+    try:
+        tokenizer = json.loads((Path(folder) / "tokenizer_config.json").read_text(encoding="utf-8"))
+        length = tokenizer.get("model_max_length") if isinstance(tokenizer, dict) else None
+        if isinstance(length, int) and not isinstance(length, bool) and 0 < length < 10 ** 6:
+            found["data.max_source_length"] = str(length)
+    except (OSError, ValueError):
+        pass
+    attention = re.search(r"`data\.global_attention ([^`\s]+)`", card)
+    if attention:
+        found["data.global_attention"] = attention.group(1)
+    return found
+
+
 def inference_config(saved: SavedModel, *, config_file: str | None = None,
                      overrides: dict[str, str] | None = None, task: str | None = None,
                      model: str | None = None, allow_model: bool = False):
@@ -200,8 +228,10 @@ def inference_config(saved: SavedModel, *, config_file: str | None = None,
     source = config_file or saved.config_file
     # A model folder without its run's config (a copied final/, a hub upload): decode as its
     # generation_config.json says, not with --task's registry defaults; --gen.* still wins.
-    saved_gen = saved_generation(saved.path) if source is None and saved.kind == "hf" else {}
-    merged = {**saved_gen, **launcher_overrides(), **(overrides or {})}
+    copied = source is None and saved.kind == "hf"
+    saved_gen = saved_generation(saved.path) if copied else {}
+    saved_inputs = exported_inputs(saved.path) if copied else {}  # and feed it as it was fed
+    merged = {**saved_gen, **saved_inputs, **launcher_overrides(), **(overrides or {})}
     if source is None and model is None:
         hint = " or --model NAME (seq2seq-es list)" if allow_model else ""
         raise Seq2SeqEsError(f"no run config for {saved.path}: "
@@ -235,13 +265,17 @@ def note_task_lengths(saved: SavedModel, cfg, given: dict[str, str],
 
     from ..config import first_launched_process
 
+    exported = exported_inputs(saved.path) if saved.kind == "hf" else {}
     taken = [f"{key} {getattr(cfg.data, key.split('.')[1])}" for key in keys
-             if key not in given]
-    if taken and first_launched_process():
+             if key not in given and key not in exported]
+    read = [f"{key} {value}" for key, value in exported.items() if key not in given]
+    if (taken or read) and first_launched_process():
         one = len(taken) == 1
-        print(f"note: no run config for {saved.hub_id or saved.path}: {' and '.join(taken)} "
-              f"{'is' if one else 'are'} {cfg.data.task}'s default{'' if one else 's'}; a run's "
-              "own are in its config.yaml (--config RUN/config.yaml)", file=sys.stderr)
+        said = [f"{' and '.join(read)} as the exported folder says"] if read else []
+        said += [f"{' and '.join(taken)} {'is' if one else 'are'} {cfg.data.task}'s "
+                 f"default{'' if one else 's'}"] if taken else []
+        print(f"note: no run config for {saved.hub_id or saved.path}: {'; '.join(said)}; a "
+              "run's own are in its config.yaml (--config RUN/config.yaml)", file=sys.stderr)
 
 
 def lengths_following_target(run_values: dict, given: dict) -> dict:

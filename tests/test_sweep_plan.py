@@ -164,13 +164,29 @@ def test_the_effective_batch_is_split_over_ranks_and_refused_when_it_cannot_be()
     assert split_effective_batch("16", 16, world_size=2) == (8, 1)
     assert split_effective_batch("384", 32, world_size=4) == (32, 3)
     assert split_effective_batch("8", 4) == (4, 2)
-    for value, default, world, says in (("24", 16, 1, "not a multiple of the micro-batch 16"),
-                                        ("6", 4, 4, "does not split evenly over the 4 ranks"),
+    # the largest micro-batch under the default that divides a rank's share (min(48, 32) = 32
+    # divided nothing: the paper's translation recipe was refused on 8 ranks)
+    assert split_effective_batch("384", 32, world_size=8) == (24, 2)
+    assert split_effective_batch("24", 16) == (12, 2)
+    assert split_effective_batch("7", 4) == (1, 7)
+    for value, default, world, says in (("6", 4, 4, "does not split evenly over the 4 ranks"),
                                         ("0", 4, 1, "positive integer"),
                                         ("many", 4, 1, "positive integer")):
         with pytest.raises(ConfigError) as info:
             split_effective_batch(value, default, world)
         assert info.value.key == "--grid train.batch_size" and says in str(info.value)
+
+
+def test_the_papers_grid_on_more_ranks_than_its_batch_names_the_ranks_not_a_grid(tmp_path):
+    runs = plan_sweep(tmp_path, [("t5s", "wmt13-en-es")], None, [], world_size=8).runs
+    assert (_config(runs[0]).train.batch_size, _config(runs[0]).train.grad_accum) == (24, 2)
+    with pytest.raises(ConfigError) as info:
+        plan_sweep(tmp_path / "b", [("barto", "mlsum")], None, [], world_size=8)
+    assert info.value.key == "--nodes/--gpus-per-node"
+    assert info.value.reason.startswith(
+        "the paper's grid for barto on mlsum has the effective batch 4 (train.batch_size 4, 8, "
+        "16: what one GPU of the paper took per step), which the 8 ranks of a job cannot "
+        "split; sweep it on fewer ranks a job")
 
 
 def test_a_job_of_several_ranks_divides_the_batch_among_them(tmp_path):
@@ -184,7 +200,7 @@ def test_a_job_of_several_ranks_divides_the_batch_among_them(tmp_path):
     (["--grid", "train.batch_size=4,8", "--", "--train.batch_size", "2"], "train.batch_size"),
     (["--grid", "train.batch_size=4,8", "--grid", "train.grad_accum=1,2"],
      "--grid train.grad_accum"),
-    (["--grid", "train.batch_size=24"], "--grid train.batch_size"),
+    (["--grid", "train.batch_size=0"], "--grid train.batch_size"),
     (["--", "--optim.lrr", "3e-5"], "optim.lrr"),
     (["--", "--train.epochs", "0"], "train.epochs"),
     (["--grid", "data.max_source_length=512,2048"], "--grid: data.max_source_length=2048"),

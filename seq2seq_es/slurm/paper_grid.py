@@ -21,8 +21,9 @@ LONG_DOCUMENT_MODELS: tuple[str, ...] = ("ledo",)
 # The grid's train.batch_size axis is the EFFECTIVE batch, examples per optimizer step: the paper
 # ran everything on one 24 GiB RTX 3090, so its batches were what one such GPU held, with
 # accumulation where they did not fit. The planner (sweep.plan_sweep) turns a value B into
-# train.batch_size = min(B, the pair's default micro-batch) and train.grad_accum = the rest, so
-# that no grid point asks for more memory than the pair's default (tests/test_memory.py).
+# train.batch_size = the largest divisor of B's share per rank that is at most the pair's default
+# micro-batch, and train.grad_accum = the rest, so that no grid point asks for more memory than
+# the pair's default (tests/test_memory.py).
 # Values stay strings so that folder names and overrides keep the user's spelling.
 
 # The paper's grid for every task but translation: batch {4,8,16} x lr {3e-5,5e-5} x epochs {3,6}.

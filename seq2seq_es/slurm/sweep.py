@@ -741,12 +741,17 @@ def _count(n: int, noun: str) -> str:
 
 
 def split_effective_batch(value: str, default_micro: int, world_size: int = 1,
-                          where: str = "") -> tuple[int, int]:
+                          where: str = "", paper_values: tuple[str, ...] | None = None
+                          ) -> tuple[int, int]:
     """A grid's effective batch -> (train.batch_size, train.grad_accum) per rank.
 
-    The micro-batch is the smaller of the batch each rank gets and `default_micro`, the pair's
-    default micro-batch (one that fits its GPU), so a grid point never needs more memory than
-    the pair's default; accumulation makes up the rest, exactly.
+    The micro-batch is the largest divisor of the batch each rank gets that is at most
+    `default_micro`, the pair's default micro-batch (one that fits its GPU), so a grid point
+    never needs more memory than the pair's default; accumulation makes up the rest, exactly
+    (the translation recipe's 384 on 8 ranks: 48 a rank, 24 x 2 under t5s's 32, where
+    min(48, 32) = 32 divided nothing and the paper's own recipe was refused). `paper_values`:
+    the paper's values of the axis where the grid is the paper's (the user gave no --grid), so
+    that an effective batch the ranks cannot split names the ranks, not a --grid never given.
     """
     key = f"--grid {BATCH_AXIS}"
     try:
@@ -757,15 +762,17 @@ def split_effective_batch(value: str, default_micro: int, world_size: int = 1,
     if batch < 1:
         raise ConfigError(key, f"expected a positive integer, got '{value}'")
     if batch % world_size:
+        if paper_values is not None:
+            raise ConfigError("--nodes/--gpus-per-node", (
+                f"the paper's grid for{where} has the effective batch {batch} ({BATCH_AXIS} "
+                f"{', '.join(paper_values)}: what one GPU of the paper took per step), which the "
+                f"{world_size} ranks of a job cannot split; sweep it on fewer ranks a job, whose "
+                f"number divides {batch}, or give --grid {BATCH_AXIS}=... with multiples of "
+                f"{world_size}"))
         raise ConfigError(key, f"effective batch {batch} does not split evenly over the "
                           f"{world_size} ranks of a job")
     per_rank = batch // world_size
-    micro = min(per_rank, default_micro)
-    if per_rank % micro:
-        ranks = f" ({per_rank} per rank of {world_size})" if world_size > 1 else ""
-        raise ConfigError(key, f"effective batch {batch}{ranks} is not a multiple of the "
-                          f"micro-batch {micro} that fits{where} (its default train.batch_size); "
-                          f"use a multiple of {micro}, or at most {micro}")
+    micro = max(d for d in range(1, min(per_rank, default_micro) + 1) if per_rank % d == 0)
     return micro, per_rank // micro
 
 
@@ -874,8 +881,9 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
             args: dict[str, str] = {}
             for key, value in point.items():
                 if key == BATCH_AXIS:
-                    micro, accum = split_effective_batch(value, default.train.batch_size,
-                                                         world_size, f" {model} on {task}")
+                    micro, accum = split_effective_batch(
+                        value, default.train.batch_size, world_size, f" {model} on {task}",
+                        pair_grid[BATCH_AXIS] if grid is None else None)
                     args[BATCH_AXIS], args[ACCUM_KEY] = str(micro), str(accum)
                 else:
                     args[key] = value

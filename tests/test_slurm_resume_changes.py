@@ -51,11 +51,21 @@ def test_a_step_that_does_not_split_over_the_new_ranks_is_refused(sweep, capsys)
     err = capsys.readouterr().err
     assert ("takes 8 examples a step, which 3 ranks cannot share evenly; choose nodes and tasks "
             "per node whose ranks divide 8") in err
-    # 4 ranks share 8 examples, 2 each, but not in micro-batches of 4: the advice names the 2
-    assert _resume(sweep, "--tasks-per-node", "4") == 2
-    assert ("takes 8 examples a step, 2 on each of 4 ranks, which its train.batch_size 4 does "
-            "not divide; give -- --train.batch_size B --train.grad_accum A with "
-            "train.batch_size x train.grad_accum = 2") in capsys.readouterr().err
+    # 4 ranks share 8 examples, 2 each, not in micro-batches of 4: the micro-batch is lowered
+    # (it was refused, and a sweep with a batch axis could move to no other ranks)
+    assert _resume(sweep, "--tasks-per-node", "4") == 0
+    out = capsys.readouterr().out
+    assert out.count("#     train.batch_size 4 -> 2") == 2 and "grad_accum" not in out
+    # a micro-batch given that does not divide the share is refused by its own key
+    assert _resume(sweep, "--tasks-per-node", "4", "--", "--train.batch_size", "4") == 2
+    assert ("'train.batch_size': run barto-tiny__mlsum__zero_stage-2 takes 8 examples a step, "
+            "2 on each of 4 ranks, which train.batch_size 4 does not divide; give one that "
+            "divides 2") in capsys.readouterr().err
+    # given alone, a micro-batch gets the accumulation that keeps the step (it was refused
+    # naming train.grad_accum, which the user had not given)
+    assert _resume(sweep, "--tasks-per-node", "1", "--", "--train.batch_size", "2") == 0
+    out = capsys.readouterr().out
+    assert out.count("#     train.grad_accum 1 -> 4") == 2
     # given explicitly, a step size the checkpoints cannot resume is refused naming the value
     assert _resume(sweep, "--tasks-per-node", "1", "--", "--train.grad_accum", "3") == 2
     assert "on 1 ranks train.batch_size x train.grad_accum must be 8, not 12" in \
@@ -87,14 +97,18 @@ def test_a_new_step_size_on_the_same_ranks_is_refused_for_a_run_with_a_checkpoin
     state = sweep / runs[0].name / "checkpoints" / "step_00000002" / "trainer_state.json"
     state.parent.mkdir(parents=True)
     state.write_text("{}")
-    assert _resume(sweep, "--", "--train.batch_size", "2") == 2
+    assert _resume(sweep, "--", "--train.batch_size", "2", "--train.grad_accum", "1") == 2
     err = capsys.readouterr().err
     assert f"run {runs[0].name} takes 8 examples a step" in err
     assert "must be 4, not 2" in err and "a new step size is a new run" in err
-    # the same step in smaller micro-batches resumes; a run without checkpoints starts afresh
+    # the same step in smaller micro-batches resumes, given whole or by its micro-batch alone
     assert _resume(sweep, "--", "--train.batch_size", "2", "--train.grad_accum", "2") == 0
-    (sweep / runs[0].name / "checkpoints").rename(sweep / "elsewhere")
+    capsys.readouterr()
     assert _resume(sweep, "--", "--train.batch_size", "2") == 0
+    assert "#     train.grad_accum 1 -> 2" in capsys.readouterr().out
+    # a run without checkpoints starts afresh at any step size
+    (sweep / runs[0].name / "checkpoints").rename(sweep / "elsewhere")
+    assert _resume(sweep, "--", "--train.batch_size", "2", "--train.grad_accum", "1") == 0
 
 
 def test_a_grid_axis_is_not_changed_on_resume(sweep, capsys):

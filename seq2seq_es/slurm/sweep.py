@@ -1466,14 +1466,20 @@ def resumed_argv(run: RunPlan, overrides: list[str],
     argv = list(run.argv)
     for key, value in given.items():
         argv = _without_key(argv, key) + [f"--{key}", value]
-    explicit = "train.grad_accum" in given or "train.batch_size" in given
+    # An accumulation given is checked; a micro-batch given alone gets the accumulation that
+    # keeps the step (it was refused, naming train.grad_accum, which the user had not given).
+    explicit = "train.grad_accum" in given
+    batch_given = "train.batch_size" in given
     saved = bool(run_files.complete_checkpoints(Path(run.run_dir) / run_files.CHECKPOINTS))
     after = compose_run(run.task, run.model, argv[4:])
     # On the same ranks a new step size matters only to a checkpoint (which would refuse it
     # once the job had waited in the queue); on other ranks the step is kept in any case.
-    if ranks[0] != ranks[1] or (explicit and saved):
-        accum = _step_keeping_accum(run, before, after, explicit, ranks)
-        if accum is not None:
+    if ranks[0] != ranks[1] or ((explicit or batch_given) and saved):
+        split = _step_keeping_accum(run, before, after, explicit, ranks, batch_given)
+        if split is not None:
+            batch, accum = split
+            if batch is not None:
+                argv = _without_key(argv, "train.batch_size") + ["--train.batch_size", str(batch)]
             argv = _without_key(argv, "train.grad_accum") + ["--train.grad_accum", str(accum)]
             after = compose_run(run.task, run.model, argv[4:])
     argv = pinned_paths(argv, after)
@@ -1498,10 +1504,12 @@ def _step_units(cfg) -> tuple[int, str]:
 
 
 def _step_keeping_accum(run: RunPlan, before, current, explicit: bool,
-                        ranks: tuple[int, int]) -> int | None:
-    """The train.grad_accum that keeps run `run`'s step (`before`: as submitted) with the
-    resumed config `current` on the new ranks; None where it already does. Refuses what
-    cannot keep it."""
+                        ranks: tuple[int, int], batch_given: bool = False
+                        ) -> tuple[int | None, int] | None:
+    """(train.batch_size or None to keep it, train.grad_accum) that keep run `run`'s step
+    (`before`: as submitted) with the resumed config `current` on the new ranks; None where it
+    already does. A micro-batch the user did not give is lowered to the largest that divides a
+    rank's share (batch 2 on twice the ranks: 1 x 1). Refuses what cannot keep the step."""
     old_ranks, new_ranks = ranks
     old_units, per_rank = _step_units(before)
     step = old_units * old_ranks
@@ -1520,10 +1528,12 @@ def _step_keeping_accum(run: RunPlan, before, current, explicit: bool,
         raise ConfigError("--nodes", f"run {run.name} takes {step} {what} a step, which "
                           f"{new_ranks} ranks cannot share evenly; choose nodes and tasks per "
                           f"node whose ranks divide {step}")
-    if step % (unit * new_ranks):
-        raise ConfigError("--nodes", f"run {run.name} takes {step} {what} a step, "
-                          f"{step // new_ranks} on each of {new_ranks} ranks, which its "
-                          f"train.batch_size {unit} does not divide; give -- --train.batch_size "
-                          f"B --train.grad_accum A with {per_rank} = {step // new_ranks}, or "
-                          "other nodes")
-    return step // (unit * new_ranks)
+    share = step // new_ranks
+    if share % unit:
+        if batch_given:
+            raise ConfigError("train.batch_size", f"run {run.name} takes {step} {what} a step, "
+                              f"{share} on each of {new_ranks} ranks, which train.batch_size "
+                              f"{unit} does not divide; give one that divides {share}")
+        micro = max(d for d in range(1, unit + 1) if share % d == 0)
+        return micro, share // micro
+    return None, share // unit

@@ -155,6 +155,15 @@ def test_sbatch_options_submitit_cannot_write_or_sbatch_would_not_submit(tmp_pat
     assert err.startswith("error: argument --sbatch: ") and says in err
 
 
+def test_sbatch_options_are_one_by_their_sbatch_spelling_and_a_bare_equals_drops_one():
+    # mail_type and Mail-Type were stored as typed: two #SBATCH lines of one option (and
+    # `--Mail-Type`, which sbatch does not know); a resume could not drop a carried dependency.
+    merged = with_sbatch_options({"mail_type": "END", "dependency": "afterok:393"},
+                                 ["Mail_Type=FAIL", "--mail-type=ALL", "dependency="])
+    assert merged == {"mail-type": "ALL"}
+    assert with_sbatch_options({"comment": "x"}, ["COMMENT=y"]) == {"comment": "y"}
+
+
 def test_a_slurm_config_file_may_set_another_flag_and_no_one_letter_form():
     # A site plugin's flag has its way through the file (True renders bare).
     assert with_sbatch_options({"site-flag": True}, ["exclusive"]) == {"site-flag": True,

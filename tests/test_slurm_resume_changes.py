@@ -111,6 +111,34 @@ def test_a_new_step_size_on_the_same_ranks_is_refused_for_a_run_with_a_checkpoin
     assert _resume(sweep, "--", "--train.batch_size", "2", "--train.grad_accum", "1") == 0
 
 
+def test_a_resume_says_the_sbatch_options_it_carries_and_drops_one_given_bare(sweep, capsys):
+    # A dependency of the first submission that can never be met came back with every resume,
+    # unsaid, and no option dropped it.
+    manifest = load_manifest(sweep)
+    manifest.slurm["extra_sbatch"] = {"dependency": "afterok:393", "comment": "first"}
+    manifest.write(sweep / SWEEP_MANIFEST)
+    assert _resume(sweep) == 0
+    out = capsys.readouterr().out
+    assert ("# sbatch options carried over: --sbatch dependency=afterok:393 --sbatch "
+            "comment=first (--sbatch KEY= drops one)") in out
+    assert _resume(sweep, "--sbatch", "dependency=") == 0
+    out = capsys.readouterr().out
+    assert "# sbatch options carried over: --sbatch comment=first" in out
+    assert "dependency" not in out
+
+
+def test_train_overrides_are_said_to_go_to_the_unfinished_runs_only_once_taken(sweep, capsys):
+    runs = load_manifest(sweep).runs
+    (sweep / runs[1].name / "DONE").parent.mkdir(parents=True, exist_ok=True)
+    (sweep / runs[1].name / "DONE").write_text('{"step": 4}')
+    assert _resume(sweep, "--", "--dist.zero_stage", "3") == 2
+    err = capsys.readouterr().err
+    assert "is an axis of the sweep's grid" in err and "go to the 1 run(s)" not in err
+    assert _resume(sweep, "--", "--optim.lr", "1e-4") == 0
+    assert "note: the train arguments after -- go to the 1 run(s) resumed here" in \
+        capsys.readouterr().err
+
+
 def test_a_grid_axis_is_not_changed_on_resume(sweep, capsys):
     # Each run is its grid point: resumed at another value, collect then left it out (and said
     # "No results yet" of a sweep whose runs had all finished).

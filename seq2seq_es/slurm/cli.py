@@ -383,10 +383,6 @@ def cmd_resume(argv: list[str]) -> int:
     if not runs:
         print(f"every run of {manifest.path} has finished (DONE): nothing to resume")
         return 0
-    if overrides and finished:
-        print(f"note: the train arguments after -- go to the {len(runs)} run(s) resumed here, "
-              f"not to the {len(finished)} finished one(s). {finished_run_further(finished)}",
-              file=sys.stderr)
     changes = {SLURM_FLAGS[flag][0]: getattr(args, flag) for flag in RESUME_FLAGS
                if getattr(args, flag) is not None}
     # Runs submitted before these options were refused may carry one (a --sbatch time=30 beside
@@ -418,6 +414,15 @@ def cmd_resume(argv: list[str]) -> int:
     # Every run's new arguments, composed and checked before the question (and for --dry-run).
     resumed = {run.name: resumed_argv(run, overrides, ranks) if manifest.entry == DEFAULT_ENTRY
                else (run.argv, []) for run in runs}
+    if overrides and finished:  # once they are taken (it was said of arguments then refused)
+        print(f"note: the train arguments after -- go to the {len(runs)} run(s) resumed here, "
+              f"not to the {len(finished)} finished one(s). {finished_run_further(finished)}",
+              file=sys.stderr)
+    carried = dict(config.extra_sbatch or {})
+    if carried:  # a dependency or begin time of the first submission waits again
+        print("# sbatch options carried over: " + " ".join(
+            f"--sbatch {key}" if value is True else f"--sbatch {key}={value}"
+            for key, value in carried.items()) + " (--sbatch KEY= drops one)")
     if manifest.entry == DEFAULT_ENTRY and not args.no_data_check:
         # As submit and sweep: a new (or since changed) data file is read here, once per
         # distinct set, not found bad by every job after its wait in the queue.

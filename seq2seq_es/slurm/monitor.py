@@ -261,7 +261,8 @@ _NEVER_STARTS: dict[str, tuple[str, str]] = {
     "QOSNotAllowed": ("its QOS may not be used in the partition", "another --qos or "
                                                                   "--partition"),
     "DependencyNeverSatisfied": ("a job it depends on ended in a way that can never satisfy "
-                                 "the dependency", "no such dependency"),
+                                 "the dependency", "no such dependency (`--sbatch dependency=` "
+                                 "drops the one it carries)"),
 }
 # "A portion of the job request exceeds a maximum limit (e.g., PerJob, PerNode) for the requested
 # association/QOS" (AssocMaxNodesPerJobLimit, QOSMaxWallDurationPerJobLimit, QOSMaxGRESPerNode,

@@ -77,7 +77,9 @@ def add_slurm_options(parser: argparse.ArgumentParser) -> None:
                        help="shell line run before the job starts (repeatable)")
     group.add_argument("--sbatch", action="append", default=[], metavar="OPTION=VALUE",
                        help="any other sbatch option, e.g. --sbatch mail-type=END (repeatable); "
-                            "not one the options above set (time, nodes, signal, ...)")
+                            "not one the options above set (time, nodes, signal, ...); "
+                            "OPTION= (no value) drops one, e.g. the dependency a resume "
+                            "carries over from the first submission")
     group.add_argument("--entry", default=DEFAULT_ENTRY, metavar="MODULE:FUNCTION", type=entry_spec,
                        help="training entry called with ['train', ...]; "
                             "seq2seq_es.slurm.probe:main checks a cluster without training "
@@ -207,6 +209,13 @@ def origin(args: argparse.Namespace, field_name: str) -> tuple[str, str]:
     return key, ""
 
 
+def sbatch_spelling(key: str) -> str:
+    """An extra_sbatch key as sbatch spells the option: hyphens, and a long name lowercase (a
+    one-letter form keeps its case: -H is hold, -h help)."""
+    key = key.strip().lstrip("-")
+    return (key.lower() if len(key) > 1 else key).replace("_", "-")
+
+
 def with_sbatch_options(extra: dict[str, Any] | None, specs: list[str]) -> dict[str, Any]:
     """`extra` (SlurmConfig.extra_sbatch) with the --sbatch OPTION=VALUE | FLAG options added.
     A bare word must be one of sbatch's flags (SBATCH_FLAG_OPTIONS): `--sbatch foo` rendered
@@ -214,13 +223,20 @@ def with_sbatch_options(extra: dict[str, Any] | None, specs: list[str]) -> dict[
     merged = dict(extra or {})
     for spec in specs:
         key, sep, value = spec.partition("=")
-        key = key.strip().lstrip("-")
-        if not key:
+        # sbatch's spelling: mail_type, Mail-Type and mail-type are one option, which two
+        # spellings wrote twice (and `--Mail-Type` is no sbatch option)
+        typed = key.strip().lstrip("-")
+        if not typed:
             raise ConfigError("--sbatch", f"'{spec}' must look like OPTION=VALUE or FLAG")
         # named as the flag: the same check of the config would name extra_sbatch
-        refusal = owned_sbatch_message(key) or sbatch_key_message(key)
+        refusal = owned_sbatch_message(typed) or sbatch_key_message(typed)
         if refusal:
             raise ConfigError("--sbatch", refusal)
+        key = sbatch_spelling(typed)
+        for spelt in [name for name in merged if sbatch_spelling(name) == key]:
+            del merged[spelt]
+        if sep and not value.strip():  # OPTION= drops it (a resume's carried dependency)
+            continue
         if not sep and key.replace("_", "-") not in SBATCH_FLAG_OPTIONS:
             raise ConfigError("--sbatch", f"'{spec}' has no value: give OPTION=VALUE (e.g. "
                               "--sbatch mail-type=END); only sbatch's flags are given bare: "

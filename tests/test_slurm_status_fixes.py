@@ -228,6 +228,22 @@ def test_out_of_requeues_at_zero_names_the_flag_that_lets_the_resumed_job_requeu
                             f"`seq2seq-es slurm resume {run_dir} --max-requeues N` continues it")
 
 
+def test_a_job_whose_task_was_killed_says_so_and_how_to_go_on(tmp_path):
+    # `kill -9` of the job's srun: status showed only SLURM's `*** STEP 393.0 ... CANCELLED
+    # AT ... ***`, where CANCELLED and TIMEOUT get the tool's line and the way on.
+    run, manifest = _run_folder(tmp_path, "393", [{"event": "start", "job_id": "393",
+                                                   "restart": 0}])
+    run_dir = Path(run.run_dir)
+    _checkpoint(run_dir, 100)
+    (run_dir / "slurm" / "393_0_log.err").write_text(
+        "slurmstepd-node1: error: *** STEP 393.0 ON node1 CANCELLED AT 2026-12-05T01:55:45 ***\n")
+    status = run_status(run, manifest, {"393": SlurmState("FAILED")})
+    assert status.error == (
+        "its task was killed (the process or its srun ended by a signal, not by an error of its "
+        "own; SLURM said: STEP 393.0 ON node1 CANCELLED AT 2026-12-05T01:55:45); `seq2seq-es "
+        "slurm resume` continues it from its last checkpoint")
+
+
 def test_a_failed_jobs_error_is_its_last_starts_not_a_requeue_notice(tmp_path):
     folder = tmp_path / "slurm"
     folder.mkdir()

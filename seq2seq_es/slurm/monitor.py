@@ -215,6 +215,12 @@ def run_status(run: RunPlan, manifest: Manifest, slurm: dict[str, SlurmState]) -
         status.error, status.log = failure_details(manifest.submitit_folder, run.job_id,
                                                    manifest.tasks_per_job)
         ended = _ENDED_BY_SLURM.get(status.state)
+        if status.state == "FAILED" and status.error and status.error.startswith("***"):
+            # `*** STEP n.0 ON node CANCELLED AT ... ***` and nothing of the run's own: its task
+            # was killed (the process or its srun, not a Python error), which a resume continues
+            ended = ("its task was killed (the process or its srun ended by a signal, not by "
+                     f"an error of its own; SLURM said: {status.error.strip('* ').strip()})"
+                     + RESUME_HINT)
         if ended and (status.error is None or status.error.startswith("***")):
             # SLURM's own `*** JOB n ... CANCELLED AT ... ***` notice (another id for an array
             # task) says neither why nor how to go on: the tool's line for the state does.

@@ -244,6 +244,16 @@ def test_a_job_whose_task_was_killed_says_so_and_how_to_go_on(tmp_path):
         "slurm resume` continues it from its last checkpoint")
 
 
+def test_a_job_slurm_forgot_that_never_started_says_so(tmp_path):
+    # cancelled while pending, then forgotten (no accounting): a bare UNKNOWN, no note
+    run, manifest = _run_folder(tmp_path, "380", [])
+    status = run_status(run, manifest, {})
+    assert status.state == "UNKNOWN"
+    assert status.note == ("SLURM no longer knows job 380, which left no log: it never started "
+                           "(cancelled while it waited?); it saved no checkpoint, so "
+                           "`seq2seq-es slurm resume` starts it again from its first step")
+
+
 def test_a_failed_jobs_error_is_its_last_starts_not_a_requeue_notice(tmp_path):
     folder = tmp_path / "slurm"
     folder.mkdir()

@@ -208,6 +208,13 @@ def run_status(run: RunPlan, manifest: Manifest, slurm: dict[str, SlurmState]) -
             status.note = "; ".join(part for part in (status.note, note) if part)
     else:
         status.state = _state_from_files(manifest.submitit_folder, run.job_id, events)
+        if (status.state == "UNKNOWN" and not events
+                and not _job_paths(manifest.submitit_folder, run.job_id, 0).stderr.exists()):
+            # a bare UNKNOWN it was: a job cancelled while pending, once SLURM forgot it
+            way_on = (RESUME_HINT if status.saved_step is not None else NO_CHECKPOINT_HINT)
+            status.note = "; ".join(part for part in (status.note, (
+                f"SLURM no longer knows job {run.job_id}, which left no log: it never started "
+                "(cancelled while it waited?)" + way_on)) if part)
     out_of_requeues = _out_of_requeues_record(run_dir, run.job_id)
     if out_of_requeues is not None and status.state not in ("PENDING", "RUNNING"):
         status.state = "OUT_OF_REQUEUES"

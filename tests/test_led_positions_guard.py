@@ -43,17 +43,13 @@ def test_checkpoint_positions_fewer_than_the_source_length_are_refused(tmp_path,
     from seq2seq_es.cli import main
 
     (tmp_path / "in.txt").write_text("Un texto largo.\n", encoding="utf-8")
-    code = main(["predict", str(tmp_path / "led"), "--model", "ledo-tiny", "--task", "xlsum",
-                 "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "out.txt"),
-                 "--max-source-length", "1000"])
-    assert code == 2
+    predict = ["predict", str(tmp_path / "led"), "--model", "ledo-tiny", "--task", "xlsum",
+               "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "out.txt")]
+    assert main([*predict, "--max-source-length", "1000"]) == 2
     assert ("error: argument --max-source-length: 1000 (padded to 1024, a multiple of its "
             "attention window 64) exceeds the 512 source positions") in capsys.readouterr().err
     assert not (tmp_path / "out.txt").exists()
     # beyond the model's own positions: refused by the config check, named by the flag too
-    code = main(["predict", str(tmp_path / "led"), "--model", "ledo-tiny", "--task", "xlsum",
-                 "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "out.txt"),
-                 "--max-source-length", "5000"])
-    assert code == 2
+    assert main([*predict, "--max-source-length", "5000"]) == 2
     assert ("error: argument --max-source-length: 5000 exceeds the 4096 source positions of "
             "model 'ledo-tiny'") in capsys.readouterr().err

@@ -921,16 +921,12 @@ def changed_during_training(run_dir: Path) -> list[str]:
         # with a checkpoint resumes with the same examples per step only (`slurm resume` on
         # other ranks sets the accumulation that keeps them), so such a change is the same run.
         before, after = ({key: value for key, value in version.items()
-                          if key not in _SPLIT_KEYS} for version in (before, after))
+                          if key not in BATCH_SPLIT_KEYS} for version in (before, after))
         changes += [f"{change} at step {step}"
                     for change in run_files.setting_changes(before, after)]
     return changes
 
 
-# Keys that differ between a sweep's runs without being a setting of their own: the planner
-# splits the effective batch into micro-batch x accumulation per run, and `slurm resume` on
-# other ranks changes the accumulation that keeps a step's examples.
-_SPLIT_KEYS = BATCH_SPLIT_KEYS
 
 
 def settings_warnings(manifest: Manifest, groups: dict[tuple[str, str], list[RunResult]]
@@ -956,7 +952,7 @@ def settings_warnings(manifest: Manifest, groups: dict[tuple[str, str], list[Run
                                 "is its training file: those scores are on data it trained on")
         if manifest.mode == RUN_FOLDERS_MODE or len(runs) < 2:
             continue
-        axes = set(manifest.grid) | {SEED_AXIS} | _SPLIT_KEYS
+        axes = set(manifest.grid) | {SEED_AXIS} | BATCH_SPLIT_KEYS
         settings = {run.name: _trained_settings(Path(run.run_dir)) for run in runs}
         keys = sorted({key for values in settings.values() for key in values} - axes)
         differing = [key for key in keys
@@ -1295,9 +1291,10 @@ def _task_infos(runs: list[RunPlan]) -> tuple[dict[str, tuple[str, str | None]],
     info: dict[str, tuple[str, str | None]] = {}
     own: dict[str, dict[str | None, list[str]]] = {}
     for run in runs:
-        if run.task in info or run.task in own:
-            if run.task in own:
-                own[run.task].setdefault(own_task_main_metric(run.run_dir), []).append(run.name)
+        if run.task in info:
+            continue
+        if run.task in own:
+            own[run.task].setdefault(own_task_main_metric(run.run_dir), []).append(run.name)
             continue
         family, main = task_family(run.task, run.run_dir)
         if family == "other":

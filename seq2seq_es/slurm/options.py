@@ -237,7 +237,7 @@ def with_sbatch_options(extra: dict[str, Any] | None, specs: list[str]) -> dict[
             del merged[spelt]
         if sep and not value.strip():  # OPTION= drops it (a resume's carried dependency)
             continue
-        if not sep and key.replace("_", "-") not in SBATCH_FLAG_OPTIONS:
+        if not sep and key not in SBATCH_FLAG_OPTIONS:
             raise ConfigError("--sbatch", f"'{spec}' has no value: give OPTION=VALUE (e.g. "
                               "--sbatch mail-type=END); only sbatch's flags are given bare: "
                               f"{', '.join(sorted(SBATCH_FLAG_OPTIONS))} (another flag, e.g. a "

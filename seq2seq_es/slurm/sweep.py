@@ -290,8 +290,10 @@ def _names_a_manifest(path: Path) -> bool:
     return isinstance(data, dict) and data.get("kind") == MANIFEST_KIND
 
 
-# The keys that split a step's examples into micro-batch x accumulation (x ranks), and the
-# label collect shows instead where they differ between run folders.
+# The keys that split a step's examples into micro-batch x accumulation (x ranks): no setting
+# of their own (the planner splits a sweep's effective batch per run, `slurm resume` on other
+# ranks changes the split), and the label collect shows instead where they differ between run
+# folders.
 BATCH_SPLIT_KEYS = frozenset({"train.batch_size", "train.grad_accum"})
 EXAMPLES_PER_STEP = "examples_per_step"
 

@@ -169,7 +169,9 @@ def check_tracker_login(cfg: RunConfig) -> None:
         return  # wandb.init asks for the key there
     import wandb
     try:
-        logged_in = wandb.login(prompt=False, verify=False)  # local credentials only, no network
+        # verify=False: the key is not checked with the server (offline machines pass). With a
+        # key, wandb still asks the server for the user name it prints, unless WANDB_SILENT.
+        logged_in = wandb.login(prompt=False, verify=False)
     except TypeError:
         return  # a wandb without prompt=: its own init says what is missing
     except Exception as exc:  # noqa: BLE001 (wandb's AuthenticationError: a malformed key)

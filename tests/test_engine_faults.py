@@ -93,6 +93,10 @@ def _skip_on_one_rank_worker(rank: int, port: int, files: dict, out: str) -> Non
     changed = any(not torch.equal(before[k], v) for k, v in engine.module.state_dict().items())
     Path(out, f"rank{rank}.json").write_text(json.dumps(
         {"poisoned": poisoned, "unchanged": unchanged, "healthy": healthy, "changed": changed}))
+    D.close()
+    from seq2seq_es.process_exit import leave
+
+    leave(0)  # as the package's processes end: no interpreter teardown beside gloo's threads
 
 
 @pytest.mark.slow  # two processes: 15-30 s on 2 cores

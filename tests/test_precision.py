@@ -261,6 +261,7 @@ def _export_worker(rank: int, port: int, files: dict, out: str) -> None:
     torch.set_num_threads(1)
     from seq2seq_es.engine.export import export_hf
     from seq2seq_es.engine.step import train_step
+    from seq2seq_es.process_exit import leave
     from seq2seq_es.models import build_generation_config, get_model_spec, load_model_and_tokenizer
 
     env = D.read_env()
@@ -285,6 +286,7 @@ def _export_worker(rank: int, port: int, files: dict, out: str) -> None:
         engine.load_checkpoint(str(folder / "checkpoint"), tag="step_1")
         export_hf(engine, tokenizer, generation, folder / "final_reloaded", stage, env)
     D.close()
+    leave(0)  # as the package's processes end: no interpreter teardown beside gloo's threads
 
 
 @pytest.mark.slow

@@ -372,7 +372,7 @@ class TrainConfig(_Section):
         if not 0 <= self.seed <= SEED_MAX:
             raise ConfigError("train.seed", f"must be in [0, {SEED_MAX}] (2**32 - 1, what numpy "
                               f"seeds with), got {self.seed}")
-        trackers = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        trackers = comma_names("train.report_to", self.report_to)
         if not trackers or any(name not in (*TRACKERS, "none") for name in trackers) \
                 or ("none" in trackers and len(trackers) > 1):
             raise ConfigError("train.report_to", "expected a comma-separated list of tensorboard "
@@ -624,6 +624,18 @@ def _convert(key: str, raw: Any, annotation: Any) -> Any:
 
 # Text keys that hold a comma-separated list: a YAML list of strings is taken for them too.
 COMMA_LIST_KEYS = frozenset({"train.report_to", "data.metrics"})
+
+
+def comma_names(key: str, text: str) -> list[str]:
+    """A comma-separated list's names, stripped. An empty name between names (`rouge,,bleu`, a
+    trailing comma) is refused by `key`: a name was lost in typing, and reading it as nothing
+    would run without it. A text of commas alone is left to the caller (no names)."""
+    items = [item.strip() for item in text.split(",")]
+    names = [item for item in items if item]
+    if names and len(names) != len(items):
+        raise ConfigError(key, f"has an empty name between commas ({text!r}); did you mean "
+                          f"'{','.join(names)}'?")
+    return names
 
 # What the free text of a key whose value is a choice or text means, for its errors.
 TEXT_MEANING = {"train.resume": "a checkpoint folder"}

@@ -232,6 +232,12 @@ def test_score_refuses_an_empty_metric_by_its_flag(capsys, texts, metric):
     assert code == 2 and err.startswith("error: argument --metric:") and "names no metric" in err
 
 
+def test_score_refuses_an_empty_name_between_metrics(capsys, texts):
+    code, err = score(capsys, texts, "--metric", "rouge,,bleu")
+    assert code == 2 and err == ("error: argument --metric: has an empty name between commas "
+                                 "('rouge,,bleu'); did you mean 'rouge,bleu'?\n")
+
+
 def test_score_notes_options_no_metric_reads(capsys, texts):
     code, err = score(capsys, texts, "--metric", "rouge", "--em-convention", "squad")
     assert code == 0

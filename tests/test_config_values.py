@@ -227,6 +227,18 @@ def test_report_to_none_beside_a_tracker_is_refused(value):
         "train.report_to": "tensorboard,wandb"}).train.report_to == "tensorboard,wandb"
 
 
+@pytest.mark.parametrize("key, value, names", [
+    ("train.report_to", "tensorboard,", "tensorboard"),
+    ("train.report_to", "tensorboard,,wandb", "tensorboard,wandb"),
+])
+def test_an_empty_name_in_a_comma_list_is_refused(key, value, names):
+    # "rouge,,bleu" or a trailing comma: a name lost in typing was read as nothing, and the run
+    # went on without it.
+    error = refused([f"--{key}", value])
+    assert error.key == key
+    assert f"has an empty name between commas ({value!r}); did you mean '{names}'?" in str(error)
+
+
 def test_skipping_bad_micro_batches_under_zero_3_is_refused():
     # Accepted, a run under ZeRO-3 met its first nan loss only to fail there (the zero loss
     # needs unpartitioned parameters), possibly hours in.

@@ -69,6 +69,8 @@ def test_every_metric_has_a_main_score_among_its_outputs():
      "data.task mlsum is a registry task (reciTAL/mlsum)"),
     ("MLSUM", OWN, "data.task", "MLSUM differs from the registry task mlsum only in case"),
     ("titulares", {**OWN, "data.metrics": ","}, "data.metrics", "names no metric (',')"),
+    ("titulares", {**OWN, "data.metrics": "rouge,,bleu"}, "data.metrics",
+     "has an empty name between commas ('rouge,,bleu'); did you mean 'rouge,bleu'?"),
 ])
 def test_an_incomplete_or_mixed_own_task_is_refused_by_its_key(task, overrides, key, says):
     with pytest.raises((ConfigError, UnknownNameError)) as error:

@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from seq2seq_es.config import comma_names
 from seq2seq_es.errors import ConfigError, DataError, Seq2SeqEsError, json_problem
 from seq2seq_es.line_files import has_cr_line_ends, split_lines
 
@@ -455,8 +456,7 @@ def _score(args: argparse.Namespace) -> dict[str, float]:
     if not args.metric and task is None:
         raise Seq2SeqEsError("give --metric NAME (repeatable) or --task T (its metrics)")
     # --metric rouge,bleu as data.metrics writes them, or --metric rouge --metric bleu
-    given = [name.strip() for value in args.metric or [] for name in value.split(",")
-             if name.strip()]
+    given = [name for value in args.metric or [] for name in comma_names("--metric", value)]
     for value in args.metric or []:
         if not value.replace(",", "").strip():  # else read as no --metric at all
             raise ConfigError("--metric", f"{value!r} names no metric; expected "

@@ -317,7 +317,9 @@ OWN_TASK_HINT = ("for a task of your own, set data.source_column and data.target
 
 def metric_list(text: str) -> tuple[str, ...]:
     """data.metrics as names, checked: known and each once."""
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    from ..config import comma_names
+
+    names = tuple(comma_names("data.metrics", text))
     if text.strip() and not names:
         raise ConfigError("data.metrics", f"names no metric ({text!r}); e.g. rouge,bleu, or "
                           "leave it empty for rouge")

@@ -121,6 +121,13 @@ def test_yaml_key_given_twice_is_refused_with_both_lines(tmp_path, capsys):
 def test_submit_refuses_unknown_model_and_bad_overrides(tmp_path, capsys):
     assert slurm_main(["submit", "--task", "mlsum", "--model", "bartoo", "--dry-run"]) == 2
     assert "unknown model 'bartoo'" in capsys.readouterr().err
+    # an unknown task: the flag that named it, and where a task of one's own gets its columns
+    assert slurm_main(["submit", "--task", "titulares", "--model", "barto", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: argument --task: unknown task 'titulares'; known tasks: ")
+    assert err.endswith("; for a task of your own, give its data.source_column and "
+                        "data.target_column (and data.train_file, data.validation_file) after "
+                        "--\n")
     assert slurm_main(["submit", "--task", "mlsum", "--model", "barto", "--dry-run", "--",
                        "optim.lr=3e-5"]) == 2
     assert "dotted options" in capsys.readouterr().err

@@ -73,7 +73,11 @@ def _sweep_args(sweep_dir, *extra):
 
 @pytest.mark.parametrize("extra, message", [
     (["--models", "barto,bartoo"], "unknown model 'bartoo'"),
-    (["--pair", "barto:mlsumm"], "unknown task 'mlsumm'"),
+    # the task's hint says where a task of one's own gets its columns in a sweep: after --
+    (["--pair", "barto:mlsumm"], "error: argument --pair: barto:mlsumm: unknown task 'mlsumm'; "
+     "did you mean 'mlsum' or 'xlsum'? known tasks: "),
+    (["--pair", "barto:titulares"], "for a task of your own, give its data.source_column and "
+     "data.target_column (and data.train_file, data.validation_file) after --\n"),
     (["--models", "barto", "--grid", "optim.lr="], "argument --grid optim.lr:"),
     (["--models", "barto", "--max-parallel", "0"], "--max-parallel"),
 ])

@@ -133,7 +133,7 @@ def cmd_submit(argv: list[str]) -> int:
         # The run's config as `train` will compose it (a --config file, then the dotted keys):
         # a bad file, key or value is refused before sbatch.
         overrides = absolute_config(overrides)
-        run_config = compose_run(args.task, args.model, overrides)
+        run_config = compose_run(args.task, args.model, overrides, task_option="--task")
         overrides = pinned_paths(overrides, run_config)
     config = slurm_config_from_args(args)
     stamp = time.strftime("%Y%m%d-%H%M%S")

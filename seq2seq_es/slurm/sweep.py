@@ -633,13 +633,26 @@ def relative_paths(argv: list[str]) -> list[tuple[str, str]]:
     return found
 
 
-def compose_run(task: str, model: str, argv: list[str]):
+def compose_run(task: str, model: str, argv: list[str], task_option: str = ""):
     """The config `seq2seq-es train --task T --model M ARGV` composes (a `--config` file, then the
-    dotted options), refused when it would train another task or model than the run's name says."""
+    dotted options), refused when it would train another task or model than the run's name says.
+    `task_option`: the flag that named the task (--task, --pair), for an unknown task's error."""
     from ..config import compose, parse_overrides
+    from ..errors import UnknownNameError
+    from ..tasks.registry import OWN_TASK_HINT
 
     config_file, rest = split_config(argv)
-    cfg = compose(task, model, config_file=config_file, overrides=parse_overrides(rest))
+    try:
+        cfg = compose(task, model, config_file=config_file, overrides=parse_overrides(rest))
+    except UnknownNameError as exc:
+        if not task_option or exc.kind != "task" or not str(exc).endswith(OWN_TASK_HINT):
+            raise
+        # Say where a task of one's own gets its columns here: after -- (train's own hint
+        # names config keys, as if the user had typed `seq2seq-es train`).
+        named = f"{model}:{task}: " if task_option == "--pair" else ""
+        raise ConfigError(task_option, f"{named}{str(exc)[:-len(OWN_TASK_HINT)]}for a task of "
+                          "your own, give its data.source_column and data.target_column (and "
+                          "data.train_file, data.validation_file) after --") from None
     for key, planned, got in (("data.task", task, cfg.data.task),
                               ("model.name", model, cfg.model.name)):
         if got != planned:
@@ -858,7 +871,8 @@ def plan_sweep(root: str | Path, pairs: list[tuple[str, str]],
             union[key] += [value for value in values if value not in union[key]]
         data_args = data_root_overrides(data_root, task) if data_root is not None else []
         base_args = data_args + list(overrides)
-        default = compose_run(task, model, base_args) if compose_runs else compose(task, model)
+        default = (compose_run(task, model, base_args, task_option="--pair") if compose_runs
+                   else compose(task, model))
         if BATCH_AXIS in pair_grid:
             for key in (BATCH_AXIS, ACCUM_KEY):
                 if f"--{key}" in overrides or any(arg.startswith(f"--{key}=") for arg in overrides):

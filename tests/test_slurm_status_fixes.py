@@ -394,6 +394,11 @@ def test_resume_says_train_overrides_reach_no_finished_run(tmp_path, capsys, mon
             "--train.max_steps N` (or a larger --train.epochs): it continues from its last "
             "checkpoint under the longer schedule") in err
     assert load_manifest(run.run_dir).runs[0].job_id == "114"
+    # a SLURM flag asks for a change as much as a train override does (it exited 0)
+    for flags in (["--time", "90"], ["--sbatch", "qos=high"]):
+        assert slurm_main(["resume", run.run_dir, "--yes", *flags]) == 2
+        assert capsys.readouterr().err.startswith(
+            f"error: argument {flags[0]}: not applied: every run of ")
     # without overrides there was nothing asked for: as before
     assert slurm_main(["resume", run.run_dir, "--yes"]) == 0
     assert "has finished (DONE): nothing to resume" in capsys.readouterr().out

@@ -373,10 +373,13 @@ def cmd_resume(argv: list[str]) -> int:
     runs, still_going = runs_to_resume(manifest, states)
     finished = [run.run_dir for run in manifest.runs
                 if all(run is not other for other in runs + [busy for busy, _ in still_going])]
-    if not runs and overrides:
+    # The SLURM flags given, as typed (--time, --sbatch): on finished runs, as the overrides.
+    flags_given = ["--" + flag.replace("_", "-") for flag in RESUME_FLAGS
+                   if getattr(args, flag) is not None] + ["--sbatch"] * bool(args.sbatch)
+    if not runs and (overrides or flags_given):
         # Said as an error: the arguments asked for a change that nothing received (the run
         # folder keeps its settings), and a script must not read that as done.
-        raise ConfigError(overrides[0].split("=", 1)[0],
+        raise ConfigError(overrides[0].split("=", 1)[0] if overrides else flags_given[0],
                           f"not applied: every run of {manifest.path} has finished (DONE), and "
                           "`slurm resume` submits unfinished runs only. "
                           + finished_run_further(finished))

@@ -293,8 +293,12 @@ def test_inputs_that_would_fail_after_loading_are_refused_before_it(tmp_path):
 
     cfg = compose(task="mlsum", model="barto-tiny")
     check_inputs(cfg)
+    text = tmp_path / "train.txt"  # no reader for its extension: it had no key in its error
+    text.write_text("hola\n")
     for key, value, expected in (
             ("data.train_file", str(tmp_path / "nope.jsonl"), "does not exist"),
+            ("data.validation_file", str(text), f"file {text}: unsupported file extension "
+                                                "'.txt'; use one of .jsonl, .json"),
             ("dist.deepspeed_config", str(tmp_path / "ds.json"), "does not exist"),
             ("train.best_metric", "rouge-L", "rouge1, rouge2, rougeL, rougeLsum")):
         bad = compose(task="mlsum", model="barto-tiny", overrides={key: value})

@@ -318,6 +318,12 @@ def test_a_missing_data_file_is_refused_before_sbatch(tmp_path, capsys, monkeypa
                        "nope.jsonl"]) == 2
     err = capsys.readouterr().err
     assert f"config key 'data.train_file': file {tmp_path / 'nope.jsonl'} does not exist" in err
+    # a file no reader takes: refused by its key too (it was named without one)
+    (tmp_path / "train.txt").write_text("hola\n")
+    assert slurm_main([command, *names, "--dry-run", "--", "--data.train_file",
+                       "train.txt"]) == 2
+    assert (f"error: config key 'data.train_file': file {tmp_path / 'train.txt'}: unsupported "
+            "file extension '.txt'") in capsys.readouterr().err
 
 
 def test_resume_names_the_relative_paths_of_runs_submitted_before_they_were_pinned():

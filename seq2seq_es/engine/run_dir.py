@@ -188,13 +188,14 @@ def check_inputs(cfg: RunConfig) -> None:
     train.best_metric, at the first validation): the local data files, the DeepSpeed file, and
     that the best-checkpoint metric is one the task's validation reports."""
     from ..tasks import task_for
+    from ..tasks.loading import check_data_file
     from .optim import deepspeed_config
 
     task = task_for(cfg.data)
     for split in ("train", "validation", "test"):
         path = getattr(cfg.data, f"{split}_file")
-        if path and not Path(path).exists():
-            raise ConfigError(f"data.{split}_file", f"file {path} does not exist")
+        if path:
+            check_data_file(f"data.{split}_file", path)
         if not path and not task.hub_id and split != "test":  # test: scored when given
             raise ConfigError(f"data.{split}_file", f"your own task {task.name} reads local "
                               f"files (it has no data.hub_dataset): pass --data.{split}_file "

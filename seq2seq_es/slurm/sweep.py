@@ -609,13 +609,14 @@ def pinned_paths(argv: list[str], cfg) -> list[str]:
     (`slurm resume` from another folder trained on other files without a word), and a missing
     file failed on the nodes after the job had waited in the queue. A model.path that is no
     local folder is a hub id and stays as given."""
+    from ..tasks.loading import check_data_file
+
     pinned = list(argv)
     for key in PATH_KEYS:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        if key in DATA_FILE_KEYS and value and not os.path.isfile(value):
-            raise ConfigError(key, f"file {value} does not exist" if not os.path.exists(value)
-                              else f"{value} is not a file")
+        if key in DATA_FILE_KEYS and value:
+            check_data_file(key, value)
         if value and os.path.isabs(value):
             pinned = _without_key(pinned, key) + [f"--{key}", value]
     return pinned

@@ -232,6 +232,19 @@ def _in_hub(report: LoadReport, file: str | None) -> str:
 # ---------------------------------------------------------------------------------------------
 # Reading
 
+def check_data_file(key: str, path: str) -> None:
+    """A data file named by config key `key`, checked before anything loads (and before a job is
+    submitted): it exists, is a file, and its extension has a reader. Refused by the key."""
+    if not os.path.exists(path):
+        raise ConfigError(key, f"file {path} does not exist")
+    if not os.path.isfile(path):
+        raise ConfigError(key, f"{path} is not a file")
+    try:
+        builder_for(path)
+    except DataError as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
 def builder_for(path: str) -> tuple[str, dict[str, Any]]:
     extension = os.path.splitext(uncompressed_name(path.lower()))[1]
     if extension not in LOCAL_FILE_BUILDERS:

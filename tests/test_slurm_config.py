@@ -227,7 +227,8 @@ def test_extra_sbatch_options_the_tool_sets_are_refused_by_name(tmp_path, key, s
 def test_other_extra_sbatch_options_are_passed_on(tmp_path, key):
     config = SlurmConfig(extra_sbatch={key: "x"})
     config.check_for_submission()
-    assert f"#SBATCH --{key.replace('_', '-')}=x" in render_sbatch(config, tmp_path)
+    # as sbatch spells it: hyphens, and lowercase (Time2 rendered --Time2, which sbatch has not)
+    assert f"#SBATCH --{key.replace('_', '-').lower()}=x" in render_sbatch(config, tmp_path)
 
 
 def test_a_manifest_with_refused_settings_can_still_be_read_for_its_status(tmp_path):

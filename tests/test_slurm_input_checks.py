@@ -164,6 +164,20 @@ def test_sbatch_options_are_one_by_their_sbatch_spelling_and_a_bare_equals_drops
     assert with_sbatch_options({"comment": "x"}, ["COMMENT=y"]) == {"comment": "y"}
 
 
+def test_a_slurm_config_files_sbatch_keys_are_spelt_as_sbatch_spells_them(tmp_path, capsys):
+    # A file's keys were used as typed: Mail_Type rendered `#SBATCH --Mail-Type`, which sbatch
+    # does not know, and mail_type beside mail-type wrote the option twice.
+    settings = tmp_path / "slurm.yaml"
+    settings.write_text("slurm:\n  extra_sbatch:\n    Mail_Type: END\n")
+    assert slurm_main(_submit(tmp_path, "--slurm-config", str(settings))) == 0
+    script = capsys.readouterr().out
+    assert "#SBATCH --mail-type=END" in script and "Mail" not in script
+    settings.write_text("slurm:\n  extra_sbatch:\n    mail_type: END\n    mail-type: ALL\n")
+    err = _refused(capsys, _submit(tmp_path, "--slurm-config", str(settings)))
+    assert err == ("error: config key 'slurm.extra_sbatch.mail-type': is the sbatch option "
+                   f"mail-type, which 'mail_type' sets too: keep one (in {settings}, line 2)")
+
+
 def test_a_slurm_config_file_may_set_another_flag_and_no_one_letter_form():
     # A site plugin's flag has its way through the file (True renders bare).
     assert with_sbatch_options({"site-flag": True}, ["exclusive"]) == {"site-flag": True,

@@ -145,6 +145,26 @@ def owned_sbatch_message(key: str) -> str | None:
     return f"{key} is set by {option}; use that" + (f" ({why})" if why else "")
 
 
+def sbatch_spelling(key: str) -> str:
+    """An extra_sbatch key as sbatch spells the option: hyphens, and a long name lowercase (a
+    one-letter form keeps its case: -H is hold, -h help)."""
+    key = key.strip().lstrip("-")
+    return (key.lower() if len(key) > 1 else key).replace("_", "-")
+
+
+def one_spelling_each(extra_sbatch: Mapping[str, Any]) -> None:
+    """Refuse two keys of extra_sbatch that are one sbatch option (mail_type and mail-type):
+    one would silently replace the other."""
+    spelt_as: dict[str, str] = {}
+    for key in extra_sbatch:
+        spelling = sbatch_spelling(str(key))
+        if spelling in spelt_as:
+            raise ConfigError(f"slurm.extra_sbatch.{key}",
+                              f"is the sbatch option {spelling}, which '{spelt_as[spelling]}' "
+                              "sets too: keep one")
+        spelt_as[spelling] = str(key)
+
+
 @dataclass
 class SlurmConfig:
     """Resources and scheduling options of one SLURM job (one training run).
@@ -356,7 +376,11 @@ def sbatch_parameters(config: SlurmConfig, *, array_parallelism: int | None = No
         "signal_delay_s": config.signal_delay_s,
         # The job requeues itself after a pre-emption; --requeue allows it even where the cluster's
         # JobRequeue default is 0.
-        "additional_parameters": {"requeue": True, **config.extra_sbatch},
+        # As sbatch spells them: a file's Mail_Type rendered `--Mail-Type`, which sbatch does
+        # not know. Two spellings of one option are refused where a file is read
+        # (one_spelling_each); errors before this name the key as the user wrote it.
+        "additional_parameters": {"requeue": True, **{
+            sbatch_spelling(key): value for key, value in config.extra_sbatch.items()}},
         # A rank that dies ends the step at once instead of leaving the others blocked in a
         # collective until the process-group timeout.
         "srun_args": ["--kill-on-bad-exit=1"],

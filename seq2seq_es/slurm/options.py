@@ -17,7 +17,7 @@ from typing import Any
 from ..config import in_file
 from ..errors import ConfigError
 from .config import (SBATCH_FLAG_OPTIONS, SlurmConfig, load_slurm_yaml, owned_sbatch_message,
-                     sbatch_key_message)
+                     one_spelling_each, sbatch_key_message, sbatch_spelling)
 from .job import DEFAULT_ENTRY
 
 # flag -> SlurmConfig field, for the flags that map one to one
@@ -150,6 +150,12 @@ def slurm_config_from_args(args: argparse.Namespace) -> SlurmConfig:
     if getattr(args, "entry", None):
         check_entry(args.entry, args.python)
     from_file: dict[str, Any] = load_slurm_yaml(args.slurm_config) if args.slurm_config else {}
+    if isinstance(from_file.get("extra_sbatch"), dict):  # another type: from_mapping refuses it
+        try:
+            one_spelling_each(from_file["extra_sbatch"])
+        except ConfigError as error:
+            raise ConfigError(error.key, f"{error.reason} "
+                              f"{in_file(args.slurm_config, 'slurm.extra_sbatch')}") from None
     values = dict(from_file)
     flagged: set[str] = set()
     for flag, (key, _) in SLURM_FLAGS.items():
@@ -207,13 +213,6 @@ def origin(args: argparse.Namespace, field_name: str) -> tuple[str, str]:
     if config_file and field_name in load_slurm_yaml(config_file):
         return key, " " + in_file(config_file, key)
     return key, ""
-
-
-def sbatch_spelling(key: str) -> str:
-    """An extra_sbatch key as sbatch spells the option: hyphens, and a long name lowercase (a
-    one-letter form keeps its case: -H is hold, -h help)."""
-    key = key.strip().lstrip("-")
-    return (key.lower() if len(key) > 1 else key).replace("_", "-")
 
 
 def with_sbatch_options(extra: dict[str, Any] | None, specs: list[str]) -> dict[str, Any]:

@@ -380,7 +380,7 @@ def test_a_model_folder_without_its_run_config_says_whose_lengths_it_reads(
     assert "no run config" not in capsys.readouterr().err
 
 
-def test_predict_formats_the_qa_prompt(trained, workdir):
+def test_predict_formats_the_qa_prompt(trained, workdir, capsys):
     """--task sqac: rows with question and context (no answers needed) become the QA prompt."""
     rows = [{"id": "a", "question": "¿Dónde se celebró la fiesta?",
              "context": "La fiesta se celebró en Córdoba el sábado."},
@@ -397,6 +397,16 @@ def test_predict_formats_the_qa_prompt(trained, workdir):
     assert [r["source"] for r in got] == [
         f"question: {r['question']} context: {r['context']}" for r in rows]
     assert all(isinstance(r["prediction"], str) for r in got)
+    assert "note: --task" not in capsys.readouterr().err
+    # A text file's lines are sources as they are: a question alone was answered without a word.
+    questions = workdir / "questions.txt"
+    questions.write_text("".join(r["question"] + "\n" for r in rows), encoding="utf-8")
+    assert cli(["predict", str(trained / "final"), "--input", str(questions), "--output",
+                str(workdir / "answers.txt"), "--task", "sqac", "--gen.max_new_tokens", "4"]) == 0
+    assert (f"note: --task sqac: each line of {questions} is a source as it is, but sqac's "
+            "sources are `question: {question} context: {context}`, from the `question` and "
+            "`context` texts: write each line so, or give a .jsonl file of the task's columns"
+            in capsys.readouterr().err)
 
 
 BAD_INPUTS = {

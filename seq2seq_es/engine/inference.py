@@ -931,6 +931,7 @@ def predict_main(argv: list[str]) -> int:
     from ..tasks import get_task, task_for
     from .builders import get_collator, get_generation_config
     from .evaluation import generate_texts
+    from ..tasks.formatting import DialogueFormatter, QAFormatter
     from .optim import use_bf16
 
     args, overrides = parse_predict_args(argv)
@@ -972,6 +973,13 @@ def predict_main(argv: list[str]) -> int:
     unread = unread_by_inference(overrides, "predict")
     if unread:
         say(f"note: not read by predict: {', '.join(unread)}")
+    if task is not None and _plain_name(input_path).suffix.lower() != ".jsonl" and \
+            isinstance(task.formatter, (QAFormatter, DialogueFormatter)):
+        # --task formats .jsonl rows only: a text line of a question alone was answered as
+        # it was, without a word, by a model trained on question and context.
+        say(f"note: --task {task.name}: each line of {input_path} is a source as it is, but "
+            f"{task.name}'s sources are {task.formatter.source_layout()}: write each line so, "
+            "or give a .jsonl file of the task's columns")
     with _length_named_as_given(args.max_source_length):  # a checkpoint with fewer positions
         loaded = load_for_inference(saved, cfg, env)
     side = (task or task_for(cfg.data)).source_truncation_side

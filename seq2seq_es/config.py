@@ -37,7 +37,7 @@ from typing import Any, Iterable, Literal, Mapping
 
 import yaml
 
-from .errors import ConfigError, close_matches
+from .errors import ConfigError, close_matches, comma_names
 
 
 INT_LIMIT = 2**31  # an integer key holds less in size: torch, numpy and CUDA take C ints, and a
@@ -624,18 +624,6 @@ def _convert(key: str, raw: Any, annotation: Any) -> Any:
 
 # Text keys that hold a comma-separated list: a YAML list of strings is taken for them too.
 COMMA_LIST_KEYS = frozenset({"train.report_to", "data.metrics"})
-
-
-def comma_names(key: str, text: str) -> list[str]:
-    """A comma-separated list's names, stripped. An empty name between names (`rouge,,bleu`, a
-    trailing comma) is refused by `key`: a name was lost in typing, and reading it as nothing
-    would run without it. A text of commas alone is left to the caller (no names)."""
-    items = [item.strip() for item in text.split(",")]
-    names = [item for item in items if item]
-    if names and len(names) != len(items):
-        raise ConfigError(key, f"has an empty name between commas ({text!r}); did you mean "
-                          f"'{','.join(names)}'?")
-    return names
 
 # What the free text of a key whose value is a choice or text means, for its errors.
 TEXT_MEANING = {"train.resume": "a checkpoint folder"}

@@ -66,6 +66,18 @@ def did_you_mean(name: str, known, quote: str = "'") -> str:
     return f"did you mean {' or '.join(matches)}? " if matches else ""
 
 
+def comma_names(key: str, text: str) -> list[str]:
+    """A comma-separated list's names, stripped. An empty name between names (`rouge,,bleu`, a
+    trailing comma) is refused by `key`: a name was lost in typing, and reading it as nothing
+    would run without it. A text of commas alone is left to the caller (no names)."""
+    items = [item.strip() for item in text.split(",")]
+    names = [item for item in items if item]
+    if names and len(names) != len(items):
+        raise ConfigError(key, f"has an empty name between commas ({text!r}); did you mean "
+                          f"'{','.join(names)}'?")
+    return names
+
+
 class UnknownNameError(Seq2SeqEsError):
     """An unknown registry name (model, task, metric); suggests close ones and lists the known
     ones: `unknown task 'mlsun'; did you mean 'mlsum'? known tasks: ...`."""

@@ -230,7 +230,8 @@ def test_slurm_submit_and_sweep_take_an_own_task_defined_after_the_dashes(tmp_pa
     assert slurm_main(["submit", "--task", "titulares", "--model", "barto-tiny", "--run-dir",
                        str(tmp_path / "run2"), "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert "unknown task 'titulares'" in err and "set data.source_column" in err
+    assert "unknown task 'titulares'" in err and "give its data.source_column and " \
+        "data.target_column (and data.train_file, data.validation_file) after --" in err
     assert slurm_main(["sweep", "--sweep-dir", str(tmp_path / "sweep2"), "--pair",
                        "barto-tiny:titulares", "--dry-run"]) == 2
     assert "unknown task 'titulares'" in capsys.readouterr().err

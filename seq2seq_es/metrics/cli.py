@@ -23,8 +23,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from seq2seq_es.config import comma_names
-from seq2seq_es.errors import ConfigError, DataError, Seq2SeqEsError, json_problem
+from seq2seq_es.errors import (ConfigError, DataError, Seq2SeqEsError, comma_names,
+                               json_problem)
 from seq2seq_es.line_files import has_cr_line_ends, split_lines
 
 EM_CONVENTION_CHOICES = ("strict", "squad", "mlqa-es", "loose")

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError, UnknownNameError
+from ..errors import ConfigError, UnknownNameError, comma_names
 from .formatting import (DialogueFormatter, Formatter, PairFormatter, QAFormatter,
                          SplitRephraseFormatter, TranslationFormatter)
 
@@ -317,8 +317,6 @@ OWN_TASK_HINT = ("for a task of your own, set data.source_column and data.target
 
 def metric_list(text: str) -> tuple[str, ...]:
     """data.metrics as names, checked: known and each once."""
-    from ..config import comma_names
-
     names = tuple(comma_names("data.metrics", text))
     if text.strip() and not names:
         raise ConfigError("data.metrics", f"names no metric ({text!r}); e.g. rouge,bleu, or "

@@ -185,6 +185,24 @@ def test_requests_the_partition_cannot_hold_are_refused(slurm_cluster, tmp_path,
     assert message in err
 
 
+@pytest.mark.slurm
+def test_a_dry_run_is_warned_of_what_this_cluster_lacks(slurm_cluster, tmp_path, capsys):  # noqa: F811
+    # As submit and sweep: a dry run's script may be meant for a GPU cluster (it was refused
+    # here, so a GPU bench script could not be looked at from a login node's test cluster).
+    for options, warning in (
+            (["--gpus-per-node", "4"], "warning: argument --gpus-per-node: 2 node(s) with 4 "
+                                       "GPU(s) each asked, but partition 'debug' has 0"),
+            (["--partition", "gpu"], "warning: argument --partition: SLURM does not know "
+                                     "partition 'gpu'; known partitions: debug")):
+        assert bench(tmp_path / "bench", "--nodes", "1,2", "--zero-stages", "2", "--dry-run",
+                     *options) == 0
+        out, err = capsys.readouterr()
+        assert err.startswith(warning) and "#SBATCH" in out
+    # more nodes than the partition has: refused, dry run or not, as submit refuses it
+    assert "argument --nodes: 3 nodes asked" in refused(capsys, tmp_path / "bench", "--nodes",
+                                                        "1,3", "--zero-stages", "2", "--dry-run")
+
+
 # ---- a real bench ----------------------------------------------------------------------------
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -223,10 +223,18 @@ def test_an_unknown_partition_is_named_as_the_user_gave_it(tmp_path, capsys):
     from seq2seq_es.slurm.sweep import slurm_partitions
 
     known = slurm_partitions()
-    err = _refused(capsys, _submit(tmp_path, "--partition", "nope"))
+    submit = [arg for arg in _submit(tmp_path) if arg != "--dry-run"]  # refused before sbatch
+    err = _refused(capsys, [*submit, "--partition", "nope"])
     assert err == ("error: argument --partition: SLURM does not know partition 'nope'; "
                    f"known partitions: {', '.join(known)}")
     path = _slurm_yaml(tmp_path, "slurm:\n  partition: nope\n")
-    err = _refused(capsys, _submit(tmp_path, "--slurm-config", str(path)))
+    err = _refused(capsys, [*submit, "--slurm-config", str(path)])
     assert err.startswith("error: config key 'slurm.partition': SLURM does not know partition")
     assert err.endswith(f"(in {path}, line 2)")
+    # A dry run's script may be meant for another cluster (the README's --partition gpu): it
+    # was refused there; now it is said in a warning, and the script printed.
+    assert slurm_main(_submit(tmp_path, "--partition", "nope")) == 0
+    out, err = capsys.readouterr()
+    assert err == ("warning: argument --partition: SLURM does not know partition 'nope'; "
+                   f"known partitions: {', '.join(known)}\n")
+    assert "#SBATCH --partition=nope" in out

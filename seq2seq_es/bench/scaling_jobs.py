@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -44,11 +45,10 @@ from ..config import RunConfig, compose, parse_overrides
 from ..errors import ConfigError, Seq2SeqEsError
 from ..slurm.config import SlurmConfig
 from ..slurm.monitor import FINISHED_STATES, read_metrics, sweep_status
-from ..slurm.options import add_slurm_options, slurm_config_from_args, split_overrides
+from ..slurm.options import add_slurm_options, origin, slurm_config_from_args, split_overrides
 from ..slurm.sweep import (PLANNER_KEYS, RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan,
-                          SlurmUnavailableError, check_cluster_size, check_names, check_overrides,
-                          dry_run_script, load_manifest, new_manifest, partition_nodes, submit,
-                          train_argv)
+                          check_names, check_node_count, check_overrides, check_partition,
+                          dry_run_script, load_manifest, new_manifest, submit, train_argv)
 from .scaling import scaling_plot, scaling_points, scaling_table
 
 BENCH_MANIFEST = "bench.json"
@@ -587,15 +587,12 @@ def cmd_bench(argv: list[str]) -> int:
                              gpus_per_node=base.gpus_per_node, tasks_per_node=base.ntasks_per_node,
                              train_size=train_size, data_files=data_files, overrides=overrides,
                              slurm=base.to_dict(), runs=runs, created=round(time.time(), 3))
-    # Also for --dry-run where sinfo answers, as submit and sweep check: a node count the
-    # partition cannot hold makes a job that waits for ever.
-    try:
-        partition, nodes, _ = partition_nodes(base.partition)
-    except SlurmUnavailableError:
-        if not args.dry_run:
-            raise
-    else:
-        check_cluster_size(node_counts, base.gpus_per_node, partition, nodes)
+    # As submit and sweep check (a dry run too, where sinfo answers): a node count the
+    # partition cannot hold makes a job that waits for ever; the largest job decides. The GPUs
+    # and CPUs asked are a dry run's warning (its script may be meant for another cluster).
+    check_partition(base.partition, required=not args.dry_run, origin=origin(args, "partition"))
+    check_node_count(dataclasses.replace(base, nodes=max(node_counts)),
+                     required=not args.dry_run)
     if args.dry_run:
         return _print_plan(manifest, base, bench_dir, args.entry, args.serial)
     bench_dir.mkdir(parents=True, exist_ok=True)

@@ -32,9 +32,9 @@ where stdin is not a terminal it needs --yes (scripts never hang on the question
 Without --grid a sweep uses the paper's grid for each pair: train.batch_size 4,8,16 x optim.lr
 3e-5,5e-5 x train.epochs 3,6, except translation with BARTO and T5S, which gets the paper's recipe
 (train.batch_size 384; the registry's steps and peak learning rate, 6.25e-4 BARTO, 1.25e-3 T5S).
-A train.batch_size axis is the effective batch per optimizer step: each run gets the pair's
-default micro-batch (or the whole batch, if smaller) and the gradient accumulation that makes up
-the rest. Every run's config is composed (with the `--config` file after --) and validated before
+A train.batch_size axis is the effective batch per optimizer step: each run gets the largest
+micro-batch, up to the pair's default, that divides each rank's share, and the gradient
+accumulation that makes up the rest. Every run's config is composed (with the `--config` file after --) and validated before
 anything is submitted, and runs whose resolved configs are equal (an axis a run never reads, e.g.
 train.epochs under train.max_steps) are dropped, with a summary.
 `--seeds 1,2,3` runs every grid point (the paper's, --grid's, or with --no-grid the pair's one

@@ -1209,7 +1209,9 @@ def gpu_warning(gpus_per_node: int, partition: str | None, sinfo_gres: str | Non
 
 def check_partition(partition: str | None, *, required: bool,
                     origin: tuple[str, str] = ("slurm.partition", "")) -> None:
-    """Refuses a partition SLURM does not know. Without sinfo it fails only when `required`.
+    """Refuses a partition SLURM does not know. Without sinfo it fails only when `required`;
+    a dry run (not `required`) is told in a warning: its script may be meant for another
+    cluster (the README's `--partition gpu` example on a login node's test cluster).
     `origin`: the name the refusal gives (the flag, or the config key) and where it was set."""
     if partition is None:
         return
@@ -1220,8 +1222,11 @@ def check_partition(partition: str | None, *, required: bool,
             raise
         return
     if partition not in known:
-        raise ConfigError(origin[0], f"SLURM does not know partition '{partition}'; "
-                          f"known partitions: {', '.join(known) or '(none)'}{origin[1]}")
+        refused = ConfigError(origin[0], f"SLURM does not know partition '{partition}'; "
+                              f"known partitions: {', '.join(known) or '(none)'}{origin[1]}")
+        if required:
+            raise refused
+        print(f"warning: {refused}", file=sys.stderr)
 
 
 def partition_nodes(partition: str | None) -> tuple[str, dict[str, int], dict[str, int | None]]:
@@ -1282,6 +1287,10 @@ def check_node_count(config: SlurmConfig, *, required: bool) -> None:
     try:
         name, gpus, cpus = partition_nodes(config.partition)
     except SlurmUnavailableError:
+        if required:
+            raise
+        return
+    except ConfigError:  # a partition sinfo does not list: check_partition has said so
         if required:
             raise
         return

@@ -69,9 +69,9 @@ def read(path: str | Path, merge_steps: bool = True) -> list[dict[str, Any]]:
             if line_number == len(lines):
                 break  # the run is writing it, or was killed while writing it
             raise DataError(f"not valid JSON ({exc.msg})", file=str(path),
-                            row=line_number) from None
+                            line=line_number) from None
         if not isinstance(record, dict):
-            raise DataError("expected a JSON object", file=str(path), row=line_number)
+            raise DataError("expected a JSON object", file=str(path), line=line_number)
         step = record.get("step")
         if merge_steps and isinstance(step, int) and not isinstance(step, bool):
             if step in by_step:

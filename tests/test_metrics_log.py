@@ -46,7 +46,9 @@ def test_read_names_a_broken_line_in_the_middle(tmp_path):
     path.write_text('{"step": 1}\n{"step": 2,\n{"step": 3}\n', encoding="utf-8")
     with pytest.raises(DataError) as info:
         metrics_log.read(path)
-    assert info.value.row == 2 and info.value.file == str(path)
+    # a line, as an editor numbers it (it was given as the 0-based data "row 2")
+    assert info.value.line == 2 and info.value.row is None and info.value.file == str(path)
+    assert str(info.value).startswith(f"file {path}, line 2: not valid JSON")
 
 
 def test_a_record_whose_step_is_a_boolean_is_not_merged_into_step_1(tmp_path):

@@ -335,6 +335,25 @@ def test_scaling_efficiency_table():
         scaling_table([{"nodes": 1, "real_tokens_per_s": 5.0}])
 
 
+def test_a_job_that_has_not_completed_is_neither_scored_nor_a_reference():
+    # A cancelled one-node job was the reference of the two-node one's efficiency (12.8%), and
+    # a running job's partial rate was scored, with no mark in the scaling table.
+    rows = [{"nodes": 1, "zero_stage": 0, "real_tokens_per_s": 1000.0, "finished": False},
+            {"nodes": 2, "zero_stage": 0, "real_tokens_per_s": 1800.0, "finished": True},
+            {"nodes": 1, "zero_stage": 2, "real_tokens_per_s": 1000.0, "finished": True},
+            {"nodes": 2, "zero_stage": 2, "real_tokens_per_s": 1500.0, "finished": False},
+            {"nodes": 2, "zero_stage": 2, "real_tokens_per_s": 1200.0, "finished": True}]
+    points = {(p["zero_stage"], p["nodes"]): p for p in scaling_points(rows)}
+    assert points[(0, 2)]["efficiency"] is None and points[(0, 2)]["finished"]
+    # the completed reading wins over a faster partial one, and is scored
+    assert points[(2, 2)]["real_tokens_per_s"] == 1200.0
+    assert points[(2, 2)]["efficiency"] == pytest.approx(0.6)
+    table = scaling_table(rows).splitlines()
+    assert "| 0 | 1 | 1,000* | - | - |" in table and "| 0 | 2 | 1,800 | - | - |" in table
+    assert table[-1].startswith("* its job has not completed")
+    assert "not completed" not in scaling_table(SCALING_ROWS)  # rows without the key: finished
+
+
 def test_scaling_plot_writes_a_png(tmp_path):
     path = scaling_plot(SCALING_ROWS, tmp_path / "plots" / "scaling.png")
     data = path.read_bytes()

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from conftest_slurm import slurm_cluster  # noqa: F401  (fixture)
-from seq2seq_es.bench import scaling_jobs
 from seq2seq_es.bench.scaling_jobs import (BENCH_KIND, BENCH_MANIFEST, BenchManifest, add_efficiency,
                                            measure_run, plan_bench_runs, runs_table)
 from seq2seq_es.slurm.cli import main as slurm_main
+from seq2seq_es.slurm import sweep
 from seq2seq_es.slurm.sweep import SWEEP_MANIFEST
 
+FIXTURES = Path(__file__).parent / "fixtures"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SMALL_RUN = ["--data.max_source_length", "96", "--data.max_target_length", "64",
              "--train.batch_size", "2", "--train.precision", "fp32"]
@@ -108,9 +110,49 @@ def test_a_folder_holding_another_bench_or_a_sweep_is_refused(tmp_path, capsys):
     assert "run folder" in err and "nodes2_zero0 is not empty" in err
 
 
+def test_a_file_or_a_run_folder_is_no_bench_folder(tmp_path, capsys):
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    # it was taken by --dry-run and ended in a FileExistsError traceback when submitting
+    err = refused(capsys, a_file, "--nodes", "1", "--dry-run")
+    assert err.startswith(f"error: argument --bench-dir: {a_file} is a file; expected a folder")
+    run = tmp_path / "run"  # a training run's folder: the bench wrote its runs and data into it
+    run.mkdir()
+    (run / "config.yaml").write_text("train: {}\n")
+    err = refused(capsys, run, "--nodes", "1", "--dry-run")
+    assert err == (f"error: argument --bench-dir: {run} holds config.yaml (a sweep or a run); "
+                   "choose another folder")
+
+
+def test_the_data_is_checked_before_anything_is_submitted(tmp_path, capsys):
+    # --train-size 0 was read as "not given"; one too small for a step, or a missing or short
+    # file of the user's, was submitted and failed in the job after its wait in the queue.
+    err = refused(capsys, tmp_path / "b", "--nodes", "1,2", "--dry-run", "--train-size", "0")
+    assert err == "error: argument --train-size: expected an integer >= 1, got 0"
+    err = refused(capsys, tmp_path / "b", "--nodes", "1,2", "--dry-run", "--train-size", "3")
+    assert err == ("error: argument --train-size: 3 rows are less than one step of nodes2_zero0 "
+                   "(2 examples per device x 2 devices)")
+    files = ["--data.validation_file", str(FIXTURES / "mlsum" / "validation.jsonl")]
+    missing = tmp_path / "nope.jsonl"
+    err = refused(capsys, tmp_path / "b", "--nodes", "1", "--dry-run",
+                  overrides=[*SMALL_RUN, "--data.train_file", str(missing), *files])
+    assert err == f"error: config key 'data.train_file': file {missing} does not exist"
+    err = refused(capsys, tmp_path / "b", "--nodes", "1", "--dry-run", "--train-size", "9",
+                  overrides=[*SMALL_RUN, "--data.train_file", str(missing), *files])
+    assert err.startswith("error: argument --train-size: sizes the data the bench generates")
+    short = tmp_path / "short.jsonl"
+    short.write_text((FIXTURES / "mlsum" / "train.jsonl").read_text().splitlines()[0] + "\n")
+    err = refused(capsys, tmp_path / "b", "--nodes", "1,2", "--dry-run",
+                  overrides=[*SMALL_RUN, "--data.train_file", str(short), *files])
+    assert err.startswith("error: config key 'train.batch_size': run nodes2_zero0: one step "
+                          "takes 4 examples")
+    assert bench(tmp_path / "b", "--nodes", "1,2", "--dry-run", "--no-data-check",
+                 overrides=[*SMALL_RUN, "--data.train_file", str(short), *files]) == 0
+
+
 def test_dry_run_prints_every_job_and_writes_nothing(tmp_path, capsys, monkeypatch):
     # a partition of four 4-GPU nodes (the local cluster's two would refuse --nodes 4)
-    monkeypatch.setattr(scaling_jobs, "partition_nodes",
+    monkeypatch.setattr(sweep, "partition_nodes",
                         lambda partition: ("gpu", {f"node{i}": 4 for i in range(4)},
                                            {f"node{i}": 64 for i in range(4)}))
     bench_dir = tmp_path / "bench"
@@ -269,3 +311,21 @@ def test_bench_one_and_two_nodes_zero2(slurm_cluster, tmp_path, capsys):  # noqa
     capsys.readouterr()
     err = refused(capsys, bench_dir, "--nodes", "1", "--zero-stages", "0")
     assert "already holds another bench" in err
+    assert all(row["code"] == rows[1]["code"] for row in result["rows"])  # one code: no warning
+
+    # A copy is read from where it is: the original's results had been reported for it.
+    copy = tmp_path / "copy"
+    shutil.copytree(bench_dir, copy)
+    (copy / "nodes2_zero2" / "metrics.jsonl").write_text(
+        '{"step": 1, "train/tokens_per_s": 5.0}\nnot json\n{"step": 3}\n')
+    (copy / "nodes1_zero2" / "metrics.jsonl").unlink()
+    assert slurm_main(["bench", "--collect", str(copy)]) == 1  # completed jobs without results
+    out, err = capsys.readouterr()
+    copied = {row["nodes"]: row for row in json.loads((copy / "scaling.json").read_text())["rows"]}
+    assert copied[2]["run_dir"] == str(copy / "nodes2_zero2")
+    assert copied[1]["real_tokens_per_s"] is None and copied[2]["real_tokens_per_s"] is None
+    # one broken file names its line and leaves the other runs collected, in the table too
+    assert f"nodes2_zero2: file {copy / 'nodes2_zero2' / 'metrics.jsonl'}, line 2: not valid" in err
+    assert (f"nodes1_zero2: completed, but {copy / 'nodes1_zero2' / 'metrics.jsonl'} holds no "
+            "step after the 2 warm-up step(s)") in err
+    assert "| nodes1_zero2 | " in out and "nodes1_zero2: completed, but" in out

@@ -8,7 +8,9 @@ Per ZeRO stage, with T(n) the real tokens/s on n nodes:
     efficiency(n) = T(n) / (n * T(1))
 
 A stage without a one-node row has no reference, so its speedups and efficiencies are None.
-When several rows share (stage, nodes), the fastest one counts.
+When several rows share (stage, nodes), the fastest one counts. A row with `finished` False (a
+job still running, cancelled or failed: its rate comes from the steps logged so far) is shown,
+marked, but neither scored nor taken as a reference; rows without the key count as finished.
 """
 
 from __future__ import annotations
@@ -32,23 +34,38 @@ def _check(rows: list[dict]) -> None:
 
 
 def scaling_points(rows: list[dict]) -> list[dict]:
-    """One entry per (zero_stage, nodes), sorted, with tokens/s, speedup and efficiency."""
+    """One entry per (zero_stage, nodes), sorted, with tokens/s, whether it finished, speedup
+    and efficiency (None unless it and its stage's one-node reference finished)."""
     _check(rows)
-    best: dict[tuple[int, int], float | None] = {}
+    # (rate, finished) per point: a finished rate wins over an unfinished one, then the faster.
+    best: dict[tuple[int, int], tuple[float | None, bool]] = {}
     for row in rows:
         key = (int(row["zero_stage"]), int(row["nodes"]))
         rate = row["real_tokens_per_s"]
         rate = float(rate) if rate is not None and rate > 0 else None
-        if key not in best or (rate is not None and (best[key] is None or rate > best[key])):
-            best[key] = rate
+        candidate = (rate, bool(row.get("finished", True)))
+        held = best.get(key)
+        if held is None or _better(candidate, held):
+            best[key] = candidate
     points = []
-    for (stage, nodes), rate in sorted(best.items()):
-        reference = best.get((stage, 1))
-        scored = rate is not None and reference is not None
+    for (stage, nodes), (rate, finished) in sorted(best.items()):
+        reference, reference_finished = best.get((stage, 1), (None, False))
+        scored = rate is not None and finished and reference is not None and reference_finished
         points.append({"zero_stage": stage, "nodes": nodes, "real_tokens_per_s": rate,
+                       "finished": finished,
                        "speedup": rate / reference if scored else None,
                        "efficiency": rate / (nodes * reference) if scored else None})
     return points
+
+
+def _better(candidate: tuple[float | None, bool], held: tuple[float | None, bool]) -> bool:
+    """Whether a (rate, finished) reading replaces the one held for its point."""
+    (rate, finished), (held_rate, held_finished) = candidate, held
+    if rate is None:
+        return False
+    if held_rate is None or finished != held_finished:
+        return held_rate is None or finished
+    return rate > held_rate
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -59,9 +76,14 @@ def scaling_table(rows: list[dict]) -> str:
     """Markdown: ZeRO stage, nodes, real tokens/s, speedup over one node, scaling efficiency."""
     lines = ["| ZeRO stage | nodes | real tok/s | speedup (x) | efficiency |",
              "|---|---|---|---|---|"]
-    for p in scaling_points(rows):
-        lines.append(f"| {p['zero_stage']} | {p['nodes']} | {_fmt(p['real_tokens_per_s'], ',.0f')} "
+    points = scaling_points(rows)
+    for p in points:
+        rate = _fmt(p["real_tokens_per_s"], ",.0f") + ("" if p["finished"] else "*")
+        lines.append(f"| {p['zero_stage']} | {p['nodes']} | {rate} "
                      f"| {_fmt(p['speedup'], '.2f')} | {_fmt(p['efficiency'], '.1%')} |")
+    if not all(p["finished"] for p in points):
+        lines += ["", "* its job has not completed (running, failed or cancelled): the rate of "
+                  "the steps logged so far, not scored and no one-node reference"]
     return "\n".join(lines)
 
 
@@ -76,7 +98,9 @@ def scaling_plot(rows: list[dict], png_path: str | Path) -> Path:
     FigureCanvasAgg(figure)
     rate_axes, efficiency_axes = figure.subplots(1, 2)
     for stage in sorted({p["zero_stage"] for p in points}):
-        mine = [p for p in points if p["zero_stage"] == stage and p["real_tokens_per_s"]]
+        # Finished points only: a partial rate drawn on the line read as a measurement.
+        mine = [p for p in points if p["zero_stage"] == stage and p["real_tokens_per_s"]
+                and p["finished"]]
         if not mine:
             continue
         nodes = [p["nodes"] for p in mine]

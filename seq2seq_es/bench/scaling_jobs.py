@@ -41,14 +41,16 @@ from pathlib import Path
 from typing import Any
 
 from .. import run_files
-from ..config import RunConfig, compose, parse_overrides
-from ..errors import ConfigError, Seq2SeqEsError
+from ..config import RunConfig, check_folder, compose, parse_overrides
+from ..errors import ConfigError, DataError, Seq2SeqEsError
 from ..slurm.config import SlurmConfig
-from ..slurm.monitor import FINISHED_STATES, read_metrics, sweep_status
+from ..slurm.monitor import FINISHED_STATES, read_metrics, run_code, sweep_status
+from ..slurm.data_check import add_data_check_option, check_local_data
 from ..slurm.options import add_slurm_options, origin, slurm_config_from_args, split_overrides
 from ..slurm.sweep import (PLANNER_KEYS, RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan,
                           check_names, check_node_count, check_overrides, check_partition,
-                          dry_run_script, load_manifest, new_manifest, submit, train_argv)
+                          dry_run_script, load_manifest, new_manifest, pinned_paths, submit,
+                          train_argv)
 from .scaling import scaling_plot, scaling_points, scaling_table
 
 BENCH_MANIFEST = "bench.json"
@@ -148,6 +150,10 @@ def load_bench_manifest(path: str | Path) -> BenchManifest:
     except (TypeError, KeyError) as exc:
         raise ConfigError("--collect", f"{path} does not match this version's bench manifest: "
                           f"{exc}") from None
+    # Each run folder is nodes<N>_zero<S> beside bench.json: a bench folder copied or moved
+    # elsewhere had its results read from the old place (the absolute paths it was planned with).
+    for run in manifest.runs:
+        run.run_dir = str(path.parent / Path(run.run_dir).name)
     manifest.path = str(path)
     return manifest
 
@@ -197,7 +203,9 @@ def check_bench_overrides(overrides: list[str]) -> dict[str, str]:
 
 
 def check_bench_dir(bench_dir: Path, runs: list[BenchRun]) -> None:
-    """Refuses a folder that holds another bench, a sweep or a run, or results in a run folder."""
+    """Refuses a path that is a file (or lies under one), a folder that holds another bench, a
+    sweep or a run (a training run's folder too), or results in a run folder."""
+    check_folder("--bench-dir", str(bench_dir))
     manifest = bench_dir / BENCH_MANIFEST
     if manifest.exists():
         try:
@@ -209,7 +217,7 @@ def check_bench_dir(bench_dir: Path, runs: list[BenchRun]) -> None:
             raise ConfigError("--bench-dir", f"{bench_dir} already holds another bench "
                               f"({len(previous.runs)} runs, {previous.model} on {previous.task}); "
                               "choose another folder")
-    for other in (SWEEP_MANIFEST, RUN_MANIFEST):
+    for other in (SWEEP_MANIFEST, RUN_MANIFEST, run_files.CONFIG, run_files.METRICS):
         if (bench_dir / other).exists():
             raise ConfigError("--bench-dir", f"{bench_dir} holds {other} (a sweep or a run); "
                               "choose another folder")
@@ -399,14 +407,24 @@ def collect_rows(manifest: BenchManifest, warmup_steps: int,
     states = states if states is not None else run_states(manifest)
     rows = []
     for run in sorted(manifest.runs, key=lambda r: (r.zero_stage, r.nodes)):
-        measured = measure_run(run.run_dir, warmup_steps)
+        problem = None
+        try:
+            measured = measure_run(run.run_dir, warmup_steps)
+        except DataError as exc:  # a broken line: this run is unreadable, not the whole bench
+            measured = {"real_tokens_per_s": None, "padded_fraction": None, "steps_measured": 0,
+                        "last_step": None}
+            problem = str(exc)
         tokens = measured["real_tokens_per_s"]
         state = states.get(run.name, "UNKNOWN")
+        if problem is None and state == "COMPLETED" and not measured["steps_measured"]:
+            problem = (f"completed, but {Path(run.run_dir) / run_files.METRICS} holds no step "
+                       f"after the {warmup_steps} warm-up step(s)")
         rows.append({"nodes": run.nodes, "zero_stage": run.zero_stage,
                      "world_size": run.world_size, **measured,
                      "tokens_per_s_per_device": tokens / run.world_size if tokens else None,
                      "state": state, "finished": state == "COMPLETED",
-                     "job_id": run.job_id, "run_dir": run.run_dir})
+                     "job_id": run.job_id, "run_dir": run.run_dir,
+                     "code": run_code(Path(run.run_dir)), "problem": problem})
     add_efficiency(rows)
     return rows
 
@@ -439,12 +457,16 @@ def runs_table(rows: list[dict[str, Any]]) -> str:
     if unfinished:
         lines += ["", f"* not finished ({', '.join(unfinished)}): still going, failed or "
                   "cancelled; its values, if any, come from the steps logged so far"]
+    problems = [f"{Path(row['run_dir']).name}: {row['problem']}" for row in rows
+                if row.get("problem")]
+    if problems:
+        lines += ["", *problems]
     return "\n".join(lines) + "\n"
 
 
 CSV_COLUMNS = ["zero_stage", "nodes", "world_size", "real_tokens_per_s", "tokens_per_s_per_device",
                "speedup", "efficiency", "padded_fraction", "steps_measured", "last_step", "state", "finished",
-               "job_id", "run_dir"]
+               "job_id", "run_dir", "code", "problem"]
 
 
 def scaling_csv(rows: list[dict[str, Any]]) -> str:
@@ -457,14 +479,18 @@ def scaling_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def bench_header(manifest: BenchManifest, warmup_steps: int) -> str:
+def bench_header(manifest: BenchManifest, warmup_steps: int,
+                 rows: list[dict[str, Any]] | None = None) -> str:
+    codes = sorted({row["code"] for row in rows or [] if row.get("code")})
+    code = (f" Code: {codes[0]}." if len(codes) == 1 else
+            f" Code: {', '.join(codes)} (the runs differ)." if codes else "")
     devices = (f"{manifest.gpus_per_node} GPU(s)" if manifest.gpus_per_node
                else f"{manifest.tasks_per_node} CPU task(s)")
     batch = (f"{manifest.samples_per_device_step} samples per device per step"
              if manifest.samples_per_device_step else "token-budget batches")
     return (f"Scaling of {manifest.model} on {manifest.task}: {devices} per node, {batch} (weak "
             f"scaling), median over steps {warmup_steps + 1}..{manifest.steps} of "
-            f"{manifest.steps}.\n\n")
+            f"{manifest.steps}.{code}\n\n")
 
 
 def write_results(manifest: BenchManifest, rows: list[dict[str, Any]],
@@ -472,7 +498,7 @@ def write_results(manifest: BenchManifest, rows: list[dict[str, Any]],
     """Writes scaling.md/.csv/.json/.png next to bench.json; returns (markdown, paths)."""
     bench_dir = Path(manifest.path).parent
     paths = [bench_dir / f"{RESULT_STEM}.{suffix}" for suffix in ("md", "csv", "json", "png")]
-    markdown = (bench_header(manifest, warmup_steps) + scaling_table(rows) + "\n\n"
+    markdown = (bench_header(manifest, warmup_steps, rows) + scaling_table(rows) + "\n\n"
                 + runs_table(rows))
     paths[0].write_text(markdown, encoding="utf-8")
     paths[1].write_text(scaling_csv(rows), encoding="utf-8")
@@ -504,11 +530,24 @@ def _collect(manifest: BenchManifest, warmup_steps: int, wait: bool,
     markdown, paths = write_results(manifest, rows, warmup_steps)
     print(markdown, end="")
     print(f"\nwritten: {', '.join(str(path) for path in paths)}")
+    failed = False
     for row in rows:
+        name = Path(row["run_dir"]).name
         if row["state"] in FINISHED_STATES - {"COMPLETED"}:
-            print(f"{Path(row['run_dir']).name}: {row['state']}; see `seq2seq-es slurm status "
-                  f"{row['run_dir']}`", file=sys.stderr)
-    if wait and not all(row["finished"] for row in rows):
+            failed = True
+            print(f"{name}: {row['state']}; see `seq2seq-es slurm status {row['run_dir']}`",
+                  file=sys.stderr)
+        if row["problem"]:
+            failed = True
+            print(f"{name}: {row['problem']}", file=sys.stderr)
+    codes = {Path(row["run_dir"]).name: row["code"] for row in rows if row["code"]}
+    if len(set(codes.values())) > 1:
+        print("warning: the runs ran different code ("
+              + ", ".join(f"{name}: {code}" for name, code in codes.items())
+              + "): their rates may not compare", file=sys.stderr)
+    # A job that ended without completing (or left no readable steps) fails the collect, with
+    # --wait or not; a job still going does so only once waited for.
+    if failed or (wait and not all(row["finished"] for row in rows)):
         return 1
     return 0
 
@@ -546,6 +585,7 @@ def _bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--serial", action="store_true",
                         help="one job at a time (sbatch singleton dependency)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and sbatch script")
+    add_data_check_option(parser)
     parser.add_argument("--wait", action="store_true", help="wait for the jobs, then collect")
     parser.add_argument("--wait-timeout-min", type=float, metavar="M")
     return parser
@@ -575,12 +615,28 @@ def cmd_bench(argv: list[str]) -> int:
     values = {**parse_overrides(bench_overrides(args.steps, 0, data_files, [])), **user_values}
     cfg = validated_config(args.task, args.model, values, zero_stages)
     per_device = samples_per_device_step(cfg)
+    largest = max(runs, key=lambda run: run.world_size)
     train_size = None
+    if args.train_size is not None and not generate:
+        raise ConfigError("--train-size", "sizes the data the bench generates; this bench "
+                          f"reads {user_values['data.train_file']} (--data.train_file)")
     if generate:
-        largest_world = max(run.world_size for run in runs)
-        train_size = args.train_size or args.steps * samples_per_device_bound(cfg) * largest_world
+        train_size = args.train_size
+        if train_size is None:
+            train_size = args.steps * samples_per_device_bound(cfg) * largest.world_size
         if train_size < 1:
             raise ConfigError("--train-size", f"expected an integer >= 1, got {train_size}")
+        if per_device is not None and train_size < per_device * largest.world_size:
+            # The job's own refusal, after its wait in the queue.
+            raise ConfigError("--train-size", f"{train_size} rows are less than one step of "
+                              f"{largest.name} ({per_device} examples per device x "
+                              f"{largest.world_size} devices)")
+    else:
+        # The user's files: made absolute and checked to exist, as submit and sweep pin them,
+        # and read once (unless --no-data-check), so a bad file is refused here, not per job.
+        overrides = pinned_paths(overrides, cfg)
+        if not args.no_data_check:
+            check_local_data([(largest.name, cfg)], largest.world_size)
 
     manifest = BenchManifest(kind=BENCH_KIND, model=args.model, task=args.task, steps=args.steps,
                              warmup_steps=args.warmup_steps, samples_per_device_step=per_device,

@@ -54,7 +54,7 @@ from pathlib import Path
 from ..config import check_folder
 from ..errors import ConfigError, Seq2SeqEsError, run_command
 from .config import SlurmConfig, owned_sbatch_message, owned_sbatch_option
-from .data_check import NO_DATA_CHECK_FLAG, check_local_data
+from .data_check import add_data_check_option, check_local_data
 from .job import DEFAULT_ENTRY
 from .monitor import (SPLITS_SHOWN, build_table, empty_message, format_status, query_slurm,
                       run_status, status_json, sweep_status, write_results)
@@ -100,13 +100,6 @@ def _names(text: str | None) -> list[str] | None:
     return names or None
 
 
-def _add_data_check_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(NO_DATA_CHECK_FLAG, action="store_true",
-                        help="do not read the local data files before submitting (each distinct "
-                             "set is read once, as the runs will read it, so that a bad file or "
-                             "column is refused here rather than in every job)")
-
-
 # ---- submit ----------------------------------------------------------------------------------
 
 # submit's and sweep's usage lines end at their own options; the train options they pass on
@@ -121,7 +114,7 @@ def cmd_submit(argv: list[str]) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--run-dir", help="the run's folder (default runs/<model>__<task>__<time>)")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script only")
-    _add_data_check_option(parser)
+    add_data_check_option(parser)
     add_slurm_options(parser)
     args = parser.parse_args(own)
 
@@ -194,7 +187,7 @@ def cmd_sweep(argv: list[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the plan and sbatch script")
     parser.add_argument("--yes", "-y", action="store_true",
                         help="submit without asking (needed when stdin is not a terminal)")
-    _add_data_check_option(parser)
+    add_data_check_option(parser)
     add_slurm_options(parser)
     args = parser.parse_args(own)
 
@@ -365,7 +358,7 @@ def cmd_resume(argv: list[str]) -> int:
                         help="an sbatch option added to (or replacing) the submitted ones")
     parser.add_argument("--dry-run", action="store_true", help="list the runs only")
     parser.add_argument("--yes", "-y", action="store_true", help="submit without asking")
-    _add_data_check_option(parser)
+    add_data_check_option(parser)
     args = parser.parse_args(own)
     check_overrides(overrides)
     manifest = load_manifest(args.sweep)

@@ -14,6 +14,7 @@ for files too large to read twice.
 
 from __future__ import annotations
 
+import argparse
 import os
 from typing import Callable, Iterable
 
@@ -21,6 +22,14 @@ from ..config import RunConfig, check_target_coverage
 from ..errors import ConfigError
 
 NO_DATA_CHECK_FLAG = "--no-data-check"
+
+
+def add_data_check_option(parser: argparse.ArgumentParser) -> None:
+    """The flag that skips check_local_data (submit, sweep, resume, bench)."""
+    parser.add_argument(NO_DATA_CHECK_FLAG, action="store_true",
+                        help="do not read the local data files before submitting (each distinct "
+                             "set is read once, as the runs will read it, so that a bad file or "
+                             "column is refused here rather than in every job)")
 SPLITS = ("train", "validation", "test")
 
 

@@ -149,7 +149,20 @@ def test_bench_refuses_cuda_without_a_gpu(capsys):
 def test_bench_names_a_bad_impl(capsys):
     assert cli_main(["bench", "--device", "cpu", "--impls", "loop,loop_turbo"]) == 2
     err = capsys.readouterr().err
-    assert "loop_turbo" in err and "hf_trainer" in err
+    assert err.startswith("error: argument --impls: unknown bench impl 'loop_turbo'")
+    assert "hf_trainer" in err
+
+
+@pytest.mark.parametrize("options, says", [
+    # a repeated distribution was blamed on --impls ("rows listed twice")
+    (["--dist", "miam,miam"], "argument --dist: miam given twice"),
+    # an empty name was dropped without a word
+    (["--dist", "miam,,sqac"], "argument --dist: has an empty name between commas"),
+    (["--impls", "loop,"], "argument --impls: has an empty name between commas"),
+])
+def test_bench_names_the_list_flag_at_fault(capsys, options, says):
+    assert cli_main(["bench", "--device", "cpu", *options]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {says}")
 
 
 def test_failed_row_keeps_every_key():

@@ -41,7 +41,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UnknownNameError, comma_names
 from .data import DISTRIBUTIONS, make_data, padded_fraction
 from .flops import ModelShape, matmul_ceiling, train_flops
 from .impls import (LOOP_TOKENS, BenchCase, ImplSpec, RowRun, parse_impl, random_batch_budget,
@@ -112,15 +112,12 @@ def parse_args(argv: list[str]) -> tuple[BenchOptions, argparse.Namespace]:
                         help="also append each row to this file as soon as it is measured")
     ns = parser.parse_args(argv)
     options = BenchOptions(
-        model=ns.model, device=ns.device, dists=tuple(_split(ns.dist)),
-        impls=tuple(_split(ns.impls)) if ns.impls else None, steps=ns.steps, warmup=ns.warmup,
+        model=ns.model, device=ns.device, dists=tuple(comma_names("--dist", ns.dist)),
+        impls=tuple(comma_names("--impls", ns.impls)) if ns.impls else None, steps=ns.steps,
+        warmup=ns.warmup,
         batch=ns.batch, max_tokens=ns.max_tokens, examples=ns.examples, dropout=ns.dropout,
         seed=ns.seed)
     return options, ns
-
-
-def _split(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def validate(options: BenchOptions) -> None:
@@ -130,6 +127,9 @@ def validate(options: BenchOptions) -> None:
                               + ", ".join(DISTRIBUTIONS))
     if not options.dists:
         raise ConfigError("--dist", "name at least one distribution")
+    twice = sorted({dist for dist in options.dists if options.dists.count(dist) > 1})
+    if twice:  # each row would run twice (it was blamed on --impls)
+        raise ConfigError("--dist", f"{', '.join(twice)} given twice")
     if options.steps < 1:
         raise ConfigError("--steps", "must be at least 1")
     if options.warmup < 0:
@@ -145,7 +145,10 @@ def validate(options: BenchOptions) -> None:
     if options.impls is not None and not options.impls:
         raise ConfigError("--impls", "name at least one row")
     for name in options.impls or ():
-        parse_impl(name)
+        try:
+            parse_impl(name)
+        except UnknownNameError as exc:
+            raise ConfigError("--impls", str(exc)) from None
     for dist, name in options.pairs or ():
         if dist not in options.dists:
             raise ConfigError("--dist", f"row {name} asks for distribution '{dist}', which is not "
@@ -235,7 +238,7 @@ def run_bench(options: BenchOptions, on_row: Callable[[dict], None] | None = Non
     log = log or (lambda message: None)
     device = resolve_device(options.device)
     options.model = options.model or ("barto" if device.type == "cuda" else "barto-tiny")
-    options.impls = options.impls or tuple(_split(DEFAULT_IMPLS[device.type]))
+    options.impls = options.impls or tuple(comma_names("--impls", DEFAULT_IMPLS[device.type]))
     validate(options)
     shape = get_shape(options.model)
     model_shape = ModelShape.from_config(make_config(shape))

@@ -10,15 +10,20 @@ Every row trains a fresh random-weight model of the chosen shape on the same syn
 (`bench.data`) for warmup + steps optimizer steps; the rows are described in `bench.impls`.
 Measured per row, over the steps after the warm-up:
 
-- real_tokens_per_s: non-pad source plus target tokens of those steps / their total time;
+- real_tokens_per_s: non-pad source plus target tokens of those steps / their total time (a
+  slow step, a recompilation say, counts in full: real_tokens_per_step / step_s can be far
+  higher, as step_s is a median);
 - padded_fraction: pad tokens / all tokens of the padded batches those steps computed;
 - step_s: median step time, end of one step to the end of the next (batch fetch included);
 - tflops: model FLOPs of those steps (`bench.flops.train_flops`: matmuls and attention, forward
   plus backward = 3x forward, on the padded shapes computed) / their total time;
 - mfu: tflops against a matmul measured in the same process (bf16 8192^3 on a GPU, fp32 1024^3
   on the CPU);
-- peak_mem_gib: torch.cuda.max_memory_allocated on a GPU, the process's peak resident size on
-  the CPU (the counters are reset before each row).
+- peak_mem_gib: torch.cuda.max_memory_allocated on a GPU (reset before each row); on the CPU
+  the peak resident size of the whole process during the row, which counts the libraries and
+  whatever earlier rows keep (about 0.5 GiB before any model), so compare CPU rows loosely.
+
+`seq2seq-es bench led` measures the LED attention implementations at 4K-16K source tokens.
 
 The token budget of `budget` rows defaults to the average padded tokens of the fixed-size
 random-order batches, so their steps carry as many tokens as the other rows' (`--max-tokens`
@@ -84,21 +89,27 @@ def parse_args(argv: list[str]) -> tuple[BenchOptions, argparse.Namespace]:
     parser = argparse.ArgumentParser(
         prog="seq2seq-es bench",
         description="Throughput of the Seq2SeqTrainer route and of this package's loop, "
-                    "side by side.")
+                    "side by side.",
+        # What each figure measures, from the module's docstring (it was in the code only).
+        epilog=__doc__[__doc__.index("Every row trains"):],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(SHAPES), default=None,
                         help="shape (default: barto on a GPU, barto-tiny on the CPU)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default=None)
     parser.add_argument("--dist", default="fixed",
                         help=f"length distribution(s), comma-separated: {', '.join(DISTRIBUTIONS)}")
-    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per row")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
+    parser.add_argument("--steps", type=int, default=20,
+                        help="timed optimizer steps per row (default 20)")
+    parser.add_argument("--warmup", type=int, default=5,
+                        help="untimed steps before them (default 5)")
     parser.add_argument("--impls", default=None,
                         help="comma-separated rows: hf_trainer, or loop with any of the tokens "
                         + ", ".join(LOOP_TOKENS) + " joined by _ (e.g. loop_bucket_engine: "
                         "bucketed batches, model.compile; seq2seq_es/bench/impls.py says what "
                         "each switches on); default: " + DEFAULT_IMPLS["cuda"]
                         + " on a GPU; " + DEFAULT_IMPLS["cpu"] + " on the CPU")
-    parser.add_argument("--batch", type=int, default=32, help="examples per fixed-size batch")
+    parser.add_argument("--batch", type=int, default=32,
+                        help="examples per fixed-size batch (default 32)")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help="token budget of budget rows (default: the fixed batches' average "
                         "padded tokens)")

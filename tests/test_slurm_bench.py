@@ -272,6 +272,7 @@ def test_bench_one_and_two_nodes_zero2(slurm_cluster, tmp_path, capsys):  # noqa
 
     result = json.loads((bench_dir / "scaling.json").read_text())
     rows = {row["nodes"]: row for row in result["rows"]}
+    assert result["bench"]["node_counts"] == [1, 2] and "nodes" not in result["bench"]["slurm"]
     assert sorted(rows) == [1, 2]
     for nodes, row in rows.items():
         assert row["zero_stage"] == 2 and row["world_size"] == nodes

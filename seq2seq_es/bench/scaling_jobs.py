@@ -504,6 +504,10 @@ def write_results(manifest: BenchManifest, rows: list[dict[str, Any]],
     paths[1].write_text(scaling_csv(rows), encoding="utf-8")
     settings = {key: value for key, value in asdict(manifest).items()
                 if key not in ("runs", "path", "kind")}
+    # The SLURM settings shared by the jobs: each job's node count is its row's (the base
+    # config's default of 1 read as the bench's).
+    settings["slurm"] = {key: value for key, value in settings["slurm"].items() if key != "nodes"}
+    settings["node_counts"] = sorted({run.nodes for run in manifest.runs})
     paths[2].write_text(json.dumps({"bench": {**settings, "warmup_steps": warmup_steps},
                                     "rows": rows}, indent=1) + "\n", encoding="utf-8")
     scaling_plot(rows, paths[3])

@@ -294,3 +294,30 @@ def test_a_command_line_key_replacing_accelerates_value_is_noted(monkeypatch, ca
             "file") in capsys.readouterr().err
     cfg = build_config(["--task", "mlsum", "--model", "barto-tiny", "--dist.zero_stage", "2"])
     assert cfg.dist.zero_stage == 2 and "note: dist.zero_stage" not in capsys.readouterr().err
+
+
+def test_accelerates_value_replacing_a_run_file_or_the_pairs_default_is_noted(monkeypatch,
+                                                                               capsys, tmp_path):
+    # accelerate's config file sits above --config and the pair's defaults: a run file's
+    # zero_stage 2 trained at zero3.yaml's 3, and the `gradient_accumulation_steps: 1` that
+    # `accelerate config` writes dropped the translation tasks' accumulation of 4 (the paper's
+    # step), both without a word.
+    from seq2seq_es.engine.entry import build_config
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text("dist:\n  zero_stage: 2\n")
+    cfg = build_config(["--task", "mlsum", "--model", "barto-tiny", "--config", str(run_file)])
+    assert cfg.dist.zero_stage == 3
+    assert capsys.readouterr().err == (
+        f"note: dist.zero_stage 3 from accelerate's config file replaces the 2 of {run_file} "
+        "(--dist.zero_stage VALUE on the command line wins over both)\n")
+    # over the dataclass default it is what the file is for: nothing said
+    build_config(["--task", "mlsum", "--model", "barto-tiny"])
+    assert "note:" not in capsys.readouterr().err
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
+    cfg = build_config(["--task", "fapesp-es-pt", "--model", "barto-tiny"])
+    assert cfg.train.grad_accum == 1
+    assert ("note: train.grad_accum 1 from accelerate's config file replaces the 4 of the "
+            "defaults of task fapesp-es-pt") in capsys.readouterr().err

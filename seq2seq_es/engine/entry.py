@@ -8,6 +8,7 @@ such as `score` must not pay for torch or the config registry.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 from pathlib import Path
@@ -46,9 +47,40 @@ def build_config(argv: list[str]):
     from_launcher = launcher_overrides()
     note_launcher_overridden(from_launcher, overrides)
     merged = {**from_launcher, **overrides}
+    if from_launcher:  # before compose, which may refuse a value accelerate's file brought
+        note_launcher_replaces(known, overrides, from_launcher, merged)
     cfg = compose(task=known.task, model=known.model, config_file=known.config, overrides=merged)
     note_settings(cfg, known, overrides)
     return cfg
+
+
+def note_launcher_replaces(known: argparse.Namespace, overrides: dict[str, str],
+                           from_launcher: dict[str, str], merged: dict[str, str]) -> None:
+    """accelerate's config file sits above the --config run file and the pair's defaults: say
+    where it replaces one of theirs (a run file's dist.zero_stage 2 trained at the zero3.yaml's
+    3, and the `gradient_accumulation_steps: 1` that `accelerate config` writes dropped WMT13's
+    accumulation of 4, the paper's step, without a word). Its values over the dataclass
+    defaults are what the file is for, and go unsaid."""
+    from ..config import apply_mapping, first_launched_process
+    from ..config_help import resolve
+    from ..errors import Seq2SeqEsError
+
+    if not first_launched_process():
+        return
+    try:
+        without = resolve(known.task, known.model, known.config, overrides)
+        with_launcher = copy.deepcopy(without.cfg)
+        apply_mapping(with_launcher, {key: merged[key] for key in from_launcher})
+    except Seq2SeqEsError:
+        return  # the composition proper says what is wrong
+    for key in from_launcher:
+        layer = without.sources.get(key)
+        old, new = _value(without.cfg, key), _value(with_launcher, key)
+        if key in overrides or layer is None or old == new:
+            continue
+        where = known.config if layer == "--config" else f"the defaults of {layer}"
+        print(f"note: {key} {new} from accelerate's config file replaces the {old} of {where} "
+              f"(--{key} VALUE on the command line wins over both)", file=sys.stderr)
 
 
 def note_settings(cfg, known: argparse.Namespace, overrides: dict[str, str]) -> None:

@@ -184,3 +184,20 @@ def test_a_file_of_tuning_keys_changes_only_those_keys(tmp_path, values):
             assert with_file[key] == tuned[key], key
         else:
             assert with_file.get(key) == without.get(key), key
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_a_generated_config_given_back_is_refused_once_with_what_to_do(tmp_path, stage):
+    # configs/deepspeed/zeroN.json sits beside the accelerate files; given as the DeepSpeed
+    # file it was refused for its batch keys, then (once they were removed) its stage or
+    # precision, one key at a time.
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parent.parent / "configs" / "deepspeed" / f"zero{stage}.json"
+    said = refusal(make_cfg(shipped, **{"dist.zero_stage": stage}))
+    assert f"{shipped} is a whole DeepSpeed config as this package generates it" in said
+    assert "give dist.deepspeed_config a file of tuning keys only" in said
+    # the tuning example it gives is one the merge takes
+    example = json.loads(said[said.index("{"):])
+    deepspeed_config(make_cfg(write(tmp_path, example), **{"dist.zero_stage": stage}),
+                     world_size=1)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .. import run_files
 from ..config import RunConfig
 from ..errors import ConfigError, close_matches
 
@@ -255,6 +256,9 @@ def _refuse_auto(values: dict, path: str, prefix: str = "") -> None:
 
 
 OWNED_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
+# A key every config deepspeed_config generates holds (our optimizer is the torch one), and a
+# tuning file has no reason to: with OWNED_KEYS, it tells a generated config given back.
+GENERATED_MARK = "zero_allow_untested_optimizer"
 
 # DeepSpeed's top-level config keys (its config-json documentation). DeepSpeed ignores a key it
 # does not know, so a misspelt section ("zero_optimizaton") trained at another ZeRO stage in
@@ -300,6 +304,16 @@ def load_user_deepspeed_config(path: str) -> dict:
     # Whole blocks to remove before the "auto" values inside them (Hugging Face files hold
     # "lr": "auto" and "train_batch_size": "auto"): one error, the one that fixes the file.
     _refuse_optimizer_blocks(values, path)
+    if GENERATED_MARK in values and any(key in values for key in OWNED_KEYS):
+        # configs/deepspeed/zeroN.json or a run's own deepspeed_config.json: a user passing one
+        # was refused for its batch keys, then its stage or precision, one key at a time.
+        raise ConfigError("dist.deepspeed_config", f"{path} is a whole DeepSpeed config as "
+                          "this package generates it (configs/deepspeed/zero*.json, a run's "
+                          f"{run_files.DEEPSPEED_CONFIG}): it shows what dist.*, train.* and "
+                          "optim.* make. Set those keys (e.g. --dist.zero_stage 2), and give "
+                          "dist.deepspeed_config a file of tuning keys only, such as "
+                          '{"zero_optimization": {"overlap_comm": true, '
+                          '"reduce_bucket_size": 200000000}}')
     for key in OWNED_KEYS:
         if key in values:
             raise ConfigError("dist.deepspeed_config", f"{path} sets '{key}'; set train.batch_size "

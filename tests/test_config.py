@@ -316,6 +316,29 @@ def test_inputs_that_would_fail_after_loading_are_refused_before_it(tmp_path):
         check_inputs(alone)
 
 
+@pytest.mark.parametrize("supported", [False, True])
+def test_fp16_under_zero_on_a_machine_without_it_is_refused_before_loading(monkeypatch,
+                                                                           supported):
+    # It was refused at deepspeed.initialize, after the data and the model had loaded.
+    from deepspeed.accelerator import get_accelerator
+
+    from seq2seq_es.engine.run_dir import check_inputs
+
+    # what DeepSpeed's accelerator answers on this machine (oneDNN's fp16 kernels)
+    monkeypatch.setattr(type(get_accelerator()), "is_fp16_supported", lambda self: supported)
+    cfg = compose(task="mlsum", model="barto-tiny", overrides={
+        "train.precision": "fp16", "dist.zero_stage": "2"})
+    if supported:
+        check_inputs(cfg)
+        return
+    with pytest.raises(ConfigError) as err:
+        check_inputs(cfg)
+    assert err.value.key == "train.precision" and "fp16 under ZeRO stage 2 is DeepSpeed's fp16 " \
+        "mode, which this machine (cpu) does not support" in str(err.value)
+    check_inputs(compose(task="mlsum", model="barto-tiny", overrides={  # ZeRO 0: autocast
+        "train.precision": "fp16", "dist.zero_stage": "0"}))
+
+
 def test_local_paths_are_kept_absolute_so_the_run_reads_them_from_anywhere(tmp_path, monkeypatch):
     # evaluate, predict and a resumed or requeued job read config.yaml from another folder.
     monkeypatch.chdir(tmp_path)

@@ -12,7 +12,7 @@ from ..data.sampler import StepPlan
 from ..errors import ConfigError
 from . import distributed as D
 from .optim import (build_optimizer, build_scheduler, deepspeed_config,
-                    label_bf16_optimizer_checkpoints, precision_report)
+                    label_bf16_optimizer_checkpoints, precision_report, refuse_unsupported_fp16)
 
 
 def get_model(cfg: RunConfig):
@@ -325,13 +325,7 @@ def get_engine(model, cfg: RunConfig, env: D.DistEnv, total_steps: int):
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     ds_config = deepspeed_config(cfg, env.world_size)
-    if ds_config["fp16"]["enabled"]:
-        from deepspeed.accelerator import get_accelerator
-        if not get_accelerator().is_fp16_supported():
-            raise ConfigError("train.precision", f"fp16 under ZeRO stage {cfg.dist.zero_stage} "
-                              "is DeepSpeed's fp16 mode, which this machine "
-                              f"({get_accelerator().device_name()}) does not support; use a GPU, "
-                              "dist.zero_stage 0 (torch autocast), bf16 or fp32")
+    refuse_unsupported_fp16(cfg, ds_config)  # run_dir.check_inputs said it before loading
     if env.is_main:
         print(precision_report(cfg), flush=True)
     engine, _, _, scheduler = deepspeed.initialize(

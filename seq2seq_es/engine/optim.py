@@ -522,6 +522,22 @@ def _refuse_what_deepspeed_refuses(merged: dict, path: str) -> None:
                           f"merged with it: {type(exc).__name__}: {exc}") from None
 
 
+def refuse_unsupported_fp16(cfg: RunConfig, ds_config: dict | None = None) -> None:
+    """fp16 under ZeRO 1-3 is DeepSpeed's fp16 mode, which a CPU has only where oneDNN has fp16
+    kernels for it (AVX512-FP16 or AMX): refused elsewhere, before the model loads (it failed at
+    deepspeed.initialize, after the data and the model had loaded)."""
+    ds_config = ds_config if ds_config is not None else deepspeed_config(cfg, world_size=1)
+    if not ds_config["fp16"]["enabled"]:
+        return
+    from deepspeed.accelerator import get_accelerator
+
+    if not get_accelerator().is_fp16_supported():
+        raise ConfigError("train.precision", f"fp16 under ZeRO stage {cfg.dist.zero_stage} is "
+                          "DeepSpeed's fp16 mode, which this machine "
+                          f"({get_accelerator().device_name()}) does not support; use a GPU, "
+                          "dist.zero_stage 0 (torch autocast), bf16 or fp32")
+
+
 def write_reference_configs(folder: str | Path) -> list[Path]:
     """The files in configs/deepspeed/: what each ZeRO stage generates for one GPU, batch 8, bf16."""
     from ..config import RunConfig as _RunConfig

@@ -189,7 +189,7 @@ def check_inputs(cfg: RunConfig) -> None:
     that the best-checkpoint metric is one the task's validation reports."""
     from ..tasks import task_for
     from ..tasks.loading import check_data_file
-    from .optim import deepspeed_config
+    from .optim import deepspeed_config, refuse_unsupported_fp16
 
     task = task_for(cfg.data)
     for split in ("train", "validation", "test"):
@@ -208,10 +208,10 @@ def check_inputs(cfg: RunConfig) -> None:
                           f"({cfg.data.train_file}) but has no validation file, so validation "
                           f"would come from the hub dataset {task.hub_id}; pass "
                           "--data.validation_file FILE")
-    if cfg.dist.deepspeed_config:
-        # The whole merge, not only the file: a value the file sets against a config key (a
-        # ZeRO stage, the clipping) is refused before the model loads, not at the engine.
-        deepspeed_config(cfg, world_size=1)
+    # The whole merge, not only the file: a value the file sets against a config key (a ZeRO
+    # stage, the clipping) is refused before the model loads, not at the engine; so is a
+    # precision this machine's DeepSpeed lacks.
+    refuse_unsupported_fp16(cfg, deepspeed_config(cfg, world_size=1))
     check_best_metric_name(cfg)
 
 

@@ -327,6 +327,36 @@ def test_a_run_file_or_dotted_keys_may_name_the_pair(tmp_path):
         build_config(["--config", unnamed])
 
 
+def test_a_run_folder_without_the_pair_is_pointed_to_its_own_config(tmp_path):
+    # `--train.output_dir RUN --train.resume auto` said only "is required (or --config FILE)".
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("data:\n  task: mlsum\nmodel:\n  name: barto-tiny\n")
+    with pytest.raises(ConfigError) as error:
+        build_config(["--train.output_dir", str(run), "--train.resume", "auto"])
+    assert str(error.value) == (f"argument --task: is required (or --config FILE; "
+                                f"{run / 'config.yaml'} holds that run's: --config "
+                                f"{run / 'config.yaml'})")
+
+
+def test_a_copied_runs_config_says_where_the_run_goes(tmp_path, capsys, monkeypatch):
+    # A copy's config.yaml still names the original folder: the resume went on (and finished)
+    # the original without a word, while the user meant the copy.
+    monkeypatch.delenv("RANK", raising=False)
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    copy.mkdir()
+    (copy / "config.yaml").write_text("data:\n  task: mlsum\nmodel:\n  name: barto-tiny\n"
+                                      f"train:\n  output_dir: {original}\n")
+    (copy / "metrics.jsonl").write_text('{"step": 1}\n')
+    cfg = build_config(["--config", str(copy / "config.yaml"), "--train.resume", "auto"])
+    assert cfg.train.output_dir == str(original)
+    assert (f"note: {copy / 'config.yaml'} is the config of the run folder {copy}, but its "
+            f"train.output_dir is {original}: this run goes there (--train.output_dir {copy} "
+            "trains in the folder of the file)") in capsys.readouterr().err
+    build_config(["--config", str(copy / "config.yaml"), "--train.output_dir", str(copy)])
+    assert "note:" not in capsys.readouterr().err
+
+
 # 10. config's argparse errors named train.
 
 def test_config_usage_errors_name_config(capsys):

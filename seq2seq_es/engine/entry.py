@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from .. import run_files
+
 
 def parse_train_args(argv: list[str], prog: str = "seq2seq-es train"
                      ) -> tuple[argparse.Namespace, dict[str, str]]:
@@ -51,7 +53,25 @@ def build_config(argv: list[str]):
         note_launcher_replaces(known, overrides, from_launcher, merged)
     cfg = compose(task=known.task, model=known.model, config_file=known.config, overrides=merged)
     note_settings(cfg, known, overrides)
+    note_another_runs_folder(cfg, known, overrides)
     return cfg
+
+
+def note_another_runs_folder(cfg, known: argparse.Namespace, overrides: dict[str, str]) -> None:
+    """`--config COPY/config.yaml` of a run folder copied or moved: its train.output_dir still
+    names the original folder, where the run goes on (it resumed and finished the original,
+    while the user meant the copy). Said once; --train.output_dir chooses."""
+    from ..config import first_launched_process
+
+    if not known.config or "train.output_dir" in overrides or not first_launched_process():
+        return
+    here = Path(known.config).resolve().parent
+    if Path(known.config).name != run_files.CONFIG or not (here / run_files.METRICS).exists():
+        return  # not a run's own config.yaml
+    if Path(cfg.train.output_dir).resolve() != here:
+        print(f"note: {known.config} is the config of the run folder {here}, but its "
+              f"train.output_dir is {cfg.train.output_dir}: this run goes there "
+              f"(--train.output_dir {here} trains in the folder of the file)", file=sys.stderr)
 
 
 def note_launcher_replaces(known: argparse.Namespace, overrides: dict[str, str],
@@ -155,6 +175,10 @@ def require_pair(known: argparse.Namespace, overrides: dict[str, str]) -> None:
         # An empty name counts as given here: compose refuses it by its own key
         if all(value is None for value in (getattr(known, flag[2:]), overrides.get(key), in_file)):
             where = f"or {key} in {known.config}" if known.config else "or --config FILE"
+            run_config = Path(overrides.get("train.output_dir") or "") / run_files.CONFIG
+            if not known.config and overrides.get("train.output_dir") and run_config.is_file():
+                # `--train.output_dir RUN --train.resume auto`: the run's own file names both
+                where += f"; {run_config} holds that run's: --config {run_config}"
             raise ConfigError(flag, f"is required ({where})")
 
 

@@ -426,8 +426,10 @@ def test_a_resume_may_change_what_deepspeed_stores_alike_and_nothing_else(tmp_pa
                (layout(0, "fp32"), layout(0, "fp16"), "train.precision fp32 -> fp16"),
                (layout(2, "fp32"), layout(2, "bf16"), "train.precision fp32 -> bf16")]
     for saved, now, named in refused:
-        with pytest.raises(ConfigError, match=named.replace(">", ".")):
+        with pytest.raises(ConfigError, match=named.replace(">", ".")) as error:
             check_same_storage(tmp_path, saved, now)
+        # the reason given is the changed key's: ZeRO's file sharing only for a stage change
+        assert ("ZeRO 1 and 2 share theirs" in str(error.value)) == named.startswith("dist.")
 
 
 def test_a_resume_on_more_ranks_with_the_same_per_rank_batch_is_refused_with_advice(tmp_path):

@@ -179,9 +179,14 @@ def check_same_storage(path: Path, saved: dict | None, current: dict | None) -> 
     if saved is None or current is None or _storage_kind(saved) == _storage_kind(current):
         return
     changed = _changed_keys(saved, current)
+    # Why, for what changed: the ZeRO stage's own words read oddly under a precision change.
+    why = ("DeepSpeed lays its files out otherwise there (ZeRO 1 and 2 share theirs)"
+           if saved.get("dist.zero_stage") != current.get("dist.zero_stage") else
+           "DeepSpeed names and fills its files by precision under ZeRO, and stage 0 keeps "
+           "fp16's loss scaler")
     raise ConfigError("train.resume", f"checkpoint {path} was saved with {'; '.join(changed)}: "
-                      "DeepSpeed lays its files out otherwise there (ZeRO 1 and 2 share theirs), "
-                      f"so it cannot be loaded{_set_by_accelerate(saved, current)}. Set them back "
+                      f"{why}, so it cannot be loaded{_set_by_accelerate(saved, current)}. "
+                      "Set them back "
                       f"to resume, or carry its weights into a new run: `seq2seq-es export {path} "
                       "OUT`, then train with --model.path OUT in another train.output_dir "
                       "(optimizer and schedule start afresh)")

@@ -330,7 +330,7 @@ def test_a_broken_metrics_line_is_named(tmp_path):
     path.write_text('{"step": 1}\n{"step": 2,\n{"step": 3}\n')
     with pytest.raises(DataError) as info:
         read_metrics(path)
-    assert info.value.row == 2 and info.value.file == str(path)
+    assert info.value.line == 2 and info.value.file == str(path)  # a line, as an editor numbers it
 
 
 def test_a_step_logged_twice_keeps_its_last_values(tmp_path):

@@ -23,9 +23,8 @@ from pathlib import Path
 import pytest
 
 from seq2seq_es import run_files
-from seq2seq_es.bench import scaling_jobs
 from seq2seq_es.slurm import cli as slurm_cli
-from seq2seq_es.slurm import queries
+from seq2seq_es.slurm import queries, sweep
 from seq2seq_es.slurm.cli import main as slurm_main
 from seq2seq_es.slurm.config import SlurmConfig
 from seq2seq_es.slurm.job import DEFAULT_ENTRY, OutOfRequeuesError, TrainJob
@@ -445,7 +444,7 @@ def test_a_run_config_given_as_slurm_config_is_named_as_such(tmp_path, capsys):
 
 
 def test_bench_dry_run_refuses_more_nodes_than_the_partition_has(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(scaling_jobs, "partition_nodes",
+    monkeypatch.setattr(sweep, "partition_nodes",
                         lambda partition: ("debug", {"node1": 0, "node2": 0},
                                            {"node1": 1, "node2": 1}))
     argv = ["bench", "--bench-dir", str(tmp_path / "b"), "--nodes", "1,4", "--model",
@@ -458,7 +457,7 @@ def test_bench_dry_run_refuses_more_nodes_than_the_partition_has(tmp_path, capsy
     def no_sinfo(partition):
         raise SlurmUnavailableError("sinfo not found")
 
-    monkeypatch.setattr(scaling_jobs, "partition_nodes", no_sinfo)
+    monkeypatch.setattr(sweep, "partition_nodes", no_sinfo)
     assert slurm_main(argv) == 0
     assert "nodes4_zero0: 4 node(s)" in capsys.readouterr().out
     assert not (tmp_path / "b").exists()

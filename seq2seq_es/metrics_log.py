@@ -26,8 +26,14 @@ A step can appear on several lines, so **a reader must keep the last record per 
   that lead to the run's weights;
 - a run killed while writing leaves a half-written last line.
 
+A resumed run first writes ``{"step": N, "resumed": true, "time": ...}``, N its checkpoint's
+step: every record before it of a step after N belongs to the abandoned segment (the killed process logged past
+its last checkpoint; a resume may log at another cadence and never log that step again), and
+is dropped. A half-written last line is cut off before the resumed run appends.
+
 `read` does all of this: records of one step are merged into one, at the place of the step's
-first line, keeping the last value of every key; a broken last line is skipped (the run may be
+first line, keeping the last value of every key; a resume marker drops the abandoned segment's
+later steps (the marker itself is not returned); a broken last line is skipped (the run may be
 writing it) and a broken line elsewhere is an error naming the file and line. Everything that
 reads metrics.jsonl (`slurm status`/`collect`, the demo, the tests) goes through it.
 """
@@ -48,9 +54,10 @@ def read(path: str | Path, merge_steps: bool = True) -> list[dict[str, Any]]:
 
     With `merge_steps` (the default) each step gives one record, at the place of its first line,
     holding the last value of every key over the step's lines (see the module docstring for why
-    a step is logged more than once). `merge_steps=False` gives the lines as they are. A record
-    without an int ``step`` is kept as it is. A broken line in the middle raises DataError
-    (file and line); a broken last line is skipped.
+    a step is logged more than once), and a resume marker drops the records of later steps
+    written before it (and is not returned itself). `merge_steps=False` gives the lines as they
+    are. A record without an int ``step`` is kept as it is. A broken line in the middle raises
+    DataError (file and line); a broken last line is skipped.
     """
     path = Path(path)
     if path.is_dir():
@@ -73,13 +80,58 @@ def read(path: str | Path, merge_steps: bool = True) -> list[dict[str, Any]]:
         if not isinstance(record, dict):
             raise DataError("expected a JSON object", file=str(path), line=line_number)
         step = record.get("step")
-        if merge_steps and isinstance(step, int) and not isinstance(step, bool):
+        if merge_steps and record.get(RESUMED) is True and _is_step(step):
+            records = [kept for kept in records
+                       if not (_is_step(kept.get("step")) and kept["step"] > step)]
+            for dropped in [known for known in by_step if known > step]:
+                del by_step[dropped]
+            continue
+        if merge_steps and _is_step(step):
             if step in by_step:
                 by_step[step].update(record)
                 continue
             by_step[step] = record
         records.append(record)
     return records
+
+
+# The key that marks a resumed run's first line, whose step is the checkpoint's.
+RESUMED = "resumed"
+
+
+def _is_step(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def resume_marker(step: int, time: float) -> dict[str, Any]:
+    """The line a resumed run writes before its first record (see the module docstring)."""
+    return {"step": step, RESUMED: True, "time": round(time, 3)}
+
+
+def cut_partial_line(path: Path) -> None:
+    """End the file at its last newline: a process killed while writing left a part of a line,
+    which the next appended record would glue onto (one broken line in the middle, which makes
+    the whole file unreadable)."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as file:
+        end = file.seek(0, 2)
+        if end == 0:
+            return
+        file.seek(end - 1)
+        if file.read(1) == b"\n":
+            return
+        position = end  # back, a block at a time, to the last newline (a long run's file)
+        while position > 0:
+            start = max(0, position - 65536)
+            file.seek(start)
+            block = file.read(position - start)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                file.truncate(start + newline + 1)
+                return
+            position = start
+        file.truncate(0)  # no whole line at all
 
 
 def by_step(path: str | Path, key: str) -> dict[int, dict[str, Any]]:

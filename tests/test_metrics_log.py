@@ -41,6 +41,51 @@ def test_read_keeps_the_last_record_per_step(tmp_path):
     assert metrics_log.read(tmp_path / "missing.jsonl") == []
 
 
+def test_a_resume_drops_the_abandoned_segments_later_steps(tmp_path):
+    # Killed after logging step 26 (checkpoint 24), resumed logging every 5 steps: step 26 is
+    # never logged again, and its record of the abandoned segment was read as the run's.
+    path = tmp_path / "metrics.jsonl"
+    _write(path, [{"step": 24, "train/loss": 6.4}, {"step": 24, "eval/loss": 6.9},
+                  {"step": 25, "train/loss": 6.3}, {"step": 26, "train/loss": 6.33},
+                  metrics_log.resume_marker(24, 1.0), {"step": 25, "train/loss": 6.2},
+                  {"step": 30, "train/loss": 6.1}])
+    records = metrics_log.read(path)
+    assert records == [{"step": 24, "train/loss": 6.4, "eval/loss": 6.9},
+                       {"step": 25, "train/loss": 6.2}, {"step": 30, "train/loss": 6.1}]
+    # slurm status: the step and loss the run is at, not the killed segment's
+    assert monitor.latest_metrics(records)[0] == 30
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("".join(path.read_text().splitlines(keepends=True)[:6]))
+    assert monitor.latest_metrics(metrics_log.read(cut)) == (25, {"train/loss": 6.2,
+                                                                  "eval/loss": 6.9})
+    # the raw lines keep everything, the marker with its step
+    raw = metrics_log.read(path, merge_steps=False)
+    assert len(raw) == 7 and raw[4]["step"] == 24 and raw[4]["resumed"] is True
+
+
+def test_a_resumed_run_cuts_a_half_written_line_before_appending(tmp_path):
+    # Killed mid-write, then resumed: the first record was glued onto the half line, one broken
+    # line in the middle, and every reader of the file failed.
+    from seq2seq_es.config import compose
+
+    _write(tmp_path / "metrics.jsonl", [{"step": 1, "train/loss": 4.0}],
+           tail='{"step": 2, "train/lo')
+    cfg = compose("mlsum", "barto-tiny", overrides={"train.report_to": "none",
+                                                    "train.output_dir": str(tmp_path)})
+    log = run_dir.RunLog(tmp_path, cfg, is_main=True, total_steps=4, start_step=1, resumed=True)
+    log.log(2, {"train/loss": 3.0})
+    log.close()
+    assert metrics_log.read(tmp_path) == [{"step": 1, "train/loss": 4.0},
+                                          {"step": 2, "train/loss": 3.0,
+                                           "time": metrics_log.read(tmp_path)[1]["time"]}]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[1])["resumed"] is True and len(lines) == 3
+    path = tmp_path / "one.jsonl"  # no whole line at all
+    path.write_text('{"step": 1')
+    metrics_log.cut_partial_line(path)
+    assert path.read_text() == ""
+
+
 def test_read_names_a_broken_line_in_the_middle(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\n{"step": 2,\n{"step": 3}\n', encoding="utf-8")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .. import run_files
 from ..config import RunConfig, dump
+from ..metrics_log import cut_partial_line, resume_marker
 # metrics.jsonl's one reader (a record per step, the last values kept), kept importable here.
 from ..metrics_log import read as read_metrics  # noqa: F401
 from ..errors import ConfigError
@@ -340,7 +341,12 @@ class RunLog:
         note = write_versions(self.dir, start_step if resumed else None)
         if note:
             print(note, file=sys.stderr, flush=True)
-        self.metrics_file = open(self.dir / run_files.METRICS, "a", encoding="utf-8")
+        metrics = self.dir / run_files.METRICS
+        cut_partial_line(metrics)  # a killed process's half line, which a record would extend
+        self.metrics_file = open(metrics, "a", encoding="utf-8")
+        if resumed:  # the abandoned segment's steps after the checkpoint are dropped by readers
+            self.metrics_file.write(json.dumps(resume_marker(start_step, time.time())) + "\n")
+            self.metrics_file.flush()
         # A resumed run logs from the step after its checkpoint (a step-0 checkpoint too)
         self.trackers = open_trackers(self.dir, cfg, start_step + 1 if resumed else 0)
         if cfg.train.progress_bar and is_terminal(sys.stderr):

@@ -114,6 +114,41 @@ def test_wandb_offline_run_on_two_ranks_logs_what_metrics_jsonl_holds(files, tmp
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
+_SEGMENTS = """
+import sys
+from pathlib import Path
+from seq2seq_es.config import compose
+from seq2seq_es.engine.run_dir import WandbTracker
+cfg = compose("mlsum", "barto-tiny", overrides={"train.report_to": "wandb"})
+run = Path(sys.argv[1]) / "run"
+run.mkdir()
+for first_step, steps in ((0, (1, 2, 3)), (3, (3, 4))):  # killed after 3, checkpoint at 2
+    tracker = WandbTracker(run, cfg, first_step)
+    for step in steps:
+        tracker.log(step, {"train/loss": float(step)})
+    tracker.close()
+"""
+
+
+def test_an_offline_resumed_segment_is_a_wandb_run_of_its_own(tmp_path):
+    # Both segments were offline runs of one id: `wandb sync` of the second replaced the
+    # first's history (wandb cannot continue an offline run), so the first segment was lost.
+    pytest.importorskip("wandb")
+    env = {**_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "WANDB_DIR": str(tmp_path / "wandb-dir")}
+    (tmp_path / "wandb-dir").mkdir()
+    proc = subprocess.run([sys.executable, "-c", _SEGMENTS, str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id = (tmp_path / "run" / "wandb_run_id").read_text()
+    steps = {}
+    for run_file in (tmp_path / "wandb-dir" / "wandb").glob("offline-run-*/run-*.wandb"):
+        steps[run_file.stem[len("run-"):]] = [row["step"] for row in wandb_history(run_file)]
+    assert steps == {run_id: [1, 2, 3], f"{run_id}-from-2": [3, 4]}
+    assert f"note: W&B offline: this resumed segment is the W&B run {run_id}-from-2 ('run " \
+        "(from step 2)')" in proc.stderr
+
+
 _GROUPED_RUNS = """
 import sys
 from pathlib import Path

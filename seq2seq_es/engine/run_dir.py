@@ -271,24 +271,38 @@ class TensorBoardTracker:
 class WandbTracker:
     """A Weights & Biases run (WANDB_MODE, WANDB_PROJECT, WANDB_ENTITY, WANDB_DIR as wandb reads
     them; files under RUN/wandb unless WANDB_DIR is set). The run id is kept in RUN/wandb_run_id,
-    so a resumed run continues the same W&B run. Values are plotted against our `step`, logged
+    so a resumed run continues the same W&B run (offline: a run of its own per resumed segment,
+    see __init__). Values are plotted against our `step`, logged
     as a value (wandb's own step must only grow; the test scores come at the best step, earlier
     than the last, and a resumed run repeats steps after its checkpoint). `train.run_group` is
     the run's W&B group (`slurm sweep` sets the sweep's folder name) and a `seed-N` tag tells the
     seeds of one grid point apart, so the UI compares a sweep's runs and aggregates its seeds."""
 
     def __init__(self, run_dir: Path, cfg: RunConfig, first_step: int = 0):
-        # first_step is unused: W&B keeps every record; a reader keeps the last one per `step`
+        # Online, a resume continues the W&B run, which keeps every record: the steps a killed
+        # process logged after its checkpoint stay beside the resumed ones (metrics.jsonl and
+        # TensorBoard drop them). Offline, wandb cannot continue a run, and `wandb sync` of two
+        # offline folders of one id keeps the last only (wandb issues 3841, 5865): a resumed
+        # segment is then a W&B run of its own, named by the step it resumed from.
         import secrets
 
         import wandb
         id_file = run_dir / run_files.WANDB_RUN_ID
         run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
         id_file.write_text(run_id)
+        name = run_dir.resolve().name
+        offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun")
+        if offline and first_step > 0:
+            resumed_at = first_step - 1
+            run_id, name = f"{run_id}-from-{resumed_at}", f"{name} (from step {resumed_at})"
+            print(f"note: W&B offline: this resumed segment is the W&B run {run_id} ('{name}'), "
+                  "as wandb cannot continue an offline run and syncing two offline runs of one "
+                  f"id keeps only the last: `wandb sync` each offline-run-* folder", file=sys.stderr,
+                  flush=True)
         # An empty run_group passes None, not "": wandb then takes WANDB_RUN_GROUP itself, and a
         # group given by the environment is not overridden by the key's default.
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "seq2seq-es"),
-                              name=run_dir.resolve().name, id=run_id, resume="allow",
+                              name=name, id=run_id, resume="allow",
                               dir=os.environ.get("WANDB_DIR") or str(run_dir),
                               config=cfg.to_dict(), group=cfg.train.run_group or None,
                               tags=[cfg.data.task, cfg.model.name, f"seed-{cfg.train.seed}"])

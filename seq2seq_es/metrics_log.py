@@ -10,10 +10,12 @@ A run folder's ``metrics.jsonl`` holds one JSON object per line, written by rank
   ``train/tokens_per_s`` (non-pad source and target tokens of all ranks per second of this
   process, over the interval), ``train/epoch`` (epochs done, a fraction: 1.0 at the end of the
   first), ``train/padded_fraction``,
-  ``train/skipped_micro_batches``, ``train/grad_norm`` and ``train/grad_norm_max`` (the mean and
+  ``train/skipped_micro_batches`` (over the interval), ``train/grad_norm`` and
+  ``train/grad_norm_max`` (the mean and
   the largest L2 norm of the whole gradient before clipping over the interval's optimizer steps,
   leaving out fp16 overflow steps and on_nan=skip steps that skipped every micro-batch; absent
-  when that leaves none), under fp16 ``train/loss_scale`` and ``train/overflow_skipped``, and
+  when that leaves none), under fp16 ``train/loss_scale`` (the last step's) and
+  ``train/overflow_skipped`` (steps skipped over the interval), and
   on GPUs ``train/memory_gib`` (the most memory any rank's tensors held during the interval);
 - validation records: ``eval/loss`` and ``eval/<metric>`` for each metric of the task;
 - test records: ``test/loss`` and ``test/<metric>``, once, at the step of the best checkpoint.

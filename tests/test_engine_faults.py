@@ -77,6 +77,23 @@ def test_non_finite_loss_skip_leaves_weights_unchanged(files, one_rank):
     assert any(not torch.equal(before[k], engine.module.state_dict()[k]) for k in before)
 
 
+def test_a_skip_early_in_a_logging_interval_is_counted_when_it_is_read(files, one_rank):
+    # train/skipped_micro_batches was the interval's last step's count: a skip in step 1 of a
+    # two-step interval read as 0.
+    from seq2seq_es.engine.step import TrainStep
+
+    cfg, engine, batches = _engine_and_batches(files, "skip")
+    runner = TrainStep(engine, one_rank, cfg)
+    try:
+        _poison_next_forward(engine)
+        runner(batches[:1], 0)
+        values = runner.read(runner(batches[1:], 1))
+        assert values["skipped_micro_batches"] == 1
+        assert runner.read(runner(batches[:1], 2))["skipped_micro_batches"] == 0  # window reset
+    finally:
+        runner.close()
+
+
 def _skip_on_one_rank_worker(rank: int, port: int, files: dict, out: str) -> None:
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})

@@ -174,6 +174,11 @@ class TrainStep:
         # The gradient norm's sums since the last read: [sum, steps counted, maximum] (the same
         # on every rank: each step's norm is already over all ranks).
         self.grad_norm_window = torch.zeros(3, dtype=torch.float64, device=self.device)
+        # Skipped micro-batches (all ranks agree) and fp16 overflow steps since the last read:
+        # counts over the interval, not its last step's (one early in a log_every 10 interval
+        # was logged as 0).
+        self.skipped_window = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.overflows = 0
         # ZeRO 0 steps our torch optimizer, which keeps no norm: computed from the gradients
         # (see the module docstring); every ZeRO optimizer keeps its own.
         self.norm_from_grads = not engine.zero_optimization()
@@ -298,6 +303,8 @@ class TrainStep:
             fp16["overflow_skipped"] = int(fp16_step_skipped(engine, scale_before, skipped_before))
             fp16["loss_scale"] = self.scale = loss_scale(engine)
         self.loss_window += torch.stack([ce_total, skipped_tokens, counts[0]])
+        self.skipped_window += skipped
+        self.overflows += fp16.get("overflow_skipped", 0)
         grad_norm = None
         if not fp16.get("overflow_skipped"):
             grad_norm = (self._unscaled(own_norm, scale_before) if self.norm_from_grads
@@ -400,16 +407,21 @@ class TrainStep:
     def read(self, result: StepResult) -> dict[str, float]:
         """The loss since the last read (per target token kept), the step's counts, the tokens
         since the last read (`new_tokens`: those this object trained, without a restored
-        window's), and the gradient norm's mean and maximum over the optimizer steps
-        since the last read (absent when none counted: see the module docstring); one
-        read-back."""
+        window's), the micro-batches skipped and fp16 overflow steps since the last read (the
+        loss scale: the last step's), and the gradient norm's mean and maximum over the
+        optimizer steps since the last read (absent when none counted: see the module
+        docstring); one read-back."""
         self.check_finite()
         summed = all_reduce_(self.loss_window[:2].clone())
-        values = torch.cat([summed, self.loss_window[2:], result.counts, result.skipped.view(1),
-                            self.window, self.grad_norm_window]).tolist()
+        values = torch.cat([summed, self.loss_window[2:], result.counts,
+                            self.skipped_window.view(1), self.window,
+                            self.grad_norm_window]).tolist()
         self.window.zero_()
         self.loss_window.zero_()
         self.grad_norm_window.zero_()
+        self.skipped_window.zero_()
+        fp16 = {**result.fp16, "overflow_skipped": self.overflows} if result.fp16 else {}
+        self.overflows = 0
         (ce_sum, skipped_tokens, window_target, target, source, padded, skipped, window_tokens,
          window_padded, norm_sum, norm_steps, norm_max) = values
         new_tokens, self.carried_tokens = window_tokens - self.carried_tokens, 0.0
@@ -420,7 +432,7 @@ class TrainStep:
                 "tokens": target + source, "padded_tokens": padded,
                 "skipped_micro_batches": int(skipped), "window_tokens": window_tokens,
                 "new_tokens": new_tokens,
-                "window_padded": window_padded, **norms, **result.fp16}
+                "window_padded": window_padded, **norms, **fp16}
 
 
 def train_step(engine, micro_batches: list[dict], env: D.DistEnv, cfg: RunConfig,

@@ -604,10 +604,17 @@ def test_progress_is_a_bar_on_a_terminal(tmp_path, capsys, monkeypatch):
     log = _progress_log(tmp_path)
     assert log.bar is not None
     log.progress(6, loss=1.25, lr=2e-4, tokens_per_s=12345.0, grad_norm=0.8123)
+    # The steps done, the bar closes: it was redrawn under the end's scoring, the export's
+    # bars, and after the `finished:` line.
+    log.end_progress()
+    drawn = terminal.text
+    log.write("finished: run")
+    log.progress(7, loss=1.0, lr=2e-4, tokens_per_s=1.0)
     log.close()
+    out = capsys.readouterr().out
+    assert terminal.text == drawn and "finished: run" in out and "step 6/10" not in out
     assert "loss=1.2500" in terminal.text and "6/10" in terminal.text
     assert "gnorm=0.812" in terminal.text
-    assert "step 6/10" not in capsys.readouterr().out
 
 
 def test_library_progress_bars_are_hidden_only_when_stderr_is_not_a_terminal(monkeypatch):

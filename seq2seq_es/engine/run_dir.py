@@ -418,11 +418,17 @@ class RunLog:
             else:
                 print(message, flush=True)
 
+    def end_progress(self) -> None:
+        """Close the bar once the steps are done: it was redrawn under the end's validation,
+        the test scoring and the export's own bars, and again after the `finished:` line."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
     def close(self) -> None:
         if not self.is_main:
             return
-        if self.bar is not None:
-            self.bar.close()
+        self.end_progress()
         for tracker in self.trackers:
             tracker.close()
         self.trackers = []

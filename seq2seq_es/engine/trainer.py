@@ -660,6 +660,7 @@ class Trainer:
         test scores and final/ come from the model chosen on validation (the last step is often
         past the best one when a run overfits); export, final_results.json, DONE."""
         cfg, step, out = self.cfg, self.state.step, self.out
+        self.log.end_progress()  # the steps are done; what follows writes its own lines
         early = self.stopped_early and step < self.total_steps
         if early:  # this step was just validated (again only after a resume here)
             end_eval = self.last_eval or self.run_eval(step)

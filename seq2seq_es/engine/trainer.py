@@ -595,9 +595,10 @@ class Trainer:
     # -- validation, checkpoints ---------------------------------------------------------------
 
     def run_eval(self, step: int, data=None, prefix: str = "eval", generate: bool | None = None,
-                 log: bool = True) -> dict:
-        """Loss, generation and metrics on `data` (the validation split by default), logged.
-        Validations generate with train.eval_generate (else the loss only), the test always."""
+                 log: bool = True, logged_already: tuple[str, ...] = ()) -> dict:
+        """Loss, generation and metrics on `data` (the validation split by default), logged
+        (but `logged_already`, keys this step's record holds). Validations generate with
+        train.eval_generate (else the loss only), the test always."""
         self.stepper.check_finite()
         cfg, data = self.cfg, self.eval_data if data is None else data
         if generate is None:
@@ -613,7 +614,8 @@ class Trainer:
                                out_dir=self.out / prefix, prefix=prefix, generate=generate,
                                sample_seed=cfg.train.seed)
         if log:
-            self.log.log(step, results)
+            self.log.log(step, {key: value for key, value in results.items()
+                                if key not in logged_already})
         self.log.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
         return results
 
@@ -701,7 +703,10 @@ class Trainer:
             # later ones; the trackers plot against `step`), or the scores that chose nothing but
             # describe the model reached neither metrics.jsonl nor TensorBoard nor W&B.
             self.say(f"scoring step {final_step} on validation (train.eval_generate=false)")
-            validation = without_prefix(self.run_eval(final_step, generate=True), "eval")
+            # The step's loss-only validation logged eval/loss already (TensorBoard and W&B
+            # showed it twice at this step).
+            validation = without_prefix(self.run_eval(final_step, generate=True,
+                                                      logged_already=("eval/loss",)), "eval")
         test = None
         if self.test_data is not None and best is None:
             self.say("no validation ran (train.eval_at_end=false and no epoch or eval_every "

@@ -172,3 +172,18 @@ def test_deepspeed_and_accelerate_launchers_run_two_processes(workdir, files, la
     assert ds["train_batch_size"] == 2 * 2  # two ranks saw each other
     if launcher.startswith("accelerate"):
         assert "zero_stage: 2" in cfg_text  # read from the accelerate config file
+
+
+@pytest.mark.slow  # two torchrun ranks that stop before loading: about 20 s
+def test_a_folder_refusal_on_two_ranks_is_said_once(workdir, files):
+    # check_fresh_folder and check_resumable ran on every rank, and each printed the refusal
+    # (eight GPUs: eight equal lines, then torchrun's summary). Rank 0 says it; the other rank
+    # stops with it, in torchrun's error file only.
+    out = workdir / "finished"
+    out.mkdir()
+    (out / "DONE").write_text("{}")
+    proc = run("torchrun", 2, base_args(files, out, steps=2), check=False)
+    assert proc.returncode != 0
+    said = [line for line in proc.stderr.splitlines()
+            if line.startswith("error: config key 'train.output_dir'")]
+    assert len(said) == 1 and "holds a finished run (DONE)" in said[0], proc.stderr[-3000:]

@@ -593,21 +593,30 @@ def broadcast_object(obj, src: int = 0):
 
 
 def decided_by_main(env, decide):
-    """`decide()` on rank 0 only, its result there (None on the other ranks); a ConfigError it
-    raises is raised on every rank (one broadcast), so no rank waits in a later collective for
-    a rank 0 that has stopped. For what only rank 0 can or should check or hold."""
-    result, refusal = None, None
+    """`decide()` on rank 0 only, its result there (None on the other ranks); an error of the
+    package's it raises (a ConfigError, a DataError naming a damaged file) is raised on every
+    rank (one broadcast), so no rank waits in a later collective for a rank 0 that has stopped.
+    For what only rank 0 can or should check or hold, or what every rank would find alike (a
+    folder or checkpoint refusal printed once, not once per rank)."""
+    result, refusal, raised = None, None, None
     if env.is_main:
         try:
             result = decide()
         except ConfigError as exc:
-            refusal = (exc.key, exc.reason)
+            refusal, raised = ("config", exc.key, exc.reason), exc
+        except Seq2SeqEsError as exc:
+            refusal, raised = ("other", str(exc)), exc
+        except Exception as exc:  # noqa: BLE001 (any failure: the others must not wait for it)
+            refusal, raised = ("other", f"rank 0 failed: {type(exc).__name__}: {exc}"), exc
     if env.world_size > 1:
         refusal = broadcast_object(refusal)
+    if raised is not None:
+        raise raised
     if refusal is not None:
-        error = ConfigError(*refusal)
+        error = ConfigError(*refusal[1:]) if refusal[0] == "config" else \
+            Seq2SeqEsError(refusal[1])
         # Rank 0 says it; the others' copies only stop them (N ranks printed N equal lines)
-        error.said_by_main = not env.is_main
+        error.said_by_main = True
         raise error
     return result
 

@@ -221,14 +221,16 @@ class Trainer:
         self.folder_lock = hold_run_folder(self.out, env)
         self.ckpt = Checkpointer(self.out / run_files.CHECKPOINTS, env, cfg.train.keep_last)
         resume_from = self.ckpt.resume_point(cfg.train.resume)
+        # Both checks read the run folder: rank 0's refusal, said once (it was said per rank).
         if resume_from is None:  # a fresh run must not overwrite or mix with another one
-            check_fresh_folder(self.out, cfg)
+            D.decided_by_main(env, lambda: check_fresh_folder(self.out, cfg))
             if cfg.train.resume == "auto":  # a wrong folder (a relative output_dir read from
                 # another directory) started afresh without a word
                 self.say(f"note: train.resume auto: no checkpoint in {self.out.resolve()}; "
                          "starting a new run")
         else:  # another run's checkpoint, or files this ZeRO stage cannot read: before loading
-            self.ckpt.check_resumable(resume_from, run_identity(cfg), storage_layout(cfg))
+            D.decided_by_main(env, lambda: self.ckpt.check_resumable(
+                resume_from, run_identity(cfg), storage_layout(cfg)))
         seed_everything(cfg.train.seed)
         if cfg.train.deterministic:
             use_deterministic_kernels()

@@ -187,3 +187,43 @@ def test_a_folder_refusal_on_two_ranks_is_said_once(workdir, files):
     said = [line for line in proc.stderr.splitlines()
             if line.startswith("error: config key 'train.output_dir'")]
     assert len(said) == 1 and "holds a finished run (DONE)" in said[0], proc.stderr[-3000:]
+
+
+def _decided_worker(rank: int, port: int, folder: str) -> None:
+    import torch.distributed as dist
+
+    from seq2seq_es.engine.distributed import DistEnv, decided_by_main
+    from seq2seq_es.errors import ConfigError, DataError, Seq2SeqEsError
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    env = DistEnv(rank, 2, 0, "127.0.0.1", port, "torchrun")
+    seen = []
+    for failure in (ConfigError("train.resume", "no"), DataError("damaged", file="f.json"),
+                    ValueError("not ours")):
+        def decide(failure=failure):
+            raise failure
+        try:
+            decided_by_main(env, decide)
+        except (Seq2SeqEsError, ValueError) as exc:  # rank 1: it did not wait for rank 0
+            seen.append([type(exc).__name__, str(exc), getattr(exc, "said_by_main", False)])
+    assert decided_by_main(env, lambda: "held") == ("held" if rank == 0 else None)
+    Path(folder, f"rank{rank}.json").write_text(json.dumps(seen))
+    dist.destroy_process_group()
+
+
+def test_decided_by_main_stops_every_rank_with_rank_0s_failure(tmp_path):
+    # A failure of rank 0's other than a ConfigError (a damaged checkpoint file's DataError, an
+    # OSError) left the other ranks waiting in the next collective.
+    from engine_runs import free_port
+
+    torch.multiprocessing.spawn(_decided_worker, args=(free_port(), str(tmp_path)), nprocs=2)
+    rank0 = json.loads((tmp_path / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert rank0 == [["ConfigError", "config key 'train.resume': no", False],
+                     ["DataError", "file f.json: damaged", False],
+                     ["ValueError", "not ours", False]]
+    # the others stop with it, printed by rank 0 alone
+    assert rank1 == [["ConfigError", "config key 'train.resume': no", True],
+                     ["Seq2SeqEsError", "file f.json: damaged", True],
+                     ["Seq2SeqEsError", "rank 0 failed: ValueError: not ours", True]]

@@ -177,6 +177,32 @@ def test_evaluate_deepspeed_checkpoints(trained, validation_final):
             assert close(value, evals[step][key]), (step, key, value, evals[step][key])
 
 
+def test_a_truncated_checkpoint_is_one_error_naming_the_earlier_ones(trained, workdir, capsys):
+    # export, evaluate and predict of a checkpoint whose model states were cut short printed
+    # torch's reader traceback ("PytorchStreamReader failed reading zip archive").
+    import shutil
+
+    copy = workdir / "damaged"
+    shutil.rmtree(copy, ignore_errors=True)
+    (copy / "checkpoints").mkdir(parents=True)
+    shutil.copy(trained / "config.yaml", copy / "config.yaml")
+    for step in (2, 4):
+        shutil.copytree(trained / "checkpoints" / f"step_{step:08d}",
+                        copy / "checkpoints" / f"step_{step:08d}")
+    newest = copy / "checkpoints" / "step_00000004"
+    [states] = newest.glob("*model_states.pt")
+    states.write_bytes(states.read_bytes()[:100_000])
+    for argv in (["export", str(newest), str(workdir / "damaged_out")],
+                 ["evaluate", str(newest)]):
+        assert cli(argv) == 2
+        err = capsys.readouterr().err
+        [said] = [line for line in err.splitlines() if line.startswith("error:")]
+        assert said.startswith(f"error: checkpoint {newest} could not be loaded (RuntimeError: ")
+        assert said.endswith("it may be damaged; give an earlier one: "
+                             f"{copy / 'checkpoints' / 'step_00000002'}"), err
+        assert "Traceback" not in err
+
+
 def test_evaluate_zero3_checkpoint_of_two_ranks_on_one_process(workdir, files):
     """A ZeRO-3 checkpoint written by 2 ranks (weights in 2 optimizer partitions) evaluated by
     one process without ZeRO: the partitions are consolidated, the logged scores come back."""

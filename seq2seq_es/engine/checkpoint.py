@@ -414,6 +414,26 @@ def convert_to_universal(path: Path, out: Path) -> None:
                              + said.getvalue()[-2000:]) from exc
 
 
+@contextlib.contextmanager
+def damaged_checkpoint_named(path: Path, use_earlier: str):
+    """A checkpoint whose files cannot be read (truncated, or written by another model): one
+    error naming it and the complete checkpoints before it (`use_earlier` says what to do with
+    them), instead of torch's reader traceback or a state_dict listing thousands of keys
+    (SEQ2SEQ_ES_DEBUG=1 shows those). Training's resume and evaluate/predict/export alike."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, torch.distributed.DistError):
+        raise  # the machine or the process group, not the files: a good checkpoint
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) \
+            as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        earlier = [str(p) for _, p in run_files.complete_checkpoints(path.parent)
+                   if p.name < path.name][-2:]
+        hint = f"; {use_earlier} " + " or ".join(earlier) if earlier else ""
+        raise Seq2SeqEsError(f"checkpoint {path} could not be loaded ({type(exc).__name__}: "
+                             f"{first_line}); it may be damaged{hint}") from exc
+
+
 class Checkpointer:
     """checkpoints/step_<N> folders of one run; see the module docstring for the interface."""
 
@@ -630,21 +650,9 @@ class Checkpointer:
 
     @contextlib.contextmanager
     def damaged_files_named(self, path: Path):
-        """A checkpoint whose files cannot be read (truncated, or written by another model):
-        one error naming it and the complete checkpoints before it, instead of torch's reader
-        traceback or a state_dict listing thousands of keys (SEQ2SEQ_ES_DEBUG=1 shows those)."""
-        try:
+        """A checkpoint whose files cannot be read: see damaged_checkpoint_named."""
+        with damaged_checkpoint_named(path, "resume from an earlier one with --train.resume"):
             yield
-        except (torch.OutOfMemoryError, torch.distributed.DistError):
-            raise  # the machine or the process group, not the files: a good checkpoint
-        except (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) \
-                as exc:
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            earlier = [str(p) for p in self.complete() if p.name < path.name][-2:]
-            hint = ("; resume from an earlier one with --train.resume " + " or ".join(earlier)
-                    if earlier else "")
-            raise Seq2SeqEsError(f"checkpoint {path} could not be loaded ({type(exc).__name__}: "
-                                 f"{first_line}); it may be damaged{hint}") from exc
 
     def load_weights(self, engine, path: Path) -> None:
         """Collective: put the weights of checkpoint `path` into the engine (end of training).

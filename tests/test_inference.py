@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from engine_runs import REPO, _env, base_args, demo_files, free_port, run
 from seq2seq_es import metrics_log
@@ -140,8 +141,13 @@ def test_evaluate_says_when_it_replaces_other_settings(trained, validation_final
     assert f"note: {out} holds an evaluation of {trained / 'final'} (validation split) with " \
            "no overrides; this one replaces it (give another --output-dir to keep both)" \
         in err, err
-    assert json.loads((out / "evaluation.json").read_text())["overrides"] == {
-        "gen.num_beams": "2"}
+    info = json.loads((out / "evaluation.json").read_text())
+    assert info["overrides"] == {"gen.num_beams": "2"}
+    # the decoding and lengths that scored, whatever set them (only overrides were recorded)
+    assert info["generation"]["num_beams"] == 2 and "max_new_tokens" in info["generation"]
+    config = yaml.safe_load((trained / "config.yaml").read_text())
+    assert info["lengths"] == {key: config["data"][key]
+                               for key in ("max_source_length", "max_target_length")}
     # a key it does not read is named, not taken in silence
     assert cli(["evaluate", str(trained), "--split", "validation", "--output-dir", str(out),
                 "--gen.num_beams", "2", "--optim.lr", "5"]) == 0

@@ -602,7 +602,13 @@ def evaluate_main(argv: list[str]) -> int:
             "split": args.split, "task": cfg.data.task,
             "model": cfg.model.name, "examples": len(data.tokenized),
             "world_size": env.world_size, "zero_stage": cfg.dist.zero_stage,
-            "batch_size": batch_size, "overrides": overrides, "results": results}, indent=1))
+            "batch_size": batch_size, "overrides": overrides,
+            # What scored, whatever set it (a later resume may change the run's config.yaml):
+            # the lengths and the decoding, beside the overrides that changed them
+            "lengths": {"max_source_length": cfg.data.max_source_length,
+                        "max_target_length": cfg.data.max_target_length},
+            "generation": generation_config.to_diff_dict(),
+            "results": results}, indent=1))
         for key, value in results.items():
             print(f"{key} {value:.4f}")
         print(f"predictions and scores: {out}")

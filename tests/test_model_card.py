@@ -22,11 +22,18 @@ def notes(task: str, model: str, **overrides: str) -> list[str]:
 def test_ledo_says_where_its_global_attention_goes():
     # transformers' LED given no global_attention_mask attends globally to no token: a user of
     # final/ got other encoder states than the run's (0.03 apart on a 4-step model) unwarned.
-    [source, decoding, attention] = notes("xlsum", "ledo-tiny",
-                                          **{"data.max_source_length": "2048"})
+    [source, decoding, loading, attention] = notes("xlsum", "ledo-tiny",
+                                                   **{"data.max_source_length": "2048"})
     assert source == ("Source: the `text` text as it is, with no task prefix; at most 2048 "
                       "tokens (longer sources lose their end).")
-    assert decoding.startswith("Decoding: `generation_config.json` holds the settings")
+    # an export of a checkpoint has no scores: the settings are the run's, not "the scores'"
+    assert decoding.startswith("Decoding: `generation_config.json` holds the run's decoding "
+                               "settings, those of any scores listed here")
+    assert "`tokenizer.decode(ids, skip_special_tokens=True).strip()`" in decoding
+    assert loading.startswith("Loading: `AutoModelForSeq2SeqLM.from_pretrained(FOLDER)`")
+    # a BERT2BERT pair is transformers' EncoderDecoderModel, which the Auto class does not load
+    assert any(note.startswith("Loading: `EncoderDecoderModel.from_pretrained(FOLDER)`")
+               for note in notes("mlsum", "beto2beto-tiny"))
     assert attention.startswith("Global attention on the first token (`data.global_attention "
                                 "first`): pass `global_attention_mask` (1 there, 0 elsewhere)")
     [*_, prefix] = notes("xlsum", "ledo-tiny", **{"data.global_attention": "prefix:4"})

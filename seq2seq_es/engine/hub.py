@@ -152,8 +152,14 @@ def input_notes(cfg: RunConfig, task, spec) -> list[str]:
     cut = "their end" if task.source_truncation_side == "right" else "their start"
     notes = [f"Source: {task.formatter.source_layout()}; at most {cfg.data.max_source_length} "
              f"tokens (longer sources lose {cut}).",
-             "Decoding: `generation_config.json` holds the settings the scores were generated "
-             "with (`model.generate` reads it)."]
+             "Decoding: `generation_config.json` holds the run's decoding settings, those of any "
+             "scores listed here (`model.generate` reads it); predictions are the decoded text "
+             "stripped of surrounding spaces (`tokenizer.decode(ids, "
+             "skip_special_tokens=True).strip()`).",
+             "Loading: `" + ("EncoderDecoderModel" if spec.family == "bert2bert"
+                             else "AutoModelForSeq2SeqLM")
+             + ".from_pretrained(FOLDER)` and `AutoTokenizer.from_pretrained(FOLDER)` (from "
+             "transformers)."]
     if spec.adapter.reads("data.global_attention"):
         chosen = cfg.data.global_attention
         tokens = _GLOBAL_TOKENS.get(chosen) or f"the first {chosen.split(':', 1)[1]} tokens"

@@ -520,6 +520,21 @@ def test_bad_plain_line_and_bad_paths(trained, workdir, capsys):
     assert cli(["evaluate", str(lonely)]) == 2
     assert f"model folder {lonely} has config.json but no weights" in capsys.readouterr().err
 
+    # a model folder without its tokenizer files: named as the folder given, not as a
+    # config key 'model.path' the user never set
+    untokenized = workdir / "untokenized"
+    shutil.rmtree(untokenized, ignore_errors=True)
+    untokenized.mkdir()
+    shutil.copy(trained / "config.yaml", untokenized / "config.yaml")
+    shutil.copytree(trained / "final", untokenized / "final")
+    for path in (untokenized / "final").glob("tokenizer*"):
+        path.unlink()
+    assert cli(["evaluate", str(untokenized)]) == 2
+    [said] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    final = untokenized / "final"
+    assert said.startswith(f"error: the tokenizer loaded from {final} ") or \
+        said.startswith(f"error: no usable tokenizer in {final}"), said
+
 
 # ---------------------------------------------------------------------------------------------
 # The ordered gather on two real ranks with a model whose output reveals its input.

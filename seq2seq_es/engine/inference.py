@@ -364,7 +364,14 @@ def load_for_inference(saved: SavedModel, cfg, env: D.DistEnv) -> Loaded:
     without optimizer under ZeRO-3, the plain module on this rank's device otherwise."""
     from .builders import get_model, set_activation_checkpointing
 
-    model, tokenizer, spec = get_model(cfg)
+    try:
+        model, tokenizer, spec = get_model(cfg)
+    except ConfigError as exc:
+        # A model folder given to this command is no model.path of the user's: the refusal
+        # (a folder without tokenizer files, say) names the folder, not the key.
+        if exc.key != "model.path" or saved.kind != "hf" or cfg.model.path != str(saved.path):
+            raise
+        raise Seq2SeqEsError(exc.reason) from None
     if saved.kind == "deepspeed":
         load_checkpoint_weights(model, saved.path)
     if cfg.model.gradient_checkpointing:

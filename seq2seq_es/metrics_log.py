@@ -141,5 +141,4 @@ def by_step(path: str | Path, key: str) -> dict[int, dict[str, Any]]:
     validations, "test/loss" for the test scoring, "train/loss" for the logged steps)."""
     # Not a bool step: True == 1 as a key, and its record would replace step 1's
     return {record["step"]: record for record in read(path)
-            if key in record and isinstance(record.get("step"), int)
-            and not isinstance(record["step"], bool)}
+            if key in record and _is_step(record.get("step"))}

@@ -21,7 +21,7 @@ from ..config import RunConfig, dump
 from ..metrics_log import cut_partial_line, resume_marker
 # metrics.jsonl's one reader (a record per step, the last values kept), kept importable here.
 from ..metrics_log import read as read_metrics  # noqa: F401
-from ..errors import ConfigError
+from ..errors import ConfigError, comma_names
 from .progress import is_terminal
 
 LIBRARIES = ("seq2seq-es", "torch", "transformers", "datasets", "deepspeed", "accelerate",
@@ -87,7 +87,7 @@ def write_versions(run_dir: Path, resumed_at: int | None) -> str | None:
 
 def tracker_names(report_to: str) -> list[str]:
     """`train.report_to` as a list of trackers ("none" -> [])."""
-    names = [name.strip() for name in report_to.split(",") if name.strip()]
+    names = comma_names("train.report_to", report_to)
     return [] if names == ["none"] else names
 
 

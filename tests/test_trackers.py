@@ -575,7 +575,8 @@ class _Terminal(_Stderr):
 def _progress_log(tmp_path, start_step=0):
     cfg = compose(task="mlsum", model="barto-tiny",
                   overrides={"train.report_to": "none", "train.output_dir": str(tmp_path / "run")})
-    return RunLog(tmp_path / "run", cfg, True, total_steps=10, start_step=start_step)
+    return RunLog(tmp_path / "run", cfg, True, total_steps=10, start_step=start_step,
+                  resumed=start_step > 0)
 
 
 def test_progress_is_a_line_per_log_on_stdout_when_stderr_is_a_file(tmp_path, capsys,
@@ -594,6 +595,8 @@ def test_progress_is_a_line_per_log_on_stdout_when_stderr_is_a_file(tmp_path, ca
     assert line.startswith("step 6/10: train/loss 1.2500, lr 2.00e-04, grad_norm 0.812, "
                            "12,345 tokens/s, elapsed ")
     assert ", left ~0:00:0" in line  # 4 steps left at the rate since step 5
+    # this process's clock: the segments before the resume are not in the checkpoint
+    assert " since resuming at step 4, left" in line
     assert "left" not in first  # the first logged step's time includes the start-up
     assert log_file.text == ""
 

@@ -346,6 +346,9 @@ class RunLog:
         self.bar = None
         self.progress_lines = False
         self.total_steps, self.started = total_steps, time.monotonic()
+        # A resumed process's clock starts at its resume: the earlier segments' time is not
+        # in the checkpoint, so the progress line says whose time it counts.
+        self.clock_note = f" since resuming at step {start_step}" if resumed else ""
         self.first_logged: tuple[int, float] | None = None  # (step, time) of this start's first
         self.trackers: list = []
         if not is_main:
@@ -405,7 +408,7 @@ class RunLog:
                 left = rate * (self.total_steps - step)
             self.write(f"step {step}/{self.total_steps}: train/loss {loss:.4f}, lr {lr:.2e}, "
                        + (f"grad_norm {grad_norm:.3g}, " if grad_norm is not None else "")
-                       + f"{tokens_per_s:,.0f} tokens/s, elapsed {_clock(elapsed)}"
+                       + f"{tokens_per_s:,.0f} tokens/s, elapsed {_clock(elapsed)}{self.clock_note}"
                        + (f", left ~{_clock(left)}" if left is not None else ""))
 
     def write(self, message: str) -> None:

@@ -357,10 +357,6 @@ class TokenBudgetPlan(StepIteration):
         return len(self._steps)
 
     @property
-    def num_micro_batches(self) -> int:
-        return self.steps_per_epoch * self.micro_batches_per_step
-
-    @property
     def dropped_per_epoch(self) -> int:
         """Examples left out of every epoch (0 unless the last step could not be filled)."""
         return sum(s.size for s in self._dropped_spans)

@@ -58,6 +58,26 @@ def test_a_model_folder_without_run_config_decodes_with_its_own_generation_confi
     assert (cfg.gen.num_beams, cfg.gen.max_new_tokens) == (3, 7)
 
 
+def test_settings_of_a_folders_generation_config_that_decoding_does_not_apply_are_noted(
+        tmp_path, capsys):
+    # A BART fine-tuned elsewhere forces <s> first and </s> at the limit; gen.* cannot say so,
+    # so the note names them rather than the README's "decodes as its own" promising them.
+    _export(tmp_path, "fp32", {"num_beams": 4, "forced_bos_token_id": 0,
+                               "forced_eos_token_id": 2, "repetition_penalty": 1.0,
+                               "decoder_start_token_id": 2})
+    inference_config(resolve_saved(tmp_path), model="barto-tiny", task="mlsum", allow_model=True)
+    err = capsys.readouterr().err
+    assert "also sets forced_bos_token_id 0, forced_eos_token_id 2, which this package's " \
+        "decoding does not apply" in err
+    assert "repetition_penalty" not in err  # 1.0 changes nothing
+    # our own exports hold only what is applied: no note
+    _export(tmp_path / "own", "fp32", {"num_beams": 4, "max_new_tokens": 48,
+                                       "decoder_start_token_id": 2, "eos_token_id": 2})
+    inference_config(resolve_saved(tmp_path / "own"), model="barto-tiny", task="mlsum",
+                     allow_model=True)
+    assert "does not apply" not in capsys.readouterr().err
+
+
 def test_a_folder_without_a_minimum_decodes_with_none_and_reads_length_limits_like_transformers(
         tmp_path):
     # Our exports leave min_new_tokens out when it is 0; transformers then applies no minimum.

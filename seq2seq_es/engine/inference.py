@@ -186,6 +186,32 @@ def saved_generation(folder: Path) -> dict[str, str]:
             else str(saved[key]) for key in GEN_KEYS if saved.get(key) is not None}
 
 
+# What a generation_config.json may hold beside GEN_KEYS that decoding here still follows (the
+# special token ids come from the tokenizer, max/min_length become max/min_new_tokens) or that
+# only shapes generate's return value, and the values of other keys that change nothing.
+_GEN_FOLLOWED = {"max_length", "min_length", "bos_token_id", "eos_token_id", "pad_token_id",
+                 "decoder_start_token_id", "transformers_version", "_from_model_config",
+                 "use_cache", "num_return_sequences", "return_dict_in_generate"}
+_GEN_NEUTRAL = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
+                "num_beam_groups": 1, "diversity_penalty": 0.0, "typical_p": 1.0}
+
+
+def unapplied_generation(folder: Path) -> list[str]:
+    """The settings of a model folder's generation_config.json that this package's decoding
+    does not apply (`key value`): a model fine-tuned elsewhere may force BART's <s> first
+    (forced_bos_token_id) or penalise repeats, which a gen.* key cannot say."""
+    try:
+        saved = json.loads((Path(folder) / "generation_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(saved, dict):
+        return []
+    return [f"{key} {json.dumps(value)}" for key, value in saved.items()
+            if key not in GEN_KEYS and key not in _GEN_FOLLOWED and value is not None
+            and value is not False
+            and not key.startswith("output_") and _GEN_NEUTRAL.get(key) != value]
+
+
 def exported_inputs(folder: Path) -> dict[str, str]:
     """How the run fed the model, as a folder this package exported says it (a copied final/
     without its run's config.yaml), as config overrides: the source length its tokenizer cuts
@@ -222,7 +248,7 @@ def inference_config(saved: SavedModel, *, config_file: str | None = None,
     `config.yaml` holds every key explicitly, so composing it again gives the run's config;
     the launcher's environment (accelerate's ZeRO stage) and then the command line override it.
     """
-    from ..config import compose, load_yaml, note_not_read
+    from ..config import compose, first_launched_process, load_yaml, note_not_read
     from .distributed import launcher_overrides
 
     source = config_file or saved.config_file
@@ -230,6 +256,11 @@ def inference_config(saved: SavedModel, *, config_file: str | None = None,
     # generation_config.json says, not with --task's registry defaults; --gen.* still wins.
     copied = source is None and saved.kind == "hf"
     saved_gen = saved_generation(saved.path) if copied else {}
+    unapplied = unapplied_generation(saved.path) if copied else []
+    if unapplied and first_launched_process():
+        print(f"note: {saved.path / 'generation_config.json'} also sets {', '.join(unapplied)}, "
+              "which this package's decoding does not apply (it applies the gen.* settings: "
+              "beams, lengths, no-repeat n-grams, sampling)", file=sys.stderr)
     saved_inputs = exported_inputs(saved.path) if copied else {}  # and feed it as it was fed
     merged = {**saved_gen, **saved_inputs, **launcher_overrides(), **(overrides or {})}
     if source is None and model is None:

@@ -261,3 +261,46 @@ def test_the_compiled_forward_is_one_graph(files, one_rank, model_name, attentio
         torch._dynamo.reset()
     assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
     assert explained.graph_count == 1
+
+
+@pytest.mark.parametrize("shapes", ["dynamic", "auto"])
+def test_a_compiled_forward_with_varying_lengths_does_not_compile_again_per_token_count(
+        files, one_rank, shapes):
+    """model.compile + model.lean_ce on batches of varying lengths (token budget: compile_shapes
+    auto is torch's own, dynamic after a first recompile): the lean loss's chunk loop counts the
+    target tokens, so inside the graph every new count compiled the model again (then ran it
+    eagerly past torch's recompile limit). The loss runs outside the graph there."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from seq2seq_es.engine.builders import get_collator, get_engine, get_model, get_split
+    from seq2seq_es.tasks import get_task
+
+    cfg = RunConfig()
+    cfg.model.name, cfg.data.task, cfg.data.train_file = "barto-tiny", "mlsum", files["train"]
+    cfg.data.max_source_length, cfg.data.max_target_length = 128, 48
+    cfg.train.batching, cfg.train.max_tokens, cfg.train.precision = "token_budget", 700, "fp32"
+    cfg.model.compile, cfg.model.compile_backend, cfg.model.compile_shapes = \
+        True, "eager", shapes
+    cfg.model.lean_ce = True
+    validate(cfg)
+    model, tokenizer, spec = get_model(cfg)
+    split = get_split(cfg, get_task("mlsum"), tokenizer, model, "train", 40, lambda m: None)
+    collate = get_collator(cfg, spec, tokenizer, model)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        engine, *_ = get_engine(model, cfg, one_rank, total_steps=10)
+        graphs, token_counts = [], set()
+        for rows in ([0, 1, 2], [3, 4], [5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15], [16, 17, 18]):
+            batch = dict(collate([split.tokenized[i] for i in rows]))
+            labels = batch.pop("labels")
+            batch.pop("example_index", None)
+            token_counts.add(labels.numel())
+            engine.backward(engine(**batch, lean_ce_labels=labels))
+            graphs.append(counters["stats"]["unique_graphs"])
+        assert len(token_counts) >= 5          # a new target-token count (nearly) every batch
+        # the first batches compile (static, then dynamic); the later ones reuse the graphs
+        assert graphs[-1] == graphs[2], graphs
+    finally:
+        torch._dynamo.reset()

@@ -320,7 +320,10 @@ def get_engine(model, cfg: RunConfig, env: D.DistEnv, total_steps: int):
 
     if cfg.model.lean_ce:
         from ..kernels.lean_ce import install_lean_loss
-        install_lean_loss(model, cfg.model.lean_ce_chunk, cfg.optim.label_smoothing)
+        # A compiled forward whose lengths vary keeps the loss out of its graph: in it, every
+        # new target-token count would compile the model again (kernels/lean_ce.py).
+        install_lean_loss(model, cfg.model.lean_ce_chunk, cfg.optim.label_smoothing,
+                          in_graph=not cfg.model.compile or compile_shapes(cfg) == "static")
 
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)

@@ -207,10 +207,20 @@ def decoder_hidden_states(model, batch: Mapping[str, torch.Tensor]) -> torch.Ten
                                                              family.model_type))
 
 
+# The chunked loss run by Python, outside any compiled graph: its chunk loop counts the target
+# tokens, so a graph traced with dynamic lengths guards on the exact count and compiles again for
+# every new one (token-budget batches: a graph per batch, then eager code once torch's recompile
+# limit is reached). Outside, the model's graph ends at the hidden states and serves every
+# length; the loss's kernels are matmuls that gain nothing from compilation.
+_chunked_outside_graph = torch.compiler.disable(chunked_cross_entropy_sum)
+
+
 def lean_token_ce_sum(model, batch: Mapping[str, torch.Tensor], labels: torch.Tensor,
-                      chunk_size: int = 4096, label_smoothing: float = 0.0) -> torch.Tensor:
+                      chunk_size: int = 4096, label_smoothing: float = 0.0,
+                      in_graph: bool = True) -> torch.Tensor:
     """The same value as `token_ce_sum(model(**batch).logits, labels, label_smoothing)`,
-    without the logits."""
+    without the logits. `in_graph` False keeps the loss out of a compiled graph (for dynamic
+    lengths, see _chunked_outside_graph)."""
     hidden = decoder_hidden_states(model, batch)
     if hidden.shape[:2] != labels.shape:
         raise ValueError(f"labels {tuple(labels.shape)} do not match the decoder's "
@@ -219,20 +229,24 @@ def lean_token_ce_sum(model, batch: Mapping[str, torch.Tensor], labels: torch.Te
     rows = hidden.reshape(-1, hidden.size(-1))
     if hidden_scale != 1.0:
         rows = rows * hidden_scale
-    return chunked_cross_entropy_sum(rows, weight, labels.reshape(-1).to(rows.device), bias,
-                                     chunk_size, label_smoothing)
+    chunked = chunked_cross_entropy_sum if in_graph else _chunked_outside_graph
+    return chunked(rows, weight, labels.reshape(-1).to(rows.device), bias, chunk_size,
+                   label_smoothing)
 
 
 # ---------------------------------------------------------------------------------------------
 # Wiring into the DeepSpeed engine's forward
 
 
-def install_lean_loss(model, chunk_size: int = 4096, label_smoothing: float = 0.0) -> None:
+def install_lean_loss(model, chunk_size: int = 4096, label_smoothing: float = 0.0,
+                      in_graph: bool = True) -> None:
     """Make `model(**batch, lean_ce_labels=labels)` return `lean_token_ce_sum` (a 0-dim tensor).
 
     Without that keyword the model's own forward runs, so generation and evaluation are
     unchanged; the replacement keeps the original signature for transformers' introspection.
     Call once, before or after `deepspeed.initialize`; `uninstall_lean_loss` undoes it.
+    `in_graph` False: a compiled forward ends before the loss (dynamic lengths; see
+    lean_token_ce_sum).
     """
     _family(model)
     original = type(model).forward
@@ -243,7 +257,8 @@ def install_lean_loss(model, chunk_size: int = 4096, label_smoothing: float = 0.
             return original(self, *args, **kwargs)
         if args:
             raise TypeError("pass the batch as keyword arguments together with lean_ce_labels")
-        return lean_token_ce_sum(self, kwargs, lean_ce_labels, chunk_size, label_smoothing)
+        return lean_token_ce_sum(self, kwargs, lean_ce_labels, chunk_size, label_smoothing,
+                                 in_graph)
 
     model.forward = types.MethodType(forward, model)
     _register_head_with_zero3(model)

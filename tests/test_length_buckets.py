@@ -386,3 +386,49 @@ def test_the_summary_says_when_examples_alone_exceed_the_budget():
     within = BucketedPlan([40, 70, 100, 130] * 8, [10, 20, 30, 40] * 8, max_tokens=400,
                           grad_accum=1, world_size=1, seed=0, max_shapes=4)
     assert not [line for line in within.summary() if "alone pad to more than" in line]
+
+
+@pytest.mark.parametrize("attention", ["hf", "sdpa"])
+@pytest.mark.parametrize("name", ["barto-tiny", "t5s-tiny"])
+def test_padding_to_a_bucket_leaves_each_examples_loss_unchanged(name, attention):
+    """A bucket pads further than the batch's longest example (sources to 504 here, not 482):
+    the padding must stay invisible, as for the model alone on each example (learned positions,
+    T5's relative buckets, the padding mask of each attention implementation)."""
+    import copy
+
+    import torch
+
+    from seq2seq_es.engine.builders import set_dropout
+    from seq2seq_es.kernels.bart_attention import apply_bart_attention
+    from seq2seq_es.kernels.t5_attention import apply_t5_attention
+    from seq2seq_es.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(name, None)
+    model = copy.deepcopy(model).float()
+    set_dropout(model, 0.0)
+    if attention == "sdpa":
+        (apply_bart_attention if name == "barto-tiny" else apply_t5_attention)(model, "sdpa")
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    features = [{"input_ids": torch.randint(5, model.config.vocab_size, (s,), generator=g).tolist(),
+                 "labels": torch.randint(5, model.config.vocab_size, (t,), generator=g).tolist()}
+                for s, t in ((482, 71), (310, 26), (304, 103))]
+    pad, start = tokenizer.pad_token_id, model.config.decoder_start_token_id
+
+    def per_example(collator, rows):
+        """Each example's logits at its own target positions."""
+        batch = dict(collator(rows))
+        labels = batch.pop("labels")
+        with torch.no_grad():
+            logits = model(**batch).logits
+        return [logits[i, labels[i] != -100] for i in range(len(rows))]
+
+    bucketed = Seq2SeqCollator(pad, start, pad_to_multiple_of=8)
+    bucketed.set_buckets((344, 504, 1024), (64, 136))
+    shape = bucketed(features)["input_ids"].shape, bucketed(features)["labels"].shape
+    assert shape == ((3, 504), (3, 136))
+    alone = [per_example(Seq2SeqCollator(pad, start), [f])[0] for f in features]
+    for got, expected in zip(per_example(bucketed, features), alone):
+        # logits, not summed losses: a tiny model's near-uniform attention moves them by ~1e-3
+        # when padding is attended, which a sum of ~500 nats would hide
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=2e-5)

@@ -118,6 +118,35 @@ def test_packed_batch_gives_the_loss_and_gradients_of_the_examples_unpacked(name
     _assert_grads_close(grads, ref_grads)
 
 
+@pytest.mark.parametrize("name", ["barto-tiny", "t5s-tiny"])
+def test_long_documents_packed_give_the_loss_and_gradients_of_the_examples_unpacked(name):
+    """Documents past T5's max_distance (128, 32 buckets, as t5s-tiny has them): a document
+    starting at row position 330 must get the relative buckets of its own positions, which the
+    short documents above never reach; BART's learned positions restart per document too."""
+    model, tokenizer = _tiny(name)
+    from seq2seq_es.engine.builders import set_dropout
+    set_dropout(model, 0.0)
+    model.eval()
+    if name == "t5s-tiny":
+        assert (model.config.relative_attention_num_buckets,
+                model.config.relative_attention_max_distance) == (32, 128)
+    lengths = [(330, 60), (250, 40), (140, 30), (200, 50), (180, 70), (260, 25)]
+    pad, start = tokenizer.pad_token_id, model.config.decoder_start_token_id
+    features = _features(model.config.vocab_size, lengths)
+    reference = copy.deepcopy(model)
+    ref_loss, ref_grads = _loss_and_grads(reference, Seq2SeqCollator(pad, start)(
+        _unmarked(features)))
+    install_packed_attention(model, "dense")
+    batch = PackedCollator(pad, start, rows=3, source_len=600, target_len=130)(features)
+    positions = batch["source_position_ids"]
+    restarts = (positions[:, 1:] == 0) & (positions[:, :-1] != 0)   # a document begins
+    assert int(restarts.nonzero()[:, 1].min()) + 1 >= 140   # later documents begin past 128
+    assert int(batch["target_doc_ids"].max()) >= 1
+    loss, grads = _loss_and_grads(model, batch)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    _assert_grads_close(grads, ref_grads)
+
+
 def test_without_document_masks_the_packed_loss_differs():
     """The comparison above can fail: packing without masks (the plain model) changes the loss."""
     model, tokenizer = _tiny("barto-tiny")

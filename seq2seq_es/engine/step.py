@@ -80,9 +80,11 @@ def all_reduce_(tensor: torch.Tensor, op=None) -> torch.Tensor:
     return tensor
 
 
-def keep_grads_out_of_graph_memory(module: torch.nn.Module, owned: set[int]) -> None:
-    """Copy each parameter's gradient that is not yet a copy of ours (`owned`: their ids, which
-    this adds to) into memory of its own, in one fused op.
+def keep_grads_out_of_graph_memory(module: torch.nn.Module,
+                                   owned: dict[torch.nn.Parameter, torch.Tensor]) -> None:
+    """Copy each parameter's gradient that is not yet a copy of ours (`owned`: parameter -> the
+    copy it holds, which this adds to) into memory of its own, in one fused op. The copies are
+    known by identity, not by id(): an id is reused once its tensor is freed.
 
     Under CUDA graphs (model.compile_mode reduce-overhead) a backward's gradients are outputs of
     the replayed graph, in the graph's memory pool, and autograd keeps a parameter's first
@@ -94,13 +96,13 @@ def keep_grads_out_of_graph_memory(module: torch.nn.Module, owned: set[int]) -> 
     that exists is accumulated into, not replaced), so in practice all is copied once, after the
     first. With one micro-batch per step the optimizer reads the gradients before the next
     replay, and nothing is copied."""
-    params = [p for p in module.parameters() if p.grad is not None and id(p.grad) not in owned]
+    params = [p for p in module.parameters() if p.grad is not None and owned.get(p) is not p.grad]
     if not params:
         return
     copies = torch._foreach_mul([p.grad for p in params], 1.0)
     for param, copy in zip(params, copies):
         param.grad = copy
-        owned.add(id(copy))
+        owned[param] = copy
 
 
 @dataclass
@@ -252,7 +254,7 @@ class TrainStep:
                 self.scale = loss_scale(engine)
             scale_before, skipped_before = self.scale, engine.skipped_steps
         own_norm = None
-        copied: set[int] = set()     # ids of the gradients moved out of CUDA graphs' memory
+        copied: dict = {}            # parameter -> its gradient moved out of CUDA graphs' memory
         for k, batch in enumerate(micro_batches):
             batch = {key: self._to_device(value)
                      for key, value in self.host_inputs(batch).items()}

@@ -99,11 +99,13 @@ class ModelConfig(_Section):
                                           # and its 512-token decoder's recompute costs time)
     attention: Literal["hf", "sdpa", "flex"] = "hf"  # BART, LED, T5 attention implementation
                                           # (seq2seq_es.kernels; hf: transformers' own)
-    compile: bool = False                 # torch.compile the model (lengths padded to 64s
-                                          # unless train.batching is bucketed)
+    compile: bool = False                 # torch.compile the model (source lengths padded to
+                                          # 64s unless train.batching is bucketed; targets
+                                          # to the batch's longest)
     compile_shapes: Literal["auto", "static", "dynamic"] = "auto"  # with compile: static (a
-                                          # graph per batch shape, all compiled before training
-                                          # at ZeRO 0; bucketed or packed batches only), dynamic
+                                          # graph per batch shape; bucketed or packed batches
+                                          # only; bucket shapes all compiled before training
+                                          # at ZeRO 0, packed's one at step 1), dynamic
                                           # (batch and length sizes marked dynamic), auto (static
                                           # for bucketed and packed batches, else torch's default)
     compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"  # torch.compile
@@ -168,7 +170,10 @@ class DataConfig(_Section):
                                           # train, validation, test, instead of local files
     hub_config: str | None = None         # your own task: the hub dataset's config, if it has
                                           # several
-    cache_dir: str | None = None          # datasets cache for tokenized splits
+    cache_dir: str | None = None          # cache of hub downloads, cleaned copies of local
+                                          # files and tokenized splits (None: the libraries'
+                                          # caches; tokens in $SEQ2SEQ_ES_CACHE or
+                                          # ~/.cache/seq2seq_es)
 
     def validate(self) -> None:
         super().validate()
@@ -1383,8 +1388,9 @@ def validate(cfg: RunConfig) -> None:
                               "graphs overwrite); use dist.zero_stage 0, train.grad_accum 1 or "
                               "compile_mode default")
     if t.on_nan == "skip" and dist.zero_stage == 3:
-        raise ConfigError("train.on_nan", "skip is not supported under ZeRO-3 (the zero loss "
-                          "that replaces a bad micro-batch needs unpartitioned parameters); use stop")
+        raise ConfigError("train.on_nan", "skip is not supported under ZeRO-3 (the hook that "
+                          "zeroes a bad micro-batch's gradient needs unpartitioned parameters); "
+                          "use stop")
     if t.max_steps > 0 and o.warmup_steps >= t.max_steps:
         raise ConfigError("optim.warmup_steps",
                           f"warmup of {o.warmup_steps} steps is not shorter than training "

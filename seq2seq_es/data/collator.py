@@ -53,7 +53,8 @@ def sentence_start_ids(tokenizer) -> frozenset[int]:
 class Seq2SeqCollator:
     pad_token_id: int
     decoder_start_token_id: int
-    pad_to_multiple_of: int = 1           # LED: its attention window; GPUs: 8 for tensor cores
+    pad_to_multiple_of: int = 1           # sources only. LED: its attention window; GPUs: 8
+                                          # for tensor cores; 64 under model.compile
     global_attention: str | None = None   # None (not LED) | first | prefix:N | sentences
     sentence_end_ids: frozenset[int] = frozenset()
     source_buckets: tuple[int, ...] = ()  # bucketed batching: pad sources up to the next of these

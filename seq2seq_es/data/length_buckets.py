@@ -8,9 +8,10 @@ budget rows 3-4x slower on the GPU). `BucketedPlan` keeps the padding low but le
 
 Buckets
 - Source lengths are rounded up to one of a few *source buckets*, target lengths to one of a few
-  *target buckets*. Every bucket is a multiple of `align` (8 for tensor cores, or the collator's
-  multiple: 64 under `model.compile`, the attention window for LED) and the largest one covers
-  the longest example. `choose_buckets` picks the sets that waste the fewest pad tokens on these
+  *target buckets*. Target buckets are multiples of `align` (8, for tensor cores); source
+  buckets of lcm(8, the collator's multiple: LED's attention window), or of the window alone
+  where the lcm would pad the longest source further (builders.source_bucket_align);
+  `model.compile` does not change them. The largest bucket covers the longest example. `choose_buckets` picks the sets that waste the fewest pad tokens on these
   lengths with at most `max_shapes` (source bucket x target bucket) pairs: the pad tokens of an
   example are (its source bucket - its source length) + (its target bucket - its target length),
   a sum of a source term and a target term, so the best k source buckets and the best m target
@@ -363,7 +364,8 @@ def allow_static_shapes(num_shapes: int) -> None:
 
     Dynamo recompiles a frame at most `recompile_limit` times (8 by default in torch 2.13) and runs
     it eagerly from then on, which would leave half of a 16-shape plan uncompiled. Twice the shape
-    count leaves room for the graphs of the other grad mode (validation loss).
+    count is spare room: validation runs eagerly (Trainer.eval_stance), but a guard other than
+    the shape (a grad mode, a flag) would add a graph per shape.
     """
     import torch._dynamo.config as dynamo_config
 

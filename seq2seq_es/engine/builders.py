@@ -232,7 +232,7 @@ def get_collator(cfg: RunConfig, spec, tokenizer, model) -> Seq2SeqCollator:
 def collator_padding(cfg: RunConfig) -> tuple[int, bool]:
     """(pad_to_multiple_of, mark_dynamic) of a model without its own collator options: what
     get_collator gives training, and what the bench's loop rows must use to time the same step."""
-    # Compiled models see few distinct shapes when lengths are padded to multiples of 64;
+    # Compiled models see fewer distinct shapes when sources are padded to multiples of 64;
     # bucketed batches bound their shapes themselves (and would lose their fit to 64s).
     coarse = cfg.model.compile and cfg.train.batching != "bucketed"
     multiple = 64 if coarse else (8 if torch.cuda.is_available() else 1)

@@ -98,10 +98,12 @@ class TrainState:
     evals_without_best: int = 0
     # The logged values' sums since the last log over all ranks (TrainStep.loss_window_sums):
     # [cross-entropy, skipped target tokens, target tokens, gradient norm sum, steps in it,
-    # gradient norm maximum]. None: written before the field; three numbers: before the norm.
+    # gradient norm maximum, tokens, padded tokens]. None: written before the field; three
+    # numbers: before the norm; six: before the token counts.
     loss_window: list | None = None
-    # What was trained ({"data.task", "model.name"}, `run_identity`): a resume must be the same
-    # run. None: a state written before the field existed (not checked).
+    # What was trained (`run_identity`: data.task and model.name, and a task of the user's own
+    # its columns, hub data and metrics): a resume must be the same run. None: a state written
+    # before the field existed (not checked).
     run: dict | None = None
     # How DeepSpeed laid its files out (`storage_layout`): a resume needs a compatible one.
     # None: a state written before the field existed (not checked).
@@ -576,8 +578,8 @@ class Checkpointer:
         shutil.rmtree(doomed, ignore_errors=True)
 
     def check_resumable(self, path: Path, run: dict | None, storage: dict | None) -> TrainState:
-        """The checkpoint's state, refused (ConfigError) when it is of another run (task, model)
-        or DeepSpeed cannot read its files under this run's storage layout. Needs no model:
+        """The checkpoint's state, refused (ConfigError) when it is of another run
+        (`run_identity`) or DeepSpeed cannot read its files under this run's storage layout. Needs no model:
         the Trainer asks before loading the model and the data, so a refusal comes in seconds."""
         state = TrainState.read(path, self.env.world_size)
         check_same_run(path, state.run, run)
@@ -587,7 +589,7 @@ class Checkpointer:
     def load(self, engine, path: Path, data_layout: dict | None = None,
              run: dict | None = None, storage: dict | None = None) -> TrainState:
         """Collective: restore weights, optimizer, scheduler, this rank's RNG; return the state.
-        Refused before anything is loaded when the run (task, model), the data layout (the
+        Refused before anything is loaded when the run (`run_identity`), the data layout (the
         examples of each step) or the storage layout differ; a file that cannot be read is an
         error naming the checkpoint. Another number of ranks resumes (see `repartitioned`)."""
         state = self.check_resumable(path, run, storage)

@@ -90,7 +90,8 @@ class Schedule(torch.optim.lr_scheduler.LambdaLR):
         state = dict(state_dict)
         scaler = state.pop("grad_scaler", None)
         # The peak rates are this run's (optim.lr), not the checkpoint's: only the position is
-        # resumed. Checkpoint.load then sets the optimizer's rates from this schedule.
+        # resumed. The trainer then sets the optimizer's rates from this schedule
+        # (Trainer.follow_schedule -> apply_schedule), for a run that trains on.
         state.pop("base_lrs", None)
         super().load_state_dict(state)
         if scaler and self.grad_scaler is not None:
@@ -443,7 +444,8 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
         # fp16 follows the same split (decided without a GPU measurement): at ZeRO 0, torch
         # autocast in float16 over the fp32 weights, for which DeepSpeed builds a torch GradScaler
         # itself (dynamic scale from 2^16, halved on inf/NaN gradients, doubled after 2000 clean
-        # steps; train_step keeps the learning-rate schedule from advancing on a skipped step).
+        # steps; fp16_step_skipped, called by TrainStep, takes the learning-rate schedule back a
+        # step after a skipped one).
         # Autocast keeps softmax, norms and the loss in fp32, which matters more in fp16's narrow
         # range than in bf16's, the weights stay fp32 for the fused AdamW, evaluation reads the
         # same fp32 module, and it runs on CPUs too (DeepSpeed's fp16 mode refuses this CPU), so

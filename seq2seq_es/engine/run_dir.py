@@ -232,9 +232,10 @@ def check_best_metric_name(cfg: RunConfig) -> None:
 
 
 def check_before_training(cfg: RunConfig, env) -> None:
-    """Rank 0 checks what only it will need at the end or on the way (the trackers' libraries;
-    for train.push_to_hub, the hub and the login), before any model or data is loaded. Every rank
-    raises rank 0's ConfigError, so none waits for a rank that has stopped."""
+    """Rank 0 checks, before any model or data is loaded, the inputs (`check_inputs`: data
+    files, a DeepSpeed file, fp16 support, train.best_metric), the trackers' libraries and
+    login, and for train.push_to_hub the hub and the login. Every rank raises rank 0's
+    ConfigError, so none waits for a rank that has stopped."""
     from . import distributed as D
 
     def check() -> None:

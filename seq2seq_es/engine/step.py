@@ -25,8 +25,9 @@ the same number however the step is split. Where it comes from (DeepSpeed 0.19.8
   clip_fp32_gradients drops the norm it computes, and computes none without clipping), so it is
   computed here from the parameters' gradients after the step's last backward (reduced over
   ranks by then, still unclipped), divided by the GradScaler's scale under fp16.
-A step whose update did not happen is left out of the mean and the maximum: an fp16 overflow
-(DeepSpeed reports inf) and an on_nan=skip step that skipped every micro-batch (zero gradient).
+A step whose gradient says nothing of its data is left out of the mean and the maximum: an fp16
+overflow (update skipped, DeepSpeed reports inf) and an on_nan=skip step that skipped every
+micro-batch (zero gradient; the optimizer still runs, see TrainStep).
 """
 
 from __future__ import annotations

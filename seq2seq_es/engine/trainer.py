@@ -215,7 +215,7 @@ class Trainer:
         self.owns_process_group = not dist.is_initialized()
         D.init(env, cfg.dist.backend, cfg.dist.timeout_min)
         quiet_library_progress()
-        check_before_training(cfg, env)  # trackers installed; push_to_hub: hub reachable, logged in
+        check_before_training(cfg, env)  # inputs, trackers; push_to_hub: hub reachable, login
         self.out = Path(cfg.train.output_dir)
         # One training process per folder; held until close() (or the process's end).
         self.folder_lock = hold_run_folder(self.out, env)

@@ -261,6 +261,18 @@ def test_a_header_that_names_a_column_twice_is_refused(tmp_path, cache):
             assert "twice" in str(err) and "fields 2 and 3" in str(err)
 
 
+def test_an_optional_column_the_task_reads_named_twice_is_refused(tmp_path, cache):
+    # MLSUM's ids come from its url column when there is one: the first of two was read and
+    # the note said the task did not read it
+    path = tmp_path / "urls.csv"
+    path.write_text("text,summary,url,url\n" + "".join(
+        f"{r['text']},{r['summary']},https://a/{k},https://b/{k}\n" for k, r in enumerate(GOOD)),
+        encoding="utf-8")
+    err = refused(path, cache)
+    assert (err.file, err.line, err.column) == (str(path), 1, "url")
+    assert "fields 3 and 4" in str(err)
+
+
 def test_a_column_the_task_does_not_read_may_be_named_twice(tmp_path, cache):
     # Only a repeated task column is ambiguous; another gets pandas' ".1" and a note.
     path = tmp_path / "notes.csv"

@@ -21,8 +21,9 @@ must, writes a cleaned copy that `datasets` then reads:
   written as JSON text, which the formatter parses and judges row by row; any other type there
   is a bad line;
 - CSV/TSV: a line that is not valid UTF-8 is a bad line, and so is a row with more fields than
-  the header (pandas refuses the whole file for it); a header that names a column twice is
-  refused (pandas would rename the second copy and the task read the first); so is a quoted
+  the header (pandas refuses the whole file for it); a header that names a column the task
+  reads twice is refused (pandas would rename the second copy and the task read the first;
+  another repeated name gets pandas' '.1', noted); so is a quoted
   field that is never closed (it swallows the rest of the file); a file with a header and no data
   rows, or only blank lines, is refused; a header that only has the task's columns when split
   at ';', tab or '|' is read with that delimiter (a note says so). `columns` gives the header's
@@ -159,7 +160,8 @@ def prepare_local_file(path: str, builder: str, options: dict, required_columns:
         raise DataError("content does not match the extension: a CSV or TSV file's first line "
                         "names its columns, this one is a JSON object (JSON lines? name it "
                         ".jsonl)", file=path)
-    return _csv(path, raw, rewrite, options, required_columns, cache_dir)
+    return _csv(path, raw, rewrite, options, required_columns, cache_dir,
+                read_columns=tuple(sorted(columns.all_read())))
 
 
 # Bytes no text file holds (controls other than tab, newlines, form feed and escape).
@@ -752,7 +754,7 @@ def _miscased_keys(rows: list[tuple[int, dict]],
 # ---- CSV ------------------------------------------------------------------------------------
 
 def _csv(path: str, raw: bytes, rewrite: bool, options: dict, required_columns: tuple[str, ...],
-         cache_dir: str | None) -> LocalFile:
+         cache_dir: str | None, read_columns: tuple[str, ...] = ()) -> LocalFile:
     options = dict(options)
     notes: list[str] = []
     texts: list[tuple[int, str]] = []
@@ -800,7 +802,8 @@ def _csv(path: str, raw: bytes, rewrite: bool, options: dict, required_columns: 
         span = f"{line_numbers[first]}-{line_numbers[end - 1]}" if end - first > 1 else None
         if names is None:
             header_line = line_numbers[first]
-            names = _check_header(path, cells, header_line, required_columns, notes)
+            names = _check_header(path, cells, header_line,
+                                  tuple({*required_columns, *read_columns}), notes)
         elif len(cells) > len(names):
             if span:  # a stray '"' merged lines into one record: all of them go
                 bad.append((line_numbers[first], None,
@@ -909,16 +912,17 @@ def _strict_parse_error(text: str, delimiter: str) -> csv.Error | None:
     return None
 
 
-def _check_header(path: str, names: list[str], line: int, required_columns: tuple[str, ...],
+def _check_header(path: str, names: list[str], line: int, read_columns: tuple[str, ...],
                   notes: list[str]) -> list[str]:
-    """The header's names, each once. A column the task reads named twice is refused: pandas
-    renames the second 'summary' to 'summary.1', and the task would silently read the first.
-    Another repeated name (a column the task does not read) gets pandas' '.1' suffix, noted."""
+    """The header's names, each once. A column the task reads named twice (a required one or
+    an optional one such as an id) is refused: pandas renames the second 'summary' to
+    'summary.1', and the task would silently read the first. Another repeated name (a column
+    the task does not read) gets pandas' '.1' suffix, noted."""
     seen: dict[str, int] = {}
     unique: list[str] = []
     for position, name in enumerate(names, start=1):
         if name and name in seen:
-            if name in required_columns:
+            if name in read_columns:
                 raise DataError(f"the header names this column twice (fields {seen[name]} and "
                                 f"{position}); only one would be read: rename or remove the "
                                 "other", file=path, line=line, column=name)

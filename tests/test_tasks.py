@@ -13,7 +13,7 @@ import pytest
 
 from fixtures import broken_file, fixture_files
 from seq2seq_es.config import RunConfig, apply_mapping, compose, validate
-from seq2seq_es.errors import ConfigError, DataError, UnknownNameError
+from seq2seq_es.errors import DataError, UnknownNameError
 from seq2seq_es.models import MODELS
 from seq2seq_es.tasks import (KINDS, PARQUET_REVISION, SPLIT_MARKER, TASKS, get_task,
                               join_sentences, load_examples, normalize_split_markers,
@@ -378,7 +378,9 @@ def test_dialogue_row_with_empty_utterance_is_skipped_and_reported(tmp_path, cac
 
 
 def test_max_history_turns_is_refused_for_other_tasks(cache):
-    with pytest.raises(ConfigError, match="data.max_history_turns"):
+    # load_examples' own argument: the error names it, not a config key that does not exist
+    with pytest.raises(ValueError, match=r"load_examples\(max_history_turns=\.\.\.\) applies to "
+                       "dialogue tasks"):
         load("mlsum", "train", cache, data_files=fixture_files("mlsum"), max_history_turns=2)
 
 

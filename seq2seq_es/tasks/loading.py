@@ -126,7 +126,8 @@ def load_examples(task: str | TaskSpec, split: str, *, data_files: Mapping[str, 
 
     data_files maps our split names to local files; a split not in it comes from the hub.
     max_samples keeps the first N examples (the report still counts the whole split).
-    max_history_turns caps dialogue histories at the last K turns.
+    max_history_turns caps dialogue histories at the last K turns (a Python-only option: runs
+    read whole histories, cut from the left at data.max_source_length).
     columns renames a data source's columns to the task's ({"article": "text"}: data.columns).
     Raises DataError for a missing or unreadable file, a missing column, a hub failure, a split
     with no usable row, and, with skip_bad_rows=False, the first bad row.
@@ -216,11 +217,13 @@ def _check_request(spec: TaskSpec, split: str, data_files: Mapping[str, str] | N
 def _formatter_for(spec: TaskSpec, max_history_turns: int | None) -> Formatter:
     if max_history_turns is None:
         return spec.formatter
+    # load_examples' own argument, no config key (there is no data.max_history_turns to name)
     if not isinstance(spec.formatter, DialogueFormatter):
-        raise ConfigError("data.max_history_turns",
-                          f"applies to dialogue tasks, not to '{spec.name}'")
+        raise ValueError(f"load_examples(max_history_turns=...) applies to dialogue tasks, not "
+                         f"to '{spec.name}'")
     if max_history_turns < 1:
-        raise ConfigError("data.max_history_turns", "must be at least 1")
+        raise ValueError(f"load_examples(max_history_turns=...) must be at least 1, got "
+                         f"{max_history_turns}")
     return replace(spec.formatter, max_history_turns=max_history_turns)
 
 

@@ -14,7 +14,7 @@ import sys
 import traceback
 from typing import NoReturn
 
-# build_config: what `train` composes from its arguments (the slurm layer and tests use it too).
+# build_config: what `train` composes from its arguments (tests import it from here).
 from .engine.entry import build_config, parse_train_args, train_main  # noqa: F401
 from .errors import did_you_mean, run_command, tell_launcher
 from .process_exit import exit_status, leave, must_leave_without_teardown

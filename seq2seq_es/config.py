@@ -1105,7 +1105,7 @@ def registry_layers(task: str, model_spec) -> list[tuple[str, Mapping[str, Any]]
     `seq2seq-es config` gives it: the task's defaults, the model's, then the task's entries for
     this model (the paper's per-pair differences, e.g. BETO on SQAC reads 480 tokens, not
     BERT's 512). A task the registry does not hold (the user's own, checked by validate once
-    its columns are known) has no layers.
+    its columns are known) has the model's layer only.
 
     Not `task_spec.defaults_for(model)` (the task's defaults and its per-model entries in one
     mapping): the model's own defaults sit between the two. A -tiny twin has no per-model

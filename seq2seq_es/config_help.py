@@ -190,7 +190,8 @@ TRAIN_USAGE = """usage: seq2seq-es train --task T --model M [--config FILE] [--s
 
 Fine-tune model M on task T. Every key below can be set on the command line (--optim.lr 3e-5
 or --optim.lr=3e-5) or in the --config YAML (sections as below). Precedence, lowest first:
-the defaults shown < the task's defaults < the model's < --config < the command line.
+the defaults shown < the task's defaults < the model's < the task's entries for that model <
+--config < accelerate's config file (under accelerate launch) < the command line.
 `seq2seq-es config --task T --model M` prints the resolved config as YAML that --config accepts.
 
 options:

@@ -15,8 +15,8 @@ over the ranks exactly like the training's evaluation (`evaluation.py`): under Z
 without optimizer and generation runs with `synced_gpus`; at stages 0-2 each rank holds the
 plain module. Predictions are gathered by index on rank 0, which writes every file.
 
-DeepSpeed checkpoints are read with DeepSpeed's own consolidation (`zero_to_fp32`) into a full
-fp32 state dict before any engine exists, so a checkpoint written by any number of ranks at any
+DeepSpeed checkpoints are read into a full fp32 state dict before any engine exists (ZeRO 1-3's
+through DeepSpeed's own consolidation, `zero_to_fp32`; stage 0's from its model states), so a checkpoint written by any number of ranks at any
 ZeRO stage can be evaluated by any other number of ranks at any stage.
 """
 
@@ -217,8 +217,8 @@ def exported_inputs(folder: Path) -> dict[str, str]:
     without its run's config.yaml), as config overrides: the source length its tokenizer cuts
     at (`export.save_tokenizer` writes the run's data.max_source_length as model_max_length)
     and a LED's global attention (named on its model card). Nothing for another folder, whose
-    tokenizer's model_max_length is no run's (a hub model's 1024). Where the run's length was
-    no task default (a LEDO run at 512 on xlsum), predict and evaluate cut at the task's."""
+    tokenizer's model_max_length is no run's (a hub model's 1024). So a run whose length was no
+    task default (a LEDO run at 512 on xlsum) is fed at its own length, not the task's."""
     try:
         card = (Path(folder) / "README.md").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
@@ -289,9 +289,9 @@ def inference_config(saved: SavedModel, *, config_file: str | None = None,
 def note_task_lengths(saved: SavedModel, cfg, given: dict[str, str],
                       keys: tuple[str, ...] = ("data.max_source_length",
                                                "data.max_target_length")) -> None:
-    """A model folder without its run's config.yaml (a copied final/) is read with --task's
-    default lengths, which may not be the run's (a SQAC run read 480 source tokens, a MIAM run
-    512 from the left): said once, with what gives the run's own."""
+    """A model folder without its run's config.yaml (a copied final/) is read with the lengths
+    its export records, else with --task's defaults, which may not be the run's (a SQAC run read
+    480 source tokens, a MIAM run 512 from the left): said once, with what gives the run's own."""
     import sys
 
     from ..config import first_launched_process

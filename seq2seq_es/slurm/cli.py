@@ -10,7 +10,7 @@
                            submit again every run without DONE (stopped, out of requeues,
                            timed out, failed); each resumes from its latest checkpoint, with
                            new resources and train overrides if given; on other ranks with
-                           the train.grad_accum that keeps a step's examples
+                           the micro-batch and train.grad_accum that keep a step's examples
   collect SWEEP | RUN... [--split both|dev|test] [--metrics A,B] [--markdown FILE]
          [--csv FILE] [--png FILE]
                            per model and task the run of the best dev main metric (with
@@ -346,8 +346,8 @@ def cmd_resume(argv: list[str]) -> int:
         epilog="The flags replace the settings the runs were submitted with, and train overrides "
                "after -- replace the runs' own (a run that failed on its config, or ran out of "
                "memory: -- --train.batch_size 2 --train.grad_accum 8). On other nodes, GPUs or "
-               "tasks per node, each run's train.grad_accum is set to keep the examples of a "
-               "step, which its checkpoints need.")
+               "tasks per node, each run's train.grad_accum (and micro-batch where needed) is set to "
+               "keep the examples of a step, which its checkpoints need.")
     parser.add_argument("sweep", metavar="SWEEP", help="sweep folder, run folder or manifest")
     for flag in RESUME_FLAGS:
         key, kind = SLURM_FLAGS[flag]

@@ -190,6 +190,7 @@ class SlurmConfig:
     python: str | None = None                          # interpreter on the nodes; default: this one
     extra_sbatch: dict[str, Any] = field(default_factory=dict)
     folder: str | None = None                          # submitit folder; default <run_dir>/slurm
+                                                       # (a sweep's: <sweep_dir>/slurm)
 
     def __post_init__(self) -> None:
         self.validate()

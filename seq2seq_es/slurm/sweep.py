@@ -64,7 +64,8 @@ class Manifest:
     """What `status` and `collect` read back: the runs, their job ids and the SLURM settings."""
 
     kind: str                                # MANIFEST_KIND: marks the file as ours
-    mode: str                                # "run" (slurm submit) or "sweep"
+    mode: str                                # "run" (slurm submit), "sweep", or "runs" (run
+                                             # folders given to collect; never written)
     runs: list[RunPlan]
     grid: dict[str, list[str]]
     slurm: dict[str, Any]
@@ -1006,7 +1007,8 @@ def check_overrides(overrides: list[str], *, allow_config: bool = False) -> None
 
 
 def check_sweep_dir(sweep_dir: Path, runs: list[RunPlan]) -> None:
-    """Refuses a folder that holds another sweep, or run folders with results already in them
+    """Refuses a folder that holds a submitted sweep (an unsubmitted plan, left by a failed
+    sbatch, is submitted into again), or run folders with results already in them
     (or a file where one goes), and one inside another sweep or a run folder (its runs would
     write into that run's files, as a `--run-dir` there did). cli.cmd_sweep checks the sweep
     folder itself before planning."""

@@ -621,6 +621,34 @@ def decided_by_main(env, decide):
     return result
 
 
+def first_on_each_node(env, prepare):
+    """`prepare()` on each node's first rank (local rank 0), then on the node's other ranks,
+    which read the caches it filled (hub downloads, cleaned local files, tokenized splits):
+    every rank reading and tokenizing the whole data set at once took N ranks N times the CPU
+    and memory, and raced to write the same cache files. The other ranks wait in a collective,
+    so dist.timeout_min bounds the first rank's preparation (as the Trainer's ddp_timeout does).
+
+    A failure of a first rank is raised there, and every other rank stops with a short error
+    that the failing rank says (said_by_main), rather than waiting in a later collective."""
+    if env.world_size == 1 or not dist.is_initialized():
+        return prepare()
+    first = env.local_rank == 0
+    result, failure = None, None
+    if first:
+        try:
+            result = prepare()
+        except Exception as exc:  # noqa: BLE001 (any failure: the others must not wait for it)
+            failure = exc
+    failed = all_reduce_max(float(failure is not None), env.device)
+    if failure is not None:
+        raise failure
+    if failed:
+        error = Seq2SeqEsError("the data preparation failed on another rank, which says why")
+        error.said_by_main = True
+        raise error
+    return result if first else prepare()
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

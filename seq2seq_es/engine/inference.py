@@ -622,7 +622,8 @@ def evaluate_main(argv: list[str]) -> int:
                              chosen_dir=bool(args.output_dir))
     task = task_for(cfg.data)
     loaded = load_for_inference(saved, cfg, env)
-    data = get_split(cfg, task, loaded.tokenizer, loaded.model, args.split, max_samples, say)
+    data = D.first_on_each_node(env, lambda: get_split(
+        cfg, task, loaded.tokenizer, loaded.model, args.split, max_samples, say))
     if len(data.tokenized) == 0:
         raise Seq2SeqEsError(f"the {args.split} split of {cfg.data.task} has no examples")
     collator = get_collator(cfg, loaded.spec, loaded.tokenizer, loaded.model)

@@ -336,21 +336,10 @@ class Trainer:
 
     def build_data(self, spec) -> None:
         """The three splits, the collator, the generation config and the step plan."""
-        cfg, task, tokenizer, model = self.cfg, self.task, self.tokenizer, self.model
-        # Every split is read and checked before any is tokenized: a bad validation or test
-        # file was reported only after the whole training split had been tokenized.
-        loaded = {split: load_split(cfg, task, split, max_samples, self.say)
-                  for split, max_samples in (("train", cfg.data.max_train_samples),
-                                             ("validation", cfg.data.max_eval_samples))}
-        if has_test_split(cfg, task, self.say):
-            loaded["test"] = load_split(cfg, task, "test", None, self.say)
-        self.train_data = tokenize_split(cfg, task, tokenizer, model, "train", loaded["train"],
-                                         self.say)
-        check_targets(cfg, self.train_data)
-        self.eval_data = tokenize_split(cfg, task, tokenizer, model, "validation",
-                                        loaded["validation"], self.say)
-        self.test_data = (tokenize_split(cfg, task, tokenizer, model, "test", loaded["test"],
-                                         self.say) if "test" in loaded else None)  # None: no test
+        cfg, tokenizer, model = self.cfg, self.tokenizer, self.model
+        # Each node's first rank reads and tokenizes first; the others read its caches.
+        self.train_data, self.eval_data, self.test_data = D.first_on_each_node(
+            self.env, self.read_splits)
         self.collator = get_collator(cfg, spec, tokenizer, model)
         self.generation_config = get_generation_config(cfg, spec, tokenizer)
         # The collator is passed on: bucketed plans set the lengths it pads to.
@@ -359,6 +348,24 @@ class Trainer:
                                                     collator=self.collator)
         for line in self.plan.summary():
             self.say(line)
+
+    def read_splits(self):
+        """(train, validation, test or None): read, checked and tokenized."""
+        cfg, task, tokenizer, model = self.cfg, self.task, self.tokenizer, self.model
+        # Every split is read and checked before any is tokenized: a bad validation or test
+        # file was reported only after the whole training split had been tokenized.
+        loaded = {split: load_split(cfg, task, split, max_samples, self.say)
+                  for split, max_samples in (("train", cfg.data.max_train_samples),
+                                             ("validation", cfg.data.max_eval_samples))}
+        if has_test_split(cfg, task, self.say):
+            loaded["test"] = load_split(cfg, task, "test", None, self.say)
+        train = tokenize_split(cfg, task, tokenizer, model, "train", loaded["train"], self.say)
+        check_targets(cfg, train)
+        validation = tokenize_split(cfg, task, tokenizer, model, "validation",
+                                    loaded["validation"], self.say)
+        test = (tokenize_split(cfg, task, tokenizer, model, "test", loaded["test"], self.say)
+                if "test" in loaded else None)  # None: no test
+        return train, validation, test
 
     def say(self, message: str) -> None:
         if self.env.is_main:

@@ -198,8 +198,10 @@ def tokenize_examples(examples: datasets.Dataset, tokenizer, *, split: str, max_
             new_fingerprint=key, desc=f"tokenizing {split}")
     except OSError as exc:  # the cache file (full, or read-only)
         raise cache_folder_error(exc, f"tokenizing {split}", cache_dir) from exc
-    src_len = tokenized["source_length"]
-    tgt_len = tokenized["target_length"]
+    # Both columns as lists in one read: datasets' lazy column reads a row at a time, 6-7 s of a
+    # 50k-row split's cached start (scale audit).
+    lengths = tokenized.select_columns(["source_length", "target_length"]).to_dict()
+    src_len, tgt_len = lengths["source_length"], lengths["target_length"]
     report = TruncationReport(
         split=split, examples=len(tokenized), max_source_length=max_source_length,
         max_target_length=max_target_length,
@@ -208,5 +210,5 @@ def tokenize_examples(examples: datasets.Dataset, tokenizer, *, split: str, max_
         source_lengths_p50=statistics.median(src_len) if src_len else 0,
         source_lengths_max=max(src_len, default=0),
         target_lengths_p50=statistics.median(tgt_len) if tgt_len else 0,
-        target_lengths_max=max(tgt_len, default=0), target_lengths=list(tgt_len))
+        target_lengths_max=max(tgt_len, default=0), target_lengths=tgt_len)
     return tokenized, report

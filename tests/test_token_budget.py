@@ -237,3 +237,16 @@ def test_a_micro_batch_of_two_examples_is_split_to_fill_the_last_step():
     assert plan.split_micro_batches == 1
     seen = sorted(i for step in all_steps(plan, 0) for rank in step for b in rank for i in b)
     assert seen == list(range(6))
+
+
+def test_token_lengths_read_a_selected_split_in_its_order():
+    """The plans' lengths come from Arrow list lengths (builders.token_lengths), through a
+    selection's indices mapping as a shuffled or max_train_samples split has one."""
+    import datasets
+
+    from seq2seq_es.engine.builders import token_lengths
+
+    split = datasets.Dataset.from_dict({"input_ids": [[1] * n for n in (5, 9, 2, 7)],
+                                        "labels": [[2] * n for n in (1, 3, 4, 2)]})
+    assert token_lengths(split) == ([5, 9, 2, 7], [1, 3, 4, 2])
+    assert token_lengths(split.select([3, 0])) == ([7, 5], [2, 1])

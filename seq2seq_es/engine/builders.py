@@ -257,6 +257,16 @@ def source_bucket_align(max_source_length: int, pad_to_multiple_of: int) -> int:
     return align
 
 
+def token_lengths(tokenized) -> tuple[list[int], list[int]]:
+    """(source, target) token counts of a tokenized split, read as Arrow list lengths: datasets'
+    lazy columns convert every row's token list to Python to take its len()."""
+    import pyarrow.compute as pc
+
+    table = tokenized.with_format("arrow")[:]   # honours an indices mapping (select, shuffle)
+    return (pc.list_value_length(table["input_ids"]).to_pylist(),
+            pc.list_value_length(table["labels"]).to_pylist())
+
+
 def get_step_plan(cfg: RunConfig, env: D.DistEnv, train: SplitData, pad_to_multiple_of: int,
                   collator: Seq2SeqCollator | None = None):
     """The data order: fixed-size random batches, token-budget batches of similar lengths, or
@@ -267,9 +277,8 @@ def get_step_plan(cfg: RunConfig, env: D.DistEnv, train: SplitData, pad_to_multi
         if collator is None:
             raise ValueError("train.batching=bucketed: get_step_plan needs the collator, which "
                              "must pad to the plan's bucket lengths")
-        lengths = train.tokenized.select_columns(["input_ids", "labels"])
-        plan = BucketedPlan([len(x) for x in lengths["input_ids"]],
-                            [len(x) for x in lengths["labels"]], cfg.train.max_tokens,
+        sources, targets = token_lengths(train.tokenized)
+        plan = BucketedPlan(sources, targets, cfg.train.max_tokens,
                             cfg.train.grad_accum, env.world_size, cfg.train.seed,
                             max_shapes=getattr(cfg.train, "length_buckets", DEFAULT_MAX_SHAPES),
                             align=DEFAULT_ALIGN,
@@ -278,9 +287,8 @@ def get_step_plan(cfg: RunConfig, env: D.DistEnv, train: SplitData, pad_to_multi
         collator.set_buckets(plan.buckets.source, plan.buckets.target)
     elif cfg.train.batching == "token_budget":
         from ..data.token_budget import TokenBudgetPlan
-        lengths = train.tokenized.select_columns(["input_ids", "labels"])
-        plan = TokenBudgetPlan([len(x) for x in lengths["input_ids"]],
-                               [len(x) for x in lengths["labels"]], cfg.train.max_tokens,
+        sources, targets = token_lengths(train.tokenized)
+        plan = TokenBudgetPlan(sources, targets, cfg.train.max_tokens,
                                cfg.train.grad_accum, env.world_size, cfg.train.seed,
                                pad_to_multiple_of=pad_to_multiple_of)
     elif cfg.train.batching == "packed":
@@ -288,9 +296,8 @@ def get_step_plan(cfg: RunConfig, env: D.DistEnv, train: SplitData, pad_to_multi
         if not isinstance(collator, PackedCollator):
             raise ValueError("train.batching=packed: get_step_plan needs the PackedCollator, "
                              "which get_collator gives a model with the packed attention")
-        lengths = train.tokenized.select_columns(["input_ids", "labels"])
-        plan = PackedPlan([len(x) for x in lengths["input_ids"]],
-                          [len(x) for x in lengths["labels"]], cfg.train.batch_size,
+        sources, targets = token_lengths(train.tokenized)
+        plan = PackedPlan(sources, targets, cfg.train.batch_size,
                           cfg.data.max_source_length, cfg.data.max_target_length,
                           cfg.train.grad_accum, env.world_size, cfg.train.seed)
         # Marked features are packed by the collator; validation and test stay one per row.

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, DataError, cache_folder_error
+from ..heap import return_freed_memory
 from .formatting import (DialogueFormatter, Example, Formatter, Problem,
                          TranslationFormatter)
 from .local_files import (COMPRESSED_SUFFIXES, LocalFile, prepare_local_file,
@@ -197,6 +198,7 @@ def load_examples(task: str | TaskSpec, split: str, *, data_files: Mapping[str, 
         examples = examples.select(range(max_samples))
         report.notes.append(f"kept the first {max_samples} examples")
     report.examples = examples.num_rows
+    return_freed_memory()  # the file check's and the readers' copies, kept by the allocators
     return examples, report
 
 

@@ -315,3 +315,22 @@ def test_zero0_clips_on_the_device_as_deepspeed_clips_at_zero1(files, one_rank):
         return max((at_zero0[k] - other[k]).abs().max().item() for k in at_zero0) / largest
 
     assert worst(at_zero1) <= 1e-3 and worst(unclipped) > 0.5
+
+
+def test_clipping_scales_only_gradients_above_the_limit():
+    """min(1, max_norm / (norm + 1e-6)), as torch's clip_grad_norm_: a gradient under the limit
+    is left as it is. The clipping tests above always clip (max_grad_norm 1e-6), so a factor
+    without the min(1, .) scaled small gradients up to the limit and passed them."""
+    from types import SimpleNamespace
+
+    from seq2seq_es.engine.step import TrainStep
+
+    step = SimpleNamespace(clip_norm=1.0)
+    small = [torch.tensor([0.1, 0.2]), torch.tensor([[0.05]])]
+    norm = torch.sqrt(sum((g ** 2).sum() for g in small))
+    kept = [g.clone() for g in small]
+    TrainStep._clip(step, small, norm)
+    assert all(torch.equal(g, k) for g, k in zip(small, kept))
+    large = [torch.tensor([3.0, 4.0])]                   # norm 5: scaled to norm 1
+    TrainStep._clip(step, large, torch.tensor(5.0))
+    torch.testing.assert_close(large[0], torch.tensor([0.6, 0.8]), rtol=1e-5, atol=0)

@@ -178,6 +178,11 @@ def test_order_is_a_pure_function_of_seed_and_epoch():
     b = BucketedPlan(src, tgt, max_tokens=1024, grad_accum=2, world_size=2, seed=9)
     assert all_steps(a, 3) == all_steps(b, 3)
     assert all_steps(a, 0) != all_steps(a, 1), "the order must change between epochs"
+    # the batch shapes come in another order too, not only examples swapped within a bucket
+    def shapes(epoch):
+        return [a.micro_batch_shapes(epoch, step, rank) for step in range(a.steps_per_epoch)
+                for rank in range(a.world_size)]
+    assert shapes(0) != shapes(1) and sorted(shapes(0)) == sorted(shapes(1))
     other_seed = BucketedPlan(src, tgt, max_tokens=1024, grad_accum=2, world_size=2, seed=10)
     assert all_steps(a, 0) != all_steps(other_seed, 0)
     assert a.steps_per_epoch == other_seed.steps_per_epoch

@@ -397,6 +397,13 @@ def test_plan_covers_every_example_once_per_epoch(rows, grad_accum, world_size):
         seen = _check_epoch(plan, src, tgt, epoch)
         assert sorted(seen) == list(range(len(src)))
     assert plan.epoch_batches(0) != plan.epoch_batches(1)
+    # the rows come in another order each epoch, not only equally long examples swapped
+    def rows_in_order(epoch):
+        return [tuple(sorted((int(src[i]), int(tgt[i])) for i in row))
+                for step in range(plan.steps_per_epoch) for rank in range(world_size)
+                for micro in plan.micro_batch_rows(epoch, step, rank) for row in micro]
+    assert rows_in_order(0) != rows_in_order(1)
+    assert sorted(rows_in_order(0)) == sorted(rows_in_order(1))   # the same rows
 
 
 def test_plan_drops_a_constant_count_when_rows_cannot_be_split():

@@ -216,6 +216,17 @@ def test_bisect_targets_use_our_marker_instead_of_the_datasets(cache):
         assert example["references"] == [example["target"]]
 
 
+def test_every_bisect_reference_is_kept_with_its_markers_rewritten(tmp_path, cache):
+    # The fixture's references equal its targets: a formatter scoring against the target alone
+    # (fewer references: lower SARI, BLEU and exact match) passed every other test.
+    rows = read_jsonl(fixture_files("bisect")["train"])[:2]
+    rows[0]["references"] = [rows[0]["target"], "Uno. <SEP> Luego dos."]
+    path = write_jsonl(tmp_path / "bisect.jsonl", rows)
+    examples, _ = load("bisect", "train", cache, data_files={"train": path})
+    first = examples[0]
+    assert first["references"] == [first["target"], f"Uno. {SPLIT_MARKER} Luego dos."]
+
+
 def test_a_bisect_target_of_markers_alone_is_a_bad_row_not_an_empty_target(tmp_path, cache):
     rows = read_jsonl(fixture_files("bisect")["train"])[:3]
     rows[1]["target"] = " _SPLIT_ "

@@ -53,6 +53,18 @@ def test_invalid_utf8_in_any_column_is_a_bad_line(tmp_path, cache):
         assert "(line 3)" in str(report)
         err = refused(path, cache, skip_bad_rows=False)
         assert err.line == 3 and "UTF-8" in str(err) and "line 3" in str(err)
+        assert "more bad row" not in str(err)            # the only one
+
+
+def test_a_refused_bad_row_says_how_many_more_follow(tmp_path, cache):
+    # Only the first bad row was named: a user fixed it and reran to find the next one.
+    lines = jsonl_lines(GOOD)
+    lines[1], lines[3] = lines[1][:25], lines[3][:25]
+    path = tmp_path / "two_bad.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    err = refused(path, cache, skip_bad_rows=False)
+    assert err.line == 2 and "; 1 more bad row after it (the skip report of " \
+        "--data.skip_bad_rows true lists them)" in str(err)
 
 
 def test_a_truncated_line_anywhere_is_a_bad_line(tmp_path, cache):

@@ -182,8 +182,13 @@ def load_examples(task: str | TaskSpec, split: str, *, data_files: Mapping[str, 
         unit = ("" if named_by_line else f" ({name})" if name
                 else " (rows are 0-based data rows)")
         where = {"line": place} if named_by_line else {"row": place}
-        raise DataError(f"{reason}{_in_hub(report, file)}{unit}; pass --data.skip_bad_rows true "
-                        "to skip such rows", file=file, column=column, **where)
+        # The whole split was checked: say whether fixing this row is enough for a rerun.
+        more = len(problems) - 1
+        others = (f"; {more} more bad row{'s' if more > 1 else ''} after it (the skip report of "
+                  "--data.skip_bad_rows true lists them)" if more else "")
+        raise DataError(f"{reason}{_in_hub(report, file)}{unit}{others}; pass "
+                        "--data.skip_bad_rows true to skip such rows", file=file, column=column,
+                        **where)
     examples = marked.filter(_is_example, input_columns="_problem_reason", batched=True)
     examples = examples.remove_columns(list(_PROBLEM_COLUMNS))
     if examples.num_rows == 0:

@@ -88,9 +88,19 @@ def scoring_sources(sources: list[str], tokenizer, task) -> list[str] | None:
     return round_trip(sources, tokenizer, task)
 
 
+def encode_sources(model, batch: dict):
+    """The encoder's outputs for a collated batch (what `generate` and a forward given
+    `encoder_outputs` skip computing)."""
+    return model.get_encoder()(**{k: batch[k] for k in GENERATE_INPUTS if k in batch},
+                               return_dict=True)
+
+
 def generate_batch(model, batch: dict, idx: list[int], *, generation_config, tokenizer, task,
-                   synced_gpus: bool, autocast, sample_seed: int = 0) -> list[tuple[int, str]]:
-    """(index, cleaned prediction) for the real examples of one collated batch on the device.
+                   synced_gpus: bool, autocast, sample_seed: int = 0,
+                   encoder_outputs=None) -> list[tuple[int, str]]:
+    """(index, cleaned prediction) for the real examples of one collated batch on the device;
+    `encoder_outputs` of the batch where they were computed already (generate expands them for
+    its beams in place).
 
     Sampling draws from a generator seeded by `sample_seed` and the batch's first example, in a
     fork of the global RNG: the same predictions on every run and on a resumed one, and the
@@ -106,7 +116,8 @@ def generate_batch(model, batch: dict, idx: list[int], *, generation_config, tok
     with sampling, autocast:
         if sampled:
             torch.manual_seed(sample_seed * 1_000_003 + max(idx[0], 0))
-        out = model.generate(**inputs, generation_config=generation_config,
+        encoded = {} if encoder_outputs is None else {"encoder_outputs": encoder_outputs}
+        out = model.generate(**inputs, **encoded, generation_config=generation_config,
                              synced_gpus=synced_gpus)
     texts = tokenizer.batch_decode(out, skip_special_tokens=True)
     return [(i, clean_prediction(task, t)) for i, t in zip(idx, texts) if i >= 0]
@@ -214,14 +225,20 @@ def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_conf
             labels = batch.pop("labels")
             keep = torch.tensor([i >= 0 for i in idx], device=device)
             with autocast:
-                logits = model(**batch).logits
+                # One encoder pass serves the loss and the generation, which would encode the
+                # sources again: a third of a validation's time on short outputs (scale audit),
+                # more on LEDO's long inputs.
+                encoded = encode_sources(model, batch) if generate else None
+                logits = model(**batch, **({} if encoded is None
+                                           else {"encoder_outputs": encoded})).logits
             masked = labels.masked_fill(~keep[:, None], -100)
             ce_sum += token_ce_sum(logits, masked).item()
             n_tokens += (masked != -100).sum().item()
             if generate:
                 pairs += generate_batch(model, batch, idx, generation_config=generation_config,
                                         tokenizer=tokenizer, task=task, synced_gpus=synced,
-                                        autocast=autocast, sample_seed=sample_seed)
+                                        autocast=autocast, sample_seed=sample_seed,
+                                        encoder_outputs=encoded)
             if bar is not None:
                 bar.update(1)
         if bar is not None:

@@ -22,16 +22,23 @@ def files(tmp_path_factory):
     return demo_files(tmp_path_factory.mktemp("encoder_once") / "data", train_size=4)
 
 
-@pytest.mark.parametrize("name", ["barto-tiny", "t5s-tiny", "ledo-tiny", "beto2beto-tiny"])
-def test_shared_encoder_outputs_give_the_same_loss_and_predictions(files, name, tmp_path):
+def _validation(files, tmp_path, name: str):
+    """(cfg, model, tokenizer, spec, validation split) of `name` on the demo's mlsum files,
+    beam search of 2 over at most 6 tokens, fp32."""
     cfg = compose(task="mlsum", model=name, overrides={
         "data.train_file": files["train"], "data.validation_file": files["validation"],
         "data.cache_dir": str(tmp_path / "cache"), "data.max_source_length": "64",
         "data.max_target_length": "32", "gen.num_beams": "2", "gen.max_new_tokens": "6",
         "gen.min_new_tokens": "0", "train.precision": "fp32"})
     model, tokenizer, spec = get_model(cfg)
-    model.eval()
     data = get_split(cfg, get_task("mlsum"), tokenizer, model, "validation", None, lambda m: None)
+    return cfg, model, tokenizer, spec, data
+
+
+@pytest.mark.parametrize("name", ["barto-tiny", "t5s-tiny", "ledo-tiny", "beto2beto-tiny"])
+def test_shared_encoder_outputs_give_the_same_loss_and_predictions(files, name, tmp_path):
+    cfg, model, tokenizer, spec, data = _validation(files, tmp_path, name)
+    model.eval()
     batch = dict(get_collator(cfg, spec, tokenizer, model)(batch_features(data.tokenized,
                                                                           [0, 1, 2])))
     batch.pop("labels")
@@ -61,14 +68,8 @@ def test_shared_encoder_outputs_give_the_same_loss_and_predictions(files, name, 
 def test_a_validation_with_generation_encodes_each_batch_once(files, tmp_path):
     from seq2seq_es.engine.evaluation import evaluate
 
-    cfg = compose(task="mlsum", model="barto-tiny", overrides={
-        "data.train_file": files["train"], "data.validation_file": files["validation"],
-        "data.cache_dir": str(tmp_path / "cache"), "data.max_source_length": "64",
-        "data.max_target_length": "32", "gen.num_beams": "2", "gen.max_new_tokens": "4",
-        "gen.min_new_tokens": "0", "train.precision": "fp32"})
-    model, tokenizer, spec = get_model(cfg)
+    cfg, model, tokenizer, spec, data = _validation(files, tmp_path, "barto-tiny")
     task = get_task("mlsum")
-    data = get_split(cfg, task, tokenizer, model, "validation", None, lambda m: None)
     calls = []
     hook = model.get_encoder().register_forward_hook(lambda *args: calls.append(1))
     try:

@@ -86,6 +86,15 @@ def free_port() -> int:
     return any_free_port()
 
 
+def two_gloo_ranks(worker, folder) -> tuple:
+    """Run `worker(rank, port, folder)` on two spawned processes; what each wrote to
+    folder/rank<r>.json, as (rank 0's, rank 1's)."""
+    import json
+
+    torch.multiprocessing.spawn(worker, args=(free_port(), str(folder)), nprocs=2)
+    return tuple(json.loads((Path(folder) / f"rank{rank}.json").read_text()) for rank in (0, 1))
+
+
 def run(launcher: str, nproc: int, args: list[str], *, check: bool = True,
         timeout: int = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run(command(launcher, nproc, args), cwd=REPO, env=_env(),

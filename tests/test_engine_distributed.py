@@ -215,11 +215,9 @@ def _decided_worker(rank: int, port: int, folder: str) -> None:
 def test_decided_by_main_stops_every_rank_with_rank_0s_failure(tmp_path):
     # A failure of rank 0's other than a ConfigError (a damaged checkpoint file's DataError, an
     # OSError) left the other ranks waiting in the next collective.
-    from engine_runs import free_port
+    from engine_runs import two_gloo_ranks
 
-    torch.multiprocessing.spawn(_decided_worker, args=(free_port(), str(tmp_path)), nprocs=2)
-    rank0 = json.loads((tmp_path / "rank0.json").read_text())
-    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    rank0, rank1 = two_gloo_ranks(_decided_worker, tmp_path)
     assert rank0 == [["ConfigError", "config key 'train.resume': no", False],
                      ["DataError", "file f.json: damaged", False],
                      ["ValueError", "not ours", False]]

@@ -9,9 +9,7 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
-from engine_runs import free_port
+from engine_runs import two_gloo_ranks
 
 
 def _worker(rank: int, port: int, folder: str) -> None:
@@ -49,9 +47,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
 
 
 def test_the_first_rank_prepares_first_and_its_failure_stops_the_others(tmp_path):
-    torch.multiprocessing.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2)
-    first = json.loads((tmp_path / "rank0.json").read_text())
-    other = json.loads((tmp_path / "rank1.json").read_text())
+    first, other = two_gloo_ranks(_worker, tmp_path)
     assert (first["result"], other["result"]) == ("data of rank 0", "data of rank 1")
     assert other["start"] >= first["end"]          # after the first rank, not beside it
     # the failing rank raises its own error; the other one stops without preparing anything

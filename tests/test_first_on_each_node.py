@@ -9,7 +9,11 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from engine_runs import two_gloo_ranks
+
+pytestmark = pytest.mark.slow  # two spawned ranks: every multi-process run is in the slow tier
 
 
 def _worker(rank: int, port: int, folder: str) -> None:

@@ -16,8 +16,9 @@ without optimizer and generation runs with `synced_gpus`; at stages 0-2 each ran
 plain module. Predictions are gathered by index on rank 0, which writes every file.
 
 DeepSpeed checkpoints are read into a full fp32 state dict before any engine exists (ZeRO 1-3's
-through DeepSpeed's own consolidation, `zero_to_fp32`; stage 0's from its model states), so a checkpoint written by any number of ranks at any
-ZeRO stage can be evaluated by any other number of ranks at any stage.
+through DeepSpeed's own consolidation, `zero_to_fp32`; stage 0's from its model states), so a
+checkpoint written by any number of ranks at any ZeRO stage can be evaluated by any other number
+of ranks at any stage.
 """
 
 from __future__ import annotations
@@ -169,12 +170,16 @@ GEN_KEYS = ("num_beams", "max_new_tokens", "min_new_tokens", "length_penalty",
             "top_p")
 
 
-def saved_generation(folder: Path) -> dict[str, str]:
-    """The gen.* keys a model folder's generation_config.json sets, as config overrides."""
+def generation_file(folder: Path) -> dict:
+    """A model folder's generation_config.json ({} without one)."""
     path = Path(folder) / "generation_config.json"
-    if not path.is_file():
-        return {}
-    saved = json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def saved_generation(folder: Path, saved: dict | None = None) -> dict[str, str]:
+    """The gen.* keys a model folder's generation_config.json sets (`saved`, where read
+    already), as config overrides."""
+    saved = dict(generation_file(folder) if saved is None else saved)
     # Length limits as transformers reads them for an encoder-decoder: max_length / min_length count
     # the decoder start token, and no minimum at all means 0 (our exports leave a 0 out), not the
     # task's registry minimum.
@@ -196,16 +201,10 @@ _GEN_NEUTRAL = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
                 "num_beam_groups": 1, "diversity_penalty": 0.0, "typical_p": 1.0}
 
 
-def unapplied_generation(folder: Path) -> list[str]:
-    """The settings of a model folder's generation_config.json that this package's decoding
-    does not apply (`key value`): a model fine-tuned elsewhere may force BART's <s> first
-    (forced_bos_token_id) or penalise repeats, which a gen.* key cannot say."""
-    try:
-        saved = json.loads((Path(folder) / "generation_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    if not isinstance(saved, dict):
-        return []
+def unapplied_generation(saved: dict) -> list[str]:
+    """The settings of a generation_config.json (`saved`, as `generation_file` read it) that
+    this package's decoding does not apply (`key value`): a model fine-tuned elsewhere may force
+    BART's <s> first (forced_bos_token_id) or penalise repeats, which a gen.* key cannot say."""
     return [f"{key} {json.dumps(value)}" for key, value in saved.items()
             if key not in GEN_KEYS and key not in _GEN_FOLLOWED and value is not None
             and value is not False
@@ -255,8 +254,9 @@ def inference_config(saved: SavedModel, *, config_file: str | None = None,
     # A model folder without its run's config (a copied final/, a hub upload): decode as its
     # generation_config.json says, not with --task's registry defaults; --gen.* still wins.
     copied = source is None and saved.kind == "hf"
-    saved_gen = saved_generation(saved.path) if copied else {}
-    unapplied = unapplied_generation(saved.path) if copied else []
+    generation = generation_file(saved.path) if copied else {}   # read once for both
+    saved_gen = saved_generation(saved.path, generation) if copied else {}
+    unapplied = unapplied_generation(generation)
     if unapplied and first_launched_process():
         print(f"note: {saved.path / 'generation_config.json'} also sets {', '.join(unapplied)}, "
               "which this package's decoding does not apply (it applies the gen.* settings: "

@@ -346,8 +346,8 @@ def cmd_resume(argv: list[str]) -> int:
         epilog="The flags replace the settings the runs were submitted with, and train overrides "
                "after -- replace the runs' own (a run that failed on its config, or ran out of "
                "memory: -- --train.batch_size 2 --train.grad_accum 8). On other nodes, GPUs or "
-               "tasks per node, each run's train.grad_accum (and micro-batch where needed) is set to "
-               "keep the examples of a step, which its checkpoints need.")
+               "tasks per node, each run's train.grad_accum (and micro-batch where needed) is "
+               "set to keep the examples of a step, which its checkpoints need.")
     parser.add_argument("sweep", metavar="SWEEP", help="sweep folder, run folder or manifest")
     for flag in RESUME_FLAGS:
         key, kind = SLURM_FLAGS[flag]

@@ -161,7 +161,7 @@ def prepare_local_file(path: str, builder: str, options: dict, required_columns:
                         "names its columns, this one is a JSON object (JSON lines? name it "
                         ".jsonl)", file=path)
     return _csv(path, raw, rewrite, options, required_columns, cache_dir,
-                read_columns=tuple(sorted(columns.all_read())))
+                tuple(sorted(columns.all_read())))
 
 
 # Bytes no text file holds (controls other than tab, newlines, form feed and escape).
@@ -754,7 +754,8 @@ def _miscased_keys(rows: list[tuple[int, dict]],
 # ---- CSV ------------------------------------------------------------------------------------
 
 def _csv(path: str, raw: bytes, rewrite: bool, options: dict, required_columns: tuple[str, ...],
-         cache_dir: str | None, read_columns: tuple[str, ...] = ()) -> LocalFile:
+         cache_dir: str | None, read_columns: tuple[str, ...]) -> LocalFile:
+    # read_columns: every column the task reads (Columns.all_read, the required ones too)
     options = dict(options)
     notes: list[str] = []
     texts: list[tuple[int, str]] = []
@@ -802,8 +803,7 @@ def _csv(path: str, raw: bytes, rewrite: bool, options: dict, required_columns: 
         span = f"{line_numbers[first]}-{line_numbers[end - 1]}" if end - first > 1 else None
         if names is None:
             header_line = line_numbers[first]
-            names = _check_header(path, cells, header_line,
-                                  tuple({*required_columns, *read_columns}), notes)
+            names = _check_header(path, cells, header_line, read_columns, notes)
         elif len(cells) > len(names):
             if span:  # a stray '"' merged lines into one record: all of them go
                 bad.append((line_numbers[first], None,

@@ -84,6 +84,13 @@ def test_two_ranks_resume_on_one_exactly_and_a_step_size_change_is_refused(files
     assert f"{EXAMPLES_PER_STEP} 4 -> 2" in error
     assert "On 1 rank(s), train.batch_size x train.grad_accum = 4 keeps the checkpoint's 4 " \
            "examples per step (2 ranks)" in error
+    # On its own two ranks, a doubled step is refused once, by rank 0 (each rank printed it)
+    doubled = run("torchrun", 2, _args(files, cut, steps=4, stage=stage, extra=[
+        "--train.resume", "must", "--train.grad_accum", "2"]), check=False)
+    assert doubled.returncode != 0
+    said = [line for line in (doubled.stdout + doubled.stderr).splitlines()
+            if line.startswith("error: ")]  # the ranks' own lines (torchrun's summary indents)
+    assert len(said) == 1 and f"{EXAMPLES_PER_STEP} 4 -> 8" in said[0], said
     resumed = run("none", 1, _args(files, cut, steps=4, stage=stage, extra=[
         "--train.resume", "must", "--train.grad_accum", "2"]))
     assert "checkpoint step_00000002 of 2 rank(s) resumed on 1: the same examples per step, " \

@@ -21,6 +21,8 @@ The interface (every method that touches the engine is collective: all ranks cal
   `best.json`; returns the folder;
 - `check_resumable(path, run, storage)`: the checkpoint's TrainState, or a refusal when it is of
   another run or its files are laid out for another ZeRO stage or precision (no model needed);
+- `check_layout(path, data_layout)`: a refusal when the data layout (`data_layout(...)`: the
+  examples of each step) differs; asked before the engine is built;
 - `load(engine, path, data_layout)`: weights, optimizer, scheduler and this rank's RNG; returns
   the TrainState; refused when the data layout (`data_layout(...)`: the examples of each step)
   differs. On another number of ranks, a ZeRO checkpoint is first rewritten by DeepSpeed's
@@ -585,6 +587,13 @@ class Checkpointer:
         check_same_run(path, state.run, run)
         check_same_storage(path, state.storage, storage)
         return state
+
+    def check_layout(self, path: Path, data_layout: dict) -> None:
+        """Refused (ConfigError) when the checkpoint's examples per step differ from this run's
+        (see `check_same_layout`); the Trainer asks before building the engine."""
+        state = TrainState.read(path, self.env.world_size)
+        check_same_layout(path, state.data_layout, data_layout,
+                          (state.world_size, self.env.world_size))
 
     def load(self, engine, path: Path, data_layout: dict | None = None,
              run: dict | None = None, storage: dict | None = None) -> TrainState:

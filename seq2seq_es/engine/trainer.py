@@ -243,6 +243,10 @@ class Trainer:
         spec.adapter.check_flex_dropout(self.model, cfg.model.attention)
         spec.adapter.check_flex_device(cfg.model.attention, env.device.type)
         self.build_data(spec)
+        layout = data_layout(cfg, self.plan, len(self.train_data.tokenized))
+        if resume_from is not None:  # before the engine and any compilation; said once (every
+            # rank finds it alike, and each printed it)
+            D.decided_by_main(env, lambda: self.ckpt.check_layout(resume_from, layout))
         self.engine, self.scheduler, ds_config = get_engine(self.model, cfg, env,
                                                             self.total_steps)
         # from_pretrained hands back a model in eval() mode, and nothing else switches it: BART,
@@ -254,7 +258,6 @@ class Trainer:
         if compiled:
             self.say(compiled)
 
-        layout = data_layout(cfg, self.plan, len(self.train_data.tokenized))
         identity, storage = run_identity(cfg), storage_layout(cfg)
         self.state = TrainState(world_size=env.world_size, data_layout=layout, run=identity,
                                 storage=storage)

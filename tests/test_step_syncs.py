@@ -8,6 +8,8 @@ calls while the step runs, each call filed under who made it:
 - `step`: the step's own code and DeepSpeed's (what issue 12.1 is about);
 - `optimizer`: torch.optim's step counters, which live on the host (a CPU tensor per parameter
   unless the optimizer is capturable or fused): no device wait on a GPU either;
+- `plan`: the batch plans of seq2seq_es/data (an epoch's order is a CPU tensor, made by a CPU
+  generator): host values;
 - `model`: transformers' forward, which checks padding masks (`mask.all()`) to decide whether
   SDPA can skip them: real device reads, per forward, that are transformers' own (3 per BART
   forward with 2D masks; 1, the decoder's, with bench.impls.as_4d_mask's prepared mask). BART
@@ -63,6 +65,8 @@ class ReadCounter:
             return "model"
         if any("/torch/optim/" in f for f in files):
             return "optimizer"
+        if any("/seq2seq_es/data/" in f for f in files):
+            return "plan"
         return "step"
 
 
@@ -360,3 +364,31 @@ def test_a_step_never_waits_for_the_device(files, one_rank, monkeypatch, grad_ac
     finally:
         stepper.close()
     assert waits == []
+
+
+def test_one_process_agrees_with_itself_without_the_device(one_rank):
+    # The trainer polls the stop signal and the save clock every step: on one process the values
+    # are its own, and a round trip through the device (a GPU wait per step) is skipped. A meta
+    # device holds no values, so any tensor made there would fail to be read.
+    meta = torch.device("meta")
+    assert D.all_reduce_max([1.0, 0.0], meta) == [1.0, 0.0]
+    assert D.all_reduce_max(True, meta) == 1.0
+    assert D.all_reduce_sum([2, 3.5], meta) == [2.0, 3.5]
+
+
+def test_the_training_loop_reads_nothing_back_per_step(files, one_rank, tmp_path, monkeypatch):
+    # Reads of the whole run by 9 and by 18 steps (one logging interval, no validation, one save
+    # at the end): the loop around the step adds none per step (it read the stop poll's tensor).
+    from seq2seq_es.engine import trainer
+
+    def reads(steps: int) -> int:
+        cfg = _run_config(files, tmp_path / f"run{steps}")
+        cfg.train.max_steps = steps
+        counter = ReadCounter(monkeypatch)
+        counter.active = True
+        trainer.train(cfg)
+        counter.active = False
+        monkeypatch.undo()
+        return counter.counts["step"]
+
+    assert reads(18) == reads(9) > 0

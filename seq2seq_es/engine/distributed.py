@@ -556,23 +556,35 @@ def close() -> None:
         _environ_before_init = None
 
 
+def _alone() -> bool:
+    """One process: a reduction over ranks is the value itself."""
+    return not (dist.is_initialized() and dist.get_world_size() > 1)
+
+
 def all_reduce_sum(values: list[float] | torch.Tensor, device: torch.device) -> list[float]:
-    """Sum over ranks, in float64; a tensor stays on its device until the one read-back."""
+    """Sum over ranks, in float64; a tensor stays on its device until the one read-back. Host
+    values of one process never go to the device (a copy there and back waits for the GPU)."""
+    if not isinstance(values, torch.Tensor) and _alone():
+        return [float(value) for value in values]
     if isinstance(values, torch.Tensor):
         t = values.to(device=device, dtype=torch.float64)
     else:
         t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if not _alone():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
 
 
 def all_reduce_max(value: float | list[float], device: torch.device) -> float | list[float]:
-    """Maximum over ranks of one value, or of each value of a list in one collective."""
+    """Maximum over ranks of one value, or of each value of a list in one collective. One
+    process returns the host values as they are: the trainer asks every step (the stop signal,
+    the save clock), and a device round trip made the host wait for the step's kernels to end,
+    leaving the GPU idle while the next batch was read and collated (host-overhead audit)."""
+    if _alone():
+        return [float(v) for v in value] if isinstance(value, list) else float(value)
     t = torch.tensor(value if isinstance(value, list) else [value], dtype=torch.float64,
                      device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist() if isinstance(value, list) else t.item()
 
 

@@ -392,3 +392,21 @@ def test_the_training_loop_reads_nothing_back_per_step(files, one_rank, tmp_path
         return counter.counts["step"]
 
     assert reads(18) == reads(9) > 0
+
+
+@pytest.mark.parametrize("model", ["barto-tiny", "t5s-tiny"])
+def test_the_training_forward_fills_no_decoder_cache(files, one_rank, model):
+    # transformers fills a key/value cache per decoder layer whenever use_cache is on (the
+    # config's default) and no labels are passed: training never reads it, and on a GPU its
+    # copies cost launches every forward. The step passes use_cache=False.
+    cfg, engine, batches = _setup(files, one_rank, 1, model=model)
+    caches = []
+    handle = engine.module.register_forward_hook(
+        lambda module, inputs, output: caches.append(output.past_key_values))
+    stepper = TrainStep(engine, one_rank, cfg)
+    try:
+        stepper(batches[:1], 0)
+    finally:
+        stepper.close()
+        handle.remove()
+    assert caches == [None]

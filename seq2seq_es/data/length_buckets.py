@@ -417,7 +417,7 @@ def warm_up_model(forward: Callable, parameters, shapes: Sequence[tuple[int, int
         if lean_ce:
             ce = forward(**batch, lean_ce_labels=labels)
         else:
-            ce = token_ce_sum(forward(**batch).logits, labels)
+            ce = token_ce_sum(forward(**batch, use_cache=False).logits, labels)  # as trained
         (backward or torch.Tensor.backward)(ce * 0.0)
         for p in parameters:
             p.grad = None

@@ -185,6 +185,9 @@ class TrainStep:
         # ZeRO 0 steps our torch optimizer, which keeps no norm: computed from the gradients
         # (see the module docstring); every ZeRO optimizer keeps its own.
         self.norm_from_grads = not engine.zero_optimization()
+        # Listed once: walking the module tree for them every step cost about 0.3 ms of host
+        # time at BART-base's 259 tensors (host-overhead audit). ZeRO 0 keeps these objects.
+        self.parameters = list(engine.module.parameters()) if self.norm_from_grads else []
         # ZeRO 0 outside fp16: the step clips the gradient itself, by the norm it computes for
         # the log anyway, in two fused device ops. DeepSpeed's stage-0 clipping
         # (runtime.utils.clip_grad_norm_) loops over the parameters twice in Python and builds two
@@ -266,8 +269,8 @@ class TrainStep:
                     torch.compiler.cudagraph_mark_step_begin()
                 if self.cfg.model.lean_ce:  # through engine(...): DeepSpeed hooks its output
                     ce = engine(**batch, lean_ce_labels=labels)
-                else:
-                    ce = token_ce_sum(engine(**batch).logits, labels,
+                else:  # no decoder cache: nothing reads it, and filling it costs launches
+                    ce = token_ce_sum(engine(**batch, use_cache=False).logits, labels,
                                       self.cfg.optim.label_smoothing)
                 value = ce.detach().double()
                 bad = ~torch.isfinite(value)
@@ -289,7 +292,7 @@ class TrainStep:
                 if self.norm_from_grads and k == len(micro_batches) - 1:
                     # the step's gradient is complete (and reduced) only after its last
                     # backward, and is clipped (here or by engine.step()) in place
-                    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+                    grads = [p.grad for p in self.parameters if p.grad is not None]
                     own_norm = self._norm_of_grads(grads)
                     if self.clip_norm and grads:
                         self._clip(grads, own_norm)

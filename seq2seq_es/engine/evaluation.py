@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.rows import rows_of, source_lengths
 from ..data.sampler import eval_batches
 from ..tasks.formatting import clean_prediction
 from . import distributed as D
@@ -40,7 +41,7 @@ def batch_features(features, idx: list[int]) -> list[dict]:
     """The features of a batch; padding slots (-1) repeat a real example of the batch (or example
     0) so that the batch shape stays valid. Their outputs are dropped."""
     filler = next((i for i in idx if i >= 0), 0)
-    return [features[i if i >= 0 else filler] for i in idx]
+    return rows_of(features, [i if i >= 0 else filler for i in idx])
 
 
 def validation_metric_names(task) -> list[str]:
@@ -179,7 +180,8 @@ def generate_texts(model, *, features, collator, tokenizer, generation_config, t
     total = len(features)
     order = list(range(total))
     if sort_by_length:
-        order.sort(key=lambda i: -len(features[i]["input_ids"]))
+        lengths = source_lengths(features)
+        order.sort(key=lambda i: -lengths[i])
     batches = shard_batches(order, env, batch_size)
     device = env.device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -229,8 +231,8 @@ def evaluate(model, *, tokenized, examples, collator, tokenizer, generation_conf
                 # sources again: a third of a validation's time on short outputs (scale audit),
                 # more on LEDO's long inputs.
                 encoded = encode_sources(model, batch) if generate else None
-                logits = model(**batch, **({} if encoded is None
-                                           else {"encoder_outputs": encoded})).logits
+                logits = model(**batch, use_cache=False,  # generate keeps its own cache
+                               **({} if encoded is None else {"encoder_outputs": encoded})).logits
             masked = labels.masked_fill(~keep[:, None], -100)
             ce_sum += token_ce_sum(logits, masked).item()
             n_tokens += (masked != -100).sum().item()

@@ -33,6 +33,7 @@ import torch.distributed as dist
 
 from .. import run_files
 from ..config import RunConfig, validate
+from ..data.rows import rows_of
 from ..errors import ConfigError, Seq2SeqEsError
 from ..run_files import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 from . import distributed as D
@@ -389,7 +390,7 @@ class Trainer:
             self.window_start, self.window_paused = time.perf_counter(), 0.0
             while state.step < self.total_steps and not self.stopped_early:
                 epoch, step_in_epoch, micro_indices = next(steps)
-                micro = [self.collator([self.train_data.tokenized[i] for i in idx])
+                micro = [self.collator(rows_of(self.train_data.tokenized, idx))
                          for idx in micro_indices]
                 # The rate this step's update uses: the scheduler advances inside engine.step().
                 lr = self.scheduler.get_last_lr()[0]

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 # build_config: what `train` composes from its arguments (tests import it from here).
 from .engine.entry import build_config, parse_train_args, train_main  # noqa: F401
-from .errors import did_you_mean, run_command, tell_launcher
+from .errors import did_you_mean, lost_contact, run_command, tell_launcher, write_line
 from .process_exit import exit_status, leave, must_leave_without_teardown
 
 USAGE = """usage: seq2seq-es <command> [options]
@@ -225,8 +225,16 @@ def console(argv: list[str] | None = None) -> NoReturn:
             print(exit_.code, file=sys.stderr)  # what Python does with SystemExit("message")
         status = exit_status(exit_.code)
     except BaseException as error:
+        several = must_leave_without_teardown() and os.environ.get("WORLD_SIZE", "1") != "1"
+        lost = lost_contact(error) if several else None
+        if lost is not None and not os.environ.get("SEQ2SEQ_ES_DEBUG"):
+            # Another rank failed first: one line here, that rank's error is the cause
+            write_line(lost)
+            tell_launcher(lost, after_others=True)
+            leave(1)
         if not isinstance(error, KeyboardInterrupt):  # a crash: its traceback for torchrun
-            tell_launcher(f"{type(error).__name__}: {error}", traceback.format_exc())
+            tell_launcher(f"{type(error).__name__}: {error}", traceback.format_exc(),
+                          after_others=lost is not None)
         if not must_leave_without_teardown():
             raise
         sys.excepthook(type(error), error, error.__traceback__)

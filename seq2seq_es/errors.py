@@ -151,20 +151,53 @@ def write_line(text: str) -> None:
     stream.flush()
 
 
-def tell_launcher(message: str, callstack: str | None = None) -> None:
+# What a rank's collective raises when another rank has gone (gloo's TCP pairs, the rendezvous
+# store, NCCL), and when one stopped answering; lower case.
+_LOST_PEER = ("connection closed by peer", "connection reset by peer", "broken pipe",
+              "remote process exited or there was a network error",
+              "nccl communicator was aborted", "failed to recv, got 0 bytes")
+_PEER_TIMEOUT = ("timed out waiting", "operation timed out", "watchdog caught collective")
+
+
+def lost_contact(error: BaseException | str) -> str | None:
+    """The one line a rank says when its collective failed because another rank ended or
+    stopped answering, or None for any other error (an exception, or its text). That rank's own error is the cause: each
+    surviving rank's 30-line traceback of a closed socket buried it (N - 1 of them on N ranks),
+    and torchrun named one of them as the root cause."""
+    text = str(error)
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    first = first.removeprefix("RuntimeError: ")
+    first = first.split("] ", 1)[-1][:160]   # gloo starts with its source file's path
+    lowered = text.lower()
+    if any(sign in lowered for sign in _LOST_PEER):
+        return (f"error: lost contact with another rank ({first}); that rank ended first, and "
+                "its own error, in its output or log, is the cause")
+    if any(sign in lowered for sign in _PEER_TIMEOUT) and ("recv" in lowered
+                                                          or "collective" in lowered):
+        return (f"error: another rank did not answer within dist.timeout_min ({first}): it "
+                "stopped, hangs or is far slower; its output or log says why")
+    return None
+
+
+def tell_launcher(message: str, callstack: str | None = None, after_others: bool = False) -> None:
     """Leave `message` where torchrun looks for a failed rank's error (also `accelerate launch`
     and its torchrun-based launchers): the file TORCHELASTIC_ERROR_FILE names, in the layout of
     torch.distributed.elastic's own ErrorHandler. Its closing summary then shows our one line
     (or `callstack`, a crash's traceback) under the failed rank's `traceback :` where it said
     "To enable traceback see ...": on a cluster that summary is the end of the log, the part
     read first, and each rank's `error:` line sits somewhere above it. Best effort, no torch
-    import: `score` does not load torch."""
+    import: `score` does not load torch.
+
+    `after_others`: a consequence of another rank's failure (`lost_contact`), stamped a second
+    later. torchrun names the failure of the earliest stamp the root cause, by whole seconds
+    and the lowest rank on a tie: the rank that lost contact in the same second as the failing
+    rank reported was named instead of it."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path:
         return
     record = {"message": {"message": message,
                           "extraInfo": {"py_callstack": callstack or message,
-                                        "timestamp": str(int(time.time()))}}}
+                                        "timestamp": str(int(time.time()) + after_others)}}}
     # Whole or not at all: torchrun's agent json.loads the file, and a half-written one (a
     # full disk, the very error being told) ended its summary in a JSONDecodeError traceback.
     partial = f"{path}.{os.getpid()}.partial"

@@ -493,3 +493,46 @@ def test_a_step_folder_without_trainer_state_is_not_a_checkpoint(tmp_path):
     (root / "step_00000002" / "trainer_state.json").write_text('{"step": 2}')
     assert complete_checkpoints(root) == [(2, root / "step_00000002")]
     assert Checkpointer(root, D.read_env({}), keep_last=2).latest() == root / "step_00000002"
+
+
+# One rank fails at step 3 (a Python error of its own); the package's entry otherwise as usual.
+FAILING_RANK_ENTRY = """
+import os, sys
+from seq2seq_es.engine import step
+original = step.TrainStep.__call__
+def failing(self, micro_batches, at):
+    if os.environ["RANK"] == "1" and at == 2:
+        raise ValueError("rank 1 fails at step 3")
+    return original(self, micro_batches, at)
+step.TrainStep.__call__ = failing
+from seq2seq_es.cli import console
+console(["train", *sys.argv[1:]])
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_that_fails_is_named_as_the_cause_and_the_others_say_one_line(files, tmp_path):
+    # Rank 0 waits for rank 1 in the step's collective when rank 1 fails: rank 1's error is
+    # the cause, said first, and torchrun's summary names it; rank 0 says one line (it printed
+    # gloo's "Connection closed by peer" traceback, which torchrun named the root cause).
+    import subprocess
+    import sys
+
+    from engine_runs import REPO, _env, free_port
+
+    entry = tmp_path / "failing_rank.py"
+    entry.write_text(FAILING_RANK_ENTRY)
+    args = base_args(files, tmp_path / "run", steps=6, batch=2)
+    env = {**_env(), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(free_port()), str(entry), *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    root_cause = output.split("Root Cause (first observed failure):", 1)[1]
+    assert "rank      : 1 (local_rank: 1)" in root_cause, output[-4000:]
+    assert "ValueError: rank 1 fails at step 3" in root_cause
+    lost = [line for line in output.splitlines()
+            if line.startswith("error: lost contact with another rank")]
+    assert len(lost) == 1, output[-4000:]
+    assert "pair.cc" not in output.replace(lost[0], "")  # gloo's traceback is not printed

@@ -236,3 +236,40 @@ def test_a_process_without_stderr_still_ends_with_status_2(tmp_path):
     assert proc.returncode == 2, proc.stderr
     record = json.loads(error_file.read_text())["message"]
     assert record["message"] == "error: config key 'optim.lr': must be positive"
+
+
+@pytest.mark.parametrize("raised, says", [
+    ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+     "[127.0.0.1]:39592. This is typically caused by a remote worker crashing.",
+     "lost contact with another rank (Connection closed by peer [127.0.0.1]:39592."),
+    ("[../pair.cc:537] Read error [10.0.0.2]:58557: Connection reset by peer.", "lost contact"),
+    ("NCCL error in: ProcessGroupNCCL.cpp:1970, remote process exited or there was a network "
+     "error, NCCL version 2.21.5", "lost contact"),
+    ("[/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 60000ms for recv operation "
+     "to complete", "did not answer within dist.timeout_min (Timed out waiting 60000ms"),
+    ("CUDA out of memory. Tried to allocate 2.00 GiB", None),
+    ("mat1 and mat2 shapes cannot be multiplied (4x8 and 16x2)", None),
+])
+def test_a_collective_that_lost_another_rank_is_one_line(raised, says):
+    from seq2seq_es.errors import lost_contact
+
+    line = lost_contact(RuntimeError(raised))
+    if says is None:
+        assert line is None
+    else:
+        assert line.startswith("error: ") and says in line and "\n" not in line
+
+
+def test_a_consequence_of_another_ranks_failure_is_stamped_after_it(tmp_path, monkeypatch):
+    # torchrun names the earliest stamp the root cause (whole seconds, the lowest rank on a tie)
+    import json
+
+    from seq2seq_es.errors import tell_launcher
+
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "error.json"))
+    stamps = []
+    for after_others in (False, True):
+        tell_launcher("error: x", after_others=after_others)
+        record = json.loads((tmp_path / "error.json").read_text())
+        stamps.append(int(record["message"]["extraInfo"]["timestamp"]))
+    assert stamps[1] - stamps[0] in (1, 2)

@@ -141,6 +141,10 @@ def test_the_rank_that_failed_first_is_the_error_shown(tmp_path):
     message, log = failure_details(str(folder), "150", 2)
     assert message == "ValueError: a bad row in train.jsonl"
     assert log == str(folder / "150_1_log.err")
+    # Written in the same instant, or rank 0's first: a lost peer is never the cause shown
+    for task, mtime in ((0, 1_000_000_000), (1, 1_000_000_001)):
+        os.utime(folder / f"150_{task}_result.pkl", (mtime, mtime))
+    assert failure_details(str(folder), "150", 2)[0] == "ValueError: a bad row in train.jsonl"
 
 
 def test_only_a_training_run_without_a_checkpoint_is_said_to_start_again(tmp_path):

@@ -772,9 +772,9 @@ class Trainer:
                       source_length=cfg.data.max_source_length,
                       truncation_side=self.task.source_truncation_side)
 
-    def close(self) -> None:
+    def close(self, end_process_group: bool = True) -> None:
         """Remove the step's gradient hooks, close the log and trackers, and end the process
-        group if this run started it."""
+        group if this run started it (and `end_process_group`)."""
         if getattr(self, "profiler", None) is not None:
             self.profiler.close()
         self.stepper.close()
@@ -782,14 +782,19 @@ class Trainer:
             self.log.close()
         if self.folder_lock is not None:
             self.folder_lock.release()
-        if self.owns_process_group:
+        if self.owns_process_group and end_process_group:
             D.close()
 
     def __enter__(self) -> "Trainer":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        # A failure on some of several ranks: the process group stays up until the process
+        # ends, after its error is said (cli.console, process_exit.leave). Ended here, it closed
+        # the connections the other ranks wait on first, so they failed before this rank had
+        # said why, and torchrun, mpirun and SLURM named their "connection closed" as the cause.
+        failing = exc_type is not None and not issubclass(exc_type, Stopped)
+        self.close(end_process_group=not (failing and self.env.world_size > 1))
 
 
 def train(cfg: RunConfig) -> dict:

@@ -79,7 +79,7 @@ import submitit
 
 from .. import process_exit, run_files
 from ..engine import rendezvous
-from ..errors import ConfigError
+from ..errors import ConfigError, lost_contact
 
 # The engine's exit status after a stop signal saved a checkpoint (run_files defines it for both).
 EXIT_PREEMPTED = run_files.PREEMPTED_EXIT_CODE
@@ -184,9 +184,9 @@ class TrainJob(submitit.helpers.Checkpointable):
         try:
             status = self._run_entry()
         except Exception as exc:
-            if dist.rank == 0:
+            if dist.rank == 0:  # a lost peer is said as such: another rank's error is the cause
                 append_event(self.run_dir, "failed", job_id=_job_id(), restart=restart,
-                             error=f"{type(exc).__name__}: {exc}")
+                             error=lost_contact(exc) or f"{type(exc).__name__}: {exc}")
             raise
         _ignore_stop_signals()
         if status == 0:

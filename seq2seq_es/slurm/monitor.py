@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import run_files
 from ..config import BOOKKEEPING_KEYS, SEED_MAX, scored_on_training_data
-from ..errors import ConfigError, DataError, close_matches, json_problem
+from ..errors import ConfigError, DataError, close_matches, json_problem, lost_contact
 # The one metrics.jsonl reader (merges a step's records, keeping the last values).
 from ..metrics_log import read as read_metrics
 from .job import DEFAULT_ENTRY
@@ -142,7 +142,9 @@ def failure_details(folder: str, job_id: str, num_tasks: int) -> tuple[str | Non
     """(error message, log path) of the task that failed first.
 
     When one rank fails, the others usually fail next with a collective error ("connection closed
-    by peer"); the result pickle written first belongs to the rank that caused it.
+    by peer"); the result pickle written first belongs to the rank that caused it. Such an error
+    (`errors.lost_contact`) gives way to any other, whenever written: a rank that lost contact
+    in the same instant as the failing rank reported may have written first.
     """
     raised: list[tuple[float, int, str, Path]] = []
     logged: list[tuple[str, Path]] = []
@@ -155,11 +157,11 @@ def failure_details(folder: str, job_id: str, num_tasks: int) -> tuple[str | Non
             last = lines[-1].strip() if lines else "error"
             message = f"{log_error} ({last})" if log_error and log_error not in last else last
             written = paths.result_pickle.stat().st_mtime
-            raised.append((written, task, message, paths.stderr))
+            raised.append((lost_contact(last) is not None, written, task, message, paths.stderr))
         elif outcome is None and log_error:
             logged.append((log_error, paths.stderr))
     if raised:
-        _, _, message, log = min(raised)
+        *_, message, log = min(raised)
         return message, str(log)
     if logged:
         return logged[0][0], str(logged[0][1])

@@ -133,6 +133,45 @@ def test_a_non_finite_loss_on_one_rank_skips_the_micro_batch_on_every_rank(files
     assert results[0]["healthy"]["loss"] == results[1]["healthy"]["loss"]
 
 
+def _stop_on_one_rank_worker(rank: int, port: int, files: dict, out: str) -> None:
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    env = D.read_env()
+    D.init(env, "gloo")
+    cfg, engine, batches = _engine_and_batches(files, "stop", env)
+    if rank == 1:
+        _poison_next_forward(engine)  # only this rank's loss is NaN; rank 0's batch differs
+    try:
+        train_step(engine, batches[rank:rank + 1], env, cfg, step=4)
+        said = {"raised": False}
+    except NonFiniteLoss as exc:
+        said = {"raised": True, "message": str(exc),
+                "printed": not getattr(exc, "said_by_main", False)}
+    Path(out, f"rank{rank}.json").write_text(json.dumps(said))
+    D.close()
+    from seq2seq_es.process_exit import leave
+
+    leave(0)
+
+
+@pytest.mark.slow  # two processes
+def test_a_non_finite_loss_on_one_rank_is_said_by_that_rank_naming_its_batch(files, tmp_path):
+    # on_nan=stop: every rank stops, and only rank 1, whose batch it was, prints the error with
+    # its batch's shape; each rank named its own batch, rank 0 a healthy one.
+    from engine_runs import free_port
+
+    torch.multiprocessing.spawn(_stop_on_one_rank_worker, args=(free_port(), files, str(tmp_path)),
+                                nprocs=2)
+    said = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert said[0]["raised"] and said[1]["raised"]
+    assert "at step 5, micro-batch 0 of rank 1" in said[0]["message"]
+    assert said[1]["message"].startswith("non-finite loss at step 5, micro-batch 0 of rank 1 "
+                                         "(batch source (2, ")
+    assert "(batch" not in said[0]["message"]
+    assert [s["printed"] for s in said] == [False, True]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 3), (signal.SIGINT, 130)])
 def test_stop_signal_saves_a_checkpoint_and_resume_finishes(files, tmp_path, sig, code):

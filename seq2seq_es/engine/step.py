@@ -133,8 +133,8 @@ class TrainStep:
 
     Non-finite losses (train.on_nan):
     - stop: each rank keeps a device count of its non-finite micro-batches and the first one's
-      index; `check_finite` all-reduces them and raises NonFiniteLoss naming the step and this
-      rank's batch shape. Until then training goes on (at most train.log_every steps), and
+      index; `check_finite` all-reduces them and raises NonFiniteLoss naming the step, the
+      micro-batch and the rank it was on, whose error (the only one printed) gives its shape. Until then training goes on (at most train.log_every steps), and
       nothing is saved, evaluated or exported from weights a non-finite step touched.
     - skip: one on-device all-reduce per micro-batch (a collective, no read-back) tells every
       rank whether any rank's loss is non-finite; a gradient hook on every trainable parameter
@@ -396,7 +396,11 @@ class TrainStep:
         if self.skip or not self.unchecked_steps:
             return
         first, last = self.unchecked_steps[0], self.unchecked_steps[-1]
-        flags = all_reduce_(torch.stack([(self.bad > 0).double(), -self.first_bad]),
+        # The earliest bad micro-batch over all ranks, and the lowest rank that had it: one
+        # maximum of -(index * ranks + rank) (micro-batches are counted alike on every rank).
+        ranks = self.env.world_size
+        flags = all_reduce_(torch.stack([(self.bad > 0).double(),
+                                         -(self.first_bad * ranks + self.env.rank)]),
                             dist.ReduceOp.MAX)
         any_bad, minus_first = flags.tolist()
         self.bad.zero_()
@@ -404,11 +408,18 @@ class TrainStep:
         unchecked, self.unchecked, self.unchecked_steps = self.unchecked, {}, []
         if not any_bad:
             return
-        bad_step, k, shape = unchecked[int(-minus_first)]
-        raise NonFiniteLoss(
-            f"non-finite loss at step {bad_step}, micro-batch {k} (this rank's batch {shape}) on "
-            f"at least one rank (steps {first}-{last} checked at once; nothing after step "
-            f"{bad_step - 1} was saved); set train.on_nan=skip to skip such batches")
+        index, bad_rank = divmod(int(-minus_first), ranks)
+        bad_step, k, shape = unchecked[index]
+        mine = bad_rank == self.env.rank
+        where = (f"micro-batch {k}" + (f" of rank {bad_rank}" if ranks > 1 else "")
+                 + (f" (batch {shape})" if mine else ""))
+        error = NonFiniteLoss(
+            f"non-finite loss at step {bad_step}, {where} (steps {first}-{last} checked at "
+            f"once; nothing after step {bad_step - 1} was saved); set train.on_nan=skip to skip "
+            "such batches")
+        # Said by the rank whose batch it was (each rank named its own, healthy, batch)
+        error.said_by_main = not mine
+        raise error
 
     def read(self, result: StepResult) -> dict[str, float]:
         """The loss since the last read (per target token kept), the step's counts, the tokens

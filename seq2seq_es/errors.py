@@ -115,8 +115,9 @@ def run_command(command: Callable[[list[str]], int], argv: list[str]) -> int:
     except Seq2SeqEsError as exc:
         if os.environ.get("SEQ2SEQ_ES_DEBUG"):
             raise
-        if getattr(exc, "said_by_main", False):
-            # Rank 0's refusal, which rank 0 prints: here only torchrun's error file gets it
+        if getattr(exc, "said_elsewhere", False):
+            # Another rank's error, which that rank prints (rank 0's refusal, a node's first
+            # rank's failure, the rank of a non-finite batch): here only torchrun's file gets it
             tell_launcher(f"error: {exc}")
         else:
             _say(f"error: {exc}")

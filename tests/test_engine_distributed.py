@@ -206,7 +206,7 @@ def _decided_worker(rank: int, port: int, folder: str) -> None:
         try:
             decided_by_main(env, decide)
         except (Seq2SeqEsError, ValueError) as exc:  # rank 1: it did not wait for rank 0
-            seen.append([type(exc).__name__, str(exc), getattr(exc, "said_by_main", False)])
+            seen.append([type(exc).__name__, str(exc), getattr(exc, "said_elsewhere", False)])
     assert decided_by_main(env, lambda: "held") == ("held" if rank == 0 else None)
     Path(folder, f"rank{rank}.json").write_text(json.dumps(seen))
     dist.destroy_process_group()

@@ -147,7 +147,7 @@ def _stop_on_one_rank_worker(rank: int, port: int, files: dict, out: str) -> Non
         said = {"raised": False}
     except NonFiniteLoss as exc:
         said = {"raised": True, "message": str(exc),
-                "printed": not getattr(exc, "said_by_main", False)}
+                "printed": not getattr(exc, "said_elsewhere", False)}
     Path(out, f"rank{rank}.json").write_text(json.dumps(said))
     D.close()
     from seq2seq_es.process_exit import leave

@@ -44,7 +44,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
     try:
         first_on_each_node(env, failing)
     except Seq2SeqEsError as exc:
-        seen["failure"] = [type(exc).__name__, str(exc), getattr(exc, "said_by_main", False)]
+        seen["failure"] = [type(exc).__name__, str(exc), getattr(exc, "said_elsewhere", False)]
     seen["prepared_after_failure"] = ran_after_failure
     Path(folder, f"rank{rank}.json").write_text(json.dumps(seen))
     dist.destroy_process_group()

@@ -628,7 +628,7 @@ def decided_by_main(env, decide):
         error = ConfigError(*refusal[1:]) if refusal[0] == "config" else \
             Seq2SeqEsError(refusal[1])
         # Rank 0 says it; the others' copies only stop them (N ranks printed N equal lines)
-        error.said_by_main = True
+        error.said_elsewhere = True
         raise error
     return result
 
@@ -641,7 +641,7 @@ def first_on_each_node(env, prepare):
     so dist.timeout_min bounds the first rank's preparation (as the Trainer's ddp_timeout does).
 
     A failure of a first rank is raised there, and every other rank stops with a short error
-    that the failing rank says (said_by_main), rather than waiting in a later collective."""
+    that the failing rank says (said_elsewhere), rather than waiting in a later collective."""
     if env.world_size == 1 or not dist.is_initialized():
         return prepare()
     first = env.local_rank == 0
@@ -656,7 +656,7 @@ def first_on_each_node(env, prepare):
         raise failure
     if failed:
         error = Seq2SeqEsError("the data preparation failed on another rank, which says why")
-        error.said_by_main = True
+        error.said_elsewhere = True
         raise error
     return result if first else prepare()
 

@@ -418,7 +418,7 @@ class TrainStep:
             f"once; nothing after step {bad_step - 1} was saved); set train.on_nan=skip to skip "
             "such batches")
         # Said by the rank whose batch it was (each rank named its own, healthy, batch)
-        error.said_by_main = not mine
+        error.said_elsewhere = not mine
         raise error
 
     def read(self, result: StepResult) -> dict[str, float]:

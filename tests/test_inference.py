@@ -429,16 +429,44 @@ def test_predict_formats_the_qa_prompt(trained, workdir, capsys):
     assert [r["source"] for r in got] == [
         f"question: {r['question']} context: {r['context']}" for r in rows]
     assert all(isinstance(r["prediction"], str) for r in got)
-    assert "note: --task" not in capsys.readouterr().err
+    assert "each line of" not in capsys.readouterr().err
     # A text file's lines are sources as they are: a question alone was answered without a word.
     questions = workdir / "questions.txt"
     questions.write_text("".join(r["question"] + "\n" for r in rows), encoding="utf-8")
     assert cli(["predict", str(trained / "final"), "--input", str(questions), "--output",
                 str(workdir / "answers.txt"), "--task", "sqac", "--gen.max_new_tokens", "4"]) == 0
-    assert (f"note: --task sqac: each line of {questions} is a source as it is, but sqac's "
+    assert (f"note: sqac: each line of {questions} is a source as it is, but sqac's "
             "sources are `question: {question} context: {context}`, from the `question` and "
             "`context` texts: write each line so, or give a .jsonl file of the task's columns"
             in capsys.readouterr().err)
+
+
+def test_a_copied_export_is_read_as_its_runs_task(trained, plain_input, workdir, capsys):
+    # Without --task, a copied final/ was read as the default task's (mlsum): a MIAM model's
+    # dialogues cut from the wrong end, a BiSECT model's split markers left as decoded. Its
+    # card's tags name the task (here rewritten to miam: what a MIAM run's export says).
+    from seq2seq_es.engine.inference import exported_task, inference_config, resolve_saved
+    from seq2seq_es.tasks import task_for
+
+    copied = workdir / "copied_miam"
+    shutil.copytree(trained / "final", copied)
+    card = copied / "README.md"
+    assert exported_task(copied) == "mlsum"
+    card.write_text(card.read_text().replace("\n- mlsum\n", "\n- miam\n", 1))
+    assert exported_task(copied) == "miam"
+    cfg = inference_config(resolve_saved(str(copied)), model="t5s-tiny")
+    assert cfg.data.task == "miam" and task_for(cfg.data).source_truncation_side == "left"
+    capsys.readouterr()
+    assert cli(["predict", str(copied), "--model", "t5s-tiny", "--input", str(plain_input),
+                "--output", str(workdir / "copied_miam.txt")]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {copied} was trained on miam (its README.md says)" in err
+    # and a text file's lines are no dialogue: how to give one
+    assert (f"note: miam: each line of {plain_input} is a source as it is" in err
+            and "give a .jsonl file with a `source` field" in err)
+    assert cli(["predict", str(copied), "--model", "t5s-tiny", "--task", "mlsum", "--input",
+                str(plain_input), "--output", str(workdir / "copied_mlsum.txt")]) == 0
+    assert "was trained on" not in capsys.readouterr().err  # --task chooses
 
 
 BAD_INPUTS = {

@@ -211,6 +211,24 @@ def unapplied_generation(saved: dict) -> list[str]:
             and not key.startswith("output_") and _GEN_NEUTRAL.get(key) != value]
 
 
+def exported_task(folder: Path) -> str | None:
+    """The registry task a folder this package exported was trained on, as its model card's
+    tags say (`- seq2seq-es`, then `- TASK`); None for any other folder, or a task of the
+    user's own (its columns are in the run's config.yaml only)."""
+    from ..tasks import TASKS
+
+    try:
+        card = (Path(folder) / "README.md").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    front = card.split("\n---", 1)[0].splitlines() if card.startswith("---") else []
+    if "- seq2seq-es" not in front:
+        return None
+    tag = front.index("- seq2seq-es") + 1
+    name = front[tag].removeprefix("- ").strip() if tag < len(front) else ""
+    return name if name in TASKS else None
+
+
 def exported_inputs(folder: Path) -> dict[str, str]:
     """How the run fed the model, as a folder this package exported says it (a copied final/
     without its run's config.yaml), as config overrides: the source length its tokenizer cuts
@@ -262,6 +280,13 @@ def inference_config(saved: SavedModel, *, config_file: str | None = None,
               "which this package's decoding does not apply (it applies the gen.* settings: "
               "beams, lengths, no-repeat n-grams, sampling)", file=sys.stderr)
     saved_inputs = exported_inputs(saved.path) if copied else {}  # and feed it as it was fed
+    if copied and task is None:
+        # A copied final/ fed as its run's task (truncation side, prediction cleaning), not as
+        # the default task's: a MIAM model read its dialogues cut from the wrong end.
+        task = exported_task(saved.path)
+        if task is not None and first_launched_process():
+            print(f"note: {saved.path} was trained on {task} (its README.md says): read as "
+                  f"{task}'s inputs (--task chooses another)", file=sys.stderr)
     merged = {**saved_gen, **saved_inputs, **launcher_overrides(), **(overrides or {})}
     if source is None and model is None:
         hint = " or --model NAME (seq2seq-es list)" if allow_model else ""
@@ -1022,13 +1047,17 @@ def predict_main(argv: list[str]) -> int:
     unread = unread_by_inference(overrides, "predict")
     if unread:
         say(f"note: not read by predict: {', '.join(unread)}")
-    if task is not None and _plain_name(input_path).suffix.lower() != ".jsonl" and \
-            isinstance(task.formatter, (QAFormatter, DialogueFormatter)):
-        # --task formats .jsonl rows only: a text line of a question alone was answered as
-        # it was, without a word, by a model trained on question and context.
-        say(f"note: --task {task.name}: each line of {input_path} is a source as it is, but "
-            f"{task.name}'s sources are {task.formatter.source_layout()}: write each line so, "
-            "or give a .jsonl file of the task's columns")
+    model_task = task or task_for(cfg.data)  # --task, the run's, or an exported folder's
+    if _plain_name(input_path).suffix.lower() != ".jsonl" and \
+            isinstance(model_task.formatter, (QAFormatter, DialogueFormatter)):
+        # Only .jsonl rows are formatted: a text line of a question alone was answered as it
+        # was, without a word, by a model trained on question and context.
+        fed = model_task.formatter.source_layout()
+        way = ("give a .jsonl file with a `source` field holding them so (a text line cannot "
+               "hold the line breaks)" if isinstance(model_task.formatter, DialogueFormatter)
+               else "write each line so, or give a .jsonl file of the task's columns")
+        say(f"note: {model_task.name}: each line of {input_path} is a source as it is, but "
+            f"{model_task.name}'s sources are {fed}: {way}")
     with _length_named_as_given(args.max_source_length):  # a checkpoint with fewer positions
         loaded = load_for_inference(saved, cfg, env)
     side = (task or task_for(cfg.data)).source_truncation_side

@@ -350,7 +350,7 @@ def test_sampled_predictions_repeat_from_the_runs_seed_in_one_process_or_two(tra
 
 
 def test_a_rounded_final_is_noted_and_an_exported_checkpoint_names_commands_that_work(
-        trained, workdir, capsys):
+        trained, workdir, capsys, monkeypatch):
     # evaluate RUN on a bf16 final/ reproduced final_results.json only to the fourth digit and
     # said nothing; export's card said "`seq2seq-es evaluate` on this folder", which fails
     # (no run config there)
@@ -371,7 +371,10 @@ def test_a_rounded_final_is_noted_and_an_exported_checkpoint_names_commands_that
 
     checkpoint = trained / "checkpoints" / "step_00000002"
     exported = workdir / "exported_step_2"
-    assert cli(["export", str(checkpoint), str(exported)]) == 0
+    # given relative to the command's folder: the card's commands name them absolute (they
+    # failed from anywhere else, and once the folder was copied)
+    monkeypatch.chdir(workdir)
+    assert cli(["export", str(checkpoint.relative_to(workdir)), exported.name]) == 0
     card = (exported / "README.md").read_text()
     assert (f"`seq2seq-es evaluate {checkpoint} --split test` (in its run), or `seq2seq-es "
             f"evaluate {exported} --config RUN/config.yaml --output-dir DIR --split test`") in card

@@ -257,6 +257,17 @@ def test_a_blank_line_between_rows_is_still_refused(tmp_path, name, text, line):
     assert str(error.value).startswith(f"input file {path}, line {line}: empty line")
 
 
+@pytest.mark.parametrize("encoding, name", [("utf-16", "UTF-16"), ("utf-16-le", "UTF-16"),
+                                            ("utf-32", "UTF-32")])
+def test_a_utf16_input_is_named_as_such(tmp_path, encoding, name):
+    # Windows Notepad's "Unicode": it was "line 1: not UTF-8 text", where data files say which
+    path = tmp_path / "notepad.txt"
+    path.write_text("Una noticia.\nOtra noticia.\n", encoding=encoding)
+    with pytest.raises(InputError) as error:
+        read_sources(path, None)
+    assert str(error.value) == f"input file {path}: the file is {name}, not UTF-8: save it as UTF-8"
+
+
 def test_an_input_of_blank_lines_only_is_empty(tmp_path):
     path = tmp_path / "blank.jsonl"
     path.write_text("\n \n", encoding="utf-8")
@@ -289,3 +300,22 @@ def test_a_run_without_final_points_predict_and_evaluate_to_its_checkpoints(tmp_
         assert one_error(capsys) == (
             f"error: run folder {run} has no final/ model (the run has not finished, or ran with "
             f"train.export false); give one of its checkpoints instead: {step}")
+
+
+def test_a_relative_model_folder_is_named_as_given_not_as_a_config_key(model_folder, tmp_path,
+                                                                       monkeypatch, capsys):
+    # A folder given to predict is no model.path of the user's: the refusal of a folder without
+    # a tokenizer named the key for a relative path (compose had made model.path absolute).
+    import shutil
+
+    folder = tmp_path / "notok"
+    shutil.copytree(model_folder, folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    source = tmp_path / "in.txt"
+    source.write_text("Una noticia.\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    code = cli(["predict", "notok", "--model", "barto-tiny", "--input", "in.txt",
+                "--output", "out.txt"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: " in err and "config key" not in err, err

@@ -29,8 +29,10 @@ def test_ledo_says_where_its_global_attention_goes():
     # an export of a checkpoint has no scores: the settings are the run's, not "the scores'"
     assert decoding.startswith("Decoding: `generation_config.json` holds the run's decoding "
                                "settings, those of any scores listed here")
-    assert "`tokenizer.decode(ids, skip_special_tokens=True).strip()`" in decoding
+    assert ("(`tokenizer.decode(ids, skip_special_tokens=True)`) stripped of surrounding "
+            "spaces, in Unicode NFC (`seq2seq_es.tasks.formatting.clean_prediction`)") in decoding
     assert loading.startswith("Loading: `AutoModelForSeq2SeqLM.from_pretrained(FOLDER)`")
+    assert loading.endswith("(from transformers).")
     # a BERT2BERT pair is transformers' EncoderDecoderModel, which the Auto class does not load
     assert any(note.startswith("Loading: `EncoderDecoderModel.from_pretrained(FOLDER)`")
                for note in notes("mlsum", "beto2beto-tiny"))
@@ -126,3 +128,27 @@ def test_the_exported_tokenizer_cuts_as_the_run_did_and_the_runs_keeps_its_own(t
     assert (tokenizer.model_max_length, tokenizer.truncation_side) == (1024, "right")
     ids = saved("uno dos tres " * 400, truncation=True)["input_ids"]
     assert len(ids) == 512 and ids[-1] == tokenizer.eos_token_id
+
+
+def test_a_split_and_rephrase_card_says_how_its_markers_are_written():
+    # The card's recipe (decode, strip) gave "SPLIT" where the run wrote "<SPLIT>" (a tiny
+    # vocabulary without '<'): the package's cleaning is named, each spelling it rewrites too.
+    import re
+
+    from seq2seq_es.tasks import get_task
+    from seq2seq_es.tasks.formatting import clean_prediction
+
+    [_, decoding, *_] = notes("bisect", "betoshare-tiny")
+    spellings = re.search(r"sentence marker \((.+?)\) written ` <SPLIT> `", decoding).group(1)
+    for spelling in re.findall(r"`([^`]+)`", spellings):
+        assert clean_prediction(get_task("bisect"), f"Uno. {spelling} Dos.") == "Uno. <SPLIT> Dos."
+    assert "sentence marker" not in notes("mlsum", "barto-tiny")[1]
+
+
+def test_a_bf16_card_loads_in_fp32_as_the_package_computes():
+    # transformers computes in config.json's dtype by default: a bf16 export decoded otherwise
+    cfg = compose(task="mlsum", model="barto-tiny")
+    [*_, loading] = input_notes(cfg, task_for(cfg.data), get_model_spec("barto-tiny"), "bf16")
+    assert loading.startswith("Loading: `AutoModelForSeq2SeqLM.from_pretrained(FOLDER, "
+                              "dtype=torch.float32)`")
+    assert "The weights are bf16" in loading

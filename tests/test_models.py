@@ -225,7 +225,13 @@ def test_saved_tiny_model_loads_back_through_the_loader(name, tmp_path):
     with torch.no_grad():
         for param in model.parameters():      # a "fine-tuned" model differs from the built one
             param.add_(0.01)
-    save_model(model, tmp_path / "ckpt")
+    umask = os.umask(0o022)
+    try:
+        save_model(model, tmp_path / "ckpt")
+    finally:
+        os.umask(umask)
+    # readable by others as every other file of the folder (transformers wrote it 0600)
+    assert {oct(path.stat().st_mode & 0o777) for path in (tmp_path / "ckpt").iterdir()} == {"0o644"}
     tokenizer.save_pretrained(tmp_path / "ckpt")
     loaded, loaded_tokenizer = load_model_and_tokenizer(name, path=str(tmp_path / "ckpt"))
     assert type(loaded) is type(model)

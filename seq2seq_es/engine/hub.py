@@ -18,6 +18,7 @@ from pathlib import Path
 from .. import run_files
 from ..config import RunConfig
 from ..errors import ConfigError, Seq2SeqEsError
+from ..tasks.formatting import SPLIT_MARKER
 
 KEY = "train.push_to_hub"
 _TRUE = {"1", "ON", "YES", "TRUE"}
@@ -143,23 +144,38 @@ def _global_mask_code(chosen: str) -> str:
     return f"as {zeros}mask[:, 0] = 1`"
 
 
-def input_notes(cfg: RunConfig, task, spec) -> list[str]:
+def input_notes(cfg: RunConfig, task, spec, dtype: str = "fp32") -> list[str]:
     """How the model is fed, for someone using final/ without this package: the source text's
     layout, its length, the decoding settings and, for LED, the global attention it trained
     with (transformers' LED puts none without a global_attention_mask, and its outputs then
     differ from the scores here), and how the scores compare answers where that is not the
-    metric's plain definition."""
+    metric's plain definition. `dtype`: the weights' (train.export_dtype, export --dtype).
+
+    A prediction as this package writes it is `formatting.clean_prediction`'s: the decoded text
+    stripped and in NFC, and for split-and-rephrase every spelling of the sentence marker written
+    as one (a vocabulary without '<' decodes it as "SPLIT"); the card says so, so that plain
+    transformers gives the same text."""
     cut = "their end" if task.source_truncation_side == "right" else "their start"
+    cleaned = "stripped of surrounding spaces, in Unicode NFC"
+    if task.kind == "split_rephrase":
+        cleaned += (f", and every spelling of the sentence marker (`SPLIT`, `< SPLIT >`, "
+                    f"`_SPLIT_`, `<SEP>`) written ` {SPLIT_MARKER} `")
+    # The weights' dtype is config.json's, which from_pretrained computes in by default; this
+    # package loads them into fp32 (a bf16 export decoded otherwise in plain transformers).
+    loaded, upcast = ("FOLDER", "") if dtype == "fp32" else (
+        "FOLDER, dtype=torch.float32",
+        f" The weights are {dtype}: `dtype=torch.float32` computes in fp32, as this package "
+        f"does (without it, transformers computes in {dtype}, and predictions may differ).")
     notes = [f"Source: {task.formatter.source_layout()}; at most {cfg.data.max_source_length} "
              f"tokens (longer sources lose {cut}).",
              "Decoding: `generation_config.json` holds the run's decoding settings, those of any "
              "scores listed here (`model.generate` reads it); predictions are the decoded text "
-             "stripped of surrounding spaces (`tokenizer.decode(ids, "
-             "skip_special_tokens=True).strip()`).",
+             f"(`tokenizer.decode(ids, skip_special_tokens=True)`) {cleaned} "
+             "(`seq2seq_es.tasks.formatting.clean_prediction`).",
              "Loading: `" + ("EncoderDecoderModel" if spec.family == "bert2bert"
                              else "AutoModelForSeq2SeqLM")
-             + ".from_pretrained(FOLDER)` and `AutoTokenizer.from_pretrained(FOLDER)` (from "
-             "transformers)."]
+             + f".from_pretrained({loaded})` and `AutoTokenizer.from_pretrained(FOLDER)` (from "
+             f"transformers).{upcast}"]
     if spec.adapter.reads("data.global_attention"):
         chosen = cfg.data.global_attention
         tokens = _GLOBAL_TOKENS.get(chosen) or f"the first {chosen.split(':', 1)[1]} tokens"
@@ -184,11 +200,12 @@ def write_model_card(run_dir: Path, cfg: RunConfig) -> Path:
     base = None if spec.tiny else getattr(spec, "hub_id", None)
     card = run_dir / run_files.FINAL / "README.md"
     card.write_text(model_card(results, base, trained_on_hub_dataset(cfg, task),
-                               input_notes(cfg, task, spec)), encoding="utf-8")
+                               input_notes(cfg, task, spec, cfg.train.export_dtype)),
+                    encoding="utf-8")
     return card
 
 
-def write_export_card(out: Path, cfg: RunConfig, checkpoint: Path) -> Path:
+def write_export_card(out: Path, cfg: RunConfig, checkpoint: Path, dtype: str = "fp32") -> Path:
     """OUT/README.md for `seq2seq-es export`: what the folder holds and how to feed it, as
     final/ says (a LED model's global attention above all); a checkpoint has no scores yet."""
     from ..models import get_model_spec
@@ -203,7 +220,7 @@ def write_export_card(out: Path, cfg: RunConfig, checkpoint: Path) -> Path:
               f"--config RUN/config.yaml --output-dir DIR --split test`; this folder alone "
               "holds no run config (`--task T --model M` read its source length and global "
               "attention from here, the task's defaults for the rest).", ""]
-    lines += _inputs_section(input_notes(cfg, task, spec))
+    lines += _inputs_section(input_notes(cfg, task, spec, dtype))
     card = out / "README.md"
     card.write_text("\n".join(lines), encoding="utf-8")
     return card

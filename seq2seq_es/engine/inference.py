@@ -425,7 +425,8 @@ def load_for_inference(saved: SavedModel, cfg, env: D.DistEnv) -> Loaded:
     except ConfigError as exc:
         # A model folder given to this command is no model.path of the user's: the refusal
         # (a folder without tokenizer files, say) names the folder, not the key.
-        if exc.key != "model.path" or saved.kind != "hf" or cfg.model.path != str(saved.path):
+        if exc.key != "model.path" or saved.kind != "hf" or \
+                Path(cfg.model.path).resolve() != saved.path.resolve():  # compose made it absolute
             raise
         raise Seq2SeqEsError(exc.reason) from None
     if saved.kind == "deepspeed":
@@ -735,7 +736,8 @@ def export_main(argv: list[str]) -> int:
         save_tokenizer(tokenizer, out, cfg.data.max_source_length,
                        task_for(cfg.data).source_truncation_side)
         get_generation_config(cfg, spec, tokenizer).save_pretrained(out)
-        write_export_card(out, cfg, saved.path)
+        # absolute: the card's commands work from anywhere (a relative one was the user's cwd)
+        write_export_card(out.resolve(), cfg, saved.path.resolve(), args.dtype)
     print(f"exported {saved.path} ({cfg.model.name}, {cfg.data.task}) to {out}; a new run "
           f"continues from its weights with --model.path {out} --model.name {cfg.model.name}")
     return 0
@@ -923,12 +925,15 @@ def read_sources(path: Path, task, run_task=None,
     """Sources from a .jsonl file (formatted per `task`, else the run's task's columns where the
     row has them, else a 'source' field, `columns` renaming the row's keys as the run's data.columns did) or a text
     file (one per line)."""
-    from ..tasks.local_files import decode_json_line
+    from ..tasks.local_files import decode_json_line, wide_encoding
 
     check_line_file(path, "--input")
     if not path.is_file():
         raise InputError(path, None, "does not exist" if not path.exists() else "is not a file")
     data, suffix = _input_bytes(path)
+    encoding = wide_encoding(data)  # Windows Notepad's "Unicode", named as data files name it
+    if encoding is not None:
+        raise InputError(path, None, f"the file is {encoding}, not UTF-8: save it as UTF-8")
     try:
         # Universal newlines, as Python's text mode reads a file: a lone "\r" ends a line too.
         text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")

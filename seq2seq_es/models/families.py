@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -145,12 +146,23 @@ def save_model(model, out: str | Path, *, state_dict: dict | None = None,
     """
     Path(out).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), state_dict=state_dict)
+    readable_by_umask(Path(out).glob("model*.safetensors*"))
     config_file = Path(out) / "config.json"
     config = json.loads(config_file.read_text())
     if dtype is not None:
         _set_dtype(config, TORCH_DTYPE_NAMES[dtype])
     if family_of_model(model).export_config(config) or dtype is not None:
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def readable_by_umask(paths) -> None:
+    """Give files the mode a new file gets (0644 under the usual umask 022). transformers 5
+    writes the weights through a temporary file of mode 0600 and renames it: on a shared
+    cluster, colleagues could read every file of final/ but its weights."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in paths:
+        os.chmod(path, 0o666 & ~mask)
 
 
 def _set_dtype(config: dict, name: str) -> None:

@@ -134,7 +134,7 @@ def prepare_local_file(path: str, builder: str, options: dict, required_columns:
     raw = Path(path).read_bytes()
     if compression is not None:
         raw = _decompressed(path, raw, compression)
-    encoding = _wide_encoding(raw)
+    encoding = wide_encoding(raw)
     if encoding is not None:  # every line would be "not valid UTF-8", and JSON would look like CSV
         raise DataError(f"the file is {encoding}, not UTF-8: save it as UTF-8", file=path)
     _refuse_binary(path, raw, compression)
@@ -249,7 +249,7 @@ _WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
               (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
 
 
-def _wide_encoding(raw: bytes) -> str | None:
+def wide_encoding(raw: bytes) -> str | None:
     """The encoding of a file in UTF-16 or UTF-32 (Windows Notepad's "Unicode"), found by its
     byte-order mark or, without one, by its NUL bytes; None for anything else."""
     for mark, name in _WIDE_BOMS:

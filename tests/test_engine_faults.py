@@ -575,3 +575,20 @@ def test_a_rank_that_fails_is_named_as_the_cause_and_the_others_say_one_line(fil
             if line.startswith("error: lost contact with another rank")]
     assert len(lost) == 1, output[-4000:]
     assert "pair.cc" not in output.replace(lost[0], "")  # gloo's traceback is not printed
+
+
+@pytest.mark.slow
+def test_a_file_only_one_rank_reads_stops_every_rank_before_the_resume_is_announced(files,
+                                                                                   tmp_path):
+    # Rank 1's random-state file is damaged: rank 1 names it; rank 0 said "resumed from ..."
+    # first, for a resume that did not happen, then failed in the next collective.
+    out = tmp_path / "run"
+    run("torchrun", 2, base_args(files, out, steps=2, batch=2))
+    (out / "checkpoints" / "step_00000002" / "rng" / "rank_1.pt").write_bytes(b"damaged")
+    proc = run("torchrun", 2, base_args(files, out, steps=4, batch=2, extra=[
+        "--train.resume", "must"]), check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "resumed from" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "step_00000002" in errors[0], errors

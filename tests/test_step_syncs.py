@@ -223,14 +223,14 @@ def test_stop_check_every_k_steps_and_time_saves_land_on_those_steps(files, one_
                                                                      monkeypatch):
     from seq2seq_es.engine import trainer
 
-    calls = []
-    original = D.all_reduce_max
+    polled = {}
+    original = trainer.Trainer.poll_ranks
 
-    def counted(value, device):
-        calls.append(value)
-        return original(value, device)
+    def noted_poll(self):
+        polled[self.state.step] = original(self)
+        return polled[self.state.step]
 
-    monkeypatch.setattr(D, "all_reduce_max", counted)
+    monkeypatch.setattr(trainer.Trainer, "poll_ranks", noted_poll)
     saves = []
     original_save = trainer.Checkpointer.save
 
@@ -243,10 +243,26 @@ def test_stop_check_every_k_steps_and_time_saves_land_on_those_steps(files, one_
     cfg.train.stop_check_every = 4
     cfg.train.save_every_min = 1e-9       # a time-based save is due at every check
     trainer.train(cfg)
-    # steps 4 and 8 check (stop signal, save due); after step 9 the loop does not (the run saves
-    # anyway), and finish agrees on the stop signal once, after that save
-    assert calls == [[0.0, 1.0], [0.0, 1.0], [0.0]], calls
+    # steps 4 and 8 check (stop signal, save due), one process at once; after step 9 the loop
+    # does not (the run saves anyway)
+    assert {step: flags for step, flags in polled.items() if any(flags)} == {
+        4: (0.0, 1.0), 8: (0.0, 1.0)}, polled
     assert saves == [4, 8, 9]
+
+
+@pytest.mark.slow  # two processes
+def test_on_several_ranks_the_agreement_is_read_a_step_later(files, tmp_path):
+    # Read at once, the agreement made the host wait for the step's kernels every step: begun
+    # after steps 4 and 8, it is read after steps 5 and 9, on both ranks alike (a save is
+    # collective). Step 9 is the last: its save is the end's.
+    from engine_runs import base_args, run
+
+    out = tmp_path / "two"
+    run("torchrun", 2, base_args(files, out, steps=9, batch=2, extra=[
+        "--train.stop_check_every", "4", "--train.save_every_min", "1e-9",
+        "--train.keep_last", "10", "--train.log_every", "100", "--train.eval_per_epoch", "false"]))
+    saved = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    assert saved == ["step_00000005", "step_00000009"], saved
 
 
 @pytest.mark.parametrize("stage", [1, 2])

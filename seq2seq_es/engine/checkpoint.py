@@ -606,11 +606,17 @@ class Checkpointer:
         check_same_layout(path, state.data_layout, data_layout, ranks)
         self.repair_best_note(path, state)
         repartitioned = self._deepspeed_load_any_ranks(engine, path, state, scheduler=True)
-        with self.damaged_files_named(path):
-            # Every rank starts from train.seed, so the saved streams differ only by what each
-            # rank drew; on more ranks than saved, the extra ones continue rank r % saved.
-            rng_file = path / "rng" / f"rank_{self.env.rank % state.world_size}.pt"
-            _set_rng_state(torch.load(rng_file, weights_only=False))
+
+        def restore_rng():
+            with self.damaged_files_named(path):
+                # Every rank starts from train.seed, so the saved streams differ only by what
+                # each rank drew; on more ranks than saved, the extra ones continue rank r % saved.
+                rng_file = path / "rng" / f"rank_{self.env.rank % state.world_size}.pt"
+                _set_rng_state(torch.load(rng_file, weights_only=False))
+
+        # a rank's own file (no collective inside): every rank stops if one cannot read it
+        D.on_every_rank(self.env, restore_rng, f"checkpoint {path} could not be read on "
+                                               "another rank, which says why")
         if state.world_size != self.env.world_size and self.env.is_main:
             print(f"checkpoint {path.name} of {state.world_size} rank(s) resumed on "
                   f"{self.env.world_size}: the same examples per step"

@@ -588,6 +588,19 @@ def all_reduce_max(value: float | list[float], device: torch.device) -> float | 
     return t.tolist() if isinstance(value, list) else t.item()
 
 
+class PendingMax:
+    """The maximum over ranks of each of `values`, begun now and read later (`read`): on a GPU
+    the collective is queued behind the kernels already launched, and only the read waits for
+    it. Collective: every rank begins one at the same point."""
+
+    def __init__(self, values: list[float], device: torch.device):
+        self.tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(self.tensor, op=dist.ReduceOp.MAX)
+
+    def read(self) -> list[float]:
+        return self.tensor.tolist()
+
+
 def gather_objects(obj, world_size: int) -> list:
     if world_size == 1:
         return [obj]
@@ -633,6 +646,29 @@ def decided_by_main(env, decide):
     return result
 
 
+def on_every_rank(env, action, elsewhere: str):
+    """`action()` on every rank, its result; a failure on any rank stops every rank together:
+    the failing rank raises its own error, the others one saying `elsewhere` (said_elsewhere:
+    the failing rank prints). Without it, a rank whose own file failed left the others to go on
+    (rank 0 said "resumed from ..." for a resume that did not happen) until a later collective
+    broke. Collective."""
+    result, failure = None, None
+    try:
+        result = action()
+    except Exception as exc:  # noqa: BLE001 (any failure: the others must not go on)
+        failure = exc
+    failed = failure is not None
+    if env.world_size > 1 and dist.is_initialized():
+        failed = all_reduce_max(float(failed), env.device)
+    if failure is not None:
+        raise failure
+    if failed:
+        error = Seq2SeqEsError(elsewhere)
+        error.said_elsewhere = True
+        raise error
+    return result
+
+
 def first_on_each_node(env, prepare):
     """`prepare()` on each node's first rank (local rank 0), then on the node's other ranks,
     which read the caches it filled (hub downloads, cleaned local files, tokenized splits):
@@ -645,19 +681,8 @@ def first_on_each_node(env, prepare):
     if env.world_size == 1 or not dist.is_initialized():
         return prepare()
     first = env.local_rank == 0
-    result, failure = None, None
-    if first:
-        try:
-            result = prepare()
-        except Exception as exc:  # noqa: BLE001 (any failure: the others must not wait for it)
-            failure = exc
-    failed = all_reduce_max(float(failure is not None), env.device)
-    if failure is not None:
-        raise failure
-    if failed:
-        error = Seq2SeqEsError("the data preparation failed on another rank, which says why")
-        error.said_elsewhere = True
-        raise error
+    result = on_every_rank(env, prepare if first else (lambda: None),
+                           "the data preparation failed on another rank, which says why")
     return result if first else prepare()
 
 

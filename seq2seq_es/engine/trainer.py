@@ -307,6 +307,7 @@ class Trainer:
             self.task.main_metric if cfg.train.eval_generate else "loss")
         check_best_metric(self.state.best, self.best_metric)
         self.clock = SaveClock(cfg.train.save_every_min, env.is_main)
+        self.pending_poll: D.PendingMax | None = None  # the ranks' agreement begun a step ago
         # The step (read back once per logging interval) and the non-finite check: never
         # evaluate, save or export weights that a non-finite loss reached (on_nan=stop).
         self.stepper = TrainStep(self.engine, env, cfg)
@@ -576,13 +577,27 @@ class Trainer:
         """(stop signal, time-based save due), agreed by all ranks in one collective every
         train.stop_check_every steps: DeepSpeed's save is collective, so every rank must save
         at the same step, and rank clocks disagree. After the last step neither matters (the
-        run saves and ends anyway)."""
+        run saves and ends anyway).
+
+        Several ranks read the agreement one step late: begun after step k, it is read after
+        step k+1, whose kernels are queued by then. Read at once, it made the host wait for
+        step k's kernels to end, and the GPU idle while the host read and collated the next
+        batch, every step. So a signal or a due save noted after step k is acted on after step
+        k+1, by every rank alike. One process needs no collective and answers at once."""
         step = self.state.step
-        if step % max(self.cfg.train.stop_check_every, 1) or step >= self.total_steps:
+        if step >= self.total_steps:
+            self.pending_poll = None
             return 0.0, 0.0
-        signum, save_due = D.all_reduce_max([float(self.stop.signum), float(self.clock.due())],
-                                            self.env.device)
-        return signum, save_due
+        agreed = self.pending_poll.read() if self.pending_poll is not None else [0.0, 0.0]
+        self.pending_poll = None
+        if step % max(self.cfg.train.stop_check_every, 1) == 0:
+            flags = [float(self.stop.signum), float(self.clock.due())]
+            if self.env.world_size == 1:
+                return flags[0], flags[1]
+            if flags[1]:  # rank 0's clock: the save it asks for comes a step later, once
+                self.clock.reset()
+            self.pending_poll = D.PendingMax(flags, self.env.device)
+        return agreed[0], agreed[1]
 
     def maybe_save(self, asked: bool) -> None:
         """Save when asked (a new best, the clock, a stop signal) or every `save_every` steps."""

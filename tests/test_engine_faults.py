@@ -592,3 +592,19 @@ def test_a_file_only_one_rank_reads_stops_every_rank_before_the_resume_is_announ
     assert "resumed from" not in output, output[-3000:]
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "step_00000002" in errors[0], errors
+
+
+def test_a_long_reader_error_is_cut_at_a_word(tmp_path):
+    # torch's "PytorchStreamReader failed ..." runs on; it was cut mid-word ("incorrectly, o)")
+    from seq2seq_es.engine.checkpoint import damaged_checkpoint_named
+    from seq2seq_es.errors import Seq2SeqEsError
+
+    words = "the file may have been transferred incorrectly or written by another program " * 6
+    with pytest.raises(Seq2SeqEsError) as error:
+        with damaged_checkpoint_named(tmp_path / "step_00000004", "resume from"):
+            raise RuntimeError(f"PytorchStreamReader failed reading zip archive: {words}")
+    detail = re.search(r"\(RuntimeError: (.*)\); it may be damaged", str(error.value)).group(1)
+    assert detail.endswith(" ...") and len(detail) <= 300
+    kept = detail.removesuffix(" ...").split()  # whole words only
+    assert all(word in words.split() + ["PytorchStreamReader", "failed", "reading", "zip",
+                                        "archive:"] for word in kept)

@@ -43,6 +43,7 @@ import os
 import pickle
 import random
 import shutil
+import textwrap
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -430,7 +431,9 @@ def damaged_checkpoint_named(path: Path, use_earlier: str):
         raise  # the machine or the process group, not the files: a good checkpoint
     except (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) \
             as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        # torch's first line can run on for a paragraph: cut at a word, and say so
+        first_line = textwrap.shorten((str(exc).strip().splitlines() or [type(exc).__name__])[0],
+                                      300, placeholder=" ...")
         earlier = [str(p) for _, p in run_files.complete_checkpoints(path.parent)
                    if p.name < path.name][-2:]
         hint = f"; {use_earlier} " + " or ".join(earlier) if earlier else ""

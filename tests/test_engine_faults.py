@@ -94,13 +94,18 @@ def test_a_skip_early_in_a_logging_interval_is_counted_when_it_is_read(files, on
         runner.close()
 
 
-def _skip_on_one_rank_worker(rank: int, port: int, files: dict, out: str) -> None:
+def _rank_of_two(rank: int, port: int, files: dict, on_nan: str):
+    """(env, cfg, engine, batches) of rank `rank` of a two-process gloo group."""
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
     env = D.read_env()
     D.init(env, "gloo")
-    cfg, engine, batches = _engine_and_batches(files, "skip", env)
+    return (env, *_engine_and_batches(files, on_nan, env))
+
+
+def _skip_on_one_rank_worker(rank: int, port: int, files: dict, out: str) -> None:
+    env, cfg, engine, batches = _rank_of_two(rank, port, files, "skip")
     before = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
     if rank == 1:
         _poison_next_forward(engine)  # only this rank's loss is NaN
@@ -134,12 +139,7 @@ def test_a_non_finite_loss_on_one_rank_skips_the_micro_batch_on_every_rank(files
 
 
 def _stop_on_one_rank_worker(rank: int, port: int, files: dict, out: str) -> None:
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    torch.set_num_threads(1)
-    env = D.read_env()
-    D.init(env, "gloo")
-    cfg, engine, batches = _engine_and_batches(files, "stop", env)
+    env, cfg, engine, batches = _rank_of_two(rank, port, files, "stop")
     if rank == 1:
         _poison_next_forward(engine)  # only this rank's loss is NaN; rank 0's batch differs
     try:

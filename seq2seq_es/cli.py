@@ -16,7 +16,8 @@ from typing import NoReturn
 
 # build_config: what `train` composes from its arguments (tests import it from here).
 from .engine.entry import build_config, parse_train_args, train_main  # noqa: F401
-from .errors import did_you_mean, lost_contact, run_command, tell_launcher, write_line
+from .errors import (did_you_mean, lost_contact, run_command, tell_launcher,
+                     waited_too_long, write_line)
 from .process_exit import exit_status, leave, must_leave_without_teardown
 
 USAGE = """usage: seq2seq-es <command> [options]
@@ -232,6 +233,9 @@ def console(argv: list[str] | None = None) -> NoReturn:
             write_line(lost)
             tell_launcher(lost, after_others=True)
             leave(1)
+        late = waited_too_long(error) if several else None
+        if late is not None:  # what the timeout means; the traceback below says where
+            write_line(late)
         if not isinstance(error, KeyboardInterrupt):  # a crash: its traceback for torchrun
             tell_launcher(f"{type(error).__name__}: {error}", traceback.format_exc(),
                           after_others=lost is not None)

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from typing import Callable
 
 
@@ -153,31 +154,63 @@ def write_line(text: str) -> None:
 
 
 # What a rank's collective raises when another rank has gone (gloo's TCP pairs, the rendezvous
-# store, NCCL), and when one stopped answering; lower case.
+# store, NCCL), and when one stopped answering; lower case. Only in an error of the
+# communication libraries (`_from_communication`): a tracker's "connection reset by peer" is
+# its own error, and was said as another rank's.
 _LOST_PEER = ("connection closed by peer", "connection reset by peer", "broken pipe",
               "remote process exited or there was a network error",
               "nccl communicator was aborted", "failed to recv, got 0 bytes")
 _PEER_TIMEOUT = ("timed out waiting", "operation timed out", "watchdog caught collective")
+_COMMUNICATION = ("gloo", "nccl", "processgroup", "disterror", "distnetworkerror",
+                  "distbackenderror", "diststoreerror")
+_COMMUNICATION_CODE = ("/torch/distributed/", "/deepspeed/comm/")
+
+
+def _from_communication(error: BaseException | str) -> bool:
+    """Whether the error is torch.distributed's (or DeepSpeed's comm layer's): by its type, the
+    innermost frame that raised it, or gloo's and NCCL's names in its text (the only evidence
+    in a text, e.g. the last line of a pickled traceback)."""
+    if any(mark in str(error).lower() for mark in _COMMUNICATION):
+        return True
+    if isinstance(error, str):
+        return False
+    if type(error).__module__.startswith("torch.distributed"):
+        return True
+    frames = traceback.extract_tb(error.__traceback__) if error.__traceback__ else []
+    return bool(frames) and any(code in frames[-1].filename.replace("\\", "/")
+                                for code in _COMMUNICATION_CODE)
+
+
+def _first_line(error: BaseException | str) -> str:
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    first = first.removeprefix("RuntimeError: ")
+    return first.split("] ", 1)[-1][:160]   # gloo starts with its source file's path
 
 
 def lost_contact(error: BaseException | str) -> str | None:
-    """The one line a rank says when its collective failed because another rank ended or
-    stopped answering, or None for any other error (an exception, or its text). That rank's own error is the cause: each
+    """The one line a rank says when its collective failed because another rank ended, or None
+    for any other error (an exception, or its text). That rank's own error is the cause: each
     surviving rank's 30-line traceback of a closed socket buried it (N - 1 of them on N ranks),
     and torchrun named one of them as the root cause."""
-    text = str(error)
-    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    first = first.removeprefix("RuntimeError: ")
-    first = first.split("] ", 1)[-1][:160]   # gloo starts with its source file's path
-    lowered = text.lower()
-    if any(sign in lowered for sign in _LOST_PEER):
-        return (f"error: lost contact with another rank ({first}); that rank ended first, and "
-                "its own error, in its output or log, is the cause")
-    if any(sign in lowered for sign in _PEER_TIMEOUT) and ("recv" in lowered
-                                                          or "collective" in lowered):
-        return (f"error: another rank did not answer within dist.timeout_min ({first}): it "
-                "stopped, hangs or is far slower; its output or log says why")
-    return None
+    lowered = str(error).lower()
+    if not any(sign in lowered for sign in _LOST_PEER) or not _from_communication(error):
+        return None
+    return (f"error: lost contact with another rank ({_first_line(error)}); that rank ended "
+            "first, and its own error, in its output or log, is the cause")
+
+
+def waited_too_long(error: BaseException | str) -> str | None:
+    """The line a rank says when its collective timed out (dist.timeout_min): another rank
+    stopped answering, or the ranks wait in different collectives; None for any other error.
+    The traceback follows it: where this rank waited is the clue."""
+    lowered = str(error).lower()
+    if not any(sign in lowered for sign in _PEER_TIMEOUT) or \
+            not ("recv" in lowered or "collective" in lowered) or not _from_communication(error):
+        return None
+    return (f"error: another rank did not answer within dist.timeout_min ({_first_line(error)}): "
+            "it stopped, hangs, is far slower, or waits in another collective (this rank's "
+            "traceback below says where it waited)")
 
 
 def tell_launcher(message: str, callstack: str | None = None, after_others: bool = False) -> None:

@@ -103,3 +103,26 @@ def test_a_run_on_cuda_graphs_trains_and_validates_as_the_eager_one(tmp_path):
     assert sorted(got) == [1, 2, 3, 4]
     assert got == pytest.approx(expected, rel=1e-3)
     assert "eval/loss" in (graphs / "metrics.jsonl").read_text()
+
+
+def test_the_ranks_stop_poll_makes_the_host_wait_nowhere():
+    """Trainer.poll_ranks on several ranks begins the agreement after a step and reads it after
+    the next (distributed.PendingMax): beginning it must not wait for the kernels queued before
+    it. torch.tensor(values, device=cuda) copied from pageable memory, which synchronises. (One
+    process here: a one-rank NCCL group runs the same calls.)"""
+    import warnings
+
+    from seq2seq_es.engine import distributed as D
+
+    env = D.read_env({})
+    D.init(env, "auto")
+    torch.cuda._sleep(10**8)  # kernels still queued when the poll begins
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            pending = D.PendingMax([1.0, 0.0], env.device)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    assert not [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    assert pending.read() == [1.0, 0.0]

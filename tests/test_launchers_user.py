@@ -242,22 +242,37 @@ def test_a_process_without_stderr_still_ends_with_status_2(tmp_path):
     ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
      "[127.0.0.1]:39592. This is typically caused by a remote worker crashing.",
      "lost contact with another rank (Connection closed by peer [127.0.0.1]:39592."),
-    ("[../pair.cc:537] Read error [10.0.0.2]:58557: Connection reset by peer.", "lost contact"),
+    ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [10.0.0.2]:58557: "
+     "Connection reset by peer.", "lost contact"),
     ("NCCL error in: ProcessGroupNCCL.cpp:1970, remote process exited or there was a network "
      "error, NCCL version 2.21.5", "lost contact"),
-    ("[/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 60000ms for recv operation "
-     "to complete", "did not answer within dist.timeout_min (Timed out waiting 60000ms"),
+    ("[/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting "
+     "60000ms for recv operation to complete",
+     "did not answer within dist.timeout_min (Timed out waiting 60000ms"),
     ("CUDA out of memory. Tried to allocate 2.00 GiB", None),
     ("mat1 and mat2 shapes cannot be multiplied (4x8 and 16x2)", None),
+    # a tracker's socket, not another rank: its own error, said with its traceback
+    ("('Connection aborted.', ConnectionResetError(104, 'Connection reset by peer'))", None),
+    ("HTTPSConnectionPool(host='api.wandb.ai'): Read timed out waiting for recv", None),
 ])
 def test_a_collective_that_lost_another_rank_is_one_line(raised, says):
-    from seq2seq_es.errors import lost_contact
+    from seq2seq_es.errors import lost_contact, waited_too_long
 
-    line = lost_contact(RuntimeError(raised))
+    error = RuntimeError(raised)
+    line = lost_contact(error) or waited_too_long(error)
     if says is None:
         assert line is None
     else:
         assert line.startswith("error: ") and says in line and "\n" not in line
+
+
+def test_torch_distributeds_own_errors_are_known_by_their_type():
+    import torch.distributed
+
+    from seq2seq_es.errors import lost_contact
+
+    assert lost_contact(torch.distributed.DistNetworkError("Connection reset by peer"))
+    assert lost_contact(RuntimeError("Connection reset by peer")) is None
 
 
 def test_a_consequence_of_another_ranks_failure_is_stamped_after_it(tmp_path, monkeypatch):

@@ -132,7 +132,8 @@ def test_the_rank_that_failed_first_is_the_error_shown(tmp_path):
     # result written, status blamed "connection closed by peer" and hid the cause.
     folder = tmp_path / "slurm"
     folder.mkdir()
-    outcomes = {0: "Traceback (most recent call last):\nRuntimeError: connection closed by peer",
+    outcomes = {0: "Traceback (most recent call last):\nRuntimeError: [/pytorch/third_party/gloo/"
+                   "gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:10664",
                 1: "Traceback (most recent call last):\nValueError: a bad row in train.jsonl"}
     for task, mtime in ((0, 2_000_000_000), (1, 1_000_000_000)):
         result = folder / f"150_{task}_result.pkl"

@@ -263,6 +263,15 @@ def test_on_several_ranks_the_agreement_is_read_a_step_later(files, tmp_path):
         "--train.keep_last", "10", "--train.log_every", "100", "--train.eval_per_epoch", "false"]))
     saved = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
     assert saved == ["step_00000005", "step_00000009"], saved
+    # The first validation (step 4) is a new best, saved at once: the clock's save asked for
+    # at step 4 is then done, not repeated at step 5 (a whole checkpoint more)
+    out = tmp_path / "best"
+    run("torchrun", 2, base_args(files, out, steps=6, batch=2, extra=[
+        "--train.stop_check_every", "4", "--train.save_every_min", "1e-9",
+        "--train.keep_last", "10", "--train.log_every", "100", "--train.eval_per_epoch", "false",
+        "--train.eval_every", "4"]))
+    saved = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    assert saved == ["step_00000004", "step_00000006"], saved
 
 
 @pytest.mark.parametrize("stage", [1, 2])

@@ -589,16 +589,33 @@ def all_reduce_max(value: float | list[float], device: torch.device) -> float | 
 
 
 class PendingMax:
-    """The maximum over ranks of each of `values`, begun now and read later (`read`): on a GPU
-    the collective is queued behind the kernels already launched, and only the read waits for
-    it. Collective: every rank begins one at the same point."""
+    """The maximum over ranks of each of `values`, begun now and read later (`read`).
+    Collective: every rank begins one at the same point.
+
+    On a GPU nothing here waits for the device: the values go up from pinned memory and the
+    result comes back into pinned memory without blocking, queued behind the kernels already
+    launched, and `read` waits for that copy's event only, not for kernels queued after it.
+    (A plain `torch.tensor(values, device=cuda)` copies from pageable memory and synchronises;
+    `.tolist()` on the device tensor would wait for everything queued since.)"""
 
     def __init__(self, values: list[float], device: torch.device):
-        self.tensor = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(self.tensor, op=dist.ReduceOp.MAX)
+        host = torch.tensor(values, dtype=torch.float64)
+        self.event = None
+        if device.type != "cuda":
+            dist.all_reduce(host, op=dist.ReduceOp.MAX)   # gloo: done when it returns
+            self.host = host
+            return
+        on_device = host.pin_memory().to(device, non_blocking=True)
+        dist.all_reduce(on_device, op=dist.ReduceOp.MAX)
+        self.host = torch.empty_like(host).pin_memory()
+        self.host.copy_(on_device, non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record()
 
     def read(self) -> list[float]:
-        return self.tensor.tolist()
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.tolist()
 
 
 def gather_objects(obj, world_size: int) -> list:

@@ -218,7 +218,7 @@ def write_export_card(out: Path, cfg: RunConfig, checkpoint: Path, dtype: str = 
               "`seq2seq-es export`. Its scores: `seq2seq-es evaluate "
               f"{checkpoint} --split test` (in its run), or `seq2seq-es evaluate {out} "
               f"--config RUN/config.yaml --output-dir DIR --split test`; this folder alone "
-              "holds no run config (`--task T --model M` read its source length and global "
+              "holds no run config (`--model M` reads its task, source length and global "
               "attention from here, the task's defaults for the rest).", ""]
     lines += _inputs_section(input_notes(cfg, task, spec, dtype))
     card = out / "README.md"

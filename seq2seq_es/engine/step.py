@@ -134,8 +134,9 @@ class TrainStep:
     Non-finite losses (train.on_nan):
     - stop: each rank keeps a device count of its non-finite micro-batches and the first one's
       index; `check_finite` all-reduces them and raises NonFiniteLoss naming the step, the
-      micro-batch and the rank it was on, whose error (the only one printed) gives its shape. Until then training goes on (at most train.log_every steps), and
-      nothing is saved, evaluated or exported from weights a non-finite step touched.
+      micro-batch and the rank it was on, whose error (the only one printed) gives its shape.
+      Until then training goes on (at most train.log_every steps), and nothing is saved,
+      evaluated or exported from weights a non-finite step touched.
     - skip: one on-device all-reduce per micro-batch (a collective, no read-back) tells every
       rank whether any rank's loss is non-finite; a gradient hook on every trainable parameter
       then replaces that micro-batch's gradient by exact zeros (masked_fill: NaN-free, unlike a

@@ -307,7 +307,8 @@ class Trainer:
             self.task.main_metric if cfg.train.eval_generate else "loss")
         check_best_metric(self.state.best, self.best_metric)
         self.clock = SaveClock(cfg.train.save_every_min, env.is_main)
-        self.pending_poll: D.PendingMax | None = None  # the ranks' agreement begun a step ago
+        # The ranks' agreement begun a step ago, and the step after which it was begun
+        self.pending_poll: tuple[int, D.PendingMax] | None = None
         # The step (read back once per logging interval) and the non-finite check: never
         # evaluate, save or export weights that a non-finite loss reached (on_nan=stop).
         self.stepper = TrainStep(self.engine, env, cfg)
@@ -588,7 +589,12 @@ class Trainer:
         if step >= self.total_steps:
             self.pending_poll = None
             return 0.0, 0.0
-        agreed = self.pending_poll.read() if self.pending_poll is not None else [0.0, 0.0]
+        agreed = [0.0, 0.0]
+        if self.pending_poll is not None:
+            begun_at, pending = self.pending_poll
+            agreed = pending.read()
+            if self.saved_step is not None and self.saved_step >= begun_at:
+                agreed[1] = 0.0  # saved since the clock asked (a new best at that step): done
         self.pending_poll = None
         if step % max(self.cfg.train.stop_check_every, 1) == 0:
             flags = [float(self.stop.signum), float(self.clock.due())]
@@ -596,7 +602,7 @@ class Trainer:
                 return flags[0], flags[1]
             if flags[1]:  # rank 0's clock: the save it asks for comes a step later, once
                 self.clock.reset()
-            self.pending_poll = D.PendingMax(flags, self.env.device)
+            self.pending_poll = (step, D.PendingMax(flags, self.env.device))
         return agreed[0], agreed[1]
 
     def maybe_save(self, asked: bool) -> None:

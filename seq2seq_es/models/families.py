@@ -146,7 +146,7 @@ def save_model(model, out: str | Path, *, state_dict: dict | None = None,
     """
     Path(out).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), state_dict=state_dict)
-    readable_by_umask(Path(out).glob("model*.safetensors*"))
+    readable_as_config(Path(out))
     config_file = Path(out) / "config.json"
     config = json.loads(config_file.read_text())
     if dtype is not None:
@@ -155,14 +155,17 @@ def save_model(model, out: str | Path, *, state_dict: dict | None = None,
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def readable_by_umask(paths) -> None:
-    """Give files the mode a new file gets (0644 under the usual umask 022). transformers 5
-    writes the weights through a temporary file of mode 0600 and renames it: on a shared
-    cluster, colleagues could read every file of final/ but its weights."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for path in paths:
-        os.chmod(path, 0o666 & ~mask)
+def readable_as_config(folder: Path) -> None:
+    """Give the weight files the mode of the folder's config.json (a new file's: 0644 under the
+    usual umask 022). transformers 5 writes the weights through a temporary file of mode 0600
+    and renames it: on a shared cluster, colleagues could read every file of final/ but its
+    weights. (Read from a file, not by setting the umask, which is the whole process's.)"""
+    config = folder / "config.json"
+    if not config.is_file():
+        return
+    mode = config.stat().st_mode & 0o777
+    for path in folder.glob("model*.safetensors*"):
+        os.chmod(path, mode)
 
 
 def _set_dtype(config: dict, name: str) -> None:

@@ -186,7 +186,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         except Exception as exc:
             if dist.rank == 0:  # a lost peer is said as such: another rank's error is the cause
                 append_event(self.run_dir, "failed", job_id=_job_id(), restart=restart,
-                             error=lost_contact(exc) or f"{type(exc).__name__}: {exc}")
+                             error=(lost_contact(exc) or "").removeprefix("error: ")
+                             or f"{type(exc).__name__}: {exc}")
             raise
         _ignore_stop_signals()
         if status == 0:

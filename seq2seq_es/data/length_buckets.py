@@ -12,7 +12,8 @@ Buckets
   buckets of lcm(8, the collator's multiple: LED's attention window), or of the window alone
   where the lcm would pad the longest source further (builders.source_bucket_align);
   `model.compile` does not change them. The largest bucket covers the longest example.
-  `choose_buckets` picks the sets that waste the fewest pad tokens on these lengths with at most `max_shapes` (source bucket x target bucket) pairs: the pad tokens of an
+  `choose_buckets` picks the sets that waste the fewest pad tokens on these lengths with at
+  most `max_shapes` (source bucket x target bucket) pairs: the pad tokens of an
   example are (its source bucket - its source length) + (its target bucket - its target length),
   a sum of a source term and a target term, so the best k source buckets and the best m target
   buckets are found independently (an exact dynamic programme over the rounded lengths each),

@@ -585,7 +585,8 @@ class Checkpointer:
     def check_resumable(self, path: Path, run: dict | None, storage: dict | None) -> TrainState:
         """The checkpoint's state, refused (ConfigError) when it is of another run
         (`run_identity`) or DeepSpeed cannot read its files under this run's storage layout.
-        Needs no model: the Trainer asks before loading the model and the data, so a refusal comes in seconds."""
+        Needs no model: the Trainer asks before loading the model and the data, so a refusal
+        comes in seconds."""
         state = TrainState.read(path, self.env.world_size)
         check_same_run(path, state.run, run)
         check_same_storage(path, state.storage, storage)

@@ -564,10 +564,10 @@ def _alone() -> bool:
 def all_reduce_sum(values: list[float] | torch.Tensor, device: torch.device) -> list[float]:
     """Sum over ranks, in float64; a tensor stays on its device until the one read-back. Host
     values of one process never go to the device (a copy there and back waits for the GPU)."""
-    if not isinstance(values, torch.Tensor) and _alone():
-        return [float(value) for value in values]
     if isinstance(values, torch.Tensor):
         t = values.to(device=device, dtype=torch.float64)
+    elif _alone():
+        return [float(value) for value in values]
     else:
         t = torch.tensor(values, dtype=torch.float64, device=device)
     if not _alone():
@@ -580,12 +580,9 @@ def all_reduce_max(value: float | list[float], device: torch.device) -> float | 
     process returns the host values as they are: the trainer asks every step (the stop signal,
     the save clock), and a device round trip made the host wait for the step's kernels to end,
     leaving the GPU idle while the next batch was read and collated (host-overhead audit)."""
-    if _alone():
-        return [float(v) for v in value] if isinstance(value, list) else float(value)
-    t = torch.tensor(value if isinstance(value, list) else [value], dtype=torch.float64,
-                     device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist() if isinstance(value, list) else t.item()
+    values = value if isinstance(value, list) else [value]
+    result = [float(v) for v in values] if _alone() else PendingMax(values, device).read()
+    return result if isinstance(value, list) else result[0]
 
 
 class PendingMax:
@@ -674,9 +671,7 @@ def on_every_rank(env, action, elsewhere: str):
         result = action()
     except Exception as exc:  # noqa: BLE001 (any failure: the others must not go on)
         failure = exc
-    failed = failure is not None
-    if env.world_size > 1 and dist.is_initialized():
-        failed = all_reduce_max(float(failed), env.device)
+    failed = all_reduce_max(float(failure is not None), env.device)  # one process: its own
     if failure is not None:
         raise failure
     if failed:

@@ -211,19 +211,27 @@ def unapplied_generation(saved: dict) -> list[str]:
             and not key.startswith("output_") and _GEN_NEUTRAL.get(key) != value]
 
 
+def _our_card(folder: Path) -> tuple[str, list[str]] | None:
+    """(the model card, its front matter's lines) of a folder this package exported (its tags
+    hold `- seq2seq-es`); None for any other folder."""
+    try:
+        card = (Path(folder) / "README.md").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    front = card.split("\n---", 1)[0].splitlines() if card.startswith("---") else []
+    return (card, front) if "- seq2seq-es" in front else None
+
+
 def exported_task(folder: Path) -> str | None:
     """The registry task a folder this package exported was trained on, as its model card's
     tags say (`- seq2seq-es`, then `- TASK`); None for any other folder, or a task of the
     user's own (its columns are in the run's config.yaml only)."""
     from ..tasks import TASKS
 
-    try:
-        card = (Path(folder) / "README.md").read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+    ours = _our_card(folder)
+    if ours is None:
         return None
-    front = card.split("\n---", 1)[0].splitlines() if card.startswith("---") else []
-    if "- seq2seq-es" not in front:
-        return None
+    front = ours[1]
     tag = front.index("- seq2seq-es") + 1
     name = front[tag].removeprefix("- ").strip() if tag < len(front) else ""
     return name if name in TASKS else None
@@ -236,14 +244,10 @@ def exported_inputs(folder: Path) -> dict[str, str]:
     and a LED's global attention (named on its model card). Nothing for another folder, whose
     tokenizer's model_max_length is no run's (a hub model's 1024). So a run whose length was no
     task default (a LEDO run at 512 on xlsum) is fed at its own length, not the task's."""
-    try:
-        card = (Path(folder) / "README.md").read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+    ours = _our_card(folder)
+    if ours is None:
         return {}
-    front = card.split("\n---", 1)[0] if card.startswith("---") else ""
-    if "\n- seq2seq-es\n" not in front + "\n":
-        return {}
-    found = {}
+    card, found = ours[0], {}
     try:
         tokenizer = json.loads((Path(folder) / "tokenizer_config.json").read_text(encoding="utf-8"))
         length = tokenizer.get("model_max_length") if isinstance(tokenizer, dict) else None
@@ -1065,7 +1069,7 @@ def predict_main(argv: list[str]) -> int:
             f"{model_task.name}'s sources are {fed}: {way}")
     with _length_named_as_given(args.max_source_length):  # a checkpoint with fewer positions
         loaded = load_for_inference(saved, cfg, env)
-    side = (task or task_for(cfg.data)).source_truncation_side
+    side = model_task.source_truncation_side
     length_key = "--max-source-length" if args.max_source_length is not None \
         else "data.max_source_length"
     features = tokenize_sources(sources, loaded.tokenizer, cfg.data.max_source_length, side,
@@ -1078,7 +1082,7 @@ def predict_main(argv: list[str]) -> int:
     predictions = generate_texts(
         loaded.model, features=features, collator=collator, tokenizer=loaded.tokenizer,
         generation_config=get_generation_config(cfg, loaded.spec, loaded.tokenizer),
-        task=task or task_for(cfg.data),
+        task=model_task,
         env=env, batch_size=args.batch_size or cfg.train.eval_batch_size or cfg.train.batch_size,
         zero_stage=cfg.dist.zero_stage, bf16=use_bf16(cfg), progress=True,
         sample_seed=cfg.train.seed,

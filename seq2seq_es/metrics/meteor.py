@@ -118,8 +118,8 @@ def _align_stage(prediction_keys: Sequence[str], reference_keys: Sequence[str],
     there can be (each token linked once), and of those alignments the one with the fewest
     crossings, as Banerjee & Lavie's METEOR. Ties go to fewer chunks (a higher score, and the
     one chunk nltk's right-to-left links also give on `no no` / `no no no`), then to links closer
-    in relative position, then to the earlier positions. Every alignment is tried where there are at most
-    EXHAUSTIVE_LIMIT; otherwise a local search moves one link of a repeated word at a time from
+    in relative position, then to the earlier positions. Every alignment is tried where there
+    are at most EXHAUSTIVE_LIMIT; otherwise a local search moves one link of a repeated word at a time from
     the closest-in-relative-position start while that lowers (crossings, chunks)."""
     aligned_prediction = {i for i, _ in alignment}
     aligned_reference = {j for _, j in alignment}

@@ -418,22 +418,22 @@ def test_a_damaged_checkpoint_is_named_with_the_one_before_it(files, one_rank, t
     assert latest.name == "step_00000004"
     # Another model's or task's checkpoint: refused before anything is loaded.
     with pytest.raises(ConfigError) as other:
-        ckpt.load(engine, latest, run={**identity, "model.name": "t5s-tiny"})
+        ckpt.check_resumable(latest, {**identity, "model.name": "t5s-tiny"}, None)
     assert "train.resume" in str(other.value) and "is of another run" in str(other.value)
     assert "model.name barto-tiny" in str(other.value)
     weights = latest / "mp_rank_00_model_states.pt"
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated on disk
     with pytest.raises(Seq2SeqEsError) as damaged:
-        ckpt.load(engine, latest, run=identity)
+        ckpt.load(engine, latest)
     message = str(damaged.value)
     assert message.startswith(f"checkpoint {latest} could not be loaded (RuntimeError: ")
     assert message.endswith(f"it may be damaged; resume from an earlier one with --train.resume "
                             f"{tmp_path / 'checkpoints' / 'step_00000002'}")
-    ckpt.load(engine, ckpt.path(2), run=identity)  # the one before it loads
+    ckpt.load(engine, ckpt.path(2))  # the one before it loads
     (latest / "trainer_state.json").write_text('{"step": 4, "epo')
     with pytest.raises(Seq2SeqEsError, match="step_00000004 is damaged: trainer_state.json "
                                              "cannot be read"):
-        ckpt.load(engine, latest, run=identity)
+        ckpt.load(engine, latest)
 
 
 def test_a_fresh_run_does_not_overwrite_a_finished_run_or_join_another(tmp_path):

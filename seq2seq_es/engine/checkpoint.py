@@ -23,9 +23,8 @@ The interface (every method that touches the engine is collective: all ranks cal
   another run or its files are laid out for another ZeRO stage or precision (no model needed);
 - `check_layout(path, data_layout)`: a refusal when the data layout (`data_layout(...)`: the
   examples of each step) differs; asked before the engine is built;
-- `load(engine, path, data_layout)`: weights, optimizer, scheduler and this rank's RNG; returns
-  the TrainState; refused when the data layout (`data_layout(...)`: the examples of each step)
-  differs. On another number of ranks, a ZeRO checkpoint is first rewritten by DeepSpeed's
+- `load(engine, path)`: weights, optimizer, scheduler and this rank's RNG; returns the
+  TrainState; the two checks above come first (the caller asks them). On another number of ranks, a ZeRO checkpoint is first rewritten by DeepSpeed's
   universal-checkpoint converter (`repartitioned`) and its optimizer states split anew (with two
   repairs of DeepSpeed's stage-3 load: `_restore_group_settings`);
 - `load_weights(engine, path)`: only the weights (the way back to the best at the end);
@@ -599,15 +598,13 @@ class Checkpointer:
         check_same_layout(path, state.data_layout, data_layout,
                           (state.world_size, self.env.world_size))
 
-    def load(self, engine, path: Path, data_layout: dict | None = None,
-             run: dict | None = None, storage: dict | None = None) -> TrainState:
+    def load(self, engine, path: Path) -> TrainState:
         """Collective: restore weights, optimizer, scheduler, this rank's RNG; return the state.
-        Refused before anything is loaded when the run (`run_identity`), the data layout (the
-        examples of each step) or the storage layout differ; a file that cannot be read is an
-        error naming the checkpoint. Another number of ranks resumes (see `repartitioned`)."""
-        state = self.check_resumable(path, run, storage)
-        ranks = (state.world_size, self.env.world_size)
-        check_same_layout(path, state.data_layout, data_layout, ranks)
+        The caller has had `check_resumable` and `check_layout` refuse another run's checkpoint
+        first (the Trainer, on rank 0 alone, before the model and the engine are built); a file
+        that cannot be read is an error naming the checkpoint. Another number of ranks resumes
+        (see `repartitioned`)."""
+        state = TrainState.read(path, self.env.world_size)
         self.repair_best_note(path, state)
         repartitioned = self._deepspeed_load_any_ranks(engine, path, state, scheduler=True)
 

@@ -263,7 +263,7 @@ class Trainer:
         self.state = TrainState(world_size=env.world_size, data_layout=layout, run=identity,
                                 storage=storage)
         if resume_from is not None:
-            self.state = self.ckpt.load(self.engine, resume_from, layout, identity, storage)
+            self.state = self.ckpt.load(self.engine, resume_from)  # checked above
             # equal (or compatible), or a state from before the fields existed; the ranks may
             # differ (the next checkpoint is this run's)
             self.state.data_layout, self.state.run, self.state.storage = layout, identity, storage

@@ -1086,7 +1086,7 @@ def scored_on_training_data(settings: Mapping[str, Any]) -> list[str]:
 def note_scored_on_training_data(cfg) -> None:
     """A validation or test file that is the training file: its scores, and the best checkpoint
     chosen on them, are on data the model trained on. Said once, not refused (an overfitting
-    check does it on purpose); collect warns of such runs too (monitor.settings_warnings)."""
+    check does it on purpose); collect warns of such runs too (results_table.settings_warnings)."""
     import sys
 
     if not first_launched_process():

@@ -8,7 +8,7 @@ import csv
 import io
 import json
 
-from seq2seq_es.slurm.monitor import build_table, format_csv, format_markdown
+from seq2seq_es.slurm.results_table import build_table, format_csv, format_markdown
 from seq2seq_es.slurm.sweep import load_runs
 
 SCORES = {"rouge1": 28.0, "rouge2": 12.0, "rougeL": 20.0, "loss": 2.0}

@@ -6,8 +6,8 @@ and no other fast test pinned down.
   gives up with OUT_OF_REQUEUES; SIGTERM tells SLURM's own requeue from `scancel`; the signal
   handler ignores signals once the run has stopped;
 - what SLURM says (slurm.queries): sacct's and scontrol's answers, as the commands print them;
-- status and collect (slurm.monitor): states read from the job's own files, seeds averaged
-  with the right spread, the paper's layout;
+- status and collect (slurm.monitor, slurm.results_table): states read from the job's own
+  files, seeds averaged with the right spread, the paper's layout;
 - sweeps (slurm.sweep, paper_grid): the paper's grid and pairs, seeds, resume never
   resubmitting a finished run or one whose job is still queued.
 
@@ -547,7 +547,7 @@ def _metrics(run_dir: Path, records: list[dict]) -> None:
 def test_a_running_run_that_never_logged_the_main_metric_shows_its_latest_evaluation(tmp_path):
     """A run still going whose evaluations hold no main metric (loss only, say) is shown at
     its latest evaluation, with the test scores of that step only."""
-    from seq2seq_es.slurm.monitor import run_result
+    from seq2seq_es.slurm.results_table import run_result
 
     run_dir = tmp_path / "barto__mlsum__lr-3e-5"
     _metrics(run_dir, [{"step": 10, "eval/loss": 3.0}, {"step": 10, "test/loss": 3.1},
@@ -588,7 +588,7 @@ def _sweep(sweep_dir: Path, pairs, grid, seeds=None):
 def test_without_a_task_metric_runs_are_chosen_by_their_loss_not_by_a_speed(tmp_path):
     """An entry whose evaluations log a throughput before the loss: with no task metric the
     loss chooses (the lowest), never samples_per_second."""
-    from seq2seq_es.slurm.monitor import build_table
+    from seq2seq_es.slurm.results_table import build_table
 
     manifest = _sweep(tmp_path / "sweep", [("barto", "mlsum")], {"optim.lr": ["3e-5", "5e-5"]})
     fast, good = (Path(run.run_dir) for run in manifest.runs)
@@ -602,7 +602,7 @@ def test_without_a_task_metric_runs_are_chosen_by_their_loss_not_by_a_speed(tmp_
 def test_a_family_average_over_an_unfinished_run_is_marked_not_final(tmp_path):
     """The summarization average of a model whose WikiLingua run is still going carries the
     '*' of an unfinished result (and final 'no' in the CSV), though its MLSUM run finished."""
-    from seq2seq_es.slurm.monitor import build_table, format_csv, format_markdown
+    from seq2seq_es.slurm.results_table import build_table, format_csv, format_markdown
 
     manifest = _sweep(tmp_path / "sweep", [("barto", "mlsum"), ("barto", "wikilingua")],
                       {"optim.lr": ["3e-5"]})
@@ -624,7 +624,7 @@ def test_two_runs_of_one_seed_are_not_averaged_as_seeds(tmp_path):
     """Run folders of the same settings and the same seed (a run trained twice) are two runs,
     each a grid point of its own: averaging them would show a spread over 'seeds' that is no
     spread over seeds."""
-    from seq2seq_es.slurm.monitor import build_table
+    from seq2seq_es.slurm.results_table import build_table
     from seq2seq_es.slurm.sweep import load_runs
 
     for name, seed, score in (("first", 1, 20.0), ("again", 1, 22.0), ("other", 2, 21.0)):
@@ -653,7 +653,7 @@ def test_a_run_of_the_batch_axis_is_not_left_out_for_its_micro_batch(tmp_path):
     """The grid's batch axis is the effective batch; the run trains it as micro-batch x
     accumulation, so its config.yaml holds another train.batch_size. That is the planned run,
     and its scores fill the cell."""
-    from seq2seq_es.slurm.monitor import build_table
+    from seq2seq_es.slurm.results_table import build_table
 
     manifest = _sweep(tmp_path / "sweep", [("t5s", "mlsum")], {"train.batch_size": ["16"]})
     [run] = manifest.runs
@@ -682,7 +682,7 @@ def test_a_cancelled_job_says_where_it_saved(tmp_path):
 def test_the_csv_counts_each_means_seeds_per_split(tmp_path):
     """The CSV's dev_n and test_n say over how many seeds each mean is: a seed that finished
     without test scores counts in dev_n, not in test_n."""
-    from seq2seq_es.slurm.monitor import build_table, format_csv
+    from seq2seq_es.slurm.results_table import build_table, format_csv
 
     manifest = _sweep(tmp_path / "sweep", [("barto", "mlsum")], {"optim.lr": ["3e-5"]},
                       seeds=["1", "2"])
@@ -700,7 +700,7 @@ def test_the_csv_counts_each_means_seeds_per_split(tmp_path):
 def test_seeds_are_no_setting_the_labels_hide(tmp_path):
     """The seeds of a grid point differ in train.seed by design: collect does not warn that
     they 'differ outside the sweep's grid' (it does for a key a resume changed on one run)."""
-    from seq2seq_es.slurm.monitor import build_table
+    from seq2seq_es.slurm.results_table import build_table
 
     manifest = _sweep(tmp_path / "sweep", [("barto", "mlsum")], {"optim.lr": ["3e-5"]},
                       seeds=["1", "2"])
@@ -718,7 +718,7 @@ def test_seeds_are_no_setting_the_labels_hide(tmp_path):
 
 def test_seeds_are_listed_in_numeric_order(tmp_path):
     """Run folders trained with seeds 10 and 2: the table's seed line reads 2, 10."""
-    from seq2seq_es.slurm.monitor import build_table, format_markdown
+    from seq2seq_es.slurm.results_table import build_table, format_markdown
     from seq2seq_es.slurm.sweep import load_runs
 
     for seed, score in ((10, 20.0), (2, 22.0)):
@@ -735,7 +735,7 @@ def test_seeds_are_listed_in_numeric_order(tmp_path):
 def test_grid_points_whose_means_are_over_fewer_seeds_are_named(tmp_path):
     """A grid point with one seed scored against one with three: the mean of one seed is no
     steadier than a single run, and the table says the counts differ."""
-    from seq2seq_es.slurm.monitor import build_table, format_markdown
+    from seq2seq_es.slurm.results_table import build_table, format_markdown
 
     manifest = _sweep(tmp_path / "sweep", [("barto", "mlsum")], {"optim.lr": ["3e-5", "5e-5"]},
                       seeds=["1", "2", "3"])
@@ -749,7 +749,7 @@ def test_grid_points_whose_means_are_over_fewer_seeds_are_named(tmp_path):
 
 def test_a_metric_only_the_test_split_has_shows_its_test_value(tmp_path):
     """A metric scored on test only shows '– / value', not a bare '–' that hides it."""
-    from seq2seq_es.slurm.monitor import build_table, format_markdown
+    from seq2seq_es.slurm.results_table import build_table, format_markdown
 
     manifest = _sweep(tmp_path / "sweep", [("barto", "mlsum")], {"optim.lr": ["3e-5"]})
     _final(Path(manifest.runs[0].run_dir), "barto", "mlsum", {"rougeL": 24.0},
@@ -948,7 +948,7 @@ def test_status_shows_restarts_the_last_step_and_the_checkpoint_a_resume_starts_
 def test_table_rows_follow_the_papers_model_order(tmp_path):
     """The rows of a family's table are the models in the sweep's (the paper's) order: BARTO,
     T5S, BETO2BETO, not alphabetical."""
-    from seq2seq_es.slurm.monitor import build_table, format_markdown
+    from seq2seq_es.slurm.results_table import build_table, format_markdown
 
     pairs = [("barto", "mlsum"), ("t5s", "mlsum"), ("beto2beto", "mlsum")]
     manifest = _sweep(tmp_path / "sweep", pairs, {"optim.lr": ["3e-5"]})

@@ -12,7 +12,7 @@ from seq2seq_es import metrics_log
 from seq2seq_es.engine import run_dir
 from seq2seq_es.engine.optim import lr_factor
 from seq2seq_es.errors import DataError
-from seq2seq_es.slurm import monitor
+from seq2seq_es.slurm import monitor, results_table
 
 
 def _write(path, records, tail: str = "") -> None:
@@ -36,8 +36,9 @@ def test_read_keeps_the_last_record_per_step(tmp_path):
     assert [r["step"] for r in metrics_log.read(path, merge_steps=False)] == [1, 2, 2, 3, 3, 4, 4]
     assert sorted(metrics_log.by_step(path, "eval/loss")) == [2, 4]
     assert metrics_log.by_step(path, "train/loss")[3]["train/loss"] == 2.5
-    # The engine's and slurm's names are this reader.
+    # The engine's and slurm's names (status's and collect's) are this reader.
     assert run_dir.read_metrics is metrics_log.read is monitor.read_metrics
+    assert results_table.read_metrics is metrics_log.read
     assert metrics_log.read(tmp_path / "missing.jsonl") == []
 
 

@@ -289,7 +289,7 @@ def test_a_resume_may_not_redefine_the_task_or_how_the_best_is_chosen(tmp_path):
 
 
 def test_collect_compares_own_task_runs_by_their_first_metric(tmp_path):
-    from seq2seq_es.slurm.monitor import own_task_main_metric, task_family
+    from seq2seq_es.slurm.results_table import own_task_main_metric, task_family
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

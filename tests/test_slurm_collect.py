@@ -14,8 +14,9 @@ import pytest
 from seq2seq_es.errors import DataError
 from seq2seq_es.slurm.cli import main as slurm_main
 from seq2seq_es.slurm.config import SlurmConfig
-from seq2seq_es.slurm.monitor import (build_table, format_csv, format_markdown, lower_is_better,
-                                      read_metrics, run_result)
+from seq2seq_es.slurm.monitor import read_metrics
+from seq2seq_es.slurm.results_table import (build_table, format_csv, format_markdown,
+                                            lower_is_better, run_result)
 from seq2seq_es.slurm.sweep import (SWEEP_MANIFEST, load_manifest, load_runs, new_manifest,
                                     plan_runs)
 
@@ -741,7 +742,7 @@ def test_the_papers_own_subset_of_a_dataset_is_not_called_part_of_the_data():
     import yaml
 
     from seq2seq_es.config import compose
-    from seq2seq_es.slurm.monitor import local_data
+    from seq2seq_es.slurm.results_table import local_data
 
     def data_of(task, **overrides):
         return local_data(yaml.safe_load(compose(task, "barto", overrides=overrides).to_yaml()))
@@ -1082,7 +1083,7 @@ def test_collect_refuses_a_folder_for_a_results_file_by_its_flag(tmp_path, capsy
 def test_a_failed_rename_leaves_no_temporary_file(tmp_path):
     # The three files are renamed into place last; one that cannot be (a folder made there
     # after the check) left its temporary file and the ones after it.
-    from seq2seq_es.slurm.monitor import write_results
+    from seq2seq_es.slurm.results_table import write_results
 
     sweep_dir = tmp_path / "sweep"
     manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], LR)
@@ -1126,7 +1127,7 @@ def test_a_full_tie_on_the_main_metric_and_the_loss_goes_to_the_earlier_grid_poi
 
 
 def test_the_csv_paper_cells_say_the_split_where_the_source_does():
-    from seq2seq_es.slurm.monitor import paper_cells
+    from seq2seq_es.slurm.results_table import paper_cells
 
     assert paper_cells("t5s", "bisect", "sari") == ["56.37", "", ""]  # split not stated
     assert paper_cells("t5s", "wmt13-es-en", "bleu") == ["", "29.75", ""]  # dev only

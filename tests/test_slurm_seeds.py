@@ -19,7 +19,8 @@ from seq2seq_es.errors import ConfigError
 from seq2seq_es.slurm.cli import main as slurm_main
 from seq2seq_es.slurm.config import SlurmConfig
 from seq2seq_es.slurm.job import DEFAULT_ENTRY
-from seq2seq_es.slurm.monitor import CSV_COLUMNS, SEED_CSV_COLUMNS, build_table, format_markdown
+from seq2seq_es.slurm.results_table import (CSV_COLUMNS, SEED_CSV_COLUMNS, build_table,
+                                            format_markdown)
 from seq2seq_es.slurm.sweep import (SWEEP_MANIFEST, load_manifest, new_manifest, parse_seeds,
                                     plan_sweep)
 
@@ -319,7 +320,7 @@ def test_status_and_resume_of_a_seeded_sweep(tmp_path, capsys):
 def test_a_metric_only_some_seeds_logged_is_averaged_over_those_seeds(tmp_path):
     # Divided by every seed, a ROUGE of 40 logged by one of two seeds showed as 20: the
     # seed mean must be over the seeds that have the metric (as the remark says).
-    from seq2seq_es.slurm.monitor import _seed_statistics
+    from seq2seq_es.slurm.results_table import _seed_statistics
 
     means, stds, counts = _seed_statistics([{"rougeL": 40.0, "loss": 1.0}, {"loss": 2.0}])
     assert means == {"rougeL": 40.0, "loss": 1.5}

@@ -17,7 +17,8 @@ from engine_runs import (base_args, demo_files, final_weights, max_weight_diff, 
                          step_losses)
 from fixtures import fixture_files
 from seq2seq_es.slurm.cli import main as slurm_main
-from seq2seq_es.slurm.monitor import run_result, sweep_status
+from seq2seq_es.slurm.monitor import sweep_status
+from seq2seq_es.slurm.results_table import run_result
 from seq2seq_es.slurm.sweep import load_manifest
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -44,9 +44,10 @@ from .. import run_files
 from ..config import RunConfig, check_folder, compose, parse_overrides
 from ..errors import ConfigError, DataError, Seq2SeqEsError
 from ..slurm.config import SlurmConfig
-from ..slurm.monitor import FINISHED_STATES, read_metrics, run_code, sweep_status
+from ..slurm.monitor import FINISHED_STATES, read_metrics, sweep_status
 from ..slurm.data_check import add_data_check_option, check_local_data
 from ..slurm.options import add_slurm_options, origin, slurm_config_from_args, split_overrides
+from ..slurm.results_table import run_code
 from ..slurm.sweep import (PLANNER_KEYS, RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan,
                           check_names, check_node_count, check_overrides, check_partition,
                           dry_run_script, load_manifest, new_manifest, pinned_paths, submit,

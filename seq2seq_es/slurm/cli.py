@@ -56,10 +56,10 @@ from ..errors import ConfigError, Seq2SeqEsError, run_command
 from .config import SlurmConfig, owned_sbatch_message, owned_sbatch_option
 from .data_check import add_data_check_option, check_local_data
 from .job import DEFAULT_ENTRY
-from .monitor import (SPLITS_SHOWN, build_table, empty_message, format_status, query_slurm,
-                      run_status, status_json, sweep_status, write_results)
+from .monitor import format_status, query_slurm, run_status, status_json, sweep_status
 from .options import (SLURM_FLAGS, add_slurm_options, origin, slurm_config_from_args, split_overrides,
                       with_sbatch_options)
+from .results_table import SPLITS_SHOWN, build_table, empty_message, write_results
 from .sweep import (RUN_FOLDERS_MODE, RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, absolute_config,
                     check_names, check_node_count, check_overrides, check_partition, check_run_dir,
                     check_seeds, check_sweep_dir, compose_run, dry_run_script,

@@ -1,6 +1,6 @@
 """What SLURM says about jobs: `scontrol show job` and `sacct`, parsed into SlurmState.
 
-Its own module, below monitor (status, collect) and sweep (submission checks), which both ask.
+Its own module, below monitor (status) and sweep (submission checks), which both ask.
 """
 
 from __future__ import annotations

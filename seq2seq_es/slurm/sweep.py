@@ -55,7 +55,7 @@ class RunPlan:
     job_id: str | None = None
     # A sweep's run collected among other run folders (`load_runs`): its grid point there is
     # read from its config.yaml, and this is what its sweep planned, which its config is still
-    # checked against (monitor.check_run_config). None in a sweep's own manifest.
+    # checked against (results_table.check_run_config). None in a sweep's own manifest.
     planned_point: dict[str, str] | None = None
 
 

@@ -1,4 +1,5 @@
-"""`seq2seq-es score` and `compute_metrics` import only what the metric needs.
+"""`seq2seq-es score` and `compute_metrics` import only what the metric needs; `train` says a
+config mistake before importing the libraries of training.
 
 `evaluate` imports transformers, torch and datasets (tens of seconds on a loaded CI machine);
 scoring two lines must not pay for them. Each case runs the real command in a fresh
@@ -81,3 +82,21 @@ print(json.dumps({"light": light, "n": len(scores), "is_metric": issubclass(Roug
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report == {"light": [], "n": 10, "is_metric": True, "same": True}
+
+
+def test_a_train_config_mistake_is_refused_before_the_trainer_is_imported():
+    """A mistake in `train`'s config is said before transformers, DeepSpeed and the trainer
+    are imported (seconds on a loaded machine, under a launcher on every rank): the config is
+    composed first."""
+    code = """
+import json, sys
+from seq2seq_es.cli import main
+code = main(["train", "--task", "titulares", "--model", "barto-tiny",
+             "--data.source_column", "articulo"])
+print(json.dumps({"code": code, "heavy": sorted(m for m in %r if m in sys.modules)}))
+""" % (("transformers", "deepspeed", "datasets", "seq2seq_es.engine.trainer"),)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "config key 'data.target_column'" in proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"code": 2, "heavy": []}

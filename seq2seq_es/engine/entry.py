@@ -191,10 +191,13 @@ def train_main(argv: list[str]) -> int:
     """Compose the config of `seq2seq-es train ARGV` and train; the exit status (0, or the stop
     signal's: run_files.PREEMPTED_EXIT_CODE or INTERRUPTED_EXIT_CODE)."""
     from ..run_files import INTERRUPTED_EXIT_CODE
+
+    cfg = build_config(argv)
+    # After the config: a mistake in it is said in a fraction of a second, not after the
+    # seconds that importing torch, transformers and DeepSpeed take.
     from .signals import InterruptedNow
     from .trainer import Stopped, train
 
-    cfg = build_config(argv)
     try:
         train(cfg)
     except Stopped as stop:

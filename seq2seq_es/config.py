@@ -1025,14 +1025,19 @@ def launched_rank(environ: Mapping[str, str] | None = None) -> int:
     MPICH's and Intel MPI's hydra (PMI_RANK with MPI_LOCALNRANKS, which srun's PMI does not
     export), srun (SLURM_PROCID); 0 for a process started alone. A launcher nested in another
     (torchrun per node under srun or mpirun) numbers the ranks itself: the first one wins."""
+    return launched_ranks(environ)[0]
+
+
+def launched_ranks(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """(rank, rank on this node) as the launcher set them, read as `launched_rank` reads."""
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        return int(env["RANK"])
+        return int(env["RANK"]), int(env.get("LOCAL_RANK", 0))
     if "OMPI_COMM_WORLD_RANK" in env:
-        return int(env["OMPI_COMM_WORLD_RANK"])
+        return int(env["OMPI_COMM_WORLD_RANK"]), int(env.get("OMPI_COMM_WORLD_LOCAL_RANK", 0))
     if "PMI_RANK" in env and "MPI_LOCALNRANKS" in env:
-        return int(env["PMI_RANK"])
-    return int(env.get("SLURM_PROCID", 0))
+        return int(env["PMI_RANK"]), int(env.get("MPI_LOCALRANKID", 0))
+    return int(env.get("SLURM_PROCID", 0)), int(env.get("SLURM_LOCALID", 0))
 
 
 def first_launched_process() -> bool:

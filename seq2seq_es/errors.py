@@ -116,7 +116,7 @@ def run_command(command: Callable[[list[str]], int], argv: list[str]) -> int:
     except Seq2SeqEsError as exc:
         if os.environ.get("SEQ2SEQ_ES_DEBUG"):
             raise
-        if getattr(exc, "said_elsewhere", False):
+        if getattr(exc, "said_elsewhere", False) or _said_by_this_nodes_first_process():
             # Another rank's error, which that rank prints (rank 0's refusal, a node's first
             # rank's failure, the rank of a non-finite batch): here only torchrun's file gets it
             tell_launcher(f"error: {exc}")
@@ -133,6 +133,19 @@ def run_command(command: Callable[[list[str]], int], argv: list[str]) -> int:
                    "SEQ2SEQ_ES_DEBUG=1 shows which)")
         _say(message)
         return 2
+
+
+def _said_by_this_nodes_first_process() -> bool:
+    """Whether this process leaves an error to its node's first process: before a process group
+    starts (a config mistake, a launcher's missing variable), every process of a node meets the
+    same error from the same command line, files and environment, and each printed it (two
+    lines under `torchrun --nproc_per_node 2`, eight on a node of eight GPUs). Each node's first
+    process still says it, so that every node's log (a SLURM task's file) has it. After the
+    process group starts an error is this rank's own, or marked `said_elsewhere`."""
+    from .config import launched_ranks
+    from .process_exit import must_leave_without_teardown
+
+    return not must_leave_without_teardown() and launched_ranks()[1] > 0
 
 
 def _say(message: str) -> None:

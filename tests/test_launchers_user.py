@@ -144,6 +144,42 @@ def test_torchrun_summary_shows_the_error_line_not_to_enable_traceback(tmp_path)
     summary = proc.stderr[proc.stderr.index("Root Cause"):]
     assert "traceback : error: config key 'optim.lr': must be positive" in summary, summary
     assert "To enable traceback" not in summary
+    # said once, by the node's first process, not once per rank (an audit's complaint); the
+    # summary's failures still give every rank's
+    said = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert said == ["error: config key 'optim.lr': must be positive"], proc.stderr[-3000:]
+    assert proc.stderr.count("traceback : error: config key 'optim.lr'") == 2, proc.stderr
+
+
+@pytest.mark.parametrize("launcher_env, says", [
+    ({}, True), ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, False),
+    ({"RANK": "4", "WORLD_SIZE": "8", "LOCAL_RANK": "0"}, True),  # another node's first
+    ({"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_LOCAL_RANK": "1"}, False),
+    ({"SLURM_PROCID": "5", "SLURM_LOCALID": "1"}, False),
+    ({"SLURM_PROCID": "2", "SLURM_LOCALID": "0"}, True),
+], ids=["alone", "torchrun-1", "node2-first", "mpirun-local-1", "srun-local-1", "srun-node2"])
+def test_an_error_before_the_process_group_is_said_by_each_nodes_first_process(
+        monkeypatch, tmp_path, launcher_env, says):
+    # Every process of a node meets a config mistake alike; each printed it (eight lines on a
+    # node of eight GPUs). The node's first says it; every rank still tells torchrun's file.
+    from seq2seq_es.errors import ConfigError, run_command
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK",
+                 "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_RANK", "SLURM_PROCID", "SLURM_LOCALID",
+                 "SEQ2SEQ_ES_DEBUG"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in launcher_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "error.json"))
+    stderr = _Writes()
+    monkeypatch.setattr(sys, "stderr", stderr)
+
+    def command(argv):
+        raise ConfigError("optim.lr", "must be positive")
+
+    assert run_command(command, []) == 2
+    assert stderr.calls == (["error: config key 'optim.lr': must be positive\n"] if says else [])
+    assert "config key 'optim.lr'" in (tmp_path / "error.json").read_text()
 
 
 def test_a_crash_leaves_its_traceback_for_torchrun(tmp_path):

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from engine_runs import base_args, demo_files, run, step_losses
-from seq2seq_es.config import launched_rank
+from seq2seq_es.config import launched_rank, launched_ranks
 from seq2seq_es.engine import distributed as D
 from seq2seq_es.errors import Seq2SeqEsError
 
@@ -93,6 +93,10 @@ def test_every_rank_of_mpirun_inside_salloc_meets_at_one_rendezvous():
     {"RANK": "0", "WORLD_SIZE": "8", "SLURM_PROCID": "1", "SLURM_NTASKS": "2",
      "SLURM_STEP_ID": "0"},  # srun ... torchrun --rdzv-backend c10d: torch numbers the nodes
     {"RANK": "0", "WORLD_SIZE": "8", **OPEN_MPI},  # torchrun per node under mpirun
+    {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "SLURM_PROCID": "1",
+     "SLURM_LOCALID": "0", "SLURM_NTASKS": "2", "SLURM_STEP_ID": "0"},  # torchrun under srun
+    {"SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NTASKS": "4", "SLURM_STEP_ID": "0",
+     "SLURM_JOB_NODELIST": "nodo[1-2]"},  # srun, node 2's second task
     {"PMI_RANK": "1", "PMI_SIZE": "2", "PMI_JOBID": "77.0", "SLURM_PROCID": "1",
      "SLURM_NTASKS": "2", "SLURM_STEP_ID": "0", "SLURM_JOB_NODELIST": "nodo3"},  # srun pmi2
 ], ids=lambda env: ",".join(sorted(env))[:60] or "alone")
@@ -100,6 +104,8 @@ def test_the_notes_rank_is_the_rank_the_process_group_gets(env):
     """The notes said before the process group starts come from config.launched_rank's rank
     0: it must be the process that read_env makes rank 0, or no process says them."""
     assert launched_rank(env) == D.read_env(env).rank
+    # and the rank on its node, which says an error met before the process group once a node
+    assert launched_ranks(env) == (D.read_env(env).rank, D.read_env(env).local_rank)
 
 
 @pytest.mark.parametrize("variable", ["OMPI_COMM_WORLD_RANK", "PMI_RANK"])

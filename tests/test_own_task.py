@@ -195,6 +195,27 @@ def test_an_own_task_trains_scores_predicts_and_is_collected(tmp_path):
     written = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert [row["source"] for row in written] == sources
 
+    # final/ copied without its run (shared, uploaded): its card names the own task's columns,
+    # so --model alone predicts its rows and scores its test file as the run did
+    import shutil
+    copied = shutil.copytree(out / "final", tmp_path / "shared" / "model")
+    from_copy = tmp_path / "pred_copy.jsonl"
+    done = subprocess.run([sys.executable, "-m", "seq2seq_es", "predict", str(copied),
+                           "--model", "barto-tiny", "--input", files["test"], "--output",
+                           str(from_copy)], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert from_copy.read_text() == predictions.read_text()
+    assert f"note: {copied} was trained on titulares" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "seq2seq_es", "evaluate", str(copied),
+                           "--model", "barto-tiny", "--split", "test", "--data.test_file",
+                           files["test"], "--data.max_target_length", "32", "--output-dir",
+                           str(tmp_path / "ev")], cwd=REPO, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    scores = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["results"]
+    assert {key: scores[f"test/{key}"] for key in ("bleu", "chrf")} == \
+        {key: results["test"][key] for key in ("bleu", "chrf")}
+
     # collect lays the run out like a paper task, under its own metrics
     done = subprocess.run([sys.executable, "-m", "seq2seq_es", "slurm", "collect", str(out),
                            "--split", "test"], cwd=REPO, env=env, capture_output=True,
@@ -202,6 +223,33 @@ def test_an_own_task_trains_scores_predicts_and_is_collected(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "titulares" in done.stdout and "bleu" in done.stdout
     assert f"{results['test']['bleu']:.2f}" in done.stdout
+
+
+def test_an_exported_folders_card_names_its_own_task_for_inference(tmp_path):
+    # A copied final/ or an export of an own task: predict --model M read its rows as mlsum's
+    # ("missing field 'source'") and --task titulares was unknown, while the card said --model
+    # reads the task from it (an audit). The card now names the task's keys, read back here.
+    from seq2seq_es.engine.hub import write_export_card
+    from seq2seq_es.engine.inference import (SavedModel, exported_inputs, exported_task,
+                                             inference_config)
+
+    own = {**OWN, "data.metrics": "bleu,chrf", "data.max_source_length": "64"}
+    cfg = compose("titulares", "barto-tiny", overrides=own)
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    (folder / "tokenizer_config.json").write_text('{"model_max_length": 64}')
+    write_export_card(folder, cfg, tmp_path / "run" / "checkpoints" / "step_00000004")
+    assert exported_task(folder) == "titulares"
+    assert exported_inputs(folder) == {**own, "data.max_source_length": "64"}
+    saved = SavedModel("hf", folder, None, "exported")
+    read = inference_config(saved, model="barto-tiny", allow_model=True)
+    assert task_for(read.data).columns == ("articulo", "titular")
+    assert (read.data.metrics, read.data.max_source_length) == ("bleu,chrf", 64)
+    # --task another: the card's columns are not carried into it
+    assert inference_config(saved, task="mlsum", model="barto-tiny").data.source_column == ""
+    # a registry task's card names no such keys
+    write_export_card(folder, compose("mlsum", "barto-tiny"), tmp_path / "step_00000004")
+    assert exported_task(folder) == "mlsum" and "data.source_column" not in exported_inputs(folder)
 
 
 # ---- SLURM: submit and sweep compose an own task's runs like a registry task's ---------------

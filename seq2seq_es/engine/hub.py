@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from .. import run_files
-from ..config import RunConfig
+from ..config import RunConfig, own_task_keys
 from ..errors import ConfigError, Seq2SeqEsError
 from ..tasks.formatting import SPLIT_MARKER
 
@@ -176,6 +176,11 @@ def input_notes(cfg: RunConfig, task, spec, dtype: str = "fp32") -> list[str]:
                              else "AutoModelForSeq2SeqLM")
              + f".from_pretrained({loaded})` and `AutoTokenizer.from_pretrained(FOLDER)` (from "
              f"transformers).{upcast}"]
+    own = own_task_keys(cfg)
+    if own:  # what a copied folder needs to read rows of the task's columns (inference)
+        notes.append(f"A task of its own: {', '.join(f'`{k} {v}`' for k, v in own.items())} "
+                     "(`seq2seq-es predict` and `evaluate` read them from here, for a folder "
+                     "without its run's config.yaml).")
     if spec.adapter.reads("data.global_attention"):
         chosen = cfg.data.global_attention
         tokens = _GLOBAL_TOKENS.get(chosen) or f"the first {chosen.split(':', 1)[1]} tokens"
@@ -218,8 +223,9 @@ def write_export_card(out: Path, cfg: RunConfig, checkpoint: Path, dtype: str = 
               "`seq2seq-es export`. Its scores: `seq2seq-es evaluate "
               f"{checkpoint} --split test` (in its run), or `seq2seq-es evaluate {out} "
               f"--config RUN/config.yaml --output-dir DIR --split test`; this folder alone "
-              "holds no run config (`--model M` reads its task, source length and global "
-              "attention from here, the task's defaults for the rest).", ""]
+              "holds no run config (`--model M` reads its task, a task of its own's columns and "
+              "metrics, source length and global attention from here, the task's defaults for "
+              "the rest).", ""]
     lines += _inputs_section(input_notes(cfg, task, spec, dtype))
     card = out / "README.md"
     card.write_text("\n".join(lines), encoding="utf-8")

@@ -223,9 +223,9 @@ def _our_card(folder: Path) -> tuple[str, list[str]] | None:
 
 
 def exported_task(folder: Path) -> str | None:
-    """The registry task a folder this package exported was trained on, as its model card's
-    tags say (`- seq2seq-es`, then `- TASK`); None for any other folder, or a task of the
-    user's own (its columns are in the run's config.yaml only)."""
+    """The task a folder this package exported was trained on, as its model card's tags say
+    (`- seq2seq-es`, then `- TASK`): a registry task, or a task of the user's own whose columns
+    the card names (`exported_inputs`); None for any other folder."""
     from ..tasks import TASKS
 
     ours = _our_card(folder)
@@ -234,7 +234,19 @@ def exported_task(folder: Path) -> str | None:
     front = ours[1]
     tag = front.index("- seq2seq-es") + 1
     name = front[tag].removeprefix("- ").strip() if tag < len(front) else ""
-    return name if name in TASKS else None
+    own = "data.source_column" in _own_task_keys(ours[0])
+    return name if name and (name in TASKS or own) else None
+
+
+# A task of the user's own as the card names it (hub.input_notes): `data.source_column text`
+OWN_TASK_CARD_KEYS = ("data.source_column", "data.target_column", "data.metrics",
+                      "data.hub_dataset", "data.hub_config")  # config.own_task_keys' keys
+_OWN_TASK_KEY = re.compile(r"`(" + "|".join(re.escape(key) for key in OWN_TASK_CARD_KEYS)
+                           + r") ([^`]+)`")
+
+
+def _own_task_keys(card: str) -> dict[str, str]:
+    return dict(_OWN_TASK_KEY.findall(card))
 
 
 def exported_inputs(folder: Path) -> dict[str, str]:
@@ -244,6 +256,8 @@ def exported_inputs(folder: Path) -> dict[str, str]:
     and a LED's global attention (named on its model card). Nothing for another folder, whose
     tokenizer's model_max_length is no run's (a hub model's 1024). So a run whose length was no
     task default (a LEDO run at 512 on xlsum) is fed at its own length, not the task's."""
+    from ..tasks import TASKS
+
     ours = _our_card(folder)
     if ours is None:
         return {}
@@ -258,6 +272,8 @@ def exported_inputs(folder: Path) -> dict[str, str]:
     attention = re.search(r"`data\.global_attention ([^`\s]+)`", card)
     if attention:
         found["data.global_attention"] = attention.group(1)
+    if exported_task(folder) not in TASKS:  # a task of the user's own: its columns, metrics
+        found.update(_own_task_keys(card))
     return found
 
 
@@ -291,6 +307,9 @@ def inference_config(saved: SavedModel, *, config_file: str | None = None,
         if task is not None and first_launched_process():
             print(f"note: {saved.path} was trained on {task} (its README.md says): read as "
                   f"{task}'s inputs (--task chooses another)", file=sys.stderr)
+    elif copied and task != exported_task(saved.path):  # --task another: not the card's columns
+        saved_inputs = {key: value for key, value in saved_inputs.items()
+                        if key not in OWN_TASK_CARD_KEYS}
     merged = {**saved_gen, **saved_inputs, **launcher_overrides(), **(overrides or {})}
     if source is None and model is None:
         hint = " or --model NAME (seq2seq-es list)" if allow_model else ""
@@ -331,7 +350,8 @@ def note_task_lengths(saved: SavedModel, cfg, given: dict[str, str],
     read = [f"{key} {value}" for key, value in exported.items() if key not in given]
     if (taken or read) and first_launched_process():
         one = len(taken) == 1
-        said = [f"{' and '.join(read)} as the exported folder says"] if read else []
+        listed = ", ".join(read[:-1]) + " and " + read[-1] if len(read) > 1 else "".join(read)
+        said = [f"{listed} as the exported folder says"] if read else []
         said += [f"{' and '.join(taken)} {'is' if one else 'are'} {cfg.data.task}'s "
                  f"default{'' if one else 's'}"] if taken else []
         print(f"note: no run config for {saved.hub_id or saved.path}: {'; '.join(said)}; a "
@@ -619,7 +639,8 @@ def evaluate_main(argv: list[str]) -> int:
     saved = resolve_saved(args.path)
     if saved.kind == "hf" and not (args.config or saved.config_file):
         where = saved.hub_id or f"{saved.path} (no {saved.path.parent / run_files.CONFIG})"
-        check_run_names(where, args.task, args.model)
+        # an exported folder's card names its task (as predict reads it)
+        check_run_names(where, args.task or exported_task(saved.path), args.model)
     cfg = inference_config(saved, config_file=args.config, overrides=overrides, task=args.task,
                            model=args.model, allow_model=saved.kind == "hf")
     if args.config or saved.config_file:
@@ -1010,7 +1031,7 @@ def tokenize_sources(sources: list[str], tokenizer, max_length: int, side: str,
 
 
 def predict_main(argv: list[str]) -> int:
-    from ..config import check_output_file
+    from ..config import check_output_file, own_task_keys
     from ..tasks import get_task, task_for
     from .builders import get_collator, get_generation_config
     from .evaluation import generate_texts
@@ -1026,7 +1047,8 @@ def predict_main(argv: list[str]) -> int:
         overrides["data.max_source_length"] = str(args.max_source_length)
     task = get_task(args.task, hint=(
         "a run of a task of your own reads its rows by that task's columns without --task: "
-        "give the run folder (or --config RUN/config.yaml)")) if args.task else None
+        "give the run folder, its exported folder with --model, or --config RUN/config.yaml"))\
+        if args.task else None
     input_path, output_path = Path(args.input), Path(args.output)
     if output_path.resolve() == input_path.resolve():
         raise Seq2SeqEsError(f"--output {output_path} is the input file")
@@ -1041,9 +1063,12 @@ def predict_main(argv: list[str]) -> int:
     with _length_named_as_given(args.max_source_length):
         cfg = inference_config(saved, config_file=args.config, overrides=overrides,
                                task=args.task, model=args.model, allow_model=saved.kind == "hf")
-    # A run's own config names its task: its data files' rows need no --task.
-    run_task = task_for(cfg.data) if args.config or saved.config_file else None
-    if run_task is not None:  # predicting with the run's model, not another --model
+    # A run's own config names its task: its data files' rows need no --task; so does the
+    # model card of a copied folder of a task of the user's own (its columns are on it).
+    ran_config = args.config or saved.config_file
+    run_task = task_for(cfg.data) if ran_config or (args.task is None and own_task_keys(cfg)) \
+        else None
+    if ran_config:  # predicting with the run's model, not another --model
         check_same_names(saved, cfg, None, args.model)
     else:
         note_task_lengths(saved, cfg, overrides, ("data.max_source_length",))

@@ -313,8 +313,11 @@ def test_inputs_that_would_fail_after_loading_are_refused_before_it(tmp_path):
     check_inputs(cfg)
     text = tmp_path / "train.txt"  # no reader for its extension: it had no key in its error
     text.write_text("hola\n")
+    empty = tmp_path / "test.jsonl"  # named no key, and only after the other splits were read
+    empty.write_text("")
     for key, value, expected in (
             ("data.train_file", str(tmp_path / "nope.jsonl"), "does not exist"),
+            ("data.test_file", str(empty), f"file {empty} is empty"),
             ("data.validation_file", str(text), f"file {text}: unsupported file extension "
                                                 "'.txt'; use one of .jsonl, .json"),
             ("dist.deepspeed_config", str(tmp_path / "ds.json"), "does not exist"),

@@ -71,6 +71,8 @@ def test_every_metric_has_a_main_score_among_its_outputs():
     ("titulares", {**OWN, "data.metrics": ","}, "data.metrics", "names no metric (',')"),
     ("titulares", {**OWN, "data.metrics": "rouge,,bleu"}, "data.metrics",
      "has an empty name between commas ('rouge,,bleu'); did you mean 'rouge,bleu'?"),
+    ("titulares", {**OWN, "data.metrics": "rouge bleu"}, "data.metrics",
+     "separates metrics by commas, not spaces ('rouge bleu'); did you mean 'rouge,bleu'?"),
 ])
 def test_an_incomplete_or_mixed_own_task_is_refused_by_its_key(task, overrides, key, says):
     with pytest.raises((ConfigError, UnknownNameError)) as error:

@@ -244,11 +244,14 @@ def _in_hub(report: LoadReport, file: str | None) -> str:
 
 def check_data_file(key: str, path: str) -> None:
     """A data file named by config key `key`, checked before anything loads (and before a job is
-    submitted): it exists, is a file, and its extension has a reader. Refused by the key."""
+    submitted): it exists, is a file, is not empty, and its extension has a reader. Refused by
+    the key."""
     if not os.path.exists(path):
         raise ConfigError(key, f"file {path} does not exist")
     if not os.path.isfile(path):
         raise ConfigError(key, f"{path} is not a file")
+    if os.path.getsize(path) == 0:  # said by its key now, not after the other splits are read
+        raise ConfigError(key, f"file {path} is empty")
     try:
         builder_for(path)
     except DataError as exc:

@@ -326,6 +326,10 @@ def metric_list(text: str) -> tuple[str, ...]:
         raise ConfigError("data.metrics", f"names no metric ({text!r}); e.g. rouge,bleu, or "
                           "leave it empty for rouge")
     for name in names:
+        if name not in MAIN_SCORES and len(name.split()) > 1 \
+                and all(part in MAIN_SCORES for part in name.split()):  # `rouge bleu`
+            raise ConfigError("data.metrics", f"separates metrics by commas, not spaces "
+                              f"({name!r}); did you mean '{','.join(name.split())}'?")
         if name not in MAIN_SCORES:
             raise ConfigError("data.metrics", str(UnknownNameError("metric", name, MAIN_SCORES)))
     if len(set(names)) != len(names):

@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import sys
+import textwrap
 import time
 import traceback
 from typing import Callable
@@ -198,7 +199,8 @@ def _first_line(error: BaseException | str) -> str:
     text = str(error).strip()
     first = text.splitlines()[0] if text else type(error).__name__
     first = first.removeprefix("RuntimeError: ")
-    return first.split("] ", 1)[-1][:160]   # gloo starts with its source file's path
+    # gloo starts with its source file's path; its advice runs on: cut at a word, and say so
+    return textwrap.shorten(first.split("] ", 1)[-1], 160, placeholder=" ...")
 
 
 def lost_contact(error: BaseException | str) -> str | None:

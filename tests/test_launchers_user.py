@@ -280,6 +280,11 @@ def test_a_process_without_stderr_still_ends_with_status_2(tmp_path):
      "lost contact with another rank (Connection closed by peer [127.0.0.1]:39592."),
     ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [10.0.0.2]:58557: "
      "Connection reset by peer.", "lost contact"),
+    # gloo's advice runs on: cut at a word, and said to be cut ("Check the logs of the re)")
+    ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:54913: "
+     "Connection reset by peer. This is typically caused by a remote worker hanging or bugs in "
+     "the application. Check the logs of the remote worker for the actual error.",
+     "in the application. Check the logs of ...); that rank ended first"),
     ("NCCL error in: ProcessGroupNCCL.cpp:1970, remote process exited or there was a network "
      "error, NCCL version 2.21.5", "lost contact"),
     ("[/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting "

@@ -236,6 +236,19 @@ def test_keeping_the_last_weights_says_so_and_names_the_best_step(workdir, files
             f"false; the best validation loss was at step {best_step})") in card
 
 
+def test_a_run_that_never_validated_says_its_weights_are_the_last(workdir, files):
+    # No validation ran (an audit's run: eval_at_end false, no epoch end): final_results.json
+    # gave best_step 1 as if chosen, and the card said "chosen on the validation rougeL".
+    out = workdir / "unvalidated"
+    shutil.rmtree(out, ignore_errors=True)
+    run("none", 1, base_args(files, out, steps=2, extra=["--train.eval_per_epoch", "false"]))
+    results = json.loads((out / "final_results.json").read_text())
+    assert set(results) == SCHEMA | {"kept"}
+    assert (results["kept"], results["best_step"], results["validation"]) == ("last", 2, {})
+    card = (out / "final" / "README.md").read_text()
+    assert "the weights are those of step 2 of 2, the last (no validation ran)" in card
+
+
 @pytest.mark.parametrize("key, value, words", [
     ("train.max_steps", "2", "2 ends before the step of checkpoint"),
     ("train.epochs", "1", f"1 epoch(s) make {STEPS_PER_EPOCH} steps, fewer than the {LAST} of "

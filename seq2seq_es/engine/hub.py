@@ -85,11 +85,12 @@ def model_card(results: dict, base_model: str | None, task_hub_id: str | None,
     scores."""
     lines = _card_head(results["model"], results["task"], base_model, task_hub_id)
     chosen = f"chosen on the validation {results['main_metric']}"
-    if results.get("kept") == "last":  # train.load_best_at_end false
+    if results.get("kept") == "last":  # train.load_best_at_end false, or nothing validated
         best = results.get("best_validation_step")
-        chosen = "the last (train.load_best_at_end false; " + (
+        chosen = "the last (" + (
             "no validation ran)" if best is None else
-            f"the best validation {results['main_metric']} was at step {best})")
+            f"train.load_best_at_end false; the best validation {results['main_metric']} was "
+            f"at step {best})")
     lines += [f"Trained with seq2seq-es; the weights are those of step {results['best_step']}"
               f" of {results['steps']}, {chosen}.", ""]
     lines += _inputs_section(inputs)

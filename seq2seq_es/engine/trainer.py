@@ -754,9 +754,10 @@ class Trainer:
                 "task": self.task.name, "model": cfg.model.name,
                 "main_metric": self.best_metric, "best_step": final_step, "steps": step,
                 "validation": validation, "test": test,
-                # train.load_best_at_end false: best_step is the last step (its weights were
-                # kept and scored); the best validation's step is said beside it
-                **({} if cfg.train.load_best_at_end else {
+                # train.load_best_at_end false, or no validation ran to choose by: best_step is
+                # the last step (its weights were kept and scored); the best validation's step
+                # is said beside it
+                **({} if chosen else {
                     "kept": "last", **({"best_validation_step": best["step"]} if best else {})}),
                 # how answers were compared, where not the metric's plain definition (QA's
                 # exact match and F1 as MLQA's script for Spanish, not SQuAD's)

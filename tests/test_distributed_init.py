@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,6 +124,34 @@ def test_a_rank_waiting_for_the_others_says_what_it_waits_for(monkeypatch, capfd
     with D._waiting_note(env, 30, after_s=5):
         pass
     time.sleep(0.1)
+    assert capfd.readouterr().err == ""
+
+
+def test_a_start_waiting_on_deepspeeds_extension_lock_names_the_lock(tmp_path, monkeypatch,
+                                                                      capfd):
+    # A lock under STALE_LOCK_S old (a run killed while building, restarted at once) kept one
+    # process waiting in silence for ever, and two ranks said they waited for each other.
+    import time
+
+    from seq2seq_es.engine import distributed as D
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    lock = Path(D._cpu_extension_folder()) / "lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("")
+    for env in (D.DistEnv(0, 1, 0, "127.0.0.1", 29611, "none"),
+                D.DistEnv(0, 2, 0, "127.0.0.1", 29611, "torchrun")):
+        with D._waiting_note(env, 30, after_s=0.05):
+            time.sleep(0.5)
+        said = capfd.readouterr().err
+        assert said == (f"note: waiting 0 s so far for DeepSpeed's CPU extension: its lock {lock} "
+                        "(0 min old) is held by another process building it (a few minutes on 2 "
+                        "cores), or was left by a run killed while building; if no other process "
+                        "is building it, delete that file\n"), said
+    lock.unlink()  # no lock: one process says nothing, two ranks the rendezvous
+    with D._waiting_note(D.DistEnv(0, 1, 0, "127.0.0.1", 29611, "none"), 30, after_s=0.05):
+        time.sleep(0.3)
     assert capfd.readouterr().err == ""
 
 

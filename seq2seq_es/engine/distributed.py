@@ -378,16 +378,9 @@ STALE_LOCK_S = 600  # a build takes a few minutes on 2 cores; an older lock is l
 def cpu_extension_note(now: float | None = None) -> str | None:
     """What to say before DeepSpeed starts on CPUs: that it compiles its extension (a silent
     stall of minutes at a first run), or that an old lock file will keep it waiting."""
-    import time
-
-    from torch.utils.cpp_extension import _get_build_directory
-
-    folder = _get_build_directory(CPU_EXTENSION, verbose=False)
+    folder = _cpu_extension_folder()
     lock = os.path.join(folder, "lock")
-    try:
-        age = (time.time() if now is None else now) - os.stat(lock).st_mtime
-    except OSError:
-        age = None
+    age = _age_s(lock, now)
     if age is not None and age > STALE_LOCK_S:
         return (f"note: DeepSpeed waits for the lock {lock} ({age / 60:.0f} min old) before "
                 f"building or loading its CPU extension; if no other process is building it (a "
@@ -396,6 +389,39 @@ def cpu_extension_note(now: float | None = None) -> str | None:
         return (f"building DeepSpeed's CPU communication extension into {folder} (once per "
                 "machine and torch version; a few minutes on 2 cores)")
     return None
+
+
+def _cpu_extension_folder() -> str:
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return _get_build_directory(CPU_EXTENSION, verbose=False)
+
+
+def _age_s(path: str, now: float | None = None) -> float | None:
+    """Seconds since `path` was last modified; None where it does not exist."""
+    import time
+
+    try:
+        return (time.time() if now is None else now) - os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+def _extension_lock_note(waited_s: float) -> str | None:
+    """What a start waiting on DeepSpeed's CPU extension lock says (None where there is no lock
+    or the machine has GPUs). torch's lock is a file that one process creates while it builds
+    and the others wait on for ever; a run killed while building leaves it. A lock younger
+    than STALE_LOCK_S at the start said nothing, and the rendezvous note blamed the ranks."""
+    if torch.cuda.is_available():
+        return None
+    lock = os.path.join(_cpu_extension_folder(), "lock")
+    age = _age_s(lock)
+    if age is None:
+        return None
+    return (f"note: waiting {waited_s:.0f} s so far for DeepSpeed's CPU extension: its lock "
+            f"{lock} ({age / 60:.0f} min old) is held by another process building it (a few "
+            "minutes on 2 cores), or was left by a run killed while building; if no other "
+            "process is building it, delete that file")
 
 
 class PortInUse(Seq2SeqEsError):
@@ -513,12 +539,13 @@ WAIT_NOTE_S = 60.0
 
 @contextlib.contextmanager
 def _waiting_note(env: DistEnv, timeout_min: int, after_s: float | None = None):
-    """A line on stderr (once per node) when the rendezvous has not completed after
-    WAIT_NOTE_S: a launch variable left in the shell (RANK=0 WORLD_SIZE=2 from an earlier
+    """A line on stderr (once per node) when the start has not completed after WAIT_NOTE_S:
+    on CPUs, DeepSpeed's extension lock where one is there (`_extension_lock_note`); else the
+    rendezvous: a launch variable left in the shell (RANK=0 WORLD_SIZE=2 from an earlier
     torchrun) waited for a rank that never comes, silently, until dist.timeout_min."""
     import threading
 
-    if env.world_size < 2 or env.local_rank != 0:
+    if env.local_rank != 0:
         yield
         return
     after_s = WAIT_NOTE_S if after_s is None else after_s
@@ -530,7 +557,13 @@ def _waiting_note(env: DistEnv, timeout_min: int, after_s: float | None = None):
                f"the wait ends at dist.timeout_min ({timeout_min} min)"
                + ("; if no launcher started this process, they were left in the shell: "
                   "unset RANK and WORLD_SIZE to train alone" if unlaunched else ""))
-    timer = threading.Timer(after_s, write_line, args=(f"note: {message}",))
+
+    def say() -> None:
+        note = _extension_lock_note(after_s)
+        if note or env.world_size > 1:
+            write_line(note or f"note: {message}")
+
+    timer = threading.Timer(after_s, say)
     timer.daemon = True
     timer.start()
     try:

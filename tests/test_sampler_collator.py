@@ -211,3 +211,32 @@ def test_truncation_report_median_of_an_even_count_is_the_mean_of_the_middle_two
                                   max_target_length=8, cache_dir=str(tmp_path))
     assert report.source_lengths_p50 == sum(lengths) / 2
     assert f"median {sum(lengths) / 2:g}, max {max(lengths)};" in report.summary()
+
+
+def test_a_tokenizer_that_differs_beyond_its_vocabulary_does_not_reuse_the_cached_ids(tmp_path):
+    # The key held the vocabulary and one probe sentence: a tokenizer with other merges or
+    # another normalizer and the same vocabulary trained on the ids another one had cached (a
+    # concurrency audit: 111 tokens a row where its own tokenizer gave 211).
+    import copy
+    import json
+
+    import datasets
+    from tokenizers import Tokenizer
+
+    from seq2seq_es.data.tokenize import tokenize_examples
+
+    tokenizer = _barto_tokenizer()
+    pipeline = json.loads(tokenizer.backend_tokenizer.to_str())
+    assert pipeline["normalizer"] is None
+    # "x" read as "j": the same vocabulary, and the probe sentence has no "x"
+    pipeline["normalizer"] = {"type": "Replace", "pattern": {"String": "x"}, "content": "j"}
+    other = copy.deepcopy(tokenizer)
+    other._tokenizer = Tokenizer.from_str(json.dumps(pipeline))
+    assert other.get_vocab() == tokenizer.get_vocab()
+    source = "un examen exacto en Texas"
+    assert other(source)["input_ids"] != tokenizer(source)["input_ids"]
+    examples = datasets.Dataset.from_dict({"source": [source], "target": ["examen"]})
+    for tok in (tokenizer, other):
+        tokenized, _ = tokenize_examples(examples, tok, split="train", max_source_length=64,
+                                         max_target_length=16, cache_dir=str(tmp_path))
+        assert tokenized["input_ids"][0] == tok(source)["input_ids"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import datasets
@@ -500,6 +501,34 @@ def test_unsupported_extension_and_empty_file_are_named(tmp_path, cache):
     empty.write_text("", encoding="utf-8")
     with pytest.raises(DataError, match="file is empty"):
         load("mlsum", "train", cache, data_files={"train": str(empty)})
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_a_file_rewritten_with_the_same_time_is_read_anew(tmp_path, cache, suffix):
+    # datasets caches a local file's rows by its path and modification time: rewritten with
+    # the same time (touch -r, cp -p, rsync -t), it was read from the cache of its old rows and
+    # trained on them without a word (a concurrency audit).
+    import pandas as pd
+
+    path = tmp_path / f"train{suffix}"
+
+    def write(summary):
+        frame = pd.DataFrame({"text": ["Llueve en Madrid.", "Sale el sol."],
+                              "summary": [summary, "Sol."]})
+        if suffix == ".jsonl":
+            frame.to_json(path, orient="records", lines=True, force_ascii=False)
+        elif suffix == ".csv":
+            frame.to_csv(path, index=False)
+        else:
+            frame.to_parquet(path)
+        os.utime(path, ns=(1_700_000_000_000_000_000,) * 2)
+
+    write("Lluvia.")
+    assert load("mlsum", "train", cache, data_files={"train": str(path)})[0]["target"][0] == \
+        "Lluvia."
+    write("Nieve.")  # the same length and time
+    assert load("mlsum", "train", cache, data_files={"train": str(path)})[0]["target"][0] == \
+        "Nieve."
 
 
 def test_missing_column_names_file_and_column_and_lists_the_columns_found(cache):

@@ -46,7 +46,9 @@ Bad lines (rows, in JSON documents) are left out of what `datasets` reads and re
 to be skipped, refuses the earliest of either, naming the file and line (or row) and column.
 `line_of_row` maps each data row `datasets` will read to its 1-based line in the original file,
 and `row_of_row` to its 0-based row of a JSON document, so later row problems are numbered
-like the bad ones. A clean file is handed over as it is, without a copy.
+like the bad ones. A clean file is handed over as it is, without a copy, under a link named by
+its content (`datasets` would read a file rewritten with the same modification time from the
+cache of its old rows).
 """
 
 from __future__ import annotations
@@ -122,7 +124,44 @@ def prepare_local_file(path: str, builder: str, options: dict, required_columns:
     Parquet passes through. `text_columns`: required columns the task reads as text
     (Formatter.text_columns); `read_columns`: every column the task reads (a mixed-type column
     outside them is left out); `id_columns`, `list_columns`: the ids and reference lists among
-    them."""
+    them. A file read as it is goes to `datasets` under a name of its content
+    (`_content_named`)."""
+    local = _checked(path, builder, options, required_columns, cache_dir=cache_dir,
+                     text_columns=text_columns, read_columns=read_columns,
+                     id_columns=id_columns, list_columns=list_columns)
+    if local.path == path:
+        local.path = _content_named(path, cache_dir)
+    return local
+
+
+def _content_named(path: str, cache_dir: str | None) -> str:
+    """A link to the user's file under a name that holds a hash of its content, for `datasets`
+    to read. `datasets` caches a local file's rows by its path and modification time: a file
+    rewritten with the same time (`touch -r`, `cp -p`, `rsync -t`, an archive unpacked, a
+    coarse clock) was read from the cache of its old rows, without a word (an audit trained on
+    the old text). The link's own name changes with the content. Where no link can be made,
+    the file itself, as before."""
+    with open(path, "rb") as f:
+        content = hashlib.file_digest(f, "sha256").hexdigest()
+    digest = hashlib.sha256(f"{os.path.abspath(path)}\0{content}".encode()).hexdigest()
+    name = Path(path)
+    link = _clean_root(cache_dir) / f"{name.stem}-{digest[:16]}{name.suffix}"
+    try:
+        if os.path.realpath(link) != os.path.realpath(path):  # made by an earlier run
+            link.parent.mkdir(parents=True, exist_ok=True)
+            tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+            tmp.unlink(missing_ok=True)
+            os.symlink(os.path.abspath(path), tmp)
+            tmp.replace(link)  # atomic: two runs making it at once both find it whole
+    except OSError:
+        return path
+    return str(link)
+
+
+def _checked(path: str, builder: str, options: dict, required_columns: tuple[str, ...],
+             *, cache_dir: str | None, text_columns: tuple[str, ...],
+             read_columns: tuple[str, ...], id_columns: tuple[str, ...],
+             list_columns: tuple[str, ...]) -> LocalFile:
     compression = _compression(path)
     if builder == "parquet":
         if compression is not None:
@@ -279,10 +318,15 @@ def _decode(line: bytes) -> tuple[str | None, str]:
                       f"{error.start + 1}; save the file as UTF-8)")
 
 
+def _clean_root(cache_dir: str | None) -> Path:
+    """Where cleaned copies and content-named links go."""
+    return Path(cache_dir or os.environ.get("SEQ2SEQ_ES_CACHE",
+                                            Path.home() / ".cache" / "seq2seq_es")) / "clean"
+
+
 def _cleaned_copy(path: str, text: str, suffix: str, cache_dir: str | None) -> str:
     """Write `text` once per content under the cache; the name is its hash (stable for reuse)."""
-    root = Path(cache_dir or os.environ.get("SEQ2SEQ_ES_CACHE",
-                                            Path.home() / ".cache" / "seq2seq_es")) / "clean"
+    root = _clean_root(cache_dir)
     digest = hashlib.sha256(f"{CLEAN_VERSION}\0{os.path.abspath(path)}\0{text}".encode()).hexdigest()
     target = root / f"{Path(path).stem}-{digest[:16]}{suffix}"
     if not target.is_file():

@@ -474,6 +474,17 @@ def test_checkpoint_weights_may_name_a_tie_once_but_hold_nothing_unknown(tmp_pat
                            "extra.weight": weights}}, step / "mp_rank_00_model_states.pt")
     with pytest.raises(Seq2SeqEsError, match="1 unknown weights, e.g. extra.weight"):
         load_checkpoint_weights(model, step)
+    # A folder without model states is named as such; one that a training run's rotation
+    # removed while export or evaluate read it was an IndexError's traceback (an audit)
+    (step / "mp_rank_00_model_states.pt").unlink()
+    with pytest.raises(Seq2SeqEsError, match="FileNotFoundError: no model states in .*; it "
+                                             "may be damaged"):
+        load_checkpoint_weights(model, step)
+    step.rmdir()
+    with pytest.raises(Seq2SeqEsError) as gone:
+        load_checkpoint_weights(model, step)
+    assert str(gone.value).startswith(f"checkpoint {step} was removed while it was read: the "
+                                      "run is training and train.keep_last rotated it away")
 
 
 def test_a_run_decodes_with_its_own_config_not_its_exports_generation_file(tmp_path):

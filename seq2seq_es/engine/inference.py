@@ -401,16 +401,26 @@ def load_checkpoint_weights(model, checkpoint: Path) -> None:
     from .checkpoint import damaged_checkpoint_named
 
     optim_files = list(checkpoint.glob("*optim_states.pt"))
-    # A truncated file was torch's reader traceback (export, evaluate, predict)
-    with damaged_checkpoint_named(checkpoint, "give an earlier one:"):
-        if any("zero_pp_rank" in f.name for f in optim_files):
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-            with contextlib.redirect_stdout(io.StringIO()):  # it prints every step it takes
-                state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent),
-                                                                 tag=checkpoint.name)
-        else:
-            files = sorted(checkpoint.glob("*model_states.pt"))
-            state = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    try:
+        # A truncated file was torch's reader traceback (export, evaluate, predict)
+        with damaged_checkpoint_named(checkpoint, "give an earlier one:"):
+            if any("zero_pp_rank" in f.name for f in optim_files):
+                from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+                with contextlib.redirect_stdout(io.StringIO()):  # it prints every step it takes
+                    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent),
+                                                                     tag=checkpoint.name)
+            else:
+                files = sorted(checkpoint.glob("*model_states.pt"))
+                if not files:
+                    raise FileNotFoundError(f"no model states in {checkpoint}")
+                state = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    except (Seq2SeqEsError, OSError) as exc:
+        if not checkpoint.is_dir():  # removed while read: an IndexError's traceback before
+            raise Seq2SeqEsError(
+                f"checkpoint {checkpoint} was removed while it was read: the run is training and "
+                "train.keep_last rotated it away; give one it keeps (its best, in best.json), or "
+                "read the run's final/ once it ends") from exc
+        raise
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied weights (shared embeddings, the shared BERT2BERT pairs) are one Parameter under
     # several names; a checkpoint may hold only one of those names.

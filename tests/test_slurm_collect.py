@@ -455,6 +455,34 @@ def test_collect_refuses_unknown_metrics_and_replaces_its_files_only_as_a_set(tm
     assert not list(sweep_dir.glob(".*.tmp"))
 
 
+def test_two_collects_into_one_folder_do_not_remove_each_others_files(tmp_path, monkeypatch):
+    # Two `collect` at once into one folder shared the temporary names: one removed the other's,
+    # which then failed saying nothing was replaced (an audit, 3 of 3 times). Here the other
+    # collect (another pid) writes the whole set while this one is between its writes.
+    import os
+
+    from seq2seq_es.slurm import results_table as R
+
+    sweep_dir = tmp_path / "sweep"
+    runs = _runs(_write_manifest(sweep_dir, [("barto", "mlsum")], LR))
+    _final(runs[("barto", "mlsum", "3e-5")], {"rougeL": 20.0}, {"rougeL": 19.0})
+    table = build_table(load_manifest(sweep_dir))
+    files = [sweep_dir / name for name in ("results.md", "results.csv", "results.png")]
+    pid, plot = [1001], R.plot_results
+
+    def plot_then_the_other_collect(table, path, split="both"):
+        plot(table, path, split)
+        if pid[0] == 1001:
+            pid[0] = 2002
+            R.write_results(table, *files)
+            pid[0] = 1001
+
+    monkeypatch.setattr(R, "plot_results", plot_then_the_other_collect)
+    monkeypatch.setattr(os, "getpid", lambda: pid[0])
+    R.write_results(table, *files)
+    assert all(path.is_file() for path in files) and not list(sweep_dir.glob(".*.tmp"))
+
+
 def test_an_empty_table_still_names_the_runs_left_out(tmp_path, capsys):
     sweep_dir = tmp_path / "sweep"
     manifest = _write_manifest(sweep_dir, [("barto", "mlsum")], LR)

@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -1429,7 +1430,8 @@ def plot_results(table: ResultsTable, png_path: str | Path, split: str = "both")
 
 
 def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
+    # this process's own: two collects into one folder removed each other's (an audit)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def write_results(table: ResultsTable, markdown_path: str | Path, csv_path: str | Path,

@@ -63,3 +63,23 @@ def test_a_finished_demo_run_again_says_its_table_is_the_earlier_runs(tmp_path):
     assert "wall time" not in again.stdout and "trained earlier in" in again.stdout
     assert "--output-dir NEW trains the demo afresh" in again.stdout
     assert (out / "demo_summary.json").read_text() == summary  # the first run's, kept
+
+
+def test_the_demo_data_is_rewritten_only_when_it_changes_and_then_whole(tmp_path):
+    # A second `demo` on a folder where one trained rewrote its files in place before the lock
+    # refused it; the training run could read a half-written file (a concurrency audit).
+    import os
+
+    from seq2seq_es.demo.synthetic import write_demo_dataset
+
+    files = write_demo_dataset(tmp_path, train_size=8, validation_size=2)
+    before = {split: os.stat(path) for split, path in files.items()}
+    write_demo_dataset(tmp_path, train_size=8, validation_size=2)  # the same rows: untouched
+    for split, path in files.items():
+        after = os.stat(path)
+        assert (after.st_ino, after.st_mtime_ns) == (before[split].st_ino,
+                                                      before[split].st_mtime_ns)
+    write_demo_dataset(tmp_path, train_size=9, validation_size=2)  # new rows: a new file
+    assert os.stat(files["train"]).st_ino != before["train"].st_ino
+    assert len(open(files["train"], encoding="utf-8").readlines()) == 9
+    assert not list(tmp_path.glob(".*.tmp"))

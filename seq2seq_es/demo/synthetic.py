@@ -10,6 +10,7 @@ schema (text, summary, topic, url, title, date) so the demo runs through the rea
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -74,7 +75,11 @@ def make_article(rng: random.Random, index: int) -> dict:
 
 def write_demo_dataset(folder: str | Path, *, train_size: int = 2000, validation_size: int = 64,
                        seed: int = 1234) -> dict[str, str]:
-    """Write train/validation/test jsonl files in MLSUM's schema; return their paths."""
+    """Write train/validation/test jsonl files in MLSUM's schema; return their paths.
+
+    A file that already holds the same rows is left as it is, and a new one replaces it whole:
+    a second `demo` on a folder where one trains rewrote the files in place before the run
+    folder's lock refused it, and the training one could read a half-written file."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -82,9 +87,14 @@ def write_demo_dataset(folder: str | Path, *, train_size: int = 2000, validation
     files, index = {}, 0
     for split, size in sizes.items():
         path = folder / f"{split}.jsonl"
-        with open(path, "w", encoding="utf-8") as f:
-            for _ in range(size):
-                f.write(json.dumps(make_article(rng, index), ensure_ascii=False) + "\n")
-                index += 1
+        rows = []
+        for _ in range(size):
+            rows.append(json.dumps(make_article(rng, index), ensure_ascii=False) + "\n")
+            index += 1
+        text = "".join(rows).encode("utf-8")
+        if not path.is_file() or path.read_bytes() != text:
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(text)
+            tmp.replace(path)
         files[split] = str(path)
     return files

@@ -793,6 +793,42 @@ def test_resume_never_gives_a_run_a_second_job_nor_resubmits_a_finished_one(
     assert going == ([] if resumed else [(asked, state)])
 
 
+def test_resume_leaves_a_run_that_a_job_it_does_not_track_trains(tmp_path):
+    """Two `slurm resume` at once both submitted a run: the manifest kept the second job, which
+    failed on the folder's lock while the first trained; a third resume submitted yet another
+    (a concurrency audit). A process holding the run's train.lock leaves it as it is."""
+    from test_run_lock import end, hold_in_another_process
+
+    from seq2seq_es.errors import ConfigError
+    from seq2seq_es.slurm.monitor import run_status
+    from seq2seq_es.slurm.sweep import runs_to_resume
+
+    manifest = _sweep(tmp_path / "sweep", [("barto", "mlsum")], {"optim.lr": ["1e-5", "2e-5"]})
+    manifest.submitted = True
+    held, free = manifest.runs
+    for run, job_id in zip(manifest.runs, ("11", "12")):
+        run.job_id = job_id
+    states = parse_sacct("11|FAILED|1:0\n12|CANCELLED by 0|0:15\n")
+    holder = hold_in_another_process(Path(held.run_dir), SLURM_JOB_ID="1182")
+    try:
+        runs, going = runs_to_resume(manifest, states)
+        assert runs == [free] and [run for run, _ in going] == [held]
+        # and `slurm status` says so beside the tracked job's FAILED
+        status = run_status(held, manifest, states)
+        assert status.state == "FAILED" and (f"training now, in a process this sweep does not "
+                                             f"track (pid {holder.pid} on ") in status.note
+        assert "training now" not in run_status(free, manifest, states).note
+        assert going[0][1].startswith(f"its folder is held by pid {holder.pid} on ")
+        assert "SLURM job 1182" in going[0][1]
+        (Path(free.run_dir) / run_files.DONE).write_text("")
+        with pytest.raises(ConfigError, match=f"run {held.name} still has job 11 \\(its folder "
+                                              f"is held by pid {holder.pid} on "):
+            runs_to_resume(manifest, states)
+    finally:
+        end(holder)
+    assert runs_to_resume(manifest, states) == ([held], [])
+
+
 def test_resume_takes_a_grid_value_however_it_is_spelled(tmp_path):
     """`slurm resume -- --optim.lr 0.00003` for the point optim.lr=3e-5 is the same point (the
     numbers are equal) and is accepted; another value is another point and is refused."""

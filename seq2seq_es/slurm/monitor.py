@@ -255,6 +255,16 @@ def run_status(run: RunPlan, manifest: Manifest, slurm: dict[str, SlurmState]) -
         # A training run that never completed a checkpoint starts again from its first step.
         status.note = status.note and status.note.replace(RESUME_HINT, NO_CHECKPOINT_HINT)
         status.error = status.error and status.error.replace(RESUME_HINT, NO_CHECKPOINT_HINT)
+    if status.failed or status.state == "UNKNOWN":
+        # Its job ended, yet a process trains in its folder: a job the manifest no longer tracks
+        # (two resumes at once: the tracked one failed on the folder's lock). It read FAILED
+        # only, while the run trained.
+        from ..engine.run_lock import describe_holder, training_now
+        holder = training_now(run_dir)
+        if holder is not None:
+            status.note = "; ".join(part for part in (
+                status.note, f"training now, in a process this sweep does not track "
+                             f"({describe_holder(holder)})") if part)
     return status
 
 

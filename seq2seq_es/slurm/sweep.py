@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import run_files
+from ..engine.run_lock import describe_holder, training_now
 from ..config import BOOKKEEPING_KEYS, LABEL_KEYS, SEED_MAX, check_folder, not_applying
 from ..errors import ConfigError, DataError, Seq2SeqEsError, UnknownNameError
 from . import paper_grid, queries
@@ -1440,8 +1441,9 @@ ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", 
 def runs_to_resume(manifest: Manifest,
                    states: dict[str, Any]) -> tuple[list[RunPlan], list[tuple[RunPlan, str]]]:
     """The runs of a submitted manifest to submit again: those that have not finished (no DONE)
-    and have no job that may still train (two jobs would write one run folder); and those left
-    as they are for such a job, with its state. A cancelled run is resumed while the rest of
+    and have no job that may still train (two jobs would write one run folder), nor a process
+    training in their folder now (its train.lock: a job of a resume the manifest no longer
+    tracks); and those left as they are for such a job, with its state. A cancelled run is resumed while the rest of
     its sweep still trains; when every unfinished run has a job, that is refused."""
     if not manifest.submitted:
         raise ConfigError("SWEEP", f"{manifest.path} was never submitted; submit it instead")
@@ -1449,6 +1451,11 @@ def runs_to_resume(manifest: Manifest,
                   if not (Path(run.run_dir) / run_files.DONE).exists()]
     active = [(run, states[run.job_id].state) for run in unfinished
               if run.job_id in states and states[run.job_id].state in ACTIVE_STATES]
+    for run in unfinished:  # a job the manifest does not track (another resume's) trains it
+        if all(run is not busy for busy, _ in active):
+            holder = training_now(Path(run.run_dir))
+            if holder is not None:
+                active.append((run, f"its folder is held by {describe_holder(holder)}"))
     resumable = [run for run in unfinished if all(run is not busy for busy, _ in active)]
     if active and not resumable:
         run, state = active[0]

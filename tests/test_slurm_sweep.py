@@ -94,9 +94,9 @@ def test_data_root_gives_each_task_its_files_before_the_overrides(tmp_path):
                          ("sqac", ("train.parquet", "validation.csv", "test.json"))):
         (root / task).mkdir(parents=True)
         for name in splits:
-            (root / task / name).write_text("")
+            (root / task / name).write_text("x\n")  # planned, never read (an empty file is refused)
     other = tmp_path / "other.jsonl"
-    other.write_text("")
+    other.write_text("x\n")
     runs = plan_runs(tmp_path / "sweep", [("barto", "mlsum"), ("t5s", "sqac")],
                      {"optim.lr": ["3e-5", "5e-5"]}, ["--data.validation_file", str(other)],
                      data_root=root)

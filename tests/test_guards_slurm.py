@@ -829,6 +829,77 @@ def test_resume_leaves_a_run_that_a_job_it_does_not_track_trains(tmp_path):
     assert runs_to_resume(manifest, states) == ([held], [])
 
 
+_HOLD_AND_SUBMIT = """
+import fcntl, json, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(1.0)
+manifest = json.load(open(sys.argv[2]))
+manifest["submitted"] = True
+for run, job in zip(manifest["runs"], sys.argv[3:]):
+    run["job_id"] = job
+json.dump(manifest, open(sys.argv[2], "w"))
+"""
+
+
+def _another_command_submitting(manifest, *jobs: str):
+    """A process that holds the submission lock, then writes `manifest` as submitted (with
+    `jobs`), as a second `slurm sweep` or `slurm resume` started at the same moment does."""
+    import subprocess
+    import sys
+
+    from seq2seq_es.slurm.sweep import SUBMITTING_LOCK
+
+    Path(manifest.submitit_folder).mkdir(parents=True, exist_ok=True)
+    other = subprocess.Popen([sys.executable, "-c", _HOLD_AND_SUBMIT,
+                              str(Path(manifest.submitit_folder) / SUBMITTING_LOCK),
+                              manifest.path, *jobs], stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == "held"
+    return other
+
+
+@pytest.mark.slurm  # submit() looks for sbatch and srun first
+def test_two_sweeps_into_one_new_folder_submit_once(tmp_path):
+    """Both of two `slurm sweep` started at once into one new folder submitted: each checked the
+    folder before the other had written (a concurrency audit). The second now waits for the
+    first's submission, finds it, and submits nothing."""
+    from seq2seq_es.errors import ConfigError
+    from seq2seq_es.slurm.sweep import SWEEP_MANIFEST, load_manifest, submit
+
+    manifest = _sweep(tmp_path / "sweep", [("barto", "mlsum")], {"optim.lr": ["1e-5"]})
+    other = _another_command_submitting(manifest, "501")
+    try:
+        with pytest.raises(ConfigError, match="was submitted meanwhile by another command"):
+            submit(manifest, SlurmConfig(), tmp_path / "sweep" / SWEEP_MANIFEST)
+    finally:
+        other.wait(timeout=60)
+    assert [run.job_id for run in load_manifest(tmp_path / "sweep").runs] == ["501"]
+
+
+def test_two_resumes_at_once_give_a_run_one_job(tmp_path):
+    """Two `slurm resume` at once both submitted the same runs (a concurrency audit): under the
+    submission lock, a run whose job changed on disk since it was chosen is refused."""
+    from seq2seq_es.errors import ConfigError
+    from seq2seq_es.slurm.sweep import check_not_resubmitted, submitting
+
+    manifest = _sweep(tmp_path / "sweep", [("barto", "mlsum")], {"optim.lr": ["1e-5", "2e-5"]})
+    for run, job_id in zip(manifest.runs, ("11", "12")):
+        run.job_id = job_id
+    manifest.submitted = True
+    manifest.write(manifest.path)
+    check_not_resubmitted(manifest, manifest.runs)  # nothing changed: goes on
+    other = _another_command_submitting(manifest, "11", "77")
+    try:
+        with submitting(manifest), pytest.raises(ConfigError) as refused:
+            check_not_resubmitted(manifest, manifest.runs)
+    finally:
+        other.wait(timeout=60)
+    assert f"run {manifest.runs[1].name} got job 77 meanwhile from another command" in \
+        str(refused.value)
+    check_not_resubmitted(manifest, manifest.runs[:1])  # the run it did not resubmit
+
+
 def test_resume_takes_a_grid_value_however_it_is_spelled(tmp_path):
     """`slurm resume -- --optim.lr 0.00003` for the point optim.lr=3e-5 is the same point (the
     numbers are equal) and is accepted; another value is another point and is refused."""

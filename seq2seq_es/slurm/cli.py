@@ -60,14 +60,13 @@ from .monitor import format_status, query_slurm, run_status, status_json, sweep_
 from .options import (SLURM_FLAGS, add_slurm_options, origin, slurm_config_from_args, split_overrides,
                       with_sbatch_options)
 from .results_table import SPLITS_SHOWN, build_table, empty_message, write_results
-from .sweep import (RUN_FOLDERS_MODE, RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan, absolute_config,
-                    check_names, check_node_count, check_overrides, check_partition, check_run_dir,
-                    check_seeds, check_sweep_dir, compose_run, dry_run_script,
-                    finished_run_further, gpu_warning,
-                    load_manifest, load_runs, new_manifest, parse_grid, parse_seeds,
-                    partition_gres, pinned_paths, plan_sweep,
-                    relative_paths, require_slurm_clients, resumed_argv,
-                    runs_to_resume, select_pairs, submit, submit_runs, train_argv)
+from .sweep import (RUN_FOLDERS_MODE, RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan,
+                    absolute_config, check_names, check_node_count, check_not_resubmitted,
+                    check_overrides, check_partition, check_run_dir, check_seeds, check_sweep_dir,
+                    compose_run, dry_run_script, finished_run_further, gpu_warning, load_manifest,
+                    load_runs, new_manifest, parse_grid, parse_seeds, partition_gres, pinned_paths,
+                    plan_sweep, relative_paths, require_slurm_clients, resumed_argv, runs_to_resume,
+                    select_pairs, submit, submit_runs, submitting, train_argv)
 
 def _warn_without_gpus(config: SlurmConfig) -> None:
     """A job without --gpus-per-node trains on CPUs: say so on stderr where GPUs seem meant."""
@@ -455,9 +454,11 @@ def cmd_resume(argv: list[str]) -> int:
     require_slurm_clients()
     for run in runs:
         run.argv = resumed[run.name][0]
-    submit_runs(manifest, runs, config)
-    manifest.slurm = config.to_dict()
-    manifest.write(manifest.path)
+    with submitting(manifest):
+        check_not_resubmitted(manifest, runs)
+        submit_runs(manifest, runs, config)
+        manifest.slurm = config.to_dict()
+        manifest.write(manifest.path)
     print(f"submitted: {', '.join(run.job_id for run in runs)}")
     print(f"status: seq2seq-es slurm status {Path(manifest.path).parent}")
     return 0

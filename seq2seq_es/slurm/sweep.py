@@ -9,6 +9,7 @@ Everything is checked before anything is submitted.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -1396,16 +1397,63 @@ def submit(manifest: Manifest, config: SlurmConfig, manifest_path: Path) -> Mani
     again with the job ids.
     """
     require_slurm_clients()
-    drop_unplanned_run_folders(manifest_path, manifest.runs)
-    for run in manifest.runs:
-        Path(run.run_dir).mkdir(parents=True, exist_ok=True)
-        run.argv = snapshot_config(run.argv, Path(run.run_dir))
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write(manifest_path)
-    submit_runs(manifest, manifest.runs, config)
-    manifest.submitted = True
-    manifest.write(manifest_path)
+    with submitting(manifest):
+        if manifest_path.exists() and load_manifest(manifest_path).submitted:
+            # checked before the plan was shown, and since submitted by another command
+            option = "--sweep-dir" if manifest.mode == "sweep" else "--run-dir"
+            raise ConfigError(option, f"{manifest_path.parent} was submitted meanwhile by "
+                              "another command (two at once); nothing more was submitted: "
+                              f"`seq2seq-es slurm status {manifest_path.parent}` shows it")
+        drop_unplanned_run_folders(manifest_path, manifest.runs)
+        for run in manifest.runs:
+            Path(run.run_dir).mkdir(parents=True, exist_ok=True)
+            run.argv = snapshot_config(run.argv, Path(run.run_dir))
+        manifest.write(manifest_path)
+        submit_runs(manifest, manifest.runs, config)
+        manifest.submitted = True
+        manifest.write(manifest_path)
     return manifest
+
+
+def check_not_resubmitted(manifest: Manifest, runs: list[RunPlan]) -> None:
+    """Refused (ConfigError) when the manifest on disk gives one of `runs` another job than
+    `manifest` does: another `slurm resume` submitted it since they were chosen. Under
+    `submitting`."""
+    on_disk = {run.name: run.job_id for run in load_manifest(manifest.path).runs}
+    moved = [run for run in runs if on_disk.get(run.name) != run.job_id]
+    if moved:
+        raise ConfigError("SWEEP", f"run {moved[0].name} got job {on_disk[moved[0].name]} "
+                          "meanwhile from another command (two resumes at once); nothing was "
+                          f"submitted: `seq2seq-es slurm status {Path(manifest.path).parent}` "
+                          "shows it")
+
+
+SUBMITTING_LOCK = ".submitting.lock"
+
+
+@contextlib.contextmanager
+def submitting(manifest: Manifest):
+    """Held while a command submits jobs for `manifest` (in its submitit folder, which every
+    command of that sweep or run writes to): two sweeps into one new folder both submitted,
+    and two resumes both gave a run a job, as each checked before the other had written (a
+    concurrency audit). Waits for the other to end; the caller then checks again. A file
+    system without locks is not guarded, as before."""
+    import errno
+    import fcntl
+
+    folder = Path(manifest.submitit_folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / SUBMITTING_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+        yield
+    finally:
+        os.close(fd)  # drops the lock
 
 
 def submit_runs(manifest: Manifest, runs: list[RunPlan], config: SlurmConfig) -> None:

@@ -536,3 +536,45 @@ def test_a_single_answer_written_without_its_list_is_the_target():
     assert isinstance(example, Example)
     assert (example.target, example.references, example.example_id) == \
         ("Madrid", ("Madrid",), "q1")
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from seq2seq_es.engine.run_lock import held_alone
+held = held_alone(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_evaluate_of_one_run_and_split_is_refused_while_the_first_writes(tmp_path):
+    # Both wrote run/evaluations/test_final; the first one's scores were gone without a word
+    # (a concurrency audit). The second is refused before its model loads, naming the first.
+    import subprocess
+    import sys
+
+    from engine_runs import REPO, subprocess_env
+    from seq2seq_es.config import compose, dump
+
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "config.json").write_text("{}")
+    (run / "final" / "model.safetensors").write_bytes(b"")  # never loaded: refused before
+    dump(compose(task="mlsum", model="barto-tiny"), run / "config.yaml")
+    env = subprocess_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    first = subprocess.Popen([sys.executable, "-c", _HOLD,
+                              str(run / "evaluations" / ".test_final.lock")],
+                             stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert first.stdout.readline().strip() == "held"
+        second = subprocess.run([sys.executable, "-m", "seq2seq_es", "evaluate", str(run),
+                                 "--split", "test"], cwd=REPO, env=env, capture_output=True,
+                                text=True, timeout=300)
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert (f"error: {run / 'evaluations' / 'test_final'} is being written by another evaluate "
+            f"(pid {first.pid} on ") in second.stderr
+    assert "give --output-dir DIR for this one" in second.stderr

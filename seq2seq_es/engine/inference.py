@@ -679,6 +679,8 @@ def evaluate_main(argv: list[str]) -> int:
             and saved.path.resolve() == (saved.run_dir / run_files.FINAL).resolve()
             and cfg.train.export_dtype != "fp32"):
         say(rounded_export_note(saved.run_dir, cfg.train.export_dtype))
+    # held until the scores are written (on an error, until the lock object goes)
+    held = D.decided_by_main(env, lambda: _evaluating_alone(out))
     note_replaced_evaluation(out, saved.path, args.split, overrides, say,
                              chosen_dir=bool(args.output_dir))
     task = task_for(cfg.data)
@@ -712,8 +714,24 @@ def evaluate_main(argv: list[str]) -> int:
         for key, value in results.items():
             print(f"{key} {value:.4f}")
         print(f"predictions and scores: {out}")
+        held.release()
     D.barrier()
     return 0
+
+
+def _evaluating_alone(out: Path):
+    """A lock beside the evaluation folder `out` while this command writes it: a second
+    `evaluate` of one run and split wrote into the same folder, and the first one's scores
+    were gone without a word (a concurrency audit)."""
+    from .run_lock import describe_holder, held_alone, read_holder
+
+    lock = out.parent / f".{out.name}.lock"
+    held = held_alone(lock)
+    if held is None:
+        raise Seq2SeqEsError(f"{out} is being written by another evaluate "
+                             f"({describe_holder(read_holder(lock))}): wait for it to end, or "
+                             "give --output-dir DIR for this one")
+    return held
 
 
 # ---------------------------------------------------------------------------------------------

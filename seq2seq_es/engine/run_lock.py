@@ -166,6 +166,45 @@ def training_now(out: Path) -> dict | None:
     return _read_holder(path)
 
 
+class HeldFile:
+    """A POSIX lock on a file, held until `release()` or until the object goes."""
+
+    def __init__(self, fd: int):
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the file drops the process's lock on it
+            self.fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def held_alone(path: Path) -> HeldFile | None:
+    """A POSIX lock on `path` (created) for this process; None where another process holds it
+    (its text, written here, says who: `read_holder`). A file system without locks is not
+    guarded."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            os.close(fd)
+            return None
+        return HeldFile(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, _holder_text(), 0)
+    return HeldFile(fd)
+
+
+def read_holder(path: Path) -> dict:
+    return _read_holder(path)
+
+
 def describe_holder(holder: dict) -> str:
     """'pid 12 on node1, SLURM job 34, since 2026-...' (or 'another process'), for messages."""
     return _describe(holder)

@@ -38,6 +38,9 @@ from typing import Any, Iterable, Literal, Mapping
 import yaml
 
 from .errors import ConfigError, close_matches, comma_names
+# the launcher's rank, read before the process group: notes said once (their callers import
+# them from here)
+from .launch_env import first_launched_process, launched_rank, launched_ranks  # noqa: F401
 
 
 INT_LIMIT = 2**31  # an integer key holds less in size: torch, numpy and CUDA take C ints, and a
@@ -1016,34 +1019,6 @@ def not_applying(cfg) -> dict[str, str]:
     if not adapter.reads("model.attention_window"):
         ignored["model.attention_window"] = f"{cfg.model.name} is no LED"
     return ignored
-
-
-def launched_rank(environ: Mapping[str, str] | None = None) -> int:
-    """This process's rank as its launcher set it, before any process group exists, read in
-    the order engine.distributed.read_env reads it (a test keeps the two equal): torchrun,
-    deepspeed and accelerate (RANK with WORLD_SIZE), Open MPI's mpirun (OMPI_COMM_WORLD_RANK),
-    MPICH's and Intel MPI's hydra (PMI_RANK with MPI_LOCALNRANKS, which srun's PMI does not
-    export), srun (SLURM_PROCID); 0 for a process started alone. A launcher nested in another
-    (torchrun per node under srun or mpirun) numbers the ranks itself: the first one wins."""
-    return launched_ranks(environ)[0]
-
-
-def launched_ranks(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
-    """(rank, rank on this node) as the launcher set them, read as `launched_rank` reads."""
-    env = os.environ if environ is None else environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return int(env["RANK"]), int(env.get("LOCAL_RANK", 0))
-    if "OMPI_COMM_WORLD_RANK" in env:
-        return int(env["OMPI_COMM_WORLD_RANK"]), int(env.get("OMPI_COMM_WORLD_LOCAL_RANK", 0))
-    if "PMI_RANK" in env and "MPI_LOCALNRANKS" in env:
-        return int(env["PMI_RANK"]), int(env.get("MPI_LOCALRANKID", 0))
-    return int(env.get("SLURM_PROCID", 0)), int(env.get("SLURM_LOCALID", 0))
-
-
-def first_launched_process() -> bool:
-    """Whether this process is rank 0 of whatever launched it (or was launched alone): where a
-    note said before the process group starts is said once, not once per rank."""
-    return launched_rank() == 0
 
 
 def note_not_read(cfg, given: set[str]) -> None:

@@ -143,7 +143,7 @@ def _said_by_this_nodes_first_process() -> bool:
     lines under `torchrun --nproc_per_node 2`, eight on a node of eight GPUs). Each node's first
     process still says it, so that every node's log (a SLURM task's file) has it. After the
     process group starts an error is this rank's own, or marked `said_elsewhere`."""
-    from .config import launched_ranks
+    from .launch_env import launched_ranks
     from .process_exit import must_leave_without_teardown
 
     return not must_leave_without_teardown() and launched_ranks()[1] > 0

@@ -8,8 +8,9 @@ import is resolved against its module's package; `from pkg import name` is an ed
 pkg.name when there is one, else to pkg. Nothing is imported, so this runs in a second.
 
 Layers, bottom up:
-  errors, run_files, line_files
-                           import nothing of the package (run_files: errors at most)
+  errors, run_files, line_files, launch_env, process_exit
+                           import nothing of the package (run_files: errors at most; errors:
+                           launch_env and process_exit, to say an error once per node)
   config, config_help, metrics_log, models, tasks, metrics, data, kernels
                            never import engine, cli, slurm, bench or demo
   engine, bench, demo, slurm, cli
@@ -26,7 +27,8 @@ PACKAGE_DIR = Path(seq2seq_es.__file__).resolve().parent
 PACKAGE = PACKAGE_DIR.name
 
 # module -> what it may import of the package
-BOTTOM = {"errors": set(), "run_files": {"errors"}, "line_files": set()}
+BOTTOM = {"errors": {"launch_env", "process_exit"}, "run_files": {"errors"}, "line_files": set(),
+          "launch_env": set(), "process_exit": set()}
 LOWER = ("config", "config_help", "metrics_log", "models", "tasks", "metrics", "data", "kernels")
 UPPER = ("engine", "cli", "slurm", "bench", "demo")
 

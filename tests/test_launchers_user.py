@@ -162,7 +162,11 @@ def test_an_error_before_the_process_group_is_said_by_each_nodes_first_process(
         monkeypatch, tmp_path, launcher_env, says):
     # Every process of a node meets a config mistake alike; each printed it (eight lines on a
     # node of eight GPUs). The node's first says it; every rank still tells torchrun's file.
+    from seq2seq_es import process_exit
     from seq2seq_es.errors import ConfigError, run_command
+
+    # before any process group (an earlier test of this worker may have started one)
+    monkeypatch.setattr(process_exit, "_process_group_started", False)
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK",
                  "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_RANK", "SLURM_PROCID", "SLURM_LOCALID",
@@ -180,6 +184,11 @@ def test_an_error_before_the_process_group_is_said_by_each_nodes_first_process(
     assert run_command(command, []) == 2
     assert stderr.calls == (["error: config key 'optim.lr': must be positive\n"] if says else [])
     assert "config key 'optim.lr'" in (tmp_path / "error.json").read_text()
+    # once the process group has started, an error is this rank's own: every rank says its own
+    monkeypatch.setattr(process_exit, "_process_group_started", True)
+    stderr.calls.clear()
+    assert run_command(command, []) == 2
+    assert stderr.calls == ["error: config key 'optim.lr': must be positive\n"]
 
 
 def test_a_crash_leaves_its_traceback_for_torchrun(tmp_path):

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from engine_runs import base_args, demo_files, run, step_losses
-from seq2seq_es.config import launched_rank, launched_ranks
+from seq2seq_es.launch_env import launched_rank, launched_ranks
 from seq2seq_es.engine import distributed as D
 from seq2seq_es.errors import Seq2SeqEsError
 
@@ -101,7 +101,7 @@ def test_every_rank_of_mpirun_inside_salloc_meets_at_one_rendezvous():
      "SLURM_NTASKS": "2", "SLURM_STEP_ID": "0", "SLURM_JOB_NODELIST": "nodo3"},  # srun pmi2
 ], ids=lambda env: ",".join(sorted(env))[:60] or "alone")
 def test_the_notes_rank_is_the_rank_the_process_group_gets(env):
-    """The notes said before the process group starts come from config.launched_rank's rank
+    """The notes said before the process group starts come from launch_env.launched_rank's rank
     0: it must be the process that read_env makes rank 0, or no process says them."""
     assert launched_rank(env) == D.read_env(env).rank
     # and the rank on its node, which says an error met before the process group once a node

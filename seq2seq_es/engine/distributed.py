@@ -129,7 +129,7 @@ def _mpirun_ranks(env: Mapping[str, str]) -> DistEnv | None:
     inside a SLURM allocation mpirun starts its per-node daemons with srun, so each rank also
     sees SLURM_PROCID/SLURM_NTASKS of its daemon, equal to its own rank on some ranks and not on
     others. srun never exports OMPI_COMM_WORLD_*; its PMI (--mpi=pmi2) exports PMI_RANK but not
-    hydra's MPI_LOCALNRANKS, and is read from SLURM_* (read_env). config.launched_rank reads
+    hydra's MPI_LOCALNRANKS, and is read from SLURM_* (read_env). launch_env.launched_rank reads
     the same order.
 
     torch's rendezvous still needs a host and a port every rank knows: MASTER_ADDR, else this

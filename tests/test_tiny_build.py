@@ -37,3 +37,22 @@ def test_ranks_building_a_tiny_model_at_once_all_load_it(tmp_path):
     built = list((tmp_path / "cache" / "tiny").iterdir())
     assert [folder.name.split("-")[0] for folder in built] == ["barto"]
     assert (built[0] / "config.json").is_file() and any(built[0].glob("*.safetensors"))
+
+
+def test_a_tiny_model_is_as_readable_as_its_config(tmp_path):
+    # mkdtemp made the folder 0700 and transformers wrote the weights 0600: a SEQ2SEQ_ES_CACHE
+    # shared by several users held models only their builder could read (a concurrency audit).
+    code = ("from seq2seq_es.models.tiny import ensure_tiny_checkpoint; "
+            "print(ensure_tiny_checkpoint('barto-tiny'))")
+    env = subprocess_env(SEQ2SEQ_ES_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import os
+    from pathlib import Path
+
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    mode = os.stat(folder / "config.json").st_mode & 0o777
+    assert os.stat(folder).st_mode & 0o777 == mode | (mode & 0o444) >> 2
+    weights = list(folder.glob("*.safetensors"))
+    assert weights and all(os.stat(path).st_mode & 0o777 == mode for path in weights)

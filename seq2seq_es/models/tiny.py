@@ -317,6 +317,18 @@ def _wait_for_build(final: Path, timeout_s: float = 600.0) -> Path:
     return final
 
 
+def _readable_as_its_files(staging: Path) -> None:
+    """The folder and its weights as readable as its config.json (0755 and 0644 under the usual
+    umask): mkdtemp makes the folder 0700 and transformers writes the weights 0600, so a cache
+    shared by several users (SEQ2SEQ_ES_CACHE) held models only their builder could read."""
+    from .families import readable_as_config
+
+    readable_as_config(staging)
+    if (staging / "config.json").is_file():
+        mode = (staging / "config.json").stat().st_mode & 0o777
+        os.chmod(staging, mode | (mode & 0o444) >> 2)  # a folder is entered where it is read
+
+
 def ensure_tiny_checkpoint(name: str | ModelSpec) -> Path:
     """Build the tiny checkpoint folder for `name` once (atomically) and return it."""
     final = tiny_checkpoint_dir(name)
@@ -339,6 +351,7 @@ def ensure_tiny_checkpoint(name: str | ModelSpec) -> Path:
             # would then fail on).
             return _wait_for_build(final)
         (staging / COMPLETE_MARKER).write_text(f"seed {TINY_SEED}\n", encoding="utf-8")
+        _readable_as_its_files(staging)
         try:
             os.rename(staging, final)
         except OSError:

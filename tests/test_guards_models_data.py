@@ -578,3 +578,24 @@ def test_a_second_evaluate_of_one_run_and_split_is_refused_while_the_first_write
     assert (f"error: {run / 'evaluations' / 'test_final'} is being written by another evaluate "
             f"(pid {first.pid} on ") in second.stderr
     assert "give --output-dir DIR for this one" in second.stderr
+
+
+def test_evaluating_a_run_that_trains_now_says_so(tmp_path):
+    # A finished run resumed with more steps: evaluate scored the old final/ and recorded the
+    # new config.yaml's settings beside it, without a word (a concurrency audit).
+    from test_run_lock import end, hold_in_another_process
+
+    from seq2seq_es.engine.inference import SavedModel, note_training_now
+
+    run = tmp_path / "run"
+    saved = SavedModel("hf", run / "final", run, "final")
+    said = []
+    note_training_now(saved, said.append)
+    assert said == []
+    holder = hold_in_another_process(run)
+    try:
+        note_training_now(saved, said.append)
+    finally:
+        end(holder)
+    assert len(said) == 1 and said[0].startswith(f"note: {run} is training now (pid {holder.pid}")
+    assert "its config.yaml is the training run's" in said[0]

@@ -670,6 +670,7 @@ def evaluate_main(argv: list[str]) -> int:
     D.init(env, cfg.dist.backend, cfg.dist.timeout_min)
     quiet_library_progress()
     say = _say(env)
+    note_training_now(saved, say)
     say(f"evaluating {saved.path} on {cfg.data.task} {args.split} with {env.world_size} "
         f"process(es), ZeRO stage {cfg.dist.zero_stage}")
     unread = unread_by_inference(overrides, "evaluate", args.split)
@@ -717,6 +718,20 @@ def evaluate_main(argv: list[str]) -> int:
         held.release()
     D.barrier()
     return 0
+
+
+def note_training_now(saved: SavedModel, say) -> None:
+    """Said where the model's run trains now (a finished run resumed with more steps): its
+    final/ is the earlier run's until the new one ends, its config.yaml already the new one's,
+    and its checkpoints rotate (an audit's evaluation recorded the new settings beside the old
+    model without a word)."""
+    from .run_lock import describe_holder, training_now
+
+    holder = training_now(saved.run_dir) if saved.run_dir is not None else None
+    if holder is not None:
+        say(f"note: {saved.run_dir} is training now ({describe_holder(holder)}): {saved.path} "
+            "is what it holds at this moment (final/ is replaced when the run ends, and its "
+            "checkpoints rotate), and its config.yaml is the training run's")
 
 
 def _evaluating_alone(out: Path):
@@ -1106,6 +1121,7 @@ def predict_main(argv: list[str]) -> int:
     D.init(env, cfg.dist.backend, cfg.dist.timeout_min)
     quiet_library_progress()
     say = _say(env)
+    note_training_now(saved, say)
     unread = unread_by_inference(overrides, "predict")
     if unread:
         say(f"note: not read by predict: {', '.join(unread)}")

@@ -211,6 +211,10 @@ def test_a_stop_on_two_ranks_is_reported_once(files, tmp_path):
     output = proc.stdout.read()
     assert (out / "PREEMPTED").is_file(), output[-3000:]
     assert output.count("SIGTERM received: saved a checkpoint at step") == 1, output[-3000:]
+    # acted on within a step or two of the signal, not after the 400 (a mutation that read
+    # the ranks' poll as no signal trained on to the end and passed)
+    saved = int(re.search(r"saved a checkpoint at step (\d+)", output).group(1))
+    assert saved < 50 and max(step_losses(out)) == saved, output[-3000:]
 
 
 @pytest.mark.slow
@@ -544,6 +548,13 @@ def failing(self, micro_batches, at):
         raise ValueError("rank 1 fails at step 3")
     return original(self, micro_batches, at)
 step.TrainStep.__call__ = failing
+import torch.distributed as dist
+shown = sys.excepthook
+def said(*error):  # what the rank's process group was when its error went out
+    print(f"rank {os.environ['RANK']}: process group up when its error was said: "
+          f"{dist.is_initialized()}", file=sys.stderr, flush=True)
+    shown(*error)
+sys.excepthook = said
 from seq2seq_es.cli import console
 console(["train", *sys.argv[1:]])
 """
@@ -575,6 +586,9 @@ def test_a_rank_that_fails_is_named_as_the_cause_and_the_others_say_one_line(fil
             if line.startswith("error: lost contact with another rank")]
     assert len(lost) == 1, output[-4000:]
     assert "pair.cc" not in output.replace(lost[0], "")  # gloo's traceback is not printed
+    # the failing rank kept its connections until its error was out (Trainer.__exit__): closed
+    # first, the other rank's "connection closed" came before the cause
+    assert "rank 1: process group up when its error was said: True" in output, output[-4000:]
 
 
 @pytest.mark.slow

@@ -304,6 +304,9 @@ def test_a_process_without_stderr_still_ends_with_status_2(tmp_path):
     # a tracker's socket, not another rank: its own error, said with its traceback
     ("('Connection aborted.', ConnectionResetError(104, 'Connection reset by peer'))", None),
     ("HTTPSConnectionPool(host='api.wandb.ai'): Read timed out waiting for recv", None),
+    # gloo timing out while it connects is no rank that stopped answering in a collective
+    ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:1021] Timed out waiting 30000ms "
+     "for connect", None),
 ])
 def test_a_collective_that_lost_another_rank_is_one_line(raised, says):
     from seq2seq_es.errors import lost_contact, waited_too_long
@@ -323,6 +326,31 @@ def test_torch_distributeds_own_errors_are_known_by_their_type():
 
     assert lost_contact(torch.distributed.DistNetworkError("Connection reset by peer"))
     assert lost_contact(RuntimeError("Connection reset by peer")) is None
+
+
+def test_a_rank_that_lost_contact_stamps_its_line_after_the_cause(tmp_path):
+    # The whole path of a surviving rank (cli.console): one line, said and put in torchrun's
+    # file a second late, so that the failing rank's error, stamped in the same second, is
+    # named the root cause and not this one's.
+    import json
+    import time
+
+    child = ("import os, time, torch.distributed\n"
+             "os.environ['WORLD_SIZE'] = '2'\n"
+             "from seq2seq_es import cli, process_exit\n"
+             "process_exit.started_process_group()\n"
+             "def lost(argv):\n"
+             "    raise torch.distributed.DistNetworkError('Connection closed by peer')\n"
+             "cli.main = lost\n"
+             "print(time.time(), flush=True)\n"
+             "cli.console([])\n")
+    proc = _python_with_error_file(child, tmp_path / "error.json")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.startswith("error: lost contact with another rank ("), proc.stderr
+    said_at = int(float(proc.stdout.split()[0]))
+    record = json.loads((tmp_path / "error.json").read_text())["message"]
+    assert int(record["extraInfo"]["timestamp"]) - said_at in (1, 2, 3)
+    assert time.time() >= said_at
 
 
 def test_a_consequence_of_another_ranks_failure_is_stamped_after_it(tmp_path, monkeypatch):

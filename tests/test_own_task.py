@@ -252,6 +252,11 @@ def test_an_exported_folders_card_names_its_own_task_for_inference(tmp_path):
     # a registry task's card names no such keys
     write_export_card(folder, compose("mlsum", "barto-tiny"), tmp_path / "step_00000004")
     assert exported_task(folder) == "mlsum" and "data.source_column" not in exported_inputs(folder)
+    # a model card of someone else's (a hub download): none of it is read, not even its
+    # tokenizer's model_max_length, which is no run's
+    (folder / "README.md").write_text("---\nlicense: mit\ntags:\n- summarization\n- "
+                                      "data.source_column\n---\n# `data.source_column text`\n")
+    assert exported_task(folder) is None and exported_inputs(folder) == {}
 
 
 # ---- SLURM: submit and sweep compose an own task's runs like a registry task's ---------------

@@ -83,3 +83,52 @@ def test_a_validation_with_generation_encodes_each_batch_once(files, tmp_path):
         hook.remove()
     batches = -(-len(data.tokenized) // 2)
     assert len(calls) == batches and "eval/rougeL" in results
+
+
+def test_the_validation_loss_forward_fills_no_decoder_cache(files, tmp_path):
+    # Without labels transformers fills a key/value cache per decoder layer whenever use_cache
+    # is on: the loss forward never reads it (generate keeps its own), so it is turned off.
+    from seq2seq_es.engine.evaluation import evaluate
+
+    cfg, model, tokenizer, spec, data = _validation(files, tmp_path, "barto-tiny")
+    caches = []
+    hook = model.register_forward_hook(
+        lambda module, inputs, output: caches.append(output.past_key_values))
+    try:
+        evaluate(model, tokenized=data.tokenized, examples=data.examples,
+                 collator=get_collator(cfg, spec, tokenizer, model), tokenizer=tokenizer,
+                 generation_config=get_generation_config(cfg, spec, tokenizer),
+                 task=get_task("mlsum"), env=DistEnv(0, 1, 0, "127.0.0.1", 0, "none"),
+                 batch_size=2, zero_stage=0, bf16=False, step=0, out_dir=None, generate=False)
+    finally:
+        hook.remove()
+    assert caches and all(cache is None for cache in caches)
+
+
+def test_generation_batches_go_longest_first(files, tmp_path):
+    # The longest batch first: a batch too long for memory fails at once, not at the end of a
+    # long evaluation, and similar lengths share a batch (less padding).
+    from seq2seq_es.engine.evaluation import generate_texts
+    from seq2seq_es.engine.inference import tokenize_sources
+
+    cfg, model, tokenizer, spec, _ = _validation(files, tmp_path, "barto-tiny")
+    words = "uno dos tres cuatro cinco seis siete ocho nueve diez".split()
+    sources = [" ".join(words[:n]) for n in (2, 9, 4, 10, 1, 6)]
+    features = tokenize_sources(sources, tokenizer, 64, "right")
+    widths, generate = [], model.generate
+
+    def recording(**inputs):
+        widths.append(inputs["input_ids"].shape[1])
+        return generate(**inputs)
+
+    model.generate = recording
+    try:
+        predictions = generate_texts(
+            model, features=features, collator=get_collator(cfg, spec, tokenizer, model),
+            tokenizer=tokenizer, generation_config=get_generation_config(cfg, spec, tokenizer),
+            task=get_task("mlsum"), env=DistEnv(0, 1, 0, "127.0.0.1", 0, "none"), batch_size=2,
+            zero_stage=0, bf16=False)
+    finally:
+        del model.generate
+    assert len(predictions) == len(sources) and len(widths) == 3
+    assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1]

@@ -515,7 +515,7 @@ def test_predict_refuses_another_model_than_the_runs(trained, plain_input, workd
     assert "--model" in err and "says t5s-tiny, not barto-tiny" in err and not out.exists()
 
 
-def test_bad_plain_line_and_bad_paths(trained, workdir, capsys):
+def test_bad_plain_line_and_bad_paths(trained, workdir, capsys, monkeypatch):
     lines = workdir / "bad_lines.txt"
     lines.write_text("uno\n   \ndos\n", encoding="utf-8")
     assert cli(["predict", str(trained), "--input", str(lines), "--output",
@@ -565,6 +565,11 @@ def test_bad_plain_line_and_bad_paths(trained, workdir, capsys):
     final = untokenized / "final"
     assert said.startswith(f"error: the tokenizer loaded from {final} ") or \
         said.startswith(f"error: no usable tokenizer in {final}"), said
+    # given relative to the folder the command runs in, as most are
+    monkeypatch.chdir(workdir)
+    assert cli(["evaluate", "untokenized"]) == 2
+    [said] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert "config key" not in said and str(final) in said, said
 
 
 # ---------------------------------------------------------------------------------------------

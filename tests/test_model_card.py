@@ -152,3 +152,16 @@ def test_a_bf16_card_loads_in_fp32_as_the_package_computes():
     assert loading.startswith("Loading: `AutoModelForSeq2SeqLM.from_pretrained(FOLDER, "
                               "dtype=torch.float32)`")
     assert "The weights are bf16" in loading
+    # and the card a bf16-exporting run writes into its final/ says so
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        run = Path(folder)
+        (run / "final").mkdir()
+        (run / "final_results.json").write_text(json.dumps({
+            "task": "mlsum", "model": "barto-tiny", "main_metric": "rougeL", "best_step": 4,
+            "steps": 6, "validation": {"rougeL": 50.0}, "test": None}))
+        bf16 = compose(task="mlsum", model="barto-tiny", overrides={"train.export_dtype": "bf16"})
+        assert "dtype=torch.float32" in write_model_card(run, bf16).read_text()
+        assert "dtype=torch.float32" not in write_model_card(run, cfg).read_text()

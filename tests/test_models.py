@@ -218,6 +218,23 @@ def test_a_checkpoint_of_another_family_is_refused(tmp_path):
     assert err.value.key == "model.path"
 
 
+def test_sharded_weights_are_as_readable_as_the_config(tmp_path):
+    # A model saved in shards (model-00001-of-00002.safetensors and its index), as a base-size
+    # model over max_shard_size is: every piece takes config.json's mode, not only one file.
+    from seq2seq_es.models.families import readable_as_config
+
+    (tmp_path / "config.json").write_text("{}")
+    os.chmod(tmp_path / "config.json", 0o644)
+    pieces = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+              "model.safetensors.index.json"]
+    for name in pieces:
+        (tmp_path / name).write_bytes(b"")
+        os.chmod(tmp_path / name, 0o600)
+    readable_as_config(tmp_path)
+    assert {name: oct((tmp_path / name).stat().st_mode & 0o777) for name in pieces} == \
+        dict.fromkeys(pieces, "0o644")
+
+
 @pytest.mark.parametrize("name", ["barto-tiny", "t5s-tiny", "ledo-tiny", "beto2beto-tiny",
                                   "roberta2roberta-tiny", "mbert2mbert-tiny"])
 def test_saved_tiny_model_loads_back_through_the_loader(name, tmp_path):

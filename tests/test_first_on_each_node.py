@@ -59,3 +59,55 @@ def test_the_first_rank_prepares_first_and_its_failure_stops_the_others(tmp_path
     assert other["failure"] == ["Seq2SeqEsError", "the data preparation failed on another "
                                 "rank, which says why", True]
     assert (first["prepared_after_failure"], other["prepared_after_failure"]) == ([0], [])
+
+
+# The package's entry, each rank noting when it read its data: rank 0 late, so that a rank 1
+# that did not wait for it would start first.
+TIMED_ENTRY = """
+import json, os, sys, time
+from seq2seq_es.engine import builders, trainer
+
+def timed(function):
+    def reading(*args, **kwargs):
+        rank = os.environ["RANK"]
+        if rank == "0":
+            time.sleep(2)
+        start = time.time()
+        result = function(*args, **kwargs)
+        with open(os.path.join(os.environ["TIMES"], f"{sys.argv[1]}_{rank}.json"), "w") as f:
+            json.dump({"start": start, "end": time.time()}, f)
+        return result
+    return reading
+
+trainer.Trainer.read_splits = timed(trainer.Trainer.read_splits)
+builders.get_split = timed(builders.get_split)
+from seq2seq_es.cli import console
+console(sys.argv[1:])
+"""
+
+
+def test_train_and_evaluate_read_their_data_on_the_first_rank_first(tmp_path):
+    # The engine's own calls: train (Trainer.read_splits) and evaluate (get_split) read the
+    # data through first_on_each_node; a mutation that called them directly passed the test
+    # of the function alone.
+    import subprocess
+    import sys
+
+    from engine_runs import REPO, _env, base_args, demo_files, free_port
+
+    files = demo_files(tmp_path / "data", train_size=8)
+    entry = tmp_path / "timed.py"
+    entry.write_text(TIMED_ENTRY)
+    times = tmp_path / "times"
+    times.mkdir()
+    out = tmp_path / "run"
+    env = {**_env(), "PYTHONPATH": str(REPO), "TIMES": str(times)}
+    for command in (["train", *base_args(files, out, steps=2)],
+                    ["evaluate", str(out), "--split", "validation"]):
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                               "2", "--master_port", str(free_port()), str(entry), *command],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        first, other = (json.loads((times / f"{command[0]}_{rank}.json").read_text())
+                        for rank in (0, 1))
+        assert other["start"] >= first["end"], (command[0], first, other)

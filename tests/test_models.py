@@ -221,7 +221,7 @@ def test_a_checkpoint_of_another_family_is_refused(tmp_path):
 def test_sharded_weights_are_as_readable_as_the_config(tmp_path):
     # A model saved in shards (model-00001-of-00002.safetensors and its index), as a base-size
     # model over max_shard_size is: every piece takes config.json's mode, not only one file.
-    from seq2seq_es.models.families import readable_as_config
+    from seq2seq_es.models.file_modes import readable_as_config
 
     (tmp_path / "config.json").write_text("{}")
     os.chmod(tmp_path / "config.json", 0o644)

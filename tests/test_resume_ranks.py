@@ -67,6 +67,35 @@ def _args(files, out, *, steps, stage, extra=()):
         *extra])
 
 
+# The package's entry, with rank 0's data-layout check 3 s late.
+LATE_RANK_0_ENTRY = """
+import os, sys, time
+from seq2seq_es.engine import checkpoint
+check = checkpoint.Checkpointer.check_layout
+def late(self, *args, **kwargs):
+    if os.environ["RANK"] == "0":
+        time.sleep(3)
+    return check(self, *args, **kwargs)
+checkpoint.Checkpointer.check_layout = late
+from seq2seq_es.cli import console
+console(["train", *sys.argv[1:]])
+"""
+
+
+def _with_a_late_rank_0(tmp_path, args):
+    import subprocess
+    import sys
+
+    from engine_runs import REPO, _env, free_port
+
+    entry = tmp_path / "late_rank_0.py"
+    entry.write_text(LATE_RANK_0_ENTRY)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(free_port()), str(entry), *args], cwd=REPO,
+                          env={**_env(), "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True, timeout=600)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 3])
 def test_two_ranks_resume_on_one_exactly_and_a_step_size_change_is_refused(files, tmp_path,
@@ -84,9 +113,10 @@ def test_two_ranks_resume_on_one_exactly_and_a_step_size_change_is_refused(files
     assert f"{EXAMPLES_PER_STEP} 4 -> 2" in error
     assert "On 1 rank(s), train.batch_size x train.grad_accum = 4 keeps the checkpoint's 4 " \
            "examples per step (2 ranks)" in error
-    # On its own two ranks, a doubled step is refused once, by rank 0 (each rank printed it)
-    doubled = run("torchrun", 2, _args(files, cut, steps=4, stage=stage, extra=[
-        "--train.resume", "must", "--train.grad_accum", "2"]), check=False)
+    # On its own two ranks, a doubled step is refused once, by rank 0 (each rank printed it);
+    # rank 0 checks late here, so a rank 1 that checked for itself would say it first
+    doubled = _with_a_late_rank_0(tmp_path, _args(files, cut, steps=4, stage=stage, extra=[
+        "--train.resume", "must", "--train.grad_accum", "2"]))
     assert doubled.returncode != 0
     said = [line for line in (doubled.stdout + doubled.stderr).splitlines()
             if line.startswith("error: ")]  # the ranks' own lines (torchrun's summary indents)

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 from ..errors import ConfigError
 from .family import SpecialTokens, family_of_model, get_family
+from .file_modes import readable_as_config
 from .registry import ModelSpec, get_model_spec
 # Where a checkpoint comes from; importable from here as before.
 from .sources import (PROBE_TEXT, check_tokenizer, checkpoint_config,  # noqa: F401
@@ -153,19 +153,6 @@ def save_model(model, out: str | Path, *, state_dict: dict | None = None,
         _set_dtype(config, TORCH_DTYPE_NAMES[dtype])
     if family_of_model(model).export_config(config) or dtype is not None:
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def readable_as_config(folder: Path) -> None:
-    """Give the weight files the mode of the folder's config.json (a new file's: 0644 under the
-    usual umask 022). transformers 5 writes the weights through a temporary file of mode 0600
-    and renames it: on a shared cluster, colleagues could read every file of final/ but its
-    weights. (Read from a file, not by setting the umask, which is the whole process's.)"""
-    config = folder / "config.json"
-    if not config.is_file():
-        return
-    mode = config.stat().st_mode & 0o777
-    for path in folder.glob("model*.safetensors*"):
-        os.chmod(path, mode)
 
 
 def _set_dtype(config: dict, name: str) -> None:

@@ -321,7 +321,7 @@ def _readable_as_its_files(staging: Path) -> None:
     """The folder and its weights as readable as its config.json (0755 and 0644 under the usual
     umask): mkdtemp makes the folder 0700 and transformers writes the weights 0600, so a cache
     shared by several users (SEQ2SEQ_ES_CACHE) held models only their builder could read."""
-    from .families import readable_as_config
+    from .file_modes import readable_as_config
 
     readable_as_config(staging)
     if (staging / "config.json").is_file():

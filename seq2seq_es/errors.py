@@ -117,10 +117,15 @@ def run_command(command: Callable[[list[str]], int], argv: list[str]) -> int:
     except Seq2SeqEsError as exc:
         if os.environ.get("SEQ2SEQ_ES_DEBUG"):
             raise
-        if getattr(exc, "said_elsewhere", False) or _said_by_this_nodes_first_process():
+        if getattr(exc, "said_elsewhere", False):
             # Another rank's error, which that rank prints (rank 0's refusal, a node's first
             # rank's failure, the rank of a non-finite batch): here only torchrun's file gets it
             tell_launcher(f"error: {exc}")
+        elif _said_by_this_nodes_first_process():
+            tell_launcher(f"error: {exc}")
+            # Leaving at once, this process could end first: torchrun (or srun's
+            # --kill-on-bad-exit) then killed the node's first process before it said the error
+            time.sleep(NODE_FIRST_GRACE_S)
         else:
             _say(f"error: {exc}")
         return 2
@@ -134,6 +139,10 @@ def run_command(command: Callable[[list[str]], int], argv: list[str]) -> int:
                    "SEQ2SEQ_ES_DEBUG=1 shows which)")
         _say(message)
         return 2
+
+
+# How long a process that leaves an error to its node's first process waits before it ends.
+NODE_FIRST_GRACE_S = 2.0
 
 
 def _said_by_this_nodes_first_process() -> bool:
@@ -200,7 +209,10 @@ def _first_line(error: BaseException | str) -> str:
     first = text.splitlines()[0] if text else type(error).__name__
     first = first.removeprefix("RuntimeError: ")
     # gloo starts with its source file's path; its advice runs on: cut at a word, and say so
-    return textwrap.shorten(first.split("] ", 1)[-1], 160, placeholder=" ...")
+    # (a long unbroken path would leave nothing but the placeholder: cut it where it is)
+    text = first.split("] ", 1)[-1]
+    short = textwrap.shorten(text, 160, placeholder=" ...")
+    return short if len(short) > 80 or len(text) <= 160 else text[:157] + "..."
 
 
 def lost_contact(error: BaseException | str) -> str | None:

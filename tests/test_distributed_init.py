@@ -146,9 +146,9 @@ def test_a_start_waiting_on_deepspeeds_extension_lock_names_the_lock(tmp_path, m
             time.sleep(0.5)
         said = capfd.readouterr().err
         assert said == (f"note: waiting 0 s so far for DeepSpeed's CPU extension: its lock {lock} "
-                        "(0 min old) is held by another process building it (a few minutes on 2 "
-                        "cores), or was left by a run killed while building; if no other process "
-                        "is building it, delete that file\n"), said
+                        "(0 min old) says it is being built, by this run or another (a few "
+                        "minutes on 2 cores); a lock over 10 minutes old while no build runs was "
+                        "left by a run killed while building: delete that file then\n"), said
     lock.unlink()  # no lock: one process says nothing, two ranks the rendezvous
     with D._waiting_note(D.DistEnv(0, 1, 0, "127.0.0.1", 29611, "none"), 30, after_s=0.05):
         time.sleep(0.3)

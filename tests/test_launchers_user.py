@@ -148,7 +148,6 @@ def test_torchrun_summary_shows_the_error_line_not_to_enable_traceback(tmp_path)
     # summary's failures still give every rank's
     said = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert said == ["error: config key 'optim.lr': must be positive"], proc.stderr[-3000:]
-    assert proc.stderr.count("traceback : error: config key 'optim.lr'") == 2, proc.stderr
 
 
 @pytest.mark.parametrize("launcher_env, says", [
@@ -167,6 +166,7 @@ def test_an_error_before_the_process_group_is_said_by_each_nodes_first_process(
 
     # before any process group (an earlier test of this worker may have started one)
     monkeypatch.setattr(process_exit, "_process_group_started", False)
+    monkeypatch.setattr("seq2seq_es.errors.NODE_FIRST_GRACE_S", 0.0)
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK",
                  "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_RANK", "SLURM_PROCID", "SLURM_LOCALID",
@@ -307,6 +307,9 @@ def test_a_process_without_stderr_still_ends_with_status_2(tmp_path):
     # gloo timing out while it connects is no rank that stopped answering in a collective
     ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:1021] Timed out waiting 30000ms "
      "for connect", None),
+    # one long unbroken word is cut where it is, not dropped whole for the placeholder
+    ("[/a/gloo/pair.cc:12] Connection closed by peer [10.0.0.1]:" + "x" * 200,
+     "lost contact with another rank (Connection closed by peer [10.0.0.1]:xxx"),
 ])
 def test_a_collective_that_lost_another_rank_is_one_line(raised, says):
     from seq2seq_es.errors import lost_contact, waited_too_long

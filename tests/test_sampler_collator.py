@@ -236,6 +236,11 @@ def test_a_tokenizer_that_differs_beyond_its_vocabulary_does_not_reuse_the_cache
     source = "un examen exacto en Texas"
     assert other(source)["input_ids"] != tokenizer(source)["input_ids"]
     examples = datasets.Dataset.from_dict({"source": [source], "target": ["examen"]})
+    # a call with truncation or padding leaves them on the backend: no other ids, no other key
+    from seq2seq_es.data.tokenize import _tokenizer_fingerprint
+    before = _tokenizer_fingerprint(tokenizer)
+    tokenizer([source, "uno"], truncation=True, max_length=4, padding=True)
+    assert _tokenizer_fingerprint(tokenizer) == before
     for tok in (tokenizer, other):
         tokenized, _ = tokenize_examples(examples, tok, split="train", max_source_length=64,
                                          max_target_length=16, cache_dir=str(tmp_path))

@@ -111,7 +111,11 @@ def _tokenizer_fingerprint(tokenizer) -> str:
     h.update(f"{transformers.__version__}\0{tokenizers.__version__}".encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        h.update(backend.to_str().encode())
+        # without the truncation and padding a call with truncation=True or padding=True left
+        # on the backend: they change no id here (truncation is ours), only the key
+        pipeline = {key: value for key, value in json.loads(backend.to_str()).items()
+                    if key not in ("truncation", "padding")}
+        h.update(json.dumps(pipeline, sort_keys=True).encode())
     else:  # a tokenizer without a tokenizers pipeline: its vocabulary, as before
         h.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
     h.update(json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,

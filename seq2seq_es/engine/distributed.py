@@ -418,10 +418,12 @@ def _extension_lock_note(waited_s: float) -> str | None:
     age = _age_s(lock)
     if age is None:
         return None
+    # This very process may be the one building (a first run): no advice to delete a young lock
     return (f"note: waiting {waited_s:.0f} s so far for DeepSpeed's CPU extension: its lock "
-            f"{lock} ({age / 60:.0f} min old) is held by another process building it (a few "
-            "minutes on 2 cores), or was left by a run killed while building; if no other "
-            "process is building it, delete that file")
+            f"{lock} ({age / 60:.0f} min old) says it is being built, by this run or another "
+            "(a few minutes on 2 cores); a lock over "
+            f"{STALE_LOCK_S // 60} minutes old while no build runs was left by a run killed "
+            "while building: delete that file then")
 
 
 class PortInUse(Seq2SeqEsError):

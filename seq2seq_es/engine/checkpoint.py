@@ -24,8 +24,8 @@ The interface (every method that touches the engine is collective: all ranks cal
 - `check_layout(path, data_layout)`: a refusal when the data layout (`data_layout(...)`: the
   examples of each step) differs; asked before the engine is built;
 - `load(engine, path)`: weights, optimizer, scheduler and this rank's RNG; returns the
-  TrainState; the two checks above come first (the caller asks them). On another number of ranks, a ZeRO checkpoint is first rewritten by DeepSpeed's
-  universal-checkpoint converter (`repartitioned`) and its optimizer states split anew (with two
+  TrainState; the two checks above come first (the caller asks them). On another number of
+  ranks, a ZeRO checkpoint is first rewritten by DeepSpeed's universal-checkpoint converter (`repartitioned`) and its optimizer states split anew (with two
   repairs of DeepSpeed's stage-3 load: `_restore_group_settings`);
 - `load_weights(engine, path)`: only the weights (the way back to the best at the end);
 - `latest()`, `path(step)`, `has(step)`: where the complete checkpoints are.

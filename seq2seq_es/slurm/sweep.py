@@ -1491,8 +1491,9 @@ def runs_to_resume(manifest: Manifest,
     """The runs of a submitted manifest to submit again: those that have not finished (no DONE)
     and have no job that may still train (two jobs would write one run folder), nor a process
     training in their folder now (its train.lock: a job of a resume the manifest no longer
-    tracks); and those left as they are for such a job, with its state. A cancelled run is resumed while the rest of
-    its sweep still trains; when every unfinished run has a job, that is refused."""
+    tracks); and those left as they are for such a job, with its state. A cancelled run is
+    resumed while the rest of its sweep still trains; when every unfinished run has a job,
+    that is refused."""
     if not manifest.submitted:
         raise ConfigError("SWEEP", f"{manifest.path} was never submitted; submit it instead")
     unfinished = [run for run in manifest.runs

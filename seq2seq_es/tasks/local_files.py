@@ -46,9 +46,9 @@ Bad lines (rows, in JSON documents) are left out of what `datasets` reads and re
 to be skipped, refuses the earliest of either, naming the file and line (or row) and column.
 `line_of_row` maps each data row `datasets` will read to its 1-based line in the original file,
 and `row_of_row` to its 0-based row of a JSON document, so later row problems are numbered
-like the bad ones. A clean file is handed over as it is, without a copy, under a link named by
-its content (`datasets` would read a file rewritten with the same modification time from the
-cache of its old rows).
+like the bad ones. A clean file is handed over as it is, without a copy, under a link whose name
+changes with its content (`datasets` would read a file rewritten with the same modification
+time from the cache of its old rows).
 """
 
 from __future__ import annotations
@@ -135,15 +135,17 @@ def prepare_local_file(path: str, builder: str, options: dict, required_columns:
 
 
 def _content_named(path: str, cache_dir: str | None) -> str:
-    """A link to the user's file under a name that holds a hash of its content, for `datasets`
-    to read. `datasets` caches a local file's rows by its path and modification time: a file
-    rewritten with the same time (`touch -r`, `cp -p`, `rsync -t`, an archive unpacked, a
-    coarse clock) was read from the cache of its old rows, without a word (an audit trained on
-    the old text). The link's own name changes with the content. Where no link can be made,
-    the file itself, as before."""
-    with open(path, "rb") as f:
-        content = hashlib.file_digest(f, "sha256").hexdigest()
-    digest = hashlib.sha256(f"{os.path.abspath(path)}\0{content}".encode()).hexdigest()
+    """A link to the user's file under a name that changes whenever its content may have, for
+    `datasets` to read. `datasets` caches a local file's rows by its path and modification
+    time: a file rewritten with the same time (`touch -r`, `cp -p`, `rsync -t`, an archive
+    unpacked, a coarse clock) was read from the cache of its old rows, without a word (an
+    audit trained on the old text). The name holds the file's inode, size, modification and
+    change times: the change time (ctime) moves with every write and no tool sets it back, and
+    nothing is read (a data file of gigabytes). Where no link can be made, the file itself."""
+    info = os.stat(path)
+    identity = (f"{os.path.abspath(path)}\0{info.st_ino}\0{info.st_size}\0{info.st_mtime_ns}"
+                f"\0{info.st_ctime_ns}")
+    digest = hashlib.sha256(identity.encode()).hexdigest()
     name = Path(path)
     link = _clean_root(cache_dir) / f"{name.stem}-{digest[:16]}{name.suffix}"
     try:

@@ -90,8 +90,10 @@ def _with_a_late_rank_0(tmp_path, args):
 
     entry = tmp_path / "late_rank_0.py"
     entry.write_text(LATE_RANK_0_ENTRY)
+    # --tee 3: each line of a rank's output carries its local rank ("[default0]:...")
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(free_port()), str(entry), *args], cwd=REPO,
+                           "--tee", "3", "--master_port", str(free_port()), str(entry), *args],
+                          cwd=REPO,
                           env={**_env(), "PYTHONPATH": str(REPO)}, capture_output=True,
                           text=True, timeout=600)
 
@@ -119,8 +121,9 @@ def test_two_ranks_resume_on_one_exactly_and_a_step_size_change_is_refused(files
         "--train.resume", "must", "--train.grad_accum", "2"]))
     assert doubled.returncode != 0
     said = [line for line in (doubled.stdout + doubled.stderr).splitlines()
-            if line.startswith("error: ")]  # the ranks' own lines (torchrun's summary indents)
-    assert len(said) == 1 and f"{EXAMPLES_PER_STEP} 4 -> 8" in said[0], said
+            if "error: " in line and line.startswith("[default")]  # the ranks' own lines
+    assert len(said) == 1 and said[0].startswith("[default0]:error: "), said
+    assert f"{EXAMPLES_PER_STEP} 4 -> 8" in said[0], said
     resumed = run("none", 1, _args(files, cut, steps=4, stage=stage, extra=[
         "--train.resume", "must", "--train.grad_accum", "2"]))
     assert "checkpoint step_00000002 of 2 rank(s) resumed on 1: the same examples per step, " \

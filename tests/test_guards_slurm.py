@@ -818,11 +818,11 @@ def test_resume_leaves_a_run_that_a_job_it_does_not_track_trains(tmp_path):
         assert status.state == "FAILED" and (f"training now, in a process this sweep does not "
                                              f"track (pid {holder.pid} on ") in status.note
         assert "training now" not in run_status(free, manifest, states).note
-        assert going[0][1].startswith(f"its folder is held by pid {holder.pid} on ")
-        assert "SLURM job 1182" in going[0][1]
+        assert going[0][1].startswith(f"is trained now by another process (pid {holder.pid} on ")
+        assert "SLURM job 1182" in going[0][1] and going[0][1].endswith("), not by its job 11")
         (Path(free.run_dir) / run_files.DONE).write_text("")
-        with pytest.raises(ConfigError, match=f"run {held.name} still has job 11 \\(its folder "
-                                              f"is held by pid {holder.pid} on "):
+        with pytest.raises(ConfigError, match=f"run {held.name} is trained now by another "
+                                              f"process \\(pid {holder.pid} on "):
             runs_to_resume(manifest, states)
     finally:
         end(holder)
@@ -860,7 +860,7 @@ def _another_command_submitting(manifest, *jobs: str):
 
 
 @pytest.mark.slurm  # submit() looks for sbatch and srun first
-def test_two_sweeps_into_one_new_folder_submit_once(tmp_path):
+def test_two_sweeps_into_one_new_folder_submit_once(tmp_path, capsys):
     """Both of two `slurm sweep` started at once into one new folder submitted: each checked the
     folder before the other had written (a concurrency audit). The second now waits for the
     first's submission, finds it, and submits nothing."""
@@ -874,6 +874,7 @@ def test_two_sweeps_into_one_new_folder_submit_once(tmp_path):
             submit(manifest, SlurmConfig(), tmp_path / "sweep" / SWEEP_MANIFEST)
     finally:
         other.wait(timeout=60)
+    assert "waiting for another command submitting into " in capsys.readouterr().err
     assert [run.job_id for run in load_manifest(tmp_path / "sweep").runs] == ["501"]
 
 

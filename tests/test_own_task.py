@@ -73,6 +73,9 @@ def test_every_metric_has_a_main_score_among_its_outputs():
      "has an empty name between commas ('rouge,,bleu'); did you mean 'rouge,bleu'?"),
     ("titulares", {**OWN, "data.metrics": "rouge bleu"}, "data.metrics",
      "separates metrics by commas, not spaces ('rouge bleu'); did you mean 'rouge,bleu'?"),
+    ("titulares", {**OWN, "data.metrics": "rouge bleu,chrf"}, "data.metrics",
+     "separates metrics by commas, not spaces ('rouge bleu,chrf'); did you mean "
+     "'rouge,bleu,chrf'?"),
 ])
 def test_an_incomplete_or_mixed_own_task_is_refused_by_its_key(task, overrides, key, says):
     with pytest.raises((ConfigError, UnknownNameError)) as error:

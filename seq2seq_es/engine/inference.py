@@ -680,8 +680,9 @@ def evaluate_main(argv: list[str]) -> int:
             and saved.path.resolve() == (saved.run_dir / run_files.FINAL).resolve()
             and cfg.train.export_dtype != "fp32"):
         say(rounded_export_note(saved.run_dir, cfg.train.export_dtype))
-    # held until the scores are written (on an error, until the lock object goes)
-    held = D.decided_by_main(env, lambda: _evaluating_alone(out))
+    # held until the scores are written (on an error, until the lock object goes); a folder
+    # of the user's own (--output-dir) gets no lock file beside it
+    held = None if args.output_dir else D.decided_by_main(env, lambda: _evaluating_alone(out))
     note_replaced_evaluation(out, saved.path, args.split, overrides, say,
                              chosen_dir=bool(args.output_dir))
     task = task_for(cfg.data)
@@ -715,7 +716,8 @@ def evaluate_main(argv: list[str]) -> int:
         for key, value in results.items():
             print(f"{key} {value:.4f}")
         print(f"predictions and scores: {out}")
-        held.release()
+        if held is not None:
+            held.release()
     D.barrier()
     return 0
 

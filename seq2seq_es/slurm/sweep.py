@@ -1423,7 +1423,7 @@ def check_not_resubmitted(manifest: Manifest, runs: list[RunPlan]) -> None:
     on_disk = {run.name: run.job_id for run in load_manifest(manifest.path).runs}
     moved = [run for run in runs if on_disk.get(run.name) != run.job_id]
     if moved:
-        raise ConfigError("SWEEP", f"run {moved[0].name} got job {on_disk[moved[0].name]} "
+        raise ConfigError("SWEEP", f"run {moved[0].name} got job {on_disk.get(moved[0].name)} "
                           "meanwhile from another command (two resumes at once); nothing was "
                           f"submitted: `seq2seq-es slurm status {Path(manifest.path).parent}` "
                           "shows it")
@@ -1447,9 +1447,13 @@ def submitting(manifest: Manifest):
     fd = os.open(folder / SUBMITTING_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            if exc.errno in (errno.EACCES, errno.EAGAIN):  # said, rather than a silent wait
+                print(f"waiting for another command submitting into {folder} "
+                      f"({folder / SUBMITTING_LOCK})", file=sys.stderr, flush=True)
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+            elif exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
                 raise
         yield
     finally:
@@ -1504,14 +1508,26 @@ def runs_to_resume(manifest: Manifest,
         if all(run is not busy for busy, _ in active):
             holder = training_now(Path(run.run_dir))
             if holder is not None:
-                active.append((run, f"its folder is held by {describe_holder(holder)}"))
+                active.append((run, f"{TRAINED_ELSEWHERE} ({describe_holder(holder)}), not by "
+                                    f"its job {run.job_id}"))
     resumable = [run for run in unfinished if all(run is not busy for busy, _ in active)]
     if active and not resumable:
         run, state = active[0]
         more = f" (and {len(active) - 1} more run(s))" if len(active) > 1 else ""
-        raise ConfigError("SWEEP", f"run {run.name} still has job {run.job_id} ({state}){more}; "
-                          "wait for it to end, or scancel it, before resuming")
+        raise ConfigError("SWEEP", f"run {busy_text(run, state)}{more}; wait for it to end, "
+                          "or scancel it, before resuming")
     return resumable, active
+
+
+# A run whose folder a process the manifest does not track trains in (runs_to_resume's state).
+TRAINED_ELSEWHERE = "is trained now by another process"
+
+
+def busy_text(run: RunPlan, state: str) -> str:
+    """'NAME still has job J (RUNNING)', or 'NAME is trained now by another process (...)'."""
+    if state.startswith(TRAINED_ELSEWHERE):
+        return f"{run.name} {state}"
+    return f"{run.name} still has job {run.job_id} ({state})"
 
 
 # Keys a resumed run keeps: they say which run it is and where it writes.

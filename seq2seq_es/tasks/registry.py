@@ -328,8 +328,9 @@ def metric_list(text: str) -> tuple[str, ...]:
     for name in names:
         if name not in MAIN_SCORES and len(name.split()) > 1 \
                 and all(part in MAIN_SCORES for part in name.split()):  # `rouge bleu`
+            meant = ",".join(part for item in names for part in item.split())
             raise ConfigError("data.metrics", f"separates metrics by commas, not spaces "
-                              f"({name!r}); did you mean '{','.join(name.split())}'?")
+                              f"({text!r}); did you mean '{meant}'?")
         if name not in MAIN_SCORES:
             raise ConfigError("data.metrics", str(UnknownNameError("metric", name, MAIN_SCORES)))
     if len(set(names)) != len(names):

@@ -85,8 +85,8 @@ print(json.dumps({"light": light, "n": len(scores), "is_metric": issubclass(Roug
 
 
 def test_a_train_config_mistake_is_refused_before_the_trainer_is_imported():
-    """A mistake in `train`'s config is said before transformers, DeepSpeed and the trainer
-    are imported (seconds on a loaded machine, under a launcher on every rank): the config is
+    """A mistake in `train`'s config is said before torch, transformers, DeepSpeed and the
+    trainer are imported (seconds on a loaded machine, under a launcher on every rank): the config is
     composed first."""
     code = """
 import json, sys
@@ -94,9 +94,14 @@ from seq2seq_es.cli import main
 code = main(["train", "--task", "titulares", "--model", "barto-tiny",
              "--data.source_column", "articulo"])
 print(json.dumps({"code": code, "heavy": sorted(m for m in %r if m in sys.modules)}))
-""" % (("transformers", "deepspeed", "datasets", "seq2seq_es.engine.trainer"),)
+""" % (("torch", "transformers", "deepspeed", "datasets", "seq2seq_es.engine.trainer"),)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "config key 'data.target_column'" in proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"code": 2, "heavy": []}
+    # what lets train skip that import: without accelerate's variables it reads nothing
+    from seq2seq_es.engine.distributed import launcher_overrides
+
+    assert launcher_overrides({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+                               "MASTER_ADDR": "127.0.0.1", "SLURM_PROCID": "0"}) == {}

@@ -42,11 +42,15 @@ def parse_train_args(argv: list[str], prog: str = "seq2seq-es train"
 
 def build_config(argv: list[str]):
     from ..config import compose
-    from .distributed import launcher_overrides
 
     known, overrides = parse_train_args(argv)
     require_pair(known, overrides)
-    from_launcher = launcher_overrides()
+    from_launcher = {}
+    # Only accelerate's variables say anything there: without them, no torch import (a config
+    # mistake is said in a fraction of a second)
+    if any(name.startswith("ACCELERATE_") for name in os.environ):
+        from .distributed import launcher_overrides
+        from_launcher = launcher_overrides()
     note_launcher_overridden(from_launcher, overrides)
     merged = {**from_launcher, **overrides}
     if from_launcher:  # before compose, which may refuse a value accelerate's file brought

@@ -39,8 +39,8 @@ import yaml
 
 from .errors import ConfigError, close_matches, comma_names
 # the launcher's rank, read before the process group: notes said once (their callers import
-# them from here)
-from .launch_env import first_launched_process, launched_rank, launched_ranks  # noqa: F401
+# first_launched_process from here)
+from .launch_env import first_launched_process
 
 
 INT_LIMIT = 2**31  # an integer key holds less in size: torch, numpy and CUDA take C ints, and a

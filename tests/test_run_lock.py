@@ -99,3 +99,29 @@ def test_training_in_a_folder_in_use_is_refused_on_every_rank(tmp_path):
     # the lock went with the holder: the same command now trains
     run("none", 1, base_args(files, out, steps=2))
     assert (out / run_files.METRICS).exists()
+
+
+def test_a_file_system_without_locks_goes_on_unguarded_and_says_so(tmp_path, monkeypatch):
+    # NFS without a lock manager answers ENOLCK (no such file system here: lockf answers as
+    # it would there). Training goes on with a note; evaluate's and the submission's locks too.
+    import errno
+    import fcntl
+
+    from seq2seq_es.engine.run_lock import held_alone, locked_now
+
+    def no_locks(fd, command):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    said = []
+    lock = RunFolderLock(tmp_path / "run", say=said.append)
+    assert said == [f"note: {tmp_path / 'run' / run_files.RUN_LOCK} cannot be locked (No locks "
+                    "available): nothing stops a second run in this folder"]
+    lock.release()
+    assert held_alone(tmp_path / ".x.lock") is not None
+    fd = os.open(tmp_path / ".x.lock", os.O_RDWR)
+    try:
+        with pytest.raises(OSError):
+            locked_now(fd)
+    finally:
+        os.close(fd)

@@ -88,29 +88,27 @@ class RunFolderLock:
         deadline = time.monotonic() + same_job_wait_s
         while True:
             try:
-                import fcntl
-                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                if locked_now(self.fd):
+                    break
             except OSError as exc:
-                if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                    # A filesystem without locks (ENOLCK: NFS without a lock manager): train
-                    # as before, and say what is not guarded.
-                    say(f"note: {self.path} cannot be locked ({exc.strerror}): nothing stops "
-                        "a second run in this folder")
-                    return
-                holder = _read_holder(self.path)
-                if not _earlier_run_of_this_job(holder):
-                    self.release()
-                    raise ConfigError("train.output_dir", f"{out} is in use: a run is training "
-                                      f"there ({_describe(holder)}; {self.path}). Two runs in "
-                                      "one folder would mix their metrics and checkpoints: "
-                                      "wait for it to end (then --train.resume auto continues "
-                                      "it), or give another train.output_dir") from None
-                if time.monotonic() >= deadline:
-                    say(f"note: {self.path} is still locked by this job's earlier run "
-                        f"({_describe(holder)}), which SLURM has ended; going on without it")
-                    return
-                time.sleep(2.0)
+                # A filesystem without locks (ENOLCK: NFS without a lock manager): train as
+                # before, and say what is not guarded.
+                say(f"note: {self.path} cannot be locked ({exc.strerror}): nothing stops "
+                    "a second run in this folder")
+                return
+            holder = _read_holder(self.path)
+            if not _earlier_run_of_this_job(holder):
+                self.release()
+                raise ConfigError("train.output_dir", f"{out} is in use: a run is training "
+                                  f"there ({_describe(holder)}; {self.path}). Two runs in "
+                                  "one folder would mix their metrics and checkpoints: "
+                                  "wait for it to end (then --train.resume auto continues "
+                                  "it), or give another train.output_dir") from None
+            if time.monotonic() >= deadline:
+                say(f"note: {self.path} is still locked by this job's earlier run "
+                    f"({_describe(holder)}), which SLURM has ended; going on without it")
+                return
+            time.sleep(2.0)
         self.held = True  # only the holder may remove the folder: another start may be in it
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, _holder_text(), 0)
@@ -181,20 +179,32 @@ class HeldFile:
         self.release()
 
 
+def locked_now(fd: int, wait: bool = False) -> bool:
+    """Take this process's POSIX lock on the open file `fd`: True once taken; False where
+    another process holds it (with `wait`, waits for it instead). An OSError where the file
+    system cannot lock (ENOLCK: NFS without a lock manager): the callers go on unguarded."""
+    import fcntl
+
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            return False
+        raise
+    return True
+
+
 def held_alone(path: Path) -> HeldFile | None:
     """A POSIX lock on `path` (created) for this process; None where another process holds it
     (its text, written here, says who: `read_holder`). A file system without locks is not
     guarded."""
-    import fcntl
-
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EAGAIN):
+        if not locked_now(fd):
             os.close(fd)
             return None
+    except OSError:
         return HeldFile(fd)
     os.ftruncate(fd, 0)
     os.pwrite(fd, _holder_text(), 0)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import run_files
-from ..engine.run_lock import describe_holder, training_now
+from ..engine.run_lock import describe_holder, locked_now, training_now
 from ..config import BOOKKEEPING_KEYS, LABEL_KEYS, SEED_MAX, check_folder, not_applying
 from ..errors import ConfigError, DataError, Seq2SeqEsError, UnknownNameError
 from . import paper_grid, queries
@@ -1439,22 +1439,17 @@ def submitting(manifest: Manifest):
     and two resumes both gave a run a job, as each checked before the other had written (a
     concurrency audit). Waits for the other to end; the caller then checks again. A file
     system without locks is not guarded, as before."""
-    import errno
-    import fcntl
-
     folder = Path(manifest.submitit_folder)
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / SUBMITTING_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EAGAIN):  # said, rather than a silent wait
+            if not locked_now(fd):  # said, rather than a silent wait
                 print(f"waiting for another command submitting into {folder} "
                       f"({folder / SUBMITTING_LOCK})", file=sys.stderr, flush=True)
-                fcntl.lockf(fd, fcntl.LOCK_EX)
-            elif exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
+                locked_now(fd, wait=True)
+        except OSError:
+            pass  # a file system without locks
         yield
     finally:
         os.close(fd)  # drops the lock

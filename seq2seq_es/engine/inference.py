@@ -31,6 +31,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from .. import run_files
@@ -69,6 +70,12 @@ class SavedModel:
     @property
     def config_file(self) -> Path | None:
         return self.run_dir / run_files.CONFIG if self.run_dir is not None else None
+
+    @cached_property
+    def export_card(self) -> ExportCard | None:
+        """What a Hugging Face folder's model card says of its run, if this package exported
+        it; read once (evaluate, the config and its notes all ask)."""
+        return read_export_card(self.path) if self.kind == "hf" else None
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -222,20 +229,59 @@ def _our_card(folder: Path) -> tuple[str, list[str]] | None:
     return (card, front) if "- seq2seq-es" in front else None
 
 
-def exported_task(folder: Path) -> str | None:
-    """The task a folder this package exported was trained on, as its model card's tags say
-    (`- seq2seq-es`, then `- TASK`): a registry task, or a task of the user's own whose columns
-    the card names (`exported_inputs`); None for any other folder."""
+@dataclass(frozen=True)
+class ExportCard:
+    """What the model card of a folder this package exported says of its run, read once."""
+    task: str | None         # a registry task, or a task of the user's own whose columns it names
+    inputs: dict[str, str]   # how the run fed the model, as config overrides (`exported_inputs`)
+
+
+def read_export_card(folder: Path) -> ExportCard | None:
+    """The card of a folder this package exported (its tags hold `- seq2seq-es`, then
+    `- TASK`); None for any other folder.
+
+    Its inputs: the source length its tokenizer cuts at (`export.save_tokenizer` writes the
+    run's data.max_source_length as model_max_length), a LED's global attention (named on the
+    card) and, for a task of the user's own, its columns and metrics. Another folder's
+    tokenizer's model_max_length is no run's (a hub model's 1024), so it gives nothing. So a run
+    whose length was no task default (a LEDO run at 512 on xlsum) is fed at its own length."""
     from ..tasks import TASKS
 
     ours = _our_card(folder)
     if ours is None:
         return None
-    front = ours[1]
+    card, front = ours
     tag = front.index("- seq2seq-es") + 1
     name = front[tag].removeprefix("- ").strip() if tag < len(front) else ""
-    own = "data.source_column" in _own_task_keys(ours[0])
-    return name if name and (name in TASKS or own) else None
+    own_keys = _own_task_keys(card)
+    task = name if name and (name in TASKS or "data.source_column" in own_keys) else None
+    inputs = {}
+    try:
+        tokenizer = json.loads((Path(folder) / "tokenizer_config.json").read_text(encoding="utf-8"))
+        length = tokenizer.get("model_max_length") if isinstance(tokenizer, dict) else None
+        if isinstance(length, int) and not isinstance(length, bool) and 0 < length < 10 ** 6:
+            inputs["data.max_source_length"] = str(length)
+    except (OSError, ValueError):
+        pass
+    attention = re.search(r"`data\.global_attention ([^`\s]+)`", card)
+    if attention:
+        inputs["data.global_attention"] = attention.group(1)
+    if task not in TASKS:  # a task of the user's own: its columns, metrics
+        inputs.update(own_keys)
+    return ExportCard(task, inputs)
+
+
+def exported_task(folder: Path) -> str | None:
+    """The task a folder this package exported was trained on (`read_export_card`)."""
+    card = read_export_card(folder)
+    return card.task if card else None
+
+
+def exported_inputs(folder: Path) -> dict[str, str]:
+    """How the run fed the model, as a folder this package exported (a copied final/ without
+    its run's config.yaml) says it, as config overrides (`read_export_card`)."""
+    card = read_export_card(folder)
+    return dict(card.inputs) if card else {}
 
 
 # A task of the user's own as the card names it (hub.input_notes): `data.source_column text`
@@ -247,34 +293,6 @@ _OWN_TASK_KEY = re.compile(r"`(" + "|".join(re.escape(key) for key in OWN_TASK_C
 
 def _own_task_keys(card: str) -> dict[str, str]:
     return dict(_OWN_TASK_KEY.findall(card))
-
-
-def exported_inputs(folder: Path) -> dict[str, str]:
-    """How the run fed the model, as a folder this package exported says it (a copied final/
-    without its run's config.yaml), as config overrides: the source length its tokenizer cuts
-    at (`export.save_tokenizer` writes the run's data.max_source_length as model_max_length)
-    and a LED's global attention (named on its model card). Nothing for another folder, whose
-    tokenizer's model_max_length is no run's (a hub model's 1024). So a run whose length was no
-    task default (a LEDO run at 512 on xlsum) is fed at its own length, not the task's."""
-    from ..tasks import TASKS
-
-    ours = _our_card(folder)
-    if ours is None:
-        return {}
-    card, found = ours[0], {}
-    try:
-        tokenizer = json.loads((Path(folder) / "tokenizer_config.json").read_text(encoding="utf-8"))
-        length = tokenizer.get("model_max_length") if isinstance(tokenizer, dict) else None
-        if isinstance(length, int) and not isinstance(length, bool) and 0 < length < 10 ** 6:
-            found["data.max_source_length"] = str(length)
-    except (OSError, ValueError):
-        pass
-    attention = re.search(r"`data\.global_attention ([^`\s]+)`", card)
-    if attention:
-        found["data.global_attention"] = attention.group(1)
-    if exported_task(folder) not in TASKS:  # a task of the user's own: its columns, metrics
-        found.update(_own_task_keys(card))
-    return found
 
 
 def inference_config(saved: SavedModel, *, config_file: str | None = None,
@@ -299,15 +317,16 @@ def inference_config(saved: SavedModel, *, config_file: str | None = None,
         print(f"note: {saved.path / 'generation_config.json'} also sets {', '.join(unapplied)}, "
               "which this package's decoding does not apply (it applies the gen.* settings: "
               "beams, lengths, no-repeat n-grams, sampling)", file=sys.stderr)
-    saved_inputs = exported_inputs(saved.path) if copied else {}  # and feed it as it was fed
+    card = saved.export_card if copied else None
+    saved_inputs = dict(card.inputs) if card else {}  # and feed it as it was fed
     if copied and task is None:
         # A copied final/ fed as its run's task (truncation side, prediction cleaning), not as
         # the default task's: a MIAM model read its dialogues cut from the wrong end.
-        task = exported_task(saved.path)
+        task = card.task if card else None
         if task is not None and first_launched_process():
             print(f"note: {saved.path} was trained on {task} (its README.md says): read as "
                   f"{task}'s inputs (--task chooses another)", file=sys.stderr)
-    elif copied and task != exported_task(saved.path):  # --task another: not the card's columns
+    elif copied and task != (card.task if card else None):  # --task another: not its columns
         saved_inputs = {key: value for key, value in saved_inputs.items()
                         if key not in OWN_TASK_CARD_KEYS}
     merged = {**saved_gen, **saved_inputs, **launcher_overrides(), **(overrides or {})}
@@ -344,7 +363,7 @@ def note_task_lengths(saved: SavedModel, cfg, given: dict[str, str],
 
     from ..config import first_launched_process
 
-    exported = exported_inputs(saved.path) if saved.kind == "hf" else {}
+    exported = saved.export_card.inputs if saved.export_card else {}
     taken = [f"{key} {getattr(cfg.data, key.split('.')[1])}" for key in keys
              if key not in given and key not in exported]
     read = [f"{key} {value}" for key, value in exported.items() if key not in given]
@@ -650,7 +669,8 @@ def evaluate_main(argv: list[str]) -> int:
     if saved.kind == "hf" and not (args.config or saved.config_file):
         where = saved.hub_id or f"{saved.path} (no {saved.path.parent / run_files.CONFIG})"
         # an exported folder's card names its task (as predict reads it)
-        check_run_names(where, args.task or exported_task(saved.path), args.model)
+        card = saved.export_card
+        check_run_names(where, args.task or (card.task if card else None), args.model)
     cfg = inference_config(saved, config_file=args.config, overrides=overrides, task=args.task,
                            model=args.model, allow_model=saved.kind == "hf")
     if args.config or saved.config_file:

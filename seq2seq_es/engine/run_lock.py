@@ -45,7 +45,8 @@ def _holder_text() -> bytes:
                         **_slurm_job(), "command": " ".join(sys.argv)}) + "\n").encode()
 
 
-def _read_holder(path: Path) -> dict:
+def read_holder(path: Path) -> dict:
+    """What a lock file says of its holder (`_holder_text`); {} while it is being written."""
     try:
         holder = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # written a moment from now, or by hand
@@ -53,7 +54,8 @@ def _read_holder(path: Path) -> dict:
     return holder if isinstance(holder, dict) else {}
 
 
-def _describe(holder: dict) -> str:
+def describe_holder(holder: dict) -> str:
+    """'pid 12 on node1, SLURM job 34, since 2026-...' (or 'another process'), for messages."""
     if "pid" not in holder:
         return "another process"
     where = f"pid {holder['pid']} on {holder.get('host', '?')}"
@@ -96,17 +98,17 @@ class RunFolderLock:
                 say(f"note: {self.path} cannot be locked ({exc.strerror}): nothing stops "
                     "a second run in this folder")
                 return
-            holder = _read_holder(self.path)
+            holder = read_holder(self.path)
             if not _earlier_run_of_this_job(holder):
                 self.release()
                 raise ConfigError("train.output_dir", f"{out} is in use: a run is training "
-                                  f"there ({_describe(holder)}; {self.path}). Two runs in "
+                                  f"there ({describe_holder(holder)}; {self.path}). Two runs in "
                                   "one folder would mix their metrics and checkpoints: "
                                   "wait for it to end (then --train.resume auto continues "
                                   "it), or give another train.output_dir") from None
             if time.monotonic() >= deadline:
                 say(f"note: {self.path} is still locked by this job's earlier run "
-                    f"({_describe(holder)}), which SLURM has ended; going on without it")
+                    f"({describe_holder(holder)}), which SLURM has ended; going on without it")
                 return
             time.sleep(2.0)
         self.held = True  # only the holder may remove the folder: another start may be in it
@@ -161,7 +163,7 @@ def training_now(out: Path) -> dict | None:
         return None
     finally:
         os.close(fd)
-    return _read_holder(path)
+    return read_holder(path)
 
 
 class HeldFile:
@@ -209,15 +211,6 @@ def held_alone(path: Path) -> HeldFile | None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, _holder_text(), 0)
     return HeldFile(fd)
-
-
-def read_holder(path: Path) -> dict:
-    return _read_holder(path)
-
-
-def describe_holder(holder: dict) -> str:
-    """'pid 12 on node1, SLURM job 34, since 2026-...' (or 'another process'), for messages."""
-    return _describe(holder)
 
 
 def hold_run_folder(out: Path, env) -> RunFolderLock | None:

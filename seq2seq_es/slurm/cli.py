@@ -61,7 +61,7 @@ from .options import (SLURM_FLAGS, add_slurm_options, origin, slurm_config_from_
                       with_sbatch_options)
 from .results_table import SPLITS_SHOWN, build_table, empty_message, write_results
 from .sweep import (RUN_FOLDERS_MODE, RUN_MANIFEST, SUBMITIT_DIR, SWEEP_MANIFEST, RunPlan,
-                    TRAINED_ELSEWHERE, absolute_config, check_names, check_node_count,
+                    absolute_config, busy_text, check_names, check_node_count,
                     check_not_resubmitted, check_overrides, check_partition, check_run_dir,
                     check_seeds, check_sweep_dir, compose_run, dry_run_script, finished_run_further,
                     gpu_warning, load_manifest, load_runs, new_manifest, parse_grid, parse_seeds,
@@ -431,8 +431,7 @@ def cmd_resume(argv: list[str]) -> int:
     if still_going:
         print(f"# {len(still_going)} run(s) left as they are, their jobs still going:")
         for run, state in still_going:
-            print(f"#   {run.name} " + (state if state.startswith(TRAINED_ELSEWHERE)
-                                        else f"(job {run.job_id}, {state})"))
+            print(f"#   {busy_text(run, state, listed=True)}")
     print(f"# {len(runs)} of {len(manifest.runs)} run(s) to resume:")
     for run in runs:
         print(f"#   {run.name} (last job {run.job_id})")

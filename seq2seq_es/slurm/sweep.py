@@ -1518,10 +1518,14 @@ def runs_to_resume(manifest: Manifest,
 TRAINED_ELSEWHERE = "is trained now by another process"
 
 
-def busy_text(run: RunPlan, state: str) -> str:
-    """'NAME still has job J (RUNNING)', or 'NAME is trained now by another process (...)'."""
+def busy_text(run: RunPlan, state: str, *, listed: bool = False) -> str:
+    """A run left for a job that may still train it (`runs_to_resume`): 'NAME still has job J
+    (RUNNING)' (a refusal), or 'NAME (job J, RUNNING)' when `listed` (resume's listing); or
+    either way 'NAME is trained now by another process (...)'."""
     if state.startswith(TRAINED_ELSEWHERE):
         return f"{run.name} {state}"
+    if listed:
+        return f"{run.name} (job {run.job_id}, {state})"
     return f"{run.name} still has job {run.job_id} ({state})"
 
 

@@ -341,55 +341,24 @@ def packed_row(case: BenchCase) -> tuple[int, int]:
 
 
 def loop_collator(case: BenchCase, cfg):
-    """The loop rows' collator, padded as training pads (get_collator: multiples of 8 on a GPU,
-    64 when the model is compiled): the bench once padded token-budget batches to any length,
-    a step training never runs."""
-    from ..data.collator import Seq2SeqCollator
-    from ..engine.builders import collator_padding
+    """The loop rows' collator: training's (builders.plain_collator: padded to multiples of 8
+    on a GPU, 64 when the model is compiled). The bench once padded token-budget batches to any
+    length, a step training never runs."""
+    from ..engine.builders import plain_collator
 
-    multiple, dynamic = collator_padding(cfg)
-    if cfg.train.batching == "packed":
-        from ..data.packing import PackedCollator
-        return PackedCollator(case.shape.pad_token_id, case.shape.decoder_start_token_id,
-                              pad_to_multiple_of=multiple, mark_dynamic=dynamic,
-                              rows=cfg.train.batch_size, source_len=cfg.data.max_source_length,
-                              target_len=cfg.data.max_target_length)
-    return Seq2SeqCollator(case.shape.pad_token_id, case.shape.decoder_start_token_id,
-                           pad_to_multiple_of=multiple, mark_dynamic=dynamic)
+    return plain_collator(cfg, case.shape.pad_token_id, case.shape.decoder_start_token_id,
+                          packed=cfg.train.batching == "packed")
 
 
 def _step_plan(case: BenchCase, cfg, collator):
-    """The row's plan, built from the synthetic lengths as get_step_plan builds it from a split
-    (bucketed: the collator then pads to the plan's buckets)."""
-    if cfg.train.batching == "bucketed":
-        import math
+    """The row's plan, built by training's builder (builders.build_step_plan) from the
+    synthetic lengths, as get_step_plan builds it from a split's (bucketed: the collator then
+    pads to the plan's buckets)."""
+    from ..engine.builders import build_step_plan
 
-        from ..data.length_buckets import DEFAULT_ALIGN, BucketedPlan
-
-        plan = BucketedPlan(case.data.source_lengths, case.data.target_lengths,
-                            max_tokens=cfg.train.max_tokens, grad_accum=cfg.train.grad_accum,
-                            world_size=1, seed=cfg.train.seed, max_shapes=cfg.train.length_buckets,
-                            align=DEFAULT_ALIGN,
-                            source_align=math.lcm(DEFAULT_ALIGN, collator.pad_to_multiple_of))
-        collator.set_buckets(plan.buckets.source, plan.buckets.target)
-        return plan
-    if cfg.train.batching == "packed":
-        from ..data.packing import PackedPlan
-
-        return PackedPlan(case.data.source_lengths, case.data.target_lengths,
-                          rows=cfg.train.batch_size, source_len=cfg.data.max_source_length,
-                          target_len=cfg.data.max_target_length,
-                          grad_accum=cfg.train.grad_accum, world_size=1, seed=cfg.train.seed)
-    if cfg.train.batching == "token_budget":
-        from ..data.token_budget import TokenBudgetPlan
-
-        return TokenBudgetPlan(case.data.source_lengths, case.data.target_lengths,
-                               max_tokens=cfg.train.max_tokens, grad_accum=cfg.train.grad_accum,
-                               world_size=1, seed=cfg.train.seed,
-                               pad_to_multiple_of=collator.pad_to_multiple_of)
-    from ..data.sampler import StepPlan
-
-    return StepPlan(len(case.data), cfg.train.batch_size, cfg.train.grad_accum, 1, cfg.train.seed)
+    return build_step_plan(cfg, 1, len(case.data),
+                           lambda: (case.data.source_lengths, case.data.target_lengths),
+                           collator.pad_to_multiple_of, collator)
 
 
 def as_4d_mask(batch: dict) -> dict:

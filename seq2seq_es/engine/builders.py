@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -215,17 +216,26 @@ def get_collator(cfg: RunConfig, spec, tokenizer, model) -> Seq2SeqCollator:
     if options is not None:  # LED: padded to its attention window, global attention mask
         return Seq2SeqCollator(tokenizer.pad_token_id, model.config.decoder_start_token_id,
                                **options)
-    multiple, dynamic = collator_padding(cfg)
+    packed = False
     if cfg.train.batching == "packed":
         from ..kernels.packed_attention import is_installed
-        if is_installed(model):  # training (get_model installed it); evaluate/predict: plain
-            from ..data.packing import PackedCollator
-            return PackedCollator(tokenizer.pad_token_id, model.config.decoder_start_token_id,
-                                  pad_to_multiple_of=multiple, mark_dynamic=dynamic,
-                                  rows=cfg.train.batch_size,
-                                  source_len=cfg.data.max_source_length,
-                                  target_len=cfg.data.max_target_length)
-    return Seq2SeqCollator(tokenizer.pad_token_id, model.config.decoder_start_token_id,
+        packed = is_installed(model)  # training (get_model installed it); evaluate/predict: plain
+    return plain_collator(cfg, tokenizer.pad_token_id, model.config.decoder_start_token_id,
+                          packed=packed)
+
+
+def plain_collator(cfg: RunConfig, pad_token_id: int, decoder_start_token_id: int, *,
+                   packed: bool) -> Seq2SeqCollator:
+    """The collator of a model without collator options of its own (not LED): get_collator's,
+    and the bench's loop rows', which must time the step training runs."""
+    multiple, dynamic = collator_padding(cfg)
+    if packed:
+        from ..data.packing import PackedCollator
+        return PackedCollator(pad_token_id, decoder_start_token_id,
+                              pad_to_multiple_of=multiple, mark_dynamic=dynamic,
+                              rows=cfg.train.batch_size, source_len=cfg.data.max_source_length,
+                              target_len=cfg.data.max_target_length)
+    return Seq2SeqCollator(pad_token_id, decoder_start_token_id,
                            pad_to_multiple_of=multiple, mark_dynamic=dynamic)
 
 
@@ -267,49 +277,61 @@ def token_lengths(tokenized) -> tuple[list[int], list[int]]:
             pc.list_value_length(table["labels"]).to_pylist())
 
 
-def get_step_plan(cfg: RunConfig, env: D.DistEnv, train: SplitData, pad_to_multiple_of: int,
-                  collator: Seq2SeqCollator | None = None):
-    """The data order: fixed-size random batches, token-budget batches of similar lengths, or
-    bucketed token-budget batches (few shapes), which set the collator's bucket lengths."""
-    num_train = len(train.tokenized)
+def build_step_plan(cfg: RunConfig, world_size: int, num_examples: int,
+                    lengths: Callable[[], tuple[list[int], list[int]]], pad_to_multiple_of: int,
+                    collator: Seq2SeqCollator | None = None):
+    """The plan of `cfg.train.batching` over `num_examples` examples whose (source, target)
+    token counts `lengths()` gives (called only by the batchings that read them): get_step_plan
+    reads them from a split, the bench's loop rows from their synthetic lengths."""
     if cfg.train.batching == "bucketed":
         from ..data.length_buckets import DEFAULT_ALIGN, DEFAULT_MAX_SHAPES, BucketedPlan
         if collator is None:
             raise ValueError("train.batching=bucketed: get_step_plan needs the collator, which "
                              "must pad to the plan's bucket lengths")
-        sources, targets = token_lengths(train.tokenized)
+        sources, targets = lengths()
         plan = BucketedPlan(sources, targets, cfg.train.max_tokens,
-                            cfg.train.grad_accum, env.world_size, cfg.train.seed,
+                            cfg.train.grad_accum, world_size, cfg.train.seed,
                             max_shapes=getattr(cfg.train, "length_buckets", DEFAULT_MAX_SHAPES),
                             align=DEFAULT_ALIGN,
                             source_align=source_bucket_align(cfg.data.max_source_length,
                                                              pad_to_multiple_of))
         collator.set_buckets(plan.buckets.source, plan.buckets.target)
-    elif cfg.train.batching == "token_budget":
+        return plan
+    if cfg.train.batching == "token_budget":
         from ..data.token_budget import TokenBudgetPlan
-        sources, targets = token_lengths(train.tokenized)
-        plan = TokenBudgetPlan(sources, targets, cfg.train.max_tokens,
-                               cfg.train.grad_accum, env.world_size, cfg.train.seed,
+        sources, targets = lengths()
+        return TokenBudgetPlan(sources, targets, cfg.train.max_tokens,
+                               cfg.train.grad_accum, world_size, cfg.train.seed,
                                pad_to_multiple_of=pad_to_multiple_of)
-    elif cfg.train.batching == "packed":
-        from ..data.packing import PackedCollator, PackedPlan, mark_packed
+    if cfg.train.batching == "packed":
+        from ..data.packing import PackedCollator, PackedPlan
         if not isinstance(collator, PackedCollator):
             raise ValueError("train.batching=packed: get_step_plan needs the PackedCollator, "
                              "which get_collator gives a model with the packed attention")
-        sources, targets = token_lengths(train.tokenized)
-        plan = PackedPlan(sources, targets, cfg.train.batch_size,
+        sources, targets = lengths()
+        return PackedPlan(sources, targets, cfg.train.batch_size,
                           cfg.data.max_source_length, cfg.data.max_target_length,
-                          cfg.train.grad_accum, env.world_size, cfg.train.seed)
+                          cfg.train.grad_accum, world_size, cfg.train.seed)
+    plan = StepPlan(num_examples, cfg.train.batch_size, cfg.train.grad_accum, world_size,
+                    cfg.train.seed)
+    if plan.steps_per_epoch == 0:
+        raise ConfigError("train.batch_size",
+                          f"one step takes {plan.global_batch} examples (batch_size x "
+                          f"grad_accum x {world_size} ranks) but the training split has "
+                          f"{num_examples}")
+    return plan
+
+
+def get_step_plan(cfg: RunConfig, env: D.DistEnv, train: SplitData, pad_to_multiple_of: int,
+                  collator: Seq2SeqCollator | None = None):
+    """The data order: fixed-size random batches, token-budget batches of similar lengths, or
+    bucketed token-budget batches (few shapes), which set the collator's bucket lengths."""
+    plan = build_step_plan(cfg, env.world_size, len(train.tokenized),
+                           lambda: token_lengths(train.tokenized), pad_to_multiple_of, collator)
+    if cfg.train.batching == "packed":
+        from ..data.packing import mark_packed
         # Marked features are packed by the collator; validation and test stay one per row.
         train.tokenized = mark_packed(train.tokenized)
-    else:
-        plan = StepPlan(num_train, cfg.train.batch_size, cfg.train.grad_accum, env.world_size,
-                        cfg.train.seed)
-        if plan.steps_per_epoch == 0:
-            raise ConfigError("train.batch_size",
-                              f"one step takes {plan.global_batch} examples (batch_size x "
-                              f"grad_accum x {env.world_size} ranks) but the training split has "
-                              f"{num_train}")
     total = cfg.train.max_steps or plan.steps_per_epoch * cfg.train.epochs
     warmup = cfg.optim.warmup_steps
     if warmup >= total:

@@ -511,6 +511,27 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+@functools.lru_cache(maxsize=1)
+def _default_settings() -> tuple[tuple[str, Any], ...]:
+    return tuple((f"{section}.{key}", value)
+                 for section, values in RunConfig().to_dict().items()
+                 for key, value in values.items())
+
+
+def with_keys_added_since(flat: dict[str, Any]) -> dict[str, Any]:
+    """A run's flat config.yaml ({'section.key': value}) with each key that an older version
+    of this package did not write yet at its default: what a resume of that run composes
+    (`compose` fills them so), and the behaviour the key was added to keep. Collect compared
+    such a key as None against a newer run's value, so the seeds of one setting trained before
+    and after an upgrade were not averaged (upgrade audit). Only sections the file has; the
+    keys naming the run (data.task, model.name) are never filled in."""
+    sections = {key.split(".", 1)[0] for key in flat}
+    added = {key: value for key, value in _default_settings()
+             if key not in flat and key.split(".", 1)[0] in sections
+             and key not in ("data.task", "model.name")}
+    return {**flat, **added} if added else flat
+
+
 # ---------------------------------------------------------------------------------------------
 # Setting values by dotted key, with type conversion from strings (command line) or YAML values.
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import run_files
-from ..config import BOOKKEEPING_KEYS, SEED_MAX, scored_on_training_data
+from ..config import BOOKKEEPING_KEYS, SEED_MAX, scored_on_training_data, with_keys_added_since
 from ..errors import ConfigError, DataError, close_matches
 # The one metrics.jsonl reader (merges a step's records, keeping the last values).
 from ..metrics_log import read as read_metrics
@@ -462,13 +462,15 @@ def unfinished_state(run_dir: str | Path) -> str:
 
 def _trained_settings(run_dir: Path, name: str = run_files.CONFIG) -> dict[str, Any]:
     """A run's config (config.yaml, or an earlier one it keeps) as {'section.key': value},
-    without the keys that only say how it was watched or stored; {} when unreadable."""
+    without the keys that only say how it was watched or stored, and with those an older
+    version did not write at their defaults (config.with_keys_added_since); {} when
+    unreadable."""
     try:
         config = run_files.read_run_config(run_dir, name)
     except ValueError:
         return {}
-    return {key: value for key, value in run_files.flat_run_config(config or {}).items()
-            if key not in BOOKKEEPING_KEYS}
+    flat = with_keys_added_since(run_files.flat_run_config(config or {}))
+    return {key: value for key, value in flat.items() if key not in BOOKKEEPING_KEYS}
 
 
 def changed_during_training(run_dir: Path) -> list[str]:

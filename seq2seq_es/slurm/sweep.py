@@ -24,7 +24,8 @@ from typing import Any, Iterable
 
 from .. import run_files
 from ..engine.run_lock import describe_holder, locked_now, training_now
-from ..config import BOOKKEEPING_KEYS, LABEL_KEYS, SEED_MAX, check_folder, not_applying
+from ..config import (BOOKKEEPING_KEYS, LABEL_KEYS, SEED_MAX, check_folder, not_applying,
+                      with_keys_added_since)
 from ..errors import ConfigError, DataError, Seq2SeqEsError, UnknownNameError
 from . import paper_grid, queries
 from .config import SlurmConfig, make_executor, render_sbatch
@@ -312,9 +313,11 @@ def examples_per_step(run_dir: Path) -> str:
 
 
 def _flat_config(run_dir: Path) -> dict[str, Any]:
-    """A run's config.yaml as {'section.key': value}."""
+    """A run's config.yaml as {'section.key': value}, with the keys an older version did not
+    write at their defaults (config.with_keys_added_since)."""
     try:
-        return run_files.flat_run_config(run_files.read_run_config(run_dir) or {})
+        return with_keys_added_since(
+            run_files.flat_run_config(run_files.read_run_config(run_dir) or {}))
     except ValueError as exc:
         raise DataError(str(exc), file=str(run_dir / run_files.CONFIG)) from None
 

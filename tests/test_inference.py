@@ -472,6 +472,25 @@ def test_a_copied_export_is_read_as_its_runs_task(trained, plain_input, workdir,
     assert "was trained on" not in capsys.readouterr().err  # --task chooses
 
 
+def test_a_copied_exports_rows_are_read_by_its_tasks_columns(trained, files, workdir):
+    # The card's task was applied (note: "read as sqac's inputs"), but a .jsonl row of the
+    # task's own columns was refused for want of a 'source' field unless --task was given
+    # (upgrade audit): predict reads it as the run folder reads it.
+    copied = workdir / "copied_rows"
+    shutil.copytree(trained / "final", copied)
+    rows = workdir / "copied_rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": row["text"], "url": row.get("url", "")},
+                                       ensure_ascii=False) + "\n"
+                            for row in read_jsonl(Path(files["test"]))[:2]), encoding="utf-8")
+    out = workdir / "copied_rows_out.jsonl"
+    assert cli(["predict", str(copied), "--model", "t5s-tiny", "--input", str(rows),
+                "--output", str(out)]) == 0
+    by_task = workdir / "copied_rows_task.jsonl"
+    assert cli(["predict", str(copied), "--model", "t5s-tiny", "--task", "mlsum", "--input",
+                str(rows), "--output", str(by_task)]) == 0
+    assert out.read_text() == by_task.read_text() and len(out.read_text().splitlines()) == 2
+
+
 BAD_INPUTS = {
     "not_json": ('{"source": "uno"}\n{"source": "dos"}\n{"source": tres}\n', [], 3,
                  "not valid JSON"),
@@ -610,3 +629,22 @@ def test_generate_texts_gathers_in_input_order_over_two_ranks(tmp_path):
     expected = [" ".join([str(i + 1)] * (1 + (i * 3) % 5)) for i in range(7)]
     assert json.loads((tmp_path / "rank_0.json").read_text()) == expected
     assert json.loads((tmp_path / "rank_1.json").read_text()) is None
+
+
+def test_a_copied_folder_without_our_card_says_its_task_is_the_default(trained, plain_input,
+                                                                      workdir, capsys):
+    # An export of a version before the model cards (or a model from elsewhere) was read as
+    # mlsum's without a word: a MIAM model's dialogues were cut from the wrong end (upgrade
+    # audit).
+    copied = workdir / "copied_no_card"
+    shutil.copytree(trained / "final", copied)
+    (copied / "README.md").unlink()
+    capsys.readouterr()
+    assert cli(["predict", str(copied), "--model", "t5s-tiny", "--input", str(plain_input),
+                "--output", str(workdir / "no_card.txt")]) == 0
+    assert (f"note: {copied} does not say which task it was trained on (no seq2seq-es model "
+            "card: an export of an older version, or a model from elsewhere): read as mlsum's "
+            "inputs; --task names its task") in capsys.readouterr().err
+    assert cli(["predict", str(copied), "--model", "t5s-tiny", "--task", "mlsum", "--input",
+                str(plain_input), "--output", str(workdir / "no_card.txt"), "--overwrite"]) == 0
+    assert "does not say which task" not in capsys.readouterr().err

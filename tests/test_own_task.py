@@ -262,6 +262,27 @@ def test_an_exported_folders_card_names_its_own_task_for_inference(tmp_path):
     assert exported_task(folder) is None and exported_inputs(folder) == {}
 
 
+def test_the_cards_source_length_wins_over_an_older_exports_tokenizer(tmp_path):
+    # Exports of 2026-12-02 to 12-04 kept the base model's model_max_length (1024) in the
+    # tokenizer beside a card saying the run's 480: a copied final/ of a SQAC run was fed
+    # 1024 tokens, with a note saying the folder said so (upgrade audit).
+    from seq2seq_es.engine.hub import write_export_card
+    from seq2seq_es.engine.inference import exported_inputs
+
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    (folder / "tokenizer_config.json").write_text('{"model_max_length": 1024}')
+    write_export_card(folder, compose("sqac", "barto-tiny",
+                                      overrides={"data.max_source_length": "480"}),
+                      tmp_path / "run" / "checkpoints" / "step_00000004")
+    assert "at most 480 tokens" in (folder / "README.md").read_text()
+    assert exported_inputs(folder)["data.max_source_length"] == "480"
+    # a card without the line (written by hand): the tokenizer's, as before
+    card = folder / "README.md"
+    card.write_text(card.read_text().replace("at most 480 tokens", "up to the run's length"))
+    assert exported_inputs(folder)["data.max_source_length"] == "1024"
+
+
 # ---- SLURM: submit and sweep compose an own task's runs like a registry task's ---------------
 
 def _own_overrides(files):

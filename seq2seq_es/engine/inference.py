@@ -240,11 +240,12 @@ def read_export_card(folder: Path) -> ExportCard | None:
     """The card of a folder this package exported (its tags hold `- seq2seq-es`, then
     `- TASK`); None for any other folder.
 
-    Its inputs: the source length its tokenizer cuts at (`export.save_tokenizer` writes the
-    run's data.max_source_length as model_max_length), a LED's global attention (named on the
-    card) and, for a task of the user's own, its columns and metrics. Another folder's
-    tokenizer's model_max_length is no run's (a hub model's 1024), so it gives nothing. So a run
-    whose length was no task default (a LEDO run at 512 on xlsum) is fed at its own length."""
+    Its inputs: the run's source length (the card's "at most N tokens"; for a card without it,
+    its tokenizer's model_max_length, which `export.save_tokenizer` sets to the run's), a LED's
+    global attention (named on the card) and, for a task of the user's own, its columns and
+    metrics. Another folder's tokenizer's model_max_length is no run's (a hub model's 1024), so
+    it gives nothing. So a run whose length was no task default (a LEDO run at 512 on xlsum)
+    is fed at its own length."""
     from ..tasks import TASKS
 
     ours = _our_card(folder)
@@ -256,13 +257,20 @@ def read_export_card(folder: Path) -> ExportCard | None:
     own_keys = _own_task_keys(card)
     task = name if name and (name in TASKS or "data.source_column" in own_keys) else None
     inputs = {}
-    try:
-        tokenizer = json.loads((Path(folder) / "tokenizer_config.json").read_text(encoding="utf-8"))
-        length = tokenizer.get("model_max_length") if isinstance(tokenizer, dict) else None
-        if isinstance(length, int) and not isinstance(length, bool) and 0 < length < 10 ** 6:
-            inputs["data.max_source_length"] = str(length)
-    except (OSError, ValueError):
-        pass
+    stated = _CARD_SOURCE_LENGTH.search(card)
+    if stated:  # the run's data.max_source_length, as hub.input_notes writes it
+        inputs["data.max_source_length"] = stated.group(1)
+    else:
+        # Exports of 2026-12-02 to 12-04 kept the base model's model_max_length (1024) in the
+        # tokenizer beside a card that said the run's 480: the card wins (upgrade audit).
+        try:
+            tokenizer = json.loads((Path(folder) / "tokenizer_config.json")
+                                   .read_text(encoding="utf-8"))
+            length = tokenizer.get("model_max_length") if isinstance(tokenizer, dict) else None
+            if isinstance(length, int) and not isinstance(length, bool) and 0 < length < 10 ** 6:
+                inputs["data.max_source_length"] = str(length)
+        except (OSError, ValueError):
+            pass
     attention = re.search(r"`data\.global_attention ([^`\s]+)`", card)
     if attention:
         inputs["data.global_attention"] = attention.group(1)
@@ -291,6 +299,10 @@ _OWN_TASK_KEY = re.compile(r"`(" + "|".join(re.escape(key) for key in OWN_TASK_C
                            + r") ([^`]+)`")
 
 
+# hub.input_notes' "- Source: ...; at most 480 tokens (longer sources lose their end)."
+_CARD_SOURCE_LENGTH = re.compile(r"; at most ([1-9][0-9]{0,6}) tokens \(longer sources lose ")
+
+
 def _own_task_keys(card: str) -> dict[str, str]:
     return dict(_OWN_TASK_KEY.findall(card))
 
@@ -303,7 +315,7 @@ def inference_config(saved: SavedModel, *, config_file: str | None = None,
     `config.yaml` holds every key explicitly, so composing it again gives the run's config;
     the launcher's environment (accelerate's ZeRO stage) and then the command line override it.
     """
-    from ..config import compose, first_launched_process, load_yaml, note_not_read
+    from ..config import compose, first_launched_process, load_yaml, note_not_read, own_task_keys
     from .distributed import launcher_overrides
 
     source = config_file or saved.config_file
@@ -350,6 +362,13 @@ def inference_config(saved: SavedModel, *, config_file: str | None = None,
     # --gen.temperature without --gen.do_sample: said once, as `train` says it, rather than
     # recorded in the evaluation as if it had applied
     note_not_read(cfg, set(overrides or {}))
+    if copied and task is None and card is None and "data.task" not in merged \
+            and not own_task_keys(cfg) and first_launched_process():
+        # An export of a version before the model cards (2026-12-02), or a model from
+        # elsewhere: read as the default task's in silence (upgrade audit).
+        print(f"note: {saved.path} does not say which task it was trained on (no seq2seq-es "
+              f"model card: an export of an older version, or a model from elsewhere): read "
+              f"as {cfg.data.task}'s inputs; --task names its task", file=sys.stderr)
     return cfg
 
 
@@ -1128,11 +1147,15 @@ def predict_main(argv: list[str]) -> int:
     with _length_named_as_given(args.max_source_length):
         cfg = inference_config(saved, config_file=args.config, overrides=overrides,
                                task=args.task, model=args.model, allow_model=saved.kind == "hf")
-    # A run's own config names its task: its data files' rows need no --task; so does the
-    # model card of a copied folder of a task of the user's own (its columns are on it).
+    # A run's own config names its task: its data files' rows need no --task; nor do those of
+    # a copied folder's task, which its model card names (a task of the user's own with its
+    # columns). A SQAC export's rows were refused for want of a 'source' field, right after
+    # the note that they were read as sqac's (upgrade audit).
     ran_config = args.config or saved.config_file
-    run_task = task_for(cfg.data) if ran_config or (args.task is None and own_task_keys(cfg)) \
-        else None
+    card_task = args.task is None and not ran_config and saved.export_card is not None \
+        and saved.export_card.task is not None
+    run_task = task_for(cfg.data) if ran_config or card_task or (
+        args.task is None and own_task_keys(cfg)) else None
     if ran_config:  # predicting with the run's model, not another --model
         check_same_names(saved, cfg, None, args.model)
     else:

@@ -622,3 +622,43 @@ def test_a_long_reader_error_is_cut_at_a_word(tmp_path):
     kept = detail.removesuffix(" ...").split()  # whole words only
     assert all(word in words.split() + ["PytorchStreamReader", "failed", "reading", "zip",
                                         "archive:"] for word in kept)
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"model": "t5s-tiny"}, "is of another run (model.name barto-tiny; this run: model.name "
+                            "t5s-tiny)"),
+    ({"dist.zero_stage": "2"}, "was saved with dist.zero_stage 0 -> 2: DeepSpeed lays its "
+                               "files out otherwise there"),
+    ({"train.precision": "fp16"}, "was saved with train.precision fp32 -> fp16"),
+    ({}, None)])
+def test_a_checkpoint_of_an_older_version_is_checked_by_its_run_folders_files(tmp_path, change,
+                                                                              says):
+    # Checkpoints written before 2026-12-02 hold no run identity nor storage layout in their
+    # trainer_state.json: a resume of another model or ZeRO stage was reported 'may be
+    # damaged', naming an earlier checkpoint that failed the same way (upgrade audit). Their
+    # run folder's config.yaml and deepspeed_config.json say both.
+    import json
+
+    from seq2seq_es.config import compose
+    from seq2seq_es.engine.checkpoint import Checkpointer, run_identity, storage_layout
+    from seq2seq_es.engine.optim import deepspeed_config
+    from seq2seq_es.errors import ConfigError
+
+    run_dir = tmp_path / "run"
+    trained = compose(task="mlsum", model="barto-tiny",
+                      overrides={"train.output_dir": str(run_dir)})
+    step = run_dir / "checkpoints" / "step_00000040"
+    step.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(trained.to_yaml())
+    (run_dir / "deepspeed_config.json").write_text(json.dumps(deepspeed_config(trained, 1)))
+    (step / "trainer_state.json").write_text(json.dumps({"step": 40, "world_size": 1}))
+    now = compose(task="mlsum", model=change.get("model", "barto-tiny"),
+                  overrides={"train.output_dir": str(run_dir),
+                             **{k: v for k, v in change.items() if k != "model"}})
+    checkpointer = Checkpointer(run_dir / "checkpoints", D.read_env({}), keep_last=2)
+    if says is None:
+        assert checkpointer.check_resumable(step, run_identity(now), storage_layout(now)).step == 40
+        return
+    with pytest.raises(ConfigError) as refused:
+        checkpointer.check_resumable(step, run_identity(now), storage_layout(now))
+    assert refused.value.key == "train.resume" and says in str(refused.value)

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from .. import run_files
-from ..config import FIXED_STEP, TOKEN_PLAN_STEP, RunConfig
+from ..config import FIXED_STEP, TOKEN_PLAN_STEP, RunConfig, compose
 from ..errors import ConfigError, Seq2SeqEsError
 from . import distributed as D
 from . import storage
@@ -105,10 +105,10 @@ class TrainState:
     loss_window: list | None = None
     # What was trained (`run_identity`: data.task and model.name, and a task of the user's own
     # its columns, hub data and metrics): a resume must be the same run. None: a state written
-    # before the field existed (not checked).
+    # before the field existed (its run folder's files say it: `recorded_by_run_folder`).
     run: dict | None = None
     # How DeepSpeed laid its files out (`storage_layout`): a resume needs a compatible one.
-    # None: a state written before the field existed (not checked).
+    # None: a state written before the field existed (as `run`).
     storage: dict | None = None
 
     def to_json(self) -> str:
@@ -324,6 +324,38 @@ def _folder_run(run_dir: Path) -> dict | None:
         return None
     flat = run_files.flat_run_config(config)
     return {"data.task": flat.get("data.task"), "model.name": flat.get("model.name")}
+
+
+def recorded_by_run_folder(path: Path) -> tuple[dict | None, dict | None]:
+    """(run_identity, storage_layout) of checkpoint `path` as its run folder's files record
+    them, for a checkpoint of a version that did not write them into its state (before
+    2026-12-02): config.yaml names the run, deepspeed_config.json the files' layout (the
+    precision as it resolved on the machine that trained, which `auto` may not resolve to
+    here). Neither can change over a run's resumes. None where a file is absent or unreadable
+    (not checked, as before). Such a checkpoint of another model or ZeRO stage was reported
+    'may be damaged', naming an earlier checkpoint that failed the same way (upgrade audit)."""
+    run_dir = path.parent.parent if path.parent.name == run_files.CHECKPOINTS else None
+    if run_dir is None:
+        return None, None
+    identity = layout = None
+    try:
+        if (run_dir / run_files.CONFIG).is_file():
+            identity = run_identity(compose(config_file=str(run_dir / run_files.CONFIG)))
+    except (ConfigError, ValueError, OSError):
+        pass
+    try:
+        written = json.loads((run_dir / run_files.DEEPSPEED_CONFIG).read_text(encoding="utf-8"))
+        stage = written["zero_optimization"]["stage"]
+        autocast = written.get("torch_autocast") or {}  # ZeRO 0: autocast over fp32 weights
+        half = ("fp16" if written.get("fp16", {}).get("enabled") else
+                "bf16" if written.get("bf16", {}).get("enabled") else
+                ("fp16" if autocast.get("dtype") == "float16" else "bf16")
+                if autocast.get("enabled") else "fp32")
+        layout = {"dist.zero_stage": stage, "train.precision": half,
+                  "dist.grad_accum_dtype": written.get("data_types", {}).get("grad_accum_dtype")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return identity, layout
 
 
 def check_same_run(path: Path, saved: dict | None, current: dict | None) -> None:
@@ -587,8 +619,12 @@ class Checkpointer:
         Needs no model: the Trainer asks before loading the model and the data, so a refusal
         comes in seconds."""
         state = TrainState.read(path, self.env.world_size)
-        check_same_run(path, state.run, run)
-        check_same_storage(path, state.storage, storage)
+        saved_run, saved_storage = state.run, state.storage
+        if saved_run is None or saved_storage is None:
+            recorded_run, recorded_storage = recorded_by_run_folder(path)
+            saved_run, saved_storage = saved_run or recorded_run, saved_storage or recorded_storage
+        check_same_run(path, saved_run, run)
+        check_same_storage(path, saved_storage, storage)
         return state
 
     def check_layout(self, path: Path, data_layout: dict) -> None:

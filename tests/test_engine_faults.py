@@ -662,3 +662,36 @@ def test_a_checkpoint_of_an_older_version_is_checked_by_its_run_folders_files(tm
     with pytest.raises(ConfigError) as refused:
         checkpointer.check_resumable(step, run_identity(now), storage_layout(now))
     assert refused.value.key == "train.resume" and says in str(refused.value)
+
+
+def test_a_layout_refusal_says_when_the_code_reading_the_data_changed(tmp_path):
+    # An upgrade read the same SQAC file into 40 examples where the checkpoint's run read 35:
+    # "Set these back to resume" named settings the user had not changed (upgrade audit).
+    import json
+
+    from seq2seq_es.engine.checkpoint import Checkpointer, TrainState
+    from seq2seq_es.engine.run_dir import library_versions
+    from seq2seq_es.errors import ConfigError
+
+    run_dir = tmp_path / "run"
+    step = run_dir / "checkpoints" / "step_00000010"
+    step.mkdir(parents=True)
+    saved = {"train.seed": 42, "train.batching": "fixed", "training examples": 35,
+             "steps per epoch": 17, "train.batch_size x train.grad_accum x ranks": 2}
+    (step / "trainer_state.json").write_text(TrainState(step=10, data_layout=saved).to_json())
+    now = {**saved, "training examples": 40, "steps per epoch": 20}
+    checkpointer = Checkpointer(run_dir / "checkpoints", D.read_env({}), keep_last=2)
+    versions = library_versions()
+    (run_dir / "versions.json").write_text(json.dumps(versions))
+    with pytest.raises(ConfigError) as same_code:
+        checkpointer.check_layout(step, now)
+    assert "training examples 35 -> 40" in str(same_code.value)
+    assert "The code that reads the data changed" not in str(same_code.value)
+    (run_dir / "versions.json").write_text(json.dumps({**versions, "datasets": "2.0.0"}))
+    with pytest.raises(ConfigError) as upgraded:
+        checkpointer.check_layout(step, now)
+    assert (f"The code that reads the data changed since its run started (datasets 2.0.0 -> "
+            f"{versions['datasets']}; versions.json): if the data settings and files are the "
+            "same, these versions read them otherwise; the versions that trained it resume "
+            "it. Set these back") in str(upgraded.value)
+    checkpointer.check_layout(step, saved)  # the same layout resumes

@@ -258,18 +258,48 @@ def data_layout(cfg, plan, train_examples: int) -> dict:
 
 
 def check_same_layout(path: Path, saved: dict | None, current: dict | None,
-                      ranks: tuple[int, int] = (1, 1)) -> None:
-    """`ranks`: the checkpoint's and this run's, for the advice when only they changed."""
+                      ranks: tuple[int, int] = (1, 1), reading_changed: list[str] = ()) -> None:
+    """`ranks`: the checkpoint's and this run's, for the advice when only they changed;
+    `reading_changed`: 'name old -> new' of the code that reads the data, where it changed
+    since the checkpoint's run started (`data_reading_changes`)."""
     if saved is None or current is None or saved == current:
         return
     changed = _changed_keys(saved, current)
+    versions = (f"The code that reads the data changed since its run started "
+                f"({'; '.join(reading_changed)}; {run_files.VERSIONS}): if the data settings and "
+                "files are the same, these versions read them otherwise; the versions that "
+                "trained it resume it. ") if reading_changed else ""
     raise ConfigError("train.resume", f"checkpoint {path} was trained with another data layout "
                       f"({'; '.join(changed)}): its position in the epoch would point at other "
                       "examples (some never trained, some twice) and the schedule at another "
-                      f"length. {_ranks_advice(saved, current, ranks)}Set these back to resume, "
-                      "or carry its weights into a new run: `seq2seq-es export "
+                      f"length. {_ranks_advice(saved, current, ranks)}{versions}Set these back "
+                      "to resume, or carry its weights into a new run: `seq2seq-es export "
                       f"{path} OUT`, then train with --model.path OUT in another "
                       "train.output_dir (optimizer and schedule start afresh)")
+
+
+# What reads and tokenizes a run's data: another version of one may read the same files into
+# other examples (an upgrade of this package kept SQAC rows it had left out).
+_DATA_READERS = ("seq2seq-es commit", "seq2seq-es", "datasets", "tokenizers", "transformers")
+
+
+def data_reading_changes(path: Path) -> list[str]:
+    """'name old -> new' for each of `_DATA_READERS` whose version differs between checkpoint
+    `path`'s run folder's versions.json (its last start's, not yet rewritten by this one) and
+    this process; [] where it cannot be read."""
+    from .run_dir import library_versions
+
+    if path.parent.name != run_files.CHECKPOINTS:
+        return []
+    try:
+        earlier = json.loads((path.parent.parent / run_files.VERSIONS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(earlier, dict):
+        return []
+    now = library_versions()
+    return [f"{name} {earlier[name]} -> {now.get(name, '-')}" for name in _DATA_READERS
+            if name in earlier and earlier[name] != now.get(name)]
 
 
 def _ranks_advice(saved: dict, current: dict, ranks: tuple[int, int]) -> str:
@@ -631,8 +661,9 @@ class Checkpointer:
         """Refused (ConfigError) when the checkpoint's examples per step differ from this run's
         (see `check_same_layout`); the Trainer asks before building the engine."""
         state = TrainState.read(path, self.env.world_size)
-        check_same_layout(path, state.data_layout, data_layout,
-                          (state.world_size, self.env.world_size))
+        if state.data_layout is not None and state.data_layout != data_layout:
+            check_same_layout(path, state.data_layout, data_layout,
+                              (state.world_size, self.env.world_size), data_reading_changes(path))
 
     def load(self, engine, path: Path) -> TrainState:
         """Collective: restore weights, optimizer, scheduler, this rank's RNG; return the state.

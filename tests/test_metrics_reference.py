@@ -71,6 +71,12 @@ QA_REFERENCE_CASES = [
     ("«¿Qué?»", ["qué"], 100, 100, 0, 0),
     # English articles: mlqa keeps "the" (P 1/2, R 1), squad drops it.
     ("The cat", ["cat"], 0, 100 * 2 / 3, 100, 100),
+    # "$" is no Unicode P* but string.punctuation, which the MLQA script adds to its set.
+    ("$100", ["100"], 100, 100, 100, 100),
+    # The MLQA script reads every code point, past the BMP (U+10100 is Po).
+    ("Madrid\U00010100", ["Madrid"], 100, 100, 0, 0),
+    # SQuAD drops an article only as a whole word: "ala" keeps its "a"; "la" is mlqa's article.
+    ("ala", ["la"], 0, 0, 0, 0),
 ]
 
 
@@ -113,6 +119,8 @@ LOOSE_REFERENCE_CASES = [
     ("Uno.\nDos.", "uno dos", 0),
     ("  x  ", "X", 100),                     # the script's strip()
     ("", "1.", 100),                         # digits and punctuation only: "" both
+    ("Hola .", "hola", 0),                   # stripped before, not after, the deletions:
+    ("Llegaron 3", "llegaron", 0),           # "hola " and "llegaron " keep their space
 ]
 
 
@@ -137,6 +145,8 @@ def test_whitespace_membership_f1_equals_the_papers_dialogue_script():
     assert f1("¿Qué? ¿Qué?", "¿Qué?") == 100.0                      # P 2/2, R 1/1: no clipping
     assert f1("Canción", "canción") == 0.0                          # case kept
     assert f1(nfd("canción"), "canción") == 100.0                   # but one Unicode form
+    # recall counts each reference token, repeats too: P 1/1, R 2/3
+    assert f1("no", "no no sé") == pytest.approx(80.0)
 
 
 # --- SARI against evaluate's sari --------------------------------------------------------------
@@ -467,3 +477,93 @@ def test_each_metrics_compute_scores_decomposed_accents_as_compute_metrics(name,
                                                 **({"sources": [composed]} if sources else {}),
                                                 **options)[key])
     assert direct[key] == pytest.approx(100.0) or name == "meteor"
+
+
+# --- survivors of a mutation audit of the metrics (2026-12-05): each case tells the mutant apart
+
+def _bleu_streams(references: list[list[str]]) -> list[list[str | None]]:
+    """sacreBLEU's reference streams; an example with fewer references has None (not "",
+    which sacreBLEU counts as a zero-length reference)."""
+    width = max(len(example) for example in references)
+    return [[example[i] if i < len(example) else None for example in references]
+            for i in range(width)]
+
+
+@pytest.mark.parametrize("predictions, references, expected", [
+    # no 3- or 4-gram matches: sacreBLEU's exp smoothing (floor gives 18.80)
+    (["El gato come pescado"], [["El perro come pescado"]], 35.355),
+    # shorter than 4 tokens: no effective order (it gives 34.67)
+    (["El gato come"], [["El perro come"]], 0.0),
+    # a short prediction beside an example with more references: a missing reference is no
+    # empty one (which cancels the brevity penalty: 100.0)
+    (["El gato come", "Hoy llueve mucho en Madrid"],
+     [["El gato come pescado fresco en casa hoy"],
+      ["Hoy llueve mucho en Madrid", "En Madrid llueve"]], 53.53)])
+def test_bleu_smoothing_orders_and_missing_references_equal_sacrebleu(predictions, references,
+                                                                      expected):
+    reference = sacrebleu.corpus_bleu(predictions, _bleu_streams(references)).score
+    assert reference == pytest.approx(expected, abs=5e-3)
+    assert compute_metrics(["bleu"], predictions, references)["bleu"] == \
+        pytest.approx(reference, abs=1e-9)
+
+
+def test_rouge_takes_each_types_best_reference_as_rouge_scores_score_multi():
+    # The rouge1-best reference is not the rouge2/rougeL-best one: each type its own best.
+    prediction, references = "gato come pan hoy", ["hoy pan come gato", "gato come agua fría"]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"],
+                                      tokenizer=_SpanishTokens(True))
+    expected = scorer.score_multi(references, prediction)
+    ours = compute_metrics(["rouge"], [prediction], [references])
+    for name in ("rouge1", "rouge2", "rougeL"):
+        assert ours[name] == pytest.approx(100 * expected[name].fmeasure, abs=1e-9), name
+    assert (ours["rouge2"], ours["rougeL"]) == (pytest.approx(100 / 3), pytest.approx(50.0))
+
+
+def test_paper_rouge_lsum_resplits_the_references_sentences_too():
+    # split_sentences in paper mode splits both sides: here only the reference has two.
+    ours = compute_metrics(["rouge"], ["Ana canta."], [["Canta. Ana ríe."]], mode="paper",
+                           options={"rouge": {"split_sentences": True}})["rougeLsum"]
+    scorer = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=True)
+    expected = scorer.score("Canta.\nAna ríe.", "Ana canta.")["rougeLsum"].fmeasure
+    assert ours == pytest.approx(100 * expected) and ours == pytest.approx(200 / 3)
+
+
+def test_spanish_sari_tokens_are_single_punctuation_marks():
+    from seq2seq_es.metrics.text import word_and_punct_tokens
+
+    assert word_and_punct_tokens("«¿Vienes?», dijo.") == ["«", "¿", "vienes", "?", "»", ",",
+                                                          "dijo", "."]
+
+
+@pytest.mark.parametrize("text, sentences", [
+    ("Esperó… Luego se fue.", ["Esperó…", "Luego se fue."]),          # the ellipsis ends one
+    ("Llegaron tarde. 25 personas esperaban.", ["Llegaron tarde.",
+                                                 "25 personas esperaban."]),  # before a digit
+    ("Vive en EE.UU. Trabaja allí.", ["Vive en EE.UU. Trabaja allí."]),  # a dotted abbreviation
+])
+def test_the_spanish_sentence_splitter(text, sentences):
+    assert split_sentences(text) == sentences
+
+
+def test_meteor_links_exact_matches_before_stem_matches_as_nltk():
+    # "comió" matches once exactly and "come" only by its stem: nltk's stages go exact first.
+    prediction, reference = "comió el", "comió come el"
+    ours = compute_metrics(["meteor"], [prediction], [[reference]])["meteor"]
+    assert ours == pytest.approx(_nltk_meteor(prediction, [reference]), abs=1e-6)
+    assert ours == pytest.approx(34.48, abs=5e-3)
+
+
+def test_meteor_local_search_on_a_long_repetitive_pair_is_pinned():
+    # Beyond the exhaustive limit the alignment comes from the local search, which no external
+    # implementation has: its start (relative positions) and its passes decide the crossings
+    # and chunks. Pinned at the value of the search as documented (2026-12-05).
+    from seq2seq_es.metrics.meteor import align, count_chunks, count_crossings
+
+    prediction = ("de que gatos come de el gatos gatos gato la la el que el el el que de el "
+                  "de").split()
+    reference = ("de que de gato la de la gatos de el la gatos de que el gatos que el el la el "
+                 "que que").split()
+    alignment = align(prediction, reference)
+    assert (count_crossings(alignment), count_chunks(alignment)) == (29, 13)
+    assert compute_metrics(["meteor"], [" ".join(prediction)], [[" ".join(reference)]]
+                           )["meteor"] == pytest.approx(64.36, abs=5e-3)

@@ -25,6 +25,7 @@ line, and the slurm planner puts the user's keys after the run's own.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
@@ -37,7 +38,7 @@ from typing import Any, Iterable, Literal, Mapping
 
 import yaml
 
-from .errors import ConfigError, close_matches, comma_names
+from .errors import ConfigError, Seq2SeqEsError, close_matches, comma_names
 # the launcher's rank, read before the process group: notes said once (their callers import
 # first_launched_process from here)
 from .launch_env import first_launched_process
@@ -511,22 +512,32 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-@functools.lru_cache(maxsize=1)
-def _default_settings() -> tuple[tuple[str, Any], ...]:
+@functools.lru_cache(maxsize=None)
+def _default_settings(task: Any, model: Any) -> tuple[tuple[str, Any], ...]:
+    """Every key's value as `compose` gives it for `task` and `model` (the registry's per-task
+    and per-model settings on the dataclass defaults); the bare defaults for a pair this
+    version cannot compose (a task of the user's own, a model it does not know)."""
+    config = RunConfig()
+    if isinstance(task, str) and isinstance(model, str):
+        with contextlib.suppress(Seq2SeqEsError, ValueError):  # refused: the bare defaults
+            with contextlib.redirect_stderr(io.StringIO()):  # no notes from a lookup
+                config = compose(task=task, model=model)
     return tuple((f"{section}.{key}", value)
-                 for section, values in RunConfig().to_dict().items()
+                 for section, values in config.to_dict().items()
                  for key, value in values.items())
 
 
 def with_keys_added_since(flat: dict[str, Any]) -> dict[str, Any]:
     """A run's flat config.yaml ({'section.key': value}) with each key that an older version
-    of this package did not write yet at its default: what a resume of that run composes
-    (`compose` fills them so), and the behaviour the key was added to keep. Collect compared
-    such a key as None against a newer run's value, so the seeds of one setting trained before
-    and after an upgrade were not averaged (upgrade audit). Only sections the file has; the
-    keys naming the run (data.task, model.name) are never filled in."""
+    of this package did not write yet at what a resume of that run composes for it (the
+    registry's value for its task and model, else the default): the behaviour the key was
+    added to keep. Collect compared such a key as None against a newer run's value, so the
+    seeds of one setting trained before and after an upgrade were not averaged (upgrade
+    audit). Only sections the file has; the keys naming the run (data.task, model.name) are
+    never filled in."""
     sections = {key.split(".", 1)[0] for key in flat}
-    added = {key: value for key, value in _default_settings()
+    defaults = _default_settings(flat.get("data.task"), flat.get("model.name"))
+    added = {key: value for key, value in defaults
              if key not in flat and key.split(".", 1)[0] in sections
              and key not in ("data.task", "model.name")}
     return {**flat, **added} if added else flat

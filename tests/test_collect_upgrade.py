@@ -62,3 +62,20 @@ def test_a_key_the_run_wrote_is_not_replaced_by_the_default(tmp_path):
     assert settings["model.cudnn_attention"] is True
     assert settings["data.columns"] == RunConfig().data.columns
     assert not any(key.startswith("gen.") for key in settings)
+
+
+def test_a_key_added_since_takes_its_tasks_and_models_value(tmp_path):
+    # What a resume of the run composes: the registry's value for its task and model, not the
+    # bare default (sqac's sources are 480 tokens for BART, where the default is 512).
+    from seq2seq_es.config import compose, with_keys_added_since
+
+    flat = {"data.task": "sqac", "model.name": "barto", "data.train_file": "x.jsonl",
+            "train.seed": 3}
+    filled = with_keys_added_since(flat)
+    assert filled["data.max_source_length"] == compose("sqac", "barto").data.max_source_length \
+        == 480
+    assert filled["train.seed"] == 3 and filled["data.train_file"] == "x.jsonl"
+    # a pair this version cannot compose (a model it does not know): the bare defaults
+    unknown = with_keys_added_since({**flat, "model.name": "barto-huge-es"})
+    assert unknown["data.max_source_length"] == RunConfig().data.max_source_length
+    assert unknown["model.name"] == "barto-huge-es"

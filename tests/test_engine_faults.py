@@ -645,8 +645,9 @@ def test_a_checkpoint_of_an_older_version_is_checked_by_its_run_folders_files(tm
     from seq2seq_es.errors import ConfigError
 
     run_dir = tmp_path / "run"
+    # fp32 written down: `auto` resolves to bf16 on a GPU
     trained = compose(task="mlsum", model="barto-tiny",
-                      overrides={"train.output_dir": str(run_dir)})
+                      overrides={"train.output_dir": str(run_dir), "train.precision": "fp32"})
     step = run_dir / "checkpoints" / "step_00000040"
     step.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(trained.to_yaml())
@@ -687,11 +688,53 @@ def test_a_layout_refusal_says_when_the_code_reading_the_data_changed(tmp_path):
         checkpointer.check_layout(step, now)
     assert "training examples 35 -> 40" in str(same_code.value)
     assert "The code that reads the data changed" not in str(same_code.value)
+    assert "Set these back to resume" in str(same_code.value)
     (run_dir / "versions.json").write_text(json.dumps({**versions, "datasets": "2.0.0"}))
     with pytest.raises(ConfigError) as upgraded:
         checkpointer.check_layout(step, now)
-    assert (f"The code that reads the data changed since its run started (datasets 2.0.0 -> "
-            f"{versions['datasets']}; versions.json): if the data settings and files are the "
-            "same, these versions read them otherwise; the versions that trained it resume "
-            "it. Set these back") in str(upgraded.value)
+    assert ("another data layout (steps per epoch 17 -> 20; training examples 35 -> 40): its "
+            "position in the epoch would point at other examples (some never trained, some "
+            "twice) and the schedule at another length. The code that reads the data changed "
+            f"since its run started (datasets 2.0.0 -> {versions['datasets']}; versions.json): "
+            "if the data files are the same, these versions read them into other examples. "
+            "Resume with the versions in its versions.json, or carry its weights into a new "
+            "run: `seq2seq-es export") in str(upgraded.value)
+    # a setting changed too (after a git pull, say): that is what to set back
+    with pytest.raises(ConfigError) as set_too:
+        checkpointer.check_layout(step, {**now, "train.seed": 7})
+    assert "Set these back to resume" in str(set_too.value)
+    assert "The code that reads the data changed" not in str(set_too.value)
     checkpointer.check_layout(step, saved)  # the same layout resumes
+
+
+def test_an_older_checkpoints_run_folder_files_are_read_as_far_as_they_go(tmp_path):
+    # A config.yaml naming a model this version does not know (hand-edited, or a newer
+    # version's) is not checked, as before: it was an 'unknown model' naming no file. A
+    # deepspeed_config.json without data_types records no accumulation dtype to set back.
+    import json
+
+    from seq2seq_es.config import compose
+    from seq2seq_es.engine.checkpoint import Checkpointer, run_identity, storage_layout
+    from seq2seq_es.engine.optim import deepspeed_config
+    from seq2seq_es.errors import ConfigError
+
+    run_dir = tmp_path / "run"
+    trained = compose(task="mlsum", model="barto-tiny",
+                      overrides={"train.output_dir": str(run_dir), "train.precision": "fp32"})
+    step = run_dir / "checkpoints" / "step_00000040"
+    step.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(trained.to_yaml().replace("name: barto-tiny",
+                                                                   "name: barto-huge-es"))
+    written = deepspeed_config(trained, 1)
+    del written["data_types"]
+    (run_dir / "deepspeed_config.json").write_text(json.dumps(written))
+    (step / "trainer_state.json").write_text(json.dumps({"step": 40, "world_size": 1}))
+    checkpointer = Checkpointer(run_dir / "checkpoints", D.read_env({}), keep_last=2)
+    assert checkpointer.check_resumable(step, run_identity(trained),
+                                        storage_layout(trained)).step == 40
+    staged = compose(task="mlsum", model="barto-tiny",
+                     overrides={"dist.zero_stage": "2", "train.precision": "fp32"})
+    with pytest.raises(ConfigError) as refused:
+        checkpointer.check_resumable(step, run_identity(staged), storage_layout(staged))
+    assert "was saved with dist.zero_stage 0 -> 2: DeepSpeed" in str(refused.value)
+    assert "grad_accum_dtype" not in str(refused.value)

@@ -263,7 +263,7 @@ def test_an_exported_folders_card_names_its_own_task_for_inference(tmp_path):
 
 
 def test_the_cards_source_length_wins_over_an_older_exports_tokenizer(tmp_path):
-    # Exports of 2026-12-02 to 12-04 kept the base model's model_max_length (1024) in the
+    # Exports of 2026-12-03 to 12-04 kept the base model's model_max_length (1024) in the
     # tokenizer beside a card saying the run's 480: a copied final/ of a SQAC run was fed
     # 1024 tokens, with a note saying the folder said so (upgrade audit).
     from seq2seq_es.engine.hub import write_export_card
@@ -277,10 +277,11 @@ def test_the_cards_source_length_wins_over_an_older_exports_tokenizer(tmp_path):
                       tmp_path / "run" / "checkpoints" / "step_00000004")
     assert "at most 480 tokens" in (folder / "README.md").read_text()
     assert exported_inputs(folder)["data.max_source_length"] == "480"
-    # a card without the line (written by hand): the tokenizer's, as before
+    # a card without the line (pushed before 2026-12-03): its tokenizer's is the base model's
+    # too, so nothing is read; the task's default applies, said in a note
     card = folder / "README.md"
     card.write_text(card.read_text().replace("at most 480 tokens", "up to the run's length"))
-    assert exported_inputs(folder)["data.max_source_length"] == "1024"
+    assert "data.max_source_length" not in exported_inputs(folder)
 
 
 # ---- SLURM: submit and sweep compose an own task's runs like a registry task's ---------------

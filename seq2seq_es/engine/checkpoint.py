@@ -182,7 +182,9 @@ def _changed_keys(saved: dict, current: dict) -> list[str]:
 def check_same_storage(path: Path, saved: dict | None, current: dict | None) -> None:
     if saved is None or current is None or _storage_kind(saved) == _storage_kind(current):
         return
-    changed = _changed_keys(saved, current)
+    # A key the checkpoint's run did not record (an older deepspeed_config.json without its
+    # data_types) is no change to set back.
+    changed = _changed_keys(saved, {key: value for key, value in current.items() if key in saved})
     # Why, for what changed: the ZeRO stage's own words read oddly under a precision change.
     why = ("DeepSpeed lays its files out otherwise there (ZeRO 1 and 2 share theirs)"
            if saved.get("dist.zero_stage") != current.get("dist.zero_stage") else
@@ -265,17 +267,28 @@ def check_same_layout(path: Path, saved: dict | None, current: dict | None,
     if saved is None or current is None or saved == current:
         return
     changed = _changed_keys(saved, current)
-    versions = (f"The code that reads the data changed since its run started "
-                f"({'; '.join(reading_changed)}; {run_files.VERSIONS}): if the data settings and "
-                "files are the same, these versions read them otherwise; the versions that "
-                "trained it resume it. ") if reading_changed else ""
+    # Only what the data gives changed (no setting): with other versions of the code that reads
+    # it, that code is the likelier cause, and there is nothing to set back.
+    read_otherwise = bool(reading_changed) and all(
+        saved.get(key) == current.get(key) for key in {**saved, **current}
+        if key not in _READ_FROM_THE_DATA)
+    if read_otherwise:
+        advice = (f"The code that reads the data changed since its run started "
+                  f"({'; '.join(reading_changed)}; {run_files.VERSIONS}): if the data files are "
+                  "the same, these versions read them into other examples. Resume with the "
+                  f"versions in its {run_files.VERSIONS}")
+    else:
+        advice = f"{_ranks_advice(saved, current, ranks)}Set these back to resume"
     raise ConfigError("train.resume", f"checkpoint {path} was trained with another data layout "
                       f"({'; '.join(changed)}): its position in the epoch would point at other "
                       "examples (some never trained, some twice) and the schedule at another "
-                      f"length. {_ranks_advice(saved, current, ranks)}{versions}Set these back "
-                      "to resume, or carry its weights into a new run: `seq2seq-es export "
-                      f"{path} OUT`, then train with --model.path OUT in another "
+                      f"length. {advice}, or carry its weights into a new run: `seq2seq-es "
+                      f"export {path} OUT`, then train with --model.path OUT in another "
                       "train.output_dir (optimizer and schedule start afresh)")
+
+
+# The layout's keys that the training data gives rather than a setting.
+_READ_FROM_THE_DATA = ("training examples", "steps per epoch")
 
 
 # What reads and tokenizes a run's data: another version of one may read the same files into
@@ -371,7 +384,7 @@ def recorded_by_run_folder(path: Path) -> tuple[dict | None, dict | None]:
     try:
         if (run_dir / run_files.CONFIG).is_file():
             identity = run_identity(compose(config_file=str(run_dir / run_files.CONFIG)))
-    except (ConfigError, ValueError, OSError):
+    except (Seq2SeqEsError, ValueError, OSError):  # a model or task this version does not know
         pass
     try:
         written = json.loads((run_dir / run_files.DEEPSPEED_CONFIG).read_text(encoding="utf-8"))
@@ -381,8 +394,10 @@ def recorded_by_run_folder(path: Path) -> tuple[dict | None, dict | None]:
                 "bf16" if written.get("bf16", {}).get("enabled") else
                 ("fp16" if autocast.get("dtype") == "float16" else "bf16")
                 if autocast.get("enabled") else "fp32")
-        layout = {"dist.zero_stage": stage, "train.precision": half,
-                  "dist.grad_accum_dtype": written.get("data_types", {}).get("grad_accum_dtype")}
+        layout = {"dist.zero_stage": stage, "train.precision": half}
+        accumulated = (written.get("data_types") or {}).get("grad_accum_dtype")
+        if accumulated is not None:  # an older file has no data_types
+            layout["dist.grad_accum_dtype"] = accumulated
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     return identity, layout

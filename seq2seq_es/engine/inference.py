@@ -240,12 +240,11 @@ def read_export_card(folder: Path) -> ExportCard | None:
     """The card of a folder this package exported (its tags hold `- seq2seq-es`, then
     `- TASK`); None for any other folder.
 
-    Its inputs: the run's source length (the card's "at most N tokens"; for a card without it,
-    its tokenizer's model_max_length, which `export.save_tokenizer` sets to the run's), a LED's
-    global attention (named on the card) and, for a task of the user's own, its columns and
-    metrics. Another folder's tokenizer's model_max_length is no run's (a hub model's 1024), so
-    it gives nothing. So a run whose length was no task default (a LEDO run at 512 on xlsum)
-    is fed at its own length."""
+    Its inputs: the run's source length (the card's "at most N tokens"), a LED's global
+    attention (named on the card) and, for a task of the user's own, its columns and metrics.
+    So a run whose length was no task default (a LEDO run at 512 on xlsum) is fed at its own
+    length. A tokenizer's model_max_length is not read: it is the base model's (a hub model's
+    1024) in every folder whose card does not say the length."""
     from ..tasks import TASKS
 
     ours = _our_card(folder)
@@ -257,20 +256,13 @@ def read_export_card(folder: Path) -> ExportCard | None:
     own_keys = _own_task_keys(card)
     task = name if name and (name in TASKS or "data.source_column" in own_keys) else None
     inputs = {}
+    # The card's "at most N tokens" (written since 2026-12-03) is the run's length. Its
+    # tokenizer's model_max_length is the run's only in exports since 12-04, whose cards carry
+    # the line: a card without it was written beside the base model's (1024 where a SQAC run
+    # trained at 480), so the task's default applies there, said in a note (upgrade audit).
     stated = _CARD_SOURCE_LENGTH.search(card)
-    if stated:  # the run's data.max_source_length, as hub.input_notes writes it
+    if stated:
         inputs["data.max_source_length"] = stated.group(1)
-    else:
-        # Exports of 2026-12-02 to 12-04 kept the base model's model_max_length (1024) in the
-        # tokenizer beside a card that said the run's 480: the card wins (upgrade audit).
-        try:
-            tokenizer = json.loads((Path(folder) / "tokenizer_config.json")
-                                   .read_text(encoding="utf-8"))
-            length = tokenizer.get("model_max_length") if isinstance(tokenizer, dict) else None
-            if isinstance(length, int) and not isinstance(length, bool) and 0 < length < 10 ** 6:
-                inputs["data.max_source_length"] = str(length)
-        except (OSError, ValueError):
-            pass
     attention = re.search(r"`data\.global_attention ([^`\s]+)`", card)
     if attention:
         inputs["data.global_attention"] = attention.group(1)

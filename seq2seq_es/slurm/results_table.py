@@ -1286,7 +1286,8 @@ CSV_COLUMNS = ("model", "family", "task", "metric", "dev", "test", "paper", "pap
                "local_data", "validation_data", "test_data")
 # Added where a chosen cell is a mean over seeds: the sample standard deviations (n-1), how many
 # seeds each mean is over, and the grid point's seeds ('1;2;3'). dev and test hold the means,
-# best_step and run_dir each seed's, joined by ';'.
+# best_step and run_dir each seed's, joined by ';' in the seeds' order ('' for a seed without
+# scores: '20;;30').
 SEED_CSV_COLUMNS = ("dev_std", "test_std", "dev_n", "test_n", "seeds")
 
 
@@ -1316,11 +1317,27 @@ def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
                 str(spread.dev_n.get(name, 0)), str(spread.test_n.get(name, 0)),
                 ";".join(spread.seeds)]
 
+    def per_seed(result: RunResult, value_of) -> str | None:
+        """A seed group's values, one slot per seed in the `seeds` column's order ('' for a
+        seed without scores), so that the columns line up: seeds '1;2;3' beside best_step
+        '20;30' gave seed 1 the step of seed 2 (mutation audit). None for one run."""
+        spread = result.spread
+        if spread is None:
+            return None
+        by_seed = dict(zip(spread.scored, spread.members))
+        return ";".join(value_of(by_seed[seed]) if seed in by_seed else ""
+                        for seed in spread.seeds)
+
     def best_step(result: RunResult) -> str:
-        if result.spread is not None:
-            return ";".join("" if member.best_step is None else str(member.best_step)
-                            for member in result.spread.members)
-        return "" if result.best_step is None else str(result.best_step)
+        def step(run: RunResult) -> str:
+            return "" if run.best_step is None else str(run.best_step)
+
+        joined = per_seed(result, step)
+        return step(result) if joined is None else joined
+
+    def run_dir(result: RunResult) -> str:
+        joined = per_seed(result, lambda member: member.run.run_dir)
+        return result.run.run_dir if joined is None else joined
 
     for family, tasks in table.families:
         for model in table.models:
@@ -1340,7 +1357,7 @@ def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
                                      describe_grid_point(result.run.grid_point),
                                      best_step(result),
                                      "yes" if result.final else "no", choice.selected_by,
-                                     result.source, result.run.run_dir, result.data or "",
+                                     result.source, run_dir(result), result.data or "",
                                      result.dev_data or "",
                                      (result.test_data or "") if result.test else ""]
                                     + seed_cells(result, name))

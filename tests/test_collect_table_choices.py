@@ -151,3 +151,17 @@ def test_the_csvs_per_seed_columns_line_up_with_its_seeds(tmp_path):
     row = _csv_rows(build_table(load_manifest(sweep)))[("mlsum", "rougeL")]
     assert (row["seeds"], row["best_step"], row["dev_n"]) == ("1;2;3", ";20;30", "2")
     assert row["run_dir"] == ";".join(["", str(runs[("3e-5", "2")]), str(runs[("3e-5", "3")])])
+
+
+def test_a_chosen_run_scored_at_its_last_step_is_named(tmp_path):
+    # train.load_best_at_end false: its cell is its last step's, beside runs at their best.
+    runs = tmp_path / "runs"
+    _run(runs / "barto", validation={"rougeL": 20.0}, test={"rougeL": 19.0})
+    folder = _run(runs / "t5s", "t5s", validation={"rougeL": 22.0}, test={"rougeL": 21.0})
+    results = json.loads((folder / "final_results.json").read_text())
+    (folder / "final_results.json").write_text(json.dumps({**results, "kept": "last",
+                                                           "best_validation_step": 4}))
+    warnings = build_table(load_runs([str(runs)])).warnings
+    assert warnings == ['t5s / mlsum: the scores of t5s are of the last step, not of the best '
+                        'validation (final_results.json "kept": "last": train.load_best_at_end '
+                        'false, or nothing validated)']

@@ -343,6 +343,16 @@ def test_a_shuffled_dialogue_file_is_read_in_its_idx_order(tmp_path, cache):
                        data_files={"train": write_jsonl(tmp_path / "shuffled.jsonl", shuffled)})
     by_id = sorted(examples.to_list(), key=lambda example: example["example_id"])
     assert by_id == sorted(ordered.to_list(), key=lambda example: example["example_id"])
+    # a CSV's cells are text: its Idx "3" orders the turns as the JSON lines' 3 does
+    import csv
+
+    with (tmp_path / "shuffled.csv").open("w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(shuffled[0]))
+        writer.writeheader()
+        writer.writerows(shuffled)
+    from_csv, _ = load("miam", "train", cache,
+                       data_files={"train": str(tmp_path / "shuffled.csv")})
+    assert sorted(from_csv.to_list(), key=lambda example: example["example_id"]) == by_id
     # without an integer Idx on every row of a dialogue, the file's order stands
     for row in shuffled:
         row.pop("Idx")

@@ -408,6 +408,21 @@ class TranslationFormatter(RowFormatter):
                 f"writes the `{self.target_lang}` one")
 
 
+def _turn_place(value: Any) -> int | None:
+    """A turn's place in its dialogue (MIAM's Idx): an integer, or the text of one, as a CSV or
+    TSV file's cells are read; None for anything else. A CSV's "3" was no integer, so a
+    shuffled CSV built scrambled histories where the same rows as JSON lines did not (mutation
+    audit of the tasks)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value):
+        return int(value)
+    return None
+
+
+_INTEGER_TEXT = re.compile(r"\s*[+-]?[0-9]+\s*")
+
+
 @dataclass(frozen=True)
 class DialogueFormatter(Formatter):
     """MIAM-style rows, one turn each: (history of earlier turns) -> next turn.
@@ -456,10 +471,10 @@ class DialogueFormatter(Formatter):
                 yield Problem(index, bad.column, bad.reason)
                 continue
             dialogues.setdefault(dialogue_id, []).append(
-                (row.get(self.order_column), speaker, utterance))
+                (_turn_place(row.get(self.order_column)), speaker, utterance))
         for dialogue_id, rows_of_dialogue in dialogues.items():
             order = [place for place, _, _ in rows_of_dialogue]
-            if all(isinstance(place, int) and not isinstance(place, bool) for place in order):
+            if all(place is not None for place in order):
                 # stable: rows of one place keep their file order
                 rows_of_dialogue = sorted(rows_of_dialogue, key=lambda turn: turn[0])
             turns = [(speaker, utterance) for _, speaker, utterance in rows_of_dialogue]

@@ -76,7 +76,7 @@ def cmd_list(argv: list[str]) -> int:
         print(f"  {'':<14} columns: {', '.join(columns)}")
     print("examples of each task's rows: the repository's tests/fixtures/<task>/ (wmt13/ and "
           "fapesp/ for the translation tasks; README.md there); a dialogue "
-          "file holds one turn per row, in order (or with an integer Idx giving it); BiSECT targets put <SPLIT> (or _SPLIT_) "
+          "file holds one turn per row, in order (or with a whole-number Idx giving it); BiSECT targets put <SPLIT> (or _SPLIT_) "
           "between sentences")
     print("your own task: --task NAME --data.source_column IN --data.target_column OUT "
           "[--data.metrics rouge,bleu] with --data.train_file/validation_file/test_file "

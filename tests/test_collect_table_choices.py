@@ -90,7 +90,13 @@ def test_a_majoritys_dev_data_chooses_even_with_a_doubtful_run_in_it(tmp_path):
     _run(runs / "b", lr=3e-5, validation={"rougeL": 21.0, "loss": 2.0}, test={"rougeL": 20.0},
          data_keys="  train_file: v.jsonl\n  validation_file: v.jsonl\n")
     _run(runs / "c", lr=5e-5, validation={"rougeL": 30.0, "loss": 2.0}, test={"rougeL": 29.0})
-    assert build_table(load_runs([str(runs)])).chosen[("barto", "mlsum")].result.run.name == "b"
+    table = build_table(load_runs([str(runs)]))
+    assert table.chosen[("barto", "mlsum")].result.run.name == "b"
+    assert ("barto / mlsum: b's data.validation_file is its training file: those scores are on "
+            "data it trained on") in table.warnings
+    assert any("the run shown was chosen among the 2 validated on data.validation_file v.jsonl "
+               "(a, b); left out of the choice: c on the hub dataset" in warning
+               for warning in table.warnings)
 
 
 def test_an_own_tasks_runs_compare_on_the_majoritys_main_score(tmp_path):
@@ -159,9 +165,15 @@ def test_a_chosen_run_scored_at_its_last_step_is_named(tmp_path):
     _run(runs / "barto", validation={"rougeL": 20.0}, test={"rougeL": 19.0})
     folder = _run(runs / "t5s", "t5s", validation={"rougeL": 22.0}, test={"rougeL": 21.0})
     results = json.loads((folder / "final_results.json").read_text())
-    (folder / "final_results.json").write_text(json.dumps({**results, "kept": "last",
+    (folder / "final_results.json").write_text(json.dumps({**results, "best_step": 10,
+                                                           "kept": "last",
                                                            "best_validation_step": 4}))
     warnings = build_table(load_runs([str(runs)])).warnings
-    assert warnings == ['t5s / mlsum: the scores of t5s are of the last step, not of the best '
-                        'validation (final_results.json "kept": "last": train.load_best_at_end '
-                        'false, or nothing validated)']
+    assert warnings == ["t5s / mlsum: the scores of t5s are of the last step, not of the best "
+                        "validation's (final_results.json \"kept\": \"last\": "
+                        "train.load_best_at_end false)"]
+    # the last step was the best validation's too: nothing to say
+    (folder / "final_results.json").write_text(json.dumps({**results, "best_step": 10,
+                                                           "kept": "last",
+                                                           "best_validation_step": 10}))
+    assert build_table(load_runs([str(runs)])).warnings == []

@@ -353,6 +353,11 @@ def test_a_shuffled_dialogue_file_is_read_in_its_idx_order(tmp_path, cache):
     from_csv, _ = load("miam", "train", cache,
                        data_files={"train": str(tmp_path / "shuffled.csv")})
     assert sorted(from_csv.to_list(), key=lambda example: example["example_id"]) == by_id
+    # pandas writes an integer column holding a missing value as floats: 3.0 is place 3
+    floats = [{**row, "Idx": float(row["Idx"])} for row in shuffled]
+    from_floats, _ = load("miam", "train", cache, data_files={
+        "train": write_jsonl(tmp_path / "float_idx.jsonl", floats)})
+    assert sorted(from_floats.to_list(), key=lambda example: example["example_id"]) == by_id
     # without an integer Idx on every row of a dialogue, the file's order stands
     for row in shuffled:
         row.pop("Idx")

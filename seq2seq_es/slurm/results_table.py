@@ -221,7 +221,8 @@ class RunResult:
     test_data: str | None = None          # and its test scores (validation_data(.., "test"))
     spread: SeedSpread | None = None      # a grid point's seeds (values: their means); None: a run
     kept_last: bool = False               # its scores are its last step's, not its best's
-                                          # (final_results.json "kept": "last")
+                                          # (final_results.json "kept": "last", the best
+                                          # validation at another step)
 
 
 @dataclass
@@ -409,7 +410,9 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
                          best_step=best_step if isinstance(best_step, int) else None,
                          final=True, source=run_files.FINAL_RESULTS, code=run_code(run_dir),
                          data=trained_on, dev_data=dev_data, test_data=test_data,
-                         kept_last=data.get("kept") == "last")
+                         # the last step kept, unless it was the best validation's too
+                         kept_last=data.get("kept") == "last"
+                         and data.get("best_validation_step") != data.get("best_step"))
     evals: list[tuple[int | None, dict[str, float]]] = []
     tests: dict[int | None, dict[str, float]] = {}  # step -> test/ values logged at it
     for record in read_metrics(run_dir / run_files.METRICS):
@@ -989,14 +992,15 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
                             "the dev scores its run was chosen by may not compare: "
                             + "; ".join(f"{code}: {', '.join(names)}"
                                         for code, names in sorted(pair_codes.items())))
-    # A run that kept its last step (train.load_best_at_end false, or nothing validated) is
-    # scored there, beside runs scored at their best validation: nothing in the cell says so.
+    # A run that kept its last step (train.load_best_at_end false) is scored there, beside
+    # runs scored at their best validation: nothing in the cell says so. (A run in which
+    # nothing validated has no dev scores, so it is never chosen.)
     for (model, task), choice in chosen.items():
         last = [member.run.name for member in _members(choice.result) if member.kept_last]
         if last:
             warnings.append(f"{model} / {task}: the scores of {', '.join(last)} are of the last "
-                            "step, not of the best validation (final_results.json \"kept\": "
-                            "\"last\": train.load_best_at_end false, or nothing validated)")
+                            "step, not of the best validation's (final_results.json \"kept\": "
+                            "\"last\": train.load_best_at_end false)")
     codes = _codes([member for choice in chosen.values() for member in _members(choice.result)])
     if len(codes) > 1:
         warnings.append("the chosen runs ran different code (versions.json), so their scores may "

@@ -409,18 +409,23 @@ class TranslationFormatter(RowFormatter):
 
 
 def _turn_place(value: Any) -> int | None:
-    """A turn's place in its dialogue (MIAM's Idx): an integer, or the text of one, as a CSV or
+    """A turn's place in its dialogue (MIAM's Idx): an integer, a whole float (3.0: pandas
+    writes an integer column holding a missing value so) or the text of either, as a CSV or
     TSV file's cells are read; None for anything else. A CSV's "3" was no integer, so a
     shuffled CSV built scrambled histories where the same rows as JSON lines did not (mutation
     audit of the tasks)."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
         return value
-    if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value):
-        return int(value)
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str) and _WHOLE_NUMBER_TEXT.fullmatch(value):
+        return int(float(value))
     return None
 
 
-_INTEGER_TEXT = re.compile(r"\s*[+-]?[0-9]+\s*")
+_WHOLE_NUMBER_TEXT = re.compile(r"\s*[+-]?[0-9]+(?:\.0*)?\s*")
 
 
 @dataclass(frozen=True)
@@ -428,9 +433,9 @@ class DialogueFormatter(Formatter):
     """MIAM-style rows, one turn each: (history of earlier turns) -> next turn.
 
     Turns are grouped by dialogue id in order of first appearance, in `order_column`'s order
-    inside a dialogue where every one of its rows has an integer there (MIAM's Idx, the row's
-    place in the published split: a shuffled file's histories were scrambled in silence), else
-    in row order; consecutive turns of one speaker are merged into one. Each merged turn after the
+    inside a dialogue where every one of its rows has a whole number there, or its text
+    (`_turn_place`; MIAM's Idx, the row's place in the published split: a shuffled file's
+    histories were scrambled in silence), else in row order; consecutive turns of one speaker are merged into one. Each merged turn after the
     first gives an example whose source is the earlier turns, oldest first, as
     "<speaker>: <utterance>" joined by `separator`, cut to the last `max_history_turns` turns
     when set (the tokenizer then cuts what is still too long from the left). Bad rows are left

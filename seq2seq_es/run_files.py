@@ -67,6 +67,13 @@ SLURM_EVENTS = "slurm_events.jsonl"
 LOGS = "logs"
 
 
+def checkpoint_run_dir(checkpoint: str | Path) -> Path | None:
+    """The run folder a checkpoint folder RUN/checkpoints/step_N belongs to (RUN, whether or
+    not it holds a config.yaml); None for a folder elsewhere."""
+    path = Path(checkpoint)
+    return path.parent.parent if path.parent.name == CHECKPOINTS else None
+
+
 def complete_checkpoints(checkpoints: str | Path) -> list[tuple[int, Path]]:
     """(step, folder) of every complete checkpoint in a run's checkpoints/ folder, by step. A
     step folder exists only once complete (saved under a temporary name, then renamed) and holds

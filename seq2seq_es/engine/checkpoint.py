@@ -25,8 +25,9 @@ The interface (every method that touches the engine is collective: all ranks cal
   examples of each step) differs; asked before the engine is built;
 - `load(engine, path)`: weights, optimizer, scheduler and this rank's RNG; returns the
   TrainState; the two checks above come first (the caller asks them). On another number of
-  ranks, a ZeRO checkpoint is first rewritten by DeepSpeed's universal-checkpoint converter (`repartitioned`) and its optimizer states split anew (with two
-  repairs of DeepSpeed's stage-3 load: `_restore_group_settings`);
+  ranks, a ZeRO checkpoint is first rewritten by DeepSpeed's universal-checkpoint converter
+  (`repartitioned`) and its optimizer states split anew (with two repairs of DeepSpeed's
+  stage-3 load: `_restore_group_settings`);
 - `load_weights(engine, path)`: only the weights (the way back to the best at the end);
 - `latest()`, `path(step)`, `has(step)`: where the complete checkpoints are.
 """
@@ -302,10 +303,11 @@ def data_reading_changes(path: Path) -> list[str]:
     this process; [] where it cannot be read."""
     from .run_dir import library_versions
 
-    if path.parent.name != run_files.CHECKPOINTS:
+    run_dir = run_files.checkpoint_run_dir(path)
+    if run_dir is None:
         return []
     try:
-        earlier = json.loads((path.parent.parent / run_files.VERSIONS).read_text(encoding="utf-8"))
+        earlier = json.loads((run_dir / run_files.VERSIONS).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     if not isinstance(earlier, dict):
@@ -377,7 +379,7 @@ def recorded_by_run_folder(path: Path) -> tuple[dict | None, dict | None]:
     here). Neither can change over a run's resumes. None where a file is absent or unreadable
     (not checked, as before). Such a checkpoint of another model or ZeRO stage was reported
     'may be damaged', naming an earlier checkpoint that failed the same way (upgrade audit)."""
-    run_dir = path.parent.parent if path.parent.name == run_files.CHECKPOINTS else None
+    run_dir = run_files.checkpoint_run_dir(path)
     if run_dir is None:
         return None, None
     identity = layout = None

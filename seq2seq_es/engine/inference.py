@@ -152,7 +152,7 @@ def resolve_saved(path: str | Path) -> SavedModel:
         if not any(path.glob("*model_states.pt")):
             raise Seq2SeqEsError(f"checkpoint {path} has no DeepSpeed model states "
                                  "(*model_states.pt)")
-        run_dir = path.parent.parent if path.parent.name == run_files.CHECKPOINTS else None
+        run_dir = run_files.checkpoint_run_dir(path)
         return SavedModel("deepspeed", path, run_dir if run_dir and _is_run_dir(run_dir) else None,
                           path.name)
     if (path / "config.json").is_file():

@@ -361,9 +361,40 @@ def test_a_shuffled_dialogue_file_is_read_in_its_idx_order(tmp_path, cache):
     # without an integer Idx on every row of a dialogue, the file's order stands
     for row in shuffled:
         row.pop("Idx")
-    examples, _ = load("miam", "train", cache,
-                       data_files={"train": write_jsonl(tmp_path / "no_idx.jsonl", shuffled)})
+    examples, report = load("miam", "train", cache,
+                            data_files={"train": write_jsonl(tmp_path / "no_idx.jsonl", shuffled)})
     assert sorted(examples["source"]) != sorted(ordered["source"])
+    assert not any("Idx" in note for note in report.notes)  # no order column: nothing to say
+
+
+def test_dialogues_read_in_file_order_despite_an_idx_column_are_named(tmp_path, cache):
+    # An Idx cell that is no whole number (a missing value, '3a', full-width digits) sends its
+    # dialogue back to file order; a shuffled file's histories were scrambled without a word.
+    rows = [_turn("M", "Hola.", "7", 0), _turn("U", "Un tren.", "7", 1),
+            _turn("M", "¿Adónde?", "8", 2), _turn("U", "A Soria.", "8", "３"),
+            _turn("M", "¿Cuándo?", "8", None), _turn("U", "Hoy.", "9", 5),
+            _turn("M", "Bien.", "9", 6)]
+    examples, report = load("miam", "test", cache,
+                            data_files={"test": write_jsonl(tmp_path / "d.jsonl", rows)})
+    assert examples.num_rows == 4
+    [note] = [note for note in report.notes if "Idx" in note]
+    assert note == ("column 'Idx': 2 row(s) hold no whole number (first: line 4, '３'); the "
+                    "turns of their 1 dialogue(s) ('8') are read in the file's order, not by "
+                    "'Idx'")
+    assert note in str(report) or note in report.to_dict()["notes"]
+    ordered, report = load("miam", "test", cache, data_files={"test": write_jsonl(
+        tmp_path / "ok.jsonl", [{**row, "Idx": i} for i, row in enumerate(rows)])})
+    assert not any("Idx" in note for note in report.notes)
+    # a CSV file names its line (the header is line 1)
+    import csv
+
+    with (tmp_path / "d.csv").open("w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**row, "Idx": "" if row["Idx"] is None else row["Idx"]} for row in rows)
+    _, report = load("miam", "test", cache, data_files={"test": str(tmp_path / "d.csv")})
+    [note] = [note for note in report.notes if "Idx" in note]
+    assert "2 row(s)" in note and "(first: line 5, '３')" in note, note
 
 
 def test_a_dialogue_across_the_thousandth_row_keeps_its_whole_history(tmp_path, cache):

@@ -408,7 +408,7 @@ class TranslationFormatter(RowFormatter):
                 f"writes the `{self.target_lang}` one")
 
 
-def _turn_place(value: Any) -> int | None:
+def turn_place(value: Any) -> int | None:
     """A turn's place in its dialogue (MIAM's Idx): an integer, a whole float (3.0: pandas
     writes an integer column holding a missing value so) or the text of either, as a CSV or
     TSV file's cells are read; None for anything else. A CSV's "3" was no integer, so a
@@ -434,8 +434,9 @@ class DialogueFormatter(Formatter):
 
     Turns are grouped by dialogue id in order of first appearance, in `order_column`'s order
     inside a dialogue where every one of its rows has a whole number there, or its text
-    (`_turn_place`; MIAM's Idx, the row's place in the published split: a shuffled file's
-    histories were scrambled in silence), else in row order; consecutive turns of one speaker are merged into one. Each merged turn after the
+    (`turn_place`; MIAM's Idx, the row's place in the published split: a shuffled file's
+    histories were scrambled in silence), else in row order (the load report's notes name such
+    dialogues); consecutive turns of one speaker are merged into one. Each merged turn after the
     first gives an example whose source is the earlier turns, oldest first, as
     "<speaker>: <utterance>" joined by `separator`, cut to the last `max_history_turns` turns
     when set (the tokenizer then cuts what is still too long from the left). Bad rows are left
@@ -476,7 +477,7 @@ class DialogueFormatter(Formatter):
                 yield Problem(index, bad.column, bad.reason)
                 continue
             dialogues.setdefault(dialogue_id, []).append(
-                (_turn_place(row.get(self.order_column)), speaker, utterance))
+                (turn_place(row.get(self.order_column)), speaker, utterance))
         for dialogue_id, rows_of_dialogue in dialogues.items():
             order = [place for place, _, _ in rows_of_dialogue]
             if all(place is not None for place in order):

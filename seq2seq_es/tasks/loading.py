@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError, DataError, cache_folder_error
 from ..heap import return_freed_memory
 from .formatting import (DialogueFormatter, Example, Formatter, Problem,
-                         TranslationFormatter)
+                         TranslationFormatter, turn_place)
 from .local_files import (COMPRESSED_SUFFIXES, LocalFile, prepare_local_file,
                           uncompressed_name)
 from .registry import OWN_KIND, TaskSpec, get_task
@@ -162,6 +162,10 @@ def load_examples(task: str | TaskSpec, split: str, *, data_files: Mapping[str, 
     # left out), or i itself.
     by_line = local is not None and local.by_line
     place_of_row = (local.line_of_row if by_line else local.row_of_row) if local else None
+    if isinstance(formatter, DialogueFormatter):
+        note = _turn_order_note(raw, formatter, place_of_row, by_line)
+        if note:
+            report.notes.append(note)
     if by_line and place_of_row is None:
         # The line map was lost (pandas split a record differently): formatter rows are data
         # rows, left-out lines stay lines; the known line comes first.
@@ -716,6 +720,29 @@ def _left_out_before(local: LocalFile | None) -> tuple[int, ...]:
     if kept is None:  # the map back to the file is unknown: names as read
         return ()
     return tuple(sorted(bisect.bisect_left(kept, place) for place, _, _ in local.bad))
+
+
+def _turn_order_note(raw, formatter: DialogueFormatter, place_of_row: list[int] | None,
+                     by_line: bool) -> str | None:
+    """The note for dialogues read in file order although the file has an order column: a row
+    of theirs holds no whole number there (a missing value, '3a', full-width digits). Their
+    turns would be scrambled in silence where the file is shuffled."""
+    order, dialogue = formatter.order_column, formatter.dialogue_column
+    if order not in raw.column_names or dialogue not in raw.column_names:
+        return None
+    values = raw.select_columns([order, dialogue]).to_dict()
+    unordered = [row for row, value in enumerate(values[order]) if turn_place(value) is None]
+    if not unordered:
+        return None
+    first = unordered[0]
+    dialogues = list(dict.fromkeys(str(values[dialogue][row]) for row in unordered))
+    place = place_of_row[first] if place_of_row is not None else first
+    where = f"line {place}" if by_line and place_of_row is not None else f"data row {place}"
+    named = ", ".join(repr(name) for name in dialogues[:3]) + (", ..." if len(dialogues) > 3
+                                                                 else "")
+    return (f"column '{order}': {len(unordered)} row(s) hold no whole number (first: {where}, "
+            f"{values[order][first]!r}); the turns of their {len(dialogues)} dialogue(s) "
+            f"({named}) are read in the file's order, not by '{order}'")
 
 
 def _format(raw, formatter: Formatter, split: str, left_out_before: tuple[int, ...] = ()):

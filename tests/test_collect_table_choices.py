@@ -168,12 +168,40 @@ def test_a_chosen_run_scored_at_its_last_step_is_named(tmp_path):
     (folder / "final_results.json").write_text(json.dumps({**results, "best_step": 10,
                                                            "kept": "last",
                                                            "best_validation_step": 4}))
-    warnings = build_table(load_runs([str(runs)])).warnings
-    assert warnings == ["t5s / mlsum: the scores of t5s are of the last step, not of the best "
-                        "validation's (final_results.json \"kept\": \"last\": "
-                        "train.load_best_at_end false)"]
+    table = build_table(load_runs([str(runs)]))
+    assert table.warnings == ["t5s / mlsum: the scores of t5s are of the last step, not of the "
+                              "best validation's (train.load_best_at_end false; "
+                              "final_results.json \"kept\": \"last\", CSV scored_at)"]
+    csv_rows = list(csv.DictReader(io.StringIO(format_csv(table))))
+    assert {row["model"]: row["scored_at"] for row in csv_rows
+            if row["metric"] == "rougeL"} == {"barto": "best", "t5s": "last"}
     # the last step was the best validation's too: nothing to say
     (folder / "final_results.json").write_text(json.dumps({**results, "best_step": 10,
                                                            "kept": "last",
                                                            "best_validation_step": 10}))
-    assert build_table(load_runs([str(runs)])).warnings == []
+    table = build_table(load_runs([str(runs)]))
+    assert table.warnings == []
+    assert {row["scored_at"] for row in csv.DictReader(io.StringIO(format_csv(table)))} == {
+        "best", ""}  # "": the family average's row
+
+
+def test_an_unfinished_run_that_keeps_its_last_step_shows_its_latest_evaluation(tmp_path):
+    # train.load_best_at_end false ends on the last step's weights; read from metrics.jsonl
+    # the run showed its best evaluation so far, a step it would not keep.
+    evals = [{"step": 4, "eval/rougeL": 25.0, "eval/loss": 1.0},
+             {"step": 8, "eval/rougeL": 21.0, "eval/loss": 1.2}]
+    runs = tmp_path / "runs"
+    kept_best = _run(runs / "barto", metrics=evals)
+    kept_last = _run(runs / "t5s", "t5s", metrics=evals)
+    config = kept_last / "config.yaml"
+    config.write_text(config.read_text() + "  load_best_at_end: false\n")
+    table = build_table(load_runs([str(runs)]))
+    rows = {row["model"]: row for row in csv.DictReader(io.StringIO(format_csv(table)))
+            if row["metric"] == "rougeL"}
+    assert (rows["barto"]["dev"], rows["barto"]["best_step"], rows["barto"]["scored_at"]) == (
+        "25.0", "4", "best")
+    assert (rows["t5s"]["dev"], rows["t5s"]["best_step"], rows["t5s"]["scored_at"]) == (
+        "21.0", "8", "last")
+    assert any(warning.startswith("t5s / mlsum: the scores of t5s are of the last step")
+               for warning in table.warnings), table.warnings
+    assert str(kept_best) in rows["barto"]["run_dir"]

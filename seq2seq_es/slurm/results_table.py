@@ -426,21 +426,32 @@ def run_result(run: RunPlan, main_metric: str | None = None) -> RunResult | None
                                                     if key.startswith("test/")}))
     if not evals:
         return None
-    chosen = evals[-1]
+    best = evals[-1]
     scored = [item for item in evals if main_metric and main_metric in item[1]]
     if scored:
-        chosen = scored[0]
+        best = scored[0]
         for item in scored[1:]:
             # the engine's own rule, so that the row shows the step its best checkpoint holds
-            if _dev_beats(item[1], chosen[1], main_metric):
-                chosen = item
+            if _dev_beats(item[1], best[1], main_metric):
+                best = item
+    # A run with train.load_best_at_end false ends on its last step's weights, so its latest
+    # evaluation stands in, as its final_results.json will ("kept": "last"); its best so far
+    # was shown, a step the run will not keep.
+    keeps_last = _keeps_last_step(config)
+    chosen = evals[-1] if keeps_last else best
     # The engine scores test at the step it chose (logged at that step): test values of another
     # step would pair this step's dev scores with another model's test scores.
     return RunResult(run=run, validation=chosen[1], test=tests.get(chosen[0]) or None,
                      main_metric=None, best_step=chosen[0],
                      final=(run_dir / run_files.DONE).exists(), source=run_files.METRICS,
                      code=run_code(run_dir), data=trained_on, dev_data=dev_data,
-                     test_data=test_data)
+                     test_data=test_data, kept_last=keeps_last and chosen[0] != best[0])
+
+
+def _keeps_last_step(config: dict | None) -> bool:
+    """Whether the run's config.yaml sets train.load_best_at_end false."""
+    train = config.get("train") if isinstance(config, dict) else None
+    return isinstance(train, dict) and train.get("load_best_at_end") is False
 
 
 def unfinished_state(run_dir: str | Path) -> str:
@@ -999,8 +1010,8 @@ def build_table(manifest: Manifest, metrics: list[str] | None = None) -> Results
         last = [member.run.name for member in _members(choice.result) if member.kept_last]
         if last:
             warnings.append(f"{model} / {task}: the scores of {', '.join(last)} are of the last "
-                            "step, not of the best validation's (final_results.json \"kept\": "
-                            "\"last\": train.load_best_at_end false)")
+                            "step, not of the best validation's (train.load_best_at_end false; "
+                            "final_results.json \"kept\": \"last\", CSV scored_at)")
     codes = _codes([member for choice in chosen.values() for member in _members(choice.result)])
     if len(codes) > 1:
         warnings.append("the chosen runs ran different code (versions.json), so their scores may "
@@ -1257,7 +1268,8 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
                          "whitespace-membership`)")
     if any_partial:
         lines += ["", "* from a run that has not finished (no final_results.json or DONE): its "
-                  "best evaluation so far in metrics.jsonl; not final"
+                  "best evaluation so far in metrics.jsonl (its latest where "
+                  "train.load_best_at_end is false); not final"
                   + ("; for seeds, a seed of the grid point has not finished or has no scores "
                      "(How runs were compared says which)" if seeded else "") + ". Now:"]
         lines += [f"  - {model} / {task} ({result.run.run_dir}): "
@@ -1298,7 +1310,7 @@ def format_markdown(table: ResultsTable, split: str = "both") -> str:
 CSV_COLUMNS = ("model", "family", "task", "metric", "dev", "test", "paper", "paper_dev",
                "paper_test", "grid_label",
                "grid_point", "best_step", "final", "selected_by", "source", "run_dir",
-               "local_data", "validation_data", "test_data")
+               "local_data", "validation_data", "test_data", "scored_at")
 # Added where a chosen cell is a mean over seeds: the sample standard deviations (n-1), how many
 # seeds each mean is over, and the grid point's seeds ('1;2;3'). dev and test hold the means,
 # best_step and run_dir each seed's, joined by ';' in the seeds' order ('' for a seed without
@@ -1354,6 +1366,13 @@ def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
         joined = per_seed(result, lambda member: member.run.run_dir)
         return result.run.run_dir if joined is None else joined
 
+    def scored_at(result: RunResult) -> str:
+        def kept(run: RunResult) -> str:
+            return "last" if run.kept_last else "best"
+
+        joined = per_seed(result, kept)
+        return kept(result) if joined is None else joined
+
     for family, tasks in table.families:
         for model in table.models:
             for task in tasks:
@@ -1374,7 +1393,8 @@ def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
                                      "yes" if result.final else "no", choice.selected_by,
                                      result.source, run_dir(result), result.data or "",
                                      result.dev_data or "",
-                                     (result.test_data or "") if result.test else ""]
+                                     (result.test_data or "") if result.test else "",
+                                     scored_at(result)]
                                     + seed_cells(result, name))
         average = table.averages.get(family)
         if average is None:
@@ -1386,7 +1406,7 @@ def format_csv(table: ResultsTable, metrics: list[str] | None = None) -> str:
                              f"avg({','.join(average.metrics)})", text(average.dev[model]),
                              text(average.test[model]), text(average.paper.get(model)), "", "",
                              "", "", "", "yes" if average.final[model] else "no", "", "", "", "",
-                             "", ""]
+                             "", "", ""]
                             + seed_cells(None, ""))
     return buffer.getvalue()
 

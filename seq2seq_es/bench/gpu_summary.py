@@ -27,12 +27,12 @@ def _json(path: Path):
 
 
 def led_lines(out_dir: Path) -> list[str]:
-    from .gpu_led import summarise_targets
+    from .gpu_led import card_name, summarise_targets
 
     report = _json(out_dir / "led" / "gpu_led.json")
     if report is None:
         return ["- LEDO 16K: not measured (no led/gpu_led.json)"]
-    lines = [summarise_targets(report.get("bench_rows") or [])]
+    lines = [summarise_targets(report.get("bench_rows") or [], card_name(report.get("environment")))]
     for name, check in (report.get("checks") or {}).items():
         lines.append(f"- accuracy {name}: {'PASS' if check.get('ok') else 'FAIL'}")
     for name, status in (report.get("sections") or {}).items():

@@ -183,3 +183,14 @@ def test_score_reads_files_named_from_the_home_folder(tmp_path, monkeypatch, cap
     assert main(["score", "--metric", "exact_match", "--predictions=~/p.txt",
                  "--references=~/r.txt"]) == 0
     assert "exact_match" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model", ["barto-tiny", "t5s-tiny", "ledo-tiny", "beto2beto-tiny"])
+def test_the_demos_own_settings_are_all_read_by_the_run(model):
+    # The demo's first line was "note: not read by this run: gen.length_penalty
+    # (gen.num_beams=1)", about a key its user never set (README walkthrough).
+    from seq2seq_es.config import compose, not_applying
+    from seq2seq_es.demo.run import DEMO_SETTINGS, DEMO_TASK
+
+    cfg = compose(DEMO_TASK, model, overrides=dict(DEMO_SETTINGS))
+    assert set(DEMO_SETTINGS) & set(not_applying(cfg)) == set()

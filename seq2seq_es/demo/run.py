@@ -32,7 +32,6 @@ DEMO_SETTINGS = {
     "gen.num_beams": "1",
     "gen.max_new_tokens": "40",
     "gen.min_new_tokens": "0",
-    "gen.length_penalty": "1.0",
     "train.resume": "auto",
 }
 

@@ -59,6 +59,9 @@ def test_predict_reads_a_compressed_data_file_as_training_does(tmp_path, cache):
         check_line_file(tmp_path / "rows.json.gz", "--input")
     with pytest.raises(Exception, match="uncompressed"):
         check_line_file(tmp_path / "out.jsonl.gz", "--output")
+    # an output has nothing to convert: it was told "convert the file (e.g. a .json array ...)"
+    with pytest.raises(Exception, match=r"not \.json; name it out\.jsonl or out\.txt$"):
+        check_line_file(tmp_path / "out.json", "--output")
 
 
 def test_a_csv_field_reads_alike_with_or_without_a_bom(tmp_path, cache):

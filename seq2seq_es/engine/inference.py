@@ -1012,9 +1012,12 @@ def check_line_file(path: Path, flag: str) -> None:
         raise ConfigError(flag, f"{path} is a folder; expected a file name")
     plain = _plain_name(path)
     if plain.suffix.lower() in STRUCTURED_SUFFIXES:
+        # An output has nothing to convert: its name is what to change.
+        fix = (f"name it {plain.with_suffix('.jsonl').name} or {plain.with_suffix('.txt').name}"
+               if flag == "--output" else
+               "convert the file (e.g. a .json array to one object a line)")
         raise Seq2SeqEsError(f"{flag} {path}: predict reads and writes .jsonl (one JSON object a "
-                             f"line) or plain text (one source a line), not {plain.suffix}; "
-                             "convert the file (e.g. a .json array to one object a line)")
+                             f"line) or plain text (one source a line), not {plain.suffix}; {fix}")
     if flag == "--output" and plain != path:
         # Predictions are written as plain text: a compressed name would hold uncompressed bytes.
         raise Seq2SeqEsError(f"{flag} {path}: predict writes uncompressed .jsonl or plain text; "

@@ -238,3 +238,17 @@ def test_an_unknown_partition_is_named_as_the_user_gave_it(tmp_path, capsys):
     assert err == ("warning: argument --partition: SLURM does not know partition 'nope'; "
                    f"known partitions: {', '.join(known)}\n")
     assert "#SBATCH --partition=nope" in out
+
+
+def test_every_slurm_bench_option_with_a_default_says_it_in_its_help():
+    # slurm/README says `--help` shows each flag's default; bench's --model, --task and --steps
+    # showed none (README walkthrough).
+    import argparse
+
+    from seq2seq_es.bench.scaling_jobs import _bench_parser
+
+    silent = [action.option_strings[0] for action in _bench_parser()._actions
+              if action.option_strings and action.help != argparse.SUPPRESS
+              and action.default not in (None, False, argparse.SUPPRESS, [])
+              and "default" not in (action.help or "")]
+    assert silent == []

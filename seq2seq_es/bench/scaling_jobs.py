@@ -562,7 +562,9 @@ def cmd_collect(argv: list[str]) -> int:
     parser.add_argument("--collect", required=True, metavar="DIR", help="the bench folder")
     parser.add_argument("--warmup-steps", type=int, help="default: the bench's own")
     parser.add_argument("--wait", action="store_true", help="wait for every job to end first")
-    parser.add_argument("--wait-timeout-min", type=float, metavar="M")
+    parser.add_argument("--wait-timeout-min", type=float, metavar="M",
+                        help="with --wait: collect what there is after M minutes (default: "
+                             "wait for every job)")
     args = parser.parse_args(argv)
     manifest = load_bench_manifest(args.collect)
     warmup = manifest.warmup_steps if args.warmup_steps is None else args.warmup_steps
@@ -580,9 +582,12 @@ def _bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bench-dir", required=True)
     parser.add_argument("--nodes", default="1,2,4,8", help="node counts (default 1,2,4,8)")
     parser.add_argument("--zero-stages", default="0,2,3", help="ZeRO stages (default 0,2,3)")
-    parser.add_argument("--model", default="barto")
-    parser.add_argument("--task", default="mlsum")
-    parser.add_argument("--steps", type=int, default=30, help="training steps per run")
+    parser.add_argument("--model", default="barto", help="registry name (default barto)")
+    parser.add_argument("--task", default="mlsum",
+                        help="default mlsum, whose data the bench generates; another task's "
+                             "files go after -- (--data.train_file F --data.validation_file F)")
+    parser.add_argument("--steps", type=int, default=30,
+                        help="training steps per run (default 30)")
     parser.add_argument("--warmup-steps", type=int, default=5,
                         help="first steps left out of the median (default 5)")
     parser.add_argument("--train-size", type=int,
@@ -592,7 +597,9 @@ def _bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="print the plan and sbatch script")
     add_data_check_option(parser)
     parser.add_argument("--wait", action="store_true", help="wait for the jobs, then collect")
-    parser.add_argument("--wait-timeout-min", type=float, metavar="M")
+    parser.add_argument("--wait-timeout-min", type=float, metavar="M",
+                        help="with --wait: collect what there is after M minutes (default: "
+                             "wait for every job)")
     return parser
 
 

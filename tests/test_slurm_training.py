@@ -111,9 +111,11 @@ def test_cancelled_training_resumes_on_one_node_exactly(slurm_cluster, workdir, 
     capsys.readouterr()
     assert slurm_main(["resume", str(out), "--nodes", "1", "--yes"]) == 0
     said = capsys.readouterr().out
-    assert "# ranks: 2 -> 1 (1 node(s) x 1 task(s))" in said
-    assert "#     train.grad_accum 1 -> 2" in said
+    # a real resume's plan has no '# ' (a dry run's has), as sweep's; it ends as sweep's does
+    assert "\nranks: 2 -> 1 (1 node(s) x 1 task(s))\n" in said and "# " not in said
+    assert "\n    train.grad_accum 1 -> 2\n" in said
     second = load_manifest(out).runs[0]
+    assert f"\nsubmitted 1 run(s) as job {second.job_id}\n" in said
     accum = second.argv.index("--train.grad_accum")
     assert second.job_id != job_id and second.argv[accum + 1] == "2"
     assert second.argv.count("--train.grad_accum") == 1

@@ -414,9 +414,11 @@ def cmd_resume(argv: list[str]) -> int:
         print(f"note: the train arguments after -- go to the {len(runs)} run(s) resumed here, "
               f"not to the {len(finished)} finished one(s). {finished_run_further(finished)}",
               file=sys.stderr)
+    # The plan's lines: '# ' in a dry run, as sweep's (a real resume's looked like a dry run's)
+    mark = "# " if args.dry_run else ""
     carried = dict(config.extra_sbatch or {})
     if carried:  # a dependency or begin time of the first submission waits again
-        print("# sbatch options carried over: " + " ".join(
+        print(f"{mark}sbatch options carried over: " + " ".join(
             f"--sbatch {key}" if value is True else f"--sbatch {key}={value}"
             for key, value in carried.items()) + " (--sbatch KEY= drops one)")
     if manifest.entry == DEFAULT_ENTRY and not args.no_data_check:
@@ -424,24 +426,24 @@ def cmd_resume(argv: list[str]) -> int:
         # distinct set, not found bad by every job after its wait in the queue.
         check_local_data([(run.name, compose_run(run.task, run.model, resumed[run.name][0][4:]))
                           for run in runs], config.world_size,
-                         log=lambda line: print(f"# {line}"))
+                         log=lambda line: print(f"{mark}{line}"))
     if ranks[0] != ranks[1]:
-        print(f"# ranks: {ranks[0]} -> {ranks[1]} ({config.nodes} node(s) x "
+        print(f"{mark}ranks: {ranks[0]} -> {ranks[1]} ({config.nodes} node(s) x "
               f"{config.ntasks_per_node} task(s))")
     if still_going:
-        print(f"# {len(still_going)} run(s) left as they are, their jobs still going:")
+        print(f"{mark}{len(still_going)} run(s) left as they are, their jobs still going:")
         for run, state in still_going:
-            print(f"#   {busy_text(run, state, listed=True)}")
-    print(f"# {len(runs)} of {len(manifest.runs)} run(s) to resume:")
+            print(f"{mark}  {busy_text(run, state, listed=True)}")
+    print(f"{mark}{len(runs)} of {len(manifest.runs)} run(s) to resume:")
     for run in runs:
-        print(f"#   {run.name} (last job {run.job_id})")
+        print(f"{mark}  {run.name} (last job {run.job_id})")
         for change in resumed[run.name][1]:
-            print(f"#     {change}")
+            print(f"{mark}    {change}")
         status = run_status(run, manifest, states)
         if status.failed and status.error:
             # A failure of the run's own (a config or data error) comes back on resume: it
             # resumes with the settings it was submitted with.
-            print(f"#     its last job ended {status.state}: {status.error}")
+            print(f"{mark}    its last job ended {status.state}: {status.error}")
         for key, value in relative_paths(run.argv):
             # Runs submitted before paths were pinned (sweep.pinned_paths): the job reads them
             # against the folder sbatch is called from, which is this one now.
@@ -460,7 +462,8 @@ def cmd_resume(argv: list[str]) -> int:
         submit_runs(manifest, runs, config)
         manifest.slurm = config.to_dict()
         manifest.write(manifest.path)
-    print(f"submitted: {', '.join(run.job_id for run in runs)}")
+    jobs = ", ".join(run.job_id for run in runs)
+    print(f"submitted {len(runs)} run(s) as job{'s' if len(runs) > 1 else ''} {jobs}")
     print(f"status: seq2seq-es slurm status {Path(manifest.path).parent}")
     return 0
 

@@ -7,8 +7,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# What a fresh machine may lack, said before minutes of installing: pyproject's Python, venv
+# (a Debian package of its own), and on CPUs the C++ compiler that builds DeepSpeed's extension.
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+  found=$(command -v "$PYTHON" >/dev/null 2>&1 && "$PYTHON" -V 2>&1 || echo "not found")
+  echo "error: seq2seq-es needs Python 3.10 or newer; $PYTHON: $found (PYTHON=python3.11 bash $0 names another)" >&2
+  exit 1
+fi
+if ! command -v nvidia-smi >/dev/null 2>&1 && ! command -v "${CXX:-c++}" >/dev/null 2>&1; then
+  echo "error: no C++ compiler (${CXX:-c++}): training on CPUs compiles DeepSpeed's extension with one, and Python's headers (Debian/Ubuntu: apt-get install g++ python3-dev; Fedora/RHEL: dnf install gcc-c++ python3-devel)" >&2
+  exit 1
+fi
 if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+  if ! "$PYTHON" -m venv .venv; then
+    rm -rf .venv
+    echo "error: $PYTHON -m venv failed (Debian/Ubuntu: apt-get install python3-venv)" >&2
+    exit 1
+  fi
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 if ! command -v nvidia-smi >/dev/null 2>&1; then

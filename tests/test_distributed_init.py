@@ -182,3 +182,33 @@ def test_init_says_it_waits_when_the_other_ranks_never_come(tmp_path):
     assert said.startswith("note: waiting 1 s so far for the other ranks: this is rank 0 of 2 "
                            "(RANK and WORLD_SIZE in the environment), meeting at 127.0.0.1:")
     assert "unset RANK and WORLD_SIZE to train alone" in said
+
+
+@pytest.mark.parametrize("compiler_says, cause", [
+    ("", "/bin/sh: 1: {cxx}: not found"),
+    # a compiler (torch asks its version first) on a machine without Python's headers: its
+    # compilations (-c) fail
+    ('case " $* " in *" -c "*) ;; *) exec g++ "$@";; esac\n'
+     "echo 'x.cpp:1:10: fatal error: Python.h: No such file or directory' >&2; exit 1",
+     "x.cpp:1:10: fatal error: Python.h: No such file or directory")])
+def test_an_extension_that_cannot_be_built_is_one_error_naming_what_to_install(
+        tmp_path, compiler_says, cause):
+    # A machine without a C++ compiler or Python's headers: the first run (the demo's too) ended
+    # in a 67-line traceback of torch's ninja call, with no error line (README walkthrough).
+    cxx = tmp_path / ("missing-c++" if not compiler_says else "c++")
+    if compiler_says:
+        cxx.write_text(f"#!/bin/sh\n{compiler_says}\n")
+        cxx.chmod(0o755)
+    env = subprocess_env(CXX=str(cxx), TORCH_EXTENSIONS_DIR=str(tmp_path / "extensions"))
+    proc = subprocess.run([sys.executable, "-m", "seq2seq_es", "train", "--task", "mlsum",
+                           "--model", "barto-tiny", "--train.output_dir", str(tmp_path / "run"),
+                           "--train.max_steps", "1"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    [error] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: DeepSpeed's CPU communication extension (deepspeed_shm_comm) "
+                            f"could not be built in {tmp_path / 'extensions'}")
+    assert f": {cause.format(cxx=cxx)}. " in error
+    assert f"C++ compiler (CXX={cxx}) and Python's headers" in error
+    assert "apt-get install g++ python3-dev" in error

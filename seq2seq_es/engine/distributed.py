@@ -446,6 +446,40 @@ class PortInUse(Seq2SeqEsError):
             "-genv MASTER_PORT P)")
 
 
+class CpuExtensionUnbuilt(Seq2SeqEsError):
+    """DeepSpeed's CPU extension could not be compiled (no C++ compiler, no Python headers): one
+    line naming what the compiler said and what to install. It was a 67-line traceback of torch's
+    ninja call, and a fresh machine's first run (the demo's too) ended there."""
+
+    def __init__(self, build_output: str, folder: str):
+        compiler = (f"CXX={os.environ['CXX']}" if os.environ.get("CXX")
+                    else "c++, or the one CXX names")
+        super().__init__(
+            f"DeepSpeed's CPU communication extension ({CPU_EXTENSION}) could not be built in "
+            f"{folder}: {build_failure_line(build_output)}. Training on CPUs compiles it once "
+            f"per machine and torch version, with a C++ compiler ({compiler}) and Python's "
+            "headers: install them (Debian/Ubuntu: apt-get install g++ "
+            "python3-dev; Fedora/RHEL: dnf install gcc-c++ python3-devel; on a cluster, module "
+            "load a compiler) and run again")
+
+
+# What a compiler or the shell says first where a build fails: the line that names the cause.
+_BUILD_FAILURE_MARKS = ("not found", "fatal error", "No such file", "error:", "cannot find",
+                        "Permission denied")
+
+
+def build_failure_line(build_output: str) -> str:
+    """The line of a failed extension build (torch's 'Error building extension' message, which
+    holds ninja's output) that says why, shortened; the message's first line without one."""
+    lines = [line.strip() for line in build_output.splitlines() if line.strip()]
+    for mark in _BUILD_FAILURE_MARKS:
+        for line in lines:
+            if mark in line and not line.startswith("["):  # "[1/3] c++ -MMD ...": the command
+                return line if len(line) <= 300 else line[:297] + "..."
+    first = lines[0] if lines else "no output"
+    return first if len(first) <= 300 else first[:297] + "..."
+
+
 class MasterAddrUnknown(Seq2SeqEsError):
     """MASTER_ADDR names no host this machine can resolve."""
 
@@ -526,6 +560,11 @@ def init(env: DistEnv, backend: str = "auto", timeout_min: int = 30) -> None:
             # had loaded its libraries, that named no launcher option.
             close()  # the launch variables back, for a caller that goes on (a test, a notebook)
             raise PortInUse(env) from None
+        except RuntimeError as exc:
+            if f"Error building extension '{CPU_EXTENSION}'" not in str(exc):
+                raise
+            close()
+            raise CpuExtensionUnbuilt(str(exc), _cpu_extension_folder()) from None
     for line in said.getvalue().splitlines():
         if not line.endswith("built successfully"):
             print(line)

@@ -161,6 +161,11 @@ def precision_report(cfg: RunConfig) -> str:
                  "or fp32")
     elif precision == "bf16" and torch.cuda.is_available() and not native_bf16():
         line += f"; WARNING: {gpu} has no native bf16 (emulated, slow): consider fp16"
+    elif precision == "bf16" and not torch.cuda.is_available():
+        # configs/runs/*.yaml are GPU recipes (bf16, ZeRO 2): copied for a try on a CPU they
+        # trained tens of times slower than fp32 with nothing said.
+        line += ("; note: on CPUs bf16 is much slower than fp32 unless the CPU has AMX: "
+                 "--train.precision auto trains in fp32 here")
     if cfg.dist.grad_accum_dtype != grad_accum_dtype(cfg):
         # Set but not read: it applies to bf16 under ZeRO 1-3 only (the precision is known
         # here, not where config.not_applying lists the other unread keys).

@@ -194,3 +194,26 @@ def test_the_demos_own_settings_are_all_read_by_the_run(model):
 
     cfg = compose(DEMO_TASK, model, overrides=dict(DEMO_SETTINGS))
     assert set(DEMO_SETTINGS) & set(not_applying(cfg)) == set()
+
+
+def test_a_model_path_exported_from_another_model_is_said(tmp_path, capsys):
+    # barto-tiny's export trained under --model barto: the run, its card and collect's table
+    # called it BARTO in silence (README walkthrough).
+    from seq2seq_es.config import compose
+    from seq2seq_es.engine.entry import note_model_path_of_another_model
+
+    folder = tmp_path / "exp600"
+    folder.mkdir()
+    (folder / "README.md").write_text(
+        "---\nlanguage: es\nlibrary_name: transformers\ntags:\n- seq2seq-es\n- mlsum\n---\n\n"
+        "# barto-tiny fine-tuned on mlsum\n\nTrained with seq2seq-es.\n", encoding="utf-8")
+    cfg = compose("mlsum", "barto", overrides={"model.path": str(folder)})
+    note_model_path_of_another_model(cfg)
+    assert capsys.readouterr().err == (
+        f"note: model.path {folder} holds the weights of a barto-tiny run (its README.md says), "
+        "trained here as model.name barto, the name this run's card and collect's table give "
+        "it; --model.name barto-tiny names it as it is\n")
+    for same in (compose("mlsum", "barto-tiny", overrides={"model.path": str(folder)}),
+                 compose("mlsum", "barto")):  # the card's own model; no model.path
+        note_model_path_of_another_model(same)
+        assert capsys.readouterr().err == ""

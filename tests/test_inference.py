@@ -472,6 +472,35 @@ def test_a_copied_export_is_read_as_its_runs_task(trained, plain_input, workdir,
     assert "was trained on" not in capsys.readouterr().err  # --task chooses
 
 
+def test_a_copied_export_is_read_as_the_model_its_card_names(trained, plain_input, workdir,
+                                                               capsys):
+    # Its card names the model as it names the task, yet predict asked for --model (README
+    # walkthrough); a --model other than the card's is said.
+    from seq2seq_es.engine.inference import inference_config, read_export_card, resolve_saved
+
+    copied = workdir / "copied_model"
+    shutil.copytree(trained / "final", copied)
+    assert read_export_card(copied).model == "t5s-tiny"
+    capsys.readouterr()
+    assert cli(["predict", str(copied), "--input", str(plain_input), "--output",
+                str(workdir / "copied_model.txt")]) == 0
+    err = capsys.readouterr().err
+    assert (f"note: {copied} was trained as t5s-tiny (its README.md says): read as t5s-tiny "
+            "(--model chooses another)") in err
+    assert len((workdir / "copied_model.txt").read_text().splitlines()) == 7
+    cfg = inference_config(resolve_saved(str(copied)), model="t5s", allow_model=True)
+    assert cfg.model.name == "t5s"
+    assert (f"note: {copied} was trained as t5s-tiny (its README.md says), read here as t5s "
+            "(--model)") in capsys.readouterr().err
+    # a title naming no registry model (a card edited by hand): --model is asked for, as before
+    card = copied / "README.md"
+    card.write_text(card.read_text().replace("# t5s-tiny fine-tuned", "# mi-modelo fine-tuned"))
+    assert read_export_card(copied).model is None
+    assert cli(["predict", str(copied), "--input", str(plain_input), "--output",
+                str(workdir / "copied_model2.txt")]) == 2
+    assert "pass --config RUN/config.yaml or --model NAME" in capsys.readouterr().err
+
+
 def test_a_copied_exports_rows_are_read_by_its_tasks_columns(trained, files, workdir):
     # The card's task was applied (note: "read as sqac's inputs"), but a .jsonl row of the
     # task's own columns was refused for want of a 'source' field unless --task was given

@@ -129,6 +129,28 @@ def note_settings(cfg, known: argparse.Namespace, overrides: dict[str, str]) -> 
     note_default_accumulation(cfg, given)
     note_scored_on_training_data(cfg)
     note_pair_not_in_paper(cfg)
+    note_model_path_of_another_model(cfg)
+
+
+def note_model_path_of_another_model(cfg) -> None:
+    """model.path an export of this package whose card names another registry model than
+    model.name: the weights are that model's, while the run, its card and collect's table name
+    model.name (barto-tiny's weights trained under --model barto sat in the table as BARTO)."""
+    import sys
+
+    from ..config import first_launched_process
+    from .inference import read_export_card
+
+    path = Path(os.path.expanduser(cfg.model.path)) if cfg.model.path else None
+    if path is None or not path.is_dir() or not first_launched_process():
+        return
+    card = read_export_card(path)
+    if card is None or card.model is None or card.model == cfg.model.name:
+        return
+    print(f"note: model.path {cfg.model.path} holds the weights of a {card.model} run (its "
+          f"README.md says), trained here as model.name {cfg.model.name}, the name this run's "
+          f"card and collect's table give it; --model.name {card.model} names it as it is",
+          file=sys.stderr)
 
 
 def note_pair_not_in_paper(cfg) -> None:
@@ -191,17 +213,34 @@ def _value(cfg, key: str):
     return getattr(getattr(cfg, section, None), name, None)
 
 
+def _interrupted_outside_the_steps() -> int:
+    """A Ctrl-C where no stop handler is installed: the set-up (composing, imports, loading the
+    model and the data, tokenizing, DeepSpeed's start), minutes on real data, or the upload after
+    DONE. One line from the first process, not a traceback from every rank."""
+    from ..config import first_launched_process
+    from ..run_files import INTERRUPTED_EXIT_CODE
+
+    if first_launched_process():
+        print("\ninterrupted (Ctrl-C) outside the training steps (during the set-up, or the "
+              "upload after DONE): no checkpoint was taken for it; --train.resume auto "
+              "continues from the last one, if there is one", file=sys.stderr)
+    return INTERRUPTED_EXIT_CODE
+
+
 def train_main(argv: list[str]) -> int:
     """Compose the config of `seq2seq-es train ARGV` and train; the exit status (0, or the stop
     signal's: run_files.PREEMPTED_EXIT_CODE or INTERRUPTED_EXIT_CODE)."""
     from ..run_files import INTERRUPTED_EXIT_CODE
 
-    cfg = build_config(argv)
-    # After the config: a mistake in it is said in a fraction of a second, not after the
-    # seconds that importing torch, transformers and DeepSpeed take.
-    from .signals import InterruptedNow
-    from .trainer import Stopped, train
-
+    try:
+        cfg = build_config(argv)
+        # After the config: a mistake in it is said in a fraction of a second, not after the
+        # seconds that importing torch, transformers and DeepSpeed take.
+        from .signals import InterruptedNow
+        from .trainer import Stopped, train
+    except KeyboardInterrupt:
+        # A Ctrl-C in the first seconds (composing, importing transformers) was a traceback
+        return _interrupted_outside_the_steps()
     try:
         train(cfg)
     except Stopped as stop:
@@ -213,15 +252,7 @@ def train_main(argv: list[str]) -> int:
             print(f"\n{interrupted}", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
     except KeyboardInterrupt:
-        # A Ctrl-C where no stop handler is installed: the set-up (loading the model and the
-        # data, tokenizing, DeepSpeed's start), minutes on real data, or the upload after DONE.
-        # One line from the first process, not a traceback from every rank.
-        from ..config import first_launched_process
-        if first_launched_process():
-            print("\ninterrupted (Ctrl-C) outside the training steps (during the set-up, or "
-                  "the upload after DONE): no checkpoint was taken for it; --train.resume auto "
-                  "continues from the last one, if there is one", file=sys.stderr)
-        return INTERRUPTED_EXIT_CODE
+        return _interrupted_outside_the_steps()
     except OSError as exc:
         from .storage import NO_ROOM, StorageError, checkpoint_kept, reason
         if exc.errno not in NO_ROOM:

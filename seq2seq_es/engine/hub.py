@@ -224,9 +224,9 @@ def write_export_card(out: Path, cfg: RunConfig, checkpoint: Path, dtype: str = 
               "`seq2seq-es export`. Its scores: `seq2seq-es evaluate "
               f"{checkpoint} --split test` (in its run), or `seq2seq-es evaluate {out} "
               f"--config RUN/config.yaml --output-dir DIR --split test`; this folder alone "
-              "holds no run config (`--model M` reads its task, a task of its own's columns and "
-              "metrics, source length and global attention from here, the task's defaults for "
-              "the rest).", ""]
+              "holds no run config (predict and evaluate read its model and task from this card, "
+              "a task of its own's columns and metrics, source length and global attention "
+              "too, the task's defaults for the rest).", ""]
     lines += _inputs_section(input_notes(cfg, task, spec, dtype))
     card = out / "README.md"
     card.write_text("\n".join(lines), encoding="utf-8")

@@ -234,6 +234,7 @@ class ExportCard:
     """What the model card of a folder this package exported says of its run, read once."""
     task: str | None         # a registry task, or a task of the user's own whose columns it names
     inputs: dict[str, str]   # how the run fed the model, as config overrides (`exported_inputs`)
+    model: str | None = None  # the registry model it was trained as (its title), if one
 
 
 def read_export_card(folder: Path) -> ExportCard | None:
@@ -268,7 +269,19 @@ def read_export_card(folder: Path) -> ExportCard | None:
         inputs["data.global_attention"] = attention.group(1)
     if task not in TASKS:  # a task of the user's own: its columns, metrics
         inputs.update(own_keys)
-    return ExportCard(task, inputs)
+    return ExportCard(task, inputs, card_model(card))
+
+
+# hub._card_head's title: "# barto-tiny fine-tuned on mlsum"
+_CARD_TITLE = re.compile(r"^# (\S+) fine-tuned on \S+\s*$", re.MULTILINE)
+
+
+def card_model(card: str) -> str | None:
+    """The registry model a card's title names (None for a name the registry does not hold)."""
+    from ..models import MODELS
+
+    title = _CARD_TITLE.search(card)
+    return title.group(1) if title and title.group(1) in MODELS else None
 
 
 def exported_task(folder: Path) -> str | None:
@@ -334,6 +347,17 @@ def inference_config(saved: SavedModel, *, config_file: str | None = None,
         saved_inputs = {key: value for key, value in saved_inputs.items()
                         if key not in OWN_TASK_CARD_KEYS}
     merged = {**saved_gen, **saved_inputs, **launcher_overrides(), **(overrides or {})}
+    if source is None and model is None and allow_model and card is not None \
+            and card.model is not None and "model.name" not in merged:
+        # Its card names the model as it names the task: asking for --model was friction.
+        model = card.model
+        if first_launched_process():
+            print(f"note: {saved.path} was trained as {model} (its README.md says): read as "
+                  f"{model} (--model chooses another)", file=sys.stderr)
+    elif source is None and card is not None and card.model not in (None, model) \
+            and model is not None and first_launched_process():
+        print(f"note: {saved.path} was trained as {card.model} (its README.md says), read here "
+              f"as {model} (--model)", file=sys.stderr)
     if source is None and model is None:
         hint = " or --model NAME (seq2seq-es list)" if allow_model else ""
         raise Seq2SeqEsError(f"no run config for {saved.path}: "

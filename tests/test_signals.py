@@ -59,20 +59,24 @@ def test_while_the_run_finishes_the_first_ctrl_c_says_it_ends_when_done(request_
         os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_a_ctrl_c_during_the_set_up_is_one_line_and_status_130(tmp_path):
+# Where the SIGINT comes: as the model starts loading, and (README walkthrough) in the first
+# seconds, as the config is composed, before torch and transformers are imported.
+@pytest.mark.parametrize("module, function", [("trainer", "get_model"),
+                                              ("entry", "build_config")])
+def test_a_ctrl_c_during_the_set_up_is_one_line_and_status_130(tmp_path, module, function):
     # Before the training steps no stop handler runs: a Ctrl-C while the model loaded printed a
     # KeyboardInterrupt traceback (one per rank under a launcher). A real SIGINT, sent by the
-    # process itself as the model starts loading.
+    # process itself.
     import subprocess
     import sys
 
     from engine_runs import base_args, demo_files, subprocess_env
 
     script = ("import os, signal, sys\n"
-              "from seq2seq_es.engine import trainer\n"
-              "def interrupted(cfg):\n"
+              f"from seq2seq_es.engine import {module}\n"
+              "def interrupted(*args):\n"
               "    os.kill(os.getpid(), signal.SIGINT)\n"
-              "trainer.get_model = interrupted\n"
+              f"{module}.{function} = interrupted\n"
               "from seq2seq_es.cli import console\n"
               "console(['train', *sys.argv[1:]])\n")
     out = tmp_path / "run"
@@ -86,28 +90,3 @@ def test_a_ctrl_c_during_the_set_up_is_one_line_and_status_130(tmp_path):
         "after DONE): no checkpoint was taken for it; --train.resume auto continues from the "
         "last one, if there is one")
     assert not (out / "checkpoints").exists()
-
-
-def test_a_ctrl_c_while_the_config_is_composed_or_torch_imported_is_one_line_too(tmp_path):
-    # In the first seconds (composing, importing transformers) a Ctrl-C was still a
-    # KeyboardInterrupt traceback (README walkthrough): a real SIGINT as the config is built.
-    import subprocess
-    import sys
-
-    from engine_runs import base_args, demo_files, subprocess_env
-
-    script = ("import os, signal, sys\n"
-              "from seq2seq_es.engine import entry\n"
-              "def interrupted(argv):\n"
-              "    os.kill(os.getpid(), signal.SIGINT)\n"
-              "entry.build_config = interrupted\n"
-              "from seq2seq_es.cli import console\n"
-              "console(['train', *sys.argv[1:]])\n")
-    out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", script,
-                           *base_args(demo_files(tmp_path / "data"), out, steps=2)],
-                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 130, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        "interrupted (Ctrl-C) outside the training steps (during the set-up")

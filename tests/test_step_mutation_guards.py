@@ -45,8 +45,9 @@ def fresh_autocast(monkeypatch):
 def _engine(files, env, *, precision: str = "fp32", grad_accum: int = 2,
             max_grad_norm: float = 0.5, on_nan: str = "stop", lr: float = 1e-2,
             eps: float = 1.0, weight_decay: float = 0.1, stage: int = 0):
-    """cfg, an engine (ZeRO 0 unless `stage`) on barto-tiny (no dropout, plain loss path, linear schedule without
-    warmup over TOTAL_STEPS), an untouched fp32 copy of its model, and four micro-batches of 2."""
+    """cfg, an engine (ZeRO 0 unless `stage`) on barto-tiny (no dropout, plain loss path, linear
+    schedule without warmup over TOTAL_STEPS), an untouched fp32 copy of its model, and four
+    micro-batches of 2."""
     from seq2seq_es.engine.builders import get_collator, get_engine, get_model, get_split
     from seq2seq_es.tasks import get_task
 

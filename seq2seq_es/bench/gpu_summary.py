@@ -32,7 +32,8 @@ def led_lines(out_dir: Path) -> list[str]:
     report = _json(out_dir / "led" / "gpu_led.json")
     if report is None:
         return ["- LEDO 16K: not measured (no led/gpu_led.json)"]
-    lines = [summarise_targets(report.get("bench_rows") or [], card_name(report.get("environment")))]
+    card = card_name(report.get("environment"))
+    lines = [summarise_targets(report.get("bench_rows") or [], card)]
     for name, check in (report.get("checks") or {}).items():
         lines.append(f"- accuracy {name}: {'PASS' if check.get('ok') else 'FAIL'}")
     for name, status in (report.get("sections") or {}).items():

@@ -46,6 +46,16 @@ def one_rank():
     return D.read_env({})
 
 
+@pytest.fixture
+def fresh_autocast(monkeypatch):
+    """DeepSpeed remembers in a module global that an engine of this process used torch autocast
+    (an fp16 or bf16 one at ZeRO 0), and engines built later would then scale as if in fp16: a
+    test that builds engines of several precisions starts each one afresh."""
+    import deepspeed.runtime.torch_autocast as ds_autocast
+
+    monkeypatch.setattr(ds_autocast, "TORCH_AUTOCAST_INITIALIZED", False)
+
+
 @pytest.fixture(scope="module")
 def own_tiny_cache(tmp_path_factory):
     """Tiny twins built into the module's own cache (a shared one may be mid-rebuild by another

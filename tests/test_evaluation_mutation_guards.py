@@ -15,19 +15,11 @@ import pytest
 import torch
 
 from engine_runs import demo_files
+from test_guards_engine import _eval_cfg
 from seq2seq_es.engine import evaluation as E
 from seq2seq_es.engine.distributed import DistEnv
 
 ONE = DistEnv(0, 1, 0, "127.0.0.1", 0, "none")
-
-
-def _cfg(files: dict, folder: Path):
-    from seq2seq_es.config import compose
-    return compose(task="mlsum", model="barto-tiny", overrides={
-        "data.train_file": files["train"], "data.validation_file": files["validation"],
-        "data.cache_dir": str(folder / "cache"), "data.max_source_length": "64",
-        "data.max_target_length": "32", "gen.num_beams": "1", "gen.max_new_tokens": "8",
-        "gen.min_new_tokens": "0", "train.precision": "fp32"})
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +30,7 @@ def setup(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("eval_mut")
     files = demo_files(folder / "data", train_size=4)  # validation: 5 examples
-    cfg = _cfg(files, folder)
+    cfg = _eval_cfg(files, folder, max_new_tokens=8)
     torch.manual_seed(0)
     model, tokenizer, spec = get_model(cfg)
     task = get_task("mlsum")

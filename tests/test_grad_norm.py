@@ -34,15 +34,6 @@ def files(tmp_path_factory):
     return demo_files(tmp_path_factory.mktemp("grad_norm") / "data", train_size=16)
 
 
-@pytest.fixture
-def fresh_autocast(monkeypatch):
-    # DeepSpeed remembers in a module global that an engine of this process used torch autocast
-    # (an fp16 or bf16 one at ZeRO 0), and ZeRO engines built later would then scale as if in
-    # fp16 (test_step_syncs does the same).
-    import deepspeed.runtime.torch_autocast as ds_autocast
-
-    monkeypatch.setattr(ds_autocast, "TORCH_AUTOCAST_INITIALIZED", False)
-
 
 def engine_reference_and_batches(files, env, *, stage: int, precision: str = "fp32",
                                  grad_accum: int = 2, on_nan: str = "stop",

@@ -24,13 +24,16 @@ ONE = DistEnv(0, 1, 0, "127.0.0.1", 0, "none")
 
 # -- evaluation ----------------------------------------------------------------------------------
 
-def _eval_cfg(files: dict, folder: Path):
+def _eval_cfg(files: dict, folder: Path, max_new_tokens: int = 4):
+    """barto-tiny on mlsum's demo files, greedy and short: a validation in seconds (also the
+    evaluation guards' config)."""
     from seq2seq_es.config import compose
     return compose(task="mlsum", model="barto-tiny", overrides={
         "data.train_file": files["train"], "data.validation_file": files["validation"],
         "data.cache_dir": str(folder / "cache"), "data.max_source_length": "64",
-        "data.max_target_length": "32", "gen.num_beams": "1", "gen.max_new_tokens": "4",
-        "gen.min_new_tokens": "0", "train.precision": "fp32"})
+        "data.max_target_length": "32", "gen.num_beams": "1",
+        "gen.max_new_tokens": str(max_new_tokens), "gen.min_new_tokens": "0",
+        "train.precision": "fp32"})
 
 
 @pytest.fixture(scope="module")

@@ -33,14 +33,6 @@ def files(tmp_path_factory):
     return demo_files(tmp_path_factory.mktemp("step_guards") / "data", train_size=16)
 
 
-@pytest.fixture
-def fresh_autocast(monkeypatch):
-    # DeepSpeed remembers in a module global that an engine of this process used torch autocast;
-    # engines built later would then scale as if in fp16 (test_grad_norm does the same).
-    import deepspeed.runtime.torch_autocast as ds_autocast
-
-    monkeypatch.setattr(ds_autocast, "TORCH_AUTOCAST_INITIALIZED", False)
-
 
 def _engine(files, env, *, precision: str = "fp32", grad_accum: int = 2,
             max_grad_norm: float = 0.5, on_nan: str = "stop", lr: float = 1e-2,

@@ -472,12 +472,10 @@ def build_failure_line(build_output: str) -> str:
     """The line of a failed extension build (torch's 'Error building extension' message, which
     holds ninja's output) that says why, shortened; the message's first line without one."""
     lines = [line.strip() for line in build_output.splitlines() if line.strip()]
-    for mark in _BUILD_FAILURE_MARKS:
-        for line in lines:
-            if mark in line and not line.startswith("["):  # "[1/3] c++ -MMD ...": the command
-                return line if len(line) <= 300 else line[:297] + "..."
-    first = lines[0] if lines else "no output"
-    return first if len(first) <= 300 else first[:297] + "..."
+    # "[1/3] c++ -MMD ...": ninja's echo of the command, which holds no cause
+    said = next((line for mark in _BUILD_FAILURE_MARKS for line in lines
+                 if mark in line and not line.startswith("[")), lines[0] if lines else "no output")
+    return said if len(said) <= 300 else said[:297] + "..."
 
 
 class MasterAddrUnknown(Seq2SeqEsError):

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError, DataError, cache_folder_error
 from ..heap import return_freed_memory
 from .formatting import (DialogueFormatter, Example, Formatter, Problem,
-                         TranslationFormatter, turn_place)
+                         TranslationFormatter, id_text, turn_place)
 from .local_files import (COMPRESSED_SUFFIXES, LocalFile, prepare_local_file,
                           uncompressed_name)
 from .registry import OWN_KIND, TaskSpec, get_task
@@ -735,7 +735,8 @@ def _turn_order_note(raw, formatter: DialogueFormatter, place_of_row: list[int] 
     if not unordered:
         return None
     first = unordered[0]
-    dialogues = list(dict.fromkeys(str(values[dialogue][row]) for row in unordered))
+    # named as the formatter names them (a dialogue id 7.0 is '7')
+    dialogues = list(dict.fromkeys(str(id_text(values[dialogue][row])) for row in unordered))
     place = place_of_row[first] if place_of_row is not None else first
     where = f"line {place}" if by_line and place_of_row is not None else f"data row {place}"
     named = ", ".join(repr(name) for name in dialogues[:3]) + (", ..." if len(dialogues) > 3
